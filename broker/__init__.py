@@ -1,0 +1,1 @@
+"""hoshu broker: SSH front door, control plane, session recorder."""

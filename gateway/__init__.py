@@ -1,0 +1,1 @@
+"""hoshu-gateway: the hospital-side, outbound-only connector."""

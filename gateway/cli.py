@@ -1,0 +1,10 @@
+"""The ``hoshu-gateway`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    print("hoshu-gateway: not yet", file=sys.stderr)
+    return 2

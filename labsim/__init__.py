@@ -1,0 +1,1 @@
+"""The simulated laboratory: instruments on loopback for the demo and the tests."""

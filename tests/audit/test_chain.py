@@ -1,0 +1,129 @@
+"""The hash-chained log: appends verify, and each kind of tampering is caught."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from audit import InvalidEvent, UnknownEventType, new_event
+from audit.chain import ChainLog, read_events, verify
+from audit.errors import ChainError
+from audit.testing import CapturingEmitter
+
+
+def _fill(path: Path, n: int) -> None:
+    with ChainLog(path) as log:
+        for i in range(n):
+            log.emit(new_event("admin.change", ActorUsername=f"admin{i}", Operation="update"))
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+def test_appended_events_verify(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _fill(log, 5)
+    result = verify(log)
+    assert result.ok and result.count == 5
+    assert [e.get("ChainSeq") for e in read_events(log)] == [1, 2, 3, 4, 5]
+
+
+def test_reopened_log_continues_the_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _fill(log, 3)
+    _fill(log, 2)
+    assert verify(log).count == 5 and verify(log).ok
+
+
+def test_edited_event_is_caught_at_its_position(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _fill(log, 5)
+    lines = _lines(log)
+    rec = json.loads(lines[2])
+    rec["ActorUsername"] = "someone-else"
+    lines[2] = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
+    log.write_text("".join(lines))
+    result = verify(log)
+    assert not result.ok and result.first_bad == 3
+
+
+def test_deleted_event_is_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _fill(log, 5)
+    lines = _lines(log)
+    del lines[1]
+    log.write_text("".join(lines))
+    result = verify(log)
+    assert not result.ok and result.first_bad == 2
+
+
+def test_reordered_events_are_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _fill(log, 5)
+    lines = _lines(log)
+    lines[1], lines[2] = lines[2], lines[1]
+    log.write_text("".join(lines))
+    assert verify(log).first_bad == 2
+
+
+def test_truncated_tail_is_caught(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _fill(log, 5)
+    log.write_text("".join(_lines(log)[:3]))
+    result = verify(log)
+    assert not result.ok and "truncated" in result.reason and result.first_bad == 4
+
+
+def test_tampered_log_cannot_be_appended_to(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    _fill(log, 2)
+    log.write_text(log.read_text().replace("admin1", "admin9"))
+    with pytest.raises(ChainError, match="fails verification"):
+        ChainLog(log)
+
+
+def test_second_writer_process_is_refused(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    with ChainLog(log):
+        # flock is per open file description: a second open behaves like another process
+        with pytest.raises(ChainError, match="another process"):
+            ChainLog(log)
+
+
+def test_concurrent_appends_stay_chained(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    with ChainLog(log) as chain:
+        def worker(k: int) -> None:
+            for i in range(200):
+                chain.emit(new_event("session.command", details={"command": f"{k}-{i}"}))
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    result = verify(log)
+    assert result.ok and result.count == 800
+
+
+def test_unknown_types_columns_and_details_are_refused() -> None:
+    with pytest.raises(UnknownEventType):
+        new_event("no.such.type")
+    with pytest.raises(InvalidEvent):
+        new_event("user.login", NotAColumn="x")
+    with pytest.raises(InvalidEvent):
+        new_event("user.login", details={"undeclared": 1})
+
+
+def test_secret_details_never_reach_the_log(tmp_path: Path) -> None:
+    cap = CapturingEmitter()
+    cap.emit(new_event("user.mfa_failed", details={"totp_code": "123456"}))
+    assert "123456" not in cap.events[0].to_json()
+    log = tmp_path / "audit.log"
+    with ChainLog(log) as chain:
+        chain.emit(cap.events[0])
+    assert "123456" not in log.read_text()
