@@ -1,0 +1,59 @@
+"""Broker settings: built once per process (``BrokerSettings()``) and passed down.
+
+Every value can come from the environment with the ``HOSHU_`` prefix
+(``HOSHU_DATABASE_URL=postgresql+psycopg://...``).  Defaults are the embedded
+all-in-one setup: SQLite and local files under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BrokerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HOSHU_", extra="forbid")
+
+    data_dir: Path = Path(".hoshu")
+    database_url: str = ""  # empty: sqlite:///<data_dir>/hoshu.db
+
+    # control plane (HTTPS behind a proxy in production; plain HTTP on loopback here)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8440
+    public_api_url: str = ""  # what the CLI and gateways are told; default from host/port
+
+    # SSH front door for engineers, and the tunnel endpoint for gateways
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 2222
+    tunnel_host: str = "127.0.0.1"
+    tunnel_port: int = 2223
+
+    # tokens, sessions, limits
+    access_token_ttl_s: int = 900
+    login_timeout_s: int = 30
+    max_body_bytes: int = 64 * 1024
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'hoshu.db'}"
+
+    @property
+    def api_url(self) -> str:
+        return self.public_api_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.data_dir / "keys" / "broker_host_key"
+
+    @property
+    def credential_key_path(self) -> Path:
+        return self.data_dir / "keys" / "credentials.key"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.data_dir / "audit" / "audit.log"
