@@ -128,4 +128,19 @@ define("audit.sink_lag", AUD, "A sink is behind: events wait in its outbox",
        severity=Severity.MEDIUM, details={"sink": PUB, "lag_events": PUB, "lag_s": PUB,
                                           "last_error": PUB})
 define("audit.retention_deleted", AUD, "Data past its retention period was deleted",
-       details={"kind": PUB, "count": PUB, "before": PUB})
+       details={"kind": PUB, "count": PUB, "before": PUB, "first_seq": PUB, "last_seq": PUB})
+define("audit.verified", AUD, "The log was verified end to end and found intact",
+       details={"count": PUB, "checkpoints": PUB, "last_hash": PUB})
+define("audit.sink_recovered", AUD, "A lagging or failing sink caught up again",
+       details={"sink": PUB, "lag_events": PUB})
+define("audit.outbox_corrupt", AUD, "A sink's outbox cursor is unreadable: the sink is stopped "
+       "until an operator resets it (nothing is dropped)", severity=Severity.HIGH,
+       details={"sink": PUB, "reason": PUB})
+define("audit.exported", AUD, "An auditor exported audit events",
+       details={"format": PUB, "count": PUB, "filters": PUB})
+define("recording.viewed", AUD, "Someone read or replayed a session recording",
+       details={"recording": PUB})
+define("recording.refused", AUD, "Access to a session recording was refused",
+       severity=Severity.MEDIUM, details={"reason": PUB})
+define("review.generated", AUD, "A periodic log review report was generated",
+       details={"period": PUB, "findings": PUB, "report_sha256": PUB})

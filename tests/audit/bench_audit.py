@@ -1,0 +1,55 @@
+"""Throughput of the audit log (a measurement, not a test): ``python -m tests.audit.bench_audit``.
+
+Prints events/s for single appends from one thread, from four threads, and for
+``append_many`` batches, with a signing key and checkpoints every 1000 events.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from audit import new_event
+from audit.chain import ChainLog, verify
+from audit.signing import CheckpointSigner
+
+
+def _event(i: int) -> object:
+    return new_event("session.command", ActorUsername="eng-tanaka", TargetHostname="cobas-c503-1",
+                     TargetSessionId="s-1", HospitalId="h-1", details={"command": f"ls -l /tmp/{i}"})
+
+
+def main(n: int = 50_000) -> None:
+    signer = CheckpointSigner.generate()
+    with tempfile.TemporaryDirectory() as d:
+        events = [_event(i) for i in range(n)]
+        with ChainLog(Path(d) / "a.log", signer=signer) as log:
+            t = time.perf_counter()
+            for e in events:
+                log.emit(e)  # type: ignore[arg-type]
+            print(f"emit, 1 thread:   {n / (time.perf_counter() - t):,.0f} events/s")
+        with ChainLog(Path(d) / "b.log", signer=signer) as log:
+            chunks = [events[k::4] for k in range(4)]
+            threads = [threading.Thread(target=lambda c=c: [log.emit(e) for e in c])  # type: ignore
+                       for c in chunks]
+            t = time.perf_counter()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            print(f"emit, 4 threads:  {n / (time.perf_counter() - t):,.0f} events/s")
+        with ChainLog(Path(d) / "c.log", signer=signer) as log:
+            t = time.perf_counter()
+            for k in range(0, n, 100):
+                log.append_many(events[k:k + 100])  # type: ignore[arg-type]
+            print(f"append_many(100): {n / (time.perf_counter() - t):,.0f} events/s")
+        t = time.perf_counter()
+        result = verify(Path(d) / "a.log")
+        print(f"verify:           {result.count / (time.perf_counter() - t):,.0f} events/s "
+              f"({result.checkpoints} checkpoints)")
+
+
+if __name__ == "__main__":
+    main()
