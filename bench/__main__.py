@@ -1,0 +1,99 @@
+"""``python -m bench [--quick] [--out PATH] [--only SECTION ...]``.
+
+Runs the sections in order (OpenSSH and hoshu data paths, scale, audit) and
+writes the results file even when a section fails: its figures are then
+``null`` and ``notes`` carries the reason.  Every loop is bounded; the full
+run takes well under 30 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bench.report import Results, machine
+from bench.sizes import FULL, QUICK, Sizes
+from bench.sshd import CIPHER, KEX
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("openssh", "hoshu", "scale", "audit")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sizes (the test suite's mode)")
+    ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    ap.add_argument("--work", type=Path, default=HERE / "work",
+                    help="scratch directory (deleted afterwards unless --keep)")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument("--max-gateways", type=int, default=None,
+                    help="cap the largest gateway count of the scale section")
+    args = ap.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.max_gateways is not None:
+        steps = tuple(s for s in sizes.gateway_steps if s <= args.max_gateways)
+        sizes = Sizes(**{**sizes.__dict__, "gateway_steps": steps or (args.max_gateways,)})
+    work = args.work
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    os.environ.setdefault("PYTHONPATH", str(HERE.parent))
+    res = Results("quick" if args.quick else "full")
+    res.info["machine"] = machine()
+    res.info["cipher"] = CIPHER
+    res.info["kex"] = KEX
+    res.info["sizes"] = sizes.__dict__
+    started = time.monotonic()
+    try:
+        _run(res, sizes, work, args.only)
+    finally:
+        res.info["machine"]["loadavg_at_end"] = list(os.getloadavg())
+        res.info["total_seconds"] = round(time.monotonic() - started, 1)
+        doc = res.write(args.out)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"[bench] wrote {args.out}", file=sys.stderr)
+    for key in sorted(k for k, v in doc.items() if isinstance(v, int | float) or v is None):
+        print(f"  {key:42} {doc[key]}")
+    for name, t in doc["targets"].items():
+        print(f"  target {name:30} value={t['value']} met={t['met']}")
+    return 0
+
+
+def _run(res: Results, sizes: Sizes, work: Path, only: list[str]) -> None:
+    from bench import audit_bench, openssh_bench, scale
+
+    if "openssh" in only or "hoshu" in only:
+        openssh_bench.run(res, sizes, work, with_openssh="openssh" in only,
+                          with_hoshu="hoshu" in only)
+    if "scale" in only:
+        res.section("scale", scale.KEYS, lambda: scale.run(res, sizes, work / "scale"))
+    if "audit" in only:
+        res.section("audit append", ["audit_append_per_s"],
+                 lambda: audit_bench.measure_append(res, work / "audit", sizes.audit_appends))
+        res.section("audit sqlite", ["audit_query_p95_ms_sqlite", "audit_query_p50_ms_sqlite"],
+                 lambda: audit_bench.measure_sqlite(res, work / "audit", sizes.audit_events,
+                                                    sizes.audit_queries))
+        res.section("audit postgres",
+                 ["audit_query_p95_ms_postgres", "audit_query_p50_ms_postgres"],
+                 lambda: _postgres(res, sizes))
+
+
+def _postgres(res: Results, sizes: Sizes) -> None:
+    from bench import audit_bench, pg
+
+    reason = pg.unavailable()
+    if reason:
+        res.missing(["audit_query_p95_ms_postgres", "audit_query_p50_ms_postgres"], reason)
+        return
+    with pg.throwaway_postgres() as url:
+        audit_bench.measure_postgres(res, url, sizes.audit_events, sizes.audit_queries)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

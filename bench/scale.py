@@ -1,0 +1,181 @@
+"""Scale: idle gateways held by one broker process, its memory, a restart.
+
+The broker (:mod:`bench.scale_broker`) and the gateways
+(:mod:`bench.scale_gateways`, one client process per step) are separate
+processes on loopback.  Steps add gateways until 1,000, 5,000 and 10,000 are
+connected (the file-descriptor limit permitting); at each step the broker's
+resident memory is read from ``/proc``.  At the largest step the broker opens
+channels through random tunnels to an instrument service (session opens per
+second), then it is killed and started again, and the time until every
+gateway is connected again is measured.  Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.openssh_chain import start_source
+from bench.report import Results
+from bench.sizes import Sizes
+from bench.sshd import BenchError, free_port
+
+KEYS = ["gateways_connected", "broker_rss_MiB_at_max_gateways", "reconnect_all_s",
+        "session_opens_per_s"]
+STEP_DEADLINE = 420.0
+RECONNECT_DEADLINE = 300.0
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class Proc:
+    """A child speaking a line protocol on stdin/stdout, with read deadlines."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.name = argv[2]
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=sys.stderr, cwd=ROOT, text=True, bufsize=1)
+
+    def ask(self, line: str | None, timeout: float = 60.0) -> str:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        if line is not None:
+            self.p.stdin.write(line + "\n")
+            self.p.stdin.flush()
+        ready, _, _ = select.select([self.p.stdout], [], [], timeout)
+        if not ready:
+            raise BenchError(f"no answer from {self.name} within {timeout:.0f} s")
+        answer = self.p.stdout.readline()
+        if not answer:
+            raise BenchError(f"{self.name} exited ({self.p.poll()})")
+        return answer.strip()
+
+    def rss_mib(self) -> float:
+        text = Path(f"/proc/{self.p.pid}/status").read_text()
+        for line in text.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise BenchError("no VmRSS")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.p.poll() is None:
+            if kill:
+                self.p.kill()
+            else:
+                try:
+                    assert self.p.stdin is not None
+                    self.p.stdin.write("quit\n")
+                    self.p.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    pass
+            try:
+                self.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(timeout=10)
+
+
+def _broker(port: int, gateways: int, target: int) -> Proc:
+    b = Proc([sys.executable, "-m", "bench.scale_broker", "--port", str(port),
+              "--gateways", str(gateways), "--target-port", str(target)])
+    if json.loads(b.ask(None, 120)).get("ready") is not True:
+        raise BenchError("the broker did not start")
+    return b
+
+
+def _connected(b: Proc) -> int:
+    return int(json.loads(b.ask("count"))["connected"])
+
+
+def _wait_connected(b: Proc, want: int, deadline_s: float) -> tuple[int, float]:
+    t0 = time.monotonic()
+    n = _connected(b)
+    while n < want and time.monotonic() - t0 < deadline_s:
+        time.sleep(0.25)
+        n = _connected(b)
+    return n, time.monotonic() - t0
+
+
+def feasible_steps(steps: tuple[int, ...], res: Results) -> list[int]:
+    """Drop steps the file-descriptor limit cannot hold (broker: one per gateway)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    ok = [s for s in steps if s + 200 <= limit]
+    if len(ok) < len(steps):
+        res.notes.append(f"scale: steps {[s for s in steps if s not in ok]} skipped: the "
+                         f"file-descriptor hard limit is {limit}")
+    return ok
+
+
+def run(res: Results, sizes: Sizes, work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    steps = feasible_steps(sizes.gateway_steps, res)
+    if not steps:
+        res.missing(KEYS, "the file-descriptor limit allows no step")
+        return
+    top = steps[-1]
+    banner = work / "banner.txt"
+    banner.write_bytes(b"SSH-2.0-instrument\r\n")
+    source_procs: list[subprocess.Popen[bytes]] = []
+    clients: list[Proc] = []
+    broker: Proc | None = None
+    port = free_port()
+    info: dict[str, Any] = {"listener": "bench.scale_broker (asyncssh listen_reverse)",
+                            "steps": {}}
+    res.info["scale"] = info
+    try:
+        target = start_source(banner, source_procs)
+        broker = _broker(port, top, target)
+        info["broker_rss_MiB_idle"] = round(broker.rss_mib(), 1)
+        have = 0
+        for step in steps:
+            clients.append(Proc([sys.executable, "-m", "bench.scale_gateways",
+                                 "--port", str(port), "--first", str(have),
+                                 "--count", str(step - have), "--allowed-port", str(target)]))
+            have = step
+            n, took = _wait_connected(broker, step, STEP_DEADLINE)
+            rss = broker.rss_mib()
+            info["steps"][str(step)] = {"connected": n, "connect_s": round(took, 1),
+                                        "broker_rss_MiB": round(rss, 1)}
+            res.put(f"broker_rss_MiB_at_{step}_gateways", rss, 1)
+            res.put("gateways_connected", n)
+            res.put("broker_rss_MiB_at_max_gateways", rss, 1)
+            if n < step:
+                res.notes.append(f"scale: only {n} of {step} gateways connected within "
+                                 f"{STEP_DEADLINE:.0f} s; larger steps not attempted")
+                top = n
+                break
+        for conc in (1, 16):
+            r = json.loads(broker.ask(f"opens {sizes.scale_session_opens} {conc}", 300))
+            rate = (r["opens"] - r["errors"]) / r["seconds"]
+            res.put("session_opens_per_s" if conc == 16 else "session_opens_sequential_per_s",
+                    rate, 1)
+            if r["errors"]:
+                res.notes.append(f"scale: {r['errors']} of {r['opens']} channel opens failed "
+                                 f"(concurrency {conc})")
+        t_kill = time.monotonic()
+        broker.stop(kill=True)
+        broker = _broker(port, top, target)
+        t_ready = time.monotonic()
+        n, took = _wait_connected(broker, top, RECONNECT_DEADLINE)
+        info["restart_to_ready_s"] = round(t_ready - t_kill, 2)
+        info["reconnected"] = n
+        if n >= top:
+            res.put("reconnect_all_s", took, 2)
+            res.put("reconnect_all_from_kill_s", time.monotonic() - t_kill, 2)
+        else:
+            res.missing(["reconnect_all_s"], f"only {n} of {top} gateways reconnected within "
+                                             f"{RECONNECT_DEADLINE:.0f} s of the restart")
+        res.put("broker_rss_MiB_after_reconnect", broker.rss_mib(), 1)
+    finally:
+        for c in clients:
+            c.stop()
+        if broker is not None:
+            broker.stop()
+        for p in source_procs:
+            p.terminate()
+            p.wait(timeout=10)

@@ -1,0 +1,127 @@
+"""A broker process holding gateway tunnels: ``python -m bench.scale_broker``.
+
+It accepts gateways with ``asyncssh.listen_reverse`` (the broker is the SSH
+*client* of each reverse connection), trusts a gateway only if its host key
+is one of the enrolled keys (a set lookup, as a directory cache would be),
+and keeps one connection per gateway, idle.  This is the minimal reverse
+listener the scale figures are measured with while the broker's own tunnel
+registry is not used here; the per-connection cost is asyncssh's.
+
+Commands on stdin, one JSON answer per line on stdout:
+``count`` -> ``{"connected": n}``;
+``opens K C`` -> K ``direct-tcpip`` channel opens (C at a time) to random
+connected gateways, each reading the first byte of the instrument's reply ->
+``{"opens": K, "errors": e, "seconds": s}``; ``quit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+
+import asyncssh
+
+from bench.scale_gateways import broker_key, gateway_key, raise_nofile
+
+OPEN_TIMEOUT = 10.0
+
+
+class Broker:
+    def __init__(self, trusted: set[bytes], target_port: int) -> None:
+        self.trusted = trusted
+        self.target_port = target_port
+        self.conns: dict[int, asyncssh.SSHClientConnection] = {}
+
+    def client_factory(self) -> asyncssh.SSHClient:
+        broker = self
+
+        class TunnelClient(asyncssh.SSHClient):
+            def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+                self._conn = conn
+
+            def validate_host_public_key(self, host: str, addr: str, port: int,
+                                         key: asyncssh.SSHKey) -> bool:
+                """Only enrolled gateway keys are accepted; anything else is refused."""
+                return bytes(key.public_data) in broker.trusted
+
+            def auth_completed(self) -> None:
+                broker.conns[id(self._conn)] = self._conn
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                broker.conns.pop(id(self._conn), None)
+
+        return TunnelClient()
+
+    async def open_one(self) -> bool:
+        if not self.conns:
+            return False
+        conn = random.choice(list(self.conns.values()))
+        try:
+            reader, writer = await asyncio.wait_for(
+                conn.open_connection("127.0.0.1", self.target_port), OPEN_TIMEOUT)
+            writer.write(b"1\n")
+            data = await asyncio.wait_for(reader.read(1), OPEN_TIMEOUT)
+            writer.close()
+            return len(data) == 1
+        except (OSError, asyncssh.Error, TimeoutError):
+            return False
+
+    async def opens(self, total: int, concurrency: int) -> dict[str, float]:
+        left = total
+        errors = 0
+
+        async def worker() -> None:
+            nonlocal left, errors
+            while left > 0:
+                left -= 1
+                if not await self.open_one():
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return {"opens": total, "errors": errors, "seconds": time.perf_counter() - t0}
+
+
+async def _main(args: argparse.Namespace) -> None:
+    raise_nofile()
+    trusted = {bytes(gateway_key(i).public_data) for i in range(args.gateways)}
+    broker = Broker(trusted, args.target_port)
+    server = await asyncssh.listen_reverse(
+        "127.0.0.1", args.port, client_factory=broker.client_factory,
+        client_keys=[broker_key()], known_hosts=([], [], []), username="broker",
+        backlog=args.backlog, reuse_address=True)
+    print(json.dumps({"ready": True}), flush=True)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            words = line.split()
+            if not words or words[0] == "quit":
+                break
+            if words[0] == "count":
+                answer: dict[str, object] = {"connected": len(broker.conns)}
+            elif words[0] == "opens" and len(words) == 3:
+                answer = dict(await broker.opens(int(words[1]), int(words[2])))
+            else:
+                answer = {"error": f"unknown command {words[0]!r}"}
+            print(json.dumps(answer), flush=True)
+    finally:
+        server.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--gateways", type=int, required=True, help="enrolled gateway keys")
+    ap.add_argument("--target-port", type=int, required=True)
+    ap.add_argument("--backlog", type=int, default=4096)
+    asyncio.run(_main(ap.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""How much each measurement does: the full run and the quick (test-suite) run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each measurement does; ``quick`` keeps the test suite fast."""
+
+    throughput_bytes: int
+    throughput_runs: int
+    session_opens: int
+    echo_samples: int
+    gateway_steps: tuple[int, ...]
+    scale_session_opens: int
+    audit_appends: int
+    audit_events: int
+    audit_queries: int
+
+
+FULL = Sizes(throughput_bytes=1_000_000_000, throughput_runs=2, session_opens=20,
+             echo_samples=500, gateway_steps=(1000, 5000, 10000), scale_session_opens=500,
+             audit_appends=100_000, audit_events=1_000_000, audit_queries=200)
+QUICK = Sizes(throughput_bytes=4_000_000, throughput_runs=1, session_opens=3,
+              echo_samples=30, gateway_steps=(20,), scale_session_opens=20,
+              audit_appends=2_000, audit_events=20_000, audit_queries=20)

@@ -1,0 +1,57 @@
+"""Results bookkeeping: missing figures stay null with a reason; verdicts follow the figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.probes import percentile, summarize
+from bench.report import REQUIRED_KEYS, Results
+
+
+def test_a_figure_not_produced_is_null_with_a_note(tmp_path: Path) -> None:
+    res = Results("quick")
+    res.put("audit_append_per_s", 12345.678, 0)
+    doc = res.write(tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == doc
+    assert doc["audit_append_per_s"] == 12346.0
+    for key in REQUIRED_KEYS:
+        if key != "audit_append_per_s":
+            assert doc[key] is None
+            assert any(key in n for n in doc["notes"])
+    assert doc["targets"]["audit_append"]["met"] is True
+    assert doc["targets"]["echo_p99"]["met"] is None
+
+
+def test_a_failing_section_is_reported_and_the_run_goes_on() -> None:
+    res = Results("quick")
+
+    def boom() -> None:
+        res.put("echo_p50_ms", 1.0)
+        raise RuntimeError("front door refused")
+
+    res.section("hoshu", ["echo_p50_ms", "echo_p99_ms"], boom)
+    assert res.figures["echo_p50_ms"] == 1.0
+    assert res.figures["echo_p99_ms"] is None
+    assert any("echo_p99_ms" in n and "front door refused" in n for n in res.notes)
+
+
+def test_ratio_targets_compare_hoshu_with_the_chain() -> None:
+    res = Results("full")
+    res.put("echo_p99_ms", 3.0)
+    res.put("echo_p99_openssh_chain_ms", 1.0)
+    res.put("session_open_s", 0.5)
+    res.put("session_open_openssh_chain_s", 0.4)
+    doc = res.document()
+    assert doc["ratios"]["echo_p99_vs_chain"] == 3.0
+    assert doc["targets"]["echo_p99"]["met"] is False
+    assert doc["targets"]["session_open"]["met"] is True
+
+
+def test_percentiles_use_nearest_rank() -> None:
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 95) == 95.0
+    assert percentile([5.0], 99) == 5.0
+    s = summarize(values)
+    assert (s.p50, s.n) == (50.5, 100)
