@@ -17,8 +17,9 @@ from audit.signing import CheckpointSigner
 
 
 def _event(i: int) -> object:
-    return new_event("session.command", ActorUsername="eng-tanaka", TargetHostname="cobas-c503-1",
-                     TargetSessionId="s-1", HospitalId="h-1", details={"command": f"ls -l /tmp/{i}"})
+    return new_event("session.command", ActorUsername="eng-tanaka",
+                     TargetHostname="cobas-c503-1", TargetSessionId="s-1", HospitalId="h-1",
+                     details={"command": f"ls -l /tmp/{i}"})
 
 
 def main(n: int = 50_000) -> None:

@@ -1,0 +1,219 @@
+"""Lossless shipping: outages delay delivery, never drop or duplicate (after de-dup)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit import new_event
+from audit.chain import ChainLog, read_events
+from audit.outbox import CursorStore, OutboxCorrupt, SinkError, reset_cursor
+from audit.shipper import Backoff, Shipper, ShippingService
+from audit.signing import CheckpointSigner
+from audit.sinks.azure import AzureLogsSink
+from audit.sinks.fluent import FluentForwardSink
+from audit.sinks.syslog import SyslogSink
+from tests.fixtures.siem import (
+    ForwardServer,
+    LogsIngestion,
+    Rsyslog,
+    StaticToken,
+    tls_contexts,
+    wait_for,
+)
+
+FAST = Backoff(initial_s=0.01, factor=2.0, max_s=0.2)
+
+
+def _emit(log: ChainLog, n: int, start: int = 0) -> None:
+    for k in range(0, n, 250):
+        log.append_many([
+            new_event("session.command", ActorUsername="eng-sato", TargetHostname="cobas-c503-1",
+                      TargetSessionId="sess-1", HospitalId="h1", TargetPortNumber=22,
+                      EventMessage=f"command {start + i}",
+                      details={"command": f"cat /var/log/analyzer/{start + i}.log"})
+            for i in range(k, min(n, k + 250))])
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[ChainLog]:
+    with ChainLog(tmp_path / "audit" / "audit.log", signer=CheckpointSigner.generate(),
+                  checkpoint_every=2000) as chain:
+        yield chain
+
+
+def _service(log: ChainLog, sink: Any, tmp_path: Path, **kw: Any) -> ShippingService:
+    shipper = Shipper(sink, log.path, CursorStore(tmp_path / "cursors"), backoff=FAST,
+                      batch_size=kw.pop("batch_size", 1000), emitter=log, **kw)
+    service = ShippingService([shipper], poll_s=0.05)
+    log.add_listener(service.wake)
+    service.start()
+    return service
+
+
+def _assert_exactly_once(log: ChainLog, delivered: list[str]) -> None:
+    written = [e.uid for e in read_events(log.path)]
+    assert len(written) >= 10_000
+    assert set(delivered) == set(written), (
+        f"missing {len(set(written) - set(delivered))}, extra {len(set(delivered) - set(written))}")
+
+
+def test_fluentd_outage_during_10000_events_loses_nothing(
+        log: ChainLog, forward_server: ForwardServer, tmp_path: Path) -> None:
+    sink = FluentForwardSink("127.0.0.1", forward_server.port, timeout_s=5)
+    service = _service(log, sink, tmp_path)
+    try:
+        _emit(log, 3000)
+        wait_for(lambda: len(set(forward_server.uids())) >= 3000, what="first events")
+        forward_server.stop()
+        _emit(log, 4000, 3000)
+        wait_for(lambda: service.status()[0].state == "backing_off", what="backoff")
+        assert service.status()[0].lag_events >= 4000
+        forward_server.drop_before_ack = 2  # back, but closes mid-batch twice
+        forward_server.start()
+        _emit(log, 3000, 7000)
+        assert service.wait_idle(30)
+    finally:
+        service.stop()
+    assert forward_server.tags == {"hoshu.audit"}
+    _assert_exactly_once(log, forward_server.uids())
+
+
+def test_logs_ingestion_outage_and_throttling_lose_nothing_and_match_the_stream(
+        log: ChainLog, logs_ingestion: LogsIngestion, tmp_path: Path) -> None:
+    sink = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
+                         StaticToken(logs_ingestion.TOKEN), allow_http=True, retry_total=0)
+    service = _service(log, sink, tmp_path)
+    try:
+        _emit(log, 3000)
+        wait_for(lambda: len(set(logs_ingestion.uids())) >= 3000, what="first events")
+        logs_ingestion.outage = True
+        _emit(log, 3500, 3000)
+        wait_for(lambda: service.status()[0].state == "backing_off", what="backoff")
+        logs_ingestion.throttle = True  # 429 with Retry-After
+        _emit(log, 3500, 6500)
+        wait_for(lambda: "HTTP 429" in service.status()[0].last_error, what="429 seen")
+        logs_ingestion.outage = False
+        assert service.wait_idle(60)
+    finally:
+        service.stop()
+    assert logs_ingestion.rejected == []
+    _assert_exactly_once(log, logs_ingestion.uids())
+
+
+def test_logs_ingestion_stand_in_rejects_records_that_do_not_match_the_stream(
+        logs_ingestion: LogsIngestion) -> None:
+    """The contract check can fail: an undeclared column or a wrong type is refused."""
+    sink = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
+                         StaticToken(logs_ingestion.TOKEN), allow_http=True, retry_total=0)
+    good = dict(new_event("user.logout").record)
+    with pytest.raises(SinkError) as err:
+        sink.send([good, {**good, "Patient": "x"}, {**good, "TargetPortNumber": "22"}])
+    assert err.value.permanent and "HTTP 400" in str(err.value)
+    assert len(logs_ingestion.rejected) == 2 and logs_ingestion.records == []
+    bad_token = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
+                              StaticToken("wrong"), allow_http=True, retry_total=0)
+    with pytest.raises(SinkError, match="401"):
+        bad_token.send([good])
+
+
+def test_rsyslog_outage_during_10000_events_loses_nothing(
+        log: ChainLog, rsyslog: Rsyslog, tmp_path: Path) -> None:
+    sink = SyslogSink("127.0.0.1", rsyslog.port, timeout_s=5)
+    service = _service(log, sink, tmp_path)
+    try:
+        _emit(log, 3000)
+        wait_for(lambda: len(set(rsyslog.uids())) >= 3000, what="first events in rsyslog")
+        rsyslog.stop()
+        _emit(log, 4000, 3000)
+        wait_for(lambda: service.status()[0].state == "backing_off", what="backoff")
+        rsyslog.start()
+        _emit(log, 3000, 7000)
+        assert service.wait_idle(30)
+        wait_for(lambda: len(set(rsyslog.uids())) >= log.seq, what="rsyslog to write all")
+    finally:
+        service.stop()
+    _assert_exactly_once(log, rsyslog.uids())
+    line = next(x for x in rsyslog.lines() if "session.command" in x)
+    assert line.startswith("<134>1 ") and " hoshu - session.command [hoshu@32473 uid=" in line
+
+
+def test_corrupted_cursor_stops_the_sink_loudly_and_loses_nothing(
+        log: ChainLog, forward_server: ForwardServer, tmp_path: Path) -> None:
+    cursors = CursorStore(tmp_path / "cursors")
+    shipper = Shipper(FluentForwardSink("127.0.0.1", forward_server.port), log.path, cursors,
+                      emitter=log, batch_size=100)
+    _emit(log, 250)
+    assert shipper.ship_once() == 100
+    cursors.path("fluentd").write_text('{"seq": 90, "offset": 1, "hash": "x", "check": "0"}')
+    with pytest.raises(OutboxCorrupt, match="checksum"):
+        shipper.ship_once()
+    status = shipper.status()
+    assert status.state == "stopped" and "checksum" in status.last_error
+    assert [e.details["sink"] for e in read_events(log.path) if e.type == "audit.outbox_corrupt"]
+    with pytest.raises(OutboxCorrupt):
+        shipper.ship_once()  # stays stopped until an operator looks
+    reset_cursor(cursors, log.path, "fluentd", 100)
+    shipper.state = "idle"
+    while shipper.ship_once():
+        pass
+    assert set(forward_server.uids()) == {e.uid for e in read_events(log.path)}
+
+
+def test_cursor_pointing_at_another_log_is_refused(
+        log: ChainLog, forward_server: ForwardServer, tmp_path: Path) -> None:
+    cursors = CursorStore(tmp_path / "cursors")
+    shipper = Shipper(FluentForwardSink("127.0.0.1", forward_server.port), log.path, cursors)
+    _emit(log, 20)
+    shipper.ship_once()
+    c = cursors.load("fluentd")
+    cursors.save("fluentd", type(c)(c.seq, c.offset - 7, c.hash))
+    with pytest.raises(OutboxCorrupt, match="does not match the log"):
+        shipper.ship_once()
+
+
+def test_lag_is_visible_and_reported_as_an_event(log: ChainLog, tmp_path: Path) -> None:
+    """With the sink down, status shows the backlog and an audit.sink_lag event is written."""
+    from datetime import timedelta
+
+    from audit.events import utc_now
+
+    now = [utc_now()]
+    sink = FluentForwardSink("127.0.0.1", 1, timeout_s=1)  # nothing listens on port 1
+    shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), emitter=log,
+                      lag_alert_s=60, clock=lambda: now[0], backoff=FAST)
+    _emit(log, 10)
+    with pytest.raises(SinkError, match="unreachable"):
+        shipper.ship_once()
+    assert shipper.status().lag_events == 10 and shipper.status().state == "backing_off"
+    assert not shipper.report_lag()  # not yet over the threshold
+    now[0] += timedelta(seconds=120)
+    assert shipper.report_lag()
+    lag = [e for e in read_events(log.path) if e.type == "audit.sink_lag"]
+    assert lag[0].details["sink"] == "fluentd" and lag[0].details["lag_events"] >= 10
+    assert "unreachable" in lag[0].details["last_error"]
+    assert not shipper.report_lag()  # rate limited
+
+
+def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
+    b = Backoff(initial_s=1, factor=2, max_s=8)
+    assert [b.delay(n, lambda: 1.0) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 8]
+    assert b.delay(3, lambda: 0.0) == 2  # jitter never below half
+
+
+def test_fluentd_over_tls(log: ChainLog, tmp_path: Path) -> None:
+    server_ctx, client_ctx = tls_contexts(tmp_path / "tls")
+    server = ForwardServer(tls=server_ctx)
+    server.start()
+    try:
+        sink = FluentForwardSink("127.0.0.1", server.port, tls=client_ctx,
+                                 server_hostname="localhost")
+        _emit(log, 5)
+        shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"))
+        assert shipper.ship_once() == 5
+        assert len(server.uids()) == 5
+    finally:
+        server.stop()
