@@ -184,7 +184,7 @@ def read_cast(path: str | os.PathLike[str], *,
     try:
         if p.stat().st_size > max_bytes:
             raise RecordingError(f"recording {p} is larger than {max_bytes} bytes")
-        f = open(p, encoding="utf-8")  # noqa: SIM115  (closed by the iterator)
+        f = open(p, encoding="utf-8")
     except OSError as exc:
         raise RecordingError(f"cannot read recording {p}: {exc.strerror}") from exc
     try:

@@ -37,8 +37,8 @@ def test_writer_records_output_input_resize_with_size_and_hash(tmp_path: Path) -
     w.output(b"login ok\r\n$ ")
     mono.t += 1.5
     w.input(b"ls\r")
-    w.output("ls\r\nresults.csv\r\n".encode()[:5])  # split mid-stream is fine
-    w.output("ls\r\nresults.csv\r\n".encode()[5:])
+    w.output(b"ls\r\nresults.csv\r\n"[:5])  # split mid-stream is fine
+    w.output(b"ls\r\nresults.csv\r\n"[5:])
     mono.t += 0.25
     w.resize(120, 40)
     w.output("日本語".encode()[:4])  # a multibyte character split across reads
