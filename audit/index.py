@@ -1,0 +1,263 @@
+"""The auditors' index: events in SQL, queryable by who, where, what and when.
+
+SQLAlchemy Core on SQLite (embedded) and PostgreSQL (production).  Only the
+broker imports this module (the gateway install has no SQLAlchemy).  The index
+is fed like any sink (:class:`IndexSink`, behind its own outbox cursor), so it
+is never ahead of the tamper-evident log and catches up after an outage; a
+re-sent batch is ignored by ``EventUid``.
+
+Queries filter on time range, hospital, instrument, engineer (user name or
+id), vendor, event type, outcome, session, request and grant, newest first
+or oldest first, with keyset pagination (a page token, no OFFSET) so deep pages
+stay fast.  Each filter column is indexed together with ``TimeGenerated``.
+
+Errors: :class:`QueryError` (bad filters: unknown type, end before start,
+page size out of range, forged page token) — nothing is read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+)
+
+from audit.errors import AuditError
+from audit.events import catalog, format_time
+
+METADATA = MetaData()
+# Filterable columns, named as the event columns they copy.
+_FILTERS = ("EventType", "EventResult", "HospitalId", "TargetHostname", "ActorUsername",
+            "ActorUserId", "VendorId", "TargetSessionId", "RequestId", "GrantId", "GatewayId")
+
+events_table = Table(
+    "audit_events", METADATA,
+    Column("id", Integer().with_variant(BigInteger(), "postgresql"), primary_key=True,
+           autoincrement=True),
+    Column("EventUid", String(64), nullable=False, unique=True),
+    Column("ChainSeq", BigInteger, nullable=True),
+    Column("TimeGenerated", String(32), nullable=False),  # fixed-width UTC ISO: sorts as text
+    Column("EventType", String(64), nullable=False),
+    Column("EventResult", String(16)),
+    Column("HospitalId", String(64)),
+    Column("TargetHostname", String(128)),
+    Column("ActorUsername", String(128)),
+    Column("ActorUserId", String(64)),
+    Column("VendorId", String(64)),
+    Column("TargetSessionId", String(64)),
+    Column("RequestId", String(64)),
+    Column("GrantId", String(64)),
+    Column("GatewayId", String(64)),
+    Column("record", Text, nullable=False),
+)
+for _col in _FILTERS:
+    Index(f"ix_audit_events_{_col.lower()}_time", events_table.c[_col],
+          events_table.c.TimeGenerated, events_table.c.id)
+Index("ix_audit_events_time", events_table.c.TimeGenerated, events_table.c.id)
+
+MAX_PAGE = 1000
+
+
+class QueryError(AuditError):
+    """The query is invalid; nothing was read."""
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    start: datetime | None = None
+    end: datetime | None = None  # exclusive
+    hospital_id: str | None = None
+    hospital_ids: tuple[str, ...] | None = None  # scope: None = all hospitals
+    instrument: str | None = None
+    engineer: str | None = None  # user name or user id
+    vendor_id: str | None = None
+    types: tuple[str, ...] = ()
+    outcome: str | None = None
+    session_id: str | None = None
+    request_id: str | None = None
+    grant_id: str | None = None
+    limit: int = 100
+    newest_first: bool = False
+    page: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.start and self.end and self.end <= self.start:
+            raise QueryError("the end of the time range must be after its start")
+        for t in (self.start, self.end):
+            if t is not None and t.tzinfo is None:
+                raise QueryError("times must carry a time zone (UTC)")
+        if not 1 <= self.limit <= MAX_PAGE:
+            raise QueryError(f"page size must be between 1 and {MAX_PAGE}")
+        unknown = [t for t in self.types if t not in catalog()]
+        if unknown:
+            raise QueryError(f"unknown event types: {', '.join(sorted(unknown))}")
+        if self.outcome and self.outcome not in ("Success", "Failure", "Partial", "NA"):
+            raise QueryError("outcome must be Success, Failure, Partial or NA")
+
+
+@dataclass(frozen=True)
+class Page:
+    events: list[dict[str, Any]]
+    next_page: str | None
+
+
+def _encode_page(time: str, id_: int) -> str:
+    return base64.urlsafe_b64encode(f"{time}|{id_}".encode()).decode()
+
+
+def _decode_page(token: str) -> tuple[str, int]:
+    try:
+        time, _, id_ = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        if len(time) != 27:
+            raise ValueError(time)
+        return time, int(id_)
+    except ValueError as exc:
+        raise QueryError("invalid page token") from exc
+
+
+def _row(record: Mapping[str, Any]) -> dict[str, Any]:
+    row = {c: (str(record[c])[:128] if record.get(c) is not None else None) for c in _FILTERS}
+    row["EventUid"] = str(record["EventUid"])
+    row["ChainSeq"] = record.get("ChainSeq")
+    row["TimeGenerated"] = str(record["TimeGenerated"])
+    row["record"] = json.dumps(record, ensure_ascii=False, separators=(",", ":"),
+                               sort_keys=True)
+    return row
+
+
+class AuditIndex:
+    """The event index on one database (``sqlite:///...`` or ``postgresql+psycopg://...``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> AuditIndex:
+        index = cls(create_engine(url, pool_pre_ping=True))
+        index.create()
+        return index
+
+    def create(self) -> None:
+        METADATA.create_all(self.engine, checkfirst=True)
+
+    def add(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Insert records not yet indexed (by EventUid); returns how many were new."""
+        if not records:
+            return 0
+        rows = {str(r["EventUid"]): _row(r) for r in records}
+        with self.engine.begin() as conn:
+            known = set(conn.scalars(select(events_table.c.EventUid)
+                                     .where(events_table.c.EventUid.in_(list(rows)))))
+            fresh = [row for uid, row in rows.items() if uid not in known]
+            if fresh:
+                conn.execute(insert(events_table), fresh)
+        return len(fresh)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(events_table)) or 0)
+
+    def search(self, q: EventQuery) -> Page:
+        q.validate()
+        t = events_table.c
+        conds: list[Any] = []
+        if q.start:
+            conds.append(t.TimeGenerated >= format_time(q.start))
+        if q.end:
+            conds.append(t.TimeGenerated < format_time(q.end))
+        for value, col in ((q.hospital_id, t.HospitalId), (q.instrument, t.TargetHostname),
+                           (q.vendor_id, t.VendorId), (q.outcome, t.EventResult),
+                           (q.session_id, t.TargetSessionId), (q.request_id, t.RequestId),
+                           (q.grant_id, t.GrantId)):
+            if value:
+                conds.append(col == value)
+        if q.hospital_ids is not None:
+            conds.append(t.HospitalId.in_(list(q.hospital_ids)))
+        if q.engineer:
+            conds.append(or_(t.ActorUsername == q.engineer, t.ActorUserId == q.engineer))
+        if q.types:
+            conds.append(t.EventType.in_(list(q.types)))
+        if q.page:
+            ptime, pid = _decode_page(q.page)
+            if q.newest_first:
+                conds.append(or_(t.TimeGenerated < ptime,
+                                 and_(t.TimeGenerated == ptime, t.id < pid)))
+            else:
+                conds.append(or_(t.TimeGenerated > ptime,
+                                 and_(t.TimeGenerated == ptime, t.id > pid)))
+        order = ((t.TimeGenerated.desc(), t.id.desc()) if q.newest_first
+                 else (t.TimeGenerated.asc(), t.id.asc()))
+        stmt = (select(t.id, t.TimeGenerated, t.record).where(*conds).order_by(*order)
+                .limit(q.limit + 1))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        more = len(rows) > q.limit
+        rows = rows[:q.limit]
+        next_page = _encode_page(rows[-1].TimeGenerated, rows[-1].id) if more else None
+        return Page([json.loads(r.record) for r in rows], next_page)
+
+    def iterate(self, q: EventQuery, *, max_rows: int = 1_000_000) -> Iterator[dict[str, Any]]:
+        """Every matching event, page by page (for exports), at most ``max_rows``."""
+        query, sent = replace(q, limit=MAX_PAGE, page=None), 0
+        while True:
+            page = self.search(query)
+            for e in page.events:
+                if sent >= max_rows:
+                    raise QueryError(f"more than {max_rows} events match: narrow the query")
+                sent += 1
+                yield e
+            if page.next_page is None:
+                return
+            query = replace(query, page=page.next_page)
+
+    def delete_before(self, before: datetime, types: Sequence[str] | None = None) -> int:
+        """Remove index rows older than ``before`` (retention; the caller logs it)."""
+        t = events_table.c
+        stmt = delete(events_table).where(t.TimeGenerated < format_time(before))
+        if types:
+            stmt = stmt.where(t.EventType.in_(list(types)))
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount or 0)
+
+
+class IndexSink:
+    """The index as a shipping sink: acknowledged once the rows are committed."""
+
+    def __init__(self, index: AuditIndex, name: str = "index") -> None:
+        self.index = index
+        self.name = name
+
+    def send(self, records: Sequence[Mapping[str, Any]]) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from audit.outbox import SinkError
+
+        try:
+            self.index.add(records)
+        except SQLAlchemyError as exc:
+            raise SinkError(f"index database: {type(exc).__name__}: {exc}"[:500]) from exc
+
+    def close(self) -> None:
+        return None
