@@ -1,0 +1,108 @@
+"""The broker's SSH user certificate authority.
+
+``hoshu login`` (password + TOTP at the control plane) ends with
+:meth:`UserCA.issue`: a certificate over the engineer's registered public key,
+principal = the engineer's user name, valid from now until 8 hours later or
+the end of the engineer's grants, whichever is sooner.  The front door accepts
+such a certificate as both factors, because it could only be issued after MFA.
+
+Deny by default: :meth:`UserCA.accepts` is False for a certificate signed by any
+other key, of the wrong type, not yet valid or expired (by the injected clock),
+or not naming the user.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from audit import new_event
+from audit.emitter import Emitter
+
+MAX_CERT_LIFETIME = timedelta(hours=8)
+_CERT_TYPE_USER = 1  # asyncssh.public_key.CERT_TYPE_USER
+
+
+class CertificateRefused(Exception):
+    """No certificate can be issued (no remaining grant time, bad key)."""
+
+
+class UserCA:
+    def __init__(self, key: asyncssh.SSHKey) -> None:
+        self._key = key
+        self._pub = key.convert_to_public()
+
+    @classmethod
+    def generate(cls) -> UserCA:
+        return cls(asyncssh.generate_private_key("ssh-ed25519"))
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> UserCA:
+        if path.exists():
+            return cls(asyncssh.read_private_key(path))
+        ca = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ca._key.write_private_key(path)
+        path.chmod(0o600)
+        return ca
+
+    @property
+    def public_key(self) -> asyncssh.SSHKey:
+        return self._pub
+
+    def public_line(self) -> str:
+        return self._pub.export_public_key().decode().strip()
+
+    def issue(
+        self,
+        public_key_line: str,
+        *,
+        username: str,
+        user_id: str,
+        now: datetime,
+        grants_end: datetime | None,
+        serial: int,
+        emitter: Emitter,
+    ) -> str:
+        """Return an OpenSSH certificate line for ``public_key_line``.
+
+        Raises :class:`CertificateRefused` when no grant time is left.
+        """
+        end = now + MAX_CERT_LIFETIME
+        if grants_end is not None:
+            end = min(end, grants_end)
+        if end <= now:
+            raise CertificateRefused("no active grant: no certificate issued")
+        try:
+            user_key = asyncssh.import_public_key(public_key_line)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise CertificateRefused("not an OpenSSH public key") from exc
+        cert = self._key.generate_user_certificate(
+            user_key, f"hoshu:{username}:{serial}", serial=serial, principals=[username],
+            valid_after=now - timedelta(seconds=30), valid_before=end,
+            permit_x11_forwarding=False, permit_agent_forwarding=False, permit_user_rc=False,
+            touch_required=False,
+        )
+        emitter.emit(new_event(
+            "ssh.cert_issued", clock=lambda: now, ActorUsername=username, ActorUserId=user_id,
+            ActorUserType="engineer",
+            details={"cert_serial": serial, "valid_until": end.isoformat(),
+                     "key_fingerprint": user_key.get_fingerprint("sha256")},
+        ))
+        line: str = cert.export_certificate().decode().strip()
+        return line
+
+    def accepts(self, cert: Any, username: str, now: datetime) -> bool:
+        """True only for a user certificate we signed, naming ``username``, valid ``now``."""
+        if cert.is_x509 or cert.signing_key != self._pub:
+            return False
+        # asyncssh's own validate() reads the wall clock; ours is injected.
+        if getattr(cert, "_cert_type", None) != _CERT_TYPE_USER:
+            return False
+        if username not in cert.principals:
+            return False
+        ts = int(now.timestamp())
+        return bool(getattr(cert, "_valid_after", 0) <= ts < getattr(cert, "_valid_before", 0))

@@ -1,0 +1,176 @@
+"""``ssh -L``: direct-tcpip channels to granted instrument ports only.
+
+The destination host is the instrument named at login (``localhost`` or its
+name) or another instrument by name; the port must be in an active grant for
+this engineer and on the hospital's list for the instrument.  The broker
+connects through the instrument's gateway (``InstrumentConnector.open_tcp``)
+and copies bytes with flow control both ways.  Metadata (open, close, bytes
+each way, duration) becomes ``forward.opened``/``forward.closed`` events; with
+``forward_capture_dir`` set, the raw bytes are kept as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import asyncssh
+
+from broker.ssh.errors import FrontDoorError
+from broker.ssh.ports import ByteReader, ByteWriter
+from broker.ssh.sessions import LiveSession
+
+if TYPE_CHECKING:
+    from broker.ssh.channels import Channels
+
+log = logging.getLogger(__name__)
+CHUNK = 256 * 1024
+_HIGH_WATER = 4 * 1024 * 1024
+
+
+class ForwardSession(asyncssh.SSHTCPSession[bytes]):
+    """Engineer side of one forward; the instrument side is a byte stream."""
+
+    def __init__(
+        self,
+        channels: Channels,
+        live: LiveSession,
+        cols: dict[str, Any],
+        reader: ByteReader,
+        writer: ByteWriter,
+        capture: Path | None,
+    ) -> None:
+        self._ch = channels
+        self._live = live
+        self._cols = cols
+        self._reader = reader
+        self._writer = writer
+        self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self.src_bytes = 0
+        self.dst_bytes = 0
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._pump: asyncio.Task[None] | None = None
+        self._draining = False
+        self._drain_task: asyncio.Future[None] | None = None
+        self._closed = False
+        self._reason = "closed"
+        self._capture: IO[bytes] | None = None
+        if capture is not None:
+            capture.parent.mkdir(parents=True, exist_ok=True)
+            self._capture = open(capture, "wb")  # closed in _finish
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self._chan = chan
+        self._live.on_terminate = self._terminate
+        self._pump = asyncio.ensure_future(self._upstream_to_engineer())
+
+    def _terminate(self, reason: str) -> None:
+        self._reason = reason
+        if self._chan is not None:
+            self._chan.close()
+
+    # engineer -> instrument
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.src_bytes += len(data)
+        if self._capture is not None:
+            self._capture.write(b">" + len(data).to_bytes(4, "big") + data)
+        self._writer.write(data)
+        if not self._draining:
+            self._draining = True
+            self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            if self._chan is not None:
+                self._chan.pause_reading()
+            await self._writer.drain()
+        except (OSError, asyncssh.Error):
+            self._terminate("instrument_closed")
+        finally:
+            self._draining = False
+            if self._chan is not None and not self._closed:
+                self._chan.resume_reading()
+
+    def eof_received(self) -> bool:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self._writer.write_eof()
+        return True  # keep the channel half-open for the reply
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # instrument -> engineer
+    async def _upstream_to_engineer(self) -> None:
+        assert self._chan is not None
+        try:
+            while data := await self._reader.read(CHUNK):
+                self.dst_bytes += len(data)
+                if self._capture is not None:
+                    self._capture.write(b"<" + len(data).to_bytes(4, "big") + data)
+                self._chan.write(data)
+                if not self._writable.is_set():
+                    await self._writable.wait()
+            self._chan.write_eof()
+        except (OSError, asyncssh.Error):
+            self._chan.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        ch = self._ch
+        ch.door.sessions.remove(self._live.session_id)
+        ch.release()
+        if self._capture is not None:
+            self._capture.close()
+        ch.door.emit(
+            "forward.closed", EventResultDetails=self._reason,
+            SrcBytes=self.src_bytes, DstBytes=self.dst_bytes,
+            NetworkDuration=int((self._loop.time() - self._started) * 1000), **self._cols,
+        )
+
+
+async def open_forward(
+    channels: Channels, dest_host: str, dest_port: int
+) -> ForwardSession:
+    """Authorize and connect one forward, or raise ChannelOpenError with the reason."""
+    instrument = channels.forward_target(dest_host)
+    door = channels.door
+    base = channels.cols(instrument, dest_port, NetworkApplicationProtocol="tcp")
+    try:
+        target, grant = channels.authorize(instrument, dest_port)
+        reader, writer = await door.connector.open_tcp(target, dest_port)
+    except (FrontDoorError, OSError, asyncssh.Error) as exc:
+        channels.release()
+        msg = str(exc) if isinstance(exc, FrontDoorError) else (
+            f"{instrument} port {dest_port} cannot be reached ({type(exc).__name__})")
+        reason = getattr(exc, "reason", "connect_failed")
+        door.emit("forward.refused", EventResult="Failure", EventResultDetails=reason,
+                  EventMessage=msg, **base)
+        code = (asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED if reason == "no_grant"
+                else asyncssh.OPEN_CONNECT_FAILED)
+        raise asyncssh.ChannelOpenError(code, msg) from exc
+    sid = door.ids()
+    live = channels.live(sid, "forward", target, grant, dest_port)
+    cols = dict(base, TargetSessionId=sid, HospitalId=target.hospital_id or None,
+                GatewayId=target.gateway_id or None, GrantId=grant.grant_id)
+    capture_dir = door.options.forward_capture_dir
+    capture = capture_dir / f"{sid}.fwd" if capture_dir is not None else None
+    door.emit("forward.opened", details={"capture": capture.name if capture else None},
+              **cols)
+    door.sessions.add(live)
+    return ForwardSession(channels, live, cols, reader, writer, capture)

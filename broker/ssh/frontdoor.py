@@ -1,0 +1,208 @@
+"""The engineers' SSH front door: listener, shared state and the start function.
+
+:func:`start_front_door` listens for stock OpenSSH clients.  Each connection
+gets an :class:`~broker.ssh.server.EngineerServer` (thin asyncssh hooks) over
+the shared :class:`FrontDoor` (policy, connector, emitter, live sessions, CA).
+
+asyncssh completes authentication as soon as one method succeeds, so the
+connection class below turns a verified public-key signature into a *partial*
+success (RFC 4252 §5.1): the client must then answer keyboard-interactive with
+a TOTP code.  A user certificate issued by :class:`~broker.ssh.ca.UserCA`
+after password + TOTP counts as both factors.  There is no password method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import asyncssh
+from asyncssh.constants import MSG_SERVICE_ACCEPT, MSG_SERVICE_REQUEST
+from asyncssh.packet import SSHPacket, String
+
+from audit import new_event
+from audit.emitter import Emitter
+from broker.settings import BrokerSettings
+from broker.ssh.ca import UserCA
+from broker.ssh.ports import AccessPolicy, InstrumentConnector
+from broker.ssh.sessions import SessionRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class FrontDoorOptions:
+    """Limits and switches of the front door (defaults are the secure ones)."""
+
+    max_channels: int = 16  # open channels per engineer connection
+    login_timeout_s: float = 30.0
+    watch_interval_s: float = 0.25  # grant checks: sessions end < 1 s after a grant does
+    scan_command: tuple[str, ...] = ()  # argv; the file path is appended; exit 0 = clean
+    scan_timeout_s: float = 120.0
+    forward_capture_dir: Path | None = None  # raw capture of forwarded bytes when set
+    max_file_bytes: int = 2 * 1024**3
+    banner: str = ""
+
+
+class FrontDoor:
+    """State shared by every engineer connection of one listener."""
+
+    def __init__(
+        self,
+        *,
+        policy: AccessPolicy,
+        connector: InstrumentConnector,
+        emitter: Emitter,
+        recorder_dir: Path,
+        options: FrontDoorOptions,
+        ca: UserCA | None,
+        clock: Callable[[], datetime],
+        ids: Callable[[], str],
+    ) -> None:
+        self.policy = policy
+        self.connector = connector
+        self.emitter = emitter
+        self.recorder_dir = recorder_dir
+        self.options = options
+        self.ca = ca
+        self.clock = clock
+        self.ids = ids
+        self.sessions = SessionRegistry(policy, emitter, clock, options.watch_interval_s)
+        self.port = 0
+        self.host_key_line = ""
+        self._server: asyncio.AbstractServer | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._conns: set[asyncssh.SSHServerConnection] = set()
+
+    def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
+        self.emitter.emit(new_event(type_, clock=self.clock, details=details, **cols))
+
+    def track(self, conn: asyncssh.SSHServerConnection, alive: bool) -> None:
+        if alive:
+            self._conns.add(conn)
+        else:
+            self._conns.discard(conn)
+
+    async def close(self) -> None:
+        """Stop listening, end every live session and connection."""
+        if self._server is not None:
+            self._server.close()
+        for s in self.sessions.list():
+            self.sessions.terminate(s.session_id, by="hoshu", reason="broker_shutdown")
+        for conn in list(self._conns):
+            conn.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class _MfaServerConnection(asyncssh.SSHServerConnection):
+    """asyncssh server connection whose public-key success is only partial.
+
+    ``validate_public_key`` is asyncssh's own check (key lookup, then signature
+    over the session id); only the final decision is ours: a plain key yields
+    ``False`` plus the partial-success flag on the failure message, a valid
+    hoshu user certificate yields ``True``.
+    """
+
+    def _hooks(self) -> Any:
+        return self._owner
+
+    async def validate_public_key(
+        self, username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        hooks = self._hooks()
+        key = hooks.resolve_client_key(key_data)
+        if key is None:
+            return False
+        if not msg:
+            return True  # a probe: "would you accept this key?"
+        if not key.verify(String(self._session_id) + msg, signature):
+            return False
+        return cast(bool, hooks.key_proven(key_data, key))
+
+    def send_userauth_failure(self, partial_success: bool) -> None:
+        super().send_userauth_failure(partial_success or self._hooks().take_partial())
+
+    def _process_service_request_again(
+        self, pkttype: int, pktid: int, packet: SSHPacket
+    ) -> None:
+        """Accept a repeated ``ssh-userauth`` service request during authentication.
+
+        Some clients (paramiko) ask for the service again before each method,
+        also after a partial success; OpenSSH's sshd allows it, asyncssh not.
+        """
+        if self._auth_in_progress and not self._auth_complete:
+            service = packet.get_string()
+            packet.check_end()
+            if service != b"ssh-userauth":
+                raise asyncssh.ServiceNotAvailable("Unexpected service in service request")
+            self.send_packet(MSG_SERVICE_ACCEPT, String(service))
+            return
+        asyncssh.SSHServerConnection._process_service_request(self, pkttype, pktid, packet)
+
+    _packet_handlers = {  # noqa: RUF012  (asyncssh dispatches through this class table)
+        **asyncssh.SSHServerConnection._packet_handlers,
+        MSG_SERVICE_REQUEST: _process_service_request_again,
+    }
+
+
+async def start_front_door(
+    settings: BrokerSettings,
+    policy: AccessPolicy,
+    connector: InstrumentConnector,
+    emitter: Emitter,
+    recorder_dir: Path,
+    host_key: asyncssh.SSHKey,
+    *,
+    ca: UserCA | None = None,
+    options: FrontDoorOptions | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ids: Callable[[], str] = lambda: uuid.uuid4().hex,
+    host: str | None = None,
+    port: int | None = None,
+) -> FrontDoor:
+    """Listen on ``host:port`` (default: settings.ssh_host/ssh_port; 0 picks a port)."""
+    from broker.ssh.server import EngineerServer
+
+    opts = options or FrontDoorOptions(login_timeout_s=float(settings.login_timeout_s))
+    door = FrontDoor(policy=policy, connector=connector, emitter=emitter,
+                     recorder_dir=recorder_dir, options=opts, ca=ca, clock=clock, ids=ids)
+    server_options = asyncssh.SSHServerConnectionOptions(
+        server_factory=lambda: EngineerServer(door),
+        server_host_keys=[host_key],
+        encoding=None,
+        line_editor=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_pty=True,
+        password_auth=False,
+        public_key_auth=True,
+        kbdint_auth=True,
+        login_timeout=opts.login_timeout_s,
+        keepalive_interval=60,
+        window=8 * 1024 * 1024,
+        max_pktsize=32768,
+        config=[],
+    )
+    loop = asyncio.get_running_loop()
+
+    def conn_factory() -> asyncssh.SSHServerConnection:
+        return _MfaServerConnection(loop, server_options, None, None, None)
+
+    listen_host = settings.ssh_host if host is None else host
+    listen_port = settings.ssh_port if port is None else port
+    server = await loop.create_server(conn_factory, listen_host, listen_port)
+    door._server = server
+    door.port = server.sockets[0].getsockname()[1]
+    door.host_key_line = host_key.export_public_key().decode().strip()
+    door._watcher = asyncio.ensure_future(door.sessions.watch())
+    return door

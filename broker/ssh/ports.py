@@ -1,0 +1,180 @@
+"""What the SSH front door needs from the rest of the broker, as Protocols.
+
+The control plane implements :class:`AccessPolicy` (engineers, TOTP, grants,
+instruments with decrypted credentials); the tunnel part provides the route to
+an instrument, wrapped as an :class:`InstrumentConnector`.  The front door
+knows nothing else about either: tests use fakes, production wires adapters.
+
+Every method denies by returning ``None``/a failed result; the front door treats
+an exception raised by a policy method as a denial (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import asyncssh
+
+
+@dataclass(frozen=True, slots=True)
+class Engineer:
+    """An active, unexpired person whose registered key matched."""
+
+    user_id: str
+    username: str
+    organization: str = ""  # vendor name, for audit columns
+
+
+@dataclass(frozen=True, slots=True)
+class TotpResult:
+    """The answer to one TOTP check.
+
+    ``ok`` is True only for a valid code never accepted before.  ``locked_now``
+    is True on exactly the failure that locked the account (the front door
+    raises the alert event then); ``locked_until`` is set while locked.
+    """
+
+    ok: bool
+    reason: str = ""  # "wrong", "replayed", "locked", "no_totp"
+    failures: int = 0  # failures inside the lockout window
+    locked_now: bool = False
+    locked_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantView:
+    """An approved grant, active now, naming this engineer and instrument."""
+
+    grant_id: str
+    user_id: str
+    instrument: str
+    ports: tuple[int, ...]
+    ends: datetime
+    file_transfer: bool = False
+    hospital_id: str = ""
+    emergency: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentTarget:
+    """Where and how the broker logs in to an instrument.
+
+    ``credential`` is a private key in OpenSSH/PEM form or a password; it is
+    used by the relay only, never printed, logged or put in an event.
+    ``host_key_fingerprint`` is the ``SHA256:...`` fingerprint the gateway
+    reported and the hospital accepted; ``None`` means not yet accepted, and
+    then no SSH session is relayed.
+    """
+
+    name: str
+    hospital_id: str
+    gateway_id: str
+    host: str
+    ssh_port: int
+    ports: tuple[int, ...]
+    username: str
+    credential: str = field(repr=False)
+    host_key_fingerprint: str | None = None
+
+    @property
+    def credential_is_key(self) -> bool:
+        return "PRIVATE KEY" in self.credential
+
+
+class AccessPolicy(Protocol):
+    """The control plane's answers (contracts.md "Front door")."""
+
+    def engineer_for_key(self, username: str, openssh_public_key: str) -> Engineer | None: ...
+
+    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult: ...
+
+    def find_grant(
+        self, user_id: str, instrument: str, port: int, now: datetime
+    ) -> GrantView | None: ...
+
+    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None: ...
+
+    def instrument(self, name: str) -> InstrumentTarget | None: ...
+
+
+class ByteReader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def write_eof(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class InstrumentConnector(Protocol):
+    """Opens the broker's own connections to an instrument.
+
+    Raises :class:`broker.ssh.errors.GatewayOffline` when no route exists and
+    ``OSError``/``asyncssh.Error`` when the instrument cannot be reached.
+    """
+
+    async def connect_ssh(
+        self, target: InstrumentTarget, options: asyncssh.SSHClientConnectionOptions
+    ) -> asyncssh.SSHClientConnection: ...
+
+    async def open_tcp(
+        self, target: InstrumentTarget, port: int
+    ) -> tuple[ByteReader, ByteWriter]: ...
+
+
+class DirectConnector:
+    """Connects straight to ``target.host`` (tests, and brokers inside the hospital)."""
+
+    async def connect_ssh(
+        self, target: InstrumentTarget, options: asyncssh.SSHClientConnectionOptions
+    ) -> asyncssh.SSHClientConnection:
+        return await asyncssh.connect(target.host, target.ssh_port, options=options)
+
+    async def open_tcp(
+        self, target: InstrumentTarget, port: int
+    ) -> tuple[ByteReader, ByteWriter]:
+        reader, writer = await asyncio.open_connection(target.host, port, limit=1 << 20)
+        return reader, writer
+
+
+class TunnelLookup(Protocol):
+    """``broker.ssh.tunnel.TunnelRegistry`` as the front door sees it."""
+
+    def connection(self, gateway_id: str) -> asyncssh.SSHClientConnection | None: ...
+
+
+class TunnelConnector:
+    """Connects through the hospital gateway's reverse tunnel (production)."""
+
+    def __init__(self, tunnels: TunnelLookup) -> None:
+        self._tunnels = tunnels
+
+    def _tunnel(self, target: InstrumentTarget) -> asyncssh.SSHClientConnection:
+        from broker.ssh.errors import GatewayOffline
+
+        conn = self._tunnels.connection(target.gateway_id)
+        if conn is None:
+            raise GatewayOffline(f"the hospital gateway for {target.name} is offline")
+        return conn
+
+    async def connect_ssh(
+        self, target: InstrumentTarget, options: asyncssh.SSHClientConnectionOptions
+    ) -> asyncssh.SSHClientConnection:
+        tunnel = self._tunnel(target)
+        return await asyncssh.connect(
+            target.host, target.ssh_port, tunnel=tunnel, options=options
+        )
+
+    async def open_tcp(
+        self, target: InstrumentTarget, port: int
+    ) -> tuple[ByteReader, ByteWriter]:
+        reader, writer = await self._tunnel(target).open_connection(target.host, port)
+        return reader, writer

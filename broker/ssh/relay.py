@@ -1,0 +1,218 @@
+"""The protocol break: the broker's own SSH connection to the instrument, and the
+recorded relay of shells and exec commands over it.
+
+The engineer's SSH session ends at the broker.  :class:`InstrumentLink` opens
+(once per engineer connection and instrument) the broker's own SSH connection
+through the :class:`~broker.ssh.ports.InstrumentConnector`, logging in with the
+credential held for the instrument and verifying the instrument's host key
+against the fingerprint the hospital accepted.  :func:`relay_process` then
+copies bytes both ways in large chunks, writing every byte of input, output
+and every resize into the asciicast recording.
+
+Failures map to :mod:`broker.ssh.errors`; their text is what the engineer sees.
+The credential is never part of a message, an event or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+from broker.ssh.errors import GatewayOffline, InstrumentError
+from broker.ssh.ports import InstrumentConnector, InstrumentTarget
+from broker.ssh.recorder import Recording
+from broker.ssh.sessions import LiveSession
+
+CHUNK = 256 * 1024
+CONNECT_TIMEOUT_S = 15.0
+
+
+class _HostKeyCheck(asyncssh.SSHClient):
+    """Accepts exactly the instrument host key the hospital accepted."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self._fp = fingerprint
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        return bool(key.get_fingerprint("sha256") == self._fp)
+
+
+def client_options(target: InstrumentTarget) -> asyncssh.SSHClientConnectionOptions:
+    """asyncssh options for logging in to ``target`` with its injected credential."""
+    if not target.host_key_fingerprint:
+        raise InstrumentError(
+            f"the host key of {target.name} has not been accepted by the hospital yet"
+        )
+    fp = target.host_key_fingerprint
+    auth: dict[str, Any]
+    if target.credential_is_key:
+        try:
+            key = asyncssh.import_private_key(target.credential)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise InstrumentError(f"the credential held for {target.name} is unusable") from exc
+        auth = {"client_keys": [key], "password": None, "kbdint_auth": False}
+    else:
+        auth = {"client_keys": [], "password": target.credential}
+    return asyncssh.SSHClientConnectionOptions(
+        username=target.username,
+        known_hosts=([], [], []),
+        client_factory=lambda: _HostKeyCheck(fp),
+        agent_path=None,
+        config=[],
+        connect_timeout=CONNECT_TIMEOUT_S,
+        login_timeout=CONNECT_TIMEOUT_S,
+        keepalive_interval=30,
+        window=8 * 1024 * 1024,
+        max_pktsize=32768,
+        **auth,
+    )
+
+
+class InstrumentLink:
+    """The broker's SSH connections to instruments for one engineer connection."""
+
+    def __init__(self, connector: InstrumentConnector) -> None:
+        self._connector = connector
+        self._conns: dict[str, asyncssh.SSHClientConnection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def ssh(self, target: InstrumentTarget) -> asyncssh.SSHClientConnection:
+        lock = self._locks.setdefault(target.name, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(target.name)
+            if conn is not None and not conn.is_closed():
+                return conn
+            conn = await self._open(target)
+            self._conns[target.name] = conn
+            return conn
+
+    async def _open(self, target: InstrumentTarget) -> asyncssh.SSHClientConnection:
+        options = client_options(target)
+        try:
+            return await self._connector.connect_ssh(target, options)
+        except GatewayOffline:
+            raise
+        except asyncssh.PermissionDenied as exc:
+            raise InstrumentError(
+                f"{target.name} refused the broker's credential; ask the hospital to check it"
+            ) from exc
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise InstrumentError(
+                f"the host key of {target.name} does not match the one the hospital accepted; "
+                "refusing to connect"
+            ) from exc
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise InstrumentError(
+                f"{target.name} cannot be reached ({type(exc).__name__})"
+            ) from exc
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
+async def _copy_out(
+    src: asyncssh.SSHReader[bytes],
+    dst: asyncssh.SSHWriter[bytes],
+    rec: Recording | None,
+    live: LiveSession,
+) -> None:
+    while data := await src.read(CHUNK):
+        if rec is not None:
+            rec.output(data)
+        if live.followers:
+            live.publish(data)
+        dst.write(data)
+        await dst.drain()
+
+
+async def _copy_in(
+    process: asyncssh.SSHServerProcess[bytes],
+    upstream: asyncssh.SSHClientProcess[bytes],
+    rec: Recording | None,
+) -> None:
+    while True:
+        try:
+            data = await process.stdin.read(CHUNK)
+        except asyncssh.TerminalSizeChanged as exc:
+            upstream.change_terminal_size(exc.width, exc.height)
+            if rec is not None:
+                rec.resize(exc.width, exc.height)
+            continue
+        except asyncssh.BreakReceived as exc:
+            upstream.send_break(exc.msec)
+            continue
+        except asyncssh.SignalReceived as exc:
+            upstream.send_signal(exc.signal)
+            continue
+        if not data:
+            upstream.stdin.write_eof()
+            return
+        if rec is not None:
+            rec.input(data)
+        upstream.stdin.write(data)
+        await upstream.stdin.drain()
+
+
+async def relay_process(
+    process: asyncssh.SSHServerProcess[bytes],
+    conn: asyncssh.SSHClientConnection,
+    rec: Recording | None,
+    live: LiveSession,
+    stop: asyncio.Future[str],
+    on_flush_error: Callable[[Exception], None],
+) -> tuple[int | None, str]:
+    """Relay one shell or exec; return (exit status, end reason).
+
+    Ends when the instrument side exits, when ``stop`` resolves (termination:
+    its value is the reason), or when the recording fails.
+    """
+    term = process.get_terminal_type()
+    width, height, _, _ = process.get_terminal_size()
+    upstream = await conn.create_process(
+        process.command or None,
+        term_type=term,
+        term_size=(width, height) if term else None,
+        encoding=None,
+    )
+    tasks = [
+        asyncio.ensure_future(_copy_out(upstream.stdout, process.stdout, rec, live)),
+        asyncio.ensure_future(_copy_out(upstream.stderr, process.stderr, rec, live)),
+    ]
+    pump_in = asyncio.ensure_future(_copy_in(process, upstream, rec))
+    outputs: asyncio.Future[Any] = asyncio.gather(*tasks)
+    reason = "exited"
+    try:
+        waiting: set[asyncio.Future[Any]] = {outputs, stop, pump_in}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        while pump_in in done and not pump_in.exception() and not stop.done():
+            waiting = {outputs, stop}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for t in (outputs, pump_in):
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                assert isinstance(exc, Exception)
+                on_flush_error(exc)
+                reason = getattr(exc, "reason", "relay_error")
+                break
+        if stop.done():
+            reason = stop.result()
+    finally:
+        for t in (*tasks, pump_in):
+            t.cancel()
+        with contextlib.suppress(BaseException):
+            await outputs
+        with contextlib.suppress(BaseException):
+            await pump_in
+    if reason == "exited":
+        await upstream.wait_closed()
+        return upstream.exit_status, reason
+    upstream.close()
+    return None, reason

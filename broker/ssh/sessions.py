@@ -1,0 +1,204 @@
+"""Live sessions: the registry, live following, termination, continuous grant checks.
+
+Every relayed shell, exec, file-transfer channel and port forward is a
+:class:`LiveSession` in the :class:`SessionRegistry` while it runs.  The
+:meth:`SessionRegistry.watch` loop asks the access policy, every ``interval``
+seconds, when each session's grant ends: a revoked or expired grant, or a
+deactivated engineer (``grant_end`` returns ``None``), ends the session at the
+next tick; 5 minutes and 1 minute before the end the engineer is warned on
+their terminal.  A policy error counts as "no longer valid" (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from audit import new_event
+from audit.emitter import Emitter
+from broker.ssh.ports import AccessPolicy
+
+log = logging.getLogger(__name__)
+
+WARN_AT_S = (300, 60)
+_FOLLOW_QUEUE = 1024
+
+
+@dataclass(eq=False)
+class LiveSession:
+    """One running session or forward, as approvers and the watcher see it."""
+
+    session_id: str
+    kind: str  # shell, exec, sftp, scp, forward
+    user_id: str
+    username: str
+    instrument: str
+    hospital_id: str
+    grant_id: str
+    port: int
+    started: datetime
+    src: str = ""
+    grant_ends: datetime | None = None
+    recording: str = ""
+    on_terminate: Callable[[str], None] = field(default=lambda _m: None, repr=False)
+    on_warning: Callable[[str], None] | None = field(default=None, repr=False)
+    warned: set[int] = field(default_factory=set, repr=False)
+    followers: set[asyncio.Queue[bytes | None]] = field(default_factory=set, repr=False)
+    ended_reason: str | None = None
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "ActorUsername": self.username,
+            "ActorUserId": self.user_id,
+            "ActorUserType": "engineer",
+            "SrcIpAddr": self.src or None,
+            "TargetHostname": self.instrument,
+            "TargetPortNumber": self.port,
+            "TargetSessionId": self.session_id,
+            "HospitalId": self.hospital_id or None,
+            "GrantId": self.grant_id,
+        }
+
+    def publish(self, data: bytes) -> None:
+        """Copy terminal output to live followers; a follower that lags is dropped."""
+        for q in list(self.followers):
+            if q.qsize() >= _FOLLOW_QUEUE:
+                self.followers.discard(q)
+                q.put_nowait(None)
+            else:
+                q.put_nowait(data)
+
+    def close_followers(self) -> None:
+        for q in list(self.followers):
+            q.put_nowait(None)
+        self.followers.clear()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "kind": self.kind,
+            "user": self.username,
+            "instrument": self.instrument,
+            "port": self.port,
+            "hospital_id": self.hospital_id,
+            "grant_id": self.grant_id,
+            "started": self.started.isoformat(),
+            "grant_ends": self.grant_ends.isoformat() if self.grant_ends else None,
+            "src": self.src,
+        }
+
+
+class SessionRegistry:
+    """Live sessions of one front door, with the grant watcher."""
+
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        emitter: Emitter,
+        clock: Callable[[], datetime],
+        interval: float = 0.25,
+    ) -> None:
+        self._policy = policy
+        self._emitter = emitter
+        self._clock = clock
+        self._interval = interval
+        self._sessions: dict[str, LiveSession] = {}
+
+    def add(self, session: LiveSession) -> None:
+        self._sessions[session.session_id] = session
+
+    def remove(self, session_id: str) -> None:
+        s = self._sessions.pop(session_id, None)
+        if s is not None:
+            s.close_followers()
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return self._sessions.get(session_id)
+
+    def list(self, hospital_id: str | None = None) -> list[LiveSession]:
+        return [s for s in self._sessions.values()
+                if hospital_id is None or s.hospital_id == hospital_id]
+
+    def terminate(self, session_id: str, *, by: str, reason: str) -> bool:
+        """End a live session now (approver action or the watcher); False if unknown."""
+        s = self._sessions.get(session_id)
+        if s is None or s.ended_reason is not None:
+            return False
+        s.ended_reason = reason
+        self._emitter.emit(new_event(
+            "session.terminated", clock=self._clock, EventResultDetails=reason,
+            EventMessage=f"session {session_id} of {s.username} on {s.instrument} ended: {reason}",
+            details={"kind": s.kind, "by": by, "recording": s.recording or None},
+            **s.columns(),
+        ))
+        try:
+            s.on_terminate(reason)
+        except Exception:  # the session is torn down by its own task either way
+            log.exception("terminating session %s", session_id)
+        return True
+
+    async def follow(self, session_id: str) -> AsyncIterator[bytes]:
+        """Yield the live terminal output of a session (read-only) until it ends."""
+        s = self._sessions.get(session_id)
+        if s is None:
+            return
+        q: asyncio.Queue[bytes | None] = asyncio.Queue()
+        s.followers.add(q)
+        try:
+            while (chunk := await q.get()) is not None:
+                yield chunk
+        finally:
+            s.followers.discard(q)
+
+    def check_once(self) -> None:
+        """One pass of the grant watcher (the loop calls this every ``interval``)."""
+        now = self._clock()
+        for s in list(self._sessions.values()):
+            if s.ended_reason is not None:
+                continue
+            try:
+                end = self._policy.grant_end(s.grant_id, s.user_id, now)
+            except Exception:
+                log.exception("grant check failed; ending session %s", s.session_id)
+                end = None
+            if end is None:
+                self.terminate(s.session_id, by="hoshu", reason="grant_revoked")
+                continue
+            s.grant_ends = end
+            remaining = (end - now).total_seconds()
+            if remaining <= 0:
+                self.terminate(s.session_id, by="hoshu", reason="grant_expired")
+                continue
+            due = [w for w in WARN_AT_S if remaining <= w and w not in s.warned]
+            if due:
+                s.warned.update(w for w in WARN_AT_S if w >= min(due))
+                self._warn(s, remaining, end)
+
+    def _warn(self, s: LiveSession, remaining: float, end: datetime) -> None:
+        mins = max(1, round(remaining / 60))
+        text = (
+            f"hoshu: your grant for {s.instrument} ends in {mins} minute"
+            f"{'s' if mins != 1 else ''} (at {end:%H:%M:%S} UTC); "
+            "the session will be closed then"
+        )
+        self._emitter.emit(new_event(
+            "session.warning", clock=self._clock, EventMessage=text,
+            details={"remaining_s": int(remaining)}, **s.columns(),
+        ))
+        if s.on_warning is not None:
+            with contextlib.suppress(Exception):
+                s.on_warning(text)
+
+    async def watch(self) -> None:
+        """Run the grant watcher until cancelled."""
+        while True:
+            try:
+                self.check_once()
+            except Exception:
+                log.exception("session watcher pass failed")
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,68 @@
+"""Fixtures: a front door on loopback in front of a real OpenSSH instrument."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from audit.testing import CapturingEmitter
+from broker.settings import BrokerSettings
+from broker.ssh.ca import UserCA
+from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
+from broker.ssh.ports import DirectConnector, InstrumentTarget
+from labsim.sshd import OpenSSHInstrument
+from tests.frontdoor.harness import T0, FakeClock, FakePolicy, World, engineer_key
+
+ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$HOSHU_TEST_CODE\"\n"
+
+
+@pytest.fixture
+def front_door_options() -> FrontDoorOptions:
+    return FrontDoorOptions(login_timeout_s=2.0, watch_interval_s=0.1)
+
+
+@pytest.fixture
+async def world(
+    tmp_path: Path, openssh_instrument: OpenSSHInstrument, front_door_options: FrontDoorOptions
+) -> AsyncIterator[World]:
+    clock = FakeClock(T0)
+    policy = FakePolicy()
+    events = CapturingEmitter()
+    key_path, public_line = engineer_key(tmp_path)
+    eng, secret = policy.add_engineer("alice", public_line)
+    inst = openssh_instrument
+    policy.instruments[inst.name] = InstrumentTarget(
+        name=inst.name, hospital_id="h-1", gateway_id="gw-1", host=inst.host,
+        ssh_port=inst.port, ports=(inst.port,), username=inst.username,
+        credential=inst.client_private_key_pem, host_key_fingerprint=inst.host_key_fingerprint)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    ids = iter(f"s{n:04d}" for n in range(1, 10_000))
+    door = await start_front_door(
+        BrokerSettings(data_dir=tmp_path / "data"), policy, DirectConnector(), events,
+        tmp_path / "recordings", host_key, ca=UserCA.generate(), options=front_door_options,
+        clock=clock, ids=lambda: next(ids), host="127.0.0.1", port=0)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{door.port} {door.host_key_line}\n")
+    askpass = tmp_path / "askpass"
+    askpass.write_text(ASKPASS)
+    askpass.chmod(0o755)
+    w = World(door=door, policy=policy, clock=clock, events=events, tmp=tmp_path,
+              key_path=key_path, public_line=public_line, engineer=eng, totp_secret=secret,
+              known_hosts=known, askpass=askpass, instrument=inst.name, ssh_port=inst.port,
+              data_dir=inst.data_dir)
+    try:
+        yield w
+    finally:
+        await door.close()
+
+
+@pytest.fixture
+def granted(world: World) -> World:
+    """``world`` with a one-hour shell grant (no file transfer) for alice."""
+    world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
+                       ends=world.clock.now + timedelta(hours=1))
+    return world

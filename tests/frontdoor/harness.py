@@ -1,0 +1,230 @@
+"""Test harness for the front door: a fake access policy, a fake clock, an
+OpenSSH client runner and a paramiko engineer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncssh
+import paramiko
+import pyotp
+
+from audit.testing import CapturingEmitter
+from broker.ssh.frontdoor import FrontDoor
+from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, TotpResult
+
+T0 = datetime(2026, 11, 24, 9, 0, 0, tzinfo=UTC)
+LOCK_AFTER = 5
+LOCK_WINDOW = timedelta(minutes=15)
+
+
+class FakeClock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class FakePolicy:
+    """In-memory AccessPolicy with the control plane's documented behaviour."""
+
+    engineers: dict[str, tuple[Engineer, str, str, bool]] = field(default_factory=dict)
+    grants: list[GrantView] = field(default_factory=list)
+    instruments: dict[str, InstrumentTarget] = field(default_factory=dict)
+    used_codes: set[tuple[str, int]] = field(default_factory=set)
+    failures: dict[str, list[datetime]] = field(default_factory=dict)
+    locked: dict[str, datetime] = field(default_factory=dict)
+
+    def add_engineer(self, username: str, public_line: str) -> tuple[Engineer, str]:
+        eng = Engineer(user_id=f"u-{username}", username=username, organization="Roche")
+        secret = pyotp.random_base32()
+        self.engineers[username] = (eng, " ".join(public_line.split()[:2]), secret, True)
+        return eng, secret
+
+    def deactivate(self, username: str) -> None:
+        eng, key, secret, _ = self.engineers[username]
+        self.engineers[username] = (eng, key, secret, False)
+
+    def engineer_for_key(self, username: str, openssh_public_key: str) -> Engineer | None:
+        row = self.engineers.get(username)
+        if row is None or not row[3]:
+            return None
+        return row[0] if " ".join(openssh_public_key.split()[:2]) == row[1] else None
+
+    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult:
+        row = next(r for r in self.engineers.values() if r[0].user_id == user_id)
+        until = self.locked.get(user_id)
+        if until is not None and now < until:
+            return TotpResult(False, "locked", LOCK_AFTER, False, until)
+        totp = pyotp.TOTP(row[2])
+        step = int(now.timestamp()) // 30
+        valid = totp.verify(code, for_time=now, valid_window=1)
+        if valid and (user_id, step) not in self.used_codes:
+            self.used_codes.add((user_id, step))
+            return TotpResult(True)
+        reason = "replayed" if totp.verify(code, for_time=now, valid_window=1) else "wrong"
+        recent = [t for t in self.failures.get(user_id, []) if now - t < LOCK_WINDOW] + [now]
+        self.failures[user_id] = recent
+        if len(recent) >= LOCK_AFTER:
+            self.locked[user_id] = now + LOCK_WINDOW
+            return TotpResult(False, reason, len(recent), True, now + LOCK_WINDOW)
+        return TotpResult(False, reason, len(recent))
+
+    def grant(self, eng: Engineer, instrument: str, ports: tuple[int, ...], *,
+              ends: datetime, files: bool = False) -> GrantView:
+        g = GrantView(grant_id=f"g{len(self.grants) + 1}", user_id=eng.user_id,
+                      instrument=instrument, ports=ports, ends=ends, file_transfer=files,
+                      hospital_id="h-1")
+        self.grants.append(g)
+        return g
+
+    def revoke(self, grant_id: str) -> None:
+        self.grants = [g for g in self.grants if g.grant_id != grant_id]
+
+    def set_end(self, grant_id: str, ends: datetime) -> None:
+        self.grants = [replace(g, ends=ends) if g.grant_id == grant_id else g
+                       for g in self.grants]
+
+    def _active(self, user_id: str) -> bool:
+        return any(r[0].user_id == user_id and r[3] for r in self.engineers.values())
+
+    def find_grant(self, user_id: str, instrument: str, port: int,
+                   now: datetime) -> GrantView | None:
+        if not self._active(user_id):
+            return None
+        for g in self.grants:
+            if (g.user_id == user_id and g.instrument == instrument and port in g.ports
+                    and now < g.ends):
+                return g
+        return None
+
+    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None:
+        if not self._active(user_id):
+            return None
+        for g in self.grants:
+            if g.grant_id == grant_id and g.user_id == user_id:
+                return g.ends
+        return None
+
+    def instrument(self, name: str) -> InstrumentTarget | None:
+        return self.instruments.get(name)
+
+
+@dataclass
+class World:
+    """One running front door with a real sshd instrument behind it."""
+
+    door: FrontDoor
+    policy: FakePolicy
+    clock: FakeClock
+    events: CapturingEmitter
+    tmp: Path
+    key_path: Path  # the engineer's private key (OpenSSH format)
+    public_line: str
+    engineer: Engineer
+    totp_secret: str
+    known_hosts: Path
+    askpass: Path
+    instrument: str
+    ssh_port: int  # the instrument's sshd port
+    data_dir: Path  # the instrument's data directory (what sessions start in)
+
+    def code(self, offset_steps: int = 0) -> str:
+        at = self.clock.now + timedelta(seconds=30 * offset_steps)
+        return str(pyotp.TOTP(self.totp_secret).at(at))
+
+    def ssh_argv(self, tool: str = "ssh", *, batch: bool = False,
+                 extra: tuple[str, ...] = ()) -> list[str]:
+        port_flag = "-P" if tool in ("scp",) else "-p"
+        if tool == "sftp":
+            port_flag = "-P"
+        argv = [tool, "-F", "/dev/null", port_flag, str(self.door.port),
+                "-i", str(self.key_path), "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10",
+                "-o", "NumberOfPasswordPrompts=1"]
+        if batch:
+            argv += ["-o", "BatchMode=yes"]
+        return argv + list(extra)
+
+    def env(self, code: str | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"SSH_ASKPASS": str(self.askpass), "SSH_ASKPASS_REQUIRE": "force",
+                    "DISPLAY": ":0", "HOSHU_TEST_CODE": code if code is not None else self.code()})
+        env.pop("SSH_AUTH_SOCK", None)
+        return env
+
+    def login(self, instrument: str | None = None) -> str:
+        inst = self.instrument if instrument is None else instrument
+        return f"{self.engineer.username}+{inst}@127.0.0.1" if inst else \
+            f"{self.engineer.username}@127.0.0.1"
+
+
+@dataclass
+class Result:
+    rc: int
+    out: bytes
+    err: bytes
+    seconds: float
+
+
+async def run(argv: list[str], env: dict[str, str], *, stdin: bytes = b"",
+              timeout: float = 20.0) -> Result:
+    start = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return Result(proc.returncode or 0, out, err, time.monotonic() - start)
+
+
+async def poll(check: Callable[[], bool], *, deadline_s: float = 5.0,
+               interval_s: float = 0.02) -> float:
+    """Wait until ``check()`` holds; return the seconds it took; fail at the deadline."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > deadline_s:
+            raise AssertionError(f"condition not met within {deadline_s} s")
+        await asyncio.sleep(interval_s)
+    return time.monotonic() - start
+
+
+def paramiko_client(world: World, instrument: str | None = None,
+                    code: str | None = None) -> paramiko.Transport:
+    """Log in with paramiko: public key (partial success), then TOTP by keyboard-interactive."""
+    t = paramiko.Transport(("127.0.0.1", world.door.port))
+    t.banner_timeout = 10
+    t.start_client(timeout=10)
+    key = paramiko.Ed25519Key.from_private_key_file(str(world.key_path))
+    login = world.login(instrument).split("@")[0]
+    remaining = t.auth_publickey(login, key)
+    assert remaining == ["keyboard-interactive"], remaining
+    answer = world.code() if code is None else code
+    t.auth_interactive(login, lambda _t, _i, prompts: [answer for _ in prompts])
+    return t
+
+
+def engineer_key(tmp: Path) -> tuple[Path, str]:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp / "id_engineer"
+    key.write_private_key(path)
+    path.chmod(0o600)
+    line = key.export_public_key().decode().strip()
+    (tmp / "id_engineer.pub").write_text(line + "\n")
+    return path, line

@@ -1,0 +1,135 @@
+"""Engineers get in with a registered key AND a second factor, every time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import paramiko
+import pytest
+
+from tests.frontdoor.harness import World, paramiko_client, run
+
+
+async def test_key_and_totp_run_a_command_on_the_instrument(granted: World) -> None:
+    """Stock ssh: key, then the TOTP code asked by keyboard-interactive, reaches the sshd."""
+    w = granted
+    r = await run(w.ssh_argv(extra=(w.login(), "echo hello-from; pwd")), w.env())
+    assert r.rc == 0, r.err
+    assert r.out.splitlines() == [b"hello-from", str(w.data_dir).encode()]
+    login = w.events.of_type("ssh.login")[-1]
+    assert login.get("EventResult") == "Success"
+    assert login.details["method"] == "publickey+totp"
+
+
+async def test_key_alone_never_gets_in(granted: World) -> None:
+    """BatchMode (no way to answer the code): refused, and the failure is logged."""
+    w = granted
+    r = await run(w.ssh_argv(batch=True, extra=(w.login(), "true")), w.env())
+    assert r.rc == 255
+    assert b"Permission denied" in r.err
+    await asyncio.sleep(0)
+    fail = [e for e in w.events.of_type("ssh.login") if e.get("EventResult") == "Failure"]
+    assert fail and fail[-1].get("EventResultDetails") == "second factor not completed"
+    assert not w.events.of_type("session.started")
+
+
+async def test_wrong_code_refused_and_logged(granted: World) -> None:
+    w = granted
+    r = await run(w.ssh_argv(extra=(w.login(), "true")), w.env(code="000000"))
+    assert r.rc == 255
+    assert b"wrong code" in r.err
+    failed = w.events.of_type("user.mfa_failed")
+    assert len(failed) == 1 and failed[0].get("EventResultDetails") == "wrong"
+    assert "totp_code" not in failed[0].details
+
+
+async def test_a_code_is_accepted_once(granted: World) -> None:
+    """The same code a second time is refused as replayed (paramiko)."""
+    w = granted
+    code = w.code()
+    t = await asyncio.to_thread(paramiko_client, w, None, code)
+    assert t.is_authenticated()
+    t.close()
+    with pytest.raises(paramiko.AuthenticationException):
+        await asyncio.to_thread(paramiko_client, w, None, code)
+    assert w.events.of_type("user.mfa_failed")[-1].get("EventResultDetails") == "replayed"
+
+
+async def test_five_failures_lock_the_account_and_raise_an_alert(granted: World) -> None:
+    w = granted
+    for _ in range(5):
+        with pytest.raises(paramiko.AuthenticationException):
+            await asyncio.to_thread(paramiko_client, w, None, "123456")
+    assert len(w.events.of_type("user.locked_out")) == 1
+    alert = w.events.of_type("alert.raised")
+    assert alert and alert[0].details["alert"] == "user.locked_out"
+    # even the right code is refused while locked
+    r = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
+    assert r.rc == 255 and b"account locked" in r.err
+
+
+async def test_unknown_user_and_unregistered_key_are_refused(granted: World) -> None:
+    w = granted
+    r = await run(w.ssh_argv(batch=True, extra=(f"mallory+{w.instrument}@127.0.0.1", "true")),
+                  w.env())
+    assert r.rc == 255
+    w.policy.engineers["alice"] = (w.engineer, "ssh-ed25519 AAAAother", w.totp_secret, True)
+    r2 = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
+    assert r2.rc == 255
+    await asyncio.sleep(0.05)
+    reasons = [e.get("EventResultDetails") for e in w.events.of_type("ssh.login")]
+    assert reasons.count("unknown user or key") == 2
+    assert not w.events.of_type("session.started")
+
+
+async def test_malformed_login_name_refused(granted: World) -> None:
+    w = granted
+    r = await run(w.ssh_argv(extra=("alice+Bad_Name!@127.0.0.1", "true")), w.env())
+    assert r.rc == 255
+    await asyncio.sleep(0.05)
+    assert w.events.of_type("ssh.login")[-1].get("EventResultDetails") == "malformed login name"
+
+
+async def test_no_password_method_is_offered(granted: World) -> None:
+    w = granted
+    t = paramiko.Transport(("127.0.0.1", w.door.port))
+    await asyncio.to_thread(t.start_client, timeout=10)
+    try:
+        with pytest.raises(paramiko.BadAuthenticationType) as exc:
+            await asyncio.to_thread(t.auth_password, "alice", "secret")
+        assert exc.value.allowed_types == ["publickey"]
+    finally:
+        t.close()
+
+
+async def test_authentication_has_a_time_limit(granted: World) -> None:
+    """A client that connects and never authenticates is cut off at login_timeout."""
+    w = granted
+    reader, writer = await asyncio.open_connection("127.0.0.1", w.door.port)
+    writer.write(b"SSH-2.0-slowloris\r\n")
+    banner = await asyncio.wait_for(reader.readline(), 5)
+    assert banner.startswith(b"SSH-2.0-")
+    data = b"x"
+    while data:  # read until the broker hangs up (2 s login timeout in these tests)
+        data = await asyncio.wait_for(reader.read(65536), 10)
+    writer.close()
+    await asyncio.sleep(0.05)
+    fail = w.events.of_type("ssh.login")[-1]
+    assert fail.get("EventResult") == "Failure"
+    assert "not completed in time" in fail.get("EventResultDetails")
+
+
+async def test_certificate_from_hoshu_login_is_both_factors(granted: World) -> None:
+    """A short-lived user certificate issued after MFA gets in without a code (BatchMode)."""
+    w = granted
+    assert w.door.ca is not None
+    cert = w.door.ca.issue(w.public_line, username="alice", user_id=w.engineer.user_id,
+                           now=w.clock.now, grants_end=None, serial=7, emitter=w.events)
+    cert_path = w.tmp / "id_engineer-cert.pub"
+    cert_path.write_text(cert + "\n")
+    r = await run(w.ssh_argv(batch=True, extra=("-o", f"CertificateFile={cert_path}",
+                                                w.login(), "echo cert-ok")), w.env())
+    assert r.rc == 0, r.err
+    assert r.out.strip() == b"cert-ok"
+    assert w.events.of_type("ssh.login")[-1].details["method"] == "certificate"
+    assert w.events.of_type("ssh.cert_issued")[0].details["cert_serial"] == 7
