@@ -1,0 +1,273 @@
+"""The broker's tunnel endpoint: gateways dial in, the broker becomes their SSH client.
+
+:func:`start_tunnel_listener` accepts TCP connections with
+``asyncssh.listen_reverse``.  On each one the broker is the SSH *client*:
+
+* the gateway's host key must belong to an enrolled, active gateway
+  (:meth:`GatewayDirectory.gateway_for_key`); any other key is refused
+  (``gateway.refused``) before anything else happens;
+* the broker logs in as ``hoshu-broker`` with its own key, the one the
+  gateway pinned at enrolment;
+* it opens the control channel (:mod:`broker.ssh.tunnel_link`) and, for a
+  tunnel (not a window check), registers the connection in the
+  :class:`TunnelRegistry`, replacing an older one of the same gateway.
+
+Other parts reach instruments through ``registry.connection(gateway_id)``:
+``conn.open_connection(host, port)`` or ``asyncssh.connect(..., tunnel=conn)``,
+naming the engineer's session in ``orig_host`` (:func:`wire.encode_originator`).
+The gateway's own allowlist still decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncssh
+
+from audit.emitter import Emitter
+from audit.errors import AuditError
+from audit.events import new_event
+from broker.ssh.tunnel_link import ControlConversation, GatewayDirectory, ProtocolFailure
+from wire import BROKER_USERNAME, GatewayRecord, Mode, Purpose, WireError
+
+log = logging.getLogger("hoshu.broker.tunnel")
+
+__all__ = ["GatewayDirectory", "TunnelInfo", "TunnelListener", "TunnelRegistry",
+           "TunnelSettings", "start_tunnel_listener"]
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelSettings:
+    host: str = "127.0.0.1"
+    port: int = 2223  # 0 picks a free port (tests)
+    login_timeout_s: float = 10.0
+    heartbeat_s: float = 10.0
+    heartbeat_misses: int = 3
+    windows_interval_s: float = 30.0
+    broker_version: str = "0.1.0"
+
+
+@dataclass
+class TunnelInfo:
+    """A live gateway tunnel, as ``hoshu gateway list`` would show it."""
+
+    record: GatewayRecord
+    conn: asyncssh.SSHClientConnection
+    since: datetime
+    mode: Mode
+    gateway_version: str
+    key_fingerprint: str
+    peer: str
+    conversation: ControlConversation = field(repr=False)
+
+
+class TunnelRegistry:
+    """gateway_id -> the live reverse connection of that gateway."""
+
+    def __init__(self) -> None:
+        self._tunnels: dict[str, TunnelInfo] = {}
+        self._changed = asyncio.Condition()
+        self.acked_seq: dict[str, int] = {}
+
+    def connection(self, gateway_id: str) -> asyncssh.SSHClientConnection | None:
+        """The live connection to the gateway, or None when it has no tunnel up."""
+        info = self._tunnels.get(gateway_id)
+        return info.conn if info is not None else None
+
+    def info(self, gateway_id: str) -> TunnelInfo | None:
+        return self._tunnels.get(gateway_id)
+
+    def tunnels(self) -> list[TunnelInfo]:
+        return list(self._tunnels.values())
+
+    async def wait_for(self, gateway_id: str, wait_s: float) -> asyncssh.SSHClientConnection:
+        """Wait until the gateway's tunnel is up; TimeoutError otherwise."""
+        async def _wait() -> asyncssh.SSHClientConnection:
+            async with self._changed:
+                await self._changed.wait_for(lambda: gateway_id in self._tunnels)
+                return self._tunnels[gateway_id].conn
+        return await asyncio.wait_for(_wait(), wait_s)
+
+    async def wait_gone(self, gateway_id: str, wait_s: float) -> None:
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: gateway_id not in self._tunnels)
+        await asyncio.wait_for(_wait(), wait_s)
+
+    def push_windows(self, gateway_id: str) -> bool:
+        """Send the gateway its windows now (after an approval or revocation)."""
+        info = self._tunnels.get(gateway_id)
+        if info is None:
+            return False
+        info.conversation.windows_wanted.set()
+        return True
+
+    def disconnect(self, gateway_id: str, reason: str) -> bool:
+        info = self._tunnels.get(gateway_id)
+        if info is None:
+            return False
+        info.conversation.bye(reason)
+        info.conn.close()
+        return True
+
+    async def _add(self, info: TunnelInfo) -> None:
+        old = self._tunnels.get(info.record.gateway_id)
+        if old is not None and old.conn is not info.conn:
+            old.conversation.bye("replaced by a newer connection")
+            old.conn.close()
+        async with self._changed:
+            self._tunnels[info.record.gateway_id] = info
+            self._changed.notify_all()
+
+    async def _remove(self, info: TunnelInfo) -> None:
+        async with self._changed:
+            if self._tunnels.get(info.record.gateway_id) is info:
+                del self._tunnels[info.record.gateway_id]
+            self._changed.notify_all()
+
+
+class _BrokerClient(asyncssh.SSHClient):
+    """Client side of one reverse connection: authenticates the gateway by its host key."""
+
+    def __init__(self, directory: GatewayDirectory, emit: Callable[..., None]) -> None:
+        self._directory = directory
+        self._emit = emit
+        self.record: GatewayRecord | None = None
+        self.fingerprint = ""
+
+    def validate_host_public_key(self, host: str, addr: str, port: int,
+                                 key: asyncssh.SSHKey) -> bool:
+        """Accept only an enrolled, active gateway's key; deny (and audit) anything else."""
+        self.fingerprint = key.get_fingerprint()
+        try:
+            record = self._directory.gateway_for_key(key.export_public_key().decode().strip())
+        except Exception as exc:  # a failing store refuses, it does not admit
+            log.error("gateway directory failed: %s", exc)
+            record = None
+        if record is None:
+            log.warning("refused gateway from %s: key %s is not enrolled", addr,
+                        self.fingerprint)
+            self._emit("gateway.refused", EventResult="Failure", SrcIpAddr=addr,
+                       EventResultDetails="host key is not an enrolled gateway key",
+                       details={"key_fingerprint": self.fingerprint})
+            return False
+        self.record = record
+        return True
+
+
+class TunnelListener:
+    """A running tunnel endpoint; ``port`` is the bound port."""
+
+    def __init__(self, settings: TunnelSettings, host_key: asyncssh.SSHKey,
+                 directory: GatewayDirectory, emitter: Emitter, registry: TunnelRegistry,
+                 clock: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._host_key = host_key
+        self._directory = directory
+        self._emitter = emitter
+        self._clock = clock
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    def _emit(self, type_: str, **columns: Any) -> None:
+        try:
+            self._emitter.emit(new_event(type_, clock=self._clock, DvcRole="broker", **columns))
+        except AuditError as exc:
+            log.error("cannot write %s: %s", type_, exc)
+
+    async def start(self) -> None:
+        s = self.settings
+        self._acceptor = await asyncssh.listen_reverse(
+            s.host, s.port, client_factory=lambda: _BrokerClient(self._directory, self._emit),
+            username=BROKER_USERNAME, client_keys=[self._host_key],
+            known_hosts=lambda host, addr, port: ([], [], []), x509_trusted_certs=None,
+            agent_path=None, config=None, password=None, kbdint_auth=False,
+            gss_host=None, login_timeout=s.login_timeout_s,
+            keepalive_interval=s.heartbeat_s, keepalive_count_max=s.heartbeat_misses,
+            acceptor=self._accepted, error_handler=self._failed, reuse_address=True)
+        self.port = self._acceptor.get_port()
+        log.info("tunnel endpoint listening on %s:%d", s.host, self.port)
+
+    def _failed(self, conn: asyncssh.SSHClientConnection, exc: Exception) -> None:
+        log.info("gateway connection failed before it was established: %s", exc)
+
+    def _accepted(self, conn: asyncssh.SSHClientConnection) -> None:
+        task = asyncio.create_task(self._serve(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: asyncssh.SSHClientConnection) -> None:
+        client = conn.get_owner()
+        record = client.record if isinstance(client, _BrokerClient) else None
+        if record is None:  # cannot happen: the host key check ran first
+            conn.close()
+            return
+        s = self.settings
+        conv = ControlConversation(
+            conn, record, directory=self._directory, emitter=self._emitter, clock=self._clock,
+            broker_version=s.broker_version, heartbeat_s=s.heartbeat_s,
+            heartbeat_misses=s.heartbeat_misses, windows_interval_s=s.windows_interval_s)
+        conv.acked_seq = self.registry.acked_seq.get(record.gateway_id, 0)
+        peer = str((conn.get_extra_info("peername") or ("?",))[0])
+        info: TunnelInfo | None = None
+        try:
+            hello = await conv.open(s.login_timeout_s)
+            if hello.purpose is Purpose.TUNNEL:
+                info = TunnelInfo(record, conn, self._clock(), hello.mode,
+                                  hello.gateway_version, client.fingerprint
+                                  if isinstance(client, _BrokerClient) else "", peer, conv)
+                await self.registry._add(info)
+                self._emit("gateway.connected", GatewayId=record.gateway_id,
+                           HospitalId=record.hospital_id, SrcIpAddr=peer,
+                           details={"key_fingerprint": info.key_fingerprint,
+                                    "version": hello.gateway_version, "mode": str(hello.mode)})
+                log.info("gateway %s connected (%s, %s)", record.name, hello.mode,
+                         hello.gateway_version)
+            await conv.serve()
+        except (ProtocolFailure, WireError, TimeoutError, EOFError, OSError,
+                asyncssh.Error) as exc:
+            log.warning("gateway %s control channel failed: %s", record.name,
+                        exc or type(exc).__name__)
+        finally:
+            self.registry.acked_seq[record.gateway_id] = max(
+                conv.acked_seq, self.registry.acked_seq.get(record.gateway_id, 0))
+            conn.close()
+            if info is not None:
+                await self.registry._remove(info)
+                self._emit("gateway.disconnected", GatewayId=record.gateway_id,
+                           HospitalId=record.hospital_id,
+                           details={"connected_s": int((self._clock() - info.since)
+                                                       .total_seconds())})
+
+    async def close(self) -> None:
+        """Stop listening and drop every gateway connection."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._acceptor.wait_closed(), 5)
+            self._acceptor = None
+        for info in self.registry.tunnels():
+            info.conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def start_tunnel_listener(settings: TunnelSettings, host_key: asyncssh.SSHKey,
+                                directory: GatewayDirectory, emitter: Emitter, *,
+                                registry: TunnelRegistry | None = None,
+                                clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                                ) -> TunnelListener:
+    """Listen for gateways on ``settings.host:settings.port``; returns the running listener."""
+    listener = TunnelListener(settings, host_key, directory, emitter,
+                              registry or TunnelRegistry(), clock)
+    await listener.start()
+    return listener

@@ -1,0 +1,249 @@
+"""The broker's side of one gateway tunnel: the control channel conversation.
+
+After the gateway's host key has been matched to an enrolled gateway, the
+broker (SSH client of the reverse connection) opens the ``hoshu-control``
+subsystem and expects :class:`wire.Hello` within the login timeout.  It
+answers with :class:`wire.Welcome` and the gateway's approved windows, then
+relays: inventory to :meth:`GatewayDirectory.record_inventory`, audit batches
+to the broker's emitter (acked only once stored), heartbeats both ways.
+Malformed or oversized lines are answered with an error message and
+otherwise ignored; a silent path (no message for ``heartbeat_s * misses``)
+is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+import asyncssh
+
+from audit.emitter import Emitter
+from audit.errors import AuditError
+from audit.events import COLUMN_NAMES, AuditEvent
+from wire import (
+    CONTROL_SUBSYSTEM,
+    FORWARDED_EVENT_TYPES,
+    PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOLS,
+    Ack,
+    AuditBatch,
+    Bye,
+    ErrorMessage,
+    GatewayRecord,
+    Heartbeat,
+    Hello,
+    Inventory,
+    InventoryItem,
+    LineFramer,
+    Message,
+    MessageTooLarge,
+    Welcome,
+    Window,
+    Windows,
+    WireError,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("hoshu.broker.tunnel")
+_READ_CHUNK = 64 * 1024
+
+
+class GatewayDirectory(Protocol):
+    """What the tunnel needs from the control plane's store."""
+
+    def gateway_for_key(self, openssh_public_key: str) -> GatewayRecord | None:
+        """The active, enrolled gateway holding this key, or None."""
+        ...
+
+    def windows_for(self, gateway_id: str, now: datetime) -> list[tuple[datetime, datetime]]:
+        """Approved grant windows touching this gateway's instruments (current and upcoming)."""
+        ...
+
+    def record_inventory(self, gateway_id: str, instruments: list[InventoryItem]) -> None:
+        """Upsert the gateway's instruments; host key changes are the control plane's."""
+        ...
+
+
+class ProtocolFailure(Exception):
+    """The gateway broke the control protocol; the connection is closed."""
+
+
+class ControlConversation:
+    """Reads and writes control messages on one gateway's control channel."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, record: GatewayRecord, *,
+                 directory: GatewayDirectory, emitter: Emitter,
+                 clock: Callable[[], datetime], broker_version: str,
+                 heartbeat_s: float, heartbeat_misses: int, windows_interval_s: float) -> None:
+        self.conn = conn
+        self.record = record
+        self._directory = directory
+        self._emitter = emitter
+        self._clock = clock
+        self._version = broker_version
+        self._heartbeat_s = heartbeat_s
+        self._misses = heartbeat_misses
+        self._windows_interval_s = windows_interval_s
+        self._framer = LineFramer()
+        self._pending: list[bytes | MessageTooLarge] = []
+        self._writer: asyncssh.SSHWriter[bytes] | None = None
+        self._reader: asyncssh.SSHReader[bytes] | None = None
+        self.windows_wanted = asyncio.Event()
+        self.hello: Hello | None = None
+        self.acked_seq = 0
+        self.bad_messages = 0
+
+    async def open(self, wait_s: float) -> Hello:
+        """Open the control channel and read the gateway's hello."""
+        writer, reader, _ = await asyncio.wait_for(
+            self.conn.open_session(subsystem=CONTROL_SUBSYSTEM, encoding=None), wait_s)
+        self._writer, self._reader = writer, reader
+        message = await asyncio.wait_for(self._next(), wait_s)
+        if not isinstance(message, Hello):
+            raise ProtocolFailure(f"expected hello, got {message.type}")
+        if message.protocol not in SUPPORTED_PROTOCOLS:
+            self.send(ErrorMessage(code="unsupported_protocol",
+                                   message=f"this broker speaks {sorted(SUPPORTED_PROTOCOLS)}"))
+            raise ProtocolFailure(f"gateway speaks protocol {message.protocol}")
+        self.hello = message
+        self.send(Welcome(protocol=PROTOCOL_VERSION, broker_version=self._version,
+                          gateway_id=self.record.gateway_id, broker_time=self._clock()))
+        self.send_windows()
+        return message
+
+    def send(self, message: Message) -> None:
+        if self._writer is not None:
+            self._writer.write(encode(message))
+
+    def send_windows(self) -> None:
+        now = self._clock()
+        try:
+            spans = self._directory.windows_for(self.record.gateway_id, now)
+        except Exception as exc:  # the store failing must not drop the tunnel
+            log.error("cannot read windows for gateway %s: %s", self.record.name, exc)
+            return
+        windows = tuple(Window(start=s, end=e) for s, e in spans if e > now and e > s)
+        self.send(Windows(windows=windows))
+
+    async def _next(self) -> Message:
+        """The next well-formed message; bad lines are answered and skipped."""
+        assert self._reader is not None
+        while True:
+            while self._pending:
+                item = self._pending.pop(0)
+                try:
+                    if isinstance(item, MessageTooLarge):
+                        raise item
+                    return decode(item)
+                except WireError as exc:
+                    self.bad_messages += 1
+                    log.warning("bad control message from gateway %s (ignored): %s",
+                                self.record.name, exc)
+                    self.send(ErrorMessage(code="bad_message", message=str(exc)[:256]))
+            data = await self._reader.read(_READ_CHUNK)
+            if not data:
+                raise EOFError("control channel closed")
+            self._pending.extend(self._framer.feed(data))
+
+    async def serve(self) -> None:
+        """Run until the gateway leaves or the path goes silent."""
+        tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._windows())]
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(self._next(),
+                                                     self._heartbeat_s * self._misses)
+                except TimeoutError:
+                    log.warning("gateway %s silent: closing its tunnel", self.record.name)
+                    return
+                except (EOFError, asyncssh.Error, OSError):
+                    return
+                if not self.handle(message):
+                    return
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def handle(self, message: Message) -> bool:
+        """Act on one message; False when the gateway said bye."""
+        if isinstance(message, Inventory):
+            items = [e.to_item() for e in message.instruments]
+            try:
+                self._directory.record_inventory(self.record.gateway_id, items)
+            except Exception as exc:  # reported, and the tunnel stays up
+                log.error("cannot record inventory of gateway %s: %s", self.record.name, exc)
+        elif isinstance(message, AuditBatch):
+            self._store_audit(message)
+        elif isinstance(message, Bye):
+            log.info("gateway %s leaves: %s", self.record.name, message.reason)
+            return False
+        elif isinstance(message, ErrorMessage):
+            log.warning("gateway %s reports: %s: %s", self.record.name, message.code,
+                        message.message)
+        elif not isinstance(message, Heartbeat):
+            self.bad_messages += 1
+            self.send(ErrorMessage(code="unexpected_message",
+                                   message=f"{message.type} is not a gateway message"))
+        return True
+
+    def _store_audit(self, batch: AuditBatch) -> None:
+        upto = self.acked_seq
+        for raw in batch.events:
+            seq = raw.get("ChainSeq")
+            if not isinstance(seq, int) or seq <= upto:
+                continue  # already stored (a re-send after reconnect) or no position
+            record = self._checked_event(raw)
+            if record is not None:
+                try:
+                    self._emitter.emit(AuditEvent(record))
+                except AuditError as exc:
+                    log.error("cannot store gateway %s events: %s (not acked)",
+                              self.record.name, exc)
+                    break
+            upto = seq
+        if upto > self.acked_seq:
+            self.acked_seq = upto
+            self.send(Ack(upto_seq=upto))
+
+    def _checked_event(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """The event as the broker stores it, or None (logged) if it is not acceptable."""
+        kind = raw.get("EventType")
+        if kind not in FORWARDED_EVENT_TYPES or not set(raw) <= COLUMN_NAMES:
+            log.error("gateway %s forwarded an event the broker does not accept: %r",
+                      self.record.name, str(kind)[:64])
+            return None
+        record = {k: v for k, v in raw.items() if k not in ("ChainSeq", "ChainHash")}
+        # the authenticated tunnel, not the event, says which gateway it came from
+        record["GatewayId"] = self.record.gateway_id
+        record["HospitalId"] = self.record.hospital_id
+        record["DvcRole"] = "gateway"
+        record["DvcHostname"] = self.record.name
+        return record
+
+    async def _heartbeats(self) -> None:
+        seq = 0
+        while True:
+            self.send(Heartbeat(seq=seq, sent_at=self._clock()))
+            seq += 1
+            await asyncio.sleep(self._heartbeat_s)
+
+    async def _windows(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.windows_wanted.wait(), self._windows_interval_s)
+            except TimeoutError:
+                pass
+            self.windows_wanted.clear()
+            self.send_windows()
+
+    def bye(self, reason: str) -> None:
+        try:
+            self.send(Bye(reason=reason))
+        except (OSError, asyncssh.Error):
+            pass

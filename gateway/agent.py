@@ -1,0 +1,439 @@
+"""The dial-out loop: explicit states, backoff with jitter, heartbeats, the kill switch.
+
+States and the only legal moves (each move is logged)::
+
+    stopped     -> connecting | idle | paused
+    idle        -> connecting | paused | stopped        (window-only: no window open)
+    connecting  -> connected | backing_off | idle | paused | stopped
+    connected   -> backing_off | idle | paused | stopped
+    backing_off -> connecting | idle | paused | stopped
+    paused      -> connecting | idle | stopped
+
+Backoff: ``min(max, initial * 2**n)`` seconds, of which a random half is
+jitter (so gateways restarting together spread out); the default cap of 5 s
+brings every gateway back within 10 s of a broker restart.  The clock and the
+random source are injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random as _random
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import asyncssh
+
+from audit.errors import AuditError
+from gateway import __version__
+from gateway.auditlog import LocalAudit
+from gateway.config import GatewayConfig
+from gateway.control import PauseState, read_state, state_now, write_state
+from gateway.enroll import Enrollment
+from gateway.inventory import probe
+from gateway.link import Link
+from gateway.policy import (
+    Allowlist,
+    Decision,
+    Span,
+    active_window,
+    channel_decision,
+    next_window_start,
+    tunnel_wanted,
+)
+from gateway.server import GatewayServer
+from wire import Heartbeat, Inventory, InventoryItem, Mode, Purpose
+from wire.models import InventoryEntry
+
+log = logging.getLogger("hoshu.gateway.agent")
+
+
+class AgentState(StrEnum):
+    STOPPED = "stopped"
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing_off"
+    PAUSED = "paused"
+
+
+_S = AgentState
+TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
+    _S.STOPPED: frozenset({_S.CONNECTING, _S.IDLE, _S.PAUSED}),
+    _S.IDLE: frozenset({_S.CONNECTING, _S.PAUSED, _S.STOPPED}),
+    _S.CONNECTING: frozenset({_S.CONNECTED, _S.BACKING_OFF, _S.IDLE, _S.PAUSED, _S.STOPPED}),
+    _S.CONNECTED: frozenset({_S.BACKING_OFF, _S.IDLE, _S.PAUSED, _S.STOPPED}),
+    _S.BACKING_OFF: frozenset({_S.CONNECTING, _S.IDLE, _S.PAUSED, _S.STOPPED}),
+    _S.PAUSED: frozenset({_S.CONNECTING, _S.IDLE, _S.STOPPED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class Backoff:
+    """Exponential backoff with equal jitter: a delay in ``[d/2, d]``, ``d`` capped."""
+
+    def __init__(self, initial: float, cap: float, rand: Callable[[], float]) -> None:
+        self._initial, self._cap, self._rand = initial, cap, rand
+        self._attempt = 0
+
+    def next(self) -> float:
+        d = min(self._cap, self._initial * (2 ** min(self._attempt, 30)))
+        self._attempt += 1
+        return float(d / 2 + self._rand() * d / 2)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class GatewayAgent:
+    """Keeps (or, in window-only mode, opens and closes) the tunnel to the broker."""
+
+    def __init__(self, config: GatewayConfig, enrollment: Enrollment, key: asyncssh.SSHKey,
+                 audit: LocalAudit, *, version: str = __version__,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 rand: Callable[[], float] = _random.random,
+                 prober: Callable[..., Any] = probe) -> None:
+        self.config = config
+        self.enrollment = enrollment
+        self.broker_key = asyncssh.import_public_key(enrollment.broker_host_key)
+        self.audit = audit
+        self.version = version
+        self.clock = clock
+        self._key = key
+        self._prober = prober
+        self._allowlist = Allowlist(config.instruments)
+        self._backoff = Backoff(config.tunnel.backoff_initial_s, config.tunnel.backoff_max_s,
+                                rand)
+        self.state = AgentState.STOPPED
+        self.windows: list[Span] = []
+        self.last_error: str | None = None
+        self.connected_since: datetime | None = None
+        self.link: Link | None = None
+        self._pause: PauseState = read_state(config.state_path)
+        if self._pause.error:
+            self.last_error = self._pause.error
+            log.error("%s", self._pause.error)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._next_check = datetime.min.replace(tzinfo=UTC)
+        self.host = config.tunnel_host or enrollment.tunnel_host
+        self.port = config.tunnel_port or enrollment.tunnel_port
+
+    # --- state ------------------------------------------------------------------
+
+    def _move(self, new: AgentState) -> None:
+        if new is self.state:
+            return
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.state} -> {new}")
+        log.info("gateway state %s -> %s", self.state, new)
+        self.state = new
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.paused
+
+    def set_windows(self, windows: Sequence[Span]) -> None:
+        self.windows = sorted(windows)
+        self._wake.set()
+
+    def channel_decision(self, dest_host: str, dest_port: int) -> Decision:
+        return channel_decision(self._allowlist, dest_host, dest_port, paused=self.paused,
+                                mode=self.config.mode, windows=self.windows, now=self.clock())
+
+    # --- kill switch --------------------------------------------------------------
+
+    async def pause(self, by: str) -> dict[str, Any]:
+        """Close the tunnel and every channel now; stay closed (persisted) until resume."""
+        if self.paused and not self._pause.error:
+            return self.status()
+        now = self.clock()
+        self._pause = state_now(True, by, now)
+        closed = 0
+        if self.link is not None:
+            closed = self.link.close_channels()
+            self.link.close("paused by the hospital")
+        self._wake.set()
+        write_state(self.config.state_path, self._pause)
+        try:
+            self.audit.record("gateway.paused", ActorUsername=by,
+                              details={"by": by, "channels_closed": closed})
+        except AuditError as exc:
+            log.error("pause not written to the local audit copy: %s", exc)
+        log.warning("paused by %s: %d channel(s) closed", by, closed)
+        return self.status()
+
+    async def resume(self, by: str) -> dict[str, Any]:
+        if not self.paused:
+            return self.status()
+        since = self._pause.since
+        self.last_error = None if self._pause.error else self.last_error
+        paused_s = None
+        if since:
+            with contextlib.suppress(ValueError):
+                paused_s = int((self.clock() - datetime.fromisoformat(since)).total_seconds())
+        write_state(self.config.state_path, PauseState(False))
+        self._pause = PauseState(False)
+        try:
+            self.audit.record("gateway.resumed", ActorUsername=by,
+                              details={"by": by, "paused_s": paused_s})
+        except AuditError as exc:
+            log.error("resume not written to the local audit copy: %s", exc)
+        log.warning("resumed by %s", by)
+        self._next_check = datetime.min.replace(tzinfo=UTC)
+        self._wake.set()
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        link = self.link
+        return {
+            "ok": True, "state": str(self.state), "paused": self.paused,
+            "paused_since": self._pause.since, "paused_by": self._pause.by,
+            "mode": str(self.config.mode), "broker": f"{self.host}:{self.port}",
+            "gateway_id": self.enrollment.gateway_id,
+            "connected_since": self.connected_since.isoformat() if self.connected_since else None,
+            "last_error": self.last_error,
+            "channels": [c.view() for c in link.channels.values()] if link else [],
+            "windows": [{"start": s.isoformat(), "end": e.isoformat()} for s, e in self.windows],
+            "unacked_events": self.audit.unacked,
+        }
+
+    async def handle_control(self, cmd: str, by: str) -> dict[str, Any]:
+        if cmd == "pause":
+            return await self.pause(by)
+        if cmd == "resume":
+            return await self.resume(by)
+        return self.status()
+
+    # --- the loop ------------------------------------------------------------------
+
+    async def follow_state_file(self, interval: float = 1.0) -> None:
+        """Apply pause/resume written to ``state.json`` by a CLI that could not reach the
+        control socket (for example on Windows, or while the gateway was stopped)."""
+        while not self._stopping:
+            state = read_state(self.config.state_path)
+            if not state.error:
+                by = state.by or "local"
+                if state.paused and not self.paused:
+                    await self.pause(by)
+                elif not state.paused and self.paused:
+                    await self.resume(by)
+                elif state.pending:
+                    self._record_pending(state)
+            await asyncio.sleep(interval)
+
+    def _record_pending(self, state: PauseState) -> None:
+        by = state.by or "local"
+        try:
+            if state.pending == "paused":
+                self.audit.record("gateway.paused", ActorUsername=by,
+                                  details={"by": by, "channels_closed": 0})
+            else:
+                self.audit.record("gateway.resumed", ActorUsername=by, details={"by": by})
+        except AuditError as exc:
+            log.error("cannot record the %s switch: %s", state.pending, exc)
+            return
+        self._pause = PauseState(state.paused, state.since, state.by)
+        write_state(self.config.state_path, self._pause)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.link is not None:
+            self.link.close("gateway stopping")
+        self._wake.set()
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Wait for ``seconds`` or until something changes (pause, resume, windows, stop)."""
+        self._wake.clear()
+        if seconds is not None and seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; cancellation is re-raised."""
+        follower = asyncio.create_task(self.follow_state_file())
+        try:
+            while not self._stopping:
+                await self._step()
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            if self.link is not None:
+                self.link.close("gateway stopping")
+            self._move(AgentState.STOPPED)
+
+    async def _step(self) -> None:
+        if self.paused:
+            self._move(AgentState.PAUSED)
+            await self._sleep(None)
+            return
+        now = self.clock()
+        mode = self.config.mode
+        if tunnel_wanted(mode, False, self.windows, now):
+            outcome = await self._attempt(Purpose.TUNNEL)
+            if outcome in ("failed", "dropped") and not (self.paused or self._stopping):
+                self._move(AgentState.BACKING_OFF)
+                await self._sleep(self._backoff.next())
+            return
+        self._move(AgentState.IDLE)
+        if now >= self._next_check:
+            outcome = await self._attempt(Purpose.CHECK)
+            if not (self.paused or self._stopping):
+                self._move(AgentState.IDLE)
+            if outcome == "done":
+                self._backoff.reset()
+                delay = self.config.tunnel.check_interval_s
+            else:
+                delay = self._backoff.next()
+            self._next_check = self.clock() + timedelta(seconds=delay)
+            return
+        wake_at = self._next_check
+        upcoming = next_window_start(self.windows, now)
+        if upcoming is not None and upcoming < wake_at:
+            wake_at = upcoming
+        await self._sleep(max(0.05, (wake_at - now).total_seconds()))
+
+    async def _attempt(self, purpose: Purpose) -> str:
+        self._move(AgentState.CONNECTING)
+        link = Link(self, purpose)
+        t = self.config.tunnel
+        try:
+            conn = await asyncio.wait_for(asyncssh.connect_reverse(
+                self.host, self.port, server_factory=lambda: GatewayServer(link),
+                server_host_keys=[self._key], config=None, allow_pty=False,
+                x11_forwarding=False, agent_forwarding=False, allow_scp=False,
+                login_timeout=t.connect_timeout_s, keepalive_interval=t.heartbeat_s,
+                keepalive_count_max=t.heartbeat_misses), t.connect_timeout_s)
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            self.last_error = f"cannot connect to the broker at {self.host}:{self.port}: " \
+                              f"{exc or type(exc).__name__}"
+            log.warning("%s", self.last_error)
+            return "failed"
+        link.conn = conn
+        self.link = link
+        try:
+            return await self._serve(link)
+        finally:
+            self.link = None
+            self.connected_since = None
+            link.close()
+            self.audit.on_new = None
+            self.audit.unsend()
+            with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+                await asyncio.wait_for(conn.wait_closed(), 2.0)
+
+    async def _wait_any(self, event: asyncio.Event, link: Link, wait_s: float) -> bool:
+        """Wait for ``event``; False if the link closes or the time passes first."""
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(link.closed.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        return event.is_set() and not link.closed.is_set()
+
+    async def _serve(self, link: Link) -> str:
+        t = self.config.tunnel
+        if self.paused or self._stopping:
+            return "paused"
+        if not await self._wait_any(link.welcome, link, t.connect_timeout_s):
+            self.last_error = link.error or "the broker did not complete the hello"
+            log.warning("%s", self.last_error)
+            return "failed"
+        self._move(AgentState.CONNECTED)
+        self._backoff.reset()
+        self.connected_since = self.clock()
+        log.info("connected to the broker as gateway %s (%s)", link.gateway_id, link.purpose)
+        if link.purpose is Purpose.CHECK:
+            await self._wait_any(link.windows_received, link, t.connect_timeout_s)
+            await self._flush_audit(link, t.connect_timeout_s)
+            link.close("check done")
+            return "done"
+        self.last_error = None
+        tasks = [asyncio.create_task(self._heartbeats(link)),
+                 asyncio.create_task(self._forward_audit(link)),
+                 asyncio.create_task(self._inventory(link))]
+        try:
+            return await self._watch(link)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, link: Link) -> str:
+        t = self.config.tunnel
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._stopping:
+                return "stopped"
+            if self.paused:
+                return "paused"
+            if link.closed.is_set():
+                self.last_error = link.error or "the broker closed the tunnel"
+                return "dropped"
+            if loop.time() - link.last_rx > t.heartbeat_s * t.heartbeat_misses:
+                self.last_error = "no heartbeat from the broker: the path is dead"
+                log.warning("%s", self.last_error)
+                link.close()
+                return "dropped"
+            if self.config.mode is Mode.WINDOW_ONLY:
+                now = self.clock()
+                window = active_window(self.windows, now)
+                if window is None:
+                    log.info("the last approved window ended: closing the tunnel")
+                    link.close("window ended")
+                    return "window_ended"
+                tick = min(1.0, max(0.05, (window[1] - now).total_seconds()))
+            else:
+                tick = 1.0
+            self._wake.clear()
+            await self._wait_any(self._wake, link, tick)
+
+    async def _heartbeats(self, link: Link) -> None:
+        seq = 0
+        while not link.closed.is_set():
+            link.send(Heartbeat(seq=seq, sent_at=self.clock()))
+            seq += 1
+            await asyncio.sleep(self.config.tunnel.heartbeat_s)
+
+    async def _forward_audit(self, link: Link) -> None:
+        self.audit.on_new = link.audit_ready.set
+        while not link.closed.is_set():
+            link.audit_ready.clear()
+            link.send_audit()
+            await link.audit_ready.wait()
+
+    async def _flush_audit(self, link: Link, wait_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        link.send_audit()
+        while self.audit.unacked and loop.time() < deadline and not link.closed.is_set():
+            link.acked.clear()
+            await self._wait_any(link.acked, link, deadline - loop.time())
+
+    async def _inventory(self, link: Link) -> None:
+        while not link.closed.is_set():
+            try:
+                items: list[InventoryItem] = await self._prober(self.config.instruments)
+            except Exception as exc:  # a failing probe must not take the tunnel down
+                log.error("inventory probe failed: %s", exc)
+            else:
+                link.send(Inventory(instruments=tuple(InventoryEntry.from_item(i)
+                                                      for i in items)))
+                with contextlib.suppress(AuditError):
+                    self.audit.record("gateway.inventory", details={"instruments": [
+                        {"name": i.name, "reachable": i.reachable,
+                         "host_key_fingerprint": i.host_key_fingerprint} for i in items]})
+            await asyncio.sleep(self.config.tunnel.inventory_interval_s)
+
+
+__all__ = ["TRANSITIONS", "AgentState", "Backoff", "GatewayAgent", "IllegalTransition"]
