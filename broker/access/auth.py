@@ -1,0 +1,318 @@
+"""Sign-in: passwords, TOTP, lockout, bearer and API tokens.
+
+Denied by default: an unknown name, a wrong password, a wrong, expired or
+replayed TOTP code, a locked, inactive or expired account each raise
+:class:`Unauthenticated` (the message never says which part was wrong) and
+write a failed ``user.login``.  Five failures (password or TOTP, API or SSH)
+within 15 minutes lock the account for ``lockout_s`` and write
+``user.locked_out``.  Tokens are random; only their SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from audit.events import Result
+from broker.access import passwords, totp
+from broker.access.errors import (
+    Conflict,
+    InvalidInput,
+    LockedOut,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from broker.access.model import AuthFailure, Org, OrgKind, Role, Token, User
+from broker.access.permissions import SCOPES
+from broker.access.ports import Actor, Context, Tx
+
+TOKEN_PREFIX = "hoshu_"  # noqa: S105  (a prefix, not a secret)
+
+
+def token_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str  # shown once
+    token_id: str
+    expires_at: datetime
+    scopes: tuple[str, ...]
+    totp_enrolment_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TotpCheck:
+    ok: bool
+    locked: bool = False
+    failures: int = 0
+    reason: str = ""  # wrong | replayed | locked | no_totp
+    locked_now: bool = False  # this failure locked the account
+    locked_until: datetime | None = None
+
+
+def account_usable(user: User, now: datetime) -> bool:
+    return user.active and (user.expires_at is None or user.expires_at > now)
+
+
+class AuthService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # --- helpers ---------------------------------------------------------
+    def _issue(self, tx: Tx, user: User, *, kind: str, scopes: list[str], ttl_s: int,
+               name: str = "") -> IssuedToken:
+        now = self.ctx.now()
+        text = TOKEN_PREFIX + self.ctx.random_token(32)
+        tok = Token(id=self.ctx.new_id(), user_id=user.id, token_hash=token_hash(text),
+                    kind=kind, scopes=scopes, created_at=now,
+                    expires_at=now + timedelta(seconds=ttl_s), name=name)
+        tx.add(tok)
+        return IssuedToken(text, tok.id, tok.expires_at, tuple(scopes),
+                           totp_enrolment_required="enroll" in scopes)
+
+    def _fail(self, tx: Tx, user: User, kind: str, src_ip: str | None) -> TotpCheck:
+        """Count one failure; lock the account at the threshold."""
+        now = self.ctx.now()
+        cfg = self.ctx.config
+        tx.add(AuthFailure(self.ctx.new_id(), user.id, now, kind))
+        since = now - timedelta(seconds=cfg.lockout_window_s)
+        count = len(tx.find(AuthFailure, user_id=user.id, at__gte=since))
+        locked = user.locked_until is not None and user.locked_until > now
+        if count >= cfg.lockout_failures and not locked:
+            user.locked_until = now + timedelta(seconds=cfg.lockout_s)
+            tx.save(user)
+            self.ctx.emit("user.locked_out", None, result=Result.FAILURE,
+                          ActorUserId=user.id, ActorUsername=user.name, SrcIpAddr=src_ip,
+                          details={"failures": count, "window_s": cfg.lockout_window_s,
+                                   "locked_until": user.locked_until.isoformat()})
+            return TotpCheck(False, True, count, locked_now=True,
+                             locked_until=user.locked_until)
+        return TotpCheck(False, locked, count,
+                         locked_until=user.locked_until if locked else None)
+
+    def _login_failed(self, name: str, user_id: str | None, reason: str,
+                      src_ip: str | None) -> None:
+        self.ctx.emit("user.login", None, result=Result.FAILURE, ActorUsername=name,
+                      ActorUserId=user_id, SrcIpAddr=src_ip, EventResultDetails=reason,
+                      details={"method": "password+totp"})
+
+    # --- bootstrap -------------------------------------------------------
+    def bootstrap(self, name: str, full_name: str, password: str) -> tuple[User, str]:
+        """Create the first platform admin (TOTP enrolled); returns the TOTP secret."""
+        passwords.check_policy(password, username=name)
+        now = self.ctx.now()
+        with self.ctx.uow() as tx:
+            for u in tx.find(User, active=True):
+                if Role.PLATFORM_ADMIN in u.roles:
+                    raise Conflict("a platform admin already exists")
+            if tx.one(User, name=name) is not None:
+                raise Conflict(f"user {name!r} already exists")
+            org = tx.one(Org, name="platform")
+            if org is None:
+                org = Org(self.ctx.new_id(), "platform", OrgKind.PLATFORM.value, now)
+                tx.add(org)
+            secret = totp.new_secret()
+            user = User(self.ctx.new_id(), name, full_name, org.id,
+                        [Role.PLATFORM_ADMIN.value], now,
+                        password_hash=self.ctx.hasher.hash(password),
+                        totp_secret_enc=self.ctx.secrets.seal(secret), totp_enrolled=True)
+            tx.add(user)
+            self.ctx.emit("admin.change", None, ActorUsername="bootstrap",
+                          Operation="bootstrap", ObjectType="user", Object=name,
+                          details={"changes": {"roles": user.roles}})
+        return user, secret
+
+    # --- login -------------------------------------------------------------
+    def login(self, name: str, password: str, code: str | None,
+              src_ip: str | None = None) -> IssuedToken:
+        now = self.ctx.now()
+        error: Unauthenticated | None = None
+        issued: IssuedToken | None = None
+        with self.ctx.uow() as tx:
+            user = tx.one(User, name=name)
+            if user is None:
+                self.ctx.hasher.verify("", password)
+                self._login_failed(name, None, "unknown user", src_ip)
+                raise Unauthenticated("invalid credentials")
+            if user.locked_until is not None and user.locked_until > now:
+                self._login_failed(name, user.id, "locked out", src_ip)
+                raise LockedOut("too many failed sign-ins: the account is locked for a while")
+            if not account_usable(user, now):
+                self._login_failed(name, user.id, "account inactive or expired", src_ip)
+                raise Unauthenticated("invalid credentials")
+            if not self.ctx.hasher.verify(user.password_hash, password):
+                check = self._fail(tx, user, "password", src_ip)
+                self._login_failed(name, user.id, "wrong password", src_ip)
+                error = LockedOut("too many failed sign-ins") if check.locked else \
+                    Unauthenticated("invalid credentials")
+            elif user.totp_enrolled:
+                step = totp.verify(self.ctx.secrets.open(user.totp_secret_enc), code or "",
+                                   now, user.totp_last_step)
+                if step is None:
+                    check = self._fail(tx, user, "totp", src_ip)
+                    self.ctx.emit("user.mfa_failed", None, result=Result.FAILURE,
+                                  ActorUserId=user.id, ActorUsername=name, SrcIpAddr=src_ip,
+                                  details={"method": "totp", "failures": check.failures})
+                    self._login_failed(name, user.id, "wrong second factor", src_ip)
+                    error = LockedOut("too many failed sign-ins") if check.locked else \
+                        Unauthenticated("invalid credentials")
+                else:
+                    user.totp_last_step = step
+                    tx.save(user)
+                    issued = self._issue(tx, user, kind="session", scopes=["*"],
+                                         ttl_s=self.ctx.config.access_token_ttl_s)
+            else:
+                issued = self._issue(tx, user, kind="session", scopes=["enroll"],
+                                     ttl_s=self.ctx.config.enroll_token_ttl_s)
+            if issued is not None:
+                self.ctx.emit("user.login", None, ActorUserId=user.id, ActorUsername=name,
+                              SrcIpAddr=src_ip, details={
+                                  "method": "password+totp" if user.totp_enrolled
+                                  else "password", "mfa": user.totp_enrolled})
+        if error is not None:
+            raise error
+        assert issued is not None
+        return issued
+
+    def authenticate(self, text: str, src_ip: str | None = None) -> Actor:
+        """Resolve a bearer token to an :class:`Actor`; raise when unusable."""
+        now = self.ctx.now()
+        if not text.startswith(TOKEN_PREFIX) or len(text) > 200:
+            raise Unauthenticated("invalid token")
+        with self.ctx.uow() as tx:
+            tok = tx.one(Token, token_hash=token_hash(text))
+            if tok is None or tok.revoked_at is not None:
+                raise Unauthenticated("invalid token")
+            if tok.expires_at <= now:
+                raise Unauthenticated("token expired", code="token_expired")
+            user = tx.get(User, tok.user_id)
+            if user is None or not account_usable(user, now):
+                raise Unauthenticated("account inactive or expired")
+            org = tx.get(Org, user.org_id)
+            return Actor(user.id, user.name, user.org_id, org.kind if org else "",
+                         frozenset(user.roles), frozenset(tok.scopes), src_ip, tok.kind)
+
+    def logout(self, actor: Actor, text: str) -> None:
+        with self.ctx.uow() as tx:
+            tok = tx.one(Token, token_hash=token_hash(text))
+            if tok is not None and tok.revoked_at is None:
+                tok.revoked_at = self.ctx.now()
+                tx.save(tok)
+                self.ctx.emit("user.logout", actor)
+
+    # --- TOTP ----------------------------------------------------------------
+    def totp_begin(self, actor: Actor) -> str:
+        """Start enrolment: a new secret; returns the otpauth:// URI."""
+        with self.ctx.uow() as tx:
+            user = self._user(tx, actor.user_id)
+            if user.totp_enrolled:
+                raise Conflict("TOTP is already enrolled; an admin must reset it")
+            secret = totp.new_secret()
+            user.totp_secret_enc = self.ctx.secrets.seal(secret)
+            tx.save(user)
+        return totp.provisioning_uri(secret, user.name)
+
+    def totp_confirm(self, actor: Actor, code: str) -> IssuedToken:
+        """Finish enrolment with a first code; returns a full bearer token."""
+        now = self.ctx.now()
+        with self.ctx.uow() as tx:
+            user = self._user(tx, actor.user_id)
+            if user.totp_enrolled:
+                raise Conflict("TOTP is already enrolled")
+            if not user.totp_secret_enc:
+                raise Conflict("start TOTP enrolment first")
+            step = totp.verify(self.ctx.secrets.open(user.totp_secret_enc), code, now,
+                               user.totp_last_step)
+            if step is None:
+                raise InvalidInput("that code does not match; check the device clock",
+                                   code="invalid_totp")
+            user.totp_enrolled = True
+            user.totp_last_step = step
+            tx.save(user)
+            self.ctx.emit("admin.change", actor, Operation="totp_enrolled", ObjectType="user",
+                          Object=user.name)
+            return self._issue(tx, user, kind="session", scopes=["*"],
+                               ttl_s=self.ctx.config.access_token_ttl_s)
+
+    def check_totp(self, user_id: str, code: str, now: datetime,
+                   src_ip: str | None = None) -> TotpCheck:
+        """Second factor for the SSH front door: accepted once, failures count."""
+        with self.ctx.uow() as tx:
+            user = tx.get(User, user_id, for_update=True)
+            if user is None or not account_usable(user, now) or not user.totp_enrolled:
+                return TotpCheck(False, reason="no_totp")
+            if user.locked_until is not None and user.locked_until > now:
+                return TotpCheck(False, locked=True, reason="locked",
+                                 locked_until=user.locked_until)
+            secret = self.ctx.secrets.open(user.totp_secret_enc)
+            step = totp.verify(secret, code, now, user.totp_last_step)
+            if step is None:
+                reason = "replayed" if totp.is_replay(secret, code, now, user.totp_last_step) \
+                    else "wrong"
+                check = self._fail(tx, user, "totp", src_ip)
+                self.ctx.emit("user.mfa_failed", None, result=Result.FAILURE,
+                              ActorUserId=user.id, ActorUsername=user.name, SrcIpAddr=src_ip,
+                              EventResultDetails=reason, details={
+                                  "method": "totp", "failures": check.failures})
+                return TotpCheck(False, check.locked, check.failures, reason,
+                                 check.locked_now, check.locked_until)
+            user.totp_last_step = step
+            tx.save(user)
+            return TotpCheck(True)
+
+    def change_password(self, actor: Actor, old: str, new: str) -> None:
+        with self.ctx.uow() as tx:
+            user = self._user(tx, actor.user_id)
+            if not self.ctx.hasher.verify(user.password_hash, old):
+                raise PermissionDenied("the current password is wrong")
+            passwords.check_policy(new, username=user.name)
+            user.password_hash = self.ctx.hasher.hash(new)
+            tx.save(user)
+            self.ctx.emit("admin.change", actor, Operation="password_changed",
+                          ObjectType="user", Object=user.name)
+
+    # --- API tokens ------------------------------------------------------------
+    def create_api_token(self, actor: Actor, name: str, scopes: list[str],
+                         ttl_s: int) -> IssuedToken:
+        if not scopes or any(s not in SCOPES for s in scopes):
+            raise InvalidInput(f"scopes must be some of {', '.join(SCOPES)}")
+        if not 0 < ttl_s <= self.ctx.config.api_token_max_ttl_s:
+            raise InvalidInput("ttl_s out of range")
+        if actor.token_kind == "api":  # noqa: S105
+            raise PermissionDenied("API tokens cannot create API tokens")
+        with self.ctx.uow() as tx:
+            user = self._user(tx, actor.user_id)
+            issued = self._issue(tx, user, kind="api", scopes=sorted(set(scopes)),
+                                 ttl_s=ttl_s, name=name)
+            self.ctx.emit("token.issued", actor, ObjectType="token", Object=name, details={
+                "token_id": issued.token_id, "scopes": list(issued.scopes),
+                "expires": issued.expires_at.isoformat()})
+            return issued
+
+    def list_tokens(self, actor: Actor) -> list[Token]:
+        with self.ctx.uow() as tx:
+            return tx.find(Token, user_id=actor.user_id, kind="api", order_by="created_at")
+
+    def revoke_token(self, actor: Actor, token_id: str) -> Token:
+        with self.ctx.uow() as tx:
+            tok = tx.get(Token, token_id)
+            if tok is None or tok.user_id != actor.user_id or tok.kind != "api":
+                raise NotFound("no such token")
+            if tok.revoked_at is not None:
+                raise Conflict("token already revoked")
+            tok.revoked_at = self.ctx.now()
+            tx.save(tok)
+            self.ctx.emit("token.revoked", actor, ObjectType="token", Object=tok.name,
+                          details={"token_id": tok.id})
+            return tok
+
+    @staticmethod
+    def _user(tx: Tx, user_id: str) -> User:
+        user = tx.get(User, user_id)
+        if user is None:
+            raise NotFound("no such user")
+        return user

@@ -1,0 +1,64 @@
+"""Errors of the control-plane domain.
+
+One tree; the API maps each class to one HTTP status in one place
+(:mod:`broker.api.errors`)::
+
+    AccessError                     base, never raised directly
+    ├── InvalidInput        400/422 bad values, policy limits exceeded
+    │   └── PolicyViolation         the hospital policy refuses (duration, hours, ...)
+    ├── Unauthenticated     401     no, expired, revoked or unknown credentials
+    │   └── LockedOut               too many failures: try later
+    ├── PermissionDenied    403     role, organisation or scope does not allow it
+    ├── NotFound            404     no such object (or not visible to the caller)
+    ├── Conflict            409     duplicate name, state does not allow it
+    │   └── IllegalTransition       a state machine refused the transition
+    └── Gone                410     single-use thing used, or expired
+"""
+
+from __future__ import annotations
+
+
+class AccessError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(AccessError):
+    code = "invalid_input"
+
+
+class PolicyViolation(InvalidInput):
+    code = "policy_violation"
+
+
+class Unauthenticated(AccessError):
+    code = "unauthenticated"
+
+
+class LockedOut(Unauthenticated):
+    code = "locked_out"
+
+
+class PermissionDenied(AccessError):
+    code = "forbidden"
+
+
+class NotFound(AccessError):
+    code = "not_found"
+
+
+class Conflict(AccessError):
+    code = "conflict"
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+class Gone(AccessError):
+    code = "gone"

@@ -1,0 +1,175 @@
+"""The control plane as the SSH side sees it: gateway directory and access policy.
+
+:class:`StoreGatewayDirectory` implements the tunnel's ``GatewayDirectory``
+and :class:`StoreAccessPolicy` the front door's ``AccessPolicy``
+(contracts.md).  Both deny by default: an unknown, revoked or inactive
+gateway, engineer, key, grant or instrument yields ``None``.  The hot calls
+(``check_totp``, ``find_grant``, ``grant_end``) are one short transaction over
+indexed columns.  The result types mirror the front door's field for field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from broker.access import sshkeys
+from broker.access.auth import account_usable
+from broker.access.errors import InvalidInput
+from broker.access.gateways import InventoryEntry
+from broker.access.grants import LIVE
+from broker.access.model import Gateway, Grant, Instrument, Org, Role, SshKey, User
+from broker.access.services import Services
+from wire.models import GatewayRecord, InventoryItem
+
+
+@dataclass(frozen=True, slots=True)
+class Engineer:
+    user_id: str
+    username: str
+    organization: str = ""
+    source_cidrs: tuple[str, ...] = ()  # the vendor's allowed source networks ("" = any)
+
+
+@dataclass(frozen=True, slots=True)
+class TotpResult:
+    ok: bool
+    reason: str = ""  # wrong | replayed | locked | no_totp
+    failures: int = 0
+    locked_now: bool = False
+    locked_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantView:
+    grant_id: str
+    user_id: str
+    instrument: str
+    ports: tuple[int, ...]
+    ends: datetime
+    file_transfer: bool = False
+    hospital_id: str = ""
+    emergency: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentTarget:
+    name: str
+    hospital_id: str
+    gateway_id: str
+    host: str
+    ssh_port: int
+    ports: tuple[int, ...]
+    username: str
+    credential: str = field(repr=False)
+    host_key_fingerprint: str | None = None  # None while a changed key awaits acceptance
+
+
+def _grant_live(g: Grant, now: datetime) -> bool:
+    return g.status in LIVE and g.starts_at <= now < g.ends_at
+
+
+class StoreGatewayDirectory:
+    """``GatewayDirectory`` over the store."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def gateway_for_key(self, openssh_public_key: str) -> GatewayRecord | None:
+        try:
+            _, fp, _ = sshkeys.parse(openssh_public_key)
+        except InvalidInput:
+            return None
+        with self.s.ctx.uow() as tx:
+            for gw in tx.find(Gateway, key_fingerprint=fp, active=True):
+                hosp = tx.get(Org, gw.hospital_id)
+                if hosp is not None and hosp.active:
+                    return GatewayRecord(gw.id, gw.hospital_id, gw.name)
+        return None
+
+    def windows_for(self, gateway_id: str, now: datetime) -> list[tuple[datetime, datetime]]:
+        with self.s.ctx.uow() as tx:
+            gw = tx.get(Gateway, gateway_id)
+            if gw is None or not gw.active:
+                return []
+            names = {i.name for i in tx.find(Instrument, hospital_id=gw.hospital_id,
+                                             gateway_id=gw.id, active=True)}
+            grants = tx.find(Grant, hospital_id=gw.hospital_id, status=list(LIVE))
+        windows = {(max(g.starts_at, now), g.ends_at) for g in grants
+                   if g.ends_at > now and names.intersection(g.instruments)}
+        return sorted(windows)
+
+    def record_inventory(self, gateway_id: str, instruments: list[InventoryItem]) -> None:
+        self.s.gateways.record_inventory(gateway_id, [
+            InventoryEntry(i.name, i.host, tuple(i.ports), i.protocol, i.department, i.model,
+                           i.reachable, i.host_key_fingerprint) for i in instruments])
+
+
+class StoreAccessPolicy:
+    """``AccessPolicy`` over the store and the auth service."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def engineer_for_key(self, username: str, openssh_public_key: str) -> Engineer | None:
+        try:
+            key, fp, _ = sshkeys.parse(openssh_public_key)
+        except InvalidInput:
+            return None
+        now = self.s.ctx.now()
+        with self.s.ctx.uow() as tx:
+            user = tx.one(User, name=username)
+            if user is None or not account_usable(user, now) or \
+                    Role.ENGINEER not in user.roles or not user.totp_enrolled:
+                return None
+            if not any(k.public_key == key and k.revoked_at is None
+                       for k in tx.find(SshKey, user_id=user.id, fingerprint=fp)):
+                return None
+            org = tx.get(Org, user.org_id)
+            if org is None or not org.active:
+                return None
+            return Engineer(user.id, user.name, org.name, tuple(org.source_cidrs))
+
+    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult:
+        r = self.s.auth.check_totp(user_id, code, now)
+        return TotpResult(r.ok, r.reason, r.failures, r.locked_now, r.locked_until)
+
+    def find_grant(self, user_id: str, instrument: str, port: int, now: datetime
+                   ) -> GrantView | None:
+        with self.s.ctx.uow() as tx:
+            user = tx.get(User, user_id)
+            inst = tx.one(Instrument, name=instrument)
+            if user is None or not account_usable(user, now) or inst is None or \
+                    not inst.active or inst.pending_host_key_fingerprint is not None:
+                return None
+            for g in tx.find(Grant, user_id=user_id, status=list(LIVE), order_by="ends_at"):
+                if _grant_live(g, now) and instrument in g.instruments and \
+                        port in g.ports and g.hospital_id == inst.hospital_id:
+                    return GrantView(g.id, g.user_id, instrument, tuple(g.ports), g.ends_at,
+                                     g.file_transfer, g.hospital_id, g.emergency)
+        return None
+
+    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None:
+        with self.s.ctx.uow() as tx:
+            g = tx.get(Grant, grant_id)
+            if g is None or g.user_id != user_id or not _grant_live(g, now):
+                return None
+            user = tx.get(User, user_id)
+            if user is None or not account_usable(user, now):
+                return None
+            return g.ends_at
+
+    def instrument(self, name: str) -> InstrumentTarget | None:
+        with self.s.ctx.uow() as tx:
+            inst = tx.one(Instrument, name=name)
+            if inst is None or not inst.active or not inst.gateway_id:
+                return None
+            gw = tx.get(Gateway, inst.gateway_id)
+            if gw is None or not gw.active:
+                return None
+        credential = self.s.ctx.secrets.open(inst.credential_enc) if inst.credential_enc \
+            else ""
+        accepted = None if inst.pending_host_key_fingerprint else inst.host_key_fingerprint
+        return InstrumentTarget(inst.name, inst.hospital_id, inst.gateway_id, inst.host,
+                                inst.ssh_port, tuple(inst.ports), inst.login_username,
+                                credential, accepted)
