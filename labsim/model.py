@@ -77,6 +77,13 @@ class Instrument:
         """The port serving `role`; KeyError if the instrument has no such service."""
         return self.services[role]
 
+    def known_hosts_line(self) -> str:
+        """An OpenSSH known_hosts entry pinning this instrument's host key."""
+        if not self.host_key:
+            raise ValueError(f"{self.name} has no SSH host key")
+        key = " ".join(self.host_key.split()[:2])
+        return f"[{self.host}]:{self.port} {key}"
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready description (what ``python -m labsim`` prints)."""
         return {

@@ -71,10 +71,12 @@ class RfbService(TcpService):
             chosen = await self.read_exactly(reader, 1)
             if chosen != b"\x01":
                 reason = b"security type not offered"
-                writer.write(struct.pack(">II", 1, len(reason)) + reason)
+                tail = struct.pack(">I", len(reason)) + reason if client_version == VERSION else b""
+                writer.write(struct.pack(">I", 1) + tail)
                 await writer.drain()
                 return
-            writer.write(struct.pack(">I", 0))  # SecurityResult OK
+            if client_version == VERSION:
+                writer.write(struct.pack(">I", 0))  # SecurityResult (3.8 only for None)
         await self.read_exactly(reader, 1)  # ClientInit (shared flag)
         title = f"{self.name} service screen".encode()
         writer.write(

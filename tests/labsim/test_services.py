@@ -232,3 +232,17 @@ def test_sink_port_counts_and_discards(
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(10) == b""
     assert service.bytes_received == 100_000
+
+
+def test_rfb_37_client_gets_no_security_result_for_none(
+    labsim_loop: BackgroundLoop, started: list[TcpService]
+) -> None:
+    """RFB 3.7 sends SecurityResult only for authenticating types: ServerInit follows."""
+    service = _start(labsim_loop, started, RfbService(width=640, height=480))
+    with _connect(service) as sock:
+        _recv_exact(sock, 12)
+        sock.sendall(b"RFB 003.007\n")
+        assert _recv_exact(sock, 2) == b"\x01\x01"
+        sock.sendall(b"\x01")
+        sock.sendall(b"\x00")  # ClientInit, not shared
+        assert struct.unpack(">HH", _recv_exact(sock, 4)) == (640, 480)
