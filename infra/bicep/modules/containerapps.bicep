@@ -1,0 +1,263 @@
+// The broker on Azure Container Apps: an internal, VNet-injected environment
+// (no public address at all) and one container app with three ports: HTTPS for
+// the control plane API, SSH for engineers (front door), and the gateway
+// tunnel endpoint. It runs as a user-assigned managed identity: no secrets in
+// configuration; it reaches the database, Key Vault, the recordings container
+// and the Data Collection Rule with Entra ID tokens.
+
+param location string
+param prefix string
+param tags object
+
+@description('Subnet delegated to Microsoft.App/environments.')
+param subnetId string
+
+@description('Virtual networks to link to the environment\'s private DNS zone.')
+param vnetIds array
+
+@description('Address ranges allowed to reach the broker (hospitals, vendor virtual desktops).')
+param clientAddressPrefixes array
+
+@description('Broker image (in the private registry), by digest or immutable tag.')
+param image string
+
+param registryServer string
+
+@description('Resource id of the broker\'s user-assigned identity.')
+param identityId string
+
+@description('Client id of that identity (AZURE_CLIENT_ID for the Azure SDK).')
+param identityClientId string
+
+@description('Name of that identity (its PostgreSQL role name).')
+param identityName string
+
+param minReplicas int
+param maxReplicas int
+
+// Settings handed to the broker (see docs/deploy-azure.md for each one).
+param postgresFqdn string
+param postgresDatabase string
+param keyVaultUri string
+param recordingsUrl string
+param logsIngestionEndpoint string
+param dcrImmutableId string
+param dcrStreamName string
+
+param workspaceId string
+
+resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
+  name: 'cae-${prefix}'
+  location: location
+  tags: tags
+  properties: {
+    vnetConfiguration: {
+      infrastructureSubnetId: subnetId
+      internal: true
+    }
+    zoneRedundant: true
+    workloadProfiles: [
+      {
+        name: 'Consumption'
+        workloadProfileType: 'Consumption'
+      }
+    ]
+    appLogsConfiguration: {
+      destination: 'azure-monitor'
+    }
+    peerAuthentication: {
+      mtls: {
+        enabled: true
+      }
+    }
+  }
+}
+
+var allowClients = [for (cidr, i) in clientAddressPrefixes: {
+  name: 'client-${i}'
+  action: 'Allow'
+  ipAddressRange: cidr
+}]
+
+resource broker 'Microsoft.App/containerApps@2024-03-01' = {
+  name: 'ca-${prefix}-broker'
+  location: location
+  tags: tags
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    environmentId: environment.id
+    workloadProfileName: 'Consumption'
+    configuration: {
+      activeRevisionsMode: 'Single'
+      ingress: {
+        // "external" here means reachable from the virtual network; the environment itself is internal.
+        external: true
+        targetPort: 8440
+        transport: 'http'
+        allowInsecure: false
+        ipSecurityRestrictions: allowClients
+        additionalPortMappings: [
+          {
+            external: true
+            targetPort: 2222
+            exposedPort: 22
+          }
+          {
+            external: true
+            targetPort: 2223
+            exposedPort: 2223
+          }
+        ]
+      }
+      registries: [
+        {
+          server: registryServer
+          identity: identityId
+        }
+      ]
+    }
+    template: {
+      containers: [
+        {
+          name: 'broker'
+          image: image
+          resources: {
+            cpu: json('1.0')
+            memory: '2Gi'
+          }
+          env: [
+            {
+              name: 'AZURE_CLIENT_ID'
+              value: identityClientId
+            }
+            {
+              name: 'HOSHU_DATABASE_URL'
+              value: 'postgresql+psycopg://${identityName}@${postgresFqdn}:5432/${postgresDatabase}?sslmode=require'
+            }
+            {
+              name: 'HOSHU_API_HOST'
+              value: '0.0.0.0'
+            }
+            {
+              name: 'HOSHU_API_PORT'
+              value: '8440'
+            }
+            {
+              name: 'HOSHU_SSH_HOST'
+              value: '0.0.0.0'
+            }
+            {
+              name: 'HOSHU_SSH_PORT'
+              value: '2222'
+            }
+            {
+              name: 'HOSHU_TUNNEL_HOST'
+              value: '0.0.0.0'
+            }
+            {
+              name: 'HOSHU_TUNNEL_PORT'
+              value: '2223'
+            }
+            {
+              name: 'HOSHU_PUBLIC_API_URL'
+              value: 'https://ca-${prefix}-broker.${environment.properties.defaultDomain}'
+            }
+            {
+              name: 'HOSHU_KEY_VAULT_URL'
+              value: keyVaultUri
+            }
+            {
+              name: 'HOSHU_RECORDINGS_URL'
+              value: recordingsUrl
+            }
+            {
+              name: 'HOSHU_AZURE_LOGS_ENDPOINT'
+              value: logsIngestionEndpoint
+            }
+            {
+              name: 'HOSHU_AZURE_DCR_IMMUTABLE_ID'
+              value: dcrImmutableId
+            }
+            {
+              name: 'HOSHU_AZURE_DCR_STREAM'
+              value: dcrStreamName
+            }
+          ]
+          probes: [
+            {
+              type: 'Liveness'
+              tcpSocket: {
+                port: 8440
+              }
+              periodSeconds: 10
+            }
+            {
+              type: 'Readiness'
+              tcpSocket: {
+                port: 2223
+              }
+              periodSeconds: 10
+            }
+          ]
+        }
+      ]
+      scale: {
+        minReplicas: minReplicas
+        maxReplicas: maxReplicas
+      }
+    }
+  }
+}
+
+module dns 'containerapps-dns.bicep' = {
+  name: 'cae-dns'
+  params: {
+    tags: tags
+    zoneName: environment.properties.defaultDomain
+    staticIp: environment.properties.staticIp
+    vnetIds: vnetIds
+  }
+}
+
+resource environmentDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: environment
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
+
+resource appDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: broker
+  properties: {
+    workspaceId: workspaceId
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
+
+output brokerFqdn string = broker.properties.configuration.ingress.fqdn
+output staticIp string = environment.properties.staticIp
+output defaultDomain string = environment.properties.defaultDomain

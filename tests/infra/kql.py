@@ -1,0 +1,59 @@
+"""Which table columns a KQL query uses.
+
+A deliberately simple reading of KQL, good enough for analytics rules: strip
+comments and string literals, then take every identifier that is not a KQL
+keyword, not a function call (``name(``), not a property after a dot
+(``Details.reason``), not the table itself and not a name the query defines
+(``let x =``, ``extend X =``, ``summarize X = ...``, ``project X = ...``).
+What is left must be a column of the table.
+"""
+
+from __future__ import annotations
+
+import re
+
+KEYWORDS = frozenset(
+    """
+    and or not in has has_any has_all contains startswith endswith matches regex between
+    where project project-away project-rename project-reorder extend summarize by
+    let union join kind on inner leftouter rightouter fullouter leftanti rightanti
+    leftsemi rightsemi innerunique order sort asc desc nulls first last top take limit
+    distinct count as invoke render mv-expand parse with evaluate sample range datatable
+    print materialize getschema true false null
+    bool boolean datetime dynamic guid int long real string timespan decimal
+    """.split()
+)
+
+_COMMENT = re.compile(r"//[^\n]*")
+_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'')
+_IDENT = re.compile(r"(?<![\w.\-])([A-Za-z_][A-Za-z0-9_]*)\b(?!-)")
+_DEFINED = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\s*=(?![=~])")
+
+
+def clean(query: str) -> str:
+    """The query without comments and string literals."""
+    return _STRING.sub('""', _COMMENT.sub("", query))
+
+
+def string_literals(query: str) -> list[str]:
+    return [m.group(0)[1:-1] for m in _STRING.finditer(_COMMENT.sub("", query))]
+
+
+def defined_names(query: str) -> set[str]:
+    return set(_DEFINED.findall(clean(query)))
+
+
+def referenced_columns(query: str, table: str) -> set[str]:
+    """Identifiers the query reads from ``table`` (see the module docstring)."""
+    text = clean(query)
+    defined = defined_names(query)
+    found: set[str] = set()
+    for m in _IDENT.finditer(text):
+        name = m.group(1)
+        rest = text[m.end():].lstrip(" \t")
+        if rest.startswith("("):
+            continue  # function call
+        if name.lower() in KEYWORDS or name == table or name in defined:
+            continue
+        found.add(name)
+    return found
