@@ -155,6 +155,7 @@ class Channels:
                 self.door.recorder_dir, sid, width=width or 80, height=height or 24,
                 env={"TERM": term or "dumb", "SHELL": "/bin/sh"},
                 title=f"{self.engineer.username}@{target.name} {command or ''}".strip(),
+                opener=self.door.recording_opener,
             )
         except FrontDoorError as exc:
             self._refuse(process, kind, instrument, str(exc), exc.reason, command)

@@ -30,6 +30,7 @@ from audit.emitter import Emitter
 from broker.settings import BrokerSettings
 from broker.ssh.ca import UserCA
 from broker.ssh.ports import AccessPolicy, InstrumentConnector
+from broker.ssh.recorder import Opener, default_opener
 from broker.ssh.sessions import SessionRegistry
 
 
@@ -73,6 +74,7 @@ class FrontDoor:
         self.sessions = SessionRegistry(policy, emitter, clock, options.watch_interval_s)
         self.port = 0
         self.host_key_line = ""
+        self.recording_opener: Opener = default_opener  # how recording files are created
         self._server: asyncio.AbstractServer | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()

@@ -38,7 +38,7 @@ class RecordingSummary:
 Opener = Callable[[Path], IO[bytes]]
 
 
-def _default_open(path: Path) -> IO[bytes]:
+def default_opener(path: Path) -> IO[bytes]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     return os.fdopen(fd, "wb", buffering=0)
 
@@ -74,7 +74,7 @@ class Recording:
         title: str,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        opener: Opener = _default_open,
+        opener: Opener = default_opener,
     ) -> Recording:
         """Create ``<directory>/<name>.cast`` and write its header, or raise RecordingError."""
         path = directory / f"{name}.cast"

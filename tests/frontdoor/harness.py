@@ -228,3 +228,34 @@ def engineer_key(tmp: Path) -> tuple[Path, str]:
     line = key.export_public_key().decode().strip()
     (tmp / "id_engineer.pub").write_text(line + "\n")
     return path, line
+
+
+def open_shell(t: paramiko.Transport, width: int = 80, height: int = 24) -> paramiko.Channel:
+    chan = t.open_session(timeout=10)
+    chan.get_pty(term="xterm", width=width, height=height)
+    chan.invoke_shell()
+    chan.settimeout(10)
+    return chan
+
+
+def read_until(chan: paramiko.Channel, needle: bytes, deadline_s: float = 10.0) -> bytes:
+    """Read a channel (stdout and stderr) until ``needle`` shows up; fail at the deadline."""
+    buf = b""
+    end = time.monotonic() + deadline_s
+    while needle not in buf:
+        if time.monotonic() > end:
+            raise AssertionError(f"{needle!r} not seen; got {buf[-400:]!r}")
+        if chan.recv_ready():
+            buf += chan.recv(65536)
+        elif chan.recv_stderr_ready():
+            buf += chan.recv_stderr(65536)
+        elif chan.exit_status_ready() and not chan.recv_ready():
+            raise AssertionError(f"channel closed before {needle!r}; got {buf[-400:]!r}")
+        else:
+            time.sleep(0.01)
+    return buf
+
+
+def shell_ready(chan: paramiko.Channel) -> bytes:
+    chan.send(b"echo ready-$((1+1))\n")
+    return read_until(chan, b"ready-2")
