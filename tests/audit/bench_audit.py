@@ -54,3 +54,43 @@ def main(n: int = 50_000) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def index_bench(n: int = 1_000_000, queries: int = 200) -> None:
+    """p50/p95 of 'engineer X between T1 and T2' over ``n`` indexed events (SQLite)."""
+    import json
+    import random
+    import statistics
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from audit.index import AuditIndex, EventQuery, events_table
+
+    rng = random.Random(7)
+    start = datetime(2026, 7, 1, tzinfo=UTC)
+    with tempfile.TemporaryDirectory() as d:
+        index = AuditIndex.from_url(f"sqlite:///{d}/i.db")
+        t = time.perf_counter()
+        with index.engine.begin() as conn:
+            for k in range(0, n, 20_000):
+                rows = []
+                for i in range(k, min(n, k + 20_000)):
+                    ts = start + timedelta(seconds=i * 90 * 86400 / n)
+                    rec = {"EventUid": f"u{i}", "TimeGenerated": ts.strftime(
+                        "%Y-%m-%dT%H:%M:%S.%fZ"), "EventType": "session.command",
+                        "ActorUsername": f"eng{rng.randrange(500)}", "HospitalId": "h1"}
+                    rows.append({**rec, "ChainSeq": i, "record": json.dumps(rec)})
+                conn.execute(insert(events_table), rows)
+        print(f"loaded {n:,} in {time.perf_counter() - t:.0f}s")
+        times = []
+        for _ in range(queries):
+            t0 = start + timedelta(days=rng.randrange(80))
+            q = EventQuery(engineer=f"eng{rng.randrange(500)}", start=t0,
+                           end=t0 + timedelta(days=rng.randrange(1, 8)), limit=1000)
+            t = time.perf_counter()
+            index.search(q)
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        print(f"query p50 {statistics.median(times):.1f} ms, "
+              f"p95 {times[int(len(times) * 0.95)]:.1f} ms")
