@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,7 +69,7 @@ def _list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _plan(events: list[Mapping[str, Any]], grant_id: str) -> dict[str, Any]:
+def _plan(events: Sequence[Mapping[str, Any]], grant_id: str) -> dict[str, Any]:
     request = next((e for e in events if e.get("EventType") == "request.created"), None)
     grant = next((e for e in events if e.get("EventType") == "grant.created"
                   and e.get("GrantId") == grant_id), None)
