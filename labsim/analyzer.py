@@ -173,7 +173,7 @@ class AnalyzerServer:
                 process.exit(reply.status)
                 return
             await self._interactive(process, console)
-        except (asyncssh.Error, OSError, BrokenPipeError):
+        except (asyncssh.Error, OSError):
             process.close()
 
     async def _interactive(
@@ -264,6 +264,14 @@ class _LineReader:
                 )
             except asyncssh.TerminalSizeChanged as exc:
                 self._console.term_size = (exc.width, exc.height)
+                continue
+            except (asyncssh.BreakReceived, asyncssh.SignalReceived):
+                self._buf = ""  # like ^C at a prompt: drop the partial line
+                if self._process.term_type:  # a pty: asyncssh's line editor holds input
+                    clear = getattr(self._process.channel, "clear_input", None)
+                    if clear is not None:
+                        clear()
+                out.write("^C\n" + self._console.prompt)
                 continue
             except TimeoutError:
                 out.write("\nidle timeout, session closed\n")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
 import paramiko
 import pytest
 
@@ -161,3 +164,27 @@ def test_idle_session_is_closed(tmp_path: Path, labsim_loop: BackgroundLoop) -> 
         c.close()
     finally:
         labsim_loop.run(server.close())
+
+
+async def test_interrupt_drops_the_partly_typed_line(analyzer_instrument: AnalyzerServer) -> None:
+    """An interrupt (^C as an SSH signal) discards the half-typed command, like a shell."""
+    server = analyzer_instrument
+    async with asyncssh.connect(
+        "127.0.0.1",
+        server.port,
+        username="service",
+        password=server.password,
+        known_hosts=None,
+        connect_timeout=TIMEOUT_S,
+    ) as conn:
+        proc = await conn.create_process(term_type="xterm", term_size=(80, 24))
+        await asyncio.wait_for(proc.stdout.readuntil("las-line-a> "), TIMEOUT_S)
+        proc.stdin.write("calibrate GL")
+        await asyncio.wait_for(proc.stdout.readuntil("calibrate GL"), TIMEOUT_S)
+        proc.send_signal("INT")
+        await asyncio.wait_for(proc.stdout.readuntil("^C\r\nlas-line-a> "), TIMEOUT_S)
+        proc.stdin.write("show log 1\r")
+        out = await asyncio.wait_for(proc.stdout.readuntil("\r\nlas-line-a> "), TIMEOUT_S)
+        lines = out.split("\r\n")
+        assert lines[0].endswith("show log 1")  # the echo shows only the new command
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", lines[1])  # one log line
