@@ -232,6 +232,11 @@ class AuditIndex:
                 return
             query = replace(query, page=page.next_page)
 
+    def count_before(self, before: datetime) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(events_table).where(
+                events_table.c.TimeGenerated < format_time(before))) or 0)
+
     def delete_before(self, before: datetime, types: Sequence[str] | None = None) -> int:
         """Remove index rows older than ``before`` (retention; the caller logs it)."""
         t = events_table.c
