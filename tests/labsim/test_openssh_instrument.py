@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from labsim.sshd import OpenSSHInstrument
@@ -137,3 +139,27 @@ def test_stop_closes_the_port(tmp_path: Path) -> None:
     assert not inst.running
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+async def test_asyncssh_client_with_injected_key_gets_a_shell_in_the_data_dir(
+    openssh_instrument: OpenSSHInstrument,
+) -> None:
+    """What the broker does: key from PEM, pinned host key, pty shell starting in the data dir."""
+    inst = openssh_instrument
+    async with asyncssh.connect(
+        inst.host,
+        inst.port,
+        username=inst.username,
+        client_keys=[asyncssh.import_private_key(inst.client_private_key_pem)],
+        known_hosts=asyncssh.import_known_hosts(inst.known_hosts_line() + "\n"),
+        agent_path=None,
+        config=None,
+        connect_timeout=TIMEOUT_S,
+    ) as conn:
+        proc = await conn.create_process(term_type="xterm", term_size=(80, 24))
+        proc.stdin.write("echo READY-$((6*7)); pwd; head -1 config/analyzer.ini; exit\n")
+        out = await asyncio.wait_for(proc.stdout.read(), TIMEOUT_S)
+        await asyncio.wait_for(proc.wait(), TIMEOUT_S)
+    assert "READY-42" in out
+    assert str(inst.data_dir) in out
+    assert "; analyzer configuration" in out
