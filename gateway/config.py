@@ -165,6 +165,8 @@ def _tuning(raw: dict[str, Any], where: str) -> TunnelTuning:
     tuning = TunnelTuning(**values)
     if tuning.backoff_max_s > 8:
         raise ConfigError(f"{where}: backoff_max_s above 8 s breaks the 10 s reconnect promise")
+    if tuning.heartbeat_s > 30:
+        raise ConfigError(f"{where}: heartbeat_s above 30 s: the broker would drop the tunnel")
     if tuning.backoff_initial_s > tuning.backoff_max_s:
         raise ConfigError(f"{where}: backoff_initial_s is larger than backoff_max_s")
     return tuning

@@ -186,7 +186,10 @@ class ControlConversation:
         elif isinstance(message, ErrorMessage):
             log.warning("gateway %s reports: %s: %s", self.record.name, message.code,
                         message.message)
-        elif not isinstance(message, Heartbeat):
+        elif isinstance(message, Heartbeat):
+            # answered, so the gateway's liveness check follows its own interval
+            self.send(Heartbeat(seq=message.seq, sent_at=self._clock()))
+        else:
             self.bad_messages += 1
             self.send(ErrorMessage(code="unexpected_message",
                                    message=f"{message.type} is not a gateway message"))
