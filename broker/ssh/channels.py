@@ -128,7 +128,7 @@ class Channels:
         from broker.ssh.sftp import make_sftp_server
 
         return asyncssh.SSHServerProcess(
-            self._run_process, lambda chan: make_sftp_server(self, cast(Any, chan)), 0, True
+            self._run_process, lambda chan: make_sftp_server(self, cast(Any, chan)), 3, True
         )
 
     async def _run_process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:

@@ -15,6 +15,7 @@ fails with "permission denied" and the reason, and ``file.refused`` is logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -48,15 +49,28 @@ class _Spool:
     sha256: str = ""
 
 
+def _tell(chan: asyncssh.SSHServerChannel[bytes], message: str) -> None:
+    """Show ``message`` on the engineer's terminal (sftp and scp print the stderr stream)."""
+    try:
+        chan.write_stderr(f"hoshu: {message}\n".encode())
+    except (OSError, asyncssh.Error):
+        pass
+
+
 class DeniedSFTPServer(asyncssh.SFTPServer):
     """Answers every request with the reason file transfer is refused."""
 
     def __init__(self, chan: asyncssh.SSHServerChannel[bytes], message: str) -> None:
         super().__init__(chan)
         self._message = message
+        _tell(chan, message)
 
     def _deny(self, *_args: Any, **_kw: Any) -> Any:
         raise asyncssh.SFTPPermissionDenied(self._message)
+
+    def exit(self) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.channel.exit(1)
 
     realpath = stat = lstat = open = scandir = mkdir = remove = rename = _deny
     setstat = rmdir = readlink = symlink = posix_rename = statvfs = _deny
@@ -103,6 +117,7 @@ class ProxySFTPServer(asyncssh.SFTPServer):
                     raise asyncssh.SFTPFailure("file too large for the broker")
                 h.update(data)
                 spool.fh.write(data)
+        spool.fh.flush()
         spool.sha256 = h.hexdigest()
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
@@ -150,10 +165,11 @@ class ProxySFTPServer(asyncssh.SFTPServer):
         scan = await self._scan(spool)
         if scan is not None and scan != "clean":
             self._event("file.refused", spool, "Inbound", scan)
-            raise asyncssh.SFTPPermissionDenied(
-                f"{os.fsdecode(spool.path)} was rejected by the hospital's file scan")
+            msg = f"{os.fsdecode(spool.path)} was rejected by the hospital's file scan"
+            _tell(self.channel, msg)
+            raise asyncssh.SFTPPermissionDenied(msg)
         flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
-        dst = await self._up.open(spool.path, flags, spool.attrs)
+        dst = await self._up.open(spool.path, flags, spool.attrs, encoding=None)
         try:
             for off in range(0, spool.size, CHUNK):
                 await dst.write(os.pread(fd, CHUNK, off), off)
@@ -169,9 +185,9 @@ class ProxySFTPServer(asyncssh.SFTPServer):
         if not argv:
             return None
         spool.fh.flush()
-        path = f"/proc/self/fd/{spool.fh.fileno()}"
+        fd = spool.fh.fileno()
         proc = await asyncio.create_subprocess_exec(
-            *argv, path, stdin=asyncio.subprocess.DEVNULL,
+            *argv, f"/dev/fd/{fd}", pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         try:
@@ -230,6 +246,8 @@ class ProxySFTPServer(asyncssh.SFTPServer):
         await self._up.symlink(oldpath, newpath)
 
     def exit(self) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.channel.exit(0)  # scp checks the exit status of its ssh
         door = self._ch.door
         door.sessions.remove(self._live.session_id)
         self._ch.release()

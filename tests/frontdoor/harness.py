@@ -144,6 +144,16 @@ class World:
         at = self.clock.now + timedelta(seconds=30 * offset_steps)
         return str(pyotp.TOTP(self.totp_secret).at(at))
 
+    def cert_file(self) -> Path:
+        """A user certificate as ``hoshu login`` issues it (for batch tools like sftp -b)."""
+        assert self.door.ca is not None
+        cert = self.door.ca.issue(self.public_line, username=self.engineer.username,
+                                  user_id=self.engineer.user_id, now=self.clock.now,
+                                  grants_end=None, serial=1, emitter=self.events)
+        path = self.tmp / "id_engineer-cert.pub"
+        path.write_text(cert + "\n")
+        return path
+
     def ssh_argv(self, tool: str = "ssh", *, batch: bool = False,
                  extra: tuple[str, ...] = ()) -> list[str]:
         port_flag = "-P" if tool in ("scp",) else "-p"
