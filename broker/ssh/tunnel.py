@@ -34,12 +34,43 @@ from audit.emitter import Emitter
 from audit.errors import AuditError
 from audit.events import new_event
 from broker.ssh.tunnel_link import ControlConversation, GatewayDirectory, ProtocolFailure
-from wire import BROKER_USERNAME, GatewayRecord, Mode, Purpose, WireError
+from wire import (
+    BROKER_USERNAME,
+    GatewayRecord,
+    Mode,
+    Originator,
+    Purpose,
+    WireError,
+    encode_originator,
+)
 
 log = logging.getLogger("hoshu.broker.tunnel")
 
-__all__ = ["GatewayDirectory", "TunnelInfo", "TunnelListener", "TunnelRegistry",
-           "TunnelSettings", "start_tunnel_listener"]
+__all__ = ["GatewayDirectory", "OriginTunnel", "TunnelInfo", "TunnelListener",
+           "TunnelRegistry", "TunnelSettings", "start_tunnel_listener"]
+
+
+class OriginTunnel:
+    """A gateway connection that names the engineer's session on every channel.
+
+    Pass it as ``asyncssh.connect(host, port, tunnel=OriginTunnel(conn, who))``:
+    each ``direct-tcpip`` channel then carries ``orig_host`` =
+    :func:`wire.encode_originator`, which the gateway writes into its audit copy.
+    """
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, originator: Originator) -> None:
+        self.conn = conn
+        self.orig_host = encode_originator(originator)
+
+    async def create_connection(self, session_factory: Callable[[], Any], remote_host: str,
+                                remote_port: int) -> tuple[Any, Any]:
+        return await self.conn.create_connection(session_factory, remote_host, remote_port,
+                                                 orig_host=self.orig_host)
+
+    async def open_connection(self, host: str, port: int) -> tuple[asyncssh.SSHReader[bytes],
+                                                                   asyncssh.SSHWriter[bytes]]:
+        reader, writer = await self.conn.open_connection(host, port, orig_host=self.orig_host)
+        return reader, writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +110,11 @@ class TunnelRegistry:
         """The live connection to the gateway, or None when it has no tunnel up."""
         info = self._tunnels.get(gateway_id)
         return info.conn if info is not None else None
+
+    def tunnel(self, gateway_id: str, session_id: str, engineer: str) -> OriginTunnel | None:
+        """The gateway's connection, naming this session and engineer on each channel."""
+        conn = self.connection(gateway_id)
+        return OriginTunnel(conn, Originator(session_id, engineer)) if conn else None
 
     def info(self, gateway_id: str) -> TunnelInfo | None:
         return self._tunnels.get(gateway_id)
