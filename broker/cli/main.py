@@ -11,6 +11,7 @@ import importlib
 import sys
 
 COMMAND_MODULES: list[str] = [
+    "broker.cli.ssh",
     # "broker.cli.<area>" modules are appended here as areas land
 ]
 
