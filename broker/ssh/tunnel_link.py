@@ -23,10 +23,11 @@ import asyncssh
 
 from audit.emitter import Emitter
 from audit.errors import AuditError
-from audit.events import COLUMN_NAMES, AuditEvent
+from audit.events import COLUMN_NAMES, AuditEvent, spec_for
 from wire import (
     CONTROL_SUBSYSTEM,
     FORWARDED_EVENT_TYPES,
+    MAX_WINDOWS,
     PROTOCOL_VERSION,
     SUPPORTED_PROTOCOLS,
     Ack,
@@ -124,11 +125,12 @@ class ControlConversation:
         now = self._clock()
         try:
             spans = self._directory.windows_for(self.record.gateway_id, now)
+            windows = tuple(Window(start=s, end=e) for s, e in spans if e > now and e > s)
+            message = Windows(windows=windows[:MAX_WINDOWS])
         except Exception as exc:  # the store failing must not drop the tunnel
             log.error("cannot read windows for gateway %s: %s", self.record.name, exc)
             return
-        windows = tuple(Window(start=s, end=e) for s, e in spans if e > now and e > s)
-        self.send(Windows(windows=windows))
+        self.send(message)
 
     async def _next(self) -> Message:
         """The next well-formed message; bad lines are answered and skipped."""
@@ -217,7 +219,10 @@ class ControlConversation:
     def _checked_event(self, raw: dict[str, Any]) -> dict[str, Any] | None:
         """The event as the broker stores it, or None (logged) if it is not acceptable."""
         kind = raw.get("EventType")
-        if kind not in FORWARDED_EVENT_TYPES or not set(raw) <= COLUMN_NAMES:
+        details = raw.get("Details", {})
+        if (kind not in FORWARDED_EVENT_TYPES or not set(raw) <= COLUMN_NAMES
+                or not isinstance(details, dict)
+                or not set(details) <= set(spec_for(str(kind)).details)):
             log.error("gateway %s forwarded an event the broker does not accept: %r",
                       self.record.name, str(kind)[:64])
             return None
