@@ -44,16 +44,24 @@ def defined_names(query: str) -> set[str]:
 
 
 def referenced_columns(query: str, table: str) -> set[str]:
-    """Identifiers the query reads from ``table`` (see the module docstring)."""
+    """Identifiers the query reads from ``table`` (see the module docstring).
+
+    A name the query defines counts as a column read wherever it is used before
+    its first definition (``where X > 0 | extend X = 1`` reads column X).
+    """
     text = clean(query)
-    defined = defined_names(query)
+    first_definition: dict[str, int] = {}
+    for m in _DEFINED.finditer(text):
+        first_definition.setdefault(m.group(1), m.start(1))
     found: set[str] = set()
     for m in _IDENT.finditer(text):
         name = m.group(1)
         rest = text[m.end():].lstrip(" \t")
         if rest.startswith("("):
             continue  # function call
-        if name.lower() in KEYWORDS or name == table or name in defined:
+        if name.lower() in KEYWORDS or name == table:
+            continue
+        if name in first_definition and m.start(1) >= first_definition[name]:
             continue
         found.add(name)
     return found

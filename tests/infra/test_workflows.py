@@ -1,0 +1,103 @@
+"""The GitHub workflows: schema-valid, zizmor-clean, and the deploy workflow
+signs in with OpenID Connect, pins every action by commit, and grants each job
+only what it needs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.infra.bicep import ROOT
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+DEPLOY = ROOT / ".github" / "workflows" / "deploy.yml"
+BIN = Path(sys.executable).parent
+
+
+def _load(path: Path) -> dict[Any, Any]:
+    data: dict[Any, Any] = YAML(typ="safe").load(path.read_text())
+    return data
+
+
+def _triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
+    # YAML 1.1 reads a bare `on` key as True.
+    triggers: dict[str, Any] = workflow.get("on", workflow.get(True))
+    return triggers
+
+
+def test_workflows_match_the_github_schema() -> None:
+    result = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+         *map(str, WORKFLOWS)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflows_have_no_zizmor_findings() -> None:
+    result = subprocess.run(
+        [str(BIN / "zizmor"), "--offline", "--min-severity", "low", "--no-progress",
+         str(ROOT / ".github" / "workflows")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No findings" in result.stdout + result.stderr
+
+
+def test_deploy_runs_what_if_on_pull_requests_and_deploys_on_version_tags() -> None:
+    workflow = _load(DEPLOY)
+    on = _triggers(workflow)
+    assert set(on) == {"pull_request", "push"}
+    assert on["push"] == {"tags": ["v*"]}
+    jobs = workflow["jobs"]
+    assert "pull_request" in jobs["what-if"]["if"]
+    assert "refs/tags/v" in jobs["deploy"]["if"]
+    assert any("az deployment group what-if" in s.get("run", "")
+               for s in jobs["what-if"]["steps"])
+    assert any("az deployment group create" in s.get("run", "")
+               for s in jobs["deploy"]["steps"])
+    assert jobs["deploy"]["environment"] == "production"
+
+
+def test_deploy_uses_oidc_with_ids_from_variables() -> None:
+    workflow = _load(DEPLOY)
+    assert workflow["permissions"] == {}
+    for name, job in workflow["jobs"].items():
+        assert job["permissions"] == {"contents": "read", "id-token": "write"}, name
+        (login,) = [s for s in job["steps"] if s.get("uses", "").startswith("azure/login@")]
+        with_ = login["with"]
+        assert set(with_) == {"client-id", "tenant-id", "subscription-id"}, name
+        assert all(v.startswith("${{ vars.") for v in with_.values()), name
+    text = DEPLOY.read_text()
+    assert "client-secret" not in text and "creds:" not in text
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_by_commit_with_a_version_comment(path: Path) -> None:
+    uses = re.findall(r"uses:\s*(\S+)(.*)", path.read_text())
+    assert uses
+    for ref, rest in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", ref), ref
+        assert re.search(r"#\s*v\d", rest), f"{ref}: no version comment"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_checkouts_do_not_persist_credentials(path: Path) -> None:
+    for job in _load(path)["jobs"].values():
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_expression_is_expanded_inside_a_shell_script(path: Path) -> None:
+    """Values reach scripts through env only (no template injection)."""
+    for job in _load(path)["jobs"].values():
+        for step in job["steps"]:
+            assert "${{" not in step.get("run", ""), step.get("name")
