@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--max-gateways", type=int, default=None,
                     help="cap the largest gateway count of the scale section")
+    ap.add_argument("--hoshu-mode", choices=("auto", "direct", "tunnel"), default="auto",
+                    help="direct: the front door straight to the instrument (no tunnel)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="write a pyinstrument profile of the hoshu broker process here")
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.max_gateways is not None:
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     res.info["sizes"] = sizes.__dict__
     started = time.monotonic()
     try:
-        _run(res, sizes, work, args.only)
+        _run(res, sizes, work, args.only, args.hoshu_mode, args.profile)
     finally:
         res.info["machine"]["loadavg_at_end"] = list(os.getloadavg())
         res.info["total_seconds"] = round(time.monotonic() - started, 1)
@@ -65,23 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(res: Results, sizes: Sizes, work: Path, only: list[str]) -> None:
+def _run(res: Results, sizes: Sizes, work: Path, only: list[str], hoshu_mode: str,
+         profile: Path | None) -> None:
     from bench import audit_bench, openssh_bench, scale
 
     if "openssh" in only or "hoshu" in only:
         openssh_bench.run(res, sizes, work, with_openssh="openssh" in only,
-                          with_hoshu="hoshu" in only)
+                          with_hoshu="hoshu" in only, hoshu_mode=hoshu_mode,
+                          profile=profile)
     if "scale" in only:
         res.section("scale", scale.KEYS, lambda: scale.run(res, sizes, work / "scale"))
     if "audit" in only:
         res.section("audit append", ["audit_append_per_s"],
                  lambda: audit_bench.measure_append(res, work / "audit", sizes.audit_appends))
+        sqlite_url = f"sqlite:///{work / 'audit' / 'index.sqlite'}"
         res.section("audit sqlite", ["audit_query_p95_ms_sqlite", "audit_query_p50_ms_sqlite"],
-                 lambda: audit_bench.measure_sqlite(res, work / "audit", sizes.audit_events,
-                                                    sizes.audit_queries))
+                    lambda: audit_bench.measure_index(res, sqlite_url, "sqlite",
+                                                      sizes.audit_events, sizes.audit_queries))
         res.section("audit postgres",
-                 ["audit_query_p95_ms_postgres", "audit_query_p50_ms_postgres"],
-                 lambda: _postgres(res, sizes))
+                    ["audit_query_p95_ms_postgres", "audit_query_p50_ms_postgres"],
+                    lambda: _postgres(res, sizes))
 
 
 def _postgres(res: Results, sizes: Sizes) -> None:
@@ -92,7 +99,7 @@ def _postgres(res: Results, sizes: Sizes) -> None:
         res.missing(["audit_query_p95_ms_postgres", "audit_query_p50_ms_postgres"], reason)
         return
     with pg.throwaway_postgres() as url:
-        audit_bench.measure_postgres(res, url, sizes.audit_events, sizes.audit_queries)
+        audit_bench.measure_index(res, url, "postgres", sizes.audit_events, sizes.audit_queries)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def measure_openssh(res: Results, sizes: Sizes, lab: OpenSSHLab) -> None:
 
 
 def run(res: Results, sizes: Sizes, work: Path, *, with_openssh: bool,
-        with_hoshu: bool) -> None:
+        with_hoshu: bool, hoshu_mode: str = "auto", profile: Path | None = None) -> None:
     reason = have_openssh()
     keys = (OPENSSH_KEYS if with_openssh else []) + (HOSHU_KEYS if with_hoshu else [])
     if reason:
@@ -73,6 +73,7 @@ def run(res: Results, sizes: Sizes, work: Path, *, with_openssh: bool,
                 from bench import hoshu_path
 
                 res.section("hoshu", HOSHU_KEYS,
-                            lambda: hoshu_path.run(res, sizes, lab, work / "hoshu"))
+                            lambda: hoshu_path.run(res, sizes, lab, work / "hoshu",
+                                                   mode=hoshu_mode, profile=profile))
 
     res.section("openssh lab", keys, body)

@@ -36,7 +36,7 @@ class OpenSSHLab:
     reverse_port: int
     source_port: int
     engineer_config: Path
-    instrument_key: Path  # the key the instrument accepts (hoshu injects it)
+    credential: Path  # a key the instrument accepts: the credential hoshu injects
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def direct(self, *args: str, tty: bool = False) -> list[str]:
@@ -90,10 +90,12 @@ def openssh_lab(workdir: Path, payload: Path) -> Iterator[OpenSSHLab]:
     workdir.mkdir(parents=True, exist_ok=True)
     engineer = keygen(workdir / "engineer_ed25519", "engineer")
     hospital = keygen(workdir / "hospital_ed25519", "hospital")
+    credential = keygen(workdir / "credential_ed25519", "injected-credential")
     procs: list[subprocess.Popen[bytes]] = []
     servers: list[Sshd] = []
     try:
-        instrument = start_sshd(workdir, "instrument", [engineer.public_line], forwarding=True)
+        instrument = start_sshd(workdir, "instrument",
+                                [engineer.public_line, credential.public_line], forwarding=True)
         servers.append(instrument)
         bastion = start_sshd(workdir, "bastion", [engineer.public_line, hospital.public_line],
                              forwarding=True)
@@ -117,7 +119,7 @@ def openssh_lab(workdir: Path, payload: Path) -> Iterator[OpenSSHLab]:
         edir.mkdir(exist_ok=True)
         ecfg = client_config(edir, engineer.private, known)
         yield OpenSSHLab(workdir, payload, instrument, bastion, reverse_port, source_port,
-                         ecfg, engineer.private, procs)
+                         ecfg, credential.private, procs)
     finally:
         for p in reversed(procs):
             if p.poll() is None:

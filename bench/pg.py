@@ -80,7 +80,7 @@ def throwaway_postgres() -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise BenchError("the throwaway PostgreSQL server did not start")
             time.sleep(0.1)
-        yield f"postgresql://bench@127.0.0.1:{port}/postgres"
+        yield f"postgresql+psycopg://bench@127.0.0.1:{port}/postgres"
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench import pg
+from bench import hoshu_path, pg
 from bench.openssh_bench import OPENSSH_KEYS
 from bench.report import REQUIRED_KEYS, TARGETS
 from bench.sshd import have_openssh
@@ -87,3 +87,17 @@ def test_ratios_targets_and_machine_are_reported(quick_results: dict[str, Any]) 
     assert quick_results["cipher"] == "aes128-gcm@openssh.com"
     assert quick_results["machine"]["cpus"] >= 1
     assert quick_results["sizes"]["throughput_bytes"] > 0
+
+
+def test_hoshu_data_path_is_measured_through_front_door_tunnel_and_gateway(
+        quick_results: dict[str, Any]) -> None:
+    """With the front door, tunnel and gateway in the build, hoshu's figures are real numbers."""
+    absent = hoshu_path.missing_parts(("broker.ssh.frontdoor", *hoshu_path.TUNNEL_PARTS))
+    for key in hoshu_path.KEYS:
+        if not absent and have_openssh() is None:
+            assert _number(quick_results[key]) and quick_results[key] > 0, key
+        else:
+            assert _noted(quick_results, key), key
+    if not absent and have_openssh() is None:
+        assert quick_results["hoshu"]["mode"] == "tunnel"
+        assert quick_results["hoshu"]["recordings_tunnel"]["files"] >= 1
