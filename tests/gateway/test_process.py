@@ -97,3 +97,6 @@ async def test_the_gateway_process_listens_on_no_tcp_port_and_obeys_its_cli(
         log.write_bytes(b"".join(lines))
         assert main(["--config", str(L.config_path), "verify-audit"]) == 1
         assert "TAMPERED at line 2" in capsys.readouterr().err
+        # and a gateway never appends to a tampered copy: it refuses to start
+        assert await asyncio.to_thread(main, ["--config", str(L.config_path), "run"]) == 1
+        assert "fails verification" in capsys.readouterr().err
