@@ -20,7 +20,7 @@ import asyncssh
 
 from broker.ssh.auth import LoginName, valid_instrument_name
 from broker.ssh.errors import AccessDenied, FrontDoorError, RecordingError
-from broker.ssh.ports import Engineer, GrantView, InstrumentTarget
+from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, Origin
 from broker.ssh.recorder import Recording
 from broker.ssh.relay import InstrumentLink, relay_process
 from broker.ssh.sessions import LiveSession
@@ -48,7 +48,10 @@ class Channels:
         self.login = login
         self.src = src
         self.src_port = src_port
-        self.link = InstrumentLink(door.connector)
+        # the broker's SSH connection to an instrument serves every channel of this
+        # engineer connection; the gateway sees it under this connection's id
+        self.connection_id = door.ids()
+        self.link = InstrumentLink(door.connector, Origin(self.connection_id, engineer.username))
         self.open_count = 0
 
     def close(self) -> None:

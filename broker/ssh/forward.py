@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import asyncssh
 
 from broker.ssh.errors import FrontDoorError
-from broker.ssh.ports import ByteReader, ByteWriter
+from broker.ssh.ports import ByteReader, ByteWriter, Origin
 from broker.ssh.sessions import LiveSession
 
 if TYPE_CHECKING:
@@ -151,20 +151,25 @@ async def open_forward(
     instrument = channels.forward_target(dest_host)
     door = channels.door
     base = channels.cols(instrument, dest_port, NetworkApplicationProtocol="tcp")
+    sid = door.ids()
     try:
         target, grant = channels.authorize(instrument, dest_port)
-        reader, writer = await door.connector.open_tcp(target, dest_port)
+        origin = Origin(sid, channels.engineer.username)
+        reader, writer = await door.connector.open_tcp(target, dest_port, origin)
     except (FrontDoorError, OSError, asyncssh.Error) as exc:
         channels.release()
-        msg = str(exc) if isinstance(exc, FrontDoorError) else (
-            f"{instrument} port {dest_port} cannot be reached ({type(exc).__name__})")
+        if isinstance(exc, FrontDoorError):
+            msg = str(exc)
+        elif isinstance(exc, asyncssh.ChannelOpenError):
+            msg = f"the hospital gateway refused {instrument} port {dest_port}: {exc.reason}"
+        else:
+            msg = f"{instrument} port {dest_port} cannot be reached ({type(exc).__name__})"
         reason = getattr(exc, "reason", "connect_failed")
         door.emit("forward.refused", EventResult="Failure", EventResultDetails=reason,
                   EventMessage=msg, **base)
         code = (asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED if reason == "no_grant"
                 else asyncssh.OPEN_CONNECT_FAILED)
         raise asyncssh.ChannelOpenError(code, msg) from exc
-    sid = door.ids()
     live = channels.live(sid, "forward", target, grant, dest_port)
     cols = dict(base, TargetSessionId=sid, HospitalId=target.hospital_id or None,
                 GatewayId=target.gateway_id or None, GrantId=grant.grant_id)

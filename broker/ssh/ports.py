@@ -12,9 +12,10 @@ an exception raised by a policy method as a denial (fail closed).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -100,6 +101,14 @@ class AccessPolicy(Protocol):
     def instrument(self, name: str) -> InstrumentTarget | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who a connection to an instrument is for (the gateway writes it into its audit copy)."""
+
+    session_id: str
+    engineer: str
+
+
 class ByteReader(Protocol):
     async def read(self, n: int = -1) -> bytes: ...
 
@@ -122,11 +131,14 @@ class InstrumentConnector(Protocol):
     """
 
     async def connect_ssh(
-        self, target: InstrumentTarget, options: asyncssh.SSHClientConnectionOptions
+        self,
+        target: InstrumentTarget,
+        options: asyncssh.SSHClientConnectionOptions,
+        origin: Origin,
     ) -> asyncssh.SSHClientConnection: ...
 
     async def open_tcp(
-        self, target: InstrumentTarget, port: int
+        self, target: InstrumentTarget, port: int, origin: Origin
     ) -> tuple[ByteReader, ByteWriter]: ...
 
 
@@ -134,47 +146,69 @@ class DirectConnector:
     """Connects straight to ``target.host`` (tests, and brokers inside the hospital)."""
 
     async def connect_ssh(
-        self, target: InstrumentTarget, options: asyncssh.SSHClientConnectionOptions
+        self,
+        target: InstrumentTarget,
+        options: asyncssh.SSHClientConnectionOptions,
+        origin: Origin,
     ) -> asyncssh.SSHClientConnection:
         return await asyncssh.connect(target.host, target.ssh_port, options=options)
 
     async def open_tcp(
-        self, target: InstrumentTarget, port: int
+        self, target: InstrumentTarget, port: int, origin: Origin
     ) -> tuple[ByteReader, ByteWriter]:
         reader, writer = await asyncio.open_connection(target.host, port, limit=1 << 20)
         return reader, writer
 
 
+class GatewayTunnel(Protocol):
+    """One gateway connection naming the engineer's session (``tunnel.OriginTunnel``)."""
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
+    ) -> tuple[Any, Any]: ...
+
+    async def open_connection(
+        self, host: str, port: int
+    ) -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]: ...
+
+
 class TunnelLookup(Protocol):
     """``broker.ssh.tunnel.TunnelRegistry`` as the front door sees it."""
 
-    def connection(self, gateway_id: str) -> asyncssh.SSHClientConnection | None: ...
+    def tunnel(self, gateway_id: str, session_id: str, engineer: str) -> GatewayTunnel | None: ...
 
 
 class TunnelConnector:
-    """Connects through the hospital gateway's reverse tunnel (production)."""
+    """Connects through the hospital gateway's reverse tunnel (production).
+
+    The instrument is named to the gateway by its *name*: the hospital's
+    allowlist, not the broker, says which address that is.
+    """
 
     def __init__(self, tunnels: TunnelLookup) -> None:
         self._tunnels = tunnels
 
-    def _tunnel(self, target: InstrumentTarget) -> asyncssh.SSHClientConnection:
+    def _tunnel(self, target: InstrumentTarget, origin: Origin) -> GatewayTunnel:
         from broker.ssh.errors import GatewayOffline
 
-        conn = self._tunnels.connection(target.gateway_id)
-        if conn is None:
+        tunnel = self._tunnels.tunnel(target.gateway_id, origin.session_id, origin.engineer)
+        if tunnel is None:
             raise GatewayOffline(f"the hospital gateway for {target.name} is offline")
-        return conn
+        return tunnel
 
     async def connect_ssh(
-        self, target: InstrumentTarget, options: asyncssh.SSHClientConnectionOptions
+        self,
+        target: InstrumentTarget,
+        options: asyncssh.SSHClientConnectionOptions,
+        origin: Origin,
     ) -> asyncssh.SSHClientConnection:
-        tunnel = self._tunnel(target)
+        tunnel = self._tunnel(target, origin)
         return await asyncssh.connect(
-            target.host, target.ssh_port, tunnel=tunnel, options=options
+            target.name, target.ssh_port, tunnel=tunnel, options=options
         )
 
     async def open_tcp(
-        self, target: InstrumentTarget, port: int
+        self, target: InstrumentTarget, port: int, origin: Origin
     ) -> tuple[ByteReader, ByteWriter]:
-        reader, writer = await self._tunnel(target).open_connection(target.host, port)
+        reader, writer = await self._tunnel(target, origin).open_connection(target.name, port)
         return reader, writer

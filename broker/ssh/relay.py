@@ -23,7 +23,7 @@ from typing import Any
 import asyncssh
 
 from broker.ssh.errors import GatewayOffline, InstrumentError
-from broker.ssh.ports import InstrumentConnector, InstrumentTarget
+from broker.ssh.ports import InstrumentConnector, InstrumentTarget, Origin
 from broker.ssh.recorder import Recording
 from broker.ssh.sessions import LiveSession
 
@@ -77,8 +77,9 @@ def client_options(target: InstrumentTarget) -> asyncssh.SSHClientConnectionOpti
 class InstrumentLink:
     """The broker's SSH connections to instruments for one engineer connection."""
 
-    def __init__(self, connector: InstrumentConnector) -> None:
+    def __init__(self, connector: InstrumentConnector, origin: Origin) -> None:
         self._connector = connector
+        self._origin = origin
         self._conns: dict[str, asyncssh.SSHClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -95,7 +96,7 @@ class InstrumentLink:
     async def _open(self, target: InstrumentTarget) -> asyncssh.SSHClientConnection:
         options = client_options(target)
         try:
-            return await self._connector.connect_ssh(target, options)
+            return await self._connector.connect_ssh(target, options, self._origin)
         except GatewayOffline:
             raise
         except asyncssh.PermissionDenied as exc:
@@ -106,6 +107,10 @@ class InstrumentLink:
             raise InstrumentError(
                 f"the host key of {target.name} does not match the one the hospital accepted; "
                 "refusing to connect"
+            ) from exc
+        except asyncssh.ChannelOpenError as exc:
+            raise InstrumentError(
+                f"the hospital gateway refused the connection to {target.name}: {exc.reason}"
             ) from exc
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             raise InstrumentError(

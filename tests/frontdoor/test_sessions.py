@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from broker.ssh.ports import TunnelConnector
+from broker.ssh.tunnel import TunnelRegistry
 from tests.frontdoor.harness import (
     World,
     open_shell,
@@ -216,12 +217,8 @@ async def test_instrument_host_key_mismatch_refused(granted: World) -> None:
 
 
 async def test_gateway_offline(granted: World) -> None:
-    class NoTunnels:
-        def connection(self, gateway_id: str) -> None:
-            return None
-
     w = granted
-    w.door.connector = TunnelConnector(NoTunnels())
+    w.door.connector = TunnelConnector(TunnelRegistry())  # no gateway has dialled in
     r = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
     assert r.rc == 1
     assert b"gateway for cobas-c503-1 is offline" in r.err
