@@ -8,6 +8,7 @@ all-in-one setup: SQLite and local files under ``data_dir``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,6 +34,18 @@ class BrokerSettings(BaseSettings):
     access_token_ttl_s: int = 900
     login_timeout_s: int = 30
     max_body_bytes: int = 64 * 1024
+
+    # audit: signing, shipping to SIEMs, masking, retention, reports (docs/auditor.md)
+    audit_index_url: str = ""  # empty: the broker database
+    audit_fsync: bool = False  # fsync the hash-chained log on every append
+    audit_checkpoint_every: int = 1000  # signed checkpoint every N events ...
+    audit_checkpoint_interval_s: float = 60.0  # ... or this often, whichever comes first
+    audit_sinks: list[dict[str, Any]] = []  # [{"kind": "fluentd", "host": ..., "port": ...}]
+    audit_mask_rules: list[dict[str, Any]] = []  # extra patient-identifier patterns
+    audit_lag_alert_s: float = 300.0
+    audit_events_retention_days: int | None = None  # None: keep forever
+    recordings_retention_days: int | None = None
+    report_unsigned_days: int = 7
 
     @property
     def db_url(self) -> str:

@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES: list[str] = [
     "broker.cli.ssh",
+    "broker.cli.audit",
     # "broker.cli.<area>" modules are appended here as areas land
 ]
 

@@ -1,0 +1,160 @@
+"""Wiring: the hash-chained log, the shippers, the index and the reports, built once.
+
+The broker calls :func:`build_audit` at start-up with an :class:`AuditConfig`
+(the CLI derives one from ``BrokerSettings``), passes ``runtime.log`` as the
+emitter to every component, includes the API router built from
+``runtime.index``/``runtime.reports``, calls ``runtime.start()``, then
+``runtime.tick()`` every few seconds (time-based checkpoints, lag alerts,
+unsigned-report alerts, retention) and ``runtime.stop()`` on shutdown.
+
+Failure policy: if the log or the signing key cannot be opened, ``build_audit``
+raises and the broker must not start (no audit, no access).  A sink or the
+index being down never blocks emitters; it shows in ``runtime.status()`` and
+as ``audit.sink_lag`` events.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from audit.chain import ChainLog
+from audit.index import AuditIndex, IndexSink
+from audit.masking import Masker
+from audit.outbox import CursorStore
+from audit.retention import Retention, RetentionPolicy
+from audit.shipper import Shipper, ShippingService, Sink
+from audit.signing import CheckpointSigner
+from audit.workreports import ReportService
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """One SIEM destination. ``kind``: fluentd, syslog or azure."""
+
+    kind: str
+    name: str = ""
+    host: str = ""
+    port: int = 0
+    tls: bool = False
+    ca_file: str | None = None
+    endpoint: str = ""  # azure: https://<dce>.ingest.monitor.azure.com
+    rule_id: str = ""  # azure: the DCR immutable id
+    stream: str = "Custom-HoshuAudit"
+    client_id: str | None = None  # azure: user-assigned managed identity
+    mask: bool = True  # mask patient identifiers before sending
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    log_path: Path
+    signing_key_path: Path
+    cursor_dir: Path
+    index_url: str
+    recordings_dir: Path
+    sinks: Sequence[SinkConfig] = ()
+    mask_rules: Sequence[Mapping[str, Any]] = ()
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 60.0
+    fsync: bool = False
+    lag_alert_s: float = 300.0
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    unsigned_after_days: int = 7
+    hostname: str = "hoshu-broker"
+
+
+def _tls(cfg: SinkConfig) -> ssl.SSLContext | None:
+    if not cfg.tls:
+        return None
+    return ssl.create_default_context(cafile=cfg.ca_file) if cfg.ca_file \
+        else ssl.create_default_context()
+
+
+def make_sink(cfg: SinkConfig, *, hostname: str = "hoshu-broker",
+              credential: Any = None) -> Sink:
+    if cfg.kind == "fluentd":
+        from audit.sinks.fluent import FluentForwardSink
+
+        return FluentForwardSink(cfg.host, cfg.port, name=cfg.name or "fluentd", tls=_tls(cfg))
+    if cfg.kind == "syslog":
+        from audit.sinks.syslog import SyslogSink
+
+        return SyslogSink(cfg.host, cfg.port, name=cfg.name or "syslog", tls=_tls(cfg),
+                          hostname=hostname)
+    if cfg.kind == "azure":
+        from audit.sinks.azure import AzureLogsSink, production_credential
+
+        return AzureLogsSink(cfg.endpoint, cfg.rule_id,
+                             credential or production_credential(cfg.client_id),
+                             stream=cfg.stream, name=cfg.name or "sentinel")
+    raise ValueError(f"unknown sink kind {cfg.kind!r} (fluentd, syslog, azure)")
+
+
+@dataclass
+class AuditRuntime:
+    log: ChainLog
+    signer: CheckpointSigner
+    index: AuditIndex
+    shipping: ShippingService
+    reports: ReportService
+    retention: Retention
+
+    def start(self) -> None:
+        self.log.add_listener(self.shipping.wake)
+        self.shipping.start()
+
+    def tick(self) -> None:
+        """Periodic duties: time-based checkpoint, unsigned reports, retention."""
+        self.log.maybe_checkpoint()
+        self.reports.check_unsigned()
+        self.retention.run()
+
+    def status(self) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in self.shipping.status()]
+
+    def stop(self) -> None:
+        self.shipping.stop()
+        self.log.checkpoint()
+        self.log.close()
+        self.index.engine.dispose()
+
+
+def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = None,
+                credential: Any = None, sinks: Sequence[Sink] | None = None) -> AuditRuntime:
+    """Open the log (verified), the signing key, the index and one shipper per sink.
+
+    ``sinks`` overrides the configured ones (tests); the index is always fed.
+    """
+    from audit.events import utc_now
+
+    now = clock or utc_now
+    signer = CheckpointSigner.load_or_create(config.signing_key_path)
+    log = ChainLog(config.log_path, fsync=config.fsync, signer=signer,
+                   checkpoint_every=config.checkpoint_every,
+                   checkpoint_interval_s=config.checkpoint_interval_s, clock=now)
+    try:
+        index = AuditIndex.from_url(config.index_url)
+        masker = Masker.from_config(config.mask_rules)
+        built = list(sinks) if sinks is not None else [
+            make_sink(c, hostname=config.hostname, credential=credential)
+            for c in config.sinks]
+        masks = ([True] * len(built) if sinks is not None
+                 else [c.mask for c in config.sinks])
+        cursors = CursorStore(config.cursor_dir)
+        shippers = [Shipper(IndexSink(index), config.log_path, cursors, emitter=log,
+                            clock=now, lag_alert_s=config.lag_alert_s, batch_size=1000)]
+        shippers += [Shipper(s, config.log_path, cursors, masker=masker if m else None,
+                             emitter=log, clock=now, lag_alert_s=config.lag_alert_s)
+                     for s, m in zip(built, masks, strict=True)]
+    except Exception:
+        log.close()
+        raise
+    reports = ReportService(index, log, clock=now,
+                            unsigned_after_days=config.unsigned_after_days)
+    retention = Retention(config.retention, log, index=index,
+                          recordings_dir=config.recordings_dir, clock=now)
+    return AuditRuntime(log, signer, index, ShippingService(shippers), reports, retention)

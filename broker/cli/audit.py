@@ -1,0 +1,361 @@
+"""``hoshu audit ...`` and ``hoshu report sign``.
+
+Local (on the broker host, reading files):
+  hoshu audit verify [--log PATH] [--key PUB.pem ...] [--checkpoint JSON|FILE]
+
+Through the API (``--api`` / ``HOSHU_API``, bearer token from
+``$HOSHU_CONFIG_DIR/token.json`` or ``~/.config/hoshu/token.json``, or ``HOSHU_TOKEN``):
+  hoshu audit search  [filters] [--limit N] [--page TOKEN] [--desc]
+  hoshu audit export  --format csv|jsonl [-o FILE] [filters]
+  hoshu audit play    SESSION [--speed X] [--max-idle S]
+  hoshu audit report  GRANT [--format json|html] [--lang ja|en] [--generate] [-o FILE]
+  hoshu audit review  MONTH [--hospital ID] [--format json|html] [--lang ja|en]
+  hoshu audit sinks
+  hoshu report sign   GRANT [--comment TEXT]
+
+Exit codes: 0 ok, 1 verification failed or the API refused, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from audit.chain import verify
+from audit.errors import AuditError
+from audit.recording import play
+from audit.signing import Checkpoint, TrustedKeys
+
+_FILTERS = ("start", "end", "hospital", "instrument", "engineer", "vendor", "outcome",
+            "session", "grant")
+TIMEOUT_S = 30.0
+Params = list[tuple[str, str | int | float | bool | None]]
+
+
+def _settings() -> Any:
+    from broker.settings import BrokerSettings
+
+    return BrokerSettings()
+
+
+def _api_url(args: argparse.Namespace) -> str:
+    return str(getattr(args, "api", None) or os.environ.get("HOSHU_API")
+               or "http://127.0.0.1:8440")
+
+
+def _token() -> str:
+    if os.environ.get("HOSHU_TOKEN"):
+        return os.environ["HOSHU_TOKEN"]
+    base = Path(os.environ.get("HOSHU_CONFIG_DIR") or Path.home() / ".config" / "hoshu")
+    try:
+        data = json.loads((base / "token.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(data.get("access_token") or data.get("token") or "")
+
+
+def make_client(args: argparse.Namespace) -> httpx.Client:
+    """The API client (tests replace this with a client bound to an in-process app)."""
+    return httpx.Client(base_url=_api_url(args), timeout=TIMEOUT_S,
+                        headers={"Authorization": f"Bearer {_token()}"})
+
+
+client_factory: Callable[[argparse.Namespace], httpx.Client] = make_client
+
+
+def _fail(resp: httpx.Response) -> int:
+    try:
+        err = resp.json()["error"]
+        print(f"error: {err['message']} ({err['code']}, HTTP {resp.status_code})",
+              file=sys.stderr)
+    except (ValueError, KeyError, TypeError):
+        print(f"error: HTTP {resp.status_code}", file=sys.stderr)
+    return 1
+
+
+def _params(args: argparse.Namespace) -> Params:
+    out: Params = [(k, str(getattr(args, k))) for k in _FILTERS if getattr(args, k, None)]
+    if getattr(args, "request", None):
+        out.append(("request_id", args.request))
+    out += [("type", t) for t in getattr(args, "type", None) or []]
+    return out
+
+
+# --- verify ------------------------------------------------------------------------
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    log = Path(args.log) if args.log else _settings().audit_log_path
+    keys = None
+    if args.key:
+        keys = TrustedKeys.from_pem_files(args.key)
+    elif not args.log:
+        pub = _settings().data_dir / "keys" / "audit_signing_key.pub"
+        keys = TrustedKeys.from_pem_files([pub]) if pub.exists() else None
+    checkpoint = None
+    if args.checkpoint:
+        text = args.checkpoint
+        if not text.lstrip().startswith("{"):
+            text = Path(text).read_text()
+        raw = json.loads(text)
+        checkpoint = Checkpoint.from_details(raw.get("Details", raw))
+    if not log.exists():
+        print(f"error: no audit log at {log}", file=sys.stderr)
+        return 1
+    result = verify(log, keys=keys, checkpoint=checkpoint)
+    report = {"ok": result.ok, "log": str(log), "events": result.count,
+              "checkpoints": result.checkpoints, "signatures_checked": result.signatures_checked,
+              "first_bad_position": result.first_bad, "reason": result.reason,
+              "last_hash": result.last_hash}
+    if args.json:
+        print(json.dumps(report))
+    elif result.ok:
+        sig = "signatures checked" if result.signatures_checked else "signatures NOT checked"
+        print(f"OK: {result.count} events, {result.checkpoints} checkpoints ({sig}), "
+              f"last hash {result.last_hash[:16]}…")
+    else:
+        print(f"TAMPERED: first bad position {result.first_bad}: {result.reason}")
+    return 0 if result.ok else 1
+
+
+# --- API commands ---------------------------------------------------------------------
+
+def cmd_search(args: argparse.Namespace) -> int:
+    params: Params = [*_params(args), ("limit", str(args.limit))]
+    if args.page:
+        params.append(("page", args.page))
+    if args.desc:
+        params.append(("order", "desc"))
+    with client_factory(args) as client:
+        resp = client.get("/v1/audit/events", params=params)
+    if resp.status_code != 200:
+        return _fail(resp)
+    data = resp.json()
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False))
+        return 0
+    for e in data["events"]:
+        print(f"{e.get('TimeGenerated', '')[:19]}  {e.get('EventType', ''):<24} "
+              f"{e.get('EventResult', ''):<8} {e.get('ActorUsername') or '-':<14} "
+              f"{e.get('TargetHostname') or '-':<16} {e.get('EventMessage') or ''}")
+    if data.get("next_page"):
+        print(f"-- more: --page {data['next_page']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    params = [*_params(args), ("format", args.format)]
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    try:
+        with client_factory(args) as client, \
+                client.stream("GET", "/v1/audit/export", params=params) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                return _fail(resp)
+            for chunk in resp.iter_text():
+                out.write(chunk)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    with client_factory(args) as client:
+        resp = client.get(f"/v1/recordings/{args.session}")
+    if resp.status_code != 200:
+        return _fail(resp)
+    import hashlib
+
+    expected = resp.headers.get("X-Recording-SHA256", "")
+    if expected and hashlib.sha256(resp.content).hexdigest() != expected:
+        print("error: the recording does not match its SHA-256", file=sys.stderr)
+        return 1
+    with tempfile.NamedTemporaryFile(suffix=".cast") as f:
+        f.write(resp.content)
+        f.flush()
+
+        def write(s: str) -> None:
+            sys.stdout.write(s)
+            sys.stdout.flush()
+
+        try:
+            play(f.name, write, speed=args.speed, max_idle_s=args.max_idle)
+        except AuditError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(f"\n[recording of {args.session}, SHA-256 {expected}]", file=sys.stderr)
+    return 0
+
+
+def _write_out(args: argparse.Namespace, text: str) -> None:
+    if getattr(args, "output", None):
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        print(text)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    with client_factory(args) as client:
+        if args.generate:
+            resp = client.post(f"/v1/reports/{args.grant}/generate")
+            if resp.status_code != 201:
+                return _fail(resp)
+        resp = client.get(f"/v1/reports/{args.grant}",
+                          params={"format": args.format, "lang": args.lang})
+    if resp.status_code != 200:
+        return _fail(resp)
+    _write_out(args, resp.text)
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    params = {"format": args.format, "lang": args.lang}
+    if args.hospital:
+        params["hospital"] = args.hospital
+    with client_factory(args) as client:
+        resp = client.get(f"/v1/reviews/{args.month}", params=params)
+    if resp.status_code != 200:
+        return _fail(resp)
+    _write_out(args, resp.text)
+    return 0
+
+
+def cmd_sinks(args: argparse.Namespace) -> int:
+    with client_factory(args) as client:
+        resp = client.get("/v1/audit/sinks")
+    if resp.status_code != 200:
+        return _fail(resp)
+    sinks = resp.json()["sinks"]
+    if args.json:
+        print(json.dumps(sinks))
+    for s in sinks if not args.json else []:
+        print(f"{s['sink']:<12} {s['state']:<12} lag {s['lag_events']} events / "
+              f"{s['lag_s']} s  {s.get('last_error') or ''}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    with client_factory(args) as client:
+        resp = client.get(f"/v1/reports/{args.grant}")
+        if resp.status_code != 200:
+            return _fail(resp)
+        report = resp.json()
+        verdict = report["verdict"]
+        reasons = ", ".join(r["code"] for r in report["reasons"]) or "-"
+        resp = client.post(f"/v1/reports/{args.grant}/sign",
+                           json={"report_sha256": report["report_sha256"],
+                                 "comment": args.comment})
+    if resp.status_code != 201:
+        return _fail(resp)
+    print(f"signed: report for grant {args.grant} ({verdict}; reasons: {reasons}), "
+          f"SHA-256 {report['report_sha256']}")
+    return 0
+
+
+# --- registration -----------------------------------------------------------------
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", help="from (ISO 8601 with zone, e.g. 2026-04-01T00:00:00Z)")
+    p.add_argument("--end", help="until (exclusive)")
+    for name in ("hospital", "instrument", "engineer", "vendor", "session", "request", "grant"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--type", action="append", help="event type (repeatable)")
+    p.add_argument("--outcome", choices=("Success", "Failure", "Partial", "NA"))
+
+
+def _api(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", help="API URL (default $HOSHU_API or http://127.0.0.1:8440)")
+
+
+def register(subparsers: Any) -> None:
+    audit = subparsers.add_parser("audit", help="audit trail: verify, search, export, play")
+    sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("verify", help="check the hash chain and signed checkpoints")
+    p.add_argument("--log", help="audit log (default: the broker's)")
+    p.add_argument("--key", action="append", help="trusted public key PEM (repeatable)")
+    p.add_argument("--checkpoint", help="a checkpoint from the SIEM (JSON or file)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("search", help="find events")
+    _filters(p)
+    _api(p)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--page")
+    p.add_argument("--desc", action="store_true", help="newest first")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="export events as CSV or JSON Lines")
+    _filters(p)
+    _api(p)
+    p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("play", help="replay a session recording in this terminal")
+    _api(p)
+    p.add_argument("session")
+    p.add_argument("--speed", type=float, default=1.0)
+    p.add_argument("--max-idle", type=float, default=2.0)
+    p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("report", help="show a work report")
+    _api(p)
+    p.add_argument("grant")
+    p.add_argument("--format", choices=("json", "html"), default="json")
+    p.add_argument("--lang", choices=("ja", "en"), default="ja")
+    p.add_argument("--generate", action="store_true", help="record report.generated first")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("review", help="the monthly log review")
+    _api(p)
+    p.add_argument("month", help="YYYY-MM")
+    p.add_argument("--hospital")
+    p.add_argument("--format", choices=("json", "html"), default="json")
+    p.add_argument("--lang", choices=("ja", "en"), default="ja")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("sinks", help="shipping status and lag per sink")
+    _api(p)
+    p.set_defaults(func=cmd_sinks)
+
+    report = subparsers.add_parser("report", help="work reports: sign off")
+    rsub = report.add_subparsers(dest="report_command", metavar="ACTION", required=True)
+    p = rsub.add_parser("sign", help="sign off the work report of a grant")
+    _api(p)
+    p.add_argument("grant")
+    p.add_argument("--comment")
+    p.set_defaults(func=cmd_sign)
+
+
+def audit_config(settings: Any) -> Any:
+    """The :class:`audit.service.AuditConfig` for a ``BrokerSettings``."""
+    from audit.retention import RetentionPolicy
+    from audit.service import AuditConfig, SinkConfig
+
+    return AuditConfig(
+        log_path=settings.audit_log_path,
+        signing_key_path=settings.data_dir / "keys" / "audit_signing_key",
+        cursor_dir=settings.data_dir / "audit" / "cursors",
+        index_url=settings.audit_index_url or settings.db_url,
+        recordings_dir=settings.recordings_dir,
+        sinks=[SinkConfig(**s) for s in settings.audit_sinks],
+        mask_rules=settings.audit_mask_rules,
+        checkpoint_every=settings.audit_checkpoint_every,
+        checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+        fsync=settings.audit_fsync,
+        lag_alert_s=settings.audit_lag_alert_s,
+        retention=RetentionPolicy(settings.audit_events_retention_days,
+                                  settings.recordings_retention_days),
+        unsigned_after_days=settings.report_unsigned_days,
+    )
