@@ -34,6 +34,10 @@ class BrokerSettings(BaseSettings):
     access_token_ttl_s: int = 900
     login_timeout_s: int = 30
     max_body_bytes: int = 64 * 1024
+    lockout_failures: int = 5  # sign-in failures (password or TOTP) ...
+    lockout_window_s: int = 900  # ... within this window lock the account ...
+    lockout_s: int = 900  # ... for this long
+    sweep_interval_s: float = 15.0  # how often pending requests and grant windows are swept
 
     # audit: signing, shipping to SIEMs, masking, retention, reports (docs/auditor.md)
     audit_index_url: str = ""  # empty: the broker database

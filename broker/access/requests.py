@@ -76,6 +76,17 @@ def visible_filter(actor: Actor) -> dict[str, str]:
     return {"hospital_id": actor.org_id}
 
 
+def chain(transitions: list[Transition]) -> list[Transition]:
+    """Order one subject's transitions by following states (times may be equal)."""
+    by_from = {t.from_state: t for t in transitions}
+    start = next((t for t in transitions if t.from_state in ("", "pending")), None)
+    out: list[Transition] = []
+    while start is not None and start not in out:
+        out.append(start)
+        start = by_from.get(start.to_state)
+    return out + sorted((t for t in transitions if t not in out), key=lambda t: t.at)
+
+
 class RequestService:
     def __init__(self, ctx: Context, estate: EstateService) -> None:
         self.ctx = ctx
@@ -187,11 +198,10 @@ class RequestService:
         with self.ctx.uow() as tx:
             req = self._get(tx, actor, request_id)
             grant = tx.get(Grant, req.grant_id) if req.grant_id else None
-            history = tx.find(Transition, subject_kind="request", subject_id=req.id,
-                              order_by="at")
+            history = chain(tx.find(Transition, subject_kind="request", subject_id=req.id))
             if grant is not None:
-                history += tx.find(Transition, subject_kind="grant", subject_id=grant.id,
-                                   order_by="at")
+                history += chain(tx.find(Transition, subject_kind="grant",
+                                         subject_id=grant.id))
             decisions = tx.find(Decision, request_id=req.id, order_by="at")
             return RequestView(req, decisions, sorted(history, key=lambda t: t.at), grant)
 

@@ -1,0 +1,57 @@
+"""The control-plane API: ``create_app(settings, ...)`` builds one FastAPI app.
+
+Nothing global: the app holds its :class:`Services` in ``app.state.services``.
+Other parts add their routers with ``extra_routers`` (for example the audit
+query routes); they may use :func:`broker.api.deps.require` for permissions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from fastapi import APIRouter, FastAPI
+
+from audit.emitter import Emitter
+from broker.access.ports import utc_now
+from broker.access.services import Services
+from broker.api import errors
+from broker.api.limits import BodyLimit
+from broker.api.routes import auth, estate, gateways, people, requests
+from broker.settings import BrokerSettings
+
+ROUTERS: tuple[APIRouter, ...] = (auth.router, people.router, estate.router, gateways.router,
+                                  requests.router)
+
+
+def create_app(
+    settings: BrokerSettings,
+    *,
+    services: Services | None = None,
+    emitter: Emitter | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    extra_routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """Build the API.  Without ``services`` the control plane is opened from
+    ``settings`` (database, key files, the hash-chained audit log or ``emitter``)."""
+    opened = None
+    if services is None:
+        from broker.services import ControlPlane
+
+        opened = ControlPlane.open(settings, emitter=emitter, clock=clock)
+        services = opened.services
+    app = FastAPI(title="hoshu control plane", version="1",
+                  description="Requests, approvals, time-boxed grants, tenants and roles.")
+    app.state.services = services
+    app.state.settings = settings
+    app.state.control_plane = opened
+    errors.install(app)
+    for router in (*ROUTERS, *extra_routers):
+        app.include_router(router)
+
+    @app.get("/v1/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,78 @@
+"""Composition of the control plane from settings: store, keys, emitter, services.
+
+``ControlPlane.open(settings)`` is what ``hoshu serve`` and the CLI's
+database commands use; tests build :class:`broker.access.services.Services`
+directly with their own clock, emitter and store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_ssh_private_key,
+)
+
+from audit.chain import ChainLog
+from audit.emitter import Emitter
+from broker.access.crypto import SecretBox
+from broker.access.ports import Config, Context, utc_now
+from broker.access.services import Services
+from broker.settings import BrokerSettings
+from broker.store.db import Store
+
+
+def broker_host_public_key(path: Path) -> str:
+    """The OpenSSH public key line of the tunnel host key, created (0600) if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+            Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+    key = load_ssh_private_key(path.read_bytes(), password=None)
+    return key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
+def config_from(settings: BrokerSettings) -> Config:
+    return Config(
+        access_token_ttl_s=settings.access_token_ttl_s,
+        tunnel_host=settings.tunnel_host,
+        tunnel_port=settings.tunnel_port,
+        lockout_failures=settings.lockout_failures,
+        lockout_window_s=settings.lockout_window_s,
+        lockout_s=settings.lockout_s,
+        broker_host_key=broker_host_public_key(settings.host_key_path),
+    )
+
+
+@dataclass
+class ControlPlane:
+    settings: BrokerSettings
+    store: Store
+    services: Services
+
+    @classmethod
+    def open(cls, settings: BrokerSettings, *, emitter: Emitter | None = None,
+             clock: Callable[[], datetime] = utc_now, migrate: bool = True) -> ControlPlane:
+        store = Store(settings.db_url, migrate=migrate)
+        if emitter is None:
+            settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
+            emitter = ChainLog(settings.audit_log_path)
+        ctx = Context(uow=store.uow, emitter=emitter,
+                      secrets=SecretBox.from_file(settings.credential_key_path),
+                      clock=clock, config=config_from(settings))
+        return cls(settings, store, Services.build(ctx))
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,138 @@
+"""The SSH side's view of the control plane: gateway directory and access policy."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from broker.access import totp
+from broker.access.requests import NewRequest
+from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from tests.control.conftest import World, openssh_public_key
+from wire.models import InventoryItem
+
+
+def enrol_gateway(w: World, name: str = "gw-1") -> tuple[str, str]:
+    token = w.s.gateways.issue_token(w.actors["hadmin"], "hoshi-hospital").token
+    key = openssh_public_key()
+    res = w.s.gateways.enroll(token, key, name, "1.0")
+    return res.gateway_id, key
+
+
+def grant_for(w: World, instruments: list[str], ports: list[int] | None = None) -> str:
+    req = w.s.requests.create(w.actors["eng"], NewRequest(instruments, 3600, "fix",
+                                                          ports=ports or []))
+    grant = w.s.requests.approve(w.actors["appr"], req.id).grant
+    if grant is None:
+        grant = w.s.requests.approve(w.actors["appr2"], req.id).grant
+    assert grant is not None
+    return grant.id
+
+
+def test_gateway_found_by_enrolled_key_until_revoked(world: World) -> None:
+    d = StoreGatewayDirectory(world.s)
+    gw_id, key = enrol_gateway(world)
+    rec = d.gateway_for_key(key + " comment")
+    assert rec is not None and rec.gateway_id == gw_id and rec.hospital_id == world.hospital.id
+    assert d.gateway_for_key(openssh_public_key()) is None
+    assert d.gateway_for_key("not a key") is None
+    world.s.gateways.revoke(world.actors["hadmin"], gw_id)
+    assert d.gateway_for_key(key) is None
+
+
+def test_windows_cover_grants_on_this_gateways_instruments(world: World) -> None:
+    w = world
+    d = StoreGatewayDirectory(w.s)
+    gw_id, _ = enrol_gateway(w)
+    assert d.windows_for(gw_id, w.clock.now) == []
+    w.s.estate.update_instrument(w.admin, "cobas-1", {"gateway": gw_id})
+    grant_for(w, ["cobas-1"])
+    [(start, end)] = d.windows_for(gw_id, w.clock.now)
+    assert start == w.clock.now and end == w.clock.now + timedelta(hours=1)
+    assert d.windows_for(gw_id, end) == []
+
+
+def test_inventory_host_key_change_blocks_until_an_approver_accepts(world: World) -> None:
+    w = world
+    d = StoreGatewayDirectory(w.s)
+    policy = StoreAccessPolicy(w.s)
+    gw_id, _ = enrol_gateway(w)
+    item = InventoryItem("cobas-1", "10.0.0.10", (22, 8080), "ssh", "chem", "c503", True,
+                         "SHA256:old")
+    d.record_inventory(gw_id, [item, InventoryItem("new-box", "10.0.0.99", (22,), "ssh",
+                                                   "", "", False, None)])
+    w.s.estate.set_credential(w.admin, "cobas-1", "password", "s3cret-instrument-pw", "svc")
+    target = policy.instrument("cobas-1")
+    assert target is not None and target.host_key_fingerprint == "SHA256:old"
+    assert target.credential == "s3cret-instrument-pw" and target.username == "svc"
+    assert "s3cret" not in repr(target)
+    assert policy.instrument("new-box") is not None  # inventory creates unknown instruments
+    grant_for(w, ["cobas-1"])
+    uid = w.users["eng"].id
+    assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is not None
+    changed = InventoryItem("cobas-1", "10.0.0.10", (22, 8080), "ssh", "chem", "c503", True,
+                            "SHA256:new")
+    d.record_inventory(gw_id, [changed])
+    assert w.s.ctx.emitter.of_type("instrument.key_changed")  # type: ignore[attr-defined]
+    assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is None
+    target = policy.instrument("cobas-1")
+    assert target is not None and target.host_key_fingerprint is None
+    w.s.estate.accept_host_key(w.actors["appr"], "cobas-1", "SHA256:new")
+    assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is not None
+    target = policy.instrument("cobas-1")
+    assert target is not None and target.host_key_fingerprint == "SHA256:new"
+
+
+def test_engineer_for_key_needs_active_enrolled_engineer_with_that_key(world: World) -> None:
+    w = world
+    policy = StoreAccessPolicy(w.s)
+    key = openssh_public_key()
+    w.s.people.add_key(w.actors["eng"], key + " laptop")
+    assert policy.engineer_for_key("eng", key) is None  # TOTP not enrolled yet
+    w.enrol_totp("eng")
+    eng = policy.engineer_for_key("eng", key)
+    assert eng is not None and eng.user_id == w.users["eng"].id
+    assert eng.organization == "acme-labs"
+    assert policy.engineer_for_key("eng2", key) is None
+    assert policy.engineer_for_key("eng", openssh_public_key()) is None
+    w.s.people.deactivate(w.admin, "eng")
+    assert policy.engineer_for_key("eng", key) is None
+
+
+def test_find_grant_checks_instrument_port_time_and_person(world: World) -> None:
+    w = world
+    policy = StoreAccessPolicy(w.s)
+    gid = grant_for(w, ["cobas-1"], [22, 8080])
+    uid = w.users["eng"].id
+    now = w.clock.now
+    g = policy.find_grant(uid, "cobas-1", 8080, now)
+    assert g is not None and g.grant_id == gid and g.ports == (22, 8080)
+    assert policy.find_grant(uid, "cobas-1", 443, now) is None
+    assert policy.find_grant(uid, "las-line-a", 22, now) is None
+    assert policy.find_grant(w.users["eng2"].id, "cobas-1", 22, now) is None
+    assert policy.find_grant(uid, "cobas-1", 22, now + timedelta(hours=1)) is None
+    assert policy.grant_end(gid, uid, now) == now + timedelta(hours=1)
+    assert policy.grant_end(gid, w.users["eng2"].id, now) is None
+
+
+def test_grant_end_is_none_after_revocation_or_deactivation(world: World) -> None:
+    w = world
+    policy = StoreAccessPolicy(w.s)
+    gid = grant_for(w, ["cobas-1"])
+    uid = w.users["eng"].id
+    w.s.grants.revoke(w.actors["appr"], gid)
+    assert policy.grant_end(gid, uid, w.clock.now) is None
+    gid2 = grant_for(w, ["cobas-1"])
+    w.s.people.deactivate(w.admin, "eng")
+    assert policy.grant_end(gid2, uid, w.clock.now) is None
+    assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is None
+
+
+def test_check_totp_through_the_policy(world: World) -> None:
+    w = world
+    secret = w.enrol_totp("eng")
+    policy = StoreAccessPolicy(w.s)
+    uid = w.users["eng"].id
+    code = totp.code_at(secret, w.clock.now)
+    assert policy.check_totp(uid, code, w.clock.now).ok
+    r = policy.check_totp(uid, code, w.clock.now)
+    assert not r.ok and r.reason == "replayed" and r.failures == 1
