@@ -123,6 +123,7 @@ class GatewayAgent:
         self._wake = asyncio.Event()
         self._stopping = False
         self._next_check = datetime.min.replace(tzinfo=UTC)
+        self._inventory_at: float | None = None  # loop time of the last inventory report
         self.host = config.tunnel_host or enrollment.tunnel_host
         self.port = config.tunnel_port or enrollment.tunnel_port
 
@@ -355,6 +356,9 @@ class GatewayAgent:
         log.info("connected to the broker as gateway %s (%s)", link.gateway_id, link.purpose)
         if link.purpose is Purpose.CHECK:
             await self._wait_any(link.windows_received, link, t.connect_timeout_s)
+            if self._inventory_due() <= 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._report_inventory(link), t.connect_timeout_s)
             await self._flush_audit(link, t.connect_timeout_s)
             link.close("check done")
             return "done"
@@ -420,20 +424,30 @@ class GatewayAgent:
             link.acked.clear()
             await self._wait_any(link.acked, link, deadline - loop.time())
 
+    def _inventory_due(self) -> float:
+        """Seconds until the next inventory report is due (0 or less: now)."""
+        if self._inventory_at is None:
+            return 0.0
+        loop = asyncio.get_running_loop()
+        return self._inventory_at + self.config.tunnel.inventory_interval_s - loop.time()
+
+    async def _report_inventory(self, link: Link) -> None:
+        self._inventory_at = asyncio.get_running_loop().time()
+        try:
+            items: list[InventoryItem] = await self._prober(self.config.instruments)
+        except Exception as exc:  # a failing probe must not take the tunnel down
+            log.error("inventory probe failed: %s", exc)
+            return
+        link.send(Inventory(instruments=tuple(InventoryEntry.from_item(i) for i in items)))
+        with contextlib.suppress(AuditError):
+            self.audit.record("gateway.inventory", details={"instruments": [
+                {"name": i.name, "reachable": i.reachable,
+                 "host_key_fingerprint": i.host_key_fingerprint} for i in items]})
+
     async def _inventory(self, link: Link) -> None:
         while not link.closed.is_set():
-            try:
-                items: list[InventoryItem] = await self._prober(self.config.instruments)
-            except Exception as exc:  # a failing probe must not take the tunnel down
-                log.error("inventory probe failed: %s", exc)
-            else:
-                link.send(Inventory(instruments=tuple(InventoryEntry.from_item(i)
-                                                      for i in items)))
-                with contextlib.suppress(AuditError):
-                    self.audit.record("gateway.inventory", details={"instruments": [
-                        {"name": i.name, "reachable": i.reachable,
-                         "host_key_fingerprint": i.host_key_fingerprint} for i in items]})
-            await asyncio.sleep(self.config.tunnel.inventory_interval_s)
-
+            if self._inventory_due() <= 0:
+                await self._report_inventory(link)
+            await asyncio.sleep(max(0.05, self._inventory_due()))
 
 __all__ = ["TRANSITIONS", "AgentState", "Backoff", "GatewayAgent", "IllegalTransition"]
