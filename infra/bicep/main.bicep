@@ -72,6 +72,9 @@ param tlsInspectionCaSecretId string = ''
 @description('Broker image repository and tag or digest inside the private registry, e.g. hoshu/broker@sha256:...')
 param brokerImage string
 
+@description('Deploy the broker app. false for the first deployment, until the image is imported into the new private registry.')
+param deployBroker bool = true
+
 @minValue(1)
 param brokerMinReplicas int = 2
 
@@ -230,8 +233,8 @@ module spokePeering 'modules/spoke-peering.bicep' = {
     expressRoute
   ]
   params: {
+    hubName: network.outputs.hubName
     spokeName: network.outputs.spokeName
-    hubId: network.outputs.hubId
   }
 }
 
@@ -325,7 +328,7 @@ module registry 'modules/registry.bicep' = {
   }
 }
 
-module containerApps 'modules/containerapps.bicep' = {
+module containerApps 'modules/containerapps.bicep' = if (deployBroker) {
   name: 'containerapps'
   dependsOn: [
     firewall
@@ -359,8 +362,8 @@ module containerApps 'modules/containerapps.bicep' = {
   }
 }
 
-output brokerFqdn string = containerApps.outputs.brokerFqdn
-output brokerStaticIp string = containerApps.outputs.staticIp
+output brokerFqdn string = deployBroker ? containerApps.outputs.brokerFqdn : ''
+output brokerStaticIp string = deployBroker ? containerApps.outputs.staticIp : ''
 output brokerIdentityClientId string = brokerIdentity.properties.clientId
 output brokerIdentityName string = brokerIdentity.name
 output firewallPrivateIp string = firewall.outputs.privateIp

@@ -231,6 +231,12 @@ resource spoke 'Microsoft.Network/virtualNetworks@2024-05-01' = {
           routeTable: {
             id: spokeRoutes.id
           }
+          // Backups and WAL archiving reach Azure Storage through the service endpoint, not the firewall.
+          serviceEndpoints: [
+            {
+              service: 'Microsoft.Storage'
+            }
+          ]
           delegations: [
             {
               name: 'postgres-flexible'
@@ -252,19 +258,6 @@ resource spoke 'Microsoft.Network/virtualNetworks@2024-05-01' = {
         }
       }
     ]
-  }
-}
-
-resource hubToSpoke 'Microsoft.Network/virtualNetworks/virtualNetworkPeerings@2024-05-01' = {
-  parent: hub
-  name: 'to-spoke'
-  properties: {
-    remoteVirtualNetwork: {
-      id: spoke.id
-    }
-    allowVirtualNetworkAccess: true
-    allowForwardedTraffic: true
-    allowGatewayTransit: true
   }
 }
 
