@@ -7,6 +7,7 @@ creates from requirements-checkov.lock. The scan runs once per session."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from typing import Any
 
@@ -19,13 +20,37 @@ CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 pytestmark = pytest.mark.xdist_group("checkov")
 
 
+# A module that breaks the rules on purpose, scanned with the real tree: proves
+# the scan runs the checks it should (a broken scanner would pass everything).
+CANARY = """
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: 'kv-canary'
+  location: 'japaneast'
+  properties: {
+    tenantId: tenant().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enablePurgeProtection: false
+    publicNetworkAccess: 'Enabled'
+  }
+}
+"""
+CANARY_FAILURES = {"CKV_AZURE_110", "CKV_AZURE_189"}
+
+
 @pytest.fixture(scope="module")
-def scan() -> dict[str, Any]:
+def scan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert CHECKOV.exists(), (
         f"{CHECKOV} is missing: `./run test` installs it from requirements-checkov.lock"
     )
+    work = tmp_path_factory.mktemp("checkov")
+    shutil.copytree(BICEP_DIR, work / "bicep")
+    (work / "bicep" / "canary").mkdir()
+    (work / "bicep" / "canary" / "vault.bicep").write_text(CANARY)
     result = subprocess.run(
-        [str(CHECKOV), "--directory", str(BICEP_DIR), "--framework", "bicep",
+        [str(CHECKOV), "--directory", str(work / "bicep"), "--framework", "bicep",
          "--skip-download", "--output", "json", "--compact"],
         capture_output=True, text=True, timeout=300, check=False,
         env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT / ".venv-checkov"),
@@ -36,12 +61,24 @@ def scan() -> dict[str, Any]:
     return report
 
 
+def _failed(scan: dict[str, Any]) -> list[dict[str, Any]]:
+    failed: list[dict[str, Any]] = scan["results"].get("failed_checks", [])
+    return failed
+
+
 def test_no_failed_checks(scan: dict[str, Any]) -> None:
     failed = [
         f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range']})"
-        for c in scan["results"].get("failed_checks", [])
+        for c in _failed(scan)
+        if not c["file_path"].lstrip("/").startswith("canary/")
     ]
     assert failed == []
+
+
+def test_the_scan_catches_a_module_that_breaks_the_rules(scan: dict[str, Any]) -> None:
+    caught = {c["check_id"] for c in _failed(scan)
+              if c["file_path"].lstrip("/").startswith("canary/")}
+    assert caught >= CANARY_FAILURES
 
 
 def test_every_file_was_parsed_and_scanned(scan: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from audit.events import COLUMN_NAMES, catalog
 from audit.sentinel import TABLE_NAME
 from tests.infra.bicep import MODULES_DIR, PLACEHOLDER, SENTINEL_DIR, function_calls, parse
-from tests.infra.kql import defined_names, referenced_columns, string_literals
+from tests.infra.kql import clean, defined_names, referenced_columns, string_literals
 
 SENTINEL_BICEP = MODULES_DIR / "sentinel.bicep"
 KQL_FILES = sorted(SENTINEL_DIR.glob("*.kql"))
@@ -110,3 +110,30 @@ def test_the_extractor_catches_an_unknown_column() -> None:
 def test_a_column_read_before_it_is_redefined_is_still_checked() -> None:
     query = "HoshuAudit_CL | where Bogus > 0 | extend Bogus = 1, Fine = Bogus"
     assert referenced_columns(query, "HoshuAudit_CL") == {"Bogus"}
+
+
+def _rule_definitions() -> list[dict[str, object]]:
+    rules: list[dict[str, object]] = parse(SENTINEL_BICEP)["variables"]["rules"]["value"]
+    return rules
+
+
+def test_entity_mappings_use_columns_the_rule_outputs() -> None:
+    """Sentinel maps Account/IP/Host entities from columns that exist in the table and
+    survive to the query's final shape (after its last project or summarize)."""
+    variables = parse(SENTINEL_BICEP)["variables"]
+    mapped = 0
+    for rule in _rule_definitions():
+        (call,) = function_calls(rule["query"], "load_text_content")
+        kql = (SENTINEL_BICEP.parent / call["parameters"]["file_path"]).read_text()
+        text = clean(kql)
+        tail = text[max(text.rfind("| project"), text.rfind("| summarize")):]
+        entities = rule["entities"]
+        assert isinstance(entities, list)
+        for name in entities:
+            for field in variables[name]["value"]["fieldMappings"]:
+                column = field["columnName"]
+                assert column in COLUMN_NAMES, f"{rule['key']}: {column} not in the table"
+                assert re.search(rf"\b{column}\b", tail), \
+                    f"{rule['key']}: entity column {column} is not in the rule's output"
+                mapped += 1
+    assert mapped >= 10

@@ -26,6 +26,44 @@ param enabled bool
 // How often the rules run; the gateway rule looks back exactly one interval past its threshold.
 var runIntervalMinutes = 5
 
+// Entities Sentinel extracts from each alert (the columns must be in the rule's output).
+var account = {
+  entityType: 'Account'
+  fieldMappings: [
+    {
+      identifier: 'Name'
+      columnName: 'ActorUsername'
+    }
+  ]
+}
+var sourceIp = {
+  entityType: 'IP'
+  fieldMappings: [
+    {
+      identifier: 'Address'
+      columnName: 'SrcIpAddr'
+    }
+  ]
+}
+var instrument = {
+  entityType: 'Host'
+  fieldMappings: [
+    {
+      identifier: 'HostName'
+      columnName: 'TargetHostname'
+    }
+  ]
+}
+var broker = {
+  entityType: 'Host'
+  fieldMappings: [
+    {
+      identifier: 'HostName'
+      columnName: 'DvcHostname'
+    }
+  ]
+}
+
 var rules = [
   {
     key: 'mfa-failures'
@@ -39,6 +77,10 @@ var rules = [
     period: 'PT${mfaWindowMinutes}M'
     query: replace(replace(loadTextContent('../../sentinel/mfa-failures.kql'), '{{mfaWindowMinutes}}', string(mfaWindowMinutes)), '{{mfaFailureThreshold}}', string(mfaFailureThreshold))
     suppress: false
+    entities: [
+      account
+      sourceIp
+    ]
   }
   {
     key: 'session-outside-grant'
@@ -53,6 +95,11 @@ var rules = [
     period: 'PT${runIntervalMinutes}M'
     query: loadTextContent('../../sentinel/session-outside-grant.kql')
     suppress: false
+    entities: [
+      account
+      sourceIp
+      instrument
+    ]
   }
   {
     key: 'emergency-access'
@@ -66,6 +113,11 @@ var rules = [
     period: 'PT${runIntervalMinutes}M'
     query: loadTextContent('../../sentinel/emergency-access.kql')
     suppress: false
+    entities: [
+      account
+      sourceIp
+      instrument
+    ]
   }
   {
     key: 'inbound-file-transfer'
@@ -80,6 +132,11 @@ var rules = [
     period: 'PT${runIntervalMinutes}M'
     query: loadTextContent('../../sentinel/inbound-file-transfer.kql')
     suppress: false
+    entities: [
+      account
+      sourceIp
+      instrument
+    ]
   }
   {
     key: 'gateway-disconnected'
@@ -93,6 +150,7 @@ var rules = [
     period: 'PT${gatewayDisconnectMinutes + runIntervalMinutes}M'
     query: replace(replace(loadTextContent('../../sentinel/gateway-disconnected.kql'), '{{gatewayDisconnectMinutes}}', string(gatewayDisconnectMinutes)), '{{runIntervalMinutes}}', string(runIntervalMinutes))
     suppress: false
+    entities: []
   }
   {
     key: 'audit-checkpoint'
@@ -106,6 +164,9 @@ var rules = [
     period: 'P1D'
     query: replace(loadTextContent('../../sentinel/audit-checkpoint.kql'), '{{checkpointMissingMinutes}}', string(checkpointMissingMinutes))
     suppress: true
+    entities: [
+      broker
+    ]
   }
 ]
 
@@ -130,6 +191,7 @@ resource alertRules 'Microsoft.SecurityInsights/alertRules@2024-03-01' = [for ru
     suppressionEnabled: rule.suppress
     suppressionDuration: 'PT1H'
     tactics: rule.tactics
+    entityMappings: empty(rule.entities) ? null : rule.entities
     eventGroupingSettings: {
       aggregationKind: 'AlertPerResult'
     }
