@@ -77,8 +77,10 @@ class ChainLog:
         checkpoint_every: int = 1000,
         checkpoint_interval_s: float = 60.0,
         clock: Callable[[], datetime] = utc_now,
+        hostname: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.hostname = hostname
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.checkpoint_path = self.path.with_name(self.path.name + ".checkpoint")
         self._fsync = fsync
@@ -167,7 +169,7 @@ class ChainLog:
             return None
         cp = self._signer.sign(self._seq, self._hash)
         self._write([new_event("audit.checkpoint", clock=self._clock, details=cp.details(),
-                               DvcRole="broker",
+                               DvcRole="broker", DvcHostname=self.hostname,
                                EventMessage=f"signed checkpoint at position {cp.seq}")])
         self._cp_seq, self._cp_time = self._seq + 1, self._clock()
         try:
@@ -261,6 +263,7 @@ def verify(
     head: tuple[int, str] | None = None,
     keys: TrustedKeys | None = None,
     checkpoint: Checkpoint | None = None,
+    upto: int | None = None,
 ) -> VerifyResult:
     """Check every line of the log; name the first bad position.
 
@@ -284,6 +287,8 @@ def verify(
     if p.exists():
         with open(p, "rb") as f:
             for lineno, line in enumerate(f, start=1):
+                if upto is not None and lineno > upto:
+                    break
                 try:
                     record = json.loads(line)
                     if not isinstance(record, dict):
@@ -317,8 +322,10 @@ def verify(
         if at_checkpoint != checkpoint.hash:
             return bad(checkpoint.seq, f"position {checkpoint.seq} does not match the signed "
                                        "checkpoint: the log was rewritten")
-    if head is None:
+    if head is None and upto is None:
         head = _read_head(p)
+    if upto is not None and seq < upto:
+        return bad(seq + 1, f"the log ends at position {seq}, expected {upto}")
     if head is not None:
         if head[0] < 0:
             return bad(seq + 1, "the .head file beside the log is unreadable")

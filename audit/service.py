@@ -22,13 +22,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from audit.chain import ChainLog
+from audit.chain import ChainLog, VerifyResult, verify
+from audit.events import new_event
 from audit.index import AuditIndex, IndexSink
 from audit.masking import Masker
 from audit.outbox import CursorStore
 from audit.retention import Retention, RetentionPolicy
 from audit.shipper import Shipper, ShippingService, Sink
-from audit.signing import CheckpointSigner
+from audit.signing import CheckpointSigner, TrustedKeys
 from audit.workreports import ReportService
 
 
@@ -113,6 +114,28 @@ class AuditRuntime:
         self.reports.check_unsigned()
         self.retention.run()
 
+    def verify(self) -> VerifyResult:
+        """Verify the log up to now (signatures included) and record the outcome.
+
+        Writes ``audit.verified`` or ``audit.verification_failed`` (severity High,
+        naming the first bad position); run it daily and at shutdown.
+        """
+        keys = TrustedKeys([self.signer.public_key])
+        result = verify(self.log.path, keys=keys, upto=self.log.seq)
+        if result.ok:
+            self.log.emit(new_event(
+                "audit.verified", DvcRole="broker", DvcHostname=self.log.hostname,
+                EventMessage=f"audit log verified: {result.count} events",
+                details={"count": result.count, "checkpoints": result.checkpoints,
+                         "last_hash": result.last_hash}))
+        else:
+            self.log.emit(new_event(
+                "audit.verification_failed", DvcRole="broker", DvcHostname=self.log.hostname,
+                EventResult="Failure", EventResultDetails=result.reason[:500],
+                EventMessage=f"audit log tampered at position {result.first_bad}",
+                details={"position": result.first_bad, "reason": result.reason[:500]}))
+        return result
+
     def status(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.shipping.status()]
 
@@ -135,7 +158,8 @@ def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = N
     signer = CheckpointSigner.load_or_create(config.signing_key_path)
     log = ChainLog(config.log_path, fsync=config.fsync, signer=signer,
                    checkpoint_every=config.checkpoint_every,
-                   checkpoint_interval_s=config.checkpoint_interval_s, clock=now)
+                   checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
+                   hostname=config.hostname)
     try:
         index = AuditIndex.from_url(config.index_url)
         masker = Masker.from_config(config.mask_rules)

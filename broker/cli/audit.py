@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -358,4 +359,5 @@ def audit_config(settings: Any) -> Any:
         retention=RetentionPolicy(settings.audit_events_retention_days,
                                   settings.recordings_retention_days),
         unsigned_after_days=settings.report_unsigned_days,
+        hostname=socket.gethostname(),
     )

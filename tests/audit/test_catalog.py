@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from audit import sentinel
+from audit import new_event, sentinel
 from audit.docgen import documented_types, render
 from audit.events import COLUMNS, Classification, Schema, catalog
 
@@ -70,3 +70,17 @@ def test_sentinel_declaration_matches_the_columns() -> None:
     on_disk = json.loads((ROOT / "infra" / "bicep" / "audit-table.json").read_text())
     assert on_disk == sentinel.table_declaration()
     assert [c["name"] for c in on_disk["columns"]] == [c.name for c in COLUMNS]
+
+
+def test_event_times_are_utc_and_naive_times_are_refused() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    import pytest
+
+    from audit import InvalidEvent
+
+    jst = timezone(timedelta(hours=9))
+    e = new_event("user.logout", clock=lambda: datetime(2026, 4, 1, 9, 0, tzinfo=jst))
+    assert e.time == "2026-04-01T00:00:00.000000Z"
+    with pytest.raises(InvalidEvent, match="timezone"):
+        new_event("user.logout", clock=lambda: datetime(2026, 4, 1, 9, 0))

@@ -62,3 +62,29 @@ def test_unknown_sink_kind_is_refused(tmp_path: Path) -> None:
                       recordings_dir=tmp_path / "r", sinks=[SinkConfig(kind="kafka")])
     with pytest.raises(ValueError, match="unknown sink kind"):
         build_audit(cfg)
+
+
+def test_runtime_verification_records_success_and_names_tampering(tmp_path: Path) -> None:
+    cfg = AuditConfig(log_path=tmp_path / "audit.log", signing_key_path=tmp_path / "k",
+                      cursor_dir=tmp_path / "c", index_url=f"sqlite:///{tmp_path}/i.db",
+                      recordings_dir=tmp_path / "r", checkpoint_every=10, hostname="broker-1")
+    runtime = build_audit(cfg)
+    try:
+        for i in range(25):
+            runtime.log.emit(new_event("admin.change", ActorUsername=f"admin{i}"))
+        assert runtime.verify().ok
+        text = cfg.log_path.read_text()
+        cfg.log_path.write_text(text.replace('"admin3"', '"admin9"'))  # same length
+        result = runtime.verify()
+        assert not result.ok and result.first_bad == 4
+    finally:
+        runtime.shipping.stop()
+        runtime.log.close()
+    from audit.chain import read_events
+
+    events = list(read_events(cfg.log_path))
+    assert [e.type for e in events if e.type.startswith("audit.verif")] == [
+        "audit.verified", "audit.verification_failed"]
+    assert events[-1].details["position"] == 4
+    cps = [e for e in events if e.type == "audit.checkpoint"]
+    assert cps and all(e.get("DvcHostname") == "broker-1" for e in cps)
