@@ -5,9 +5,10 @@ Each event becomes one message::
     <PRI>1 TIMESTAMP HOSTNAME hoshu - EVENTTYPE [hoshu@PEN uid="..." seq="..."] BOM{json}
 
 TCP syslog has no application acknowledgement, so a batch is sent on its own
-connection which is then half-closed; the batch counts as delivered only when
-the receiver (rsyslog, syslog-ng) closes its side in turn, which it does after
-reading everything we sent.  A reset or timeout means "not delivered" and the
+connection which is then half-closed (over TLS: after a close_notify); the
+batch counts as delivered only when the receiver (rsyslog, syslog-ng) closes
+its side in turn, which it does after reading everything we sent.  A reset
+means unread data: not delivered.  A reset or timeout means "not delivered" and the
 batch is retried: at least once, de-duplicated on ``uid``.
 """
 
@@ -83,7 +84,12 @@ class SyslogSink:
             sock.settimeout(self.timeout_s)
             sock.sendall(bytes(data))
             if isinstance(sock, ssl.SSLSocket):
-                sock = sock.unwrap()  # close_notify, then the TCP half-close below
+                try:
+                    sock = sock.unwrap()  # close_notify, then the TCP half-close below
+                except ssl.SSLEOFError:
+                    # the receiver read up to our close_notify and closed (rsyslog's gtls
+                    # does not answer it): everything before it was read
+                    return
             sock.shutdown(socket.SHUT_WR)
             extra = 0
             while chunk := sock.recv(4096):  # the receiver sends nothing; EOF means "all read"

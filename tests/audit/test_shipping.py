@@ -217,3 +217,20 @@ def test_fluentd_over_tls(log: ChainLog, tmp_path: Path) -> None:
         assert len(server.uids()) == 5
     finally:
         server.stop()
+
+
+def test_syslog_over_tls_to_a_real_rsyslog(log: ChainLog, tmp_path: Path) -> None:
+    """RFC 5425: the same octet-counted messages inside TLS, verified against the CA."""
+    _, client_ctx = tls_contexts(tmp_path / "tls")
+    server = Rsyslog(tmp_path / "rsyslog-tls", tls_dir=tmp_path / "tls").started()
+    try:
+        sink = SyslogSink("127.0.0.1", server.port, tls=client_ctx, server_hostname="localhost",
+                          timeout_s=5)
+        _emit(log, 300)
+        shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), batch_size=100)
+        while shipper.ship_once():
+            pass
+        wait_for(lambda: len(set(server.uids())) == 300, what="TLS events in rsyslog")
+    finally:
+        server.stop()
+    assert "hoshu - session.command" in server.lines()[0]
