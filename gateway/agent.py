@@ -99,7 +99,7 @@ class GatewayAgent:
                  audit: LocalAudit, *, version: str = __version__,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  rand: Callable[[], float] = _random.random,
-                 prober: Callable[..., Any] = probe) -> None:
+                 prober: Callable[..., Any] = probe, state_poll_s: float = 1.0) -> None:
         self.config = config
         self.enrollment = enrollment
         self.broker_key = asyncssh.import_public_key(enrollment.broker_host_key)
@@ -108,6 +108,7 @@ class GatewayAgent:
         self.clock = clock
         self._key = key
         self._prober = prober
+        self._state_poll_s = state_poll_s
         self._allowlist = Allowlist(config.instruments)
         self._backoff = Backoff(config.tunnel.backoff_initial_s, config.tunnel.backoff_max_s,
                                 rand)
@@ -215,7 +216,7 @@ class GatewayAgent:
 
     # --- the loop ------------------------------------------------------------------
 
-    async def follow_state_file(self, interval: float = 1.0) -> None:
+    async def follow_state_file(self, interval: float | None = None) -> None:
         """Apply pause/resume written to ``state.json`` by a CLI that could not reach the
         control socket (for example on Windows, or while the gateway was stopped)."""
         while not self._stopping:
@@ -228,7 +229,7 @@ class GatewayAgent:
                     await self.resume(by)
                 elif state.pending:
                     self._record_pending(state)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._state_poll_s if interval is None else interval)
 
     def _record_pending(self, state: PauseState) -> None:
         by = state.by or "local"

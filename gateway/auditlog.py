@@ -27,7 +27,7 @@ class LocalAudit:
 
     def __init__(self, path: Path, *, gateway_name: str, version: str,
                  clock: Callable[[], datetime], gateway_id: str | None = None,
-                 hospital_id: str | None = None) -> None:
+                 hospital_id: str | None = None, fsync: bool = True) -> None:
         self.path = path
         self._acked_path = path.with_name(path.name + ".acked")
         self._clock = clock
@@ -36,7 +36,7 @@ class LocalAudit:
         self._gateway_id = gateway_id
         self._hospital_id = hospital_id
         self._lock = threading.Lock()
-        self._chain = ChainLog(path, fsync=True)
+        self._chain = ChainLog(path, fsync=fsync)
         self._acked = self._read_acked()
         self._pending: list[dict[str, Any]] = [
             dict(e.record) for e in read_events(path)
