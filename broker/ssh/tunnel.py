@@ -33,6 +33,7 @@ import asyncssh
 from audit.emitter import Emitter
 from audit.errors import AuditError
 from audit.events import new_event
+from broker.settings import BrokerSettings
 from broker.ssh.tunnel_link import ControlConversation, GatewayDirectory, ProtocolFailure
 from wire import (
     BROKER_USERNAME,
@@ -82,6 +83,14 @@ class TunnelSettings:
     heartbeat_misses: int = 3
     windows_interval_s: float = 30.0
     broker_version: str = "0.1.0"
+
+    @classmethod
+    def from_broker(cls, settings: BrokerSettings, **overrides: Any) -> TunnelSettings:
+        """The tunnel endpoint of a broker process (``HOSHU_TUNNEL_HOST``/``_PORT``)."""
+        values: dict[str, Any] = {"host": settings.tunnel_host, "port": settings.tunnel_port,
+                                  "login_timeout_s": float(settings.login_timeout_s)}
+        values.update(overrides)
+        return cls(**values)
 
 
 @dataclass

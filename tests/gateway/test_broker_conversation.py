@@ -57,3 +57,12 @@ def test_inventory_reaches_the_directory() -> None:
         name="lis-server", host="10.0.0.9", ports=(3389,), protocol="rdp", reachable=False),)))
     assert directory.inventory["gw-1"][0].name == "lis-server"
     assert directory.inventory["gw-1"][0].reachable is False
+
+
+def test_tunnel_settings_follow_the_broker_settings() -> None:
+    from broker.settings import BrokerSettings
+    from broker.ssh.tunnel import TunnelSettings
+
+    t = TunnelSettings.from_broker(BrokerSettings(tunnel_host="0.0.0.0", tunnel_port=2999),
+                                   heartbeat_s=5)
+    assert (t.host, t.port, t.heartbeat_s, t.login_timeout_s) == ("0.0.0.0", 2999, 5, 30.0)
