@@ -253,3 +253,35 @@ def test_no_secrets_or_keys_in_templates() -> None:
         assert "listKeys" not in text and "AccountKey=" not in text, path.name
         assert not any(isinstance(n, str) and n.startswith("list") for n in walk(parse(path))), \
             path.name
+
+
+# The only roles the templates hand out, all to the broker's identity, each on one resource.
+ALLOWED_ROLES = {
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher (DCR)",
+    "12338af0-0e69-4776-bea7-57ae8d297424": "Key Vault Crypto User",
+    "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor (recordings)",
+    "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
+}
+
+
+def test_role_assignments_are_least_privilege() -> None:
+    """Every role assignment gives the broker identity a narrow data-plane role on one
+    resource: no Owner/Contributor, nothing at resource-group scope."""
+    found = 0
+    for path in bicep_files():
+        parsed = parse(path)
+        variables = parsed.get("variables") or {}
+        for name, r in resources(path).items():
+            if _type_name(r) != "Microsoft.Authorization/roleAssignments":
+                continue
+            found += 1
+            props = r["config"]["properties"]
+            assert props["principalId"] == "brokerPrincipalId", (path.name, name)
+            assert props["principalType"] == "ServicePrincipal", (path.name, name)
+            assert scope_name(r) in resources(path), f"{path.name}: {name} has no resource scope"
+            (call,) = function_calls(props["roleDefinitionId"], "subscription_resource_id")
+            role_var = call["parameters"]["resource_name_1"]
+            role_id = strip_quotes(str(variables[role_var]["value"]))
+            assert role_id in ALLOWED_ROLES, f"{path.name}: {name} assigns role {role_id}"
+    assert found == len(ALLOWED_ROLES)

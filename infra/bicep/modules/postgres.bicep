@@ -74,16 +74,20 @@ resource admins 'Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-0
   }
 }
 
+// Server parameters are applied one after another, after the administrators:
+// the service rejects concurrent updates of one server.
 resource requireTls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
   parent: server
   name: 'require_secure_transport'
+  dependsOn: [
+    admins
+  ]
   properties: {
     value: 'on'
     source: 'user-override'
   }
 }
 
-// Server parameters are applied one after another: the service rejects parallel updates.
 resource logConnections 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
   parent: server
   name: 'log_connections'
