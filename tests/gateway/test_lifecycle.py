@@ -155,3 +155,35 @@ async def test_a_silent_broker_is_detected_by_heartbeats_and_the_gateway_reconne
                    wait_s=6, what="dead path detected")
         await poll(lambda: agent.state is AgentState.CONNECTED and agent.link is not first,
                    wait_s=10, what="a fresh tunnel")
+
+
+async def test_a_corrupted_pause_state_keeps_the_gateway_paused_until_resumed(
+        tmp_path: Path) -> None:
+    async with lab(tmp_path) as L:
+        L.config.state_path.write_text("{half a json")
+        agent = await L.start_agent()
+        await poll(lambda: agent.state is AgentState.PAUSED, what="paused (fail closed)")
+        assert "unreadable" in (agent.status()["last_error"] or "")
+        assert L.listener.registry.connection(GATEWAY_ID) is None
+        await agent.resume("it-desk")
+        await L.listener.registry.wait_for(GATEWAY_ID, 10)
+        assert not read_state(agent.config.state_path).paused
+
+
+async def test_the_control_socket_answers_garbage_with_an_error_and_keeps_serving(
+        tmp_path: Path) -> None:
+    async with lab(tmp_path) as L:
+        agent = await L.start_agent()
+        control = ControlServer(agent.config.control_socket, agent.handle_control)
+        await control.start()
+        try:
+            for junk in (b"nonsense\n", b'{"cmd":"rm -rf"}\n', b"x" * 100_000 + b"\n"):
+                r, w = await asyncio.open_unix_connection(str(agent.config.control_socket))
+                w.write(junk)
+                answer = await asyncio.wait_for(r.readline(), 5)
+                w.close()
+                assert b'"ok": false' in answer and b"bad control request" in answer
+            status = await asyncio.to_thread(request, agent.config.control_socket, "status", "x")
+            assert status["ok"] and not status["paused"]
+        finally:
+            await control.close()
