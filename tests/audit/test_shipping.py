@@ -234,3 +234,49 @@ def test_syslog_over_tls_to_a_real_rsyslog(log: ChainLog, tmp_path: Path) -> Non
     finally:
         server.stop()
     assert "hoshu - session.command" in server.lines()[0]
+
+
+def test_logs_ingestion_over_https_splits_big_batches_under_1_mb(
+        log: ChainLog, tmp_path: Path) -> None:
+    """The production path: https, bearer token, gzip chunks of at most 1 MB each."""
+    server_ctx, _ = tls_contexts(tmp_path / "tls")
+    service = LogsIngestion(tls=server_ctx)
+    try:
+        token = StaticToken(service.TOKEN)
+        sink = AzureLogsSink(service.endpoint, service.RULE, token, retry_total=0,
+                             ca_file=str(tmp_path / "tls" / "siem.crt"))
+        log.append_many([new_event("session.command", TargetSessionId="big",
+                                   details={"command": "x" * 2000 + str(i)})
+                         for i in range(1500)])  # about 3.5 MB of JSON
+        shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), batch_size=2000)
+        assert shipper.ship_once() == 1500
+        assert service.requests >= 4 and service.rejected == []
+        assert len(set(service.uids())) == 1500 and token.calls >= 1
+    finally:
+        service.close()
+
+
+def test_logs_ingestion_stand_in_refuses_oversized_bodies(logs_ingestion: LogsIngestion) -> None:
+    import urllib.error
+    import urllib.request
+
+    url = (f"{logs_ingestion.endpoint}/dataCollectionRules/{logs_ingestion.RULE}/streams/"
+           f"{logs_ingestion.stream}?api-version=2023-01-01")
+    req = urllib.request.Request(url, data=b"[" + b" " * (1024 * 1024 + 10) + b"]",
+                                 headers={"Authorization": f"Bearer {logs_ingestion.TOKEN}",
+                                          "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)  # noqa: S310  (loopback test server)
+    assert err.value.code == 413
+
+
+def test_an_oversized_event_does_not_block_the_logs_ingestion_outbox(
+        log: ChainLog, logs_ingestion: LogsIngestion, tmp_path: Path) -> None:
+    sink = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
+                         StaticToken(logs_ingestion.TOKEN), allow_http=True, retry_total=0)
+    log.emit(new_event("session.command", details={"command": "y" * 1_500_000}))
+    _emit(log, 3)
+    shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"))
+    assert shipper.ship_once() == 4
+    big = logs_ingestion.records[0]
+    assert "Details" not in big and "larger than the upload limit" in big["EventResultDetails"]
