@@ -35,11 +35,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from audit.errors import ChainError
+from audit.errors import ChainError, InvalidEvent
 from audit.events import AuditEvent, new_event, utc_now
 from audit.signing import Checkpoint, CheckpointSigner, TrustedKeys
 
 GENESIS = "0" * 64
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 _HEAD_WIDTH = 96
 
 
@@ -190,6 +191,9 @@ class ChainLog:
             record.pop("ChainHash", None)
             record["ChainSeq"] = seq
             prev, line = _line(record, prev)
+            if len(line) > MAX_EVENT_BYTES:
+                raise InvalidEvent(f"{record.get('EventType')}: event of {len(line)} bytes is "
+                                   f"larger than {MAX_EVENT_BYTES}")
             record["ChainHash"] = prev
             lines.append(line)
             out.append(AuditEvent(record))

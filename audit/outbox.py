@@ -34,7 +34,7 @@ from typing import Any
 from audit.errors import AuditError
 
 _SINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-MAX_LINE = 1024 * 1024  # an event line longer than this is not ours
+MAX_LINE = 8 * 1024 * 1024  # the log refuses events over 4 MiB; longer lines are not ours
 
 
 class OutboxError(AuditError):

@@ -96,7 +96,8 @@ class AzureLogsSink:
         failed: list[Any] = []
         try:
             for group in self._groups(records):
-                self._client.upload(rule_id=self.rule_id, stream_name=self.stream, logs=group,
+                logs: list[Any] = list(group)
+                self._client.upload(rule_id=self.rule_id, stream_name=self.stream, logs=logs,
                                     on_error=failed.append, enforce_https=self._enforce_https)
                 if failed:
                     break

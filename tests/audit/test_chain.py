@@ -127,3 +127,14 @@ def test_secret_details_never_reach_the_log(tmp_path: Path) -> None:
     with ChainLog(log) as chain:
         chain.emit(cap.events[0])
     assert "123456" not in log.read_text()
+
+
+def test_giant_event_is_refused_and_the_log_stays_intact(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    with ChainLog(log) as chain:
+        chain.emit(new_event("user.logout"))
+        with pytest.raises(InvalidEvent, match="larger than"):
+            chain.append_many([new_event("user.logout"),
+                               new_event("session.command", details={"command": "x" * 5_000_000})])
+        chain.emit(new_event("user.logout"))
+    assert verify(log).ok and verify(log).count == 2
