@@ -301,7 +301,6 @@ module postgres 'modules/postgres.bicep' = {
   name: 'postgres'
   params: {
     location: location
-    prefix: prefix
     tags: tags
     name: names.postgres
     skuName: postgresSkuName

@@ -285,3 +285,45 @@ def test_role_assignments_are_least_privilege() -> None:
             role_id = strip_quotes(str(variables[role_var]["value"]))
             assert role_id in ALLOWED_ROLES, f"{path.name}: {name} assigns role {role_id}"
     assert found == len(ALLOWED_ROLES)
+
+
+def _module_calls() -> list[tuple[Path, str, dict[str, Any], Path]]:
+    calls = []
+    for path in bicep_files():
+        for name, module in (parse(path).get("modules") or {}).items():
+            calls.append((path, name, module, (path.parent / module["detail"]["path"]).resolve()))
+    return calls
+
+
+def _module_body(module: dict[str, Any]) -> dict[str, Any]:
+    """The object of a module declaration, also when it is conditional or a loop."""
+    config: dict[str, Any] = module["config"]
+    if "condition" in config and "config" in config:  # `= if (cond) { ... }`
+        inner: dict[str, Any] = config["config"]
+        return inner
+    return config
+
+
+def test_modules_get_exactly_the_parameters_they_declare() -> None:
+    """What the Bicep compiler would check: no unknown parameter is passed to a
+    module, and every parameter without a default is passed."""
+    for path, name, module, target in _module_calls():
+        declared = parse(target).get("parameters") or {}
+        passed = set(_module_body(module).get("params") or {})
+        unknown = passed - set(declared)
+        assert not unknown, f"{path.name}: module {name} gets unknown params {unknown}"
+        required = {p for p, d in declared.items() if d.get("default") is None}
+        missing = required - passed
+        assert not missing, f"{path.name}: module {name} lacks required params {missing}"
+
+
+def test_module_outputs_used_exist() -> None:
+    """Every `<module>.outputs.<name>` refers to an output the module declares."""
+    for path in bicep_files():
+        modules = {n: (path.parent / m["detail"]["path"]).resolve()
+                   for n, m in (parse(path).get("modules") or {}).items()}
+        for m in re.finditer(r"\b(\w+)\.outputs\.(\w+)", path.read_text()):
+            module, output = m.groups()
+            assert module in modules, f"{path.name}: {m.group(0)} of an unknown module"
+            outputs = parse(modules[module]).get("outputs") or {}
+            assert output in outputs, f"{path.name}: {m.group(0)} is not declared"

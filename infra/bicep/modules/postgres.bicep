@@ -4,7 +4,6 @@
 // connection logging on, geo-redundant backups.
 
 param location string
-param prefix string
 param tags object
 
 @description('Globally unique server name.')
