@@ -40,6 +40,7 @@ PERMISSIONS: dict[str, Permission] = {
     # self service
     "me.show": Permission(ALL, ANY),
     "me.password": Permission(ALL, ANY),
+    "me.instruments": Permission(ALL, "read"),
     "auth.logout": Permission(ALL, ANY),
     "totp.enroll": Permission(ALL, ANY),
     "keys.list": _p("read", E),

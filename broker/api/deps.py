@@ -53,6 +53,13 @@ def require(action: str) -> Callable[..., Actor]:
     return dependency
 
 
+def current_actor(request: Request, services: ServicesDep) -> Actor:
+    """Only authenticate (for routers that check their own rules, e.g. audit queries)."""
+    actor = services.auth.authenticate(bearer(request), client_ip(request))
+    request.state.actor = actor
+    return actor
+
+
 def allowed(action: str) -> object:
     """``Depends`` marker for a route: ``actor: Actor = allowed("orgs.list")``."""
     return Depends(require(action))

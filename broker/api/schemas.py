@@ -241,6 +241,10 @@ class InstrumentOut(Out):
     active: bool
 
 
+class MyInstrumentsOut(BaseModel):
+    instruments: list[InstrumentOut]
+
+
 class CredentialIn(In):
     kind: Literal["password", "private_key"]
     secret: Annotated[str, Field(min_length=1, max_length=16384)]

@@ -13,6 +13,10 @@ import sys
 COMMAND_MODULES: list[str] = [
     "broker.cli.ssh",
     "broker.cli.audit",
+    "broker.cli.people",
+    "broker.cli.requests",
+    "broker.cli.admin",
+    "broker.cli.serve",
     # "broker.cli.<area>" modules are appended here as areas land
 ]
 

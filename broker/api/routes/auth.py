@@ -56,6 +56,21 @@ def me(services: ServicesDep,
                    expires_at=user.expires_at, totp_enrolled=user.totp_enrolled)
 
 
+@router.get("/me/instruments", response_model=s.MyInstrumentsOut)
+def my_instruments(services: ServicesDep,
+                   actor: Annotated[Actor, Depends(require("me.instruments"))]
+                   ) -> s.MyInstrumentsOut:
+    """Instruments the caller may work on (an engineer: those under a live grant)."""
+    from broker.api.routes.estate import instrument_out
+
+    visible = services.estate.list_instruments(actor)
+    if "engineer" in actor.roles:
+        live = {n for g in services.grants.list_grants(actor, live_only=True)
+                for n in g.instruments}
+        visible = [i for i in visible if i.name in live]
+    return s.MyInstrumentsOut(instruments=[instrument_out(i) for i in visible])
+
+
 @router.post("/me/password", status_code=204)
 def change_password(body: s.PasswordIn, services: ServicesDep,
                     actor: Annotated[Actor, Depends(require("me.password"))]) -> None:

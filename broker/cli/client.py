@@ -1,0 +1,135 @@
+"""HTTP client of the ``hoshu`` CLI: API address, cached bearer token, output.
+
+The API is ``--api URL`` / ``$HOSHU_API`` (default http://127.0.0.1:8440).  The
+bearer token from ``hoshu login`` is cached in ``$HOSHU_CONFIG_DIR/token.json``
+(default ``~/.config/hoshu``), mode 0600; ``$HOSHU_TOKEN`` overrides it (API
+tokens for scripts).  Every request has a timeout; every API error is shown as
+its one-line message and the command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_API = "http://127.0.0.1:8440"
+TIMEOUT_S = 30.0
+
+
+class CliError(Exception):
+    """Something the user must fix; printed without a traceback."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("HOSHU_CONFIG_DIR") or Path.home() / ".config" / "hoshu")
+
+
+def token_path() -> Path:
+    return config_dir() / "token.json"
+
+
+def save_token(api: str, username: str, data: dict[str, Any]) -> None:
+    path = token_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"api": api, "username": username, "access_token": data["access_token"],
+                   "expires_at": data["expires_at"], "scopes": data.get("scopes", [])}, f)
+
+
+def load_token() -> str:
+    if os.environ.get("HOSHU_TOKEN"):
+        return os.environ["HOSHU_TOKEN"]
+    try:
+        data = json.loads(token_path().read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(data.get("access_token") or "")
+
+
+def forget_token() -> None:
+    try:
+        token_path().unlink()
+    except FileNotFoundError:
+        pass
+
+
+def add_api_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", default=None,
+                        help=f"control plane URL (env HOSHU_API, default {DEFAULT_API})")
+
+
+def api_url(args: argparse.Namespace) -> str:
+    return str(getattr(args, "api", None) or os.environ.get("HOSHU_API") or DEFAULT_API)
+
+
+class Client:
+    def __init__(self, api: str, token: str = "", timeout: float = TIMEOUT_S,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.api = api.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.api, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, auth: bool = True) -> Client:
+        token = load_token() if auth else ""
+        if auth and not token:
+            raise CliError("not signed in: run `hoshu login` first")
+        return cls(api_url(args), token)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             params: dict[str, Any] | None = None) -> Any:
+        try:
+            r = self._http.request(method, path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise CliError(f"the hoshu API at {self.api} cannot be reached ({exc})") from exc
+        if r.status_code == 204:
+            return None
+        try:
+            data = r.json()
+        except ValueError as exc:
+            raise CliError(f"unexpected answer from {self.api} (HTTP {r.status_code})",
+                           r.status_code) from exc
+        if r.status_code >= 400:
+            err = data.get("error", {}) if isinstance(data, dict) else {}
+            message = str(err.get("message") or f"HTTP {r.status_code}")
+            details = err.get("details")
+            if isinstance(details, list) and details:
+                message += ": " + "; ".join(
+                    f"{'.'.join(d.get('loc', [])[1:])} {d.get('msg', '')}".strip()
+                    for d in details[:5] if isinstance(d, dict))
+            if r.status_code == 401 and err.get("code") in ("token_expired", "unauthenticated"):
+                message += " (run `hoshu login`)"
+            raise CliError(message, r.status_code, str(err.get("code", "")))
+        return data
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def run(func: Any) -> Any:
+    """Wrap a command: CliError → message on stderr and exit status 1."""
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            result: int = func(args)
+            return result
+        except CliError as exc:
+            print(f"hoshu: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper

@@ -1,0 +1,72 @@
+"""``hoshu serve`` (the broker process) and ``hoshu db upgrade``.
+
+The process itself is assembled by :func:`broker.runtime.build_runtime`;
+heavy imports happen only when a command runs, so ``hoshu --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from broker.cli.client import CliError, run
+from broker.cli.output import done
+
+if TYPE_CHECKING:
+    from broker.settings import BrokerSettings
+
+def _settings(args: argparse.Namespace) -> BrokerSettings:
+    from broker.settings import BrokerSettings
+
+    settings = BrokerSettings()
+    updates: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        updates["data_dir"] = Path(args.data_dir)
+    if getattr(args, "host", None):
+        updates["api_host"] = args.host
+    if getattr(args, "port", None) is not None:
+        updates["api_port"] = args.port
+    return settings.model_copy(update=updates) if updates else settings
+
+
+@run
+def cmd_serve(args: argparse.Namespace) -> int:
+    from broker.runtime import build_runtime, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rt = build_runtime(_settings(args))
+    asyncio.run(serve(rt))
+    return 0
+
+
+@run
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from broker.store.db import current_revision, make_engine, upgrade
+
+    settings = _settings(args)
+    try:
+        engine = make_engine(settings.db_url)
+        upgrade(engine)
+        rev = current_revision(engine)
+        engine.dispose()
+    except Exception as exc:
+        raise CliError(f"cannot upgrade the database: {exc}") from exc
+    done(args, {"revision": rev}, f"Database at revision {rev}.")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the broker (control plane API)")
+    p.add_argument("--host", help="listen address (env HOSHU_API_HOST)")
+    p.add_argument("--port", type=int, help="listen port (env HOSHU_API_PORT)")
+    p.add_argument("--data-dir", help="data directory (env HOSHU_DATA_DIR)")
+    p.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database maintenance")
+    dbs = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    p = dbs.add_parser("upgrade", help="apply the schema migrations")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_db_upgrade)

@@ -1,0 +1,81 @@
+"""The broker process: everything ``hoshu serve`` runs, built from settings.
+
+:func:`build_runtime` assembles the control plane; other parts extend the
+returned :class:`Runtime` before :func:`serve` starts it: routers through
+``extra_routers``, long-running coroutines in ``runtime.tasks`` (the SSH front
+door and the gateway tunnel listeners, for example) and clean-up callables in
+``runtime.closers`` (run in reverse order, sync or async).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import socket
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from audit.emitter import Emitter
+from broker.api.app import create_app
+from broker.services import ControlPlane
+from broker.settings import BrokerSettings
+
+log = logging.getLogger("hoshu.serve")
+
+
+@dataclass
+class Runtime:
+    settings: BrokerSettings
+    control: ControlPlane
+    app: FastAPI
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+
+async def sweep_forever(control: ControlPlane, interval_s: float) -> None:
+    """Expire stale requests and open/close grant windows on the real clock."""
+    while True:
+        try:
+            await asyncio.to_thread(control.services.grants.sweep)
+        except Exception:  # a failed sweep is retried; the next one catches up
+            log.exception("sweep failed")
+        await asyncio.sleep(interval_s)
+
+
+def build_runtime(settings: BrokerSettings, *, emitter: Emitter | None = None,
+                  extra_routers: Sequence[APIRouter] = ()) -> Runtime:
+    """Open the store and keys, build the API and the background tasks (not started)."""
+    control = ControlPlane.open(settings, emitter=emitter)
+    app = create_app(settings, services=control.services, extra_routers=extra_routers)
+    rt = Runtime(settings, control, app)
+    rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s))
+    rt.closers.append(control.close)
+    return rt
+
+
+async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
+    """Run the API (uvicorn) and every task until the server stops."""
+    import uvicorn
+
+    config = uvicorn.Config(rt.app, host=rt.settings.api_host, port=rt.settings.api_port,
+                            log_level="info", lifespan="off", timeout_keep_alive=5,
+                            limit_concurrency=500, server_header=False)
+    server = uvicorn.Server(config)
+    running = [asyncio.create_task(t()) for t in rt.tasks]
+    try:
+        await server.serve(sockets=[sock] if sock else None)
+    finally:
+        for t in running:
+            t.cancel()
+        for t in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for close in reversed(rt.closers):
+            result = close()
+            if inspect.isawaitable(result):
+                await result
