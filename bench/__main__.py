@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,11 +38,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="direct: the front door straight to the instrument (no tunnel)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="write a pyinstrument profile of the hoshu broker process here")
+    ap.add_argument("--scale-listener", choices=("auto", "minimal", "real"), default="auto",
+                    help="real: hoshu's tunnel endpoint and gateway agents (auto: if built)")
     args = ap.parse_args(argv)
+    # A terminated run still stops its servers and writes what it measured.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = QUICK if args.quick else FULL
     if args.max_gateways is not None:
-        steps = tuple(s for s in sizes.gateway_steps if s <= args.max_gateways)
-        sizes = Sizes(**{**sizes.__dict__, "gateway_steps": steps or (args.max_gateways,)})
+        cap = args.max_gateways
+        steps = tuple(s for s in sizes.gateway_steps if s <= cap) or (cap,)
+        real = tuple(s for s in sizes.gateway_steps_real if s <= cap) or (cap,)
+        sizes = Sizes(**{**sizes.__dict__, "gateway_steps": steps, "gateway_steps_real": real})
     work = args.work
     if work.exists():
         shutil.rmtree(work)
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     res.info["sizes"] = sizes.__dict__
     started = time.monotonic()
     try:
-        _run(res, sizes, work, args.only, args.hoshu_mode, args.profile)
+        _run(res, sizes, work, args)
     finally:
         res.info["machine"]["loadavg_at_end"] = list(os.getloadavg())
         res.info["total_seconds"] = round(time.monotonic() - started, 1)
@@ -69,16 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(res: Results, sizes: Sizes, work: Path, only: list[str], hoshu_mode: str,
-         profile: Path | None) -> None:
+def _run(res: Results, sizes: Sizes, work: Path, args: argparse.Namespace) -> None:
     from bench import audit_bench, openssh_bench, scale
 
+    only: list[str] = args.only
     if "openssh" in only or "hoshu" in only:
         openssh_bench.run(res, sizes, work, with_openssh="openssh" in only,
-                          with_hoshu="hoshu" in only, hoshu_mode=hoshu_mode,
-                          profile=profile)
+                          with_hoshu="hoshu" in only, hoshu_mode=args.hoshu_mode,
+                          profile=args.profile)
     if "scale" in only:
-        res.section("scale", scale.KEYS, lambda: scale.run(res, sizes, work / "scale"))
+        res.section("scale", scale.KEYS, lambda: scale.run(res, sizes, work / "scale",
+                                                          args.scale_listener))
     if "audit" in only:
         res.section("audit append", ["audit_append_per_s"],
                  lambda: audit_bench.measure_append(res, work / "audit", sizes.audit_appends))

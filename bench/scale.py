@@ -13,6 +13,7 @@ gateway is connected again is measured.  Every wait has a deadline.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import select
 import subprocess
@@ -28,8 +29,12 @@ from bench.sshd import BenchError, free_port
 
 KEYS = ["gateways_connected", "broker_rss_MiB_at_max_gateways", "reconnect_all_s",
         "session_opens_per_s"]
-STEP_DEADLINE = 420.0
-RECONNECT_DEADLINE = 300.0
+STEP_DEADLINE = 300.0
+STEP_DEADLINE_REAL = 150.0
+CPU_SAMPLE_S = 5.0  # 1 s for quick-mode steps (under 100 gateways)
+RAMP_PER_S = 150.0  # first connections of a step: gateways started per second, in all
+PER_PROCESS_REAL = 2500  # each hoshu gateway holds ~4 descriptors (socket, audit chain)
+RECONNECT_DEADLINE = 180.0
 ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -79,9 +84,10 @@ class Proc:
                 self.p.wait(timeout=10)
 
 
-def _broker(port: int, gateways: int, target: int) -> Proc:
+def _broker(port: int, gateways: int, target: int, real: Path | None) -> Proc:
     b = Proc([sys.executable, "-m", "bench.scale_broker", "--port", str(port),
-              "--gateways", str(gateways), "--target-port", str(target)])
+              "--gateways", str(gateways), "--target-port", str(target),
+              *(["--real", str(real)] if real else [])])
     if json.loads(b.ask(None, 120)).get("ready") is not True:
         raise BenchError("the broker did not start")
     return b
@@ -111,11 +117,38 @@ def feasible_steps(steps: tuple[int, ...], res: Results) -> list[int]:
     return ok
 
 
-def run(res: Results, sizes: Sizes, work: Path) -> None:
+def real_available() -> bool:
+    from bench.hoshu_path import missing_parts
+
+    return not missing_parts()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(res: Results, sizes: Sizes, work: Path, listener: str = "auto") -> None:
+    """hoshu's tunnel endpoint with hoshu gateway agents (the figures), and the bare
+    asyncssh listener with minimal clients (the floor), as far as each is available."""
+    real = listener == "real" or (listener == "auto" and real_available())
+    res.info["scale"] = {}
+    if real:
+        one_run(res, sizes.gateway_steps_real, sizes, work / "real", real=True, suffix="")
+    if listener == "minimal" or (listener == "auto" and not real):
+        one_run(res, sizes.gateway_steps, sizes, work / "minimal", real=False, suffix="")
+    elif listener == "auto":
+        one_run(res, sizes.gateway_steps, sizes, work / "minimal", real=False,
+                suffix="_asyncssh_floor")
+
+
+def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, real: bool,
+            suffix: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
-    steps = feasible_steps(sizes.gateway_steps, res)
+    broker_dir = work / "broker" if real else None
+    steps = feasible_steps(wanted, res)
     if not steps:
-        res.missing(KEYS, "the file-descriptor limit allows no step")
+        res.missing([k + suffix for k in KEYS], "the file-descriptor limit allows no step")
         return
     top = steps[-1]
     banner = work / "banner.txt"
@@ -124,53 +157,76 @@ def run(res: Results, sizes: Sizes, work: Path) -> None:
     clients: list[Proc] = []
     broker: Proc | None = None
     port = free_port()
-    info: dict[str, Any] = {"listener": "bench.scale_broker (asyncssh listen_reverse)",
-                            "steps": {}}
-    res.info["scale"] = info
+    deadline = STEP_DEADLINE_REAL if real else STEP_DEADLINE
+    info: dict[str, Any] = {
+        "listener": ("hoshu tunnel endpoint (broker.ssh.tunnel) + hoshu gateway agents" if real
+                     else "minimal asyncssh listen_reverse (bench.scale_broker) + minimal "
+                     "connect_reverse clients"),
+        "steps": {}}
+    res.info["scale"]["real" if real else "minimal"] = info
+
+    def put(key: str, value: float | int | None, nd: int = 1) -> None:
+        res.put(key + suffix, value, nd)
+
     try:
         target = start_source(banner, source_procs)
-        broker = _broker(port, top, target)
+        broker = _broker(port, top, target, broker_dir)
         info["broker_rss_MiB_idle"] = round(broker.rss_mib(), 1)
         have = 0
         for step in steps:
-            clients.append(Proc([sys.executable, "-m", "bench.scale_gateways",
-                                 "--port", str(port), "--first", str(have),
-                                 "--count", str(step - have), "--allowed-port", str(target)]))
+            per_proc = PER_PROCESS_REAL if real else step
+            firsts = range(have, step, per_proc)
+            for first in firsts:
+                count = min(per_proc, step - first)
+                clients.append(Proc([sys.executable, "-m", "bench.scale_gateways",
+                                     "--port", str(port), "--first", str(first),
+                                     "--count", str(count), "--allowed-port", str(target),
+                                     "--ramp", str(RAMP_PER_S / len(firsts)),
+                                     *(["--real", str(work / "gateways")] if real else [])]))
             have = step
-            n, took = _wait_connected(broker, step, STEP_DEADLINE)
+            n, took = _wait_connected(broker, step, deadline)
+            c0, t0 = cpu_seconds(broker.p.pid), time.monotonic()
+            time.sleep(CPU_SAMPLE_S if step >= 100 else 1.0)
+            cpu = 100 * (cpu_seconds(broker.p.pid) - c0) / (time.monotonic() - t0)
+            n = max(n, _connected(broker))
             rss = broker.rss_mib()
             info["steps"][str(step)] = {"connected": n, "connect_s": round(took, 1),
-                                        "broker_rss_MiB": round(rss, 1)}
-            res.put(f"broker_rss_MiB_at_{step}_gateways", rss, 1)
-            res.put("gateways_connected", n)
-            res.put("broker_rss_MiB_at_max_gateways", rss, 1)
+                                        "broker_rss_MiB": round(rss, 1),
+                                        "broker_cpu_pct_idle": round(cpu, 1)}
+            put(f"broker_rss_MiB_at_{step}_gateways", rss)
+            put(f"broker_cpu_pct_at_{step}_gateways", cpu)
+            put("gateways_connected", n, 0)
+            put("broker_rss_MiB_at_max_gateways", rss)
             if n < step:
-                res.notes.append(f"scale: only {n} of {step} gateways connected within "
-                                 f"{STEP_DEADLINE:.0f} s; larger steps not attempted")
+                res.notes.append(f"scale{suffix}: only {n} of {step} gateways were connected "
+                                 f"{deadline:.0f} s after they were started; larger steps "
+                                 "were not attempted")
                 top = n
                 break
         for conc in (1, 16):
             r = json.loads(broker.ask(f"opens {sizes.scale_session_opens} {conc}", 300))
             rate = (r["opens"] - r["errors"]) / r["seconds"]
-            res.put("session_opens_per_s" if conc == 16 else "session_opens_sequential_per_s",
-                    rate, 1)
+            put("session_opens_per_s" if conc == 16 else "session_opens_sequential_per_s", rate)
             if r["errors"]:
-                res.notes.append(f"scale: {r['errors']} of {r['opens']} channel opens failed "
-                                 f"(concurrency {conc})")
+                res.notes.append(f"scale{suffix}: {r['errors']} of {r['opens']} channel opens "
+                                 f"failed (concurrency {conc})")
         t_kill = time.monotonic()
         broker.stop(kill=True)
-        broker = _broker(port, top, target)
+        broker = _broker(port, max(steps), target, broker_dir)
         t_ready = time.monotonic()
         n, took = _wait_connected(broker, top, RECONNECT_DEADLINE)
         info["restart_to_ready_s"] = round(t_ready - t_kill, 2)
+        info["reconnect_gateways"] = top
         info["reconnected"] = n
         if n >= top:
-            res.put("reconnect_all_s", took, 2)
-            res.put("reconnect_all_from_kill_s", time.monotonic() - t_kill, 2)
+            put("reconnect_all_s", took, 2)
+            put(f"reconnect_all_s_at_{top}_gateways", took, 2)
+            put("reconnect_all_from_kill_s", time.monotonic() - t_kill, 2)
         else:
-            res.missing(["reconnect_all_s"], f"only {n} of {top} gateways reconnected within "
-                                             f"{RECONNECT_DEADLINE:.0f} s of the restart")
-        res.put("broker_rss_MiB_after_reconnect", broker.rss_mib(), 1)
+            res.missing([f"reconnect_all_s{suffix}"],
+                        f"only {n} of {top} gateways reconnected within "
+                        f"{RECONNECT_DEADLINE:.0f} s of the broker restart")
+        put("broker_rss_MiB_after_reconnect", broker.rss_mib())
     finally:
         for c in clients:
             c.stop()

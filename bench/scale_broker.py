@@ -7,6 +7,11 @@ and keeps one connection per gateway, idle.  This is the minimal reverse
 listener the scale figures are measured with while the broker's own tunnel
 registry is not used here; the per-connection cost is asyncssh's.
 
+With ``--real WORKDIR`` the broker is hoshu's own tunnel endpoint instead
+(:func:`broker.ssh.tunnel.start_tunnel_listener` and its ``TunnelRegistry``:
+control channel, heartbeats, inventory, audit events into a signed
+hash-chained log), with an in-memory directory of the enrolled gateway keys.
+
 Commands on stdin, one JSON answer per line on stdout:
 ``count`` -> ``{"connected": n}``;
 ``opens K C`` -> K ``direct-tcpip`` channel opens (C at a time) to random
@@ -19,9 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -86,14 +94,96 @@ class Broker:
         return {"opens": total, "errors": errors, "seconds": time.perf_counter() - t0}
 
 
+class RealBroker(Broker):
+    """The same commands over hoshu's tunnel endpoint and registry."""
+
+    def __init__(self, listener: Any, target_port: int) -> None:
+        super().__init__(set(), target_port)
+        self.listener = listener
+        self.n = 0
+
+    @property
+    def conns(self) -> dict[int, asyncssh.SSHClientConnection]:
+        return {id(t.conn): t.conn for t in self.listener.registry.tunnels()}
+
+    @conns.setter
+    def conns(self, value: dict[int, asyncssh.SSHClientConnection]) -> None:
+        pass
+
+    async def open_one(self) -> bool:
+        from wire import Originator, encode_originator
+
+        tunnels = self.listener.registry.tunnels()
+        if not tunnels:
+            return False
+        conn = random.choice(tunnels).conn
+        self.n += 1
+        orig = encode_originator(Originator(session_id=f"s{self.n}", engineer="bench"))
+        try:
+            reader, writer = await asyncio.wait_for(
+                conn.open_connection("127.0.0.1", self.target_port, orig_host=orig),
+                OPEN_TIMEOUT)
+            writer.write(b"1\n")
+            data = await asyncio.wait_for(reader.read(1), OPEN_TIMEOUT)
+            writer.close()
+            return len(data) == 1
+        except (OSError, asyncssh.Error, TimeoutError):
+            return False
+
+
+async def _real(args: argparse.Namespace) -> tuple[Broker, Any]:
+    from datetime import datetime, timedelta
+
+    from audit.chain import ChainLog
+    from audit.signing import CheckpointSigner
+    from bench.scale_gateways import gateway_id
+    from broker.ssh.tunnel import TunnelSettings, start_tunnel_listener
+    from wire import GatewayRecord, InventoryItem
+
+    by_key = {" ".join(gateway_key(i).export_public_key().decode().split()[:2]):
+              GatewayRecord(gateway_id=gateway_id(i), hospital_id=f"h{i}", name=f"gw-{i}")
+              for i in range(args.gateways)}
+
+    class Directory:
+        def gateway_for_key(self, openssh_public_key: str) -> GatewayRecord | None:
+            return by_key.get(" ".join(openssh_public_key.split()[:2]))
+
+        def windows_for(self, gateway_id: str,
+                        now: datetime) -> list[tuple[datetime, datetime]]:
+            return [(now - timedelta(minutes=1), now + timedelta(hours=2))]
+
+        def record_inventory(self, gateway_id: str, instruments: list[InventoryItem]) -> None:
+            pass
+
+    work = Path(args.real)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"broker-audit-{int(time.time() * 1000)}.log"
+    audit = ChainLog(log, signer=CheckpointSigner.generate())
+    listener = await start_tunnel_listener(TunnelSettings(host="127.0.0.1", port=args.port),
+                                           broker_key(), Directory(), audit)
+    return RealBroker(listener, args.target_port), listener
+
+
 async def _main(args: argparse.Namespace) -> None:
     raise_nofile()
+    if args.real:
+        broker, listener = await _real(args)
+        await _commands(broker)
+        await listener.close()
+        return
     trusted = {bytes(gateway_key(i).public_data) for i in range(args.gateways)}
     broker = Broker(trusted, args.target_port)
     server = await asyncssh.listen_reverse(
         "127.0.0.1", args.port, client_factory=broker.client_factory,
         client_keys=[broker_key()], known_hosts=([], [], []), username="broker",
         backlog=args.backlog, reuse_address=True)
+    try:
+        await _commands(broker)
+    finally:
+        server.close()
+
+
+async def _commands(broker: Broker) -> None:
     print(json.dumps({"ready": True}), flush=True)
     loop = asyncio.get_running_loop()
     try:
@@ -109,8 +199,8 @@ async def _main(args: argparse.Namespace) -> None:
             else:
                 answer = {"error": f"unknown command {words[0]!r}"}
             print(json.dumps(answer), flush=True)
-    finally:
-        server.close()
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
 
 
 def main() -> int:
@@ -119,6 +209,8 @@ def main() -> int:
     ap.add_argument("--gateways", type=int, required=True, help="enrolled gateway keys")
     ap.add_argument("--target-port", type=int, required=True)
     ap.add_argument("--backlog", type=int, default=4096)
+    ap.add_argument("--real", default=None, help="work dir: run hoshu's tunnel endpoint")
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     asyncio.run(_main(ap.parse_args()))
     return 0
 

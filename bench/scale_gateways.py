@@ -8,6 +8,14 @@ instrument port it is given (the allowlist).  When the connection drops it
 reconnects after a random delay of up to 1 s, then backs off exponentially
 with full jitter (cap 8 s) while the broker is unreachable.
 
+With ``--real STATE_DIR`` each gateway is instead hoshu's own
+:class:`gateway.agent.GatewayAgent` (always-on mode, its own state directory
+and local audit chain, heartbeats, inventory, the real backoff), as
+``hoshu-gateway run`` starts it.  Two things are changed because thousands of
+gateways share one machine here, not because a gateway needs them: the local
+pause-file poll runs every 10 minutes instead of every second, and the local
+audit copy is not fsynced.
+
 Keys are derived from fixed seeds (:func:`gateway_key`), so the broker
 process can compute the same public keys without a key file.  Prints one
 line ``connected N`` whenever asked on stdin (``count``); exits on ``quit``
@@ -19,10 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import random
 import resource
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 from cryptography.hazmat.primitives import serialization
@@ -49,6 +59,59 @@ def broker_key() -> asyncssh.SSHKey:
     return seeded_key("broker")
 
 
+def gateway_id(i: int) -> str:
+    return f"{i:032x}"
+
+
+async def _real_gateways(args: argparse.Namespace, state: State) -> list[asyncio.Task[None]]:
+    import functools
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import gateway.auditlog
+    from audit.chain import ChainLog
+    from gateway import __version__
+    from gateway.agent import GatewayAgent
+    from gateway.auditlog import LocalAudit
+    from gateway.config import GatewayConfig, Instrument
+    from gateway.enroll import Enrollment
+    from wire import Mode
+
+    def unsynced(path: Path, **kw: object) -> ChainLog:
+        return ChainLog(path, **{**kw, "fsync": False})  # type: ignore[arg-type]
+
+    gateway.auditlog.ChainLog = unsynced  # type: ignore[attr-defined,assignment]
+    GatewayAgent.follow_state_file = functools.partialmethod(  # type: ignore[method-assign,assignment]
+        GatewayAgent.follow_state_file, interval=600.0)
+    broker_line = broker_key().export_public_key().decode().strip()
+    agents: list[GatewayAgent] = []
+    base = Path(args.real)
+    for i in range(args.first, args.first + args.count):
+        config = GatewayConfig(
+            name=f"gw-{i}", state_dir=base / f"gw{i}", mode=Mode.ALWAYS,
+            api="http://127.0.0.1:9",
+            instruments=(Instrument(name=f"inst-{i}", host="127.0.0.1",
+                                    ports=(args.allowed_port,), protocol="tcp"),),
+            tunnel_host="127.0.0.1", tunnel_port=args.port)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        enrollment = Enrollment(gateway_id=gateway_id(i), hospital_id=f"h{i}",
+                                hospital=f"hospital-{i}", broker_host_key=broker_line,
+                                tunnel_host="127.0.0.1", tunnel_port=args.port,
+                                protocol_version=1)
+        audit = LocalAudit(config.audit_path, gateway_name=config.name, version=__version__,
+                           clock=lambda: datetime.now(UTC), gateway_id=gateway_id(i),
+                           hospital_id=f"h{i}")
+        agents.append(GatewayAgent(config, enrollment, gateway_key(i), audit))
+    state.agents = agents
+
+    async def start(k: int, agent: GatewayAgent) -> None:
+        if args.ramp > 0:
+            await asyncio.sleep(k / args.ramp)
+        await agent.run()
+
+    return [asyncio.create_task(start(k, a)) for k, a in enumerate(agents)]
+
+
 def raise_nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -60,6 +123,12 @@ def raise_nofile() -> int:
 class State:
     connected: int = 0
     stopping: bool = False
+    agents: list[Any] | None = None
+
+    def count(self) -> int:
+        if self.agents is None:
+            return self.connected
+        return sum(1 for a in self.agents if a.state == "connected")
 
 
 def _server_factory(allowed_port: int) -> type[asyncssh.SSHServer]:
@@ -106,18 +175,23 @@ async def _main(args: argparse.Namespace) -> None:
     authorized = asyncssh.import_authorized_keys(bpub)
     state = State()
     sem = asyncio.Semaphore(MAX_HANDSHAKES)
-    tasks = [asyncio.create_task(_gateway(i, args.port, args.allowed_port, authorized, sem,
-                                          state))
-             for i in range(args.first, args.first + args.count)]
+    if args.real:
+        tasks = await _real_gateways(args, state)
+    else:
+        tasks = [asyncio.create_task(_gateway(i, args.port, args.allowed_port, authorized, sem,
+                                              state))
+                 for i in range(args.first, args.first + args.count)]
     loop = asyncio.get_running_loop()
     try:
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line or line.strip() == "quit":
                 break
-            print(f"connected {state.connected}", flush=True)
+            print(f"connected {state.count()}", flush=True)
     finally:
         state.stopping = True
+        for a in state.agents or []:
+            a.stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -129,6 +203,10 @@ def main() -> int:
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--allowed-port", type=int, required=True)
+    ap.add_argument("--real", default=None, help="state directory: run hoshu gateway agents")
+    ap.add_argument("--ramp", type=float, default=0.0,
+                    help="first connections: start this many gateways per second (0: all)")
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     asyncio.run(_main(ap.parse_args()))
     return 0
 
