@@ -31,6 +31,7 @@ from broker.settings import BrokerSettings
 from broker.ssh.ca import UserCA
 from broker.ssh.ports import AccessPolicy, InstrumentConnector
 from broker.ssh.recorder import Opener, default_opener
+from broker.ssh.relay import ENCRYPTION_ALGS
 from broker.ssh.sessions import SessionRegistry
 
 
@@ -193,6 +194,8 @@ async def start_front_door(
         keepalive_interval=60,
         window=8 * 1024 * 1024,
         max_pktsize=32768,
+        encryption_algs=list(ENCRYPTION_ALGS),
+        compression_algs=None,
         config=[],
     )
     loop = asyncio.get_running_loop()

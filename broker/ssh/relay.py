@@ -29,6 +29,10 @@ from broker.ssh.sessions import LiveSession
 
 CHUNK = 256 * 1024
 CONNECT_TIMEOUT_S = 15.0
+# AES-GCM runs in OpenSSL through cryptography; asyncssh's chacha20-poly1305 costs
+# more per packet in Python, so the broker's own connections prefer GCM.
+ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                   "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")
 
 
 class _HostKeyCheck(asyncssh.SSHClient):
@@ -70,6 +74,8 @@ def client_options(target: InstrumentTarget) -> asyncssh.SSHClientConnectionOpti
         keepalive_interval=30,
         window=8 * 1024 * 1024,
         max_pktsize=32768,
+        encryption_algs=list(ENCRYPTION_ALGS),
+        compression_algs=None,
         **auth,
     )
 
