@@ -138,3 +138,35 @@ def test_giant_event_is_refused_and_the_log_stays_intact(tmp_path: Path) -> None
                                new_event("session.command", details={"command": "x" * 5_000_000})])
         chain.emit(new_event("user.logout"))
     assert verify(log).ok and verify(log).count == 2
+
+
+def test_full_disk_gives_a_clear_error_and_leaves_no_half_line(tmp_path: Path) -> None:
+    """A write that hits the file-size limit (as a full disk would) is refused and cut back."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "audit.log"
+    script = f"""
+import resource, signal, sys
+from audit import new_event
+from audit.chain import ChainLog
+from audit.errors import ChainError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+log = ChainLog({str(log)!r})
+log.emit(new_event("user.logout"))
+resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))
+n = 1
+try:
+    while True:
+        log.emit(new_event("session.command", details={{"command": "x" * 300}}))
+        n += 1
+except ChainError as exc:
+    print(n, exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True, cwd=Path(__file__).resolve().parents[2])
+    written, _, message = out.stdout.strip().partition(" ")
+    assert "cannot write audit log" in message
+    result = verify(log)
+    assert result.ok and result.count == int(written)
+    assert log.read_bytes().endswith(b"}\n")

@@ -88,3 +88,28 @@ def test_runtime_verification_records_success_and_names_tampering(tmp_path: Path
     assert events[-1].details["position"] == 4
     cps = [e for e in events if e.type == "audit.checkpoint"]
     assert cps and all(e.get("DvcHostname") == "broker-1" for e in cps)
+
+
+def test_router_mounts_on_the_control_plane_app_and_demands_a_token(tmp_path: Path) -> None:
+    """create_app(..., extra_routers=[build_router(...)]) with the real authentication."""
+    from fastapi.testclient import TestClient
+
+    from broker.api.app import create_app
+    from broker.api.routes.audit import build_router
+
+    settings = BrokerSettings(data_dir=tmp_path / "data")
+    runtime = build_audit(audit_config(settings))
+    try:
+        router = build_router(index=runtime.index, reports=runtime.reports,
+                              recordings_dir=settings.recordings_dir, emitter=runtime.log,
+                              sink_status=runtime.status)
+        app = create_app(settings, emitter=runtime.log, extra_routers=[router])
+        with TestClient(app, raise_server_exceptions=False) as client:
+            r = client.get("/v1/audit/events")
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+            r = client.get("/v1/recordings/s1", headers={"Authorization": "Bearer nonsense"})
+            assert r.status_code == 401
+        if app.state.control_plane is not None:
+            app.state.control_plane.close()
+    finally:
+        runtime.stop()
