@@ -65,10 +65,19 @@ def test_deploy_runs_what_if_on_pull_requests_and_deploys_on_version_tags() -> N
     assert jobs["deploy"]["environment"] == "production"
 
 
+def test_deploy_compiles_and_lints_before_what_if_or_deploy() -> None:
+    jobs = _load(DEPLOY)["jobs"]
+    script = "".join(s.get("run", "") for s in jobs["bicep"]["steps"])
+    assert "az bicep build" in script and "az bicep lint" in script
+    assert jobs["bicep"]["permissions"] == {"contents": "read"}
+    assert jobs["what-if"]["needs"] == "bicep" and jobs["deploy"]["needs"] == "bicep"
+
+
 def test_deploy_uses_oidc_with_ids_from_variables() -> None:
     workflow = _load(DEPLOY)
     assert workflow["permissions"] == {}
-    for name, job in workflow["jobs"].items():
+    for name in ("what-if", "deploy"):
+        job = workflow["jobs"][name]
         assert job["permissions"] == {"contents": "read", "id-token": "write"}, name
         (login,) = [s for s in job["steps"] if s.get("uses", "").startswith("azure/login@")]
         with_ = login["with"]
