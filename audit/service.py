@@ -109,8 +109,10 @@ class AuditRuntime:
         self.shipping.start()
 
     def tick(self) -> None:
-        """Periodic duties: time-based checkpoint, unsigned reports, retention."""
+        """Periodic duties: time-based checkpoint, reports of ended grants, unsigned
+        reports, retention.  Call every few seconds to a minute."""
         self.log.maybe_checkpoint()
+        self.reports.generate_due()
         self.reports.check_unsigned()
         self.retention.run()
 

@@ -34,6 +34,7 @@ class ReportService:
         self.clock = clock
         self.unsigned_after = timedelta(days=unsigned_after_days)
         self._alerted: set[str] = set()  # until the index has the report.unsigned event
+        self._generated: set[str] = set()  # until the index has the report.generated event
 
     def events_for_grant(self, grant_id: str) -> list[dict[str, Any]]:
         by_grant = list(self.index.iterate(EventQuery(grant_id=grant_id), max_rows=200_000))
@@ -99,6 +100,29 @@ class ReportService:
             EventMessage=f"{username} signed off the work report for grant {grant_id}",
             details={"report_sha256": report_sha256, "comment": comment}))
         return dict(event.record)
+
+    def generate_due(self, *, settle_s: float = 60.0, lookback_days: int = 30) -> list[str]:
+        """Generate the report of every grant that ended (expired or revoked) at least
+        ``settle_s`` ago and has none yet; returns the grant ids reported."""
+        now = self.clock()
+        ended = self.index.iterate(EventQuery(
+            types=("grant.expired", "grant.revoked"), start=now - timedelta(days=lookback_days),
+            end=now - timedelta(seconds=settle_s)))
+        done: list[str] = []
+        for e in ended:
+            grant_id = str(e.get("GrantId") or "")
+            if not grant_id or grant_id in done or grant_id in self._generated:
+                continue
+            if any(r["EventType"] == "report.generated" for r in self._report_events(grant_id)):
+                self._generated.add(grant_id)
+                continue
+            try:
+                self.generate(grant_id)
+            except ReportError:
+                continue  # no grant.created indexed (yet): try again next time
+            self._generated.add(grant_id)
+            done.append(grant_id)
+        return done
 
     def check_unsigned(self) -> list[str]:
         """Raise ``report.unsigned`` (once per report) for reports unsigned too long."""

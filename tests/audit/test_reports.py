@@ -184,3 +184,17 @@ def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned
     assert "New source addresses" in render_review_html(review, "en")
     record_review(review, em)
     assert em.events[-1].type == "review.generated"
+
+
+def test_reports_are_generated_once_after_each_grant_ends(tmp_path: Path) -> None:
+    clock = Clock()
+    svc, em = _service(tmp_path, clock)
+    ended = new_event("grant.expired", clock=_at(120), GrantId="g1", RequestId="r1",
+                      HospitalId="h-okayama")
+    svc.index.add([e.record for e in [*_plan_events(), ended]])
+    clock.now = T0 + timedelta(minutes=120, seconds=30)
+    assert svc.generate_due(settle_s=60) == []  # late session events may still arrive
+    clock.now = T0 + timedelta(minutes=125)
+    assert svc.generate_due(settle_s=60) == ["g1"]
+    assert svc.generate_due(settle_s=60) == []
+    assert [e.get("GrantId") for e in em.events if e.type == "report.generated"] == ["g1"]
