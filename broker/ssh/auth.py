@@ -49,6 +49,7 @@ def valid_instrument_name(name: str) -> bool:
 class AuthState:
     """What one engineer connection has proven so far."""
 
+    raw_login: str | None = None
     login: LoginName | None = None
     engineer: Engineer | None = None
     key_fingerprint: str = ""

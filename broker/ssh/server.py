@@ -82,6 +82,10 @@ class EngineerServer(asyncssh.SSHServer):
 
     # --- authentication -----------------------------------------------------
     def begin_auth(self, username: str) -> bool:
+        """Called again if the client changes user name: everything proven so far is dropped."""
+        if self.state.raw_login is not None and self.state.raw_login != username:
+            self.state = AuthState()
+        self.state.raw_login = username
         self.state.login = parse_login(username)
         if self.state.login is None:
             self.state.failure = "malformed login name"

@@ -133,3 +133,24 @@ async def test_certificate_from_hoshu_login_is_both_factors(granted: World) -> N
     assert r.out.strip() == b"cert-ok"
     assert w.events.of_type("ssh.login")[-1].details["method"] == "certificate"
     assert w.events.of_type("ssh.cert_issued")[0].details["cert_serial"] == 7
+
+
+async def test_changing_user_name_mid_login_drops_the_proven_key(granted: World) -> None:
+    """Key proven as one login name, code answered as another: refused."""
+    w = granted
+
+    def attempt() -> None:
+        t = paramiko.Transport(("127.0.0.1", w.door.port))
+        try:
+            t.start_client(timeout=10)
+            key = paramiko.Ed25519Key.from_private_key_file(str(w.key_path))
+            assert t.auth_publickey(f"alice+{w.instrument}", key) == ["keyboard-interactive"]
+            t.auth_interactive("alice+other-instrument",
+                               lambda _t, _i, prompts: [w.code() for _ in prompts])
+        finally:
+            t.close()
+
+    with pytest.raises(paramiko.SSHException):
+        await asyncio.to_thread(attempt)
+    assert not w.events.of_type("user.mfa_failed")  # never reached the code check
+    assert not [e for e in w.events.of_type("ssh.login") if e.get("EventResult") == "Success"]
