@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,7 +102,10 @@ class ControlServer:
                 if not isinstance(req, dict) or req.get("cmd") not in COMMANDS:
                     raise ValueError("unknown command")
                 by = req.get("by")
-                by = by[:64] if isinstance(by, str) and by else "local"
+                by = by[:64] if isinstance(by, str) and by.isprintable() and by else "local"
+                uid = _peer_uid(writer)
+                if uid is not None:  # the claimed name, and the account that really asked
+                    by = f"{by} (uid {uid})"
                 answer = await self._handler(str(req["cmd"]), by)
             except (ValueError, TimeoutError, asyncio.LimitOverrunError) as exc:
                 answer = {"ok": False, "error": f"bad control request: {exc}"}
@@ -119,6 +123,17 @@ class ControlServer:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return int(struct.unpack("3i", creds)[1])
 
 
 def request(path: Path, cmd: str, by: str, *, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:

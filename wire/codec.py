@@ -36,6 +36,8 @@ def decode(line: bytes, *, limit: int = MAX_MESSAGE_BYTES) -> Message:
         raw: Any = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedMessage("message is not JSON") from exc
+    except RecursionError as exc:
+        raise MalformedMessage("message is nested too deeply") from exc
     if not isinstance(raw, dict):
         raise MalformedMessage("message is not a JSON object")
     kind = raw.get("type")
@@ -45,6 +47,8 @@ def decode(line: bytes, *, limit: int = MAX_MESSAGE_BYTES) -> Message:
         raise UnknownMessageType(f"unknown message type {kind[:40]!r}")
     try:
         return MESSAGE_ADAPTER.validate_python(raw)
+    except RecursionError as exc:
+        raise MalformedMessage(f"{kind} message is nested too deeply") from exc
     except ValidationError as exc:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
         where = ".".join(str(p) for p in first.get("loc", ()))

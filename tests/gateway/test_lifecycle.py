@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,7 +50,7 @@ async def test_pause_cuts_open_channels_within_a_second_and_survives_a_restart(
         await poll(lambda: bool(L.emitter.of_type("gateway.resumed")), what="resume forwarded")
         paused = L.emitter.of_type("gateway.paused")
         assert len(paused) == 1 and paused[0].details["channels_closed"] == 1
-        assert paused[0].get("ActorUsername") == "ward-it"
+        assert paused[0].get("ActorUsername") == f"ward-it (uid {os.getuid()})"
 
 
 async def test_pause_written_while_the_gateway_is_stopped_is_applied_and_audited(

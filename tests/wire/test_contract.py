@@ -50,6 +50,9 @@ def test_every_message_round_trips() -> None:
     (b'{"type":"ack","upto_seq":-1}', wire.MalformedMessage),
     (b'{"type":"ack","upto_seq":1,"extra":true}', wire.MalformedMessage),
     (b'{"type":"launch_missiles"}', wire.UnknownMessageType),
+    (b"[" * 100_000 + b"]" * 100_000, wire.MalformedMessage),
+    (b'{"type":"audit","events":[{"a":' + b"[" * 50_000 + b"]" * 50_000 + b"}]}",
+     wire.MalformedMessage),
     (b'{"type":"windows","windows":[{"start":"2026-01-01T10:00:00Z",'
      b'"end":"2026-01-01T09:00:00Z"}]}', wire.MalformedMessage),
     (b'{"type":"windows","windows":[{"start":"2026-01-01T08:00:00",'
