@@ -46,6 +46,18 @@ def main(n: int = 50_000) -> None:
             for k in range(0, n, 100):
                 log.append_many(events[k:k + 100])  # type: ignore[arg-type]
             print(f"append_many(100): {n / (time.perf_counter() - t):,.0f} events/s")
+        with ChainLog(Path(d) / "d.log", signer=signer, fsync=True) as log:
+            m = n // 10
+            chunks = [events[k:m:8] for k in range(8)]
+            threads = [threading.Thread(target=lambda c=c: [log.emit(e) for e in c])  # type: ignore
+                       for c in chunks]
+            t = time.perf_counter()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            print(f"emit+fsync, 8 threads (group commit): "
+                  f"{m / (time.perf_counter() - t):,.0f} events/s")
         t = time.perf_counter()
         result = verify(Path(d) / "a.log")
         print(f"verify:           {result.count / (time.perf_counter() - t):,.0f} events/s "

@@ -170,3 +170,19 @@ except ChainError as exc:
     result = verify(log)
     assert result.ok and result.count == int(written)
     assert log.read_bytes().endswith(b"}\n")
+
+
+def test_fsync_mode_group_commits_concurrent_appends(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    with ChainLog(log, fsync=True) as chain:
+        def worker(k: int) -> None:
+            for i in range(50):
+                chain.emit(new_event("session.command", details={"command": f"{k}-{i}"}))
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert chain._synced == chain.seq == 200
+    assert verify(log).ok and verify(log).count == 200
