@@ -83,7 +83,7 @@ define("gateway.enrolled", AUD, "A gateway enrolled its key with the broker",
 define("gateway.enrollment_refused", AUD, "An enrolment was refused (reused, expired, forged)",
        severity=Severity.MEDIUM, details={"token": SEC})
 define("gateway.connected", NET, "A gateway's outbound tunnel came up",
-       details={"key_fingerprint": PUB, "version": PUB, "mode": PUB})
+       details={"key_fingerprint": PUB, "version": PUB, "mode": PUB, "clock_offset_s": PUB})
 define("gateway.disconnected", NET, "A gateway's tunnel went down",
        details={"connected_s": PUB})
 define("gateway.refused", NET, "A gateway connection was refused (unknown or revoked key)",

@@ -202,6 +202,7 @@ class GatewayAgent:
             "gateway_id": self.enrollment.gateway_id,
             "connected_since": self.connected_since.isoformat() if self.connected_since else None,
             "last_error": self.last_error,
+            "clock_offset_s": link.clock_offset_s if link else None,
             "channels": [c.view() for c in link.channels.values()] if link else [],
             "windows": [{"start": s.isoformat(), "end": e.isoformat()} for s, e in self.windows],
             "unacked_events": self.audit.unacked,

@@ -120,6 +120,8 @@ def _print_status(s: dict[str, Any]) -> None:
     print(f"broker:     {s.get('broker')} (gateway {s.get('gateway_id')})")
     print(f"connected:  {s.get('connected_since') or '-'}")
     print(f"last error: {s.get('last_error') or '-'}")
+    if s.get("clock_offset_s") is not None:
+        print(f"clock:      {s['clock_offset_s']:+.1f} s against the broker")
     print(f"unsent audit events: {s.get('unacked_events')}")
     channels = s.get("channels") or []
     print(f"open channels: {len(channels)}")

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hoshu.gateway.link")
 _channel_ids = itertools.count(1)
+CLOCK_DRIFT_WARN_S = 5.0
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Link:
         self.gateway_id: str | None = None
         self.error: str | None = None
         self.bad_messages = 0
+        self.clock_offset_s: float | None = None  # our clock minus the broker's, at welcome
         self.last_rx = asyncio.get_running_loop().time()
         self.channels: dict[Relay, OpenChannel] = {}
 
@@ -190,6 +192,11 @@ class Link:
                           f"{sorted(SUPPORTED_PROTOCOLS)}")
                 return
             self.gateway_id = message.gateway_id
+            self.clock_offset_s = round(
+                (self._agent.clock() - message.broker_time).total_seconds(), 1)
+            if abs(self.clock_offset_s) > CLOCK_DRIFT_WARN_S:
+                log.warning("this gateway's clock is %+.1f s off the broker's: fix NTP",
+                            self.clock_offset_s)
             self.welcome.set()
         elif isinstance(message, Windows):
             self._agent.set_windows([(w.start, w.end) for w in message.windows])

@@ -46,6 +46,7 @@ from wire import (
 )
 
 log = logging.getLogger("hoshu.broker.tunnel")
+CLOCK_DRIFT_WARN_S = 5.0
 
 __all__ = ["GatewayDirectory", "OriginTunnel", "TunnelInfo", "TunnelListener",
            "TunnelRegistry", "TunnelSettings", "start_tunnel_listener"]
@@ -105,6 +106,7 @@ class TunnelInfo:
     key_fingerprint: str
     peer: str
     conversation: ControlConversation = field(repr=False)
+    clock_offset_s: float = 0.0  # gateway clock minus broker clock, at hello
 
 
 class TunnelRegistry:
@@ -265,15 +267,21 @@ class TunnelListener:
         info: TunnelInfo | None = None
         try:
             hello = await conv.open(s.login_timeout_s)
+            offset = round((hello.gateway_time - self._clock()).total_seconds(), 1)
+            if abs(offset) > CLOCK_DRIFT_WARN_S:
+                log.warning("gateway %s clock is %+.1f s off the broker's: its audit times "
+                            "drift", record.name, offset)
             if hello.purpose is Purpose.TUNNEL:
                 info = TunnelInfo(record, conn, self._clock(), hello.mode,
                                   hello.gateway_version, client.fingerprint
-                                  if isinstance(client, _BrokerClient) else "", peer, conv)
+                                  if isinstance(client, _BrokerClient) else "", peer, conv,
+                                  offset)
                 await self.registry._add(info)
                 self._emit("gateway.connected", GatewayId=record.gateway_id,
                            HospitalId=record.hospital_id, SrcIpAddr=peer,
                            details={"key_fingerprint": info.key_fingerprint,
-                                    "version": hello.gateway_version, "mode": str(hello.mode)})
+                                    "version": hello.gateway_version, "mode": str(hello.mode),
+                                    "clock_offset_s": offset})
                 log.info("gateway %s connected (%s, %s)", record.name, hello.mode,
                          hello.gateway_version)
             await conv.serve()

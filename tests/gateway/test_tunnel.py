@@ -35,7 +35,10 @@ async def test_broker_reaches_a_listed_instrument_and_sees_the_gateway_events(
         assert opened.get("TargetSessionId") == "s-42"
         assert opened.get("GatewayId") == GATEWAY_ID
         assert L.emitter.of_type("gateway.channel_closed")[0].get("SrcBytes") == 4
-        assert L.emitter.of_type("gateway.connected")
+        connected = L.emitter.of_type("gateway.connected")[0]
+        assert abs(connected.details["clock_offset_s"]) < 5  # same clock here
+        assert connected.details["version"] == "test"
+        assert status["clock_offset_s"] is not None
         await poll(lambda: GATEWAY_ID in L.directory.inventory, what="inventory")
         item = L.directory.inventory[GATEWAY_ID][0]
         assert (item.name, item.reachable) == ("cobas-c503-1", True)
