@@ -106,6 +106,7 @@ class ChainLog:
         self._synced = self._seq
 
     def _recover(self) -> tuple[int, str]:
+        self._cut_partial_tail()
         result = verify(self.path)
         if not result.ok:
             os.close(self._fd)
@@ -116,6 +117,25 @@ class ChainLog:
         self._cp_seq = result.last_checkpoint.seq + 2 if result.last_checkpoint else 1
         self._cp_time = self._clock()
         return result.count, result.last_hash
+
+    def _cut_partial_tail(self) -> None:
+        """A crash in the middle of a write leaves a line without its newline: that
+        event was never acknowledged to anyone, so it is cut off before appending."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            back = min(size, MAX_EVENT_BYTES + 1)
+            f.seek(size - back)
+            tail = f.read(back)
+        nl = tail.rfind(b"\n")
+        keep = size - back + nl + 1 if nl >= 0 else (0 if back == size else -1)
+        if keep < 0:
+            return  # not a partial event: leave it for verification to report
+        os.truncate(self.path, keep)
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(seq)`` after each append (shippers wake on it); must not block."""
@@ -316,6 +336,8 @@ def verify(
             for lineno, line in enumerate(f, start=1):
                 if upto is not None and lineno > upto:
                     break
+                if not line.endswith(b"\n"):
+                    break  # the writer is in the middle of this line
                 try:
                     record = json.loads(line)
                     if not isinstance(record, dict):
