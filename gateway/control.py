@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,6 +139,8 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
 
 def request(path: Path, cmd: str, by: str, *, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
     """Send one command to the running gateway; raises ControlError if none answers."""
+    if not hasattr(socket, "AF_UNIX") or sys.platform == "win32":
+        raise ControlError("no control socket on this platform")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
