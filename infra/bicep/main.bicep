@@ -41,11 +41,13 @@ param subnetPrefixes object = {
 @description('Private IP of Azure Firewall: the 4th address of subnetPrefixes.firewall (Azure reserves the first three).')
 param firewallPrivateIp string = '10.40.0.4'
 
-@description('Hospital networks reachable over ExpressRoute (gateways dial out from these).')
+@description('Hospital networks reachable over ExpressRoute: gateways (tunnel) and approvers (API) come from these.')
+@minLength(1)
 param hospitalAddressPrefixes array
 
-@description('Vendor engineers\' virtual desktop networks allowed to reach the broker.')
-param engineerAddressPrefixes array = []
+@description('Vendor engineers\' virtual desktop networks: SSH front door and API come from these.')
+@minLength(1)
+param engineerAddressPrefixes array
 
 @description('Resource id of the ExpressRoute circuit to connect.')
 param expressRouteCircuitId string
@@ -179,7 +181,8 @@ module network 'modules/network.bicep' = {
     spokeAddressPrefix: spokeAddressPrefix
     subnetPrefixes: subnetPrefixes
     firewallPrivateIp: firewallPrivateIp
-    hospitalAddressPrefixes: clientAddressPrefixes
+    hospitalAddressPrefixes: hospitalAddressPrefixes
+    engineerAddressPrefixes: engineerAddressPrefixes
     workspaceId: workspace.outputs.id
   }
 }
@@ -203,7 +206,8 @@ module firewall 'modules/firewall.bicep' = {
     prefix: prefix
     tags: tags
     subnetId: network.outputs.firewallSubnetId
-    hospitalAddressPrefixes: clientAddressPrefixes
+    hospitalAddressPrefixes: hospitalAddressPrefixes
+    engineerAddressPrefixes: engineerAddressPrefixes
     appsSubnetPrefix: network.outputs.appsSubnetPrefix
     spokeAddressPrefix: spokeAddressPrefix
     enableTlsInspection: enableTlsInspection

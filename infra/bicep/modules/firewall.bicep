@@ -11,8 +11,11 @@ param tags object
 @description('AzureFirewallSubnet of the hub.')
 param subnetId string
 
-@description('Hospital address ranges (ExpressRoute).')
+@description('Hospital networks (ExpressRoute): gateways and approvers.')
 param hospitalAddressPrefixes array
+
+@description('Vendor engineers\' virtual desktop networks.')
+param engineerAddressPrefixes array
 
 @description('Address range of the broker apps subnet.')
 param appsSubnetPrefix string
@@ -90,7 +93,7 @@ resource rules 'Microsoft.Network/firewallPolicies/ruleCollectionGroups@2024-05-
     ruleCollections: [
       {
         ruleCollectionType: 'FirewallPolicyFilterRuleCollection'
-        name: 'hospitals-to-broker'
+        name: 'clients-to-broker'
         priority: 100
         action: {
           type: 'Allow'
@@ -98,8 +101,8 @@ resource rules 'Microsoft.Network/firewallPolicies/ruleCollectionGroups@2024-05-
         rules: [
           {
             ruleType: 'NetworkRule'
-            name: 'gateway-tunnel-and-engineer-access'
-            description: 'Gateways dial out to the tunnel port; engineers use SSH and the HTTPS API.'
+            name: 'gateway-tunnel-and-approver-api'
+            description: 'Gateways dial out to the tunnel port; hospital approvers use the HTTPS API.'
             ipProtocols: [
               'TCP'
             ]
@@ -108,9 +111,24 @@ resource rules 'Microsoft.Network/firewallPolicies/ruleCollectionGroups@2024-05-
               appsSubnetPrefix
             ]
             destinationPorts: [
-              '22'
               '443'
               '2223'
+            ]
+          }
+          {
+            ruleType: 'NetworkRule'
+            name: 'engineer-ssh-and-api'
+            description: 'Vendor engineers reach the SSH front door and the API from their virtual desktops only.'
+            ipProtocols: [
+              'TCP'
+            ]
+            sourceAddresses: engineerAddressPrefixes
+            destinationAddresses: [
+              appsSubnetPrefix
+            ]
+            destinationPorts: [
+              '22'
+              '443'
             ]
           }
         ]

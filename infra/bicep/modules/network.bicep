@@ -22,8 +22,11 @@ param subnetPrefixes object
 @description('Private IP address the firewall takes: the 4th address of AzureFirewallSubnet (Azure reserves the first three).')
 param firewallPrivateIp string
 
-@description('Address ranges of the hospital networks reachable over ExpressRoute.')
+@description('Hospital networks: gateways reach the tunnel port, approvers the API.')
 param hospitalAddressPrefixes array
+
+@description('Vendor engineers\' virtual desktop networks: SSH front door and API.')
+param engineerAddressPrefixes array
 
 @description('Log Analytics workspace receiving diagnostic logs.')
 param workspaceId string
@@ -89,18 +92,34 @@ resource spokeNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
       {
         name: 'allow-hospitals-to-broker'
         properties: {
-          description: 'Gateways (tunnel) and engineers (SSH, API) reach the broker only from the hospital ranges and the hub.'
+          description: 'Gateways dial out to the tunnel port; hospital approvers use the API.'
           priority: 100
           direction: 'Inbound'
           access: 'Allow'
           protocol: 'Tcp'
-          sourceAddressPrefixes: concat(hospitalAddressPrefixes, [hubAddressPrefix])
+          sourceAddressPrefixes: hospitalAddressPrefixes
+          sourcePortRange: '*'
+          destinationAddressPrefix: spokeSubnets.apps
+          destinationPortRanges: [
+            '443'
+            '2223'
+          ]
+        }
+      }
+      {
+        name: 'allow-engineers-to-broker'
+        properties: {
+          description: 'Vendor engineers use the SSH front door and the API from their virtual desktops only.'
+          priority: 110
+          direction: 'Inbound'
+          access: 'Allow'
+          protocol: 'Tcp'
+          sourceAddressPrefixes: engineerAddressPrefixes
           sourcePortRange: '*'
           destinationAddressPrefix: spokeSubnets.apps
           destinationPortRanges: [
             '22'
             '443'
-            '2223'
           ]
         }
       }
