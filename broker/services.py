@@ -61,18 +61,28 @@ class ControlPlane:
     settings: BrokerSettings
     store: Store
     services: Services
+    owned_log: ChainLog | None = None  # the audit log opened here (closed by close())
 
     @classmethod
     def open(cls, settings: BrokerSettings, *, emitter: Emitter | None = None,
              clock: Callable[[], datetime] = utc_now, migrate: bool = True) -> ControlPlane:
         store = Store(settings.db_url, migrate=migrate)
+        owned = None
         if emitter is None:
             settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
-            emitter = ChainLog(settings.audit_log_path)
-        ctx = Context(uow=store.uow, emitter=emitter,
-                      secrets=SecretBox.from_file(settings.credential_key_path),
-                      clock=clock, config=config_from(settings))
-        return cls(settings, store, Services.build(ctx))
+            emitter = owned = ChainLog(settings.audit_log_path)
+        try:
+            ctx = Context(uow=store.uow, emitter=emitter,
+                          secrets=SecretBox.from_file(settings.credential_key_path),
+                          clock=clock, config=config_from(settings))
+        except Exception:
+            store.close()
+            if owned is not None:
+                owned.close()
+            raise
+        return cls(settings, store, Services.build(ctx), owned)
 
     def close(self) -> None:
         self.store.close()
+        if self.owned_log is not None:
+            self.owned_log.close()

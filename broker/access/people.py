@@ -172,6 +172,30 @@ class PeopleService:
                           Object=user.name, details={"changes": {"active": False}})
             return user
 
+    def reset_totp(self, actor: Actor, ref: str) -> User:
+        """Lost authenticator: the person enrols again at their next sign-in."""
+        with self.ctx.uow() as tx:
+            user = self._get_user(tx, actor, ref)
+            self._manageable(actor, user)
+            user.totp_enrolled = False
+            user.totp_secret_enc = ""
+            tx.save(user)
+            self.ctx.emit("admin.change", actor, Operation="reset_totp", ObjectType="user",
+                          Object=user.name)
+            return user
+
+    def set_password(self, actor: Actor, ref: str, password: str) -> User:
+        """An admin sets a new password (policy-checked); the person should change it."""
+        with self.ctx.uow() as tx:
+            user = self._get_user(tx, actor, ref)
+            self._manageable(actor, user)
+            passwords.check_policy(password, username=user.name)
+            user.password_hash = self.ctx.hasher.hash(password)
+            tx.save(user)
+            self.ctx.emit("admin.change", actor, Operation="set_password", ObjectType="user",
+                          Object=user.name)
+            return user
+
     def recertify(self, actor: Actor, ref: str, comment: str = "") -> User:
         """Confirm an account is still needed (periodic review, GUIDELINES control 6)."""
         now = self.ctx.now()

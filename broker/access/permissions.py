@@ -58,6 +58,8 @@ PERMISSIONS: dict[str, Permission] = {
     "users.expire": _p("admin", H, P),
     "users.deactivate": _p("admin", H, P),
     "users.recertify": _p("admin", H, P),
+    "users.reset_totp": _p("admin", H, P),
+    "users.set_password": _p("admin", H, P),
     "users.add_key": _p("admin", P),
     "vendor_accounts.list": _p("read", A, H, U, P),
     # contracts, policies, instruments, gateways

@@ -126,6 +126,10 @@ class ExpireIn(In):
     expires_at: AwareDatetime | None
 
 
+class NewPasswordIn(In):
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
 class CommentIn(In):
     comment: Text = ""
 

@@ -119,7 +119,7 @@ def cmd_orgs(args: argparse.Namespace) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     client = Client.from_args(args)
     a, name = args.action, args.name
-    if a in ("create", "expire", "deactivate", "recertify", "show", "add-key") and not name:
+    if a not in ("list", "vendor-accounts") and not name:
         raise CliError(f"usage: hoshu admin users {a} NAME ...")
     if a == "create":
         if not (args.full_name and args.org and args.role):
@@ -140,6 +140,13 @@ def cmd_users(args: argparse.Namespace) -> int:
         u = client.call("POST", f"/v1/users/{name}/recertify",
                         {"comment": args.comment or ""})
         done(args, u, f"{u['name']} recertified.")
+    elif a == "reset-totp":
+        u = client.call("POST", f"/v1/users/{name}/reset-totp")
+        done(args, u, f"TOTP of {u['name']} reset; they enrol again at their next sign-in.")
+    elif a == "set-password":
+        pw = _secret_from(args, f"New password for {name}: ", confirm=True)
+        u = client.call("POST", f"/v1/users/{name}/password", {"password": pw})
+        done(args, u, f"Password of {u['name']} set.")
     elif a == "add-key":
         if not args.key_file:
             raise CliError("add-key needs --key-file")
@@ -302,8 +309,8 @@ def register(sub: Any) -> None:
     p = adm.add_parser("users", help="user accounts")
     add_api_argument(p)
     p.add_argument("action", nargs="?", default="list", choices=[
-        "list", "show", "create", "expire", "deactivate", "recertify", "add-key",
-        "vendor-accounts"])
+        "list", "show", "create", "expire", "deactivate", "recertify", "reset-totp",
+        "set-password", "add-key", "vendor-accounts"])
     p.add_argument("name", nargs="?")
     p.add_argument("--full-name")
     p.add_argument("--org")

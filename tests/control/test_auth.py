@@ -166,3 +166,17 @@ def test_hospital_sees_and_recertifies_vendor_accounts_reaching_it(world: World,
     assert ev and ev[0].get("ActorUsername") == "hadmin"
     with pytest.raises(PermissionDenied):
         world.s.people.deactivate(world.actors["hadmin"], "eng")
+
+
+def test_admin_resets_totp_and_password_and_the_person_enrols_again(world: World,
+                                                                    clock: FakeClock) -> None:
+    secret = world.enrol_totp("appr")
+    world.s.people.reset_totp(world.actors["hadmin"], "appr")
+    # the old device no longer gives a full sign-in ...
+    old = world.s.auth.login("appr", PASSWORD, totp.code_at(secret, clock()))
+    assert old.scopes == ("enroll",)
+    world.s.people.set_password(world.actors["hadmin"], "appr", "a-new-long-passphrase")
+    issued = world.s.auth.login("appr", "a-new-long-passphrase", None)
+    assert issued.totp_enrolment_required  # ... and the person enrols again
+    with pytest.raises(PermissionDenied):
+        world.s.people.reset_totp(world.actors["hadmin"], "eng")

@@ -67,6 +67,20 @@ def recertify_user(user: str, body: s.CommentIn, services: ServicesDep,
     return s.UserOut.model_validate(services.people.recertify(actor, user, body.comment))
 
 
+@router.post("/users/{user}/reset-totp", response_model=s.UserOut)
+def reset_totp(user: str, services: ServicesDep,
+               actor: Annotated[Actor, Depends(require("users.reset_totp"))]) -> s.UserOut:
+    """Lost authenticator: the person enrols TOTP again at their next sign-in."""
+    return s.UserOut.model_validate(services.people.reset_totp(actor, user))
+
+
+@router.post("/users/{user}/password", response_model=s.UserOut)
+def set_password(user: str, body: s.NewPasswordIn, services: ServicesDep,
+                 actor: Annotated[Actor, Depends(require("users.set_password"))]
+                 ) -> s.UserOut:
+    return s.UserOut.model_validate(services.people.set_password(actor, user, body.password))
+
+
 @router.post("/users/{user}/keys", response_model=s.KeyOut, status_code=201)
 def add_user_key(user: str, body: s.KeyIn, services: ServicesDep,
                  actor: Annotated[Actor, Depends(require("users.add_key"))]) -> s.KeyOut:
