@@ -87,13 +87,10 @@ class _ApiError(Exception):
 
 
 def _token() -> str | None:
-    base = Path(os.environ.get("HOSHU_CONFIG_DIR") or Path.home() / ".config" / "hoshu")
-    try:
-        data = json.loads((base / "token.json").read_text())
-    except (OSError, ValueError):
-        return None
-    tok = data.get("access_token") or data.get("token")
-    return str(tok) if tok else None
+    """The bearer token of ``hoshu login`` (or ``$HOSHU_TOKEN``), if any."""
+    from broker.cli.client import load_token
+
+    return load_token() or None
 
 
 def _api(args: argparse.Namespace, method: str, path: str,

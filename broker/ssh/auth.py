@@ -14,6 +14,7 @@ A key alone never reaches ``done``; there is no password method at all.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -39,6 +40,20 @@ def parse_login(login: str) -> LoginName | None:
     if not _INSTRUMENT.fullmatch(instrument):
         return None
     return LoginName(user, instrument)
+
+
+def source_allowed(address: str, cidrs: tuple[str, ...]) -> bool:
+    """True if ``address`` is inside one of ``cidrs`` (no list: any address).
+
+    A malformed address or network denies (fail closed).
+    """
+    if not cidrs:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(c, strict=False) for c in cidrs)
+    except ValueError:
+        return False
 
 
 def valid_instrument_name(name: str) -> bool:

@@ -27,6 +27,7 @@ class Engineer:
     user_id: str
     username: str
     organization: str = ""  # vendor name, for audit columns
+    source_cidrs: tuple[str, ...] = ()  # the vendor's allowed source networks; () = any
 
 
 @dataclass(frozen=True, slots=True)

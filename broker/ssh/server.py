@@ -18,7 +18,7 @@ import asyncssh
 from asyncssh.auth import KbdIntChallenge, KbdIntResponse
 from asyncssh.public_key import decode_ssh_certificate, decode_ssh_public_key
 
-from broker.ssh.auth import AuthState, parse_login
+from broker.ssh.auth import AuthState, parse_login, source_allowed
 from broker.ssh.channels import Channels
 from broker.ssh.frontdoor import FrontDoor
 
@@ -134,6 +134,9 @@ class EngineerServer(asyncssh.SSHServer):
             eng = None
         if eng is None:
             self.state.failure = "unknown user or key"
+            return None
+        if not source_allowed(self.src, eng.source_cidrs):
+            self.state.failure = "source address not allowed for this vendor"
             return None
         self.state.candidates[key_data] = eng
         return key

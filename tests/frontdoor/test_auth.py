@@ -154,3 +154,22 @@ async def test_changing_user_name_mid_login_drops_the_proven_key(granted: World)
         await asyncio.to_thread(attempt)
     assert not w.events.of_type("user.mfa_failed")  # never reached the code check
     assert not [e for e in w.events.of_type("ssh.login") if e.get("EventResult") == "Success"]
+
+
+async def test_vendor_source_networks_are_enforced(granted: World) -> None:
+    """A vendor limited to its own networks cannot log in from elsewhere."""
+    from dataclasses import replace
+
+    w = granted
+    eng, key, secret, active = w.policy.engineers["alice"]
+    w.policy.engineers["alice"] = (replace(eng, source_cidrs=("192.0.2.0/24",)), key, secret,
+                                   active)
+    r = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
+    assert r.rc == 255
+    await asyncio.sleep(0.05)
+    assert w.events.of_type("ssh.login")[-1].get("EventResultDetails") == \
+        "source address not allowed for this vendor"
+    w.policy.engineers["alice"] = (replace(eng, source_cidrs=("127.0.0.0/8",)), key, secret,
+                                   active)
+    r2 = await run(w.ssh_argv(extra=(w.login(), "echo in")), w.env())
+    assert r2.rc == 0 and r2.out == b"in\n"

@@ -121,3 +121,13 @@ def test_user_certificates_last_at_most_eight_hours_or_the_grant() -> None:
         ca.issue(line, username="alice", user_id="u1", now=T0, grants_end=T0, serial=3,
                  emitter=events)
     assert [e.details["cert_serial"] for e in events.of_type("ssh.cert_issued")] == [1, 2]
+
+
+def test_source_networks() -> None:
+    from broker.ssh.auth import source_allowed
+
+    assert source_allowed("10.1.2.3", ())
+    assert source_allowed("10.1.2.3", ("10.0.0.0/8",))
+    assert not source_allowed("11.1.2.3", ("10.0.0.0/8",))
+    assert not source_allowed("not-an-ip", ("10.0.0.0/8",))
+    assert not source_allowed("10.1.2.3", ("bogus",))
