@@ -65,3 +65,31 @@ def referenced_columns(query: str, table: str) -> set[str]:
             continue
         found.add(name)
     return found
+
+
+TABULAR_OPERATORS = frozenset(
+    """
+    where filter project project-away project-keep project-rename project-reorder extend
+    summarize distinct count top take limit sort order join union lookup mv-expand
+    mv-apply parse parse-where extract make-series render sample sample-distinct
+    getschema as invoke evaluate serialize scan search facet range print
+    """.split()
+)
+
+
+def pipe_operators(query: str) -> list[str]:
+    """The tabular operator after each ``|`` of the query."""
+    return [m.group(1) for m in re.finditer(r"\|\s*([A-Za-z][\w-]*)", clean(query))]
+
+
+def balanced(query: str) -> bool:
+    """Parentheses and brackets nest properly (outside strings and comments)."""
+    pairs = {")": "(", "]": "["}
+    stack: list[str] = []
+    for ch in clean(query):
+        if ch in "([":
+            stack.append(ch)
+        elif ch in ")]":
+            if not stack or stack.pop() != pairs[ch]:
+                return False
+    return not stack

@@ -12,7 +12,15 @@ import pytest
 from audit.events import COLUMN_NAMES, catalog
 from audit.sentinel import TABLE_NAME
 from tests.infra.bicep import MODULES_DIR, PLACEHOLDER, SENTINEL_DIR, function_calls, parse
-from tests.infra.kql import clean, defined_names, referenced_columns, string_literals
+from tests.infra.kql import (
+    TABULAR_OPERATORS,
+    balanced,
+    clean,
+    defined_names,
+    pipe_operators,
+    referenced_columns,
+    string_literals,
+)
 
 SENTINEL_BICEP = MODULES_DIR / "sentinel.bicep"
 KQL_FILES = sorted(SENTINEL_DIR.glob("*.kql"))
@@ -48,6 +56,24 @@ def test_rule_reads_only_columns_of_the_audit_table(path: Path) -> None:
     assert used, f"{path.name}: no column found (the extractor is broken)"
     unknown = used - COLUMN_NAMES
     assert not unknown, f"{path.name} uses columns missing from {TABLE_NAME}: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("path", KQL_FILES, ids=lambda p: p.stem)
+def test_rule_is_well_formed_kql(path: Path) -> None:
+    """Known tabular operators only, balanced brackets, one tabular expression at the end."""
+    query = _rendered(path)
+    operators = pipe_operators(query)
+    assert operators and set(operators) <= TABULAR_OPERATORS, operators
+    assert balanced(query)
+    statements = [s.strip() for s in clean(query).split(";") if s.strip()]
+    assert all(s.startswith("let ") for s in statements[:-1])
+    assert not statements[-1].startswith("let ")
+
+
+def test_the_form_check_catches_a_misspelt_operator() -> None:
+    assert pipe_operators("T | summerize count() by X") == ["summerize"]
+    assert "summerize" not in TABULAR_OPERATORS
+    assert not balanced("T | where (A == 1")
 
 
 @pytest.mark.parametrize("path", KQL_FILES, ids=lambda p: p.stem)
