@@ -34,10 +34,11 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
 
 @run
 def cmd_serve(args: argparse.Namespace) -> int:
-    from broker.runtime import build_runtime, serve
+    from broker.assembly import build_broker
+    from broker.runtime import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    rt = build_runtime(_settings(args))
+    rt = build_broker(_settings(args))
     asyncio.run(serve(rt))
     return 0
 
