@@ -277,3 +277,18 @@ def test_an_oversized_event_does_not_block_the_logs_ingestion_outbox(
     assert shipper.ship_once() == 4
     big = logs_ingestion.records[0]
     assert "Details" not in big and "larger than the upload limit" in big["EventResultDetails"]
+
+
+def test_a_fluentd_that_never_acknowledges_times_out_and_the_batch_is_resent(
+        log: ChainLog, forward_server: ForwardServer, tmp_path: Path) -> None:
+    forward_server.silent = True
+    sink = FluentForwardSink("127.0.0.1", forward_server.port, timeout_s=0.3)
+    shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), backoff=FAST)
+    _emit(log, 20)
+    with pytest.raises(SinkError, match="did not acknowledge"):
+        shipper.ship_once()
+    assert shipper.status().lag_events == 20  # received but not acknowledged: still owed
+    forward_server.silent = False
+    assert shipper.ship_once() == 20
+    uids = forward_server.uids()
+    assert len(uids) == 40 and len(set(uids)) == 20  # sent twice, de-duplicated by EventUid
