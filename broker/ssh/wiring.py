@@ -1,0 +1,79 @@
+"""Wiring the front door into the broker process (``hoshu serve``).
+
+:func:`attach_front_door` adds the front door to a :class:`broker.runtime.Runtime`:
+the control plane's store answers the :class:`~broker.ssh.ports.AccessPolicy`
+(:class:`broker.store.directory.StoreAccessPolicy`), the control plane's audit
+emitter receives every event, recordings go to ``settings.recordings_dir``, and
+instruments are reached through ``connector`` (``TunnelConnector(registry)``
+in production).  Keys live beside the broker's other keys:
+``keys/ssh_front_door_host_key`` and ``keys/ssh_user_ca`` (created on first use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from broker.ssh.ca import UserCA
+from broker.ssh.frontdoor import FrontDoor, FrontDoorOptions, start_front_door
+from broker.ssh.ports import AccessPolicy, InstrumentConnector
+
+if TYPE_CHECKING:
+    from broker.runtime import Runtime
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    if path.exists():
+        return asyncssh.read_private_key(path)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key.write_private_key(path)
+    path.chmod(0o600)
+    key.write_public_key(path.with_name(path.name + ".pub"))
+    return key
+
+
+@dataclass
+class FrontDoorHandle:
+    """Filled in once the task has started: ``door`` (port, sessions, ca)."""
+
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    door: FrontDoor | None = None
+
+
+def attach_front_door(
+    rt: Runtime,
+    connector: InstrumentConnector,
+    *,
+    policy: AccessPolicy | None = None,
+    options: FrontDoorOptions | None = None,
+    port: int | None = None,
+) -> FrontDoorHandle:
+    """Register the front door as a task of ``rt``; returns a handle to reach it."""
+    from broker.store.directory import StoreAccessPolicy
+
+    settings = rt.settings
+    services = rt.control.services
+    keys = settings.host_key_path.parent
+    handle = FrontDoorHandle()
+
+    async def run() -> None:
+        host_key = load_or_create_host_key(keys / "ssh_front_door_host_key")
+        ca = UserCA.load_or_create(keys / "ssh_user_ca")
+        door = await start_front_door(
+            settings, policy if policy is not None else StoreAccessPolicy(services),
+            connector, services.ctx.emitter, settings.recordings_dir, host_key, ca=ca,
+            options=options, clock=services.ctx.now, port=port)
+        handle.door = door
+        handle.ready.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await door.close()
+
+    rt.tasks.append(run)
+    return handle

@@ -1,0 +1,49 @@
+"""The front door inside the broker process, answered by the control plane's store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from audit.testing import CapturingEmitter
+from broker.runtime import build_runtime
+from broker.settings import BrokerSettings
+from broker.ssh.ports import DirectConnector
+from broker.ssh.wiring import attach_front_door
+from tests.frontdoor.harness import engineer_key
+
+
+async def test_serve_runs_the_front_door_over_the_store(tmp_path: Path) -> None:
+    events = CapturingEmitter()
+    rt = build_runtime(BrokerSettings(data_dir=tmp_path / "data"), emitter=events)
+    handle = attach_front_door(rt, DirectConnector(), port=0)
+    task = asyncio.ensure_future(rt.tasks[-1]())
+    try:
+        await asyncio.wait_for(handle.ready.wait(), 10)
+        assert handle.door is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", handle.door.port)
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-2.0-")
+        writer.close()
+        keys = tmp_path / "data" / "keys"
+        assert (keys / "ssh_front_door_host_key").exists() and (keys / "ssh_user_ca").exists()
+        # nobody is registered: a key login is refused and logged in the broker's trail
+        key_path, _ = engineer_key(tmp_path)
+        proc = await asyncio.create_subprocess_exec(
+            "ssh", "-F", "/dev/null", "-p", str(handle.door.port), "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "IdentitiesOnly=yes", "-i", str(key_path),
+            "mallory+cobas-c503-1@127.0.0.1", "true",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        assert await asyncio.wait_for(proc.wait(), 20) == 255
+        def reasons() -> list[str]:
+            return [e.get("EventResultDetails") for e in events.of_type("ssh.login")]
+
+        for _ in range(100):
+            if "unknown user or key" in reasons():
+                break
+            await asyncio.sleep(0.02)
+        assert reasons() == ["no credentials offered", "unknown user or key"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        rt.control.close()
