@@ -256,10 +256,8 @@ module monitoring 'modules/monitoring.bicep' = {
 }
 
 module sentinel 'modules/sentinel.bicep' = {
+  // After the workspace module, which creates HoshuAudit_CL: rules are validated against it.
   name: 'sentinel'
-  dependsOn: [
-    monitoring
-  ]
   params: {
     workspaceName: workspace.outputs.name
     mfaFailureThreshold: mfaFailureThreshold

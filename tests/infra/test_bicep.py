@@ -327,3 +327,13 @@ def test_module_outputs_used_exist() -> None:
             assert module in modules, f"{path.name}: {m.group(0)} of an unknown module"
             outputs = parse(modules[module]).get("outputs") or {}
             assert output in outputs, f"{path.name}: {m.group(0)} is not declared"
+
+
+def test_linter_configuration_makes_the_important_rules_errors() -> None:
+    """bicepconfig.json (used by `az bicep lint` in the deploy workflow) turns the rules
+    about secrets, hard-coded endpoints and unused declarations into errors."""
+    rules = json.loads((BICEP_DIR / "bicepconfig.json").read_text())["analyzers"]["core"]["rules"]
+    for rule in ("no-unused-params", "no-unused-vars", "no-hardcoded-env-urls",
+                 "secure-parameter-default", "outputs-should-not-contain-secrets",
+                 "use-secure-value-for-secure-inputs"):
+        assert rules[rule]["level"] == "error", rule

@@ -185,5 +185,3 @@ resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' 
 
 output id string = vault.id
 output uri string = vault.properties.vaultUri
-output signingKeyName string = signingKey.name
-output credentialKeyName string = credentialKey.name
