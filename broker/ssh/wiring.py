@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from broker.ssh.ca import UserCA
 from broker.ssh.frontdoor import FrontDoor, FrontDoorOptions, start_front_door
-from broker.ssh.ports import AccessPolicy, InstrumentConnector
+from broker.ssh.ports import (
+    AccessPolicy,
+    Engineer,
+    GrantView,
+    InstrumentConnector,
+    InstrumentTarget,
+    TotpResult,
+)
 
 if TYPE_CHECKING:
     from broker.runtime import Runtime
@@ -35,6 +43,44 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     path.chmod(0o600)
     key.write_public_key(path.with_name(path.name + ".pub"))
     return key
+
+
+class StorePolicyAdapter:
+    """The control plane's ``StoreAccessPolicy`` with its results as the front door's types."""
+
+    def __init__(self, store_policy: Any) -> None:
+        self._p = store_policy
+
+    def engineer_for_key(self, username: str, openssh_public_key: str) -> Engineer | None:
+        e = self._p.engineer_for_key(username, openssh_public_key)
+        if e is None:
+            return None
+        return Engineer(e.user_id, e.username, e.organization,
+                        tuple(getattr(e, "source_cidrs", ())))
+
+    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult:
+        r = self._p.check_totp(user_id, code, now)
+        return TotpResult(r.ok, r.reason, r.failures, r.locked_now, r.locked_until)
+
+    def find_grant(self, user_id: str, instrument: str, port: int,
+                   now: datetime) -> GrantView | None:
+        g = self._p.find_grant(user_id, instrument, port, now)
+        if g is None:
+            return None
+        return GrantView(g.grant_id, g.user_id, g.instrument, tuple(g.ports), g.ends,
+                         g.file_transfer, g.hospital_id, g.emergency)
+
+    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None:
+        end: datetime | None = self._p.grant_end(grant_id, user_id, now)
+        return end
+
+    def instrument(self, name: str) -> InstrumentTarget | None:
+        t = self._p.instrument(name)
+        if t is None:
+            return None
+        return InstrumentTarget(t.name, t.hospital_id, t.gateway_id, t.host, t.ssh_port,
+                                tuple(t.ports), t.username, t.credential,
+                                t.host_key_fingerprint)
 
 
 @dataclass
@@ -65,7 +111,8 @@ def attach_front_door(
         host_key = load_or_create_host_key(keys / "ssh_front_door_host_key")
         ca = UserCA.load_or_create(keys / "ssh_user_ca")
         door = await start_front_door(
-            settings, policy if policy is not None else StoreAccessPolicy(services),
+            settings,
+            policy if policy is not None else StorePolicyAdapter(StoreAccessPolicy(services)),
             connector, services.ctx.emitter, settings.recordings_dir, host_key, ca=ca,
             options=options, clock=services.ctx.now, port=port)
         handle.door = door
