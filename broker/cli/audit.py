@@ -11,6 +11,7 @@ Through the API (``--api`` / ``HOSHU_API``, bearer token from
   hoshu audit report  GRANT [--format json|html] [--lang ja|en] [--generate] [-o FILE]
   hoshu audit review  MONTH [--hospital ID] [--format json|html] [--lang ja|en]
   hoshu audit sinks
+  hoshu audit compliance [--format text|md|json]   (no API needed)
   hoshu report sign   GRANT [--comment TEXT]
 
 Exit codes: 0 ok, 1 verification failed or the API refused, 2 usage.
@@ -243,6 +244,14 @@ def cmd_sinks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compliance(args: argparse.Namespace) -> int:
+    from audit.compliance import render_json, render_markdown, render_text
+
+    fmt = "json" if args.json else args.format
+    print({"json": render_json, "md": render_markdown, "text": render_text}[fmt]())
+    return 0
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     with client_factory(args) as client:
         resp = client.get(f"/v1/reports/{args.grant}")
@@ -325,6 +334,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lang", choices=("ja", "en"), default="ja")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("compliance", help="the compliance map: controls, features, tests")
+    p.add_argument("--format", choices=("text", "md", "json"), default="text")
+    p.set_defaults(func=cmd_compliance)
 
     p = sub.add_parser("sinks", help="shipping status and lag per sink")
     _api(p)

@@ -111,3 +111,13 @@ def test_report_sign_records_the_sign_off(
     assert em.of_type("report.signed")[0].get("ActorUsername") == "yamada"
     assert main(["report", "sign", "g1"]) == 1
     assert "already signed" in capsys.readouterr().err
+
+
+def test_compliance_map_is_printed_from_the_same_source(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "compliance"]) == 0
+    out = capsys.readouterr().out
+    assert "25  done" in out and "tests/audit/test_checkpoints.py::" in out
+    assert main(["--json", "audit", "compliance"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["status"] for r in rows} <= {"done", "partial", "gap"} and len(rows) == 23

@@ -1,4 +1,5 @@
-"""docs/compliance.md lists every control and cites only tests that exist."""
+"""The compliance map lists every control, cites only tests that exist, and
+docs/compliance.md is rendered from it."""
 
 from __future__ import annotations
 
@@ -39,3 +40,15 @@ def test_every_cited_test_exists() -> None:
                                                re.MULTILINE):
                 missing.append(f"{path}::{name}")
     assert not missing, f"docs/compliance.md cites tests that do not exist: {missing}"
+
+
+def test_the_page_is_rendered_from_the_map() -> None:
+    from audit.compliance import CONTROLS, render_json, render_markdown
+
+    page = (ROOT / "docs" / "compliance.md").read_text(encoding="utf-8")
+    assert page == render_markdown(), "run `python -m audit.compliance > docs/compliance.md`"
+    assert [c.number for c in CONTROLS] == list(CONTROLS_EXPECTED)
+    assert '"status": "gap"' in render_json()
+
+
+CONTROLS_EXPECTED = CONTROLS
