@@ -337,3 +337,33 @@ def test_linter_configuration_makes_the_important_rules_errors() -> None:
                  "secure-parameter-default", "outputs-should-not-contain-secrets",
                  "use-secure-value-for-secure-inputs"):
         assert rules[rule]["level"] == "error", rule
+
+
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str, "int": int, "bool": bool, "array": list, "object": dict,
+}
+
+
+def test_parameter_values_satisfy_their_declarations() -> None:
+    """Each value in main.parameters.json has the declared type and meets @allowed,
+    @minValue/@maxValue and @minLength/@maxLength, as the deployment would demand."""
+    declared = parse(MAIN)["parameters"]
+    values = json.loads(PARAMETERS.read_text())["parameters"]
+    for name, entry in values.items():
+        value, param = entry["value"], declared[name]
+        expected = _PYTHON_TYPES[param["type"]]
+        assert isinstance(value, expected) and not (
+            param["type"] == "int" and isinstance(value, bool)), f"{name}: {value!r}"
+        for decorator in param.get("decorators", []):
+            kind, arg = decorator["type"], decorator.get("argument")
+            if kind == "allowed":
+                assert value in arg, f"{name}: {value!r} not in {arg}"
+            elif kind == "min_value":
+                assert value >= arg, name
+            elif kind == "max_value":
+                assert value <= arg, name
+            elif kind == "min_length":
+                assert len(value) >= arg, name
+            elif kind == "max_length":
+                assert len(value) <= arg, name
+    assert re.fullmatch(r"[a-z0-9]{2,10}", values["prefix"]["value"])
