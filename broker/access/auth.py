@@ -127,24 +127,39 @@ class AuthService:
         return user, secret
 
     # --- login -------------------------------------------------------------
+    def _source_key(self, src_ip: str | None) -> str | None:
+        return f"ip:{src_ip}" if src_ip else None
+
     def login(self, name: str, password: str, code: str | None,
               src_ip: str | None = None) -> IssuedToken:
+        """Password + TOTP → bearer token (enrolment-only before TOTP enrolment).
+
+        Throttled twice: per account (lockout) and per source address (more than
+        ``source_failures`` failures in the window refuse every sign-in from it,
+        whatever the account name, so guessing across names is slowed too)."""
         now = self.ctx.now()
+        cfg = self.ctx.config
         error: Unauthenticated | None = None
         issued: IssuedToken | None = None
+        source = self._source_key(src_ip)
         with self.ctx.uow() as tx:
+            since = now - timedelta(seconds=cfg.lockout_window_s)
+            if source and len(tx.find(AuthFailure, user_id=source, at__gte=since)) >= \
+                    cfg.source_failures:
+                self._login_failed(name, None, "source throttled", src_ip)
+                raise LockedOut("too many failed sign-ins from this address: try later")
             user = tx.one(User, name=name)
             if user is None:
                 self.ctx.hasher.verify("", password)
                 self._login_failed(name, None, "unknown user", src_ip)
-                raise Unauthenticated("invalid credentials")
-            if user.locked_until is not None and user.locked_until > now:
+                error = Unauthenticated("invalid credentials")
+            elif user.locked_until is not None and user.locked_until > now:
                 self._login_failed(name, user.id, "locked out", src_ip)
-                raise LockedOut("too many failed sign-ins: the account is locked for a while")
-            if not account_usable(user, now):
+                error = LockedOut("too many failed sign-ins: the account is locked for a while")
+            elif not account_usable(user, now):
                 self._login_failed(name, user.id, "account inactive or expired", src_ip)
-                raise Unauthenticated("invalid credentials")
-            if not self.ctx.hasher.verify(user.password_hash, password):
+                error = Unauthenticated("invalid credentials")
+            elif not self.ctx.hasher.verify(user.password_hash, password):
                 check = self._fail(tx, user, "password", src_ip)
                 self._login_failed(name, user.id, "wrong password", src_ip)
                 error = LockedOut("too many failed sign-ins") if check.locked else \
@@ -164,11 +179,13 @@ class AuthService:
                     user.totp_last_step = step
                     tx.save(user)
                     issued = self._issue(tx, user, kind="session", scopes=["*"],
-                                         ttl_s=self.ctx.config.access_token_ttl_s)
+                                         ttl_s=cfg.access_token_ttl_s)
             else:
                 issued = self._issue(tx, user, kind="session", scopes=["enroll"],
-                                     ttl_s=self.ctx.config.enroll_token_ttl_s)
-            if issued is not None:
+                                     ttl_s=cfg.enroll_token_ttl_s)
+            if error is not None and source:
+                tx.add(AuthFailure(self.ctx.new_id(), source, now, "source"))
+            if issued is not None and user is not None:
                 self.ctx.emit("user.login", None, ActorUserId=user.id, ActorUsername=name,
                               SrcIpAddr=src_ip, details={
                                   "method": "password+totp" if user.totp_enrolled

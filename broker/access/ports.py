@@ -76,6 +76,7 @@ class Config:
     lockout_failures: int = 5
     lockout_window_s: int = 900
     lockout_s: int = 900
+    source_failures: int = 20  # failed sign-ins from one address in the window
     tunnel_host: str = "127.0.0.1"
     tunnel_port: int = 2223
     broker_host_key: str = ""  # OpenSSH public key line of the tunnel host key

@@ -207,3 +207,20 @@ def test_api_token_scope_limits_what_it_can_do(world: World) -> None:
     tid = r.json()["token_id"]
     assert c.post(f"/v1/tokens/{tid}/revoke", headers=appr).status_code == 200
     assert_error(c.get("/v1/requests", headers=api), 401)
+
+
+def test_approval_fails_closed_when_the_audit_log_is_down(world: World) -> None:
+    from audit.testing import FailingEmitter
+
+    c = client_for(world.s)
+    eng = auth(session_token(world.s, world.users["eng"]))
+    rid = c.post("/v1/requests", headers=eng, json={
+        "instruments": ["cobas-1"], "reason": "probe", "duration_s": 600}).json()["id"]
+    appr = auth(session_token(world.s, world.users["appr"]))
+    good = world.s.ctx.emitter
+    world.s.ctx.emitter = FailingEmitter()
+    assert_error(c.post(f"/v1/requests/{rid}/approve", headers=appr, json={}), 503,
+                 "audit_unavailable")
+    world.s.ctx.emitter = good
+    detail = c.get(f"/v1/requests/{rid}", headers=appr).json()
+    assert detail["request"]["status"] == "pending" and detail["grant"] is None

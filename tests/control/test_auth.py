@@ -180,3 +180,16 @@ def test_admin_resets_totp_and_password_and_the_person_enrols_again(world: World
     assert issued.totp_enrolment_required  # ... and the person enrols again
     with pytest.raises(PermissionDenied):
         world.s.people.reset_totp(world.actors["hadmin"], "eng")
+
+
+def test_one_source_address_guessing_across_names_is_throttled(world: World,
+                                                               clock: FakeClock) -> None:
+    for i in range(20):
+        with pytest.raises(Unauthenticated) as exc:
+            world.s.auth.login(f"guess{i}", "whatever-123", None, src_ip="198.51.100.7")
+        assert not isinstance(exc.value, LockedOut)
+    with pytest.raises(LockedOut, match="address"):
+        world.s.auth.login("eng", PASSWORD, None, src_ip="198.51.100.7")
+    assert world.s.auth.login("eng", PASSWORD, None, src_ip="198.51.100.8").token
+    clock.advance(901)
+    assert world.s.auth.login("eng", PASSWORD, None, src_ip="198.51.100.7").token

@@ -243,3 +243,50 @@ def test_engineer_ends_own_grant(world: World) -> None:
     with pytest.raises(PermissionDenied):
         world.s.grants.end(world.actors["vaud"], grant.id)
     assert world.s.grants.end(world.actors["eng"], grant.id).status == "ended"
+
+
+def test_concurrent_approvals_issue_exactly_one_grant(world: World) -> None:
+    """Two approvers racing on a two-approval request: one grant, two decisions."""
+    import threading
+
+    rid = ask(world, instruments=("las-line-a",))
+    errors: list[Exception] = []
+
+    def approve(who: str) -> None:
+        try:
+            world.s.requests.approve(world.actors[who], rid)
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=approve, args=(w,)) for w in ("appr", "appr2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    view = world.s.requests.show(world.actors["appr"], rid)
+    assert view.request.status == "approved" and len(view.decisions) == 2
+    assert len(world.s.grants.list_grants(world.actors["appr"])) == 1
+
+
+def test_same_approver_twice_concurrently_counts_once(world: World) -> None:
+    import threading
+
+    rid = ask(world, instruments=("las-line-a",))
+    results: list[str] = []
+
+    def approve() -> None:
+        try:
+            world.s.requests.approve(world.actors["appr"], rid)
+            results.append("ok")
+        except PermissionDenied:
+            results.append("refused")
+
+    threads = [threading.Thread(target=approve) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == ["ok", "refused"]
+    view = world.s.requests.show(world.actors["appr"], rid)
+    assert view.request.status == "pending" and len(view.decisions) == 1

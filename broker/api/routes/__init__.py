@@ -1,1 +1,1 @@
-"""One router per resource; :data:`ROUTERS` is what ``create_app`` mounts."""
+"""One router per resource; ``broker.api.app.ROUTERS`` lists what ``create_app`` mounts."""
