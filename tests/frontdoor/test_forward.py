@@ -8,10 +8,19 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from broker.ssh.frontdoor import FrontDoorOptions
 from tests.frontdoor.harness import World, poll
+
+
+@pytest.fixture
+def front_door_options(tmp_path: Path) -> FrontDoorOptions:
+    # raw capture of forwarded bytes switched on for this module
+    return FrontDoorOptions(login_timeout_s=5.0, watch_interval_s=0.1,
+                            forward_capture_dir=tmp_path / "captures")
 
 
 @pytest.fixture
@@ -86,6 +95,8 @@ async def test_forward_to_a_granted_port_carries_data_and_is_logged(
     assert opened.get("TargetPortNumber") == echo_port
     assert closed.get("SrcBytes") == len(payload) == closed.get("DstBytes")
     assert closed.get("NetworkDuration") >= 0
+    capture = w.tmp / "captures" / opened.details["capture"]
+    assert capture.stat().st_size > 2 * len(payload)  # both directions, with framing
 
 
 async def test_forward_to_a_port_outside_the_grant_is_refused(
