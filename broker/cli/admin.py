@@ -80,7 +80,10 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     settings = BrokerSettings(data_dir=Path(args.data_dir)) if args.data_dir \
         else BrokerSettings()
     password = _secret_from(args, "Password for the first admin: ", confirm=True)
-    cp = ControlPlane.open(settings)
+    try:
+        cp = ControlPlane.open(settings)
+    except Exception as exc:  # database, key files or audit log unusable
+        raise CliError(f"cannot open the broker's data in {settings.data_dir}: {exc}") from exc
     try:
         user, secret = cp.services.auth.bootstrap(args.name, args.full_name, password)
     except AccessError as exc:

@@ -71,12 +71,25 @@ def alembic_config(engine: sa.Engine) -> Config:
     return cfg
 
 
+MIGRATION_LOCK = 0x686F736875  # "hoshu": one migrating replica at a time on PostgreSQL
+
+
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (idempotent)."""
+    """Bring the schema to ``revision`` (idempotent; replicas starting together queue)."""
     cfg = alembic_config(engine)
     with engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+            conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        finally:
+            if postgres:
+                conn.rollback()
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+                conn.commit()
 
 
 def current_revision(engine: sa.Engine) -> str | None:
