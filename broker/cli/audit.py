@@ -2,6 +2,7 @@
 
 Local (on the broker host, reading files):
   hoshu audit verify [--log PATH] [--key PUB.pem ...] [--checkpoint JSON|FILE]
+  hoshu audit outbox [--reset SINK=SEQ]
 
 Through the API (``--api`` / ``HOSHU_API``, bearer token from
 ``$HOSHU_CONFIG_DIR/token.json`` or ``~/.config/hoshu/token.json``, or ``HOSHU_TOKEN``):
@@ -244,6 +245,41 @@ def cmd_sinks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """Local: each sink's acknowledged position and backlog, from the cursor files."""
+    from audit.outbox import CursorStore, OutboxError, reset_cursor
+    from audit.shipper import head_seq
+
+    settings = _settings()
+    log = settings.audit_log_path
+    store = CursorStore(settings.data_dir / "audit" / "cursors")
+    if args.reset:
+        sink, _, seq = args.reset.partition("=")
+        try:
+            c = reset_cursor(store, log, sink, int(seq or "0"))
+        except (OutboxError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{sink}: cursor set to position {c.seq}; events after it will be sent again")
+        return 0
+    head = head_seq(log)
+    rows = []
+    for path in sorted(store.dir.glob("*.cursor")):
+        name = path.name.removesuffix(".cursor")
+        try:
+            acked, problem = store.load(name).seq, ""
+        except OutboxError as exc:
+            acked, problem = 0, str(exc)
+        rows.append({"sink": name, "acked_seq": acked, "head_seq": head,
+                     "lag_events": max(0, head - acked), "problem": problem})
+    if args.json:
+        print(json.dumps(rows))
+    for r in rows if not args.json else []:
+        print(f"{r['sink']:<12} acked {r['acked_seq']:>10}  behind {r['lag_events']:>8}  "
+              f"{r['problem']}")
+    return 1 if any(r["problem"] for r in rows) else 0
+
+
 def cmd_compliance(args: argparse.Namespace) -> int:
     from audit.compliance import render_json, render_markdown, render_text
 
@@ -334,6 +370,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lang", choices=("ja", "en"), default="ja")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("outbox", help="on the broker host: per-sink cursors and backlog")
+    p.add_argument("--reset", metavar="SINK=SEQ",
+                   help="point a sink's cursor at a position (0: send everything again)")
+    p.set_defaults(func=cmd_outbox)
 
     p = sub.add_parser("compliance", help="the compliance map: controls, features, tests")
     p.add_argument("--format", choices=("text", "md", "json"), default="text")

@@ -121,3 +121,25 @@ def test_compliance_map_is_printed_from_the_same_source(
     assert main(["--json", "audit", "compliance"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["status"] for r in rows} <= {"done", "partial", "gap"} and len(rows) == 23
+
+
+def test_outbox_shows_backlog_and_a_corrupt_cursor_can_be_reset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from audit.outbox import Cursor, CursorStore
+
+    monkeypatch.setenv("HOSHU_DATA_DIR", str(tmp_path / "data"))
+    log_path = tmp_path / "data" / "audit" / "audit.log"
+    with ChainLog(log_path) as chain:
+        for _ in range(10):
+            chain.emit(new_event("user.logout"))
+    store = CursorStore(tmp_path / "data" / "audit" / "cursors")
+    store.save("fluentd", Cursor())
+    store.path("syslog").write_text("{garbage")
+    assert main(["audit", "outbox"]) == 1
+    out = capsys.readouterr().out
+    assert "fluentd" in out and "behind       10" in out and "unreadable" in out
+    assert main(["audit", "outbox", "--reset", "syslog=4"]) == 0
+    assert store.load("syslog").seq == 4
+    assert main(["audit", "outbox", "--reset", "syslog=99"]) == 1
+    assert "no position 99" in capsys.readouterr().err
