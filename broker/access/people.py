@@ -142,6 +142,13 @@ class PeopleService:
         with self.ctx.uow() as tx:
             return self._get_user(tx, actor, ref)
 
+    def names(self, user_ids: set[str]) -> dict[str, str]:
+        """Login names for ids shown next to requests, decisions and grants."""
+        if not user_ids:
+            return {}
+        with self.ctx.uow() as tx:
+            return {u.id: u.name for u in tx.find(User, id=sorted(user_ids))}
+
     def org_of(self, org_id: str) -> Org | None:
         with self.ctx.uow() as tx:
             return tx.get(Org, org_id)

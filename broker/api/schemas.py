@@ -315,6 +315,7 @@ class RequestIn(In):
 class RequestOut(Out):
     id: str
     requester_id: str
+    requester: str = ""  # login name
     vendor_id: str
     hospital_id: str
     instruments: list[str]
@@ -336,6 +337,7 @@ class RequestOut(Out):
 
 class DecisionOut(Out):
     approver_id: str
+    approver: str = ""
     verdict: str
     at: datetime
     comment: str
@@ -348,6 +350,7 @@ class TransitionOut(Out):
     to_state: str
     at: datetime
     actor_id: str | None
+    actor: str = ""  # login name; empty for hoshu's own clock
     comment: str
 
 
@@ -355,6 +358,7 @@ class GrantOut(Out):
     id: str
     request_id: str
     user_id: str
+    user: str = ""
     hospital_id: str
     vendor_id: str
     instruments: list[str]

@@ -12,10 +12,12 @@ from typing import Any
 from broker.cli.client import Client, CliError, add_api_argument, run
 from broker.cli.output import console, done, short_time, show, wants_json
 
-REQUEST_COLUMNS = [("id", "Id"), ("status", "Status"), ("instruments", "Instruments"),
+REQUEST_COLUMNS = [("id", "Id"), ("status", "Status"), ("requester", "Engineer"),
+                   ("instruments", "Instruments"),
                    ("ports", "Ports"), ("duration_s", "Seconds"), ("start_at", "Start"),
                    ("emergency", "Emergency"), ("ticket", "Ticket"), ("created_at", "Asked")]
-GRANT_COLUMNS = [("id", "Id"), ("status", "Status"), ("instruments", "Instruments"),
+GRANT_COLUMNS = [("id", "Id"), ("status", "Status"), ("user", "Engineer"),
+                 ("instruments", "Instruments"),
                  ("ports", "Ports"), ("starts_at", "From"), ("ends_at", "Until"),
                  ("emergency", "Emergency"), ("review_verdict", "Review")]
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
@@ -78,11 +80,11 @@ def _print_detail(args: argparse.Namespace, d: dict[str, Any]) -> None:
     if r["work_plan"]:
         c.print(f"work plan:\n{r['work_plan']}")
     for dec in d["decisions"]:
-        c.print(f"  {short_time(dec['at'])} {dec['verdict']} by {dec['approver_id']}"
+        c.print(f"  {short_time(dec['at'])} {dec['verdict']} by {dec['approver']}"
                 f" {dec['comment']}")
     show(args, d["history"], [("at", "When"), ("subject_kind", "What"),
                               ("from_state", "From"), ("to_state", "To"),
-                              ("actor_id", "By"), ("comment", "Comment")], "History")
+                              ("actor", "By"), ("comment", "Comment")], "History")
     if d["grant"]:
         show(args, d["grant"], GRANT_COLUMNS, "Grant")
 

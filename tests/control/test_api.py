@@ -94,7 +94,9 @@ def test_cross_hospital_approval_is_refused_audited_and_changes_nothing(
     assert detail["request"]["status"] == "pending" and detail["decisions"] == []
     detail = c.post(f"/v1/requests/{rid}/approve", headers=appr,
                     json={"comment": "ok"}).json()
-    assert detail["grant"]["status"] == "active"
+    assert detail["grant"]["status"] == "active" and detail["grant"]["user"] == "eng"
+    assert detail["request"]["requester"] == "eng"
+    assert [d["approver"] for d in detail["decisions"]] == ["appr"]
     assert [h["to_state"] for h in detail["history"]] == ["approved", "approved", "active"]
     assert detail["request"]["work_plan"].startswith("作業計画")
 
