@@ -118,6 +118,7 @@ class Shipper:
         self.delivered = 0
         self._oldest_pending: datetime | None = None
         self._lag_reported_at: datetime | None = None
+        self._stopped_at_mtime = (-1, -1, -1)
 
     def _cursor(self) -> Cursor:
         try:
@@ -126,7 +127,16 @@ class Shipper:
             self._stop(str(exc))
             raise
 
+    def _cursor_mtime(self) -> tuple[int, int, int]:
+        """Identity of the cursor file (cursors are replaced by rename: a new inode)."""
+        try:
+            st = self.cursors.path(self.sink.name).stat()
+        except OSError:
+            return (-1, -1, -1)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def _stop(self, why: str) -> None:
+        self._stopped_at_mtime = self._cursor_mtime()
         if self.state != "stopped" and self.emitter is not None:
             self.emitter.emit(new_event(
                 "audit.outbox_corrupt", clock=self.clock, EventResult="Failure",
@@ -141,7 +151,9 @@ class Shipper:
         and :class:`OutboxCorrupt` when the outbox cannot be trusted (sink stopped).
         """
         if self.state == "stopped":
-            raise OutboxCorrupt(f"sink {self.sink.name} is stopped: {self.last_error}")
+            if self._cursor_mtime() == self._stopped_at_mtime:
+                raise OutboxCorrupt(f"sink {self.sink.name} is stopped: {self.last_error}")
+            self.state, self.last_error = "idle", ""  # an operator reset the cursor
         cursor = self._cursor()
         try:
             records, after = read_batch(self.log_path, cursor, self.batch_size)
