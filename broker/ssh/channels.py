@@ -244,7 +244,13 @@ class Channels:
 
     # --- port forwards --------------------------------------------------------
     def forward(self, dest_host: str, dest_port: int) -> Any:
-        self.reserve()
+        try:
+            self.reserve()
+        except asyncssh.ChannelOpenError as exc:
+            self.door.emit("forward.refused", EventResult="Failure",
+                           EventResultDetails="too_many_channels", EventMessage=exc.reason,
+                           **self.cols(self.forward_target(dest_host), dest_port))
+            raise
         from broker.ssh.forward import open_forward
 
         return open_forward(self, dest_host, dest_port)

@@ -9,9 +9,9 @@ import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from broker.ssh.ports import TunnelConnector
+from broker.ssh.ports import InstrumentTarget, TunnelConnector
 from broker.ssh.tunnel import TunnelRegistry
 from tests.frontdoor.harness import (
     World,
@@ -285,3 +285,21 @@ async def test_grant_expiring_in_the_past_is_refused(granted: World) -> None:
     w.policy.set_end("g1", w.clock.now - timedelta(seconds=1))
     r = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
     assert r.rc == 1 and b"no active grant" in r.err
+
+
+async def test_password_credential_on_an_asyncssh_instrument(
+    granted: World, analyzer_instrument: Any
+) -> None:
+    """The LAS controller takes a password: injected the same way, never shown."""
+    w = granted
+    a = analyzer_instrument
+    w.policy.instruments["las-line-a"] = InstrumentTarget(
+        name="las-line-a", hospital_id="h-1", gateway_id="gw-1", host=a.info.host,
+        ssh_port=a.port, ports=(a.port,), username="service", credential=a.password,
+        host_key_fingerprint=a.info.host_key_fingerprint)
+    w.policy.grant(w.engineer, "las-line-a", (a.port,), ends=w.clock.now + timedelta(hours=1))
+    r = await run(w.ssh_argv(extra=(w.login("las-line-a"), "status")), w.env())
+    assert r.rc == 0, r.err
+    assert r.out.strip()
+    assert a.password.encode() not in r.out + r.err
+    assert all(a.password not in e.to_json() for e in w.events.events)
