@@ -92,6 +92,22 @@ def _params(args: argparse.Namespace) -> Params:
     return out
 
 
+def _reaching_api(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a network failure into one clear line and exit status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except httpx.HTTPError as exc:
+            print(f"error: cannot reach the hoshu API at {_api_url(args)}: {exc}",
+                  file=sys.stderr)
+            return 1
+
+    run.__name__ = func.__name__
+    run.__doc__ = func.__doc__
+    return run
+
+
 # --- verify ------------------------------------------------------------------------
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -130,6 +146,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # --- API commands ---------------------------------------------------------------------
 
+@_reaching_api
 def cmd_search(args: argparse.Namespace) -> int:
     params: Params = [*_params(args), ("limit", str(args.limit))]
     if args.page:
@@ -153,6 +170,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reaching_api
 def cmd_export(args: argparse.Namespace) -> int:
     params = [*_params(args), ("format", args.format)]
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
@@ -170,6 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reaching_api
 def cmd_play(args: argparse.Namespace) -> int:
     with client_factory(args) as client:
         resp = client.get(f"/v1/recordings/{args.session}")
@@ -205,6 +224,7 @@ def _write_out(args: argparse.Namespace, text: str) -> None:
         print(text)
 
 
+@_reaching_api
 def cmd_report(args: argparse.Namespace) -> int:
     with client_factory(args) as client:
         if args.generate:
@@ -219,6 +239,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reaching_api
 def cmd_review(args: argparse.Namespace) -> int:
     params = {"format": args.format, "lang": args.lang}
     if args.hospital:
@@ -231,6 +252,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reaching_api
 def cmd_sinks(args: argparse.Namespace) -> int:
     with client_factory(args) as client:
         resp = client.get("/v1/audit/sinks")
@@ -288,6 +310,7 @@ def cmd_compliance(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reaching_api
 def cmd_sign(args: argparse.Namespace) -> int:
     with client_factory(args) as client:
         resp = client.get(f"/v1/reports/{args.grant}")

@@ -143,3 +143,11 @@ def test_outbox_shows_backlog_and_a_corrupt_cursor_can_be_reset(
     assert store.load("syslog").seq == 4
     assert main(["audit", "outbox", "--reset", "syslog=99"]) == 1
     assert "no position 99" in capsys.readouterr().err
+
+
+def test_an_unreachable_api_gives_one_clear_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.fixtures.siem import free_port
+
+    assert main(["audit", "search", "--api", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert "cannot reach the hoshu API" in capsys.readouterr().err
