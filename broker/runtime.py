@@ -16,11 +16,14 @@ import logging
 import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
 from audit.emitter import Emitter
+from broker.access.passwords import Hasher
+from broker.access.ports import utc_now
 from broker.api.app import create_app
 from broker.services import ControlPlane
 from broker.settings import BrokerSettings
@@ -48,9 +51,14 @@ async def sweep_forever(control: ControlPlane, interval_s: float) -> None:
 
 
 def build_runtime(settings: BrokerSettings, *, emitter: Emitter | None = None,
-                  extra_routers: Sequence[APIRouter] = ()) -> Runtime:
-    """Open the store and keys, build the API and the background tasks (not started)."""
-    control = ControlPlane.open(settings, emitter=emitter)
+                  extra_routers: Sequence[APIRouter] = (),
+                  clock: Callable[[], datetime] = utc_now,
+                  hasher: Hasher | None = None) -> Runtime:
+    """Open the store and keys, build the API and the background tasks (not started).
+
+    ``emitter`` is the audit log (``audit.service.build_audit(...).log`` in the full
+    broker); without it the control plane opens ``settings.audit_log_path`` itself."""
+    control = ControlPlane.open(settings, emitter=emitter, clock=clock, hasher=hasher)
     app = create_app(settings, services=control.services, extra_routers=extra_routers)
     rt = Runtime(settings, control, app)
     rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s))

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
 from audit.chain import ChainLog
 from audit.emitter import Emitter
 from broker.access.crypto import SecretBox
+from broker.access.passwords import Hasher
 from broker.access.ports import Config, Context, utc_now
 from broker.access.services import Services
 from broker.settings import BrokerSettings
@@ -65,7 +66,8 @@ class ControlPlane:
 
     @classmethod
     def open(cls, settings: BrokerSettings, *, emitter: Emitter | None = None,
-             clock: Callable[[], datetime] = utc_now, migrate: bool = True) -> ControlPlane:
+             clock: Callable[[], datetime] = utc_now, migrate: bool = True,
+             hasher: Hasher | None = None) -> ControlPlane:
         store = Store(settings.db_url, migrate=migrate)
         owned = None
         if emitter is None:
@@ -74,7 +76,8 @@ class ControlPlane:
         try:
             ctx = Context(uow=store.uow, emitter=emitter,
                           secrets=SecretBox.from_file(settings.credential_key_path),
-                          clock=clock, config=config_from(settings))
+                          clock=clock, config=config_from(settings),
+                          hasher=hasher or Hasher())
         except Exception:
             store.close()
             if owned is not None:

@@ -1,0 +1,42 @@
+"""The broker process as assembled by build_runtime: store, keys, API, sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from audit.testing import CapturingEmitter
+from broker.access.passwords import Hasher
+from broker.access.requests import NewRequest
+from broker.runtime import build_runtime, sweep_forever
+from broker.settings import BrokerSettings
+from tests.control.conftest import FakeClock, build_world
+
+
+async def test_runtime_serves_the_api_and_its_sweeper_expires_requests(tmp_path: Path
+                                                                       ) -> None:
+    clock = FakeClock()
+    emitter = CapturingEmitter()
+    settings = BrokerSettings(data_dir=tmp_path / "data")
+    rt = build_runtime(settings, emitter=emitter, clock=clock,
+                       hasher=Hasher(time_cost=1, memory_cost=64))
+    try:
+        assert (tmp_path / "data" / "keys" / "credentials.key").stat().st_mode & 0o777 == 0o600
+        assert rt.control.services.ctx.config.broker_host_key.startswith("ssh-ed25519 ")
+        assert TestClient(rt.app).get("/v1/health").json() == {"status": "ok"}
+        w = build_world(rt.control.services, clock)
+        req = w.s.requests.create(w.actors["eng"], NewRequest(["cobas-1"], 600, "x"))
+        clock.advance(8 * 86400)
+        task = asyncio.create_task(sweep_forever(rt.control, 0.01))
+        deadline = time.monotonic() + 10
+        while w.s.requests.show(w.actors["eng"], req.id).request.status != "expired":
+            assert time.monotonic() < deadline, "the sweeper did not expire the request"
+            await asyncio.sleep(0.02)
+        task.cancel()
+        assert emitter.of_type("request.expired")
+        assert len(rt.tasks) == 1 and rt.closers
+    finally:
+        rt.control.close()
