@@ -5,7 +5,9 @@ the connection mid-write is exactly what the outbox must not do.  This client
 speaks the Forward mode of the protocol (v1): one message
 ``[tag, [[time, record], ...], {"chunk": <id>, "size": n}]`` per batch, then
 waits (with a timeout) for ``{"ack": <id>}``.  Only that reply acknowledges the
-batch.  TLS is optional (Fluentd ``<transport tls>``).
+batch.  TLS is optional (Fluentd ``<transport tls>``).  Event times are
+fluent-logger's ``EventTime`` (nanosecond precision); fluent-logger's own
+sender is not used because it cannot wait for acknowledgements.
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ from datetime import datetime
 from typing import Any
 
 import msgpack
+from fluent.sender import EventTime
 
 from audit.outbox import SinkError
 
 MAX_REPLY = 4096
 
 
-def _event_time(value: Any) -> int:
+def _event_time(value: Any) -> Any:
+    """The event's time as Fluentd's EventTime (seconds and nanoseconds)."""
     try:
-        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
+        t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return 0
+    return EventTime(int(t.timestamp()), nanoseconds=t.microsecond * 1000)
 
 
 class FluentForwardSink:
