@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from audit.events import Result
-from broker.access import passwords, totp
+from broker.access import names, passwords, totp
 from broker.access.errors import (
     Conflict,
     InvalidInput,
@@ -127,6 +127,11 @@ class AuthService:
         return user, secret
 
     # --- login -------------------------------------------------------------
+    @staticmethod
+    def _source_ok(tx: Tx, user: User, src_ip: str | None) -> bool:
+        org = tx.get(Org, user.org_id)
+        return org is not None and names.source_allowed(org.source_cidrs, src_ip)
+
     def _source_key(self, src_ip: str | None) -> str | None:
         return f"ip:{src_ip}" if src_ip else None
 
@@ -158,6 +163,9 @@ class AuthService:
                 error = LockedOut("too many failed sign-ins: the account is locked for a while")
             elif not account_usable(user, now):
                 self._login_failed(name, user.id, "account inactive or expired", src_ip)
+                error = Unauthenticated("invalid credentials")
+            elif not self._source_ok(tx, user, src_ip):
+                self._login_failed(name, user.id, "source address not allowed", src_ip)
                 error = Unauthenticated("invalid credentials")
             elif not self.ctx.hasher.verify(user.password_hash, password):
                 check = self._fail(tx, user, "password", src_ip)
@@ -210,7 +218,9 @@ class AuthService:
             if user is None or not account_usable(user, now):
                 raise Unauthenticated("account inactive or expired")
             org = tx.get(Org, user.org_id)
-            return Actor(user.id, user.name, user.org_id, org.kind if org else "",
+            if org is None or not names.source_allowed(org.source_cidrs, src_ip):
+                raise Unauthenticated("your organisation does not allow this source address")
+            return Actor(user.id, user.name, user.org_id, org.kind,
                          frozenset(user.roles), frozenset(tok.scopes), src_ip, tok.kind)
 
     def logout(self, actor: Actor, text: str) -> None:

@@ -63,12 +63,24 @@ class PeopleService:
             if tx.one(Org, name=name) is not None:
                 raise Conflict(f"organisation {name!r} already exists")
             org = Org(self.ctx.new_id(), name, kind, self.ctx.now(),
-                      source_cidrs=list(source_cidrs or []))
+                      source_cidrs=names.networks(list(source_cidrs or [])))
             tx.add(org)
             self.ctx.emit("admin.change", actor, Operation="create", ObjectType="org",
                           Object=name, HospitalId=org.id if kind == "hospital" else None,
                           VendorId=org.id if kind == "vendor" else None,
                           details={"changes": {"kind": kind, "source_cidrs": org.source_cidrs}})
+            return org
+
+    def set_sources(self, actor: Actor, ref: str, source_cidrs: list[str]) -> Org:
+        """Networks the organisation's people may sign in from (empty: anywhere)."""
+        cidrs = names.networks(source_cidrs)
+        with self.ctx.uow() as tx:
+            org = find_org(tx, ref)
+            org.source_cidrs = cidrs
+            tx.save(org)
+            self.ctx.emit("admin.change", actor, Operation="update", ObjectType="org",
+                          Object=org.name, **_org_cols(org),
+                          details={"changes": {"source_cidrs": cidrs}})
             return org
 
     def list_orgs(self, actor: Actor) -> list[Org]:

@@ -52,6 +52,7 @@ PERMISSIONS: dict[str, Permission] = {
     # organisations and people
     "orgs.list": Permission(ALL, "read"),
     "orgs.create": _p("admin", P),
+    "orgs.update": _p("admin", P),
     "users.list": _p("read", H, U, P),
     "users.show": _p("read", H, U, P),
     "users.create": _p("admin", H, P),

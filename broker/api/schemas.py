@@ -86,6 +86,10 @@ class OrgIn(In):
                             Field(max_length=64)] = []
 
 
+class OrgPatch(In):
+    source_cidrs: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)]
+
+
 class OrgOut(Out):
     id: str
     name: str

@@ -113,6 +113,13 @@ def cmd_orgs(args: argparse.Namespace) -> int:
         org = client.call("POST", "/v1/orgs", {"name": args.name, "kind": args.kind,
                                                 "source_cidrs": args.source or []})
         done(args, org, f"Created {org['kind']} {org['name']} ({org['id']}).")
+    elif args.action == "set-sources":
+        if not args.name:
+            raise CliError("usage: hoshu admin orgs set-sources NAME [--source NET ...]")
+        org = client.call("PATCH", f"/v1/orgs/{args.name}",
+                          {"source_cidrs": args.source or []})
+        done(args, org, f"{org['name']} may sign in from: "
+                        f"{', '.join(org['source_cidrs']) or 'anywhere'}.")
     else:
         show(args, client.call("GET", "/v1/orgs"), ORG_COLUMNS, "Organisations")
     return 0
@@ -303,7 +310,8 @@ def register(sub: Any) -> None:
 
     p = adm.add_parser("orgs", help="organisations")
     add_api_argument(p)
-    p.add_argument("action", nargs="?", choices=["list", "create"], default="list")
+    p.add_argument("action", nargs="?", choices=["list", "create", "set-sources"],
+                   default="list")
     p.add_argument("name", nargs="?")
     p.add_argument("--kind", choices=["hospital", "vendor"])
     p.add_argument("--source", action="append", help="allowed source network (vendors)")
@@ -339,7 +347,7 @@ def register(sub: Any) -> None:
     p.add_argument("--reference")
     p.set_defaults(func=cmd_contracts)
 
-    p = adm.add_parser("policy", help="a hospital's access policy")
+    p = adm.add_parser("policy", aliases=["policies"], help="a hospital's access policy")
     add_api_argument(p)
     p.add_argument("action", choices=["show", "set"])
     p.add_argument("hospital")

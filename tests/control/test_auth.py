@@ -193,3 +193,17 @@ def test_one_source_address_guessing_across_names_is_throttled(world: World,
     assert world.s.auth.login("eng", PASSWORD, None, src_ip="198.51.100.8").token
     clock.advance(901)
     assert world.s.auth.login("eng", PASSWORD, None, src_ip="198.51.100.7").token
+
+
+def test_vendor_source_networks_limit_where_its_people_sign_in_from(world: World) -> None:
+    with pytest.raises(InvalidInput):
+        world.s.people.set_sources(world.admin, "acme-labs", ["not-a-net"])
+    org = world.s.people.set_sources(world.admin, "acme-labs", ["203.0.113.0/24", "2001:db8::1"])
+    assert org.source_cidrs == ["2001:db8::1/128", "203.0.113.0/24"]
+    token = world.s.auth.login("eng", PASSWORD, None, src_ip="203.0.113.9").token
+    with pytest.raises(Unauthenticated):
+        world.s.auth.login("eng", PASSWORD, None, src_ip="198.51.100.1")
+    with pytest.raises(Unauthenticated):  # a token carried elsewhere stops working
+        world.s.auth.authenticate(token, "198.51.100.1")
+    assert world.s.auth.authenticate(token, "203.0.113.10").username == "eng"
+    assert world.s.auth.login("appr", PASSWORD, None, src_ip="198.51.100.1").token

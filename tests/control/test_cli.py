@@ -113,6 +113,7 @@ def test_admin_commands_and_gateway_token(cli, world: World,  # type: ignore[no-
     monkeypatch.setenv("HOSHU_TOKEN", session_token(world.s, root))
     steps = [
         ("admin", "orgs", "create", "gamma-labs", "--kind", "vendor"),
+        ("admin", "orgs", "set-sources", "gamma-labs", "--source", "192.0.2.0/24"),
         ("admin", "instruments", "create", "hem-1", "--hospital", "hoshi-hospital",
          "--host", "10.0.0.77", "--port", "22", "--criticality", "critical"),
         ("admin", "contracts", "create", "--vendor", "gamma-labs", "--hospital",

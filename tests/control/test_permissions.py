@@ -74,7 +74,7 @@ def _targets(w: World) -> dict[str, str]:
     granted = s.requests.create(w.actors["eng"], NewRequest(["cobas-1"], 600, "walk"))
     grant = s.requests.approve(w.actors["appr2"], granted.id).grant
     assert grant is not None
-    return {"user": spare.name, "key_id": key.id, "token_id": "no-such-token",
+    return {"org": beta.name, "user": spare.name, "key_id": key.id, "token_id": "no-such-token",
             "contract_id": contract.id, "hospital": "hoshi-hospital", "name": "cobas-1",
             "gateway": gw.gateway_id, "request_id": req.id, "grant_id": grant.id}
 

@@ -27,6 +27,13 @@ def create_org(body: s.OrgIn, services: ServicesDep,
                                                               body.source_cidrs))
 
 
+@router.patch("/orgs/{org}", response_model=s.OrgOut)
+def update_org(org: str, body: s.OrgPatch, services: ServicesDep,
+               actor: Annotated[Actor, Depends(require("orgs.update"))]) -> s.OrgOut:
+    """Set the networks the organisation's people may sign in from (empty: anywhere)."""
+    return s.OrgOut.model_validate(services.people.set_sources(actor, org, body.source_cidrs))
+
+
 @router.get("/users", response_model=list[s.UserOut])
 def list_users(services: ServicesDep,
                actor: Annotated[Actor, Depends(require("users.list"))],
