@@ -37,6 +37,14 @@ def register(sub: Any) -> None:
     p.add_argument("--api", default=os.environ.get("HOSHU_API", "http://127.0.0.1:8440"))
     p.set_defaults(func=_ssh_config)
 
+    c = sub.add_parser("ssh-cert", help="get a short-lived SSH certificate (after hoshu login)")
+    c.add_argument("--key", type=Path, default=Path("~/.ssh/id_ed25519.pub"),
+                   help="your registered public key")
+    c.add_argument("--out", type=Path, default=None,
+                   help="where to write it (default: ~/.config/hoshu/<key>-cert.pub)")
+    c.add_argument("--api", default=os.environ.get("HOSHU_API", "http://127.0.0.1:8440"))
+    c.set_defaults(func=_ssh_cert)
+
     s = sub.add_parser("sessions", help="live sessions: list, watch, terminate")
     s.add_argument("--api", default=os.environ.get("HOSHU_API", "http://127.0.0.1:8440"))
     ssub = s.add_subparsers(dest="sessions_command")
@@ -112,6 +120,28 @@ def _api(args: argparse.Namespace, method: str, path: str,
             msg = r.text[:200]
         raise _ApiError(f"{r.status_code}: {msg}")
     return r.json() if r.content else {}
+
+
+def _ssh_cert(args: argparse.Namespace) -> int:
+    key_path = args.key.expanduser()
+    try:
+        public_key = key_path.read_text().strip()
+    except OSError as exc:
+        print(f"hoshu: cannot read {key_path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        data = _api(args, "POST", "/v1/ssh/certificate", {"public_key": public_key})
+    except _ApiError as exc:
+        print(f"hoshu: {exc}", file=sys.stderr)
+        return 1
+    from broker.cli.client import config_dir
+
+    stem = key_path.name.removesuffix(".pub")
+    out = args.out.expanduser() if args.out else config_dir() / f"{stem}-cert.pub"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(str(data["certificate"]) + "\n")
+    print(f"certificate written to {out}; use it with: ssh -o CertificateFile={out} ...")
+    return 0
 
 
 def _sessions_list(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ in production).  Keys live beside the broker's other keys:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +82,20 @@ class StorePolicyAdapter:
         return InstrumentTarget(t.name, t.hospital_id, t.gateway_id, t.host, t.ssh_port,
                                 tuple(t.ports), t.username, t.credential,
                                 t.host_key_fingerprint)
+
+
+def store_grants_end(services: Any) -> Callable[[str, datetime], datetime | None]:
+    """When the user's active grants end (the latest), from the control plane's store."""
+    from broker.access.grants import LIVE
+    from broker.access.model import Grant
+
+    def grants_end(user_id: str, now: datetime) -> datetime | None:
+        with services.ctx.uow() as tx:
+            ends = [g.ends_at for g in tx.find(Grant, user_id=user_id, status=list(LIVE))
+                    if g.starts_at <= now < g.ends_at]
+        return max(ends) if ends else None
+
+    return grants_end
 
 
 @dataclass
