@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import asyncssh
@@ -15,7 +16,7 @@ from broker.access.services import Services
 from broker.settings import BrokerSettings
 from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
 from broker.ssh.ports import DirectConnector
-from broker.ssh.wiring import StorePolicyAdapter
+from broker.ssh.wiring import StorePolicyAdapter, store_grants_end
 from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from labsim.sshd import OpenSSHInstrument
@@ -56,6 +57,8 @@ async def test_engineer_reaches_the_instrument_through_the_control_plane(
     w.s.people.add_key(w.actors["eng"], public_line)
     secret = w.enrol_totp("eng")
     grant_id = grant_for(w, ["cobas-1"], ports=[inst.port])
+    # certificates last until the engineer's grants end (the store's answer)
+    assert store_grants_end(w.s)(w.users["eng"].id, w.clock()) == w.clock() + timedelta(hours=1)
 
     door = await start_front_door(
         BrokerSettings(data_dir=tmp_path / "data"),
