@@ -114,22 +114,34 @@ def attach_front_door(
     options: FrontDoorOptions | None = None,
     port: int | None = None,
 ) -> FrontDoorHandle:
-    """Register the front door as a task of ``rt``; returns a handle to reach it."""
+    """Register the front door as a task of ``rt`` and its routes on ``rt.app``.
+
+    Routes: ``/v1/sessions`` (list, follow, terminate; :mod:`broker.ssh.sessions_api`)
+    and ``/v1/ssh/certificate`` (:mod:`broker.ssh.cert_api`).  Returns a handle
+    whose ``door`` is set once the listener runs.
+    """
+    from broker.ssh.cert_api import build_cert_router
+    from broker.ssh.sessions_api import build_sessions_router
     from broker.store.directory import StoreAccessPolicy
 
     settings = rt.settings
     services = rt.control.services
     keys = settings.host_key_path.parent
     handle = FrontDoorHandle()
+    host_key = load_or_create_host_key(keys / "ssh_front_door_host_key")
+    ca = UserCA.load_or_create(keys / "ssh_user_ca")
+    the_policy = policy if policy is not None else StorePolicyAdapter(
+        StoreAccessPolicy(services))
+    emitter = services.ctx.emitter
+    rt.app.include_router(build_sessions_router(
+        lambda: handle.door.sessions if handle.door is not None else None, emitter))
+    rt.app.include_router(build_cert_router(
+        lambda: ca, the_policy, store_grants_end(services), emitter, services.ctx.now))
 
     async def run() -> None:
-        host_key = load_or_create_host_key(keys / "ssh_front_door_host_key")
-        ca = UserCA.load_or_create(keys / "ssh_user_ca")
         door = await start_front_door(
-            settings,
-            policy if policy is not None else StorePolicyAdapter(StoreAccessPolicy(services)),
-            connector, services.ctx.emitter, settings.recordings_dir, host_key, ca=ca,
-            options=options, clock=services.ctx.now, port=port)
+            settings, the_policy, connector, emitter, settings.recordings_dir, host_key,
+            ca=ca, options=options, clock=services.ctx.now, port=port)
         handle.door = door
         handle.ready.set()
         try:

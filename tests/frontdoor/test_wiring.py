@@ -47,3 +47,20 @@ async def test_serve_runs_the_front_door_over_the_store(tmp_path: Path) -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         rt.control.close()
+
+
+async def test_serve_adds_the_session_and_certificate_routes(tmp_path: Path) -> None:
+    """Unauthenticated callers get the API's 401 from both front door routes."""
+    import httpx
+
+    rt = build_runtime(BrokerSettings(data_dir=tmp_path / "data"), emitter=CapturingEmitter())
+    attach_front_door(rt, DirectConnector(), port=0)
+    try:
+        transport = httpx.ASGITransport(app=rt.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://broker") as http:
+            r = await http.get("/v1/sessions")
+            assert r.status_code == 401 and r.json()["error"]["message"]
+            r = await http.post("/v1/ssh/certificate", json={"public_key": "x" * 30})
+            assert r.status_code == 401
+    finally:
+        rt.control.close()
