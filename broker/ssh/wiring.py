@@ -113,12 +113,14 @@ def attach_front_door(
     policy: AccessPolicy | None = None,
     options: FrontDoorOptions | None = None,
     port: int | None = None,
+    sessions_routes: bool = False,
 ) -> FrontDoorHandle:
     """Register the front door as a task of ``rt`` and its routes on ``rt.app``.
 
-    Routes: ``/v1/sessions`` (list, follow, terminate; :mod:`broker.ssh.sessions_api`)
-    and ``/v1/ssh/certificate`` (:mod:`broker.ssh.cert_api`).  Returns a handle
-    whose ``door`` is set once the listener runs.
+    Routes: ``/v1/ssh/certificate`` (:mod:`broker.ssh.cert_api`) and, with
+    ``sessions_routes``, ``/v1/sessions`` (:mod:`broker.ssh.sessions_api`; the
+    assembled broker serves its own ``broker.api.routes.sessions`` instead).
+    Returns a handle whose ``door`` is set once the listener runs.
     """
     from broker.ssh.cert_api import build_cert_router
     from broker.ssh.sessions_api import build_sessions_router
@@ -133,8 +135,9 @@ def attach_front_door(
     the_policy = policy if policy is not None else StorePolicyAdapter(
         StoreAccessPolicy(services))
     emitter = services.ctx.emitter
-    rt.app.include_router(build_sessions_router(
-        lambda: handle.door.sessions if handle.door is not None else None, emitter))
+    if sessions_routes:
+        rt.app.include_router(build_sessions_router(
+            lambda: handle.door.sessions if handle.door is not None else None, emitter))
     rt.app.include_router(build_cert_router(
         lambda: ca, the_policy, store_grants_end(services), emitter, services.ctx.now))
 

@@ -54,7 +54,7 @@ async def test_serve_adds_the_session_and_certificate_routes(tmp_path: Path) -> 
     import httpx
 
     rt = build_runtime(BrokerSettings(data_dir=tmp_path / "data"), emitter=CapturingEmitter())
-    attach_front_door(rt, DirectConnector(), port=0)
+    attach_front_door(rt, DirectConnector(), port=0, sessions_routes=True)
     try:
         transport = httpx.ASGITransport(app=rt.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://broker") as http:
