@@ -1,31 +1,33 @@
-"""Body size limit as plain ASGI middleware: 413 before the route runs."""
+"""Body size and time limits as plain ASGI middleware: 413 (too large) or 408
+(too slow) before the route runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-def _body_413() -> bytes:
-    return json.dumps({"error": {"code": "body_too_large",
-                                 "message": "request body is too large"}}).encode()
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 class BodyLimit:
-    """Refuse bodies over ``max_bytes`` (declared or streamed) with 413."""
+    """Refuse bodies over ``max_bytes`` (declared or streamed) with 413, and bodies
+    not complete within ``timeout_s`` with 408."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def _reply_413(self, send: Send) -> None:
-        body = _body_413()
-        await send({"type": "http.response.start", "status": 413, "headers": [
+        await self._reply(send, 413, _error_body("body_too_large",
+                                                 "request body is too large"))
+
+    async def _reply(self, send: Send, status: int, body: bytes) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -44,26 +46,33 @@ class BodyLimit:
             if too_big:
                 await self._reply_413(send)
                 return
-        seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
+        # Read the whole body first (it is small by definition), so an oversized
+        # stream is answered with 413 before any route sees a byte of it.
+        body = bytearray()
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                await self._reply(send, 408, _error_body(
+                    "request_timeout", "the request body did not arrive in time"))
+                return
+            if message["type"] != "http.request":
+                break  # client went away; let the app see the disconnect
+            body.extend(message.get("body", b""))
+            if len(body) > self.max_bytes:
                 await self._reply_413(send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

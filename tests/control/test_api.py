@@ -226,3 +226,42 @@ def test_approval_fails_closed_when_the_audit_log_is_down(world: World) -> None:
     world.s.ctx.emitter = good
     detail = c.get(f"/v1/requests/{rid}", headers=appr).json()
     assert detail["request"]["status"] == "pending" and detail["grant"] is None
+
+
+def test_streamed_body_over_the_limit_is_refused(world: World) -> None:
+    c = client_for(world.s, max_body_bytes=1024)
+    tok = auth(session_token(world.s, world.users["eng"]))
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"x" * 512
+
+    r = c.post("/v1/requests", headers={**tok, "content-type": "application/json"},
+               content=chunks())
+    assert_error(r, 413, "body_too_large")
+    assert world.s.requests.list_requests(world.actors["eng"]) == []
+
+
+async def test_a_body_that_never_finishes_gets_408_and_never_reaches_the_route() -> None:
+    import asyncio
+
+    from broker.api.limits import BodyLimit
+
+    reached: list[bool] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        reached.append(True)
+
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        await asyncio.Event().wait()  # a client that stops sending
+        return {}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    mw = BodyLimit(app, max_bytes=1024, timeout_s=0.05)  # type: ignore[arg-type]
+    await asyncio.wait_for(mw({"type": "http", "headers": []}, receive, send), 5)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 408 and b"request_timeout" in sent[1]["body"]  # type: ignore[operator]
+    assert reached == []
