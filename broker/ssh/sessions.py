@@ -108,8 +108,14 @@ class SessionRegistry:
         self._clock = clock
         self._interval = interval
         self._sessions: dict[str, LiveSession] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, session: LiveSession) -> None:
+        if self._loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # a registry used without a loop (pure tests)
+                pass
         self._sessions[session.session_id] = session
 
     def remove(self, session_id: str) -> None:
@@ -125,7 +131,11 @@ class SessionRegistry:
                 if hospital_id is None or s.hospital_id == hospital_id]
 
     def terminate(self, session_id: str, *, by: str, reason: str) -> bool:
-        """End a live session now (approver action or the watcher); False if unknown."""
+        """End a live session now (approver action or the watcher); False if unknown.
+
+        Safe to call from another thread (a synchronous API route): the relay
+        is then told on its own event loop.
+        """
         s = self._sessions.get(session_id)
         if s is None or s.ended_reason is not None:
             return False
@@ -136,11 +146,23 @@ class SessionRegistry:
             details={"kind": s.kind, "by": by, "recording": s.recording or None},
             **s.columns(),
         ))
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is not None and running is not loop:
+            loop.call_soon_threadsafe(self._notify, s, reason)
+        else:
+            self._notify(s, reason)
+        return True
+
+    @staticmethod
+    def _notify(s: LiveSession, reason: str) -> None:
         try:
             s.on_terminate(reason)
         except Exception:  # the session is torn down by its own task either way
-            log.exception("terminating session %s", session_id)
-        return True
+            log.exception("terminating session %s", s.session_id)
 
     async def follow(self, session_id: str) -> AsyncIterator[bytes]:
         """Yield the live terminal output of a session (read-only) until it ends."""

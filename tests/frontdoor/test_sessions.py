@@ -303,3 +303,17 @@ async def test_password_credential_on_an_asyncssh_instrument(
     assert r.out.strip()
     assert a.password.encode() not in r.out + r.err
     assert all(a.password not in e.to_json() for e in w.events.events)
+
+
+async def test_terminate_from_another_thread_ends_the_session(granted: World) -> None:
+    """A synchronous API route runs in a worker thread; termination still works."""
+    w = granted
+    t = await asyncio.to_thread(paramiko_client, w)
+    chan = await asyncio.to_thread(open_shell, t)
+    await asyncio.to_thread(shell_ready, chan)
+    (live,) = w.door.sessions.list()
+    assert await asyncio.to_thread(w.door.sessions.terminate, live.session_id,
+                                   by="approver:hanako", reason="approver")
+    took = await poll(chan.exit_status_ready, deadline_s=3)
+    assert took < 1.0
+    t.close()
