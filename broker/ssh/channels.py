@@ -149,6 +149,11 @@ class Channels:
         command = process.command
         kind = "exec" if command else "shell"
         instrument = self.login.instrument
+        if process.subsystem:  # sftp never gets here (asyncssh serves it); nothing else exists
+            self._refuse(process, "subsystem", instrument,
+                         f"subsystem {process.subsystem!r} is not available", "unsupported",
+                         None)
+            return
         sid = self.door.ids()
         try:
             target, grant = self.authorize(instrument, None)

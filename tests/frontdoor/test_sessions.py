@@ -317,3 +317,17 @@ async def test_terminate_from_another_thread_ends_the_session(granted: World) ->
     took = await poll(chan.exit_status_ready, deadline_s=3)
     assert took < 1.0
     t.close()
+
+
+async def test_unknown_subsystem_is_refused_not_turned_into_a_shell(granted: World) -> None:
+    w = granted
+    t = await asyncio.to_thread(paramiko_client, w)
+    chan = await asyncio.to_thread(t.open_session, timeout=10)
+    chan.settimeout(10)
+    await asyncio.to_thread(chan.invoke_subsystem, "netconf")
+    await poll(chan.exit_status_ready, deadline_s=5)
+    assert chan.recv_exit_status() == 1
+    assert b"subsystem 'netconf' is not available" in chan.recv_stderr(1000)
+    t.close()
+    assert not w.events.of_type("session.started")
+    assert w.events.of_type("session.refused")[0].details["kind"] == "subsystem"
