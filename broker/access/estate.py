@@ -16,7 +16,7 @@ from typing import Any
 from broker.access import names, rules
 from broker.access.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from broker.access.model import Contract, Gateway, Instrument, Org, OrgKind, Policy, Role
-from broker.access.people import find_org, is_platform
+from broker.access.people import find_org, is_platform, sees_all
 from broker.access.ports import Actor, Context, Tx
 
 CRITICALITIES = ("low", "normal", "high", "critical")
@@ -53,7 +53,7 @@ class EstateService:
         return hosp
 
     def instrument_visible(self, tx: Tx, actor: Actor, inst: Instrument) -> bool:
-        if is_platform(actor) or inst.hospital_id == actor.org_id:
+        if sees_all(actor) or inst.hospital_id == actor.org_id:
             return True
         if actor.org_kind == OrgKind.VENDOR:
             return any(contract_covers(c, inst.name, self.ctx.now())
@@ -91,7 +91,7 @@ class EstateService:
 
     def list_contracts(self, actor: Actor) -> list[Contract]:
         with self.ctx.uow() as tx:
-            if is_platform(actor):
+            if sees_all(actor):
                 return tx.find(Contract, order_by="created_at")
             key = "vendor_id" if actor.org_kind == OrgKind.VENDOR else "hospital_id"
             where: dict[str, Any] = {key: actor.org_id}

@@ -22,7 +22,7 @@ from broker.access import names, sshkeys
 from broker.access.errors import Conflict, Gone, InvalidInput, NotFound, Unauthenticated
 from broker.access.estate import EstateService
 from broker.access.model import EnrolmentToken, Gateway, Instrument, Org, OrgKind
-from broker.access.people import is_platform
+from broker.access.people import is_platform, sees_all
 from broker.access.ports import SYSTEM, Actor, Context
 
 PREFIX = "hoshu-enroll-v1"
@@ -146,7 +146,7 @@ class GatewayService:
 
     def list_gateways(self, actor: Actor) -> list[Gateway]:
         with self.ctx.uow() as tx:
-            if is_platform(actor):
+            if sees_all(actor):
                 return tx.find(Gateway, order_by="name")
             if actor.org_kind != OrgKind.HOSPITAL:
                 return []

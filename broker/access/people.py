@@ -26,6 +26,11 @@ def is_platform(actor: Actor) -> bool:
     return Role.PLATFORM_ADMIN in actor.roles
 
 
+def sees_all(actor: Actor) -> bool:
+    """Platform staff (admins and auditors) read every organisation's records."""
+    return actor.org_kind == OrgKind.PLATFORM or is_platform(actor)
+
+
 def find_org(tx: Tx, ref: str) -> Org:
     org = tx.get(Org, ref) or tx.one(Org, name=ref)
     if org is None:
@@ -89,7 +94,7 @@ class PeopleService:
 
     # --- users -------------------------------------------------------------------
     def _visible(self, tx: Tx, actor: Actor, user: User) -> bool:
-        if is_platform(actor) or user.org_id == actor.org_id or user.id == actor.user_id:
+        if sees_all(actor) or user.org_id == actor.org_id or user.id == actor.user_id:
             return True
         if actor.org_kind == OrgKind.HOSPITAL:
             return user.org_id in vendors_reaching(tx, actor.org_id, self.ctx.now())
@@ -232,7 +237,7 @@ class PeopleService:
     def vendor_accounts(self, actor: Actor, hospital: str | None = None) -> list[User]:
         """Every vendor account that can reach the hospital through an active contract."""
         with self.ctx.uow() as tx:
-            if is_platform(actor) and hospital:
+            if sees_all(actor) and hospital:
                 hosp = find_org(tx, hospital)
             elif actor.org_kind == OrgKind.HOSPITAL:
                 hosp = find_org(tx, actor.org_id)

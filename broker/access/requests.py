@@ -38,7 +38,7 @@ from broker.access.model import (
     Transition,
     User,
 )
-from broker.access.people import is_platform
+from broker.access.people import sees_all
 from broker.access.ports import Actor, Context, Tx
 
 MAX_SCHEDULE_AHEAD = timedelta(days=90)
@@ -67,7 +67,7 @@ class RequestView:
 
 def visible_filter(actor: Actor) -> dict[str, str]:
     """Which requests/grants a caller may see, as store filters (empty = all)."""
-    if is_platform(actor):
+    if sees_all(actor):
         return {}
     if actor.org_kind == OrgKind.VENDOR:
         if Role.AUDITOR in actor.roles:

@@ -290,3 +290,24 @@ def test_same_approver_twice_concurrently_counts_once(world: World) -> None:
     assert sorted(results) == ["ok", "refused"]
     view = world.s.requests.show(world.actors["appr"], rid)
     assert view.request.status == "pending" and len(view.decisions) == 1
+
+
+def test_platform_auditor_reads_every_hospital_but_changes_nothing(world: World) -> None:
+    from broker.access.people import NewUser
+    from tests.control.conftest import PASSWORD, actor_for
+
+    rid = ask(world)
+    u = world.s.people.create_user(world.admin, NewUser("paud", "Platform Auditor",
+                                                        "platform", ["auditor"], PASSWORD))
+    paud = actor_for(world.s, u)
+    assert [r.id for r in world.s.requests.list_requests(paud)] == [rid]
+    assert world.s.requests.show(paud, rid).request.id == rid
+    assert {i.name for i in world.s.estate.list_instruments(paud)} >= {"cobas-1", "tsuki-1"}
+    assert len(world.s.estate.list_contracts(paud)) == 2
+    assert "eng" in [x.name for x in world.s.people.list_users(paud)]
+    grant = world.s.requests.approve(world.actors["appr"], rid).grant
+    assert grant is not None
+    with pytest.raises(PermissionDenied):
+        world.s.grants.revoke(paud, grant.id)
+    with pytest.raises(PermissionDenied):
+        world.s.estate.update_policy(paud, "hoshi-hospital", {"max_duration_s": 600})
