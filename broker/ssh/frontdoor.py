@@ -40,6 +40,7 @@ class FrontDoorOptions:
     """Limits and switches of the front door (defaults are the secure ones)."""
 
     max_channels: int = 16  # open channels per engineer connection
+    max_pending_per_source: int = 20  # connections still authenticating, per source address
     login_timeout_s: float = 30.0
     watch_interval_s: float = 0.25  # grant checks: sessions end < 1 s after a grant does
     scan_command: tuple[str, ...] = ()  # argv; the file path is appended; exit 0 = clean
@@ -79,6 +80,7 @@ class FrontDoor:
         self._server: asyncio.AbstractServer | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
+        self._pending: dict[str, int] = {}
 
     def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
         self.emitter.emit(new_event(type_, clock=self.clock, details=details, **cols))
@@ -88,6 +90,15 @@ class FrontDoor:
             self._conns.add(conn)
         else:
             self._conns.discard(conn)
+
+    def pending(self, src: str, delta: int) -> bool:
+        """Count connections of ``src`` still authenticating; False when over the limit."""
+        n = self._pending.get(src, 0) + delta
+        if n <= 0:
+            self._pending.pop(src, None)
+        else:
+            self._pending[src] = n
+        return n <= self.options.max_pending_per_source
 
     async def close(self) -> None:
         """Stop listening, end every live session and connection."""

@@ -35,6 +35,7 @@ class EngineerServer(asyncssh.SSHServer):
         self.src = ""
         self.src_port = 0
         self.channels: Channels | None = None
+        self._pending = False
 
     # --- connection ---------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -42,8 +43,19 @@ class EngineerServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername") or ("", 0)
         self.src, self.src_port = str(peer[0]), int(peer[1])
         self.door.track(conn, True)
+        self._pending = True
+        if not self.door.pending(self.src, +1):
+            # a flood of half-open logins from one address: drop this one at once
+            self.state.failure = "too many connections authenticating from this address"
+            conn.close()
+
+    def _not_pending(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.door.pending(self.src, -1)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._not_pending()
         if self.conn is not None:
             self.door.track(self.conn, False)
         if self.channels is not None:
@@ -208,6 +220,7 @@ class EngineerServer(asyncssh.SSHServer):
         return False
 
     def _authenticated(self) -> None:
+        self._not_pending()
         eng, login = self.state.engineer, self.state.login
         assert eng is not None and login is not None and self.conn is not None
         self.channels = Channels(self.door, self.conn, eng, login, self.src, self.src_port)

@@ -173,3 +173,4 @@ async def test_vendor_source_networks_are_enforced(granted: World) -> None:
                                    active)
     r2 = await run(w.ssh_argv(extra=(w.login(), "echo in")), w.env())
     assert r2.rc == 0 and r2.out == b"in\n"
+
