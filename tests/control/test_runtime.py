@@ -40,3 +40,17 @@ async def test_runtime_serves_the_api_and_its_sweeper_expires_requests(tmp_path:
         assert len(rt.tasks) == 1 and rt.closers
     finally:
         rt.control.close()
+
+
+def test_the_pinned_tunnel_key_is_one_asyncssh_can_load(tmp_path: Path) -> None:
+    """Enrolment tokens pin the key the tunnel listener will present."""
+    import asyncssh
+
+    from broker.services import broker_host_public_key
+
+    path = tmp_path / "keys" / "broker_host_key"
+    line = broker_host_public_key(path)
+    assert broker_host_public_key(path) == line  # created once, then reused
+    key = asyncssh.read_private_key(path)
+    assert key.export_public_key("openssh").decode().split()[:2] == line.split()[:2]
+    assert path.stat().st_mode & 0o777 == 0o600
