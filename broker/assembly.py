@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import asyncssh
 
@@ -26,11 +25,16 @@ from broker.api.routes.audit import default_authenticate
 from broker.api.routes.sessions import build_sessions_router
 from broker.runtime import Runtime, build_runtime
 from broker.settings import BrokerSettings
-from broker.ssh.ca import UserCA
-from broker.ssh.frontdoor import FrontDoor, FrontDoorOptions, start_front_door
-from broker.ssh.ports import AccessPolicy, TunnelConnector
-from broker.ssh.tunnel import TunnelListener, TunnelSettings, start_tunnel_listener
-from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from broker.ssh.frontdoor import FrontDoorOptions
+from broker.ssh.ports import TunnelConnector
+from broker.ssh.tunnel import (
+    TunnelListener,
+    TunnelRegistry,
+    TunnelSettings,
+    start_tunnel_listener,
+)
+from broker.ssh.wiring import FrontDoorHandle, attach_front_door
+from broker.store.directory import StoreGatewayDirectory
 
 log = logging.getLogger("hoshu.broker")
 
@@ -39,22 +43,15 @@ AUDIT_TICK_S = 5.0
 
 @dataclass
 class SshParts:
-    """The SSH listeners, once started (None before)."""
+    """The SSH listeners: the front door's handle, and the tunnel listener once started."""
 
-    door: FrontDoor | None = None
+    door: FrontDoorHandle
     tunnels: TunnelListener | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def load_or_create_key(path: Path) -> asyncssh.SSHKey:
-    """An Ed25519 host key kept in ``path`` (created 0600 when missing)."""
-    if path.exists():
-        return asyncssh.read_private_key(path)
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key.write_private_key(path)
-    path.chmod(0o600)
-    return key
+@dataclass
+class _DoorRef:
+    handle: FrontDoorHandle | None = None
 
 
 def audit_config(settings: BrokerSettings):  # type: ignore[no-untyped-def]
@@ -77,14 +74,15 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     """Assemble every part of the broker; :func:`broker.runtime.serve` runs it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     audit = build_audit(audit_config(settings), sinks=sinks)
-    ssh = SshParts()
+    ssh = _DoorRef()
     try:
         routers = [
             build_audit_router(index=audit.index, reports=audit.reports,
                                recordings_dir=settings.recordings_dir, emitter=audit.log,
                                sink_status=audit.status),
-            build_sessions_router(lambda: ssh.door.sessions if ssh.door else None,
-                                  default_authenticate),  # type: ignore[arg-type]
+            build_sessions_router(
+                lambda: ssh.handle.door.sessions if ssh.handle and ssh.handle.door else None,
+                default_authenticate),  # type: ignore[arg-type]
         ]
         rt = build_runtime(settings, emitter=audit.log, extra_routers=routers)
     except Exception:
@@ -92,31 +90,23 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
         raise
     audit.start()
     rt.closers.insert(0, audit.stop)  # closers run in reverse: the log closes last
-    policy: AccessPolicy = StoreAccessPolicy(rt.control.services)  # type: ignore[assignment]
     directory = StoreGatewayDirectory(rt.control.services)
-    keys = settings.data_dir / "keys"
+    registry = TunnelRegistry()
+    parts = SshParts(door=attach_front_door(rt, TunnelConnector(registry),
+                                            options=front_door_options))
+    ssh.handle = parts.door
 
-    async def run_ssh() -> None:
-        tunnels = await start_tunnel_listener(
+    async def run_tunnels() -> None:
+        parts.tunnels = await start_tunnel_listener(
             TunnelSettings.from_broker(settings),
-            asyncssh.read_private_key(settings.host_key_path), directory, audit.log)
-        ssh.tunnels = tunnels
-        ssh.door = await start_front_door(
-            settings, policy, TunnelConnector(tunnels.registry), audit.log,
-            settings.recordings_dir, load_or_create_key(keys / "frontdoor_host_key"),
-            ca=UserCA.load_or_create(keys / "user_ca"), options=front_door_options)
-        ssh.ready.set()
-        log.info("front door on %s:%d, gateway tunnels on %s:%d", settings.ssh_host,
-                 ssh.door.port, settings.tunnel_host, tunnels.port)
-        await asyncio.Event().wait()
+            asyncssh.read_private_key(settings.host_key_path), directory, audit.log,
+            registry=registry)
+        log.info("gateway tunnels on %s:%d", settings.tunnel_host, parts.tunnels.port)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await parts.tunnels.close()
 
-    async def close_ssh() -> None:
-        if ssh.door is not None:
-            await ssh.door.close()
-        if ssh.tunnels is not None:
-            await ssh.tunnels.close()
-
-    rt.tasks.append(run_ssh)
+    rt.tasks.append(run_tunnels)
     rt.tasks.append(lambda: _audit_ticks(audit))
-    rt.closers.append(close_ssh)
     return rt

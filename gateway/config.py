@@ -44,9 +44,10 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from wire import Mode
+from wire.names import INSTRUMENT_PROTOCOLS
 
 _NAME = re.compile(r"[a-z0-9-]{1,63}")
-_PROTOCOLS = frozenset({"ssh", "rdp", "vnc", "http", "https", "hl7", "tcp", "sftp"})
+_PROTOCOLS = INSTRUMENT_PROTOCOLS
 MAX_CONFIG_BYTES = 1024 * 1024
 
 

@@ -17,6 +17,9 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=True)
 
 
+GATEWAY_PROTOCOLS = {"hl7-mllp": "hl7", "rfb": "vnc", "astm": "tcp"}
+
+
 def render_allowlist_toml(
     instruments: Iterable[Instrument], *, include_host_keys: bool = False
 ) -> str:
@@ -26,13 +29,14 @@ def render_allowlist_toml(
     ``host_key_fingerprint = "SHA256:..."``.
     """
     out = ["# hoshu gateway allowlist: simulated laboratory", ""]
+    # the gateway's protocol vocabulary (what a hospital's firewall team names)
     for inst in instruments:
         out += [
             "[[instrument]]",
             f"name = {_toml_str(inst.name)}",
             f"host = {_toml_str(inst.host)}",
             "ports = [" + ", ".join(str(int(p)) for p in inst.ports) + "]",
-            f"protocol = {_toml_str(inst.protocol)}",
+            f"protocol = {_toml_str(GATEWAY_PROTOCOLS.get(inst.protocol, inst.protocol))}",
             f"department = {_toml_str(inst.department)}",
             f"model = {_toml_str(inst.model)}",
         ]

@@ -75,3 +75,7 @@ def decode_originator(orig_host: str) -> Originator | None:
     if not _SESSION_RE.fullmatch(parts[1]) or not _ENGINEER_RE.fullmatch(parts[2]):
         return None
     return Originator(parts[1], parts[2])
+
+# Instrument protocols both sides accept in allowlists and the instrument registry.
+INSTRUMENT_PROTOCOLS: frozenset[str] = frozenset(
+    {"ssh", "sftp", "rdp", "vnc", "http", "https", "hl7", "tcp"})

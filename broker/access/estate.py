@@ -18,9 +18,10 @@ from broker.access.errors import Conflict, InvalidInput, NotFound, PermissionDen
 from broker.access.model import Contract, Gateway, Instrument, Org, OrgKind, Policy, Role
 from broker.access.people import find_org, is_platform, sees_all
 from broker.access.ports import Actor, Context, Tx
+from wire.names import INSTRUMENT_PROTOCOLS
 
 CRITICALITIES = ("low", "normal", "high", "critical")
-PROTOCOLS = ("ssh", "rdp", "vnc", "http", "https", "tcp")
+PROTOCOLS = tuple(sorted(INSTRUMENT_PROTOCOLS))
 POLICY_FIELDS = frozenset(f.name for f in fields(Policy)) - {"id", "hospital_id", "updated_at"}
 INSTRUMENT_EDITABLE = frozenset({
     "host", "gateway", "ssh_port", "ports", "protocol", "department", "model", "vendor",

@@ -5,12 +5,11 @@ and :class:`StoreAccessPolicy` the front door's ``AccessPolicy``
 (contracts.md).  Both deny by default: an unknown, revoked or inactive
 gateway, engineer, key, grant or instrument yields ``None``.  The hot calls
 (``check_totp``, ``find_grant``, ``grant_end``) are one short transaction over
-indexed columns.  The result types mirror the front door's field for field.
+indexed columns.  The result types are the front door's own (``broker.ssh.ports``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.access import sshkeys
@@ -20,49 +19,8 @@ from broker.access.gateways import InventoryEntry
 from broker.access.grants import LIVE
 from broker.access.model import Gateway, Grant, Instrument, Org, Role, SshKey, User
 from broker.access.services import Services
+from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, TotpResult
 from wire.models import GatewayRecord, InventoryItem
-
-
-@dataclass(frozen=True, slots=True)
-class Engineer:
-    user_id: str
-    username: str
-    organization: str = ""
-    source_cidrs: tuple[str, ...] = ()  # the vendor's allowed source networks ("" = any)
-
-
-@dataclass(frozen=True, slots=True)
-class TotpResult:
-    ok: bool
-    reason: str = ""  # wrong | replayed | locked | no_totp
-    failures: int = 0
-    locked_now: bool = False
-    locked_until: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GrantView:
-    grant_id: str
-    user_id: str
-    instrument: str
-    ports: tuple[int, ...]
-    ends: datetime
-    file_transfer: bool = False
-    hospital_id: str = ""
-    emergency: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class InstrumentTarget:
-    name: str
-    hospital_id: str
-    gateway_id: str
-    host: str
-    ssh_port: int
-    ports: tuple[int, ...]
-    username: str
-    credential: str = field(repr=False)
-    host_key_fingerprint: str | None = None  # None while a changed key awaits acceptance
 
 
 def _grant_live(g: Grant, now: datetime) -> bool:

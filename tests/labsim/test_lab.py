@@ -86,7 +86,7 @@ def test_allowlist_toml_lists_every_instrument(lab: Lab) -> None:
     for name, row in rows.items():
         assert set(row) == {"name", "host", "ports", "protocol", "department", "model"}
         assert row["ports"] == list(lab[name].ports)
-    assert rows["lis-hl7"]["protocol"] == "hl7-mllp"
+    assert rows["lis-hl7"]["protocol"] == "hl7"  # the gateway's vocabulary
 
 
 def test_allowlist_escapes_awkward_strings() -> None:

@@ -1,0 +1,1 @@
+"""The all-in-one demo (``./run demo``): broker, gateway and simulated laboratory."""

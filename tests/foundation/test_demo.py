@@ -1,0 +1,168 @@
+"""`./run demo` end to end: it starts, writes demo.json, and its walkthrough works.
+
+The test runs the demo as a person would (one process, Ctrl-C to stop) and
+then follows the printed walkthrough with the real tools: the `hoshu` CLI for
+the engineer, the approver and the auditor, and stock OpenSSH `ssh` (key +
+TOTP through keyboard-interactive) through the broker and the hospital gateway
+to the simulated analyzer PC (a real `sshd`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+
+pytestmark = pytest.mark.xdist_group("demo")
+
+BIN = Path(sys.executable).parent
+
+
+class Totp:
+    """Codes as an authenticator app gives them; each step is used once (the broker
+    refuses replays), so a second code in one step waits for the clock to move on."""
+
+    def __init__(self, secret: str, used_before: float) -> None:
+        self.totp = pyotp.TOTP(secret)
+        self.last = int(used_before) // 30  # the demo used a code at or before this step
+
+    def code(self) -> str:
+        deadline = time.monotonic() + 70
+        while True:
+            now = int(time.time()) // 30
+            step = max(self.last + 1, now - 1)
+            if step <= now + 1:
+                self.last = step
+                return self.totp.at(step * 30)
+            assert time.monotonic() < deadline, "clock did not move"
+            time.sleep(0.5)  # waiting for wall-clock time itself, not for a condition
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    cwd = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    out = open(cwd / "demo.out", "wb")
+    argv = [sys.executable, "-m", "hoshu_demo", "--root", ".hoshu-demo", "--any-ports"]
+    proc = subprocess.Popen(argv,
+                            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    info_path = cwd / ".hoshu-demo" / "demo.json"
+    deadline = time.monotonic() + 150
+    try:
+        while not info_path.exists() or b"Ctrl-C stops" not in (cwd / "demo.out").read_bytes():
+            assert proc.poll() is None, (cwd / "demo.out").read_text()[-3000:]
+            assert time.monotonic() < deadline, "demo did not start in time"
+            time.sleep(0.2)
+        info = json.loads(info_path.read_text())
+        info.update(_cwd=cwd, _env=env, _proc=proc, _started=time.time())
+        yield info
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        out.close()
+
+
+def hoshu(demo: dict[str, Any], user: str, *args: str, stdin: str = "") -> Any:
+    env = {**demo["_env"], "HOSHU_API": demo["broker"]["api_url"],
+           "HOSHU_CONFIG_DIR": demo["users"][user]["config_dir"]}
+    r = subprocess.run([str(BIN / "hoshu"), "--json", *args], input=stdin, text=True,
+                       capture_output=True, env=env, cwd=demo["_cwd"], timeout=60)
+    assert r.returncode == 0, f"hoshu {args}: {r.stderr}"
+    return json.loads(r.stdout) if r.stdout.strip()[:1] in "{[" else r.stdout
+
+
+def test_demo_json_describes_a_running_system(demo: dict[str, Any]) -> None:
+    assert set(demo["users"]) == {"admin", "tanaka", "sato", "suzuki"}
+    assert {u["role"] for u in demo["users"].values()} == {
+        "platform_admin", "engineer", "approver", "auditor"}
+    for u in demo["users"].values():
+        assert len(pyotp.TOTP(u["totp_secret"]).now()) == 6
+    assert {"cobas-c503-1", "las-line-a", "lis-hl7"} <= set(demo["instruments"])
+    assert Path(demo["engineer_key"]).exists()
+    out = (demo["_cwd"] / "demo.out").read_text()
+    assert "tanaka+cobas-c503-1@127.0.0.1" in out and "secret:" in out
+
+
+def test_the_walkthrough_works_from_request_to_audit(demo: dict[str, Any]) -> None:
+    users = demo["users"]
+    codes = {u: Totp(users[u]["totp_secret"], demo["_started"]) for u in users}
+
+    def login(user: str) -> None:
+        hoshu(demo, user, "login", "--user", user, "--password-stdin", "--totp",
+              codes[user].code(), stdin=users[user]["password"])
+
+    # 1. the engineer asks
+    login("tanaka")
+    port = demo["instruments"]["cobas-c503-1"]["ssh_port"]
+    req = hoshu(demo, "tanaka", "request", "cobas-c503-1", "--port", str(port),
+                "--duration", "1h", "--reason", "ALT calibration drift", "--ticket",
+                "INC-1042", "--plan", "check QC log, recalibrate ALT")
+    # 2. the approver approves
+    login("sato")
+    pending = hoshu(demo, "sato", "requests")
+    rows = pending["requests"] if isinstance(pending, dict) else pending
+    assert req["id"] in [r["id"] for r in rows]
+    hoshu(demo, "sato", "approve", req["id"], "--comment", "OK, lab staff present")
+
+    # 3. stock ssh with key + TOTP, through broker and gateway to the real sshd
+    cwd: Path = demo["_cwd"]
+    code_file = cwd / "code.txt"
+    askpass = cwd / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
+    askpass.chmod(0o700)
+    code_file.write_text(codes["tanaka"].code() + "\n")
+    env = {**demo["_env"], "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
+           "DISPLAY": "none"}
+    ssh = subprocess.run(
+        ["ssh", "-i", demo["engineer_key"], "-o", "UserKnownHostsFile=.hoshu-demo/known_hosts",
+         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=no", "-p", str(demo["broker"]["ssh_port"]),
+         "tanaka+cobas-c503-1@127.0.0.1", "cat qc/2026-11-qc.csv"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert ssh.returncode == 0, ssh.stderr
+    qc = next((cwd / ".hoshu-demo" / "lab").rglob("2026-11-qc.csv")).read_text()
+    assert ssh.stdout == qc and qc.count("\n") > 3
+
+    # 5. the auditor finds the session and its recording
+    login("suzuki")
+    deadline = time.monotonic() + 30
+    while True:
+        found = hoshu(demo, "suzuki", "audit", "search", "--engineer", "tanaka",
+                      "--type", "session.ended")
+        events = found["events"] if isinstance(found, dict) else found
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)  # the index is fed asynchronously from the log
+    assert events, "session.ended never reached the audit index"
+    ended = events[0]
+    assert ended["TargetHostname"] == "cobas-c503-1"
+    rec = next((cwd / ".hoshu-demo" / "broker" / "recordings").rglob(
+        f"{ended['TargetSessionId']}*.cast"))
+    data = rec.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == ended["RecordingSHA256"]
+    assert b"QC" in data or qc.splitlines()[1].encode() in data
+    verify = subprocess.run([str(BIN / "hoshu"), "audit", "verify", "--log",
+                             ".hoshu-demo/broker/audit/audit.log"], cwd=cwd, env=demo["_env"],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_ctrl_c_stops_everything(demo: dict[str, Any]) -> None:
+    proc: subprocess.Popen[bytes] = demo["_proc"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert "Stopped." in (demo["_cwd"] / "demo.out").read_text()
