@@ -5,7 +5,9 @@ and :class:`StoreAccessPolicy` the front door's ``AccessPolicy``
 (contracts.md).  Both deny by default: an unknown, revoked or inactive
 gateway, engineer, key, grant or instrument yields ``None``.  The hot calls
 (``check_totp``, ``find_grant``, ``grant_end``) are one short transaction over
-indexed columns.  The result types are the front door's own (``broker.ssh.ports``).
+indexed columns.  A grant stops working the moment its engineer is
+deactivated or expires, it is revoked or over, or the vendor's contract no
+longer covers its instruments.  The result types are the front door's own (``broker.ssh.ports``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from datetime import datetime
 from broker.access import sshkeys
 from broker.access.auth import account_usable
 from broker.access.errors import InvalidInput
+from broker.access.estate import contract_covers
 from broker.access.gateways import InventoryEntry
 from broker.access.grants import LIVE
-from broker.access.model import Gateway, Grant, Instrument, Org, Role, SshKey, User
+from broker.access.model import Contract, Gateway, Grant, Instrument, Org, Role, SshKey, User
+from broker.access.ports import Tx
 from broker.access.services import Services
 from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, TotpResult
 from wire.models import GatewayRecord, InventoryItem
@@ -25,6 +29,12 @@ from wire.models import GatewayRecord, InventoryItem
 
 def _grant_live(g: Grant, now: datetime) -> bool:
     return g.status in LIVE and g.starts_at <= now < g.ends_at
+
+
+def _contract_holds(tx: Tx, g: Grant, instruments: list[str], now: datetime) -> bool:
+    """A grant works only while the vendor's contract still covers its instruments."""
+    contracts = tx.find(Contract, vendor_id=g.vendor_id, hospital_id=g.hospital_id)
+    return all(any(contract_covers(c, name, now) for c in contracts) for name in instruments)
 
 
 class StoreGatewayDirectory:
@@ -102,7 +112,8 @@ class StoreAccessPolicy:
                 return None
             for g in tx.find(Grant, user_id=user_id, status=list(LIVE), order_by="ends_at"):
                 if _grant_live(g, now) and instrument in g.instruments and \
-                        port in g.ports and g.hospital_id == inst.hospital_id:
+                        port in g.ports and g.hospital_id == inst.hospital_id and \
+                        _contract_holds(tx, g, [instrument], now):
                     return GrantView(g.id, g.user_id, instrument, tuple(g.ports), g.ends_at,
                                      g.file_transfer, g.hospital_id, g.emergency)
         return None
@@ -113,7 +124,8 @@ class StoreAccessPolicy:
             if g is None or g.user_id != user_id or not _grant_live(g, now):
                 return None
             user = tx.get(User, user_id)
-            if user is None or not account_usable(user, now):
+            if user is None or not account_usable(user, now) or \
+                    not _contract_holds(tx, g, g.instruments, now):
                 return None
             return g.ends_at
 

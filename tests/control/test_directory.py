@@ -136,3 +136,16 @@ def test_check_totp_through_the_policy(world: World) -> None:
     assert policy.check_totp(uid, code, w.clock.now).ok
     r = policy.check_totp(uid, code, w.clock.now)
     assert not r.ok and r.reason == "replayed" and r.failures == 1
+
+
+def test_ending_the_contract_ends_the_grant_at_the_front_door(world: World) -> None:
+    w = world
+    policy = StoreAccessPolicy(w.s)
+    gid = grant_for(w, ["cobas-1"])
+    uid = w.users["eng"].id
+    assert policy.grant_end(gid, uid, w.clock.now) is not None
+    contract = next(c for c in w.s.estate.list_contracts(w.admin)
+                    if c.hospital_id == w.hospital.id)
+    w.s.estate.end_contract(w.actors["hadmin"], contract.id)
+    assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is None
+    assert policy.grant_end(gid, uid, w.clock.now) is None
