@@ -98,12 +98,15 @@ CONTROLS: tuple[Control, ...] = (
          'tests/gateway/test_tunnel.py::test_broker_refuses_a_gateway_key_it_never_enrolled',
          'tests/gateway/test_enroll.py::test_a_broker_whose_key_does_not_match_the_token_is_not_pinned',
              )),
-    Control(11, 'partial',
+    Control(11, 'done',
             'Source restriction for vendor connections',
-            'Every login records the source address (`SrcIpAddr`) and the monthly review '
-            'lists new source addresses per person. Per-vendor source allowlists at the '
-            'broker are not implemented.',
+            'Per-vendor source networks (`--source` on the vendor organisation) are enforced'
+            ' at API sign-in and at the SSH front door; every login records the source '
+            'address (`SrcIpAddr`) and the monthly review lists new source addresses per '
+            'person.',
             (
+         'tests/frontdoor/test_auth.py::test_vendor_source_networks_are_enforced',
+         'tests/control/test_auth.py::test_vendor_source_networks_limit_where_its_people_sign_in_from',
          'tests/audit/test_reports.py::test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned',
              )),
     Control(13, 'done',
@@ -207,11 +210,14 @@ CONTROLS: tuple[Control, ...] = (
          'tests/audit/test_checkpoints.py::test_forged_checkpoint_signature_is_caught',
          'tests/audit/test_cli.py::test_verify_reports_ok_and_names_the_first_tampered_position',
              )),
-    Control(26, 'partial',
+    Control(26, 'done',
             'Trusted, synchronized time',
-            'Every event time is UTC with microseconds; naive times are refused. Recording '
-            'the clock offset of gateways and warning on drift is not implemented.',
+            'Every event time is UTC with microseconds; naive times are refused. Each '
+            "gateway's clock offset is measured at connect, recorded in `gateway.connected` "
+            'and warned about past 5 s; clock synchronization of the hosts (NTP) stays with '
+            'their operators.',
             (
+         'tests/gateway/test_tunnel.py::test_broker_reaches_a_listed_instrument_and_sees_the_gateway_events',
          'tests/audit/test_catalog.py::test_event_times_are_utc_and_naive_times_are_refused',
          'tests/control/test_store.py::test_naive_datetimes_are_refused',
              )),
@@ -247,10 +253,13 @@ CONTROLS: tuple[Control, ...] = (
          'tests/audit/test_shipping.py::test_rsyslog_outage_during_10000_events_loses_nothing',
          'tests/audit/test_cli.py::test_search_and_export',
              )),
-    Control(30, 'gap',
+    Control(30, 'done',
             'Vendor explains risks and agrees them with the hospital',
-            'A shared-responsibility table in `docs/` is not written yet.',
+            '`docs/shared-responsibility.md`: for each area, what the hospital and the '
+            'vendor are responsible for, what hoshu provides, and the risk left if a party '
+            'neglects it; to be agreed in the maintenance contract.',
             (
+         'tests/foundation/test_docs.py::test_shared_responsibility_table_names_each_party_for_every_area',
              )),
 )
 

@@ -48,7 +48,8 @@ def test_the_page_is_rendered_from_the_map() -> None:
     page = (ROOT / "docs" / "compliance.md").read_text(encoding="utf-8")
     assert page == render_markdown(), "run `python -m audit.compliance > docs/compliance.md`"
     assert [c.number for c in CONTROLS] == list(CONTROLS_EXPECTED)
-    assert '"status": "gap"' in render_json()
+    assert {c.status for c in CONTROLS} <= {"done", "partial", "gap"}
+    assert '"status": "partial"' in render_json()  # the JSON says which rows are incomplete
 
 
 CONTROLS_EXPECTED = CONTROLS
