@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +37,32 @@ async def test_recorded_session_and_forward_through_the_hospital_gateway(
         opened = L.emitter.of_type("gateway.channel_opened")[0]
         assert opened.get("ActorUsername") == "alice"
         assert opened.get("TargetPortNumber") == w.ssh_port
+        # ssh -L to the instrument's vendor port, through the same gateway
+        w.policy.grant(w.engineer, w.instrument, (L.echo.port,),
+                       ends=w.clock.now + timedelta(hours=1))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            local = s.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(*w.ssh_argv(batch=True, extra=(
+            "-o", f"CertificateFile={w.cert_file()}", "-o", "ExitOnForwardFailure=yes",
+            "-N", "-L", f"127.0.0.1:{local}:localhost:{L.echo.port}", w.login())),
+            env=w.env(), stdin=asyncio.subprocess.DEVNULL)
+        try:
+            for _ in range(500):
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", local)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.02)
+            writer.write(b"ping through the hospital")
+            got = await asyncio.wait_for(reader.readexactly(25), 10)
+            assert got == b"ping through the hospital"
+            writer.close()
+            await poll(lambda: bool(w.events.of_type("forward.closed")), deadline_s=10)
+        finally:
+            proc.terminate()
+            await proc.wait()
+        assert w.events.of_type("forward.closed")[0].get("DstBytes") == 25
 
 
 async def test_port_the_gateway_does_not_list_is_refused_even_if_granted(
