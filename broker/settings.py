@@ -51,6 +51,12 @@ class BrokerSettings(BaseSettings):
     recordings_retention_days: int | None = None
     report_unsigned_days: int = 7
 
+    # Azure Monitor Logs Ingestion (Sentinel): set by the reference deployment
+    # (infra/bicep); the credential is the managed identity (AZURE_CLIENT_ID).
+    azure_logs_endpoint: str = ""  # https://<dce>.<region>.ingest.monitor.azure.com
+    azure_dcr_immutable_id: str = ""
+    azure_dcr_stream: str = "Custom-HoshuAudit"
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'hoshu.db'}"

@@ -416,6 +416,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_sign)
 
 
+def _azure_sink(settings: Any) -> list[Any]:
+    """The Sentinel sink the reference deployment configures through the environment."""
+    from audit.service import SinkConfig
+
+    if not settings.azure_logs_endpoint:
+        return []
+    if not settings.azure_dcr_immutable_id:
+        raise ValueError("HOSHU_AZURE_LOGS_ENDPOINT is set but HOSHU_AZURE_DCR_IMMUTABLE_ID is not")
+    return [SinkConfig(kind="azure", name="sentinel", endpoint=settings.azure_logs_endpoint,
+                       rule_id=settings.azure_dcr_immutable_id,
+                       stream=settings.azure_dcr_stream)]
+
+
 def audit_config(settings: Any) -> Any:
     """The :class:`audit.service.AuditConfig` for a ``BrokerSettings``."""
     from audit.retention import RetentionPolicy
@@ -427,7 +440,7 @@ def audit_config(settings: Any) -> Any:
         cursor_dir=settings.data_dir / "audit" / "cursors",
         index_url=settings.audit_index_url or settings.db_url,
         recordings_dir=settings.recordings_dir,
-        sinks=[SinkConfig(**s) for s in settings.audit_sinks],
+        sinks=[SinkConfig(**s) for s in settings.audit_sinks] + _azure_sink(settings),
         mask_rules=settings.audit_mask_rules,
         checkpoint_every=settings.audit_checkpoint_every,
         checkpoint_interval_s=settings.audit_checkpoint_interval_s,
