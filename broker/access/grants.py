@@ -155,13 +155,13 @@ class GrantService:
         n_req = n_act = n_exp = 0
         with self.ctx.uow() as tx:
             for req in tx.find(AccessRequest, status=RequestStatus.PENDING.value,
-                               expires_at__lt=now):
+                               expires_at__lt=now, for_update=True):
                 move(self.ctx, tx, req, RequestStatus.EXPIRED, None, "no decision in time")
                 self.ctx.emit("request.expired", None, ObjectType="request", Object=req.id,
                               RequestId=req.id, HospitalId=req.hospital_id,
                               VendorId=req.vendor_id)
                 n_req += 1
-            for g in tx.find(Grant, status=list(LIVE)):
+            for g in tx.find(Grant, status=list(LIVE), for_update=True):
                 cols: dict[str, Any] = dict(ObjectType="grant", Object=g.id, GrantId=g.id,
                             RequestId=g.request_id, HospitalId=g.hospital_id,
                             VendorId=g.vendor_id, Emergency=g.emergency)

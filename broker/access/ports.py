@@ -2,7 +2,9 @@
 
 :class:`Tx` is one transaction over the store.  ``find`` filters by equality;
 a list value means "one of"; a key ending in ``__gte`` or ``__lt`` compares.
-Leaving the ``with`` block normally commits; an exception rolls everything
+``for_update`` locks the rows found and skips rows another transaction holds
+(PostgreSQL), so several broker replicas can sweep at once.  Leaving the
+``with`` block normally commits; an exception rolls everything
 back, which is how a failed audit write undoes the change it describes.
 """
 
@@ -29,7 +31,7 @@ class Tx(Protocol):
     def save(self, obj: object) -> None: ...
     def get(self, kind: type[E], id: str, /, *, for_update: bool = False) -> E | None: ...
     def find(self, kind: type[E], /, *, order_by: str | None = None, limit: int | None = None,
-             **where: Any) -> list[E]: ...
+             for_update: bool = False, **where: Any) -> list[E]: ...
     def one(self, kind: type[E], /, **where: Any) -> E | None: ...
 
 

@@ -64,7 +64,7 @@ class MemoryTx:
         return copy.deepcopy(row) if row is not None else None
 
     def find(self, kind: type[E], /, *, order_by: str | None = None,
-             limit: int | None = None, **where: Any) -> list[E]:
+             limit: int | None = None, for_update: bool = False, **where: Any) -> list[E]:
         rows = [r for r in self._rows.get(kind, {}).values()
                 if all(_match(r, k, v) for k, v in where.items())]
         if order_by:

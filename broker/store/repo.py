@@ -54,7 +54,7 @@ class SqlTx:
         return kind(**row._mapping) if row is not None else None
 
     def find(self, kind: type[E], /, *, order_by: str | None = None,
-             limit: int | None = None, **where: Any) -> list[E]:
+             limit: int | None = None, for_update: bool = False, **where: Any) -> list[E]:
         table = TABLES[kind]
         stmt = sa.select(table)
         for key, value in where.items():
@@ -74,6 +74,8 @@ class SqlTx:
                                  table.c.id)
         if limit is not None:
             stmt = stmt.limit(limit)
+        if for_update and self._for_update:
+            stmt = stmt.with_for_update(skip_locked=True)
         return [kind(**row._mapping) for row in self.conn.execute(stmt)]
 
     def one(self, kind: type[E], /, **where: Any) -> E | None:

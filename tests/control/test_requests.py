@@ -311,3 +311,21 @@ def test_platform_auditor_reads_every_hospital_but_changes_nothing(world: World)
         world.s.grants.revoke(paud, grant.id)
     with pytest.raises(PermissionDenied):
         world.s.estate.update_policy(paud, "hoshi-hospital", {"max_duration_s": 600})
+
+
+def test_concurrent_sweeps_expire_each_request_once(world: World,
+                                                    emitter: CapturingEmitter) -> None:
+    """Several replicas sweeping at once: one transition and one event per request."""
+    import threading
+
+    ids = [ask(world) for _ in range(3)]
+    world.clock.advance(8 * 86400)
+    threads = [threading.Thread(target=world.s.grants.sweep) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(emitter.of_type("request.expired")) == 3
+    for rid in ids:
+        history = world.s.requests.show(world.actors["aud"], rid).history
+        assert [h.to_state for h in history] == ["expired"]
