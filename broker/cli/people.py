@@ -97,6 +97,24 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 @run
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """Change your own password (policy: 13+ characters, or 8+ mixed)."""
+    if args.password_stdin:
+        lines = sys.stdin.read().splitlines()
+        if len(lines) < 2:
+            raise CliError("give the current and the new password on two lines")
+        current, new = lines[0], lines[1]
+    else:
+        current = getpass.getpass("Current password: ")
+        new = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != new:
+            raise CliError("the two entries differ")
+    Client.from_args(args).call("POST", "/v1/me/password", {"current": current, "new": new})
+    done(args, {"changed": True}, "Password changed.")
+    return 0
+
+
+@run
 def cmd_whoami(args: argparse.Namespace) -> int:
     me = Client.from_args(args).call("GET", "/v1/me")
     show(args, me, [("name", "User"), ("full_name", "Name"), ("org_kind", "Org"),
@@ -186,6 +204,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("logout", help="give up the cached token")
     add_api_argument(p)
     p.set_defaults(func=cmd_logout)
+
+    p = sub.add_parser("passwd", help="change your password")
+    add_api_argument(p)
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the current and the new password from two stdin lines")
+    p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("whoami", help="show the signed-in account")
     add_api_argument(p)

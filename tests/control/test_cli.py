@@ -99,6 +99,17 @@ def test_engineer_and_approver_daily_work(cli, world: World, tmp_path: Path) -> 
     assert code == 0 and "revoked" in out
     code, out, _ = cli("requests", rid)
     assert "History" in out and "revoked" in out and "作業計画" in out
+    code, _, err = cli("passwd", "--password-stdin", stdin=f"{PASSWORD}\nPassword123!\n")
+    assert code == 1 and "known-bad" in err
+    code, _, err = cli("passwd", "--password-stdin",
+                       stdin="wrong-current-pw\nx-long-new-passphrase\n")
+    assert code == 1 and "current password" in err
+    code, out, _ = cli("passwd", "--password-stdin",
+                       stdin=f"{PASSWORD}\nanother-long-passphrase\n")
+    assert code == 0 and "changed" in out
+    w.clock.advance(30)
+    assert w.s.auth.login("appr", "another-long-passphrase",
+                          totp.code_at(appr_secret, w.clock())).scopes == ("*",)
     code, _, err = cli("approve", "no-such-request")
     assert code == 1 and "no request" in err
     assert cli("logout")[0] == 0 and not token_file.exists()
