@@ -31,7 +31,6 @@ from broker.settings import BrokerSettings
 from broker.ssh.ca import UserCA
 from broker.ssh.ports import AccessPolicy, InstrumentConnector
 from broker.ssh.recorder import Opener, default_opener
-from broker.ssh.relay import ENCRYPTION_ALGS
 from broker.ssh.sessions import SessionRegistry
 
 
@@ -48,6 +47,10 @@ class FrontDoorOptions:
     forward_capture_dir: Path | None = None  # raw capture of forwarded bytes when set
     max_file_bytes: int = 2 * 1024**3
     banner: str = ""
+    # Ciphers offered to engineers' clients.  The client picks by its own order, so
+    # offering only AES-GCM (in OpenSSL) steers stock OpenSSH away from
+    # chacha20-poly1305, which costs asyncssh far more per packet.
+    ciphers: tuple[str, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 class FrontDoor:
@@ -205,7 +208,7 @@ async def start_front_door(
         keepalive_interval=60,
         window=8 * 1024 * 1024,
         max_pktsize=32768,
-        encryption_algs=list(ENCRYPTION_ALGS),
+        encryption_algs=list(opts.ciphers),
         compression_algs=None,
         config=[],
     )
