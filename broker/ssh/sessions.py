@@ -180,14 +180,18 @@ class SessionRegistry:
     def check_once(self) -> None:
         """One pass of the grant watcher (the loop calls this every ``interval``)."""
         now = self._clock()
+        answers: dict[tuple[str, str], datetime | None] = {}  # one question per grant a pass
         for s in list(self._sessions.values()):
             if s.ended_reason is not None:
                 continue
-            try:
-                end = self._policy.grant_end(s.grant_id, s.user_id, now)
-            except Exception:
-                log.exception("grant check failed; ending session %s", s.session_id)
-                end = None
+            key = (s.grant_id, s.user_id)
+            if key not in answers:
+                try:
+                    answers[key] = self._policy.grant_end(s.grant_id, s.user_id, now)
+                except Exception:
+                    log.exception("grant check failed; ending session %s", s.session_id)
+                    answers[key] = None
+            end = answers[key]
             if end is None:
                 self.terminate(s.session_id, by="hoshu", reason="grant_revoked")
                 continue
