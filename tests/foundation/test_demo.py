@@ -128,28 +128,45 @@ def test_the_walkthrough_works_from_request_to_audit(demo: dict[str, Any]) -> No
     code_file.write_text(codes["tanaka"].code() + "\n")
     env = {**demo["_env"], "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
            "DISPLAY": "none"}
-    ssh = subprocess.run(
+    ssh = subprocess.Popen(
         ["ssh", "-i", demo["engineer_key"], "-o", "UserKnownHostsFile=.hoshu-demo/known_hosts",
          "-o", "IdentitiesOnly=yes", "-o", "BatchMode=no", "-p", str(demo["broker"]["ssh_port"]),
-         "tanaka+cobas-c503-1@127.0.0.1", "cat qc/2026-11-qc.csv"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert ssh.returncode == 0, ssh.stderr
+         "tanaka+cobas-c503-1@127.0.0.1", "cat qc/2026-11-qc.csv; sleep 300"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL)
+    try:
+        # 4. the approver sees the live session and ends it
+        deadline = time.monotonic() + 30
+        while not (live := hoshu(demo, "sato", "sessions")):
+            assert ssh.poll() is None, ssh.stderr.read() if ssh.stderr else ""
+            assert time.monotonic() < deadline, "the session never showed as live"
+            time.sleep(0.2)
+        assert [s["instrument"] for s in live] == ["cobas-c503-1"] and live[0]["user"] == "tanaka"
+        hoshu(demo, "sato", "sessions", "terminate", live[0]["session_id"])
+        out, err = ssh.communicate(timeout=10)  # ended by the approver, not by sleep 300
+    finally:
+        if ssh.poll() is None:
+            ssh.kill()
     qc = next((cwd / ".hoshu-demo" / "lab").rglob("2026-11-qc.csv")).read_text()
-    assert ssh.stdout == qc and qc.count("\n") > 3
+    assert out.decode() == qc and qc.count("\n") > 3
+    assert not hoshu(demo, "sato", "sessions")
 
     # 5. the auditor finds the session and its recording
     login("suzuki")
     deadline = time.monotonic() + 30
     while True:
         found = hoshu(demo, "suzuki", "audit", "search", "--engineer", "tanaka",
-                      "--type", "session.ended")
+                      "--type", "session.terminated")
         events = found["events"] if isinstance(found, dict) else found
         if events or time.monotonic() > deadline:
             break
         time.sleep(0.3)  # the index is fed asynchronously from the log
-    assert events, "session.ended never reached the audit index"
+    assert events, "session.terminated never reached the audit index"
     ended = events[0]
-    assert ended["TargetHostname"] == "cobas-c503-1"
+    assert ended["TargetHostname"] == "cobas-c503-1" and ended["Details"]["by"] == "sato"
+    found = hoshu(demo, "suzuki", "audit", "search", "--session", ended["TargetSessionId"],
+                  "--type", "session.ended")
+    ended = (found["events"] if isinstance(found, dict) else found)[0]
     rec = next((cwd / ".hoshu-demo" / "broker" / "recordings").rglob(
         f"{ended['TargetSessionId']}*.cast"))
     data = rec.read_bytes()

@@ -14,7 +14,6 @@ Who may do what (deny by default):
 A session the caller may not see answers 404, as an unknown one does.
 """
 
-from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
