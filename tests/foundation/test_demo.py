@@ -143,7 +143,7 @@ def test_the_walkthrough_works_from_request_to_audit(demo: dict[str, Any]) -> No
             time.sleep(0.2)
         assert [s["instrument"] for s in live] == ["cobas-c503-1"] and live[0]["user"] == "tanaka"
         hoshu(demo, "sato", "sessions", "terminate", live[0]["session_id"])
-        out, err = ssh.communicate(timeout=10)  # ended by the approver, not by sleep 300
+        out, _err = ssh.communicate(timeout=10)  # ended by the approver, not by sleep 300
     finally:
         if ssh.poll() is None:
             ssh.kill()
