@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     os.environ.setdefault("PYTHONPATH", str(HERE.parent))
-    res = Results("quick" if args.quick else "full")
+    res = Results("quick" if args.quick else "full", progress=work / "progress.json")
     res.info["machine"] = machine()
     res.info["cipher"] = CIPHER
     res.info["kex"] = KEX

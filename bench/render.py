@@ -77,7 +77,8 @@ def tables(doc: dict[str, Any]) -> str:
             out.append(f"| `{key}` | {_fmt(doc[key])} |")
     out += ["", "| target | measure | value | met |", "|---|---|---:|:---:|"]
     for t in doc.get("targets", {}).values():
-        out.append(f"| {t['target']} | `{t['measure']}` | {_fmt(t['value'])} | "
+        value = _fmt(t["value"]) if "why" not in t else t["why"]
+        out.append(f"| {t['target']} | `{t['measure']}` | {value} | "
                    f"{'—' if t['met'] is None else _fmt(t['met'])} |")
     if doc.get("notes"):
         out += ["", "Notes written by the run:", ""]

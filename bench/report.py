@@ -91,6 +91,9 @@ class Results:
     figures: dict[str, float | int | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    progress: Path | None = None  # rewritten after every section while the run goes on
+    # targets known to be missed although their figure could not be taken (the reason)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def put(self, key: str, value: float | int | None, ndigits: int = 3) -> None:
         self.figures[key] = round(value, ndigits) if isinstance(value, float) else value
@@ -114,6 +117,9 @@ class Results:
         took = time.monotonic() - t0
         self.info.setdefault("section_seconds", {})[name] = round(took, 1)
         print(f"[bench] {name} done in {took:.1f} s", file=sys.stderr, flush=True)
+        if self.progress is not None:
+            Results(self.mode, dict(self.figures), list(self.notes), dict(self.info),
+                    failed=dict(self.failed)).write(self.progress)
 
     def ratios(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -131,6 +137,8 @@ class Results:
                                               else value <= t.bound)
             out[t.name] = {"target": t.text, "measure": t.key, "op": t.op, "bound": t.bound,
                            "value": value, "met": met}
+            if value is None and t.name in self.failed:
+                out[t.name].update(met=False, why=self.failed[t.name])
         return out
 
     def document(self) -> dict[str, Any]:

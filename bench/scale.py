@@ -134,12 +134,16 @@ def run(res: Results, sizes: Sizes, work: Path, listener: str = "auto") -> None:
     real = listener == "real" or (listener == "auto" and real_available())
     res.info["scale"] = {}
     if real:
-        one_run(res, sizes.gateway_steps_real, sizes, work / "real", real=True, suffix="")
+        res.section("scale: hoshu tunnel endpoint", KEYS, lambda: one_run(
+            res, sizes.gateway_steps_real, sizes, work / "real", real=True, suffix=""))
     if listener == "minimal" or (listener == "auto" and not real):
-        one_run(res, sizes.gateway_steps, sizes, work / "minimal", real=False, suffix="")
+        res.section("scale: bare asyncssh", KEYS, lambda: one_run(
+            res, sizes.gateway_steps, sizes, work / "minimal", real=False, suffix=""))
     elif listener == "auto":
-        one_run(res, sizes.gateway_steps, sizes, work / "minimal", real=False,
-                suffix="_asyncssh_floor")
+        floor = [k + "_asyncssh_floor" for k in KEYS]
+        res.section("scale: bare asyncssh floor", floor, lambda: one_run(
+            res, sizes.gateway_steps, sizes, work / "minimal", real=False,
+            suffix="_asyncssh_floor"))
 
 
 def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, real: bool,
@@ -193,10 +197,17 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
             info["steps"][str(step)] = {"connected": n, "connect_s": round(took, 1),
                                         "broker_rss_MiB": round(rss, 1),
                                         "broker_cpu_pct_idle": round(cpu, 1)}
-            put(f"broker_rss_MiB_at_{step}_gateways", rss)
-            put(f"broker_cpu_pct_at_{step}_gateways", cpu)
-            put("gateways_connected", n, 0)
-            put("broker_rss_MiB_at_max_gateways", rss)
+            if n < step:  # the figures "at <step> gateways" would be false: not recorded
+                res.missing([f"broker_rss_MiB_at_{step}_gateways{suffix}"],
+                            f"only {n} of {step} gateways were connected")
+                put(f"broker_rss_MiB_at_{n}_of_{step}_gateways", rss)
+                if step == 5000 and not suffix:
+                    res.failed["broker_rss_5000"] = f"only {n} of 5,000 gateways connected"
+            else:
+                put(f"broker_rss_MiB_at_{step}_gateways", rss)
+                put(f"broker_cpu_pct_at_{step}_gateways", cpu)
+                put("gateways_connected", n, 0)
+                put("broker_rss_MiB_at_max_gateways", rss)
             if n < step:
                 res.notes.append(f"scale{suffix}: only {n} of {step} gateways were connected "
                                  f"{deadline:.0f} s after they were started; larger steps "
@@ -204,7 +215,7 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
                 top = n
                 break
         for conc in (1, 16):
-            r = json.loads(broker.ask(f"opens {sizes.scale_session_opens} {conc}", 300))
+            r = json.loads(broker.ask(f"opens {sizes.scale_session_opens} {conc}", 120))
             rate = (r["opens"] - r["errors"]) / r["seconds"]
             put("session_opens_per_s" if conc == 16 else "session_opens_sequential_per_s", rate)
             if r["errors"]:
@@ -223,9 +234,11 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
             put(f"reconnect_all_s_at_{top}_gateways", took, 2)
             put("reconnect_all_from_kill_s", time.monotonic() - t_kill, 2)
         else:
-            res.missing([f"reconnect_all_s{suffix}"],
-                        f"only {n} of {top} gateways reconnected within "
-                        f"{RECONNECT_DEADLINE:.0f} s of the broker restart")
+            why = (f"only {n} of {top} gateways reconnected within "
+                   f"{RECONNECT_DEADLINE:.0f} s of the broker restart")
+            res.missing([f"reconnect_all_s{suffix}"], why)
+            if not suffix:
+                res.failed["reconnect_all"] = why
         put("broker_rss_MiB_after_reconnect", broker.rss_mib())
     finally:
         for c in clients:

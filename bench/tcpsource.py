@@ -19,6 +19,13 @@ MAX_REQUEST = 2_000_000_000_000
 
 
 def _serve(conn: socket.socket, path: str) -> None:
+    try:
+        _send(conn, path)
+    except OSError:  # the client went away or was too slow: nothing to serve
+        pass
+
+
+def _send(conn: socket.socket, path: str) -> None:
     with conn:
         conn.settimeout(10)
         line = b""

@@ -55,3 +55,12 @@ def test_percentiles_use_nearest_rank() -> None:
     assert percentile([5.0], 99) == 5.0
     s = summarize(values)
     assert (s.p50, s.n) == (50.5, 100)
+
+
+def test_a_target_known_missed_without_a_figure_is_reported_missed() -> None:
+    res = Results("full")
+    res.missing(["reconnect_all_s"], "only 10 of 20 gateways reconnected")
+    res.failed["reconnect_all"] = "only 10 of 20 gateways reconnected"
+    verdict = res.document()["targets"]["reconnect_all"]
+    assert verdict["met"] is False and verdict["value"] is None
+    assert "10 of 20" in verdict["why"]
