@@ -50,7 +50,8 @@ def test_sign_in_enrol_totp_and_use_the_api(world: World, clock: FakeClock) -> N
     assert_error(c.get("/v1/me", headers=auth(token)), 401)
 
 
-def test_errors_share_one_shape(world: World, clock: FakeClock) -> None:
+def test_errors_share_one_shape(world: World, clock: FakeClock,
+                                emitter: CapturingEmitter) -> None:
     c = client_for(world.s, max_body_bytes=2048)
     tok = auth(session_token(world.s, world.users["eng"]))
     assert_error(c.post("/v1/auth/login", json={"username": "eng", "password": "nope-nope"}),
@@ -73,6 +74,11 @@ def test_errors_share_one_shape(world: World, clock: FakeClock) -> None:
     assert_error(c.post("/v1/requests", headers=tok, json={
         "instruments": ["cobas-1"], "reason": "x", "duration_s": 3601}), 422,
         "policy_violation")
+    assert_error(c.post("/v1/requests", headers=tok, json={
+        "instruments": ["lis-server"], "reason": "x", "duration_s": 600}), 403, "forbidden")
+    refused = [e.details.get("reason") for e in emitter.of_type("request.refused")]
+    assert len(refused) == 3 and "maximum" in str(refused[1]) and "contract" in str(refused[2])
+    assert world.s.requests.list_requests(world.actors["eng"]) == []
     clock.advance(901)
     assert_error(c.get("/v1/me", headers=tok), 401, "token_expired")
 
