@@ -23,7 +23,9 @@ from typing import Any
 import pyotp
 import pytest
 
-pytestmark = pytest.mark.xdist_group("demo")
+# The demo starts three processes, and TOTP codes are single use: a second sign-in
+# in one 30 s step waits for the next, so these tests get more time than the default.
+pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(300)]
 
 BIN = Path(sys.executable).parent
 
