@@ -24,10 +24,10 @@ Appends from several threads are serialized by a lock.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,6 +60,18 @@ def _line(record: dict[str, Any], prev: str) -> tuple[str, bytes]:
     h = hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
     # readers parse the JSON, so the hash may follow the sorted body
     return h, body[:-1] + b',"ChainHash":"' + h.encode() + b'"}\n'
+
+
+def _lock_exclusive(fd: int) -> None:
+    """Take the single-writer lock on the log without waiting (OSError if held)."""
+    if sys.platform == "win32":  # the gateway also runs as a plain Windows process
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class ChainLog:
@@ -98,7 +110,7 @@ class ChainLog:
         except OSError as exc:
             raise ChainError(f"cannot open audit log {self.path}: {exc.strerror}") from exc
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(self._fd)
         except OSError as exc:
             os.close(self._fd)
             raise ChainError(f"audit log {self.path} is being written by another process") from exc
