@@ -33,6 +33,24 @@ from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
 from broker.ssh.ports import DirectConnector, InstrumentConnector, TunnelConnector
 
 
+def tune_tunnel() -> None:
+    """What-if experiment (``--what-if-tunnel``), not the product's behaviour: the tunnel
+    negotiates AES-GCM instead of asyncssh's first choice chacha20-poly1305, and channels
+    the broker opens through it take 256 KiB packets and an 8 MiB window."""
+    import functools
+
+    real_listen = asyncssh.listen_reverse
+
+    def listen_reverse(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("encryption_algs", ["aes128-gcm@openssh.com"])
+        return real_listen(*args, **kwargs)
+
+    asyncssh.listen_reverse = listen_reverse
+    cls = asyncssh.SSHClientConnection
+    cls.create_connection = functools.partialmethod(  # type: ignore[method-assign,assignment]
+        cls.create_connection, window=8 << 20, max_pktsize=256 << 10)
+
+
 async def _serve(cfg: dict[str, Any]) -> None:
     work = Path(cfg["workdir"])
     work.mkdir(parents=True, exist_ok=True)
@@ -84,6 +102,8 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     cfg = json.loads(args.config.read_text())
+    if cfg.get("what_if_tunnel"):
+        tune_tunnel()
     if args.profile is None:
         asyncio.run(_serve(cfg))
         return 0

@@ -19,7 +19,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,7 +29,6 @@ from typing import Any
 
 import asyncssh
 
-from bench import probes
 from bench.openssh_chain import OpenSSHLab
 from bench.report import Results
 from bench.sizes import Sizes
@@ -216,28 +214,34 @@ def engineers_needed(sizes: Sizes) -> int:
     return sizes.session_opens + 2 * sizes.throughput_runs + 6
 
 
-def measure(res: Results, sizes: Sizes, hl: HoshuLab, suffix: str) -> None:
-    n, runs, payload = sizes.throughput_bytes, sizes.throughput_runs, str(hl.lab.payload)
+def suffix_for(mode: str) -> str:
+    """Keys of the front-door-only mode carry a suffix; the product's figures none."""
+    return "_frontdoor_only" if mode == "direct" or missing_parts() else ""
 
-    def recorded() -> float:
-        argv, env = hl.login("cat", payload)
-        return probes.command_throughput(argv, n, env=env)
 
-    res.put(f"throughput_recorded_MBps{suffix}", statistics.fmean(recorded()
-                                                               for _ in range(runs)), 1)
-    with hl.forward() as port:
-        res.put(f"throughput_forward_MBps{suffix}",
-                statistics.fmean(probes.forward_throughput(port, n) for _ in range(runs)), 1)
-    opens = []
-    for _ in range(sizes.session_opens):
-        argv, env = hl.login("echo", "ok")
-        opens.append(probes.first_byte_time(argv, env=env))
-    res.put(f"session_open_s{suffix}", statistics.median(opens), 4)
-    res.put(f"session_open_p95_s{suffix}", probes.percentile(opens, 95), 4)
-    argv, env = hl.login("cat", tty=True)
-    echo = probes.summarize(probes.echo_round_trips(argv, sizes.echo_samples, env=env))
-    res.put(f"echo_p50_ms{suffix}", echo.p50 * 1000, 4)
-    res.put(f"echo_p99_ms{suffix}", echo.p99 * 1000, 4)
+def start(res: Results, sizes: Sizes, lab: OpenSSHLab, work: Path, *,
+          mode: str = "auto", profile: Path | None = None) -> HoshuLab:
+    """Start hoshu in front of ``lab``'s instrument (tunnel mode when it is built)."""
+    if missing_parts(("broker.ssh.frontdoor",)):
+        raise BenchError("hoshu's SSH front door is not in this build yet")
+    absent = missing_parts() if mode != "direct" else ["(direct mode chosen)"]
+    mode = "direct" if absent else "tunnel"
+    res.info.setdefault("hoshu", {})["mode"] = mode
+    if mode == "direct":
+        res.missing(KEYS, f"the tunnel and gateway are not used ({', '.join(absent)}); the "
+                          "front door alone was measured (the *_frontdoor_only keys)")
+    hl = HoshuLab(lab, work / mode, engineers_needed(sizes), mode)
+    try:
+        hl.start(profile)
+    except BaseException:
+        hl.stop()
+        raise
+    return hl
+
+
+def check_recordings(res: Results, hl: HoshuLab, sizes: Sizes, suffix: str) -> None:
+    """Every byte of the recorded sessions must be in their recordings."""
+    n = sizes.throughput_bytes
     recordings = sorted((hl.work / "broker" / "recordings").rglob("*"))
     sizes_ = [p.stat().st_size for p in recordings if p.is_file()]
     res.info.setdefault("hoshu", {})[f"recordings{suffix or '_tunnel'}"] = {
@@ -245,26 +249,3 @@ def measure(res: Results, sizes: Sizes, hl: HoshuLab, suffix: str) -> None:
     if max(sizes_, default=0) < n:
         res.notes.append(f"hoshu{suffix}: the largest recording holds {max(sizes_, default=0)}"
                          f" bytes, less than the {n} bytes sent: check the recorder")
-
-
-def run(res: Results, sizes: Sizes, lab: OpenSSHLab, work: Path, *,
-        mode: str = "auto", profile: Path | None = None) -> None:
-    front = missing_parts(("broker.ssh.frontdoor",))
-    if front:
-        res.missing(KEYS, "hoshu's SSH front door is not in this build yet")
-        return
-    absent = missing_parts() if mode != "direct" else ["(direct mode chosen)"]
-    mode = "direct" if absent else "tunnel"
-    res.info.setdefault("hoshu", {})["mode"] = mode
-    hl = HoshuLab(lab, work / mode, engineers_needed(sizes), mode)
-    try:
-        hl.start(profile)
-        if mode == "tunnel":
-            measure(res, sizes, hl, "")
-        else:
-            res.missing(KEYS, f"the tunnel and gateway are not in this build yet "
-                              f"({', '.join(absent)} missing); the front door alone was "
-                              "measured (the *_frontdoor_only keys)")
-            measure(res, sizes, hl, "_frontdoor_only")
-    finally:
-        hl.stop()
