@@ -21,8 +21,6 @@ import asyncssh
 from audit.service import AuditRuntime, build_audit
 from audit.shipper import Sink
 from broker.api.routes.audit import build_router as build_audit_router
-from broker.api.routes.audit import default_authenticate
-from broker.api.routes.sessions import build_sessions_router
 from broker.runtime import Runtime, build_runtime
 from broker.settings import BrokerSettings
 from broker.ssh.frontdoor import FrontDoorOptions
@@ -49,9 +47,6 @@ class SshParts:
     tunnels: TunnelListener | None = None
 
 
-@dataclass
-class _DoorRef:
-    handle: FrontDoorHandle | None = None
 
 
 def audit_config(settings: BrokerSettings):  # type: ignore[no-untyped-def]
@@ -74,15 +69,11 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     """Assemble every part of the broker; :func:`broker.runtime.serve` runs it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     audit = build_audit(audit_config(settings), sinks=sinks)
-    ssh = _DoorRef()
     try:
         routers = [
             build_audit_router(index=audit.index, reports=audit.reports,
                                recordings_dir=settings.recordings_dir, emitter=audit.log,
                                sink_status=audit.status),
-            build_sessions_router(
-                lambda: ssh.handle.door.sessions if ssh.handle and ssh.handle.door else None,
-                default_authenticate),  # type: ignore[arg-type]
         ]
         rt = build_runtime(settings, emitter=audit.log, extra_routers=routers)
     except Exception:
@@ -93,8 +84,7 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     directory = StoreGatewayDirectory(rt.control.services)
     registry = TunnelRegistry()
     parts = SshParts(door=attach_front_door(rt, TunnelConnector(registry),
-                                            options=front_door_options))
-    ssh.handle = parts.door
+                                            options=front_door_options, sessions_routes=True))
 
     async def run_tunnels() -> None:
         parts.tunnels = await start_tunnel_listener(

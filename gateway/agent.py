@@ -48,6 +48,7 @@ from gateway.policy import (
 from gateway.server import GatewayServer
 from wire import Heartbeat, Inventory, InventoryItem, Mode, Purpose
 from wire.models import InventoryEntry
+from wire.names import TUNNEL_CIPHERS, TUNNEL_WINDOW
 
 log = logging.getLogger("hoshu.gateway.agent")
 
@@ -315,7 +316,8 @@ class GatewayAgent:
                 server_host_keys=[self._key], config=None, allow_pty=False,
                 x11_forwarding=False, agent_forwarding=False, allow_scp=False,
                 login_timeout=t.connect_timeout_s, keepalive_interval=t.heartbeat_s,
-                keepalive_count_max=t.heartbeat_misses), t.connect_timeout_s)
+                keepalive_count_max=t.heartbeat_misses, encryption_algs=list(TUNNEL_CIPHERS),
+                window=TUNNEL_WINDOW), t.connect_timeout_s)
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             self.last_error = f"cannot connect to the broker at {self.host}:{self.port}: " \
                               f"{exc or type(exc).__name__}"

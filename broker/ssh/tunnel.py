@@ -44,6 +44,7 @@ from wire import (
     WireError,
     encode_originator,
 )
+from wire.names import TUNNEL_CIPHERS, TUNNEL_WINDOW
 
 log = logging.getLogger("hoshu.broker.tunnel")
 CLOCK_DRIFT_WARN_S = 5.0
@@ -239,7 +240,8 @@ class TunnelListener:
             agent_path=None, config=None, password=None, kbdint_auth=False,
             gss_host=None, login_timeout=s.login_timeout_s,
             keepalive_interval=s.heartbeat_s, keepalive_count_max=s.heartbeat_misses,
-            acceptor=self._accepted, error_handler=self._failed, reuse_address=True)
+            acceptor=self._accepted, error_handler=self._failed, reuse_address=True,
+            encryption_algs=list(TUNNEL_CIPHERS), window=TUNNEL_WINDOW)
         self.port = self._acceptor.get_port()
         log.info("tunnel endpoint listening on %s:%d", s.host, self.port)
 

@@ -24,11 +24,7 @@ from broker.ssh.ca import UserCA
 from broker.ssh.frontdoor import FrontDoor, FrontDoorOptions, start_front_door
 from broker.ssh.ports import (
     AccessPolicy,
-    Engineer,
-    GrantView,
     InstrumentConnector,
-    InstrumentTarget,
-    TotpResult,
 )
 
 if TYPE_CHECKING:
@@ -44,44 +40,6 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     path.chmod(0o600)
     key.write_public_key(path.with_name(path.name + ".pub"))
     return key
-
-
-class StorePolicyAdapter:
-    """The control plane's ``StoreAccessPolicy`` with its results as the front door's types."""
-
-    def __init__(self, store_policy: Any) -> None:
-        self._p = store_policy
-
-    def engineer_for_key(self, username: str, openssh_public_key: str) -> Engineer | None:
-        e = self._p.engineer_for_key(username, openssh_public_key)
-        if e is None:
-            return None
-        return Engineer(e.user_id, e.username, e.organization,
-                        tuple(getattr(e, "source_cidrs", ())))
-
-    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult:
-        r = self._p.check_totp(user_id, code, now)
-        return TotpResult(r.ok, r.reason, r.failures, r.locked_now, r.locked_until)
-
-    def find_grant(self, user_id: str, instrument: str, port: int,
-                   now: datetime) -> GrantView | None:
-        g = self._p.find_grant(user_id, instrument, port, now)
-        if g is None:
-            return None
-        return GrantView(g.grant_id, g.user_id, g.instrument, tuple(g.ports), g.ends,
-                         g.file_transfer, g.hospital_id, g.emergency)
-
-    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None:
-        end: datetime | None = self._p.grant_end(grant_id, user_id, now)
-        return end
-
-    def instrument(self, name: str) -> InstrumentTarget | None:
-        t = self._p.instrument(name)
-        if t is None:
-            return None
-        return InstrumentTarget(t.name, t.hospital_id, t.gateway_id, t.host, t.ssh_port,
-                                tuple(t.ports), t.username, t.credential,
-                                t.host_key_fingerprint)
 
 
 def store_grants_end(services: Any) -> Callable[[str, datetime], datetime | None]:
@@ -118,8 +76,7 @@ def attach_front_door(
     """Register the front door as a task of ``rt`` and its routes on ``rt.app``.
 
     Routes: ``/v1/ssh/certificate`` (:mod:`broker.ssh.cert_api`) and, with
-    ``sessions_routes``, ``/v1/sessions`` (:mod:`broker.ssh.sessions_api`; the
-    assembled broker serves its own ``broker.api.routes.sessions`` instead).
+    ``sessions_routes``, ``/v1/sessions`` (:mod:`broker.ssh.sessions_api`).
     Returns a handle whose ``door`` is set once the listener runs.
     """
     from broker.ssh.cert_api import build_cert_router
@@ -132,8 +89,7 @@ def attach_front_door(
     handle = FrontDoorHandle()
     host_key = load_or_create_host_key(keys / "ssh_front_door_host_key")
     ca = UserCA.load_or_create(keys / "ssh_user_ca")
-    the_policy = policy if policy is not None else StorePolicyAdapter(
-        StoreAccessPolicy(services))
+    the_policy = policy if policy is not None else StoreAccessPolicy(services)
     emitter = services.ctx.emitter
     if sessions_routes:
         rt.app.include_router(build_sessions_router(

@@ -16,7 +16,7 @@ from broker.access.services import Services
 from broker.settings import BrokerSettings
 from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
 from broker.ssh.ports import DirectConnector
-from broker.ssh.wiring import StorePolicyAdapter, store_grants_end
+from broker.ssh.wiring import store_grants_end
 from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from labsim.sshd import OpenSSHInstrument
@@ -62,7 +62,7 @@ async def test_engineer_reaches_the_instrument_through_the_control_plane(
 
     door = await start_front_door(
         BrokerSettings(data_dir=tmp_path / "data"),
-        StorePolicyAdapter(StoreAccessPolicy(w.s)), DirectConnector(), events,
+        StoreAccessPolicy(w.s), DirectConnector(), events,
         tmp_path / "recordings", asyncssh.generate_private_key("ssh-ed25519"),
         options=FrontDoorOptions(watch_interval_s=0.1), clock=w.clock,
         host="127.0.0.1", port=0)
