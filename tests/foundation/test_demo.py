@@ -174,6 +174,13 @@ def test_the_walkthrough_works_from_request_to_audit(demo: dict[str, Any]) -> No
     data = rec.read_bytes()
     assert hashlib.sha256(data).hexdigest() == ended["RecordingSHA256"]
     assert b"QC" in data or qc.splitlines()[1].encode() in data
+    env = {**demo["_env"], "HOSHU_API": demo["broker"]["api_url"],
+           "HOSHU_CONFIG_DIR": users["suzuki"]["config_dir"]}
+    play = subprocess.run([str(BIN / "hoshu"), "audit", "play", ended["TargetSessionId"],
+                           "--speed", "100", "--max-idle", "0.01"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert play.returncode == 0, play.stderr
+    assert qc.splitlines()[1] in play.stdout  # the auditor sees what the engineer saw
     verify = subprocess.run([str(BIN / "hoshu"), "audit", "verify", "--log",
                              ".hoshu-demo/broker/audit/audit.log"], cwd=cwd, env=demo["_env"],
                             capture_output=True, text=True, timeout=60)
