@@ -96,6 +96,26 @@ def test_recording_is_asciicast_v2_with_size_and_hash(tmp_path: Path) -> None:
     assert (summary.size, summary.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
 
+def test_recording_escapes_output_exactly_as_the_json_encoder_does(tmp_path: Path) -> None:
+    """The fast escaping of ASCII output gives the json module's ASCII-only text, for
+    every control character, quote, backslash and DEL; non-ASCII goes the slow way."""
+    from json.encoder import encode_basestring_ascii
+
+    from broker.ssh.recorder import json_escape_ascii
+
+    every = bytes(range(128))
+    for data in (every, b"plain text\n" * 50, b'\x1b[1m"q"\\ \t\r\n\x7f', b""):
+        assert json_escape_ascii(data) == encode_basestring_ascii(data.decode())[1:-1].encode()
+    rec = Recording.open(tmp_path, "s2", width=80, height=24, env={}, title="")
+    rec.output(every)
+    rec.output("é\x1b".encode())
+    rec.output(b"\xff")
+    path = rec.close().path
+    assert path.read_bytes().isascii()
+    texts = [json.loads(x)[2] for x in path.read_text().splitlines()[1:]]
+    assert texts == [every.decode(), "é\x1b", "\ufffd"]
+
+
 def test_recording_refuses_to_overwrite_and_reports_unwritable(tmp_path: Path) -> None:
     Recording.open(tmp_path, "s1", width=1, height=1, env={}, title="").close()
     with pytest.raises(RecordingError, match="cannot be written"):
