@@ -28,6 +28,9 @@ from broker.ssh.recorder import Recording
 from broker.ssh.sessions import LiveSession
 
 CHUNK = 256 * 1024
+# The instrument's sshd may send packets this large: fewer packets to decrypt,
+# deliver and record per byte of output.
+MAX_PKTSIZE = 128 * 1024
 CONNECT_TIMEOUT_S = 15.0
 # AES-GCM runs in OpenSSL through cryptography; asyncssh's chacha20-poly1305 costs
 # more per packet in Python, so the broker's own connections prefer GCM.
@@ -73,7 +76,7 @@ def client_options(target: InstrumentTarget) -> asyncssh.SSHClientConnectionOpti
         login_timeout=CONNECT_TIMEOUT_S,
         keepalive_interval=30,
         window=8 * 1024 * 1024,
-        max_pktsize=32768,
+        max_pktsize=MAX_PKTSIZE,
         encryption_algs=list(ENCRYPTION_ALGS),
         compression_algs=None,
         **auth,
