@@ -34,18 +34,11 @@ from broker.ssh.ports import DirectConnector, InstrumentConnector, TunnelConnect
 
 
 def tune_tunnel() -> None:
-    """What-if experiment (``--what-if-tunnel``), not the product's behaviour: the tunnel
-    negotiates AES-GCM instead of asyncssh's first choice chacha20-poly1305, and channels
-    the broker opens through it take 256 KiB packets and an 8 MiB window."""
+    """What-if experiment (config ``what_if_tunnel``), not the product's behaviour:
+    channels the broker opens through a tunnel take 256 KiB packets (both ends are
+    asyncssh, so OpenSSH's 32 KiB limit does not apply) and an 8 MiB window."""
     import functools
 
-    real_listen = asyncssh.listen_reverse
-
-    def listen_reverse(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("encryption_algs", ["aes128-gcm@openssh.com"])
-        return real_listen(*args, **kwargs)
-
-    asyncssh.listen_reverse = listen_reverse
     cls = asyncssh.SSHClientConnection
     cls.create_connection = functools.partialmethod(  # type: ignore[method-assign,assignment]
         cls.create_connection, window=8 << 20, max_pktsize=256 << 10)

@@ -67,7 +67,8 @@ def main() -> int:
     ap.add_argument("config", type=Path)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(_serve(json.loads(args.config.read_text())))
+    cfg = json.loads(args.config.read_text())
+    asyncio.run(_serve(cfg))
     return 0
 
 

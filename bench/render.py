@@ -39,10 +39,16 @@ def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "**no**"
     if isinstance(v, float):
+        if abs(v) >= 1000 and v == int(v):
+            return f"{int(v):,}"
         return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.1f}"
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+def _load(v: Any) -> str:
+    return " / ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else "unknown"
 
 
 def tables(doc: dict[str, Any]) -> str:
@@ -55,8 +61,9 @@ def tables(doc: dict[str, Any]) -> str:
         "",
         f"Machine: {m.get('cpus')} × {m.get('cpu')}, {_fmt(m.get('memory_MiB'))} MiB, "
         f"{m.get('os')}, kernel {m.get('kernel')}, Python {m.get('python')}, "
-        f"asyncssh {m.get('asyncssh')}, {m.get('openssh')}. Load average "
-        f"{m.get('loadavg_at_start')} at the start, {m.get('loadavg_at_end')} at the end.",
+        f"asyncssh {m.get('asyncssh')}, {m.get('openssh')}. Load average (1/5/15 min) "
+        f"{_load(m.get('loadavg_at_start'))} at the start, {_load(m.get('loadavg_at_end'))} "
+        "at the end: other work shared the machine.",
         "",
         "| measure | hoshu | OpenSSH chain | direct OpenSSH |",
         "|---|---:|---:|---:|",
@@ -64,12 +71,9 @@ def tables(doc: dict[str, Any]) -> str:
     for what, h, c, d in ROWS:
         out.append(f"| {what} | {_fmt(doc.get(h))} | {_fmt(doc.get(c))} | {_fmt(doc.get(d))} |")
     out += ["", "| scale and audit | value |", "|---|---:|"]
-    scale_keys = sorted(k for k in doc if k.startswith("broker_rss_MiB_at_")
-                        and k[18:-9].isdigit())
-    for key in ("gateways_connected", *scale_keys, "broker_rss_MiB_at_max_gateways",
-                "reconnect_all_s", "reconnect_all_s_at_5000_gateways",
-                "session_opens_per_s", "session_opens_sequential_per_s",
-                "audit_append_per_s", "audit_append_unsigned_per_s",
+    scale_keys = [k for k in sorted(doc) if k.startswith(
+        ("gateways_", "broker_", "reconnect_", "session_opens_"))]
+    for key in (*scale_keys, "audit_append_per_s", "audit_append_unsigned_per_s",
                 "audit_append_batched_per_s", "audit_build_and_append_per_s",
                 "audit_query_p50_ms_sqlite", "audit_query_p95_ms_sqlite",
                 "audit_query_p50_ms_postgres", "audit_query_p95_ms_postgres"):
@@ -86,20 +90,50 @@ def tables(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render(results: Path, page: Path) -> None:
-    doc = json.loads(results.read_text())
-    text = page.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{page} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    page.write_text(f"{head}{START}\n{tables(doc)}\n{END}{tail}")
+WHATIF_START, WHATIF_END = "<!-- bench:whatif -->", "<!-- /bench:whatif -->"
+VARIANTS = (("default", "hoshu as built"),
+            ("tunnel", "+ 256 KiB tunnel channel packets"),
+            ("chain", "OpenSSH chain"))
+
+
+def whatif_table(doc: dict[str, Any]) -> str:
+    """The table of a what-if experiment file (``python -m bench.whatif``)."""
+    mean = doc["mean"]
+    out = [f"What-if experiment (`python -m bench.whatif`, {doc.get('generated_at')}, "
+           f"{_fmt(doc.get('bytes'))} bytes per transfer, {doc.get('rounds')} rounds, "
+           "interleaved; changes made inside the benchmark's broker and gateway processes "
+           "only, not in the product):", "",
+           "| variant | recorded `cat` MB/s | `ssh -L` MB/s | echo p50 ms | echo p99 ms |",
+           "|---|---:|---:|---:|---:|"]
+    for key, label in VARIANTS:
+        out.append(f"| {label} | {_fmt(mean.get(key + '_rec_MBps'))} | "
+                   f"{_fmt(mean.get(key + '_fwd_MBps'))} | "
+                   f"{_fmt(mean.get(key + '_echo_p50_ms'))} | "
+                   f"{_fmt(mean.get(key + '_echo_p99_ms'))} |")
+    return "\n".join(out)
+
+
+def _between(text: str, start: str, end: str, body: str, page: Path) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"{page} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def render(results: Path, page: Path, whatif: Path | None = None) -> None:
+    text = _between(page.read_text(), START, END, tables(json.loads(results.read_text())),
+                    page)
+    if whatif is not None and whatif.exists():
+        text = _between(text, WHATIF_START, WHATIF_END,
+                        whatif_table(json.loads(whatif.read_text())), page)
+    page.write_text(text)
 
 
 def main(argv: list[str]) -> int:
     results = Path(argv[0]) if argv else HERE / "results.json"
     page = Path(argv[1]) if len(argv) > 1 else HERE.parent / "docs" / "benchmarks.md"
-    render(results, page)
+    render(results, page, results.with_name("whatif.json"))
     return 0
 
 

@@ -64,3 +64,21 @@ def test_a_target_known_missed_without_a_figure_is_reported_missed() -> None:
     verdict = res.document()["targets"]["reconnect_all"]
     assert verdict["met"] is False and verdict["value"] is None
     assert "10 of 20" in verdict["why"]
+
+
+def test_render_puts_the_figures_between_the_markers_only(tmp_path: Path) -> None:
+    from bench.render import END, START, render
+
+    res = Results("quick")
+    res.put("echo_p99_ms", 2.5)
+    res.put("echo_p99_openssh_chain_ms", 1.0)
+    results = res.write(tmp_path / "results.json")
+    page = tmp_path / "page.md"
+    page.write_text(f"# Title\n\n{START}\nold\n{END}\n\nkept text\n")
+    render(tmp_path / "results.json", page)
+    text = page.read_text()
+    assert text.startswith("# Title") and text.rstrip().endswith("kept text")
+    assert "old" not in text
+    assert "| Keystroke echo, p99 (ms) | 2.5 | 1 |" in text
+    assert "**no**" in text  # the echo target is missed at 2.5 x
+    assert results["mode"] == "quick"
