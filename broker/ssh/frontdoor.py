@@ -31,6 +31,7 @@ from broker.settings import BrokerSettings
 from broker.ssh.ca import UserCA
 from broker.ssh.ports import AccessPolicy, InstrumentConnector
 from broker.ssh.recorder import Opener, default_opener
+from broker.ssh.relay import CoalescingTransport
 from broker.ssh.sessions import SessionRegistry
 
 
@@ -132,6 +133,10 @@ class _MfaServerConnection(asyncssh.SSHServerConnection):
 
     def _hooks(self) -> Any:
         return self._owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # one send per loop pass instead of two per packet (see CoalescingTransport)
+        super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport)))
 
     async def validate_public_key(
         self, username: str, key_data: bytes, msg: bytes, signature: bytes

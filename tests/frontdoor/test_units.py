@@ -151,3 +151,40 @@ def test_source_networks() -> None:
     assert not source_allowed("11.1.2.3", ("10.0.0.0/8",))
     assert not source_allowed("not-an-ip", ("10.0.0.0/8",))
     assert not source_allowed("10.1.2.3", ("bogus",))
+
+
+async def test_coalescing_transport_sends_one_pass_of_writes_as_one_in_order() -> None:
+    """Packets written in one loop pass reach the socket as one write, same bytes, same
+    order; closing sends what is still queued."""
+    import asyncio
+
+    from broker.ssh.relay import CoalescingTransport
+
+    class Sink(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            self.writes.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    sink = Sink()
+    t = CoalescingTransport(sink)
+    for part in (b"ignore", b"data-1", b"data-2"):
+        t.write(part)
+    assert sink.writes == [] and t.get_write_buffer_size() == 18
+    await asyncio.sleep(0)
+    assert sink.writes == [b"ignoredata-1data-2"]
+    t.write(b"disconnect")
+    t.close()
+    assert sink.writes[-1] == b"disconnect" and sink.closed
