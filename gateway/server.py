@@ -57,6 +57,64 @@ class Hub(Protocol):
     def connection_lost(self, exc: Exception | None) -> None: ...
 
 
+class CoalescingTransport(asyncio.Transport):
+    """The tunnel's socket transport, with the writes of one loop pass joined.
+
+    asyncssh writes every SSH packet on its own and puts an empty ignore packet
+    before each data packet: two ``send`` calls per 32 KiB sent to the broker.
+    Queued writes go to the real transport joined, once per loop pass, in order;
+    closing or aborting sends what is queued first.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._t = transport
+        self._queue: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._queue:
+            self._loop.call_soon(self._flush)
+        self._queue.append(bytes(data))
+
+    def _flush(self) -> None:
+        if not self._queue:
+            return
+        data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
+        self._queue.clear()
+        if not self._t.is_closing():
+            self._t.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._t.close()
+
+    def abort(self) -> None:
+        self._flush()
+        self._t.abort()
+
+    def is_closing(self) -> bool:
+        return self._t.is_closing()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._t.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._t.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._t.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._t.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._t.get_write_buffer_size() + sum(len(b) for b in self._queue)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+
 class GatewayServer(asyncssh.SSHServer):
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
@@ -64,6 +122,11 @@ class GatewayServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        # called before asyncssh writes anything: from here on its packets leave
+        # joined per loop pass (see CoalescingTransport)
+        transport = conn._transport  # asyncssh 2.24 has no public hook for this
+        if isinstance(transport, asyncio.Transport):
+            conn._transport = CoalescingTransport(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._hub.connection_lost(exc)
