@@ -241,6 +241,7 @@ class TunnelListener:
             gss_host=None, login_timeout=s.login_timeout_s,
             keepalive_interval=s.heartbeat_s, keepalive_count_max=s.heartbeat_misses,
             acceptor=self._accepted, error_handler=self._failed, reuse_address=True,
+            backlog=4096,  # after a broker restart every gateway dials at once
             encryption_algs=list(TUNNEL_CIPHERS), window=TUNNEL_WINDOW)
         self.port = self._acceptor.get_port()
         log.info("tunnel endpoint listening on %s:%d", s.host, self.port)
