@@ -24,6 +24,7 @@ import asyncssh
 
 from gateway.policy import Decision
 from wire import BROKER_USERNAME, CONTROL_SUBSYSTEM, LineFramer, Message, WireError, decode
+from wire.transport import CoalescingTransport
 
 log = logging.getLogger("hoshu.gateway.server")
 
@@ -55,64 +56,6 @@ class Hub(Protocol):
     def control_closed(self, session: ControlSession) -> None: ...
 
     def connection_lost(self, exc: Exception | None) -> None: ...
-
-
-class CoalescingTransport(asyncio.Transport):
-    """The tunnel's socket transport, with the writes of one loop pass joined.
-
-    asyncssh writes every SSH packet on its own and puts an empty ignore packet
-    before each data packet: two ``send`` calls per 32 KiB sent to the broker.
-    Queued writes go to the real transport joined, once per loop pass, in order;
-    closing or aborting sends what is queued first.
-    """
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        super().__init__()
-        self._t = transport
-        self._queue: list[bytes] = []
-        self._loop = asyncio.get_running_loop()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._queue:
-            self._loop.call_soon(self._flush)
-        self._queue.append(bytes(data))
-
-    def _flush(self) -> None:
-        if not self._queue:
-            return
-        data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
-        self._queue.clear()
-        if not self._t.is_closing():
-            self._t.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._t.close()
-
-    def abort(self) -> None:
-        self._flush()
-        self._t.abort()
-
-    def is_closing(self) -> bool:
-        return self._t.is_closing()
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self._t.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._t.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._t.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._t.is_reading()
-
-    def get_write_buffer_size(self) -> int:
-        return self._t.get_write_buffer_size() + sum(len(b) for b in self._queue)
-
-    def can_write_eof(self) -> bool:
-        return False
 
 
 class GatewayServer(asyncssh.SSHServer):

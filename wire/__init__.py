@@ -3,6 +3,8 @@
 Imports nothing of hoshu's.  Gateways in hospitals are upgraded more slowly
 than the broker, so every change here is versioned and snapshot-tested
 (``tests/wire/schema_snapshot.json``; regenerate with ``python -m wire.schema``).
+``wire.transport`` holds the one piece of plumbing both ends share: the
+write-coalescing transport they install on their SSH connections.
 
 The tunnel: the gateway dials out and runs the SSH *server* side of a reverse
 SSH connection; the broker is the SSH *client*.  The broker logs in as

@@ -31,8 +31,8 @@ from broker.settings import BrokerSettings
 from broker.ssh.ca import UserCA
 from broker.ssh.ports import AccessPolicy, InstrumentConnector
 from broker.ssh.recorder import Opener, default_opener
-from broker.ssh.relay import CoalescingTransport
 from broker.ssh.sessions import SessionRegistry
+from wire.transport import CoalescingTransport
 
 
 @dataclass(frozen=True, slots=True)

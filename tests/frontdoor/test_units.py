@@ -158,7 +158,7 @@ async def test_coalescing_transport_sends_one_pass_of_writes_as_one_in_order() -
     order; closing sends what is still queued."""
     import asyncio
 
-    from broker.ssh.relay import CoalescingTransport
+    from wire.transport import CoalescingTransport
 
     class Sink(asyncio.Transport):
         def __init__(self) -> None:
