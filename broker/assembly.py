@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import asyncssh
 
-from audit.service import AuditRuntime, build_audit
+from audit.retention import RetentionPolicy
+from audit.service import AuditConfig, AuditRuntime, SinkConfig, build_audit
 from audit.shipper import Sink
 from broker.api.routes.audit import build_router as build_audit_router
 from broker.runtime import Runtime, build_runtime
 from broker.settings import BrokerSettings
 from broker.ssh.frontdoor import FrontDoorOptions
 from broker.ssh.ports import TunnelConnector
-from broker.ssh.tunnel import (
-    TunnelListener,
-    TunnelRegistry,
-    TunnelSettings,
-    start_tunnel_listener,
-)
-from broker.ssh.wiring import FrontDoorHandle, attach_front_door
+from broker.ssh.tunnel import TunnelRegistry, TunnelSettings, start_tunnel_listener
+from broker.ssh.wiring import attach_front_door
 from broker.store.directory import StoreGatewayDirectory
 
 log = logging.getLogger("hoshu.broker")
@@ -39,20 +35,36 @@ log = logging.getLogger("hoshu.broker")
 AUDIT_TICK_S = 5.0
 
 
-@dataclass
-class SshParts:
-    """The SSH listeners: the front door's handle, and the tunnel listener once started."""
+def _azure_sink(settings: BrokerSettings) -> list[SinkConfig]:
+    """The Sentinel sink the reference deployment configures through the environment."""
+    if not settings.azure_logs_endpoint:
+        return []
+    if not settings.azure_dcr_immutable_id:
+        raise ValueError("HOSHU_AZURE_LOGS_ENDPOINT is set but HOSHU_AZURE_DCR_IMMUTABLE_ID is not")
+    return [SinkConfig(kind="azure", name="sentinel", endpoint=settings.azure_logs_endpoint,
+                       rule_id=settings.azure_dcr_immutable_id,
+                       stream=settings.azure_dcr_stream)]
 
-    door: FrontDoorHandle
-    tunnels: TunnelListener | None = None
 
-
-
-
-def audit_config(settings: BrokerSettings):  # type: ignore[no-untyped-def]
-    from broker.cli.audit import audit_config as from_settings
-
-    return from_settings(settings)
+def audit_config(settings: BrokerSettings) -> AuditConfig:
+    """The :class:`audit.service.AuditConfig` for a broker's settings."""
+    return AuditConfig(
+        log_path=settings.audit_log_path,
+        signing_key_path=settings.data_dir / "keys" / "audit_signing_key",
+        cursor_dir=settings.data_dir / "audit" / "cursors",
+        index_url=settings.audit_index_url or settings.db_url,
+        recordings_dir=settings.recordings_dir,
+        sinks=[SinkConfig(**s) for s in settings.audit_sinks] + _azure_sink(settings),
+        mask_rules=settings.audit_mask_rules,
+        checkpoint_every=settings.audit_checkpoint_every,
+        checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+        fsync=settings.audit_fsync,
+        lag_alert_s=settings.audit_lag_alert_s,
+        retention=RetentionPolicy(settings.audit_events_retention_days,
+                                  settings.recordings_retention_days),
+        unsigned_after_days=settings.report_unsigned_days,
+        hostname=socket.gethostname(),
+    )
 
 
 async def _audit_ticks(audit: AuditRuntime) -> None:
@@ -83,19 +95,19 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     rt.closers.insert(0, audit.stop)  # closers run in reverse: the log closes last
     directory = StoreGatewayDirectory(rt.control.services)
     registry = TunnelRegistry()
-    parts = SshParts(door=attach_front_door(rt, TunnelConnector(registry),
-                                            options=front_door_options, sessions_routes=True))
+    attach_front_door(rt, TunnelConnector(registry), options=front_door_options,
+                      sessions_routes=True)
 
     async def run_tunnels() -> None:
-        parts.tunnels = await start_tunnel_listener(
+        tunnels = await start_tunnel_listener(
             TunnelSettings.from_broker(settings),
             asyncssh.read_private_key(settings.host_key_path), directory, audit.log,
             registry=registry)
-        log.info("gateway tunnels on %s:%d", settings.tunnel_host, parts.tunnels.port)
+        log.info("gateway tunnels on %s:%d", settings.tunnel_host, tunnels.port)
         try:
             await asyncio.Event().wait()
         finally:
-            await parts.tunnels.close()
+            await tunnels.close()
 
     rt.tasks.append(run_tunnels)
     rt.tasks.append(lambda: _audit_ticks(audit))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -414,40 +413,3 @@ def register(subparsers: Any) -> None:
     p.add_argument("grant")
     p.add_argument("--comment")
     p.set_defaults(func=cmd_sign)
-
-
-def _azure_sink(settings: Any) -> list[Any]:
-    """The Sentinel sink the reference deployment configures through the environment."""
-    from audit.service import SinkConfig
-
-    if not settings.azure_logs_endpoint:
-        return []
-    if not settings.azure_dcr_immutable_id:
-        raise ValueError("HOSHU_AZURE_LOGS_ENDPOINT is set but HOSHU_AZURE_DCR_IMMUTABLE_ID is not")
-    return [SinkConfig(kind="azure", name="sentinel", endpoint=settings.azure_logs_endpoint,
-                       rule_id=settings.azure_dcr_immutable_id,
-                       stream=settings.azure_dcr_stream)]
-
-
-def audit_config(settings: Any) -> Any:
-    """The :class:`audit.service.AuditConfig` for a ``BrokerSettings``."""
-    from audit.retention import RetentionPolicy
-    from audit.service import AuditConfig, SinkConfig
-
-    return AuditConfig(
-        log_path=settings.audit_log_path,
-        signing_key_path=settings.data_dir / "keys" / "audit_signing_key",
-        cursor_dir=settings.data_dir / "audit" / "cursors",
-        index_url=settings.audit_index_url or settings.db_url,
-        recordings_dir=settings.recordings_dir,
-        sinks=[SinkConfig(**s) for s in settings.audit_sinks] + _azure_sink(settings),
-        mask_rules=settings.audit_mask_rules,
-        checkpoint_every=settings.audit_checkpoint_every,
-        checkpoint_interval_s=settings.audit_checkpoint_interval_s,
-        fsync=settings.audit_fsync,
-        lag_alert_s=settings.audit_lag_alert_s,
-        retention=RetentionPolicy(settings.audit_events_retention_days,
-                                  settings.recordings_retention_days),
-        unsigned_after_days=settings.report_unsigned_days,
-        hostname=socket.gethostname(),
-    )

@@ -12,7 +12,7 @@ from audit.errors import ChainError
 from audit.index import EventQuery
 from audit.service import AuditConfig, SinkConfig, build_audit
 from audit.signing import TrustedKeys
-from broker.cli.audit import audit_config
+from broker.assembly import audit_config
 from broker.settings import BrokerSettings
 from tests.fixtures.siem import ForwardServer, Rsyslog
 

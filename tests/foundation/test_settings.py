@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli.audit import audit_config
+from broker.assembly import audit_config
 from broker.settings import BrokerSettings
 
 
