@@ -163,7 +163,7 @@ def test_bootstrap_serve_and_sign_in_as_separate_processes(tmp_path: Path) -> No
     env.pop("HOSHU_TOKEN", None)
     r = subprocess.run([hoshu, "db", "upgrade"], env=env, capture_output=True, text=True,
                        timeout=60)
-    assert r.returncode == 0 and "0001" in r.stdout, r.stderr
+    assert r.returncode == 0 and "0002" in r.stdout, r.stderr
     r = subprocess.run([hoshu, "--json", "admin", "bootstrap", "--name", "root",
                         "--full-name", "First Admin", "--password-stdin"], env=env,
                        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
