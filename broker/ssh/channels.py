@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from broker.ssh.auth import LoginName, valid_instrument_name
-from broker.ssh.errors import AccessDenied, FrontDoorError, RecordingError
+from broker.ssh.errors import AccessDenied, FrontDoorError, RawPathRefused, RecordingError
 from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, Origin
+from broker.ssh.raw_paths import forward_refusal, interactive_port, transfer_program
 from broker.ssh.recorder import Recording
 from broker.ssh.relay import InstrumentLink, relay_process
 from broker.ssh.sessions import LiveSession
@@ -75,7 +76,13 @@ class Channels:
     def authorize(
         self, instrument: str | None, port: int | None, *, files: bool = False
     ) -> tuple[InstrumentTarget, GrantView]:
-        """The target and grant for this channel, or AccessDenied with the reason."""
+        """The target and grant for this channel, or AccessDenied with the reason.
+
+        ``port`` None means the instrument's SSH port (shell, exec, sftp, scp: the
+        recorded relay); an explicit port is a forward, and a forward to an
+        interactive port (sshd, RDP, VNC) is refused whatever the grant says
+        (:class:`RawPathRefused`): it would bypass the recorder.
+        """
         if instrument is None:
             raise AccessDenied(
                 "name an instrument: ssh <user>+<instrument>@<broker> (see hoshu ssh-config)"
@@ -85,6 +92,9 @@ class Channels:
         target = policy.instrument(instrument) if valid_instrument_name(instrument) else None
         if target is None:
             raise AccessDenied(f"unknown instrument {instrument!r}")
+        if port is not None and (kind := interactive_port(target, port)) is not None:
+            raise RawPathRefused(
+                forward_refusal(target, port, kind, self.engineer.username), "interactive_port")
         port = target.ssh_port if port is None else port
         grant = policy.find_grant(self.engineer.user_id, instrument, port, now)
         if grant is None or grant.ends <= now:
@@ -96,6 +106,31 @@ class Channels:
         if files and not grant.file_transfer:
             raise AccessDenied(f"file transfer to and from {instrument} is not part of your grant")
         return target, grant
+
+    def check_exec(self, target: InstrumentTarget, grant: GrantView, command: str) -> None:
+        """Refuse exec of a file-transfer program (RawPathRefused), or return.
+
+        Such a program would move files past the SFTP proxy, where transfers are
+        granted, scanned and logged: without file transfer in the grant it is
+        refused, and so is a command whose program is only known when it runs;
+        with file transfer it is refused too, pointing at sftp/scp.
+        """
+        found = transfer_program(command)
+        if found is None or (found.unresolved and grant.file_transfer):
+            return
+        name = target.name
+        if grant.file_transfer:
+            raise RawPathRefused(
+                f"{found.program} run as a command would move files past hoshu's checks; use "
+                f"sftp or scp to {self.engineer.username}+{name}@<broker>", "transfer_by_exec")
+        if found.unresolved:
+            raise RawPathRefused(
+                f"file transfer to and from {name} is not part of your grant, and the program "
+                f"this command runs is only known when it runs ({found.program}); name the "
+                "program literally", "transfer_by_exec")
+        raise RawPathRefused(
+            f"file transfer to and from {name} is not part of your grant: {found.program} is "
+            "refused", "transfer_by_exec")
 
     def reserve(self) -> None:
         if self.open_count >= self.door.options.max_channels:
@@ -128,11 +163,9 @@ class Channels:
                            EventResultDetails="too_many_channels", EventMessage=exc.reason,
                            details={"kind": "session"}, **self.cols(self.login.instrument))
             raise
-        from broker.ssh.sftp import make_sftp_server
+        from broker.ssh.sftp import TransferSession
 
-        return asyncssh.SSHServerProcess(
-            self._run_process, lambda chan: make_sftp_server(self, cast(Any, chan)), 3, True
-        )
+        return TransferSession(self, self._run_process)  # sftp/scp or the relayed process
 
     async def _run_process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         try:
@@ -157,6 +190,8 @@ class Channels:
         sid = self.door.ids()
         try:
             target, grant = self.authorize(instrument, None)
+            if command:
+                self.check_exec(target, grant, command)
             term = process.get_terminal_type() or ""
             width, height, _, _ = process.get_terminal_size()
             rec = Recording.open(
@@ -164,10 +199,21 @@ class Channels:
                 env={"TERM": term or "dumb", "SHELL": "/bin/sh"},
                 title=f"{self.engineer.username}@{target.name} {command or ''}".strip(),
                 opener=self.door.recording_opener,
+                max_bytes=self.door.options.max_recording_bytes,
+                record_input=bool(command) or target.record_input,
             )
+        except RawPathRefused as exc:
+            self.door.emit("file.refused", EventResult="Failure", EventResultDetails=exc.reason,
+                           EventMessage=str(exc),
+                           details={"tool": "exec", "kind": kind, "command": command},
+                           **self.cols(instrument))
+            process.stderr.write(f"hoshu: {exc}\r\n".encode())
+            process.exit(1)
+            return
         except FrontDoorError as exc:
             self._refuse(process, kind, instrument, str(exc), exc.reason, command)
             return
+        rec.exact = bool(command)  # exec: stdin and stdout byte for byte
         try:
             conn = await self.link.ssh(target)
         except FrontDoorError as exc:
@@ -176,6 +222,7 @@ class Channels:
             return
         live = self.live(sid, kind, target, grant, target.ssh_port)
         live.recording = rec.path.name
+        live.recorder = rec
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[str] = loop.create_future()
 
@@ -203,7 +250,8 @@ class Channels:
         failure: list[Exception] = []
         try:
             status, reason = await relay_process(
-                process, conn, rec, live, stop, failure.append
+                process, conn, rec, live, stop, failure.append,
+                lambda terminated: self.link.release(target.name, close_if_idle=terminated),
             )
         except (OSError, asyncssh.Error) as exc:
             status, reason = None, "instrument_error"
@@ -222,7 +270,7 @@ class Channels:
                 process.stderr.write(f"\r\nhoshu: {msg}\r\n".encode())
         if summary is None:
             summary = rec.close()
-        self.door.emit(
+        self.door.sessions.emit(
             "session.ended", EventResultDetails=reason,
             EventResult="Success" if reason == "exited" else "Partial",
             NetworkDuration=int((loop.time() - started) * 1000),

@@ -1,0 +1,170 @@
+"""No forward to an instrument's interactive port: sshd, RDP and VNC go through the
+recorder or not at all, whatever the grant's ports say."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+
+import paramiko
+import pytest
+
+from broker.ssh.ports import InstrumentTarget
+from broker.ssh.raw_paths import interactive_port
+from tests.frontdoor.harness import World, paramiko_client, poll
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """A vendor service port on the instrument: echoes what it receives."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _grant_ssh_and(w: World, port: int) -> None:
+    """A grant as the control plane makes it by default (the SSH port), plus ``port``."""
+    t = w.policy.instruments[w.instrument]
+    w.policy.instruments[w.instrument] = replace(t, ports=(*t.ports, port))
+    w.policy.grant(w.engineer, w.instrument, (w.ssh_port, port),
+                   ends=w.clock.now + timedelta(hours=1))
+
+
+async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_ssh_L_to_the_instruments_sshd_is_refused_and_a_vendor_port_still_works(
+    world: World, echo_port: int
+) -> None:
+    """Real OpenSSH ``ssh -N -L``: the forward to sshd gets nothing from the instrument
+    (no SSH banner), the engineer is told how to connect, ``forward.refused`` is
+    written; the vendor port forwarded by the same client carries data."""
+    w = world
+    _grant_ssh_and(w, echo_port)
+    to_sshd, to_echo = _free_port(), _free_port()
+    argv = w.ssh_argv(batch=True, extra=(
+        "-o", f"CertificateFile={w.cert_file()}", "-o", "ExitOnForwardFailure=yes",
+        "-N", "-L", f"127.0.0.1:{to_sshd}:localhost:{w.ssh_port}",
+        "-L", f"127.0.0.1:{to_echo}:{w.instrument}:{echo_port}", w.login()))
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=w.env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        reader, writer = await _connect(to_sshd)
+        got = await asyncio.wait_for(reader.read(100), 10)
+        assert got == b""  # closed: no "SSH-2.0-OpenSSH" from the instrument
+        writer.close()
+        await poll(lambda: bool(w.events.of_type("forward.refused")), deadline_s=10)
+        reader, writer = await _connect(to_echo)
+        writer.write(b"vendor-port")
+        assert await asyncio.wait_for(reader.readexactly(11), 10) == b"vendor-port"
+        writer.close()
+        await poll(lambda: bool(w.events.of_type("forward.closed")), deadline_s=10)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), 10)
+    assert proc.stderr is not None
+    err = (await proc.stderr.read()).decode(errors="replace")
+    assert "administratively prohibited" in err
+    assert f"ssh alice+{w.instrument}@" in err
+    (refused,) = w.events.of_type("forward.refused")
+    assert refused.get("EventResultDetails") == "interactive_port"
+    assert refused.get("TargetPortNumber") == w.ssh_port
+    assert "not recorded" in refused.get("EventMessage")
+    (opened,) = w.events.of_type("forward.opened")
+    assert opened.get("TargetPortNumber") == echo_port
+
+
+async def test_paramiko_direct_tcpip_to_sshd_is_refused(world: World, echo_port: int) -> None:
+    """The same with paramiko's ``open_channel("direct-tcpip")``, by name and as localhost."""
+    w = world
+    _grant_ssh_and(w, echo_port)
+    t = await asyncio.to_thread(paramiko_client, w)
+    try:
+        for host in (w.instrument, "localhost"):
+            with pytest.raises(paramiko.ChannelException) as exc:
+                await asyncio.to_thread(t.open_channel, "direct-tcpip", (host, w.ssh_port),
+                                        ("127.0.0.1", 5555), 10)
+            assert exc.value.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        chan = await asyncio.to_thread(t.open_channel, "direct-tcpip",
+                                       (w.instrument, echo_port), ("127.0.0.1", 5555), 10)
+        chan.settimeout(10)
+        chan.sendall(b"ok?")
+        assert await asyncio.to_thread(chan.recv, 3) == b"ok?"
+        chan.close()
+    finally:
+        t.close()
+    refused = w.events.of_type("forward.refused")
+    assert [e.get("EventResultDetails") for e in refused] == ["interactive_port"] * 2
+    assert len(w.events.of_type("forward.opened")) == 1
+
+
+async def test_a_desktop_port_the_inventory_marks_is_refused(
+    world: World, echo_port: int
+) -> None:
+    """An instrument the inventory lists as VNC, on a non-standard port: its desktop
+    port is refused (desktop access comes through the console, recorded)."""
+    w = world
+    t = w.policy.instruments[w.instrument]
+    w.policy.instruments[w.instrument] = replace(t, protocol="vnc", ports=(echo_port,))
+    w.policy.grant(w.engineer, w.instrument, (echo_port,), ends=w.clock.now + timedelta(hours=1))
+    client = await asyncio.to_thread(paramiko_client, w)
+    try:
+        with pytest.raises(paramiko.ChannelException):
+            await asyncio.to_thread(client.open_channel, "direct-tcpip",
+                                    (w.instrument, echo_port), ("127.0.0.1", 5555), 10)
+    finally:
+        client.close()
+    (refused,) = w.events.of_type("forward.refused")
+    assert "VNC desktop port" in refused.get("EventMessage")
+    assert "console" in refused.get("EventMessage")
+    assert not w.events.of_type("forward.opened")
+
+
+def _target(**kw: object) -> InstrumentTarget:
+    base: dict[str, object] = dict(name="cobas-c503-1", hospital_id="h", gateway_id="g",
+                                   host="10.0.0.5", ssh_port=2201, ports=(2201, 8080),
+                                   username="svc", credential="x")
+    base.update(kw)
+    return InstrumentTarget(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("target", "port", "kind"), [
+    (_target(), 2201, "ssh"),  # the instrument's SSH port
+    (_target(), 22, "ssh"), (_target(), 3389, "rdp"), (_target(), 5901, "vnc"),
+    (_target(), 8080, None),  # a vendor port
+    (_target(protocol="rdp", ports=(13389, 8080)), 13389, "rdp"),  # what the inventory probes
+    (_target(protocol="sftp", ports=(2022, 8080)), 2022, "ssh"),
+    (_target(protocol="http", ports=(8443,)), 8443, None),
+])
+def test_interactive_ports(target: InstrumentTarget, port: int, kind: str | None) -> None:
+    assert interactive_port(target, port) == kind
