@@ -24,6 +24,9 @@ define("ssh.login", AUTH, "An engineer authenticated (or failed to) at the SSH f
        details={"method": PUB, "key_fingerprint": PUB, "totp_code": SEC, "cert_serial": PUB})
 define("ssh.cert_issued", AUTH, "A short-lived SSH user certificate was issued after MFA",
        details={"cert_serial": PUB, "valid_until": PUB, "key_fingerprint": PUB})
+# one permission table for every route: certificate refusals are events too
+define("ssh.cert_refused", AUTH, "An SSH certificate was refused (no MFA sign-in, role, key "
+       "or grant)", severity=Severity.MEDIUM, details={"reason": PUB})
 define("token.issued", AUTH, "An API token for automation was created",
        details={"token_id": PUB, "scopes": PUB, "expires": PUB, "token": SEC})
 define("token.revoked", AUTH, "An API token was revoked", details={"token_id": PUB})
