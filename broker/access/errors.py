@@ -12,7 +12,8 @@ One tree; the API maps each class to one HTTP status in one place
     ├── NotFound            404     no such object (or not visible to the caller)
     ├── Conflict            409     duplicate name, state does not allow it
     │   └── IllegalTransition       a state machine refused the transition
-    └── Gone                410     single-use thing used, or expired
+    ├── Gone                410     single-use thing used, or expired
+    └── Unavailable         503     a part it needs is not running (nothing changed)
 """
 
 from __future__ import annotations
@@ -62,3 +63,7 @@ class IllegalTransition(Conflict):
 
 class Gone(AccessError):
     code = "gone"
+
+
+class Unavailable(AccessError):
+    code = "unavailable"

@@ -1,39 +1,74 @@
 """Who may call what: one table, mirrored in ``docs/permissions.md``.
 
-:data:`PERMISSIONS` maps each action (one per API endpoint) to the roles that
-may perform it and the token scope it needs.  Deny by default: an action not in
-the table is refused.  The table answers "may this role ever do this"; the
-services then narrow it to the caller's own organisation (an approver decides
-only for their hospital, an engineer sees only their own requests, ...).
+:data:`PERMISSIONS` maps each action (one per API endpoint, live-session and
+certificate routes included) to the roles that may perform it, the kinds of
+organisation whose people may use those roles for it, and the token scope it
+needs.  Deny by default: an action not in the table is refused.  Every route
+asks :func:`authorize` through ``broker.api.deps.require``; a refusal raises
+:class:`PermissionDenied`, which the API maps to 403 and a ``*.refused`` event
+(:func:`refusal_event`) in one place.
+
+The table answers "may this role ever do this"; the record-level functions
+below it (and the services) then narrow it to the caller's own organisation:
+which hospital's events, recordings, reports and live sessions a caller sees,
+which organisations and source networks.
 
 Scopes: bearer tokens from a password+TOTP login carry ``*``; API tokens for
 automation carry a subset of :data:`SCOPES`; a login before TOTP enrolment
-carries only ``enroll``.
+carries only ``enroll``.  :data:`MFA` is stricter than any scope: only a
+``*`` token of kind ``session`` (a full password+TOTP sign-in) has it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from broker.access.errors import PermissionDenied
-from broker.access.model import Role
+from broker.access.model import OrgKind, Role
 
 E, A, H, U, P = (Role.ENGINEER, Role.APPROVER, Role.HOSPITAL_ADMIN, Role.AUDITOR,
                  Role.PLATFORM_ADMIN)
 ALL = frozenset(Role)
 ANY = "any"  # scope needed by self-service actions any token may do
+MFA = "mfa"  # only a full password+TOTP session token
+ANY_ORG = frozenset(OrgKind)
+HOSPITAL_OR_PLATFORM = frozenset({OrgKind.HOSPITAL, OrgKind.PLATFORM})
+PLATFORM = frozenset({OrgKind.PLATFORM})
 
 SCOPES: tuple[str, ...] = ("read", "requests", "decisions", "admin")
+ENROLMENT_ACTIONS = frozenset({"totp.enroll", "me.show", "auth.logout"})
+
+
+class Principal(Protocol):
+    """What a permission check needs of the caller (``broker.access.ports.Actor``)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def org_id(self) -> str: ...
+    @property
+    def org_kind(self) -> str: ...
+    @property
+    def roles(self) -> frozenset[str]: ...
+    @property
+    def scopes(self) -> frozenset[str]: ...
+    @property
+    def token_kind(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Permission:
     roles: frozenset[Role]
     scope: str
+    orgs: frozenset[OrgKind] = ANY_ORG
 
 
-def _p(scope: str, *roles: Role) -> Permission:
-    return Permission(frozenset(roles), scope)
+def _p(scope: str, *roles: Role, orgs: frozenset[OrgKind] = ANY_ORG) -> Permission:
+    return Permission(frozenset(roles), scope, orgs)
 
 
 PERMISSIONS: dict[str, Permission] = {
@@ -61,6 +96,7 @@ PERMISSIONS: dict[str, Permission] = {
     "users.recertify": _p("admin", H, P),
     "users.reset_totp": _p("admin", H, P),
     "users.set_password": _p("admin", H, P),
+    "users.revoke_tokens": _p("admin", H, P),
     "users.add_key": _p("admin", P),
     "vendor_accounts.list": _p("read", A, H, U, P),
     # contracts, policies, instruments, gateways
@@ -90,28 +126,126 @@ PERMISSIONS: dict[str, Permission] = {
     "grants.end": _p("requests", E),
     "emergency.start": _p("requests", E),
     "emergency.review": _p("decisions", A),
+    # audit trail, recordings, work reports, reviews (routes/audit.py)
+    "audit.search": _p("read", A, H, U, P, orgs=HOSPITAL_OR_PLATFORM),
+    "audit.export": _p("read", A, H, U, P, orgs=HOSPITAL_OR_PLATFORM),
+    "audit.sinks": _p("read", U, P, orgs=PLATFORM),
+    "recordings.read": _p("read", A, U, orgs=HOSPITAL_OR_PLATFORM),
+    "reports.show": _p("read", A, H, U, P, orgs=HOSPITAL_OR_PLATFORM),
+    "reports.generate": _p("read", A, H, U, P, orgs=HOSPITAL_OR_PLATFORM),
+    "reports.sign": _p("decisions", A),
+    "reviews.show": _p("read", A, H, U, P, orgs=HOSPITAL_OR_PLATFORM),
+    # live sessions (broker/ssh/sessions_api.py): following a terminal is supervision
+    "sessions.list": Permission(ALL, "read"),
+    "sessions.follow": _p("decisions", A, H, P),
+    "sessions.terminate": _p("decisions", A, H, P),
+    # SSH certificates (broker/ssh/cert_api.py)
+    "ssh.certificate": _p(MFA, E),
 }
 
 
-def role_allows(roles: frozenset[str] | set[str], action: str) -> bool:
+def role_allows(roles: Iterable[str], action: str, org_kind: str | None = None) -> bool:
+    """A role the caller holds allows ``action`` (from an organisation of a kind it allows)."""
     perm = PERMISSIONS.get(action)
-    return perm is not None and any(r in perm.roles for r in roles)
+    if perm is None or (org_kind is not None and org_kind not in perm.orgs):
+        return False
+    return any(r in perm.roles for r in roles)
 
 
-def scope_allows(scopes: frozenset[str] | set[str], action: str) -> bool:
+def scope_allows(scopes: Iterable[str], action: str,
+                 token_kind: str = "session") -> bool:  # noqa: S107
     perm = PERMISSIONS.get(action)
     if perm is None:
         return False
+    scopes = frozenset(scopes)
+    if perm.scope == MFA:
+        return "*" in scopes and token_kind == "session"  # noqa: S105
     if "*" in scopes:
         return True
     if "enroll" in scopes:  # before TOTP enrolment: only finishing enrolment
-        return action in {"totp.enroll", "me.show", "auth.logout"}
+        return action in ENROLMENT_ACTIONS
     return perm.scope == ANY or perm.scope in scopes
 
 
-def authorize(roles: frozenset[str], scopes: frozenset[str], action: str) -> None:
-    """Raise :class:`PermissionDenied` unless a role and the token scope allow ``action``."""
-    if not scope_allows(scopes, action):
+def authorize(caller: Principal, action: str) -> None:
+    """Raise :class:`PermissionDenied` unless the token scope and a role allow ``action``.
+
+    The scope is checked first: an enrolment-only or read-only token learns
+    nothing about the roles behind it.
+    """
+    perm = PERMISSIONS.get(action)
+    if perm is None:
+        raise PermissionDenied(f"{action} is not in the permission table")
+    if not scope_allows(caller.scopes, action, caller.token_kind):
+        if perm.scope == MFA:
+            raise PermissionDenied("sign in with password and TOTP (hoshu login) first: "
+                                   f"{action} needs a full MFA sign-in", code="mfa_required")
         raise PermissionDenied(f"this token's scope does not allow {action}")
-    if not role_allows(roles, action):
+    if not role_allows(caller.roles, action, caller.org_kind):
         raise PermissionDenied(f"your roles do not allow {action}")
+
+
+_REFUSAL_EVENTS: tuple[tuple[str, str], ...] = (
+    ("requests.", "request.refused"), ("grants.", "request.refused"),
+    ("emergency.", "request.refused"), ("recordings.", "recording.refused"),
+    ("sessions.follow", "recording.refused"), ("ssh.", "ssh.cert_refused"),
+)
+
+
+def refusal_event(action: str) -> str:
+    """The ``*.refused`` event type that records a refusal of ``action``."""
+    for prefix, kind in _REFUSAL_EVENTS:
+        if action.startswith(prefix):
+            return kind
+    return "admin.refused"
+
+
+# --- record level: which hospital's records a permitted caller sees ---------------
+# These run after authorize(): the table has already checked role, org kind and scope.
+
+def hospital_scope(caller: Principal) -> tuple[str, ...] | None:
+    """Audit trail, reports, reviews: None = every hospital; else only the caller's own."""
+    if caller.org_kind == OrgKind.PLATFORM:
+        return None
+    if caller.org_kind == OrgKind.HOSPITAL:
+        return (caller.org_id,)
+    raise PermissionDenied("only auditors, approvers and administrators read the audit trail")
+
+
+def may_read_recording(caller: Principal, hospital_id: str | None) -> bool:
+    """Platform auditors read every recording; hospital staff only their hospital's."""
+    if caller.org_kind == OrgKind.PLATFORM:
+        return True
+    return (caller.org_kind == OrgKind.HOSPITAL and hospital_id is not None
+            and caller.org_id == hospital_id)
+
+
+def check_report_signer(caller: Principal, hospital_id: str | None) -> None:
+    """Only an approver of the report's own hospital signs it off."""
+    if not (caller.org_kind == OrgKind.HOSPITAL and hospital_id is not None
+            and caller.org_id == hospital_id):
+        raise PermissionDenied("only an approver of the hospital signs its work reports")
+
+
+_SESSION_READERS_HOSPITAL = frozenset({A, H, U})
+_SESSION_READERS_PLATFORM = frozenset({U, P})
+
+
+def may_see_session(caller: Principal, hospital_id: str, user_id: str) -> bool:
+    """Listing live sessions: platform staff see all, hospital staff their hospital's,
+    anyone else (an engineer) only their own."""
+    if caller.org_kind == OrgKind.PLATFORM and caller.roles & _SESSION_READERS_PLATFORM:
+        return True
+    if caller.org_kind == OrgKind.HOSPITAL and caller.roles & _SESSION_READERS_HOSPITAL:
+        return caller.org_id == hospital_id
+    return caller.user_id == user_id
+
+
+def check_session_control(caller: Principal, hospital_id: str, action: str) -> None:
+    """Following or terminating: platform admins any session, hospital staff their own."""
+    if caller.org_kind == OrgKind.PLATFORM:
+        return
+    if caller.org_kind == OrgKind.HOSPITAL and hospital_id and caller.org_id == hospital_id:
+        return
+    verb = "follow" if action == "sessions.follow" else "terminate"
+    raise PermissionDenied(f"only approvers of the session's hospital may {verb} it")

@@ -1,8 +1,13 @@
 """Every API error in one JSON shape: ``{"error": {"code", "message", "details"?}}``.
 
-Domain errors map to HTTP status here and nowhere else.  Refusals that matter
-(permission, policy, illegal state) also write ``request.refused`` or
-``admin.refused`` naming the caller and the action.
+Domain errors map to HTTP status here and nowhere else, for every router
+(control plane, audit, live sessions, SSH certificates).  Every refusal
+(permission, policy, illegal state) also writes the ``*.refused`` event the
+permission table names for the action (:func:`~broker.access.permissions.refusal_event`):
+the caller, the action, the reason, the source address, and whatever ids the
+request names (``RequestId``, ``GrantId``, ``TargetSessionId``) or the route
+added (``broker.api.deps.refusal_context``).  Query errors of the audit trail
+are 400.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit.errors import AuditError
-from audit.events import Result
+from audit.events import Result, new_event
+from audit.index import QueryError
 from broker.access import errors as e
+from broker.access.permissions import refusal_event
 from broker.access.ports import Actor
 
 log = logging.getLogger("hoshu.api")
@@ -25,6 +32,7 @@ log = logging.getLogger("hoshu.api")
 STATUS: list[tuple[type[e.AccessError], int]] = [
     (e.LockedOut, 401), (e.Unauthenticated, 401), (e.PermissionDenied, 403),
     (e.NotFound, 404), (e.Conflict, 409), (e.Gone, 410), (e.InvalidInput, 422),
+    (e.Unavailable, 503),
 ]
 REFUSALS = (e.PermissionDenied, e.PolicyViolation, e.IllegalTransition)
 HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
@@ -47,18 +55,40 @@ def status_for(exc: e.AccessError) -> int:
     return 400
 
 
+# path parameters that name the object of a refused call, as event columns
+_PATH_COLUMNS = {"request_id": "RequestId", "grant_id": "GrantId",
+                 "session_id": "TargetSessionId"}
+
+
 def _record_refusal(request: Request, exc: e.AccessError) -> None:
-    actor: Actor | None = getattr(request.state, "actor", None)
+    actor: Any = getattr(request.state, "actor", None)
     action: str = getattr(request.state, "action", "") or request.url.path
     services = getattr(request.app.state, "services", None)
-    if services is None:
-        return
-    kind = "request.refused" if action.startswith(("requests.", "grants.", "emergency.")) \
-        else "admin.refused"
+    emitter = getattr(request.state, "refusal_emitter", None)
+    columns: dict[str, Any] = {col: str(request.path_params[name])
+                               for name, col in _PATH_COLUMNS.items()
+                               if request.path_params.get(name)}
+    if action.startswith("reports.") and "GrantId" in columns:
+        # a refused sign-off is about the report, not an event of the grant's work
+        columns.update(ObjectType="work_report", Object=columns.pop("GrantId"))
+    columns.update(getattr(request.state, "refusal_columns", {}))
+    columns.update(Operation=action, EventResultDetails=exc.code,
+                   SrcIpAddr=request.client.host if request.client else None)
+    kind = refusal_event(action)
+    details = {"reason": exc.message}
     try:
-        services.ctx.emit(kind, actor, result=Result.FAILURE, Operation=action,
-                          EventResultDetails=exc.code, details={"reason": exc.message},
-                          SrcIpAddr=request.client.host if request.client else None)
+        if services is not None and (actor is None or isinstance(actor, Actor)):
+            event = services.ctx.event(kind, actor, result=Result.FAILURE, details=details,
+                                       **columns)
+            (emitter or services.ctx.emitter).emit(event)
+            return
+        if actor is not None:
+            columns.update(ActorUserId=actor.user_id, ActorUsername=actor.username,
+                           ActorOrganization=getattr(actor, "org_id", None) or None)
+        sink = emitter or (services.ctx.emitter if services is not None else None)
+        if sink is not None:
+            sink.emit(new_event(kind, EventResult=Result.FAILURE.value, DvcHostname="broker",
+                                DvcRole="broker", details=details, **columns))
     except AuditError:
         log.exception("could not record a refusal")
 
@@ -86,6 +116,10 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
                           headers=getattr(exc, "headers", None))
 
 
+async def query_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(400, "invalid_query", str(exc))
+
+
 async def audit_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("audit log refused an event: %s", exc)
     return error_response(503, "audit_unavailable",
@@ -101,5 +135,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(e.AccessError, access_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(QueryError, query_error)
     app.add_exception_handler(AuditError, audit_error)
     app.add_exception_handler(Exception, internal_error)

@@ -1,119 +1,93 @@
 """HTTP routes for live sessions: list, follow read-only, terminate.
 
 ``build_sessions_router`` returns an ``APIRouter`` that the broker process
-includes (``build_runtime(..., extra_routers=[...])``).  Who may do what:
+includes (``attach_front_door(..., sessions_routes=True)``).  Who may do what
+is the permission table (:mod:`broker.access.permissions`), asked through
+:func:`broker.api.deps.require` like every other route, token scope included:
 
-- list: a hospital's approvers, hospital admins and auditors see that
-  hospital's sessions; platform admins and auditors see all; an engineer sees
-  their own.
-- follow (``GET /v1/sessions/{id}/stream``, the terminal output as it
-  happens) and terminate (``POST /v1/sessions/{id}/terminate``): approvers and
-  hospital admins of the session's hospital, and platform admins.
+- list (``sessions.list``, scope ``read``): a hospital's approvers, hospital
+  admins and auditors see that hospital's sessions; platform admins and
+  auditors see all; an engineer sees their own.
+- follow (``GET /v1/sessions/{id}/stream``, the terminal output as it happens;
+  ``sessions.follow``) and terminate (``POST /v1/sessions/{id}/terminate``;
+  ``sessions.terminate``): approvers and hospital admins of the session's
+  hospital, and platform admins, with a token allowing ``decisions`` (a full
+  sign-in).  An enrolment-only or read-only token is refused.
 
-Everything else is refused (403, ``recording.refused`` for a refused follow);
-a session the caller may not see is "not found".  A follow is logged as
-``recording.viewed``; a termination as ``session.terminated`` naming the caller.
+Every refusal is a 403 and an event (``recording.refused`` for a follow,
+``admin.refused`` for a terminate), written by :mod:`broker.api.errors`; the
+session keeps running.  A session the caller may not see is "not found".  A
+follow is logged as ``recording.viewed``; a termination as
+``session.terminated`` naming the caller.
 """
 
-from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 
 from audit import new_event
 from audit.emitter import Emitter
+from broker.access.errors import NotFound
+from broker.access.permissions import Principal, check_session_control, may_see_session
+from broker.api.deps import Authenticate, refusal_context, require
 from broker.ssh.sessions import LiveSession, SessionRegistry
-
-_HOSPITAL_CONTROL = frozenset({"approver", "hospital_admin"})
-_HOSPITAL_READ = _HOSPITAL_CONTROL | {"auditor"}
-_PLATFORM_READ = frozenset({"platform_admin", "auditor"})
-
-
-class Caller(Protocol):
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def org_id(self) -> str: ...
-    @property
-    def org_kind(self) -> str: ...
-    @property
-    def roles(self) -> frozenset[str]: ...
-
-
-def may_see(c: Caller, s: LiveSession) -> bool:
-    if c.org_kind == "platform" and c.roles & _PLATFORM_READ:
-        return True
-    if c.org_kind == "hospital" and c.roles & _HOSPITAL_READ:
-        return c.org_id == s.hospital_id
-    return c.user_id == s.user_id
-
-
-def may_control(c: Caller, s: LiveSession) -> bool:
-    if c.org_kind == "platform" and "platform_admin" in c.roles:
-        return True
-    return c.org_kind == "hospital" and bool(c.roles & _HOSPITAL_CONTROL) \
-        and c.org_id == s.hospital_id
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def _default_authenticate(request: Request) -> Caller:
-    from broker.api.deps import bearer, client_ip
-
-    services = request.app.state.services
-    caller: Caller = services.auth.authenticate(bearer(request), client_ip(request))
-    return caller
 
 
 def build_sessions_router(
     get_sessions: Callable[[], SessionRegistry | None],
     emitter: Emitter,
     *,
-    authenticate: Callable[[Request], Caller] = _default_authenticate,
+    authenticate: Authenticate | None = None,
 ) -> APIRouter:
     # async routes: they run on the event loop that owns the sessions (terminate
     # resolves the relay's futures, which is only safe from that loop)
     router = APIRouter(tags=["sessions"])
 
-    def registry() -> SessionRegistry | None:
-        return get_sessions()
+    def allowed(action: str) -> Any:
+        return Depends(require(action, authenticate=authenticate, emitter=emitter))
 
-    def cols(c: Caller, s: LiveSession) -> dict[str, Any]:
-        return {"ActorUsername": c.username, "ActorUserId": c.user_id,
-                "TargetSessionId": s.session_id, "TargetHostname": s.instrument,
+    Lister = Annotated[Principal, allowed("sessions.list")]
+    Follower = Annotated[Principal, allowed("sessions.follow")]
+    Terminator = Annotated[Principal, allowed("sessions.terminate")]
+
+    def controlled(request: Request, caller: Principal, session_id: str,
+                   action: str) -> tuple[SessionRegistry, LiveSession]:
+        reg = get_sessions()
+        s = reg.get(session_id) if reg else None
+        if reg is None or s is None:
+            raise NotFound(f"no live session {session_id}")
+        refusal_context(request, **cols(s))
+        if not may_see_session(caller, s.hospital_id, s.user_id) \
+                and action == "sessions.follow":
+            raise NotFound(f"no live session {session_id}")
+        # terminating is a decision: refused (and audited) even when not visible
+        check_session_control(caller, s.hospital_id, action)
+        return reg, s
+
+    def cols(s: LiveSession) -> dict[str, Any]:
+        return {"TargetSessionId": s.session_id, "TargetHostname": s.instrument,
                 "HospitalId": s.hospital_id or None, "ObjectType": "session",
                 "Object": s.session_id}
 
+    def actor(c: Principal) -> dict[str, Any]:
+        return {"ActorUsername": c.username, "ActorUserId": c.user_id}
+
     @router.get("/v1/sessions")
-    async def list_sessions(request: Request) -> Any:
-        caller = authenticate(request)
-        reg = registry()
-        rows = [s.summary() for s in (reg.list() if reg else []) if may_see(caller, s)]
+    async def list_sessions(caller: Lister) -> Any:
+        reg = get_sessions()
+        rows = [s.summary() for s in (reg.list() if reg else [])
+                if may_see_session(caller, s.hospital_id, s.user_id)]
         return {"sessions": rows}
 
     @router.get("/v1/sessions/{session_id}/stream")
-    async def follow(session_id: str, request: Request) -> Any:
-        caller = authenticate(request)
-        reg = registry()
-        s = reg.get(session_id) if reg else None
-        if reg is None or s is None or not may_see(caller, s):
-            return _error(404, "not_found", f"no live session {session_id}")
-        if not may_control(caller, s):
-            emitter.emit(new_event("recording.refused", EventResult="Failure",
-                                   details={"reason": "not an approver of this hospital"},
-                                   **cols(caller, s)))
-            return _error(403, "permission_denied",
-                          "only approvers of the session's hospital may follow it")
+    async def follow(session_id: str, request: Request, caller: Follower) -> Any:
+        reg, s = controlled(request, caller, session_id, "sessions.follow")
         emitter.emit(new_event("recording.viewed", Operation="follow",
                                details={"recording": s.recording or None},
-                               **cols(caller, s)))
+                               **actor(caller), **cols(s)))
 
         async def body() -> AsyncIterator[bytes]:
             async for chunk in reg.follow(session_id):
@@ -122,15 +96,8 @@ def build_sessions_router(
         return StreamingResponse(body(), media_type="application/octet-stream")
 
     @router.post("/v1/sessions/{session_id}/terminate")
-    async def terminate(session_id: str, request: Request) -> Any:
-        caller = authenticate(request)
-        reg = registry()
-        s = reg.get(session_id) if reg else None
-        if reg is None or s is None or not may_see(caller, s):
-            return _error(404, "not_found", f"no live session {session_id}")
-        if not may_control(caller, s):
-            return _error(403, "permission_denied",
-                          "only approvers of the session's hospital may terminate it")
+    async def terminate(session_id: str, request: Request, caller: Terminator) -> Any:
+        reg, _s = controlled(request, caller, session_id, "sessions.terminate")
         reg.terminate(session_id, by=caller.username, reason="approver")
         return {"session_id": session_id, "terminated": True}
 

@@ -1,67 +1,107 @@
-"""docs/permissions.md is the truth: every endpoint, every role, over HTTP.
+"""docs/permissions.md is the truth: every endpoint of the assembled broker, every role.
 
-The table is parsed from the document.  The test proves (1) it lists exactly
-the endpoints the API serves, (2) it equals the permission table in code, and
-(3) calling each endpoint as each role answers 403 exactly where the table
-says "—".
+The table is parsed from the document.  The tests prove, against the app that
+``build_broker`` assembles for ``hoshu serve`` (audit, recordings, reports,
+reviews, live sessions and SSH certificates included): (1) the page lists
+exactly the endpoints that app serves, (2) it equals the permission table in
+code (roles, organisation kinds, scope), and (3) calling each endpoint as
+people of each role and organisation kind answers 403 exactly where the table
+says "—" (or the person's organisation kind is not in the "Orgs" column).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from broker.access.model import Role
+import pytest
+from fastapi.testclient import TestClient
+
 from broker.access.people import NewUser
-from broker.access.permissions import PERMISSIONS
+from broker.access.permissions import ANY_ORG, PERMISSIONS
 from broker.access.requests import NewRequest
-from broker.api.app import create_app
+from broker.assembly import build_broker
+from broker.runtime import Runtime
 from broker.settings import BrokerSettings
-from tests.control.apihelp import auth, client_for, session_token
-from tests.control.conftest import PASSWORD, World, openssh_public_key
+from tests.control.apihelp import auth, session_token
+from tests.control.conftest import PASSWORD, FakeClock, World, build_world, openssh_public_key
 
 DOC = Path(__file__).parents[2] / "docs" / "permissions.md"
-ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/\S+)` \| (.+?) \| (.+?) \| (.+) \|$")
-ROLES = [r.value for r in Role]
-ROLE_USER = {"engineer": "eng", "approver": "appr", "hospital_admin": "hadmin",
-             "auditor": "aud", "platform_admin": "root"}
+ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/\S+)` \| (.+?) \| (.+?) \| (.+?) \| (.+) \|$")
+ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]
+# (user, role the table column is read for, organisation kind)
+WALKERS = [("eng", "engineer", "vendor"), ("appr", "approver", "hospital"),
+           ("hadmin", "hospital_admin", "hospital"), ("aud", "auditor", "hospital"),
+           ("vaud", "auditor", "vendor"), ("paud", "auditor", "platform"),
+           ("root", "platform_admin", "platform")]
+
+Row = tuple[str, str, str | None, str, frozenset[str] | None, dict[str, str]]
 
 
-def parse_table() -> list[tuple[str, str, str | None, dict[str, str]]]:
-    rows = []
+def parse_table() -> list[Row]:
+    rows: list[Row] = []
     header: list[str] = []
     for line in DOC.read_text().splitlines():
         if line.startswith("| Endpoint |"):
-            header = [c.strip() for c in line.strip("|").split("|")][3:]
+            header = [c.strip() for c in line.strip("|").split("|")][4:]
         m = ROW.match(line)
         if m:
-            method, path, action, _scope, cells = m.groups()
+            method, path, action, scope, orgs, cells = m.groups()
             values = [c.strip() for c in cells.split("|")]
             assert header == ROLES, "the table's role columns changed"
             act = action.strip("` ") if action != "—" else None
-            rows.append((method, path, act, dict(zip(header, values, strict=True))))
+            kinds = None if orgs in ("any", "—") else frozenset(
+                o.strip() for o in orgs.split(","))
+            rows.append((method, path, act, scope, kinds, dict(zip(header, values, strict=True))))
     return rows
 
 
-def test_table_lists_exactly_the_served_endpoints() -> None:
-    app = create_app(BrokerSettings(), services=object())  # type: ignore[arg-type]
-    served = {(m.upper(), path) for path, ops in app.openapi()["paths"].items()
+def _close(rt: Runtime) -> None:
+    async def close() -> None:
+        for closer in reversed(rt.closers):
+            result = closer()
+            if inspect.isawaitable(result):
+                await result
+    asyncio.run(close())
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Runtime]:
+    """The broker ``hoshu serve`` runs, built (not serving) over a fresh data dir."""
+    rt = build_broker(BrokerSettings(data_dir=tmp_path / "data"))
+    try:
+        yield rt
+    finally:
+        _close(rt)
+
+
+def test_table_lists_exactly_the_endpoints_of_the_assembled_broker(broker: Runtime) -> None:
+    served = {(m.upper(), path) for path, ops in broker.app.openapi()["paths"].items()
               for m in ops}
-    documented = {(m, p) for m, p, _, _ in parse_table()}
+    documented = {(m, p) for m, p, *_ in parse_table()}
+    assert {p for _, p in served} >= {"/v1/sessions/{session_id}/terminate",
+                                      "/v1/ssh/certificate", "/v1/audit/events"}
     assert documented == served
 
 
 def test_table_equals_the_code() -> None:
-    for _m, _p, action, cells in parse_table():
+    for _m, _p, action, scope, kinds, cells in parse_table():
         if action is None:
             assert set(cells.values()) == {"public"}
             continue
+        perm = PERMISSIONS[action]
         allowed = {r for r, v in cells.items() if v == "yes"}
-        assert allowed == {r.value for r in PERMISSIONS[action].roles}, action
-    assert {a for *_, a, _ in parse_table() if a} == set(PERMISSIONS)
+        assert allowed == {r.value for r in perm.roles}, action
+        assert scope == perm.scope, action
+        assert (kinds or frozenset(ANY_ORG)) == {k.value for k in perm.orgs}, action
+    assert {row[2] for row in parse_table() if row[2]} == set(PERMISSIONS)
 
 
-def _targets(w: World) -> dict[str, str]:
+def _targets(w: World, client: TestClient, root_token: str) -> dict[str, str]:
     s = w.s
     spare = s.people.create_user(w.admin, NewUser("spare", "Spare Person", "hoshi-hospital",
                                                   ["auditor"], PASSWORD))
@@ -74,35 +114,47 @@ def _targets(w: World) -> dict[str, str]:
     granted = s.requests.create(w.actors["eng"], NewRequest(["cobas-1"], 600, "walk"))
     grant = s.requests.approve(w.actors["appr2"], granted.id).grant
     assert grant is not None
+    # a session of the hospital in the audit trail, so its recording has an owner
+    s.ctx.emit("session.started", w.actors["eng"], TargetSessionId="s-walk",
+               HospitalId=w.hospital.id, details={"kind": "shell"})
+    deadline = time.monotonic() + 15
+    while not client.get("/v1/audit/events?session=s-walk",
+                         headers=auth(root_token)).json()["events"]:
+        assert time.monotonic() < deadline, "the index never saw the session"
+        time.sleep(0.05)
     return {"org": beta.name, "user": spare.name, "key_id": key.id, "token_id": "no-such-token",
             "contract_id": contract.id, "hospital": "hoshi-hospital", "name": "cobas-1",
-            "gateway": gw.gateway_id, "request_id": req.id, "grant_id": grant.id}
+            "gateway": gw.gateway_id, "request_id": req.id, "grant_id": grant.id,
+            "session_id": "s-walk", "month": "2026-03"}
 
 
-def test_every_endpoint_with_every_role_matches_the_table(world: World) -> None:
-    w = world
-    targets = _targets(w)
-    users = {**w.users, "root": None}
-    c = client_for(w.s)
-    root = next(u for u in w.s.people.list_users(w.admin) if u.name == "root")
-    users["root"] = root
-    mismatches = []
-    succeeded = 0
-    for method, path, action, cells in parse_table():
-        if action is None:
-            continue
-        url = re.sub(r"\{(\w+)\}", lambda m: targets[m.group(1)], path)
-        for role in ROLES:
-            user = users[ROLE_USER[role]]
-            assert user is not None
-            token = session_token(w.s, user)
-            kwargs: dict[str, object] = {"headers": auth(token)}
-            if method in ("POST", "PUT", "PATCH"):
-                kwargs["json"] = {}
-            r = c.request(method, url, **kwargs)  # type: ignore[arg-type]
-            succeeded += r.status_code < 300
-            expect_forbidden = cells[role] != "yes"
-            if (r.status_code == 403) != expect_forbidden or r.status_code in (401, 500):
-                mismatches.append((method, path, role, r.status_code, r.text[:120]))
+def test_every_endpoint_with_every_role_matches_the_table(broker: Runtime) -> None:
+    services = broker.control.services
+    w = build_world(services, FakeClock())
+    platform = services.people.org_of(w.admin.org_id)
+    assert platform is not None
+    w.add_user("paud", platform, ["auditor"])
+    users = {**w.users}
+    users["root"] = next(u for u in services.people.list_users(w.admin) if u.name == "root")
+    with TestClient(broker.app, raise_server_exceptions=False) as c:
+        targets = _targets(w, c, session_token(services, users["root"]))
+        mismatches = []
+        succeeded = 0
+        for method, path, action, _scope, kinds, cells in parse_table():
+            if action is None:
+                continue
+            url = re.sub(r"\{(\w+)\}", lambda m: targets[m.group(1)], path)
+            for name, role, kind in WALKERS:
+                # a fresh token per call: logout and revocations end the ones before
+                token = session_token(services, users[name])
+                kwargs: dict[str, object] = {"headers": auth(token)}
+                if method in ("POST", "PUT", "PATCH"):
+                    kwargs["json"] = {}
+                r = c.request(method, url, **kwargs)  # type: ignore[arg-type]
+                succeeded += r.status_code < 300
+                expect_forbidden = cells[role] != "yes" or (kinds is not None
+                                                            and kind not in kinds)
+                if (r.status_code == 403) != expect_forbidden or r.status_code in (401, 500):
+                    mismatches.append((method, path, name, r.status_code, r.text[:120]))
     assert mismatches == []
-    assert succeeded >= 60, "too few allowed calls got through: the walk proves little"
+    assert succeeded >= 80, "too few allowed calls got through: the walk proves little"

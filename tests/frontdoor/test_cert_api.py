@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
+from broker.api import errors
 from broker.cli.main import main
 from broker.ssh.cert_api import build_cert_router
 from tests.frontdoor.harness import World, run
@@ -25,6 +26,8 @@ class Caller:
     roles: frozenset[str]
     scopes: frozenset[str]
     token_kind: str
+    org_id: str = "v-1"
+    org_kind: str = "vendor"
 
 
 TOKENS = {
@@ -47,6 +50,7 @@ def api(granted: World) -> Iterator[str]:
         return max(ends) if ends else None
 
     app = FastAPI()
+    errors.install(app)
     app.include_router(build_cert_router(lambda: w.door.ca, w.policy, grants_end, w.events,
                                          w.clock, authenticate=authenticate))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import httpx
 from fastapi import FastAPI, Request
 
+from broker.api import errors
 from broker.ssh.sessions_api import build_sessions_router
 from tests.frontdoor.harness import World, open_shell, paramiko_client, poll, shell_ready
 
@@ -19,6 +20,8 @@ class Who:
     org_id: str
     org_kind: str
     roles: frozenset[str]
+    scopes: frozenset[str] = frozenset({"*"})
+    token_kind: str = "session"
 
 
 PEOPLE = {
@@ -34,6 +37,7 @@ def _app(w: World) -> FastAPI:
         return PEOPLE[request.headers["x-test-user"]]
 
     app = FastAPI()
+    errors.install(app)
     app.include_router(build_sessions_router(lambda: w.door.sessions, w.events,
                                              authenticate=authenticate))
     return app

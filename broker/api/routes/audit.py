@@ -1,18 +1,24 @@
 """Auditor API: event queries and exports, recordings, work reports and reviews.
 
 ``build_router(...)`` returns an ``APIRouter`` for ``create_app`` to include.
-Who sees what (deny by default; checked here, after authentication):
+Who may call what is the permission table (:mod:`broker.access.permissions`,
+actions ``audit.*``, ``recordings.read``, ``reports.*``, ``reviews.show``),
+asked through :func:`broker.api.deps.require` like every other route; which
+hospital's records a permitted caller sees is the table's record-level rule
+(:func:`~broker.access.permissions.hospital_scope`, ...):
 
 * events, exports, reports, reviews: the platform's auditors and platform
   admins see every hospital; a hospital's approvers, auditors and admins see
   only their own hospital (the query is narrowed, not trusted); vendor
   accounts are refused;
 * recordings: only the session's hospital's approvers and auditors, and the
-  platform's auditors.  Each read is an ``recording.viewed`` event and each
+  platform's auditors.  Each read is a ``recording.viewed`` event and each
   refusal a ``recording.refused`` event;
 * signing a work report: only an approver of the report's hospital.
 
-Token scopes: reads need ``read``, signing needs ``decisions`` (``*`` allows all).
+Refusals raise domain errors; :mod:`broker.api.errors` maps them to HTTP and
+writes the refusal event.  Token scopes: reads need ``read``, signing needs
+``decisions`` (``*`` allows all).
 """
 
 
@@ -20,7 +26,7 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -35,70 +41,22 @@ from audit.report import ReportError
 from audit.report_render import LANGS, render_html
 from audit.review import build_review, render_review_html
 from audit.workreports import ReportService
-from broker.access.errors import NotFound, PermissionDenied, Unauthenticated
-from broker.api.errors import error_response
+from broker.access.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from broker.access.permissions import (
+    Principal,
+    check_report_signer,
+    hospital_scope,
+    may_read_recording,
+)
+from broker.api.deps import Authenticate, refusal_context, require
 
 MAX_EXPORT_ROWS = 1_000_000
-_HOSPITAL_READERS = frozenset({"approver", "auditor", "hospital_admin"})
-_PLATFORM_READERS = frozenset({"auditor", "platform_admin"})
-_RECORDING_HOSPITAL = frozenset({"approver", "auditor"})
-
-
-class Caller(Protocol):
-    """What the router needs to know about the caller (``broker.access.ports.Actor``)."""
-
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def org_id(self) -> str: ...
-    @property
-    def org_kind(self) -> str: ...
-    @property
-    def roles(self) -> frozenset[str]: ...
-    @property
-    def scopes(self) -> frozenset[str]: ...
-    @property
-    def src_ip(self) -> str | None: ...
 
 
 class SignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     report_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     comment: str | None = Field(default=None, max_length=2000)
-
-
-def default_authenticate(request: Request) -> Caller:
-    """Bearer token -> Actor through the control plane's auth service."""
-    from broker.api.deps import bearer, client_ip
-
-    services = getattr(request.app.state, "services", None)
-    if services is None:
-        raise Unauthenticated("authentication is not configured")
-    actor: Caller = services.auth.authenticate(bearer(request), client_ip(request))
-    return actor
-
-
-def _scope(caller: Caller, scope: str) -> None:
-    if "*" not in caller.scopes and scope not in caller.scopes:
-        raise PermissionDenied(f"this token's scope does not allow {scope}")
-
-
-def hospital_scope(caller: Caller) -> tuple[str, ...] | None:
-    """None: every hospital; a tuple: only those; refused for everyone else."""
-    if caller.org_kind == "platform" and caller.roles & _PLATFORM_READERS:
-        return None
-    if caller.org_kind == "hospital" and caller.roles & _HOSPITAL_READERS:
-        return (caller.org_id,)
-    raise PermissionDenied("only auditors, approvers and administrators read the audit trail")
-
-
-def may_read_recording(caller: Caller, hospital_id: str | None) -> bool:
-    if caller.org_kind == "platform" and "auditor" in caller.roles:
-        return True
-    return (caller.org_kind == "hospital" and bool(caller.roles & _RECORDING_HOSPITAL)
-            and hospital_id is not None and caller.org_id == hospital_id)
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:
@@ -119,17 +77,22 @@ def build_router(
     reports: ReportService,
     recordings_dir: Path,
     emitter: Emitter,
-    authenticate: Callable[[Request], Caller] = default_authenticate,
+    authenticate: Authenticate | None = None,
     sink_status: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> APIRouter:
     router = APIRouter(tags=["audit"])
 
-    def caller_dep(request: Request) -> Caller:
-        caller = authenticate(request)
-        request.state.actor = caller
-        return caller
+    def allowed(action: str) -> Any:
+        return Depends(require(action, authenticate=authenticate, emitter=emitter))
 
-    CallerDep = Annotated[Caller, Depends(caller_dep)]
+    Search = Annotated[Principal, allowed("audit.search")]
+    Export = Annotated[Principal, allowed("audit.export")]
+    Recordings = Annotated[Principal, allowed("recordings.read")]
+    ShowReport = Annotated[Principal, allowed("reports.show")]
+    GenerateReport = Annotated[Principal, allowed("reports.generate")]
+    SignReport = Annotated[Principal, allowed("reports.sign")]
+    Reviews = Annotated[Principal, allowed("reviews.show")]
+    Sinks = Annotated[Principal, allowed("audit.sinks")]
 
     def query_dep(
         start: str | None = None, end: str | None = None, hospital: str | None = None,
@@ -147,38 +110,29 @@ def build_router(
 
     QueryDep = Annotated[dict[str, Any], Depends(query_dep)]
 
-    def make_query(caller: Caller, raw: dict[str, Any]) -> EventQuery:
-        _scope(caller, "read")
+    def make_query(caller: Principal, raw: dict[str, Any]) -> EventQuery:
         scope = hospital_scope(caller)
         args = dict(raw)
         args["start"] = _parse_time(raw["start"], "start")
         args["end"] = _parse_time(raw["end"], "end")
         return EventQuery(hospital_ids=scope, **args)
 
-    def bad(exc: Exception, status: int = 400, code: str = "invalid_query") -> JSONResponse:
-        return error_response(status, code, str(exc))
-
     @router.get("/v1/audit/events")
-    def search(caller: CallerDep, raw: QueryDep) -> Response:
-        try:
-            page = index.search(make_query(caller, raw))
-        except QueryError as exc:
-            return bad(exc)
+    def search(caller: Search, raw: QueryDep) -> Response:
+        page = index.search(make_query(caller, raw))
         return JSONResponse({"events": page.events, "next_page": page.next_page})
 
     @router.get("/v1/audit/export")
-    def export(caller: CallerDep, raw: QueryDep, format: str = "jsonl") -> Response:
+    def export(request: Request, caller: Export, raw: QueryDep,
+               format: str = "jsonl") -> Response:
         if format not in FORMATS:
-            return bad(QueryError(f"format must be one of {', '.join(FORMATS)}"))
-        try:
-            q = make_query(caller, {**raw, "limit": 1000, "page": None})
-            q.validate()
-        except QueryError as exc:
-            return bad(exc)
+            raise QueryError(f"format must be one of {', '.join(FORMATS)}")
+        q = make_query(caller, {**raw, "limit": 1000, "page": None})
+        q.validate()
         filters = {k: v for k, v in raw.items() if v not in (None, (), "") and k != "limit"}
         emitter.emit(new_event(
             "audit.exported", ActorUserId=caller.user_id, ActorUsername=caller.username,
-            SrcIpAddr=caller.src_ip, DvcRole="broker", Operation="export",
+            SrcIpAddr=_src(request), DvcRole="broker", Operation="export",
             details={"format": format, "count": None, "filters": json.dumps(filters,
                                                                             default=str)}))
         lines: Iterator[str] = export_lines(index.iterate(q, max_rows=MAX_EXPORT_ROWS), format)
@@ -188,101 +142,93 @@ def build_router(
                                           f'attachment; filename="hoshu-audit.{format}"'})
 
     @router.get("/v1/recordings/{session_id}")
-    def recording(session_id: str, caller: CallerDep) -> Response:
-        _scope(caller, "read")
+    def recording(session_id: str, request: Request, caller: Recordings) -> Response:
         try:
             path = recording_path(recordings_dir, session_id)
         except RecordingError as exc:
-            return bad(exc, 400, "invalid_session_id")
+            raise InvalidInput(str(exc), code="invalid_session_id") from exc
         started = index.search(EventQuery(session_id=session_id,
                                           types=("session.started",), limit=1)).events
         hospital = started[0].get("HospitalId") if started else None
-        common: dict[str, Any] = {"ActorUserId": caller.user_id, "ActorUsername": caller.username,
-                  "SrcIpAddr": caller.src_ip, "TargetSessionId": session_id,
-                  "HospitalId": hospital, "DvcRole": "broker"}
+        refusal_context(request, HospitalId=hospital)
         if not may_read_recording(caller, hospital):
-            emitter.emit(new_event("recording.refused", EventResult="Failure", **common,
-                                   details={"reason": "not an approver or auditor of the "
-                                                      "session's hospital"}))
             raise PermissionDenied("recordings are readable only by the hospital's approvers "
                                    "and auditors and by platform auditors")
         if not path.is_file():
             raise NotFound(f"no recording for session {session_id}")
         size, sha = file_sha256(path)
         emitter.emit(new_event("recording.viewed", RecordingSHA256=sha, RecordingSize=size,
-                               **common, details={"recording": path.name}))
+                               ActorUserId=caller.user_id, ActorUsername=caller.username,
+                               SrcIpAddr=_src(request), TargetSessionId=session_id,
+                               HospitalId=hospital, DvcRole="broker",
+                               details={"recording": path.name}))
         return FileResponse(path, media_type="application/x-asciicast",
                             headers={"X-Recording-SHA256": sha})
 
-    def _report_for(caller: CallerDep, grant_id: str) -> dict[str, Any]:
-        _scope(caller, "read")
+    def _build(grant_id: str) -> dict[str, Any]:
+        try:
+            return reports.build(grant_id)
+        except ReportError as exc:
+            raise NotFound(str(exc)) from exc
+
+    def _report_for(caller: Principal, grant_id: str) -> dict[str, Any]:
         scope = hospital_scope(caller)
-        report = reports.build(grant_id)
+        report = _build(grant_id)
         if scope is not None and report["plan"].get("hospital_id") not in scope:
             raise NotFound(f"no report for grant {grant_id}")
         return report
 
     @router.get("/v1/reports/{grant_id}")
-    def show_report(grant_id: str, caller: CallerDep, format: str = "json",
+    def show_report(grant_id: str, caller: ShowReport, format: str = "json",
                     lang: str = "ja") -> Response:
         if lang not in LANGS or format not in ("json", "html"):
-            return bad(QueryError("format must be json or html and lang ja or en"))
-        try:
-            report = _report_for(caller, grant_id)
-        except ReportError as exc:
-            return bad(exc, 404, "not_found")
+            raise QueryError("format must be json or html and lang ja or en")
+        report = _report_for(caller, grant_id)
         report["status"] = reports.status(grant_id)
         if format == "html":
             return HTMLResponse(render_html(report, lang))
         return JSONResponse(report)
 
     @router.post("/v1/reports/{grant_id}/generate")
-    def generate_report(grant_id: str, caller: CallerDep) -> Response:
+    def generate_report(grant_id: str, caller: GenerateReport) -> Response:
+        _report_for(caller, grant_id)
         try:
-            _report_for(caller, grant_id)
             return JSONResponse(reports.generate(grant_id), status_code=201)
         except ReportError as exc:
-            return bad(exc, 404, "not_found")
+            raise NotFound(str(exc)) from exc
 
     @router.post("/v1/reports/{grant_id}/sign")
-    def sign_report(grant_id: str, body: SignIn, caller: CallerDep) -> Response:
-        _scope(caller, "decisions")
-        try:
-            report = reports.build(grant_id)
-        except ReportError as exc:
-            return bad(exc, 404, "not_found")
-        if not (caller.org_kind == "hospital" and "approver" in caller.roles
-                and caller.org_id == report["plan"].get("hospital_id")):
-            raise PermissionDenied("only an approver of the hospital signs its work reports")
+    def sign_report(grant_id: str, body: SignIn, request: Request,
+                    caller: SignReport) -> Response:
+        hospital = _build(grant_id)["plan"].get("hospital_id")
+        refusal_context(request, HospitalId=hospital)
+        check_report_signer(caller, hospital)
         try:
             event = reports.sign(grant_id, body.report_sha256, user_id=caller.user_id,
                                  username=caller.username, comment=body.comment)
         except ReportError as exc:
-            return bad(exc, 409, "conflict")
+            raise Conflict(str(exc)) from exc
         return JSONResponse(event, status_code=201)
 
     @router.get("/v1/reviews/{month}")
-    def review(month: str, caller: CallerDep, hospital: str | None = None,
+    def review(month: str, caller: Reviews, hospital: str | None = None,
                format: str = "json", lang: str = "ja") -> Response:
-        _scope(caller, "read")
         scope = hospital_scope(caller)
         if scope is not None:
             if hospital not in (None, scope[0]):
                 raise NotFound("no such hospital")
             hospital = scope[0]
-        try:
-            result = build_review(index, month, hospital_id=hospital)
-        except QueryError as exc:
-            return bad(exc)
+        result = build_review(index, month, hospital_id=hospital)
         if format == "html" and lang in LANGS:
             return HTMLResponse(render_review_html(result, lang))
         return JSONResponse(result)
 
     @router.get("/v1/audit/sinks")
-    def sinks(caller: CallerDep) -> Response:
-        _scope(caller, "read")
-        if hospital_scope(caller) is not None:
-            raise PermissionDenied("sink status is for platform operators")
+    def sinks(caller: Sinks) -> Response:
         return JSONResponse({"sinks": sink_status() if sink_status else []})
 
     return router
+
+
+def _src(request: Request) -> str | None:
+    return request.client.host if request.client else None
