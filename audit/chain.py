@@ -9,13 +9,14 @@ the log holds the last position and hash, so a truncated tail is caught too
 (signed checkpoints, shipped off the machine, catch a truncated head file).
 
 With a :class:`~audit.signing.CheckpointSigner`, the log writes an
-``audit.checkpoint`` event every ``checkpoint_every`` events or
-``checkpoint_interval_s`` seconds (whichever comes first; only when something
-new was written), carrying the position and hash of the event before it and
-an Ed25519 signature.  The newest checkpoint is also kept in a ``.checkpoint``
-file beside the log.  :func:`verify` checks each checkpoint against the chain
-and, given the trusted keys, its signature; given a checkpoint held elsewhere
-(a SIEM row), it proves the log still reaches that position unchanged.
+``audit.checkpoint`` event after every ``checkpoint_every`` events (also in the
+middle of a large batch), every ``checkpoint_interval_s`` seconds when
+something new was written, and when it is closed; it carries the position and
+hash of the event before it and an Ed25519 signature.  The newest checkpoint
+is also kept in a ``.checkpoint`` file beside the log.  Checking lives in
+:mod:`audit.verify` (re-exported here): an auditor's check requires a
+checkpoint every ``checkpoint_every`` events and at the end, so a log that was
+re-hashed after an edit cannot hide that it lost its signatures.
 
 One process writes a log at a time: :class:`ChainLog` holds an exclusive
 ``flock`` on it and refuses to open a log another process is writing.
@@ -29,34 +30,25 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from audit.errors import ChainError, InvalidEvent
 from audit.events import AuditEvent, new_event, utc_now
-from audit.signing import Checkpoint, CheckpointSigner, TrustedKeys
+from audit.signing import Checkpoint, CheckpointSigner
+from audit.verify import GENESIS, VerifyResult, canonical, chain_hash, read_events, verify
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "ChainLog", "VerifyResult", "chain_hash", "read_events", "verify"]
+
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 _HEAD_WIDTH = 96
 
 
-def _canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def chain_hash(prev: str, record: dict[str, Any]) -> str:
-    """The hash committing to ``record`` (without ``ChainHash``) and all before it."""
-    body = {k: v for k, v in record.items() if k != "ChainHash"}
-    return hashlib.sha256(prev.encode() + b"\n" + _canonical(body)).hexdigest()
-
-
 def _line(record: dict[str, Any], prev: str) -> tuple[str, bytes]:
     """Hash ``record`` (which has ``ChainSeq`` and no ``ChainHash``) and render its line."""
-    body = _canonical(record)
+    body = canonical(record)
     h = hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
     # readers parse the JSON, so the hash may follow the sorted body
     return h, body[:-1] + b',"ChainHash":"' + h.encode() + b'"}\n'
@@ -103,6 +95,7 @@ class ChainLog:
         self._clock = clock
         self._listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
+        self._closed = False
         self._sync_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -167,9 +160,16 @@ class ChainLog:
     def append_many(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:
         """Append events in order with one write; returns them with chain fields set."""
         with self._lock:
-            out = self._write(events)
-            if self._checkpoint_due():
-                self._write_checkpoint()
+            out: list[AuditEvent] = []
+            rest = list(events)
+            while rest:
+                # a checkpoint falls due inside a large batch: write it there, so no
+                # stretch of the log is longer than checkpoint_every without one
+                room = self._cp_room(len(rest))
+                out += self._write(rest[:room])
+                rest = rest[room:]
+                if self._checkpoint_due():
+                    self._write_checkpoint()
             seq = self._seq
         if self._fsync:
             self._sync(seq)
@@ -215,6 +215,13 @@ class ChainLog:
                 raise ChainError(f"cannot sync audit log {self.path}: {exc.strerror}") from exc
             self._synced = target
 
+    def _cp_room(self, wanted: int) -> int:
+        """How many events may be written before the count-based checkpoint is due."""
+        if self._signer is None:
+            return wanted
+        since = self._seq - self._cp_seq + 1
+        return max(1, min(wanted, self._cp_every - since))
+
     def _checkpoint_due(self) -> bool:
         if self._signer is None or self._seq < self._cp_seq:
             return False
@@ -239,6 +246,8 @@ class ChainLog:
         return cp
 
     def _write(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+        if self._closed:
+            raise ChainError(f"audit log {self.path} is closed")
         out: list[AuditEvent] = []
         lines: list[bytes] = []
         seq, prev = self._seq, self._hash
@@ -271,7 +280,23 @@ class ChainLog:
         return out
 
     def close(self) -> None:
+        """Write a final checkpoint (when signing and anything is unsigned), then close.
+
+        A log closed this way ends with a checkpoint, which ``hoshu audit verify``
+        requires; if the checkpoint cannot be written the log is closed anyway and
+        verification reports its unsigned tail.
+        """
         with self._lock:
+            if self._closed:
+                return
+            if self._signer is not None and self._seq >= self._cp_seq:
+                try:
+                    self._write_checkpoint()
+                    if self._fsync:
+                        os.fsync(self._fd)
+                except (ChainError, OSError):
+                    pass
+            self._closed = True
             for fd in (self._fd, self._head_fd):
                 try:
                     os.close(fd)
@@ -283,116 +308,3 @@ class ChainLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    count: int
-    last_hash: str
-    first_bad: int | None = None  # 1-based line position of the first bad line
-    reason: str = ""
-    checkpoints: int = 0  # checkpoint events found (and checked) in the log
-    signatures_checked: bool = False
-    last_checkpoint: Checkpoint | None = None
-
-
-def read_events(path: str | os.PathLike[str]) -> Iterator[AuditEvent]:
-    """Yield the events of a log (no verification)."""
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                yield AuditEvent(json.loads(line))
-
-
-def _read_head(p: Path) -> tuple[int, str] | None:
-    head_path = p.with_name(p.name + ".head")
-    if not head_path.exists():
-        return None
-    n, _, h = head_path.read_text().strip().partition(" ")
-    try:
-        return (int(n), h) if n else None
-    except ValueError:
-        return (-1, "unreadable head file")
-
-
-def verify(
-    path: str | os.PathLike[str],
-    *,
-    head: tuple[int, str] | None = None,
-    keys: TrustedKeys | None = None,
-    checkpoint: Checkpoint | None = None,
-    upto: int | None = None,
-) -> VerifyResult:
-    """Check every line of the log; name the first bad position.
-
-    ``head`` (position, hash) is what the log must reach; by default the
-    ``.head`` file beside the log is used.  Every ``audit.checkpoint`` event
-    must match the chain before it, and with ``keys`` carry a good signature by
-    a trusted key.  ``checkpoint`` is a signed checkpoint held elsewhere (for
-    example the newest one the SIEM received): the log must reach its position
-    with the same hash, otherwise it was truncated or rewritten.
-    """
-    p = Path(path)
-    prev, seq, cps = GENESIS, 0, 0
-    last_cp: Checkpoint | None = None
-    at_checkpoint: str | None = None
-
-    def bad(pos: int, reason: str) -> VerifyResult:
-        return VerifyResult(False, seq, prev, pos, reason, cps, keys is not None, last_cp)
-
-    if checkpoint is not None and keys is not None and (why := keys.check(checkpoint)):
-        return bad(checkpoint.seq, f"the given {why}")
-    if p.exists():
-        with open(p, "rb") as f:
-            for lineno, line in enumerate(f, start=1):
-                if upto is not None and lineno > upto:
-                    break
-                if not line.endswith(b"\n"):
-                    break  # the writer is in the middle of this line
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        raise ValueError("not an object")
-                except ValueError:
-                    return bad(lineno, f"line {lineno} is not a record")
-                if record.get("ChainSeq") != lineno:
-                    return bad(lineno, f"line {lineno} has position {record.get('ChainSeq')}: "
-                                       "an event was deleted, inserted or moved")
-                if record.get("ChainHash") != chain_hash(prev, record):
-                    return bad(lineno, f"line {lineno} does not match its hash: edited, "
-                                       "inserted or reordered")
-                if record.get("EventType") == "audit.checkpoint":
-                    try:
-                        cp = Checkpoint.from_details(record.get("Details") or {})
-                    except ChainError as exc:
-                        return bad(lineno, f"line {lineno}: {exc}")
-                    if cp.seq != lineno - 1 or cp.hash != prev:
-                        return bad(lineno, f"checkpoint at line {lineno} does not match the "
-                                           "chain before it")
-                    if keys is not None and (why := keys.check(cp)):
-                        return bad(lineno, f"line {lineno}: {why}")
-                    cps, last_cp = cps + 1, cp
-                prev, seq = record["ChainHash"], lineno
-                if checkpoint is not None and lineno == checkpoint.seq:
-                    at_checkpoint = prev
-    if checkpoint is not None:
-        if seq < checkpoint.seq:
-            return bad(seq + 1, f"the log ends at position {seq} but a signed checkpoint "
-                                f"covers position {checkpoint.seq}: the tail was truncated")
-        if at_checkpoint != checkpoint.hash:
-            return bad(checkpoint.seq, f"position {checkpoint.seq} does not match the signed "
-                                       "checkpoint: the log was rewritten")
-    if head is None and upto is None:
-        head = _read_head(p)
-    if upto is not None and seq < upto:
-        return bad(seq + 1, f"the log ends at position {seq}, expected {upto}")
-    if head is not None:
-        if head[0] < 0:
-            return bad(seq + 1, "the .head file beside the log is unreadable")
-        if seq < head[0]:
-            return bad(seq + 1, f"the log ends at position {seq} but was written up to "
-                                f"{head[0]}: the tail was truncated")
-        if seq == head[0] and prev != head[1]:
-            return bad(seq, f"position {seq} does not match the head")
-    return VerifyResult(True, seq, prev, None, "", cps, keys is not None, last_cp)

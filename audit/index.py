@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -245,6 +245,92 @@ class AuditIndex:
             stmt = stmt.where(t.EventType.in_(list(types)))
         with self.engine.begin() as conn:
             return int(conn.execute(stmt).rowcount or 0)
+
+
+@dataclass(frozen=True)
+class IndexCheck:
+    """The index compared with the chain: ``ok`` when every indexed position holds
+    exactly the chained event and nothing else is indexed."""
+
+    ok: bool
+    compared: int  # chained events found in the index, column for column
+    upto: int  # positions up to here were expected in the index
+    retired: int = 0  # missing because retention deleted them (announced in the chain)
+    problems: tuple[str, ...] = ()
+
+
+def _expected(record: Mapping[str, Any]) -> dict[str, Any]:
+    row = _row(record)
+    row["record"] = json.loads(row["record"])
+    return row
+
+
+def check_index(index: AuditIndex, chain: Iterable[Mapping[str, Any]], *,
+                indexed_upto: int | None = None, max_problems: int = 20) -> IndexCheck:
+    """Compare the auditors' index with the chained events (``read_events`` of the log).
+
+    Every chained event up to ``indexed_upto`` (the index's shipping cursor;
+    default: the highest position in the index) must be indexed with the same
+    columns and record -- auditors' searches and the recording-access check read
+    these columns.  A missing row is accepted only when an
+    ``audit.retention_deleted`` event in the chain announced the deletion of
+    events older than it.  An indexed row that is not the chained event at its
+    position, or carries no position, is a failure.
+    """
+    t = events_table.c
+    cols = [c for c in events_table.columns if c.name != "id"]
+    problems: list[str] = []
+    with index.engine.connect() as conn:
+        top = int(conn.scalar(select(func.max(t.ChainSeq))) or 0)
+        stray = int(conn.scalar(select(func.count()).select_from(events_table)
+                                .where(t.ChainSeq.is_(None))) or 0)
+        if stray:
+            problems.append(f"{stray} indexed events carry no chain position: not from the log")
+        upto = top if indexed_upto is None else indexed_upto
+        rows = conn.execution_options(yield_per=1000).execute(
+            select(*cols).where(t.ChainSeq.is_not(None)).order_by(t.ChainSeq, t.id))
+        row_iter = iter(rows)
+        row = next(row_iter, None)
+        compared = retired = last = 0
+        missing: list[tuple[int, str]] = []
+        cutoffs: list[str] = []
+        for record in chain:
+            seq = int(record["ChainSeq"])
+            last = seq
+            if record.get("EventType") == "audit.retention_deleted":
+                details = record.get("Details") or {}
+                if details.get("kind") == "events" and details.get("before"):
+                    cutoffs.append(str(details["before"]))
+            while row is not None and row.ChainSeq < seq:
+                problems.append(f"index row at position {row.ChainSeq} ({row.EventUid}) is "
+                                "not the chained event there: inserted or duplicated")
+                row = next(row_iter, None)
+            if row is not None and row.ChainSeq == seq:
+                want = _expected(record)
+                got = dict(row._mapping)
+                got["record"] = json.loads(got["record"])
+                if got != want:
+                    diff = sorted(k for k in want if got.get(k) != want[k])
+                    problems.append(f"index row at position {seq} ({row.EventUid}) differs "
+                                    f"from the chain in {', '.join(diff)}: edited")
+                compared += 1
+                row = next(row_iter, None)
+            elif seq <= upto:
+                missing.append((seq, str(record.get("TimeGenerated", ""))))
+            if len(problems) >= max_problems:
+                break
+        while row is not None and len(problems) < max_problems:
+            problems.append(f"index row at position {row.ChainSeq} ({row.EventUid}) is beyond "
+                            f"the end of the chain ({last}): not from this log")
+            row = next(row_iter, None)
+    newest_cut = max(cutoffs, default="")
+    for seq, time in missing:
+        if time and time < newest_cut:
+            retired += 1
+        elif len(problems) < max_problems:
+            problems.append(f"chained event at position {seq} is missing from the index: "
+                            "deleted")
+    return IndexCheck(not problems, compared, upto, retired, tuple(problems))
 
 
 class IndexSink:

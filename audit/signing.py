@@ -124,6 +124,9 @@ class TrustedKeys:
             keys.append(key)
         return cls(keys)
 
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
     def check(self, cp: Checkpoint) -> str | None:
         """None when the signature is good; otherwise why not."""
         key = self._keys.get(cp.key_id)

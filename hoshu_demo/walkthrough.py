@@ -69,7 +69,10 @@ In another terminal, from this directory:
   {login('suzuki')}
   {as_('suzuki')} hoshu audit search --engineer tanaka
   {as_('suzuki')} hoshu audit play <session id>
-  hoshu audit verify --log {rel}/broker/audit/audit.log
+  hoshu audit verify --log {rel}/broker/audit/audit.log \\
+      --key {rel}/auditor/audit_signing_key.pub --allow-open-tail
+  (the broker's audit key, pinned at set-up: key id {info['audit_key_id']}; the log is
+   live, so its newest events are signed at the next checkpoint, at the latest in a minute)
 
 Ctrl-C stops everything.
 """

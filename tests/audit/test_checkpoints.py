@@ -32,10 +32,11 @@ def test_checkpoint_every_n_events_signed_and_verified(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
     _write(log, signer, 25)
     cps = [e for e in read_events(log) if e.type == "audit.checkpoint"]
-    assert [e.details["seq"] for e in cps] == [10, 21]
+    assert [e.details["seq"] for e in cps] == [10, 21, 27]  # the last one: on close
     assert all(e.details["key_id"] == signer.key_id for e in cps)
-    result = verify(log, keys=TrustedKeys([signer.public_key]))
-    assert result.ok and result.checkpoints == 2 and result.signatures_checked
+    result = verify(log, keys=TrustedKeys([signer.public_key]), checkpoint_every=10,
+                    closed=True, sidecar=True)
+    assert result.ok and result.checkpoints == 3 and result.signatures_checked
 
 
 def test_checkpoint_after_interval_even_with_few_events(tmp_path: Path) -> None:
@@ -60,7 +61,7 @@ def test_reopened_log_keeps_counting_from_its_last_checkpoint(tmp_path: Path) ->
     _write(log, signer, 8)
     _write(log, signer, 8)
     seqs = [e.details["seq"] for e in read_events(log) if e.type == "audit.checkpoint"]
-    assert seqs == [10]
+    assert seqs == [8, 17]  # each close signs what it wrote; counting restarts after it
 
 
 def test_forged_checkpoint_signature_is_caught(tmp_path: Path) -> None:
@@ -93,11 +94,11 @@ def test_rewritten_log_does_not_match_the_shipped_checkpoint(tmp_path: Path) -> 
     _write(log, signer, 12)
     shipped = Checkpoint.from_details(json.loads(log.with_name("audit.log.checkpoint").read_text()))
     with ChainLog(other) as forged:  # a complete, self-consistent forgery
-        for i in range(12):
+        for i in range(14):
             forged.emit(new_event("session.command", details={"command": f"rm {i}"}))
-    assert verify(other).ok
+    assert verify(other).ok and shipped.seq == 13  # the checkpoint written on close
     result = verify(other, checkpoint=shipped, keys=TrustedKeys([signer.public_key]))
-    assert not result.ok and result.first_bad == 10 and "rewritten" in result.reason
+    assert not result.ok and result.first_bad == 13 and "rewritten" in result.reason
 
 
 def test_edited_checkpoint_is_caught(tmp_path: Path) -> None:

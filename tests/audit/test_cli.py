@@ -17,22 +17,27 @@ from broker.cli.main import main
 
 
 def _log(tmp_path: Path) -> tuple[Path, Path]:
-    key = tmp_path / "keys" / "audit_signing_key"
+    """A broker's closed log, and its public key as pinned at set-up (kept elsewhere)."""
+    key = tmp_path / "broker" / "keys" / "audit_signing_key"
     signer = CheckpointSigner.load_or_create(key)
-    log = tmp_path / "audit.log"
+    log = tmp_path / "broker" / "audit" / "audit.log"
     with ChainLog(log, signer=signer, checkpoint_every=5) as chain:
         for i in range(12):
             chain.emit(new_event("admin.change", ActorUsername=f"admin{i}"))
-    return log, key.with_name(key.name + ".pub")
+    pinned = tmp_path / "auditor" / "audit_signing_key.pub"
+    pinned.parent.mkdir()
+    pinned.write_bytes(signer.public_pem())
+    return log, pinned
 
 
 def test_verify_reports_ok_and_names_the_first_tampered_position(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log, pub = _log(tmp_path)
-    assert main(["audit", "verify", "--log", str(log), "--key", str(pub)]) == 0
-    assert "OK: 14 events, 2 checkpoints (signatures checked)" in capsys.readouterr().out
+    args = ["audit", "verify", "--log", str(log), "--key", str(pub), "--checkpoint-every", "5"]
+    assert main(args) == 0
+    assert "OK: 15 events, 3 checkpoints (signatures checked)" in capsys.readouterr().out
     log.write_text(log.read_text().replace('"admin7"', '"someone"'))
-    assert main(["audit", "verify", "--log", str(log), "--key", str(pub)]) == 1
+    assert main(args) == 1
     assert "TAMPERED: first bad position 9" in capsys.readouterr().out
 
 
@@ -44,7 +49,7 @@ def test_verify_against_a_checkpoint_from_the_siem_catches_truncation(
     log.write_text("".join(lines))
     log.with_name("audit.log.head").unlink()
     assert main(["--json", "audit", "verify", "--log", str(log), "--key", str(pub),
-                 "--checkpoint", cp]) == 1
+                 "--checkpoint-every", "5", "--checkpoint", cp]) == 1
     out = json.loads(capsys.readouterr().out)
     assert not out["ok"] and out["first_bad_position"] == 5 and "truncated" in out["reason"]
 

@@ -182,9 +182,12 @@ def test_the_walkthrough_works_from_request_to_audit(demo: dict[str, Any]) -> No
     assert play.returncode == 0, play.stderr
     assert qc.splitlines()[1] in play.stdout  # the auditor sees what the engineer saw
     verify = subprocess.run([str(BIN / "hoshu"), "audit", "verify", "--log",
-                             ".hoshu-demo/broker/audit/audit.log"], cwd=cwd, env=demo["_env"],
+                             ".hoshu-demo/broker/audit/audit.log", "--key",
+                             ".hoshu-demo/auditor/audit_signing_key.pub", "--allow-open-tail"],
+                            cwd=cwd, env=demo["_env"],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "(signatures checked)" in verify.stdout  # against the key pinned at set-up
 
 
 def test_ctrl_c_stops_everything(demo: dict[str, Any]) -> None:
