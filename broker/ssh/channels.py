@@ -205,7 +205,7 @@ class Channels:
         except RawPathRefused as exc:
             self.door.emit("file.refused", EventResult="Failure", EventResultDetails=exc.reason,
                            EventMessage=str(exc),
-                           details={"tool": "exec", "kind": kind, "command": command},
+                           details={"tool": "exec", "command": command},
                            **self.cols(instrument))
             process.stderr.write(f"hoshu: {exc}\r\n".encode())
             process.exit(1)
