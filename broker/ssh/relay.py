@@ -9,6 +9,15 @@ against the fingerprint the hospital accepted.  :func:`relay_process` then
 copies bytes both ways in large chunks, writing every byte of input, output
 and every resize into the asciicast recording.
 
+When the broker ends a running command (revocation, expiry, an approver), the
+engineer's channel closes at once and the command is ended on the instrument
+in the background: the SSH ``signal`` request TERM, KILL after
+:data:`TERM_GRACE_S`, then the channel is closed, and the broker's connection to
+the instrument too once no other channel of the engineer connection uses it.
+OpenSSH's sshd honours ``signal`` (7.8 and later) except for a forced command
+(``ForceCommand``, ``command=``) or a subsystem: there a non-terminal command
+keeps running until it writes or ends (docs/engineer.md).
+
 Failures map to :mod:`broker.ssh.errors`; their text is what the engineer sees.
 The credential is never part of a message, an event or a log line.
 """
@@ -32,6 +41,7 @@ CHUNK = 256 * 1024
 # deliver and record per byte of output.
 MAX_PKTSIZE = 128 * 1024
 CONNECT_TIMEOUT_S = 15.0
+TERM_GRACE_S = 3.0  # TERM, then this long, then KILL, then this long, then close
 # AES-GCM runs in OpenSSL through cryptography; asyncssh's chacha20-poly1305 costs
 # more per packet in Python, so the broker's own connections prefer GCM.
 ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
@@ -91,16 +101,31 @@ class InstrumentLink:
         self._origin = origin
         self._conns: dict[str, asyncssh.SSHClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # channels using each connection; one that never calls release() keeps it open
+        self._users: dict[str, int] = {}
 
     async def ssh(self, target: InstrumentTarget) -> asyncssh.SSHClientConnection:
+        """The connection to ``target`` (opened once); each call counts as one user."""
         lock = self._locks.setdefault(target.name, asyncio.Lock())
         async with lock:
             conn = self._conns.get(target.name)
-            if conn is not None and not conn.is_closed():
-                return conn
-            conn = await self._open(target)
-            self._conns[target.name] = conn
+            if conn is None or conn.is_closed():
+                conn = await self._open(target)
+                self._conns[target.name] = conn
+                self._users[target.name] = 0
+            self._users[target.name] += 1
             return conn
+
+    def release(self, name: str, *, close_if_idle: bool) -> None:
+        """One user of the connection to ``name`` is done; with ``close_if_idle`` the
+        connection closes when that was the last one (a terminated session)."""
+        users = self._users.get(name, 0) - 1
+        self._users[name] = max(0, users)
+        if users <= 0 and close_if_idle:
+            conn = self._conns.pop(name, None)
+            self._users.pop(name, None)
+            if conn is not None:
+                conn.close()
 
     async def _open(self, target: InstrumentTarget) -> asyncssh.SSHClientConnection:
         options = client_options(target)
@@ -130,6 +155,42 @@ class InstrumentLink:
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
+        self._users.clear()
+
+
+_ENDING: set[asyncio.Future[None]] = set()  # commands being ended in the background
+
+
+async def _closed_within(upstream: asyncssh.SSHClientProcess[bytes], seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(asyncio.shield(upstream.wait_closed()), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def end_command(
+    upstream: asyncssh.SSHClientProcess[bytes], grace_s: float, done: Callable[[], None]
+) -> None:
+    """End a command on the instrument: TERM, KILL after ``grace_s``, close; then ``done``."""
+    try:
+        for sig in ("TERM", "KILL"):
+            with contextlib.suppress(OSError, asyncssh.Error):
+                upstream.send_signal(sig)
+            if await _closed_within(upstream, grace_s):
+                break
+        upstream.close()
+    finally:
+        done()
+
+
+def end_in_background(
+    upstream: asyncssh.SSHClientProcess[bytes], done: Callable[[], None]
+) -> asyncio.Future[None]:
+    task = asyncio.ensure_future(end_command(upstream, TERM_GRACE_S, done))
+    _ENDING.add(task)
+    task.add_done_callback(_ENDING.discard)
+    return task
 
 
 async def _copy_out(
@@ -182,20 +243,28 @@ async def relay_process(
     live: LiveSession,
     stop: asyncio.Future[str],
     on_flush_error: Callable[[Exception], None],
+    on_upstream_done: Callable[[bool], None] = lambda _terminated: None,
 ) -> tuple[int | None, str]:
     """Relay one shell or exec; return (exit status, end reason).
 
     Ends when the instrument side exits, when ``stop`` resolves (termination:
-    its value is the reason), or when the recording fails.
+    its value is the reason), or when the recording fails.  In the last two
+    cases it returns at once and the command is ended on the instrument in the
+    background (:func:`end_command`).  ``on_upstream_done(terminated)`` is
+    called once the instrument's channel is closed.
     """
     term = process.get_terminal_type()
     width, height, _, _ = process.get_terminal_size()
-    upstream = await conn.create_process(
-        process.command or None,
-        term_type=term,
-        term_size=(width, height) if term else None,
-        encoding=None,
-    )
+    try:
+        upstream = await conn.create_process(
+            process.command or None,
+            term_type=term,
+            term_size=(width, height) if term else None,
+            encoding=None,
+        )
+    except BaseException:
+        on_upstream_done(True)
+        raise
     tasks = [
         asyncio.ensure_future(_copy_out(upstream.stdout, process.stdout, rec, live)),
         asyncio.ensure_future(_copy_out(upstream.stderr, process.stderr, rec, live)),
@@ -226,7 +295,10 @@ async def relay_process(
         with contextlib.suppress(BaseException):
             await pump_in
     if reason == "exited":
-        await upstream.wait_closed()
+        try:
+            await upstream.wait_closed()
+        finally:
+            on_upstream_done(False)
         return upstream.exit_status, reason
-    upstream.close()
+    end_in_background(upstream, lambda: on_upstream_done(True))
     return None, reason
