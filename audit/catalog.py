@@ -74,9 +74,14 @@ define("forward.opened", NET, "A port forward to an instrument port was opened",
 define("forward.closed", NET, "A port forward closed (bytes and duration in columns)")
 define("forward.refused", NET, "A port forward was refused", severity=Severity.MEDIUM)
 define("file.transferred", NET, "A file moved through the broker (name, direction, size, hash)",
-       details={"tool": PUB, "scan": PUB})
-define("file.refused", NET, "A file transfer was refused (not granted, or the scan rejected it)",
-       severity=Severity.MEDIUM, details={"tool": PUB, "scan": PUB})
+       details={"tool": PUB, "scan": PUB, "operation": PUB})
+define("file.refused", NET, "A file transfer or change was refused (not granted, scan, spool "
+       "limit, access ended)", severity=Severity.MEDIUM,
+       details={"tool": PUB, "scan": PUB, "operation": PUB})
+# file transfer: changes that move no file (remove, rename, symlink, setstat, mkdir, rmdir)
+define("file.changed", NET, "A file or directory on the instrument was changed (operation "
+       "says how)", details={"tool": PUB, "operation": PUB, "from_path": SEN,
+                             "link_target": SEN, "attrs": PUB})
 
 # --- gateways and instruments ------------------------------------------------
 define("gateway.token_issued", AUD, "An enrolment token for a gateway was issued",

@@ -38,6 +38,11 @@ class BrokerSettings(BaseSettings):
     lockout_window_s: int = 900  # ... within this window lock the account ...
     lockout_s: int = 900  # ... for this long
     sweep_interval_s: float = 15.0  # how often pending requests and grant windows are swept
+    # file transfer: uploads and downloads are spooled whole at the broker, in
+    # <data_dir>/spools (never beside the audit log); writes past a total are refused
+    spool_session_max_bytes: int = 4 * 1024**3  # all open spools of one sftp/scp session
+    spool_broker_max_bytes: int = 16 * 1024**3  # all open spools of this broker
+    forward_capture_max_bytes: int = 1024**3  # per forward; at the cap the forward ends
 
     # audit: signing, shipping to SIEMs, masking, retention, reports (docs/auditor.md)
     audit_index_url: str = ""  # empty: the broker database
@@ -76,6 +81,10 @@ class BrokerSettings(BaseSettings):
     @property
     def recordings_dir(self) -> Path:
         return self.data_dir / "recordings"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spools"
 
     @property
     def audit_log_path(self) -> Path:

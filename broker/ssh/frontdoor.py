@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +32,7 @@ from broker.ssh.ca import UserCA
 from broker.ssh.ports import AccessPolicy, InstrumentConnector
 from broker.ssh.recorder import Opener, default_opener
 from broker.ssh.sessions import SessionRegistry
+from broker.ssh.spool import SpoolBudget
 from wire.transport import CoalescingTransport
 
 
@@ -47,6 +48,10 @@ class FrontDoorOptions:
     scan_timeout_s: float = 120.0
     forward_capture_dir: Path | None = None  # raw capture of forwarded bytes when set
     max_file_bytes: int = 2 * 1024**3
+    spool_dir: Path | None = None  # None: settings.spool_dir (<data_dir>/spools)
+    max_session_spool_bytes: int = 4 * 1024**3  # open spools of one sftp/scp session
+    max_spool_bytes: int = 16 * 1024**3  # open spools of the whole front door
+    forward_capture_max_bytes: int = 1024**3  # a forward whose capture reaches it ends
     banner: str = ""
     # Ciphers offered to engineers' clients.  The client picks by its own order, so
     # offering only AES-GCM (in OpenSSL) steers stock OpenSSH away from
@@ -78,6 +83,7 @@ class FrontDoor:
         self.clock = clock
         self.ids = ids
         self.sessions = SessionRegistry(policy, emitter, clock, options.watch_interval_s)
+        self.spools = SpoolBudget(options.max_spool_bytes)  # shared by all sftp/scp sessions
         self.port = 0
         self.host_key_line = ""
         self.recording_opener: Opener = default_opener  # how recording files are created
@@ -196,6 +202,12 @@ async def start_front_door(
     from broker.ssh.server import EngineerServer
 
     opts = options or FrontDoorOptions(login_timeout_s=float(settings.login_timeout_s))
+    if options is None:
+        opts = replace(opts, max_session_spool_bytes=settings.spool_session_max_bytes,
+                       max_spool_bytes=settings.spool_broker_max_bytes,
+                       forward_capture_max_bytes=settings.forward_capture_max_bytes)
+    if opts.spool_dir is None:
+        opts = replace(opts, spool_dir=settings.spool_dir)
     door = FrontDoor(policy=policy, connector=connector, emitter=emitter,
                      recorder_dir=recorder_dir, options=opts, ca=ca, clock=clock, ids=ids)
     server_options = asyncssh.SSHServerConnectionOptions(

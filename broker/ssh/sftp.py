@@ -3,10 +3,22 @@
 The engineer's SFTP (and scp, which asyncssh serves through the same
 interface) ends at the broker; :class:`ProxySFTPServer` performs each
 operation on the instrument through the broker's own SFTP client.  Files are
-spooled at the broker so that each transfer is hashed whole and, for files
-going into the hospital, the scan hook sees the complete file *before* any
-byte reaches the instrument.  Each file is a ``file.transferred`` event (name,
-direction, size, SHA-256) or a ``file.refused`` event (scan rejection).
+spooled at the broker (:mod:`broker.ssh.spool`) so that each transfer is
+hashed whole and, for files going into the hospital, the scan hook sees the
+complete file *before* any byte reaches the instrument.  Each file is a
+``file.transferred`` event (name, direction, size, SHA-256) or a
+``file.refused`` event (scan rejection, spool limit, access ended).
+
+An upload lands on the instrument only when the client closes the file
+explicitly while the session and its grant are live (checked at that moment).
+A terminated session throws its spools away; a connection that drops, or a
+client that ends its channel with a file still open, lands nothing.  The file
+is written to a temporary name beside the target and renamed over it only when
+complete, so an interrupted upload never truncates the file already there.
+
+Changes to the instrument's files (remove, rename, symlink, setstat, mkdir,
+rmdir) are ``file.changed`` events with an ``operation`` detail, successful or
+not (:mod:`broker.ssh.sftp_changes`).
 
 Deny by default: without ``file_transfer`` in an active grant every operation
 fails with "permission denied" and the reason, and ``file.refused`` is logged.
@@ -19,15 +31,15 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, cast
+import posixpath
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
-from asyncssh import SFTPAttrs, SFTPName
+from asyncssh import SFTPAttrs
 
 from broker.ssh.errors import FrontDoorError
+from broker.ssh.sftp_changes import ChangeOps, DeniedSFTPServer, Refuser, tell
+from broker.ssh.spool import SessionSpools, Spool, SpoolFull
 
 if TYPE_CHECKING:
     from broker.ssh.channels import Channels
@@ -37,46 +49,34 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 
 
-@dataclass(eq=False)
-class _Spool:
-    path: bytes
-    pflags: int
-    attrs: SFTPAttrs
-    fh: IO[bytes]
-    inbound: bool
-    set_attrs: list[SFTPAttrs] = field(default_factory=list)
-    size: int = 0
-    sha256: str = ""
+class TransferSession(asyncssh.SSHServerProcess[bytes]):
+    """The session object of an engineer's session channel (shell, exec, sftp, scp).
+
+    It is asyncssh's process session; it also notes when the client sends EOF,
+    because a file still open then was never closed by the client and must not
+    land on the instrument.
+    """
+
+    def __init__(self, channels: Channels, run: Any) -> None:
+        super().__init__(run, self._sftp, 3, True)
+        self._channels = channels
+        self.client_eof = False
+
+    def _sftp(self, chan: Any) -> Any:
+        return make_sftp_server(self._channels, chan, self)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        return bool(super().eof_received())
 
 
-def _tell(chan: asyncssh.SSHServerChannel[bytes], message: str) -> None:
-    """Show ``message`` on the engineer's terminal (sftp and scp print the stderr stream)."""
-    try:
-        chan.write_stderr(f"hoshu: {message}\n".encode())
-    except (OSError, asyncssh.Error):
-        pass
+class _NotLanding(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-class DeniedSFTPServer(asyncssh.SFTPServer):
-    """Answers every request with the reason file transfer is refused."""
-
-    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], message: str) -> None:
-        super().__init__(chan)
-        self._message = message
-        _tell(chan, message)
-
-    def _deny(self, *_args: Any, **_kw: Any) -> Any:
-        raise asyncssh.SFTPPermissionDenied(self._message)
-
-    def exit(self) -> None:
-        with contextlib.suppress(OSError, asyncssh.Error):
-            self.channel.exit(1)
-
-    realpath = stat = lstat = open = scandir = mkdir = remove = rename = _deny
-    setstat = rmdir = readlink = symlink = posix_rename = statvfs = _deny
-
-
-class ProxySFTPServer(asyncssh.SFTPServer):
+class ProxySFTPServer(ChangeOps):
     def __init__(
         self,
         chan: asyncssh.SSHServerChannel[bytes],
@@ -85,101 +85,213 @@ class ProxySFTPServer(asyncssh.SFTPServer):
         live: LiveSession,
         cols: dict[str, Any],
         tool: str,
+        session: TransferSession | None,
     ) -> None:
-        super().__init__(chan)
-        self._ch = channels
-        self._up = upstream
+        super().__init__(chan, channels, upstream, cols, tool)
         self._live = live
-        self._cols = cols
-        self._tool = tool
-        live.on_terminate = lambda _reason: chan.close()
+        self._session = session
+        opts = channels.door.options
+        assert opts.spool_dir is not None  # start_front_door fills it in
+        self._spools = SessionSpools(opts.spool_dir, channels.door.spools,
+                                     per_session=opts.max_session_spool_bytes,
+                                     per_file=opts.max_file_bytes)
+        self._parts = 0
+        live.on_terminate = self._terminate
+
+    def _terminate(self, _reason: str) -> None:
+        """Access ended: nothing still spooled may land; close the engineer's channel."""
+        self._spools.discard_all()
+        self.channel.close()
+
+    def live_check(self) -> None:
+        """Raise _NotLanding unless the session, its channel and its grant are live now."""
+        if self._live.ended_reason is not None:
+            raise _NotLanding("session_ended", "the session has ended "
+                              f"({self._live.ended_reason.replace('_', ' ')})")
+        if self.channel.is_closing() or (self._session is not None and self._session.client_eof):
+            raise _NotLanding("not_closed", "the client went away without closing the file")
+        try:
+            self._ch.authorize(self._live.instrument, None, files=True)
+        except FrontDoorError as exc:
+            raise _NotLanding(exc.reason, str(exc)) from exc
 
     # --- files ------------------------------------------------------------------
-    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Spool:
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Spool:
         inbound = bool(pflags & (asyncssh.FXF_WRITE | asyncssh.FXF_APPEND))
-        fh = tempfile.TemporaryFile(prefix="hoshu-spool-")  # closed in close()
-        spool = _Spool(path, pflags, attrs, fh, inbound)
+        try:
+            spool = self._spools.create(path, pflags, attrs, inbound)
+        except OSError as exc:
+            log.error("cannot create a spool file: %s", exc)
+            raise asyncssh.SFTPFailure("the broker cannot spool the file") from exc
         if not inbound:
             try:
                 await self._download(spool)
             except BaseException:
-                fh.close()
+                self._spools.discard(spool)
                 raise
         return spool
 
-    async def _download(self, spool: _Spool) -> None:
+    async def _download(self, spool: Spool) -> None:
         h = hashlib.sha256()
-        limit = self._ch.door.options.max_file_bytes
         async with self._up.open(spool.path, "rb") as src:
             while data := cast(bytes, await src.read(CHUNK)):
-                spool.size += len(data)
-                if spool.size > limit:
-                    raise asyncssh.SFTPFailure("file too large for the broker")
+                self._charge(spool, spool.size + len(data), "Outbound")
                 h.update(data)
                 spool.fh.write(data)
         spool.fh.flush()
         spool.sha256 = h.hexdigest()
 
+    def _charge(self, spool: Spool, high: int, direction: str) -> None:
+        try:
+            self._spools.charge(spool, high)
+        except SpoolFull as exc:
+            if not spool.refused:
+                spool.refused = exc.reason
+                self._file_event("file.refused", spool, direction, None, reason=exc.reason,
+                                 message=str(exc))
+                tell(self.channel, f"{os.fsdecode(spool.path)}: {exc}")
+            raise asyncssh.SFTPFailure(str(exc)) from exc
+
+    def _spool(self, file_obj: object) -> Spool:
+        assert isinstance(file_obj, Spool)
+        if file_obj not in self._spools.open:
+            raise asyncssh.SFTPFailure("the session has ended; the file was discarded")
+        return file_obj
+
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
-        assert isinstance(file_obj, _Spool)
-        return os.pread(file_obj.fh.fileno(), size, offset)
+        return os.pread(self._spool(file_obj).fh.fileno(), size, offset)
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
-        assert isinstance(file_obj, _Spool)
-        if not file_obj.inbound:
+        spool = self._spool(file_obj)
+        if not spool.inbound:
             raise asyncssh.SFTPPermissionDenied("file not open for writing")
-        if offset + len(data) > self._ch.door.options.max_file_bytes:
-            raise asyncssh.SFTPFailure("file too large for the broker")
-        return os.pwrite(file_obj.fh.fileno(), data, offset)
+        if spool.refused:
+            raise asyncssh.SFTPFailure("the broker refused this file earlier; start again")
+        self._charge(spool, max(spool.size, offset + len(data)), "Inbound")
+        return os.pwrite(spool.fh.fileno(), data, offset)
 
     async def fstat(self, file_obj: object) -> SFTPAttrs:
-        assert isinstance(file_obj, _Spool)
-        if file_obj.inbound:
-            return SFTPAttrs(size=os.fstat(file_obj.fh.fileno()).st_size)
-        return await self._up.stat(file_obj.path)
+        spool = self._spool(file_obj)
+        if spool.inbound:
+            return SFTPAttrs(size=os.fstat(spool.fh.fileno()).st_size)
+        return await self._up.stat(spool.path)
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
-        assert isinstance(file_obj, _Spool)
-        if file_obj.inbound:
-            file_obj.set_attrs.append(attrs)
+        spool = self._spool(file_obj)
+        if spool.inbound:
+            spool.set_attrs.append(attrs)  # applied (and logged) when the file lands
         else:
-            await self._up.setstat(file_obj.path, attrs)
+            await self.setstat(spool.path, attrs)
 
     async def close(self, file_obj: object) -> None:
-        assert isinstance(file_obj, _Spool)
+        assert isinstance(file_obj, Spool)
+        spool = file_obj
         try:
-            if file_obj.inbound:
-                await self._upload(file_obj)
-            else:
-                self._event("file.transferred", file_obj, "Outbound", None)
+            if not spool.inbound:
+                if not spool.refused:
+                    self._file_event("file.transferred", spool, "Outbound", None)
+                return
+            if spool.refused:
+                self._fail("the broker refused this file; nothing was written")
+                return
+            try:
+                if spool not in self._spools.open:
+                    raise _NotLanding("session_ended", "the session has ended")
+                self.live_check()
+                await self._upload(spool)
+            except _NotLanding as exc:
+                msg = (f"{os.fsdecode(spool.path)} was not written to the instrument: "
+                       f"{exc}")
+                self._file_event("file.refused", spool, "Inbound", None, reason=exc.reason,
+                                 message=msg)
+                tell(self.channel, msg)
+                self._fail(msg)
         finally:
-            file_obj.fh.close()
+            self._spools.discard(spool)
 
-    async def _upload(self, spool: _Spool) -> None:
+    def _fail(self, message: str) -> None:
+        """Answer a CLOSE with a failure, if the client is still there to read it.
+
+        When asyncssh closes the handles of a channel that went away, an
+        exception would stop its clean-up (and the session would never end).
+        """
+        if not (self.channel.is_closing() or
+                (self._session is not None and self._session.client_eof)):
+            raise asyncssh.SFTPFailure(message)
+
+    async def _upload(self, spool: Spool) -> None:
         fd = spool.fh.fileno()
-        spool.size = os.fstat(fd).st_size
+        size = os.fstat(fd).st_size
         h = hashlib.sha256()
-        for off in range(0, spool.size, CHUNK):
+        for off in range(0, size, CHUNK):
             h.update(os.pread(fd, CHUNK, off))
         spool.sha256 = h.hexdigest()
         scan = await self._scan(spool)
         if scan is not None and scan != "clean":
-            self._event("file.refused", spool, "Inbound", scan)
             msg = f"{os.fsdecode(spool.path)} was rejected by the hospital's file scan"
-            _tell(self.channel, msg)
+            self._file_event("file.refused", spool, "Inbound", scan, reason="scan_rejected",
+                             message=msg)
+            tell(self.channel, msg)
             raise asyncssh.SFTPPermissionDenied(msg)
-        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
-        dst = await self._up.open(spool.path, flags, spool.attrs, encoding=None)
+        self.live_check()  # the scan may take long: ask again
+        await self._land(spool, size)
+        for attrs in spool.set_attrs:
+            await self.setstat(spool.path, attrs)
+        self._file_event("file.transferred", spool, "Inbound", scan)
+
+    async def _land(self, spool: Spool, size: int) -> None:
+        """Write the spool beside the target, then rename it over the target.
+
+        The target is never opened for truncation: until the rename the file
+        already there is untouched, and an upload cut short leaves it as it was.
+        A target that is a symbolic link is written through (after the spool
+        is complete), so that the link stays a link.
+        """
+        fd = spool.fh.fileno()
+        attrs = spool.attrs
+        direct = False
         try:
-            for off in range(0, spool.size, CHUNK):
+            st = await self._up.lstat(spool.path)
+            direct = st.type == asyncssh.FILEXFER_TYPE_SYMLINK
+            if st.permissions is not None:
+                attrs = SFTPAttrs(permissions=st.permissions & 0o7777)  # keep the target's mode
+        except asyncssh.SFTPNoSuchFile:
+            pass
+        if direct:
+            flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
+            await self._write_file(spool.path, flags, attrs, fd, size)
+            return
+        self._parts += 1
+        head, tail = posixpath.split(spool.path)
+        part = posixpath.join(head, b".%s.hoshu-%s-%d.part" % (
+            tail, self._live.session_id.encode(), self._parts))
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
+        try:
+            await self._write_file(part, flags, attrs, fd, size)
+            self.live_check()
+            try:
+                await self._up.posix_rename(part, spool.path)
+            except asyncssh.SFTPOpUnsupported:
+                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                    await self._up.remove(spool.path)
+                await self._up.rename(part, spool.path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._up.remove(part)
+            raise
+
+    async def _write_file(self, path: bytes, flags: int, attrs: SFTPAttrs, fd: int,
+                          size: int) -> None:
+        dst = await self._up.open(path, flags, attrs, encoding=None)
+        try:
+            for off in range(0, size, CHUNK):
+                self.live_check()
                 await dst.write(os.pread(fd, CHUNK, off), off)
         finally:
-            await dst.close()
-        for attrs in spool.set_attrs:
-            await self._up.setstat(spool.path, attrs)
-        self._event("file.transferred", spool, "Inbound", scan)
+            with contextlib.suppress(OSError, asyncssh.Error):
+                await dst.close()
 
-    async def _scan(self, spool: _Spool) -> str | None:
+    async def _scan(self, spool: Spool) -> str | None:
         """Run the scan hook on the spooled file; "clean", "rejected", or None (no hook)."""
         argv = self._ch.door.options.scan_command
         if not argv:
@@ -197,55 +309,20 @@ class ProxySFTPServer(asyncssh.SFTPServer):
             return "rejected"
         return "clean" if rc == 0 else "rejected"
 
-    def _event(self, type_: str, spool: _Spool, direction: str, scan: str | None) -> None:
+    def _file_event(self, type_: str, spool: Spool, direction: str, scan: str | None, *,
+                    reason: str | None = None, message: str | None = None) -> None:
         self._ch.door.emit(
             type_, EventResult="Success" if type_ == "file.transferred" else "Failure",
+            EventResultDetails=reason, EventMessage=message,
             NetworkDirection=direction, TargetFileName=os.fsdecode(spool.path),
-            TargetFileSize=spool.size, TargetFileSHA256=spool.sha256,
-            details={"tool": self._tool, "scan": scan}, **self._cols,
+            TargetFileSize=spool.size, TargetFileSHA256=spool.sha256 or None,
+            details={"tool": self._tool, "scan": scan,
+                     "operation": "upload" if direction == "Inbound" else "download"},
+            **self._cols,
         )
 
-    # --- names and directories --------------------------------------------------
-    async def realpath(self, path: bytes) -> bytes:
-        result: bytes = await self._up.realpath(path or b".")
-        return result
-
-    async def stat(self, path: bytes) -> SFTPAttrs:
-        return await self._up.stat(path)
-
-    async def lstat(self, path: bytes) -> SFTPAttrs:
-        return await self._up.lstat(path)
-
-    async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        await self._up.setstat(path, attrs)
-
-    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
-        async for name in self._up.scandir(path):
-            yield name
-
-    async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
-        await self._up.mkdir(path, attrs)
-
-    async def rmdir(self, path: bytes) -> None:
-        await self._up.rmdir(path)
-
-    async def remove(self, path: bytes) -> None:
-        await self._up.remove(path)
-
-    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._up.rename(oldpath, newpath)
-
-    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._up.posix_rename(oldpath, newpath)
-
-    async def readlink(self, path: bytes) -> bytes:
-        result: bytes = await self._up.readlink(path)
-        return result
-
-    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._up.symlink(oldpath, newpath)
-
     def exit(self) -> None:
+        self._spools.discard_all()
         with contextlib.suppress(OSError, asyncssh.Error):
             self.channel.exit(0)  # scp checks the exit status of its ssh
         door = self._ch.door
@@ -257,7 +334,8 @@ class ProxySFTPServer(asyncssh.SFTPServer):
 
 
 async def make_sftp_server(
-    channels: Channels, chan: asyncssh.SSHServerChannel[bytes]
+    channels: Channels, chan: asyncssh.SSHServerChannel[bytes],
+    session: TransferSession | None = None,
 ) -> asyncssh.SFTPServer:
     """The SFTP server for one channel: a proxy when granted, else a refusal."""
     command = chan.get_command() or ""
@@ -270,11 +348,12 @@ async def make_sftp_server(
         upstream = await conn.start_sftp_client(path_encoding=None)
     except (FrontDoorError, OSError, asyncssh.Error) as exc:
         msg = str(exc) if isinstance(exc, FrontDoorError) else "the instrument refused SFTP"
-        door.emit("file.refused", EventResult="Failure",
-                  EventResultDetails=getattr(exc, "reason", "instrument_error"),
-                  EventMessage=msg, details={"tool": tool}, **channels.cols(instrument))
+        reason = getattr(exc, "reason", "instrument_error")
+        cols = channels.cols(instrument)
+        door.emit("file.refused", EventResult="Failure", EventResultDetails=reason,
+                  EventMessage=msg, details={"tool": tool}, **cols)
         channels.release()
-        return DeniedSFTPServer(chan, msg)
+        return DeniedSFTPServer(chan, msg, Refuser(door, cols, tool, reason, msg))
     sid = door.ids()
     live = channels.live(sid, tool, target, grant, target.ssh_port)
     cols = channels.cols(target.name, target.ssh_port, TargetSessionId=sid,
@@ -284,4 +363,4 @@ async def make_sftp_server(
     door.emit("session.started", EventMessage=f"{tool} on {target.name}",
               details={"kind": tool, "command": command or None}, **cols)
     door.sessions.add(live)
-    return ProxySFTPServer(chan, channels, upstream, live, cols, tool)
+    return ProxySFTPServer(chan, channels, upstream, live, cols, tool, session)
