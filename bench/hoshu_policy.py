@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.access import totp
-from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, TotpResult
+from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
 from wire import GatewayRecord, InventoryItem
 
 
@@ -77,8 +77,10 @@ class BenchPolicy:
                          ports=self.target.ports, ends=self.ends,
                          hospital_id=self.target.hospital_id)
 
-    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None:
-        return self.ends if grant_id == f"g-{user_id}" and user_id in self.by_id else None
+    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> GrantEnd:
+        if grant_id == f"g-{user_id}" and user_id in self.by_id:
+            return GrantEnd(self.ends)
+        return GrantEnd(None, "grant_unknown")
 
     def instrument(self, name: str) -> InstrumentTarget | None:
         return self.target if name == self.target.name else None

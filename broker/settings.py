@@ -54,6 +54,10 @@ class BrokerSettings(BaseSettings):
     audit_lag_alert_s: float = 300.0
     audit_events_retention_days: int | None = None  # None: keep forever
     recordings_retention_days: int | None = None
+    # session recordings: their own directory (ideally their own volume, so a full
+    # recording disk never stops the audit log); empty: <data_dir>/recordings
+    recordings_path: Path | None = None
+    recording_max_mib: int = 512  # per session; a session whose recording reaches it ends
     report_unsigned_days: int = 7
 
     # Azure Monitor Logs Ingestion (Sentinel): set by the reference deployment
@@ -80,7 +84,7 @@ class BrokerSettings(BaseSettings):
 
     @property
     def recordings_dir(self) -> Path:
-        return self.data_dir / "recordings"
+        return self.recordings_path or self.data_dir / "recordings"
 
     @property
     def spool_dir(self) -> Path:

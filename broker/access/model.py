@@ -146,6 +146,9 @@ class Policy:
     emergency_allowed: bool = False
     emergency_max_duration_s: int = 3600
     request_ttl_s: int = 7 * 24 * 3600  # pending requests expire after this
+    # record what engineers type in shells (passwords at sudo prompts too); off:
+    # the output, which shows the echoed commands, is recorded all the same
+    record_input: bool = False
 
 
 @dataclass

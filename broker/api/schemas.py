@@ -183,6 +183,7 @@ class PolicyPatch(In):
     emergency_allowed: bool | None = None
     emergency_max_duration_s: int | None = None
     request_ttl_s: int | None = None
+    record_input: bool | None = None
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True, exclude_none=True)
@@ -200,6 +201,7 @@ class PolicyOut(Out):
     emergency_allowed: bool
     emergency_max_duration_s: int
     request_ttl_s: int
+    record_input: bool
     updated_at: datetime
 
 

@@ -219,7 +219,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
         if args.timezone:
             changes["timezone"] = args.timezone
         for flag, key in (("file_transfer", "file_transfer_allowed"),
-                          ("emergency", "emergency_allowed")):
+                          ("emergency", "emergency_allowed"),
+                          ("record_input", "record_input")):
             if _yes(getattr(args, flag)) is not None:
                 changes[key] = _yes(getattr(args, flag))
         if args.emergency_max_duration:
@@ -358,6 +359,8 @@ def register(sub: Any) -> None:
     p.add_argument("--timezone")
     p.add_argument("--file-transfer", choices=["yes", "no"])
     p.add_argument("--emergency", choices=["yes", "no"])
+    p.add_argument("--record-input", choices=["yes", "no"],
+                   help="record what engineers type in shells (default no)")
     p.add_argument("--emergency-max-duration")
     p.add_argument("--request-ttl")
     p.set_defaults(func=cmd_policy)

@@ -7,6 +7,7 @@ Error tree::
     ├── GatewayOffline      no tunnel to the instrument's hospital gateway
     ├── InstrumentError     the instrument refused or failed (credential, host key, network)
     └── RecordingError      the session recording cannot be written (fail closed)
+        └── RecordingLimit  the recording reached its size limit (the session ends)
 
 Each carries a message fit for the engineer's terminal (no secrets).
 """
@@ -34,3 +35,7 @@ class InstrumentError(FrontDoorError):
 
 class RecordingError(FrontDoorError):
     reason = "recording_failed"
+
+
+class RecordingLimit(RecordingError):
+    reason = "recording_limit"

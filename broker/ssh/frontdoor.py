@@ -52,6 +52,7 @@ class FrontDoorOptions:
     max_session_spool_bytes: int = 4 * 1024**3  # open spools of one sftp/scp session
     max_spool_bytes: int = 16 * 1024**3  # open spools of the whole front door
     forward_capture_max_bytes: int = 1024**3  # a forward whose capture reaches it ends
+    max_recording_bytes: int = 512 * 1024**2  # per session (settings.recording_max_mib)
     banner: str = ""
     # Ciphers offered to engineers' clients.  The client picks by its own order, so
     # offering only AES-GCM (in OpenSSL) steers stock OpenSSH away from
@@ -201,7 +202,8 @@ async def start_front_door(
     """Listen on ``host:port`` (default: settings.ssh_host/ssh_port; 0 picks a port)."""
     from broker.ssh.server import EngineerServer
 
-    opts = options or FrontDoorOptions(login_timeout_s=float(settings.login_timeout_s))
+    opts = options or FrontDoorOptions(login_timeout_s=float(settings.login_timeout_s),
+                                       max_recording_bytes=settings.recording_max_mib * 1024**2)
     if options is None:
         opts = replace(opts, max_session_spool_bytes=settings.spool_session_max_bytes,
                        max_spool_bytes=settings.spool_broker_max_bytes,

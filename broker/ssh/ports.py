@@ -61,6 +61,20 @@ class GrantView:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantEnd:
+    """The answer to "does this running session's grant still hold, and until when?".
+
+    ``ends`` is set while the grant holds.  When it no longer does, ``ends`` is
+    ``None`` and ``why`` says why, in the words the session ends with:
+    ``grant_revoked``, ``grant_expired``, ``grant_ended`` (ended by its engineer),
+    ``engineer_inactive``, ``contract_ended``, ``grant_unknown`` or ``grant_not_started``.
+    """
+
+    ends: datetime | None
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class InstrumentTarget:
     """Where and how the broker logs in to an instrument.
 
@@ -80,6 +94,7 @@ class InstrumentTarget:
     username: str
     credential: str = field(repr=False)
     host_key_fingerprint: str | None = None
+    record_input: bool = False  # the hospital's policy: record what engineers type in shells
 
     @property
     def credential_is_key(self) -> bool:
@@ -97,7 +112,7 @@ class AccessPolicy(Protocol):
         self, user_id: str, instrument: str, port: int, now: datetime
     ) -> GrantView | None: ...
 
-    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None: ...
+    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> GrantEnd: ...
 
     def instrument(self, name: str) -> InstrumentTarget | None: ...
 

@@ -2,8 +2,18 @@
 
 One file per session: a JSON header line, then one ``[time, code, data]`` line
 per event: ``"o"`` output from the instrument, ``"i"`` input from the engineer,
-``"r"`` a terminal resize (``"COLSxROWS"``).  Writes are buffered; the size and
-SHA-256 of the finished file go into the session's end event.
+``"r"`` a terminal resize (``"COLSxROWS"``).  Writes are buffered (at most
+256 KiB, and never longer than :data:`FLUSH_EVERY_S`: each event past that age
+flushes, and the session watcher flushes quiet sessions); the size and SHA-256
+of the finished file go into the session's end event.
+
+Limits: a recording holds at most ``max_bytes`` (the broker setting
+``recording_max_mib``); the event that would pass it raises
+:class:`~broker.ssh.errors.RecordingLimit` and the session ends with reason
+``recording_limit``.  Input (what the engineer types, passwords at ``sudo``
+prompts included) is recorded only when ``record_input`` is set: for shells
+that is the hospital's policy ``record_input`` (off by default; the output
+shows the echoed commands anyway).
 
 Fail closed: :meth:`Recording.open` writes and flushes the header, so an
 unwritable directory refuses the session before it starts; any later write
@@ -24,9 +34,11 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import IO
 
-from broker.ssh.errors import RecordingError
+from broker.ssh.errors import RecordingError, RecordingLimit
 
 _FLUSH_BYTES = 256 * 1024
+FLUSH_EVERY_S = 1.0
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
 # JSON string escaping done on bytes, for ASCII data (nearly all terminal
 # output): the characters json.encoder.encode_basestring_ascii escapes (controls,
@@ -75,11 +87,15 @@ def default_opener(path: Path) -> IO[bytes]:
 class Recording:
     """An open asciicast v2 recording.  Not thread-safe; one per session."""
 
-    def __init__(self, path: Path, fh: IO[bytes], monotonic: Callable[[], float]) -> None:
+    def __init__(self, path: Path, fh: IO[bytes], monotonic: Callable[[], float], *,
+                 max_bytes: int = DEFAULT_MAX_BYTES, record_input: bool = True) -> None:
         self.path = path
         self._fh = fh
         self._mono = monotonic
         self._start = monotonic()
+        self._last_flush = self._start
+        self._max = max_bytes
+        self.record_input = record_input
         self._buf: list[bytes] = []
         self._pending = 0
         self._size = 0
@@ -105,6 +121,8 @@ class Recording:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         opener: Opener = default_opener,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        record_input: bool = True,
     ) -> Recording:
         """Create ``<directory>/<name>.cast`` and write its header, or raise RecordingError."""
         path = directory / f"{name}.cast"
@@ -115,7 +133,7 @@ class Recording:
             raise RecordingError(
                 f"session refused: the recording cannot be written ({exc.strerror or exc})"
             ) from exc
-        rec = cls(path, fh, monotonic)
+        rec = cls(path, fh, monotonic, max_bytes=max_bytes, record_input=record_input)
         header = {
             "version": 2,
             "width": max(1, width),
@@ -129,10 +147,21 @@ class Recording:
         return rec
 
     def _append(self, line: bytes) -> None:
+        self._check_room(len(line))
         self._buf.append(line)
         self._pending += len(line)
         if self._pending >= _FLUSH_BYTES:
             self.flush()
+
+    def _check_room(self, n: int) -> None:
+        """Refuse (for good) the event that would take the file past ``max_bytes``."""
+        if self._size + self._pending + n <= self._max:
+            return
+        self.flush()  # what came before the limit is kept
+        mib = self._max / (1024 * 1024)
+        self._failed = RecordingLimit(
+            f"the recording reached its limit of {mib:g} MiB; the session was closed")
+        raise self._failed
 
     def _event(self, code: str, text: str) -> None:
         self._data_event(code, _escape_text(text))
@@ -140,11 +169,14 @@ class Recording:
     def _data_event(self, code: str, escaped: bytes) -> None:
         if self._failed is not None:
             raise self._failed
-        t = round(self._mono() - self._start, 6)
+        now = self._mono()
+        t = round(now - self._start, 6)
         head = f'[{t!r}, "{code}", "'.encode("ascii")
+        self._check_room(len(head) + len(escaped) + 3)
         self._buf += (head, escaped, b'"]\n')
         self._pending += len(head) + len(escaped) + 3
-        if self._pending >= _FLUSH_BYTES:
+        if self._pending >= _FLUSH_BYTES or now - self._last_flush >= FLUSH_EVERY_S:
+            self._last_flush = now
             self.flush()
 
     def _data(self, code: str, data: bytes) -> None:
@@ -165,7 +197,8 @@ class Recording:
         self._data("o", data)
 
     def input(self, data: bytes) -> None:
-        self._data("i", data)
+        if self.record_input:
+            self._data("i", data)
 
     def resize(self, width: int, height: int) -> None:
         self._event("r", f"{width}x{height}")

@@ -4,9 +4,19 @@ Every relayed shell, exec, file-transfer channel and port forward is a
 :class:`LiveSession` in the :class:`SessionRegistry` while it runs.  The
 :meth:`SessionRegistry.watch` loop asks the access policy, every ``interval``
 seconds, when each session's grant ends: a revoked or expired grant, or a
-deactivated engineer (``grant_end`` returns ``None``), ends the session at the
-next tick; 5 minutes and 1 minute before the end the engineer is warned on
-their terminal.  A policy error counts as "no longer valid" (fail closed).
+deactivated engineer (``grant_end`` says why it no longer holds), ends the
+session at the next tick with that reason (``grant_expired`` is never reported
+as ``grant_revoked``); 5 minutes and 1 minute before the end the engineer is
+warned on their terminal.  A policy error counts as "no longer valid" (fail
+closed, reason ``grant_check_failed``).  Each pass also flushes the sessions'
+recordings, so a recording that can no longer be written ends its session
+within about a second, however quiet the session is.
+
+Ending comes first, the audit event second: :meth:`SessionRegistry.terminate`
+tells the session to end before it writes ``session.terminated``.  An event
+the audit log refuses is retried with backoff (:data:`RETRY_DELAYS_S`) on a
+background thread, and ``alert.raised`` is written (or, if the audit log
+itself is down, an error is logged with the event, which holds no secret).
 """
 
 from __future__ import annotations
@@ -14,19 +24,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from audit import new_event
 from audit.emitter import Emitter
-from broker.ssh.ports import AccessPolicy
+from audit.events import AuditEvent
+from broker.ssh.ports import AccessPolicy, GrantEnd
 
 log = logging.getLogger(__name__)
 
 WARN_AT_S = (300, 60)
 _FOLLOW_QUEUE = 1024
+FLUSH_EVERY_S = 1.0  # recordings reach the disk at least this often
+# an audit event the log refused is tried again after each of these (about 2 minutes)
+RETRY_DELAYS_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class TimedFlush(Protocol):
+    """A session recording as the watcher sees it (``broker.ssh.recorder.Recording``)."""
+
+    def flush(self) -> None:
+        """Write what is buffered; raises (and stays failed) when it cannot."""
+        ...
 
 
 @dataclass(eq=False)
@@ -45,6 +69,7 @@ class LiveSession:
     src: str = ""
     grant_ends: datetime | None = None
     recording: str = ""
+    recorder: TimedFlush | None = field(default=None, repr=False)
     on_terminate: Callable[[str], None] = field(default=lambda _m: None, repr=False)
     on_warning: Callable[[str], None] | None = field(default=None, repr=False)
     warned: set[int] = field(default_factory=set, repr=False)
@@ -102,11 +127,14 @@ class SessionRegistry:
         emitter: Emitter,
         clock: Callable[[], datetime],
         interval: float = 0.25,
+        retry_delays: Sequence[float] = RETRY_DELAYS_S,
     ) -> None:
         self._policy = policy
         self._emitter = emitter
         self._clock = clock
         self._interval = interval
+        self._retry_delays = tuple(retry_delays)
+        self._retrying: set[threading.Thread] = set()
         self._sessions: dict[str, LiveSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -140,12 +168,66 @@ class SessionRegistry:
         if s is None or s.ended_reason is not None:
             return False
         s.ended_reason = reason
-        self._emitter.emit(new_event(
-            "session.terminated", clock=self._clock, EventResultDetails=reason,
+        self._end(s, reason)  # first: the session ends even if the audit log is down
+        self.emit(
+            "session.terminated", EventResultDetails=reason,
             EventMessage=f"session {session_id} of {s.username} on {s.instrument} ended: {reason}",
             details={"kind": s.kind, "by": by, "recording": s.recording or None},
             **s.columns(),
-        ))
+        )
+        return True
+
+    def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
+        """Write an enforced session event; never raises.
+
+        If the audit log refuses it, ``alert.raised`` is written (or an error
+        logged if that fails too) and the event is retried in the background.
+        """
+        event = new_event(type_, clock=self._clock, details=details, **cols)
+        try:
+            self._emitter.emit(event)
+            return
+        except Exception as exc:
+            log.error("audit log refused %s (%s); retrying", type_, type(exc).__name__)
+        self._alert(event)
+        t = threading.Thread(target=self._retry, args=(event,), daemon=True,
+                             name=f"hoshu-audit-retry-{type_}")
+        self._retrying.add(t)
+        t.start()
+
+    def _alert(self, event: AuditEvent) -> None:
+        try:
+            self._emitter.emit(new_event(
+                "alert.raised", clock=self._clock, EventResultDetails="audit_write_failed",
+                EventMessage=f"the audit log refused {event.type}; hoshu is retrying",
+                details={"alert": "audit_write_failed", "reason": event.type},
+                TargetSessionId=event.get("TargetSessionId"),
+                HospitalId=event.get("HospitalId")))
+        except Exception:
+            log.error("audit log unavailable: cannot raise the alert for %s", event.type)
+
+    def _retry(self, event: AuditEvent) -> None:
+        try:
+            for delay in self._retry_delays:
+                time.sleep(delay)
+                try:
+                    self._emitter.emit(event)
+                    log.warning("audit event %s written after retrying", event.type)
+                    return
+                except Exception as exc:
+                    log.error("audit log still refuses %s (%s)", event.type,
+                              type(exc).__name__)
+            # the last place left: the process log, so the event can be recovered
+            log.critical("audit event lost after %d retries: %s", len(self._retry_delays),
+                         event.to_json())
+        finally:
+            self._retrying.discard(threading.current_thread())
+
+    def retries_pending(self) -> int:
+        """Events still being retried (tests and shutdown)."""
+        return sum(1 for t in list(self._retrying) if t.is_alive())
+
+    def _end(self, s: LiveSession, reason: str) -> None:
         loop = self._loop
         try:
             running = asyncio.get_running_loop()
@@ -155,7 +237,6 @@ class SessionRegistry:
             loop.call_soon_threadsafe(self._notify, s, reason)
         else:
             self._notify(s, reason)
-        return True
 
     @staticmethod
     def _notify(s: LiveSession, reason: str) -> None:
@@ -180,7 +261,7 @@ class SessionRegistry:
     def check_once(self) -> None:
         """One pass of the grant watcher (the loop calls this every ``interval``)."""
         now = self._clock()
-        answers: dict[tuple[str, str], datetime | None] = {}  # one question per grant a pass
+        answers: dict[tuple[str, str], GrantEnd] = {}  # one question per grant a pass
         for s in list(self._sessions.values()):
             if s.ended_reason is not None:
                 continue
@@ -190,10 +271,11 @@ class SessionRegistry:
                     answers[key] = self._policy.grant_end(s.grant_id, s.user_id, now)
                 except Exception:
                     log.exception("grant check failed; ending session %s", s.session_id)
-                    answers[key] = None
-            end = answers[key]
+                    answers[key] = GrantEnd(None, "grant_check_failed")
+            end = answers[key].ends
             if end is None:
-                self.terminate(s.session_id, by="hoshu", reason="grant_revoked")
+                why = answers[key].why or "grant_check_failed"
+                self.terminate(s.session_id, by="hoshu", reason=why)
                 continue
             s.grant_ends = end
             remaining = (end - now).total_seconds()
@@ -220,11 +302,27 @@ class SessionRegistry:
             with contextlib.suppress(Exception):
                 s.on_warning(text)
 
+    def flush_recordings(self) -> None:
+        """Write every live session's buffered recording; a failing one ends its session."""
+        for s in list(self._sessions.values()):
+            if s.recorder is None or s.ended_reason is not None:
+                continue
+            try:
+                s.recorder.flush()
+            except Exception as exc:
+                log.error("recording of session %s failed: %s", s.session_id, exc)
+                self.terminate(s.session_id, by="hoshu",
+                               reason=getattr(exc, "reason", "recording_failed"))
+
     async def watch(self) -> None:
-        """Run the grant watcher until cancelled."""
+        """Run the grant watcher (and the recordings' timed flush) until cancelled."""
         while True:
+            try:
+                self.flush_recordings()
+            except Exception:
+                log.exception("recording flush pass failed")
             try:
                 self.check_once()
             except Exception:
                 log.exception("session watcher pass failed")
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(min(self._interval, FLUSH_EVERY_S))

@@ -20,10 +20,21 @@ from broker.access.errors import InvalidInput
 from broker.access.estate import contract_covers
 from broker.access.gateways import InventoryEntry
 from broker.access.grants import LIVE
-from broker.access.model import Contract, Gateway, Grant, Instrument, Org, Role, SshKey, User
+from broker.access.model import (
+    Contract,
+    Gateway,
+    Grant,
+    GrantStatus,
+    Instrument,
+    Org,
+    Policy,
+    Role,
+    SshKey,
+    User,
+)
 from broker.access.ports import Tx
 from broker.access.services import Services
-from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, TotpResult
+from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
 from wire.models import GatewayRecord, InventoryItem
 
 
@@ -118,16 +129,27 @@ class StoreAccessPolicy:
                                      g.file_transfer, g.hospital_id, g.emergency)
         return None
 
-    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None:
+    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> GrantEnd:
+        """Until when the grant holds, or why it no longer does (never "revoked" for an
+        expiry: the end reason is what work reports show)."""
         with self.s.ctx.uow() as tx:
             g = tx.get(Grant, grant_id)
-            if g is None or g.user_id != user_id or not _grant_live(g, now):
-                return None
+            if g is None or g.user_id != user_id:
+                return GrantEnd(None, "grant_unknown")
+            if g.status == GrantStatus.REVOKED.value:
+                return GrantEnd(None, "grant_revoked")
+            if g.status == GrantStatus.ENDED.value:
+                return GrantEnd(None, "grant_ended")
+            if g.status == GrantStatus.EXPIRED.value or now >= g.ends_at:
+                return GrantEnd(None, "grant_expired")
+            if not _grant_live(g, now):
+                return GrantEnd(None, "grant_not_started")
             user = tx.get(User, user_id)
-            if user is None or not account_usable(user, now) or \
-                    not _contract_holds(tx, g, g.instruments, now):
-                return None
-            return g.ends_at
+            if user is None or not account_usable(user, now):
+                return GrantEnd(None, "engineer_inactive")
+            if not _contract_holds(tx, g, g.instruments, now):
+                return GrantEnd(None, "contract_ended")
+            return GrantEnd(g.ends_at)
 
     def instrument(self, name: str) -> InstrumentTarget | None:
         with self.s.ctx.uow() as tx:
@@ -137,9 +159,11 @@ class StoreAccessPolicy:
             gw = tx.get(Gateway, inst.gateway_id)
             if gw is None or not gw.active:
                 return None
+            hospital_policy = tx.get(Policy, inst.hospital_id)
         credential = self.s.ctx.secrets.open(inst.credential_enc) if inst.credential_enc \
             else ""
         accepted = None if inst.pending_host_key_fingerprint else inst.host_key_fingerprint
         return InstrumentTarget(inst.name, inst.hospital_id, inst.gateway_id, inst.host,
                                 inst.ssh_port, tuple(inst.ports), inst.login_username,
-                                credential, accepted)
+                                credential, accepted,
+                                record_input=bool(hospital_policy and hospital_policy.record_input))

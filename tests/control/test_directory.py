@@ -110,8 +110,8 @@ def test_find_grant_checks_instrument_port_time_and_person(world: World) -> None
     assert policy.find_grant(uid, "las-line-a", 22, now) is None
     assert policy.find_grant(w.users["eng2"].id, "cobas-1", 22, now) is None
     assert policy.find_grant(uid, "cobas-1", 22, now + timedelta(hours=1)) is None
-    assert policy.grant_end(gid, uid, now) == now + timedelta(hours=1)
-    assert policy.grant_end(gid, w.users["eng2"].id, now) is None
+    assert policy.grant_end(gid, uid, now).ends == now + timedelta(hours=1)
+    assert policy.grant_end(gid, w.users["eng2"].id, now).ends is None
 
 
 def test_grant_end_is_none_after_revocation_or_deactivation(world: World) -> None:
@@ -120,10 +120,10 @@ def test_grant_end_is_none_after_revocation_or_deactivation(world: World) -> Non
     gid = grant_for(w, ["cobas-1"])
     uid = w.users["eng"].id
     w.s.grants.revoke(w.actors["appr"], gid)
-    assert policy.grant_end(gid, uid, w.clock.now) is None
+    assert policy.grant_end(gid, uid, w.clock.now).why == "grant_revoked"
     gid2 = grant_for(w, ["cobas-1"])
     w.s.people.deactivate(w.admin, "eng")
-    assert policy.grant_end(gid2, uid, w.clock.now) is None
+    assert policy.grant_end(gid2, uid, w.clock.now).why == "engineer_inactive"
     assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is None
 
 
@@ -143,9 +143,9 @@ def test_ending_the_contract_ends_the_grant_at_the_front_door(world: World) -> N
     policy = StoreAccessPolicy(w.s)
     gid = grant_for(w, ["cobas-1"])
     uid = w.users["eng"].id
-    assert policy.grant_end(gid, uid, w.clock.now) is not None
+    assert policy.grant_end(gid, uid, w.clock.now).ends is not None
     contract = next(c for c in w.s.estate.list_contracts(w.admin)
                     if c.hospital_id == w.hospital.id)
     w.s.estate.end_contract(w.actors["hadmin"], contract.id)
     assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is None
-    assert policy.grant_end(gid, uid, w.clock.now) is None
+    assert policy.grant_end(gid, uid, w.clock.now).why == "contract_ended"

@@ -17,7 +17,7 @@ import pyotp
 
 from audit.testing import CapturingEmitter
 from broker.ssh.frontdoor import FrontDoor
-from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, TotpResult
+from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
 
 T0 = datetime(2026, 11, 24, 9, 0, 0, tzinfo=UTC)
 LOCK_AFTER = 5
@@ -109,13 +109,13 @@ class FakePolicy:
                 return g
         return None
 
-    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> datetime | None:
+    def grant_end(self, grant_id: str, user_id: str, now: datetime) -> GrantEnd:
         if not self._active(user_id):
-            return None
+            return GrantEnd(None, "engineer_inactive")
         for g in self.grants:
             if g.grant_id == grant_id and g.user_id == user_id:
-                return g.ends
-        return None
+                return GrantEnd(g.ends) if now < g.ends else GrantEnd(None, "grant_expired")
+        return GrantEnd(None, "grant_revoked")
 
     def instrument(self, name: str) -> InstrumentTarget | None:
         return self.instruments.get(name)

@@ -32,6 +32,10 @@ def _cast_events(path: Path) -> tuple[dict[str, object], list[list[object]]]:
 async def test_interactive_shell_is_recorded_and_plays_in_asciinema(granted: World) -> None:
     """Output, input and resizes land in an asciicast v2 file whose hash is in the end event."""
     w = granted
+    from dataclasses import replace
+
+    target = w.policy.instruments[w.instrument]  # input is recorded where the hospital asks
+    w.policy.instruments[w.instrument] = replace(target, record_input=True)
     t = await asyncio.to_thread(paramiko_client, w)
     chan = await asyncio.to_thread(open_shell, t, 100, 30)
     chan.send(b"echo rec-$((40+2))\n")

@@ -71,7 +71,7 @@ def test_watcher_ends_sessions_when_the_policy_fails() -> None:
 
     policy.grant_end = broken  # type: ignore[method-assign,assignment]
     reg.check_once()
-    assert ended == ["grant_revoked"]
+    assert ended == ["grant_check_failed"]
 
 
 def test_recording_is_asciicast_v2_with_size_and_hash(tmp_path: Path) -> None:

@@ -17,8 +17,15 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # typed secrets in recordings: input recording is a hospital policy, off by default
+    with op.batch_alter_table('policies', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('record_input', sa.Boolean(), nullable=False,
+                                      server_default=sa.false()))
     pass
 
 
 def downgrade() -> None:
+    # typed secrets in recordings
+    with op.batch_alter_table('policies', schema=None) as batch_op:
+        batch_op.drop_column('record_input')
     pass

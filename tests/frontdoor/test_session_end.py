@@ -1,0 +1,102 @@
+"""Sessions end first and are audited after: an audit log that refuses a write cannot keep a
+session alive; an expiry reads as an expiry, on the terminal and in the log."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+
+import pytest
+
+from audit.events import AuditEvent
+from audit.testing import CapturingEmitter
+from broker.ssh.sessions import LiveSession, SessionRegistry
+from tests.frontdoor.harness import (
+    T0,
+    FakeClock,
+    FakePolicy,
+    World,
+    open_shell,
+    paramiko_client,
+    poll,
+    read_until,
+    shell_ready,
+)
+
+
+class _AuditDown:
+    """Refuses the first ``n`` events of ``kind`` (a full disk under the audit log)."""
+
+    def __init__(self, inner: CapturingEmitter, kind: str, n: int) -> None:
+        self.inner, self.kind, self.left = inner, kind, n
+        self._lock = threading.Lock()
+
+    def emit(self, event: AuditEvent) -> AuditEvent:
+        with self._lock:
+            if event.type == self.kind and self.left > 0:
+                self.left -= 1
+                raise OSError(28, "No space left on device")
+        return self.inner.emit(event)
+
+
+async def test_revocation_ends_the_session_even_when_the_audit_write_fails(
+        granted: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = granted
+    real = CapturingEmitter()
+    real.events = w.events.events  # the same list the test reads
+    down = _AuditDown(real, "session.terminated", 2)
+    monkeypatch.setattr(w.events, "emit", down.emit)
+    t = await asyncio.to_thread(paramiko_client, w)
+    chan = await asyncio.to_thread(open_shell, t)
+    await asyncio.to_thread(shell_ready, chan)
+    w.policy.revoke("g1")
+    took = await poll(chan.exit_status_ready, deadline_s=3)
+    assert took < 1.0  # told to end although the audit log refused the event
+    out = await asyncio.to_thread(read_until, chan, b"session ended")
+    assert b"grant revoked" in out
+    t.close()
+    alerts = w.events.of_type("alert.raised")
+    assert alerts and alerts[0].get("EventResultDetails") == "audit_write_failed"
+    # the refused event is written once the log takes it again (retried with backoff)
+    await poll(lambda: bool(w.events.of_type("session.terminated")), deadline_s=5)
+    assert [e.get("EventResultDetails") for e in w.events.of_type("session.terminated")] == [
+        "grant_revoked"]
+    await poll(lambda: bool(w.events.of_type("session.ended")))
+    assert w.events.of_type("session.ended")[0].get("EventResultDetails") == "grant_revoked"
+
+
+def test_an_event_the_log_keeps_refusing_is_retried_a_bounded_number_of_times() -> None:
+    events = CapturingEmitter()
+    down = _AuditDown(events, "session.terminated", 100)
+    clock, policy = FakeClock(), FakePolicy()
+    eng, _ = policy.add_engineer("alice", "ssh-ed25519 AAAAkey")
+    g = policy.grant(eng, "cobas-c503-1", (22,), ends=T0 + timedelta(minutes=10))
+    reg = SessionRegistry(policy, down, clock, retry_delays=(0.01, 0.01, 0.01))
+    told: list[str] = []
+    reg.add(LiveSession("s1", "shell", eng.user_id, "alice", "cobas-c503-1", "h-1",
+                        g.grant_id, 22, T0, on_terminate=told.append))
+    assert reg.terminate("s1", by="approver", reason="terminated_by_approver")
+    assert told == ["terminated_by_approver"]
+    for _ in range(500):
+        if reg.retries_pending() == 0:
+            break
+        threading.Event().wait(0.01)
+    assert reg.retries_pending() == 0
+    assert down.left == 100 - 4  # the first try and three retries, then it gives up
+    assert [e.type for e in events.events] == ["alert.raised"]
+
+
+async def test_an_expired_grant_says_expired_on_the_terminal(granted: World) -> None:
+    w = granted
+    t = await asyncio.to_thread(paramiko_client, w)
+    chan = await asyncio.to_thread(open_shell, t)
+    await asyncio.to_thread(shell_ready, chan)
+    w.clock.advance(3600)
+    out = await asyncio.to_thread(read_until, chan, b"session ended: grant expired")
+    t.close()
+    assert b"grant expired" in out and b"revoked" not in out
+    await poll(lambda: bool(w.events.of_type("session.ended")))
+    assert w.events.of_type("session.ended")[0].get("EventResultDetails") == "grant_expired"
+    assert [e.get("EventResultDetails") for e in w.events.of_type("session.terminated")] == [
+        "grant_expired"]
