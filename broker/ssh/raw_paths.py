@@ -8,7 +8,9 @@ Two rules, both pure (no sockets) so the front door's hooks stay thin:
   A port is interactive when it is the instrument's SSH port, a well-known
   SSH/RDP/VNC port, or the port the gateway's inventory probes for the
   instrument's interactive protocol (:func:`gateway.inventory.probe_one`'s rule:
-  the well-known port if listed, else the first one).
+  the well-known port if listed, else the first one).  A forward to any other
+  port whose server greets with an SSH or VNC banner is cut off before the
+  banner reaches the engineer (:func:`interactive_banner`).
 * :func:`transfer_program` -- exec of a program that moves files (an SFTP
   server, ``scp`` in server mode, ``rsync --server``, ZMODEM) would move files
   past the broker's SFTP proxy, which is where file transfer is granted,
@@ -52,6 +54,19 @@ def interactive_port(target: InstrumentTarget, port: int) -> str | None:
     if well_known is not None and target.ports:
         probed = well_known if well_known in target.ports else target.ports[0]
         if port == probed:
+            return kind
+    return None
+
+
+# what an interactive server says first, before the client sends anything it needs
+_BANNERS = ((b"SSH-", "ssh"), (b"RFB ", "vnc"))
+
+
+def interactive_banner(first: bytes) -> str | None:
+    """``"ssh"``/``"vnc"`` when a forwarded port's first bytes are an SSH or VNC server's
+    greeting: an sshd on a port the inventory does not mark is cut off all the same."""
+    for prefix, kind in _BANNERS:
+        if first.startswith(prefix):
             return kind
     return None
 

@@ -168,3 +168,26 @@ def _target(**kw: object) -> InstrumentTarget:
 ])
 def test_interactive_ports(target: InstrumentTarget, port: int, kind: str | None) -> None:
     assert interactive_port(target, port) == kind
+
+
+async def test_an_sshd_on_a_port_the_inventory_does_not_mark_is_cut_off(world: World) -> None:
+    """The hospital lists the real sshd's port as a plain vendor port: the forward opens,
+    but the engineer never gets the SSH banner; the forward ends as ``interactive_port``."""
+    w = world
+    sshd = w.ssh_port
+    t = w.policy.instruments[w.instrument]
+    w.policy.instruments[w.instrument] = replace(t, ssh_port=_free_port(), ports=(sshd,),
+                                                 protocol="tcp")
+    w.policy.grant(w.engineer, w.instrument, (sshd,), ends=w.clock.now + timedelta(hours=1))
+    client = await asyncio.to_thread(paramiko_client, w)
+    try:
+        chan = await asyncio.to_thread(client.open_channel, "direct-tcpip",
+                                       (w.instrument, sshd), ("127.0.0.1", 5555), 10)
+        chan.settimeout(10)
+        assert await asyncio.to_thread(chan.recv, 100) == b""
+    finally:
+        client.close()
+    await poll(lambda: bool(w.events.of_type("forward.closed")))
+    (closed,) = w.events.of_type("forward.closed")
+    assert closed.get("EventResultDetails") == "interactive_port"
+    assert closed.get("DstBytes") == 0
