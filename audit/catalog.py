@@ -21,7 +21,9 @@ define("user.locked_out", AUTH, "Too many failures: the account is locked for a 
        severity=Severity.HIGH, details={"failures": PUB, "window_s": PUB, "locked_until": PUB})
 define("user.logout", AUTH, "A bearer token or SSH certificate was given up")
 define("ssh.login", AUTH, "An engineer authenticated (or failed to) at the SSH front door",
-       details={"method": PUB, "key_fingerprint": PUB, "totp_code": SEC, "cert_serial": PUB})
+       details={"method": PUB, "key_fingerprint": PUB, "totp_code": SEC, "cert_serial": PUB,
+                # a flood from one address: the rest of its minute summed in one event
+                "count": PUB, "window_s": PUB})
 define("ssh.cert_issued", AUTH, "A short-lived SSH user certificate was issued after MFA",
        details={"cert_serial": PUB, "valid_until": PUB, "key_fingerprint": PUB})
 # one permission table for every route: certificate refusals are events too

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from audit.events import Result
 from broker.access import names, passwords, totp
+from broker.access.certs import revoke_cert_serials
 from broker.access.errors import (
     Conflict,
     InvalidInput,
@@ -74,8 +75,12 @@ class AuthService:
         return IssuedToken(text, tok.id, tok.expires_at, tuple(scopes),
                            totp_enrolment_required="enroll" in scopes)
 
-    def _fail(self, tx: Tx, user: User, kind: str, src_ip: str | None) -> TotpCheck:
-        """Count one failure; lock the account at the threshold."""
+    def _fail(self, tx: Tx, user: User, kind: str, src_ip: str | None,
+              hospital_id: str | None = None) -> TotpCheck:
+        """Count one failure; lock the account at the threshold (and raise the alert).
+
+        ``hospital_id``: the hospital whose instrument the sign-in named (SSH), so its
+        auditors see the failure and the lockout."""
         now = self.ctx.now()
         cfg = self.ctx.config
         tx.add(AuthFailure(self.ctx.new_id(), user.id, now, kind))
@@ -87,8 +92,14 @@ class AuthService:
             tx.save(user)
             self.ctx.emit("user.locked_out", None, result=Result.FAILURE,
                           ActorUserId=user.id, ActorUsername=user.name, SrcIpAddr=src_ip,
+                          HospitalId=hospital_id,
                           details={"failures": count, "window_s": cfg.lockout_window_s,
                                    "locked_until": user.locked_until.isoformat()})
+            self.ctx.emit("alert.raised", None, ActorUserId=user.id, ActorUsername=user.name,
+                          SrcIpAddr=src_ip, HospitalId=hospital_id,
+                          EventResultDetails="account locked out",
+                          details={"alert": "user.locked_out",
+                                   "reason": f"{user.name}: too many failed sign-ins"})
             return TotpCheck(False, True, count, locked_now=True,
                              locked_until=user.locked_until)
         return TotpCheck(False, locked, count,
@@ -229,6 +240,8 @@ class AuthService:
             if tok is not None and tok.revoked_at is None:
                 tok.revoked_at = self.ctx.now()
                 tx.save(tok)
+                # the SSH certificates issued under this sign-in end with it
+                revoke_cert_serials(tx, tok.user_id, tok.revoked_at, "signed out")
                 self.ctx.emit("user.logout", actor)
 
     # --- TOTP ----------------------------------------------------------------
@@ -266,7 +279,8 @@ class AuthService:
                                ttl_s=self.ctx.config.access_token_ttl_s)
 
     def check_totp(self, user_id: str, code: str, now: datetime,
-                   src_ip: str | None = None) -> TotpCheck:
+                   src_ip: str | None = None, *, hospital_id: str | None = None
+                   ) -> TotpCheck:
         """Second factor for the SSH front door: accepted once, failures count."""
         with self.ctx.uow() as tx:
             user = tx.get(User, user_id, for_update=True)
@@ -280,10 +294,10 @@ class AuthService:
             if step is None:
                 reason = "replayed" if totp.is_replay(secret, code, now, user.totp_last_step) \
                     else "wrong"
-                check = self._fail(tx, user, "totp", src_ip)
+                check = self._fail(tx, user, "totp", src_ip, hospital_id)
                 self.ctx.emit("user.mfa_failed", None, result=Result.FAILURE,
                               ActorUserId=user.id, ActorUsername=user.name, SrcIpAddr=src_ip,
-                              EventResultDetails=reason, details={
+                              HospitalId=hospital_id, EventResultDetails=reason, details={
                                   "method": "totp", "failures": check.failures})
                 return TotpCheck(False, check.locked, check.failures, reason,
                                  check.locked_now, check.locked_until)

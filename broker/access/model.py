@@ -272,7 +272,24 @@ class Transition:
     comment: str = ""
 
 
+@dataclass
+class SshCert:
+    """An SSH user certificate the broker's CA issued: the serial deny-list.
+
+    Only recorded serials sign in, and only while ``revoked_at`` is unset; signing
+    out, revoking the user's tokens or locking the account revoke them."""
+
+    id: str
+    user_id: str
+    serial: int
+    issued_at: datetime
+    valid_until: datetime
+    revoked_at: datetime | None = None
+    revoked_reason: str = ""
+
+
 ENTITY_TYPES: tuple[type, ...] = (
     Org, User, SshKey, AuthFailure, Token, Contract, Policy, Instrument, Gateway,
     EnrolmentToken, AccessRequest, Decision, Grant, Transition,
+    SshCert,
 )

@@ -14,6 +14,8 @@ after password + TOTP counts as both factors.  There is no password method.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ from asyncssh.packet import SSHPacket, String
 
 from audit import new_event
 from audit.emitter import Emitter
+from broker.access.floods import FloodGate, Summary
 from broker.settings import BrokerSettings
 from broker.ssh.ca import UserCA
 from broker.ssh.ports import AccessPolicy, InstrumentConnector
@@ -35,6 +38,19 @@ from broker.ssh.sessions import SessionRegistry
 from broker.ssh.spool import SpoolBudget
 from wire.transport import CoalescingTransport
 
+log = logging.getLogger(__name__)
+
+
+def source_key(address: str) -> str:
+    """The flood key of a source address: the address, or for IPv6 its /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "ip:unknown"
+    if ip.version == 6:
+        return f"ip:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
+    return f"ip:{ip}"
+
 
 @dataclass(frozen=True, slots=True)
 class FrontDoorOptions:
@@ -42,7 +58,8 @@ class FrontDoorOptions:
 
     max_channels: int = 16  # open channels per engineer connection
     max_pending_per_source: int = 20  # connections still authenticating, per source address
-    login_timeout_s: float = 30.0
+    login_timeout_s: float = 120.0  # as OpenSSH's LoginGraceTime; the client is told why
+    failures_written_per_minute: int = 10  # per source; the rest of its minute: one sum
     watch_interval_s: float = 0.25  # grant checks: sessions end < 1 s after a grant does
     scan_command: tuple[str, ...] = ()  # argv; the file path is appended; exit 0 = clean
     scan_timeout_s: float = 120.0
@@ -92,9 +109,46 @@ class FrontDoor:
         self._watcher: asyncio.Task[None] | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._pending: dict[str, int] = {}
+        self.floods = FloodGate(window_s=60.0, burst=options.failures_written_per_minute)
+        self._flood_task: asyncio.Task[None] | None = None
 
     def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
         self.emitter.emit(new_event(type_, clock=self.clock, details=details, **cols))
+
+    def login_failed(self, type_: str, *, details: dict[str, Any] | None = None,
+                     **cols: Any) -> None:
+        """A failed login: written as it is, unless its source is flooding.
+
+        Past ``failures_written_per_minute`` from one source (IPv6: its /64), the rest
+        of that minute are counted and written as one ``ssh.login`` with ``count``."""
+        src = str(cols.get("SrcIpAddr") or "")
+        admission = self.floods.admit(source_key(src), self.clock(),
+                                      str(cols.get("EventResultDetails") or ""))
+        self._summaries(admission.summaries)
+        if admission.write:
+            self.emit(type_, details=details, **cols)
+
+    def flush_floods(self, *, everything: bool = False) -> None:
+        """Write the sums of flood windows that are over (all of them at shutdown)."""
+        self._summaries(self.floods.flush(self.clock(), everything=everything))
+
+    def _summaries(self, summaries: list[Summary]) -> None:
+        for s in summaries:
+            src = s.key.removeprefix("ip:")
+            self.emit("ssh.login", EventResult="Failure", EventSeverity="Medium",
+                      EventResultDetails=f"{s.count} more failed logins from this source "
+                      f"in {s.window_s:g} s (summed, not written one by one)",
+                      EventMessage=f"SSH login refused {s.count} times", ActorUserType="engineer",
+                      SrcIpAddr=None if "/" in src or src in ("", "*") else src,
+                      details={"count": s.count, "window_s": s.window_s})
+
+    async def _flush_floods_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.flush_floods()
+            except Exception:  # an audit outage must not stop the front door
+                log.exception("cannot write the sum of failed logins")
 
     def track(self, conn: asyncssh.SSHServerConnection, alive: bool) -> None:
         if alive:
@@ -119,6 +173,12 @@ class FrontDoor:
             self.sessions.terminate(s.session_id, by="hoshu", reason="broker_shutdown")
         for conn in list(self._conns):
             conn.close()
+        if self._flood_task is not None:
+            self._flood_task.cancel()
+        try:
+            self.flush_floods(everything=True)
+        except Exception:
+            log.exception("cannot write the sum of failed logins")
         if self._watcher is not None:
             self._watcher.cancel()
             try:
@@ -223,7 +283,7 @@ async def start_front_door(
         password_auth=False,
         public_key_auth=True,
         kbdint_auth=True,
-        login_timeout=opts.login_timeout_s,
+        login_timeout=opts.login_timeout_s + 10,  # backstop: the hook tells the client first
         keepalive_interval=60,
         window=8 * 1024 * 1024,
         max_pktsize=32768,
@@ -243,4 +303,5 @@ async def start_front_door(
     door.port = server.sockets[0].getsockname()[1]
     door.host_key_line = host_key.export_public_key().decode().strip()
     door._watcher = asyncio.ensure_future(door.sessions.watch())
+    door._flood_task = asyncio.ensure_future(door._flush_floods_every(1.0))
     return door

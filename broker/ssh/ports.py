@@ -106,7 +106,25 @@ class AccessPolicy(Protocol):
 
     def engineer_for_key(self, username: str, openssh_public_key: str) -> Engineer | None: ...
 
-    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult: ...
+    def check_totp(self, user_id: str, code: str, now: datetime, *,
+                   src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:
+        """Check a second factor.  The policy alone writes ``user.mfa_failed``,
+        ``user.locked_out`` and the lockout alert, with ``src_ip`` and the
+        ``hospital_id`` of the instrument the login names (its auditors see them)."""
+        ...
+
+    def hospital_of(self, instrument: str) -> str | None:
+        """The hospital an instrument belongs to (for audit columns only), or None."""
+        ...
+
+    def cert_usable(self, user_id: str, serial: int, now: datetime) -> str | None:
+        """None if a user certificate may sign in; else why not (locked, revoked...)."""
+        ...
+
+    def record_cert(self, user_id: str, serial: int, issued_at: datetime,
+                    valid_until: datetime) -> None:
+        """Remember an issued certificate's serial: only recorded serials sign in."""
+        ...
 
     def find_grant(
         self, user_id: str, instrument: str, port: int, now: datetime

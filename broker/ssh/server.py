@@ -4,13 +4,20 @@ Authentication (deny by default): the login name must parse, the offered key
 must be registered to an active engineer (``AccessPolicy.engineer_for_key``)
 and its signature must verify; then a TOTP code through keyboard-interactive
 (``AccessPolicy.check_totp``: accepted once, lockout after repeated failures)
-completes the login.  A hoshu user certificate completes it alone.  Channels:
+completes the login.  A hoshu user certificate completes it alone, if the
+policy still honours its serial (``AccessPolicy.cert_usable``: not revoked by a
+sign-out, account not locked or deactivated).  A login not completed within
+``login_timeout_s`` is disconnected with the reason, which the client prints.
+The policy alone writes ``user.mfa_failed``/``user.locked_out``; this module
+writes ``ssh.login``, and failures from one source beyond a few a minute are
+summed (:meth:`FrontDoor.login_failed`).  Channels:
 sessions (shell, exec, sftp, scp) and direct-tcpip forwards, at most
 ``max_channels`` at once; each is authorized by :class:`~broker.ssh.channels.Channels`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -21,6 +28,7 @@ from asyncssh.public_key import decode_ssh_certificate, decode_ssh_public_key
 from broker.ssh.auth import AuthState, parse_login, source_allowed
 from broker.ssh.channels import Channels
 from broker.ssh.frontdoor import FrontDoor
+from broker.ssh.ports import Engineer
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +43,11 @@ class EngineerServer(asyncssh.SSHServer):
         self.src = ""
         self.src_port = 0
         self.channels: Channels | None = None
+        self.hospital_id: str | None = None  # of the instrument the login names
         self._pending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
+        self._cert_refused: set[int] = set()
 
     # --- connection ---------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -44,12 +56,27 @@ class EngineerServer(asyncssh.SSHServer):
         self.src, self.src_port = str(peer[0]), int(peer[1])
         self.door.track(conn, True)
         self._pending = True
+        self._timer = asyncio.get_running_loop().call_later(
+            self.door.options.login_timeout_s, self._login_expired)
         if not self.door.pending(self.src, +1):
             # a flood of half-open logins from one address: drop this one at once
             self.state.failure = "too many connections authenticating from this address"
             conn.close()
 
+    def _login_expired(self) -> None:
+        """Out of time (OpenSSH's LoginGraceTime): say so on the disconnect, then close."""
+        self._timer = None
+        if self.state.done or self.conn is None:
+            return
+        self._timed_out = True
+        limit = f"{self.door.options.login_timeout_s:g}"
+        self.conn.disconnect(asyncssh.DISC_BY_APPLICATION,
+                             f"hoshu: sign-in took longer than {limit} s; connect again")
+
     def _not_pending(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._pending:
             self._pending = False
             self.door.pending(self.src, -1)
@@ -62,8 +89,9 @@ class EngineerServer(asyncssh.SSHServer):
             self.channels.close()
         if not self.state.done:
             why = self.state.failure
-            if exc is not None and "timeout" in str(exc).lower():
-                why = f"authentication not completed in time ({why})"
+            if self._timed_out or (exc is not None and "timeout" in str(exc).lower()):
+                limit = f"{self.door.options.login_timeout_s:g}"
+                why = f"login_timeout: not completed in time, {limit} s ({why})"
             self._login_event(False, why)
 
     def _cols(self) -> dict[str, Any]:
@@ -77,10 +105,12 @@ class EngineerServer(asyncssh.SSHServer):
             "SrcIpAddr": self.src or None,
             "SrcPortNumber": self.src_port or None,
             "TargetHostname": login.instrument if login else None,
+            "HospitalId": self.hospital_id,
         }
 
     def _login_event(self, ok: bool, why: str) -> None:
-        self.door.emit(
+        emit = self.door.emit if ok else self.door.login_failed
+        emit(
             "ssh.login",
             EventResult="Success" if ok else "Failure",
             EventResultDetails=why,
@@ -99,8 +129,14 @@ class EngineerServer(asyncssh.SSHServer):
             self.state = AuthState()
         self.state.raw_login = username
         self.state.login = parse_login(username)
+        self.hospital_id = None
         if self.state.login is None:
             self.state.failure = "malformed login name"
+        elif self.state.login.instrument:
+            try:
+                self.hospital_id = self.door.policy.hospital_of(self.state.login.instrument)
+            except Exception:
+                log.exception("instrument lookup failed")
         if self.door.options.banner and self.conn is not None:
             self.conn.send_auth_banner(self.door.options.banner)
         return True
@@ -150,8 +186,33 @@ class EngineerServer(asyncssh.SSHServer):
         if not source_allowed(self.src, eng.source_cidrs):
             self.state.failure = "source address not allowed for this vendor"
             return None
+        if cert is not None and not self._cert_still_good(cert, eng):
+            return None
         self.state.candidates[key_data] = eng
         return key
+
+    def _cert_still_good(self, cert: Any, eng: Engineer) -> bool:
+        """A certificate signs in only while the policy honours its serial (fail closed)."""
+        serial = int(getattr(cert, "_serial", 0))
+        try:
+            why = self.door.policy.cert_usable(eng.user_id, serial, self.door.clock())
+        except Exception:
+            log.exception("certificate check failed")
+            why = "cannot check the certificate now"
+        if why is None:
+            return True
+        if serial not in self._cert_refused:  # the probe and the signed request: once
+            self._cert_refused.add(serial)
+            self.state.engineer = eng
+            self.state.cert_serial = serial
+            self.state.method = "certificate"
+            self._login_event(False, f"certificate refused: {why}")
+            self.state.method = ""
+            if self.conn is not None:
+                self.conn.send_auth_banner(
+                    f"hoshu: certificate refused: {why}; sign in again (hoshu login)\n")
+        self.state.failure = f"certificate refused: {why}"
+        return False
 
     def key_proven(self, key_data: bytes, key: asyncssh.SSHKey) -> bool:
         """Signature verified: a certificate completes the login, a plain key is partial."""
@@ -184,7 +245,8 @@ class EngineerServer(asyncssh.SSHServer):
         code = str(responses[0]).strip()
         now = self.door.clock()
         try:
-            result = self.door.policy.check_totp(eng.user_id, code, now)
+            result = self.door.policy.check_totp(eng.user_id, code, now, src_ip=self.src or None,
+                                                 hospital_id=self.hospital_id)
         except Exception:
             log.exception("TOTP check failed")
             return False
@@ -193,21 +255,8 @@ class EngineerServer(asyncssh.SSHServer):
             self._login_event(True, "public key and TOTP")
             self._authenticated()
             return True
+        # user.mfa_failed, user.locked_out and the alert are the policy's to write
         self.state.failure = f"second factor refused ({result.reason or 'wrong'})"
-        cols = self._cols()
-        self.door.emit("user.mfa_failed", EventResult="Failure",
-                       EventResultDetails=result.reason or "wrong",
-                       details={"method": "totp",
-                                "failures": result.failures}, **cols)
-        if result.locked_now:
-            until = result.locked_until.isoformat() if result.locked_until else None
-            self.door.emit("user.locked_out", EventResultDetails="too many failed codes",
-                           details={"failures": result.failures, "window_s": 900,
-                                    "locked_until": until}, **cols)
-            self.door.emit("alert.raised", EventResultDetails="account locked out",
-                           details={"alert": "user.locked_out",
-                                    "reason": f"{eng.username}: too many failed codes"},
-                           **cols)
         if self.conn is not None:
             if result.locked_until is not None:
                 msg = (f"hoshu: account locked until {result.locked_until:%H:%M} UTC "

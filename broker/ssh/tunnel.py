@@ -89,8 +89,9 @@ class TunnelSettings:
     @classmethod
     def from_broker(cls, settings: BrokerSettings, **overrides: Any) -> TunnelSettings:
         """The tunnel endpoint of a broker process (``HOSHU_TUNNEL_HOST``/``_PORT``)."""
-        values: dict[str, Any] = {"host": settings.tunnel_host, "port": settings.tunnel_port,
-                                  "login_timeout_s": float(settings.login_timeout_s)}
+        # the engineers' sign-in limit (settings.login_timeout_s) is for people; a gateway
+        # answers in seconds or not at all, so its hello keeps the tunnel's own limit
+        values: dict[str, Any] = {"host": settings.tunnel_host, "port": settings.tunnel_port}
         values.update(overrides)
         return cls(**values)
 

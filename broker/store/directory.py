@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from broker.access import sshkeys
+from broker.access import certs, sshkeys
 from broker.access.auth import account_usable
 from broker.access.errors import InvalidInput
 from broker.access.estate import contract_covers
@@ -109,9 +109,24 @@ class StoreAccessPolicy:
                 return None
             return Engineer(user.id, user.name, org.name, tuple(org.source_cidrs))
 
-    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult:
-        r = self.s.auth.check_totp(user_id, code, now)
+    def check_totp(self, user_id: str, code: str, now: datetime, *,
+                   src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:
+        """The domain checks the code and alone writes the failure and lockout events."""
+        r = self.s.auth.check_totp(user_id, code, now, src_ip, hospital_id=hospital_id)
         return TotpResult(r.ok, r.reason, r.failures, r.locked_now, r.locked_until)
+
+    def hospital_of(self, instrument: str) -> str | None:
+        with self.s.ctx.uow() as tx:
+            inst = tx.one(Instrument, name=instrument)
+            return inst.hospital_id if inst is not None else None
+
+    def cert_usable(self, user_id: str, serial: int, now: datetime) -> str | None:
+        with self.s.ctx.uow() as tx:
+            return certs.cert_refusal(tx, user_id, serial, now)
+
+    def record_cert(self, user_id: str, serial: int, issued_at: datetime,
+                    valid_until: datetime) -> None:
+        certs.record_cert(self.s.ctx, user_id, serial, issued_at, valid_until)
 
     def find_grant(self, user_id: str, instrument: str, port: int, now: datetime
                    ) -> GrantView | None:

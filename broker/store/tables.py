@@ -52,6 +52,7 @@ TABLE_NAMES: dict[type, str] = {
     m.Instrument: "instruments", m.Gateway: "gateways",
     m.EnrolmentToken: "enrolment_tokens", m.AccessRequest: "access_requests",
     m.Decision: "decisions", m.Grant: "grants", m.Transition: "transitions",
+    m.SshCert: "ssh_certs",
 }
 UNIQUE: dict[type, list[str]] = {
     m.Org: ["name"], m.User: ["name"], m.Token: ["token_hash"], m.Instrument: ["name"],
@@ -71,6 +72,7 @@ INDEXES: dict[type, list[tuple[str, ...]]] = {
     m.Decision: [("request_id",)],
     m.Grant: [("user_id", "status"), ("hospital_id",), ("status",), ("vendor_id",)],
     m.Transition: [("subject_kind", "subject_id")],
+    m.SshCert: [("user_id",), ("serial",)],
 }
 
 

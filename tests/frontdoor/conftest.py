@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -16,6 +17,7 @@ from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
 from broker.ssh.ports import DirectConnector, InstrumentTarget
 from labsim.sshd import OpenSSHInstrument
 from tests.frontdoor.harness import T0, FakeClock, FakePolicy, World, engineer_key
+from tests.frontdoor.store_policy import store_policy
 
 ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$HOSHU_TEST_CODE\"\n"
 
@@ -26,19 +28,32 @@ def front_door_options() -> FrontDoorOptions:
 
 
 @pytest.fixture
+def policy_kind() -> str:
+    """Which AccessPolicy answers the front door: "fake" here; modules that must hold for
+    the real one too parametrize this over "fake" and "store" (StoreAccessPolicy)."""
+    return "fake"
+
+
+@pytest.fixture
 async def world(
-    tmp_path: Path, openssh_instrument: OpenSSHInstrument, front_door_options: FrontDoorOptions
+    tmp_path: Path, openssh_instrument: OpenSSHInstrument, front_door_options: FrontDoorOptions,
+    policy_kind: str,
 ) -> AsyncIterator[World]:
     clock = FakeClock(T0)
-    policy = FakePolicy()
     events = CapturingEmitter()
     key_path, public_line = engineer_key(tmp_path)
-    eng, secret = policy.add_engineer("alice", public_line)
     inst = openssh_instrument
-    policy.instruments[inst.name] = InstrumentTarget(
-        name=inst.name, hospital_id="h-1", gateway_id="gw-1", host=inst.host,
-        ssh_port=inst.port, ports=(inst.port,), username=inst.username,
-        credential=inst.client_private_key_pem, host_key_fingerprint=inst.host_key_fingerprint)
+    policy: Any
+    if policy_kind == "store":
+        policy, eng, secret = store_policy(tmp_path, clock, events, public_line, inst)
+    else:
+        policy = FakePolicy(events=events)
+        eng, secret = policy.add_engineer("alice", public_line)
+        policy.instruments[inst.name] = InstrumentTarget(
+            name=inst.name, hospital_id="h-1", gateway_id="gw-1", host=inst.host,
+            ssh_port=inst.port, ports=(inst.port,), username=inst.username,
+            credential=inst.client_private_key_pem,
+            host_key_fingerprint=inst.host_key_fingerprint)
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     ids = iter(f"s{n:04d}" for n in range(1, 10_000))
     door = await start_front_door(
@@ -58,6 +73,8 @@ async def world(
         yield w
     finally:
         await door.close()
+        if policy_kind == "store":
+            policy.close()
 
 
 @pytest.fixture

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import paramiko
 import pyotp
 
+from audit import new_event
 from audit.testing import CapturingEmitter
 from broker.ssh.frontdoor import FrontDoor
 from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
@@ -45,12 +47,22 @@ class FakePolicy:
     used_codes: set[tuple[str, int]] = field(default_factory=set)
     failures: dict[str, list[datetime]] = field(default_factory=dict)
     locked: dict[str, datetime] = field(default_factory=dict)
+    certs: dict[int, tuple[str, bool]] = field(default_factory=dict)  # serial: user, revoked
+    events: CapturingEmitter | None = None  # the domain's own events (mfa, lockout)
 
     def add_engineer(self, username: str, public_line: str) -> tuple[Engineer, str]:
         eng = Engineer(user_id=f"u-{username}", username=username, organization="Roche")
         secret = pyotp.random_base32()
         self.engineers[username] = (eng, " ".join(public_line.split()[:2]), secret, True)
         return eng, secret
+
+    def forget_key(self, username: str) -> None:
+        eng, _, secret, active = self.engineers[username]
+        self.engineers[username] = (eng, "ssh-ed25519 AAAAother", secret, active)
+
+    def set_source_cidrs(self, username: str, cidrs: tuple[str, ...]) -> None:
+        eng, key, secret, active = self.engineers[username]
+        self.engineers[username] = (replace(eng, source_cidrs=cidrs), key, secret, active)
 
     def deactivate(self, username: str) -> None:
         eng, key, secret, _ = self.engineers[username]
@@ -62,7 +74,53 @@ class FakePolicy:
             return None
         return row[0] if " ".join(openssh_public_key.split()[:2]) == row[1] else None
 
-    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult:
+    def _emit(self, type_: str, now: datetime, **cols: object) -> None:
+        if self.events is not None:
+            self.events.emit(new_event(type_, clock=lambda: now, **cols))  # type: ignore[arg-type]
+
+    def check_totp(self, user_id: str, code: str, now: datetime, *,
+                   src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:
+        r = self._check_totp(user_id, code, now)
+        if r.ok or r.reason == "locked":
+            return r
+        eng = next(e[0] for e in self.engineers.values() if e[0].user_id == user_id)
+        cols = {"ActorUserId": user_id, "ActorUsername": eng.username, "SrcIpAddr": src_ip,
+                "HospitalId": hospital_id, "EventResult": "Failure"}
+        if r.locked_now:
+            self._emit("user.locked_out", now, details={
+                "failures": r.failures, "window_s": int(LOCK_WINDOW.total_seconds()),
+                "locked_until": r.locked_until.isoformat() if r.locked_until else None},
+                **cols)
+            self._emit("alert.raised", now, details={"alert": "user.locked_out",
+                                                     "reason": "too many failed sign-ins"},
+                       **{**cols, "EventResult": "Success"})
+        self._emit("user.mfa_failed", now, EventResultDetails=r.reason,
+                   details={"method": "totp", "failures": r.failures}, **cols)
+        return r
+
+    def hospital_of(self, instrument: str) -> str | None:
+        target = self.instruments.get(instrument)
+        return target.hospital_id if target is not None else None
+
+    def record_cert(self, user_id: str, serial: int, issued_at: datetime,
+                    valid_until: datetime) -> None:
+        self.certs[serial] = (user_id, False)
+
+    def revoke_certs(self, user_id: str) -> None:
+        self.certs = {k: (u, r or u == user_id) for k, (u, r) in self.certs.items()}
+
+    def cert_usable(self, user_id: str, serial: int, now: datetime) -> str | None:
+        until = self.locked.get(user_id)
+        if until is not None and now < until:
+            return f"account locked until {until:%H:%M} UTC"
+        if not self._active(user_id):
+            return "account inactive or expired"
+        row = self.certs.get(serial)
+        if row is None or row[0] != user_id:
+            return "certificate unknown to this broker"
+        return "certificate revoked (signed out or credentials revoked)" if row[1] else None
+
+    def _check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult:
         row = next(r for r in self.engineers.values() if r[0].user_id == user_id)
         until = self.locked.get(user_id)
         if until is not None and now < until:
@@ -126,7 +184,7 @@ class World:
     """One running front door with a real sshd instrument behind it."""
 
     door: FrontDoor
-    policy: FakePolicy
+    policy: Any  # FakePolicy, or tests.frontdoor.store_policy.StorePolicy (the real one)
     clock: FakeClock
     events: CapturingEmitter
     tmp: Path
@@ -144,12 +202,14 @@ class World:
         at = self.clock.now + timedelta(seconds=30 * offset_steps)
         return str(pyotp.TOTP(self.totp_secret).at(at))
 
-    def cert_file(self) -> Path:
+    def cert_file(self, serial: int = 1) -> Path:
         """A user certificate as ``hoshu login`` issues it (for batch tools like sftp -b)."""
         assert self.door.ca is not None
+        self.policy.record_cert(self.engineer.user_id, serial, self.clock.now,
+                                self.clock.now + timedelta(hours=8))
         cert = self.door.ca.issue(self.public_line, username=self.engineer.username,
                                   user_id=self.engineer.user_id, now=self.clock.now,
-                                  grants_end=None, serial=1, emitter=self.events)
+                                  grants_end=None, serial=serial, emitter=self.events)
         path = self.tmp / "id_engineer-cert.pub"
         path.write_text(cert + "\n")
         return path
