@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audit.errors import ChainError
+from audit.keyfiles import create_secret
 
 _DOMAIN = b"hoshu-audit-checkpoint-v1"
 
@@ -86,13 +87,13 @@ class CheckpointSigner:
                 raise ChainError(f"audit signing key {p} is not an Ed25519 key")
             return cls(key)
         signer = cls.generate()
-        p.parent.mkdir(parents=True, exist_ok=True)
         pem = signer._key.private_bytes(serialization.Encoding.PEM,
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        try:
+            create_secret(p, pem)
+        except OSError as exc:
+            raise ChainError(f"cannot create audit signing key {p}: {exc}") from exc
         p.with_name(p.name + ".pub").write_bytes(signer.public_pem())
         return signer
 
@@ -123,9 +124,6 @@ class TrustedKeys:
                 raise ChainError(f"{path} is not an Ed25519 public key")
             keys.append(key)
         return cls(keys)
-
-    def key_ids(self) -> list[str]:
-        return sorted(self._keys)
 
     def check(self, cp: Checkpoint) -> str | None:
         """None when the signature is good; otherwise why not."""

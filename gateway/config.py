@@ -36,7 +36,6 @@ naming the file and the field; nothing starts on a bad file.
 from __future__ import annotations
 
 import dataclasses
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +44,8 @@ from typing import Any
 from gateway.errors import ConfigError
 from wire import Mode
 from wire.names import INSTRUMENT_PROTOCOLS
+from wire.names import NAME_PATTERN as _NAME  # the broker checks names with the same one
 
-_NAME = re.compile(r"[a-z0-9-]{1,63}")
 _PROTOCOLS = INSTRUMENT_PROTOCOLS
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -136,7 +135,8 @@ def _instrument(raw: Any, where: str) -> Instrument:
     _check_keys(raw, {"name", "host", "ports", "protocol", "department", "model"}, where)
     name = _take(raw, "name", str, where)
     if not _NAME.fullmatch(name):
-        raise ConfigError(f"{where}: name {name[:70]!r} is not [a-z0-9-]{{1,63}}")
+        raise ConfigError(f"{where}: name {name[:70]!r} is not [a-z0-9-]{{1,63}} "
+                          "(starting and ending with a letter or digit)")
     host = _take(raw, "host", str, where)
     if not host or len(host) > 253 or any(c.isspace() for c in host):
         raise ConfigError(f"{where} ({name}): host is not a host name or address")
@@ -184,7 +184,8 @@ def parse_config(text: str, *, where: str = "config", base: Path | None = None) 
     _check_keys(gw, {"name", "state_dir", "mode"}, f"{where} [gateway]")
     name = _take(gw, "name", str, f"{where} [gateway]")
     if not _NAME.fullmatch(name):
-        raise ConfigError(f"{where} [gateway]: name is not [a-z0-9-]{{1,63}}")
+        raise ConfigError(f"{where} [gateway]: name is not [a-z0-9-]{{1,63}} "
+                          "(starting and ending with a letter or digit)")
     state_dir = Path(_take(gw, "state_dir", str, f"{where} [gateway]"))
     if not state_dir.is_absolute() and base is not None:
         state_dir = base / state_dir

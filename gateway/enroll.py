@@ -19,7 +19,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import asyncssh
 import httpx
 
+from audit.keyfiles import create_secret, replace_secret
 from gateway.config import GatewayConfig
 from gateway.errors import EnrollmentError, NotEnrolled
 
@@ -71,14 +71,8 @@ def key_fingerprint_b64(openssh_public_key: str) -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``path`` atomically, born 0600 (a fresh random temporary file, renamed)."""
+    replace_secret(path, data)
 
 
 def load_or_create_key(path: Path) -> asyncssh.SSHKey:
@@ -89,7 +83,10 @@ def load_or_create_key(path: Path) -> asyncssh.SSHKey:
         except (OSError, asyncssh.KeyImportError) as exc:
             raise EnrollmentError(f"{path}: cannot read the gateway key: {exc}") from exc
     key = asyncssh.generate_private_key("ssh-ed25519")
-    _write_private(path, key.export_private_key())
+    try:
+        create_secret(path, key.export_private_key())  # a file planted meanwhile is refused
+    except FileExistsError as exc:
+        raise EnrollmentError(f"{path} appeared while the gateway key was created") from exc
     _write_private(path.with_name(path.name + ".pub"), key.export_public_key())
     return key
 

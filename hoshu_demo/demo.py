@@ -87,7 +87,6 @@ class Demo:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     lab: Lab | None = None
-    audit_key_id: str = ""
 
     # --- plumbing --------------------------------------------------------------
     @property
@@ -187,14 +186,11 @@ class Demo:
     def _pin_audit_key(self) -> None:
         """Copy the broker's audit public key out of its data directory, as an operator
         pins it at set-up: ``hoshu audit verify`` trusts no key kept beside the log."""
-        from audit.signing import TrustedKeys
-
         pub = self.root / "broker" / "keys" / "audit_signing_key.pub"
         self._wait_for("the broker's audit key", pub.exists)
         pinned = self.root / "auditor" / "audit_signing_key.pub"
         pinned.parent.mkdir(exist_ok=True)
         pinned.write_bytes(pub.read_bytes())
-        self.audit_key_id = TrustedKeys.from_pem_files([pinned]).key_ids()[0]
 
     def _people(self) -> None:
         self.hoshu("admin", "admin", "orgs", "create", HOSPITAL, "--kind", "hospital")
@@ -291,7 +287,6 @@ class Demo:
                 for name, i in self.lab.instruments.items()},
             "logs": str(self.root / "logs"),
             "audit_public_key": str(self.root / "auditor" / "audit_signing_key.pub"),
-            "audit_key_id": self.audit_key_id,
         }
 
     def stop(self) -> None:

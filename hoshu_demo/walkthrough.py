@@ -71,8 +71,8 @@ In another terminal, from this directory:
   {as_('suzuki')} hoshu audit play <session id>
   hoshu audit verify --log {rel}/broker/audit/audit.log \\
       --key {rel}/auditor/audit_signing_key.pub --allow-open-tail
-  (the broker's audit key, pinned at set-up: key id {info['audit_key_id']}; the log is
-   live, so its newest events are signed at the next checkpoint, at the latest in a minute)
+  (the broker's audit public key was copied out of its data directory at set-up; the log
+   is live, so its newest events are signed at the next checkpoint, within a minute)
 
 Ctrl-C stops everything.
 """

@@ -43,6 +43,25 @@ class Purpose(StrEnum):
     CHECK = "check"  # a short window-only check: hello, audit, windows, bye
 
 
+# The one definition of hoshu's names, imported by the broker and the gateway
+# (wire imports nothing of ours, so it lives here).  ASCII only and always
+# ``fullmatch``: no trailing newline, no leading '-', no Unicode look-alikes.
+NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+"""Instruments, gateways, organisations: DNS-label style, 1-63, no leading or trailing '-'."""
+USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
+"""People: lower case letters, digits, '.', '_' or '-', 1-63, starting with a letter or digit."""
+
+
+def valid_name(name: str) -> bool:
+    """True for an instrument, gateway or organisation name (see :data:`NAME_PATTERN`)."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
+
+
+def valid_username(name: str) -> bool:
+    """True for a person's login name (see :data:`USERNAME_PATTERN`)."""
+    return isinstance(name, str) and USERNAME_PATTERN.fullmatch(name) is not None
+
+
 _ORIG_PREFIX = "hoshu1"
 _SESSION_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ENGINEER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")

@@ -7,11 +7,11 @@ backed up with the database but never stored in it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from audit.keyfiles import create_secret
 from broker.access.errors import AccessError
 
 
@@ -27,10 +27,7 @@ class SecretBox:
     def from_file(cls, path: Path) -> SecretBox:
         """Load the key from ``path``, creating it (0600) when it does not exist."""
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(Fernet.generate_key())
+            create_secret(path, Fernet.generate_key())
         return cls(path.read_bytes().strip())
 
     def seal(self, plaintext: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from broker.access import names, passwords, sshkeys
 from broker.access.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from broker.access.model import ROLE_ORG_KINDS, Contract, Org, OrgKind, Role, SshKey, User
+from broker.access.permissions import visible_orgs
 from broker.access.ports import Actor, Context, Tx
 
 DEFAULT_VENDOR_EXPIRY = timedelta(days=365)
@@ -89,8 +90,16 @@ class PeopleService:
             return org
 
     def list_orgs(self, actor: Actor) -> list[Org]:
+        """Visible organisations (:func:`broker.access.permissions.visible_orgs`)."""
+        now = self.ctx.now()
         with self.ctx.uow() as tx:
-            return tx.find(Org, order_by="name")
+            if actor.org_kind == OrgKind.HOSPITAL:
+                partners = vendors_reaching(tx, actor.org_id, now)
+            else:  # a vendor: the hospitals it has an active contract at
+                partners = {c.hospital_id for c in tx.find(Contract, vendor_id=actor.org_id,
+                                                            active=True)
+                            if c.valid_until is None or c.valid_until > now}
+            return visible_orgs(actor, tx.find(Org, order_by="name"), partners)
 
     # --- users -------------------------------------------------------------------
     def _visible(self, tx: Tx, actor: Actor, user: User) -> bool:

@@ -22,11 +22,11 @@ carries only ``enroll``.  :data:`MFA` is stricter than any scope: only a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from broker.access.errors import PermissionDenied
-from broker.access.model import OrgKind, Role
+from broker.access.model import Org, OrgKind, Role
 
 E, A, H, U, P = (Role.ENGINEER, Role.APPROVER, Role.HOSPITAL_ADMIN, Role.AUDITOR,
                  Role.PLATFORM_ADMIN)
@@ -249,3 +249,23 @@ def check_session_control(caller: Principal, hospital_id: str, action: str) -> N
         return
     verb = "follow" if action == "sessions.follow" else "terminate"
     raise PermissionDenied(f"only approvers of the session's hospital may {verb} it")
+
+
+# --- organisations: who sees which, and whose source networks --------------------
+
+def sees_source_networks(caller: Principal, org: Org) -> bool:
+    """Source networks are for platform admins and the organisation's own admins."""
+    return P in caller.roles or (H in caller.roles and caller.org_id == org.id)
+
+
+def visible_orgs(caller: Principal, orgs: Iterable[Org], partners: set[str]) -> list[Org]:
+    """``GET /v1/orgs``: platform staff see every organisation; anyone else their own and
+    ``partners`` (a hospital: the vendors with an active contract there; a vendor: the
+    hospitals it has an active contract at).  Networks are blanked where not allowed."""
+    out: list[Org] = []
+    for org in orgs:
+        if caller.org_kind != OrgKind.PLATFORM and org.id != caller.org_id \
+                and org.id not in partners:
+            continue
+        out.append(org if sees_source_networks(caller, org) else replace(org, source_cidrs=[]))
+    return out

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from audit.keyfiles import replace_secret
+
 DEFAULT_API = "http://127.0.0.1:8440"
 TIMEOUT_S = 30.0
 
@@ -41,11 +43,10 @@ def token_path() -> Path:
 
 def save_token(api: str, username: str, data: dict[str, Any]) -> None:
     path = token_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"api": api, "username": username, "access_token": data["access_token"],
-                   "expires_at": data["expires_at"], "scopes": data.get("scopes", [])}, f)
+    # a fresh 0600 file renamed into place: an older, wider token file keeps no say
+    replace_secret(path, json.dumps({
+        "api": api, "username": username, "access_token": data["access_token"],
+        "expires_at": data["expires_at"], "scopes": data.get("scopes", [])}).encode())
 
 
 def load_token() -> str:

@@ -15,13 +15,11 @@ A key alone never reaches ``done``; there is no password method at all.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 
 from broker.ssh.ports import Engineer
-
-_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_INSTRUMENT = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+from wire.names import NAME_PATTERN as _INSTRUMENT
+from wire.names import USERNAME_PATTERN as _USER  # the one definition of names
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import asyncssh
 
 from audit import new_event
 from audit.emitter import Emitter
+from audit.keyfiles import create_secret
 
 MAX_CERT_LIFETIME = timedelta(hours=8)
 _CERT_TYPE_USER = 1  # asyncssh.public_key.CERT_TYPE_USER
@@ -44,9 +45,7 @@ class UserCA:
         if path.exists():
             return cls(asyncssh.read_private_key(path))
         ca = cls.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ca._key.write_private_key(path)
-        path.chmod(0o600)
+        create_secret(path, ca._key.export_private_key())  # born 0600; never chmod-ed
         return ca
 
     @property

@@ -4,6 +4,8 @@ Error tree::
 
     FrontDoorError
     ├── AccessDenied        no grant, unknown instrument, port or transfer not granted
+    │   └── RawPathRefused  a path around the recorder: a forward to sshd/RDP/VNC,
+    │                       exec of a file-transfer program (refused whatever the grant)
     ├── GatewayOffline      no tunnel to the instrument's hospital gateway
     ├── InstrumentError     the instrument refused or failed (credential, host key, network)
     └── RecordingError      the session recording cannot be written (fail closed)
@@ -23,6 +25,14 @@ class FrontDoorError(Exception):
 
 class AccessDenied(FrontDoorError):
     reason = "no_grant"
+
+
+class RawPathRefused(AccessDenied):
+    """A raw path around the recorder or the file checks (``reason`` says which)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class GatewayOffline(FrontDoorError):

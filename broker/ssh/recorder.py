@@ -2,8 +2,10 @@
 
 One file per session: a JSON header line, then one ``[time, code, data]`` line
 per event: ``"o"`` output from the instrument, ``"i"`` input from the engineer,
-``"r"`` a terminal resize (``"COLSxROWS"``).  Writes are buffered (at most
-256 KiB, and never longer than :data:`FLUSH_EVERY_S`: each event past that age
+``"r"`` a terminal resize (``"COLSxROWS"``); in exec recordings, ``"O"``/``"I"``
+carry output/input bytes that are not UTF-8, base64-encoded (players skip them;
+the bytes of both streams can be put back together exactly).  Writes are
+buffered (at most 256 KiB, and never longer than :data:`FLUSH_EVERY_S`: each event past that age
 flushes, and the session watcher flushes quiet sessions); the size and SHA-256
 of the finished file go into the session's end event.
 
@@ -23,6 +25,7 @@ the session.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import hashlib
 import json
@@ -96,6 +99,9 @@ class Recording:
         self._last_flush = self._start
         self._max = max_bytes
         self.record_input = record_input
+        # exec sessions: bytes that are not UTF-8 go in as base64 ("O"/"I"), so the
+        # recording holds every byte of stdin and stdout exactly
+        self.exact = False
         self._buf: list[bytes] = []
         self._pending = 0
         self._size = 0
@@ -182,7 +188,17 @@ class Recording:
     def _data(self, code: str, data: bytes) -> None:
         """Record ``data``: as it is when it is ASCII (the common case), else decoded
         incrementally (a character split across reads is kept whole, invalid bytes
-        become U+FFFD).  Either way the line is ASCII-only JSON."""
+        become U+FFFD).  Either way the line is ASCII-only JSON.  With ``exact``, a
+        chunk that is not UTF-8 is written base64-encoded under the upper-case code,
+        so the bytes can be recovered exactly."""
+        if self.exact and data and not data.isascii():
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                self._data_event(code.upper(), base64.b64encode(data))
+                return
+            self._data_event(code, _escape_text(text))
+            return
         if not self._partial[code] and data.isascii():
             if data:
                 self._data_event(code, json_escape_ascii(data))

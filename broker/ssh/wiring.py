@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from audit.keyfiles import create_secret
 from broker.ssh.ca import UserCA
 from broker.ssh.frontdoor import FrontDoor, FrontDoorOptions, start_front_door
 from broker.ssh.ports import (
@@ -35,9 +36,7 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     if path.exists():
         return asyncssh.read_private_key(path)
     key = asyncssh.generate_private_key("ssh-ed25519")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key.write_private_key(path)
-    path.chmod(0o600)
+    create_secret(path, key.export_private_key())  # born 0600, a planted file is refused
     key.write_public_key(path.with_name(path.name + ".pub"))
     return key
 

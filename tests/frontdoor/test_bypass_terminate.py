@@ -125,3 +125,38 @@ async def test_the_brokers_connection_to_the_instrument_closes_after_termination
         assert t.is_active()
     finally:
         t.close()
+
+
+def _exec(t: paramiko.Transport, command: str) -> tuple[paramiko.Channel, int]:
+    chan = t.open_session(timeout=10)
+    chan.settimeout(10)
+    chan.exec_command(command)
+    line = b""
+    while not line.endswith(b"\n"):
+        line += chan.recv(1)
+    return chan, int(line)
+
+
+async def test_the_connection_stays_while_another_channel_uses_it(
+    granted: World, openssh_instrument: OpenSSHInstrument
+) -> None:
+    """Two commands on one engineer connection: ending one leaves the other running."""
+    w = granted
+    t = await asyncio.to_thread(paramiko_client, w)
+    log = openssh_instrument.log_path
+    try:
+        first, pid1 = await asyncio.to_thread(_exec, t, "echo $$; exec sleep 300")
+        second, pid2 = await asyncio.to_thread(_exec, t, "echo $$; read x; echo got-$x")
+        ids = sorted(s.session_id for s in w.door.sessions.list())
+        assert len(ids) == 2
+        w.door.sessions.terminate(ids[0], by="approver:hanako", reason="approver")  # the first
+        await poll(first.exit_status_ready, deadline_s=3)
+        await poll(lambda: not _running(pid1), deadline_s=5)
+        assert _running(pid2)
+        second.sendall(b"42\n")
+        out = b""
+        while b"got-42" not in out:
+            out += await asyncio.to_thread(second.recv, 100)
+        assert "Disconnected from user" not in log.read_text()
+    finally:
+        t.close()
