@@ -105,6 +105,9 @@ _WRAPPERS: dict[str, frozenset[str]] = {
     "chroot": frozenset(), "xargs": frozenset({"-I", "-n", "-d", "-a", "-E", "-L", "-P",
                                                "-s"}),
     "unbuffer": frozenset(), "script": frozenset({"-c", "-O", "-I", "-T"}),
+    # shell words that start a command list: what follows them is a command
+    **{w: frozenset() for w in ("{", "!", "if", "then", "else", "elif", "do", "while",
+                                "until")},
 }
 _TAKES_ONE_POSITIONAL = {"timeout": 1, "chroot": 1}  # timeout DURATION, chroot DIR
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -144,7 +147,9 @@ def _scan(command: str, depth: int) -> Transfer | None:
 
 
 def _simple_commands(command: str) -> list[list[str]]:
-    lex = shlex.shlex(command.replace("\r", " "), posix=True, punctuation_chars=";&|()<>")
+    # a newline ends a command as ``;`` does (inside quotes the change is harmless here)
+    text = command.replace("\r", " ").replace("\n", ";")
+    lex = shlex.shlex(text, posix=True, punctuation_chars=";&|()<>")
     lex.whitespace_split = True
     lex.commenters = ""
     out: list[list[str]] = [[]]

@@ -122,6 +122,10 @@ async def test_cat_upload_is_recorded_byte_exact_and_hashed(granted: World) -> N
     ("/usr/lib/openssh/sftp-serv*", "sftp-server"),
     ("s\\ftp-server", "sftp-server"),
     ("sz report.csv", "sz"),
+    ("echo start\nsz report.csv", "sz"),
+    ("{ sz report.csv; }", "sz"),
+    ("if true; then rz; fi", "rz"),
+    ("while true; do /usr/bin/scp -t /tmp; done", "scp"),
 ])
 def test_transfer_programs_are_recognised(command: str, program: str) -> None:
     found = transfer_program(command)
