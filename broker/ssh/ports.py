@@ -94,6 +94,7 @@ class InstrumentTarget:
     username: str
     credential: str = field(repr=False)
     host_key_fingerprint: str | None = None
+    protocol: str = "ssh"  # the inventory's protocol (wire.names.INSTRUMENT_PROTOCOLS)
     record_input: bool = False  # the hospital's policy: record what engineers type in shells
 
     @property

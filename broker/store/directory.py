@@ -180,5 +180,5 @@ class StoreAccessPolicy:
         accepted = None if inst.pending_host_key_fingerprint else inst.host_key_fingerprint
         return InstrumentTarget(inst.name, inst.hospital_id, inst.gateway_id, inst.host,
                                 inst.ssh_port, tuple(inst.ports), inst.login_username,
-                                credential, accepted,
+                                credential, accepted, protocol=inst.protocol,
                                 record_input=bool(hospital_policy and hospital_policy.record_input))
