@@ -395,11 +395,53 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 1 if any(r["problem"] for r in rows) else 0
 
 
-def cmd_compliance(args: argparse.Namespace) -> int:
-    from audit.compliance import render_json, render_markdown, render_text
+def _gateway_modes(index_url: str) -> dict[str, str] | None:
+    """Each gateway's tunnel mode, from its newest ``gateway.connected`` event."""
+    from sqlalchemy.exc import SQLAlchemyError
 
+    from audit.index import AuditIndex, EventQuery
+
+    if index_url.startswith("sqlite:///") and not Path(index_url[len("sqlite:///"):]).exists():
+        return None  # no broker database here: nothing is known about gateways
+    try:
+        index = AuditIndex.from_url(index_url)
+    except SQLAlchemyError:
+        return None
+    modes: dict[str, str] = {}
+    try:
+        for e in index.iterate(EventQuery(types=("gateway.connected",), newest_first=True)):
+            gw = str(e.get("GatewayId") or e.get("DvcHostname") or "?")
+            modes.setdefault(gw, str((e.get("Details") or {}).get("mode") or "always"))
+    except SQLAlchemyError:
+        return None
+    finally:
+        index.engine.dispose()
+    return modes
+
+
+def cmd_compliance(args: argparse.Namespace) -> int:
+    """This deployment's status per control, from the broker settings, the gateways'
+    modes (their ``gateway.connected`` events) and, with ``--tests``, a test run."""
+    from audit.compliance import Deployment, read_junit, render_json, render_markdown, render_text
+    from broker.assembly import audit_config
+
+    try:
+        settings = _settings()
+        config = audit_config(settings)
+        results = read_junit(args.tests) if args.tests else None
+    except (ValueError, SyntaxError, AuditError, OSError) as exc:  # SyntaxError: bad XML
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    deployment = Deployment(
+        label=f"broker at {settings.data_dir}",
+        sinks=tuple((c.name or c.kind, c.mask) for c in config.sinks),
+        gateway_modes=_gateway_modes(config.index_url),
+        events_retention_days=config.retention.events_days,
+        recordings_retention_days=config.retention.recordings_days,
+        storage=f"local files under {settings.data_dir}", test_results=results)
     fmt = "json" if args.json else args.format
-    print({"json": render_json, "md": render_markdown, "text": render_text}[fmt]())
+    render = {"json": render_json, "md": render_markdown, "text": render_text}[fmt]
+    print(render(deployment, lang=args.lang))
     return 0
 
 
@@ -507,8 +549,12 @@ def register(subparsers: Any) -> None:
                    help="point a sink's cursor at a position (0: send everything again)")
     p.set_defaults(func=cmd_outbox)
 
-    p = sub.add_parser("compliance", help="the compliance map: controls, features, tests")
+    p = sub.add_parser("compliance", help="this deployment's status per control, and why")
     p.add_argument("--format", choices=("text", "md", "json"), default="text")
+    p.add_argument("--lang", choices=("ja", "en"), default="en")
+    p.add_argument("--tests", metavar="JUNIT.xml",
+                   help="results of a test run (pytest --junit-xml): cited tests that failed "
+                        "or did not run lower a control's status")
     p.set_defaults(func=cmd_compliance)
 
     p = sub.add_parser("sinks", help="shipping status and lag per sink")

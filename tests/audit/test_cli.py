@@ -122,10 +122,10 @@ def test_compliance_map_is_printed_from_the_same_source(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "compliance"]) == 0
     out = capsys.readouterr().out
-    assert "25  done" in out and "tests/audit/test_checkpoints.py::" in out
+    assert "25  not met" in out and "tests/audit/test_checkpoints.py::" in out
     assert main(["--json", "audit", "compliance"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert {r["status"] for r in rows} <= {"done", "partial", "gap"} and len(rows) == 23
+    rows = json.loads(capsys.readouterr().out)["controls"]
+    assert {r["status"] for r in rows} <= {"met", "partly", "not met"} and len(rows) == 23
 
 
 def test_outbox_shows_backlog_and_a_corrupt_cursor_can_be_reset(
