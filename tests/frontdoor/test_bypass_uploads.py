@@ -14,11 +14,25 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import asyncssh
 import paramiko
 import pytest
 
-from broker.ssh.frontdoor import FrontDoorOptions
-from tests.frontdoor.harness import World, paramiko_client, poll
+from audit.testing import CapturingEmitter
+from broker.access import totp
+from broker.access.requests import NewRequest
+from broker.access.services import Services
+from broker.settings import BrokerSettings
+from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
+from broker.ssh.ports import DirectConnector
+from broker.store.db import Store
+from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from labsim.sshd import OpenSSHInstrument
+from tests.control.conftest import FakeClock as ControlClock
+from tests.control.conftest import build_world, make_context
+from tests.control.test_directory import enrol_gateway
+from tests.frontdoor.harness import World, engineer_key, paramiko_client, poll
+from wire.models import InventoryItem
 
 
 @pytest.fixture
@@ -195,3 +209,69 @@ async def test_terminated_sftp_put_never_lands(files_granted: World, tmp_path: P
     argv = w.ssh_argv("sftp", extra=("-o", f"CertificateFile={w.cert_file()}", "-l", "2000",
                                      "-b", str(batch), w.login()))
     await _terminate_mid_upload(w, argv, "bundle.tar")
+
+
+async def test_grant_revoked_in_the_store_stops_an_open_upload(
+    tmp_path: Path, openssh_instrument: OpenSSHInstrument,
+) -> None:
+    """The real control plane: the hospital revokes the grant while paramiko has a file
+    half written; the file never reaches the instrument, whatever the client does next."""
+    events = CapturingEmitter()
+    store = Store(f"sqlite:///{tmp_path / 'hoshu.db'}", migrate=True)
+    clock = ControlClock()
+    cw = build_world(Services.build(make_context(store, events, clock)), clock)
+    inst = openssh_instrument
+    gw_id, _ = enrol_gateway(cw)
+    cw.s.estate.update_instrument(cw.admin, "cobas-1", {
+        "gateway": gw_id, "host": inst.host, "ssh_port": inst.port, "ports": [inst.port],
+        "login_username": inst.username})
+    StoreGatewayDirectory(cw.s).record_inventory(gw_id, [InventoryItem(
+        "cobas-1", inst.host, (inst.port,), "ssh", "chemistry", "c503", True,
+        inst.host_key_fingerprint)])
+    cw.s.estate.set_credential(cw.actors["hadmin"], "cobas-1", "private_key",
+                               inst.client_private_key_pem, inst.username)
+    key_path, public_line = engineer_key(tmp_path)
+    cw.s.people.add_key(cw.actors["eng"], public_line)
+    secret = cw.enrol_totp("eng")
+    cw.s.estate.update_policy(cw.actors["hadmin"], "hoshi-hospital",
+                              {"file_transfer_allowed": True})
+    req = cw.s.requests.create(cw.actors["eng"], NewRequest(
+        ["cobas-1"], 3600, "update QC file", ports=[inst.port], file_transfer=True))
+    grant = cw.s.requests.approve(cw.actors["appr"], req.id).grant or \
+        cw.s.requests.approve(cw.actors["appr2"], req.id).grant
+    assert grant is not None
+    door = await start_front_door(
+        BrokerSettings(data_dir=tmp_path / "data"), StoreAccessPolicy(cw.s), DirectConnector(),
+        events, tmp_path / "recordings", asyncssh.generate_private_key("ssh-ed25519"),
+        options=FrontDoorOptions(watch_interval_s=3600.0), clock=cw.clock,
+        host="127.0.0.1", port=0)
+
+    def connect() -> paramiko.Transport:
+        t = paramiko.Transport(("127.0.0.1", door.port))
+        t.start_client(timeout=10)
+        key = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+        assert t.auth_publickey("eng+cobas-1", key) == ["keyboard-interactive"]
+        code = totp.code_at(secret, cw.clock())
+        t.auth_interactive("eng+cobas-1", lambda _t, _i, prompts: [code for _ in prompts])
+        return t
+
+    target = inst.data_dir / "qc.cfg"
+    target.write_bytes(b"calibrated\n")
+    t = await asyncio.to_thread(connect)
+    try:
+        sftp = await asyncio.to_thread(paramiko.SFTPClient.from_transport, t)
+        assert sftp is not None
+        f = await asyncio.to_thread(sftp.open, "qc.cfg", "wb")
+        await asyncio.to_thread(f.write, b"tampered\n")
+        await asyncio.to_thread(f.flush)
+        cw.s.grants.revoke(cw.actors["appr"], grant.id, "work done")
+        await asyncio.to_thread(f.close)
+    finally:
+        t.close()
+        await door.close()
+        store.close()
+    assert target.read_bytes() == b"calibrated\n"
+    refused = [e for e in events.of_type("file.refused")
+               if e.details.get("operation") == "upload"]
+    assert [e.get("EventResultDetails") for e in refused] == ["no_grant"]
+    assert not events.of_type("file.transferred")
