@@ -150,6 +150,11 @@ class FrontDoor:
             except Exception:  # an audit outage must not stop the front door
                 log.exception("cannot write the sum of failed logins")
 
+    @property
+    def connection_count(self) -> int:
+        """Engineer connections open now (authenticated or still signing in)."""
+        return len(self._conns)
+
     def track(self, conn: asyncssh.SSHServerConnection, alive: bool) -> None:
         if alive:
             self._conns.add(conn)
