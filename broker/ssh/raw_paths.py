@@ -6,9 +6,11 @@ Two rules, both pure (no sockets) so the front door's hooks stay thin:
   instrument's interactive port (its sshd, RDP, VNC): a forward is not recorded,
   so a raw channel to sshd would be an unrecorded shell with no file checks.
   A port is interactive when it is the instrument's SSH port, a well-known
-  SSH/RDP/VNC port, or the port the gateway's inventory probes for the
-  instrument's interactive protocol (:func:`gateway.inventory.probe_one`'s rule:
-  the well-known port if listed, else the first one).  A forward to any other
+  SSH/RDP/VNC port, or marked by the inventory: for an instrument marked
+  ``ssh``/``sftp``, the port the gateway probes for its host key
+  (:func:`gateway.inventory.probe_one`: 22 if listed, else the first one); for
+  one marked ``rdp``/``vnc`` without its standard port, every listed port (the
+  inventory does not say which one is the desktop: fail closed).  A forward to any other
   port whose server greets with an SSH or VNC banner is cut off before the
   banner reaches the engineer (:func:`interactive_banner`).
 * :func:`transfer_program` -- exec of a program that moves files (an SFTP
@@ -51,11 +53,13 @@ def interactive_port(target: InstrumentTarget, port: int) -> str | None:
         return "vnc"
     kind = "ssh" if target.protocol == "sftp" else target.protocol
     well_known = _WELL_KNOWN.get(kind)
-    if well_known is not None and target.ports:
-        probed = well_known if well_known in target.ports else target.ports[0]
-        if port == probed:
-            return kind
-    return None
+    if well_known is None or not target.ports or well_known in target.ports:
+        return None
+    if kind == "ssh":  # the port the gateway probes for the host key
+        return kind if port == target.ports[0] else None
+    # a desktop instrument whose desktop port is not the standard one: nothing says
+    # which listed port it is, so none of them is forwarded (fail closed)
+    return kind if port in target.ports else None
 
 
 # what an interactive server says first, before the client sends anything it needs

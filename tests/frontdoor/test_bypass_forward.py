@@ -162,7 +162,10 @@ def _target(**kw: object) -> InstrumentTarget:
     (_target(), 2201, "ssh"),  # the instrument's SSH port
     (_target(), 22, "ssh"), (_target(), 3389, "rdp"), (_target(), 5901, "vnc"),
     (_target(), 8080, None),  # a vendor port
-    (_target(protocol="rdp", ports=(13389, 8080)), 13389, "rdp"),  # what the inventory probes
+    # a desktop instrument on a non-standard port: every listed port (fail closed)
+    (_target(protocol="rdp", ports=(8080, 13389)), 13389, "rdp"),
+    (_target(protocol="rdp", ports=(8080, 13389)), 8080, "rdp"),
+    (_target(protocol="rdp", ports=(3389, 8080)), 8080, None),
     (_target(protocol="sftp", ports=(2022, 8080)), 2022, "ssh"),
     (_target(protocol="http", ports=(8443,)), 8443, None),
 ])
