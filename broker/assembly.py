@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ from broker.api.routes.audit import build_router as build_audit_router
 from broker.runtime import Runtime, build_runtime
 from broker.settings import BrokerSettings
 from broker.ssh.frontdoor import FrontDoorOptions
+from broker.ssh.journal import end_lost_sessions
 from broker.ssh.ports import TunnelConnector
 from broker.ssh.tunnel import TunnelRegistry, TunnelSettings, start_tunnel_listener
 from broker.ssh.wiring import attach_front_door
@@ -76,10 +78,28 @@ async def _audit_ticks(audit: AuditRuntime) -> None:
         await asyncio.sleep(AUDIT_TICK_S)
 
 
+def check_storage_apart(settings: BrokerSettings) -> None:
+    """Refuse recordings (and file-transfer spools) inside the audit log's directory or
+    around it: an engineer filling one must not stop the other.  A warning when they
+    share a filesystem (give recordings their own volume: ``HOSHU_RECORDINGS_PATH``)."""
+    audit_dir = settings.audit_log_path.parent.resolve()
+    rec = settings.recordings_dir.resolve()
+    for what, d in (("recordings", rec), ("file-transfer spools", settings.spool_dir.resolve())):
+        if d == audit_dir or audit_dir in d.parents or d in audit_dir.parents:
+            raise ValueError(f"{what} ({d}) must not be in or around the audit log's "
+                             f"directory ({audit_dir}); give them a directory of their own")
+    rec.mkdir(parents=True, exist_ok=True)
+    audit_dir.mkdir(parents=True, exist_ok=True)
+    if os.stat(rec).st_dev == os.stat(audit_dir).st_dev:
+        log.warning("recordings and the audit log share a filesystem: a full recording "
+                    "disk would stop the audit log too (see docs/admin.md)")
+
+
 def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = None,
                  front_door_options: FrontDoorOptions | None = None) -> Runtime:
     """Assemble every part of the broker; :func:`broker.runtime.serve` runs it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_storage_apart(settings)
     audit = build_audit(audit_config(settings), sinks=sinks)
     try:
         routers = [
@@ -93,6 +113,8 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
         raise
     audit.start()
     rt.closers.insert(0, audit.stop)  # closers run in reverse: the log closes last
+    # before the front door listens: sessions a killed broker left open end now
+    end_lost_sessions(settings.recordings_dir, audit.log, rt.control.services.ctx.now)
     directory = StoreGatewayDirectory(rt.control.services)
     registry = TunnelRegistry()
     attach_front_door(rt, TunnelConnector(registry), options=front_door_options,

@@ -32,6 +32,7 @@ from audit.emitter import Emitter
 from broker.access.floods import FloodGate, Summary
 from broker.settings import BrokerSettings
 from broker.ssh.ca import UserCA
+from broker.ssh.journal import LiveJournal
 from broker.ssh.ports import AccessPolicy, InstrumentConnector
 from broker.ssh.recorder import Opener, default_opener
 from broker.ssh.sessions import SessionRegistry
@@ -101,6 +102,7 @@ class FrontDoor:
         self.clock = clock
         self.ids = ids
         self.sessions = SessionRegistry(policy, emitter, clock, options.watch_interval_s)
+        self.sessions.journal = LiveJournal(recorder_dir)  # a killed broker's sessions end at start
         self.spools = SpoolBudget(options.max_spool_bytes)  # shared by all sftp/scp sessions
         self.port = 0
         self.host_key_line = ""

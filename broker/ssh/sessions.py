@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from audit import new_event
 from audit.emitter import Emitter
 from audit.events import AuditEvent
+from broker.ssh.journal import LiveJournal
 from broker.ssh.ports import AccessPolicy, GrantEnd
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class SessionRegistry:
         self._interval = interval
         self._retry_delays = tuple(retry_delays)
         self._retrying: set[threading.Thread] = set()
+        # recorded sessions on disk while they run, so a killed broker's are ended at start
+        self.journal: LiveJournal | None = None
         self._sessions: dict[str, LiveSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -145,6 +148,10 @@ class SessionRegistry:
             except RuntimeError:  # a registry used without a loop (pure tests)
                 pass
         self._sessions[session.session_id] = session
+        if self.journal is not None and session.recording:
+            self.journal.opened(session.session_id, {
+                "columns": session.columns(), "started": session.started.isoformat(),
+                "details": {"kind": session.kind, "recording": session.recording}})
 
     def remove(self, session_id: str) -> None:
         s = self._sessions.pop(session_id, None)
@@ -186,6 +193,7 @@ class SessionRegistry:
         event = new_event(type_, clock=self._clock, details=details, **cols)
         try:
             self._emitter.emit(event)
+            self._written(event)
             return
         except Exception as exc:
             log.error("audit log refused %s (%s); retrying", type_, type(exc).__name__)
@@ -212,6 +220,7 @@ class SessionRegistry:
                 time.sleep(delay)
                 try:
                     self._emitter.emit(event)
+                    self._written(event)
                     log.warning("audit event %s written after retrying", event.type)
                     return
                 except Exception as exc:
@@ -222,6 +231,10 @@ class SessionRegistry:
                          event.to_json())
         finally:
             self._retrying.discard(threading.current_thread())
+
+    def _written(self, event: AuditEvent) -> None:
+        if event.type == "session.ended" and self.journal is not None:
+            self.journal.closed(str(event.get("TargetSessionId") or ""))
 
     def retries_pending(self) -> int:
         """Events still being retried (tests and shutdown)."""

@@ -100,3 +100,17 @@ async def test_an_expired_grant_says_expired_on_the_terminal(granted: World) -> 
     assert w.events.of_type("session.ended")[0].get("EventResultDetails") == "grant_expired"
     assert [e.get("EventResultDetails") for e in w.events.of_type("session.terminated")] == [
         "grant_expired"]
+
+
+async def test_a_session_that_ends_normally_leaves_no_journal_entry(granted: World) -> None:
+    """While it runs a recorded session is in the journal; once ended, it is not."""
+    w = granted
+    t = await asyncio.to_thread(paramiko_client, w)
+    chan = await asyncio.to_thread(open_shell, t)
+    await asyncio.to_thread(shell_ready, chan)
+    journal = w.tmp / "recordings" / ".live"
+    assert [p.stem for p in journal.glob("*.json")] == [w.door.sessions.list()[0].session_id]
+    chan.send(b"exit\n")
+    await poll(lambda: bool(w.events.of_type("session.ended")))
+    t.close()
+    await poll(lambda: not list(journal.glob("*.json")))

@@ -1,0 +1,124 @@
+"""Sessions a broker was running, on disk, so a broker that died can account for them.
+
+A broker killed mid-session (SIGKILL, a lost container, a power cut) writes no
+``session.ended``: the audit log would show sessions that never ended.  So
+every recorded session (shell, exec) has a small journal file while it runs,
+``<recordings_dir>/.live/<session id>.json``, created when the session is
+registered and removed once its ``session.ended`` is in the audit log.
+
+At start, before the front door listens, :func:`end_lost_sessions` ends what
+the previous run left open: one ``session.ended`` per journal file, reason
+``broker_lost``, with the size and SHA-256 of the partial recording as it is
+on disk (what an auditor can then check the file against).  A journal that
+cannot be written is logged and the session goes on (its recording still
+holds it); a broker restarted on another data directory cannot see this one's
+journal (see docs/admin.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from audit import new_event
+from audit.emitter import Emitter
+
+log = logging.getLogger(__name__)
+
+JOURNAL_DIR = ".live"
+_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_MAX_ENTRY_BYTES = 64 * 1024
+
+
+def journal_dir(recordings_dir: Path) -> Path:
+    return recordings_dir / JOURNAL_DIR
+
+
+class LiveJournal:
+    """The journal of one front door's recorded sessions (one file per session)."""
+
+    def __init__(self, recordings_dir: Path) -> None:
+        self.dir = journal_dir(recordings_dir)
+
+    def _path(self, session_id: str) -> Path | None:
+        if not session_id or len(session_id) > 128 or not set(session_id) <= _ID_OK:
+            return None
+        return self.dir / f"{session_id}.json"
+
+    def opened(self, session_id: str, entry: dict[str, Any]) -> None:
+        """Note a running session (its audit columns, kind, recording file name)."""
+        path = self._path(session_id)
+        if path is None:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(entry, f, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            log.error("cannot journal session %s (%s); a crash would leave it open",
+                      session_id, exc.strerror or exc)
+
+    def closed(self, session_id: str) -> None:
+        """The session's end event is written: forget it."""
+        path = self._path(session_id)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _recording_summary(path: Path) -> tuple[int, str | None]:
+    from audit.recording import file_sha256
+
+    try:
+        return file_sha256(path)
+    except OSError:
+        return 0, None
+
+
+def end_lost_sessions(recordings_dir: Path, emitter: Emitter,
+                      clock: Callable[[], datetime]) -> list[str]:
+    """Write ``session.ended`` (``broker_lost``) for each session a previous run left open.
+
+    Returns the session ids ended.  An entry is removed only after its event is
+    in the log, so a failing audit log leaves it for the next start.
+    """
+    jdir = journal_dir(recordings_dir)
+    if not jdir.is_dir():
+        return []
+    ended: list[str] = []
+    for path in sorted(jdir.glob("*.json")):
+        try:
+            if path.stat().st_size > _MAX_ENTRY_BYTES:
+                raise ValueError("too large")
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            cols = dict(entry["columns"])
+            details = dict(entry.get("details") or {})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable session journal %s (%s); left in place", path.name, exc)
+            continue
+        sid = path.stem
+        name = str(details.get("recording") or "")
+        size, sha = _recording_summary(recordings_dir / name) if name else (0, None)
+        cols["TargetSessionId"] = sid
+        emitter.emit(new_event(
+            "session.ended", clock=clock, EventResult="Partial",
+            EventResultDetails="broker_lost",
+            EventMessage=f"session {sid} ended with the broker that ran it",
+            RecordingSize=size, RecordingSHA256=sha,
+            details={"kind": details.get("kind"), "exit_status": None,
+                     "recording": name or None},
+            **{k: v for k, v in cols.items() if v is not None}))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        ended.append(sid)
+        log.warning("session %s was left open by the previous run: ended (broker_lost)", sid)
+    return ended

@@ -1,0 +1,140 @@
+"""A broker killed mid-session (SIGKILL) ends that session when it starts again.
+
+The whole system runs as in the demo (``hoshu serve``, a gateway, a real sshd
+instrument); stock OpenSSH runs a recorded command through it; the broker is
+killed with SIGKILL while the command runs, then started again on the same
+data directory.  The audit log must then hold ``session.ended`` with reason
+``broker_lost`` and the size and SHA-256 of the partial recording on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hoshu_demo.demo import Demo, _tool
+from tests.foundation.test_demo import Totp
+
+pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[Demo]:
+    d = Demo(tmp_path / ".hoshu-demo")
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line the kill cut short
+    return out
+
+
+def _wait(what: str, check: Any, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo) -> None:
+    d = system
+    started_at = time.time()
+    codes = {u: Totp(d.secrets[u], started_at) for u in ("tanaka", "sato")}
+    people = d.describe()["users"]
+    for user in ("tanaka", "sato"):
+        d.hoshu(user, "login", "--user", user, "--password-stdin", "--totp",
+                codes[user].code(), stdin=people[user]["password"])
+    port = d.describe()["instruments"]["cobas-c503-1"]["ssh_port"]
+    req = d.hoshu("tanaka", "request", "cobas-c503-1", "--port", str(port), "--duration", "1h",
+                  "--reason", "crash test", "--ticket", "INC-1", "--plan", "run a command")
+    d.hoshu("sato", "approve", req["id"], "--comment", "ok")
+
+    root = d.root
+    code_file = root / "code.txt"
+    askpass = root / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
+    askpass.chmod(0o700)
+    code_file.write_text(codes["tanaka"].code() + "\n")
+    env = {**d.env("tanaka"), "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
+           "DISPLAY": "none"}
+    known = root / "known_hosts"
+    ssh = subprocess.Popen(
+        ["ssh", "-F", "/dev/null", "-i", str(root / "engineer" / "id_ed25519"),
+         "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=accept-new",
+         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=no", "-o", "ConnectTimeout=10",
+         "-p", str(d.ssh_port), "tanaka+cobas-c503-1@127.0.0.1",
+         "echo crash-marker-$((6*7)); sleep 300"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, start_new_session=True)
+    recordings = root / "broker" / "recordings"
+    try:
+        # the output is on disk within a second (timed flush), before the kill
+        cast = _wait("the recorded output", lambda: next(
+            (p for p in recordings.glob("*.cast") if b"crash-marker-42" in p.read_bytes()),
+            None))
+        broker = d.procs["broker"]
+        os.killpg(broker.pid, signal.SIGKILL)
+        broker.wait(timeout=10)
+    finally:
+        if ssh.poll() is None:
+            ssh.kill()
+        ssh.wait(timeout=10)
+    sid = cast.stem
+    log = root / "broker" / "audit" / "audit.log"
+    assert not [e for e in _events(log) if e.get("EventType") == "session.ended"]
+
+    d._spawn("broker", [_tool("hoshu"), "serve"], d.env())
+    _wait("the restarted broker", lambda: _listening(d.api_port) and _listening(d.ssh_port))
+
+    def lost() -> list[dict[str, Any]]:
+        return [e for e in _events(log) if e.get("EventType") == "session.ended"
+                and e.get("TargetSessionId") == sid]
+
+    [ended] = _wait("session.ended of the lost session", lost)
+    data = cast.read_bytes()
+    assert ended["EventResultDetails"] == "broker_lost"
+    assert ended["RecordingSize"] == len(data)
+    assert ended["RecordingSHA256"] == hashlib.sha256(data).hexdigest()
+    assert ended["ActorUsername"] == "tanaka" and ended["TargetHostname"] == "cobas-c503-1"
+    started = [e for e in _events(log) if e.get("EventType") == "session.started"
+               and e.get("TargetSessionId") == sid]
+    assert len(started) == 1
+    assert not list((recordings / ".live").glob("*.json"))  # accounted for once only
+
+
+def test_recordings_inside_the_audit_directory_are_refused(tmp_path: Path) -> None:
+    from broker.assembly import check_storage_apart
+    from broker.settings import BrokerSettings
+
+    data = tmp_path / "data"
+    check_storage_apart(BrokerSettings(data_dir=data))  # the defaults are apart
+    for inside in (data / "audit", data / "audit" / "rec", data):
+        with pytest.raises(ValueError, match="must not be in or around the audit log"):
+            check_storage_apart(BrokerSettings(data_dir=data, recordings_path=inside))
+    check_storage_apart(BrokerSettings(data_dir=data, recordings_path=tmp_path / "volume"))
