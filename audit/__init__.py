@@ -17,11 +17,11 @@ Error tree::
     ├── ReportError           (audit.report) no plan to report on, or a refused sign-off
     └── RetentionError        (audit.retention) an unsafe retention setting
 
-Modules: ``events``/``catalog`` (the event model), ``chain``/``signing`` (the
-tamper-evident log), ``outbox``/``shipper``/``sinks`` and ``masking``
+Modules: ``events``/``catalog`` (the event model), ``chain``/``verify``/``signing``
+(the tamper-evident log and its check), ``keyfiles`` (secret files born 0600), ``outbox``/``shipper``/``sinks`` and ``masking``
 (lossless shipping), ``index``/``export`` (auditor queries; broker only: it
 needs SQLAlchemy), ``recording`` (asciicast v2), ``report``/``report_render``/
-``workreports``/``review`` (control 20 and 27), ``retention``, ``compliance``,
+``workreports``/``review`` (control 20 and 27), ``retention``, ``controls``/``compliance``,
 and ``service.build_audit`` which wires them for the broker.
 """
 

@@ -147,6 +147,11 @@ class ChainLog:
         self._listeners.append(listener)
 
     @property
+    def checkpoint_every(self) -> int | None:
+        """The longest stretch without a checkpoint (None: this log does not sign)."""
+        return self._cp_every if self._signer is not None else None
+
+    @property
     def seq(self) -> int:
         return self._seq
 

@@ -123,7 +123,10 @@ class AuditRuntime:
         naming the first bad position); run it daily and at shutdown.
         """
         keys = TrustedKeys([self.signer.public_key])
-        result = verify(self.log.path, keys=keys, upto=self.log.seq)
+        # checkpoints are required as the auditor's check requires them: a file re-hashed
+        # under the running broker cannot drop the ones it cannot sign again
+        result = verify(self.log.path, keys=keys, upto=self.log.seq,
+                        checkpoint_every=self.log.checkpoint_every)
         if result.ok:
             self.log.emit(new_event(
                 "audit.verified", DvcRole="broker", DvcHostname=self.log.hostname,

@@ -205,3 +205,37 @@ def test_a_siem_file_without_checkpoints_is_refused(
     empty.write_text('{"EventType": "user.logout"}\n')
     assert _verify(log, "--key", str(pinned), "--checkpoint-from", str(empty)) == 2
     assert "no audit.checkpoint events" in capsys.readouterr().err
+
+
+def test_the_brokers_daily_check_catches_a_log_rehashed_under_it(tmp_path: Path) -> None:
+    from audit.service import AuditConfig, build_audit
+
+    cfg = AuditConfig(log_path=tmp_path / "audit" / "audit.log",
+                      signing_key_path=tmp_path / "keys" / "k", cursor_dir=tmp_path / "c",
+                      index_url=f"sqlite:///{tmp_path / 'i.db'}", recordings_dir=tmp_path / "r",
+                      checkpoint_every=EVERY, checkpoint_interval_s=3600)
+    runtime = build_audit(cfg)
+    try:
+        for i in range(12):
+            runtime.log.emit(new_event("session.command", details={"command": f"ls {i}"}))
+        assert runtime.verify().ok
+        records = [dict(e.record) for e in read_events(cfg.log_path)]
+        kept = [r for r in records if r["EventType"] != "audit.checkpoint"]
+        kept[3]["Details"] = {"command": "rm 3"}
+        while len(kept) < runtime.log.seq:  # as many lines as the broker wrote
+            kept.append(dict(new_event("user.logout").record))
+        prev, lines = "0" * 64, []
+        from audit.chain import chain_hash
+
+        for seq, r in enumerate(kept, start=1):  # re-hashed, same length as the writer's
+            r["ChainSeq"] = seq
+            r["ChainHash"] = prev = chain_hash(prev, r)
+            lines.append(json.dumps(r) + "\n")
+        with open(cfg.log_path, "r+") as f:
+            f.write("".join(lines))
+            f.truncate()
+        result = runtime.verify()
+        assert not result.ok and "no signed checkpoint" in result.reason
+    finally:
+        runtime.shipping.stop()
+        runtime.log.close()
