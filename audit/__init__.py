@@ -17,11 +17,13 @@ Error tree::
     ├── ReportError           (audit.report) no plan to report on, or a refused sign-off
     └── RetentionError        (audit.retention) an unsafe retention setting
 
-Modules: ``events``/``catalog`` (the event model), ``chain``/``verify``/``signing``
-(the tamper-evident log and its check), ``keyfiles`` (secret files born 0600), ``outbox``/``shipper``/``sinks`` and ``masking``
-(lossless shipping), ``index``/``export`` (auditor queries; broker only: it
-needs SQLAlchemy), ``recording`` (asciicast v2), ``report``/``report_render``/
-``workreports``/``review`` (control 20 and 27), ``retention``, ``controls``/``compliance``,
+Modules: ``events``/``catalog`` (the event model), ``chain``/``verify``/
+``signing`` (the tamper-evident log and its check), ``keyfiles`` (secret files
+born 0600), ``outbox``/``shipper``/``sinks`` and ``masking`` (lossless
+shipping), ``index``/``export`` (auditor queries; broker only: it needs
+SQLAlchemy), ``recording`` (asciicast v2), ``report``/``report_render``/
+``workreports``/``review`` (control 20 and 27), ``retention``,
+``controls``/``compliance`` (each control's status for a deployment),
 and ``service.build_audit`` which wires them for the broker.
 """
 
