@@ -79,7 +79,7 @@ define("file.transferred", NET, "A file moved through the broker (name, directio
        details={"tool": PUB, "scan": PUB, "operation": PUB})
 define("file.refused", NET, "A file transfer or change was refused (not granted, scan, spool "
        "limit, access ended)", severity=Severity.MEDIUM,
-       details={"tool": PUB, "scan": PUB, "operation": PUB})
+       details={"tool": PUB, "scan": PUB, "operation": PUB, "command": SEN})
 # file transfer: changes that move no file (remove, rename, symlink, setstat, mkdir, rmdir)
 define("file.changed", NET, "A file or directory on the instrument was changed (operation "
        "says how)", details={"tool": PUB, "operation": PUB, "from_path": SEN,
