@@ -82,7 +82,7 @@ class ChangeOps(asyncssh.SFTPServer):
         self._cols = cols
         self._tool = tool
 
-    def live_check(self) -> None:
+    def live_check(self, *, ask_policy: bool = True) -> None:
         """Raise (with ``reason``) unless the session and its grant are live (the proxy's)."""
 
     async def _change(self, operation: str, path: bytes, call: Callable[[], Awaitable[T]],
