@@ -84,6 +84,7 @@ class TunnelSettings:
     heartbeat_s: float = 10.0
     heartbeat_misses: int = 3
     windows_interval_s: float = 30.0
+    revocation_check_s: float = 2.0  # a revoked gateway's live tunnel closes within this
     broker_version: str = "0.1.0"
 
     @classmethod
@@ -189,13 +190,15 @@ class _BrokerClient(asyncssh.SSHClient):
         self._emit = emit
         self.record: GatewayRecord | None = None
         self.fingerprint = ""
+        self.key_line = ""
 
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
         """Accept only an enrolled, active gateway's key; deny (and audit) anything else."""
         self.fingerprint = key.get_fingerprint()
+        self.key_line = key.export_public_key().decode().strip()
         try:
-            record = self._directory.gateway_for_key(key.export_public_key().decode().strip())
+            record = self._directory.gateway_for_key(self.key_line)
         except Exception as exc:  # a failing store refuses, it does not admit
             log.error("gateway directory failed: %s", exc)
             record = None
@@ -265,7 +268,9 @@ class TunnelListener:
         conv = ControlConversation(
             conn, record, directory=self._directory, emitter=self._emitter, clock=self._clock,
             broker_version=s.broker_version, heartbeat_s=s.heartbeat_s,
-            heartbeat_misses=s.heartbeat_misses, windows_interval_s=s.windows_interval_s)
+            heartbeat_misses=s.heartbeat_misses, windows_interval_s=s.windows_interval_s,
+            key_line=client.key_line if isinstance(client, _BrokerClient) else "",
+            revocation_check_s=s.revocation_check_s)
         conv.acked_seq = self.registry.acked_seq.get(record.gateway_id, 0)
         peer = str((conn.get_extra_info("peername") or ("?",))[0])
         info: TunnelInfo | None = None
@@ -299,8 +304,11 @@ class TunnelListener:
             conn.close()
             if info is not None:
                 await self.registry._remove(info)
+                why = {"EventResult": "Failure", "EventSeverity": "Medium",
+                       "EventResultDetails": "revoked: the gateway's enrolment was revoked, "
+                       "its tunnel closed"} if conv.revoked else {}
                 self._emit("gateway.disconnected", GatewayId=record.gateway_id,
-                           HospitalId=record.hospital_id,
+                           HospitalId=record.hospital_id, **why,
                            details={"connected_s": int((self._clock() - info.since)
                                                        .total_seconds())})
 

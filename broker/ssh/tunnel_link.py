@@ -8,7 +8,11 @@ relays: inventory to :meth:`GatewayDirectory.record_inventory`, audit batches
 to the broker's emitter (acked only once stored), heartbeats both ways.
 Malformed or oversized lines are answered with an error message and
 otherwise ignored; a silent path (no message for ``heartbeat_s * misses``)
-is closed.
+is closed.  A gateway whose enrolment is revoked while its tunnel is up is
+noticed within ``revocation_check_s`` (its key no longer answers
+:meth:`GatewayDirectory.gateway_for_key`): the broker says ``bye`` and closes
+the tunnel; a reconnect is refused by the same check at the host key.  A store
+that cannot answer keeps the tunnel (reconnects still fail closed).
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ class ControlConversation:
     def __init__(self, conn: asyncssh.SSHClientConnection, record: GatewayRecord, *,
                  directory: GatewayDirectory, emitter: Emitter,
                  clock: Callable[[], datetime], broker_version: str,
-                 heartbeat_s: float, heartbeat_misses: int, windows_interval_s: float) -> None:
+                 heartbeat_s: float, heartbeat_misses: int, windows_interval_s: float,
+                 key_line: str = "", revocation_check_s: float = 0.0) -> None:
         self.conn = conn
         self.record = record
         self._directory = directory
@@ -98,6 +103,9 @@ class ControlConversation:
         self.hello: Hello | None = None
         self.acked_seq = 0
         self.bad_messages = 0
+        self.revoked = False  # the enrolment was revoked while the tunnel was up
+        self._key_line = key_line
+        self._revocation_check_s = revocation_check_s
 
     async def open(self, wait_s: float) -> Hello:
         """Open the control channel and read the gateway's hello."""
@@ -155,6 +163,8 @@ class ControlConversation:
     async def serve(self) -> None:
         """Run until the gateway leaves or the path goes silent."""
         tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._windows())]
+        if self._key_line and self._revocation_check_s > 0:
+            tasks.append(asyncio.create_task(self._still_enrolled()))
         try:
             while True:
                 try:
@@ -249,6 +259,22 @@ class ControlConversation:
                 pass
             self.windows_wanted.clear()
             self.send_windows()
+
+    async def _still_enrolled(self) -> None:
+        """Close the tunnel as soon as the gateway's key is no longer enrolled."""
+        while True:
+            await asyncio.sleep(self._revocation_check_s)
+            try:
+                record = self._directory.gateway_for_key(self._key_line)
+            except Exception as exc:  # the store failing keeps the tunnel; reconnects fail
+                log.error("cannot check the enrolment of gateway %s: %s", self.record.name, exc)
+                continue
+            if record is None or record.gateway_id != self.record.gateway_id:
+                log.warning("gateway %s was revoked: closing its tunnel", self.record.name)
+                self.revoked = True
+                self.bye("this gateway's enrolment was revoked")
+                self.conn.close()
+                return
 
     def bye(self, reason: str) -> None:
         try:
