@@ -17,12 +17,13 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from broker.access.people import NewUser
-from broker.access.permissions import ANY_ORG, PERMISSIONS
+from broker.access.permissions import ANY_ORG, ENROLMENT_ACTIONS, PERMISSIONS
 from broker.access.requests import NewRequest
 from broker.assembly import build_broker
 from broker.runtime import Runtime
@@ -128,14 +129,31 @@ def _targets(w: World, client: TestClient, root_token: str) -> dict[str, str]:
             "session_id": "s-walk", "month": "2026-03"}
 
 
-def test_every_endpoint_with_every_role_matches_the_table(broker: Runtime) -> None:
+def _walk_world(broker: Runtime) -> tuple[World, dict[str, Any]]:
     services = broker.control.services
     w = build_world(services, FakeClock())
     platform = services.people.org_of(w.admin.org_id)
     assert platform is not None
     w.add_user("paud", platform, ["auditor"])
-    users = {**w.users}
+    users: dict[str, Any] = {**w.users}
     users["root"] = next(u for u in services.people.list_users(w.admin) if u.name == "root")
+    return w, users
+
+
+def _call(c: TestClient, method: str, url: str, token: str) -> Any:
+    kwargs: dict[str, object] = {"headers": auth(token)}
+    if method in ("POST", "PUT", "PATCH"):
+        kwargs["json"] = {}
+    return c.request(method, url, **kwargs)  # type: ignore[arg-type]
+
+
+def _url(path: str, targets: dict[str, str]) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: targets[m.group(1)], path)
+
+
+def test_every_endpoint_with_every_role_matches_the_table(broker: Runtime) -> None:
+    services = broker.control.services
+    w, users = _walk_world(broker)
     with TestClient(broker.app, raise_server_exceptions=False) as c:
         targets = _targets(w, c, session_token(services, users["root"]))
         mismatches = []
@@ -143,14 +161,9 @@ def test_every_endpoint_with_every_role_matches_the_table(broker: Runtime) -> No
         for method, path, action, _scope, kinds, cells in parse_table():
             if action is None:
                 continue
-            url = re.sub(r"\{(\w+)\}", lambda m: targets[m.group(1)], path)
             for name, role, kind in WALKERS:
                 # a fresh token per call: logout and revocations end the ones before
-                token = session_token(services, users[name])
-                kwargs: dict[str, object] = {"headers": auth(token)}
-                if method in ("POST", "PUT", "PATCH"):
-                    kwargs["json"] = {}
-                r = c.request(method, url, **kwargs)  # type: ignore[arg-type]
+                r = _call(c, method, _url(path, targets), session_token(services, users[name]))
                 succeeded += r.status_code < 300
                 expect_forbidden = cells[role] != "yes" or (kinds is not None
                                                             and kind not in kinds)
@@ -158,3 +171,25 @@ def test_every_endpoint_with_every_role_matches_the_table(broker: Runtime) -> No
                     mismatches.append((method, path, name, r.status_code, r.text[:120]))
     assert mismatches == []
     assert succeeded >= 80, "too few allowed calls got through: the walk proves little"
+
+
+def test_every_endpoint_refuses_a_token_without_its_scope(broker: Runtime) -> None:
+    """A read-only token and a password-only (before TOTP enrolment) token, held by a
+    person whose role allows the action, are refused exactly where the Scope column says."""
+    services = broker.control.services
+    w, users = _walk_world(broker)
+    with TestClient(broker.app, raise_server_exceptions=False) as c:
+        targets = _targets(w, c, session_token(services, users["root"]))
+        mismatches = []
+        for method, path, action, scope, kinds, cells in parse_table():
+            if action is None:
+                continue
+            name = next(n for n, role, kind in WALKERS
+                        if cells[role] == "yes" and (kinds is None or kind in kinds))
+            for scopes, allowed in ((["read"], scope in ("read", "any")),
+                                    (["enroll"], action in ENROLMENT_ACTIONS)):
+                token = session_token(services, users[name], scopes=scopes)
+                r = _call(c, method, _url(path, targets), token)
+                if (r.status_code == 403) == allowed or r.status_code in (401, 500):
+                    mismatches.append((method, path, scopes, r.status_code, r.text[:120]))
+    assert mismatches == []
