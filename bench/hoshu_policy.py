@@ -57,7 +57,8 @@ class BenchPolicy:
         p = self.people.get(username)
         return p.engineer if p is not None and p.key == _key_id(openssh_public_key) else None
 
-    def check_totp(self, user_id: str, code: str, now: datetime) -> TotpResult:
+    def check_totp(self, user_id: str, code: str, now: datetime, *,
+                   src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:
         p = self.by_id.get(user_id)
         if p is None:
             return TotpResult(False, "no_totp")
@@ -84,6 +85,16 @@ class BenchPolicy:
 
     def instrument(self, name: str) -> InstrumentTarget | None:
         return self.target if name == self.target.name else None
+
+    def hospital_of(self, instrument: str) -> str | None:
+        return self.target.hospital_id if instrument == self.target.name else None
+
+    def record_cert(self, user_id: str, serial: int, issued_at: datetime,
+                    valid_until: datetime) -> None:
+        pass  # the benchmark signs in with key + TOTP only
+
+    def cert_usable(self, user_id: str, serial: int, now: datetime) -> str | None:
+        return "certificates are not used by the benchmark"
 
 
 class BenchDirectory:
