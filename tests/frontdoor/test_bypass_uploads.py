@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import os
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -275,3 +276,32 @@ async def test_grant_revoked_in_the_store_stops_an_open_upload(
                if e.details.get("operation") == "upload"]
     assert [e.get("EventResultDetails") for e in refused] == ["no_grant"]
     assert not events.of_type("file.transferred")
+
+
+async def test_scp_killed_mid_file_leaves_the_existing_file_byte_identical(
+    files_granted: World,
+) -> None:
+    """Legacy scp (-O): the scp process dies mid-file, its ssh sends EOF on the channel
+    while the grant is live; the half-received file is not written over the old one."""
+    w = files_granted
+    target = w.data_dir / "method.xml"
+    original = b"<method version='7'/>\n" * 1000
+    target.write_bytes(original)
+    src = w.tmp / "method.xml"
+    src.write_bytes(os.urandom(4 * 1024 * 1024))
+    argv = w.ssh_argv("scp", extra=("-O", "-l", "2000", str(src), f"{w.login()}:method.xml"))
+    proc = await _start(argv, w.env())
+    try:
+        await poll(lambda: w.door.spools.used > 0, deadline_s=15)
+        os.kill(proc.pid, signal.SIGKILL)  # scp only: its ssh child sees EOF and says so
+        await poll(lambda: bool(w.events.of_type("session.ended")), deadline_s=15)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 10)
+    assert target.read_bytes() == original
+    assert not [p for p in w.data_dir.iterdir() if p.name.endswith(".part")]
+    assert not w.events.of_type("file.transferred")
+    assert [e.get("EventResultDetails") for e in w.events.of_type("file.refused")] == [
+        "not_closed"]
+    assert w.door.spools.used == 0
