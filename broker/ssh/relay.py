@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from broker.ssh.ports import InstrumentConnector, InstrumentTarget, Origin
 from broker.ssh.recorder import Recording
 from broker.ssh.sessions import LiveSession
 
+log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 # The instrument's sshd may send packets this large: fewer packets to decrypt,
 # deliver and record per byte of output.
@@ -179,6 +181,9 @@ async def end_command(
                 upstream.send_signal(sig)
             if await _closed_within(upstream, grace_s):
                 break
+        else:
+            log.warning("a terminated command did not end after TERM and KILL; the "
+                        "instrument's sshd may refuse signals (forced command, root login)")
         upstream.close()
     finally:
         done()
