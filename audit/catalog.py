@@ -20,6 +20,18 @@ define("user.mfa_failed", AUTH, "A wrong, expired or replayed second factor",
 define("user.locked_out", AUTH, "Too many failures: the account is locked for a while",
        severity=Severity.HIGH, details={"failures": PUB, "window_s": PUB, "locked_until": PUB})
 define("user.logout", AUTH, "A bearer token or SSH certificate was given up")
+# HTTP sign-in and credentials (closing bypass 7 and the sign-in findings)
+define("user.login_flood", AUTH,
+       "Failed sign-ins from one source beyond the per-minute burst, counted in one event",
+       severity=Severity.MEDIUM,
+       details={"count": PUB, "window_start": PUB, "window_s": PUB, "last": PUB,
+                "source": PUB})
+define("user.reauth_failed", AUTH,
+       "A wrong current password when changing it (counts towards lockout)",
+       severity=Severity.MEDIUM, details={"failures": PUB, "password": SEC})
+define("user.tokens_revoked", AUTH,
+       "Every token of a person was revoked (password or TOTP reset, or an admin)",
+       details={"reason": PUB, "tokens": PUB, "cert_serials": PUB})
 define("ssh.login", AUTH, "An engineer authenticated (or failed to) at the SSH front door",
        details={"method": PUB, "key_fingerprint": PUB, "totp_code": SEC, "cert_serial": PUB,
                 # a flood from one address: the rest of its minute summed in one event

@@ -53,6 +53,7 @@ def config_from(settings: BrokerSettings) -> Config:
         lockout_failures=settings.lockout_failures,
         lockout_window_s=settings.lockout_window_s,
         lockout_s=settings.lockout_s,
+        source_failures=settings.source_failures,
         broker_host_key=broker_host_public_key(settings.host_key_path),
     )
 

@@ -37,6 +37,10 @@ class BrokerSettings(BaseSettings):
     lockout_failures: int = 5  # sign-in failures (password or TOTP) ...
     lockout_window_s: int = 900  # ... within this window lock the account ...
     lockout_s: int = 900  # ... for this long
+    source_failures: int = 20  # failed sign-ins from one address (IPv6: one /64) in the window
+    # Peers whose X-Forwarded-For is believed (CIDRs; the ingress in front of the API).
+    # Empty: the TCP peer is the caller, whatever headers it sends.
+    trusted_proxies: list[str] = []
     sweep_interval_s: float = 15.0  # how often pending requests and grant windows are swept
     # file transfer: uploads and downloads are spooled whole at the broker, in
     # <data_dir>/spools (never beside the audit log); writes past a total are refused

@@ -3,9 +3,14 @@
 Denied by default: an unknown name, a wrong password, a wrong, expired or
 replayed TOTP code, a locked, inactive or expired account each raise
 :class:`Unauthenticated` (the message never says which part was wrong) and
-write a failed ``user.login``.  Five failures (password or TOTP, API or SSH)
-within 15 minutes lock the account for ``lockout_s`` and write
-``user.locked_out``.  Tokens are random; only their SHA-256 is stored.
+write a failed ``user.login`` (past ten a minute from one source, counted into
+one ``user.login_flood``).  Five failures (password or TOTP, API or SSH, or a
+wrong current password) within 15 minutes lock the account for ``lockout_s``
+and write ``user.locked_out``.  Every answer costs one password hash; only a
+real account answers "locked"; the account row is held ``FOR UPDATE`` while it
+is decided.  A new password or TOTP ends every earlier token and SSH
+certificate (:mod:`broker.access.credentials`).  Tokens are random; only their
+SHA-256 is stored.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from audit.events import Result
-from broker.access import names, passwords, totp
+from broker.access import credentials, names, passwords, totp
 from broker.access.certs import revoke_cert_serials
 from broker.access.errors import (
+    AccessError,
     Conflict,
     InvalidInput,
     LockedOut,
@@ -28,6 +34,7 @@ from broker.access.errors import (
 from broker.access.model import AuthFailure, Org, OrgKind, Role, Token, User
 from broker.access.permissions import SCOPES
 from broker.access.ports import Actor, Context, Tx
+from broker.access.signin_failures import FailedSignIns
 
 TOKEN_PREFIX = "hoshu_"  # noqa: S105  (a prefix, not a secret)
 
@@ -62,6 +69,7 @@ def account_usable(user: User, now: datetime) -> bool:
 class AuthService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.failures = FailedSignIns(ctx)  # user.login failures, aggregated per source
 
     # --- helpers ---------------------------------------------------------
     def _issue(self, tx: Tx, user: User, *, kind: str, scopes: list[str], ttl_s: int,
@@ -90,6 +98,7 @@ class AuthService:
         if count >= cfg.lockout_failures and not locked:
             user.locked_until = now + timedelta(seconds=cfg.lockout_s)
             tx.save(user)
+            revoke_cert_serials(tx, user.id, now, "locked out")
             self.ctx.emit("user.locked_out", None, result=Result.FAILURE,
                           ActorUserId=user.id, ActorUsername=user.name, SrcIpAddr=src_ip,
                           HospitalId=hospital_id,
@@ -107,9 +116,7 @@ class AuthService:
 
     def _login_failed(self, name: str, user_id: str | None, reason: str,
                       src_ip: str | None) -> None:
-        self.ctx.emit("user.login", None, result=Result.FAILURE, ActorUsername=name,
-                      ActorUserId=user_id, SrcIpAddr=src_ip, EventResultDetails=reason,
-                      details={"method": "password+totp"})
+        self.failures.record(name, user_id, reason, src_ip)
 
     # --- bootstrap -------------------------------------------------------
     def bootstrap(self, name: str, full_name: str, password: str) -> tuple[User, str]:
@@ -143,39 +150,45 @@ class AuthService:
         org = tx.get(Org, user.org_id)
         return org is not None and names.source_allowed(org.source_cidrs, src_ip)
 
-    def _source_key(self, src_ip: str | None) -> str | None:
-        return f"ip:{src_ip}" if src_ip else None
-
     def login(self, name: str, password: str, code: str | None,
               src_ip: str | None = None) -> IssuedToken:
         """Password + TOTP → bearer token (enrolment-only before TOTP enrolment).
 
-        Throttled twice: per account (lockout) and per source address (more than
-        ``source_failures`` failures in the window refuse every sign-in from it,
-        whatever the account name, so guessing across names is slowed too)."""
+        Throttled per account (lockout) and per source (more than
+        ``source_failures`` failures in the window from one address, or one IPv6
+        /64, refuse every sign-in from it whatever the name, so guessing across
+        names is slowed too) — never globally.  Every refusal costs one password
+        hash, whether the name exists or not, and only a real account ever answers
+        "locked".  The account row is locked (``FOR UPDATE``) for the whole
+        check, so parallel sign-ins count every failure and use a TOTP step once."""
         now = self.ctx.now()
         cfg = self.ctx.config
         error: Unauthenticated | None = None
         issued: IssuedToken | None = None
-        source = self._source_key(src_ip)
+        source = names.source_bucket(src_ip)
         with self.ctx.uow() as tx:
             since = now - timedelta(seconds=cfg.lockout_window_s)
             if source and len(tx.find(AuthFailure, user_id=source, at__gte=since)) >= \
                     cfg.source_failures:
                 self._login_failed(name, None, "source throttled", src_ip)
-                raise LockedOut("too many failed sign-ins from this address: try later")
-            user = tx.one(User, name=name)
+                raise Unauthenticated("too many failed sign-ins from this address: "
+                                      "try again later", code="source_throttled")
+            found = tx.one(User, name=name)
+            user = tx.get(User, found.id, for_update=True) if found is not None else None
             if user is None:
-                self.ctx.hasher.verify("", password)
+                self.ctx.hasher.verify_dummy(password)
                 self._login_failed(name, None, "unknown user", src_ip)
                 error = Unauthenticated("invalid credentials")
             elif user.locked_until is not None and user.locked_until > now:
+                self.ctx.hasher.verify_dummy(password)
                 self._login_failed(name, user.id, "locked out", src_ip)
                 error = LockedOut("too many failed sign-ins: the account is locked for a while")
             elif not account_usable(user, now):
+                self.ctx.hasher.verify_dummy(password)
                 self._login_failed(name, user.id, "account inactive or expired", src_ip)
                 error = Unauthenticated("invalid credentials")
             elif not self._source_ok(tx, user, src_ip):
+                self.ctx.hasher.verify_dummy(password)
                 self._login_failed(name, user.id, "source address not allowed", src_ip)
                 error = Unauthenticated("invalid credentials")
             elif not self.ctx.hasher.verify(user.password_hash, password):
@@ -213,6 +226,10 @@ class AuthService:
             raise error
         assert issued is not None
         return issued
+
+    def flush_floods(self, *, everything: bool = False) -> int:
+        """Write the counts of failed sign-ins that were only counted (the sweeper)."""
+        return self.failures.flush(everything=everything)
 
     def authenticate(self, text: str, src_ip: str | None = None) -> Actor:
         """Resolve a bearer token to an :class:`Actor`; raise when unusable."""
@@ -305,16 +322,35 @@ class AuthService:
             tx.save(user)
             return TotpCheck(True)
 
-    def change_password(self, actor: Actor, old: str, new: str) -> None:
+    def change_password(self, actor: Actor, old: str, new: str, current_token: str = "") -> None:
+        """A wrong current password counts towards the lockout like a failed sign-in
+        (``user.reauth_failed``); a change revokes every token and SSH certificate
+        of the account but ``current_token``, the one the person is using now."""
+        error: AccessError | None = None
         with self.ctx.uow() as tx:
-            user = self._user(tx, actor.user_id)
+            user = tx.get(User, actor.user_id, for_update=True)
+            if user is None:
+                raise NotFound("no such user")
+            if user.locked_until is not None and user.locked_until > self.ctx.now():
+                raise LockedOut("too many failed sign-ins: the account is locked for a while")
             if not self.ctx.hasher.verify(user.password_hash, old):
-                raise PermissionDenied("the current password is wrong")
-            passwords.check_policy(new, username=user.name)
-            user.password_hash = self.ctx.hasher.hash(new)
-            tx.save(user)
-            self.ctx.emit("admin.change", actor, Operation="password_changed",
-                          ObjectType="user", Object=user.name)
+                check = self._fail(tx, user, "password", actor.src_ip)
+                self.ctx.emit("user.reauth_failed", actor, result=Result.FAILURE,
+                              EventResultDetails="wrong current password",
+                              details={"failures": check.failures})
+                error = LockedOut("too many failed sign-ins") if check.locked else \
+                    PermissionDenied("the current password is wrong")
+            else:
+                passwords.check_policy(new, username=user.name)
+                user.password_hash = self.ctx.hasher.hash(new)
+                tx.save(user)
+                self.ctx.emit("admin.change", actor, Operation="password_changed",
+                              ObjectType="user", Object=user.name)
+                credentials.revoke_all(self.ctx, tx, actor, user, "password changed",
+                                       keep_token_hash=token_hash(current_token)
+                                       if current_token else "")
+        if error is not None:  # raised after the commit, so the failure counts
+            raise error
 
     # --- API tokens ------------------------------------------------------------
     def create_api_token(self, actor: Actor, name: str, scopes: list[str],

@@ -8,8 +8,10 @@ case-insensitively), and anything containing the account name.
 
 from __future__ import annotations
 
+import secrets
 from functools import lru_cache
 from importlib import resources
+from threading import Lock
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -60,6 +62,21 @@ class Hasher:
 
     def __init__(self, *, time_cost: int = 3, memory_cost: int = 65536) -> None:
         self._ph = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost)
+        self._dummy = ""
+        self._dummy_lock = Lock()
+
+    def dummy_hash(self) -> str:
+        """A hash of a random password with this hasher's parameters (made once)."""
+        with self._dummy_lock:
+            if not self._dummy:
+                self._dummy = self._ph.hash(secrets.token_urlsafe(24))
+            return self._dummy
+
+    def verify_dummy(self, password: str) -> bool:
+        """Spend what a real check costs, for a name that has no usable hash, so the
+        answer's timing does not tell whether the account exists.  Always False."""
+        self.verify(self.dummy_hash(), password)
+        return False
 
     def hash(self, password: str) -> str:
         return self._ph.hash(password)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.access import names, passwords, sshkeys
+from broker.access import credentials, names, passwords, sshkeys
 from broker.access.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from broker.access.model import ROLE_ORG_KINDS, Contract, Org, OrgKind, Role, SshKey, User
 from broker.access.permissions import visible_orgs
@@ -206,7 +206,8 @@ class PeopleService:
             return user
 
     def reset_totp(self, actor: Actor, ref: str) -> User:
-        """Lost authenticator: the person enrols again at their next sign-in."""
+        """Lost authenticator: the person enrols again at their next sign-in; every
+        token and SSH certificate issued under the old authenticator is revoked."""
         with self.ctx.uow() as tx:
             user = self._get_user(tx, actor, ref)
             self._manageable(actor, user)
@@ -215,10 +216,12 @@ class PeopleService:
             tx.save(user)
             self.ctx.emit("admin.change", actor, Operation="reset_totp", ObjectType="user",
                           Object=user.name)
+            credentials.revoke_all(self.ctx, tx, actor, user, "totp reset")
             return user
 
     def set_password(self, actor: Actor, ref: str, password: str) -> User:
-        """An admin sets a new password (policy-checked); the person should change it."""
+        """An admin sets a new password (policy-checked; the person should change it);
+        every token and SSH certificate issued under the old one is revoked."""
         with self.ctx.uow() as tx:
             user = self._get_user(tx, actor, ref)
             self._manageable(actor, user)
@@ -227,7 +230,16 @@ class PeopleService:
             tx.save(user)
             self.ctx.emit("admin.change", actor, Operation="set_password", ObjectType="user",
                           Object=user.name)
+            credentials.revoke_all(self.ctx, tx, actor, user, "password reset")
             return user
+
+    def revoke_tokens(self, actor: Actor, ref: str) -> credentials.Revoked:
+        """An admin ends every bearer token, API token and SSH certificate of a person
+        they manage (a lost laptop, a leaver): each stops working at its next use."""
+        with self.ctx.uow() as tx:
+            user = self._get_user(tx, actor, ref)
+            self._manageable(actor, user)
+            return credentials.revoke_all(self.ctx, tx, actor, user, "revoked by an admin")
 
     def recertify(self, actor: Actor, ref: str, comment: str = "") -> User:
         """Confirm an account is still needed (periodic review, GUIDELINES control 6)."""

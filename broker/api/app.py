@@ -16,7 +16,7 @@ from audit.emitter import Emitter
 from broker.access.ports import utc_now
 from broker.access.services import Services
 from broker.api import errors
-from broker.api.limits import BodyLimit
+from broker.api.limits import BodyLimit, ForwardedFor
 from broker.api.routes import auth, estate, gateways, people, requests
 from broker.settings import BrokerSettings
 
@@ -55,4 +55,5 @@ def create_app(
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        timeout_s=float(settings.login_timeout_s))
+    app.add_middleware(ForwardedFor, trusted=settings.trusted_proxies)  # outermost
     return app

@@ -153,6 +153,10 @@ def cmd_users(args: argparse.Namespace) -> int:
     elif a == "reset-totp":
         u = client.call("POST", f"/v1/users/{name}/reset-totp")
         done(args, u, f"TOTP of {u['name']} reset; they enrol again at their next sign-in.")
+    elif a == "revoke-tokens":
+        r = client.call("POST", f"/v1/users/{name}/revoke-tokens")
+        done(args, r, f"Revoked {r['tokens']} token(s) and {len(r['cert_serials'])} SSH "
+                      f"certificate(s) of {r['user']}.")
     elif a == "set-password":
         pw = _secret_from(args, f"New password for {name}: ", confirm=True)
         u = client.call("POST", f"/v1/users/{name}/password", {"password": pw})
@@ -322,7 +326,7 @@ def register(sub: Any) -> None:
     add_api_argument(p)
     p.add_argument("action", nargs="?", default="list", choices=[
         "list", "show", "create", "expire", "deactivate", "recertify", "reset-totp",
-        "set-password", "add-key", "vendor-accounts"])
+        "set-password", "revoke-tokens", "add-key", "vendor-accounts"])
     p.add_argument("name", nargs="?")
     p.add_argument("--full-name")
     p.add_argument("--org")

@@ -340,6 +340,7 @@ module containerApps 'modules/containerapps.bicep' = if (deployBroker) {
     prefix: prefix
     tags: tags
     subnetId: network.outputs.appsSubnetId
+    ingressAddressPrefix: subnetPrefixes.apps
     vnetIds: [
       network.outputs.hubId
       network.outputs.spokeId

@@ -72,9 +72,11 @@ def my_instruments(services: ServicesDep,
 
 
 @router.post("/me/password", status_code=204)
-def change_password(body: s.PasswordIn, services: ServicesDep,
+def change_password(body: s.PasswordIn, request: Request, services: ServicesDep,
                     actor: Annotated[Actor, Depends(require("me.password"))]) -> None:
-    services.auth.change_password(actor, body.current, body.new)
+    """A new password ends every other token and SSH certificate of the caller; a
+    wrong current password counts towards the lockout."""
+    services.auth.change_password(actor, body.current, body.new, bearer(request))
 
 
 @router.get("/me/keys", response_model=list[s.KeyOut])

@@ -88,6 +88,23 @@ def set_password(user: str, body: s.NewPasswordIn, services: ServicesDep,
     return s.UserOut.model_validate(services.people.set_password(actor, user, body.password))
 
 
+class TokensRevokedOut(s.Out):
+    user: str
+    tokens: int
+    cert_serials: list[str]
+
+
+@router.post("/users/{user}/revoke-tokens", response_model=TokensRevokedOut)
+def revoke_user_tokens(user: str, services: ServicesDep,
+                       actor: Annotated[Actor, Depends(require("users.revoke_tokens"))]
+                       ) -> TokensRevokedOut:
+    """End every bearer token, API token and SSH certificate of the person (lost
+    laptop, leaver, suspected compromise); the account itself stays usable."""
+    done = services.people.revoke_tokens(actor, user)
+    return TokensRevokedOut(user=user, tokens=done.tokens,
+                            cert_serials=[str(n) for n in done.cert_serials])
+
+
 @router.post("/users/{user}/keys", response_model=s.KeyOut, status_code=201)
 def add_user_key(user: str, body: s.KeyIn, services: ServicesDep,
                  actor: Annotated[Actor, Depends(require("users.add_key"))]) -> s.KeyOut:

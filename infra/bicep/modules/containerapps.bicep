@@ -18,6 +18,9 @@ param vnetIds array
 @description('Address ranges allowed to reach the broker (hospitals, vendor virtual desktops).')
 param clientAddressPrefixes array
 
+@description('Address range the environment\'s ingress proxies connect from (the apps subnet).')
+param ingressAddressPrefix string
+
 @description('Broker image (in the private registry), by digest or immutable tag.')
 param image string
 
@@ -186,6 +189,14 @@ resource broker 'Microsoft.App/containerApps@2024-03-01' = {
             {
               name: 'HOSHU_AZURE_DCR_STREAM'
               value: dcrStreamName
+            }
+            {
+              // Every API request reaches the broker from the environment's ingress
+              // (Envoy in the infrastructure subnet), so its X-Forwarded-For is the
+              // caller: believed from that subnet only, read from the right. Without
+              // it, throttling and vendors' source networks would see one address.
+              name: 'HOSHU_TRUSTED_PROXIES'
+              value: string([ingressAddressPrefix])
             }
           ]
           probes: [

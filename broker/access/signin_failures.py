@@ -1,0 +1,59 @@
+"""Failed sign-ins as audit events, aggregated per source per minute.
+
+An unauthenticated caller can fail as often as it likes, so each failure
+cannot be one event: per source bucket (an address, an IPv6 /64) the first
+:data:`BURST` failures in a minute are written as ``user.login`` one by one,
+the rest are counted and written as one ``user.login_flood`` with the count
+once the minute is over (at the next failure from anywhere, or by the
+sweeper through :meth:`FailedSignIns.flush`).  The events plus the counts
+equal the failures.  Lockout and throttling count every failure regardless.
+"""
+
+from __future__ import annotations
+
+from threading import Lock
+
+from audit.events import Result
+from broker.access import names
+from broker.access.floods import FloodGate, Summary
+from broker.access.ports import Context
+
+WINDOW_S = 60.0
+BURST = 10
+
+
+class FailedSignIns:
+    def __init__(self, ctx: Context, *, window_s: float = WINDOW_S, burst: int = BURST) -> None:
+        self.ctx = ctx
+        self.gate = FloodGate(window_s=window_s, burst=burst)
+        self._lock = Lock()  # API requests run on worker threads; the gate is not shared-safe
+
+    def record(self, name: str, user_id: str | None, reason: str, src_ip: str | None) -> None:
+        """One failed sign-in: written now, or counted for the source's summary."""
+        key = names.source_bucket(src_ip) or "ip:unknown"
+        with self._lock:
+            admission = self.gate.admit(key, self.ctx.now(), reason)
+        for summary in admission.summaries:
+            self._summary_event(summary)
+        if admission.write:
+            self.ctx.emit("user.login", None, result=Result.FAILURE, ActorUsername=name[:64],
+                          ActorUserId=user_id, SrcIpAddr=src_ip, EventResultDetails=reason,
+                          details={"method": "password+totp"})
+
+    def flush(self, *, everything: bool = False) -> int:
+        """Write the summaries of the minutes that are over (``everything``: all of
+        them, at shutdown); returns how many events were written."""
+        with self._lock:
+            summaries = self.gate.flush(self.ctx.now(), everything=everything)
+        for summary in summaries:
+            self._summary_event(summary)
+        return len(summaries)
+
+    def _summary_event(self, summary: Summary) -> None:
+        src = summary.key.removeprefix("ip:")
+        self.ctx.emit("user.login_flood", None, result=Result.FAILURE,
+                      SrcIpAddr=None if src == "unknown" or "/" in src else src,
+                      EventResultDetails=f"{summary.count} more failed sign-ins",
+                      details={"count": summary.count, "window_s": summary.window_s,
+                               "window_start": summary.window_start.isoformat(),
+                               "last": summary.last, "source": src})
