@@ -119,3 +119,20 @@ def test_rows_removed_by_announced_retention_are_accepted(tmp_path: Path) -> Non
         index.add([e.record for e in read_events(log)][-1:])  # the announcement itself
     check = check_index(index, (e.record for e in read_events(log)))
     assert check.ok and check.retired == 3 and check.compared == 2
+
+
+def test_on_the_broker_host_verify_index_uses_the_brokers_log_index_and_cursor(
+        broker: tuple[Path, AuditIndex, Path, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    log, index, pinned, url = broker
+    monkeypatch.setenv("HOSHU_DATA_DIR", str(log.parent.parent))
+    monkeypatch.setenv("HOSHU_AUDIT_INDEX_URL", url)
+    monkeypatch.setenv("HOSHU_AUDIT_CHECKPOINT_EVERY", "5")
+    assert main(["audit", "verify", "--key", str(pinned), "--index"]) == 0
+    assert "index matches the chain: 10 events compared" in capsys.readouterr().out
+    with index.engine.begin() as conn:  # the newest row goes: the cursor says it was indexed
+        conn.execute(delete(events_table).where(events_table.c.ChainSeq == 10))
+    assert main(["--json", "audit", "verify", "--key", str(pinned), "--index"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and report["index"]["indexed_upto"] == 10
+    assert "position 10 is missing" in report["index"]["problems"][0]
