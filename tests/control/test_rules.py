@@ -10,6 +10,7 @@ from broker.access import passwords, rules, states, totp
 from broker.access.errors import IllegalTransition, InvalidInput
 from broker.access.model import AccessRequest, Instrument, Policy
 from broker.access.permissions import PERMISSIONS, authorize, role_allows, scope_allows
+from broker.access.ports import Actor
 
 NOW = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 
@@ -112,6 +113,14 @@ def test_permission_table_denies_by_default_and_honours_scopes() -> None:
     assert not scope_allows(frozenset({"read"}), "requests.create")
     assert scope_allows(frozenset({"enroll"}), "totp.enroll")
     assert not scope_allows(frozenset({"enroll"}), "requests.list")
+    approver = Actor("u1", "hanako", "h-1", "hospital", frozenset({"approver"}),
+                     frozenset({"read"}))
     with pytest.raises(Exception, match="scope"):
-        authorize(frozenset({"approver"}), frozenset({"read"}), "requests.approve")
+        authorize(approver, "requests.approve")
+    # the organisation kind counts: a vendor's auditor is no reader of audit trails
+    assert role_allows(frozenset({"auditor"}), "audit.search", "hospital")
+    assert not role_allows(frozenset({"auditor"}), "audit.search", "vendor")
+    # a certificate needs a full password+TOTP session, never an API token
+    assert scope_allows(frozenset({"*"}), "ssh.certificate", "session")
+    assert not scope_allows(frozenset({"*"}), "ssh.certificate", "api")
     assert all(p.roles for p in PERMISSIONS.values())
