@@ -12,12 +12,15 @@ the previous run left open: one ``session.ended`` per journal file, reason
 on disk (what an auditor can then check the file against).  A journal that
 cannot be written is logged and the session goes on (its recording still
 holds it); a broker restarted on another data directory cannot see this one's
-journal (see docs/admin.md).
+journal (see docs/admin.md).  Replicas may share the recordings volume: the
+broker running a session holds an exclusive lock on its journal file, and a
+starting broker ends only entries no live process holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -45,6 +48,7 @@ class LiveJournal:
 
     def __init__(self, recordings_dir: Path) -> None:
         self.dir = journal_dir(recordings_dir)
+        self._held: dict[str, int] = {}  # session id -> open, locked descriptor
 
     def _path(self, session_id: str) -> Path | None:
         if not session_id or len(session_id) > 128 or not set(session_id) <= _ID_OK:
@@ -58,11 +62,15 @@ class LiveJournal:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f, default=str)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "this session is alive"
+                os.write(fd, json.dumps(entry, default=str).encode())
+                os.fsync(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            self._held[session_id] = fd
         except OSError as exc:
             log.error("cannot journal session %s (%s); a crash would leave it open",
                       session_id, exc.strerror or exc)
@@ -73,6 +81,9 @@ class LiveJournal:
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        fd = self._held.pop(session_id, None)
+        if fd is not None:
+            os.close(fd)
 
 
 def _recording_summary(path: Path) -> tuple[int, str | None]:
@@ -97,28 +108,46 @@ def end_lost_sessions(recordings_dir: Path, emitter: Emitter,
     ended: list[str] = []
     for path in sorted(jdir.glob("*.json")):
         try:
-            if path.stat().st_size > _MAX_ENTRY_BYTES:
-                raise ValueError("too large")
-            entry = json.loads(path.read_text(encoding="utf-8"))
-            cols = dict(entry["columns"])
-            details = dict(entry.get("details") or {})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("unreadable session journal %s (%s); left in place", path.name, exc)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
             continue
-        sid = path.stem
-        name = str(details.get("recording") or "")
-        size, sha = _recording_summary(recordings_dir / name) if name else (0, None)
-        cols["TargetSessionId"] = sid
-        emitter.emit(new_event(
-            "session.ended", clock=clock, EventResult="Partial",
-            EventResultDetails="broker_lost",
-            EventMessage=f"session {sid} ended with the broker that ran it",
-            RecordingSize=size, RecordingSHA256=sha,
-            details={"kind": details.get("kind"), "exit_status": None,
-                     "recording": name or None},
-            **{k: v for k, v in cols.items() if v is not None}))
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        ended.append(sid)
-        log.warning("session %s was left open by the previous run: ended (broker_lost)", sid)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live broker (another replica) still runs this session
+            try:
+                if os.fstat(fd).st_size > _MAX_ENTRY_BYTES:
+                    raise ValueError("too large")
+                with os.fdopen(os.dup(fd), encoding="utf-8") as f:
+                    entry = json.load(f)
+                cols = dict(entry["columns"])
+                details = dict(entry.get("details") or {})
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("unreadable session journal %s (%s); left in place", path.name, exc)
+                continue
+            _end_one(path, cols, details, recordings_dir, emitter, clock)
+            ended.append(path.stem)
+        finally:
+            os.close(fd)
     return ended
+
+
+def _end_one(path: Path, cols: dict[str, Any], details: dict[str, Any], recordings_dir: Path,
+             emitter: Emitter, clock: Callable[[], datetime]) -> None:
+    """One ``session.ended`` (``broker_lost``) for a journal entry, then the entry goes."""
+    sid = path.stem
+    name = str(details.get("recording") or "")
+    size, sha = _recording_summary(recordings_dir / name) if name else (0, None)
+    cols["TargetSessionId"] = sid
+    emitter.emit(new_event(
+        "session.ended", clock=clock, EventResult="Partial",
+        EventResultDetails="broker_lost",
+        EventMessage=f"session {sid} ended with the broker that ran it",
+        RecordingSize=size, RecordingSHA256=sha,
+        details={"kind": details.get("kind"), "exit_status": None,
+                 "recording": name or None},
+        **{k: v for k, v in cols.items() if v is not None}))
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    log.warning("session %s was left open by the previous run: ended (broker_lost)", sid)

@@ -4,8 +4,11 @@ session alive; an expiry reads as an expiry, on the terminal and in the log."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +117,30 @@ async def test_a_session_that_ends_normally_leaves_no_journal_entry(granted: Wor
     await poll(lambda: bool(w.events.of_type("session.ended")))
     t.close()
     await poll(lambda: not list(journal.glob("*.json")))
+
+
+def test_a_starting_broker_ends_only_sessions_no_live_broker_holds(tmp_path: Path) -> None:
+    """Replicas sharing the recordings volume: a live session's journal entry is locked."""
+    from broker.ssh.journal import LiveJournal, end_lost_sessions
+
+    (tmp_path / "s-live.cast").write_bytes(b"live")
+    (tmp_path / "s-lost.cast").write_bytes(b"partial recording")
+    running, crashed = LiveJournal(tmp_path), LiveJournal(tmp_path)
+    cols = {"ActorUsername": "alice", "TargetHostname": "cobas-c503-1"}
+    running.opened("s-live", {"columns": cols, "details": {"kind": "shell",
+                                                          "recording": "s-live.cast"}})
+    crashed.opened("s-lost", {"columns": cols, "details": {"kind": "exec",
+                                                          "recording": "s-lost.cast"}})
+    for fd in crashed._held.values():  # the process holding it died
+        os.close(fd)
+    crashed._held.clear()
+    events = CapturingEmitter()
+    assert end_lost_sessions(tmp_path, events, FakeClock()) == ["s-lost"]
+    [ended] = events.of_type("session.ended")
+    assert ended.get("TargetSessionId") == "s-lost"
+    assert ended.get("EventResultDetails") == "broker_lost"
+    assert ended.get("RecordingSize") == len(b"partial recording")
+    assert ended.get("RecordingSHA256") == hashlib.sha256(b"partial recording").hexdigest()
+    assert [p.stem for p in (tmp_path / ".live").glob("*.json")] == ["s-live"]
+    running.closed("s-live")
+    assert end_lost_sessions(tmp_path, events, FakeClock()) == []
