@@ -7,9 +7,11 @@ all-in-one setup: SQLite and local files under ``data_dir``.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +71,22 @@ class BrokerSettings(BaseSettings):
     azure_logs_endpoint: str = ""  # https://<dce>.<region>.ingest.monitor.azure.com
     azure_dcr_immutable_id: str = ""
     azure_dcr_stream: str = "Custom-HoshuAudit"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, values: list[str]) -> list[str]:
+        """Networks only, and never everyone: trusting every peer's X-Forwarded-For
+        would let any caller pick the address it is throttled and checked under."""
+        out = []
+        for v in values:
+            try:
+                net = ipaddress.ip_network(v.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {v!r} is not an IP network") from exc
+            if net.prefixlen == 0:
+                raise ValueError(f"trusted_proxies: {v!r} would trust every caller")
+            out.append(str(net))
+        return out
 
     @property
     def db_url(self) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from audit.testing import CapturingEmitter
 from broker.access.services import Services
@@ -120,3 +122,11 @@ def test_forwarded_header_parsing_fails_towards_the_proxy_not_a_forged_address()
     assert client_address(INGRESS, [], trusted) == INGRESS
     assert client_address("198.51.100.1", ["203.0.113.7"], trusted) == "198.51.100.1"
     assert client_address("fd00::1", ["::ffff:203.0.113.7"], trusted) == "203.0.113.7"
+
+
+@pytest.mark.parametrize("value", [["ingress"], ["0.0.0.0/0"], ["::/0"], ["10.9.0.0/16", "x"]])
+def test_a_trusted_proxy_setting_that_is_not_a_network_or_trusts_everyone_is_refused(
+        value: list[str]) -> None:
+    with pytest.raises(ValidationError, match="trusted_proxies"):
+        BrokerSettings(trusted_proxies=value)
+    assert BrokerSettings(trusted_proxies=[" 10.9.0.4/16"]).trusted_proxies == ["10.9.0.0/16"]
