@@ -104,6 +104,11 @@ define("gateway.enrolled", AUD, "A gateway enrolled its key with the broker",
        details={"key_fingerprint": PUB, "version": PUB})
 define("gateway.enrollment_refused", AUD, "An enrolment was refused (reused, expired, forged)",
        severity=Severity.MEDIUM, details={"token": SEC})
+define("gateway.enrollment_flood", AUD,
+       "Refused enrolments with no valid token from one source beyond the per-minute burst, "
+       "counted in one event", severity=Severity.MEDIUM,
+       details={"count": PUB, "window_start": PUB, "window_s": PUB, "last": PUB,
+                "source": PUB})
 define("gateway.connected", NET, "A gateway's outbound tunnel came up",
        details={"key_fingerprint": PUB, "version": PUB, "mode": PUB, "clock_offset_s": PUB})
 define("gateway.disconnected", NET, "A gateway's tunnel went down",

@@ -47,6 +47,7 @@ async def sweep_forever(control: ControlPlane, interval_s: float) -> None:
             await asyncio.to_thread(control.services.grants.sweep)
             # counted-only failed sign-ins are written once their minute is over
             await asyncio.to_thread(control.services.auth.flush_floods)
+            await asyncio.to_thread(control.services.gateways.strangers.flush)
         except Exception:  # a failed sweep is retried; the next one catches up
             log.exception("sweep failed")
         await asyncio.sleep(interval_s)

@@ -116,7 +116,7 @@ class AuthService:
 
     def _login_failed(self, name: str, user_id: str | None, reason: str,
                       src_ip: str | None) -> None:
-        self.failures.record(name, user_id, reason, src_ip)
+        self.failures.login_failed(name, user_id, reason, src_ip)
 
     # --- bootstrap -------------------------------------------------------
     def bootstrap(self, name: str, full_name: str, password: str) -> tuple[User, str]:

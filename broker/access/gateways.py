@@ -24,6 +24,7 @@ from broker.access.estate import EstateService
 from broker.access.model import EnrolmentToken, Gateway, Instrument, Org, OrgKind
 from broker.access.people import is_platform, sees_all
 from broker.access.ports import SYSTEM, Actor, Context
+from broker.access.signin_failures import CountedFailures
 
 PREFIX = "hoshu-enroll-v1"
 MAX_TTL_S = 7 * 86400
@@ -74,6 +75,9 @@ class GatewayService:
     def __init__(self, ctx: Context, estate: EstateService) -> None:
         self.ctx = ctx
         self.estate = estate
+        # refusals of callers with no valid token: counted per source per minute
+        self.strangers = CountedFailures(ctx, "gateway.enrollment_refused",
+                                         "gateway.enrollment_flood")
 
     def issue_token(self, actor: Actor, hospital: str, ttl_s: int = 3600) -> IssuedEnrolment:
         if not 60 <= ttl_s <= MAX_TTL_S:
@@ -96,6 +100,9 @@ class GatewayService:
 
     def _refuse(self, reason: str, exc: Exception, src_ip: str | None,
                 hospital_id: str | None = None) -> Exception:
+        if hospital_id is None:  # no valid token: anyone can send these, aggregated
+            self.strangers.record(src_ip, reason)
+            return exc
         self.ctx.emit("gateway.enrollment_refused", None, result=Result.FAILURE,
                       SrcIpAddr=src_ip, EventResultDetails=reason, HospitalId=hospital_id)
         return exc

@@ -19,7 +19,7 @@ from audit.testing import CapturingEmitter
 from broker.access import certs, totp
 from broker.access.passwords import Hasher
 from tests.control.apihelp import auth, client_for, session_token
-from tests.control.conftest import PASSWORD, FakeClock, World
+from tests.control.conftest import PASSWORD, FakeClock, World, openssh_public_key
 from tests.control.test_cli import SQLITE_ONLY, cli, live_api  # noqa: F401  (fixtures)
 
 NEW_PASSWORD = "a-much-better-passphrase-42"
@@ -195,3 +195,21 @@ def test_hoshu_admin_users_revoke_tokens(cli, world: World,  # type: ignore[no-u
     assert "Revoked 1 token(s) and 1 SSH certificate(s) of eng" in out
     assert client_for(world.s).get("/v1/me", headers=auth(eng)).status_code == 401
     assert _cert_refusal(world, "eng", 99) is not None
+
+
+def test_a_flood_of_forged_gateway_enrolments_is_counted_not_written_one_by_one(
+        world: World, clock: FakeClock, emitter: CapturingEmitter) -> None:
+    c = client_for(world.s)
+    body = {"public_key": openssh_public_key(), "name": "gw-x", "version": "0.1.0"}
+    for i in range(200):
+        token = "garbage" if i % 2 else f"hoshu-enroll-v1.t{i}.{'A' * 43}.pin"
+        assert c.post("/v1/gateways/enroll", json={**body, "token": token}).status_code == 401
+    clock.advance(61)
+    world.s.gateways.strangers.flush()
+    refused = emitter.of_type("gateway.enrollment_refused")
+    floods = emitter.of_type("gateway.enrollment_flood")
+    assert len(refused) == 10 and len(floods) == 1
+    assert len(refused) + floods[0].details["count"] == 200
+    assert floods[0].record["SrcIpAddr"] == "testclient"
+    assert not c.get("/v1/gateways", headers=auth(session_token(
+        world.s, world.users["hadmin"]))).json()
