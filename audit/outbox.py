@@ -74,7 +74,7 @@ class CursorStore:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, sink: str) -> Path:
-        if not _SINK_NAME.match(sink):
+        if not _SINK_NAME.fullmatch(sink):
             raise OutboxError(f"invalid sink name {sink!r}")
         return self.dir / f"{sink}.cursor"
 

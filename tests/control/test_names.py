@@ -6,8 +6,11 @@ to some program down the line) and Unicode look-alikes are refused too.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from audit.outbox import CursorStore, OutboxError
 from broker.ssh.auth import parse_login, valid_instrument_name
 from gateway.config import parse_config
 from gateway.errors import ConfigError
@@ -75,3 +78,11 @@ def test_the_gateway_refuses_bad_names_in_its_configuration(name: str) -> None:
         parse_config(GOOD.replace('name = "cobas-c503-1"', f'name = "{quoted}"'))
     with pytest.raises(ConfigError, match="name"):
         parse_config(GOOD.replace('name = "gw1"', f'name = "{quoted}"'))
+
+
+@pytest.mark.parametrize("sink", ["fluentd\n", "-fluentd", "flu\u0435ntd"])
+def test_audit_sink_names_are_matched_whole(tmp_path: Path, sink: str) -> None:
+    """A sink name becomes a cursor file name: a trailing newline must not slip in."""
+    with pytest.raises(OutboxError):
+        CursorStore(tmp_path).path(sink)
+    assert CursorStore(tmp_path).path("fluentd").name == "fluentd.cursor"
