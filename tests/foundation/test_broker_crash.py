@@ -29,8 +29,9 @@ pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(300)]
 
 
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[Demo]:
-    d = Demo(tmp_path / ".hoshu-demo")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    # a short folder: the gateway's control socket path must fit AF_UNIX's 108 bytes
+    d = Demo(tmp_path_factory.mktemp("crash") / ".hoshu-demo")
     try:
         d.start()
         yield d
