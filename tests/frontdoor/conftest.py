@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -83,3 +85,19 @@ def granted(world: World) -> World:
     world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
                        ends=world.clock.now + timedelta(hours=1))
     return world
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """A vendor service port on the instrument: echoes what it receives."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -329,3 +330,10 @@ def read_until(chan: paramiko.Channel, needle: bytes, deadline_s: float = 10.0) 
 def shell_ready(chan: paramiko.Channel) -> bytes:
     chan.send(b"echo ready-$((1+1))\n")
     return read_until(chan, b"ready-2")
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for a local forward's listener)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -4,8 +4,6 @@ recorder or not at all, whatever the grant's ports say."""
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 
@@ -14,28 +12,7 @@ import pytest
 
 from broker.ssh.ports import InstrumentTarget
 from broker.ssh.raw_paths import interactive_port
-from tests.frontdoor.harness import World, paramiko_client, poll
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    """A vendor service port on the instrument: echoes what it receives."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.frontdoor.harness import World, free_port, paramiko_client, poll
 
 
 def _grant_ssh_and(w: World, port: int) -> None:
@@ -65,7 +42,7 @@ async def test_ssh_L_to_the_instruments_sshd_is_refused_and_a_vendor_port_still_
     written; the vendor port forwarded by the same client carries data."""
     w = world
     _grant_ssh_and(w, echo_port)
-    to_sshd, to_echo = _free_port(), _free_port()
+    to_sshd, to_echo = free_port(), free_port()
     argv = w.ssh_argv(batch=True, extra=(
         "-o", f"CertificateFile={w.cert_file()}", "-o", "ExitOnForwardFailure=yes",
         "-N", "-L", f"127.0.0.1:{to_sshd}:localhost:{w.ssh_port}",
@@ -179,7 +156,7 @@ async def test_an_sshd_on_a_port_the_inventory_does_not_mark_is_cut_off(world: W
     w = world
     sshd = w.ssh_port
     t = w.policy.instruments[w.instrument]
-    w.policy.instruments[w.instrument] = replace(t, ssh_port=_free_port(), ports=(sshd,),
+    w.policy.instruments[w.instrument] = replace(t, ssh_port=free_port(), ports=(sshd,),
                                                  protocol="tcp")
     w.policy.grant(w.engineer, w.instrument, (sshd,), ends=w.clock.now + timedelta(hours=1))
     client = await asyncio.to_thread(paramiko_client, w)

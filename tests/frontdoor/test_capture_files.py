@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import stat
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
-from tests.frontdoor.harness import World, poll
+from tests.frontdoor.harness import World, free_port, poll
 
 CAP = 64 * 1024
 
@@ -27,21 +25,6 @@ def front_door_options(tmp_path: Path) -> FrontDoorOptions:
                             forward_capture_max_bytes=CAP)
 
 
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    """A vendor service port on the instrument: echoes what it receives."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-
 
 @pytest.fixture
 def forward_granted(world: World, echo_port: int) -> World:
@@ -52,14 +35,9 @@ def forward_granted(world: World, echo_port: int) -> World:
     return world
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 async def _forward(w: World, echo_port: int) -> tuple[asyncio.subprocess.Process, int]:
-    local = _free_port()
+    local = free_port()
     argv = w.ssh_argv(batch=True, extra=(
         "-o", f"CertificateFile={w.cert_file()}", "-o", "ExitOnForwardFailure=yes",
         "-N", "-L", f"127.0.0.1:{local}:localhost:{echo_port}", w.login()))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
-from tests.frontdoor.harness import World, poll
+from tests.frontdoor.harness import World, free_port, poll
 
 
 @pytest.fixture
@@ -23,25 +21,6 @@ def front_door_options(tmp_path: Path) -> FrontDoorOptions:
                             forward_capture_dir=tmp_path / "captures")
 
 
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    """A vendor service port on the instrument: echoes what it receives."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _start_forward(w: World, local: int, dest: str) -> asyncio.subprocess.Process:
@@ -82,7 +61,7 @@ async def test_forward_to_a_granted_port_carries_data_and_is_logged(
     t = w.policy.instruments[w.instrument]
     w.policy.instruments[w.instrument] = replace(t, ports=(*t.ports, echo_port))
     w.policy.grant(w.engineer, w.instrument, (echo_port,), ends=w.clock.now + timedelta(hours=1))
-    local = _free_port()
+    local = free_port()
     proc = await _start_forward(w, local, f"localhost:{echo_port}")
     try:
         reader, writer = await _connect_when_listening(local)
@@ -112,7 +91,7 @@ async def test_forward_to_a_port_outside_the_grant_is_refused(
     t = w.policy.instruments[w.instrument]
     w.policy.instruments[w.instrument] = replace(t, ports=(*t.ports, echo_port))
     w.policy.grant(w.engineer, w.instrument, (w.ssh_port,), ends=w.clock.now + timedelta(hours=1))
-    local = _free_port()
+    local = free_port()
     proc = await _start_forward(w, local, f"localhost:{echo_port}")
     try:
         reader, writer = await _connect_when_listening(local)
@@ -133,7 +112,7 @@ async def test_forward_ends_when_the_grant_is_revoked(world: World, echo_port: i
     w.policy.instruments[w.instrument] = replace(t, ports=(*t.ports, echo_port))
     g = w.policy.grant(w.engineer, w.instrument, (echo_port,),
                        ends=w.clock.now + timedelta(hours=1))
-    local = _free_port()
+    local = free_port()
     proc = await _start_forward(w, local, f"{w.instrument}:{echo_port}")
     try:
         reader, writer = await _connect_when_listening(local)
