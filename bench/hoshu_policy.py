@@ -42,7 +42,8 @@ class BenchPolicy:
         self.people: dict[str, _Person] = {}
         for e in cfg["engineers"]:
             eng = Engineer(user_id=f"u-{e['username']}", username=e["username"],
-                           organization="bench-vendor")
+                           organization="bench-vendor", roles=frozenset({"engineer"}),
+                           org_kind="vendor")
             self.people[e["username"]] = _Person(eng, _key_id(e["public_line"]), e["secret"])
         self.by_id = {p.engineer.user_id: p for p in self.people.values()}
         i = cfg["instrument"]

@@ -1,12 +1,16 @@
 """Who may call what: one table, mirrored in ``docs/permissions.md``.
 
 :data:`PERMISSIONS` maps each action (one per API endpoint, live-session and
-certificate routes included) to the roles that may perform it, the kinds of
-organisation whose people may use those roles for it, and the token scope it
-needs.  Deny by default: an action not in the table is refused.  Every route
-asks :func:`authorize` through ``broker.api.deps.require``; a refusal raises
-:class:`PermissionDenied`, which the API maps to 403 and a ``*.refused`` event
-(:func:`refusal_event`) in one place.
+certificate routes included, and one per SSH path: :data:`SSH_ACTIONS`) to the
+roles that may perform it, the kinds of organisation whose people may use those
+roles for it, and the token scope it needs.  Deny by default: an action not in
+the table is refused.  Every route asks :func:`authorize` through
+``broker.api.deps.require``; a refusal raises :class:`PermissionDenied`, which
+the API maps to 403 and a ``*.refused`` event (:func:`refusal_event`) in one
+place.  The SSH front door asks :func:`role_allows` at sign-in
+(``StoreAccessPolicy.engineer_for_key``) and for every channel
+(``Channels.authorize``); its refusals are ``session.refused``,
+``forward.refused`` or ``file.refused`` events.
 
 The table answers "may this role ever do this"; the record-level functions
 below it (and the services) then narrow it to the caller's own organisation:
@@ -141,7 +145,16 @@ PERMISSIONS: dict[str, Permission] = {
     "sessions.terminate": _p("decisions", A, H, P),
     # SSH certificates (broker/ssh/cert_api.py)
     "ssh.certificate": _p(MFA, E),
+    # SSH paths at the front door (broker/ssh): asked with the person's roles
+    # and organisation kind; MFA is the key + TOTP (or certificate) sign-in
+    "ssh.login": _p(MFA, E),
+    "ssh.session": _p(MFA, E),
+    "ssh.files": _p(MFA, E),
+    "ssh.forward": _p(MFA, E),
 }
+
+# the actions the SSH front door asks (sign-in, shell/exec, sftp/scp, ssh -L)
+SSH_ACTIONS = frozenset({"ssh.login", "ssh.session", "ssh.files", "ssh.forward"})
 
 
 def role_allows(roles: Iterable[str], action: str, org_kind: str | None = None) -> bool:

@@ -18,8 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from broker.access.permissions import role_allows
 from broker.ssh.auth import LoginName, valid_instrument_name
-from broker.ssh.errors import AccessDenied, FrontDoorError, RawPathRefused, RecordingError
+from broker.ssh.errors import (
+    AccessDenied,
+    FrontDoorError,
+    RawPathRefused,
+    RecordingError,
+    RoleRefused,
+)
 from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, Origin
 from broker.ssh.raw_paths import forward_refusal, interactive_port, transfer_program
 from broker.ssh.recorder import Recording
@@ -78,11 +85,18 @@ class Channels:
     ) -> tuple[InstrumentTarget, GrantView]:
         """The target and grant for this channel, or AccessDenied with the reason.
 
+        First the permission table: the person's roles must allow the path
+        (``ssh.session``, ``ssh.files`` or ``ssh.forward``), as every HTTP route
+        asks it; then the grant.
+
         ``port`` None means the instrument's SSH port (shell, exec, sftp, scp: the
         recorded relay); an explicit port is a forward, and a forward to an
         interactive port (sshd, RDP, VNC) is refused whatever the grant says
         (:class:`RawPathRefused`): it would bypass the recorder.
         """
+        action = "ssh.files" if files else "ssh.session" if port is None else "ssh.forward"
+        if not role_allows(self.engineer.roles, action, self.engineer.org_kind or None):
+            raise RoleRefused(f"your account's roles do not allow {action}")
         if instrument is None:
             raise AccessDenied(
                 "name an instrument: ssh <user>+<instrument>@<broker> (see hoshu ssh-config)"

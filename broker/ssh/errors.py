@@ -35,6 +35,12 @@ class RawPathRefused(AccessDenied):
         self.reason = reason
 
 
+class RoleRefused(AccessDenied):
+    """The person's roles do not allow this SSH path (the permission table)."""
+
+    reason = "role"
+
+
 class GatewayOffline(FrontDoorError):
     reason = "gateway_offline"
 

@@ -28,6 +28,10 @@ class Engineer:
     username: str
     organization: str = ""  # vendor name, for audit columns
     source_cidrs: tuple[str, ...] = ()  # the vendor's allowed source networks; () = any
+    # roles and organisation kind, for the permission table (broker.access.permissions);
+    # none means every SSH path is refused
+    roles: frozenset[str] = frozenset()
+    org_kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)

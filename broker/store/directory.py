@@ -28,10 +28,10 @@ from broker.access.model import (
     Instrument,
     Org,
     Policy,
-    Role,
     SshKey,
     User,
 )
+from broker.access.permissions import role_allows
 from broker.access.ports import Tx
 from broker.access.services import Services
 from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
@@ -98,16 +98,18 @@ class StoreAccessPolicy:
         now = self.s.ctx.now()
         with self.s.ctx.uow() as tx:
             user = tx.one(User, name=username)
-            if user is None or not account_usable(user, now) or \
-                    Role.ENGINEER not in user.roles or not user.totp_enrolled:
+            if user is None or not account_usable(user, now) or not user.totp_enrolled:
+                return None
+            org = tx.get(Org, user.org_id)
+            if org is None or not org.active or \
+                    not role_allows(user.roles, "ssh.login", str(org.kind)):
                 return None
             if not any(k.public_key == key and k.revoked_at is None
                        for k in tx.find(SshKey, user_id=user.id, fingerprint=fp)):
                 return None
-            org = tx.get(Org, user.org_id)
-            if org is None or not org.active:
-                return None
-            return Engineer(user.id, user.name, org.name, tuple(org.source_cidrs))
+            return Engineer(user.id, user.name, org.name, tuple(org.source_cidrs),
+                            roles=frozenset(str(r) for r in user.roles),
+                            org_kind=str(org.kind))
 
     def check_totp(self, user_id: str, code: str, now: datetime, *,
                    src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:

@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.access.people import NewUser
-from broker.access.permissions import ANY_ORG, ENROLMENT_ACTIONS, PERMISSIONS
+from broker.access.permissions import ANY_ORG, ENROLMENT_ACTIONS, PERMISSIONS, SSH_ACTIONS
 from broker.access.requests import NewRequest
 from broker.assembly import build_broker
 from broker.runtime import Runtime
@@ -32,7 +32,8 @@ from tests.control.apihelp import auth, session_token
 from tests.control.conftest import PASSWORD, FakeClock, World, build_world, openssh_public_key
 
 DOC = Path(__file__).parents[2] / "docs" / "permissions.md"
-ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/\S+)` \| (.+?) \| (.+?) \| (.+?) \| (.+) \|$")
+ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE|SSH) (/?\S+)` "
+                 r"\| (.+?) \| (.+?) \| (.+?) \| (.+) \|$")
 ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]
 # (user, role the table column is read for, organisation kind)
 WALKERS = [("eng", "engineer", "vendor"), ("appr", "approver", "hospital"),
@@ -43,7 +44,8 @@ WALKERS = [("eng", "engineer", "vendor"), ("appr", "approver", "hospital"),
 Row = tuple[str, str, str | None, str, frozenset[str] | None, dict[str, str]]
 
 
-def parse_table() -> list[Row]:
+def parse_table(*, ssh: bool = False) -> list[Row]:
+    """The HTTP rows of docs/permissions.md (``ssh=True``: the SSH-path rows too)."""
     rows: list[Row] = []
     header: list[str] = []
     for line in DOC.read_text().splitlines():
@@ -54,6 +56,8 @@ def parse_table() -> list[Row]:
             method, path, action, scope, orgs, cells = m.groups()
             values = [c.strip() for c in cells.split("|")]
             assert header == ROLES, "the table's role columns changed"
+            if method == "SSH" and not ssh:
+                continue
             act = action.strip("` ") if action != "—" else None
             kinds = None if orgs in ("any", "—") else frozenset(
                 o.strip() for o in orgs.split(","))
@@ -90,7 +94,7 @@ def test_table_lists_exactly_the_endpoints_of_the_assembled_broker(broker: Runti
 
 
 def test_table_equals_the_code() -> None:
-    for _m, _p, action, scope, kinds, cells in parse_table():
+    for _m, _p, action, scope, kinds, cells in parse_table(ssh=True):
         if action is None:
             assert set(cells.values()) == {"public"}
             continue
@@ -99,7 +103,8 @@ def test_table_equals_the_code() -> None:
         assert allowed == {r.value for r in perm.roles}, action
         assert scope == perm.scope, action
         assert (kinds or frozenset(ANY_ORG)) == {k.value for k in perm.orgs}, action
-    assert {row[2] for row in parse_table() if row[2]} == set(PERMISSIONS)
+    assert {row[2] for row in parse_table(ssh=True) if row[2]} == set(PERMISSIONS)
+    assert {row[2] for row in parse_table(ssh=True) if row[0] == "SSH"} == SSH_ACTIONS
 
 
 def _targets(w: World, client: TestClient, root_token: str) -> dict[str, str]:

@@ -51,8 +51,10 @@ class FakePolicy:
     certs: dict[int, tuple[str, bool]] = field(default_factory=dict)  # serial: user, revoked
     events: CapturingEmitter | None = None  # the domain's own events (mfa, lockout)
 
-    def add_engineer(self, username: str, public_line: str) -> tuple[Engineer, str]:
-        eng = Engineer(user_id=f"u-{username}", username=username, organization="Roche")
+    def add_engineer(self, username: str, public_line: str,
+                     roles: frozenset[str] = frozenset({"engineer"})) -> tuple[Engineer, str]:
+        eng = Engineer(user_id=f"u-{username}", username=username, organization="Roche",
+                       roles=roles, org_kind="vendor")
         secret = pyotp.random_base32()
         self.engineers[username] = (eng, " ".join(public_line.split()[:2]), secret, True)
         return eng, secret

@@ -118,6 +118,7 @@ def store_policy(tmp: Path, clock: Any, events: Any, public_line: str,
     # enrol with the code of the step before the test's clock: the tests' own codes stay fresh
     s.auth.totp_confirm(actors["alice"], totp.code_at(secret, clock() - _STEP))
     events.clear()
-    eng = Engineer(actors["alice"].user_id, "alice", vendor.name)
+    eng = Engineer(actors["alice"].user_id, "alice", vendor.name,
+                   roles=frozenset({"engineer"}), org_kind="vendor")
     return StorePolicy(s, store, actors), eng, secret
 
