@@ -7,6 +7,7 @@ checks its configuration with the same ones); here they become domain errors.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from broker.access.errors import InvalidInput
 from wire.names import NAME_PATTERN as SLUG
@@ -44,19 +45,26 @@ def networks(values: list[str]) -> list[str]:
     return sorted(set(out))
 
 
-def source_allowed(allowed: list[str], src_ip: str | None) -> bool:
-    """No list: any source.  A list: only addresses inside it (unknown source: refused)."""
+def source_allowed(allowed: Sequence[str], src_ip: str | None) -> bool:
+    """Whether a caller at ``src_ip`` may come in from one of the ``allowed`` networks.
+
+    The one rule for HTTP sign-in and the SSH front door. No list: any source. A list:
+    only addresses inside it; an IPv4-mapped IPv6 address counts as its IPv4 address.
+    An unknown or malformed address, or a malformed network in the list, denies
+    (fail closed).
+    """
     if not allowed:
         return True
     if not src_ip:
         return False
     try:
         addr = ipaddress.ip_address(src_ip)
+        nets = [ipaddress.ip_network(n, strict=False) for n in allowed]
     except ValueError:
         return False
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    return any(addr in ipaddress.ip_network(n) for n in allowed)
+    return any(addr in net for net in nets)
 
 
 def source_bucket(src_ip: str | None) -> str | None:
