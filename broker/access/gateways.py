@@ -25,10 +25,11 @@ from broker.access.model import EnrolmentToken, Gateway, Instrument, Org, OrgKin
 from broker.access.people import is_platform, sees_all
 from broker.access.ports import SYSTEM, Actor, Context
 from broker.access.signin_failures import CountedFailures
+from wire.models import InventoryItem  # the one inventory-row shape (the contract's)
+from wire.names import PROTOCOL_VERSION
 
 PREFIX = "hoshu-enroll-v1"
 MAX_TTL_S = 7 * 86400
-PROTOCOL_VERSION = 1
 
 
 def key_pin(openssh_line: str) -> str:
@@ -57,18 +58,6 @@ class Enrolled:
     tunnel_host: str
     tunnel_port: int
     protocol_version: int = PROTOCOL_VERSION
-
-
-@dataclass(frozen=True, slots=True)
-class InventoryEntry:
-    name: str
-    host: str
-    ports: tuple[int, ...]
-    protocol: str
-    department: str = ""
-    model: str = ""
-    reachable: bool = True
-    host_key_fingerprint: str | None = None
 
 
 class GatewayService:
@@ -172,7 +161,7 @@ class GatewayService:
                           Object=gw.name, GatewayId=gw.id, HospitalId=gw.hospital_id)
             return gw
 
-    def record_inventory(self, gateway_id: str, items: list[InventoryEntry]) -> None:
+    def record_inventory(self, gateway_id: str, items: list[InventoryItem]) -> None:
         """Upsert what a gateway reports; a changed host key blocks sessions until accepted."""
         now = self.ctx.now()
         with self.ctx.uow() as tx:

@@ -16,17 +16,64 @@ review it afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from broker.access.auth import account_usable
 from broker.access.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from broker.access.estate import contract_covers
 from broker.access.history import move
-from broker.access.model import AccessRequest, Grant, GrantStatus, RequestStatus, Role, User
+from broker.access.model import (
+    AccessRequest,
+    Contract,
+    Grant,
+    GrantStatus,
+    RequestStatus,
+    Role,
+    User,
+)
 from broker.access.people import is_platform
-from broker.access.ports import SYSTEM, Actor, Context
+from broker.access.ports import SYSTEM, Actor, Context, Tx
 from broker.access.requests import NewRequest, RequestService, visible_filter
 
 LIVE = (GrantStatus.APPROVED.value, GrantStatus.ACTIVE.value)
 VERDICTS = ("accepted", "rejected")
+
+
+# The one definition of a live grant.  A grant lets its engineer in only while all of:
+# its status is live (approved or active) and ``now`` is inside its window
+# (:func:`grant_in_window`); its engineer's account is usable; and the vendor's contract
+# still covers the instruments used (:func:`contract_holds`).  :func:`grant_holds` is the
+# whole rule; the SSH front door, the certificate issuer and the gateways' windows use it.
+
+def grant_in_window(g: Grant, now: datetime) -> bool:
+    """The grant's status is live and ``now`` is between its start and its end."""
+    return g.status in LIVE and g.starts_at <= now < g.ends_at
+
+
+def contract_holds(tx: Tx, g: Grant, instruments: list[str], now: datetime) -> bool:
+    """A grant works only while the vendor's contract still covers its instruments."""
+    contracts = tx.find(Contract, vendor_id=g.vendor_id, hospital_id=g.hospital_id)
+    return all(any(contract_covers(c, name, now) for c in contracts) for name in instruments)
+
+
+def grant_holds(tx: Tx, g: Grant, now: datetime, *, instruments: list[str] | None = None
+                ) -> bool:
+    """The whole rule: in its window, engineer usable, contract covering ``instruments``
+    (default: all of the grant's instruments)."""
+    if not grant_in_window(g, now):
+        return False
+    user = tx.get(User, g.user_id)
+    if user is None or not account_usable(user, now):
+        return False
+    return contract_holds(tx, g, g.instruments if instruments is None else instruments, now)
+
+
+def latest_grant_end(tx: Tx, user_id: str, now: datetime) -> datetime | None:
+    """When the last of the user's live grants ends (``None``: no live grant)."""
+    ends = [g.ends_at for g in tx.find(Grant, user_id=user_id, status=list(LIVE))
+            if grant_holds(tx, g, now)]
+    return max(ends) if ends else None
 
 
 @dataclass(frozen=True, slots=True)

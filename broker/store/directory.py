@@ -7,7 +7,8 @@ gateway, engineer, key, grant or instrument yields ``None``.  The hot calls
 (``check_totp``, ``find_grant``, ``grant_end``) are one short transaction over
 indexed columns.  A grant stops working the moment its engineer is
 deactivated or expires, it is revoked or over, or the vendor's contract no
-longer covers its instruments.  The result types are the front door's own (``broker.ssh.ports``).
+longer covers its instruments: the one rule, :func:`broker.access.grants.grant_holds`.
+The result types are the front door's own (``broker.ssh.ports``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,8 @@ from datetime import datetime
 from broker.access import certs, sshkeys
 from broker.access.auth import account_usable
 from broker.access.errors import InvalidInput
-from broker.access.estate import contract_covers
-from broker.access.gateways import InventoryEntry
-from broker.access.grants import LIVE
+from broker.access.grants import LIVE, contract_holds, grant_holds, grant_in_window
 from broker.access.model import (
-    Contract,
     Gateway,
     Grant,
     GrantStatus,
@@ -32,20 +30,9 @@ from broker.access.model import (
     User,
 )
 from broker.access.permissions import role_allows
-from broker.access.ports import Tx
 from broker.access.services import Services
 from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
 from wire.models import GatewayRecord, InventoryItem
-
-
-def _grant_live(g: Grant, now: datetime) -> bool:
-    return g.status in LIVE and g.starts_at <= now < g.ends_at
-
-
-def _contract_holds(tx: Tx, g: Grant, instruments: list[str], now: datetime) -> bool:
-    """A grant works only while the vendor's contract still covers its instruments."""
-    contracts = tx.find(Contract, vendor_id=g.vendor_id, hospital_id=g.hospital_id)
-    return all(any(contract_covers(c, name, now) for c in contracts) for name in instruments)
 
 
 class StoreGatewayDirectory:
@@ -79,9 +66,7 @@ class StoreGatewayDirectory:
         return sorted(windows)
 
     def record_inventory(self, gateway_id: str, instruments: list[InventoryItem]) -> None:
-        self.s.gateways.record_inventory(gateway_id, [
-            InventoryEntry(i.name, i.host, tuple(i.ports), i.protocol, i.department, i.model,
-                           i.reachable, i.host_key_fingerprint) for i in instruments])
+        self.s.gateways.record_inventory(gateway_id, list(instruments))
 
 
 class StoreAccessPolicy:
@@ -139,9 +124,9 @@ class StoreAccessPolicy:
                     not inst.active or inst.pending_host_key_fingerprint is not None:
                 return None
             for g in tx.find(Grant, user_id=user_id, status=list(LIVE), order_by="ends_at"):
-                if _grant_live(g, now) and instrument in g.instruments and \
-                        port in g.ports and g.hospital_id == inst.hospital_id and \
-                        _contract_holds(tx, g, [instrument], now):
+                if instrument in g.instruments and port in g.ports and \
+                        g.hospital_id == inst.hospital_id and \
+                        grant_holds(tx, g, now, instruments=[instrument]):
                     return GrantView(g.id, g.user_id, instrument, tuple(g.ports), g.ends_at,
                                      g.file_transfer, g.hospital_id, g.emergency)
         return None
@@ -159,12 +144,12 @@ class StoreAccessPolicy:
                 return GrantEnd(None, "grant_ended")
             if g.status == GrantStatus.EXPIRED.value or now >= g.ends_at:
                 return GrantEnd(None, "grant_expired")
-            if not _grant_live(g, now):
+            if not grant_in_window(g, now):
                 return GrantEnd(None, "grant_not_started")
             user = tx.get(User, user_id)
             if user is None or not account_usable(user, now):
                 return GrantEnd(None, "engineer_inactive")
-            if not _contract_holds(tx, g, g.instruments, now):
+            if not contract_holds(tx, g, g.instruments, now):
                 return GrantEnd(None, "contract_ended")
             return GrantEnd(g.ends_at)
 

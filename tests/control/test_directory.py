@@ -149,3 +149,34 @@ def test_ending_the_contract_ends_the_grant_at_the_front_door(world: World) -> N
     w.s.estate.end_contract(w.actors["hadmin"], contract.id)
     assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is None
     assert policy.grant_end(gid, uid, w.clock.now).why == "contract_ended"
+
+
+def test_certificate_lifetime_follows_the_same_live_grant_rule_as_the_front_door(
+        world: World) -> None:
+    """The certificate issuer's "until when do your grants last" counts a grant only
+    while the front door would let it in: no certificate time on a grant whose
+    contract has ended or whose engineer is deactivated."""
+    from broker.ssh.wiring import store_grants_end
+
+    w = world
+    grants_end = store_grants_end(w.s)
+    uid = w.users["eng"].id
+    assert grants_end(uid, w.clock.now) is None
+    grant_for(w, ["cobas-1"])
+    assert grants_end(uid, w.clock.now) == w.clock.now + timedelta(hours=1)
+    contract = next(c for c in w.s.estate.list_contracts(w.admin)
+                    if c.hospital_id == w.hospital.id)
+    w.s.estate.end_contract(w.actors["hadmin"], contract.id)
+    assert StoreAccessPolicy(w.s).find_grant(uid, "cobas-1", 22, w.clock.now) is None
+    assert grants_end(uid, w.clock.now) is None
+
+
+def test_no_certificate_time_for_a_deactivated_engineer(world: World) -> None:
+    from broker.ssh.wiring import store_grants_end
+
+    w = world
+    grant_for(w, ["cobas-1"])
+    uid = w.users["eng"].id
+    assert store_grants_end(w.s)(uid, w.clock.now) is not None
+    w.s.people.deactivate(w.admin, "eng")
+    assert store_grants_end(w.s)(uid, w.clock.now) is None
