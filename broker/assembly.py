@@ -52,8 +52,8 @@ def audit_config(settings: BrokerSettings) -> AuditConfig:
     """The :class:`audit.service.AuditConfig` for a broker's settings."""
     return AuditConfig(
         log_path=settings.audit_log_path,
-        signing_key_path=settings.data_dir / "keys" / "audit_signing_key",
-        cursor_dir=settings.data_dir / "audit" / "cursors",
+        signing_key_path=settings.audit_signing_key_path,
+        cursor_dir=settings.audit_cursor_dir,
         index_url=settings.audit_index_url or settings.db_url,
         recordings_dir=settings.recordings_dir,
         sinks=[SinkConfig(**s) for s in settings.audit_sinks] + _azure_sink(settings),

@@ -96,13 +96,31 @@ class BrokerSettings(BaseSettings):
     def api_url(self) -> str:
         return self.public_api_url or f"http://{self.api_host}:{self.api_port}"
 
+    # Every path under data_dir is built here, and only here.
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
     @property
     def host_key_path(self) -> Path:
-        return self.data_dir / "keys" / "broker_host_key"
+        return self.keys_dir / "broker_host_key"
 
     @property
     def credential_key_path(self) -> Path:
-        return self.data_dir / "keys" / "credentials.key"
+        return self.keys_dir / "credentials.key"
+
+    @property
+    def front_door_host_key_path(self) -> Path:
+        return self.keys_dir / "ssh_front_door_host_key"
+
+    @property
+    def user_ca_key_path(self) -> Path:
+        return self.keys_dir / "ssh_user_ca"
+
+    @property
+    def audit_signing_key_path(self) -> Path:
+        return self.keys_dir / "audit_signing_key"
 
     @property
     def recordings_dir(self) -> Path:
@@ -113,5 +131,13 @@ class BrokerSettings(BaseSettings):
         return self.data_dir / "spools"
 
     @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
+
+    @property
     def audit_log_path(self) -> Path:
-        return self.data_dir / "audit" / "audit.log"
+        return self.audit_dir / "audit.log"
+
+    @property
+    def audit_cursor_dir(self) -> Path:
+        return self.audit_dir / "cursors"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -36,10 +35,10 @@ import httpx
 from audit.errors import AuditError
 from audit.recording import play
 from broker.cli.audit_local import add_compliance_parser, add_verify_parser
+from broker.cli.client import Client, api_url, load_token
 
 _FILTERS = ("start", "end", "hospital", "instrument", "engineer", "vendor", "outcome",
             "session", "grant")
-TIMEOUT_S = 30.0
 Params = list[tuple[str, str | int | float | bool | None]]
 
 
@@ -49,26 +48,10 @@ def _settings() -> Any:
     return BrokerSettings()
 
 
-def _api_url(args: argparse.Namespace) -> str:
-    return str(getattr(args, "api", None) or os.environ.get("HOSHU_API")
-               or "http://127.0.0.1:8440")
-
-
-def _token() -> str:
-    if os.environ.get("HOSHU_TOKEN"):
-        return os.environ["HOSHU_TOKEN"]
-    base = Path(os.environ.get("HOSHU_CONFIG_DIR") or Path.home() / ".config" / "hoshu")
-    try:
-        data = json.loads((base / "token.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    return str(data.get("access_token") or data.get("token") or "")
-
-
 def make_client(args: argparse.Namespace) -> httpx.Client:
-    """The API client (tests replace this with a client bound to an in-process app)."""
-    return httpx.Client(base_url=_api_url(args), timeout=TIMEOUT_S,
-                        headers={"Authorization": f"Bearer {_token()}"})
+    """The API client (tests replace this with a client bound to an in-process app):
+    the CLI's one :class:`~broker.cli.client.Client`, its answers read raw here."""
+    return Client(api_url(args), load_token()).http
 
 
 client_factory: Callable[[argparse.Namespace], httpx.Client] = make_client
@@ -99,7 +82,7 @@ def _reaching_api(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
         try:
             return func(args)
         except httpx.HTTPError as exc:
-            print(f"error: cannot reach the hoshu API at {_api_url(args)}: {exc}",
+            print(f"error: cannot reach the hoshu API at {api_url(args)}: {exc}",
                   file=sys.stderr)
             return 1
 
@@ -238,7 +221,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
     settings = _settings()
     log = settings.audit_log_path
-    store = CursorStore(settings.data_dir / "audit" / "cursors")
+    store = CursorStore(settings.audit_cursor_dir)
     if args.reset:
         sink, _, seq = args.reset.partition("=")
         try:

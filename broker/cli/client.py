@@ -5,6 +5,10 @@ bearer token from ``hoshu login`` is cached in ``$HOSHU_CONFIG_DIR/token.json``
 (default ``~/.config/hoshu``), mode 0600; ``$HOSHU_TOKEN`` overrides it (API
 tokens for scripts).  Every request has a timeout; every API error is shown as
 its one-line message and the command exits non-zero.
+
+:class:`Client` is the CLI's one HTTP client: every command module builds it
+(``Client.from_args`` or ``Client(api, load_token())``) and reads the token with
+:func:`load_token` only.  Errors: :mod:`broker.cli.errors`.
 """
 
 from __future__ import annotations
@@ -19,18 +23,14 @@ from typing import Any
 import httpx
 
 from audit.keyfiles import replace_secret
+from broker.cli.errors import ApiError, CliError
+
+__all__ = ["DEFAULT_API", "TIMEOUT_S", "ApiError", "CliError", "Client", "add_api_argument",
+           "api_url", "config_dir", "forget_token", "load_token", "run", "save_token",
+           "token_path"]
 
 DEFAULT_API = "http://127.0.0.1:8440"
 TIMEOUT_S = 30.0
-
-
-class CliError(Exception):
-    """Something the user must fix; printed without a traceback."""
-
-    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def config_dir() -> Path:
@@ -56,7 +56,8 @@ def load_token() -> str:
         data = json.loads(token_path().read_text())
     except (OSError, ValueError):
         return ""
-    return str(data.get("access_token") or "")
+    # "token": the key of token files written by early versions of `hoshu login`
+    return str(data.get("access_token") or data.get("token") or "")
 
 
 def forget_token() -> None:
@@ -90,18 +91,27 @@ class Client:
             raise CliError("not signed in: run `hoshu login` first")
         return cls(api_url(args), token)
 
+    @property
+    def http(self) -> httpx.Client:
+        """The underlying ``httpx`` client (base URL, bearer token, timeout set), for
+        commands that read raw answers: files, streams, their own error lines."""
+        return self._http
+
+    def unreachable(self, exc: httpx.HTTPError) -> ApiError:
+        return ApiError(f"the hoshu API at {self.api} cannot be reached ({exc})")
+
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              params: dict[str, Any] | None = None) -> Any:
         try:
             r = self._http.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:
-            raise CliError(f"the hoshu API at {self.api} cannot be reached ({exc})") from exc
+            raise self.unreachable(exc) from exc
         if r.status_code == 204:
             return None
         try:
             data = r.json()
         except ValueError as exc:
-            raise CliError(f"unexpected answer from {self.api} (HTTP {r.status_code})",
+            raise ApiError(f"unexpected answer from {self.api} (HTTP {r.status_code})",
                            r.status_code) from exc
         if r.status_code >= 400:
             err = data.get("error", {}) if isinstance(data, dict) else {}
@@ -113,11 +123,17 @@ class Client:
                     for d in details[:5] if isinstance(d, dict))
             if r.status_code == 401 and err.get("code") in ("token_expired", "unauthenticated"):
                 message += " (run `hoshu login`)"
-            raise CliError(message, r.status_code, str(err.get("code", "")))
+            raise ApiError(message, r.status_code, str(err.get("code", "")))
         return data
 
     def close(self) -> None:
         self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run(func: Any) -> Any:

@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from broker.cli.client import ApiError, Client, config_dir, load_token
 from broker.ssh.config import ConfigError, SshConfigRequest, known_hosts_line, render
 
 
@@ -66,7 +69,7 @@ def _ssh_config(args: argparse.Namespace) -> int:
         try:
             data = _api(args, "GET", "/v1/me/instruments")
             instruments = [str(i["name"]) for i in data.get("instruments", [])]
-        except _ApiError as exc:
+        except ApiError as exc:
             print(f"hoshu: {exc}; name instruments with --instrument", file=sys.stderr)
             return 1
     req = SshConfigRequest(
@@ -90,35 +93,26 @@ def _ssh_config(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ApiError(Exception):
-    pass
-
-
-def _token() -> str | None:
-    """The bearer token of ``hoshu login`` (or ``$HOSHU_TOKEN``), if any."""
-    from broker.cli.client import load_token
-
-    return load_token() or None
+def _client(args: argparse.Namespace) -> Client:
+    """The CLI's one API client, with the bearer token of ``hoshu login`` (or
+    ``$HOSHU_TOKEN``) if there is one."""
+    return Client(args.api, load_token(), timeout=15)
 
 
 def _api(args: argparse.Namespace, method: str, path: str,
          body: dict[str, Any] | None = None) -> Any:
-    import httpx
-
-    headers = {}
-    if (tok := _token()) is not None:
-        headers["Authorization"] = f"Bearer {tok}"
-    try:
-        r = httpx.request(method, args.api.rstrip("/") + path, headers=headers, json=body,
-                          timeout=15)
-    except httpx.HTTPError as exc:
-        raise _ApiError(f"the hoshu API at {args.api} cannot be reached ({exc})") from exc
+    """One API call; :class:`ApiError` ("<status>: <message>") on refusal."""
+    with _client(args) as client:
+        try:
+            r = client.http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"the hoshu API at {args.api} cannot be reached ({exc})") from exc
     if r.status_code >= 400:
         try:
             msg = r.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             msg = r.text[:200]
-        raise _ApiError(f"{r.status_code}: {msg}")
+        raise ApiError(f"{r.status_code}: {msg}", r.status_code)
     return r.json() if r.content else {}
 
 
@@ -131,11 +125,9 @@ def _ssh_cert(args: argparse.Namespace) -> int:
         return 2
     try:
         data = _api(args, "POST", "/v1/ssh/certificate", {"public_key": public_key})
-    except _ApiError as exc:
+    except ApiError as exc:
         print(f"hoshu: {exc}", file=sys.stderr)
         return 1
-    from broker.cli.client import config_dir
-
     stem = key_path.name.removesuffix(".pub")
     out = args.out.expanduser() if args.out else config_dir() / f"{stem}-cert.pub"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +139,7 @@ def _ssh_cert(args: argparse.Namespace) -> int:
 def _sessions_list(args: argparse.Namespace) -> int:
     try:
         data = _api(args, "GET", "/v1/sessions")
-    except _ApiError as exc:
+    except ApiError as exc:
         print(f"hoshu: {exc}", file=sys.stderr)
         return 1
     rows = data.get("sessions", [])
@@ -163,12 +155,10 @@ def _sessions_list(args: argparse.Namespace) -> int:
 
 
 def _sessions_watch(args: argparse.Namespace) -> int:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {t}"} if (t := _token()) else {}
-    url = f"{args.api.rstrip('/')}/v1/sessions/{args.session_id}/stream"
+    path = f"/v1/sessions/{args.session_id}/stream"
     try:
-        with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(15, read=None)) as r:
+        with _client(args) as client, client.http.stream(
+                "GET", path, timeout=httpx.Timeout(15, read=None)) as r:
             if r.status_code >= 400:
                 print(f"hoshu: {r.status_code}: cannot follow {args.session_id}", file=sys.stderr)
                 return 1
@@ -188,7 +178,7 @@ def _sessions_terminate(args: argparse.Namespace) -> int:
     try:
         _api(args, "POST", f"/v1/sessions/{args.session_id}/terminate",
              {"reason": args.reason})
-    except _ApiError as exc:
+    except ApiError as exc:
         print(f"hoshu: {exc}", file=sys.stderr)
         return 1
     print(f"session {args.session_id} terminated")

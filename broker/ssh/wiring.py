@@ -42,15 +42,14 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
 
 
 def store_grants_end(services: Any) -> Callable[[str, datetime], datetime | None]:
-    """When the user's active grants end (the latest), from the control plane's store."""
-    from broker.access.grants import LIVE
-    from broker.access.model import Grant
+    """When the user's live grants end (the latest), from the control plane's store; a
+    grant counts only as :func:`broker.access.grants.grant_holds` says."""
+    from broker.access.grants import latest_grant_end
 
     def grants_end(user_id: str, now: datetime) -> datetime | None:
         with services.ctx.uow() as tx:
-            ends = [g.ends_at for g in tx.find(Grant, user_id=user_id, status=list(LIVE))
-                    if g.starts_at <= now < g.ends_at]
-        return max(ends) if ends else None
+            end: datetime | None = latest_grant_end(tx, user_id, now)
+            return end
 
     return grants_end
 
@@ -84,10 +83,9 @@ def attach_front_door(
 
     settings = rt.settings
     services = rt.control.services
-    keys = settings.host_key_path.parent
     handle = FrontDoorHandle()
-    host_key = load_or_create_host_key(keys / "ssh_front_door_host_key")
-    ca = UserCA.load_or_create(keys / "ssh_user_ca")
+    host_key = load_or_create_host_key(settings.front_door_host_key_path)
+    ca = UserCA.load_or_create(settings.user_ca_key_path)
     the_policy = policy if policy is not None else StoreAccessPolicy(services)
     emitter = services.ctx.emitter
     if sessions_routes:
