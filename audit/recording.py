@@ -5,7 +5,7 @@ then one JSON array per event, ``[seconds, code, data]`` with code ``o``
 (output), ``i`` (input) or ``r`` (resize, ``"COLSxROWS"``).  The asciinema
 tools and web player read these files as they are.
 
-The writer is *fail closed*: creating it raises :class:`RecordingError` if the
+The writer is *fail closed*: creating it raises :class:`RecordingFileError` if the
 file cannot be created (the session must then not start), every write that
 fails raises too (the session must then end), and it refuses to overwrite an
 existing recording.  It keeps a running SHA-256 and size, which go into the
@@ -34,7 +34,7 @@ MAX_RECORDING_BYTES = 2 * 1024 * 1024 * 1024
 _SESSION_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
-class RecordingError(AuditError):
+class RecordingFileError(AuditError):
     """A recording cannot be written or read."""
 
 
@@ -49,7 +49,7 @@ class RecordingInfo:
 def recording_path(recordings_dir: str | os.PathLike[str], session_id: str) -> Path:
     """``<recordings_dir>/<session_id>.cast``; refuses ids that could escape the directory."""
     if not session_id or len(session_id) > 128 or not set(session_id) <= _SESSION_ID_OK:
-        raise RecordingError(f"invalid session id {session_id!r}")
+        raise RecordingFileError(f"invalid session id {session_id!r}")
     return Path(recordings_dir) / f"{session_id}.cast"
 
 
@@ -84,7 +84,8 @@ class AsciicastWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
-            raise RecordingError(f"cannot create recording {self.path}: {exc.strerror}") from exc
+            raise RecordingFileError(
+                f"cannot create recording {self.path}: {exc.strerror}") from exc
         self._f = os.fdopen(fd, "wb")
         header: dict[str, Any] = {"version": 2, "width": int(width), "height": int(height),
                                   "timestamp": int(timestamp if timestamp is not None
@@ -98,19 +99,19 @@ class AsciicastWriter:
     def _write_line(self, line: str) -> None:
         data = line.encode() + b"\n"
         if self._size + len(data) > self._max:
-            raise RecordingError(f"recording {self.path} reached its size limit")
+            raise RecordingFileError(f"recording {self.path} reached its size limit")
         try:
             self._f.write(data)
             self._f.flush()
         except (OSError, ValueError) as exc:
-            raise RecordingError(f"cannot write recording {self.path}: {exc}") from exc
+            raise RecordingFileError(f"cannot write recording {self.path}: {exc}") from exc
         self._hash.update(data)
         self._size += len(data)
 
     def _event(self, code: str, data: str) -> None:
         with self._lock:
             if self._closed is not None:
-                raise RecordingError(f"recording {self.path} is closed")
+                raise RecordingFileError(f"recording {self.path} is closed")
             t = max(self._last_t, round(self._mono() - self._start, 6))
             self._last_t = t
             self._write_line(json.dumps([t, code, data], ensure_ascii=False))
@@ -148,7 +149,7 @@ class AsciicastWriter:
                         os.fsync(self._f.fileno())
                     self._f.close()
                 except OSError as exc:
-                    raise RecordingError(f"cannot close recording {self.path}: {exc}") from exc
+                    raise RecordingFileError(f"cannot close recording {self.path}: {exc}") from exc
                 self._closed = RecordingInfo(self.path, self._size, self._hash.hexdigest(),
                                              self._last_t)
             return self._closed
@@ -179,22 +180,23 @@ def file_sha256(path: str | os.PathLike[str]) -> tuple[int, str]:
 
 def read_cast(path: str | os.PathLike[str], *,
               max_bytes: int = MAX_RECORDING_BYTES) -> tuple[dict[str, Any], Iterator[CastEvent]]:
-    """The header and a lazy iterator of events; malformed lines raise :class:`RecordingError`."""
+    """The header and a lazy iterator of events; malformed lines raise
+    :class:`RecordingFileError`."""
     p = Path(path)
     try:
         if p.stat().st_size > max_bytes:
-            raise RecordingError(f"recording {p} is larger than {max_bytes} bytes")
+            raise RecordingFileError(f"recording {p} is larger than {max_bytes} bytes")
         f = open(p, encoding="utf-8")
     except OSError as exc:
-        raise RecordingError(f"cannot read recording {p}: {exc.strerror}") from exc
+        raise RecordingFileError(f"cannot read recording {p}: {exc.strerror}") from exc
     try:
         header = json.loads(f.readline())
     except ValueError as exc:
         f.close()
-        raise RecordingError(f"{p} is not an asciicast recording") from exc
+        raise RecordingFileError(f"{p} is not an asciicast recording") from exc
     if not isinstance(header, dict) or header.get("version") != 2:
         f.close()
-        raise RecordingError(f"{p} is not an asciicast v2 recording")
+        raise RecordingFileError(f"{p} is not an asciicast v2 recording")
     return header, _events(f, p)
 
 
@@ -207,7 +209,7 @@ def _events(f: TextIO, p: Path) -> Iterator[CastEvent]:
                 t, code, data = json.loads(line)
                 yield CastEvent(float(t), str(code), str(data))
             except (ValueError, TypeError) as exc:
-                raise RecordingError(f"{p}: line {n} is not an asciicast event") from exc
+                raise RecordingFileError(f"{p}: line {n} is not an asciicast event") from exc
 
 
 def play(path: str | os.PathLike[str], write: Callable[[str], Any], *,
@@ -219,7 +221,7 @@ def play(path: str | os.PathLike[str], write: Callable[[str], Any], *,
     (the output already shows the echo); resizes are announced as a line.
     """
     if speed <= 0:
-        raise RecordingError("speed must be positive")
+        raise RecordingFileError("speed must be positive")
     _, events = read_cast(path)
     last, played = 0.0, 0
     for ev in events:

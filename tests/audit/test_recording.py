@@ -9,7 +9,7 @@ import pytest
 
 from audit.recording import (
     AsciicastWriter,
-    RecordingError,
+    RecordingFileError,
     file_sha256,
     play,
     read_cast,
@@ -57,24 +57,24 @@ def test_writer_fails_closed(tmp_path: Path) -> None:
     path = tmp_path / "sess-2.cast"
     _, w = _record(path)
     w.close()
-    with pytest.raises(RecordingError, match="cannot create"):
+    with pytest.raises(RecordingFileError, match="cannot create"):
         _record(path)  # never overwrites an existing recording
-    with pytest.raises(RecordingError, match="closed"):
+    with pytest.raises(RecordingFileError, match="closed"):
         w.output("late")
     (tmp_path / "ro").mkdir(mode=0o500)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(RecordingError):
+    with pytest.raises(RecordingFileError):
         AsciicastWriter(blocker / "x.cast", width=80, height=24)  # parent is not a directory
     small = AsciicastWriter(tmp_path / "small.cast", width=80, height=24, max_bytes=200)
-    with pytest.raises(RecordingError, match="size limit"):
+    with pytest.raises(RecordingFileError, match="size limit"):
         small.output("x" * 500)
 
 
 def test_session_ids_cannot_escape_the_recordings_directory(tmp_path: Path) -> None:
     assert recording_path(tmp_path, "abc-123") == tmp_path / "abc-123.cast"
     for bad in ("../etc/passwd", "a/b", "", "x" * 200):
-        with pytest.raises(RecordingError):
+        with pytest.raises(RecordingFileError):
             recording_path(tmp_path, bad)
 
 

@@ -36,7 +36,7 @@ from audit.emitter import Emitter
 from audit.events import new_event
 from audit.export import FORMATS, export_lines
 from audit.index import AuditIndex, EventQuery, QueryError
-from audit.recording import RecordingError, file_sha256, recording_path
+from audit.recording import RecordingFileError, file_sha256, recording_path
 from audit.report import ReportError
 from audit.report_render import LANGS, render_html
 from audit.review import build_review, render_review_html
@@ -145,7 +145,7 @@ def build_router(
     def recording(session_id: str, request: Request, caller: Recordings) -> Response:
         try:
             path = recording_path(recordings_dir, session_id)
-        except RecordingError as exc:
+        except RecordingFileError as exc:
             raise InvalidInput(str(exc), code="invalid_session_id") from exc
         started = index.search(EventQuery(session_id=session_id,
                                           types=("session.started",), limit=1)).events
