@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 
 from broker.cli.client import ApiError, Client, config_dir, load_token
-from broker.ssh.config import ConfigError, SshConfigRequest, known_hosts_line, render
+from broker.ssh.config import SshConfigRequest, known_hosts_line, render
+from broker.ssh.errors import SshConfigError
 
 
 def register(sub: Any) -> None:
@@ -79,7 +80,7 @@ def _ssh_config(args: argparse.Namespace) -> int:
     try:
         text = render(req)
         pinned = known_hosts_line(args.host_key_file.read_text()) if args.host_key_file else None
-    except (ConfigError, OSError) as exc:
+    except (SshConfigError, OSError) as exc:
         print(f"hoshu: {exc}", file=sys.stderr)
         return 2
     if pinned and args.write_known_hosts:

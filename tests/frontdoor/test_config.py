@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from broker.cli.main import main
-from broker.ssh.config import ConfigError, SshConfigRequest, render
+from broker.ssh.config import SshConfigRequest, render
+from broker.ssh.errors import SshConfigError
 from tests.frontdoor.harness import World, run
 
 
@@ -33,9 +34,9 @@ async def test_generated_config_makes_the_short_name_work(
 
 
 def test_config_refuses_bad_names() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(SshConfigError):
         render(SshConfigRequest("alice", "broker", 2222, ("Bad Name",)))
-    with pytest.raises(ConfigError):
+    with pytest.raises(SshConfigError):
         render(SshConfigRequest("alice+x", "broker", 2222, ("cobas-c503-1",)))
 
 
