@@ -73,8 +73,9 @@ TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
-    pass
+class IllegalAgentTransition(RuntimeError):
+    """A state change outside :data:`TRANSITIONS`: a bug in the agent, never a condition
+    of the network (those are states)."""
 
 
 class Backoff:
@@ -135,7 +136,7 @@ class GatewayAgent:
         if new is self.state:
             return
         if new not in TRANSITIONS[self.state]:
-            raise IllegalTransition(f"{self.state} -> {new}")
+            raise IllegalAgentTransition(f"{self.state} -> {new}")
         log.info("gateway state %s -> %s", self.state, new)
         self.state = new
 
@@ -454,4 +455,4 @@ class GatewayAgent:
                 await self._report_inventory(link)
             await asyncio.sleep(max(0.05, self._inventory_due()))
 
-__all__ = ["TRANSITIONS", "AgentState", "Backoff", "GatewayAgent", "IllegalTransition"]
+__all__ = ["TRANSITIONS", "AgentState", "Backoff", "GatewayAgent", "IllegalAgentTransition"]

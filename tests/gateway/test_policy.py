@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.agent import AgentState, Backoff, GatewayAgent, IllegalTransition
+from gateway.agent import AgentState, Backoff, GatewayAgent, IllegalAgentTransition
 from gateway.cli import main
 from gateway.config import Instrument, parse_config
 from gateway.errors import ConfigError
@@ -70,7 +70,7 @@ def test_agent_states_follow_the_transition_table() -> None:
     agent.state = AgentState.STOPPED
     agent._move(AgentState.CONNECTING)
     agent._move(AgentState.CONNECTED)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalAgentTransition):
         agent._move(AgentState.CONNECTING)  # must back off (or pause) first
     agent._move(AgentState.BACKING_OFF)
     agent._move(AgentState.CONNECTING)
