@@ -36,6 +36,7 @@ class BrokerSettings(BaseSettings):
     access_token_ttl_s: int = 900
     login_timeout_s: int = 120  # SSH sign-in time limit, as OpenSSH's LoginGraceTime
     max_body_bytes: int = 64 * 1024
+    body_timeout_s: int = 30  # an HTTP request body must arrive whole within this
     lockout_failures: int = 5  # sign-in failures (password or TOTP) ...
     lockout_window_s: int = 900  # ... within this window lock the account ...
     lockout_s: int = 900  # ... for this long

@@ -54,6 +54,6 @@ def create_app(
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
-                       timeout_s=float(settings.login_timeout_s))
+                       timeout_s=float(settings.body_timeout_s))
     app.add_middleware(ForwardedFor, trusted=settings.trusted_proxies)  # outermost
     return app

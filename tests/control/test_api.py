@@ -271,3 +271,34 @@ async def test_a_body_that_never_finishes_gets_408_and_never_reaches_the_route()
     await asyncio.wait_for(mw({"type": "http", "headers": []}, receive, send), 5)  # type: ignore[arg-type]
     assert sent[0]["status"] == 408 and b"request_timeout" in sent[1]["body"]  # type: ignore[operator]
     assert reached == []
+
+
+async def test_the_body_time_limit_is_its_own_setting_not_the_ssh_sign_in_limit(
+    world: World,
+) -> None:
+    """``body_timeout_s`` bounds a slow request body; the SSH sign-in limit does not."""
+    import asyncio
+    import time
+
+    from broker.api.app import create_app
+    from broker.settings import BrokerSettings
+
+    app = create_app(BrokerSettings(body_timeout_s=1, login_timeout_s=120), services=world.s)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        await asyncio.Event().wait()  # a client that stops sending
+        return {}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/auth/login", "raw_path": b"",
+             "query_string": b"", "headers": [(b"content-type", b"application/json"),
+                                              (b"content-length", b"100")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8440),
+             "scheme": "http", "http_version": "1.1", "root_path": ""}
+    start = time.monotonic()
+    await asyncio.wait_for(app(scope, receive, send), 10)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 408
+    assert time.monotonic() - start < 5  # the 1 s limit, not the 120 s SSH one
