@@ -24,7 +24,7 @@ import asyncssh
 
 from gateway.policy import Decision
 from wire import BROKER_USERNAME, CONTROL_SUBSYSTEM, LineFramer, Message, WireError, decode
-from wire.transport import CoalescingTransport
+from wire.sshcompat import coalesce_writes
 
 log = logging.getLogger("hoshu.gateway.server")
 
@@ -67,9 +67,7 @@ class GatewayServer(asyncssh.SSHServer):
         self._conn = conn
         # called before asyncssh writes anything: from here on its packets leave
         # joined per loop pass (see CoalescingTransport)
-        transport = conn._transport  # asyncssh 2.24 has no public hook for this
-        if isinstance(transport, asyncio.Transport):
-            conn._transport = CoalescingTransport(transport)
+        coalesce_writes(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._hub.connection_lost(exc)

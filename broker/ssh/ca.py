@@ -22,9 +22,9 @@ import asyncssh
 from audit import new_event
 from audit.emitter import Emitter
 from audit.keyfiles import create_secret
+from wire.sshcompat import cert_is_user, cert_valid_at
 
 MAX_CERT_LIFETIME = timedelta(hours=8)
-_CERT_TYPE_USER = 1  # asyncssh.public_key.CERT_TYPE_USER
 
 
 class CertificateRefused(Exception):
@@ -44,9 +44,9 @@ class UserCA:
     def load_or_create(cls, path: Path) -> UserCA:
         if path.exists():
             return cls(asyncssh.read_private_key(path))
-        ca = cls.generate()
-        create_secret(path, ca._key.export_private_key())  # born 0600; never chmod-ed
-        return ca
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        create_secret(path, key.export_private_key())  # born 0600; never chmod-ed
+        return cls(key)
 
     @property
     def public_key(self) -> asyncssh.SSHKey:
@@ -99,9 +99,8 @@ class UserCA:
         if cert.is_x509 or cert.signing_key != self._pub:
             return False
         # asyncssh's own validate() reads the wall clock; ours is injected.
-        if getattr(cert, "_cert_type", None) != _CERT_TYPE_USER:
+        if not cert_is_user(cert):
             return False
         if username not in cert.principals:
             return False
-        ts = int(now.timestamp())
-        return bool(getattr(cert, "_valid_after", 0) <= ts < getattr(cert, "_valid_before", 0))
+        return cert_valid_at(cert, int(now.timestamp()))

@@ -5,9 +5,10 @@ gets an :class:`~broker.ssh.server.EngineerServer` (thin asyncssh hooks) over
 the shared :class:`FrontDoor` (policy, connector, emitter, live sessions, CA).
 
 asyncssh completes authentication as soon as one method succeeds, so the
-connection class below turns a verified public-key signature into a *partial*
-success (RFC 4252 §5.1): the client must then answer keyboard-interactive with
-a TOTP code.  A user certificate issued by :class:`~broker.ssh.ca.UserCA`
+listener's connection class (:class:`wire.sshcompat.PartialSuccessConnection`,
+inside the asyncssh fence) turns a verified public-key signature into a
+*partial* success (RFC 4252 §5.1): the client must then answer
+keyboard-interactive with a TOTP code.  A user certificate issued by :class:`~broker.ssh.ca.UserCA`
 after password + TOTP counts as both factors.  There is no password method.
 """
 
@@ -21,11 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import asyncssh
-from asyncssh.constants import MSG_SERVICE_ACCEPT, MSG_SERVICE_REQUEST
-from asyncssh.packet import SSHPacket, String
 
 from audit import new_event
 from audit.emitter import Emitter
@@ -37,7 +36,7 @@ from broker.ssh.ports import AccessPolicy, InstrumentConnector
 from broker.ssh.recorder import Opener, default_opener
 from broker.ssh.sessions import SessionRegistry
 from broker.ssh.spool import SpoolBudget
-from wire.transport import CoalescingTransport
+from wire.sshcompat import server_connection_factory
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +151,14 @@ class FrontDoor:
             except Exception:  # an audit outage must not stop the front door
                 log.exception("cannot write the sum of failed logins")
 
+    def serve(self, server: asyncio.Server, host_key: asyncssh.SSHKey) -> None:
+        """Take the listening ``server``; start the grant watcher and the flood sums."""
+        self._server = server
+        self.port = server.sockets[0].getsockname()[1]
+        self.host_key_line = host_key.export_public_key().decode().strip()
+        self._watcher = asyncio.ensure_future(self.sessions.watch())
+        self._flood_task = asyncio.ensure_future(self._flush_floods_every(1.0))
+
     @property
     def connection_count(self) -> int:
         """Engineer connections open now (authenticated or still signing in)."""
@@ -194,61 +201,6 @@ class FrontDoor:
                 pass
         if self._server is not None:
             await self._server.wait_closed()
-
-
-class _MfaServerConnection(asyncssh.SSHServerConnection):
-    """asyncssh server connection whose public-key success is only partial.
-
-    ``validate_public_key`` is asyncssh's own check (key lookup, then signature
-    over the session id); only the final decision is ours: a plain key yields
-    ``False`` plus the partial-success flag on the failure message, a valid
-    hoshu user certificate yields ``True``.
-    """
-
-    def _hooks(self) -> Any:
-        return self._owner
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # one send per loop pass instead of two per packet (see CoalescingTransport)
-        super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport)))
-
-    async def validate_public_key(
-        self, username: str, key_data: bytes, msg: bytes, signature: bytes
-    ) -> bool:
-        hooks = self._hooks()
-        key = hooks.resolve_client_key(key_data)
-        if key is None:
-            return False
-        if not msg:
-            return True  # a probe: "would you accept this key?"
-        if not key.verify(String(self._session_id) + msg, signature):
-            return False
-        return cast(bool, hooks.key_proven(key_data, key))
-
-    def send_userauth_failure(self, partial_success: bool) -> None:
-        super().send_userauth_failure(partial_success or self._hooks().take_partial())
-
-    def _process_service_request_again(
-        self, pkttype: int, pktid: int, packet: SSHPacket
-    ) -> None:
-        """Accept a repeated ``ssh-userauth`` service request during authentication.
-
-        Some clients (paramiko) ask for the service again before each method,
-        also after a partial success; OpenSSH's sshd allows it, asyncssh not.
-        """
-        if self._auth_in_progress and not self._auth_complete:
-            service = packet.get_string()
-            packet.check_end()
-            if service != b"ssh-userauth":
-                raise asyncssh.ServiceNotAvailable("Unexpected service in service request")
-            self.send_packet(MSG_SERVICE_ACCEPT, String(service))
-            return
-        asyncssh.SSHServerConnection._process_service_request(self, pkttype, pktid, packet)
-
-    _packet_handlers = {  # noqa: RUF012  (asyncssh dispatches through this class table)
-        **asyncssh.SSHServerConnection._packet_handlers,
-        MSG_SERVICE_REQUEST: _process_service_request_again,
-    }
 
 
 async def start_front_door(
@@ -299,16 +251,9 @@ async def start_front_door(
         config=[],
     )
     loop = asyncio.get_running_loop()
-
-    def conn_factory() -> asyncssh.SSHServerConnection:
-        return _MfaServerConnection(loop, server_options, None, None, None)
-
     listen_host = settings.ssh_host if host is None else host
     listen_port = settings.ssh_port if port is None else port
-    server = await loop.create_server(conn_factory, listen_host, listen_port)
-    door._server = server
-    door.port = server.sockets[0].getsockname()[1]
-    door.host_key_line = host_key.export_public_key().decode().strip()
-    door._watcher = asyncio.ensure_future(door.sessions.watch())
-    door._flood_task = asyncio.ensure_future(door._flush_floods_every(1.0))
+    server = await loop.create_server(server_connection_factory(server_options), listen_host,
+                                      listen_port)
+    door.serve(server, host_key)
     return door

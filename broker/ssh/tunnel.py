@@ -166,7 +166,8 @@ class TunnelRegistry:
         info.conn.close()
         return True
 
-    async def _add(self, info: TunnelInfo) -> None:
+    async def add(self, info: TunnelInfo) -> None:
+        """Register a gateway's tunnel; an older one of the same gateway is told bye and closed."""
         old = self._tunnels.get(info.record.gateway_id)
         if old is not None and old.conn is not info.conn:
             old.conversation.bye("replaced by a newer connection")
@@ -175,7 +176,8 @@ class TunnelRegistry:
             self._tunnels[info.record.gateway_id] = info
             self._changed.notify_all()
 
-    async def _remove(self, info: TunnelInfo) -> None:
+    async def remove(self, info: TunnelInfo) -> None:
+        """Forget ``info`` unless a newer tunnel of the same gateway replaced it."""
         async with self._changed:
             if self._tunnels.get(info.record.gateway_id) is info:
                 del self._tunnels[info.record.gateway_id]
@@ -285,7 +287,7 @@ class TunnelListener:
                                   hello.gateway_version, client.fingerprint
                                   if isinstance(client, _BrokerClient) else "", peer, conv,
                                   offset)
-                await self.registry._add(info)
+                await self.registry.add(info)
                 self._emit("gateway.connected", GatewayId=record.gateway_id,
                            HospitalId=record.hospital_id, SrcIpAddr=peer,
                            details={"key_fingerprint": info.key_fingerprint,
@@ -303,7 +305,7 @@ class TunnelListener:
                 conv.acked_seq, self.registry.acked_seq.get(record.gateway_id, 0))
             conn.close()
             if info is not None:
-                await self.registry._remove(info)
+                await self.registry.remove(info)
                 why = {"EventResult": "Failure", "EventSeverity": "Medium",
                        "EventResultDetails": "revoked: the gateway's enrolment was revoked, "
                        "its tunnel closed"} if conv.revoked else {}
