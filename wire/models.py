@@ -39,7 +39,12 @@ class GatewayRecord:
 
 @dataclass(frozen=True, slots=True)
 class InventoryItem:
-    """One instrument a gateway exposes, as last probed by that gateway."""
+    """One instrument a gateway exposes, as last probed by that gateway.
+
+    The one inventory row: the gateway's prober returns it and the broker records it
+    (``GatewayService.record_inventory``).  On the control channel it travels as
+    :class:`InventoryEntry`, its validated message form.
+    """
 
     name: str
     host: str
