@@ -159,6 +159,11 @@ class ChainLog:
     def last_hash(self) -> str:
         return self._hash
 
+    @property
+    def synced_seq(self) -> int:
+        """The last seq known to be on disk: fsync'd (``fsync=True``) or found at open."""
+        return self._synced
+
     def emit(self, event: AuditEvent) -> AuditEvent:
         return self.append_many([event])[0]
 

@@ -184,7 +184,7 @@ def test_fsync_mode_group_commits_concurrent_appends(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join()
-        assert chain._synced == chain.seq == 200
+        assert chain.synced_seq == chain.seq == 200
     assert verify(log).ok and verify(log).count == 200
 
 
