@@ -2,22 +2,10 @@
 
 ``audit`` depends on neither ``gateway`` nor ``broker``; both emit through it.
 
-Error tree::
+Errors: one tree, drawn in :mod:`audit.errors`.
 
-    AuditError
-    ├── UnknownEventType      an event type that is not in the catalog
-    ├── InvalidEvent          a field the event type does not declare, or a bad value
-    ├── ChainError            the hash-chained log cannot be written or read
-    ├── OutboxError           (audit.outbox) shipping cannot proceed
-    │   ├── OutboxCorrupt     a cursor or log line cannot be trusted: the sink stops
-    │   └── SinkError         a sink did not acknowledge: the batch is retried
-    ├── MaskingError          (audit.masking) an invalid masking rule
-    ├── RecordingError        (audit.recording) a recording cannot be written or read
-    ├── QueryError            (audit.index) an invalid auditor query
-    ├── ReportError           (audit.report) no plan to report on, or a refused sign-off
-    └── RetentionError        (audit.retention) an unsafe retention setting
-
-Modules: ``events``/``catalog`` (the event model), ``chain``/``verify``/
+Modules: ``catalog`` (every event type, as read-only data) and ``events``
+(the envelope :func:`new_event` builds from it), ``chain``/``verify``/
 ``signing`` (the tamper-evident log and its check), ``keyfiles`` (secret files
 born 0600), ``outbox``/``shipper``/``sinks`` and ``masking`` (lossless
 shipping), ``index``/``export`` (auditor queries; broker only: it needs
@@ -27,16 +15,18 @@ SQLAlchemy), ``recording`` (asciicast v2), ``report``/``report_render``/
 and ``service.build_audit`` which wires them for the broker.
 """
 
+from audit.catalog import CATALOG, EventType, event_type
 from audit.errors import AuditError, ChainError, InvalidEvent, UnknownEventType
-from audit.events import AuditEvent, EventSpec, catalog, new_event
+from audit.events import AuditEvent, new_event
 
 __all__ = [
+    "CATALOG",
     "AuditError",
     "AuditEvent",
     "ChainError",
-    "EventSpec",
+    "EventType",
     "InvalidEvent",
     "UnknownEventType",
-    "catalog",
+    "event_type",
     "new_event",
 ]

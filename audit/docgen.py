@@ -1,7 +1,7 @@
 """Render ``docs/audit-events.md`` from the catalog.
 
 ``python -m audit.docgen > docs/audit-events.md`` regenerates the page; a test
-fails when the page and :func:`audit.events.catalog` disagree, so a new event
+fails when the page and :data:`audit.catalog.CATALOG` disagree, so a new event
 type cannot ship undocumented.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from audit.events import COLUMNS, Classification, EventSpec, catalog
+from audit.catalog import CATALOG, Classification, EventType
+from audit.events import COLUMNS
 
 _GROUPS = {
     "user": "People signing in (API and CLI)",
@@ -73,24 +74,24 @@ def _columns_table() -> list[str]:
     return [*lines, ""]
 
 
-def _spec_row(spec: EventSpec) -> str:
-    details = ", ".join(f"`{k}` ({_cls(v)})" for k, v in sorted(spec.details.items())) or "-"
-    delivery = "enforced" if spec.enforced else "best effort"
-    return (f"| `{spec.type}` | {spec.schema.value} | {spec.severity.value} | {delivery} "
-            f"| {spec.description} | {details} |")
+def _type_row(t: EventType) -> str:
+    details = ", ".join(f"`{k}` ({_cls(v)})" for k, v in sorted(t.details.items())) or "-"
+    delivery = "enforced" if t.enforced else "best effort"
+    return (f"| `{t.name}` | {t.schema.value} | {t.severity.value} | {delivery} "
+            f"| {t.description} | {details} |")
 
 
 def render() -> str:
-    groups: dict[str, list[EventSpec]] = defaultdict(list)
-    for spec in catalog().values():
-        groups[spec.type.split(".", 1)[0]].append(spec)
+    groups: dict[str, list[EventType]] = defaultdict(list)
+    for t in CATALOG.values():
+        groups[t.name.split(".", 1)[0]].append(t)
     lines = [_HEADER.rstrip("\n"), "", *_columns_table(), "## Event types", ""]
     order = [g for g in _GROUPS if g in groups] + sorted(set(groups) - set(_GROUPS))
     for group in order:
         lines += [f"### {_GROUPS.get(group, group)}", "",
                   "| type | ASIM schema | severity | delivery | meaning | details |",
                   "|---|---|---|---|---|---|"]
-        lines += [_spec_row(s) for s in sorted(groups[group], key=lambda s: s.type)]
+        lines += [_type_row(t) for t in sorted(groups[group], key=lambda t: t.name)]
         lines.append("")
     return "\n".join(lines)
 

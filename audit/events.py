@@ -5,8 +5,9 @@ Every event hoshu writes is a flat record whose columns are declared once in
 Authentication, NetworkSession, AuditEvent) where such a field exists, so that
 Sentinel can query them without parsers; hoshu's own columns (``HospitalId``,
 ``GrantId``, ...) are named in the same style.  Each event *type* is defined
-once in :mod:`audit.catalog` through :func:`define`; emitting a type that is
-not defined, or a column that does not exist, raises.
+once, as data, in :mod:`audit.catalog`; :func:`new_event` looks its type up
+there and raises for a type that is not defined, or a column or detail key
+that does not exist.
 
 Classification says what a column may carry: ``public`` (safe anywhere),
 ``sensitive`` (personal or operational data: masked before it leaves the
@@ -19,26 +20,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
-from audit.errors import InvalidEvent, UnknownEventType
-
-
-class Classification(StrEnum):
-    PUBLIC = "public"
-    SENSITIVE = "sensitive"
-    SECRET = "secret"  # noqa: S105  (a classification, not a password)
-
-
-class Schema(StrEnum):
-    """The ASIM schema an event type is normalized to."""
-
-    AUTHENTICATION = "Authentication"
-    NETWORK_SESSION = "NetworkSession"
-    AUDIT_EVENT = "AuditEvent"
+from audit.catalog import Classification, Schema, event_type
+from audit.errors import InvalidEvent
 
 
 class Result(StrEnum):
@@ -46,13 +35,6 @@ class Result(StrEnum):
     FAILURE = "Failure"
     PARTIAL = "Partial"
     NA = "NA"
-
-
-class Severity(StrEnum):
-    INFORMATIONAL = "Informational"
-    LOW = "Low"
-    MEDIUM = "Medium"
-    HIGH = "High"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,63 +100,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("ChainHash", "string", _P, "Hash committing to this event and all before it", False),
 )
 COLUMN_NAMES: frozenset[str] = frozenset(c.name for c in COLUMNS)
-_COLUMN_BY_NAME = {c.name: c for c in COLUMNS}
+_COLUMN_BY_NAME: Mapping[str, Column] = MappingProxyType({c.name: c for c in COLUMNS})
 # Set by the emitter and the chain, never by a caller.
 _MANAGED = frozenset({"TimeGenerated", "EventUid", "EventType", "EventSchema",
                       "EventSchemaVersion", "EventProduct", "EventVendor", "ChainSeq",
                       "ChainHash"})
-SCHEMA_VERSIONS = {
+SCHEMA_VERSIONS: Mapping[Schema, str] = MappingProxyType({
     Schema.AUTHENTICATION: "0.1.3",
     Schema.NETWORK_SESSION: "0.2.6",
     Schema.AUDIT_EVENT: "0.1.0",
-}
+})
 REDACTED = "[redacted]"
-
-
-@dataclass(frozen=True, slots=True)
-class EventSpec:
-    """One event type: its schema, default severity and declared detail keys."""
-
-    type: str
-    schema: Schema
-    description: str
-    severity: Severity = Severity.INFORMATIONAL
-    details: Mapping[str, Classification] = field(default_factory=dict)
-    enforced: bool = True  # delivery must succeed before the action proceeds
-
-
-_CATALOG: dict[str, EventSpec] = {}
-
-
-def define(
-    type_: str,
-    schema: Schema,
-    description: str,
-    *,
-    severity: Severity = Severity.INFORMATIONAL,
-    details: Mapping[str, Classification] | None = None,
-    enforced: bool = True,
-) -> EventSpec:
-    """Add one event type to the catalog; a type may be defined once only."""
-    if type_ in _CATALOG:
-        raise ValueError(f"event type {type_!r} is defined twice")
-    spec = EventSpec(type_, schema, description, severity, dict(details or {}), enforced)
-    _CATALOG[type_] = spec
-    return spec
-
-
-def catalog() -> Mapping[str, EventSpec]:
-    """Every defined event type, by name."""
-    import audit.catalog  # noqa: F401  (defines the types on first use)
-
-    return dict(_CATALOG)
-
-
-def spec_for(type_: str) -> EventSpec:
-    spec = catalog().get(type_)
-    if spec is None:
-        raise UnknownEventType(f"event type {type_!r} is not in the audit catalog")
-    return spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,11 +168,11 @@ def new_event(
     classified ``secret`` are replaced by ``[redacted]``; ``None`` values are
     dropped.
     """
-    spec = spec_for(type_)
+    spec = event_type(type_)  # one lookup in the read-only catalog, nothing copied
     record: dict[str, Any] = {
         "TimeGenerated": format_time(clock()),
         "EventUid": uid or str(uuid.uuid4()),
-        "EventType": spec.type,
+        "EventType": spec.name,
         "EventSchema": spec.schema.value,
         "EventSchemaVersion": SCHEMA_VERSIONS[spec.schema],
         "EventProduct": "hoshu",

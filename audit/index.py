@@ -43,8 +43,9 @@ from sqlalchemy import (
     select,
 )
 
+from audit.catalog import CATALOG
 from audit.errors import AuditError
-from audit.events import catalog, format_time
+from audit.events import format_time
 
 METADATA = MetaData()
 # Filterable columns, named as the event columns they copy.
@@ -110,7 +111,7 @@ class EventQuery:
                 raise QueryError("times must carry a time zone (UTC)")
         if not 1 <= self.limit <= MAX_PAGE:
             raise QueryError(f"page size must be between 1 and {MAX_PAGE}")
-        unknown = [t for t in self.types if t not in catalog()]
+        unknown = [t for t in self.types if t not in CATALOG]
         if unknown:
             raise QueryError(f"unknown event types: {', '.join(sorted(unknown))}")
         if self.outcome and self.outcome not in ("Success", "Failure", "Partial", "NA"):

@@ -21,8 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from audit.catalog import CATALOG, Classification
 from audit.errors import AuditError
-from audit.events import Classification, column, spec_for
+from audit.events import column
 
 
 class MaskingError(AuditError):
@@ -113,10 +114,8 @@ class Masker:
                 out[name] = self.mask_text(value, name)
         details = record.get("Details")
         if isinstance(details, Mapping):
-            try:
-                declared: Mapping[str, Classification] = spec_for(str(record["EventType"])).details
-            except (AuditError, KeyError):
-                declared = {}
+            known = CATALOG.get(str(record.get("EventType")))
+            declared: Mapping[str, Classification] = known.details if known else {}
             out["Details"] = {
                 k: (v if declared.get(k) is Classification.PUBLIC else self._mask_value(v, k))
                 for k, v in details.items()

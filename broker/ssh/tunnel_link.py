@@ -25,9 +25,10 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from audit.catalog import event_type
 from audit.emitter import Emitter
 from audit.errors import AuditError
-from audit.events import COLUMN_NAMES, AuditEvent, spec_for
+from audit.events import COLUMN_NAMES, AuditEvent
 from wire import (
     CONTROL_SUBSYSTEM,
     FORWARDED_EVENT_TYPES,
@@ -232,7 +233,7 @@ class ControlConversation:
         details = raw.get("Details", {})
         if (kind not in FORWARDED_EVENT_TYPES or not set(raw) <= COLUMN_NAMES
                 or not isinstance(details, dict)
-                or not set(details) <= set(spec_for(str(kind)).details)):
+                or not set(details) <= set(event_type(str(kind)).details)):
             log.error("gateway %s forwarded an event the broker does not accept: %r",
                       self.record.name, str(kind)[:64])
             return None

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.events import COLUMN_NAMES, catalog
+from audit.catalog import CATALOG
+from audit.events import COLUMN_NAMES
 from audit.sentinel import TABLE_NAME
 from tests.infra.bicep import MODULES_DIR, PLACEHOLDER, SENTINEL_DIR, function_calls, parse
 from tests.infra.kql import (
@@ -80,7 +81,7 @@ def test_the_form_check_catches_a_misspelt_operator() -> None:
 def test_rule_names_only_catalog_event_types(path: Path) -> None:
     types = [s for s in string_literals(path.read_text()) if EVENT_TYPE.match(s)]
     assert types or "EventType" not in path.read_text()
-    unknown = set(types) - set(catalog())
+    unknown = set(types) - set(CATALOG)
     assert not unknown, f"{path.name} names event types not in the catalog: {unknown}"
 
 
