@@ -15,7 +15,7 @@ from datetime import datetime, time
 from pathlib import Path
 from typing import Any
 
-from broker.cli.client import Client, CliError, add_api_argument, run
+from broker.cli.client import Client, CliError, add_action, add_actions, add_api_argument, run
 from broker.cli.output import console, done, emit_json, show, wants_json
 from broker.cli.requests import parse_duration
 
@@ -104,142 +104,193 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 # --- through the API ------------------------------------------------------------
+# One function per action; argparse (``register``) declares what each one needs.
+
 @run
-def cmd_orgs(args: argparse.Namespace) -> int:
-    client = Client.from_args(args)
-    if args.action == "create":
-        if not (args.name and args.kind):
-            raise CliError("usage: hoshu admin orgs create NAME --kind hospital|vendor")
-        org = client.call("POST", "/v1/orgs", {"name": args.name, "kind": args.kind,
-                                                "source_cidrs": args.source or []})
-        done(args, org, f"Created {org['kind']} {org['name']} ({org['id']}).")
-    elif args.action == "set-sources":
-        if not args.name:
-            raise CliError("usage: hoshu admin orgs set-sources NAME [--source NET ...]")
-        org = client.call("PATCH", f"/v1/orgs/{args.name}",
-                          {"source_cidrs": args.source or []})
-        done(args, org, f"{org['name']} may sign in from: "
-                        f"{', '.join(org['source_cidrs']) or 'anywhere'}.")
-    else:
-        show(args, client.call("GET", "/v1/orgs"), ORG_COLUMNS, "Organisations")
+def cmd_orgs_list(args: argparse.Namespace) -> int:
+    show(args, Client.from_args(args).call("GET", "/v1/orgs"), ORG_COLUMNS, "Organisations")
     return 0
 
 
 @run
-def cmd_users(args: argparse.Namespace) -> int:
-    client = Client.from_args(args)
-    a, name = args.action, args.name
-    if a not in ("list", "vendor-accounts") and not name:
-        raise CliError(f"usage: hoshu admin users {a} NAME ...")
-    if a == "create":
-        if not (args.full_name and args.org and args.role):
-            raise CliError("create needs --full-name, --org and --role")
-        pw = _secret_from(args, f"Initial password for {name}: ", confirm=True)
-        u = client.call("POST", "/v1/users", {
-            "name": name, "full_name": args.full_name, "org": args.org, "roles": args.role,
-            "password": pw, "expires_at": _when(args.expires), "email": args.email or ""})
-        done(args, u, f"Created {u['name']} ({', '.join(u['roles'])}); they enrol TOTP at "
-                      "first sign-in.")
-    elif a == "expire":
-        u = client.call("POST", f"/v1/users/{name}/expire", {"expires_at": _when(args.at)})
-        done(args, u, f"{u['name']} expires {u['expires_at'] or 'never'}.")
-    elif a == "deactivate":
-        u = client.call("POST", f"/v1/users/{name}/deactivate")
-        done(args, u, f"{u['name']} deactivated; tokens and sessions end now.")
-    elif a == "recertify":
-        u = client.call("POST", f"/v1/users/{name}/recertify",
-                        {"comment": args.comment or ""})
-        done(args, u, f"{u['name']} recertified.")
-    elif a == "reset-totp":
-        u = client.call("POST", f"/v1/users/{name}/reset-totp")
-        done(args, u, f"TOTP of {u['name']} reset; they enrol again at their next sign-in.")
-    elif a == "revoke-tokens":
-        r = client.call("POST", f"/v1/users/{name}/revoke-tokens")
-        done(args, r, f"Revoked {r['tokens']} token(s) and {len(r['cert_serials'])} SSH "
-                      f"certificate(s) of {r['user']}.")
-    elif a == "set-password":
-        pw = _secret_from(args, f"New password for {name}: ", confirm=True)
-        u = client.call("POST", f"/v1/users/{name}/password", {"password": pw})
-        done(args, u, f"Password of {u['name']} set.")
-    elif a == "add-key":
-        if not args.key_file:
-            raise CliError("add-key needs --key-file")
-        k = client.call("POST", f"/v1/users/{name}/keys",
-                        {"public_key": Path(args.key_file).read_text().strip()})
-        done(args, k, f"Registered {k['fingerprint']} for {name}.")
-    elif a == "show":
-        show(args, client.call("GET", f"/v1/users/{name}"), USER_COLUMNS)
-    elif a == "vendor-accounts":
-        params = {"hospital": args.hospital} if args.hospital else None
-        show(args, client.call("GET", "/v1/vendor-accounts", params=params), USER_COLUMNS,
-             "Vendor accounts that can reach the hospital")
-    else:
-        params = {"org": args.org} if args.org else None
-        show(args, client.call("GET", "/v1/users", params=params), USER_COLUMNS, "Users")
+def cmd_orgs_create(args: argparse.Namespace) -> int:
+    org = Client.from_args(args).call("POST", "/v1/orgs", {
+        "name": args.name, "kind": args.kind, "source_cidrs": args.source or []})
+    done(args, org, f"Created {org['kind']} {org['name']} ({org['id']}).")
     return 0
 
 
 @run
-def cmd_contracts(args: argparse.Namespace) -> int:
-    client = Client.from_args(args)
-    if args.action == "create":
-        if not (args.vendor and args.hospital and args.instrument):
-            raise CliError("create needs --vendor, --hospital and --instrument (or '*')")
-        c = client.call("POST", "/v1/contracts", {
-            "vendor": args.vendor, "hospital": args.hospital, "instruments": args.instrument,
-            "valid_until": _when(args.until), "reference": args.reference or ""})
-        done(args, c, f"Contract {c['id']} created.")
-    elif args.action == "end":
-        if not args.id:
-            raise CliError("usage: hoshu admin contracts end ID")
-        done(args, client.call("POST", f"/v1/contracts/{args.id}/end"), "Contract ended.")
-    else:
-        show(args, client.call("GET", "/v1/contracts"), CONTRACT_COLUMNS, "Contracts")
+def cmd_orgs_set_sources(args: argparse.Namespace) -> int:
+    org = Client.from_args(args).call("PATCH", f"/v1/orgs/{args.name}",
+                                      {"source_cidrs": args.source or []})
+    done(args, org, f"{org['name']} may sign in from: "
+                    f"{', '.join(org['source_cidrs']) or 'anywhere'}.")
     return 0
 
 
 @run
-def cmd_policy(args: argparse.Namespace) -> int:
+def cmd_users_list(args: argparse.Namespace) -> int:
+    params = {"org": args.org} if getattr(args, "org", None) else None
+    show(args, Client.from_args(args).call("GET", "/v1/users", params=params), USER_COLUMNS,
+         "Users")
+    return 0
+
+
+@run
+def cmd_users_vendor_accounts(args: argparse.Namespace) -> int:
+    params = {"hospital": args.hospital} if args.hospital else None
+    show(args, Client.from_args(args).call("GET", "/v1/vendor-accounts", params=params),
+         USER_COLUMNS, "Vendor accounts that can reach the hospital")
+    return 0
+
+
+@run
+def cmd_users_show(args: argparse.Namespace) -> int:
+    show(args, Client.from_args(args).call("GET", f"/v1/users/{args.name}"), USER_COLUMNS)
+    return 0
+
+
+@run
+def cmd_users_create(args: argparse.Namespace) -> int:
     client = Client.from_args(args)
-    if args.action == "set":
-        changes: dict[str, Any] = {}
-        if args.max_duration:
-            changes["max_duration_s"] = parse_duration(args.max_duration)
-        if args.approvals:
-            changes["approvals_required"] = args.approvals
-        if args.critical_approvals:
-            changes["critical_approvals_required"] = args.critical_approvals
-        if args.hours:
-            if args.hours == "any":
-                changes["hours_start"] = changes["hours_end"] = ""
-            else:
-                start, _, end = args.hours.partition("-")
-                for t in (start, end):
-                    try:
-                        time.fromisoformat(t)
-                    except ValueError as exc:
-                        raise CliError("--hours takes HH:MM-HH:MM or 'any'") from exc
-                changes["hours_start"], changes["hours_end"] = start, end
-        if args.timezone:
-            changes["timezone"] = args.timezone
-        for flag, key in (("file_transfer", "file_transfer_allowed"),
-                          ("emergency", "emergency_allowed"),
-                          ("record_input", "record_input")):
-            if _yes(getattr(args, flag)) is not None:
-                changes[key] = _yes(getattr(args, flag))
-        if args.emergency_max_duration:
-            changes["emergency_max_duration_s"] = parse_duration(args.emergency_max_duration)
-        if args.request_ttl:
-            changes["request_ttl_s"] = parse_duration(args.request_ttl)
-        p = client.call("PATCH", f"/v1/policies/{args.hospital}", changes)
-    else:
-        p = client.call("GET", f"/v1/policies/{args.hospital}")
+    name = args.name
+    pw = _secret_from(args, f"Initial password for {name}: ", confirm=True)
+    u = client.call("POST", "/v1/users", {
+        "name": name, "full_name": args.full_name, "org": args.org, "roles": args.role,
+        "password": pw, "expires_at": _when(args.expires), "email": args.email or ""})
+    done(args, u, f"Created {u['name']} ({', '.join(u['roles'])}); they enrol TOTP at "
+                  "first sign-in.")
+    return 0
+
+
+@run
+def cmd_users_expire(args: argparse.Namespace) -> int:
+    u = Client.from_args(args).call("POST", f"/v1/users/{args.name}/expire",
+                                    {"expires_at": _when(args.at)})
+    done(args, u, f"{u['name']} expires {u['expires_at'] or 'never'}.")
+    return 0
+
+
+@run
+def cmd_users_deactivate(args: argparse.Namespace) -> int:
+    u = Client.from_args(args).call("POST", f"/v1/users/{args.name}/deactivate")
+    done(args, u, f"{u['name']} deactivated; tokens and sessions end now.")
+    return 0
+
+
+@run
+def cmd_users_recertify(args: argparse.Namespace) -> int:
+    u = Client.from_args(args).call("POST", f"/v1/users/{args.name}/recertify",
+                                    {"comment": args.comment or ""})
+    done(args, u, f"{u['name']} recertified.")
+    return 0
+
+
+@run
+def cmd_users_reset_totp(args: argparse.Namespace) -> int:
+    u = Client.from_args(args).call("POST", f"/v1/users/{args.name}/reset-totp")
+    done(args, u, f"TOTP of {u['name']} reset; they enrol again at their next sign-in.")
+    return 0
+
+
+@run
+def cmd_users_revoke_tokens(args: argparse.Namespace) -> int:
+    r = Client.from_args(args).call("POST", f"/v1/users/{args.name}/revoke-tokens")
+    done(args, r, f"Revoked {r['tokens']} token(s) and {len(r['cert_serials'])} SSH "
+                  f"certificate(s) of {r['user']}.")
+    return 0
+
+
+@run
+def cmd_users_set_password(args: argparse.Namespace) -> int:
+    client = Client.from_args(args)
+    pw = _secret_from(args, f"New password for {args.name}: ", confirm=True)
+    u = client.call("POST", f"/v1/users/{args.name}/password", {"password": pw})
+    done(args, u, f"Password of {u['name']} set.")
+    return 0
+
+
+@run
+def cmd_users_add_key(args: argparse.Namespace) -> int:
+    client = Client.from_args(args)
+    k = client.call("POST", f"/v1/users/{args.name}/keys",
+                    {"public_key": Path(args.key_file).read_text().strip()})
+    done(args, k, f"Registered {k['fingerprint']} for {args.name}.")
+    return 0
+
+
+@run
+def cmd_contracts_list(args: argparse.Namespace) -> int:
+    show(args, Client.from_args(args).call("GET", "/v1/contracts"), CONTRACT_COLUMNS,
+         "Contracts")
+    return 0
+
+
+@run
+def cmd_contracts_create(args: argparse.Namespace) -> int:
+    c = Client.from_args(args).call("POST", "/v1/contracts", {
+        "vendor": args.vendor, "hospital": args.hospital, "instruments": args.instrument,
+        "valid_until": _when(args.until), "reference": args.reference or ""})
+    done(args, c, f"Contract {c['id']} created.")
+    return 0
+
+
+@run
+def cmd_contracts_end(args: argparse.Namespace) -> int:
+    done(args, Client.from_args(args).call("POST", f"/v1/contracts/{args.id}/end"),
+         "Contract ended.")
+    return 0
+
+
+def _show_policy(args: argparse.Namespace, p: dict[str, Any]) -> int:
     if wants_json(args):
         emit_json(p)
     else:
         show(args, [{"setting": k, "value": v} for k, v in p.items()],
              [("setting", "Setting"), ("value", "Value")], f"Policy of {args.hospital}")
     return 0
+
+
+@run
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    return _show_policy(args, Client.from_args(args).call("GET",
+                                                          f"/v1/policies/{args.hospital}"))
+
+
+@run
+def cmd_policy_set(args: argparse.Namespace) -> int:
+    client = Client.from_args(args)
+    changes: dict[str, Any] = {}
+    if args.max_duration:
+        changes["max_duration_s"] = parse_duration(args.max_duration)
+    if args.approvals:
+        changes["approvals_required"] = args.approvals
+    if args.critical_approvals:
+        changes["critical_approvals_required"] = args.critical_approvals
+    if args.hours:
+        if args.hours == "any":
+            changes["hours_start"] = changes["hours_end"] = ""
+        else:
+            start, _, end = args.hours.partition("-")
+            for t in (start, end):
+                try:
+                    time.fromisoformat(t)
+                except ValueError as exc:
+                    raise CliError("--hours takes HH:MM-HH:MM or 'any'") from exc
+            changes["hours_start"], changes["hours_end"] = start, end
+    if args.timezone:
+        changes["timezone"] = args.timezone
+    for flag, key in (("file_transfer", "file_transfer_allowed"),
+                      ("emergency", "emergency_allowed"),
+                      ("record_input", "record_input")):
+        if _yes(getattr(args, flag)) is not None:
+            changes[key] = _yes(getattr(args, flag))
+    if args.emergency_max_duration:
+        changes["emergency_max_duration_s"] = parse_duration(args.emergency_max_duration)
+    if args.request_ttl:
+        changes["request_ttl_s"] = parse_duration(args.request_ttl)
+    return _show_policy(args, client.call("PATCH", f"/v1/policies/{args.hospital}", changes))
 
 
 def _instrument_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -251,55 +302,226 @@ def _instrument_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @run
-def cmd_instruments(args: argparse.Namespace) -> int:
-    client = Client.from_args(args)
-    a, name = args.action, args.name
-    if a != "list" and not name:
-        raise CliError(f"usage: hoshu admin instruments {a} NAME ...")
-    if a == "create":
-        body = {"name": name, "hospital": args.hospital, **_instrument_fields(args)}
-        i = client.call("POST", "/v1/instruments", body)
-        done(args, i, f"Instrument {i['name']} registered.")
-    elif a == "set":
-        i = client.call("PATCH", f"/v1/instruments/{name}", _instrument_fields(args))
-        done(args, i, f"Instrument {i['name']} updated.")
-    elif a == "credential":
-        secret = _secret_from(args, f"Credential for {name}: ")
-        i = client.call("PUT", f"/v1/instruments/{name}/credential", {
-            "kind": args.kind, "secret": secret, "username": args.login_username})
-        done(args, i, f"Credential for {i['name']} stored (write-only).")
-    elif a == "accept-key":
-        if not args.fingerprint:
-            raise CliError("accept-key needs --fingerprint SHA256:...")
-        i = client.call("POST", f"/v1/instruments/{name}/accept-host-key",
-                        {"fingerprint": args.fingerprint})
-        done(args, i, f"Host key of {i['name']} accepted; sessions may resume.")
-    elif a == "show":
-        show(args, client.call("GET", f"/v1/instruments/{name}"), INSTRUMENT_COLUMNS)
-    else:
-        show(args, client.call("GET", "/v1/instruments"), INSTRUMENT_COLUMNS, "Instruments")
+def cmd_instruments_list(args: argparse.Namespace) -> int:
+    show(args, Client.from_args(args).call("GET", "/v1/instruments"), INSTRUMENT_COLUMNS,
+         "Instruments")
     return 0
 
 
 @run
-def cmd_gateway(args: argparse.Namespace) -> int:
-    client = Client.from_args(args)
-    if args.action == "token":
-        t = client.call("POST", "/v1/gateways/tokens",
-                        {"hospital": args.hospital, "ttl_s": args.ttl_s})
-        if wants_json(args):
-            emit_json(t)
-        else:
-            sys.stdout.write(t["token"] + "\n")
-            print(f"one-time enrolment token for {t['hospital']}, valid until "
-                  f"{t['expires_at']}", file=sys.stderr)
-    elif args.action == "revoke":
-        if not args.name:
-            raise CliError("usage: hoshu gateway revoke NAME")
-        done(args, client.call("POST", f"/v1/gateways/{args.name}/revoke"), "Revoked.")
-    else:
-        show(args, client.call("GET", "/v1/gateways"), GATEWAY_COLUMNS, "Gateways")
+def cmd_instruments_show(args: argparse.Namespace) -> int:
+    show(args, Client.from_args(args).call("GET", f"/v1/instruments/{args.name}"),
+         INSTRUMENT_COLUMNS)
     return 0
+
+
+@run
+def cmd_instruments_create(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "hospital": args.hospital, **_instrument_fields(args)}
+    i = Client.from_args(args).call("POST", "/v1/instruments", body)
+    done(args, i, f"Instrument {i['name']} registered.")
+    return 0
+
+
+@run
+def cmd_instruments_set(args: argparse.Namespace) -> int:
+    i = Client.from_args(args).call("PATCH", f"/v1/instruments/{args.name}",
+                                    _instrument_fields(args))
+    done(args, i, f"Instrument {i['name']} updated.")
+    return 0
+
+
+@run
+def cmd_instruments_credential(args: argparse.Namespace) -> int:
+    client = Client.from_args(args)
+    secret = _secret_from(args, f"Credential for {args.name}: ")
+    i = client.call("PUT", f"/v1/instruments/{args.name}/credential", {
+        "kind": args.kind, "secret": secret, "username": args.login_username})
+    done(args, i, f"Credential for {i['name']} stored (write-only).")
+    return 0
+
+
+@run
+def cmd_instruments_accept_key(args: argparse.Namespace) -> int:
+    i = Client.from_args(args).call("POST", f"/v1/instruments/{args.name}/accept-host-key",
+                                    {"fingerprint": args.fingerprint})
+    done(args, i, f"Host key of {i['name']} accepted; sessions may resume.")
+    return 0
+
+
+@run
+def cmd_gateway_list(args: argparse.Namespace) -> int:
+    show(args, Client.from_args(args).call("GET", "/v1/gateways"), GATEWAY_COLUMNS,
+         "Gateways")
+    return 0
+
+
+@run
+def cmd_gateway_token(args: argparse.Namespace) -> int:
+    t = Client.from_args(args).call("POST", "/v1/gateways/tokens",
+                                    {"hospital": args.hospital, "ttl_s": args.ttl_s})
+    if wants_json(args):
+        emit_json(t)
+    else:
+        sys.stdout.write(t["token"] + "\n")
+        print(f"one-time enrolment token for {t['hospital']}, valid until "
+              f"{t['expires_at']}", file=sys.stderr)
+    return 0
+
+
+@run
+def cmd_gateway_revoke(args: argparse.Namespace) -> int:
+    done(args, Client.from_args(args).call("POST", f"/v1/gateways/{args.name}/revoke"),
+         "Revoked.")
+    return 0
+
+
+# --- registration -----------------------------------------------------------------
+
+_ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]
+
+
+def _register_orgs(adm: Any) -> None:
+    p = adm.add_parser("orgs", help="organisations")
+    add_api_argument(p)
+    act = add_actions(p, cmd_orgs_list)
+    add_action(act, "list", cmd_orgs_list, "list organisations")
+    a = add_action(act, "create", cmd_orgs_create, "create a hospital or vendor")
+    a.add_argument("name")
+    a.add_argument("--kind", choices=["hospital", "vendor"], required=True)
+    a.add_argument("--source", action="append", help="allowed source network (vendors)")
+    a = add_action(act, "set-sources", cmd_orgs_set_sources,
+                   "the networks a vendor's people may sign in from")
+    a.add_argument("name")
+    a.add_argument("--source", action="append", help="allowed source network (none: any)")
+
+
+def _register_users(adm: Any) -> None:
+    p = adm.add_parser("users", help="user accounts")
+    add_api_argument(p)
+    p.add_argument("--org", help="list: only this organisation's accounts")
+    act = add_actions(p, cmd_users_list)
+    a = add_action(act, "list", cmd_users_list, "list accounts")
+    a.add_argument("--org", default=argparse.SUPPRESS,
+                   help="only this organisation's accounts")
+    a = add_action(act, "vendor-accounts", cmd_users_vendor_accounts,
+                   "vendor accounts that can reach a hospital")
+    a.add_argument("--hospital")
+    a = add_action(act, "show", cmd_users_show, "one account")
+    a.add_argument("name")
+    a = add_action(act, "create", cmd_users_create, "create an account")
+    a.add_argument("name")
+    a.add_argument("--full-name", required=True)
+    a.add_argument("--org", required=True)
+    a.add_argument("--role", action="append", choices=_ROLES, required=True)
+    a.add_argument("--expires", help="account expiry (ISO date)")
+    a.add_argument("--email")
+    a.add_argument("--password-stdin", action="store_true")
+    a = add_action(act, "expire", cmd_users_expire, "set or clear an account's expiry")
+    a.add_argument("name")
+    a.add_argument("--at", help="new expiry (ISO date or 'never')")
+    for name, func, help_text in (
+            ("deactivate", cmd_users_deactivate, "deactivate: tokens and sessions end now"),
+            ("reset-totp", cmd_users_reset_totp, "make the person enrol TOTP again"),
+            ("revoke-tokens", cmd_users_revoke_tokens,
+             "end the person's API tokens and SSH certificates")):
+        add_action(act, name, func, help_text).add_argument("name")
+    a = add_action(act, "recertify", cmd_users_recertify, "record an access review")
+    a.add_argument("name")
+    a.add_argument("--comment")
+    a = add_action(act, "set-password", cmd_users_set_password, "set a new password")
+    a.add_argument("name")
+    a.add_argument("--password-stdin", action="store_true")
+    a = add_action(act, "add-key", cmd_users_add_key, "register an SSH public key")
+    a.add_argument("name")
+    a.add_argument("--key-file", required=True)
+
+
+def _register_contracts(adm: Any) -> None:
+    p = adm.add_parser("contracts", help="vendor ↔ hospital contracts")
+    add_api_argument(p)
+    act = add_actions(p, cmd_contracts_list)
+    add_action(act, "list", cmd_contracts_list, "list contracts")
+    a = add_action(act, "create", cmd_contracts_create, "create a contract")
+    a.add_argument("--vendor", required=True)
+    a.add_argument("--hospital", required=True)
+    a.add_argument("--instrument", action="append", required=True,
+                   help="instrument name, or '*' for all (repeatable)")
+    a.add_argument("--until")
+    a.add_argument("--reference")
+    a = add_action(act, "end", cmd_contracts_end, "end a contract now")
+    a.add_argument("id")
+
+
+def _register_policy(adm: Any) -> None:
+    p = adm.add_parser("policy", aliases=["policies"], help="a hospital's access policy")
+    add_api_argument(p)
+    act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_action(act, "show", cmd_policy_show, "show the policy").add_argument("hospital")
+    a = add_action(act, "set", cmd_policy_set, "change settings of the policy")
+    a.add_argument("hospital")
+    a.add_argument("--max-duration")
+    a.add_argument("--approvals", type=int, choices=[1, 2])
+    a.add_argument("--critical-approvals", type=int, choices=[1, 2])
+    a.add_argument("--hours", help="HH:MM-HH:MM (hospital time) or 'any'")
+    a.add_argument("--timezone")
+    a.add_argument("--file-transfer", choices=["yes", "no"])
+    a.add_argument("--emergency", choices=["yes", "no"])
+    a.add_argument("--record-input", choices=["yes", "no"],
+                   help="record what engineers type in shells (default no)")
+    a.add_argument("--emergency-max-duration")
+    a.add_argument("--request-ttl")
+
+
+def _instrument_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--hospital", help="the instrument's hospital (create; set keeps it)")
+    a.add_argument("--host")
+    a.add_argument("--gateway")
+    a.add_argument("--ssh-port", type=int)
+    a.add_argument("--port", type=int, action="append")
+    a.add_argument("--protocol")
+    a.add_argument("--department")
+    a.add_argument("--model")
+    a.add_argument("--vendor")
+    a.add_argument("--criticality", choices=["low", "normal", "high", "critical"])
+    a.add_argument("--login-username")
+
+
+def _register_instruments(adm: Any) -> None:
+    p = adm.add_parser("instruments", help="instruments and their credentials")
+    add_api_argument(p)
+    act = add_actions(p, cmd_instruments_list)
+    add_action(act, "list", cmd_instruments_list, "list instruments")
+    add_action(act, "show", cmd_instruments_show, "one instrument").add_argument("name")
+    a = add_action(act, "create", cmd_instruments_create, "register an instrument")
+    a.add_argument("name")
+    _instrument_options(a)
+    a = add_action(act, "set", cmd_instruments_set, "change an instrument")
+    a.add_argument("name")
+    _instrument_options(a)
+    a = add_action(act, "credential", cmd_instruments_credential,
+                   "store the instrument's login credential (write-only)")
+    a.add_argument("name")
+    a.add_argument("--login-username")
+    a.add_argument("--kind", choices=["password", "private_key"], default="password")
+    a.add_argument("--secret-file", help="read the credential from a file")
+    a.add_argument("--secret-stdin", action="store_true")
+    a = add_action(act, "accept-key", cmd_instruments_accept_key,
+                   "accept a changed host key; sessions may resume")
+    a.add_argument("name")
+    a.add_argument("--fingerprint", required=True, help="SHA256:...")
+
+
+def _register_gateway(sub: Any) -> None:
+    gw = sub.add_parser("gateway", help="hospital gateways: enrolment tokens, list, revoke")
+    add_api_argument(gw)
+    act = add_actions(gw, cmd_gateway_list)
+    add_action(act, "list", cmd_gateway_list, "list gateways")
+    a = add_action(act, "token", cmd_gateway_token, "a one-time enrolment token")
+    a.add_argument("--hospital")
+    a.add_argument("--ttl-s", type=int, default=3600)
+    add_action(act, "revoke", cmd_gateway_revoke, "revoke a gateway").add_argument(
+        "name", help="gateway")
 
 
 def register(sub: Any) -> None:
@@ -313,88 +535,9 @@ def register(sub: Any) -> None:
     p.add_argument("--data-dir", help="broker data directory (env HOSHU_DATA_DIR)")
     p.set_defaults(func=cmd_bootstrap)
 
-    p = adm.add_parser("orgs", help="organisations")
-    add_api_argument(p)
-    p.add_argument("action", nargs="?", choices=["list", "create", "set-sources"],
-                   default="list")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--kind", choices=["hospital", "vendor"])
-    p.add_argument("--source", action="append", help="allowed source network (vendors)")
-    p.set_defaults(func=cmd_orgs)
-
-    p = adm.add_parser("users", help="user accounts")
-    add_api_argument(p)
-    p.add_argument("action", nargs="?", default="list", choices=[
-        "list", "show", "create", "expire", "deactivate", "recertify", "reset-totp",
-        "set-password", "revoke-tokens", "add-key", "vendor-accounts"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("--full-name")
-    p.add_argument("--org")
-    p.add_argument("--role", action="append", choices=[
-        "engineer", "approver", "hospital_admin", "auditor", "platform_admin"])
-    p.add_argument("--expires", help="account expiry (ISO date)")
-    p.add_argument("--at", help="new expiry for `expire` (ISO date or 'never')")
-    p.add_argument("--email")
-    p.add_argument("--comment")
-    p.add_argument("--hospital")
-    p.add_argument("--key-file")
-    p.add_argument("--password-stdin", action="store_true")
-    p.set_defaults(func=cmd_users)
-
-    p = adm.add_parser("contracts", help="vendor ↔ hospital contracts")
-    add_api_argument(p)
-    p.add_argument("action", nargs="?", choices=["list", "create", "end"], default="list")
-    p.add_argument("id", nargs="?")
-    p.add_argument("--vendor")
-    p.add_argument("--hospital")
-    p.add_argument("--instrument", action="append")
-    p.add_argument("--until")
-    p.add_argument("--reference")
-    p.set_defaults(func=cmd_contracts)
-
-    p = adm.add_parser("policy", aliases=["policies"], help="a hospital's access policy")
-    add_api_argument(p)
-    p.add_argument("action", choices=["show", "set"])
-    p.add_argument("hospital")
-    p.add_argument("--max-duration")
-    p.add_argument("--approvals", type=int, choices=[1, 2])
-    p.add_argument("--critical-approvals", type=int, choices=[1, 2])
-    p.add_argument("--hours", help="HH:MM-HH:MM (hospital time) or 'any'")
-    p.add_argument("--timezone")
-    p.add_argument("--file-transfer", choices=["yes", "no"])
-    p.add_argument("--emergency", choices=["yes", "no"])
-    p.add_argument("--record-input", choices=["yes", "no"],
-                   help="record what engineers type in shells (default no)")
-    p.add_argument("--emergency-max-duration")
-    p.add_argument("--request-ttl")
-    p.set_defaults(func=cmd_policy)
-
-    p = adm.add_parser("instruments", help="instruments and their credentials")
-    add_api_argument(p)
-    p.add_argument("action", nargs="?", default="list", choices=[
-        "list", "show", "create", "set", "credential", "accept-key"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("--hospital")
-    p.add_argument("--host")
-    p.add_argument("--gateway")
-    p.add_argument("--ssh-port", type=int)
-    p.add_argument("--port", type=int, action="append")
-    p.add_argument("--protocol")
-    p.add_argument("--department")
-    p.add_argument("--model")
-    p.add_argument("--vendor")
-    p.add_argument("--criticality", choices=["low", "normal", "high", "critical"])
-    p.add_argument("--login-username")
-    p.add_argument("--kind", choices=["password", "private_key"], default="password")
-    p.add_argument("--secret-file", help="read the credential from a file")
-    p.add_argument("--secret-stdin", action="store_true")
-    p.add_argument("--fingerprint")
-    p.set_defaults(func=cmd_instruments)
-
-    gw = sub.add_parser("gateway", help="hospital gateways: enrolment tokens, list, revoke")
-    add_api_argument(gw)
-    gw.add_argument("action", nargs="?", choices=["token", "list", "revoke"], default="list")
-    gw.add_argument("name", nargs="?", help="gateway (revoke)")
-    gw.add_argument("--hospital")
-    gw.add_argument("--ttl-s", type=int, default=3600)
-    gw.set_defaults(func=cmd_gateway)
+    _register_orgs(adm)
+    _register_users(adm)
+    _register_contracts(adm)
+    _register_policy(adm)
+    _register_instruments(adm)
+    _register_gateway(sub)

@@ -25,9 +25,9 @@ import httpx
 from audit.keyfiles import replace_secret
 from broker.cli.errors import ApiError, CliError
 
-__all__ = ["DEFAULT_API", "TIMEOUT_S", "ApiError", "CliError", "Client", "add_api_argument",
-           "api_url", "config_dir", "forget_token", "load_token", "run", "save_token",
-           "token_path"]
+__all__ = ["DEFAULT_API", "TIMEOUT_S", "ApiError", "CliError", "Client", "add_action",
+           "add_actions", "add_api_argument", "api_url", "config_dir", "forget_token",
+           "load_token", "run", "save_token", "token_path"]
 
 DEFAULT_API = "http://127.0.0.1:8440"
 TIMEOUT_S = 30.0
@@ -70,6 +70,23 @@ def forget_token() -> None:
 def add_api_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", default=None,
                         help=f"control plane URL (env HOSHU_API, default {DEFAULT_API})")
+
+
+def add_actions(parser: argparse.ArgumentParser, default: Any) -> Any:
+    """Sub-commands of an area (``hoshu admin users create ...``); the area alone runs
+    ``default`` (its list).  Each action's arguments are declared on its own parser, so
+    argparse, not the command, says what is missing (exit status 2)."""
+    parser.set_defaults(func=default)
+    return parser.add_subparsers(dest="action", metavar="ACTION")
+
+
+def add_action(actions: Any, name: str, func: Any, help: str) -> argparse.ArgumentParser:
+    """One action of an area; it takes ``--api`` after its name too."""
+    p: argparse.ArgumentParser = actions.add_parser(name, help=help)
+    # SUPPRESS: an --api given before the action is not reset by this parser's default
+    p.add_argument("--api", default=argparse.SUPPRESS, help="control plane URL")
+    p.set_defaults(func=func)
+    return p
 
 
 def api_url(args: argparse.Namespace) -> str:

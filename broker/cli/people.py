@@ -21,6 +21,8 @@ import qrcode
 from broker.cli.client import (
     Client,
     CliError,
+    add_action,
+    add_actions,
     add_api_argument,
     api_url,
     forget_token,
@@ -156,40 +158,52 @@ def cmd_totp_confirm(args: argparse.Namespace) -> int:
     return _confirm(args, args.code)
 
 
+_KEY_COLUMNS = [("id", "Id"), ("fingerprint", "Fingerprint"), ("comment", "Comment"),
+                ("created_at", "Added")]
+_TOKEN_COLUMNS = [("id", "Id"), ("name", "Name"), ("scopes", "Scopes"),
+                  ("expires_at", "Expires"), ("revoked_at", "Revoked")]
+
+
 @run
-def cmd_keys(args: argparse.Namespace) -> int:
-    client = Client.from_args(args)
-    if args.action == "add":
-        if not args.file:
-            raise CliError("name the public key file: hoshu keys add ~/.ssh/id_ed25519.pub")
-        line = Path(args.file).expanduser().read_text().strip()
-        key = client.call("POST", "/v1/me/keys", {"public_key": line})
-        done(args, key, f"Registered {key['fingerprint']}.")
-    elif args.action == "revoke":
-        key = client.call("POST", f"/v1/me/keys/{args.file}/revoke")
-        done(args, key, f"Revoked {key['fingerprint']}.")
-    else:
-        show(args, client.call("GET", "/v1/me/keys"),
-             [("id", "Id"), ("fingerprint", "Fingerprint"), ("comment", "Comment"),
-              ("created_at", "Added")], "SSH keys")
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    show(args, Client.from_args(args).call("GET", "/v1/me/keys"), _KEY_COLUMNS, "SSH keys")
     return 0
 
 
 @run
-def cmd_tokens(args: argparse.Namespace) -> int:
+def cmd_keys_add(args: argparse.Namespace) -> int:
     client = Client.from_args(args)
-    if args.action == "create":
-        if not args.name:
-            raise CliError("name the token: hoshu tokens create NAME --scope read")
-        data: Any = client.call("POST", "/v1/tokens", {
-            "name": args.name, "scopes": args.scope or ["read"], "ttl_s": args.ttl_s})
-        done(args, data, f"API token (shown once, keep it secret):\n{data['access_token']}")
-    elif args.action == "revoke":
-        done(args, client.call("POST", f"/v1/tokens/{args.name}/revoke"), "Revoked.")
-    else:
-        show(args, client.call("GET", "/v1/tokens"),
-             [("id", "Id"), ("name", "Name"), ("scopes", "Scopes"),
-              ("expires_at", "Expires"), ("revoked_at", "Revoked")], "API tokens")
+    line = Path(args.file).expanduser().read_text().strip()
+    key = client.call("POST", "/v1/me/keys", {"public_key": line})
+    done(args, key, f"Registered {key['fingerprint']}.")
+    return 0
+
+
+@run
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    key = Client.from_args(args).call("POST", f"/v1/me/keys/{args.id}/revoke")
+    done(args, key, f"Revoked {key['fingerprint']}.")
+    return 0
+
+
+@run
+def cmd_tokens_list(args: argparse.Namespace) -> int:
+    show(args, Client.from_args(args).call("GET", "/v1/tokens"), _TOKEN_COLUMNS, "API tokens")
+    return 0
+
+
+@run
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    data: Any = Client.from_args(args).call("POST", "/v1/tokens", {
+        "name": args.name, "scopes": args.scope or ["read"], "ttl_s": args.ttl_s})
+    done(args, data, f"API token (shown once, keep it secret):\n{data['access_token']}")
+    return 0
+
+
+@run
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    done(args, Client.from_args(args).call("POST", f"/v1/tokens/{args.id}/revoke"),
+         "Revoked.")
     return 0
 
 
@@ -227,15 +241,21 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("keys", help="your SSH public keys (engineers)")
     add_api_argument(p)
-    p.add_argument("action", nargs="?", choices=["list", "add", "revoke"], default="list")
-    p.add_argument("file", nargs="?", help="public key file (add) or key id (revoke)")
-    p.set_defaults(func=cmd_keys)
+    act = add_actions(p, cmd_keys_list)
+    add_action(act, "list", cmd_keys_list, "your registered keys")
+    add_action(act, "add", cmd_keys_add, "register a public key").add_argument(
+        "file", help="public key file, e.g. ~/.ssh/id_ed25519.pub")
+    add_action(act, "revoke", cmd_keys_revoke, "revoke a key").add_argument(
+        "id", help="key id (hoshu keys list)")
 
     p = sub.add_parser("tokens", help="API tokens for automation")
     add_api_argument(p)
-    p.add_argument("action", nargs="?", choices=["list", "create", "revoke"], default="list")
-    p.add_argument("name", nargs="?", help="token name (create) or id (revoke)")
-    p.add_argument("--scope", action="append", choices=["read", "requests", "decisions",
+    act = add_actions(p, cmd_tokens_list)
+    add_action(act, "list", cmd_tokens_list, "your API tokens")
+    a = add_action(act, "create", cmd_tokens_create, "a new API token (shown once)")
+    a.add_argument("name", help="token name")
+    a.add_argument("--scope", action="append", choices=["read", "requests", "decisions",
                                                         "admin"])
-    p.add_argument("--ttl-s", type=int, default=30 * 86400)
-    p.set_defaults(func=cmd_tokens)
+    a.add_argument("--ttl-s", type=int, default=30 * 86400)
+    add_action(act, "revoke", cmd_tokens_revoke, "revoke a token").add_argument(
+        "id", help="token id (hoshu tokens list)")
