@@ -9,9 +9,10 @@
                            API's error code) or could not be reached (status 0)
 
 Commands raise these and never let ``httpx`` errors out: :class:`broker.cli.client.Client`
-translates transport failures and error answers once.  Local failures of a command
-(a file it cannot read, a verification that fails) are reported by the command itself
-with its documented exit code.
+translates transport failures and error answers once.  A missing or malformed argument
+is argparse's usage error (exit 2) before any command runs.  Local failures of a command
+(a file it cannot read, a verification that fails, ``hoshu audit verify``'s private
+``_Usage``) are reported by the command itself with its documented exit code.
 """
 
 from __future__ import annotations
