@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from labsim.net import free_port
+
 CIPHER = "aes128-gcm@openssh.com"
 # Classical key exchange everywhere: asyncssh has no post-quantum hybrid without
 # liboqs, and OpenSSH's default sntrup761 would add ~50 ms to OpenSSH only.
@@ -27,12 +29,6 @@ SSHD = "/usr/sbin/sshd"
 
 class BenchError(RuntimeError):
     """A benchmark could not be set up or did not complete."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 15.0,

@@ -125,6 +125,11 @@ class Demo:
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
 
+    def restart_broker(self) -> None:
+        """Start ``hoshu serve`` again on the same data and ports (after it died); returns
+        at once: the caller waits for the ports."""
+        self._spawn("broker", [_tool("hoshu"), "serve"], self.env())
+
     def _wait_for(self, what: str, probe: Any, timeout_s: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

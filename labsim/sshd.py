@@ -59,6 +59,7 @@ class OpenSSHInstrument:
         host: str = LOOPBACK,
         sshd: Path = SSHD,
         start_timeout_s: float = 10.0,
+        force_command: bool = True,
     ) -> None:
         self.name = name
         self.model = model
@@ -67,6 +68,8 @@ class OpenSSHInstrument:
         self.username = getpass.getuser()
         self._sshd = sshd
         self._start_timeout_s = start_timeout_s
+        # False: sshd runs the account's own shell (an analyzer PC's service account)
+        self._force_command = force_command
         # <workdir>/<name>/ is what an engineer sees; keys and config stay beside it.
         self._dir = workdir / f".{name}"
         self._etc = self._dir / "etc"
@@ -259,6 +262,6 @@ class OpenSSHInstrument:
             "MaxStartups 30:50:100",
             "LogLevel VERBOSE",
             "Subsystem sftp internal-sftp",
-            f"ForceCommand {self._etc / 'session'}",
+            *([f"ForceCommand {self._etc / 'session'}"] if self._force_command else []),
         ]
         return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from broker.access.errors import Unauthenticated
 from broker.access.ports import Actor
 from broker.api import errors
 from broker.api.routes.audit import build_router
-from tests.audit.test_reports import _plan_events
+from tests.audit.test_reports import plan_events
 
 PEOPLE = {
     "okayama-approver": Actor("u1", "yamada", "h-okayama", "hospital", frozenset({"approver"})),
@@ -44,7 +44,7 @@ def _auth(request: Request) -> Actor:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[tuple[TestClient, CapturingEmitter]]:
     index = AuditIndex.from_url(f"sqlite:///{tmp_path / 'i.db'}")
-    index.add([e.record for e in _plan_events()])
+    index.add([e.record for e in plan_events()])
     index.add([new_event("ssh.login", ActorUsername="x", HospitalId="h-handa").record])
     rec = tmp_path / "recordings"
     with AsciicastWriter(rec / "s1.cast", width=80, height=24) as w:

@@ -9,20 +9,15 @@ from pathlib import Path
 from audit import new_event
 from audit.chain import ChainLog, read_events, verify
 from audit.signing import Checkpoint, CheckpointSigner, TrustedKeys
+from tests.support import FakeClock
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
 
 
 def _write(path: Path, signer: CheckpointSigner, n: int, every: int = 10,
            clock: FakeClock | None = None) -> None:
     with ChainLog(path, signer=signer, checkpoint_every=every, checkpoint_interval_s=3600,
-                  clock=clock or FakeClock()) as log:
+                  clock=clock or FakeClock(T0)) as log:
         for i in range(n):
             log.emit(new_event("session.command", details={"command": f"ls {i}"}))
 
@@ -40,7 +35,7 @@ def test_checkpoint_every_n_events_signed_and_verified(tmp_path: Path) -> None:
 
 
 def test_checkpoint_after_interval_even_with_few_events(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     signer = CheckpointSigner.generate()
     log_path = tmp_path / "audit.log"
     with ChainLog(log_path, signer=signer, checkpoint_every=1000, checkpoint_interval_s=60,

@@ -152,7 +152,7 @@ def test_outbox_shows_backlog_and_a_corrupt_cursor_can_be_reset(
 
 def test_an_unreachable_api_gives_one_clear_line(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.fixtures.siem import free_port
+    from tests.support import free_port
 
     assert main(["audit", "search", "--api", f"http://127.0.0.1:{free_port()}"]) == 1
     assert "cannot reach the hoshu API" in capsys.readouterr().err

@@ -18,15 +18,10 @@ from audit.retention import Retention, RetentionPolicy
 from audit.shipper import Shipper
 from audit.signing import CheckpointSigner
 from broker.cli.main import main
-from tests.fixtures.siem import wait_for
+from tests.fixtures.siem import DEADLINE_S
+from tests.support import FakeClock, poll_sync
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -41,8 +36,8 @@ def broker(tmp_path: Path) -> tuple[Path, AuditIndex, Path, str]:
             chain.emit(new_event("session.started", ActorUsername="tanaka",
                                  HospitalId="h-okayama", TargetSessionId=f"s{i}"))
     shipper = Shipper(IndexSink(index), log, CursorStore(log.parent / "cursors"))
-    wait_for(lambda: shipper.ship_once() == 0 and shipper.status().acked_seq >= 10,
-             what="the index to catch up")
+    poll_sync(lambda: shipper.ship_once() == 0 and shipper.status().acked_seq >= 10, DEADLINE_S,
+              what="the index to catch up")
     pinned = tmp_path / "auditor" / "key.pub"
     pinned.parent.mkdir()
     pinned.write_bytes(signer.public_pem())
@@ -107,7 +102,7 @@ def test_a_deleted_or_an_extra_index_row_fails_the_check(
 
 
 def test_rows_removed_by_announced_retention_are_accepted(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     log = tmp_path / "audit.log"
     index = AuditIndex.from_url(f"sqlite:///{tmp_path / 'i.db'}")
     with ChainLog(log, clock=clock) as chain:

@@ -15,16 +15,9 @@ from audit.report import ReportError
 from audit.report_render import render_html
 from audit.review import build_review, record_review, render_review_html
 from audit.workreports import ReportService
+from tests.support import FakeClock
 
 T0 = datetime(2026, 4, 14, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class IndexEmitter:
@@ -44,7 +37,7 @@ def _at(minutes: float) -> Any:
     return lambda: T0 + timedelta(minutes=minutes)
 
 
-def _plan_events(grant: str = "g1", request: str = "r1") -> list[AuditEvent]:
+def plan_events(grant: str = "g1", request: str = "r1") -> list[AuditEvent]:
     common = {"HospitalId": "h-okayama", "VendorId": "v-1", "RequestId": request}
     return [
         new_event("request.created", clock=_at(-60), ActorUsername="sato", ActorUserId="u-sato",
@@ -68,15 +61,15 @@ def _plan_events(grant: str = "g1", request: str = "r1") -> list[AuditEvent]:
     ]
 
 
-def _service(tmp_path: Path, clock: Clock) -> tuple[ReportService, IndexEmitter]:
+def _service(tmp_path: Path, clock: FakeClock) -> tuple[ReportService, IndexEmitter]:
     index = AuditIndex.from_url(f"sqlite:///{tmp_path / 'i.db'}")
     em = IndexEmitter(index)
     return ReportService(index, em, clock=clock, unsigned_after_days=7), em
 
 
 def test_work_inside_the_plan_gets_an_inside_verdict_in_both_languages(tmp_path: Path) -> None:
-    svc, em = _service(tmp_path, Clock())
-    svc.index.add([e.record for e in _plan_events()])
+    svc, em = _service(tmp_path, FakeClock(T0))
+    svc.index.add([e.record for e in plan_events()])
     report = svc.generate("g1")
     assert report["verdict"] == "inside_plan" and report["reasons"] == []
     assert report["plan"]["engineer"] == "sato" and report["plan"]["approved_by"] == ["yamada"]
@@ -90,7 +83,7 @@ def test_work_inside_the_plan_gets_an_inside_verdict_in_both_languages(tmp_path:
 
 
 def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
-    svc, _ = _service(tmp_path, Clock())
+    svc, _ = _service(tmp_path, FakeClock(T0))
     common = {"HospitalId": "h-okayama", "RequestId": "r1", "GrantId": "g1"}
     extra = [
         new_event("session.started", clock=_at(50), TargetHostname="lis-server",
@@ -104,7 +97,7 @@ def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
         new_event("session.started", clock=_at(200), TargetHostname="cobas-c503-1",
                   TargetPortNumber=22, TargetSessionId="s3", **common),
     ]
-    svc.index.add([e.record for e in _plan_events() + extra])
+    svc.index.add([e.record for e in plan_events() + extra])
     report = svc.build("g1")
     assert report["verdict"] == "outside_plan"
     codes = {r["code"] for r in report["reasons"]}
@@ -117,10 +110,10 @@ def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
 
 
 def test_sign_off_binds_the_report_hash_and_happens_once(tmp_path: Path) -> None:
-    svc, _em = _service(tmp_path, Clock())
+    svc, _em = _service(tmp_path, FakeClock(T0))
     with pytest.raises(ReportError, match="no work report"):
         svc.sign("g1", "00", user_id="u-y", username="yamada")
-    svc.index.add([e.record for e in _plan_events()])
+    svc.index.add([e.record for e in plan_events()])
     report = svc.generate("g1")
     with pytest.raises(ReportError, match="changed since it was read"):
         svc.sign("g1", "0" * 64, user_id="u-y", username="yamada")
@@ -133,9 +126,9 @@ def test_sign_off_binds_the_report_hash_and_happens_once(tmp_path: Path) -> None
 
 
 def test_report_unsigned_after_the_allowed_days_raises_one_alert(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     svc, em = _service(tmp_path, clock)
-    svc.index.add([e.record for e in _plan_events("g1", "r1") + _plan_events("g2", "r2")])
+    svc.index.add([e.record for e in plan_events("g1", "r1") + plan_events("g2", "r2")])
     svc.generate("g1")
     r2 = svc.generate("g2")
     svc.sign("g2", r2["report_sha256"], user_id="u-y", username="yamada")
@@ -150,7 +143,7 @@ def test_report_unsigned_after_the_allowed_days_raises_one_alert(tmp_path: Path)
 
 def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned(
         tmp_path: Path) -> None:
-    svc, em = _service(tmp_path, Clock())
+    svc, em = _service(tmp_path, FakeClock(T0))
     h = {"HospitalId": "h-okayama"}
     before = T0 - timedelta(days=20)
     events = [
@@ -169,7 +162,7 @@ def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned
         new_event("ssh.login", clock=_at(7), ActorUsername="other", SrcIpAddr="192.0.2.1",
                   HospitalId="h-elsewhere", EventResult="Failure"),
     ]
-    svc.index.add([e.record for e in events + _plan_events()])
+    svc.index.add([e.record for e in events + plan_events()])
     svc.generate("g1")
     review = build_review(svc.index, "2026-04", hospital_id="h-okayama", now=T0)
     assert review["failed_logins"]["count"] == 2
@@ -187,11 +180,11 @@ def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned
 
 
 def test_reports_are_generated_once_after_each_grant_ends(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     svc, em = _service(tmp_path, clock)
     ended = new_event("grant.expired", clock=_at(120), GrantId="g1", RequestId="r1",
                       HospitalId="h-okayama")
-    svc.index.add([e.record for e in [*_plan_events(), ended]])
+    svc.index.add([e.record for e in [*plan_events(), ended]])
     clock.now = T0 + timedelta(minutes=120, seconds=30)
     assert svc.generate_due(settle_s=60) == []  # late session events may still arrive
     clock.now = T0 + timedelta(minutes=125)

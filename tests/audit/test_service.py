@@ -14,7 +14,8 @@ from audit.service import AuditConfig, SinkConfig, build_audit
 from audit.signing import TrustedKeys
 from broker.assembly import audit_config
 from broker.settings import BrokerSettings
-from tests.fixtures.siem import ForwardServer, Rsyslog
+from tests.fixtures.siem import DEADLINE_S, ForwardServer, Rsyslog
+from tests.support import poll_sync
 
 
 def test_build_audit_ships_to_every_sink_and_indexes(
@@ -37,10 +38,8 @@ def test_build_audit_ships_to_every_sink_and_indexes(
         runtime.stop()
     fluent = [r for r in forward_server.records if r["EventType"] == "session.command"]
     assert len(fluent) == 100 and all("0012345678" not in str(r) for r in fluent)
-    from tests.fixtures.siem import wait_for
-
-    wait_for(lambda: sum("grep 0012345678" in x for x in rsyslog.lines()) == 100,
-             what="unmasked events in the hospital syslog")
+    poll_sync(lambda: sum("grep 0012345678" in x for x in rsyslog.lines()) == 100, DEADLINE_S,
+              what="unmasked events in the hospital syslog")
     pub = settings.data_dir / "keys" / "audit_signing_key.pub"
     result = verify(settings.audit_log_path, keys=TrustedKeys.from_pem_files([pub]))
     assert result.ok and result.checkpoints >= 1  # stop() seals the log with a checkpoint

@@ -17,13 +17,14 @@ from audit.sinks.azure import AzureLogsSink
 from audit.sinks.fluent import FluentForwardSink
 from audit.sinks.syslog import SyslogSink
 from tests.fixtures.siem import (
+    DEADLINE_S,
     ForwardServer,
     LogsIngestion,
     Rsyslog,
     StaticToken,
     tls_contexts,
-    wait_for,
 )
+from tests.support import poll_sync
 
 FAST = Backoff(initial_s=0.01, factor=2.0, max_s=0.2)
 
@@ -67,10 +68,10 @@ def test_fluentd_outage_during_10000_events_loses_nothing(
     service = _service(log, sink, tmp_path)
     try:
         _emit(log, 3000)
-        wait_for(lambda: len(set(forward_server.uids())) >= 3000, what="first events")
+        poll_sync(lambda: len(set(forward_server.uids())) >= 3000, DEADLINE_S, what="first events")
         forward_server.stop()
         _emit(log, 4000, 3000)
-        wait_for(lambda: service.status()[0].state == "backing_off", what="backoff")
+        poll_sync(lambda: service.status()[0].state == "backing_off", DEADLINE_S, what="backoff")
         assert service.status()[0].lag_events >= 4000
         forward_server.drop_before_ack = 2  # back, but closes mid-batch twice
         forward_server.start()
@@ -89,13 +90,13 @@ def test_logs_ingestion_outage_and_throttling_lose_nothing_and_match_the_stream(
     service = _service(log, sink, tmp_path)
     try:
         _emit(log, 3000)
-        wait_for(lambda: len(set(logs_ingestion.uids())) >= 3000, what="first events")
+        poll_sync(lambda: len(set(logs_ingestion.uids())) >= 3000, DEADLINE_S, what="first events")
         logs_ingestion.outage = True
         _emit(log, 3500, 3000)
-        wait_for(lambda: service.status()[0].state == "backing_off", what="backoff")
+        poll_sync(lambda: service.status()[0].state == "backing_off", DEADLINE_S, what="backoff")
         logs_ingestion.throttle = True  # 429 with Retry-After
         _emit(log, 3500, 6500)
-        wait_for(lambda: "HTTP 429" in service.status()[0].last_error, what="429 seen")
+        poll_sync(lambda: "HTTP 429" in service.status()[0].last_error, DEADLINE_S, what="429 seen")
         logs_ingestion.outage = False
         assert service.wait_idle(60)
     finally:
@@ -126,14 +127,16 @@ def test_rsyslog_outage_during_10000_events_loses_nothing(
     service = _service(log, sink, tmp_path)
     try:
         _emit(log, 3000)
-        wait_for(lambda: len(set(rsyslog.uids())) >= 3000, what="first events in rsyslog")
+        poll_sync(lambda: len(set(rsyslog.uids())) >= 3000, DEADLINE_S,
+                  what="first events in rsyslog")
         rsyslog.stop()
         _emit(log, 4000, 3000)
-        wait_for(lambda: service.status()[0].state == "backing_off", what="backoff")
+        poll_sync(lambda: service.status()[0].state == "backing_off", DEADLINE_S, what="backoff")
         rsyslog.start()
         _emit(log, 3000, 7000)
         assert service.wait_idle(30)
-        wait_for(lambda: len(set(rsyslog.uids())) >= log.seq, what="rsyslog to write all")
+        poll_sync(lambda: len(set(rsyslog.uids())) >= log.seq, DEADLINE_S,
+                  what="rsyslog to write all")
     finally:
         service.stop()
     _assert_exactly_once(log, rsyslog.uids())
@@ -229,7 +232,7 @@ def test_syslog_over_tls_to_a_real_rsyslog(log: ChainLog, tmp_path: Path) -> Non
         shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), batch_size=100)
         while shipper.ship_once():
             pass
-        wait_for(lambda: len(set(server.uids())) == 300, what="TLS events in rsyslog")
+        poll_sync(lambda: len(set(server.uids())) == 300, DEADLINE_S, what="TLS events in rsyslog")
     finally:
         server.stop()
     assert "hoshu - session.command" in server.lines()[0]

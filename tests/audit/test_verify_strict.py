@@ -22,7 +22,8 @@ from audit.signing import CheckpointSigner, TrustedKeys
 from audit.sinks.fluent import FluentForwardSink
 from audit.sinks.syslog import SyslogSink
 from broker.cli.main import main
-from tests.fixtures.siem import ForwardServer, Rsyslog, wait_for
+from tests.fixtures.siem import DEADLINE_S, ForwardServer, Rsyslog
+from tests.support import poll_sync
 
 EVERY = 5
 
@@ -166,7 +167,8 @@ def test_checkpoints_held_by_rsyslog_catch_a_rewrite_signed_with_the_real_key(
     log, pinned, signer = _broker_log(tmp_path)
     records = _records(log)
     SyslogSink("127.0.0.1", rsyslog.port, timeout_s=5).send(records)
-    wait_for(lambda: len(rsyslog.uids()) >= len(records), what="rsyslog to store the log")
+    poll_sync(lambda: len(rsyslog.uids()) >= len(records), DEADLINE_S,
+              what="rsyslog to store the log")
     assert _verify(log, "--key", str(pinned), "--checkpoint-from", str(rsyslog.out)) == 0
     assert "3 checkpoints from elsewhere matched" in capsys.readouterr().out
     # the key was stolen too: the attacker drops the last two commands and re-signs
@@ -188,7 +190,8 @@ def test_checkpoints_held_by_fluentd_as_json_lines_catch_an_edit(
         capsys: pytest.CaptureFixture[str]) -> None:
     log, pinned, signer = _broker_log(tmp_path)
     FluentForwardSink("127.0.0.1", forward_server.port, timeout_s=5).send(_records(log))
-    wait_for(lambda: len(forward_server.uids()) >= 15, what="fluentd to receive the log")
+    poll_sync(lambda: len(forward_server.uids()) >= 15, DEADLINE_S,
+              what="fluentd to receive the log")
     siem = tmp_path / "siem.jsonl"  # what Fluentd's out_file keeps: one JSON per line
     siem.write_text("".join(json.dumps(r) + "\n" for r in forward_server.records))
     _rehash(log, signer=signer, edit='"ls 3"', to='"rm 3"')  # stolen key, re-signed

@@ -11,7 +11,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from broker.access.ports import Actor, Config, Context
 from broker.access.services import Services
 from broker.store.db import Store, make_engine, upgrade
 from broker.store.tables import metadata
+from tests.support import FakeClock
 
 HAVE_POSTGRES = importlib.util.find_spec("tests.fixtures.postgres") is not None
 BACKENDS = ["sqlite", "postgresql"] if HAVE_POSTGRES else ["sqlite"]
@@ -43,18 +44,6 @@ def openssh_public_key() -> str:
 
 BROKER_KEY = openssh_public_key()
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 10:00 in Tokyo
-
-
-class FakeClock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +87,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

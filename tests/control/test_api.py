@@ -9,7 +9,8 @@ from datetime import timedelta
 from audit.testing import CapturingEmitter
 from broker.access import totp
 from tests.control.apihelp import auth, client_for, session_token
-from tests.control.conftest import PASSWORD, FakeClock, World, openssh_public_key
+from tests.control.conftest import PASSWORD, World, openssh_public_key
+from tests.support import FakeClock
 
 
 def assert_error(resp: object, status: int, code: str | None = None) -> dict[str, object]:

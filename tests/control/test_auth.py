@@ -16,7 +16,8 @@ from broker.access.errors import (
     Unauthenticated,
 )
 from broker.access.people import NewUser
-from tests.control.conftest import PASSWORD, FakeClock, World
+from tests.control.conftest import PASSWORD, World
+from tests.support import FakeClock
 
 
 def test_first_login_only_allows_totp_enrolment_then_full_login(world: World,

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from broker.cli.main import main
 from broker.settings import BrokerSettings
 from tests.control.apihelp import session_token
 from tests.control.conftest import PASSWORD, World, openssh_public_key
+from tests.support import free_port, poll_sync
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -39,10 +39,7 @@ def live_api(services: Services) -> Iterator[str]:
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
                               daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "API server did not start"
-        time.sleep(0.01)
+    poll_sync(lambda: server.started, 10, "the API server to start", interval_s=0.01)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
@@ -169,24 +166,19 @@ def test_bootstrap_serve_and_sign_in_as_separate_processes(tmp_path: Path) -> No
                        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     secret = json.loads(r.stdout)["totp_secret"]
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     api = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([hoshu, "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def healthy() -> bool:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             try:
-                if httpx.get(f"{api}/v1/health", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{api}/v1/health", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "hoshu serve did not come up"
-            time.sleep(0.05)
+                return False
+
+        poll_sync(healthy, 30, "hoshu serve to come up", interval_s=0.05)
         from datetime import UTC, datetime
 
         code = totp.code_at(secret, datetime.now(UTC))

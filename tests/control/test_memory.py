@@ -14,12 +14,13 @@ from broker.access.requests import NewRequest
 from broker.access.services import Services
 from broker.store.directory import StoreAccessPolicy
 from broker.store.memory import MemoryStore
-from tests.control.conftest import FakeClock, World, build_world, make_context
+from tests.control.conftest import T0, World, build_world, make_context
+from tests.support import FakeClock
 
 
 @pytest.fixture
 def mworld() -> World:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     s = Services.build(make_context(MemoryStore(), CapturingEmitter(), clock))  # type: ignore[arg-type]
     return build_world(s, clock)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ from broker.assembly import build_broker
 from broker.runtime import Runtime
 from broker.settings import BrokerSettings
 from tests.control.apihelp import auth, session_token
-from tests.control.conftest import PASSWORD, FakeClock, World, build_world, openssh_public_key
+from tests.control.conftest import PASSWORD, T0, World, build_world, openssh_public_key
+from tests.support import FakeClock, poll_sync
 
 DOC = Path(__file__).parents[2] / "docs" / "permissions.md"
 ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE|SSH) (/?\S+)` "
@@ -123,11 +123,9 @@ def _targets(w: World, client: TestClient, root_token: str) -> dict[str, str]:
     # a session of the hospital in the audit trail, so its recording has an owner
     s.ctx.emit("session.started", w.actors["eng"], TargetSessionId="s-walk",
                HospitalId=w.hospital.id, details={"kind": "shell"})
-    deadline = time.monotonic() + 15
-    while not client.get("/v1/audit/events?session=s-walk",
-                         headers=auth(root_token)).json()["events"]:
-        assert time.monotonic() < deadline, "the index never saw the session"
-        time.sleep(0.05)
+    poll_sync(lambda: client.get("/v1/audit/events?session=s-walk",
+                                 headers=auth(root_token)).json()["events"],
+              15, "the index to see the session", interval_s=0.05)
     return {"org": beta.name, "user": spare.name, "key_id": key.id, "token_id": "no-such-token",
             "contract_id": contract.id, "hospital": "hoshi-hospital", "name": "cobas-1",
             "gateway": gw.gateway_id, "request_id": req.id, "grant_id": grant.id,
@@ -136,7 +134,7 @@ def _targets(w: World, client: TestClient, root_token: str) -> dict[str, str]:
 
 def _walk_world(broker: Runtime) -> tuple[World, dict[str, Any]]:
     services = broker.control.services
-    w = build_world(services, FakeClock())
+    w = build_world(services, FakeClock(T0))
     platform = services.people.org_of(w.admin.org_id)
     assert platform is not None
     w.add_user("paud", platform, ["auditor"])

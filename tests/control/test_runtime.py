@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -13,12 +12,13 @@ from broker.access.passwords import Hasher
 from broker.access.requests import NewRequest
 from broker.runtime import build_runtime, sweep_forever
 from broker.settings import BrokerSettings
-from tests.control.conftest import FakeClock, build_world
+from tests.control.conftest import T0, build_world
+from tests.support import FakeClock, poll
 
 
 async def test_runtime_serves_the_api_and_its_sweeper_expires_requests(tmp_path: Path
                                                                        ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     emitter = CapturingEmitter()
     settings = BrokerSettings(data_dir=tmp_path / "data")
     rt = build_runtime(settings, emitter=emitter, clock=clock,
@@ -31,10 +31,8 @@ async def test_runtime_serves_the_api_and_its_sweeper_expires_requests(tmp_path:
         req = w.s.requests.create(w.actors["eng"], NewRequest(["cobas-1"], 600, "x"))
         clock.advance(8 * 86400)
         task = asyncio.create_task(sweep_forever(rt.control, 0.01))
-        deadline = time.monotonic() + 10
-        while w.s.requests.show(w.actors["eng"], req.id).request.status != "expired":
-            assert time.monotonic() < deadline, "the sweeper did not expire the request"
-            await asyncio.sleep(0.02)
+        await poll(lambda: w.s.requests.show(w.actors["eng"], req.id).request.status == "expired",
+                   10, "the sweeper to expire the request")
         task.cancel()
         assert emitter.of_type("request.expired")
         assert len(rt.tasks) == 1 and rt.closers

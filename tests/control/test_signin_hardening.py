@@ -19,8 +19,9 @@ from audit.testing import CapturingEmitter
 from broker.access import certs, totp
 from broker.access.passwords import Hasher
 from tests.control.apihelp import auth, client_for, session_token
-from tests.control.conftest import PASSWORD, FakeClock, World, openssh_public_key
+from tests.control.conftest import PASSWORD, World, openssh_public_key
 from tests.control.test_cli import SQLITE_ONLY, cli, live_api  # noqa: F401  (fixtures)
+from tests.support import FakeClock
 
 NEW_PASSWORD = "a-much-better-passphrase-42"
 

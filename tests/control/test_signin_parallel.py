@@ -19,7 +19,8 @@ from broker.access import totp
 from broker.access.errors import LockedOut, Unauthenticated
 from broker.access.model import AuthFailure, User
 from broker.access.passwords import Hasher
-from tests.control.conftest import PASSWORD, FakeClock, World
+from tests.control.conftest import PASSWORD, World
+from tests.support import FakeClock
 
 N = 8
 WAIT_S = 2.0

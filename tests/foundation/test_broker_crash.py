@@ -22,10 +22,12 @@ from typing import Any
 
 import pytest
 
-from hoshu_demo.demo import Demo, _tool
+from hoshu_demo.demo import Demo
 from tests.foundation.test_demo import Totp
+from tests.support import poll_sync
 
 pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(300)]
+WAIT_S = 30.0  # a whole system on two cores: broker, gateway, sshd
 
 
 @pytest.fixture
@@ -47,14 +49,6 @@ def _events(log: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue  # a line the kill cut short
     return out
-
-
-def _wait(what: str, check: Any, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return result
 
 
 def _listening(port: int) -> bool:
@@ -96,9 +90,9 @@ def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo
     recordings = root / "broker" / "recordings"
     try:
         # the output is on disk within a second (timed flush), before the kill
-        cast = _wait("the recorded output", lambda: next(
+        cast = poll_sync(lambda: next(
             (p for p in recordings.glob("*.cast") if b"crash-marker-42" in p.read_bytes()),
-            None))
+            None), WAIT_S, what="the recorded output", interval_s=0.1)
         broker = d.procs["broker"]
         os.killpg(broker.pid, signal.SIGKILL)
         broker.wait(timeout=10)
@@ -110,14 +104,15 @@ def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo
     log = root / "broker" / "audit" / "audit.log"
     assert not [e for e in _events(log) if e.get("EventType") == "session.ended"]
 
-    d._spawn("broker", [_tool("hoshu"), "serve"], d.env())
-    _wait("the restarted broker", lambda: _listening(d.api_port) and _listening(d.ssh_port))
+    d.restart_broker()
+    poll_sync(lambda: _listening(d.api_port) and _listening(d.ssh_port), WAIT_S,
+              what="the restarted broker", interval_s=0.1)
 
     def lost() -> list[dict[str, Any]]:
         return [e for e in _events(log) if e.get("EventType") == "session.ended"
                 and e.get("TargetSessionId") == sid]
 
-    [ended] = _wait("session.ended of the lost session", lost)
+    [ended] = poll_sync(lost, WAIT_S, what="session.ended of the lost session", interval_s=0.1)
     data = cast.read_bytes()
     assert ended["EventResultDetails"] == "broker_lost"
     assert ended["RecordingSize"] == len(data)

@@ -23,6 +23,8 @@ from typing import Any
 import pyotp
 import pytest
 
+from tests.support import poll_sync
+
 # The demo starts three processes, and TOTP codes are single use: a second sign-in
 # in one 30 s step waits for the next, so these tests get more time than the default.
 pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(300)]
@@ -60,12 +62,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     proc = subprocess.Popen(argv,
                             cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     info_path = cwd / ".hoshu-demo" / "demo.json"
-    deadline = time.monotonic() + 150
+    def started() -> bool:
+        assert proc.poll() is None, (cwd / "demo.out").read_text()[-3000:]
+        return info_path.exists() and b"Ctrl-C stops" in (cwd / "demo.out").read_bytes()
+
     try:
-        while not info_path.exists() or b"Ctrl-C stops" not in (cwd / "demo.out").read_bytes():
-            assert proc.poll() is None, (cwd / "demo.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, "demo did not start in time"
-            time.sleep(0.2)
+        poll_sync(started, 150, "the demo to start", interval_s=0.2)
         info = json.loads(info_path.read_text())
         info.update(_cwd=cwd, _env=env, _proc=proc, _started=time.time())
         yield info
@@ -138,11 +140,11 @@ def test_the_walkthrough_works_from_request_to_audit(demo: dict[str, Any]) -> No
         stdin=subprocess.DEVNULL)
     try:
         # 4. the approver sees the live session and ends it
-        deadline = time.monotonic() + 30
-        while not (live := hoshu(demo, "sato", "sessions")):
+        def sessions() -> Any:
             assert ssh.poll() is None, ssh.stderr.read() if ssh.stderr else ""
-            assert time.monotonic() < deadline, "the session never showed as live"
-            time.sleep(0.2)
+            return hoshu(demo, "sato", "sessions")
+
+        live = poll_sync(sessions, 30, "the session to show as live", interval_s=0.2)
         assert [s["instrument"] for s in live] == ["cobas-c503-1"] and live[0]["user"] == "tanaka"
         hoshu(demo, "sato", "sessions", "terminate", live[0]["session_id"])
         out, _err = ssh.communicate(timeout=10)  # ended by the approver, not by sleep 300
@@ -155,14 +157,14 @@ def test_the_walkthrough_works_from_request_to_audit(demo: dict[str, Any]) -> No
 
     # 5. the auditor finds the session and its recording
     login("suzuki")
-    deadline = time.monotonic() + 30
-    while True:
+    def terminated() -> Any:
         found = hoshu(demo, "suzuki", "audit", "search", "--engineer", "tanaka",
                       "--type", "session.terminated")
-        events = found["events"] if isinstance(found, dict) else found
-        if events or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)  # the index is fed asynchronously from the log
+        return found["events"] if isinstance(found, dict) else found
+
+    # the index is fed asynchronously from the log
+    events = poll_sync(terminated, 30, "session.terminated to reach the audit index",
+                       interval_s=0.3)
     assert events, "session.terminated never reached the audit index"
     ended = events[0]
     assert ended["TargetHostname"] == "cobas-c503-1" and ended["Details"]["by"] == "sato"

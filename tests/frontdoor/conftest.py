@@ -18,8 +18,9 @@ from broker.ssh.ca import UserCA
 from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
 from broker.ssh.ports import DirectConnector, InstrumentTarget
 from labsim.sshd import OpenSSHInstrument
-from tests.frontdoor.harness import T0, FakeClock, FakePolicy, World, engineer_key
+from tests.frontdoor.harness import T0, FakePolicy, World, engineer_key
 from tests.frontdoor.store_policy import store_policy
+from tests.support import FakeClock
 
 ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$HOSHU_TEST_CODE\"\n"
 

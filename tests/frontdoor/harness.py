@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -267,17 +265,6 @@ async def run(argv: list[str], env: dict[str, str], *, stdin: bytes = b"",
     return Result(proc.returncode or 0, out, err, time.monotonic() - start)
 
 
-async def poll(check: Callable[[], bool], *, deadline_s: float = 5.0,
-               interval_s: float = 0.02) -> float:
-    """Wait until ``check()`` holds; return the seconds it took; fail at the deadline."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > deadline_s:
-            raise AssertionError(f"condition not met within {deadline_s} s")
-        await asyncio.sleep(interval_s)
-    return time.monotonic() - start
-
-
 def paramiko_client(world: World, instrument: str | None = None,
                     code: str | None = None) -> paramiko.Transport:
     """Log in with paramiko: public key (partial success), then TOTP by keyboard-interactive."""
@@ -332,10 +319,3 @@ def read_until(chan: paramiko.Channel, needle: bytes, deadline_s: float = 10.0) 
 def shell_ready(chan: paramiko.Channel) -> bytes:
     chan.send(b"echo ready-$((1+1))\n")
     return read_until(chan, b"ready-2")
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on (for a local forward's listener)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -12,7 +12,15 @@ import asyncio
 import paramiko
 import pytest
 
-from tests.frontdoor.harness import World, paramiko_client, poll, run
+from audit import AuditEvent
+from tests.frontdoor.harness import World, paramiko_client, run
+from tests.support import poll
+
+
+def _last_login_detail(w: World) -> object:
+    """Why the latest sign-in ended as logged (None before any is logged)."""
+    logins = w.events.of_type("ssh.login")
+    return logins[-1].get("EventResultDetails") if logins else None
 
 
 @pytest.fixture(params=["fake", "store"])
@@ -37,8 +45,13 @@ async def test_key_alone_never_gets_in(granted: World) -> None:
     r = await run(w.ssh_argv(batch=True, extra=(w.login(), "true")), w.env())
     assert r.rc == 255
     assert b"Permission denied" in r.err
-    await asyncio.sleep(0)
-    fail = [e for e in w.events.of_type("ssh.login") if e.get("EventResult") == "Failure"]
+
+    def failures() -> list[AuditEvent]:
+        return [e for e in w.events.of_type("ssh.login") if e.get("EventResult") == "Failure"]
+
+    await poll(lambda: any(e.get("EventResultDetails") == "second factor not completed"
+                           for e in failures()), what="the refusal logged")
+    fail = failures()
     assert fail and fail[-1].get("EventResultDetails") == "second factor not completed"
     assert not w.events.of_type("session.started")
 
@@ -104,8 +117,12 @@ async def test_unknown_user_and_unregistered_key_are_refused(granted: World) -> 
     w.policy.forget_key("alice")
     r2 = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
     assert r2.rc == 255
-    await asyncio.sleep(0.05)
-    reasons = [e.get("EventResultDetails") for e in w.events.of_type("ssh.login")]
+
+    def logged() -> list[object]:
+        return [e.get("EventResultDetails") for e in w.events.of_type("ssh.login")]
+
+    await poll(lambda: logged().count("unknown user or key") >= 2, what="both refusals logged")
+    reasons = logged()
     assert reasons.count("unknown user or key") == 2
     assert not w.events.of_type("session.started")
 
@@ -114,7 +131,7 @@ async def test_malformed_login_name_refused(granted: World) -> None:
     w = granted
     r = await run(w.ssh_argv(extra=("alice+Bad_Name!@127.0.0.1", "true")), w.env())
     assert r.rc == 255
-    await asyncio.sleep(0.05)
+    await poll(lambda: _last_login_detail(w) == "malformed login name", what="the refusal logged")
     assert w.events.of_type("ssh.login")[-1].get("EventResultDetails") == "malformed login name"
 
 
@@ -141,7 +158,8 @@ async def test_authentication_has_a_time_limit(granted: World) -> None:
     while data:  # read until the broker hangs up (2 s login timeout in these tests)
         data = await asyncio.wait_for(reader.read(65536), 10)
     writer.close()
-    await asyncio.sleep(0.05)
+    await poll(lambda: str(_last_login_detail(w)).startswith("login_timeout"),
+               what="the timeout logged")
     fail = w.events.of_type("ssh.login")[-1]
     assert fail.get("EventResult") == "Failure"
     assert fail.get("EventResultDetails").startswith("login_timeout: not completed in time")
@@ -187,7 +205,8 @@ async def test_vendor_source_networks_are_enforced(granted: World) -> None:
     w.policy.set_source_cidrs("alice", ("192.0.2.0/24",))
     r = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
     assert r.rc == 255
-    await asyncio.sleep(0.05)
+    await poll(lambda: _last_login_detail(w) == "source address not allowed for this vendor",
+               what="the refusal logged")
     assert w.events.of_type("ssh.login")[-1].get("EventResultDetails") == \
         "source address not allowed for this vendor"
     w.policy.set_source_cidrs("alice", ("127.0.0.0/8",))

@@ -12,7 +12,8 @@ import pytest
 
 from broker.ssh.ports import InstrumentTarget
 from broker.ssh.raw_paths import interactive_port
-from tests.frontdoor.harness import World, free_port, paramiko_client, poll
+from tests.frontdoor.harness import World, paramiko_client
+from tests.support import connect_when_listening, free_port, poll
 
 
 def _grant_ssh_and(w: World, port: int) -> None:
@@ -21,17 +22,6 @@ def _grant_ssh_and(w: World, port: int) -> None:
     w.policy.instruments[w.instrument] = replace(t, ports=(*t.ports, port))
     w.policy.grant(w.engineer, w.instrument, (w.ssh_port, port),
                    ends=w.clock.now + timedelta(hours=1))
-
-
-async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        try:
-            return await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 async def test_ssh_L_to_the_instruments_sshd_is_refused_and_a_vendor_port_still_works(
@@ -51,12 +41,12 @@ async def test_ssh_L_to_the_instruments_sshd_is_refused_and_a_vendor_port_still_
         *argv, env=w.env(), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
-        reader, writer = await _connect(to_sshd)
+        reader, writer = await connect_when_listening(to_sshd)
         got = await asyncio.wait_for(reader.read(100), 10)
         assert got == b""  # closed: no "SSH-2.0-OpenSSH" from the instrument
         writer.close()
         await poll(lambda: bool(w.events.of_type("forward.refused")), deadline_s=10)
-        reader, writer = await _connect(to_echo)
+        reader, writer = await connect_when_listening(to_echo)
         writer.write(b"vendor-port")
         assert await asyncio.wait_for(reader.readexactly(11), 10) == b"vendor-port"
         writer.close()

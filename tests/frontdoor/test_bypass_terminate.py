@@ -20,7 +20,8 @@ import pytest
 
 import broker.ssh.relay
 from labsim.sshd import OpenSSHInstrument
-from tests.frontdoor.harness import World, paramiko_client, poll
+from tests.frontdoor.harness import World, paramiko_client
+from tests.support import poll
 
 # the account a hospital gives the broker: an ordinary user with a shell (sshd serves
 # root logins without privilege separation, and then refuses ``signal`` too)
@@ -39,12 +40,8 @@ class _ServiceAccountSshd(OpenSSHInstrument):
             f"exec setpriv --reuid={account.pw_uid} --regid={account.pw_gid} --clear-groups "
             "/usr/sbin/sshd \"$@\"\n")
         wrapper.chmod(0o755)
-        super().__init__(workdir, sshd=wrapper)
+        super().__init__(workdir, sshd=wrapper, force_command=False)
         self.username = SERVICE_ACCOUNT
-
-    def _config_text(self) -> str:
-        lines = super()._config_text().splitlines()
-        return "\n".join(x for x in lines if not x.startswith("ForceCommand")) + "\n"
 
 
 @pytest.fixture

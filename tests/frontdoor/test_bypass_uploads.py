@@ -29,10 +29,11 @@ from broker.ssh.ports import DirectConnector
 from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from labsim.sshd import OpenSSHInstrument
-from tests.control.conftest import FakeClock as ControlClock
+from tests.control.conftest import T0 as CONTROL_T0
 from tests.control.conftest import build_world, make_context
 from tests.control.test_directory import enrol_gateway
-from tests.frontdoor.harness import World, engineer_key, paramiko_client, poll
+from tests.frontdoor.harness import World, engineer_key, paramiko_client
+from tests.support import FakeClock, poll
 from wire.models import InventoryItem
 
 
@@ -219,7 +220,7 @@ async def test_grant_revoked_in_the_store_stops_an_open_upload(
     half written; the file never reaches the instrument, whatever the client does next."""
     events = CapturingEmitter()
     store = Store(f"sqlite:///{tmp_path / 'hoshu.db'}", migrate=True)
-    clock = ControlClock()
+    clock = FakeClock(CONTROL_T0)
     cw = build_world(Services.build(make_context(store, events, clock)), clock)
     inst = openssh_instrument
     gw_id, _ = enrol_gateway(cw)

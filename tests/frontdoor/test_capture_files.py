@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
-from tests.frontdoor.harness import World, free_port, poll
+from tests.frontdoor.harness import World
+from tests.support import connect_when_listening, free_port, poll
 
 CAP = 64 * 1024
 
@@ -47,18 +48,6 @@ async def _forward(w: World, echo_port: int) -> tuple[asyncio.subprocess.Process
     return proc, local
 
 
-async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while True:
-        try:
-            return await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-
-
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     """Clean-up, not a check: ask ssh to exit, and kill it if it lingers."""
     if proc.returncode is None:
@@ -78,7 +67,7 @@ async def test_capture_file_is_private_whatever_the_umask(
     try:
         proc, local = await _forward(w, echo_port)
         try:
-            reader, writer = await _connect(local)
+            reader, writer = await connect_when_listening(local)
             writer.write(b"QC?\n")
             assert await asyncio.wait_for(reader.readexactly(4), 10) == b"QC?\n"
             writer.close()
@@ -108,7 +97,7 @@ async def test_an_existing_capture_file_is_never_overwritten(
         (captures / f"s{n:04d}.fwd").symlink_to(victim)
     proc, local = await _forward(w, echo_port)
     try:
-        reader, writer = await _connect(local)
+        reader, writer = await connect_when_listening(local)
         writer.write(b"hello")
         try:
             got = await asyncio.wait_for(reader.read(100), 10)
@@ -132,7 +121,7 @@ async def test_forward_ends_when_its_capture_reaches_the_cap(
     w = forward_granted
     proc, local = await _forward(w, echo_port)
     try:
-        reader, writer = await _connect(local)
+        reader, writer = await connect_when_listening(local)
         payload = os.urandom(4 * CAP)
         writer.write(payload)
         got = b""

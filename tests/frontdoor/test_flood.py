@@ -8,6 +8,7 @@ import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
 from tests.frontdoor.harness import World, run
+from tests.support import poll
 
 
 @pytest.fixture
@@ -30,10 +31,8 @@ async def test_half_open_login_flood_is_cut_off_per_source(granted: World) -> No
     writer.close()
     for _, wr in held:
         wr.close()
-    for _ in range(250):  # the held ones are gone once the broker has seen them close
-        if len(w.events.of_type("ssh.login")) >= 4:
-            break
-        await asyncio.sleep(0.02)
+    # the held ones are gone once the broker has seen them close
+    await poll(lambda: len(w.events.of_type("ssh.login")) >= 4, what="the held connections ended")
     r = await run(w.ssh_argv(extra=(w.login(), "echo after-the-flood")), w.env())
     assert r.rc == 0 and r.out == b"after-the-flood\n"
     reasons = [e.get("EventResultDetails") for e in w.events.of_type("ssh.login")]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
-from tests.frontdoor.harness import World, free_port, poll
+from tests.frontdoor.harness import World
+from tests.support import connect_when_listening, free_port, poll
 
 
 @pytest.fixture
@@ -30,17 +31,6 @@ async def _start_forward(w: World, local: int, dest: str) -> asyncio.subprocess.
     return await asyncio.create_subprocess_exec(
         *argv, env=w.env(), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-
-
-async def _connect_when_listening(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        try:
-            return await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -64,7 +54,7 @@ async def test_forward_to_a_granted_port_carries_data_and_is_logged(
     local = free_port()
     proc = await _start_forward(w, local, f"localhost:{echo_port}")
     try:
-        reader, writer = await _connect_when_listening(local)
+        reader, writer = await connect_when_listening(local)
         payload = os.urandom(1_000_000)
         writer.write(payload)
         await writer.drain()
@@ -94,7 +84,7 @@ async def test_forward_to_a_port_outside_the_grant_is_refused(
     local = free_port()
     proc = await _start_forward(w, local, f"localhost:{echo_port}")
     try:
-        reader, writer = await _connect_when_listening(local)
+        reader, writer = await connect_when_listening(local)
         assert await asyncio.wait_for(reader.read(100), 10) == b""  # closed, nothing relayed
         writer.close()
         await poll(lambda: bool(w.events.of_type("forward.refused")))
@@ -115,7 +105,7 @@ async def test_forward_ends_when_the_grant_is_revoked(world: World, echo_port: i
     local = free_port()
     proc = await _start_forward(w, local, f"{w.instrument}:{echo_port}")
     try:
-        reader, writer = await _connect_when_listening(local)
+        reader, writer = await connect_when_listening(local)
         writer.write(b"ping")
         assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
         w.policy.revoke(g.grant_id)

@@ -20,9 +20,10 @@ from broker.ssh.wiring import store_grants_end
 from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from labsim.sshd import OpenSSHInstrument
-from tests.control.conftest import FakeClock, World, build_world, make_context
+from tests.control.conftest import T0, World, build_world, make_context
 from tests.control.test_directory import enrol_gateway, grant_for
-from tests.frontdoor.harness import engineer_key, poll, run
+from tests.frontdoor.harness import engineer_key, run
+from tests.support import FakeClock, poll
 from wire.models import InventoryItem
 
 ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$HOSHU_TEST_CODE\"\n"
@@ -32,7 +33,7 @@ ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$HOSHU_TEST_CODE\"\n"
 def control(tmp_path: Path) -> Iterator[tuple[World, CapturingEmitter]]:
     events = CapturingEmitter()
     store = Store(f"sqlite:///{tmp_path / 'hoshu.db'}", migrate=True)
-    clock = FakeClock()
+    clock = FakeClock(T0)
     w = build_world(Services.build(make_context(store, events, clock)), clock)
     yield w, events
     store.close()

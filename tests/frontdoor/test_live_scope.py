@@ -27,7 +27,8 @@ from broker.ssh.sessions_api import build_sessions_router
 from broker.ssh.wiring import store_grants_end
 from tests.control.apihelp import auth, session_token
 from tests.control.conftest import PASSWORD
-from tests.frontdoor.harness import World, open_shell, paramiko_client, poll, shell_ready
+from tests.frontdoor.harness import World, open_shell, paramiko_client, shell_ready
+from tests.support import poll
 
 
 @pytest.fixture

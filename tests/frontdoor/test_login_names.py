@@ -13,7 +13,8 @@ import asyncio
 import paramiko
 import pytest
 
-from tests.frontdoor.harness import World, poll
+from tests.frontdoor.harness import World
+from tests.support import poll
 
 
 def try_key(w: World, login: str) -> None:

@@ -12,7 +12,8 @@ from typing import IO
 
 import paramiko
 
-from tests.frontdoor.harness import World, open_shell, paramiko_client, poll, shell_ready
+from tests.frontdoor.harness import World, open_shell, paramiko_client, shell_ready
+from tests.support import poll
 
 
 def _drain(chan: paramiko.Channel, deadline_s: float = 10.0) -> bytes:

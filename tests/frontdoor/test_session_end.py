@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
+import json
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -17,15 +19,16 @@ from audit.testing import CapturingEmitter
 from broker.ssh.sessions import LiveSession, SessionRegistry
 from tests.frontdoor.harness import (
     T0,
-    FakeClock,
     FakePolicy,
     World,
     open_shell,
     paramiko_client,
-    poll,
     read_until,
     shell_ready,
 )
+from tests.support import FakeClock, poll
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _AuditDown:
@@ -72,7 +75,7 @@ async def test_revocation_ends_the_session_even_when_the_audit_write_fails(
 def test_an_event_the_log_keeps_refusing_is_retried_a_bounded_number_of_times() -> None:
     events = CapturingEmitter()
     down = _AuditDown(events, "session.terminated", 100)
-    clock, policy = FakeClock(), FakePolicy()
+    clock, policy = FakeClock(T0), FakePolicy()
     eng, _ = policy.add_engineer("alice", "ssh-ed25519 AAAAkey")
     g = policy.grant(eng, "cobas-c503-1", (22,), ends=T0 + timedelta(minutes=10))
     reg = SessionRegistry(policy, down, clock, retry_delays=(0.01, 0.01, 0.01))
@@ -125,17 +128,20 @@ def test_a_starting_broker_ends_only_sessions_no_live_broker_holds(tmp_path: Pat
 
     (tmp_path / "s-live.cast").write_bytes(b"live")
     (tmp_path / "s-lost.cast").write_bytes(b"partial recording")
-    running, crashed = LiveJournal(tmp_path), LiveJournal(tmp_path)
+    running = LiveJournal(tmp_path)
     cols = {"ActorUsername": "alice", "TargetHostname": "cobas-c503-1"}
     running.opened("s-live", {"columns": cols, "details": {"kind": "shell",
                                                           "recording": "s-live.cast"}})
-    crashed.opened("s-lost", {"columns": cols, "details": {"kind": "exec",
-                                                          "recording": "s-lost.cast"}})
-    for fd in crashed._held.values():  # the process holding it died
-        os.close(fd)
-    crashed._held.clear()
+    # another broker journals a session and dies (a real process, so the OS drops its lock)
+    lost = {"columns": cols, "details": {"kind": "exec", "recording": "s-lost.cast"}}
+    crashed = (f"import json, os, sys; from pathlib import Path; "
+               f"from {LiveJournal.__module__} import LiveJournal; "
+               "LiveJournal(Path(sys.argv[1])).opened('s-lost', json.loads(sys.argv[2])); "
+               "os._exit(0)")
+    subprocess.run([sys.executable, "-c", crashed, str(tmp_path), json.dumps(lost)],
+                   cwd=ROOT, check=True, timeout=60)
     events = CapturingEmitter()
-    assert end_lost_sessions(tmp_path, events, FakeClock()) == ["s-lost"]
+    assert end_lost_sessions(tmp_path, events, FakeClock(T0)) == ["s-lost"]
     [ended] = events.of_type("session.ended")
     assert ended.get("TargetSessionId") == "s-lost"
     assert ended.get("EventResultDetails") == "broker_lost"
@@ -143,4 +149,4 @@ def test_a_starting_broker_ends_only_sessions_no_live_broker_holds(tmp_path: Pat
     assert ended.get("RecordingSHA256") == hashlib.sha256(b"partial recording").hexdigest()
     assert [p.stem for p in (tmp_path / ".live").glob("*.json")] == ["s-live"]
     running.closed("s-live")
-    assert end_lost_sessions(tmp_path, events, FakeClock()) == []
+    assert end_lost_sessions(tmp_path, events, FakeClock(T0)) == []

@@ -13,15 +13,8 @@ from typing import IO, Any
 
 from broker.ssh.ports import InstrumentTarget, TunnelConnector
 from broker.ssh.tunnel import TunnelRegistry
-from tests.frontdoor.harness import (
-    World,
-    open_shell,
-    paramiko_client,
-    poll,
-    read_until,
-    run,
-    shell_ready,
-)
+from tests.frontdoor.harness import World, open_shell, paramiko_client, read_until, run, shell_ready
+from tests.support import poll
 
 
 def _cast_events(path: Path) -> tuple[dict[str, object], list[list[object]]]:
@@ -270,7 +263,7 @@ async def test_follow_live_and_terminate(granted: World) -> None:
             seen.extend(chunk)
 
     follower = asyncio.ensure_future(follow())
-    await asyncio.sleep(0.05)
+    await poll(lambda: bool(w.door.sessions.list()[0].followers), what="the follower attached")
     chan.send(b"echo watched-$((6*7))\n")
     await poll(lambda: b"watched-42" in seen)
     start = time.monotonic()

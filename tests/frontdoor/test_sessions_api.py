@@ -10,7 +10,8 @@ from fastapi import FastAPI, Request
 
 from broker.api import errors
 from broker.ssh.sessions_api import build_sessions_router
-from tests.frontdoor.harness import World, open_shell, paramiko_client, poll, shell_ready
+from tests.frontdoor.harness import World, open_shell, paramiko_client, shell_ready
+from tests.support import poll
 
 
 @dataclass(frozen=True)

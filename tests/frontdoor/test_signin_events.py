@@ -25,7 +25,8 @@ from audit.workreports import ReportService
 from broker.access.ports import Actor
 from broker.api import errors
 from broker.api.routes.audit import build_router
-from tests.frontdoor.harness import World, paramiko_client, poll, run
+from tests.frontdoor.harness import World, paramiko_client, run
+from tests.support import poll
 
 
 @pytest.fixture(params=["fake", "store"])

@@ -12,7 +12,8 @@ import pytest
 from audit.events import AuditEvent
 from broker.access.floods import FloodGate
 from broker.ssh.frontdoor import source_key
-from tests.frontdoor.harness import World, poll, run
+from tests.frontdoor.harness import World, run
+from tests.support import poll
 
 FLOOD = 200
 BURST = 10  # FrontDoorOptions.failures_written_per_minute

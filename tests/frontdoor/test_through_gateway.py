@@ -9,8 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from broker.ssh.ports import TunnelConnector
-from tests.frontdoor.harness import World, poll, run
+from tests.frontdoor.harness import World, run
 from tests.gateway.harness import GATEWAY_ID, lab
+from tests.support import connect_when_listening, poll
 
 
 async def test_recorded_session_and_forward_through_the_hospital_gateway(
@@ -48,12 +49,7 @@ async def test_recorded_session_and_forward_through_the_hospital_gateway(
             "-N", "-L", f"127.0.0.1:{local}:localhost:{L.echo.port}", w.login())),
             env=w.env(), stdin=asyncio.subprocess.DEVNULL)
         try:
-            for _ in range(500):
-                try:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", local)
-                    break
-                except OSError:
-                    await asyncio.sleep(0.02)
+            reader, writer = await connect_when_listening(local)
             writer.write(b"ping through the hospital")
             got = await asyncio.wait_for(reader.readexactly(25), 10)
             assert got == b"ping through the hospital"

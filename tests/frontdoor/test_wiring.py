@@ -11,6 +11,7 @@ from broker.settings import BrokerSettings
 from broker.ssh.ports import DirectConnector
 from broker.ssh.wiring import attach_front_door
 from tests.frontdoor.harness import engineer_key
+from tests.support import poll
 
 
 async def test_serve_runs_the_front_door_over_the_store(tmp_path: Path) -> None:
@@ -38,10 +39,7 @@ async def test_serve_runs_the_front_door_over_the_store(tmp_path: Path) -> None:
         def reasons() -> list[str]:
             return [e.get("EventResultDetails") for e in events.of_type("ssh.login")]
 
-        for _ in range(100):
-            if "unknown user or key" in reasons():
-                break
-            await asyncio.sleep(0.02)
+        await poll(lambda: "unknown user or key" in reasons(), 2, "the refusal logged")
         assert reasons() == ["no credentials offered", "unknown user or key"]
     finally:
         task.cancel()

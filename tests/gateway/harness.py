@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -150,22 +150,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def poll(cond: Callable[[], bool | Awaitable[bool]], wait_s: float = 5.0,
-               what: str = "condition") -> None:
-    """Poll ``cond`` until true; fail after ``wait_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    while True:
-        r = cond()
-        if not isinstance(r, bool):
-            r = await r
-        if r:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
 async def lab(tmp: Path, *, mode: str = "always", enrolled: bool = True,
               broker_key: asyncssh.SSHKey | None = None,
@@ -199,4 +183,4 @@ async def lab(tmp: Path, *, mode: str = "always", enrolled: bool = True,
         await echo.close()
 
 
-__all__ = ["GATEWAY_ID", "AgentState", "Lab", "MemoryDirectory", "lab", "poll"]
+__all__ = ["GATEWAY_ID", "AgentState", "Lab", "MemoryDirectory", "lab"]

@@ -9,7 +9,6 @@ on its instrument is approved.
 from __future__ import annotations
 
 import asyncio
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,14 +30,9 @@ from gateway.agent import AgentState, GatewayAgent
 from gateway.auditlog import LocalAudit
 from gateway.config import load_config
 from gateway.enroll import enroll, load_enrollment
-from tests.control.conftest import FakeClock, build_world
-from tests.gateway.harness import EchoServer, poll
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.control.conftest import build_world
+from tests.gateway.harness import EchoServer
+from tests.support import FakeClock, free_port, poll
 
 
 async def test_enrolled_window_only_gateway_opens_for_an_approved_grant(tmp_path: Path) -> None:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import asyncssh
 
 from gateway.config import Instrument
 from gateway.inventory import probe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support import free_port
 
 
 async def test_inventory_reports_reachability_and_ssh_host_key_fingerprints() -> None:

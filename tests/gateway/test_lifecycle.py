@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from gateway.control import ControlServer, read_state, request
-from tests.gateway.harness import GATEWAY_ID, AgentState, lab, poll
+from tests.gateway.harness import GATEWAY_ID, AgentState, lab
+from tests.support import poll
 from wire import MAX_MESSAGE_BYTES, Originator, Purpose, Windows, encode, encode_originator
 
 WHO = encode_originator(Originator("s-7", "sato"))
@@ -67,14 +71,23 @@ async def test_pause_written_while_the_gateway_is_stopped_is_applied_and_audited
         assert read_state(agent.config.state_path).pending is None
 
 
-async def test_gateway_is_back_within_10_s_of_a_broker_restart(tmp_path: Path) -> None:
+async def test_gateway_is_back_within_10_s_of_a_broker_restart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with lab(tmp_path, tunnel={"backoff_max_s": 5}) as L:
         agent = await L.start_agent()
         await L.listener.registry.wait_for(GATEWAY_ID, 10)
         port = L.listener.port
         await L.listener.close()
         await poll(lambda: agent.state is AgentState.BACKING_OFF, what="backing off")
-        await asyncio.sleep(3)  # the broker stays down long enough for the backoff to grow
+
+        def failed_dials() -> int:
+            return sum(r.levelno == logging.WARNING
+                       and r.getMessage().startswith("cannot connect to the broker")
+                       for r in caplog.records)
+
+        # the broker stays down long enough for the backoff to grow: after five failed
+        # dials (0.2 s doubling) the gateway waits 1.6-3.2 s before the next one
+        await poll(lambda: failed_dials() >= 5, 10, "five failed dials")
         await L.restart_broker()
         assert L.listener.port == port
         loop = asyncio.get_running_loop()
@@ -153,9 +166,9 @@ async def test_a_silent_broker_is_detected_by_heartbeats_and_the_gateway_reconne
         first = agent.link
         info.conversation._writer = None  # the broker side goes quiet; TCP stays up
         await poll(lambda: agent.last_error is not None and "heartbeat" in agent.last_error,
-                   wait_s=6, what="dead path detected")
+                   deadline_s=6, what="dead path detected")
         await poll(lambda: agent.state is AgentState.CONNECTED and agent.link is not first,
-                   wait_s=10, what="a fresh tunnel")
+                   deadline_s=10, what="a fresh tunnel")
 
 
 async def test_a_corrupted_pause_state_keeps_the_gateway_paused_until_resumed(

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from tests.gateway.harness import GATEWAY_ID, lab, poll
+from tests.gateway.harness import GATEWAY_ID, lab
+from tests.support import poll
 from wire import Originator, encode_originator
 
 

@@ -10,7 +10,8 @@ import asyncssh
 from gateway.config import Instrument
 from gateway.inventory import probe
 from labsim.sshd import OpenSSHInstrument
-from tests.gateway.harness import GATEWAY_ID, lab, poll
+from tests.gateway.harness import GATEWAY_ID, lab
+from tests.support import poll
 
 NAME = "analyzer-pc"  # the hospital's own name for it (the harness lists cobas-c503-1)
 

@@ -13,8 +13,9 @@ from broker.access.services import Services
 from broker.ssh.tunnel import TunnelSettings, start_tunnel_listener
 from broker.store.db import Store
 from broker.store.directory import StoreGatewayDirectory
-from tests.control.conftest import FakeClock, build_world, make_context
-from tests.gateway.harness import AgentState, EchoServer, Lab, poll, write_gateway
+from tests.control.conftest import T0, build_world, make_context
+from tests.gateway.harness import AgentState, EchoServer, Lab, write_gateway
+from tests.support import FakeClock, poll
 
 
 async def test_revoking_a_gateway_closes_its_tunnel_and_refuses_it_again(
@@ -24,7 +25,7 @@ async def test_revoking_a_gateway_closes_its_tunnel_and_refuses_it_again(
     says revoked) and the agent's reconnects are refused (``gateway.refused``)."""
     events = CapturingEmitter()
     store = Store(f"sqlite:///{tmp_path / 'hoshu.db'}", migrate=True)
-    services = Services.build(make_context(store, events, FakeClock()))
+    services = Services.build(make_context(store, events, FakeClock(T0)))
     world = build_world(services, services.ctx.clock)  # type: ignore[arg-type]
     broker_key = asyncssh.generate_private_key("ssh-ed25519")
     listener = await start_tunnel_listener(

@@ -9,7 +9,8 @@ import asyncssh
 import pytest
 
 from audit.chain import read_events
-from tests.gateway.harness import GATEWAY_ID, AgentState, lab, poll
+from tests.gateway.harness import GATEWAY_ID, AgentState, lab
+from tests.support import poll
 from wire import Originator, encode_originator
 
 WHO = encode_originator(Originator("s-42", "tanaka"))

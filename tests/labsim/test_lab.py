@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from labsim import ALL_INSTRUMENTS, Hl7Service, Lab, fingerprint_of, render_allowlist_toml
 from labsim.net import read_banner
+from tests.support import poll_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 20.0
@@ -133,11 +133,11 @@ def test_python_m_labsim_prints_json_and_stops_on_sigterm(tmp_path: Path) -> Non
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
-        end = time.monotonic() + TIMEOUT_S
-        while not out_file.exists():
+        def written() -> bool:
             assert proc.poll() is None, proc.communicate(timeout=5)
-            assert time.monotonic() < end, "no description written"
-            time.sleep(0.05)
+            return out_file.exists()
+
+        poll_sync(written, TIMEOUT_S, "the lab description written", interval_s=0.05)
         doc = json.loads(out_file.read_text())
         names = [i["name"] for i in doc["instruments"]]
         assert names == list(ALL_INSTRUMENTS)
