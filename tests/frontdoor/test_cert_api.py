@@ -17,6 +17,7 @@ from broker.api import errors
 from broker.cli.main import main
 from broker.ssh.cert_api import build_cert_router
 from tests.frontdoor.harness import World, run
+from tests.support import poll_sync
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,7 @@ def api(granted: World) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        threading.Event().wait(0.01)
+    poll_sync(lambda: server.started, 5, "the certificate API to start", interval_s=0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True

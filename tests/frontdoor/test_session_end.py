@@ -26,7 +26,7 @@ from tests.frontdoor.harness import (
     read_until,
     shell_ready,
 )
-from tests.support import FakeClock, poll
+from tests.support import FakeClock, poll, poll_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,10 +84,7 @@ def test_an_event_the_log_keeps_refusing_is_retried_a_bounded_number_of_times() 
                         g.grant_id, 22, T0, on_terminate=told.append))
     assert reg.terminate("s1", by="approver", reason="terminated_by_approver")
     assert told == ["terminated_by_approver"]
-    for _ in range(500):
-        if reg.retries_pending() == 0:
-            break
-        threading.Event().wait(0.01)
+    poll_sync(lambda: reg.retries_pending() == 0, 5, "the retries to end", interval_s=0.01)
     assert reg.retries_pending() == 0
     assert down.left == 100 - 4  # the first try and three retries, then it gives up
     assert [e.type for e in events.events] == ["alert.raised"]
