@@ -14,9 +14,9 @@ A key alone never reaches ``done``; there is no password method at all.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
+from broker.access.names import source_allowed as source_allowed  # the one rule
 from broker.ssh.ports import Engineer
 from wire.names import NAME_PATTERN as _INSTRUMENT
 from wire.names import USERNAME_PATTERN as _USER  # the one definition of names
@@ -38,20 +38,6 @@ def parse_login(login: str) -> LoginName | None:
     if not _INSTRUMENT.fullmatch(instrument):
         return None
     return LoginName(user, instrument)
-
-
-def source_allowed(address: str, cidrs: tuple[str, ...]) -> bool:
-    """True if ``address`` is inside one of ``cidrs`` (no list: any address).
-
-    A malformed address or network denies (fail closed).
-    """
-    if not cidrs:
-        return True
-    try:
-        ip = ipaddress.ip_address(address)
-        return any(ip in ipaddress.ip_network(c, strict=False) for c in cidrs)
-    except ValueError:
-        return False
 
 
 def valid_instrument_name(name: str) -> bool:

@@ -22,13 +22,18 @@ import logging
 from typing import Any
 
 import asyncssh
-from asyncssh.auth import KbdIntChallenge, KbdIntResponse
-from asyncssh.public_key import decode_ssh_certificate, decode_ssh_public_key
 
 from broker.ssh.auth import AuthState, parse_login, source_allowed
 from broker.ssh.channels import Channels
 from broker.ssh.frontdoor import FrontDoor
 from broker.ssh.ports import Engineer
+from wire.sshcompat import (
+    KbdIntChallenge,
+    KbdIntResponse,
+    cert_serial,
+    decode_ssh_certificate,
+    decode_ssh_public_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +188,7 @@ class EngineerServer(asyncssh.SSHServer):
         if eng is None:
             self.state.failure = "unknown user or key"
             return None
-        if not source_allowed(self.src, eng.source_cidrs):
+        if not source_allowed(eng.source_cidrs, self.src):
             self.state.failure = "source address not allowed for this vendor"
             return None
         if cert is not None and not self._cert_still_good(cert, eng):
@@ -193,7 +198,7 @@ class EngineerServer(asyncssh.SSHServer):
 
     def _cert_still_good(self, cert: Any, eng: Engineer) -> bool:
         """A certificate signs in only while the policy honours its serial (fail closed)."""
-        serial = int(getattr(cert, "_serial", 0))
+        serial = cert_serial(cert)
         try:
             why = self.door.policy.cert_usable(eng.user_id, serial, self.door.clock())
         except Exception:
@@ -223,7 +228,7 @@ class EngineerServer(asyncssh.SSHServer):
         except (asyncssh.KeyImportError, ValueError):
             return False
         self.state.partial_pending = False
-        self.state.cert_serial = int(getattr(cert, "_serial", 0))
+        self.state.cert_serial = cert_serial(cert)
         self.state.complete("certificate")
         self._login_event(True, "user certificate issued after MFA")
         self._authenticated()

@@ -15,7 +15,8 @@ from broker.ssh.ca import CertificateRefused, UserCA
 from broker.ssh.errors import RecordingError
 from broker.ssh.recorder import Recording
 from broker.ssh.sessions import LiveSession, SessionRegistry
-from tests.frontdoor.harness import T0, FakeClock, FakePolicy
+from tests.frontdoor.harness import T0, FakePolicy
+from tests.support import FakeClock
 
 
 @pytest.mark.parametrize(("login", "parsed"), [
@@ -31,7 +32,7 @@ def test_login_names(login: str, parsed: LoginName | None) -> None:
 
 def _registry() -> tuple[SessionRegistry, FakePolicy, FakeClock, CapturingEmitter, list[str],
                          list[str]]:
-    clock, policy, events = FakeClock(), FakePolicy(), CapturingEmitter()
+    clock, policy, events = FakeClock(T0), FakePolicy(), CapturingEmitter()
     eng, _ = policy.add_engineer("alice", "ssh-ed25519 AAAAkey")
     g = policy.grant(eng, "cobas-c503-1", (22,), ends=T0 + timedelta(minutes=10))
     reg = SessionRegistry(policy, events, clock)
@@ -146,11 +147,11 @@ def test_user_certificates_last_at_most_eight_hours_or_the_grant() -> None:
 def test_source_networks() -> None:
     from broker.ssh.auth import source_allowed
 
-    assert source_allowed("10.1.2.3", ())
-    assert source_allowed("10.1.2.3", ("10.0.0.0/8",))
-    assert not source_allowed("11.1.2.3", ("10.0.0.0/8",))
-    assert not source_allowed("not-an-ip", ("10.0.0.0/8",))
-    assert not source_allowed("10.1.2.3", ("bogus",))
+    assert source_allowed((), "10.1.2.3")
+    assert source_allowed(("10.0.0.0/8",), "10.1.2.3")
+    assert not source_allowed(("10.0.0.0/8",), "11.1.2.3")
+    assert not source_allowed(("10.0.0.0/8",), "not-an-ip")
+    assert not source_allowed(("bogus",), "10.1.2.3")
 
 
 async def test_coalescing_transport_sends_one_pass_of_writes_as_one_in_order() -> None:
@@ -183,7 +184,7 @@ async def test_coalescing_transport_sends_one_pass_of_writes_as_one_in_order() -
     for part in (b"ignore", b"data-1", b"data-2"):
         t.write(part)
     assert sink.writes == [] and t.get_write_buffer_size() == 18
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the point: one turn of the loop flushes, not a condition to poll
     assert sink.writes == [b"ignoredata-1data-2"]
     t.write(b"disconnect")
     t.close()

@@ -296,3 +296,15 @@ async def test_coalesce_writes_swaps_the_transport_of_a_live_connection(door: _D
         # packets still flow both ways through the swapped transport
         with pytest.raises(asyncssh.ChannelOpenError):
             await asyncio.wait_for(conn.create_session(asyncssh.SSHClientSession), WAIT_S)
+
+
+def test_no_module_outside_the_fence_imports_an_asyncssh_submodule() -> None:
+    """asyncssh's submodules (asyncssh.auth, .public_key, .packet, ...) are internals too:
+    only the fence imports them; everything else uses ``asyncssh.<name>`` or the fence."""
+    found = [f"{path.relative_to(ROOT)}:{n}"
+             for top in ("broker", "gateway", "wire", "bench")
+             for path in sorted((ROOT / top).rglob("*.py"))
+             if path != ROOT / "wire" / "sshcompat.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.match(r"\s*(from asyncssh\.|import asyncssh\.)", line)]
+    assert not found, f"asyncssh internals imported outside wire/sshcompat.py: {found}"
