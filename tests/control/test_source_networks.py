@@ -26,3 +26,9 @@ from broker.access.names import source_allowed
 def test_source_allowed(allowed: list[str], src: str | None, ok: bool) -> None:
     assert source_allowed(allowed, src) is ok
 
+
+
+def test_the_front_door_uses_the_same_rule() -> None:
+    from broker.ssh import auth
+
+    assert auth.source_allowed is source_allowed
