@@ -19,21 +19,11 @@ from audit import new_event
 from audit.testing import CapturingEmitter
 from broker.ssh.frontdoor import FrontDoor
 from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
+from tests.support import FakeClock
 
 T0 = datetime(2026, 11, 24, 9, 0, 0, tzinfo=UTC)
 LOCK_AFTER = 5
 LOCK_WINDOW = timedelta(minutes=15)
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
