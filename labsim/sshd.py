@@ -31,12 +31,14 @@ PRIVSEP_DIR = Path("/run/sshd")
 START_ATTEMPTS = 5
 
 SESSION_WRAPPER = """#!/bin/sh
-# Every session starts in the analyzer's data directory.
+# Every session starts in the analyzer's data directory, in a POSIX shell: the
+# account's own login shell (bash under sshd) would read the host user's
+# ~/.bashrc, whose tools have nothing to do with the analyzer.
 cd {data} || exit 1
 case "$SSH_ORIGINAL_COMMAND" in
-  "") exec "${{SHELL:-/bin/sh}}" -l ;;
+  "") exec /bin/sh -l ;;
   internal-sftp*) exec {sftp} -d {data} ;;
-  *) exec "${{SHELL:-/bin/sh}}" -c "$SSH_ORIGINAL_COMMAND" ;;
+  *) exec /bin/sh -c "$SSH_ORIGINAL_COMMAND" ;;
 esac
 """
 
