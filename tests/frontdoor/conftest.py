@@ -89,6 +89,14 @@ def granted(world: World) -> World:
 
 
 @pytest.fixture
+def files_granted(world: World) -> World:
+    """``world`` with a one-hour grant for alice that includes file transfer."""
+    world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
+                       ends=world.clock.now + timedelta(hours=1), files=True)
+    return world
+
+
+@pytest.fixture
 async def echo_port() -> AsyncIterator[int]:
     """A vendor service port on the instrument: echoes what it receives."""
 

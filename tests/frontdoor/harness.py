@@ -309,3 +309,25 @@ def read_until(chan: paramiko.Channel, needle: bytes, deadline_s: float = 10.0) 
 def shell_ready(chan: paramiko.Channel) -> bytes:
     chan.send(b"echo ready-$((1+1))\n")
     return read_until(chan, b"ready-2")
+
+
+async def sftp_client(w: World) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
+    """A paramiko SFTP client through the front door (10 s timeout on its channel)."""
+    t = await asyncio.to_thread(paramiko_client, w)
+    sftp = await asyncio.to_thread(paramiko.SFTPClient.from_transport, t)
+    assert sftp is not None
+    chan = sftp.get_channel()
+    assert chan is not None
+    chan.settimeout(10)
+    return t, sftp
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """Clean-up, not a check: ask a client to exit, and kill it if it lingers."""
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)

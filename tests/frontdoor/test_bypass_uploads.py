@@ -12,7 +12,6 @@ import contextlib
 import io
 import os
 import signal
-from datetime import timedelta
 from pathlib import Path
 
 import asyncssh
@@ -32,7 +31,7 @@ from labsim.sshd import OpenSSHInstrument
 from tests.control.conftest import T0 as CONTROL_T0
 from tests.control.conftest import build_world, make_context
 from tests.control.test_directory import enrol_gateway
-from tests.frontdoor.harness import World, engineer_key, paramiko_client
+from tests.frontdoor.harness import World, engineer_key, sftp_client
 from tests.support import FakeClock, poll
 from wire.models import InventoryItem
 
@@ -43,21 +42,6 @@ def front_door_options() -> FrontDoorOptions:
     return FrontDoorOptions(login_timeout_s=5.0, watch_interval_s=3600.0)
 
 
-@pytest.fixture
-def files_granted(world: World) -> World:
-    world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
-                       ends=world.clock.now + timedelta(hours=1), files=True)
-    return world
-
-
-async def _sftp(w: World) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
-    t = await asyncio.to_thread(paramiko_client, w)
-    sftp = await asyncio.to_thread(paramiko.SFTPClient.from_transport, t)
-    assert sftp is not None
-    chan = sftp.get_channel()
-    assert chan is not None
-    chan.settimeout(10)
-    return t, sftp
 
 
 def _live_sid(w: World) -> str:
@@ -80,7 +64,7 @@ def _spool_fds(w: World) -> list[str]:
 async def test_terminated_upload_never_lands(files_granted: World) -> None:
     """paramiko writes half a file; an approver terminates the session; nothing lands."""
     w = files_granted
-    t, sftp = await _sftp(w)
+    t, sftp = await sftp_client(w)
     try:
         f = await asyncio.to_thread(sftp.open, "firmware.bin", "wb")
         await asyncio.to_thread(f.write, os.urandom(2 * 1024 * 1024))
@@ -104,7 +88,7 @@ async def test_upload_closed_after_the_grant_was_revoked_never_lands(files_grant
     """The grant is revoked in the store; the client's explicit CLOSE is refused at once,
     before the watcher has ended the session."""
     w = files_granted
-    t, sftp = await _sftp(w)
+    t, sftp = await sftp_client(w)
     try:
         f = await asyncio.to_thread(sftp.open, "settings.ini", "wb")
         await asyncio.to_thread(f.write, b"[calibration]\nslope=1.02\n")
@@ -131,7 +115,7 @@ async def test_dropped_connection_leaves_the_existing_file_byte_identical(
     target = w.data_dir / "qc.cfg"
     original = os.urandom(100_000)
     target.write_bytes(original)
-    t, sftp = await _sftp(w)
+    t, sftp = await sftp_client(w)
     f = await asyncio.to_thread(sftp.open, "qc.cfg", "wb")
     await asyncio.to_thread(f.write, b"half a new file")
     await asyncio.to_thread(f.flush)
@@ -153,7 +137,7 @@ async def test_explicit_close_while_granted_replaces_the_file_whole(files_grante
     target = w.data_dir / "qc.cfg"
     target.write_bytes(b"old")
     target.chmod(0o640)
-    t, sftp = await _sftp(w)
+    t, sftp = await sftp_client(w)
     try:
         new = os.urandom(600_000)
         await asyncio.to_thread(sftp.putfo, io.BytesIO(new), "qc.cfg")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
-from tests.frontdoor.harness import World
+from tests.frontdoor.harness import World, stop_process
 from tests.support import connect_when_listening, free_port, poll
 
 CAP = 64 * 1024
@@ -48,16 +48,6 @@ async def _forward(w: World, echo_port: int) -> tuple[asyncio.subprocess.Process
     return proc, local
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    """Clean-up, not a check: ask ssh to exit, and kill it if it lingers."""
-    if proc.returncode is None:
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), 5)
-    except TimeoutError:
-        proc.kill()
-        await asyncio.wait_for(proc.wait(), 10)
-
 
 async def test_capture_file_is_private_whatever_the_umask(
     forward_granted: World, echo_port: int
@@ -73,7 +63,7 @@ async def test_capture_file_is_private_whatever_the_umask(
             writer.close()
             await poll(lambda: bool(w.events.of_type("forward.closed")), deadline_s=10)
         finally:
-            await _stop(proc)
+            await stop_process(proc)
     finally:
         os.umask(old)
     name = w.events.of_type("forward.opened")[0].details["capture"]
@@ -107,7 +97,7 @@ async def test_an_existing_capture_file_is_never_overwritten(
         writer.close()
         await poll(lambda: bool(w.events.of_type("forward.refused")), deadline_s=10)
     finally:
-        await _stop(proc)
+        await stop_process(proc)
     assert victim.read_bytes() == b"precious\n"
     refused = w.events.of_type("forward.refused")[0]
     assert refused.get("EventResultDetails") == "capture_failed"
@@ -131,7 +121,7 @@ async def test_forward_ends_when_its_capture_reaches_the_cap(
         writer.close()
         await poll(lambda: bool(w.events.of_type("forward.closed")), deadline_s=10)
     finally:
-        await _stop(proc)
+        await stop_process(proc)
     assert len(got) < CAP  # the echo never got back more than the capture holds
     closed = w.events.of_type("forward.closed")[0]
     assert closed.get("EventResultDetails") == "capture_full"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
-from tests.frontdoor.harness import World
+from tests.frontdoor.harness import World, stop_process
 from tests.support import connect_when_listening, free_port, poll
 
 
@@ -33,16 +33,6 @@ async def _start_forward(w: World, local: int, dest: str) -> asyncio.subprocess.
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    """Clean-up, not a check: ask ssh to exit, and kill it if it lingers."""
-    if proc.returncode is None:
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), 5)
-    except TimeoutError:
-        proc.kill()
-        await asyncio.wait_for(proc.wait(), 10)
-
 
 async def test_forward_to_a_granted_port_carries_data_and_is_logged(
     world: World, echo_port: int
@@ -63,7 +53,7 @@ async def test_forward_to_a_granted_port_carries_data_and_is_logged(
         writer.close()
         await poll(lambda: bool(w.events.of_type("forward.closed")), deadline_s=10)
     finally:
-        await _stop(proc)
+        await stop_process(proc)
     opened = w.events.of_type("forward.opened")[0]
     closed = w.events.of_type("forward.closed")[0]
     assert opened.get("TargetPortNumber") == echo_port
@@ -89,7 +79,7 @@ async def test_forward_to_a_port_outside_the_grant_is_refused(
         writer.close()
         await poll(lambda: bool(w.events.of_type("forward.refused")))
     finally:
-        await _stop(proc)
+        await stop_process(proc)
     refused = w.events.of_type("forward.refused")[0]
     assert refused.get("EventResultDetails") == "no_grant"
     assert refused.get("TargetPortNumber") == echo_port
@@ -114,5 +104,5 @@ async def test_forward_ends_when_the_grant_is_revoked(world: World, echo_port: i
         assert took < 1.0
         assert await asyncio.wait_for(reader.read(10), 5) == b""
     finally:
-        await _stop(proc)
+        await stop_process(proc)
     assert w.events.of_type("session.terminated")[0].details["kind"] == "forward"

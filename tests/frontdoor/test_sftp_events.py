@@ -9,7 +9,6 @@ paths and result; without file transfer in the grant each attempt is a
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,6 @@ import paramiko
 import pytest
 
 from tests.frontdoor.harness import World, paramiko_client, run
-
-
-@pytest.fixture
-def files_granted(world: World) -> World:
-    world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
-                       ends=world.clock.now + timedelta(hours=1), files=True)
-    return world
 
 
 async def _batch(w: World, script: str) -> bytes:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from datetime import timedelta
 
 import paramiko
 import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
-from tests.frontdoor.harness import World, paramiko_client, run
+from tests.frontdoor.harness import World, run, sftp_client
 
 MIB = 1024 * 1024
 
@@ -22,21 +21,6 @@ def front_door_options() -> FrontDoorOptions:
                             max_session_spool_bytes=MIB, max_spool_bytes=MIB + MIB // 2)
 
 
-@pytest.fixture
-def files_granted(world: World) -> World:
-    world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
-                       ends=world.clock.now + timedelta(hours=1), files=True)
-    return world
-
-
-async def _sftp(w: World) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
-    t = await asyncio.to_thread(paramiko_client, w)
-    sftp = await asyncio.to_thread(paramiko.SFTPClient.from_transport, t)
-    assert sftp is not None
-    chan = sftp.get_channel()
-    assert chan is not None
-    chan.settimeout(10)
-    return t, sftp
 
 
 def _write_all(f: paramiko.SFTPFile, total: int) -> None:
@@ -71,7 +55,7 @@ async def test_sftp_upload_past_the_session_budget_is_refused_with_the_reason(
 async def test_download_past_the_session_budget_is_refused(files_granted: World) -> None:
     w = files_granted
     (w.data_dir / "trace.log").write_bytes(os.urandom(MIB + 100_000))
-    t, sftp = await _sftp(w)
+    t, sftp = await sftp_client(w)
     try:
         with pytest.raises(OSError, match="spool limit"):
             await asyncio.to_thread(sftp.open, "trace.log", "rb")
@@ -87,9 +71,9 @@ async def test_the_broker_budget_holds_across_sessions(files_granted: World) -> 
     """Two sessions, each under its own budget, together over the broker's: the second
     is refused; once the first is closed there is room again."""
     w = files_granted
-    t1, s1 = await _sftp(w)
+    t1, s1 = await sftp_client(w)
     w.clock.advance(30)  # a TOTP code is accepted once: the second login takes the next one
-    t2, s2 = await _sftp(w)
+    t2, s2 = await sftp_client(w)
     try:
         f1 = await asyncio.to_thread(s1.open, "a.bin", "wb")
         await asyncio.to_thread(_write_all, f1, 800 * 1024)
@@ -114,7 +98,7 @@ async def test_the_broker_budget_holds_across_sessions(files_granted: World) -> 
 async def test_spools_live_in_their_own_private_directory(files_granted: World) -> None:
     """<data_dir>/spools, mode 0700, not the audit directory; nothing stays behind."""
     w = files_granted
-    t, sftp = await _sftp(w)
+    t, sftp = await sftp_client(w)
     try:
         f = await asyncio.to_thread(sftp.open, "small.txt", "wb")
         await asyncio.to_thread(f.write, b"hello")

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import timedelta
 
 import pytest
 
 from broker.ssh.frontdoor import FrontDoorOptions
 from tests.frontdoor.harness import World, run
-
-
-@pytest.fixture
-def files_granted(world: World) -> World:
-    world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
-                       ends=world.clock.now + timedelta(hours=1), files=True)
-    return world
 
 
 def _target(w: World) -> str:
