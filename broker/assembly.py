@@ -84,7 +84,10 @@ def check_storage_apart(settings: BrokerSettings) -> None:
     share a filesystem (give recordings their own volume: ``HOSHU_RECORDINGS_PATH``)."""
     audit_dir = settings.audit_log_path.parent.resolve()
     rec = settings.recordings_dir.resolve()
-    for what, d in (("recordings", rec), ("file-transfer spools", settings.spool_dir.resolve())):
+    apart = [("recordings", rec), ("file-transfer spools", settings.spool_dir.resolve())]
+    if settings.forward_capture_path is not None:
+        apart.append(("forward captures", settings.forward_capture_path.resolve()))
+    for what, d in apart:
         if d == audit_dir or audit_dir in d.parents or d in audit_dir.parents:
             raise ValueError(f"{what} ({d}) must not be in or around the audit log's "
                              f"directory ({audit_dir}); give them a directory of their own")

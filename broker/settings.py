@@ -49,6 +49,8 @@ class BrokerSettings(BaseSettings):
     # <data_dir>/spools (never beside the audit log); writes past a total are refused
     spool_session_max_bytes: int = 4 * 1024**3  # all open spools of one sftp/scp session
     spool_broker_max_bytes: int = 16 * 1024**3  # all open spools of this broker
+    # raw capture of port-forward bytes (e.g. a vendor's HL7 port) into this folder; off unset
+    forward_capture_path: Path | None = None
     forward_capture_max_bytes: int = 1024**3  # per forward; at the cap the forward ends
 
     # audit: signing, shipping to SIEMs, masking, retention, reports (docs/auditor.md)

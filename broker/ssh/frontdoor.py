@@ -226,6 +226,7 @@ async def start_front_door(
     if options is None:
         opts = replace(opts, max_session_spool_bytes=settings.spool_session_max_bytes,
                        max_spool_bytes=settings.spool_broker_max_bytes,
+                       forward_capture_dir=settings.forward_capture_path,
                        forward_capture_max_bytes=settings.forward_capture_max_bytes)
     if opts.spool_dir is None:
         opts = replace(opts, spool_dir=settings.spool_dir)

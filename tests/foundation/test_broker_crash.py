@@ -134,3 +134,13 @@ def test_recordings_inside_the_audit_directory_are_refused(tmp_path: Path) -> No
         with pytest.raises(ValueError, match="must not be in or around the audit log"):
             check_storage_apart(BrokerSettings(data_dir=data, recordings_path=inside))
     check_storage_apart(BrokerSettings(data_dir=data, recordings_path=tmp_path / "volume"))
+
+
+def test_forward_captures_inside_the_audit_directory_are_refused(tmp_path: Path) -> None:
+    from broker.assembly import check_storage_apart
+    from broker.settings import BrokerSettings
+
+    data = tmp_path / "data"
+    check_storage_apart(BrokerSettings(data_dir=data, forward_capture_path=tmp_path / "cap"))
+    with pytest.raises(ValueError, match="forward captures"):
+        check_storage_apart(BrokerSettings(data_dir=data, forward_capture_path=data / "audit"))

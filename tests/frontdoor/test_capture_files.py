@@ -129,3 +129,33 @@ async def test_forward_ends_when_its_capture_reaches_the_cap(
     assert closed.get("SrcBytes") <= CAP
     name = w.events.of_type("forward.opened")[0].details["capture"]
     assert (w.tmp / "captures" / name).stat().st_size <= CAP
+
+
+async def test_the_capture_folder_and_cap_come_from_the_broker_settings(tmp_path: Path) -> None:
+    """``HOSHU_FORWARD_CAPTURE_PATH`` switches capture on in the front door of ``hoshu serve``."""
+    import asyncssh
+
+    from audit.testing import CapturingEmitter
+    from broker.settings import BrokerSettings
+    from broker.ssh.frontdoor import start_front_door
+    from broker.ssh.ports import DirectConnector
+    from tests.frontdoor.harness import FakePolicy
+
+    settings = BrokerSettings(data_dir=tmp_path / "data", forward_capture_path=tmp_path / "cap",
+                              forward_capture_max_bytes=4096)
+    door = await start_front_door(settings, FakePolicy(), DirectConnector(), CapturingEmitter(),
+                                  tmp_path / "rec", asyncssh.generate_private_key("ssh-ed25519"),
+                                  host="127.0.0.1", port=0)
+    try:
+        assert door.options.forward_capture_dir == tmp_path / "cap"
+        assert door.options.forward_capture_max_bytes == 4096
+    finally:
+        await door.close()
+    off = await start_front_door(BrokerSettings(data_dir=tmp_path / "d2"), FakePolicy(),
+                                 DirectConnector(), CapturingEmitter(), tmp_path / "rec2",
+                                 asyncssh.generate_private_key("ssh-ed25519"),
+                                 host="127.0.0.1", port=0)
+    try:
+        assert off.options.forward_capture_dir is None
+    finally:
+        await off.close()
