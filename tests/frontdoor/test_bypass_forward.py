@@ -12,7 +12,7 @@ import pytest
 
 from broker.ssh.ports import InstrumentTarget
 from broker.ssh.raw_paths import interactive_port
-from tests.frontdoor.harness import World, paramiko_client
+from tests.frontdoor.harness import World, paramiko_client, stop_process
 from tests.support import connect_when_listening, free_port, poll
 
 
@@ -52,13 +52,7 @@ async def test_ssh_L_to_the_instruments_sshd_is_refused_and_a_vendor_port_still_
         writer.close()
         await poll(lambda: bool(w.events.of_type("forward.closed")), deadline_s=10)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await asyncio.wait_for(proc.wait(), 10)
+        await stop_process(proc)
     assert proc.stderr is not None
     err = (await proc.stderr.read()).decode(errors="replace")
     assert "administratively prohibited" in err

@@ -127,8 +127,8 @@ async def test_a_quiet_session_on_a_full_disk_ends_within_two_seconds(granted: W
     assert w.events.of_type("session.ended")[0].get("EventResultDetails") == "recording_failed"
 
 
-async def test_typed_input_is_not_recorded_by_default(granted: World) -> None:
-    w = granted
+async def _shell_recording(w: World) -> list[list[object]]:
+    """Open a shell, type the ready probe and exit: the events of its recording."""
     t = await asyncio.to_thread(paramiko_client, w)
     chan = await asyncio.to_thread(open_shell, t)
     await asyncio.to_thread(shell_ready, chan)
@@ -136,7 +136,12 @@ async def test_typed_input_is_not_recorded_by_default(granted: World) -> None:
     await poll(lambda: bool(w.events.of_type("session.ended")))
     t.close()
     ended = w.events.of_type("session.ended")[0]
-    events = _events(w.tmp / "recordings" / ended.details["recording"])
+    return _events(w.tmp / "recordings" / ended.details["recording"])
+
+
+async def test_typed_input_is_not_recorded_by_default(granted: World) -> None:
+    w = granted
+    events = await _shell_recording(w)
     assert not [e for e in events if e[1] == "i"]
     assert any("ready-2" in str(e[2]) for e in events if e[1] == "o")
 
@@ -145,13 +150,5 @@ async def test_typed_input_is_recorded_when_the_hospital_asks(granted: World) ->
     w = granted
     target = w.policy.instruments[w.instrument]
     w.policy.instruments[w.instrument] = replace(target, record_input=True)
-    t = await asyncio.to_thread(paramiko_client, w)
-    chan = await asyncio.to_thread(open_shell, t)
-    await asyncio.to_thread(shell_ready, chan)
-    chan.send(b"exit\n")
-    await poll(lambda: bool(w.events.of_type("session.ended")))
-    t.close()
-    ended = w.events.of_type("session.ended")[0]
-    typed = "".join(str(e[2]) for e in _events(w.tmp / "recordings" / ended.details["recording"])
-                    if e[1] == "i")
+    typed = "".join(str(e[2]) for e in await _shell_recording(w) if e[1] == "i")
     assert "echo ready-$((1+1))" in typed
