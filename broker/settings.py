@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +68,23 @@ class BrokerSettings(BaseSettings):
     recordings_path: Path | None = None
     recording_max_mib: int = 512  # per session; a session whose recording reaches it ends
     report_unsigned_days: int = 7
+
+    # Where the broker keeps what it cannot lose (docs/deploy-azure.md).  Each is
+    # empty in the embedded default: files under data_dir.
+    key_vault_url: str = ""  # https://<vault>.vault.azure.net: host keys, CA, sealing, signing
+    recordings_url: str = ""  # https://<account>.blob.core.windows.net/<container>
+    # the user-assigned managed identity every Azure client signs in as (Key Vault,
+    # Blob, PostgreSQL, Logs Ingestion); empty: azure-identity's own defaults
+    azure_client_id: str = ""
+    # "password": the URL carries it; "entra": an Entra ID token is the password,
+    # refreshed before it expires (PostgreSQL Flexible Server, as infra/bicep sets up)
+    database_auth: Literal["password", "entra"] = "password"
+    # the hash-chained audit log: "file" (audit_log_path) or "postgres" (the broker
+    # database, or audit_store_url; one chain per replica, survives the container)
+    audit_store: Literal["file", "postgres"] = "file"
+    audit_store_url: str = ""
+    replica_id: str = ""  # names this replica's audit chain and tunnels; empty: host name
+    drain_grace_s: float = 20.0  # on SIGTERM, live sessions are ended cleanly within this
 
     # Azure Monitor Logs Ingestion (Sentinel): set by the reference deployment
     # (infra/bicep); the credential is the managed identity (AZURE_CLIENT_ID).
