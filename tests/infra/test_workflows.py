@@ -1,9 +1,10 @@
-"""The GitHub workflows: schema-valid, zizmor-clean, and the deploy workflow
-signs in with OpenID Connect, pins every action by commit, and grants each job
-only what it needs."""
+"""The GitHub workflows: schema-valid, zizmor-clean, CI runs the README's test
+command on every supported Python, and the deploy workflow signs in with OpenID
+Connect, pins every action by commit, and grants each job only what it needs."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from tests.infra.bicep import ROOT
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 DEPLOY = ROOT / ".github" / "workflows" / "deploy.yml"
+CI = ROOT / ".github" / "workflows" / "ci.yml"
 BIN = Path(sys.executable).parent
 
 
@@ -48,6 +50,43 @@ def test_workflows_have_no_zizmor_findings() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "No findings" in result.stdout + result.stderr
+
+
+def test_ci_runs_the_test_command_on_python_3_11_to_3_13() -> None:
+    """Each matrix Python is set up and handed to ./run (HOSHU_PYTHON), which builds
+    .venv with it; a runner's own python3 would otherwise be picked first."""
+    workflow = _load(CI)
+    assert workflow["permissions"] == {}
+    (job,) = workflow["jobs"].values()
+    assert job["permissions"] == {"contents": "read"}
+    assert job["strategy"]["matrix"] == {"python": ["3.11", "3.12", "3.13"]}
+    assert job["strategy"]["fail-fast"] is False
+    (setup,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python@")]
+    assert setup["with"]["python-version"] == "${{ matrix.python }}"
+    (test,) = [s for s in job["steps"] if "./run test" in s.get("run", "")]
+    assert test["run"].endswith("./run test")
+    assert "HOSHU_PYTHON" in test["run"]  # sudo keeps it
+    assert test["env"]["HOSHU_PYTHON"] == f"${{{{ steps.{setup['id']}.outputs.python-path }}}}"
+    assert test["env"]["CI"] == "true"
+
+
+def _find_python(hoshu_python: str) -> subprocess.CompletedProcess[str]:
+    """Run ./run's own find_python function (extracted from the script) in bash."""
+    script = (ROOT / "run").read_text()
+    func = re.search(r"^find_python\(\) \{\n.*?^\}\n", script, re.M | re.S)
+    assert func, "find_python not found in ./run"
+    return subprocess.run(["bash", "-c", func.group(0) + "find_python"],
+                          env={"PATH": os.environ["PATH"], "HOSHU_PYTHON": hoshu_python},
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_run_builds_the_venv_with_the_python_named_by_hoshu_python() -> None:
+    chosen = _find_python(sys.executable)
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.strip() == sys.executable
+    too_old = _find_python("/bin/false")  # not a Python 3.11+: refused, no fallback
+    assert too_old.returncode == 1 and too_old.stdout == ""
+    assert "not a Python 3.11 or newer" in too_old.stderr
 
 
 def test_deploy_runs_what_if_on_pull_requests_and_deploys_on_version_tags() -> None:
