@@ -25,12 +25,12 @@ Appends from several threads are serialized by a lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,18 @@ from typing import Any
 from audit.errors import ChainError, InvalidEvent
 from audit.events import AuditEvent, new_event, utc_now
 from audit.signing import Checkpoint, CheckpointSigner
-from audit.verify import GENESIS, VerifyResult, canonical, chain_hash, read_events, verify
+from audit.verify import (
+    GENESIS,
+    VerifyResult,
+    canonical,
+    chain_hash,
+    link_hash,
+    read_events,
+    verify,
+)
 
-__all__ = ["GENESIS", "ChainLog", "VerifyResult", "chain_hash", "read_events", "verify"]
+__all__ = ["GENESIS", "ChainLog", "ChainState", "Sealed", "VerifyResult", "chain_hash",
+           "read_events", "verify"]
 
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 _HEAD_WIDTH = 96
@@ -49,9 +58,133 @@ _HEAD_WIDTH = 96
 def _line(record: dict[str, Any], prev: str) -> tuple[str, bytes]:
     """Hash ``record`` (which has ``ChainSeq`` and no ``ChainHash``) and render its line."""
     body = canonical(record)
-    h = hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
+    h = link_hash(prev, body)
     # readers parse the JSON, so the hash may follow the sorted body
     return h, body[:-1] + b',"ChainHash":"' + h.encode() + b'"}\n'
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One sealed event: its position, the hash before it, its hash and its line."""
+
+    seq: int
+    prev: str
+    hash: str
+    line: bytes  # canonical JSON with ChainHash, ending in a newline
+    event: AuditEvent
+    checkpoint: Checkpoint | None = None  # set on the audit.checkpoint events
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """Events numbered, hashed and (when due) checkpointed, not yet stored."""
+
+    links: tuple[Link, ...]
+    seq: int
+    hash: str
+    cp_seq: int  # the first position the next checkpoint has to cover
+    cp_time: datetime
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(link.line for link in self.links)
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint in this batch (None: none was due)."""
+        return next((k.checkpoint for k in reversed(self.links) if k.checkpoint), None)
+
+
+class ChainState:
+    """Where one chain stands and when its next checkpoint is due.
+
+    The one place that numbers, hashes and signs events, whatever stores them
+    (:class:`ChainLog` on a file, :class:`audit.pgchain.PgChainLog` in
+    PostgreSQL): :meth:`seal` computes a batch without changing the state, the
+    store writes it, and :meth:`advance` moves the state once it is stored.
+    A signed checkpoint is placed after every ``checkpoint_every`` events (also
+    inside a large batch) and when ``checkpoint_interval_s`` has passed with
+    something new written.
+    """
+
+    def __init__(self, seq: int, last_hash: str, *, signer: CheckpointSigner | None,
+                 checkpoint_every: int, checkpoint_interval_s: float,
+                 clock: Callable[[], datetime], hostname: str | None,
+                 last_checkpoint_seq: int | None) -> None:
+        self.seq, self.hash = seq, last_hash
+        self.signer = signer
+        self.every = max(1, checkpoint_every)
+        self.interval_s = checkpoint_interval_s
+        self.clock = clock
+        self.hostname = hostname
+        # the checkpoint event itself sits at last_checkpoint_seq + 1
+        self.cp_seq = last_checkpoint_seq + 2 if last_checkpoint_seq is not None else 1
+        self.cp_time = clock()
+
+    def seal(self, events: Sequence[AuditEvent], *, force_checkpoint: bool = False,
+             after: Sealed | None = None) -> Sealed:
+        """Number and hash ``events`` after the state (or after ``after``), placing
+        checkpoints where due; ``force_checkpoint`` signs whatever is unsigned at the
+        end.  Raises :class:`InvalidEvent` for an event over ``MAX_EVENT_BYTES``."""
+        seq, prev = (after.seq, after.hash) if after else (self.seq, self.hash)
+        cp_seq, cp_time = (after.cp_seq, after.cp_time) if after else (self.cp_seq, self.cp_time)
+        links: list[Link] = []
+
+        def add(event: AuditEvent, cp: Checkpoint | None = None) -> None:
+            nonlocal seq, prev
+            seq += 1
+            record = dict(event.record)
+            record.pop("ChainHash", None)
+            record["ChainSeq"] = seq
+            h, line = _line(record, prev)
+            if len(line) > MAX_EVENT_BYTES:
+                raise InvalidEvent(f"{record.get('EventType')}: event of {len(line)} bytes is "
+                                   f"larger than {MAX_EVENT_BYTES}")
+            record["ChainHash"] = h
+            links.append(Link(seq, prev, h, line, AuditEvent(record), cp))
+            prev = h
+
+        def sign() -> None:
+            nonlocal cp_seq, cp_time
+            assert self.signer is not None
+            cp = self.signer.sign(seq, prev)
+            add(new_event("audit.checkpoint", clock=self.clock, details=cp.details(),
+                          DvcRole="broker", DvcHostname=self.hostname,
+                          EventMessage=f"signed checkpoint at position {cp.seq}"), cp)
+            cp_seq, cp_time = seq + 1, self.clock()
+
+        def due() -> bool:
+            if self.signer is None or seq < cp_seq:
+                return False
+            if seq - cp_seq + 1 >= self.every:
+                return True
+            return (self.clock() - cp_time).total_seconds() >= self.interval_s
+
+        rest = list(events)
+        while True:
+            # room before the count-based checkpoint falls due
+            room = len(rest) if self.signer is None else max(
+                1, min(len(rest), self.every - (seq - cp_seq + 1)))
+            for event in rest[:room]:
+                add(event)
+            rest = rest[room:]
+            if due():
+                sign()
+            if not rest:
+                break
+        if force_checkpoint and self.signer is not None and seq >= cp_seq:
+            sign()
+        return Sealed(tuple(links), seq, prev, cp_seq, cp_time)
+
+    def advance(self, sealed: Sealed) -> None:
+        """The batch is stored: the chain now stands after it."""
+        self.seq, self.hash = sealed.seq, sealed.hash
+        self.cp_seq, self.cp_time = sealed.cp_seq, sealed.cp_time
+
+    @property
+    def unsigned(self) -> bool:
+        """Something was written since the last checkpoint (and this chain signs)."""
+        return self.signer is not None and self.seq >= self.cp_seq
 
 
 def _lock_exclusive(fd: int) -> None:
@@ -91,8 +224,6 @@ class ChainLog:
         self._fsync = fsync
         self._signer = signer
         self._cp_every = max(1, checkpoint_every)
-        self._cp_interval = checkpoint_interval_s
-        self._clock = clock
         self._listeners: list[Callable[[int], None]] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -107,21 +238,18 @@ class ChainLog:
         except OSError as exc:
             os.close(self._fd)
             raise ChainError(f"audit log {self.path} is being written by another process") from exc
-        self._seq, self._hash = self._recover()
-        self._synced = self._seq
-
-    def _recover(self) -> tuple[int, str]:
         self._cut_partial_tail()
         result = verify(self.path)
         if not result.ok:
             os.close(self._fd)
             raise ChainError(f"audit log {self.path} fails verification: {result.reason}")
-        head = os.open(self.head_path, os.O_RDWR | os.O_CREAT, 0o640)
-        self._head_fd = head
+        self._head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT, 0o640)
         self._size = os.fstat(self._fd).st_size
-        self._cp_seq = result.last_checkpoint.seq + 2 if result.last_checkpoint else 1
-        self._cp_time = self._clock()
-        return result.count, result.last_hash
+        self._state = ChainState(
+            result.count, result.last_hash, signer=signer, checkpoint_every=checkpoint_every,
+            checkpoint_interval_s=checkpoint_interval_s, clock=clock, hostname=hostname,
+            last_checkpoint_seq=result.last_checkpoint.seq if result.last_checkpoint else None)
+        self._synced = self._state.seq
 
     def _cut_partial_tail(self) -> None:
         """A crash in the middle of a write leaves a line without its newline: that
@@ -153,11 +281,11 @@ class ChainLog:
 
     @property
     def seq(self) -> int:
-        return self._seq
+        return self._state.seq
 
     @property
     def last_hash(self) -> str:
-        return self._hash
+        return self._state.hash
 
     @property
     def synced_seq(self) -> int:
@@ -168,46 +296,44 @@ class ChainLog:
         return self.append_many([event])[0]
 
     def append_many(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:
-        """Append events in order with one write; returns them with chain fields set."""
+        """Append events in order with one write; returns them with chain fields set.
+
+        A checkpoint that falls due inside a large batch is written there, so no
+        stretch of the log is longer than ``checkpoint_every`` without one.
+        """
         with self._lock:
-            out: list[AuditEvent] = []
-            rest = list(events)
-            while rest:
-                # a checkpoint falls due inside a large batch: write it there, so no
-                # stretch of the log is longer than checkpoint_every without one
-                room = self._cp_room(len(rest))
-                out += self._write(rest[:room])
-                rest = rest[room:]
-                if self._checkpoint_due():
-                    self._write_checkpoint()
-            seq = self._seq
-        if self._fsync:
-            self._sync(seq)
-        for listener in self._listeners:
-            listener(seq)
-        return out
+            sealed = self._store(self._state.seal(events))
+            seq = self._state.seq
+        self._after(seq)
+        return [k.event for k in sealed.links if k.checkpoint is None]
 
     def checkpoint(self) -> Checkpoint | None:
         """Write a signed checkpoint now if anything was appended since the last one."""
         with self._lock:
-            cp = self._write_checkpoint() if self._seq >= self._cp_seq else None
-            seq = self._seq
-        if self._fsync:
-            self._sync(seq)
-        for listener in self._listeners:
-            listener(seq)
+            cp = None
+            if self._state.unsigned:
+                cp = self._store(self._state.seal([], force_checkpoint=True)).checkpoint
+            seq = self._state.seq
+        self._after(seq)
         return cp
 
     def maybe_checkpoint(self) -> Checkpoint | None:
         """Write a checkpoint if the interval has passed (call periodically when idle)."""
         with self._lock:
-            if not self._checkpoint_due():
+            sealed = self._state.seal([])
+            if not sealed.links:
                 return None
-            cp = self._write_checkpoint()
-            seq = self._seq
+            cp = self._store(sealed).checkpoint
+            seq = self._state.seq
         if self._fsync:
             self._sync(seq)
         return cp
+
+    def _after(self, seq: int) -> None:
+        if self._fsync:
+            self._sync(seq)
+        for listener in self._listeners:
+            listener(seq)
 
     def _sync(self, seq: int) -> None:
         """Group commit: one fsync makes every append up to now durable.
@@ -218,67 +344,27 @@ class ChainLog:
         with self._sync_lock:
             if self._synced >= seq:
                 return
-            target = self._seq  # every write counted here is already in the file
+            target = self._state.seq  # every write counted here is already in the file
             try:
                 os.fsync(self._fd)
             except OSError as exc:
                 raise ChainError(f"cannot sync audit log {self.path}: {exc.strerror}") from exc
             self._synced = target
 
-    def _cp_room(self, wanted: int) -> int:
-        """How many events may be written before the count-based checkpoint is due."""
-        if self._signer is None:
-            return wanted
-        since = self._seq - self._cp_seq + 1
-        return max(1, min(wanted, self._cp_every - since))
-
-    def _checkpoint_due(self) -> bool:
-        if self._signer is None or self._seq < self._cp_seq:
-            return False
-        if self._seq - self._cp_seq + 1 >= self._cp_every:
-            return True
-        return (self._clock() - self._cp_time).total_seconds() >= self._cp_interval
-
-    def _write_checkpoint(self) -> Checkpoint | None:
-        if self._signer is None:
-            return None
-        cp = self._signer.sign(self._seq, self._hash)
-        self._write([new_event("audit.checkpoint", clock=self._clock, details=cp.details(),
-                               DvcRole="broker", DvcHostname=self.hostname,
-                               EventMessage=f"signed checkpoint at position {cp.seq}")])
-        self._cp_seq, self._cp_time = self._seq + 1, self._clock()
-        try:
-            tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-            tmp.write_text(json.dumps(cp.details()))
-            os.replace(tmp, self.checkpoint_path)
-        except OSError as exc:
-            raise ChainError(f"cannot write {self.checkpoint_path}: {exc.strerror}") from exc
-        return cp
-
-    def _write(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+    def _store(self, sealed: Sealed) -> Sealed:
+        """Write a sealed batch in one write (all or nothing), then the head and the
+        newest checkpoint beside the log; the state moves only once it is written."""
         if self._closed:
             raise ChainError(f"audit log {self.path} is closed")
-        out: list[AuditEvent] = []
-        lines: list[bytes] = []
-        seq, prev = self._seq, self._hash
-        for event in events:
-            seq += 1
-            record = dict(event.record)
-            record.pop("ChainHash", None)
-            record["ChainSeq"] = seq
-            prev, line = _line(record, prev)
-            if len(line) > MAX_EVENT_BYTES:
-                raise InvalidEvent(f"{record.get('EventType')}: event of {len(line)} bytes is "
-                                   f"larger than {MAX_EVENT_BYTES}")
-            record["ChainHash"] = prev
-            lines.append(line)
-            out.append(AuditEvent(record))
-        data = b"".join(lines)
+        if not sealed.links:
+            return sealed
+        data = sealed.data
         try:
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
-            os.pwrite(self._head_fd, f"{seq} {prev}".ljust(_HEAD_WIDTH).encode(), 0)
+            os.pwrite(self._head_fd, f"{sealed.seq} {sealed.hash}".ljust(_HEAD_WIDTH).encode(),
+                      0)
         except OSError as exc:
             # a half-written line would break the chain: cut the log back to the last event
             try:
@@ -286,8 +372,17 @@ class ChainLog:
             except OSError:
                 pass
             raise ChainError(f"cannot write audit log {self.path}: {exc.strerror}") from exc
-        self._seq, self._hash, self._size = seq, prev, self._size + len(data)
-        return out
+        self._size += len(data)
+        self._state.advance(sealed)
+        cp = sealed.checkpoint
+        if cp is not None:
+            try:
+                tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
+                tmp.write_text(json.dumps(cp.details()))
+                os.replace(tmp, self.checkpoint_path)
+            except OSError as exc:
+                raise ChainError(f"cannot write {self.checkpoint_path}: {exc.strerror}") from exc
+        return sealed
 
     def close(self) -> None:
         """Write a final checkpoint (when signing and anything is unsigned), then close.
@@ -299,9 +394,9 @@ class ChainLog:
         with self._lock:
             if self._closed:
                 return
-            if self._signer is not None and self._seq >= self._cp_seq:
+            if self._state.unsigned:
                 try:
-                    self._write_checkpoint()
+                    self._store(self._state.seal([], force_checkpoint=True))
                     if self._fsync:
                         os.fsync(self._fd)
                 except (ChainError, OSError):

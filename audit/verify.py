@@ -48,10 +48,16 @@ def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def link_hash(prev: str, body: bytes) -> str:
+    """SHA-256 over the previous hash and a record's canonical JSON (without
+    ``ChainHash``): the one definition every store (file, PostgreSQL) and every
+    check uses."""
+    return hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
+
+
 def chain_hash(prev: str, record: dict[str, Any]) -> str:
     """The hash committing to ``record`` (without ``ChainHash``) and all before it."""
-    body = {k: v for k, v in record.items() if k != "ChainHash"}
-    return hashlib.sha256(prev.encode() + b"\n" + canonical(body)).hexdigest()
+    return link_hash(prev, canonical({k: v for k, v in record.items() if k != "ChainHash"}))
 
 
 @dataclass(frozen=True)
