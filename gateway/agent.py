@@ -50,7 +50,7 @@ from wire import Heartbeat, Inventory, InventoryItem, Mode, Purpose
 from wire.models import InventoryEntry
 from wire.names import TUNNEL_CIPHERS, TUNNEL_WINDOW
 
-log = logging.getLogger("hoshu.gateway.agent")
+log = logging.getLogger(__name__)
 
 
 class AgentState(StrEnum):
@@ -143,6 +143,14 @@ class GatewayAgent:
     @property
     def paused(self) -> bool:
         return self._pause.paused
+
+    @property
+    def mode(self) -> Mode:
+        return self.config.mode
+
+    @property
+    def channel_connect_timeout_s(self) -> float:
+        return self.config.tunnel.channel_connect_timeout_s
 
     def set_windows(self, windows: Sequence[Span]) -> None:
         self.windows = sorted(windows)

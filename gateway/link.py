@@ -4,6 +4,9 @@ A :class:`Link` is the :class:`gateway.server.Hub` of one connection.  It says
 hello when the broker opens the control channel, answers heartbeats, applies
 windows and acks, and keeps the table of open instrument channels (who, which
 instrument, since when) that ``status`` shows and ``pause`` closes.
+
+A link reads and calls only what :class:`Gateway` names (the agent implements it),
+so it never reaches into the agent and does not import it.
 """
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncssh
 
 from audit.errors import AuditError
-from gateway.policy import Decision
+from gateway.policy import Decision, Span
 from gateway.server import ControlSession, Relay
 from wire import (
     PROTOCOL_VERSION,
@@ -31,6 +35,7 @@ from wire import (
     Hello,
     Message,
     MessageTooLarge,
+    Mode,
     Purpose,
     Welcome,
     Windows,
@@ -39,12 +44,63 @@ from wire import (
     encode,
 )
 
-if TYPE_CHECKING:
-    from gateway.agent import GatewayAgent
-
-log = logging.getLogger("hoshu.gateway.link")
+log = logging.getLogger(__name__)
 _channel_ids = itertools.count(1)
 CLOCK_DRIFT_WARN_S = 5.0
+
+
+class LinkAudit(Protocol):
+    """The gateway's local audit copy, as a link writes to and forwards from it."""
+
+    def record(self, type_: str, *, details: dict[str, Any] | None = None,
+               **columns: Any) -> object:
+        """Write one event (raises :class:`audit.errors.AuditError` if it cannot)."""
+        ...
+
+    def next_batch(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` events not yet sent on this connection, now counted as sent."""
+        ...
+
+    def unsend(self) -> None:
+        """Put every sent but unacknowledged event back to be sent again."""
+        ...
+
+    def acked(self, upto_seq: int) -> None:
+        """The broker holds every event up to ``upto_seq``."""
+        ...
+
+
+class Gateway(Protocol):
+    """What a link needs of the agent that dialled it (:class:`gateway.agent.GatewayAgent`)."""
+
+    @property
+    def broker_key(self) -> asyncssh.SSHKey:
+        """The broker host key pinned at enrolment: the only key a connection accepts."""
+        ...
+
+    @property
+    def audit(self) -> LinkAudit: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def mode(self) -> Mode: ...
+
+    @property
+    def channel_connect_timeout_s(self) -> float:
+        """How long an instrument connection may take before the channel is refused."""
+        ...
+
+    def clock(self) -> datetime: ...
+
+    def channel_decision(self, dest_host: str, dest_port: int) -> Decision:
+        """Allow or refuse a tunnel channel to ``dest_host:dest_port`` (no audit)."""
+        ...
+
+    def set_windows(self, windows: Sequence[Span]) -> None:
+        """Apply the approved windows the broker sent."""
+        ...
 
 
 @dataclass
@@ -65,10 +121,10 @@ class OpenChannel:
 
 
 class Link:
-    def __init__(self, agent: GatewayAgent, purpose: Purpose) -> None:
-        self._agent = agent
+    def __init__(self, gateway: Gateway, purpose: Purpose) -> None:
+        self._gateway = gateway
         self.purpose = purpose
-        self.broker_key = agent.broker_key
+        self.broker_key = gateway.broker_key
         self.conn: asyncssh.SSHServerConnection | None = None
         self.control: ControlSession | None = None
         self.welcome = asyncio.Event()
@@ -89,13 +145,13 @@ class Link:
         if self.purpose is not Purpose.TUNNEL:
             decision = Decision(False, "a window check connection carries no channels")
         else:
-            decision = self._agent.channel_decision(dest_host, dest_port)
+            decision = self._gateway.channel_decision(dest_host, dest_port)
         if not decision.allowed:
             who = decode_originator(orig_host)
             log.warning("refused channel to %s:%d: %s", dest_host[:253], dest_port,
                         decision.reason)
             try:
-                self._agent.audit.record(
+                self._gateway.audit.record(
                     "gateway.channel_refused", EventResult="Failure",
                     EventResultDetails=decision.reason, TargetHostname=dest_host[:253],
                     TargetPortNumber=dest_port, NetworkDirection="Inbound",
@@ -110,7 +166,7 @@ class Link:
         inst = decision.instrument
         assert inst is not None
         relay = Relay(self._relay_closed)
-        timeout = self._agent.config.tunnel.channel_connect_timeout_s
+        timeout = self._gateway.channel_connect_timeout_s
         try:
             await asyncio.wait_for(asyncio.get_running_loop().create_connection(
                 relay.instrument_protocol, inst.host, dest_port), timeout)
@@ -121,9 +177,9 @@ class Link:
         who = decode_originator(orig_host)
         chan = OpenChannel(f"c{next(_channel_ids)}", inst.name, inst.host, dest_port,
                            inst.protocol, who.session_id if who else "",
-                           who.engineer if who else "", self._agent.clock())
+                           who.engineer if who else "", self._gateway.clock())
         try:
-            self._agent.audit.record(
+            self._gateway.audit.record(
                 "gateway.channel_opened", TargetHostname=inst.name, TargetIpAddr=inst.host,
                 TargetPortNumber=dest_port, NetworkApplicationProtocol=inst.protocol,
                 NetworkDirection="Inbound", TargetSessionId=chan.session_id or None,
@@ -143,9 +199,9 @@ class Link:
         chan = self.channels.pop(relay, None)
         if chan is None:
             return
-        duration = (self._agent.clock() - chan.since).total_seconds()
+        duration = (self._gateway.clock() - chan.since).total_seconds()
         try:
-            self._agent.audit.record(
+            self._gateway.audit.record(
                 "gateway.channel_closed", TargetHostname=chan.instrument,
                 TargetIpAddr=chan.host, TargetPortNumber=chan.port,
                 NetworkApplicationProtocol=chan.protocol, NetworkDirection="Inbound",
@@ -170,9 +226,9 @@ class Link:
         return True
 
     def control_started(self, session: ControlSession) -> None:
-        self.send(Hello(protocol=PROTOCOL_VERSION, gateway_version=self._agent.version,
-                        mode=self._agent.config.mode, purpose=self.purpose,
-                        gateway_time=self._agent.clock()))
+        self.send(Hello(protocol=PROTOCOL_VERSION, gateway_version=self._gateway.version,
+                        mode=self._gateway.mode, purpose=self.purpose,
+                        gateway_time=self._gateway.clock()))
 
     def send(self, message: Message) -> bool:
         if self.control is None:
@@ -193,16 +249,16 @@ class Link:
                 return
             self.gateway_id = message.gateway_id
             self.clock_offset_s = round(
-                (self._agent.clock() - message.broker_time).total_seconds(), 1)
+                (self._gateway.clock() - message.broker_time).total_seconds(), 1)
             if abs(self.clock_offset_s) > CLOCK_DRIFT_WARN_S:
                 log.warning("this gateway's clock is %+.1f s off the broker's: fix NTP",
                             self.clock_offset_s)
             self.welcome.set()
         elif isinstance(message, Windows):
-            self._agent.set_windows([(w.start, w.end) for w in message.windows])
+            self._gateway.set_windows([(w.start, w.end) for w in message.windows])
             self.windows_received.set()
         elif isinstance(message, Ack):
-            self._agent.audit.acked(message.upto_seq)
+            self._gateway.audit.acked(message.upto_seq)
             self.acked.set()
         elif isinstance(message, Heartbeat):
             pass
@@ -251,10 +307,10 @@ class Link:
         """Send every event not yet sent on this connection; False if none were pending."""
         sent = False
         while True:
-            batch = self._agent.audit.next_batch(batch_limit)
+            batch = self._gateway.audit.next_batch(batch_limit)
             if not batch:
                 return sent
             if not self.send(AuditBatch(events=tuple(batch))):
-                self._agent.audit.unsend()
+                self._gateway.audit.unsend()
                 return sent
             sent = True
