@@ -217,7 +217,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
 
     # --- the audit system itself -------------------------------------------------
     EventType("audit.checkpoint", AUD, "A signed checkpoint of the hash-chained log",
-              details={"seq": PUB, "hash": PUB, "signature": PUB, "key_id": PUB}),
+              details={"seq": PUB, "hash": PUB, "signature": PUB, "key_id": PUB, "alg": PUB,
+                       "key_version": PUB}),
     EventType("audit.verification_failed", AUD, "Verification of the log found tampering",
               severity=Severity.HIGH, details={"position": PUB, "reason": PUB}),
     EventType("audit.sink_lag", AUD, "A sink is behind: events wait in its outbox",

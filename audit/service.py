@@ -122,7 +122,7 @@ class AuditRuntime:
         Writes ``audit.verified`` or ``audit.verification_failed`` (severity High,
         naming the first bad position); run it daily and at shutdown.
         """
-        keys = TrustedKeys([self.signer.public_key])
+        keys = TrustedKeys(self.signer.public_keys)  # every version: rotations keep verifying
         # checkpoints are required as the auditor's check requires them: a file re-hashed
         # under the running broker cannot drop the ones it cannot sign again
         result = verify(self.log.path, keys=keys, upto=self.log.seq,
@@ -152,15 +152,19 @@ class AuditRuntime:
 
 
 def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = None,
-                credential: Any = None, sinks: Sequence[Sink] | None = None) -> AuditRuntime:
+                credential: Any = None, sinks: Sequence[Sink] | None = None,
+                signer: CheckpointSigner | None = None) -> AuditRuntime:
     """Open the log (verified), the signing key, the index and one shipper per sink.
 
     ``sinks`` overrides the configured ones (tests); the index is always fed.
+    ``signer``: the broker's key store's (``KeyStore.checkpoint_signer()``: a key
+    file or Key Vault); None: the Ed25519 key file at ``config.signing_key_path``.
     """
     from audit.events import utc_now
 
     now = clock or utc_now
-    signer = CheckpointSigner.load_or_create(config.signing_key_path)
+    if signer is None:
+        signer = CheckpointSigner.load_or_create(config.signing_key_path)
     log = ChainLog(config.log_path, fsync=config.fsync, signer=signer,
                    checkpoint_every=config.checkpoint_every,
                    checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
