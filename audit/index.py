@@ -35,7 +35,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    create_engine,
     delete,
     func,
     insert,
@@ -44,6 +43,7 @@ from sqlalchemy import (
 )
 
 from audit.catalog import CATALOG
+from audit.engines import PasswordSource, create_engine
 from audit.errors import AuditError
 from audit.events import format_time
 
@@ -149,14 +149,17 @@ def _row(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AuditIndex:
-    """The event index on one database (``sqlite:///...`` or ``postgresql+psycopg://...``)."""
+    """The event index on one database (``sqlite:///...``, ``postgresql://...`` or
+    ``postgresql+psycopg://...``: the same URL rule as the broker's store)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     @classmethod
-    def from_url(cls, url: str) -> AuditIndex:
-        index = cls(create_engine(url, pool_pre_ping=True))
+    def from_url(cls, url: str, *, password: PasswordSource | None = None) -> AuditIndex:
+        """Open (and create) the index; ``password`` signs each new PostgreSQL
+        connection in (an Entra ID token) instead of the URL's password."""
+        index = cls(create_engine(url, password=password, pool_pre_ping=True))
         index.create()
         return index
 

@@ -7,6 +7,12 @@ runs the Alembic migrations (on startup and by ``hoshu db upgrade``).
 On SQLite every transaction starts with ``BEGIN IMMEDIATE`` so concurrent
 writers queue on the lock instead of failing; on PostgreSQL rows that decide
 a state change are read ``FOR UPDATE``.
+
+URLs: ``postgresql://`` and ``postgresql+psycopg://`` are the same (psycopg 3;
+``audit.engines.sqlalchemy_url``, the rule the audit index uses too).  With
+``password=`` (a callable: ``broker.identity.database_password``, an Entra ID
+token for ``database_auth = "entra"``) every new PostgreSQL connection signs in
+with what it returns instead of a password in the URL.
 """
 
 from __future__ import annotations
@@ -22,20 +28,23 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.pool import StaticPool
 
+from audit.engines import PasswordSource, sqlalchemy_url
+from audit.engines import create_engine as create_sql_engine
 from broker.store.repo import SqlTx
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def normalise_url(url: str) -> str:
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
+normalise_url = sqlalchemy_url  # the one URL rule (audit.engines)
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str, *, password: PasswordSource | None = None) -> sa.Engine:
+    """The engine for ``url``; ``password``: where each new PostgreSQL connection's
+    password comes from (refused for SQLite, which has none)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
+        if password is not None:
+            raise ValueError("token sign-in is for PostgreSQL only, not SQLite")
         memory = url in ("sqlite://", "sqlite:///:memory:")
         if not memory:
             Path(sa.make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +69,8 @@ def make_engine(url: str) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_sql_engine(url, password=password, pool_pre_ping=True, pool_size=10,
+                             max_overflow=10)
 
 
 def alembic_config(engine: sa.Engine) -> Config:
@@ -102,9 +112,10 @@ def current_revision(engine: sa.Engine) -> str | None:
 class Store:
     """One database: its engine and a transaction factory."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True,
+                 password: PasswordSource | None = None) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, password=password)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         if migrate:
             upgrade(self.engine)
