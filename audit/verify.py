@@ -29,6 +29,7 @@ What :func:`verify` proves, by argument:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -155,9 +156,6 @@ def verify(
     ``closed`` and ``sidecar`` as ``hoshu audit verify`` does.
     """
     p = Path(path)
-    prev, seq, cps, since = GENESIS, 0, 0, 0
-    last_cp: Checkpoint | None = None
-    outside = [*checkpoints, *([checkpoint] if checkpoint is not None else [])]
     # both are written after the lines they describe: read them first, so a writer
     # appending meanwhile cannot make them look ahead of the log
     if head is None and upto is None:
@@ -166,6 +164,32 @@ def verify(
         side = read_sidecar(p) if sidecar else None
     except ChainError as exc:
         return VerifyResult(False, 0, GENESIS, 1, str(exc))
+    outside = [*checkpoints, *([checkpoint] if checkpoint is not None else [])]
+    with open(p, "rb") if p.exists() else contextlib.nullcontext(()) as lines:
+        return verify_lines(lines, head=head, keys=keys, checkpoints=outside, upto=upto,
+                            checkpoint_every=checkpoint_every, closed=closed, side=side,
+                            side_required=sidecar, side_name="the .checkpoint file")
+
+
+def verify_lines(
+    lines: Iterable[bytes],
+    *,
+    head: tuple[int, str] | None,
+    keys: TrustedKeys | None,
+    checkpoints: Sequence[Checkpoint] = (),
+    upto: int | None = None,
+    checkpoint_every: int | None = None,
+    closed: bool = False,
+    side: Checkpoint | None = None,
+    side_required: bool = False,
+    side_name: str = "the stored newest checkpoint",  # as the reasons name it
+) -> VerifyResult:
+    """The rules of :func:`verify` over a chain's lines in order, wherever they are
+    stored (a file, PostgreSQL rows): ``head`` is the position and hash the chain
+    must reach, ``side`` the newest checkpoint its writer kept apart from it."""
+    prev, seq, cps, since = GENESIS, 0, 0, 0
+    last_cp: Checkpoint | None = None
+    outside = list(checkpoints)
     if side is not None:
         outside.append(side)
     wanted = {cp.seq for cp in outside}
@@ -177,47 +201,45 @@ def verify(
 
     for cp in outside:
         if keys is not None and (why := keys.check(cp)):
-            what = "the .checkpoint file's" if cp is side else "the given"
+            what = f"{side_name}'s" if cp is side else "the given"
             return bad(cp.seq, f"{what} {why}")
-    if p.exists():
-        with open(p, "rb") as f:
-            for lineno, line in enumerate(f, start=1):
-                if upto is not None and lineno > upto:
-                    break
-                if not line.endswith(b"\n"):
-                    break  # the writer is in the middle of this line
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        raise ValueError("not an object")
-                except ValueError:
-                    return bad(lineno, f"line {lineno} is not a record")
-                if record.get("ChainSeq") != lineno:
-                    return bad(lineno, f"line {lineno} has position {record.get('ChainSeq')}: "
-                                       "an event was deleted, inserted or moved")
-                if record.get("ChainHash") != chain_hash(prev, record):
-                    return bad(lineno, f"line {lineno} does not match its hash: edited, "
-                                       "inserted or reordered")
-                if record.get("EventType") == "audit.checkpoint":
-                    try:
-                        cp = Checkpoint.from_details(record.get("Details") or {})
-                    except ChainError as exc:
-                        return bad(lineno, f"line {lineno}: {exc}")
-                    if cp.seq != lineno - 1 or cp.hash != prev:
-                        return bad(lineno, f"checkpoint at line {lineno} does not match the "
-                                           "chain before it")
-                    if keys is not None and (why := keys.check(cp)):
-                        return bad(lineno, f"line {lineno}: {why}")
-                    cps, last_cp, since = cps + 1, cp, 0
-                elif checkpoint_every is not None and since >= checkpoint_every:
-                    return bad(lineno, f"no signed checkpoint within {checkpoint_every} events "
-                                       f"after position {lineno - since - 1}: checkpoints were "
-                                       "removed or the log was rewritten")
-                else:
-                    since += 1
-                prev, seq = record["ChainHash"], lineno
-                if lineno in wanted:
-                    seen[lineno] = prev
+    for lineno, line in enumerate(lines, start=1):
+        if upto is not None and lineno > upto:
+            break
+        if not line.endswith(b"\n"):
+            break  # the writer is in the middle of this line
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return bad(lineno, f"line {lineno} is not a record")
+        if record.get("ChainSeq") != lineno:
+            return bad(lineno, f"line {lineno} has position {record.get('ChainSeq')}: "
+                               "an event was deleted, inserted or moved")
+        if record.get("ChainHash") != chain_hash(prev, record):
+            return bad(lineno, f"line {lineno} does not match its hash: edited, "
+                               "inserted or reordered")
+        if record.get("EventType") == "audit.checkpoint":
+            try:
+                cp = Checkpoint.from_details(record.get("Details") or {})
+            except ChainError as exc:
+                return bad(lineno, f"line {lineno}: {exc}")
+            if cp.seq != lineno - 1 or cp.hash != prev:
+                return bad(lineno, f"checkpoint at line {lineno} does not match the "
+                                   "chain before it")
+            if keys is not None and (why := keys.check(cp)):
+                return bad(lineno, f"line {lineno}: {why}")
+            cps, last_cp, since = cps + 1, cp, 0
+        elif checkpoint_every is not None and since >= checkpoint_every:
+            return bad(lineno, f"no signed checkpoint within {checkpoint_every} events "
+                               f"after position {lineno - since - 1}: checkpoints were "
+                               "removed or the log was rewritten")
+        else:
+            since += 1
+        prev, seq = record["ChainHash"], lineno
+        if lineno in wanted:
+            seen[lineno] = prev
     for cp in sorted(outside, key=lambda c: c.seq):
         if seq < cp.seq:
             return bad(seq + 1, f"the log ends at position {seq} but a signed checkpoint "
@@ -225,8 +247,8 @@ def verify(
         if seen.get(cp.seq) != cp.hash:
             return bad(cp.seq, f"position {cp.seq} does not match the signed "
                                "checkpoint: the log was rewritten")
-    if sidecar and side is None and cps:
-        return bad(seq + 1, "the .checkpoint file beside the log is missing")
+    if side_required and side is None and cps:
+        return bad(seq + 1, f"{side_name} beside the chain is missing")
     if upto is not None and seq < upto:
         return bad(seq + 1, f"the log ends at position {seq}, expected {upto}")
     if head is not None:
