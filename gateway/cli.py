@@ -31,7 +31,7 @@ from gateway import __version__
 from gateway.errors import ConfigError, ControlError, GatewayError, NotEnrolled
 
 DEFAULT_CONFIG = "/etc/hoshu/gateway.toml"
-log = logging.getLogger("hoshu.gateway")
+log = logging.getLogger(__name__)
 
 
 def _config_path(args: argparse.Namespace) -> Path:

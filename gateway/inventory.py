@@ -18,7 +18,7 @@ import asyncssh
 from gateway.config import Instrument
 from wire import InventoryItem
 
-log = logging.getLogger("hoshu.gateway.inventory")
+log = logging.getLogger(__name__)
 _PARALLEL = 16
 
 

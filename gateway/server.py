@@ -26,7 +26,7 @@ from gateway.policy import Decision
 from wire import BROKER_USERNAME, CONTROL_SUBSYSTEM, LineFramer, Message, WireError, decode
 from wire.sshcompat import coalesce_writes
 
-log = logging.getLogger("hoshu.gateway.server")
+log = logging.getLogger(__name__)
 
 
 class Hub(Protocol):
