@@ -78,6 +78,13 @@ class IllegalAgentTransition(RuntimeError):
     of the network (those are states)."""
 
 
+def check_transition(current: AgentState, new: AgentState) -> None:
+    """Raise :class:`IllegalAgentTransition` unless ``current -> new`` is in
+    :data:`TRANSITIONS` (staying in a state is not a move and always allowed)."""
+    if new is not current and new not in TRANSITIONS[current]:
+        raise IllegalAgentTransition(f"{current} -> {new}")
+
+
 class Backoff:
     """Exponential backoff with equal jitter: a delay in ``[d/2, d]``, ``d`` capped."""
 
@@ -135,8 +142,7 @@ class GatewayAgent:
     def _move(self, new: AgentState) -> None:
         if new is self.state:
             return
-        if new not in TRANSITIONS[self.state]:
-            raise IllegalAgentTransition(f"{self.state} -> {new}")
+        check_transition(self.state, new)
         log.info("gateway state %s -> %s", self.state, new)
         self.state = new
 
@@ -463,4 +469,5 @@ class GatewayAgent:
                 await self._report_inventory(link)
             await asyncio.sleep(max(0.05, self._inventory_due()))
 
-__all__ = ["TRANSITIONS", "AgentState", "Backoff", "GatewayAgent", "IllegalAgentTransition"]
+__all__ = ["TRANSITIONS", "AgentState", "Backoff", "GatewayAgent", "IllegalAgentTransition",
+           "check_transition"]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from gateway.agent import AgentState, Backoff, GatewayAgent, IllegalAgentTransition
+from gateway.agent import (
+    TRANSITIONS,
+    AgentState,
+    Backoff,
+    IllegalAgentTransition,
+    check_transition,
+)
 from gateway.cli import main
 from gateway.config import Instrument, parse_config
 from gateway.errors import ConfigError
@@ -66,14 +73,17 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
 
 
 def test_agent_states_follow_the_transition_table() -> None:
-    agent = object.__new__(GatewayAgent)
-    agent.state = AgentState.STOPPED
-    agent._move(AgentState.CONNECTING)
-    agent._move(AgentState.CONNECTED)
-    with pytest.raises(IllegalAgentTransition):
-        agent._move(AgentState.CONNECTING)  # must back off (or pause) first
-    agent._move(AgentState.BACKING_OFF)
-    agent._move(AgentState.CONNECTING)
+    path = [AgentState.STOPPED, AgentState.CONNECTING, AgentState.CONNECTED,
+            AgentState.BACKING_OFF, AgentState.CONNECTING]
+    for current, new in itertools.pairwise(path):
+        check_transition(current, new)
+    with pytest.raises(IllegalAgentTransition, match="connected -> connecting"):
+        check_transition(AgentState.CONNECTED, AgentState.CONNECTING)  # back off (or pause) first
+    for state in AgentState:
+        check_transition(state, state)  # staying put is no move
+        for new in set(AgentState) - TRANSITIONS[state] - {state}:
+            with pytest.raises(IllegalAgentTransition):
+                check_transition(state, new)
 
 
 GOOD = """
