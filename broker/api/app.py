@@ -18,10 +18,11 @@ from broker.access.services import Services
 from broker.api import errors
 from broker.api.limits import BodyLimit, ForwardedFor
 from broker.api.routes import auth, estate, gateways, people, requests
+from broker.api.routes import health as health_routes
 from broker.settings import BrokerSettings
 
-ROUTERS: tuple[APIRouter, ...] = (auth.router, people.router, estate.router, gateways.router,
-                                  requests.router)
+ROUTERS: tuple[APIRouter, ...] = (health_routes.router, auth.router, people.router, estate.router,
+                                  gateways.router, requests.router)
 
 
 def create_app(
@@ -45,6 +46,10 @@ def create_app(
     app.state.services = services
     app.state.settings = settings
     app.state.control_plane = opened
+    # /readyz asks these; whoever opened the database adds its probe (runtime: rt.readiness)
+    readiness = health_routes.readiness_of(app)
+    if opened is not None:
+        readiness.add("database", health_routes.database_probe(opened.store.engine))
     errors.install(app)
     for router in (*ROUTERS, *extra_routers):
         app.include_router(router)
