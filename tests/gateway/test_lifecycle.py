@@ -157,14 +157,16 @@ async def test_bad_control_messages_are_answered_and_ignored_both_ways(tmp_path:
 
 
 async def test_a_silent_broker_is_detected_by_heartbeats_and_the_gateway_reconnects(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with lab(tmp_path) as L:
         agent = await L.start_agent()
         await L.listener.registry.wait_for(GATEWAY_ID, 10)
         info = L.listener.registry.info(GATEWAY_ID)
         assert info is not None
         first = agent.link
-        info.conversation._writer = None  # the broker side goes quiet; TCP stays up
+        # the broker side goes quiet (every control message leaves through send); TCP and
+        # SSH stay up
+        monkeypatch.setattr(info.conversation, "send", lambda message: None)
         await poll(lambda: agent.last_error is not None and "heartbeat" in agent.last_error,
                    deadline_s=6, what="dead path detected")
         await poll(lambda: agent.state is AgentState.CONNECTED and agent.link is not first,
