@@ -58,6 +58,9 @@ class AuditConfig:
     index_url: str
     recordings_dir: Path
     sinks: Sequence[SinkConfig] = ()
+    # PostgreSQL sign-in without a password in index_url (an Entra ID token per new
+    # connection: broker.identity.database_password); None: the URL's password
+    index_password: Callable[[], str] | None = None
     mask_rules: Sequence[Mapping[str, Any]] = ()
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 60.0
@@ -170,7 +173,7 @@ def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = N
                    checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
                    hostname=config.hostname)
     try:
-        index = AuditIndex.from_url(config.index_url)
+        index = AuditIndex.from_url(config.index_url, password=config.index_password)
         masker = Masker.from_config(config.mask_rules)
         built = list(sinks) if sinks is not None else [
             make_sink(c, hostname=config.hostname, credential=credential)

@@ -29,9 +29,18 @@ API_VERSION = "2023-01-01"
 
 
 def production_credential(client_id: str | None = None) -> Any:
-    """The broker's managed identity (user-assigned when ``client_id`` is given)."""
+    """The broker's managed identity: user-assigned when ``client_id`` is given or
+    ``AZURE_CLIENT_ID`` is set, else system-assigned; never another kind of credential.
+
+    The broker passes its own (``broker.identity.azure_credential``, the same rule,
+    held together by tests/control/test_identity.py); this is for a sink built
+    without one.
+    """
+    import os
+
     from azure.identity import ManagedIdentityCredential
 
+    client_id = (client_id or os.environ.get("AZURE_CLIENT_ID", "")).strip()
     return ManagedIdentityCredential(client_id=client_id) if client_id \
         else ManagedIdentityCredential()
 

@@ -4,6 +4,7 @@ its tokens from the endpoint Container Apps provide (here: tests.support.identit
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -68,10 +69,11 @@ def test_token_is_cached_then_refreshed_when_it_expires(endpoint: IdentityEndpoi
 
 def test_client_id_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """HOSHU_AZURE_CLIENT_ID wins; unset, AZURE_CLIENT_ID (what the Azure SDKs read)."""
-    monkeypatch.setenv("AZURE_CLIENT_ID", "from-env")
-    assert client_id_of(BrokerSettings(azure_client_id="from-settings")) == "from-settings"
-    assert client_id_of(BrokerSettings()) == "from-env"
-    assert client_id_of(None) == "from-env"
+    from_env, from_settings = str(uuid.uuid4()), str(uuid.uuid4())
+    monkeypatch.setenv("AZURE_CLIENT_ID", from_env)
+    assert client_id_of(BrokerSettings(azure_client_id=from_settings)) == from_settings
+    assert client_id_of(BrokerSettings()) == from_env
+    assert client_id_of(None) == from_env
     monkeypatch.delenv("AZURE_CLIENT_ID")
     assert client_id_of(None) == ""
 
@@ -89,3 +91,17 @@ def test_unknown_or_revoked_identity_gets_no_token(endpoint: IdentityEndpoint) -
         cred.get_token(POSTGRES_SCOPE)
     assert endpoint.total_requests == 0
     assert endpoint.refused == 3
+
+
+def test_sentinel_sink_signs_in_as_the_same_identity(endpoint: IdentityEndpoint,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Sentinel sink's own credential follows the broker's rule: with only
+    AZURE_CLIENT_ID set (as infra/bicep does) both sign in as the user-assigned
+    identity, not a system-assigned one."""
+    from audit.sinks.azure import production_credential
+
+    monkeypatch.setenv("AZURE_CLIENT_ID", endpoint.client_id)
+    scope = "https://monitor.azure.com/.default"
+    for cred in (production_credential(None), azure_credential(BrokerSettings())):
+        assert jwt_claims(cred.get_token(scope).token)["oid"] == endpoint.principal_id
+    assert endpoint.refused == 0
