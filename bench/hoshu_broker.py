@@ -1,8 +1,8 @@
 """The broker process of the data-path benchmark: ``python -m bench.hoshu_broker CONFIG``.
 
-Runs hoshu's real SSH front door (:func:`broker.ssh.frontdoor.start_front_door`:
+Runs hoshu's real SSH front door (:func:`broker.frontdoor.door.start_front_door`:
 key + TOTP, recorded relay, forwards) and, in ``tunnel`` mode, the real tunnel
-endpoint (:func:`broker.ssh.tunnel.start_tunnel_listener`) with the front door
+endpoint (:func:`broker.tunnel.endpoint.start_tunnel_listener`) with the front door
 reaching the instrument through the gateway's tunnel (``TunnelConnector``).
 In ``direct`` mode the front door connects straight to the instrument (the
 front door's own cost, without tunnel and gateway).  Audit events go to a
@@ -28,9 +28,10 @@ import asyncssh
 from audit.chain import ChainLog
 from audit.signing import CheckpointSigner
 from bench.hoshu_policy import BenchDirectory, BenchPolicy
+from broker.frontdoor.context import FrontDoorOptions
+from broker.frontdoor.door import start_front_door
 from broker.settings import BrokerSettings
-from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
-from broker.ssh.ports import DirectConnector, InstrumentConnector, TunnelConnector
+from broker.tunnel.connector import DirectConnector, InstrumentConnector, TunnelConnector
 
 
 def tune_tunnel() -> None:
@@ -52,7 +53,7 @@ async def _serve(cfg: dict[str, Any]) -> None:
     listener: Any = None
     connector: InstrumentConnector
     if cfg["mode"] == "tunnel":
-        from broker.ssh.tunnel import TunnelSettings, start_tunnel_listener
+        from broker.tunnel.endpoint import TunnelSettings, start_tunnel_listener
 
         tunnel_key = asyncssh.read_private_key(cfg["tunnel_host_key"])
         listener = await start_tunnel_listener(TunnelSettings(port=0), tunnel_key,

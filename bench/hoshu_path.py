@@ -36,7 +36,7 @@ from bench.sshd import BenchError, client_config, free_port, wait_port
 
 KEYS = ["throughput_forward_MBps", "throughput_recorded_MBps", "session_open_s",
         "session_open_p95_s", "echo_p50_ms", "echo_p99_ms"]
-TUNNEL_PARTS = ("broker.ssh.tunnel", "gateway.agent")
+TUNNEL_PARTS = ("broker.tunnel.endpoint", "gateway.agent")
 INSTRUMENT = "bench-analyzer"
 ROOT = Path(__file__).resolve().parent.parent
 ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$HOSHU_BENCH_CODE\"\n"
@@ -222,7 +222,7 @@ def suffix_for(mode: str) -> str:
 def start(res: Results, sizes: Sizes, lab: OpenSSHLab, work: Path, *,
           mode: str = "auto", profile: Path | None = None) -> HoshuLab:
     """Start hoshu in front of ``lab``'s instrument (tunnel mode when it is built)."""
-    if missing_parts(("broker.ssh.frontdoor",)):
+    if missing_parts(("broker.frontdoor.door",)):
         raise BenchError("hoshu's SSH front door is not in this build yet")
     absent = missing_parts() if mode != "direct" else ["(direct mode chosen)"]
     mode = "direct" if absent else "tunnel"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.access import totp
-from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
+from broker.access.door import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
 from wire import GatewayRecord, InventoryItem
 
 

@@ -163,7 +163,7 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
     port = free_port()
     deadline = STEP_DEADLINE_REAL if real else STEP_DEADLINE
     info: dict[str, Any] = {
-        "listener": ("hoshu tunnel endpoint (broker.ssh.tunnel) + hoshu gateway agents" if real
+        "listener": ("hoshu tunnel endpoint (broker.tunnel.endpoint) + hoshu gateway agents" if real
                      else "minimal asyncssh listen_reverse (bench.scale_broker) + minimal "
                      "connect_reverse clients"),
         "steps": {}}

@@ -8,7 +8,7 @@ listener the scale figures are measured with while the broker's own tunnel
 registry is not used here; the per-connection cost is asyncssh's.
 
 With ``--real WORKDIR`` the broker is hoshu's own tunnel endpoint instead
-(:func:`broker.ssh.tunnel.start_tunnel_listener` and its ``TunnelRegistry``:
+(:func:`broker.tunnel.endpoint.start_tunnel_listener` and its ``TunnelRegistry``:
 control channel, heartbeats, inventory, audit events into a signed
 hash-chained log), with an in-memory directory of the enrolled gateway keys.
 
@@ -140,7 +140,7 @@ async def _real(args: argparse.Namespace) -> tuple[Broker, Any]:
     from audit.chain import ChainLog
     from audit.signing import CheckpointSigner
     from bench.scale_gateways import gateway_id
-    from broker.ssh.tunnel import TunnelSettings, start_tunnel_listener
+    from broker.tunnel.endpoint import TunnelSettings, start_tunnel_listener
     from wire import GatewayRecord, InventoryItem
 
     by_key = {" ".join(gateway_key(i).export_public_key().decode().split()[:2]):

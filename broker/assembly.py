@@ -1,5 +1,11 @@
 """The whole broker process: audit, control plane, gateway tunnels, SSH front door.
 
+Every part is composed here, and only here: the packages below know one another
+only through the Protocols they declare (the front door's
+:class:`~broker.access.door.AccessPolicy` and
+:class:`~broker.tunnel.connector.InstrumentConnector`, the API's
+:mod:`broker.api.services`).
+
 :func:`build_broker` is what ``hoshu serve`` runs.  Order matters and fails
 closed: the audit log (verified, with its signing key) opens first and is the
 one emitter every part writes to; if it cannot open, the broker does not
@@ -15,24 +21,40 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import asyncssh
+from fastapi import APIRouter
 
+from audit.emitter import Emitter
+from audit.keyfiles import create_secret
 from audit.retention import RetentionPolicy
 from audit.service import AuditConfig, AuditRuntime, SinkConfig, build_audit
 from audit.shipper import Sink
+from broker.access.door import AccessPolicy
+from broker.access.grants import latest_grant_end
+from broker.access.passwords import Hasher
+from broker.access.ports import utc_now
+from broker.api.app import create_app
 from broker.api.routes.audit import build_router as build_audit_router
-from broker.runtime import Runtime, build_runtime
+from broker.api.routes.certs import build_cert_router
+from broker.api.routes.sessions import build_sessions_router
+from broker.frontdoor.ca import UserCA
+from broker.frontdoor.context import FrontDoorOptions
+from broker.frontdoor.door import FrontDoor, start_front_door
+from broker.live.journal import end_lost_sessions
+from broker.runtime import Runtime, sweep_forever
+from broker.services import ControlPlane
 from broker.settings import BrokerSettings
-from broker.ssh.frontdoor import FrontDoorOptions
-from broker.ssh.journal import end_lost_sessions
-from broker.ssh.ports import TunnelConnector
-from broker.ssh.tunnel import TunnelRegistry, TunnelSettings, start_tunnel_listener
-from broker.ssh.wiring import attach_front_door
-from broker.store.directory import StoreGatewayDirectory
+from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from broker.tunnel.connector import InstrumentConnector, TunnelConnector
+from broker.tunnel.endpoint import TunnelRegistry, TunnelSettings, start_tunnel_listener
 
-log = logging.getLogger("hoshu.broker")
+log = logging.getLogger(__name__)
 
 AUDIT_TICK_S = 5.0
 
@@ -96,6 +118,94 @@ def check_storage_apart(settings: BrokerSettings) -> None:
     if os.stat(rec).st_dev == os.stat(audit_dir).st_dev:
         log.warning("recordings and the audit log share a filesystem: a full recording "
                     "disk would stop the audit log too (see docs/admin.md)")
+
+
+def build_runtime(settings: BrokerSettings, *, emitter: Emitter | None = None,
+                  extra_routers: Sequence[APIRouter] = (),
+                  clock: Callable[[], datetime] = utc_now,
+                  hasher: Hasher | None = None) -> Runtime:
+    """Open the store and keys, build the API and the background tasks (not started).
+
+    ``emitter`` is the audit log (``audit.service.build_audit(...).log`` in the full
+    broker); without it the control plane opens ``settings.audit_log_path`` itself."""
+    control = ControlPlane.open(settings, emitter=emitter, clock=clock, hasher=hasher)
+    app = create_app(settings, services=control.services, extra_routers=extra_routers)
+    rt = Runtime(settings, control, app)
+    rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s))
+    rt.closers.append(control.close)
+    return rt
+
+
+def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
+    if path.exists():
+        return asyncssh.read_private_key(path)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    create_secret(path, key.export_private_key())  # born 0600, a planted file is refused
+    key.write_public_key(path.with_name(path.name + ".pub"))
+    return key
+
+
+def store_grants_end(services: Any) -> Callable[[str, datetime], datetime | None]:
+    """When the user's live grants end (the latest), from the control plane's store; a
+    grant counts only as :func:`broker.access.grants.grant_holds` says."""
+    def grants_end(user_id: str, now: datetime) -> datetime | None:
+        with services.ctx.uow() as tx:
+            end: datetime | None = latest_grant_end(tx, user_id, now)
+            return end
+
+    return grants_end
+
+
+@dataclass
+class FrontDoorHandle:
+    """Filled in once the task has started: ``door`` (port, sessions, ca)."""
+
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    door: FrontDoor | None = None
+
+
+def attach_front_door(
+    rt: Runtime,
+    connector: InstrumentConnector,
+    *,
+    policy: AccessPolicy | None = None,
+    options: FrontDoorOptions | None = None,
+    port: int | None = None,
+    sessions_routes: bool = False,
+) -> FrontDoorHandle:
+    """Register the front door as a task of ``rt`` and its routes on ``rt.app``.
+
+    Routes: ``/v1/ssh/certificate`` (:mod:`broker.api.routes.certs`) and, with
+    ``sessions_routes``, ``/v1/sessions`` (:mod:`broker.api.routes.sessions`).
+    Returns a handle whose ``door`` is set once the listener runs.
+    """
+
+    settings = rt.settings
+    services = rt.control.services
+    handle = FrontDoorHandle()
+    host_key = load_or_create_host_key(settings.front_door_host_key_path)
+    ca = UserCA.load_or_create(settings.user_ca_key_path)
+    the_policy = policy if policy is not None else StoreAccessPolicy(services)
+    emitter = services.ctx.emitter
+    if sessions_routes:
+        rt.app.include_router(build_sessions_router(
+            lambda: handle.door.sessions if handle.door is not None else None, emitter))
+    rt.app.include_router(build_cert_router(
+        lambda: ca, the_policy, store_grants_end(services), emitter, services.ctx.now))
+
+    async def run() -> None:
+        door = await start_front_door(
+            settings, the_policy, connector, emitter, settings.recordings_dir, host_key,
+            ca=ca, options=options, clock=services.ctx.now, port=port)
+        handle.door = door
+        handle.ready.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await door.close()
+
+    rt.tasks.append(run)
+    return handle
 
 
 def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = None,

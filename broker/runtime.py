@@ -1,10 +1,9 @@
-"""The broker process: everything ``hoshu serve`` runs, built from settings.
+"""The broker process: what ``hoshu serve`` runs, once assembled.
 
-:func:`build_runtime` assembles the control plane; other parts extend the
-returned :class:`Runtime` before :func:`serve` starts it: routers through
-``extra_routers``, long-running coroutines in ``runtime.tasks`` (the SSH front
-door and the gateway tunnel listeners, for example) and clean-up callables in
-``runtime.closers`` (run in reverse order, sync or async).
+A :class:`Runtime` holds the control plane, the API app, long-running
+coroutines in ``tasks`` (the SSH front door and the gateway tunnel listeners,
+for example) and clean-up callables in ``closers`` (run in reverse order, sync
+or async).  :mod:`broker.assembly` builds it; :func:`serve` runs it.
 """
 
 from __future__ import annotations
@@ -14,21 +13,16 @@ import contextlib
 import inspect
 import logging
 import socket
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
-from audit.emitter import Emitter
-from broker.access.passwords import Hasher
-from broker.access.ports import utc_now
-from broker.api.app import create_app
 from broker.services import ControlPlane
 from broker.settings import BrokerSettings
 
-log = logging.getLogger("hoshu.serve")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,22 +45,6 @@ async def sweep_forever(control: ControlPlane, interval_s: float) -> None:
         except Exception:  # a failed sweep is retried; the next one catches up
             log.exception("sweep failed")
         await asyncio.sleep(interval_s)
-
-
-def build_runtime(settings: BrokerSettings, *, emitter: Emitter | None = None,
-                  extra_routers: Sequence[APIRouter] = (),
-                  clock: Callable[[], datetime] = utc_now,
-                  hasher: Hasher | None = None) -> Runtime:
-    """Open the store and keys, build the API and the background tasks (not started).
-
-    ``emitter`` is the audit log (``audit.service.build_audit(...).log`` in the full
-    broker); without it the control plane opens ``settings.audit_log_path`` itself."""
-    control = ControlPlane.open(settings, emitter=emitter, clock=clock, hasher=hasher)
-    app = create_app(settings, services=control.services, extra_routers=extra_routers)
-    rt = Runtime(settings, control, app)
-    rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s))
-    rt.closers.append(control.close)
-    return rt
 
 
 async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:

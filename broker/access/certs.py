@@ -12,10 +12,12 @@ revoking a user's tokens and a lockout call it inside their own transaction.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from broker.access.model import SshCert, User
 from broker.access.ports import Context, Tx
+
+MAX_CERT_LIFETIME = timedelta(hours=8)  # a user certificate lasts at most this long
 
 
 def record_cert(ctx: Context, user_id: str, serial: int, issued_at: datetime,

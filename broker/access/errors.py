@@ -14,6 +14,17 @@ One tree; the API maps each class to one HTTP status in one place
     │   └── IllegalTransition       a state machine refused the transition
     ├── Gone                410     single-use thing used, or expired
     └── Unavailable         503     a part it needs is not running (nothing changed)
+
+A second tree for an engineer's SSH session: refused, or ended, for a reason
+the engineer reads on their terminal (``str(exc)``, never a secret) and the
+audit log records (``reason``).  Each part of the broker raises its own
+branch; the front door catches the root::
+
+    SessionError                    base, never raised directly
+    ├── FrontDoorError              (broker.frontdoor.errors) grants, roles, raw paths
+    ├── GatewayOffline, InstrumentError
+    │                               (broker.tunnel.errors) the route to the instrument
+    └── RecordingError              (broker.live.errors) the recording cannot be written
 """
 
 from __future__ import annotations
@@ -67,3 +78,9 @@ class Gone(AccessError):
 
 class Unavailable(AccessError):
     code = "unavailable"
+
+
+class SessionError(Exception):
+    """An engineer's session is refused or ends; ``str(exc)`` is shown to them."""
+
+    reason = "error"

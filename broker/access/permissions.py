@@ -139,13 +139,13 @@ PERMISSIONS: dict[str, Permission] = {
     "reports.generate": _p("read", A, H, U, P, orgs=HOSPITAL_OR_PLATFORM),
     "reports.sign": _p("decisions", A),
     "reviews.show": _p("read", A, H, U, P, orgs=HOSPITAL_OR_PLATFORM),
-    # live sessions (broker/ssh/sessions_api.py): following a terminal is supervision
+    # live sessions (broker/api/routes/sessions.py): following a terminal is supervision
     "sessions.list": Permission(ALL, "read"),
     "sessions.follow": _p("decisions", A, H, P),
     "sessions.terminate": _p("decisions", A, H, P),
-    # SSH certificates (broker/ssh/cert_api.py)
+    # SSH certificates (broker/api/routes/certs.py)
     "ssh.certificate": _p(MFA, E),
-    # SSH paths at the front door (broker/ssh): asked with the person's roles
+    # SSH paths at the front door (broker/frontdoor): asked with the person's roles
     # and organisation kind; MFA is the key + TOTP (or certificate) sign-in
     "ssh.login": _p(MFA, E),
     "ssh.session": _p(MFA, E),

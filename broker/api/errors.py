@@ -27,7 +27,7 @@ from broker.access import errors as e
 from broker.access.permissions import refusal_event
 from broker.access.ports import Actor
 
-log = logging.getLogger("hoshu.api")
+log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[e.AccessError], int]] = [
     (e.LockedOut, 401), (e.Unauthenticated, 401), (e.PermissionDenied, 403),

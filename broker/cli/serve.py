@@ -1,6 +1,6 @@
 """``hoshu serve`` (the broker process) and ``hoshu db upgrade``.
 
-The process itself is assembled by :func:`broker.runtime.build_runtime`;
+The process itself is assembled by :func:`broker.assembly.build_broker`;
 heavy imports happen only when a command runs, so ``hoshu --help`` stays quick.
 """
 

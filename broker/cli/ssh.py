@@ -4,7 +4,7 @@
 host key and your granted instruments).  ``sessions`` talks to the control
 plane API: ``GET /v1/sessions``, ``GET /v1/sessions/{id}/stream`` (the live,
 read-only terminal stream) and ``POST /v1/sessions/{id}/terminate``; the API
-serves them from the front door's :class:`broker.ssh.sessions.SessionRegistry`.
+serves them from the front door's :class:`broker.live.sessions.SessionRegistry`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 
 from broker.cli.client import ApiError, Client, config_dir, load_token
-from broker.ssh.config import SshConfigRequest, known_hosts_line, render
-from broker.ssh.errors import SshConfigError
+from broker.frontdoor.errors import SshConfigError
+from broker.frontdoor.sshconfig import SshConfigRequest, known_hosts_line, render
 
 
 def register(sub: Any) -> None:

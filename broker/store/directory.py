@@ -8,7 +8,7 @@ gateway, engineer, key, grant or instrument yields ``None``.  The hot calls
 indexed columns.  A grant stops working the moment its engineer is
 deactivated or expires, it is revoked or over, or the vendor's contract no
 longer covers its instruments: the one rule, :func:`broker.access.grants.grant_holds`.
-The result types are the front door's own (``broker.ssh.ports``).
+The result types are the front door's own (``broker.access.door``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import datetime
 
 from broker.access import certs, sshkeys
 from broker.access.auth import account_usable
+from broker.access.door import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
 from broker.access.errors import InvalidInput
 from broker.access.grants import LIVE, contract_holds, grant_holds, grant_in_window
 from broker.access.model import (
@@ -31,7 +32,6 @@ from broker.access.model import (
 )
 from broker.access.permissions import role_allows
 from broker.access.services import Services
-from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
 from wire.models import GatewayRecord, InventoryItem
 
 

@@ -92,7 +92,7 @@ def test_ratios_targets_and_machine_are_reported(quick_results: dict[str, Any]) 
 def test_hoshu_data_path_is_measured_through_front_door_tunnel_and_gateway(
         quick_results: dict[str, Any]) -> None:
     """With the front door, tunnel and gateway in the build, hoshu's figures are real numbers."""
-    absent = hoshu_path.missing_parts(("broker.ssh.frontdoor", *hoshu_path.TUNNEL_PARTS))
+    absent = hoshu_path.missing_parts(("broker.frontdoor.door", *hoshu_path.TUNNEL_PARTS))
     for key in hoshu_path.KEYS:
         if not absent and have_openssh() is None:
             assert _number(quick_results[key]) and quick_results[key] > 0, key

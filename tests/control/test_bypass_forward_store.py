@@ -3,7 +3,7 @@ instrument the inventory marks RDP is refused as a forward (the real policy, not
 
 from __future__ import annotations
 
-from broker.ssh.raw_paths import interactive_port
+from broker.frontdoor.raw_paths import interactive_port
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from tests.control.conftest import World
 from tests.control.test_directory import enrol_gateway

@@ -156,7 +156,7 @@ def test_certificate_lifetime_follows_the_same_live_grant_rule_as_the_front_door
     """The certificate issuer's "until when do your grants last" counts a grant only
     while the front door would let it in: no certificate time on a grant whose
     contract has ended or whose engineer is deactivated."""
-    from broker.ssh.wiring import store_grants_end
+    from broker.assembly import store_grants_end
 
     w = world
     grants_end = store_grants_end(w.s)
@@ -172,7 +172,7 @@ def test_certificate_lifetime_follows_the_same_live_grant_rule_as_the_front_door
 
 
 def test_no_certificate_time_for_a_deactivated_engineer(world: World) -> None:
-    from broker.ssh.wiring import store_grants_end
+    from broker.assembly import store_grants_end
 
     w = world
     grant_for(w, ["cobas-1"])

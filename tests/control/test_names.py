@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from audit.outbox import CursorStore, OutboxError
-from broker.ssh.auth import parse_login, valid_instrument_name
+from broker.frontdoor.auth import parse_login, valid_instrument_name
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from tests.control.apihelp import auth, client_for, session_token

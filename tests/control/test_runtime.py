@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from audit.testing import CapturingEmitter
 from broker.access.passwords import Hasher
 from broker.access.requests import NewRequest
-from broker.runtime import build_runtime, sweep_forever
+from broker.assembly import build_runtime
+from broker.runtime import sweep_forever
 from broker.settings import BrokerSettings
 from tests.control.conftest import T0, build_world
 from tests.support import FakeClock, poll

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from audit.testing import CapturingEmitter
-from broker.ssh.sessions import LiveSession, SessionRegistry
+from broker.live.sessions import LiveSession, SessionRegistry
 from broker.store.directory import StoreAccessPolicy
 from tests.control.apihelp import auth, client_for, session_token
 from tests.control.conftest import World, openssh_public_key

@@ -29,6 +29,6 @@ def test_source_allowed(allowed: list[str], src: str | None, ok: bool) -> None:
 
 
 def test_the_front_door_uses_the_same_rule() -> None:
-    from broker.ssh import auth
+    from broker.frontdoor import auth
 
     assert auth.source_allowed is source_allowed

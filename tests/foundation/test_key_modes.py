@@ -69,7 +69,7 @@ def test_audit_signing_key(tmp_path: Path) -> None:
 
 
 def test_ssh_user_ca_key(tmp_path: Path, permissive: list[str]) -> None:
-    from broker.ssh.ca import UserCA
+    from broker.frontdoor.ca import UserCA
 
     key = tmp_path / "keys" / "user_ca"
     UserCA.load_or_create(key)
@@ -78,7 +78,7 @@ def test_ssh_user_ca_key(tmp_path: Path, permissive: list[str]) -> None:
 
 
 def test_front_door_host_key(tmp_path: Path, permissive: list[str]) -> None:
-    from broker.ssh.wiring import load_or_create_host_key
+    from broker.assembly import load_or_create_host_key
 
     key = tmp_path / "keys" / "ssh_front_door_host_key"
     load_or_create_host_key(key)

@@ -13,10 +13,12 @@ import asyncssh
 import pytest
 
 from audit.testing import CapturingEmitter
+from broker.access.door import InstrumentTarget
+from broker.frontdoor.ca import UserCA
+from broker.frontdoor.context import FrontDoorOptions
+from broker.frontdoor.door import start_front_door
 from broker.settings import BrokerSettings
-from broker.ssh.ca import UserCA
-from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
-from broker.ssh.ports import DirectConnector, InstrumentTarget
+from broker.tunnel.connector import DirectConnector
 from labsim.sshd import OpenSSHInstrument
 from tests.frontdoor.harness import T0, FakePolicy, World, engineer_key
 from tests.frontdoor.store_policy import store_policy

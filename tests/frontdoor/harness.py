@@ -17,8 +17,8 @@ import pyotp
 
 from audit import new_event
 from audit.testing import CapturingEmitter
-from broker.ssh.frontdoor import FrontDoor
-from broker.ssh.ports import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
+from broker.access.door import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
+from broker.frontdoor.door import FrontDoor
 from tests.support import FakeClock
 
 T0 = datetime(2026, 11, 24, 9, 0, 0, tzinfo=UTC)

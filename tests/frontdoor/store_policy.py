@@ -16,12 +16,12 @@ from typing import Any
 
 from broker.access import totp
 from broker.access.certs import revoke_cert_serials
+from broker.access.door import Engineer, GrantView
 from broker.access.model import Org, SshKey, User
 from broker.access.people import NewUser
 from broker.access.ports import Actor
 from broker.access.requests import NewRequest
 from broker.access.services import Services
-from broker.ssh.ports import Engineer, GrantView
 from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from labsim.sshd import OpenSSHInstrument

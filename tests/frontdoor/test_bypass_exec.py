@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.ssh.raw_paths import transfer_program
+from broker.frontdoor.raw_paths import transfer_program
 from tests.frontdoor.harness import World, run
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"

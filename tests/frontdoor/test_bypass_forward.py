@@ -10,8 +10,8 @@ from datetime import timedelta
 import paramiko
 import pytest
 
-from broker.ssh.ports import InstrumentTarget
-from broker.ssh.raw_paths import interactive_port
+from broker.access.door import InstrumentTarget
+from broker.frontdoor.raw_paths import interactive_port
 from tests.frontdoor.harness import World, paramiko_client, stop_process
 from tests.support import connect_when_listening, free_port, poll
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-import broker.ssh.relay
+import broker.frontdoor.relay
 from labsim.sshd import OpenSSHInstrument
 from tests.frontdoor.harness import World, paramiko_client
 from tests.support import poll
@@ -94,7 +94,7 @@ async def test_a_command_ignoring_TERM_is_killed_after_the_grace_period(
     granted: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     w = granted
-    monkeypatch.setattr(broker.ssh.relay, "TERM_GRACE_S", 0.5)
+    monkeypatch.setattr(broker.frontdoor.relay, "TERM_GRACE_S", 0.5)
     t, chan, pid = await asyncio.to_thread(_start, w, "trap '' TERM; echo $$; exec sleep 300")
     try:
         w.policy.revoke("g1")  # the grant watcher ends the session

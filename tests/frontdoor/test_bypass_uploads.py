@@ -22,11 +22,12 @@ from audit.testing import CapturingEmitter
 from broker.access import totp
 from broker.access.requests import NewRequest
 from broker.access.services import Services
+from broker.frontdoor.context import FrontDoorOptions
+from broker.frontdoor.door import start_front_door
 from broker.settings import BrokerSettings
-from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
-from broker.ssh.ports import DirectConnector
 from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from broker.tunnel.connector import DirectConnector
 from labsim.sshd import OpenSSHInstrument
 from tests.control.conftest import T0 as CONTROL_T0
 from tests.control.conftest import build_world, make_context

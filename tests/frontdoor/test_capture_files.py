@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.ssh.frontdoor import FrontDoorOptions
+from broker.frontdoor.context import FrontDoorOptions
 from tests.frontdoor.harness import World, stop_process
 from tests.support import connect_when_listening, free_port, poll
 
@@ -136,9 +136,9 @@ async def test_the_capture_folder_and_cap_come_from_the_broker_settings(tmp_path
     import asyncssh
 
     from audit.testing import CapturingEmitter
+    from broker.frontdoor.door import start_front_door
     from broker.settings import BrokerSettings
-    from broker.ssh.frontdoor import start_front_door
-    from broker.ssh.ports import DirectConnector
+    from broker.tunnel.connector import DirectConnector
     from tests.frontdoor.harness import FakePolicy
 
     settings = BrokerSettings(data_dir=tmp_path / "data", forward_capture_path=tmp_path / "cap",

@@ -14,8 +14,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from broker.api import errors
+from broker.api.routes.certs import build_cert_router
 from broker.cli.main import main
-from broker.ssh.cert_api import build_cert_router
 from tests.frontdoor.harness import World, run
 from tests.support import poll_sync
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from broker.cli.main import main
-from broker.ssh.config import SshConfigRequest, render
-from broker.ssh.errors import SshConfigError
+from broker.frontdoor.errors import SshConfigError
+from broker.frontdoor.sshconfig import SshConfigRequest, render
 from tests.frontdoor.harness import World, run
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.ssh.frontdoor import FrontDoorOptions
+from broker.frontdoor.context import FrontDoorOptions
 from tests.frontdoor.harness import World, run
 from tests.support import poll
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.ssh.frontdoor import FrontDoorOptions
+from broker.frontdoor.context import FrontDoorOptions
 from tests.frontdoor.harness import World, stop_process
 from tests.support import connect_when_listening, free_port, poll
 

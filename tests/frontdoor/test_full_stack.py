@@ -13,12 +13,13 @@ import pytest
 from audit.testing import CapturingEmitter
 from broker.access import totp
 from broker.access.services import Services
+from broker.assembly import store_grants_end
+from broker.frontdoor.context import FrontDoorOptions
+from broker.frontdoor.door import start_front_door
 from broker.settings import BrokerSettings
-from broker.ssh.frontdoor import FrontDoorOptions, start_front_door
-from broker.ssh.ports import DirectConnector
-from broker.ssh.wiring import store_grants_end
 from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from broker.tunnel.connector import DirectConnector
 from labsim.sshd import OpenSSHInstrument
 from tests.control.conftest import T0, World, build_world, make_context
 from tests.control.test_directory import enrol_gateway, grant_for

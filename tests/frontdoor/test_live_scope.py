@@ -21,10 +21,10 @@ from fastapi import FastAPI
 
 from broker.access.people import NewUser
 from broker.api.app import create_app
+from broker.api.routes.certs import build_cert_router
+from broker.api.routes.sessions import build_sessions_router
+from broker.assembly import store_grants_end
 from broker.settings import BrokerSettings
-from broker.ssh.cert_api import build_cert_router
-from broker.ssh.sessions_api import build_sessions_router
-from broker.ssh.wiring import store_grants_end
 from tests.control.apihelp import auth, session_token
 from tests.control.conftest import PASSWORD
 from tests.frontdoor.harness import World, open_shell, paramiko_client, shell_ready

@@ -63,8 +63,8 @@ async def test_cat_dev_zero_stops_at_the_recording_limit(granted: World) -> None
 
 
 async def test_the_limit_comes_from_the_broker_setting(tmp_path: Path) -> None:
+    from broker.frontdoor.context import FrontDoorOptions
     from broker.settings import BrokerSettings
-    from broker.ssh.frontdoor import FrontDoorOptions
 
     s = BrokerSettings(data_dir=tmp_path, recording_max_mib=3)
     assert s.recording_max_mib == 3
@@ -73,8 +73,8 @@ async def test_the_limit_comes_from_the_broker_setting(tmp_path: Path) -> None:
     import asyncssh
 
     from audit.testing import CapturingEmitter
-    from broker.ssh.frontdoor import start_front_door
-    from broker.ssh.ports import DirectConnector
+    from broker.frontdoor.door import start_front_door
+    from broker.tunnel.connector import DirectConnector
     from tests.frontdoor.harness import FakePolicy
 
     door = await start_front_door(s, FakePolicy(), DirectConnector(), CapturingEmitter(),

@@ -16,7 +16,7 @@ import pytest
 
 from audit.events import AuditEvent
 from audit.testing import CapturingEmitter
-from broker.ssh.sessions import LiveSession, SessionRegistry
+from broker.live.sessions import LiveSession, SessionRegistry
 from tests.frontdoor.harness import (
     T0,
     FakePolicy,
@@ -121,7 +121,7 @@ async def test_a_session_that_ends_normally_leaves_no_journal_entry(granted: Wor
 
 def test_a_starting_broker_ends_only_sessions_no_live_broker_holds(tmp_path: Path) -> None:
     """Replicas sharing the recordings volume: a live session's journal entry is locked."""
-    from broker.ssh.journal import LiveJournal, end_lost_sessions
+    from broker.live.journal import LiveJournal, end_lost_sessions
 
     (tmp_path / "s-live.cast").write_bytes(b"live")
     (tmp_path / "s-lost.cast").write_bytes(b"partial recording")

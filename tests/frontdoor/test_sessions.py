@@ -11,8 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from broker.ssh.ports import InstrumentTarget, TunnelConnector
-from broker.ssh.tunnel import TunnelRegistry
+from broker.access.door import InstrumentTarget
+from broker.tunnel.connector import TunnelConnector
+from broker.tunnel.endpoint import TunnelRegistry
 from tests.frontdoor.harness import World, open_shell, paramiko_client, read_until, run, shell_ready
 from tests.support import poll
 

@@ -9,7 +9,7 @@ import httpx
 from fastapi import FastAPI, Request
 
 from broker.api import errors
-from broker.ssh.sessions_api import build_sessions_router
+from broker.api.routes.sessions import build_sessions_router
 from tests.frontdoor.harness import World, open_shell, paramiko_client, shell_ready
 from tests.support import poll
 

@@ -11,7 +11,7 @@ import pytest
 
 from audit.events import AuditEvent
 from broker.access.floods import FloodGate
-from broker.ssh.frontdoor import source_key
+from broker.frontdoor.door import source_key
 from tests.frontdoor.harness import World, run
 from tests.support import poll
 

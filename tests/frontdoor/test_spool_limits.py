@@ -9,7 +9,7 @@ import stat
 import paramiko
 import pytest
 
-from broker.ssh.frontdoor import FrontDoorOptions
+from broker.frontdoor.context import FrontDoorOptions
 from tests.frontdoor.harness import World, run, sftp_client
 
 MIB = 1024 * 1024

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from broker.ssh.ports import TunnelConnector
+from broker.tunnel.connector import TunnelConnector
 from tests.frontdoor.harness import World, run
 from tests.gateway.harness import GATEWAY_ID, lab
 from tests.support import connect_when_listening, poll

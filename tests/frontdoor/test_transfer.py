@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from broker.ssh.frontdoor import FrontDoorOptions
+from broker.frontdoor.context import FrontDoorOptions
 from tests.frontdoor.harness import World, run
 
 

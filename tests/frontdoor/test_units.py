@@ -10,11 +10,11 @@ import asyncssh
 import pytest
 
 from audit.testing import CapturingEmitter
-from broker.ssh.auth import LoginName, parse_login
-from broker.ssh.ca import CertificateRefused, UserCA
-from broker.ssh.errors import RecordingError
-from broker.ssh.recorder import Recording
-from broker.ssh.sessions import LiveSession, SessionRegistry
+from broker.frontdoor.auth import LoginName, parse_login
+from broker.frontdoor.ca import CertificateRefused, UserCA
+from broker.live.errors import RecordingError
+from broker.live.recorder import Recording
+from broker.live.sessions import LiveSession, SessionRegistry
 from tests.frontdoor.harness import T0, FakePolicy
 from tests.support import FakeClock
 
@@ -102,7 +102,7 @@ def test_recording_escapes_output_exactly_as_the_json_encoder_does(tmp_path: Pat
     every control character, quote, backslash and DEL; non-ASCII goes the slow way."""
     from json.encoder import encode_basestring_ascii
 
-    from broker.ssh.recorder import json_escape_ascii
+    from broker.live.recorder import json_escape_ascii
 
     every = bytes(range(128))
     for data in (every, b"plain text\n" * 50, b'\x1b[1m"q"\\ \t\r\n\x7f', b""):
@@ -145,7 +145,7 @@ def test_user_certificates_last_at_most_eight_hours_or_the_grant() -> None:
 
 
 def test_source_networks() -> None:
-    from broker.ssh.auth import source_allowed
+    from broker.frontdoor.auth import source_allowed
 
     assert source_allowed((), "10.1.2.3")
     assert source_allowed(("10.0.0.0/8",), "10.1.2.3")

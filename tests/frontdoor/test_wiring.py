@@ -6,10 +6,9 @@ import asyncio
 from pathlib import Path
 
 from audit.testing import CapturingEmitter
-from broker.runtime import build_runtime
+from broker.assembly import attach_front_door, build_runtime
 from broker.settings import BrokerSettings
-from broker.ssh.ports import DirectConnector
-from broker.ssh.wiring import attach_front_door
+from broker.tunnel.connector import DirectConnector
 from tests.frontdoor.harness import engineer_key
 from tests.support import poll
 

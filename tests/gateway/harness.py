@@ -14,7 +14,7 @@ from typing import Any
 import asyncssh
 
 from audit.testing import CapturingEmitter
-from broker.ssh.tunnel import TunnelListener, TunnelSettings, start_tunnel_listener
+from broker.tunnel.endpoint import TunnelListener, TunnelSettings, start_tunnel_listener
 from gateway.agent import AgentState, GatewayAgent
 from gateway.auditlog import LocalAudit
 from gateway.config import GatewayConfig, load_config

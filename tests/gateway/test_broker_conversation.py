@@ -7,7 +7,7 @@ from typing import Any
 
 from audit.events import new_event
 from audit.testing import CapturingEmitter
-from broker.ssh.tunnel_link import ControlConversation
+from broker.tunnel.link import ControlConversation
 from tests.gateway.harness import MemoryDirectory
 from wire import AuditBatch, GatewayRecord, Inventory
 from wire.models import InventoryEntry
@@ -61,7 +61,7 @@ def test_inventory_reaches_the_directory() -> None:
 
 def test_tunnel_settings_follow_the_broker_settings() -> None:
     from broker.settings import BrokerSettings
-    from broker.ssh.tunnel import TunnelSettings
+    from broker.tunnel.endpoint import TunnelSettings
 
     t = TunnelSettings.from_broker(BrokerSettings(tunnel_host="0.0.0.0", tunnel_port=2999),
                                    heartbeat_s=5)

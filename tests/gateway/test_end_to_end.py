@@ -23,9 +23,9 @@ from broker.access.requests import NewRequest
 from broker.access.services import Services
 from broker.api.app import create_app
 from broker.settings import BrokerSettings
-from broker.ssh.tunnel import TunnelSettings, start_tunnel_listener
 from broker.store.db import Store
 from broker.store.directory import StoreGatewayDirectory
+from broker.tunnel.endpoint import TunnelSettings, start_tunnel_listener
 from gateway.agent import AgentState, GatewayAgent
 from gateway.auditlog import LocalAudit
 from gateway.config import load_config

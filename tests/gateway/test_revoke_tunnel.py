@@ -10,9 +10,9 @@ import asyncssh
 
 from audit.testing import CapturingEmitter
 from broker.access.services import Services
-from broker.ssh.tunnel import TunnelSettings, start_tunnel_listener
 from broker.store.db import Store
 from broker.store.directory import StoreGatewayDirectory
+from broker.tunnel.endpoint import TunnelSettings, start_tunnel_listener
 from tests.control.conftest import T0, build_world, make_context
 from tests.gateway.harness import AgentState, EchoServer, Lab, write_gateway
 from tests.support import FakeClock, poll

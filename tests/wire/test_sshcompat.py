@@ -58,7 +58,7 @@ def test_an_asyncssh_inside_the_tested_range_is_accepted(version: str) -> None:
 
 def test_importing_the_fence_with_an_untested_asyncssh_fails_naming_the_range() -> None:
     code = ("import asyncssh; asyncssh.__version__ = '2.25.0'\n"
-            "import broker.ssh.frontdoor\n")
+            "import broker.frontdoor.door\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert run.returncode != 0

@@ -1,9 +1,11 @@
-"""What the SSH front door needs from the rest of the broker, as Protocols.
+"""What the SSH front door asks the domain, and the answers' types.
 
-The control plane implements :class:`AccessPolicy` (engineers, TOTP, grants,
-instruments with decrypted credentials); the tunnel part provides the route to
-an instrument, wrapped as an :class:`InstrumentConnector`.  The front door
-knows nothing else about either: tests use fakes, production wires adapters.
+The control plane's store implements :class:`AccessPolicy` (engineers, TOTP,
+grants, instruments with decrypted credentials:
+:class:`broker.store.directory.StoreAccessPolicy`); tests use fakes.  The
+types here belong to the domain, so the store never imports the front door.
+The route to an instrument is the tunnel part's
+(:class:`broker.tunnel.connector.InstrumentConnector`).
 
 Every method denies by returning ``None``/a failed result; the front door treats
 an exception raised by a policy method as a denial (fail closed).
@@ -11,13 +13,9 @@ an exception raised by a policy method as a denial (fail closed).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
-
-import asyncssh
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,116 +136,3 @@ class AccessPolicy(Protocol):
     def grant_end(self, grant_id: str, user_id: str, now: datetime) -> GrantEnd: ...
 
     def instrument(self, name: str) -> InstrumentTarget | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Who a connection to an instrument is for (the gateway writes it into its audit copy)."""
-
-    session_id: str
-    engineer: str
-
-
-class ByteReader(Protocol):
-    async def read(self, n: int = -1) -> bytes: ...
-
-
-class ByteWriter(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def write_eof(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class InstrumentConnector(Protocol):
-    """Opens the broker's own connections to an instrument.
-
-    Raises :class:`broker.ssh.errors.GatewayOffline` when no route exists and
-    ``OSError``/``asyncssh.Error`` when the instrument cannot be reached.
-    """
-
-    async def connect_ssh(
-        self,
-        target: InstrumentTarget,
-        options: asyncssh.SSHClientConnectionOptions,
-        origin: Origin,
-    ) -> asyncssh.SSHClientConnection: ...
-
-    async def open_tcp(
-        self, target: InstrumentTarget, port: int, origin: Origin
-    ) -> tuple[ByteReader, ByteWriter]: ...
-
-
-class DirectConnector:
-    """Connects straight to ``target.host`` (tests, and brokers inside the hospital)."""
-
-    async def connect_ssh(
-        self,
-        target: InstrumentTarget,
-        options: asyncssh.SSHClientConnectionOptions,
-        origin: Origin,
-    ) -> asyncssh.SSHClientConnection:
-        return await asyncssh.connect(target.host, target.ssh_port, options=options)
-
-    async def open_tcp(
-        self, target: InstrumentTarget, port: int, origin: Origin
-    ) -> tuple[ByteReader, ByteWriter]:
-        reader, writer = await asyncio.open_connection(target.host, port, limit=1 << 20)
-        return reader, writer
-
-
-class GatewayTunnel(Protocol):
-    """One gateway connection naming the engineer's session (``tunnel.OriginTunnel``)."""
-
-    async def create_connection(
-        self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
-    ) -> tuple[Any, Any]: ...
-
-    async def open_connection(
-        self, host: str, port: int
-    ) -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]: ...
-
-
-class TunnelLookup(Protocol):
-    """``broker.ssh.tunnel.TunnelRegistry`` as the front door sees it."""
-
-    def tunnel(self, gateway_id: str, session_id: str, engineer: str) -> GatewayTunnel | None: ...
-
-
-class TunnelConnector:
-    """Connects through the hospital gateway's reverse tunnel (production).
-
-    The instrument is named to the gateway by its *name*: the hospital's
-    allowlist, not the broker, says which address that is.
-    """
-
-    def __init__(self, tunnels: TunnelLookup) -> None:
-        self._tunnels = tunnels
-
-    def _tunnel(self, target: InstrumentTarget, origin: Origin) -> GatewayTunnel:
-        from broker.ssh.errors import GatewayOffline
-
-        tunnel = self._tunnels.tunnel(target.gateway_id, origin.session_id, origin.engineer)
-        if tunnel is None:
-            raise GatewayOffline(f"the hospital gateway for {target.name} is offline")
-        return tunnel
-
-    async def connect_ssh(
-        self,
-        target: InstrumentTarget,
-        options: asyncssh.SSHClientConnectionOptions,
-        origin: Origin,
-    ) -> asyncssh.SSHClientConnection:
-        tunnel = self._tunnel(target, origin)
-        return await asyncssh.connect(
-            target.name, target.ssh_port, tunnel=tunnel, options=options
-        )
-
-    async def open_tcp(
-        self, target: InstrumentTarget, port: int, origin: Origin
-    ) -> tuple[ByteReader, ByteWriter]:
-        reader, writer = await self._tunnel(target, origin).open_connection(target.name, port)
-        return reader, writer

@@ -8,7 +8,7 @@
   (``gateway.refused``) before anything else happens;
 * the broker logs in as ``hoshu-broker`` with its own key, the one the
   gateway pinned at enrolment;
-* it opens the control channel (:mod:`broker.ssh.tunnel_link`) and, for a
+* it opens the control channel (:mod:`broker.tunnel.link`) and, for a
   tunnel (not a window check), registers the connection in the
   :class:`TunnelRegistry`, replacing an older one of the same gateway.
 
@@ -34,7 +34,7 @@ from audit.emitter import Emitter
 from audit.errors import AuditError
 from audit.events import new_event
 from broker.settings import BrokerSettings
-from broker.ssh.tunnel_link import ControlConversation, GatewayDirectory, ProtocolFailure
+from broker.tunnel.link import ControlConversation, GatewayDirectory, ProtocolFailure
 from wire import (
     BROKER_USERNAME,
     GatewayRecord,
@@ -46,7 +46,7 @@ from wire import (
 )
 from wire.names import TUNNEL_CIPHERS, TUNNEL_WINDOW
 
-log = logging.getLogger("hoshu.broker.tunnel")
+log = logging.getLogger(__name__)
 CLOCK_DRIFT_WARN_S = 5.0
 
 __all__ = ["GatewayDirectory", "OriginTunnel", "TunnelInfo", "TunnelListener",

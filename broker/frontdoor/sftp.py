@@ -3,7 +3,7 @@
 The engineer's SFTP (and scp, which asyncssh serves through the same
 interface) ends at the broker; :class:`ProxySFTPServer` performs each
 operation on the instrument through the broker's own SFTP client.  Files are
-spooled at the broker (:mod:`broker.ssh.spool`) so that each transfer is
+spooled at the broker (:mod:`broker.frontdoor.spool`) so that each transfer is
 hashed whole and, for files going into the hospital, the scan hook sees the
 complete file *before* any byte reaches the instrument.  Each file is a
 ``file.transferred`` event (name, direction, size, SHA-256) or a
@@ -18,7 +18,7 @@ complete, so an interrupted upload never truncates the file already there.
 
 Changes to the instrument's files (remove, rename, symlink, setstat, mkdir,
 rmdir) are ``file.changed`` events with an ``operation`` detail, successful or
-not (:mod:`broker.ssh.sftp_changes`).
+not (:mod:`broker.frontdoor.sftp_changes`).
 
 Deny by default: without ``file_transfer`` in an active grant every operation
 fails with "permission denied" and the reason, and ``file.refused`` is logged.
@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncssh
 from asyncssh import SFTPAttrs
 
-from broker.ssh.errors import FrontDoorError
-from broker.ssh.sftp_changes import ChangeOps, DeniedSFTPServer, Refuser, tell
-from broker.ssh.spool import SessionSpools, Spool, SpoolFull
+from broker.access.errors import SessionError
+from broker.frontdoor.context import ChannelContext
+from broker.frontdoor.sftp_changes import ChangeOps, DeniedSFTPServer, Refuser, tell
+from broker.frontdoor.spool import SessionSpools, Spool, SpoolFull
 
 if TYPE_CHECKING:
-    from broker.ssh.channels import Channels
-    from broker.ssh.sessions import LiveSession
+    from broker.live.sessions import LiveSession
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
@@ -57,7 +57,7 @@ class TransferSession(asyncssh.SSHServerProcess[bytes]):
     land on the instrument.
     """
 
-    def __init__(self, channels: Channels, run: Any) -> None:
+    def __init__(self, channels: ChannelContext, run: Any) -> None:
         super().__init__(run, self._sftp, 3, True)
         self._channels = channels
         self.client_eof = False
@@ -80,7 +80,7 @@ class ProxySFTPServer(ChangeOps):
     def __init__(
         self,
         chan: asyncssh.SSHServerChannel[bytes],
-        channels: Channels,
+        channels: ChannelContext,
         upstream: asyncssh.SFTPClient,
         live: LiveSession,
         cols: dict[str, Any],
@@ -118,7 +118,7 @@ class ProxySFTPServer(ChangeOps):
             return
         try:
             self._ch.authorize(self._live.instrument, None, files=True)
-        except FrontDoorError as exc:
+        except SessionError as exc:
             raise _NotLanding(exc.reason, str(exc)) from exc
 
     # --- files ------------------------------------------------------------------
@@ -340,7 +340,7 @@ class ProxySFTPServer(ChangeOps):
 
 
 async def make_sftp_server(
-    channels: Channels, chan: asyncssh.SSHServerChannel[bytes],
+    channels: ChannelContext, chan: asyncssh.SSHServerChannel[bytes],
     session: TransferSession | None = None,
 ) -> asyncssh.SFTPServer:
     """The SFTP server for one channel: a proxy when granted, else a refusal."""
@@ -350,11 +350,10 @@ async def make_sftp_server(
     door = channels.door
     try:
         target, grant = channels.authorize(instrument, None, files=True)
-        conn = await channels.link.ssh(target)
-        upstream = await conn.start_sftp_client(path_encoding=None)
-    except (FrontDoorError, OSError, asyncssh.Error) as exc:
-        msg = str(exc) if isinstance(exc, FrontDoorError) else "the instrument refused SFTP"
-        reason = getattr(exc, "reason", "instrument_error")
+        upstream = await channels.link.sftp(target)
+    except SessionError as exc:  # the connector and the link translated every failure
+        msg = str(exc)
+        reason = exc.reason
         cols = channels.cols(instrument)
         door.emit("file.refused", EventResult="Failure", EventResultDetails=reason,
                   EventMessage=msg, details={"tool": tool}, **cols)

@@ -34,7 +34,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from broker.ssh.ports import InstrumentTarget
+from broker.access.door import InstrumentTarget
 
 SSH_PORT = 22
 RDP_PORT = 3389

@@ -10,9 +10,9 @@ sign-out, account not locked or deactivated).  A login not completed within
 ``login_timeout_s`` is disconnected with the reason, which the client prints.
 The policy alone writes ``user.mfa_failed``/``user.locked_out``; this module
 writes ``ssh.login``, and failures from one source beyond a few a minute are
-summed (:meth:`FrontDoor.login_failed`).  Channels:
+summed (:meth:`Door.login_failed`).  Channels:
 sessions (shell, exec, sftp, scp) and direct-tcpip forwards, at most
-``max_channels`` at once; each is authorized by :class:`~broker.ssh.channels.Channels`.
+``max_channels`` at once; each is authorized by :class:`~broker.frontdoor.channels.Channels`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 
 import asyncssh
 
-from broker.ssh.auth import AuthState, parse_login, source_allowed
-from broker.ssh.channels import Channels
-from broker.ssh.frontdoor import FrontDoor
-from broker.ssh.ports import Engineer
+from broker.access.door import Engineer
+from broker.frontdoor.auth import AuthState, parse_login, source_allowed
+from broker.frontdoor.channels import Channels
+from broker.frontdoor.context import Door
 from wire.sshcompat import (
     KbdIntChallenge,
     KbdIntResponse,
@@ -41,7 +41,7 @@ _KBD_PROMPT = ("Verification code: ", False)
 
 
 class EngineerServer(asyncssh.SSHServer):
-    def __init__(self, door: FrontDoor) -> None:
+    def __init__(self, door: Door) -> None:
         self.door = door
         self.state = AuthState()
         self.conn: asyncssh.SSHServerConnection | None = None

@@ -1,7 +1,7 @@
 """Spools: where files moving through the broker wait to be hashed, scanned and sent.
 
 Every file an engineer uploads or downloads is held whole at the broker first
-(:mod:`broker.ssh.sftp`).  Spools live in their own directory under the data
+(:mod:`broker.frontdoor.sftp`).  Spools live in their own directory under the data
 dir (``<data_dir>/spools``, mode 0700), never beside the audit log, so a full
 spool disk cannot stop the audit chain.  Each spool file is unlinked the moment
 it is created (:func:`tempfile.TemporaryFile`), so it disappears on every end

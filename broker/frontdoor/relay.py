@@ -3,7 +3,7 @@ recorded relay of shells and exec commands over it.
 
 The engineer's SSH session ends at the broker.  :class:`InstrumentLink` opens
 (once per engineer connection and instrument) the broker's own SSH connection
-through the :class:`~broker.ssh.ports.InstrumentConnector`, logging in with the
+through the :class:`~broker.access.door.InstrumentConnector`, logging in with the
 credential held for the instrument and verifying the instrument's host key
 against the fingerprint the hospital accepted.  :func:`relay_process` then
 copies bytes both ways in large chunks, writing every byte of input, output
@@ -18,7 +18,7 @@ OpenSSH's sshd honours ``signal`` (7.8 and later) except for a forced command
 (``ForceCommand``, ``command=``) or a subsystem: there a non-terminal command
 keeps running until it writes or ends (docs/engineer.md).
 
-Failures map to :mod:`broker.ssh.errors`; their text is what the engineer sees.
+Failures map to :mod:`broker.frontdoor.errors`; their text is what the engineer sees.
 The credential is never part of a message, an event or a log line.
 """
 
@@ -32,10 +32,11 @@ from typing import Any
 
 import asyncssh
 
-from broker.ssh.errors import GatewayOffline, InstrumentError
-from broker.ssh.ports import InstrumentConnector, InstrumentTarget, Origin
-from broker.ssh.recorder import Recording
-from broker.ssh.sessions import LiveSession
+from broker.access.door import InstrumentTarget
+from broker.live.recorder import Recording
+from broker.live.sessions import LiveSession
+from broker.tunnel.connector import InstrumentConnector, Origin
+from broker.tunnel.errors import InstrumentError
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
@@ -130,28 +131,17 @@ class InstrumentLink:
                 conn.close()
 
     async def _open(self, target: InstrumentTarget) -> asyncssh.SSHClientConnection:
-        options = client_options(target)
+        # the connector translates every failure (broker.tunnel.errors)
+        return await self._connector.connect_ssh(target, client_options(target), self._origin)
+
+    async def sftp(self, target: InstrumentTarget) -> asyncssh.SFTPClient:
+        """An SFTP client on the connection to ``target`` (counts as one user)."""
+        conn = await self.ssh(target)
         try:
-            return await self._connector.connect_ssh(target, options, self._origin)
-        except GatewayOffline:
-            raise
-        except asyncssh.PermissionDenied as exc:
-            raise InstrumentError(
-                f"{target.name} refused the broker's credential; ask the hospital to check it"
-            ) from exc
-        except asyncssh.HostKeyNotVerifiable as exc:
-            raise InstrumentError(
-                f"the host key of {target.name} does not match the one the hospital accepted; "
-                "refusing to connect"
-            ) from exc
-        except asyncssh.ChannelOpenError as exc:
-            raise InstrumentError(
-                f"the hospital gateway refused the connection to {target.name}: {exc.reason}"
-            ) from exc
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            raise InstrumentError(
-                f"{target.name} cannot be reached ({type(exc).__name__})"
-            ) from exc
+            return await conn.start_sftp_client(path_encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            self.release(target.name, close_if_idle=False)
+            raise InstrumentError(f"{target.name} refused SFTP") from exc
 
     def close(self) -> None:
         for conn in self._conns.values():

@@ -22,13 +22,15 @@ import asyncssh
 from audit import new_event
 from audit.emitter import Emitter
 from audit.keyfiles import create_secret
+from broker.access.certs import MAX_CERT_LIFETIME
+from broker.access.errors import PermissionDenied
 from wire.sshcompat import cert_is_user, cert_valid_at
 
-MAX_CERT_LIFETIME = timedelta(hours=8)
 
-
-class CertificateRefused(Exception):
+class CertificateRefused(PermissionDenied):
     """No certificate can be issued (no remaining grant time, bad key)."""
+
+    code = "no_grant"
 
 
 class UserCA:

@@ -1,7 +1,8 @@
 """HTTP routes for live sessions: list, follow read-only, terminate.
 
 ``build_sessions_router`` returns an ``APIRouter`` that the broker process
-includes (``attach_front_door(..., sessions_routes=True)``).  Who may do what
+includes (:func:`broker.assembly.attach_front_door`); it reaches the sessions
+through :class:`broker.api.services.LiveSessions` only.  Who may do what
 is the permission table (:mod:`broker.access.permissions`), asked through
 :func:`broker.api.deps.require` like every other route, token scope included:
 
@@ -33,11 +34,11 @@ from audit.emitter import Emitter
 from broker.access.errors import NotFound
 from broker.access.permissions import Principal, check_session_control, may_see_session
 from broker.api.deps import Authenticate, refusal_context, require
-from broker.ssh.sessions import LiveSession, SessionRegistry
+from broker.api.services import LiveSessions, LiveSessionView
 
 
 def build_sessions_router(
-    get_sessions: Callable[[], SessionRegistry | None],
+    get_sessions: Callable[[], LiveSessions | None],
     emitter: Emitter,
     *,
     authenticate: Authenticate | None = None,
@@ -54,7 +55,7 @@ def build_sessions_router(
     Terminator = Annotated[Principal, allowed("sessions.terminate")]
 
     def controlled(request: Request, caller: Principal, session_id: str,
-                   action: str) -> tuple[SessionRegistry, LiveSession]:
+                   action: str) -> tuple[LiveSessions, LiveSessionView]:
         reg = get_sessions()
         s = reg.get(session_id) if reg else None
         if reg is None or s is None:
@@ -67,7 +68,7 @@ def build_sessions_router(
         check_session_control(caller, s.hospital_id, action)
         return reg, s
 
-    def cols(s: LiveSession) -> dict[str, Any]:
+    def cols(s: LiveSessionView) -> dict[str, Any]:
         return {"TargetSessionId": s.session_id, "TargetHostname": s.instrument,
                 "HospitalId": s.hospital_id or None, "ObjectType": "session",
                 "Object": s.session_id}

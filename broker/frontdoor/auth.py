@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from broker.access.door import Engineer
 from broker.access.names import source_allowed as source_allowed  # the one rule
-from broker.ssh.ports import Engineer
 from wire.names import NAME_PATTERN as _INSTRUMENT
 from wire.names import USERNAME_PATTERN as _USER  # the one definition of names
 

@@ -55,7 +55,7 @@ from wire import (
     encode,
 )
 
-log = logging.getLogger("hoshu.broker.tunnel")
+log = logging.getLogger(__name__)
 _READ_CHUNK = 64 * 1024
 
 

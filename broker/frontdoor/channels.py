@@ -14,27 +14,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 
+from broker.access.door import Engineer, GrantView, InstrumentTarget
+from broker.access.errors import SessionError
 from broker.access.permissions import role_allows
-from broker.ssh.auth import LoginName, valid_instrument_name
-from broker.ssh.errors import (
-    AccessDenied,
-    FrontDoorError,
-    RawPathRefused,
-    RecordingError,
-    RoleRefused,
-)
-from broker.ssh.ports import Engineer, GrantView, InstrumentTarget, Origin
-from broker.ssh.raw_paths import forward_refusal, interactive_port, transfer_program
-from broker.ssh.recorder import Recording
-from broker.ssh.relay import InstrumentLink, relay_process
-from broker.ssh.sessions import LiveSession
-
-if TYPE_CHECKING:
-    from broker.ssh.frontdoor import FrontDoor
+from broker.frontdoor.auth import LoginName, valid_instrument_name
+from broker.frontdoor.context import Door
+from broker.frontdoor.errors import AccessDenied, RawPathRefused, RoleRefused
+from broker.frontdoor.forward import open_forward
+from broker.frontdoor.raw_paths import forward_refusal, interactive_port, transfer_program
+from broker.frontdoor.relay import InstrumentLink, relay_process
+from broker.frontdoor.sftp import TransferSession
+from broker.live.errors import RecordingError
+from broker.live.recorder import Recording
+from broker.live.sessions import LiveSession
+from broker.tunnel.connector import Origin
 
 log = logging.getLogger(__name__)
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -43,7 +40,7 @@ _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 class Channels:
     def __init__(
         self,
-        door: FrontDoor,
+        door: Door,
         conn: asyncssh.SSHServerConnection,
         engineer: Engineer,
         login: LoginName,
@@ -177,8 +174,6 @@ class Channels:
                            EventResultDetails="too_many_channels", EventMessage=exc.reason,
                            details={"kind": "session"}, **self.cols(self.login.instrument))
             raise
-        from broker.ssh.sftp import TransferSession
-
         return TransferSession(self, self._run_process)  # sftp/scp or the relayed process
 
     async def _run_process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -224,13 +219,13 @@ class Channels:
             process.stderr.write(f"hoshu: {exc}\r\n".encode())
             process.exit(1)
             return
-        except FrontDoorError as exc:
+        except SessionError as exc:
             self._refuse(process, kind, instrument, str(exc), exc.reason, command)
             return
         rec.exact = bool(command)  # exec: stdin and stdout byte for byte
         try:
             conn = await self.link.ssh(target)
-        except FrontDoorError as exc:
+        except SessionError as exc:
             rec.close().path.unlink(missing_ok=True)
             self._refuse(process, kind, instrument, str(exc), exc.reason, command)
             return
@@ -318,8 +313,6 @@ class Channels:
                            EventResultDetails="too_many_channels", EventMessage=exc.reason,
                            **self.cols(self.forward_target(dest_host), dest_port))
             raise
-        from broker.ssh.forward import open_forward
-
         return open_forward(self, dest_host, dest_port)
 
     def forward_target(self, dest_host: str) -> str | None:

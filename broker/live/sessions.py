@@ -34,8 +34,8 @@ from typing import Any, Protocol
 from audit import new_event
 from audit.emitter import Emitter
 from audit.events import AuditEvent
-from broker.ssh.journal import LiveJournal
-from broker.ssh.ports import AccessPolicy, GrantEnd
+from broker.access.door import AccessPolicy, GrantEnd
+from broker.live.journal import LiveJournal
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ RETRY_DELAYS_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class TimedFlush(Protocol):
-    """A session recording as the watcher sees it (``broker.ssh.recorder.Recording``)."""
+    """A session recording as the watcher sees it (``broker.live.recorder.Recording``)."""
 
     def flush(self) -> None:
         """Write what is buffered; raises (and stays failed) when it cannot."""

@@ -24,17 +24,16 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 
-from broker.ssh.errors import FrontDoorError, RecordingError
-from broker.ssh.ports import ByteReader, ByteWriter, Origin
-from broker.ssh.raw_paths import interactive_banner
-from broker.ssh.sessions import LiveSession
-
-if TYPE_CHECKING:
-    from broker.ssh.channels import Channels
+from broker.access.errors import SessionError
+from broker.frontdoor.context import ChannelContext
+from broker.frontdoor.raw_paths import interactive_banner
+from broker.live.errors import RecordingError
+from broker.live.sessions import LiveSession
+from broker.tunnel.connector import ByteReader, ByteWriter, Origin
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
@@ -89,7 +88,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
 
     def __init__(
         self,
-        channels: Channels,
+        channels: ChannelContext,
         live: LiveSession,
         cols: dict[str, Any],
         reader: ByteReader,
@@ -205,7 +204,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
 
 
 async def open_forward(
-    channels: Channels, dest_host: str, dest_port: int
+    channels: ChannelContext, dest_host: str, dest_port: int
 ) -> ForwardSession:
     """Authorize and connect one forward, or raise ChannelOpenError with the reason."""
     instrument = channels.forward_target(dest_host)
@@ -221,18 +220,13 @@ async def open_forward(
             capture = Capture(path, door.options.forward_capture_max_bytes)
         origin = Origin(sid, channels.engineer.username)
         reader, writer = await door.connector.open_tcp(target, dest_port, origin)
-    except (FrontDoorError, OSError, asyncssh.Error) as exc:
+    except SessionError as exc:  # the connector translated every failure
         channels.release()
         if capture is not None and path is not None:  # ours (O_EXCL), and empty
             capture.close()
             path.unlink(missing_ok=True)
-        if isinstance(exc, FrontDoorError):
-            msg = str(exc)
-        elif isinstance(exc, asyncssh.ChannelOpenError):
-            msg = f"the hospital gateway refused {instrument} port {dest_port}: {exc.reason}"
-        else:
-            msg = f"{instrument} port {dest_port} cannot be reached ({type(exc).__name__})"
-        reason = getattr(exc, "reason", "connect_failed")
+        msg = str(exc)
+        reason = exc.reason
         door.emit("forward.refused", EventResult="Failure", EventResultDetails=reason,
                   EventMessage=msg, **base)
         code = (asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED

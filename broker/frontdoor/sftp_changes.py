@@ -32,14 +32,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
 
-if TYPE_CHECKING:
-    from broker.ssh.channels import Channels
-    from broker.ssh.frontdoor import FrontDoor
+from broker.frontdoor.context import ChannelContext, Door
 
 T = TypeVar("T")
 MAX_REFUSAL_EVENTS = 32
@@ -71,7 +69,7 @@ class ChangeOps(asyncssh.SFTPServer):
     def __init__(
         self,
         chan: asyncssh.SSHServerChannel[bytes],
-        channels: Channels,
+        channels: ChannelContext,
         upstream: asyncssh.SFTPClient,
         cols: dict[str, Any],
         tool: str,
@@ -157,7 +155,7 @@ class ChangeOps(asyncssh.SFTPServer):
 class Refuser:
     """Writes the ``file.refused`` event of one refused request on a denied channel."""
 
-    def __init__(self, door: FrontDoor, cols: dict[str, Any], tool: str, reason: str,
+    def __init__(self, door: Door, cols: dict[str, Any], tool: str, reason: str,
                  message: str) -> None:
         self._door = door
         self._cols = cols

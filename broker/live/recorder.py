@@ -11,7 +11,7 @@ of the finished file go into the session's end event.
 
 Limits: a recording holds at most ``max_bytes`` (the broker setting
 ``recording_max_mib``); the event that would pass it raises
-:class:`~broker.ssh.errors.RecordingLimit` and the session ends with reason
+:class:`~broker.frontdoor.errors.RecordingLimit` and the session ends with reason
 ``recording_limit``.  Input (what the engineer types, passwords at ``sudo``
 prompts included) is recorded only when ``record_input`` is set: for shells
 that is the hospital's policy ``record_input`` (off by default; the output
@@ -19,7 +19,7 @@ shows the echoed commands anyway).
 
 Fail closed: :meth:`Recording.open` writes and flushes the header, so an
 unwritable directory refuses the session before it starts; any later write
-failure raises :class:`~broker.ssh.errors.RecordingError` and the relay ends
+failure raises :class:`~broker.frontdoor.errors.RecordingError` and the relay ends
 the session.
 """
 
@@ -37,7 +37,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import IO
 
-from broker.ssh.errors import RecordingError, RecordingLimit
+from broker.live.errors import RecordingError, RecordingLimit
 
 _FLUSH_BYTES = 256 * 1024
 FLUSH_EVERY_S = 1.0

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker.ssh.auth import parse_login, valid_instrument_name
-from broker.ssh.errors import SshConfigError
+from broker.frontdoor.auth import parse_login, valid_instrument_name
+from broker.frontdoor.errors import SshConfigError
 
 HOST_ALIAS = "hoshu-broker"
 SUFFIX = ".hoshu"

@@ -1,14 +1,15 @@
 """The engineers' SSH front door: listener, shared state and the start function.
 
 :func:`start_front_door` listens for stock OpenSSH clients.  Each connection
-gets an :class:`~broker.ssh.server.EngineerServer` (thin asyncssh hooks) over
+gets an :class:`~broker.frontdoor.server.EngineerServer` (thin asyncssh hooks) over
 the shared :class:`FrontDoor` (policy, connector, emitter, live sessions, CA).
 
 asyncssh completes authentication as soon as one method succeeds, so the
 listener's connection class (:class:`wire.sshcompat.PartialSuccessConnection`,
 inside the asyncssh fence) turns a verified public-key signature into a
 *partial* success (RFC 4252 §5.1): the client must then answer
-keyboard-interactive with a TOTP code.  A user certificate issued by :class:`~broker.ssh.ca.UserCA`
+keyboard-interactive with a TOTP code.  A user certificate issued by
+:class:`~broker.frontdoor.ca.UserCA`
 after password + TOTP counts as both factors.  There is no password method.
 """
 
@@ -19,7 +20,7 @@ import ipaddress
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,17 @@ import asyncssh
 
 from audit import new_event
 from audit.emitter import Emitter
+from broker.access.door import AccessPolicy
 from broker.access.floods import FloodGate, Summary
+from broker.frontdoor.ca import UserCA
+from broker.frontdoor.context import FrontDoorOptions
+from broker.frontdoor.server import EngineerServer
+from broker.frontdoor.spool import SpoolBudget
+from broker.live.journal import LiveJournal
+from broker.live.recorder import Opener, default_opener
+from broker.live.sessions import SessionRegistry
 from broker.settings import BrokerSettings
-from broker.ssh.ca import UserCA
-from broker.ssh.journal import LiveJournal
-from broker.ssh.ports import AccessPolicy, InstrumentConnector
-from broker.ssh.recorder import Opener, default_opener
-from broker.ssh.sessions import SessionRegistry
-from broker.ssh.spool import SpoolBudget
+from broker.tunnel.connector import InstrumentConnector
 from wire.sshcompat import server_connection_factory
 
 log = logging.getLogger(__name__)
@@ -50,31 +54,6 @@ def source_key(address: str) -> str:
     if ip.version == 6:
         return f"ip:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
     return f"ip:{ip}"
-
-
-@dataclass(frozen=True, slots=True)
-class FrontDoorOptions:
-    """Limits and switches of the front door (defaults are the secure ones)."""
-
-    max_channels: int = 16  # open channels per engineer connection
-    max_pending_per_source: int = 20  # connections still authenticating, per source address
-    login_timeout_s: float = 120.0  # as OpenSSH's LoginGraceTime; the client is told why
-    failures_written_per_minute: int = 10  # per source; the rest of its minute: one sum
-    watch_interval_s: float = 0.25  # grant checks: sessions end < 1 s after a grant does
-    scan_command: tuple[str, ...] = ()  # argv; the file path is appended; exit 0 = clean
-    scan_timeout_s: float = 120.0
-    forward_capture_dir: Path | None = None  # raw capture of forwarded bytes when set
-    max_file_bytes: int = 2 * 1024**3
-    spool_dir: Path | None = None  # None: settings.spool_dir (<data_dir>/spools)
-    max_session_spool_bytes: int = 4 * 1024**3  # open spools of one sftp/scp session
-    max_spool_bytes: int = 16 * 1024**3  # open spools of the whole front door
-    forward_capture_max_bytes: int = 1024**3  # a forward whose capture reaches it ends
-    max_recording_bytes: int = 512 * 1024**2  # per session (settings.recording_max_mib)
-    banner: str = ""
-    # Ciphers offered to engineers' clients.  The client picks by its own order, so
-    # offering only AES-GCM (in OpenSSL) steers stock OpenSSH away from
-    # chacha20-poly1305, which costs asyncssh far more per packet.
-    ciphers: tuple[str, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 class FrontDoor:
@@ -219,8 +198,6 @@ async def start_front_door(
     port: int | None = None,
 ) -> FrontDoor:
     """Listen on ``host:port`` (default: settings.ssh_host/ssh_port; 0 picks a port)."""
-    from broker.ssh.server import EngineerServer
-
     opts = options or FrontDoorOptions(login_timeout_s=float(settings.login_timeout_s),
                                        max_recording_bytes=settings.recording_max_mib * 1024**2)
     if options is None:

@@ -6,7 +6,9 @@ TOTP (``hoshu login``); enrolment-only and automation tokens are refused
 (:data:`broker.access.permissions.MFA`).  The key must be one the caller
 registered, and the caller must hold an active grant: the certificate then
 lasts until the end of their grants, at most 8 hours
-(:class:`~broker.ssh.ca.UserCA`).  The front door accepts it as both factors.
+(the front door's user CA, through
+:class:`broker.api.services.CertificateIssuer`).  The front door accepts it as
+both factors.
 
 Every issue is an ``ssh.cert_issued`` event; every refusal a 403 and an
 ``ssh.cert_refused`` event naming the caller and the reason (written by
@@ -23,11 +25,11 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from audit.emitter import Emitter
+from broker.access.certs import MAX_CERT_LIFETIME
 from broker.access.errors import PermissionDenied, Unavailable
 from broker.access.permissions import Principal
 from broker.api.deps import Authenticate, require
-from broker.ssh.ca import MAX_CERT_LIFETIME, CertificateRefused, UserCA
-from broker.ssh.ports import AccessPolicy
+from broker.api.services import CertificateIssuer, CertificatePolicy
 
 
 class CertRequest(BaseModel):
@@ -36,8 +38,8 @@ class CertRequest(BaseModel):
 
 
 def build_cert_router(
-    get_ca: Callable[[], UserCA | None],
-    policy: AccessPolicy,
+    get_ca: Callable[[], CertificateIssuer | None],
+    policy: CertificatePolicy,
     grants_end: Callable[[str, datetime], datetime | None],
     emitter: Emitter,
     clock: Callable[[], datetime],
@@ -66,11 +68,9 @@ def build_cert_router(
         serial = serials()
         # recorded first: only recorded serials sign in, and logout revokes them
         policy.record_cert(caller.user_id, serial, now, min(now + MAX_CERT_LIFETIME, end))
-        try:
-            cert = ca.issue(body.public_key, username=caller.username, user_id=caller.user_id,
-                            now=now, grants_end=end, serial=serial, emitter=emitter)
-        except CertificateRefused as exc:
-            raise PermissionDenied(str(exc), code="no_grant") from exc
+        # a refusal is a PermissionDenied (code no_grant): a 403 and an event
+        cert = ca.issue(body.public_key, username=caller.username, user_id=caller.user_id,
+                        now=now, grants_end=end, serial=serial, emitter=emitter)
         return {"certificate": cert}
 
     return router

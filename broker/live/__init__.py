@@ -1,0 +1,1 @@
+"""Live engineer sessions: the registry, the recorder and the session journal."""

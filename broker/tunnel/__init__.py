@@ -1,0 +1,1 @@
+"""The gateways' reverse tunnels: the endpoint they dial, and the route to instruments."""
