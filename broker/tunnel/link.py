@@ -126,6 +126,12 @@ class ControlConversation:
         self.send_windows()
         return message
 
+    @property
+    def channel(self) -> asyncssh.SSHWriter[bytes] | None:
+        """The open control channel's writer (None before :meth:`open`); every message
+        leaves through :meth:`send`, tests write raw lines here to probe the gateway."""
+        return self._writer
+
     def send(self, message: Message) -> None:
         if self._writer is not None:
             self._writer.write(encode(message))

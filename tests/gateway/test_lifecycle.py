@@ -132,7 +132,7 @@ async def test_bad_control_messages_are_answered_and_ignored_both_ways(tmp_path:
         info = L.listener.registry.info(GATEWAY_ID)
         assert info is not None and agent.link is not None
         conv = info.conversation
-        raw = conv._writer
+        raw = conv.channel
         assert raw is not None
         raw.write(b"garbage\n")
         raw.write(b'{"type":"windows","windows":"soon"}\n')
