@@ -31,6 +31,7 @@ import asyncssh
 from fastapi import APIRouter
 
 from audit.emitter import Emitter
+from audit.engines import PasswordSource
 from audit.keyfiles import create_secret
 from audit.retention import RetentionPolicy
 from audit.service import AuditConfig, AuditRuntime, SinkConfig, build_audit
@@ -46,6 +47,7 @@ from broker.api.routes.sessions import build_sessions_router
 from broker.frontdoor.ca import UserCA
 from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.door import FrontDoor, start_front_door
+from broker.identity import azure_credential, database_password
 from broker.live.journal import end_lost_sessions
 from broker.runtime import Runtime, sweep_forever
 from broker.services import ControlPlane
@@ -70,13 +72,17 @@ def _azure_sink(settings: BrokerSettings) -> list[SinkConfig]:
                        stream=settings.azure_dcr_stream)]
 
 
-def audit_config(settings: BrokerSettings) -> AuditConfig:
-    """The :class:`audit.service.AuditConfig` for a broker's settings."""
+def audit_config(settings: BrokerSettings, *,
+                 db_password: PasswordSource | None = None) -> AuditConfig:
+    """The :class:`audit.service.AuditConfig` for a broker's settings; ``db_password``
+    (Entra sign-in) is used for the index too when it is on PostgreSQL."""
+    index_url = settings.audit_index_url or settings.db_url
     return AuditConfig(
         log_path=settings.audit_log_path,
         signing_key_path=settings.audit_signing_key_path,
         cursor_dir=settings.audit_cursor_dir,
-        index_url=settings.audit_index_url or settings.db_url,
+        index_url=index_url,
+        index_password=db_password if index_url.startswith("postgres") else None,
         recordings_dir=settings.recordings_dir,
         sinks=[SinkConfig(**s) for s in settings.audit_sinks] + _azure_sink(settings),
         mask_rules=settings.audit_mask_rules,
@@ -123,12 +129,14 @@ def check_storage_apart(settings: BrokerSettings) -> None:
 def build_runtime(settings: BrokerSettings, *, emitter: Emitter | None = None,
                   extra_routers: Sequence[APIRouter] = (),
                   clock: Callable[[], datetime] = utc_now,
-                  hasher: Hasher | None = None) -> Runtime:
+                  hasher: Hasher | None = None,
+                  db_password: PasswordSource | None = None) -> Runtime:
     """Open the store and keys, build the API and the background tasks (not started).
 
     ``emitter`` is the audit log (``audit.service.build_audit(...).log`` in the full
     broker); without it the control plane opens ``settings.audit_log_path`` itself."""
-    control = ControlPlane.open(settings, emitter=emitter, clock=clock, hasher=hasher)
+    control = ControlPlane.open(settings, emitter=emitter, clock=clock, hasher=hasher,
+                                db_password=db_password)
     app = create_app(settings, services=control.services, extra_routers=extra_routers)
     rt = Runtime(settings, control, app)
     rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s))
@@ -213,14 +221,21 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     """Assemble every part of the broker; :func:`broker.runtime.serve` runs it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     check_storage_apart(settings)
-    audit = build_audit(audit_config(settings), sinks=sinks)
+    # one managed-identity credential for every Azure client (broker.identity), built
+    # only when something signs in to Azure
+    credential = azure_credential(settings) if (
+        settings.database_auth == "entra" or settings.azure_logs_endpoint) else None
+    db_password = database_password(settings, credential)
+    audit = build_audit(audit_config(settings, db_password=db_password), sinks=sinks,
+                        credential=credential)
     try:
         routers = [
             build_audit_router(index=audit.index, reports=audit.reports,
                                recordings_dir=settings.recordings_dir, emitter=audit.log,
                                sink_status=audit.status),
         ]
-        rt = build_runtime(settings, emitter=audit.log, extra_routers=routers)
+        rt = build_runtime(settings, emitter=audit.log, extra_routers=routers,
+                           db_password=db_password)
     except Exception:
         audit.stop()
         raise

@@ -24,10 +24,12 @@ from cryptography.hazmat.primitives.serialization import (
 
 from audit.chain import ChainLog
 from audit.emitter import Emitter
+from audit.engines import PasswordSource
 from broker.access.crypto import SecretBox
 from broker.access.passwords import Hasher
 from broker.access.ports import Config, Context, utc_now
 from broker.access.services import Services
+from broker.identity import database_password
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 
@@ -68,8 +70,14 @@ class ControlPlane:
     @classmethod
     def open(cls, settings: BrokerSettings, *, emitter: Emitter | None = None,
              clock: Callable[[], datetime] = utc_now, migrate: bool = True,
-             hasher: Hasher | None = None) -> ControlPlane:
-        store = Store(settings.db_url, migrate=migrate)
+             hasher: Hasher | None = None,
+             db_password: PasswordSource | None = None) -> ControlPlane:
+        """Open the store (``db_password``: where new connections get their password;
+        None: :func:`broker.identity.database_password` of the settings) and build the
+        services."""
+        if db_password is None:
+            db_password = database_password(settings)
+        store = Store(settings.db_url, migrate=migrate, password=db_password)
         owned = None
         if emitter is None:
             settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
