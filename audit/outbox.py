@@ -66,17 +66,32 @@ def _checksum(sink: str, c: Cursor) -> str:
     return hashlib.sha256(f"{sink}\n{c.seq}\n{c.offset}\n{c.hash}".encode()).hexdigest()[:16]
 
 
+def check_sink_name(sink: str) -> str:
+    """Sink names are short, lower-case words (they name files and rows)."""
+    if not _SINK_NAME.fullmatch(sink):
+        raise OutboxError(f"invalid sink name {sink!r}")
+    return sink
+
+
 class CursorStore:
-    """One cursor file per sink in ``directory``."""
+    """One cursor file per sink in ``directory`` (the file log's cursors; the
+    PostgreSQL store keeps them as rows, :class:`audit.pgchain.PgCursorStore`)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, sink: str) -> Path:
-        if not _SINK_NAME.fullmatch(sink):
-            raise OutboxError(f"invalid sink name {sink!r}")
-        return self.dir / f"{sink}.cursor"
+        return self.dir / f"{check_sink_name(sink)}.cursor"
+
+    def stamp(self, sink: str) -> tuple[int, ...]:
+        """Changes whenever the cursor is saved (it is replaced by rename: a new inode),
+        so a stopped shipper sees an operator's reset."""
+        try:
+            st = self.path(sink).stat()
+        except OSError:
+            return (-1, -1, -1)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def load(self, sink: str) -> Cursor:
         p = self.path(sink)
@@ -192,3 +207,21 @@ def read_batch(path: str | os.PathLike[str], cursor: Cursor,
         if len(out) >= limit:
             break
     return out, last
+
+
+class FileOutbox:
+    """The file log as a shipper reads it: events after a cursor, and its head."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def read_batch(self, cursor: Cursor, limit: int) -> tuple[list[dict[str, Any]], Cursor]:
+        return read_batch(self.path, cursor, limit)
+
+    def head_seq(self) -> int:
+        """The last position written, from the log's ``.head`` file."""
+        try:
+            text = self.path.with_name(self.path.name + ".head").read_text().strip()
+            return int(text.partition(" ")[0]) if text else 0
+        except (OSError, ValueError):
+            return 0

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from audit.emitter import Emitter
 from audit.events import new_event, utc_now
 from audit.masking import Masker
-from audit.outbox import Cursor, CursorStore, OutboxCorrupt, SinkError, read_batch
+from audit.outbox import Cursor, FileOutbox, OutboxCorrupt, OutboxError, SinkError
 
 
 class Sink(Protocol):
@@ -77,11 +77,28 @@ def _parse_time(value: Any) -> datetime | None:
 
 def head_seq(log_path: Path) -> int:
     """The last position written to the log, from its ``.head`` file."""
-    try:
-        text = log_path.with_name(log_path.name + ".head").read_text().strip()
-        return int(text.partition(" ")[0]) if text else 0
-    except (OSError, ValueError):
-        return 0
+    return FileOutbox(log_path).head_seq()
+
+
+class Source(Protocol):
+    """Where a shipper reads: the file log (:class:`~audit.outbox.FileOutbox`) or one
+    chain in PostgreSQL (:class:`audit.pgchain.PgOutbox`)."""
+
+    def read_batch(self, cursor: Cursor, limit: int) -> tuple[list[dict[str, Any]], Cursor]:
+        ...
+
+    def head_seq(self) -> int: ...
+
+
+class Cursors(Protocol):
+    """Each sink's acknowledged position: files (:class:`~audit.outbox.CursorStore`) or
+    rows (:class:`audit.pgchain.PgCursorStore`)."""
+
+    def load(self, sink: str) -> Cursor: ...
+
+    def save(self, sink: str, c: Cursor) -> None: ...
+
+    def stamp(self, sink: str) -> tuple[int, ...]: ...
 
 
 class Shipper:
@@ -90,8 +107,8 @@ class Shipper:
     def __init__(
         self,
         sink: Sink,
-        log_path: str | Path,
-        cursors: CursorStore,
+        log_path: str | Path | Source,
+        cursors: Cursors,
         *,
         masker: Masker | None = None,
         batch_size: int = 500,
@@ -102,7 +119,8 @@ class Shipper:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.sink = sink
-        self.log_path = Path(log_path)
+        self.source: Source = (FileOutbox(log_path) if isinstance(log_path, (str, Path))
+                               else log_path)
         self.cursors = cursors
         self.masker = masker
         self.batch_size = batch_size
@@ -118,7 +136,7 @@ class Shipper:
         self.delivered = 0
         self._oldest_pending: datetime | None = None
         self._lag_reported_at: datetime | None = None
-        self._stopped_at_mtime = (-1, -1, -1)
+        self._stopped_at_mtime: tuple[int, ...] = (-1, -1, -1)
 
     def _cursor(self) -> Cursor:
         try:
@@ -127,13 +145,9 @@ class Shipper:
             self._stop(str(exc))
             raise
 
-    def _cursor_mtime(self) -> tuple[int, int, int]:
-        """Identity of the cursor file (cursors are replaced by rename: a new inode)."""
-        try:
-            st = self.cursors.path(self.sink.name).stat()
-        except OSError:
-            return (-1, -1, -1)
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _cursor_mtime(self) -> tuple[int, ...]:
+        """Identity of the saved cursor (changes when an operator resets it)."""
+        return self.cursors.stamp(self.sink.name)
 
     def _stop(self, why: str) -> None:
         self._stopped_at_mtime = self._cursor_mtime()
@@ -156,7 +170,7 @@ class Shipper:
             self.state, self.last_error = "idle", ""  # an operator reset the cursor
         cursor = self._cursor()
         try:
-            records, after = read_batch(self.log_path, cursor, self.batch_size)
+            records, after = self.source.read_batch(cursor, self.batch_size)
         except OutboxCorrupt as exc:
             self._stop(str(exc))
             raise
@@ -193,16 +207,18 @@ class Shipper:
         if acked is None:
             try:
                 acked = self.cursors.load(self.sink.name).seq
-            except OutboxCorrupt:
-                return head_seq(self.log_path)
-        return max(0, head_seq(self.log_path) - acked)
+            except OutboxError:
+                return self.source.head_seq()
+        return max(0, self.source.head_seq() - acked)
 
     def status(self) -> SinkStatus:
         try:
             acked = self.cursors.load(self.sink.name).seq
         except OutboxCorrupt as exc:
             acked, self.last_error, self.state = 0, str(exc), "stopped"
-        head = head_seq(self.log_path)
+        except OutboxError as exc:
+            acked, self.last_error = 0, str(exc)
+        head = self.source.head_seq()
         lag_s = 0.0
         if self._oldest_pending is not None and head > acked:
             lag_s = max(0.0, (self.clock() - self._oldest_pending).total_seconds())
@@ -259,6 +275,12 @@ class ShippingService:
                 wait = max(0.0, shipper.retry_at - time.monotonic())
             except OutboxCorrupt:
                 wait = self.poll_s
+            except OutboxError as exc:  # the audit store did not answer: retried
+                shipper.attempt += 1
+                shipper.last_error = str(exc)
+                shipper.retry_at = time.monotonic() + shipper.backoff.delay(shipper.attempt,
+                                                                            shipper.rand)
+                wait = max(0.0, shipper.retry_at - time.monotonic())
             except Exception as exc:
                 shipper.last_error = f"unexpected {type(exc).__name__}: {exc}"
                 shipper.retry_at = time.monotonic() + shipper.backoff.max_s

@@ -1,0 +1,315 @@
+"""The audit chain in PostgreSQL (``audit_store = "postgres"``), on a real server.
+
+An event counts once ``emit`` returns: it is committed by then, concurrent emitters
+share commits, a database that stops answering fails the emitter within a bound (and
+the chain carries on afterwards), a second writer of one chain is refused, shipping
+resumes from the cursor row, and every kind of tampering with the rows is named.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from audit import new_event
+from audit.errors import ChainError, InvalidEvent
+from audit.events import AuditEvent
+from audit.outbox import Cursor
+from audit.pgchain import (
+    PgChainLog,
+    PgCursorStore,
+    PgOutbox,
+    chain_ids,
+    reset_pg_cursor,
+    store_engine,
+    verify_chain,
+)
+from audit.shipper import Shipper
+from audit.signing import CheckpointSigner, TrustedKeys
+from tests.fixtures.postgres import create_database, drop_database
+from tests.support import poll_sync
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def db(postgres_url: str) -> Iterator[str]:
+    name = f"durable_{secrets.token_hex(4)}"
+    url = create_database(postgres_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(postgres_url, name)
+
+
+@pytest.fixture
+def engine(db: str) -> Iterator[Engine]:
+    e = store_engine(db)
+    try:
+        yield e
+    finally:
+        e.dispose()
+
+
+def _event(i: int) -> AuditEvent:
+    return new_event("admin.change", ActorUsername=f"admin{i}", Operation="update",
+                     Object=f"policy-{i}", ObjectType="policy")
+
+
+def _stored(engine: Engine, chain: str) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.scalars(text(
+            "SELECT seq FROM audit_chain_events WHERE chain_id = :c ORDER BY seq"), {"c": chain}))
+
+
+def test_an_event_is_committed_when_emit_returns_and_emitters_share_commits(
+        engine: Engine, db: str) -> None:
+    signer = CheckpointSigner.generate()
+    other = store_engine(db)  # a second client sees what was committed, nothing more
+    log = PgChainLog(engine, "replica-a", signer=signer, checkpoint_every=50)
+    seen_late: list[str] = []
+
+    def producer(n: int) -> None:
+        for i in range(100):
+            stored = log.emit(_event(n * 1000 + i))
+            with other.connect() as conn:
+                found = conn.scalar(text(
+                    "SELECT count(*) FROM audit_chain_events WHERE chain_id = 'replica-a' "
+                    "AND seq = :s AND hash = :h"),
+                    {"s": stored.record["ChainSeq"], "h": stored.record["ChainHash"]})
+            if found != 1:
+                seen_late.append(str(stored.record["ChainSeq"]))
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    other.dispose()
+    assert seen_late == []
+    assert log.commits < 800  # group commit: fewer transactions than events
+    keys = TrustedKeys([signer.public_key])
+    result = verify_chain(engine, "replica-a", keys=keys, checkpoint_every=50, closed=True)
+    assert result.ok, result.reason
+    assert result.count == 800 + result.checkpoints and result.checkpoints >= 16
+
+
+def test_a_reopened_chain_continues_and_a_second_writer_is_refused(engine: Engine) -> None:
+    signer = CheckpointSigner.generate()
+    with PgChainLog(engine, "replica-b", signer=signer, checkpoint_every=10) as log:
+        log.append_many([_event(i) for i in range(25)])
+        with pytest.raises(ChainError, match="being written by another broker"):
+            PgChainLog(engine, "replica-b", signer=signer)
+    with PgChainLog(engine, "replica-b", signer=signer, checkpoint_every=10) as log:
+        first = log.emit(_event(99))
+    assert first.record["ChainSeq"] == 25 + 2 + 1 + 1  # 25 events, 2 + 1 at close
+    with PgChainLog(engine, "replica-c", signer=signer) as log:
+        log.emit(_event(1))
+    assert chain_ids(engine) == ["replica-b", "replica-c"]
+    for chain in chain_ids(engine):
+        result = verify_chain(engine, chain, keys=TrustedKeys([signer.public_key]),
+                              checkpoint_every=10, closed=True)
+        assert result.ok, (chain, result.reason)
+
+
+def test_an_oversized_event_fails_only_its_own_emitter(engine: Engine) -> None:
+    with PgChainLog(engine, "replica-d") as log:
+        log.emit(_event(1))
+        with pytest.raises(InvalidEvent, match="larger than"):
+            log.emit(new_event("admin.change", ActorUsername="x", Operation="update",
+                               Object="y" * (5 * 1024 * 1024), ObjectType="policy"))
+        log.emit(_event(2))
+    assert _stored(engine, "replica-d") == [1, 2]
+    assert verify_chain(engine, "replica-d").ok
+
+
+class _Proxy:
+    """A TCP relay in front of PostgreSQL that can be cut (an unreachable database)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.cut = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.cut.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        a.settimeout(None)
+        while not self.cut.is_set():
+            try:
+                data = a.recv(65536)
+            except OSError:
+                break
+            if not data or self.cut.is_set():
+                break
+            try:
+                b.sendall(data)
+            except OSError:
+                break
+
+    def blackhole(self) -> None:
+        """Stop relaying: every byte from now on goes nowhere, no reset is sent."""
+        self.cut.set()
+
+    def restore(self) -> None:
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:  # shutdown first: a close alone does not end a blocked recv
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        self.cut.clear()
+
+    def close(self) -> None:
+        self.restore()
+        self.server.close()
+
+
+def test_an_unreachable_database_fails_the_emitter_within_the_bound_and_the_chain_carries_on(
+        engine: Engine, db: str) -> None:
+    port = int(db.rsplit(":", 1)[1].split("/", 1)[0])
+    proxy = _Proxy(port)
+    via = store_engine(db.replace(f":{port}/", f":{proxy.port}/"))
+    try:
+        log = PgChainLog(via, "replica-e", commit_timeout_s=3.0)
+        log.emit(_event(1))
+        proxy.blackhole()
+        t0 = time.monotonic()
+        with pytest.raises(ChainError):
+            log.emit(_event(2))
+        assert time.monotonic() - t0 < 3.5  # bounded: the caller's action fails, closed
+        proxy.restore()
+        # the writer reconnects, reads the head again and carries on after the gap
+        poll_sync(lambda: _try_emit(log, _event(3)), 30, what="the chain to accept events "
+                  "again", interval_s=0.2)
+        log.close()
+    finally:
+        via.dispose()
+        proxy.close()
+    records = _records(engine, "replica-e")
+    assert [r["ActorUsername"] for r in records][:1] == ["admin1"]
+    assert verify_chain(engine, "replica-e").ok
+    # admin2 failed its caller; whether its commit landed is the database's word, and the
+    # chain stays whole either way (at most: more logged than acknowledged, never less)
+    assert "admin3" in [r["ActorUsername"] for r in records]
+
+
+def _try_emit(log: PgChainLog, event: AuditEvent) -> bool:
+    try:
+        log.emit(event)
+    except ChainError:
+        return False
+    return True
+
+
+def _records(engine: Engine, chain: str) -> list[dict[str, Any]]:
+    import json
+
+    with engine.connect() as conn:
+        return [json.loads(r) for r in conn.scalars(text(
+            "SELECT record FROM audit_chain_events WHERE chain_id = :c ORDER BY seq"),
+            {"c": chain})]
+
+
+def test_tampering_with_the_rows_is_named_by_position(engine: Engine) -> None:
+    signer = CheckpointSigner.generate()
+    keys = TrustedKeys([signer.public_key])
+    with PgChainLog(engine, "replica-f", signer=signer, checkpoint_every=5) as log:
+        log.append_many([_event(i) for i in range(12)])
+
+    def check() -> Any:
+        return verify_chain(engine, "replica-f", keys=keys, checkpoint_every=5, closed=True)
+
+    assert check().ok
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE audit_chain_events SET record = replace(record, "
+                          "'\"admin3\"', '\"admin9\"') WHERE chain_id = 'replica-f' AND seq = 4"))
+    bad = check()
+    assert not bad.ok and bad.first_bad == 4 and "does not match its hash" in bad.reason
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE audit_chain_events SET record = replace(record, "
+                          "'\"admin9\"', '\"admin3\"') WHERE chain_id = 'replica-f' AND seq = 4"))
+        conn.execute(text("DELETE FROM audit_chain_events WHERE chain_id = 'replica-f' "
+                          "AND seq = 8"))
+    bad = check()
+    assert not bad.ok and bad.first_bad == 8 and "deleted" in bad.reason
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_chain_events WHERE chain_id = 'replica-f' "
+                          "AND seq >= 8"))
+    bad = check()
+    assert not bad.ok and "truncated" in bad.reason
+    with pytest.raises(ChainError, match="fails verification"):
+        PgChainLog(engine, "replica-f", signer=signer)  # the writer refuses a cut chain too
+    stranger = CheckpointSigner.generate()
+    with PgChainLog(engine, "replica-g", signer=stranger, checkpoint_every=5) as log:
+        log.append_many([_event(i) for i in range(6)])
+    bad = verify_chain(engine, "replica-g", keys=keys, checkpoint_every=5, closed=True)
+    assert not bad.ok and "unknown key" in bad.reason
+
+
+class _Collect:
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.got: list[Mapping[str, Any]] = []
+
+    def send(self, records: Sequence[Mapping[str, Any]]) -> None:
+        self.got.extend(records)
+
+    def close(self) -> None:
+        return None
+
+
+def test_shipping_resumes_from_the_stored_cursor_and_an_operator_can_reset_it(
+        engine: Engine) -> None:
+    with PgChainLog(engine, "replica-h") as log:
+        log.append_many([_event(i) for i in range(30)])
+    sink = _Collect()
+    cursors = PgCursorStore(engine, "replica-h")
+    first = Shipper(sink, PgOutbox(engine, "replica-h"), cursors, batch_size=20)
+    assert first.ship_once() == 20
+    # a new process (the old one's disk gone) continues from the row, not from the start
+    sink2 = _Collect()
+    second = Shipper(sink2, PgOutbox(engine, "replica-h"), PgCursorStore(engine, "replica-h"),
+                     batch_size=20)
+    assert second.ship_once() == 10 and second.ship_once() == 0
+    assert [r["ChainSeq"] for r in sink.got + sink2.got] == list(range(1, 31))
+    assert second.status().lag_events == 0
+    reset_pg_cursor(cursors, "collect", 25)
+    assert second.ship_once() == 5
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE audit_chain_cursors SET hash = :h WHERE sink = 'collect'"),
+                     {"h": "0" * 64})
+    from audit.outbox import OutboxCorrupt
+
+    with pytest.raises(OutboxCorrupt, match="does not match"):
+        second.ship_once()
+    assert second.status().state == "stopped"
+    assert cursors.load("collect") == Cursor(30, 0, "0" * 64)
