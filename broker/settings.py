@@ -3,16 +3,85 @@
 Every value can come from the environment with the ``HOSHU_`` prefix
 (``HOSHU_DATABASE_URL=postgresql+psycopg://...``).  Defaults are the embedded
 all-in-one setup: SQLite and local files under ``data_dir``.
+
+Settings exist or fail: :meth:`BrokerSettings.from_env` (what ``hoshu serve``
+uses) refuses any ``HOSHU_*`` variable in the environment that is neither a
+setting nor in :data:`OTHER_VARIABLES` (read by the CLI, the gateway or the
+project's tooling), naming it and the setting it was probably meant to be.
+Values are checked together too: Entra sign-in needs a password-less PostgreSQL
+URL, the Azure endpoints must be HTTPS, a setting that would be ignored is refused.
+
+Errors: :class:`UnknownSettingError` (a ``ValueError``) for unknown variables;
+pydantic's ``ValidationError`` (also a ``ValueError``) for bad values.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
+import re
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "HOSHU_"
+
+# HOSHU_* variables that are not broker settings but are read by other hoshu programs
+# (or the project's own tooling) and may share the broker's environment.  The one list:
+# the start-up check and tests/infra read it.
+OTHER_VARIABLES: Mapping[str, str] = MappingProxyType({
+    "HOSHU_API": "hoshu CLI: the control-plane URL",
+    "HOSHU_TOKEN": "hoshu CLI: a bearer token instead of the cached one",
+    "HOSHU_CONFIG_DIR": "hoshu CLI: where the token cache lives",
+    "HOSHU_USER": "hoshu login: the user name",
+    "HOSHU_GATEWAY_CONFIG": "hoshu-gateway: its configuration file",
+    "HOSHU_ENROLL_TOKEN": "hoshu-gateway enroll: the one-time enrolment token",
+    "HOSHU_PYTHON": "./run: the Python interpreter of the venv",
+    "HOSHU_PG_BIN": "tests: the PostgreSQL server binaries",
+    "HOSHU_TEST_CODE": "tests: the one-time code the ssh askpass script types",
+    "HOSHU_BENCH_CODE": "bench: the one-time code the ssh askpass script types",
+})
+
+
+class UnknownSettingError(ValueError):
+    """``HOSHU_*`` variables in the environment that no hoshu program reads."""
+
+    def __init__(self, names: list[str], hints: Mapping[str, str]) -> None:
+        self.names = names
+        parts = [f"{n} (did you mean {hints[n]}?)" if n in hints else n for n in names]
+        super().__init__("unknown setting" + ("s" if len(names) > 1 else "") + " in the "
+                         "environment: " + ", ".join(parts) +
+                         " (docs/admin.md lists the HOSHU_* settings)")
+
+
+_REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _https_url(name: str, value: str, *, path: bool) -> str:
+    """An Azure endpoint URL: HTTPS, a host, a path only where one is expected (a
+    container), no credentials (the managed identity signs in, never a key in a URL)."""
+    value = value.strip()
+    parts = urlsplit(value)
+    host = parts.hostname or ""
+    if parts.scheme != "https":
+        raise ValueError(f"{name}: {value!r} must be an https:// URL")
+    if not host or parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{name}: {value!r} must be a plain URL (a host, no credentials, "
+                         "no query)")
+    has_path = parts.path.strip("/") != ""
+    if path and not has_path:
+        raise ValueError(f"{name}: {value!r} must name the container "
+                         "(https://<account>.blob.core.windows.net/<container>)")
+    if not path and has_path:
+        raise ValueError(f"{name}: {value!r} must have no path")
+    return value.rstrip("/")
 
 
 class BrokerSettings(BaseSettings):
@@ -107,6 +176,94 @@ class BrokerSettings(BaseSettings):
                 raise ValueError(f"trusted_proxies: {v!r} would trust every caller")
             out.append(str(net))
         return out
+
+    @field_validator("key_vault_url")
+    @classmethod
+    def _vault_url(cls, value: str) -> str:
+        return _https_url("key_vault_url", value, path=False) if value else value
+
+    @field_validator("recordings_url")
+    @classmethod
+    def _recordings_url(cls, value: str) -> str:
+        return _https_url("recordings_url", value, path=True) if value else value
+
+    @field_validator("azure_client_id")
+    @classmethod
+    def _client_id(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                uuid.UUID(value)
+            except ValueError as exc:
+                raise ValueError(f"azure_client_id: {value!r} is not a client id (a GUID: "
+                                 "the managed identity's clientId)") from exc
+        return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica(cls, value: str) -> str:
+        if value and not _REPLICA_ID.fullmatch(value):
+            raise ValueError(f"replica_id: {value!r} must be 1-63 letters, digits, '.', '_' "
+                             "or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("drain_grace_s")
+    @classmethod
+    def _drain(cls, value: float) -> float:
+        if not 0 <= value <= 3600:
+            raise ValueError(f"drain_grace_s: {value} must be between 0 and 3600 seconds")
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> Self:
+        """Values that only make sense with others, checked once at start-up."""
+        if self.database_auth == "entra":
+            url = self.database_url
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if not scheme.startswith("postgres"):
+                raise ValueError("database_auth 'entra' needs database_url of a PostgreSQL "
+                                 "server (postgresql://<identity name>@<server>/<db>"
+                                 "?sslmode=require)")
+            if urlsplit(url).password is not None:
+                raise ValueError("database_auth 'entra' signs in with a token: "
+                                 "database_url must carry no password")
+        if self.audit_store_url and self.audit_store != "postgres":
+            raise ValueError("audit_store_url is set but audit_store is not 'postgres': "
+                             "it would be ignored")
+        if self.azure_logs_endpoint:
+            _https_url("azure_logs_endpoint", self.azure_logs_endpoint, path=False)
+            if not self.azure_dcr_immutable_id:
+                raise ValueError("azure_logs_endpoint is set but azure_dcr_immutable_id "
+                                 "is not")
+        return self
+
+    @classmethod
+    def field_variables(cls) -> frozenset[str]:
+        """The environment variable of every setting (``HOSHU_DATA_DIR``, ...)."""
+        return frozenset(ENV_PREFIX + name.upper() for name in cls.model_fields)
+
+    @classmethod
+    def unknown_variables(cls, environ: Mapping[str, str]) -> list[str]:
+        """``HOSHU_*`` names in ``environ`` that are neither settings nor other
+        programs' variables (case-insensitive, as the settings are read)."""
+        known = cls.field_variables() | OTHER_VARIABLES.keys()
+        return sorted(k for k in environ
+                      if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+    @classmethod
+    def from_env(cls, **values: Any) -> Self:
+        """The settings of a broker process: the environment (``HOSHU_*``) with
+        ``values`` on top; an unknown ``HOSHU_*`` variable stops it here, named."""
+        unknown = cls.unknown_variables(os.environ)
+        if unknown:
+            choices = sorted(cls.field_variables())
+            hints = {}
+            for name in unknown:
+                close = difflib.get_close_matches(name.upper(), choices, n=1, cutoff=0.8)
+                if close:
+                    hints[name] = close[0]
+            raise UnknownSettingError(unknown, hints)
+        return cls(**values)
 
     @property
     def db_url(self) -> str:

@@ -19,9 +19,14 @@ if TYPE_CHECKING:
     from broker.settings import BrokerSettings
 
 def _settings(args: argparse.Namespace) -> BrokerSettings:
+    """The environment's settings; an unknown ``HOSHU_*`` variable or a bad value
+    stops the command here, named (exit 1)."""
     from broker.settings import BrokerSettings
 
-    settings = BrokerSettings()
+    try:
+        settings = BrokerSettings.from_env()
+    except ValueError as exc:  # UnknownSettingError, pydantic's ValidationError
+        raise CliError(f"broker settings: {exc}") from exc
     updates: dict[str, Any] = {}
     if getattr(args, "data_dir", None):
         updates["data_dir"] = Path(args.data_dir)
@@ -45,11 +50,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 @run
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from broker.identity import database_password
     from broker.store.db import current_revision, make_engine, upgrade
 
     settings = _settings(args)
     try:
-        engine = make_engine(settings.db_url)
+        engine = make_engine(settings.db_url, password=database_password(settings))
         upgrade(engine)
         rev = current_revision(engine)
         engine.dispose()
