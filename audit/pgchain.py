@@ -54,7 +54,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     func,
     select,
 )
@@ -63,6 +62,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from audit.chain import ChainState, Sealed
+from audit.engines import PasswordSource, create_engine, sqlalchemy_url
 from audit.errors import ChainError, InvalidEvent
 from audit.events import AuditEvent, utc_now
 from audit.outbox import Cursor, OutboxCorrupt, OutboxError, check_sink_name
@@ -104,13 +104,14 @@ MAX_BATCH_EVENTS = 10_000
 MAX_CHAIN_ID = 128
 
 
-def store_engine(url: str) -> Engine:
+def store_engine(url: str, *, password: PasswordSource | None = None) -> Engine:
     """An engine on the audit store whose every read and write is bounded in time:
     connecting (5 s), each statement (10 s) and unacknowledged TCP data (10 s, both
-    ends)."""
+    ends); ``password`` signs each new connection in (Entra ID) as for the index."""
+    url = sqlalchemy_url(url)
     if not url.startswith("postgresql"):
-        raise ChainError("the audit store needs a PostgreSQL URL (postgresql+psycopg://...)")
-    engine = create_engine(url, pool_pre_ping=True, connect_args={
+        raise ChainError("the audit store needs a PostgreSQL URL (postgresql://...)")
+    engine = create_engine(url, password=password, pool_pre_ping=True, connect_args={
         "connect_timeout": CONNECT_TIMEOUT_S,
         # the server drops a silent client within ~25 s too, so a partitioned writer's
         # chain lock does not outlive it by hours (TCP keepalive defaults)

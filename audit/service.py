@@ -7,8 +7,11 @@ emitter to every component, includes the API router built from
 ``runtime.tick()`` every few seconds (time-based checkpoints, lag alerts,
 unsigned-report alerts, retention) and ``runtime.stop()`` on shutdown.
 
-Failure policy: if the log or the signing key cannot be opened, ``build_audit``
-raises and the broker must not start (no audit, no access).  A sink or the
+The chain is the file log (``store="file"``, the default) or this replica's chain
+in PostgreSQL (``store="postgres"``: :mod:`audit.pgchain`, cursors as rows too).
+
+Failure policy: if the log (or the PostgreSQL store) or the signing key cannot be
+opened, ``build_audit`` raises and the broker must not start (no audit, no access).  A sink or the
 index being down never blocks emitters; it shows in ``runtime.status()`` and
 as ``audit.sink_lag`` events.
 """
@@ -26,9 +29,10 @@ from audit.chain import ChainLog, VerifyResult, verify
 from audit.events import new_event
 from audit.index import AuditIndex, IndexSink
 from audit.masking import Masker
-from audit.outbox import CursorStore
+from audit.outbox import CursorStore, FileOutbox
+from audit.pgchain import PgChainLog, PgCursorStore, PgOutbox, store_engine, verify_chain
 from audit.retention import Retention, RetentionPolicy
-from audit.shipper import Shipper, ShippingService, Sink
+from audit.shipper import Cursors, Shipper, ShippingService, Sink, Source
 from audit.signing import CheckpointSigner, TrustedKeys
 from audit.workreports import ReportService
 
@@ -69,6 +73,13 @@ class AuditConfig:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     unsigned_after_days: int = 7
     hostname: str = "hoshu-broker"
+    # where the chain and the shipping cursors live: "file" (log_path, cursor_dir) or
+    # "postgres" (store_url, default index_url; one chain per replica, docs/architecture.md)
+    store: str = "file"
+    store_url: str = ""
+    store_password: Callable[[], str] | None = None
+    replica_id: str = ""  # the chain's id; empty: hostname
+    commit_timeout_s: float = 20.0  # postgres: an emit fails if not committed by then
 
 
 def _tls(cfg: SinkConfig) -> ssl.SSLContext | None:
@@ -100,7 +111,7 @@ def make_sink(cfg: SinkConfig, *, hostname: str = "hoshu-broker",
 
 @dataclass
 class AuditRuntime:
-    log: ChainLog
+    log: ChainLog | PgChainLog
     signer: CheckpointSigner
     index: AuditIndex
     shipping: ShippingService
@@ -128,8 +139,12 @@ class AuditRuntime:
         keys = TrustedKeys(self.signer.public_keys)  # every version: rotations keep verifying
         # checkpoints are required as the auditor's check requires them: a file re-hashed
         # under the running broker cannot drop the ones it cannot sign again
-        result = verify(self.log.path, keys=keys, upto=self.log.seq,
-                        checkpoint_every=self.log.checkpoint_every)
+        if isinstance(self.log, PgChainLog):
+            result = verify_chain(self.log.engine, self.log.chain_id, keys=keys,
+                                  upto=self.log.seq, checkpoint_every=self.log.checkpoint_every)
+        else:
+            result = verify(self.log.path, keys=keys, upto=self.log.seq,
+                            checkpoint_every=self.log.checkpoint_every)
         if result.ok:
             self.log.emit(new_event(
                 "audit.verified", DvcRole="broker", DvcHostname=self.log.hostname,
@@ -152,6 +167,8 @@ class AuditRuntime:
         self.log.checkpoint()
         self.log.close()
         self.index.engine.dispose()
+        if isinstance(self.log, PgChainLog):
+            self.log.engine.dispose()
 
 
 def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = None,
@@ -168,10 +185,7 @@ def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = N
     now = clock or utc_now
     if signer is None:
         signer = CheckpointSigner.load_or_create(config.signing_key_path)
-    log = ChainLog(config.log_path, fsync=config.fsync, signer=signer,
-                   checkpoint_every=config.checkpoint_every,
-                   checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
-                   hostname=config.hostname)
+    log, source, cursors = _open_chain(config, signer, now)
     try:
         index = AuditIndex.from_url(config.index_url, password=config.index_password)
         masker = Masker.from_config(config.mask_rules)
@@ -180,17 +194,42 @@ def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = N
             for c in config.sinks]
         masks = ([True] * len(built) if sinks is not None
                  else [c.mask for c in config.sinks])
-        cursors = CursorStore(config.cursor_dir)
-        shippers = [Shipper(IndexSink(index), config.log_path, cursors, emitter=log,
+        shippers = [Shipper(IndexSink(index), source, cursors, emitter=log,
                             clock=now, lag_alert_s=config.lag_alert_s, batch_size=1000)]
-        shippers += [Shipper(s, config.log_path, cursors, masker=masker if m else None,
+        shippers += [Shipper(s, source, cursors, masker=masker if m else None,
                              emitter=log, clock=now, lag_alert_s=config.lag_alert_s)
                      for s, m in zip(built, masks, strict=True)]
     except Exception:
         log.close()
+        if isinstance(log, PgChainLog):
+            log.engine.dispose()
         raise
     reports = ReportService(index, log, clock=now,
                             unsigned_after_days=config.unsigned_after_days)
     retention = Retention(config.retention, log, index=index,
                           recordings_dir=config.recordings_dir, clock=now)
     return AuditRuntime(log, signer, index, ShippingService(shippers), reports, retention)
+
+
+def _open_chain(config: AuditConfig, signer: CheckpointSigner, now: Callable[[], datetime],
+                ) -> tuple[ChainLog | PgChainLog, Source, Cursors]:
+    """The chain, what shippers read and where their cursors are, for ``config.store``."""
+    if config.store == "file":
+        return (ChainLog(config.log_path, fsync=config.fsync, signer=signer,
+                         checkpoint_every=config.checkpoint_every,
+                         checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
+                         hostname=config.hostname),
+                FileOutbox(config.log_path), CursorStore(config.cursor_dir))
+    if config.store != "postgres":
+        raise ValueError(f"unknown audit store {config.store!r} (file, postgres)")
+    chain_id = config.replica_id or config.hostname
+    engine = store_engine(config.store_url or config.index_url, password=config.store_password)
+    try:
+        log = PgChainLog(engine, chain_id, signer=signer,
+                         checkpoint_every=config.checkpoint_every,
+                         checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
+                         hostname=config.hostname, commit_timeout_s=config.commit_timeout_s)
+    except Exception:
+        engine.dispose()
+        raise
+    return log, PgOutbox(engine, chain_id), PgCursorStore(engine, chain_id)

@@ -77,6 +77,7 @@ def audit_config(settings: BrokerSettings, *,
     """The :class:`audit.service.AuditConfig` for a broker's settings; ``db_password``
     (Entra sign-in) is used for the index too when it is on PostgreSQL."""
     index_url = settings.audit_index_url or settings.db_url
+    store_url = settings.audit_store_url or settings.db_url  # audit_store="postgres" only
     return AuditConfig(
         log_path=settings.audit_log_path,
         signing_key_path=settings.audit_signing_key_path,
@@ -94,6 +95,10 @@ def audit_config(settings: BrokerSettings, *,
                                   settings.recordings_retention_days),
         unsigned_after_days=settings.report_unsigned_days,
         hostname=socket.gethostname(),
+        store=settings.audit_store,
+        store_url=store_url,
+        store_password=db_password if store_url.startswith("postgres") else None,
+        replica_id=settings.replica_id or socket.gethostname(),
     )
 
 
