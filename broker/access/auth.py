@@ -72,8 +72,10 @@ class AuthService:
         self.failures = FailedSignIns(ctx)  # user.login failures, aggregated per source
 
     # --- helpers ---------------------------------------------------------
-    def _issue(self, tx: Tx, user: User, *, kind: str, scopes: list[str], ttl_s: int,
-               name: str = "") -> IssuedToken:
+    def issue(self, tx: Tx, user: User, *, kind: str, scopes: list[str], ttl_s: int,
+              name: str = "") -> IssuedToken:
+        """A new bearer token for ``user``, stored hashed in ``tx``. It checks nothing:
+        callers have already signed the user in (tests use it to skip the sign-in)."""
         now = self.ctx.now()
         text = TOKEN_PREFIX + self.ctx.random_token(32)
         tok = Token(id=self.ctx.new_id(), user_id=user.id, token_hash=token_hash(text),
@@ -210,11 +212,11 @@ class AuthService:
                 else:
                     user.totp_last_step = step
                     tx.save(user)
-                    issued = self._issue(tx, user, kind="session", scopes=["*"],
-                                         ttl_s=cfg.access_token_ttl_s)
+                    issued = self.issue(tx, user, kind="session", scopes=["*"],
+                                        ttl_s=cfg.access_token_ttl_s)
             else:
-                issued = self._issue(tx, user, kind="session", scopes=["enroll"],
-                                     ttl_s=cfg.enroll_token_ttl_s)
+                issued = self.issue(tx, user, kind="session", scopes=["enroll"],
+                                    ttl_s=cfg.enroll_token_ttl_s)
             if error is not None and source:
                 tx.add(AuthFailure(self.ctx.new_id(), source, now, "source"))
             if issued is not None and user is not None:
@@ -292,8 +294,8 @@ class AuthService:
             tx.save(user)
             self.ctx.emit("admin.change", actor, Operation="totp_enrolled", ObjectType="user",
                           Object=user.name)
-            return self._issue(tx, user, kind="session", scopes=["*"],
-                               ttl_s=self.ctx.config.access_token_ttl_s)
+            return self.issue(tx, user, kind="session", scopes=["*"],
+                              ttl_s=self.ctx.config.access_token_ttl_s)
 
     def check_totp(self, user_id: str, code: str, now: datetime,
                    src_ip: str | None = None, *, hospital_id: str | None = None
@@ -363,8 +365,8 @@ class AuthService:
             raise PermissionDenied("API tokens cannot create API tokens")
         with self.ctx.uow() as tx:
             user = self._user(tx, actor.user_id)
-            issued = self._issue(tx, user, kind="api", scopes=sorted(set(scopes)),
-                                 ttl_s=ttl_s, name=name)
+            issued = self.issue(tx, user, kind="api", scopes=sorted(set(scopes)),
+                                ttl_s=ttl_s, name=name)
             self.ctx.emit("token.issued", actor, ObjectType="token", Object=name, details={
                 "token_id": issued.token_id, "scopes": list(issued.scopes),
                 "expires": issued.expires_at.isoformat()})
