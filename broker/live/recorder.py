@@ -7,7 +7,10 @@ carry output/input bytes that are not UTF-8, base64-encoded (players skip them;
 the bytes of both streams can be put back together exactly).  Writes are
 buffered (at most 256 KiB, and never longer than :data:`FLUSH_EVERY_S`: each event past that age
 flushes, and the session watcher flushes quiet sessions); the size and SHA-256
-of the finished file go into the session's end event.
+of the finished file go into the session's end event.  Where the bytes go is the
+opener's choice: a file in the recordings directory (:func:`default_opener`), or a
+writer of a recording store (:func:`store_opener`: Azure Blob storage, appended in
+the background; a failed append surfaces at the next write or timed flush).
 
 Limits: a recording holds at most ``max_bytes`` (the broker setting
 ``recording_max_mib``); the event that would pass it raises
@@ -35,8 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
+from audit.recstore import RecordingFileError, RecordingStore
 from broker.live.errors import RecordingError, RecordingLimit
 
 _FLUSH_BYTES = 256 * 1024
@@ -79,7 +83,21 @@ class RecordingSummary:
     sha256: str
 
 
-Opener = Callable[[Path], IO[bytes]]
+class RecordingSink(Protocol):
+    """Where an open recording's bytes go: a file, or a store's writer
+    (:class:`audit.recstore.RecordingWriter`; its ``check`` raises an earlier failure)."""
+
+    def write(self, data: memoryview, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+Opener = Callable[[Path], RecordingSink]
+
+
+def store_opener(store: RecordingStore) -> Opener:
+    """Recordings created in ``store`` (files, or Azure Blob storage), named as their file."""
+    return lambda path: store.create(path.name)
 
 
 def default_opener(path: Path) -> IO[bytes]:
@@ -90,7 +108,7 @@ def default_opener(path: Path) -> IO[bytes]:
 class Recording:
     """An open asciicast v2 recording.  Not thread-safe; one per session."""
 
-    def __init__(self, path: Path, fh: IO[bytes], monotonic: Callable[[], float], *,
+    def __init__(self, path: Path, fh: RecordingSink, monotonic: Callable[[], float], *,
                  max_bytes: int = DEFAULT_MAX_BYTES, record_input: bool = True) -> None:
         self.path = path
         self._fh = fh
@@ -135,9 +153,10 @@ class Recording:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             fh = opener(path)
-        except OSError as exc:
+        except (OSError, RecordingFileError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise RecordingError(
-                f"session refused: the recording cannot be written ({exc.strerror or exc})"
+                f"session refused: the recording cannot be written ({why})"
             ) from exc
         rec = cls(path, fh, monotonic, max_bytes=max_bytes, record_input=record_input)
         header = {
@@ -224,6 +243,7 @@ class Recording:
         if self._failed is not None:
             raise self._failed
         if not self._buf:
+            self._check_sink()  # a store appending in the background may have failed since
             return
         data = b"".join(self._buf)
         self._buf.clear()
@@ -235,24 +255,44 @@ class Recording:
                 if not n:
                     raise OSError("short write")
                 view = view[n:]
-        except OSError as exc:
+        except (OSError, RecordingFileError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             self._failed = RecordingError(
-                f"session ended: the recording could not be written ({exc.strerror or exc})"
+                f"session ended: the recording could not be written ({why})"
             )
             raise self._failed from exc
         self._size += len(data)
         self._hash.update(data)
 
+    def _check_sink(self) -> None:
+        check = getattr(self._fh, "check", None)
+        if check is None:
+            return
+        try:
+            check()
+        except RecordingFileError as exc:
+            self._failed = RecordingError(
+                f"session ended: the recording could not be written ({exc})")
+            raise self._failed from exc
+
     def close(self) -> RecordingSummary:
         """Flush and close; the summary holds the final size and SHA-256."""
         if not self.closed:
             self.closed = True
+            lost: RecordingFileError | None = None
             try:
                 if self._failed is None:
                     self.flush()
             finally:
                 try:
-                    self._fh.close()
+                    self._fh.close()  # a store's writer stores the rest here
                 except OSError:
                     pass
+                except RecordingFileError as exc:
+                    if self._failed is None:
+                        lost = exc
+                        self._failed = RecordingError(
+                            f"session ended: the recording could not be stored ({exc})")
+            if lost is not None and self._failed is not None:
+                raise self._failed from lost
         return RecordingSummary(self.path, self._size, self._hash.hexdigest())

@@ -1,0 +1,117 @@
+"""The front door's recorder writing into Azure Blob storage (Azurite): the same
+session gives the same bytes and SHA-256 as a file, and a store that fails ends
+the session through the recorder's own error."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit.recording import read_cast
+from audit.recstore import digest
+from audit.recstore.blob import BlobStore
+from audit.recstore.files import FileStore
+from broker.live.errors import RecordingError
+from broker.live.recorder import Recording, default_opener, store_opener
+from tests.fixtures.azurite import Azurite
+from tests.support import poll_sync
+
+
+class FakeClock:
+    """A monotonic clock moved by hand (the recorder's event times)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def session(rec: Recording, clock: FakeClock) -> None:
+    """A short shell session: output (ASCII, Japanese, a UTF-8 character split across
+    reads, colours), input, a resize."""
+    rec.output(b"login: ")
+    clock.advance(0.4)
+    rec.input(b"ls -l\r")
+    rec.output("\u691c\u4f53 ".encode()[:4])
+    rec.output("\u691c\u4f53 ".encode()[4:] + b"\x1b[31mred\x1b[0m\r\n")
+    clock.advance(1.2)
+    rec.resize(132, 43)
+    for i in range(200):
+        rec.output(f"row {i}\tvalue \"{i * 7}\"\r\n".encode())
+        clock.advance(0.01)
+
+
+def record(directory: Path, opener: Any) -> tuple[Any, bytes | None]:
+    clock = FakeClock()
+    rec = Recording.open(directory, "sess-1", width=80, height=24,
+                         env={"TERM": "xterm", "SHELL": "/bin/sh"}, title="eng@analyzer-1",
+                         wall_clock=lambda: 1_764_000_000.0, monotonic=clock.monotonic,
+                         opener=opener)
+    session(rec, clock)
+    summary = rec.close()
+    path = directory / "sess-1.cast"
+    return summary, path.read_bytes() if path.exists() else None
+
+
+def test_blob_recording_is_byte_identical_to_the_file_one(
+        tmp_path: Path, azurite: Azurite, blob_container: str, blob_credential: Any) -> None:
+    """The same session recorded to a file and to Blob storage: the same bytes, the
+    same SHA-256 in the end event, and the blob plays as asciicast v2."""
+    file_summary, file_bytes = record(tmp_path / "files", default_opener)
+    blob = BlobStore(blob_container, blob_credential, connection_verify=str(azurite.cert))
+    blob_summary, local = record(tmp_path / "unused", store_opener(blob))
+    assert local is None  # nothing on the replica's disk
+    stored = b"".join(blob.chunks("sess-1.cast"))
+    assert stored == file_bytes
+    assert blob_summary.sha256 == file_summary.sha256 == hashlib.sha256(stored).hexdigest()
+    assert (blob_summary.size, blob_summary.sha256) == digest(blob, "sess-1.cast")
+    (tmp_path / "play.cast").write_bytes(stored)
+    header, events = read_cast(tmp_path / "play.cast")
+    assert header["title"] == "eng@analyzer-1"
+    output = "".join(e.data for e in events if e.code == "o")
+    assert "\u691c\u4f53 \x1b[31mred\x1b[0m\r\n" in output  # the split character whole
+
+
+def test_file_store_writes_what_the_recorder_always_wrote(tmp_path: Path) -> None:
+    """The default store through the recorder: the same file, mode and bytes as before."""
+    _, direct = record(tmp_path / "a", default_opener)
+    summary, via_store = record(tmp_path / "b", store_opener(FileStore(tmp_path / "b")))
+    assert via_store == direct
+    assert (tmp_path / "b" / "sess-1.cast").stat().st_mode & 0o777 == 0o640
+    assert summary.sha256 == hashlib.sha256(direct or b"").hexdigest()
+
+
+def test_store_outage_ends_a_quiet_session_at_the_next_timed_flush(
+        tmp_path: Path, azurite_factory: Any, blob_credential: Any) -> None:
+    """Blob storage goes away while nothing is typed: the watcher's once-a-second
+    flush raises RecordingError (the session ends), and close says so too."""
+    az: Azurite = azurite_factory()
+    store = BlobStore(az.new_container(blob_credential), blob_credential,
+                      connection_verify=str(az.cert), flush_interval_s=0.05, timeout_s=2.0)
+    clock = FakeClock()
+    rec = Recording.open(tmp_path, "sess-2", width=80, height=24, env={}, title="t",
+                         monotonic=clock.monotonic, opener=store_opener(store))
+    rec.output(b"$ ")
+    rec.flush()
+    az.stop()
+
+    def session_ends() -> bool:
+        try:
+            rec.flush()
+        except RecordingError:
+            return True
+        rec.output(b".")  # the instrument still prints now and then
+        clock.advance(1.1)
+        return False
+
+    poll_sync(session_ends, 30, "the recorder to fail", interval_s=0.1)
+    with pytest.raises(RecordingError, match="could not be written"):
+        rec.output(b"more")
+    rec.close()  # already failed: close does not raise again
