@@ -112,3 +112,27 @@ def _table(kind: type) -> sa.Table:
 
 
 TABLES: dict[type, sa.Table] = {kind: _table(kind) for kind in m.ENTITY_TYPES}
+
+# Several broker replicas (broker.tunnel.cluster): not entities of the access domain, so
+# declared here by hand.  A replica's row pins its peer-link key; a tunnel row says which
+# replica holds a gateway's tunnel, under the epoch (a random nonce per connection) that
+# alone may refresh or delete it.
+REPLICAS = sa.Table(
+    "broker_replicas", metadata,
+    sa.Column("replica_id", sa.String(64), primary_key=True),
+    sa.Column("peer_host", sa.Text(), nullable=False),
+    sa.Column("peer_port", sa.BigInteger(), nullable=False),
+    sa.Column("peer_key", sa.Text(), nullable=False),  # OpenSSH public key line, pinned
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen", UTCDateTime(), nullable=False),
+)
+GATEWAY_TUNNELS = sa.Table(
+    "gateway_tunnels", metadata,
+    sa.Column("gateway_id", sa.String(64), primary_key=True),
+    sa.Column("replica_id", sa.String(64), primary_key=True),
+    sa.Column("epoch", sa.String(64), nullable=False),
+    sa.Column("beat", sa.BigInteger(), nullable=False),
+    sa.Column("connected_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen", UTCDateTime(), nullable=False),
+    sa.Index("ix_gateway_tunnels_replica_id", "replica_id"),
+)
