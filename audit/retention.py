@@ -3,7 +3,11 @@
 The guideline fixes no period (control 28); each site configures one per kind:
 
 * ``events_days``: rows in the auditors' index older than this are deleted;
-* ``recordings_days``: recording files last written longer ago are deleted.
+* ``recordings_days``: recordings last written longer ago are deleted, from
+  whichever :class:`~audit.recstore.RecordingStore` holds them (files, or Azure
+  Blob storage).  On a WORM container the store itself refuses a deletion
+  inside its immutability period: that recording is counted as retained ("not
+  yet"), not as an error, and is tried again on the next run.
 
 Nothing is deleted before its time: the cut-off is ``now - days`` from the
 injected clock, a period shorter than :data:`MINIMUM_DAYS` is refused at
@@ -19,7 +23,6 @@ a host is reset or rebuilt.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +32,8 @@ from audit.emitter import Emitter
 from audit.errors import AuditError
 from audit.events import format_time, new_event, utc_now
 from audit.index import AuditIndex
+from audit.recstore import RecordingRetained, RecordingStore
+from audit.recstore.files import FileStore
 
 MINIMUM_DAYS = 30
 
@@ -53,16 +58,19 @@ class RetentionPolicy:
 class RetentionResult:
     events_deleted: int = 0
     recordings_deleted: int = 0
+    recordings_retained: int = 0  # due here, but the store's retention still holds them
 
 
 class Retention:
     def __init__(self, policy: RetentionPolicy, emitter: Emitter, *,
                  index: AuditIndex | None = None, recordings_dir: Path | None = None,
+                 recordings: RecordingStore | None = None,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self.policy = policy
         self.emitter = emitter
         self.index = index
-        self.recordings_dir = recordings_dir
+        self.recordings = recordings if recordings is not None else (
+            FileStore(recordings_dir) if recordings_dir is not None else None)
         self.clock = clock
 
     def _announce(self, kind: str, count: int, before: datetime) -> None:
@@ -74,23 +82,22 @@ class Retention:
 
     def run(self) -> RetentionResult:
         now = self.clock()
-        events = recordings = 0
+        events = recordings = retained = 0
         if self.policy.events_days is not None and self.index is not None:
             before = now - timedelta(days=self.policy.events_days)
             due = self.index.count_before(before)
             if due:
                 self._announce("events", due, before)
                 events = self.index.delete_before(before)
-        if self.policy.recordings_days is not None and self.recordings_dir is not None:
+        if self.policy.recordings_days is not None and self.recordings is not None:
             before = now - timedelta(days=self.policy.recordings_days)
-            old = [p for p in sorted(self.recordings_dir.glob("*.cast"))
-                   if p.stat().st_mtime < before.timestamp()]
+            old = [r.name for r in self.recordings.list()
+                   if r.name.endswith(".cast") and r.modified < before]
             if old:
                 self._announce("recordings", len(old), before)
-                for p in old:
+                for name in old:
                     try:
-                        os.unlink(p)
-                        recordings += 1
-                    except FileNotFoundError:
-                        continue
-        return RetentionResult(events, recordings)
+                        recordings += self.recordings.delete(name)
+                    except RecordingRetained:
+                        retained += 1  # WORM: not yet; the next run tries again
+        return RetentionResult(events, recordings, retained)

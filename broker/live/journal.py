@@ -9,7 +9,8 @@ registered and removed once its ``session.ended`` is in the audit log.
 At start, before the front door listens, :func:`end_lost_sessions` ends what
 the previous run left open: one ``session.ended`` per journal file, reason
 ``broker_lost``, with the size and SHA-256 of the partial recording as it is
-on disk (what an auditor can then check the file against).  A journal that
+stored (what an auditor can then check the recording against; with recordings in
+Azure Blob storage, what the dead broker had appended).  A journal that
 cannot be written is logged and the session goes on (its recording still
 holds it); a broker restarted on another data directory cannot see this one's
 journal (see docs/admin.md).  Replicas may share the recordings volume: the
@@ -31,6 +32,9 @@ from typing import Any
 
 from audit import new_event
 from audit.emitter import Emitter
+from audit.recording import RecordingFileError
+from audit.recstore import RecordingStore, digest
+from audit.recstore.files import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +90,24 @@ class LiveJournal:
             os.close(fd)
 
 
-def _recording_summary(path: Path) -> tuple[int, str | None]:
-    from audit.recording import file_sha256
-
+def _recording_summary(store: RecordingStore, name: str) -> tuple[int, str | None]:
     try:
-        return file_sha256(path)
-    except OSError:
+        size, sha = digest(store, name)
+    except RecordingFileError:
         return 0, None
+    return size, sha
 
 
 def end_lost_sessions(recordings_dir: Path, emitter: Emitter,
-                      clock: Callable[[], datetime]) -> list[str]:
+                      clock: Callable[[], datetime], *,
+                      store: RecordingStore | None = None) -> list[str]:
     """Write ``session.ended`` (``broker_lost``) for each session a previous run left open.
 
     Returns the session ids ended.  An entry is removed only after its event is
-    in the log, so a failing audit log leaves it for the next start.
+    in the log, so a failing audit log leaves it for the next start.  ``store``
+    holds the recordings (default: files in ``recordings_dir``).
     """
+    store = store if store is not None else FileStore(recordings_dir)
     jdir = journal_dir(recordings_dir)
     if not jdir.is_dir():
         return []
@@ -126,19 +132,19 @@ def end_lost_sessions(recordings_dir: Path, emitter: Emitter,
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("unreadable session journal %s (%s); left in place", path.name, exc)
                 continue
-            _end_one(path, cols, details, recordings_dir, emitter, clock)
+            _end_one(path, cols, details, store, emitter, clock)
             ended.append(path.stem)
         finally:
             os.close(fd)
     return ended
 
 
-def _end_one(path: Path, cols: dict[str, Any], details: dict[str, Any], recordings_dir: Path,
-             emitter: Emitter, clock: Callable[[], datetime]) -> None:
+def _end_one(path: Path, cols: dict[str, Any], details: dict[str, Any],
+             store: RecordingStore, emitter: Emitter, clock: Callable[[], datetime]) -> None:
     """One ``session.ended`` (``broker_lost``) for a journal entry, then the entry goes."""
     sid = path.stem
     name = str(details.get("recording") or "")
-    size, sha = _recording_summary(recordings_dir / name) if name else (0, None)
+    size, sha = _recording_summary(store, name) if name else (0, None)
     cols["TargetSessionId"] = sid
     emitter.emit(new_event(
         "session.ended", clock=clock, EventResult="Partial",

@@ -5,6 +5,8 @@ the session through the recorder's own error."""
 from __future__ import annotations
 
 import hashlib
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,11 @@ import pytest
 
 from audit.recording import read_cast
 from audit.recstore import digest
-from audit.recstore.blob import BlobStore
+from audit.recstore.blob import BlobStore, BlobWriter
 from audit.recstore.files import FileStore
+from audit.testing import CapturingEmitter
 from broker.live.errors import RecordingError
+from broker.live.journal import end_lost_sessions
 from broker.live.recorder import Recording, default_opener, store_opener
 from tests.fixtures.azurite import Azurite
 from tests.support import poll_sync
@@ -115,3 +119,33 @@ def test_store_outage_ends_a_quiet_session_at_the_next_timed_flush(
     with pytest.raises(RecordingError, match="could not be written"):
         rec.output(b"more")
     rec.close()  # already failed: close does not raise again
+
+
+def test_lost_session_is_ended_with_what_blob_storage_holds(
+        tmp_path: Path, azurite: Azurite, blob_container: str, blob_credential: Any) -> None:
+    """A broker died mid-session: at the next start its journal entry becomes a
+    ``session.ended`` (broker_lost) carrying the size and SHA-256 of what the dead
+    broker had appended to Blob storage."""
+    store = BlobStore(blob_container, blob_credential, connection_verify=str(azurite.cert),
+                      flush_interval_s=0.05)
+    clock = FakeClock()
+    rec = Recording.open(tmp_path, "sess-3", width=80, height=24, env={}, title="t",
+                         monotonic=clock.monotonic, opener=store_opener(store))
+    rec.output(b"$ uptime\r\n up 3 days\r\n")
+    rec.flush()
+    writer = rec._fh
+    assert isinstance(writer, BlobWriter)
+    poll_sync(lambda: writer.stored == rec._size, 10, "the output to be appended")
+    # the broker dies here: no close, no end event; its journal entry stays behind
+    journal = tmp_path / ".live"
+    journal.mkdir()
+    (journal / "sess-3.json").write_text(json.dumps({
+        "columns": {"TargetSessionId": "sess-3", "ActorUsername": "eng"},
+        "details": {"kind": "shell", "recording": "sess-3.cast"}}))
+    em = CapturingEmitter()
+    assert end_lost_sessions(tmp_path, em, lambda: datetime.now(UTC), store=store) == ["sess-3"]
+    (ended,) = em.events
+    assert ended.get("EventResultDetails") == "broker_lost"
+    size, sha = digest(store, "sess-3.cast")
+    assert (ended.get("RecordingSize"), ended.get("RecordingSHA256")) == (size, sha)
+    assert size == writer.stored > 0
