@@ -1,0 +1,91 @@
+"""What the broker asks of its key store, whichever backend holds the keys.
+
+Five keys, each loaded (or created on first start) once per process and cached:
+
+=====================  ==========================  ===================================
+key                    files (embedded default)    Azure Key Vault
+=====================  ==========================  ===================================
+tunnel host key        ``keys/broker_host_key``    secret ``hoshu-tunnel-host-key``
+front-door host key    ``keys/ssh_front_door_...`` secret ``hoshu-front-door-host-key``
+SSH user CA            ``keys/ssh_user_ca``        secret ``hoshu-ssh-user-ca``
+sealing (credentials,  ``keys/credentials.key``    RSA key ``hoshu-sealing``: envelope
+TOTP secrets)          (+ ``.v<N>`` rotations)     encryption, wrap/unwrap in the vault
+audit signing          ``keys/audit_signing_key``  EC P-256 key ``hoshu-audit-signing``:
+                       Ed25519 (+ ``.v<N>``)       ES256, signed in the vault
+=====================  ==========================  ===================================
+
+The SSH keys must be in asyncssh's memory, so Key Vault holds them as secrets
+(OpenSSH private key text); the sealing and signing keys never leave the vault.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import asyncssh
+
+from audit.signing import CheckpointSigner
+from broker.access.crypto import SecretBox
+
+Rotatable = Literal["sealing", "signing"]
+ROTATABLE: tuple[Rotatable, ...] = ("sealing", "signing")
+
+
+class KeyStore(Protocol):
+    """The broker's keys.  Every method raises :class:`broker.keys.errors.KeyStoreError`
+    (never returns a half-made key); :meth:`check` at start-up makes the broker
+    refuse to start with one line saying which store and why."""
+
+    @property
+    def where(self) -> str:
+        """Which store, for operators: ``files in /data/keys`` or ``Key Vault https://...``."""
+        ...
+
+    def check(self) -> None:
+        """Load (creating what is missing) every key: the store is reachable and
+        this broker may use it.  Call before serving anything."""
+        ...
+
+    def tunnel_host_key(self) -> asyncssh.SSHKey:
+        """The SSH host key gateways pin (the tunnel endpoint's)."""
+        ...
+
+    def front_door_host_key(self) -> asyncssh.SSHKey:
+        """The SSH host key engineers' clients see at the front door."""
+        ...
+
+    def user_ca_key(self) -> asyncssh.SSHKey:
+        """The private key of the SSH user certificate authority."""
+        ...
+
+    def secret_box(self) -> SecretBox:
+        """Seals with the current sealing key version; opens every version's values."""
+        ...
+
+    def checkpoint_signer(self) -> CheckpointSigner:
+        """Signs with the current signing key version; knows every version's public key."""
+        ...
+
+    def signing_public_pems(self) -> list[tuple[str, bytes]]:
+        """``(version, PEM)`` of every version of the audit signing key, current first:
+        what an auditor pins for ``hoshu audit verify --key``."""
+        ...
+
+    def rotate(self, what: Rotatable) -> str:
+        """Make a new version of the sealing or signing key; returns its version.
+
+        New data uses it from the next start of each broker; every older version
+        keeps opening and verifying what it sealed or signed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def public_line(key: asyncssh.SSHKey) -> str:
+    """The OpenSSH public key line (``ssh-ed25519 AAAA...``) of a private key."""
+    line: str = key.export_public_key().decode().strip()
+    return line
+
+
+def new_ssh_key() -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-ed25519")

@@ -1,0 +1,236 @@
+"""The Key Vault backend, driven through the real Azure SDK clients against the
+stand-in (tests.support.keyvault): SSH keys shared by replicas, envelope sealing,
+ES256 checkpoints, rotation, and start-up failures that name the vault."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from azure.core.credentials import AccessToken
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from audit.signing import ED25519, ES256, CheckpointSigner, TrustedKeys
+from broker.access.crypto import PREFIX, SecretBox
+from broker.access.errors import AccessError, Unavailable
+from broker.keys import KeyStoreError, KeyStoreUnavailable, open_key_store
+from broker.keys.vault import SEALING_KEY, SECRET_NAMES, SIGNING_KEY, VaultKeyStore, vault_scope
+from broker.settings import BrokerSettings
+from tests.support import free_port
+from tests.support.keyvault import KeyVault
+
+Make = Callable[..., VaultKeyStore]
+
+
+def _fingerprints(store: VaultKeyStore) -> tuple[str, str, str]:
+    return (store.tunnel_host_key().get_fingerprint(),
+            store.front_door_host_key().get_fingerprint(),
+            store.user_ca_key().get_fingerprint())
+
+
+def test_two_replicas_starting_at_once_get_the_same_ssh_keys(
+        key_vault: KeyVault, vault_store: Make) -> None:
+    """Both replicas find the vault empty at the same moment and both write a key;
+    each settles on the same one, and a later replica reads it without writing."""
+    key_vault.race_on_missing(2)
+    a, b = vault_store(), vault_store()
+    with ThreadPoolExecutor(2) as pool:
+        fa, fb = pool.submit(a.tunnel_host_key), pool.submit(b.tunnel_host_key)
+        assert fa.result(20).get_fingerprint() == fb.result(20).get_fingerprint()
+    assert len(key_vault.secret_versions(SECRET_NAMES["tunnel"])) == 2  # the race happened
+    assert _fingerprints(a) == _fingerprints(b)
+    writes = key_vault.calls["secrets/setSecret/action"]
+    c = vault_store()
+    c.check()
+    assert _fingerprints(c) == _fingerprints(a)
+    assert key_vault.calls["secrets/setSecret/action"] == writes
+    # what the vault holds is OpenSSH private key text
+    assert key_vault.secrets[SECRET_NAMES["ca"]][-1].value.startswith(
+        "-----BEGIN OPENSSH PRIVATE KEY-----")
+
+
+def test_envelope_sealing_unwraps_once_per_data_key(key_vault: KeyVault,
+                                                    vault_store: Make) -> None:
+    """Values sealed by one process open in another with one unwrap in the vault for
+    all of them; the sealed form names the key version and carries the wrapped key."""
+    writer = vault_store()
+    sealed = [writer.secret_box().seal(f"secret-{i}") for i in range(5)]
+    version = key_vault.key_versions(SEALING_KEY)[-1]
+    assert all(s.startswith(f"{PREFIX}:kv:{version}:") for s in sealed)
+    assert all("secret-" not in s for s in sealed)
+    reader = vault_store()
+    before = key_vault.calls["keys/unwrap/action"]
+    for _ in range(3):
+        assert [reader.secret_box().open(s) for s in sealed] == [f"secret-{i}" for i in range(5)]
+    assert key_vault.calls["keys/unwrap/action"] - before == 1
+    assert reader.sealer().unwraps == 1
+    # damaged values are refused, not half-opened
+    bad = sealed[0][:-4] + ("AAAA" if not sealed[0].endswith("AAAA") else "BBBB")
+    with pytest.raises(AccessError, match="cannot be opened"):
+        reader.secret_box().open(bad)
+    with pytest.raises(AccessError):
+        reader.secret_box().open(f"{PREFIX}:kv:{'0' * 32}:{sealed[0].split(':', 4)[3]}:x")
+
+
+def test_sealing_rotation_old_and_new_values_both_open(key_vault: KeyVault,
+                                                       vault_store: Make) -> None:
+    first = vault_store()
+    a = first.secret_box().seal("before rotation")
+    new_version = vault_store().rotate("sealing")
+    assert key_vault.key_versions(SEALING_KEY)[-1] == new_version
+    restarted = vault_store()
+    b = restarted.secret_box().seal("after rotation")
+    assert f":kv:{new_version}:" in b and f":kv:{new_version}:" not in a
+    later = vault_store()
+    assert later.secret_box().open(a) == "before rotation"
+    assert later.secret_box().open(b) == "after rotation"
+    assert first.secret_box().open(b) == "after rotation"  # a replica not yet restarted
+
+
+def test_es256_checkpoints_verify_and_tampering_fails(key_vault: KeyVault,
+                                                      vault_store: Make) -> None:
+    signer = vault_store().checkpoint_signer()
+    cp = signer.sign(1000, "a" * 64)
+    assert cp.alg == ES256 and cp.key_version == key_vault.key_versions(SIGNING_KEY)[-1]
+    assert len(base64.b64decode(cp.signature)) == 64  # JWS r || s
+    trusted = TrustedKeys.from_pems(p for _, p in vault_store().signing_public_pems())
+    assert trusted.check(cp) is None
+    assert trusted.check(replace(cp, hash="b" * 64)) == "checkpoint at 1000 has a bad signature"
+    assert trusted.check(replace(cp, seq=999)) is not None
+    sig = bytearray(base64.b64decode(cp.signature))
+    sig[10] ^= 1
+    assert trusted.check(replace(cp, signature=base64.b64encode(sig).decode())) is not None
+    assert "says Ed25519" in (trusted.check(replace(cp, alg=ED25519)) or "")
+    # an Ed25519 key trusted beside it changes nothing for ES256 checkpoints
+    both = TrustedKeys([*signer.public_keys, CheckpointSigner.generate().public_key])
+    assert both.check(cp) is None
+
+
+def test_signing_rotation_checkpoints_before_and_after_verify(key_vault: KeyVault,
+                                                              vault_store: Make) -> None:
+    before = vault_store().checkpoint_signer().sign(10, "c" * 64)
+    vault_store().rotate("signing")
+    after_signer = vault_store().checkpoint_signer()
+    after = after_signer.sign(20, "d" * 64)
+    assert before.key_id != after.key_id and len(after_signer.public_keys) == 2
+    pems = vault_store().signing_public_pems()
+    assert next(v for v, _ in pems) == after.key_version and len(pems) == 2
+    trusted = TrustedKeys.from_pems(p for _, p in pems)
+    assert trusted.check(before) is None and trusted.check(after) is None
+
+
+def test_signature_from_the_vault_is_checked_before_use(key_vault: KeyVault,
+                                                        vault_store: Make) -> None:
+    """The SDK checks nothing; a vault (or a path to it) returning a wrong signature
+    gets no checkpoint written."""
+    from audit.errors import ChainError
+
+    signer = vault_store().checkpoint_signer()
+    key_vault.keys[SIGNING_KEY][-1].private = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(ChainError, match="does not verify"):
+        signer.sign(1, "e" * 64)
+
+
+def test_unreachable_vault_stops_the_start_with_one_clear_line() -> None:
+    url = f"https://127.0.0.1:{free_port()}"
+
+    class Cred:
+        def get_token(self, *scopes: str, **kw: Any) -> AccessToken:
+            return AccessToken("t", int(time.time()) + 3600)
+
+    store = VaultKeyStore(url, Cred(), retry_total=0)
+    started = time.monotonic()
+    with pytest.raises(KeyStoreUnavailable) as exc:
+        store.check()
+    message = str(exc.value)
+    assert message.startswith(f"Key Vault {url} cannot be reached while reading the tunnel")
+    assert "\n" not in message and time.monotonic() - started < 10
+
+
+def test_permission_denied_names_the_vault_and_the_roles(key_vault: KeyVault,
+                                                         vault_store: Make) -> None:
+    key_vault.forbid("keys/sign/action")
+    store = vault_store()
+    store.check()  # reading and creating is allowed
+    from audit.errors import ChainError
+
+    with pytest.raises(ChainError, match=f"Key Vault {key_vault.url}: permission denied"):
+        store.checkpoint_signer().sign(1, "f" * 64)
+    key_vault.forbid("secrets/getSecret/action")
+    with pytest.raises(KeyStoreUnavailable) as exc:
+        vault_store().check()
+    assert f"Key Vault {key_vault.url}: permission denied while reading the tunnel host key" \
+        in str(exc.value) and "Key Vault Secrets Officer" in str(exc.value)
+
+
+def test_unwrap_refused_means_unavailable_not_a_wrong_secret(key_vault: KeyVault,
+                                                             vault_store: Make) -> None:
+    sealed = vault_store().secret_box().seal("pw")
+    key_vault.forbid("keys/unwrap/action")
+    with pytest.raises(Unavailable, match="permission denied"):
+        vault_store().secret_box().open(sealed)
+
+
+def test_expired_or_foreign_tokens_are_refused(key_vault: KeyVault, vault_store: Make) -> None:
+    with pytest.raises(KeyStoreUnavailable, match="sign-in refused"):
+        vault_store(credential=key_vault.tokens.credential(ttl_s=-10)).check()
+
+    class Foreign:  # a token for another resource, whatever is asked
+        def get_token(self, *scopes: str, **kw: Any) -> AccessToken:
+            return key_vault.tokens.issue("https://management.azure.com")
+
+    with pytest.raises(KeyStoreUnavailable, match="sign-in refused"):
+        vault_store(credential=Foreign()).check()
+
+
+def test_only_a_vault_token_is_ever_asked_for(key_vault: KeyVault, vault_store: Make) -> None:
+    """Challenge-resource verification is off only for a loopback vault; even there the
+    credential hands out nothing but a token for https://vault.azure.net."""
+    key_vault.resource = "https://management.azure.com"
+    with pytest.raises(KeyStoreUnavailable, match=re.escape(
+            "refusing a token for https://management.azure.com/.default")):
+        vault_store().check()
+    assert "https://management.azure.com/.default" not in key_vault.tokens.scopes_asked
+    assert vault_scope("https://corp-kv.vault.azure.net") == "https://vault.azure.net/.default"
+    assert vault_scope("https://corp-kv.vault.azure.cn/") == "https://vault.azure.cn/.default"
+    with pytest.raises(KeyStoreError, match=re.escape("not https://<name>.vault")):
+        vault_scope("https://vault.example.com")
+    with pytest.raises(KeyStoreError, match="must be https"):
+        VaultKeyStore("http://127.0.0.1:1", object())
+
+
+def test_no_token_or_key_material_in_logs(key_vault: KeyVault, vault_store: Make,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    store = vault_store()
+    store.check()
+    sealed = store.secret_box().seal("hunter2-instrument")
+    assert vault_store().secret_box().open(sealed) == "hunter2-instrument"
+    store.checkpoint_signer().sign(1, "0" * 64)
+    text = caplog.text
+    assert caplog.records  # the SDK did log its requests
+    for token in key_vault.tokens.issued:
+        assert token not in text
+    for versions in key_vault.secrets.values():
+        body = versions[-1].value.splitlines()[1]  # a line of the private key text
+        assert body not in text
+    assert "hunter2-instrument" not in text
+
+
+def test_settings_choose_the_backend(tmp_path: Any, key_vault: KeyVault) -> None:
+    files = open_key_store(BrokerSettings(data_dir=tmp_path))
+    assert files.where == f"files in {tmp_path / 'keys'}"
+    vault = open_key_store(BrokerSettings(data_dir=tmp_path, key_vault_url=key_vault.url),
+                           credential=key_vault.tokens.credential(),
+                           connection_verify=str(key_vault.cert_path))
+    assert vault.where == f"Key Vault {key_vault.url}"
+    assert isinstance(vault.secret_box(), SecretBox)
+    vault.close()
+    assert not (tmp_path / "keys").exists()  # nothing written to the replica's disk
