@@ -311,6 +311,8 @@ module postgres 'modules/postgres.bicep' = {
     dnsZoneId: dns.outputs.postgresZoneId
     adminGroupObjectId: postgresAdminGroupObjectId
     adminGroupName: postgresAdminGroupName
+    brokerPrincipalId: brokerIdentity.properties.principalId
+    brokerIdentityName: brokerIdentity.name
     workspaceId: workspace.outputs.id
   }
 }

@@ -38,6 +38,11 @@ param identityName string
 param minReplicas int
 param maxReplicas int
 
+@description('Seconds live sessions get to end on a stop or a new revision (below the platform\'s grace).')
+@minValue(0)
+@maxValue(550)
+param drainGraceSeconds int = 20
+
 // Settings handed to the broker (see docs/deploy-azure.md for each one).
 param postgresFqdn string
 param postgresDatabase string
@@ -135,12 +140,36 @@ resource broker 'Microsoft.App/containerApps@2024-03-01' = {
           }
           env: [
             {
+              // Every Azure client signs in as this identity (broker.identity): the
+              // Azure SDK reads AZURE_CLIENT_ID, the broker HOSHU_AZURE_CLIENT_ID.
               name: 'AZURE_CLIENT_ID'
               value: identityClientId
             }
             {
+              name: 'HOSHU_AZURE_CLIENT_ID'
+              value: identityClientId
+            }
+            {
+              // No password: the identity's Entra ID token is the password, refreshed
+              // before it expires. The user is the identity's PostgreSQL role.
               name: 'HOSHU_DATABASE_URL'
-              value: 'postgresql+psycopg://${identityName}@${postgresFqdn}:5432/${postgresDatabase}?sslmode=require'
+              value: 'postgresql://${identityName}@${postgresFqdn}:5432/${postgresDatabase}?sslmode=require'
+            }
+            {
+              name: 'HOSHU_DATABASE_AUTH'
+              value: 'entra'
+            }
+            {
+              // The hash-chained audit log in PostgreSQL (one chain per replica), so it
+              // survives the container.
+              name: 'HOSHU_AUDIT_STORE'
+              value: 'postgres'
+            }
+            {
+              // Live sessions get this long to end cleanly on SIGTERM, inside the
+              // platform's terminationGracePeriodSeconds below.
+              name: 'HOSHU_DRAIN_GRACE_S'
+              value: string(drainGraceSeconds)
             }
             {
               name: 'HOSHU_API_HOST'
@@ -221,6 +250,8 @@ resource broker 'Microsoft.App/containerApps@2024-03-01' = {
         minReplicas: minReplicas
         maxReplicas: maxReplicas
       }
+      // SIGTERM, then this long before SIGKILL: room for the drain and the audit log's close.
+      terminationGracePeriodSeconds: drainGraceSeconds + 10
     }
   }
 }

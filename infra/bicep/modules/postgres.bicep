@@ -27,6 +27,12 @@ param adminGroupObjectId string
 @description('Display name of that group.')
 param adminGroupName string
 
+@description('Principal (object) id of the broker\'s user-assigned identity.')
+param brokerPrincipalId string
+
+@description('Name of that identity: its PostgreSQL role, the user in HOSHU_DATABASE_URL.')
+param brokerIdentityName string
+
 param workspaceId string
 
 resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
@@ -73,13 +79,30 @@ resource admins 'Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-0
   }
 }
 
+// The broker signs in as its managed identity (an Entra ID token as the password,
+// HOSHU_DATABASE_AUTH=entra): an Entra principal of the server, named after the
+// identity. It runs the schema migrations at start, so it is an administrator
+// (azure_pg_admin); docs/deploy-azure.md shows a narrower role set up by hand.
+resource brokerPrincipal 'Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-08-01' = {
+  parent: server
+  name: brokerPrincipalId
+  dependsOn: [
+    admins
+  ]
+  properties: {
+    principalType: 'ServicePrincipal'
+    principalName: brokerIdentityName
+    tenantId: tenant().tenantId
+  }
+}
+
 // Server parameters are applied one after another, after the administrators:
 // the service rejects concurrent updates of one server.
 resource requireTls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
   parent: server
   name: 'require_secure_transport'
   dependsOn: [
-    admins
+    brokerPrincipal
   ]
   properties: {
     value: 'on'
