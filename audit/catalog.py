@@ -181,6 +181,10 @@ EVENT_TYPES: tuple[EventType, ...] = (
               details={"connected_s": PUB}),
     EventType("gateway.refused", NET, "A gateway connection was refused (unknown or revoked key)",
               severity=Severity.MEDIUM, details={"key_fingerprint": PUB}),
+    EventType("replica.peer_refused", NET,
+              "A link between broker replicas was refused: the peer's key is not the one "
+              "pinned for it in the replica table, or no key is pinned",
+              severity=Severity.HIGH, details={"replica": PUB, "key_fingerprint": PUB}),
     EventType("gateway.paused", AUD, "The hospital pulled the gateway's kill switch",
               severity=Severity.MEDIUM, details={"by": SEN, "channels_closed": PUB}),
     EventType("gateway.resumed", AUD, "The hospital released the gateway's kill switch",
