@@ -152,6 +152,19 @@ def verify(store: RecordingStore, name: str, sha256: str, size: int | None = Non
             f"{size if size is not None else '?'} bytes, SHA-256 {sha256})")
 
 
+def read_upto(store: RecordingStore, name: str, size: int, *,
+              chunk: int = READ_CHUNK) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``name``, in ranged reads: exactly what a digest
+    taken earlier covered, though a live recording has grown since."""
+    offset = 0
+    while offset < size:
+        data = store.read(name, offset, min(chunk, size - offset))
+        if not data:
+            raise RecordingFileError(f"recording {name} in {store.location} shrank while read")
+        offset += len(data)
+        yield data
+
+
 def follow(store: RecordingStore, name: str, *, offset: int = 0, poll_s: float = 0.5,
            stop: Callable[[], bool] = lambda: False, idle_timeout_s: float = 3600.0,
            monotonic: Callable[[], float] = time.monotonic,
@@ -200,5 +213,6 @@ __all__ = [
     "check_name",
     "digest",
     "follow",
+    "read_upto",
     "verify",
 ]

@@ -13,7 +13,10 @@ hospital's records a permitted caller sees is the table's record-level rule
   accounts are refused;
 * recordings: only the session's hospital's approvers and auditors, and the
   platform's auditors.  Each read is a ``recording.viewed`` event and each
-  refusal a ``recording.refused`` event;
+  refusal a ``recording.refused`` event.  Recordings come from the broker's
+  recording store (files, or Azure Blob storage: any replica serves any
+  recording); the response holds exactly the bytes its ``X-Recording-SHA256``
+  and ``recording.viewed`` describe, even while the recording still grows;
 * signing a work report: only an approver of the report's hospital.
 
 Refusals raise domain errors; :mod:`broker.api.errors` maps them to HTTP and
@@ -29,14 +32,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from audit.emitter import Emitter
 from audit.events import new_event
 from audit.export import FORMATS, export_lines
 from audit.index import AuditIndex, EventQuery, QueryError
-from audit.recording import RecordingFileError, file_sha256, recording_path
+from audit.recording import RecordingFileError, recording_path
+from audit.recstore import RecordingStore, digest, read_upto
+from audit.recstore.files import FileStore
 from audit.report import ReportError
 from audit.report_render import LANGS, render_html
 from audit.review import build_review, render_review_html
@@ -77,10 +82,12 @@ def build_router(
     reports: ReportService,
     recordings_dir: Path,
     emitter: Emitter,
+    recordings: RecordingStore | None = None,
     authenticate: Authenticate | None = None,
     sink_status: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> APIRouter:
     router = APIRouter(tags=["audit"])
+    store = recordings if recordings is not None else FileStore(recordings_dir)
 
     def allowed(action: str) -> Any:
         return Depends(require(action, authenticate=authenticate, emitter=emitter))
@@ -154,16 +161,21 @@ def build_router(
         if not may_read_recording(caller, hospital):
             raise PermissionDenied("recordings are readable only by the hospital's approvers "
                                    "and auditors and by platform auditors")
-        if not path.is_file():
-            raise NotFound(f"no recording for session {session_id}")
-        size, sha = file_sha256(path)
+        try:
+            size, sha = digest(store, path.name)
+        except RecordingFileError as exc:
+            if store.stat(path.name) is None:
+                raise NotFound(f"no recording for session {session_id}") from exc
+            raise
         emitter.emit(new_event("recording.viewed", RecordingSHA256=sha, RecordingSize=size,
                                ActorUserId=caller.user_id, ActorUsername=caller.username,
                                SrcIpAddr=_src(request), TargetSessionId=session_id,
                                HospitalId=hospital, DvcRole="broker",
                                details={"recording": path.name}))
-        return FileResponse(path, media_type="application/x-asciicast",
-                            headers={"X-Recording-SHA256": sha})
+        return StreamingResponse(read_upto(store, path.name, size),
+                                 media_type="application/x-asciicast",
+                                 headers={"X-Recording-SHA256": sha,
+                                          "Content-Length": str(size)})
 
     def _build(grant_id: str) -> dict[str, Any]:
         try:
