@@ -217,7 +217,12 @@ def attach_front_door(
         finally:
             await door.close()
 
+    async def drain(grace_s: float) -> None:
+        if handle.door is not None:
+            await handle.door.drain(grace_s)
+
     rt.tasks.append(run)
+    rt.drainers.append(drain)
     return handle
 
 

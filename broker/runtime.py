@@ -2,8 +2,18 @@
 
 A :class:`Runtime` holds the control plane, the API app, long-running
 coroutines in ``tasks`` (the SSH front door and the gateway tunnel listeners,
-for example) and clean-up callables in ``closers`` (run in reverse order, sync
-or async).  :mod:`broker.assembly` builds it; :func:`serve` runs it.
+for example), ``drainers`` (async, given the seconds left: end live work
+cleanly) and clean-up callables in ``closers`` (run in reverse order, sync or
+async).  ``readiness`` is what ``/readyz`` asks: the database probe is there
+from the start; other parts add theirs (``rt.readiness.add("key_store", check)``).
+:mod:`broker.assembly` builds it; :func:`serve` runs it.
+
+Stopping (SIGTERM from the container engine, or SIGINT): ``/readyz`` turns 503
+``draining`` at once, then every drainer runs within ``settings.drain_grace_s``
+(the front door stops accepting connections, tells live engineers, ends their
+sessions with their ``session.ended`` events and hashed recordings), then the
+API stops and the closers run; the process exits 0.  A second signal during
+the drain cuts it short: what is still live is ended at once by the closers.
 """
 
 from __future__ import annotations
@@ -12,13 +22,16 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import signal
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
+from broker.api.routes.health import Readiness, database_probe, readiness_of
 from broker.services import ControlPlane
 from broker.settings import BrokerSettings
 
@@ -32,6 +45,16 @@ class Runtime:
     app: FastAPI
     tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    drainers: list[Callable[[float], Awaitable[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not any(p.name == "database" for p in self.readiness.probes):
+            self.readiness.add("database", database_probe(self.control.store.engine))
+
+    @property
+    def readiness(self) -> Readiness:
+        """The probes ``/readyz`` asks and its drain flag (``broker.api.routes.health``)."""
+        return readiness_of(self.app)
 
 
 async def sweep_forever(control: ControlPlane, interval_s: float) -> None:
@@ -47,18 +70,91 @@ async def sweep_forever(control: ControlPlane, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
-    """Run the API (uvicorn) and every task until the server stops."""
-    import uvicorn
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: :func:`serve` drains first, then stops it
+    (uvicorn's would stop the API at once and re-raise the signal, killing the process
+    before the closers write the audit log's last checkpoint)."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def drain(rt: Runtime, grace_s: float, *,
+                cut_short: asyncio.Event | None = None) -> None:
+    """Not ready any more; then every drainer at once, given ``grace_s`` seconds.
+
+    Past the grace (or when ``cut_short`` is set) the drainers are cancelled: what
+    they leave is ended by the closers (the front door ends live sessions there too)."""
+    rt.readiness.draining = True
+    log.info("draining: live sessions end within %.0f s", grace_s)
+
+    async def one(drainer: Callable[[float], Awaitable[None]]) -> None:
+        try:
+            await drainer(grace_s)
+        except Exception:  # one part failing to drain must not keep the rest waiting
+            log.exception("drain step failed")
+
+    steps = asyncio.ensure_future(asyncio.gather(*(one(d) for d in rt.drainers)))
+    waiters: set[asyncio.Future[Any]] = {steps}
+    short = asyncio.ensure_future(cut_short.wait()) if cut_short is not None else None
+    if short is not None:
+        waiters.add(short)
+    try:
+        await asyncio.wait(waiters, timeout=grace_s + 1.0, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if short is not None:
+            short.cancel()
+        if not steps.done():
+            log.warning("drain cut short; ending what is left now")
+            steps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await steps
+
+
+def _on_signals(handler: Callable[[], None]) -> list[signal.Signals]:
+    """Route SIGTERM and SIGINT to ``handler`` (main thread only; elsewhere nothing)."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (ValueError, RuntimeError, NotImplementedError):
+            continue  # not the main thread (a test running serve() in a thread)
+        installed.append(sig)
+    return installed
+
+
+async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
+    """Run the API (uvicorn) and every task until a signal (drained) or the server stops."""
     config = uvicorn.Config(rt.app, host=rt.settings.api_host, port=rt.settings.api_port,
                             log_level="info", lifespan="off", timeout_keep_alive=5,
                             limit_concurrency=500, server_header=False)
-    server = uvicorn.Server(config)
+    server = _ApiServer(config)
+    stop, again = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (again if stop.is_set() else stop).set()
+
+    installed = _on_signals(on_signal)
     running = [asyncio.create_task(t()) for t in rt.tasks]
+    api = asyncio.create_task(server.serve(sockets=[sock] if sock else None))
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await server.serve(sockets=[sock] if sock else None)
+        await asyncio.wait({api, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            await drain(rt, rt.settings.drain_grace_s, cut_short=again)
+            server.should_exit = True
+        await api
     finally:
+        stopping.cancel()
+        if not api.done():
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await api
+        loop = asyncio.get_running_loop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
         for t in running:
             t.cancel()
         for t in running:

@@ -67,6 +67,7 @@ class Door(Protocol):
     spools: SpoolBudget
     recorder_dir: Path
     recording_opener: Opener
+    draining: bool  # the broker is stopping: no new sessions or forwards
 
     def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
         """Write one audit event."""

@@ -16,6 +16,7 @@ after password + TOTP counts as both factors.  There is no password method.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import uuid
@@ -91,6 +92,7 @@ class FrontDoor:
         self._pending: dict[str, int] = {}
         self.floods = FloodGate(window_s=60.0, burst=options.failures_written_per_minute)
         self._flood_task: asyncio.Task[None] | None = None
+        self.draining = False  # set by drain(): no new connections, sessions or forwards
 
     def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
         self.emitter.emit(new_event(type_, clock=self.clock, details=details, **cols))
@@ -157,6 +159,35 @@ class FrontDoor:
         else:
             self._pending[src] = n
         return n <= self.options.max_pending_per_source
+
+    async def drain(self, grace_s: float) -> None:
+        """The broker is stopping: end live work cleanly within ``grace_s`` seconds.
+
+        The listener closes and connections already open get no new session or
+        forward (:attr:`draining`).  Every live engineer is told on their terminal
+        (and a ``session.warning`` is written) that the broker is restarting; their
+        sessions may end by themselves until a few seconds before the grace is over,
+        then the rest are ended (``broker_shutdown``: ``session.terminated``, then
+        ``session.ended`` with the recording's hash).  Returns when none is left or
+        the grace is over; :meth:`close` ends whatever remains."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        reserve = min(5.0, max(1.0, grace_s / 5))  # kept for hashing and end events
+        text = (f"hoshu: the broker is restarting; this session will be closed within "
+                f"{max(1, int(grace_s - reserve))} s. Sign in again in a minute to continue")
+        for s in self.sessions.list():
+            self.sessions.emit("session.warning", EventMessage=text,
+                               details={"remaining_s": int(grace_s)}, **s.columns())
+            if s.on_warning is not None:
+                with contextlib.suppress(Exception):
+                    s.on_warning(text)
+        await self.sessions.until_empty(deadline - reserve - loop.time())
+        for s in self.sessions.list():
+            self.sessions.terminate(s.session_id, by="hoshu", reason="broker_shutdown")
+        await self.sessions.until_empty(deadline - loop.time())
 
     async def close(self) -> None:
         """Stop listening, end every live session and connection."""

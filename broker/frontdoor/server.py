@@ -281,14 +281,14 @@ class EngineerServer(asyncssh.SSHServer):
 
     # --- channels -------------------------------------------------------------
     def session_requested(self) -> Any:
-        if self.channels is None:
+        if self.channels is None or self.door.draining:  # draining: the broker is stopping
             return False
         return self.channels.session()
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Any:
-        if self.channels is None:
+        if self.channels is None or self.door.draining:
             return False
         return self.channels.forward(dest_host, dest_port)
 

@@ -140,6 +140,7 @@ class SessionRegistry:
         self.journal: LiveJournal | None = None
         self._sessions: dict[str, LiveSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._emptied: set[asyncio.Future[None]] = set()  # until_empty() waiters
 
     def add(self, session: LiveSession) -> None:
         if self._loop is None:
@@ -157,6 +158,25 @@ class SessionRegistry:
         s = self._sessions.pop(session_id, None)
         if s is not None:
             s.close_followers()
+        if not self._sessions:
+            for waiter in self._emptied:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def until_empty(self, timeout_s: float) -> bool:
+        """Wait until no session is live (True) or ``timeout_s`` has passed (False).
+
+        A session leaves in the same step that writes its ``session.ended``."""
+        if not self._sessions:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._emptied.add(waiter)
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=max(0.0, timeout_s))
+            return bool(done)
+        finally:
+            self._emptied.discard(waiter)
+            waiter.cancel()
 
     def get(self, session_id: str) -> LiveSession | None:
         return self._sessions.get(session_id)
