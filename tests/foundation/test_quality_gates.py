@@ -1,0 +1,97 @@
+"""The quality gates: pre-commit runs exactly ./run test's gates."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+VENV_BIN = ".venv/bin/"
+
+
+def _run_gates() -> list[list[str]]:
+    """The commands of ./run's quality_gates function, in order (``say`` lines left out)."""
+    script = (ROOT / "run").read_text()
+    body = re.search(r"^quality_gates\(\) \{\n(.*?)^\}\n", script, re.M | re.S)
+    assert body, "quality_gates not found in ./run"
+    lines = [line.strip() for line in body.group(1).splitlines()]
+    return [shlex.split(line) for line in lines if line and not line.startswith(("say ", "#"))]
+
+
+def _hooks() -> list[dict[str, Any]]:
+    config = YAML(typ="safe").load((ROOT / ".pre-commit-config.yaml").read_text())
+    repos = config["repos"]
+    assert [r["repo"] for r in repos] == ["local"] * len(repos)  # nothing to download
+    return [h for r in repos for h in r["hooks"]]
+
+
+def _hook_command(hook: dict[str, Any]) -> list[str]:
+    """The hook's command as ./run spells it (tools found on PATH, which is .venv/bin)."""
+    argv = shlex.split(hook["entry"]) + list(hook.get("args", []))
+    assert argv[0].startswith(VENV_BIN), f"{hook['id']}: not the project venv's tool"
+    return [argv[0].removeprefix(VENV_BIN), *argv[1:]]
+
+
+def _same_gate(run: list[str], hook: dict[str, Any]) -> bool:
+    command = _hook_command(hook)
+    if not hook.get("pass_filenames", True):
+        return command == run
+    # pre-commit hands the files over: ./run's last argument is the glob they match
+    *run_command, glob = run
+    files = sorted(ROOT.glob(glob))
+    pattern = re.compile(hook["files"])
+    return (command == run_command and bool(files)
+            and all(pattern.search(str(f.relative_to(ROOT))) for f in files))
+
+
+def test_pre_commit_hooks_run_the_same_gates_as_run_test_in_the_same_order() -> None:
+    gates = _run_gates()
+    assert [g[0] for g in gates] == ["ruff", "mypy", "lint-imports", "check-jsonschema",
+                                     "zizmor"]
+    hooks = [h for h in _hooks() if "manual" not in h.get("stages", [])]
+    assert len(hooks) == len(gates), [h["id"] for h in hooks]
+    for gate, hook in zip(gates, hooks, strict=True):
+        assert hook["language"] == "system", hook["id"]
+        assert _same_gate(gate, hook), f"{hook['id']}: {_hook_command(hook)} != {gate}"
+
+
+def test_a_manual_pre_commit_hook_is_not_yet_a_gate() -> None:
+    """ruff format waits in the manual stage until the tree is formatted; once it is a
+    gate in ./run it must run on every commit too (the test above then counts it)."""
+    gates = _run_gates()
+    manual = [h for h in _hooks() if "manual" in h.get("stages", [])]
+    assert [h["id"] for h in manual] == ["ruff-format"]
+    for hook in manual:
+        assert not any(_same_gate(g, hook) for g in gates), hook["id"]
+
+
+def test_pre_commit_accepts_the_config_and_runs_a_gate_offline(tmp_path: Path) -> None:
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache")}
+    pre_commit = str(BIN / "pre-commit")
+    check = subprocess.run([pre_commit, "validate-config", ".pre-commit-config.yaml"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # --all-files: pre-commit stashes nothing, so others' unstaged edits are left alone
+    ran = subprocess.run([pre_commit, "run", "--all-files", "workflow-schema"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert re.search(r"GitHub workflows \(schema\)\.+Passed", ran.stdout), ran.stdout
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_ruff_format_keeps_the_line_length_and_double_quotes() -> None:
+    ruff = _pyproject()["tool"]["ruff"]
+    assert ruff["line-length"] == 100
+    assert ruff["format"]["quote-style"] == "double"
