@@ -154,3 +154,12 @@ def test_the_identity_can_use_the_key_vault_keys_and_secrets() -> None:
             roles.add(strip_quotes(str(variables[call["parameters"]["resource_name_1"]]["value"])))
     assert roles == {"12338af0-0e69-4776-bea7-57ae8d297424",  # Key Vault Crypto User
                      "4633458b-17de-408a-b874-0445c86b69e6"}  # Key Vault Secrets User
+
+
+def test_the_deployment_guide_lists_every_variable_the_container_gets() -> None:
+    """docs/deploy-azure.md's settings table names each variable the container app
+    sets, so an operator running the broker elsewhere sets the same ones."""
+    guide = (BICEP_DIR.parents[1] / "docs" / "deploy-azure.md").read_text()
+    rows = {m for line in guide.splitlines() if line.lstrip().startswith("| `")
+            for m in re.findall(r"`((?:HOSHU|AZURE)_[A-Z0-9_]+)`", line.split("|")[1])}
+    assert {e["name"] for e in _env()} - rows == set()
