@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "HOSHU_"
@@ -142,6 +142,10 @@ class BrokerSettings(BaseSettings):
     # empty in the embedded default: files under data_dir.
     key_vault_url: str = ""  # https://<vault>.vault.azure.net: host keys, CA, sealing, signing
     recordings_url: str = ""  # https://<account>.blob.core.windows.net/<container>
+    # Blob recordings are appended at least this often, and whenever this much waits
+    # (a killed broker loses at most the last interval)
+    recordings_flush_s: float = Field(default=1.0, gt=0, le=60)
+    recordings_flush_kib: int = Field(default=256, ge=4, le=4096)
     # the user-assigned managed identity every Azure client signs in as (Key Vault,
     # Blob, PostgreSQL, Logs Ingestion); empty: azure-identity's own defaults
     azure_client_id: str = ""
@@ -153,6 +157,12 @@ class BrokerSettings(BaseSettings):
     audit_store: Literal["file", "postgres"] = "file"
     audit_store_url: str = ""
     replica_id: str = ""  # names this replica's audit chain and tunnels; empty: host name
+    # the link between replicas (docs/architecture.md, "Replicas"): a replica that holds
+    # no tunnel to an instrument's gateway forwards through the one that does, over SSH
+    # to this port, each replica's key pinned in the database.  0: no link (one replica)
+    peer_host: str = "127.0.0.1"
+    peer_port: int = 0
+    advertise_host: str = ""  # the address other replicas dial; empty: peer_host
     drain_grace_s: float = 20.0  # on SIGTERM, live sessions are ended cleanly within this
 
     # Azure Monitor Logs Ingestion (Sentinel): set by the reference deployment
