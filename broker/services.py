@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives.serialization import (
 from audit.chain import ChainLog
 from audit.emitter import Emitter
 from audit.engines import PasswordSource
-from broker.access.crypto import SecretBox
 from broker.access.passwords import Hasher
 from broker.access.ports import Config, Context, utc_now
 from broker.access.services import Services
 from broker.identity import database_password
+from broker.keys import KeyStore, open_key_store, public_line
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 
@@ -47,7 +47,11 @@ def broker_host_public_key(path: Path) -> str:
     return key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
 
 
-def config_from(settings: BrokerSettings) -> Config:
+def config_from(settings: BrokerSettings, keys: KeyStore | None = None) -> Config:
+    """``keys``: the broker's key store, whose tunnel host key gateways are told to pin;
+    None: the key file at ``settings.host_key_path``."""
+    host_key = public_line(keys.tunnel_host_key()) if keys is not None \
+        else broker_host_public_key(settings.host_key_path)
     return Config(
         access_token_ttl_s=settings.access_token_ttl_s,
         tunnel_host=settings.tunnel_host,
@@ -56,7 +60,7 @@ def config_from(settings: BrokerSettings) -> Config:
         lockout_window_s=settings.lockout_window_s,
         lockout_s=settings.lockout_s,
         source_failures=settings.source_failures,
-        broker_host_key=broker_host_public_key(settings.host_key_path),
+        broker_host_key=host_key,
     )
 
 
@@ -66,15 +70,18 @@ class ControlPlane:
     store: Store
     services: Services
     owned_log: ChainLog | None = None  # the audit log opened here (closed by close())
+    keys: KeyStore | None = None  # the key store the services seal with (files or Key Vault)
 
     @classmethod
     def open(cls, settings: BrokerSettings, *, emitter: Emitter | None = None,
              clock: Callable[[], datetime] = utc_now, migrate: bool = True,
              hasher: Hasher | None = None,
-             db_password: PasswordSource | None = None) -> ControlPlane:
+             db_password: PasswordSource | None = None,
+             keys: KeyStore | None = None) -> ControlPlane:
         """Open the store (``db_password``: where new connections get their password;
         None: :func:`broker.identity.database_password` of the settings) and build the
-        services."""
+        services.  ``keys``: the process's key store (one per process: it caches
+        unwrapped data keys); None: :func:`broker.keys.open_key_store` of the settings."""
         if db_password is None:
             db_password = database_password(settings)
         store = Store(settings.db_url, migrate=migrate, password=db_password)
@@ -83,16 +90,17 @@ class ControlPlane:
             settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
             emitter = owned = ChainLog(settings.audit_log_path)
         try:
-            ctx = Context(uow=store.uow, emitter=emitter,
-                          secrets=SecretBox.from_file(settings.credential_key_path),
-                          clock=clock, config=config_from(settings),
+            if keys is None:
+                keys = open_key_store(settings)
+            ctx = Context(uow=store.uow, emitter=emitter, secrets=keys.secret_box(),
+                          clock=clock, config=config_from(settings, keys),
                           hasher=hasher or Hasher())
         except Exception:
             store.close()
             if owned is not None:
                 owned.close()
             raise
-        return cls(settings, store, Services.build(ctx), owned)
+        return cls(settings, store, Services.build(ctx), owned, keys)
 
     def close(self) -> None:
         self.store.close()

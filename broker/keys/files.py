@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import asyncssh
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -37,7 +36,7 @@ from audit.signing import (
 )
 from broker.access.crypto import FernetVersions, SecretBox
 from broker.keys.errors import KeyMaterialError, KeyStoreError
-from broker.keys.store import Rotatable, new_ssh_key
+from broker.keys.store import NotAnSSHKey, Rotatable, check_ssh_key, new_ssh_key, public_line
 from broker.settings import BrokerSettings
 
 T = TypeVar("T")
@@ -58,23 +57,23 @@ def version_path(base: Path, n: int) -> Path:
     return base if n == 1 else base.with_name(f"{base.name}.v{n}")
 
 
-def load_or_create_ssh_key(path: Path, *, write_public: bool = False) -> asyncssh.SSHKey:
+def load_or_create_ssh_key(path: Path, *, write_public: bool = False) -> bytes:
     """An OpenSSH private key file, created (0600, a planted file refused) if missing."""
     if not path.exists():
         key = new_ssh_key()
         try:
-            create_secret(path, key.export_private_key())
+            create_secret(path, key)
         except FileExistsError:
             pass  # another process made it first: read theirs
         except OSError as exc:
             raise KeyStoreError(f"cannot create {path}: {exc.strerror or exc}") from exc
         else:
             if write_public:
-                key.write_public_key(path.with_name(path.name + ".pub"))
+                path.with_name(path.name + ".pub").write_text(public_line(key) + "\n")
             return key
     try:
-        return asyncssh.read_private_key(path)
-    except (asyncssh.KeyImportError, OSError, ValueError) as exc:
+        return check_ssh_key(path.read_bytes())
+    except (NotAnSSHKey, OSError) as exc:
         raise KeyMaterialError(f"cannot read SSH key {path}: {exc}") from exc
 
 
@@ -101,14 +100,14 @@ class FileKeyStore:
         self.secret_box()
         self.checkpoint_signer()
 
-    def tunnel_host_key(self) -> asyncssh.SSHKey:
+    def tunnel_host_key(self) -> bytes:
         return self._once("tunnel", lambda: load_or_create_ssh_key(self._s.host_key_path))
 
-    def front_door_host_key(self) -> asyncssh.SSHKey:
+    def front_door_host_key(self) -> bytes:
         return self._once("front_door", lambda: load_or_create_ssh_key(
             self._s.front_door_host_key_path, write_public=True))
 
-    def user_ca_key(self) -> asyncssh.SSHKey:
+    def user_ca_key(self) -> bytes:
         return self._once("ca", lambda: load_or_create_ssh_key(self._s.user_ca_key_path))
 
     # --- sealing --------------------------------------------------------------------

@@ -16,13 +16,23 @@ audit signing          ``keys/audit_signing_key``  EC P-256 key ``hoshu-audit-si
 
 The SSH keys must be in asyncssh's memory, so Key Vault holds them as secrets
 (OpenSSH private key text); the sealing and signing keys never leave the vault.
+The store hands SSH keys out as OpenSSH private key bytes
+(``asyncssh.import_private_key`` takes them), so this package (and the API,
+which builds the control plane) needs no asyncssh.
 """
 
 from __future__ import annotations
 
 from typing import Literal, Protocol
 
-import asyncssh
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_ssh_private_key,
+)
 
 from audit.signing import CheckpointSigner
 from broker.access.crypto import SecretBox
@@ -46,15 +56,15 @@ class KeyStore(Protocol):
         this broker may use it.  Call before serving anything."""
         ...
 
-    def tunnel_host_key(self) -> asyncssh.SSHKey:
+    def tunnel_host_key(self) -> bytes:
         """The SSH host key gateways pin (the tunnel endpoint's)."""
         ...
 
-    def front_door_host_key(self) -> asyncssh.SSHKey:
+    def front_door_host_key(self) -> bytes:
         """The SSH host key engineers' clients see at the front door."""
         ...
 
-    def user_ca_key(self) -> asyncssh.SSHKey:
+    def user_ca_key(self) -> bytes:
         """The private key of the SSH user certificate authority."""
         ...
 
@@ -81,11 +91,26 @@ class KeyStore(Protocol):
     def close(self) -> None: ...
 
 
-def public_line(key: asyncssh.SSHKey) -> str:
+class NotAnSSHKey(ValueError):
+    """Bytes that are not an unencrypted OpenSSH private key."""
+
+
+def check_ssh_key(private: bytes) -> bytes:
+    """``private`` if it is an unencrypted OpenSSH private key; NotAnSSHKey otherwise."""
+    try:
+        load_ssh_private_key(private, password=None)
+    except (ValueError, TypeError) as exc:
+        raise NotAnSSHKey(str(exc)) from exc
+    return private
+
+
+def public_line(private: bytes) -> str:
     """The OpenSSH public key line (``ssh-ed25519 AAAA...``) of a private key."""
-    line: str = key.export_public_key().decode().strip()
-    return line
+    key = load_ssh_private_key(private, password=None)
+    return key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
 
 
-def new_ssh_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
+def new_ssh_key() -> bytes:
+    """A new Ed25519 key as OpenSSH private key bytes."""
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())

@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-import asyncssh
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -59,7 +58,7 @@ from audit.errors import ChainError
 from audit.signing import ES256, CheckpointSigner, PublicKey, public_pem
 from broker.access.crypto import PREFIX, SealError, SealUnavailable, SecretBox
 from broker.keys.errors import KeyMaterialError, KeyStoreError, KeyStoreUnavailable
-from broker.keys.store import Rotatable, new_ssh_key
+from broker.keys.store import NotAnSSHKey, Rotatable, check_ssh_key, new_ssh_key
 
 T = TypeVar("T")
 
@@ -328,7 +327,7 @@ class VaultKeyStore:
 
     # --- SSH keys (secrets) ---------------------------------------------------------
 
-    def _ssh_key(self, which: str) -> asyncssh.SSHKey:
+    def _ssh_key(self, which: str) -> bytes:
         from azure.core.exceptions import ResourceNotFoundError
 
         name, what = SECRET_NAMES[which], _WHAT[which]
@@ -340,25 +339,25 @@ class VaultKeyStore:
         if text is None:
             with self._calls(f"creating the {what} (secret {name})"):
                 self._secrets.set_secret(
-                    name, new_ssh_key().export_private_key().decode(),
+                    name, new_ssh_key().decode(),
                     content_type="application/x-openssh-private-key",
                     tags={"created-by": "hoshu", "replica": socket.gethostname()[:200]})
             self._sleep(self._settle_s)  # a replica starting beside us may write too
             with self._calls(f"reading the {what} (secret {name})"):
                 text = self._secrets.get_secret(name).value
         try:
-            return asyncssh.import_private_key(text or "")
-        except (asyncssh.KeyImportError, ValueError) as exc:
+            return check_ssh_key((text or "").encode())
+        except NotAnSSHKey as exc:
             raise KeyMaterialError(f"Key Vault {self.url}: secret {name} is not an OpenSSH "
                                    "private key") from exc
 
-    def tunnel_host_key(self) -> asyncssh.SSHKey:
+    def tunnel_host_key(self) -> bytes:
         return self._once("tunnel", lambda: self._ssh_key("tunnel"))
 
-    def front_door_host_key(self) -> asyncssh.SSHKey:
+    def front_door_host_key(self) -> bytes:
         return self._once("front_door", lambda: self._ssh_key("front_door"))
 
-    def user_ca_key(self) -> asyncssh.SSHKey:
+    def user_ca_key(self) -> bytes:
         return self._once("ca", lambda: self._ssh_key("ca"))
 
     # --- keys that stay in the vault ------------------------------------------------

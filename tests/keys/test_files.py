@@ -32,6 +32,11 @@ def _settings(tmp_path: Path) -> BrokerSettings:
     return BrokerSettings(data_dir=tmp_path / "data")
 
 
+def _fp(private: bytes) -> str:
+    fp: str = asyncssh.import_private_key(private).get_fingerprint()
+    return fp
+
+
 def _digests(d: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
 
@@ -64,9 +69,9 @@ def test_existing_key_files_load_unchanged(tmp_path: Path) -> None:
     store = open_key_store(s)
     assert isinstance(store, FileKeyStore)
     store.check()
-    assert store.tunnel_host_key().get_fingerprint() == old["tunnel"].get_fingerprint()  # type: ignore[attr-defined]
-    assert store.front_door_host_key().get_fingerprint() == old["front"].get_fingerprint()  # type: ignore[attr-defined]
-    assert store.user_ca_key().get_fingerprint() == old["ca"].get_fingerprint()  # type: ignore[attr-defined]
+    assert _fp(store.tunnel_host_key()) == old["tunnel"].get_fingerprint()  # type: ignore[attr-defined]
+    assert _fp(store.front_door_host_key()) == old["front"].get_fingerprint()  # type: ignore[attr-defined]
+    assert _fp(store.user_ca_key()) == old["ca"].get_fingerprint()  # type: ignore[attr-defined]
     assert store.secret_box().open(str(old["sealed"])) == "instrument-password"
     old_cp = old["signer"].sign(7, "h" * 64)  # type: ignore[attr-defined]
     assert TrustedKeys.from_pems([p for _, p in store.signing_public_pems()]).check(old_cp) \
@@ -91,8 +96,8 @@ def test_first_start_creates_every_key_once_mode_0600(tmp_path: Path) -> None:
         if not p.name.endswith(".pub"):
             assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, p
     again = open_key_store(s)
-    assert again.tunnel_host_key().get_fingerprint() == first.tunnel_host_key().get_fingerprint()
-    assert again.user_ca_key().get_fingerprint() == first.user_ca_key().get_fingerprint()
+    assert _fp(again.tunnel_host_key()) == _fp(first.tunnel_host_key())
+    assert _fp(again.user_ca_key()) == _fp(first.user_ca_key())
     assert again.secret_box().open(first.secret_box().seal("s")) == "s"
 
 
