@@ -103,6 +103,77 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the broker's keys (on the broker host: its settings, its key store) ------------
+def _broker_settings(args: argparse.Namespace) -> Any:
+    from broker.settings import BrokerSettings
+
+    return BrokerSettings(data_dir=Path(args.data_dir)) if args.data_dir else BrokerSettings()
+
+
+@run
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """A new version of the sealing and/or signing key (files or Key Vault); old versions
+    keep opening and verifying.  Brokers use the new one from their next start."""
+    from audit import new_event
+    from audit.chain import ChainLog
+    from broker.keys import ROTATABLE, KeyStoreError, open_key_store
+
+    settings = _broker_settings(args)
+    which = list(ROTATABLE) if args.what == "all" else [args.what]
+    store = open_key_store(settings)
+    made: dict[str, str] = {}
+    try:
+        for what in which:
+            made[what] = store.rotate(what)
+    except KeyStoreError as exc:
+        raise CliError(f"{store.where}: {exc}" if not str(exc).startswith("Key Vault")
+                       else str(exc)) from exc
+    finally:
+        store.close()
+        if made:
+            settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
+            with ChainLog(settings.audit_log_path) as log:
+                for what, version in made.items():
+                    log.emit(new_event(
+                        "admin.change", ActorUsername=getpass.getuser(),
+                        ActorUserType="operator", Operation="key_rotated", ObjectType="key",
+                        Object=what, EventMessage=f"{what} key rotated to version {version} "
+                        f"({store.where})"))
+    done(args, {"store": store.where, "rotated": made}, "\n".join(
+        f"{what} key: new version {version} in {store.where}; brokers use it from their "
+        "next start, older versions keep opening and verifying"
+        for what, version in made.items()))
+    return 0
+
+
+@run
+def cmd_keys_public(args: argparse.Namespace) -> int:
+    """The audit signing key's public half, every version (PEM): what auditors pin."""
+    from broker.keys import KeyStoreError, open_key_store
+
+    store = open_key_store(_broker_settings(args))
+    try:
+        pems = store.signing_public_pems()
+    except KeyStoreError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        store.close()
+    data = {"store": store.where, "keys": [{"version": v, "pem": p.decode()} for v, p in pems]}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for version, pem in pems:
+            (out / f"audit-signing-{version}.pem").write_bytes(pem)
+        done(args, data, f"{len(pems)} public key(s) written to {out}: pin them outside "
+             "the broker for 'hoshu audit verify --key'")
+    elif wants_json(args):
+        emit_json(data)
+    else:
+        for _, pem in pems:
+            sys.stdout.write(pem.decode())
+    return 0
+
+
 # --- through the API ------------------------------------------------------------
 # One function per action; argparse (``register``) declares what each one needs.
 
@@ -381,6 +452,22 @@ def cmd_gateway_revoke(args: argparse.Namespace) -> int:
 _ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]
 
 
+def _register_keys(adm: Any) -> None:
+    p = adm.add_parser("keys", help="the broker's own keys: rotate, public signing keys "
+                       "(on the broker host; engineers' SSH keys are 'hoshu keys')")
+    act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    # no --api: these run on the broker host, on its settings and key store
+    a = act.add_parser("rotate", help="new version of the sealing and/or audit signing key")
+    a.set_defaults(func=cmd_keys_rotate)
+    a.add_argument("--what", choices=["sealing", "signing", "all"], default="all")
+    a.add_argument("--data-dir", help="broker data directory (env HOSHU_DATA_DIR)")
+    a = act.add_parser("public", help="the audit signing key's public halves (PEM), "
+                       "every version")
+    a.set_defaults(func=cmd_keys_public)
+    a.add_argument("--out", help="write audit-signing-<version>.pem files here")
+    a.add_argument("--data-dir", help="broker data directory (env HOSHU_DATA_DIR)")
+
+
 def _register_orgs(adm: Any) -> None:
     p = adm.add_parser("orgs", help="organisations")
     add_api_argument(p)
@@ -535,6 +622,7 @@ def register(sub: Any) -> None:
     p.add_argument("--data-dir", help="broker data directory (env HOSHU_DATA_DIR)")
     p.set_defaults(func=cmd_bootstrap)
 
+    _register_keys(adm)
     _register_orgs(adm)
     _register_users(adm)
     _register_contracts(adm)
