@@ -8,9 +8,11 @@ Key Vault cannot run here, so tests drive the real Azure SDK clients
 
 * challenge authentication: a request without a bearer token gets 401 with
   ``WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/<tenant>",
-  resource="https://vault.azure.net"``; a token must be one :class:`Tokens`
-  issued for ``https://vault.azure.net`` and not yet expired, else 401
-  (``error="invalid_token"``);
+  resource="https://vault.azure.net"``; a token must be one issued for
+  ``https://vault.azure.net`` and not yet expired, else 401
+  (``error="invalid_token"``).  Tokens come from :class:`Tokens` (an in-process
+  credential) or, through :class:`IdentityTokens`, from the managed-identity
+  stand-in the broker's real ``ManagedIdentityCredential`` talks to;
 * secrets: set (a new version each time), get (current or a version), list
   versions;
 * keys: create (EC P-256, RSA 2048/3072/4096; a new version on an existing name),
@@ -110,6 +112,28 @@ class Tokens:
         return TokenCredentialStandIn(self, ttl_s)
 
 
+class IdentityTokens:
+    """The tokens of a managed-identity stand-in (:class:`tests.support.identity.IdentityEndpoint`),
+    as the vault sees them: issued there, for their ``aud``, until their ``exp``."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+
+    @property
+    def issued(self) -> list[str]:
+        return list(self._endpoint.issued)
+
+    def audience(self, token: str) -> str | None:
+        from tests.support.identity import jwt_claims
+
+        if token not in self._endpoint.issued:
+            return None
+        claims = jwt_claims(token)
+        if float(claims.get("exp", 0)) <= time.time():
+            return None
+        return str(claims.get("aud", "")).rstrip("/")
+
+
 class TokenCredentialStandIn:
     def __init__(self, tokens: Tokens, ttl_s: float | None) -> None:
         self._tokens, self._ttl = tokens, ttl_s
@@ -174,10 +198,10 @@ class KeyVault:
     """One vault on ``https://127.0.0.1:<port>``; start with :meth:`start`, end with
     :meth:`close` (or use the ``key_vault`` fixture)."""
 
-    def __init__(self, directory: Path, tokens: Tokens | None = None, name: str = "hoshu-kv"
-                 ) -> None:
+    def __init__(self, directory: Path, tokens: Tokens | IdentityTokens | None = None,
+                 name: str = "hoshu-kv") -> None:
         self.name = name
-        self.tokens = tokens or Tokens()
+        self.tokens: Any = tokens or Tokens()
         self.resource = RESOURCE  # what the challenge names (a test may name another)
         self.cert_path, key_path = _self_signed(directory)
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
