@@ -21,6 +21,7 @@ import asyncssh
 
 from broker.access.door import InstrumentTarget
 from broker.tunnel.errors import GatewayOffline, InstrumentError, PortUnreachable
+from wire import Originator
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,18 +134,33 @@ class TunnelLookup(Protocol):
     def tunnel(self, gateway_id: str, session_id: str, engineer: str) -> GatewayTunnel | None: ...
 
 
+class PeerRoutes(Protocol):
+    """``broker.tunnel.peer.PeerLink`` as the connector sees it: the gateway's tunnel
+    through the replica that holds it (None: no live replica does).  Raises
+    :class:`~broker.tunnel.errors.GatewayOffline` when the holder cannot be reached
+    safely (its pinned key is missing or differs)."""
+
+    async def route(self, gateway_id: str, originator: Originator) -> GatewayTunnel | None: ...
+
+
 class TunnelConnector:
     """Connects through the hospital gateway's reverse tunnel (production).
 
     The instrument is named to the gateway by its *name*: the hospital's
-    allowlist, not the broker, says which address that is.
+    allowlist, not the broker, says which address that is.  When this replica
+    holds no tunnel to the gateway, ``peers`` (several replicas) forwards through
+    the replica that does; the recording and every check stay here.
     """
 
-    def __init__(self, tunnels: TunnelLookup) -> None:
+    def __init__(self, tunnels: TunnelLookup, peers: PeerRoutes | None = None) -> None:
         self._tunnels = tunnels
+        self._peers = peers
 
-    def _tunnel(self, target: InstrumentTarget, origin: Origin) -> GatewayTunnel:
+    async def _tunnel(self, target: InstrumentTarget, origin: Origin) -> GatewayTunnel:
         tunnel = self._tunnels.tunnel(target.gateway_id, origin.session_id, origin.engineer)
+        if tunnel is None and self._peers is not None:
+            tunnel = await self._peers.route(
+                target.gateway_id, Originator(origin.session_id, origin.engineer))
         if tunnel is None:
             raise GatewayOffline(f"the hospital gateway for {target.name} is offline")
         return tunnel
@@ -155,7 +171,7 @@ class TunnelConnector:
         options: asyncssh.SSHClientConnectionOptions,
         origin: Origin,
     ) -> asyncssh.SSHClientConnection:
-        tunnel = self._tunnel(target, origin)
+        tunnel = await self._tunnel(target, origin)
         try:
             return await asyncssh.connect(
                 target.name, target.ssh_port, tunnel=tunnel, options=options
@@ -166,7 +182,7 @@ class TunnelConnector:
     async def open_tcp(
         self, target: InstrumentTarget, port: int, origin: Origin
     ) -> tuple[ByteReader, ByteWriter]:
-        tunnel = self._tunnel(target, origin)
+        tunnel = await self._tunnel(target, origin)
         try:
             reader, writer = await tunnel.open_connection(target.name, port)
         except FAILURES as exc:

@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 CLOCK_DRIFT_WARN_S = 5.0
 
 __all__ = ["GatewayDirectory", "OriginTunnel", "TunnelInfo", "TunnelListener",
-           "TunnelRegistry", "TunnelSettings", "start_tunnel_listener"]
+           "TunnelRegistry", "TunnelSettings", "TunnelWatcher", "start_tunnel_listener"]
 
 
 class OriginTunnel:
@@ -110,6 +111,16 @@ class TunnelInfo:
     peer: str
     conversation: ControlConversation = field(repr=False)
     clock_offset_s: float = 0.0  # gateway clock minus broker clock, at hello
+    # this connection's nonce in the database's tunnel registry (broker.tunnel.cluster)
+    epoch: str = field(default_factory=lambda: secrets.token_hex(16))
+
+
+class TunnelWatcher(Protocol):
+    """Told when a tunnel comes up or goes (the cluster registry: :mod:`broker.tunnel.peer`)."""
+
+    def tunnel_up(self, info: TunnelInfo) -> None: ...
+
+    def tunnel_down(self, info: TunnelInfo) -> None: ...
 
 
 class TunnelRegistry:
@@ -119,6 +130,7 @@ class TunnelRegistry:
         self._tunnels: dict[str, TunnelInfo] = {}
         self._changed = asyncio.Condition()
         self.acked_seq: dict[str, int] = {}
+        self.watchers: list[TunnelWatcher] = []
 
     def connection(self, gateway_id: str) -> asyncssh.SSHClientConnection | None:
         """The live connection to the gateway, or None when it has no tunnel up."""
@@ -175,6 +187,8 @@ class TunnelRegistry:
         async with self._changed:
             self._tunnels[info.record.gateway_id] = info
             self._changed.notify_all()
+        for w in self.watchers:
+            w.tunnel_up(info)
 
     async def remove(self, info: TunnelInfo) -> None:
         """Forget ``info`` unless a newer tunnel of the same gateway replaced it."""
@@ -182,6 +196,8 @@ class TunnelRegistry:
             if self._tunnels.get(info.record.gateway_id) is info:
                 del self._tunnels[info.record.gateway_id]
             self._changed.notify_all()
+        for w in self.watchers:
+            w.tunnel_down(info)  # a replaced connection's epoch no longer matches: no-op
 
 
 class _BrokerClient(asyncssh.SSHClient):

@@ -1,0 +1,1 @@
+"""Several broker replicas: the tunnel registry, the peer link, failover."""
