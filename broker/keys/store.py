@@ -5,12 +5,12 @@ Five keys, each loaded (or created on first start) once per process and cached:
 =====================  ==========================  ===================================
 key                    files (embedded default)    Azure Key Vault
 =====================  ==========================  ===================================
-tunnel host key        ``keys/broker_host_key``    secret ``hoshu-tunnel-host-key``
-front-door host key    ``keys/ssh_front_door_...`` secret ``hoshu-front-door-host-key``
-SSH user CA            ``keys/ssh_user_ca``        secret ``hoshu-ssh-user-ca``
-sealing (credentials,  ``keys/credentials.key``    RSA key ``hoshu-sealing``: envelope
+tunnel host key        ``keys/broker_host_key``    secret ``broker-host-key``
+front-door host key    ``keys/ssh_front_door_...`` secret ``front-door-host-key``
+SSH user CA            ``keys/ssh_user_ca``        secret ``ssh-user-ca``
+sealing (credentials,  ``keys/credentials.key``    RSA key ``credentials-kek``: envelope
 TOTP secrets)          (+ ``.v<N>`` rotations)     encryption, wrap/unwrap in the vault
-audit signing          ``keys/audit_signing_key``  EC P-256 key ``hoshu-audit-signing``:
+audit signing          ``keys/audit_signing_key``  EC P-256 key ``audit-signing``:
                        Ed25519 (+ ``.v<N>``)       ES256, signed in the vault
 =====================  ==========================  ===================================
 

@@ -9,16 +9,24 @@
   create-if-absent for secrets).
 * **Sealing** is envelope encryption: each process makes one Fernet data key on
   its first seal, wrapped (RSA-OAEP-256) under the current version of the RSA
-  key ``hoshu-sealing``; a sealed value is
+  key ``credentials-kek``; a sealed value is
   ``hoshu-seal-v1:kv:<key version>:<wrapped data key>:<fernet token>``.  Opening
   unwraps in the vault (the private key never leaves it), once per data key per
   process; the unwrapped key is kept in memory only.  Wrapping needs only the
   public key and is done here by the SDK.
-* **Signing**: the EC P-256 key ``hoshu-audit-signing`` signs checkpoints with
+* **Signing**: the EC P-256 key ``audit-signing`` signs checkpoints with
   ES256 inside the vault; each signature is checked here against the public
   key before it is written.
 * **Rotation** makes a new version of the RSA or EC key (``hoshu admin keys
-  rotate``); old versions stay enabled and keep opening and verifying.
+  rotate``, or the vault's own rotation policy, which the reference deployment
+  sets to yearly); old versions stay enabled and keep opening and verifying.
+  Each start uses the current version and trusts every enabled one.
+
+Names are the reference deployment's (``infra/bicep/modules/keyvault.bicep``):
+keys ``audit-signing`` and ``credentials-kek``, secrets ``broker-host-key``,
+``front-door-host-key`` and ``ssh-user-ca``.  A missing one is created on first
+start only if the identity may (the Officer roles); otherwise the start stops
+naming the missing permission, and an operator adds it.
 
 The credential is the broker's managed identity (:func:`broker.identity.azure_credential`),
 wrapped so that it only ever issues a token for the vault's own resource
@@ -62,10 +70,11 @@ from broker.keys.store import NotAnSSHKey, Rotatable, check_ssh_key, new_ssh_key
 
 T = TypeVar("T")
 
-SECRET_NAMES = {"tunnel": "hoshu-tunnel-host-key", "front_door": "hoshu-front-door-host-key",
-                "ca": "hoshu-ssh-user-ca"}
-SEALING_KEY = "hoshu-sealing"
-SIGNING_KEY = "hoshu-audit-signing"
+# the names infra/bicep/modules/keyvault.bicep and docs/deploy-azure.md use
+SECRET_NAMES = {"tunnel": "broker-host-key", "front_door": "front-door-host-key",
+                "ca": "ssh-user-ca"}
+SEALING_KEY = "credentials-kek"
+SIGNING_KEY = "audit-signing"
 RSA_SIZE = 3072
 MAX_RESPONSE = 1024 * 1024
 _VERSION = re.compile(r"[0-9a-f]{32}")
@@ -148,8 +157,9 @@ def translate(url: str, what: str, exc: Exception) -> KeyStoreError:
     if isinstance(exc, HttpResponseError) and exc.status_code == 403:
         code = getattr(getattr(exc, "error", None), "code", None) or "Forbidden"
         return KeyStoreUnavailable(
-            f"Key Vault {url}: permission denied while {what} ({code}); the broker's identity "
-            "needs the 'Key Vault Secrets Officer' and 'Key Vault Crypto Officer' roles")
+            f"Key Vault {url}: permission denied while {what} ({code}); reading and using "
+            "keys needs 'Key Vault Secrets User' and 'Key Vault Crypto User', creating a "
+            "missing one or rotating needs the 'Officer' roles")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return KeyStoreUnavailable(f"Key Vault {url} cannot be reached while {what}: "
                                    f"{_first_line(str(exc))}")

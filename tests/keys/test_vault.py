@@ -172,7 +172,7 @@ def test_permission_denied_names_the_vault_and_the_roles(key_vault: KeyVault,
     with pytest.raises(KeyStoreUnavailable) as exc:
         vault_store().check()
     assert f"Key Vault {key_vault.url}: permission denied while reading the tunnel host key" \
-        in str(exc.value) and "Key Vault Secrets Officer" in str(exc.value)
+        in str(exc.value) and "Key Vault Secrets User" in str(exc.value)
 
 
 def test_unwrap_refused_means_unavailable_not_a_wrong_secret(key_vault: KeyVault,
@@ -239,3 +239,40 @@ def test_settings_choose_the_backend(tmp_path: Any, key_vault: KeyVault) -> None
     assert isinstance(vault.secret_box(), SecretBox)
     vault.close()
     assert not (tmp_path / "keys").exists()  # nothing written to the replica's disk
+
+
+def test_reference_deployment_vault_with_a_read_only_identity(
+        key_vault: KeyVault, vault_store: Make) -> None:
+    """As infra/bicep deploys it: HSM keys made by the deployment, the host key added by
+    an operator, and the broker with the 'User' roles only (no create, no set)."""
+    from azure.keyvault.keys import KeyClient
+    from azure.keyvault.secrets import SecretClient
+
+    from broker.keys.store import new_ssh_key
+
+    opts: dict[str, Any] = {"connection_verify": str(key_vault.cert_path),
+                            "verify_challenge_resource": False}
+    operator = key_vault.tokens.credential()
+    keys = KeyClient(key_vault.url, operator, **opts)
+    keys.create_ec_key(SIGNING_KEY, curve="P-256", hardware_protected=True)
+    keys.create_rsa_key(SEALING_KEY, size=3072, hardware_protected=True)
+    secrets = SecretClient(key_vault.url, operator, **opts)
+    secrets.set_secret(SECRET_NAMES["tunnel"], new_ssh_key().decode())
+    key_vault.forbid("keys/create/action", "secrets/setSecret/action")
+    with pytest.raises(KeyStoreUnavailable) as exc:
+        vault_store().check()
+    assert (f"permission denied while creating the front-door host key (secret "
+            f"{SECRET_NAMES['front_door']})") in str(exc.value)
+    for which in ("front_door", "ca"):
+        key_vault.allow("secrets/setSecret/action")
+        secrets.set_secret(SECRET_NAMES[which], new_ssh_key().decode())
+    key_vault.forbid("secrets/setSecret/action")
+    store = vault_store()
+    store.check()
+    assert store.checkpoint_signer().sign(1, "a" * 64).alg == ES256
+    assert store.secret_box().open(store.secret_box().seal("x")) == "x"
+    with pytest.raises(KeyStoreUnavailable, match="permission denied while making a new "
+                       "version of key audit-signing"):
+        store.rotate("signing")
+    keys.close()
+    secrets.close()
