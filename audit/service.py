@@ -71,6 +71,9 @@ class AuditConfig:
     fsync: bool = False
     lag_alert_s: float = 300.0
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    # where recordings are (an audit.recstore.RecordingStore: retention deletes there);
+    # None: files in recordings_dir
+    recordings: Any = None
     unsigned_after_days: int = 7
     hostname: str = "hoshu-broker"
     # where the chain and the shipping cursors live: "file" (log_path, cursor_dir) or
@@ -206,7 +209,7 @@ def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = N
         raise
     reports = ReportService(index, log, clock=now,
                             unsigned_after_days=config.unsigned_after_days)
-    retention = Retention(config.retention, log, index=index,
+    retention = Retention(config.retention, log, index=index, recordings=config.recordings,
                           recordings_dir=config.recordings_dir, clock=now)
     return AuditRuntime(log, signer, index, ShippingService(shippers), reports, retention)
 

@@ -33,6 +33,8 @@ from fastapi import APIRouter
 from audit.emitter import Emitter
 from audit.engines import PasswordSource
 from audit.keyfiles import create_secret
+from audit.recstore import RecordingStore
+from audit.recstore.files import FileStore
 from audit.retention import RetentionPolicy
 from audit.service import AuditConfig, AuditRuntime, SinkConfig, build_audit
 from audit.shipper import Sink
@@ -49,6 +51,7 @@ from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.door import FrontDoor, start_front_door
 from broker.identity import azure_credential, database_password
 from broker.live.journal import end_lost_sessions
+from broker.live.recorder import store_opener
 from broker.runtime import Runtime, sweep_forever
 from broker.services import ControlPlane
 from broker.settings import BrokerSettings
@@ -72,8 +75,27 @@ def _azure_sink(settings: BrokerSettings) -> list[SinkConfig]:
                        stream=settings.azure_dcr_stream)]
 
 
+def recording_store(settings: BrokerSettings, credential: Any = None) -> RecordingStore:
+    """Where session recordings go: the Blob container ``recordings_url`` names (signed
+    in as the managed identity, ``credential``), else files in ``recordings_dir``.
+    Checked at start: an unusable store stops the broker with one line naming it
+    (:class:`audit.recstore.StoreUnavailable`), before any session could go unrecorded."""
+    store: RecordingStore
+    if settings.recordings_url:
+        from audit.recstore.blob import BlobStore
+        store = BlobStore(settings.recordings_url,
+                          credential if credential is not None else azure_credential(settings),
+                          flush_interval_s=settings.recordings_flush_s,
+                          flush_bytes=settings.recordings_flush_kib * 1024)
+    else:
+        store = FileStore(settings.recordings_dir)
+    store.check()
+    return store
+
+
 def audit_config(settings: BrokerSettings, *,
-                 db_password: PasswordSource | None = None) -> AuditConfig:
+                 db_password: PasswordSource | None = None,
+                 recordings: RecordingStore | None = None) -> AuditConfig:
     """The :class:`audit.service.AuditConfig` for a broker's settings; ``db_password``
     (Entra sign-in) is used for the index too when it is on PostgreSQL."""
     index_url = settings.audit_index_url or settings.db_url
@@ -85,6 +107,7 @@ def audit_config(settings: BrokerSettings, *,
         index_url=index_url,
         index_password=db_password if index_url.startswith("postgres") else None,
         recordings_dir=settings.recordings_dir,
+        recordings=recordings,
         sinks=[SinkConfig(**s) for s in settings.audit_sinks] + _azure_sink(settings),
         mask_rules=settings.audit_mask_rules,
         checkpoint_every=settings.audit_checkpoint_every,
@@ -185,6 +208,7 @@ def attach_front_door(
     options: FrontDoorOptions | None = None,
     port: int | None = None,
     sessions_routes: bool = False,
+    recordings: RecordingStore | None = None,
 ) -> FrontDoorHandle:
     """Register the front door as a task of ``rt`` and its routes on ``rt.app``.
 
@@ -209,7 +233,8 @@ def attach_front_door(
     async def run() -> None:
         door = await start_front_door(
             settings, the_policy, connector, emitter, settings.recordings_dir, host_key,
-            ca=ca, options=options, clock=services.ctx.now, port=port)
+            ca=ca, options=options, clock=services.ctx.now, port=port,
+            recording_opener=store_opener(recordings) if recordings is not None else None)
         handle.door = door
         handle.ready.set()
         try:
@@ -234,15 +259,18 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     # one managed-identity credential for every Azure client (broker.identity), built
     # only when something signs in to Azure
     credential = azure_credential(settings) if (
-        settings.database_auth == "entra" or settings.azure_logs_endpoint) else None
+        settings.database_auth == "entra" or settings.azure_logs_endpoint
+        or settings.recordings_url) else None
+    recordings = recording_store(settings, credential)
     db_password = database_password(settings, credential)
-    audit = build_audit(audit_config(settings, db_password=db_password), sinks=sinks,
+    audit = build_audit(audit_config(settings, db_password=db_password,
+                                     recordings=recordings), sinks=sinks,
                         credential=credential)
     try:
         routers = [
             build_audit_router(index=audit.index, reports=audit.reports,
                                recordings_dir=settings.recordings_dir, emitter=audit.log,
-                               sink_status=audit.status),
+                               recordings=recordings, sink_status=audit.status),
         ]
         rt = build_runtime(settings, emitter=audit.log, extra_routers=routers,
                            db_password=db_password)
@@ -252,11 +280,12 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     audit.start()
     rt.closers.insert(0, audit.stop)  # closers run in reverse: the log closes last
     # before the front door listens: sessions a killed broker left open end now
-    end_lost_sessions(settings.recordings_dir, audit.log, rt.control.services.ctx.now)
+    end_lost_sessions(settings.recordings_dir, audit.log, rt.control.services.ctx.now,
+                      store=recordings)
     directory = StoreGatewayDirectory(rt.control.services)
     registry = TunnelRegistry()
     attach_front_door(rt, TunnelConnector(registry), options=front_door_options,
-                      sessions_routes=True)
+                      sessions_routes=True, recordings=recordings)
 
     async def run_tunnels() -> None:
         tunnels = await start_tunnel_listener(

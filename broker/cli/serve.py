@@ -39,11 +39,17 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
 
 @run
 def cmd_serve(args: argparse.Namespace) -> int:
+    from audit.recstore import StoreUnavailable
     from broker.assembly import build_broker
     from broker.runtime import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    rt = build_broker(_settings(args))
+    # the Azure SDKs log every request's headers at INFO (tokens redacted): keep warnings
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    try:
+        rt = build_broker(_settings(args))
+    except StoreUnavailable as exc:  # the recording store: one line naming it
+        raise CliError(str(exc)) from exc
     asyncio.run(serve(rt))
     return 0
 

@@ -227,8 +227,12 @@ async def start_front_door(
     ids: Callable[[], str] = lambda: uuid.uuid4().hex,
     host: str | None = None,
     port: int | None = None,
+    recording_opener: Opener | None = None,
 ) -> FrontDoor:
-    """Listen on ``host:port`` (default: settings.ssh_host/ssh_port; 0 picks a port)."""
+    """Listen on ``host:port`` (default: settings.ssh_host/ssh_port; 0 picks a port).
+
+    ``recording_opener``: where recordings are written (default: files in
+    ``recorder_dir``; the broker passes its recording store's)."""
     opts = options or FrontDoorOptions(login_timeout_s=float(settings.login_timeout_s),
                                        max_recording_bytes=settings.recording_max_mib * 1024**2)
     if options is None:
@@ -240,6 +244,8 @@ async def start_front_door(
         opts = replace(opts, spool_dir=settings.spool_dir)
     door = FrontDoor(policy=policy, connector=connector, emitter=emitter,
                      recorder_dir=recorder_dir, options=opts, ca=ca, clock=clock, ids=ids)
+    if recording_opener is not None:  # before the first connection is accepted
+        door.recording_opener = recording_opener
     server_options = asyncssh.SSHServerConnectionOptions(
         server_factory=lambda: EngineerServer(door),
         server_host_keys=[host_key],
