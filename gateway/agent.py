@@ -13,6 +13,14 @@ Backoff: ``min(max, initial * 2**n)`` seconds, of which a random half is
 jitter (so gateways restarting together spread out); the default cap of 5 s
 brings every gateway back within 10 s of a broker restart.  The clock and the
 random source are injected.
+
+Several broker replicas (``[broker] addresses``, or one name resolving to several
+addresses): the agent keeps one :class:`TunnelSlot` per address, each with its
+own states (the table above), backoff and connection, so losing one replica
+leaves the others' tunnels up while that slot redials.  The agent's ``state`` is
+``connected`` while any slot is.  One connected slot at a time carries the local
+audit copy and the inventory (no event is sent twice); when it drops, another
+takes over.  Window-only checks go through one slot, the next one when it fails.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import asyncio
 import contextlib
 import logging
 import random as _random
+import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -101,14 +111,73 @@ class Backoff:
         self._attempt = 0
 
 
+@dataclass
+class TunnelSlot:
+    """One broker address the agent keeps a tunnel to (one replica)."""
+
+    host: str
+    port: int
+    backoff: Backoff
+    state: AgentState = AgentState.STOPPED
+    link: Link | None = None
+    connected_since: datetime | None = None
+    last_error: str | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def view(self) -> dict[str, Any]:
+        return {"broker": self.address, "state": str(self.state),
+                "connected_since": self.connected_since.isoformat()
+                if self.connected_since else None, "last_error": self.last_error}
+
+
+def expand_addresses(endpoints: Sequence[tuple[str, int]],
+                     resolve: Callable[[str, int], list[str]]) -> list[tuple[str, int]]:
+    """One dial target per address: a name that resolves to several addresses becomes
+    one target per address (kept as the name when it resolves to one, or not at all)."""
+    out: list[tuple[str, int]] = []
+    for host, port in endpoints:
+        try:
+            found = resolve(host, port)
+        except OSError:
+            found = []
+        targets = [(a, port) for a in found] if len(set(found)) > 1 else [(host, port)]
+        for t in targets:
+            if t not in out:
+                out.append(t)
+    return out
+
+
+def resolve_all(host: str, port: int) -> list[str]:
+    """Every IPv4 address ``host`` resolves to (IPv6 when it has none), once each: one
+    family only, so a dual-stack name of one replica does not become two tunnels."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            infos = socket.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            continue
+        seen: list[str] = []
+        for info in infos:
+            addr = str(info[4][0])
+            if addr not in seen:
+                seen.append(addr)
+        if seen:
+            return seen
+    return []
+
+
 class GatewayAgent:
-    """Keeps (or, in window-only mode, opens and closes) the tunnel to the broker."""
+    """Keeps (or, in window-only mode, opens and closes) the tunnels to the broker."""
 
     def __init__(self, config: GatewayConfig, enrollment: Enrollment, key: asyncssh.SSHKey,
                  audit: LocalAudit, *, version: str = __version__,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  rand: Callable[[], float] = _random.random,
-                 prober: Callable[..., Any] = probe, state_poll_s: float = 1.0) -> None:
+                 prober: Callable[..., Any] = probe, state_poll_s: float = 1.0,
+                 resolve: Callable[[str, int], list[str]] = resolve_all) -> None:
         self.config = config
         self.enrollment = enrollment
         self.broker_key = asyncssh.import_public_key(enrollment.broker_host_key)
@@ -119,32 +188,69 @@ class GatewayAgent:
         self._prober = prober
         self._state_poll_s = state_poll_s
         self._allowlist = Allowlist(config.instruments)
-        self._backoff = Backoff(config.tunnel.backoff_initial_s, config.tunnel.backoff_max_s,
-                                rand)
-        self.state = AgentState.STOPPED
+        self._rand = rand
+        self._resolve = resolve
         self.windows: list[Span] = []
         self.last_error: str | None = None
-        self.connected_since: datetime | None = None
-        self.link: Link | None = None
         self._pause: PauseState = read_state(config.state_path)
         if self._pause.error:
             self.last_error = self._pause.error
             log.error("%s", self._pause.error)
-        self._wake = asyncio.Event()
         self._stopping = False
         self._next_check = datetime.min.replace(tzinfo=UTC)
+        self._check_slot = 0  # window-only: the slot that asks for windows
         self._inventory_at: float | None = None  # loop time of the last inventory report
-        self.host = config.tunnel_host or enrollment.tunnel_host
-        self.port = config.tunnel_port or enrollment.tunnel_port
+        self.endpoints: tuple[tuple[str, int], ...] = config.addresses or (
+            (config.tunnel_host or enrollment.tunnel_host,
+             config.tunnel_port or enrollment.tunnel_port),)
+        self.host, self.port = self.endpoints[0]
+        self.min_tunnels = config.min_tunnels
+        self.slots = [self._slot(h, p) for h, p in self.endpoints]
+        self._carrier: TunnelSlot | None = None  # the slot that sends the audit copy
+        self._carrier_free = asyncio.Event()
+
+    def _slot(self, host: str, port: int) -> TunnelSlot:
+        t = self.config.tunnel
+        return TunnelSlot(host, port, Backoff(t.backoff_initial_s, t.backoff_max_s, self._rand))
 
     # --- state ------------------------------------------------------------------
 
-    def _move(self, new: AgentState) -> None:
-        if new is self.state:
+    @property
+    def state(self) -> AgentState:
+        """``connected`` while any tunnel is up; otherwise the first slot's state."""
+        if any(s.state is AgentState.CONNECTED for s in self.slots):
+            return AgentState.CONNECTED
+        return self.slots[0].state
+
+    @property
+    def link(self) -> Link | None:
+        """The connection carrying the audit copy, else any live one, else None."""
+        if self._carrier is not None and self._carrier.link is not None:
+            return self._carrier.link
+        return next((s.link for s in self.slots if s.link is not None), None)
+
+    @property
+    def connected_since(self) -> datetime | None:
+        times = [s.connected_since for s in self.slots if s.connected_since is not None]
+        return min(times) if times else None
+
+    @property
+    def tunnels_up(self) -> int:
+        return sum(1 for s in self.slots if s.state is AgentState.CONNECTED)
+
+    def _move(self, slot: TunnelSlot, new: AgentState) -> None:
+        if new is slot.state:
             return
-        check_transition(self.state, new)
-        log.info("gateway state %s -> %s", self.state, new)
-        self.state = new
+        check_transition(slot.state, new)
+        if len(self.slots) > 1:
+            log.info("gateway state %s -> %s (%s)", slot.state, new, slot.address)
+        else:
+            log.info("gateway state %s -> %s", slot.state, new)
+        slot.state = new
+
+    def _wake_all(self) -> None:
+        for slot in self.slots:
+            slot.wake.set()
 
     @property
     def paused(self) -> bool:
@@ -160,7 +266,7 @@ class GatewayAgent:
 
     def set_windows(self, windows: Sequence[Span]) -> None:
         self.windows = sorted(windows)
-        self._wake.set()
+        self._wake_all()
 
     def channel_decision(self, dest_host: str, dest_port: int) -> Decision:
         return channel_decision(self._allowlist, dest_host, dest_port, paused=self.paused,
@@ -175,10 +281,11 @@ class GatewayAgent:
         now = self.clock()
         self._pause = state_now(True, by, now)
         closed = 0
-        if self.link is not None:
-            closed = self.link.close_channels()
-            self.link.close("paused by the hospital")
-        self._wake.set()
+        for slot in self.slots:
+            if slot.link is not None:
+                closed += slot.link.close_channels()
+                slot.link.close("paused by the hospital")
+        self._wake_all()
         write_state(self.config.state_path, self._pause)
         try:
             self.audit.record("gateway.paused", ActorUsername=by,
@@ -206,7 +313,7 @@ class GatewayAgent:
             log.error("resume not written to the local audit copy: %s", exc)
         log.warning("resumed by %s", by)
         self._next_check = datetime.min.replace(tzinfo=UTC)
-        self._wake.set()
+        self._wake_all()
         return self.status()
 
     def status(self) -> dict[str, Any]:
@@ -219,7 +326,12 @@ class GatewayAgent:
             "connected_since": self.connected_since.isoformat() if self.connected_since else None,
             "last_error": self.last_error,
             "clock_offset_s": link.clock_offset_s if link else None,
-            "channels": [c.view() for c in link.channels.values()] if link else [],
+            "channels": [c.view() for s in self.slots if s.link is not None
+                         for c in s.link.channels.values()],
+            "tunnels": [s.view() for s in self.slots],
+            "tunnels_up": self.tunnels_up, "min_tunnels": self.min_tunnels,
+            "degraded": self.state is AgentState.CONNECTED
+            and self.tunnels_up < self.min_tunnels,
             "windows": [{"start": s.isoformat(), "end": e.isoformat()} for s, e in self.windows],
             "unacked_events": self.audit.unacked,
         }
@@ -264,92 +376,130 @@ class GatewayAgent:
 
     def stop(self) -> None:
         self._stopping = True
-        if self.link is not None:
-            self.link.close("gateway stopping")
-        self._wake.set()
+        for slot in self.slots:
+            if slot.link is not None:
+                slot.link.close("gateway stopping")
+        self._wake_all()
 
-    async def _sleep(self, seconds: float | None) -> None:
+    async def _sleep(self, slot: TunnelSlot, seconds: float | None) -> None:
         """Wait for ``seconds`` or until something changes (pause, resume, windows, stop)."""
-        self._wake.clear()
+        slot.wake.clear()
         if seconds is not None and seconds <= 0:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await asyncio.wait_for(slot.wake.wait(), seconds)
+
+    async def _resolve_slots(self) -> None:
+        """A name listed once that resolves to several addresses: a slot per address."""
+        if not self.config.addresses:
+            return  # the one enrolled (or tunnel_host) address: one tunnel, as always
+        loop = asyncio.get_running_loop()
+        targets = await loop.run_in_executor(None, expand_addresses, self.endpoints,
+                                             self._resolve)
+        if targets != [(s.host, s.port) for s in self.slots]:
+            self.slots = [self._slot(h, p) for h, p in targets]
+            log.info("keeping tunnels to %s", ", ".join(s.address for s in self.slots))
+        if len(self.slots) < self.min_tunnels:
+            log.warning("only %d broker address(es) for min_tunnels = %d: losing one broker "
+                        "replica may cut this hospital off", len(self.slots), self.min_tunnels)
 
     async def run(self) -> None:
         """Run until :meth:`stop`; cancellation is re-raised."""
         follower = asyncio.create_task(self.follow_state_file())
+        loops: list[asyncio.Task[None]] = []
         try:
-            while not self._stopping:
-                await self._step()
+            await self._resolve_slots()
+            loops = [asyncio.create_task(self._slot_loop(slot, i))
+                     for i, slot in enumerate(self.slots)]
+            await asyncio.gather(*loops)
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
-            if self.link is not None:
-                self.link.close("gateway stopping")
-            self._move(AgentState.STOPPED)
+            for task in [follower, *loops]:
+                task.cancel()
+            for task in [follower, *loops]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for slot in self.slots:
+                if slot.link is not None:
+                    slot.link.close("gateway stopping")
+                self._move(slot, AgentState.STOPPED)
 
-    async def _step(self) -> None:
+    async def _slot_loop(self, slot: TunnelSlot, index: int) -> None:
+        while not self._stopping:
+            await self._step(slot, index)
+
+    async def _step(self, slot: TunnelSlot, index: int) -> None:
         if self.paused:
-            self._move(AgentState.PAUSED)
-            await self._sleep(None)
+            self._move(slot, AgentState.PAUSED)
+            await self._sleep(slot, None)
             return
         now = self.clock()
         mode = self.config.mode
         if tunnel_wanted(mode, False, self.windows, now):
-            outcome = await self._attempt(Purpose.TUNNEL)
+            outcome = await self._attempt(slot, Purpose.TUNNEL)
             if outcome in ("failed", "dropped") and not (self.paused or self._stopping):
-                self._move(AgentState.BACKING_OFF)
-                await self._sleep(self._backoff.next())
+                self._move(slot, AgentState.BACKING_OFF)
+                await self._sleep(slot, slot.backoff.next())
             return
-        self._move(AgentState.IDLE)
-        if now >= self._next_check:
-            outcome = await self._attempt(Purpose.CHECK)
+        self._move(slot, AgentState.IDLE)
+        if index == self._check_slot % len(self.slots) and now >= self._next_check:
+            outcome = await self._attempt(slot, Purpose.CHECK)
             if not (self.paused or self._stopping):
-                self._move(AgentState.IDLE)
+                self._move(slot, AgentState.IDLE)
             if outcome == "done":
-                self._backoff.reset()
+                slot.backoff.reset()
                 delay = self.config.tunnel.check_interval_s
             else:
-                delay = self._backoff.next()
+                delay = slot.backoff.next()
+                self._check_slot = (index + 1) % len(self.slots)  # ask another replica
             self._next_check = self.clock() + timedelta(seconds=delay)
+            self._wake_all()
             return
         wake_at = self._next_check
         upcoming = next_window_start(self.windows, now)
         if upcoming is not None and upcoming < wake_at:
             wake_at = upcoming
-        await self._sleep(max(0.05, (wake_at - now).total_seconds()))
+        await self._sleep(slot, max(0.05, (wake_at - now).total_seconds()))
 
-    async def _attempt(self, purpose: Purpose) -> str:
-        self._move(AgentState.CONNECTING)
+    def _release(self, slot: TunnelSlot) -> None:
+        """``slot`` no longer carries the audit copy: what it sent unacked goes again."""
+        if self._carrier is slot:
+            self._carrier = None
+            self.audit.on_new = None
+            self.audit.unsend()
+            self._carrier_free.set()
+
+    async def _attempt(self, slot: TunnelSlot, purpose: Purpose) -> str:
+        self._move(slot, AgentState.CONNECTING)
         link = Link(self, purpose)
         t = self.config.tunnel
         try:
             conn = await asyncio.wait_for(asyncssh.connect_reverse(
-                self.host, self.port, server_factory=lambda: GatewayServer(link),
+                slot.host, slot.port, server_factory=lambda: GatewayServer(link),
                 server_host_keys=[self._key], config=None, allow_pty=False,
                 x11_forwarding=False, agent_forwarding=False, allow_scp=False,
                 login_timeout=t.connect_timeout_s, keepalive_interval=t.heartbeat_s,
                 keepalive_count_max=t.heartbeat_misses, encryption_algs=list(TUNNEL_CIPHERS),
                 window=TUNNEL_WINDOW), t.connect_timeout_s)
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            self.last_error = f"cannot connect to the broker at {self.host}:{self.port}: " \
-                              f"{exc or type(exc).__name__}"
-            log.warning("%s", self.last_error)
+            self._error(slot, f"cannot connect to the broker at {slot.address}: "
+                              f"{exc or type(exc).__name__}")
+            log.warning("%s", slot.last_error)
             return "failed"
         link.conn = conn
-        self.link = link
+        slot.link = link
         try:
-            return await self._serve(link)
+            return await self._serve(slot, link)
         finally:
-            self.link = None
-            self.connected_since = None
+            slot.link = None
+            slot.connected_since = None
             link.close()
-            self.audit.on_new = None
-            self.audit.unsend()
+            self._release(slot)
             with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
                 await asyncio.wait_for(conn.wait_closed(), 2.0)
+
+    def _error(self, slot: TunnelSlot, message: str | None) -> None:
+        slot.last_error = message
+        self.last_error = message
 
     async def _wait_any(self, event: asyncio.Event, link: Link, wait_s: float) -> bool:
         """Wait for ``event``; False if the link closes or the time passes first."""
@@ -361,38 +511,51 @@ class GatewayAgent:
                 w.cancel()
         return event.is_set() and not link.closed.is_set()
 
-    async def _serve(self, link: Link) -> str:
+    async def _serve(self, slot: TunnelSlot, link: Link) -> str:
         t = self.config.tunnel
         if self.paused or self._stopping:
             return "paused"
         if not await self._wait_any(link.welcome, link, t.connect_timeout_s):
-            self.last_error = link.error or "the broker did not complete the hello"
-            log.warning("%s", self.last_error)
+            self._error(slot, link.error or "the broker did not complete the hello")
+            log.warning("%s", slot.last_error)
             return "failed"
-        self._move(AgentState.CONNECTED)
-        self._backoff.reset()
-        self.connected_since = self.clock()
-        log.info("connected to the broker as gateway %s (%s)", link.gateway_id, link.purpose)
+        self._move(slot, AgentState.CONNECTED)
+        slot.backoff.reset()
+        slot.connected_since = self.clock()
+        log.info("connected to the broker at %s as gateway %s (%s)", slot.address,
+                 link.gateway_id, link.purpose)
         if link.purpose is Purpose.CHECK:
             await self._wait_any(link.windows_received, link, t.connect_timeout_s)
-            if self._inventory_due() <= 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._report_inventory(link), t.connect_timeout_s)
-            await self._flush_audit(link, t.connect_timeout_s)
+            if self._carrier is None:  # no tunnel carries the audit copy: this check does
+                self._carrier = slot
+                if self._inventory_due() <= 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._report_inventory(link),
+                                               t.connect_timeout_s)
+                await self._flush_audit(link, t.connect_timeout_s)
             link.close("check done")
             return "done"
-        self.last_error = None
+        self._error(slot, None)
         tasks = [asyncio.create_task(self._heartbeats(link)),
-                 asyncio.create_task(self._forward_audit(link)),
-                 asyncio.create_task(self._inventory(link))]
+                 asyncio.create_task(self._carry(slot, link))]
         try:
-            return await self._watch(link)
+            return await self._watch(slot, link)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _watch(self, link: Link) -> str:
+    async def _carry(self, slot: TunnelSlot, link: Link) -> None:
+        """Send the audit copy and the inventory on ``link`` once no other slot does."""
+        while self._carrier is not None and self._carrier is not slot:
+            self._carrier_free.clear()
+            await self._wait_any(self._carrier_free, link, 3600.0)
+            if link.closed.is_set():
+                return
+        self._carrier = slot
+        await asyncio.gather(self._forward_audit(link), self._inventory(link))
+
+    async def _watch(self, slot: TunnelSlot, link: Link) -> str:
         t = self.config.tunnel
         loop = asyncio.get_running_loop()
         while True:
@@ -401,11 +564,11 @@ class GatewayAgent:
             if self.paused:
                 return "paused"
             if link.closed.is_set():
-                self.last_error = link.error or "the broker closed the tunnel"
+                self._error(slot, link.error or "the broker closed the tunnel")
                 return "dropped"
             if loop.time() - link.last_rx > t.heartbeat_s * t.heartbeat_misses:
-                self.last_error = "no heartbeat from the broker: the path is dead"
-                log.warning("%s", self.last_error)
+                self._error(slot, "no heartbeat from the broker: the path is dead")
+                log.warning("%s", slot.last_error)
                 link.close()
                 return "dropped"
             if self.config.mode is Mode.WINDOW_ONLY:
@@ -418,8 +581,8 @@ class GatewayAgent:
                 tick = min(1.0, max(0.05, (window[1] - now).total_seconds()))
             else:
                 tick = 1.0
-            self._wake.clear()
-            await self._wait_any(self._wake, link, tick)
+            slot.wake.clear()
+            await self._wait_any(slot.wake, link, tick)
 
     async def _heartbeats(self, link: Link) -> None:
         seq = 0
@@ -470,4 +633,4 @@ class GatewayAgent:
             await asyncio.sleep(max(0.05, self._inventory_due()))
 
 __all__ = ["TRANSITIONS", "AgentState", "Backoff", "GatewayAgent", "IllegalAgentTransition",
-           "check_transition"]
+           "TunnelSlot", "check_transition", "expand_addresses", "resolve_all"]

@@ -9,7 +9,11 @@ Format (``/etc/hoshu/gateway.toml``)::
 
     [broker]
     api = "https://hoshu.example.jp"      # used by `hoshu-gateway enroll` only
-    # tunnel_host / tunnel_port override what enrolment returned (optional)
+    # tunnel_host / tunnel_port override what enrolment returned (optional), or:
+    # addresses = ["broker-a.example.jp:2223", "broker-b.example.jp:2223"]
+    #                                     # several replicas: a tunnel to each address
+    #                                     # (a name resolving to several IPs: to each IP)
+    # min_tunnels = 2                     # fewer up is shown as degraded (status)
 
     [tunnel]                              # optional tuning, defaults shown
     heartbeat_s = 10
@@ -48,6 +52,7 @@ from wire.names import NAME_PATTERN as _NAME  # the broker checks names with the
 
 _PROTOCOLS = INSTRUMENT_PROTOCOLS
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_ADDRESSES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,8 @@ class GatewayConfig:
     tunnel: TunnelTuning = TunnelTuning()
     tunnel_host: str | None = None
     tunnel_port: int | None = None
+    addresses: tuple[tuple[str, int], ...] = ()  # several replicas; empty: the one above
+    min_tunnels: int = 1
 
     @property
     def key_path(self) -> Path:
@@ -153,6 +160,31 @@ def _instrument(raw: Any, where: str) -> Instrument:
                       _take(raw, "model", str, where, ""))
 
 
+def parse_address(text: str, where: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ConfigError naming ``text`` else."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if (not sep or not host or len(host) > 253 or any(c.isspace() for c in host)
+            or not port_text.isdigit() or not 1 <= int(port_text) <= 65535):
+        raise ConfigError(f"{where}: address {text[:80]!r} is not host:port")
+    return host, int(port_text)
+
+
+def _addresses(broker: dict[str, Any], where: str) -> tuple[tuple[str, int], ...]:
+    raw = _take(broker, "addresses", list, where, [])
+    if len(raw) > MAX_ADDRESSES or not all(isinstance(a, str) for a in raw):
+        raise ConfigError(f"{where}: addresses must be at most {MAX_ADDRESSES} "
+                          "\"host:port\" strings")
+    out = tuple(parse_address(a, where) for a in raw)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where}: addresses are listed twice")
+    if out and ("tunnel_host" in broker or "tunnel_port" in broker):
+        raise ConfigError(f"{where}: give either addresses or tunnel_host/tunnel_port, "
+                          "not both")
+    return out
+
+
 def _tuning(raw: dict[str, Any], where: str) -> TunnelTuning:
     defaults = TunnelTuning()
     fields = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
@@ -195,13 +227,19 @@ def parse_config(text: str, *, where: str = "config", base: Path | None = None) 
     except ValueError as exc:
         raise ConfigError(f"{where} [gateway]: mode must be 'always' or 'window-only'") from exc
     broker = _table(doc, "broker", where)
-    _check_keys(broker, {"api", "tunnel_host", "tunnel_port"}, f"{where} [broker]")
+    _check_keys(broker, {"api", "tunnel_host", "tunnel_port", "addresses", "min_tunnels"},
+                f"{where} [broker]")
     api = _take(broker, "api", str, f"{where} [broker]", "")
     if api and not api.startswith(("https://", "http://")):
         raise ConfigError(f"{where} [broker]: api must be an http(s) URL")
     tunnel_port = _take(broker, "tunnel_port", int, f"{where} [broker]", None)
     if tunnel_port is not None and not 1 <= tunnel_port <= 65535:
         raise ConfigError(f"{where} [broker]: tunnel_port out of range")
+    addresses = _addresses(broker, f"{where} [broker]")
+    min_tunnels = _take(broker, "min_tunnels", int, f"{where} [broker]",
+                        2 if len(addresses) > 1 else 1)
+    if not 1 <= min_tunnels <= MAX_ADDRESSES:
+        raise ConfigError(f"{where} [broker]: min_tunnels must be 1..{MAX_ADDRESSES}")
     raw_instruments = doc.get("instrument", [])
     if not isinstance(raw_instruments, list):
         raise ConfigError(f"{where}: instruments are [[instrument]] tables")
@@ -215,6 +253,8 @@ def parse_config(text: str, *, where: str = "config", base: Path | None = None) 
         tunnel=_tuning(_table(doc, "tunnel", where), f"{where} [tunnel]"),
         tunnel_host=_take(broker, "tunnel_host", str, f"{where} [broker]", None),
         tunnel_port=tunnel_port,
+        addresses=addresses,
+        min_tunnels=min_tunnels,
     )
 
 
