@@ -58,6 +58,7 @@ from broker.settings import BrokerSettings
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from broker.tunnel.connector import InstrumentConnector, TunnelConnector
 from broker.tunnel.endpoint import TunnelRegistry, TunnelSettings, start_tunnel_listener
+from broker.tunnel.peer import build_peer_link, run_peer_link
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +285,15 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
                       store=recordings)
     directory = StoreGatewayDirectory(rt.control.services)
     registry = TunnelRegistry()
-    attach_front_door(rt, TunnelConnector(registry), options=front_door_options,
+    # several replicas (HOSHU_PEER_PORT): gateways tunnelled to another replica are
+    # reached through it; the tunnels held here are claimed in the database
+    peers = build_peer_link(settings, rt.control.store.engine, registry, audit.log,
+                            rt.control.services.ctx.now)
+    attach_front_door(rt, TunnelConnector(registry, peers), options=front_door_options,
                       sessions_routes=True, recordings=recordings)
+    if peers is not None:
+        the_peers = peers
+        rt.tasks.append(lambda: run_peer_link(the_peers))
 
     async def run_tunnels() -> None:
         tunnels = await start_tunnel_listener(
