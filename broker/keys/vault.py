@@ -2,8 +2,8 @@
 
 * **SSH keys** (tunnel host key, front-door host key, user CA) are secrets holding
   OpenSSH private key text, read once per start.  On an empty vault the first
-  replica creates them: it reads, finds none, writes its own, waits
-  ``settle_s`` and reads again; every replica uses the secret's *current*
+  replica creates them: it reads, finds them missing, writes its own, waits
+  ``settle_s`` (once for all three) and reads again; every replica uses the secret's *current*
   version, so two replicas starting at once both end with the last writer's
   key and nobody serves with a key before the settle (Key Vault has no
   create-if-absent for secrets).
@@ -337,38 +337,49 @@ class VaultKeyStore:
 
     # --- SSH keys (secrets) ---------------------------------------------------------
 
-    def _ssh_key(self, which: str) -> bytes:
+    def _read_secret(self, which: str) -> str | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         name, what = SECRET_NAMES[which], _WHAT[which]
         with self._calls(f"reading the {what} (secret {name})"):
             try:
-                text = self._secrets.get_secret(name).value
+                value: str | None = self._secrets.get_secret(name).value
+                return value
             except ResourceNotFoundError:
-                text = None
-        if text is None:
-            with self._calls(f"creating the {what} (secret {name})"):
+                return None
+
+    def _ssh_keys(self) -> dict[str, bytes]:
+        """All three SSH keys; those missing are written first, then, after one settle,
+        every replica reads the current versions."""
+        texts = {which: self._read_secret(which) for which in SECRET_NAMES}
+        missing = [which for which, text in texts.items() if text is None]
+        for which in missing:
+            name = SECRET_NAMES[which]
+            with self._calls(f"creating the {_WHAT[which]} (secret {name})"):
                 self._secrets.set_secret(
                     name, new_ssh_key().decode(),
                     content_type="application/x-openssh-private-key",
                     tags={"created-by": "hoshu", "replica": socket.gethostname()[:200]})
+        if missing:
             self._sleep(self._settle_s)  # a replica starting beside us may write too
-            with self._calls(f"reading the {what} (secret {name})"):
-                text = self._secrets.get_secret(name).value
-        try:
-            return check_ssh_key((text or "").encode())
-        except NotAnSSHKey as exc:
-            raise KeyMaterialError(f"Key Vault {self.url}: secret {name} is not an OpenSSH "
-                                   "private key") from exc
+            texts.update({which: self._read_secret(which) for which in missing})
+        out = {}
+        for which, text in texts.items():
+            try:
+                out[which] = check_ssh_key((text or "").encode())
+            except NotAnSSHKey as exc:
+                raise KeyMaterialError(f"Key Vault {self.url}: secret {SECRET_NAMES[which]} "
+                                       "is not an OpenSSH private key") from exc
+        return out
 
     def tunnel_host_key(self) -> bytes:
-        return self._once("tunnel", lambda: self._ssh_key("tunnel"))
+        return self._once("ssh", self._ssh_keys)["tunnel"]
 
     def front_door_host_key(self) -> bytes:
-        return self._once("front_door", lambda: self._ssh_key("front_door"))
+        return self._once("ssh", self._ssh_keys)["front_door"]
 
     def user_ca_key(self) -> bytes:
-        return self._once("ca", lambda: self._ssh_key("ca"))
+        return self._once("ssh", self._ssh_keys)["ca"]
 
     # --- keys that stay in the vault ------------------------------------------------
 

@@ -159,6 +159,23 @@ class _Version:
     ops: list[str] = field(default_factory=list)
 
 
+_RSA_POOL: dict[int, list[Any]] = {}
+_RSA_NEXT: Counter[int] = Counter()
+_POOL_SIZE = 4
+
+
+def _rsa_key(size: int) -> Any:
+    """RSA generation takes seconds on a busy machine: each process makes at most four
+    keys per size and hands them out in turn (consecutive versions always differ)."""
+    pool = _RSA_POOL.setdefault(size, [])
+    n = _RSA_NEXT[size]
+    _RSA_NEXT[size] += 1
+    if len(pool) < _POOL_SIZE:
+        pool.append(rsa.generate_private_key(public_exponent=65537, key_size=size))
+        return pool[-1]
+    return pool[n % _POOL_SIZE]
+
+
 class _Denied(Exception):
     def __init__(self, status: int, code: str, message: str,
                  headers: dict[str, str] | None = None) -> None:
@@ -380,7 +397,7 @@ class KeyVault:
             size = int(body.get("key_size") or 2048)
             if size not in (2048, 3072, 4096):
                 raise _Denied(400, "BadParameter", f"Invalid key size {size}.")
-            private = rsa.generate_private_key(public_exponent=65537, key_size=size)
+            private = _rsa_key(size)
             ops = ["encrypt", "decrypt", "wrapKey", "unwrapKey", "sign", "verify"]
         else:
             raise _Denied(400, "BadParameter", f"Invalid key type {kty!r}.")
