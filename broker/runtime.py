@@ -140,12 +140,22 @@ async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
     running = [asyncio.create_task(t()) for t in rt.tasks]
     api = asyncio.create_task(server.serve(sockets=[sock] if sock else None))
     stopping = asyncio.create_task(stop.wait())
+    failed: BaseException | None = None
     try:
-        await asyncio.wait({api, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            await drain(rt, rt.settings.drain_grace_s, cut_short=again)
-            server.should_exit = True
-        await api
+        await asyncio.wait({api, stopping, *running}, return_when=asyncio.FIRST_COMPLETED)
+        # a part that stops by itself (the tunnel listener, the front door) is a broken
+        # broker: it stops too, naming the part, rather than run half (fail closed)
+        for t in running:
+            if t.done() and not t.cancelled():
+                failed = t.exception() or RuntimeError("a broker task ended by itself")
+                log.critical("a part of the broker stopped; the broker stops too",
+                             exc_info=failed)
+                break
+        if failed is None:
+            if stop.is_set():
+                await drain(rt, rt.settings.drain_grace_s, cut_short=again)
+                server.should_exit = True
+            await api
     finally:
         stopping.cancel()
         if not api.done():
@@ -164,3 +174,9 @@ async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
             result = close()
             if inspect.isawaitable(result):
                 await result
+    if failed is not None:
+        raise BrokerStopped("a part of the broker stopped") from failed
+
+
+class BrokerStopped(RuntimeError):
+    """A long-running part of the broker ended by itself; ``hoshu serve`` exits non-zero."""

@@ -41,16 +41,20 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from audit.recstore import StoreUnavailable
     from broker.assembly import build_broker
-    from broker.runtime import serve
+    from broker.keys import KeyStoreError
+    from broker.runtime import BrokerStopped, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # the Azure SDKs log every request's headers at INFO (tokens redacted): keep warnings
     logging.getLogger("azure").setLevel(logging.WARNING)
     try:
         rt = build_broker(_settings(args))
-    except StoreUnavailable as exc:  # the recording store: one line naming it
+    except (StoreUnavailable, KeyStoreError) as exc:  # recording or key store: one line
         raise CliError(str(exc)) from exc
-    asyncio.run(serve(rt))
+    try:
+        asyncio.run(serve(rt))
+    except BrokerStopped as exc:  # logged with its cause where it happened
+        raise CliError(f"{exc}; see the log above") from exc
     return 0
 
 
