@@ -40,6 +40,7 @@ MFA = "mfa"  # only a full password+TOTP session token
 ANY_ORG = frozenset(OrgKind)
 HOSPITAL_OR_PLATFORM = frozenset({OrgKind.HOSPITAL, OrgKind.PLATFORM})
 PLATFORM = frozenset({OrgKind.PLATFORM})
+HOSPITAL = frozenset({OrgKind.HOSPITAL})
 
 SCOPES: tuple[str, ...] = ("read", "requests", "decisions", "admin")
 ENROLMENT_ACTIONS = frozenset({"totp.enroll", "me.show", "auth.logout"})
@@ -143,6 +144,9 @@ PERMISSIONS: dict[str, Permission] = {
     "sessions.list": Permission(ALL, "read"),
     "sessions.follow": _p("decisions", A, H, P),
     "sessions.terminate": _p("decisions", A, H, P),
+    # web console pages (broker/console); its forms ask the API's actions above
+    "console.inbox": _p("read", A, orgs=HOSPITAL),
+    "console.grants": _p("read", A, H, P),
     # SSH certificates (broker/api/routes/certs.py)
     "ssh.certificate": _p(MFA, E),
     # SSH paths at the front door (broker/frontdoor): asked with the person's roles

@@ -19,10 +19,12 @@ from broker.api import errors
 from broker.api.limits import BodyLimit, ForwardedFor
 from broker.api.routes import auth, estate, gateways, people, requests
 from broker.api.routes import health as health_routes
+from broker.console import install as install_console
+from broker.console import router as console_router
 from broker.settings import BrokerSettings
 
 ROUTERS: tuple[APIRouter, ...] = (health_routes.router, auth.router, people.router, estate.router,
-                                  gateways.router, requests.router)
+                                  gateways.router, requests.router, console_router)
 
 
 def create_app(
@@ -51,6 +53,7 @@ def create_app(
     if opened is not None:
         readiness.add("database", health_routes.database_probe(opened.store.engine))
     errors.install(app)
+    install_console(app, errors.access_error)  # console pages show refusals as pages
     for router in (*ROUTERS, *extra_routers):
         app.include_router(router)
 

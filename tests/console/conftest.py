@@ -1,0 +1,169 @@
+"""Fixtures of the console tests: a real broker app on loopback, a real headless Chromium.
+
+One broker (uvicorn in a thread, over a migrated SQLite store and the control plane's
+services, the seeded world of ``tests/control``) and one browser per module.  The
+browser is Debian's ``/usr/bin/chromium`` driven through ``/usr/bin/chromedriver``
+(Selenium, nothing downloaded), headless, with a fresh profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import uvicorn
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from audit.testing import CapturingEmitter
+from broker.access import totp
+from broker.access.model import AccessRequest
+from broker.access.requests import NewRequest
+from broker.access.services import Services
+from broker.api.app import create_app
+from broker.settings import BrokerSettings
+from broker.store.db import Store
+from tests.control.conftest import PASSWORD, T0, World, build_world, make_context
+from tests.support import FakeClock, poll_sync
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SCREENSHOTS = Path(__file__).parents[2] / "docs" / "images" / "console"
+
+
+@dataclass
+class Console:
+    """A running broker with its console, the world it serves, and what it emitted."""
+
+    url: str
+    world: World
+    emitter: CapturingEmitter
+    clock: FakeClock
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def services(self) -> Services:
+        return self.world.s
+
+    def code(self, name: str) -> str:
+        """A fresh TOTP code for ``name`` (enrolled on first use); the clock moves on
+        one step afterwards, so each code is used once."""
+        if name not in self.secrets:
+            self.secrets[name] = self.world.enrol_totp(name)
+        code = totp.code_at(self.secrets[name], self.clock())
+        return code
+
+    def request(self, instruments: list[str], reason: str, *, engineer: str = "eng",
+                **extra: object) -> AccessRequest:
+        new = NewRequest(instruments, 3600, reason, **extra)  # type: ignore[arg-type]
+        return self.services.requests.create(self.world.actors[engineer], new)
+
+
+@contextmanager
+def serving(app: object) -> Iterator[str]:
+    """``app`` served by uvicorn on a loopback port, in a thread; its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
+                              daemon=True)
+    thread.start()
+    poll_sync(lambda: server.started, 10, "the broker's HTTP server to start", interval_s=0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The broker's API and console over a fresh SQLite store, world seeded."""
+    path = tmp_path_factory.mktemp("console") / "hoshu.db"
+    store = Store(f"sqlite:///{path}")
+    emitter = CapturingEmitter()
+    clock = FakeClock(T0)
+    services = Services.build(make_context(store, emitter, clock))
+    world = build_world(services, clock)
+    app = create_app(BrokerSettings(data_dir=path.parent / "data"), services=services)
+    with serving(app) as url:
+        yield Console(url, world, emitter, clock)
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium with a fresh profile, one per module."""
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
+        "install Debian's chromium and chromium-driver (./run does)"
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not download
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}", "--window-size=1280,1000", "--lang=ja",
+                "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"intl.accept_languages": "ja,en;q=0.5"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: webdriver.Chrome, css: str, timeout: float = 10) -> WebElement:
+    """The element ``css`` once it is on the page (polled by WebDriverWait)."""
+    found: WebElement = WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, css))
+    return found
+
+
+def sign_in(driver: webdriver.Chrome, c: Console, name: str, *,
+            password: str = PASSWORD) -> None:
+    """Sign ``name`` in through the console's form with password and a TOTP code."""
+    driver.delete_all_cookies()
+    driver.get(f"{c.url}/console/login")
+    code = c.code(name)
+    wait_for(driver, "#username").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "totp").send_keys(code)
+    driver.find_element(By.ID, "signin").click()
+    try:
+        WebDriverWait(driver, 10, poll_frequency=0.05).until(
+            lambda d: not d.current_url.endswith("/console/login"))
+    except TimeoutException:
+        error = driver.find_elements(By.ID, "error")
+        raise AssertionError(f"{name} could not sign in: "
+                             f"{error[0].get_attribute('data-key') if error else driver.title}"
+                             ) from None
+    c.clock.advance(30)  # the next sign-in needs the next TOTP step
+
+
+def screenshot(driver: webdriver.Chrome, name: str) -> Path:
+    """A full-page PNG into docs/images/console/ (the window is grown to the page)."""
+    height = int(driver.execute_script(
+        "return Math.ceil(document.documentElement.scrollHeight)"))
+    driver.set_window_size(1280, max(700, min(height + 140, 4000)))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    assert driver.save_screenshot(str(path))
+    driver.set_window_size(1280, 1000)
+    return path
