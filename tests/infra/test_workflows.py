@@ -109,15 +109,28 @@ def test_deploy_compiles_and_lints_before_what_if_or_deploy() -> None:
     script = "".join(s.get("run", "") for s in jobs["bicep"]["steps"])
     assert "az bicep build" in script and "az bicep lint" in script
     assert jobs["bicep"]["permissions"] == {"contents": "read"}
-    assert jobs["what-if"]["needs"] == "bicep" and jobs["deploy"]["needs"] == "bicep"
+    assert jobs["what-if"]["needs"] == "bicep" and jobs["deploy"]["needs"] == ["bicep", "image"]
+
+
+def test_the_release_builds_the_image_and_deploys_it_by_digest() -> None:
+    """The image job builds with the script the image tests use and pushes by digest;
+    the deploy job imports that digest into the private registry and deploys it."""
+    jobs = _load(DEPLOY)["jobs"]
+    image = jobs["image"]
+    assert image["if"] == jobs["deploy"]["if"]
+    assert image["permissions"] == {"contents": "read", "packages": "write"}
+    build = "".join(s.get("run", "") for s in image["steps"])
+    assert "deploy/image/build.sh" in build and "--digestfile" in build
+    deploy = "".join(s.get("run", "") for s in jobs["deploy"]["steps"])
+    assert 'az acr import' in deploy and '"brokerImage=hoshu/broker@$DIGEST"' in deploy
 
 
 def test_deploy_uses_oidc_with_ids_from_variables() -> None:
     workflow = _load(DEPLOY)
     assert workflow["permissions"] == {}
-    for name in ("what-if", "deploy"):
+    for name, extra in (("what-if", {}), ("deploy", {"packages": "read"})):
         job = workflow["jobs"][name]
-        assert job["permissions"] == {"contents": "read", "id-token": "write"}, name
+        assert job["permissions"] == {"contents": "read", "id-token": "write", **extra}, name
         (login,) = [s for s in job["steps"] if s.get("uses", "").startswith("azure/login@")]
         with_ = login["with"]
         assert set(with_) == {"client-id", "tenant-id", "subscription-id"}, name
