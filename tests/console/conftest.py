@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -47,6 +48,7 @@ SCREENSHOTS = Path(__file__).parents[2] / "docs" / "images" / "console"
 class Console:
     """A running broker with its console, the world it serves, and what it emitted."""
 
+    app: Any
     url: str
     world: World
     emitter: CapturingEmitter
@@ -90,19 +92,28 @@ def serving(app: object) -> Iterator[str]:
         sock.close()
 
 
-@pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    """The broker's API and console over a fresh SQLite store, world seeded."""
-    path = tmp_path_factory.mktemp("console") / "hoshu.db"
-    store = Store(f"sqlite:///{path}")
+@contextmanager
+def site(tmp: Path, **settings: Any) -> Iterator[Console]:
+    """The broker's API and console over a fresh SQLite store in ``tmp``, world seeded
+    (not served: ``url`` is empty)."""
+    store = Store(f"sqlite:///{tmp / 'hoshu.db'}")
     emitter = CapturingEmitter()
     clock = FakeClock(T0)
     services = Services.build(make_context(store, emitter, clock))
     world = build_world(services, clock)
-    app = create_app(BrokerSettings(data_dir=path.parent / "data"), services=services)
-    with serving(app) as url:
-        yield Console(url, world, emitter, clock)
-    store.close()
+    app = create_app(BrokerSettings(data_dir=tmp / "data", **settings), services=services)
+    try:
+        yield Console(app, "", world, emitter, clock)
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The broker's API and console served on a loopback port."""
+    with site(tmp_path_factory.mktemp("console")) as c, serving(c.app) as url:
+        c.url = url
+        yield c
 
 
 @pytest.fixture(scope="module")
