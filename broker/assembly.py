@@ -50,6 +50,7 @@ from broker.frontdoor.ca import UserCA
 from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.door import FrontDoor, start_front_door
 from broker.identity import azure_credential, database_password
+from broker.keys import KeyStore, open_key_store
 from broker.live.journal import end_lost_sessions
 from broker.live.recorder import store_opener
 from broker.runtime import Runtime, sweep_forever
@@ -159,13 +160,15 @@ def build_runtime(settings: BrokerSettings, *, emitter: Emitter | None = None,
                   extra_routers: Sequence[APIRouter] = (),
                   clock: Callable[[], datetime] = utc_now,
                   hasher: Hasher | None = None,
-                  db_password: PasswordSource | None = None) -> Runtime:
+                  db_password: PasswordSource | None = None,
+                  keys: KeyStore | None = None) -> Runtime:
     """Open the store and keys, build the API and the background tasks (not started).
 
     ``emitter`` is the audit log (``audit.service.build_audit(...).log`` in the full
-    broker); without it the control plane opens ``settings.audit_log_path`` itself."""
+    broker); without it the control plane opens ``settings.audit_log_path`` itself.
+    ``keys``: the process's key store (None: the one ``settings`` name)."""
     control = ControlPlane.open(settings, emitter=emitter, clock=clock, hasher=hasher,
-                                db_password=db_password)
+                                db_password=db_password, keys=keys)
     app = create_app(settings, services=control.services, extra_routers=extra_routers)
     rt = Runtime(settings, control, app)
     rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s))
@@ -221,8 +224,9 @@ def attach_front_door(
     settings = rt.settings
     services = rt.control.services
     handle = FrontDoorHandle()
-    host_key = load_or_create_host_key(settings.front_door_host_key_path)
-    ca = UserCA.load_or_create(settings.user_ca_key_path)
+    keys = rt.control.keys if rt.control.keys is not None else open_key_store(settings)
+    host_key = asyncssh.import_private_key(keys.front_door_host_key())
+    ca = UserCA(asyncssh.import_private_key(keys.user_ca_key()))
     the_policy = policy if policy is not None else StoreAccessPolicy(services)
     emitter = services.ctx.emitter
     if sessions_routes:
@@ -261,12 +265,16 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     # only when something signs in to Azure
     credential = azure_credential(settings) if (
         settings.database_auth == "entra" or settings.azure_logs_endpoint
-        or settings.recordings_url) else None
+        or settings.recordings_url or settings.key_vault_url) else None
+    # the keys first: without them nothing can be signed, sealed or served (fails closed,
+    # one line naming the store and why: broker.keys.errors)
+    keys = open_key_store(settings, credential=credential)
+    keys.check()
     recordings = recording_store(settings, credential)
     db_password = database_password(settings, credential)
     audit = build_audit(audit_config(settings, db_password=db_password,
                                      recordings=recordings), sinks=sinks,
-                        credential=credential)
+                        credential=credential, signer=keys.checkpoint_signer())
     try:
         routers = [
             build_audit_router(index=audit.index, reports=audit.reports,
@@ -274,12 +282,13 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
                                recordings=recordings, sink_status=audit.status),
         ]
         rt = build_runtime(settings, emitter=audit.log, extra_routers=routers,
-                           db_password=db_password)
+                           db_password=db_password, keys=keys)
     except Exception:
         audit.stop()
         raise
     audit.start()
     rt.closers.insert(0, audit.stop)  # closers run in reverse: the log closes last
+    rt.closers.insert(0, keys.close)  # after the log's final (signed) checkpoint
     # before the front door listens: sessions a killed broker left open end now
     end_lost_sessions(settings.recordings_dir, audit.log, rt.control.services.ctx.now,
                       store=recordings)
@@ -298,7 +307,7 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     async def run_tunnels() -> None:
         tunnels = await start_tunnel_listener(
             TunnelSettings.from_broker(settings),
-            asyncssh.read_private_key(settings.host_key_path), directory, audit.log,
+            asyncssh.import_private_key(keys.tunnel_host_key()), directory, audit.log,
             registry=registry)
         log.info("gateway tunnels on %s:%d", settings.tunnel_host, tunnels.port)
         try:
