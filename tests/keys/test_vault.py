@@ -276,3 +276,19 @@ def test_reference_deployment_vault_with_a_read_only_identity(
         store.rotate("signing")
     keys.close()
     secrets.close()
+
+
+def test_challenge_resource_verification_stays_on_for_real_vaults() -> None:
+    """The SDK's check (a vault's challenge may only name the vault's own resource) is
+    switched off for a loopback address alone, where it cannot pass."""
+    class Cred:
+        def get_token(self, *scopes: str, **kw: Any) -> AccessToken:
+            raise AssertionError("no call is made")
+
+    for url, verify in (("https://kv-hoshu.vault.azure.net", True),
+                        ("https://kv.vault.usgovcloudapi.net", True),
+                        ("https://127.0.0.1:8443", False), ("https://localhost:1", False),
+                        ("https://[::1]:8443", False)):
+        store = VaultKeyStore(url, Cred())
+        assert store._options["verify_challenge_resource"] is verify, url
+        store.close()
