@@ -1,6 +1,7 @@
 """The front door's recorder writing into Azure Blob storage (Azurite): the same
-session gives the same bytes and SHA-256 as a file, and a store that fails ends
-the session through the recorder's own error."""
+session gives the same bytes and SHA-256 as a file, and a killed broker's session
+is ended with what Blob storage holds.  (A store failing mid-session, through the
+recorder and the session watcher: tests/frontdoor/test_recordings_blob.py.)"""
 
 from __future__ import annotations
 
@@ -10,14 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from audit.recording import read_cast
 from audit.recstore import digest
 from audit.recstore.blob import BlobStore, BlobWriter
 from audit.recstore.files import FileStore
 from audit.testing import CapturingEmitter
-from broker.live.errors import RecordingError
 from broker.live.journal import end_lost_sessions
 from broker.live.recorder import Recording, default_opener, store_opener
 from tests.fixtures.azurite import Azurite
@@ -90,35 +88,6 @@ def test_file_store_writes_what_the_recorder_always_wrote(tmp_path: Path) -> Non
     assert via_store == direct
     assert (tmp_path / "b" / "sess-1.cast").stat().st_mode & 0o777 == 0o640
     assert summary.sha256 == hashlib.sha256(direct or b"").hexdigest()
-
-
-def test_store_outage_ends_a_quiet_session_at_the_next_timed_flush(
-        tmp_path: Path, azurite_factory: Any, blob_credential: Any) -> None:
-    """Blob storage goes away while nothing is typed: the watcher's once-a-second
-    flush raises RecordingError (the session ends), and close says so too."""
-    az: Azurite = azurite_factory()
-    store = BlobStore(az.new_container(blob_credential), blob_credential,
-                      connection_verify=str(az.cert), flush_interval_s=0.05, timeout_s=2.0)
-    clock = FakeClock()
-    rec = Recording.open(tmp_path, "sess-2", width=80, height=24, env={}, title="t",
-                         monotonic=clock.monotonic, opener=store_opener(store))
-    rec.output(b"$ ")
-    rec.flush()
-    az.stop()
-
-    def session_ends() -> bool:
-        try:
-            rec.flush()
-        except RecordingError:
-            return True
-        rec.output(b".")  # the instrument still prints now and then
-        clock.advance(1.1)
-        return False
-
-    poll_sync(session_ends, 30, "the recorder to fail", interval_s=0.1)
-    with pytest.raises(RecordingError, match="could not be written"):
-        rec.output(b"more")
-    rec.close()  # already failed: close does not raise again
 
 
 def test_lost_session_is_ended_with_what_blob_storage_holds(

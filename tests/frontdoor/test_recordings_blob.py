@@ -14,7 +14,7 @@ from audit.recstore.blob import BlobStore
 from broker.live.recorder import store_opener
 from tests.fixtures.azurite import Azurite
 from tests.frontdoor.harness import World, open_shell, paramiko_client, read_until, shell_ready
-from tests.support import poll
+from tests.support import free_port, poll
 
 
 async def test_shell_session_is_recorded_in_blob_storage(
@@ -67,13 +67,12 @@ async def test_blob_storage_going_away_ends_the_session(
 
 
 async def test_session_is_refused_when_its_recording_cannot_be_created(
-        granted: World, azurite_factory: Any, blob_credential: Any) -> None:
+        granted: World, blob_credential: Any) -> None:
+    """Blob storage unreachable when a session starts: the session is refused."""
     w = granted
-    az: Azurite = azurite_factory()
-    store = BlobStore(az.new_container(blob_credential), blob_credential,
-                      connection_verify=str(az.cert), timeout_s=2.0, retries=0)
-    w.door.recording_opener = store_opener(store)
-    await asyncio.to_thread(az.stop)
+    url = f"https://127.0.0.1:{free_port()}/devstoreaccount1/recordings"
+    w.door.recording_opener = store_opener(BlobStore(url, blob_credential, timeout_s=2.0,
+                                                     retries=0))
     t = await asyncio.to_thread(paramiko_client, w)
     chan = await asyncio.to_thread(open_shell, t)
     seen = await asyncio.to_thread(read_until, chan, b"cannot be written", 15)
