@@ -228,20 +228,25 @@ resource broker 'Microsoft.App/containerApps@2024-03-01' = {
               value: string([ingressAddressPrefix])
             }
           ]
+          // /healthz: the process lives; /readyz: database, key store and recording
+          // store answer, and 503 "draining" from SIGTERM on (docs/deploy-azure.md, Image)
           probes: [
             {
               type: 'Liveness'
-              tcpSocket: {
+              httpGet: {
+                path: '/healthz'
                 port: 8440
               }
               periodSeconds: 10
             }
             {
               type: 'Readiness'
-              tcpSocket: {
-                port: 2223
+              httpGet: {
+                path: '/readyz'
+                port: 8440
               }
-              periodSeconds: 10
+              periodSeconds: 5
+              failureThreshold: 2
             }
           ]
         }
