@@ -168,7 +168,7 @@ def test_a_quiet_session_is_stored_within_the_flush_interval(
     start = time.monotonic()
     w.write(line)
     poll_sync(lambda: w.stored == len(HEADER) + len(line), 5, "the quiet event's append")
-    assert time.monotonic() - start < 0.3 + 1.0
+    assert time.monotonic() - start < 0.3 + 2.0  # the interval, plus one append on a busy machine
     for i in range(300):
         w.write(f'[{i}.0, "o", "x"]\n'.encode())
     w.close()
