@@ -22,6 +22,10 @@
   sets to yearly); old versions stay enabled and keep opening and verifying.
   Each start uses the current version and trusts every enabled one.
 
+Moving from key files: import ``keys/credentials.key`` as the secret
+``credentials-key-file`` and values sealed with it (plain Fernet tokens) keep
+opening; nothing new is sealed with it.
+
 Names are the reference deployment's (``infra/bicep/modules/keyvault.bicep``):
 keys ``audit-signing`` and ``credentials-kek``, secrets ``broker-host-key``,
 ``front-door-host-key`` and ``ssh-user-ca``.  A missing one is created on first
@@ -74,6 +78,9 @@ T = TypeVar("T")
 SECRET_NAMES = {"tunnel": "broker-host-key", "front_door": "front-door-host-key",
                 "ca": "ssh-user-ca"}
 SEALING_KEY = "credentials-kek"
+# a data directory's credentials.key, imported when moving from key files to the vault:
+# values sealed there (plain Fernet tokens) keep opening; new ones are sealed in the vault
+LEGACY_SECRET = "credentials-key-file"  # noqa: S105 - a secret's name, not a secret
 SIGNING_KEY = "audit-signing"
 RSA_SIZE = 3072
 MAX_RESPONSE = 1024 * 1024
@@ -207,6 +214,7 @@ class EnvelopeSealer:
         self._data_key: tuple[str, str, Fernet] | None = None  # (version, wrapped b64, key)
         self._opened: dict[tuple[str, str], Fernet] = {}
         self._clients: dict[str, Any] = {}
+        self._legacy_key: Fernet | None = None
         self.unwraps = 0  # how many data keys this process asked the vault to unwrap
 
     def _new_data_key(self) -> tuple[str, str, Fernet]:
@@ -262,10 +270,21 @@ class EnvelopeSealer:
             key = self._opened[(version, wrapped)] = Fernet(base64.urlsafe_b64encode(raw))
             return key
 
+    def _legacy(self) -> Fernet:
+        with self._lock:
+            if self._legacy_key is None:
+                self._legacy_key = self._store.legacy_fernet()
+            return self._legacy_key
+
     def open(self, sealed: str) -> bytes:
+        if not sealed.startswith(PREFIX + ":"):  # a plain Fernet token: sealed with key files
+            try:
+                return self._legacy().decrypt(sealed.encode("ascii"))
+            except (InvalidToken, ValueError) as exc:
+                raise SealError("does not open with the imported key-file key "
+                                f"(secret {LEGACY_SECRET})") from exc
         parts = sealed.split(":", 4)
-        if len(parts) != 5 or parts[0] != PREFIX or parts[1] != "kv" \
-                or not _VERSION.fullmatch(parts[2]):
+        if len(parts) != 5 or parts[1] != "kv" or not _VERSION.fullmatch(parts[2]):
             raise SealError("not a value sealed with this broker's Key Vault key")
         _, _, version, wrapped, token = parts
         try:
@@ -380,6 +399,24 @@ class VaultKeyStore:
 
     def user_ca_key(self) -> bytes:
         return self._once("ssh", self._ssh_keys)["ca"]
+
+    def legacy_fernet(self) -> Fernet:
+        """The imported key-file sealing key (secret ``credentials-key-file``); SealError
+        when there is none: a plain Fernet token cannot be opened then."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            text = self._secrets.get_secret(LEGACY_SECRET).value
+        except ResourceNotFoundError as exc:
+            raise SealError(f"sealed with key files, and no secret {LEGACY_SECRET} holds "
+                            "their credentials.key") from exc
+        except AzureError as exc:
+            raise SealUnavailable(str(translate(self.url, f"reading secret {LEGACY_SECRET}",
+                                                exc))) from exc
+        try:
+            return Fernet((text or "").strip().encode())
+        except ValueError as exc:
+            raise SealError(f"secret {LEGACY_SECRET} is not a Fernet key") from exc
 
     # --- keys that stay in the vault ------------------------------------------------
 

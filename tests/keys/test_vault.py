@@ -292,3 +292,23 @@ def test_challenge_resource_verification_stays_on_for_real_vaults() -> None:
         store = VaultKeyStore(url, Cred())
         assert store._options["verify_challenge_resource"] is verify, url
         store.close()
+
+
+def test_moving_from_key_files_values_sealed_there_keep_opening(
+        tmp_path: Any, key_vault: KeyVault, vault_store: Make) -> None:
+    """credentials.key imported as the secret credentials-key-file: the database's plain
+    Fernet tokens open with it; without it they are refused, saying why."""
+    from azure.keyvault.secrets import SecretClient
+
+    from broker.keys.vault import LEGACY_SECRET
+
+    files = open_key_store(BrokerSettings(data_dir=tmp_path))
+    old = files.secret_box().seal("totp-from-files")
+    with pytest.raises(AccessError, match=LEGACY_SECRET):
+        vault_store().secret_box().open(old)
+    SecretClient(key_vault.url, key_vault.tokens.credential(),
+                 connection_verify=str(key_vault.cert_path), verify_challenge_resource=False
+                 ).set_secret(LEGACY_SECRET, (tmp_path / "keys" / "credentials.key").read_text())
+    store = vault_store()
+    assert store.secret_box().open(old) == "totp-from-files"
+    assert store.secret_box().seal("new").startswith(f"{PREFIX}:kv:")
