@@ -304,6 +304,11 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
         the_peers = peers
         rt.tasks.append(lambda: run_peer_link(the_peers))
 
+        async def leave(_grace_s: float) -> None:  # on SIGTERM the others stop routing here
+            await the_peers.leave()
+
+        rt.drainers.append(leave)
+
     async def run_tunnels() -> None:
         tunnels = await start_tunnel_listener(
             TunnelSettings.from_broker(settings),

@@ -33,16 +33,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncssh
+import sqlalchemy as sa
 
 from audit.emitter import Emitter
 from audit.errors import AuditError
 from audit.events import new_event
+from broker.keys.files import load_or_create_ssh_key
+from broker.settings import BrokerSettings
 from broker.tunnel.cluster import HEARTBEAT_S, ClusterRegistry, ClusterWriter, Replica
 from broker.tunnel.endpoint import TunnelInfo, TunnelRegistry
 from broker.tunnel.errors import GatewayOffline
@@ -219,6 +223,7 @@ class PeerLink:
         self._conns: dict[str, tuple[str, asyncssh.SSHClientConnection]] = {}
         self._dialing: dict[str, asyncio.Lock] = {}
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._leaving = False
         self.port = 0
         tunnels.watchers.append(self)
 
@@ -252,7 +257,7 @@ class PeerLink:
 
     async def run(self) -> None:
         """Beat until cancelled: this replica, then each tunnel it holds."""
-        while True:
+        while not self._leaving:
             try:
                 await self._writer.call(self.cluster.beat)
                 for info in self._tunnels.tunnels():
@@ -281,8 +286,20 @@ class PeerLink:
         task.add_done_callback(self._pending.discard)
 
     def tunnel_up(self, info: TunnelInfo) -> None:
+        if self._leaving:
+            return  # a draining replica takes no new claims: gateways use the others
         self._beats[info.epoch] = 0
         self._later(self.cluster.tunnel_up, info.record.gateway_id, info.epoch)
+
+    async def leave(self) -> None:
+        """Drain: the others stop routing here now (rows dropped, no more beats);
+        channels already spliced keep running until the process stops."""
+        self._leaving = True
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        try:
+            await self._writer.call(self.cluster.deregister)
+        except Exception as exc:
+            log.error("replica %s could not deregister: %s", self.replica_id, exc)
 
     def tunnel_down(self, info: TunnelInfo) -> None:
         self._beats.pop(info.epoch, None)
@@ -417,3 +434,38 @@ class PeerLink:
                                      "refusing to forward") from exc
             self._conns[rid] = (holder.peer_key, conn)
             return conn
+
+
+def replica_id(settings: BrokerSettings) -> str:
+    """This replica's id: ``settings.replica_id``, else the host name."""
+    return settings.replica_id or socket.gethostname()
+
+
+def build_peer_link(settings: BrokerSettings, engine: sa.Engine, tunnels: TunnelRegistry,
+                    emitter: Emitter, clock: Callable[[], datetime]) -> PeerLink | None:
+    """The peer link of a broker process, or None with ``peer_port = 0`` (one replica).
+
+    The peer key is a file in the key directory, one per replica id (the Key Vault
+    store does not hold it yet).  Raises :class:`~broker.tunnel.cluster.PinConflict`
+    when this id is pinned to another key: the broker does not start.
+    """
+    if not settings.peer_port:
+        return None
+    rid = replica_id(settings)
+    key = asyncssh.import_private_key(
+        load_or_create_ssh_key(settings.keys_dir / f"peer_key_{rid}"))
+    cluster = ClusterRegistry(engine, rid, clock=clock)
+    cluster.check_pin(key.export_public_key().decode().strip())
+    return PeerLink(PeerSettings(settings.peer_host, settings.peer_port,
+                                 settings.advertise_host), key, cluster, tunnels, emitter, clock)
+
+
+async def run_peer_link(link: PeerLink) -> None:
+    """The broker task: listen and register, beat until cancelled (or drained), then
+    leave."""
+    await link.start()
+    try:
+        await link.run()
+        await asyncio.Event().wait()  # drained: keep splicing until the process stops
+    finally:
+        await link.close()

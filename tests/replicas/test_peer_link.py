@@ -161,3 +161,13 @@ async def test_a_large_transfer_through_the_peer_arrives_whole_and_in_order(
     print(f"FIGURE round trip 64 B: local tunnel {figures['local']:.2f} ms, through a "
           f"peer {figures['peer']:.2f} ms; echo throughput through a peer "
           f"{figures['peer_mib_s']:.1f} MiB/s")
+
+
+async def test_a_draining_replica_is_routed_to_no_more(pair: Pair) -> None:
+    """On SIGTERM the holder leaves first: its claims go, so the others stop routing
+    there (the gateway's other tunnels carry on) and it claims nothing new."""
+    await pair.b.leave()
+    assert pair.a.cluster.holders(GATEWAY_ID) == []
+    with pytest.raises(GatewayOffline, match="offline"):
+        await TunnelConnector(TunnelRegistry(), pair.a).open_tcp(
+            _target(pair.lab), pair.lab.echo.port, Origin("sess-60", "alice"))
