@@ -79,19 +79,26 @@ def client_id_of(settings_or_client_id: HasClientId | str | None,
     return (given or env.get(CLIENT_ID_ENV, "")).strip()
 
 
-def azure_credential(settings_or_client_id: HasClientId | str | None = None) -> Any:
+IDENTITY_TIMEOUT_S = 10.0  # connect and read limit of each token request
+
+
+def azure_credential(settings_or_client_id: HasClientId | str | None = None, *,
+                     timeout_s: float = IDENTITY_TIMEOUT_S) -> Any:
     """The managed-identity credential (an azure-core ``TokenCredential``).
 
     ``settings_or_client_id``: the broker settings (their ``azure_client_id``), a
     client id, or None; an empty one falls back to ``$AZURE_CLIENT_ID``, then to
-    the system-assigned identity.  Needs the ``[azure]`` extra.
+    the system-assigned identity.  Each request to the identity endpoint has
+    ``timeout_s`` to connect and to answer (azure-core's default is 300 s, which
+    would hold a database connection that long).  Needs the ``[azure]`` extra.
     """
     from azure.identity import ManagedIdentityCredential
 
+    limits = {"connection_timeout": timeout_s, "read_timeout": timeout_s}
     client_id = client_id_of(settings_or_client_id)
     if client_id:
-        return ManagedIdentityCredential(client_id=client_id)
-    return ManagedIdentityCredential()
+        return ManagedIdentityCredential(client_id=client_id, **limits)
+    return ManagedIdentityCredential(**limits)
 
 
 # PostgreSQL Flexible Server takes an Entra ID access token for this resource as the

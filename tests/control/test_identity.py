@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
 
 from broker.identity import POSTGRES_SCOPE, azure_credential, client_id_of
@@ -105,3 +105,15 @@ def test_sentinel_sink_signs_in_as_the_same_identity(endpoint: IdentityEndpoint,
     for cred in (production_credential(None), azure_credential(BrokerSettings())):
         assert jwt_claims(cred.get_token(scope).token)["oid"] == endpoint.principal_id
     assert endpoint.refused == 0
+
+
+def test_a_stalled_endpoint_fails_within_the_time_limit(endpoint: IdentityEndpoint) -> None:
+    """A token request that gets no answer fails after the credential's time limit
+    (retries included) instead of azure-core's 300 s default."""
+    endpoint.delay_s = 3.0
+    cred = azure_credential(endpoint.client_id, timeout_s=0.3)
+    start = time.monotonic()
+    with pytest.raises(AzureError):  # ServiceResponseTimeoutError
+        cred.get_token(POSTGRES_SCOPE)
+    took = time.monotonic() - start
+    assert took < 15, took  # four tries of 0.3 s plus azure-core's back-off: about 6 s

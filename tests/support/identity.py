@@ -16,9 +16,10 @@ given the token as a password by the test).
 
 A token is handed out again until it expires (then a new one is issued), as the
 platform does.  A test can set the lifetime of the next tokens (``lifetime_s``),
-``rotate()`` to new tokens, count ``requests``, ``revoke()`` the identity (every request then
-fails as for an unknown identity), and pass ``env()`` to a subprocess so a real
-``hoshu serve`` gets its tokens through the real credential.
+``rotate()`` to new tokens, make answers late (``delay_s``), count ``requests``,
+``revoke()`` the identity (every request then fails as for an unknown identity),
+and pass ``env()`` to a subprocess so a real ``hoshu serve`` gets its tokens
+through the real credential.
 
 Refusals follow the platform: a wrong or missing ``X-IDENTITY-HEADER`` is 401, a
 wrong api-version or missing resource is 400, an unknown client id (or none, when
@@ -53,6 +54,11 @@ def jwt_claims(token: str) -> dict[str, Any]:
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up (a time-limit test) is not an error here
+
+
 class IdentityEndpoint:
     """One user-assigned identity (and, if asked, a system-assigned one) served over HTTP.
 
@@ -69,6 +75,7 @@ class IdentityEndpoint:
         self.system_assigned = system_assigned
         self.system_principal_id = str(uuid.uuid4())
         self.lifetime_s = lifetime_s
+        self.delay_s = 0.0  # a test sets it to make every answer this late
         self.secret = secrets.token_urlsafe(24)
         self.clock = clock
         self.requests: Counter[str] = Counter()  # resource -> token requests answered
@@ -122,6 +129,8 @@ class IdentityEndpoint:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if endpoint.delay_s:
+                    time.sleep(endpoint.delay_s)  # a stalled endpoint, on purpose
                 status, body = endpoint._answer(self.path, self.headers.get("X-IDENTITY-HEADER"))
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -133,7 +142,7 @@ class IdentityEndpoint:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet, and never a token in a log
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
