@@ -43,8 +43,9 @@ router = APIRouter(prefix=PREFIX, tags=["console"])
 STATIC = {"console.css": "text/css; charset=utf-8"}
 # notices a redirect may ask a page to show (?done=...): nothing else is shown
 NOTICES = frozenset({"approved", "approval_recorded", "denied", "revoked", "signed_out"})
+# why the sign-in page is shown (?m=...): only these say more than the page itself
 LOGIN_ERRORS = {"locked_out": "login.locked_out", "source_throttled": "login.throttled",
-                "token_expired": "login.expired", "signed_out": "login.signin_first"}
+                "token_expired": "login.expired"}
 
 InboxSession = Annotated[Session, Depends(page("console.inbox"))]
 GrantsSession = Annotated[Session, Depends(page("console.grants"))]

@@ -173,6 +173,14 @@ def test_switch_to_english_is_remembered(console: Console, browser: webdriver.Ch
     screenshot(browser, "inbox-en")
     browser.get(f"{c.url}/console/grants")
     assert wait_for(browser, "h1").text == "Grants"
+    row = wait_for(browser, "#grants-active tbody tr")
+    grant_id = row.get_attribute("data-grant")
+    row.find_element(By.NAME, "comment").send_keys("work finished early")
+    row.find_element(By.CSS_SELECTOR, "button.deny").click()
+    assert "revoked" in wait_for(browser, "#notice").text
+    assert browser.find_element(By.CSS_SELECTOR, f"#grants-ended [data-grant='{grant_id}']")
+    [g] = [g for g in c.services.grants.list_grants(c.world.admin) if g.id == grant_id]
+    assert g.status == GrantStatus.REVOKED
     screenshot(browser, "grants-en")
     wait_for(browser, "#lang-ja").click()
     wait_for(browser, "html[lang=ja]")
