@@ -312,3 +312,35 @@ def test_moving_from_key_files_values_sealed_there_keep_opening(
     store = vault_store()
     assert store.secret_box().open(old) == "totp-from-files"
     assert store.secret_box().seal("new").startswith(f"{PREFIX}:kv:")
+
+
+def test_vault_signing_outage_refuses_events_and_leaves_no_gap(
+        tmp_path: Any, key_vault: KeyVault, vault_store: Make) -> None:
+    """When a checkpoint falls due and the vault cannot sign, the event is refused (the
+    action that needed it fails) rather than written past an unsigned stretch; once
+    the vault signs again the log goes on and verifies end to end."""
+    from datetime import UTC, datetime
+
+    from audit import new_event
+    from audit.chain import ChainLog, verify
+    from audit.errors import ChainError
+    from tests.support import FakeClock
+
+    signer = vault_store().checkpoint_signer()
+    path = tmp_path / "audit.log"
+    log = ChainLog(path, signer=signer, checkpoint_every=3, checkpoint_interval_s=3600,
+                   clock=FakeClock(datetime(2026, 4, 1, tzinfo=UTC)))
+    log.emit(new_event("session.command", details={"command": "a"}))
+    log.emit(new_event("session.command", details={"command": "b"}))
+    key_vault.forbid("keys/sign/action")
+    with pytest.raises(ChainError, match="permission denied while signing"):
+        log.emit(new_event("session.command", details={"command": "refused"}))
+    key_vault.allow("keys/sign/action")
+    log.emit(new_event("session.command", details={"command": "c"}))
+    log.close()
+    result = verify(path, keys=TrustedKeys(signer.public_keys), checkpoint_every=3)
+    assert result.ok and result.signatures_checked
+    from audit.chain import read_events
+
+    commands = [e.details["command"] for e in read_events(path) if e.type == "session.command"]
+    assert commands == ["a", "b", "c"]
