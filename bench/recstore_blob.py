@@ -7,6 +7,8 @@ not for Azure (whose latency per append is higher; see docs/admin.md).
 
 * throughput: one writer, ``--mib`` MiB in 64 KiB writes, for several block sizes
   (``flush_bytes``): MB/s from the first write to the sealed blob;
+* sessions at once: ``--sessions`` writers, each 4 MiB in 64 KiB writes, 1 s interval:
+  aggregate MB/s;
 * flush interval: a busy session (2 KiB every 10 ms, ~200 KiB/s) for ``--seconds``
   per interval: appends made, bytes per append, and the most data that waited
   unappended (what a killed broker would lose).
@@ -65,10 +67,29 @@ def interval_effect(store: BlobStore, seconds: float, name: str) -> tuple[int, f
     return w.appends, written / max(1, w.appends), worst
 
 
+def concurrent(store: BlobStore, sessions: int) -> float:
+    chunk = os.urandom(64 * 1024)
+
+    def one(i: int) -> None:
+        w = store.create(f"c-{i}.cast")
+        for _ in range(64):
+            w.write(chunk)
+        w.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(sessions)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sessions * 4 * 1024 * 1024 / (time.perf_counter() - start) / 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--sessions", type=int, default=20)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, IdentityEndpoint() as ident:
         os.environ.update(ident.env())
@@ -83,6 +104,9 @@ def main() -> None:
                                   flush_bytes=kib * 1024, flush_interval_s=1.0)
                 mbps = throughput(store, args.mib, kib * 1024, f"t-{kib}.cast")
                 print(f"  blocks of {kib:5d} KiB: {mbps:7.1f} MB/s")
+            store = BlobStore(url, cred, connection_verify=str(az.cert))
+            print(f"{args.sessions} sessions at once, 4 MiB each: "
+                  f"{concurrent(store, args.sessions):.1f} MB/s in all")
             print(f"flush interval, a session writing ~200 KiB/s for {args.seconds:g} s:")
             for interval in (0.1, 0.25, 1.0, 5.0):
                 store = BlobStore(url, cred, connection_verify=str(az.cert),
