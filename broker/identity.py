@@ -94,11 +94,9 @@ def azure_credential(settings_or_client_id: HasClientId | str | None = None, *,
     """
     from azure.identity import ManagedIdentityCredential
 
-    limits = {"connection_timeout": timeout_s, "read_timeout": timeout_s}
     client_id = client_id_of(settings_or_client_id)
-    if client_id:
-        return ManagedIdentityCredential(client_id=client_id, **limits)
-    return ManagedIdentityCredential(**limits)
+    return ManagedIdentityCredential(client_id=client_id or None,
+                                     connection_timeout=timeout_s, read_timeout=timeout_s)
 
 
 # PostgreSQL Flexible Server takes an Entra ID access token for this resource as the
