@@ -170,12 +170,22 @@ class Session:
     form: Mapping[str, str]
 
 
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+
+
 def _origin_ok(request: Request) -> bool:
+    """The form came from the console's own origin: the one this request reached, or
+    the broker's public URL (behind a TLS-terminating ingress the app sees plain HTTP
+    while the browser's Origin is the public https:// one)."""
     origin = request.headers.get("origin")
     if origin is None:
         return True  # the CSRF token still decides
+    settings = getattr(request.app.state, "settings", None)
+    public = _origin_of(getattr(settings, "public_api_url", "") or "")
     own = f"{request.url.scheme}://{request.url.netloc}"
-    return origin == own
+    return origin in {own, public} - {""}
 
 
 def check_post(request: Request, token: str | None) -> None:

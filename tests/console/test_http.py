@@ -120,6 +120,15 @@ def test_session_cookie_is_httponly_strict_and_secure_behind_https(tmp_path: Pat
             assert {"httponly", "path", "max-age"} <= attrs and "domain" not in attrs
             assert "samesite=strict" in cookie.lower()
             assert ("secure" in attrs) is secure
+            if secure:  # behind an HTTPS ingress the browser's Origin is the public URL
+                http = client(s)
+                http.cookies.set(name, cookie.split(";")[0].split("=", 1)[1])
+                page = http.get("/console/inbox")
+                token = CSRF.search(page.text)
+                assert token
+                r = http.post("/console/logout", data={"csrf": token.group(1)},
+                              headers={"Origin": url}, follow_redirects=False)
+                assert r.status_code == 303
 
 
 def test_free_text_is_escaped(c: Console) -> None:
