@@ -45,6 +45,7 @@ from broker.access.ports import utc_now
 from broker.api.app import create_app
 from broker.api.routes.audit import build_router as build_audit_router
 from broker.api.routes.certs import build_cert_router
+from broker.api.routes.health import cached
 from broker.api.routes.sessions import build_sessions_router
 from broker.frontdoor.ca import UserCA
 from broker.frontdoor.context import FrontDoorOptions
@@ -64,6 +65,7 @@ from broker.tunnel.peer import build_peer_link, run_peer_link
 log = logging.getLogger(__name__)
 
 AUDIT_TICK_S = 5.0
+READY_CACHE_S = 30.0
 
 
 def _azure_sink(settings: BrokerSettings) -> list[SinkConfig]:
@@ -289,6 +291,9 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     audit.start()
     rt.closers.insert(0, audit.stop)  # closers run in reverse: the log closes last
     rt.closers.insert(0, keys.close)  # after the log's final (signed) checkpoint
+    # /readyz: the stores this replica cannot work without (a passing check is kept 30 s)
+    rt.readiness.add("key_store", cached(keys.check, READY_CACHE_S))
+    rt.readiness.add("recording_store", cached(recordings.check, READY_CACHE_S))
     # before the front door listens: sessions a killed broker left open end now
     end_lost_sessions(settings.recordings_dir, audit.log, rt.control.services.ctx.now,
                       store=recordings)

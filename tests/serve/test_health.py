@@ -6,6 +6,7 @@ connections and then let back in; the other checks are probes the runtime adds."
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from broker.api.app import create_app
-from broker.api.routes.health import Readiness, readiness_of
+from broker.api.routes.health import Readiness, cached, readiness_of
 from broker.api.routes.health import router as health_router
+from broker.assembly import build_broker
 from broker.settings import BrokerSettings
 
 
@@ -123,3 +125,36 @@ async def test_a_draining_broker_is_not_ready() -> None:
     app.include_router(health_router)
     r = TestClient(app).get("/readyz")
     assert r.status_code == 503 and r.json()["status"] == "draining"
+
+
+def test_a_passing_check_is_kept_for_its_ttl_and_a_failure_never() -> None:
+    """Remote stores are not asked on every probe: a pass holds ``ttl_s``; a failure
+    is asked again next time."""
+    now = [0.0]
+    answers = [None, False, None]
+    calls: list[int] = []
+
+    def check() -> bool | None:
+        calls.append(1)
+        return answers[len(calls) - 1] if len(calls) <= len(answers) else None
+
+    probe = cached(check, 30.0, clock=lambda: now[0])
+    assert probe() is True and len(calls) == 1
+    now[0] = 29.0
+    assert probe() is True and len(calls) == 1  # kept
+    now[0] = 31.0
+    assert probe() is False and len(calls) == 2  # asked again, failed
+    assert probe() is True and len(calls) == 3  # a failure is not kept
+
+
+async def test_the_assembled_broker_asks_its_database_key_store_and_recording_store(
+        tmp_path: Path) -> None:
+    rt = build_broker(BrokerSettings(data_dir=tmp_path / "data"))
+    try:
+        assert await rt.readiness.run() == {"database": "ok", "key_store": "ok",
+                                            "recording_store": "ok"}
+    finally:
+        for close in reversed(rt.closers):
+            result = close()
+            if inspect.isawaitable(result):
+                await result

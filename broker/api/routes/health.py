@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,23 @@ def readiness_of(app: FastAPI) -> Readiness:
         found = Readiness()
         app.state.readiness = found
     return found
+
+
+def cached(check: Callable[[], object], ttl_s: float,
+           clock: Callable[[], float] = time.monotonic) -> Check:
+    """``check`` (sync), asked at most once per ``ttl_s`` while it passes: for stores whose
+    check costs remote calls (Key Vault, Blob).  A failure is never cached."""
+    passed_at: list[float] = []
+
+    def probe() -> bool:
+        if passed_at and clock() - passed_at[0] < ttl_s:
+            return True
+        if check() is False:
+            return False
+        passed_at[:] = [clock()]
+        return True
+
+    return probe
 
 
 def database_probe(engine: sa.Engine) -> Check:
