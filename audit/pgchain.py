@@ -149,6 +149,25 @@ def _one(cur: psycopg.Cursor[Any]) -> Any:
     return row
 
 
+_STORE = """
+WITH head AS (
+    UPDATE audit_chains SET seq = %(seq)s, hash = %(hash)s,
+        checkpoint_seq = COALESCE(%(cp_seq)s, checkpoint_seq),
+        checkpoint = COALESCE(%(cp)s, checkpoint)
+    WHERE chain_id = %(chain)s AND seq = %(old_seq)s AND hash = %(old_hash)s
+    RETURNING 1
+), ins AS (
+    INSERT INTO audit_chain_events (chain_id, seq, prev_hash, hash, record)
+    SELECT %(chain)s, e.seq, e.prev, e.hash, e.record
+    FROM unnest(%(seqs)s::bigint[], %(prevs)s::text[], %(hashes)s::text[],
+                %(records)s::text[]) AS e(seq, prev, hash, record)
+    WHERE EXISTS (SELECT 1 FROM head)
+    RETURNING 1
+)
+SELECT count(*) FROM ins
+"""
+
+
 @dataclass(eq=False)
 class _Request:
     events: Sequence[AuditEvent]
@@ -311,28 +330,25 @@ class PgChainLog:
                 listener(after.seq)
 
     def _store(self, state: ChainState, batches: list[Sealed], last: Sealed) -> None:
+        """One statement, one transaction, one round trip: the head row moves from where
+        this writer left it, and the events are inserted only if it did."""
         cp = next((s.checkpoint for s in reversed(batches) if s.checkpoint), None)
+        links = [k for s in batches for k in s.links]
         conn = self._conn
         assert conn is not None
         with conn.cursor() as cur:
-            with cur.copy("COPY audit_chain_events (chain_id, seq, prev_hash, hash, record) "
-                          "FROM STDIN") as copy:
-                for s in batches:
-                    for k in s.links:
-                        copy.write_row((self.chain_id, k.seq, k.prev, k.hash,
-                                        k.line[:-1].decode()))
-            if cp is not None:
-                cur.execute("UPDATE audit_chains SET seq = %s, hash = %s, checkpoint_seq = %s, "
-                            "checkpoint = %s WHERE chain_id = %s AND seq = %s AND hash = %s",
-                            (last.seq, last.hash, cp.seq, json.dumps(cp.details()),
-                             self.chain_id, state.seq, state.hash))
-            else:
-                cur.execute("UPDATE audit_chains SET seq = %s, hash = %s "
-                            "WHERE chain_id = %s AND seq = %s AND hash = %s",
-                            (last.seq, last.hash, self.chain_id, state.seq, state.hash))
-            if cur.rowcount != 1:
-                raise ChainError(f"audit chain {self.chain_id} moved under this writer")
+            cur.execute(_STORE, {
+                "chain": self.chain_id, "seq": last.seq, "hash": last.hash,
+                "old_seq": state.seq, "old_hash": state.hash,
+                "cp_seq": cp.seq if cp else None,
+                "cp": json.dumps(cp.details()) if cp else None,
+                "seqs": [k.seq for k in links], "prevs": [k.prev for k in links],
+                "hashes": [k.hash for k in links],
+                "records": [k.line[:-1].decode() for k in links]})
+            row = cur.fetchone()
         conn.commit()
+        if row is None or int(row[0]) != len(links):
+            raise ChainError(f"audit chain {self.chain_id} moved under this writer")
 
     def _connect(self) -> ChainState:
         """The writer's connection (taking the chain's lock) and the chain's state as
