@@ -44,8 +44,11 @@ def _as_user(argv: list[str], user: str | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """Yield a libpq URL for a fresh database; stop and delete the server after."""
+def throwaway_postgres(*, durable: bool = False) -> Iterator[str]:
+    """Yield a libpq URL for a fresh database; stop and delete the server after.
+
+    ``durable``: fsync and synchronous_commit on (PostgreSQL's defaults), for figures
+    that promise durability (the audit chain); otherwise both off, for query figures."""
     reason = unavailable()
     bindir = pg_bindir()
     if reason or bindir is None:
@@ -67,8 +70,10 @@ def throwaway_postgres() -> Iterator[str]:
         log = (base / "postgres.log").open("ab")
         proc = subprocess.Popen(
             _as_user([str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1",
-                      "-p", str(port), "-k", str(sock), "-c", "fsync=off",
-                      "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                      "-p", str(port), "-k", str(sock),
+                      "-c", f"fsync={'on' if durable else 'off'}",
+                      "-c", f"synchronous_commit={'on' if durable else 'off'}",
+                      "-c", f"full_page_writes={'on' if durable else 'off'}",
                       "-c", "shared_buffers=256MB", "-c", "max_wal_size=2GB"], user),
             stdout=log, stderr=log)
         deadline = time.monotonic() + 60
