@@ -97,6 +97,8 @@ def _run(res: Results, sizes: Sizes, work: Path, args: argparse.Namespace) -> No
         res.section("audit postgres",
                     ["audit_query_p95_ms_postgres", "audit_query_p50_ms_postgres"],
                     lambda: _postgres(res, sizes))
+        res.section("audit durable chain", ["audit_durable_append_per_s_256_producers"],
+                    lambda: _durable(res, sizes))
 
 
 def _postgres(res: Results, sizes: Sizes) -> None:
@@ -108,6 +110,18 @@ def _postgres(res: Results, sizes: Sizes) -> None:
         return
     with pg.throwaway_postgres() as url:
         audit_bench.measure_index(res, url, "postgres", sizes.audit_events, sizes.audit_queries)
+
+
+def _durable(res: Results, sizes: Sizes) -> None:
+    """The PostgreSQL audit chain on a server with fsync and synchronous_commit on."""
+    from bench import audit_bench, pg
+
+    reason = pg.unavailable()
+    if reason:
+        res.missing(["audit_durable_append_per_s_256_producers"], reason)
+        return
+    with pg.throwaway_postgres(durable=True) as url:
+        audit_bench.measure_durable(res, url, sizes.audit_appends, (1, 16, 256))
 
 
 if __name__ == "__main__":

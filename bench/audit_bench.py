@@ -6,6 +6,10 @@ events built beforehand with :func:`audit.new_event`; the build-and-append
 figure, an unsigned figure and a batched figure (``append_many`` of 100) are
 reported beside it.
 
+The durable figure (:func:`measure_durable`) is the PostgreSQL chain
+(``audit_store = "postgres"``) on a server with fsync on: ``emit`` returns once
+committed, from 1, 16 and 256 producer threads sharing group commits.
+
 Queries are the auditor's "what did engineer X do between T1 and T2" through
 the real :class:`audit.index.AuditIndex` (``EventQuery(engineer=..., start=...,
 end=..., limit=1000)``: full records, oldest first) on SQLite and on
@@ -165,3 +169,47 @@ def measure_index(res: Results, url: str, label: str, n: int, queries: int) -> N
     res.put(f"audit_query_p95_ms_{label}", s.p95 * 1000)
     res.put(f"audit_query_rows_per_query_{label}", rows / len(times), 1)
     res.put("audit_index_events", n)
+
+
+def measure_durable(res: Results, url: str, n: int, producers: tuple[int, ...] = (1, 16, 256),
+                    ) -> dict[int, float]:
+    """Appends/s to the PostgreSQL chain (``audit_store = "postgres"``), end to end: each
+    producer thread calls ``emit`` and it returns only once the event is committed
+    (group commit shares the transactions).  Signed checkpoints every 1,000 events;
+    events built beforehand, as for the file figure.  Run it on a server with fsync and
+    synchronous_commit on (``pg.throwaway_postgres(durable=True)``)."""
+    import threading
+
+    from audit.pgchain import PgChainLog, store_engine, verify_chain
+
+    engine = store_engine(url)
+    signer = CheckpointSigner.generate()
+    out: dict[int, float] = {}
+    try:
+        for p in producers:
+            events = [_event(i) for i in range(n)]
+            chunks = [events[k::p] for k in range(p)]
+            chain = f"bench-{p}"
+            with PgChainLog(engine, chain, signer=signer) as log:
+                def run(chunk: list[Any], log: PgChainLog = log) -> None:
+                    for e in chunk:
+                        log.emit(e)
+
+                threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                rate = n / (time.perf_counter() - t0)
+                commits = log.commits
+            result = verify_chain(engine, chain, keys=None, checkpoint_every=1000)
+            if not result.ok or result.count < n:
+                raise RuntimeError(f"the benchmark chain does not verify: {result.reason}")
+            out[p] = rate
+            res.put(f"audit_durable_append_per_s_{p}_producers", rate, 0)
+            res.put(f"audit_durable_events_per_commit_{p}_producers", n / max(1, commits), 1)
+    finally:
+        engine.dispose()
+    res.put("audit_durable_append_events", n)
+    return out
