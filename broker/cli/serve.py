@@ -39,6 +39,7 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
 
 @run
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)  # before the heavy imports: a bad setting fails at once
     from audit.recstore import StoreUnavailable
     from broker.assembly import build_broker
     from broker.keys import KeyStoreError
@@ -48,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the Azure SDKs log every request's headers at INFO (tokens redacted): keep warnings
     logging.getLogger("azure").setLevel(logging.WARNING)
     try:
-        rt = build_broker(_settings(args))
+        rt = build_broker(settings)
     except (StoreUnavailable, KeyStoreError) as exc:  # recording or key store: one line
         raise CliError(str(exc)) from exc
     try:
