@@ -153,3 +153,15 @@ async def test_window_only_mode_checks_through_another_replica_when_one_is_down(
                    what="a window check (with the inventory) through the live replica")
         assert L.listener.registry.connection(GATEWAY_ID) is None  # no window: no tunnel
         await poll(lambda: agent.state is AgentState.IDLE, what="idle between checks")
+
+
+def test_status_shows_each_tunnel_and_a_degraded_gateway(capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    from gateway.cli import _print_status
+    _print_status({"state": "connected", "tunnels_up": 1, "min_tunnels": 2, "degraded": True,
+                   "tunnels": [{"broker": "a:2223", "state": "connected", "last_error": None},
+                               {"broker": "b:2223", "state": "backing_off",
+                                "last_error": "cannot connect"}]})
+    out = capsys.readouterr().out
+    assert "tunnels:    1 of 2 up (min_tunnels 2)  DEGRADED" in out
+    assert "  b:2223: backing_off (cannot connect)" in out
