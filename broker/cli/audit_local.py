@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from audit.chain import read_events, verify
+from audit.chain import VerifyResult, read_events, verify
 from audit.errors import AuditError
 from audit.signing import Checkpoint, TrustedKeys
 from audit.verify import checkpoints_from_lines
@@ -32,22 +32,31 @@ def _settings() -> Any:
     return BrokerSettings()
 
 
-def _trusted_keys(args: argparse.Namespace, log: Path, data_dir: Path | None) -> TrustedKeys:
+def _pinned_pems(args: argparse.Namespace, log: Path | None,
+                 data_dir: Path | None) -> list[bytes]:
     """The pinned public keys; never one kept beside the log it is meant to check.
 
     Whoever can rewrite the log can rewrite a key file next to it (and sign
     their own checkpoints), so a key from the log's folder, or from the broker
-    data directory the log lives in, is refused.
+    data directory the log (or, with the PostgreSQL store, the file key store)
+    lives in, is refused.
     """
-    near = [log.resolve().parent]
-    if data_dir is not None and log.resolve().is_relative_to(data_dir.resolve()):
+    near = []
+    if log is not None:
+        near.append(log.resolve().parent)
+    if data_dir is not None and (log is None or log.resolve().is_relative_to(data_dir.resolve())):
         near.append(data_dir.resolve())
+    pems = []
     for key in args.key:
         where = Path(key).resolve()
         if any(where.is_relative_to(d) for d in near):
             raise _Usage(f"{key} is kept beside the log it should check; pass the public "
                          "key pinned when the broker was set up (docs/auditor.md)")
-    return TrustedKeys.from_pem_files(args.key)
+        try:
+            pems.append(where.read_bytes()[:64 * 1024])
+        except OSError as exc:
+            raise _Usage(f"cannot read public key {key}: {exc.strerror}") from exc
+    return pems
 
 
 class _Usage(Exception):
@@ -95,39 +104,148 @@ def _index_check(args: argparse.Namespace, log: Path, settings: Any) -> dict[str
             "retired": check.retired, "problems": list(check.problems)}
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def _key_store_pems(settings: Any) -> list[bytes]:
+    """Every version of the audit signing key, from Key Vault: kept apart from the
+    chains it checks.  The file key store is the broker's data directory, beside the
+    log, so it is refused like a key file from there."""
+    if settings is None or not settings.key_vault_url:
+        raise _Usage("--key-store needs the broker's Key Vault (HOSHU_KEY_VAULT_URL); the "
+                     "key files in the data directory sit beside the log: pass "
+                     "--trusted-key with the pinned public key")
+    from broker.keys import KeyStoreError, open_key_store
+
     try:
-        settings: Any = _settings()
-    except ValueError:  # settings from the environment are not required for --log
-        settings = None
-    if not args.log and settings is None:
-        print("error: the broker settings are invalid; pass --log", file=sys.stderr)
-        return 2
-    log = Path(args.log) if args.log else settings.audit_log_path
-    every = args.checkpoint_every or (settings.audit_checkpoint_every if settings else 1000)
-    try:
-        keys = _trusted_keys(args, log, settings.data_dir if settings else None) \
-            if args.key else None
-        outside = _outside_checkpoints(args)
-    except (_Usage, AuditError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not log.exists():
-        print(f"error: no audit log at {log}", file=sys.stderr)
-        return 1
-    result = verify(log, keys=keys, checkpoints=outside, checkpoint_every=every,
-                    closed=not args.allow_open_tail, sidecar=True)
-    ok = result.ok and (result.signatures_checked or args.no_signatures)
+        store = open_key_store(settings)
+        try:
+            return [pem for _, pem in store.signing_public_pems()]
+        finally:
+            store.close()
+    except KeyStoreError as exc:
+        raise _Usage(f"cannot read the signing keys from the key store: {exc}") from exc
+
+
+def _keys(args: argparse.Namespace, log: Path | None, settings: Any) -> TrustedKeys | None:
+    """Checkpoint keys to trust: pinned files (``--trusted-key``) and/or the Key Vault
+    (``--key-store``); None when neither is given (signatures are not checked)."""
+    if not args.key and not args.key_store:
+        return None
+    pems = _pinned_pems(args, log, settings.data_dir if settings else None)
+    if args.key_store:
+        pems += _key_store_pems(settings)
+    return TrustedKeys.from_pems(pems)
+
+
+def _summary(name: str, result: VerifyResult, no_signatures: bool) -> dict[str, Any]:
+    ok = result.ok and (result.signatures_checked or no_signatures)
     report: dict[str, Any] = {
-        "ok": ok, "log": str(log), "events": result.count, "checkpoints": result.checkpoints,
+        "ok": ok, "log": name, "events": result.count, "checkpoints": result.checkpoints,
         "signatures_checked": result.signatures_checked,
         "checkpoints_from_elsewhere": result.external_checkpoints,
         "unsigned_tail": result.unsigned_tail, "first_bad_position": result.first_bad,
         "reason": result.reason, "last_hash": result.last_hash}
-    if result.ok and not report["ok"]:
-        report["reason"] = ("signatures were not checked: pass --key with the pinned public "
-                            "key (or --no-signatures to check the hash chain only)")
-    if args.index is not None and result.ok:
+    if result.ok and not ok:
+        report["reason"] = ("signatures were not checked: pass --trusted-key with the pinned "
+                            "public key (or --no-signatures to check the hash chain only)")
+    return report
+
+
+def _verify_store(args: argparse.Namespace, url: str, keys: TrustedKeys | None,
+                  outside: list[Checkpoint], every: int) -> list[dict[str, Any]]:
+    """Every chain in the PostgreSQL audit store (one per replica that ever wrote)."""
+    from sqlalchemy import select
+
+    from audit.pgchain import chain_events_table, chain_ids, store_engine, verify_chain
+
+    engine = store_engine(url)
+    try:
+        ids = chain_ids(engine)
+        if not ids:
+            raise _Usage("the audit store holds no chain (is this the broker's database?)")
+        given: dict[str, list[Checkpoint]] = {i: [] for i in ids}
+        stray: list[Checkpoint] = []
+        t = chain_events_table.c
+        with engine.connect() as conn:
+            for cp in outside:  # a SIEM's checkpoint belongs to the chain holding its hash
+                owner = conn.scalar(select(t.chain_id).where(t.seq == cp.seq,
+                                                             t.hash == cp.hash).limit(1))
+                (given[owner] if owner in given else stray).append(cp)
+        out = []
+        for chain in ids:
+            result = verify_chain(engine, chain, keys=keys, checkpoints=given[chain],
+                                  checkpoint_every=every, closed=not args.allow_open_tail)
+            out.append(_summary(f"postgres:{chain}", result, args.no_signatures))
+        for cp in stray:
+            out.append({"ok": False, "log": "postgres", "events": 0, "checkpoints": 0,
+                        "signatures_checked": keys is not None,
+                        "checkpoints_from_elsewhere": 0, "unsigned_tail": 0,
+                        "first_bad_position": cp.seq, "last_hash": "",
+                        "reason": f"a signed checkpoint at position {cp.seq} matches no chain "
+                                  "in the store: a chain was truncated or rewritten"})
+        return out
+    finally:
+        engine.dispose()
+
+
+def _print(r: dict[str, Any], no_signatures: bool, named: bool) -> None:
+    where = f"{r['log']}: " if named else ""
+    if not r["ok"] and r["first_bad_position"] is not None:
+        print(f"{where}TAMPERED: first bad position {r['first_bad_position']}: {r['reason']}")
+        return
+    sig = "signatures checked" if r["signatures_checked"] else "signatures NOT checked"
+    tail = f", {r['unsigned_tail']} events not yet signed" if r["unsigned_tail"] else ""
+    print(f"{where}{'OK' if r['ok'] else 'NOT VERIFIED'}: {r['events']} events, "
+          f"{r['checkpoints']} checkpoints ({sig}), "
+          f"{r['checkpoints_from_elsewhere']} checkpoints from elsewhere matched{tail}, "
+          f"last hash {r['last_hash'][:16]}…")
+    if not r["signatures_checked"] and not no_signatures:
+        print(f"  {r['reason']}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """The file log (``--log``, or the broker's when it keeps one) and, with the
+    PostgreSQL store (``--store URL`` or the broker's settings), every chain in it."""
+    try:
+        settings: Any = _settings()
+    except ValueError:  # settings from the environment are not required for --log/--store
+        settings = None
+    if not args.log and not args.store and settings is None:
+        print("error: the broker settings are invalid; pass --log or --store", file=sys.stderr)
+        return 2
+    in_db = bool(args.store) or (not args.log and settings.audit_store == "postgres")
+    log: Path | None = Path(args.log) if args.log else None
+    if log is None and settings is not None and not args.store:
+        log = settings.audit_log_path
+        if in_db and not log.exists():
+            log = None  # this broker keeps its chain in the database only
+    every = args.checkpoint_every or (settings.audit_checkpoint_every if settings else 1000)
+    try:
+        keys = _keys(args, log, settings)
+        outside = _outside_checkpoints(args)
+    except (_Usage, AuditError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    reports: list[dict[str, Any]] = []
+    if log is not None:
+        if not log.exists():
+            print(f"error: no audit log at {log}", file=sys.stderr)
+            return 1
+        result = verify(log, keys=keys, checkpoints=[] if in_db else outside,
+                        checkpoint_every=every, closed=not args.allow_open_tail, sidecar=True)
+        reports.append(_summary(str(log), result, args.no_signatures))
+    if in_db:
+        url = args.store or settings.audit_store_url or settings.db_url
+        try:
+            reports += _verify_store(args, url, keys, outside, every)
+        except _Usage as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except AuditError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    report: dict[str, Any] = dict(reports[0]) if len(reports) == 1 else {
+        "ok": all(r["ok"] for r in reports), "chains": reports}
+    ok = bool(report["ok"])
+    if args.index is not None and ok and log is not None and not in_db:
         try:
             report["index"] = _index_check(args, log, settings)
         except (_Usage, AuditError, OSError) as exc:
@@ -136,24 +254,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report["ok"] = ok = ok and report["index"]["ok"]
     if args.json:
         print(json.dumps(report))
-    elif not result.ok:
-        print(f"TAMPERED: first bad position {result.first_bad}: {result.reason}")
-    else:
-        sig = "signatures checked" if result.signatures_checked else "signatures NOT checked"
-        tail = f", {result.unsigned_tail} events not yet signed" if result.unsigned_tail else ""
-        print(f"{'OK' if ok else 'NOT VERIFIED'}: {result.count} events, "
-              f"{result.checkpoints} checkpoints ({sig}), "
-              f"{result.external_checkpoints} checkpoints from elsewhere matched{tail}, "
-              f"last hash {result.last_hash[:16]}…")
-        if not result.signatures_checked and not args.no_signatures:
-            print(f"  {report['reason']}")
-        index = report.get("index")
-        if index is not None:
-            state = "matches the chain" if index["ok"] else "DOES NOT match the chain"
-            print(f"  index {state}: {index['compared']} events compared up to position "
-                  f"{index['indexed_upto']}, {index['retired']} removed by retention")
-            for problem in index["problems"]:
-                print(f"    {problem}")
+        return 0 if ok else 1
+    for r in reports:
+        _print(r, args.no_signatures, named=len(reports) > 1)
+    index = report.get("index")
+    if index is not None:
+        state = "matches the chain" if index["ok"] else "DOES NOT match the chain"
+        print(f"  index {state}: {index['compared']} events compared up to position "
+              f"{index['indexed_upto']}, {index['retired']} removed by retention")
+        for problem in index["problems"]:
+            print(f"    {problem}")
     return 0 if ok else 1
 
 
@@ -212,9 +322,15 @@ def cmd_compliance(args: argparse.Namespace) -> int:
 def add_verify_parser(sub: Any) -> None:
     p = sub.add_parser("verify", help="check the hash chain and signed checkpoints")
     p.add_argument("--log", help="audit log (default: the broker's)")
-    p.add_argument("--key", "--public-key", action="append", default=[],
-                   help="pinned public key PEM of the broker's audit key (repeatable); "
-                        "never one from the log's folder")
+    p.add_argument("--trusted-key", "--key", "--public-key", dest="key", action="append",
+                   default=[], metavar="FILE",
+                   help="pinned public key PEM of the broker's audit key (repeatable; every "
+                        "version after a rotation); never one from the log's folder")
+    p.add_argument("--key-store", action="store_true",
+                   help="trust the signing key versions in the broker's Key Vault")
+    p.add_argument("--store", metavar="URL",
+                   help="also check every chain in this PostgreSQL audit store (default "
+                        "with HOSHU_AUDIT_STORE=postgres: the broker's)")
     p.add_argument("--no-signatures", action="store_true",
                    help="check the hash chain only (exit 0 without signatures checked)")
     p.add_argument("--checkpoint", help="a checkpoint from the SIEM (JSON or file)")
