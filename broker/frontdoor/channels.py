@@ -203,7 +203,9 @@ class Channels:
                 self.check_exec(target, grant, command)
             term = process.get_terminal_type() or ""
             width, height, _, _ = process.get_terminal_size()
-            rec = Recording.open(
+            # in a thread: a recording store may answer over the network (Blob storage)
+            rec = await asyncio.to_thread(
+                Recording.open,
                 self.door.recorder_dir, sid, width=width or 80, height=height or 24,
                 env={"TERM": term or "dumb", "SHELL": "/bin/sh"},
                 title=f"{self.engineer.username}@{target.name} {command or ''}".strip(),
@@ -226,7 +228,7 @@ class Channels:
         try:
             conn = await self.link.ssh(target)
         except SessionError as exc:
-            rec.close().path.unlink(missing_ok=True)
+            (await asyncio.to_thread(rec.close)).path.unlink(missing_ok=True)
             self._refuse(process, kind, instrument, str(exc), exc.reason, command)
             return
         live = self.live(sid, kind, target, grant, target.ssh_port)
@@ -268,8 +270,8 @@ class Channels:
         finally:
             self.door.sessions.remove(sid)
         summary = None
-        try:
-            summary = rec.close()
+        try:  # in a thread: the store may append the rest and seal over the network
+            summary = await asyncio.to_thread(rec.close)
         except RecordingError as exc:
             failure.append(exc)
             reason = "recording_failed"
