@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from broker.access.errors import AccessError, InvalidInput, NotFound
-from broker.access.model import AccessRequest, Grant, GrantStatus
+from broker.access.model import AccessRequest, Decision, Grant, GrantStatus
 from broker.access.services import Services
 from broker.console import i18n
 from broker.console.web import (
@@ -158,18 +158,24 @@ def inbox(request: Request, session: InboxSession) -> Response:
     services.grants.sweep()
     tz = _tz(services, session)
     pending = services.requests.list_requests(actor, "pending")
-    views = [services.requests.show(actor, r.id) for r in pending]
+    # the decisions on the requests the service let this caller see, in one query
+    with services.ctx.uow() as tx:
+        found = tx.find(Decision, request_id=[r.id for r in pending], order_by="at") \
+            if pending else []
+    decisions: dict[str, list[Decision]] = {}
+    for d in found:
+        decisions.setdefault(d.request_id, []).append(d)
     people = services.people.names({r.requester_id for r in pending}
-                                   | {d.approver_id for v in views for d in v.decisions})
+                                   | {d.approver_id for d in found})
     vendors: dict[str, str] = {}
     for r in pending:
         if r.vendor_id not in vendors:
             org = services.people.org_of(r.vendor_id)
             vendors[r.vendor_id] = org.name if org else ""
     items = []
-    for v in views:
-        r = v.request
-        approvals = [d for d in v.decisions if d.verdict == "approve"]
+    for r in pending:
+        mine = decisions.get(r.id, [])
+        approvals = [d for d in mine if d.verdict == "approve"]
         items.append({
             "r": r, "engineer": people.get(r.requester_id, ""),
             "vendor": vendors.get(r.vendor_id, ""), "window": _window(r, tz),
@@ -178,7 +184,7 @@ def inbox(request: Request, session: InboxSession) -> Response:
             "approvals": [{"by": people.get(d.approver_id, ""),
                            "at": i18n.local_time(d.at, tz), "comment": d.comment}
                           for d in approvals],
-            "mine": any(d.approver_id == actor.user_id for d in v.decisions),
+            "mine": any(d.approver_id == actor.user_id for d in mine),
             "own": r.requester_id == actor.user_id,
         })
     return render(request, "inbox.html", items=items, notice=_notice(request),
