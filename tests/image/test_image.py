@@ -210,3 +210,31 @@ def test_the_container_runs_as_its_user_on_a_read_only_root_without_build_tools(
                     check=False)
     assert nopip.returncode != 0
     assert (broker.data / "keys").stat().st_uid == UID  # what it wrote is its own
+
+
+def test_podman_stop_drains_and_the_container_exits_0(image: Built,
+                                                      tmp_path: Path) -> None:
+    """SIGTERM reaches ``hoshu serve`` as PID 1: it drains, closes the audit log with a
+    signed checkpoint and exits 0 well before podman would SIGKILL it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, UID, UID)
+    name = f"hoshu-stop-{uuid.uuid4().hex[:8]}"
+    api_port = free_port()
+    _podman("run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
+            *_limits(), "-v", f"{data}:/var/lib/hoshu", "-e", "HOSHU_API_HOST=127.0.0.1",
+            "-e", f"HOSHU_API_PORT={api_port}", "-e", "HOSHU_SSH_HOST=127.0.0.1",
+            "-e", f"HOSHU_SSH_PORT={free_port()}", "-e", "HOSHU_TUNNEL_HOST=127.0.0.1",
+            "-e", f"HOSHU_TUNNEL_PORT={free_port()}", image.tag)
+    try:
+        poll_sync(lambda: _answers(api_port), 60, "the container's API")
+        started = time.monotonic()
+        _podman("stop", "-t", "30", name, timeout=60)
+        took = time.monotonic() - started
+        code = _podman("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip()
+        logs = _podman("logs", name).stderr
+        assert code == "0", logs[-2000:]
+        assert took < 25, f"stopping took {took:.1f} s (podman kills at 30)"
+        assert "draining" in logs
+    finally:
+        _podman("rm", "-f", name, check=False)
