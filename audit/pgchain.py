@@ -27,8 +27,8 @@ the caller's action fails, as when the file log cannot be written); the next
 batch reconnects and reads the head again.  An event whose emitter gave up
 waiting may still be committed (more is logged, never less).
 
-Errors: :class:`~audit.errors.ChainError` (store unreachable, chain held by
-another writer, head and tail disagree at open);
+Errors: :class:`~audit.errors.ChainError` (store unreachable, head and tail
+disagree at open) and its :class:`ChainBusy` (another live writer holds the chain);
 :class:`~audit.outbox.OutboxCorrupt` (a cursor names a position the chain
 does not hold with that hash).
 """
@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -168,6 +169,10 @@ SELECT count(*) FROM ins
 """
 
 
+class ChainBusy(ChainError):
+    """Another live process holds the chain's writer lock."""
+
+
 @dataclass(eq=False)
 class _Request:
     events: Sequence[AuditEvent]
@@ -191,7 +196,8 @@ class PgChainLog:
     def __init__(self, engine: Engine, chain_id: str, *,
                  signer: CheckpointSigner | None = None, checkpoint_every: int = 1000,
                  checkpoint_interval_s: float = 60.0, clock: Callable[[], datetime] = utc_now,
-                 hostname: str | None = None, commit_timeout_s: float = 20.0) -> None:
+                 hostname: str | None = None, commit_timeout_s: float = 20.0,
+                 lock_wait_s: float = 0.0) -> None:
         self.engine = engine
         self.chain_id = _check_chain_id(chain_id)
         self.hostname = hostname
@@ -212,7 +218,16 @@ class PgChainLog:
         self._state: ChainState | None = None
         self._committed = 0
         self.commits = 0  # transactions committed (group commit: fewer than events)
-        self._connect()  # fail closed at start: no store, no broker
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                self._connect()  # fail closed at start: no store, no broker
+                break
+            except ChainBusy:
+                # another broker may be finishing a dead chain's shipping (audit.pgship)
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
         self._thread = threading.Thread(target=self._run, name=f"audit-chain-{chain_id}",
                                         daemon=True)
         self._thread.start()
@@ -364,7 +379,7 @@ class PgChainLog:
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
                 if not _one(cur)[0]:
-                    raise ChainError(f"audit chain {self.chain_id} is being written by another "
+                    raise ChainBusy(f"audit chain {self.chain_id} is being written by another "
                                      "broker process (is replica_id unique?)")
                 cur.execute("INSERT INTO audit_chains (chain_id, seq, hash, hostname) "
                             "VALUES (%s, 0, %s, %s) ON CONFLICT (chain_id) DO NOTHING",

@@ -31,6 +31,7 @@ from audit.index import AuditIndex, IndexSink
 from audit.masking import Masker
 from audit.outbox import CursorStore, FileOutbox
 from audit.pgchain import PgChainLog, PgCursorStore, PgOutbox, store_engine, verify_chain
+from audit.pgship import OrphanChains
 from audit.retention import Retention, RetentionPolicy
 from audit.shipper import Cursors, Shipper, ShippingService, Sink, Source
 from audit.signing import CheckpointSigner, TrustedKeys
@@ -83,6 +84,7 @@ class AuditConfig:
     store_password: Callable[[], str] | None = None
     replica_id: str = ""  # the chain's id; empty: hostname
     commit_timeout_s: float = 20.0  # postgres: an emit fails if not committed by then
+    orphan_every_s: float = 30.0  # postgres: how often chains left behind are looked for
 
 
 def _tls(cfg: SinkConfig) -> ssl.SSLContext | None:
@@ -120,10 +122,13 @@ class AuditRuntime:
     shipping: ShippingService
     reports: ReportService
     retention: Retention
+    orphans: OrphanChains | None = None  # postgres: chains other replicas left behind
 
     def start(self) -> None:
         self.log.add_listener(self.shipping.wake)
         self.shipping.start()
+        if self.orphans is not None:
+            self.orphans.start()
 
     def tick(self) -> None:
         """Periodic duties: time-based checkpoint, reports of ended grants, unsigned
@@ -166,6 +171,8 @@ class AuditRuntime:
         return [s.as_dict() for s in self.shipping.status()]
 
     def stop(self) -> None:
+        if self.orphans is not None:
+            self.orphans.stop()
         self.shipping.stop()
         self.log.checkpoint()
         self.log.close()
@@ -211,7 +218,22 @@ def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = N
                             unsigned_after_days=config.unsigned_after_days)
     retention = Retention(config.retention, log, index=index, recordings=config.recordings,
                           recordings_dir=config.recordings_dir, clock=now)
-    return AuditRuntime(log, signer, index, ShippingService(shippers), reports, retention)
+    orphans = None
+    if isinstance(log, PgChainLog):
+        def make_shippers(outbox: PgOutbox, store: PgCursorStore) -> list[Shipper]:
+            fresh = [] if sinks is not None else [  # a connection of their own
+                (make_sink(c, hostname=config.hostname, credential=credential), c.mask)
+                for c in config.sinks]
+            return [Shipper(IndexSink(index), outbox, store, emitter=log, clock=now,
+                            batch_size=1000)] + [
+                Shipper(s, outbox, store, masker=masker if m else None, emitter=log,
+                        clock=now) for s, m in fresh]
+
+        orphans = OrphanChains(log.engine, log.chain_id, sinks=[s.sink.name for s in shippers],
+                               make_shippers=make_shippers, signer=signer,
+                               hostname=config.hostname, every_s=config.orphan_every_s)
+    return AuditRuntime(log, signer, index, ShippingService(shippers), reports, retention,
+                        orphans)
 
 
 def _open_chain(config: AuditConfig, signer: CheckpointSigner, now: Callable[[], datetime],
@@ -231,7 +253,8 @@ def _open_chain(config: AuditConfig, signer: CheckpointSigner, now: Callable[[],
         log = PgChainLog(engine, chain_id, signer=signer,
                          checkpoint_every=config.checkpoint_every,
                          checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
-                         hostname=config.hostname, commit_timeout_s=config.commit_timeout_s)
+                         hostname=config.hostname, commit_timeout_s=config.commit_timeout_s,
+                         lock_wait_s=15.0)  # another broker may be finishing this chain
     except Exception:
         engine.dispose()
         raise
