@@ -313,3 +313,29 @@ def test_shipping_resumes_from_the_stored_cursor_and_an_operator_can_reset_it(
         second.ship_once()
     assert second.status().state == "stopped"
     assert cursors.load("collect") == Cursor(30, 0, "0" * 64)
+
+
+def test_the_audit_service_on_the_postgres_store_ships_verifies_and_fails_closed(
+        db: str, tmp_path: Any) -> None:
+    from audit.service import AuditConfig, build_audit
+
+    cfg = AuditConfig(log_path=tmp_path / "audit.log", signing_key_path=tmp_path / "k",
+                      cursor_dir=tmp_path / "c", index_url=db, recordings_dir=tmp_path / "r",
+                      checkpoint_every=10, hostname="broker-1", store="postgres",
+                      replica_id="replica-s")
+    sink = _Collect()
+    runtime = build_audit(cfg, sinks=[sink])
+    runtime.start()
+    try:
+        for i in range(15):
+            runtime.log.emit(_event(i))
+        assert runtime.verify().ok
+        poll_sync(lambda: runtime.shipping.wait_idle(0.1), 20, what="the sink to catch up")
+        assert runtime.index.count() >= 16
+    finally:
+        runtime.stop()
+    assert not (tmp_path / "audit.log").exists()  # nothing on the replica's disk
+    assert [r["ActorUsername"] for r in sink.got if r["EventType"] == "admin.change"] == [
+        f"admin{i}" for i in range(15)]
+    with pytest.raises(ChainError, match="PostgreSQL URL"):
+        build_audit(AuditConfig(**{**cfg.__dict__, "store_url": f"sqlite:///{tmp_path}/x"}))
