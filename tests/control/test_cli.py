@@ -170,6 +170,8 @@ def test_bootstrap_serve_and_sign_in_as_separate_processes(tmp_path: Path) -> No
     secret = json.loads(r.stdout)["totp_secret"]
     port = free_port()
     api = f"http://127.0.0.1:{port}"
+    # the front door and the tunnel endpoint too: a port in use stops the broker
+    env.update(HOSHU_SSH_PORT=str(free_port()), HOSHU_TUNNEL_PORT=str(free_port()))
     proc = subprocess.Popen([hoshu, "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
