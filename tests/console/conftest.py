@@ -39,8 +39,12 @@ from broker.store.db import Store
 from tests.control.conftest import PASSWORD, T0, World, build_world, make_context
 from tests.support import FakeClock, poll_sync
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# Debian's chromium and chromium-driver; a CI runner's preinstalled Google Chrome and its
+# matching chromedriver are taken when Debian's are not there
+CHROMIUM = next((b for b in ("/usr/bin/chromium", "/usr/bin/google-chrome")
+                 if os.access(b, os.X_OK)), "/usr/bin/chromium")
+CHROMEDRIVER = "/usr/bin/chromedriver" if os.access("/usr/bin/chromedriver", os.X_OK) \
+    else (shutil.which("chromedriver") or "/usr/bin/chromedriver")
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "images" / "console"
 
 
