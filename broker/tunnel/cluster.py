@@ -67,6 +67,18 @@ class ClusterRegistry:
 
     # --- this replica -----------------------------------------------------------
 
+    def check_pin(self, peer_key: str) -> None:
+        """Raise :class:`PinConflict` when this replica id is pinned to another key (at
+        start, before anything listens)."""
+        r = REPLICAS.c
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(r.peer_key).where(r.replica_id == self.replica_id)
+                               ).first()
+        if row is not None and row.peer_key and row.peer_key != peer_key:
+            raise PinConflict(
+                f"replica {self.replica_id!r} is pinned to another peer key; if that key "
+                "was really replaced, delete its row from broker_replicas first")
+
     def register(self, peer_host: str, peer_port: int, peer_key: str) -> None:
         """Publish this replica's peer address; pin ``peer_key`` on first registration.
 
