@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from broker.access.errors import AccessError, InvalidInput, NotFound
-from broker.access.model import AccessRequest, Decision, Grant, GrantStatus
+from broker.access.model import AccessRequest, Decision, Grant, GrantStatus, User
 from broker.access.services import Services
 from broker.console import i18n
 from broker.console.web import (
@@ -162,11 +162,13 @@ def inbox(request: Request, session: InboxSession) -> Response:
     with services.ctx.uow() as tx:
         found = tx.find(Decision, request_id=[r.id for r in pending], order_by="at") \
             if pending else []
+        # each account is one named person: show the name with the login
+        ids = sorted({r.requester_id for r in pending} | {d.approver_id for d in found})
+        people = {u.id: f"{u.full_name} ({u.name})" if u.full_name else u.name
+                  for u in (tx.find(User, id=ids) if ids else [])}
     decisions: dict[str, list[Decision]] = {}
     for d in found:
         decisions.setdefault(d.request_id, []).append(d)
-    people = services.people.names({r.requester_id for r in pending}
-                                   | {d.approver_id for d in found})
     vendors: dict[str, str] = {}
     for r in pending:
         if r.vendor_id not in vendors:

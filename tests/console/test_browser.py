@@ -160,6 +160,7 @@ def test_switch_to_english_is_remembered(console: Console, browser: webdriver.Ch
     c.request(["cobas-1"], "試薬プローブの交換（測定値のばらつき）", ticket="INC-2050",
               work_plan="1. 分析装置を停止\n2. 試薬プローブを交換\n3. 精度管理試料で確認",
               ports=[22, 8080])
+    c.clock.advance(60)  # the inbox lists the older request first
     two = c.request(["las-line-a"], "搬送ラインのセンサー校正", ticket="INC-2051",
                     work_plan="1. ライン停止を検査室に連絡\n2. センサー校正\n3. 搬送テスト")
     c.services.requests.approve(c.world.actors["appr2"], two.id, "夜間帯なら可")
