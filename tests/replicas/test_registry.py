@@ -109,6 +109,9 @@ def test_the_first_registration_pins_the_peer_key(store: Store, clock: FakeClock
     b.register("10.0.0.2", 2224, KEY_B)  # the same key again (a restart) is fine
     impostor = ClusterRegistry(store.engine, "b", clock=clock)
     with pytest.raises(PinConflict, match="pinned to another peer key"):
+        impostor.check_pin(KEY_A)  # what hoshu serve asks before it listens
+    impostor.check_pin(KEY_B)
+    with pytest.raises(PinConflict, match="pinned to another peer key"):
         impostor.register("10.0.0.66", 2224, KEY_A)
     row = b.replica("b")
     assert row is not None and (row.peer_host, row.peer_key) == ("10.0.0.2", KEY_B)
