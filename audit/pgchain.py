@@ -160,8 +160,8 @@ WITH head AS (
 ), ins AS (
     INSERT INTO audit_chain_events (chain_id, seq, prev_hash, hash, record)
     SELECT %(chain)s, e.seq, e.prev, e.hash, e.record
-    FROM unnest(%(seqs)s::bigint[], %(prevs)s::text[], %(hashes)s::text[],
-                %(records)s::text[]) AS e(seq, prev, hash, record)
+    FROM unnest(%(seqs)b::bigint[], %(prevs)b::text[], %(hashes)b::text[],
+                %(records)b::text[]) AS e(seq, prev, hash, record)
     WHERE EXISTS (SELECT 1 FROM head)
     RETURNING 1
 )
