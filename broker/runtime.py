@@ -10,6 +10,7 @@ from the start; other parts add theirs (``rt.readiness.add("key_store", check)``
 
 Stopping (SIGTERM from the container engine, or SIGINT): ``/readyz`` turns 503
 ``draining`` at once, then every drainer runs within ``settings.drain_grace_s``
+less a fifth (at most ``SHUTDOWN_RESERVE_S``) kept for what follows
 (the front door stops accepting connections, tells live engineers, ends their
 sessions with their ``session.ended`` events and hashed recordings), then the
 API stops and the closers run; the process exits 0.  A second signal during
@@ -36,6 +37,8 @@ from broker.services import ControlPlane
 from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_RESERVE_S = 3.0  # at most this much of drain_grace_s is kept for after the drain
 
 
 @dataclass
@@ -153,7 +156,9 @@ async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
                 break
         if failed is None:
             if stop.is_set():
-                await drain(rt, rt.settings.drain_grace_s, cut_short=again)
+                grace = rt.settings.drain_grace_s
+                # the rest of the grace: stopping the API and the closers (audit checkpoint)
+                await drain(rt, grace - min(SHUTDOWN_RESERVE_S, grace / 5), cut_short=again)
                 server.should_exit = True
             await api
     finally:

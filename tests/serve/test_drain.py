@@ -104,6 +104,7 @@ def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system:
 
         code = broker.wait(timeout=GRACE_S + 10)
         took = time.monotonic() - sigterm_at
+        print(f"SIGTERM to exit: {took:.1f} s (grace {GRACE_S:g} s)")
         assert code == 0
         assert took < GRACE_S + 3, f"the broker took {took:.1f} s to stop"
         assert ssh.wait(timeout=10) != 0  # the session was ended under the engineer
