@@ -1,7 +1,8 @@
 """``hoshu audit ...`` and ``hoshu report sign``.
 
 Local (on the broker host, reading files):
-  hoshu audit verify [--log PATH] (--key PUB.pem ... | --no-signatures)
+  hoshu audit verify [--log PATH] [--store URL]
+                     (--trusted-key PUB.pem ... | --key-store | --no-signatures)
                      [--checkpoint JSON|FILE] [--checkpoint-from SIEM.jsonl ...]
                      [--checkpoint-every N] [--allow-open-tail] [--index [URL]]
   hoshu audit outbox [--reset SINK=SEQ]

@@ -2,9 +2,10 @@
 reading its files and settings (no API).
 
 verify: the hash chain, the signed checkpoints (every ``checkpoint_every``
-events and at the end, signed by a *pinned* key, never one kept beside the
-log), the SIEM's copies of the checkpoints, and optionally the auditors' index
-against the chain.  Exit 0 only when everything asked for was checked and
+events and at the end, signed by a *pinned* key or the Key Vault's, never one
+kept beside the log), the SIEM's copies of the checkpoints, and optionally the
+auditors' index against the chain; the file log and, with the PostgreSQL audit
+store, every replica's chain in it.  Exit 0 only when everything asked for was checked and
 holds; 1 when something does not hold or the signatures were not checked; 2
 when an option is unusable.
 
