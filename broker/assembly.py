@@ -234,6 +234,9 @@ def attach_front_door(
     if sessions_routes:
         rt.app.include_router(build_sessions_router(
             lambda: handle.door.sessions if handle.door is not None else None, emitter))
+        # the console's live-session pages (broker.console.live) ask the same registry
+        rt.app.state.live_sessions = \
+            lambda: handle.door.sessions if handle.door is not None else None
     rt.app.include_router(build_cert_router(
         lambda: ca, the_policy, store_grants_end(services), emitter, services.ctx.now))
 

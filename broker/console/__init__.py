@@ -7,7 +7,8 @@ the same bearer token, kept in an HttpOnly cookie); every page and form asks the
 same permission table as the API and calls the same services, so an action is
 the same audit event whichever way it came (:mod:`broker.console.web`).
 
-``router`` holds the routes (:mod:`broker.console.routes`);
+``router`` holds the routes (:mod:`broker.console.routes`; live sessions:
+:mod:`broker.console.live`);
 :func:`install` makes refused or failed console actions pages instead of JSON,
 after the API's own error handler has recorded them.
 """
@@ -16,12 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from broker.access.errors import AccessError
-from broker.console.routes import error_page, router
+from broker.console import live, routes
+from broker.console.routes import error_page
 from broker.console.web import PREFIX
+
+router = APIRouter()
+router.include_router(routes.router)
+router.include_router(live.router)
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 

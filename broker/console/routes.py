@@ -40,9 +40,11 @@ from broker.console.web import (
 
 router = APIRouter(prefix=PREFIX, tags=["console"])
 
-STATIC = {"console.css": "text/css; charset=utf-8"}
+STATIC = {"console.css": "text/css; charset=utf-8",
+          "live.js": "text/javascript; charset=utf-8"}
 # notices a redirect may ask a page to show (?done=...): nothing else is shown
-NOTICES = frozenset({"approved", "approval_recorded", "denied", "revoked", "signed_out"})
+NOTICES = frozenset({"approved", "approval_recorded", "denied", "revoked", "signed_out",
+                     "terminated"})
 # why the sign-in page is shown (?m=...): only these say more than the page itself
 LOGIN_ERRORS = {"locked_out": "login.locked_out", "source_throttled": "login.throttled",
                 "token_expired": "login.expired"}
@@ -51,7 +53,8 @@ InboxSession = Annotated[Session, Depends(page("console.inbox"))]
 GrantsSession = Annotated[Session, Depends(page("console.grants"))]
 
 
-def _tz(services: Services, session: Session) -> ZoneInfo:
+def zone_of(services: Services, session: Session) -> ZoneInfo:
+    """The time zone of the caller's organisation (its policy's), Asia/Tokyo by default."""
     try:
         policy = services.estate.show_policy(session.actor, session.actor.org_id)
     except AccessError:
@@ -66,7 +69,7 @@ def _notice(request: Request) -> str | None:
 
 @router.get("/static/{name}")
 def static(name: str) -> Response:
-    """The console's own style sheet (no CDN: everything is served by the broker)."""
+    """The console's own style sheet and script (no CDN: everything is served by the broker)."""
     if name not in STATIC:
         raise NotFound("no such file")
     data = resources.files("broker.console").joinpath("static", name).read_bytes()
@@ -156,7 +159,7 @@ def inbox(request: Request, session: InboxSession) -> Response:
     services = services_of(request)
     actor = session.actor
     services.grants.sweep()
-    tz = _tz(services, session)
+    tz = zone_of(services, session)
     pending = services.requests.list_requests(actor, "pending")
     # the decisions on the requests the service let this caller see, in one query
     with services.ctx.uow() as tx:
@@ -233,7 +236,7 @@ def grants(request: Request, session: GrantsSession) -> Response:
     """Grants of the approver's hospital: active, upcoming, and the last ended ones."""
     services = services_of(request)
     services.grants.sweep()
-    tz = _tz(services, session)
+    tz = zone_of(services, session)
     now: datetime = services.ctx.now()
     found = services.grants.list_grants(session.actor)
     people = services.people.names({g.user_id for g in found}

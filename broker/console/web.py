@@ -54,6 +54,7 @@ PREFIX = "/console"
 SECURE_COOKIE = "__Host-hoshu_session"
 LOOPBACK_COOKIE = "hoshu_session"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 MAX_FIELD = 4000  # characters of one form field; more is refused, nothing changes
 _CSRF_LABEL = b"hoshu console csrf v1\x00"
