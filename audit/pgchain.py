@@ -102,6 +102,7 @@ cursors_table = Table(
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 10_000
 MAX_BATCH_EVENTS = 10_000
+CLOSE_TIMEOUT_S = 3.0
 MAX_CHAIN_ID = 128
 
 
@@ -271,17 +272,18 @@ class PgChainLog:
         """Commit a checkpoint if the interval has passed (called periodically)."""
         return self._submit(_Request([])).checkpoint
 
-    def _submit(self, req: _Request) -> _Request:
+    def _submit(self, req: _Request, timeout: float | None = None) -> _Request:
         with self._cond:
             if self._closing:
                 raise ChainError(f"audit chain {self.chain_id} is closed")
             self._queue.append(req)
             self._cond.notify()
-        if not req.done.wait(self._timeout):
+        wait = self._timeout if timeout is None else timeout
+        if not req.done.wait(wait):
             with self._cond:
                 req.abandoned = True
             if not req.done.is_set():
-                raise ChainError(f"audit store did not commit within {self._timeout:g} s")
+                raise ChainError(f"audit store did not commit within {wait:g} s")
         if req.error is not None:
             raise req.error
         return req
@@ -423,15 +425,17 @@ class PgChainLog:
         """Commit a final checkpoint (when anything is unsigned), then release the chain."""
         if self._closed:
             return
+        # bounded apart from emits: a broker draining on SIGTERM must exit within its grace
+        wait = min(self._timeout, CLOSE_TIMEOUT_S)
         try:
             if self._signer is not None:
-                self.checkpoint()
+                self._submit(_Request([], force=True), wait)
         except ChainError:
-            pass  # verification will report the unsigned tail
+            pass  # the next writer of this chain (or audit.pgship) signs the tail
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(self._timeout)
+        self._thread.join(wait)
         self._closed = True
         conn, fairy = self._conn, self._fairy
         if conn is not None and fairy is not None:
