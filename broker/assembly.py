@@ -47,6 +47,7 @@ from broker.api.routes.audit import build_router as build_audit_router
 from broker.api.routes.certs import build_cert_router
 from broker.api.routes.health import cached
 from broker.api.routes.sessions import build_sessions_router
+from broker.console.gateway import RegistryTunnelStates
 from broker.frontdoor.ca import UserCA
 from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.door import FrontDoor, start_front_door
@@ -308,6 +309,10 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
                             rt.control.services.ctx.now)
     attach_front_door(rt, TunnelConnector(registry, peers), options=front_door_options,
                       sessions_routes=True, recordings=recordings)
+    # the console's gateway page (broker.console.gateway) reads the tunnels held here and,
+    # with several replicas, the database's tunnel registry
+    rt.app.state.gateway_tunnels = RegistryTunnelStates(
+        registry, peers.cluster.holders if peers is not None else None)
     if peers is not None:
         the_peers = peers
         rt.tasks.append(lambda: run_peer_link(the_peers))

@@ -148,6 +148,7 @@ PERMISSIONS: dict[str, Permission] = {
     "console.inbox": _p("read", A, orgs=HOSPITAL),
     "console.grants": _p("read", A, H, P),
     "console.sessions": _p("read", A, H, P),
+    "console.gateway": _p("read", A, H, P),
     # SSH certificates (broker/api/routes/certs.py)
     "ssh.certificate": _p(MFA, E),
     # SSH paths at the front door (broker/frontdoor): asked with the person's roles

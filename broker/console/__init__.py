@@ -8,7 +8,8 @@ same permission table as the API and calls the same services, so an action is
 the same audit event whichever way it came (:mod:`broker.console.web`).
 
 ``router`` holds the routes (:mod:`broker.console.routes`; live sessions:
-:mod:`broker.console.live`);
+:mod:`broker.console.live`;
+the gateway page: :mod:`broker.console.gateway`);
 :func:`install` makes refused or failed console actions pages instead of JSON,
 after the API's own error handler has recorded them.
 """
@@ -21,13 +22,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from broker.access.errors import AccessError
-from broker.console import live, routes
+from broker.console import gateway, live, routes
 from broker.console.routes import error_page
 from broker.console.web import PREFIX
 
 router = APIRouter()
 router.include_router(routes.router)
 router.include_router(live.router)
+router.include_router(gateway.router)
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
