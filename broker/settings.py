@@ -104,6 +104,15 @@ class BrokerSettings(BaseSettings):
     tunnel_host: str = "127.0.0.1"
     tunnel_port: int = 2223
 
+    # approver notification mail (broker.console.notify); empty host: no mail is sent
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_from: str = ""  # the From address; required with a host
+    smtp_user: str = ""
+    smtp_password_file: Path | None = None  # read at send time, never logged
+    smtp_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
     # tokens, sessions, limits
     access_token_ttl_s: int = 900
     login_timeout_s: int = 120  # SSH sign-in time limit, as OpenSSH's LoginGraceTime
