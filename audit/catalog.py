@@ -132,6 +132,12 @@ EVENT_TYPES: tuple[EventType, ...] = (
               details={"verdict": PUB, "comment": SEN}),
     EventType("alert.raised", AUD, "Something a person must look at now",
               severity=Severity.HIGH, details={"alert": PUB, "reason": SEN}),
+    # approvers told by mail (broker.console.notify): never the message body or a secret
+    EventType("notification.sent", AUD, "Approvers were told by mail of a request or an "
+              "emergency access", details={"about": PUB, "recipients": PUB, "attempts": PUB}),
+    EventType("notification.failed", AUD, "A notification mail could not be delivered after "
+              "its retries (or was dropped: queue full)", severity=Severity.MEDIUM,
+              details={"about": PUB, "recipients": PUB, "attempts": PUB, "reason": PUB}),
 
     # --- sessions, forwards, files -----------------------------------------------
     EventType("session.started", NET, "A recorded session to an instrument started",

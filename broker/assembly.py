@@ -30,7 +30,7 @@ from typing import Any
 import asyncssh
 from fastapi import APIRouter
 
-from audit.emitter import Emitter
+from audit.emitter import Emitter, FanOut
 from audit.engines import PasswordSource
 from audit.keyfiles import create_secret
 from audit.recstore import RecordingStore
@@ -48,6 +48,7 @@ from broker.api.routes.certs import build_cert_router
 from broker.api.routes.health import cached
 from broker.api.routes.sessions import build_sessions_router
 from broker.console.gateway import RegistryTunnelStates
+from broker.console.notify import Notifier
 from broker.frontdoor.ca import UserCA
 from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.door import FrontDoor, start_front_door
@@ -287,11 +288,18 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
                                recordings_dir=settings.recordings_dir, emitter=audit.log,
                                recordings=recordings, sink_status=audit.status),
         ]
-        rt = build_runtime(settings, emitter=audit.log, extra_routers=routers,
+        # approvers told by mail (HOSHU_SMTP_HOST): beside the audit log, after it
+        notifier = Notifier(settings) if settings.smtp_host else None
+        rt = build_runtime(settings, emitter=FanOut([audit.log, notifier]) if notifier
+                           else audit.log, extra_routers=routers,
                            db_password=db_password, keys=keys)
     except Exception:
         audit.stop()
         raise
+    if notifier is not None:
+        notifier.bind(rt.control.services, audit.log)
+        notifier.start()
+        rt.closers.append(notifier.stop)  # closers run in reverse: before the log closes
     audit.start()
     rt.closers.insert(0, audit.stop)  # closers run in reverse: the log closes last
     rt.closers.insert(0, keys.close)  # after the log's final (signed) checkpoint

@@ -1,0 +1,141 @@
+"""Approvers are told by mail, through a real SMTP server (aiosmtpd) on loopback.
+
+A new request produces one mail, to each active approver of that hospital with an
+address and to no one else (not the other hospital's approver, not the hospital
+admin), in Japanese then English, with the console inbox link and without the
+request's reason or work plan; ``notification.sent`` is written.  With the mail
+server dead the request is still created at once, and after the bounded retries
+``notification.failed`` records it (no credential, no message text).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from audit.emitter import FanOut
+from audit.testing import CapturingEmitter
+from broker.access.model import User
+from broker.access.requests import NewRequest
+from broker.access.services import Services
+from broker.console.notify import Notifier
+from broker.settings import BrokerSettings
+from broker.store.db import Store
+from tests.control.conftest import T0, World, build_world, make_context
+from tests.support import FakeClock, free_port, poll_sync
+
+
+@dataclass
+class Inbox:
+    """What the SMTP server received: (envelope recipients, parsed message)."""
+
+    mails: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        mail = message_from_bytes(envelope.content, policy=default_policy)
+        assert isinstance(mail, EmailMessage)
+        self.mails.append((list(envelope.rcpt_tos), mail))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+def broker(tmp: Path, port: int, **delays: Any) -> tuple[World, CapturingEmitter, Notifier, Store]:
+    settings = BrokerSettings(data_dir=tmp / "data", smtp_host="127.0.0.1", smtp_port=port,
+                              smtp_security="none", smtp_from="hoshu@broker.example.jp",
+                              public_api_url="https://hoshu.example.jp")
+    notifier = Notifier(settings, **delays)
+    store = Store(f"sqlite:///{tmp / 'hoshu.db'}")
+    events = CapturingEmitter()
+    clock = FakeClock(T0)
+    services = Services.build(make_context(store, FanOut([events, notifier]), clock))
+    world = build_world(services, clock)
+    world.add_user("tsuki-appr", world.other_hospital, ["approver"])
+    addresses = {"appr": "appr@hoshi.example.jp", "appr2": "appr2@hoshi.example.jp",
+                 "hadmin": "hadmin@hoshi.example.jp", "tsuki-appr": "appr@tsuki.example.jp",
+                 "eng": "eng@acme.example.com"}
+    with services.ctx.uow() as tx:
+        for name, address in addresses.items():
+            user = tx.one(User, name=name)
+            assert user is not None
+            user.email = address
+            tx.save(user)
+    notifier.bind(services, events)
+    notifier.start()
+    return world, events, notifier, store
+
+
+def _request(w: World) -> str:
+    new = NewRequest(["cobas-1"], 3600, "secret-reason: 検体番号 12345", ticket="INC-9",
+                     work_plan="plan-text-not-in-mail")
+    return w.s.requests.create(w.actors["eng"], new).id
+
+
+def test_a_new_request_mails_each_approver_of_that_hospital(
+        tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
+    inbox, port = smtp
+    w, events, notifier, store = broker(tmp_path, port)
+    try:
+        request_id = _request(w)
+        poll_sync(lambda: events.of_type("notification.sent"), 10, "the notification")
+        [(rcpt, mail)] = inbox.mails
+        assert sorted(rcpt) == ["appr2@hoshi.example.jp", "appr@hoshi.example.jp"]
+        assert mail["From"] == "hoshu@broker.example.jp"
+        assert "承認待ち" in mail["Subject"] and "cobas-1" in mail["Subject"]
+        part = mail.get_body()
+        assert isinstance(part, EmailMessage)
+        body = part.get_content()
+        assert "https://hoshu.example.jp/console/inbox" in body
+        assert request_id in body and "Approve or deny" in body
+        assert body.index("承認または却下") < body.index("Approve or deny")  # Japanese first
+        assert "secret-reason" not in body and "12345" not in body
+        assert "plan-text" not in body and "appr@" not in str(mail)
+        [sent] = events.of_type("notification.sent")
+        assert sent.get("RequestId") == request_id
+        assert sent.details == {"about": "request.created", "recipients": 2, "attempts": 1}
+    finally:
+        notifier.stop()
+        store.close()
+
+
+def test_a_dead_mail_server_never_holds_up_a_request(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens
+    w, events, notifier, store = broker(tmp_path, port, retry_delays=(0.05, 0.05))
+    try:
+        started = time.monotonic()
+        request_id = _request(w)
+        assert time.monotonic() - started < 1.0
+        assert w.s.requests.show(w.admin, request_id).request.status == "pending"
+        poll_sync(lambda: events.of_type("notification.failed"), 10, "the failure event")
+        [failed] = events.of_type("notification.failed")
+        assert failed.get("RequestId") == request_id and failed.get("EventResult") == "Failure"
+        assert failed.details == {"about": "request.created", "recipients": 2, "attempts": 3,
+                                  "reason": "ConnectionRefusedError"}
+        assert events.of_type("notification.sent") == []
+    finally:
+        notifier.stop()
+        store.close()
+
+
+def test_settings_without_a_from_address_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="HOSHU_SMTP_FROM"):
+        Notifier(BrokerSettings(data_dir=tmp_path, smtp_host="127.0.0.1"))
