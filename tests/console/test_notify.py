@@ -5,7 +5,8 @@ address and to no one else (not the other hospital's approver, not the hospital
 admin), in Japanese then English, with the console inbox link and without the
 request's reason or work plan; ``notification.sent`` is written.  With the mail
 server dead the request is still created at once, and after the bounded retries
-``notification.failed`` records it (no credential, no message text).
+``notification.failed`` records it (no credential, no message text).  Over
+STARTTLS with a sign-in, the password comes from its file and is never logged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from audit.emitter import FanOut
 from audit.testing import CapturingEmitter
@@ -31,6 +33,7 @@ from broker.console.notify import Notifier
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 from tests.control.conftest import T0, World, build_world, make_context
+from tests.fixtures.siem import tls_contexts
 from tests.support import FakeClock, free_port, poll_sync
 
 
@@ -139,3 +142,58 @@ def test_a_dead_mail_server_never_holds_up_a_request(tmp_path: Path) -> None:
 def test_settings_without_a_from_address_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="HOSHU_SMTP_FROM"):
         Notifier(BrokerSettings(data_dir=tmp_path, smtp_host="127.0.0.1"))
+
+
+def test_starttls_with_sign_in_from_a_password_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """STARTTLS against a server whose certificate the system trusts (SSL_CERT_FILE),
+    then AUTH with the password read from its file; the password is never logged."""
+    server_tls, _client = tls_contexts(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "tls" / "siem.crt"))
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(_server: Any, _session: Any, _envelope: Any, _mechanism: str,
+                      data: Any) -> AuthResult:
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"s3cret-relay-pw")
+
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=server_tls,
+                            require_starttls=True, authenticator=authenticator,
+                            auth_required=True)
+    controller.start()
+    secret = tmp_path / "smtp-password"
+    secret.write_text("s3cret-relay-pw\n")
+    settings = BrokerSettings(data_dir=tmp_path / "data", smtp_host="localhost",
+                              smtp_port=port, smtp_from="hoshu@broker.example.jp",
+                              smtp_user="hoshu-relay", smtp_password_file=secret)
+    assert settings.smtp_security == "starttls"
+    notifier = Notifier(settings)
+    store = Store(f"sqlite:///{tmp_path / 'hoshu.db'}")
+    events = CapturingEmitter()
+    clock = FakeClock(T0)
+    services = Services.build(make_context(store, FanOut([events, notifier]), clock))
+    w = build_world(services, clock)
+    with services.ctx.uow() as tx:
+        user = tx.one(User, name="appr")
+        assert user is not None
+        user.email = "appr@hoshi.example.jp"
+        tx.save(user)
+    notifier.bind(services, events)
+    notifier.start()
+    caplog.set_level("DEBUG")
+    try:
+        _request(w)
+        poll_sync(lambda: events.of_type("notification.sent") or
+                  events.of_type("notification.failed"), 10, "the notification")
+        assert events.of_type("notification.sent"), events.of_type("notification.failed")
+        assert logins == [(b"hoshu-relay", b"s3cret-relay-pw")]
+        assert [r for r, _m in inbox.mails] == [["appr@hoshi.example.jp"]]
+        assert "s3cret" not in caplog.text
+        assert all("s3cret" not in str(e.record) for e in events.events)
+    finally:
+        notifier.stop()
+        store.close()
+        controller.stop()
