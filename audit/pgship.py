@@ -38,7 +38,7 @@ from audit.pgchain import (
 from audit.shipper import Shipper
 from audit.signing import CheckpointSigner
 
-log = logging.getLogger("hoshu.audit")
+log = logging.getLogger(__name__)
 
 MakeShippers = Callable[[PgOutbox, PgCursorStore], list[Shipper]]
 

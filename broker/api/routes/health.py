@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-log = logging.getLogger("hoshu.health")
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["meta"])
 
