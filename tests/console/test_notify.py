@@ -11,6 +11,9 @@ STARTTLS with a sign-in, the password comes from its file and is never logged.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from audit.testing import CapturingEmitter
 from broker.access.model import User
 from broker.access.requests import NewRequest
 from broker.access.services import Services
+from broker.assembly import build_broker
 from broker.console.notify import Notifier
 from broker.settings import BrokerSettings
 from broker.store.db import Store
@@ -197,3 +201,40 @@ def test_starttls_with_sign_in_from_a_password_file(
         notifier.stop()
         store.close()
         controller.stop()
+
+
+def test_the_assembled_broker_mails_approvers(tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
+    """``hoshu serve``'s broker with HOSHU_SMTP_* set: a request made through its own
+    services reaches the approver's mailbox, and the audit log records it."""
+    inbox, port = smtp
+    settings = BrokerSettings(data_dir=tmp_path / "data", smtp_host="127.0.0.1",
+                              smtp_port=port, smtp_security="none",
+                              smtp_from="hoshu@broker.example.jp")
+    rt = build_broker(settings)
+    try:
+        s = rt.control.services
+        w = build_world(s, FakeClock(T0))
+        with s.ctx.uow() as tx:
+            user = tx.one(User, name="appr")
+            assert user is not None
+            user.email = "appr@hoshi.example.jp"
+            tx.save(user)
+        request_id = _request(w)
+        poll_sync(lambda: inbox.mails, 10, "the mail")
+        assert [r for r, _m in inbox.mails] == [["appr@hoshi.example.jp"]]
+        part = inbox.mails[0][1].get_body()
+        assert isinstance(part, EmailMessage)
+        assert "http://127.0.0.1:8440/console/inbox" in part.get_content()
+        poll_sync(lambda: "notification.sent" in settings.audit_log_path.read_text(), 10,
+                  "notification.sent in the audit log")
+    finally:
+        async def close() -> None:
+            for closer in reversed(rt.closers):
+                result = closer()
+                if inspect.isawaitable(result):
+                    await result
+        asyncio.run(close())
+    kinds = [json.loads(line).get("EventType") for line in
+             settings.audit_log_path.read_text().splitlines() if line.strip()]
+    assert "request.created" in kinds and "notification.sent" in kinds
+    assert request_id
