@@ -87,7 +87,9 @@ class Notifier:
     # --- the emitter side: called by the control plane, must not block or raise ---
 
     def emit(self, event: AuditEvent) -> AuditEvent:
-        if event.type in WATCHED:
+        # an emergency access writes request.created too: its mail is the emergency one
+        if event.type in WATCHED and not (event.type == "request.created"
+                                          and event.get("Emergency") is True):
             try:
                 self._queue.put_nowait(_job(event))
             except queue.Full:

@@ -124,6 +124,31 @@ def test_a_new_request_mails_each_approver_of_that_hospital(
         store.close()
 
 
+def test_an_emergency_access_mails_the_approvers_once(
+        tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
+    """Emergency access (allowed by the hospital's policy) is one mail, about the
+    emergency, linking to the grants page; not also a "request waiting" mail."""
+    inbox, port = smtp
+    w, events, notifier, store = broker(tmp_path, port)
+    try:
+        w.s.estate.update_policy(w.actors["hadmin"], "hoshi-hospital", {
+            "emergency_allowed": True, "emergency_max_duration_s": 1800})
+        w.s.grants.start_emergency(w.actors["eng"], NewRequest(["cobas-1"], 1800, "down"))
+        poll_sync(lambda: events.of_type("notification.sent"), 10, "the notification")
+        [(rcpt, mail)] = inbox.mails
+        assert sorted(rcpt) == ["appr2@hoshi.example.jp", "appr@hoshi.example.jp"]
+        assert "緊急アクセス" in mail["Subject"]
+        part = mail.get_body()
+        assert isinstance(part, EmailMessage)
+        assert "https://hoshu.example.jp/console/grants" in part.get_content()
+        notifier.stop()  # the queue is drained: nothing else was queued
+        assert [e.details["about"] for e in events.of_type("notification.sent")] == \
+            ["emergency.started"]
+    finally:
+        notifier.stop()
+        store.close()
+
+
 def test_a_dead_mail_server_never_holds_up_a_request(tmp_path: Path) -> None:
     port = free_port()  # nothing listens
     w, events, notifier, store = broker(tmp_path, port, retry_delays=(0.05, 0.05))
