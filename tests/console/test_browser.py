@@ -10,11 +10,16 @@ en) and the sign-in page go into docs/images/console/.
 
 from __future__ import annotations
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
 from broker.access.model import GrantStatus, RequestStatus
 from tests.console.conftest import Console, screenshot, sign_in, wait_for
+
+# one broker and one browser for the module, and its tests build on one another (the
+# grants page revokes the grant approved before): one xdist worker runs them, in order
+pytestmark = pytest.mark.xdist_group("console-browser")
 
 
 def _inbox_ids(driver: webdriver.Chrome) -> set[str]:
