@@ -87,6 +87,8 @@ class Demo:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     lab: Lab | None = None
+    # more broker settings (HOSHU_*): a deployment's stores instead of the embedded ones
+    broker_env: dict[str, str] = field(default_factory=dict)
 
     # --- plumbing --------------------------------------------------------------
     @property
@@ -104,6 +106,7 @@ class Demo:
             "HOSHU_SWEEP_INTERVAL_S": "2",
             "HOSHU_CONFIG_DIR": str(self.root / "users" / (user or "admin")),
         })
+        env.update(self.broker_env)
         return env
 
     def hoshu(self, user: str | None, *args: str, stdin: str | None = None) -> Any:
@@ -120,15 +123,16 @@ class Demo:
     def code(self, user: str, *, ahead: int = 0) -> str:
         return pyotp.TOTP(self.secrets[user]).at(time.time() + 30 * ahead)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.root / "logs" / f"{name}.log", "wb")
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], *,
+               append: bool = False) -> None:
+        log = open(self.root / "logs" / f"{name}.log", "ab" if append else "wb")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
 
     def restart_broker(self) -> None:
         """Start ``hoshu serve`` again on the same data and ports (after it died); returns
         at once: the caller waits for the ports."""
-        self._spawn("broker", [_tool("hoshu"), "serve"], self.env())
+        self._spawn("broker", [_tool("hoshu"), "serve"], self.env(), append=True)
 
     def _wait_for(self, what: str, probe: Any, timeout_s: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout_s
@@ -190,12 +194,16 @@ class Demo:
 
     def _pin_audit_key(self) -> None:
         """Copy the broker's audit public key out of its data directory, as an operator
-        pins it at set-up: ``hoshu audit verify`` trusts no key kept beside the log."""
+        pins it at set-up: ``hoshu audit verify`` trusts no key kept beside the log.
+        With a Key Vault, the public keys come from ``hoshu admin keys public``."""
+        pinned_dir = self.root / "auditor"
+        pinned_dir.mkdir(exist_ok=True)
+        if self.broker_env.get("HOSHU_KEY_VAULT_URL"):
+            self.hoshu(None, "admin", "keys", "public", "--out", str(pinned_dir))
+            return
         pub = self.root / "broker" / "keys" / "audit_signing_key.pub"
         self._wait_for("the broker's audit key", pub.exists)
-        pinned = self.root / "auditor" / "audit_signing_key.pub"
-        pinned.parent.mkdir(exist_ok=True)
-        pinned.write_bytes(pub.read_bytes())
+        (pinned_dir / "audit_signing_key.pub").write_bytes(pub.read_bytes())
 
     def _people(self) -> None:
         self.hoshu("admin", "admin", "orgs", "create", HOSPITAL, "--kind", "hospital")
