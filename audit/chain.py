@@ -48,8 +48,16 @@ from audit.verify import (
     verify,
 )
 
-__all__ = ["GENESIS", "ChainLog", "ChainState", "Sealed", "VerifyResult", "chain_hash",
-           "read_events", "verify"]
+__all__ = [
+    "GENESIS",
+    "ChainLog",
+    "ChainState",
+    "Sealed",
+    "VerifyResult",
+    "chain_hash",
+    "read_events",
+    "verify",
+]
 
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 _HEAD_WIDTH = 96
@@ -107,10 +115,18 @@ class ChainState:
     something new written.
     """
 
-    def __init__(self, seq: int, last_hash: str, *, signer: CheckpointSigner | None,
-                 checkpoint_every: int, checkpoint_interval_s: float,
-                 clock: Callable[[], datetime], hostname: str | None,
-                 last_checkpoint_seq: int | None) -> None:
+    def __init__(
+        self,
+        seq: int,
+        last_hash: str,
+        *,
+        signer: CheckpointSigner | None,
+        checkpoint_every: int,
+        checkpoint_interval_s: float,
+        clock: Callable[[], datetime],
+        hostname: str | None,
+        last_checkpoint_seq: int | None,
+    ) -> None:
         self.seq, self.hash = seq, last_hash
         self.signer = signer
         self.every = max(1, checkpoint_every)
@@ -121,8 +137,13 @@ class ChainState:
         self.cp_seq = last_checkpoint_seq + 2 if last_checkpoint_seq is not None else 1
         self.cp_time = clock()
 
-    def seal(self, events: Sequence[AuditEvent], *, force_checkpoint: bool = False,
-             after: Sealed | None = None) -> Sealed:
+    def seal(
+        self,
+        events: Sequence[AuditEvent],
+        *,
+        force_checkpoint: bool = False,
+        after: Sealed | None = None,
+    ) -> Sealed:
         """Number and hash ``events`` after the state (or after ``after``), placing
         checkpoints where due; ``force_checkpoint`` signs whatever is unsigned at the
         end.  Raises :class:`InvalidEvent` for an event over ``MAX_EVENT_BYTES``."""
@@ -138,8 +159,10 @@ class ChainState:
             record["ChainSeq"] = seq
             h, line = _line(record, prev)
             if len(line) > MAX_EVENT_BYTES:
-                raise InvalidEvent(f"{record.get('EventType')}: event of {len(line)} bytes is "
-                                   f"larger than {MAX_EVENT_BYTES}")
+                raise InvalidEvent(
+                    f"{record.get('EventType')}: event of {len(line)} bytes is "
+                    f"larger than {MAX_EVENT_BYTES}"
+                )
             record["ChainHash"] = h
             links.append(Link(seq, prev, h, line, AuditEvent(record), cp))
             prev = h
@@ -148,9 +171,17 @@ class ChainState:
             nonlocal cp_seq, cp_time
             assert self.signer is not None
             cp = self.signer.sign(seq, prev)
-            add(new_event("audit.checkpoint", clock=self.clock, details=cp.details(),
-                          DvcRole="broker", DvcHostname=self.hostname,
-                          EventMessage=f"signed checkpoint at position {cp.seq}"), cp)
+            add(
+                new_event(
+                    "audit.checkpoint",
+                    clock=self.clock,
+                    details=cp.details(),
+                    DvcRole="broker",
+                    DvcHostname=self.hostname,
+                    EventMessage=f"signed checkpoint at position {cp.seq}",
+                ),
+                cp,
+            )
             cp_seq, cp_time = seq + 1, self.clock()
 
         def due() -> bool:
@@ -163,8 +194,11 @@ class ChainState:
         rest = list(events)
         while True:
             # room before the count-based checkpoint falls due
-            room = len(rest) if self.signer is None else max(
-                1, min(len(rest), self.every - (seq - cp_seq + 1)))
+            room = (
+                len(rest)
+                if self.signer is None
+                else max(1, min(len(rest), self.every - (seq - cp_seq + 1)))
+            )
             for event in rest[:room]:
                 add(event)
             rest = rest[room:]
@@ -246,9 +280,15 @@ class ChainLog:
         self._head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT, 0o640)
         self._size = os.fstat(self._fd).st_size
         self._state = ChainState(
-            result.count, result.last_hash, signer=signer, checkpoint_every=checkpoint_every,
-            checkpoint_interval_s=checkpoint_interval_s, clock=clock, hostname=hostname,
-            last_checkpoint_seq=result.last_checkpoint.seq if result.last_checkpoint else None)
+            result.count,
+            result.last_hash,
+            signer=signer,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval_s=checkpoint_interval_s,
+            clock=clock,
+            hostname=hostname,
+            last_checkpoint_seq=result.last_checkpoint.seq if result.last_checkpoint else None,
+        )
         self._synced = self._state.seq
 
     def _cut_partial_tail(self) -> None:
@@ -363,8 +403,7 @@ class ChainLog:
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
-            os.pwrite(self._head_fd, f"{sealed.seq} {sealed.hash}".ljust(_HEAD_WIDTH).encode(),
-                      0)
+            os.pwrite(self._head_fd, f"{sealed.seq} {sealed.hash}".ljust(_HEAD_WIDTH).encode(), 0)
         except OSError as exc:
             # a half-written line would break the chain: cut the log back to the last event
             try:

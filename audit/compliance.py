@@ -30,16 +30,39 @@ from pathlib import Path
 
 from audit.controls import CONTROLS, Control
 
-__all__ = ["CONTROLS", "Assessment", "Control", "Deployment", "assess", "read_junit",
-           "render_json", "render_markdown", "render_text"]
+__all__ = [
+    "CONTROLS",
+    "Assessment",
+    "Control",
+    "Deployment",
+    "assess",
+    "read_junit",
+    "render_json",
+    "render_markdown",
+    "render_text",
+]
 
 MET, PARTLY, NOT_MET = "met", "partly", "not met"
 _RANK = {MET: 0, PARTLY: 1, NOT_MET: 2}
 LABELS = {
-    "en": {MET: "met", PARTLY: "partly", NOT_MET: "not met", "title": "Compliance status",
-           "for": "for", "tests": "tests", "why": "why"},
-    "ja": {MET: "充足", PARTLY: "一部充足", NOT_MET: "未充足", "title": "対策状況",
-           "for": "対象", "tests": "テスト", "why": "理由"},
+    "en": {
+        MET: "met",
+        PARTLY: "partly",
+        NOT_MET: "not met",
+        "title": "Compliance status",
+        "for": "for",
+        "tests": "tests",
+        "why": "why",
+    },
+    "ja": {
+        MET: "充足",
+        PARTLY: "一部充足",
+        NOT_MET: "未充足",
+        "title": "対策状況",
+        "for": "対象",
+        "tests": "テスト",
+        "why": "理由",
+    },
 }
 
 
@@ -65,14 +88,18 @@ class Assessment:
 
 def _c13(d: Deployment) -> tuple[str, str] | None:
     if d.gateway_modes is None:
-        return PARTLY, ("gateways' tunnel modes are not known here; a gateway's default "
-                        "mode is `always`, which keeps a tunnel up outside grant windows")
+        return PARTLY, (
+            "gateways' tunnel modes are not known here; a gateway's default "
+            "mode is `always`, which keeps a tunnel up outside grant windows"
+        )
     always = sorted(g for g, m in d.gateway_modes.items() if m != "window-only")
     if not d.gateway_modes:
         return PARTLY, "no gateway has connected yet; the default mode is `always`"
     if always:
-        return PARTLY, (f"gateways {', '.join(always)} keep a tunnel outside grant windows "
-                        "(mode `always`; set `mode = \"window-only\"` in gateway.toml)")
+        return PARTLY, (
+            f"gateways {', '.join(always)} keep a tunnel outside grant windows "
+            '(mode `always`; set `mode = "window-only"` in gateway.toml)'
+        )
     return None
 
 
@@ -85,32 +112,51 @@ def _c18(d: Deployment) -> tuple[str, str] | None:
 
 def _c25(d: Deployment) -> tuple[str, str] | None:
     if not d.sinks:
-        return NOT_MET, ("no SIEM sink is configured: the checkpoints never leave the "
-                         "broker, so whoever controls its disk and key can rewrite the log; "
-                         f"no WORM storage: the log and the recordings are {d.storage}")
-    return PARTLY, (f"no WORM storage: the log and the recordings are {d.storage}; "
-                    f"alteration is detected (checkpoints shipped to "
-                    f"{', '.join(n for n, _ in d.sinks)}), not prevented")
+        return NOT_MET, (
+            "no SIEM sink is configured: the checkpoints never leave the "
+            "broker, so whoever controls its disk and key can rewrite the log; "
+            f"no WORM storage: the log and the recordings are {d.storage}"
+        )
+    return PARTLY, (
+        f"no WORM storage: the log and the recordings are {d.storage}; "
+        f"alteration is detected (checkpoints shipped to "
+        f"{', '.join(n for n, _ in d.sinks)}), not prevented"
+    )
 
 
 def _c28(d: Deployment) -> tuple[str, str] | None:
-    unset = [k for k, v in (("events", d.events_retention_days),
-                            ("recordings", d.recordings_retention_days)) if v is None]
+    unset = [
+        k
+        for k, v in (
+            ("events", d.events_retention_days),
+            ("recordings", d.recordings_retention_days),
+        )
+        if v is None
+    ]
     if unset:
-        return PARTLY, (f"no retention period for {' and '.join(unset)}: kept forever "
-                        "(HOSHU_AUDIT_EVENTS_RETENTION_DAYS, HOSHU_RECORDINGS_RETENTION_DAYS)")
+        return PARTLY, (
+            f"no retention period for {' and '.join(unset)}: kept forever "
+            "(HOSHU_AUDIT_EVENTS_RETENTION_DAYS, HOSHU_RECORDINGS_RETENTION_DAYS)"
+        )
     return None
 
 
 def _c29(d: Deployment) -> tuple[str, str] | None:
     if not d.sinks:
-        return NOT_MET, ("no SIEM sink is configured: events live only on the broker's "
-                         "disk until someone exports them")
+        return NOT_MET, (
+            "no SIEM sink is configured: events live only on the broker's "
+            "disk until someone exports them"
+        )
     return None
 
 
 _BY_CONFIG: dict[int, Callable[[Deployment], tuple[str, str] | None]] = {
-    13: _c13, 18: _c18, 25: _c25, 28: _c28, 29: _c29}
+    13: _c13,
+    18: _c18,
+    25: _c25,
+    28: _c28,
+    29: _c29,
+}
 
 
 def _worse(a: str, b: str) -> str:
@@ -123,8 +169,11 @@ def assess(deployment: Deployment | None = None) -> list[Assessment]:
     out: list[Assessment] = []
     for c in CONTROLS:
         status = {"done": MET, "partial": PARTLY}.get(c.design, NOT_MET)
-        reasons = [] if status == MET else ["the feature covers part of the control (see "
-                                            "what hoshu does)"]
+        reasons = (
+            []
+            if status == MET
+            else ["the feature covers part of the control (see what hoshu does)"]
+        )
         judge = _BY_CONFIG.get(c.number)
         judged = judge(d) if judge is not None else None
         if judged is not None:
@@ -198,25 +247,42 @@ _FOOTER = """
 def render_markdown(deployment: Deployment | None = None, lang: str = "en") -> str:
     d = deployment or Deployment()
     lab = LABELS[lang]
-    rows = ["| # | control | what hoshu does | proved by | status | why |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| # | control | what hoshu does | proved by | status | why |",
+        "|---|---|---|---|---|---|",
+    ]
     for a in assess(d):
         proof = ", ".join(f"`{t}`" for t in a.control.tests) or "—"
         why = "; ".join(a.reasons) or "—"
-        rows.append(f"| {a.control.number} | {a.control.control} | {a.control.feature} | "
-                    f"{proof} | {lab[a.status]} | {why} |")
+        rows.append(
+            f"| {a.control.number} | {a.control.control} | {a.control.feature} | "
+            f"{proof} | {lab[a.status]} | {why} |"
+        )
     return _HEADER + "\n".join(rows) + "\n" + _FOOTER
 
 
 def render_json(deployment: Deployment | None = None, lang: str = "en") -> str:
     d = deployment or Deployment()
     return json.dumps(
-        {"deployment": d.label, "tests_checked": d.test_results is not None,
-         "controls": [{"number": a.control.number, "control": a.control.control,
-                       "status": a.status, "label": LABELS[lang][a.status],
-                       "reasons": list(a.reasons), "feature": a.control.feature,
-                       "tests": list(a.control.tests)} for a in assess(d)]},
-        ensure_ascii=False, indent=2)
+        {
+            "deployment": d.label,
+            "tests_checked": d.test_results is not None,
+            "controls": [
+                {
+                    "number": a.control.number,
+                    "control": a.control.control,
+                    "status": a.status,
+                    "label": LABELS[lang][a.status],
+                    "reasons": list(a.reasons),
+                    "feature": a.control.feature,
+                    "tests": list(a.control.tests),
+                }
+                for a in assess(d)
+            ],
+        },
+        ensure_ascii=False,
+        indent=2,
+    )
 
 
 def render_text(deployment: Deployment | None = None, lang: str = "en") -> str:

@@ -65,20 +65,27 @@ def _cls(c: Classification) -> str:
 
 
 def _columns_table() -> list[str]:
-    lines = ["## Columns", "", "| column | type | class | ASIM | meaning |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "## Columns",
+        "",
+        "| column | type | class | ASIM | meaning |",
+        "|---|---|---|---|---|",
+    ]
     for c in COLUMNS:
         asim = "ASIM" if c.asim else ""
-        lines.append(f"| `{c.name}` | {c.type} | {_cls(c.classification)} | {asim} "
-                     f"| {c.description} |")
+        lines.append(
+            f"| `{c.name}` | {c.type} | {_cls(c.classification)} | {asim} | {c.description} |"
+        )
     return [*lines, ""]
 
 
 def _type_row(t: EventType) -> str:
     details = ", ".join(f"`{k}` ({_cls(v)})" for k, v in sorted(t.details.items())) or "-"
     delivery = "enforced" if t.enforced else "best effort"
-    return (f"| `{t.name}` | {t.schema.value} | {t.severity.value} | {delivery} "
-            f"| {t.description} | {details} |")
+    return (
+        f"| `{t.name}` | {t.schema.value} | {t.severity.value} | {delivery} "
+        f"| {t.description} | {details} |"
+    )
 
 
 def render() -> str:
@@ -88,9 +95,12 @@ def render() -> str:
     lines = [_HEADER.rstrip("\n"), "", *_columns_table(), "## Event types", ""]
     order = [g for g in _GROUPS if g in groups] + sorted(set(groups) - set(_GROUPS))
     for group in order:
-        lines += [f"### {_GROUPS.get(group, group)}", "",
-                  "| type | ASIM schema | severity | delivery | meaning | details |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"### {_GROUPS.get(group, group)}",
+            "",
+            "| type | ASIM schema | severity | delivery | meaning | details |",
+            "|---|---|---|---|---|---|",
+        ]
         lines += [_type_row(t) for t in sorted(groups[group], key=lambda t: t.name)]
         lines.append("")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ def sqlalchemy_url(url: str) -> str:
     """The SQLAlchemy form of a database URL (PostgreSQL: the psycopg 3 driver)."""
     for scheme in ("postgresql://", "postgres://"):
         if url.startswith(scheme):
-            return "postgresql+psycopg://" + url[len(scheme):]
+            return "postgresql+psycopg://" + url[len(scheme) :]
     return url
 
 
@@ -43,15 +43,13 @@ def sign_in_with(engine: sa.Engine, password: PasswordSource) -> None:
         cparams["password"] = password()
 
 
-def create_engine(url: str, *, password: PasswordSource | None = None,
-                  **kwargs: Any) -> sa.Engine:
+def create_engine(url: str, *, password: PasswordSource | None = None, **kwargs: Any) -> sa.Engine:
     """``sqlalchemy.create_engine`` with the URL normalised and, for a PostgreSQL URL,
     the password taken from ``password`` per new connection when it is given."""
     engine = sa.create_engine(sqlalchemy_url(url), **kwargs)
     if password is not None:
         if engine.dialect.name != "postgresql":
             engine.dispose()
-            raise ValueError("token sign-in is for PostgreSQL only, "
-                             f"not {engine.dialect.name}")
+            raise ValueError(f"token sign-in is for PostgreSQL only, not {engine.dialect.name}")
         sign_in_with(engine, password)
     return engine

@@ -102,14 +102,26 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_NAMES: frozenset[str] = frozenset(c.name for c in COLUMNS)
 _COLUMN_BY_NAME: Mapping[str, Column] = MappingProxyType({c.name: c for c in COLUMNS})
 # Set by the emitter and the chain, never by a caller.
-_MANAGED = frozenset({"TimeGenerated", "EventUid", "EventType", "EventSchema",
-                      "EventSchemaVersion", "EventProduct", "EventVendor", "ChainSeq",
-                      "ChainHash"})
-SCHEMA_VERSIONS: Mapping[Schema, str] = MappingProxyType({
-    Schema.AUTHENTICATION: "0.1.3",
-    Schema.NETWORK_SESSION: "0.2.6",
-    Schema.AUDIT_EVENT: "0.1.0",
-})
+_MANAGED = frozenset(
+    {
+        "TimeGenerated",
+        "EventUid",
+        "EventType",
+        "EventSchema",
+        "EventSchemaVersion",
+        "EventProduct",
+        "EventVendor",
+        "ChainSeq",
+        "ChainHash",
+    }
+)
+SCHEMA_VERSIONS: Mapping[Schema, str] = MappingProxyType(
+    {
+        Schema.AUTHENTICATION: "0.1.3",
+        Schema.NETWORK_SESSION: "0.2.6",
+        Schema.AUDIT_EVENT: "0.1.0",
+    }
+)
 REDACTED = "[redacted]"
 
 

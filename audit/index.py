@@ -49,13 +49,29 @@ from audit.events import format_time
 
 METADATA = MetaData()
 # Filterable columns, named as the event columns they copy.
-_FILTERS = ("EventType", "EventResult", "HospitalId", "TargetHostname", "ActorUsername",
-            "ActorUserId", "VendorId", "TargetSessionId", "RequestId", "GrantId", "GatewayId")
+_FILTERS = (
+    "EventType",
+    "EventResult",
+    "HospitalId",
+    "TargetHostname",
+    "ActorUsername",
+    "ActorUserId",
+    "VendorId",
+    "TargetSessionId",
+    "RequestId",
+    "GrantId",
+    "GatewayId",
+)
 
 events_table = Table(
-    "audit_events", METADATA,
-    Column("id", Integer().with_variant(BigInteger(), "postgresql"), primary_key=True,
-           autoincrement=True),
+    "audit_events",
+    METADATA,
+    Column(
+        "id",
+        Integer().with_variant(BigInteger(), "postgresql"),
+        primary_key=True,
+        autoincrement=True,
+    ),
     Column("EventUid", String(64), nullable=False, unique=True),
     Column("ChainSeq", BigInteger, nullable=True),
     Column("TimeGenerated", String(32), nullable=False),  # fixed-width UTC ISO: sorts as text
@@ -73,8 +89,12 @@ events_table = Table(
     Column("record", Text, nullable=False),
 )
 for _col in _FILTERS:
-    Index(f"ix_audit_events_{_col.lower()}_time", events_table.c[_col],
-          events_table.c.TimeGenerated, events_table.c.id)
+    Index(
+        f"ix_audit_events_{_col.lower()}_time",
+        events_table.c[_col],
+        events_table.c.TimeGenerated,
+        events_table.c.id,
+    )
 Index("ix_audit_events_time", events_table.c.TimeGenerated, events_table.c.id)
 
 MAX_PAGE = 1000
@@ -143,8 +163,7 @@ def _row(record: Mapping[str, Any]) -> dict[str, Any]:
     row["EventUid"] = str(record["EventUid"])
     row["ChainSeq"] = record.get("ChainSeq")
     row["TimeGenerated"] = str(record["TimeGenerated"])
-    row["record"] = json.dumps(record, ensure_ascii=False, separators=(",", ":"),
-                               sort_keys=True)
+    row["record"] = json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return row
 
 
@@ -172,8 +191,11 @@ class AuditIndex:
             return 0
         rows = {str(r["EventUid"]): _row(r) for r in records}
         with self.engine.begin() as conn:
-            known = set(conn.scalars(select(events_table.c.EventUid)
-                                     .where(events_table.c.EventUid.in_(list(rows)))))
+            known = set(
+                conn.scalars(
+                    select(events_table.c.EventUid).where(events_table.c.EventUid.in_(list(rows)))
+                )
+            )
             fresh = [row for uid, row in rows.items() if uid not in known]
             if fresh:
                 conn.execute(insert(events_table), fresh)
@@ -191,10 +213,15 @@ class AuditIndex:
             conds.append(t.TimeGenerated >= format_time(q.start))
         if q.end:
             conds.append(t.TimeGenerated < format_time(q.end))
-        for value, col in ((q.hospital_id, t.HospitalId), (q.instrument, t.TargetHostname),
-                           (q.vendor_id, t.VendorId), (q.outcome, t.EventResult),
-                           (q.session_id, t.TargetSessionId), (q.request_id, t.RequestId),
-                           (q.grant_id, t.GrantId)):
+        for value, col in (
+            (q.hospital_id, t.HospitalId),
+            (q.instrument, t.TargetHostname),
+            (q.vendor_id, t.VendorId),
+            (q.outcome, t.EventResult),
+            (q.session_id, t.TargetSessionId),
+            (q.request_id, t.RequestId),
+            (q.grant_id, t.GrantId),
+        ):
             if value:
                 conds.append(col == value)
         if q.hospital_ids is not None:
@@ -206,19 +233,28 @@ class AuditIndex:
         if q.page:
             ptime, pid = _decode_page(q.page)
             if q.newest_first:
-                conds.append(or_(t.TimeGenerated < ptime,
-                                 and_(t.TimeGenerated == ptime, t.id < pid)))
+                conds.append(
+                    or_(t.TimeGenerated < ptime, and_(t.TimeGenerated == ptime, t.id < pid))
+                )
             else:
-                conds.append(or_(t.TimeGenerated > ptime,
-                                 and_(t.TimeGenerated == ptime, t.id > pid)))
-        order = ((t.TimeGenerated.desc(), t.id.desc()) if q.newest_first
-                 else (t.TimeGenerated.asc(), t.id.asc()))
-        stmt = (select(t.id, t.TimeGenerated, t.record).where(*conds).order_by(*order)
-                .limit(q.limit + 1))
+                conds.append(
+                    or_(t.TimeGenerated > ptime, and_(t.TimeGenerated == ptime, t.id > pid))
+                )
+        order = (
+            (t.TimeGenerated.desc(), t.id.desc())
+            if q.newest_first
+            else (t.TimeGenerated.asc(), t.id.asc())
+        )
+        stmt = (
+            select(t.id, t.TimeGenerated, t.record)
+            .where(*conds)
+            .order_by(*order)
+            .limit(q.limit + 1)
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         more = len(rows) > q.limit
-        rows = rows[:q.limit]
+        rows = rows[: q.limit]
         next_page = _encode_page(rows[-1].TimeGenerated, rows[-1].id) if more else None
         return Page([json.loads(r.record) for r in rows], next_page)
 
@@ -238,8 +274,14 @@ class AuditIndex:
 
     def count_before(self, before: datetime) -> int:
         with self.engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).select_from(events_table).where(
-                events_table.c.TimeGenerated < format_time(before))) or 0)
+            return int(
+                conn.scalar(
+                    select(func.count())
+                    .select_from(events_table)
+                    .where(events_table.c.TimeGenerated < format_time(before))
+                )
+                or 0
+            )
 
     def delete_before(self, before: datetime, types: Sequence[str] | None = None) -> int:
         """Remove index rows older than ``before`` (retention; the caller logs it)."""
@@ -269,8 +311,13 @@ def _expected(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def check_index(index: AuditIndex, chain: Iterable[Mapping[str, Any]], *,
-                indexed_upto: int | None = None, max_problems: int = 20) -> IndexCheck:
+def check_index(
+    index: AuditIndex,
+    chain: Iterable[Mapping[str, Any]],
+    *,
+    indexed_upto: int | None = None,
+    max_problems: int = 20,
+) -> IndexCheck:
     """Compare the auditors' index with the chained events (``read_events`` of the log).
 
     Every chained event up to ``indexed_upto`` (the index's shipping cursor;
@@ -286,13 +333,16 @@ def check_index(index: AuditIndex, chain: Iterable[Mapping[str, Any]], *,
     problems: list[str] = []
     with index.engine.connect() as conn:
         top = int(conn.scalar(select(func.max(t.ChainSeq))) or 0)
-        stray = int(conn.scalar(select(func.count()).select_from(events_table)
-                                .where(t.ChainSeq.is_(None))) or 0)
+        stray = int(
+            conn.scalar(select(func.count()).select_from(events_table).where(t.ChainSeq.is_(None)))
+            or 0
+        )
         if stray:
             problems.append(f"{stray} indexed events carry no chain position: not from the log")
         upto = top if indexed_upto is None else indexed_upto
         rows = conn.execution_options(yield_per=1000).execute(
-            select(*cols).where(t.ChainSeq.is_not(None)).order_by(t.ChainSeq, t.id))
+            select(*cols).where(t.ChainSeq.is_not(None)).order_by(t.ChainSeq, t.id)
+        )
         row_iter = iter(rows)
         row = next(row_iter, None)
         compared = retired = last = 0
@@ -306,8 +356,10 @@ def check_index(index: AuditIndex, chain: Iterable[Mapping[str, Any]], *,
                 if details.get("kind") == "events" and details.get("before"):
                     cutoffs.append(str(details["before"]))
             while row is not None and row.ChainSeq < seq:
-                problems.append(f"index row at position {row.ChainSeq} ({row.EventUid}) is "
-                                "not the chained event there: inserted or duplicated")
+                problems.append(
+                    f"index row at position {row.ChainSeq} ({row.EventUid}) is "
+                    "not the chained event there: inserted or duplicated"
+                )
                 row = next(row_iter, None)
             if row is not None and row.ChainSeq == seq:
                 want = _expected(record)
@@ -315,8 +367,10 @@ def check_index(index: AuditIndex, chain: Iterable[Mapping[str, Any]], *,
                 got["record"] = json.loads(got["record"])
                 if got != want:
                     diff = sorted(k for k in want if got.get(k) != want[k])
-                    problems.append(f"index row at position {seq} ({row.EventUid}) differs "
-                                    f"from the chain in {', '.join(diff)}: edited")
+                    problems.append(
+                        f"index row at position {seq} ({row.EventUid}) differs "
+                        f"from the chain in {', '.join(diff)}: edited"
+                    )
                 compared += 1
                 row = next(row_iter, None)
             elif seq <= upto:
@@ -324,16 +378,17 @@ def check_index(index: AuditIndex, chain: Iterable[Mapping[str, Any]], *,
             if len(problems) >= max_problems:
                 break
         while row is not None and len(problems) < max_problems:
-            problems.append(f"index row at position {row.ChainSeq} ({row.EventUid}) is beyond "
-                            f"the end of the chain ({last}): not from this log")
+            problems.append(
+                f"index row at position {row.ChainSeq} ({row.EventUid}) is beyond "
+                f"the end of the chain ({last}): not from this log"
+            )
             row = next(row_iter, None)
     newest_cut = max(cutoffs, default="")
     for seq, time in missing:
         if time and time < newest_cut:
             retired += 1
         elif len(problems) < max_problems:
-            problems.append(f"chained event at position {seq} is missing from the index: "
-                            "deleted")
+            problems.append(f"chained event at position {seq} is missing from the index: deleted")
     return IndexCheck(not problems, compared, upto, retired, tuple(problems))
 
 

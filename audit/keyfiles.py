@@ -25,8 +25,9 @@ import secrets
 from pathlib import Path
 
 MODE = 0o600
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
-    | getattr(os, "O_BINARY", 0)
+_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+)
 
 
 def _write_new(path: Path, data: bytes, *, sync: bool) -> None:
@@ -34,7 +35,7 @@ def _write_new(path: Path, data: bytes, *, sync: bool) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if sync:
             os.fsync(fd)
     except BaseException:

@@ -52,14 +52,20 @@ class MaskRule:
 # Defaults meant for Japanese hospital laboratories; every site can replace them.
 DEFAULT_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # "患者ID: 123", "カルテ番号=A-77", "patient_id=0042", "PID:XY12"
-    ("patient-label",
-     r"(?:患者\s*(?:ID|番号|名|氏名)|カルテ\s*(?:番号|No\.?)|診察券番号|patient[_ -]?(?:id|no|name)"
-     r"|\bMRN|\bPID)\s*[:：=_#-]?\s*[^\s,;/\\\"']+", ()),
+    (
+        "patient-label",
+        r"(?:患者\s*(?:ID|番号|名|氏名)|カルテ\s*(?:番号|No\.?)|診察券番号|patient[_ -]?(?:id|no|name)"  # noqa: E501
+        r"|\bMRN|\bPID)\s*[:：=_#-]?\s*[^\s,;/\\\"']+",
+        (),
+    ),
     # medical record numbers: a run of 8 to 10 digits standing alone
     ("mrn-digits", r"(?<![0-9])[0-9]{8,10}(?![0-9])", ()),
     # personal names written in kanji or kana inside file names
-    ("name-in-filename", r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff々]{2,}",
-     ("TargetFileName", "Object", "file", "path")),
+    (
+        "name-in-filename",
+        r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff々]{2,}",
+        ("TargetFileName", "Object", "file", "path"),
+    ),
 )
 
 
@@ -80,8 +86,11 @@ class Masker:
         for i, r in enumerate(rules):
             if not isinstance(r.get("pattern"), str):
                 raise MaskingError(f"masking rule #{i + 1} has no pattern")
-            compiled.append(MaskRule.compile(str(r.get("name", f"rule-{i + 1}")),
-                                             r["pattern"], r.get("fields") or ()))
+            compiled.append(
+                MaskRule.compile(
+                    str(r.get("name", f"rule-{i + 1}")), r["pattern"], r.get("fields") or ()
+                )
+            )
         return cls(compiled)
 
     def mask_text(self, text: str, field: str = "") -> str:

@@ -48,8 +48,9 @@ class OutboxCorrupt(OutboxError):
 class SinkError(OutboxError):
     """A sink did not acknowledge a batch; it stays in the outbox and is retried."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None,
-                 permanent: bool = False) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, permanent: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.permanent = permanent  # the sink rejected the data itself (e.g. schema)
@@ -110,8 +111,9 @@ class CursorStore:
     def save(self, sink: str, c: Cursor) -> None:
         p = self.path(sink)
         tmp = p.with_name(p.name + ".tmp")
-        data = json.dumps({"seq": c.seq, "offset": c.offset, "hash": c.hash,
-                           "check": _checksum(sink, c)}).encode()
+        data = json.dumps(
+            {"seq": c.seq, "offset": c.offset, "hash": c.hash, "check": _checksum(sink, c)}
+        ).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
             os.write(fd, data)
@@ -121,8 +123,9 @@ class CursorStore:
         os.replace(tmp, p)
 
 
-def reset_cursor(store: CursorStore, log_path: str | os.PathLike[str], sink: str,
-                 seq: int) -> Cursor:
+def reset_cursor(
+    store: CursorStore, log_path: str | os.PathLike[str], sink: str, seq: int
+) -> Cursor:
     """Operator action: point a sink's cursor at ``seq`` (0 = re-send everything)."""
     cursor = Cursor()
     if seq > 0:
@@ -155,11 +158,14 @@ def _scan(path: Path, start: Cursor) -> Iterator[tuple[int, int, dict[str, Any]]
                 record = json.loads(line)
                 seq = int(record["ChainSeq"])
             except (ValueError, KeyError, TypeError) as exc:
-                raise OutboxCorrupt(f"{path}: unreadable event at offset "
-                                    f"{offset - len(line)}") from exc
+                raise OutboxCorrupt(
+                    f"{path}: unreadable event at offset {offset - len(line)}"
+                ) from exc
             if seq != expected:
-                raise OutboxCorrupt(f"{path}: expected position {expected} at offset "
-                                    f"{offset - len(line)}, found {seq}")
+                raise OutboxCorrupt(
+                    f"{path}: expected position {expected} at offset "
+                    f"{offset - len(line)}, found {seq}"
+                )
             expected += 1
             yield seq, offset, record
 
@@ -181,16 +187,20 @@ def _check_cursor(p: Path, cursor: Cursor) -> None:
                 if window >= MAX_LINE:
                     raise OutboxCorrupt(f"cursor at position {cursor.seq} is not at a line end")
                 window *= 4
-        record = json.loads(chunk[nl + 1:])
+        record = json.loads(chunk[nl + 1 :])
     except (OSError, ValueError) as exc:
         raise OutboxCorrupt(f"cursor at position {cursor.seq} does not match the log") from exc
-    if (not isinstance(record, dict) or record.get("ChainSeq") != cursor.seq
-            or (cursor.hash and record.get("ChainHash") != cursor.hash)):
+    if (
+        not isinstance(record, dict)
+        or record.get("ChainSeq") != cursor.seq
+        or (cursor.hash and record.get("ChainHash") != cursor.hash)
+    ):
         raise OutboxCorrupt(f"cursor at position {cursor.seq} does not match the log")
 
 
-def read_batch(path: str | os.PathLike[str], cursor: Cursor,
-               limit: int) -> tuple[list[dict[str, Any]], Cursor]:
+def read_batch(
+    path: str | os.PathLike[str], cursor: Cursor, limit: int
+) -> tuple[list[dict[str, Any]], Cursor]:
     """Up to ``limit`` events after ``cursor`` and the cursor after them.
 
     The cursor must point at the end of the line it names; otherwise the log

@@ -72,7 +72,8 @@ from audit.verify import GENESIS, VerifyResult, verify_lines
 
 METADATA = MetaData()
 chains_table = Table(
-    "audit_chains", METADATA,
+    "audit_chains",
+    METADATA,
     Column("chain_id", String(128), primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
@@ -81,7 +82,8 @@ chains_table = Table(
     Column("hostname", String(255), nullable=True),
 )
 chain_events_table = Table(
-    "audit_chain_events", METADATA,
+    "audit_chain_events",
+    METADATA,
     Column("chain_id", String(128), nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("prev_hash", String(64), nullable=False),
@@ -90,7 +92,8 @@ chain_events_table = Table(
     PrimaryKeyConstraint("chain_id", "seq"),
 )
 cursors_table = Table(
-    "audit_chain_cursors", METADATA,
+    "audit_chain_cursors",
+    METADATA,
     Column("chain_id", String(128), nullable=False),
     Column("sink", String(64), nullable=False),
     Column("seq", BigInteger, nullable=False),
@@ -113,14 +116,20 @@ def store_engine(url: str, *, password: PasswordSource | None = None) -> Engine:
     url = sqlalchemy_url(url)
     if not url.startswith("postgresql"):
         raise ChainError("the audit store needs a PostgreSQL URL (postgresql://...)")
-    engine = create_engine(url, password=password, pool_pre_ping=True, connect_args={
-        "connect_timeout": CONNECT_TIMEOUT_S,
-        # the server drops a silent client within ~25 s too, so a partitioned writer's
-        # chain lock does not outlive it by hours (TCP keepalive defaults)
-        "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c tcp_keepalives_idle=10 "
-                   "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
-                   f"-c tcp_user_timeout={STATEMENT_TIMEOUT_MS}",
-        "tcp_user_timeout": STATEMENT_TIMEOUT_MS})
+    engine = create_engine(
+        url,
+        password=password,
+        pool_pre_ping=True,
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            # the server drops a silent client within ~25 s too, so a partitioned writer's
+            # chain lock does not outlive it by hours (TCP keepalive defaults)
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c tcp_keepalives_idle=10 "
+            "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
+            f"-c tcp_user_timeout={STATEMENT_TIMEOUT_MS}",
+            "tcp_user_timeout": STATEMENT_TIMEOUT_MS,
+        },
+    )
     try:
         create_tables(engine)
     except SQLAlchemyError as exc:
@@ -194,11 +203,19 @@ class PgChainLog:
     event.  Opening refuses a chain another live process writes.
     """
 
-    def __init__(self, engine: Engine, chain_id: str, *,
-                 signer: CheckpointSigner | None = None, checkpoint_every: int = 1000,
-                 checkpoint_interval_s: float = 60.0, clock: Callable[[], datetime] = utc_now,
-                 hostname: str | None = None, commit_timeout_s: float = 20.0,
-                 lock_wait_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        chain_id: str,
+        *,
+        signer: CheckpointSigner | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+        clock: Callable[[], datetime] = utc_now,
+        hostname: str | None = None,
+        commit_timeout_s: float = 20.0,
+        lock_wait_s: float = 0.0,
+    ) -> None:
         self.engine = engine
         self.chain_id = _check_chain_id(chain_id)
         self.hostname = hostname
@@ -229,8 +246,9 @@ class PgChainLog:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.5)
-        self._thread = threading.Thread(target=self._run, name=f"audit-chain-{chain_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"audit-chain-{chain_id}", daemon=True
+        )
         self._thread.start()
 
     # --- the emitter --------------------------------------------------------------
@@ -328,8 +346,11 @@ class PgChainLog:
                 self._store(state, [s for _, s in sealed], after)
         except Exception as exc:  # any failure: this batch fails closed, reconnect next time
             self._drop()
-            err = exc if isinstance(exc, ChainError) else ChainError(
-                f"audit store: {type(exc).__name__}: {exc}"[:500])
+            err = (
+                exc
+                if isinstance(exc, ChainError)
+                else ChainError(f"audit store: {type(exc).__name__}: {exc}"[:500])
+            )
             for req in batch:
                 if not req.done.is_set():
                     req.error = err
@@ -354,14 +375,22 @@ class PgChainLog:
         conn = self._conn
         assert conn is not None
         with conn.cursor() as cur:
-            cur.execute(_STORE, {
-                "chain": self.chain_id, "seq": last.seq, "hash": last.hash,
-                "old_seq": state.seq, "old_hash": state.hash,
-                "cp_seq": cp.seq if cp else None,
-                "cp": json.dumps(cp.details()) if cp else None,
-                "seqs": [k.seq for k in links], "prevs": [k.prev for k in links],
-                "hashes": [k.hash for k in links],
-                "records": [k.line[:-1].decode() for k in links]})
+            cur.execute(
+                _STORE,
+                {
+                    "chain": self.chain_id,
+                    "seq": last.seq,
+                    "hash": last.hash,
+                    "old_seq": state.seq,
+                    "old_hash": state.hash,
+                    "cp_seq": cp.seq if cp else None,
+                    "cp": json.dumps(cp.details()) if cp else None,
+                    "seqs": [k.seq for k in links],
+                    "prevs": [k.prev for k in links],
+                    "hashes": [k.hash for k in links],
+                    "records": [k.line[:-1].decode() for k in links],
+                },
+            )
             row = cur.fetchone()
         conn.commit()
         if row is None or int(row[0]) != len(links):
@@ -381,22 +410,33 @@ class PgChainLog:
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
                 if not _one(cur)[0]:
-                    raise ChainBusy(f"audit chain {self.chain_id} is being written by another "
-                                     "broker process (is replica_id unique?)")
-                cur.execute("INSERT INTO audit_chains (chain_id, seq, hash, hostname) "
-                            "VALUES (%s, 0, %s, %s) ON CONFLICT (chain_id) DO NOTHING",
-                            (self.chain_id, GENESIS, self.hostname))
-                cur.execute("SELECT seq, hash, checkpoint_seq FROM audit_chains "
-                            "WHERE chain_id = %s", (self.chain_id,))
+                    raise ChainBusy(
+                        f"audit chain {self.chain_id} is being written by another "
+                        "broker process (is replica_id unique?)"
+                    )
+                cur.execute(
+                    "INSERT INTO audit_chains (chain_id, seq, hash, hostname) "
+                    "VALUES (%s, 0, %s, %s) ON CONFLICT (chain_id) DO NOTHING",
+                    (self.chain_id, GENESIS, self.hostname),
+                )
+                cur.execute(
+                    "SELECT seq, hash, checkpoint_seq FROM audit_chains WHERE chain_id = %s",
+                    (self.chain_id,),
+                )
                 seq, head, cp_seq = _one(cur)
-                cur.execute("SELECT seq, hash FROM audit_chain_events WHERE chain_id = %s "
-                            "ORDER BY seq DESC LIMIT 1", (self.chain_id,))
+                cur.execute(
+                    "SELECT seq, hash FROM audit_chain_events WHERE chain_id = %s "
+                    "ORDER BY seq DESC LIMIT 1",
+                    (self.chain_id,),
+                )
                 tail = cur.fetchone() or (0, GENESIS)
             conn.commit()
             if (int(tail[0]), tail[1]) != (int(seq), head):
-                raise ChainError(f"audit chain {self.chain_id} fails verification: its head "
-                                 f"says position {seq} but the last stored event is "
-                                 f"{tail[0]} (run hoshu audit verify)")
+                raise ChainError(
+                    f"audit chain {self.chain_id} fails verification: its head "
+                    f"says position {seq} but the last stored event is "
+                    f"{tail[0]} (run hoshu audit verify)"
+                )
         except ChainError:
             fairy.invalidate()
             raise
@@ -406,11 +446,16 @@ class PgChainLog:
         self._fairy, self._conn = fairy, conn
         state = self._state
         if state is None or (state.seq, state.hash) != (int(seq), head):
-            state = ChainState(int(seq), head, signer=self._signer,
-                               checkpoint_every=self._cp_every,
-                               checkpoint_interval_s=self._cp_interval, clock=self._clock,
-                               hostname=self.hostname,
-                               last_checkpoint_seq=None if cp_seq is None else int(cp_seq))
+            state = ChainState(
+                int(seq),
+                head,
+                signer=self._signer,
+                checkpoint_every=self._cp_every,
+                checkpoint_interval_s=self._cp_interval,
+                clock=self._clock,
+                hostname=self.hostname,
+                last_checkpoint_seq=None if cp_seq is None else int(cp_seq),
+            )
         self._state = state
         self._committed = state.seq
         return state
@@ -457,6 +502,7 @@ class PgChainLog:
 
 # --- shipping: the outbox is "every row after my cursor" -----------------------------
 
+
 class PgOutbox:
     """One chain's events in order, for a shipper (the file log's ``read_batch``)."""
 
@@ -473,26 +519,34 @@ class PgOutbox:
                 rows = conn.execute(
                     select(t.seq, t.hash, t.record)
                     .where(t.chain_id == self.chain_id, t.seq >= max(1, cursor.seq))
-                    .order_by(t.seq).limit(limit + 1)).all()
+                    .order_by(t.seq)
+                    .limit(limit + 1)
+                ).all()
         except SQLAlchemyError as exc:
             raise OutboxError(f"audit store: {type(exc).__name__}"[:200]) from exc
         if cursor.seq > 0:
-            if not rows or rows[0].seq != cursor.seq or (cursor.hash
-                                                          and rows[0].hash != cursor.hash):
-                raise OutboxCorrupt(f"cursor at position {cursor.seq} does not match chain "
-                                    f"{self.chain_id}")
+            if (
+                not rows
+                or rows[0].seq != cursor.seq
+                or (cursor.hash and rows[0].hash != cursor.hash)
+            ):
+                raise OutboxCorrupt(
+                    f"cursor at position {cursor.seq} does not match chain {self.chain_id}"
+                )
             rows = rows[1:]
         out: list[dict[str, Any]] = []
         last, expected = cursor, cursor.seq + 1
         for row in rows[:limit]:
             if row.seq != expected:
-                raise OutboxCorrupt(f"chain {self.chain_id}: expected position {expected}, "
-                                    f"found {row.seq}")
+                raise OutboxCorrupt(
+                    f"chain {self.chain_id}: expected position {expected}, found {row.seq}"
+                )
             try:
                 record = json.loads(row.record)
             except ValueError as exc:
-                raise OutboxCorrupt(f"chain {self.chain_id}: unreadable event at position "
-                                    f"{row.seq}") from exc
+                raise OutboxCorrupt(
+                    f"chain {self.chain_id}: unreadable event at position {row.seq}"
+                ) from exc
             out.append(record)
             last, expected = Cursor(row.seq, 0, row.hash), expected + 1
         return out, last
@@ -500,8 +554,12 @@ class PgOutbox:
     def head_seq(self) -> int:
         try:
             with self.engine.connect() as conn:
-                return int(conn.scalar(select(chains_table.c.seq).where(
-                    chains_table.c.chain_id == self.chain_id)) or 0)
+                return int(
+                    conn.scalar(
+                        select(chains_table.c.seq).where(chains_table.c.chain_id == self.chain_id)
+                    )
+                    or 0
+                )
         except SQLAlchemyError:
             return 0
 
@@ -518,11 +576,13 @@ class PgCursorStore:
         t = cursors_table.c
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(select(t.seq, t.hash).where(
-                    t.chain_id == self.chain_id, t.sink == sink)).first()
+                row = conn.execute(
+                    select(t.seq, t.hash).where(t.chain_id == self.chain_id, t.sink == sink)
+                ).first()
         except SQLAlchemyError as exc:
-            raise OutboxError(f"cannot read the cursor of sink {sink!r}: "
-                              f"{type(exc).__name__}") from exc
+            raise OutboxError(
+                f"cannot read the cursor of sink {sink!r}: {type(exc).__name__}"
+            ) from exc
         if row is None:
             return Cursor()
         if row.seq < 0:
@@ -531,25 +591,29 @@ class PgCursorStore:
 
     def save(self, sink: str, c: Cursor) -> None:
         check_sink_name(sink)
-        stmt = pg_insert(cursors_table).values(chain_id=self.chain_id, sink=sink, seq=c.seq,
-                                               hash=c.hash, version=1)
+        stmt = pg_insert(cursors_table).values(
+            chain_id=self.chain_id, sink=sink, seq=c.seq, hash=c.hash, version=1
+        )
         stmt = stmt.on_conflict_do_update(
             index_elements=["chain_id", "sink"],
-            set_={"seq": c.seq, "hash": c.hash, "version": cursors_table.c.version + 1})
+            set_={"seq": c.seq, "hash": c.hash, "version": cursors_table.c.version + 1},
+        )
         try:
             with self.engine.begin() as conn:
                 conn.execute(stmt)
         except SQLAlchemyError as exc:
-            raise OutboxError(f"cannot save the cursor of sink {sink!r}: "
-                              f"{type(exc).__name__}") from exc
+            raise OutboxError(
+                f"cannot save the cursor of sink {sink!r}: {type(exc).__name__}"
+            ) from exc
 
     def stamp(self, sink: str) -> tuple[int, ...]:
         """Changes whenever the cursor is saved (an operator's reset shows)."""
         t = cursors_table.c
         try:
             with self.engine.connect() as conn:
-                v = conn.scalar(select(t.version).where(t.chain_id == self.chain_id,
-                                                        t.sink == sink))
+                v = conn.scalar(
+                    select(t.version).where(t.chain_id == self.chain_id, t.sink == sink)
+                )
         except SQLAlchemyError:
             return (-1,)
         return (int(v) if v is not None else -1,)
@@ -557,8 +621,9 @@ class PgCursorStore:
     def sinks(self) -> list[str]:
         t = cursors_table.c
         with self.engine.connect() as conn:
-            return list(conn.scalars(select(t.sink).where(t.chain_id == self.chain_id)
-                                     .order_by(t.sink)))
+            return list(
+                conn.scalars(select(t.sink).where(t.chain_id == self.chain_id).order_by(t.sink))
+            )
 
 
 def reset_pg_cursor(store: PgCursorStore, sink: str, seq: int) -> Cursor:
@@ -577,11 +642,11 @@ def reset_pg_cursor(store: PgCursorStore, sink: str, seq: int) -> Cursor:
 
 # --- verification ------------------------------------------------------------------
 
+
 def chain_ids(engine: Engine) -> list[str]:
     """Every chain in the store (one per replica that ever wrote)."""
     with engine.connect() as conn:
-        return list(conn.scalars(select(chains_table.c.chain_id)
-                                 .order_by(chains_table.c.chain_id)))
+        return list(conn.scalars(select(chains_table.c.chain_id).order_by(chains_table.c.chain_id)))
 
 
 def _lines(engine: Engine, chain_id: str, problems: list[tuple[int, str]]) -> Iterator[bytes]:
@@ -590,33 +655,53 @@ def _lines(engine: Engine, chain_id: str, problems: list[tuple[int, str]]) -> It
     t = chain_events_table.c
     with engine.connect() as conn:
         rows = conn.execution_options(yield_per=5000).execute(
-            select(t.seq, t.prev_hash, t.hash, t.record).where(t.chain_id == chain_id)
-            .order_by(t.seq))
+            select(t.seq, t.prev_hash, t.hash, t.record)
+            .where(t.chain_id == chain_id)
+            .order_by(t.seq)
+        )
         prev, expected = GENESIS, 1
         for row in rows:
             if row.seq != expected or row.prev_hash != prev:
-                problems.append((expected, f"position {expected} of chain {chain_id} is "
-                                           "missing or out of order: deleted or inserted"))
+                problems.append(
+                    (
+                        expected,
+                        f"position {expected} of chain {chain_id} is "
+                        "missing or out of order: deleted or inserted",
+                    )
+                )
                 return
             line = row.record.encode() + b"\n"
             if f'"ChainHash":"{row.hash}"'.encode() not in line:
-                problems.append((row.seq, f"position {row.seq} of chain {chain_id}: the hash "
-                                          "column disagrees with the record: edited"))
+                problems.append(
+                    (
+                        row.seq,
+                        f"position {row.seq} of chain {chain_id}: the hash "
+                        "column disagrees with the record: edited",
+                    )
+                )
                 return
             prev, expected = row.hash, expected + 1
             yield line
 
 
-def verify_chain(engine: Engine, chain_id: str, *, keys: TrustedKeys | None = None,
-                 checkpoints: Sequence[Checkpoint] = (), checkpoint_every: int | None = None,
-                 closed: bool = False, upto: int | None = None) -> VerifyResult:
+def verify_chain(
+    engine: Engine,
+    chain_id: str,
+    *,
+    keys: TrustedKeys | None = None,
+    checkpoints: Sequence[Checkpoint] = (),
+    checkpoint_every: int | None = None,
+    closed: bool = False,
+    upto: int | None = None,
+) -> VerifyResult:
     """:func:`audit.verify.verify` for one chain in the store: the same rules, with the
     head row as the ``.head`` file and its newest checkpoint as the ``.checkpoint`` file."""
     c = chains_table.c
     try:
         with engine.connect() as conn:
-            head = conn.execute(select(c.seq, c.hash, c.checkpoint)
-                                .where(c.chain_id == chain_id)).first()
+            head = conn.execute(
+                select(c.seq, c.hash, c.checkpoint).where(c.chain_id == chain_id)
+            ).first()
     except SQLAlchemyError as exc:
         raise ChainError(f"audit store: {type(exc).__name__}: {exc}"[:500]) from exc
     if head is None:
@@ -626,21 +711,40 @@ def verify_chain(engine: Engine, chain_id: str, *, keys: TrustedKeys | None = No
     try:
         result = verify_lines(
             _lines(engine, chain_id, problems),
-            head=None if upto is not None else (int(head.seq), str(head.hash)), keys=keys,
-            checkpoints=checkpoints, upto=upto, checkpoint_every=checkpoint_every,
-            closed=closed, side=side, side_required=True,
-            side_name="the chain's head row checkpoint")
+            head=None if upto is not None else (int(head.seq), str(head.hash)),
+            keys=keys,
+            checkpoints=checkpoints,
+            upto=upto,
+            checkpoint_every=checkpoint_every,
+            closed=closed,
+            side=side,
+            side_required=True,
+            side_name="the chain's head row checkpoint",
+        )
     except SQLAlchemyError as exc:
         raise ChainError(f"audit store: {type(exc).__name__}: {exc}"[:500]) from exc
     if problems and (result.ok or (result.first_bad or 0) >= problems[0][0]):
         pos, why = problems[0]
-        return VerifyResult(False, result.count, result.last_hash, pos, why, result.checkpoints,
-                            keys is not None, result.last_checkpoint, result.unsigned_tail)
+        return VerifyResult(
+            False,
+            result.count,
+            result.last_hash,
+            pos,
+            why,
+            result.checkpoints,
+            keys is not None,
+            result.last_checkpoint,
+            result.unsigned_tail,
+        )
     return result
 
 
 def count_events(engine: Engine, chain_id: str) -> int:
     t = chain_events_table.c
     with engine.connect() as conn:
-        return int(conn.scalar(select(func.count()).select_from(chain_events_table)
-                               .where(t.chain_id == chain_id)) or 0)
+        return int(
+            conn.scalar(
+                select(func.count()).select_from(chain_events_table).where(t.chain_id == chain_id)
+            )
+            or 0
+        )

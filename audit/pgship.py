@@ -46,10 +46,18 @@ MakeShippers = Callable[[PgOutbox, PgCursorStore], list[Shipper]]
 class OrphanChains:
     """Signs and ships the chains other replicas left behind (see the module doc)."""
 
-    def __init__(self, engine: Engine, own_chain: str, *, sinks: Sequence[str],
-                 make_shippers: MakeShippers, signer: CheckpointSigner | None,
-                 hostname: str | None = None, every_s: float = 30.0,
-                 round_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        own_chain: str,
+        *,
+        sinks: Sequence[str],
+        make_shippers: MakeShippers,
+        signer: CheckpointSigner | None,
+        hostname: str | None = None,
+        every_s: float = 30.0,
+        round_s: float = 10.0,
+    ) -> None:
         self.engine = engine
         self.own = own_chain
         self.sinks = list(sinks)
@@ -66,11 +74,13 @@ class OrphanChains:
         whose last events are not covered by a checkpoint."""
         c, k = chains_table.c, cursors_table.c
         with self.engine.connect() as conn:
-            heads = conn.execute(select(c.chain_id, c.seq, c.checkpoint_seq)
-                                 .where(c.chain_id != self.own, c.seq > 0)).all()
+            heads = conn.execute(
+                select(c.chain_id, c.seq, c.checkpoint_seq).where(c.chain_id != self.own, c.seq > 0)
+            ).all()
             acked: dict[tuple[str, str], int] = {
                 (r.chain_id, r.sink): int(r.seq)
-                for r in conn.execute(select(k.chain_id, k.sink, k.seq))}
+                for r in conn.execute(select(k.chain_id, k.sink, k.seq))
+            }
         out = []
         for h in heads:
             unsigned = self.signer is not None and (h.checkpoint_seq or 0) + 1 < h.seq
@@ -83,8 +93,13 @@ class OrphanChains:
         """Sign and ship one chain if its writer is gone; returns the events the sinks
         acknowledged (None: its writer is alive, or the chain cannot be opened)."""
         try:
-            writer = PgChainLog(self.engine, chain, signer=self.signer,
-                                hostname=self.hostname, commit_timeout_s=10.0)
+            writer = PgChainLog(
+                self.engine,
+                chain,
+                signer=self.signer,
+                hostname=self.hostname,
+                commit_timeout_s=10.0,
+            )
         except ChainError as exc:  # alive (busy), or damaged: hoshu audit verify names it
             log.debug("audit chain %s not finished here: %s", chain, exc)
             return None
@@ -92,8 +107,9 @@ class OrphanChains:
         try:
             writer.checkpoint()  # the dead writer's tail, signed by this broker
             deadline = time.monotonic() + self.round_s
-            for shipper in self.make_shippers(PgOutbox(self.engine, chain),
-                                              PgCursorStore(self.engine, chain)):
+            for shipper in self.make_shippers(
+                PgOutbox(self.engine, chain), PgCursorStore(self.engine, chain)
+            ):
                 try:
                     while time.monotonic() < deadline:
                         n = shipper.ship_once()
@@ -124,8 +140,7 @@ class OrphanChains:
         return done
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="audit-orphan-chains",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="audit-orphan-chains", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

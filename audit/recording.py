@@ -85,11 +85,15 @@ class AsciicastWriter:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         except OSError as exc:
             raise RecordingFileError(
-                f"cannot create recording {self.path}: {exc.strerror}") from exc
+                f"cannot create recording {self.path}: {exc.strerror}"
+            ) from exc
         self._f = os.fdopen(fd, "wb")
-        header: dict[str, Any] = {"version": 2, "width": int(width), "height": int(height),
-                                  "timestamp": int(timestamp if timestamp is not None
-                                                   else time.time())}
+        header: dict[str, Any] = {
+            "version": 2,
+            "width": int(width),
+            "height": int(height),
+            "timestamp": int(timestamp if timestamp is not None else time.time()),
+        }
         if title:
             header["title"] = title
         if env:
@@ -150,8 +154,9 @@ class AsciicastWriter:
                     self._f.close()
                 except OSError as exc:
                     raise RecordingFileError(f"cannot close recording {self.path}: {exc}") from exc
-                self._closed = RecordingInfo(self.path, self._size, self._hash.hexdigest(),
-                                             self._last_t)
+                self._closed = RecordingInfo(
+                    self.path, self._size, self._hash.hexdigest(), self._last_t
+                )
             return self._closed
 
     def __enter__(self) -> AsciicastWriter:
@@ -178,8 +183,9 @@ def file_sha256(path: str | os.PathLike[str]) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def read_cast(path: str | os.PathLike[str], *,
-              max_bytes: int = MAX_RECORDING_BYTES) -> tuple[dict[str, Any], Iterator[CastEvent]]:
+def read_cast(
+    path: str | os.PathLike[str], *, max_bytes: int = MAX_RECORDING_BYTES
+) -> tuple[dict[str, Any], Iterator[CastEvent]]:
     """The header and a lazy iterator of events; malformed lines raise
     :class:`RecordingFileError`."""
     p = Path(path)
@@ -212,9 +218,14 @@ def _events(f: TextIO, p: Path) -> Iterator[CastEvent]:
                 raise RecordingFileError(f"{p}: line {n} is not an asciicast event") from exc
 
 
-def play(path: str | os.PathLike[str], write: Callable[[str], Any], *,
-         speed: float = 1.0, max_idle_s: float = 2.0,
-         sleep: Callable[[float], Any] = time.sleep) -> int:
+def play(
+    path: str | os.PathLike[str],
+    write: Callable[[str], Any],
+    *,
+    speed: float = 1.0,
+    max_idle_s: float = 2.0,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> int:
     """Replay output events to ``write`` in real time (scaled by ``speed``, idle capped).
 
     Returns the number of output events played.  Input events are not replayed

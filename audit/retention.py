@@ -50,8 +50,9 @@ class RetentionPolicy:
     def __post_init__(self) -> None:
         for kind, days in (("events", self.events_days), ("recordings", self.recordings_days)):
             if days is not None and days < MINIMUM_DAYS:
-                raise RetentionError(f"{kind} retention of {days} days is shorter than the "
-                                     f"minimum of {MINIMUM_DAYS}")
+                raise RetentionError(
+                    f"{kind} retention of {days} days is shorter than the minimum of {MINIMUM_DAYS}"
+                )
 
 
 @dataclass(frozen=True)
@@ -62,23 +63,38 @@ class RetentionResult:
 
 
 class Retention:
-    def __init__(self, policy: RetentionPolicy, emitter: Emitter, *,
-                 index: AuditIndex | None = None, recordings_dir: Path | None = None,
-                 recordings: RecordingStore | None = None,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        policy: RetentionPolicy,
+        emitter: Emitter,
+        *,
+        index: AuditIndex | None = None,
+        recordings_dir: Path | None = None,
+        recordings: RecordingStore | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.policy = policy
         self.emitter = emitter
         self.index = index
-        self.recordings = recordings if recordings is not None else (
-            FileStore(recordings_dir) if recordings_dir is not None else None)
+        self.recordings = (
+            recordings
+            if recordings is not None
+            else (FileStore(recordings_dir) if recordings_dir is not None else None)
+        )
         self.clock = clock
 
     def _announce(self, kind: str, count: int, before: datetime) -> None:
-        self.emitter.emit(new_event(
-            "audit.retention_deleted", clock=self.clock, DvcRole="broker", ObjectType=kind,
-            Operation="delete",
-            EventMessage=f"deleting {count} {kind} older than {format_time(before)}",
-            details={"kind": kind, "count": count, "before": format_time(before)}))
+        self.emitter.emit(
+            new_event(
+                "audit.retention_deleted",
+                clock=self.clock,
+                DvcRole="broker",
+                ObjectType=kind,
+                Operation="delete",
+                EventMessage=f"deleting {count} {kind} older than {format_time(before)}",
+                details={"kind": kind, "count": count, "before": format_time(before)},
+            )
+        )
 
     def run(self) -> RetentionResult:
         now = self.clock()
@@ -91,8 +107,11 @@ class Retention:
                 events = self.index.delete_before(before)
         if self.policy.recordings_days is not None and self.recordings is not None:
             before = now - timedelta(days=self.policy.recordings_days)
-            old = [r.name for r in self.recordings.list()
-                   if r.name.endswith(".cast") and r.modified < before]
+            old = [
+                r.name
+                for r in self.recordings.list()
+                if r.name.endswith(".cast") and r.modified < before
+            ]
             if old:
                 self._announce("recordings", len(old), before)
                 for name in old:

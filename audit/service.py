@@ -90,12 +90,14 @@ class AuditConfig:
 def _tls(cfg: SinkConfig) -> ssl.SSLContext | None:
     if not cfg.tls:
         return None
-    return ssl.create_default_context(cafile=cfg.ca_file) if cfg.ca_file \
+    return (
+        ssl.create_default_context(cafile=cfg.ca_file)
+        if cfg.ca_file
         else ssl.create_default_context()
+    )
 
 
-def make_sink(cfg: SinkConfig, *, hostname: str = "hoshu-broker",
-              credential: Any = None) -> Sink:
+def make_sink(cfg: SinkConfig, *, hostname: str = "hoshu-broker", credential: Any = None) -> Sink:
     if cfg.kind == "fluentd":
         from audit.sinks.fluent import FluentForwardSink
 
@@ -103,14 +105,19 @@ def make_sink(cfg: SinkConfig, *, hostname: str = "hoshu-broker",
     if cfg.kind == "syslog":
         from audit.sinks.syslog import SyslogSink
 
-        return SyslogSink(cfg.host, cfg.port, name=cfg.name or "syslog", tls=_tls(cfg),
-                          hostname=hostname)
+        return SyslogSink(
+            cfg.host, cfg.port, name=cfg.name or "syslog", tls=_tls(cfg), hostname=hostname
+        )
     if cfg.kind == "azure":
         from audit.sinks.azure import AzureLogsSink, production_credential
 
-        return AzureLogsSink(cfg.endpoint, cfg.rule_id,
-                             credential or production_credential(cfg.client_id),
-                             stream=cfg.stream, name=cfg.name or "sentinel")
+        return AzureLogsSink(
+            cfg.endpoint,
+            cfg.rule_id,
+            credential or production_credential(cfg.client_id),
+            stream=cfg.stream,
+            name=cfg.name or "sentinel",
+        )
     raise ValueError(f"unknown sink kind {cfg.kind!r} (fluentd, syslog, azure)")
 
 
@@ -148,23 +155,46 @@ class AuditRuntime:
         # checkpoints are required as the auditor's check requires them: a file re-hashed
         # under the running broker cannot drop the ones it cannot sign again
         if isinstance(self.log, PgChainLog):
-            result = verify_chain(self.log.engine, self.log.chain_id, keys=keys,
-                                  upto=self.log.seq, checkpoint_every=self.log.checkpoint_every)
+            result = verify_chain(
+                self.log.engine,
+                self.log.chain_id,
+                keys=keys,
+                upto=self.log.seq,
+                checkpoint_every=self.log.checkpoint_every,
+            )
         else:
-            result = verify(self.log.path, keys=keys, upto=self.log.seq,
-                            checkpoint_every=self.log.checkpoint_every)
+            result = verify(
+                self.log.path,
+                keys=keys,
+                upto=self.log.seq,
+                checkpoint_every=self.log.checkpoint_every,
+            )
         if result.ok:
-            self.log.emit(new_event(
-                "audit.verified", DvcRole="broker", DvcHostname=self.log.hostname,
-                EventMessage=f"audit log verified: {result.count} events",
-                details={"count": result.count, "checkpoints": result.checkpoints,
-                         "last_hash": result.last_hash}))
+            self.log.emit(
+                new_event(
+                    "audit.verified",
+                    DvcRole="broker",
+                    DvcHostname=self.log.hostname,
+                    EventMessage=f"audit log verified: {result.count} events",
+                    details={
+                        "count": result.count,
+                        "checkpoints": result.checkpoints,
+                        "last_hash": result.last_hash,
+                    },
+                )
+            )
         else:
-            self.log.emit(new_event(
-                "audit.verification_failed", DvcRole="broker", DvcHostname=self.log.hostname,
-                EventResult="Failure", EventResultDetails=result.reason[:500],
-                EventMessage=f"audit log tampered at position {result.first_bad}",
-                details={"position": result.first_bad, "reason": result.reason[:500]}))
+            self.log.emit(
+                new_event(
+                    "audit.verification_failed",
+                    DvcRole="broker",
+                    DvcHostname=self.log.hostname,
+                    EventResult="Failure",
+                    EventResultDetails=result.reason[:500],
+                    EventMessage=f"audit log tampered at position {result.first_bad}",
+                    details={"position": result.first_bad, "reason": result.reason[:500]},
+                )
+            )
         return result
 
     def status(self) -> list[dict[str, Any]]:
@@ -181,9 +211,14 @@ class AuditRuntime:
             self.log.engine.dispose()
 
 
-def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = None,
-                credential: Any = None, sinks: Sequence[Sink] | None = None,
-                signer: CheckpointSigner | None = None) -> AuditRuntime:
+def build_audit(
+    config: AuditConfig,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    credential: Any = None,
+    sinks: Sequence[Sink] | None = None,
+    signer: CheckpointSigner | None = None,
+) -> AuditRuntime:
     """Open the log (verified), the signing key, the index and one shipper per sink.
 
     ``sinks`` overrides the configured ones (tests); the index is always fed.
@@ -199,62 +234,118 @@ def build_audit(config: AuditConfig, *, clock: Callable[[], datetime] | None = N
     try:
         index = AuditIndex.from_url(config.index_url, password=config.index_password)
         masker = Masker.from_config(config.mask_rules)
-        built = list(sinks) if sinks is not None else [
-            make_sink(c, hostname=config.hostname, credential=credential)
-            for c in config.sinks]
-        masks = ([True] * len(built) if sinks is not None
-                 else [c.mask for c in config.sinks])
-        shippers = [Shipper(IndexSink(index), source, cursors, emitter=log,
-                            clock=now, lag_alert_s=config.lag_alert_s, batch_size=1000)]
-        shippers += [Shipper(s, source, cursors, masker=masker if m else None,
-                             emitter=log, clock=now, lag_alert_s=config.lag_alert_s)
-                     for s, m in zip(built, masks, strict=True)]
+        built = (
+            list(sinks)
+            if sinks is not None
+            else [
+                make_sink(c, hostname=config.hostname, credential=credential) for c in config.sinks
+            ]
+        )
+        masks = [True] * len(built) if sinks is not None else [c.mask for c in config.sinks]
+        shippers = [
+            Shipper(
+                IndexSink(index),
+                source,
+                cursors,
+                emitter=log,
+                clock=now,
+                lag_alert_s=config.lag_alert_s,
+                batch_size=1000,
+            )
+        ]
+        shippers += [
+            Shipper(
+                s,
+                source,
+                cursors,
+                masker=masker if m else None,
+                emitter=log,
+                clock=now,
+                lag_alert_s=config.lag_alert_s,
+            )
+            for s, m in zip(built, masks, strict=True)
+        ]
     except Exception:
         log.close()
         if isinstance(log, PgChainLog):
             log.engine.dispose()
         raise
-    reports = ReportService(index, log, clock=now,
-                            unsigned_after_days=config.unsigned_after_days)
-    retention = Retention(config.retention, log, index=index, recordings=config.recordings,
-                          recordings_dir=config.recordings_dir, clock=now)
+    reports = ReportService(index, log, clock=now, unsigned_after_days=config.unsigned_after_days)
+    retention = Retention(
+        config.retention,
+        log,
+        index=index,
+        recordings=config.recordings,
+        recordings_dir=config.recordings_dir,
+        clock=now,
+    )
     orphans = None
     if isinstance(log, PgChainLog):
+
         def make_shippers(outbox: PgOutbox, store: PgCursorStore) -> list[Shipper]:
-            fresh = [] if sinks is not None else [  # a connection of their own
-                (make_sink(c, hostname=config.hostname, credential=credential), c.mask)
-                for c in config.sinks]
-            return [Shipper(IndexSink(index), outbox, store, emitter=log, clock=now,
-                            batch_size=1000)] + [
-                Shipper(s, outbox, store, masker=masker if m else None, emitter=log,
-                        clock=now) for s, m in fresh]
+            fresh = (
+                []
+                if sinks is not None
+                else [  # a connection of their own
+                    (make_sink(c, hostname=config.hostname, credential=credential), c.mask)
+                    for c in config.sinks
+                ]
+            )
+            return [
+                Shipper(IndexSink(index), outbox, store, emitter=log, clock=now, batch_size=1000)
+            ] + [
+                Shipper(s, outbox, store, masker=masker if m else None, emitter=log, clock=now)
+                for s, m in fresh
+            ]
 
-        orphans = OrphanChains(log.engine, log.chain_id, sinks=[s.sink.name for s in shippers],
-                               make_shippers=make_shippers, signer=signer,
-                               hostname=config.hostname, every_s=config.orphan_every_s)
-    return AuditRuntime(log, signer, index, ShippingService(shippers), reports, retention,
-                        orphans)
+        orphans = OrphanChains(
+            log.engine,
+            log.chain_id,
+            sinks=[s.sink.name for s in shippers],
+            make_shippers=make_shippers,
+            signer=signer,
+            hostname=config.hostname,
+            every_s=config.orphan_every_s,
+        )
+    return AuditRuntime(log, signer, index, ShippingService(shippers), reports, retention, orphans)
 
 
-def _open_chain(config: AuditConfig, signer: CheckpointSigner, now: Callable[[], datetime],
-                ) -> tuple[ChainLog | PgChainLog, Source, Cursors]:
+def _open_chain(
+    config: AuditConfig,
+    signer: CheckpointSigner,
+    now: Callable[[], datetime],
+) -> tuple[ChainLog | PgChainLog, Source, Cursors]:
     """The chain, what shippers read and where their cursors are, for ``config.store``."""
     if config.store == "file":
-        return (ChainLog(config.log_path, fsync=config.fsync, signer=signer,
-                         checkpoint_every=config.checkpoint_every,
-                         checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
-                         hostname=config.hostname),
-                FileOutbox(config.log_path), CursorStore(config.cursor_dir))
+        return (
+            ChainLog(
+                config.log_path,
+                fsync=config.fsync,
+                signer=signer,
+                checkpoint_every=config.checkpoint_every,
+                checkpoint_interval_s=config.checkpoint_interval_s,
+                clock=now,
+                hostname=config.hostname,
+            ),
+            FileOutbox(config.log_path),
+            CursorStore(config.cursor_dir),
+        )
     if config.store != "postgres":
         raise ValueError(f"unknown audit store {config.store!r} (file, postgres)")
     chain_id = config.replica_id or config.hostname
     engine = store_engine(config.store_url or config.index_url, password=config.store_password)
     try:
-        log = PgChainLog(engine, chain_id, signer=signer,
-                         checkpoint_every=config.checkpoint_every,
-                         checkpoint_interval_s=config.checkpoint_interval_s, clock=now,
-                         hostname=config.hostname, commit_timeout_s=config.commit_timeout_s,
-                         lock_wait_s=15.0)  # another broker may be finishing this chain
+        log = PgChainLog(
+            engine,
+            chain_id,
+            signer=signer,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_interval_s=config.checkpoint_interval_s,
+            clock=now,
+            hostname=config.hostname,
+            commit_timeout_s=config.commit_timeout_s,
+            lock_wait_s=15.0,
+        )  # another broker may be finishing this chain
     except Exception:
         engine.dispose()
         raise

@@ -84,8 +84,7 @@ class Source(Protocol):
     """Where a shipper reads: the file log (:class:`~audit.outbox.FileOutbox`) or one
     chain in PostgreSQL (:class:`audit.pgchain.PgOutbox`)."""
 
-    def read_batch(self, cursor: Cursor, limit: int) -> tuple[list[dict[str, Any]], Cursor]:
-        ...
+    def read_batch(self, cursor: Cursor, limit: int) -> tuple[list[dict[str, Any]], Cursor]: ...
 
     def head_seq(self) -> int: ...
 
@@ -119,8 +118,9 @@ class Shipper:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.sink = sink
-        self.source: Source = (FileOutbox(log_path) if isinstance(log_path, (str, Path))
-                               else log_path)
+        self.source: Source = (
+            FileOutbox(log_path) if isinstance(log_path, (str, Path)) else log_path
+        )
         self.cursors = cursors
         self.masker = masker
         self.batch_size = batch_size
@@ -152,10 +152,16 @@ class Shipper:
     def _stop(self, why: str) -> None:
         self._stopped_at_mtime = self._cursor_mtime()
         if self.state != "stopped" and self.emitter is not None:
-            self.emitter.emit(new_event(
-                "audit.outbox_corrupt", clock=self.clock, EventResult="Failure",
-                DvcRole="broker", EventMessage=f"sink {self.sink.name} stopped: {why}",
-                details={"sink": self.sink.name, "reason": why}))
+            self.emitter.emit(
+                new_event(
+                    "audit.outbox_corrupt",
+                    clock=self.clock,
+                    EventResult="Failure",
+                    DvcRole="broker",
+                    EventMessage=f"sink {self.sink.name} stopped: {why}",
+                    details={"sink": self.sink.name, "reason": why},
+                )
+            )
         self.state, self.last_error = "stopped", why
 
     def ship_once(self) -> int:
@@ -196,10 +202,15 @@ class Shipper:
         self.delivered += len(records)
         if self.attempt and self.emitter is not None and self._lag_reported_at is not None:
             self._lag_reported_at = None
-            self.emitter.emit(new_event(
-                "audit.sink_recovered", clock=self.clock, DvcRole="broker",
-                EventMessage=f"sink {self.sink.name} delivers again",
-                details={"sink": self.sink.name, "lag_events": self.lag_events(after.seq)}))
+            self.emitter.emit(
+                new_event(
+                    "audit.sink_recovered",
+                    clock=self.clock,
+                    DvcRole="broker",
+                    EventMessage=f"sink {self.sink.name} delivers again",
+                    details={"sink": self.sink.name, "lag_events": self.lag_events(after.seq)},
+                )
+            )
         self.attempt, self.last_error = 0, ""
         return len(records)
 
@@ -222,8 +233,16 @@ class Shipper:
         lag_s = 0.0
         if self._oldest_pending is not None and head > acked:
             lag_s = max(0.0, (self.clock() - self._oldest_pending).total_seconds())
-        return SinkStatus(self.sink.name, self.state, acked, head, max(0, head - acked),
-                          round(lag_s, 3), self.last_error, self.delivered)
+        return SinkStatus(
+            self.sink.name,
+            self.state,
+            acked,
+            head,
+            max(0, head - acked),
+            round(lag_s, 3),
+            self.last_error,
+            self.delivered,
+        )
 
     def report_lag(self) -> bool:
         """Emit ``audit.sink_lag`` if the sink is too far behind (rate limited)."""
@@ -231,15 +250,27 @@ class Shipper:
         if self.emitter is None or (st.lag_s < self.lag_alert_s and st.state != "stopped"):
             return False
         now = self.clock()
-        if (self._lag_reported_at is not None
-                and (now - self._lag_reported_at).total_seconds() < self.lag_alert_s):
+        if (
+            self._lag_reported_at is not None
+            and (now - self._lag_reported_at).total_seconds() < self.lag_alert_s
+        ):
             return False
         self._lag_reported_at = now
-        self.emitter.emit(new_event(
-            "audit.sink_lag", clock=self.clock, DvcRole="broker", EventResult="Failure",
-            EventMessage=f"sink {st.sink} is {st.lag_events} events / {st.lag_s:.0f} s behind",
-            details={"sink": st.sink, "lag_events": st.lag_events, "lag_s": st.lag_s,
-                     "last_error": st.last_error[:500]}))
+        self.emitter.emit(
+            new_event(
+                "audit.sink_lag",
+                clock=self.clock,
+                DvcRole="broker",
+                EventResult="Failure",
+                EventMessage=f"sink {st.sink} is {st.lag_events} events / {st.lag_s:.0f} s behind",
+                details={
+                    "sink": st.sink,
+                    "lag_events": st.lag_events,
+                    "lag_s": st.lag_s,
+                    "last_error": st.last_error[:500],
+                },
+            )
+        )
         return True
 
 
@@ -259,8 +290,12 @@ class ShippingService:
 
     def start(self) -> None:
         for shipper, wake in zip(self.shippers, self._wakes, strict=True):
-            t = threading.Thread(target=self._run, args=(shipper, wake),
-                                 name=f"audit-ship-{shipper.sink.name}", daemon=True)
+            t = threading.Thread(
+                target=self._run,
+                args=(shipper, wake),
+                name=f"audit-ship-{shipper.sink.name}",
+                daemon=True,
+            )
             t.start()
             self._threads.append(t)
 
@@ -278,8 +313,9 @@ class ShippingService:
             except OutboxError as exc:  # the audit store did not answer: retried
                 shipper.attempt += 1
                 shipper.last_error = str(exc)
-                shipper.retry_at = time.monotonic() + shipper.backoff.delay(shipper.attempt,
-                                                                            shipper.rand)
+                shipper.retry_at = time.monotonic() + shipper.backoff.delay(
+                    shipper.attempt, shipper.rand
+                )
                 wait = max(0.0, shipper.retry_at - time.monotonic())
             except Exception as exc:
                 shipper.last_error = f"unexpected {type(exc).__name__}: {exc}"

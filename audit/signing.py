@@ -66,8 +66,9 @@ def key_id(public_key: PublicKey) -> str:
     if isinstance(public_key, Ed25519PublicKey):
         raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     else:
-        raw = _p256(public_key).public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        raw = _p256(public_key).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -76,8 +77,9 @@ def algorithm_of(public_key: PublicKey) -> str:
 
 
 def public_pem(public_key: PublicKey) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.PEM,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def load_public_pem(data: bytes, where: str = "public key") -> PublicKey:
@@ -103,8 +105,9 @@ def verify_signature(public_key: PublicKey, alg: str, signature: bytes, message:
         else:
             if len(signature) != 64:
                 return False
-            der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                                       int.from_bytes(signature[32:], "big"))
+            der = encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
             public_key.verify(der, message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
@@ -123,8 +126,13 @@ class Checkpoint:
     key_version: str = ""  # informational: which version in the key store signed
 
     def details(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"seq": self.seq, "hash": self.hash, "signature": self.signature,
-                               "key_id": self.key_id, "alg": self.alg}
+        out: dict[str, Any] = {
+            "seq": self.seq,
+            "hash": self.hash,
+            "signature": self.signature,
+            "key_id": self.key_id,
+            "alg": self.alg,
+        }
         if self.key_version:
             out["key_version"] = self.key_version
         return out
@@ -133,9 +141,14 @@ class Checkpoint:
     def from_details(cls, details: Mapping[str, Any]) -> Checkpoint:
         """Read a checkpoint from an ``audit.checkpoint`` event's details (or a SIEM row)."""
         try:
-            cp = cls(int(details["seq"]), str(details["hash"]), str(details["signature"]),
-                     str(details["key_id"]), str(details.get("alg") or ED25519),
-                     str(details.get("key_version") or ""))
+            cp = cls(
+                int(details["seq"]),
+                str(details["hash"]),
+                str(details["signature"]),
+                str(details["key_id"]),
+                str(details.get("alg") or ED25519),
+                str(details.get("key_version") or ""),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ChainError(f"malformed checkpoint: {exc}") from exc
         if cp.alg not in ALGORITHMS:
@@ -187,16 +200,18 @@ class CheckpointSigner:
     its public key before the checkpoint is written: a bad one is a ChainError.
     """
 
-    def __init__(self, key: Ed25519PrivateKey | SigningKey, *,
-                 retired: Iterable[PublicKey] = ()) -> None:
+    def __init__(
+        self, key: Ed25519PrivateKey | SigningKey, *, retired: Iterable[PublicKey] = ()
+    ) -> None:
         self._key: SigningKey = Ed25519Key(key) if isinstance(key, Ed25519PrivateKey) else key
         self._local = isinstance(self._key, Ed25519Key)
         self.public_key: PublicKey = self._key.public_key
         self.key_id = key_id(self.public_key)
         self.alg = self._key.alg
         if self.alg != algorithm_of(self.public_key):
-            raise ChainError(f"signing key says {self.alg} but its public key is "
-                             f"{algorithm_of(self.public_key)}")
+            raise ChainError(
+                f"signing key says {self.alg} but its public key is {algorithm_of(self.public_key)}"
+            )
         others = [k for k in retired if key_id(k) != self.key_id]
         self.public_keys: tuple[PublicKey, ...] = (self.public_key, *others)
 
@@ -228,10 +243,13 @@ class CheckpointSigner:
         message = checkpoint_message(seq, hash_)
         sig = self._key.sign(message)
         if not self._local and not verify_signature(self.public_key, self.alg, sig, message):
-            raise ChainError(f"the audit signing key {self.key_id} returned a signature that "
-                             "does not verify; no checkpoint written")
-        return Checkpoint(seq, hash_, base64.b64encode(sig).decode(), self.key_id, self.alg,
-                          self._key.version)
+            raise ChainError(
+                f"the audit signing key {self.key_id} returned a signature that "
+                "does not verify; no checkpoint written"
+            )
+        return Checkpoint(
+            seq, hash_, base64.b64encode(sig).decode(), self.key_id, self.alg, self._key.version
+        )
 
 
 def load_ed25519_file(p: Path) -> Ed25519PrivateKey:
@@ -247,8 +265,9 @@ def load_ed25519_file(p: Path) -> Ed25519PrivateKey:
 def write_ed25519_file(p: Path, key: Ed25519PrivateKey) -> None:
     """Create ``p`` (0600, PKCS#8 PEM) and its public half ``p.pub``; FileExistsError if
     ``p`` is already there (another process created it first)."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     try:
         create_secret(p, pem)
     except FileExistsError:
@@ -294,8 +313,10 @@ class TrustedKeys:
         if key is None:
             return f"checkpoint at {cp.seq} is signed by unknown key {cp.key_id}"
         if cp.alg != algorithm_of(key):
-            return (f"checkpoint at {cp.seq} says {cp.alg} but key {cp.key_id} is an "
-                    f"{algorithm_of(key)} key")
+            return (
+                f"checkpoint at {cp.seq} says {cp.alg} but key {cp.key_id} is an "
+                f"{algorithm_of(key)} key"
+            )
         try:
             sig = base64.b64decode(cp.signature, validate=True)
         except ValueError:

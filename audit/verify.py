@@ -166,9 +166,18 @@ def verify(
         return VerifyResult(False, 0, GENESIS, 1, str(exc))
     outside = [*checkpoints, *([checkpoint] if checkpoint is not None else [])]
     with open(p, "rb") if p.exists() else contextlib.nullcontext(()) as lines:
-        return verify_lines(lines, head=head, keys=keys, checkpoints=outside, upto=upto,
-                            checkpoint_every=checkpoint_every, closed=closed, side=side,
-                            side_required=sidecar, side_name="the .checkpoint file")
+        return verify_lines(
+            lines,
+            head=head,
+            keys=keys,
+            checkpoints=outside,
+            upto=upto,
+            checkpoint_every=checkpoint_every,
+            closed=closed,
+            side=side,
+            side_required=sidecar,
+            side_name="the .checkpoint file",
+        )
 
 
 def verify_lines(
@@ -196,8 +205,7 @@ def verify_lines(
     seen: dict[int, str] = {}
 
     def bad(pos: int, reason: str) -> VerifyResult:
-        return VerifyResult(False, seq, prev, pos, reason, cps, keys is not None, last_cp,
-                            since)
+        return VerifyResult(False, seq, prev, pos, reason, cps, keys is not None, last_cp, since)
 
     for cp in outside:
         if keys is not None and (why := keys.check(cp)):
@@ -215,26 +223,34 @@ def verify_lines(
         except ValueError:
             return bad(lineno, f"line {lineno} is not a record")
         if record.get("ChainSeq") != lineno:
-            return bad(lineno, f"line {lineno} has position {record.get('ChainSeq')}: "
-                               "an event was deleted, inserted or moved")
+            return bad(
+                lineno,
+                f"line {lineno} has position {record.get('ChainSeq')}: "
+                "an event was deleted, inserted or moved",
+            )
         if record.get("ChainHash") != chain_hash(prev, record):
-            return bad(lineno, f"line {lineno} does not match its hash: edited, "
-                               "inserted or reordered")
+            return bad(
+                lineno, f"line {lineno} does not match its hash: edited, inserted or reordered"
+            )
         if record.get("EventType") == "audit.checkpoint":
             try:
                 cp = Checkpoint.from_details(record.get("Details") or {})
             except ChainError as exc:
                 return bad(lineno, f"line {lineno}: {exc}")
             if cp.seq != lineno - 1 or cp.hash != prev:
-                return bad(lineno, f"checkpoint at line {lineno} does not match the "
-                                   "chain before it")
+                return bad(
+                    lineno, f"checkpoint at line {lineno} does not match the chain before it"
+                )
             if keys is not None and (why := keys.check(cp)):
                 return bad(lineno, f"line {lineno}: {why}")
             cps, last_cp, since = cps + 1, cp, 0
         elif checkpoint_every is not None and since >= checkpoint_every:
-            return bad(lineno, f"no signed checkpoint within {checkpoint_every} events "
-                               f"after position {lineno - since - 1}: checkpoints were "
-                               "removed or the log was rewritten")
+            return bad(
+                lineno,
+                f"no signed checkpoint within {checkpoint_every} events "
+                f"after position {lineno - since - 1}: checkpoints were "
+                "removed or the log was rewritten",
+            )
         else:
             since += 1
         prev, seq = record["ChainHash"], lineno
@@ -242,11 +258,16 @@ def verify_lines(
             seen[lineno] = prev
     for cp in sorted(outside, key=lambda c: c.seq):
         if seq < cp.seq:
-            return bad(seq + 1, f"the log ends at position {seq} but a signed checkpoint "
-                                f"covers position {cp.seq}: the tail was truncated")
+            return bad(
+                seq + 1,
+                f"the log ends at position {seq} but a signed checkpoint "
+                f"covers position {cp.seq}: the tail was truncated",
+            )
         if seen.get(cp.seq) != cp.hash:
-            return bad(cp.seq, f"position {cp.seq} does not match the signed "
-                               "checkpoint: the log was rewritten")
+            return bad(
+                cp.seq,
+                f"position {cp.seq} does not match the signed checkpoint: the log was rewritten",
+            )
     if side_required and side is None and cps:
         return bad(seq + 1, f"{side_name} beside the chain is missing")
     if upto is not None and seq < upto:
@@ -255,13 +276,29 @@ def verify_lines(
         if head[0] < 0:
             return bad(seq + 1, "the .head file beside the log is unreadable")
         if seq < head[0]:
-            return bad(seq + 1, f"the log ends at position {seq} but was written up to "
-                                f"{head[0]}: the tail was truncated")
+            return bad(
+                seq + 1,
+                f"the log ends at position {seq} but was written up to "
+                f"{head[0]}: the tail was truncated",
+            )
         if seq == head[0] and prev != head[1]:
             return bad(seq, f"position {seq} does not match the head")
     if closed and since:
-        return bad(seq - since + 1, f"the last {since} events are not covered by a signed "
-                                    "checkpoint (the log was not closed, or its last "
-                                    "checkpoints were removed)")
-    return VerifyResult(True, seq, prev, None, "", cps, keys is not None, last_cp, since,
-                        len(outside) - (side is not None))
+        return bad(
+            seq - since + 1,
+            f"the last {since} events are not covered by a signed "
+            "checkpoint (the log was not closed, or its last "
+            "checkpoints were removed)",
+        )
+    return VerifyResult(
+        True,
+        seq,
+        prev,
+        None,
+        "",
+        cps,
+        keys is not None,
+        last_cp,
+        since,
+        len(outside) - (side is not None),
+    )

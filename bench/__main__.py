@@ -28,18 +28,38 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes (the test suite's mode)")
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
-    ap.add_argument("--work", type=Path, default=HERE / "work",
-                    help="scratch directory (deleted afterwards unless --keep)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=HERE / "work",
+        help="scratch directory (deleted afterwards unless --keep)",
+    )
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
-    ap.add_argument("--max-gateways", type=int, default=None,
-                    help="cap the largest gateway count of the scale section")
-    ap.add_argument("--hoshu-mode", choices=("auto", "direct", "tunnel"), default="auto",
-                    help="direct: the front door straight to the instrument (no tunnel)")
-    ap.add_argument("--profile", type=Path, default=None,
-                    help="write a pyinstrument profile of the hoshu broker process here")
-    ap.add_argument("--scale-listener", choices=("auto", "minimal", "real"), default="auto",
-                    help="real: hoshu's tunnel endpoint and gateway agents (auto: if built)")
+    ap.add_argument(
+        "--max-gateways",
+        type=int,
+        default=None,
+        help="cap the largest gateway count of the scale section",
+    )
+    ap.add_argument(
+        "--hoshu-mode",
+        choices=("auto", "direct", "tunnel"),
+        default="auto",
+        help="direct: the front door straight to the instrument (no tunnel)",
+    )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a pyinstrument profile of the hoshu broker process here",
+    )
+    ap.add_argument(
+        "--scale-listener",
+        choices=("auto", "minimal", "real"),
+        default="auto",
+        help="real: hoshu's tunnel endpoint and gateway agents (auto: if built)",
+    )
     args = ap.parse_args(argv)
     # A terminated run still stops its servers and writes what it measured.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -81,24 +101,43 @@ def _run(res: Results, sizes: Sizes, work: Path, args: argparse.Namespace) -> No
 
     only: list[str] = args.only
     if "openssh" in only or "hoshu" in only:
-        openssh_bench.run(res, sizes, work, with_openssh="openssh" in only,
-                          with_hoshu="hoshu" in only, hoshu_mode=args.hoshu_mode,
-                          profile=args.profile)
+        openssh_bench.run(
+            res,
+            sizes,
+            work,
+            with_openssh="openssh" in only,
+            with_hoshu="hoshu" in only,
+            hoshu_mode=args.hoshu_mode,
+            profile=args.profile,
+        )
     if "scale" in only:
-        res.section("scale", scale.KEYS, lambda: scale.run(res, sizes, work / "scale",
-                                                          args.scale_listener))
+        res.section(
+            "scale", scale.KEYS, lambda: scale.run(res, sizes, work / "scale", args.scale_listener)
+        )
     if "audit" in only:
-        res.section("audit append", ["audit_append_per_s"],
-                 lambda: audit_bench.measure_append(res, work / "audit", sizes.audit_appends))
+        res.section(
+            "audit append",
+            ["audit_append_per_s"],
+            lambda: audit_bench.measure_append(res, work / "audit", sizes.audit_appends),
+        )
         sqlite_url = f"sqlite:///{work / 'audit' / 'index.sqlite'}"
-        res.section("audit sqlite", ["audit_query_p95_ms_sqlite", "audit_query_p50_ms_sqlite"],
-                    lambda: audit_bench.measure_index(res, sqlite_url, "sqlite",
-                                                      sizes.audit_events, sizes.audit_queries))
-        res.section("audit postgres",
-                    ["audit_query_p95_ms_postgres", "audit_query_p50_ms_postgres"],
-                    lambda: _postgres(res, sizes))
-        res.section("audit durable chain", ["audit_durable_append_per_s_256_producers"],
-                    lambda: _durable(res, sizes))
+        res.section(
+            "audit sqlite",
+            ["audit_query_p95_ms_sqlite", "audit_query_p50_ms_sqlite"],
+            lambda: audit_bench.measure_index(
+                res, sqlite_url, "sqlite", sizes.audit_events, sizes.audit_queries
+            ),
+        )
+        res.section(
+            "audit postgres",
+            ["audit_query_p95_ms_postgres", "audit_query_p50_ms_postgres"],
+            lambda: _postgres(res, sizes),
+        )
+        res.section(
+            "audit durable chain",
+            ["audit_durable_append_per_s_256_producers"],
+            lambda: _durable(res, sizes),
+        )
 
 
 def _postgres(res: Results, sizes: Sizes) -> None:

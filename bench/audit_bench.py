@@ -38,6 +38,7 @@ SPAN_DAYS = 90
 START = datetime(2026, 7, 1, tzinfo=UTC)
 EVENT_TYPE = "admin.change"
 
+
 def _ts(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -49,8 +50,14 @@ def _fresh(path: Path) -> Path:
 
 
 def _event(i: int) -> Any:
-    return new_event(EVENT_TYPE, ActorUsername=f"eng{i % ENGINEERS}", Operation="update",
-                     Object=f"policy-{i}", ObjectType="policy", HospitalId=f"{i % 500:032x}")
+    return new_event(
+        EVENT_TYPE,
+        ActorUsername=f"eng{i % ENGINEERS}",
+        Operation="update",
+        Object=f"policy-{i}",
+        ObjectType="policy",
+        HospitalId=f"{i % 500:032x}",
+    )
 
 
 def measure_append(res: Results, workdir: Path, n: int) -> None:
@@ -65,7 +72,7 @@ def measure_append(res: Results, workdir: Path, n: int) -> None:
     with ChainLog(_fresh(workdir / "batched.log"), signer=signer) as log:
         t0 = time.perf_counter()
         for i in range(0, n, 100):
-            log.append_many(events[i:i + 100])
+            log.append_many(events[i : i + 100])
         batched = n / (time.perf_counter() - t0)
     with ChainLog(_fresh(workdir / "built.log"), signer=signer) as log:
         t0 = time.perf_counter()
@@ -90,12 +97,17 @@ def synthetic_records(n: int, seed: int = 8) -> Iterator[dict[str, Any]]:
     template = dict(_event(0).record)
     step = SPAN_DAYS * 86400 / n
     for seq in range(1, n + 1):
-        yield dict(template, TimeGenerated=_ts(START + timedelta(seconds=seq * step)),
-                   ActorUsername=f"eng{rng.randrange(ENGINEERS)}",
-                   ActorUserId=f"{rng.randrange(ENGINEERS):032x}",
-                   TargetHostname=f"cobas-c503-{rng.randrange(200)}",
-                   HospitalId=f"{rng.randrange(200):032x}", ChainSeq=seq,
-                   EventUid=f"{seq:032x}", Object=f"policy-{seq}")
+        yield dict(
+            template,
+            TimeGenerated=_ts(START + timedelta(seconds=seq * step)),
+            ActorUsername=f"eng{rng.randrange(ENGINEERS)}",
+            ActorUserId=f"{rng.randrange(ENGINEERS):032x}",
+            TargetHostname=f"cobas-c503-{rng.randrange(200)}",
+            HospitalId=f"{rng.randrange(200):032x}",
+            ChainSeq=seq,
+            EventUid=f"{seq:032x}",
+            Object=f"policy-{seq}",
+        )
 
 
 def query_params(count: int, seed: int = 88) -> list[tuple[str, datetime, datetime]]:
@@ -159,8 +171,9 @@ def measure_index(res: Results, url: str, label: str, n: int, queries: int) -> N
         times, rows = [], 0
         for who, start, end in params:
             t = time.perf_counter()
-            rows += len(index.search(EventQuery(engineer=who, start=start, end=end,
-                                                limit=1000)).events)
+            rows += len(
+                index.search(EventQuery(engineer=who, start=start, end=end, limit=1000)).events
+            )
             times.append(time.perf_counter() - t)
     finally:
         index.engine.dispose()
@@ -171,8 +184,12 @@ def measure_index(res: Results, url: str, label: str, n: int, queries: int) -> N
     res.put("audit_index_events", n)
 
 
-def measure_durable(res: Results, url: str, n: int, producers: tuple[int, ...] = (1, 16, 256),
-                    ) -> dict[int, float]:
+def measure_durable(
+    res: Results,
+    url: str,
+    n: int,
+    producers: tuple[int, ...] = (1, 16, 256),
+) -> dict[int, float]:
     """Appends/s to the PostgreSQL chain (``audit_store = "postgres"``), end to end: each
     producer thread calls ``emit`` and it returns only once the event is committed
     (group commit shares the transactions).  Signed checkpoints every 1,000 events;
@@ -191,6 +208,7 @@ def measure_durable(res: Results, url: str, n: int, producers: tuple[int, ...] =
             chunks = [events[k::p] for k in range(p)]
             chain = f"bench-{p}"
             with PgChainLog(engine, chain, signer=signer) as log:
+
                 def run(chunk: list[Any], log: PgChainLog = log) -> None:
                     for e in chunk:
                         log.emit(e)

@@ -30,10 +30,15 @@ def _bare() -> object:
 
 
 def _full() -> object:
-    return new_event("ssh.login", clock=_clock, uid="u", ActorUsername="eng1",
-                     SrcIpAddr="192.0.2.7", TargetHostname="analyser-1",
-                     details={"method": "publickey", "key_fingerprint": "SHA256:x",
-                              "totp_code": "123456"})
+    return new_event(
+        "ssh.login",
+        clock=_clock,
+        uid="u",
+        ActorUsername="eng1",
+        SrcIpAddr="192.0.2.7",
+        TargetHostname="analyser-1",
+        details={"method": "publickey", "key_fingerprint": "SHA256:x", "totp_code": "123456"},
+    )
 
 
 def _lookup() -> Callable[[], object]:
@@ -46,16 +51,15 @@ def _lookup() -> Callable[[], object]:
 
 def rates(number: int = 50_000, repeat: int = 5) -> dict[str, float]:
     """Events (or lookups) per second for each case, best of ``repeat`` runs."""
-    cases = {"new_event bare": _bare, "new_event with details": _full,
-             "catalog lookup": _lookup()}
-    return {name: number / min(timeit.repeat(fn, timer=time.process_time, number=number,
-                                             repeat=repeat))
-            for name, fn in cases.items()}
+    cases = {"new_event bare": _bare, "new_event with details": _full, "catalog lookup": _lookup()}
+    return {
+        name: number / min(timeit.repeat(fn, timer=time.process_time, number=number, repeat=repeat))
+        for name, fn in cases.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.audit_catalog_bench",
-                                 description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m bench.audit_catalog_bench", description=__doc__)
     ap.add_argument("--number", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)

@@ -42,7 +42,8 @@ def tune_tunnel() -> None:
 
     cls = asyncssh.SSHClientConnection
     cls.create_connection = functools.partialmethod(  # type: ignore[method-assign,assignment]
-        cls.create_connection, window=8 << 20, max_pktsize=256 << 10)
+        cls.create_connection, window=8 << 20, max_pktsize=256 << 10
+    )
 
 
 async def _serve(cfg: dict[str, Any]) -> None:
@@ -56,17 +57,33 @@ async def _serve(cfg: dict[str, Any]) -> None:
         from broker.tunnel.endpoint import TunnelSettings, start_tunnel_listener
 
         tunnel_key = asyncssh.read_private_key(cfg["tunnel_host_key"])
-        listener = await start_tunnel_listener(TunnelSettings(port=0), tunnel_key,
-                                               BenchDirectory(cfg), audit)
+        listener = await start_tunnel_listener(
+            TunnelSettings(port=0), tunnel_key, BenchDirectory(cfg), audit
+        )
         connector = TunnelConnector(listener.registry)
     else:
         connector = DirectConnector()
     door = await start_front_door(
-        BrokerSettings(data_dir=work / "data"), policy, connector, audit, work / "recordings",
-        asyncssh.read_private_key(cfg["frontdoor_host_key"]), options=FrontDoorOptions(),
-        host="127.0.0.1", port=0)
-    print(json.dumps({"frontdoor_port": door.port, "host_key_line": door.host_key_line,
-                      "tunnel_port": listener.port if listener else None}), flush=True)
+        BrokerSettings(data_dir=work / "data"),
+        policy,
+        connector,
+        audit,
+        work / "recordings",
+        asyncssh.read_private_key(cfg["frontdoor_host_key"]),
+        options=FrontDoorOptions(),
+        host="127.0.0.1",
+        port=0,
+    )
+    print(
+        json.dumps(
+            {
+                "frontdoor_port": door.port,
+                "host_key_line": door.host_key_line,
+                "tunnel_port": listener.port if listener else None,
+            }
+        ),
+        flush=True,
+    )
     loop = asyncio.get_running_loop()
     try:
         while True:

@@ -34,17 +34,40 @@ async def _serve(cfg: dict[str, Any]) -> None:
     state = Path(g["workdir"])
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = GatewayConfig(
-        name=g["name"], state_dir=state, mode=Mode.ALWAYS, api="http://127.0.0.1:9",
-        instruments=(Instrument(name=i["name"], host=i["host"], ports=tuple(i["ports"]),
-                                protocol="ssh", department="bench", model="bench"),),
-        tunnel_host="127.0.0.1", tunnel_port=int(g["tunnel_port"]))
-    enrollment = Enrollment(gateway_id=g["gateway_id"], hospital_id=g["hospital_id"],
-                            hospital="bench-hospital", broker_host_key=g["tunnel_public_line"],
-                            tunnel_host="127.0.0.1", tunnel_port=int(g["tunnel_port"]),
-                            protocol_version=1)
-    audit = LocalAudit(config.audit_path, gateway_name=config.name, version=__version__,
-                       clock=lambda: datetime.now(UTC), gateway_id=g["gateway_id"],
-                       hospital_id=g["hospital_id"])
+        name=g["name"],
+        state_dir=state,
+        mode=Mode.ALWAYS,
+        api="http://127.0.0.1:9",
+        instruments=(
+            Instrument(
+                name=i["name"],
+                host=i["host"],
+                ports=tuple(i["ports"]),
+                protocol="ssh",
+                department="bench",
+                model="bench",
+            ),
+        ),
+        tunnel_host="127.0.0.1",
+        tunnel_port=int(g["tunnel_port"]),
+    )
+    enrollment = Enrollment(
+        gateway_id=g["gateway_id"],
+        hospital_id=g["hospital_id"],
+        hospital="bench-hospital",
+        broker_host_key=g["tunnel_public_line"],
+        tunnel_host="127.0.0.1",
+        tunnel_port=int(g["tunnel_port"]),
+        protocol_version=1,
+    )
+    audit = LocalAudit(
+        config.audit_path,
+        gateway_name=config.name,
+        version=__version__,
+        clock=lambda: datetime.now(UTC),
+        gateway_id=g["gateway_id"],
+        hospital_id=g["hospital_id"],
+    )
     agent = GatewayAgent(config, enrollment, asyncssh.read_private_key(g["key"]), audit)
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()

@@ -34,8 +34,14 @@ from bench.report import Results
 from bench.sizes import Sizes
 from bench.sshd import BenchError, client_config, free_port, wait_port
 
-KEYS = ["throughput_forward_MBps", "throughput_recorded_MBps", "session_open_s",
-        "session_open_p95_s", "echo_p50_ms", "echo_p99_ms"]
+KEYS = [
+    "throughput_forward_MBps",
+    "throughput_recorded_MBps",
+    "session_open_s",
+    "session_open_p95_s",
+    "echo_p50_ms",
+    "echo_p99_ms",
+]
 TUNNEL_PARTS = ("broker.tunnel.endpoint", "gateway.agent")
 INSTRUMENT = "bench-analyzer"
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,8 +86,9 @@ class HoshuLab:
         rows = []
         for i in range(engineers):
             e = Engineer(f"eng{i:03d}", work / f"eng{i:03d}_ed25519", totp.new_secret())
-            rows.append({"username": e.username, "public_line": _write_key(e.key),
-                         "secret": e.secret})
+            rows.append(
+                {"username": e.username, "public_line": _write_key(e.key), "secret": e.secret}
+            )
             self.engineers.append(e)
         self._next = 0
         gw_key = work / "gateway_key"
@@ -90,21 +97,33 @@ class HoshuLab:
         self.gateway_public = _write_key(gw_key)
         self.tunnel_public = _write_key(tunnel_key)
         _write_key(fd_key)
-        host_fp = asyncssh.import_public_key(
-            lab.instrument.host_key.public_line).get_fingerprint("sha256")
+        host_fp = asyncssh.import_public_key(lab.instrument.host_key.public_line).get_fingerprint(
+            "sha256"
+        )
         self.cfg: dict[str, Any] = {
-            "workdir": str(work / "broker"), "mode": mode,
-            "frontdoor_host_key": str(fd_key), "tunnel_host_key": str(tunnel_key),
+            "workdir": str(work / "broker"),
+            "mode": mode,
+            "frontdoor_host_key": str(fd_key),
+            "tunnel_host_key": str(tunnel_key),
             "engineers": rows,
-            "gateway": {"gateway_id": "gw-bench", "hospital_id": "h-bench",
-                        "name": "bench-hospital-gw", "public_line": self.gateway_public,
-                        "key": str(gw_key), "tunnel_public_line": self.tunnel_public,
-                        "workdir": str(work / "gateway")},
-            "instrument": {"name": INSTRUMENT, "host": "127.0.0.1",
-                           "ssh_port": lab.instrument.port,
-                           "ports": [lab.instrument.port, lab.source_port], "username": "root",
-                           "credential": lab.credential.read_text(),
-                           "host_key_fingerprint": host_fp},
+            "gateway": {
+                "gateway_id": "gw-bench",
+                "hospital_id": "h-bench",
+                "name": "bench-hospital-gw",
+                "public_line": self.gateway_public,
+                "key": str(gw_key),
+                "tunnel_public_line": self.tunnel_public,
+                "workdir": str(work / "gateway"),
+            },
+            "instrument": {
+                "name": INSTRUMENT,
+                "host": "127.0.0.1",
+                "ssh_port": lab.instrument.port,
+                "ports": [lab.instrument.port, lab.source_port],
+                "username": "root",
+                "credential": lab.credential.read_text(),
+                "host_key_fingerprint": host_fp,
+            },
         }
         (work / "bench.json").write_text(json.dumps(self.cfg))
         (work / "bench.json").chmod(0o600)
@@ -116,10 +135,15 @@ class HoshuLab:
         self.config = work / "ssh_config"
 
     def _spawn(self, module: str, *extra: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-m", module, str(self.work / "bench.json"),
-                              *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=(self.work / f"{module}.log").open("a"), text=True,
-                             cwd=str(ROOT), bufsize=1)
+        p = subprocess.Popen(
+            [sys.executable, "-m", module, str(self.work / "bench.json"), *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=(self.work / f"{module}.log").open("a"),
+            text=True,
+            cwd=str(ROOT),
+            bufsize=1,
+        )
         self.procs.append(p)
         return p
 
@@ -136,16 +160,18 @@ class HoshuLab:
         return answer
 
     def start(self, profile: Path | None = None) -> None:
-        broker = self._spawn("bench.hoshu_broker",
-                             *(["--profile", str(profile)] if profile else []))
+        broker = self._spawn(
+            "bench.hoshu_broker", *(["--profile", str(profile)] if profile else [])
+        )
         info = self._answer(broker, 60)
         self.port = int(info["frontdoor_port"])
         algo, blob = info["host_key_line"].split()[:2]
-        client_config(self.work, self.engineers[0].key,
-                      [f"[127.0.0.1]:{self.port} {algo} {blob}"])
+        client_config(self.work, self.engineers[0].key, [f"[127.0.0.1]:{self.port} {algo} {blob}"])
         text = self.config.read_text().replace("  BatchMode yes\n", "  BatchMode no\n")
-        self.config.write_text(text + "  NumberOfPasswordPrompts 1\n"
-                               "  PreferredAuthentications publickey,keyboard-interactive\n")
+        self.config.write_text(
+            text + "  NumberOfPasswordPrompts 1\n"
+            "  PreferredAuthentications publickey,keyboard-interactive\n"
+        )
         if self.mode == "tunnel":
             self.cfg["gateway"]["tunnel_port"] = info["tunnel_port"]
             (self.work / "bench.json").write_text(json.dumps(self.cfg))
@@ -185,19 +211,43 @@ class HoshuLab:
 
         e = self.engineer()
         env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-        env.update(SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
-                   HOSHU_BENCH_CODE=totp.code_at(e.secret, datetime.now(UTC)))
-        argv = ["ssh", "-F", str(self.config), "-i", str(e.key), *(["-tt"] if tty else []),
-                "-p", str(self.port), f"{e.username}+{INSTRUMENT}@127.0.0.1", *args]
+        env.update(
+            SSH_ASKPASS=str(self.askpass),
+            SSH_ASKPASS_REQUIRE="force",
+            DISPLAY=":0",
+            HOSHU_BENCH_CODE=totp.code_at(e.secret, datetime.now(UTC)),
+        )
+        argv = [
+            "ssh",
+            "-F",
+            str(self.config),
+            "-i",
+            str(e.key),
+            *(["-tt"] if tty else []),
+            "-p",
+            str(self.port),
+            f"{e.username}+{INSTRUMENT}@127.0.0.1",
+            *args,
+        ]
         return argv, env
 
     @contextlib.contextmanager
     def forward(self) -> Iterator[int]:
         port = free_port()
-        argv, env = self.login("-N", "-o", "ExitOnForwardFailure=yes",
-                               "-L", f"127.0.0.1:{port}:localhost:{self.lab.source_port}")
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        argv, env = self.login(
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            f"127.0.0.1:{port}:localhost:{self.lab.source_port}",
+        )
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             wait_port(port, proc=proc)
             yield port
@@ -219,8 +269,15 @@ def suffix_for(mode: str) -> str:
     return "_frontdoor_only" if mode == "direct" or missing_parts() else ""
 
 
-def start(res: Results, sizes: Sizes, lab: OpenSSHLab, work: Path, *,
-          mode: str = "auto", profile: Path | None = None) -> HoshuLab:
+def start(
+    res: Results,
+    sizes: Sizes,
+    lab: OpenSSHLab,
+    work: Path,
+    *,
+    mode: str = "auto",
+    profile: Path | None = None,
+) -> HoshuLab:
     """Start hoshu in front of ``lab``'s instrument (tunnel mode when it is built)."""
     if missing_parts(("broker.frontdoor.door",)):
         raise BenchError("hoshu's SSH front door is not in this build yet")
@@ -228,8 +285,11 @@ def start(res: Results, sizes: Sizes, lab: OpenSSHLab, work: Path, *,
     mode = "direct" if absent else "tunnel"
     res.info.setdefault("hoshu", {})["mode"] = mode
     if mode == "direct":
-        res.missing(KEYS, f"the tunnel and gateway are not used ({', '.join(absent)}); the "
-                          "front door alone was measured (the *_frontdoor_only keys)")
+        res.missing(
+            KEYS,
+            f"the tunnel and gateway are not used ({', '.join(absent)}); the "
+            "front door alone was measured (the *_frontdoor_only keys)",
+        )
     hl = HoshuLab(lab, work / mode, engineers_needed(sizes), mode)
     try:
         hl.start(profile)
@@ -245,7 +305,11 @@ def check_recordings(res: Results, hl: HoshuLab, sizes: Sizes, suffix: str) -> N
     recordings = sorted((hl.work / "broker" / "recordings").rglob("*"))
     sizes_ = [p.stat().st_size for p in recordings if p.is_file()]
     res.info.setdefault("hoshu", {})[f"recordings{suffix or '_tunnel'}"] = {
-        "files": len(sizes_), "largest_bytes": max(sizes_, default=0)}
+        "files": len(sizes_),
+        "largest_bytes": max(sizes_, default=0),
+    }
     if max(sizes_, default=0) < n:
-        res.notes.append(f"hoshu{suffix}: the largest recording holds {max(sizes_, default=0)}"
-                         f" bytes, less than the {n} bytes sent: check the recorder")
+        res.notes.append(
+            f"hoshu{suffix}: the largest recording holds {max(sizes_, default=0)}"
+            f" bytes, less than the {n} bytes sent: check the recorder"
+        )

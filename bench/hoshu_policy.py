@@ -41,25 +41,42 @@ class BenchPolicy:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.people: dict[str, _Person] = {}
         for e in cfg["engineers"]:
-            eng = Engineer(user_id=f"u-{e['username']}", username=e["username"],
-                           organization="bench-vendor", roles=frozenset({"engineer"}),
-                           org_kind="vendor")
+            eng = Engineer(
+                user_id=f"u-{e['username']}",
+                username=e["username"],
+                organization="bench-vendor",
+                roles=frozenset({"engineer"}),
+                org_kind="vendor",
+            )
             self.people[e["username"]] = _Person(eng, _key_id(e["public_line"]), e["secret"])
         self.by_id = {p.engineer.user_id: p for p in self.people.values()}
         i = cfg["instrument"]
         self.target = InstrumentTarget(
-            name=i["name"], hospital_id=cfg["gateway"]["hospital_id"],
-            gateway_id=cfg["gateway"]["gateway_id"], host=i["host"], ssh_port=i["ssh_port"],
-            ports=tuple(i["ports"]), username=i["username"], credential=i["credential"],
-            host_key_fingerprint=i["host_key_fingerprint"])
+            name=i["name"],
+            hospital_id=cfg["gateway"]["hospital_id"],
+            gateway_id=cfg["gateway"]["gateway_id"],
+            host=i["host"],
+            ssh_port=i["ssh_port"],
+            ports=tuple(i["ports"]),
+            username=i["username"],
+            credential=i["credential"],
+            host_key_fingerprint=i["host_key_fingerprint"],
+        )
         self.ends = datetime.now(UTC) + timedelta(hours=2)
 
     def engineer_for_key(self, username: str, openssh_public_key: str) -> Engineer | None:
         p = self.people.get(username)
         return p.engineer if p is not None and p.key == _key_id(openssh_public_key) else None
 
-    def check_totp(self, user_id: str, code: str, now: datetime, *,
-                   src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:
+    def check_totp(
+        self,
+        user_id: str,
+        code: str,
+        now: datetime,
+        *,
+        src_ip: str | None = None,
+        hospital_id: str | None = None,
+    ) -> TotpResult:
         p = self.by_id.get(user_id)
         if p is None:
             return TotpResult(False, "no_totp")
@@ -70,14 +87,24 @@ class BenchPolicy:
         p.last_step = step
         return TotpResult(True)
 
-    def find_grant(self, user_id: str, instrument: str, port: int,
-                   now: datetime) -> GrantView | None:
-        if (user_id not in self.by_id or instrument != self.target.name
-                or port not in self.target.ports or now >= self.ends):
+    def find_grant(
+        self, user_id: str, instrument: str, port: int, now: datetime
+    ) -> GrantView | None:
+        if (
+            user_id not in self.by_id
+            or instrument != self.target.name
+            or port not in self.target.ports
+            or now >= self.ends
+        ):
             return None
-        return GrantView(grant_id=f"g-{user_id}", user_id=user_id, instrument=instrument,
-                         ports=self.target.ports, ends=self.ends,
-                         hospital_id=self.target.hospital_id)
+        return GrantView(
+            grant_id=f"g-{user_id}",
+            user_id=user_id,
+            instrument=instrument,
+            ports=self.target.ports,
+            ends=self.ends,
+            hospital_id=self.target.hospital_id,
+        )
 
     def grant_end(self, grant_id: str, user_id: str, now: datetime) -> GrantEnd:
         if grant_id == f"g-{user_id}" and user_id in self.by_id:
@@ -90,8 +117,9 @@ class BenchPolicy:
     def hospital_of(self, instrument: str) -> str | None:
         return self.target.hospital_id if instrument == self.target.name else None
 
-    def record_cert(self, user_id: str, serial: int, issued_at: datetime,
-                    valid_until: datetime) -> None:
+    def record_cert(
+        self, user_id: str, serial: int, issued_at: datetime, valid_until: datetime
+    ) -> None:
         pass  # the benchmark signs in with key + TOTP only
 
     def cert_usable(self, user_id: str, serial: int, now: datetime) -> str | None:
@@ -103,8 +131,9 @@ class BenchDirectory:
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         g = cfg["gateway"]
-        self.record = GatewayRecord(gateway_id=g["gateway_id"], hospital_id=g["hospital_id"],
-                                    name=g["name"])
+        self.record = GatewayRecord(
+            gateway_id=g["gateway_id"], hospital_id=g["hospital_id"], name=g["name"]
+        )
         self.key = _key_id(g["public_line"])
         self.inventory: list[InventoryItem] = []
 

@@ -21,15 +21,24 @@ from bench.sizes import Sizes
 from bench.sshd import have_openssh
 
 OPENSSH_KEYS = [
-    "throughput_openssh_direct_MBps", "throughput_openssh_chain_MBps",
-    "throughput_openssh_chain_forward_MBps", "throughput_openssh_direct_forward_MBps",
-    "session_open_openssh_chain_s", "session_open_openssh_direct_s",
-    "echo_p50_openssh_chain_ms", "echo_p99_openssh_chain_ms",
-    "echo_p50_openssh_direct_ms", "echo_p99_openssh_direct_ms",
+    "throughput_openssh_direct_MBps",
+    "throughput_openssh_chain_MBps",
+    "throughput_openssh_chain_forward_MBps",
+    "throughput_openssh_direct_forward_MBps",
+    "session_open_openssh_chain_s",
+    "session_open_openssh_direct_s",
+    "echo_p50_openssh_chain_ms",
+    "echo_p99_openssh_chain_ms",
+    "echo_p50_openssh_direct_ms",
+    "echo_p99_openssh_direct_ms",
 ]
 HOSHU_KEYS = [
-    "throughput_forward_MBps", "throughput_recorded_MBps", "session_open_s",
-    "session_open_p95_s", "echo_p50_ms", "echo_p99_ms",
+    "throughput_forward_MBps",
+    "throughput_recorded_MBps",
+    "session_open_s",
+    "session_open_p95_s",
+    "echo_p50_ms",
+    "echo_p99_ms",
 ]
 
 
@@ -37,8 +46,15 @@ class Paths:
     """The measurements of every available path, interleaved so that the load other
     work puts on the machine falls on all paths alike."""
 
-    def __init__(self, res: Results, sizes: Sizes, lab: OpenSSHLab, hl: HoshuLab | None,
-                 hoshu_suffix: str, with_openssh: bool) -> None:
+    def __init__(
+        self,
+        res: Results,
+        sizes: Sizes,
+        lab: OpenSSHLab,
+        hl: HoshuLab | None,
+        hoshu_suffix: str,
+        with_openssh: bool,
+    ) -> None:
         self.res, self.sizes, self.lab, self.hl = res, sizes, lab, hl
         self.sfx = hoshu_suffix
         self.openssh = with_openssh
@@ -70,46 +86,57 @@ class Paths:
         payload = str(lab.payload)
         for _ in range(self.sizes.throughput_runs):
             if self.openssh:
-                self.attempt("throughput_openssh_chain_MBps", lambda: probes.command_throughput(
-                    lab.chain("cat", payload), n))
+                self.attempt(
+                    "throughput_openssh_chain_MBps",
+                    lambda: probes.command_throughput(lab.chain("cat", payload), n),
+                )
             if self.hl is not None:
                 self.attempt(f"throughput_recorded_MBps{self.sfx}", self.hoshu_cat)
             if self.openssh:
-                self.attempt("throughput_openssh_direct_MBps", lambda: probes.command_throughput(
-                    lab.direct("cat", payload), n))
+                self.attempt(
+                    "throughput_openssh_direct_MBps",
+                    lambda: probes.command_throughput(lab.direct("cat", payload), n),
+                )
         forwards: list[tuple[str, Callable[[], contextlib.AbstractContextManager[int]]]] = []
         if self.openssh:
-            forwards.append(("throughput_openssh_chain_forward_MBps",
-                             partial(lab.forward, True)))
+            forwards.append(("throughput_openssh_chain_forward_MBps", partial(lab.forward, True)))
         if self.hl is not None:
             forwards.append((f"throughput_forward_MBps{self.sfx}", self.hl.forward))
         if self.openssh:
-            forwards.append(("throughput_openssh_direct_forward_MBps",
-                             partial(lab.forward, False)))
+            forwards.append(("throughput_openssh_direct_forward_MBps", partial(lab.forward, False)))
         for _ in range(self.sizes.throughput_runs):
             for key, opener in forwards:
-                def one(opener: Callable[[], contextlib.AbstractContextManager[int]] = opener
-                        ) -> float:
+
+                def one(
+                    opener: Callable[[], contextlib.AbstractContextManager[int]] = opener,
+                ) -> float:
                     with opener() as port:
                         return probes.forward_throughput(port, n)
+
                 self.attempt(key, one)
 
     def opens(self) -> None:
         for _ in range(self.sizes.session_opens):
             if self.openssh:
-                self.attempt("session_open_openssh_chain_s", lambda: probes.first_byte_time(
-                    self.lab.chain("echo", "ok")))
+                self.attempt(
+                    "session_open_openssh_chain_s",
+                    lambda: probes.first_byte_time(self.lab.chain("echo", "ok")),
+                )
             if self.hl is not None:
                 self.attempt(f"session_open_s{self.sfx}", self.hoshu_open)
             if self.openssh:
-                self.attempt("session_open_openssh_direct_s", lambda: probes.first_byte_time(
-                    self.lab.direct("echo", "ok")))
+                self.attempt(
+                    "session_open_openssh_direct_s",
+                    lambda: probes.first_byte_time(self.lab.direct("echo", "ok")),
+                )
 
     def echo(self) -> None:
         k = self.sizes.echo_samples
         if self.openssh:
-            self.attempt("echo_openssh_chain", lambda: _echo(self.res, "_openssh_chain",
-                                                             self.lab.chain("cat", tty=True), k))
+            self.attempt(
+                "echo_openssh_chain",
+                lambda: _echo(self.res, "_openssh_chain", self.lab.chain("cat", tty=True), k),
+            )
         if self.hl is not None:
             hl = self.hl
 
@@ -119,17 +146,17 @@ class Paths:
 
             self.attempt(f"echo{self.sfx}", hoshu)
         if self.openssh:
-            self.attempt("echo_openssh_direct", lambda: _echo(self.res, "_openssh_direct",
-                                                              self.lab.direct("cat", tty=True),
-                                                              k))
+            self.attempt(
+                "echo_openssh_direct",
+                lambda: _echo(self.res, "_openssh_direct", self.lab.direct("cat", tty=True), k),
+            )
 
     def record(self) -> None:
         res = self.res
         for key, values in self.samples.items():
             if key.endswith("_MBps") or key.endswith("_MBps" + self.sfx):
                 res.put(key, statistics.fmean(values), 1)
-                res.info.setdefault("throughput_runs_MBps", {})[key] = [
-                    round(v, 1) for v in values]
+                res.info.setdefault("throughput_runs_MBps", {})[key] = [round(v, 1) for v in values]
             elif key.startswith("session_open"):
                 res.put(key, statistics.median(values), 4)
                 p95 = key.replace("session_open_", "session_open_p95_", 1)
@@ -137,8 +164,11 @@ class Paths:
         for key, why in self.failed.items():
             if key.startswith("echo"):
                 part = key[4:]
-                names = ([f"echo_p50{part}_ms", f"echo_p99{part}_ms"] if part.startswith("_open")
-                         else [f"echo_p50_ms{part}", f"echo_p99_ms{part}"])
+                names = (
+                    [f"echo_p50{part}_ms", f"echo_p99{part}_ms"]
+                    if part.startswith("_open")
+                    else [f"echo_p50_ms{part}", f"echo_p99_ms{part}"]
+                )
             elif key.startswith("session_open"):
                 names = [key, key.replace("session_open_", "session_open_p95_", 1)]
             else:
@@ -146,26 +176,44 @@ class Paths:
             res.missing(names, why)
 
 
-def _echo(res: Results, suffix: str, argv: list[str], samples: int,
-          env: dict[str, str] | None = None) -> float:
+def _echo(
+    res: Results, suffix: str, argv: list[str], samples: int, env: dict[str, str] | None = None
+) -> float:
     s = probes.summarize(probes.echo_round_trips(argv, samples, env=env))
-    res.put(f"echo_p50_ms{suffix}" if not suffix.startswith("_openssh")
-            else f"echo_p50{suffix}_ms", s.p50 * 1000, 4)
-    res.put(f"echo_p99_ms{suffix}" if not suffix.startswith("_openssh")
-            else f"echo_p99{suffix}_ms", s.p99 * 1000, 4)
+    res.put(
+        f"echo_p50_ms{suffix}" if not suffix.startswith("_openssh") else f"echo_p50{suffix}_ms",
+        s.p50 * 1000,
+        4,
+    )
+    res.put(
+        f"echo_p99_ms{suffix}" if not suffix.startswith("_openssh") else f"echo_p99{suffix}_ms",
+        s.p99 * 1000,
+        4,
+    )
     return s.p99
 
 
-def run(res: Results, sizes: Sizes, work: Path, *, with_openssh: bool,
-        with_hoshu: bool, hoshu_mode: str = "auto", profile: Path | None = None) -> None:
+def run(
+    res: Results,
+    sizes: Sizes,
+    work: Path,
+    *,
+    with_openssh: bool,
+    with_hoshu: bool,
+    hoshu_mode: str = "auto",
+    profile: Path | None = None,
+) -> None:
     reason = have_openssh()
     keys = (OPENSSH_KEYS if with_openssh else []) + (HOSHU_KEYS if with_hoshu else [])
     if reason:
         res.missing(keys, reason)
         return
     payload = probes.make_payload(work / "payload.txt", sizes.throughput_bytes)
-    res.info["payload"] = {"bytes": sizes.throughput_bytes, "content": "base64 text lines",
-                           "remote_command": "cat <payload>"}
+    res.info["payload"] = {
+        "bytes": sizes.throughput_bytes,
+        "content": "base64 text lines",
+        "remote_command": "cat <payload>",
+    }
 
     def body() -> None:
         with openssh_lab(work / "openssh", payload) as lab:
@@ -173,9 +221,15 @@ def run(res: Results, sizes: Sizes, work: Path, *, with_openssh: bool,
             sfx = ""
             if with_hoshu:
                 sfx = hoshu_path.suffix_for(hoshu_mode)
-                res.section("hoshu start", HOSHU_KEYS, lambda: started.append(
-                    hoshu_path.start(res, sizes, lab, work / "hoshu", mode=hoshu_mode,
-                                     profile=profile)))
+                res.section(
+                    "hoshu start",
+                    HOSHU_KEYS,
+                    lambda: started.append(
+                        hoshu_path.start(
+                            res, sizes, lab, work / "hoshu", mode=hoshu_mode, profile=profile
+                        )
+                    ),
+                )
             hl = started[0] if started else None
             paths = Paths(res, sizes, lab, hl, sfx, with_openssh)
             try:

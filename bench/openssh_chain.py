@@ -40,23 +40,46 @@ class OpenSSHLab:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def direct(self, *args: str, tty: bool = False) -> list[str]:
-        return ["ssh", "-F", str(self.engineer_config), *(["-tt"] if tty else []),
-                "-p", str(self.instrument.port), "root@127.0.0.1", *args]
+        return [
+            "ssh",
+            "-F",
+            str(self.engineer_config),
+            *(["-tt"] if tty else []),
+            "-p",
+            str(self.instrument.port),
+            "root@127.0.0.1",
+            *args,
+        ]
 
     def chain(self, *args: str, tty: bool = False) -> list[str]:
-        return ["ssh", "-F", str(self.engineer_config), *(["-tt"] if tty else []),
-                "-J", f"root@127.0.0.1:{self.bastion.port}",
-                "-p", str(self.reverse_port), "root@127.0.0.1", *args]
+        return [
+            "ssh",
+            "-F",
+            str(self.engineer_config),
+            *(["-tt"] if tty else []),
+            "-J",
+            f"root@127.0.0.1:{self.bastion.port}",
+            "-p",
+            str(self.reverse_port),
+            "root@127.0.0.1",
+            *args,
+        ]
 
     @contextlib.contextmanager
     def forward(self, via_chain: bool) -> Iterator[int]:
         """A running ``ssh -N -L`` to the byte source; yields the local port."""
         port = free_port()
-        spec = ["-N", "-o", "ExitOnForwardFailure=yes",
-                "-L", f"127.0.0.1:{port}:127.0.0.1:{self.source_port}"]
+        spec = [
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            f"127.0.0.1:{port}:127.0.0.1:{self.source_port}",
+        ]
         argv = self.chain(*spec) if via_chain else self.direct(*spec)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             wait_port(port, proc=proc)
             yield port
@@ -71,9 +94,12 @@ class OpenSSHLab:
 
 def start_source(payload: Path, procs: list[subprocess.Popen[bytes]]) -> int:
     """Start :mod:`bench.tcpsource` serving ``payload``; returns its port."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.tcpsource", str(payload)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            cwd=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.tcpsource", str(payload)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
     procs.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -94,32 +120,58 @@ def openssh_lab(workdir: Path, payload: Path) -> Iterator[OpenSSHLab]:
     procs: list[subprocess.Popen[bytes]] = []
     servers: list[Sshd] = []
     try:
-        instrument = start_sshd(workdir, "instrument",
-                                [engineer.public_line, credential.public_line], forwarding=True)
+        instrument = start_sshd(
+            workdir, "instrument", [engineer.public_line, credential.public_line], forwarding=True
+        )
         servers.append(instrument)
-        bastion = start_sshd(workdir, "bastion", [engineer.public_line, hospital.public_line],
-                             forwarding=True)
+        bastion = start_sshd(
+            workdir, "bastion", [engineer.public_line, hospital.public_line], forwarding=True
+        )
         servers.append(bastion)
         source_port = start_source(payload, procs)
         reverse_port = free_port()
-        known = [instrument.known_hosts_line(), instrument.known_hosts_line(reverse_port),
-                 bastion.known_hosts_line()]
+        known = [
+            instrument.known_hosts_line(),
+            instrument.known_hosts_line(reverse_port),
+            bastion.known_hosts_line(),
+        ]
         hdir = workdir / "hospital"
         hdir.mkdir(exist_ok=True)
         hcfg = client_config(hdir, hospital.private, known)
         tunnel = subprocess.Popen(
-            ["ssh", "-F", str(hcfg), "-N", "-o", "ExitOnForwardFailure=yes",
-             "-R", f"127.0.0.1:{reverse_port}:127.0.0.1:{instrument.port}",
-             "-p", str(bastion.port), "root@127.0.0.1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=(hdir / "tunnel.log").open("ab"))
+            [
+                "ssh",
+                "-F",
+                str(hcfg),
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                f"127.0.0.1:{reverse_port}:127.0.0.1:{instrument.port}",
+                "-p",
+                str(bastion.port),
+                "root@127.0.0.1",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(hdir / "tunnel.log").open("ab"),
+        )
         procs.append(tunnel)
         wait_port(reverse_port, proc=tunnel)
         edir = workdir / "engineer"
         edir.mkdir(exist_ok=True)
         ecfg = client_config(edir, engineer.private, known)
-        yield OpenSSHLab(workdir, payload, instrument, bastion, reverse_port, source_port,
-                         ecfg, credential.private, procs)
+        yield OpenSSHLab(
+            workdir,
+            payload,
+            instrument,
+            bastion,
+            reverse_port,
+            source_port,
+            ecfg,
+            credential.private,
+            procs,
+        )
     finally:
         for p in reversed(procs):
             if p.poll() is None:

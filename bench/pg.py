@@ -63,23 +63,67 @@ def throwaway_postgres(*, durable: bool = False) -> Iterator[str]:
             os.chown(p, pw.pw_uid, pw.pw_gid)
     proc: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run(_as_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust",
-                                 "-U", "bench", "-E", "UTF8", "--no-sync"], user),
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            _as_user(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "bench",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+                user,
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         port = free_port()
         log = (base / "postgres.log").open("ab")
         proc = subprocess.Popen(
-            _as_user([str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1",
-                      "-p", str(port), "-k", str(sock),
-                      "-c", f"fsync={'on' if durable else 'off'}",
-                      "-c", f"synchronous_commit={'on' if durable else 'off'}",
-                      "-c", f"full_page_writes={'on' if durable else 'off'}",
-                      "-c", "shared_buffers=256MB", "-c", "max_wal_size=2GB"], user),
-            stdout=log, stderr=log)
+            _as_user(
+                [
+                    str(bindir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(sock),
+                    "-c",
+                    f"fsync={'on' if durable else 'off'}",
+                    "-c",
+                    f"synchronous_commit={'on' if durable else 'off'}",
+                    "-c",
+                    f"full_page_writes={'on' if durable else 'off'}",
+                    "-c",
+                    "shared_buffers=256MB",
+                    "-c",
+                    "max_wal_size=2GB",
+                ],
+                user,
+            ),
+            stdout=log,
+            stderr=log,
+        )
         deadline = time.monotonic() + 60
         while True:
-            ok = subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                                capture_output=True, timeout=10, check=False).returncode == 0
+            ok = (
+                subprocess.run(
+                    [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                    capture_output=True,
+                    timeout=10,
+                    check=False,
+                ).returncode
+                == 0
+            )
             if ok:
                 break
             if proc.poll() is not None or time.monotonic() > deadline:

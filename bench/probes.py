@@ -66,11 +66,21 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
     return (err or b"").decode(errors="replace").strip()[-400:]
 
 
-def command_throughput(argv: Sequence[str], expected: int, *, timeout: float = 600.0,
-                       env: Mapping[str, str] | None = None) -> float:
+def command_throughput(
+    argv: Sequence[str],
+    expected: int,
+    *,
+    timeout: float = 600.0,
+    env: Mapping[str, str] | None = None,
+) -> float:
     """MB/s of a remote command's stdout, first byte to end; checks the byte count."""
-    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(env) if env else None)
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env else None,
+    )
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
@@ -113,12 +123,18 @@ def forward_throughput(port: int, nbytes: int, *, timeout: float = 600.0) -> flo
     return got / MB / max(end - first, 1e-9)
 
 
-def first_byte_time(argv: Sequence[str], *, timeout: float = 60.0,
-                    env: Mapping[str, str] | None = None) -> float:
+def first_byte_time(
+    argv: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | None = None
+) -> float:
     """Seconds from starting ``argv`` to the first byte on its stdout."""
     start = time.perf_counter()
-    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(env) if env else None)
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env else None,
+    )
     assert proc.stdout is not None
     try:
         data = _read_some(proc.stdout.fileno(), time.monotonic() + timeout)
@@ -132,9 +148,14 @@ def first_byte_time(argv: Sequence[str], *, timeout: float = 60.0,
     return took
 
 
-def echo_round_trips(argv: Sequence[str], samples: int, *, warmup: int = 5,
-                     timeout: float = 120.0,
-                     env: Mapping[str, str] | None = None) -> list[float]:
+def echo_round_trips(
+    argv: Sequence[str],
+    samples: int,
+    *,
+    warmup: int = 5,
+    timeout: float = 120.0,
+    env: Mapping[str, str] | None = None,
+) -> list[float]:
     """Keystroke echo round trips (seconds) in a pty session whose command is ``cat``.
 
     ``argv`` must request a remote pty (``ssh -tt ... cat``).  One byte is
@@ -144,15 +165,20 @@ def echo_round_trips(argv: Sequence[str], samples: int, *, warmup: int = 5,
     resumes.  The first ``warmup`` round trips (which include set-up) are
     dropped.
     """
-    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(env) if env else None)
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env else None,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     out_fd, in_fd = proc.stdout.fileno(), proc.stdin.fileno()
     deadline = time.monotonic() + timeout
     rtts: list[float] = []
     try:
         for i in range(samples + warmup):
-            key = b"abcdefghijklmnopqrstuvwxyz"[i % 26:i % 26 + 1]
+            key = b"abcdefghijklmnopqrstuvwxyz"[i % 26 : i % 26 + 1]
             t0 = time.perf_counter()
             os.write(in_fd, key)
             seen = b""
@@ -197,5 +223,6 @@ class Summary:
 
 
 def summarize(values: Sequence[float]) -> Summary:
-    return Summary(statistics.median(values), percentile(values, 95),
-                   percentile(values, 99), len(values))
+    return Summary(
+        statistics.median(values), percentile(values, 95), percentile(values, 99), len(values)
+    )

@@ -94,26 +94,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, IdentityEndpoint() as ident:
         os.environ.update(ident.env())
         from broker.identity import azure_credential
+
         cred = azure_credential(ident.client_id)
         az = Azurite(Path(tmp)).start()
         try:
             url = az.new_container(cred)
             print(f"append throughput, one writer, {args.mib} MiB in 64 KiB writes:")
             for kib in (256, 1024, 4096):
-                store = BlobStore(url, cred, connection_verify=str(az.cert),
-                                  flush_bytes=kib * 1024, flush_interval_s=1.0)
+                store = BlobStore(
+                    url,
+                    cred,
+                    connection_verify=str(az.cert),
+                    flush_bytes=kib * 1024,
+                    flush_interval_s=1.0,
+                )
                 mbps = throughput(store, args.mib, kib * 1024, f"t-{kib}.cast")
                 print(f"  blocks of {kib:5d} KiB: {mbps:7.1f} MB/s")
             store = BlobStore(url, cred, connection_verify=str(az.cert))
-            print(f"{args.sessions} sessions at once, 4 MiB each: "
-                  f"{concurrent(store, args.sessions):.1f} MB/s in all")
+            print(
+                f"{args.sessions} sessions at once, 4 MiB each: "
+                f"{concurrent(store, args.sessions):.1f} MB/s in all"
+            )
             print(f"flush interval, a session writing ~200 KiB/s for {args.seconds:g} s:")
             for interval in (0.1, 0.25, 1.0, 5.0):
-                store = BlobStore(url, cred, connection_verify=str(az.cert),
-                                  flush_bytes=4 * 1024 * 1024, flush_interval_s=interval)
+                store = BlobStore(
+                    url,
+                    cred,
+                    connection_verify=str(az.cert),
+                    flush_bytes=4 * 1024 * 1024,
+                    flush_interval_s=interval,
+                )
                 appends, per, worst = interval_effect(store, args.seconds, f"i-{interval}.cast")
-                print(f"  every {interval:4g} s: {appends:4d} appends, {per / 1024:7.1f} KiB "
-                      f"each, at most {worst / 1024:6.1f} KiB waiting")
+                print(
+                    f"  every {interval:4g} s: {appends:4d} appends, {per / 1024:7.1f} KiB "
+                    f"each, at most {worst / 1024:6.1f} KiB waiting"
+                )
         finally:
             az.stop()
 

@@ -18,18 +18,42 @@ START, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 
 ROWS: tuple[tuple[str, str, str, str], ...] = (
     # (what, hoshu key, OpenSSH chain key, direct OpenSSH key)
-    ("Bulk throughput, session `cat` (MB/s)", "throughput_recorded_MBps",
-     "throughput_openssh_chain_MBps", "throughput_openssh_direct_MBps"),
-    ("Bulk throughput, `ssh -L` forward (MB/s)", "throughput_forward_MBps",
-     "throughput_openssh_chain_forward_MBps", "throughput_openssh_direct_forward_MBps"),
-    ("Session open, median (s)", "session_open_s", "session_open_openssh_chain_s",
-     "session_open_openssh_direct_s"),
-    ("Session open, p95 (s)", "session_open_p95_s", "session_open_p95_openssh_chain_s",
-     "session_open_p95_openssh_direct_s"),
-    ("Keystroke echo, p50 (ms)", "echo_p50_ms", "echo_p50_openssh_chain_ms",
-     "echo_p50_openssh_direct_ms"),
-    ("Keystroke echo, p99 (ms)", "echo_p99_ms", "echo_p99_openssh_chain_ms",
-     "echo_p99_openssh_direct_ms"),
+    (
+        "Bulk throughput, session `cat` (MB/s)",
+        "throughput_recorded_MBps",
+        "throughput_openssh_chain_MBps",
+        "throughput_openssh_direct_MBps",
+    ),
+    (
+        "Bulk throughput, `ssh -L` forward (MB/s)",
+        "throughput_forward_MBps",
+        "throughput_openssh_chain_forward_MBps",
+        "throughput_openssh_direct_forward_MBps",
+    ),
+    (
+        "Session open, median (s)",
+        "session_open_s",
+        "session_open_openssh_chain_s",
+        "session_open_openssh_direct_s",
+    ),
+    (
+        "Session open, p95 (s)",
+        "session_open_p95_s",
+        "session_open_p95_openssh_chain_s",
+        "session_open_p95_openssh_direct_s",
+    ),
+    (
+        "Keystroke echo, p50 (ms)",
+        "echo_p50_ms",
+        "echo_p50_openssh_chain_ms",
+        "echo_p50_openssh_direct_ms",
+    ),
+    (
+        "Keystroke echo, p99 (ms)",
+        "echo_p99_ms",
+        "echo_p99_openssh_chain_ms",
+        "echo_p99_openssh_direct_ms",
+    ),
 )
 
 
@@ -71,19 +95,31 @@ def tables(doc: dict[str, Any]) -> str:
     for what, h, c, d in ROWS:
         out.append(f"| {what} | {_fmt(doc.get(h))} | {_fmt(doc.get(c))} | {_fmt(doc.get(d))} |")
     out += ["", "| scale and audit | value |", "|---|---:|"]
-    scale_keys = [k for k in sorted(doc) if k.startswith(
-        ("gateways_", "broker_", "reconnect_", "session_opens_"))]
-    for key in (*scale_keys, "audit_append_per_s", "audit_append_unsigned_per_s",
-                "audit_append_batched_per_s", "audit_build_and_append_per_s",
-                "audit_query_p50_ms_sqlite", "audit_query_p95_ms_sqlite",
-                "audit_query_p50_ms_postgres", "audit_query_p95_ms_postgres"):
+    scale_keys = [
+        k
+        for k in sorted(doc)
+        if k.startswith(("gateways_", "broker_", "reconnect_", "session_opens_"))
+    ]
+    for key in (
+        *scale_keys,
+        "audit_append_per_s",
+        "audit_append_unsigned_per_s",
+        "audit_append_batched_per_s",
+        "audit_build_and_append_per_s",
+        "audit_query_p50_ms_sqlite",
+        "audit_query_p95_ms_sqlite",
+        "audit_query_p50_ms_postgres",
+        "audit_query_p95_ms_postgres",
+    ):
         if key in doc:
             out.append(f"| `{key}` | {_fmt(doc[key])} |")
     out += ["", "| target | measure | value | met |", "|---|---|---:|:---:|"]
     for t in doc.get("targets", {}).values():
         value = _fmt(t["value"]) if "why" not in t else t["why"]
-        out.append(f"| {t['target']} | `{t['measure']}` | {value} | "
-                   f"{'—' if t['met'] is None else _fmt(t['met'])} |")
+        out.append(
+            f"| {t['target']} | `{t['measure']}` | {value} | "
+            f"{'—' if t['met'] is None else _fmt(t['met'])} |"
+        )
     if doc.get("notes"):
         out += ["", "Notes written by the run:", ""]
         out += [f"- {n}" for n in doc["notes"]]
@@ -91,25 +127,32 @@ def tables(doc: dict[str, Any]) -> str:
 
 
 WHATIF_START, WHATIF_END = "<!-- bench:whatif -->", "<!-- /bench:whatif -->"
-VARIANTS = (("default", "hoshu as built"),
-            ("tunnel", "+ 256 KiB tunnel channel packets"),
-            ("chain", "OpenSSH chain"))
+VARIANTS = (
+    ("default", "hoshu as built"),
+    ("tunnel", "+ 256 KiB tunnel channel packets"),
+    ("chain", "OpenSSH chain"),
+)
 
 
 def whatif_table(doc: dict[str, Any]) -> str:
     """The table of a what-if experiment file (``python -m bench.whatif``)."""
     mean = doc["mean"]
-    out = [f"What-if experiment (`python -m bench.whatif`, {doc.get('generated_at')}, "
-           f"{_fmt(doc.get('bytes'))} bytes per transfer, {doc.get('rounds')} rounds, "
-           "interleaved; changes made inside the benchmark's broker and gateway processes "
-           "only, not in the product):", "",
-           "| variant | recorded `cat` MB/s | `ssh -L` MB/s | echo p50 ms | echo p99 ms |",
-           "|---|---:|---:|---:|---:|"]
+    out = [
+        f"What-if experiment (`python -m bench.whatif`, {doc.get('generated_at')}, "
+        f"{_fmt(doc.get('bytes'))} bytes per transfer, {doc.get('rounds')} rounds, "
+        "interleaved; changes made inside the benchmark's broker and gateway processes "
+        "only, not in the product):",
+        "",
+        "| variant | recorded `cat` MB/s | `ssh -L` MB/s | echo p50 ms | echo p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for key, label in VARIANTS:
-        out.append(f"| {label} | {_fmt(mean.get(key + '_rec_MBps'))} | "
-                   f"{_fmt(mean.get(key + '_fwd_MBps'))} | "
-                   f"{_fmt(mean.get(key + '_echo_p50_ms'))} | "
-                   f"{_fmt(mean.get(key + '_echo_p99_ms'))} |")
+        out.append(
+            f"| {label} | {_fmt(mean.get(key + '_rec_MBps'))} | "
+            f"{_fmt(mean.get(key + '_fwd_MBps'))} | "
+            f"{_fmt(mean.get(key + '_echo_p50_ms'))} | "
+            f"{_fmt(mean.get(key + '_echo_p99_ms'))} |"
+        )
     return "\n".join(out)
 
 
@@ -122,11 +165,11 @@ def _between(text: str, start: str, end: str, body: str, page: Path) -> str:
 
 
 def render(results: Path, page: Path, whatif: Path | None = None) -> None:
-    text = _between(page.read_text(), START, END, tables(json.loads(results.read_text())),
-                    page)
+    text = _between(page.read_text(), START, END, tables(json.loads(results.read_text())), page)
     if whatif is not None and whatif.exists():
-        text = _between(text, WHATIF_START, WHATIF_END,
-                        whatif_table(json.loads(whatif.read_text())), page)
+        text = _between(
+            text, WHATIF_START, WHATIF_END, whatif_table(json.loads(whatif.read_text())), page
+        )
     page.write_text(text)
 
 

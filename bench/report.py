@@ -41,8 +41,11 @@ REQUIRED_KEYS: tuple[str, ...] = (
 
 # (ratio name, numerator, denominator)
 RATIOS: tuple[tuple[str, str, str], ...] = (
-    ("forward_vs_chain_forward", "throughput_forward_MBps",
-     "throughput_openssh_chain_forward_MBps"),
+    (
+        "forward_vs_chain_forward",
+        "throughput_forward_MBps",
+        "throughput_openssh_chain_forward_MBps",
+    ),
     ("forward_vs_chain", "throughput_forward_MBps", "throughput_openssh_chain_MBps"),
     ("recorded_vs_chain", "throughput_recorded_MBps", "throughput_openssh_chain_MBps"),
     ("chain_vs_direct", "throughput_openssh_chain_MBps", "throughput_openssh_direct_MBps"),
@@ -62,24 +65,63 @@ class Target:
 
 
 TARGETS: tuple[Target, ...] = (
-    Target("forward_throughput", "ratio.forward_vs_chain_forward", ">=", 1.0,
-           "hoshu port forward >= 1.0 x the OpenSSH chain's forward"),
-    Target("recorded_throughput", "ratio.recorded_vs_chain", ">=", 0.8,
-           "hoshu recorded session >= 0.8 x the OpenSSH chain"),
-    Target("session_open", "ratio.session_open_vs_chain", "<=", 1.5,
-           "hoshu session open (with MFA) <= 1.5 x the OpenSSH chain"),
-    Target("echo_p99", "ratio.echo_p99_vs_chain", "<=", 1.5,
-           "hoshu echo p99 <= 1.5 x the OpenSSH chain"),
-    Target("broker_rss_5000", "broker_rss_MiB_at_5000_gateways", "<=", 512.0,
-           "5,000 connected gateways under 512 MiB broker RSS"),
-    Target("reconnect_all", "reconnect_all_s", "<=", 60.0,
-           "all gateways reconnected within 60 s of a broker restart"),
-    Target("audit_append", "audit_append_per_s", ">=", 10_000.0,
-           "audit append >= 10,000 events/s"),
-    Target("audit_query_sqlite", "audit_query_p95_ms_sqlite", "<=", 100.0,
-           "audit query p95 <= 100 ms over 1M events (SQLite)"),
-    Target("audit_query_postgres", "audit_query_p95_ms_postgres", "<=", 100.0,
-           "audit query p95 <= 100 ms over 1M events (PostgreSQL)"),
+    Target(
+        "forward_throughput",
+        "ratio.forward_vs_chain_forward",
+        ">=",
+        1.0,
+        "hoshu port forward >= 1.0 x the OpenSSH chain's forward",
+    ),
+    Target(
+        "recorded_throughput",
+        "ratio.recorded_vs_chain",
+        ">=",
+        0.8,
+        "hoshu recorded session >= 0.8 x the OpenSSH chain",
+    ),
+    Target(
+        "session_open",
+        "ratio.session_open_vs_chain",
+        "<=",
+        1.5,
+        "hoshu session open (with MFA) <= 1.5 x the OpenSSH chain",
+    ),
+    Target(
+        "echo_p99",
+        "ratio.echo_p99_vs_chain",
+        "<=",
+        1.5,
+        "hoshu echo p99 <= 1.5 x the OpenSSH chain",
+    ),
+    Target(
+        "broker_rss_5000",
+        "broker_rss_MiB_at_5000_gateways",
+        "<=",
+        512.0,
+        "5,000 connected gateways under 512 MiB broker RSS",
+    ),
+    Target(
+        "reconnect_all",
+        "reconnect_all_s",
+        "<=",
+        60.0,
+        "all gateways reconnected within 60 s of a broker restart",
+    ),
+    Target("audit_append", "audit_append_per_s", ">=", 10_000.0, "audit append >= 10,000 events/s"),
+    Target(
+        "audit_query_sqlite",
+        "audit_query_p95_ms_sqlite",
+        "<=",
+        100.0,
+        "audit query p95 <= 100 ms over 1M events (SQLite)",
+    ),
+    Target(
+        "audit_query_postgres",
+        "audit_query_p95_ms_postgres",
+        "<=",
+        100.0,
+        "audit query p95 <= 100 ms over 1M events (PostgreSQL)",
+    ),
 )
 
 
@@ -112,14 +154,21 @@ class Results:
             fn()
         except Exception as exc:  # a failed section is reported, the run goes on
             traceback.print_exc()
-            self.missing([k for k in keys if self.figures.get(k) is None],
-                         f"the {name} section failed: {type(exc).__name__}: {exc}")
+            self.missing(
+                [k for k in keys if self.figures.get(k) is None],
+                f"the {name} section failed: {type(exc).__name__}: {exc}",
+            )
         took = time.monotonic() - t0
         self.info.setdefault("section_seconds", {})[name] = round(took, 1)
         print(f"[bench] {name} done in {took:.1f} s", file=sys.stderr, flush=True)
         if self.progress is not None:
-            Results(self.mode, dict(self.figures), list(self.notes), dict(self.info),
-                    failed=dict(self.failed)).write(self.progress)
+            Results(
+                self.mode,
+                dict(self.figures),
+                list(self.notes),
+                dict(self.info),
+                failed=dict(self.failed),
+            ).write(self.progress)
 
     def ratios(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -131,12 +180,18 @@ class Results:
     def verdicts(self, ratios: dict[str, float | None]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for t in TARGETS:
-            value = (ratios.get(t.key[6:]) if t.key.startswith("ratio.")
-                     else self.figures.get(t.key))
-            met = None if value is None else (value >= t.bound if t.op == ">="
-                                              else value <= t.bound)
-            out[t.name] = {"target": t.text, "measure": t.key, "op": t.op, "bound": t.bound,
-                           "value": value, "met": met}
+            value = ratios.get(t.key[6:]) if t.key.startswith("ratio.") else self.figures.get(t.key)
+            met = (
+                None if value is None else (value >= t.bound if t.op == ">=" else value <= t.bound)
+            )
+            out[t.name] = {
+                "target": t.text,
+                "measure": t.key,
+                "op": t.op,
+                "bound": t.bound,
+                "value": value,
+                "met": met,
+            }
             if value is None and t.name in self.failed:
                 out[t.name].update(met=False, why=self.failed[t.name])
         return out
@@ -146,8 +201,11 @@ class Results:
             if key not in self.figures:
                 self.missing([key], "no benchmark section produced it")
         ratios = self.ratios()
-        doc: dict[str, Any] = {"schema": 1, "mode": self.mode,
-                               "generated_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        doc: dict[str, Any] = {
+            "schema": 1,
+            "mode": self.mode,
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         doc.update(dict(sorted(self.figures.items())))
         doc["ratios"] = ratios
         doc["targets"] = self.verdicts(ratios)

@@ -27,8 +27,12 @@ from bench.report import Results
 from bench.sizes import Sizes
 from bench.sshd import BenchError, free_port
 
-KEYS = ["gateways_connected", "broker_rss_MiB_at_max_gateways", "reconnect_all_s",
-        "session_opens_per_s"]
+KEYS = [
+    "gateways_connected",
+    "broker_rss_MiB_at_max_gateways",
+    "reconnect_all_s",
+    "session_opens_per_s",
+]
 STEP_DEADLINE = 300.0
 STEP_DEADLINE_REAL = 150.0
 CPU_SAMPLE_S = 5.0  # 1 s for quick-mode steps (under 100 gateways)
@@ -43,8 +47,15 @@ class Proc:
 
     def __init__(self, argv: list[str]) -> None:
         self.name = argv[2]
-        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=sys.stderr, cwd=ROOT, text=True, bufsize=1)
+        self.p = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=sys.stderr,
+            cwd=ROOT,
+            text=True,
+            bufsize=1,
+        )
 
     def ask(self, line: str | None, timeout: float = 60.0) -> str:
         assert self.p.stdin is not None and self.p.stdout is not None
@@ -85,9 +96,20 @@ class Proc:
 
 
 def _broker(port: int, gateways: int, target: int, real: Path | None) -> Proc:
-    b = Proc([sys.executable, "-m", "bench.scale_broker", "--port", str(port),
-              "--gateways", str(gateways), "--target-port", str(target),
-              *(["--real", str(real)] if real else [])])
+    b = Proc(
+        [
+            sys.executable,
+            "-m",
+            "bench.scale_broker",
+            "--port",
+            str(port),
+            "--gateways",
+            str(gateways),
+            "--target-port",
+            str(target),
+            *(["--real", str(real)] if real else []),
+        ]
+    )
     if json.loads(b.ask(None, 120)).get("ready") is not True:
         raise BenchError("the broker did not start")
     return b
@@ -112,8 +134,10 @@ def feasible_steps(steps: tuple[int, ...], res: Results) -> list[int]:
     limit = hard if hard != resource.RLIM_INFINITY else 1 << 20
     ok = [s for s in steps if s + 200 <= limit]
     if len(ok) < len(steps):
-        res.notes.append(f"scale: steps {[s for s in steps if s not in ok]} skipped: the "
-                         f"file-descriptor hard limit is {limit}")
+        res.notes.append(
+            f"scale: steps {[s for s in steps if s not in ok]} skipped: the "
+            f"file-descriptor hard limit is {limit}"
+        )
     return ok
 
 
@@ -134,20 +158,40 @@ def run(res: Results, sizes: Sizes, work: Path, listener: str = "auto") -> None:
     real = listener == "real" or (listener == "auto" and real_available())
     res.info["scale"] = {}
     if real:
-        res.section("scale: hoshu tunnel endpoint", KEYS, lambda: one_run(
-            res, sizes.gateway_steps_real, sizes, work / "real", real=True, suffix=""))
+        res.section(
+            "scale: hoshu tunnel endpoint",
+            KEYS,
+            lambda: one_run(
+                res, sizes.gateway_steps_real, sizes, work / "real", real=True, suffix=""
+            ),
+        )
     if listener == "minimal" or (listener == "auto" and not real):
-        res.section("scale: bare asyncssh", KEYS, lambda: one_run(
-            res, sizes.gateway_steps, sizes, work / "minimal", real=False, suffix=""))
+        res.section(
+            "scale: bare asyncssh",
+            KEYS,
+            lambda: one_run(
+                res, sizes.gateway_steps, sizes, work / "minimal", real=False, suffix=""
+            ),
+        )
     elif listener == "auto":
         floor = [k + "_asyncssh_floor" for k in KEYS]
-        res.section("scale: bare asyncssh floor", floor, lambda: one_run(
-            res, sizes.gateway_steps, sizes, work / "minimal", real=False,
-            suffix="_asyncssh_floor"))
+        res.section(
+            "scale: bare asyncssh floor",
+            floor,
+            lambda: one_run(
+                res,
+                sizes.gateway_steps,
+                sizes,
+                work / "minimal",
+                real=False,
+                suffix="_asyncssh_floor",
+            ),
+        )
 
 
-def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, real: bool,
-            suffix: str) -> None:
+def one_run(
+    res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, real: bool, suffix: str
+) -> None:
     work.mkdir(parents=True, exist_ok=True)
     broker_dir = work / "broker" if real else None
     steps = feasible_steps(wanted, res)
@@ -163,10 +207,14 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
     port = free_port()
     deadline = STEP_DEADLINE_REAL if real else STEP_DEADLINE
     info: dict[str, Any] = {
-        "listener": ("hoshu tunnel endpoint (broker.tunnel.endpoint) + hoshu gateway agents" if real
-                     else "minimal asyncssh listen_reverse (bench.scale_broker) + minimal "
-                     "connect_reverse clients"),
-        "steps": {}}
+        "listener": (
+            "hoshu tunnel endpoint (broker.tunnel.endpoint) + hoshu gateway agents"
+            if real
+            else "minimal asyncssh listen_reverse (bench.scale_broker) + minimal "
+            "connect_reverse clients"
+        ),
+        "steps": {},
+    }
     res.info["scale"]["real" if real else "minimal"] = info
 
     def put(key: str, value: float | int | None, nd: int = 1) -> None:
@@ -182,11 +230,26 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
             firsts = range(have, step, per_proc)
             for first in firsts:
                 count = min(per_proc, step - first)
-                clients.append(Proc([sys.executable, "-m", "bench.scale_gateways",
-                                     "--port", str(port), "--first", str(first),
-                                     "--count", str(count), "--allowed-port", str(target),
-                                     "--ramp", str(RAMP_PER_S / len(firsts)),
-                                     *(["--real", str(work / "gateways")] if real else [])]))
+                clients.append(
+                    Proc(
+                        [
+                            sys.executable,
+                            "-m",
+                            "bench.scale_gateways",
+                            "--port",
+                            str(port),
+                            "--first",
+                            str(first),
+                            "--count",
+                            str(count),
+                            "--allowed-port",
+                            str(target),
+                            "--ramp",
+                            str(RAMP_PER_S / len(firsts)),
+                            *(["--real", str(work / "gateways")] if real else []),
+                        ]
+                    )
+                )
             have = step
             n, took = _wait_connected(broker, step, deadline)
             c0, t0 = cpu_seconds(broker.p.pid), time.monotonic()
@@ -194,12 +257,17 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
             cpu = 100 * (cpu_seconds(broker.p.pid) - c0) / (time.monotonic() - t0)
             n = max(n, _connected(broker))
             rss = broker.rss_mib()
-            info["steps"][str(step)] = {"connected": n, "connect_s": round(took, 1),
-                                        "broker_rss_MiB": round(rss, 1),
-                                        "broker_cpu_pct_idle": round(cpu, 1)}
+            info["steps"][str(step)] = {
+                "connected": n,
+                "connect_s": round(took, 1),
+                "broker_rss_MiB": round(rss, 1),
+                "broker_cpu_pct_idle": round(cpu, 1),
+            }
             if n < step:  # the figures "at <step> gateways" would be false: not recorded
-                res.missing([f"broker_rss_MiB_at_{step}_gateways{suffix}"],
-                            f"only {n} of {step} gateways were connected")
+                res.missing(
+                    [f"broker_rss_MiB_at_{step}_gateways{suffix}"],
+                    f"only {n} of {step} gateways were connected",
+                )
                 put(f"broker_rss_MiB_at_{n}_of_{step}_gateways", rss)
                 if step == 5000 and not suffix:
                     res.failed["broker_rss_5000"] = f"only {n} of 5,000 gateways connected"
@@ -209,9 +277,11 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
                 put("gateways_connected", n, 0)
                 put("broker_rss_MiB_at_max_gateways", rss)
             if n < step:
-                res.notes.append(f"scale{suffix}: only {n} of {step} gateways were connected "
-                                 f"{deadline:.0f} s after they were started; larger steps "
-                                 "were not attempted")
+                res.notes.append(
+                    f"scale{suffix}: only {n} of {step} gateways were connected "
+                    f"{deadline:.0f} s after they were started; larger steps "
+                    "were not attempted"
+                )
                 top = n
                 break
         for conc in (1, 16):
@@ -219,8 +289,10 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
             rate = (r["opens"] - r["errors"]) / r["seconds"]
             put("session_opens_per_s" if conc == 16 else "session_opens_sequential_per_s", rate)
             if r["errors"]:
-                res.notes.append(f"scale{suffix}: {r['errors']} of {r['opens']} channel opens "
-                                 f"failed (concurrency {conc})")
+                res.notes.append(
+                    f"scale{suffix}: {r['errors']} of {r['opens']} channel opens "
+                    f"failed (concurrency {conc})"
+                )
         t_kill = time.monotonic()
         broker.stop(kill=True)
         broker = _broker(port, max(steps), target, broker_dir)
@@ -234,8 +306,10 @@ def one_run(res: Results, wanted: tuple[int, ...], sizes: Sizes, work: Path, *, 
             put(f"reconnect_all_s_at_{top}_gateways", took, 2)
             put("reconnect_all_from_kill_s", time.monotonic() - t_kill, 2)
         else:
-            why = (f"only {n} of {top} gateways reconnected within "
-                   f"{RECONNECT_DEADLINE:.0f} s of the broker restart")
+            why = (
+                f"only {n} of {top} gateways reconnected within "
+                f"{RECONNECT_DEADLINE:.0f} s of the broker restart"
+            )
             res.missing([f"reconnect_all_s{suffix}"], why)
             if not suffix:
                 res.failed["reconnect_all"] = why

@@ -52,8 +52,9 @@ class Broker:
             def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
                 self._conn = conn
 
-            def validate_host_public_key(self, host: str, addr: str, port: int,
-                                         key: asyncssh.SSHKey) -> bool:
+            def validate_host_public_key(
+                self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+            ) -> bool:
                 """Only enrolled gateway keys are accepted; anything else is refused."""
                 return bytes(key.public_data) in broker.trusted
 
@@ -71,7 +72,8 @@ class Broker:
         conn = random.choice(list(self.conns.values()))
         try:
             reader, writer = await asyncio.wait_for(
-                conn.open_connection("127.0.0.1", self.target_port), OPEN_TIMEOUT)
+                conn.open_connection("127.0.0.1", self.target_port), OPEN_TIMEOUT
+            )
             writer.write(b"1\n")
             data = await asyncio.wait_for(reader.read(1), OPEN_TIMEOUT)
             writer.close()
@@ -79,8 +81,9 @@ class Broker:
         except (OSError, asyncssh.Error, TimeoutError):
             return False
 
-    async def opens(self, total: int, concurrency: int,
-                    deadline_s: float = OPENS_DEADLINE) -> dict[str, float]:
+    async def opens(
+        self, total: int, concurrency: int, deadline_s: float = OPENS_DEADLINE
+    ) -> dict[str, float]:
         """``total`` opens, ``concurrency`` at a time, stopping early at the deadline."""
         left, done, errors = total, 0, 0
         t0 = time.perf_counter()
@@ -124,8 +127,8 @@ class RealBroker(Broker):
         orig = encode_originator(Originator(session_id=f"s{self.n}", engineer="bench"))
         try:
             reader, writer = await asyncio.wait_for(
-                conn.open_connection("127.0.0.1", self.target_port, orig_host=orig),
-                OPEN_TIMEOUT)
+                conn.open_connection("127.0.0.1", self.target_port, orig_host=orig), OPEN_TIMEOUT
+            )
             writer.write(b"1\n")
             data = await asyncio.wait_for(reader.read(1), OPEN_TIMEOUT)
             writer.close()
@@ -143,16 +146,18 @@ async def _real(args: argparse.Namespace) -> tuple[Broker, Any]:
     from broker.tunnel.endpoint import TunnelSettings, start_tunnel_listener
     from wire import GatewayRecord, InventoryItem
 
-    by_key = {" ".join(gateway_key(i).export_public_key().decode().split()[:2]):
-              GatewayRecord(gateway_id=gateway_id(i), hospital_id=f"h{i}", name=f"gw-{i}")
-              for i in range(args.gateways)}
+    by_key = {
+        " ".join(gateway_key(i).export_public_key().decode().split()[:2]): GatewayRecord(
+            gateway_id=gateway_id(i), hospital_id=f"h{i}", name=f"gw-{i}"
+        )
+        for i in range(args.gateways)
+    }
 
     class Directory:
         def gateway_for_key(self, openssh_public_key: str) -> GatewayRecord | None:
             return by_key.get(" ".join(openssh_public_key.split()[:2]))
 
-        def windows_for(self, gateway_id: str,
-                        now: datetime) -> list[tuple[datetime, datetime]]:
+        def windows_for(self, gateway_id: str, now: datetime) -> list[tuple[datetime, datetime]]:
             return [(now - timedelta(minutes=1), now + timedelta(hours=2))]
 
         def record_inventory(self, gateway_id: str, instruments: list[InventoryItem]) -> None:
@@ -162,8 +167,9 @@ async def _real(args: argparse.Namespace) -> tuple[Broker, Any]:
     work.mkdir(parents=True, exist_ok=True)
     log = work / f"broker-audit-{int(time.time() * 1000)}.log"
     audit = ChainLog(log, signer=CheckpointSigner.generate())
-    listener = await start_tunnel_listener(TunnelSettings(host="127.0.0.1", port=args.port),
-                                           broker_key(), Directory(), audit)
+    listener = await start_tunnel_listener(
+        TunnelSettings(host="127.0.0.1", port=args.port), broker_key(), Directory(), audit
+    )
     return RealBroker(listener, args.target_port), listener
 
 
@@ -177,9 +183,15 @@ async def _main(args: argparse.Namespace) -> None:
     trusted = {bytes(gateway_key(i).public_data) for i in range(args.gateways)}
     broker = Broker(trusted, args.target_port)
     server = await asyncssh.listen_reverse(
-        "127.0.0.1", args.port, client_factory=broker.client_factory,
-        client_keys=[broker_key()], known_hosts=([], [], []), username="broker",
-        backlog=args.backlog, reuse_address=True)
+        "127.0.0.1",
+        args.port,
+        client_factory=broker.client_factory,
+        client_keys=[broker_key()],
+        known_hosts=([], [], []),
+        username="broker",
+        backlog=args.backlog,
+        reuse_address=True,
+    )
     try:
         await _commands(broker)
     finally:

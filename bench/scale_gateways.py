@@ -46,8 +46,8 @@ def seeded_key(label: str) -> asyncssh.SSHKey:
     """An ed25519 key derived from ``label`` (benchmark keys only)."""
     seed = hashlib.sha256(f"hoshu-bench:{label}".encode()).digest()
     pem = Ed25519PrivateKey.from_private_bytes(seed).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return asyncssh.import_private_key(pem)
 
 
@@ -82,25 +82,43 @@ async def _real_gateways(args: argparse.Namespace, state: State) -> list[asyncio
 
     gateway.auditlog.ChainLog = unsynced  # type: ignore[attr-defined,assignment]
     GatewayAgent.follow_state_file = functools.partialmethod(  # type: ignore[method-assign,assignment]
-        GatewayAgent.follow_state_file, interval=600.0)
+        GatewayAgent.follow_state_file, interval=600.0
+    )
     broker_line = broker_key().export_public_key().decode().strip()
     agents: list[GatewayAgent] = []
     base = Path(args.real)
     for i in range(args.first, args.first + args.count):
         config = GatewayConfig(
-            name=f"gw-{i}", state_dir=base / f"gw{i}", mode=Mode.ALWAYS,
+            name=f"gw-{i}",
+            state_dir=base / f"gw{i}",
+            mode=Mode.ALWAYS,
             api="http://127.0.0.1:9",
-            instruments=(Instrument(name=f"inst-{i}", host="127.0.0.1",
-                                    ports=(args.allowed_port,), protocol="tcp"),),
-            tunnel_host="127.0.0.1", tunnel_port=args.port)
+            instruments=(
+                Instrument(
+                    name=f"inst-{i}", host="127.0.0.1", ports=(args.allowed_port,), protocol="tcp"
+                ),
+            ),
+            tunnel_host="127.0.0.1",
+            tunnel_port=args.port,
+        )
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        enrollment = Enrollment(gateway_id=gateway_id(i), hospital_id=f"h{i}",
-                                hospital=f"hospital-{i}", broker_host_key=broker_line,
-                                tunnel_host="127.0.0.1", tunnel_port=args.port,
-                                protocol_version=1)
-        audit = LocalAudit(config.audit_path, gateway_name=config.name, version=__version__,
-                           clock=lambda: datetime.now(UTC), gateway_id=gateway_id(i),
-                           hospital_id=f"h{i}")
+        enrollment = Enrollment(
+            gateway_id=gateway_id(i),
+            hospital_id=f"h{i}",
+            hospital=f"hospital-{i}",
+            broker_host_key=broker_line,
+            tunnel_host="127.0.0.1",
+            tunnel_port=args.port,
+            protocol_version=1,
+        )
+        audit = LocalAudit(
+            config.audit_path,
+            gateway_name=config.name,
+            version=__version__,
+            clock=lambda: datetime.now(UTC),
+            gateway_id=gateway_id(i),
+            hospital_id=f"h{i}",
+        )
         agents.append(GatewayAgent(config, enrollment, gateway_key(i), audit))
     state.agents = agents
 
@@ -133,16 +151,23 @@ class State:
 
 def _server_factory(allowed_port: int) -> type[asyncssh.SSHServer]:
     class GatewayServer(asyncssh.SSHServer):
-        def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                                 orig_port: int) -> bool:
+        def connection_requested(
+            self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+        ) -> bool:
             """Allow only the one allowlisted instrument port; deny anything else."""
             return dest_host == "127.0.0.1" and dest_port == allowed_port
 
     return GatewayServer
 
 
-async def _gateway(i: int, port: int, allowed: int, authorized: asyncssh.SSHAuthorizedKeys,
-                   sem: asyncio.Semaphore, state: State) -> None:
+async def _gateway(
+    i: int,
+    port: int,
+    allowed: int,
+    authorized: asyncssh.SSHAuthorizedKeys,
+    sem: asyncio.Semaphore,
+    state: State,
+) -> None:
     key = gateway_key(i)
     factory = _server_factory(allowed)
     backoff = 0.0
@@ -150,12 +175,18 @@ async def _gateway(i: int, port: int, allowed: int, authorized: asyncssh.SSHAuth
         try:
             async with sem:
                 conn = await asyncio.wait_for(
-                    asyncssh.connect_reverse("127.0.0.1", port, server_factory=factory,
-                                             server_host_keys=[key],
-                                             authorized_client_keys=authorized,
-                                             allow_pty=False, x11_forwarding=False,
-                                             agent_forwarding=False),
-                    CONNECT_TIMEOUT)
+                    asyncssh.connect_reverse(
+                        "127.0.0.1",
+                        port,
+                        server_factory=factory,
+                        server_host_keys=[key],
+                        authorized_client_keys=authorized,
+                        allow_pty=False,
+                        x11_forwarding=False,
+                        agent_forwarding=False,
+                    ),
+                    CONNECT_TIMEOUT,
+                )
         except (OSError, asyncssh.Error, TimeoutError):
             backoff = min(max(1.0, backoff * 2), 8.0)
             await asyncio.sleep(random.uniform(0, backoff))
@@ -178,9 +209,10 @@ async def _main(args: argparse.Namespace) -> None:
     if args.real:
         tasks = await _real_gateways(args, state)
     else:
-        tasks = [asyncio.create_task(_gateway(i, args.port, args.allowed_port, authorized, sem,
-                                              state))
-                 for i in range(args.first, args.first + args.count)]
+        tasks = [
+            asyncio.create_task(_gateway(i, args.port, args.allowed_port, authorized, sem, state))
+            for i in range(args.first, args.first + args.count)
+        ]
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -204,8 +236,12 @@ def main() -> int:
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--allowed-port", type=int, required=True)
     ap.add_argument("--real", default=None, help="state directory: run hoshu gateway agents")
-    ap.add_argument("--ramp", type=float, default=0.0,
-                    help="first connections: start this many gateways per second (0: all)")
+    ap.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="first connections: start this many gateways per second (0: all)",
+    )
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     asyncio.run(_main(ap.parse_args()))
     return 0

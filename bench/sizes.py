@@ -21,11 +21,27 @@ class Sizes:
     audit_queries: int
 
 
-FULL = Sizes(throughput_bytes=1_000_000_000, throughput_runs=2, session_opens=20,
-             echo_samples=500, gateway_steps=(1000, 5000, 10000),
-             gateway_steps_real=(1000, 2500, 5000), scale_session_opens=500,
-             audit_appends=100_000, audit_events=1_000_000, audit_queries=200)
-QUICK = Sizes(throughput_bytes=4_000_000, throughput_runs=1, session_opens=3,
-              echo_samples=30, gateway_steps=(20,), gateway_steps_real=(20,),
-              scale_session_opens=20,
-              audit_appends=2_000, audit_events=20_000, audit_queries=20)
+FULL = Sizes(
+    throughput_bytes=1_000_000_000,
+    throughput_runs=2,
+    session_opens=20,
+    echo_samples=500,
+    gateway_steps=(1000, 5000, 10000),
+    gateway_steps_real=(1000, 2500, 5000),
+    scale_session_opens=500,
+    audit_appends=100_000,
+    audit_events=1_000_000,
+    audit_queries=200,
+)
+QUICK = Sizes(
+    throughput_bytes=4_000_000,
+    throughput_runs=1,
+    session_opens=3,
+    echo_samples=30,
+    gateway_steps=(20,),
+    gateway_steps_real=(20,),
+    scale_session_opens=20,
+    audit_appends=2_000,
+    audit_events=20_000,
+    audit_queries=20,
+)

@@ -31,8 +31,9 @@ class BenchError(RuntimeError):
     """A benchmark could not be set up or did not complete."""
 
 
-def wait_port(port: int, timeout: float = 15.0,
-              proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(
+    port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll until something accepts on 127.0.0.1:port (or fail after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,8 +56,11 @@ class KeyPair:
 def keygen(path: Path, comment: str = "bench") -> KeyPair:
     """An ed25519 key pair made by ``ssh-keygen`` (no passphrase)."""
     if not path.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
-                        "-f", str(path)], check=True, timeout=30)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+            check=True,
+            timeout=30,
+        )
     return KeyPair(path, path.with_name(path.name + ".pub").read_text().strip())
 
 
@@ -84,8 +88,9 @@ class Sshd:
                 self.proc.wait(timeout=10)
 
 
-def start_sshd(workdir: Path, name: str, authorized: Sequence[str], *,
-               forwarding: bool = False) -> Sshd:
+def start_sshd(
+    workdir: Path, name: str, authorized: Sequence[str], *, forwarding: bool = False
+) -> Sshd:
     """Start ``sshd -D`` with key-only auth for root on a free loopback port."""
     d = workdir / name
     d.mkdir(parents=True, exist_ok=True)
@@ -96,35 +101,40 @@ def start_sshd(workdir: Path, name: str, authorized: Sequence[str], *,
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     port = free_port()
     config = d / "sshd_config"
-    config.write_text("\n".join([
-        f"ListenAddress 127.0.0.1:{port}",
-        f"HostKey {host_key.private}",
-        f"AuthorizedKeysFile {auth}",
-        "PidFile none",
-        "UsePAM no",
-        "UseDNS no",
-        "StrictModes no",
-        "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes",
-        f"Ciphers {CIPHER}",
-        f"KexAlgorithms {KEX}",
-        "Compression no",
-        f"AllowTcpForwarding {'yes' if forwarding else 'no'}",
-        "GatewayPorts no",
-        "X11Forwarding no",
-        "PermitTTY yes",
-        "PrintMotd no",
-        "PrintLastLog no",
-        "MaxStartups 200:30:400",
-        "MaxSessions 50",
-        "LogLevel ERROR",
-        "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                f"ListenAddress 127.0.0.1:{port}",
+                f"HostKey {host_key.private}",
+                f"AuthorizedKeysFile {auth}",
+                "PidFile none",
+                "UsePAM no",
+                "UseDNS no",
+                "StrictModes no",
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                f"Ciphers {CIPHER}",
+                f"KexAlgorithms {KEX}",
+                "Compression no",
+                f"AllowTcpForwarding {'yes' if forwarding else 'no'}",
+                "GatewayPorts no",
+                "X11Forwarding no",
+                "PermitTTY yes",
+                "PrintMotd no",
+                "PrintLastLog no",
+                "MaxStartups 200:30:400",
+                "MaxSessions 50",
+                "LogLevel ERROR",
+                "",
+            ]
+        )
+    )
     log = d / "sshd.log"
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log.open("ab")
+    )
     wait_port(port, proc=proc)
     return Sshd(name, port, host_key, proc, log)
 
@@ -134,28 +144,32 @@ def client_config(workdir: Path, identity: Path, known_hosts: Sequence[str]) -> 
     kh = workdir / "known_hosts"
     kh.write_text("".join(line + "\n" for line in known_hosts))
     cfg = workdir / "ssh_config"
-    cfg.write_text("\n".join([
-        "Host *",
-        "  User root",
-        f"  IdentityFile {identity}",
-        "  IdentitiesOnly yes",
-        f"  UserKnownHostsFile {kh}",
-        "  GlobalKnownHostsFile /dev/null",
-        "  StrictHostKeyChecking yes",
-        "  CheckHostIP no",
-        "  UpdateHostKeys no",
-        f"  Ciphers {CIPHER}",
-        f"  KexAlgorithms {KEX}",
-        "  Compression no",
-        "  BatchMode yes",
-        "  ControlMaster no",
-        "  ControlPath none",
-        "  EscapeChar none",
-        "  LogLevel ERROR",
-        "  ConnectTimeout 15",
-        "  ServerAliveInterval 15",
-        "",
-    ]))
+    cfg.write_text(
+        "\n".join(
+            [
+                "Host *",
+                "  User root",
+                f"  IdentityFile {identity}",
+                "  IdentitiesOnly yes",
+                f"  UserKnownHostsFile {kh}",
+                "  GlobalKnownHostsFile /dev/null",
+                "  StrictHostKeyChecking yes",
+                "  CheckHostIP no",
+                "  UpdateHostKeys no",
+                f"  Ciphers {CIPHER}",
+                f"  KexAlgorithms {KEX}",
+                "  Compression no",
+                "  BatchMode yes",
+                "  ControlMaster no",
+                "  ControlPath none",
+                "  EscapeChar none",
+                "  LogLevel ERROR",
+                "  ConnectTimeout 15",
+                "  ServerAliveInterval 15",
+                "",
+            ]
+        )
+    )
     return cfg
 
 

@@ -70,21 +70,23 @@ def main() -> int:
                         failed[label] = f"{type(exc).__name__}: {exc}"
                     finally:
                         hl.stop()
-                add("chain_rec_MBps", probes.command_throughput(lab.chain("cat", str(payload)),
-                                                                n))
+                add("chain_rec_MBps", probes.command_throughput(lab.chain("cat", str(payload)), n))
                 with lab.forward(True) as port:
                     add("chain_fwd_MBps", probes.forward_throughput(port, n))
-                s = probes.summarize(probes.echo_round_trips(lab.chain("cat", tty=True),
-                                                             args.echo))
+                s = probes.summarize(probes.echo_round_trips(lab.chain("cat", tty=True), args.echo))
                 add("chain_echo_p50_ms", s.p50 * 1000)
                 add("chain_echo_p99_ms", s.p99 * 1000)
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     doc: dict[str, Any] = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "bytes": n,
-        "rounds": args.rounds, "echo_samples": args.echo, "failed": failed,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bytes": n,
+        "rounds": args.rounds,
+        "echo_samples": args.echo,
+        "failed": failed,
         "mean": {k: round(statistics.fmean(v), 3) for k, v in runs.items()},
-        "runs": {k: [round(x, 3) for x in v] for k, v in runs.items()}}
+        "runs": {k: [round(x, 3) for x in v] for k, v in runs.items()},
+    }
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     for label, why in failed.items():
         print(f"{label}: failed: {why}")

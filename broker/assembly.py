@@ -76,9 +76,15 @@ def _azure_sink(settings: BrokerSettings) -> list[SinkConfig]:
         return []
     if not settings.azure_dcr_immutable_id:
         raise ValueError("HOSHU_AZURE_LOGS_ENDPOINT is set but HOSHU_AZURE_DCR_IMMUTABLE_ID is not")
-    return [SinkConfig(kind="azure", name="sentinel", endpoint=settings.azure_logs_endpoint,
-                       rule_id=settings.azure_dcr_immutable_id,
-                       stream=settings.azure_dcr_stream)]
+    return [
+        SinkConfig(
+            kind="azure",
+            name="sentinel",
+            endpoint=settings.azure_logs_endpoint,
+            rule_id=settings.azure_dcr_immutable_id,
+            stream=settings.azure_dcr_stream,
+        )
+    ]
 
 
 def recording_store(settings: BrokerSettings, credential: Any = None) -> RecordingStore:
@@ -89,19 +95,25 @@ def recording_store(settings: BrokerSettings, credential: Any = None) -> Recordi
     store: RecordingStore
     if settings.recordings_url:
         from audit.recstore.blob import BlobStore
-        store = BlobStore(settings.recordings_url,
-                          credential if credential is not None else azure_credential(settings),
-                          flush_interval_s=settings.recordings_flush_s,
-                          flush_bytes=settings.recordings_flush_kib * 1024)
+
+        store = BlobStore(
+            settings.recordings_url,
+            credential if credential is not None else azure_credential(settings),
+            flush_interval_s=settings.recordings_flush_s,
+            flush_bytes=settings.recordings_flush_kib * 1024,
+        )
     else:
         store = FileStore(settings.recordings_dir)
     store.check()
     return store
 
 
-def audit_config(settings: BrokerSettings, *,
-                 db_password: PasswordSource | None = None,
-                 recordings: RecordingStore | None = None) -> AuditConfig:
+def audit_config(
+    settings: BrokerSettings,
+    *,
+    db_password: PasswordSource | None = None,
+    recordings: RecordingStore | None = None,
+) -> AuditConfig:
     """The :class:`audit.service.AuditConfig` for a broker's settings; ``db_password``
     (Entra sign-in) is used for the index too when it is on PostgreSQL."""
     index_url = settings.audit_index_url or settings.db_url
@@ -120,8 +132,9 @@ def audit_config(settings: BrokerSettings, *,
         checkpoint_interval_s=settings.audit_checkpoint_interval_s,
         fsync=settings.audit_fsync,
         lag_alert_s=settings.audit_lag_alert_s,
-        retention=RetentionPolicy(settings.audit_events_retention_days,
-                                  settings.recordings_retention_days),
+        retention=RetentionPolicy(
+            settings.audit_events_retention_days, settings.recordings_retention_days
+        ),
         unsigned_after_days=settings.report_unsigned_days,
         hostname=socket.gethostname(),
         store=settings.audit_store,
@@ -151,28 +164,37 @@ def check_storage_apart(settings: BrokerSettings) -> None:
         apart.append(("forward captures", settings.forward_capture_path.resolve()))
     for what, d in apart:
         if d == audit_dir or audit_dir in d.parents or d in audit_dir.parents:
-            raise ValueError(f"{what} ({d}) must not be in or around the audit log's "
-                             f"directory ({audit_dir}); give them a directory of their own")
+            raise ValueError(
+                f"{what} ({d}) must not be in or around the audit log's "
+                f"directory ({audit_dir}); give them a directory of their own"
+            )
     rec.mkdir(parents=True, exist_ok=True)
     audit_dir.mkdir(parents=True, exist_ok=True)
     if os.stat(rec).st_dev == os.stat(audit_dir).st_dev:
-        log.warning("recordings and the audit log share a filesystem: a full recording "
-                    "disk would stop the audit log too (see docs/admin.md)")
+        log.warning(
+            "recordings and the audit log share a filesystem: a full recording "
+            "disk would stop the audit log too (see docs/admin.md)"
+        )
 
 
-def build_runtime(settings: BrokerSettings, *, emitter: Emitter | None = None,
-                  extra_routers: Sequence[APIRouter] = (),
-                  clock: Callable[[], datetime] = utc_now,
-                  hasher: Hasher | None = None,
-                  db_password: PasswordSource | None = None,
-                  keys: KeyStore | None = None) -> Runtime:
+def build_runtime(
+    settings: BrokerSettings,
+    *,
+    emitter: Emitter | None = None,
+    extra_routers: Sequence[APIRouter] = (),
+    clock: Callable[[], datetime] = utc_now,
+    hasher: Hasher | None = None,
+    db_password: PasswordSource | None = None,
+    keys: KeyStore | None = None,
+) -> Runtime:
     """Open the store and keys, build the API and the background tasks (not started).
 
     ``emitter`` is the audit log (``audit.service.build_audit(...).log`` in the full
     broker); without it the control plane opens ``settings.audit_log_path`` itself.
     ``keys``: the process's key store (None: the one ``settings`` name)."""
-    control = ControlPlane.open(settings, emitter=emitter, clock=clock, hasher=hasher,
-                                db_password=db_password, keys=keys)
+    control = ControlPlane.open(
+        settings, emitter=emitter, clock=clock, hasher=hasher, db_password=db_password, keys=keys
+    )
     app = create_app(settings, services=control.services, extra_routers=extra_routers)
     rt = Runtime(settings, control, app)
     rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s))
@@ -192,6 +214,7 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
 def store_grants_end(services: Any) -> Callable[[str, datetime], datetime | None]:
     """When the user's live grants end (the latest), from the control plane's store; a
     grant counts only as :func:`broker.access.grants.grant_holds` says."""
+
     def grants_end(user_id: str, now: datetime) -> datetime | None:
         with services.ctx.uow() as tx:
             end: datetime | None = latest_grant_end(tx, user_id, now)
@@ -234,19 +257,35 @@ def attach_front_door(
     the_policy = policy if policy is not None else StoreAccessPolicy(services)
     emitter = services.ctx.emitter
     if sessions_routes:
-        rt.app.include_router(build_sessions_router(
-            lambda: handle.door.sessions if handle.door is not None else None, emitter))
+        rt.app.include_router(
+            build_sessions_router(
+                lambda: handle.door.sessions if handle.door is not None else None, emitter
+            )
+        )
         # the console's live-session pages (broker.console.live) ask the same registry
-        rt.app.state.live_sessions = \
-            lambda: handle.door.sessions if handle.door is not None else None
-    rt.app.include_router(build_cert_router(
-        lambda: ca, the_policy, store_grants_end(services), emitter, services.ctx.now))
+        rt.app.state.live_sessions = lambda: (
+            handle.door.sessions if handle.door is not None else None
+        )
+    rt.app.include_router(
+        build_cert_router(
+            lambda: ca, the_policy, store_grants_end(services), emitter, services.ctx.now
+        )
+    )
 
     async def run() -> None:
         door = await start_front_door(
-            settings, the_policy, connector, emitter, settings.recordings_dir, host_key,
-            ca=ca, options=options, clock=services.ctx.now, port=port,
-            recording_opener=store_opener(recordings) if recordings is not None else None)
+            settings,
+            the_policy,
+            connector,
+            emitter,
+            settings.recordings_dir,
+            host_key,
+            ca=ca,
+            options=options,
+            clock=services.ctx.now,
+            port=port,
+            recording_opener=store_opener(recordings) if recordings is not None else None,
+        )
         handle.door = door
         handle.ready.set()
         try:
@@ -263,36 +302,59 @@ def attach_front_door(
     return handle
 
 
-def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = None,
-                 front_door_options: FrontDoorOptions | None = None) -> Runtime:
+def build_broker(
+    settings: BrokerSettings,
+    *,
+    sinks: Sequence[Sink] | None = None,
+    front_door_options: FrontDoorOptions | None = None,
+) -> Runtime:
     """Assemble every part of the broker; :func:`broker.runtime.serve` runs it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     check_storage_apart(settings)
     # one managed-identity credential for every Azure client (broker.identity), built
     # only when something signs in to Azure
-    credential = azure_credential(settings) if (
-        settings.database_auth == "entra" or settings.azure_logs_endpoint
-        or settings.recordings_url or settings.key_vault_url) else None
+    credential = (
+        azure_credential(settings)
+        if (
+            settings.database_auth == "entra"
+            or settings.azure_logs_endpoint
+            or settings.recordings_url
+            or settings.key_vault_url
+        )
+        else None
+    )
     # the keys first: without them nothing can be signed, sealed or served (fails closed,
     # one line naming the store and why: broker.keys.errors)
     keys = open_key_store(settings, credential=credential)
     keys.check()
     recordings = recording_store(settings, credential)
     db_password = database_password(settings, credential)
-    audit = build_audit(audit_config(settings, db_password=db_password,
-                                     recordings=recordings), sinks=sinks,
-                        credential=credential, signer=keys.checkpoint_signer())
+    audit = build_audit(
+        audit_config(settings, db_password=db_password, recordings=recordings),
+        sinks=sinks,
+        credential=credential,
+        signer=keys.checkpoint_signer(),
+    )
     try:
         routers = [
-            build_audit_router(index=audit.index, reports=audit.reports,
-                               recordings_dir=settings.recordings_dir, emitter=audit.log,
-                               recordings=recordings, sink_status=audit.status),
+            build_audit_router(
+                index=audit.index,
+                reports=audit.reports,
+                recordings_dir=settings.recordings_dir,
+                emitter=audit.log,
+                recordings=recordings,
+                sink_status=audit.status,
+            ),
         ]
         # approvers told by mail (HOSHU_SMTP_HOST): beside the audit log, after it
         notifier = Notifier(settings) if settings.smtp_host else None
-        rt = build_runtime(settings, emitter=FanOut([audit.log, notifier]) if notifier
-                           else audit.log, extra_routers=routers,
-                           db_password=db_password, keys=keys)
+        rt = build_runtime(
+            settings,
+            emitter=FanOut([audit.log, notifier]) if notifier else audit.log,
+            extra_routers=routers,
+            db_password=db_password,
+            keys=keys,
+        )
     except Exception:
         audit.stop()
         raise
@@ -307,20 +369,28 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     rt.readiness.add("key_store", cached(keys.check, READY_CACHE_S))
     rt.readiness.add("recording_store", cached(recordings.check, READY_CACHE_S))
     # before the front door listens: sessions a killed broker left open end now
-    end_lost_sessions(settings.recordings_dir, audit.log, rt.control.services.ctx.now,
-                      store=recordings)
+    end_lost_sessions(
+        settings.recordings_dir, audit.log, rt.control.services.ctx.now, store=recordings
+    )
     directory = StoreGatewayDirectory(rt.control.services)
     registry = TunnelRegistry()
     # several replicas (HOSHU_PEER_PORT): gateways tunnelled to another replica are
     # reached through it; the tunnels held here are claimed in the database
-    peers = build_peer_link(settings, rt.control.store.engine, registry, audit.log,
-                            rt.control.services.ctx.now)
-    attach_front_door(rt, TunnelConnector(registry, peers), options=front_door_options,
-                      sessions_routes=True, recordings=recordings)
+    peers = build_peer_link(
+        settings, rt.control.store.engine, registry, audit.log, rt.control.services.ctx.now
+    )
+    attach_front_door(
+        rt,
+        TunnelConnector(registry, peers),
+        options=front_door_options,
+        sessions_routes=True,
+        recordings=recordings,
+    )
     # the console's gateway page (broker.console.gateway) reads the tunnels held here and,
     # with several replicas, the database's tunnel registry
     rt.app.state.gateway_tunnels = RegistryTunnelStates(
-        registry, peers.cluster.holders if peers is not None else None)
+        registry, peers.cluster.holders if peers is not None else None
+    )
     if peers is not None:
         the_peers = peers
         rt.tasks.append(lambda: run_peer_link(the_peers))
@@ -333,8 +403,11 @@ def build_broker(settings: BrokerSettings, *, sinks: Sequence[Sink] | None = Non
     async def run_tunnels() -> None:
         tunnels = await start_tunnel_listener(
             TunnelSettings.from_broker(settings),
-            asyncssh.import_private_key(keys.tunnel_host_key()), directory, audit.log,
-            registry=registry)
+            asyncssh.import_private_key(keys.tunnel_host_key()),
+            directory,
+            audit.log,
+            registry=registry,
+        )
         log.info("gateway tunnels on %s:%d", settings.tunnel_host, tunnels.port)
         try:
             await asyncio.Event().wait()

@@ -68,8 +68,9 @@ class HasClientId(Protocol):
     def azure_client_id(self) -> str: ...
 
 
-def client_id_of(settings_or_client_id: HasClientId | str | None,
-                 environ: Mapping[str, str] | None = None) -> str:
+def client_id_of(
+    settings_or_client_id: HasClientId | str | None, environ: Mapping[str, str] | None = None
+) -> str:
     """The user-assigned identity's client id, or "" for the system-assigned one."""
     if isinstance(settings_or_client_id, str) or settings_or_client_id is None:
         given = settings_or_client_id or ""
@@ -82,8 +83,9 @@ def client_id_of(settings_or_client_id: HasClientId | str | None,
 IDENTITY_TIMEOUT_S = 10.0  # connect and read limit of each token request
 
 
-def azure_credential(settings_or_client_id: HasClientId | str | None = None, *,
-                     timeout_s: float = IDENTITY_TIMEOUT_S) -> Any:
+def azure_credential(
+    settings_or_client_id: HasClientId | str | None = None, *, timeout_s: float = IDENTITY_TIMEOUT_S
+) -> Any:
     """The managed-identity credential (an azure-core ``TokenCredential``).
 
     ``settings_or_client_id``: the broker settings (their ``azure_client_id``), a
@@ -95,8 +97,9 @@ def azure_credential(settings_or_client_id: HasClientId | str | None = None, *,
     from azure.identity import ManagedIdentityCredential
 
     client_id = client_id_of(settings_or_client_id)
-    return ManagedIdentityCredential(client_id=client_id or None,
-                                     connection_timeout=timeout_s, read_timeout=timeout_s)
+    return ManagedIdentityCredential(
+        client_id=client_id or None, connection_timeout=timeout_s, read_timeout=timeout_s
+    )
 
 
 # PostgreSQL Flexible Server takes an Entra ID access token for this resource as the
@@ -127,9 +130,13 @@ class TokenPassword:
     are opened from many threads.
     """
 
-    def __init__(self, get_token: Callable[[], tuple[str, float]], *,
-                 refresh_before_s: float = REFRESH_BEFORE_S,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        get_token: Callable[[], tuple[str, float]],
+        *,
+        refresh_before_s: float = REFRESH_BEFORE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._get = get_token
         self._margin = refresh_before_s
         self._clock = clock
@@ -147,12 +154,16 @@ class TokenPassword:
                 token, expires_on = self._get()
             except Exception as exc:
                 if self._token and now < self._expires_on:
-                    log.warning("database token refresh failed (%s); the current token "
-                                "is used until it expires in %.0f s",
-                                type(exc).__name__, self._expires_on - now)
+                    log.warning(
+                        "database token refresh failed (%s); the current token "
+                        "is used until it expires in %.0f s",
+                        type(exc).__name__,
+                        self._expires_on - now,
+                    )
                     return self._token
                 raise DatabaseSignInError(
-                    f"no Entra ID token for PostgreSQL: {type(exc).__name__}: {exc}") from exc
+                    f"no Entra ID token for PostgreSQL: {type(exc).__name__}: {exc}"
+                ) from exc
             if not token:
                 raise DatabaseSignInError("no Entra ID token for PostgreSQL: empty token")
             self._token, self._expires_on = token, expires_on
@@ -161,8 +172,7 @@ class TokenPassword:
             return token
 
 
-def database_password(settings: BrokerSettings,
-                      credential: Any = None) -> PasswordSource | None:
+def database_password(settings: BrokerSettings, credential: Any = None) -> PasswordSource | None:
     """Where new database connections get their password: None (the URL's) for
     ``database_auth = "password"``; for ``"entra"`` a :class:`TokenPassword` over
     ``credential`` (default: :func:`azure_credential` of the settings)."""

@@ -83,8 +83,7 @@ class _ApiServer(uvicorn.Server):
         yield
 
 
-async def drain(rt: Runtime, grace_s: float, *,
-                cut_short: asyncio.Event | None = None) -> None:
+async def drain(rt: Runtime, grace_s: float, *, cut_short: asyncio.Event | None = None) -> None:
     """Not ready any more; then every drainer at once, given ``grace_s`` seconds.
 
     Past the grace (or when ``cut_short`` is set) the drainers are cancelled: what
@@ -130,9 +129,16 @@ def _on_signals(handler: Callable[[], None]) -> list[signal.Signals]:
 
 async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
     """Run the API (uvicorn) and every task until a signal (drained) or the server stops."""
-    config = uvicorn.Config(rt.app, host=rt.settings.api_host, port=rt.settings.api_port,
-                            log_level="info", lifespan="off", timeout_keep_alive=5,
-                            limit_concurrency=500, server_header=False)
+    config = uvicorn.Config(
+        rt.app,
+        host=rt.settings.api_host,
+        port=rt.settings.api_port,
+        log_level="info",
+        lifespan="off",
+        timeout_keep_alive=5,
+        limit_concurrency=500,
+        server_header=False,
+    )
     server = _ApiServer(config)
     stop, again = asyncio.Event(), asyncio.Event()
 
@@ -151,8 +157,7 @@ async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
         for t in running:
             if t.done() and not t.cancelled():
                 failed = t.exception() or RuntimeError("a broker task ended by itself")
-                log.critical("a part of the broker stopped; the broker stops too",
-                             exc_info=failed)
+                log.critical("a part of the broker stopped; the broker stops too", exc_info=failed)
                 break
         if failed is None:
             if stop.is_set():

@@ -39,7 +39,8 @@ def broker_host_public_key(path: Path) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
-            Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+            Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()
+        )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
@@ -50,8 +51,11 @@ def broker_host_public_key(path: Path) -> str:
 def config_from(settings: BrokerSettings, keys: KeyStore | None = None) -> Config:
     """``keys``: the broker's key store, whose tunnel host key gateways are told to pin;
     None: the key file at ``settings.host_key_path``."""
-    host_key = public_line(keys.tunnel_host_key()) if keys is not None \
+    host_key = (
+        public_line(keys.tunnel_host_key())
+        if keys is not None
         else broker_host_public_key(settings.host_key_path)
+    )
     return Config(
         access_token_ttl_s=settings.access_token_ttl_s,
         tunnel_host=settings.tunnel_host,
@@ -73,11 +77,17 @@ class ControlPlane:
     keys: KeyStore | None = None  # the key store the services seal with (files or Key Vault)
 
     @classmethod
-    def open(cls, settings: BrokerSettings, *, emitter: Emitter | None = None,
-             clock: Callable[[], datetime] = utc_now, migrate: bool = True,
-             hasher: Hasher | None = None,
-             db_password: PasswordSource | None = None,
-             keys: KeyStore | None = None) -> ControlPlane:
+    def open(
+        cls,
+        settings: BrokerSettings,
+        *,
+        emitter: Emitter | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        migrate: bool = True,
+        hasher: Hasher | None = None,
+        db_password: PasswordSource | None = None,
+        keys: KeyStore | None = None,
+    ) -> ControlPlane:
         """Open the store (``db_password``: where new connections get their password;
         None: :func:`broker.identity.database_password` of the settings) and build the
         services.  ``keys``: the process's key store (one per process: it caches
@@ -92,9 +102,14 @@ class ControlPlane:
         try:
             if keys is None:
                 keys = open_key_store(settings)
-            ctx = Context(uow=store.uow, emitter=emitter, secrets=keys.secret_box(),
-                          clock=clock, config=config_from(settings, keys),
-                          hasher=hasher or Hasher())
+            ctx = Context(
+                uow=store.uow,
+                emitter=emitter,
+                secrets=keys.secret_box(),
+                clock=clock,
+                config=config_from(settings, keys),
+                hasher=hasher or Hasher(),
+            )
         except Exception:
             store.close()
             if owned is not None:

@@ -36,21 +36,23 @@ ENV_PREFIX = "HOSHU_"
 # HOSHU_* variables that are not broker settings but are read by other hoshu programs
 # (or the project's own tooling) and may share the broker's environment.  The one list:
 # the start-up check and tests/infra read it.
-OTHER_VARIABLES: Mapping[str, str] = MappingProxyType({
-    "HOSHU_API": "hoshu CLI: the control-plane URL",
-    "HOSHU_TOKEN": "hoshu CLI: a bearer token instead of the cached one",
-    "HOSHU_CONFIG_DIR": "hoshu CLI: where the token cache lives",
-    "HOSHU_USER": "hoshu login: the user name",
-    "HOSHU_GATEWAY_CONFIG": "hoshu-gateway: its configuration file",
-    "HOSHU_ENROLL_TOKEN": "hoshu-gateway enroll: the one-time enrolment token",
-    "HOSHU_PYTHON": "./run: the Python interpreter of the venv",
-    "HOSHU_IMAGE_CACHE": "deploy/image/build.sh: where built image layers are cached",
-    "HOSHU_DEBIAN_SUITE": "deploy/image/build.sh: the Debian release of the image",
-    "HOSHU_DEBIAN_MIRROR": "deploy/image/build.sh: the Debian mirror it fetches from",
-    "HOSHU_PG_BIN": "tests: the PostgreSQL server binaries",
-    "HOSHU_TEST_CODE": "tests: the one-time code the ssh askpass script types",
-    "HOSHU_BENCH_CODE": "bench: the one-time code the ssh askpass script types",
-})
+OTHER_VARIABLES: Mapping[str, str] = MappingProxyType(
+    {
+        "HOSHU_API": "hoshu CLI: the control-plane URL",
+        "HOSHU_TOKEN": "hoshu CLI: a bearer token instead of the cached one",
+        "HOSHU_CONFIG_DIR": "hoshu CLI: where the token cache lives",
+        "HOSHU_USER": "hoshu login: the user name",
+        "HOSHU_GATEWAY_CONFIG": "hoshu-gateway: its configuration file",
+        "HOSHU_ENROLL_TOKEN": "hoshu-gateway enroll: the one-time enrolment token",
+        "HOSHU_PYTHON": "./run: the Python interpreter of the venv",
+        "HOSHU_IMAGE_CACHE": "deploy/image/build.sh: where built image layers are cached",
+        "HOSHU_DEBIAN_SUITE": "deploy/image/build.sh: the Debian release of the image",
+        "HOSHU_DEBIAN_MIRROR": "deploy/image/build.sh: the Debian mirror it fetches from",
+        "HOSHU_PG_BIN": "tests: the PostgreSQL server binaries",
+        "HOSHU_TEST_CODE": "tests: the one-time code the ssh askpass script types",
+        "HOSHU_BENCH_CODE": "bench: the one-time code the ssh askpass script types",
+    }
+)
 
 
 class UnknownSettingError(ValueError):
@@ -59,9 +61,10 @@ class UnknownSettingError(ValueError):
     def __init__(self, names: list[str], hints: Mapping[str, str]) -> None:
         self.names = names
         parts = [f"{n} (did you mean {hints[n]}?)" if n in hints else n for n in names]
-        super().__init__("unknown setting" + ("s" if len(names) > 1 else "") + " in the "
-                         "environment: " + ", ".join(parts) +
-                         " (docs/admin.md lists the HOSHU_* settings)")
+        super().__init__(
+            "unknown setting" + ("s" if len(names) > 1 else "") + " in the "
+            "environment: " + ", ".join(parts) + " (docs/admin.md lists the HOSHU_* settings)"
+        )
 
 
 _REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -76,12 +79,15 @@ def _https_url(name: str, value: str, *, path: bool) -> str:
     if parts.scheme != "https":
         raise ValueError(f"{name}: {value!r} must be an https:// URL")
     if not host or parts.username or parts.password or parts.query or parts.fragment:
-        raise ValueError(f"{name}: {value!r} must be a plain URL (a host, no credentials, "
-                         "no query)")
+        raise ValueError(
+            f"{name}: {value!r} must be a plain URL (a host, no credentials, no query)"
+        )
     has_path = parts.path.strip("/") != ""
     if path and not has_path:
-        raise ValueError(f"{name}: {value!r} must name the container "
-                         "(https://<account>.blob.core.windows.net/<container>)")
+        raise ValueError(
+            f"{name}: {value!r} must name the container "
+            "(https://<account>.blob.core.windows.net/<container>)"
+        )
     if not path and has_path:
         raise ValueError(f"{name}: {value!r} must have no path")
     return value.rstrip("/")
@@ -217,16 +223,20 @@ class BrokerSettings(BaseSettings):
             try:
                 uuid.UUID(value)
             except ValueError as exc:
-                raise ValueError(f"azure_client_id: {value!r} is not a client id (a GUID: "
-                                 "the managed identity's clientId)") from exc
+                raise ValueError(
+                    f"azure_client_id: {value!r} is not a client id (a GUID: "
+                    "the managed identity's clientId)"
+                ) from exc
         return value
 
     @field_validator("replica_id")
     @classmethod
     def _replica(cls, value: str) -> str:
         if value and not _REPLICA_ID.fullmatch(value):
-            raise ValueError(f"replica_id: {value!r} must be 1-63 letters, digits, '.', '_' "
-                             "or '-', starting with a letter or digit")
+            raise ValueError(
+                f"replica_id: {value!r} must be 1-63 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
         return value
 
     @field_validator("drain_grace_s")
@@ -243,20 +253,24 @@ class BrokerSettings(BaseSettings):
             url = self.database_url
             scheme = url.split("://", 1)[0] if "://" in url else ""
             if not scheme.startswith("postgres"):
-                raise ValueError("database_auth 'entra' needs database_url of a PostgreSQL "
-                                 "server (postgresql://<identity name>@<server>/<db>"
-                                 "?sslmode=require)")
+                raise ValueError(
+                    "database_auth 'entra' needs database_url of a PostgreSQL "
+                    "server (postgresql://<identity name>@<server>/<db>"
+                    "?sslmode=require)"
+                )
             if urlsplit(url).password is not None:
-                raise ValueError("database_auth 'entra' signs in with a token: "
-                                 "database_url must carry no password")
+                raise ValueError(
+                    "database_auth 'entra' signs in with a token: "
+                    "database_url must carry no password"
+                )
         if self.audit_store_url and self.audit_store != "postgres":
-            raise ValueError("audit_store_url is set but audit_store is not 'postgres': "
-                             "it would be ignored")
+            raise ValueError(
+                "audit_store_url is set but audit_store is not 'postgres': it would be ignored"
+            )
         if self.azure_logs_endpoint:
             _https_url("azure_logs_endpoint", self.azure_logs_endpoint, path=False)
             if not self.azure_dcr_immutable_id:
-                raise ValueError("azure_logs_endpoint is set but azure_dcr_immutable_id "
-                                 "is not")
+                raise ValueError("azure_logs_endpoint is set but azure_dcr_immutable_id is not")
         return self
 
     @classmethod
@@ -269,8 +283,9 @@ class BrokerSettings(BaseSettings):
         """``HOSHU_*`` names in ``environ`` that are neither settings nor other
         programs' variables (case-insensitive, as the settings are read)."""
         known = cls.field_variables() | OTHER_VARIABLES.keys()
-        return sorted(k for k in environ
-                      if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+        return sorted(
+            k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+        )
 
     @classmethod
     def from_env(cls, **values: Any) -> Self:

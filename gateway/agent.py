@@ -129,13 +129,17 @@ class TunnelSlot:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def view(self) -> dict[str, Any]:
-        return {"broker": self.address, "state": str(self.state),
-                "connected_since": self.connected_since.isoformat()
-                if self.connected_since else None, "last_error": self.last_error}
+        return {
+            "broker": self.address,
+            "state": str(self.state),
+            "connected_since": self.connected_since.isoformat() if self.connected_since else None,
+            "last_error": self.last_error,
+        }
 
 
-def expand_addresses(endpoints: Sequence[tuple[str, int]],
-                     resolve: Callable[[str, int], list[str]]) -> list[tuple[str, int]]:
+def expand_addresses(
+    endpoints: Sequence[tuple[str, int]], resolve: Callable[[str, int], list[str]]
+) -> list[tuple[str, int]]:
     """One dial target per address: a name that resolves to several addresses becomes
     one target per address (kept as the name when it resolves to one, or not at all)."""
     out: list[tuple[str, int]] = []
@@ -172,12 +176,20 @@ def resolve_all(host: str, port: int) -> list[str]:
 class GatewayAgent:
     """Keeps (or, in window-only mode, opens and closes) the tunnels to the broker."""
 
-    def __init__(self, config: GatewayConfig, enrollment: Enrollment, key: asyncssh.SSHKey,
-                 audit: LocalAudit, *, version: str = __version__,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 rand: Callable[[], float] = _random.random,
-                 prober: Callable[..., Any] = probe, state_poll_s: float = 1.0,
-                 resolve: Callable[[str, int], list[str]] = resolve_all) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        enrollment: Enrollment,
+        key: asyncssh.SSHKey,
+        audit: LocalAudit,
+        *,
+        version: str = __version__,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rand: Callable[[], float] = _random.random,
+        prober: Callable[..., Any] = probe,
+        state_poll_s: float = 1.0,
+        resolve: Callable[[str, int], list[str]] = resolve_all,
+    ) -> None:
         self.config = config
         self.enrollment = enrollment
         self.broker_key = asyncssh.import_public_key(enrollment.broker_host_key)
@@ -201,8 +213,11 @@ class GatewayAgent:
         self._check_slot = 0  # window-only: the slot that asks for windows
         self._inventory_at: float | None = None  # loop time of the last inventory report
         self.endpoints: tuple[tuple[str, int], ...] = config.addresses or (
-            (config.tunnel_host or enrollment.tunnel_host,
-             config.tunnel_port or enrollment.tunnel_port),)
+            (
+                config.tunnel_host or enrollment.tunnel_host,
+                config.tunnel_port or enrollment.tunnel_port,
+            ),
+        )
         self.host, self.port = self.endpoints[0]
         self.min_tunnels = config.min_tunnels
         self.slots = [self._slot(h, p) for h, p in self.endpoints]
@@ -269,8 +284,15 @@ class GatewayAgent:
         self._wake_all()
 
     def channel_decision(self, dest_host: str, dest_port: int) -> Decision:
-        return channel_decision(self._allowlist, dest_host, dest_port, paused=self.paused,
-                                mode=self.config.mode, windows=self.windows, now=self.clock())
+        return channel_decision(
+            self._allowlist,
+            dest_host,
+            dest_port,
+            paused=self.paused,
+            mode=self.config.mode,
+            windows=self.windows,
+            now=self.clock(),
+        )
 
     # --- kill switch --------------------------------------------------------------
 
@@ -288,8 +310,9 @@ class GatewayAgent:
         self._wake_all()
         write_state(self.config.state_path, self._pause)
         try:
-            self.audit.record("gateway.paused", ActorUsername=by,
-                              details={"by": by, "channels_closed": closed})
+            self.audit.record(
+                "gateway.paused", ActorUsername=by, details={"by": by, "channels_closed": closed}
+            )
         except AuditError as exc:
             log.error("pause not written to the local audit copy: %s", exc)
         log.warning("paused by %s: %d channel(s) closed", by, closed)
@@ -307,8 +330,9 @@ class GatewayAgent:
         write_state(self.config.state_path, PauseState(False))
         self._pause = PauseState(False)
         try:
-            self.audit.record("gateway.resumed", ActorUsername=by,
-                              details={"by": by, "paused_s": paused_s})
+            self.audit.record(
+                "gateway.resumed", ActorUsername=by, details={"by": by, "paused_s": paused_s}
+            )
         except AuditError as exc:
             log.error("resume not written to the local audit copy: %s", exc)
         log.warning("resumed by %s", by)
@@ -319,19 +343,24 @@ class GatewayAgent:
     def status(self) -> dict[str, Any]:
         link = self.link
         return {
-            "ok": True, "state": str(self.state), "paused": self.paused,
-            "paused_since": self._pause.since, "paused_by": self._pause.by,
-            "mode": str(self.config.mode), "broker": f"{self.host}:{self.port}",
+            "ok": True,
+            "state": str(self.state),
+            "paused": self.paused,
+            "paused_since": self._pause.since,
+            "paused_by": self._pause.by,
+            "mode": str(self.config.mode),
+            "broker": f"{self.host}:{self.port}",
             "gateway_id": self.enrollment.gateway_id,
             "connected_since": self.connected_since.isoformat() if self.connected_since else None,
             "last_error": self.last_error,
             "clock_offset_s": link.clock_offset_s if link else None,
-            "channels": [c.view() for s in self.slots if s.link is not None
-                         for c in s.link.channels.values()],
+            "channels": [
+                c.view() for s in self.slots if s.link is not None for c in s.link.channels.values()
+            ],
             "tunnels": [s.view() for s in self.slots],
-            "tunnels_up": self.tunnels_up, "min_tunnels": self.min_tunnels,
-            "degraded": self.state is AgentState.CONNECTED
-            and self.tunnels_up < self.min_tunnels,
+            "tunnels_up": self.tunnels_up,
+            "min_tunnels": self.min_tunnels,
+            "degraded": self.state is AgentState.CONNECTED and self.tunnels_up < self.min_tunnels,
             "windows": [{"start": s.isoformat(), "end": e.isoformat()} for s, e in self.windows],
             "unacked_events": self.audit.unacked,
         }
@@ -364,8 +393,9 @@ class GatewayAgent:
         by = state.by or "local"
         try:
             if state.pending == "paused":
-                self.audit.record("gateway.paused", ActorUsername=by,
-                                  details={"by": by, "channels_closed": 0})
+                self.audit.record(
+                    "gateway.paused", ActorUsername=by, details={"by": by, "channels_closed": 0}
+                )
             else:
                 self.audit.record("gateway.resumed", ActorUsername=by, details={"by": by})
         except AuditError as exc:
@@ -394,14 +424,17 @@ class GatewayAgent:
         if not self.config.addresses:
             return  # the one enrolled (or tunnel_host) address: one tunnel, as always
         loop = asyncio.get_running_loop()
-        targets = await loop.run_in_executor(None, expand_addresses, self.endpoints,
-                                             self._resolve)
+        targets = await loop.run_in_executor(None, expand_addresses, self.endpoints, self._resolve)
         if targets != [(s.host, s.port) for s in self.slots]:
             self.slots = [self._slot(h, p) for h, p in targets]
             log.info("keeping tunnels to %s", ", ".join(s.address for s in self.slots))
         if len(self.slots) < self.min_tunnels:
-            log.warning("only %d broker address(es) for min_tunnels = %d: losing one broker "
-                        "replica may cut this hospital off", len(self.slots), self.min_tunnels)
+            log.warning(
+                "only %d broker address(es) for min_tunnels = %d: losing one broker "
+                "replica may cut this hospital off",
+                len(self.slots),
+                self.min_tunnels,
+            )
 
     async def run(self) -> None:
         """Run until :meth:`stop`; cancellation is re-raised."""
@@ -409,8 +442,9 @@ class GatewayAgent:
         loops: list[asyncio.Task[None]] = []
         try:
             await self._resolve_slots()
-            loops = [asyncio.create_task(self._slot_loop(slot, i))
-                     for i, slot in enumerate(self.slots)]
+            loops = [
+                asyncio.create_task(self._slot_loop(slot, i)) for i, slot in enumerate(self.slots)
+            ]
             await asyncio.gather(*loops)
         finally:
             for task in [follower, *loops]:
@@ -473,16 +507,29 @@ class GatewayAgent:
         link = Link(self, purpose)
         t = self.config.tunnel
         try:
-            conn = await asyncio.wait_for(asyncssh.connect_reverse(
-                slot.host, slot.port, server_factory=lambda: GatewayServer(link),
-                server_host_keys=[self._key], config=None, allow_pty=False,
-                x11_forwarding=False, agent_forwarding=False, allow_scp=False,
-                login_timeout=t.connect_timeout_s, keepalive_interval=t.heartbeat_s,
-                keepalive_count_max=t.heartbeat_misses, encryption_algs=list(TUNNEL_CIPHERS),
-                window=TUNNEL_WINDOW), t.connect_timeout_s)
+            conn = await asyncio.wait_for(
+                asyncssh.connect_reverse(
+                    slot.host,
+                    slot.port,
+                    server_factory=lambda: GatewayServer(link),
+                    server_host_keys=[self._key],
+                    config=None,
+                    allow_pty=False,
+                    x11_forwarding=False,
+                    agent_forwarding=False,
+                    allow_scp=False,
+                    login_timeout=t.connect_timeout_s,
+                    keepalive_interval=t.heartbeat_s,
+                    keepalive_count_max=t.heartbeat_misses,
+                    encryption_algs=list(TUNNEL_CIPHERS),
+                    window=TUNNEL_WINDOW,
+                ),
+                t.connect_timeout_s,
+            )
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            self._error(slot, f"cannot connect to the broker at {slot.address}: "
-                              f"{exc or type(exc).__name__}")
+            self._error(
+                slot, f"cannot connect to the broker at {slot.address}: {exc or type(exc).__name__}"
+            )
             log.warning("%s", slot.last_error)
             return "failed"
         link.conn = conn
@@ -522,22 +569,27 @@ class GatewayAgent:
         self._move(slot, AgentState.CONNECTED)
         slot.backoff.reset()
         slot.connected_since = self.clock()
-        log.info("connected to the broker at %s as gateway %s (%s)", slot.address,
-                 link.gateway_id, link.purpose)
+        log.info(
+            "connected to the broker at %s as gateway %s (%s)",
+            slot.address,
+            link.gateway_id,
+            link.purpose,
+        )
         if link.purpose is Purpose.CHECK:
             await self._wait_any(link.windows_received, link, t.connect_timeout_s)
             if self._carrier is None:  # no tunnel carries the audit copy: this check does
                 self._carrier = slot
                 if self._inventory_due() <= 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._report_inventory(link),
-                                               t.connect_timeout_s)
+                        await asyncio.wait_for(self._report_inventory(link), t.connect_timeout_s)
                 await self._flush_audit(link, t.connect_timeout_s)
             link.close("check done")
             return "done"
         self._error(slot, None)
-        tasks = [asyncio.create_task(self._heartbeats(link)),
-                 asyncio.create_task(self._carry(slot, link))]
+        tasks = [
+            asyncio.create_task(self._heartbeats(link)),
+            asyncio.create_task(self._carry(slot, link)),
+        ]
         try:
             return await self._watch(slot, link)
         finally:
@@ -622,9 +674,19 @@ class GatewayAgent:
             return
         link.send(Inventory(instruments=tuple(InventoryEntry.from_item(i) for i in items)))
         with contextlib.suppress(AuditError):
-            self.audit.record("gateway.inventory", details={"instruments": [
-                {"name": i.name, "reachable": i.reachable,
-                 "host_key_fingerprint": i.host_key_fingerprint} for i in items]})
+            self.audit.record(
+                "gateway.inventory",
+                details={
+                    "instruments": [
+                        {
+                            "name": i.name,
+                            "reachable": i.reachable,
+                            "host_key_fingerprint": i.host_key_fingerprint,
+                        }
+                        for i in items
+                    ]
+                },
+            )
 
     async def _inventory(self, link: Link) -> None:
         while not link.closed.is_set():
@@ -632,5 +694,15 @@ class GatewayAgent:
                 await self._report_inventory(link)
             await asyncio.sleep(max(0.05, self._inventory_due()))
 
-__all__ = ["TRANSITIONS", "AgentState", "Backoff", "GatewayAgent", "IllegalAgentTransition",
-           "TunnelSlot", "check_transition", "expand_addresses", "resolve_all"]
+
+__all__ = [
+    "TRANSITIONS",
+    "AgentState",
+    "Backoff",
+    "GatewayAgent",
+    "IllegalAgentTransition",
+    "TunnelSlot",
+    "check_transition",
+    "expand_addresses",
+    "resolve_all",
+]

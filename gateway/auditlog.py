@@ -25,9 +25,17 @@ from wire import FORWARDED_EVENT_TYPES
 class LocalAudit:
     """Writes gateway events to the local chain and tracks what the broker has."""
 
-    def __init__(self, path: Path, *, gateway_name: str, version: str,
-                 clock: Callable[[], datetime], gateway_id: str | None = None,
-                 hospital_id: str | None = None, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        gateway_name: str,
+        version: str,
+        clock: Callable[[], datetime],
+        gateway_id: str | None = None,
+        hospital_id: str | None = None,
+        fsync: bool = True,
+    ) -> None:
         self.path = path
         self._acked_path = path.with_name(path.name + ".acked")
         self._clock = clock
@@ -38,10 +46,15 @@ class LocalAudit:
         self._lock = threading.Lock()
         self._chain = ChainLog(path, fsync=fsync)
         self._acked = self._read_acked()
-        self._pending: list[dict[str, Any]] = [
-            dict(e.record) for e in read_events(path)
-            if int(e.get("ChainSeq", 0)) > self._acked and e.type in FORWARDED_EVENT_TYPES
-        ] if path.exists() else []
+        self._pending: list[dict[str, Any]] = (
+            [
+                dict(e.record)
+                for e in read_events(path)
+                if int(e.get("ChainSeq", 0)) > self._acked and e.type in FORWARDED_EVENT_TYPES
+            ]
+            if path.exists()
+            else []
+        )
         self._sent_upto = self._acked
         self.on_new: Callable[[], None] | None = None
 
@@ -54,12 +67,21 @@ class LocalAudit:
         except (OSError, ValueError):
             return 0  # an unreadable cursor only means re-sending; the broker de-duplicates
 
-    def record(self, type_: str, *, details: dict[str, Any] | None = None,
-               **columns: Any) -> AuditEvent:
+    def record(
+        self, type_: str, *, details: dict[str, Any] | None = None, **columns: Any
+    ) -> AuditEvent:
         """Write one event to the local chain (raises ChainError if it cannot be written)."""
-        event = new_event(type_, clock=self._clock, details=details, DvcHostname=self._name,
-                          DvcRole="gateway", EventProductVersion=self._version,
-                          GatewayId=self._gateway_id, HospitalId=self._hospital_id, **columns)
+        event = new_event(
+            type_,
+            clock=self._clock,
+            details=details,
+            DvcHostname=self._name,
+            DvcRole="gateway",
+            EventProductVersion=self._version,
+            GatewayId=self._gateway_id,
+            HospitalId=self._hospital_id,
+            **columns,
+        )
         stored = self._chain.emit(event)
         if stored.type in FORWARDED_EVENT_TYPES:
             with self._lock:

@@ -52,12 +52,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.token_file:
         token = Path(args.token_file).read_text(encoding="utf-8").strip()
     if not token:
-        print("hoshu-gateway enroll: give --token, --token-file or HOSHU_ENROLL_TOKEN",
-              file=sys.stderr)
+        print(
+            "hoshu-gateway enroll: give --token, --token-file or HOSHU_ENROLL_TOKEN",
+            file=sys.stderr,
+        )
         return 2
     e = enroll(config, token, version=__version__)
-    print(f"enrolled as gateway {e.gateway_id} of {e.hospital}; "
-          f"tunnel {e.tunnel_host}:{e.tunnel_port}; broker key pinned")
+    print(
+        f"enrolled as gateway {e.gateway_id} of {e.hospital}; "
+        f"tunnel {e.tunnel_host}:{e.tunnel_port}; broker key pinned"
+    )
     return 0
 
 
@@ -69,9 +73,14 @@ async def _run(config: Any) -> int:
 
     enrollment, key = load_enrollment(config)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    audit = LocalAudit(config.audit_path, gateway_name=config.name, version=__version__,
-                       clock=lambda: datetime.now(UTC), gateway_id=enrollment.gateway_id,
-                       hospital_id=enrollment.hospital_id)
+    audit = LocalAudit(
+        config.audit_path,
+        gateway_name=config.name,
+        version=__version__,
+        clock=lambda: datetime.now(UTC),
+        gateway_id=enrollment.gateway_id,
+        hospital_id=enrollment.hospital_id,
+    )
     agent = GatewayAgent(config, enrollment, key, audit)
     control = ControlServer(config.control_socket, agent.handle_control)
     if sys.platform != "win32":
@@ -79,8 +88,12 @@ async def _run(config: Any) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
-    log.info("hoshu-gateway %s starting (%s mode, %d instrument(s))", __version__,
-             config.mode, len(config.instruments))
+    log.info(
+        "hoshu-gateway %s starting (%s mode, %d instrument(s))",
+        __version__,
+        config.mode,
+        len(config.instruments),
+    )
     try:
         await agent.run()
     finally:
@@ -103,10 +116,10 @@ def _switch(args: argparse.Namespace, cmd: str) -> int:
         answer = request(config.control_socket, cmd, by)
     except ControlError as exc:
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_state(config.state_path, state_now(cmd == "pause", by, datetime.now(UTC),
-                                                 pending=True))
-        print(f"{exc}; {cmd} written to {config.state_path} (applied when it starts "
-              "or notices)")
+        write_state(
+            config.state_path, state_now(cmd == "pause", by, datetime.now(UTC), pending=True)
+        )
+        print(f"{exc}; {cmd} written to {config.state_path} (applied when it starts or notices)")
         return 0
     print(f"{cmd}d: state {answer.get('state')}")
     return 0 if answer.get("ok") else 1
@@ -121,8 +134,10 @@ def _print_status(s: dict[str, Any]) -> None:
     print(f"connected:  {s.get('connected_since') or '-'}")
     tunnels = s.get("tunnels") or []
     if len(tunnels) > 1:  # several broker replicas ([broker] addresses)
-        print(f"tunnels:    {s.get('tunnels_up')} of {len(tunnels)} up (min_tunnels "
-              f"{s.get('min_tunnels')}){'  DEGRADED' if s.get('degraded') else ''}")
+        print(
+            f"tunnels:    {s.get('tunnels_up')} of {len(tunnels)} up (min_tunnels "
+            f"{s.get('min_tunnels')}){'  DEGRADED' if s.get('degraded') else ''}"
+        )
         for t in tunnels:
             why = f" ({t['last_error']})" if t.get("last_error") else ""
             print(f"  {t['broker']}: {t['state']}{why}")
@@ -133,8 +148,10 @@ def _print_status(s: dict[str, Any]) -> None:
     channels = s.get("channels") or []
     print(f"open channels: {len(channels)}")
     for c in channels:
-        print(f"  {c['channel']}: {c['instrument']}:{c['port']} for {c['engineer'] or '?'} "
-              f"(session {c['session'] or '?'}) since {c['since']}")
+        print(
+            f"  {c['channel']}: {c['instrument']}:{c['port']} for {c['engineer'] or '?'} "
+            f"(session {c['session'] or '?'}) since {c['since']}"
+        )
     for w in s.get("windows") or []:
         print(f"window: {w['start']} .. {w['end']}")
 
@@ -147,9 +164,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         s = request(config.control_socket, "status", getpass.getuser())
     except ControlError as exc:
         st = read_state(config.state_path)
-        s = {"ok": False, "state": "not running", "paused": st.paused,
-             "paused_since": st.since, "paused_by": st.by, "mode": str(config.mode),
-             "last_error": st.error or str(exc)}
+        s = {
+            "ok": False,
+            "state": "not running",
+            "paused": st.paused,
+            "paused_since": st.since,
+            "paused_by": st.by,
+            "mode": str(config.mode),
+            "last_error": st.error or str(exc),
+        }
     if args.json:
         print(json.dumps(s, indent=1))
     else:
@@ -173,8 +196,9 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hoshu-gateway",
-                                description="hoshu hospital gateway (outbound-only connector)")
+    p = argparse.ArgumentParser(
+        prog="hoshu-gateway", description="hoshu hospital gateway (outbound-only connector)"
+    )
     p.add_argument("--config", help=f"configuration file (default {DEFAULT_CONFIG})")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--version", action="version", version=f"hoshu-gateway {__version__}")
@@ -184,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--token-file", help="read the token from this file")
     e.set_defaults(func=cmd_enroll)
     sub.add_parser("run", help="run the gateway (foreground)").set_defaults(func=cmd_run)
-    for name, text in (("pause", "kill switch: close the tunnel and every channel"),
-                       ("resume", "release the kill switch")):
+    for name, text in (
+        ("pause", "kill switch: close the tunnel and every channel"),
+        ("resume", "release the kill switch"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--by", help="who pulls the switch (default: your user name)")
         sp.set_defaults(func=lambda a, n=name: _switch(a, n))
@@ -201,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

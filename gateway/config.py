@@ -118,8 +118,9 @@ def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
-          default: Any = ...) -> Any:
+def _take(
+    table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...
+) -> Any:
     if key not in table:
         if default is ...:
             raise ConfigError(f"{where}: {key} is required")
@@ -142,22 +143,33 @@ def _instrument(raw: Any, where: str) -> Instrument:
     _check_keys(raw, {"name", "host", "ports", "protocol", "department", "model"}, where)
     name = _take(raw, "name", str, where)
     if not _NAME.fullmatch(name):
-        raise ConfigError(f"{where}: name {name[:70]!r} is not [a-z0-9-]{{1,63}} "
-                          "(starting and ending with a letter or digit)")
+        raise ConfigError(
+            f"{where}: name {name[:70]!r} is not [a-z0-9-]{{1,63}} "
+            "(starting and ending with a letter or digit)"
+        )
     host = _take(raw, "host", str, where)
     if not host or len(host) > 253 or any(c.isspace() for c in host):
         raise ConfigError(f"{where} ({name}): host is not a host name or address")
     ports = _take(raw, "ports", list, where)
-    if not ports or len(ports) > 64 or not all(
-        isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports
+    if (
+        not ports
+        or len(ports) > 64
+        or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports
+        )
     ):
         raise ConfigError(f"{where} ({name}): ports must be 1-64 port numbers 1..65535")
     protocol = _take(raw, "protocol", str, where)
     if protocol not in _PROTOCOLS:
         raise ConfigError(f"{where} ({name}): protocol must be one of {sorted(_PROTOCOLS)}")
-    return Instrument(name, host, tuple(sorted(set(ports))), protocol,
-                      _take(raw, "department", str, where, ""),
-                      _take(raw, "model", str, where, ""))
+    return Instrument(
+        name,
+        host,
+        tuple(sorted(set(ports))),
+        protocol,
+        _take(raw, "department", str, where, ""),
+        _take(raw, "model", str, where, ""),
+    )
 
 
 def parse_address(text: str, where: str) -> tuple[str, int]:
@@ -165,8 +177,14 @@ def parse_address(text: str, where: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if (not sep or not host or len(host) > 253 or any(c.isspace() for c in host)
-            or not port_text.isdigit() or not 1 <= int(port_text) <= 65535):
+    if (
+        not sep
+        or not host
+        or len(host) > 253
+        or any(c.isspace() for c in host)
+        or not port_text.isdigit()
+        or not 1 <= int(port_text) <= 65535
+    ):
         raise ConfigError(f"{where}: address {text[:80]!r} is not host:port")
     return host, int(port_text)
 
@@ -174,14 +192,12 @@ def parse_address(text: str, where: str) -> tuple[str, int]:
 def _addresses(broker: dict[str, Any], where: str) -> tuple[tuple[str, int], ...]:
     raw = _take(broker, "addresses", list, where, [])
     if len(raw) > MAX_ADDRESSES or not all(isinstance(a, str) for a in raw):
-        raise ConfigError(f"{where}: addresses must be at most {MAX_ADDRESSES} "
-                          "\"host:port\" strings")
+        raise ConfigError(f'{where}: addresses must be at most {MAX_ADDRESSES} "host:port" strings')
     out = tuple(parse_address(a, where) for a in raw)
     if len(set(out)) != len(out):
         raise ConfigError(f"{where}: addresses are listed twice")
     if out and ("tunnel_host" in broker or "tunnel_port" in broker):
-        raise ConfigError(f"{where}: give either addresses or tunnel_host/tunnel_port, "
-                          "not both")
+        raise ConfigError(f"{where}: give either addresses or tunnel_host/tunnel_port, not both")
     return out
 
 
@@ -216,8 +232,10 @@ def parse_config(text: str, *, where: str = "config", base: Path | None = None) 
     _check_keys(gw, {"name", "state_dir", "mode"}, f"{where} [gateway]")
     name = _take(gw, "name", str, f"{where} [gateway]")
     if not _NAME.fullmatch(name):
-        raise ConfigError(f"{where} [gateway]: name is not [a-z0-9-]{{1,63}} "
-                          "(starting and ending with a letter or digit)")
+        raise ConfigError(
+            f"{where} [gateway]: name is not [a-z0-9-]{{1,63}} "
+            "(starting and ending with a letter or digit)"
+        )
     state_dir = Path(_take(gw, "state_dir", str, f"{where} [gateway]"))
     if not state_dir.is_absolute() and base is not None:
         state_dir = base / state_dir
@@ -227,8 +245,11 @@ def parse_config(text: str, *, where: str = "config", base: Path | None = None) 
     except ValueError as exc:
         raise ConfigError(f"{where} [gateway]: mode must be 'always' or 'window-only'") from exc
     broker = _table(doc, "broker", where)
-    _check_keys(broker, {"api", "tunnel_host", "tunnel_port", "addresses", "min_tunnels"},
-                f"{where} [broker]")
+    _check_keys(
+        broker,
+        {"api", "tunnel_host", "tunnel_port", "addresses", "min_tunnels"},
+        f"{where} [broker]",
+    )
     api = _take(broker, "api", str, f"{where} [broker]", "")
     if api and not api.startswith(("https://", "http://")):
         raise ConfigError(f"{where} [broker]: api must be an http(s) URL")
@@ -236,20 +257,26 @@ def parse_config(text: str, *, where: str = "config", base: Path | None = None) 
     if tunnel_port is not None and not 1 <= tunnel_port <= 65535:
         raise ConfigError(f"{where} [broker]: tunnel_port out of range")
     addresses = _addresses(broker, f"{where} [broker]")
-    min_tunnels = _take(broker, "min_tunnels", int, f"{where} [broker]",
-                        2 if len(addresses) > 1 else 1)
+    min_tunnels = _take(
+        broker, "min_tunnels", int, f"{where} [broker]", 2 if len(addresses) > 1 else 1
+    )
     if not 1 <= min_tunnels <= MAX_ADDRESSES:
         raise ConfigError(f"{where} [broker]: min_tunnels must be 1..{MAX_ADDRESSES}")
     raw_instruments = doc.get("instrument", [])
     if not isinstance(raw_instruments, list):
         raise ConfigError(f"{where}: instruments are [[instrument]] tables")
-    instruments = tuple(_instrument(r, f"{where} [[instrument]] #{i + 1}")
-                        for i, r in enumerate(raw_instruments))
+    instruments = tuple(
+        _instrument(r, f"{where} [[instrument]] #{i + 1}") for i, r in enumerate(raw_instruments)
+    )
     names = [i.name for i in instruments]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: instrument names must be unique")
     return GatewayConfig(
-        name=name, state_dir=state_dir, mode=mode, api=api, instruments=instruments,
+        name=name,
+        state_dir=state_dir,
+        mode=mode,
+        api=api,
+        instruments=instruments,
         tunnel=_tuning(_table(doc, "tunnel", where), f"{where} [tunnel]"),
         tunnel_host=_take(broker, "tunnel_host", str, f"{where} [broker]", None),
         tunnel_port=tunnel_port,

@@ -46,14 +46,18 @@ def read_state(path: Path) -> PauseState:
     except FileNotFoundError:
         return PauseState(False)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        return PauseState(True, error=f"{path} is unreadable ({type(exc).__name__}): "
-                                      "staying paused until resumed")
+        return PauseState(
+            True, error=f"{path} is unreadable ({type(exc).__name__}): staying paused until resumed"
+        )
     if not isinstance(raw, dict) or not isinstance(raw.get("paused"), bool):
         return PauseState(True, error=f"{path} is not a pause state: staying paused")
     since, by, pending = raw.get("since"), raw.get("by"), raw.get("pending")
-    return PauseState(raw["paused"], since if isinstance(since, str) else None,
-                      by if isinstance(by, str) else None,
-                      pending=pending if pending in ("paused", "resumed") else None)
+    return PauseState(
+        raw["paused"],
+        since if isinstance(since, str) else None,
+        by if isinstance(by, str) else None,
+        pending=pending if pending in ("paused", "resumed") else None,
+    )
 
 
 def write_state(path: Path, state: PauseState) -> None:
@@ -61,16 +65,27 @@ def write_state(path: Path, state: PauseState) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"paused": state.paused, "since": state.since, "by": state.by,
-                   "pending": state.pending}, f)
+        json.dump(
+            {
+                "paused": state.paused,
+                "since": state.since,
+                "by": state.by,
+                "pending": state.pending,
+            },
+            f,
+        )
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def state_now(paused: bool, by: str, now: datetime, *, pending: bool = False) -> PauseState:
-    return PauseState(paused, now.isoformat() if paused else None, by,
-                      pending=("paused" if paused else "resumed") if pending else None)
+    return PauseState(
+        paused,
+        now.isoformat() if paused else None,
+        by,
+        pending=("paused" if paused else "resumed") if pending else None,
+    )
 
 
 Handler = Callable[[str, str], Awaitable[dict[str, Any]]]
@@ -89,8 +104,9 @@ class ControlServer:
             self.path.unlink()
         old = os.umask(0o177)  # the socket is born 0600
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
-                                                           limit=MAX_CONTROL_BYTES)
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_CONTROL_BYTES
+            )
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)

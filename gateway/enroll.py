@@ -33,8 +33,10 @@ from gateway.errors import EnrollmentError, NotEnrolled
 
 TOKEN_PREFIX = "hoshu-enroll-v1"  # noqa: S105  (a format name, not a secret)
 MAX_ANSWER_BYTES = 64 * 1024
-_TOKEN_RE = re.compile(r"hoshu-enroll-v1\.([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_-]{16,128})"
-                       r"\.([A-Za-z0-9_-]{43})")
+_TOKEN_RE = re.compile(
+    r"hoshu-enroll-v1\.([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_-]{16,128})"
+    r"\.([A-Za-z0-9_-]{43})"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,10 @@ class Enrollment:
 def parse_token(text: str) -> EnrollToken:
     m = _TOKEN_RE.fullmatch(text.strip())
     if m is None:
-        raise EnrollmentError("that is not a hoshu enrolment token "
-                              "(expected hoshu-enroll-v1.<id>.<secret>.<fingerprint>)")
+        raise EnrollmentError(
+            "that is not a hoshu enrolment token "
+            "(expected hoshu-enroll-v1.<id>.<secret>.<fingerprint>)"
+        )
     return EnrollToken(m.group(1), m.group(2), m.group(3))
 
 
@@ -123,10 +127,14 @@ def _validated(answer: Any) -> Enrollment:
         raise EnrollmentError("the broker's answer is not a JSON object")
     try:
         e = Enrollment(
-            gateway_id=str(answer["gateway_id"]), hospital_id=str(answer["hospital_id"]),
-            hospital=str(answer["hospital"]), broker_host_key=str(answer["broker_host_key"]),
-            tunnel_host=str(answer["tunnel_host"]), tunnel_port=int(answer["tunnel_port"]),
-            protocol_version=int(answer["protocol_version"]))
+            gateway_id=str(answer["gateway_id"]),
+            hospital_id=str(answer["hospital_id"]),
+            hospital=str(answer["hospital"]),
+            broker_host_key=str(answer["broker_host_key"]),
+            tunnel_host=str(answer["tunnel_host"]),
+            tunnel_port=int(answer["tunnel_port"]),
+            protocol_version=int(answer["protocol_version"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise EnrollmentError(f"the broker's answer lacks a field: {exc}") from exc
     if not 1 <= e.tunnel_port <= 65535 or not e.tunnel_host:
@@ -134,18 +142,30 @@ def _validated(answer: Any) -> Enrollment:
     return e
 
 
-def enroll(config: GatewayConfig, token_text: str, *, version: str,
-           client: httpx.Client | None = None, timeout: float = 15.0) -> Enrollment:
+def enroll(
+    config: GatewayConfig,
+    token_text: str,
+    *,
+    version: str,
+    client: httpx.Client | None = None,
+    timeout: float = 15.0,
+) -> Enrollment:
     """Enrol with the broker at ``config.api``; see the module docstring."""
     token = parse_token(token_text)
     if config.enrollment_path.exists():
-        raise EnrollmentError(f"already enrolled ({config.enrollment_path} exists); "
-                              "remove the state directory to enrol again")
+        raise EnrollmentError(
+            f"already enrolled ({config.enrollment_path} exists); "
+            "remove the state directory to enrol again"
+        )
     if not config.api:
         raise EnrollmentError("no broker API URL: set [broker] api in the configuration")
     key = load_or_create_key(config.key_path)
-    body = {"token": token_text.strip(), "public_key": key.export_public_key().decode().strip(),
-            "name": config.name, "version": version}
+    body = {
+        "token": token_text.strip(),
+        "public_key": key.export_public_key().decode().strip(),
+        "name": config.name,
+        "version": version,
+    }
     url = config.api.rstrip("/") + "/v1/gateways/enroll"
     http = client or httpx.Client(timeout=timeout)
     try:
@@ -161,11 +181,14 @@ def enroll(config: GatewayConfig, token_text: str, *, version: str,
         if client is None:
             http.close()
     if resp.status_code == 401:
-        raise EnrollmentError("enrolment refused: the token is not valid "
-                              f"({_error_text(resp, data)})")
+        raise EnrollmentError(
+            f"enrolment refused: the token is not valid ({_error_text(resp, data)})"
+        )
     if resp.status_code == 410:
-        raise EnrollmentError("enrolment refused: the token was already used or has expired "
-                              f"({_error_text(resp, data)})")
+        raise EnrollmentError(
+            "enrolment refused: the token was already used or has expired "
+            f"({_error_text(resp, data)})"
+        )
     if resp.status_code != 201:
         raise EnrollmentError(f"enrolment failed: {_error_text(resp, data)}")
     try:
@@ -174,7 +197,9 @@ def enroll(config: GatewayConfig, token_text: str, *, version: str,
     except (ValueError, asyncssh.KeyImportError) as exc:
         raise EnrollmentError(f"the broker's answer is not usable: {exc}") from exc
     if not hmac.compare_digest(actual, token.fingerprint):
-        raise EnrollmentError("the broker's key does not match the fingerprint in the token: "
-                              "refusing to pin it (wrong broker, or the answer was tampered with)")
+        raise EnrollmentError(
+            "the broker's key does not match the fingerprint in the token: "
+            "refusing to pin it (wrong broker, or the answer was tampered with)"
+        )
     _write_private(config.enrollment_path, json.dumps(asdict(enrollment), indent=1).encode())
     return enrollment

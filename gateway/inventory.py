@@ -36,8 +36,7 @@ async def _port_open(host: str, port: int, wait_s: float) -> bool:
 async def ssh_fingerprint(host: str, port: int, wait_s: float) -> str | None:
     """``SHA256:...`` of the instrument's SSH host key, or None if it did not answer."""
     try:
-        key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(host, port, config=None), wait_s)
+        key = await asyncio.wait_for(asyncssh.get_server_host_key(host, port, config=None), wait_s)
     except (OSError, TimeoutError, asyncssh.Error) as exc:
         log.info("no SSH host key from %s:%d: %s", host, port, exc)
         return None
@@ -51,12 +50,19 @@ async def probe_one(inst: Instrument, wait_s: float) -> InventoryItem:
         ssh_port = 22 if 22 in inst.ports else inst.ports[0]
         if results[inst.ports.index(ssh_port)]:
             fingerprint = await ssh_fingerprint(inst.host, ssh_port, wait_s)
-    return InventoryItem(inst.name, inst.host, inst.ports, inst.protocol, inst.department,
-                         inst.model, any(results), fingerprint)
+    return InventoryItem(
+        inst.name,
+        inst.host,
+        inst.ports,
+        inst.protocol,
+        inst.department,
+        inst.model,
+        any(results),
+        fingerprint,
+    )
 
 
-async def probe(instruments: tuple[Instrument, ...], *,
-                wait_s: float = 3.0) -> list[InventoryItem]:
+async def probe(instruments: tuple[Instrument, ...], *, wait_s: float = 3.0) -> list[InventoryItem]:
     """Probe every instrument (at most 16 at a time)."""
     sem = asyncio.Semaphore(_PARALLEL)
 

@@ -52,8 +52,9 @@ CLOCK_DRIFT_WARN_S = 5.0
 class LinkAudit(Protocol):
     """The gateway's local audit copy, as a link writes to and forwards from it."""
 
-    def record(self, type_: str, *, details: dict[str, Any] | None = None,
-               **columns: Any) -> object:
+    def record(
+        self, type_: str, *, details: dict[str, Any] | None = None, **columns: Any
+    ) -> object:
         """Write one event (raises :class:`audit.errors.AuditError` if it cannot)."""
         ...
 
@@ -115,9 +116,14 @@ class OpenChannel:
     since: datetime
 
     def view(self) -> dict[str, Any]:
-        return {"channel": self.channel, "instrument": self.instrument, "port": self.port,
-                "session": self.session_id, "engineer": self.engineer,
-                "since": self.since.isoformat()}
+        return {
+            "channel": self.channel,
+            "instrument": self.instrument,
+            "port": self.port,
+            "session": self.session_id,
+            "engineer": self.engineer,
+            "since": self.since.isoformat(),
+        }
 
 
 class Link:
@@ -148,16 +154,19 @@ class Link:
             decision = self._gateway.channel_decision(dest_host, dest_port)
         if not decision.allowed:
             who = decode_originator(orig_host)
-            log.warning("refused channel to %s:%d: %s", dest_host[:253], dest_port,
-                        decision.reason)
+            log.warning("refused channel to %s:%d: %s", dest_host[:253], dest_port, decision.reason)
             try:
                 self._gateway.audit.record(
-                    "gateway.channel_refused", EventResult="Failure",
-                    EventResultDetails=decision.reason, TargetHostname=dest_host[:253],
-                    TargetPortNumber=dest_port, NetworkDirection="Inbound",
+                    "gateway.channel_refused",
+                    EventResult="Failure",
+                    EventResultDetails=decision.reason,
+                    TargetHostname=dest_host[:253],
+                    TargetPortNumber=dest_port,
+                    NetworkDirection="Inbound",
                     TargetSessionId=who.session_id if who else None,
                     ActorUsername=who.engineer if who else None,
-                    details={"channel": "direct-tcpip"})
+                    details={"channel": "direct-tcpip"},
+                )
             except AuditError as exc:
                 log.error("cannot write the refusal to the local audit copy: %s", exc)
         return decision
@@ -168,31 +177,55 @@ class Link:
         relay = Relay(self._relay_closed)
         timeout = self._gateway.channel_connect_timeout_s
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                relay.instrument_protocol, inst.host, dest_port), timeout)
+            await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    relay.instrument_protocol, inst.host, dest_port
+                ),
+                timeout,
+            )
         except (OSError, TimeoutError) as exc:
             log.warning("instrument %s:%d unreachable: %s", inst.name, dest_port, exc)
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
-                                            f"{inst.name} port {dest_port} is unreachable") from exc
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"{inst.name} port {dest_port} is unreachable"
+            ) from exc
         who = decode_originator(orig_host)
-        chan = OpenChannel(f"c{next(_channel_ids)}", inst.name, inst.host, dest_port,
-                           inst.protocol, who.session_id if who else "",
-                           who.engineer if who else "", self._gateway.clock())
+        chan = OpenChannel(
+            f"c{next(_channel_ids)}",
+            inst.name,
+            inst.host,
+            dest_port,
+            inst.protocol,
+            who.session_id if who else "",
+            who.engineer if who else "",
+            self._gateway.clock(),
+        )
         try:
             self._gateway.audit.record(
-                "gateway.channel_opened", TargetHostname=inst.name, TargetIpAddr=inst.host,
-                TargetPortNumber=dest_port, NetworkApplicationProtocol=inst.protocol,
-                NetworkDirection="Inbound", TargetSessionId=chan.session_id or None,
-                ActorUsername=chan.engineer or None, details={"channel": chan.channel})
+                "gateway.channel_opened",
+                TargetHostname=inst.name,
+                TargetIpAddr=inst.host,
+                TargetPortNumber=dest_port,
+                NetworkApplicationProtocol=inst.protocol,
+                NetworkDirection="Inbound",
+                TargetSessionId=chan.session_id or None,
+                ActorUsername=chan.engineer or None,
+                details={"channel": chan.channel},
+            )
         except AuditError as exc:
             if relay.transport is not None:
                 relay.transport.close()
             log.error("refusing channel: the local audit copy cannot be written: %s", exc)
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
-                                            "the gateway cannot write its audit log") from exc
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, "the gateway cannot write its audit log"
+            ) from exc
         self.channels[relay] = chan
-        log.info("channel %s open to %s:%d for %s", chan.channel, inst.name, dest_port,
-                 chan.engineer or "unknown")
+        log.info(
+            "channel %s open to %s:%d for %s",
+            chan.channel,
+            inst.name,
+            dest_port,
+            chan.engineer or "unknown",
+        )
         return relay
 
     def _relay_closed(self, relay: Relay) -> None:
@@ -202,12 +235,19 @@ class Link:
         duration = (self._gateway.clock() - chan.since).total_seconds()
         try:
             self._gateway.audit.record(
-                "gateway.channel_closed", TargetHostname=chan.instrument,
-                TargetIpAddr=chan.host, TargetPortNumber=chan.port,
-                NetworkApplicationProtocol=chan.protocol, NetworkDirection="Inbound",
-                TargetSessionId=chan.session_id or None, ActorUsername=chan.engineer or None,
-                SrcBytes=relay.bytes_in, DstBytes=relay.bytes_out,
-                NetworkDuration=int(duration * 1000), details={"channel": chan.channel})
+                "gateway.channel_closed",
+                TargetHostname=chan.instrument,
+                TargetIpAddr=chan.host,
+                TargetPortNumber=chan.port,
+                NetworkApplicationProtocol=chan.protocol,
+                NetworkDirection="Inbound",
+                TargetSessionId=chan.session_id or None,
+                ActorUsername=chan.engineer or None,
+                SrcBytes=relay.bytes_in,
+                DstBytes=relay.bytes_out,
+                NetworkDuration=int(duration * 1000),
+                details={"channel": chan.channel},
+            )
         except AuditError as exc:
             log.error("cannot write a channel close to the local audit copy: %s", exc)
 
@@ -226,9 +266,15 @@ class Link:
         return True
 
     def control_started(self, session: ControlSession) -> None:
-        self.send(Hello(protocol=PROTOCOL_VERSION, gateway_version=self._gateway.version,
-                        mode=self._gateway.mode, purpose=self.purpose,
-                        gateway_time=self._gateway.clock()))
+        self.send(
+            Hello(
+                protocol=PROTOCOL_VERSION,
+                gateway_version=self._gateway.version,
+                mode=self._gateway.mode,
+                purpose=self.purpose,
+                gateway_time=self._gateway.clock(),
+            )
+        )
 
     def send(self, message: Message) -> bool:
         if self.control is None:
@@ -244,15 +290,19 @@ class Link:
         self.last_rx = asyncio.get_running_loop().time()
         if isinstance(message, Welcome):
             if message.protocol not in SUPPORTED_PROTOCOLS:
-                self.fail(f"the broker speaks protocol {message.protocol}, not "
-                          f"{sorted(SUPPORTED_PROTOCOLS)}")
+                self.fail(
+                    f"the broker speaks protocol {message.protocol}, not "
+                    f"{sorted(SUPPORTED_PROTOCOLS)}"
+                )
                 return
             self.gateway_id = message.gateway_id
             self.clock_offset_s = round(
-                (self._gateway.clock() - message.broker_time).total_seconds(), 1)
+                (self._gateway.clock() - message.broker_time).total_seconds(), 1
+            )
             if abs(self.clock_offset_s) > CLOCK_DRIFT_WARN_S:
-                log.warning("this gateway's clock is %+.1f s off the broker's: fix NTP",
-                            self.clock_offset_s)
+                log.warning(
+                    "this gateway's clock is %+.1f s off the broker's: fix NTP", self.clock_offset_s
+                )
             self.welcome.set()
         elif isinstance(message, Windows):
             self._gateway.set_windows([(w.start, w.end) for w in message.windows])

@@ -87,8 +87,16 @@ def tunnel_wanted(mode: Mode, paused: bool, windows: Sequence[Span], now: dateti
     return active_window(windows, now) is not None
 
 
-def channel_decision(allowlist: Allowlist, dest_host: str, dest_port: int, *, paused: bool,
-                     mode: Mode, windows: Sequence[Span], now: datetime) -> Decision:
+def channel_decision(
+    allowlist: Allowlist,
+    dest_host: str,
+    dest_port: int,
+    *,
+    paused: bool,
+    mode: Mode,
+    windows: Sequence[Span],
+    now: datetime,
+) -> Decision:
     """The hospital's final word on one ``direct-tcpip`` request from the broker."""
     if paused:
         return Decision(False, "the gateway is paused by the hospital")

@@ -38,8 +38,7 @@ class Hub(Protocol):
         """Allow or refuse a channel (and audit a refusal)."""
         ...
 
-    async def open_relay(self, decision: Decision, dest_port: int,
-                         orig_host: str) -> Relay:
+    async def open_relay(self, decision: Decision, dest_port: int, orig_host: str) -> Relay:
         """Connect to the instrument; raise ChannelOpenError if it cannot."""
         ...
 
@@ -88,8 +87,11 @@ class GatewayServer(asyncssh.SSHServer):
         """Only the broker key pinned at enrolment, as ``hoshu-broker``; deny otherwise."""
         ok = username == BROKER_USERNAME and key == self._hub.broker_key
         if not ok:
-            log.warning("refused broker login: user %r, key %s (not the pinned broker key)",
-                        username[:32], key.get_fingerprint())
+            log.warning(
+                "refused broker login: user %r, key %s (not the pinned broker key)",
+                username[:32],
+                key.get_fingerprint(),
+            )
         return ok
 
     def session_requested(
@@ -100,8 +102,9 @@ class GatewayServer(asyncssh.SSHServer):
             return False
         return self._conn.create_server_channel(encoding=None), ControlSession(self._hub)
 
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int) -> Awaitable[Relay]:
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[Relay]:
         """The hospital's allowlist check for every ``direct-tcpip`` channel.
 
         On deny the channel open fails with "administratively prohibited" and
@@ -109,8 +112,9 @@ class GatewayServer(asyncssh.SSHServer):
         """
         decision = self._hub.decide(dest_host, dest_port, orig_host)
         if not decision.allowed:
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                                            decision.reason)
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, decision.reason
+            )
         return self._hub.open_relay(decision, dest_port, orig_host)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
@@ -134,8 +138,9 @@ class ControlSession(asyncssh.SSHServerSession[bytes]):
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
 
-    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
-                      term_modes: Mapping[int, int]) -> bool:
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
+    ) -> bool:
         return False
 
     def shell_requested(self) -> bool:

@@ -31,12 +31,14 @@ def _code(root: Path, user: str, ahead: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./run demo", description=__doc__)
-    parser.add_argument("--root", type=Path, default=Path(".hoshu-demo"),
-                        help="demo state directory (recreated)")
+    parser.add_argument(
+        "--root", type=Path, default=Path(".hoshu-demo"), help="demo state directory (recreated)"
+    )
     parser.add_argument("action", nargs="?", choices=["start", "code"], default="start")
     parser.add_argument("user", nargs="?", default="tanaka")
-    parser.add_argument("--any-ports", action="store_true",
-                        help="pick free ports instead of 8440/2222/2223")
+    parser.add_argument(
+        "--any-ports", action="store_true", help="pick free ports instead of 8440/2222/2223"
+    )
     parser.add_argument("--ahead", type=int, default=0, help="code for N steps later")
     args = parser.parse_args(argv)
     root = args.root.resolve()
@@ -55,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = demo.start()
         key = root / "broker" / "keys" / "ssh_front_door_host_key"
-        pub = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
+        pub = subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(key)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
         (root / "known_hosts").write_text(f"[127.0.0.1]:{demo.ssh_port} {pub}\n")
         print(qr_text(info), flush=True)
         print(walkthrough(info, root), flush=True)

@@ -97,37 +97,53 @@ class Demo:
 
     def env(self, user: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")}
-        env.update({
-            "HOSHU_DATA_DIR": str(self.root / "broker"),
-            "HOSHU_API": self.api,
-            "HOSHU_API_PORT": str(self.api_port),
-            "HOSHU_SSH_PORT": str(self.ssh_port),
-            "HOSHU_TUNNEL_PORT": str(self.tunnel_port),
-            "HOSHU_SWEEP_INTERVAL_S": "2",
-            "HOSHU_CONFIG_DIR": str(self.root / "users" / (user or "admin")),
-        })
+        env.update(
+            {
+                "HOSHU_DATA_DIR": str(self.root / "broker"),
+                "HOSHU_API": self.api,
+                "HOSHU_API_PORT": str(self.api_port),
+                "HOSHU_SSH_PORT": str(self.ssh_port),
+                "HOSHU_TUNNEL_PORT": str(self.tunnel_port),
+                "HOSHU_SWEEP_INTERVAL_S": "2",
+                "HOSHU_CONFIG_DIR": str(self.root / "users" / (user or "admin")),
+            }
+        )
         env.update(self.broker_env)
         return env
 
     def hoshu(self, user: str | None, *args: str, stdin: str | None = None) -> Any:
         """Run ``hoshu --json ARGS`` as ``user``; the parsed JSON answer."""
-        proc = subprocess.run([_tool("hoshu"), "--json", *args], input=(stdin or "").encode(),
-                              capture_output=True, env=self.env(user), timeout=60,
-                              check=False)
+        proc = subprocess.run(
+            [_tool("hoshu"), "--json", *args],
+            input=(stdin or "").encode(),
+            capture_output=True,
+            env=self.env(user),
+            timeout=60,
+            check=False,
+        )
         if proc.returncode != 0:
-            raise DemoError(f"hoshu {' '.join(args[:3])} failed: "
-                            f"{proc.stderr.decode(errors='replace').strip()[-400:]}")
+            raise DemoError(
+                f"hoshu {' '.join(args[:3])} failed: "
+                f"{proc.stderr.decode(errors='replace').strip()[-400:]}"
+            )
         out = proc.stdout.decode().strip()
         return json.loads(out) if out.startswith(("{", "[")) else out
 
     def code(self, user: str, *, ahead: int = 0) -> str:
         return pyotp.TOTP(self.secrets[user]).at(time.time() + 30 * ahead)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], *,
-               append: bool = False) -> None:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], *, append: bool = False
+    ) -> None:
         log = open(self.root / "logs" / f"{name}.log", "ab" if append else "wb")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def restart_broker(self) -> None:
         """Start ``hoshu serve`` again on the same data and ports (after it died); returns
@@ -139,8 +155,10 @@ class Demo:
         while time.monotonic() < deadline:
             for name, p in self.procs.items():
                 if p.poll() is not None:
-                    raise DemoError(f"{name} exited while waiting for {what}; see "
-                                    f"{self.root / 'logs' / (name + '.log')}")
+                    raise DemoError(
+                        f"{name} exited while waiting for {what}; see "
+                        f"{self.root / 'logs' / (name + '.log')}"
+                    )
             result = probe()
             if result:
                 return result
@@ -171,10 +189,23 @@ class Demo:
     def _start_broker(self) -> None:
         admin = PEOPLE[0]
         boot = subprocess.run(
-            [_tool("hoshu"), "--json", "admin", "bootstrap", "--name", admin.name,
-             "--full-name", admin.full_name, "--password-stdin"],
-            input=admin.password.encode(), capture_output=True, env=self.env(), timeout=60,
-            check=False)
+            [
+                _tool("hoshu"),
+                "--json",
+                "admin",
+                "bootstrap",
+                "--name",
+                admin.name,
+                "--full-name",
+                admin.full_name,
+                "--password-stdin",
+            ],
+            input=admin.password.encode(),
+            capture_output=True,
+            env=self.env(),
+            timeout=60,
+            check=False,
+        )
         if boot.returncode != 0:
             raise DemoError(f"bootstrap failed: {boot.stderr.decode(errors='replace')[-400:]}")
         self.secrets[admin.name] = json.loads(boot.stdout)["totp_secret"]
@@ -187,10 +218,19 @@ class Demo:
                     if s.connect_ex(("127.0.0.1", port)) != 0:
                         return False
             return True
+
         self._wait_for("the broker", ready)
         self._pin_audit_key()
-        self.hoshu("admin", "login", "--user", admin.name, "--password-stdin", "--totp",
-                   self.code(admin.name), stdin=admin.password)
+        self.hoshu(
+            "admin",
+            "login",
+            "--user",
+            admin.name,
+            "--password-stdin",
+            "--totp",
+            self.code(admin.name),
+            stdin=admin.password,
+        )
 
     def _pin_audit_key(self) -> None:
         """Copy the broker's audit public key out of its data directory, as an operator
@@ -209,25 +249,79 @@ class Demo:
         self.hoshu("admin", "admin", "orgs", "create", HOSPITAL, "--kind", "hospital")
         self.hoshu("admin", "admin", "orgs", "create", VENDOR, "--kind", "vendor")
         key = self.root / "engineer" / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tanaka@acme-labs",
-                        "-f", str(key)], check=True, timeout=30)
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "tanaka@acme-labs",
+                "-f",
+                str(key),
+            ],
+            check=True,
+            timeout=30,
+        )
         for p in PEOPLE[1:]:
-            self.hoshu("admin", "admin", "users", "create", p.name, "--full-name", p.full_name,
-                       "--org", p.org, "--role", p.role, "--password-stdin", stdin=p.password)
+            self.hoshu(
+                "admin",
+                "admin",
+                "users",
+                "create",
+                p.name,
+                "--full-name",
+                p.full_name,
+                "--org",
+                p.org,
+                "--role",
+                p.role,
+                "--password-stdin",
+                stdin=p.password,
+            )
             # first sign-in: enrol TOTP the way a person does, then confirm with a code
             self.hoshu(p.name, "login", "--user", p.name, "--password-stdin", stdin=p.password)
             uri = self.hoshu(p.name, "totp", "enroll")["otpauth_uri"]
             self.secrets[p.name] = pyotp.parse_uri(uri).secret
             self.hoshu(p.name, "totp", "confirm", self.code(p.name))
-        self.hoshu("admin", "admin", "users", "add-key", "tanaka", "--key-file",
-                   str(key) + ".pub")
+        self.hoshu("admin", "admin", "users", "add-key", "tanaka", "--key-file", str(key) + ".pub")
 
     def _hospital(self) -> None:
-        self.hoshu("admin", "admin", "policy", "set", HOSPITAL, "--max-duration", "4h",
-                   "--approvals", "1", "--critical-approvals", "2", "--file-transfer", "yes",
-                   "--emergency", "yes", "--emergency-max-duration", "1h")
-        self.hoshu("admin", "admin", "contracts", "create", "--vendor", VENDOR, "--hospital",
-                   HOSPITAL, "--instrument", "*", "--reference", "K-2026-17")
+        self.hoshu(
+            "admin",
+            "admin",
+            "policy",
+            "set",
+            HOSPITAL,
+            "--max-duration",
+            "4h",
+            "--approvals",
+            "1",
+            "--critical-approvals",
+            "2",
+            "--file-transfer",
+            "yes",
+            "--emergency",
+            "yes",
+            "--emergency-max-duration",
+            "1h",
+        )
+        self.hoshu(
+            "admin",
+            "admin",
+            "contracts",
+            "create",
+            "--vendor",
+            VENDOR,
+            "--hospital",
+            HOSPITAL,
+            "--instrument",
+            "*",
+            "--reference",
+            "K-2026-17",
+        )
 
     def _gateway(self) -> None:
         assert self.lab is not None
@@ -237,67 +331,131 @@ class Demo:
         config = gw / "gateway.toml"
         config.write_text(
             f'[gateway]\nname = "{GATEWAY}"\nstate_dir = "{gw / "state"}"\nmode = "always"\n\n'
-            f'[broker]\napi = "{self.api}"\n\n' + self.lab.allowlist_toml())
+            f'[broker]\napi = "{self.api}"\n\n' + self.lab.allowlist_toml()
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")}
-        enroll = subprocess.run([_tool("hoshu-gateway"), "--config", str(config), "enroll",
-                                 "--token-file", "/dev/stdin"], input=token.encode(),
-                                capture_output=True, env=env, timeout=60, check=False)
+        enroll = subprocess.run(
+            [
+                _tool("hoshu-gateway"),
+                "--config",
+                str(config),
+                "enroll",
+                "--token-file",
+                "/dev/stdin",
+            ],
+            input=token.encode(),
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
         if enroll.returncode != 0:
             raise DemoError(f"gateway enrolment failed: {enroll.stderr.decode()[-400:]}")
         self._spawn("gateway", [_tool("hoshu-gateway"), "--config", str(config), "run"], env)
 
         def connected() -> bool:
-            st = subprocess.run([_tool("hoshu-gateway"), "--config", str(config), "status",
-                                 "--json"], capture_output=True, env=env, timeout=30,
-                                check=False)
+            st = subprocess.run(
+                [_tool("hoshu-gateway"), "--config", str(config), "status", "--json"],
+                capture_output=True,
+                env=env,
+                timeout=30,
+                check=False,
+            )
             try:
                 return st.returncode == 0 and json.loads(st.stdout)["state"] == "connected"
             except (ValueError, KeyError):
                 return False
+
         self._wait_for("the gateway tunnel", connected)
 
     def _instruments(self) -> None:
         assert self.lab is not None
         for name in INSTRUMENTS:
             inst = self.lab[name]
-            args = ["admin", "instruments", "create", name, "--hospital", HOSPITAL,
-                    "--host", inst.host, "--gateway", GATEWAY,
-                    "--protocol", GATEWAY_PROTOCOLS.get(inst.protocol, inst.protocol),
-                    "--department", inst.department, "--model", inst.model,
-                    "--vendor", VENDOR]
+            args = [
+                "admin",
+                "instruments",
+                "create",
+                name,
+                "--hospital",
+                HOSPITAL,
+                "--host",
+                inst.host,
+                "--gateway",
+                GATEWAY,
+                "--protocol",
+                GATEWAY_PROTOCOLS.get(inst.protocol, inst.protocol),
+                "--department",
+                inst.department,
+                "--model",
+                inst.model,
+                "--vendor",
+                VENDOR,
+            ]
             for port in inst.ports:
                 args += ["--port", str(port)]
             if inst.credentials is not None:
-                args += ["--ssh-port", str(inst.port),
-                         "--login-username", inst.credentials.username]
+                args += [
+                    "--ssh-port",
+                    str(inst.port),
+                    "--login-username",
+                    inst.credentials.username,
+                ]
             try:
                 self.hoshu("admin", *args)
             except DemoError:  # the gateway's inventory may have registered it already
                 args[2] = "set"
                 self.hoshu("admin", *args)
             if inst.credentials is not None:
-                self.hoshu("admin", "admin", "instruments", "credential", name, "--kind",
-                           "private_key", "--secret-file", str(inst.credentials.private_key_path))
+                self.hoshu(
+                    "admin",
+                    "admin",
+                    "instruments",
+                    "credential",
+                    name,
+                    "--kind",
+                    "private_key",
+                    "--secret-file",
+                    str(inst.credentials.private_key_path),
+                )
 
     def describe(self) -> dict[str, Any]:
         assert self.lab is not None
         people = {
-            p.name: {"full_name": p.full_name, "organization": p.org or "platform",
-                     "role": p.role, "password": p.password, "totp_secret": self.secrets[p.name],
-                     "config_dir": str(self.root / "users" / p.name)}
+            p.name: {
+                "full_name": p.full_name,
+                "organization": p.org or "platform",
+                "role": p.role,
+                "password": p.password,
+                "totp_secret": self.secrets[p.name],
+                "config_dir": str(self.root / "users" / p.name),
+            }
             for p in PEOPLE
         }
         return {
-            "broker": {"host": "127.0.0.1", "api_url": self.api, "ssh_port": self.ssh_port,
-                       "tunnel_port": self.tunnel_port, "data_dir": str(self.root / "broker")},
-            "hospital": HOSPITAL, "vendor": VENDOR, "gateway": GATEWAY,
+            "broker": {
+                "host": "127.0.0.1",
+                "api_url": self.api,
+                "ssh_port": self.ssh_port,
+                "tunnel_port": self.tunnel_port,
+                "data_dir": str(self.root / "broker"),
+            },
+            "hospital": HOSPITAL,
+            "vendor": VENDOR,
+            "gateway": GATEWAY,
             "users": people,
             "engineer_key": str(self.root / "engineer" / "id_ed25519"),
             "instruments": {
-                name: {"host": i.host, "ports": list(i.ports), "protocol": i.protocol,
-                       "department": i.department, "model": i.model,
-                       "ssh_port": i.port if name in SSH_INSTRUMENTS else None}
-                for name, i in self.lab.instruments.items()},
+                name: {
+                    "host": i.host,
+                    "ports": list(i.ports),
+                    "protocol": i.protocol,
+                    "department": i.department,
+                    "model": i.model,
+                    "ssh_port": i.port if name in SSH_INSTRUMENTS else None,
+                }
+                for name, i in self.lab.instruments.items()
+            },
             "logs": str(self.root / "logs"),
             "audit_public_key": str(self.root / "auditor" / "audit_signing_key.pub"),
         }

@@ -73,15 +73,29 @@ class InventoryEntry(_Model):
     host_key_fingerprint: Annotated[str, Field(max_length=128)] | None = None
 
     def to_item(self) -> InventoryItem:
-        return InventoryItem(self.name, self.host, self.ports, self.protocol,
-                             self.department, self.model, self.reachable,
-                             self.host_key_fingerprint)
+        return InventoryItem(
+            self.name,
+            self.host,
+            self.ports,
+            self.protocol,
+            self.department,
+            self.model,
+            self.reachable,
+            self.host_key_fingerprint,
+        )
 
     @classmethod
     def from_item(cls, item: InventoryItem) -> InventoryEntry:
-        return cls(name=item.name, host=item.host, ports=item.ports, protocol=item.protocol,
-                   department=item.department, model=item.model, reachable=item.reachable,
-                   host_key_fingerprint=item.host_key_fingerprint)
+        return cls(
+            name=item.name,
+            host=item.host,
+            ports=item.ports,
+            protocol=item.protocol,
+            department=item.department,
+            model=item.model,
+            reachable=item.reachable,
+            host_key_fingerprint=item.host_key_fingerprint,
+        )
 
 
 class Window(_Model):
@@ -122,8 +136,9 @@ class AuditBatch(_Model):
     """Local audit events, in chain order; the broker answers with :class:`Ack`."""
 
     type: Literal["audit"] = "audit"
-    events: Annotated[tuple[dict[str, JsonValue], ...],
-                      Field(min_length=1, max_length=MAX_AUDIT_BATCH)]
+    events: Annotated[
+        tuple[dict[str, JsonValue], ...], Field(min_length=1, max_length=MAX_AUDIT_BATCH)
+    ]
 
 
 # --- broker -> gateway --------------------------------------------------------
@@ -179,9 +194,14 @@ class ErrorMessage(_Model):
 
 Message = Hello | Inventory | AuditBatch | Welcome | Windows | Ack | Heartbeat | Bye | ErrorMessage
 MESSAGE_TYPES: dict[str, type[BaseModel]] = {
-    "hello": Hello, "inventory": Inventory, "audit": AuditBatch, "welcome": Welcome,
-    "windows": Windows, "ack": Ack, "heartbeat": Heartbeat, "bye": Bye, "error": ErrorMessage,
+    "hello": Hello,
+    "inventory": Inventory,
+    "audit": AuditBatch,
+    "welcome": Welcome,
+    "windows": Windows,
+    "ack": Ack,
+    "heartbeat": Heartbeat,
+    "bye": Bye,
+    "error": ErrorMessage,
 }
-MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(
-    Annotated[Message, Field(discriminator="type")]
-)
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Annotated[Message, Field(discriminator="type")])

@@ -22,14 +22,16 @@ MAX_AUDIT_BATCH = 200
 MAX_INSTRUMENTS = 512
 MAX_WINDOWS = 256
 
-FORWARDED_EVENT_TYPES: frozenset[str] = frozenset({
-    "gateway.channel_opened",
-    "gateway.channel_refused",
-    "gateway.channel_closed",
-    "gateway.paused",
-    "gateway.resumed",
-    "gateway.inventory",
-})
+FORWARDED_EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "gateway.channel_opened",
+        "gateway.channel_refused",
+        "gateway.channel_closed",
+        "gateway.paused",
+        "gateway.resumed",
+        "gateway.inventory",
+    }
+)
 """Event types a gateway may forward; the broker drops any other type."""
 
 
@@ -95,12 +97,17 @@ def decode_originator(orig_host: str) -> Originator | None:
         return None
     return Originator(parts[1], parts[2])
 
+
 # Instrument protocols both sides accept in allowlists and the instrument registry.
 INSTRUMENT_PROTOCOLS: frozenset[str] = frozenset(
-    {"ssh", "sftp", "rdp", "vnc", "http", "https", "hl7", "tcp"})
+    {"ssh", "sftp", "rdp", "vnc", "http", "https", "hl7", "tcp"}
+)
 
 # Cipher preference on the tunnel: AES-GCM runs in OpenSSL (hardware AES), far
 # cheaper per packet in asyncssh than chacha20-poly1305, which stays as fallback.
 TUNNEL_CIPHERS: tuple[str, ...] = (
-    "aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+)
 TUNNEL_WINDOW = 8 * 1024 * 1024  # SSH channel window on the tunnel, bytes

@@ -26,8 +26,12 @@ def contract() -> dict[str, Any]:
         "supported_protocols": sorted(SUPPORTED_PROTOCOLS),
         "broker_username": BROKER_USERNAME,
         "control_subsystem": CONTROL_SUBSYSTEM,
-        "limits": {"message_bytes": MAX_MESSAGE_BYTES, "audit_batch": MAX_AUDIT_BATCH,
-                   "instruments": MAX_INSTRUMENTS, "windows": MAX_WINDOWS},
+        "limits": {
+            "message_bytes": MAX_MESSAGE_BYTES,
+            "audit_batch": MAX_AUDIT_BATCH,
+            "instruments": MAX_INSTRUMENTS,
+            "windows": MAX_WINDOWS,
+        },
         "forwarded_event_types": sorted(FORWARDED_EVENT_TYPES),
         "records": {
             cls.__name__: [f.name for f in dataclasses.fields(cls)]

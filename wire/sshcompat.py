@@ -83,8 +83,10 @@ class UnsupportedAsyncssh(ImportError):
 def _release(version: str) -> tuple[int, ...]:
     m = re.match(r"(\d+(?:\.\d+)*)", version)
     if m is None:
-        raise UnsupportedAsyncssh(f"cannot read the asyncssh version {version!r}; "
-                                  f"hoshu is tested with asyncssh{TESTED_RANGE}")
+        raise UnsupportedAsyncssh(
+            f"cannot read the asyncssh version {version!r}; "
+            f"hoshu is tested with asyncssh{TESTED_RANGE}"
+        )
     return tuple(int(p) for p in m.group(1).split("."))
 
 
@@ -95,7 +97,8 @@ def check_version(version: str) -> None:
         raise UnsupportedAsyncssh(
             f"asyncssh {version} is installed, but hoshu uses asyncssh internals "
             f"(wire/sshcompat.py) tested only with asyncssh{TESTED_RANGE}; "
-            f"install a version in that range")
+            f"install a version in that range"
+        )
 
 
 check_version(asyncssh.__version__)
@@ -181,9 +184,7 @@ class PartialSuccessConnection(asyncssh.SSHServerConnection):
     def send_userauth_failure(self, partial_success: bool) -> None:
         super().send_userauth_failure(partial_success or self._hooks().take_partial())
 
-    def _process_service_request_again(
-        self, pkttype: int, pktid: int, packet: SSHPacket
-    ) -> None:
+    def _process_service_request_again(self, pkttype: int, pktid: int, packet: SSHPacket) -> None:
         """Accept a repeated ``ssh-userauth`` service request during authentication.
 
         Some clients (paramiko) ask for the service again before each method,
@@ -196,8 +197,7 @@ class PartialSuccessConnection(asyncssh.SSHServerConnection):
                 raise asyncssh.ServiceNotAvailable("Unexpected service in service request")
             self.send_packet(MSG_SERVICE_ACCEPT, String(service))
             return
-        asyncssh.SSHServerConnection._process_service_request(
-            self, pkttype, pktid, packet)
+        asyncssh.SSHServerConnection._process_service_request(self, pkttype, pktid, packet)
 
     _packet_handlers = {  # noqa: RUF012  (asyncssh dispatches through this class table)
         **asyncssh.SSHServerConnection._packet_handlers,

@@ -149,11 +149,13 @@ def verify(store: RecordingStore, name: str, sha256: str, size: int | None = Non
         raise RecordingTampered(
             f"recording {name} in {store.location} does not match its session's end event "
             f"(stored: {got_size} bytes, SHA-256 {got_sha}; recorded: "
-            f"{size if size is not None else '?'} bytes, SHA-256 {sha256})")
+            f"{size if size is not None else '?'} bytes, SHA-256 {sha256})"
+        )
 
 
-def read_upto(store: RecordingStore, name: str, size: int, *,
-              chunk: int = READ_CHUNK) -> Iterator[bytes]:
+def read_upto(
+    store: RecordingStore, name: str, size: int, *, chunk: int = READ_CHUNK
+) -> Iterator[bytes]:
     """The first ``size`` bytes of ``name``, in ranged reads: exactly what a digest
     taken earlier covered, though a live recording has grown since."""
     offset = 0
@@ -165,11 +167,18 @@ def read_upto(store: RecordingStore, name: str, size: int, *,
         yield data
 
 
-def follow(store: RecordingStore, name: str, *, offset: int = 0, poll_s: float = 0.5,
-           stop: Callable[[], bool] = lambda: False, idle_timeout_s: float = 3600.0,
-           monotonic: Callable[[], float] = time.monotonic,
-           sleep: Callable[[float], object] = time.sleep,
-           chunk: int = READ_CHUNK) -> Iterator[bytes]:
+def follow(
+    store: RecordingStore,
+    name: str,
+    *,
+    offset: int = 0,
+    poll_s: float = 0.5,
+    stop: Callable[[], bool] = lambda: False,
+    idle_timeout_s: float = 3600.0,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
+    chunk: int = READ_CHUNK,
+) -> Iterator[bytes]:
     """The bytes of ``name`` from ``offset`` on, as they are stored, while it grows.
 
     Any replica can follow any recording this way (ranged reads of the growing

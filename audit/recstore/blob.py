@@ -62,8 +62,9 @@ FLUSH_INTERVAL_S = 1.0
 FLUSH_BYTES = 256 * 1024
 MAX_BACKLOG = 64 * 1024 * 1024
 # what Blob storage answers when immutability (time-based retention, legal hold) stops a delete
-_RETAINED = frozenset({"BlobImmutableDueToPolicy", "BlobImmutableDueToLegalHold",
-                       "ImmutableBlobDueToPolicy"})
+_RETAINED = frozenset(
+    {"BlobImmutableDueToPolicy", "BlobImmutableDueToLegalHold", "ImmutableBlobDueToPolicy"}
+)
 _CONTAINER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -82,8 +83,12 @@ def split_url(url: str) -> tuple[str, str]:
         raise StoreUnavailable(f"recordings_url {url!r} must be https://<account host>/<container>")
     path = parts.path.strip("/").split("/")
     container = path[-1]
-    if not (3 <= len(container) <= 63 and set(container) <= _CONTAINER_CHARS
-            and container[0] != "-" and "--" not in container):
+    if not (
+        3 <= len(container) <= 63
+        and set(container) <= _CONTAINER_CHARS
+        and container[0] != "-"
+        and "--" not in container
+    ):
         raise StoreUnavailable(f"recordings_url {url!r} does not end in a container name")
     account = urlunsplit(("https", parts.netloc, "/".join(path[:-1]), "", ""))
     return account, container
@@ -92,9 +97,18 @@ def split_url(url: str) -> tuple[str, str]:
 class BlobWriter:
     """Appends one recording while it is written; see the module docstring."""
 
-    def __init__(self, client: BlobClient, name: str, location: str, *,
-                 flush_interval_s: float, flush_bytes: int, max_backlog: int,
-                 timeout_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: BlobClient,
+        name: str,
+        location: str,
+        *,
+        flush_interval_s: float,
+        flush_bytes: int,
+        max_backlog: int,
+        timeout_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self._client = client
         self._where = f"{location}/{name}"
@@ -131,7 +145,8 @@ class BlobWriter:
             if len(self._pending) + n > self._max_backlog:
                 self._failed = RecordingFileError(
                     f"recording {self._where}: the store is not keeping up "
-                    f"({len(self._pending)} bytes not yet stored)")
+                    f"({len(self._pending)} bytes not yet stored)"
+                )
                 self._cond.notify_all()
                 raise self._failed
             self._pending += data
@@ -160,14 +175,17 @@ class BlobWriter:
             self._closed = True
             if self._thread.is_alive() and self._failed is None:
                 self._failed = RecordingFileError(
-                    f"recording {self._where}: the rest could not be stored in time")
+                    f"recording {self._where}: the rest could not be stored in time"
+                )
             self._raise()
         try:
-            self._client.seal_append_blob(appendpos_condition=self._stored,
-                                          timeout=int(self._timeout))
+            self._client.seal_append_blob(
+                appendpos_condition=self._stored, timeout=int(self._timeout)
+            )
         except AzureError as exc:  # every byte is stored: only the "finished" mark is missing
-            log.warning("recording %s is complete but could not be sealed: %s",
-                        self._where, _short(exc))
+            log.warning(
+                "recording %s is complete but could not be sealed: %s", self._where, _short(exc)
+            )
 
     def _run(self) -> None:
         due = self._mono()
@@ -196,24 +214,31 @@ class BlobWriter:
 
     def _append(self, chunk: bytes) -> None:
         try:
-            self._client.append_block(chunk, length=len(chunk), appendpos_condition=self._stored,
-                                      timeout=int(self._timeout))
+            self._client.append_block(
+                chunk,
+                length=len(chunk),
+                appendpos_condition=self._stored,
+                timeout=int(self._timeout),
+            )
         except HttpResponseError as exc:
             code = getattr(exc, "error_code", None)
             if code != "AppendPositionConditionNotMet" or not self._landed(chunk):
                 raise RecordingFileError(
-                    f"recording {self._where} could not be appended: {_short(exc)}") from exc
+                    f"recording {self._where} could not be appended: {_short(exc)}"
+                ) from exc
         except AzureError as exc:
             raise RecordingFileError(
-                f"recording {self._where} could not be appended: {_short(exc)}") from exc
+                f"recording {self._where} could not be appended: {_short(exc)}"
+            ) from exc
         self._stored += len(chunk)
         self._appends += 1
 
     def _landed(self, chunk: bytes) -> bool:
         """After a retried append was refused for its position: did the first try land?"""
         try:
-            got = self._client.download_blob(offset=self._stored, length=len(chunk) + 1,
-                                             timeout=int(self._timeout)).readall()
+            got = self._client.download_blob(
+                offset=self._stored, length=len(chunk) + 1, timeout=int(self._timeout)
+            ).readall()
         except AzureError:
             return False
         return bytes(got) == chunk
@@ -222,11 +247,19 @@ class BlobWriter:
 class BlobStore:
     """Recordings in the container ``url`` names, signed in with ``credential``."""
 
-    def __init__(self, url: str, credential: Any, *,
-                 flush_interval_s: float = FLUSH_INTERVAL_S, flush_bytes: int = FLUSH_BYTES,
-                 max_backlog: int = MAX_BACKLOG, timeout_s: float = 10.0, retries: int = 2,
-                 connection_verify: bool | str = True,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        url: str,
+        credential: Any,
+        *,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        flush_bytes: int = FLUSH_BYTES,
+        max_backlog: int = MAX_BACKLOG,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        connection_verify: bool | str = True,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         account, container = split_url(url)
         self.url = url.strip().rstrip("/")
         self._flush_interval = flush_interval_s
@@ -235,9 +268,13 @@ class BlobStore:
         self._timeout = timeout_s
         self._mono = monotonic
         self._service = BlobServiceClient(
-            account, credential=credential, connection_verify=connection_verify,
-            connection_timeout=timeout_s, read_timeout=timeout_s,
-            retry_policy=LinearRetry(backoff=1, retry_total=retries, random_jitter_range=1))
+            account,
+            credential=credential,
+            connection_verify=connection_verify,
+            connection_timeout=timeout_s,
+            read_timeout=timeout_s,
+            retry_policy=LinearRetry(backoff=1, retry_total=retries, random_jitter_range=1),
+        )
         self._container = self._service.get_container_client(container)
 
     @property
@@ -254,41 +291,59 @@ class BlobStore:
             raise StoreUnavailable(f"recordings container {self.url} does not exist") from exc
         except ClientAuthenticationError as exc:
             raise StoreUnavailable(
-                f"recordings container {self.url} refused the broker: {_short(exc)}") from exc
+                f"recordings container {self.url} refused the broker: {_short(exc)}"
+            ) from exc
         except AzureError as exc:
             raise StoreUnavailable(
-                f"recordings container {self.url} cannot be reached: {_short(exc)}") from exc
+                f"recordings container {self.url} cannot be reached: {_short(exc)}"
+            ) from exc
 
     def create(self, name: str) -> BlobWriter:
         blob = self._blob(name)
         try:
             blob.create_append_blob(
                 content_settings=ContentSettings(content_type="application/x-asciicast"),
-                match_condition=MatchConditions.IfMissing, timeout=int(self._timeout))
+                match_condition=MatchConditions.IfMissing,
+                timeout=int(self._timeout),
+            )
         except ResourceExistsError as exc:
             raise RecordingExists(f"recording {self.url}/{name} already exists") from exc
         except AzureError as exc:
             raise RecordingFileError(
-                f"recording {self.url}/{name} cannot be created: {_short(exc)}") from exc
-        return BlobWriter(blob, name, self.url, flush_interval_s=self._flush_interval,
-                          flush_bytes=self._flush_bytes, max_backlog=self._max_backlog,
-                          timeout_s=self._timeout, monotonic=self._mono)
+                f"recording {self.url}/{name} cannot be created: {_short(exc)}"
+            ) from exc
+        return BlobWriter(
+            blob,
+            name,
+            self.url,
+            flush_interval_s=self._flush_interval,
+            flush_bytes=self._flush_bytes,
+            max_backlog=self._max_backlog,
+            timeout_s=self._timeout,
+            monotonic=self._mono,
+        )
 
     @staticmethod
     def _info(name: str, props: Any) -> StoredRecording:
         modified = props.last_modified or datetime.fromtimestamp(0, UTC)
-        return StoredRecording(name, int(props.size or 0), modified,
-                               finished=bool(getattr(props, "is_append_blob_sealed", False)))
+        return StoredRecording(
+            name,
+            int(props.size or 0),
+            modified,
+            finished=bool(getattr(props, "is_append_blob_sealed", False)),
+        )
 
     def stat(self, name: str) -> StoredRecording | None:
         try:
-            return self._info(name, self._blob(name).get_blob_properties(
-                timeout=int(self._timeout)))
+            return self._info(
+                name, self._blob(name).get_blob_properties(timeout=int(self._timeout))
+            )
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
             raise RecordingFileError(
-                f"recording {self.url}/{name} cannot be read: {_short(exc)}") from exc
+                f"recording {self.url}/{name} cannot be read: {_short(exc)}"
+            ) from exc
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
@@ -297,18 +352,23 @@ class BlobStore:
             return b""
         length = min(length if length is not None else MAX_READ_BYTES, MAX_READ_BYTES)
         try:
-            return bytes(self._blob(name).download_blob(
-                offset=offset, length=length, timeout=int(self._timeout)).readall())
+            return bytes(
+                self._blob(name)
+                .download_blob(offset=offset, length=length, timeout=int(self._timeout))
+                .readall()
+            )
         except ResourceNotFoundError as exc:
             raise RecordingMissing(f"no recording {self.url}/{name}") from exc
         except HttpResponseError as exc:
             if exc.status_code == 416:  # past the end: nothing there yet
                 return b""
             raise RecordingFileError(
-                f"recording {self.url}/{name} cannot be read: {_short(exc)}") from exc
+                f"recording {self.url}/{name} cannot be read: {_short(exc)}"
+            ) from exc
         except AzureError as exc:
             raise RecordingFileError(
-                f"recording {self.url}/{name} cannot be read: {_short(exc)}") from exc
+                f"recording {self.url}/{name} cannot be read: {_short(exc)}"
+            ) from exc
 
     def chunks(self, name: str) -> Iterator[bytes]:
         try:
@@ -317,7 +377,8 @@ class BlobStore:
             raise RecordingMissing(f"no recording {self.url}/{name}") from exc
         except AzureError as exc:
             raise RecordingFileError(
-                f"recording {self.url}/{name} cannot be read: {_short(exc)}") from exc
+                f"recording {self.url}/{name} cannot be read: {_short(exc)}"
+            ) from exc
         return self._chunks(stream.chunks(), name)
 
     def _chunks(self, it: Iterator[bytes], name: str) -> Iterator[bytes]:
@@ -325,7 +386,8 @@ class BlobStore:
             yield from it
         except AzureError as exc:
             raise RecordingFileError(
-                f"recording {self.url}/{name} cannot be read: {_short(exc)}") from exc
+                f"recording {self.url}/{name} cannot be read: {_short(exc)}"
+            ) from exc
 
     def list(self) -> Iterator[StoredRecording]:
         try:
@@ -337,7 +399,8 @@ class BlobStore:
                 yield self._info(props.name, props)
         except AzureError as exc:
             raise RecordingFileError(
-                f"recordings container {self.url} cannot be listed: {_short(exc)}") from exc
+                f"recordings container {self.url} cannot be listed: {_short(exc)}"
+            ) from exc
 
     def delete(self, name: str) -> bool:
         try:
@@ -348,12 +411,15 @@ class BlobStore:
         except HttpResponseError as exc:
             if getattr(exc, "error_code", None) in _RETAINED:
                 raise RecordingRetained(
-                    f"recording {self.url}/{name} is still under its retention period") from exc
+                    f"recording {self.url}/{name} is still under its retention period"
+                ) from exc
             raise RecordingFileError(
-                f"recording {self.url}/{name} cannot be deleted: {_short(exc)}") from exc
+                f"recording {self.url}/{name} cannot be deleted: {_short(exc)}"
+            ) from exc
         except AzureError as exc:
             raise RecordingFileError(
-                f"recording {self.url}/{name} cannot be deleted: {_short(exc)}") from exc
+                f"recording {self.url}/{name} cannot be deleted: {_short(exc)}"
+            ) from exc
 
     def close(self) -> None:
         self._service.close()

@@ -50,8 +50,7 @@ class FileWriter:
                     raise OSError("short write")
                 view = view[n:]
         except (OSError, ValueError) as exc:
-            self._failed = RecordingFileError(
-                f"recording {self.name} could not be written ({exc})")
+            self._failed = RecordingFileError(f"recording {self.name} could not be written ({exc})")
             raise self._failed from exc
         return len(data)
 
@@ -63,8 +62,9 @@ class FileWriter:
         try:
             self._fh.close()
         except OSError as exc:
-            raise RecordingFileError(f"recording {self.name} could not be closed "
-                                     f"({_why(exc)})") from exc
+            raise RecordingFileError(
+                f"recording {self.name} could not be closed ({_why(exc)})"
+            ) from exc
 
 
 class FileStore:
@@ -85,7 +85,8 @@ class FileStore:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(
-                f"recordings directory {self.directory} cannot be created: {_why(exc)}") from exc
+                f"recordings directory {self.directory} cannot be created: {_why(exc)}"
+            ) from exc
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise StoreUnavailable(f"recordings directory {self.directory} is not writable")
 
@@ -101,8 +102,9 @@ class FileStore:
         return FileWriter(name, os.fdopen(fd, "wb", buffering=0))
 
     def _info(self, name: str, st: os.stat_result) -> StoredRecording:
-        return StoredRecording(name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC),
-                               finished=False)
+        return StoredRecording(
+            name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC), finished=False
+        )
 
     def stat(self, name: str) -> StoredRecording | None:
         try:
@@ -141,7 +143,8 @@ class FileStore:
                     chunk = f.read(READ_CHUNK)
                 except OSError as exc:
                     raise RecordingFileError(
-                        f"recording {name} cannot be read: {_why(exc)}") from exc
+                        f"recording {name} cannot be read: {_why(exc)}"
+                    ) from exc
                 if not chunk:
                     return
                 yield chunk
@@ -153,7 +156,8 @@ class FileStore:
             return
         except OSError as exc:
             raise RecordingFileError(
-                f"recordings directory {self.directory} cannot be listed: {_why(exc)}") from exc
+                f"recordings directory {self.directory} cannot be listed: {_why(exc)}"
+            ) from exc
         for e in entries:
             if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
                 continue

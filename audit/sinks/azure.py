@@ -41,8 +41,9 @@ def production_credential(client_id: str | None = None) -> Any:
     from azure.identity import ManagedIdentityCredential
 
     client_id = (client_id or os.environ.get("AZURE_CLIENT_ID", "")).strip()
-    return ManagedIdentityCredential(client_id=client_id) if client_id \
-        else ManagedIdentityCredential()
+    return (
+        ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+    )
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -58,10 +59,20 @@ def _retry_after(exc: BaseException) -> float | None:
 class AzureLogsSink:
     """Uploads batches to ``{endpoint}/dataCollectionRules/{rule_id}/streams/{stream}``."""
 
-    def __init__(self, endpoint: str, rule_id: str, credential: Any, *,
-                 stream: str = STREAM_NAME, name: str = "sentinel", retry_total: int = 2,
-                 timeout_s: float = 30.0, allow_http: bool = False,
-                 ca_file: str | None = None, max_bytes: int = 900_000) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        rule_id: str,
+        credential: Any,
+        *,
+        stream: str = STREAM_NAME,
+        name: str = "sentinel",
+        retry_total: int = 2,
+        timeout_s: float = 30.0,
+        allow_http: bool = False,
+        ca_file: str | None = None,
+        max_bytes: int = 900_000,
+    ) -> None:
         from azure.monitor.ingestion import LogsIngestionClient
 
         if not endpoint.startswith("https://") and not allow_http:
@@ -72,9 +83,16 @@ class AzureLogsSink:
         self._enforce_https = not allow_http
         extra: dict[str, Any] = {"connection_verify": ca_file} if ca_file else {}
         self._client = LogsIngestionClient(
-            endpoint, credential, retry_total=retry_total, retry_backoff_factor=0.2,
-            retry_backoff_max=5, connection_timeout=timeout_s, read_timeout=timeout_s,
-            logging_enable=False, **extra)
+            endpoint,
+            credential,
+            retry_total=retry_total,
+            retry_backoff_factor=0.2,
+            retry_backoff_max=5,
+            connection_timeout=timeout_s,
+            read_timeout=timeout_s,
+            logging_enable=False,
+            **extra,
+        )
 
     def _groups(self, records: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
         """Split into uploads whose JSON (as the SDK writes it) stays under ``max_bytes``.
@@ -106,20 +124,29 @@ class AzureLogsSink:
         try:
             for group in self._groups(records):
                 logs: list[Any] = list(group)
-                self._client.upload(rule_id=self.rule_id, stream_name=self.stream, logs=logs,
-                                    on_error=failed.append, enforce_https=self._enforce_https)
+                self._client.upload(
+                    rule_id=self.rule_id,
+                    stream_name=self.stream,
+                    logs=logs,
+                    on_error=failed.append,
+                    enforce_https=self._enforce_https,
+                )
                 if failed:
                     break
         except AzureError as exc:
-            raise SinkError(f"Logs Ingestion upload failed: {exc}",
-                            retry_after=_retry_after(exc)) from exc
+            raise SinkError(
+                f"Logs Ingestion upload failed: {exc}", retry_after=_retry_after(exc)
+            ) from exc
         if failed:
             err = failed[0].error
             status = getattr(getattr(err, "response", None), "status_code", None)
             n = sum(len(f.failed_logs) for f in failed)
-            raise SinkError(f"Logs Ingestion refused {n} records of a batch of {len(records)} "
-                            f"(HTTP {status}): {str(err)[:300]}",
-                            retry_after=_retry_after(err), permanent=status == 400)
+            raise SinkError(
+                f"Logs Ingestion refused {n} records of a batch of {len(records)} "
+                f"(HTTP {status}): {str(err)[:300]}",
+                retry_after=_retry_after(err),
+                permanent=status == 400,
+            )
 
     def close(self) -> None:
         self._client.close()

@@ -40,9 +40,17 @@ def _event_time(value: Any) -> Any:
 class FluentForwardSink:
     """Ships batches to a Fluentd ``<source> @type forward`` and waits for the ack."""
 
-    def __init__(self, host: str, port: int, *, tag: str = "hoshu.audit", name: str = "fluentd",
-                 tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                 timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tag: str = "hoshu.audit",
+        name: str = "fluentd",
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
         self.name = name
         self.host, self.port, self.tag = host, port, tag
         self.tls, self.server_hostname = tls, server_hostname or host
@@ -64,8 +72,9 @@ class FluentForwardSink:
     def send(self, records: Sequence[Mapping[str, Any]]) -> None:
         chunk = base64.b64encode(os.urandom(16)).decode()
         entries = [[_event_time(r.get("TimeGenerated")), dict(r)] for r in records]
-        payload = msgpack.packb([self.tag, entries, {"chunk": chunk, "size": len(entries)}],
-                                use_bin_type=True)
+        payload = msgpack.packb(
+            [self.tag, entries, {"chunk": chunk, "size": len(entries)}], use_bin_type=True
+        )
         sock = self._connect()
         try:
             sock.sendall(payload)

@@ -35,15 +35,24 @@ def _printable(value: str, limit: int) -> str:
     return cleaned or "-"
 
 
-def format_message(record: Mapping[str, Any], *, hostname: str, facility: int = FACILITY_LOCAL0,
-                   enterprise_id: int = 32473) -> bytes:
+def format_message(
+    record: Mapping[str, Any],
+    *,
+    hostname: str,
+    facility: int = FACILITY_LOCAL0,
+    enterprise_id: int = 32473,
+) -> bytes:
     """One RFC 5424 message (without framing) for ``record``."""
     pri = facility * 8 + _SEVERITY.get(str(record.get("EventSeverity")), 6)
-    sd = (f'[hoshu@{enterprise_id} uid="{_sd_escape(str(record.get("EventUid", "")))}" '
-          f'seq="{_sd_escape(str(record.get("ChainSeq", "")))}"]')
-    header = (f"<{pri}>1 {_printable(str(record.get('TimeGenerated', '-')), 64)} "
-              f"{_printable(hostname, 255)} hoshu - "
-              f"{_printable(str(record.get('EventType', '-')), 32)} {sd} ")
+    sd = (
+        f'[hoshu@{enterprise_id} uid="{_sd_escape(str(record.get("EventUid", "")))}" '
+        f'seq="{_sd_escape(str(record.get("ChainSeq", "")))}"]'
+    )
+    header = (
+        f"<{pri}>1 {_printable(str(record.get('TimeGenerated', '-')), 64)} "
+        f"{_printable(hostname, 255)} hoshu - "
+        f"{_printable(str(record.get('EventType', '-')), 32)} {sd} "
+    )
     body = json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return header.encode() + b"\xef\xbb\xbf" + body.encode()
 
@@ -55,10 +64,18 @@ def frame(message: bytes) -> bytes:
 class SyslogSink:
     """Sends batches of RFC 5424 messages to a TCP (or TLS) syslog receiver."""
 
-    def __init__(self, host: str, port: int, *, hostname: str = "hoshu-broker",
-                 name: str = "syslog", tls: ssl.SSLContext | None = None,
-                 server_hostname: str | None = None, timeout_s: float = 10.0,
-                 max_message: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        hostname: str = "hoshu-broker",
+        name: str = "syslog",
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        timeout_s: float = 10.0,
+        max_message: int = 64 * 1024,
+    ) -> None:
         self.name = name
         self.host, self.port, self.hostname = host, port, hostname
         self.tls, self.server_hostname = tls, server_hostname or host

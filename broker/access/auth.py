@@ -72,21 +72,31 @@ class AuthService:
         self.failures = FailedSignIns(ctx)  # user.login failures, aggregated per source
 
     # --- helpers ---------------------------------------------------------
-    def issue(self, tx: Tx, user: User, *, kind: str, scopes: list[str], ttl_s: int,
-              name: str = "") -> IssuedToken:
+    def issue(
+        self, tx: Tx, user: User, *, kind: str, scopes: list[str], ttl_s: int, name: str = ""
+    ) -> IssuedToken:
         """A new bearer token for ``user``, stored hashed in ``tx``. It checks nothing:
         callers have already signed the user in (tests use it to skip the sign-in)."""
         now = self.ctx.now()
         text = TOKEN_PREFIX + self.ctx.random_token(32)
-        tok = Token(id=self.ctx.new_id(), user_id=user.id, token_hash=token_hash(text),
-                    kind=kind, scopes=scopes, created_at=now,
-                    expires_at=now + timedelta(seconds=ttl_s), name=name)
+        tok = Token(
+            id=self.ctx.new_id(),
+            user_id=user.id,
+            token_hash=token_hash(text),
+            kind=kind,
+            scopes=scopes,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_s),
+            name=name,
+        )
         tx.add(tok)
-        return IssuedToken(text, tok.id, tok.expires_at, tuple(scopes),
-                           totp_enrolment_required="enroll" in scopes)
+        return IssuedToken(
+            text, tok.id, tok.expires_at, tuple(scopes), totp_enrolment_required="enroll" in scopes
+        )
 
-    def _fail(self, tx: Tx, user: User, kind: str, src_ip: str | None,
-              hospital_id: str | None = None) -> TotpCheck:
+    def _fail(
+        self, tx: Tx, user: User, kind: str, src_ip: str | None, hospital_id: str | None = None
+    ) -> TotpCheck:
         """Count one failure; lock the account at the threshold (and raise the alert).
 
         ``hospital_id``: the hospital whose instrument the sign-in named (SSH), so its
@@ -101,23 +111,39 @@ class AuthService:
             user.locked_until = now + timedelta(seconds=cfg.lockout_s)
             tx.save(user)
             revoke_cert_serials(tx, user.id, now, "locked out")
-            self.ctx.emit("user.locked_out", None, result=Result.FAILURE,
-                          ActorUserId=user.id, ActorUsername=user.name, SrcIpAddr=src_ip,
-                          HospitalId=hospital_id,
-                          details={"failures": count, "window_s": cfg.lockout_window_s,
-                                   "locked_until": user.locked_until.isoformat()})
-            self.ctx.emit("alert.raised", None, ActorUserId=user.id, ActorUsername=user.name,
-                          SrcIpAddr=src_ip, HospitalId=hospital_id,
-                          EventResultDetails="account locked out",
-                          details={"alert": "user.locked_out",
-                                   "reason": f"{user.name}: too many failed sign-ins"})
-            return TotpCheck(False, True, count, locked_now=True,
-                             locked_until=user.locked_until)
-        return TotpCheck(False, locked, count,
-                         locked_until=user.locked_until if locked else None)
+            self.ctx.emit(
+                "user.locked_out",
+                None,
+                result=Result.FAILURE,
+                ActorUserId=user.id,
+                ActorUsername=user.name,
+                SrcIpAddr=src_ip,
+                HospitalId=hospital_id,
+                details={
+                    "failures": count,
+                    "window_s": cfg.lockout_window_s,
+                    "locked_until": user.locked_until.isoformat(),
+                },
+            )
+            self.ctx.emit(
+                "alert.raised",
+                None,
+                ActorUserId=user.id,
+                ActorUsername=user.name,
+                SrcIpAddr=src_ip,
+                HospitalId=hospital_id,
+                EventResultDetails="account locked out",
+                details={
+                    "alert": "user.locked_out",
+                    "reason": f"{user.name}: too many failed sign-ins",
+                },
+            )
+            return TotpCheck(False, True, count, locked_now=True, locked_until=user.locked_until)
+        return TotpCheck(False, locked, count, locked_until=user.locked_until if locked else None)
 
-    def _login_failed(self, name: str, user_id: str | None, reason: str,
-                      src_ip: str | None) -> None:
+    def _login_failed(
+        self, name: str, user_id: str | None, reason: str, src_ip: str | None
+    ) -> None:
         self.failures.login_failed(name, user_id, reason, src_ip)
 
     # --- bootstrap -------------------------------------------------------
@@ -136,14 +162,27 @@ class AuthService:
                 org = Org(self.ctx.new_id(), "platform", OrgKind.PLATFORM.value, now)
                 tx.add(org)
             secret = totp.new_secret()
-            user = User(self.ctx.new_id(), name, full_name, org.id,
-                        [Role.PLATFORM_ADMIN.value], now,
-                        password_hash=self.ctx.hasher.hash(password),
-                        totp_secret_enc=self.ctx.secrets.seal(secret), totp_enrolled=True)
+            user = User(
+                self.ctx.new_id(),
+                name,
+                full_name,
+                org.id,
+                [Role.PLATFORM_ADMIN.value],
+                now,
+                password_hash=self.ctx.hasher.hash(password),
+                totp_secret_enc=self.ctx.secrets.seal(secret),
+                totp_enrolled=True,
+            )
             tx.add(user)
-            self.ctx.emit("admin.change", None, ActorUsername="bootstrap",
-                          Operation="bootstrap", ObjectType="user", Object=name,
-                          details={"changes": {"roles": user.roles}})
+            self.ctx.emit(
+                "admin.change",
+                None,
+                ActorUsername="bootstrap",
+                Operation="bootstrap",
+                ObjectType="user",
+                Object=name,
+                details={"changes": {"roles": user.roles}},
+            )
         return user, secret
 
     # --- login -------------------------------------------------------------
@@ -152,8 +191,9 @@ class AuthService:
         org = tx.get(Org, user.org_id)
         return org is not None and names.source_allowed(org.source_cidrs, src_ip)
 
-    def login(self, name: str, password: str, code: str | None,
-              src_ip: str | None = None) -> IssuedToken:
+    def login(
+        self, name: str, password: str, code: str | None, src_ip: str | None = None
+    ) -> IssuedToken:
         """Password + TOTP → bearer token (enrolment-only before TOTP enrolment).
 
         Throttled per account (lockout) and per source (more than
@@ -170,11 +210,15 @@ class AuthService:
         source = names.source_bucket(src_ip)
         with self.ctx.uow() as tx:
             since = now - timedelta(seconds=cfg.lockout_window_s)
-            if source and len(tx.find(AuthFailure, user_id=source, at__gte=since)) >= \
-                    cfg.source_failures:
+            if (
+                source
+                and len(tx.find(AuthFailure, user_id=source, at__gte=since)) >= cfg.source_failures
+            ):
                 self._login_failed(name, None, "source throttled", src_ip)
-                raise Unauthenticated("too many failed sign-ins from this address: "
-                                      "try again later", code="source_throttled")
+                raise Unauthenticated(
+                    "too many failed sign-ins from this address: try again later",
+                    code="source_throttled",
+                )
             found = tx.one(User, name=name)
             user = tx.get(User, found.id, for_update=True) if found is not None else None
             if user is None:
@@ -196,34 +240,59 @@ class AuthService:
             elif not self.ctx.hasher.verify(user.password_hash, password):
                 check = self._fail(tx, user, "password", src_ip)
                 self._login_failed(name, user.id, "wrong password", src_ip)
-                error = LockedOut("too many failed sign-ins") if check.locked else \
-                    Unauthenticated("invalid credentials")
+                error = (
+                    LockedOut("too many failed sign-ins")
+                    if check.locked
+                    else Unauthenticated("invalid credentials")
+                )
             elif user.totp_enrolled:
-                step = totp.verify(self.ctx.secrets.open(user.totp_secret_enc), code or "",
-                                   now, user.totp_last_step)
+                step = totp.verify(
+                    self.ctx.secrets.open(user.totp_secret_enc),
+                    code or "",
+                    now,
+                    user.totp_last_step,
+                )
                 if step is None:
                     check = self._fail(tx, user, "totp", src_ip)
-                    self.ctx.emit("user.mfa_failed", None, result=Result.FAILURE,
-                                  ActorUserId=user.id, ActorUsername=name, SrcIpAddr=src_ip,
-                                  details={"method": "totp", "failures": check.failures})
+                    self.ctx.emit(
+                        "user.mfa_failed",
+                        None,
+                        result=Result.FAILURE,
+                        ActorUserId=user.id,
+                        ActorUsername=name,
+                        SrcIpAddr=src_ip,
+                        details={"method": "totp", "failures": check.failures},
+                    )
                     self._login_failed(name, user.id, "wrong second factor", src_ip)
-                    error = LockedOut("too many failed sign-ins") if check.locked else \
-                        Unauthenticated("invalid credentials")
+                    error = (
+                        LockedOut("too many failed sign-ins")
+                        if check.locked
+                        else Unauthenticated("invalid credentials")
+                    )
                 else:
                     user.totp_last_step = step
                     tx.save(user)
-                    issued = self.issue(tx, user, kind="session", scopes=["*"],
-                                        ttl_s=cfg.access_token_ttl_s)
+                    issued = self.issue(
+                        tx, user, kind="session", scopes=["*"], ttl_s=cfg.access_token_ttl_s
+                    )
             else:
-                issued = self.issue(tx, user, kind="session", scopes=["enroll"],
-                                    ttl_s=cfg.enroll_token_ttl_s)
+                issued = self.issue(
+                    tx, user, kind="session", scopes=["enroll"], ttl_s=cfg.enroll_token_ttl_s
+                )
             if error is not None and source:
                 tx.add(AuthFailure(self.ctx.new_id(), source, now, "source"))
             if issued is not None and user is not None:
-                self.ctx.emit("user.login", None, ActorUserId=user.id, ActorUsername=name,
-                              SrcIpAddr=src_ip, details={
-                                  "method": "password+totp" if user.totp_enrolled
-                                  else "password", "mfa": user.totp_enrolled})
+                self.ctx.emit(
+                    "user.login",
+                    None,
+                    ActorUserId=user.id,
+                    ActorUsername=name,
+                    SrcIpAddr=src_ip,
+                    details={
+                        "method": "password+totp" if user.totp_enrolled else "password",
+                        "mfa": user.totp_enrolled,
+                    },
+                )
         if error is not None:
             raise error
         assert issued is not None
@@ -250,8 +319,16 @@ class AuthService:
             org = tx.get(Org, user.org_id)
             if org is None or not names.source_allowed(org.source_cidrs, src_ip):
                 raise Unauthenticated("your organisation does not allow this source address")
-            return Actor(user.id, user.name, user.org_id, org.kind,
-                         frozenset(user.roles), frozenset(tok.scopes), src_ip, tok.kind)
+            return Actor(
+                user.id,
+                user.name,
+                user.org_id,
+                org.kind,
+                frozenset(user.roles),
+                frozenset(tok.scopes),
+                src_ip,
+                tok.kind,
+            )
 
     def logout(self, actor: Actor, text: str) -> None:
         with self.ctx.uow() as tx:
@@ -284,42 +361,73 @@ class AuthService:
                 raise Conflict("TOTP is already enrolled")
             if not user.totp_secret_enc:
                 raise Conflict("start TOTP enrolment first")
-            step = totp.verify(self.ctx.secrets.open(user.totp_secret_enc), code, now,
-                               user.totp_last_step)
+            step = totp.verify(
+                self.ctx.secrets.open(user.totp_secret_enc), code, now, user.totp_last_step
+            )
             if step is None:
-                raise InvalidInput("that code does not match; check the device clock",
-                                   code="invalid_totp")
+                raise InvalidInput(
+                    "that code does not match; check the device clock", code="invalid_totp"
+                )
             user.totp_enrolled = True
             user.totp_last_step = step
             tx.save(user)
-            self.ctx.emit("admin.change", actor, Operation="totp_enrolled", ObjectType="user",
-                          Object=user.name)
-            return self.issue(tx, user, kind="session", scopes=["*"],
-                              ttl_s=self.ctx.config.access_token_ttl_s)
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="totp_enrolled",
+                ObjectType="user",
+                Object=user.name,
+            )
+            return self.issue(
+                tx, user, kind="session", scopes=["*"], ttl_s=self.ctx.config.access_token_ttl_s
+            )
 
-    def check_totp(self, user_id: str, code: str, now: datetime,
-                   src_ip: str | None = None, *, hospital_id: str | None = None
-                   ) -> TotpCheck:
+    def check_totp(
+        self,
+        user_id: str,
+        code: str,
+        now: datetime,
+        src_ip: str | None = None,
+        *,
+        hospital_id: str | None = None,
+    ) -> TotpCheck:
         """Second factor for the SSH front door: accepted once, failures count."""
         with self.ctx.uow() as tx:
             user = tx.get(User, user_id, for_update=True)
             if user is None or not account_usable(user, now) or not user.totp_enrolled:
                 return TotpCheck(False, reason="no_totp")
             if user.locked_until is not None and user.locked_until > now:
-                return TotpCheck(False, locked=True, reason="locked",
-                                 locked_until=user.locked_until)
+                return TotpCheck(
+                    False, locked=True, reason="locked", locked_until=user.locked_until
+                )
             secret = self.ctx.secrets.open(user.totp_secret_enc)
             step = totp.verify(secret, code, now, user.totp_last_step)
             if step is None:
-                reason = "replayed" if totp.is_replay(secret, code, now, user.totp_last_step) \
+                reason = (
+                    "replayed"
+                    if totp.is_replay(secret, code, now, user.totp_last_step)
                     else "wrong"
+                )
                 check = self._fail(tx, user, "totp", src_ip, hospital_id)
-                self.ctx.emit("user.mfa_failed", None, result=Result.FAILURE,
-                              ActorUserId=user.id, ActorUsername=user.name, SrcIpAddr=src_ip,
-                              HospitalId=hospital_id, EventResultDetails=reason, details={
-                                  "method": "totp", "failures": check.failures})
-                return TotpCheck(False, check.locked, check.failures, reason,
-                                 check.locked_now, check.locked_until)
+                self.ctx.emit(
+                    "user.mfa_failed",
+                    None,
+                    result=Result.FAILURE,
+                    ActorUserId=user.id,
+                    ActorUsername=user.name,
+                    SrcIpAddr=src_ip,
+                    HospitalId=hospital_id,
+                    EventResultDetails=reason,
+                    details={"method": "totp", "failures": check.failures},
+                )
+                return TotpCheck(
+                    False,
+                    check.locked,
+                    check.failures,
+                    reason,
+                    check.locked_now,
+                    check.locked_until,
+                )
             user.totp_last_step = step
             tx.save(user)
             return TotpCheck(True)
@@ -337,26 +445,44 @@ class AuthService:
                 raise LockedOut("too many failed sign-ins: the account is locked for a while")
             if not self.ctx.hasher.verify(user.password_hash, old):
                 check = self._fail(tx, user, "password", actor.src_ip)
-                self.ctx.emit("user.reauth_failed", actor, result=Result.FAILURE,
-                              EventResultDetails="wrong current password",
-                              details={"failures": check.failures})
-                error = LockedOut("too many failed sign-ins") if check.locked else \
-                    PermissionDenied("the current password is wrong")
+                self.ctx.emit(
+                    "user.reauth_failed",
+                    actor,
+                    result=Result.FAILURE,
+                    EventResultDetails="wrong current password",
+                    details={"failures": check.failures},
+                )
+                error = (
+                    LockedOut("too many failed sign-ins")
+                    if check.locked
+                    else PermissionDenied("the current password is wrong")
+                )
             else:
                 passwords.check_policy(new, username=user.name)
                 user.password_hash = self.ctx.hasher.hash(new)
                 tx.save(user)
-                self.ctx.emit("admin.change", actor, Operation="password_changed",
-                              ObjectType="user", Object=user.name)
-                credentials.revoke_all(self.ctx, tx, actor, user, "password changed",
-                                       keep_token_hash=token_hash(current_token)
-                                       if current_token else "")
+                self.ctx.emit(
+                    "admin.change",
+                    actor,
+                    Operation="password_changed",
+                    ObjectType="user",
+                    Object=user.name,
+                )
+                credentials.revoke_all(
+                    self.ctx,
+                    tx,
+                    actor,
+                    user,
+                    "password changed",
+                    keep_token_hash=token_hash(current_token) if current_token else "",
+                )
         if error is not None:  # raised after the commit, so the failure counts
             raise error
 
     # --- API tokens ------------------------------------------------------------
-    def create_api_token(self, actor: Actor, name: str, scopes: list[str],
-                         ttl_s: int) -> IssuedToken:
+    def create_api_token(
+        self, actor: Actor, name: str, scopes: list[str], ttl_s: int
+    ) -> IssuedToken:
         if not scopes or any(s not in SCOPES for s in scopes):
             raise InvalidInput(f"scopes must be some of {', '.join(SCOPES)}")
         if not 0 < ttl_s <= self.ctx.config.api_token_max_ttl_s:
@@ -365,11 +491,20 @@ class AuthService:
             raise PermissionDenied("API tokens cannot create API tokens")
         with self.ctx.uow() as tx:
             user = self._user(tx, actor.user_id)
-            issued = self.issue(tx, user, kind="api", scopes=sorted(set(scopes)),
-                                ttl_s=ttl_s, name=name)
-            self.ctx.emit("token.issued", actor, ObjectType="token", Object=name, details={
-                "token_id": issued.token_id, "scopes": list(issued.scopes),
-                "expires": issued.expires_at.isoformat()})
+            issued = self.issue(
+                tx, user, kind="api", scopes=sorted(set(scopes)), ttl_s=ttl_s, name=name
+            )
+            self.ctx.emit(
+                "token.issued",
+                actor,
+                ObjectType="token",
+                Object=name,
+                details={
+                    "token_id": issued.token_id,
+                    "scopes": list(issued.scopes),
+                    "expires": issued.expires_at.isoformat(),
+                },
+            )
             return issued
 
     def list_tokens(self, actor: Actor) -> list[Token]:
@@ -385,8 +520,13 @@ class AuthService:
                 raise Conflict("token already revoked")
             tok.revoked_at = self.ctx.now()
             tx.save(tok)
-            self.ctx.emit("token.revoked", actor, ObjectType="token", Object=tok.name,
-                          details={"token_id": tok.id})
+            self.ctx.emit(
+                "token.revoked",
+                actor,
+                ObjectType="token",
+                Object=tok.name,
+                details={"token_id": tok.id},
+            )
             return tok
 
     @staticmethod

@@ -20,8 +20,9 @@ from broker.access.ports import Context, Tx
 MAX_CERT_LIFETIME = timedelta(hours=8)  # a user certificate lasts at most this long
 
 
-def record_cert(ctx: Context, user_id: str, serial: int, issued_at: datetime,
-                valid_until: datetime) -> None:
+def record_cert(
+    ctx: Context, user_id: str, serial: int, issued_at: datetime, valid_until: datetime
+) -> None:
     """Remember an issued certificate; only recorded serials ever sign in."""
     with ctx.uow() as tx:
         tx.add(SshCert(ctx.new_id(), user_id, serial, issued_at, valid_until))
@@ -45,8 +46,7 @@ def cert_refusal(tx: Tx, user_id: str, serial: int, now: datetime) -> str | None
 
     The reason is shown to the engineer and written to the audit log."""
     user = tx.get(User, user_id)
-    if user is None or not user.active or (user.expires_at is not None
-                                            and user.expires_at <= now):
+    if user is None or not user.active or (user.expires_at is not None and user.expires_at <= now):
         return "account inactive or expired"
     if user.locked_until is not None and user.locked_until > now:
         return f"account locked until {user.locked_until:%H:%M} UTC"

@@ -23,8 +23,9 @@ class Revoked:
     cert_serials: tuple[int, ...]
 
 
-def revoke_all(ctx: Context, tx: Tx, actor: Actor | None, user: User, reason: str, *,
-               keep_token_hash: str = "") -> Revoked:
+def revoke_all(
+    ctx: Context, tx: Tx, actor: Actor | None, user: User, reason: str, *, keep_token_hash: str = ""
+) -> Revoked:
     """Revoke every live token and SSH certificate of ``user`` (but the token the
     person is using to change their own password: ``keep_token_hash``); one event."""
     now = ctx.now()
@@ -36,8 +37,12 @@ def revoke_all(ctx: Context, tx: Tx, actor: Actor | None, user: User, reason: st
         tx.save(tok)
         count += 1
     serials = tuple(certs.revoke_cert_serials(tx, user.id, now, reason))
-    ctx.emit("user.tokens_revoked", actor, ObjectType="user", Object=user.name,
-             EventResultDetails=reason,
-             details={"reason": reason, "tokens": count,
-                      "cert_serials": [str(s) for s in serials]})
+    ctx.emit(
+        "user.tokens_revoked",
+        actor,
+        ObjectType="user",
+        Object=user.name,
+        EventResultDetails=reason,
+        details={"reason": reason, "tokens": count, "cert_serials": [str(s) for s in serials]},
+    )
     return Revoked(count, serials)

@@ -56,8 +56,9 @@ class FernetVersions:
     not known yet, e.g. one sealed after another process rotated the key.
     """
 
-    def __init__(self, keys: Mapping[int, bytes],
-                 reload: Callable[[], Mapping[int, bytes]] | None = None) -> None:
+    def __init__(
+        self, keys: Mapping[int, bytes], reload: Callable[[], Mapping[int, bytes]] | None = None
+    ) -> None:
         if not keys:
             raise ValueError("no sealing key")
         self._reload = reload
@@ -73,12 +74,12 @@ class FernetVersions:
         with self._lock:
             key = self._keys.get(version)
             if key is None and self._reload is not None:
-                self._keys.update({v: Fernet(k) for v, k in self._reload().items()
-                                   if v not in self._keys})
+                self._keys.update(
+                    {v: Fernet(k) for v, k in self._reload().items() if v not in self._keys}
+                )
                 key = self._keys.get(version)
         if key is None:
-            raise SealError(f"sealed with key version {version}, which this broker does "
-                            "not have")
+            raise SealError(f"sealed with key version {version}, which this broker does not have")
         return key
 
     def open(self, sealed: str) -> bytes:

@@ -109,8 +109,15 @@ class AccessPolicy(Protocol):
 
     def engineer_for_key(self, username: str, openssh_public_key: str) -> Engineer | None: ...
 
-    def check_totp(self, user_id: str, code: str, now: datetime, *,
-                   src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:
+    def check_totp(
+        self,
+        user_id: str,
+        code: str,
+        now: datetime,
+        *,
+        src_ip: str | None = None,
+        hospital_id: str | None = None,
+    ) -> TotpResult:
         """Check a second factor.  The policy alone writes ``user.mfa_failed``,
         ``user.locked_out`` and the lockout alert, with ``src_ip`` and the
         ``hospital_id`` of the instrument the login names (its auditors see them)."""
@@ -124,8 +131,9 @@ class AccessPolicy(Protocol):
         """None if a user certificate may sign in; else why not (locked, revoked...)."""
         ...
 
-    def record_cert(self, user_id: str, serial: int, issued_at: datetime,
-                    valid_until: datetime) -> None:
+    def record_cert(
+        self, user_id: str, serial: int, issued_at: datetime, valid_until: datetime
+    ) -> None:
         """Remember an issued certificate's serial: only recorded serials sign in."""
         ...
 

@@ -23,9 +23,21 @@ from wire.names import INSTRUMENT_PROTOCOLS
 CRITICALITIES = ("low", "normal", "high", "critical")
 PROTOCOLS = tuple(sorted(INSTRUMENT_PROTOCOLS))
 POLICY_FIELDS = frozenset(f.name for f in fields(Policy)) - {"id", "hospital_id", "updated_at"}
-INSTRUMENT_EDITABLE = frozenset({
-    "host", "gateway", "ssh_port", "ports", "protocol", "department", "model", "vendor",
-    "criticality", "login_username", "active"})
+INSTRUMENT_EDITABLE = frozenset(
+    {
+        "host",
+        "gateway",
+        "ssh_port",
+        "ports",
+        "protocol",
+        "department",
+        "model",
+        "vendor",
+        "criticality",
+        "login_username",
+        "active",
+    }
+)
 
 
 def contract_covers(contract: Contract, instrument: str, now: datetime) -> bool:
@@ -57,9 +69,10 @@ class EstateService:
         if sees_all(actor) or inst.hospital_id == actor.org_id:
             return True
         if actor.org_kind == OrgKind.VENDOR:
-            return any(contract_covers(c, inst.name, self.ctx.now())
-                       for c in tx.find(Contract, vendor_id=actor.org_id,
-                                        hospital_id=inst.hospital_id))
+            return any(
+                contract_covers(c, inst.name, self.ctx.now())
+                for c in tx.find(Contract, vendor_id=actor.org_id, hospital_id=inst.hospital_id)
+            )
         return False
 
     def get_instrument(self, tx: Tx, actor: Actor, name: str) -> Instrument:
@@ -69,8 +82,15 @@ class EstateService:
         return inst
 
     # --- contracts ------------------------------------------------------------------
-    def create_contract(self, actor: Actor, vendor: str, hospital: str, instruments: list[str],
-                        valid_until: datetime | None = None, reference: str = "") -> Contract:
+    def create_contract(
+        self,
+        actor: Actor,
+        vendor: str,
+        hospital: str,
+        instruments: list[str],
+        valid_until: datetime | None = None,
+        reference: str = "",
+    ) -> Contract:
         if not instruments:
             raise InvalidInput("name the instruments the contract covers, or '*'")
         with self.ctx.uow() as tx:
@@ -81,13 +101,28 @@ class EstateService:
             for name in instruments:
                 if name != "*" and tx.one(Instrument, name=name, hospital_id=hosp.id) is None:
                     raise InvalidInput(f"{hosp.name} has no instrument {name!r}")
-            c = Contract(self.ctx.new_id(), vend.id, hosp.id, sorted(set(instruments)),
-                         self.ctx.now(), actor.user_id, valid_until, True, reference)
+            c = Contract(
+                self.ctx.new_id(),
+                vend.id,
+                hosp.id,
+                sorted(set(instruments)),
+                self.ctx.now(),
+                actor.user_id,
+                valid_until,
+                True,
+                reference,
+            )
             tx.add(c)
-            self.ctx.emit("admin.change", actor, Operation="create", ObjectType="contract",
-                          Object=c.id, HospitalId=hosp.id, VendorId=vend.id,
-                          details={"changes": {"instruments": c.instruments,
-                                               "reference": reference}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="create",
+                ObjectType="contract",
+                Object=c.id,
+                HospitalId=hosp.id,
+                VendorId=vend.id,
+                details={"changes": {"instruments": c.instruments, "reference": reference}},
+            )
             return c
 
     def list_contracts(self, actor: Actor) -> list[Contract]:
@@ -107,8 +142,15 @@ class EstateService:
                 raise Conflict("contract already ended")
             c.active = False
             tx.save(c)
-            self.ctx.emit("admin.change", actor, Operation="end", ObjectType="contract",
-                          Object=c.id, HospitalId=c.hospital_id, VendorId=c.vendor_id)
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="end",
+                ObjectType="contract",
+                Object=c.id,
+                HospitalId=c.hospital_id,
+                VendorId=c.vendor_id,
+            )
             return c
 
     # --- policies ----------------------------------------------------------------
@@ -136,16 +178,24 @@ class EstateService:
                 raise InvalidInput("max_duration_s must be between 60 s and 30 days")
             if not 60 <= new.emergency_max_duration_s <= new.max_duration_s:
                 raise InvalidInput("emergency_max_duration_s must be 60 s..max_duration_s")
-            if new.approvals_required not in (1, 2) or \
-                    new.critical_approvals_required not in (1, 2):
+            if new.approvals_required not in (1, 2) or new.critical_approvals_required not in (
+                1,
+                2,
+            ):
                 raise InvalidInput("approvals required must be 1 or 2")
             if not 300 <= new.request_ttl_s <= 90 * 86400:
                 raise InvalidInput("request_ttl_s must be between 5 minutes and 90 days")
             rules.validate_hours(new)
             tx.save(new) if old else tx.add(new)
-            self.ctx.emit("admin.change", actor, Operation="update", ObjectType="policy",
-                          Object=hosp.name, HospitalId=hosp.id,
-                          details={"changes": {k: v for k, v in changes.items()}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="update",
+                ObjectType="policy",
+                Object=hosp.name,
+                HospitalId=hosp.id,
+                details={"changes": {k: v for k, v in changes.items()}},
+            )
             return new
 
     # --- instruments ---------------------------------------------------------------
@@ -165,21 +215,34 @@ class EstateService:
                 raise InvalidInput("gateway must be one of this hospital's gateways")
             inst.gateway_id = gw.id
 
-    def create_instrument(self, actor: Actor, hospital: str | None,
-                          values: dict[str, Any]) -> Instrument:
+    def create_instrument(
+        self, actor: Actor, hospital: str | None, values: dict[str, Any]
+    ) -> Instrument:
         with self.ctx.uow() as tx:
             hosp = self._hospital_for_change(tx, actor, hospital)
             gateway = values.pop("gateway", None)
-            inst = Instrument(id=self.ctx.new_id(), hospital_id=hosp.id,
-                              created_at=self.ctx.now(), gateway_id=gateway, **values)
+            inst = Instrument(
+                id=self.ctx.new_id(),
+                hospital_id=hosp.id,
+                created_at=self.ctx.now(),
+                gateway_id=gateway,
+                **values,
+            )
             self._validate_instrument(tx, inst)
             if tx.one(Instrument, name=inst.name) is not None:
                 raise Conflict(f"instrument {inst.name!r} already exists")
             tx.add(inst)
-            self.ctx.emit("admin.change", actor, Operation="create", ObjectType="instrument",
-                          Object=inst.name, HospitalId=hosp.id, GatewayId=inst.gateway_id,
-                          TargetHostname=inst.name, details={"changes": {
-                              k: v for k, v in values.items()}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="create",
+                ObjectType="instrument",
+                Object=inst.name,
+                HospitalId=hosp.id,
+                GatewayId=inst.gateway_id,
+                TargetHostname=inst.name,
+                details={"changes": {k: v for k, v in values.items()}},
+            )
             return inst
 
     def update_instrument(self, actor: Actor, name: str, changes: dict[str, Any]) -> Instrument:
@@ -194,22 +257,33 @@ class EstateService:
             new = replace(inst, **changes)
             self._validate_instrument(tx, new)
             tx.save(new)
-            self.ctx.emit("admin.change", actor, Operation="update", ObjectType="instrument",
-                          Object=inst.name, HospitalId=inst.hospital_id,
-                          TargetHostname=inst.name, details={"changes": changes})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="update",
+                ObjectType="instrument",
+                Object=inst.name,
+                HospitalId=inst.hospital_id,
+                TargetHostname=inst.name,
+                details={"changes": changes},
+            )
             return new
 
     def list_instruments(self, actor: Actor) -> list[Instrument]:
         with self.ctx.uow() as tx:
-            return [i for i in tx.find(Instrument, order_by="name")
-                    if self.instrument_visible(tx, actor, i)]
+            return [
+                i
+                for i in tx.find(Instrument, order_by="name")
+                if self.instrument_visible(tx, actor, i)
+            ]
 
     def show_instrument(self, actor: Actor, name: str) -> Instrument:
         with self.ctx.uow() as tx:
             return self.get_instrument(tx, actor, name)
 
-    def set_credential(self, actor: Actor, name: str, kind: str, secret: str,
-                       username: str | None = None) -> Instrument:
+    def set_credential(
+        self, actor: Actor, name: str, kind: str, secret: str, username: str | None = None
+    ) -> Instrument:
         """Store the broker's login for an instrument, sealed; it is never returned."""
         if kind not in ("password", "private_key"):
             raise InvalidInput("credential kind must be password or private_key")
@@ -223,10 +297,16 @@ class EstateService:
             if username:
                 inst.login_username = username
             tx.save(inst)
-            self.ctx.emit("admin.change", actor, Operation="set_credential",
-                          ObjectType="instrument", Object=inst.name,
-                          HospitalId=inst.hospital_id, TargetHostname=inst.name,
-                          details={"changes": {"kind": kind, "username": inst.login_username}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="set_credential",
+                ObjectType="instrument",
+                Object=inst.name,
+                HospitalId=inst.hospital_id,
+                TargetHostname=inst.name,
+                details={"changes": {"kind": kind, "username": inst.login_username}},
+            )
             return inst
 
     def accept_host_key(self, actor: Actor, name: str, fingerprint: str) -> Instrument:
@@ -242,11 +322,18 @@ class EstateService:
             inst.host_key_fingerprint = fingerprint
             inst.pending_host_key_fingerprint = None
             tx.save(inst)
-            self.ctx.emit("instrument.key_accepted", actor, ObjectType="instrument",
-                          Object=inst.name, TargetHostname=inst.name,
-                          HospitalId=inst.hospital_id, details={"fingerprint": fingerprint})
+            self.ctx.emit(
+                "instrument.key_accepted",
+                actor,
+                ObjectType="instrument",
+                Object=inst.name,
+                TargetHostname=inst.name,
+                HospitalId=inst.hospital_id,
+                details={"fingerprint": fingerprint},
+            )
             return inst
 
     def is_hospital_staff(self, actor: Actor) -> bool:
         return actor.org_kind == OrgKind.HOSPITAL and bool(
-            {Role.APPROVER, Role.HOSPITAL_ADMIN, Role.AUDITOR} & actor.roles)
+            {Role.APPROVER, Role.HOSPITAL_ADMIN, Role.AUDITOR} & actor.roles
+        )

@@ -60,8 +60,9 @@ class _Window:
 class FloodGate:
     """Counts failures per source key and says which to write one by one."""
 
-    def __init__(self, *, window_s: float = 60.0, burst: int = 10,
-                 max_sources: int = 10_000) -> None:
+    def __init__(
+        self, *, window_s: float = 60.0, burst: int = 10, max_sources: int = 10_000
+    ) -> None:
         if window_s <= 0 or burst < 0 or max_sources < 1:
             raise ValueError("window_s > 0, burst >= 0 and max_sources >= 1")
         self.window_s = window_s

@@ -65,8 +65,9 @@ class GatewayService:
         self.ctx = ctx
         self.estate = estate
         # refusals of callers with no valid token: counted per source per minute
-        self.strangers = CountedFailures(ctx, "gateway.enrollment_refused",
-                                         "gateway.enrollment_flood")
+        self.strangers = CountedFailures(
+            ctx, "gateway.enrollment_refused", "gateway.enrollment_flood"
+        )
 
     def issue_token(self, actor: Actor, hospital: str, ttl_s: int = 3600) -> IssuedEnrolment:
         if not 60 <= ttl_s <= MAX_TTL_S:
@@ -78,53 +79,85 @@ class GatewayService:
         with self.ctx.uow() as tx:
             hosp = self.estate._hospital_for_change(tx, actor, hospital)
             secret = self.ctx.random_token(32)
-            tok = EnrolmentToken(self.ctx.new_id(), hosp.id, _sha(secret), now,
-                                 now + timedelta(seconds=ttl_s), actor.user_id)
+            tok = EnrolmentToken(
+                self.ctx.new_id(),
+                hosp.id,
+                _sha(secret),
+                now,
+                now + timedelta(seconds=ttl_s),
+                actor.user_id,
+            )
             tx.add(tok)
             text = f"{PREFIX}.{tok.id}.{secret}.{key_pin(host_key)}"
-            self.ctx.emit("gateway.token_issued", actor, ObjectType="gateway_token",
-                          Object=tok.id, HospitalId=hosp.id,
-                          details={"expires": tok.expires_at.isoformat(), "token": text})
+            self.ctx.emit(
+                "gateway.token_issued",
+                actor,
+                ObjectType="gateway_token",
+                Object=tok.id,
+                HospitalId=hosp.id,
+                details={"expires": tok.expires_at.isoformat(), "token": text},
+            )
             return IssuedEnrolment(text, tok.id, hosp.name, tok.expires_at)
 
-    def _refuse(self, reason: str, exc: Exception, src_ip: str | None,
-                hospital_id: str | None = None) -> Exception:
+    def _refuse(
+        self, reason: str, exc: Exception, src_ip: str | None, hospital_id: str | None = None
+    ) -> Exception:
         if hospital_id is None:  # no valid token: anyone can send these, aggregated
             self.strangers.record(src_ip, reason)
             return exc
-        self.ctx.emit("gateway.enrollment_refused", None, result=Result.FAILURE,
-                      SrcIpAddr=src_ip, EventResultDetails=reason, HospitalId=hospital_id)
+        self.ctx.emit(
+            "gateway.enrollment_refused",
+            None,
+            result=Result.FAILURE,
+            SrcIpAddr=src_ip,
+            EventResultDetails=reason,
+            HospitalId=hospital_id,
+        )
         return exc
 
-    def enroll(self, token: str, public_key: str, name: str, version: str,
-               src_ip: str | None = None) -> Enrolled:
+    def enroll(
+        self, token: str, public_key: str, name: str, version: str, src_ip: str | None = None
+    ) -> Enrolled:
         now = self.ctx.now()
         parts = token.split(".")
         if len(parts) != 4 or parts[0] != PREFIX:
-            raise self._refuse("malformed token", Unauthenticated("invalid enrolment token"),
-                               src_ip)
+            raise self._refuse(
+                "malformed token", Unauthenticated("invalid enrolment token"), src_ip
+            )
         _, token_id, secret, _pin = parts
         key, fp, _ = sshkeys.parse(public_key)
         names.slug(name, "gateway name")
         with self.ctx.uow() as tx:
             tok = tx.get(EnrolmentToken, token_id, for_update=True)
             if tok is None or not hmac.compare_digest(tok.secret_hash, _sha(secret)):
-                raise self._refuse("unknown or forged token",
-                                   Unauthenticated("invalid enrolment token"), src_ip)
+                raise self._refuse(
+                    "unknown or forged token", Unauthenticated("invalid enrolment token"), src_ip
+                )
             if tok.used_at is not None:
-                raise self._refuse("token already used", Gone("enrolment token already used"),
-                                   src_ip, tok.hospital_id)
+                raise self._refuse(
+                    "token already used",
+                    Gone("enrolment token already used"),
+                    src_ip,
+                    tok.hospital_id,
+                )
             if tok.expires_at <= now:
-                raise self._refuse("token expired", Gone("enrolment token expired"),
-                                   src_ip, tok.hospital_id)
+                raise self._refuse(
+                    "token expired", Gone("enrolment token expired"), src_ip, tok.hospital_id
+                )
             if tx.one(Gateway, name=name) is not None:
-                raise self._refuse("gateway name taken",
-                                   Conflict(f"gateway {name!r} already exists"), src_ip,
-                                   tok.hospital_id)
+                raise self._refuse(
+                    "gateway name taken",
+                    Conflict(f"gateway {name!r} already exists"),
+                    src_ip,
+                    tok.hospital_id,
+                )
             if any(g.active for g in tx.find(Gateway, key_fingerprint=fp)):
-                raise self._refuse("key already enrolled",
-                                   Conflict("this key is already enrolled"), src_ip,
-                                   tok.hospital_id)
+                raise self._refuse(
+                    "key already enrolled",
+                    Conflict("this key is already enrolled"),
+                    src_ip,
+                    tok.hospital_id,
+                )
             hosp = tx.get(Org, tok.hospital_id)
             assert hosp is not None
             gw = Gateway(self.ctx.new_id(), hosp.id, name, key, fp, now, version[:64])
@@ -132,13 +165,22 @@ class GatewayService:
             tok.used_at = now
             tok.gateway_id = gw.id
             tx.save(tok)
-            self.ctx.emit("gateway.enrolled", None, ActorUsername=f"gateway:{name}",
-                          ActorUserType="service", SrcIpAddr=src_ip, GatewayId=gw.id,
-                          HospitalId=hosp.id, ObjectType="gateway", Object=name,
-                          details={"key_fingerprint": fp, "version": version[:64]})
+            self.ctx.emit(
+                "gateway.enrolled",
+                None,
+                ActorUsername=f"gateway:{name}",
+                ActorUserType="service",
+                SrcIpAddr=src_ip,
+                GatewayId=gw.id,
+                HospitalId=hosp.id,
+                ObjectType="gateway",
+                Object=name,
+                details={"key_fingerprint": fp, "version": version[:64]},
+            )
             cfg = self.ctx.config
-            return Enrolled(gw.id, hosp.id, hosp.name, cfg.broker_host_key, cfg.tunnel_host,
-                            cfg.tunnel_port)
+            return Enrolled(
+                gw.id, hosp.id, hosp.name, cfg.broker_host_key, cfg.tunnel_host, cfg.tunnel_port
+            )
 
     def list_gateways(self, actor: Actor) -> list[Gateway]:
         with self.ctx.uow() as tx:
@@ -157,8 +199,15 @@ class GatewayService:
                 raise Conflict("gateway already revoked")
             gw.active = False
             tx.save(gw)
-            self.ctx.emit("admin.change", actor, Operation="revoke", ObjectType="gateway",
-                          Object=gw.name, GatewayId=gw.id, HospitalId=gw.hospital_id)
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="revoke",
+                ObjectType="gateway",
+                Object=gw.name,
+                GatewayId=gw.id,
+                HospitalId=gw.hospital_id,
+            )
             return gw
 
     def record_inventory(self, gateway_id: str, items: list[InventoryItem]) -> None:
@@ -172,11 +221,19 @@ class GatewayService:
             for item in items:
                 inst = tx.one(Instrument, name=item.name)
                 if inst is None:
-                    inst = Instrument(self.ctx.new_id(), gw.hospital_id, item.name, item.host,
-                                      now, gateway_id=gw.id, ports=sorted(item.ports),
-                                      protocol=item.protocol, department=item.department,
-                                      model=item.model,
-                                      host_key_fingerprint=item.host_key_fingerprint)
+                    inst = Instrument(
+                        self.ctx.new_id(),
+                        gw.hospital_id,
+                        item.name,
+                        item.host,
+                        now,
+                        gateway_id=gw.id,
+                        ports=sorted(item.ports),
+                        protocol=item.protocol,
+                        department=item.department,
+                        model=item.model,
+                        host_key_fingerprint=item.host_key_fingerprint,
+                    )
                     tx.add(inst)
                 elif inst.hospital_id != gw.hospital_id:
                     continue  # another hospital's name: never touched by this gateway
@@ -186,18 +243,35 @@ class GatewayService:
                 fp = item.host_key_fingerprint
                 if fp and inst.host_key_fingerprint is None:
                     inst.host_key_fingerprint = fp
-                elif fp and fp != inst.host_key_fingerprint and \
-                        fp != inst.pending_host_key_fingerprint:
-                    self.ctx.emit("instrument.key_changed", SYSTEM, ObjectType="instrument",
-                                  Object=inst.name, TargetHostname=inst.name,
-                                  HospitalId=inst.hospital_id, GatewayId=gw.id,
-                                  details={"old_fingerprint": inst.host_key_fingerprint,
-                                           "new_fingerprint": fp})
+                elif (
+                    fp
+                    and fp != inst.host_key_fingerprint
+                    and fp != inst.pending_host_key_fingerprint
+                ):
+                    self.ctx.emit(
+                        "instrument.key_changed",
+                        SYSTEM,
+                        ObjectType="instrument",
+                        Object=inst.name,
+                        TargetHostname=inst.name,
+                        HospitalId=inst.hospital_id,
+                        GatewayId=gw.id,
+                        details={
+                            "old_fingerprint": inst.host_key_fingerprint,
+                            "new_fingerprint": fp,
+                        },
+                    )
                     inst.pending_host_key_fingerprint = fp
                 tx.save(inst)
                 report.append({"name": item.name, "reachable": item.reachable})
             gw.last_inventory_at = now
             tx.save(gw)
-            self.ctx.emit("gateway.inventory", None, ActorUsername=f"gateway:{gw.name}",
-                          ActorUserType="service", GatewayId=gw.id, HospitalId=gw.hospital_id,
-                          details={"instruments": report})
+            self.ctx.emit(
+                "gateway.inventory",
+                None,
+                ActorUsername=f"gateway:{gw.name}",
+                ActorUserType="service",
+                GatewayId=gw.id,
+                HospitalId=gw.hospital_id,
+                details={"instruments": report},
+            )

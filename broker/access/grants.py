@@ -46,6 +46,7 @@ VERDICTS = ("accepted", "rejected")
 # still covers the instruments used (:func:`contract_holds`).  :func:`grant_holds` is the
 # whole rule; the SSH front door, the certificate issuer and the gateways' windows use it.
 
+
 def grant_in_window(g: Grant, now: datetime) -> bool:
     """The grant's status is live and ``now`` is between its start and its end."""
     return g.status in LIVE and g.starts_at <= now < g.ends_at
@@ -57,8 +58,7 @@ def contract_holds(tx: Tx, g: Grant, instruments: list[str], now: datetime) -> b
     return all(any(contract_covers(c, name, now) for c in contracts) for name in instruments)
 
 
-def grant_holds(tx: Tx, g: Grant, now: datetime, *, instruments: list[str] | None = None
-                ) -> bool:
+def grant_holds(tx: Tx, g: Grant, now: datetime, *, instruments: list[str] | None = None) -> bool:
     """The whole rule: in its window, engineer usable, contract covering ``instruments``
     (default: all of the grant's instruments)."""
     if not grant_in_window(g, now):
@@ -71,8 +71,11 @@ def grant_holds(tx: Tx, g: Grant, now: datetime, *, instruments: list[str] | Non
 
 def latest_grant_end(tx: Tx, user_id: str, now: datetime) -> datetime | None:
     """When the last of the user's live grants ends (``None``: no live grant)."""
-    ends = [g.ends_at for g in tx.find(Grant, user_id=user_id, status=list(LIVE))
-            if grant_holds(tx, g, now)]
+    ends = [
+        g.ends_at
+        for g in tx.find(Grant, user_id=user_id, status=list(LIVE))
+        if grant_holds(tx, g, now)
+    ]
     return max(ends) if ends else None
 
 
@@ -88,8 +91,9 @@ class GrantService:
         self.ctx = ctx
         self.requests = requests
 
-    def list_grants(self, actor: Actor, *, live_only: bool = False,
-             unreviewed_emergencies: bool = False) -> list[Grant]:
+    def list_grants(
+        self, actor: Actor, *, live_only: bool = False, unreviewed_emergencies: bool = False
+    ) -> list[Grant]:
         where: dict[str, Any] = dict(visible_filter(actor))
         if "__self__" in where:
             where = {"user_id": where.pop("__self__")}
@@ -120,10 +124,18 @@ class GrantService:
                 raise Conflict(f"the grant is {g.status}", code="illegal_transition")
             g.closed_at, g.closed_by = self.ctx.now(), actor.user_id
             move(self.ctx, tx, g, GrantStatus.REVOKED, actor, comment)
-            self.ctx.emit("grant.revoked", actor, ObjectType="grant", Object=g.id,
-                          GrantId=g.id, RequestId=g.request_id, HospitalId=g.hospital_id,
-                          VendorId=g.vendor_id, Emergency=g.emergency,
-                          details={"comment": comment})
+            self.ctx.emit(
+                "grant.revoked",
+                actor,
+                ObjectType="grant",
+                Object=g.id,
+                GrantId=g.id,
+                RequestId=g.request_id,
+                HospitalId=g.hospital_id,
+                VendorId=g.vendor_id,
+                Emergency=g.emergency,
+                details={"comment": comment},
+            )
             return g
 
     def end(self, actor: Actor, grant_id: str) -> Grant:
@@ -136,9 +148,16 @@ class GrantService:
                 raise Conflict(f"the grant is {g.status}", code="illegal_transition")
             g.closed_at, g.closed_by = self.ctx.now(), actor.user_id
             move(self.ctx, tx, g, GrantStatus.ENDED, actor, "work finished")
-            self.ctx.emit("grant.expired", actor, ObjectType="grant", Object=g.id,
-                          GrantId=g.id, HospitalId=g.hospital_id, VendorId=g.vendor_id,
-                          EventResultDetails="ended by the engineer")
+            self.ctx.emit(
+                "grant.expired",
+                actor,
+                ObjectType="grant",
+                Object=g.id,
+                GrantId=g.id,
+                HospitalId=g.hospital_id,
+                VendorId=g.vendor_id,
+                EventResultDetails="ended by the engineer",
+            )
             return g
 
     # --- emergencies ---------------------------------------------------------------
@@ -148,19 +167,44 @@ class GrantService:
             req, _ = self.requests._prepare(tx, actor, new, emergency=True)
             tx.add(req)
             self.requests._created_event(actor, req)
-            move(self.ctx, tx, req, RequestStatus.APPROVED, SYSTEM,
-                 "emergency access: approved by hospital policy, review required")
+            move(
+                self.ctx,
+                tx,
+                req,
+                RequestStatus.APPROVED,
+                SYSTEM,
+                "emergency access: approved by hospital policy, review required",
+            )
             grant = self.requests.issue_grant(tx, actor, req, now)
-            cols: dict[str, Any] = dict(ObjectType="grant", Object=grant.id, GrantId=grant.id,
-                        RequestId=req.id, HospitalId=req.hospital_id, VendorId=req.vendor_id,
-                        Emergency=True)
-            self.ctx.emit("emergency.started", actor, **cols, details={
-                "reason": req.reason, "ends": grant.ends_at.isoformat(),
-                "instruments": grant.instruments})
-            self.ctx.emit("alert.raised", actor, **cols, details={
-                "alert": "emergency_access",
-                "reason": f"{actor.username} started emergency access to "
-                          f"{', '.join(grant.instruments)}: {req.reason}"})
+            cols: dict[str, Any] = dict(
+                ObjectType="grant",
+                Object=grant.id,
+                GrantId=grant.id,
+                RequestId=req.id,
+                HospitalId=req.hospital_id,
+                VendorId=req.vendor_id,
+                Emergency=True,
+            )
+            self.ctx.emit(
+                "emergency.started",
+                actor,
+                **cols,
+                details={
+                    "reason": req.reason,
+                    "ends": grant.ends_at.isoformat(),
+                    "instruments": grant.instruments,
+                },
+            )
+            self.ctx.emit(
+                "alert.raised",
+                actor,
+                **cols,
+                details={
+                    "alert": "emergency_access",
+                    "reason": f"{actor.username} started emergency access to "
+                    f"{', '.join(grant.instruments)}: {req.reason}",
+                },
+            )
             return grant
 
     def review(self, actor: Actor, grant_id: str, verdict: str, comment: str = "") -> Grant:
@@ -183,16 +227,31 @@ class GrantService:
             g.review_verdict, g.reviewed_by, g.reviewed_at = verdict, actor.user_id, now
             g.review_comment = comment[:2000]
             tx.save(g)
-            self.ctx.emit("emergency.reviewed", actor, ObjectType="grant", Object=g.id,
-                          GrantId=g.id, RequestId=g.request_id, HospitalId=g.hospital_id,
-                          VendorId=g.vendor_id, Emergency=True,
-                          details={"verdict": verdict, "comment": comment})
+            self.ctx.emit(
+                "emergency.reviewed",
+                actor,
+                ObjectType="grant",
+                Object=g.id,
+                GrantId=g.id,
+                RequestId=g.request_id,
+                HospitalId=g.hospital_id,
+                VendorId=g.vendor_id,
+                Emergency=True,
+                details={"verdict": verdict, "comment": comment},
+            )
             if verdict == "rejected" and g.status in LIVE:
                 g.closed_at, g.closed_by = now, actor.user_id
                 move(self.ctx, tx, g, GrantStatus.REVOKED, actor, "emergency rejected")
-                self.ctx.emit("grant.revoked", actor, ObjectType="grant", Object=g.id,
-                              GrantId=g.id, HospitalId=g.hospital_id, Emergency=True,
-                              details={"comment": "emergency rejected on review"})
+                self.ctx.emit(
+                    "grant.revoked",
+                    actor,
+                    ObjectType="grant",
+                    Object=g.id,
+                    GrantId=g.id,
+                    HospitalId=g.hospital_id,
+                    Emergency=True,
+                    details={"comment": "emergency rejected on review"},
+                )
             return g
 
     # --- the clock -------------------------------------------------------------------
@@ -201,17 +260,33 @@ class GrantService:
         now = self.ctx.now()
         n_req = n_act = n_exp = 0
         with self.ctx.uow() as tx:
-            for req in tx.find(AccessRequest, status=RequestStatus.PENDING.value,
-                               expires_at__lt=now, for_update=True):
+            for req in tx.find(
+                AccessRequest,
+                status=RequestStatus.PENDING.value,
+                expires_at__lt=now,
+                for_update=True,
+            ):
                 move(self.ctx, tx, req, RequestStatus.EXPIRED, None, "no decision in time")
-                self.ctx.emit("request.expired", None, ObjectType="request", Object=req.id,
-                              RequestId=req.id, HospitalId=req.hospital_id,
-                              VendorId=req.vendor_id)
+                self.ctx.emit(
+                    "request.expired",
+                    None,
+                    ObjectType="request",
+                    Object=req.id,
+                    RequestId=req.id,
+                    HospitalId=req.hospital_id,
+                    VendorId=req.vendor_id,
+                )
                 n_req += 1
             for g in tx.find(Grant, status=list(LIVE), for_update=True):
-                cols: dict[str, Any] = dict(ObjectType="grant", Object=g.id, GrantId=g.id,
-                            RequestId=g.request_id, HospitalId=g.hospital_id,
-                            VendorId=g.vendor_id, Emergency=g.emergency)
+                cols: dict[str, Any] = dict(
+                    ObjectType="grant",
+                    Object=g.id,
+                    GrantId=g.id,
+                    RequestId=g.request_id,
+                    HospitalId=g.hospital_id,
+                    VendorId=g.vendor_id,
+                    Emergency=g.emergency,
+                )
                 if g.ends_at <= now:
                     g.closed_at = now
                     move(self.ctx, tx, g, GrantStatus.EXPIRED, None, "window closed")

@@ -289,7 +289,19 @@ class SshCert:
 
 
 ENTITY_TYPES: tuple[type, ...] = (
-    Org, User, SshKey, AuthFailure, Token, Contract, Policy, Instrument, Gateway,
-    EnrolmentToken, AccessRequest, Decision, Grant, Transition,
+    Org,
+    User,
+    SshKey,
+    AuthFailure,
+    Token,
+    Contract,
+    Policy,
+    Instrument,
+    Gateway,
+    EnrolmentToken,
+    AccessRequest,
+    Decision,
+    Grant,
+    Transition,
     SshCert,
 )

@@ -14,23 +14,26 @@ from wire.names import NAME_PATTERN as SLUG
 from wire.names import USERNAME_PATTERN as USERNAME
 from wire.names import valid_name, valid_username
 
-__all__ = ["SLUG", "USERNAME", "networks", "slug", "source_allowed", "source_bucket",
-           "username"]
+__all__ = ["SLUG", "USERNAME", "networks", "slug", "source_allowed", "source_bucket", "username"]
 
 IPV6_BUCKET_PREFIX = 64  # one IPv6 subscriber gets a /64: throttle it as one source
 
 
 def slug(value: str, what: str) -> str:
     if not valid_name(value):
-        raise InvalidInput(f"{what} must be lower-case letters, digits and '-' (1-63), "
-                           f"not {value!r}", code="invalid_name")
+        raise InvalidInput(
+            f"{what} must be lower-case letters, digits and '-' (1-63), not {value!r}",
+            code="invalid_name",
+        )
     return value
 
 
 def username(value: str) -> str:
     if not valid_username(value):
-        raise InvalidInput(f"user name must be lower-case letters, digits, '.', '_' or '-' "
-                           f"(1-63), not {value!r}", code="invalid_name")
+        raise InvalidInput(
+            f"user name must be lower-case letters, digits, '.', '_' or '-' (1-63), not {value!r}",
+            code="invalid_name",
+        )
     return value
 
 

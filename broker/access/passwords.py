@@ -25,18 +25,21 @@ MAX_LENGTH = 1024
 def known_bad() -> frozenset[str]:
     text = resources.files("broker.access").joinpath("data/bad_passwords.txt").read_text("utf-8")
     return frozenset(
-        line.strip().lower() for line in text.splitlines()
+        line.strip().lower()
+        for line in text.splitlines()
         if line.strip() and not line.startswith("#")
     )
 
 
 def classes(password: str) -> int:
-    return sum((
-        any(c.islower() for c in password),
-        any(c.isupper() for c in password),
-        any(c.isdigit() for c in password),
-        any(not c.isalnum() for c in password),
-    ))
+    return sum(
+        (
+            any(c.islower() for c in password),
+            any(c.isupper() for c in password),
+            any(c.isdigit() for c in password),
+            any(not c.isalnum() for c in password),
+        )
+    )
 
 
 def check_policy(password: str, *, username: str = "") -> None:
@@ -44,8 +47,7 @@ def check_policy(password: str, *, username: str = "") -> None:
     if len(password) > MAX_LENGTH:
         raise InvalidInput("password is too long", code="weak_password")
     if password.lower() in known_bad():
-        raise InvalidInput("password is on the list of known-bad passwords",
-                           code="weak_password")
+        raise InvalidInput("password is on the list of known-bad passwords", code="weak_password")
     if username and len(username) >= 3 and username.lower() in password.lower():
         raise InvalidInput("password must not contain the account name", code="weak_password")
     if len(password) >= 13:
@@ -54,7 +56,9 @@ def check_policy(password: str, *, username: str = "") -> None:
         return
     raise InvalidInput(
         "password needs 13+ characters, or 8+ mixing upper case, lower case, digits "
-        "and symbols (three of the four)", code="weak_password")
+        "and symbols (three of the four)",
+        code="weak_password",
+    )
 
 
 class Hasher:

@@ -40,8 +40,11 @@ def find_org(tx: Tx, ref: str) -> Org:
 
 
 def vendors_reaching(tx: Tx, hospital_id: str, now: datetime) -> set[str]:
-    return {c.vendor_id for c in tx.find(Contract, hospital_id=hospital_id, active=True)
-            if c.valid_until is None or c.valid_until > now}
+    return {
+        c.vendor_id
+        for c in tx.find(Contract, hospital_id=hospital_id, active=True)
+        if c.valid_until is None or c.valid_until > now
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +63,33 @@ class PeopleService:
         self.ctx = ctx
 
     # --- organisations -------------------------------------------------------
-    def create_org(self, actor: Actor, name: str, kind: str,
-                   source_cidrs: list[str] | None = None) -> Org:
+    def create_org(
+        self, actor: Actor, name: str, kind: str, source_cidrs: list[str] | None = None
+    ) -> Org:
         names.slug(name, "organisation name")
         if kind not in (OrgKind.HOSPITAL, OrgKind.VENDOR):
             raise InvalidInput("kind must be hospital or vendor")
         with self.ctx.uow() as tx:
             if tx.one(Org, name=name) is not None:
                 raise Conflict(f"organisation {name!r} already exists")
-            org = Org(self.ctx.new_id(), name, kind, self.ctx.now(),
-                      source_cidrs=names.networks(list(source_cidrs or [])))
+            org = Org(
+                self.ctx.new_id(),
+                name,
+                kind,
+                self.ctx.now(),
+                source_cidrs=names.networks(list(source_cidrs or [])),
+            )
             tx.add(org)
-            self.ctx.emit("admin.change", actor, Operation="create", ObjectType="org",
-                          Object=name, HospitalId=org.id if kind == "hospital" else None,
-                          VendorId=org.id if kind == "vendor" else None,
-                          details={"changes": {"kind": kind, "source_cidrs": org.source_cidrs}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="create",
+                ObjectType="org",
+                Object=name,
+                HospitalId=org.id if kind == "hospital" else None,
+                VendorId=org.id if kind == "vendor" else None,
+                details={"changes": {"kind": kind, "source_cidrs": org.source_cidrs}},
+            )
             return org
 
     def set_sources(self, actor: Actor, ref: str, source_cidrs: list[str]) -> Org:
@@ -84,9 +99,15 @@ class PeopleService:
             org = find_org(tx, ref)
             org.source_cidrs = cidrs
             tx.save(org)
-            self.ctx.emit("admin.change", actor, Operation="update", ObjectType="org",
-                          Object=org.name, **_org_cols(org),
-                          details={"changes": {"source_cidrs": cidrs}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="update",
+                ObjectType="org",
+                Object=org.name,
+                **_org_cols(org),
+                details={"changes": {"source_cidrs": cidrs}},
+            )
             return org
 
     def list_orgs(self, actor: Actor) -> list[Org]:
@@ -96,9 +117,11 @@ class PeopleService:
             if actor.org_kind == OrgKind.HOSPITAL:
                 partners = vendors_reaching(tx, actor.org_id, now)
             else:  # a vendor: the hospitals it has an active contract at
-                partners = {c.hospital_id for c in tx.find(Contract, vendor_id=actor.org_id,
-                                                            active=True)
-                            if c.valid_until is None or c.valid_until > now}
+                partners = {
+                    c.hospital_id
+                    for c in tx.find(Contract, vendor_id=actor.org_id, active=True)
+                    if c.valid_until is None or c.valid_until > now
+                }
             return visible_orgs(actor, tx.find(Org, order_by="name"), partners)
 
     # --- users -------------------------------------------------------------------
@@ -140,7 +163,8 @@ class PeopleService:
                 if org.id != actor.org_id or not set(roles) <= HOSPITAL_MANAGED_ROLES:
                     raise PermissionDenied(
                         "hospital admins create approver, admin and auditor accounts of "
-                        "their own hospital only")
+                        "their own hospital only"
+                    )
             if tx.one(User, name=new.name) is not None:
                 raise Conflict(f"user {new.name!r} already exists")
             expires = new.expires_at
@@ -148,21 +172,41 @@ class PeopleService:
                 expires = now + DEFAULT_VENDOR_EXPIRY
             if expires is not None and expires <= now:
                 raise InvalidInput("expiry must be in the future")
-            user = User(self.ctx.new_id(), new.name, new.full_name.strip(), org.id, roles, now,
-                        expires_at=expires, password_hash=self.ctx.hasher.hash(new.password),
-                        email=new.email)
+            user = User(
+                self.ctx.new_id(),
+                new.name,
+                new.full_name.strip(),
+                org.id,
+                roles,
+                now,
+                expires_at=expires,
+                password_hash=self.ctx.hasher.hash(new.password),
+                email=new.email,
+            )
             tx.add(user)
-            self.ctx.emit("admin.change", actor, Operation="create", ObjectType="user",
-                          Object=user.name, **_org_cols(org), details={"changes": {
-                              "roles": roles, "org": org.name,
-                              "expires_at": expires.isoformat() if expires else None}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="create",
+                ObjectType="user",
+                Object=user.name,
+                **_org_cols(org),
+                details={
+                    "changes": {
+                        "roles": roles,
+                        "org": org.name,
+                        "expires_at": expires.isoformat() if expires else None,
+                    }
+                },
+            )
             return user
 
     def list_users(self, actor: Actor, org: str | None = None) -> list[User]:
         with self.ctx.uow() as tx:
             where: dict[str, Any] = {"org_id": find_org(tx, org).id} if org else {}
-            return [u for u in tx.find(User, order_by="name", **where)
-                    if self._visible(tx, actor, u)]
+            return [
+                u for u in tx.find(User, order_by="name", **where) if self._visible(tx, actor, u)
+            ]
 
     def show_user(self, actor: Actor, ref: str) -> User:
         with self.ctx.uow() as tx:
@@ -185,9 +229,14 @@ class PeopleService:
             self._manageable(actor, user)
             user.expires_at = expires_at
             tx.save(user)
-            self.ctx.emit("admin.change", actor, Operation="expire", ObjectType="user",
-                          Object=user.name, details={"changes": {
-                              "expires_at": expires_at.isoformat() if expires_at else None}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="expire",
+                ObjectType="user",
+                Object=user.name,
+                details={"changes": {"expires_at": expires_at.isoformat() if expires_at else None}},
+            )
             return user
 
     def deactivate(self, actor: Actor, ref: str) -> User:
@@ -201,8 +250,14 @@ class PeopleService:
                 raise Conflict("account is already inactive")
             user.active = False
             tx.save(user)
-            self.ctx.emit("admin.change", actor, Operation="deactivate", ObjectType="user",
-                          Object=user.name, details={"changes": {"active": False}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="deactivate",
+                ObjectType="user",
+                Object=user.name,
+                details={"changes": {"active": False}},
+            )
             return user
 
     def reset_totp(self, actor: Actor, ref: str) -> User:
@@ -214,8 +269,9 @@ class PeopleService:
             user.totp_enrolled = False
             user.totp_secret_enc = ""
             tx.save(user)
-            self.ctx.emit("admin.change", actor, Operation="reset_totp", ObjectType="user",
-                          Object=user.name)
+            self.ctx.emit(
+                "admin.change", actor, Operation="reset_totp", ObjectType="user", Object=user.name
+            )
             credentials.revoke_all(self.ctx, tx, actor, user, "totp reset")
             return user
 
@@ -228,8 +284,9 @@ class PeopleService:
             passwords.check_policy(password, username=user.name)
             user.password_hash = self.ctx.hasher.hash(password)
             tx.save(user)
-            self.ctx.emit("admin.change", actor, Operation="set_password", ObjectType="user",
-                          Object=user.name)
+            self.ctx.emit(
+                "admin.change", actor, Operation="set_password", ObjectType="user", Object=user.name
+            )
             credentials.revoke_all(self.ctx, tx, actor, user, "password reset")
             return user
 
@@ -251,8 +308,14 @@ class PeopleService:
             user.recertified_at = now
             user.recertified_by = actor.user_id
             tx.save(user)
-            self.ctx.emit("admin.change", actor, Operation="recertify", ObjectType="user",
-                          Object=user.name, details={"changes": {"comment": comment}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="recertify",
+                ObjectType="user",
+                Object=user.name,
+                details={"changes": {"comment": comment}},
+            )
             return user
 
     def vendor_accounts(self, actor: Actor, hospital: str | None = None) -> list[User]:
@@ -269,15 +332,21 @@ class PeopleService:
             vendors = vendors_reaching(tx, hosp.id, self.ctx.now())
             if not vendors:
                 return []
-            return [u for u in tx.find(User, org_id=list(vendors), order_by="name")
-                    if Role.ENGINEER in u.roles]
+            return [
+                u
+                for u in tx.find(User, org_id=list(vendors), order_by="name")
+                if Role.ENGINEER in u.roles
+            ]
 
     # --- SSH keys ----------------------------------------------------------------
     def add_key(self, actor: Actor, line: str, user_ref: str | None = None) -> SshKey:
         key, fp, comment = sshkeys.parse(line)
         with self.ctx.uow() as tx:
-            user = self._get_user(tx, actor, user_ref) if user_ref else \
-                self._get_user(tx, actor, actor.user_id)
+            user = (
+                self._get_user(tx, actor, user_ref)
+                if user_ref
+                else self._get_user(tx, actor, actor.user_id)
+            )
             if Role.ENGINEER not in user.roles:
                 raise InvalidInput("only engineers register SSH keys")
             for k in tx.find(SshKey, fingerprint=fp):
@@ -285,14 +354,23 @@ class PeopleService:
                     raise Conflict("this key is already registered")
             rec = SshKey(self.ctx.new_id(), user.id, key, fp, self.ctx.now(), comment[:200])
             tx.add(rec)
-            self.ctx.emit("admin.change", actor, Operation="add_key", ObjectType="ssh_key",
-                          Object=user.name, details={"changes": {"fingerprint": fp}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="add_key",
+                ObjectType="ssh_key",
+                Object=user.name,
+                details={"changes": {"fingerprint": fp}},
+            )
             return rec
 
     def list_keys(self, actor: Actor) -> list[SshKey]:
         with self.ctx.uow() as tx:
-            return [k for k in tx.find(SshKey, user_id=actor.user_id, order_by="created_at")
-                    if k.revoked_at is None]
+            return [
+                k
+                for k in tx.find(SshKey, user_id=actor.user_id, order_by="created_at")
+                if k.revoked_at is None
+            ]
 
     def revoke_key(self, actor: Actor, key_id: str) -> SshKey:
         with self.ctx.uow() as tx:
@@ -303,9 +381,14 @@ class PeopleService:
                 raise Conflict("key already revoked")
             k.revoked_at = self.ctx.now()
             tx.save(k)
-            self.ctx.emit("admin.change", actor, Operation="revoke_key", ObjectType="ssh_key",
-                          Object=actor.username, details={"changes": {
-                              "fingerprint": k.fingerprint}})
+            self.ctx.emit(
+                "admin.change",
+                actor,
+                Operation="revoke_key",
+                ObjectType="ssh_key",
+                Object=actor.username,
+                details={"changes": {"fingerprint": k.fingerprint}},
+            )
             return k
 
 

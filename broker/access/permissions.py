@@ -32,8 +32,13 @@ from typing import Protocol
 from broker.access.errors import PermissionDenied
 from broker.access.model import Org, OrgKind, Role
 
-E, A, H, U, P = (Role.ENGINEER, Role.APPROVER, Role.HOSPITAL_ADMIN, Role.AUDITOR,
-                 Role.PLATFORM_ADMIN)
+E, A, H, U, P = (
+    Role.ENGINEER,
+    Role.APPROVER,
+    Role.HOSPITAL_ADMIN,
+    Role.AUDITOR,
+    Role.PLATFORM_ADMIN,
+)
 ALL = frozenset(Role)
 ANY = "any"  # scope needed by self-service actions any token may do
 MFA = "mfa"  # only a full password+TOTP session token
@@ -171,8 +176,7 @@ def role_allows(roles: Iterable[str], action: str, org_kind: str | None = None) 
     return any(r in perm.roles for r in roles)
 
 
-def scope_allows(scopes: Iterable[str], action: str,
-                 token_kind: str = "session") -> bool:  # noqa: S107
+def scope_allows(scopes: Iterable[str], action: str, token_kind: str = "session") -> bool:  # noqa: S107
     perm = PERMISSIONS.get(action)
     if perm is None:
         return False
@@ -197,17 +201,23 @@ def authorize(caller: Principal, action: str) -> None:
         raise PermissionDenied(f"{action} is not in the permission table")
     if not scope_allows(caller.scopes, action, caller.token_kind):
         if perm.scope == MFA:
-            raise PermissionDenied("sign in with password and TOTP (hoshu login) first: "
-                                   f"{action} needs a full MFA sign-in", code="mfa_required")
+            raise PermissionDenied(
+                "sign in with password and TOTP (hoshu login) first: "
+                f"{action} needs a full MFA sign-in",
+                code="mfa_required",
+            )
         raise PermissionDenied(f"this token's scope does not allow {action}")
     if not role_allows(caller.roles, action, caller.org_kind):
         raise PermissionDenied(f"your roles do not allow {action}")
 
 
 _REFUSAL_EVENTS: tuple[tuple[str, str], ...] = (
-    ("requests.", "request.refused"), ("grants.", "request.refused"),
-    ("emergency.", "request.refused"), ("recordings.", "recording.refused"),
-    ("sessions.follow", "recording.refused"), ("ssh.", "ssh.cert_refused"),
+    ("requests.", "request.refused"),
+    ("grants.", "request.refused"),
+    ("emergency.", "request.refused"),
+    ("recordings.", "recording.refused"),
+    ("sessions.follow", "recording.refused"),
+    ("ssh.", "ssh.cert_refused"),
 )
 
 
@@ -222,6 +232,7 @@ def refusal_event(action: str) -> str:
 # --- record level: which hospital's records a permitted caller sees ---------------
 # These run after authorize(): the table has already checked role, org kind and scope.
 
+
 def hospital_scope(caller: Principal) -> tuple[str, ...] | None:
     """Audit trail, reports, reviews: None = every hospital; else only the caller's own."""
     if caller.org_kind == OrgKind.PLATFORM:
@@ -235,14 +246,20 @@ def may_read_recording(caller: Principal, hospital_id: str | None) -> bool:
     """Platform auditors read every recording; hospital staff only their hospital's."""
     if caller.org_kind == OrgKind.PLATFORM:
         return True
-    return (caller.org_kind == OrgKind.HOSPITAL and hospital_id is not None
-            and caller.org_id == hospital_id)
+    return (
+        caller.org_kind == OrgKind.HOSPITAL
+        and hospital_id is not None
+        and caller.org_id == hospital_id
+    )
 
 
 def check_report_signer(caller: Principal, hospital_id: str | None) -> None:
     """Only an approver of the report's own hospital signs it off."""
-    if not (caller.org_kind == OrgKind.HOSPITAL and hospital_id is not None
-            and caller.org_id == hospital_id):
+    if not (
+        caller.org_kind == OrgKind.HOSPITAL
+        and hospital_id is not None
+        and caller.org_id == hospital_id
+    ):
         raise PermissionDenied("only an approver of the hospital signs its work reports")
 
 
@@ -272,6 +289,7 @@ def check_session_control(caller: Principal, hospital_id: str, action: str) -> N
 
 # --- organisations: who sees which, and whose source networks --------------------
 
+
 def sees_source_networks(caller: Principal, org: Org) -> bool:
     """Source networks are for platform admins and the organisation's own admins."""
     return P in caller.roles or (H in caller.roles and caller.org_id == org.id)
@@ -283,8 +301,11 @@ def visible_orgs(caller: Principal, orgs: Iterable[Org], partners: set[str]) -> 
     hospitals it has an active contract at).  Networks are blanked where not allowed."""
     out: list[Org] = []
     for org in orgs:
-        if caller.org_kind != OrgKind.PLATFORM and org.id != caller.org_id \
-                and org.id not in partners:
+        if (
+            caller.org_kind != OrgKind.PLATFORM
+            and org.id != caller.org_id
+            and org.id not in partners
+        ):
             continue
         out.append(org if sees_source_networks(caller, org) else replace(org, source_cidrs=[]))
     return out

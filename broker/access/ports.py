@@ -30,8 +30,16 @@ class Tx(Protocol):
     def add(self, obj: object) -> None: ...
     def save(self, obj: object) -> None: ...
     def get(self, kind: type[E], id: str, /, *, for_update: bool = False) -> E | None: ...
-    def find(self, kind: type[E], /, *, order_by: str | None = None, limit: int | None = None,
-             for_update: bool = False, **where: Any) -> list[E]: ...
+    def find(
+        self,
+        kind: type[E],
+        /,
+        *,
+        order_by: str | None = None,
+        limit: int | None = None,
+        for_update: bool = False,
+        **where: Any,
+    ) -> list[E]: ...
     def one(self, kind: type[E], /, **where: Any) -> E | None: ...
 
 
@@ -100,8 +108,15 @@ class Context:
     def now(self) -> datetime:
         return self.clock()
 
-    def event(self, type_: str, actor: Actor | None, *, result: Result = Result.SUCCESS,
-              details: dict[str, Any] | None = None, **columns: Any) -> AuditEvent:
+    def event(
+        self,
+        type_: str,
+        actor: Actor | None,
+        *,
+        result: Result = Result.SUCCESS,
+        details: dict[str, Any] | None = None,
+        **columns: Any,
+    ) -> AuditEvent:
         if actor is not None:
             columns.setdefault("ActorUserId", actor.user_id)
             columns.setdefault("ActorUsername", actor.username)
@@ -110,11 +125,20 @@ class Context:
             columns.setdefault("SrcIpAddr", actor.src_ip)
         columns.setdefault("DvcHostname", "broker")
         columns.setdefault("DvcRole", "broker")
-        return new_event(type_, clock=self.clock, details=details,
-                         EventResult=result.value, **columns)
+        return new_event(
+            type_, clock=self.clock, details=details, EventResult=result.value, **columns
+        )
 
-    def emit(self, type_: str, actor: Actor | None, *, result: Result = Result.SUCCESS,
-             details: dict[str, Any] | None = None, **columns: Any) -> AuditEvent:
+    def emit(
+        self,
+        type_: str,
+        actor: Actor | None,
+        *,
+        result: Result = Result.SUCCESS,
+        details: dict[str, Any] | None = None,
+        **columns: Any,
+    ) -> AuditEvent:
         """Write one event; raises when the audit log cannot take it (fail closed)."""
-        return self.emitter.emit(self.event(type_, actor, result=result, details=details,
-                                            **columns))
+        return self.emitter.emit(
+            self.event(type_, actor, result=result, details=details, **columns)
+        )

@@ -93,8 +93,9 @@ class RequestService:
         self.estate = estate
 
     # --- creating ---------------------------------------------------------------
-    def _prepare(self, tx: Tx, actor: Actor, new: NewRequest, *, emergency: bool
-                 ) -> tuple[AccessRequest, list[Instrument]]:
+    def _prepare(
+        self, tx: Tx, actor: Actor, new: NewRequest, *, emergency: bool
+    ) -> tuple[AccessRequest, list[Instrument]]:
         now = self.ctx.now()
         if actor.org_kind != OrgKind.VENDOR or Role.ENGINEER not in actor.roles:
             raise PermissionDenied("only vendor engineers request access")
@@ -130,29 +131,56 @@ class RequestService:
             start = max(start, now)
         policy = self.estate.policy_in(tx, hospital_id, now)
         rules.check_request_against_policy(
-            policy, duration_s=new.duration_s, file_transfer=new.file_transfer,
-            start=start or now, emergency=emergency)
+            policy,
+            duration_s=new.duration_s,
+            file_transfer=new.file_transfer,
+            start=start or now,
+            emergency=emergency,
+        )
         expires = now + timedelta(seconds=policy.request_ttl_s)
         if start is not None:
             expires = min(expires, start + timedelta(seconds=new.duration_s))
         req = AccessRequest(
-            id=self.ctx.new_id(), requester_id=actor.user_id, vendor_id=actor.org_id,
-            hospital_id=hospital_id, instruments=[i.name for i in insts], ports=ports,
-            file_transfer=new.file_transfer, reason=new.reason.strip()[:2000],
-            ticket=new.ticket[:200], work_plan=new.work_plan[:20000], start_at=start,
-            duration_s=new.duration_s, created_at=now, expires_at=expires,
-            approvals_required=rules.approvals_required(policy, insts), emergency=emergency)
+            id=self.ctx.new_id(),
+            requester_id=actor.user_id,
+            vendor_id=actor.org_id,
+            hospital_id=hospital_id,
+            instruments=[i.name for i in insts],
+            ports=ports,
+            file_transfer=new.file_transfer,
+            reason=new.reason.strip()[:2000],
+            ticket=new.ticket[:200],
+            work_plan=new.work_plan[:20000],
+            start_at=start,
+            duration_s=new.duration_s,
+            created_at=now,
+            expires_at=expires,
+            approvals_required=rules.approvals_required(policy, insts),
+            emergency=emergency,
+        )
         return req, insts
 
     def _created_event(self, actor: Actor, req: AccessRequest) -> None:
-        self.ctx.emit("request.created", actor, ObjectType="request", Object=req.id,
-                      RequestId=req.id, HospitalId=req.hospital_id, VendorId=req.vendor_id,
-                      Emergency=req.emergency, details={
-                          "instruments": req.instruments, "ports": req.ports,
-                          "file_transfer": req.file_transfer, "reason": req.reason,
-                          "ticket": req.ticket, "work_plan": req.work_plan,
-                          "start": req.start_at.isoformat() if req.start_at else "on approval",
-                          "duration_s": req.duration_s})
+        self.ctx.emit(
+            "request.created",
+            actor,
+            ObjectType="request",
+            Object=req.id,
+            RequestId=req.id,
+            HospitalId=req.hospital_id,
+            VendorId=req.vendor_id,
+            Emergency=req.emergency,
+            details={
+                "instruments": req.instruments,
+                "ports": req.ports,
+                "file_transfer": req.file_transfer,
+                "reason": req.reason,
+                "ticket": req.ticket,
+                "work_plan": req.work_plan,
+                "start": req.start_at.isoformat() if req.start_at else "on approval",
+                "duration_s": req.duration_s,
+            },
+        )
 
     def create(self, actor: Actor, new: NewRequest) -> AccessRequest:
         with self.ctx.uow() as tx:
@@ -172,8 +200,9 @@ class RequestService:
         key, value = next(iter(f.items()))
         return bool(getattr(req, key) == value)
 
-    def _get(self, tx: Tx, actor: Actor, request_id: str, *, lock: bool = False,
-             deciding: bool = False) -> AccessRequest:
+    def _get(
+        self, tx: Tx, actor: Actor, request_id: str, *, lock: bool = False, deciding: bool = False
+    ) -> AccessRequest:
         """Load a request the caller may see; approvers deciding get a 403 (not 404)
         for another hospital's request, so the refusal is audited as such."""
         req = tx.get(AccessRequest, request_id, for_update=lock)
@@ -181,8 +210,9 @@ class RequestService:
             raise NotFound(f"no request {request_id!r}")
         return req
 
-    def list_requests(self, actor: Actor, status: str | None = None, limit: int = 200
-             ) -> list[AccessRequest]:
+    def list_requests(
+        self, actor: Actor, status: str | None = None, limit: int = 200
+    ) -> list[AccessRequest]:
         if status is not None and status not in RequestStatus.__members__.values():
             raise InvalidInput(f"unknown status {status!r}")
         where: dict[str, Any] = dict(visible_filter(actor))
@@ -191,8 +221,11 @@ class RequestService:
         if status:
             where["status"] = status
         with self.ctx.uow() as tx:
-            return list(reversed(tx.find(AccessRequest, order_by="-created_at",
-                                         limit=min(limit, 1000), **where)))
+            return list(
+                reversed(
+                    tx.find(AccessRequest, order_by="-created_at", limit=min(limit, 1000), **where)
+                )
+            )
 
     def show(self, actor: Actor, request_id: str) -> RequestView:
         with self.ctx.uow() as tx:
@@ -200,8 +233,7 @@ class RequestService:
             grant = tx.get(Grant, req.grant_id) if req.grant_id else None
             history = chain(tx.find(Transition, subject_kind="request", subject_id=req.id))
             if grant is not None:
-                history += chain(tx.find(Transition, subject_kind="grant",
-                                         subject_id=grant.id))
+                history += chain(tx.find(Transition, subject_kind="grant", subject_id=grant.id))
             decisions = tx.find(Decision, request_id=req.id, order_by="at")
             return RequestView(req, decisions, sorted(history, key=lambda t: t.at), grant)
 
@@ -210,17 +242,21 @@ class RequestService:
         now = self.ctx.now()
         with self.ctx.uow() as tx:
             req = tx.get(AccessRequest, request_id, for_update=True)
-            if req is not None and req.status == RequestStatus.PENDING and \
-                    req.expires_at <= now:
+            if req is not None and req.status == RequestStatus.PENDING and req.expires_at <= now:
                 move(self.ctx, tx, req, RequestStatus.EXPIRED, None, "no decision in time")
-                self.ctx.emit("request.expired", None, ObjectType="request", Object=req.id,
-                              RequestId=req.id, HospitalId=req.hospital_id,
-                              VendorId=req.vendor_id)
+                self.ctx.emit(
+                    "request.expired",
+                    None,
+                    ObjectType="request",
+                    Object=req.id,
+                    RequestId=req.id,
+                    HospitalId=req.hospital_id,
+                    VendorId=req.vendor_id,
+                )
 
     def _decide_checks(self, tx: Tx, actor: Actor, req: AccessRequest) -> list[Decision]:
         if req.status != RequestStatus.PENDING:
-            raise Conflict(f"the request is {req.status}, not pending",
-                           code="illegal_transition")
+            raise Conflict(f"the request is {req.status}, not pending", code="illegal_transition")
         approver = tx.get(User, actor.user_id)
         if approver is None:
             raise NotFound("no such user")
@@ -237,45 +273,94 @@ class RequestService:
             d = Decision(self.ctx.new_id(), req.id, actor.user_id, "approve", now, comment[:2000])
             tx.add(d)
             count = rules.distinct_approvals([*decisions, d])
-            self.ctx.emit("request.approved", actor, ObjectType="request", Object=req.id,
-                          RequestId=req.id, HospitalId=req.hospital_id, VendorId=req.vendor_id,
-                          details={"comment": comment, "approvals": count,
-                                   "approvals_required": req.approvals_required})
+            self.ctx.emit(
+                "request.approved",
+                actor,
+                ObjectType="request",
+                Object=req.id,
+                RequestId=req.id,
+                HospitalId=req.hospital_id,
+                VendorId=req.vendor_id,
+                details={
+                    "comment": comment,
+                    "approvals": count,
+                    "approvals_required": req.approvals_required,
+                },
+            )
             if count >= req.approvals_required:
                 starts, _ = rules.grant_window(req, now)
                 policy = self.estate.policy_in(tx, req.hospital_id, now)
                 rules.check_request_against_policy(
-                    policy, duration_s=req.duration_s, file_transfer=req.file_transfer,
-                    start=starts, emergency=False)
+                    policy,
+                    duration_s=req.duration_s,
+                    file_transfer=req.file_transfer,
+                    start=starts,
+                    emergency=False,
+                )
                 move(self.ctx, tx, req, RequestStatus.APPROVED, actor, comment)
                 self.issue_grant(tx, actor, req, now)
         return self.show(actor, request_id)
 
     def issue_grant(self, tx: Tx, actor: Actor, req: AccessRequest, now: datetime) -> Grant:
         starts, ends = rules.grant_window(req, now)
-        grant = Grant(self.ctx.new_id(), req.id, req.requester_id, req.hospital_id,
-                      req.vendor_id, req.instruments, req.ports, req.file_transfer, starts,
-                      ends, now, emergency=req.emergency, ticket=req.ticket)
+        grant = Grant(
+            self.ctx.new_id(),
+            req.id,
+            req.requester_id,
+            req.hospital_id,
+            req.vendor_id,
+            req.instruments,
+            req.ports,
+            req.file_transfer,
+            starts,
+            ends,
+            now,
+            emergency=req.emergency,
+            ticket=req.ticket,
+        )
         tx.add(grant)
-        tx.add(Transition(self.ctx.new_id(), "grant", grant.id, "", GrantStatus.APPROVED,
-                          now, actor.user_id))
+        tx.add(
+            Transition(
+                self.ctx.new_id(), "grant", grant.id, "", GrantStatus.APPROVED, now, actor.user_id
+            )
+        )
         req.decided_at = now
         req.grant_id = grant.id
         tx.save(req)
         requester = tx.get(User, req.requester_id)
-        self.ctx.emit("grant.created", actor, ObjectType="grant", Object=grant.id,
-                      GrantId=grant.id, RequestId=req.id, HospitalId=req.hospital_id,
-                      VendorId=req.vendor_id, Emergency=req.emergency,
-                      TargetUsername=requester.name if requester else None,
-                      details={"instruments": grant.instruments, "ports": grant.ports,
-                               "file_transfer": grant.file_transfer,
-                               "starts": starts.isoformat(), "ends": ends.isoformat(),
-                               "work_plan": req.work_plan, "ticket": req.ticket})
+        self.ctx.emit(
+            "grant.created",
+            actor,
+            ObjectType="grant",
+            Object=grant.id,
+            GrantId=grant.id,
+            RequestId=req.id,
+            HospitalId=req.hospital_id,
+            VendorId=req.vendor_id,
+            Emergency=req.emergency,
+            TargetUsername=requester.name if requester else None,
+            details={
+                "instruments": grant.instruments,
+                "ports": grant.ports,
+                "file_transfer": grant.file_transfer,
+                "starts": starts.isoformat(),
+                "ends": ends.isoformat(),
+                "work_plan": req.work_plan,
+                "ticket": req.ticket,
+            },
+        )
         if starts <= now:
             move(self.ctx, tx, grant, GrantStatus.ACTIVE, actor, "window open")
-            self.ctx.emit("grant.activated", actor, ObjectType="grant", Object=grant.id,
-                          GrantId=grant.id, RequestId=req.id, HospitalId=req.hospital_id,
-                          Emergency=req.emergency)
+            self.ctx.emit(
+                "grant.activated",
+                actor,
+                ObjectType="grant",
+                Object=grant.id,
+                GrantId=grant.id,
+                RequestId=req.id,
+                HospitalId=req.hospital_id,
+                Emergency=req.emergency,
+            )
         return grant
 
     def deny(self, actor: Actor, request_id: str, comment: str = "") -> RequestView:
@@ -284,13 +369,19 @@ class RequestService:
         with self.ctx.uow() as tx:
             req = self._get(tx, actor, request_id, lock=True, deciding=True)
             self._decide_checks(tx, actor, req)
-            tx.add(Decision(self.ctx.new_id(), req.id, actor.user_id, "deny", now,
-                            comment[:2000]))
+            tx.add(Decision(self.ctx.new_id(), req.id, actor.user_id, "deny", now, comment[:2000]))
             req.decided_at = now
             move(self.ctx, tx, req, RequestStatus.DENIED, actor, comment)
-            self.ctx.emit("request.denied", actor, ObjectType="request", Object=req.id,
-                          RequestId=req.id, HospitalId=req.hospital_id, VendorId=req.vendor_id,
-                          details={"comment": comment})
+            self.ctx.emit(
+                "request.denied",
+                actor,
+                ObjectType="request",
+                Object=req.id,
+                RequestId=req.id,
+                HospitalId=req.hospital_id,
+                VendorId=req.vendor_id,
+                details={"comment": comment},
+            )
         return self.show(actor, request_id)
 
     def cancel(self, actor: Actor, request_id: str) -> RequestView:
@@ -300,6 +391,13 @@ class RequestService:
             if req.requester_id != actor.user_id:
                 raise PermissionDenied("only the requester may cancel a request")
             move(self.ctx, tx, req, RequestStatus.CANCELLED, actor, "withdrawn")
-            self.ctx.emit("request.cancelled", actor, ObjectType="request", Object=req.id,
-                          RequestId=req.id, HospitalId=req.hospital_id, VendorId=req.vendor_id)
+            self.ctx.emit(
+                "request.cancelled",
+                actor,
+                ObjectType="request",
+                Object=req.id,
+                RequestId=req.id,
+                HospitalId=req.hospital_id,
+                VendorId=req.vendor_id,
+            )
         return self.show(actor, request_id)

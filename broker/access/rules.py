@@ -21,9 +21,7 @@ def approvals_required(policy: Policy, instruments: Iterable[Instrument]) -> int
     return needed
 
 
-def grant_window(
-    request: AccessRequest, approved_at: datetime
-) -> tuple[datetime, datetime]:
+def grant_window(request: AccessRequest, approved_at: datetime) -> tuple[datetime, datetime]:
     """The grant's clock starts at approval or the scheduled start, whichever is later."""
     start = approved_at if request.start_at is None else max(approved_at, request.start_at)
     return start, start + timedelta(seconds=request.duration_s)
@@ -61,7 +59,11 @@ def within_hours(policy: Policy, at: datetime) -> bool:
 
 
 def check_request_against_policy(
-    policy: Policy, *, duration_s: int, file_transfer: bool, start: datetime,
+    policy: Policy,
+    *,
+    duration_s: int,
+    file_transfer: bool,
+    start: datetime,
     emergency: bool,
 ) -> None:
     """Raise :class:`PolicyViolation` when the hospital policy refuses the request."""
@@ -72,20 +74,23 @@ def check_request_against_policy(
             raise PolicyViolation("this hospital does not allow emergency access")
         if duration_s > policy.emergency_max_duration_s:
             raise PolicyViolation(
-                f"emergency access is limited to {policy.emergency_max_duration_s} s")
+                f"emergency access is limited to {policy.emergency_max_duration_s} s"
+            )
     elif duration_s > policy.max_duration_s:
-        raise PolicyViolation(f"duration over the hospital's maximum of "
-                              f"{policy.max_duration_s} s")
+        raise PolicyViolation(f"duration over the hospital's maximum of {policy.max_duration_s} s")
     if file_transfer and not policy.file_transfer_allowed:
         raise PolicyViolation("this hospital does not allow file transfer")
     if not emergency and not within_hours(policy, start):
         raise PolicyViolation(
             f"start is outside the allowed hours {policy.hours_start}-{policy.hours_end} "
-            f"({policy.timezone})")
+            f"({policy.timezone})"
+        )
 
 
 def check_can_decide(
-    request: AccessRequest, approver: User, approver_hospital: str | None,
+    request: AccessRequest,
+    approver: User,
+    approver_hospital: str | None,
     decisions: Sequence[Decision],
 ) -> None:
     """Only approvers of the request's hospital decide; never the requester; once each."""

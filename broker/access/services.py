@@ -27,5 +27,12 @@ class Services:
     def build(cls, ctx: Context) -> Services:
         estate = EstateService(ctx)
         requests = RequestService(ctx, estate)
-        return cls(ctx, AuthService(ctx), PeopleService(ctx), estate,
-                   GatewayService(ctx, estate), requests, GrantService(ctx, requests))
+        return cls(
+            ctx,
+            AuthService(ctx),
+            PeopleService(ctx),
+            estate,
+            GatewayService(ctx, estate),
+            requests,
+            GrantService(ctx, requests),
+        )

@@ -26,16 +26,29 @@ BURST = 10
 
 
 class CountedFailures:
-    def __init__(self, ctx: Context, single: str, summary: str, *,
-                 window_s: float = WINDOW_S, burst: int = BURST) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        single: str,
+        summary: str,
+        *,
+        window_s: float = WINDOW_S,
+        burst: int = BURST,
+    ) -> None:
         self.ctx = ctx
         self.single = single
         self.summary = summary
         self.gate = FloodGate(window_s=window_s, burst=burst)
         self._lock = Lock()  # API requests run on worker threads; the gate is not shared-safe
 
-    def record(self, src_ip: str | None, reason: str, *,
-               details: dict[str, Any] | None = None, **columns: Any) -> None:
+    def record(
+        self,
+        src_ip: str | None,
+        reason: str,
+        *,
+        details: dict[str, Any] | None = None,
+        **columns: Any,
+    ) -> None:
         """One failure: written now as ``single``, or counted for the source's summary."""
         key = names.source_bucket(src_ip) or "ip:unknown"
         with self._lock:
@@ -43,8 +56,15 @@ class CountedFailures:
         for summary in admission.summaries:
             self._summary_event(summary)
         if admission.write:
-            self.ctx.emit(self.single, None, result=Result.FAILURE, SrcIpAddr=src_ip,
-                          EventResultDetails=reason, details=details, **columns)
+            self.ctx.emit(
+                self.single,
+                None,
+                result=Result.FAILURE,
+                SrcIpAddr=src_ip,
+                EventResultDetails=reason,
+                details=details,
+                **columns,
+            )
 
     def flush(self, *, everything: bool = False) -> int:
         """Write the summaries of the minutes that are over (``everything``: all of
@@ -57,12 +77,20 @@ class CountedFailures:
 
     def _summary_event(self, summary: Summary) -> None:
         src = summary.key.removeprefix("ip:")
-        self.ctx.emit(self.summary, None, result=Result.FAILURE,
-                      SrcIpAddr=None if src == "unknown" or "/" in src else src,
-                      EventResultDetails=f"{summary.count} more failures",
-                      details={"count": summary.count, "window_s": summary.window_s,
-                               "window_start": summary.window_start.isoformat(),
-                               "last": summary.last, "source": src})
+        self.ctx.emit(
+            self.summary,
+            None,
+            result=Result.FAILURE,
+            SrcIpAddr=None if src == "unknown" or "/" in src else src,
+            EventResultDetails=f"{summary.count} more failures",
+            details={
+                "count": summary.count,
+                "window_s": summary.window_s,
+                "window_start": summary.window_start.isoformat(),
+                "last": summary.last,
+                "source": src,
+            },
+        )
 
 
 class FailedSignIns(CountedFailures):
@@ -71,7 +99,11 @@ class FailedSignIns(CountedFailures):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx, "user.login", "user.login_flood")
 
-    def login_failed(self, name: str, user_id: str | None, reason: str,
-                     src_ip: str | None) -> None:
-        self.record(src_ip, reason, details={"method": "password+totp"},
-                    ActorUsername=name[:64], ActorUserId=user_id)
+    def login_failed(self, name: str, user_id: str | None, reason: str, src_ip: str | None) -> None:
+        self.record(
+            src_ip,
+            reason,
+            details={"method": "password+totp"},
+            ActorUsername=name[:64],
+            ActorUserId=user_id,
+        )

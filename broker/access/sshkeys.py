@@ -10,10 +10,17 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from broker.access.errors import InvalidInput
 
-ALLOWED_TYPES = frozenset({
-    "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-    "ssh-rsa", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-})
+ALLOWED_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "ssh-rsa",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
 
 
 def fingerprint_blob(blob: bytes) -> str:

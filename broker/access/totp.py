@@ -21,8 +21,11 @@ def new_secret() -> str:
 
 
 def provisioning_uri(secret: str, username: str, issuer: str = ISSUER) -> str:
-    return str(pyotp.TOTP(secret, digits=DIGITS, interval=STEP_S)
-               .provisioning_uri(name=username, issuer_name=issuer))
+    return str(
+        pyotp.TOTP(secret, digits=DIGITS, interval=STEP_S).provisioning_uri(
+            name=username, issuer_name=issuer
+        )
+    )
 
 
 def code_at(secret: str, at: datetime) -> str:
@@ -46,5 +49,6 @@ def verify(secret: str, code: str, now: datetime, last_step: int) -> int | None:
 
 def is_replay(secret: str, code: str, now: datetime, last_step: int) -> bool:
     """True when ``code`` is valid but its step was already used."""
-    return (verify(secret, code, now, -1) is not None
-            and verify(secret, code, now, last_step) is None)
+    return (
+        verify(secret, code, now, -1) is not None and verify(secret, code, now, last_step) is None
+    )

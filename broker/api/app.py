@@ -23,8 +23,15 @@ from broker.console import install as install_console
 from broker.console import router as console_router
 from broker.settings import BrokerSettings
 
-ROUTERS: tuple[APIRouter, ...] = (health_routes.router, auth.router, people.router, estate.router,
-                                  gateways.router, requests.router, console_router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health_routes.router,
+    auth.router,
+    people.router,
+    estate.router,
+    gateways.router,
+    requests.router,
+    console_router,
+)
 
 
 def create_app(
@@ -43,8 +50,11 @@ def create_app(
 
         opened = ControlPlane.open(settings, emitter=emitter, clock=clock)
         services = opened.services
-    app = FastAPI(title="hoshu control plane", version="1",
-                  description="Requests, approvals, time-boxed grants, tenants and roles.")
+    app = FastAPI(
+        title="hoshu control plane",
+        version="1",
+        description="Requests, approvals, time-boxed grants, tenants and roles.",
+    )
     app.state.services = services
     app.state.settings = settings
     app.state.control_plane = opened
@@ -61,7 +71,8 @@ def create_app(
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
-                       timeout_s=float(settings.body_timeout_s))
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=float(settings.body_timeout_s)
+    )
     app.add_middleware(ForwardedFor, trusted=settings.trusted_proxies)  # outermost
     return app

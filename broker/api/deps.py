@@ -53,8 +53,9 @@ def authenticate_bearer(request: Request) -> Principal:
     return services.auth.authenticate(bearer(request), client_ip(request))
 
 
-def require(action: str, *, authenticate: Authenticate | None = None,
-            emitter: Emitter | None = None) -> Callable[[Request], Any]:
+def require(
+    action: str, *, authenticate: Authenticate | None = None, emitter: Emitter | None = None
+) -> Callable[[Request], Any]:
     """A dependency that authenticates the caller and checks ``action`` in the table.
 
     ``emitter`` receives the refusal event when the app has no control-plane

@@ -30,18 +30,33 @@ from broker.access.ports import Actor
 log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[e.AccessError], int]] = [
-    (e.LockedOut, 401), (e.Unauthenticated, 401), (e.PermissionDenied, 403),
-    (e.NotFound, 404), (e.Conflict, 409), (e.Gone, 410), (e.InvalidInput, 422),
+    (e.LockedOut, 401),
+    (e.Unauthenticated, 401),
+    (e.PermissionDenied, 403),
+    (e.NotFound, 404),
+    (e.Conflict, 409),
+    (e.Gone, 410),
+    (e.InvalidInput, 422),
     (e.Unavailable, 503),
 ]
 REFUSALS = (e.PermissionDenied, e.PolicyViolation, e.IllegalTransition)
-HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 409: "conflict", 410: "gone",
-              413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_input"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+}
 
 
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
@@ -56,8 +71,7 @@ def status_for(exc: e.AccessError) -> int:
 
 
 # path parameters that name the object of a refused call, as event columns
-_PATH_COLUMNS = {"request_id": "RequestId", "grant_id": "GrantId",
-                 "session_id": "TargetSessionId"}
+_PATH_COLUMNS = {"request_id": "RequestId", "grant_id": "GrantId", "session_id": "TargetSessionId"}
 
 
 def _record_refusal(request: Request, exc: e.AccessError) -> None:
@@ -65,30 +79,47 @@ def _record_refusal(request: Request, exc: e.AccessError) -> None:
     action: str = getattr(request.state, "action", "") or request.url.path
     services = getattr(request.app.state, "services", None)
     emitter = getattr(request.state, "refusal_emitter", None)
-    columns: dict[str, Any] = {col: str(request.path_params[name])
-                               for name, col in _PATH_COLUMNS.items()
-                               if request.path_params.get(name)}
+    columns: dict[str, Any] = {
+        col: str(request.path_params[name])
+        for name, col in _PATH_COLUMNS.items()
+        if request.path_params.get(name)
+    }
     if action.startswith("reports.") and "GrantId" in columns:
         # a refused sign-off is about the report, not an event of the grant's work
         columns.update(ObjectType="work_report", Object=columns.pop("GrantId"))
     columns.update(getattr(request.state, "refusal_columns", {}))
-    columns.update(Operation=action, EventResultDetails=exc.code,
-                   SrcIpAddr=request.client.host if request.client else None)
+    columns.update(
+        Operation=action,
+        EventResultDetails=exc.code,
+        SrcIpAddr=request.client.host if request.client else None,
+    )
     kind = refusal_event(action)
     details = {"reason": exc.message}
     try:
         if services is not None and (actor is None or isinstance(actor, Actor)):
-            event = services.ctx.event(kind, actor, result=Result.FAILURE, details=details,
-                                       **columns)
+            event = services.ctx.event(
+                kind, actor, result=Result.FAILURE, details=details, **columns
+            )
             (emitter or services.ctx.emitter).emit(event)
             return
         if actor is not None:
-            columns.update(ActorUserId=actor.user_id, ActorUsername=actor.username,
-                           ActorOrganization=getattr(actor, "org_id", None) or None)
+            columns.update(
+                ActorUserId=actor.user_id,
+                ActorUsername=actor.username,
+                ActorOrganization=getattr(actor, "org_id", None) or None,
+            )
         sink = emitter or (services.ctx.emitter if services is not None else None)
         if sink is not None:
-            sink.emit(new_event(kind, EventResult=Result.FAILURE.value, DvcHostname="broker",
-                                DvcRole="broker", details=details, **columns))
+            sink.emit(
+                new_event(
+                    kind,
+                    EventResult=Result.FAILURE.value,
+                    DvcHostname="broker",
+                    DvcRole="broker",
+                    details=details,
+                    **columns,
+                )
+            )
     except AuditError:
         log.exception("could not record a refusal")
 
@@ -103,17 +134,23 @@ async def access_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    details = [{"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", ""),
-                "type": err.get("type", "")} for err in exc.errors()]
-    return error_response(422, "invalid_input", "the request does not match the schema",
-                          details)
+    details = [
+        {
+            "loc": [str(p) for p in err.get("loc", ())],
+            "msg": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in exc.errors()
+    ]
+    return error_response(422, "invalid_input", "the request does not match the schema", details)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail),
-                          headers=getattr(exc, "headers", None))
+    return error_response(
+        exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+    )
 
 
 async def query_error(request: Request, exc: Exception) -> JSONResponse:
@@ -122,8 +159,9 @@ async def query_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def audit_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("audit log refused an event: %s", exc)
-    return error_response(503, "audit_unavailable",
-                          "the audit log cannot be written: nothing was changed")
+    return error_response(
+        503, "audit_unavailable", "the audit log cannot be written: nothing was changed"
+    )
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -27,13 +27,19 @@ class BodyLimit:
         self.timeout_s = timeout_s
 
     async def _reply_413(self, send: Send) -> None:
-        await self._reply(send, 413, _error_body("body_too_large",
-                                                 "request body is too large"))
+        await self._reply(send, 413, _error_body("body_too_large", "request body is too large"))
 
     async def _reply(self, send: Send, status: int, body: bytes) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,8 +65,11 @@ class BodyLimit:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                await self._reply(send, 408, _error_body(
-                    "request_timeout", "the request body did not arrive in time"))
+                await self._reply(
+                    send,
+                    408,
+                    _error_body("request_timeout", "the request body did not arrive in time"),
+                )
                 return
             if message["type"] != "http.request":
                 break  # client went away; let the app see the disconnect
@@ -90,7 +99,7 @@ def parse_networks(values: list[str]) -> tuple[IPNetwork, ...]:
 def _address(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [2001:db8::1]:443
-        text = text[1:text.index("]")]
+        text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # 203.0.113.7:5555
         text = text.split(":", 1)[0]
     try:
@@ -102,8 +111,9 @@ def _address(text: str) -> IPAddress | None:
     return addr
 
 
-def client_address(peer: str | None, forwarded_for: list[str],
-                   trusted: tuple[IPNetwork, ...]) -> str | None:
+def client_address(
+    peer: str | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]
+) -> str | None:
     """Who is really calling.
 
     The forwarded header counts only when the TCP peer is a trusted proxy; then
@@ -144,8 +154,11 @@ class ForwardedFor:
         if scope["type"] in ("http", "websocket") and self.trusted:
             client = scope.get("client")
             peer = client[0] if client else None
-            values = [v.decode("latin-1") for k, v in scope.get("headers") or []
-                      if k.lower() == b"x-forwarded-for"]
+            values = [
+                v.decode("latin-1")
+                for k, v in scope.get("headers") or []
+                if k.lower() == b"x-forwarded-for"
+            ]
             real = client_address(peer, values, self.trusted)
             if real is not None and real != peer:
                 scope = dict(scope)

@@ -64,8 +64,9 @@ class MeOut(BaseModel):
 
 class ApiTokenIn(In):
     name: Name
-    scopes: Annotated[list[Literal["read", "requests", "decisions", "admin"]],
-                      Field(min_length=1, max_length=4)]
+    scopes: Annotated[
+        list[Literal["read", "requests", "decisions", "admin"]], Field(min_length=1, max_length=4)
+    ]
     ttl_s: Annotated[int, Field(ge=60, le=365 * 86400)] = 30 * 86400
 
 
@@ -82,8 +83,7 @@ class ApiTokenOut(Out):
 class OrgIn(In):
     name: Name
     kind: Literal["hospital", "vendor"]
-    source_cidrs: Annotated[list[Annotated[str, Field(max_length=64)]],
-                            Field(max_length=64)] = []
+    source_cidrs: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)] = []
 
 
 class OrgPatch(In):
@@ -103,8 +103,10 @@ class UserIn(In):
     name: Name
     full_name: Annotated[str, Field(min_length=1, max_length=200)]
     org: Name
-    roles: Annotated[list[Literal["engineer", "approver", "hospital_admin", "auditor",
-                                  "platform_admin"]], Field(min_length=1, max_length=5)]
+    roles: Annotated[
+        list[Literal["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]],
+        Field(min_length=1, max_length=5),
+    ]
     password: Annotated[str, Field(min_length=1, max_length=1024)]
     expires_at: AwareDatetime | None = None
     email: Annotated[str, Field(max_length=254)] = ""
@@ -155,8 +157,9 @@ class KeyOut(Out):
 class ContractIn(In):
     vendor: Name
     hospital: Name
-    instruments: Annotated[list[Annotated[str, Field(max_length=63)]],
-                           Field(min_length=1, max_length=500)]
+    instruments: Annotated[
+        list[Annotated[str, Field(max_length=63)]], Field(min_length=1, max_length=500)
+    ]
     valid_until: AwareDatetime | None = None
     reference: Annotated[str, Field(max_length=200)] = ""
 

@@ -20,26 +20,49 @@ from broker.cli.output import console, done, emit_json, show, wants_json
 from broker.cli.requests import parse_duration
 
 ORG_COLUMNS = [("name", "Name"), ("kind", "Kind"), ("active", "Active"), ("id", "Id")]
-USER_COLUMNS = [("name", "User"), ("full_name", "Name"), ("roles", "Roles"),
-                ("active", "Active"), ("expires_at", "Expires"), ("totp_enrolled", "TOTP"),
-                ("recertified_at", "Recertified")]
-CONTRACT_COLUMNS = [("id", "Id"), ("vendor_id", "Vendor"), ("hospital_id", "Hospital"),
-                    ("instruments", "Instruments"), ("valid_until", "Until"),
-                    ("active", "Active"), ("reference", "Reference")]
-INSTRUMENT_COLUMNS = [("name", "Name"), ("host", "Host"), ("ports", "Ports"),
-                      ("protocol", "Protocol"), ("department", "Dept"), ("model", "Model"),
-                      ("criticality", "Criticality"), ("credential_set", "Credential"),
-                      ("host_key_fingerprint", "Host key"),
-                      ("pending_host_key_fingerprint", "Changed key (blocked)")]
-GATEWAY_COLUMNS = [("name", "Name"), ("id", "Id"), ("active", "Active"),
-                   ("version", "Version"), ("key_fingerprint", "Key"),
-                   ("last_inventory_at", "Last inventory")]
+USER_COLUMNS = [
+    ("name", "User"),
+    ("full_name", "Name"),
+    ("roles", "Roles"),
+    ("active", "Active"),
+    ("expires_at", "Expires"),
+    ("totp_enrolled", "TOTP"),
+    ("recertified_at", "Recertified"),
+]
+CONTRACT_COLUMNS = [
+    ("id", "Id"),
+    ("vendor_id", "Vendor"),
+    ("hospital_id", "Hospital"),
+    ("instruments", "Instruments"),
+    ("valid_until", "Until"),
+    ("active", "Active"),
+    ("reference", "Reference"),
+]
+INSTRUMENT_COLUMNS = [
+    ("name", "Name"),
+    ("host", "Host"),
+    ("ports", "Ports"),
+    ("protocol", "Protocol"),
+    ("department", "Dept"),
+    ("model", "Model"),
+    ("criticality", "Criticality"),
+    ("credential_set", "Credential"),
+    ("host_key_fingerprint", "Host key"),
+    ("pending_host_key_fingerprint", "Changed key (blocked)"),
+]
+GATEWAY_COLUMNS = [
+    ("name", "Name"),
+    ("id", "Id"),
+    ("active", "Active"),
+    ("version", "Version"),
+    ("key_fingerprint", "Key"),
+    ("last_inventory_at", "Last inventory"),
+]
 
 
 def _secret_from(args: argparse.Namespace, prompt: str, *, confirm: bool = False) -> str:
     if getattr(args, "password_stdin", False) or getattr(args, "secret_stdin", False):
-        text = sys.stdin.read() if getattr(args, "secret_stdin", False) else \
-            sys.stdin.readline()
+        text = sys.stdin.read() if getattr(args, "secret_stdin", False) else sys.stdin.readline()
         if not text.strip():
             raise CliError("nothing on standard input")
         return text.rstrip("\r\n") if not getattr(args, "secret_stdin", False) else text
@@ -77,8 +100,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from broker.services import ControlPlane
     from broker.settings import BrokerSettings
 
-    settings = BrokerSettings(data_dir=Path(args.data_dir)) if args.data_dir \
-        else BrokerSettings()
+    settings = BrokerSettings(data_dir=Path(args.data_dir)) if args.data_dir else BrokerSettings()
     password = _secret_from(args, "Password for the first admin: ", confirm=True)
     try:
         cp = ControlPlane.open(settings)
@@ -92,12 +114,15 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         cp.close()
     uri = totp.provisioning_uri(secret, user.name)
     if wants_json(args):
-        emit_json({"user": user.name, "user_id": user.id, "totp_secret": secret,
-                   "otpauth_uri": uri})
+        emit_json(
+            {"user": user.name, "user_id": user.id, "totp_secret": secret, "otpauth_uri": uri}
+        )
         return 0
     c = console()
-    c.print(f"Platform admin [bold]{user.name}[/bold] created. Add this TOTP secret to "
-            "an authenticator app now; it is not shown again:")
+    c.print(
+        f"Platform admin [bold]{user.name}[/bold] created. Add this TOTP secret to "
+        "an authenticator app now; it is not shown again:"
+    )
     sys.stdout.write(qr_text(uri))
     c.print(f"secret: [bold]{secret}[/bold]")
     return 0
@@ -126,23 +151,35 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         for what in which:
             made[what] = store.rotate(what)
     except KeyStoreError as exc:
-        raise CliError(f"{store.where}: {exc}" if not str(exc).startswith("Key Vault")
-                       else str(exc)) from exc
+        raise CliError(
+            f"{store.where}: {exc}" if not str(exc).startswith("Key Vault") else str(exc)
+        ) from exc
     finally:
         store.close()
         if made:
             settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
             with ChainLog(settings.audit_log_path) as log:
                 for what, version in made.items():
-                    log.emit(new_event(
-                        "admin.change", ActorUsername=getpass.getuser(),
-                        ActorUserType="operator", Operation="key_rotated", ObjectType="key",
-                        Object=what, EventMessage=f"{what} key rotated to version {version} "
-                        f"({store.where})"))
-    done(args, {"store": store.where, "rotated": made}, "\n".join(
-        f"{what} key: new version {version} in {store.where}; brokers use it from their "
-        "next start, older versions keep opening and verifying"
-        for what, version in made.items()))
+                    log.emit(
+                        new_event(
+                            "admin.change",
+                            ActorUsername=getpass.getuser(),
+                            ActorUserType="operator",
+                            Operation="key_rotated",
+                            ObjectType="key",
+                            Object=what,
+                            EventMessage=f"{what} key rotated to version {version} ({store.where})",
+                        )
+                    )
+    done(
+        args,
+        {"store": store.where, "rotated": made},
+        "\n".join(
+            f"{what} key: new version {version} in {store.where}; brokers use it from their "
+            "next start, older versions keep opening and verifying"
+            for what, version in made.items()
+        ),
+    )
     return 0
 
 
@@ -164,8 +201,12 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for version, pem in pems:
             (out / f"audit-signing-{version}.pem").write_bytes(pem)
-        done(args, data, f"{len(pems)} public key(s) written to {out}: pin them outside "
-             "the broker for 'hoshu audit verify --key'")
+        done(
+            args,
+            data,
+            f"{len(pems)} public key(s) written to {out}: pin them outside "
+            "the broker for 'hoshu audit verify --key'",
+        )
     elif wants_json(args):
         emit_json(data)
     else:
@@ -177,6 +218,7 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
 # --- through the API ------------------------------------------------------------
 # One function per action; argparse (``register``) declares what each one needs.
 
+
 @run
 def cmd_orgs_list(args: argparse.Namespace) -> int:
     show(args, Client.from_args(args).call("GET", "/v1/orgs"), ORG_COLUMNS, "Organisations")
@@ -185,34 +227,46 @@ def cmd_orgs_list(args: argparse.Namespace) -> int:
 
 @run
 def cmd_orgs_create(args: argparse.Namespace) -> int:
-    org = Client.from_args(args).call("POST", "/v1/orgs", {
-        "name": args.name, "kind": args.kind, "source_cidrs": args.source or []})
+    org = Client.from_args(args).call(
+        "POST",
+        "/v1/orgs",
+        {"name": args.name, "kind": args.kind, "source_cidrs": args.source or []},
+    )
     done(args, org, f"Created {org['kind']} {org['name']} ({org['id']}).")
     return 0
 
 
 @run
 def cmd_orgs_set_sources(args: argparse.Namespace) -> int:
-    org = Client.from_args(args).call("PATCH", f"/v1/orgs/{args.name}",
-                                      {"source_cidrs": args.source or []})
-    done(args, org, f"{org['name']} may sign in from: "
-                    f"{', '.join(org['source_cidrs']) or 'anywhere'}.")
+    org = Client.from_args(args).call(
+        "PATCH", f"/v1/orgs/{args.name}", {"source_cidrs": args.source or []}
+    )
+    done(
+        args,
+        org,
+        f"{org['name']} may sign in from: {', '.join(org['source_cidrs']) or 'anywhere'}.",
+    )
     return 0
 
 
 @run
 def cmd_users_list(args: argparse.Namespace) -> int:
     params = {"org": args.org} if getattr(args, "org", None) else None
-    show(args, Client.from_args(args).call("GET", "/v1/users", params=params), USER_COLUMNS,
-         "Users")
+    show(
+        args, Client.from_args(args).call("GET", "/v1/users", params=params), USER_COLUMNS, "Users"
+    )
     return 0
 
 
 @run
 def cmd_users_vendor_accounts(args: argparse.Namespace) -> int:
     params = {"hospital": args.hospital} if args.hospital else None
-    show(args, Client.from_args(args).call("GET", "/v1/vendor-accounts", params=params),
-         USER_COLUMNS, "Vendor accounts that can reach the hospital")
+    show(
+        args,
+        Client.from_args(args).call("GET", "/v1/vendor-accounts", params=params),
+        USER_COLUMNS,
+        "Vendor accounts that can reach the hospital",
+    )
     return 0
 
 
@@ -227,18 +281,30 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     client = Client.from_args(args)
     name = args.name
     pw = _secret_from(args, f"Initial password for {name}: ", confirm=True)
-    u = client.call("POST", "/v1/users", {
-        "name": name, "full_name": args.full_name, "org": args.org, "roles": args.role,
-        "password": pw, "expires_at": _when(args.expires), "email": args.email or ""})
-    done(args, u, f"Created {u['name']} ({', '.join(u['roles'])}); they enrol TOTP at "
-                  "first sign-in.")
+    u = client.call(
+        "POST",
+        "/v1/users",
+        {
+            "name": name,
+            "full_name": args.full_name,
+            "org": args.org,
+            "roles": args.role,
+            "password": pw,
+            "expires_at": _when(args.expires),
+            "email": args.email or "",
+        },
+    )
+    done(
+        args, u, f"Created {u['name']} ({', '.join(u['roles'])}); they enrol TOTP at first sign-in."
+    )
     return 0
 
 
 @run
 def cmd_users_expire(args: argparse.Namespace) -> int:
-    u = Client.from_args(args).call("POST", f"/v1/users/{args.name}/expire",
-                                    {"expires_at": _when(args.at)})
+    u = Client.from_args(args).call(
+        "POST", f"/v1/users/{args.name}/expire", {"expires_at": _when(args.at)}
+    )
     done(args, u, f"{u['name']} expires {u['expires_at'] or 'never'}.")
     return 0
 
@@ -252,8 +318,9 @@ def cmd_users_deactivate(args: argparse.Namespace) -> int:
 
 @run
 def cmd_users_recertify(args: argparse.Namespace) -> int:
-    u = Client.from_args(args).call("POST", f"/v1/users/{args.name}/recertify",
-                                    {"comment": args.comment or ""})
+    u = Client.from_args(args).call(
+        "POST", f"/v1/users/{args.name}/recertify", {"comment": args.comment or ""}
+    )
     done(args, u, f"{u['name']} recertified.")
     return 0
 
@@ -268,8 +335,12 @@ def cmd_users_reset_totp(args: argparse.Namespace) -> int:
 @run
 def cmd_users_revoke_tokens(args: argparse.Namespace) -> int:
     r = Client.from_args(args).call("POST", f"/v1/users/{args.name}/revoke-tokens")
-    done(args, r, f"Revoked {r['tokens']} token(s) and {len(r['cert_serials'])} SSH "
-                  f"certificate(s) of {r['user']}.")
+    done(
+        args,
+        r,
+        f"Revoked {r['tokens']} token(s) and {len(r['cert_serials'])} SSH "
+        f"certificate(s) of {r['user']}.",
+    )
     return 0
 
 
@@ -285,32 +356,43 @@ def cmd_users_set_password(args: argparse.Namespace) -> int:
 @run
 def cmd_users_add_key(args: argparse.Namespace) -> int:
     client = Client.from_args(args)
-    k = client.call("POST", f"/v1/users/{args.name}/keys",
-                    {"public_key": Path(args.key_file).read_text().strip()})
+    k = client.call(
+        "POST",
+        f"/v1/users/{args.name}/keys",
+        {"public_key": Path(args.key_file).read_text().strip()},
+    )
     done(args, k, f"Registered {k['fingerprint']} for {args.name}.")
     return 0
 
 
 @run
 def cmd_contracts_list(args: argparse.Namespace) -> int:
-    show(args, Client.from_args(args).call("GET", "/v1/contracts"), CONTRACT_COLUMNS,
-         "Contracts")
+    show(args, Client.from_args(args).call("GET", "/v1/contracts"), CONTRACT_COLUMNS, "Contracts")
     return 0
 
 
 @run
 def cmd_contracts_create(args: argparse.Namespace) -> int:
-    c = Client.from_args(args).call("POST", "/v1/contracts", {
-        "vendor": args.vendor, "hospital": args.hospital, "instruments": args.instrument,
-        "valid_until": _when(args.until), "reference": args.reference or ""})
+    c = Client.from_args(args).call(
+        "POST",
+        "/v1/contracts",
+        {
+            "vendor": args.vendor,
+            "hospital": args.hospital,
+            "instruments": args.instrument,
+            "valid_until": _when(args.until),
+            "reference": args.reference or "",
+        },
+    )
     done(args, c, f"Contract {c['id']} created.")
     return 0
 
 
 @run
 def cmd_contracts_end(args: argparse.Namespace) -> int:
-    done(args, Client.from_args(args).call("POST", f"/v1/contracts/{args.id}/end"),
-         "Contract ended.")
+    done(
+        args, Client.from_args(args).call("POST", f"/v1/contracts/{args.id}/end"), "Contract ended."
+    )
     return 0
 
 
@@ -318,15 +400,18 @@ def _show_policy(args: argparse.Namespace, p: dict[str, Any]) -> int:
     if wants_json(args):
         emit_json(p)
     else:
-        show(args, [{"setting": k, "value": v} for k, v in p.items()],
-             [("setting", "Setting"), ("value", "Value")], f"Policy of {args.hospital}")
+        show(
+            args,
+            [{"setting": k, "value": v} for k, v in p.items()],
+            [("setting", "Setting"), ("value", "Value")],
+            f"Policy of {args.hospital}",
+        )
     return 0
 
 
 @run
 def cmd_policy_show(args: argparse.Namespace) -> int:
-    return _show_policy(args, Client.from_args(args).call("GET",
-                                                          f"/v1/policies/{args.hospital}"))
+    return _show_policy(args, Client.from_args(args).call("GET", f"/v1/policies/{args.hospital}"))
 
 
 @run
@@ -352,9 +437,11 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
             changes["hours_start"], changes["hours_end"] = start, end
     if args.timezone:
         changes["timezone"] = args.timezone
-    for flag, key in (("file_transfer", "file_transfer_allowed"),
-                      ("emergency", "emergency_allowed"),
-                      ("record_input", "record_input")):
+    for flag, key in (
+        ("file_transfer", "file_transfer_allowed"),
+        ("emergency", "emergency_allowed"),
+        ("record_input", "record_input"),
+    ):
         if _yes(getattr(args, flag)) is not None:
             changes[key] = _yes(getattr(args, flag))
     if args.emergency_max_duration:
@@ -365,24 +452,37 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
 
 
 def _instrument_fields(args: argparse.Namespace) -> dict[str, Any]:
-    fields = {"host": args.host, "gateway": args.gateway, "ssh_port": args.ssh_port,
-              "ports": args.port, "protocol": args.protocol, "department": args.department,
-              "model": args.model, "vendor": args.vendor, "criticality": args.criticality,
-              "login_username": args.login_username}
+    fields = {
+        "host": args.host,
+        "gateway": args.gateway,
+        "ssh_port": args.ssh_port,
+        "ports": args.port,
+        "protocol": args.protocol,
+        "department": args.department,
+        "model": args.model,
+        "vendor": args.vendor,
+        "criticality": args.criticality,
+        "login_username": args.login_username,
+    }
     return {k: v for k, v in fields.items() if v is not None}
 
 
 @run
 def cmd_instruments_list(args: argparse.Namespace) -> int:
-    show(args, Client.from_args(args).call("GET", "/v1/instruments"), INSTRUMENT_COLUMNS,
-         "Instruments")
+    show(
+        args,
+        Client.from_args(args).call("GET", "/v1/instruments"),
+        INSTRUMENT_COLUMNS,
+        "Instruments",
+    )
     return 0
 
 
 @run
 def cmd_instruments_show(args: argparse.Namespace) -> int:
-    show(args, Client.from_args(args).call("GET", f"/v1/instruments/{args.name}"),
-         INSTRUMENT_COLUMNS)
+    show(
+        args, Client.from_args(args).call("GET", f"/v1/instruments/{args.name}"), INSTRUMENT_COLUMNS
+    )
     return 0
 
 
@@ -396,8 +496,9 @@ def cmd_instruments_create(args: argparse.Namespace) -> int:
 
 @run
 def cmd_instruments_set(args: argparse.Namespace) -> int:
-    i = Client.from_args(args).call("PATCH", f"/v1/instruments/{args.name}",
-                                    _instrument_fields(args))
+    i = Client.from_args(args).call(
+        "PATCH", f"/v1/instruments/{args.name}", _instrument_fields(args)
+    )
     done(args, i, f"Instrument {i['name']} updated.")
     return 0
 
@@ -406,44 +507,49 @@ def cmd_instruments_set(args: argparse.Namespace) -> int:
 def cmd_instruments_credential(args: argparse.Namespace) -> int:
     client = Client.from_args(args)
     secret = _secret_from(args, f"Credential for {args.name}: ")
-    i = client.call("PUT", f"/v1/instruments/{args.name}/credential", {
-        "kind": args.kind, "secret": secret, "username": args.login_username})
+    i = client.call(
+        "PUT",
+        f"/v1/instruments/{args.name}/credential",
+        {"kind": args.kind, "secret": secret, "username": args.login_username},
+    )
     done(args, i, f"Credential for {i['name']} stored (write-only).")
     return 0
 
 
 @run
 def cmd_instruments_accept_key(args: argparse.Namespace) -> int:
-    i = Client.from_args(args).call("POST", f"/v1/instruments/{args.name}/accept-host-key",
-                                    {"fingerprint": args.fingerprint})
+    i = Client.from_args(args).call(
+        "POST", f"/v1/instruments/{args.name}/accept-host-key", {"fingerprint": args.fingerprint}
+    )
     done(args, i, f"Host key of {i['name']} accepted; sessions may resume.")
     return 0
 
 
 @run
 def cmd_gateway_list(args: argparse.Namespace) -> int:
-    show(args, Client.from_args(args).call("GET", "/v1/gateways"), GATEWAY_COLUMNS,
-         "Gateways")
+    show(args, Client.from_args(args).call("GET", "/v1/gateways"), GATEWAY_COLUMNS, "Gateways")
     return 0
 
 
 @run
 def cmd_gateway_token(args: argparse.Namespace) -> int:
-    t = Client.from_args(args).call("POST", "/v1/gateways/tokens",
-                                    {"hospital": args.hospital, "ttl_s": args.ttl_s})
+    t = Client.from_args(args).call(
+        "POST", "/v1/gateways/tokens", {"hospital": args.hospital, "ttl_s": args.ttl_s}
+    )
     if wants_json(args):
         emit_json(t)
     else:
         sys.stdout.write(t["token"] + "\n")
-        print(f"one-time enrolment token for {t['hospital']}, valid until "
-              f"{t['expires_at']}", file=sys.stderr)
+        print(
+            f"one-time enrolment token for {t['hospital']}, valid until {t['expires_at']}",
+            file=sys.stderr,
+        )
     return 0
 
 
 @run
 def cmd_gateway_revoke(args: argparse.Namespace) -> int:
-    done(args, Client.from_args(args).call("POST", f"/v1/gateways/{args.name}/revoke"),
-         "Revoked.")
+    done(args, Client.from_args(args).call("POST", f"/v1/gateways/{args.name}/revoke"), "Revoked.")
     return 0
 
 
@@ -453,16 +559,18 @@ _ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]
 
 
 def _register_keys(adm: Any) -> None:
-    p = adm.add_parser("keys", help="the broker's own keys: rotate, public signing keys "
-                       "(on the broker host; engineers' SSH keys are 'hoshu keys')")
+    p = adm.add_parser(
+        "keys",
+        help="the broker's own keys: rotate, public signing keys "
+        "(on the broker host; engineers' SSH keys are 'hoshu keys')",
+    )
     act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     # no --api: these run on the broker host, on its settings and key store
     a = act.add_parser("rotate", help="new version of the sealing and/or audit signing key")
     a.set_defaults(func=cmd_keys_rotate)
     a.add_argument("--what", choices=["sealing", "signing", "all"], default="all")
     a.add_argument("--data-dir", help="broker data directory (env HOSHU_DATA_DIR)")
-    a = act.add_parser("public", help="the audit signing key's public halves (PEM), "
-                       "every version")
+    a = act.add_parser("public", help="the audit signing key's public halves (PEM), every version")
     a.set_defaults(func=cmd_keys_public)
     a.add_argument("--out", help="write audit-signing-<version>.pem files here")
     a.add_argument("--data-dir", help="broker data directory (env HOSHU_DATA_DIR)")
@@ -477,8 +585,9 @@ def _register_orgs(adm: Any) -> None:
     a.add_argument("name")
     a.add_argument("--kind", choices=["hospital", "vendor"], required=True)
     a.add_argument("--source", action="append", help="allowed source network (vendors)")
-    a = add_action(act, "set-sources", cmd_orgs_set_sources,
-                   "the networks a vendor's people may sign in from")
+    a = add_action(
+        act, "set-sources", cmd_orgs_set_sources, "the networks a vendor's people may sign in from"
+    )
     a.add_argument("name")
     a.add_argument("--source", action="append", help="allowed source network (none: any)")
 
@@ -489,10 +598,13 @@ def _register_users(adm: Any) -> None:
     p.add_argument("--org", help="list: only this organisation's accounts")
     act = add_actions(p, cmd_users_list)
     a = add_action(act, "list", cmd_users_list, "list accounts")
-    a.add_argument("--org", default=argparse.SUPPRESS,
-                   help="only this organisation's accounts")
-    a = add_action(act, "vendor-accounts", cmd_users_vendor_accounts,
-                   "vendor accounts that can reach a hospital")
+    a.add_argument("--org", default=argparse.SUPPRESS, help="only this organisation's accounts")
+    a = add_action(
+        act,
+        "vendor-accounts",
+        cmd_users_vendor_accounts,
+        "vendor accounts that can reach a hospital",
+    )
     a.add_argument("--hospital")
     a = add_action(act, "show", cmd_users_show, "one account")
     a.add_argument("name")
@@ -508,10 +620,14 @@ def _register_users(adm: Any) -> None:
     a.add_argument("name")
     a.add_argument("--at", help="new expiry (ISO date or 'never')")
     for name, func, help_text in (
-            ("deactivate", cmd_users_deactivate, "deactivate: tokens and sessions end now"),
-            ("reset-totp", cmd_users_reset_totp, "make the person enrol TOTP again"),
-            ("revoke-tokens", cmd_users_revoke_tokens,
-             "end the person's API tokens and SSH certificates")):
+        ("deactivate", cmd_users_deactivate, "deactivate: tokens and sessions end now"),
+        ("reset-totp", cmd_users_reset_totp, "make the person enrol TOTP again"),
+        (
+            "revoke-tokens",
+            cmd_users_revoke_tokens,
+            "end the person's API tokens and SSH certificates",
+        ),
+    ):
         add_action(act, name, func, help_text).add_argument("name")
     a = add_action(act, "recertify", cmd_users_recertify, "record an access review")
     a.add_argument("name")
@@ -532,8 +648,12 @@ def _register_contracts(adm: Any) -> None:
     a = add_action(act, "create", cmd_contracts_create, "create a contract")
     a.add_argument("--vendor", required=True)
     a.add_argument("--hospital", required=True)
-    a.add_argument("--instrument", action="append", required=True,
-                   help="instrument name, or '*' for all (repeatable)")
+    a.add_argument(
+        "--instrument",
+        action="append",
+        required=True,
+        help="instrument name, or '*' for all (repeatable)",
+    )
     a.add_argument("--until")
     a.add_argument("--reference")
     a = add_action(act, "end", cmd_contracts_end, "end a contract now")
@@ -554,8 +674,11 @@ def _register_policy(adm: Any) -> None:
     a.add_argument("--timezone")
     a.add_argument("--file-transfer", choices=["yes", "no"])
     a.add_argument("--emergency", choices=["yes", "no"])
-    a.add_argument("--record-input", choices=["yes", "no"],
-                   help="record what engineers type in shells (default no)")
+    a.add_argument(
+        "--record-input",
+        choices=["yes", "no"],
+        help="record what engineers type in shells (default no)",
+    )
     a.add_argument("--emergency-max-duration")
     a.add_argument("--request-ttl")
 
@@ -586,15 +709,23 @@ def _register_instruments(adm: Any) -> None:
     a = add_action(act, "set", cmd_instruments_set, "change an instrument")
     a.add_argument("name")
     _instrument_options(a)
-    a = add_action(act, "credential", cmd_instruments_credential,
-                   "store the instrument's login credential (write-only)")
+    a = add_action(
+        act,
+        "credential",
+        cmd_instruments_credential,
+        "store the instrument's login credential (write-only)",
+    )
     a.add_argument("name")
     a.add_argument("--login-username")
     a.add_argument("--kind", choices=["password", "private_key"], default="password")
     a.add_argument("--secret-file", help="read the credential from a file")
     a.add_argument("--secret-stdin", action="store_true")
-    a = add_action(act, "accept-key", cmd_instruments_accept_key,
-                   "accept a changed host key; sessions may resume")
+    a = add_action(
+        act,
+        "accept-key",
+        cmd_instruments_accept_key,
+        "accept a changed host key; sessions may resume",
+    )
     a.add_argument("name")
     a.add_argument("--fingerprint", required=True, help="SHA256:...")
 
@@ -608,7 +739,8 @@ def _register_gateway(sub: Any) -> None:
     a.add_argument("--hospital")
     a.add_argument("--ttl-s", type=int, default=3600)
     add_action(act, "revoke", cmd_gateway_revoke, "revoke a gateway").add_argument(
-        "name", help="gateway")
+        "name", help="gateway"
+    )
 
 
 def register(sub: Any) -> None:

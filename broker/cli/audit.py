@@ -38,8 +38,17 @@ from audit.recording import play
 from broker.cli.audit_local import add_compliance_parser, add_verify_parser
 from broker.cli.client import Client, api_url, load_token
 
-_FILTERS = ("start", "end", "hospital", "instrument", "engineer", "vendor", "outcome",
-            "session", "grant")
+_FILTERS = (
+    "start",
+    "end",
+    "hospital",
+    "instrument",
+    "engineer",
+    "vendor",
+    "outcome",
+    "session",
+    "grant",
+)
 Params = list[tuple[str, str | int | float | bool | None]]
 
 
@@ -61,8 +70,7 @@ client_factory: Callable[[argparse.Namespace], httpx.Client] = make_client
 def _fail(resp: httpx.Response) -> int:
     try:
         err = resp.json()["error"]
-        print(f"error: {err['message']} ({err['code']}, HTTP {resp.status_code})",
-              file=sys.stderr)
+        print(f"error: {err['message']} ({err['code']}, HTTP {resp.status_code})", file=sys.stderr)
     except (ValueError, KeyError, TypeError):
         print(f"error: HTTP {resp.status_code}", file=sys.stderr)
     return 1
@@ -83,8 +91,7 @@ def _reaching_api(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
         try:
             return func(args)
         except httpx.HTTPError as exc:
-            print(f"error: cannot reach the hoshu API at {api_url(args)}: {exc}",
-                  file=sys.stderr)
+            print(f"error: cannot reach the hoshu API at {api_url(args)}: {exc}", file=sys.stderr)
             return 1
 
     run.__name__ = func.__name__
@@ -93,6 +100,7 @@ def _reaching_api(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 
 
 # --- API commands ---------------------------------------------------------------------
+
 
 @_reaching_api
 def cmd_search(args: argparse.Namespace) -> int:
@@ -110,9 +118,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False))
         return 0
     for e in data["events"]:
-        print(f"{e.get('TimeGenerated', '')[:19]}  {e.get('EventType', ''):<24} "
-              f"{e.get('EventResult', ''):<8} {e.get('ActorUsername') or '-':<14} "
-              f"{e.get('TargetHostname') or '-':<16} {e.get('EventMessage') or ''}")
+        print(
+            f"{e.get('TimeGenerated', '')[:19]}  {e.get('EventType', ''):<24} "
+            f"{e.get('EventResult', ''):<8} {e.get('ActorUsername') or '-':<14} "
+            f"{e.get('TargetHostname') or '-':<16} {e.get('EventMessage') or ''}"
+        )
     if data.get("next_page"):
         print(f"-- more: --page {data['next_page']}")
     return 0
@@ -123,8 +133,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     params = [*_params(args), ("format", args.format)]
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
-        with client_factory(args) as client, \
-                client.stream("GET", "/v1/audit/export", params=params) as resp:
+        with (
+            client_factory(args) as client,
+            client.stream("GET", "/v1/audit/export", params=params) as resp,
+        ):
             if resp.status_code != 200:
                 resp.read()
                 return _fail(resp)
@@ -179,8 +191,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             resp = client.post(f"/v1/reports/{args.grant}/generate")
             if resp.status_code != 201:
                 return _fail(resp)
-        resp = client.get(f"/v1/reports/{args.grant}",
-                          params={"format": args.format, "lang": args.lang})
+        resp = client.get(
+            f"/v1/reports/{args.grant}", params={"format": args.format, "lang": args.lang}
+        )
     if resp.status_code != 200:
         return _fail(resp)
     _write_out(args, resp.text)
@@ -210,8 +223,10 @@ def cmd_sinks(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(sinks))
     for s in sinks if not args.json else []:
-        print(f"{s['sink']:<12} {s['state']:<12} lag {s['lag_events']} events / "
-              f"{s['lag_s']} s  {s.get('last_error') or ''}")
+        print(
+            f"{s['sink']:<12} {s['state']:<12} lag {s['lag_events']} events / "
+            f"{s['lag_s']} s  {s.get('last_error') or ''}"
+        )
     return 0
 
 
@@ -240,13 +255,22 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             acked, problem = store.load(name).seq, ""
         except OutboxError as exc:
             acked, problem = 0, str(exc)
-        rows.append({"sink": name, "acked_seq": acked, "head_seq": head,
-                     "lag_events": max(0, head - acked), "problem": problem})
+        rows.append(
+            {
+                "sink": name,
+                "acked_seq": acked,
+                "head_seq": head,
+                "lag_events": max(0, head - acked),
+                "problem": problem,
+            }
+        )
     if args.json:
         print(json.dumps(rows))
     for r in rows if not args.json else []:
-        print(f"{r['sink']:<12} acked {r['acked_seq']:>10}  behind {r['lag_events']:>8}  "
-              f"{r['problem']}")
+        print(
+            f"{r['sink']:<12} acked {r['acked_seq']:>10}  behind {r['lag_events']:>8}  "
+            f"{r['problem']}"
+        )
     return 1 if any(r["problem"] for r in rows) else 0
 
 
@@ -259,17 +283,21 @@ def cmd_sign(args: argparse.Namespace) -> int:
         report = resp.json()
         verdict = report["verdict"]
         reasons = ", ".join(r["code"] for r in report["reasons"]) or "-"
-        resp = client.post(f"/v1/reports/{args.grant}/sign",
-                           json={"report_sha256": report["report_sha256"],
-                                 "comment": args.comment})
+        resp = client.post(
+            f"/v1/reports/{args.grant}/sign",
+            json={"report_sha256": report["report_sha256"], "comment": args.comment},
+        )
     if resp.status_code != 201:
         return _fail(resp)
-    print(f"signed: report for grant {args.grant} ({verdict}; reasons: {reasons}), "
-          f"SHA-256 {report['report_sha256']}")
+    print(
+        f"signed: report for grant {args.grant} ({verdict}; reasons: {reasons}), "
+        f"SHA-256 {report['report_sha256']}"
+    )
     return 0
 
 
 # --- registration -----------------------------------------------------------------
+
 
 def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", help="from (ISO 8601 with zone, e.g. 2026-04-01T00:00:00Z)")
@@ -331,8 +359,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("outbox", help="on the broker host: per-sink cursors and backlog")
-    p.add_argument("--reset", metavar="SINK=SEQ",
-                   help="point a sink's cursor at a position (0: send everything again)")
+    p.add_argument(
+        "--reset",
+        metavar="SINK=SEQ",
+        help="point a sink's cursor at a position (0: send everything again)",
+    )
     p.set_defaults(func=cmd_outbox)
 
     add_compliance_parser(sub)

@@ -33,8 +33,7 @@ def _settings() -> Any:
     return BrokerSettings()
 
 
-def _pinned_pems(args: argparse.Namespace, log: Path | None,
-                 data_dir: Path | None) -> list[bytes]:
+def _pinned_pems(args: argparse.Namespace, log: Path | None, data_dir: Path | None) -> list[bytes]:
     """The pinned public keys; never one kept beside the log it is meant to check.
 
     Whoever can rewrite the log can rewrite a key file next to it (and sign
@@ -51,10 +50,12 @@ def _pinned_pems(args: argparse.Namespace, log: Path | None,
     for key in args.key:
         where = Path(key).resolve()
         if any(where.is_relative_to(d) for d in near):
-            raise _Usage(f"{key} is kept beside the log it should check; pass the public "
-                         "key pinned when the broker was set up (docs/auditor.md)")
+            raise _Usage(
+                f"{key} is kept beside the log it should check; pass the public "
+                "key pinned when the broker was set up (docs/auditor.md)"
+            )
         try:
-            pems.append(where.read_bytes()[:64 * 1024])
+            pems.append(where.read_bytes()[: 64 * 1024])
         except OSError as exc:
             raise _Usage(f"cannot read public key {key}: {exc.strerror}") from exc
     return pems
@@ -76,8 +77,9 @@ def _outside_checkpoints(args: argparse.Namespace) -> list[Checkpoint]:
         with open(name, encoding="utf-8", errors="replace") as f:
             got = checkpoints_from_lines(f)
         if not got:
-            raise _Usage(f"{name} holds no audit.checkpoint events (is it the SIEM's copy "
-                         "of this log?)")
+            raise _Usage(
+                f"{name} holds no audit.checkpoint events (is it the SIEM's copy of this log?)"
+            )
         found += got
     return found
 
@@ -101,8 +103,13 @@ def _index_check(args: argparse.Namespace, log: Path, settings: Any) -> dict[str
         check = check_index(index, (e.record for e in read_events(log)), indexed_upto=upto)
     finally:
         index.engine.dispose()
-    return {"ok": check.ok, "compared": check.compared, "indexed_upto": check.upto,
-            "retired": check.retired, "problems": list(check.problems)}
+    return {
+        "ok": check.ok,
+        "compared": check.compared,
+        "indexed_upto": check.upto,
+        "retired": check.retired,
+        "problems": list(check.problems),
+    }
 
 
 def _key_store_pems(settings: Any) -> list[bytes]:
@@ -110,9 +117,11 @@ def _key_store_pems(settings: Any) -> list[bytes]:
     chains it checks.  The file key store is the broker's data directory, beside the
     log, so it is refused like a key file from there."""
     if settings is None or not settings.key_vault_url:
-        raise _Usage("--key-store needs the broker's Key Vault (HOSHU_KEY_VAULT_URL); the "
-                     "key files in the data directory sit beside the log: pass "
-                     "--trusted-key with the pinned public key")
+        raise _Usage(
+            "--key-store needs the broker's Key Vault (HOSHU_KEY_VAULT_URL); the "
+            "key files in the data directory sit beside the log: pass "
+            "--trusted-key with the pinned public key"
+        )
     from broker.keys import KeyStoreError, open_key_store
 
     try:
@@ -139,19 +148,32 @@ def _keys(args: argparse.Namespace, log: Path | None, settings: Any) -> TrustedK
 def _summary(name: str, result: VerifyResult, no_signatures: bool) -> dict[str, Any]:
     ok = result.ok and (result.signatures_checked or no_signatures)
     report: dict[str, Any] = {
-        "ok": ok, "log": name, "events": result.count, "checkpoints": result.checkpoints,
+        "ok": ok,
+        "log": name,
+        "events": result.count,
+        "checkpoints": result.checkpoints,
         "signatures_checked": result.signatures_checked,
         "checkpoints_from_elsewhere": result.external_checkpoints,
-        "unsigned_tail": result.unsigned_tail, "first_bad_position": result.first_bad,
-        "reason": result.reason, "last_hash": result.last_hash}
+        "unsigned_tail": result.unsigned_tail,
+        "first_bad_position": result.first_bad,
+        "reason": result.reason,
+        "last_hash": result.last_hash,
+    }
     if result.ok and not ok:
-        report["reason"] = ("signatures were not checked: pass --trusted-key with the pinned "
-                            "public key (or --no-signatures to check the hash chain only)")
+        report["reason"] = (
+            "signatures were not checked: pass --trusted-key with the pinned "
+            "public key (or --no-signatures to check the hash chain only)"
+        )
     return report
 
 
-def _verify_store(args: argparse.Namespace, url: str, keys: TrustedKeys | None,
-                  outside: list[Checkpoint], every: int) -> list[dict[str, Any]]:
+def _verify_store(
+    args: argparse.Namespace,
+    url: str,
+    keys: TrustedKeys | None,
+    outside: list[Checkpoint],
+    every: int,
+) -> list[dict[str, Any]]:
     """Every chain in the PostgreSQL audit store (one per replica that ever wrote)."""
     from sqlalchemy import select
 
@@ -167,21 +189,37 @@ def _verify_store(args: argparse.Namespace, url: str, keys: TrustedKeys | None,
         t = chain_events_table.c
         with engine.connect() as conn:
             for cp in outside:  # a SIEM's checkpoint belongs to the chain holding its hash
-                owner = conn.scalar(select(t.chain_id).where(t.seq == cp.seq,
-                                                             t.hash == cp.hash).limit(1))
+                owner = conn.scalar(
+                    select(t.chain_id).where(t.seq == cp.seq, t.hash == cp.hash).limit(1)
+                )
                 (given[owner] if owner in given else stray).append(cp)
         out = []
         for chain in ids:
-            result = verify_chain(engine, chain, keys=keys, checkpoints=given[chain],
-                                  checkpoint_every=every, closed=not args.allow_open_tail)
+            result = verify_chain(
+                engine,
+                chain,
+                keys=keys,
+                checkpoints=given[chain],
+                checkpoint_every=every,
+                closed=not args.allow_open_tail,
+            )
             out.append(_summary(f"postgres:{chain}", result, args.no_signatures))
         for cp in stray:
-            out.append({"ok": False, "log": "postgres", "events": 0, "checkpoints": 0,
-                        "signatures_checked": keys is not None,
-                        "checkpoints_from_elsewhere": 0, "unsigned_tail": 0,
-                        "first_bad_position": cp.seq, "last_hash": "",
-                        "reason": f"a signed checkpoint at position {cp.seq} matches no chain "
-                                  "in the store: a chain was truncated or rewritten"})
+            out.append(
+                {
+                    "ok": False,
+                    "log": "postgres",
+                    "events": 0,
+                    "checkpoints": 0,
+                    "signatures_checked": keys is not None,
+                    "checkpoints_from_elsewhere": 0,
+                    "unsigned_tail": 0,
+                    "first_bad_position": cp.seq,
+                    "last_hash": "",
+                    "reason": f"a signed checkpoint at position {cp.seq} matches no chain "
+                    "in the store: a chain was truncated or rewritten",
+                }
+            )
         return out
     finally:
         engine.dispose()
@@ -194,10 +232,12 @@ def _print(r: dict[str, Any], no_signatures: bool, named: bool) -> None:
         return
     sig = "signatures checked" if r["signatures_checked"] else "signatures NOT checked"
     tail = f", {r['unsigned_tail']} events not yet signed" if r["unsigned_tail"] else ""
-    print(f"{where}{'OK' if r['ok'] else 'NOT VERIFIED'}: {r['events']} events, "
-          f"{r['checkpoints']} checkpoints ({sig}), "
-          f"{r['checkpoints_from_elsewhere']} checkpoints from elsewhere matched{tail}, "
-          f"last hash {r['last_hash'][:16]}…")
+    print(
+        f"{where}{'OK' if r['ok'] else 'NOT VERIFIED'}: {r['events']} events, "
+        f"{r['checkpoints']} checkpoints ({sig}), "
+        f"{r['checkpoints_from_elsewhere']} checkpoints from elsewhere matched{tail}, "
+        f"last hash {r['last_hash'][:16]}…"
+    )
     if not r["signatures_checked"] and not no_signatures:
         print(f"  {r['reason']}")
 
@@ -230,8 +270,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not log.exists():
             print(f"error: no audit log at {log}", file=sys.stderr)
             return 1
-        result = verify(log, keys=keys, checkpoints=[] if in_db else outside,
-                        checkpoint_every=every, closed=not args.allow_open_tail, sidecar=True)
+        result = verify(
+            log,
+            keys=keys,
+            checkpoints=[] if in_db else outside,
+            checkpoint_every=every,
+            closed=not args.allow_open_tail,
+            sidecar=True,
+        )
         reports.append(_summary(str(log), result, args.no_signatures))
     if in_db:
         url = args.store or settings.audit_store_url or settings.db_url
@@ -243,8 +289,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except AuditError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    report: dict[str, Any] = dict(reports[0]) if len(reports) == 1 else {
-        "ok": all(r["ok"] for r in reports), "chains": reports}
+    report: dict[str, Any] = (
+        dict(reports[0])
+        if len(reports) == 1
+        else {"ok": all(r["ok"] for r in reports), "chains": reports}
+    )
     ok = bool(report["ok"])
     if args.index is not None and ok and log is not None and not in_db:
         try:
@@ -261,8 +310,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     index = report.get("index")
     if index is not None:
         state = "matches the chain" if index["ok"] else "DOES NOT match the chain"
-        print(f"  index {state}: {index['compared']} events compared up to position "
-              f"{index['indexed_upto']}, {index['retired']} removed by retention")
+        print(
+            f"  index {state}: {index['compared']} events compared up to position "
+            f"{index['indexed_upto']}, {index['retired']} removed by retention"
+        )
         for problem in index["problems"]:
             print(f"    {problem}")
     return 0 if ok else 1
@@ -274,7 +325,7 @@ def _gateway_modes(index_url: str) -> dict[str, str] | None:
 
     from audit.index import AuditIndex, EventQuery
 
-    if index_url.startswith("sqlite:///") and not Path(index_url[len("sqlite:///"):]).exists():
+    if index_url.startswith("sqlite:///") and not Path(index_url[len("sqlite:///") :]).exists():
         return None  # no broker database here: nothing is known about gateways
     try:
         index = AuditIndex.from_url(index_url)
@@ -311,7 +362,9 @@ def cmd_compliance(args: argparse.Namespace) -> int:
         gateway_modes=_gateway_modes(config.index_url),
         events_retention_days=config.retention.events_days,
         recordings_retention_days=config.retention.recordings_days,
-        storage=f"local files under {settings.data_dir}", test_results=results)
+        storage=f"local files under {settings.data_dir}",
+        test_results=results,
+    )
     fmt = "json" if args.json else args.format
     render = {"json": render_json, "md": render_markdown, "text": render_text}[fmt]
     print(render(deployment, lang=args.lang))
@@ -320,32 +373,63 @@ def cmd_compliance(args: argparse.Namespace) -> int:
 
 # --- registration -----------------------------------------------------------------
 
+
 def add_verify_parser(sub: Any) -> None:
     p = sub.add_parser("verify", help="check the hash chain and signed checkpoints")
     p.add_argument("--log", help="audit log (default: the broker's)")
-    p.add_argument("--trusted-key", "--key", "--public-key", dest="key", action="append",
-                   default=[], metavar="FILE",
-                   help="pinned public key PEM of the broker's audit key (repeatable; every "
-                        "version after a rotation); never one from the log's folder")
-    p.add_argument("--key-store", action="store_true",
-                   help="trust the signing key versions in the broker's Key Vault")
-    p.add_argument("--store", metavar="URL",
-                   help="also check every chain in this PostgreSQL audit store (default "
-                        "with HOSHU_AUDIT_STORE=postgres: the broker's)")
-    p.add_argument("--no-signatures", action="store_true",
-                   help="check the hash chain only (exit 0 without signatures checked)")
+    p.add_argument(
+        "--trusted-key",
+        "--key",
+        "--public-key",
+        dest="key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="pinned public key PEM of the broker's audit key (repeatable; every "
+        "version after a rotation); never one from the log's folder",
+    )
+    p.add_argument(
+        "--key-store",
+        action="store_true",
+        help="trust the signing key versions in the broker's Key Vault",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="also check every chain in this PostgreSQL audit store (default "
+        "with HOSHU_AUDIT_STORE=postgres: the broker's)",
+    )
+    p.add_argument(
+        "--no-signatures",
+        action="store_true",
+        help="check the hash chain only (exit 0 without signatures checked)",
+    )
     p.add_argument("--checkpoint", help="a checkpoint from the SIEM (JSON or file)")
-    p.add_argument("--checkpoint-from", action="append", metavar="FILE",
-                   help="the SIEM's copy of the log (JSON Lines or raw syslog lines): "
-                        "every audit.checkpoint in it must match (repeatable)")
-    p.add_argument("--checkpoint-every", type=int,
-                   help="longest stretch without a checkpoint (default: the broker setting)")
-    p.add_argument("--allow-open-tail", action="store_true",
-                   help="a live log: accept fewer than checkpoint-every unsigned events at "
-                        "the end")
-    p.add_argument("--index", nargs="?", const="", metavar="URL",
-                   help="also compare the auditors' index with the chain (default URL: "
-                        "the broker's index database)")
+    p.add_argument(
+        "--checkpoint-from",
+        action="append",
+        metavar="FILE",
+        help="the SIEM's copy of the log (JSON Lines or raw syslog lines): "
+        "every audit.checkpoint in it must match (repeatable)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="longest stretch without a checkpoint (default: the broker setting)",
+    )
+    p.add_argument(
+        "--allow-open-tail",
+        action="store_true",
+        help="a live log: accept fewer than checkpoint-every unsigned events at the end",
+    )
+    p.add_argument(
+        "--index",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="also compare the auditors' index with the chain (default URL: "
+        "the broker's index database)",
+    )
     p.set_defaults(func=cmd_verify)
 
 
@@ -353,7 +437,10 @@ def add_compliance_parser(sub: Any) -> None:
     p = sub.add_parser("compliance", help="this deployment's status per control, and why")
     p.add_argument("--format", choices=("text", "md", "json"), default="text")
     p.add_argument("--lang", choices=("ja", "en"), default="en")
-    p.add_argument("--tests", metavar="JUNIT.xml",
-                   help="results of a test run (pytest --junit-xml): cited tests that failed "
-                        "or did not run lower a control's status")
+    p.add_argument(
+        "--tests",
+        metavar="JUNIT.xml",
+        help="results of a test run (pytest --junit-xml): cited tests that failed "
+        "or did not run lower a control's status",
+    )
     p.set_defaults(func=cmd_compliance)

@@ -25,9 +25,23 @@ import httpx
 from audit.keyfiles import replace_secret
 from broker.cli.errors import ApiError, CliError
 
-__all__ = ["DEFAULT_API", "TIMEOUT_S", "ApiError", "CliError", "Client", "add_action",
-           "add_actions", "add_api_argument", "api_url", "config_dir", "forget_token",
-           "load_token", "run", "save_token", "token_path"]
+__all__ = [
+    "DEFAULT_API",
+    "TIMEOUT_S",
+    "ApiError",
+    "CliError",
+    "Client",
+    "add_action",
+    "add_actions",
+    "add_api_argument",
+    "api_url",
+    "config_dir",
+    "forget_token",
+    "load_token",
+    "run",
+    "save_token",
+    "token_path",
+]
 
 DEFAULT_API = "http://127.0.0.1:8440"
 TIMEOUT_S = 30.0
@@ -44,9 +58,18 @@ def token_path() -> Path:
 def save_token(api: str, username: str, data: dict[str, Any]) -> None:
     path = token_path()
     # a fresh 0600 file renamed into place: an older, wider token file keeps no say
-    replace_secret(path, json.dumps({
-        "api": api, "username": username, "access_token": data["access_token"],
-        "expires_at": data["expires_at"], "scopes": data.get("scopes", [])}).encode())
+    replace_secret(
+        path,
+        json.dumps(
+            {
+                "api": api,
+                "username": username,
+                "access_token": data["access_token"],
+                "expires_at": data["expires_at"],
+                "scopes": data.get("scopes", []),
+            }
+        ).encode(),
+    )
 
 
 def load_token() -> str:
@@ -68,8 +91,9 @@ def forget_token() -> None:
 
 
 def add_api_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", default=None,
-                        help=f"control plane URL (env HOSHU_API, default {DEFAULT_API})")
+    parser.add_argument(
+        "--api", default=None, help=f"control plane URL (env HOSHU_API, default {DEFAULT_API})"
+    )
 
 
 def add_actions(parser: argparse.ArgumentParser, default: Any) -> Any:
@@ -94,12 +118,18 @@ def api_url(args: argparse.Namespace) -> str:
 
 
 class Client:
-    def __init__(self, api: str, token: str = "", timeout: float = TIMEOUT_S,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        api: str,
+        token: str = "",
+        timeout: float = TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.api = api.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.api, headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.api, headers=headers, timeout=timeout, transport=transport
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, auth: bool = True) -> Client:
@@ -117,8 +147,13 @@ class Client:
     def unreachable(self, exc: httpx.HTTPError) -> ApiError:
         return ApiError(f"the hoshu API at {self.api} cannot be reached ({exc})")
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             params: dict[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
         try:
             r = self._http.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:
@@ -128,8 +163,9 @@ class Client:
         try:
             data = r.json()
         except ValueError as exc:
-            raise ApiError(f"unexpected answer from {self.api} (HTTP {r.status_code})",
-                           r.status_code) from exc
+            raise ApiError(
+                f"unexpected answer from {self.api} (HTTP {r.status_code})", r.status_code
+            ) from exc
         if r.status_code >= 400:
             err = data.get("error", {}) if isinstance(data, dict) else {}
             message = str(err.get("message") or f"HTTP {r.status_code}")
@@ -137,7 +173,9 @@ class Client:
             if isinstance(details, list) and details:
                 message += ": " + "; ".join(
                     f"{'.'.join(d.get('loc', [])[1:])} {d.get('msg', '')}".strip()
-                    for d in details[:5] if isinstance(d, dict))
+                    for d in details[:5]
+                    if isinstance(d, dict)
+                )
             if r.status_code == 401 and err.get("code") in ("token_expired", "unauthenticated"):
                 message += " (run `hoshu login`)"
             raise ApiError(message, r.status_code, str(err.get("code", "")))
@@ -155,6 +193,7 @@ class Client:
 
 def run(func: Any) -> Any:
     """Wrap a command: CliError → message on stderr and exit status 1."""
+
     def wrapper(args: argparse.Namespace) -> int:
         try:
             result: int = func(args)
@@ -164,6 +203,7 @@ def run(func: Any) -> Any:
             return 1
         except KeyboardInterrupt:
             return 130
+
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__
     return wrapper

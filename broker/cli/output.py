@@ -42,8 +42,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def show(args: argparse.Namespace, data: Any, columns: Sequence[tuple[str, str]],
-         title: str = "") -> None:
+def show(
+    args: argparse.Namespace, data: Any, columns: Sequence[tuple[str, str]], title: str = ""
+) -> None:
     """Print ``data`` (a dict or a list of dicts) as JSON or as a table of ``columns``."""
     if wants_json(args):
         emit_json(data)

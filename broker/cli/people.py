@@ -70,18 +70,24 @@ def cmd_login(args: argparse.Namespace) -> int:
     if code is None and not args.password_stdin and sys.stdin.isatty():
         code = input("TOTP code (empty if not enrolled yet): ").strip() or None
     client = Client(api_url(args))
-    data = client.call("POST", "/v1/auth/login", {
-        "username": username, "password": password, "totp_code": code})
+    data = client.call(
+        "POST", "/v1/auth/login", {"username": username, "password": password, "totp_code": code}
+    )
     save_token(client.api, username, data)
     if data.get("totp_enrolment_required"):
         if sys.stdin.isatty() and not wants_json(args):
             return _enrol(args, interactive=True)
-        done(args, {**data, "access_token": "[cached]"},
-             "Signed in for TOTP enrolment only: run `hoshu totp enroll`.")
+        done(
+            args,
+            {**data, "access_token": "[cached]"},
+            "Signed in for TOTP enrolment only: run `hoshu totp enroll`.",
+        )
         return 0
-    done(args, {"username": username, "expires_at": data["expires_at"],
-                "scopes": data["scopes"]},
-         f"Signed in as [bold]{username}[/bold] until {data['expires_at']}.")
+    done(
+        args,
+        {"username": username, "expires_at": data["expires_at"], "scopes": data["scopes"]},
+        f"Signed in as [bold]{username}[/bold] until {data['expires_at']}.",
+    )
     return 0
 
 
@@ -119,9 +125,18 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 @run
 def cmd_whoami(args: argparse.Namespace) -> int:
     me = Client.from_args(args).call("GET", "/v1/me")
-    show(args, me, [("name", "User"), ("full_name", "Name"), ("org_kind", "Org"),
-                    ("roles", "Roles"), ("expires_at", "Account expires"),
-                    ("totp_enrolled", "TOTP")])
+    show(
+        args,
+        me,
+        [
+            ("name", "User"),
+            ("full_name", "Name"),
+            ("org_kind", "Org"),
+            ("roles", "Roles"),
+            ("expires_at", "Account expires"),
+            ("totp_enrolled", "TOTP"),
+        ],
+    )
     return 0
 
 
@@ -142,8 +157,11 @@ def _confirm(args: argparse.Namespace, code: str) -> int:
     data = client.call("POST", "/v1/auth/totp/confirm", {"code": code})
     me = Client(client.api, data["access_token"]).call("GET", "/v1/me")
     save_token(client.api, me["name"], data)
-    done(args, {"enrolled": True, "expires_at": data["expires_at"]},
-         f"TOTP enrolled; signed in as [bold]{me['name']}[/bold].")
+    done(
+        args,
+        {"enrolled": True, "expires_at": data["expires_at"]},
+        f"TOTP enrolled; signed in as [bold]{me['name']}[/bold].",
+    )
     return 0
 
 
@@ -158,10 +176,19 @@ def cmd_totp_confirm(args: argparse.Namespace) -> int:
     return _confirm(args, args.code)
 
 
-_KEY_COLUMNS = [("id", "Id"), ("fingerprint", "Fingerprint"), ("comment", "Comment"),
-                ("created_at", "Added")]
-_TOKEN_COLUMNS = [("id", "Id"), ("name", "Name"), ("scopes", "Scopes"),
-                  ("expires_at", "Expires"), ("revoked_at", "Revoked")]
+_KEY_COLUMNS = [
+    ("id", "Id"),
+    ("fingerprint", "Fingerprint"),
+    ("comment", "Comment"),
+    ("created_at", "Added"),
+]
+_TOKEN_COLUMNS = [
+    ("id", "Id"),
+    ("name", "Name"),
+    ("scopes", "Scopes"),
+    ("expires_at", "Expires"),
+    ("revoked_at", "Revoked"),
+]
 
 
 @run
@@ -194,16 +221,18 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 
 @run
 def cmd_tokens_create(args: argparse.Namespace) -> int:
-    data: Any = Client.from_args(args).call("POST", "/v1/tokens", {
-        "name": args.name, "scopes": args.scope or ["read"], "ttl_s": args.ttl_s})
+    data: Any = Client.from_args(args).call(
+        "POST",
+        "/v1/tokens",
+        {"name": args.name, "scopes": args.scope or ["read"], "ttl_s": args.ttl_s},
+    )
     done(args, data, f"API token (shown once, keep it secret):\n{data['access_token']}")
     return 0
 
 
 @run
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
-    done(args, Client.from_args(args).call("POST", f"/v1/tokens/{args.id}/revoke"),
-         "Revoked.")
+    done(args, Client.from_args(args).call("POST", f"/v1/tokens/{args.id}/revoke"), "Revoked.")
     return 0
 
 
@@ -221,8 +250,11 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("passwd", help="change your password")
     add_api_argument(p)
-    p.add_argument("--password-stdin", action="store_true",
-                   help="read the current and the new password from two stdin lines")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the current and the new password from two stdin lines",
+    )
     p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("whoami", help="show the signed-in account")
@@ -230,7 +262,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_whoami)
 
     totp = sub.add_parser("totp", help="TOTP enrolment").add_subparsers(
-        dest="totp_command", metavar="ACTION", required=True)
+        dest="totp_command", metavar="ACTION", required=True
+    )
     p = totp.add_parser("enroll", help="show your TOTP secret as a QR code")
     add_api_argument(p)
     p.set_defaults(func=cmd_totp_enroll)
@@ -244,9 +277,11 @@ def register(sub: Any) -> None:
     act = add_actions(p, cmd_keys_list)
     add_action(act, "list", cmd_keys_list, "your registered keys")
     add_action(act, "add", cmd_keys_add, "register a public key").add_argument(
-        "file", help="public key file, e.g. ~/.ssh/id_ed25519.pub")
+        "file", help="public key file, e.g. ~/.ssh/id_ed25519.pub"
+    )
     add_action(act, "revoke", cmd_keys_revoke, "revoke a key").add_argument(
-        "id", help="key id (hoshu keys list)")
+        "id", help="key id (hoshu keys list)"
+    )
 
     p = sub.add_parser("tokens", help="API tokens for automation")
     add_api_argument(p)
@@ -254,8 +289,8 @@ def register(sub: Any) -> None:
     add_action(act, "list", cmd_tokens_list, "your API tokens")
     a = add_action(act, "create", cmd_tokens_create, "a new API token (shown once)")
     a.add_argument("name", help="token name")
-    a.add_argument("--scope", action="append", choices=["read", "requests", "decisions",
-                                                        "admin"])
+    a.add_argument("--scope", action="append", choices=["read", "requests", "decisions", "admin"])
     a.add_argument("--ttl-s", type=int, default=30 * 86400)
     add_action(act, "revoke", cmd_tokens_revoke, "revoke a token").add_argument(
-        "id", help="token id (hoshu tokens list)")
+        "id", help="token id (hoshu tokens list)"
+    )

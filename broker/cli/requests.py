@@ -12,14 +12,29 @@ from typing import Any
 from broker.cli.client import Client, CliError, add_api_argument, run
 from broker.cli.output import console, done, short_time, show, wants_json
 
-REQUEST_COLUMNS = [("id", "Id"), ("status", "Status"), ("requester", "Engineer"),
-                   ("instruments", "Instruments"),
-                   ("ports", "Ports"), ("duration_s", "Seconds"), ("start_at", "Start"),
-                   ("emergency", "Emergency"), ("ticket", "Ticket"), ("created_at", "Asked")]
-GRANT_COLUMNS = [("id", "Id"), ("status", "Status"), ("user", "Engineer"),
-                 ("instruments", "Instruments"),
-                 ("ports", "Ports"), ("starts_at", "From"), ("ends_at", "Until"),
-                 ("emergency", "Emergency"), ("review_verdict", "Review")]
+REQUEST_COLUMNS = [
+    ("id", "Id"),
+    ("status", "Status"),
+    ("requester", "Engineer"),
+    ("instruments", "Instruments"),
+    ("ports", "Ports"),
+    ("duration_s", "Seconds"),
+    ("start_at", "Start"),
+    ("emergency", "Emergency"),
+    ("ticket", "Ticket"),
+    ("created_at", "Asked"),
+]
+GRANT_COLUMNS = [
+    ("id", "Id"),
+    ("status", "Status"),
+    ("user", "Engineer"),
+    ("instruments", "Instruments"),
+    ("ports", "Ports"),
+    ("starts_at", "From"),
+    ("ends_at", "Until"),
+    ("emergency", "Emergency"),
+    ("review_verdict", "Review"),
+]
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
 
@@ -48,18 +63,27 @@ def _request_body(args: argparse.Namespace) -> dict[str, Any]:
     plan = args.plan
     if args.plan_file:
         plan = Path(args.plan_file).read_text(encoding="utf-8")
-    return {"instruments": args.instruments, "ports": args.port or [],
-            "file_transfer": args.file_transfer, "reason": args.reason,
-            "ticket": args.ticket or "", "work_plan": plan or "",
-            "start_at": parse_start(getattr(args, "start", None)),
-            "duration_s": parse_duration(args.duration)}
+    return {
+        "instruments": args.instruments,
+        "ports": args.port or [],
+        "file_transfer": args.file_transfer,
+        "reason": args.reason,
+        "ticket": args.ticket or "",
+        "work_plan": plan or "",
+        "start_at": parse_start(getattr(args, "start", None)),
+        "duration_s": parse_duration(args.duration),
+    }
 
 
 @run
 def cmd_request(args: argparse.Namespace) -> int:
     data = Client.from_args(args).call("POST", "/v1/requests", _request_body(args))
-    done(args, data, f"Request [bold]{data['id']}[/bold] is {data['status']}; "
-                     f"{data['approvals_required']} approval(s) needed.")
+    done(
+        args,
+        data,
+        f"Request [bold]{data['id']}[/bold] is {data['status']}; "
+        f"{data['approvals_required']} approval(s) needed.",
+    )
     return 0
 
 
@@ -71,20 +95,33 @@ def _print_detail(args: argparse.Namespace, d: dict[str, Any]) -> None:
         return
     r = d["request"]
     c = console()
-    c.print(f"[bold]Request {r['id']}[/bold] — {r['status']}"
-            + (" [red](emergency)[/red]" if r["emergency"] else ""))
-    c.print(f"instruments: {', '.join(r['instruments'])}  ports: "
-            f"{', '.join(map(str, r['ports']))}  file transfer: "
-            f"{'yes' if r['file_transfer'] else 'no'}")
+    c.print(
+        f"[bold]Request {r['id']}[/bold] — {r['status']}"
+        + (" [red](emergency)[/red]" if r["emergency"] else "")
+    )
+    c.print(
+        f"instruments: {', '.join(r['instruments'])}  ports: "
+        f"{', '.join(map(str, r['ports']))}  file transfer: "
+        f"{'yes' if r['file_transfer'] else 'no'}"
+    )
     c.print(f"reason: {r['reason']}  ticket: {r['ticket'] or '—'}")
     if r["work_plan"]:
         c.print(f"work plan:\n{r['work_plan']}")
     for dec in d["decisions"]:
-        c.print(f"  {short_time(dec['at'])} {dec['verdict']} by {dec['approver']}"
-                f" {dec['comment']}")
-    show(args, d["history"], [("at", "When"), ("subject_kind", "What"),
-                              ("from_state", "From"), ("to_state", "To"),
-                              ("actor", "By"), ("comment", "Comment")], "History")
+        c.print(f"  {short_time(dec['at'])} {dec['verdict']} by {dec['approver']} {dec['comment']}")
+    show(
+        args,
+        d["history"],
+        [
+            ("at", "When"),
+            ("subject_kind", "What"),
+            ("from_state", "From"),
+            ("to_state", "To"),
+            ("actor", "By"),
+            ("comment", "Comment"),
+        ],
+        "History",
+    )
     if d["grant"]:
         show(args, d["grant"], GRANT_COLUMNS, "Grant")
 
@@ -96,8 +133,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
         _print_detail(args, client.call("GET", f"/v1/requests/{args.id}"))
         return 0
     params = {"status": args.status} if args.status else None
-    show(args, client.call("GET", "/v1/requests", params=params), REQUEST_COLUMNS,
-         "Requests")
+    show(args, client.call("GET", "/v1/requests", params=params), REQUEST_COLUMNS, "Requests")
     return 0
 
 
@@ -115,6 +151,7 @@ def _decide(verb: str) -> Any:
             extra = "; another approver must also approve"
         done(args, d, f"Request {r['id']} is {r['status']}{extra}.")
         return 0
+
     cmd.__name__ = f"cmd_{verb}"
     return cmd
 
@@ -122,15 +159,20 @@ def _decide(verb: str) -> Any:
 @run
 def cmd_grants(args: argparse.Namespace) -> int:
     params = {"live": args.live, "unreviewed": args.unreviewed}
-    show(args, Client.from_args(args).call("GET", "/v1/grants", params=params),
-         GRANT_COLUMNS, "Grants")
+    show(
+        args,
+        Client.from_args(args).call("GET", "/v1/grants", params=params),
+        GRANT_COLUMNS,
+        "Grants",
+    )
     return 0
 
 
 @run
 def cmd_revoke(args: argparse.Namespace) -> int:
-    g = Client.from_args(args).call("POST", f"/v1/grants/{args.id}/revoke",
-                                    {"comment": args.comment or ""})
+    g = Client.from_args(args).call(
+        "POST", f"/v1/grants/{args.id}/revoke", {"comment": args.comment or ""}
+    )
     done(args, g, f"Grant {g['id']} revoked; its sessions are ended.")
     return 0
 
@@ -147,16 +189,23 @@ def cmd_emergency_start(args: argparse.Namespace) -> int:
     body = _request_body(args)
     body.pop("start_at")
     g = Client.from_args(args).call("POST", "/v1/emergency", body)
-    done(args, g, f"[red]Emergency access[/red] {g['id']} open until "
-                  f"{short_time(g['ends_at'])}. The hospital has been alerted and will "
-                  f"review it.")
+    done(
+        args,
+        g,
+        f"[red]Emergency access[/red] {g['id']} open until "
+        f"{short_time(g['ends_at'])}. The hospital has been alerted and will "
+        f"review it.",
+    )
     return 0
 
 
 @run
 def cmd_emergency_review(args: argparse.Namespace) -> int:
-    g = Client.from_args(args).call("POST", f"/v1/grants/{args.id}/review",
-                                    {"verdict": args.verdict, "comment": args.comment or ""})
+    g = Client.from_args(args).call(
+        "POST",
+        f"/v1/grants/{args.id}/review",
+        {"verdict": args.verdict, "comment": args.comment or ""},
+    )
     done(args, g, f"Emergency {g['id']} reviewed: {g['review_verdict']}.")
     return 0
 
@@ -183,12 +232,14 @@ def register(sub: Any) -> None:
     p = sub.add_parser("requests", help="list requests, or show one with its history")
     add_api_argument(p)
     p.add_argument("id", nargs="?", help="show this request in full")
-    p.add_argument("--status", choices=["pending", "approved", "denied", "expired",
-                                        "cancelled"])
+    p.add_argument("--status", choices=["pending", "approved", "denied", "expired", "cancelled"])
     p.set_defaults(func=cmd_requests)
 
-    for verb, text in (("approve", "approve a request"), ("deny", "deny a request"),
-                       ("cancel", "withdraw your pending request")):
+    for verb, text in (
+        ("approve", "approve a request"),
+        ("deny", "deny a request"),
+        ("cancel", "withdraw your pending request"),
+    ):
         p = sub.add_parser(verb, help=text)
         add_api_argument(p)
         p.add_argument("id")

@@ -18,6 +18,7 @@ from broker.cli.output import done
 if TYPE_CHECKING:
     from broker.settings import BrokerSettings
 
+
 def _settings(args: argparse.Namespace) -> BrokerSettings:
     """The environment's settings; an unknown ``HOSHU_*`` variable or a bad value
     stops the command here, named (exit 1)."""

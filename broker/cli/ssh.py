@@ -26,26 +26,41 @@ from broker.frontdoor.sshconfig import SshConfigRequest, known_hosts_line, rende
 def register(sub: Any) -> None:
     p = sub.add_parser("ssh-config", help="print the ssh_config block for your instruments")
     p.add_argument("--user", required=True, help="your hoshu user name")
-    p.add_argument("--instrument", action="append", default=[],
-                   help="instrument name (repeat); default: ask the API for your grants")
+    p.add_argument(
+        "--instrument",
+        action="append",
+        default=[],
+        help="instrument name (repeat); default: ask the API for your grants",
+    )
     p.add_argument("--broker-host", default=os.environ.get("HOSHU_SSH_HOST", "127.0.0.1"))
-    p.add_argument("--broker-port", type=int,
-                   default=int(os.environ.get("HOSHU_SSH_PORT", "2222")))
+    p.add_argument("--broker-port", type=int, default=int(os.environ.get("HOSHU_SSH_PORT", "2222")))
     p.add_argument("--identity-file", default="~/.ssh/id_ed25519")
     p.add_argument("--certificate-file", default=None)
     p.add_argument("--known-hosts-file", default="~/.config/hoshu/known_hosts")
-    p.add_argument("--host-key-file", type=Path, default=None,
-                   help="the broker's SSH host public key (pinned into --known-hosts-file)")
-    p.add_argument("--write-known-hosts", action="store_true",
-                   help="also write the pinned broker key to --known-hosts-file")
+    p.add_argument(
+        "--host-key-file",
+        type=Path,
+        default=None,
+        help="the broker's SSH host public key (pinned into --known-hosts-file)",
+    )
+    p.add_argument(
+        "--write-known-hosts",
+        action="store_true",
+        help="also write the pinned broker key to --known-hosts-file",
+    )
     p.add_argument("--api", default=os.environ.get("HOSHU_API", "http://127.0.0.1:8440"))
     p.set_defaults(func=_ssh_config)
 
     c = sub.add_parser("ssh-cert", help="get a short-lived SSH certificate (after hoshu login)")
-    c.add_argument("--key", type=Path, default=Path("~/.ssh/id_ed25519.pub"),
-                   help="your registered public key")
-    c.add_argument("--out", type=Path, default=None,
-                   help="where to write it (default: ~/.config/hoshu/<key>-cert.pub)")
+    c.add_argument(
+        "--key", type=Path, default=Path("~/.ssh/id_ed25519.pub"), help="your registered public key"
+    )
+    c.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write it (default: ~/.config/hoshu/<key>-cert.pub)",
+    )
     c.add_argument("--api", default=os.environ.get("HOSHU_API", "http://127.0.0.1:8440"))
     c.set_defaults(func=_ssh_cert)
 
@@ -74,9 +89,14 @@ def _ssh_config(args: argparse.Namespace) -> int:
             print(f"hoshu: {exc}; name instruments with --instrument", file=sys.stderr)
             return 1
     req = SshConfigRequest(
-        user=args.user, broker_host=args.broker_host, broker_port=args.broker_port,
-        instruments=tuple(instruments), identity_file=args.identity_file,
-        certificate_file=args.certificate_file, known_hosts_file=args.known_hosts_file)
+        user=args.user,
+        broker_host=args.broker_host,
+        broker_port=args.broker_port,
+        instruments=tuple(instruments),
+        identity_file=args.identity_file,
+        certificate_file=args.certificate_file,
+        known_hosts_file=args.known_hosts_file,
+    )
     try:
         text = render(req)
         pinned = known_hosts_line(args.host_key_file.read_text()) if args.host_key_file else None
@@ -89,8 +109,9 @@ def _ssh_config(args: argparse.Namespace) -> int:
         path.write_text(pinned + "\n")
     sys.stdout.write(text)
     if pinned and not args.write_known_hosts:
-        sys.stdout.write(f"# pin the broker key: put this line in {args.known_hosts_file}\n"
-                         f"# {pinned}\n")
+        sys.stdout.write(
+            f"# pin the broker key: put this line in {args.known_hosts_file}\n# {pinned}\n"
+        )
     return 0
 
 
@@ -100,8 +121,9 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.api, load_token(), timeout=15)
 
 
-def _api(args: argparse.Namespace, method: str, path: str,
-         body: dict[str, Any] | None = None) -> Any:
+def _api(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None
+) -> Any:
     """One API call; :class:`ApiError` ("<status>: <message>") on refusal."""
     with _client(args) as client:
         try:
@@ -148,8 +170,10 @@ def _sessions_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for s in rows:
-        print(f"{s['session_id']}  {s['kind']:<7} {s['user']:<16} {s['instrument']:<20} "
-              f"since {s['started']}  grant ends {s.get('grant_ends') or '-'}")
+        print(
+            f"{s['session_id']}  {s['kind']:<7} {s['user']:<16} {s['instrument']:<20} "
+            f"since {s['started']}  grant ends {s.get('grant_ends') or '-'}"
+        )
     if not rows:
         print("no live sessions")
     return 0
@@ -158,8 +182,10 @@ def _sessions_list(args: argparse.Namespace) -> int:
 def _sessions_watch(args: argparse.Namespace) -> int:
     path = f"/v1/sessions/{args.session_id}/stream"
     try:
-        with _client(args) as client, client.http.stream(
-                "GET", path, timeout=httpx.Timeout(15, read=None)) as r:
+        with (
+            _client(args) as client,
+            client.http.stream("GET", path, timeout=httpx.Timeout(15, read=None)) as r,
+        ):
             if r.status_code >= 400:
                 print(f"hoshu: {r.status_code}: cannot follow {args.session_id}", file=sys.stderr)
                 return 1
@@ -177,8 +203,7 @@ def _sessions_watch(args: argparse.Namespace) -> int:
 
 def _sessions_terminate(args: argparse.Namespace) -> int:
     try:
-        _api(args, "POST", f"/v1/sessions/{args.session_id}/terminate",
-             {"reason": args.reason})
+        _api(args, "POST", f"/v1/sessions/{args.session_id}/terminate", {"reason": args.reason})
     except ApiError as exc:
         print(f"hoshu: {exc}", file=sys.stderr)
         return 1

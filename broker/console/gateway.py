@@ -77,8 +77,9 @@ class RegistryTunnelStates:
     """:class:`TunnelStates` over this replica's tunnel registry and, with several
     replicas, ``holders`` (the other live replicas holding a gateway's tunnel)."""
 
-    def __init__(self, registry: TunnelLookup,
-                 holders: Callable[[str], Sequence[object]] | None = None) -> None:
+    def __init__(
+        self, registry: TunnelLookup, holders: Callable[[str], Sequence[object]] | None = None
+    ) -> None:
         self._registry = registry
         self._holders = holders
 
@@ -96,15 +97,22 @@ _NONE = TunnelState("none")
 
 def _row(gw: Gateway, states: TunnelStates | None, tz: Any) -> dict[str, Any]:
     tunnel = states.state(gw.id) if states is not None and gw.active else _NONE
-    state = "revoked" if not gw.active else {"here": "connected",
-                                             "elsewhere": "connected_elsewhere"}.get(
-        tunnel.where, "disconnected")
-    return {"gw": gw, "state": state,
-            "mode": tunnel.mode if tunnel.mode in ("always", "window-only") else "",
-            "since": i18n.local_time(tunnel.since, tz),
-            "version": tunnel.version or gw.version,
-            "last_report": i18n.local_time(gw.last_inventory_at, tz),
-            "enrolled": i18n.local_time(gw.enrolled_at, tz)}
+    state = (
+        "revoked"
+        if not gw.active
+        else {"here": "connected", "elsewhere": "connected_elsewhere"}.get(
+            tunnel.where, "disconnected"
+        )
+    )
+    return {
+        "gw": gw,
+        "state": state,
+        "mode": tunnel.mode if tunnel.mode in ("always", "window-only") else "",
+        "since": i18n.local_time(tunnel.since, tz),
+        "version": tunnel.version or gw.version,
+        "last_report": i18n.local_time(gw.last_inventory_at, tz),
+        "enrolled": i18n.local_time(gw.enrolled_at, tz),
+    }
 
 
 def _rows(request: Request, session: Session) -> tuple[list[dict[str, Any]], str]:

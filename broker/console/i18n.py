@@ -28,8 +28,11 @@ def catalog(lang: str) -> dict[str, str]:
     """The message catalog of ``lang`` (one of :data:`LANGS`)."""
     if lang not in LANGS:
         raise KeyError(f"no message catalog for {lang!r}")
-    text = resources.files("broker.console").joinpath("messages", f"{lang}.json").read_text(
-        encoding="utf-8")
+    text = (
+        resources.files("broker.console")
+        .joinpath("messages", f"{lang}.json")
+        .read_text(encoding="utf-8")
+    )
     data = json.loads(text)
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ValueError(f"messages/{lang}.json must map keys to strings")

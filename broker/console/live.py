@@ -89,19 +89,23 @@ TerminateSession = Annotated[Session, Depends(page("sessions.terminate"))]
 
 
 def registry_of(request: Request) -> Registry | None:
-    getter: Callable[[], Registry | None] | None = getattr(request.app.state,
-                                                           "live_sessions", None)
+    getter: Callable[[], Registry | None] | None = getattr(request.app.state, "live_sessions", None)
     return getter() if getter is not None else None
 
 
 def _columns(s: LiveView) -> dict[str, Any]:
-    return {"TargetSessionId": s.session_id, "TargetHostname": s.instrument,
-            "HospitalId": s.hospital_id or None, "ObjectType": "session",
-            "Object": s.session_id}
+    return {
+        "TargetSessionId": s.session_id,
+        "TargetHostname": s.instrument,
+        "HospitalId": s.hospital_id or None,
+        "ObjectType": "session",
+        "Object": s.session_id,
+    }
 
 
-def controlled(request: Request, session: Session, session_id: str,
-               action: str) -> tuple[Registry, LiveView]:
+def controlled(
+    request: Request, session: Session, session_id: str, action: str
+) -> tuple[Registry, LiveView]:
     """The live session ``session_id`` if the caller may ``action`` it; else raise
     (refusal columns left for the API's one error path, which writes the event)."""
     reg = registry_of(request)
@@ -119,14 +123,19 @@ def _people(request: Request, ids: set[str]) -> dict[str, str]:
     if not ids:
         return {}
     with services_of(request).ctx.uow() as tx:
-        return {u.id: f"{u.full_name} ({u.name})" if u.full_name else u.name
-                for u in tx.find(User, id=sorted(ids))}
+        return {
+            u.id: f"{u.full_name} ({u.name})" if u.full_name else u.name
+            for u in tx.find(User, id=sorted(ids))
+        }
 
 
 def _row(s: LiveView, people: dict[str, str], tz: ZoneInfo) -> dict[str, Any]:
-    return {"s": s, "engineer": people.get(s.user_id, s.username),
-            "kind": s.kind if s.kind in KINDS else "other",
-            "started": i18n.local_time(s.started, tz)}
+    return {
+        "s": s,
+        "engineer": people.get(s.user_id, s.username),
+        "kind": s.kind if s.kind in KINDS else "other",
+        "started": i18n.local_time(s.started, tz),
+    }
 
 
 def _tz(request: Request, session: Session) -> ZoneInfo:
@@ -137,14 +146,22 @@ def _tz(request: Request, session: Session) -> ZoneInfo:
 async def sessions(request: Request, session: ListSession) -> Response:
     """Live sessions the caller may see (their hospital's; platform admins: all)."""
     reg = registry_of(request)
-    live = [s for s in (reg.list() if reg is not None else [])
-            if may_see_session(session.actor, s.hospital_id, s.user_id)]
+    live = [
+        s
+        for s in (reg.list() if reg is not None else [])
+        if may_see_session(session.actor, s.hospital_id, s.user_id)
+    ]
     live = sorted(live, key=lambda s: s.started)[:MAX_SESSIONS_SHOWN]
     tz = await asyncio.to_thread(_tz, request, session)
     people = await asyncio.to_thread(_people, request, {s.user_id for s in live})
     done = request.query_params.get("done")
-    return render(request, "sessions.html", rows=[_row(s, people, tz) for s in live],
-                  notice=done if done == "terminated" else None, tz=str(tz.key))
+    return render(
+        request,
+        "sessions.html",
+        rows=[_row(s, people, tz) for s in live],
+        notice=done if done == "terminated" else None,
+        tz=str(tz.key),
+    )
 
 
 @router.get("/sessions/{session_id}")
@@ -160,17 +177,25 @@ async def watch(session_id: str, request: Request, session: FollowSession) -> Re
 async def stream(session_id: str, request: Request, session: FollowSession) -> Response:
     """The session's terminal output, as it happens, until it ends (read-only)."""
     reg, s = controlled(request, session, session_id, "sessions.follow")
-    await asyncio.to_thread(services_of(request).ctx.emitter.emit, new_event(
-        "recording.viewed", Operation="follow", details={"recording": s.recording or None},
-        ActorUsername=session.actor.username, ActorUserId=session.actor.user_id,
-        **_columns(s)))
+    await asyncio.to_thread(
+        services_of(request).ctx.emitter.emit,
+        new_event(
+            "recording.viewed",
+            Operation="follow",
+            details={"recording": s.recording or None},
+            ActorUsername=session.actor.username,
+            ActorUserId=session.actor.user_id,
+            **_columns(s),
+        ),
+    )
 
     async def body() -> AsyncIterator[bytes]:
         async for chunk in reg.follow(session_id):
             yield chunk
 
-    response = StreamingResponse(body(), media_type="application/octet-stream",
-                                 headers={"X-Accel-Buffering": "no"})
+    response = StreamingResponse(
+        body(), media_type="application/octet-stream", headers={"X-Accel-Buffering": "no"}
+    )
     return harden(response)
 
 

@@ -66,9 +66,13 @@ class Job:
 class Notifier:
     """Mail to a hospital's approvers, from a bounded in-memory queue (see the module)."""
 
-    def __init__(self, settings: BrokerSettings, *,
-                 retry_delays: Sequence[float] = RETRY_DELAYS,
-                 queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        *,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
         if not settings.smtp_host:
             raise ValueError("HOSHU_SMTP_HOST is not set: no mail can be sent")
         if "@" not in settings.smtp_from:
@@ -88,8 +92,9 @@ class Notifier:
 
     def emit(self, event: AuditEvent) -> AuditEvent:
         # an emergency access writes request.created too: its mail is the emergency one
-        if event.type in WATCHED and not (event.type == "request.created"
-                                          and event.get("Emergency") is True):
+        if event.type in WATCHED and not (
+            event.type == "request.created" and event.get("Emergency") is True
+        ):
             try:
                 self._queue.put_nowait(_job(event))
             except queue.Full:
@@ -150,8 +155,12 @@ class Notifier:
                 self._send(message, recipients)
             except (OSError, smtplib.SMTPException) as exc:
                 reason = type(exc).__name__
-                log.warning("notification mail for %s not sent (attempt %d): %s",
-                            job.request_id, attempts, reason)
+                log.warning(
+                    "notification mail for %s not sent (attempt %d): %s",
+                    job.request_id,
+                    attempts,
+                    reason,
+                )
                 continue
             self._record("notification.sent", job, recipients, attempts, "")
             return
@@ -165,29 +174,45 @@ class Notifier:
         now = services.ctx.now()
         with services.ctx.uow() as tx:
             users: list[User] = tx.find(User, org_id=hospital_id)
-        return sorted({u.email for u in users
-                       if Role.APPROVER in u.roles and u.active and "@" in u.email
-                       and (u.expires_at is None or u.expires_at > now)})
+        return sorted(
+            {
+                u.email
+                for u in users
+                if Role.APPROVER in u.roles
+                and u.active
+                and "@" in u.email
+                and (u.expires_at is None or u.expires_at > now)
+            }
+        )
 
     def message(self, job: Job, recipients: Sequence[str]) -> EmailMessage:
         instruments = ", ".join(job.instruments[:MAX_INSTRUMENTS_SHOWN])
         if job.kind == "emergency.started":
             link = f"{self._base}/console/grants"
-            subject = ("[hoshu] 緊急アクセスが開始されました / Emergency access started: "
-                       f"{instruments}")
-            ja = (f"{job.engineer} さんが承認なしの緊急アクセスを開始しました。\n"
-                  f"機器: {instruments}\n事後の確認をお願いします: {link}\n")
-            en = (f"{job.engineer} started emergency access without prior approval.\n"
-                  f"Instruments: {instruments}\nPlease review it: {link}\n")
+            subject = (
+                f"[hoshu] 緊急アクセスが開始されました / Emergency access started: {instruments}"
+            )
+            ja = (
+                f"{job.engineer} さんが承認なしの緊急アクセスを開始しました。\n"
+                f"機器: {instruments}\n事後の確認をお願いします: {link}\n"
+            )
+            en = (
+                f"{job.engineer} started emergency access without prior approval.\n"
+                f"Instruments: {instruments}\nPlease review it: {link}\n"
+            )
         else:
             link = f"{self._base}/console/inbox"
             subject = f"[hoshu] 承認待ちの申請があります / Access request waiting: {instruments}"
-            ja = (f"{job.engineer} さんから保守アクセスの申請が届いています。\n"
-                  f"機器: {instruments}\n申請 ID: {job.request_id}\n"
-                  f"承認または却下してください: {link}\n")
-            en = (f"{job.engineer} asks for maintenance access.\n"
-                  f"Instruments: {instruments}\nRequest: {job.request_id}\n"
-                  f"Approve or deny it: {link}\n")
+            ja = (
+                f"{job.engineer} さんから保守アクセスの申請が届いています。\n"
+                f"機器: {instruments}\n申請 ID: {job.request_id}\n"
+                f"承認または却下してください: {link}\n"
+            )
+            en = (
+                f"{job.engineer} asks for maintenance access.\n"
+                f"Instruments: {instruments}\nRequest: {job.request_id}\n"
+                f"Approve or deny it: {link}\n"
+            )
         msg = EmailMessage()
         msg["Subject"] = subject
         msg["From"] = self._settings.smtp_from
@@ -203,8 +228,9 @@ class Notifier:
         timeout = s.smtp_timeout_s
         smtp: smtplib.SMTP
         if s.smtp_security == "ssl":
-            smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=timeout,
-                                    context=ssl.create_default_context())
+            smtp = smtplib.SMTP_SSL(
+                s.smtp_host, s.smtp_port, timeout=timeout, context=ssl.create_default_context()
+            )
         else:
             smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=timeout)
         with smtp:
@@ -220,25 +246,35 @@ class Notifier:
             return ""
         return path.read_text(encoding="utf-8").strip()
 
-    def _record(self, type_: str, job: Job, recipients: Sequence[str], attempts: int,
-                reason: str) -> None:
+    def _record(
+        self, type_: str, job: Job, recipients: Sequence[str], attempts: int, reason: str
+    ) -> None:
         audit = self._audit
         if audit is None:
             log.error("%s for %s (no audit log bound)", type_, job.request_id)
             return
         clock: Callable[[], Any] | None = self._services.ctx.now if self._services else None
-        details: dict[str, Any] = {"about": job.kind, "recipients": len(recipients),
-                                   "attempts": attempts}
+        details: dict[str, Any] = {
+            "about": job.kind,
+            "recipients": len(recipients),
+            "attempts": attempts,
+        }
         if reason:
             details["reason"] = reason
         kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
         try:
-            audit.emit(new_event(
-                type_, details=details, HospitalId=job.hospital_id or None,
-                RequestId=job.request_id or None, ObjectType="request",
-                Object=job.request_id or None,
-                EventResult="Success" if type_ == "notification.sent" else "Failure",
-                **kwargs))
+            audit.emit(
+                new_event(
+                    type_,
+                    details=details,
+                    HospitalId=job.hospital_id or None,
+                    RequestId=job.request_id or None,
+                    ObjectType="request",
+                    Object=job.request_id or None,
+                    EventResult="Success" if type_ == "notification.sent" else "Failure",
+                    **kwargs,
+                )
+            )
         except Exception:
             log.exception("cannot write %s", type_)
 
@@ -246,6 +282,10 @@ class Notifier:
 def _job(event: AuditEvent) -> Job:
     raw = event.details.get("instruments") or ()
     instruments = tuple(str(i) for i in raw) if isinstance(raw, list | tuple) else (str(raw),)
-    return Job(event.type, str(event.get("HospitalId") or ""),
-               str(event.get("RequestId") or event.get("GrantId") or ""),
-               str(event.get("ActorUsername") or ""), instruments)
+    return Job(
+        event.type,
+        str(event.get("HospitalId") or ""),
+        str(event.get("RequestId") or event.get("GrantId") or ""),
+        str(event.get("ActorUsername") or ""),
+        instruments,
+    )

@@ -40,14 +40,17 @@ from broker.console.web import (
 
 router = APIRouter(prefix=PREFIX, tags=["console"])
 
-STATIC = {"console.css": "text/css; charset=utf-8",
-          "live.js": "text/javascript; charset=utf-8"}
+STATIC = {"console.css": "text/css; charset=utf-8", "live.js": "text/javascript; charset=utf-8"}
 # notices a redirect may ask a page to show (?done=...): nothing else is shown
-NOTICES = frozenset({"approved", "approval_recorded", "denied", "revoked", "signed_out",
-                     "terminated"})
+NOTICES = frozenset(
+    {"approved", "approval_recorded", "denied", "revoked", "signed_out", "terminated"}
+)
 # why the sign-in page is shown (?m=...): only these say more than the page itself
-LOGIN_ERRORS = {"locked_out": "login.locked_out", "source_throttled": "login.throttled",
-                "token_expired": "login.expired"}
+LOGIN_ERRORS = {
+    "locked_out": "login.locked_out",
+    "source_throttled": "login.throttled",
+    "token_expired": "login.expired",
+}
 
 InboxSession = Annotated[Session, Depends(page("console.inbox"))]
 GrantsSession = Annotated[Session, Depends(page("console.grants"))]
@@ -73,8 +76,9 @@ def static(name: str) -> Response:
     if name not in STATIC:
         raise NotFound("no such file")
     data = resources.files("broker.console").joinpath("static", name).read_bytes()
-    response = Response(data, media_type=STATIC[name],
-                        headers={"Cache-Control": "public, max-age=3600"})
+    response = Response(
+        data, media_type=STATIC[name], headers={"Cache-Control": "public, max-age=3600"}
+    )
     return harden(response, store=True)
 
 
@@ -89,8 +93,15 @@ def set_language(lang: str, request: Request, next: str | None = None) -> Respon
     """Switch the language (remembered in a cookie for a year) and go back."""
     response = redirect(safe_next(next))
     if lang in i18n.LANGS:
-        response.set_cookie(i18n.LANG_COOKIE, lang, max_age=365 * 86400, path="/",
-                            secure=secure_cookies(request), httponly=True, samesite="strict")
+        response.set_cookie(
+            i18n.LANG_COOKIE,
+            lang,
+            max_age=365 * 86400,
+            path="/",
+            secure=secure_cookies(request),
+            httponly=True,
+            samesite="strict",
+        )
     return response
 
 
@@ -115,41 +126,66 @@ def login(request: Request, form: FormDep) -> Response:
     services = services_of(request)
     username = form.get("username", "")[:200]
     try:
-        issued = services.auth.login(username, form.get("password", ""),
-                                     form.get("totp", "").strip() or None, client_ip(request))
+        issued = services.auth.login(
+            username,
+            form.get("password", ""),
+            form.get("totp", "").strip() or None,
+            client_ip(request),
+        )
     except AccessError as exc:
-        key = {"locked_out": "login.locked_out",
-               "source_throttled": "login.throttled"}.get(exc.code, "login.invalid")
-        return render(request, "login.html", status=401, error=key, notice=None,
-                      username=username)
+        key = {"locked_out": "login.locked_out", "source_throttled": "login.throttled"}.get(
+            exc.code, "login.invalid"
+        )
+        return render(request, "login.html", status=401, error=key, notice=None, username=username)
     if issued.totp_enrolment_required:
         actor = services.auth.authenticate(issued.token, client_ip(request))
         services.auth.logout(actor, issued.token)
-        return render(request, "login.html", status=403, error="login.enrol_first",
-                      notice=None, username=username)
+        return render(
+            request,
+            "login.html",
+            status=403,
+            error="login.enrol_first",
+            notice=None,
+            username=username,
+        )
     response = redirect(f"{PREFIX}/inbox")
     ttl = max(1, int((issued.expires_at - services.ctx.now()).total_seconds()))
-    response.set_cookie(cookie_name(request), issued.token, max_age=ttl, path="/",
-                        secure=secure_cookies(request), httponly=True, samesite="strict")
+    response.set_cookie(
+        cookie_name(request),
+        issued.token,
+        max_age=ttl,
+        path="/",
+        secure=secure_cookies(request),
+        httponly=True,
+        samesite="strict",
+    )
     return response
 
 
 @router.post("/logout")
-def logout(request: Request,
-           session: Annotated[Session, Depends(page("auth.logout"))]) -> Response:
+def logout(request: Request, session: Annotated[Session, Depends(page("auth.logout"))]) -> Response:
     """Sign out: the session token is revoked (with its SSH certificates), the cookie cleared."""
     services_of(request).auth.logout(session.actor, session.token)
     response = redirect(f"{PREFIX}/login?m=signed_out_ok")
-    response.delete_cookie(cookie_name(request), path="/", secure=secure_cookies(request),
-                           httponly=True, samesite="strict")
+    response.delete_cookie(
+        cookie_name(request),
+        path="/",
+        secure=secure_cookies(request),
+        httponly=True,
+        samesite="strict",
+    )
     return response
 
 
 # --- the approver's inbox ------------------------------------------------------------
 
+
 def _window(r: AccessRequest, tz: ZoneInfo) -> dict[str, Any]:
-    return {"start": i18n.local_time(r.start_at, tz) if r.start_at else None,
-            "hours": r.duration_s // 3600, "minutes": (r.duration_s % 3600) // 60}
+    return {
+        "start": i18n.local_time(r.start_at, tz) if r.start_at else None,
+        "hours": r.duration_s // 3600,
+        "minutes": (r.duration_s % 3600) // 60,
+    }
 
 
 @router.get("/inbox")
@@ -163,12 +199,15 @@ def inbox(request: Request, session: InboxSession) -> Response:
     pending = services.requests.list_requests(actor, "pending")
     # the decisions on the requests the service let this caller see, in one query
     with services.ctx.uow() as tx:
-        found = tx.find(Decision, request_id=[r.id for r in pending], order_by="at") \
-            if pending else []
+        found = (
+            tx.find(Decision, request_id=[r.id for r in pending], order_by="at") if pending else []
+        )
         # each account is one named person: show the name with the login
         ids = sorted({r.requester_id for r in pending} | {d.approver_id for d in found})
-        people = {u.id: f"{u.full_name} ({u.name})" if u.full_name else u.name
-                  for u in (tx.find(User, id=ids) if ids else [])}
+        people = {
+            u.id: f"{u.full_name} ({u.name})" if u.full_name else u.name
+            for u in (tx.find(User, id=ids) if ids else [])
+        }
     decisions: dict[str, list[Decision]] = {}
     for d in found:
         decisions.setdefault(d.request_id, []).append(d)
@@ -181,19 +220,34 @@ def inbox(request: Request, session: InboxSession) -> Response:
     for r in pending:
         mine = decisions.get(r.id, [])
         approvals = [d for d in mine if d.verdict == "approve"]
-        items.append({
-            "r": r, "engineer": people.get(r.requester_id, ""),
-            "vendor": vendors.get(r.vendor_id, ""), "window": _window(r, tz),
-            "created": i18n.local_time(r.created_at, tz),
-            "expires": i18n.local_time(r.expires_at, tz),
-            "approvals": [{"by": people.get(d.approver_id, ""),
-                           "at": i18n.local_time(d.at, tz), "comment": d.comment}
-                          for d in approvals],
-            "mine": any(d.approver_id == actor.user_id for d in mine),
-            "own": r.requester_id == actor.user_id,
-        })
-    return render(request, "inbox.html", items=items, notice=_notice(request),
-                  tz=str(tz.key), now=i18n.local_time(services.ctx.now(), tz))
+        items.append(
+            {
+                "r": r,
+                "engineer": people.get(r.requester_id, ""),
+                "vendor": vendors.get(r.vendor_id, ""),
+                "window": _window(r, tz),
+                "created": i18n.local_time(r.created_at, tz),
+                "expires": i18n.local_time(r.expires_at, tz),
+                "approvals": [
+                    {
+                        "by": people.get(d.approver_id, ""),
+                        "at": i18n.local_time(d.at, tz),
+                        "comment": d.comment,
+                    }
+                    for d in approvals
+                ],
+                "mine": any(d.approver_id == actor.user_id for d in mine),
+                "own": r.requester_id == actor.user_id,
+            }
+        )
+    return render(
+        request,
+        "inbox.html",
+        items=items,
+        notice=_notice(request),
+        tz=str(tz.key),
+        now=i18n.local_time(services.ctx.now(), tz),
+    )
 
 
 def _comment(form: dict[str, str]) -> str:
@@ -204,31 +258,40 @@ def _comment(form: dict[str, str]) -> str:
 
 
 @router.post("/requests/{request_id}/approve")
-def approve(request_id: str, request: Request,
-            session: Annotated[Session, Depends(page("requests.approve"))]) -> Response:
+def approve(
+    request_id: str,
+    request: Request,
+    session: Annotated[Session, Depends(page("requests.approve"))],
+) -> Response:
     """Approve, as ``POST /v1/requests/{id}/approve``; with two approvers needed the
     first approval is recorded and the request stays in the inbox."""
-    view = services_of(request).requests.approve(session.actor, request_id,
-                                                 _comment(dict(session.form)))
+    view = services_of(request).requests.approve(
+        session.actor, request_id, _comment(dict(session.form))
+    )
     done = "approved" if view.grant is not None else "approval_recorded"
     return redirect(f"{PREFIX}/inbox?done={done}")
 
 
 @router.post("/requests/{request_id}/deny")
-def deny(request_id: str, request: Request,
-         session: Annotated[Session, Depends(page("requests.deny"))]) -> Response:
-    services_of(request).requests.deny(session.actor, request_id,
-                                       _comment(dict(session.form)))
+def deny(
+    request_id: str, request: Request, session: Annotated[Session, Depends(page("requests.deny"))]
+) -> Response:
+    services_of(request).requests.deny(session.actor, request_id, _comment(dict(session.form)))
     return redirect(f"{PREFIX}/inbox?done=denied")
 
 
 # --- grants ------------------------------------------------------------------------
 
+
 def _grant_row(g: Grant, people: dict[str, str], tz: ZoneInfo) -> dict[str, Any]:
-    return {"g": g, "engineer": people.get(g.user_id, ""),
-            "starts": i18n.local_time(g.starts_at, tz), "ends": i18n.local_time(g.ends_at, tz),
-            "closed": i18n.local_time(g.closed_at, tz),
-            "closed_by": people.get(g.closed_by or "", "")}
+    return {
+        "g": g,
+        "engineer": people.get(g.user_id, ""),
+        "starts": i18n.local_time(g.starts_at, tz),
+        "ends": i18n.local_time(g.ends_at, tz),
+        "closed": i18n.local_time(g.closed_at, tz),
+        "closed_by": people.get(g.closed_by or "", ""),
+    }
 
 
 @router.get("/grants")
@@ -239,21 +302,28 @@ def grants(request: Request, session: GrantsSession) -> Response:
     tz = zone_of(services, session)
     now: datetime = services.ctx.now()
     found = services.grants.list_grants(session.actor)
-    people = services.people.names({g.user_id for g in found}
-                                   | {g.closed_by for g in found if g.closed_by})
+    people = services.people.names(
+        {g.user_id for g in found} | {g.closed_by for g in found if g.closed_by}
+    )
     active = [g for g in found if g.status == GrantStatus.ACTIVE]
     upcoming = [g for g in found if g.status == GrantStatus.APPROVED and g.starts_at > now]
     ended = [g for g in found if g.status not in (GrantStatus.ACTIVE, GrantStatus.APPROVED)]
     ended = sorted(ended, key=lambda g: g.closed_at or g.ends_at, reverse=True)[:50]
-    return render(request, "grants.html", notice=_notice(request), tz=str(tz.key),
-                  active=[_grant_row(g, people, tz) for g in reversed(active)],
-                  upcoming=[_grant_row(g, people, tz) for g in upcoming],
-                  ended=[_grant_row(g, people, tz) for g in ended])
+    return render(
+        request,
+        "grants.html",
+        notice=_notice(request),
+        tz=str(tz.key),
+        active=[_grant_row(g, people, tz) for g in reversed(active)],
+        upcoming=[_grant_row(g, people, tz) for g in upcoming],
+        ended=[_grant_row(g, people, tz) for g in ended],
+    )
 
 
 @router.post("/grants/{grant_id}/revoke")
-def revoke(grant_id: str, request: Request,
-           session: Annotated[Session, Depends(page("grants.revoke"))]) -> Response:
+def revoke(
+    grant_id: str, request: Request, session: Annotated[Session, Depends(page("grants.revoke"))]
+) -> Response:
     """Revoke, as ``POST /v1/grants/{id}/revoke``: live sessions under it end."""
     services_of(request).grants.revoke(session.actor, grant_id, _comment(dict(session.form)))
     return redirect(f"{PREFIX}/grants?done=revoked")
@@ -263,15 +333,27 @@ def error_page(request: Request, status: int, code: str, detail: str = "") -> Re
     """The page for a refused or failed console action (its event is already written)."""
     if status == 401:
         response = redirect(f"{PREFIX}/login?m={code if code in LOGIN_ERRORS else 'signed_out'}")
-        response.delete_cookie(cookie_name(request), path="/", secure=secure_cookies(request),
-                               httponly=True, samesite="strict")
+        response.delete_cookie(
+            cookie_name(request),
+            path="/",
+            secure=secure_cookies(request),
+            httponly=True,
+            samesite="strict",
+        )
         return response
-    key = {403: "error.forbidden", 404: "error.not_found", 409: "error.conflict",
-           410: "error.conflict", 413: "error.too_large", 422: "error.invalid",
-           503: "error.unavailable"}.get(status, "error.generic")
+    key = {
+        403: "error.forbidden",
+        404: "error.not_found",
+        409: "error.conflict",
+        410: "error.conflict",
+        413: "error.too_large",
+        422: "error.invalid",
+        503: "error.unavailable",
+    }.get(status, "error.generic")
     if code == "csrf_failed":
         key = "error.csrf"
     elif code == "policy_violation":
         key = "error.policy"
-    return render(request, "error.html", status=status, error=key, detail=detail,
-                  lang_now=language(request))
+    return render(
+        request, "error.html", status=status, error=key, detail=detail, lang_now=language(request)
+    )

@@ -53,15 +53,21 @@ from broker.console.i18n import LANG_COOKIE, LANGS, Messages, negotiate
 PREFIX = "/console"
 SECURE_COOKIE = "__Host-hoshu_session"
 LOOPBACK_COOKIE = "hoshu_session"
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 MAX_FIELD = 4000  # characters of one form field; more is refused, nothing changes
 _CSRF_LABEL = b"hoshu console csrf v1\x00"
 
-_env = Environment(loader=PackageLoader("broker.console", "templates"),
-                   autoescape=select_autoescape(default=True, default_for_string=True),
-                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_env = Environment(
+    loader=PackageLoader("broker.console", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def services_of(request: Request) -> Services:
@@ -120,8 +126,14 @@ def render(request: Request, template: str, status: int = 200, **values: Any) ->
     session: Session | None = getattr(request.state, "console", None)
     values.setdefault("notice", None)
     html = _env.get_template(template).render(
-        t=Messages(lang), lang=lang, langs=LANGS, path=request.url.path,
-        session=session, csrf=csrf_for(session.token) if session else "", **values)
+        t=Messages(lang),
+        lang=lang,
+        langs=LANGS,
+        path=request.url.path,
+        session=session,
+        csrf=csrf_for(session.token) if session else "",
+        **values,
+    )
     return harden(HTMLResponse(html, status_code=status))  # type: ignore[return-value]
 
 
@@ -133,8 +145,13 @@ def redirect(to: str) -> RedirectResponse:
 
 def safe_next(target: str | None) -> str:
     """A local console path to return to; anything else goes to the console's start."""
-    if not target or not target.startswith(PREFIX + "/") or "//" in target \
-            or "\\" in target or any(ord(c) < 0x21 for c in target):
+    if (
+        not target
+        or not target.startswith(PREFIX + "/")
+        or "//" in target
+        or "\\" in target
+        or any(ord(c) < 0x21 for c in target)
+    ):
         return PREFIX + "/"
     return target
 
@@ -146,8 +163,9 @@ async def read_form(request: Request) -> dict[str, str]:
         return {}
     body = await request.body()
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
-                          max_num_fields=20)
+        pairs = parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput("the form could not be read") from exc
     form: dict[str, str] = {}
@@ -198,8 +216,9 @@ def check_post(request: Request, token: str | None) -> None:
     if token is not None:
         sent = getattr(request.state, "console_form", {}).get("csrf", "")
         if not hmac.compare_digest(sent.encode(), csrf_for(token).encode()):
-            raise PermissionDenied("the form's security token is missing or wrong",
-                                   code="csrf_failed")
+            raise PermissionDenied(
+                "the form's security token is missing or wrong", code="csrf_failed"
+            )
 
 
 def page(action: str) -> Callable[..., Session]:

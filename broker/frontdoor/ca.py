@@ -82,17 +82,31 @@ class UserCA:
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise CertificateRefused("not an OpenSSH public key") from exc
         cert = self._key.generate_user_certificate(
-            user_key, f"hoshu:{username}:{serial}", serial=serial, principals=[username],
-            valid_after=now - timedelta(seconds=30), valid_before=end,
-            permit_x11_forwarding=False, permit_agent_forwarding=False, permit_user_rc=False,
+            user_key,
+            f"hoshu:{username}:{serial}",
+            serial=serial,
+            principals=[username],
+            valid_after=now - timedelta(seconds=30),
+            valid_before=end,
+            permit_x11_forwarding=False,
+            permit_agent_forwarding=False,
+            permit_user_rc=False,
             touch_required=False,
         )
-        emitter.emit(new_event(
-            "ssh.cert_issued", clock=lambda: now, ActorUsername=username, ActorUserId=user_id,
-            ActorUserType="engineer",
-            details={"cert_serial": serial, "valid_until": end.isoformat(),
-                     "key_fingerprint": user_key.get_fingerprint("sha256")},
-        ))
+        emitter.emit(
+            new_event(
+                "ssh.cert_issued",
+                clock=lambda: now,
+                ActorUsername=username,
+                ActorUserId=user_id,
+                ActorUserType="engineer",
+                details={
+                    "cert_serial": serial,
+                    "valid_until": end.isoformat(),
+                    "key_fingerprint": user_key.get_fingerprint("sha256"),
+                },
+            )
+        )
         line: str = cert.export_certificate().decode().strip()
         return line
 

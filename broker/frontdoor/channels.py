@@ -105,7 +105,8 @@ class Channels:
             raise AccessDenied(f"unknown instrument {instrument!r}")
         if port is not None and (kind := interactive_port(target, port)) is not None:
             raise RawPathRefused(
-                forward_refusal(target, port, kind, self.engineer.username), "interactive_port")
+                forward_refusal(target, port, kind, self.engineer.username), "interactive_port"
+            )
         port = target.ssh_port if port is None else port
         grant = policy.find_grant(self.engineer.user_id, instrument, port, now)
         if grant is None or grant.ends <= now:
@@ -133,22 +134,27 @@ class Channels:
         if grant.file_transfer:
             raise RawPathRefused(
                 f"{found.program} run as a command would move files past hoshu's checks; use "
-                f"sftp or scp to {self.engineer.username}+{name}@<broker>", "transfer_by_exec")
+                f"sftp or scp to {self.engineer.username}+{name}@<broker>",
+                "transfer_by_exec",
+            )
         if found.unresolved:
             raise RawPathRefused(
                 f"file transfer to and from {name} is not part of your grant, and the program "
                 f"this command runs is only known when it runs ({found.program}); name the "
-                "program literally", "transfer_by_exec")
+                "program literally",
+                "transfer_by_exec",
+            )
         raise RawPathRefused(
             f"file transfer to and from {name} is not part of your grant: {found.program} is "
-            "refused", "transfer_by_exec")
+            "refused",
+            "transfer_by_exec",
+        )
 
     def reserve(self) -> None:
         if self.open_count >= self.door.options.max_channels:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"too many channels on this connection (at most "
-                f"{self.door.options.max_channels})",
+                f"too many channels on this connection (at most {self.door.options.max_channels})",
             )
         self.open_count += 1
 
@@ -159,10 +165,17 @@ class Channels:
         self, sid: str, kind: str, target: InstrumentTarget, grant: GrantView, port: int
     ) -> LiveSession:
         return LiveSession(
-            session_id=sid, kind=kind, user_id=self.engineer.user_id,
-            username=self.engineer.username, instrument=target.name,
-            hospital_id=target.hospital_id, grant_id=grant.grant_id, port=port,
-            started=self.door.clock(), src=self.src, grant_ends=grant.ends,
+            session_id=sid,
+            kind=kind,
+            user_id=self.engineer.user_id,
+            username=self.engineer.username,
+            instrument=target.name,
+            hospital_id=target.hospital_id,
+            grant_id=grant.grant_id,
+            port=port,
+            started=self.door.clock(),
+            src=self.src,
+            grant_ends=grant.ends,
         )
 
     # --- sessions: shell, exec, sftp, scp -------------------------------------
@@ -170,9 +183,14 @@ class Channels:
         try:
             self.reserve()
         except asyncssh.ChannelOpenError as exc:
-            self.door.emit("session.refused", EventResult="Failure",
-                           EventResultDetails="too_many_channels", EventMessage=exc.reason,
-                           details={"kind": "session"}, **self.cols(self.login.instrument))
+            self.door.emit(
+                "session.refused",
+                EventResult="Failure",
+                EventResultDetails="too_many_channels",
+                EventMessage=exc.reason,
+                details={"kind": "session"},
+                **self.cols(self.login.instrument),
+            )
             raise
         return TransferSession(self, self._run_process)  # sftp/scp or the relayed process
 
@@ -192,9 +210,14 @@ class Channels:
         kind = "exec" if command else "shell"
         instrument = self.login.instrument
         if process.subsystem:  # sftp never gets here (asyncssh serves it); nothing else exists
-            self._refuse(process, "subsystem", instrument,
-                         f"subsystem {process.subsystem!r} is not available", "unsupported",
-                         None)
+            self._refuse(
+                process,
+                "subsystem",
+                instrument,
+                f"subsystem {process.subsystem!r} is not available",
+                "unsupported",
+                None,
+            )
             return
         sid = self.door.ids()
         try:
@@ -206,7 +229,10 @@ class Channels:
             # in a thread: a recording store may answer over the network (Blob storage)
             rec = await asyncio.to_thread(
                 Recording.open,
-                self.door.recorder_dir, sid, width=width or 80, height=height or 24,
+                self.door.recorder_dir,
+                sid,
+                width=width or 80,
+                height=height or 24,
                 env={"TERM": term or "dumb", "SHELL": "/bin/sh"},
                 title=f"{self.engineer.username}@{target.name} {command or ''}".strip(),
                 opener=self.door.recording_opener,
@@ -214,10 +240,14 @@ class Channels:
                 record_input=bool(command) or target.record_input,
             )
         except RawPathRefused as exc:
-            self.door.emit("file.refused", EventResult="Failure", EventResultDetails=exc.reason,
-                           EventMessage=str(exc),
-                           details={"tool": "exec", "command": command},
-                           **self.cols(instrument))
+            self.door.emit(
+                "file.refused",
+                EventResult="Failure",
+                EventResultDetails=exc.reason,
+                EventMessage=str(exc),
+                details={"tool": "exec", "command": command},
+                **self.cols(instrument),
+            )
             process.stderr.write(f"hoshu: {exc}\r\n".encode())
             process.exit(1)
             return
@@ -246,14 +276,28 @@ class Channels:
 
         live.on_terminate = terminate
         live.on_warning = warn
-        cols = self.cols(target.name, target.ssh_port, TargetSessionId=sid,
-                         HospitalId=target.hospital_id or None,
-                         GatewayId=target.gateway_id or None, GrantId=grant.grant_id,
-                         TargetUsername=target.username, NetworkApplicationProtocol="ssh",
-                         Emergency=grant.emergency or None)
-        self.door.emit("session.started", EventMessage=f"{kind} on {target.name}",
-                       details={"kind": kind, "command": command or None,
-                                "recording": rec.path.name, "term": term or None}, **cols)
+        cols = self.cols(
+            target.name,
+            target.ssh_port,
+            TargetSessionId=sid,
+            HospitalId=target.hospital_id or None,
+            GatewayId=target.gateway_id or None,
+            GrantId=grant.grant_id,
+            TargetUsername=target.username,
+            NetworkApplicationProtocol="ssh",
+            Emergency=grant.emergency or None,
+        )
+        self.door.emit(
+            "session.started",
+            EventMessage=f"{kind} on {target.name}",
+            details={
+                "kind": kind,
+                "command": command or None,
+                "recording": rec.path.name,
+                "term": term or None,
+            },
+            **cols,
+        )
         if command:
             self.door.emit("session.command", details={"command": command}, **cols)
         self.door.sessions.add(live)
@@ -261,7 +305,12 @@ class Channels:
         failure: list[Exception] = []
         try:
             status, reason = await relay_process(
-                process, conn, rec, live, stop, failure.append,
+                process,
+                conn,
+                rec,
+                live,
+                stop,
+                failure.append,
                 lambda terminated: self.link.release(target.name, close_if_idle=terminated),
             )
         except (OSError, asyncssh.Error) as exc:
@@ -282,10 +331,12 @@ class Channels:
         if summary is None:
             summary = rec.close()
         self.door.sessions.emit(
-            "session.ended", EventResultDetails=reason,
+            "session.ended",
+            EventResultDetails=reason,
             EventResult="Success" if reason == "exited" else "Partial",
             NetworkDuration=int((loop.time() - started) * 1000),
-            RecordingSize=summary.size, RecordingSHA256=summary.sha256,
+            RecordingSize=summary.size,
+            RecordingSHA256=summary.sha256,
             details={"kind": kind, "exit_status": status, "recording": summary.path.name},
             **cols,
         )
@@ -300,9 +351,14 @@ class Channels:
         reason: str,
         command: str | None,
     ) -> None:
-        self.door.emit("session.refused", EventResult="Failure", EventResultDetails=reason,
-                       EventMessage=message, details={"kind": kind, "command": command or None},
-                       **self.cols(instrument))
+        self.door.emit(
+            "session.refused",
+            EventResult="Failure",
+            EventResultDetails=reason,
+            EventMessage=message,
+            details={"kind": kind, "command": command or None},
+            **self.cols(instrument),
+        )
         process.stderr.write(f"hoshu: {message}\r\n".encode())
         process.exit(1)
 
@@ -311,9 +367,13 @@ class Channels:
         try:
             self.reserve()
         except asyncssh.ChannelOpenError as exc:
-            self.door.emit("forward.refused", EventResult="Failure",
-                           EventResultDetails="too_many_channels", EventMessage=exc.reason,
-                           **self.cols(self.forward_target(dest_host), dest_port))
+            self.door.emit(
+                "forward.refused",
+                EventResult="Failure",
+                EventResultDetails="too_many_channels",
+                EventMessage=exc.reason,
+                **self.cols(self.forward_target(dest_host), dest_port),
+            )
             raise
         return open_forward(self, dest_host, dest_port)
 

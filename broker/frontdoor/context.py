@@ -73,8 +73,9 @@ class Door(Protocol):
         """Write one audit event."""
         ...
 
-    def login_failed(self, type_: str, *, details: dict[str, Any] | None = None,
-                     **cols: Any) -> None:
+    def login_failed(
+        self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any
+    ) -> None:
         """Write a failed login (summed while its source floods)."""
         ...
 

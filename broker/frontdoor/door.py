@@ -97,15 +97,17 @@ class FrontDoor:
     def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
         self.emitter.emit(new_event(type_, clock=self.clock, details=details, **cols))
 
-    def login_failed(self, type_: str, *, details: dict[str, Any] | None = None,
-                     **cols: Any) -> None:
+    def login_failed(
+        self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any
+    ) -> None:
         """A failed login: written as it is, unless its source is flooding.
 
         Past ``failures_written_per_minute`` from one source (IPv6: its /64), the rest
         of that minute are counted and written as one ``ssh.login`` with ``count``."""
         src = str(cols.get("SrcIpAddr") or "")
-        admission = self.floods.admit(source_key(src), self.clock(),
-                                      str(cols.get("EventResultDetails") or ""))
+        admission = self.floods.admit(
+            source_key(src), self.clock(), str(cols.get("EventResultDetails") or "")
+        )
         self._summaries(admission.summaries)
         if admission.write:
             self.emit(type_, details=details, **cols)
@@ -117,12 +119,17 @@ class FrontDoor:
     def _summaries(self, summaries: list[Summary]) -> None:
         for s in summaries:
             src = s.key.removeprefix("ip:")
-            self.emit("ssh.login", EventResult="Failure", EventSeverity="Medium",
-                      EventResultDetails=f"{s.count} more failed logins from this source "
-                      f"in {s.window_s:g} s (summed, not written one by one)",
-                      EventMessage=f"SSH login refused {s.count} times", ActorUserType="engineer",
-                      SrcIpAddr=None if "/" in src or src in ("", "*") else src,
-                      details={"count": s.count, "window_s": s.window_s})
+            self.emit(
+                "ssh.login",
+                EventResult="Failure",
+                EventSeverity="Medium",
+                EventResultDetails=f"{s.count} more failed logins from this source "
+                f"in {s.window_s:g} s (summed, not written one by one)",
+                EventMessage=f"SSH login refused {s.count} times",
+                ActorUserType="engineer",
+                SrcIpAddr=None if "/" in src or src in ("", "*") else src,
+                details={"count": s.count, "window_s": s.window_s},
+            )
 
     async def _flush_floods_every(self, interval_s: float) -> None:
         while True:
@@ -176,11 +183,17 @@ class FrontDoor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         reserve = min(5.0, max(1.0, grace_s / 5))  # kept for hashing and end events
-        text = (f"hoshu: the broker is restarting; this session will be closed within "
-                f"{max(1, int(grace_s - reserve))} s. Sign in again in a minute to continue")
+        text = (
+            f"hoshu: the broker is restarting; this session will be closed within "
+            f"{max(1, int(grace_s - reserve))} s. Sign in again in a minute to continue"
+        )
         for s in self.sessions.list():
-            self.sessions.emit("session.warning", EventMessage=text,
-                               details={"remaining_s": int(grace_s)}, **s.columns())
+            self.sessions.emit(
+                "session.warning",
+                EventMessage=text,
+                details={"remaining_s": int(grace_s)},
+                **s.columns(),
+            )
             if s.on_warning is not None:
                 with contextlib.suppress(Exception):
                     s.on_warning(text)
@@ -233,17 +246,30 @@ async def start_front_door(
 
     ``recording_opener``: where recordings are written (default: files in
     ``recorder_dir``; the broker passes its recording store's)."""
-    opts = options or FrontDoorOptions(login_timeout_s=float(settings.login_timeout_s),
-                                       max_recording_bytes=settings.recording_max_mib * 1024**2)
+    opts = options or FrontDoorOptions(
+        login_timeout_s=float(settings.login_timeout_s),
+        max_recording_bytes=settings.recording_max_mib * 1024**2,
+    )
     if options is None:
-        opts = replace(opts, max_session_spool_bytes=settings.spool_session_max_bytes,
-                       max_spool_bytes=settings.spool_broker_max_bytes,
-                       forward_capture_dir=settings.forward_capture_path,
-                       forward_capture_max_bytes=settings.forward_capture_max_bytes)
+        opts = replace(
+            opts,
+            max_session_spool_bytes=settings.spool_session_max_bytes,
+            max_spool_bytes=settings.spool_broker_max_bytes,
+            forward_capture_dir=settings.forward_capture_path,
+            forward_capture_max_bytes=settings.forward_capture_max_bytes,
+        )
     if opts.spool_dir is None:
         opts = replace(opts, spool_dir=settings.spool_dir)
-    door = FrontDoor(policy=policy, connector=connector, emitter=emitter,
-                     recorder_dir=recorder_dir, options=opts, ca=ca, clock=clock, ids=ids)
+    door = FrontDoor(
+        policy=policy,
+        connector=connector,
+        emitter=emitter,
+        recorder_dir=recorder_dir,
+        options=opts,
+        ca=ca,
+        clock=clock,
+        ids=ids,
+    )
     if recording_opener is not None:  # before the first connection is accepted
         door.recording_opener = recording_opener
     server_options = asyncssh.SSHServerConnectionOptions(
@@ -268,7 +294,8 @@ async def start_front_door(
     loop = asyncio.get_running_loop()
     listen_host = settings.ssh_host if host is None else host
     listen_port = settings.ssh_port if port is None else port
-    server = await loop.create_server(server_connection_factory(server_options), listen_host,
-                                      listen_port)
+    server = await loop.create_server(
+        server_connection_factory(server_options), listen_host, listen_port
+    )
     door.serve(server, host_key)
     return door

@@ -54,7 +54,8 @@ class Capture:
             fd = os.open(path, flags, 0o600)
         except OSError as exc:
             raise CaptureFailed(
-                f"the forward cannot be captured ({exc.strerror}); it was not opened") from exc
+                f"the forward cannot be captured ({exc.strerror}); it was not opened"
+            ) from exc
         self._fh = os.fdopen(fd, "wb")
         self._limit = limit
         self.size = 0
@@ -197,15 +198,17 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
             if self._capture.failure:
                 self._reason, result = self._capture.failure, "Failure"
         ch.door.emit(
-            "forward.closed", EventResultDetails=self._reason, EventResult=result,
-            SrcBytes=self.src_bytes, DstBytes=self.dst_bytes,
-            NetworkDuration=int((self._loop.time() - self._started) * 1000), **self._cols,
+            "forward.closed",
+            EventResultDetails=self._reason,
+            EventResult=result,
+            SrcBytes=self.src_bytes,
+            DstBytes=self.dst_bytes,
+            NetworkDuration=int((self._loop.time() - self._started) * 1000),
+            **self._cols,
         )
 
 
-async def open_forward(
-    channels: ChannelContext, dest_host: str, dest_port: int
-) -> ForwardSession:
+async def open_forward(channels: ChannelContext, dest_host: str, dest_port: int) -> ForwardSession:
     """Authorize and connect one forward, or raise ChannelOpenError with the reason."""
     instrument = channels.forward_target(dest_host)
     door = channels.door
@@ -227,15 +230,27 @@ async def open_forward(
             path.unlink(missing_ok=True)
         msg = str(exc)
         reason = exc.reason
-        door.emit("forward.refused", EventResult="Failure", EventResultDetails=reason,
-                  EventMessage=msg, **base)
-        code = (asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
-                if reason in ("no_grant", "interactive_port")
-                else asyncssh.OPEN_CONNECT_FAILED)
+        door.emit(
+            "forward.refused",
+            EventResult="Failure",
+            EventResultDetails=reason,
+            EventMessage=msg,
+            **base,
+        )
+        code = (
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+            if reason in ("no_grant", "interactive_port")
+            else asyncssh.OPEN_CONNECT_FAILED
+        )
         raise asyncssh.ChannelOpenError(code, msg) from exc
     live = channels.live(sid, "forward", target, grant, dest_port)
-    cols = dict(base, TargetSessionId=sid, HospitalId=target.hospital_id or None,
-                GatewayId=target.gateway_id or None, GrantId=grant.grant_id)
+    cols = dict(
+        base,
+        TargetSessionId=sid,
+        HospitalId=target.hospital_id or None,
+        GatewayId=target.gateway_id or None,
+        GrantId=grant.grant_id,
+    )
     door.emit("forward.opened", details={"capture": path.name if path else None}, **cols)
     door.sessions.add(live)
     return ForwardSession(channels, live, cols, reader, writer, capture)

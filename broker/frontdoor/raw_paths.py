@@ -78,40 +78,77 @@ def interactive_banner(first: bytes) -> str | None:
 def forward_refusal(target: InstrumentTarget, port: int, kind: str, login: str) -> str:
     """What the engineer reads when a forward to an interactive port is refused."""
     if kind == "ssh":
-        return (f"port {port} of {target.name} is its SSH port: forwards to it are not "
-                f"recorded, so they are refused; connect with ssh {login}+{target.name}@<broker>"
-                " (sftp/scp the same way, where the grant allows file transfer)")
-    return (f"port {port} of {target.name} is its {kind.upper()} desktop port: forwards to it "
-            "are not recorded, so they are refused; desktop access will come through the "
-            "hoshu console, recorded")
+        return (
+            f"port {port} of {target.name} is its SSH port: forwards to it are not "
+            f"recorded, so they are refused; connect with ssh {login}+{target.name}@<broker>"
+            " (sftp/scp the same way, where the grant allows file transfer)"
+        )
+    return (
+        f"port {port} of {target.name} is its {kind.upper()} desktop port: forwards to it "
+        "are not recorded, so they are refused; desktop access will come through the "
+        "hoshu console, recorded"
+    )
 
 
 # --- exec commands ---------------------------------------------------------------
 # program name -> the argument that puts it in file-transfer mode (None: any use)
 _TRANSFER: dict[str, tuple[str, ...] | None] = {
-    "sftp-server": None, "internal-sftp": None, "gesftpserver": None,
-    "sftp": None, "scp": ("-t", "-f"), "rsync": ("--server", "--daemon"),
-    "rz": None, "sz": None, "rb": None, "sb": None, "rx": None, "sx": None,
-    "lrz": None, "lsz": None,
+    "sftp-server": None,
+    "internal-sftp": None,
+    "gesftpserver": None,
+    "sftp": None,
+    "scp": ("-t", "-f"),
+    "rsync": ("--server", "--daemon"),
+    "rz": None,
+    "sz": None,
+    "rb": None,
+    "sb": None,
+    "rx": None,
+    "sx": None,
+    "lrz": None,
+    "lsz": None,
 }
 _SERVERS = {"sftp-server", "internal-sftp", "gesftpserver", "scp", "rsync"}
 _SHELLS = {"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "busybox", "su"}
 # wrapper -> options of it that take a value (the next word)
 _WRAPPERS: dict[str, frozenset[str]] = {
-    "exec": frozenset({"-a"}), "command": frozenset(), "builtin": frozenset(),
-    "nohup": frozenset(), "time": frozenset({"-f", "-o"}), "setsid": frozenset(),
-    "nice": frozenset({"-n", "--adjustment"}), "ionice": frozenset({"-c", "-n", "-p"}),
+    "exec": frozenset({"-a"}),
+    "command": frozenset(),
+    "builtin": frozenset(),
+    "nohup": frozenset(),
+    "time": frozenset({"-f", "-o"}),
+    "setsid": frozenset(),
+    "nice": frozenset({"-n", "--adjustment"}),
+    "ionice": frozenset({"-c", "-n", "-p"}),
     "env": frozenset({"-u", "--unset", "-C", "--chdir", "-S", "--split-string"}),
-    "sudo": frozenset({"-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-T",
-                       "--user", "--group", "--chdir", "--host", "--prompt"}),
-    "doas": frozenset({"-u", "-C"}), "stdbuf": frozenset({"-i", "-o", "-e"}),
+    "sudo": frozenset(
+        {
+            "-u",
+            "-g",
+            "-C",
+            "-D",
+            "-h",
+            "-p",
+            "-r",
+            "-t",
+            "-U",
+            "-T",
+            "--user",
+            "--group",
+            "--chdir",
+            "--host",
+            "--prompt",
+        }
+    ),
+    "doas": frozenset({"-u", "-C"}),
+    "stdbuf": frozenset({"-i", "-o", "-e"}),
     "timeout": frozenset({"-k", "-s", "--kill-after", "--signal"}),
-    "chroot": frozenset(), "xargs": frozenset({"-I", "-n", "-d", "-a", "-E", "-L", "-P",
-                                               "-s"}),
-    "unbuffer": frozenset(), "script": frozenset({"-c", "-O", "-I", "-T"}),
+    "chroot": frozenset(),
+    "xargs": frozenset({"-I", "-n", "-d", "-a", "-E", "-L", "-P", "-s"}),
+    "unbuffer": frozenset(),
+    "script": frozenset({"-c", "-O", "-I", "-T"}),
     # shell words that start a command list: what follows them is a command
-    **{w: frozenset() for w in ("{", "!", "if", "then", "else", "elif", "do", "while",
-                                "until")},
+    **{w: frozenset() for w in ("{", "!", "if", "then", "else", "elif", "do", "while", "until")},
 }
 _TAKES_ONE_POSITIONAL = {"timeout": 1, "chroot": 1}  # timeout DURATION, chroot DIR
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -197,8 +234,10 @@ def _check(words: list[str], depth: int) -> Transfer | None:
     # a wrapper not listed here) is refused as well
     for i, w in enumerate(words[1:], 1):
         n = _name(w)
-        if n in _SERVERS and (_TRANSFER[n] is None or any(
-                _has_flag(x, m) for x in words[i + 1:] for m in _TRANSFER[n] or ())):
+        if n in _SERVERS and (
+            _TRANSFER[n] is None
+            or any(_has_flag(x, m) for x in words[i + 1 :] for m in _TRANSFER[n] or ())
+        ):
             return Transfer(n)
     return None
 
@@ -207,8 +246,12 @@ def _has_flag(word: str, flag: str) -> bool:
     if word == flag:
         return True
     # short flags cluster: scp -prt, -vf
-    return (len(flag) == 2 and word.startswith("-") and not word.startswith("--")
-            and flag[1] in word[1:])
+    return (
+        len(flag) == 2
+        and word.startswith("-")
+        and not word.startswith("--")
+        and flag[1] in word[1:]
+    )
 
 
 def _strip(words: list[str]) -> list[str]:

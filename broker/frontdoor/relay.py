@@ -47,8 +47,13 @@ CONNECT_TIMEOUT_S = 15.0
 TERM_GRACE_S = 3.0  # TERM, then this long, then KILL, then this long, then close
 # AES-GCM runs in OpenSSL through cryptography; asyncssh's chacha20-poly1305 costs
 # more per packet in Python, so the broker's own connections prefer GCM.
-ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
-                   "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr")
+ENCRYPTION_ALGS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
 
 
 class _HostKeyCheck(asyncssh.SSHClient):
@@ -172,8 +177,10 @@ async def end_command(
             if await _closed_within(upstream, grace_s):
                 break
         else:
-            log.warning("a terminated command did not end after TERM and KILL; the "
-                        "instrument's sshd may refuse signals (forced command, root login)")
+            log.warning(
+                "a terminated command did not end after TERM and KILL; the "
+                "instrument's sshd may refuse signals (forced command, root login)"
+            )
         upstream.close()
     finally:
         done()

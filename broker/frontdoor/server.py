@@ -62,7 +62,8 @@ class EngineerServer(asyncssh.SSHServer):
         self.door.track(conn, True)
         self._pending = True
         self._timer = asyncio.get_running_loop().call_later(
-            self.door.options.login_timeout_s, self._login_expired)
+            self.door.options.login_timeout_s, self._login_expired
+        )
         if not self.door.pending(self.src, +1):
             # a flood of half-open logins from one address: drop this one at once
             self.state.failure = "too many connections authenticating from this address"
@@ -75,8 +76,10 @@ class EngineerServer(asyncssh.SSHServer):
             return
         self._timed_out = True
         limit = f"{self.door.options.login_timeout_s:g}"
-        self.conn.disconnect(asyncssh.DISC_BY_APPLICATION,
-                             f"hoshu: sign-in took longer than {limit} s; connect again")
+        self.conn.disconnect(
+            asyncssh.DISC_BY_APPLICATION,
+            f"hoshu: sign-in took longer than {limit} s; connect again",
+        )
 
     def _not_pending(self) -> None:
         if self._timer is not None:
@@ -121,9 +124,11 @@ class EngineerServer(asyncssh.SSHServer):
             EventResultDetails=why,
             EventSeverity=None if ok else "Medium",
             EventMessage=f"SSH login {'accepted' if ok else 'refused'}: {why}",
-            details={"method": self.state.method or None,
-                     "key_fingerprint": self.state.key_fingerprint or None,
-                     "cert_serial": self.state.cert_serial},
+            details={
+                "method": self.state.method or None,
+                "key_fingerprint": self.state.key_fingerprint or None,
+                "cert_serial": self.state.cert_serial,
+            },
             **self._cols(),
         )
 
@@ -215,7 +220,8 @@ class EngineerServer(asyncssh.SSHServer):
             self.state.method = ""
             if self.conn is not None:
                 self.conn.send_auth_banner(
-                    f"hoshu: certificate refused: {why}; sign in again (hoshu login)\n")
+                    f"hoshu: certificate refused: {why}; sign in again (hoshu login)\n"
+                )
         self.state.failure = f"certificate refused: {why}"
         return False
 
@@ -234,9 +240,7 @@ class EngineerServer(asyncssh.SSHServer):
         self._authenticated()
         return True
 
-    def get_kbdint_challenge(
-        self, username: str, lang: str, submethods: str
-    ) -> KbdIntChallenge:
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> KbdIntChallenge:
         if not self.state.key_proven or self.state.engineer is None:
             return False
         return ("hoshu", "Enter the code from your authenticator app.", "", [_KBD_PROMPT])
@@ -250,8 +254,9 @@ class EngineerServer(asyncssh.SSHServer):
         code = str(responses[0]).strip()
         now = self.door.clock()
         try:
-            result = self.door.policy.check_totp(eng.user_id, code, now, src_ip=self.src or None,
-                                                 hospital_id=self.hospital_id)
+            result = self.door.policy.check_totp(
+                eng.user_id, code, now, src_ip=self.src or None, hospital_id=self.hospital_id
+            )
         except Exception:
             log.exception("TOTP check failed")
             return False
@@ -264,8 +269,10 @@ class EngineerServer(asyncssh.SSHServer):
         self.state.failure = f"second factor refused ({result.reason or 'wrong'})"
         if self.conn is not None:
             if result.locked_until is not None:
-                msg = (f"hoshu: account locked until {result.locked_until:%H:%M} UTC "
-                       "after too many failed codes\n")
+                msg = (
+                    f"hoshu: account locked until {result.locked_until:%H:%M} UTC "
+                    "after too many failed codes\n"
+                )
             elif result.reason == "replayed":
                 msg = "hoshu: that code was already used; wait for the next one\n"
             else:

@@ -92,9 +92,12 @@ class ProxySFTPServer(ChangeOps):
         self._session = session
         opts = channels.door.options
         assert opts.spool_dir is not None  # start_front_door fills it in
-        self._spools = SessionSpools(opts.spool_dir, channels.door.spools,
-                                     per_session=opts.max_session_spool_bytes,
-                                     per_file=opts.max_file_bytes)
+        self._spools = SessionSpools(
+            opts.spool_dir,
+            channels.door.spools,
+            per_session=opts.max_session_spool_bytes,
+            per_file=opts.max_file_bytes,
+        )
         self._parts = 0
         live.on_terminate = self._terminate
 
@@ -110,8 +113,10 @@ class ProxySFTPServer(ChangeOps):
         watcher and the checks before and after the copy cover the grant).
         """
         if self._live.ended_reason is not None:
-            raise _NotLanding("session_ended", "the session has ended "
-                              f"({self._live.ended_reason.replace('_', ' ')})")
+            raise _NotLanding(
+                "session_ended",
+                f"the session has ended ({self._live.ended_reason.replace('_', ' ')})",
+            )
         if self.channel.is_closing() or (self._session is not None and self._session.client_eof):
             raise _NotLanding("not_closed", "the client went away without closing the file")
         if not ask_policy:
@@ -153,8 +158,9 @@ class ProxySFTPServer(ChangeOps):
         except SpoolFull as exc:
             if not spool.refused:
                 spool.refused = exc.reason
-                self._file_event("file.refused", spool, direction, None, reason=exc.reason,
-                                 message=str(exc))
+                self._file_event(
+                    "file.refused", spool, direction, None, reason=exc.reason, message=str(exc)
+                )
                 tell(self.channel, f"{os.fsdecode(spool.path)}: {exc}")
             raise asyncssh.SFTPFailure(str(exc)) from exc
 
@@ -206,10 +212,10 @@ class ProxySFTPServer(ChangeOps):
                 self.live_check()
                 await self._upload(spool)
             except _NotLanding as exc:
-                msg = (f"{os.fsdecode(spool.path)} was not written to the instrument: "
-                       f"{exc}")
-                self._file_event("file.refused", spool, "Inbound", None, reason=exc.reason,
-                                 message=msg)
+                msg = f"{os.fsdecode(spool.path)} was not written to the instrument: {exc}"
+                self._file_event(
+                    "file.refused", spool, "Inbound", None, reason=exc.reason, message=msg
+                )
                 tell(self.channel, msg)
                 self._fail(msg)
         finally:
@@ -221,8 +227,9 @@ class ProxySFTPServer(ChangeOps):
         When asyncssh closes the handles of a channel that went away, an
         exception would stop its clean-up (and the session would never end).
         """
-        if not (self.channel.is_closing() or
-                (self._session is not None and self._session.client_eof)):
+        if not (
+            self.channel.is_closing() or (self._session is not None and self._session.client_eof)
+        ):
             raise asyncssh.SFTPFailure(message)
 
     async def _upload(self, spool: Spool) -> None:
@@ -235,8 +242,9 @@ class ProxySFTPServer(ChangeOps):
         scan = await self._scan(spool)
         if scan is not None and scan != "clean":
             msg = f"{os.fsdecode(spool.path)} was rejected by the hospital's file scan"
-            self._file_event("file.refused", spool, "Inbound", scan, reason="scan_rejected",
-                             message=msg)
+            self._file_event(
+                "file.refused", spool, "Inbound", scan, reason="scan_rejected", message=msg
+            )
             tell(self.channel, msg)
             raise asyncssh.SFTPPermissionDenied(msg)
         self.live_check()  # the scan may take long: ask again
@@ -269,8 +277,9 @@ class ProxySFTPServer(ChangeOps):
             return
         self._parts += 1
         head, tail = posixpath.split(spool.path)
-        part = posixpath.join(head, b".%s.hoshu-%s-%d.part" % (
-            tail, self._live.session_id.encode(), self._parts))
+        part = posixpath.join(
+            head, b".%s.hoshu-%s-%d.part" % (tail, self._live.session_id.encode(), self._parts)
+        )
         flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
         try:
             await self._write_file(part, flags, attrs, fd, size)
@@ -286,8 +295,9 @@ class ProxySFTPServer(ChangeOps):
                 await self._up.remove(part)
             raise
 
-    async def _write_file(self, path: bytes, flags: int, attrs: SFTPAttrs, fd: int,
-                          size: int) -> None:
+    async def _write_file(
+        self, path: bytes, flags: int, attrs: SFTPAttrs, fd: int, size: int
+    ) -> None:
         dst = await self._up.open(path, flags, attrs, encoding=None)
         try:
             for off in range(0, size, CHUNK):
@@ -305,8 +315,12 @@ class ProxySFTPServer(ChangeOps):
         spool.fh.flush()
         fd = spool.fh.fileno()
         proc = await asyncio.create_subprocess_exec(
-            *argv, f"/dev/fd/{fd}", pass_fds=(fd,), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            *argv,
+            f"/dev/fd/{fd}",
+            pass_fds=(fd,),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             rc = await asyncio.wait_for(proc.wait(), self._ch.door.options.scan_timeout_s)
@@ -315,15 +329,30 @@ class ProxySFTPServer(ChangeOps):
             return "rejected"
         return "clean" if rc == 0 else "rejected"
 
-    def _file_event(self, type_: str, spool: Spool, direction: str, scan: str | None, *,
-                    reason: str | None = None, message: str | None = None) -> None:
+    def _file_event(
+        self,
+        type_: str,
+        spool: Spool,
+        direction: str,
+        scan: str | None,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> None:
         self._ch.door.emit(
-            type_, EventResult="Success" if type_ == "file.transferred" else "Failure",
-            EventResultDetails=reason, EventMessage=message,
-            NetworkDirection=direction, TargetFileName=os.fsdecode(spool.path),
-            TargetFileSize=spool.size, TargetFileSHA256=spool.sha256 or None,
-            details={"tool": self._tool, "scan": scan,
-                     "operation": "upload" if direction == "Inbound" else "download"},
+            type_,
+            EventResult="Success" if type_ == "file.transferred" else "Failure",
+            EventResultDetails=reason,
+            EventMessage=message,
+            NetworkDirection=direction,
+            TargetFileName=os.fsdecode(spool.path),
+            TargetFileSize=spool.size,
+            TargetFileSHA256=spool.sha256 or None,
+            details={
+                "tool": self._tool,
+                "scan": scan,
+                "operation": "upload" if direction == "Inbound" else "download",
+            },
             **self._cols,
         )
 
@@ -335,12 +364,17 @@ class ProxySFTPServer(ChangeOps):
         door.sessions.remove(self._live.session_id)
         self._ch.release()
         self._up.exit()
-        door.emit("session.ended", EventResultDetails=self._live.ended_reason or "exited",
-                  details={"kind": self._tool}, **self._cols)
+        door.emit(
+            "session.ended",
+            EventResultDetails=self._live.ended_reason or "exited",
+            details={"kind": self._tool},
+            **self._cols,
+        )
 
 
 async def make_sftp_server(
-    channels: ChannelContext, chan: asyncssh.SSHServerChannel[bytes],
+    channels: ChannelContext,
+    chan: asyncssh.SSHServerChannel[bytes],
     session: TransferSession | None = None,
 ) -> asyncssh.SFTPServer:
     """The SFTP server for one channel: a proxy when granted, else a refusal."""
@@ -355,17 +389,32 @@ async def make_sftp_server(
         msg = str(exc)
         reason = exc.reason
         cols = channels.cols(instrument)
-        door.emit("file.refused", EventResult="Failure", EventResultDetails=reason,
-                  EventMessage=msg, details={"tool": tool}, **cols)
+        door.emit(
+            "file.refused",
+            EventResult="Failure",
+            EventResultDetails=reason,
+            EventMessage=msg,
+            details={"tool": tool},
+            **cols,
+        )
         channels.release()
         return DeniedSFTPServer(chan, msg, Refuser(door, cols, tool, reason, msg))
     sid = door.ids()
     live = channels.live(sid, tool, target, grant, target.ssh_port)
-    cols = channels.cols(target.name, target.ssh_port, TargetSessionId=sid,
-                         HospitalId=target.hospital_id or None,
-                         GatewayId=target.gateway_id or None, GrantId=grant.grant_id,
-                         NetworkApplicationProtocol=tool)
-    door.emit("session.started", EventMessage=f"{tool} on {target.name}",
-              details={"kind": tool, "command": command or None}, **cols)
+    cols = channels.cols(
+        target.name,
+        target.ssh_port,
+        TargetSessionId=sid,
+        HospitalId=target.hospital_id or None,
+        GatewayId=target.gateway_id or None,
+        GrantId=grant.grant_id,
+        NetworkApplicationProtocol=tool,
+    )
+    door.emit(
+        "session.started",
+        EventMessage=f"{tool} on {target.name}",
+        details={"kind": tool, "command": command or None},
+        **cols,
+    )
     door.sessions.add(live)
     return ProxySFTPServer(chan, channels, upstream, live, cols, tool, session)

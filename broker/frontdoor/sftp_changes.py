@@ -83,8 +83,9 @@ class ChangeOps(asyncssh.SFTPServer):
     def live_check(self, *, ask_policy: bool = True) -> None:
         """Raise (with ``reason``) unless the session and its grant are live (the proxy's)."""
 
-    async def _change(self, operation: str, path: bytes, call: Callable[[], Awaitable[T]],
-                      **details: Any) -> T:
+    async def _change(
+        self, operation: str, path: bytes, call: Callable[[], Awaitable[T]], **details: Any
+    ) -> T:
         emit = self._ch.door.emit
         name = os.fsdecode(path)
         base = dict(self._cols, TargetFileName=name)
@@ -93,16 +94,26 @@ class ChangeOps(asyncssh.SFTPServer):
             self.live_check()
         except Exception as exc:
             msg = f"{operation} {name} refused: {exc}"
-            emit("file.refused", EventResult="Failure",
-                 EventResultDetails=getattr(exc, "reason", "no_grant"), EventMessage=msg,
-                 details={"tool": self._tool, "operation": operation}, **base)
+            emit(
+                "file.refused",
+                EventResult="Failure",
+                EventResultDetails=getattr(exc, "reason", "no_grant"),
+                EventMessage=msg,
+                details={"tool": self._tool, "operation": operation},
+                **base,
+            )
             tell(self.channel, msg)
             raise asyncssh.SFTPPermissionDenied(msg) from None
         try:
             result = await call()
         except asyncssh.SFTPError as exc:
-            emit("file.changed", EventResult="Failure", EventResultDetails=exc.reason or None,
-                 details=info, **base)
+            emit(
+                "file.changed",
+                EventResult="Failure",
+                EventResultDetails=exc.reason or None,
+                details=info,
+                **base,
+            )
             raise
         emit("file.changed", EventResult="Success", details=info, **base)
         return result
@@ -118,8 +129,9 @@ class ChangeOps(asyncssh.SFTPServer):
         return await self._up.lstat(path)
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        await self._change("setstat", path, lambda: self._up.setstat(path, attrs),
-                           attrs=describe_attrs(attrs))
+        await self._change(
+            "setstat", path, lambda: self._up.setstat(path, attrs), attrs=describe_attrs(attrs)
+        )
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
         async for name in self._up.scandir(path):
@@ -135,12 +147,20 @@ class ChangeOps(asyncssh.SFTPServer):
         await self._change("remove", path, lambda: self._up.remove(path))
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._change("rename", newpath, lambda: self._up.rename(oldpath, newpath),
-                           from_path=os.fsdecode(oldpath))
+        await self._change(
+            "rename",
+            newpath,
+            lambda: self._up.rename(oldpath, newpath),
+            from_path=os.fsdecode(oldpath),
+        )
 
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._change("rename", newpath, lambda: self._up.posix_rename(oldpath, newpath),
-                           from_path=os.fsdecode(oldpath))
+        await self._change(
+            "rename",
+            newpath,
+            lambda: self._up.posix_rename(oldpath, newpath),
+            from_path=os.fsdecode(oldpath),
+        )
 
     async def readlink(self, path: bytes) -> bytes:
         result: bytes = await self._up.readlink(path)
@@ -148,15 +168,20 @@ class ChangeOps(asyncssh.SFTPServer):
 
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
         # asyncssh hands the server (target, link) in the order the SFTP draft names them
-        await self._change("symlink", newpath, lambda: self._up.symlink(oldpath, newpath),
-                           link_target=os.fsdecode(oldpath))
+        await self._change(
+            "symlink",
+            newpath,
+            lambda: self._up.symlink(oldpath, newpath),
+            link_target=os.fsdecode(oldpath),
+        )
 
 
 class Refuser:
     """Writes the ``file.refused`` event of one refused request on a denied channel."""
 
-    def __init__(self, door: Door, cols: dict[str, Any], tool: str, reason: str,
-                 message: str) -> None:
+    def __init__(
+        self, door: Door, cols: dict[str, Any], tool: str, reason: str, message: str
+    ) -> None:
         self._door = door
         self._cols = cols
         self._tool = tool
@@ -169,18 +194,24 @@ class Refuser:
         self.count += 1
         if self.count > MAX_REFUSAL_EVENTS:
             return False
-        self._door.emit("file.refused", EventResult="Failure",
-                        EventResultDetails=self._reason, EventMessage=self._message,
-                        TargetFileName=os.fsdecode(path),
-                        details={"tool": self._tool, "operation": operation}, **self._cols)
+        self._door.emit(
+            "file.refused",
+            EventResult="Failure",
+            EventResultDetails=self._reason,
+            EventMessage=self._message,
+            TargetFileName=os.fsdecode(path),
+            details={"tool": self._tool, "operation": operation},
+            **self._cols,
+        )
         return True
 
 
 class DeniedSFTPServer(asyncssh.SFTPServer):
     """Answers every request with the reason file transfer is refused."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], message: str,
-                 refuse: Refuser) -> None:
+    def __init__(
+        self, chan: asyncssh.SSHServerChannel[bytes], message: str, refuse: Refuser
+    ) -> None:
         super().__init__(chan)
         self._message = message
         self._refuse = refuse

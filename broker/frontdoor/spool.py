@@ -70,8 +70,9 @@ class Spool:
 class SessionSpools:
     """The open spools of one session, charged to the session's and the door's budget."""
 
-    def __init__(self, directory: Path, door: SpoolBudget, *, per_session: int,
-                 per_file: int) -> None:
+    def __init__(
+        self, directory: Path, door: SpoolBudget, *, per_session: int, per_file: int
+    ) -> None:
         self._dir = directory
         self._door = door
         self._per_session = per_session
@@ -96,8 +97,10 @@ class SessionSpools:
         if high > self._per_file:
             raise SpoolFull(f"file too large for the broker (at most {_mib(self._per_file)})")
         if self.used + grow > self._per_session:
-            raise SpoolFull("the files open in this session exceed the broker's spool limit "
-                            f"of {_mib(self._per_session)}; close some and try again")
+            raise SpoolFull(
+                "the files open in this session exceed the broker's spool limit "
+                f"of {_mib(self._per_session)}; close some and try again"
+            )
         if not self._door.take(grow):
             raise SpoolFull("the broker's file spool is full; try again later")
         self.used += grow

@@ -20,8 +20,9 @@ from broker.keys.store import ROTATABLE, KeyStore, Rotatable, public_line
 from broker.settings import BrokerSettings
 
 
-def open_key_store(settings: BrokerSettings, *, credential: Any = None,
-                   **client_options: Any) -> KeyStore:
+def open_key_store(
+    settings: BrokerSettings, *, credential: Any = None, **client_options: Any
+) -> KeyStore:
     """The key store ``settings`` name.  ``credential`` (Key Vault only): an azure-core
     TokenCredential; None: the broker's managed identity
     (:func:`broker.identity.azure_credential`).  ``client_options`` go to every Azure
@@ -39,5 +40,13 @@ def open_key_store(settings: BrokerSettings, *, credential: Any = None,
     return VaultKeyStore(settings.key_vault_url, credential, **client_options)
 
 
-__all__ = ["ROTATABLE", "KeyMaterialError", "KeyStore", "KeyStoreError",
-           "KeyStoreUnavailable", "Rotatable", "open_key_store", "public_line"]
+__all__ = [
+    "ROTATABLE",
+    "KeyMaterialError",
+    "KeyStore",
+    "KeyStoreError",
+    "KeyStoreUnavailable",
+    "Rotatable",
+    "open_key_store",
+    "public_line",
+]

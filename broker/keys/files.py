@@ -104,8 +104,10 @@ class FileKeyStore:
         return self._once("tunnel", lambda: load_or_create_ssh_key(self._s.host_key_path))
 
     def front_door_host_key(self) -> bytes:
-        return self._once("front_door", lambda: load_or_create_ssh_key(
-            self._s.front_door_host_key_path, write_public=True))
+        return self._once(
+            "front_door",
+            lambda: load_or_create_ssh_key(self._s.front_door_host_key_path, write_public=True),
+        )
 
     def user_ca_key(self) -> bytes:
         return self._once("ca", lambda: load_or_create_ssh_key(self._s.user_ca_key_path))
@@ -148,8 +150,9 @@ class FileKeyStore:
                 found = versions(base)
                 current = max(found)
                 key = load_ed25519_file(found[current])
-                retired = [load_ed25519_file(p).public_key() for n, p in found.items()
-                           if n != current]
+                retired = [
+                    load_ed25519_file(p).public_key() for n, p in found.items() if n != current
+                ]
             except ChainError as exc:
                 raise KeyMaterialError(str(exc)) from exc
             return CheckpointSigner(Ed25519Key(key, str(current)), retired=retired)
@@ -162,12 +165,14 @@ class FileKeyStore:
         for n, p in sorted(versions(base).items(), reverse=True):
             pub = p.with_name(p.name + ".pub")
             try:
-                pem = pub.read_bytes() if pub.exists() else \
-                    public_pem(load_ed25519_file(p).public_key())
+                pem = (
+                    pub.read_bytes()
+                    if pub.exists()
+                    else public_pem(load_ed25519_file(p).public_key())
+                )
                 load_public_pem(pem, str(pub))
             except (OSError, ChainError) as exc:
-                raise KeyMaterialError(f"cannot read audit signing key version {n}: {exc}") \
-                    from exc
+                raise KeyMaterialError(f"cannot read audit signing key version {n}: {exc}") from exc
             out.append((str(n), pem))
         return out
 
@@ -181,8 +186,10 @@ class FileKeyStore:
             try:
                 create_secret(version_path(base, n), Fernet.generate_key())
             except FileExistsError as exc:
-                raise KeyStoreError(f"{version_path(base, n)} appeared meanwhile: another "
-                                    "rotation ran at the same time; run it again") from exc
+                raise KeyStoreError(
+                    f"{version_path(base, n)} appeared meanwhile: another "
+                    "rotation ran at the same time; run it again"
+                ) from exc
             return str(n)
         base = self._s.audit_signing_key_path
         self.checkpoint_signer()
@@ -190,8 +197,10 @@ class FileKeyStore:
         try:
             write_ed25519_file(version_path(base, n), Ed25519PrivateKey.generate())
         except FileExistsError as exc:
-            raise KeyStoreError(f"{version_path(base, n)} appeared meanwhile: another "
-                                "rotation ran at the same time; run it again") from exc
+            raise KeyStoreError(
+                f"{version_path(base, n)} appeared meanwhile: another "
+                "rotation ran at the same time; run it again"
+            ) from exc
         except ChainError as exc:
             raise KeyStoreError(str(exc)) from exc
         return str(n)

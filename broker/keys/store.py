@@ -113,4 +113,5 @@ def public_line(private: bytes) -> str:
 def new_ssh_key() -> bytes:
     """A new Ed25519 key as OpenSSH private key bytes."""
     return ed25519.Ed25519PrivateKey.generate().private_bytes(
-        Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+        Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()
+    )

@@ -75,8 +75,11 @@ from broker.keys.store import NotAnSSHKey, Rotatable, check_ssh_key, new_ssh_key
 T = TypeVar("T")
 
 # the names infra/bicep/modules/keyvault.bicep and docs/deploy-azure.md use
-SECRET_NAMES = {"tunnel": "broker-host-key", "front_door": "front-door-host-key",
-                "ca": "ssh-user-ca"}
+SECRET_NAMES = {
+    "tunnel": "broker-host-key",
+    "front_door": "front-door-host-key",
+    "ca": "ssh-user-ca",
+}
 SEALING_KEY = "credentials-kek"
 # a data directory's credentials.key, imported when moving from key files to the vault:
 # values sealed there (plain Fernet tokens) keep opening; new ones are sealed in the vault
@@ -121,7 +124,8 @@ class VaultOnlyCredential:
         if list(scopes) != [self._scope]:
             raise ClientAuthenticationError(
                 f"refusing a token for {', '.join(scopes) or 'no scope'}: this credential is "
-                f"for {self._scope} only")
+                f"for {self._scope} only"
+            )
         return self._inner.get_token(*scopes, **kwargs)
 
     def close(self) -> None:
@@ -138,8 +142,9 @@ def _size_limit_policy() -> Any:
         def on_response(self, request: Any, response: Any) -> None:
             length = response.http_response.headers.get("Content-Length")
             if length is not None and int(length) > MAX_RESPONSE:
-                raise ServiceResponseError(f"Key Vault answered {length} bytes, more than "
-                                           f"{MAX_RESPONSE}")
+                raise ServiceResponseError(
+                    f"Key Vault answered {length} bytes, more than {MAX_RESPONSE}"
+                )
 
     return SizeLimit()
 
@@ -159,26 +164,31 @@ def translate(url: str, what: str, exc: Exception) -> KeyStoreError:
     )
 
     if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) != 403:
-        return KeyStoreUnavailable(f"Key Vault {url}: sign-in refused while {what}: "
-                                   f"{_first_line(str(exc))}")
+        return KeyStoreUnavailable(
+            f"Key Vault {url}: sign-in refused while {what}: {_first_line(str(exc))}"
+        )
     if isinstance(exc, HttpResponseError) and exc.status_code == 403:
         code = getattr(getattr(exc, "error", None), "code", None) or "Forbidden"
         return KeyStoreUnavailable(
             f"Key Vault {url}: permission denied while {what} ({code}); reading and using "
             "keys needs 'Key Vault Secrets User' and 'Key Vault Crypto User', creating a "
-            "missing one or rotating needs the 'Officer' roles")
+            "missing one or rotating needs the 'Officer' roles"
+        )
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return KeyStoreUnavailable(f"Key Vault {url} cannot be reached while {what}: "
-                                   f"{_first_line(str(exc))}")
+        return KeyStoreUnavailable(
+            f"Key Vault {url} cannot be reached while {what}: {_first_line(str(exc))}"
+        )
     if isinstance(exc, HttpResponseError):
-        return KeyStoreUnavailable(f"Key Vault {url} refused {what} (HTTP {exc.status_code}): "
-                                   f"{_first_line(str(exc))}")
+        return KeyStoreUnavailable(
+            f"Key Vault {url} refused {what} (HTTP {exc.status_code}): {_first_line(str(exc))}"
+        )
     return KeyStoreError(f"Key Vault {url}: {what} failed: {_first_line(str(exc))}")
 
 
 def _jwk_public(jwk: Any) -> PublicKey:
-    return ec.EllipticCurvePublicNumbers(int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"),
-                                         ec.SECP256R1()).public_key()
+    return ec.EllipticCurvePublicNumbers(
+        int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"), ec.SECP256R1()
+    ).public_key()
 
 
 @dataclass
@@ -198,8 +208,9 @@ class VaultSigningKey:
         try:
             result = self.client.sign(SignatureAlgorithm.es256, hashlib.sha256(message).digest())
         except AzureError as exc:
-            raise ChainError(str(translate(self.vault_url, "signing an audit checkpoint",
-                                           exc))) from exc
+            raise ChainError(
+                str(translate(self.vault_url, "signing an audit checkpoint", exc))
+            ) from exc
         sig: bytes = result.signature
         return sig
 
@@ -224,11 +235,13 @@ class EnvelopeSealer:
         raw = Fernet.generate_key()
         client = self._store.crypto_client(self._current)
         try:
-            wrapped = client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256,
-                                      base64.urlsafe_b64decode(raw)).encrypted_key
+            wrapped = client.wrap_key(
+                KeyWrapAlgorithm.rsa_oaep_256, base64.urlsafe_b64decode(raw)
+            ).encrypted_key
         except AzureError as exc:
-            raise SealUnavailable(str(translate(self._store.url, "wrapping a data key",
-                                                exc))) from exc
+            raise SealUnavailable(
+                str(translate(self._store.url, "wrapping a data key", exc))
+            ) from exc
         version = self._current.properties.version
         return version, base64.urlsafe_b64encode(wrapped).decode().rstrip("="), Fernet(raw)
 
@@ -251,7 +264,8 @@ class EnvelopeSealer:
             client = self._clients.get(version)
             if client is None:
                 client = self._clients[version] = self._store.crypto_client(
-                    f"{self._store.url}/keys/{SEALING_KEY}/{version}")
+                    f"{self._store.url}/keys/{SEALING_KEY}/{version}"
+                )
             try:
                 blob = base64.urlsafe_b64decode(wrapped + "=" * (-len(wrapped) % 4))
                 raw = client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, blob).key
@@ -259,13 +273,16 @@ class EnvelopeSealer:
                 raise SealError("the wrapped data key is damaged") from exc
             except HttpResponseError as exc:
                 if exc.status_code in (400, 404):
-                    raise SealError(f"key version {version} cannot unwrap this value "
-                                    f"(HTTP {exc.status_code})") from exc
-                raise SealUnavailable(str(translate(self._store.url, "unwrapping a data key",
-                                                    exc))) from exc
+                    raise SealError(
+                        f"key version {version} cannot unwrap this value (HTTP {exc.status_code})"
+                    ) from exc
+                raise SealUnavailable(
+                    str(translate(self._store.url, "unwrapping a data key", exc))
+                ) from exc
             except AzureError as exc:
-                raise SealUnavailable(str(translate(self._store.url, "unwrapping a data key",
-                                                    exc))) from exc
+                raise SealUnavailable(
+                    str(translate(self._store.url, "unwrapping a data key", exc))
+                ) from exc
             self.unwraps += 1
             key = self._opened[(version, wrapped)] = Fernet(base64.urlsafe_b64encode(raw))
             return key
@@ -281,8 +298,9 @@ class EnvelopeSealer:
             try:
                 return self._legacy().decrypt(sealed.encode("ascii"))
             except (InvalidToken, ValueError) as exc:
-                raise SealError("does not open with the imported key-file key "
-                                f"(secret {LEGACY_SECRET})") from exc
+                raise SealError(
+                    f"does not open with the imported key-file key (secret {LEGACY_SECRET})"
+                ) from exc
         parts = sealed.split(":", 4)
         if len(parts) != 5 or parts[1] != "kv" or not _VERSION.fullmatch(parts[2]):
             raise SealError("not a value sealed with this broker's Key Vault key")
@@ -300,8 +318,15 @@ class VaultKeyStore:
     ``client_options``: passed to every SDK client (tests: ``connection_verify``).
     """
 
-    def __init__(self, url: str, credential: Any, *, settle_s: float = 2.0,
-                 sleep: Callable[[float], None] = time.sleep, **client_options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        credential: Any,
+        *,
+        settle_s: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+        **client_options: Any,
+    ) -> None:
         parsed = urlparse(url)
         if parsed.scheme != "https" or not parsed.hostname:
             raise KeyStoreError(f"Key Vault URL {url!r} must be https://<name>.vault.azure.net")
@@ -311,10 +336,14 @@ class VaultKeyStore:
         self._settle_s, self._sleep = settle_s, sleep
         self._options: dict[str, Any] = {
             "verify_challenge_resource": not is_loopback(parsed.hostname),
-            "connection_timeout": 5, "read_timeout": 15,
-            "retry_total": 2, "retry_backoff_factor": 0.4, "retry_backoff_max": 4,
+            "connection_timeout": 5,
+            "read_timeout": 15,
+            "retry_total": 2,
+            "retry_backoff_factor": 0.4,
+            "retry_backoff_max": 4,
             "per_retry_policies": [_size_limit_policy()],
-            **client_options}
+            **client_options,
+        }
         from azure.keyvault.keys import KeyClient
         from azure.keyvault.secrets import SecretClient
 
@@ -376,9 +405,11 @@ class VaultKeyStore:
             name = SECRET_NAMES[which]
             with self._calls(f"creating the {_WHAT[which]} (secret {name})"):
                 self._secrets.set_secret(
-                    name, new_ssh_key().decode(),
+                    name,
+                    new_ssh_key().decode(),
                     content_type="application/x-openssh-private-key",
-                    tags={"created-by": "hoshu", "replica": socket.gethostname()[:200]})
+                    tags={"created-by": "hoshu", "replica": socket.gethostname()[:200]},
+                )
         if missing:
             self._sleep(self._settle_s)  # a replica starting beside us may write too
             texts.update({which: self._read_secret(which) for which in missing})
@@ -387,8 +418,10 @@ class VaultKeyStore:
             try:
                 out[which] = check_ssh_key((text or "").encode())
             except NotAnSSHKey as exc:
-                raise KeyMaterialError(f"Key Vault {self.url}: secret {SECRET_NAMES[which]} "
-                                       "is not an OpenSSH private key") from exc
+                raise KeyMaterialError(
+                    f"Key Vault {self.url}: secret {SECRET_NAMES[which]} "
+                    "is not an OpenSSH private key"
+                ) from exc
         return out
 
     def tunnel_host_key(self) -> bytes:
@@ -408,11 +441,13 @@ class VaultKeyStore:
         try:
             text = self._secrets.get_secret(LEGACY_SECRET).value
         except ResourceNotFoundError as exc:
-            raise SealError(f"sealed with key files, and no secret {LEGACY_SECRET} holds "
-                            "their credentials.key") from exc
+            raise SealError(
+                f"sealed with key files, and no secret {LEGACY_SECRET} holds their credentials.key"
+            ) from exc
         except AzureError as exc:
-            raise SealUnavailable(str(translate(self.url, f"reading secret {LEGACY_SECRET}",
-                                                exc))) from exc
+            raise SealUnavailable(
+                str(translate(self.url, f"reading secret {LEGACY_SECRET}", exc))
+            ) from exc
         try:
             return Fernet((text or "").strip().encode())
         except ValueError as exc:
@@ -422,8 +457,9 @@ class VaultKeyStore:
 
     def _create(self, name: str) -> Any:
         if name == SEALING_KEY:
-            return self._keys.create_rsa_key(name, size=RSA_SIZE,
-                                             key_operations=["wrapKey", "unwrapKey"])
+            return self._keys.create_rsa_key(
+                name, size=RSA_SIZE, key_operations=["wrapKey", "unwrapKey"]
+            )
         return self._keys.create_ec_key(name, curve="P-256", key_operations=["sign", "verify"])
 
     def _current_key(self, name: str) -> Any:
@@ -442,8 +478,12 @@ class VaultKeyStore:
     def secret_box(self) -> SecretBox:
         def make() -> SecretBox:
             key = self._current_key(SEALING_KEY)
-            if str(key.key_type) not in ("RSA", "RSA-HSM", "JsonWebKeyType.RSA",
-                                         "JsonWebKeyType.RSA_HSM"):
+            if str(key.key_type) not in (
+                "RSA",
+                "RSA-HSM",
+                "JsonWebKeyType.RSA",
+                "JsonWebKeyType.RSA_HSM",
+            ):
                 raise KeyMaterialError(f"Key Vault {self.url}: key {SEALING_KEY} is not RSA")
             return SecretBox.using(EnvelopeSealer(self, key))
 
@@ -458,8 +498,11 @@ class VaultKeyStore:
     def _signing_versions(self, current: str) -> list[tuple[str, PublicKey]]:
         """Every enabled version's public key: ``current`` first, then newest first."""
         with self._calls(f"listing versions of key {SIGNING_KEY}"):
-            props = sorted(self._keys.list_properties_of_key_versions(SIGNING_KEY),
-                           key=lambda p: (p.version == current, p.created_on), reverse=True)
+            props = sorted(
+                self._keys.list_properties_of_key_versions(SIGNING_KEY),
+                key=lambda p: (p.version == current, p.created_on),
+                reverse=True,
+            )
             out = []
             for p in props:
                 if p.enabled is False:
@@ -469,8 +512,11 @@ class VaultKeyStore:
         return out
 
     def _ec_public(self, jwk: Any) -> PublicKey:
-        if jwk.x is None or jwk.y is None or str(jwk.crv) not in ("P-256",
-                                                                  "JsonWebKeyCurveName.P256"):
+        if (
+            jwk.x is None
+            or jwk.y is None
+            or str(jwk.crv) not in ("P-256", "JsonWebKeyCurveName.P256")
+        ):
             raise KeyMaterialError(f"Key Vault {self.url}: key {SIGNING_KEY} is not EC P-256")
         return _jwk_public(jwk)
 
@@ -478,10 +524,14 @@ class VaultKeyStore:
         def make() -> CheckpointSigner:
             key = self._current_key(SIGNING_KEY)
             public = self._ec_public(key.key)
-            retired = [pub for v, pub in self._signing_versions(key.properties.version)
-                       if v != key.properties.version]
-            signing = VaultSigningKey(self.crypto_client(key), public, key.properties.version,
-                                      self.url)
+            retired = [
+                pub
+                for v, pub in self._signing_versions(key.properties.version)
+                if v != key.properties.version
+            ]
+            signing = VaultSigningKey(
+                self.crypto_client(key), public, key.properties.version, self.url
+            )
             try:
                 return CheckpointSigner(signing, retired=retired)
             except ChainError as exc:

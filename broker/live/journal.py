@@ -76,8 +76,11 @@ class LiveJournal:
                 raise
             self._held[session_id] = fd
         except OSError as exc:
-            log.error("cannot journal session %s (%s); a crash would leave it open",
-                      session_id, exc.strerror or exc)
+            log.error(
+                "cannot journal session %s (%s); a crash would leave it open",
+                session_id,
+                exc.strerror or exc,
+            )
 
     def closed(self, session_id: str) -> None:
         """The session's end event is written: forget it."""
@@ -98,9 +101,13 @@ def _recording_summary(store: RecordingStore, name: str) -> tuple[int, str | Non
     return size, sha
 
 
-def end_lost_sessions(recordings_dir: Path, emitter: Emitter,
-                      clock: Callable[[], datetime], *,
-                      store: RecordingStore | None = None) -> list[str]:
+def end_lost_sessions(
+    recordings_dir: Path,
+    emitter: Emitter,
+    clock: Callable[[], datetime],
+    *,
+    store: RecordingStore | None = None,
+) -> list[str]:
     """Write ``session.ended`` (``broker_lost``) for each session a previous run left open.
 
     Returns the session ids ended.  An entry is removed only after its event is
@@ -139,21 +146,32 @@ def end_lost_sessions(recordings_dir: Path, emitter: Emitter,
     return ended
 
 
-def _end_one(path: Path, cols: dict[str, Any], details: dict[str, Any],
-             store: RecordingStore, emitter: Emitter, clock: Callable[[], datetime]) -> None:
+def _end_one(
+    path: Path,
+    cols: dict[str, Any],
+    details: dict[str, Any],
+    store: RecordingStore,
+    emitter: Emitter,
+    clock: Callable[[], datetime],
+) -> None:
     """One ``session.ended`` (``broker_lost``) for a journal entry, then the entry goes."""
     sid = path.stem
     name = str(details.get("recording") or "")
     size, sha = _recording_summary(store, name) if name else (0, None)
     cols["TargetSessionId"] = sid
-    emitter.emit(new_event(
-        "session.ended", clock=clock, EventResult="Partial",
-        EventResultDetails="broker_lost",
-        EventMessage=f"session {sid} ended with the broker that ran it",
-        RecordingSize=size, RecordingSHA256=sha,
-        details={"kind": details.get("kind"), "exit_status": None,
-                 "recording": name or None},
-        **{k: v for k, v in cols.items() if v is not None}))
+    emitter.emit(
+        new_event(
+            "session.ended",
+            clock=clock,
+            EventResult="Partial",
+            EventResultDetails="broker_lost",
+            EventMessage=f"session {sid} ended with the broker that ran it",
+            RecordingSize=size,
+            RecordingSHA256=sha,
+            details={"kind": details.get("kind"), "exit_status": None, "recording": name or None},
+            **{k: v for k, v in cols.items() if v is not None},
+        )
+    )
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     log.warning("session %s was left open by the previous run: ended (broker_lost)", sid)

@@ -108,8 +108,15 @@ def default_opener(path: Path) -> IO[bytes]:
 class Recording:
     """An open asciicast v2 recording.  Not thread-safe; one per session."""
 
-    def __init__(self, path: Path, fh: RecordingSink, monotonic: Callable[[], float], *,
-                 max_bytes: int = DEFAULT_MAX_BYTES, record_input: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fh: RecordingSink,
+        monotonic: Callable[[], float],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        record_input: bool = True,
+    ) -> None:
         self.path = path
         self._fh = fh
         self._mono = monotonic
@@ -185,7 +192,8 @@ class Recording:
         self.flush()  # what came before the limit is kept
         mib = self._max / (1024 * 1024)
         self._failed = RecordingLimit(
-            f"the recording reached its limit of {mib:g} MiB; the session was closed")
+            f"the recording reached its limit of {mib:g} MiB; the session was closed"
+        )
         raise self._failed
 
     def _event(self, code: str, text: str) -> None:
@@ -272,7 +280,8 @@ class Recording:
             check()
         except RecordingFileError as exc:
             self._failed = RecordingError(
-                f"session ended: the recording could not be written ({exc})")
+                f"session ended: the recording could not be written ({exc})"
+            )
             raise self._failed from exc
 
     def close(self) -> RecordingSummary:
@@ -292,7 +301,8 @@ class Recording:
                     if self._failed is None:
                         lost = exc
                         self._failed = RecordingError(
-                            f"session ended: the recording could not be stored ({exc})")
+                            f"session ended: the recording could not be stored ({exc})"
+                        )
             if lost is not None and self._failed is not None:
                 raise self._failed from lost
         return RecordingSummary(self.path, self._size, self._hash.hexdigest())

@@ -150,9 +150,14 @@ class SessionRegistry:
                 pass
         self._sessions[session.session_id] = session
         if self.journal is not None and session.recording:
-            self.journal.opened(session.session_id, {
-                "columns": session.columns(), "started": session.started.isoformat(),
-                "details": {"kind": session.kind, "recording": session.recording}})
+            self.journal.opened(
+                session.session_id,
+                {
+                    "columns": session.columns(),
+                    "started": session.started.isoformat(),
+                    "details": {"kind": session.kind, "recording": session.recording},
+                },
+            )
 
     def remove(self, session_id: str) -> None:
         s = self._sessions.pop(session_id, None)
@@ -182,8 +187,11 @@ class SessionRegistry:
         return self._sessions.get(session_id)
 
     def list(self, hospital_id: str | None = None) -> list[LiveSession]:
-        return [s for s in self._sessions.values()
-                if hospital_id is None or s.hospital_id == hospital_id]
+        return [
+            s
+            for s in self._sessions.values()
+            if hospital_id is None or s.hospital_id == hospital_id
+        ]
 
     def terminate(self, session_id: str, *, by: str, reason: str) -> bool:
         """End a live session now (approver action or the watcher); False if unknown.
@@ -197,7 +205,8 @@ class SessionRegistry:
         s.ended_reason = reason
         self._end(s, reason)  # first: the session ends even if the audit log is down
         self.emit(
-            "session.terminated", EventResultDetails=reason,
+            "session.terminated",
+            EventResultDetails=reason,
             EventMessage=f"session {session_id} of {s.username} on {s.instrument} ended: {reason}",
             details={"kind": s.kind, "by": by, "recording": s.recording or None},
             **s.columns(),
@@ -218,19 +227,25 @@ class SessionRegistry:
         except Exception as exc:
             log.error("audit log refused %s (%s); retrying", type_, type(exc).__name__)
         self._alert(event)
-        t = threading.Thread(target=self._retry, args=(event,), daemon=True,
-                             name=f"hoshu-audit-retry-{type_}")
+        t = threading.Thread(
+            target=self._retry, args=(event,), daemon=True, name=f"hoshu-audit-retry-{type_}"
+        )
         self._retrying.add(t)
         t.start()
 
     def _alert(self, event: AuditEvent) -> None:
         try:
-            self._emitter.emit(new_event(
-                "alert.raised", clock=self._clock, EventResultDetails="audit_write_failed",
-                EventMessage=f"the audit log refused {event.type}; hoshu is retrying",
-                details={"alert": "audit_write_failed", "reason": event.type},
-                TargetSessionId=event.get("TargetSessionId"),
-                HospitalId=event.get("HospitalId")))
+            self._emitter.emit(
+                new_event(
+                    "alert.raised",
+                    clock=self._clock,
+                    EventResultDetails="audit_write_failed",
+                    EventMessage=f"the audit log refused {event.type}; hoshu is retrying",
+                    details={"alert": "audit_write_failed", "reason": event.type},
+                    TargetSessionId=event.get("TargetSessionId"),
+                    HospitalId=event.get("HospitalId"),
+                )
+            )
         except Exception:
             log.error("audit log unavailable: cannot raise the alert for %s", event.type)
 
@@ -244,11 +259,11 @@ class SessionRegistry:
                     log.warning("audit event %s written after retrying", event.type)
                     return
                 except Exception as exc:
-                    log.error("audit log still refuses %s (%s)", event.type,
-                              type(exc).__name__)
+                    log.error("audit log still refuses %s (%s)", event.type, type(exc).__name__)
             # the last place left: the process log, so the event can be recovered
-            log.critical("audit event lost after %d retries: %s", len(self._retry_delays),
-                         event.to_json())
+            log.critical(
+                "audit event lost after %d retries: %s", len(self._retry_delays), event.to_json()
+            )
         finally:
             self._retrying.discard(threading.current_thread())
 
@@ -327,10 +342,15 @@ class SessionRegistry:
             f"{'s' if mins != 1 else ''} (at {end:%H:%M:%S} UTC); "
             "the session will be closed then"
         )
-        self._emitter.emit(new_event(
-            "session.warning", clock=self._clock, EventMessage=text,
-            details={"remaining_s": int(remaining)}, **s.columns(),
-        ))
+        self._emitter.emit(
+            new_event(
+                "session.warning",
+                clock=self._clock,
+                EventMessage=text,
+                details={"remaining_s": int(remaining)},
+                **s.columns(),
+            )
+        )
         if s.on_warning is not None:
             with contextlib.suppress(Exception):
                 s.on_warning(text)
@@ -344,8 +364,9 @@ class SessionRegistry:
                 s.recorder.flush()
             except Exception as exc:
                 log.error("recording of session %s failed: %s", s.session_id, exc)
-                self.terminate(s.session_id, by="hoshu",
-                               reason=getattr(exc, "reason", "recording_failed"))
+                self.terminate(
+                    s.session_id, by="hoshu", reason=getattr(exc, "reason", "recording_failed")
+                )
 
     async def watch(self) -> None:
         """Run the grant watcher (and the recordings' timed flush) until cancelled."""

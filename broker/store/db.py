@@ -48,8 +48,7 @@ def make_engine(url: str, *, password: PasswordSource | None = None) -> sa.Engin
         memory = url in ("sqlite://", "sqlite:///:memory:")
         if not memory:
             Path(sa.make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False,
-                                                   "timeout": 30}}
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if memory:
             kwargs["poolclass"] = StaticPool
         engine = sa.create_engine(url, **kwargs)
@@ -69,15 +68,17 @@ def make_engine(url: str, *, password: PasswordSource | None = None) -> sa.Engin
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_sql_engine(url, password=password, pool_pre_ping=True, pool_size=10,
-                             max_overflow=10)
+    return create_sql_engine(
+        url, password=password, pool_pre_ping=True, pool_size=10, max_overflow=10
+    )
 
 
 def alembic_config(engine: sa.Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False)
-                        .replace("%", "%%"))
+    cfg.set_main_option(
+        "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    )
     return cfg
 
 
@@ -112,8 +113,9 @@ def current_revision(engine: sa.Engine) -> str | None:
 class Store:
     """One database: its engine and a transaction factory."""
 
-    def __init__(self, url: str, *, migrate: bool = True,
-                 password: PasswordSource | None = None) -> None:
+    def __init__(
+        self, url: str, *, migrate: bool = True, password: PasswordSource | None = None
+    ) -> None:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url, password=password)
         self.is_postgres = self.engine.dialect.name == "postgresql"

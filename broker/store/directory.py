@@ -58,11 +58,18 @@ class StoreGatewayDirectory:
             gw = tx.get(Gateway, gateway_id)
             if gw is None or not gw.active:
                 return []
-            names = {i.name for i in tx.find(Instrument, hospital_id=gw.hospital_id,
-                                             gateway_id=gw.id, active=True)}
+            names = {
+                i.name
+                for i in tx.find(
+                    Instrument, hospital_id=gw.hospital_id, gateway_id=gw.id, active=True
+                )
+            }
             grants = tx.find(Grant, hospital_id=gw.hospital_id, status=list(LIVE))
-        windows = {(max(g.starts_at, now), g.ends_at) for g in grants
-                   if g.ends_at > now and names.intersection(g.instruments)}
+        windows = {
+            (max(g.starts_at, now), g.ends_at)
+            for g in grants
+            if g.ends_at > now and names.intersection(g.instruments)
+        }
         return sorted(windows)
 
     def record_inventory(self, gateway_id: str, instruments: list[InventoryItem]) -> None:
@@ -86,18 +93,35 @@ class StoreAccessPolicy:
             if user is None or not account_usable(user, now) or not user.totp_enrolled:
                 return None
             org = tx.get(Org, user.org_id)
-            if org is None or not org.active or \
-                    not role_allows(user.roles, "ssh.login", str(org.kind)):
+            if (
+                org is None
+                or not org.active
+                or not role_allows(user.roles, "ssh.login", str(org.kind))
+            ):
                 return None
-            if not any(k.public_key == key and k.revoked_at is None
-                       for k in tx.find(SshKey, user_id=user.id, fingerprint=fp)):
+            if not any(
+                k.public_key == key and k.revoked_at is None
+                for k in tx.find(SshKey, user_id=user.id, fingerprint=fp)
+            ):
                 return None
-            return Engineer(user.id, user.name, org.name, tuple(org.source_cidrs),
-                            roles=frozenset(str(r) for r in user.roles),
-                            org_kind=str(org.kind))
+            return Engineer(
+                user.id,
+                user.name,
+                org.name,
+                tuple(org.source_cidrs),
+                roles=frozenset(str(r) for r in user.roles),
+                org_kind=str(org.kind),
+            )
 
-    def check_totp(self, user_id: str, code: str, now: datetime, *,
-                   src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:
+    def check_totp(
+        self,
+        user_id: str,
+        code: str,
+        now: datetime,
+        *,
+        src_ip: str | None = None,
+        hospital_id: str | None = None,
+    ) -> TotpResult:
         """The domain checks the code and alone writes the failure and lockout events."""
         r = self.s.auth.check_totp(user_id, code, now, src_ip, hospital_id=hospital_id)
         return TotpResult(r.ok, r.reason, r.failures, r.locked_now, r.locked_until)
@@ -111,24 +135,42 @@ class StoreAccessPolicy:
         with self.s.ctx.uow() as tx:
             return certs.cert_refusal(tx, user_id, serial, now)
 
-    def record_cert(self, user_id: str, serial: int, issued_at: datetime,
-                    valid_until: datetime) -> None:
+    def record_cert(
+        self, user_id: str, serial: int, issued_at: datetime, valid_until: datetime
+    ) -> None:
         certs.record_cert(self.s.ctx, user_id, serial, issued_at, valid_until)
 
-    def find_grant(self, user_id: str, instrument: str, port: int, now: datetime
-                   ) -> GrantView | None:
+    def find_grant(
+        self, user_id: str, instrument: str, port: int, now: datetime
+    ) -> GrantView | None:
         with self.s.ctx.uow() as tx:
             user = tx.get(User, user_id)
             inst = tx.one(Instrument, name=instrument)
-            if user is None or not account_usable(user, now) or inst is None or \
-                    not inst.active or inst.pending_host_key_fingerprint is not None:
+            if (
+                user is None
+                or not account_usable(user, now)
+                or inst is None
+                or not inst.active
+                or inst.pending_host_key_fingerprint is not None
+            ):
                 return None
             for g in tx.find(Grant, user_id=user_id, status=list(LIVE), order_by="ends_at"):
-                if instrument in g.instruments and port in g.ports and \
-                        g.hospital_id == inst.hospital_id and \
-                        grant_holds(tx, g, now, instruments=[instrument]):
-                    return GrantView(g.id, g.user_id, instrument, tuple(g.ports), g.ends_at,
-                                     g.file_transfer, g.hospital_id, g.emergency)
+                if (
+                    instrument in g.instruments
+                    and port in g.ports
+                    and g.hospital_id == inst.hospital_id
+                    and grant_holds(tx, g, now, instruments=[instrument])
+                ):
+                    return GrantView(
+                        g.id,
+                        g.user_id,
+                        instrument,
+                        tuple(g.ports),
+                        g.ends_at,
+                        g.file_transfer,
+                        g.hospital_id,
+                        g.emergency,
+                    )
         return None
 
     def grant_end(self, grant_id: str, user_id: str, now: datetime) -> GrantEnd:
@@ -162,10 +204,18 @@ class StoreAccessPolicy:
             if gw is None or not gw.active:
                 return None
             hospital_policy = tx.get(Policy, inst.hospital_id)
-        credential = self.s.ctx.secrets.open(inst.credential_enc) if inst.credential_enc \
-            else ""
+        credential = self.s.ctx.secrets.open(inst.credential_enc) if inst.credential_enc else ""
         accepted = None if inst.pending_host_key_fingerprint else inst.host_key_fingerprint
-        return InstrumentTarget(inst.name, inst.hospital_id, inst.gateway_id, inst.host,
-                                inst.ssh_port, tuple(inst.ports), inst.login_username,
-                                credential, accepted, protocol=inst.protocol,
-                                record_input=bool(hospital_policy and hospital_policy.record_input))
+        return InstrumentTarget(
+            inst.name,
+            inst.hospital_id,
+            inst.gateway_id,
+            inst.host,
+            inst.ssh_port,
+            tuple(inst.ports),
+            inst.login_username,
+            credential,
+            accepted,
+            protocol=inst.protocol,
+            record_input=bool(hospital_policy and hospital_policy.record_input),
+        )

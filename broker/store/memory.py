@@ -43,8 +43,9 @@ class MemoryTx:
             value = getattr(obj, col)
             for other in self._rows[type(obj)].values():
                 if other.id != obj.id and getattr(other, col) == value:  # type: ignore[attr-defined]
-                    raise Conflict(f"a {type(obj).__name__.lower()} with that name or key "
-                                   "already exists")
+                    raise Conflict(
+                        f"a {type(obj).__name__.lower()} with that name or key already exists"
+                    )
 
     def add(self, obj: object) -> None:
         table = self._rows.setdefault(type(obj), {})
@@ -63,10 +64,21 @@ class MemoryTx:
         row = self._rows.get(kind, {}).get(id)
         return copy.deepcopy(row) if row is not None else None
 
-    def find(self, kind: type[E], /, *, order_by: str | None = None,
-             limit: int | None = None, for_update: bool = False, **where: Any) -> list[E]:
-        rows = [r for r in self._rows.get(kind, {}).values()
-                if all(_match(r, k, v) for k, v in where.items())]
+    def find(
+        self,
+        kind: type[E],
+        /,
+        *,
+        order_by: str | None = None,
+        limit: int | None = None,
+        for_update: bool = False,
+        **where: Any,
+    ) -> list[E]:
+        rows = [
+            r
+            for r in self._rows.get(kind, {}).values()
+            if all(_match(r, k, v) for k, v in where.items())
+        ]
         if order_by:
             name = order_by.lstrip("-")
             rows.sort(key=lambda r: r.id)
@@ -104,4 +116,3 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
-

@@ -33,15 +33,15 @@ class SqlTx:
         try:
             self.conn.execute(TABLES[type(obj)].insert().values(**_values(obj)))
         except IntegrityError as exc:
-            raise Conflict(f"a {type(obj).__name__.lower()} with that name or key "
-                           "already exists") from exc
+            raise Conflict(
+                f"a {type(obj).__name__.lower()} with that name or key already exists"
+            ) from exc
 
     def save(self, obj: object) -> None:
         table = TABLES[type(obj)]
         values = _values(obj)
         try:
-            self.conn.execute(table.update().where(table.c.id == values.pop("id"))
-                              .values(**values))
+            self.conn.execute(table.update().where(table.c.id == values.pop("id")).values(**values))
         except IntegrityError as exc:
             raise Conflict("that change clashes with an existing object") from exc
 
@@ -53,8 +53,16 @@ class SqlTx:
         row = self.conn.execute(stmt).first()
         return kind(**row._mapping) if row is not None else None
 
-    def find(self, kind: type[E], /, *, order_by: str | None = None,
-             limit: int | None = None, for_update: bool = False, **where: Any) -> list[E]:
+    def find(
+        self,
+        kind: type[E],
+        /,
+        *,
+        order_by: str | None = None,
+        limit: int | None = None,
+        for_update: bool = False,
+        **where: Any,
+    ) -> list[E]:
         table = TABLES[kind]
         stmt = sa.select(table)
         for key, value in where.items():
@@ -70,8 +78,7 @@ class SqlTx:
                 stmt = stmt.where(table.c[key] == value)
         if order_by:
             col = table.c[order_by.lstrip("-")]
-            stmt = stmt.order_by(col.desc() if order_by.startswith("-") else col.asc(),
-                                 table.c.id)
+            stmt = stmt.order_by(col.desc() if order_by.startswith("-") else col.asc(), table.c.id)
         if limit is not None:
             stmt = stmt.limit(limit)
         if for_update and self._for_update:

@@ -33,29 +33,42 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: datetime | None, dialect: Dialect
-                             ) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-metadata = sa.MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "pk": "pk_%(table_name)s",
-})
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
 
 TABLE_NAMES: dict[type, str] = {
-    m.Org: "orgs", m.User: "users", m.SshKey: "ssh_keys", m.AuthFailure: "auth_failures",
-    m.Token: "tokens", m.Contract: "contracts", m.Policy: "policies",
-    m.Instrument: "instruments", m.Gateway: "gateways",
-    m.EnrolmentToken: "enrolment_tokens", m.AccessRequest: "access_requests",
-    m.Decision: "decisions", m.Grant: "grants", m.Transition: "transitions",
+    m.Org: "orgs",
+    m.User: "users",
+    m.SshKey: "ssh_keys",
+    m.AuthFailure: "auth_failures",
+    m.Token: "tokens",
+    m.Contract: "contracts",
+    m.Policy: "policies",
+    m.Instrument: "instruments",
+    m.Gateway: "gateways",
+    m.EnrolmentToken: "enrolment_tokens",
+    m.AccessRequest: "access_requests",
+    m.Decision: "decisions",
+    m.Grant: "grants",
+    m.Transition: "transitions",
     m.SshCert: "ssh_certs",
 }
 UNIQUE: dict[type, list[str]] = {
-    m.Org: ["name"], m.User: ["name"], m.Token: ["token_hash"], m.Instrument: ["name"],
+    m.Org: ["name"],
+    m.User: ["name"],
+    m.Token: ["token_hash"],
+    m.Instrument: ["name"],
     m.Gateway: ["name"],
 }
 INDEXES: dict[type, list[tuple[str, ...]]] = {
@@ -67,8 +80,12 @@ INDEXES: dict[type, list[tuple[str, ...]]] = {
     m.Instrument: [("hospital_id",)],
     m.Gateway: [("hospital_id",), ("key_fingerprint",)],
     m.EnrolmentToken: [("hospital_id",)],
-    m.AccessRequest: [("requester_id",), ("hospital_id", "status"), ("status", "expires_at"),
-                      ("vendor_id",)],
+    m.AccessRequest: [
+        ("requester_id",),
+        ("hospital_id", "status"),
+        ("status", "expires_at"),
+        ("vendor_id",),
+    ],
     m.Decision: [("request_id",)],
     m.Grant: [("user_id", "status"), ("hospital_id",), ("status",), ("vendor_id",)],
     m.Transition: [("subject_kind", "subject_id")],
@@ -118,7 +135,8 @@ TABLES: dict[type, sa.Table] = {kind: _table(kind) for kind in m.ENTITY_TYPES}
 # replica holds a gateway's tunnel, under the epoch (a random nonce per connection) that
 # alone may refresh or delete it.
 REPLICAS = sa.Table(
-    "broker_replicas", metadata,
+    "broker_replicas",
+    metadata,
     sa.Column("replica_id", sa.String(64), primary_key=True),
     sa.Column("peer_host", sa.Text(), nullable=False),
     sa.Column("peer_port", sa.BigInteger(), nullable=False),
@@ -127,7 +145,8 @@ REPLICAS = sa.Table(
     sa.Column("last_seen", UTCDateTime(), nullable=False),
 )
 GATEWAY_TUNNELS = sa.Table(
-    "gateway_tunnels", metadata,
+    "gateway_tunnels",
+    metadata,
     sa.Column("gateway_id", sa.String(64), primary_key=True),
     sa.Column("replica_id", sa.String(64), primary_key=True),
     sa.Column("epoch", sa.String(64), nullable=False),

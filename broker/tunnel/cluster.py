@@ -58,8 +58,14 @@ class Replica:
 class ClusterRegistry:
     """The replica and tunnel tables, as seen by one replica (``replica_id``)."""
 
-    def __init__(self, engine: sa.Engine, replica_id: str, *, clock: Callable[[], datetime],
-                 dead_after_s: float = DEAD_AFTER_S) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        replica_id: str,
+        *,
+        clock: Callable[[], datetime],
+        dead_after_s: float = DEAD_AFTER_S,
+    ) -> None:
         self.engine = engine
         self.replica_id = replica_id
         self._clock = clock
@@ -72,12 +78,12 @@ class ClusterRegistry:
         start, before anything listens)."""
         r = REPLICAS.c
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(r.peer_key).where(r.replica_id == self.replica_id)
-                               ).first()
+            row = conn.execute(sa.select(r.peer_key).where(r.replica_id == self.replica_id)).first()
         if row is not None and row.peer_key and row.peer_key != peer_key:
             raise PinConflict(
                 f"replica {self.replica_id!r} is pinned to another peer key; if that key "
-                "was really replaced, delete its row from broker_replicas first")
+                "was really replaced, delete its row from broker_replicas first"
+            )
 
     def register(self, peer_host: str, peer_port: int, peer_key: str) -> None:
         """Publish this replica's peer address; pin ``peer_key`` on first registration.
@@ -87,34 +93,47 @@ class ClusterRegistry:
         now = self._clock()
         r = REPLICAS.c
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(r.peer_key).where(r.replica_id == self.replica_id)
-                               ).first()
+            row = conn.execute(sa.select(r.peer_key).where(r.replica_id == self.replica_id)).first()
             if row is not None and row.peer_key and row.peer_key != peer_key:
                 raise PinConflict(
                     f"replica {self.replica_id!r} is pinned to another peer key; if that key "
-                    "was really replaced, delete its row from broker_replicas first")
-            values = {"peer_host": peer_host, "peer_port": peer_port, "peer_key": peer_key,
-                      "started_at": now, "last_seen": now}
+                    "was really replaced, delete its row from broker_replicas first"
+                )
+            values = {
+                "peer_host": peer_host,
+                "peer_port": peer_port,
+                "peer_key": peer_key,
+                "started_at": now,
+                "last_seen": now,
+            }
             if row is None:
                 conn.execute(sa.insert(REPLICAS).values(replica_id=self.replica_id, **values))
             else:
-                conn.execute(sa.update(REPLICAS).where(r.replica_id == self.replica_id)
-                             .values(**values))
+                conn.execute(
+                    sa.update(REPLICAS).where(r.replica_id == self.replica_id).values(**values)
+                )
 
     def beat(self) -> None:
         """This replica is alive."""
         with self.engine.begin() as conn:
-            conn.execute(sa.update(REPLICAS).where(REPLICAS.c.replica_id == self.replica_id)
-                         .values(last_seen=self._clock()))
+            conn.execute(
+                sa.update(REPLICAS)
+                .where(REPLICAS.c.replica_id == self.replica_id)
+                .values(last_seen=self._clock())
+            )
 
     def deregister(self) -> None:
         """Leave: drop this replica's tunnel rows and mark it gone (the pin stays)."""
         gone = self._clock() - self._dead_after - timedelta(seconds=1)
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(GATEWAY_TUNNELS)
-                         .where(GATEWAY_TUNNELS.c.replica_id == self.replica_id))
-            conn.execute(sa.update(REPLICAS).where(REPLICAS.c.replica_id == self.replica_id)
-                         .values(last_seen=gone))
+            conn.execute(
+                sa.delete(GATEWAY_TUNNELS).where(GATEWAY_TUNNELS.c.replica_id == self.replica_id)
+            )
+            conn.execute(
+                sa.update(REPLICAS)
+                .where(REPLICAS.c.replica_id == self.replica_id)
+                .values(last_seen=gone)
+            )
 
     # --- tunnels this replica holds ---------------------------------------------
 
@@ -126,10 +145,12 @@ class ClusterRegistry:
         where = (t.gateway_id == gateway_id) & (t.replica_id == self.replica_id)
         values = {"epoch": epoch, "beat": 0, "connected_at": now, "last_seen": now}
         with self.engine.begin() as conn:
-            if conn.execute(sa.update(GATEWAY_TUNNELS).where(where).values(**values)
-                            ).rowcount == 0:
-                conn.execute(sa.insert(GATEWAY_TUNNELS).values(
-                    gateway_id=gateway_id, replica_id=self.replica_id, **values))
+            if conn.execute(sa.update(GATEWAY_TUNNELS).where(where).values(**values)).rowcount == 0:
+                conn.execute(
+                    sa.insert(GATEWAY_TUNNELS).values(
+                        gateway_id=gateway_id, replica_id=self.replica_id, **values
+                    )
+                )
 
     def tunnel_beat(self, gateway_id: str, epoch: str, beat: int) -> bool:
         """Refresh the claim of connection ``epoch``; False (nothing changed) when the row
@@ -138,9 +159,14 @@ class ClusterRegistry:
         with self.engine.begin() as conn:
             done = conn.execute(
                 sa.update(GATEWAY_TUNNELS)
-                .where((t.gateway_id == gateway_id) & (t.replica_id == self.replica_id)
-                       & (t.epoch == epoch) & (t.beat < beat))
-                .values(beat=beat, last_seen=self._clock())).rowcount
+                .where(
+                    (t.gateway_id == gateway_id)
+                    & (t.replica_id == self.replica_id)
+                    & (t.epoch == epoch)
+                    & (t.beat < beat)
+                )
+                .values(beat=beat, last_seen=self._clock())
+            ).rowcount
         return bool(done)
 
     def tunnel_down(self, gateway_id: str, epoch: str) -> bool:
@@ -148,9 +174,12 @@ class ClusterRegistry:
         t = GATEWAY_TUNNELS.c
         with self.engine.begin() as conn:
             done = conn.execute(
-                sa.delete(GATEWAY_TUNNELS)
-                .where((t.gateway_id == gateway_id) & (t.replica_id == self.replica_id)
-                       & (t.epoch == epoch))).rowcount
+                sa.delete(GATEWAY_TUNNELS).where(
+                    (t.gateway_id == gateway_id)
+                    & (t.replica_id == self.replica_id)
+                    & (t.epoch == epoch)
+                )
+            ).rowcount
         return bool(done)
 
     # --- the others ---------------------------------------------------------------
@@ -159,9 +188,11 @@ class ClusterRegistry:
         """A replica's row, alive or not (the pin of a connecting peer)."""
         r = REPLICAS.c
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(r.replica_id, r.peer_host, r.peer_port, r.peer_key,
-                                         r.last_seen)
-                               .where(r.replica_id == replica_id)).first()
+            row = conn.execute(
+                sa.select(r.replica_id, r.peer_host, r.peer_port, r.peer_key, r.last_seen).where(
+                    r.replica_id == replica_id
+                )
+            ).first()
         return _replica(row) if row is not None else None
 
     def live_replicas(self) -> list[Replica]:
@@ -169,28 +200,35 @@ class ClusterRegistry:
         r = REPLICAS.c
         since = self._clock() - self._dead_after
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(r.replica_id, r.peer_host, r.peer_port, r.peer_key,
-                                          r.last_seen)
-                                .where(r.last_seen > since).order_by(r.replica_id)).all()
+            rows = conn.execute(
+                sa.select(r.replica_id, r.peer_host, r.peer_port, r.peer_key, r.last_seen)
+                .where(r.last_seen > since)
+                .order_by(r.replica_id)
+            ).all()
         return [_replica(row) for row in rows]
 
     def holders(self, gateway_id: str) -> list[Replica]:
         """Other live replicas holding a live tunnel of ``gateway_id``, freshest first."""
         r, t = REPLICAS.c, GATEWAY_TUNNELS.c
         since = self._clock() - self._dead_after
-        query = (sa.select(r.replica_id, r.peer_host, r.peer_port, r.peer_key, r.last_seen)
-                 .select_from(GATEWAY_TUNNELS.join(REPLICAS, t.replica_id == r.replica_id))
-                 .where((t.gateway_id == gateway_id) & (t.replica_id != self.replica_id)
-                        & (t.last_seen > since) & (r.last_seen > since))
-                 .order_by(t.last_seen.desc()))
+        query = (
+            sa.select(r.replica_id, r.peer_host, r.peer_port, r.peer_key, r.last_seen)
+            .select_from(GATEWAY_TUNNELS.join(REPLICAS, t.replica_id == r.replica_id))
+            .where(
+                (t.gateway_id == gateway_id)
+                & (t.replica_id != self.replica_id)
+                & (t.last_seen > since)
+                & (r.last_seen > since)
+            )
+            .order_by(t.last_seen.desc())
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_replica(row) for row in rows]
 
 
 def _replica(row: Any) -> Replica:
-    return Replica(row.replica_id, row.peer_host, int(row.peer_port), row.peer_key,
-                   row.last_seen)
+    return Replica(row.replica_id, row.peer_host, int(row.peer_port), row.peer_key, row.last_seen)
 
 
 class ClusterWriter:
@@ -199,7 +237,8 @@ class ClusterWriter:
     def __init__(self, registry: ClusterRegistry) -> None:
         self.registry = registry
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="hoshu-cluster")
+            max_workers=1, thread_name_prefix="hoshu-cluster"
+        )
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -71,8 +71,10 @@ def ssh_failure(target: InstrumentTarget, exc: BaseException) -> InstrumentError
     if isinstance(exc, asyncssh.PermissionDenied):
         msg = f"{target.name} refused the broker's credential; ask the hospital to check it"
     elif isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        msg = (f"the host key of {target.name} does not match the one the hospital "
-               "accepted; refusing to connect")
+        msg = (
+            f"the host key of {target.name} does not match the one the hospital "
+            "accepted; refusing to connect"
+        )
     elif isinstance(exc, asyncssh.ChannelOpenError):
         msg = f"the hospital gateway refused the connection to {target.name}: {exc.reason}"
     else:
@@ -160,7 +162,8 @@ class TunnelConnector:
         tunnel = self._tunnels.tunnel(target.gateway_id, origin.session_id, origin.engineer)
         if tunnel is None and self._peers is not None:
             tunnel = await self._peers.route(
-                target.gateway_id, Originator(origin.session_id, origin.engineer))
+                target.gateway_id, Originator(origin.session_id, origin.engineer)
+            )
         if tunnel is None:
             raise GatewayOffline(f"the hospital gateway for {target.name} is offline")
         return tunnel

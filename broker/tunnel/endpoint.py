@@ -50,8 +50,16 @@ from wire.names import TUNNEL_CIPHERS, TUNNEL_WINDOW
 log = logging.getLogger(__name__)
 CLOCK_DRIFT_WARN_S = 5.0
 
-__all__ = ["GatewayDirectory", "OriginTunnel", "TunnelInfo", "TunnelListener",
-           "TunnelRegistry", "TunnelSettings", "TunnelWatcher", "start_tunnel_listener"]
+__all__ = [
+    "GatewayDirectory",
+    "OriginTunnel",
+    "TunnelInfo",
+    "TunnelListener",
+    "TunnelRegistry",
+    "TunnelSettings",
+    "TunnelWatcher",
+    "start_tunnel_listener",
+]
 
 
 class OriginTunnel:
@@ -66,13 +74,16 @@ class OriginTunnel:
         self.conn = conn
         self.orig_host = encode_originator(originator)
 
-    async def create_connection(self, session_factory: Callable[[], Any], remote_host: str,
-                                remote_port: int) -> tuple[Any, Any]:
-        return await self.conn.create_connection(session_factory, remote_host, remote_port,
-                                                 orig_host=self.orig_host)
+    async def create_connection(
+        self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
+    ) -> tuple[Any, Any]:
+        return await self.conn.create_connection(
+            session_factory, remote_host, remote_port, orig_host=self.orig_host
+        )
 
-    async def open_connection(self, host: str, port: int) -> tuple[asyncssh.SSHReader[bytes],
-                                                                   asyncssh.SSHWriter[bytes]]:
+    async def open_connection(
+        self, host: str, port: int
+    ) -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]:
         reader, writer = await self.conn.open_connection(host, port, orig_host=self.orig_host)
         return reader, writer
 
@@ -150,16 +161,19 @@ class TunnelRegistry:
 
     async def wait_for(self, gateway_id: str, wait_s: float) -> asyncssh.SSHClientConnection:
         """Wait until the gateway's tunnel is up; TimeoutError otherwise."""
+
         async def _wait() -> asyncssh.SSHClientConnection:
             async with self._changed:
                 await self._changed.wait_for(lambda: gateway_id in self._tunnels)
                 return self._tunnels[gateway_id].conn
+
         return await asyncio.wait_for(_wait(), wait_s)
 
     async def wait_gone(self, gateway_id: str, wait_s: float) -> None:
         async def _wait() -> None:
             async with self._changed:
                 await self._changed.wait_for(lambda: gateway_id not in self._tunnels)
+
         await asyncio.wait_for(_wait(), wait_s)
 
     def push_windows(self, gateway_id: str) -> bool:
@@ -210,8 +224,9 @@ class _BrokerClient(asyncssh.SSHClient):
         self.fingerprint = ""
         self.key_line = ""
 
-    def validate_host_public_key(self, host: str, addr: str, port: int,
-                                 key: asyncssh.SSHKey) -> bool:
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
         """Accept only an enrolled, active gateway's key; deny (and audit) anything else."""
         self.fingerprint = key.get_fingerprint()
         self.key_line = key.export_public_key().decode().strip()
@@ -221,11 +236,14 @@ class _BrokerClient(asyncssh.SSHClient):
             log.error("gateway directory failed: %s", exc)
             record = None
         if record is None:
-            log.warning("refused gateway from %s: key %s is not enrolled", addr,
-                        self.fingerprint)
-            self._emit("gateway.refused", EventResult="Failure", SrcIpAddr=addr,
-                       EventResultDetails="host key is not an enrolled gateway key",
-                       details={"key_fingerprint": self.fingerprint})
+            log.warning("refused gateway from %s: key %s is not enrolled", addr, self.fingerprint)
+            self._emit(
+                "gateway.refused",
+                EventResult="Failure",
+                SrcIpAddr=addr,
+                EventResultDetails="host key is not an enrolled gateway key",
+                details={"key_fingerprint": self.fingerprint},
+            )
             return False
         self.record = record
         return True
@@ -234,9 +252,15 @@ class _BrokerClient(asyncssh.SSHClient):
 class TunnelListener:
     """A running tunnel endpoint; ``port`` is the bound port."""
 
-    def __init__(self, settings: TunnelSettings, host_key: asyncssh.SSHKey,
-                 directory: GatewayDirectory, emitter: Emitter, registry: TunnelRegistry,
-                 clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        settings: TunnelSettings,
+        host_key: asyncssh.SSHKey,
+        directory: GatewayDirectory,
+        emitter: Emitter,
+        registry: TunnelRegistry,
+        clock: Callable[[], datetime],
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self._host_key = host_key
@@ -256,15 +280,28 @@ class TunnelListener:
     async def start(self) -> None:
         s = self.settings
         self._acceptor = await asyncssh.listen_reverse(
-            s.host, s.port, client_factory=lambda: _BrokerClient(self._directory, self._emit),
-            username=BROKER_USERNAME, client_keys=[self._host_key],
-            known_hosts=lambda host, addr, port: ([], [], []), x509_trusted_certs=None,
-            agent_path=None, config=None, password=None, kbdint_auth=False,
-            gss_host=None, login_timeout=s.login_timeout_s,
-            keepalive_interval=s.heartbeat_s, keepalive_count_max=s.heartbeat_misses,
-            acceptor=self._accepted, error_handler=self._failed, reuse_address=True,
+            s.host,
+            s.port,
+            client_factory=lambda: _BrokerClient(self._directory, self._emit),
+            username=BROKER_USERNAME,
+            client_keys=[self._host_key],
+            known_hosts=lambda host, addr, port: ([], [], []),
+            x509_trusted_certs=None,
+            agent_path=None,
+            config=None,
+            password=None,
+            kbdint_auth=False,
+            gss_host=None,
+            login_timeout=s.login_timeout_s,
+            keepalive_interval=s.heartbeat_s,
+            keepalive_count_max=s.heartbeat_misses,
+            acceptor=self._accepted,
+            error_handler=self._failed,
+            reuse_address=True,
             backlog=4096,  # after a broker restart every gateway dials at once
-            encryption_algs=list(TUNNEL_CIPHERS), window=TUNNEL_WINDOW)
+            encryption_algs=list(TUNNEL_CIPHERS),
+            window=TUNNEL_WINDOW,
+        )
         self.port = self._acceptor.get_port()
         log.info("tunnel endpoint listening on %s:%d", s.host, self.port)
 
@@ -284,11 +321,18 @@ class TunnelListener:
             return
         s = self.settings
         conv = ControlConversation(
-            conn, record, directory=self._directory, emitter=self._emitter, clock=self._clock,
-            broker_version=s.broker_version, heartbeat_s=s.heartbeat_s,
-            heartbeat_misses=s.heartbeat_misses, windows_interval_s=s.windows_interval_s,
+            conn,
+            record,
+            directory=self._directory,
+            emitter=self._emitter,
+            clock=self._clock,
+            broker_version=s.broker_version,
+            heartbeat_s=s.heartbeat_s,
+            heartbeat_misses=s.heartbeat_misses,
+            windows_interval_s=s.windows_interval_s,
             key_line=client.key_line if isinstance(client, _BrokerClient) else "",
-            revocation_check_s=s.revocation_check_s)
+            revocation_check_s=s.revocation_check_s,
+        )
         conv.acked_seq = self.registry.acked_seq.get(record.gateway_id, 0)
         peer = str((conn.get_extra_info("peername") or ("?",))[0])
         info: TunnelInfo | None = None
@@ -296,39 +340,68 @@ class TunnelListener:
             hello = await conv.open(s.login_timeout_s)
             offset = round((hello.gateway_time - self._clock()).total_seconds(), 1)
             if abs(offset) > CLOCK_DRIFT_WARN_S:
-                log.warning("gateway %s clock is %+.1f s off the broker's: its audit times "
-                            "drift", record.name, offset)
+                log.warning(
+                    "gateway %s clock is %+.1f s off the broker's: its audit times drift",
+                    record.name,
+                    offset,
+                )
             if hello.purpose is Purpose.TUNNEL:
-                info = TunnelInfo(record, conn, self._clock(), hello.mode,
-                                  hello.gateway_version, client.fingerprint
-                                  if isinstance(client, _BrokerClient) else "", peer, conv,
-                                  offset)
+                info = TunnelInfo(
+                    record,
+                    conn,
+                    self._clock(),
+                    hello.mode,
+                    hello.gateway_version,
+                    client.fingerprint if isinstance(client, _BrokerClient) else "",
+                    peer,
+                    conv,
+                    offset,
+                )
                 await self.registry.add(info)
-                self._emit("gateway.connected", GatewayId=record.gateway_id,
-                           HospitalId=record.hospital_id, SrcIpAddr=peer,
-                           details={"key_fingerprint": info.key_fingerprint,
-                                    "version": hello.gateway_version, "mode": str(hello.mode),
-                                    "clock_offset_s": offset})
-                log.info("gateway %s connected (%s, %s)", record.name, hello.mode,
-                         hello.gateway_version)
+                self._emit(
+                    "gateway.connected",
+                    GatewayId=record.gateway_id,
+                    HospitalId=record.hospital_id,
+                    SrcIpAddr=peer,
+                    details={
+                        "key_fingerprint": info.key_fingerprint,
+                        "version": hello.gateway_version,
+                        "mode": str(hello.mode),
+                        "clock_offset_s": offset,
+                    },
+                )
+                log.info(
+                    "gateway %s connected (%s, %s)", record.name, hello.mode, hello.gateway_version
+                )
             await conv.serve()
-        except (ProtocolFailure, WireError, TimeoutError, EOFError, OSError,
-                asyncssh.Error) as exc:
-            log.warning("gateway %s control channel failed: %s", record.name,
-                        exc or type(exc).__name__)
+        except (ProtocolFailure, WireError, TimeoutError, EOFError, OSError, asyncssh.Error) as exc:
+            log.warning(
+                "gateway %s control channel failed: %s", record.name, exc or type(exc).__name__
+            )
         finally:
             self.registry.acked_seq[record.gateway_id] = max(
-                conv.acked_seq, self.registry.acked_seq.get(record.gateway_id, 0))
+                conv.acked_seq, self.registry.acked_seq.get(record.gateway_id, 0)
+            )
             conn.close()
             if info is not None:
                 await self.registry.remove(info)
-                why = {"EventResult": "Failure", "EventSeverity": "Medium",
-                       "EventResultDetails": "revoked: the gateway's enrolment was revoked, "
-                       "its tunnel closed"} if conv.revoked else {}
-                self._emit("gateway.disconnected", GatewayId=record.gateway_id,
-                           HospitalId=record.hospital_id, **why,
-                           details={"connected_s": int((self._clock() - info.since)
-                                                       .total_seconds())})
+                why = (
+                    {
+                        "EventResult": "Failure",
+                        "EventSeverity": "Medium",
+                        "EventResultDetails": "revoked: the gateway's enrolment was revoked, "
+                        "its tunnel closed",
+                    }
+                    if conv.revoked
+                    else {}
+                )
+                self._emit(
+                    "gateway.disconnected",
+                    GatewayId=record.gateway_id,
+                    HospitalId=record.hospital_id,
+                    **why,
+                    details={"connected_s": int((self._clock() - info.since).total_seconds())},
+                )
 
     async def close(self) -> None:
         """Stop listening and drop every gateway connection."""
@@ -344,13 +417,18 @@ class TunnelListener:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def start_tunnel_listener(settings: TunnelSettings, host_key: asyncssh.SSHKey,
-                                directory: GatewayDirectory, emitter: Emitter, *,
-                                registry: TunnelRegistry | None = None,
-                                clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                                ) -> TunnelListener:
+async def start_tunnel_listener(
+    settings: TunnelSettings,
+    host_key: asyncssh.SSHKey,
+    directory: GatewayDirectory,
+    emitter: Emitter,
+    *,
+    registry: TunnelRegistry | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> TunnelListener:
     """Listen for gateways on ``settings.host:settings.port``; returns the running listener."""
-    listener = TunnelListener(settings, host_key, directory, emitter,
-                              registry or TunnelRegistry(), clock)
+    listener = TunnelListener(
+        settings, host_key, directory, emitter, registry or TunnelRegistry(), clock
+    )
     await listener.start()
     return listener

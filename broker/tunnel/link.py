@@ -82,11 +82,21 @@ class ProtocolFailure(Exception):
 class ControlConversation:
     """Reads and writes control messages on one gateway's control channel."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, record: GatewayRecord, *,
-                 directory: GatewayDirectory, emitter: Emitter,
-                 clock: Callable[[], datetime], broker_version: str,
-                 heartbeat_s: float, heartbeat_misses: int, windows_interval_s: float,
-                 key_line: str = "", revocation_check_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        record: GatewayRecord,
+        *,
+        directory: GatewayDirectory,
+        emitter: Emitter,
+        clock: Callable[[], datetime],
+        broker_version: str,
+        heartbeat_s: float,
+        heartbeat_misses: int,
+        windows_interval_s: float,
+        key_line: str = "",
+        revocation_check_s: float = 0.0,
+    ) -> None:
         self.conn = conn
         self.record = record
         self._directory = directory
@@ -111,18 +121,29 @@ class ControlConversation:
     async def open(self, wait_s: float) -> Hello:
         """Open the control channel and read the gateway's hello."""
         writer, reader, _ = await asyncio.wait_for(
-            self.conn.open_session(subsystem=CONTROL_SUBSYSTEM, encoding=None), wait_s)
+            self.conn.open_session(subsystem=CONTROL_SUBSYSTEM, encoding=None), wait_s
+        )
         self._writer, self._reader = writer, reader
         message = await asyncio.wait_for(self._next(), wait_s)
         if not isinstance(message, Hello):
             raise ProtocolFailure(f"expected hello, got {message.type}")
         if message.protocol not in SUPPORTED_PROTOCOLS:
-            self.send(ErrorMessage(code="unsupported_protocol",
-                                   message=f"this broker speaks {sorted(SUPPORTED_PROTOCOLS)}"))
+            self.send(
+                ErrorMessage(
+                    code="unsupported_protocol",
+                    message=f"this broker speaks {sorted(SUPPORTED_PROTOCOLS)}",
+                )
+            )
             raise ProtocolFailure(f"gateway speaks protocol {message.protocol}")
         self.hello = message
-        self.send(Welcome(protocol=PROTOCOL_VERSION, broker_version=self._version,
-                          gateway_id=self.record.gateway_id, broker_time=self._clock()))
+        self.send(
+            Welcome(
+                protocol=PROTOCOL_VERSION,
+                broker_version=self._version,
+                gateway_id=self.record.gateway_id,
+                broker_time=self._clock(),
+            )
+        )
         self.send_windows()
         return message
 
@@ -159,8 +180,9 @@ class ControlConversation:
                     return decode(item)
                 except WireError as exc:
                     self.bad_messages += 1
-                    log.warning("bad control message from gateway %s (ignored): %s",
-                                self.record.name, exc)
+                    log.warning(
+                        "bad control message from gateway %s (ignored): %s", self.record.name, exc
+                    )
                     self.send(ErrorMessage(code="bad_message", message=str(exc)[:256]))
             data = await self._reader.read(_READ_CHUNK)
             if not data:
@@ -175,8 +197,7 @@ class ControlConversation:
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(self._next(),
-                                                     self._heartbeat_s * self._misses)
+                    message = await asyncio.wait_for(self._next(), self._heartbeat_s * self._misses)
                 except TimeoutError:
                     log.warning("gateway %s silent: closing its tunnel", self.record.name)
                     return
@@ -203,15 +224,19 @@ class ControlConversation:
             log.info("gateway %s leaves: %s", self.record.name, message.reason)
             return False
         elif isinstance(message, ErrorMessage):
-            log.warning("gateway %s reports: %s: %s", self.record.name, message.code,
-                        message.message)
+            log.warning(
+                "gateway %s reports: %s: %s", self.record.name, message.code, message.message
+            )
         elif isinstance(message, Heartbeat):
             # answered, so the gateway's liveness check follows its own interval
             self.send(Heartbeat(seq=message.seq, sent_at=self._clock()))
         else:
             self.bad_messages += 1
-            self.send(ErrorMessage(code="unexpected_message",
-                                   message=f"{message.type} is not a gateway message"))
+            self.send(
+                ErrorMessage(
+                    code="unexpected_message", message=f"{message.type} is not a gateway message"
+                )
+            )
         return True
 
     def _store_audit(self, batch: AuditBatch) -> None:
@@ -225,8 +250,9 @@ class ControlConversation:
                 try:
                     self._emitter.emit(AuditEvent(record))
                 except AuditError as exc:
-                    log.error("cannot store gateway %s events: %s (not acked)",
-                              self.record.name, exc)
+                    log.error(
+                        "cannot store gateway %s events: %s (not acked)", self.record.name, exc
+                    )
                     break
             upto = seq
         if upto > self.acked_seq:
@@ -237,11 +263,17 @@ class ControlConversation:
         """The event as the broker stores it, or None (logged) if it is not acceptable."""
         kind = raw.get("EventType")
         details = raw.get("Details", {})
-        if (kind not in FORWARDED_EVENT_TYPES or not set(raw) <= COLUMN_NAMES
-                or not isinstance(details, dict)
-                or not set(details) <= set(event_type(str(kind)).details)):
-            log.error("gateway %s forwarded an event the broker does not accept: %r",
-                      self.record.name, str(kind)[:64])
+        if (
+            kind not in FORWARDED_EVENT_TYPES
+            or not set(raw) <= COLUMN_NAMES
+            or not isinstance(details, dict)
+            or not set(details) <= set(event_type(str(kind)).details)
+        ):
+            log.error(
+                "gateway %s forwarded an event the broker does not accept: %r",
+                self.record.name,
+                str(kind)[:64],
+            )
             return None
         record = {k: v for k, v in raw.items() if k not in ("ChainSeq", "ChainHash")}
         # the authenticated tunnel, not the event, says which gateway it came from

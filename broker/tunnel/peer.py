@@ -82,23 +82,34 @@ class PeerTunnel:
     ``asyncssh.connect(..., tunnel=PeerTunnel(...))`` works as through a local tunnel.
     """
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, gateway_id: str,
-                 originator: Originator, holder: str) -> None:
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        gateway_id: str,
+        originator: Originator,
+        holder: str,
+    ) -> None:
         self.conn = conn
         self.gateway_id = gateway_id
         self.holder = holder
         self.orig_host = encode_originator(originator)
 
-    async def create_connection(self, session_factory: Callable[[], Any], remote_host: str,
-                                remote_port: int) -> tuple[Any, Any]:
+    async def create_connection(
+        self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
+    ) -> tuple[Any, Any]:
         return await self.conn.create_connection(
-            session_factory, peer_destination(self.gateway_id, remote_host), remote_port,
-            orig_host=self.orig_host)
+            session_factory,
+            peer_destination(self.gateway_id, remote_host),
+            remote_port,
+            orig_host=self.orig_host,
+        )
 
-    async def open_connection(self, host: str, port: int) -> tuple[asyncssh.SSHReader[bytes],
-                                                                   asyncssh.SSHWriter[bytes]]:
+    async def open_connection(
+        self, host: str, port: int
+    ) -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]:
         reader, writer = await self.conn.open_connection(
-            peer_destination(self.gateway_id, host), port, orig_host=self.orig_host)
+            peer_destination(self.gateway_id, host), port, orig_host=self.orig_host
+        )
         return reader, writer
 
 
@@ -197,8 +208,9 @@ class _PeerServer(asyncssh.SSHServer):
         audited."""
         return await self._link.check_client(username, key, self._addr)
 
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int) -> Coroutine[Any, Any, _Splice]:
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Coroutine[Any, Any, _Splice]:
         """Splice onto this replica's tunnel of the named gateway, or refuse the channel."""
         return self._link.splice(dest_host, dest_port, orig_host)
 
@@ -206,9 +218,15 @@ class _PeerServer(asyncssh.SSHServer):
 class PeerLink:
     """This replica's side of the cluster: membership, the peer server, peer routes."""
 
-    def __init__(self, settings: PeerSettings, key: asyncssh.SSHKey, cluster: ClusterRegistry,
-                 tunnels: TunnelRegistry, emitter: Emitter,
-                 clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        settings: PeerSettings,
+        key: asyncssh.SSHKey,
+        cluster: ClusterRegistry,
+        tunnels: TunnelRegistry,
+        emitter: Emitter,
+        clock: Callable[[], datetime],
+    ) -> None:
         self.settings = settings
         self.cluster = cluster
         self.replica_id = cluster.replica_id
@@ -232,10 +250,17 @@ class PeerLink:
     def _refused(self, replica: str, fingerprint: str, why: str, addr: str = "") -> None:
         log.error("peer link with replica %s refused: %s", replica, why)
         try:
-            self._emitter.emit(new_event(
-                "replica.peer_refused", clock=self._clock, DvcRole="broker",
-                EventResult="Failure", EventResultDetails=why, SrcIpAddr=addr or None,
-                details={"replica": replica, "key_fingerprint": fingerprint}))
+            self._emitter.emit(
+                new_event(
+                    "replica.peer_refused",
+                    clock=self._clock,
+                    DvcRole="broker",
+                    EventResult="Failure",
+                    EventResultDetails=why,
+                    SrcIpAddr=addr or None,
+                    details={"replica": replica, "key_fingerprint": fingerprint},
+                )
+            )
         except AuditError as exc:
             log.error("cannot write replica.peer_refused: %s", exc)
 
@@ -245,12 +270,23 @@ class PeerLink:
         """Listen on the peer port and register (raises PinConflict on a foreign pin)."""
         s = self.settings
         self._acceptor = await asyncssh.listen(
-            s.host, s.port, server_factory=lambda: _PeerServer(self),
-            server_host_keys=[self._key], authorized_client_keys=None, config=None,
-            allow_pty=False, x11_forwarding=False, agent_forwarding=False, allow_scp=False,
-            login_timeout=CONNECT_TIMEOUT_S, keepalive_interval=KEEPALIVE_S,
-            keepalive_count_max=3, encryption_algs=list(TUNNEL_CIPHERS),
-            window=TUNNEL_WINDOW, reuse_address=True)
+            s.host,
+            s.port,
+            server_factory=lambda: _PeerServer(self),
+            server_host_keys=[self._key],
+            authorized_client_keys=None,
+            config=None,
+            allow_pty=False,
+            x11_forwarding=False,
+            agent_forwarding=False,
+            allow_scp=False,
+            login_timeout=CONNECT_TIMEOUT_S,
+            keepalive_interval=KEEPALIVE_S,
+            keepalive_count_max=3,
+            encryption_algs=list(TUNNEL_CIPHERS),
+            window=TUNNEL_WINDOW,
+            reuse_address=True,
+        )
         self.port = self._acceptor.get_port()
         await self._writer.call(self.cluster.register, s.advertised, self.port, self._key_line)
         log.info("replica %s: peer link on %s:%d", self.replica_id, s.host, self.port)
@@ -281,6 +317,7 @@ class PeerLink:
                 await self._writer.call(fn, *args)
             except Exception as exc:  # the next heartbeat repairs a missed claim
                 log.error("tunnel registry write failed: %s", exc)
+
         task = asyncio.get_running_loop().create_task(run())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -332,12 +369,12 @@ class PeerLink:
             log.error("replica table lookup failed: %s", exc)
             return False
         if row is None or not row.peer_key:
-            self._refused(username, fingerprint, "no peer key is pinned for that replica",
-                          addr)
+            self._refused(username, fingerprint, "no peer key is pinned for that replica", addr)
             return False
         if row.peer_key != key.export_public_key().decode().strip():
-            self._refused(username, fingerprint,
-                          "the client key is not the one pinned for that replica", addr)
+            self._refused(
+                username, fingerprint, "the client key is not the one pinned for that replica", addr
+            )
             return False
         return True
 
@@ -345,13 +382,15 @@ class PeerLink:
         gateway_id, sep, instrument = dest_host.partition(DEST_SEP)
         who = decode_originator(orig_host)
         if not sep or not gateway_id or not instrument or who is None:
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
-                                            "not a gateway/instrument with an originator")
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, "not a gateway/instrument with an originator"
+            )
         tunnel = self._tunnels.tunnel(gateway_id, who.session_id, who.engineer)
         if tunnel is None:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED,
-                f"replica {self.replica_id} holds no tunnel to that gateway")
+                f"replica {self.replica_id} holds no tunnel to that gateway",
+            )
         front = _Splice()
         try:
             await tunnel.create_connection(lambda: _Splice(front), instrument, dest_port)
@@ -359,8 +398,8 @@ class PeerLink:
             raise  # the gateway's own refusal, with its reason
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_CONNECT_FAILED,
-                f"the gateway tunnel failed ({type(exc).__name__})") from exc
+                asyncssh.OPEN_CONNECT_FAILED, f"the gateway tunnel failed ({type(exc).__name__})"
+            ) from exc
         return front
 
     # --- the engineer's side ------------------------------------------------------------
@@ -384,8 +423,13 @@ class PeerLink:
                 refused = str(exc)
                 continue
             except (OSError, asyncssh.Error, TimeoutError) as exc:
-                log.warning("replica %s (%s:%d) cannot be reached: %s", holder.replica_id,
-                            holder.peer_host, holder.peer_port, exc or type(exc).__name__)
+                log.warning(
+                    "replica %s (%s:%d) cannot be reached: %s",
+                    holder.replica_id,
+                    holder.peer_host,
+                    holder.peer_port,
+                    exc or type(exc).__name__,
+                )
                 continue
             return PeerTunnel(conn, gateway_id, originator, holder.replica_id)
         if refused:
@@ -405,33 +449,58 @@ class PeerLink:
                 del self._conns[rid]
             if not holder.peer_key:
                 self._refused(rid, "", "no peer key is pinned for that replica")
-                raise GatewayOffline(f"broker replica {rid} holds the tunnel but has no "
-                                     "pinned peer key: refusing to forward")
+                raise GatewayOffline(
+                    f"broker replica {rid} holds the tunnel but has no "
+                    "pinned peer key: refusing to forward"
+                )
             try:
                 pinned = asyncssh.import_public_key(holder.peer_key)
             except (ValueError, asyncssh.KeyImportError) as exc:
                 self._refused(rid, "", "the pinned peer key cannot be read")
-                raise GatewayOffline(f"broker replica {rid}'s pinned peer key cannot be "
-                                     "read: refusing to forward") from exc
+                raise GatewayOffline(
+                    f"broker replica {rid}'s pinned peer key cannot be read: refusing to forward"
+                ) from exc
             try:
-                conn = await asyncio.wait_for(asyncssh.connect(
-                    holder.peer_host, holder.peer_port, username=self.replica_id,
-                    client_keys=[self._key], known_hosts=([pinned], [], []),
-                    config=None, agent_path=None, password=None, kbdint_auth=False,
-                    gss_host=None, x509_trusted_certs=None,
-                    login_timeout=CONNECT_TIMEOUT_S, keepalive_interval=KEEPALIVE_S,
-                    keepalive_count_max=3, encryption_algs=list(TUNNEL_CIPHERS),
-                    window=TUNNEL_WINDOW), CONNECT_TIMEOUT_S)
+                conn = await asyncio.wait_for(
+                    asyncssh.connect(
+                        holder.peer_host,
+                        holder.peer_port,
+                        username=self.replica_id,
+                        client_keys=[self._key],
+                        known_hosts=([pinned], [], []),
+                        config=None,
+                        agent_path=None,
+                        password=None,
+                        kbdint_auth=False,
+                        gss_host=None,
+                        x509_trusted_certs=None,
+                        login_timeout=CONNECT_TIMEOUT_S,
+                        keepalive_interval=KEEPALIVE_S,
+                        keepalive_count_max=3,
+                        encryption_algs=list(TUNNEL_CIPHERS),
+                        window=TUNNEL_WINDOW,
+                    ),
+                    CONNECT_TIMEOUT_S,
+                )
             except asyncssh.HostKeyNotVerifiable as exc:
-                self._refused(rid, pinned.get_fingerprint(),
-                              "the replica's host key is not the one pinned for it")
-                raise GatewayOffline(f"broker replica {rid} presented a peer key that is not "
-                                     "its pinned key: refusing to forward") from exc
+                self._refused(
+                    rid,
+                    pinned.get_fingerprint(),
+                    "the replica's host key is not the one pinned for it",
+                )
+                raise GatewayOffline(
+                    f"broker replica {rid} presented a peer key that is not "
+                    "its pinned key: refusing to forward"
+                ) from exc
             except asyncssh.PermissionDenied as exc:
-                self._refused(rid, self._key.get_fingerprint(),
-                              "the replica refused this replica's pinned key")
-                raise GatewayOffline(f"broker replica {rid} refused this replica's peer key: "
-                                     "refusing to forward") from exc
+                self._refused(
+                    rid,
+                    self._key.get_fingerprint(),
+                    "the replica refused this replica's pinned key",
+                )
+                raise GatewayOffline(
+                    f"broker replica {rid} refused this replica's peer key: refusing to forward"
+                ) from exc
             self._conns[rid] = (holder.peer_key, conn)
             return conn
 
@@ -441,8 +510,13 @@ def replica_id(settings: BrokerSettings) -> str:
     return settings.replica_id or socket.gethostname()
 
 
-def build_peer_link(settings: BrokerSettings, engine: sa.Engine, tunnels: TunnelRegistry,
-                    emitter: Emitter, clock: Callable[[], datetime]) -> PeerLink | None:
+def build_peer_link(
+    settings: BrokerSettings,
+    engine: sa.Engine,
+    tunnels: TunnelRegistry,
+    emitter: Emitter,
+    clock: Callable[[], datetime],
+) -> PeerLink | None:
     """The peer link of a broker process, or None with ``peer_port = 0`` (one replica).
 
     The peer key is a file in the key directory, one per replica id (the Key Vault
@@ -452,12 +526,17 @@ def build_peer_link(settings: BrokerSettings, engine: sa.Engine, tunnels: Tunnel
     if not settings.peer_port:
         return None
     rid = replica_id(settings)
-    key = asyncssh.import_private_key(
-        load_or_create_ssh_key(settings.keys_dir / f"peer_key_{rid}"))
+    key = asyncssh.import_private_key(load_or_create_ssh_key(settings.keys_dir / f"peer_key_{rid}"))
     cluster = ClusterRegistry(engine, rid, clock=clock)
     cluster.check_pin(key.export_public_key().decode().strip())
-    return PeerLink(PeerSettings(settings.peer_host, settings.peer_port,
-                                 settings.advertise_host), key, cluster, tunnels, emitter, clock)
+    return PeerLink(
+        PeerSettings(settings.peer_host, settings.peer_port, settings.advertise_host),
+        key,
+        cluster,
+        tunnels,
+        emitter,
+        clock,
+    )
 
 
 async def run_peer_link(link: PeerLink) -> None:

@@ -17,9 +17,14 @@ from audit.signing import CheckpointSigner
 
 
 def _event(i: int) -> object:
-    return new_event("session.command", ActorUsername="eng-tanaka",
-                     TargetHostname="cobas-c503-1", TargetSessionId="s-1", HospitalId="h-1",
-                     details={"command": f"ls -l /tmp/{i}"})
+    return new_event(
+        "session.command",
+        ActorUsername="eng-tanaka",
+        TargetHostname="cobas-c503-1",
+        TargetSessionId="s-1",
+        HospitalId="h-1",
+        details={"command": f"ls -l /tmp/{i}"},
+    )
 
 
 def main(n: int = 50_000) -> None:
@@ -33,8 +38,10 @@ def main(n: int = 50_000) -> None:
             print(f"emit, 1 thread:   {n / (time.perf_counter() - t):,.0f} events/s")
         with ChainLog(Path(d) / "b.log", signer=signer) as log:
             chunks = [events[k::4] for k in range(4)]
-            threads = [threading.Thread(target=lambda c=c: [log.emit(e) for e in c])  # type: ignore
-                       for c in chunks]
+            threads = [
+                threading.Thread(target=lambda c=c: [log.emit(e) for e in c])  # type: ignore
+                for c in chunks
+            ]
             t = time.perf_counter()
             for th in threads:
                 th.start()
@@ -44,24 +51,30 @@ def main(n: int = 50_000) -> None:
         with ChainLog(Path(d) / "c.log", signer=signer) as log:
             t = time.perf_counter()
             for k in range(0, n, 100):
-                log.append_many(events[k:k + 100])  # type: ignore[arg-type]
+                log.append_many(events[k : k + 100])  # type: ignore[arg-type]
             print(f"append_many(100): {n / (time.perf_counter() - t):,.0f} events/s")
         with ChainLog(Path(d) / "d.log", signer=signer, fsync=True) as log:
             m = n // 10
             chunks = [events[k:m:8] for k in range(8)]
-            threads = [threading.Thread(target=lambda c=c: [log.emit(e) for e in c])  # type: ignore
-                       for c in chunks]
+            threads = [
+                threading.Thread(target=lambda c=c: [log.emit(e) for e in c])  # type: ignore
+                for c in chunks
+            ]
             t = time.perf_counter()
             for th in threads:
                 th.start()
             for th in threads:
                 th.join()
-            print(f"emit+fsync, 8 threads (group commit): "
-                  f"{m / (time.perf_counter() - t):,.0f} events/s")
+            print(
+                f"emit+fsync, 8 threads (group commit): "
+                f"{m / (time.perf_counter() - t):,.0f} events/s"
+            )
         t = time.perf_counter()
         result = verify(Path(d) / "a.log")
-        print(f"verify:           {result.count / (time.perf_counter() - t):,.0f} events/s "
-              f"({result.checkpoints} checkpoints)")
+        print(
+            f"verify:           {result.count / (time.perf_counter() - t):,.0f} events/s "
+            f"({result.checkpoints} checkpoints)"
+        )
 
 
 if __name__ == "__main__":
@@ -89,20 +102,30 @@ def index_bench(n: int = 1_000_000, queries: int = 200) -> None:
                 rows = []
                 for i in range(k, min(n, k + 20_000)):
                     ts = start + timedelta(seconds=i * 90 * 86400 / n)
-                    rec = {"EventUid": f"u{i}", "TimeGenerated": ts.strftime(
-                        "%Y-%m-%dT%H:%M:%S.%fZ"), "EventType": "session.command",
-                        "ActorUsername": f"eng{rng.randrange(500)}", "HospitalId": "h1"}
+                    rec = {
+                        "EventUid": f"u{i}",
+                        "TimeGenerated": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                        "EventType": "session.command",
+                        "ActorUsername": f"eng{rng.randrange(500)}",
+                        "HospitalId": "h1",
+                    }
                     rows.append({**rec, "ChainSeq": i, "record": json.dumps(rec)})
                 conn.execute(insert(events_table), rows)
         print(f"loaded {n:,} in {time.perf_counter() - t:.0f}s")
         times = []
         for _ in range(queries):
             t0 = start + timedelta(days=rng.randrange(80))
-            q = EventQuery(engineer=f"eng{rng.randrange(500)}", start=t0,
-                           end=t0 + timedelta(days=rng.randrange(1, 8)), limit=1000)
+            q = EventQuery(
+                engineer=f"eng{rng.randrange(500)}",
+                start=t0,
+                end=t0 + timedelta(days=rng.randrange(1, 8)),
+                limit=1000,
+            )
             t = time.perf_counter()
             index.search(q)
             times.append((time.perf_counter() - t) * 1000)
         times.sort()
-        print(f"query p50 {statistics.median(times):.1f} ms, "
-              f"p95 {times[int(len(times) * 0.95)]:.1f} ms")
+        print(
+            f"query p50 {statistics.median(times):.1f} ms, "
+            f"p95 {times[int(len(times) * 0.95)]:.1f} ms"
+        )

@@ -29,8 +29,9 @@ PEOPLE = {
     "platform-auditor": Actor("u5", "audit", "p", "platform", frozenset({"auditor"})),
     "platform-admin": Actor("u6", "root", "p", "platform", frozenset({"platform_admin"})),
     "engineer": Actor("u7", "sato", "v-1", "vendor", frozenset({"engineer"})),
-    "readonly-approver": Actor("u8", "ro", "h-okayama", "hospital", frozenset({"approver"}),
-                               frozenset({"read"})),
+    "readonly-approver": Actor(
+        "u8", "ro", "h-okayama", "hospital", frozenset({"approver"}), frozenset({"read"})
+    ),
 }
 
 
@@ -58,8 +59,15 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, CapturingEmitter]]:
 
     app = FastAPI()
     errors.install(app)
-    app.include_router(build_router(index=index, reports=ReportService(index, Both()),
-                                    recordings_dir=rec, emitter=Both(), authenticate=_auth,
-                                    sink_status=lambda: [{"sink": "fluentd", "lag_events": 0}]))
+    app.include_router(
+        build_router(
+            index=index,
+            reports=ReportService(index, Both()),
+            recordings_dir=rec,
+            emitter=Both(),
+            authenticate=_auth,
+            sink_status=lambda: [{"sink": "fluentd", "lag_events": 0}],
+        )
+    )
     with TestClient(app) as client:
         yield client, em

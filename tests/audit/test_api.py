@@ -29,8 +29,11 @@ def test_hospital_staff_see_only_their_hospital(api: tuple[TestClient, Capturing
 
 def test_bad_queries_get_a_clear_400(api: tuple[TestClient, CapturingEmitter]) -> None:
     client, _ = api
-    r = _get(client, "platform-auditor",
-             "/v1/audit/events?start=2026-05-01T00:00:00Z&end=2026-04-01T00:00:00Z")
+    r = _get(
+        client,
+        "platform-auditor",
+        "/v1/audit/events?start=2026-05-01T00:00:00Z&end=2026-04-01T00:00:00Z",
+    )
     assert r.status_code == 400 and "after its start" in r.json()["error"]["message"]
     r = _get(client, "platform-auditor", "/v1/audit/events?start=yesterday")
     assert r.status_code == 400 and "ISO 8601" in r.json()["error"]["message"]
@@ -45,7 +48,8 @@ def test_export_csv_is_scoped_and_logged(api: tuple[TestClient, CapturingEmitter
 
 
 def test_recordings_only_for_the_hospitals_approvers_auditors_and_platform_auditors(
-        api: tuple[TestClient, CapturingEmitter]) -> None:
+    api: tuple[TestClient, CapturingEmitter],
+) -> None:
     client, em = api
     for who in ("okayama-approver", "okayama-auditor", "platform-auditor"):
         r = _get(client, who, "/v1/recordings/s1")
@@ -59,20 +63,29 @@ def test_recordings_only_for_the_hospitals_approvers_auditors_and_platform_audit
 
 
 def test_report_sign_off_by_the_hospitals_approver_only(
-        api: tuple[TestClient, CapturingEmitter]) -> None:
+    api: tuple[TestClient, CapturingEmitter],
+) -> None:
     client, _ = api
-    gen = client.post("/v1/reports/g1/generate",
-                      headers={"Authorization": "Bearer okayama-auditor"})
+    gen = client.post(
+        "/v1/reports/g1/generate", headers={"Authorization": "Bearer okayama-auditor"}
+    )
     assert gen.status_code == 201
     sha = gen.json()["report_sha256"]
     html = _get(client, "okayama-auditor", "/v1/reports/g1?format=html&lang=en")
     assert "Inside the plan" in html.text
     assert _get(client, "handa-approver", "/v1/reports/g1").status_code == 404
-    for who, status in (("okayama-auditor", 403), ("handa-approver", 403),
-                        ("readonly-approver", 403), ("okayama-approver", 201),
-                        ("okayama-approver", 409)):
-        r = client.post("/v1/reports/g1/sign", json={"report_sha256": sha},
-                        headers={"Authorization": f"Bearer {who}"})
+    for who, status in (
+        ("okayama-auditor", 403),
+        ("handa-approver", 403),
+        ("readonly-approver", 403),
+        ("okayama-approver", 201),
+        ("okayama-approver", 409),
+    ):
+        r = client.post(
+            "/v1/reports/g1/sign",
+            json={"report_sha256": sha},
+            headers={"Authorization": f"Bearer {who}"},
+        )
         assert r.status_code == status, (who, r.text)
     assert _get(client, "okayama-auditor", "/v1/reports/g1").json()["status"]["signed"]
 

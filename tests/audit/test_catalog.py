@@ -24,13 +24,34 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("audit", "broker", "gateway", "wire", "labsim")
 _LITERAL = re.compile(r"""new_event\(\s*["']([A-Za-z0-9_.]+)["']""")
 REQUIRED = {
-    "user.login", "ssh.login", "user.mfa_failed", "user.locked_out", "request.created",
-    "request.approved", "request.denied", "request.expired", "grant.created",
-    "grant.revoked", "grant.expired", "session.started", "session.ended",
-    "session.terminated", "forward.opened", "forward.closed", "file.transferred",
-    "gateway.connected", "gateway.disconnected", "gateway.paused", "gateway.resumed",
-    "instrument.key_changed", "admin.change", "audit.checkpoint",
-    "audit.verification_failed", "audit.sink_lag", "report.signed", "report.unsigned",
+    "user.login",
+    "ssh.login",
+    "user.mfa_failed",
+    "user.locked_out",
+    "request.created",
+    "request.approved",
+    "request.denied",
+    "request.expired",
+    "grant.created",
+    "grant.revoked",
+    "grant.expired",
+    "session.started",
+    "session.ended",
+    "session.terminated",
+    "forward.opened",
+    "forward.closed",
+    "file.transferred",
+    "gateway.connected",
+    "gateway.disconnected",
+    "gateway.paused",
+    "gateway.resumed",
+    "instrument.key_changed",
+    "admin.change",
+    "audit.checkpoint",
+    "audit.verification_failed",
+    "audit.sink_lag",
+    "report.signed",
+    "report.unsigned",
     "audit.retention_deleted",
 }
 
@@ -48,8 +69,8 @@ def test_docs_list_exactly_the_catalog_types() -> None:
     """docs/audit-events.md names every catalog type and no other."""
     page = (ROOT / "docs" / "audit-events.md").read_text(encoding="utf-8")
     assert documented_types(page) == set(CATALOG), (
-        "docs/audit-events.md is out of date: run "
-        "`python -m audit.docgen > docs/audit-events.md`")
+        "docs/audit-events.md is out of date: run `python -m audit.docgen > docs/audit-events.md`"
+    )
     assert page == render(), "regenerate docs/audit-events.md with `python -m audit.docgen`"
 
 
@@ -88,17 +109,31 @@ def test_the_catalog_is_data_built_once_with_no_import_side_effect() -> None:
     for node in tree.body:
         if isinstance(node, ast.Expr):
             assert isinstance(node.value, ast.Constant), (
-                f"catalog.py:{node.lineno} runs a statement at import")
+                f"catalog.py:{node.lineno} runs a statement at import"
+            )
         else:
-            assert isinstance(node, ast.Import | ast.ImportFrom | ast.ClassDef
-                              | ast.FunctionDef | ast.Assign | ast.AnnAssign), node.lineno
-    ours = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-            and (n.module or "").split(".")[0] in PACKAGES}
+            assert isinstance(
+                node,
+                ast.Import
+                | ast.ImportFrom
+                | ast.ClassDef
+                | ast.FunctionDef
+                | ast.Assign
+                | ast.AnnAssign,
+            ), node.lineno
+    ours = {
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] in PACKAGES
+    }
     assert ours == {"audit.errors"}
 
     def mutable_globals(module: ModuleType) -> list[str]:
-        return [name for name, value in vars(module).items() if not name.startswith("__")
-                and isinstance(value, dict | list | set | bytearray)]
+        return [
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("__") and isinstance(value, dict | list | set | bytearray)
+        ]
 
     assert mutable_globals(audit.catalog) == []
     assert mutable_globals(audit.events) == []
@@ -106,14 +141,22 @@ def test_the_catalog_is_data_built_once_with_no_import_side_effect() -> None:
 
 def test_the_catalog_is_complete_whatever_is_imported_first() -> None:
     """A fresh interpreter that imports only the envelope can build every type."""
-    code = ("from audit.events import new_event\n"
-            "from audit.catalog import CATALOG, EVENT_TYPES\n"
-            "assert [t.name for t in EVENT_TYPES] == list(CATALOG)\n"
-            "for name in CATALOG:\n"
-            "    assert new_event(name).type == name\n"
-            "print(len(CATALOG))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, check=True)
+    code = (
+        "from audit.events import new_event\n"
+        "from audit.catalog import CATALOG, EVENT_TYPES\n"
+        "assert [t.name for t in EVENT_TYPES] == list(CATALOG)\n"
+        "for name in CATALOG:\n"
+        "    assert new_event(name).type == name\n"
+        "print(len(CATALOG))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert int(out.stdout) == len(EVENT_TYPES) == len(CATALOG) >= len(REQUIRED)
 
 

@@ -97,6 +97,7 @@ def test_second_writer_process_is_refused(tmp_path: Path) -> None:
 def test_concurrent_appends_stay_chained(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
     with ChainLog(log) as chain:
+
         def worker(k: int) -> None:
             for i in range(200):
                 chain.emit(new_event("session.command", details={"command": f"{k}-{i}"}))
@@ -134,8 +135,12 @@ def test_giant_event_is_refused_and_the_log_stays_intact(tmp_path: Path) -> None
     with ChainLog(log) as chain:
         chain.emit(new_event("user.logout"))
         with pytest.raises(InvalidEvent, match="larger than"):
-            chain.append_many([new_event("user.logout"),
-                               new_event("session.command", details={"command": "x" * 5_000_000})])
+            chain.append_many(
+                [
+                    new_event("user.logout"),
+                    new_event("session.command", details={"command": "x" * 5_000_000}),
+                ]
+            )
         chain.emit(new_event("user.logout"))
     assert verify(log).ok and verify(log).count == 2
 
@@ -163,8 +168,14 @@ try:
 except ChainError as exc:
     print(n, exc)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, check=True, cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     written, _, message = out.stdout.strip().partition(" ")
     assert "cannot write audit log" in message
     result = verify(log)
@@ -175,6 +186,7 @@ except ChainError as exc:
 def test_fsync_mode_group_commits_concurrent_appends(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
     with ChainLog(log, fsync=True) as chain:
+
         def worker(k: int) -> None:
             for i in range(50):
                 chain.emit(new_event("session.command", details={"command": f"{k}-{i}"}))

@@ -14,10 +14,16 @@ from tests.support import FakeClock
 T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
 
 
-def _write(path: Path, signer: CheckpointSigner, n: int, every: int = 10,
-           clock: FakeClock | None = None) -> None:
-    with ChainLog(path, signer=signer, checkpoint_every=every, checkpoint_interval_s=3600,
-                  clock=clock or FakeClock(T0)) as log:
+def _write(
+    path: Path, signer: CheckpointSigner, n: int, every: int = 10, clock: FakeClock | None = None
+) -> None:
+    with ChainLog(
+        path,
+        signer=signer,
+        checkpoint_every=every,
+        checkpoint_interval_s=3600,
+        clock=clock or FakeClock(T0),
+    ) as log:
         for i in range(n):
             log.emit(new_event("session.command", details={"command": f"ls {i}"}))
 
@@ -29,8 +35,9 @@ def test_checkpoint_every_n_events_signed_and_verified(tmp_path: Path) -> None:
     cps = [e for e in read_events(log) if e.type == "audit.checkpoint"]
     assert [e.details["seq"] for e in cps] == [10, 21, 27]  # the last one: on close
     assert all(e.details["key_id"] == signer.key_id for e in cps)
-    result = verify(log, keys=TrustedKeys([signer.public_key]), checkpoint_every=10,
-                    closed=True, sidecar=True)
+    result = verify(
+        log, keys=TrustedKeys([signer.public_key]), checkpoint_every=10, closed=True, sidecar=True
+    )
     assert result.ok and result.checkpoints == 3 and result.signatures_checked
 
 
@@ -38,8 +45,9 @@ def test_checkpoint_after_interval_even_with_few_events(tmp_path: Path) -> None:
     clock = FakeClock(T0)
     signer = CheckpointSigner.generate()
     log_path = tmp_path / "audit.log"
-    with ChainLog(log_path, signer=signer, checkpoint_every=1000, checkpoint_interval_s=60,
-                  clock=clock) as log:
+    with ChainLog(
+        log_path, signer=signer, checkpoint_every=1000, checkpoint_interval_s=60, clock=clock
+    ) as log:
         log.emit(new_event("user.logout"))
         assert log.maybe_checkpoint() is None
         clock.now += timedelta(seconds=61)
@@ -103,8 +111,11 @@ def test_edited_checkpoint_is_caught(tmp_path: Path) -> None:
     text = log.read_text()
     rec = json.loads(text.splitlines()[10])
     assert rec["EventType"] == "audit.checkpoint"
-    result = verify(log, keys=TrustedKeys([signer.public_key]),
-                    checkpoint=Checkpoint(10, rec["Details"]["hash"], "AAAA", signer.key_id))
+    result = verify(
+        log,
+        keys=TrustedKeys([signer.public_key]),
+        checkpoint=Checkpoint(10, rec["Details"]["hash"], "AAAA", signer.key_id),
+    )
     assert not result.ok and "bad signature" in result.reason
 
 
@@ -113,5 +124,7 @@ def test_signing_key_is_created_once_and_reloaded(tmp_path: Path) -> None:
     a = CheckpointSigner.load_or_create(key)
     b = CheckpointSigner.load_or_create(key)
     assert a.key_id == b.key_id and oct(key.stat().st_mode & 0o777) == "0o600"
-    assert TrustedKeys.from_pem_files([key.with_name(key.name + ".pub")]).check(
-        a.sign(3, "ab" * 32)) is None
+    assert (
+        TrustedKeys.from_pem_files([key.with_name(key.name + ".pub")]).check(a.sign(3, "ab" * 32))
+        is None
+    )

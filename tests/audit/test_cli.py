@@ -31,7 +31,8 @@ def _log(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_verify_reports_ok_and_names_the_first_tampered_position(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     log, pub = _log(tmp_path)
     args = ["audit", "verify", "--log", str(log), "--key", str(pub), "--checkpoint-every", "5"]
     assert main(args) == 0
@@ -42,14 +43,31 @@ def test_verify_reports_ok_and_names_the_first_tampered_position(
 
 
 def test_verify_against_a_checkpoint_from_the_siem_catches_truncation(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     log, pub = _log(tmp_path)
     cp = log.with_name("audit.log.checkpoint").read_text()
     lines = log.read_text().splitlines(keepends=True)[:4]
     log.write_text("".join(lines))
     log.with_name("audit.log.head").unlink()
-    assert main(["--json", "audit", "verify", "--log", str(log), "--key", str(pub),
-                 "--checkpoint-every", "5", "--checkpoint", cp]) == 1
+    assert (
+        main(
+            [
+                "--json",
+                "audit",
+                "verify",
+                "--log",
+                str(log),
+                "--key",
+                str(pub),
+                "--checkpoint-every",
+                "5",
+                "--checkpoint",
+                cp,
+            ]
+        )
+        == 1
+    )
     out = json.loads(capsys.readouterr().out)
     assert not out["ok"] and out["first_bad_position"] == 5 and "truncated" in out["reason"]
 
@@ -79,24 +97,31 @@ class _NoClose:
         return None
 
 
-def test_search_and_export(as_user, tmp_path: Path,  # type: ignore[no-untyped-def]
-                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_and_export(
+    as_user,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     as_user("okayama-auditor")
     assert main(["audit", "search", "--engineer", "sato", "--type", "request.created"]) == 0
     out = capsys.readouterr().out
     assert "request.created" in out and "sato" in out
     dest = tmp_path / "out.csv"
-    assert main(["audit", "export", "--format", "csv", "-o", str(dest),
-                 "--session", "s1"]) == 0
+    assert main(["audit", "export", "--format", "csv", "-o", str(dest), "--session", "s1"]) == 0
     rows = dest.read_text().splitlines()
     assert rows[0].startswith("TimeGenerated,EventUid") and len(rows) == 4
-    assert main(["audit", "search", "--start", "2026-05-01T00:00:00Z",
-                 "--end", "2026-04-01T00:00:00Z"]) == 1
+    assert (
+        main(
+            ["audit", "search", "--start", "2026-05-01T00:00:00Z", "--end", "2026-04-01T00:00:00Z"]
+        )
+        == 1
+    )
     assert "after its start" in capsys.readouterr().err
 
 
 def test_play_replays_the_recording_for_allowed_people_only(
-        as_user, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    as_user, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
     as_user("okayama-approver")
     assert main(["audit", "play", "s1", "--speed", "100"]) == 0
     assert "$ ls" in capsys.readouterr().out
@@ -105,8 +130,7 @@ def test_play_replays_the_recording_for_allowed_people_only(
     assert "forbidden" in capsys.readouterr().err
 
 
-def test_report_sign_records_the_sign_off(
-        as_user, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_report_sign_records_the_sign_off(as_user, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     as_user("okayama-auditor")
     assert main(["audit", "report", "g1", "--generate", "--format", "html", "--lang", "ja"]) == 0
     assert "計画の範囲内" in capsys.readouterr().out
@@ -118,8 +142,7 @@ def test_report_sign_records_the_sign_off(
     assert "already signed" in capsys.readouterr().err
 
 
-def test_compliance_map_is_printed_from_the_same_source(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_compliance_map_is_printed_from_the_same_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "compliance"]) == 0
     out = capsys.readouterr().out
     assert "25  not met" in out and "tests/audit/test_checkpoints.py::" in out
@@ -129,8 +152,8 @@ def test_compliance_map_is_printed_from_the_same_source(
 
 
 def test_outbox_shows_backlog_and_a_corrupt_cursor_can_be_reset(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from audit.outbox import Cursor, CursorStore
 
     monkeypatch.setenv("HOSHU_DATA_DIR", str(tmp_path / "data"))
@@ -150,8 +173,7 @@ def test_outbox_shows_backlog_and_a_corrupt_cursor_can_be_reset(
     assert "no position 99" in capsys.readouterr().err
 
 
-def test_an_unreachable_api_gives_one_clear_line(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreachable_api_gives_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.support import free_port
 
     assert main(["audit", "search", "--api", f"http://127.0.0.1:{free_port()}"]) == 1

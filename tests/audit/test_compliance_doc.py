@@ -37,8 +37,9 @@ def test_every_cited_test_exists() -> None:
     for line in _rows().values():
         for path, name in _REF.findall(line):
             f = ROOT / path
-            if not f.exists() or not re.search(rf"^(async )?def {name}\(", f.read_text(),
-                                               re.MULTILINE):
+            if not f.exists() or not re.search(
+                rf"^(async )?def {name}\(", f.read_text(), re.MULTILINE
+            ):
                 missing.append(f"{path}::{name}")
     assert not missing, f"docs/compliance.md cites tests that do not exist: {missing}"
 

@@ -29,14 +29,20 @@ def test_the_default_configuration_does_not_claim_what_it_does_not_deliver() -> 
 
 
 def test_a_configured_deployment_is_judged_on_its_configuration() -> None:
-    d = Deployment(sinks=(("fluentd", True), ("sentinel", True)),
-                   gateway_modes={"gw1": "window-only", "gw2": "window-only"},
-                   events_retention_days=365, recordings_retention_days=365)
+    d = Deployment(
+        sinks=(("fluentd", True), ("sentinel", True)),
+        gateway_modes={"gw1": "window-only", "gw2": "window-only"},
+        events_retention_days=365,
+        recordings_retention_days=365,
+    )
     s = _status(d)
     assert s[13] == (MET, "") and s[28] == (MET, "") and s[29] == (MET, "")
     assert s[25][0] == PARTLY and "no WORM storage" in s[25][1]  # until a WORM store exists
-    s = _status(Deployment(sinks=(("syslog", False),), gateway_modes={"gw1": "always",
-                                                                        "gw2": "window-only"}))
+    s = _status(
+        Deployment(
+            sinks=(("syslog", False),), gateway_modes={"gw1": "always", "gw2": "window-only"}
+        )
+    )
     assert s[18][0] == NOT_MET and "syslog" in s[18][1]
     assert s[13][0] == PARTLY and "gw1" in s[13][1] and "gw2" not in s[13][1]
 
@@ -49,7 +55,8 @@ def test_a_failed_or_missing_cited_test_lowers_the_status(tmp_path: Path) -> Non
         '<testcase classname="tests.frontdoor.test_auth" name="test_a_code_is_accepted_once">'
         '<failure message="boom"/></testcase>'
         '<testcase classname="tests.control.test_rules" name="test_weak_passwords_are_refused[a]"/>'
-        '</testsuite></testsuites>')
+        "</testsuite></testsuites>"
+    )
     results = read_junit(junit)
     assert results["tests/frontdoor/test_auth.py::test_a_code_is_accepted_once"] == "failed"
     s = _status(Deployment(test_results=results))
@@ -58,19 +65,38 @@ def test_a_failed_or_missing_cited_test_lowers_the_status(tmp_path: Path) -> Non
 
 
 def test_the_operator_prints_the_status_of_their_deployment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HOSHU_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("HOSHU_AUDIT_SINKS", json.dumps(
-        [{"kind": "fluentd", "host": "127.0.0.1", "port": 24224}]))
+    monkeypatch.setenv(
+        "HOSHU_AUDIT_SINKS", json.dumps([{"kind": "fluentd", "host": "127.0.0.1", "port": 24224}])
+    )
     monkeypatch.setenv("HOSHU_AUDIT_EVENTS_RETENTION_DAYS", "400")
     index = AuditIndex.from_url(f"sqlite:///{tmp_path / 'hoshu.db'}")
-    index.add([new_event("gateway.connected", GatewayId="gw-okayama",
-                         details={"mode": "window-only", "version": "1",
-                                  "key_fingerprint": "x", "clock_offset_s": 0.0}).record,
-               new_event("gateway.connected", GatewayId="gw-handa",
-                         details={"mode": "always", "version": "1",
-                                  "key_fingerprint": "y", "clock_offset_s": 0.0}).record])
+    index.add(
+        [
+            new_event(
+                "gateway.connected",
+                GatewayId="gw-okayama",
+                details={
+                    "mode": "window-only",
+                    "version": "1",
+                    "key_fingerprint": "x",
+                    "clock_offset_s": 0.0,
+                },
+            ).record,
+            new_event(
+                "gateway.connected",
+                GatewayId="gw-handa",
+                details={
+                    "mode": "always",
+                    "version": "1",
+                    "key_fingerprint": "y",
+                    "clock_offset_s": 0.0,
+                },
+            ).record,
+        ]
+    )
     index.engine.dispose()
     assert main(["audit", "compliance"]) == 0
     out = capsys.readouterr().out

@@ -59,18 +59,28 @@ def engine(db: str) -> Iterator[Engine]:
 
 
 def _event(i: int) -> AuditEvent:
-    return new_event("admin.change", ActorUsername=f"admin{i}", Operation="update",
-                     Object=f"policy-{i}", ObjectType="policy")
+    return new_event(
+        "admin.change",
+        ActorUsername=f"admin{i}",
+        Operation="update",
+        Object=f"policy-{i}",
+        ObjectType="policy",
+    )
 
 
 def _stored(engine: Engine, chain: str) -> list[int]:
     with engine.connect() as conn:
-        return list(conn.scalars(text(
-            "SELECT seq FROM audit_chain_events WHERE chain_id = :c ORDER BY seq"), {"c": chain}))
+        return list(
+            conn.scalars(
+                text("SELECT seq FROM audit_chain_events WHERE chain_id = :c ORDER BY seq"),
+                {"c": chain},
+            )
+        )
 
 
 def test_an_event_is_committed_when_emit_returns_and_emitters_share_commits(
-        engine: Engine, db: str) -> None:
+    engine: Engine, db: str
+) -> None:
     signer = CheckpointSigner.generate()
     other = store_engine(db)  # a second client sees what was committed, nothing more
     log = PgChainLog(engine, "replica-a", signer=signer, checkpoint_every=50)
@@ -80,10 +90,13 @@ def test_an_event_is_committed_when_emit_returns_and_emitters_share_commits(
         for i in range(100):
             stored = log.emit(_event(n * 1000 + i))
             with other.connect() as conn:
-                found = conn.scalar(text(
-                    "SELECT count(*) FROM audit_chain_events WHERE chain_id = 'replica-a' "
-                    "AND seq = :s AND hash = :h"),
-                    {"s": stored.record["ChainSeq"], "h": stored.record["ChainHash"]})
+                found = conn.scalar(
+                    text(
+                        "SELECT count(*) FROM audit_chain_events WHERE chain_id = 'replica-a' "
+                        "AND seq = :s AND hash = :h"
+                    ),
+                    {"s": stored.record["ChainSeq"], "h": stored.record["ChainHash"]},
+                )
             if found != 1:
                 seen_late.append(str(stored.record["ChainSeq"]))
 
@@ -115,8 +128,9 @@ def test_a_reopened_chain_continues_and_a_second_writer_is_refused(engine: Engin
         log.emit(_event(1))
     assert chain_ids(engine) == ["replica-b", "replica-c"]
     for chain in chain_ids(engine):
-        result = verify_chain(engine, chain, keys=TrustedKeys([signer.public_key]),
-                              checkpoint_every=10, closed=True)
+        result = verify_chain(
+            engine, chain, keys=TrustedKeys([signer.public_key]), checkpoint_every=10, closed=True
+        )
         assert result.ok, (chain, result.reason)
 
 
@@ -124,8 +138,15 @@ def test_an_oversized_event_fails_only_its_own_emitter(engine: Engine) -> None:
     with PgChainLog(engine, "replica-d") as log:
         log.emit(_event(1))
         with pytest.raises(InvalidEvent, match="larger than"):
-            log.emit(new_event("admin.change", ActorUsername="x", Operation="update",
-                               Object="y" * (5 * 1024 * 1024), ObjectType="policy"))
+            log.emit(
+                new_event(
+                    "admin.change",
+                    ActorUsername="x",
+                    Operation="update",
+                    Object="y" * (5 * 1024 * 1024),
+                    ObjectType="policy",
+                )
+            )
         log.emit(_event(2))
     assert _stored(engine, "replica-d") == [1, 2]
     assert verify_chain(engine, "replica-d").ok
@@ -193,7 +214,8 @@ class _Proxy:
 
 
 def test_an_unreachable_database_fails_the_emitter_within_the_bound_and_the_chain_carries_on(
-        engine: Engine, db: str) -> None:
+    engine: Engine, db: str
+) -> None:
     port = int(db.rsplit(":", 1)[1].split("/", 1)[0])
     proxy = _Proxy(port)
     via = store_engine(db.replace(f":{port}/", f":{proxy.port}/"))
@@ -207,8 +229,12 @@ def test_an_unreachable_database_fails_the_emitter_within_the_bound_and_the_chai
         assert time.monotonic() - t0 < 3.5  # bounded: the caller's action fails, closed
         proxy.restore()
         # the writer reconnects, reads the head again and carries on after the gap
-        poll_sync(lambda: _try_emit(log, _event(3)), 30, what="the chain to accept events "
-                  "again", interval_s=0.2)
+        poll_sync(
+            lambda: _try_emit(log, _event(3)),
+            30,
+            what="the chain to accept events again",
+            interval_s=0.2,
+        )
         log.close()
     finally:
         via.dispose()
@@ -233,9 +259,13 @@ def _records(engine: Engine, chain: str) -> list[dict[str, Any]]:
     import json
 
     with engine.connect() as conn:
-        return [json.loads(r) for r in conn.scalars(text(
-            "SELECT record FROM audit_chain_events WHERE chain_id = :c ORDER BY seq"),
-            {"c": chain})]
+        return [
+            json.loads(r)
+            for r in conn.scalars(
+                text("SELECT record FROM audit_chain_events WHERE chain_id = :c ORDER BY seq"),
+                {"c": chain},
+            )
+        ]
 
 
 def test_tampering_with_the_rows_is_named_by_position(engine: Engine) -> None:
@@ -249,20 +279,30 @@ def test_tampering_with_the_rows_is_named_by_position(engine: Engine) -> None:
 
     assert check().ok
     with engine.begin() as conn:
-        conn.execute(text("UPDATE audit_chain_events SET record = replace(record, "
-                          "'\"admin3\"', '\"admin9\"') WHERE chain_id = 'replica-f' AND seq = 4"))
+        conn.execute(
+            text(
+                "UPDATE audit_chain_events SET record = replace(record, "
+                "'\"admin3\"', '\"admin9\"') WHERE chain_id = 'replica-f' AND seq = 4"
+            )
+        )
     bad = check()
     assert not bad.ok and bad.first_bad == 4 and "does not match its hash" in bad.reason
     with engine.begin() as conn:
-        conn.execute(text("UPDATE audit_chain_events SET record = replace(record, "
-                          "'\"admin9\"', '\"admin3\"') WHERE chain_id = 'replica-f' AND seq = 4"))
-        conn.execute(text("DELETE FROM audit_chain_events WHERE chain_id = 'replica-f' "
-                          "AND seq = 8"))
+        conn.execute(
+            text(
+                "UPDATE audit_chain_events SET record = replace(record, "
+                "'\"admin9\"', '\"admin3\"') WHERE chain_id = 'replica-f' AND seq = 4"
+            )
+        )
+        conn.execute(
+            text("DELETE FROM audit_chain_events WHERE chain_id = 'replica-f' AND seq = 8")
+        )
     bad = check()
     assert not bad.ok and bad.first_bad == 8 and "deleted" in bad.reason
     with engine.begin() as conn:
-        conn.execute(text("DELETE FROM audit_chain_events WHERE chain_id = 'replica-f' "
-                          "AND seq >= 8"))
+        conn.execute(
+            text("DELETE FROM audit_chain_events WHERE chain_id = 'replica-f' AND seq >= 8")
+        )
     bad = check()
     assert not bad.ok and "truncated" in bad.reason
     with pytest.raises(ChainError, match="fails verification"):
@@ -288,7 +328,8 @@ class _Collect:
 
 
 def test_shipping_resumes_from_the_stored_cursor_and_an_operator_can_reset_it(
-        engine: Engine) -> None:
+    engine: Engine,
+) -> None:
     with PgChainLog(engine, "replica-h") as log:
         log.append_many([_event(i) for i in range(30)])
     sink = _Collect()
@@ -297,16 +338,18 @@ def test_shipping_resumes_from_the_stored_cursor_and_an_operator_can_reset_it(
     assert first.ship_once() == 20
     # a new process (the old one's disk gone) continues from the row, not from the start
     sink2 = _Collect()
-    second = Shipper(sink2, PgOutbox(engine, "replica-h"), PgCursorStore(engine, "replica-h"),
-                     batch_size=20)
+    second = Shipper(
+        sink2, PgOutbox(engine, "replica-h"), PgCursorStore(engine, "replica-h"), batch_size=20
+    )
     assert second.ship_once() == 10 and second.ship_once() == 0
     assert [r["ChainSeq"] for r in sink.got + sink2.got] == list(range(1, 31))
     assert second.status().lag_events == 0
     reset_pg_cursor(cursors, "collect", 25)
     assert second.ship_once() == 5
     with engine.begin() as conn:
-        conn.execute(text("UPDATE audit_chain_cursors SET hash = :h WHERE sink = 'collect'"),
-                     {"h": "0" * 64})
+        conn.execute(
+            text("UPDATE audit_chain_cursors SET hash = :h WHERE sink = 'collect'"), {"h": "0" * 64}
+        )
     from audit.outbox import OutboxCorrupt
 
     with pytest.raises(OutboxCorrupt, match="does not match"):
@@ -316,13 +359,21 @@ def test_shipping_resumes_from_the_stored_cursor_and_an_operator_can_reset_it(
 
 
 def test_the_audit_service_on_the_postgres_store_ships_verifies_and_fails_closed(
-        db: str, tmp_path: Any) -> None:
+    db: str, tmp_path: Any
+) -> None:
     from audit.service import AuditConfig, build_audit
 
-    cfg = AuditConfig(log_path=tmp_path / "audit.log", signing_key_path=tmp_path / "k",
-                      cursor_dir=tmp_path / "c", index_url=db, recordings_dir=tmp_path / "r",
-                      checkpoint_every=10, hostname="broker-1", store="postgres",
-                      replica_id="replica-s")
+    cfg = AuditConfig(
+        log_path=tmp_path / "audit.log",
+        signing_key_path=tmp_path / "k",
+        cursor_dir=tmp_path / "c",
+        index_url=db,
+        recordings_dir=tmp_path / "r",
+        checkpoint_every=10,
+        hostname="broker-1",
+        store="postgres",
+        replica_id="replica-s",
+    )
     sink = _Collect()
     runtime = build_audit(cfg, sinks=[sink])
     runtime.start()
@@ -336,6 +387,7 @@ def test_the_audit_service_on_the_postgres_store_ships_verifies_and_fails_closed
         runtime.stop()
     assert not (tmp_path / "audit.log").exists()  # nothing on the replica's disk
     assert [r["ActorUsername"] for r in sink.got if r["EventType"] == "admin.change"] == [
-        f"admin{i}" for i in range(15)]
+        f"admin{i}" for i in range(15)
+    ]
     with pytest.raises(ChainError, match="PostgreSQL URL"):
         build_audit(AuditConfig(**{**cfg.__dict__, "store_url": f"sqlite:///{tmp_path}/x"}))

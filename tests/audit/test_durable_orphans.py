@@ -67,30 +67,37 @@ def _killed_writer(db: str, key: Path, chain: str, n: int) -> None:
         print("written", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == -signal.SIGKILL and "written" in r.stdout, r.stderr
 
 
-def _orphans(engine: Engine, signer: CheckpointSigner,
-             got: list[Mapping[str, Any]]) -> OrphanChains:
+def _orphans(
+    engine: Engine, signer: CheckpointSigner, got: list[Mapping[str, Any]]
+) -> OrphanChains:
     def make(outbox: PgOutbox, cursors: PgCursorStore) -> list[Shipper]:
         return [Shipper(_Collect("siem", got), outbox, cursors)]
 
-    return OrphanChains(engine, "replica-new", sinks=["siem"], make_shippers=make,
-                        signer=signer, every_s=3600)
+    return OrphanChains(
+        engine, "replica-new", sinks=["siem"], make_shippers=make, signer=signer, every_s=3600
+    )
 
 
 def test_a_dead_replicas_chain_is_signed_and_shipped_by_another_broker(
-        db: str, tmp_path: Path) -> None:
+    db: str, tmp_path: Path
+) -> None:
     _killed_writer(db, tmp_path / "dead.key", "replica-dead", 25)
     engine = store_engine(db)
     try:
         live = CheckpointSigner.generate()
-        keys = TrustedKeys.from_pems([(tmp_path / "dead.key.pub").read_bytes(),
-                                      live.public_pem()])
-        before = verify_chain(engine, "replica-dead", keys=keys, checkpoint_every=10,
-                              closed=True)
+        keys = TrustedKeys.from_pems([(tmp_path / "dead.key.pub").read_bytes(), live.public_pem()])
+        before = verify_chain(engine, "replica-dead", keys=keys, checkpoint_every=10, closed=True)
         assert not before.ok and "not covered by a signed checkpoint" in before.reason
         got: list[Mapping[str, Any]] = []
         orphans = _orphans(engine, live, got)
@@ -98,8 +105,7 @@ def test_a_dead_replicas_chain_is_signed_and_shipped_by_another_broker(
         assert orphans.run_once() == {"replica-dead": 25 + 2 + 1}
         names = [r["ActorUsername"] for r in got if r["EventType"] == "admin.change"]
         assert names == [f"dead{i}" for i in range(25)]
-        after = verify_chain(engine, "replica-dead", keys=keys, checkpoint_every=10,
-                             closed=True)
+        after = verify_chain(engine, "replica-dead", keys=keys, checkpoint_every=10, closed=True)
         assert after.ok, after.reason
         assert orphans.pending() == [] and orphans.run_once() == {}  # nothing shipped twice
     finally:
@@ -110,8 +116,15 @@ def test_a_chain_whose_writer_is_alive_is_left_to_it(db: str) -> None:
     engine = store_engine(db)
     try:
         with PgChainLog(engine, "replica-alive", signer=CheckpointSigner.generate()) as log:
-            log.emit(new_event("admin.change", ActorUsername="a", Operation="update",
-                               Object="x", ObjectType="policy"))
+            log.emit(
+                new_event(
+                    "admin.change",
+                    ActorUsername="a",
+                    Operation="update",
+                    Object="x",
+                    ObjectType="policy",
+                )
+            )
             got: list[Mapping[str, Any]] = []
             orphans = _orphans(engine, CheckpointSigner.generate(), got)
             assert orphans.pending() == ["replica-alive"]  # behind, but not dead

@@ -29,12 +29,23 @@ def _events(n: int = 300) -> list[dict[str, object]]:
     for i in range(n):
         t = T0 + timedelta(minutes=10 * i)
         kind = ("session.started", "session.command", "ssh.login", "file.transferred")[i % 4]
-        out.append(dict(new_event(
-            kind, clock=lambda t=t: t, ActorUsername=ENGINEERS[i % 3], ActorUserId=f"u-{i % 3}",
-            HospitalId=HOSPITALS[i % 2], TargetHostname=f"cobas-{i % 5}", VendorId="v-roche",
-            TargetSessionId=f"s-{i // 10}", RequestId=f"r-{i // 20}",
-            EventResult="Failure" if kind == "ssh.login" and i % 8 == 2 else "Success",
-            EventMessage="=HYPERLINK(\"http://evil\")" if i == 5 else f"event {i}").record))
+        out.append(
+            dict(
+                new_event(
+                    kind,
+                    clock=lambda t=t: t,
+                    ActorUsername=ENGINEERS[i % 3],
+                    ActorUserId=f"u-{i % 3}",
+                    HospitalId=HOSPITALS[i % 2],
+                    TargetHostname=f"cobas-{i % 5}",
+                    VendorId="v-roche",
+                    TargetSessionId=f"s-{i // 10}",
+                    RequestId=f"r-{i // 20}",
+                    EventResult="Failure" if kind == "ssh.login" and i % 8 == 2 else "Success",
+                    EventMessage='=HYPERLINK("http://evil")' if i == 5 else f"event {i}",
+                ).record
+            )
+        )
     return out
 
 
@@ -57,18 +68,24 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditIndex
 
 def test_filters_answer_who_touched_what_and_when(index: AuditIndex) -> None:
     index.add(_events())
-    page = index.search(EventQuery(engineer="sato", start=T0, end=T0 + timedelta(hours=10),
-                                   limit=1000))
+    page = index.search(
+        EventQuery(engineer="sato", start=T0, end=T0 + timedelta(hours=10), limit=1000)
+    )
     assert page.events and all(e["ActorUsername"] == "sato" for e in page.events)
     assert all("2026-04-01T08" <= e["TimeGenerated"] < "2026-04-01T18" for e in page.events)
     assert len(page.events) == 20  # 60 events in 10 h, every third is sato's
     by_id = index.search(EventQuery(engineer="u-0", limit=1000)).events
     assert {e["ActorUsername"] for e in by_id} == {"sato"}
-    q = EventQuery(hospital_id="h-handa", instrument="cobas-1", types=("session.started",
-                                                                         "session.command"))
+    q = EventQuery(
+        hospital_id="h-handa", instrument="cobas-1", types=("session.started", "session.command")
+    )
     got = index.search(q).events
-    assert got and all(e["HospitalId"] == "h-handa" and e["TargetHostname"] == "cobas-1"
-                       and e["EventType"].startswith("session.") for e in got)
+    assert got and all(
+        e["HospitalId"] == "h-handa"
+        and e["TargetHostname"] == "cobas-1"
+        and e["EventType"].startswith("session.")
+        for e in got
+    )
     fails = index.search(EventQuery(outcome="Failure", limit=1000)).events
     assert fails and {e["EventType"] for e in fails} == {"ssh.login"}
     assert len(index.search(EventQuery(session_id="s-3")).events) == 10
@@ -92,16 +109,23 @@ def test_pages_cover_every_event_once_in_order(index: AuditIndex) -> None:
 
 
 def test_absurd_queries_get_clear_errors(index: AuditIndex) -> None:
-    for bad, msg in ((EventQuery(start=T0, end=T0 - timedelta(days=1)), "after its start"),
-                     (EventQuery(limit=0), "page size"), (EventQuery(limit=10**6), "page size"),
-                     (EventQuery(types=("no.such",)), "unknown event types"),
-                     (EventQuery(page="garbage!!"), "page token"),
-                     (EventQuery(outcome="Maybe"), "outcome")):
+    for bad, msg in (
+        (EventQuery(start=T0, end=T0 - timedelta(days=1)), "after its start"),
+        (EventQuery(limit=0), "page size"),
+        (EventQuery(limit=10**6), "page size"),
+        (EventQuery(types=("no.such",)), "unknown event types"),
+        (EventQuery(page="garbage!!"), "page token"),
+        (EventQuery(outcome="Maybe"), "outcome"),
+    ):
         with pytest.raises(QueryError, match=msg):
             index.search(bad)
     # a huge but valid range is fine
-    assert index.search(EventQuery(start=datetime(1970, 1, 1, tzinfo=UTC),
-                                   end=datetime(2999, 1, 1, tzinfo=UTC))).events == []
+    assert (
+        index.search(
+            EventQuery(start=datetime(1970, 1, 1, tzinfo=UTC), end=datetime(2999, 1, 1, tzinfo=UTC))
+        ).events
+        == []
+    )
 
 
 def test_index_is_fed_from_the_log_and_ignores_resent_batches(tmp_path: Path) -> None:
@@ -109,13 +133,13 @@ def test_index_is_fed_from_the_log_and_ignores_resent_batches(tmp_path: Path) ->
     with ChainLog(tmp_path / "audit.log") as log:
         for e in _events(50):
             log.emit(new_event("user.logout", ActorUsername=str(e["ActorUsername"])))
-        shipper = Shipper(IndexSink(index), log.path, CursorStore(tmp_path / "c"),
-                          batch_size=20)
+        shipper = Shipper(IndexSink(index), log.path, CursorStore(tmp_path / "c"), batch_size=20)
         while shipper.ship_once():
             pass
     assert index.count() == 50
-    IndexSink(index).send([json.loads(line) for line in
-                           (tmp_path / "audit.log").read_text().splitlines()[:30]])
+    IndexSink(index).send(
+        [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()[:30]]
+    )
     assert index.count() == 50
 
 
@@ -130,8 +154,9 @@ def test_exports_in_csv_and_json_lines(index: AuditIndex) -> None:
     all_rows = list(index.iterate(EventQuery()))
     out = io.StringIO()
     write_export(all_rows, "csv", out)
-    evil = next(r for r in csv.DictReader(io.StringIO(out.getvalue()))
-                if "HYPERLINK" in r["EventMessage"])
+    evil = next(
+        r for r in csv.DictReader(io.StringIO(out.getvalue())) if "HYPERLINK" in r["EventMessage"]
+    )
     assert evil["EventMessage"].startswith("'=")  # not a live formula in a spreadsheet
     out = io.StringIO()
     assert write_export(rows, "jsonl", out) == len(rows)

@@ -33,11 +33,20 @@ def broker(tmp_path: Path) -> tuple[Path, AuditIndex, Path, str]:
     index = AuditIndex.from_url(url)
     with ChainLog(log, signer=signer, checkpoint_every=5) as chain:
         for i in range(8):
-            chain.emit(new_event("session.started", ActorUsername="tanaka",
-                                 HospitalId="h-okayama", TargetSessionId=f"s{i}"))
+            chain.emit(
+                new_event(
+                    "session.started",
+                    ActorUsername="tanaka",
+                    HospitalId="h-okayama",
+                    TargetSessionId=f"s{i}",
+                )
+            )
     shipper = Shipper(IndexSink(index), log, CursorStore(log.parent / "cursors"))
-    poll_sync(lambda: shipper.ship_once() == 0 and shipper.status().acked_seq >= 10, DEADLINE_S,
-              what="the index to catch up")
+    poll_sync(
+        lambda: shipper.ship_once() == 0 and shipper.status().acked_seq >= 10,
+        DEADLINE_S,
+        what="the index to catch up",
+    )
     pinned = tmp_path / "auditor" / "key.pub"
     pinned.parent.mkdir()
     pinned.write_bytes(signer.public_pem())
@@ -45,46 +54,69 @@ def broker(tmp_path: Path) -> tuple[Path, AuditIndex, Path, str]:
 
 
 def _verify(log: Path, pinned: Path, url: str) -> int:
-    return main(["audit", "verify", "--log", str(log), "--key", str(pinned),
-                 "--checkpoint-every", "5", "--index", url])
+    return main(
+        [
+            "audit",
+            "verify",
+            "--log",
+            str(log),
+            "--key",
+            str(pinned),
+            "--checkpoint-every",
+            "5",
+            "--index",
+            url,
+        ]
+    )
 
 
 def test_the_index_as_shipped_matches_the_chain(
-        broker: tuple[Path, AuditIndex, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    broker: tuple[Path, AuditIndex, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     log, _, pinned, url = broker
     assert _verify(log, pinned, url) == 0
-    assert "index matches the chain: 10 events compared up to position 10" in \
-        capsys.readouterr().out
+    assert (
+        "index matches the chain: 10 events compared up to position 10" in capsys.readouterr().out
+    )
 
 
 def test_an_edited_index_row_fails_the_check(
-        broker: tuple[Path, AuditIndex, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    broker: tuple[Path, AuditIndex, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     log, index, pinned, url = broker
     t = events_table.c
     with index.engine.begin() as conn:
         row = conn.execute(events_table.select().where(t.ChainSeq == 3)).one()
         record = json.loads(row.record)
         record["ActorUsername"] = "someone-else"
-        conn.execute(update(events_table).where(t.ChainSeq == 3).values(
-            record=json.dumps(record), ActorUsername="someone-else"))
+        conn.execute(
+            update(events_table)
+            .where(t.ChainSeq == 3)
+            .values(record=json.dumps(record), ActorUsername="someone-else")
+        )
     assert _verify(log, pinned, url) == 1
     out = capsys.readouterr().out
     assert "DOES NOT match" in out and "position 3" in out and "ActorUsername" in out
 
 
 def test_a_hospital_column_moved_to_hide_a_session_fails_the_check(
-        broker: tuple[Path, AuditIndex, Path, str]) -> None:
+    broker: tuple[Path, AuditIndex, Path, str],
+) -> None:
     """Only the searchable column changed: the hospital's auditor would not find it."""
     log, index, _, _ = broker
     with index.engine.begin() as conn:
-        conn.execute(update(events_table).where(events_table.c.ChainSeq == 2)
-                     .values(HospitalId="h-elsewhere"))
+        conn.execute(
+            update(events_table)
+            .where(events_table.c.ChainSeq == 2)
+            .values(HospitalId="h-elsewhere")
+        )
     check = check_index(index, (e.record for e in read_events(log)))
     assert not check.ok and any("position 2" in p and "HospitalId" in p for p in check.problems)
 
 
 def test_a_deleted_or_an_extra_index_row_fails_the_check(
-        broker: tuple[Path, AuditIndex, Path, str]) -> None:
+    broker: tuple[Path, AuditIndex, Path, str],
+) -> None:
     log, index, _, _ = broker
     t = events_table.c
     with index.engine.begin() as conn:
@@ -94,9 +126,15 @@ def test_a_deleted_or_an_extra_index_row_fails_the_check(
     index.add([new_event("session.started", ActorUsername="ghost").record])  # no position
     with index.engine.begin() as conn:
         extra = dict(new_event("session.started", ActorUsername="ghost2").record)
-        conn.execute(insert(events_table).values(
-            EventUid=extra["EventUid"], ChainSeq=40, TimeGenerated=extra["TimeGenerated"],
-            EventType="session.started", record=json.dumps(extra)))
+        conn.execute(
+            insert(events_table).values(
+                EventUid=extra["EventUid"],
+                ChainSeq=40,
+                TimeGenerated=extra["TimeGenerated"],
+                EventType="session.started",
+                record=json.dumps(extra),
+            )
+        )
     problems = " | ".join(check_index(index, (e.record for e in read_events(log))).problems)
     assert "carry no chain position" in problems and "position 40" in problems
 
@@ -117,8 +155,10 @@ def test_rows_removed_by_announced_retention_are_accepted(tmp_path: Path) -> Non
 
 
 def test_on_the_broker_host_verify_index_uses_the_brokers_log_index_and_cursor(
-        broker: tuple[Path, AuditIndex, Path, str], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    broker: tuple[Path, AuditIndex, Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     log, index, pinned, url = broker
     monkeypatch.setenv("HOSHU_DATA_DIR", str(log.parent.parent))
     monkeypatch.setenv("HOSHU_AUDIT_INDEX_URL", url)

@@ -21,9 +21,14 @@ MRN = "0012345678"
 
 def test_mrn_in_a_command_line_is_masked_but_ids_and_hashes_are_not() -> None:
     masker = Masker.default()
-    event = new_event("file.transferred", TargetFileName=f"/data/export_{MRN}.csv",
-                      TargetFileSHA256="ab" * 32, TargetSessionId="sess-12345678901",
-                      TargetFileSize=123456789, details={"tool": "scp"})
+    event = new_event(
+        "file.transferred",
+        TargetFileName=f"/data/export_{MRN}.csv",
+        TargetFileSHA256="ab" * 32,
+        TargetSessionId="sess-12345678901",
+        TargetFileSize=123456789,
+        details={"tool": "scp"},
+    )
     cmd = new_event("session.command", details={"command": f"grep {MRN} results.csv"})
     masked_file = masker.mask_record(event.record)
     masked_cmd = masker.mask_record(cmd.record)
@@ -36,9 +41,13 @@ def test_mrn_in_a_command_line_is_masked_but_ids_and_hashes_are_not() -> None:
 
 def test_japanese_names_in_file_names_and_patient_labels_are_masked() -> None:
     masker = Masker.default()
-    rec = masker.mask_record(new_event(
-        "file.transferred", TargetFileName="山田太郎_検査結果.pdf",
-        EventMessage="uploaded 患者ID:A-7731 report; patient_id=XK99 too").record)
+    rec = masker.mask_record(
+        new_event(
+            "file.transferred",
+            TargetFileName="山田太郎_検査結果.pdf",
+            EventMessage="uploaded 患者ID:A-7731 report; patient_id=XK99 too",
+        ).record
+    )
     assert "山田" not in rec["TargetFileName"] and rec["TargetFileName"].endswith(".pdf")
     assert "A-7731" not in rec["EventMessage"] and "XK99" not in rec["EventMessage"]
     # kanji in free text is not a file name: left alone unless a rule says so
@@ -55,20 +64,37 @@ def test_site_rules_add_to_the_defaults_and_bad_rules_are_refused() -> None:
 
 
 def test_cloud_sink_receives_masked_events_while_the_local_log_keeps_them(
-        tmp_path: Path, logs_ingestion: LogsIngestion) -> None:
+    tmp_path: Path, logs_ingestion: LogsIngestion
+) -> None:
     """What Sentinel gets carries no identifier and no recording content."""
     cast = tmp_path / "sess-1.cast"
     with AsciicastWriter(cast, width=80, height=24) as rec:
         rec.output(f"patient {MRN} 山田太郎 K=4.1 mmol/L\r\n")
         info = rec.close()
     with ChainLog(tmp_path / "audit.log") as log:
-        log.emit(new_event("session.command", TargetSessionId="sess-1",
-                           details={"command": f"lisquery --mrn {MRN}"}))
-        log.emit(new_event("session.ended", TargetSessionId="sess-1",
-                           RecordingSHA256=info.sha256, RecordingSize=info.size,
-                           details={"recording": cast.name}))
-        sink = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
-                             StaticToken(logs_ingestion.TOKEN), allow_http=True, retry_total=0)
+        log.emit(
+            new_event(
+                "session.command",
+                TargetSessionId="sess-1",
+                details={"command": f"lisquery --mrn {MRN}"},
+            )
+        )
+        log.emit(
+            new_event(
+                "session.ended",
+                TargetSessionId="sess-1",
+                RecordingSHA256=info.sha256,
+                RecordingSize=info.size,
+                details={"recording": cast.name},
+            )
+        )
+        sink = AzureLogsSink(
+            logs_ingestion.endpoint,
+            logs_ingestion.RULE,
+            StaticToken(logs_ingestion.TOKEN),
+            allow_http=True,
+            retry_total=0,
+        )
         shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), masker=Masker.default())
         assert shipper.ship_once() == 2
     shipped = json.dumps(logs_ingestion.records, ensure_ascii=False)

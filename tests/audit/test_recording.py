@@ -27,8 +27,15 @@ class Mono:
 
 def _record(path: Path) -> tuple[Mono, AsciicastWriter]:
     mono = Mono()
-    return mono, AsciicastWriter(path, width=80, height=24, title="cobas-c503-1",
-                                 env={"TERM": "xterm"}, timestamp=1_775_000_000, monotonic=mono)
+    return mono, AsciicastWriter(
+        path,
+        width=80,
+        height=24,
+        title="cobas-c503-1",
+        env={"TERM": "xterm"},
+        timestamp=1_775_000_000,
+        monotonic=mono,
+    )
 
 
 def test_writer_records_output_input_resize_with_size_and_hash(tmp_path: Path) -> None:

@@ -29,8 +29,10 @@ HEADER = b'{"version": 2, "width": 80, "height": 24, "timestamp": 1700000000}\n'
 
 
 def cast_lines(n: int, start: int = 0) -> list[bytes]:
-    return [f'[{i * 0.01:.6f}, "o", "line {i} \\u65e5\\u672c \\r\\n"]\n'.encode()
-            for i in range(start, start + n)]
+    return [
+        f'[{i * 0.01:.6f}, "o", "line {i} \\u65e5\\u672c \\r\\n"]\n'.encode()
+        for i in range(start, start + n)
+    ]
 
 
 @pytest.fixture(params=["files", "blob"])
@@ -74,8 +76,7 @@ def test_existing_recording_is_never_overwritten(store: RecordingStore) -> None:
 
 
 @pytest.mark.parametrize("name", ["../x.cast", ".live", "a/b.cast", "", "x" * 200, "a..b"])
-def test_names_that_could_escape_the_store_are_refused(store: RecordingStore,
-                                                       name: str) -> None:
+def test_names_that_could_escape_the_store_are_refused(store: RecordingStore, name: str) -> None:
     with pytest.raises(RecordingFileError, match="invalid recording name"):
         store.create(name)
 
@@ -87,8 +88,9 @@ def test_missing_recording_is_a_clear_error(store: RecordingStore) -> None:
     assert store.delete("none.cast") is False
 
 
-def test_tampered_recording_fails_verify_naming_it(store: RecordingStore,
-                                                   request: pytest.FixtureRequest) -> None:
+def test_tampered_recording_fails_verify_naming_it(
+    store: RecordingStore, request: pytest.FixtureRequest
+) -> None:
     """A recording changed after its session ended no longer matches the size and
     SHA-256 of its end event; verify names the recording."""
     data = HEADER + b"".join(cast_lines(50))
@@ -104,13 +106,15 @@ def test_tampered_recording_fails_verify_naming_it(store: RecordingStore,
         azurite: Azurite = request.getfixturevalue("azurite")
         with azurite.service(request.getfixturevalue("blob_credential")) as svc:
             svc.get_blob_client(store.url.rsplit("/", 1)[1], "s-3.cast").upload_blob(
-                forged, overwrite=True)
+                forged, overwrite=True
+            )
     with pytest.raises(RecordingTampered, match=r"recording s-3\.cast .* does not match"):
         verify(store, "s-3.cast", hashlib.sha256(data).hexdigest(), len(data))
 
 
 def test_follower_on_another_replica_sees_the_recording_as_it_grows(
-        store: RecordingStore, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    store: RecordingStore, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """A second store instance (another replica) tails the recording while it is being
     written, and ends up with exactly the bytes written."""
     if isinstance(store, FileStore):
@@ -118,10 +122,14 @@ def test_follower_on_another_replica_sees_the_recording_as_it_grows(
     else:
         assert isinstance(store, BlobStore)
         azurite: Azurite = request.getfixturevalue("azurite")
-        reader = BlobStore(store.url, request.getfixturevalue("blob_credential"),
-                           connection_verify=str(azurite.cert))
+        reader = BlobStore(
+            store.url,
+            request.getfixturevalue("blob_credential"),
+            connection_verify=str(azurite.cert),
+        )
     w = store.create("s-4.cast")
     w.write(HEADER)
+
     def stored() -> int:
         info = reader.stat("s-4.cast")
         return info.size if info else 0

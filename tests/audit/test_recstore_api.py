@@ -31,8 +31,9 @@ AUDITOR = {"authorization": "Bearer platform-auditor"}
 
 @pytest.fixture
 def blob(azurite: Azurite, blob_container: str, blob_credential: Any) -> Iterator[BlobStore]:
-    store = BlobStore(blob_container, blob_credential, connection_verify=str(azurite.cert),
-                      flush_interval_s=0.05)
+    store = BlobStore(
+        blob_container, blob_credential, connection_verify=str(azurite.cert), flush_interval_s=0.05
+    )
     yield store
     store.close()
 
@@ -50,15 +51,23 @@ def client(tmp_path: Path, blob: BlobStore) -> Iterator[tuple[TestClient, Captur
 
     app = FastAPI()
     errors.install(app)
-    app.include_router(build_router(index=index, reports=ReportService(index, Both()),
-                                    recordings_dir=tmp_path / "not-used", recordings=blob,
-                                    emitter=Both(), authenticate=_auth))
+    app.include_router(
+        build_router(
+            index=index,
+            reports=ReportService(index, Both()),
+            recordings_dir=tmp_path / "not-used",
+            recordings=blob,
+            emitter=Both(),
+            authenticate=_auth,
+        )
+    )
     with TestClient(app) as c:
         yield c, em
 
 
 def test_recording_plays_back_from_blob_storage(
-        client: tuple[TestClient, CapturingEmitter], blob: BlobStore) -> None:
+    client: tuple[TestClient, CapturingEmitter], blob: BlobStore
+) -> None:
     c, em = client
     data = HEADER + b'[0.1, "o", "$ ls\\r\\n"]\n'
     w = blob.create("s1.cast")
@@ -74,7 +83,8 @@ def test_recording_plays_back_from_blob_storage(
 
 
 def test_live_recording_is_served_as_far_as_it_is_stored(
-        client: tuple[TestClient, CapturingEmitter], blob: BlobStore) -> None:
+    client: tuple[TestClient, CapturingEmitter], blob: BlobStore
+) -> None:
     """A recording another replica is still appending to: what is served is exactly
     what the SHA-256 header describes."""
     c, _ = client

@@ -54,14 +54,18 @@ def blob_store(az: Azurite, url: str, cred: Any, **kw: Any) -> BlobStore:
 
 
 def test_killed_broker_leaves_everything_up_to_its_last_append(
-        azurite: Azurite, blob_container: str, blob_credential: Any,
-        identity_endpoint: Any) -> None:
+    azurite: Azurite, blob_container: str, blob_credential: Any, identity_endpoint: Any
+) -> None:
     """A writer process killed with SIGKILL mid-session (no close, no flush) leaves in
     the blob an exact prefix of what it recorded, at least all it had appended; the
     recording is not sealed (it is a lost session's)."""
     env = {**os.environ, **identity_endpoint.env(), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, blob_container, str(azurite.cert)],
-                            stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, blob_container, str(azurite.cert)],
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.stdout is not None
     try:
         last: dict[str, int] = {}
@@ -79,13 +83,14 @@ def test_killed_broker_leaves_everything_up_to_its_last_append(
     assert info is not None and not info.finished
     kept = b"".join(store.chunks("crash.cast"))
     assert len(kept) >= last["stored"]
-    assert kept == expected_stream(len(kept))[:len(kept)]
+    assert kept == expected_stream(len(kept))[: len(kept)]
     lost = last["written"] - len(kept)
     assert lost < 64 * 1024  # at most what was waiting for its 0.1 s append
 
 
 def test_store_going_away_mid_session_fails_the_writer(
-        azurite_factory: Any, blob_credential: Any) -> None:
+    azurite_factory: Any, blob_credential: Any
+) -> None:
     """Blob storage stops answering during a session: the next write (or the periodic
     check the session watcher makes) raises a recording error, so the session ends;
     close raises too.  What was appended before stays."""
@@ -120,7 +125,8 @@ def test_store_going_away_mid_session_fails_the_writer(
 
 
 def test_missing_container_at_start_is_one_line_naming_the_url(
-        azurite: Azurite, blob_credential: Any) -> None:
+    azurite: Azurite, blob_credential: Any
+) -> None:
     url = azurite.container_url("no-such-container")
     with pytest.raises(StoreUnavailable) as err:
         blob_store(azurite, url, blob_credential).check()
@@ -136,18 +142,22 @@ def test_unreachable_store_at_start_is_one_line_naming_the_url(blob_credential: 
     assert "\n" not in msg
 
 
-def test_session_cannot_start_when_the_recording_cannot_be_created(
-        blob_credential: Any) -> None:
+def test_session_cannot_start_when_the_recording_cannot_be_created(blob_credential: Any) -> None:
     url = f"https://127.0.0.1:{free_port()}/devstoreaccount1/recordings"
     store = BlobStore(url, blob_credential, timeout_s=2.0, retries=0)
     with pytest.raises(RecordingFileError, match="cannot be created"):
         store.create("s.cast")
 
 
-@pytest.mark.parametrize("url", ["http://acct.blob.core.windows.net/recordings",
-                                 "https://acct.blob.core.windows.net/",
-                                 "https://acct.blob.core.windows.net/Bad_Name",
-                                 "https://acct.blob.core.windows.net/rec?sv=x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://acct.blob.core.windows.net/recordings",
+        "https://acct.blob.core.windows.net/",
+        "https://acct.blob.core.windows.net/Bad_Name",
+        "https://acct.blob.core.windows.net/rec?sv=x",
+    ],
+)
 def test_recordings_url_must_be_an_https_container(url: str) -> None:
     """Bearer tokens go over HTTPS only, and the URL must name a container (no SAS)."""
     with pytest.raises(StoreUnavailable, match="recordings_url"):
@@ -155,11 +165,13 @@ def test_recordings_url_must_be_an_https_container(url: str) -> None:
 
 
 def test_a_quiet_session_is_stored_within_the_flush_interval(
-        azurite: Azurite, blob_container: str, blob_credential: Any) -> None:
+    azurite: Azurite, blob_container: str, blob_credential: Any
+) -> None:
     """One event in a quiet session reaches Blob storage within the interval, and a
     busy session is appended in batches, not once per write."""
-    store = blob_store(azurite, blob_container, blob_credential, flush_interval_s=0.3,
-                       flush_bytes=1024 * 1024)
+    store = blob_store(
+        azurite, blob_container, blob_credential, flush_interval_s=0.3, flush_bytes=1024 * 1024
+    )
     w = store.create("quiet.cast")
     assert isinstance(w, BlobWriter)
     w.write(HEADER)
@@ -177,11 +189,18 @@ def test_a_quiet_session_is_stored_within_the_flush_interval(
 
 
 def test_a_store_that_cannot_keep_up_fails_the_writer(
-        azurite: Azurite, blob_container: str, blob_credential: Any) -> None:
+    azurite: Azurite, blob_container: str, blob_credential: Any
+) -> None:
     """More than max_backlog bytes waiting: the writer fails instead of growing
     without bound."""
-    store = blob_store(azurite, blob_container, blob_credential, flush_interval_s=60,
-                       flush_bytes=4 * 1024 * 1024, max_backlog=64 * 1024)
+    store = blob_store(
+        azurite,
+        blob_container,
+        blob_credential,
+        flush_interval_s=60,
+        flush_bytes=4 * 1024 * 1024,
+        max_backlog=64 * 1024,
+    )
     w = store.create("backlog.cast")
     with pytest.raises(RecordingFileError, match="not keeping up"):
         for _ in range(100):

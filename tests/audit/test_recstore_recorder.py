@@ -46,16 +46,23 @@ def session(rec: Recording, clock: FakeClock) -> None:
     clock.advance(1.2)
     rec.resize(132, 43)
     for i in range(200):
-        rec.output(f"row {i}\tvalue \"{i * 7}\"\r\n".encode())
+        rec.output(f'row {i}\tvalue "{i * 7}"\r\n'.encode())
         clock.advance(0.01)
 
 
 def record(directory: Path, opener: Any) -> tuple[Any, bytes | None]:
     clock = FakeClock()
-    rec = Recording.open(directory, "sess-1", width=80, height=24,
-                         env={"TERM": "xterm", "SHELL": "/bin/sh"}, title="eng@analyzer-1",
-                         wall_clock=lambda: 1_764_000_000.0, monotonic=clock.monotonic,
-                         opener=opener)
+    rec = Recording.open(
+        directory,
+        "sess-1",
+        width=80,
+        height=24,
+        env={"TERM": "xterm", "SHELL": "/bin/sh"},
+        title="eng@analyzer-1",
+        wall_clock=lambda: 1_764_000_000.0,
+        monotonic=clock.monotonic,
+        opener=opener,
+    )
     session(rec, clock)
     summary = rec.close()
     path = directory / "sess-1.cast"
@@ -63,7 +70,8 @@ def record(directory: Path, opener: Any) -> tuple[Any, bytes | None]:
 
 
 def test_blob_recording_is_byte_identical_to_the_file_one(
-        tmp_path: Path, azurite: Azurite, blob_container: str, blob_credential: Any) -> None:
+    tmp_path: Path, azurite: Azurite, blob_container: str, blob_credential: Any
+) -> None:
     """The same session recorded to a file and to Blob storage: the same bytes, the
     same SHA-256 in the end event, and the blob plays as asciicast v2."""
     file_summary, file_bytes = record(tmp_path / "files", default_opener)
@@ -91,15 +99,25 @@ def test_file_store_writes_what_the_recorder_always_wrote(tmp_path: Path) -> Non
 
 
 def test_lost_session_is_ended_with_what_blob_storage_holds(
-        tmp_path: Path, azurite: Azurite, blob_container: str, blob_credential: Any) -> None:
+    tmp_path: Path, azurite: Azurite, blob_container: str, blob_credential: Any
+) -> None:
     """A broker died mid-session: at the next start its journal entry becomes a
     ``session.ended`` (broker_lost) carrying the size and SHA-256 of what the dead
     broker had appended to Blob storage."""
-    store = BlobStore(blob_container, blob_credential, connection_verify=str(azurite.cert),
-                      flush_interval_s=0.05)
+    store = BlobStore(
+        blob_container, blob_credential, connection_verify=str(azurite.cert), flush_interval_s=0.05
+    )
     clock = FakeClock()
-    rec = Recording.open(tmp_path, "sess-3", width=80, height=24, env={}, title="t",
-                         monotonic=clock.monotonic, opener=store_opener(store))
+    rec = Recording.open(
+        tmp_path,
+        "sess-3",
+        width=80,
+        height=24,
+        env={},
+        title="t",
+        monotonic=clock.monotonic,
+        opener=store_opener(store),
+    )
     rec.output(b"$ uptime\r\n up 3 days\r\n")
     rec.flush()
     writer = rec._fh
@@ -108,9 +126,14 @@ def test_lost_session_is_ended_with_what_blob_storage_holds(
     # the broker dies here: no close, no end event; its journal entry stays behind
     journal = tmp_path / ".live"
     journal.mkdir()
-    (journal / "sess-3.json").write_text(json.dumps({
-        "columns": {"TargetSessionId": "sess-3", "ActorUsername": "eng"},
-        "details": {"kind": "shell", "recording": "sess-3.cast"}}))
+    (journal / "sess-3.json").write_text(
+        json.dumps(
+            {
+                "columns": {"TargetSessionId": "sess-3", "ActorUsername": "eng"},
+                "details": {"kind": "shell", "recording": "sess-3.cast"},
+            }
+        )
+    )
     em = CapturingEmitter()
     assert end_lost_sessions(tmp_path, em, lambda: datetime.now(UTC), store=store) == ["sess-3"]
     (ended,) = em.events

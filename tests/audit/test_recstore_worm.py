@@ -26,9 +26,11 @@ from audit.retention import Retention, RetentionPolicy
 from audit.testing import CapturingEmitter
 from tests.fixtures.azurite import Azurite
 
-IMMUTABLE = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>BlobImmutableDueToPolicy'
-             b"</Code><Message>This operation is not permitted as the blob is immutable due "
-             b"to a policy.</Message></Error>")
+IMMUTABLE = (
+    b'<?xml version="1.0" encoding="utf-8"?><Error><Code>BlobImmutableDueToPolicy'
+    b"</Code><Message>This operation is not permitted as the blob is immutable due "
+    b"to a policy.</Message></Error>"
+)
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
@@ -47,21 +49,38 @@ class WormFront:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 blob = unquote(urlsplit(self.path).path).rsplit("/", 1)[-1]
                 if self.command == "DELETE" and blob in front.locked:
-                    self._send(409, [("x-ms-error-code", "BlobImmutableDueToPolicy"),
-                                     ("Content-Type", "application/xml")], IMMUTABLE)
+                    self._send(
+                        409,
+                        [
+                            ("x-ms-error-code", "BlobImmutableDueToPolicy"),
+                            ("Content-Type", "application/xml"),
+                        ],
+                        IMMUTABLE,
+                    )
                     return
                 ctx = ssl.create_default_context(cafile=str(front.az.cert))
-                conn = http.client.HTTPSConnection("127.0.0.1", front.az.port, context=ctx,
-                                                   timeout=10)
+                conn = http.client.HTTPSConnection(
+                    "127.0.0.1", front.az.port, context=ctx, timeout=10
+                )
                 try:
-                    conn.request(self.command, self.path, body=body or None,
-                                 headers={k: v for k, v in self.headers.items()
-                                          if k.lower() not in _HOP | {"host"}}
-                                 | {"Host": f"127.0.0.1:{front.az.port}"})
+                    conn.request(
+                        self.command,
+                        self.path,
+                        body=body or None,
+                        headers={
+                            k: v
+                            for k, v in self.headers.items()
+                            if k.lower() not in _HOP | {"host"}
+                        }
+                        | {"Host": f"127.0.0.1:{front.az.port}"},
+                    )
                     resp = conn.getresponse()
                     data = resp.read()
-                    self._send(resp.status, [(k, v) for k, v in resp.getheaders()
-                                             if k.lower() not in _HOP], data)
+                    self._send(
+                        resp.status,
+                        [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP],
+                        data,
+                    )
                 finally:
                     conn.close()
 
@@ -104,9 +123,11 @@ def worm(azurite: Azurite) -> Iterator[WormFront]:
 
 
 def test_retention_keeps_what_worm_still_protects_and_deletes_the_rest(
-        worm: WormFront, azurite: Azurite, blob_container: str, blob_credential: Any) -> None:
-    store = BlobStore(worm.url(blob_container), blob_credential,
-                      connection_verify=str(azurite.cert))
+    worm: WormFront, azurite: Azurite, blob_container: str, blob_credential: Any
+) -> None:
+    store = BlobStore(
+        worm.url(blob_container), blob_credential, connection_verify=str(azurite.cert)
+    )
     for name in ("old-1.cast", "old-2.cast"):
         w = store.create(name)
         w.write(b'{"version": 2, "width": 80, "height": 24}\n')
@@ -117,15 +138,17 @@ def test_retention_keeps_what_worm_still_protects_and_deletes_the_rest(
 
     later = datetime.now(UTC) + timedelta(days=100)  # both are past a 90-day retention
     em = CapturingEmitter()
-    result = Retention(RetentionPolicy(recordings_days=90), em, recordings=store,
-                       clock=lambda: later).run()
+    result = Retention(
+        RetentionPolicy(recordings_days=90), em, recordings=store, clock=lambda: later
+    ).run()
     assert (result.recordings_deleted, result.recordings_retained) == (1, 1)
     assert [r.name for r in store.list()] == ["old-2.cast"]
     (announced,) = em.of_type("audit.retention_deleted")
     assert announced.details["count"] == 2
 
     worm.locked.clear()  # its immutability period is over: the next run deletes it
-    result = Retention(RetentionPolicy(recordings_days=90), em, recordings=store,
-                       clock=lambda: later).run()
+    result = Retention(
+        RetentionPolicy(recordings_days=90), em, recordings=store, clock=lambda: later
+    ).run()
     assert (result.recordings_deleted, result.recordings_retained) == (1, 0)
     assert list(store.list()) == []

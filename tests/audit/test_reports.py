@@ -40,24 +40,65 @@ def _at(minutes: float) -> Any:
 def plan_events(grant: str = "g1", request: str = "r1") -> list[AuditEvent]:
     common = {"HospitalId": "h-okayama", "VendorId": "v-1", "RequestId": request}
     return [
-        new_event("request.created", clock=_at(-60), ActorUsername="sato", ActorUserId="u-sato",
-                  details={"instruments": ["cobas-c503-1"], "ports": [22],
-                           "file_transfer": False, "work_plan": "試薬プローブ交換",
-                           "ticket": "INC-1"}, **common),
+        new_event(
+            "request.created",
+            clock=_at(-60),
+            ActorUsername="sato",
+            ActorUserId="u-sato",
+            details={
+                "instruments": ["cobas-c503-1"],
+                "ports": [22],
+                "file_transfer": False,
+                "work_plan": "試薬プローブ交換",
+                "ticket": "INC-1",
+            },
+            **common,
+        ),
         new_event("request.approved", clock=_at(-30), ActorUsername="yamada", **common),
-        new_event("grant.created", clock=_at(-30), GrantId=grant,
-                  details={"instruments": ["cobas-c503-1"], "ports": [22],
-                           "file_transfer": False, "starts": T0.isoformat(),
-                           "ends": (T0 + timedelta(hours=2)).isoformat()}, **common),
-        new_event("session.started", clock=_at(5), GrantId=grant, ActorUsername="sato",
-                  TargetHostname="cobas-c503-1", TargetPortNumber=22, TargetSessionId="s1",
-                  details={"kind": "shell"}, **common),
-        new_event("session.command", clock=_at(6), GrantId=grant, TargetSessionId="s1",
-                  TargetHostname="cobas-c503-1", details={"command": "<script>x</script>"},
-                  **common),
-        new_event("session.ended", clock=_at(40), GrantId=grant, TargetSessionId="s1",
-                  TargetHostname="cobas-c503-1", NetworkDuration=35 * 60 * 1000,
-                  RecordingSHA256="ab" * 32, RecordingSize=4096, **common),
+        new_event(
+            "grant.created",
+            clock=_at(-30),
+            GrantId=grant,
+            details={
+                "instruments": ["cobas-c503-1"],
+                "ports": [22],
+                "file_transfer": False,
+                "starts": T0.isoformat(),
+                "ends": (T0 + timedelta(hours=2)).isoformat(),
+            },
+            **common,
+        ),
+        new_event(
+            "session.started",
+            clock=_at(5),
+            GrantId=grant,
+            ActorUsername="sato",
+            TargetHostname="cobas-c503-1",
+            TargetPortNumber=22,
+            TargetSessionId="s1",
+            details={"kind": "shell"},
+            **common,
+        ),
+        new_event(
+            "session.command",
+            clock=_at(6),
+            GrantId=grant,
+            TargetSessionId="s1",
+            TargetHostname="cobas-c503-1",
+            details={"command": "<script>x</script>"},
+            **common,
+        ),
+        new_event(
+            "session.ended",
+            clock=_at(40),
+            GrantId=grant,
+            TargetSessionId="s1",
+            TargetHostname="cobas-c503-1",
+            NetworkDuration=35 * 60 * 1000,
+            RecordingSHA256="ab" * 32,
+            RecordingSize=4096,
+            **common,
+        ),
     ]
 
 
@@ -86,23 +127,52 @@ def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
     svc, _ = _service(tmp_path, FakeClock(T0))
     common = {"HospitalId": "h-okayama", "RequestId": "r1", "GrantId": "g1"}
     extra = [
-        new_event("session.started", clock=_at(50), TargetHostname="lis-server",
-                  TargetPortNumber=22, TargetSessionId="s2", **common),
-        new_event("file.transferred", clock=_at(55), TargetHostname="cobas-c503-1",
-                  TargetFileName="log.tgz", TargetFileSize=10, TargetFileSHA256="cd" * 32,
-                  NetworkDirection="Outbound", **common),
-        new_event("forward.refused", clock=_at(56), TargetHostname="cobas-c503-1",
-                  TargetPortNumber=3389, EventResult="Failure",
-                  EventResultDetails="port not granted", **common),
-        new_event("session.started", clock=_at(200), TargetHostname="cobas-c503-1",
-                  TargetPortNumber=22, TargetSessionId="s3", **common),
+        new_event(
+            "session.started",
+            clock=_at(50),
+            TargetHostname="lis-server",
+            TargetPortNumber=22,
+            TargetSessionId="s2",
+            **common,
+        ),
+        new_event(
+            "file.transferred",
+            clock=_at(55),
+            TargetHostname="cobas-c503-1",
+            TargetFileName="log.tgz",
+            TargetFileSize=10,
+            TargetFileSHA256="cd" * 32,
+            NetworkDirection="Outbound",
+            **common,
+        ),
+        new_event(
+            "forward.refused",
+            clock=_at(56),
+            TargetHostname="cobas-c503-1",
+            TargetPortNumber=3389,
+            EventResult="Failure",
+            EventResultDetails="port not granted",
+            **common,
+        ),
+        new_event(
+            "session.started",
+            clock=_at(200),
+            TargetHostname="cobas-c503-1",
+            TargetPortNumber=22,
+            TargetSessionId="s3",
+            **common,
+        ),
     ]
     svc.index.add([e.record for e in plan_events() + extra])
     report = svc.build("g1")
     assert report["verdict"] == "outside_plan"
     codes = {r["code"] for r in report["reasons"]}
-    assert codes == {"instrument_not_in_plan", "file_not_in_plan", "refused_attempt",
-                     "outside_window"}
+    assert codes == {
+        "instrument_not_in_plan",
+        "file_not_in_plan",
+        "refused_attempt",
+        "outside_window",
+    }
     assert report["actual"]["files"][0]["sha256"] == "cd" * 32
     ja, en = render_html(report, "ja"), render_html(report, "en")
     assert "計画の範囲外" in ja and "計画にないファイル転送" in ja
@@ -117,8 +187,9 @@ def test_sign_off_binds_the_report_hash_and_happens_once(tmp_path: Path) -> None
     report = svc.generate("g1")
     with pytest.raises(ReportError, match="changed since it was read"):
         svc.sign("g1", "0" * 64, user_id="u-y", username="yamada")
-    signed = svc.sign("g1", report["report_sha256"], user_id="u-y", username="yamada",
-                      comment="確認しました")
+    signed = svc.sign(
+        "g1", report["report_sha256"], user_id="u-y", username="yamada", comment="確認しました"
+    )
     assert signed["EventType"] == "report.signed" and signed["ActorUsername"] == "yamada"
     assert svc.status("g1")["signed_by"] == "yamada"
     with pytest.raises(ReportError, match="already signed"):
@@ -142,25 +213,43 @@ def test_report_unsigned_after_the_allowed_days_raises_one_alert(tmp_path: Path)
 
 
 def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     svc, em = _service(tmp_path, FakeClock(T0))
     h = {"HospitalId": "h-okayama"}
     before = T0 - timedelta(days=20)
     events = [
-        new_event("ssh.login", clock=lambda: before, ActorUsername="sato", SrcIpAddr="10.0.0.5",
-                  **h),
+        new_event(
+            "ssh.login", clock=lambda: before, ActorUsername="sato", SrcIpAddr="10.0.0.5", **h
+        ),
         new_event("ssh.login", clock=_at(1), ActorUsername="sato", SrcIpAddr="10.0.0.5", **h),
-        new_event("ssh.login", clock=_at(2), ActorUsername="sato", SrcIpAddr="203.0.113.9",
-                  **h),
-        new_event("ssh.login", clock=_at(3), ActorUsername="mallory", SrcIpAddr="198.51.100.1",
-                  EventResult="Failure", **h),
+        new_event("ssh.login", clock=_at(2), ActorUsername="sato", SrcIpAddr="203.0.113.9", **h),
+        new_event(
+            "ssh.login",
+            clock=_at(3),
+            ActorUsername="mallory",
+            SrcIpAddr="198.51.100.1",
+            EventResult="Failure",
+            **h,
+        ),
         new_event("user.mfa_failed", clock=_at(4), ActorUsername="sato", **h),
-        new_event("session.refused", clock=_at(5), ActorUsername="sato",
-                  EventResult="Failure", EventResultDetails="outside the grant window", **h),
-        new_event("emergency.started", clock=_at(6), ActorUsername="suzuki", GrantId="g9",
-                  **h),
-        new_event("ssh.login", clock=_at(7), ActorUsername="other", SrcIpAddr="192.0.2.1",
-                  HospitalId="h-elsewhere", EventResult="Failure"),
+        new_event(
+            "session.refused",
+            clock=_at(5),
+            ActorUsername="sato",
+            EventResult="Failure",
+            EventResultDetails="outside the grant window",
+            **h,
+        ),
+        new_event("emergency.started", clock=_at(6), ActorUsername="suzuki", GrantId="g9", **h),
+        new_event(
+            "ssh.login",
+            clock=_at(7),
+            ActorUsername="other",
+            SrcIpAddr="192.0.2.1",
+            HospitalId="h-elsewhere",
+            EventResult="Failure",
+        ),
     ]
     svc.index.add([e.record for e in events + plan_events()])
     svc.generate("g1")
@@ -169,7 +258,8 @@ def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned
     assert review["failed_logins"]["by_user"] == {"mallory": 1, "sato": 1}
     assert review["off_window_attempts"]["by_reason"] == {"outside the grant window": 1}
     assert [(s["user"], s["source"]) for s in review["new_source_addresses"]] == [
-        ("sato", "203.0.113.9")]
+        ("sato", "203.0.113.9")
+    ]
     assert review["emergency_sessions"][0]["user"] == "suzuki"
     assert not review["emergency_sessions"][0]["reviewed"]
     assert [u["grant_id"] for u in review["unsigned_reports"]] == ["g1"]
@@ -182,8 +272,9 @@ def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned
 def test_reports_are_generated_once_after_each_grant_ends(tmp_path: Path) -> None:
     clock = FakeClock(T0)
     svc, em = _service(tmp_path, clock)
-    ended = new_event("grant.expired", clock=_at(120), GrantId="g1", RequestId="r1",
-                      HospitalId="h-okayama")
+    ended = new_event(
+        "grant.expired", clock=_at(120), GrantId="g1", RequestId="r1", HospitalId="h-okayama"
+    )
     svc.index.add([e.record for e in [*plan_events(), ended]])
     clock.now = T0 + timedelta(minutes=120, seconds=30)
     assert svc.generate_due(settle_s=60) == []  # late session events may still arrive

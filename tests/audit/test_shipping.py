@@ -31,24 +31,41 @@ FAST = Backoff(initial_s=0.01, factor=2.0, max_s=0.2)
 
 def _emit(log: ChainLog, n: int, start: int = 0) -> None:
     for k in range(0, n, 250):
-        log.append_many([
-            new_event("session.command", ActorUsername="eng-sato", TargetHostname="cobas-c503-1",
-                      TargetSessionId="sess-1", HospitalId="h1", TargetPortNumber=22,
-                      EventMessage=f"command {start + i}",
-                      details={"command": f"cat /var/log/analyzer/{start + i}.log"})
-            for i in range(k, min(n, k + 250))])
+        log.append_many(
+            [
+                new_event(
+                    "session.command",
+                    ActorUsername="eng-sato",
+                    TargetHostname="cobas-c503-1",
+                    TargetSessionId="sess-1",
+                    HospitalId="h1",
+                    TargetPortNumber=22,
+                    EventMessage=f"command {start + i}",
+                    details={"command": f"cat /var/log/analyzer/{start + i}.log"},
+                )
+                for i in range(k, min(n, k + 250))
+            ]
+        )
 
 
 @pytest.fixture
 def log(tmp_path: Path) -> Iterator[ChainLog]:
-    with ChainLog(tmp_path / "audit" / "audit.log", signer=CheckpointSigner.generate(),
-                  checkpoint_every=2000) as chain:
+    with ChainLog(
+        tmp_path / "audit" / "audit.log", signer=CheckpointSigner.generate(), checkpoint_every=2000
+    ) as chain:
         yield chain
 
 
 def _service(log: ChainLog, sink: Any, tmp_path: Path, **kw: Any) -> ShippingService:
-    shipper = Shipper(sink, log.path, CursorStore(tmp_path / "cursors"), backoff=FAST,
-                      batch_size=kw.pop("batch_size", 1000), emitter=log, **kw)
+    shipper = Shipper(
+        sink,
+        log.path,
+        CursorStore(tmp_path / "cursors"),
+        backoff=FAST,
+        batch_size=kw.pop("batch_size", 1000),
+        emitter=log,
+        **kw,
+    )
     service = ShippingService([shipper], poll_s=0.05)
     log.add_listener(service.wake)
     service.start()
@@ -59,11 +76,13 @@ def _assert_exactly_once(log: ChainLog, delivered: list[str]) -> None:
     written = [e.uid for e in read_events(log.path)]
     assert len(written) >= 10_000
     assert set(delivered) == set(written), (
-        f"missing {len(set(written) - set(delivered))}, extra {len(set(delivered) - set(written))}")
+        f"missing {len(set(written) - set(delivered))}, extra {len(set(delivered) - set(written))}"
+    )
 
 
 def test_fluentd_outage_during_10000_events_loses_nothing(
-        log: ChainLog, forward_server: ForwardServer, tmp_path: Path) -> None:
+    log: ChainLog, forward_server: ForwardServer, tmp_path: Path
+) -> None:
     sink = FluentForwardSink("127.0.0.1", forward_server.port, timeout_s=5)
     service = _service(log, sink, tmp_path)
     try:
@@ -84,9 +103,15 @@ def test_fluentd_outage_during_10000_events_loses_nothing(
 
 
 def test_logs_ingestion_outage_and_throttling_lose_nothing_and_match_the_stream(
-        log: ChainLog, logs_ingestion: LogsIngestion, tmp_path: Path) -> None:
-    sink = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
-                         StaticToken(logs_ingestion.TOKEN), allow_http=True, retry_total=0)
+    log: ChainLog, logs_ingestion: LogsIngestion, tmp_path: Path
+) -> None:
+    sink = AzureLogsSink(
+        logs_ingestion.endpoint,
+        logs_ingestion.RULE,
+        StaticToken(logs_ingestion.TOKEN),
+        allow_http=True,
+        retry_total=0,
+    )
     service = _service(log, sink, tmp_path)
     try:
         _emit(log, 3000)
@@ -106,37 +131,51 @@ def test_logs_ingestion_outage_and_throttling_lose_nothing_and_match_the_stream(
 
 
 def test_logs_ingestion_stand_in_rejects_records_that_do_not_match_the_stream(
-        logs_ingestion: LogsIngestion) -> None:
+    logs_ingestion: LogsIngestion,
+) -> None:
     """The contract check can fail: an undeclared column or a wrong type is refused."""
-    sink = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
-                         StaticToken(logs_ingestion.TOKEN), allow_http=True, retry_total=0)
+    sink = AzureLogsSink(
+        logs_ingestion.endpoint,
+        logs_ingestion.RULE,
+        StaticToken(logs_ingestion.TOKEN),
+        allow_http=True,
+        retry_total=0,
+    )
     good = dict(new_event("user.logout").record)
     with pytest.raises(SinkError) as err:
         sink.send([good, {**good, "Patient": "x"}, {**good, "TargetPortNumber": "22"}])
     assert err.value.permanent and "HTTP 400" in str(err.value)
     assert len(logs_ingestion.rejected) == 2 and logs_ingestion.records == []
-    bad_token = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
-                              StaticToken("wrong"), allow_http=True, retry_total=0)
+    bad_token = AzureLogsSink(
+        logs_ingestion.endpoint,
+        logs_ingestion.RULE,
+        StaticToken("wrong"),
+        allow_http=True,
+        retry_total=0,
+    )
     with pytest.raises(SinkError, match="401"):
         bad_token.send([good])
 
 
 def test_rsyslog_outage_during_10000_events_loses_nothing(
-        log: ChainLog, rsyslog: Rsyslog, tmp_path: Path) -> None:
+    log: ChainLog, rsyslog: Rsyslog, tmp_path: Path
+) -> None:
     sink = SyslogSink("127.0.0.1", rsyslog.port, timeout_s=5)
     service = _service(log, sink, tmp_path)
     try:
         _emit(log, 3000)
-        poll_sync(lambda: len(set(rsyslog.uids())) >= 3000, DEADLINE_S,
-                  what="first events in rsyslog")
+        poll_sync(
+            lambda: len(set(rsyslog.uids())) >= 3000, DEADLINE_S, what="first events in rsyslog"
+        )
         rsyslog.stop()
         _emit(log, 4000, 3000)
         poll_sync(lambda: service.status()[0].state == "backing_off", DEADLINE_S, what="backoff")
         rsyslog.start()
         _emit(log, 3000, 7000)
         assert service.wait_idle(30)
-        poll_sync(lambda: len(set(rsyslog.uids())) >= log.seq, DEADLINE_S,
-                  what="rsyslog to write all")
+        poll_sync(
+            lambda: len(set(rsyslog.uids())) >= log.seq, DEADLINE_S, what="rsyslog to write all"
+        )
     finally:
         service.stop()
     _assert_exactly_once(log, rsyslog.uids())
@@ -145,10 +184,16 @@ def test_rsyslog_outage_during_10000_events_loses_nothing(
 
 
 def test_corrupted_cursor_stops_the_sink_loudly_and_loses_nothing(
-        log: ChainLog, forward_server: ForwardServer, tmp_path: Path) -> None:
+    log: ChainLog, forward_server: ForwardServer, tmp_path: Path
+) -> None:
     cursors = CursorStore(tmp_path / "cursors")
-    shipper = Shipper(FluentForwardSink("127.0.0.1", forward_server.port), log.path, cursors,
-                      emitter=log, batch_size=100)
+    shipper = Shipper(
+        FluentForwardSink("127.0.0.1", forward_server.port),
+        log.path,
+        cursors,
+        emitter=log,
+        batch_size=100,
+    )
     _emit(log, 250)
     assert shipper.ship_once() == 100
     cursors.path("fluentd").write_text('{"seq": 90, "offset": 1, "hash": "x", "check": "0"}')
@@ -166,7 +211,8 @@ def test_corrupted_cursor_stops_the_sink_loudly_and_loses_nothing(
 
 
 def test_cursor_pointing_at_another_log_is_refused(
-        log: ChainLog, forward_server: ForwardServer, tmp_path: Path) -> None:
+    log: ChainLog, forward_server: ForwardServer, tmp_path: Path
+) -> None:
     cursors = CursorStore(tmp_path / "cursors")
     shipper = Shipper(FluentForwardSink("127.0.0.1", forward_server.port), log.path, cursors)
     _emit(log, 20)
@@ -185,8 +231,15 @@ def test_lag_is_visible_and_reported_as_an_event(log: ChainLog, tmp_path: Path) 
 
     now = [utc_now()]
     sink = FluentForwardSink("127.0.0.1", 1, timeout_s=1)  # nothing listens on port 1
-    shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), emitter=log,
-                      lag_alert_s=60, clock=lambda: now[0], backoff=FAST)
+    shipper = Shipper(
+        sink,
+        log.path,
+        CursorStore(tmp_path / "c"),
+        emitter=log,
+        lag_alert_s=60,
+        clock=lambda: now[0],
+        backoff=FAST,
+    )
     _emit(log, 10)
     with pytest.raises(SinkError, match="unreachable"):
         shipper.ship_once()
@@ -211,8 +264,9 @@ def test_fluentd_over_tls(log: ChainLog, tmp_path: Path) -> None:
     server = ForwardServer(tls=server_ctx)
     server.start()
     try:
-        sink = FluentForwardSink("127.0.0.1", server.port, tls=client_ctx,
-                                 server_hostname="localhost")
+        sink = FluentForwardSink(
+            "127.0.0.1", server.port, tls=client_ctx, server_hostname="localhost"
+        )
         _emit(log, 5)
         shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"))
         assert shipper.ship_once() == 5
@@ -226,8 +280,9 @@ def test_syslog_over_tls_to_a_real_rsyslog(log: ChainLog, tmp_path: Path) -> Non
     _, client_ctx = tls_contexts(tmp_path / "tls")
     server = Rsyslog(tmp_path / "rsyslog-tls", tls_dir=tmp_path / "tls").started()
     try:
-        sink = SyslogSink("127.0.0.1", server.port, tls=client_ctx, server_hostname="localhost",
-                          timeout_s=5)
+        sink = SyslogSink(
+            "127.0.0.1", server.port, tls=client_ctx, server_hostname="localhost", timeout_s=5
+        )
         _emit(log, 300)
         shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), batch_size=100)
         while shipper.ship_once():
@@ -239,17 +294,30 @@ def test_syslog_over_tls_to_a_real_rsyslog(log: ChainLog, tmp_path: Path) -> Non
 
 
 def test_logs_ingestion_over_https_splits_big_batches_under_1_mb(
-        log: ChainLog, tmp_path: Path) -> None:
+    log: ChainLog, tmp_path: Path
+) -> None:
     """The production path: https, bearer token, gzip chunks of at most 1 MB each."""
     server_ctx, _ = tls_contexts(tmp_path / "tls")
     service = LogsIngestion(tls=server_ctx)
     try:
         token = StaticToken(service.TOKEN)
-        sink = AzureLogsSink(service.endpoint, service.RULE, token, retry_total=0,
-                             ca_file=str(tmp_path / "tls" / "siem.crt"))
-        log.append_many([new_event("session.command", TargetSessionId="big",
-                                   details={"command": "x" * 2000 + str(i)})
-                         for i in range(1500)])  # about 3.5 MB of JSON
+        sink = AzureLogsSink(
+            service.endpoint,
+            service.RULE,
+            token,
+            retry_total=0,
+            ca_file=str(tmp_path / "tls" / "siem.crt"),
+        )
+        log.append_many(
+            [
+                new_event(
+                    "session.command",
+                    TargetSessionId="big",
+                    details={"command": "x" * 2000 + str(i)},
+                )
+                for i in range(1500)
+            ]
+        )  # about 3.5 MB of JSON
         shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), batch_size=2000)
         assert shipper.ship_once() == 1500
         assert service.requests >= 4 and service.rejected == []
@@ -261,18 +329,32 @@ def test_logs_ingestion_over_https_splits_big_batches_under_1_mb(
 def test_logs_ingestion_stand_in_refuses_oversized_bodies(logs_ingestion: LogsIngestion) -> None:
     import httpx
 
-    url = (f"{logs_ingestion.endpoint}/dataCollectionRules/{logs_ingestion.RULE}/streams/"
-           f"{logs_ingestion.stream}?api-version=2023-01-01")
-    r = httpx.post(url, content=b"[" + b" " * (1024 * 1024 + 10) + b"]", timeout=10,
-                   headers={"Authorization": f"Bearer {logs_ingestion.TOKEN}",
-                            "Content-Type": "application/json"})
+    url = (
+        f"{logs_ingestion.endpoint}/dataCollectionRules/{logs_ingestion.RULE}/streams/"
+        f"{logs_ingestion.stream}?api-version=2023-01-01"
+    )
+    r = httpx.post(
+        url,
+        content=b"[" + b" " * (1024 * 1024 + 10) + b"]",
+        timeout=10,
+        headers={
+            "Authorization": f"Bearer {logs_ingestion.TOKEN}",
+            "Content-Type": "application/json",
+        },
+    )
     assert r.status_code == 413
 
 
 def test_an_oversized_event_does_not_block_the_logs_ingestion_outbox(
-        log: ChainLog, logs_ingestion: LogsIngestion, tmp_path: Path) -> None:
-    sink = AzureLogsSink(logs_ingestion.endpoint, logs_ingestion.RULE,
-                         StaticToken(logs_ingestion.TOKEN), allow_http=True, retry_total=0)
+    log: ChainLog, logs_ingestion: LogsIngestion, tmp_path: Path
+) -> None:
+    sink = AzureLogsSink(
+        logs_ingestion.endpoint,
+        logs_ingestion.RULE,
+        StaticToken(logs_ingestion.TOKEN),
+        allow_http=True,
+        retry_total=0,
+    )
     log.emit(new_event("session.command", details={"command": "y" * 1_500_000}))
     _emit(log, 3)
     shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"))
@@ -282,7 +364,8 @@ def test_an_oversized_event_does_not_block_the_logs_ingestion_outbox(
 
 
 def test_a_fluentd_that_never_acknowledges_times_out_and_the_batch_is_resent(
-        log: ChainLog, forward_server: ForwardServer, tmp_path: Path) -> None:
+    log: ChainLog, forward_server: ForwardServer, tmp_path: Path
+) -> None:
     forward_server.silent = True
     sink = FluentForwardSink("127.0.0.1", forward_server.port, timeout_s=0.3)
     shipper = Shipper(sink, log.path, CursorStore(tmp_path / "c"), backoff=FAST)

@@ -24,9 +24,14 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "results.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out),
-                           "--work", str(tmp / "work")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--work", str(tmp / "work")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp / "work").exists(), "the scratch directory is removed after the run"
     doc: dict[str, Any] = json.loads(out.read_text())
@@ -76,8 +81,7 @@ def test_ratios_targets_and_machine_are_reported(quick_results: dict[str, Any]) 
     direct = quick_results["throughput_openssh_direct_MBps"]
     chain = quick_results["throughput_openssh_chain_MBps"]
     if direct and chain:
-        assert quick_results["ratios"]["chain_vs_direct"] == pytest.approx(chain / direct,
-                                                                           rel=0.01)
+        assert quick_results["ratios"]["chain_vs_direct"] == pytest.approx(chain / direct, rel=0.01)
     assert set(quick_results["targets"]) == {t.name for t in TARGETS}
     for verdict in quick_results["targets"].values():
         assert verdict["met"] in (True, False, None)
@@ -90,7 +94,8 @@ def test_ratios_targets_and_machine_are_reported(quick_results: dict[str, Any]) 
 
 
 def test_hoshu_data_path_is_measured_through_front_door_tunnel_and_gateway(
-        quick_results: dict[str, Any]) -> None:
+    quick_results: dict[str, Any],
+) -> None:
     """With the front door, tunnel and gateway in the build, hoshu's figures are real numbers."""
     absent = hoshu_path.missing_parts(("broker.frontdoor.door", *hoshu_path.TUNNEL_PARTS))
     for key in hoshu_path.KEYS:

@@ -41,10 +41,15 @@ from tests.support import FakeClock, poll_sync
 
 # Debian's chromium and chromium-driver; a CI runner's preinstalled Google Chrome and its
 # matching chromedriver are taken when Debian's are not there
-CHROMIUM = next((b for b in ("/usr/bin/chromium", "/usr/bin/google-chrome")
-                 if os.access(b, os.X_OK)), "/usr/bin/chromium")
-CHROMEDRIVER = "/usr/bin/chromedriver" if os.access("/usr/bin/chromedriver", os.X_OK) \
+CHROMIUM = next(
+    (b for b in ("/usr/bin/chromium", "/usr/bin/google-chrome") if os.access(b, os.X_OK)),
+    "/usr/bin/chromium",
+)
+CHROMEDRIVER = (
+    "/usr/bin/chromedriver"
+    if os.access("/usr/bin/chromedriver", os.X_OK)
     else (shutil.which("chromedriver") or "/usr/bin/chromedriver")
+)
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "images" / "console"
 
 
@@ -71,8 +76,9 @@ class Console:
         code = totp.code_at(self.secrets[name], self.clock())
         return code
 
-    def request(self, instruments: list[str], reason: str, *, engineer: str = "eng",
-                **extra: object) -> AccessRequest:
+    def request(
+        self, instruments: list[str], reason: str, *, engineer: str = "eng", **extra: object
+    ) -> AccessRequest:
         new = NewRequest(instruments, 3600, reason, **extra)  # type: ignore[arg-type]
         return self.services.requests.create(self.world.actors[engineer], new)
 
@@ -84,8 +90,7 @@ def serving(app: object) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))  # type: ignore[arg-type]
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
-                              daemon=True)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     poll_sync(lambda: server.started, 10, "the broker's HTTP server to start", interval_s=0.01)
     try:
@@ -123,17 +128,27 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
     """Headless Chromium with a fresh profile, one per module."""
-    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
         "install Debian's chromium and chromium-driver (./run does)"
+    )
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not download
     profile = tmp_path_factory.mktemp("chromium-profile")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                f"--user-data-dir={profile}", "--window-size=1280,1000", "--lang=ja",
-                "--force-device-scale-factor=1"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1000",
+        "--lang=ja",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(arg)
     options.add_experimental_option("prefs", {"intl.accept_languages": "ja,en;q=0.5"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -147,12 +162,12 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
 def wait_for(driver: webdriver.Chrome, css: str, timeout: float = 10) -> WebElement:
     """The element ``css`` once it is on the page (polled by WebDriverWait)."""
     found: WebElement = WebDriverWait(driver, timeout, poll_frequency=0.05).until(
-        lambda d: d.find_element(By.CSS_SELECTOR, css))
+        lambda d: d.find_element(By.CSS_SELECTOR, css)
+    )
     return found
 
 
-def sign_in(driver: webdriver.Chrome, c: Console, name: str, *,
-            password: str = PASSWORD) -> None:
+def sign_in(driver: webdriver.Chrome, c: Console, name: str, *, password: str = PASSWORD) -> None:
     """Sign ``name`` in through the console's form with password and a TOTP code."""
     driver.delete_all_cookies()
     driver.get(f"{c.url}/console/login")
@@ -163,19 +178,20 @@ def sign_in(driver: webdriver.Chrome, c: Console, name: str, *,
     driver.find_element(By.ID, "signin").click()
     try:
         WebDriverWait(driver, 10, poll_frequency=0.05).until(
-            lambda d: not d.current_url.endswith("/console/login"))
+            lambda d: not d.current_url.endswith("/console/login")
+        )
     except TimeoutException:
         error = driver.find_elements(By.ID, "error")
-        raise AssertionError(f"{name} could not sign in: "
-                             f"{error[0].get_attribute('data-key') if error else driver.title}"
-                             ) from None
+        raise AssertionError(
+            f"{name} could not sign in: "
+            f"{error[0].get_attribute('data-key') if error else driver.title}"
+        ) from None
     c.clock.advance(30)  # the next sign-in needs the next TOTP step
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> Path:
     """A full-page PNG into docs/images/console/ (the window is grown to the page)."""
-    height = int(driver.execute_script(
-        "return Math.ceil(document.documentElement.scrollHeight)"))
+    height = int(driver.execute_script("return Math.ceil(document.documentElement.scrollHeight)"))
     driver.set_window_size(1280, max(700, min(height + 140, 4000)))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.xdist_group("console-browser")
 
 
 def _inbox_ids(driver: webdriver.Chrome) -> set[str]:
-    return {a.get_attribute("data-request") or ""
-            for a in driver.find_elements(By.CSS_SELECTOR, "article.request")}
+    return {
+        a.get_attribute("data-request") or ""
+        for a in driver.find_elements(By.CSS_SELECTOR, "article.request")
+    }
 
 
 def _decide(driver: webdriver.Chrome, request_id: str, button: str, comment: str) -> None:
@@ -34,8 +36,7 @@ def _decide(driver: webdriver.Chrome, request_id: str, button: str, comment: str
     wait_for(driver, "#notice")
 
 
-def test_sign_in_page_in_japanese_by_default(console: Console,
-                                             browser: webdriver.Chrome) -> None:
+def test_sign_in_page_in_japanese_by_default(console: Console, browser: webdriver.Chrome) -> None:
     """A browser asking for Japanese first gets the Japanese sign-in page."""
     browser.delete_all_cookies()
     browser.get(f"{console.url}/console/")
@@ -46,16 +47,25 @@ def test_sign_in_page_in_japanese_by_default(console: Console,
     screenshot(browser, "login-ja")
 
 
-def test_approver_sees_only_own_hospital_and_approves(console: Console,
-                                                      browser: webdriver.Chrome) -> None:
+def test_approver_sees_only_own_hospital_and_approves(
+    console: Console, browser: webdriver.Chrome
+) -> None:
     """The inbox shows every field of the own hospital's request and not the other
     hospital's; approving with a comment issues the grant, in the store and the log."""
     c = console
-    mine = c.request(["cobas-1"], "試薬プローブの交換 <b>bold</b>", ticket="INC-2041",
-                     work_plan="1. 分析装置を停止\n2. プローブ交換\n3. 精度管理を確認",
-                     ports=[22, 8080])
-    critical = c.request(["las-line-a"], "搬送ラインのセンサー校正", ticket="INC-2042",
-                         work_plan="1. ライン停止\n2. センサー校正")
+    mine = c.request(
+        ["cobas-1"],
+        "試薬プローブの交換 <b>bold</b>",
+        ticket="INC-2041",
+        work_plan="1. 分析装置を停止\n2. プローブ交換\n3. 精度管理を確認",
+        ports=[22, 8080],
+    )
+    critical = c.request(
+        ["las-line-a"],
+        "搬送ラインのセンサー校正",
+        ticket="INC-2042",
+        work_plan="1. ライン停止\n2. センサー校正",
+    )
     other = c.request(["tsuki-1"], "other hospital's request")
     sign_in(browser, c, "appr")
     wait_for(browser, f"#request-{mine.id}")
@@ -63,8 +73,16 @@ def test_approver_sees_only_own_hospital_and_approves(console: Console,
     assert {mine.id, critical.id} <= ids and other.id not in ids
     card = browser.find_element(By.ID, f"request-{mine.id}")
     text = card.text
-    for shown in ("eng", "acme-labs", "cobas-1", "22, 8080", "INC-2041", "プローブ交換",
-                  "承認時から 1 時間 0 分", "承認 0 / 1 名"):
+    for shown in (
+        "eng",
+        "acme-labs",
+        "cobas-1",
+        "22, 8080",
+        "INC-2041",
+        "プローブ交換",
+        "承認時から 1 時間 0 分",
+        "承認 0 / 1 名",
+    ):
         assert shown in text, shown
     # free text is shown as text, never as markup
     assert "<b>bold</b>" in card.find_element(By.CSS_SELECTOR, ".reason").text
@@ -78,9 +96,10 @@ def test_approver_sees_only_own_hospital_and_approves(console: Console,
     assert view.request.status == RequestStatus.APPROVED
     assert view.grant is not None and view.grant.status == GrantStatus.ACTIVE
     approved = c.emitter.of_type("request.approved")
-    assert [(e.record["ActorUsername"], e.record["RequestId"],
-             e.record["Details"]["comment"]) for e in approved] == \
-        [("appr", mine.id, "交換作業を承認します")]
+    assert [
+        (e.record["ActorUsername"], e.record["RequestId"], e.record["Details"]["comment"])
+        for e in approved
+    ] == [("appr", mine.id, "交換作業を承認します")]
     assert [e.record["GrantId"] for e in c.emitter.of_type("grant.created")] == [view.grant.id]
 
 
@@ -104,8 +123,10 @@ def test_two_approvers_see_progress(console: Console, browser: webdriver.Chrome)
     assert "承認しました" in browser.find_element(By.ID, "notice").text
     view = c.services.requests.show(c.world.admin, req.id)
     assert view.request.status == RequestStatus.APPROVED and view.grant is not None
-    assert sorted(c.services.people.names({d.approver_id for d in view.decisions}).values()) \
-        == ["appr", "appr2"]
+    assert sorted(c.services.people.names({d.approver_id for d in view.decisions}).values()) == [
+        "appr",
+        "appr2",
+    ]
 
 
 def test_deny_with_comment(console: Console, browser: webdriver.Chrome) -> None:
@@ -115,15 +136,15 @@ def test_deny_with_comment(console: Console, browser: webdriver.Chrome) -> None:
     c.emitter.clear()
     _decide(browser, req.id, "deny", "作業日程を再調整してください")
     assert "却下しました" in browser.find_element(By.ID, "notice").text
-    assert c.services.requests.show(c.world.admin, req.id).request.status == \
-        RequestStatus.DENIED
+    assert c.services.requests.show(c.world.admin, req.id).request.status == RequestStatus.DENIED
     [denied] = c.emitter.of_type("request.denied")
     assert denied.record["ActorUsername"] == "appr"
     assert denied.record["Details"]["comment"] == "作業日程を再調整してください"
 
 
-def test_form_without_csrf_token_changes_nothing(console: Console,
-                                                 browser: webdriver.Chrome) -> None:
+def test_form_without_csrf_token_changes_nothing(
+    console: Console, browser: webdriver.Chrome
+) -> None:
     """The approve form with its CSRF token removed: 403 page, refusal event, still pending."""
     c = console
     req = c.request(["cobas-1"], "csrf probe")
@@ -134,8 +155,7 @@ def test_form_without_csrf_token_changes_nothing(console: Console,
     card.find_element(By.CSS_SELECTOR, "button.approve").click()
     error = wait_for(browser, "#error")
     assert error.get_attribute("data-key") == "error.csrf"
-    assert c.services.requests.show(c.world.admin, req.id).request.status == \
-        RequestStatus.PENDING
+    assert c.services.requests.show(c.world.admin, req.id).request.status == RequestStatus.PENDING
     [refused] = c.emitter.of_type("request.refused")
     assert refused.record["ActorUsername"] == "appr"
     assert refused.record["EventResultDetails"] == "csrf_failed"
@@ -151,8 +171,9 @@ def test_engineer_cannot_open_the_inbox(console: Console, browser: webdriver.Chr
     assert error.get_attribute("data-key") == "error.forbidden"
     assert "権限がありません" in error.text
     refused = c.emitter.of_type("admin.refused")
-    assert [(e.record["ActorUsername"], e.record["Operation"]) for e in refused] == \
-        [("eng", "console.inbox")]
+    assert [(e.record["ActorUsername"], e.record["Operation"]) for e in refused] == [
+        ("eng", "console.inbox")
+    ]
 
 
 def test_switch_to_english_is_remembered(console: Console, browser: webdriver.Chrome) -> None:
@@ -162,12 +183,20 @@ def test_switch_to_english_is_remembered(console: Console, browser: webdriver.Ch
     eng = c.world.actors["eng"]
     for r in c.services.requests.list_requests(c.world.admin, "pending"):
         c.services.requests.cancel(eng, r.id)
-    c.request(["cobas-1"], "試薬プローブの交換（測定値のばらつき）", ticket="INC-2050",
-              work_plan="1. 分析装置を停止\n2. 試薬プローブを交換\n3. 精度管理試料で確認",
-              ports=[22, 8080])
+    c.request(
+        ["cobas-1"],
+        "試薬プローブの交換（測定値のばらつき）",
+        ticket="INC-2050",
+        work_plan="1. 分析装置を停止\n2. 試薬プローブを交換\n3. 精度管理試料で確認",
+        ports=[22, 8080],
+    )
     c.clock.advance(60)  # the inbox lists the older request first
-    two = c.request(["las-line-a"], "搬送ラインのセンサー校正", ticket="INC-2051",
-                    work_plan="1. ライン停止を検査室に連絡\n2. センサー校正\n3. 搬送テスト")
+    two = c.request(
+        ["las-line-a"],
+        "搬送ラインのセンサー校正",
+        ticket="INC-2051",
+        work_plan="1. ライン停止を検査室に連絡\n2. センサー校正\n3. 搬送テスト",
+    )
     c.services.requests.approve(c.world.actors["appr2"], two.id, "夜間帯なら可")
     sign_in(browser, c, "appr")
     wait_for(browser, f"#request-{two.id}")

@@ -27,7 +27,8 @@ from wire import GatewayRecord, InventoryItem
 
 
 async def test_gateway_page_shows_our_gateways_and_their_tunnels(
-        tmp_path: Path, browser: webdriver.Chrome) -> None:
+    tmp_path: Path, browser: webdriver.Chrome
+) -> None:
     (tmp_path / "gw").mkdir()
     with site(tmp_path / "broker") as c:
         s, w = c.services, c.world
@@ -44,8 +45,10 @@ async def test_gateway_page_shows_our_gateways_and_their_tunnels(
             now = datetime.now(UTC)
             L.directory.windows = [(now - timedelta(minutes=1), now + timedelta(hours=1))]
             spare = enrol(w.hospital.name, openssh_public_key(), "kensa-gw2")
-            StoreGatewayDirectory(s).record_inventory(spare, [InventoryItem(
-                "cobas-1", "10.0.0.5", (22,), "ssh", "chemistry", "c503", True, "")])
+            StoreGatewayDirectory(s).record_inventory(
+                spare,
+                [InventoryItem("cobas-1", "10.0.0.5", (22,), "ssh", "chemistry", "c503", True, "")],
+            )
             gone = enrol(w.hospital.name, openssh_public_key(), "old-gw")
             s.gateways.revoke(hadmin, gone)
             foreign = enrol(w.other_hospital.name, openssh_public_key(), "tsuki-gw1")
@@ -53,12 +56,16 @@ async def test_gateway_page_shows_our_gateways_and_their_tunnels(
             await L.start_agent()
             await L.listener.registry.wait_for(live, 10)
 
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=c.app),
-                                         base_url="http://127.0.0.1") as http:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=c.app), base_url="http://127.0.0.1"
+            ) as http:
+
                 async def page(name: str) -> httpx.Response:
                     http.cookies.clear()
-                    r = await http.post("/console/login", data={
-                        "username": name, "password": PASSWORD, "totp": c.code(name)})
+                    r = await http.post(
+                        "/console/login",
+                        data={"username": name, "password": PASSWORD, "totp": c.code(name)},
+                    )
                     c.clock.advance(30)
                     assert r.status_code == 303, r.text
                     return await http.get("/console/gateway")
@@ -67,8 +74,10 @@ async def test_gateway_page_shows_our_gateways_and_their_tunnels(
                 assert r.status_code == 200
                 text = r.text
                 assert foreign not in text and "tsuki-gw1" not in text
-                rows = {gid: text.split(f'data-gateway="{gid}"')[1].split("</tr>")[0]
-                        for gid in (live, spare, gone)}
+                rows = {
+                    gid: text.split(f'data-gateway="{gid}"')[1].split("</tr>")[0]
+                    for gid in (live, spare, gone)
+                }
                 assert 'data-state="connected"' in rows[live] and "許可時間帯のみ接続" in rows[live]
                 assert "test" in rows[live]  # the version the live gateway announced
                 assert 'data-state="disconnected"' in rows[spare] and "JST" in rows[spare]
@@ -76,9 +85,10 @@ async def test_gateway_page_shows_our_gateways_and_their_tunnels(
                 c.emitter.clear()
                 r = await page("eng")
                 assert r.status_code == 403
-                assert [(e.record["ActorUsername"], e.record["Operation"])
-                        for e in c.emitter.of_type("admin.refused")] == \
-                    [("eng", "console.gateway")]
+                assert [
+                    (e.record["ActorUsername"], e.record["Operation"])
+                    for e in c.emitter.of_type("admin.refused")
+                ] == [("eng", "console.gateway")]
 
             with serving(c.app) as url:
                 c.url = url

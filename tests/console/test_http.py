@@ -32,14 +32,16 @@ def c(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
 
 
 def client(c: Console, lang: str = "ja") -> TestClient:
-    return TestClient(c.app, raise_server_exceptions=False,
-                      headers={"Accept-Language": lang})
+    return TestClient(c.app, raise_server_exceptions=False, headers={"Accept-Language": lang})
 
 
 def signed_in(c: Console, name: str, lang: str = "ja") -> TestClient:
     http = client(c, lang)
-    r = http.post("/console/login", data={"username": name, "password": PASSWORD,
-                                          "totp": c.code(name)}, follow_redirects=False)
+    r = http.post(
+        "/console/login",
+        data={"username": name, "password": PASSWORD, "totp": c.code(name)},
+        follow_redirects=False,
+    )
     c.clock.advance(30)
     assert r.status_code == 303, r.text
     return http
@@ -86,12 +88,14 @@ def test_no_page_shows_a_raw_key_or_inline_script(c: Console) -> None:
     keys = set(catalog("ja"))
     for lang in LANGS:
         anonymous = client(c, lang)
-        pages = [anonymous.get("/console/login"),
-                 anonymous.get("/console/login?m=token_expired")]
+        pages = [anonymous.get("/console/login"), anonymous.get("/console/login?m=token_expired")]
         http = signed_in(c, "appr", lang)
-        pages += [http.get("/console/inbox"), http.get("/console/grants"),
-                  http.get("/console/inbox?done=approved"),
-                  http.post("/console/requests/nope/approve", data={})]
+        pages += [
+            http.get("/console/inbox"),
+            http.get("/console/grants"),
+            http.get("/console/inbox?done=approved"),
+            http.post("/console/requests/nope/approve", data={}),
+        ]
         for r in pages:
             assert r.headers["content-type"].startswith("text/html")
             assert r.headers["content-security-policy"] == CSP
@@ -107,12 +111,16 @@ def test_no_page_shows_a_raw_key_or_inline_script(c: Console) -> None:
 def test_session_cookie_is_httponly_strict_and_secure_behind_https(tmp_path: Path) -> None:
     """Plain HTTP on loopback: ``hoshu_session`` without Secure; with an HTTPS public
     URL: ``__Host-hoshu_session``, Secure, HttpOnly, SameSite=Strict, Path=/."""
-    for url, name, secure in (("", "hoshu_session", False),
-                              ("https://broker.example.jp", "__Host-hoshu_session", True)):
+    for url, name, secure in (
+        ("", "hoshu_session", False),
+        ("https://broker.example.jp", "__Host-hoshu_session", True),
+    ):
         with site(tmp_path / name, public_api_url=url) as s:
-            r = client(s).post("/console/login", data={
-                "username": "appr", "password": PASSWORD, "totp": s.code("appr")},
-                follow_redirects=False)
+            r = client(s).post(
+                "/console/login",
+                data={"username": "appr", "password": PASSWORD, "totp": s.code("appr")},
+                follow_redirects=False,
+            )
             assert r.status_code == 303
             cookie = r.headers["set-cookie"]
             assert cookie.startswith(f"{name}=hoshu_")
@@ -126,16 +134,24 @@ def test_session_cookie_is_httponly_strict_and_secure_behind_https(tmp_path: Pat
                 page = http.get("/console/inbox")
                 token = CSRF.search(page.text)
                 assert token
-                r = http.post("/console/logout", data={"csrf": token.group(1)},
-                              headers={"Origin": url}, follow_redirects=False)
+                r = http.post(
+                    "/console/logout",
+                    data={"csrf": token.group(1)},
+                    headers={"Origin": url},
+                    follow_redirects=False,
+                )
                 assert r.status_code == 303
 
 
 def test_free_text_is_escaped(c: Console) -> None:
-    req = c.request(["cobas-1"], '<script>alert("x")</script>', ticket="<img src=x>",
-                    work_plan="<b onmouseover=alert(1)>plan</b>")
+    req = c.request(
+        ["cobas-1"],
+        '<script>alert("x")</script>',
+        ticket="<img src=x>",
+        work_plan="<b onmouseover=alert(1)>plan</b>",
+    )
     page = signed_in(c, "appr").get("/console/inbox").text
-    card = page[page.index(f'id="request-{req.id}"'):]
+    card = page[page.index(f'id="request-{req.id}"') :]
     assert "<script>alert" not in page and "<img src=x>" not in page
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in card
     assert "&lt;b onmouseover=alert(1)&gt;plan&lt;/b&gt;" in card
@@ -146,17 +162,21 @@ def test_foreign_origin_is_refused_and_changes_nothing(c: Console) -> None:
     http = signed_in(c, "appr")
     token = csrf_of(http)
     c.emitter.clear()
-    r = http.post(f"/console/requests/{req.id}/approve",
-                  data={"csrf": token, "comment": "x"},
-                  headers={"Origin": "https://evil.example"})
+    r = http.post(
+        f"/console/requests/{req.id}/approve",
+        data={"csrf": token, "comment": "x"},
+        headers={"Origin": "https://evil.example"},
+    )
     assert r.status_code == 403 and 'data-key="error.csrf"' in r.text
     [refused] = c.emitter.of_type("request.refused")
     assert refused.record["EventResultDetails"] == "csrf_failed"
     assert c.services.requests.show(c.world.admin, req.id).request.status == "pending"
     # the same form from the console's own origin goes through
-    r = http.post(f"/console/requests/{req.id}/approve",
-                  data={"csrf": token, "comment": "ok"},
-                  headers={"Origin": "http://testserver"})
+    r = http.post(
+        f"/console/requests/{req.id}/approve",
+        data={"csrf": token, "comment": "ok"},
+        headers={"Origin": "http://testserver"},
+    )
     assert r.status_code == 200 and 'id="notice"' in r.text
     assert c.services.requests.show(c.world.admin, req.id).request.status == "approved"
 
@@ -177,11 +197,13 @@ def test_another_hospitals_approver_is_refused(c: Console) -> None:
 def test_oversized_comment_is_refused_and_changes_nothing(c: Console) -> None:
     req = c.request(["cobas-1"], "long comment probe")
     http = signed_in(c, "appr")
-    r = http.post(f"/console/requests/{req.id}/approve",
-                  data={"csrf": csrf_of(http), "comment": "x" * 2001})
+    r = http.post(
+        f"/console/requests/{req.id}/approve", data={"csrf": csrf_of(http), "comment": "x" * 2001}
+    )
     assert r.status_code == 422 and 'data-key="error.invalid"' in r.text
-    r = http.post(f"/console/requests/{req.id}/approve",
-                  data={"csrf": csrf_of(http), "comment": "x" * 5000})
+    r = http.post(
+        f"/console/requests/{req.id}/approve", data={"csrf": csrf_of(http), "comment": "x" * 5000}
+    )
     assert r.status_code == 422
     assert c.services.requests.show(c.world.admin, req.id).request.status == "pending"
 
@@ -194,8 +216,10 @@ def test_revoke_a_grant(c: Console) -> None:
     page = http.get("/console/grants")
     assert f'data-grant="{view.grant.id}"' in page.text
     c.emitter.clear()
-    r = http.post(f"/console/grants/{view.grant.id}/revoke",
-                  data={"csrf": csrf_of(http, "/console/grants"), "comment": "作業中止"})
+    r = http.post(
+        f"/console/grants/{view.grant.id}/revoke",
+        data={"csrf": csrf_of(http, "/console/grants"), "comment": "作業中止"},
+    )
     assert r.status_code == 200 and 'id="notice"' in r.text
     [g] = [g for g in c.services.grants.list_grants(c.world.admin) if g.id == view.grant.id]
     assert g.status == GrantStatus.REVOKED
@@ -228,11 +252,14 @@ def test_lockout_message(c: Console) -> None:
     http = client(c, "en")
     c.code("hadmin")  # enrolled, so the password is the part that is wrong
     for _ in range(c.services.ctx.config.lockout_failures):
-        r = http.post("/console/login", data={"username": "hadmin", "password": "wrong",
-                                              "totp": "000000"})
+        r = http.post(
+            "/console/login", data={"username": "hadmin", "password": "wrong", "totp": "000000"}
+        )
         assert r.status_code == 401
-    r = http.post("/console/login", data={"username": "hadmin", "password": PASSWORD,
-                                          "totp": c.code("hadmin")})
+    r = http.post(
+        "/console/login",
+        data={"username": "hadmin", "password": PASSWORD, "totp": c.code("hadmin")},
+    )
     assert r.status_code == 401 and 'data-key="login.locked_out"' in r.text
     assert "locked" in visible_text(r.text)
     assert len(c.emitter.of_type("user.locked_out")) == 1

@@ -56,8 +56,14 @@ async def served(app: object) -> AsyncIterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",  # type: ignore[arg-type]
-                                           timeout_graceful_shutdown=2))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",  # type: ignore[arg-type]
+            timeout_graceful_shutdown=2,
+        )
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await poll(lambda: server.started, 10, "the console's HTTP server to start")
     try:
@@ -80,8 +86,9 @@ class People:
         return self.w.policy.actors[name]  # type: ignore[no-any-return]
 
     def add_approver(self, name: str, org: str) -> None:
-        user = self.s.people.create_user(self.actor("root"), NewUser(
-            name, f"Person {name}", org, ["approver"], PASSWORD))
+        user = self.s.people.create_user(
+            self.actor("root"), NewUser(name, f"Person {name}", org, ["approver"], PASSWORD)
+        )
         self.w.policy.actors[name] = actor_for(self.s, user)
 
     def code(self, name: str) -> str:
@@ -89,8 +96,9 @@ class People:
             actor = self.actor(name)
             uri = self.s.auth.totp_begin(actor)
             secret = uri.split("secret=")[1].split("&")[0]
-            self.s.auth.totp_confirm(actor, totp.code_at(
-                secret, self.w.clock() - timedelta(seconds=30)))
+            self.s.auth.totp_confirm(
+                actor, totp.code_at(secret, self.w.clock() - timedelta(seconds=30))
+            )
             self.secrets[name] = secret
         code = totp.code_at(self.secrets[name], self.w.clock())
         return code
@@ -104,7 +112,8 @@ def browser_sign_in(driver: webdriver.Chrome, url: str, name: str, code: str) ->
     driver.find_element(By.ID, "totp").send_keys(code)
     driver.find_element(By.ID, "signin").click()
     WebDriverWait(driver, 10, poll_frequency=0.05).until(
-        lambda d: not d.current_url.endswith("/console/login"))
+        lambda d: not d.current_url.endswith("/console/login")
+    )
 
 
 def switch(driver: webdriver.Chrome, lang: str) -> None:
@@ -124,7 +133,9 @@ def chromium(browser: webdriver.Chrome) -> Iterator[webdriver.Chrome]:
 
 
 async def test_approver_watches_a_live_session_and_terminates_it(
-        world: World, chromium: webdriver.Chrome) -> None:  # noqa: F811
+    world: World,  # noqa: F811
+    chromium: webdriver.Chrome,
+) -> None:
     w = world
     people = People(w)
     people.add_approver("tsuki-appr", "tsuki-hospital")
@@ -140,9 +151,14 @@ async def test_approver_watches_a_live_session_and_terminates_it(
     async with served(app) as url:
         # another hospital's approver: the list is empty, watching and ending are refused
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            r = await http.post("/console/login", data={
-                "username": "tsuki-appr", "password": PASSWORD,
-                "totp": people.code("tsuki-appr")})
+            r = await http.post(
+                "/console/login",
+                data={
+                    "username": "tsuki-appr",
+                    "password": PASSWORD,
+                    "totp": people.code("tsuki-appr"),
+                },
+            )
             assert r.status_code == 303, r.text
             w.clock.advance(30)
             listing = await http.get("/console/sessions")
@@ -154,13 +170,18 @@ async def test_approver_watches_a_live_session_and_terminates_it(
             assert page.status_code == 403 and 'data-key="error.forbidden"' in page.text
             stream = await http.get(f"/console/sessions/{sid}/stream")
             assert stream.status_code == 403
-            end = await http.post(f"/console/sessions/{sid}/terminate",
-                                  data={"csrf": csrf.group(1)})
+            end = await http.post(
+                f"/console/sessions/{sid}/terminate", data={"csrf": csrf.group(1)}
+            )
             assert end.status_code == 403
-        refused = [(e.type, e.get("ActorUsername"), e.get("TargetSessionId"))
-                   for e in w.events.events if e.type.endswith(".refused")]
-        assert refused == [("recording.refused", "tsuki-appr", sid)] * 2 + \
-            [("admin.refused", "tsuki-appr", sid)]
+        refused = [
+            (e.type, e.get("ActorUsername"), e.get("TargetSessionId"))
+            for e in w.events.events
+            if e.type.endswith(".refused")
+        ]
+        assert refused == [("recording.refused", "tsuki-appr", sid)] * 2 + [
+            ("admin.refused", "tsuki-appr", sid)
+        ]
         assert w.events.of_type("recording.viewed") == []
         assert w.door.sessions.get(sid) is not None and not chan.exit_status_ready()
 
@@ -182,12 +203,18 @@ async def test_approver_watches_a_live_session_and_terminates_it(
         await poll(lambda: bool(w.events.of_type("recording.viewed")), 5, "the follow event")
         viewed = w.events.of_type("recording.viewed")[0]
         assert (viewed.get("ActorUsername"), viewed.get("TargetSessionId")) == ("appr", sid)
-        await poll(lambda: bool(w.door.sessions.get(sid).followers), 5,  # type: ignore[union-attr]
-                   "the browser to follow the session")
+        await poll(
+            lambda: bool(w.door.sessions.get(sid).followers),
+            5,  # type: ignore[union-attr]
+            "the browser to follow the session",
+        )
         chan.send(b"printf '\\033[1;32m%s\\033[0m\\n' \"seen-by-$((6*7))\"\n")
         await asyncio.to_thread(read_until, chan, b"seen-by-42")
-        await poll(lambda: asyncio.to_thread(lambda: "seen-by-42" in term_text(chromium)),
-                   10, "the engineer's output in the browser")
+        await poll(
+            lambda: asyncio.to_thread(lambda: "seen-by-42" in term_text(chromium)),
+            10,
+            "the engineer's output in the browser",
+        )
         shown = await asyncio.to_thread(term_text, chromium)
         # the colour codes around the output are not shown raw, nor any other escape
         assert "\nseen-by-42\n" in shown and "\x1b" not in shown, repr(shown)
@@ -195,11 +222,17 @@ async def test_approver_watches_a_live_session_and_terminates_it(
         # in English (the page opens a new stream: what comes after is shown)
         await asyncio.to_thread(switch, chromium, "en")
         await asyncio.to_thread(wait_for, chromium, "#term-state[data-state='live']")
-        await poll(lambda: len(w.door.sessions.get(sid).followers) == 1, 5,  # type: ignore[union-attr]
-                   "the English page to follow the session")
+        await poll(
+            lambda: len(w.door.sessions.get(sid).followers) == 1,
+            5,  # type: ignore[union-attr]
+            "the English page to follow the session",
+        )
         chan.send(b"ls -1 /etc/hostname; echo done-$((1+2))\n")
-        await poll(lambda: asyncio.to_thread(lambda: "\ndone-3" in term_text(chromium)),
-                   10, "the second command's output in the browser")
+        await poll(
+            lambda: asyncio.to_thread(lambda: "\ndone-3" in term_text(chromium)),
+            10,
+            "the second command's output in the browser",
+        )
         await asyncio.to_thread(screenshot, chromium, "watch-en")
 
         w.events.clear()

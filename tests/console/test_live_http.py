@@ -21,8 +21,11 @@ def c(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
 
 def signed_in(c: Console, name: str) -> TestClient:
     http = TestClient(c.app, raise_server_exceptions=False, headers={"Accept-Language": "en"})
-    r = http.post("/console/login", data={"username": name, "password": PASSWORD,
-                                          "totp": c.code(name)}, follow_redirects=False)
+    r = http.post(
+        "/console/login",
+        data={"username": name, "password": PASSWORD, "totp": c.code(name)},
+        follow_redirects=False,
+    )
     c.clock.advance(30)
     assert r.status_code == 303, r.text
     return http
@@ -43,10 +46,16 @@ def test_engineers_and_auditors_do_not_open_the_pages(c: Console) -> None:
         http = signed_in(c, name)
         assert http.get("/console/sessions").status_code == 403
         assert http.get("/console/gateway").status_code == 403
-    refused = [(e.record["ActorUsername"], e.record["Operation"])
-               for e in c.emitter.of_type("admin.refused")]
-    assert refused == [("eng", "console.sessions"), ("eng", "console.gateway"),
-                       ("aud", "console.sessions"), ("aud", "console.gateway")]
+    refused = [
+        (e.record["ActorUsername"], e.record["Operation"])
+        for e in c.emitter.of_type("admin.refused")
+    ]
+    assert refused == [
+        ("eng", "console.sessions"),
+        ("eng", "console.gateway"),
+        ("aud", "console.sessions"),
+        ("aud", "console.gateway"),
+    ]
 
 
 def test_the_watch_script_is_ours_and_allowed_by_the_policy(c: Console) -> None:

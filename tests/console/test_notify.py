@@ -67,9 +67,14 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 
 
 def broker(tmp: Path, port: int, **delays: Any) -> tuple[World, CapturingEmitter, Notifier, Store]:
-    settings = BrokerSettings(data_dir=tmp / "data", smtp_host="127.0.0.1", smtp_port=port,
-                              smtp_security="none", smtp_from="hoshu@broker.example.jp",
-                              public_api_url="https://hoshu.example.jp")
+    settings = BrokerSettings(
+        data_dir=tmp / "data",
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_security="none",
+        smtp_from="hoshu@broker.example.jp",
+        public_api_url="https://hoshu.example.jp",
+    )
     notifier = Notifier(settings, **delays)
     store = Store(f"sqlite:///{tmp / 'hoshu.db'}")
     events = CapturingEmitter()
@@ -77,9 +82,13 @@ def broker(tmp: Path, port: int, **delays: Any) -> tuple[World, CapturingEmitter
     services = Services.build(make_context(store, FanOut([events, notifier]), clock))
     world = build_world(services, clock)
     world.add_user("tsuki-appr", world.other_hospital, ["approver"])
-    addresses = {"appr": "appr@hoshi.example.jp", "appr2": "appr2@hoshi.example.jp",
-                 "hadmin": "hadmin@hoshi.example.jp", "tsuki-appr": "appr@tsuki.example.jp",
-                 "eng": "eng@acme.example.com"}
+    addresses = {
+        "appr": "appr@hoshi.example.jp",
+        "appr2": "appr2@hoshi.example.jp",
+        "hadmin": "hadmin@hoshi.example.jp",
+        "tsuki-appr": "appr@tsuki.example.jp",
+        "eng": "eng@acme.example.com",
+    }
     with services.ctx.uow() as tx:
         for name, address in addresses.items():
             user = tx.one(User, name=name)
@@ -92,13 +101,19 @@ def broker(tmp: Path, port: int, **delays: Any) -> tuple[World, CapturingEmitter
 
 
 def _request(w: World) -> str:
-    new = NewRequest(["cobas-1"], 3600, "secret-reason: 検体番号 12345", ticket="INC-9",
-                     work_plan="plan-text-not-in-mail")
+    new = NewRequest(
+        ["cobas-1"],
+        3600,
+        "secret-reason: 検体番号 12345",
+        ticket="INC-9",
+        work_plan="plan-text-not-in-mail",
+    )
     return w.s.requests.create(w.actors["eng"], new).id
 
 
 def test_a_new_request_mails_each_approver_of_that_hospital(
-        tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
+    tmp_path: Path, smtp: tuple[Inbox, int]
+) -> None:
     inbox, port = smtp
     w, events, notifier, store = broker(tmp_path, port)
     try:
@@ -125,14 +140,18 @@ def test_a_new_request_mails_each_approver_of_that_hospital(
 
 
 def test_an_emergency_access_mails_the_approvers_once(
-        tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
+    tmp_path: Path, smtp: tuple[Inbox, int]
+) -> None:
     """Emergency access (allowed by the hospital's policy) is one mail, about the
     emergency, linking to the grants page; not also a "request waiting" mail."""
     inbox, port = smtp
     w, events, notifier, store = broker(tmp_path, port)
     try:
-        w.s.estate.update_policy(w.actors["hadmin"], "hoshi-hospital", {
-            "emergency_allowed": True, "emergency_max_duration_s": 1800})
+        w.s.estate.update_policy(
+            w.actors["hadmin"],
+            "hoshi-hospital",
+            {"emergency_allowed": True, "emergency_max_duration_s": 1800},
+        )
         w.s.grants.start_emergency(w.actors["eng"], NewRequest(["cobas-1"], 1800, "down"))
         poll_sync(lambda: events.of_type("notification.sent"), 10, "the notification")
         [(rcpt, mail)] = inbox.mails
@@ -142,8 +161,9 @@ def test_an_emergency_access_mails_the_approvers_once(
         assert isinstance(part, EmailMessage)
         assert "https://hoshu.example.jp/console/grants" in part.get_content()
         notifier.stop()  # the queue is drained: nothing else was queued
-        assert [e.details["about"] for e in events.of_type("notification.sent")] == \
-            ["emergency.started"]
+        assert [e.details["about"] for e in events.of_type("notification.sent")] == [
+            "emergency.started"
+        ]
     finally:
         notifier.stop()
         store.close()
@@ -160,8 +180,12 @@ def test_a_dead_mail_server_never_holds_up_a_request(tmp_path: Path) -> None:
         poll_sync(lambda: events.of_type("notification.failed"), 10, "the failure event")
         [failed] = events.of_type("notification.failed")
         assert failed.get("RequestId") == request_id and failed.get("EventResult") == "Failure"
-        assert failed.details == {"about": "request.created", "recipients": 2, "attempts": 3,
-                                  "reason": "ConnectionRefusedError"}
+        assert failed.details == {
+            "about": "request.created",
+            "recipients": 2,
+            "attempts": 3,
+            "reason": "ConnectionRefusedError",
+        }
         assert events.of_type("notification.sent") == []
     finally:
         notifier.stop()
@@ -174,30 +198,42 @@ def test_settings_without_a_from_address_are_refused(tmp_path: Path) -> None:
 
 
 def test_starttls_with_sign_in_from_a_password_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """STARTTLS against a server whose certificate the system trusts (SSL_CERT_FILE),
     then AUTH with the password read from its file; the password is never logged."""
     server_tls, _client = tls_contexts(tmp_path / "tls")
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "tls" / "siem.crt"))
     logins: list[tuple[bytes, bytes]] = []
 
-    def authenticator(_server: Any, _session: Any, _envelope: Any, _mechanism: str,
-                      data: Any) -> AuthResult:
+    def authenticator(
+        _server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any
+    ) -> AuthResult:
         logins.append((data.login, data.password))
         return AuthResult(success=data.password == b"s3cret-relay-pw")
 
     inbox = Inbox()
     port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=server_tls,
-                            require_starttls=True, authenticator=authenticator,
-                            auth_required=True)
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_required=True,
+    )
     controller.start()
     secret = tmp_path / "smtp-password"
     secret.write_text("s3cret-relay-pw\n")
-    settings = BrokerSettings(data_dir=tmp_path / "data", smtp_host="localhost",
-                              smtp_port=port, smtp_from="hoshu@broker.example.jp",
-                              smtp_user="hoshu-relay", smtp_password_file=secret)
+    settings = BrokerSettings(
+        data_dir=tmp_path / "data",
+        smtp_host="localhost",
+        smtp_port=port,
+        smtp_from="hoshu@broker.example.jp",
+        smtp_user="hoshu-relay",
+        smtp_password_file=secret,
+    )
     assert settings.smtp_security == "starttls"
     notifier = Notifier(settings)
     store = Store(f"sqlite:///{tmp_path / 'hoshu.db'}")
@@ -215,8 +251,11 @@ def test_starttls_with_sign_in_from_a_password_file(
     caplog.set_level("DEBUG")
     try:
         _request(w)
-        poll_sync(lambda: events.of_type("notification.sent") or
-                  events.of_type("notification.failed"), 10, "the notification")
+        poll_sync(
+            lambda: events.of_type("notification.sent") or events.of_type("notification.failed"),
+            10,
+            "the notification",
+        )
         assert events.of_type("notification.sent"), events.of_type("notification.failed")
         assert logins == [(b"hoshu-relay", b"s3cret-relay-pw")]
         assert [r for r, _m in inbox.mails] == [["appr@hoshi.example.jp"]]
@@ -232,9 +271,13 @@ def test_the_assembled_broker_mails_approvers(tmp_path: Path, smtp: tuple[Inbox,
     """``hoshu serve``'s broker with HOSHU_SMTP_* set: a request made through its own
     services reaches the approver's mailbox, and the audit log records it."""
     inbox, port = smtp
-    settings = BrokerSettings(data_dir=tmp_path / "data", smtp_host="127.0.0.1",
-                              smtp_port=port, smtp_security="none",
-                              smtp_from="hoshu@broker.example.jp")
+    settings = BrokerSettings(
+        data_dir=tmp_path / "data",
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_security="none",
+        smtp_from="hoshu@broker.example.jp",
+    )
     rt = build_broker(settings)
     try:
         s = rt.control.services
@@ -250,16 +293,24 @@ def test_the_assembled_broker_mails_approvers(tmp_path: Path, smtp: tuple[Inbox,
         part = inbox.mails[0][1].get_body()
         assert isinstance(part, EmailMessage)
         assert "http://127.0.0.1:8440/console/inbox" in part.get_content()
-        poll_sync(lambda: "notification.sent" in settings.audit_log_path.read_text(), 10,
-                  "notification.sent in the audit log")
+        poll_sync(
+            lambda: "notification.sent" in settings.audit_log_path.read_text(),
+            10,
+            "notification.sent in the audit log",
+        )
     finally:
+
         async def close() -> None:
             for closer in reversed(rt.closers):
                 result = closer()
                 if inspect.isawaitable(result):
                     await result
+
         asyncio.run(close())
-    kinds = [json.loads(line).get("EventType") for line in
-             settings.audit_log_path.read_text().splitlines() if line.strip()]
+    kinds = [
+        json.loads(line).get("EventType")
+        for line in settings.audit_log_path.read_text().splitlines()
+        if line.strip()
+    ]
     assert "request.created" in kinds and "notification.sent" in kinds
     assert request_id

@@ -18,8 +18,7 @@ def client_for(services: Services, **settings: object) -> TestClient:
 def session_token(services: Services, user: User, scopes: list[str] | None = None) -> str:
     """A fresh full bearer token for ``user`` (what password+TOTP sign-in returns)."""
     with services.ctx.uow() as tx:
-        issued = services.auth.issue(tx, user, kind="session", scopes=scopes or ["*"],
-                                     ttl_s=900)
+        issued = services.auth.issue(tx, user, kind="session", scopes=scopes or ["*"], ttl_s=900)
     return issued.token
 
 

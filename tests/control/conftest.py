@@ -103,9 +103,14 @@ def store(db_url: str) -> Iterator[Store]:
 
 
 def make_context(store: Store, emitter: Any, clock: FakeClock, **config: Any) -> Context:
-    return Context(uow=store.uow, emitter=emitter, secrets=SecretBox.generate(), clock=clock,
-                   hasher=Hasher(time_cost=1, memory_cost=64),
-                   config=Config(broker_host_key=BROKER_KEY, **config))
+    return Context(
+        uow=store.uow,
+        emitter=emitter,
+        secrets=SecretBox.generate(),
+        clock=clock,
+        hasher=Hasher(time_cost=1, memory_cost=64),
+        config=Config(broker_host_key=BROKER_KEY, **config),
+    )
 
 
 @pytest.fixture
@@ -134,8 +139,9 @@ class World:
     instruments: dict[str, Instrument] = field(default_factory=dict)
 
     def add_user(self, name: str, org: Org, roles: list[str]) -> Actor:
-        u = self.s.people.create_user(self.admin, NewUser(name, f"Person {name}", org.name,
-                                                          roles, PASSWORD))
+        u = self.s.people.create_user(
+            self.admin, NewUser(name, f"Person {name}", org.name, roles, PASSWORD)
+        )
         self.users[name] = u
         self.actors[name] = actor_for(self.s, u)
         return self.actors[name]
@@ -157,15 +163,27 @@ def build_world(s: Services, clock: FakeClock) -> World:
     other = s.people.create_org(admin, "tsuki-hospital", "hospital")
     vendor = s.people.create_org(admin, "acme-labs", "vendor")
     w = World(s, clock, admin, hospital, other, vendor)
-    for name, ports, crit in (("cobas-1", [22, 8080], "normal"),
-                              ("las-line-a", [22], "critical"),
-                              ("lis-server", [22, 443], "normal")):
-        w.instruments[name] = s.estate.create_instrument(admin, hospital.name, {
-            "name": name, "host": f"10.0.0.{len(w.instruments) + 10}", "ports": ports,
-            "criticality": crit, "department": "chemistry", "model": "c503",
-            "vendor": "acme"})
-    w.instruments["tsuki-1"] = s.estate.create_instrument(admin, other.name, {
-        "name": "tsuki-1", "host": "10.1.0.10", "ports": [22]})
+    for name, ports, crit in (
+        ("cobas-1", [22, 8080], "normal"),
+        ("las-line-a", [22], "critical"),
+        ("lis-server", [22, 443], "normal"),
+    ):
+        w.instruments[name] = s.estate.create_instrument(
+            admin,
+            hospital.name,
+            {
+                "name": name,
+                "host": f"10.0.0.{len(w.instruments) + 10}",
+                "ports": ports,
+                "criticality": crit,
+                "department": "chemistry",
+                "model": "c503",
+                "vendor": "acme",
+            },
+        )
+    w.instruments["tsuki-1"] = s.estate.create_instrument(
+        admin, other.name, {"name": "tsuki-1", "host": "10.1.0.10", "ports": [22]}
+    )
     s.estate.create_contract(admin, vendor.name, hospital.name, ["cobas-1", "las-line-a"])
     s.estate.create_contract(admin, vendor.name, other.name, ["*"])
     w.add_user("eng", vendor, ["engineer"])

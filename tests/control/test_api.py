@@ -38,12 +38,13 @@ def test_sign_in_enrol_totp_and_use_the_api(world: World, clock: FakeClock) -> N
     assert_error(c.get("/v1/requests", headers=enrol), 403, "forbidden")
     uri = c.post("/v1/auth/totp/enroll", headers=enrol).json()["otpauth_uri"]
     secret = uri.split("secret=")[1].split("&")[0]
-    r = c.post("/v1/auth/totp/confirm", headers=enrol,
-               json={"code": totp.code_at(secret, clock())})
+    r = c.post("/v1/auth/totp/confirm", headers=enrol, json={"code": totp.code_at(secret, clock())})
     assert r.status_code == 200 and r.json()["scopes"] == ["*"]
     clock.advance(30)
-    r = c.post("/v1/auth/login", json={"username": "eng", "password": PASSWORD,
-                                        "totp_code": totp.code_at(secret, clock())})
+    r = c.post(
+        "/v1/auth/login",
+        json={"username": "eng", "password": PASSWORD, "totp_code": totp.code_at(secret, clock())},
+    )
     token = r.json()["access_token"]
     me = c.get("/v1/me", headers=auth(token)).json()
     assert me["name"] == "eng" and me["totp_enrolled"] and me["roles"] == ["engineer"]
@@ -51,32 +52,65 @@ def test_sign_in_enrol_totp_and_use_the_api(world: World, clock: FakeClock) -> N
     assert_error(c.get("/v1/me", headers=auth(token)), 401)
 
 
-def test_errors_share_one_shape(world: World, clock: FakeClock,
-                                emitter: CapturingEmitter) -> None:
+def test_errors_share_one_shape(world: World, clock: FakeClock, emitter: CapturingEmitter) -> None:
     c = client_for(world.s, max_body_bytes=2048)
     tok = auth(session_token(world.s, world.users["eng"]))
-    assert_error(c.post("/v1/auth/login", json={"username": "eng", "password": "nope-nope"}),
-                 401, "unauthenticated")
+    assert_error(
+        c.post("/v1/auth/login", json={"username": "eng", "password": "nope-nope"}),
+        401,
+        "unauthenticated",
+    )
     assert_error(c.get("/v1/requests"), 401)
     assert_error(c.get("/v1/requests", headers=auth("hoshu_forged")), 401)
-    assert_error(c.post("/v1/requests", headers={**tok, "content-type": "application/json"},
-                        content=b"{not json"), 422, "invalid_input")
-    err = assert_error(c.post("/v1/requests", headers=tok, json={
-        "instruments": ["cobas-1"], "reason": "x", "duration_s": 600, "sudo": True}),
-        422, "invalid_input")
+    assert_error(
+        c.post(
+            "/v1/requests",
+            headers={**tok, "content-type": "application/json"},
+            content=b"{not json",
+        ),
+        422,
+        "invalid_input",
+    )
+    err = assert_error(
+        c.post(
+            "/v1/requests",
+            headers=tok,
+            json={"instruments": ["cobas-1"], "reason": "x", "duration_s": 600, "sudo": True},
+        ),
+        422,
+        "invalid_input",
+    )
     assert "sudo" in str(err["details"])
-    assert_error(c.post("/v1/requests", headers=tok, content=b"x" * 5000), 413,
-                 "body_too_large")
+    assert_error(c.post("/v1/requests", headers=tok, content=b"x" * 5000), 413, "body_too_large")
     assert_error(c.get("/v1/requests/nope", headers=tok), 404, "not_found")
     assert_error(c.get("/v1/nowhere", headers=tok), 404)
-    assert_error(c.post("/v1/requests", headers=tok, json={
-        "instruments": ["cobas-1"], "reason": "x", "duration_s": 999999}), 422)
+    assert_error(
+        c.post(
+            "/v1/requests",
+            headers=tok,
+            json={"instruments": ["cobas-1"], "reason": "x", "duration_s": 999999},
+        ),
+        422,
+    )
     world.s.estate.update_policy(world.admin, "hoshi-hospital", {"max_duration_s": 3600})
-    assert_error(c.post("/v1/requests", headers=tok, json={
-        "instruments": ["cobas-1"], "reason": "x", "duration_s": 3601}), 422,
-        "policy_violation")
-    assert_error(c.post("/v1/requests", headers=tok, json={
-        "instruments": ["lis-server"], "reason": "x", "duration_s": 600}), 403, "forbidden")
+    assert_error(
+        c.post(
+            "/v1/requests",
+            headers=tok,
+            json={"instruments": ["cobas-1"], "reason": "x", "duration_s": 3601},
+        ),
+        422,
+        "policy_violation",
+    )
+    assert_error(
+        c.post(
+            "/v1/requests",
+            headers=tok,
+            json={"instruments": ["lis-server"], "reason": "x", "duration_s": 600},
+        ),
+        403,
+        "forbidden",
+    )
     refused = [e.details.get("reason") for e in emitter.of_type("request.refused")]
     assert len(refused) == 3 and "maximum" in str(refused[1]) and "contract" in str(refused[2])
     assert world.s.requests.list_requests(world.actors["eng"]) == []
@@ -85,12 +119,21 @@ def test_errors_share_one_shape(world: World, clock: FakeClock,
 
 
 def test_cross_hospital_approval_is_refused_audited_and_changes_nothing(
-        world: World, emitter: CapturingEmitter) -> None:
+    world: World, emitter: CapturingEmitter
+) -> None:
     c = client_for(world.s)
     eng = auth(session_token(world.s, world.users["eng"]))
-    rid = c.post("/v1/requests", headers=eng, json={
-        "instruments": ["cobas-1"], "reason": "probe", "duration_s": 600,
-        "ticket": "T-1", "work_plan": "作業計画: swap probe"}).json()["id"]
+    rid = c.post(
+        "/v1/requests",
+        headers=eng,
+        json={
+            "instruments": ["cobas-1"],
+            "reason": "probe",
+            "duration_s": 600,
+            "ticket": "T-1",
+            "work_plan": "作業計画: swap probe",
+        },
+    ).json()["id"]
     other = auth(session_token(world.s, world.users["other-appr"]))
     assert_error(c.post(f"/v1/requests/{rid}/approve", headers=other, json={}), 403)
     refused = emitter.of_type("request.refused")
@@ -99,8 +142,7 @@ def test_cross_hospital_approval_is_refused_audited_and_changes_nothing(
     appr = auth(session_token(world.s, world.users["appr"]))
     detail = c.get(f"/v1/requests/{rid}", headers=appr).json()
     assert detail["request"]["status"] == "pending" and detail["decisions"] == []
-    detail = c.post(f"/v1/requests/{rid}/approve", headers=appr,
-                    json={"comment": "ok"}).json()
+    detail = c.post(f"/v1/requests/{rid}/approve", headers=appr, json={"comment": "ok"}).json()
     assert detail["grant"]["status"] == "active" and detail["grant"]["user"] == "eng"
     assert detail["request"]["requester"] == "eng"
     assert [d["approver"] for d in detail["decisions"]] == ["appr"]
@@ -108,8 +150,9 @@ def test_cross_hospital_approval_is_refused_audited_and_changes_nothing(
     assert detail["request"]["work_plan"].startswith("作業計画")
 
 
-def test_gateway_enrolment_contract(world: World, clock: FakeClock,
-                                    emitter: CapturingEmitter) -> None:
+def test_gateway_enrolment_contract(
+    world: World, clock: FakeClock, emitter: CapturingEmitter
+) -> None:
     c = client_for(world.s)
     hadmin = auth(session_token(world.s, world.users["hadmin"]))
     r = c.post("/v1/gateways/tokens", headers=hadmin, json={"ttl_s": 600})
@@ -122,8 +165,15 @@ def test_gateway_enrolment_contract(world: World, clock: FakeClock,
     r = c.post("/v1/gateways/enroll", json=body)
     assert r.status_code == 201, r.text
     res = r.json()
-    assert set(res) == {"gateway_id", "hospital_id", "hospital", "broker_host_key",
-                        "tunnel_host", "tunnel_port", "protocol_version"}
+    assert set(res) == {
+        "gateway_id",
+        "hospital_id",
+        "hospital",
+        "broker_host_key",
+        "tunnel_host",
+        "tunnel_port",
+        "protocol_version",
+    }
     blob = base64.b64decode(res["broker_host_key"].split()[1])
     assert base64.urlsafe_b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=") == pin
     assert res["hospital"] == "hoshi-hospital" and res["protocol_version"] == 1
@@ -135,8 +185,13 @@ def test_gateway_enrolment_contract(world: World, clock: FakeClock,
     assert_error(c.post("/v1/gateways/enroll", json={**body, "token": "garbage"}), 401)
     late = c.post("/v1/gateways/tokens", headers=hadmin, json={"ttl_s": 60}).json()["token"]
     clock.advance(61)
-    assert_error(c.post("/v1/gateways/enroll", json={
-        **body, "token": late, "name": "gw-3", "public_key": openssh_public_key()}), 410)
+    assert_error(
+        c.post(
+            "/v1/gateways/enroll",
+            json={**body, "token": late, "name": "gw-3", "public_key": openssh_public_key()},
+        ),
+        410,
+    )
     assert len(emitter.of_type("gateway.enrollment_refused")) == 4
     gws = c.get("/v1/gateways", headers=hadmin).json()
     assert [g["name"] for g in gws] == ["gw-hoshi-1"]
@@ -146,8 +201,11 @@ def test_credentials_are_write_only(world: World, emitter: CapturingEmitter) -> 
     c = client_for(world.s)
     hadmin = auth(session_token(world.s, world.users["hadmin"]))
     secret = "Instrument-Pw-4711!"
-    r = c.put("/v1/instruments/cobas-1/credential", headers=hadmin,
-              json={"kind": "password", "secret": secret, "username": "service"})
+    r = c.put(
+        "/v1/instruments/cobas-1/credential",
+        headers=hadmin,
+        json={"kind": "password", "secret": secret, "username": "service"},
+    )
     assert r.status_code == 200 and r.json()["credential_set"] is True
     for path in ("/v1/instruments/cobas-1", "/v1/instruments"):
         assert secret not in c.get(path, headers=hadmin).text
@@ -156,42 +214,72 @@ def test_credentials_are_write_only(world: World, emitter: CapturingEmitter) -> 
     assert_error(c.get("/v1/instruments/cobas-1", headers=other), 404)
 
 
-def test_every_admin_change_is_an_event_naming_who(world: World,
-                                                   emitter: CapturingEmitter) -> None:
+def test_every_admin_change_is_an_event_naming_who(world: World, emitter: CapturingEmitter) -> None:
     c = client_for(world.s)
     hadmin = auth(session_token(world.s, world.users["hadmin"]))
     emitter.clear()
     steps = [
-        c.patch("/v1/policies/hoshi-hospital", headers=hadmin,
-                json={"approvals_required": 2, "emergency_allowed": True}),
-        c.post("/v1/instruments", headers=hadmin, json={
-            "name": "ca-1", "host": "10.0.0.50", "ports": [22], "criticality": "high"}),
+        c.patch(
+            "/v1/policies/hoshi-hospital",
+            headers=hadmin,
+            json={"approvals_required": 2, "emergency_allowed": True},
+        ),
+        c.post(
+            "/v1/instruments",
+            headers=hadmin,
+            json={"name": "ca-1", "host": "10.0.0.50", "ports": [22], "criticality": "high"},
+        ),
         c.patch("/v1/instruments/ca-1", headers=hadmin, json={"department": "hematology"}),
-        c.post("/v1/contracts", headers=hadmin, json={
-            "vendor": "acme-labs", "hospital": "hoshi-hospital", "instruments": ["ca-1"]}),
-        c.post("/v1/users", headers=hadmin, json={
-            "name": "nurse-a", "full_name": "A Nurse", "org": "hoshi-hospital",
-            "roles": ["approver"], "password": PASSWORD}),
+        c.post(
+            "/v1/contracts",
+            headers=hadmin,
+            json={"vendor": "acme-labs", "hospital": "hoshi-hospital", "instruments": ["ca-1"]},
+        ),
+        c.post(
+            "/v1/users",
+            headers=hadmin,
+            json={
+                "name": "nurse-a",
+                "full_name": "A Nurse",
+                "org": "hoshi-hospital",
+                "roles": ["approver"],
+                "password": PASSWORD,
+            },
+        ),
         c.post("/v1/users/nurse-a/deactivate", headers=hadmin),
     ]
-    assert [r.status_code for r in steps] == [200, 201, 200, 201, 201, 200], \
-        [r.text for r in steps]
+    assert [r.status_code for r in steps] == [200, 201, 200, 201, 201, 200], [r.text for r in steps]
     changes = emitter.of_type("admin.change")
     assert len(changes) == 6
     assert {e.get("ActorUsername") for e in changes} == {"hadmin"}
     assert [e.get("ObjectType") for e in changes] == [
-        "policy", "instrument", "instrument", "contract", "user", "user"]
+        "policy",
+        "instrument",
+        "instrument",
+        "contract",
+        "user",
+        "user",
+    ]
     assert PASSWORD not in "".join(e.to_json() for e in emitter.events)
 
 
-def test_scheduled_request_and_history_after_expiry_over_http(world: World,
-                                                              clock: FakeClock) -> None:
+def test_scheduled_request_and_history_after_expiry_over_http(
+    world: World, clock: FakeClock
+) -> None:
     c = client_for(world.s)
     eng = auth(session_token(world.s, world.users["eng"]))
     start = (clock.now + timedelta(hours=1)).isoformat()
-    rid = c.post("/v1/requests", headers=eng, json={
-        "instruments": ["cobas-1"], "ports": [8080], "reason": "calibration",
-        "start_at": start, "duration_s": 1800}).json()["id"]
+    rid = c.post(
+        "/v1/requests",
+        headers=eng,
+        json={
+            "instruments": ["cobas-1"],
+            "ports": [8080],
+            "reason": "calibration",
+            "start_at": start,
+            "duration_s": 1800,
+        },
+    ).json()["id"]
     appr = auth(session_token(world.s, world.users["appr"]))
     g = c.post(f"/v1/requests/{rid}/approve", headers=appr, json={}).json()["grant"]
     assert g["status"] == "approved" and g["starts_at"].startswith(start[:19])
@@ -223,13 +311,17 @@ def test_approval_fails_closed_when_the_audit_log_is_down(world: World) -> None:
 
     c = client_for(world.s)
     eng = auth(session_token(world.s, world.users["eng"]))
-    rid = c.post("/v1/requests", headers=eng, json={
-        "instruments": ["cobas-1"], "reason": "probe", "duration_s": 600}).json()["id"]
+    rid = c.post(
+        "/v1/requests",
+        headers=eng,
+        json={"instruments": ["cobas-1"], "reason": "probe", "duration_s": 600},
+    ).json()["id"]
     appr = auth(session_token(world.s, world.users["appr"]))
     good = world.s.ctx.emitter
     world.s.ctx.emitter = FailingEmitter()
-    assert_error(c.post(f"/v1/requests/{rid}/approve", headers=appr, json={}), 503,
-                 "audit_unavailable")
+    assert_error(
+        c.post(f"/v1/requests/{rid}/approve", headers=appr, json={}), 503, "audit_unavailable"
+    )
     world.s.ctx.emitter = good
     detail = c.get(f"/v1/requests/{rid}", headers=appr).json()
     assert detail["request"]["status"] == "pending" and detail["grant"] is None
@@ -243,8 +335,9 @@ def test_streamed_body_over_the_limit_is_refused(world: World) -> None:
         for _ in range(10):
             yield b"x" * 512
 
-    r = c.post("/v1/requests", headers={**tok, "content-type": "application/json"},
-               content=chunks())
+    r = c.post(
+        "/v1/requests", headers={**tok, "content-type": "application/json"}, content=chunks()
+    )
     assert_error(r, 413, "body_too_large")
     assert world.s.requests.list_requests(world.actors["eng"]) == []
 
@@ -294,11 +387,19 @@ async def test_the_body_time_limit_is_its_own_setting_not_the_ssh_sign_in_limit(
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/auth/login", "raw_path": b"",
-             "query_string": b"", "headers": [(b"content-type", b"application/json"),
-                                              (b"content-length", b"100")],
-             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8440),
-             "scheme": "http", "http_version": "1.1", "root_path": ""}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/auth/login",
+        "raw_path": b"",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8440),
+        "scheme": "http",
+        "http_version": "1.1",
+        "root_path": "",
+    }
     start = time.monotonic()
     await asyncio.wait_for(app(scope, receive, send), 10)  # type: ignore[arg-type]
     assert sent[0]["status"] == 408

@@ -20,8 +20,9 @@ from tests.control.conftest import PASSWORD, World
 from tests.support import FakeClock
 
 
-def test_first_login_only_allows_totp_enrolment_then_full_login(world: World,
-                                                                clock: FakeClock) -> None:
+def test_first_login_only_allows_totp_enrolment_then_full_login(
+    world: World, clock: FakeClock
+) -> None:
     s = world.s
     issued = s.auth.login("eng", PASSWORD, None)
     assert issued.totp_enrolment_required and issued.scopes == ("enroll",)
@@ -40,8 +41,9 @@ def test_first_login_only_allows_totp_enrolment_then_full_login(world: World,
     assert s.auth.authenticate(token).username == "eng"
 
 
-def test_totp_code_is_accepted_only_once(world: World, clock: FakeClock,
-                                         emitter: CapturingEmitter) -> None:
+def test_totp_code_is_accepted_only_once(
+    world: World, clock: FakeClock, emitter: CapturingEmitter
+) -> None:
     secret = world.enrol_totp("appr")
     code = totp.code_at(secret, clock())
     world.s.auth.login("appr", PASSWORD, code)
@@ -56,8 +58,9 @@ def test_totp_code_is_accepted_only_once(world: World, clock: FakeClock,
     assert not again.ok and again.reason == "replayed"
 
 
-def test_five_failures_in_fifteen_minutes_lock_the_account(world: World, clock: FakeClock,
-                                                           emitter: CapturingEmitter) -> None:
+def test_five_failures_in_fifteen_minutes_lock_the_account(
+    world: World, clock: FakeClock, emitter: CapturingEmitter
+) -> None:
     secret = world.enrol_totp("appr")
     for _ in range(4):
         with pytest.raises(Unauthenticated):
@@ -75,8 +78,9 @@ def test_five_failures_in_fifteen_minutes_lock_the_account(world: World, clock: 
     assert world.s.auth.login("appr", PASSWORD, totp.code_at(secret, clock())).token
 
 
-def test_failures_spread_over_more_than_the_window_do_not_lock(world: World,
-                                                               clock: FakeClock) -> None:
+def test_failures_spread_over_more_than_the_window_do_not_lock(
+    world: World, clock: FakeClock
+) -> None:
     world.enrol_totp("appr")
     for _ in range(6):
         with pytest.raises(Unauthenticated) as exc:
@@ -118,8 +122,9 @@ def test_account_expiry_ends_sign_in(world: World, clock: FakeClock) -> None:
         world.s.auth.login("eng2", PASSWORD, totp.code_at(secret, clock()))
 
 
-def test_api_tokens_are_scoped_hashed_and_revocable(world: World, clock: FakeClock,
-                                                    emitter: CapturingEmitter) -> None:
+def test_api_tokens_are_scoped_hashed_and_revocable(
+    world: World, clock: FakeClock, emitter: CapturingEmitter
+) -> None:
     actor = world.actors["aud"]
     issued = world.s.auth.create_api_token(actor, "siem-export", ["read"], 86400)
     assert issued.token.startswith("hoshu_")
@@ -143,22 +148,26 @@ def test_bootstrap_only_once_and_user_creation_follows_password_policy(world: Wo
     with pytest.raises(Conflict):
         world.s.auth.bootstrap("root2", "Someone", PASSWORD)
     with pytest.raises(InvalidInput, match="known-bad"):
-        world.s.people.create_user(world.admin, NewUser("x1", "X", "acme-labs", ["engineer"],
-                                                        "Password123!"))
+        world.s.people.create_user(
+            world.admin, NewUser("x1", "X", "acme-labs", ["engineer"], "Password123!")
+        )
     with pytest.raises(InvalidInput, match="cannot be held"):
-        world.s.people.create_user(world.admin, NewUser("x2", "X", "acme-labs", ["approver"],
-                                                        PASSWORD))
+        world.s.people.create_user(
+            world.admin, NewUser("x2", "X", "acme-labs", ["approver"], PASSWORD)
+        )
     with pytest.raises(PermissionDenied):
-        world.s.people.create_user(world.actors["hadmin"], NewUser(
-            "x3", "X", "tsuki-hospital", ["approver"], PASSWORD))
-    u = world.s.people.create_user(world.actors["hadmin"], NewUser(
-        "x4", "X", "hoshi-hospital", ["approver"], PASSWORD))
+        world.s.people.create_user(
+            world.actors["hadmin"], NewUser("x3", "X", "tsuki-hospital", ["approver"], PASSWORD)
+        )
+    u = world.s.people.create_user(
+        world.actors["hadmin"], NewUser("x4", "X", "hoshi-hospital", ["approver"], PASSWORD)
+    )
     assert u.org_id == world.hospital.id
 
 
-def test_hospital_sees_and_recertifies_vendor_accounts_reaching_it(world: World,
-                                                                   emitter: CapturingEmitter
-                                                                   ) -> None:
+def test_hospital_sees_and_recertifies_vendor_accounts_reaching_it(
+    world: World, emitter: CapturingEmitter
+) -> None:
     names = [u.name for u in world.s.people.vendor_accounts(world.actors["hadmin"])]
     assert names == ["eng", "eng2"]
     u = world.s.people.recertify(world.actors["hadmin"], "eng", "still on contract")
@@ -169,8 +178,9 @@ def test_hospital_sees_and_recertifies_vendor_accounts_reaching_it(world: World,
         world.s.people.deactivate(world.actors["hadmin"], "eng")
 
 
-def test_admin_resets_totp_and_password_and_the_person_enrols_again(world: World,
-                                                                    clock: FakeClock) -> None:
+def test_admin_resets_totp_and_password_and_the_person_enrols_again(
+    world: World, clock: FakeClock
+) -> None:
     secret = world.enrol_totp("appr")
     world.s.people.reset_totp(world.actors["hadmin"], "appr")
     # the old device no longer gives a full sign-in ...
@@ -183,8 +193,9 @@ def test_admin_resets_totp_and_password_and_the_person_enrols_again(world: World
         world.s.people.reset_totp(world.actors["hadmin"], "eng")
 
 
-def test_one_source_address_guessing_across_names_is_throttled(world: World,
-                                                               clock: FakeClock) -> None:
+def test_one_source_address_guessing_across_names_is_throttled(
+    world: World, clock: FakeClock
+) -> None:
     for i in range(20):
         with pytest.raises(Unauthenticated) as exc:
             world.s.auth.login(f"guess{i}", "whatever-123", None, src_ip="198.51.100.7")

@@ -13,10 +13,15 @@ from wire.models import InventoryItem
 def test_inventory_protocol_reaches_the_front_door(world: World) -> None:
     w = world
     gw_id, _ = enrol_gateway(w)
-    StoreGatewayDirectory(w.s).record_inventory(gw_id, [
-        InventoryItem("lis-desk", "10.0.0.20", (13389, 8080), "rdp", "lis", "ws", True, None),
-        InventoryItem("cobas-1", "10.0.0.10", (22, 8080), "ssh", "chem", "c503", True,
-                      "SHA256:k")])
+    StoreGatewayDirectory(w.s).record_inventory(
+        gw_id,
+        [
+            InventoryItem("lis-desk", "10.0.0.20", (13389, 8080), "rdp", "lis", "ws", True, None),
+            InventoryItem(
+                "cobas-1", "10.0.0.10", (22, 8080), "ssh", "chem", "c503", True, "SHA256:k"
+            ),
+        ],
+    )
     policy = StoreAccessPolicy(w.s)
     desk, cobas = policy.instrument("lis-desk"), policy.instrument("cobas-1")
     assert desk is not None and cobas is not None

@@ -36,8 +36,7 @@ def live_api(services: Services) -> Iterator[str]:
     port = sock.getsockname()[1]
     app = create_app(BrokerSettings(), services=services)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])),
-                              daemon=True)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     poll_sync(lambda: server.started, 10, "the API server to start", interval_s=0.01)
     yield f"http://127.0.0.1:{port}"
@@ -47,8 +46,12 @@ def live_api(services: Services) -> Iterator[str]:
 
 
 @pytest.fixture
-def cli(live_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+def cli(
+    live_api: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("HOSHU_API", live_api)
     monkeypatch.setenv("HOSHU_CONFIG_DIR", str(tmp_path / "cfg"))
     monkeypatch.delenv("HOSHU_TOKEN", raising=False)
@@ -58,6 +61,7 @@ def cli(live_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         code = main(list(argv))
         out = capsys.readouterr()
         return code, out.out, out.err
+
     return run
 
 
@@ -76,16 +80,34 @@ def test_engineer_and_approver_daily_work(cli, world: World, tmp_path: Path) -> 
     keyfile = tmp_path / "id.pub"
     keyfile.write_text(openssh_public_key() + " eng@laptop\n")
     assert cli("keys", "add", str(keyfile))[0] == 0
-    code, out, err = cli("--json", "request", "cobas-1", "--duration", "30m", "--reason",
-                         "replace probe", "--ticket", "INC-7", "--plan", "作業計画: 1. stop")
+    code, out, err = cli(
+        "--json",
+        "request",
+        "cobas-1",
+        "--duration",
+        "30m",
+        "--reason",
+        "replace probe",
+        "--ticket",
+        "INC-7",
+        "--plan",
+        "作業計画: 1. stop",
+    )
     assert code == 0, err
     rid = json.loads(out)["id"]
     code, out, _ = cli("requests")
     assert code == 0 and "pending" in out and "cobas-1" in out
 
     appr_secret = w.enrol_totp("appr")
-    code, out, err = cli("login", "--user", "appr", "--password-stdin", "--totp",
-                         totp.code_at(appr_secret, w.clock()), stdin=PASSWORD)
+    code, out, err = cli(
+        "login",
+        "--user",
+        "appr",
+        "--password-stdin",
+        "--totp",
+        totp.code_at(appr_secret, w.clock()),
+        stdin=PASSWORD,
+    )
     assert code == 0 and "Signed in as" in out, err
     code, out, _ = cli("--json", "approve", rid, "--comment", "go ahead")
     grant = json.loads(out)["grant"]
@@ -98,15 +120,16 @@ def test_engineer_and_approver_daily_work(cli, world: World, tmp_path: Path) -> 
     assert "History" in out and "revoked" in out and "作業計画" in out
     code, _, err = cli("passwd", "--password-stdin", stdin=f"{PASSWORD}\nPassword123!\n")
     assert code == 1 and "known-bad" in err
-    code, _, err = cli("passwd", "--password-stdin",
-                       stdin="wrong-current-pw\nx-long-new-passphrase\n")
+    code, _, err = cli(
+        "passwd", "--password-stdin", stdin="wrong-current-pw\nx-long-new-passphrase\n"
+    )
     assert code == 1 and "current password" in err
-    code, out, _ = cli("passwd", "--password-stdin",
-                       stdin=f"{PASSWORD}\nanother-long-passphrase\n")
+    code, out, _ = cli("passwd", "--password-stdin", stdin=f"{PASSWORD}\nanother-long-passphrase\n")
     assert code == 0 and "changed" in out
     w.clock.advance(30)
-    assert w.s.auth.login("appr", "another-long-passphrase",
-                          totp.code_at(appr_secret, w.clock())).scopes == ("*",)
+    assert w.s.auth.login(
+        "appr", "another-long-passphrase", totp.code_at(appr_secret, w.clock())
+    ).scopes == ("*",)
     code, _, err = cli("approve", "no-such-request")
     assert code == 1 and "no request" in err
     assert cli("logout")[0] == 0 and not token_file.exists()
@@ -115,29 +138,84 @@ def test_engineer_and_approver_daily_work(cli, world: World, tmp_path: Path) -> 
 
 
 @SQLITE_ONLY
-def test_admin_commands_and_gateway_token(cli, world: World,  # type: ignore[no-untyped-def]
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_commands_and_gateway_token(
+    cli,
+    world: World,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     root = next(u for u in world.s.people.list_users(world.admin) if u.name == "root")
     monkeypatch.setenv("HOSHU_TOKEN", session_token(world.s, root))
     steps = [
         ("admin", "orgs", "create", "gamma-labs", "--kind", "vendor"),
         ("admin", "orgs", "set-sources", "gamma-labs", "--source", "192.0.2.0/24"),
-        ("admin", "instruments", "create", "hem-1", "--hospital", "hoshi-hospital",
-         "--host", "10.0.0.77", "--port", "22", "--criticality", "critical"),
-        ("admin", "contracts", "create", "--vendor", "gamma-labs", "--hospital",
-         "hoshi-hospital", "--instrument", "hem-1"),
-        ("admin", "policy", "set", "hoshi-hospital", "--approvals", "1", "--hours",
-         "08:00-20:00", "--emergency", "yes", "--emergency-max-duration", "30m"),
+        (
+            "admin",
+            "instruments",
+            "create",
+            "hem-1",
+            "--hospital",
+            "hoshi-hospital",
+            "--host",
+            "10.0.0.77",
+            "--port",
+            "22",
+            "--criticality",
+            "critical",
+        ),
+        (
+            "admin",
+            "contracts",
+            "create",
+            "--vendor",
+            "gamma-labs",
+            "--hospital",
+            "hoshi-hospital",
+            "--instrument",
+            "hem-1",
+        ),
+        (
+            "admin",
+            "policy",
+            "set",
+            "hoshi-hospital",
+            "--approvals",
+            "1",
+            "--hours",
+            "08:00-20:00",
+            "--emergency",
+            "yes",
+            "--emergency-max-duration",
+            "30m",
+        ),
     ]
     for argv in steps:
         code, out, err = cli(*argv)
         assert code == 0, (argv, err)
-    code, out, err = cli("admin", "users", "create", "kato", "--full-name", "Kato Ken",
-                         "--org", "gamma-labs", "--role", "engineer", "--password-stdin",
-                         stdin=PASSWORD + "\n")
+    code, out, err = cli(
+        "admin",
+        "users",
+        "create",
+        "kato",
+        "--full-name",
+        "Kato Ken",
+        "--org",
+        "gamma-labs",
+        "--role",
+        "engineer",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
     assert code == 0, err
-    code, out, err = cli("admin", "instruments", "credential", "hem-1", "--secret-stdin",
-                         "--login-username", "svc", stdin="Very-Secret-Pw-1!")
+    code, out, err = cli(
+        "admin",
+        "instruments",
+        "credential",
+        "hem-1",
+        "--secret-stdin",
+        "--login-username",
+        "svc",
+        stdin="Very-Secret-Pw-1!",
+    )
     assert code == 0 and "write-only" in out and "Very-Secret" not in out
     code, out, _ = cli("--json", "admin", "policy", "show", "hoshi-hospital")
     policy = json.loads(out)
@@ -155,26 +233,50 @@ def test_admin_commands_and_gateway_token(cli, world: World,  # type: ignore[no-
 def test_bootstrap_serve_and_sign_in_as_separate_processes(tmp_path: Path) -> None:
     """The installed entry point end to end: db upgrade, bootstrap, serve, login."""
     hoshu = str(Path(sys.executable).parent / "hoshu")
-    env = {**os.environ, "HOSHU_DATA_DIR": str(tmp_path / "data"),
-           "HOSHU_CONFIG_DIR": str(tmp_path / "cfg")}
+    env = {
+        **os.environ,
+        "HOSHU_DATA_DIR": str(tmp_path / "data"),
+        "HOSHU_CONFIG_DIR": str(tmp_path / "cfg"),
+    }
     env.pop("HOSHU_TOKEN", None)
-    r = subprocess.run([hoshu, "db", "upgrade"], env=env, capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [hoshu, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60
+    )
     versions = Path(__file__).parents[2] / "broker" / "store" / "migrations" / "versions"
     head = max(f.name[:4] for f in versions.glob("[0-9][0-9][0-9][0-9]_*.py"))
     assert r.returncode == 0 and head in r.stdout, r.stderr  # upgraded to the newest
-    r = subprocess.run([hoshu, "--json", "admin", "bootstrap", "--name", "root",
-                        "--full-name", "First Admin", "--password-stdin"], env=env,
-                       input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            hoshu,
+            "--json",
+            "admin",
+            "bootstrap",
+            "--name",
+            "root",
+            "--full-name",
+            "First Admin",
+            "--password-stdin",
+        ],
+        env=env,
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     secret = json.loads(r.stdout)["totp_secret"]
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     # the front door and the tunnel endpoint too: a port in use stops the broker
     env.update(HOSHU_SSH_PORT=str(free_port()), HOSHU_TUNNEL_PORT=str(free_port()))
-    proc = subprocess.Popen([hoshu, "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [hoshu, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
+
         def healthy() -> bool:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             try:
@@ -186,13 +288,19 @@ def test_bootstrap_serve_and_sign_in_as_separate_processes(tmp_path: Path) -> No
         from datetime import UTC, datetime
 
         code = totp.code_at(secret, datetime.now(UTC))
-        r = subprocess.run([hoshu, "login", "--api", api, "--user", "root", "--password-stdin",
-                            "--totp", code], env=env, input=PASSWORD + "\n",
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [hoshu, "login", "--api", api, "--user", "root", "--password-stdin", "--totp", code],
+            env=env,
+            input=PASSWORD + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0 and "Signed in as" in r.stdout, r.stderr
         cached = json.loads((tmp_path / "cfg" / "token.json").read_text())
-        me = httpx.get(f"{api}/v1/me", timeout=5, headers={
-            "Authorization": f"Bearer {cached['access_token']}"}).json()
+        me = httpx.get(
+            f"{api}/v1/me", timeout=5, headers={"Authorization": f"Bearer {cached['access_token']}"}
+        ).json()
         assert me["roles"] == ["platform_admin"] and me["totp_enrolled"]
         assert (tmp_path / "data" / "audit" / "audit.log").stat().st_size > 0
     finally:

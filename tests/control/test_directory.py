@@ -19,8 +19,9 @@ def enrol_gateway(w: World, name: str = "gw-1") -> tuple[str, str]:
 
 
 def grant_for(w: World, instruments: list[str], ports: list[int] | None = None) -> str:
-    req = w.s.requests.create(w.actors["eng"], NewRequest(instruments, 3600, "fix",
-                                                          ports=ports or []))
+    req = w.s.requests.create(
+        w.actors["eng"], NewRequest(instruments, 3600, "fix", ports=ports or [])
+    )
     grant = w.s.requests.approve(w.actors["appr"], req.id).grant
     if grant is None:
         grant = w.s.requests.approve(w.actors["appr2"], req.id).grant
@@ -56,10 +57,12 @@ def test_inventory_host_key_change_blocks_until_an_approver_accepts(world: World
     d = StoreGatewayDirectory(w.s)
     policy = StoreAccessPolicy(w.s)
     gw_id, _ = enrol_gateway(w)
-    item = InventoryItem("cobas-1", "10.0.0.10", (22, 8080), "ssh", "chem", "c503", True,
-                         "SHA256:old")
-    d.record_inventory(gw_id, [item, InventoryItem("new-box", "10.0.0.99", (22,), "ssh",
-                                                   "", "", False, None)])
+    item = InventoryItem(
+        "cobas-1", "10.0.0.10", (22, 8080), "ssh", "chem", "c503", True, "SHA256:old"
+    )
+    d.record_inventory(
+        gw_id, [item, InventoryItem("new-box", "10.0.0.99", (22,), "ssh", "", "", False, None)]
+    )
     w.s.estate.set_credential(w.admin, "cobas-1", "password", "s3cret-instrument-pw", "svc")
     target = policy.instrument("cobas-1")
     assert target is not None and target.host_key_fingerprint == "SHA256:old"
@@ -69,8 +72,9 @@ def test_inventory_host_key_change_blocks_until_an_approver_accepts(world: World
     grant_for(w, ["cobas-1"])
     uid = w.users["eng"].id
     assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is not None
-    changed = InventoryItem("cobas-1", "10.0.0.10", (22, 8080), "ssh", "chem", "c503", True,
-                            "SHA256:new")
+    changed = InventoryItem(
+        "cobas-1", "10.0.0.10", (22, 8080), "ssh", "chem", "c503", True, "SHA256:new"
+    )
     d.record_inventory(gw_id, [changed])
     assert w.s.ctx.emitter.of_type("instrument.key_changed")  # type: ignore[attr-defined]
     assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is None
@@ -144,15 +148,15 @@ def test_ending_the_contract_ends_the_grant_at_the_front_door(world: World) -> N
     gid = grant_for(w, ["cobas-1"])
     uid = w.users["eng"].id
     assert policy.grant_end(gid, uid, w.clock.now).ends is not None
-    contract = next(c for c in w.s.estate.list_contracts(w.admin)
-                    if c.hospital_id == w.hospital.id)
+    contract = next(c for c in w.s.estate.list_contracts(w.admin) if c.hospital_id == w.hospital.id)
     w.s.estate.end_contract(w.actors["hadmin"], contract.id)
     assert policy.find_grant(uid, "cobas-1", 22, w.clock.now) is None
     assert policy.grant_end(gid, uid, w.clock.now).why == "contract_ended"
 
 
 def test_certificate_lifetime_follows_the_same_live_grant_rule_as_the_front_door(
-        world: World) -> None:
+    world: World,
+) -> None:
     """The certificate issuer's "until when do your grants last" counts a grant only
     while the front door would let it in: no certificate time on a grant whose
     contract has ended or whose engineer is deactivated."""
@@ -164,8 +168,7 @@ def test_certificate_lifetime_follows_the_same_live_grant_rule_as_the_front_door
     assert grants_end(uid, w.clock.now) is None
     grant_for(w, ["cobas-1"])
     assert grants_end(uid, w.clock.now) == w.clock.now + timedelta(hours=1)
-    contract = next(c for c in w.s.estate.list_contracts(w.admin)
-                    if c.hospital_id == w.hospital.id)
+    contract = next(c for c in w.s.estate.list_contracts(w.admin) if c.hospital_id == w.hospital.id)
     w.s.estate.end_contract(w.actors["hadmin"], contract.id)
     assert StoreAccessPolicy(w.s).find_grant(uid, "cobas-1", 22, w.clock.now) is None
     assert grants_end(uid, w.clock.now) is None

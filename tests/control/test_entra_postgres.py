@@ -30,10 +30,13 @@ from tests.support import FakeClock, poll_sync
 pytestmark = pytest.mark.postgres
 
 
-
 def _settings(db: EntraDb, tmp_path: Path) -> BrokerSettings:
-    return BrokerSettings(data_dir=tmp_path, database_url=db.url, database_auth="entra",
-                          azure_client_id=db.endpoint.client_id)
+    return BrokerSettings(
+        data_dir=tmp_path,
+        database_url=db.url,
+        database_auth="entra",
+        azure_client_id=db.endpoint.client_id,
+    )
 
 
 def _connects(engine: sa.Engine) -> bool:
@@ -47,7 +50,8 @@ def _connects(engine: sa.Engine) -> bool:
 
 
 def test_store_signs_in_with_the_token_and_keeps_signing_in_after_rotation(
-        entra_db: EntraDb, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    entra_db: EntraDb, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The store migrates and works with no password in its URL; after the identity's
     token rotates (old one refused by the server) new connections of the same engine
     sign in with the refreshed token, kept for the next ones; no token appears in any
@@ -72,8 +76,11 @@ def test_store_signs_in_with_the_token_and_keeps_signing_in_after_rotation(
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(entra_db.url.replace("@", f":{first}@", 1), connect_timeout=5)
 
-        poll_sync(lambda: _connects(store.engine), deadline_s=20,
-                  what="the store to sign in with the refreshed token")
+        poll_sync(
+            lambda: _connects(store.engine),
+            deadline_s=20,
+            what="the store to sign in with the refreshed token",
+        )
         fetched = ep.requests[PG_RESOURCE]
         assert fetched >= 2
         for _ in range(5):

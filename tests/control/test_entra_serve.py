@@ -23,24 +23,33 @@ WAIT_S = 30.0
 
 
 def test_hoshu_serve_signs_in_with_the_identity_and_survives_a_rotation(
-        entra_db: EntraDb, tmp_path: Path) -> None:
+    entra_db: EntraDb, tmp_path: Path
+) -> None:
     ep = entra_db.endpoint
     first = ep.token(PG_RESOURCE)
     api = f"http://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items()
-           if not k.upper().startswith(("HOSHU_", "IDENTITY_", "AZURE_"))}
-    env |= entra_db.env() | {"HOSHU_DATA_DIR": str(tmp_path / "data"),
-                             "HOSHU_API_PORT": api.rsplit(":", 1)[1],
-                             "HOSHU_SSH_PORT": str(free_port()),
-                             "HOSHU_TUNNEL_PORT": str(free_port())}
-    up = subprocess.run([HOSHU, "db", "upgrade"], env=env, capture_output=True, text=True,
-                        timeout=60, check=False)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith(("HOSHU_", "IDENTITY_", "AZURE_"))
+    }
+    env |= entra_db.env() | {
+        "HOSHU_DATA_DIR": str(tmp_path / "data"),
+        "HOSHU_API_PORT": api.rsplit(":", 1)[1],
+        "HOSHU_SSH_PORT": str(free_port()),
+        "HOSHU_TUNNEL_PORT": str(free_port()),
+    }
+    up = subprocess.run(
+        [HOSHU, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert up.returncode == 0, up.stderr
     out = tmp_path / "serve.log"
     with out.open("wb") as log:
-        proc = subprocess.Popen([HOSHU, "serve"], env=env, stdout=log, stderr=log,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [HOSHU, "serve"], env=env, stdout=log, stderr=log, start_new_session=True
+        )
     try:
+
         def ready() -> bool:
             assert proc.poll() is None, out.read_text()
             try:
@@ -48,8 +57,7 @@ def test_hoshu_serve_signs_in_with_the_identity_and_survives_a_rotation(
             except httpx.HTTPError:
                 return False
 
-        poll_sync(ready, WAIT_S, "hoshu serve to be ready (database signed in)",
-                  interval_s=0.1)
+        poll_sync(ready, WAIT_S, "hoshu serve to be ready (database signed in)", interval_s=0.1)
         assert ep.requests[PG_RESOURCE] >= 1 and ep.refused == 0
 
         ep.lifetime_s = 3600
@@ -61,8 +69,9 @@ def test_hoshu_serve_signs_in_with_the_identity_and_survives_a_rotation(
             entra_db.drop_connections()  # as a failover would
             return ready() and ep.requests[PG_RESOURCE] >= 2
 
-        poll_sync(reconnected, WAIT_S, "the broker to sign in again with the new token",
-                  interval_s=0.2)
+        poll_sync(
+            reconnected, WAIT_S, "the broker to sign in again with the new token", interval_s=0.2
+        )
     finally:
         proc.terminate()
         try:

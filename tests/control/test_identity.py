@@ -28,8 +28,7 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[IdentityEndpoint]:
         yield ep
 
 
-def test_user_assigned_identity_gets_a_token_for_the_resource(
-        endpoint: IdentityEndpoint) -> None:
+def test_user_assigned_identity_gets_a_token_for_the_resource(endpoint: IdentityEndpoint) -> None:
     """The credential built from the broker settings signs in as the user-assigned
     identity: the token is for the asked resource and names that identity."""
     cred = azure_credential(BrokerSettings(azure_client_id=endpoint.client_id))
@@ -93,8 +92,9 @@ def test_unknown_or_revoked_identity_gets_no_token(endpoint: IdentityEndpoint) -
     assert endpoint.refused == 3
 
 
-def test_sentinel_sink_signs_in_as_the_same_identity(endpoint: IdentityEndpoint,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sentinel_sink_signs_in_as_the_same_identity(
+    endpoint: IdentityEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The Sentinel sink's own credential follows the broker's rule: with only
     AZURE_CLIENT_ID set (as infra/bicep does) both sign in as the user-assigned
     identity, not a system-assigned one."""

@@ -37,7 +37,10 @@ def test_request_approval_and_grant_lookup_in_memory(mworld: World) -> None:
     found = policy.find_grant(w.users["eng"].id, "las-line-a", 22, w.clock.now)
     assert found is not None and found.grant_id == grant.id
     assert [h.to_state for h in w.s.requests.show(w.actors["aud"], req.id).history] == [
-        "approved", "approved", "active"]
+        "approved",
+        "approved",
+        "active",
+    ]
 
 
 def test_failed_transaction_rolls_back_in_memory(mworld: World) -> None:

@@ -18,8 +18,17 @@ from tests.control.apihelp import auth, client_for, session_token
 from tests.control.conftest import PASSWORD, World
 from tests.gateway.test_policy import GOOD
 
-BAD = ["alice\n", "alice\r\n", "-x", "\u0430lice",  # Cyrillic а
-       "\uff41lice", "al\u0131ce", "alice ", "", "a" * 64]  # fullwidth a, dotless i
+BAD = [
+    "alice\n",
+    "alice\r\n",
+    "-x",
+    "\u0430lice",  # Cyrillic а
+    "\uff41lice",
+    "al\u0131ce",
+    "alice ",
+    "",
+    "a" * 64,
+]  # fullwidth a, dotless i
 BAD_SLUGS = [b.replace("alice", "cobas") for b in BAD] + ["cobas-", "Cobas", "co_bas"]
 
 
@@ -27,9 +36,17 @@ BAD_SLUGS = [b.replace("alice", "cobas") for b in BAD] + ["cobas-", "Cobas", "co
 def test_the_api_refuses_bad_user_names(world: World, name: str) -> None:
     c = client_for(world.s)
     root = auth(session_token(world.s, world.s.people.show_user(world.admin, "root")))
-    r = c.post("/v1/users", headers=root, json={
-        "name": name, "full_name": "Alice", "org": "hoshi-hospital", "roles": ["approver"],
-        "password": PASSWORD})
+    r = c.post(
+        "/v1/users",
+        headers=root,
+        json={
+            "name": name,
+            "full_name": "Alice",
+            "org": "hoshi-hospital",
+            "roles": ["approver"],
+            "password": PASSWORD,
+        },
+    )
     assert r.status_code == 422, r.text
     assert all(u["name"] != name for u in c.get("/v1/users", headers=root).json())
 
@@ -37,24 +54,30 @@ def test_the_api_refuses_bad_user_names(world: World, name: str) -> None:
 def test_alice_and_alice_newline_cannot_both_exist(world: World) -> None:
     c = client_for(world.s)
     root = auth(session_token(world.s, world.s.people.show_user(world.admin, "root")))
-    body = {"full_name": "Alice", "org": "hoshi-hospital", "roles": ["approver"],
-            "password": PASSWORD}
+    body = {
+        "full_name": "Alice",
+        "org": "hoshi-hospital",
+        "roles": ["approver"],
+        "password": PASSWORD,
+    }
     assert c.post("/v1/users", headers=root, json={**body, "name": "alice"}).status_code == 201
-    assert c.post("/v1/users", headers=root, json={**body, "name": "alice\n"}
-                  ).status_code == 422
+    assert c.post("/v1/users", headers=root, json={**body, "name": "alice\n"}).status_code == 422
     names = [u["name"] for u in c.get("/v1/users", headers=root).json()]
     assert names.count("alice") == 1 and "alice\n" not in names
 
 
 @pytest.mark.parametrize("name", BAD_SLUGS)
-def test_the_api_refuses_bad_organisation_and_instrument_names(world: World,
-                                                               name: str) -> None:
+def test_the_api_refuses_bad_organisation_and_instrument_names(world: World, name: str) -> None:
     c = client_for(world.s)
     root = auth(session_token(world.s, world.s.people.show_user(world.admin, "root")))
-    assert c.post("/v1/orgs", headers=root, json={"name": name, "kind": "vendor"}
-                  ).status_code == 422
-    r = c.post("/v1/instruments", headers=root, json={
-        "hospital": "hoshi-hospital", "name": name, "host": "10.0.0.99", "ports": [22]})
+    assert (
+        c.post("/v1/orgs", headers=root, json={"name": name, "kind": "vendor"}).status_code == 422
+    )
+    r = c.post(
+        "/v1/instruments",
+        headers=root,
+        json={"hospital": "hoshi-hospital", "name": name, "host": "10.0.0.99", "ports": [22]},
+    )
     assert r.status_code == 422, r.text
 
 

@@ -32,14 +32,21 @@ from tests.control.conftest import PASSWORD, T0, World, build_world, openssh_pub
 from tests.support import FakeClock, poll_sync
 
 DOC = Path(__file__).parents[2] / "docs" / "permissions.md"
-ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE|SSH) (/?\S+)` "
-                 r"\| (.+?) \| (.+?) \| (.+?) \| (.+) \|$")
+ROW = re.compile(
+    r"^\| `(GET|POST|PUT|PATCH|DELETE|SSH) (/?\S+)` "
+    r"\| (.+?) \| (.+?) \| (.+?) \| (.+) \|$"
+)
 ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]
 # (user, role the table column is read for, organisation kind)
-WALKERS = [("eng", "engineer", "vendor"), ("appr", "approver", "hospital"),
-           ("hadmin", "hospital_admin", "hospital"), ("aud", "auditor", "hospital"),
-           ("vaud", "auditor", "vendor"), ("paud", "auditor", "platform"),
-           ("root", "platform_admin", "platform")]
+WALKERS = [
+    ("eng", "engineer", "vendor"),
+    ("appr", "approver", "hospital"),
+    ("hadmin", "hospital_admin", "hospital"),
+    ("aud", "auditor", "hospital"),
+    ("vaud", "auditor", "vendor"),
+    ("paud", "auditor", "platform"),
+    ("root", "platform_admin", "platform"),
+]
 
 Row = tuple[str, str, str | None, str, frozenset[str] | None, dict[str, str]]
 
@@ -59,8 +66,7 @@ def parse_table(*, ssh: bool = False) -> list[Row]:
             if method == "SSH" and not ssh:
                 continue
             act = action.strip("` ") if action != "—" else None
-            kinds = None if orgs in ("any", "—") else frozenset(
-                o.strip() for o in orgs.split(","))
+            kinds = None if orgs in ("any", "—") else frozenset(o.strip() for o in orgs.split(","))
             rows.append((method, path, act, scope, kinds, dict(zip(header, values, strict=True))))
     return rows
 
@@ -71,6 +77,7 @@ def _close(rt: Runtime) -> None:
             result = closer()
             if inspect.isawaitable(result):
                 await result
+
     asyncio.run(close())
 
 
@@ -85,11 +92,13 @@ def broker(tmp_path: Path) -> Iterator[Runtime]:
 
 
 def test_table_lists_exactly_the_endpoints_of_the_assembled_broker(broker: Runtime) -> None:
-    served = {(m.upper(), path) for path, ops in broker.app.openapi()["paths"].items()
-              for m in ops}
+    served = {(m.upper(), path) for path, ops in broker.app.openapi()["paths"].items() for m in ops}
     documented = {(m, p) for m, p, *_ in parse_table()}
-    assert {p for _, p in served} >= {"/v1/sessions/{session_id}/terminate",
-                                      "/v1/ssh/certificate", "/v1/audit/events"}
+    assert {p for _, p in served} >= {
+        "/v1/sessions/{session_id}/terminate",
+        "/v1/ssh/certificate",
+        "/v1/audit/events",
+    }
     assert documented == served
 
 
@@ -109,8 +118,9 @@ def test_table_equals_the_code() -> None:
 
 def _targets(w: World, client: TestClient, root_token: str) -> dict[str, str]:
     s = w.s
-    spare = s.people.create_user(w.admin, NewUser("spare", "Spare Person", "hoshi-hospital",
-                                                  ["auditor"], PASSWORD))
+    spare = s.people.create_user(
+        w.admin, NewUser("spare", "Spare Person", "hoshi-hospital", ["auditor"], PASSWORD)
+    )
     beta = s.people.create_org(w.admin, "beta-labs", "vendor")
     contract = s.estate.create_contract(w.admin, beta.name, "hoshi-hospital", ["lis-server"])
     key = s.people.add_key(w.actors["eng"], openssh_public_key())
@@ -121,15 +131,35 @@ def _targets(w: World, client: TestClient, root_token: str) -> dict[str, str]:
     grant = s.requests.approve(w.actors["appr2"], granted.id).grant
     assert grant is not None
     # a session of the hospital in the audit trail, so its recording has an owner
-    s.ctx.emit("session.started", w.actors["eng"], TargetSessionId="s-walk",
-               HospitalId=w.hospital.id, details={"kind": "shell"})
-    poll_sync(lambda: client.get("/v1/audit/events?session=s-walk",
-                                 headers=auth(root_token)).json()["events"],
-              15, "the index to see the session", interval_s=0.05)
-    return {"org": beta.name, "user": spare.name, "key_id": key.id, "token_id": "no-such-token",
-            "contract_id": contract.id, "hospital": "hoshi-hospital", "name": "cobas-1",
-            "gateway": gw.gateway_id, "request_id": req.id, "grant_id": grant.id,
-            "session_id": "s-walk", "month": "2026-03"}
+    s.ctx.emit(
+        "session.started",
+        w.actors["eng"],
+        TargetSessionId="s-walk",
+        HospitalId=w.hospital.id,
+        details={"kind": "shell"},
+    )
+    poll_sync(
+        lambda: client.get("/v1/audit/events?session=s-walk", headers=auth(root_token)).json()[
+            "events"
+        ],
+        15,
+        "the index to see the session",
+        interval_s=0.05,
+    )
+    return {
+        "org": beta.name,
+        "user": spare.name,
+        "key_id": key.id,
+        "token_id": "no-such-token",
+        "contract_id": contract.id,
+        "hospital": "hoshi-hospital",
+        "name": "cobas-1",
+        "gateway": gw.gateway_id,
+        "request_id": req.id,
+        "grant_id": grant.id,
+        "session_id": "s-walk",
+        "month": "2026-03",
+    }
 
 
 def _walk_world(broker: Runtime) -> tuple[World, dict[str, Any]]:
@@ -168,8 +198,7 @@ def test_every_endpoint_with_every_role_matches_the_table(broker: Runtime) -> No
                 # a fresh token per call: logout and revocations end the ones before
                 r = _call(c, method, _url(path, targets), session_token(services, users[name]))
                 succeeded += r.status_code < 300
-                expect_forbidden = cells[role] != "yes" or (kinds is not None
-                                                            and kind not in kinds)
+                expect_forbidden = cells[role] != "yes" or (kinds is not None and kind not in kinds)
                 if (r.status_code == 403) != expect_forbidden or r.status_code in (401, 500):
                     mismatches.append((method, path, name, r.status_code, r.text[:120]))
     assert mismatches == []
@@ -187,10 +216,15 @@ def test_every_endpoint_refuses_a_token_without_its_scope(broker: Runtime) -> No
         for method, path, action, scope, kinds, cells in parse_table():
             if action is None:
                 continue
-            name = next(n for n, role, kind in WALKERS
-                        if cells[role] == "yes" and (kinds is None or kind in kinds))
-            for scopes, allowed in ((["read"], scope in ("read", "any")),
-                                    (["enroll"], action in ENROLMENT_ACTIONS)):
+            name = next(
+                n
+                for n, role, kind in WALKERS
+                if cells[role] == "yes" and (kinds is None or kind in kinds)
+            )
+            for scopes, allowed in (
+                (["read"], scope in ("read", "any")),
+                (["enroll"], action in ENROLMENT_ACTIONS),
+            ):
                 token = session_token(services, users[name], scopes=scopes)
                 r = _call(c, method, _url(path, targets), token)
                 if (r.status_code == 403) == allowed or r.status_code in (401, 500):

@@ -20,17 +20,23 @@ from broker.access.requests import NewRequest
 from tests.control.conftest import World
 
 
-def ask(w: World, who: str = "eng", instruments: tuple[str, ...] = ("cobas-1",),
-        **kw: object) -> str:
-    new = NewRequest(list(instruments), kw.pop("duration_s", 3600),  # type: ignore[arg-type]
-                     "replace reagent probe", ticket="INC-1", work_plan="1. stop 2. swap",
-                     **kw)  # type: ignore[arg-type]
+def ask(
+    w: World, who: str = "eng", instruments: tuple[str, ...] = ("cobas-1",), **kw: object
+) -> str:
+    new = NewRequest(
+        list(instruments),
+        kw.pop("duration_s", 3600),  # type: ignore[arg-type]
+        "replace reagent probe",
+        ticket="INC-1",
+        work_plan="1. stop 2. swap",
+        **kw,
+    )  # type: ignore[arg-type]
     return w.s.requests.create(w.actors[who], new).id
 
 
-def test_approval_by_hospital_approver_issues_grant_starting_now(world: World,
-                                                                 emitter: CapturingEmitter
-                                                                 ) -> None:
+def test_approval_by_hospital_approver_issues_grant_starting_now(
+    world: World, emitter: CapturingEmitter
+) -> None:
     rid = ask(world)
     view = world.s.requests.approve(world.actors["appr"], rid, "ok")
     assert view.request.status == "approved"
@@ -38,8 +44,9 @@ def test_approval_by_hospital_approver_issues_grant_starting_now(world: World,
     assert view.grant.starts_at == world.clock.now
     assert view.grant.ends_at == world.clock.now + timedelta(hours=1)
     assert view.grant.ports == [22]
-    assert ["request.created", "request.approved", "grant.created", "grant.activated"] == \
-        [t for t in emitter.types() if t.startswith(("request.", "grant."))]
+    assert ["request.created", "request.approved", "grant.created", "grant.activated"] == [
+        t for t in emitter.types() if t.startswith(("request.", "grant."))
+    ]
     approved = emitter.of_type("request.approved")[0]
     assert approved.get("ActorUsername") == "appr"
 
@@ -76,8 +83,10 @@ def test_critical_instrument_needs_two_distinct_approvers(world: World) -> None:
         world.s.requests.approve(world.actors["appr"], rid)
     view = world.s.requests.approve(world.actors["appr2"], rid)
     assert view.request.status == "approved" and view.grant is not None
-    assert {d.approver_id for d in view.decisions} == {world.users["appr"].id,
-                                                        world.users["appr2"].id}
+    assert {d.approver_id for d in view.decisions} == {
+        world.users["appr"].id,
+        world.users["appr2"].id,
+    }
 
 
 def test_scheduled_start_later_than_approval_starts_the_clock(world: World) -> None:
@@ -94,7 +103,10 @@ def test_scheduled_start_later_than_approval_starts_the_clock(world: World) -> N
     assert world.s.grants.sweep().expired_grants == 1
     history = world.s.requests.show(world.actors["eng"], rid).history
     assert [(h.from_state, h.to_state) for h in history if h.subject_kind == "grant"] == [
-        ("", "approved"), ("approved", "active"), ("active", "expired")]
+        ("", "approved"),
+        ("approved", "active"),
+        ("active", "expired"),
+    ]
 
 
 def test_approval_after_scheduled_start_starts_at_approval(world: World) -> None:
@@ -106,8 +118,11 @@ def test_approval_after_scheduled_start_starts_at_approval(world: World) -> None
 
 def test_policy_limits_duration_hours_and_file_transfer(world: World) -> None:
     w = world
-    w.s.estate.update_policy(w.admin, "hoshi-hospital", {
-        "max_duration_s": 7200, "hours_start": "09:00", "hours_end": "18:00"})
+    w.s.estate.update_policy(
+        w.admin,
+        "hoshi-hospital",
+        {"max_duration_s": 7200, "hours_start": "09:00", "hours_end": "18:00"},
+    )
     with pytest.raises(PolicyViolation, match="maximum"):
         ask(w, duration_s=7201)
     with pytest.raises(PolicyViolation, match="file transfer"):
@@ -118,8 +133,7 @@ def test_policy_limits_duration_hours_and_file_transfer(world: World) -> None:
     assert ask(w, duration_s=7200)
 
 
-def test_request_for_uncontracted_or_other_hospital_instrument_is_refused(world: World
-                                                                          ) -> None:
+def test_request_for_uncontracted_or_other_hospital_instrument_is_refused(world: World) -> None:
     with pytest.raises(PermissionDenied, match="contract"):
         ask(world, instruments=("lis-server",))
     with pytest.raises(InvalidInput, match="one hospital"):
@@ -130,8 +144,7 @@ def test_request_for_uncontracted_or_other_hospital_instrument_is_refused(world:
         ask(world, ports=[3389])
 
 
-def test_pending_request_expires_and_history_stays(world: World,
-                                                  emitter: CapturingEmitter) -> None:
+def test_pending_request_expires_and_history_stays(world: World, emitter: CapturingEmitter) -> None:
     rid = ask(world)
     world.clock.advance(7 * 86400 + 1)
     assert world.s.grants.sweep().expired_requests == 1
@@ -167,8 +180,7 @@ def test_engineer_sees_only_own_requests_and_other_hospital_sees_none(world: Wor
         world.s.requests.show(world.actors["other-appr"], rid)
 
 
-def test_revoke_ends_grant_and_is_audited_first(world: World,
-                                               emitter: CapturingEmitter) -> None:
+def test_revoke_ends_grant_and_is_audited_first(world: World, emitter: CapturingEmitter) -> None:
     rid = ask(world)
     grant = world.s.requests.approve(world.actors["appr"], rid).grant
     assert grant is not None
@@ -200,13 +212,17 @@ def test_audit_failure_leaves_state_unchanged(world: World) -> None:
     assert world.s.grants.list_grants(world.actors["appr"])[0].status == "active"
 
 
-def test_emergency_access_is_flagged_alerted_and_reviewed(world: World,
-                                                         emitter: CapturingEmitter) -> None:
+def test_emergency_access_is_flagged_alerted_and_reviewed(
+    world: World, emitter: CapturingEmitter
+) -> None:
     w = world
     with pytest.raises(PolicyViolation, match="emergency"):
         w.s.grants.start_emergency(w.actors["eng"], NewRequest(["cobas-1"], 1800, "down"))
-    w.s.estate.update_policy(w.actors["hadmin"], "hoshi-hospital", {
-        "emergency_allowed": True, "emergency_max_duration_s": 1800})
+    w.s.estate.update_policy(
+        w.actors["hadmin"],
+        "hoshi-hospital",
+        {"emergency_allowed": True, "emergency_max_duration_s": 1800},
+    )
     with pytest.raises(PolicyViolation):
         w.s.grants.start_emergency(w.actors["eng"], NewRequest(["cobas-1"], 3600, "down"))
     g = w.s.grants.start_emergency(w.actors["eng"], NewRequest(["cobas-1"], 1800, "down"))
@@ -297,8 +313,9 @@ def test_platform_auditor_reads_every_hospital_but_changes_nothing(world: World)
     from tests.control.conftest import PASSWORD, actor_for
 
     rid = ask(world)
-    u = world.s.people.create_user(world.admin, NewUser("paud", "Platform Auditor",
-                                                        "platform", ["auditor"], PASSWORD))
+    u = world.s.people.create_user(
+        world.admin, NewUser("paud", "Platform Auditor", "platform", ["auditor"], PASSWORD)
+    )
     paud = actor_for(world.s, u)
     assert [r.id for r in world.s.requests.list_requests(paud)] == [rid]
     assert world.s.requests.show(paud, rid).request.id == rid
@@ -313,8 +330,9 @@ def test_platform_auditor_reads_every_hospital_but_changes_nothing(world: World)
         world.s.estate.update_policy(paud, "hoshi-hospital", {"max_duration_s": 600})
 
 
-def test_concurrent_sweeps_expire_each_request_once(world: World,
-                                                    emitter: CapturingEmitter) -> None:
+def test_concurrent_sweeps_expire_each_request_once(
+    world: World, emitter: CapturingEmitter
+) -> None:
     """Several replicas sweeping at once: one transition and one event per request."""
     import threading
 

@@ -21,7 +21,8 @@ def _client(w: World) -> TestClient:
 
 
 def test_refused_decisions_carry_the_request_and_grant_id(
-        world: World, emitter: CapturingEmitter) -> None:
+    world: World, emitter: CapturingEmitter
+) -> None:
     w = world
     c = _client(w)
     req = w.s.requests.create(w.actors["eng"], NewRequest(["cobas-1"], 600, "calibration"))
@@ -43,8 +44,11 @@ def test_refused_decisions_carry_the_request_and_grant_id(
     after = w.s.requests.show(w.actors["appr"], granted.id).grant
     assert after is not None and after.status == grant.status
     # a read-only token is refused by scope, and the refusal still names the request
-    ro = c.post("/v1/tokens", json={"name": "ro", "scopes": ["read"]},
-                headers=auth(session_token(w.s, w.users["appr"]))).json()["access_token"]
+    ro = c.post(
+        "/v1/tokens",
+        json={"name": "ro", "scopes": ["read"]},
+        headers=auth(session_token(w.s, w.users["appr"])),
+    ).json()["access_token"]
     r = c.post(f"/v1/requests/{granted.id}/deny", json={}, headers=auth(ro))
     assert r.status_code == 403
     last = emitter.of_type("request.refused")[-1]
@@ -57,8 +61,7 @@ def _orgs(c: TestClient, w: World, who: str) -> dict[str, list[str]]:
     return {o["name"]: o["source_cidrs"] for o in r.json()}
 
 
-def test_each_role_sees_only_the_organisations_and_networks_that_concern_it(
-        world: World) -> None:
+def test_each_role_sees_only_the_organisations_and_networks_that_concern_it(world: World) -> None:
     w = world
     s = w.s
     for org in ("hoshi-hospital", "tsuki-hospital", "acme-labs"):

@@ -15,24 +15,38 @@ from broker.access.ports import Actor
 NOW = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("kind", "src", "dst"), [
-    ("request", "pending", "approved"), ("request", "pending", "denied"),
-    ("request", "pending", "expired"), ("request", "pending", "cancelled"),
-    ("grant", "approved", "active"), ("grant", "active", "ended"),
-    ("grant", "active", "revoked"), ("grant", "active", "expired"),
-    ("grant", "approved", "revoked"),
-])
+@pytest.mark.parametrize(
+    ("kind", "src", "dst"),
+    [
+        ("request", "pending", "approved"),
+        ("request", "pending", "denied"),
+        ("request", "pending", "expired"),
+        ("request", "pending", "cancelled"),
+        ("grant", "approved", "active"),
+        ("grant", "active", "ended"),
+        ("grant", "active", "revoked"),
+        ("grant", "active", "expired"),
+        ("grant", "approved", "revoked"),
+    ],
+)
 def test_allowed_transitions(kind: str, src: str, dst: str) -> None:
     states.check(kind, src, dst)
 
 
-@pytest.mark.parametrize(("kind", "src", "dst"), [
-    ("request", "approved", "pending"), ("request", "denied", "approved"),
-    ("request", "expired", "approved"), ("request", "cancelled", "pending"),
-    ("grant", "revoked", "active"), ("grant", "expired", "active"),
-    ("grant", "ended", "revoked"), ("grant", "approved", "ended"),
-    ("request", "bogus", "approved"),
-])
+@pytest.mark.parametrize(
+    ("kind", "src", "dst"),
+    [
+        ("request", "approved", "pending"),
+        ("request", "denied", "approved"),
+        ("request", "expired", "approved"),
+        ("request", "cancelled", "pending"),
+        ("grant", "revoked", "active"),
+        ("grant", "expired", "active"),
+        ("grant", "ended", "revoked"),
+        ("grant", "approved", "ended"),
+        ("request", "bogus", "approved"),
+    ],
+)
 def test_illegal_transitions_raise(kind: str, src: str, dst: str) -> None:
     with pytest.raises(IllegalTransition):
         states.check(kind, src, dst)
@@ -43,8 +57,18 @@ def test_good_passwords_pass(pw: str) -> None:
     passwords.check_policy(pw, username="tanaka")
 
 
-@pytest.mark.parametrize("pw", ["short", "abcdefgh12", "Password123!", "P@ssw0rd!",
-                                "abcdefghijklm", "tanaka-is-a-long-name", "x" * 2000])
+@pytest.mark.parametrize(
+    "pw",
+    [
+        "short",
+        "abcdefgh12",
+        "Password123!",
+        "P@ssw0rd!",
+        "abcdefghijklm",
+        "tanaka-is-a-long-name",
+        "x" * 2000,
+    ],
+)
 def test_weak_passwords_are_refused(pw: str) -> None:
     with pytest.raises(InvalidInput):
         passwords.check_policy(pw, username="tanaka")
@@ -76,8 +100,9 @@ def test_totp_code_is_accepted_once_and_within_one_step() -> None:
 
 
 def _req(start: datetime | None) -> AccessRequest:
-    return AccessRequest("r", "u", "v", "h", ["i"], [22], False, "x", "", "", start, 3600,
-                         NOW, NOW, 1)
+    return AccessRequest(
+        "r", "u", "v", "h", ["i"], [22], False, "x", "", "", start, 3600, NOW, NOW, 1
+    )
 
 
 def test_grant_clock_starts_at_later_of_approval_and_scheduled_start() -> None:
@@ -113,8 +138,9 @@ def test_permission_table_denies_by_default_and_honours_scopes() -> None:
     assert not scope_allows(frozenset({"read"}), "requests.create")
     assert scope_allows(frozenset({"enroll"}), "totp.enroll")
     assert not scope_allows(frozenset({"enroll"}), "requests.list")
-    approver = Actor("u1", "hanako", "h-1", "hospital", frozenset({"approver"}),
-                     frozenset({"read"}))
+    approver = Actor(
+        "u1", "hanako", "h-1", "hospital", frozenset({"approver"}), frozenset({"read"})
+    )
     with pytest.raises(Exception, match="scope"):
         authorize(approver, "requests.approve")
     # the organisation kind counts: a vendor's auditor is no reader of audit trails

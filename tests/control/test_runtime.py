@@ -17,13 +17,13 @@ from tests.control.conftest import T0, build_world
 from tests.support import FakeClock, poll
 
 
-async def test_runtime_serves_the_api_and_its_sweeper_expires_requests(tmp_path: Path
-                                                                       ) -> None:
+async def test_runtime_serves_the_api_and_its_sweeper_expires_requests(tmp_path: Path) -> None:
     clock = FakeClock(T0)
     emitter = CapturingEmitter()
     settings = BrokerSettings(data_dir=tmp_path / "data")
-    rt = build_runtime(settings, emitter=emitter, clock=clock,
-                       hasher=Hasher(time_cost=1, memory_cost=64))
+    rt = build_runtime(
+        settings, emitter=emitter, clock=clock, hasher=Hasher(time_cost=1, memory_cost=64)
+    )
     try:
         assert (tmp_path / "data" / "keys" / "credentials.key").stat().st_mode & 0o777 == 0o600
         assert rt.control.services.ctx.config.broker_host_key.startswith("ssh-ed25519 ")
@@ -32,8 +32,11 @@ async def test_runtime_serves_the_api_and_its_sweeper_expires_requests(tmp_path:
         req = w.s.requests.create(w.actors["eng"], NewRequest(["cobas-1"], 600, "x"))
         clock.advance(8 * 86400)
         task = asyncio.create_task(sweep_forever(rt.control, 0.01))
-        await poll(lambda: w.s.requests.show(w.actors["eng"], req.id).request.status == "expired",
-                   10, "the sweeper to expire the request")
+        await poll(
+            lambda: w.s.requests.show(w.actors["eng"], req.id).request.status == "expired",
+            10,
+            "the sweeper to expire the request",
+        )
         task.cancel()
         assert emitter.of_type("request.expired")
         assert len(rt.tasks) == 1 and rt.closers

@@ -16,9 +16,13 @@ from broker.settings import BrokerSettings
 
 
 async def test_a_part_that_fails_stops_the_broker_and_runs_its_closers(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rt = build_runtime(BrokerSettings(data_dir=tmp_path / "data", api_port=0),
-                       emitter=CapturingEmitter(), hasher=Hasher(time_cost=1, memory_cost=64))
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = build_runtime(
+        BrokerSettings(data_dir=tmp_path / "data", api_port=0),
+        emitter=CapturingEmitter(),
+        hasher=Hasher(time_cost=1, memory_cost=64),
+    )
     closed: list[str] = []
 
     async def tunnel_listener() -> None:
@@ -28,8 +32,10 @@ async def test_a_part_that_fails_stops_the_broker_and_runs_its_closers(
     rt.closers.append(lambda: closed.append("closed"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    with caplog.at_level(logging.CRITICAL, logger="broker.runtime"), \
-            pytest.raises(BrokerStopped) as stopped:
+    with (
+        caplog.at_level(logging.CRITICAL, logger="broker.runtime"),
+        pytest.raises(BrokerStopped) as stopped,
+    ):
         await serve(rt, sock=sock)
     assert isinstance(stopped.value.__cause__, OSError)
     assert "a part of the broker stopped" in caplog.text

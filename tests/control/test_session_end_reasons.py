@@ -16,8 +16,20 @@ def _watch(w: World, gid: str) -> tuple[SessionRegistry, CapturingEmitter, list[
     events = CapturingEmitter()
     reg = SessionRegistry(StoreAccessPolicy(w.s), events, w.clock)
     told: list[str] = []
-    reg.add(LiveSession("s1", "shell", w.users["eng"].id, "eng", "cobas-1",
-                        w.hospital.id, gid, 22, w.clock.now, on_terminate=told.append))
+    reg.add(
+        LiveSession(
+            "s1",
+            "shell",
+            w.users["eng"].id,
+            "eng",
+            "cobas-1",
+            w.hospital.id,
+            gid,
+            22,
+            w.clock.now,
+            on_terminate=told.append,
+        )
+    )
     return reg, events, told
 
 
@@ -70,8 +82,9 @@ def _gateway(w: World) -> None:
     w.s.estate.update_instrument(w.admin, "cobas-1", {"gateway": gw})
 
 
-def test_input_recording_is_off_unless_the_hospital_turns_it_on(world: World,
-                                                                emitter: CapturingEmitter) -> None:
+def test_input_recording_is_off_unless_the_hospital_turns_it_on(
+    world: World, emitter: CapturingEmitter
+) -> None:
     """The hospital admin sets ``record_input`` over the API; the front door's target follows."""
     w = world
     _gateway(w)

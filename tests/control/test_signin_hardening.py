@@ -40,8 +40,7 @@ class CountingHasher(Hasher):
 
 
 def login(c: TestClient, name: str, password: str, code: str | None = None) -> tuple[int, dict]:
-    r = c.post("/v1/auth/login", json={"username": name, "password": password,
-                                       "totp_code": code})
+    r = c.post("/v1/auth/login", json={"username": name, "password": password, "totp_code": code})
     return r.status_code, r.json()
 
 
@@ -51,8 +50,11 @@ def test_unknown_names_cost_a_real_hash_and_answer_like_wrong_passwords(world: W
     world.s.people.deactivate(world.admin, "eng2")
     c = client_for(world.s)
     answers = {}
-    for name, password in (("nobody-here", "whatever-123"), ("eng", "wrong-password-1"),
-                           ("eng2", PASSWORD)):
+    for name, password in (
+        ("nobody-here", "whatever-123"),
+        ("eng", "wrong-password-1"),
+        ("eng2", PASSWORD),
+    ):
         before = len(hasher.checked)
         answers[name] = login(c, name, password)
         assert len(hasher.checked) == before + 1, f"{name}: one password hash per answer"
@@ -82,8 +84,9 @@ def test_a_locked_account_costs_a_hash_too(world: World) -> None:
 
 
 def _cert(world: World, name: str, serial: int) -> None:
-    certs.record_cert(world.s.ctx, world.users[name].id, serial, world.clock(),
-                      world.clock() + timedelta(hours=8))
+    certs.record_cert(
+        world.s.ctx, world.users[name].id, serial, world.clock(), world.clock() + timedelta(hours=8)
+    )
 
 
 def _cert_refusal(world: World, name: str, serial: int) -> str | None:
@@ -91,19 +94,23 @@ def _cert_refusal(world: World, name: str, serial: int) -> str | None:
         return certs.cert_refusal(tx, world.users[name].id, serial, world.clock())
 
 
-@pytest.mark.parametrize("route,body,reason", [
-    ("/v1/users/eng/password", {"password": NEW_PASSWORD}, "password reset"),
-    ("/v1/users/eng/reset-totp", None, "totp reset"),
-    ("/v1/users/eng/revoke-tokens", None, "revoked by an admin"),
-])
+@pytest.mark.parametrize(
+    "route,body,reason",
+    [
+        ("/v1/users/eng/password", {"password": NEW_PASSWORD}, "password reset"),
+        ("/v1/users/eng/reset-totp", None, "totp reset"),
+        ("/v1/users/eng/revoke-tokens", None, "revoked by an admin"),
+    ],
+)
 def test_admin_credential_changes_end_every_old_token_and_certificate(
-        world: World, emitter: CapturingEmitter, route: str, body: dict | None,
-        reason: str) -> None:
+    world: World, emitter: CapturingEmitter, route: str, body: dict | None, reason: str
+) -> None:
     c = client_for(world.s)
     eng = world.users["eng"]
     session = session_token(world.s, eng)
-    api = c.post("/v1/tokens", json={"name": "ci", "scopes": ["read"], "ttl_s": 3600},
-                 headers=auth(session)).json()["access_token"]
+    api = c.post(
+        "/v1/tokens", json={"name": "ci", "scopes": ["read"], "ttl_s": 3600}, headers=auth(session)
+    ).json()["access_token"]
     _cert(world, "eng", 4242)
     assert _cert_refusal(world, "eng", 4242) is None
     assert c.get("/v1/me", headers=auth(api)).status_code == 200
@@ -137,8 +144,9 @@ def test_changing_your_password_ends_your_other_tokens(world: World) -> None:
     current = session_token(world.s, world.users["appr"])
     other_device = session_token(world.s, world.users["appr"])
     _cert(world, "appr", 77)
-    r = c.post("/v1/me/password", json={"current": PASSWORD, "new": NEW_PASSWORD},
-               headers=auth(current))
+    r = c.post(
+        "/v1/me/password", json={"current": PASSWORD, "new": NEW_PASSWORD}, headers=auth(current)
+    )
     assert r.status_code == 204
     assert c.get("/v1/me", headers=auth(other_device)).status_code == 401
     assert _cert_refusal(world, "appr", 77) is not None
@@ -147,14 +155,16 @@ def test_changing_your_password_ends_your_other_tokens(world: World) -> None:
 
 
 def test_a_wrong_current_password_counts_towards_the_lockout(
-        world: World, clock: FakeClock, emitter: CapturingEmitter) -> None:
+    world: World, clock: FakeClock, emitter: CapturingEmitter
+) -> None:
     secret = world.enrol_totp("appr")
     c = client_for(world.s)
     token = auth(session_token(world.s, world.users["appr"]))
     codes = []
     for _ in range(5):
-        r = c.post("/v1/me/password", json={"current": "guessing-123x", "new": NEW_PASSWORD},
-                   headers=token)
+        r = c.post(
+            "/v1/me/password", json={"current": "guessing-123x", "new": NEW_PASSWORD}, headers=token
+        )
         codes.append((r.status_code, r.json()["error"]["code"]))
     assert codes[:4] == [(403, "forbidden")] * 4 and codes[4] == (401, "locked_out")
     failed = emitter.of_type("user.reauth_failed")
@@ -167,7 +177,8 @@ def test_a_wrong_current_password_counts_towards_the_lockout(
 
 
 def test_a_flood_of_failed_sign_ins_writes_a_bounded_number_of_events_that_add_up(
-        world: World, clock: FakeClock, emitter: CapturingEmitter) -> None:
+    world: World, clock: FakeClock, emitter: CapturingEmitter
+) -> None:
     c = client_for(world.s)
     before = len(emitter.events)
     for _minute in range(2):
@@ -185,8 +196,11 @@ def test_a_flood_of_failed_sign_ins_writes_a_bounded_number_of_events_that_add_u
 
 
 @SQLITE_ONLY
-def test_hoshu_admin_users_revoke_tokens(cli, world: World,  # type: ignore[no-untyped-def]  # noqa: F811
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hoshu_admin_users_revoke_tokens(  # type: ignore[no-untyped-def]
+    cli,  # noqa: F811
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     root = world.s.people.show_user(world.admin, "root")
     monkeypatch.setenv("HOSHU_TOKEN", session_token(world.s, root))
     eng = session_token(world.s, world.users["eng"])
@@ -199,7 +213,8 @@ def test_hoshu_admin_users_revoke_tokens(cli, world: World,  # type: ignore[no-u
 
 
 def test_a_flood_of_forged_gateway_enrolments_is_counted_not_written_one_by_one(
-        world: World, clock: FakeClock, emitter: CapturingEmitter) -> None:
+    world: World, clock: FakeClock, emitter: CapturingEmitter
+) -> None:
     c = client_for(world.s)
     body = {"public_key": openssh_public_key(), "name": "gw-x", "version": "0.1.0"}
     for i in range(200):
@@ -212,5 +227,6 @@ def test_a_flood_of_forged_gateway_enrolments_is_counted_not_written_one_by_one(
     assert len(refused) == 10 and len(floods) == 1
     assert len(refused) + floods[0].details["count"] == 200
     assert floods[0].record["SrcIpAddr"] == "testclient"
-    assert not c.get("/v1/gateways", headers=auth(session_token(
-        world.s, world.users["hadmin"]))).json()
+    assert not c.get(
+        "/v1/gateways", headers=auth(session_token(world.s, world.users["hadmin"]))
+    ).json()

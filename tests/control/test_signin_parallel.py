@@ -58,21 +58,26 @@ def in_parallel(world: World, attempt: object, n: int = N) -> list[str]:
 
 
 def test_one_totp_code_signs_in_once_however_many_try_at_once(
-        world: World, clock: FakeClock, emitter: CapturingEmitter) -> None:
+    world: World, clock: FakeClock, emitter: CapturingEmitter
+) -> None:
     secret = world.enrol_totp("appr")
     code = totp.code_at(secret, clock())
     results = in_parallel(world, ("appr", PASSWORD, code))
     assert results.count("ok") == 1, results
     # the replays are failures like any other: the fifth locks the account
     assert results.count("refused") + results.count("locked") == N - 1
-    ok = [e for e in emitter.of_type("user.login") if e.record["EventResult"] == "Success"
-          and e.record["ActorUsername"] == "appr"]
+    ok = [
+        e
+        for e in emitter.of_type("user.login")
+        if e.record["EventResult"] == "Success" and e.record["ActorUsername"] == "appr"
+    ]
     assert len(ok) == 1
 
 
 @pytest.mark.parametrize("n", [5, N])
 def test_parallel_wrong_passwords_count_every_failure_and_lock(
-        world: World, emitter: CapturingEmitter, n: int) -> None:
+    world: World, emitter: CapturingEmitter, n: int
+) -> None:
     limit = world.s.ctx.config.lockout_failures
     results = in_parallel(world, ("appr", "wrong-password-123", None), n)
     uid = world.users["appr"].id

@@ -63,11 +63,32 @@ def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo
     codes = {u: Totp(d.secrets[u], started_at) for u in ("tanaka", "sato")}
     people = d.describe()["users"]
     for user in ("tanaka", "sato"):
-        d.hoshu(user, "login", "--user", user, "--password-stdin", "--totp",
-                codes[user].code(), stdin=people[user]["password"])
+        d.hoshu(
+            user,
+            "login",
+            "--user",
+            user,
+            "--password-stdin",
+            "--totp",
+            codes[user].code(),
+            stdin=people[user]["password"],
+        )
     port = d.describe()["instruments"]["cobas-c503-1"]["ssh_port"]
-    req = d.hoshu("tanaka", "request", "cobas-c503-1", "--port", str(port), "--duration", "1h",
-                  "--reason", "crash test", "--ticket", "INC-1", "--plan", "run a command")
+    req = d.hoshu(
+        "tanaka",
+        "request",
+        "cobas-c503-1",
+        "--port",
+        str(port),
+        "--duration",
+        "1h",
+        "--reason",
+        "crash test",
+        "--ticket",
+        "INC-1",
+        "--plan",
+        "run a command",
+    )
     d.hoshu("sato", "approve", req["id"], "--comment", "ok")
 
     root = d.root
@@ -76,23 +97,52 @@ def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo
     askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
     askpass.chmod(0o700)
     code_file.write_text(codes["tanaka"].code() + "\n")
-    env = {**d.env("tanaka"), "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
-           "DISPLAY": "none"}
+    env = {
+        **d.env("tanaka"),
+        "SSH_ASKPASS": str(askpass),
+        "SSH_ASKPASS_REQUIRE": "force",
+        "DISPLAY": "none",
+    }
     known = root / "known_hosts"
     ssh = subprocess.Popen(
-        ["ssh", "-F", "/dev/null", "-i", str(root / "engineer" / "id_ed25519"),
-         "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=accept-new",
-         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=no", "-o", "ConnectTimeout=10",
-         "-p", str(d.ssh_port), "tanaka+cobas-c503-1@127.0.0.1",
-         "echo crash-marker-$((6*7)); sleep 300"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL, start_new_session=True)
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(root / "engineer" / "id_ed25519"),
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+            str(d.ssh_port),
+            "tanaka+cobas-c503-1@127.0.0.1",
+            "echo crash-marker-$((6*7)); sleep 300",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     recordings = root / "broker" / "recordings"
     try:
         # the output is on disk within a second (timed flush), before the kill
-        cast = poll_sync(lambda: next(
-            (p for p in recordings.glob("*.cast") if b"crash-marker-42" in p.read_bytes()),
-            None), WAIT_S, what="the recorded output", interval_s=0.1)
+        cast = poll_sync(
+            lambda: next(
+                (p for p in recordings.glob("*.cast") if b"crash-marker-42" in p.read_bytes()), None
+            ),
+            WAIT_S,
+            what="the recorded output",
+            interval_s=0.1,
+        )
         broker = d.procs["broker"]
         os.killpg(broker.pid, signal.SIGKILL)
         broker.wait(timeout=10)
@@ -105,12 +155,19 @@ def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo
     assert not [e for e in _events(log) if e.get("EventType") == "session.ended"]
 
     d.restart_broker()
-    poll_sync(lambda: _listening(d.api_port) and _listening(d.ssh_port), WAIT_S,
-              what="the restarted broker", interval_s=0.1)
+    poll_sync(
+        lambda: _listening(d.api_port) and _listening(d.ssh_port),
+        WAIT_S,
+        what="the restarted broker",
+        interval_s=0.1,
+    )
 
     def lost() -> list[dict[str, Any]]:
-        return [e for e in _events(log) if e.get("EventType") == "session.ended"
-                and e.get("TargetSessionId") == sid]
+        return [
+            e
+            for e in _events(log)
+            if e.get("EventType") == "session.ended" and e.get("TargetSessionId") == sid
+        ]
 
     [ended] = poll_sync(lost, WAIT_S, what="session.ended of the lost session", interval_s=0.1)
     data = cast.read_bytes()
@@ -118,8 +175,11 @@ def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo
     assert ended["RecordingSize"] == len(data)
     assert ended["RecordingSHA256"] == hashlib.sha256(data).hexdigest()
     assert ended["ActorUsername"] == "tanaka" and ended["TargetHostname"] == "cobas-c503-1"
-    started = [e for e in _events(log) if e.get("EventType") == "session.started"
-               and e.get("TargetSessionId") == sid]
+    started = [
+        e
+        for e in _events(log)
+        if e.get("EventType") == "session.started" and e.get("TargetSessionId") == sid
+    ]
     assert len(started) == 1
     assert not list((recordings / ".live").glob("*.json"))  # accounted for once only
 

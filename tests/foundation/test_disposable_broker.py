@@ -46,15 +46,20 @@ from tests.support import poll_sync
 from tests.support.identity import IdentityEndpoint
 from tests.support.keyvault import IdentityTokens, KeyVault
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(480),
-              pytest.mark.xdist_group("disposable")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.timeout(480),
+    pytest.mark.xdist_group("disposable"),
+]
 WAIT_S = 60.0  # a whole system on two cores: broker, gateway, sshd, Azurite, PostgreSQL
 INSTRUMENT = "cobas-c503-1"
 
 
 @pytest.fixture
-def cloud(tmp_path_factory: pytest.TempPathFactory, postgres_url: str,
-          monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def cloud(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
     """Key Vault, Blob storage, PostgreSQL and the managed identity the broker signs in as;
     the broker settings that point at them."""
     root = tmp_path_factory.mktemp("cloud")
@@ -65,14 +70,19 @@ def cloud(tmp_path_factory: pytest.TempPathFactory, postgres_url: str,
         blob = Azurite(root / "azurite").start()
         try:
             from broker.identity import azure_credential
+
             container = blob.new_container(azure_credential(identity.client_id))
             bundle = root / "ca.pem"  # the stand-ins' self-signed certificates
             bundle.write_bytes(vault.cert_path.read_bytes() + blob.cert.read_bytes())
             monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
             db = create_database(postgres_url, f"disposable_{uuid.uuid4().hex[:8]}")
-            yield {"HOSHU_DATABASE_URL": db, "HOSHU_KEY_VAULT_URL": vault.url,
-                   "HOSHU_RECORDINGS_URL": container, "HOSHU_AUDIT_STORE": "postgres",
-                   "HOSHU_REPLICA_ID": "broker-a"}
+            yield {
+                "HOSHU_DATABASE_URL": db,
+                "HOSHU_KEY_VAULT_URL": vault.url,
+                "HOSHU_RECORDINGS_URL": container,
+                "HOSHU_AUDIT_STORE": "postgres",
+                "HOSHU_REPLICA_ID": "broker-a",
+            }
         finally:
             blob.stop()
             vault.close()
@@ -98,9 +108,13 @@ def _listening(port: int) -> bool:
 def _gateway_connected(d: Demo) -> bool:
     config = d.root / "gateway" / "gateway.toml"
     tool = str(Path(sys.executable).parent / "hoshu-gateway")
-    st = subprocess.run([tool, "--config", str(config), "status", "--json"],
-                        capture_output=True, timeout=30, check=False,
-                        env={k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")})
+    st = subprocess.run(
+        [tool, "--config", str(config), "status", "--json"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")},
+    )
     try:
         return st.returncode == 0 and json.loads(st.stdout)["state"] == "connected"
     except (ValueError, KeyError):
@@ -113,14 +127,40 @@ def _ssh(d: Demo, codes: Totp, known: Path, strict: str, command: str) -> str:
     askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
     askpass.chmod(0o700)
     code_file.write_text(codes.code() + "\n")
-    env = {**d.env("tanaka"), "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
-           "DISPLAY": "none"}
+    env = {
+        **d.env("tanaka"),
+        "SSH_ASKPASS": str(askpass),
+        "SSH_ASKPASS_REQUIRE": "force",
+        "DISPLAY": "none",
+    }
     r = subprocess.run(
-        ["ssh", "-F", "/dev/null", "-i", str(d.root / "engineer" / "id_ed25519"),
-         "-o", f"UserKnownHostsFile={known}", "-o", f"StrictHostKeyChecking={strict}",
-         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=no", "-o", "ConnectTimeout=20",
-         "-p", str(d.ssh_port), f"tanaka+{INSTRUMENT}@127.0.0.1", command],
-        env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(d.root / "engineer" / "id_ed25519"),
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            f"StrictHostKeyChecking={strict}",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "ConnectTimeout=20",
+            "-p",
+            str(d.ssh_port),
+            f"tanaka+{INSTRUMENT}@127.0.0.1",
+            command,
+        ],
+        env=env,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     return r.stdout.decode(errors="replace")
 
@@ -132,10 +172,12 @@ def _ended(d: Demo) -> dict[str, dict[str, Any]]:
 
 
 def _recording(d: Demo, session_id: str) -> bytes:
-    token = json.loads(
-        (d.root / "users" / "suzuki" / "token.json").read_text())["access_token"]
-    r = httpx.get(f"{d.api}/v1/recordings/{session_id}", timeout=30,
-                  headers={"Authorization": f"Bearer {token}"})
+    token = json.loads((d.root / "users" / "suzuki" / "token.json").read_text())["access_token"]
+    r = httpx.get(
+        f"{d.api}/v1/recordings/{session_id}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 200, r.text
     return r.content
 
@@ -146,18 +188,43 @@ def test_a_broker_started_on_an_empty_disk_loses_nothing(system: Demo) -> None:
     codes = {u: Totp(d.secrets[u], started_at) for u in ("tanaka", "sato", "suzuki")}
     people = d.describe()["users"]
     for user in ("tanaka", "sato", "suzuki"):
-        d.hoshu(user, "login", "--user", user, "--password-stdin", "--totp",
-                codes[user].code(), stdin=people[user]["password"])
+        d.hoshu(
+            user,
+            "login",
+            "--user",
+            user,
+            "--password-stdin",
+            "--totp",
+            codes[user].code(),
+            stdin=people[user]["password"],
+        )
     port = d.describe()["instruments"][INSTRUMENT]["ssh_port"]
-    req = d.hoshu("tanaka", "request", INSTRUMENT, "--port", str(port), "--duration", "1h",
-                  "--reason", "disposable broker", "--ticket", "INC-7", "--plan", "one command")
+    req = d.hoshu(
+        "tanaka",
+        "request",
+        INSTRUMENT,
+        "--port",
+        str(port),
+        "--duration",
+        "1h",
+        "--reason",
+        "disposable broker",
+        "--ticket",
+        "INC-7",
+        "--plan",
+        "one command",
+    )
     d.hoshu("sato", "approve", req["id"], "--comment", "ok")
 
     known = d.root / "known_hosts"
     out = _ssh(d, codes["tanaka"], known, "accept-new", "echo before-$((6*7))")
     assert "before-42" in out
-    [(first_sid, first)] = poll_sync(lambda: list(_ended(d).items()) or None, WAIT_S,
-                                     what="session.ended of the first session", interval_s=0.5)
+    [(first_sid, first)] = poll_sync(
+        lambda: list(_ended(d).items()) or None,
+        WAIT_S,
+        what="session.ended of the first session",
+        interval_s=0.5,
+    )
     assert not list((d.root / "broker").rglob("*.cast")), "recordings belong in Blob storage"
 
     broker = d.procs["broker"]
@@ -166,11 +233,19 @@ def test_a_broker_started_on_an_empty_disk_loses_nothing(system: Demo) -> None:
     shutil.rmtree(d.root / "broker")  # the container's disk is gone
 
     d.restart_broker()
-    poll_sync(lambda: _listening(d.api_port) and _listening(d.ssh_port), WAIT_S,
-              what="the new broker", interval_s=0.2)
+    poll_sync(
+        lambda: _listening(d.api_port) and _listening(d.ssh_port),
+        WAIT_S,
+        what="the new broker",
+        interval_s=0.2,
+    )
     # the gateway pinned the tunnel host key at enrolment: it reconnects only to the same key
-    poll_sync(lambda: _gateway_connected(d), WAIT_S, what="the gateway back on the new broker",
-              interval_s=0.5)
+    poll_sync(
+        lambda: _gateway_connected(d),
+        WAIT_S,
+        what="the gateway back on the new broker",
+        interval_s=0.5,
+    )
 
     # same front-door host key, TOTP secret and instrument credential still open
     out = _ssh(d, codes["tanaka"], known, "yes", "echo after-$((6*7))")
@@ -182,8 +257,12 @@ def test_a_broker_started_on_an_empty_disk_loses_nothing(system: Demo) -> None:
     assert hashlib.sha256(data).hexdigest() == first["RecordingSHA256"]
     assert len(data) == first["RecordingSize"]
 
-    ended = poll_sync(lambda: e if len(e := _ended(d)) >= 2 else None, WAIT_S,
-                      what="session.ended of the second session", interval_s=0.5)
+    ended = poll_sync(
+        lambda: e if len(e := _ended(d)) >= 2 else None,
+        WAIT_S,
+        what="session.ended of the second session",
+        interval_s=0.5,
+    )
     assert first_sid in ended  # the first broker's events are still searchable
 
     # one chain written by both brokers, verified with the keys an auditor pinned; a
@@ -193,9 +272,20 @@ def test_a_broker_started_on_an_empty_disk_loses_nothing(system: Demo) -> None:
     keys = sorted((d.root / "auditor").glob("audit-signing-*.pem"))
     assert keys, "the auditor pinned the vault's public signing keys at set-up"
     r = subprocess.run(
-        [str(Path(sys.executable).parent / "hoshu"), "--json", "audit", "verify", "--store",
-         d.broker_env["HOSHU_DATABASE_URL"], *[a for k in keys for a in ("--trusted-key", str(k))]],
-        env=d.env(), capture_output=True, timeout=120, check=False)
+        [
+            str(Path(sys.executable).parent / "hoshu"),
+            "--json",
+            "audit",
+            "verify",
+            "--store",
+            d.broker_env["HOSHU_DATABASE_URL"],
+            *[a for k in keys for a in ("--trusted-key", str(k))],
+        ],
+        env=d.env(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     report = json.loads(r.stdout)
     assert report["ok"] and report["signatures_checked"] and report["unsigned_tail"] == 0

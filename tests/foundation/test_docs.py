@@ -11,9 +11,15 @@ def test_shared_responsibility_table_names_each_party_for_every_area() -> None:
     text = (DOCS / "shared-responsibility.md").read_text()
     header = next(line for line in text.splitlines() if line.startswith("| area"))
     assert [c.strip() for c in header.strip("|").split("|")][:3] == [
-        "area", "hospital", "vendor (instrument maker, runs the broker)"]
-    rows = [line for line in text.splitlines()
-            if line.startswith("| ") and not line.startswith(("| area", "|---"))]
+        "area",
+        "hospital",
+        "vendor (instrument maker, runs the broker)",
+    ]
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith(("| area", "|---"))
+    ]
     assert len(rows) >= 10
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]

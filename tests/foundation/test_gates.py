@@ -12,14 +12,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pytest(tmp_path: Path, body: str, ci: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text()
-                                          .replace("pytest_plugins = sorted(", "_unused = sorted("))
+    (tmp_path / "conftest.py").write_text(
+        (ROOT / "tests" / "conftest.py")
+        .read_text()
+        .replace("pytest_plugins = sorted(", "_unused = sorted(")
+    )
     (tmp_path / "test_x.py").write_text(body)
     env = {**os.environ, "CI": ci}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
     )
 
 

@@ -34,8 +34,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_create_secret_is_0600_and_refuses_a_file_or_symlink_already_there(
-        tmp_path: Path) -> None:
+def test_create_secret_is_0600_and_refuses_a_file_or_symlink_already_there(tmp_path: Path) -> None:
     create_secret(tmp_path / "k", b"secret")
     assert _mode(tmp_path / "k") == 0o600 and (tmp_path / "k").read_bytes() == b"secret"
     with pytest.raises(FileExistsError):
@@ -96,15 +95,19 @@ def test_credential_key_and_tunnel_host_key(tmp_path: Path) -> None:
 
 
 def test_cli_token_replaces_an_old_world_readable_token_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from broker.cli.client import save_token
 
     monkeypatch.setenv("HOSHU_CONFIG_DIR", str(tmp_path))
     old = tmp_path / "token.json"
     fd = os.open(old, os.O_WRONLY | os.O_CREAT, 0o644)
     os.close(fd)
-    save_token("http://127.0.0.1:8440", "tanaka",
-               {"access_token": "tok", "expires_at": "2026-12-01T00:00:00Z"})
+    save_token(
+        "http://127.0.0.1:8440",
+        "tanaka",
+        {"access_token": "tok", "expires_at": "2026-12-01T00:00:00Z"},
+    )
     assert _mode(old) == 0o600 and json.loads(old.read_text())["access_token"] == "tok"
 
 

@@ -50,14 +50,23 @@ def _same_gate(run: list[str], hook: dict[str, Any]) -> bool:
     *run_command, glob = run
     files = sorted(ROOT.glob(glob))
     pattern = re.compile(hook["files"])
-    return (command == run_command and bool(files)
-            and all(pattern.search(str(f.relative_to(ROOT))) for f in files))
+    return (
+        command == run_command
+        and bool(files)
+        and all(pattern.search(str(f.relative_to(ROOT))) for f in files)
+    )
 
 
 def test_pre_commit_hooks_run_the_same_gates_as_run_test_in_the_same_order() -> None:
     gates = _run_gates()
-    assert [g[0] for g in gates] == ["ruff", "mypy", "lint-imports", "check-jsonschema",
-                                     "zizmor"]
+    assert [g[0] for g in gates] == [
+        "ruff",
+        "ruff",
+        "mypy",
+        "lint-imports",
+        "check-jsonschema",
+        "zizmor",
+    ]
     hooks = [h for h in _hooks() if "manual" not in h.get("stages", [])]
     assert len(hooks) == len(gates), [h["id"] for h in hooks]
     for gate, hook in zip(gates, hooks, strict=True):
@@ -65,25 +74,34 @@ def test_pre_commit_hooks_run_the_same_gates_as_run_test_in_the_same_order() -> 
         assert _same_gate(gate, hook), f"{hook['id']}: {_hook_command(hook)} != {gate}"
 
 
-def test_a_manual_pre_commit_hook_is_not_yet_a_gate() -> None:
-    """ruff format waits in the manual stage until the tree is formatted; once it is a
-    gate in ./run it must run on every commit too (the test above then counts it)."""
-    gates = _run_gates()
-    manual = [h for h in _hooks() if "manual" in h.get("stages", [])]
-    assert [h["id"] for h in manual] == ["ruff-format"]
-    for hook in manual:
-        assert not any(_same_gate(g, hook) for g in gates), hook["id"]
+def test_ruff_format_is_a_gate_on_every_commit() -> None:
+    """The tree is formatted: ``ruff format --check`` runs in ./run test and before each
+    commit, and no hook waits in the manual stage."""
+    assert ["ruff", "format", "--check", "."] in _run_gates()
+    assert not [h for h in _hooks() if "manual" in h.get("stages", [])]
 
 
 def test_pre_commit_accepts_the_config_and_runs_a_gate_offline(tmp_path: Path) -> None:
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache")}
     pre_commit = str(BIN / "pre-commit")
-    check = subprocess.run([pre_commit, "validate-config", ".pre-commit-config.yaml"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    check = subprocess.run(
+        [pre_commit, "validate-config", ".pre-commit-config.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     # --all-files: pre-commit stashes nothing, so others' unstaged edits are left alone
-    ran = subprocess.run([pre_commit, "run", "--all-files", "workflow-schema"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, env=env)
+    ran = subprocess.run(
+        [pre_commit, "run", "--all-files", "workflow-schema"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert re.search(r"GitHub workflows \(schema\)\.+Passed", ran.stdout), ran.stdout
 
@@ -106,7 +124,7 @@ def test_the_coverage_floor_only_rises() -> None:
 
 def test_run_test_measures_coverage_on_the_whole_suite() -> None:
     script = (ROOT / "run").read_text()
-    full = re.search(r'if \[ \$# -eq 0 \]; then\n(.*?)\n    fi', script, re.S)
+    full = re.search(r"if \[ \$# -eq 0 \]; then\n(.*?)\n    fi", script, re.S)
     assert full, "./run test has no whole-suite branch"
     assert 'COVERAGE_FILE="$ROOT/.coverage"' in full.group(1)
     assert re.search(r"exec python -m pytest -n 2 --dist loadgroup --cov\b", full.group(1))

@@ -11,8 +11,11 @@ from broker.settings import BrokerSettings
 
 
 def test_the_deployments_logs_ingestion_settings_configure_a_sentinel_sink(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOSHU_AZURE_LOGS_ENDPOINT", "https://dce-hoshu.japaneast.ingest.monitor.azure.com")
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "HOSHU_AZURE_LOGS_ENDPOINT", "https://dce-hoshu.japaneast.ingest.monitor.azure.com"
+    )
     monkeypatch.setenv("HOSHU_AZURE_DCR_IMMUTABLE_ID", "dcr-0123456789abcdef")
     cfg = audit_config(BrokerSettings(data_dir=tmp_path))
     [sink] = [s for s in cfg.sinks if s.kind == "azure"]
@@ -21,13 +24,15 @@ def test_the_deployments_logs_ingestion_settings_configure_a_sentinel_sink(
     assert sink.mask  # patient identifiers are masked before the cloud sees them
 
 
-def test_an_endpoint_without_a_rule_id_is_refused(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_endpoint_without_a_rule_id_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOSHU_AZURE_LOGS_ENDPOINT", "https://dce.example")
     with pytest.raises(ValueError, match="DCR_IMMUTABLE_ID"):
         audit_config(BrokerSettings(data_dir=tmp_path))
 
 
 def test_without_azure_settings_no_cloud_sink_is_configured(tmp_path: Path) -> None:
-    assert not [s for s in audit_config(BrokerSettings(data_dir=tmp_path)).sinks
-                if s.kind == "azure"]
+    assert not [
+        s for s in audit_config(BrokerSettings(data_dir=tmp_path)).sinks if s.kind == "azure"
+    ]

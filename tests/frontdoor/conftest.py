@@ -41,7 +41,9 @@ def policy_kind() -> str:
 
 @pytest.fixture
 async def world(
-    tmp_path: Path, openssh_instrument: OpenSSHInstrument, front_door_options: FrontDoorOptions,
+    tmp_path: Path,
+    openssh_instrument: OpenSSHInstrument,
+    front_door_options: FrontDoorOptions,
     policy_kind: str,
 ) -> AsyncIterator[World]:
     clock = FakeClock(T0)
@@ -55,25 +57,53 @@ async def world(
         policy = FakePolicy(events=events)
         eng, secret = policy.add_engineer("alice", public_line)
         policy.instruments[inst.name] = InstrumentTarget(
-            name=inst.name, hospital_id="h-1", gateway_id="gw-1", host=inst.host,
-            ssh_port=inst.port, ports=(inst.port,), username=inst.username,
+            name=inst.name,
+            hospital_id="h-1",
+            gateway_id="gw-1",
+            host=inst.host,
+            ssh_port=inst.port,
+            ports=(inst.port,),
+            username=inst.username,
             credential=inst.client_private_key_pem,
-            host_key_fingerprint=inst.host_key_fingerprint)
+            host_key_fingerprint=inst.host_key_fingerprint,
+        )
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     ids = iter(f"s{n:04d}" for n in range(1, 10_000))
     door = await start_front_door(
-        BrokerSettings(data_dir=tmp_path / "data"), policy, DirectConnector(), events,
-        tmp_path / "recordings", host_key, ca=UserCA.generate(), options=front_door_options,
-        clock=clock, ids=lambda: next(ids), host="127.0.0.1", port=0)
+        BrokerSettings(data_dir=tmp_path / "data"),
+        policy,
+        DirectConnector(),
+        events,
+        tmp_path / "recordings",
+        host_key,
+        ca=UserCA.generate(),
+        options=front_door_options,
+        clock=clock,
+        ids=lambda: next(ids),
+        host="127.0.0.1",
+        port=0,
+    )
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{door.port} {door.host_key_line}\n")
     askpass = tmp_path / "askpass"
     askpass.write_text(ASKPASS)
     askpass.chmod(0o755)
-    w = World(door=door, policy=policy, clock=clock, events=events, tmp=tmp_path,
-              key_path=key_path, public_line=public_line, engineer=eng, totp_secret=secret,
-              known_hosts=known, askpass=askpass, instrument=inst.name, ssh_port=inst.port,
-              data_dir=inst.data_dir)
+    w = World(
+        door=door,
+        policy=policy,
+        clock=clock,
+        events=events,
+        tmp=tmp_path,
+        key_path=key_path,
+        public_line=public_line,
+        engineer=eng,
+        totp_secret=secret,
+        known_hosts=known,
+        askpass=askpass,
+        instrument=inst.name,
+        ssh_port=inst.port,
+        data_dir=inst.data_dir,
+    )
     try:
         yield w
     finally:
@@ -85,16 +115,25 @@ async def world(
 @pytest.fixture
 def granted(world: World) -> World:
     """``world`` with a one-hour shell grant (no file transfer) for alice."""
-    world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
-                       ends=world.clock.now + timedelta(hours=1))
+    world.policy.grant(
+        world.engineer,
+        world.instrument,
+        (world.ssh_port,),
+        ends=world.clock.now + timedelta(hours=1),
+    )
     return world
 
 
 @pytest.fixture
 def files_granted(world: World) -> World:
     """``world`` with a one-hour grant for alice that includes file transfer."""
-    world.policy.grant(world.engineer, world.instrument, (world.ssh_port,),
-                       ends=world.clock.now + timedelta(hours=1), files=True)
+    world.policy.grant(
+        world.engineer,
+        world.instrument,
+        (world.ssh_port,),
+        ends=world.clock.now + timedelta(hours=1),
+        files=True,
+    )
     return world
 
 

@@ -39,10 +39,16 @@ class FakePolicy:
     certs: dict[int, tuple[str, bool]] = field(default_factory=dict)  # serial: user, revoked
     events: CapturingEmitter | None = None  # the domain's own events (mfa, lockout)
 
-    def add_engineer(self, username: str, public_line: str,
-                     roles: frozenset[str] = frozenset({"engineer"})) -> tuple[Engineer, str]:
-        eng = Engineer(user_id=f"u-{username}", username=username, organization="Roche",
-                       roles=roles, org_kind="vendor")
+    def add_engineer(
+        self, username: str, public_line: str, roles: frozenset[str] = frozenset({"engineer"})
+    ) -> tuple[Engineer, str]:
+        eng = Engineer(
+            user_id=f"u-{username}",
+            username=username,
+            organization="Roche",
+            roles=roles,
+            org_kind="vendor",
+        )
         secret = pyotp.random_base32()
         self.engineers[username] = (eng, " ".join(public_line.split()[:2]), secret, True)
         return eng, secret
@@ -69,32 +75,59 @@ class FakePolicy:
         if self.events is not None:
             self.events.emit(new_event(type_, clock=lambda: now, **cols))  # type: ignore[arg-type]
 
-    def check_totp(self, user_id: str, code: str, now: datetime, *,
-                   src_ip: str | None = None, hospital_id: str | None = None) -> TotpResult:
+    def check_totp(
+        self,
+        user_id: str,
+        code: str,
+        now: datetime,
+        *,
+        src_ip: str | None = None,
+        hospital_id: str | None = None,
+    ) -> TotpResult:
         r = self._check_totp(user_id, code, now)
         if r.ok or r.reason == "locked":
             return r
         eng = next(e[0] for e in self.engineers.values() if e[0].user_id == user_id)
-        cols = {"ActorUserId": user_id, "ActorUsername": eng.username, "SrcIpAddr": src_ip,
-                "HospitalId": hospital_id, "EventResult": "Failure"}
+        cols = {
+            "ActorUserId": user_id,
+            "ActorUsername": eng.username,
+            "SrcIpAddr": src_ip,
+            "HospitalId": hospital_id,
+            "EventResult": "Failure",
+        }
         if r.locked_now:
-            self._emit("user.locked_out", now, details={
-                "failures": r.failures, "window_s": int(LOCK_WINDOW.total_seconds()),
-                "locked_until": r.locked_until.isoformat() if r.locked_until else None},
-                **cols)
-            self._emit("alert.raised", now, details={"alert": "user.locked_out",
-                                                     "reason": "too many failed sign-ins"},
-                       **{**cols, "EventResult": "Success"})
-        self._emit("user.mfa_failed", now, EventResultDetails=r.reason,
-                   details={"method": "totp", "failures": r.failures}, **cols)
+            self._emit(
+                "user.locked_out",
+                now,
+                details={
+                    "failures": r.failures,
+                    "window_s": int(LOCK_WINDOW.total_seconds()),
+                    "locked_until": r.locked_until.isoformat() if r.locked_until else None,
+                },
+                **cols,
+            )
+            self._emit(
+                "alert.raised",
+                now,
+                details={"alert": "user.locked_out", "reason": "too many failed sign-ins"},
+                **{**cols, "EventResult": "Success"},
+            )
+        self._emit(
+            "user.mfa_failed",
+            now,
+            EventResultDetails=r.reason,
+            details={"method": "totp", "failures": r.failures},
+            **cols,
+        )
         return r
 
     def hospital_of(self, instrument: str) -> str | None:
         target = self.instruments.get(instrument)
         return target.hospital_id if target is not None else None
 
-    def record_cert(self, user_id: str, serial: int, issued_at: datetime,
-                    valid_until: datetime) -> None:
+    def record_cert(
+        self, user_id: str, serial: int, issued_at: datetime, valid_until: datetime
+    ) -> None:
         self.certs[serial] = (user_id, False)
 
     def revoke_certs(self, user_id: str) -> None:
@@ -130,11 +163,24 @@ class FakePolicy:
             return TotpResult(False, reason, len(recent), True, now + LOCK_WINDOW)
         return TotpResult(False, reason, len(recent))
 
-    def grant(self, eng: Engineer, instrument: str, ports: tuple[int, ...], *,
-              ends: datetime, files: bool = False) -> GrantView:
-        g = GrantView(grant_id=f"g{len(self.grants) + 1}", user_id=eng.user_id,
-                      instrument=instrument, ports=ports, ends=ends, file_transfer=files,
-                      hospital_id="h-1")
+    def grant(
+        self,
+        eng: Engineer,
+        instrument: str,
+        ports: tuple[int, ...],
+        *,
+        ends: datetime,
+        files: bool = False,
+    ) -> GrantView:
+        g = GrantView(
+            grant_id=f"g{len(self.grants) + 1}",
+            user_id=eng.user_id,
+            instrument=instrument,
+            ports=ports,
+            ends=ends,
+            file_transfer=files,
+            hospital_id="h-1",
+        )
         self.grants.append(g)
         return g
 
@@ -142,19 +188,23 @@ class FakePolicy:
         self.grants = [g for g in self.grants if g.grant_id != grant_id]
 
     def set_end(self, grant_id: str, ends: datetime) -> None:
-        self.grants = [replace(g, ends=ends) if g.grant_id == grant_id else g
-                       for g in self.grants]
+        self.grants = [replace(g, ends=ends) if g.grant_id == grant_id else g for g in self.grants]
 
     def _active(self, user_id: str) -> bool:
         return any(r[0].user_id == user_id and r[3] for r in self.engineers.values())
 
-    def find_grant(self, user_id: str, instrument: str, port: int,
-                   now: datetime) -> GrantView | None:
+    def find_grant(
+        self, user_id: str, instrument: str, port: int, now: datetime
+    ) -> GrantView | None:
         if not self._active(user_id):
             return None
         for g in self.grants:
-            if (g.user_id == user_id and g.instrument == instrument and port in g.ports
-                    and now < g.ends):
+            if (
+                g.user_id == user_id
+                and g.instrument == instrument
+                and port in g.ports
+                and now < g.ends
+            ):
                 return g
         return None
 
@@ -196,40 +246,71 @@ class World:
     def cert_file(self, serial: int = 1) -> Path:
         """A user certificate as ``hoshu login`` issues it (for batch tools like sftp -b)."""
         assert self.door.ca is not None
-        self.policy.record_cert(self.engineer.user_id, serial, self.clock.now,
-                                self.clock.now + timedelta(hours=8))
-        cert = self.door.ca.issue(self.public_line, username=self.engineer.username,
-                                  user_id=self.engineer.user_id, now=self.clock.now,
-                                  grants_end=None, serial=serial, emitter=self.events)
+        self.policy.record_cert(
+            self.engineer.user_id, serial, self.clock.now, self.clock.now + timedelta(hours=8)
+        )
+        cert = self.door.ca.issue(
+            self.public_line,
+            username=self.engineer.username,
+            user_id=self.engineer.user_id,
+            now=self.clock.now,
+            grants_end=None,
+            serial=serial,
+            emitter=self.events,
+        )
         path = self.tmp / "id_engineer-cert.pub"
         path.write_text(cert + "\n")
         return path
 
-    def ssh_argv(self, tool: str = "ssh", *, batch: bool = False,
-                 extra: tuple[str, ...] = ()) -> list[str]:
+    def ssh_argv(
+        self, tool: str = "ssh", *, batch: bool = False, extra: tuple[str, ...] = ()
+    ) -> list[str]:
         port_flag = "-P" if tool in ("scp",) else "-p"
         if tool == "sftp":
             port_flag = "-P"
-        argv = [tool, "-F", "/dev/null", port_flag, str(self.door.port),
-                "-i", str(self.key_path), "-o", "IdentitiesOnly=yes",
-                "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10",
-                "-o", "NumberOfPasswordPrompts=1"]
+        argv = [
+            tool,
+            "-F",
+            "/dev/null",
+            port_flag,
+            str(self.door.port),
+            "-i",
+            str(self.key_path),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+        ]
         if batch:
             argv += ["-o", "BatchMode=yes"]
         return argv + list(extra)
 
     def env(self, code: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"SSH_ASKPASS": str(self.askpass), "SSH_ASKPASS_REQUIRE": "force",
-                    "DISPLAY": ":0", "HOSHU_TEST_CODE": code if code is not None else self.code()})
+        env.update(
+            {
+                "SSH_ASKPASS": str(self.askpass),
+                "SSH_ASKPASS_REQUIRE": "force",
+                "DISPLAY": ":0",
+                "HOSHU_TEST_CODE": code if code is not None else self.code(),
+            }
+        )
         env.pop("SSH_AUTH_SOCK", None)
         return env
 
     def login(self, instrument: str | None = None) -> str:
         inst = self.instrument if instrument is None else instrument
-        return f"{self.engineer.username}+{inst}@127.0.0.1" if inst else \
-            f"{self.engineer.username}@127.0.0.1"
+        return (
+            f"{self.engineer.username}+{inst}@127.0.0.1"
+            if inst
+            else f"{self.engineer.username}@127.0.0.1"
+        )
 
 
 @dataclass
@@ -240,12 +321,18 @@ class Result:
     seconds: float
 
 
-async def run(argv: list[str], env: dict[str, str], *, stdin: bytes = b"",
-              timeout: float = 20.0) -> Result:
+async def run(
+    argv: list[str], env: dict[str, str], *, stdin: bytes = b"", timeout: float = 20.0
+) -> Result:
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        *argv,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except TimeoutError:
@@ -255,8 +342,9 @@ async def run(argv: list[str], env: dict[str, str], *, stdin: bytes = b"",
     return Result(proc.returncode or 0, out, err, time.monotonic() - start)
 
 
-def paramiko_client(world: World, instrument: str | None = None,
-                    code: str | None = None) -> paramiko.Transport:
+def paramiko_client(
+    world: World, instrument: str | None = None, code: str | None = None
+) -> paramiko.Transport:
     """Log in with paramiko: public key (partial success), then TOTP by keyboard-interactive."""
     t = paramiko.Transport(("127.0.0.1", world.door.port))
     t.banner_timeout = 10

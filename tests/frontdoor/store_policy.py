@@ -40,17 +40,40 @@ class StorePolicy(StoreAccessPolicy):
         self.actors = actors
         self.grants: list[GrantView] = []
 
-    def grant(self, eng: Engineer, instrument: str, ports: tuple[int, ...], *,
-              ends: datetime, files: bool = False) -> GrantView:
+    def grant(
+        self,
+        eng: Engineer,
+        instrument: str,
+        ports: tuple[int, ...],
+        *,
+        ends: datetime,
+        files: bool = False,
+    ) -> GrantView:
         now = self.s.ctx.now()
-        req = self.s.requests.create(self.actors[eng.username], NewRequest(
-            [instrument], int((ends - now).total_seconds()), "maintenance",
-            ports=list(ports), file_transfer=files))
-        grant = self.s.requests.approve(self.actors["appr"], req.id).grant or \
-            self.s.requests.approve(self.actors["appr2"], req.id).grant
+        req = self.s.requests.create(
+            self.actors[eng.username],
+            NewRequest(
+                [instrument],
+                int((ends - now).total_seconds()),
+                "maintenance",
+                ports=list(ports),
+                file_transfer=files,
+            ),
+        )
+        grant = (
+            self.s.requests.approve(self.actors["appr"], req.id).grant
+            or self.s.requests.approve(self.actors["appr2"], req.id).grant
+        )
         assert grant is not None
-        view = GrantView(grant.id, eng.user_id, instrument, tuple(grant.ports), grant.ends_at,
-                         grant.file_transfer, grant.hospital_id)
+        view = GrantView(
+            grant.id,
+            eng.user_id,
+            instrument,
+            tuple(grant.ports),
+            grant.ends_at,
+            grant.file_transfer,
+            grant.hospital_id,
+        )
         self.grants.append(view)
         return view
 
@@ -83,8 +106,9 @@ class StorePolicy(StoreAccessPolicy):
         self.store.close()
 
 
-def store_policy(tmp: Path, clock: Any, events: Any, public_line: str,
-                 inst: OpenSSHInstrument) -> tuple[StorePolicy, Engineer, str]:
+def store_policy(
+    tmp: Path, clock: Any, events: Any, public_line: str, inst: OpenSSHInstrument
+) -> tuple[StorePolicy, Engineer, str]:
     """A seeded control plane; returns the policy, the engineer ``alice`` and her TOTP secret."""
     store = Store(f"sqlite:///{tmp / 'control.db'}", migrate=True)
     s = Services.build(make_context(store, events, clock))
@@ -94,23 +118,50 @@ def store_policy(tmp: Path, clock: Any, events: Any, public_line: str,
     vendor = s.people.create_org(admin, "roche", "vendor")
     other = s.people.create_org(admin, "tsuki-hospital", "hospital")
     actors: dict[str, Actor] = {"root": admin}
-    for name, org, role in (("alice", vendor, "engineer"), ("appr", hospital, "approver"),
-                            ("appr2", hospital, "approver"),
-                            ("hadmin", hospital, "hospital_admin"),
-                            ("aud", hospital, "auditor"), ("other-aud", other, "auditor")):
-        user = s.people.create_user(admin, NewUser(name, f"Person {name}", org.name, [role],
-                                                   PASSWORD))
+    for name, org, role in (
+        ("alice", vendor, "engineer"),
+        ("appr", hospital, "approver"),
+        ("appr2", hospital, "approver"),
+        ("hadmin", hospital, "hospital_admin"),
+        ("aud", hospital, "auditor"),
+        ("other-aud", other, "auditor"),
+    ):
+        user = s.people.create_user(
+            admin, NewUser(name, f"Person {name}", org.name, [role], PASSWORD)
+        )
         actors[name] = actor_for(s, user)
     token = s.gateways.issue_token(actors["hadmin"], hospital.name).token
     gw_id = s.gateways.enroll(token, openssh_public_key(), "gw-1", "1.0").gateway_id
-    s.estate.create_instrument(admin, hospital.name, {
-        "name": inst.name, "host": inst.host, "ports": [inst.port], "gateway": gw_id,
-        "ssh_port": inst.port, "login_username": inst.username})
-    StoreGatewayDirectory(s).record_inventory(gw_id, [InventoryItem(
-        inst.name, inst.host, (inst.port,), "ssh", "chemistry", "c503", True,
-        inst.host_key_fingerprint)])
-    s.estate.set_credential(actors["hadmin"], inst.name, "private_key",
-                            inst.client_private_key_pem, inst.username)
+    s.estate.create_instrument(
+        admin,
+        hospital.name,
+        {
+            "name": inst.name,
+            "host": inst.host,
+            "ports": [inst.port],
+            "gateway": gw_id,
+            "ssh_port": inst.port,
+            "login_username": inst.username,
+        },
+    )
+    StoreGatewayDirectory(s).record_inventory(
+        gw_id,
+        [
+            InventoryItem(
+                inst.name,
+                inst.host,
+                (inst.port,),
+                "ssh",
+                "chemistry",
+                "c503",
+                True,
+                inst.host_key_fingerprint,
+            )
+        ],
+    )
+    s.estate.set_credential(
+        actors["hadmin"], inst.name, "private_key", inst.client_private_key_pem, inst.username
+    )
     s.estate.create_contract(admin, vendor.name, hospital.name, [inst.name])
     s.people.add_key(actors["alice"], public_line)
     uri = s.auth.totp_begin(actors["alice"])
@@ -118,7 +169,11 @@ def store_policy(tmp: Path, clock: Any, events: Any, public_line: str,
     # enrol with the code of the step before the test's clock: the tests' own codes stay fresh
     s.auth.totp_confirm(actors["alice"], totp.code_at(secret, clock() - _STEP))
     events.clear()
-    eng = Engineer(actors["alice"].user_id, "alice", vendor.name,
-                   roles=frozenset({"engineer"}), org_kind="vendor")
+    eng = Engineer(
+        actors["alice"].user_id,
+        "alice",
+        vendor.name,
+        roles=frozenset({"engineer"}),
+        org_kind="vendor",
+    )
     return StorePolicy(s, store, actors), eng, secret
-

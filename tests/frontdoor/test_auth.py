@@ -49,8 +49,12 @@ async def test_key_alone_never_gets_in(granted: World) -> None:
     def failures() -> list[AuditEvent]:
         return [e for e in w.events.of_type("ssh.login") if e.get("EventResult") == "Failure"]
 
-    await poll(lambda: any(e.get("EventResultDetails") == "second factor not completed"
-                           for e in failures()), what="the refusal logged")
+    await poll(
+        lambda: any(
+            e.get("EventResultDetails") == "second factor not completed" for e in failures()
+        ),
+        what="the refusal logged",
+    )
     fail = failures()
     assert fail and fail[-1].get("EventResultDetails") == "second factor not completed"
     assert not w.events.of_type("session.started")
@@ -96,8 +100,7 @@ async def test_five_failures_lock_the_account_and_raise_an_alert(granted: World)
     assert alert[0].get("HospitalId") == hospital
     failed = w.events.of_type("user.mfa_failed")
     assert len(failed) == 5
-    assert {(e.get("SrcIpAddr"), e.get("HospitalId")) for e in failed} == \
-        {("127.0.0.1", hospital)}
+    assert {(e.get("SrcIpAddr"), e.get("HospitalId")) for e in failed} == {("127.0.0.1", hospital)}
 
     def failed_logins() -> list[object]:
         return [e for e in w.events.of_type("ssh.login") if e.get("EventResult") == "Failure"]
@@ -111,8 +114,9 @@ async def test_five_failures_lock_the_account_and_raise_an_alert(granted: World)
 
 async def test_unknown_user_and_unregistered_key_are_refused(granted: World) -> None:
     w = granted
-    r = await run(w.ssh_argv(batch=True, extra=(f"mallory+{w.instrument}@127.0.0.1", "true")),
-                  w.env())
+    r = await run(
+        w.ssh_argv(batch=True, extra=(f"mallory+{w.instrument}@127.0.0.1", "true")), w.env()
+    )
     assert r.rc == 255
     w.policy.forget_key("alice")
     r2 = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
@@ -158,8 +162,9 @@ async def test_authentication_has_a_time_limit(granted: World) -> None:
     while data:  # read until the broker hangs up (2 s login timeout in these tests)
         data = await asyncio.wait_for(reader.read(65536), 10)
     writer.close()
-    await poll(lambda: str(_last_login_detail(w)).startswith("login_timeout"),
-               what="the timeout logged")
+    await poll(
+        lambda: str(_last_login_detail(w)).startswith("login_timeout"), what="the timeout logged"
+    )
     fail = w.events.of_type("ssh.login")[-1]
     assert fail.get("EventResult") == "Failure"
     assert fail.get("EventResultDetails").startswith("login_timeout: not completed in time")
@@ -170,8 +175,12 @@ async def test_certificate_from_hoshu_login_is_both_factors(granted: World) -> N
     w = granted
     assert w.door.ca is not None
     cert_path = w.cert_file(serial=7)
-    r = await run(w.ssh_argv(batch=True, extra=("-o", f"CertificateFile={cert_path}",
-                                                w.login(), "echo cert-ok")), w.env())
+    r = await run(
+        w.ssh_argv(
+            batch=True, extra=("-o", f"CertificateFile={cert_path}", w.login(), "echo cert-ok")
+        ),
+        w.env(),
+    )
     assert r.rc == 0, r.err
     assert r.out.strip() == b"cert-ok"
     assert w.events.of_type("ssh.login")[-1].details["method"] == "certificate"
@@ -188,8 +197,9 @@ async def test_changing_user_name_mid_login_drops_the_proven_key(granted: World)
             t.start_client(timeout=10)
             key = paramiko.Ed25519Key.from_private_key_file(str(w.key_path))
             assert t.auth_publickey(f"alice+{w.instrument}", key) == ["keyboard-interactive"]
-            t.auth_interactive("alice+other-instrument",
-                               lambda _t, _i, prompts: [w.code() for _ in prompts])
+            t.auth_interactive(
+                "alice+other-instrument", lambda _t, _i, prompts: [w.code() for _ in prompts]
+            )
         finally:
             t.close()
 
@@ -205,11 +215,14 @@ async def test_vendor_source_networks_are_enforced(granted: World) -> None:
     w.policy.set_source_cidrs("alice", ("192.0.2.0/24",))
     r = await run(w.ssh_argv(extra=(w.login(), "true")), w.env())
     assert r.rc == 255
-    await poll(lambda: _last_login_detail(w) == "source address not allowed for this vendor",
-               what="the refusal logged")
-    assert w.events.of_type("ssh.login")[-1].get("EventResultDetails") == \
-        "source address not allowed for this vendor"
+    await poll(
+        lambda: _last_login_detail(w) == "source address not allowed for this vendor",
+        what="the refusal logged",
+    )
+    assert (
+        w.events.of_type("ssh.login")[-1].get("EventResultDetails")
+        == "source address not allowed for this vendor"
+    )
     w.policy.set_source_cidrs("alice", ("127.0.0.0/8",))
     r2 = await run(w.ssh_argv(extra=(w.login(), "echo in")), w.env())
     assert r2.rc == 0 and r2.out == b"in\n"
-

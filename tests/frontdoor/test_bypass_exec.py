@@ -44,9 +44,22 @@ async def test_sftp_with_an_exec_d_sftp_server_is_refused_without_file_transfer(
     """``sftp -s /usr/lib/openssh/sftp-server`` (an exec, not the sftp subsystem)."""
     w = granted
     (w.tmp / "blob").write_bytes(b"unscanned")
-    r = await run(w.ssh_argv("sftp", extra=(
-        "-o", f"CertificateFile={w.cert_file()}", "-s", SFTP_SERVER, "-b", "-", w.login())),
-        w.env(), stdin=f"put {w.tmp / 'blob'} landed.bin\n".encode())
+    r = await run(
+        w.ssh_argv(
+            "sftp",
+            extra=(
+                "-o",
+                f"CertificateFile={w.cert_file()}",
+                "-s",
+                SFTP_SERVER,
+                "-b",
+                "-",
+                w.login(),
+            ),
+        ),
+        w.env(),
+        stdin=f"put {w.tmp / 'blob'} landed.bin\n".encode(),
+    )
     assert r.rc != 0
     assert b"not part of your grant: sftp-server is refused" in r.err
     assert not (w.data_dir / "landed.bin").exists()
@@ -72,8 +85,9 @@ async def test_exec_d_sftp_server_is_refused_even_with_file_transfer(world: Worl
     """With file transfer granted, the checked path is sftp/scp; an exec'd server would
     bypass the scan and the file.transferred events."""
     w = world
-    w.policy.grant(w.engineer, w.instrument, (w.ssh_port,),
-                   ends=w.clock.now + timedelta(hours=1), files=True)
+    w.policy.grant(
+        w.engineer, w.instrument, (w.ssh_port,), ends=w.clock.now + timedelta(hours=1), files=True
+    )
     r = await run(w.ssh_argv(extra=(w.login(), f"exec {SFTP_SERVER}")), w.env())
     assert r.rc == 1
     assert b"use sftp or scp" in r.err
@@ -104,44 +118,58 @@ async def test_cat_upload_is_recorded_byte_exact_and_hashed(granted: World) -> N
     assert out == blob
 
 
-@pytest.mark.parametrize(("command", "program"), [
-    (SFTP_SERVER, "sftp-server"),
-    ("/usr/libexec/openssh/sftp-server -e", "sftp-server"),
-    ("internal-sftp", "internal-sftp"),
-    ("sftp", "sftp"),
-    ("LANG=C nice -n 5 sudo -u root exec /usr/lib/sftp-server", "sftp-server"),
-    ("sh -c '/usr/lib/openssh/sftp-server'", "sftp-server"),
-    ('bash -lc "cd /tmp && exec sftp-server"', "sftp-server"),
-    ("su - root -c 'scp -f /etc/passwd'", "scp"),
-    ("/usr/bin/scp -prt /data", "scp"),
-    ("rsync --server -vlogDtpre.iLsfxCIvu . /tmp/x", "rsync"),
-    ("cd /tmp; rsync --server --sender -e.LsfxC . x", "rsync"),
-    ("env -i PATH=/bin timeout 30 sftp-server", "sftp-server"),
-    ("find / -name x -exec /usr/lib/openssh/sftp-server ';'", "sftp-server"),
-    ("eval sftp-server", "sftp-server"),
-    ("/usr/lib/openssh/sftp-serv*", "sftp-server"),
-    ("s\\ftp-server", "sftp-server"),
-    ("sz report.csv", "sz"),
-    ("echo start\nsz report.csv", "sz"),
-    ("{ sz report.csv; }", "sz"),
-    ("if true; then rz; fi", "rz"),
-    ("while true; do /usr/bin/scp -t /tmp; done", "scp"),
-])
+@pytest.mark.parametrize(
+    ("command", "program"),
+    [
+        (SFTP_SERVER, "sftp-server"),
+        ("/usr/libexec/openssh/sftp-server -e", "sftp-server"),
+        ("internal-sftp", "internal-sftp"),
+        ("sftp", "sftp"),
+        ("LANG=C nice -n 5 sudo -u root exec /usr/lib/sftp-server", "sftp-server"),
+        ("sh -c '/usr/lib/openssh/sftp-server'", "sftp-server"),
+        ('bash -lc "cd /tmp && exec sftp-server"', "sftp-server"),
+        ("su - root -c 'scp -f /etc/passwd'", "scp"),
+        ("/usr/bin/scp -prt /data", "scp"),
+        ("rsync --server -vlogDtpre.iLsfxCIvu . /tmp/x", "rsync"),
+        ("cd /tmp; rsync --server --sender -e.LsfxC . x", "rsync"),
+        ("env -i PATH=/bin timeout 30 sftp-server", "sftp-server"),
+        ("find / -name x -exec /usr/lib/openssh/sftp-server ';'", "sftp-server"),
+        ("eval sftp-server", "sftp-server"),
+        ("/usr/lib/openssh/sftp-serv*", "sftp-server"),
+        ("s\\ftp-server", "sftp-server"),
+        ("sz report.csv", "sz"),
+        ("echo start\nsz report.csv", "sz"),
+        ("{ sz report.csv; }", "sz"),
+        ("if true; then rz; fi", "rz"),
+        ("while true; do /usr/bin/scp -t /tmp; done", "scp"),
+    ],
+)
 def test_transfer_programs_are_recognised(command: str, program: str) -> None:
     found = transfer_program(command)
     assert found is not None and found.program == program and not found.unresolved
 
 
-@pytest.mark.parametrize("command", ["p=/usr/lib/openssh/sftp-server; $p", "`which sftp-server`",
-                                     "'unbalanced"])
+@pytest.mark.parametrize(
+    "command", ["p=/usr/lib/openssh/sftp-server; $p", "`which sftp-server`", "'unbalanced"]
+)
 def test_commands_whose_program_is_unknown_are_unresolved(command: str) -> None:
     found = transfer_program(command)
     assert found is not None and found.unresolved
 
 
-@pytest.mark.parametrize("command", [
-    "echo out; echo err >&2; exit 3", "cat > f", "sleep 300", "tar xf -", "sh",
-    "grep sftp /var/log/auth.log", "ls -l > scp", "rsync -a /data /backup", "scp a b",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "echo out; echo err >&2; exit 3",
+        "cat > f",
+        "sleep 300",
+        "tar xf -",
+        "sh",
+        "grep sftp /var/log/auth.log",
+        "ls -l > scp",
+        "rsync -a /data /backup",
+        "scp a b",
+    ],
+)
 def test_ordinary_commands_pass(command: str) -> None:
     assert transfer_program(command) is None

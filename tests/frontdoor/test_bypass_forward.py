@@ -20,8 +20,9 @@ def _grant_ssh_and(w: World, port: int) -> None:
     """A grant as the control plane makes it by default (the SSH port), plus ``port``."""
     t = w.policy.instruments[w.instrument]
     w.policy.instruments[w.instrument] = replace(t, ports=(*t.ports, port))
-    w.policy.grant(w.engineer, w.instrument, (w.ssh_port, port),
-                   ends=w.clock.now + timedelta(hours=1))
+    w.policy.grant(
+        w.engineer, w.instrument, (w.ssh_port, port), ends=w.clock.now + timedelta(hours=1)
+    )
 
 
 async def test_ssh_L_to_the_instruments_sshd_is_refused_and_a_vendor_port_still_works(
@@ -33,13 +34,28 @@ async def test_ssh_L_to_the_instruments_sshd_is_refused_and_a_vendor_port_still_
     w = world
     _grant_ssh_and(w, echo_port)
     to_sshd, to_echo = free_port(), free_port()
-    argv = w.ssh_argv(batch=True, extra=(
-        "-o", f"CertificateFile={w.cert_file()}", "-o", "ExitOnForwardFailure=yes",
-        "-N", "-L", f"127.0.0.1:{to_sshd}:localhost:{w.ssh_port}",
-        "-L", f"127.0.0.1:{to_echo}:{w.instrument}:{echo_port}", w.login()))
+    argv = w.ssh_argv(
+        batch=True,
+        extra=(
+            "-o",
+            f"CertificateFile={w.cert_file()}",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-N",
+            "-L",
+            f"127.0.0.1:{to_sshd}:localhost:{w.ssh_port}",
+            "-L",
+            f"127.0.0.1:{to_echo}:{w.instrument}:{echo_port}",
+            w.login(),
+        ),
+    )
     proc = await asyncio.create_subprocess_exec(
-        *argv, env=w.env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        *argv,
+        env=w.env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         reader, writer = await connect_when_listening(to_sshd)
         got = await asyncio.wait_for(reader.read(100), 10)
@@ -73,11 +89,13 @@ async def test_paramiko_direct_tcpip_to_sshd_is_refused(world: World, echo_port:
     try:
         for host in (w.instrument, "localhost"):
             with pytest.raises(paramiko.ChannelException) as exc:
-                await asyncio.to_thread(t.open_channel, "direct-tcpip", (host, w.ssh_port),
-                                        ("127.0.0.1", 5555), 10)
+                await asyncio.to_thread(
+                    t.open_channel, "direct-tcpip", (host, w.ssh_port), ("127.0.0.1", 5555), 10
+                )
             assert exc.value.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        chan = await asyncio.to_thread(t.open_channel, "direct-tcpip",
-                                       (w.instrument, echo_port), ("127.0.0.1", 5555), 10)
+        chan = await asyncio.to_thread(
+            t.open_channel, "direct-tcpip", (w.instrument, echo_port), ("127.0.0.1", 5555), 10
+        )
         chan.settimeout(10)
         chan.sendall(b"ok?")
         assert await asyncio.to_thread(chan.recv, 3) == b"ok?"
@@ -89,9 +107,7 @@ async def test_paramiko_direct_tcpip_to_sshd_is_refused(world: World, echo_port:
     assert len(w.events.of_type("forward.opened")) == 1
 
 
-async def test_a_desktop_port_the_inventory_marks_is_refused(
-    world: World, echo_port: int
-) -> None:
+async def test_a_desktop_port_the_inventory_marks_is_refused(world: World, echo_port: int) -> None:
     """An instrument the inventory lists as VNC, on a non-standard port: its desktop
     port is refused (desktop access comes through the console, recorded)."""
     w = world
@@ -101,8 +117,13 @@ async def test_a_desktop_port_the_inventory_marks_is_refused(
     client = await asyncio.to_thread(paramiko_client, w)
     try:
         with pytest.raises(paramiko.ChannelException):
-            await asyncio.to_thread(client.open_channel, "direct-tcpip",
-                                    (w.instrument, echo_port), ("127.0.0.1", 5555), 10)
+            await asyncio.to_thread(
+                client.open_channel,
+                "direct-tcpip",
+                (w.instrument, echo_port),
+                ("127.0.0.1", 5555),
+                10,
+            )
     finally:
         client.close()
     (refused,) = w.events.of_type("forward.refused")
@@ -112,24 +133,36 @@ async def test_a_desktop_port_the_inventory_marks_is_refused(
 
 
 def _target(**kw: object) -> InstrumentTarget:
-    base: dict[str, object] = dict(name="cobas-c503-1", hospital_id="h", gateway_id="g",
-                                   host="10.0.0.5", ssh_port=2201, ports=(2201, 8080),
-                                   username="svc", credential="x")
+    base: dict[str, object] = dict(
+        name="cobas-c503-1",
+        hospital_id="h",
+        gateway_id="g",
+        host="10.0.0.5",
+        ssh_port=2201,
+        ports=(2201, 8080),
+        username="svc",
+        credential="x",
+    )
     base.update(kw)
     return InstrumentTarget(**base)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("target", "port", "kind"), [
-    (_target(), 2201, "ssh"),  # the instrument's SSH port
-    (_target(), 22, "ssh"), (_target(), 3389, "rdp"), (_target(), 5901, "vnc"),
-    (_target(), 8080, None),  # a vendor port
-    # a desktop instrument on a non-standard port: every listed port (fail closed)
-    (_target(protocol="rdp", ports=(8080, 13389)), 13389, "rdp"),
-    (_target(protocol="rdp", ports=(8080, 13389)), 8080, "rdp"),
-    (_target(protocol="rdp", ports=(3389, 8080)), 8080, None),
-    (_target(protocol="sftp", ports=(2022, 8080)), 2022, "ssh"),
-    (_target(protocol="http", ports=(8443,)), 8443, None),
-])
+@pytest.mark.parametrize(
+    ("target", "port", "kind"),
+    [
+        (_target(), 2201, "ssh"),  # the instrument's SSH port
+        (_target(), 22, "ssh"),
+        (_target(), 3389, "rdp"),
+        (_target(), 5901, "vnc"),
+        (_target(), 8080, None),  # a vendor port
+        # a desktop instrument on a non-standard port: every listed port (fail closed)
+        (_target(protocol="rdp", ports=(8080, 13389)), 13389, "rdp"),
+        (_target(protocol="rdp", ports=(8080, 13389)), 8080, "rdp"),
+        (_target(protocol="rdp", ports=(3389, 8080)), 8080, None),
+        (_target(protocol="sftp", ports=(2022, 8080)), 2022, "ssh"),
+        (_target(protocol="http", ports=(8443,)), 8443, None),
+    ],
+)
 def test_interactive_ports(target: InstrumentTarget, port: int, kind: str | None) -> None:
     assert interactive_port(target, port) == kind
 
@@ -140,13 +173,15 @@ async def test_an_sshd_on_a_port_the_inventory_does_not_mark_is_cut_off(world: W
     w = world
     sshd = w.ssh_port
     t = w.policy.instruments[w.instrument]
-    w.policy.instruments[w.instrument] = replace(t, ssh_port=free_port(), ports=(sshd,),
-                                                 protocol="tcp")
+    w.policy.instruments[w.instrument] = replace(
+        t, ssh_port=free_port(), ports=(sshd,), protocol="tcp"
+    )
     w.policy.grant(w.engineer, w.instrument, (sshd,), ends=w.clock.now + timedelta(hours=1))
     client = await asyncio.to_thread(paramiko_client, w)
     try:
-        chan = await asyncio.to_thread(client.open_channel, "direct-tcpip",
-                                       (w.instrument, sshd), ("127.0.0.1", 5555), 10)
+        chan = await asyncio.to_thread(
+            client.open_channel, "direct-tcpip", (w.instrument, sshd), ("127.0.0.1", 5555), 10
+        )
         chan.settimeout(10)
         assert await asyncio.to_thread(chan.recv, 100) == b""
     finally:

@@ -38,7 +38,8 @@ class _ServiceAccountSshd(OpenSSHInstrument):
             "#!/bin/sh\n"
             f"chown -R {account.pw_uid}:{account.pw_gid} {shlex.quote(str(workdir))}\n"
             f"exec setpriv --reuid={account.pw_uid} --regid={account.pw_gid} --clear-groups "
-            "/usr/sbin/sshd \"$@\"\n")
+            '/usr/sbin/sshd "$@"\n'
+        )
         wrapper.chmod(0o755)
         super().__init__(workdir, sshd=wrapper, force_command=False)
         self.username = SERVICE_ACCOUNT
@@ -80,8 +81,7 @@ async def test_terminated_exec_ends_the_command_on_the_instrument(granted: World
     try:
         assert _running(pid)
         (live,) = w.door.sessions.list()
-        assert w.door.sessions.terminate(live.session_id, by="approver:hanako",
-                                         reason="approver")
+        assert w.door.sessions.terminate(live.session_id, by="approver:hanako", reason="approver")
         took = await poll(chan.exit_status_ready, deadline_s=3)
         assert took < 1.0  # the engineer's channel does not wait for the instrument
         await poll(lambda: not _running(pid), deadline_s=5)
@@ -102,8 +102,7 @@ async def test_a_command_ignoring_TERM_is_killed_after_the_grace_period(
         await poll(lambda: not _running(pid), deadline_s=5)
     finally:
         t.close()
-    assert w.events.of_type("session.terminated")[0].get("EventResultDetails") \
-        == "grant_revoked"
+    assert w.events.of_type("session.terminated")[0].get("EventResultDetails") == "grant_revoked"
 
 
 async def test_the_brokers_connection_to_the_instrument_closes_after_termination(

@@ -43,8 +43,6 @@ def front_door_options() -> FrontDoorOptions:
     return FrontDoorOptions(login_timeout_s=5.0, watch_interval_s=3600.0)
 
 
-
-
 def _live_sid(w: World) -> str:
     (s,) = w.door.sessions.list()
     return s.session_id
@@ -127,8 +125,7 @@ async def test_dropped_connection_leaves_the_existing_file_byte_identical(
     t.close()
     assert target.read_bytes() == original
     assert not [p for p in w.data_dir.iterdir() if p.name.endswith(".part")]
-    assert [e.get("EventResultDetails") for e in w.events.of_type("file.refused")] == [
-        "not_closed"]
+    assert [e.get("EventResultDetails") for e in w.events.of_type("file.refused")] == ["not_closed"]
     assert w.door.spools.used == 0
 
 
@@ -153,8 +150,13 @@ async def test_explicit_close_while_granted_replaces_the_file_whole(files_grante
 
 async def _start(argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        *argv,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 async def _terminate_mid_upload(w: World, argv: list[str], name: str) -> bytes:
@@ -182,8 +184,7 @@ async def test_terminated_scp_upload_never_lands(files_granted: World, legacy: b
     src = w.tmp / "image.bin"
     src.write_bytes(os.urandom(4 * 1024 * 1024))
     extra = ("-O",) if legacy else ()
-    argv = w.ssh_argv("scp", extra=(*extra, "-l", "2000", str(src),
-                                    f"{w.login()}:image.bin"))
+    argv = w.ssh_argv("scp", extra=(*extra, "-l", "2000", str(src), f"{w.login()}:image.bin"))
     await _terminate_mid_upload(w, argv, "image.bin")
 
 
@@ -193,13 +194,16 @@ async def test_terminated_sftp_put_never_lands(files_granted: World, tmp_path: P
     src.write_bytes(os.urandom(4 * 1024 * 1024))
     batch = tmp_path / "batch"
     batch.write_text(f"put {src} bundle.tar\n")
-    argv = w.ssh_argv("sftp", extra=("-o", f"CertificateFile={w.cert_file()}", "-l", "2000",
-                                     "-b", str(batch), w.login()))
+    argv = w.ssh_argv(
+        "sftp",
+        extra=("-o", f"CertificateFile={w.cert_file()}", "-l", "2000", "-b", str(batch), w.login()),
+    )
     await _terminate_mid_upload(w, argv, "bundle.tar")
 
 
 async def test_grant_revoked_in_the_store_stops_an_open_upload(
-    tmp_path: Path, openssh_instrument: OpenSSHInstrument,
+    tmp_path: Path,
+    openssh_instrument: OpenSSHInstrument,
 ) -> None:
     """The real control plane: the hospital revokes the grant while paramiko has a file
     half written; the file never reaches the instrument, whatever the client does next."""
@@ -209,29 +213,62 @@ async def test_grant_revoked_in_the_store_stops_an_open_upload(
     cw = build_world(Services.build(make_context(store, events, clock)), clock)
     inst = openssh_instrument
     gw_id, _ = enrol_gateway(cw)
-    cw.s.estate.update_instrument(cw.admin, "cobas-1", {
-        "gateway": gw_id, "host": inst.host, "ssh_port": inst.port, "ports": [inst.port],
-        "login_username": inst.username})
-    StoreGatewayDirectory(cw.s).record_inventory(gw_id, [InventoryItem(
-        "cobas-1", inst.host, (inst.port,), "ssh", "chemistry", "c503", True,
-        inst.host_key_fingerprint)])
-    cw.s.estate.set_credential(cw.actors["hadmin"], "cobas-1", "private_key",
-                               inst.client_private_key_pem, inst.username)
+    cw.s.estate.update_instrument(
+        cw.admin,
+        "cobas-1",
+        {
+            "gateway": gw_id,
+            "host": inst.host,
+            "ssh_port": inst.port,
+            "ports": [inst.port],
+            "login_username": inst.username,
+        },
+    )
+    StoreGatewayDirectory(cw.s).record_inventory(
+        gw_id,
+        [
+            InventoryItem(
+                "cobas-1",
+                inst.host,
+                (inst.port,),
+                "ssh",
+                "chemistry",
+                "c503",
+                True,
+                inst.host_key_fingerprint,
+            )
+        ],
+    )
+    cw.s.estate.set_credential(
+        cw.actors["hadmin"], "cobas-1", "private_key", inst.client_private_key_pem, inst.username
+    )
     key_path, public_line = engineer_key(tmp_path)
     cw.s.people.add_key(cw.actors["eng"], public_line)
     secret = cw.enrol_totp("eng")
-    cw.s.estate.update_policy(cw.actors["hadmin"], "hoshi-hospital",
-                              {"file_transfer_allowed": True})
-    req = cw.s.requests.create(cw.actors["eng"], NewRequest(
-        ["cobas-1"], 3600, "update QC file", ports=[inst.port], file_transfer=True))
-    grant = cw.s.requests.approve(cw.actors["appr"], req.id).grant or \
-        cw.s.requests.approve(cw.actors["appr2"], req.id).grant
+    cw.s.estate.update_policy(
+        cw.actors["hadmin"], "hoshi-hospital", {"file_transfer_allowed": True}
+    )
+    req = cw.s.requests.create(
+        cw.actors["eng"],
+        NewRequest(["cobas-1"], 3600, "update QC file", ports=[inst.port], file_transfer=True),
+    )
+    grant = (
+        cw.s.requests.approve(cw.actors["appr"], req.id).grant
+        or cw.s.requests.approve(cw.actors["appr2"], req.id).grant
+    )
     assert grant is not None
     door = await start_front_door(
-        BrokerSettings(data_dir=tmp_path / "data"), StoreAccessPolicy(cw.s), DirectConnector(),
-        events, tmp_path / "recordings", asyncssh.generate_private_key("ssh-ed25519"),
-        options=FrontDoorOptions(watch_interval_s=3600.0), clock=cw.clock,
-        host="127.0.0.1", port=0)
+        BrokerSettings(data_dir=tmp_path / "data"),
+        StoreAccessPolicy(cw.s),
+        DirectConnector(),
+        events,
+        tmp_path / "recordings",
+        asyncssh.generate_private_key("ssh-ed25519"),
+        options=FrontDoorOptions(watch_interval_s=3600.0),
+        clock=cw.clock,
+        host="127.0.0.1",
+        port=0,
+    )
 
     def connect() -> paramiko.Transport:
         t = paramiko.Transport(("127.0.0.1", door.port))
@@ -258,8 +295,7 @@ async def test_grant_revoked_in_the_store_stops_an_open_upload(
         await door.close()
         store.close()
     assert target.read_bytes() == b"calibrated\n"
-    refused = [e for e in events.of_type("file.refused")
-               if e.details.get("operation") == "upload"]
+    refused = [e for e in events.of_type("file.refused") if e.details.get("operation") == "upload"]
     assert [e.get("EventResultDetails") for e in refused] == ["no_grant"]
     assert not events.of_type("file.transferred")
 
@@ -288,6 +324,5 @@ async def test_scp_killed_mid_file_leaves_the_existing_file_byte_identical(
     assert target.read_bytes() == original
     assert not [p for p in w.data_dir.iterdir() if p.name.endswith(".part")]
     assert not w.events.of_type("file.transferred")
-    assert [e.get("EventResultDetails") for e in w.events.of_type("file.refused")] == [
-        "not_closed"]
+    assert [e.get("EventResultDetails") for e in w.events.of_type("file.refused")] == ["not_closed"]
     assert w.door.spools.used == 0

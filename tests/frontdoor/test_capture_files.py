@@ -21,32 +21,47 @@ CAP = 64 * 1024
 
 @pytest.fixture
 def front_door_options(tmp_path: Path) -> FrontDoorOptions:
-    return FrontDoorOptions(login_timeout_s=5.0, watch_interval_s=0.1,
-                            forward_capture_dir=tmp_path / "captures",
-                            forward_capture_max_bytes=CAP)
-
+    return FrontDoorOptions(
+        login_timeout_s=5.0,
+        watch_interval_s=0.1,
+        forward_capture_dir=tmp_path / "captures",
+        forward_capture_max_bytes=CAP,
+    )
 
 
 @pytest.fixture
 def forward_granted(world: World, echo_port: int) -> World:
     t = world.policy.instruments[world.instrument]
     world.policy.instruments[world.instrument] = replace(t, ports=(*t.ports, echo_port))
-    world.policy.grant(world.engineer, world.instrument, (echo_port,),
-                       ends=world.clock.now + timedelta(hours=1))
+    world.policy.grant(
+        world.engineer, world.instrument, (echo_port,), ends=world.clock.now + timedelta(hours=1)
+    )
     return world
-
 
 
 async def _forward(w: World, echo_port: int) -> tuple[asyncio.subprocess.Process, int]:
     local = free_port()
-    argv = w.ssh_argv(batch=True, extra=(
-        "-o", f"CertificateFile={w.cert_file()}", "-o", "ExitOnForwardFailure=yes",
-        "-N", "-L", f"127.0.0.1:{local}:localhost:{echo_port}", w.login()))
+    argv = w.ssh_argv(
+        batch=True,
+        extra=(
+            "-o",
+            f"CertificateFile={w.cert_file()}",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-N",
+            "-L",
+            f"127.0.0.1:{local}:localhost:{echo_port}",
+            w.login(),
+        ),
+    )
     proc = await asyncio.create_subprocess_exec(
-        *argv, env=w.env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        *argv,
+        env=w.env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     return proc, local
-
 
 
 async def test_capture_file_is_private_whatever_the_umask(
@@ -141,20 +156,36 @@ async def test_the_capture_folder_and_cap_come_from_the_broker_settings(tmp_path
     from broker.tunnel.connector import DirectConnector
     from tests.frontdoor.harness import FakePolicy
 
-    settings = BrokerSettings(data_dir=tmp_path / "data", forward_capture_path=tmp_path / "cap",
-                              forward_capture_max_bytes=4096)
-    door = await start_front_door(settings, FakePolicy(), DirectConnector(), CapturingEmitter(),
-                                  tmp_path / "rec", asyncssh.generate_private_key("ssh-ed25519"),
-                                  host="127.0.0.1", port=0)
+    settings = BrokerSettings(
+        data_dir=tmp_path / "data",
+        forward_capture_path=tmp_path / "cap",
+        forward_capture_max_bytes=4096,
+    )
+    door = await start_front_door(
+        settings,
+        FakePolicy(),
+        DirectConnector(),
+        CapturingEmitter(),
+        tmp_path / "rec",
+        asyncssh.generate_private_key("ssh-ed25519"),
+        host="127.0.0.1",
+        port=0,
+    )
     try:
         assert door.options.forward_capture_dir == tmp_path / "cap"
         assert door.options.forward_capture_max_bytes == 4096
     finally:
         await door.close()
-    off = await start_front_door(BrokerSettings(data_dir=tmp_path / "d2"), FakePolicy(),
-                                 DirectConnector(), CapturingEmitter(), tmp_path / "rec2",
-                                 asyncssh.generate_private_key("ssh-ed25519"),
-                                 host="127.0.0.1", port=0)
+    off = await start_front_door(
+        BrokerSettings(data_dir=tmp_path / "d2"),
+        FakePolicy(),
+        DirectConnector(),
+        CapturingEmitter(),
+        tmp_path / "rec2",
+        asyncssh.generate_private_key("ssh-ed25519"),
+        host="127.0.0.1",
+        port=0,
+    )
     try:
         assert off.options.forward_capture_dir is None
     finally:

@@ -33,8 +33,9 @@ class Caller:
 
 TOKENS = {
     "mfa": Caller("u-alice", "alice", frozenset({"engineer"}), frozenset({"*"}), "session"),
-    "enrol-only": Caller("u-alice", "alice", frozenset({"engineer"}), frozenset({"enroll"}),
-                         "session"),
+    "enrol-only": Caller(
+        "u-alice", "alice", frozenset({"engineer"}), frozenset({"enroll"}), "session"
+    ),
     "api": Caller("u-alice", "alice", frozenset({"engineer"}), frozenset({"*"}), "api"),
 }
 
@@ -52,8 +53,11 @@ def api(granted: World) -> Iterator[str]:
 
     app = FastAPI()
     errors.install(app)
-    app.include_router(build_cert_router(lambda: w.door.ca, w.policy, grants_end, w.events,
-                                         w.clock, authenticate=authenticate))
+    app.include_router(
+        build_cert_router(
+            lambda: w.door.ca, w.policy, grants_end, w.events, w.clock, authenticate=authenticate
+        )
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -65,42 +69,70 @@ def api(granted: World) -> Iterator[str]:
 
 
 async def test_certificate_after_mfa_logs_in_without_a_code(
-    granted: World, api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    granted: World,
+    api: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     w = granted
     monkeypatch.setenv("HOSHU_TOKEN", "mfa")
     out = tmp_path / "cert.pub"
-    rc = await asyncio.to_thread(main, ["ssh-cert", "--api", api, "--key",
-                                        str(w.tmp / "id_engineer.pub"), "--out", str(out)])
+    rc = await asyncio.to_thread(
+        main, ["ssh-cert", "--api", api, "--key", str(w.tmp / "id_engineer.pub"), "--out", str(out)]
+    )
     assert rc == 0, capsys.readouterr().err
-    r = await run(w.ssh_argv(batch=True, extra=("-o", f"CertificateFile={out}", w.login(),
-                                                "echo no-code-needed")), w.env())
+    r = await run(
+        w.ssh_argv(
+            batch=True, extra=("-o", f"CertificateFile={out}", w.login(), "echo no-code-needed")
+        ),
+        w.env(),
+    )
     assert r.rc == 0, r.err
     issued = w.events.of_type("ssh.cert_issued")[0]
     until = datetime.fromisoformat(issued.details["valid_until"])
     assert until == w.clock.now + timedelta(hours=1)  # the grant's end, sooner than 8 h
 
 
-@pytest.mark.parametrize(("token", "message"), [
-    ("enrol-only", "sign in with password and TOTP"),
-    ("api", "sign in with password and TOTP"),
-])
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("enrol-only", "sign in with password and TOTP"),
+        ("api", "sign in with password and TOTP"),
+    ],
+)
 async def test_certificate_refused_without_a_full_mfa_sign_in(
-    granted: World, api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str], token: str, message: str,
+    granted: World,
+    api: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    token: str,
+    message: str,
 ) -> None:
     monkeypatch.setenv("HOSHU_TOKEN", token)
-    rc = await asyncio.to_thread(main, ["ssh-cert", "--api", api, "--key",
-                                        str(granted.tmp / "id_engineer.pub"),
-                                        "--out", str(tmp_path / "c.pub")])
+    rc = await asyncio.to_thread(
+        main,
+        [
+            "ssh-cert",
+            "--api",
+            api,
+            "--key",
+            str(granted.tmp / "id_engineer.pub"),
+            "--out",
+            str(tmp_path / "c.pub"),
+        ],
+    )
     assert rc == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "c.pub").exists()
 
 
 async def test_certificate_refused_for_an_unregistered_key_or_without_grant(
-    granted: World, api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    granted: World,
+    api: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     import asyncssh
@@ -108,11 +140,21 @@ async def test_certificate_refused_for_an_unregistered_key_or_without_grant(
     monkeypatch.setenv("HOSHU_TOKEN", "mfa")
     other = tmp_path / "other.pub"
     other.write_text(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode())
-    rc = await asyncio.to_thread(main, ["ssh-cert", "--api", api, "--key", str(other),
-                                        "--out", str(tmp_path / "c.pub")])
+    rc = await asyncio.to_thread(
+        main, ["ssh-cert", "--api", api, "--key", str(other), "--out", str(tmp_path / "c.pub")]
+    )
     assert rc == 1 and "not one of your registered SSH keys" in capsys.readouterr().err
     granted.policy.grants.clear()
-    rc = await asyncio.to_thread(main, ["ssh-cert", "--api", api, "--key",
-                                        str(granted.tmp / "id_engineer.pub"),
-                                        "--out", str(tmp_path / "c.pub")])
+    rc = await asyncio.to_thread(
+        main,
+        [
+            "ssh-cert",
+            "--api",
+            api,
+            "--key",
+            str(granted.tmp / "id_engineer.pub"),
+            "--out",
+            str(tmp_path / "c.pub"),
+        ],
+    )
     assert rc == 1 and "no active grant" in capsys.readouterr().err

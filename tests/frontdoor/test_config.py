@@ -18,17 +18,44 @@ async def test_generated_config_makes_the_short_name_work(
     host_key.write_text(w.door.host_key_line + "\n")
     known = w.tmp / "hoshu_known_hosts"
     cert = w.cert_file()
-    rc = main(["ssh-config", "--user", "alice", "--instrument", w.instrument,
-               "--broker-host", "127.0.0.1", "--broker-port", str(w.door.port),
-               "--identity-file", str(w.key_path), "--certificate-file", str(cert),
-               "--known-hosts-file", str(known), "--host-key-file", str(host_key),
-               "--write-known-hosts"])
+    rc = main(
+        [
+            "ssh-config",
+            "--user",
+            "alice",
+            "--instrument",
+            w.instrument,
+            "--broker-host",
+            "127.0.0.1",
+            "--broker-port",
+            str(w.door.port),
+            "--identity-file",
+            str(w.key_path),
+            "--certificate-file",
+            str(cert),
+            "--known-hosts-file",
+            str(known),
+            "--host-key-file",
+            str(host_key),
+            "--write-known-hosts",
+        ]
+    )
     assert rc == 0
     config = w.tmp / "ssh_config"
     config.write_text(capsys.readouterr().out)
     assert known.read_text().startswith("hoshu-broker ssh-ed25519 ")
-    r = await run(["ssh", "-F", str(config), "-o", "BatchMode=yes",
-                   f"{w.instrument}.hoshu", "echo via-config"], w.env())
+    r = await run(
+        [
+            "ssh",
+            "-F",
+            str(config),
+            "-o",
+            "BatchMode=yes",
+            f"{w.instrument}.hoshu",
+            "echo via-config",
+        ],
+        w.env(),
+    )
     assert r.rc == 0, r.err
     assert r.out == b"via-config\n"
 

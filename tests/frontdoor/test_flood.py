@@ -14,8 +14,7 @@ from tests.support import poll
 @pytest.fixture
 def front_door_options() -> FrontDoorOptions:
     # a long login timeout, so only the per-source cap can explain a prompt hang-up
-    return FrontDoorOptions(login_timeout_s=30.0, watch_interval_s=0.1,
-                            max_pending_per_source=3)
+    return FrontDoorOptions(login_timeout_s=30.0, watch_interval_s=0.1, max_pending_per_source=3)
 
 
 async def _until_closed(reader: asyncio.StreamReader) -> None:

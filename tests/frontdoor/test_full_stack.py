@@ -41,20 +41,42 @@ def control(tmp_path: Path) -> Iterator[tuple[World, CapturingEmitter]]:
 
 
 async def test_engineer_reaches_the_instrument_through_the_control_plane(
-    control: tuple[World, CapturingEmitter], openssh_instrument: OpenSSHInstrument,
+    control: tuple[World, CapturingEmitter],
+    openssh_instrument: OpenSSHInstrument,
     tmp_path: Path,
 ) -> None:
     w, events = control
     inst = openssh_instrument
     gw_id, _ = enrol_gateway(w)
-    w.s.estate.update_instrument(w.admin, "cobas-1", {
-        "gateway": gw_id, "host": inst.host, "ssh_port": inst.port, "ports": [inst.port],
-        "login_username": inst.username})
-    StoreGatewayDirectory(w.s).record_inventory(gw_id, [InventoryItem(
-        "cobas-1", inst.host, (inst.port,), "ssh", "chemistry", "c503", True,
-        inst.host_key_fingerprint)])
-    w.s.estate.set_credential(w.actors["hadmin"], "cobas-1", "private_key",
-                              inst.client_private_key_pem, inst.username)
+    w.s.estate.update_instrument(
+        w.admin,
+        "cobas-1",
+        {
+            "gateway": gw_id,
+            "host": inst.host,
+            "ssh_port": inst.port,
+            "ports": [inst.port],
+            "login_username": inst.username,
+        },
+    )
+    StoreGatewayDirectory(w.s).record_inventory(
+        gw_id,
+        [
+            InventoryItem(
+                "cobas-1",
+                inst.host,
+                (inst.port,),
+                "ssh",
+                "chemistry",
+                "c503",
+                True,
+                inst.host_key_fingerprint,
+            )
+        ],
+    )
+    w.s.estate.set_credential(
+        w.actors["hadmin"], "cobas-1", "private_key", inst.client_private_key_pem, inst.username
+    )
     key_path, public_line = engineer_key(tmp_path)
     w.s.people.add_key(w.actors["eng"], public_line)
     secret = w.enrol_totp("eng")
@@ -64,22 +86,46 @@ async def test_engineer_reaches_the_instrument_through_the_control_plane(
 
     door = await start_front_door(
         BrokerSettings(data_dir=tmp_path / "data"),
-        StoreAccessPolicy(w.s), DirectConnector(), events,
-        tmp_path / "recordings", asyncssh.generate_private_key("ssh-ed25519"),
-        options=FrontDoorOptions(watch_interval_s=0.1), clock=w.clock,
-        host="127.0.0.1", port=0)
+        StoreAccessPolicy(w.s),
+        DirectConnector(),
+        events,
+        tmp_path / "recordings",
+        asyncssh.generate_private_key("ssh-ed25519"),
+        options=FrontDoorOptions(watch_interval_s=0.1),
+        clock=w.clock,
+        host="127.0.0.1",
+        port=0,
+    )
     try:
         known = tmp_path / "known_hosts"
         known.write_text(f"[127.0.0.1]:{door.port} {door.host_key_line}\n")
         askpass = tmp_path / "askpass"
         askpass.write_text(ASKPASS)
         askpass.chmod(0o755)
-        argv = ["ssh", "-F", "/dev/null", "-p", str(door.port), "-i", str(key_path),
-                "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
-                "-o", "NumberOfPasswordPrompts=1", "eng+cobas-1@127.0.0.1"]
+        argv = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(door.port),
+            "-i",
+            str(key_path),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "eng+cobas-1@127.0.0.1",
+        ]
         code = totp.code_at(secret, w.clock())
-        env = {"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0",
-               "HOSHU_TEST_CODE": code, "PATH": "/usr/bin:/bin"}
+        env = {
+            "SSH_ASKPASS": str(askpass),
+            "SSH_ASKPASS_REQUIRE": "force",
+            "DISPLAY": ":0",
+            "HOSHU_TEST_CODE": code,
+            "PATH": "/usr/bin:/bin",
+        }
         r = await run([*argv, "echo from-the-analyzer"], env)
         assert r.rc == 0, r.err
         assert r.out == b"from-the-analyzer\n"
@@ -90,8 +136,12 @@ async def test_engineer_reaches_the_instrument_through_the_control_plane(
         w.clock.advance(30)
         env["HOSHU_TEST_CODE"] = totp.code_at(secret, w.clock())
         proc = await asyncio.create_subprocess_exec(
-            *argv, "sleep 30", env=env, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            *argv,
+            "sleep 30",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         await poll(lambda: len(door.sessions.list()) == 1, deadline_s=10)
         w.s.grants.revoke(w.actors["appr"], grant_id, "work done")
         await asyncio.wait_for(proc.wait(), 3)

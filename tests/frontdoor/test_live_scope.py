@@ -38,16 +38,22 @@ def policy_kind() -> str:
 
 def _app(w: World) -> FastAPI:
     s = w.policy.s
-    return create_app(BrokerSettings(data_dir=w.tmp / "api"), services=s, extra_routers=[
-        build_sessions_router(lambda: w.door.sessions, w.events),
-        build_cert_router(lambda: w.door.ca, w.policy, store_grants_end(s), w.events,
-                          s.ctx.now),
-    ])
+    return create_app(
+        BrokerSettings(data_dir=w.tmp / "api"),
+        services=s,
+        extra_routers=[
+            build_sessions_router(lambda: w.door.sessions, w.events),
+            build_cert_router(
+                lambda: w.door.ca, w.policy, store_grants_end(s), w.events, s.ctx.now
+            ),
+        ],
+    )
 
 
 def _person(w: World, name: str, org: str, role: str) -> Any:
-    return w.policy.s.people.create_user(w.policy.actors["root"],
-                                         NewUser(name, f"Person {name}", org, [role], PASSWORD))
+    return w.policy.s.people.create_user(
+        w.policy.actors["root"], NewUser(name, f"Person {name}", org, [role], PASSWORD)
+    )
 
 
 def _refusals(w: World, kind: str, who: str) -> list[Any]:
@@ -61,13 +67,18 @@ async def _tokens(w: World, http: httpx.AsyncClient) -> dict[str, str]:
     assert r.status_code == 200 and r.json()["scopes"] == ["enroll"], r.text
     users = {u.name: u for u in s.people.list_users(w.policy.actors["root"])}
     full = session_token(s, users["appr"])
-    ro = await http.post("/v1/tokens", json={"name": "ro-bot", "scopes": ["read"]},
-                         headers=auth(full))
+    ro = await http.post(
+        "/v1/tokens", json={"name": "ro-bot", "scopes": ["read"]}, headers=auth(full)
+    )
     assert ro.status_code == 201, ro.text
     _person(w, "tsuki-appr", "tsuki-hospital", "approver")
     users = {u.name: u for u in s.people.list_users(w.policy.actors["root"])}
-    return {"enrol-only": r.json()["access_token"], "read-only": ro.json()["access_token"],
-            "other-hospital": session_token(s, users["tsuki-appr"]), "approver": full}
+    return {
+        "enrol-only": r.json()["access_token"],
+        "read-only": ro.json()["access_token"],
+        "other-hospital": session_token(s, users["tsuki-appr"]),
+        "approver": full,
+    }
 
 
 async def _running(chan: paramiko.Channel, marker: str) -> None:
@@ -77,8 +88,7 @@ async def _running(chan: paramiko.Channel, marker: str) -> None:
     assert f"alive-{marker}-42".encode() in out, out
 
 
-async def test_scoped_tokens_and_other_hospitals_cannot_follow_or_terminate(
-        granted: World) -> None:
+async def test_scoped_tokens_and_other_hospitals_cannot_follow_or_terminate(granted: World) -> None:
     w = granted
     t = await asyncio.to_thread(paramiko_client, w)
     chan = await asyncio.to_thread(open_shell, t)
@@ -88,9 +98,11 @@ async def test_scoped_tokens_and_other_hospitals_cannot_follow_or_terminate(
         tokens = await _tokens(w, http)
         (live,) = w.door.sessions.list()
         sid = live.session_id
-        for who, token in (("enrol-only", tokens["enrol-only"]),
-                           ("read-only", tokens["read-only"]),
-                           ("other-hospital", tokens["other-hospital"])):
+        for who, token in (
+            ("enrol-only", tokens["enrol-only"]),
+            ("read-only", tokens["read-only"]),
+            ("other-hospital", tokens["other-hospital"]),
+        ):
             r = await http.post(f"/v1/sessions/{sid}/terminate", headers=auth(token))
             assert r.status_code == 403, (who, r.text)
             if who != "other-hospital":  # another hospital's session is not theirs to see
@@ -112,8 +124,9 @@ async def test_scoped_tokens_and_other_hospitals_cannot_follow_or_terminate(
         assert "hospital" in other.details["reason"]
 
         # the hospital's own approver, signed in fully, follows and ends it
-        follow_task = asyncio.ensure_future(http.get(f"/v1/sessions/{sid}/stream",
-                                                     headers=auth(tokens["approver"])))
+        follow_task = asyncio.ensure_future(
+            http.get(f"/v1/sessions/{sid}/stream", headers=auth(tokens["approver"]))
+        )
         await poll(lambda: bool(w.events.of_type("recording.viewed")))
         await poll(lambda: bool(w.door.sessions.list()[0].followers))
         r = await http.post(f"/v1/sessions/{sid}/terminate", headers=auth(tokens["approver"]))
@@ -137,10 +150,14 @@ async def test_certificate_refusals_are_events_and_issue_nothing(world: World) -
         r = await http.post("/v1/ssh/certificate", json=body, headers=auth(enrol_only))
         assert r.status_code == 403 and r.json()["error"]["code"] == "mfa_required", r.text
         full = session_token(s, users["alice"])
-        api = await http.post("/v1/tokens", json={"name": "bot", "scopes": [
-            "read", "requests", "decisions", "admin"]}, headers=auth(full))
-        r = await http.post("/v1/ssh/certificate", json=body,
-                            headers=auth(api.json()["access_token"]))
+        api = await http.post(
+            "/v1/tokens",
+            json={"name": "bot", "scopes": ["read", "requests", "decisions", "admin"]},
+            headers=auth(full),
+        )
+        r = await http.post(
+            "/v1/ssh/certificate", json=body, headers=auth(api.json()["access_token"])
+        )
         assert r.status_code == 403 and r.json()["error"]["code"] == "mfa_required", r.text
         # fully signed in, her own key, but no grant: refused too
         r = await http.post("/v1/ssh/certificate", json=body, headers=auth(full))

@@ -28,18 +28,28 @@ def try_key(w: World, login: str) -> None:
         t.close()
 
 
-@pytest.mark.parametrize("login", [
-    "alice\n+{inst}", "alice+{inst}\n", "alice+-{inst}", "\u0430lice+{inst}",
-    "alice+{inst}\u200b", "Alice+{inst}", "-alice+{inst}",
-])
-async def test_malformed_login_names_are_refused_with_the_real_key(granted: World,
-                                                                   login: str) -> None:
+@pytest.mark.parametrize(
+    "login",
+    [
+        "alice\n+{inst}",
+        "alice+{inst}\n",
+        "alice+-{inst}",
+        "\u0430lice+{inst}",
+        "alice+{inst}\u200b",
+        "Alice+{inst}",
+        "-alice+{inst}",
+    ],
+)
+async def test_malformed_login_names_are_refused_with_the_real_key(
+    granted: World, login: str
+) -> None:
     w = granted
     with pytest.raises(paramiko.AuthenticationException):
         await asyncio.to_thread(try_key, w, login.format(inst=w.instrument))
 
     def refused() -> bool:
         return bool(w.events.of_type("ssh.login"))
+
     await poll(refused, deadline_s=5.0)
     logins = w.events.of_type("ssh.login")
     assert all(e.get("EventResult") == "Failure" for e in logins)

@@ -77,9 +77,16 @@ async def test_the_limit_comes_from_the_broker_setting(tmp_path: Path) -> None:
     from broker.tunnel.connector import DirectConnector
     from tests.frontdoor.harness import FakePolicy
 
-    door = await start_front_door(s, FakePolicy(), DirectConnector(), CapturingEmitter(),
-                                  tmp_path / "rec", asyncssh.generate_private_key("ssh-ed25519"),
-                                  host="127.0.0.1", port=0)
+    door = await start_front_door(
+        s,
+        FakePolicy(),
+        DirectConnector(),
+        CapturingEmitter(),
+        tmp_path / "rec",
+        asyncssh.generate_private_key("ssh-ed25519"),
+        host="127.0.0.1",
+        port=0,
+    )
     try:
         assert door.options.max_recording_bytes == 3 * 1024**2
     finally:

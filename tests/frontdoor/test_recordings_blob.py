@@ -18,7 +18,8 @@ from tests.support import free_port, poll
 
 
 async def test_shell_session_is_recorded_in_blob_storage(
-        granted: World, azurite: Azurite, blob_container: str, blob_credential: Any) -> None:
+    granted: World, azurite: Azurite, blob_container: str, blob_credential: Any
+) -> None:
     w = granted
     store = BlobStore(blob_container, blob_credential, connection_verify=str(azurite.cert))
     w.door.recording_opener = store_opener(store)
@@ -43,13 +44,19 @@ async def test_shell_session_is_recorded_in_blob_storage(
 
 
 async def test_blob_storage_going_away_ends_the_session(
-        granted: World, azurite_factory: Any, blob_credential: Any) -> None:
+    granted: World, azurite_factory: Any, blob_credential: Any
+) -> None:
     """Azurite stops mid-session: the session ends with recording_failed within a few
     seconds (the failed append surfaces at the next timed flush), the engineer is told."""
     w = granted
     az: Azurite = azurite_factory()
-    store = BlobStore(az.new_container(blob_credential), blob_credential,
-                      connection_verify=str(az.cert), flush_interval_s=0.2, timeout_s=2.0)
+    store = BlobStore(
+        az.new_container(blob_credential),
+        blob_credential,
+        connection_verify=str(az.cert),
+        flush_interval_s=0.2,
+        timeout_s=2.0,
+    )
     w.door.recording_opener = store_opener(store)
     t = await asyncio.to_thread(paramiko_client, w)
     chan = await asyncio.to_thread(open_shell, t)
@@ -67,12 +74,14 @@ async def test_blob_storage_going_away_ends_the_session(
 
 
 async def test_session_is_refused_when_its_recording_cannot_be_created(
-        granted: World, blob_credential: Any) -> None:
+    granted: World, blob_credential: Any
+) -> None:
     """Blob storage unreachable when a session starts: the session is refused."""
     w = granted
     url = f"https://127.0.0.1:{free_port()}/devstoreaccount1/recordings"
-    w.door.recording_opener = store_opener(BlobStore(url, blob_credential, timeout_s=2.0,
-                                                     retries=0))
+    w.door.recording_opener = store_opener(
+        BlobStore(url, blob_credential, timeout_s=2.0, retries=0)
+    )
     t = await asyncio.to_thread(paramiko_client, w)
     chan = await asyncio.to_thread(open_shell, t)
     seen = await asyncio.to_thread(read_until, chan, b"cannot be written", 15)

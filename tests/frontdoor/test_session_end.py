@@ -47,7 +47,8 @@ class _AuditDown:
 
 
 async def test_revocation_ends_the_session_even_when_the_audit_write_fails(
-        granted: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    granted: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = granted
     real = CapturingEmitter()
     real.events = w.events.events  # the same list the test reads
@@ -67,7 +68,8 @@ async def test_revocation_ends_the_session_even_when_the_audit_write_fails(
     # the refused event is written once the log takes it again (retried with backoff)
     await poll(lambda: bool(w.events.of_type("session.terminated")), deadline_s=5)
     assert [e.get("EventResultDetails") for e in w.events.of_type("session.terminated")] == [
-        "grant_revoked"]
+        "grant_revoked"
+    ]
     await poll(lambda: bool(w.events.of_type("session.ended")))
     assert w.events.of_type("session.ended")[0].get("EventResultDetails") == "grant_revoked"
 
@@ -80,8 +82,20 @@ def test_an_event_the_log_keeps_refusing_is_retried_a_bounded_number_of_times() 
     g = policy.grant(eng, "cobas-c503-1", (22,), ends=T0 + timedelta(minutes=10))
     reg = SessionRegistry(policy, down, clock, retry_delays=(0.01, 0.01, 0.01))
     told: list[str] = []
-    reg.add(LiveSession("s1", "shell", eng.user_id, "alice", "cobas-c503-1", "h-1",
-                        g.grant_id, 22, T0, on_terminate=told.append))
+    reg.add(
+        LiveSession(
+            "s1",
+            "shell",
+            eng.user_id,
+            "alice",
+            "cobas-c503-1",
+            "h-1",
+            g.grant_id,
+            22,
+            T0,
+            on_terminate=told.append,
+        )
+    )
     assert reg.terminate("s1", by="approver", reason="terminated_by_approver")
     assert told == ["terminated_by_approver"]
     poll_sync(lambda: reg.retries_pending() == 0, 5, "the retries to end", interval_s=0.01)
@@ -102,7 +116,8 @@ async def test_an_expired_grant_says_expired_on_the_terminal(granted: World) -> 
     await poll(lambda: bool(w.events.of_type("session.ended")))
     assert w.events.of_type("session.ended")[0].get("EventResultDetails") == "grant_expired"
     assert [e.get("EventResultDetails") for e in w.events.of_type("session.terminated")] == [
-        "grant_expired"]
+        "grant_expired"
+    ]
 
 
 async def test_a_session_that_ends_normally_leaves_no_journal_entry(granted: World) -> None:
@@ -127,16 +142,23 @@ def test_a_starting_broker_ends_only_sessions_no_live_broker_holds(tmp_path: Pat
     (tmp_path / "s-lost.cast").write_bytes(b"partial recording")
     running = LiveJournal(tmp_path)
     cols = {"ActorUsername": "alice", "TargetHostname": "cobas-c503-1"}
-    running.opened("s-live", {"columns": cols, "details": {"kind": "shell",
-                                                          "recording": "s-live.cast"}})
+    running.opened(
+        "s-live", {"columns": cols, "details": {"kind": "shell", "recording": "s-live.cast"}}
+    )
     # another broker journals a session and dies (a real process, so the OS drops its lock)
     lost = {"columns": cols, "details": {"kind": "exec", "recording": "s-lost.cast"}}
-    crashed = (f"import json, os, sys; from pathlib import Path; "
-               f"from {LiveJournal.__module__} import LiveJournal; "
-               "LiveJournal(Path(sys.argv[1])).opened('s-lost', json.loads(sys.argv[2])); "
-               "os._exit(0)")
-    subprocess.run([sys.executable, "-c", crashed, str(tmp_path), json.dumps(lost)],
-                   cwd=ROOT, check=True, timeout=60)
+    crashed = (
+        f"import json, os, sys; from pathlib import Path; "
+        f"from {LiveJournal.__module__} import LiveJournal; "
+        "LiveJournal(Path(sys.argv[1])).opened('s-lost', json.loads(sys.argv[2])); "
+        "os._exit(0)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", crashed, str(tmp_path), json.dumps(lost)],
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
     events = CapturingEmitter()
     assert end_lost_sessions(tmp_path, events, FakeClock(T0)) == ["s-lost"]
     [ended] = events.of_type("session.ended")

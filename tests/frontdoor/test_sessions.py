@@ -56,8 +56,13 @@ async def test_interactive_shell_is_recorded_and_plays_in_asciinema(granted: Wor
     assert any("echo rec-" in str(e[2]) for e in events if e[1] == "i")
     # asciinema wants a terminal; script(1) gives it one
     played = await asyncio.to_thread(
-        subprocess.run, ["script", "-qec", f"asciinema cat {path}", "/dev/null"],
-        capture_output=True, stdin=subprocess.DEVNULL, timeout=30, start_new_session=True)
+        subprocess.run,
+        ["script", "-qec", f"asciinema cat {path}", "/dev/null"],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        start_new_session=True,
+    )
     assert played.returncode == 0, played.stderr
     assert b"rec-42" in played.stdout
     # the injected credential appears nowhere an engineer or auditor can read
@@ -292,9 +297,16 @@ async def test_password_credential_on_an_asyncssh_instrument(
     w = granted
     a = analyzer_instrument
     w.policy.instruments["las-line-a"] = InstrumentTarget(
-        name="las-line-a", hospital_id="h-1", gateway_id="gw-1", host=a.info.host,
-        ssh_port=a.port, ports=(a.port,), username="service", credential=a.password,
-        host_key_fingerprint=a.info.host_key_fingerprint)
+        name="las-line-a",
+        hospital_id="h-1",
+        gateway_id="gw-1",
+        host=a.info.host,
+        ssh_port=a.port,
+        ports=(a.port,),
+        username="service",
+        credential=a.password,
+        host_key_fingerprint=a.info.host_key_fingerprint,
+    )
     w.policy.grant(w.engineer, "las-line-a", (a.port,), ends=w.clock.now + timedelta(hours=1))
     r = await run(w.ssh_argv(extra=(w.login("las-line-a"), "status")), w.env())
     assert r.rc == 0, r.err
@@ -310,8 +322,9 @@ async def test_terminate_from_another_thread_ends_the_session(granted: World) ->
     chan = await asyncio.to_thread(open_shell, t)
     await asyncio.to_thread(shell_ready, chan)
     (live,) = w.door.sessions.list()
-    assert await asyncio.to_thread(w.door.sessions.terminate, live.session_id,
-                                   by="approver:hanako", reason="approver")
+    assert await asyncio.to_thread(
+        w.door.sessions.terminate, live.session_id, by="approver:hanako", reason="approver"
+    )
     took = await poll(chan.exit_status_ready, deadline_s=3)
     assert took < 1.0
     t.close()

@@ -39,8 +39,9 @@ def _app(w: World) -> FastAPI:
 
     app = FastAPI()
     errors.install(app)
-    app.include_router(build_sessions_router(lambda: w.door.sessions, w.events,
-                                             authenticate=authenticate))
+    app.include_router(
+        build_sessions_router(lambda: w.door.sessions, w.events, authenticate=authenticate)
+    )
     return app
 
 
@@ -51,6 +52,7 @@ async def test_approver_lists_follows_and_terminates(granted: World) -> None:
     await asyncio.to_thread(shell_ready, chan)
     transport = httpx.ASGITransport(app=_app(w))
     async with httpx.AsyncClient(transport=transport, base_url="http://broker") as http:
+
         async def get(path: str, who: str) -> httpx.Response:
             return await http.get(path, headers={"x-test-user": who})
 

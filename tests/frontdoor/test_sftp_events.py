@@ -20,15 +20,18 @@ from tests.frontdoor.harness import World, paramiko_client, run
 
 async def _batch(w: World, script: str) -> bytes:
     cert = f"CertificateFile={w.cert_file()}"
-    r = await run(w.ssh_argv("sftp", extra=("-o", cert, "-b", "-", w.login())), w.env(),
-                  stdin=script.encode())
+    r = await run(
+        w.ssh_argv("sftp", extra=("-o", cert, "-b", "-", w.login())), w.env(), stdin=script.encode()
+    )
     assert r.rc == 0, r.err
     return r.err
 
 
 def _changes(w: World) -> list[tuple[str, str, str]]:
-    return [(e.details["operation"], Path(e.get("TargetFileName")).name, e.get("EventResult"))
-            for e in w.events.of_type("file.changed")]
+    return [
+        (e.details["operation"], Path(e.get("TargetFileName")).name, e.get("EventResult"))
+        for e in w.events.of_type("file.changed")
+    ]
 
 
 async def test_sftp_changes_are_logged_with_operation_paths_and_result(
@@ -39,8 +42,11 @@ async def test_sftp_changes_are_logged_with_operation_paths_and_result(
     (d / "old.log").write_text("old\n")
     (d / "run.log").write_text("run\n")
     (d / "tool.sh").write_text("#!/bin/sh\n")
-    await _batch(w, "rm old.log\nrename run.log run-1.log\nln -s run-1.log latest.log\n"
-                    "chmod 700 tool.sh\nmkdir exports\nrmdir exports\n-rm missing.log\n")
+    await _batch(
+        w,
+        "rm old.log\nrename run.log run-1.log\nln -s run-1.log latest.log\n"
+        "chmod 700 tool.sh\nmkdir exports\nrmdir exports\n-rm missing.log\n",
+    )
     assert not (d / "old.log").exists()
     assert (d / "run-1.log").read_text() == "run\n"
     assert (d / "latest.log").is_symlink()
@@ -82,9 +88,13 @@ async def test_changes_without_file_transfer_are_refused_and_logged(granted: Wor
         assert chan is not None
         chan.settimeout(10)
         calls: list[tuple[Any, tuple[Any, ...]]] = [
-            (sftp.remove, ("keep.cfg",)), (sftp.rename, ("keep.cfg", "gone.cfg")),
-            (sftp.symlink, ("keep.cfg", "link.cfg")), (sftp.chmod, ("keep.cfg", 0o777)),
-            (sftp.mkdir, ("newdir",)), (sftp.rmdir, ("somedir",))]
+            (sftp.remove, ("keep.cfg",)),
+            (sftp.rename, ("keep.cfg", "gone.cfg")),
+            (sftp.symlink, ("keep.cfg", "link.cfg")),
+            (sftp.chmod, ("keep.cfg", 0o777)),
+            (sftp.mkdir, ("newdir",)),
+            (sftp.rmdir, ("somedir",)),
+        ]
         for fn, args in calls:
             with pytest.raises(PermissionError, match="not part of your grant"):
                 await asyncio.to_thread(fn, *args)
@@ -96,6 +106,12 @@ async def test_changes_without_file_transfer_are_refused_and_logged(granted: Wor
     assert not (d / "newdir").exists()
     refused = [e for e in w.events.of_type("file.refused") if e.details.get("operation")]
     assert [e.details["operation"] for e in refused] == [
-        "remove", "rename", "symlink", "setstat", "mkdir", "rmdir"]
+        "remove",
+        "rename",
+        "symlink",
+        "setstat",
+        "mkdir",
+        "rmdir",
+    ]
     assert {e.get("EventResultDetails") for e in refused} == {"no_grant"}
     assert not w.events.of_type("file.changed")

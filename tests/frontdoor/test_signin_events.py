@@ -43,8 +43,9 @@ async def _lock_out(w: World) -> None:
 STORE_ONLY = pytest.mark.parametrize("policy_kind", ["store"])  # the fake has no domain
 
 
-def _audit_api(events: list[AuditEvent], tmp: Path, people: dict[str, Actor]
-               ) -> Iterator[TestClient]:
+def _audit_api(
+    events: list[AuditEvent], tmp: Path, people: dict[str, Actor]
+) -> Iterator[TestClient]:
     """The API's audit search over these events, as these people (their real roles)."""
     index = AuditIndex.from_url(f"sqlite:///{tmp}/audit-index.db")
     index.add([e.record for e in events])
@@ -60,9 +61,15 @@ def _audit_api(events: list[AuditEvent], tmp: Path, people: dict[str, Actor]
 
     app = FastAPI()
     errors.install(app)
-    app.include_router(build_router(index=index, reports=ReportService(index, em),
-                                    recordings_dir=tmp / "recordings", emitter=em,
-                                    authenticate=authenticate))
+    app.include_router(
+        build_router(
+            index=index,
+            reports=ReportService(index, em),
+            recordings_dir=tmp / "recordings",
+            emitter=em,
+            authenticate=authenticate,
+        )
+    )
     with TestClient(app) as client:
         yield client
 
@@ -73,24 +80,32 @@ async def test_the_hospitals_auditor_sees_a_vendor_engineers_lockout(granted: Wo
     hospital, so that hospital's auditor finds it in the audit search; another doesn't."""
     w = granted
     await _lock_out(w)
-    await poll(lambda: len([e for e in w.events.of_type("ssh.login")
-                            if e.get("EventResult") == "Failure"]) == 5)
+    await poll(
+        lambda: (
+            len([e for e in w.events.of_type("ssh.login") if e.get("EventResult") == "Failure"])
+            == 5
+        )
+    )
     people = {"aud": w.policy.actors["aud"], "other": w.policy.actors["other-aud"]}
     for client in _audit_api(list(w.events.events), w.tmp, people):
-        seen = client.get("/v1/audit/events?type=user.locked_out",
-                          headers={"Authorization": "Bearer aud"})
+        seen = client.get(
+            "/v1/audit/events?type=user.locked_out", headers={"Authorization": "Bearer aud"}
+        )
         assert seen.status_code == 200, seen.text
         rows = seen.json()["events"]
         assert len(rows) == 1 and rows[0]["ActorUsername"] == "alice"
         assert rows[0]["SrcIpAddr"] == "127.0.0.1"
-        alerts = client.get("/v1/audit/events?type=alert.raised",
-                            headers={"Authorization": "Bearer aud"}).json()["events"]
+        alerts = client.get(
+            "/v1/audit/events?type=alert.raised", headers={"Authorization": "Bearer aud"}
+        ).json()["events"]
         assert [a["Details"]["alert"] for a in alerts] == ["user.locked_out"]
-        failed = client.get("/v1/audit/events?type=user.mfa_failed",
-                            headers={"Authorization": "Bearer aud"}).json()["events"]
+        failed = client.get(
+            "/v1/audit/events?type=user.mfa_failed", headers={"Authorization": "Bearer aud"}
+        ).json()["events"]
         assert len(failed) == 5
-        other = client.get("/v1/audit/events?type=user.locked_out",
-                           headers={"Authorization": "Bearer other"}).json()["events"]
+        other = client.get(
+            "/v1/audit/events?type=user.locked_out", headers={"Authorization": "Bearer other"}
+        ).json()["events"]
         assert other == []
 
 
@@ -106,17 +121,25 @@ async def test_a_slow_sign_in_is_told_why_and_logged(granted: World) -> None:
     r = await run(w.ssh_argv(extra=(w.login(), "echo never")), env)
     assert r.rc == 255 and b"never" not in r.out
     assert b"hoshu: sign-in took longer than 2 s" in r.err, r.err
-    await poll(lambda: any(str(e.get("EventResultDetails")).startswith("login_timeout")
-                           for e in w.events.of_type("ssh.login")))
-    fail = [e for e in w.events.of_type("ssh.login")
-            if str(e.get("EventResultDetails")).startswith("login_timeout")]
+    await poll(
+        lambda: any(
+            str(e.get("EventResultDetails")).startswith("login_timeout")
+            for e in w.events.of_type("ssh.login")
+        )
+    )
+    fail = [
+        e
+        for e in w.events.of_type("ssh.login")
+        if str(e.get("EventResultDetails")).startswith("login_timeout")
+    ]
     assert len(fail) == 1 and fail[0].get("EventResult") == "Failure"
     assert fail[0].get("HospitalId") == w.policy.hospital_of(w.instrument)
     assert not w.events.of_type("session.started")
 
 
 async def test_paramiko_stalled_at_the_code_prompt_is_disconnected_with_the_reason(
-        granted: World) -> None:
+    granted: World,
+) -> None:
     """paramiko sits at the code prompt: at 2 s the broker writes ``login_timeout`` and
     disconnects with the reason, which paramiko receives (its transport log)."""
     w = granted
@@ -127,8 +150,10 @@ async def test_paramiko_stalled_at_the_code_prompt_is_disconnected_with_the_reas
             got.append(record.getMessage())
 
     def timed_out() -> bool:
-        return any(str(e.get("EventResultDetails")).startswith("login_timeout")
-                   for e in w.events.of_type("ssh.login"))
+        return any(
+            str(e.get("EventResultDetails")).startswith("login_timeout")
+            for e in w.events.of_type("ssh.login")
+        )
 
     def stall() -> float:
         t = paramiko.Transport(("127.0.0.1", w.door.port))
@@ -181,8 +206,11 @@ async def test_a_certificate_ends_with_the_sign_in_it_came_from(granted: World) 
     r2 = await run([*argv, "echo cert-ok"], w.env())
     assert r2.rc == 255 and r2.out == b""
     assert b"hoshu: certificate refused: certificate revoked" in r2.err, r2.err
-    refused = [e for e in w.events.of_type("ssh.login")
-               if str(e.get("EventResultDetails")).startswith("certificate refused")]
+    refused = [
+        e
+        for e in w.events.of_type("ssh.login")
+        if str(e.get("EventResultDetails")).startswith("certificate refused")
+    ]
     assert len(refused) == 1 and refused[0].details["cert_serial"] == 4242
     assert refused[0].get("EventResult") == "Failure"
 
@@ -195,18 +223,30 @@ async def test_a_locked_account_cannot_use_its_certificate(granted: World) -> No
     r = await run([*argv, "echo cert-ok"], w.env())
     assert r.rc == 255 and r.out == b""
     assert b"hoshu: certificate refused: account locked until" in r.err, r.err
-    await poll(lambda: any(str(e.get("EventResultDetails")).startswith(
-        "certificate refused: account locked") for e in w.events.of_type("ssh.login")))
+    await poll(
+        lambda: any(
+            str(e.get("EventResultDetails")).startswith("certificate refused: account locked")
+            for e in w.events.of_type("ssh.login")
+        )
+    )
 
 
 async def test_a_certificate_never_issued_by_this_broker_is_refused(granted: World) -> None:
     """Signed by the CA but not recorded (a stolen CA key, a restored backup): refused."""
     w = granted
     assert w.door.ca is not None
-    line = w.door.ca.issue(w.public_line, username="alice", user_id=w.engineer.user_id,
-                           now=w.clock.now, grants_end=None, serial=999, emitter=w.events)
+    line = w.door.ca.issue(
+        w.public_line,
+        username="alice",
+        user_id=w.engineer.user_id,
+        now=w.clock.now,
+        grants_end=None,
+        serial=999,
+        emitter=w.events,
+    )
     path = w.tmp / "unrecorded-cert.pub"
     path.write_text(line + "\n")
-    r = await run(w.ssh_argv(batch=True, extra=("-o", f"CertificateFile={path}", w.login(),
-                                                "true")), w.env())
+    r = await run(
+        w.ssh_argv(batch=True, extra=("-o", f"CertificateFile={path}", w.login(), "true")), w.env()
+    )
     assert r.rc == 255 and b"certificate unknown to this broker" in r.err, r.err

@@ -43,8 +43,14 @@ async def test_a_login_flood_writes_a_few_events_and_one_count(granted: World) -
     key = paramiko.ECDSAKey.generate()
     login = f"mallory+{w.instrument}"
     with ThreadPoolExecutor(4) as pool:
-        await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(
-            pool, _bad_login, w.door.port, login, key) for _ in range(FLOOD)))
+        await asyncio.gather(
+            *(
+                asyncio.get_running_loop().run_in_executor(
+                    pool, _bad_login, w.door.port, login, key
+                )
+                for _ in range(FLOOD)
+            )
+        )
     await poll(lambda: w.door.connection_count == 0)  # the broker has seen every one end
     w.clock.advance(61)  # the minute is over: its sum is written (checked every second)
     await poll(lambda: _accounted(w) == FLOOD, deadline_s=10)

@@ -17,10 +17,12 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def front_door_options() -> FrontDoorOptions:
-    return FrontDoorOptions(login_timeout_s=5.0, watch_interval_s=0.1,
-                            max_session_spool_bytes=MIB, max_spool_bytes=MIB + MIB // 2)
-
-
+    return FrontDoorOptions(
+        login_timeout_s=5.0,
+        watch_interval_s=0.1,
+        max_session_spool_bytes=MIB,
+        max_spool_bytes=MIB + MIB // 2,
+    )
 
 
 def _write_all(f: paramiko.SFTPFile, total: int) -> None:
@@ -40,8 +42,11 @@ async def test_sftp_upload_past_the_session_budget_is_refused_with_the_reason(
     src = w.tmp / "big.bin"
     src.write_bytes(os.urandom(MIB + 200_000))
     cert = f"CertificateFile={w.cert_file()}"
-    r = await run(w.ssh_argv("sftp", extra=("-o", cert, "-b", "-", w.login())), w.env(),
-                  stdin=f"put {src} big.bin\n".encode())
+    r = await run(
+        w.ssh_argv("sftp", extra=("-o", cert, "-b", "-", w.login())),
+        w.env(),
+        stdin=f"put {src} big.bin\n".encode(),
+    )
     assert r.rc != 0
     assert b"spool limit of 1 MiB" in r.err
     assert not (w.data_dir / "big.bin").exists()

@@ -28,8 +28,13 @@ def _with_roles(w: World, roles: frozenset[str]) -> None:
 def _grant_all(w: World, port: int) -> None:
     t = w.policy.instruments[w.instrument]
     w.policy.instruments[w.instrument] = replace(t, ports=(*t.ports, port))
-    w.policy.grant(w.engineer, w.instrument, (w.ssh_port, port),
-                   ends=w.clock.now + timedelta(hours=1), files=True)
+    w.policy.grant(
+        w.engineer,
+        w.instrument,
+        (w.ssh_port, port),
+        ends=w.clock.now + timedelta(hours=1),
+        files=True,
+    )
 
 
 def _try_files_and_forward(w: World, port: int) -> tuple[str, str]:
@@ -69,10 +74,15 @@ async def test_an_account_without_the_engineer_role_gets_no_ssh_path(
     w.clock.advance(30)  # a fresh TOTP code for the next login
     files, forward = await asyncio.to_thread(_try_files_and_forward, w, echo_port)
     assert files.startswith("refused") and forward.startswith("refused"), (files, forward)
-    refused = {kind: [e.get("EventResultDetails") for e in w.events.of_type(kind)]
-               for kind in ("session.refused", "file.refused", "forward.refused")}
-    assert refused == {"session.refused": ["role"], "file.refused": ["role"],
-                       "forward.refused": ["role"]}
+    refused = {
+        kind: [e.get("EventResultDetails") for e in w.events.of_type(kind)]
+        for kind in ("session.refused", "file.refused", "forward.refused")
+    }
+    assert refused == {
+        "session.refused": ["role"],
+        "file.refused": ["role"],
+        "forward.refused": ["role"],
+    }
     assert not w.events.of_type("session.started")
 
     # the same person, the same grant, with the engineer role: every path opens

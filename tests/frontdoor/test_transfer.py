@@ -30,8 +30,9 @@ async def test_scp_refused_without_file_transfer_in_the_grant(granted: World) ->
 async def test_sftp_refused_without_file_transfer_in_the_grant(granted: World) -> None:
     w = granted
     cert = f"CertificateFile={w.cert_file()}"
-    r = await run(w.ssh_argv("sftp", extra=("-o", cert, "-b", "-", _target(w))), w.env(),
-                  stdin=b"ls\n")
+    r = await run(
+        w.ssh_argv("sftp", extra=("-o", cert, "-b", "-", _target(w))), w.env(), stdin=b"ls\n"
+    )
     assert r.rc != 0
     assert b"not part of your grant" in r.err
     assert w.events.of_type("file.refused")
@@ -47,13 +48,16 @@ async def test_scp_upload_and_download_are_logged_with_hashes(files_granted: Wor
     assert (w.data_dir / "qc-update.bin").read_bytes() == payload
     w.clock.advance(30)
     back = w.tmp / "back.bin"
-    r2 = await run(w.ssh_argv("scp", extra=("-O", f"{_target(w)}:qc-update.bin", str(back))),
-                   w.env())
+    r2 = await run(
+        w.ssh_argv("scp", extra=("-O", f"{_target(w)}:qc-update.bin", str(back))), w.env()
+    )
     assert r2.rc == 0, r2.err
     assert back.read_bytes() == payload
     moved = w.events.of_type("file.transferred")
     assert [(e.get("NetworkDirection"), e.details["tool"]) for e in moved] == [
-        ("Inbound", "sftp"), ("Outbound", "scp")]
+        ("Inbound", "sftp"),
+        ("Outbound", "scp"),
+    ]
     digest = hashlib.sha256(payload).hexdigest()
     for e in moved:
         assert e.get("TargetFileSHA256") == digest
@@ -67,8 +71,11 @@ async def test_sftp_put_get_and_listing(files_granted: World) -> None:
     src.write_text("please send logs\n")
     script = f"put {src} req.txt\nls\nget req.txt {w.tmp / 'copy.txt'}\nrm req.txt\n"
     cert = f"CertificateFile={w.cert_file()}"
-    r = await run(w.ssh_argv("sftp", extra=("-o", cert, "-b", "-", _target(w))), w.env(),
-                  stdin=script.encode())
+    r = await run(
+        w.ssh_argv("sftp", extra=("-o", cert, "-b", "-", _target(w))),
+        w.env(),
+        stdin=script.encode(),
+    )
     assert r.rc == 0, r.err
     assert b"req.txt" in r.out
     assert (w.tmp / "copy.txt").read_text() == "please send logs\n"
@@ -80,8 +87,11 @@ async def test_sftp_put_get_and_listing(files_granted: World) -> None:
 @pytest.fixture
 def front_door_options(tmp_path: object) -> FrontDoorOptions:
     # the scan hook rejects any file containing the EICAR-like marker
-    return FrontDoorOptions(login_timeout_s=5.0, watch_interval_s=0.1,
-                            scan_command=("sh", "-c", '! grep -q INFECTED "$0"'))
+    return FrontDoorOptions(
+        login_timeout_s=5.0,
+        watch_interval_s=0.1,
+        scan_command=("sh", "-c", '! grep -q INFECTED "$0"'),
+    )
 
 
 async def test_scan_hook_rejects_a_file_going_into_the_hospital(files_granted: World) -> None:

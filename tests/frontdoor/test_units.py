@@ -19,28 +19,50 @@ from tests.frontdoor.harness import T0, FakePolicy
 from tests.support import FakeClock
 
 
-@pytest.mark.parametrize(("login", "parsed"), [
-    ("alice+cobas-c503-1", LoginName("alice", "cobas-c503-1")),
-    ("alice", LoginName("alice", None)),
-    ("a.b-c_d+lis-server", LoginName("a.b-c_d", "lis-server")),
-    ("alice+Cobas", None), ("alice+", None), ("+x", None), ("alice+-x", None),
-    ("alice+a+b", None), ("al ice+x", None), ("alice+" + "x" * 64, None), ("", None),
-])
+@pytest.mark.parametrize(
+    ("login", "parsed"),
+    [
+        ("alice+cobas-c503-1", LoginName("alice", "cobas-c503-1")),
+        ("alice", LoginName("alice", None)),
+        ("a.b-c_d+lis-server", LoginName("a.b-c_d", "lis-server")),
+        ("alice+Cobas", None),
+        ("alice+", None),
+        ("+x", None),
+        ("alice+-x", None),
+        ("alice+a+b", None),
+        ("al ice+x", None),
+        ("alice+" + "x" * 64, None),
+        ("", None),
+    ],
+)
 def test_login_names(login: str, parsed: LoginName | None) -> None:
     assert parse_login(login) == parsed
 
 
-def _registry() -> tuple[SessionRegistry, FakePolicy, FakeClock, CapturingEmitter, list[str],
-                         list[str]]:
+def _registry() -> tuple[
+    SessionRegistry, FakePolicy, FakeClock, CapturingEmitter, list[str], list[str]
+]:
     clock, policy, events = FakeClock(T0), FakePolicy(), CapturingEmitter()
     eng, _ = policy.add_engineer("alice", "ssh-ed25519 AAAAkey")
     g = policy.grant(eng, "cobas-c503-1", (22,), ends=T0 + timedelta(minutes=10))
     reg = SessionRegistry(policy, events, clock)
     ended: list[str] = []
     warned: list[str] = []
-    reg.add(LiveSession("s1", "shell", eng.user_id, "alice", "cobas-c503-1", "h-1",
-                        g.grant_id, 22, T0, on_terminate=ended.append,
-                        on_warning=warned.append))
+    reg.add(
+        LiveSession(
+            "s1",
+            "shell",
+            eng.user_id,
+            "alice",
+            "cobas-c503-1",
+            "h-1",
+            g.grant_id,
+            22,
+            T0,
+            on_terminate=ended.append,
+            on_warning=warned.append,
+        )
+    )
     return reg, policy, clock, events, ended, warned
 
 
@@ -77,9 +99,16 @@ def test_watcher_ends_sessions_when_the_policy_fails() -> None:
 
 def test_recording_is_asciicast_v2_with_size_and_hash(tmp_path: Path) -> None:
     ticks = iter([0.0, 0.5, 1.0, 1.5, 2.0])
-    rec = Recording.open(tmp_path, "s1", width=80, height=24, env={"TERM": "xterm"},
-                         title="t", wall_clock=lambda: 1_700_000_000,
-                         monotonic=lambda: next(ticks))
+    rec = Recording.open(
+        tmp_path,
+        "s1",
+        width=80,
+        height=24,
+        env={"TERM": "xterm"},
+        title="t",
+        wall_clock=lambda: 1_700_000_000,
+        monotonic=lambda: next(ticks),
+    )
     rec.output(b"caf\xc3")  # a UTF-8 character split across two reads
     rec.output(b"\xa9 ok\r\n")
     rec.input(b"ls\r")
@@ -87,10 +116,20 @@ def test_recording_is_asciicast_v2_with_size_and_hash(tmp_path: Path) -> None:
     summary = rec.close()
     lines = summary.path.read_text().splitlines()
     header = json.loads(lines[0])
-    assert header == {"version": 2, "width": 80, "height": 24, "timestamp": 1_700_000_000,
-                      "env": {"TERM": "xterm"}, "title": "t"}
+    assert header == {
+        "version": 2,
+        "width": 80,
+        "height": 24,
+        "timestamp": 1_700_000_000,
+        "env": {"TERM": "xterm"},
+        "title": "t",
+    }
     assert [json.loads(x) for x in lines[1:]] == [
-        [0.5, "o", "caf"], [1.0, "o", "é ok\r\n"], [1.5, "i", "ls\r"], [2.0, "r", "100x30"]]
+        [0.5, "o", "caf"],
+        [1.0, "o", "é ok\r\n"],
+        [1.5, "i", "ls\r"],
+        [2.0, "r", "100x30"],
+    ]
     import hashlib
 
     data = summary.path.read_bytes()
@@ -127,20 +166,30 @@ def test_user_certificates_last_at_most_eight_hours_or_the_grant() -> None:
     ca, events = UserCA.generate(), CapturingEmitter()
     user = asyncssh.generate_private_key("ssh-ed25519")
     line = user.export_public_key().decode()
-    cert_line = ca.issue(line, username="alice", user_id="u1", now=T0, grants_end=None,
-                         serial=1, emitter=events)
+    cert_line = ca.issue(
+        line, username="alice", user_id="u1", now=T0, grants_end=None, serial=1, emitter=events
+    )
     cert = asyncssh.import_certificate(cert_line)
     assert ca.accepts(cert, "alice", T0 + timedelta(hours=7, minutes=59))
     assert not ca.accepts(cert, "alice", T0 + timedelta(hours=8))
     assert not ca.accepts(cert, "bob", T0)
     assert not UserCA.generate().accepts(cert, "alice", T0)
-    short = asyncssh.import_certificate(ca.issue(
-        line, username="alice", user_id="u1", now=T0, grants_end=T0 + timedelta(hours=1),
-        serial=2, emitter=events))
+    short = asyncssh.import_certificate(
+        ca.issue(
+            line,
+            username="alice",
+            user_id="u1",
+            now=T0,
+            grants_end=T0 + timedelta(hours=1),
+            serial=2,
+            emitter=events,
+        )
+    )
     assert not ca.accepts(short, "alice", T0 + timedelta(hours=1))
     with pytest.raises(CertificateRefused):
-        ca.issue(line, username="alice", user_id="u1", now=T0, grants_end=T0, serial=3,
-                 emitter=events)
+        ca.issue(
+            line, username="alice", user_id="u1", now=T0, grants_end=T0, serial=3, emitter=events
+        )
     assert [e.details["cert_serial"] for e in events.of_type("ssh.cert_issued")] == [1, 2]
 
 

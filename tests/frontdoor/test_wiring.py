@@ -29,12 +29,28 @@ async def test_serve_runs_the_front_door_over_the_store(tmp_path: Path) -> None:
         # nobody is registered: a key login is refused and logged in the broker's trail
         key_path, _ = engineer_key(tmp_path)
         proc = await asyncio.create_subprocess_exec(
-            "ssh", "-F", "/dev/null", "-p", str(handle.door.port), "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "IdentitiesOnly=yes", "-i", str(key_path),
-            "mallory+cobas-c503-1@127.0.0.1", "true",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(handle.door.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+            str(key_path),
+            "mallory+cobas-c503-1@127.0.0.1",
+            "true",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         assert await asyncio.wait_for(proc.wait(), 20) == 255
+
         def reasons() -> list[str]:
             return [e.get("EventResultDetails") for e in events.of_type("ssh.login")]
 

@@ -73,25 +73,53 @@ class EchoServer:
             self._server.close()
 
 
-def write_gateway(tmp: Path, *, broker_key: asyncssh.SSHKey, tunnel_port: int,
-                  instruments: list[dict[str, Any]], mode: str = "always",
-                  tunnel: dict[str, float] | None = None) -> tuple[Path, asyncssh.SSHKey]:
+def write_gateway(
+    tmp: Path,
+    *,
+    broker_key: asyncssh.SSHKey,
+    tunnel_port: int,
+    instruments: list[dict[str, Any]],
+    mode: str = "always",
+    tunnel: dict[str, float] | None = None,
+) -> tuple[Path, asyncssh.SSHKey]:
     """A configured and enrolled gateway state directory; returns (config path, key)."""
     state = tmp / "state"
     state.mkdir(mode=0o700)
     key = asyncssh.generate_private_key("ssh-ed25519")
     (state / "gateway_key").write_bytes(key.export_private_key())
     (state / "gateway_key").chmod(0o600)
-    (state / "enrollment.json").write_text(json.dumps({
-        "gateway_id": GATEWAY_ID, "hospital_id": HOSPITAL_ID, "hospital": "st-mary",
-        "broker_host_key": broker_key.export_public_key().decode(),
-        "tunnel_host": "127.0.0.1", "tunnel_port": tunnel_port, "protocol_version": 1}))
-    t = {"heartbeat_s": 1, "heartbeat_misses": 3, "backoff_initial_s": 0.2,
-         "backoff_max_s": 2, "connect_timeout_s": 5, "check_interval_s": 0.5,
-         "inventory_interval_s": 60}
+    (state / "enrollment.json").write_text(
+        json.dumps(
+            {
+                "gateway_id": GATEWAY_ID,
+                "hospital_id": HOSPITAL_ID,
+                "hospital": "st-mary",
+                "broker_host_key": broker_key.export_public_key().decode(),
+                "tunnel_host": "127.0.0.1",
+                "tunnel_port": tunnel_port,
+                "protocol_version": 1,
+            }
+        )
+    )
+    t = {
+        "heartbeat_s": 1,
+        "heartbeat_misses": 3,
+        "backoff_initial_s": 0.2,
+        "backoff_max_s": 2,
+        "connect_timeout_s": 5,
+        "check_interval_s": 0.5,
+        "inventory_interval_s": 60,
+    }
     t.update(tunnel or {})
-    lines = ['[gateway]', 'name = "stmary-gw1"', f'state_dir = "{state}"', f'mode = "{mode}"',
-             '[broker]', 'api = "http://127.0.0.1:1"', '[tunnel]']
+    lines = [
+        "[gateway]",
+        'name = "stmary-gw1"',
+        f'state_dir = "{state}"',
+        f'mode = "{mode}"',
+        "[broker]",
+        'api = "http://127.0.0.1:1"',
+        "[tunnel]",
+    ]
     lines += [f"{k} = {v}" for k, v in t.items()]
     for inst in instruments:
         lines.append("[[instrument]]")
@@ -121,8 +149,13 @@ class Lab:
     async def start_agent(self, **kw: Any) -> GatewayAgent:
         config = self.config
         enrollment, key = load_enrollment(config)
-        audit = LocalAudit(config.audit_path, gateway_name=config.name, version="test",
-                           clock=kw.get("clock") or _now, gateway_id=enrollment.gateway_id)
+        audit = LocalAudit(
+            config.audit_path,
+            gateway_name=config.name,
+            version="test",
+            clock=kw.get("clock") or _now,
+            gateway_id=enrollment.gateway_id,
+        )
         agent = GatewayAgent(config, enrollment, key, audit, version="test", **kw)
         task = asyncio.create_task(agent.run())
         self.agents.append((agent, task, audit))
@@ -141,7 +174,10 @@ class Lab:
         await self.listener.close()
         self.listener = await start_tunnel_listener(
             TunnelSettings(port=port, heartbeat_s=1, login_timeout_s=5),
-            self.broker_key, self.directory, self.emitter)
+            self.broker_key,
+            self.directory,
+            self.emitter,
+        )
 
 
 def _now() -> datetime:
@@ -151,25 +187,43 @@ def _now() -> datetime:
 
 
 @contextlib.asynccontextmanager
-async def lab(tmp: Path, *, mode: str = "always", enrolled: bool = True,
-              broker_key: asyncssh.SSHKey | None = None,
-              tunnel: dict[str, float] | None = None) -> AsyncIterator[Lab]:
+async def lab(
+    tmp: Path,
+    *,
+    mode: str = "always",
+    enrolled: bool = True,
+    broker_key: asyncssh.SSHKey | None = None,
+    tunnel: dict[str, float] | None = None,
+) -> AsyncIterator[Lab]:
     bkey = asyncssh.generate_private_key("ssh-ed25519")
     directory = MemoryDirectory()
     emitter = CapturingEmitter()
-    listener = await start_tunnel_listener(TunnelSettings(port=0, heartbeat_s=1,
-                                                          login_timeout_s=5),
-                                           bkey, directory, emitter)
+    listener = await start_tunnel_listener(
+        TunnelSettings(port=0, heartbeat_s=1, login_timeout_s=5), bkey, directory, emitter
+    )
     echo = await EchoServer().start()
     pinned = broker_key or bkey
-    path, gkey = write_gateway(tmp, broker_key=pinned, tunnel_port=listener.port,
-                               instruments=[{"name": "cobas-c503-1", "host": "127.0.0.1",
-                                             "ports": [echo.port], "protocol": "tcp",
-                                             "department": "chemistry", "model": "c503"}],
-                               mode=mode, tunnel=tunnel)
+    path, gkey = write_gateway(
+        tmp,
+        broker_key=pinned,
+        tunnel_port=listener.port,
+        instruments=[
+            {
+                "name": "cobas-c503-1",
+                "host": "127.0.0.1",
+                "ports": [echo.port],
+                "protocol": "tcp",
+                "department": "chemistry",
+                "model": "c503",
+            }
+        ],
+        mode=mode,
+        tunnel=tunnel,
+    )
     if enrolled:
         directory.keys[gkey.export_public_key().decode()] = GatewayRecord(
-            GATEWAY_ID, HOSPITAL_ID, "stmary-gw1")
+            GATEWAY_ID, HOSPITAL_ID, "stmary-gw1"
+        )
     the_lab = Lab(tmp, bkey, directory, emitter, listener, echo, path, gkey)
     try:
         yield the_lab

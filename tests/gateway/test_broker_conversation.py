@@ -16,14 +16,27 @@ REC = GatewayRecord("gw-1", "hosp-1", "stmary-gw1")
 
 
 def conversation(emitter: CapturingEmitter, directory: MemoryDirectory) -> ControlConversation:
-    return ControlConversation(None, REC, directory=directory, emitter=emitter,  # type: ignore[arg-type]
-                               clock=lambda: datetime.now(UTC), broker_version="t",
-                               heartbeat_s=1, heartbeat_misses=3, windows_interval_s=30)
+    return ControlConversation(
+        None,
+        REC,
+        directory=directory,
+        emitter=emitter,  # type: ignore[arg-type]
+        clock=lambda: datetime.now(UTC),
+        broker_version="t",
+        heartbeat_s=1,
+        heartbeat_misses=3,
+        windows_interval_s=30,
+    )
 
 
 def ev(seq: int, type_: str = "gateway.channel_refused", **extra: Any) -> dict[str, Any]:
-    record = dict(new_event(type_, GatewayId="someone-else", details={"channel": "x"}
-                            if type_.startswith("gateway.channel") else None).record)
+    record = dict(
+        new_event(
+            type_,
+            GatewayId="someone-else",
+            details={"channel": "x"} if type_.startswith("gateway.channel") else None,
+        ).record
+    )
     record.update(ChainSeq=seq, ChainHash="h", **extra)
     return record
 
@@ -53,8 +66,19 @@ def test_a_gateway_cannot_forge_other_event_types_or_columns() -> None:
 def test_inventory_reaches_the_directory() -> None:
     directory = MemoryDirectory()
     conv = conversation(CapturingEmitter(), directory)
-    conv.handle(Inventory(instruments=(InventoryEntry(
-        name="lis-server", host="10.0.0.9", ports=(3389,), protocol="rdp", reachable=False),)))
+    conv.handle(
+        Inventory(
+            instruments=(
+                InventoryEntry(
+                    name="lis-server",
+                    host="10.0.0.9",
+                    ports=(3389,),
+                    protocol="rdp",
+                    reachable=False,
+                ),
+            )
+        )
+    )
     assert directory.inventory["gw-1"][0].name == "lis-server"
     assert directory.inventory["gw-1"][0].reachable is False
 
@@ -63,7 +87,8 @@ def test_tunnel_settings_follow_the_broker_settings() -> None:
     from broker.settings import BrokerSettings
     from broker.tunnel.endpoint import TunnelSettings
 
-    t = TunnelSettings.from_broker(BrokerSettings(tunnel_host="0.0.0.0", tunnel_port=2999),
-                                   heartbeat_s=5)
+    t = TunnelSettings.from_broker(
+        BrokerSettings(tunnel_host="0.0.0.0", tunnel_port=2999), heartbeat_s=5
+    )
     # the engineers' 120 s sign-in limit is not the gateway's: its hello keeps 10 s
     assert (t.host, t.port, t.heartbeat_s, t.login_timeout_s) == ("0.0.0.0", 2999, 5, 10.0)

@@ -15,10 +15,17 @@ def test_the_systemd_unit_is_hardened_and_runs_the_gateway() -> None:
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read_string(UNIT.read_text())
     svc = unit["Service"]
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict",
-                       "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes",
-                       "CapabilityBoundingSet": "", "User": "hoshu-gateway",
-                       "StateDirectoryMode": "0700", "UMask": "0077"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "CapabilityBoundingSet": "",
+        "User": "hoshu-gateway",
+        "StateDirectoryMode": "0700",
+        "UMask": "0077",
+    }.items():
         assert svc.get(key) == value, key
     assert "AF_PACKET" not in svc["RestrictAddressFamilies"]
     argv = svc["ExecStart"].split()

@@ -41,11 +41,20 @@ async def test_enrolled_window_only_gateway_opens_for_an_approved_grant(tmp_path
     store = Store(f"sqlite:///{tmp_path / 'hoshu.db'}", migrate=True)
     emitter = CapturingEmitter()
     clock = FakeClock(datetime.now(UTC))
-    services = Services.build(Context(
-        uow=store.uow, emitter=emitter, secrets=SecretBox.generate(), clock=clock,
-        hasher=Hasher(time_cost=1, memory_cost=64),
-        config=Config(broker_host_key=broker_key.export_public_key().decode().strip(),
-                      tunnel_host="127.0.0.1", tunnel_port=port)))
+    services = Services.build(
+        Context(
+            uow=store.uow,
+            emitter=emitter,
+            secrets=SecretBox.generate(),
+            clock=clock,
+            hasher=Hasher(time_cost=1, memory_cost=64),
+            config=Config(
+                broker_host_key=broker_key.export_public_key().decode().strip(),
+                tunnel_host="127.0.0.1",
+                tunnel_port=port,
+            ),
+        )
+    )
     world = build_world(services, clock)
     echo = await EchoServer().start()
     state = tmp_path / "state"
@@ -71,16 +80,23 @@ protocol = "tcp"
     config = load_config(cfg_path)
     token = services.gateways.issue_token(world.actors["hadmin"], "hoshi-hospital").token
     with TestClient(create_app(BrokerSettings(), services=services)) as api:
-        enrollment = await asyncio.to_thread(enroll, config, token, version="0.1.0",
-                                             client=api)
+        enrollment = await asyncio.to_thread(enroll, config, token, version="0.1.0", client=api)
     assert enrollment.tunnel_port == port and enrollment.hospital == "hoshi-hospital"
     assert emitter.of_type("gateway.enrolled")
 
     listener = await start_tunnel_listener(
-        TunnelSettings(port=port, heartbeat_s=1, windows_interval_s=0.5), broker_key,
-        StoreGatewayDirectory(services), emitter)
-    audit = LocalAudit(config.audit_path, gateway_name=config.name, version="t",
-                       clock=lambda: datetime.now(UTC), gateway_id=enrollment.gateway_id)
+        TunnelSettings(port=port, heartbeat_s=1, windows_interval_s=0.5),
+        broker_key,
+        StoreGatewayDirectory(services),
+        emitter,
+    )
+    audit = LocalAudit(
+        config.audit_path,
+        gateway_name=config.name,
+        version="t",
+        clock=lambda: datetime.now(UTC),
+        gateway_id=enrollment.gateway_id,
+    )
     _, key = load_enrollment(config)
     agent = GatewayAgent(config, enrollment, key, audit)
     task = asyncio.create_task(agent.run())
@@ -88,15 +104,18 @@ protocol = "tcp"
     gw = enrollment.gateway_id
     try:
         # short checks only: the store learns the gateway serves cobas-1, no tunnel is held
-        await poll(lambda: any(e.get("GatewayId") == gw
-                               for e in emitter.of_type("gateway.inventory")),
-                   what="inventory forwarded on a check")
+        await poll(
+            lambda: any(e.get("GatewayId") == gw for e in emitter.of_type("gateway.inventory")),
+            what="inventory forwarded on a check",
+        )
         assert registry.connection(gw) is None and agent.windows == []
 
         services.estate.update_instrument(world.admin, "cobas-1", {"gateway": gw})
         req = services.requests.create(world.actors["eng"], NewRequest(["cobas-1"], 3600, "fix"))
-        grant = services.requests.approve(world.actors["appr"], req.id).grant or \
-            services.requests.approve(world.actors["appr2"], req.id).grant
+        grant = (
+            services.requests.approve(world.actors["appr"], req.id).grant
+            or services.requests.approve(world.actors["appr2"], req.id).grant
+        )
         assert grant is not None
         conn = await registry.wait_for(gw, 10)
         await poll(lambda: agent.state is AgentState.CONNECTED, what="tunnel held")

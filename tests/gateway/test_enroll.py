@@ -40,13 +40,17 @@ class StandIn:
         token_id = f"t{len(self.tokens) + 1}"
         secret = base64.urlsafe_b64encode(hashlib.sha256(token_id.encode()).digest()).decode()
         secret = secret.rstrip("=")[:32]
-        self.tokens[token_id] = {"hash": hashlib.sha256(secret.encode()).hexdigest(),
-                                 "expires": time.time() + ttl_s, "used": False}
+        self.tokens[token_id] = {
+            "hash": hashlib.sha256(secret.encode()).hexdigest(),
+            "expires": time.time() + ttl_s,
+            "used": False,
+        }
         return f"hoshu-enroll-v1.{token_id}.{secret}.{fp(self.broker_key)}"
 
     def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         def err(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
             return status, {"error": {"code": code, "message": message}}
+
         try:
             _, token_id, secret, _ = str(body["token"]).split(".")
         except ValueError:
@@ -58,9 +62,15 @@ class StandIn:
             return err(410, "token_gone", "the enrolment token was used or has expired")
         t["used"] = True
         self.enrolled.append(body)
-        return 201, {"gateway_id": "gw-1", "hospital_id": "h-1", "hospital": "st-mary",
-                     "broker_host_key": self.broker_key.export_public_key().decode().strip(),
-                     "tunnel_host": "127.0.0.1", "tunnel_port": 2223, "protocol_version": 1}
+        return 201, {
+            "gateway_id": "gw-1",
+            "hospital_id": "h-1",
+            "hospital": "st-mary",
+            "broker_host_key": self.broker_key.export_public_key().decode().strip(),
+            "tunnel_host": "127.0.0.1",
+            "tunnel_port": 2223,
+            "protocol_version": 1,
+        }
 
 
 @pytest.fixture
@@ -71,8 +81,11 @@ def broker_api() -> Iterator[tuple[StandIn, str]]:
         def do_POST(self) -> None:
             length = min(int(self.headers.get("Content-Length", "0")), 65536)
             body = json.loads(self.rfile.read(length))
-            status, answer = (stand_in.answer(body) if self.path == "/v1/gateways/enroll"
-                              else (404, {"error": {"code": "not_found", "message": "no"}}))
+            status, answer = (
+                stand_in.answer(body)
+                if self.path == "/v1/gateways/enroll"
+                else (404, {"error": {"code": "not_found", "message": "no"}})
+            )
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -93,13 +106,15 @@ def broker_api() -> Iterator[tuple[StandIn, str]]:
 
 def config_file(tmp: Path, api: str) -> Path:
     path = tmp / "gateway.toml"
-    path.write_text(f'[gateway]\nname = "gw1"\nstate_dir = "{tmp / "state"}"\n'
-                    f'[broker]\napi = "{api}"\n')
+    path.write_text(
+        f'[gateway]\nname = "gw1"\nstate_dir = "{tmp / "state"}"\n[broker]\napi = "{api}"\n'
+    )
     return path
 
 
 def test_enrolment_pins_the_broker_key_and_keeps_the_private_key_home(
-        tmp_path: Path, broker_api: tuple[StandIn, str]) -> None:
+    tmp_path: Path, broker_api: tuple[StandIn, str]
+) -> None:
     stand_in, api = broker_api
     config = load_config(config_file(tmp_path, api))
     e = enroll(config, stand_in.issue(), version="0.1.0")
@@ -115,7 +130,7 @@ def test_enrolment_pins_the_broker_key_and_keeps_the_private_key_home(
 
 
 def test_a_reused_token_is_refused_with_a_clear_message(
-        tmp_path: Path, broker_api: tuple[StandIn, str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, broker_api: tuple[StandIn, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     stand_in, api = broker_api
     token = stand_in.issue()
@@ -151,7 +166,8 @@ def test_a_forged_token_is_refused(tmp_path: Path, broker_api: tuple[StandIn, st
 
 
 def test_a_broker_whose_key_does_not_match_the_token_is_not_pinned(
-        tmp_path: Path, broker_api: tuple[StandIn, str]) -> None:
+    tmp_path: Path, broker_api: tuple[StandIn, str]
+) -> None:
     """A man in the middle (or wrong broker) answering with another key is refused."""
     stand_in, api = broker_api
     config = load_config(config_file(tmp_path, api))

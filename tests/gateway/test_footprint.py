@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("fastapi", "starlette", "sqlalchemy", "uvicorn", "alembic", "psycopg",
-         "pydantic_settings")
+HEAVY = ("fastapi", "starlette", "sqlalchemy", "uvicorn", "alembic", "psycopg", "pydantic_settings")
 
 
 def test_the_whole_gateway_imports_without_web_framework_or_orm() -> None:
@@ -17,6 +16,7 @@ def test_the_whole_gateway_imports_without_web_framework_or_orm() -> None:
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == ""

@@ -16,11 +16,14 @@ async def test_inventory_reports_reachability_and_ssh_host_key_fingerprints() ->
     server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[host_key])
     ssh_port = server.sockets[0].getsockname()[1]
     try:
-        items = await probe((
-            Instrument("cobas-c503-1", "127.0.0.1", (ssh_port,), "ssh", "chemistry", "c503"),
-            Instrument("las-line-a", "127.0.0.1", (free_port(),), "vnc"),
-            Instrument("lis-server", "127.0.0.1", (free_port(),), "ssh"),
-        ), wait_s=2)
+        items = await probe(
+            (
+                Instrument("cobas-c503-1", "127.0.0.1", (ssh_port,), "ssh", "chemistry", "c503"),
+                Instrument("las-line-a", "127.0.0.1", (free_port(),), "vnc"),
+                Instrument("lis-server", "127.0.0.1", (free_port(),), "ssh"),
+            ),
+            wait_s=2,
+        )
     finally:
         server.close()
         await asyncio.wait_for(server.wait_closed(), 5)

@@ -19,15 +19,15 @@ WHO = encode_originator(Originator("s-7", "sato"))
 
 
 async def test_pause_cuts_open_channels_within_a_second_and_survives_a_restart(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with lab(tmp_path) as L:
         agent = await L.start_agent()
         control = ControlServer(agent.config.control_socket, agent.handle_control)
         await control.start()
         assert oct(agent.config.control_socket.stat().st_mode & 0o777) == "0o600"
         conn = await L.listener.registry.wait_for(GATEWAY_ID, 10)
-        reader, writer = await conn.open_connection("cobas-c503-1", L.echo.port,
-                                                    orig_host=WHO)
+        reader, writer = await conn.open_connection("cobas-c503-1", L.echo.port, orig_host=WHO)
         writer.write(b"hello")
         assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
 
@@ -58,12 +58,14 @@ async def test_pause_cuts_open_channels_within_a_second_and_survives_a_restart(
 
 
 async def test_pause_written_while_the_gateway_is_stopped_is_applied_and_audited(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from gateway.cli import main
 
     async with lab(tmp_path) as L:
-        rc = await asyncio.to_thread(main, ["--config", str(L.config_path), "pause",
-                                            "--by", "night-shift"])
+        rc = await asyncio.to_thread(
+            main, ["--config", str(L.config_path), "pause", "--by", "night-shift"]
+        )
         assert rc == 0
         agent = await L.start_agent()
         await poll(lambda: agent.state is AgentState.PAUSED, what="paused")
@@ -72,7 +74,8 @@ async def test_pause_written_while_the_gateway_is_stopped_is_applied_and_audited
 
 
 async def test_gateway_is_back_within_10_s_of_a_broker_restart(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with lab(tmp_path, tunnel={"backoff_max_s": 5}) as L:
         agent = await L.start_agent()
         await L.listener.registry.wait_for(GATEWAY_ID, 10)
@@ -81,9 +84,11 @@ async def test_gateway_is_back_within_10_s_of_a_broker_restart(
         await poll(lambda: agent.state is AgentState.BACKING_OFF, what="backing off")
 
         def failed_dials() -> int:
-            return sum(r.levelno == logging.WARNING
-                       and r.getMessage().startswith("cannot connect to the broker")
-                       for r in caplog.records)
+            return sum(
+                r.levelno == logging.WARNING
+                and r.getMessage().startswith("cannot connect to the broker")
+                for r in caplog.records
+            )
 
         # the broker stays down long enough for the backoff to grow: after five failed
         # dials (0.2 s doubling) the gateway waits 1.6-3.2 s before the next one
@@ -157,7 +162,8 @@ async def test_bad_control_messages_are_answered_and_ignored_both_ways(tmp_path:
 
 
 async def test_a_silent_broker_is_detected_by_heartbeats_and_the_gateway_reconnects(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with lab(tmp_path) as L:
         agent = await L.start_agent()
         await L.listener.registry.wait_for(GATEWAY_ID, 10)
@@ -167,14 +173,21 @@ async def test_a_silent_broker_is_detected_by_heartbeats_and_the_gateway_reconne
         # the broker side goes quiet (every control message leaves through send); TCP and
         # SSH stay up
         monkeypatch.setattr(info.conversation, "send", lambda message: None)
-        await poll(lambda: agent.last_error is not None and "heartbeat" in agent.last_error,
-                   deadline_s=6, what="dead path detected")
-        await poll(lambda: agent.state is AgentState.CONNECTED and agent.link is not first,
-                   deadline_s=10, what="a fresh tunnel")
+        await poll(
+            lambda: agent.last_error is not None and "heartbeat" in agent.last_error,
+            deadline_s=6,
+            what="dead path detected",
+        )
+        await poll(
+            lambda: agent.state is AgentState.CONNECTED and agent.link is not first,
+            deadline_s=10,
+            what="a fresh tunnel",
+        )
 
 
 async def test_a_corrupted_pause_state_keeps_the_gateway_paused_until_resumed(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with lab(tmp_path) as L:
         L.config.state_path.write_text("{half a json")
         agent = await L.start_agent()
@@ -187,7 +200,8 @@ async def test_a_corrupted_pause_state_keeps_the_gateway_paused_until_resumed(
 
 
 async def test_the_control_socket_answers_garbage_with_an_error_and_keeps_serving(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with lab(tmp_path) as L:
         agent = await L.start_agent()
         control = ControlServer(agent.config.control_socket, agent.handle_control)

@@ -22,33 +22,56 @@ from gateway.policy import Allowlist, active_window, channel_decision, tunnel_wa
 from wire import Mode
 
 T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
-LAB = Allowlist([Instrument("cobas-c503-1", "10.0.0.5", (22, 443), "ssh"),
-                 Instrument("lis-server", "10.0.0.9", (3389,), "rdp")])
+LAB = Allowlist(
+    [
+        Instrument("cobas-c503-1", "10.0.0.5", (22, 443), "ssh"),
+        Instrument("lis-server", "10.0.0.9", (3389,), "rdp"),
+    ]
+)
 
 
-@pytest.mark.parametrize(("host", "port", "allowed", "reason"), [
-    ("cobas-c503-1", 22, True, "allowed"),
-    ("10.0.0.5", 443, True, "allowed"),
-    ("COBAS-C503-1", 22, True, "allowed"),
-    ("cobas-c503-1", 23, False, "port 23 is not listed"),
-    ("10.0.0.6", 22, False, "not on the gateway's allowlist"),
-    ("lis-server", 22, False, "port 22 is not listed"),
-    ("", 22, False, "not on the gateway's allowlist"),
-])
-def test_allowlist_admits_only_listed_host_and_port(host: str, port: int, allowed: bool,
-                                                     reason: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "port", "allowed", "reason"),
+    [
+        ("cobas-c503-1", 22, True, "allowed"),
+        ("10.0.0.5", 443, True, "allowed"),
+        ("COBAS-C503-1", 22, True, "allowed"),
+        ("cobas-c503-1", 23, False, "port 23 is not listed"),
+        ("10.0.0.6", 22, False, "not on the gateway's allowlist"),
+        ("lis-server", 22, False, "port 22 is not listed"),
+        ("", 22, False, "not on the gateway's allowlist"),
+    ],
+)
+def test_allowlist_admits_only_listed_host_and_port(
+    host: str, port: int, allowed: bool, reason: str
+) -> None:
     d = LAB.check(host, port)
     assert d.allowed is allowed and reason in d.reason
 
 
 def test_pause_and_closed_windows_refuse_even_listed_instruments() -> None:
     win = [(T0, T0 + timedelta(hours=1))]
-    assert not channel_decision(LAB, "cobas-c503-1", 22, paused=True, mode=Mode.ALWAYS,
-                                windows=[], now=T0).allowed
-    assert channel_decision(LAB, "cobas-c503-1", 22, paused=False, mode=Mode.WINDOW_ONLY,
-                            windows=win, now=T0 + timedelta(minutes=5)).allowed
-    late = channel_decision(LAB, "cobas-c503-1", 22, paused=False, mode=Mode.WINDOW_ONLY,
-                            windows=win, now=T0 + timedelta(hours=1))
+    assert not channel_decision(
+        LAB, "cobas-c503-1", 22, paused=True, mode=Mode.ALWAYS, windows=[], now=T0
+    ).allowed
+    assert channel_decision(
+        LAB,
+        "cobas-c503-1",
+        22,
+        paused=False,
+        mode=Mode.WINDOW_ONLY,
+        windows=win,
+        now=T0 + timedelta(minutes=5),
+    ).allowed
+    late = channel_decision(
+        LAB,
+        "cobas-c503-1",
+        22,
+        paused=False,
+        mode=Mode.WINDOW_ONLY,
+        windows=win,
+        now=T0 + timedelta(hours=1),
+    )
     assert not late.allowed and "no approved window" in late.reason
 
 
@@ -73,8 +96,13 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
 
 
 def test_agent_states_follow_the_transition_table() -> None:
-    path = [AgentState.STOPPED, AgentState.CONNECTING, AgentState.CONNECTED,
-            AgentState.BACKING_OFF, AgentState.CONNECTING]
+    path = [
+        AgentState.STOPPED,
+        AgentState.CONNECTING,
+        AgentState.CONNECTED,
+        AgentState.BACKING_OFF,
+        AgentState.CONNECTING,
+    ]
     for current, new in itertools.pairwise(path):
         check_transition(current, new)
     with pytest.raises(IllegalAgentTransition, match="connected -> connecting"):
@@ -106,25 +134,32 @@ def test_a_valid_configuration_is_read() -> None:
     assert c.tunnel.backoff_max_s == 5.0
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[gateway\nname=", "not valid TOML"),
-    (GOOD.replace('mode = "window-only"', 'mode = "sometimes"'), "mode must be"),
-    (GOOD.replace("ports = [22, 22, 443]", "ports = [0]"), "ports must be"),
-    (GOOD.replace("ports = [22, 22, 443]", 'ports = "22"'), "wrong type"),
-    (GOOD.replace('protocol = "ssh"', 'protocol = "telnet"'), "protocol must be"),
-    (GOOD + "\n[tunnel]\nbackoff_max_s = 60\n", "10 s reconnect"),
-    (GOOD + "\n[tunnel]\nretries = 3\n", "unknown setting"),
-    (GOOD.replace('name = "gw1"', 'name = "GW 1"'), "name is not"),
-    (GOOD + '[[instrument]]\nname = "cobas-c503-1"\nhost = "h"\nports = [1]\n'
-     'protocol = "tcp"\n', "must be unique"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[gateway\nname=", "not valid TOML"),
+        (GOOD.replace('mode = "window-only"', 'mode = "sometimes"'), "mode must be"),
+        (GOOD.replace("ports = [22, 22, 443]", "ports = [0]"), "ports must be"),
+        (GOOD.replace("ports = [22, 22, 443]", 'ports = "22"'), "wrong type"),
+        (GOOD.replace('protocol = "ssh"', 'protocol = "telnet"'), "protocol must be"),
+        (GOOD + "\n[tunnel]\nbackoff_max_s = 60\n", "10 s reconnect"),
+        (GOOD + "\n[tunnel]\nretries = 3\n", "unknown setting"),
+        (GOOD.replace('name = "gw1"', 'name = "GW 1"'), "name is not"),
+        (
+            GOOD + '[[instrument]]\nname = "cobas-c503-1"\nhost = "h"\nports = [1]\n'
+            'protocol = "tcp"\n',
+            "must be unique",
+        ),
+    ],
+)
 def test_a_bad_configuration_is_refused_naming_the_problem(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(text)
 
 
 def test_a_corrupted_config_file_gives_a_clear_cli_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "gateway.toml"
     path.write_bytes(b"\xff\xfe[gateway]\x00")
     assert main(["--config", str(path), "status"]) == 2

@@ -43,11 +43,19 @@ def tcp_sockets() -> list[tuple[str, str, str]]:
 
 
 async def test_the_gateway_process_listens_on_no_tcp_port_and_obeys_its_cli(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with lab(tmp_path) as L:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "--config", str(L.config_path), "run",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "--config",
+            str(L.config_path),
+            "run",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             conn = await L.listener.registry.wait_for(GATEWAY_ID, 15)
             mine = socket_inodes(proc.pid)
@@ -59,8 +67,10 @@ async def test_the_gateway_process_listens_on_no_tcp_port_and_obeys_its_cli(
             assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
 
             r, w = await conn.open_connection(
-                "cobas-c503-1", L.echo.port,
-                orig_host=encode_originator(Originator("s-9", "suzuki")))
+                "cobas-c503-1",
+                L.echo.port,
+                orig_host=encode_originator(Originator("s-9", "suzuki")),
+            )
             w.write(b"abc")
             assert await asyncio.wait_for(r.readexactly(3), 5) == b"abc"
             capsys.readouterr()
@@ -92,8 +102,7 @@ async def test_the_gateway_process_listens_on_no_tcp_port_and_obeys_its_cli(
         assert "OK" in capsys.readouterr().out
         lines = log.read_bytes().splitlines(keepends=True)
         assert len(lines) >= 4
-        lines[1] = lines[1].replace(b'"it-desk"', b'"nobody!"').replace(b'"suzuki"',
-                                                                          b'"nobody"')
+        lines[1] = lines[1].replace(b'"it-desk"', b'"nobody!"').replace(b'"suzuki"', b'"nobody"')
         assert lines[1] != log.read_bytes().splitlines(keepends=True)[1]
         log.write_bytes(b"".join(lines))
         assert main(["--config", str(L.config_path), "verify-audit"]) == 1

@@ -17,7 +17,8 @@ NAME = "analyzer-pc"  # the hospital's own name for it (the harness lists cobas-
 
 
 async def test_inventory_and_a_session_through_the_tunnel_reach_a_real_sshd(
-        tmp_path: Path, openssh_instrument: OpenSSHInstrument) -> None:
+    tmp_path: Path, openssh_instrument: OpenSSHInstrument
+) -> None:
     inst = openssh_instrument.info
     [item] = await probe((Instrument(inst.name, inst.host, inst.ports, "ssh"),), wait_s=3)
     assert item.reachable
@@ -26,23 +27,34 @@ async def test_inventory_and_a_session_through_the_tunnel_reach_a_real_sshd(
     (tmp_path / "gw").mkdir()
     async with lab(tmp_path / "gw") as L:
         text = L.config_path.read_text()
-        L.config_path.write_text(text + "\n[[instrument]]\n"
-                                 f'name = "{NAME}"\nhost = "{inst.host}"\n'
-                                 f"ports = [{inst.ports[0]}]\nprotocol = \"ssh\"\n")
+        L.config_path.write_text(
+            text + "\n[[instrument]]\n"
+            f'name = "{NAME}"\nhost = "{inst.host}"\n'
+            f'ports = [{inst.ports[0]}]\nprotocol = "ssh"\n'
+        )
         await L.start_agent()
         await L.listener.registry.wait_for(GATEWAY_ID, 10)
         tunnel = L.listener.registry.tunnel(GATEWAY_ID, "s-1", "kato")
         assert tunnel is not None
-        await poll(lambda: any(i.name == NAME and i.host_key_fingerprint ==
-                               openssh_instrument.host_key_fingerprint
-                               for i in L.directory.inventory.get(GATEWAY_ID, [])),
-                   what="fingerprint reported to the broker")
-        known = asyncssh.import_known_hosts(openssh_instrument.known_hosts_line()
-                                            .replace(f"[{inst.host}]", f"[{NAME}]"))
+        await poll(
+            lambda: any(
+                i.name == NAME and i.host_key_fingerprint == openssh_instrument.host_key_fingerprint
+                for i in L.directory.inventory.get(GATEWAY_ID, [])
+            ),
+            what="fingerprint reported to the broker",
+        )
+        known = asyncssh.import_known_hosts(
+            openssh_instrument.known_hosts_line().replace(f"[{inst.host}]", f"[{NAME}]")
+        )
         async with asyncssh.connect(
-                NAME, inst.ports[0], tunnel=tunnel, known_hosts=known, config=None,
-                username=inst.credentials.username,
-                client_keys=[str(inst.credentials.private_key_path)]) as conn:
+            NAME,
+            inst.ports[0],
+            tunnel=tunnel,
+            known_hosts=known,
+            config=None,
+            username=inst.credentials.username,
+            client_keys=[str(inst.credentials.private_key_path)],
+        ) as conn:
             result = await asyncio.wait_for(conn.run("echo through-the-gateway"), 10)
         assert result.stdout.strip() == "through-the-gateway"
         await poll(lambda: bool(L.emitter.of_type("gateway.channel_closed")))

@@ -18,8 +18,7 @@ from tests.gateway.harness import AgentState, EchoServer, Lab, write_gateway
 from tests.support import FakeClock, poll
 
 
-async def test_revoking_a_gateway_closes_its_tunnel_and_refuses_it_again(
-        tmp_path: Path) -> None:
+async def test_revoking_a_gateway_closes_its_tunnel_and_refuses_it_again(tmp_path: Path) -> None:
     """The real gateway agent, the real store: the hospital admin revokes the gateway
     through the service; the broker closes the live tunnel (``gateway.disconnected``
     says revoked) and the agent's reconnects are refused (``gateway.refused``)."""
@@ -30,17 +29,33 @@ async def test_revoking_a_gateway_closes_its_tunnel_and_refuses_it_again(
     broker_key = asyncssh.generate_private_key("ssh-ed25519")
     listener = await start_tunnel_listener(
         TunnelSettings(port=0, heartbeat_s=1, login_timeout_s=5, revocation_check_s=0.2),
-        broker_key, StoreGatewayDirectory(services), events)
+        broker_key,
+        StoreGatewayDirectory(services),
+        events,
+    )
     echo = await EchoServer().start()
-    path, gateway_key = write_gateway(tmp_path, broker_key=broker_key,
-                                      tunnel_port=listener.port, instruments=[{
-                                          "name": "cobas-1", "host": "127.0.0.1",
-                                          "ports": [echo.port], "protocol": "tcp"}])
+    path, gateway_key = write_gateway(
+        tmp_path,
+        broker_key=broker_key,
+        tunnel_port=listener.port,
+        instruments=[
+            {"name": "cobas-1", "host": "127.0.0.1", "ports": [echo.port], "protocol": "tcp"}
+        ],
+    )
     token = services.gateways.issue_token(world.actors["hadmin"], "hoshi-hospital").token
-    gw_id = services.gateways.enroll(token, gateway_key.export_public_key().decode().strip(),
-                                     "stmary-gw1", "1.0").gateway_id
-    lab = Lab(tmp_path, broker_key, None, events, listener, echo, path,  # type: ignore[arg-type]
-              gateway_key)
+    gw_id = services.gateways.enroll(
+        token, gateway_key.export_public_key().decode().strip(), "stmary-gw1", "1.0"
+    ).gateway_id
+    lab = Lab(
+        tmp_path,
+        broker_key,
+        None,
+        events,
+        listener,
+        echo,
+        path,  # type: ignore[arg-type]
+        gateway_key,
+    )
     try:
         agent = await lab.start_agent()
         conn = await listener.registry.wait_for(gw_id, 10)
@@ -50,16 +65,19 @@ async def test_revoking_a_gateway_closes_its_tunnel_and_refuses_it_again(
         assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
 
         services.gateways.revoke(world.actors["hadmin"], gw_id)
-        await poll(lambda: listener.registry.connection(gw_id) is None, 3,
-                   "the live tunnel closed")
+        await poll(lambda: listener.registry.connection(gw_id) is None, 3, "the live tunnel closed")
         assert await asyncio.wait_for(reader.read(), 5) == b""  # its channel ended too
-        await poll(lambda: any(e.get("GatewayId") == gw_id for e in
-                               events.of_type("gateway.disconnected")), 3, "disconnect event")
+        await poll(
+            lambda: any(
+                e.get("GatewayId") == gw_id for e in events.of_type("gateway.disconnected")
+            ),
+            3,
+            "disconnect event",
+        )
         gone = [e for e in events.of_type("gateway.disconnected") if e.get("GatewayId") == gw_id]
         assert gone[0].get("EventResultDetails", "").startswith("revoked")
         assert gone[0].get("EventResult") == "Failure"
-        await poll(lambda: bool(events.of_type("gateway.refused")), 10,
-                   "the reconnect refused")
+        await poll(lambda: bool(events.of_type("gateway.refused")), 10, "the reconnect refused")
         assert listener.registry.connection(gw_id) is None
         assert agent.state is not AgentState.CONNECTED
     finally:

@@ -17,21 +17,23 @@ WHO = encode_originator(Originator("s-42", "tanaka"))
 
 
 async def test_broker_reaches_a_listed_instrument_and_sees_the_gateway_events(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with lab(tmp_path) as L:
         agent = await L.start_agent()
         conn = await L.listener.registry.wait_for(GATEWAY_ID, 10)
         await poll(lambda: agent.state is AgentState.CONNECTED, what="connected")
-        reader, writer = await conn.open_connection("cobas-c503-1", L.echo.port,
-                                                    orig_host=WHO)
+        reader, writer = await conn.open_connection("cobas-c503-1", L.echo.port, orig_host=WHO)
         writer.write(b"ping")
         assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
         status = agent.status()
         assert status["channels"][0]["engineer"] == "tanaka"
         assert status["channels"][0]["instrument"] == "cobas-c503-1"
         writer.close()
-        await poll(lambda: len(L.emitter.of_type("gateway.channel_closed")) == 1,
-                   what="channel_closed forwarded to the broker")
+        await poll(
+            lambda: len(L.emitter.of_type("gateway.channel_closed")) == 1,
+            what="channel_closed forwarded to the broker",
+        )
         opened = L.emitter.of_type("gateway.channel_opened")[0]
         assert opened.get("TargetSessionId") == "s-42"
         assert opened.get("GatewayId") == GATEWAY_ID
@@ -51,20 +53,27 @@ async def test_allowlist_holds_whatever_the_broker_asks(tmp_path: Path) -> None:
         other = await type(L.echo)().start()  # a real service the hospital did not list
         agent = await L.start_agent()
         conn = await L.listener.registry.wait_for(GATEWAY_ID, 10)
-        asks = [("127.0.0.1", other.port), ("cobas-c503-1", other.port),
-                ("10.1.2.3", 22), ("localhost", L.echo.port)]
+        asks = [
+            ("127.0.0.1", other.port),
+            ("cobas-c503-1", other.port),
+            ("10.1.2.3", 22),
+            ("localhost", L.echo.port),
+        ]
         for host, port in asks:
             with pytest.raises(asyncssh.ChannelOpenError) as info:
                 await conn.open_connection(host, port, orig_host=WHO)
             assert info.value.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
         assert other.connections == 0  # never touched, though it listens
-        refused = [e for e in read_events(agent.config.audit_path)
-                   if e.type == "gateway.channel_refused"]
+        refused = [
+            e for e in read_events(agent.config.audit_path) if e.type == "gateway.channel_refused"
+        ]
         assert len(refused) == len(asks)
         assert "not listed" in refused[1].get("EventResultDetails")
         assert refused[0].get("ActorUsername") == "tanaka"
-        await poll(lambda: len(L.emitter.of_type("gateway.channel_refused")) == len(asks),
-                   what="refusals forwarded")
+        await poll(
+            lambda: len(L.emitter.of_type("gateway.channel_refused")) == len(asks),
+            what="refusals forwarded",
+        )
         await other.close()
 
 
@@ -100,26 +109,42 @@ async def test_an_ssh_session_through_the_tunnel_names_the_engineer(tmp_path: Pa
         process.stdout.write("analyzer ready\n")
         process.exit(0)
 
-    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[instrument_key],
-                                   server_factory=_OpenInstrument, process_factory=hello)
+    server = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[instrument_key],
+        server_factory=_OpenInstrument,
+        process_factory=hello,
+    )
     ssh_port = server.sockets[0].getsockname()[1]
     try:
         async with lab(tmp_path) as L:
-            L.config_path.write_text(L.config_path.read_text().replace(
-                f"ports = [{L.echo.port}]", f"ports = [{L.echo.port}, {ssh_port}]"))
+            L.config_path.write_text(
+                L.config_path.read_text().replace(
+                    f"ports = [{L.echo.port}]", f"ports = [{L.echo.port}, {ssh_port}]"
+                )
+            )
             agent = await L.start_agent()
             await L.listener.registry.wait_for(GATEWAY_ID, 10)
             tunnel = L.listener.registry.tunnel(GATEWAY_ID, "s-77", "yamada")
             assert tunnel is not None
-            async with asyncssh.connect("cobas-c503-1", ssh_port, tunnel=tunnel,
-                                        known_hosts=None, username="service",
-                                        config=None) as conn:
+            async with asyncssh.connect(
+                "cobas-c503-1",
+                ssh_port,
+                tunnel=tunnel,
+                known_hosts=None,
+                username="service",
+                config=None,
+            ) as conn:
                 result = await asyncio.wait_for(conn.run("status"), 5)
             assert result.stdout == "analyzer ready\n"
             await poll(lambda: len(L.emitter.of_type("gateway.channel_closed")) == 1)
             opened = L.emitter.of_type("gateway.channel_opened")[0]
-            assert (opened.get("ActorUsername"), opened.get("TargetSessionId"),
-                    opened.get("TargetPortNumber")) == ("yamada", "s-77", ssh_port)
+            assert (
+                opened.get("ActorUsername"),
+                opened.get("TargetSessionId"),
+                opened.get("TargetPortNumber"),
+            ) == ("yamada", "s-77", ssh_port)
             assert agent.status()["channels"] == []
     finally:
         server.close()

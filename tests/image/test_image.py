@@ -47,16 +47,23 @@ def _cache() -> Path:
 
 def _storage_flags() -> list[str]:
     c = _cache()
-    return ["--root", str(c / "storage-overlay"), "--runroot", str(c / "run-overlay"),
-            "--storage-driver", "overlay"]
+    return [
+        "--root",
+        str(c / "storage-overlay"),
+        "--runroot",
+        str(c / "run-overlay"),
+        "--storage-driver",
+        "overlay",
+    ]
 
 
-def _podman(*args: str, timeout: float = 120, check: bool = True,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    argv = ["podman", *_storage_flags(), "--runtime", "runc", "--cgroup-manager", "cgroupfs",
-            *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          input=stdin)
+def _podman(
+    *args: str, timeout: float = 120, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = ["podman", *_storage_flags(), "--runtime", "runc", "--cgroup-manager", "cgroupfs", *args]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, input=stdin
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"podman {args[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc
@@ -78,22 +85,40 @@ def image() -> Iterator[Built]:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     assert not missing, f"the image tests need {missing} (./run test installs them)"
     tag = f"localhost/hoshu:test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "HOSHU_IMAGE_CACHE": str(_cache()),
-           "BUILDAH_FLAGS": " ".join(_storage_flags()),
-           "PYTHON": str(ROOT / ".venv" / "bin" / "python")}
+    env = {
+        **os.environ,
+        "HOSHU_IMAGE_CACHE": str(_cache()),
+        "BUILDAH_FLAGS": " ".join(_storage_flags()),
+        "PYTHON": str(ROOT / ".venv" / "bin" / "python"),
+    }
     started = time.monotonic()
-    proc = subprocess.run([str(ROOT / "deploy" / "image" / "build.sh"), tag], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=840, check=False)
+    proc = subprocess.run(
+        [str(ROOT / "deploy" / "image" / "build.sh"), tag],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+    )
     took = time.monotonic() - started
     assert proc.returncode == 0, f"image build failed after {took:.0f} s: {proc.stderr[-3000:]}"
     print(f"image build took {took:.1f} s")
     try:
         yield Built(tag, took)
     finally:
-        subprocess.run(["buildah", *_storage_flags(), "rmi", "-f", tag], capture_output=True,
-                       timeout=120, check=False)
-        subprocess.run(["buildah", *_storage_flags(), "rmi", "--prune"], capture_output=True,
-                       timeout=120, check=False)
+        subprocess.run(
+            ["buildah", *_storage_flags(), "rmi", "-f", tag],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        subprocess.run(
+            ["buildah", *_storage_flags(), "rmi", "--prune"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
 
 
 @dataclass
@@ -111,22 +136,50 @@ def broker(image: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     os.chown(data, UID, UID)
     api_port, ssh_port, tunnel_port = free_port(), free_port(), free_port()
     name = f"hoshu-test-{uuid.uuid4().hex[:8]}"
-    env = ["-e", "HOSHU_API_HOST=127.0.0.1", "-e", f"HOSHU_API_PORT={api_port}",
-           "-e", "HOSHU_SSH_HOST=127.0.0.1", "-e", f"HOSHU_SSH_PORT={ssh_port}",
-           "-e", "HOSHU_TUNNEL_HOST=127.0.0.1", "-e", f"HOSHU_TUNNEL_PORT={tunnel_port}"]
+    env = [
+        "-e",
+        "HOSHU_API_HOST=127.0.0.1",
+        "-e",
+        f"HOSHU_API_PORT={api_port}",
+        "-e",
+        "HOSHU_SSH_HOST=127.0.0.1",
+        "-e",
+        f"HOSHU_SSH_PORT={ssh_port}",
+        "-e",
+        "HOSHU_TUNNEL_HOST=127.0.0.1",
+        "-e",
+        f"HOSHU_TUNNEL_PORT={tunnel_port}",
+    ]
     volume = ["-v", f"{data}:/var/lib/hoshu"]
     common = ["--network", "host", "--read-only", "--tmpfs", "/tmp", *_limits(), *volume, *env]
     # the first admin, made by the image's own CLI on the same volume (as an operator would)
-    boot = _podman("run", "--rm", "-i", *common, "--entrypoint", "/opt/hoshu/bin/hoshu",
-                   image.tag, "--json", "admin", "bootstrap", "--name", "root-admin",
-                   "--full-name", "Image Test", "--password-stdin",
-                   stdin="Image-Test-Password-2026")
+    boot = _podman(
+        "run",
+        "--rm",
+        "-i",
+        *common,
+        "--entrypoint",
+        "/opt/hoshu/bin/hoshu",
+        image.tag,
+        "--json",
+        "admin",
+        "bootstrap",
+        "--name",
+        "root-admin",
+        "--full-name",
+        "Image Test",
+        "--password-stdin",
+        stdin="Image-Test-Password-2026",
+    )
     secret = json.loads(boot.stdout)["totp_secret"]
     _podman("run", "-d", "--name", name, *common, image.tag)
     api = f"http://127.0.0.1:{api_port}"
     try:
-        poll_sync(lambda: _answers(api_port) and _answers(ssh_port), 60,
-                  "the containerised broker to listen on its API and SSH ports")
+        poll_sync(
+            lambda: _answers(api_port) and _answers(ssh_port),
+            60,
+            "the containerised broker to listen on its API and SSH ports",
+        )
         yield Running(name, api, ssh_port, data, secret)
     finally:
         logs = _podman("logs", name, check=False).stderr[-3000:]
@@ -166,7 +219,8 @@ def test_the_front_door_sends_an_ssh_banner(broker: Running) -> None:
 
 
 def test_an_admin_signs_in_with_password_and_totp_through_the_container(
-        broker: Running, tmp_path: Path) -> None:
+    broker: Running, tmp_path: Path
+) -> None:
     """The host's ``hoshu login`` against the containerised API: a wrong code is
     refused, the right one gives a token that ``whoami`` accepts."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")}
@@ -175,45 +229,64 @@ def test_an_admin_signs_in_with_password_and_totp_through_the_container(
     totp = pyotp.TOTP(broker.totp_secret)
 
     def login(code: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([hoshu, "--json", "login", "--user", "root-admin",
-                               "--password-stdin", "--totp", code], env=env, text=True,
-                              input="Image-Test-Password-2026", capture_output=True,
-                              timeout=60, check=False)
+        return subprocess.run(
+            [hoshu, "--json", "login", "--user", "root-admin", "--password-stdin", "--totp", code],
+            env=env,
+            text=True,
+            input="Image-Test-Password-2026",
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
     wrong = f"{(int(totp.now()) + 1) % 1_000_000:06d}"
     assert login(wrong).returncode != 0
     ok = login(totp.now())
     assert ok.returncode == 0, ok.stderr
-    who = subprocess.run([hoshu, "--json", "whoami"], env=env, text=True, capture_output=True,
-                         timeout=60, check=False)
+    who = subprocess.run(
+        [hoshu, "--json", "whoami"],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert who.returncode == 0, who.stderr
     assert json.loads(who.stdout)["name"] == "root-admin"
 
 
 def test_the_container_runs_as_its_user_on_a_read_only_root_without_build_tools(
-        broker: Running) -> None:
+    broker: Running,
+) -> None:
     """Non-root, nothing writable but the data volume and /tmp, and no compiler,
     package manager or pip in the final image."""
     ident = _podman("exec", broker.name, "id", "-u").stdout.strip()
     assert ident == str(UID)
     root = _podman("exec", broker.name, "sh", "-c", "touch /opt/hoshu/x", check=False)
     assert root.returncode != 0 and "Read-only file system" in root.stderr
-    assert _podman("exec", broker.name, "sh", "-c", "touch /tmp/x /var/lib/hoshu/x",
-                   check=False).returncode == 0
-    found = _podman("exec", broker.name, "sh", "-c",
-                    "for t in gcc cc c++ make ld apt apt-get pip pip3; do command -v $t; done",
-                    check=False).stdout
+    assert (
+        _podman(
+            "exec", broker.name, "sh", "-c", "touch /tmp/x /var/lib/hoshu/x", check=False
+        ).returncode
+        == 0
+    )
+    found = _podman(
+        "exec",
+        broker.name,
+        "sh",
+        "-c",
+        "for t in gcc cc c++ make ld apt apt-get pip pip3; do command -v $t; done",
+        check=False,
+    ).stdout
     assert found.split() == []
     venv_bin = _podman("exec", broker.name, "ls", "/opt/hoshu/bin").stdout.split()
     assert "hoshu" in venv_bin and not [b for b in venv_bin if b.startswith("pip")]
-    nopip = _podman("exec", broker.name, "/opt/hoshu/bin/python3", "-c", "import pip",
-                    check=False)
+    nopip = _podman("exec", broker.name, "/opt/hoshu/bin/python3", "-c", "import pip", check=False)
     assert nopip.returncode != 0
     assert (broker.data / "keys").stat().st_uid == UID  # what it wrote is its own
 
 
-def test_podman_stop_drains_and_the_container_exits_0(image: Built,
-                                                      tmp_path: Path) -> None:
+def test_podman_stop_drains_and_the_container_exits_0(image: Built, tmp_path: Path) -> None:
     """SIGTERM reaches ``hoshu serve`` as PID 1: it drains, closes the audit log with a
     signed checkpoint and exits 0 well before podman would SIGKILL it."""
     data = tmp_path / "data"
@@ -221,11 +294,33 @@ def test_podman_stop_drains_and_the_container_exits_0(image: Built,
     os.chown(data, UID, UID)
     name = f"hoshu-stop-{uuid.uuid4().hex[:8]}"
     api_port = free_port()
-    _podman("run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
-            *_limits(), "-v", f"{data}:/var/lib/hoshu", "-e", "HOSHU_API_HOST=127.0.0.1",
-            "-e", f"HOSHU_API_PORT={api_port}", "-e", "HOSHU_SSH_HOST=127.0.0.1",
-            "-e", f"HOSHU_SSH_PORT={free_port()}", "-e", "HOSHU_TUNNEL_HOST=127.0.0.1",
-            "-e", f"HOSHU_TUNNEL_PORT={free_port()}", image.tag)
+    _podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        *_limits(),
+        "-v",
+        f"{data}:/var/lib/hoshu",
+        "-e",
+        "HOSHU_API_HOST=127.0.0.1",
+        "-e",
+        f"HOSHU_API_PORT={api_port}",
+        "-e",
+        "HOSHU_SSH_HOST=127.0.0.1",
+        "-e",
+        f"HOSHU_SSH_PORT={free_port()}",
+        "-e",
+        "HOSHU_TUNNEL_HOST=127.0.0.1",
+        "-e",
+        f"HOSHU_TUNNEL_PORT={free_port()}",
+        image.tag,
+    )
     try:
         poll_sync(lambda: _answers(api_port), 60, "the container's API")
         started = time.monotonic()

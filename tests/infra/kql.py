@@ -56,7 +56,7 @@ def referenced_columns(query: str, table: str) -> set[str]:
     found: set[str] = set()
     for m in _IDENT.finditer(text):
         name = m.group(1)
-        rest = text[m.end():].lstrip(" \t")
+        rest = text[m.end() :].lstrip(" \t")
         if rest.startswith("("):
             continue  # function call
         if name.lower() in KEYWORDS or name == table:

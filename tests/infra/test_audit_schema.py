@@ -29,17 +29,18 @@ def _table_var(module: str) -> str:
     names = [
         name
         for name, var in (parse(path).get("variables") or {}).items()
-        if any((path.parent / c["parameters"]["file_path"].strip("'")).resolve()
-               == AUDIT_TABLE.resolve()
-               for c in function_calls(var, "load_json_content"))
+        if any(
+            (path.parent / c["parameters"]["file_path"].strip("'")).resolve()
+            == AUDIT_TABLE.resolve()
+            for c in function_calls(var, "load_json_content")
+        )
     ]
     assert len(names) == 1, f"{module} must load audit-table.json into exactly one variable"
     return names[0]
 
 
 def _resource(module: str, type_prefix: str) -> dict[str, Any]:
-    found = [r for r in resources(MODULES_DIR / module).values()
-             if resource_type(r) == type_prefix]
+    found = [r for r in resources(MODULES_DIR / module).values() if resource_type(r) == type_prefix]
     assert len(found) == 1, f"{module}: expected one {type_prefix}"
     return found[0]
 
@@ -59,7 +60,8 @@ def test_table_file_has_every_catalog_column_with_a_log_analytics_type() -> None
     assert [c["name"] for c in table["columns"]] == [c.name for c in COLUMNS]
     assert all(c["type"] in LA_TYPES for c in table["columns"])
     assert table["columns"][0] == {
-        "name": "TimeGenerated", "type": "datetime",
+        "name": "TimeGenerated",
+        "type": "datetime",
         "description": "When the event happened (UTC)",
     }
 
@@ -87,7 +89,8 @@ def test_dcr_stream_declaration_comes_from_the_generated_file() -> None:
     assert loop_source(columns) == (var, "columns")
     item = columns["loop_type"]["detail"]["item_name"]
     assert {k: property_access(v) for k, v in columns["config"].items()} == {
-        "name": (item, "name"), "type": (item, "type"),
+        "name": (item, "name"),
+        "type": (item, "type"),
     }
     (flow,) = props["dataFlows"]
     assert [property_access(s) for s in flow["streams"]] == [(var, "streamName")]
@@ -100,10 +103,12 @@ def test_broker_identity_is_monitoring_metrics_publisher_on_the_dcr() -> None:
     # Monitoring Metrics Publisher, the built-in role for the Logs Ingestion API.
     assert "3913510d-42f4-4e42-8a64-420c390055eb" in text
     res = resources(MODULES_DIR / "monitoring.bicep")
-    (rule_name,) = [n for n, r in res.items()
-                    if resource_type(r) == "Microsoft.Insights/dataCollectionRules"]
-    assignments = [r for r in res.values()
-                   if resource_type(r) == "Microsoft.Authorization/roleAssignments"]
+    (rule_name,) = [
+        n for n, r in res.items() if resource_type(r) == "Microsoft.Insights/dataCollectionRules"
+    ]
+    assignments = [
+        r for r in res.values() if resource_type(r) == "Microsoft.Authorization/roleAssignments"
+    ]
     assert [scope_name(a) for a in assignments] == [rule_name]
     (assignment,) = assignments
     assert assignment["config"]["properties"]["principalId"] == "brokerPrincipalId"

@@ -31,10 +31,12 @@ NO_DIAGNOSTICS = {
     "Microsoft.Insights/diagnosticSettings": "is the diagnostic setting",
     "Microsoft.Authorization/roleAssignments": "logged in the Azure activity log",
     "Microsoft.ManagedIdentity/userAssignedIdentities": (
-        "no log categories; sign-ins go to Entra ID logs"),
+        "no log categories; sign-ins go to Entra ID logs"
+    ),
     "Microsoft.Network/routeTables": "no log categories; changes go to the activity log",
     "Microsoft.Network/privateEndpoints": (
-        "no log categories; traffic is logged by the service behind it"),
+        "no log categories; traffic is logged by the service behind it"
+    ),
     "Microsoft.Network/privateEndpoints/privateDnsZoneGroups": "child configuration",
     "Microsoft.Network/privateDnsZones": "no log categories",
     "Microsoft.Network/privateDnsZones/A": "child record",
@@ -159,12 +161,16 @@ def test_security_settings_of_the_core_services() -> None:
     assert "mode: 'ZoneRedundant'" in pg
     assert "activeDirectoryAuth: 'Enabled'" in pg and "passwordAuth: 'Disabled'" in pg
     kv = text["keyvault.bicep"]
-    for setting in ("enableRbacAuthorization: true", "enablePurgeProtection: true",
-                    "enableSoftDelete: true"):
+    for setting in (
+        "enableRbacAuthorization: true",
+        "enablePurgeProtection: true",
+        "enableSoftDelete: true",
+    ):
         assert setting in kv
     st = text["storage.bicep"]
-    assert re.search(r"immutableStorageWithVersioning:\s*\{\s*enabled: true\s*immutabilityPolicy",
-                     st)
+    assert re.search(
+        r"immutableStorageWithVersioning:\s*\{\s*enabled: true\s*immutabilityPolicy", st
+    )
     assert "immutabilityPeriodSinceCreationInDays: retentionDays" in st
     assert "state: lockRetentionPolicy ? 'Locked' : 'Unlocked'" in st
     er = text["expressroute.bicep"]
@@ -235,7 +241,7 @@ def test_firewall_address_matches_its_subnet() -> None:
         assert ipaddress.ip_network(subnets[key]).subnet_of(spoke)
     nets = [ipaddress.ip_network(v) for v in subnets.values()]
     for i, a in enumerate(nets):
-        for b in nets[i + 1:]:
+        for b in nets[i + 1 :]:
             assert not a.overlaps(b), (a, b)
 
 
@@ -251,8 +257,9 @@ def test_no_secrets_or_keys_in_templates() -> None:
     for path in bicep_files():
         text = path.read_text()
         assert "listKeys" not in text and "AccountKey=" not in text, path.name
-        assert not any(isinstance(n, str) and n.startswith("list") for n in walk(parse(path))), \
+        assert not any(isinstance(n, str) and n.startswith("list") for n in walk(parse(path))), (
             path.name
+        )
 
 
 # The only roles the templates hand out, all to the broker's identity, each on one resource.
@@ -320,8 +327,10 @@ def test_modules_get_exactly_the_parameters_they_declare() -> None:
 def test_module_outputs_used_exist() -> None:
     """Every `<module>.outputs.<name>` refers to an output the module declares."""
     for path in bicep_files():
-        modules = {n: (path.parent / m["detail"]["path"]).resolve()
-                   for n, m in (parse(path).get("modules") or {}).items()}
+        modules = {
+            n: (path.parent / m["detail"]["path"]).resolve()
+            for n, m in (parse(path).get("modules") or {}).items()
+        }
         for m in re.finditer(r"\b(\w+)\.outputs\.(\w+)", path.read_text()):
             module, output = m.groups()
             assert module in modules, f"{path.name}: {m.group(0)} of an unknown module"
@@ -333,14 +342,23 @@ def test_linter_configuration_makes_the_important_rules_errors() -> None:
     """bicepconfig.json (used by `az bicep lint` in the deploy workflow) turns the rules
     about secrets, hard-coded endpoints and unused declarations into errors."""
     rules = json.loads((BICEP_DIR / "bicepconfig.json").read_text())["analyzers"]["core"]["rules"]
-    for rule in ("no-unused-params", "no-unused-vars", "no-hardcoded-env-urls",
-                 "secure-parameter-default", "outputs-should-not-contain-secrets",
-                 "use-secure-value-for-secure-inputs"):
+    for rule in (
+        "no-unused-params",
+        "no-unused-vars",
+        "no-hardcoded-env-urls",
+        "secure-parameter-default",
+        "outputs-should-not-contain-secrets",
+        "use-secure-value-for-secure-inputs",
+    ):
         assert rules[rule]["level"] == "error", rule
 
 
 _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "string": str, "int": int, "bool": bool, "array": list, "object": dict,
+    "string": str,
+    "int": int,
+    "bool": bool,
+    "array": list,
+    "object": dict,
 }
 
 
@@ -353,7 +371,8 @@ def test_parameter_values_satisfy_their_declarations() -> None:
         value, param = entry["value"], declared[name]
         expected = _PYTHON_TYPES[param["type"]]
         assert isinstance(value, expected) and not (
-            param["type"] == "int" and isinstance(value, bool)), f"{name}: {value!r}"
+            param["type"] == "int" and isinstance(value, bool)
+        ), f"{name}: {value!r}"
         for decorator in param.get("decorators", []):
             kind, arg = decorator["type"], decorator.get("argument")
             if kind == "allowed":

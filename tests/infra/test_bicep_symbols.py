@@ -20,9 +20,14 @@ from tests.infra.bicep import BICEP_DIR, bicep_files
 
 PARSER = Parser(Language(tree_sitter_bicep.language()))
 DECLARATIONS = {
-    "parameter_declaration", "variable_declaration", "resource_declaration",
-    "module_declaration", "output_declaration", "type_declaration",
-    "user_defined_function", "import_statement",
+    "parameter_declaration",
+    "variable_declaration",
+    "resource_declaration",
+    "module_declaration",
+    "output_declaration",
+    "type_declaration",
+    "user_defined_function",
+    "import_statement",
 }
 NAMESPACES = {"sys", "az"}
 
@@ -92,8 +97,9 @@ def _references(root: Node) -> set[str]:
 @pytest.mark.parametrize("path", bicep_files(), ids=lambda p: str(p.relative_to(BICEP_DIR)))
 def test_file_has_no_syntax_error_under_the_tree_sitter_grammar(path: Path) -> None:
     root = _tree(path)
-    errors = [f"{n.start_point}: {n.text!r}" for n in _nodes(root)
-              if n.type == "ERROR" or n.is_missing]
+    errors = [
+        f"{n.start_point}: {n.text!r}" for n in _nodes(root) if n.type == "ERROR" or n.is_missing
+    ]
     assert not root.has_error and errors == []
 
 
@@ -108,9 +114,11 @@ def test_every_name_used_is_declared(path: Path) -> None:
 def test_every_parameter_and_variable_is_used(path: Path) -> None:
     root = _tree(path)
     used = _references(root)
-    unused = sorted(name for name, kind in _declared(root).items()
-                    if kind in ("parameter_declaration", "variable_declaration")
-                    and name not in used)
+    unused = sorted(
+        name
+        for name, kind in _declared(root).items()
+        if kind in ("parameter_declaration", "variable_declaration") and name not in used
+    )
     assert unused == [], f"{path.name}: unused {unused}"
 
 

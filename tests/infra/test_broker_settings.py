@@ -73,7 +73,8 @@ def test_every_variable_of_the_container_is_a_setting() -> None:
 
 
 def test_the_deployed_environment_is_accepted_by_the_broker(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The values the container gets, with deployed-looking parameters, pass the
     broker's start-up checks (no unknown variable, Entra sign-in without a password,
     HTTPS endpoints, a GUID client id) and say what the Azure broker needs."""
@@ -135,9 +136,12 @@ def test_the_recordings_url_is_the_worm_container_the_identity_writes_to() -> No
     res = resources(storage)
     container = res["recordings"]["config"]["properties"]
     assert container["immutableStorageWithVersioning"]["enabled"] in (True, "true")
-    writes = [r for r in res.values()
-              if resource_type(r).split("@")[0] == "Microsoft.Authorization/roleAssignments"
-              and scope_name(r) == "recordings"]
+    writes = [
+        r
+        for r in res.values()
+        if resource_type(r).split("@")[0] == "Microsoft.Authorization/roleAssignments"
+        and scope_name(r) == "recordings"
+    ]
     assert len(writes) == 1, "one role assignment, on the recordings container"
     assert writes[0]["config"]["properties"]["principalId"] == "brokerPrincipalId"
     assert "recordingsUrl" in json.dumps(_main_module_params("containerApps")["recordingsUrl"])
@@ -152,14 +156,20 @@ def test_the_identity_can_use_the_key_vault_keys_and_secrets() -> None:
         if props.get("principalId") == "brokerPrincipalId":
             (call,) = function_calls(props["roleDefinitionId"], "subscription_resource_id")
             roles.add(strip_quotes(str(variables[call["parameters"]["resource_name_1"]]["value"])))
-    assert roles == {"12338af0-0e69-4776-bea7-57ae8d297424",  # Key Vault Crypto User
-                     "4633458b-17de-408a-b874-0445c86b69e6"}  # Key Vault Secrets User
+    assert roles == {
+        "12338af0-0e69-4776-bea7-57ae8d297424",  # Key Vault Crypto User
+        "4633458b-17de-408a-b874-0445c86b69e6",
+    }  # Key Vault Secrets User
 
 
 def test_the_deployment_guide_lists_every_variable_the_container_gets() -> None:
     """docs/deploy-azure.md's settings table names each variable the container app
     sets, so an operator running the broker elsewhere sets the same ones."""
     guide = (BICEP_DIR.parents[1] / "docs" / "deploy-azure.md").read_text()
-    rows = {m for line in guide.splitlines() if line.lstrip().startswith("| `")
-            for m in re.findall(r"`((?:HOSHU|AZURE)_[A-Z0-9_]+)`", line.split("|")[1])}
+    rows = {
+        m
+        for line in guide.splitlines()
+        if line.lstrip().startswith("| `")
+        for m in re.findall(r"`((?:HOSHU|AZURE)_[A-Z0-9_]+)`", line.split("|")[1])
+    }
     assert {e["name"] for e in _env()} - rows == set()

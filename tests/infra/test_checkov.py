@@ -50,11 +50,27 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (work / "bicep" / "canary").mkdir()
     (work / "bicep" / "canary" / "vault.bicep").write_text(CANARY)
     result = subprocess.run(
-        [str(CHECKOV), "--directory", str(work / "bicep"), "--framework", "bicep",
-         "--skip-download", "--output", "json", "--compact"],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT / ".venv-checkov"),
-             "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "ERROR"},
+        [
+            str(CHECKOV),
+            "--directory",
+            str(work / "bicep"),
+            "--framework",
+            "bicep",
+            "--skip-download",
+            "--output",
+            "json",
+            "--compact",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(ROOT / ".venv-checkov"),
+            "BC_SKIP_MAPPING": "TRUE",
+            "LOG_LEVEL": "ERROR",
+        },
     )
     assert result.returncode in (0, 1), result.stderr[-2000:]
     report: dict[str, Any] = json.loads(result.stdout)
@@ -76,8 +92,9 @@ def test_no_failed_checks(scan: dict[str, Any]) -> None:
 
 
 def test_the_scan_catches_a_module_that_breaks_the_rules(scan: dict[str, Any]) -> None:
-    caught = {c["check_id"] for c in _failed(scan)
-              if c["file_path"].lstrip("/").startswith("canary/")}
+    caught = {
+        c["check_id"] for c in _failed(scan) if c["file_path"].lstrip("/").startswith("canary/")
+    }
     assert caught >= CANARY_FAILURES
 
 
@@ -88,8 +105,13 @@ def test_every_file_was_parsed_and_scanned(scan: dict[str, Any]) -> None:
     assert summary["resource_count"] >= 80
     assert summary["passed"] >= 25
     scanned = {c["file_path"].lstrip("/") for c in scan["results"]["passed_checks"]}
-    for expected in ("modules/keyvault.bicep", "modules/storage.bicep",
-                     "modules/registry.bicep", "modules/network.bicep", "main.bicep"):
+    for expected in (
+        "modules/keyvault.bicep",
+        "modules/storage.bicep",
+        "modules/registry.bicep",
+        "modules/network.bicep",
+        "main.bicep",
+    ):
         assert expected in scanned, f"no check ran on {expected}"
     assert len(bicep_files()) >= 15
 

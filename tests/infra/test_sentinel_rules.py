@@ -93,8 +93,12 @@ def test_the_promised_detections_are_there() -> None:
     """MFA bursts and lockouts; a session without a grant; emergencies; inbound files;
     a gateway down past a threshold; a missing or failed audit checkpoint."""
     mfa = _query("mfa-failures")
-    for needle in ('"user.mfa_failed"', '"user.locked_out"', '"ssh.login"',
-                   'EventResult == "Failure"'):
+    for needle in (
+        '"user.mfa_failed"',
+        '"user.locked_out"',
+        '"ssh.login"',
+        'EventResult == "Failure"',
+    ):
         assert needle in mfa
     grant = _query("session-outside-grant")
     assert '"session.started"' in grant and "isempty(GrantId)" in grant
@@ -129,7 +133,11 @@ def test_the_extractor_catches_an_unknown_column() -> None:
         "| where Count > limit_"
     )
     assert referenced_columns(query, "HoshuAudit_CL") == {
-        "EventTyp", "SrcIpAddr", "TimeGenerated", "ActorUsername", "Details",
+        "EventTyp",
+        "SrcIpAddr",
+        "TimeGenerated",
+        "ActorUsername",
+        "Details",
     }
     assert {"limit_", "Hour", "Count"} <= defined_names(query)
 
@@ -153,14 +161,15 @@ def test_entity_mappings_use_columns_the_rule_outputs() -> None:
         (call,) = function_calls(rule["query"], "load_text_content")
         kql = (SENTINEL_BICEP.parent / call["parameters"]["file_path"]).read_text()
         text = clean(kql)
-        tail = text[max(text.rfind("| project"), text.rfind("| summarize")):]
+        tail = text[max(text.rfind("| project"), text.rfind("| summarize")) :]
         entities = rule["entities"]
         assert isinstance(entities, list)
         for name in entities:
             for field in variables[name]["value"]["fieldMappings"]:
                 column = field["columnName"]
                 assert column in COLUMN_NAMES, f"{rule['key']}: {column} not in the table"
-                assert re.search(rf"\b{column}\b", tail), \
+                assert re.search(rf"\b{column}\b", tail), (
                     f"{rule['key']}: entity column {column} is not in the rule's output"
+                )
                 mapped += 1
     assert mapped >= 10

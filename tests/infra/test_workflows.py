@@ -35,18 +35,34 @@ def _triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
 
 def test_workflows_match_the_github_schema() -> None:
     result = subprocess.run(
-        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
-         *map(str, WORKFLOWS)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, WORKFLOWS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_workflows_have_no_zizmor_findings() -> None:
     result = subprocess.run(
-        [str(BIN / "zizmor"), "--offline", "--min-severity", "low", "--no-progress",
-         str(ROOT / ".github" / "workflows")],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(BIN / "zizmor"),
+            "--offline",
+            "--min-severity",
+            "low",
+            "--no-progress",
+            str(ROOT / ".github" / "workflows"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "No findings" in result.stdout + result.stderr
@@ -75,9 +91,14 @@ def _find_python(hoshu_python: str) -> subprocess.CompletedProcess[str]:
     script = (ROOT / "run").read_text()
     func = re.search(r"^find_python\(\) \{\n.*?^\}\n", script, re.M | re.S)
     assert func, "find_python not found in ./run"
-    return subprocess.run(["bash", "-c", func.group(0) + "find_python"],
-                          env={"PATH": os.environ["PATH"], "HOSHU_PYTHON": hoshu_python},
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        ["bash", "-c", func.group(0) + "find_python"],
+        env={"PATH": os.environ["PATH"], "HOSHU_PYTHON": hoshu_python},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_run_builds_the_venv_with_the_python_named_by_hoshu_python() -> None:
@@ -97,10 +118,8 @@ def test_deploy_runs_what_if_on_pull_requests_and_deploys_on_version_tags() -> N
     jobs = workflow["jobs"]
     assert "pull_request" in jobs["what-if"]["if"]
     assert "refs/tags/v" in jobs["deploy"]["if"]
-    assert any("az deployment group what-if" in s.get("run", "")
-               for s in jobs["what-if"]["steps"])
-    assert any("az deployment group create" in s.get("run", "")
-               for s in jobs["deploy"]["steps"])
+    assert any("az deployment group what-if" in s.get("run", "") for s in jobs["what-if"]["steps"])
+    assert any("az deployment group create" in s.get("run", "") for s in jobs["deploy"]["steps"])
     assert jobs["deploy"]["environment"] == "production"
 
 
@@ -122,7 +141,7 @@ def test_the_release_builds_the_image_and_deploys_it_by_digest() -> None:
     build = "".join(s.get("run", "") for s in image["steps"])
     assert "deploy/image/build.sh" in build and "--digestfile" in build
     deploy = "".join(s.get("run", "") for s in jobs["deploy"]["steps"])
-    assert 'az acr import' in deploy and '"brokerImage=hoshu/broker@$DIGEST"' in deploy
+    assert "az acr import" in deploy and '"brokerImage=hoshu/broker@$DIGEST"' in deploy
 
 
 def test_deploy_uses_oidc_with_ids_from_variables() -> None:

@@ -26,8 +26,12 @@ def vault_store(key_vault: KeyVault) -> Iterator[Callable[..., VaultKeyStore]]:
 
     def make(credential: Any = None, **kw: Any) -> VaultKeyStore:
         kw.setdefault("settle_s", 0.2)
-        store = VaultKeyStore(key_vault.url, credential or key_vault.tokens.credential(),
-                              connection_verify=str(key_vault.cert_path), **kw)
+        store = VaultKeyStore(
+            key_vault.url,
+            credential or key_vault.tokens.credential(),
+            connection_verify=str(key_vault.cert_path),
+            **kw,
+        )
         made.append(store)
         return store
 

@@ -44,8 +44,9 @@ def identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[IdentityEndpoint]:
         yield endpoint
 
 
-def test_broker_takes_every_key_from_the_vault(tmp_path: Path, identity: IdentityEndpoint,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broker_takes_every_key_from_the_vault(
+    tmp_path: Path, identity: IdentityEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vault = KeyVault(tmp_path / "kv", tokens=IdentityTokens(identity)).start()
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(vault.cert_path))  # as for a subprocess
     settings = BrokerSettings(data_dir=tmp_path / "data", key_vault_url=vault.url)
@@ -57,11 +58,13 @@ def test_broker_takes_every_key_from_the_vault(tmp_path: Path, identity: Identit
             assert rt.control.services.ctx.secrets.seal("x").startswith("hoshu-seal-v1:kv:")
             assert not settings.keys_dir.exists() or not any(settings.keys_dir.iterdir())
             rt.control.services.ctx.emitter.emit(
-                new_event("session.command", details={"command": "ls"}))
+                new_event("session.command", details={"command": "ls"})
+            )
         finally:
             _close(rt)
-        cps = [e.details for e in read_events(settings.audit_log_path)
-               if e.type == "audit.checkpoint"]
+        cps = [
+            e.details for e in read_events(settings.audit_log_path) if e.type == "audit.checkpoint"
+        ]
         assert cps and all(cp["alg"] == ES256 for cp in cps)  # the final one, at least
         store = VaultKeyStore(vault.url, azure_credential(identity.client_id))
         trusted = TrustedKeys.from_pems(p for _, p in store.signing_public_pems())
@@ -72,8 +75,11 @@ def test_broker_takes_every_key_from_the_vault(tmp_path: Path, identity: Identit
 
 
 def test_serve_refuses_to_start_when_the_vault_cannot_be_reached(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identity: IdentityEndpoint,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    identity: IdentityEndpoint,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     url = f"https://127.0.0.1:{free_port()}"
     monkeypatch.setenv("HOSHU_KEY_VAULT_URL", url)
     monkeypatch.setenv("HOSHU_DATA_DIR", str(tmp_path / "data"))

@@ -16,7 +16,8 @@ from broker.settings import BrokerSettings
 
 
 def test_rotate_all_then_old_and_new_data_open_and_verify(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     settings = BrokerSettings(data_dir=data)
     before = open_key_store(settings)
@@ -28,7 +29,9 @@ def test_rotate_all_then_old_and_new_data_open_and_verify(
     assert out["rotated"] == {"sealing": "2", "signing": "2"}
     events = [e for e in read_events(settings.audit_log_path) if e.type == "admin.change"]
     assert [(e.record["Operation"], e.record["Object"]) for e in events] == [
-        ("key_rotated", "sealing"), ("key_rotated", "signing")]
+        ("key_rotated", "sealing"),
+        ("key_rotated", "signing"),
+    ]
 
     after = open_key_store(settings)
     new_sealed = after.secret_box().seal("new credential")

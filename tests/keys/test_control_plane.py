@@ -13,9 +13,9 @@ from broker.settings import BrokerSettings
 from tests.support.keyvault import KeyVault
 
 
-def test_control_plane_uses_the_vault_key_store(tmp_path: Path, key_vault: KeyVault,
-                                                vault_store: Callable[..., VaultKeyStore]
-                                                ) -> None:
+def test_control_plane_uses_the_vault_key_store(
+    tmp_path: Path, key_vault: KeyVault, vault_store: Callable[..., VaultKeyStore]
+) -> None:
     settings = BrokerSettings(data_dir=tmp_path, key_vault_url=key_vault.url)
     keys = vault_store()
     cp = ControlPlane.open(settings, keys=keys)

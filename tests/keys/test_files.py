@@ -45,7 +45,8 @@ def _old_data_dir(s: BrokerSettings) -> dict[str, object]:
     """Key files exactly as hoshu wrote them before the key store existed."""
     s.keys_dir.mkdir(parents=True)
     tunnel = ed25519.Ed25519PrivateKey.generate().private_bytes(
-        Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+        Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()
+    )
     s.host_key_path.write_bytes(tunnel)
     front = asyncssh.generate_private_key("ssh-ed25519")
     s.front_door_host_key_path.write_bytes(front.export_private_key())
@@ -56,8 +57,13 @@ def _old_data_dir(s: BrokerSettings) -> dict[str, object]:
     signer = CheckpointSigner.load_or_create(s.audit_signing_key_path)
     for p in s.keys_dir.iterdir():
         p.chmod(0o600)
-    return {"tunnel": asyncssh.import_private_key(tunnel), "front": front, "ca": ca,
-            "sealed": SecretBox(fernet).seal("instrument-password"), "signer": signer}
+    return {
+        "tunnel": asyncssh.import_private_key(tunnel),
+        "front": front,
+        "ca": ca,
+        "sealed": SecretBox(fernet).seal("instrument-password"),
+        "signer": signer,
+    }
 
 
 def test_existing_key_files_load_unchanged(tmp_path: Path) -> None:
@@ -74,13 +80,14 @@ def test_existing_key_files_load_unchanged(tmp_path: Path) -> None:
     assert _fp(store.user_ca_key()) == old["ca"].get_fingerprint()  # type: ignore[attr-defined]
     assert store.secret_box().open(str(old["sealed"])) == "instrument-password"
     old_cp = old["signer"].sign(7, "h" * 64)  # type: ignore[attr-defined]
-    assert TrustedKeys.from_pems([p for _, p in store.signing_public_pems()]).check(old_cp) \
-        is None
+    assert TrustedKeys.from_pems([p for _, p in store.signing_public_pems()]).check(old_cp) is None
     assert store.checkpoint_signer().key_id == old_cp.key_id
     # still version 1: new values are plain Fernet tokens an older broker could open
     new = store.secret_box().seal("x")
-    assert not new.startswith(PREFIX) and SecretBox(
-        s.credential_key_path.read_bytes().strip()).open(new) == "x"
+    assert (
+        not new.startswith(PREFIX)
+        and SecretBox(s.credential_key_path.read_bytes().strip()).open(new) == "x"
+    )
     assert _digests(s.keys_dir) == before
 
 
@@ -89,9 +96,17 @@ def test_first_start_creates_every_key_once_mode_0600(tmp_path: Path) -> None:
     first = open_key_store(s)
     first.check()
     names = sorted(p.name for p in s.keys_dir.iterdir())
-    assert names == sorted(["broker_host_key", "ssh_front_door_host_key",
-                            "ssh_front_door_host_key.pub", "ssh_user_ca", "credentials.key",
-                            "audit_signing_key", "audit_signing_key.pub"])
+    assert names == sorted(
+        [
+            "broker_host_key",
+            "ssh_front_door_host_key",
+            "ssh_front_door_host_key.pub",
+            "ssh_user_ca",
+            "credentials.key",
+            "audit_signing_key",
+            "audit_signing_key.pub",
+        ]
+    )
     for p in s.keys_dir.iterdir():
         if not p.name.endswith(".pub"):
             assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, p
@@ -128,8 +143,9 @@ def test_signing_rotation_checkpoints_before_and_after_verify(tmp_path: Path) ->
 
     def write(n: int) -> None:
         signer = open_key_store(s).checkpoint_signer()
-        with ChainLog(log_path, signer=signer, checkpoint_every=5, checkpoint_interval_s=3600,
-                      clock=clock) as log:
+        with ChainLog(
+            log_path, signer=signer, checkpoint_every=5, checkpoint_interval_s=3600, clock=clock
+        ) as log:
             for i in range(n):
                 log.emit(new_event("session.command", details={"command": f"ls {i}"}))
 
@@ -141,8 +157,7 @@ def test_signing_rotation_checkpoints_before_and_after_verify(tmp_path: Path) ->
     write(7)
     pems = open_key_store(s).signing_public_pems()
     assert [v for v, _ in pems] == ["2", "1"]
-    result = verify(log_path, keys=TrustedKeys.from_pems(p for _, p in pems),
-                    checkpoint_every=5)
+    result = verify(log_path, keys=TrustedKeys.from_pems(p for _, p in pems), checkpoint_every=5)
     assert result.ok and result.signatures_checked and result.checkpoints >= 4
     only_new = verify(log_path, keys=TrustedKeys.from_pems([pems[0][1]]), checkpoint_every=5)
     assert not only_new.ok and "unknown key" in only_new.reason

@@ -25,7 +25,8 @@ def identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[IdentityEndpoint]:
 
 
 def test_broker_signs_in_to_the_vault_as_its_managed_identity(
-        tmp_path: Path, identity: IdentityEndpoint, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, identity: IdentityEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     vault = KeyVault(tmp_path / "kv", tokens=IdentityTokens(identity)).start()
     try:

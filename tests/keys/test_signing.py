@@ -14,8 +14,10 @@ from audit.signing import ED25519, Checkpoint, CheckpointSigner, TrustedKeys, pu
 
 
 def _pem(key: object) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.PEM,  # type: ignore[attr-defined]
+        serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
 
 
 def test_pem_files_of_both_kinds_and_old_checkpoints(tmp_path: Path) -> None:
@@ -31,9 +33,13 @@ def test_pem_files_of_both_kinds_and_old_checkpoints(tmp_path: Path) -> None:
     assert read.alg == ED25519 and trusted.check(read) is None
 
 
-@pytest.mark.parametrize("key", [ec.generate_private_key(ec.SECP384R1()).public_key(),
-                                 rsa.generate_private_key(public_exponent=65537,
-                                                          key_size=2048).public_key()])
+@pytest.mark.parametrize(
+    "key",
+    [
+        ec.generate_private_key(ec.SECP384R1()).public_key(),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key(),
+    ],
+)
 def test_other_public_keys_are_refused_by_name(tmp_path: Path, key: object) -> None:
     path = tmp_path / "other.pem"
     path.write_bytes(_pem(key))

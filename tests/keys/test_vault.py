@@ -31,8 +31,11 @@ Make = Callable[..., VaultKeyStore]
 
 
 def _fingerprints(store: VaultKeyStore) -> tuple[str, str, str]:
-    return (_fp(store.tunnel_host_key()), _fp(store.front_door_host_key()),
-            _fp(store.user_ca_key()))
+    return (
+        _fp(store.tunnel_host_key()),
+        _fp(store.front_door_host_key()),
+        _fp(store.user_ca_key()),
+    )
 
 
 def _fp(private: bytes) -> str:
@@ -41,7 +44,8 @@ def _fp(private: bytes) -> str:
 
 
 def test_two_replicas_starting_at_once_get_the_same_ssh_keys(
-        key_vault: KeyVault, vault_store: Make) -> None:
+    key_vault: KeyVault, vault_store: Make
+) -> None:
     """Both replicas find the vault empty at the same moment and both write a key;
     each settles on the same one, and a later replica reads it without writing."""
     key_vault.race_on_missing(2)
@@ -58,11 +62,11 @@ def test_two_replicas_starting_at_once_get_the_same_ssh_keys(
     assert key_vault.calls["secrets/setSecret/action"] == writes
     # what the vault holds is OpenSSH private key text
     assert key_vault.secrets[SECRET_NAMES["ca"]][-1].value.startswith(
-        "-----BEGIN OPENSSH PRIVATE KEY-----")
+        "-----BEGIN OPENSSH PRIVATE KEY-----"
+    )
 
 
-def test_envelope_sealing_unwraps_once_per_data_key(key_vault: KeyVault,
-                                                    vault_store: Make) -> None:
+def test_envelope_sealing_unwraps_once_per_data_key(key_vault: KeyVault, vault_store: Make) -> None:
     """Values sealed by one process open in another with one unwrap in the vault for
     all of them; the sealed form names the key version and carries the wrapped key."""
     writer = vault_store()
@@ -84,8 +88,9 @@ def test_envelope_sealing_unwraps_once_per_data_key(key_vault: KeyVault,
         reader.secret_box().open(f"{PREFIX}:kv:{'0' * 32}:{sealed[0].split(':', 4)[3]}:x")
 
 
-def test_sealing_rotation_old_and_new_values_both_open(key_vault: KeyVault,
-                                                       vault_store: Make) -> None:
+def test_sealing_rotation_old_and_new_values_both_open(
+    key_vault: KeyVault, vault_store: Make
+) -> None:
     first = vault_store()
     a = first.secret_box().seal("before rotation")
     new_version = vault_store().rotate("sealing")
@@ -99,8 +104,9 @@ def test_sealing_rotation_old_and_new_values_both_open(key_vault: KeyVault,
     assert first.secret_box().open(b) == "after rotation"  # a replica not yet restarted
 
 
-def test_es256_checkpoints_verify_and_tampering_fails(key_vault: KeyVault,
-                                                      vault_store: Make) -> None:
+def test_es256_checkpoints_verify_and_tampering_fails(
+    key_vault: KeyVault, vault_store: Make
+) -> None:
     signer = vault_store().checkpoint_signer()
     cp = signer.sign(1000, "a" * 64)
     assert cp.alg == ES256 and cp.key_version == key_vault.key_versions(SIGNING_KEY)[-1]
@@ -118,8 +124,9 @@ def test_es256_checkpoints_verify_and_tampering_fails(key_vault: KeyVault,
     assert both.check(cp) is None
 
 
-def test_signing_rotation_checkpoints_before_and_after_verify(key_vault: KeyVault,
-                                                              vault_store: Make) -> None:
+def test_signing_rotation_checkpoints_before_and_after_verify(
+    key_vault: KeyVault, vault_store: Make
+) -> None:
     before = vault_store().checkpoint_signer().sign(10, "c" * 64)
     vault_store().rotate("signing")
     after_signer = vault_store().checkpoint_signer()
@@ -131,8 +138,9 @@ def test_signing_rotation_checkpoints_before_and_after_verify(key_vault: KeyVaul
     assert trusted.check(before) is None and trusted.check(after) is None
 
 
-def test_signature_from_the_vault_is_checked_before_use(key_vault: KeyVault,
-                                                        vault_store: Make) -> None:
+def test_signature_from_the_vault_is_checked_before_use(
+    key_vault: KeyVault, vault_store: Make
+) -> None:
     """The SDK checks nothing; a vault (or a path to it) returning a wrong signature
     gets no checkpoint written."""
     from audit.errors import ChainError
@@ -159,8 +167,9 @@ def test_unreachable_vault_stops_the_start_with_one_clear_line() -> None:
     assert "\n" not in message and time.monotonic() - started < 10
 
 
-def test_permission_denied_names_the_vault_and_the_roles(key_vault: KeyVault,
-                                                         vault_store: Make) -> None:
+def test_permission_denied_names_the_vault_and_the_roles(
+    key_vault: KeyVault, vault_store: Make
+) -> None:
     key_vault.forbid("keys/sign/action")
     store = vault_store()
     store.check()  # reading and creating is allowed
@@ -171,12 +180,14 @@ def test_permission_denied_names_the_vault_and_the_roles(key_vault: KeyVault,
     key_vault.forbid("secrets/getSecret/action")
     with pytest.raises(KeyStoreUnavailable) as exc:
         vault_store().check()
-    assert f"Key Vault {key_vault.url}: permission denied while reading the tunnel host key" \
-        in str(exc.value) and "Key Vault Secrets User" in str(exc.value)
+    assert f"Key Vault {key_vault.url}: permission denied while reading the tunnel host key" in str(
+        exc.value
+    ) and "Key Vault Secrets User" in str(exc.value)
 
 
-def test_unwrap_refused_means_unavailable_not_a_wrong_secret(key_vault: KeyVault,
-                                                             vault_store: Make) -> None:
+def test_unwrap_refused_means_unavailable_not_a_wrong_secret(
+    key_vault: KeyVault, vault_store: Make
+) -> None:
     sealed = vault_store().secret_box().seal("pw")
     key_vault.forbid("keys/unwrap/action")
     with pytest.raises(Unavailable, match="permission denied"):
@@ -199,8 +210,10 @@ def test_only_a_vault_token_is_ever_asked_for(key_vault: KeyVault, vault_store: 
     """Challenge-resource verification is off only for a loopback vault; even there the
     credential hands out nothing but a token for https://vault.azure.net."""
     key_vault.resource = "https://management.azure.com"
-    with pytest.raises(KeyStoreUnavailable, match=re.escape(
-            "refusing a token for https://management.azure.com/.default")):
+    with pytest.raises(
+        KeyStoreUnavailable,
+        match=re.escape("refusing a token for https://management.azure.com/.default"),
+    ):
         vault_store().check()
     assert "https://management.azure.com/.default" not in key_vault.tokens.scopes_asked
     assert vault_scope("https://corp-kv.vault.azure.net") == "https://vault.azure.net/.default"
@@ -211,8 +224,9 @@ def test_only_a_vault_token_is_ever_asked_for(key_vault: KeyVault, vault_store: 
         VaultKeyStore("http://127.0.0.1:1", object())
 
 
-def test_no_token_or_key_material_in_logs(key_vault: KeyVault, vault_store: Make,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_no_token_or_key_material_in_logs(
+    key_vault: KeyVault, vault_store: Make, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     store = vault_store()
     store.check()
@@ -232,9 +246,11 @@ def test_no_token_or_key_material_in_logs(key_vault: KeyVault, vault_store: Make
 def test_settings_choose_the_backend(tmp_path: Any, key_vault: KeyVault) -> None:
     files = open_key_store(BrokerSettings(data_dir=tmp_path))
     assert files.where == f"files in {tmp_path / 'keys'}"
-    vault = open_key_store(BrokerSettings(data_dir=tmp_path, key_vault_url=key_vault.url),
-                           credential=key_vault.tokens.credential(),
-                           connection_verify=str(key_vault.cert_path))
+    vault = open_key_store(
+        BrokerSettings(data_dir=tmp_path, key_vault_url=key_vault.url),
+        credential=key_vault.tokens.credential(),
+        connection_verify=str(key_vault.cert_path),
+    )
     assert vault.where == f"Key Vault {key_vault.url}"
     assert isinstance(vault.secret_box(), SecretBox)
     vault.close()
@@ -242,7 +258,8 @@ def test_settings_choose_the_backend(tmp_path: Any, key_vault: KeyVault) -> None
 
 
 def test_reference_deployment_vault_with_a_read_only_identity(
-        key_vault: KeyVault, vault_store: Make) -> None:
+    key_vault: KeyVault, vault_store: Make
+) -> None:
     """As infra/bicep deploys it: HSM keys made by the deployment, the host key added by
     an operator, and the broker with the 'User' roles only (no create, no set)."""
     from azure.keyvault.keys import KeyClient
@@ -250,8 +267,10 @@ def test_reference_deployment_vault_with_a_read_only_identity(
 
     from broker.keys.store import new_ssh_key
 
-    opts: dict[str, Any] = {"connection_verify": str(key_vault.cert_path),
-                            "verify_challenge_resource": False}
+    opts: dict[str, Any] = {
+        "connection_verify": str(key_vault.cert_path),
+        "verify_challenge_resource": False,
+    }
     operator = key_vault.tokens.credential()
     keys = KeyClient(key_vault.url, operator, **opts)
     keys.create_ec_key(SIGNING_KEY, curve="P-256", hardware_protected=True)
@@ -261,8 +280,10 @@ def test_reference_deployment_vault_with_a_read_only_identity(
     key_vault.forbid("keys/create/action", "secrets/setSecret/action")
     with pytest.raises(KeyStoreUnavailable) as exc:
         vault_store().check()
-    assert (f"permission denied while creating the front-door host key (secret "
-            f"{SECRET_NAMES['front_door']})") in str(exc.value)
+    assert (
+        f"permission denied while creating the front-door host key (secret "
+        f"{SECRET_NAMES['front_door']})"
+    ) in str(exc.value)
     for which in ("front_door", "ca"):
         key_vault.allow("secrets/setSecret/action")
         secrets.set_secret(SECRET_NAMES[which], new_ssh_key().decode())
@@ -271,8 +292,10 @@ def test_reference_deployment_vault_with_a_read_only_identity(
     store.check()
     assert store.checkpoint_signer().sign(1, "a" * 64).alg == ES256
     assert store.secret_box().open(store.secret_box().seal("x")) == "x"
-    with pytest.raises(KeyStoreUnavailable, match="permission denied while making a new "
-                       "version of key audit-signing"):
+    with pytest.raises(
+        KeyStoreUnavailable,
+        match="permission denied while making a new version of key audit-signing",
+    ):
         store.rotate("signing")
     keys.close()
     secrets.close()
@@ -281,21 +304,26 @@ def test_reference_deployment_vault_with_a_read_only_identity(
 def test_challenge_resource_verification_stays_on_for_real_vaults() -> None:
     """The SDK's check (a vault's challenge may only name the vault's own resource) is
     switched off for a loopback address alone, where it cannot pass."""
+
     class Cred:
         def get_token(self, *scopes: str, **kw: Any) -> AccessToken:
             raise AssertionError("no call is made")
 
-    for url, verify in (("https://kv-hoshu.vault.azure.net", True),
-                        ("https://kv.vault.usgovcloudapi.net", True),
-                        ("https://127.0.0.1:8443", False), ("https://localhost:1", False),
-                        ("https://[::1]:8443", False)):
+    for url, verify in (
+        ("https://kv-hoshu.vault.azure.net", True),
+        ("https://kv.vault.usgovcloudapi.net", True),
+        ("https://127.0.0.1:8443", False),
+        ("https://localhost:1", False),
+        ("https://[::1]:8443", False),
+    ):
         store = VaultKeyStore(url, Cred())
         assert store._options["verify_challenge_resource"] is verify, url
         store.close()
 
 
 def test_moving_from_key_files_values_sealed_there_keep_opening(
-        tmp_path: Any, key_vault: KeyVault, vault_store: Make) -> None:
+    tmp_path: Any, key_vault: KeyVault, vault_store: Make
+) -> None:
     """credentials.key imported as the secret credentials-key-file: the database's plain
     Fernet tokens open with it; without it they are refused, saying why."""
     from azure.keyvault.secrets import SecretClient
@@ -306,16 +334,20 @@ def test_moving_from_key_files_values_sealed_there_keep_opening(
     old = files.secret_box().seal("totp-from-files")
     with pytest.raises(AccessError, match=LEGACY_SECRET):
         vault_store().secret_box().open(old)
-    SecretClient(key_vault.url, key_vault.tokens.credential(),
-                 connection_verify=str(key_vault.cert_path), verify_challenge_resource=False
-                 ).set_secret(LEGACY_SECRET, (tmp_path / "keys" / "credentials.key").read_text())
+    SecretClient(
+        key_vault.url,
+        key_vault.tokens.credential(),
+        connection_verify=str(key_vault.cert_path),
+        verify_challenge_resource=False,
+    ).set_secret(LEGACY_SECRET, (tmp_path / "keys" / "credentials.key").read_text())
     store = vault_store()
     assert store.secret_box().open(old) == "totp-from-files"
     assert store.secret_box().seal("new").startswith(f"{PREFIX}:kv:")
 
 
 def test_vault_signing_outage_refuses_events_and_leaves_no_gap(
-        tmp_path: Any, key_vault: KeyVault, vault_store: Make) -> None:
+    tmp_path: Any, key_vault: KeyVault, vault_store: Make
+) -> None:
     """When a checkpoint falls due and the vault cannot sign, the event is refused (the
     action that needed it fails) rather than written past an unsigned stretch; once
     the vault signs again the log goes on and verifies end to end."""
@@ -328,8 +360,13 @@ def test_vault_signing_outage_refuses_events_and_leaves_no_gap(
 
     signer = vault_store().checkpoint_signer()
     path = tmp_path / "audit.log"
-    log = ChainLog(path, signer=signer, checkpoint_every=3, checkpoint_interval_s=3600,
-                   clock=FakeClock(datetime(2026, 4, 1, tzinfo=UTC)))
+    log = ChainLog(
+        path,
+        signer=signer,
+        checkpoint_every=3,
+        checkpoint_interval_s=3600,
+        clock=FakeClock(datetime(2026, 4, 1, tzinfo=UTC)),
+    )
     log.emit(new_event("session.command", details={"command": "a"}))
     log.emit(new_event("session.command", details={"command": "b"}))
     key_vault.forbid("keys/sign/action")

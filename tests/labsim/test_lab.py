@@ -133,6 +133,7 @@ def test_python_m_labsim_prints_json_and_stops_on_sigterm(tmp_path: Path) -> Non
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
+
         def written() -> bool:
             assert proc.poll() is None, proc.communicate(timeout=5)
             return out_file.exists()

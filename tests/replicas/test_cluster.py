@@ -20,14 +20,19 @@ import pytest
 from tests.foundation.test_demo import Totp
 from tests.replicas.cluster import Cluster, wait
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("demo"),
-              pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.xdist_group("demo"),
+    pytest.mark.timeout(600),
+]
 INSTRUMENT = "cobas-c503-1"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory,
-            postgres_module_url: str) -> Iterator[Cluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, postgres_module_url: str
+) -> Iterator[Cluster]:
     # a short folder: the gateway's control socket path must fit AF_UNIX's 108 bytes
     c = Cluster(tmp_path_factory.mktemp("rep") / ".c", database_url=postgres_module_url)
     try:
@@ -46,17 +51,39 @@ def engineer(cluster: Cluster) -> dict[str, Any]:
     codes = {u: Totp(d.secrets[u], started_at) for u in ("tanaka", "sato")}
     people = d.describe()["users"]
     for user in ("tanaka", "sato"):
-        d.hoshu(user, "login", "--user", user, "--password-stdin", "--totp",
-                codes[user].code(), stdin=people[user]["password"])
+        d.hoshu(
+            user,
+            "login",
+            "--user",
+            user,
+            "--password-stdin",
+            "--totp",
+            codes[user].code(),
+            stdin=people[user]["password"],
+        )
     port = d.describe()["instruments"][INSTRUMENT]["ssh_port"]
-    req = d.hoshu("tanaka", "request", INSTRUMENT, "--port", str(port), "--duration", "1h",
-                  "--reason", "replica test", "--ticket", "INC-7", "--plan", "run commands")
+    req = d.hoshu(
+        "tanaka",
+        "request",
+        INSTRUMENT,
+        "--port",
+        str(port),
+        "--duration",
+        "1h",
+        "--reason",
+        "replica test",
+        "--ticket",
+        "INC-7",
+        "--plan",
+        "run commands",
+    )
     d.hoshu("sato", "approve", req["id"], "--comment", "ok")
     return {"totp": codes["tanaka"]}
 
 
-def ssh(d: Cluster, totp: Totp | str, command: str, *, replica: str = "a"
-        ) -> subprocess.CompletedProcess[bytes]:
+def ssh(
+    d: Cluster, totp: Totp | str, command: str, *, replica: str = "a"
+) -> subprocess.CompletedProcess[bytes]:
     """Stock OpenSSH through replica ``replica``'s front door (TOTP by askpass; a code
     taken beforehand, or the next one of ``totp``)."""
     code_file = d.root / "code.txt"
@@ -64,15 +91,40 @@ def ssh(d: Cluster, totp: Totp | str, command: str, *, replica: str = "a"
     askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
     askpass.chmod(0o700)
     code_file.write_text((totp if isinstance(totp, str) else totp.code()) + "\n")
-    env = {**d.env("tanaka"), "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
-           "DISPLAY": "none"}
+    env = {
+        **d.env("tanaka"),
+        "SSH_ASKPASS": str(askpass),
+        "SSH_ASKPASS_REQUIRE": "force",
+        "DISPLAY": "none",
+    }
     return subprocess.run(
-        ["ssh", "-F", "/dev/null", "-i", str(d.root / "engineer" / "id_ed25519"),
-         "-o", f"UserKnownHostsFile={d.root / 'known_hosts'}",
-         "-o", "StrictHostKeyChecking=accept-new", "-o", "IdentitiesOnly=yes",
-         "-o", "BatchMode=no", "-o", "ConnectTimeout=10",
-         "-p", str(d.replicas[replica].ssh_port), f"tanaka+{INSTRUMENT}@127.0.0.1", command],
-        env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(d.root / "engineer" / "id_ed25519"),
+            "-o",
+            f"UserKnownHostsFile={d.root / 'known_hosts'}",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+            str(d.replicas[replica].ssh_port),
+            f"tanaka+{INSTRUMENT}@127.0.0.1",
+            command,
+        ],
+        env=env,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
 
 
 def _of(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
@@ -80,7 +132,8 @@ def _of(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
 
 
 def test_an_engineer_on_a_replica_without_a_tunnel_reaches_the_instrument(
-        cluster: Cluster, engineer: dict[str, Any]) -> None:
+    cluster: Cluster, engineer: dict[str, Any]
+) -> None:
     """Replica a holds no tunnel (the gateway dials b and c only), yet the session works;
     a records it, and the gateway's own audit copy names the engineer."""
     d = cluster
@@ -93,8 +146,9 @@ def test_an_engineer_on_a_replica_without_a_tunnel_reaches_the_instrument(
     assert r.stdout == b"through-42\n"
     print(f"FIGURE ssh session through a peer replica (sign-in to exit): {elapsed:.2f} s")
     a_events = d.events("a")
-    [ended] = wait("session.ended on replica a",
-                   lambda: _of(d.events("a"), "session.ended") or None)
+    [ended] = wait(
+        "session.ended on replica a", lambda: _of(d.events("a"), "session.ended") or None
+    )
     assert ended["ActorUsername"] == "tanaka" and ended["RecordingSize"] > 0
     assert _of(a_events, "replica.peer_refused") == []
     recordings = list((d.replicas["a"].data / "recordings").glob("*.cast"))
@@ -110,27 +164,33 @@ def test_an_engineer_on_a_replica_without_a_tunnel_reaches_the_instrument(
 
     def opened() -> list[dict[str, Any]]:
         return [e for n in ("b", "c") for e in _of(d.events(n), "gateway.channel_opened")]
-    channels = wait("the gateway's channel_opened of both sessions, forwarded to b or c",
-                    lambda: opened() if len(opened()) >= 2 else None)
+
+    channels = wait(
+        "the gateway's channel_opened of both sessions, forwarded to b or c",
+        lambda: opened() if len(opened()) >= 2 else None,
+    )
     assert len(channels) == 2 and {c["ActorUsername"] for c in channels} == {"tanaka"}
 
 
 def test_a_holder_whose_key_is_not_its_pin_is_refused(
-        cluster: Cluster, engineer: dict[str, Any]) -> None:
+    cluster: Cluster, engineer: dict[str, Any]
+) -> None:
     """b's and c's pins in the replica table no longer match their keys: a refuses to
     forward (fail closed), writes replica.peer_refused and tells the engineer."""
     d = cluster
     good = {n: d.pin(n) for n in ("b", "c")}
     for n in good:
-        d.set_pin(n, asyncssh.generate_private_key("ssh-ed25519").export_public_key()
-                  .decode().strip())
+        d.set_pin(
+            n, asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+        )
     try:
         r = ssh(d, engineer["totp"], "echo should-not-run")
         assert r.returncode != 0
         assert b"should-not-run" not in r.stdout
         assert b"refusing to forward" in r.stderr, r.stderr
-        refused = wait("replica.peer_refused at a",
-                       lambda: _of(d.events("a"), "replica.peer_refused") or None)
+        refused = wait(
+            "replica.peer_refused at a", lambda: _of(d.events("a"), "replica.peer_refused") or None
+        )
         assert {e["Details"]["replica"] for e in refused} <= {"b", "c"}
     finally:
         for n, key in good.items():
@@ -138,7 +198,8 @@ def test_a_holder_whose_key_is_not_its_pin_is_refused(
 
 
 def test_killing_one_tunnel_holder_leaves_the_hospital_reachable(
-        cluster: Cluster, engineer: dict[str, Any]) -> None:
+    cluster: Cluster, engineer: dict[str, Any]
+) -> None:
     """SIGKILL of b while the gateway holds tunnels to b and c: a new session through
     a works at once (through c), and the gateway keeps redialling b."""
     d = cluster
@@ -151,10 +212,15 @@ def test_killing_one_tunnel_holder_leaves_the_hospital_reachable(
     first_session_s = time.monotonic() - killed
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert r.stdout == b"after-the-kill\n"
-    print(f"FIGURE kill -9 of b to the end of a new session through a (sign-in, MFA, "
-          f"command): {first_session_s:.2f} s")
-    status = wait("the gateway sees b gone", lambda: (
-        s if (s := d.gateway_status()).get("tunnels_up") == 1 else None), 30)
+    print(
+        f"FIGURE kill -9 of b to the end of a new session through a (sign-in, MFA, "
+        f"command): {first_session_s:.2f} s"
+    )
+    status = wait(
+        "the gateway sees b gone",
+        lambda: s if (s := d.gateway_status()).get("tunnels_up") == 1 else None,
+        30,
+    )
     assert status["degraded"] is True
     print(f"FIGURE the gateway saw b's tunnel down after: {time.monotonic() - killed:.2f} s")
     wait("b's claim counted as gone", lambda: "b" not in d.holders(gid) or None, 30)
@@ -163,5 +229,7 @@ def test_killing_one_tunnel_holder_leaves_the_hospital_reachable(
     back = time.monotonic()
     d.start_replica("b")
     wait("the gateway's tunnel to b again", lambda: "b" in d.holders(gid), 60)
-    print(f"FIGURE gateway tunnel back to a restarted replica: "
-          f"{time.monotonic() - back:.2f} s (including the broker's start)")
+    print(
+        f"FIGURE gateway tunnel back to a restarted replica: "
+        f"{time.monotonic() - back:.2f} s (including the broker's start)"
+    )

@@ -46,7 +46,8 @@ async def two(tmp_path: Path) -> AsyncIterator[Two]:
         text = L.config_path.read_text().replace(
             'api = "http://127.0.0.1:1"',
             f'api = "http://127.0.0.1:1"\naddresses = ["127.0.0.1:{L.listener.port}", '
-            f'"127.0.0.1:{b.port}"]\nmin_tunnels = 2')
+            f'"127.0.0.1:{b.port}"]\nmin_tunnels = 2',
+        )
         L.config_path.write_text(text)
         try:
             yield Two(L, b, b_events)
@@ -76,15 +77,18 @@ async def test_each_gateway_event_reaches_the_brokers_once(two: Two) -> None:
     w.close()
 
     def opened() -> list[object]:
-        return (two.lab.emitter.of_type("gateway.channel_opened")
-                + two.b_events.of_type("gateway.channel_opened"))
+        return two.lab.emitter.of_type("gateway.channel_opened") + two.b_events.of_type(
+            "gateway.channel_opened"
+        )
+
     await poll(lambda: len(opened()) >= 1, what="the channel_opened event")
     await poll(lambda: agent.audit.unacked == 0, what="every event acknowledged")
     assert len(opened()) == 1
 
 
 async def test_losing_one_replica_leaves_the_other_tunnel_and_the_lost_one_redials(
-        two: Two, record_property: pytest.RecordProperty) -> None:
+    two: Two, record_property: pytest.RecordProperty
+) -> None:
     L = two.lab
     agent = await L.start_agent()
     await poll(lambda: agent.tunnels_up == 2, what="two tunnels up")
@@ -94,8 +98,7 @@ async def test_losing_one_replica_leaves_the_other_tunnel_and_the_lost_one_redia
     assert two.b.registry.connection(GATEWAY_ID) is not None  # the hospital stays reachable
     assert agent.state is AgentState.CONNECTED and agent.status()["degraded"] is True
     started = time.monotonic()
-    L.listener = await start_tunnel_listener(_settings(port), L.broker_key, L.directory,
-                                             L.emitter)
+    L.listener = await start_tunnel_listener(_settings(port), L.broker_key, L.directory, L.emitter)
     await L.listener.registry.wait_for(GATEWAY_ID, 10)
     redial_s = time.monotonic() - started
     record_property("redial_s", round(redial_s, 2))
@@ -112,10 +115,14 @@ def test_a_name_resolving_to_several_addresses_is_one_tunnel_per_address() -> No
             raise OSError("no such name")
         return table[host]
 
-    assert expand_addresses([("brokers.internal", 2223), ("one.internal", 2223),
-                             ("unknown.internal", 2223)], resolve) == [
-        ("10.0.0.1", 2223), ("10.0.0.2", 2223), ("one.internal", 2223),
-        ("unknown.internal", 2223)]
+    assert expand_addresses(
+        [("brokers.internal", 2223), ("one.internal", 2223), ("unknown.internal", 2223)], resolve
+    ) == [
+        ("10.0.0.1", 2223),
+        ("10.0.0.2", 2223),
+        ("one.internal", 2223),
+        ("unknown.internal", 2223),
+    ]
 
 
 BASE = '[gateway]\nname = "gw"\nstate_dir = "/tmp/x"\n'
@@ -125,43 +132,61 @@ def test_the_broker_addresses_are_checked() -> None:
     cfg = parse_config(BASE + '[broker]\naddresses = ["a:2223", "[::1]:2224"]\n')
     assert cfg.addresses == (("a", 2223), ("::1", 2224)) and cfg.min_tunnels == 2
     old = parse_config(BASE + '[broker]\ntunnel_host = "b"\ntunnel_port = 2300\n')
-    assert (old.addresses, old.tunnel_host, old.tunnel_port, old.min_tunnels) == (
-        (), "b", 2300, 1)
-    for bad, msg in [('addresses = ["a"]', "not host:port"),
-                     ('addresses = ["a:0"]', "not host:port"),
-                     ('addresses = ["a:1", "a:1"]', "twice"),
-                     ('addresses = ["a:1"]\ntunnel_host = "b"', "not both"),
-                     ('addresses = ["a:1"]\nmin_tunnels = 0', "min_tunnels"),
-                     ('addresses = "a:1"', "wrong type")]:
+    assert (old.addresses, old.tunnel_host, old.tunnel_port, old.min_tunnels) == ((), "b", 2300, 1)
+    for bad, msg in [
+        ('addresses = ["a"]', "not host:port"),
+        ('addresses = ["a:0"]', "not host:port"),
+        ('addresses = ["a:1", "a:1"]', "twice"),
+        ('addresses = ["a:1"]\ntunnel_host = "b"', "not both"),
+        ('addresses = ["a:1"]\nmin_tunnels = 0', "min_tunnels"),
+        ('addresses = "a:1"', "wrong type"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             parse_config(BASE + "[broker]\n" + bad + "\n")
 
 
 async def test_window_only_mode_checks_through_another_replica_when_one_is_down(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Window-only: no tunnel outside a window, and the window check moves on to the
     next address when the first one does not answer."""
     (tmp_path / "gw").mkdir()
     async with lab(tmp_path / "gw", mode="window-only") as L:
         dead = free_port()
-        L.config_path.write_text(L.config_path.read_text().replace(
-            'api = "http://127.0.0.1:1"',
-            f'api = "http://127.0.0.1:1"\naddresses = ["127.0.0.1:{dead}", '
-            f'"127.0.0.1:{L.listener.port}"]'))
+        L.config_path.write_text(
+            L.config_path.read_text().replace(
+                'api = "http://127.0.0.1:1"',
+                f'api = "http://127.0.0.1:1"\naddresses = ["127.0.0.1:{dead}", '
+                f'"127.0.0.1:{L.listener.port}"]',
+            )
+        )
         agent = await L.start_agent()
-        await poll(lambda: GATEWAY_ID in L.directory.inventory, deadline_s=15,
-                   what="a window check (with the inventory) through the live replica")
+        await poll(
+            lambda: GATEWAY_ID in L.directory.inventory,
+            deadline_s=15,
+            what="a window check (with the inventory) through the live replica",
+        )
         assert L.listener.registry.connection(GATEWAY_ID) is None  # no window: no tunnel
         await poll(lambda: agent.state is AgentState.IDLE, what="idle between checks")
 
 
-def test_status_shows_each_tunnel_and_a_degraded_gateway(capsys: pytest.CaptureFixture[str]
-                                                         ) -> None:
+def test_status_shows_each_tunnel_and_a_degraded_gateway(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from gateway.cli import _print_status
-    _print_status({"state": "connected", "tunnels_up": 1, "min_tunnels": 2, "degraded": True,
-                   "tunnels": [{"broker": "a:2223", "state": "connected", "last_error": None},
-                               {"broker": "b:2223", "state": "backing_off",
-                                "last_error": "cannot connect"}]})
+
+    _print_status(
+        {
+            "state": "connected",
+            "tunnels_up": 1,
+            "min_tunnels": 2,
+            "degraded": True,
+            "tunnels": [
+                {"broker": "a:2223", "state": "connected", "last_error": None},
+                {"broker": "b:2223", "state": "backing_off", "last_error": "cannot connect"},
+            ],
+        }
+    )
     out = capsys.readouterr().out
     assert "tunnels:    1 of 2 up (min_tunnels 2)  DEGRADED" in out
     assert "  b:2223: backing_off (cannot connect)" in out

@@ -50,18 +50,21 @@ def _pair(store: Store, clock: FakeClock) -> tuple[ClusterRegistry, ClusterRegis
 
 
 def test_another_replica_finds_the_holder_of_a_gateway_tunnel(
-        store: Store, clock: FakeClock) -> None:
+    store: Store, clock: FakeClock
+) -> None:
     a, b = _pair(store, clock)
     b.tunnel_up(GW, "epoch-1")
     holders = a.holders(GW)
     assert [(h.replica_id, h.peer_host, h.peer_port, h.peer_key) for h in holders] == [
-        ("b", "10.0.0.2", 2224, KEY_B)]
+        ("b", "10.0.0.2", 2224, KEY_B)
+    ]
     assert b.holders(GW) == []  # a replica never routes to itself
     assert a.holders("another-gateway") == []
 
 
 def test_a_stale_heartbeat_or_close_cannot_overwrite_a_newer_connection(
-        store: Store, clock: FakeClock) -> None:
+    store: Store, clock: FakeClock
+) -> None:
     """Connection 1's late beat and late close change nothing once connection 2 holds
     the row; beats only move forward."""
     a, b = _pair(store, clock)
@@ -78,7 +81,8 @@ def test_a_stale_heartbeat_or_close_cannot_overwrite_a_newer_connection(
 
 
 def test_a_replica_whose_heartbeat_is_older_than_the_bound_counts_as_gone(
-        store: Store, clock: FakeClock) -> None:
+    store: Store, clock: FakeClock
+) -> None:
     a, b = _pair(store, clock)
     b.tunnel_up(GW, "e")
     clock.advance(DEAD_AFTER_S - 1)

@@ -63,11 +63,32 @@ def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system:
     codes = {u: Totp(d.secrets[u], started_at) for u in ("tanaka", "sato")}
     people = d.describe()["users"]
     for user in ("tanaka", "sato"):
-        d.hoshu(user, "login", "--user", user, "--password-stdin", "--totp",
-                codes[user].code(), stdin=people[user]["password"])
+        d.hoshu(
+            user,
+            "login",
+            "--user",
+            user,
+            "--password-stdin",
+            "--totp",
+            codes[user].code(),
+            stdin=people[user]["password"],
+        )
     port = d.describe()["instruments"]["cobas-c503-1"]["ssh_port"]
-    req = d.hoshu("tanaka", "request", "cobas-c503-1", "--port", str(port), "--duration", "1h",
-                  "--reason", "drain test", "--ticket", "INC-2", "--plan", "run a command")
+    req = d.hoshu(
+        "tanaka",
+        "request",
+        "cobas-c503-1",
+        "--port",
+        str(port),
+        "--duration",
+        "1h",
+        "--reason",
+        "drain test",
+        "--ticket",
+        "INC-2",
+        "--plan",
+        "run a command",
+    )
     d.hoshu("sato", "approve", req["id"], "--comment", "ok")
 
     root = d.root
@@ -75,30 +96,64 @@ def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system:
     askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
     askpass.chmod(0o700)
     code_file.write_text(codes["tanaka"].code() + "\n")
-    env = {**d.env("tanaka"), "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
-           "DISPLAY": "none"}
+    env = {
+        **d.env("tanaka"),
+        "SSH_ASKPASS": str(askpass),
+        "SSH_ASKPASS_REQUIRE": "force",
+        "DISPLAY": "none",
+    }
     terminal = root / "engineer-terminal.txt"
     with terminal.open("wb") as out:
         ssh = subprocess.Popen(
-            ["ssh", "-F", "/dev/null", "-i", str(root / "engineer" / "id_ed25519"),
-             "-o", f"UserKnownHostsFile={root / 'known_hosts'}",
-             "-o", "StrictHostKeyChecking=accept-new", "-o", "IdentitiesOnly=yes",
-             "-o", "BatchMode=no", "-o", "ConnectTimeout=10", "-p", str(d.ssh_port),
-             "tanaka+cobas-c503-1@127.0.0.1", "echo drain-marker-$((6*7)); sleep 300"],
-            env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-i",
+                str(root / "engineer" / "id_ed25519"),
+                "-o",
+                f"UserKnownHostsFile={root / 'known_hosts'}",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "ConnectTimeout=10",
+                "-p",
+                str(d.ssh_port),
+                "tanaka+cobas-c503-1@127.0.0.1",
+                "echo drain-marker-$((6*7)); sleep 300",
+            ],
+            env=env,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     recordings = root / "broker" / "recordings"
     api = f"http://127.0.0.1:{d.api_port}"
     try:
-        cast = poll_sync(lambda: next(
-            (p for p in recordings.glob("*.cast") if b"drain-marker-42" in p.read_bytes()),
-            None), WAIT_S, what="the recorded output", interval_s=0.1)
+        cast = poll_sync(
+            lambda: next(
+                (p for p in recordings.glob("*.cast") if b"drain-marker-42" in p.read_bytes()), None
+            ),
+            WAIT_S,
+            what="the recorded output",
+            interval_s=0.1,
+        )
         assert httpx.get(f"{api}/readyz", timeout=5).status_code == 200
         broker = d.procs["broker"]
         sigterm_at = time.monotonic()
         broker.send_signal(signal.SIGTERM)
 
-        ready = poll_sync(lambda: (r := httpx.get(f"{api}/readyz", timeout=5)).status_code
-                          == 503 and r, GRACE_S, what="/readyz to say draining", interval_s=0.05)
+        ready = poll_sync(
+            lambda: (r := httpx.get(f"{api}/readyz", timeout=5)).status_code == 503 and r,
+            GRACE_S,
+            what="/readyz to say draining",
+            interval_s=0.05,
+        )
         assert ready.json()["status"] == "draining"
         assert not _listening(d.ssh_port)  # no new engineer connection while draining
 
@@ -118,11 +173,17 @@ def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system:
     assert "session ended: broker shutdown" in seen
 
     sid = cast.stem
-    events = [e for e in _events(root / "broker" / "audit" / "audit.log")
-              if e.get("TargetSessionId") == sid]
+    events = [
+        e
+        for e in _events(root / "broker" / "audit" / "audit.log")
+        if e.get("TargetSessionId") == sid
+    ]
     kinds = [e["EventType"] for e in events]
-    assert kinds.index("session.warning") < kinds.index("session.terminated") \
+    assert (
+        kinds.index("session.warning")
+        < kinds.index("session.terminated")
         < kinds.index("session.ended")
+    )
     [ended] = [e for e in events if e["EventType"] == "session.ended"]
     data = cast.read_bytes()
     assert ended["EventResultDetails"] == "broker_shutdown"
@@ -132,10 +193,21 @@ def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system:
     assert header["version"] == 2  # asciicast v2, playable
     assert not list((recordings / ".live").glob("*.json"))  # nothing left for a restart
 
-    verify = subprocess.run([str(HOSHU), "audit", "verify", "--log",
-                             str(root / "broker" / "audit" / "audit.log"), "--key",
-                             str(root / "auditor" / "audit_signing_key.pub")],
-                            env=d.env(), capture_output=True, text=True, timeout=60,
-                            check=False)
+    verify = subprocess.run(
+        [
+            str(HOSHU),
+            "audit",
+            "verify",
+            "--log",
+            str(root / "broker" / "audit" / "audit.log"),
+            "--key",
+            str(root / "auditor" / "audit_signing_key.pub"),
+        ],
+        env=d.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "(signatures checked)" in verify.stdout

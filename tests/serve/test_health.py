@@ -39,17 +39,24 @@ def pg_app(postgres_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, str,
 
 
 def _allow_connections(admin_url: str, name: str, allow: bool) -> None:
-    with psycopg.connect(admin_url.replace("postgresql+psycopg://", "postgresql://", 1),
-                         autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(
+        admin_url.replace("postgresql+psycopg://", "postgresql://", 1),
+        autocommit=True,
+        connect_timeout=5,
+    ) as conn:
         conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"true" if allow else "false"}')
         if not allow:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
 
 
 @pytest.mark.postgres
 def test_readyz_names_the_database_while_it_refuses_connections(
-        pg_app: tuple[TestClient, str, str]) -> None:
+    pg_app: tuple[TestClient, str, str],
+) -> None:
     """Ready on a reachable database; 503 naming ``database`` while PostgreSQL turns
     the broker away (liveness still 200: the process is fine); ready again after."""
     client, admin, name = pg_app
@@ -95,9 +102,13 @@ def test_added_probes_are_asked_and_a_failure_names_only_itself(tmp_path: Path) 
         assert r.status_code == 503
         body = r.json()
         assert body["failed"] == ["key_store", "audit_chain", "peer"]
-        assert body["checks"] == {"database": "ok", "key_store": "failed",
-                                  "recording_store": "ok", "audit_chain": "failed",
-                                  "peer": "timed out"}
+        assert body["checks"] == {
+            "database": "ok",
+            "key_store": "failed",
+            "recording_store": "ok",
+            "audit_chain": "failed",
+            "peer": "timed out",
+        }
         assert "secret-host" not in r.text and "abc123" not in r.text
     finally:
         release.set()
@@ -148,11 +159,15 @@ def test_a_passing_check_is_kept_for_its_ttl_and_a_failure_never() -> None:
 
 
 async def test_the_assembled_broker_asks_its_database_key_store_and_recording_store(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     rt = build_broker(BrokerSettings(data_dir=tmp_path / "data"))
     try:
-        assert await rt.readiness.run() == {"database": "ok", "key_store": "ok",
-                                            "recording_store": "ok"}
+        assert await rt.readiness.run() == {
+            "database": "ok",
+            "key_store": "ok",
+            "recording_store": "ok",
+        }
     finally:
         for close in reversed(rt.closers):
             result = close()

@@ -65,10 +65,16 @@ class IdentityEndpoint:
     Use as a context manager, or ``start()``/``stop()``.
     """
 
-    def __init__(self, *, client_id: str | None = None, tenant_id: str | None = None,
-                 principal_id: str | None = None, lifetime_s: float = 3600.0,
-                 system_assigned: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        client_id: str | None = None,
+        tenant_id: str | None = None,
+        principal_id: str | None = None,
+        lifetime_s: float = 3600.0,
+        system_assigned: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client_id = client_id or str(uuid.uuid4())
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.principal_id = principal_id or str(uuid.uuid4())
@@ -144,9 +150,12 @@ class IdentityEndpoint:
 
         self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name="identity-endpoint", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="identity-endpoint",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -180,16 +189,27 @@ class IdentityEndpoint:
         if not resource:
             return self._refuse(400, "resource is required")
         asked = query.get("client_id")
-        if self._revoked or (asked is not None and asked != self.client_id) or (
-                asked is None and not self.system_assigned):
-            return self._refuse(400, "No User Assigned or Delegated Managed Identity found "
-                                     "for specified ClientId/ResourceId/PrincipalId.")
+        if (
+            self._revoked
+            or (asked is not None and asked != self.client_id)
+            or (asked is None and not self.system_assigned)
+        ):
+            return self._refuse(
+                400,
+                "No User Assigned or Delegated Managed Identity found "
+                "for specified ClientId/ResourceId/PrincipalId.",
+            )
         oid = self.principal_id if asked else self.system_principal_id
         token, exp = self._current(resource, oid)
         with self._lock:
             self.requests[resource] += 1
-        return 200, {"access_token": token, "expires_on": str(exp), "resource": resource,
-                     "token_type": "Bearer", "client_id": self.client_id}
+        return 200, {
+            "access_token": token,
+            "expires_on": str(exp),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": self.client_id,
+        }
 
     def _refuse(self, status: int, message: str) -> tuple[int, dict[str, Any]]:
         with self._lock:
@@ -209,11 +229,24 @@ class IdentityEndpoint:
         now = int(self.clock())
         exp = now + int(self.lifetime_s)
         header = {"typ": "JWT", "alg": "RS256", "kid": "hoshu-test"}
-        claims = {"aud": resource, "iss": f"https://sts.windows.net/{self.tenant_id}/",
-                  "iat": now, "nbf": now, "exp": exp, "oid": oid, "sub": oid,
-                  "tid": self.tenant_id, "appid": self.client_id, "idtyp": "app",
-                  "uti": secrets.token_urlsafe(16)}
-        token = ".".join((_b64url(json.dumps(header).encode()),
-                          _b64url(json.dumps(claims).encode()),
-                          _b64url(secrets.token_bytes(256))))
+        claims = {
+            "aud": resource,
+            "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
+            "oid": oid,
+            "sub": oid,
+            "tid": self.tenant_id,
+            "appid": self.client_id,
+            "idtyp": "app",
+            "uti": secrets.token_urlsafe(16),
+        }
+        token = ".".join(
+            (
+                _b64url(json.dumps(header).encode()),
+                _b64url(json.dumps(claims).encode()),
+                _b64url(secrets.token_bytes(256)),
+            )
+        )
         return token, exp

@@ -177,8 +177,9 @@ def _rsa_key(size: int) -> Any:
 
 
 class _Denied(Exception):
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
@@ -188,35 +189,50 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyvault-stand-in")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=4))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=4))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / "keyvault.crt", directory / "keyvault.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
 _SECRET = re.compile(r"^/secrets/([0-9A-Za-z-]{1,127})(?:/([0-9a-f]{32}|versions)?)?/?$")
-_KEY = re.compile(r"^/keys/([0-9A-Za-z-]{1,127})(?:/(create|versions|[0-9a-f]{32})?)?"
-                  r"(?:/(sign|wrapkey|unwrapkey))?/?$")
+_KEY = re.compile(
+    r"^/keys/([0-9A-Za-z-]{1,127})(?:/(create|versions|[0-9a-f]{32})?)?"
+    r"(?:/(sign|wrapkey|unwrapkey))?/?$"
+)
 
 
 class KeyVault:
     """One vault on ``https://127.0.0.1:<port>``; start with :meth:`start`, end with
     :meth:`close` (or use the ``key_vault`` fixture)."""
 
-    def __init__(self, directory: Path, tokens: Tokens | IdentityTokens | None = None,
-                 name: str = "hoshu-kv") -> None:
+    def __init__(
+        self, directory: Path, tokens: Tokens | IdentityTokens | None = None, name: str = "hoshu-kv"
+    ) -> None:
         self.name = name
         self.tokens: Any = tokens or Tokens()
         self.resource = RESOURCE  # what the challenge names (a test may name another)
@@ -242,8 +258,9 @@ class KeyVault:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> KeyVault:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="keyvault-stand-in")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, daemon=True, name="keyvault-stand-in"
+        )
         self._thread.start()
         return self
 
@@ -271,30 +288,49 @@ class KeyVault:
     # --- the REST operations ---------------------------------------------------------
 
     def _check_auth(self, headers: Any) -> None:
-        challenge = (f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
-                     f'resource="{self.resource}"')
+        challenge = (
+            f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
+            f'resource="{self.resource}"'
+        )
         auth = headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
-            raise _Denied(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP "
-                          "token.", {"WWW-Authenticate": challenge})
+            raise _Denied(
+                401,
+                "Unauthorized",
+                "AKV10000: Request is missing a Bearer or PoP token.",
+                {"WWW-Authenticate": challenge},
+            )
         if self.tokens.audience(auth[7:].strip()) != RESOURCE:
-            raise _Denied(401, "Unauthorized", "AKV10022: Invalid audience or expired token.",
-                          {"WWW-Authenticate": challenge + ', error="invalid_token"'})
+            raise _Denied(
+                401,
+                "Unauthorized",
+                "AKV10022: Invalid audience or expired token.",
+                {"WWW-Authenticate": challenge + ', error="invalid_token"'},
+            )
 
     def _permit(self, action: str) -> None:
         self.calls[action] += 1
         if action in self._forbidden:
-            raise _Denied(403, "Forbidden",
-                          "Caller is not authorized to perform action on resource.\r\n"
-                          f"Action: 'Microsoft.KeyVault/vaults/{action}'\r\n"
-                          f"Resource: '/vaults/{self.name}'")
+            raise _Denied(
+                403,
+                "Forbidden",
+                "Caller is not authorized to perform action on resource.\r\n"
+                f"Action: 'Microsoft.KeyVault/vaults/{action}'\r\n"
+                f"Resource: '/vaults/{self.name}'",
+            )
 
     def _secret_bundle(self, name: str, v: _Version, with_value: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": f"{self.url}/secrets/{name}/{v.id}",
-            "attributes": {"enabled": True, "created": v.created, "updated": v.created,
-                           "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90},
-            "tags": v.tags}
+            "attributes": {
+                "enabled": True,
+                "created": v.created,
+                "updated": v.created,
+                "recoveryLevel": "Recoverable+Purgeable",
+                "recoverableDays": 90,
+            },
+            "tags": v.tags,
+        }
         if v.content_type:
             out["contentType"] = v.content_type
         if with_value:
@@ -306,50 +342,82 @@ class KeyVault:
         pub = v.private.public_key()
         if v.kty.startswith("EC"):
             nums = pub.public_numbers()
-            return {"kid": kid, "kty": v.kty, "key_ops": v.ops, "crv": "P-256",
-                    "x": b64url(nums.x.to_bytes(32, "big")),
-                    "y": b64url(nums.y.to_bytes(32, "big"))}
+            return {
+                "kid": kid,
+                "kty": v.kty,
+                "key_ops": v.ops,
+                "crv": "P-256",
+                "x": b64url(nums.x.to_bytes(32, "big")),
+                "y": b64url(nums.y.to_bytes(32, "big")),
+            }
         nums = pub.public_numbers()
-        return {"kid": kid, "kty": v.kty, "key_ops": v.ops,
-                "n": b64url(nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")),
-                "e": b64url(nums.e.to_bytes(3, "big"))}
+        return {
+            "kid": kid,
+            "kty": v.kty,
+            "key_ops": v.ops,
+            "n": b64url(nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")),
+            "e": b64url(nums.e.to_bytes(3, "big")),
+        }
 
     def _key_bundle(self, name: str, v: _Version) -> dict[str, Any]:
-        return {"key": self._jwk(name, v), "tags": v.tags,
-                "attributes": {"enabled": True, "created": v.created, "updated": v.created,
-                               "recoveryLevel": "Recoverable+Purgeable",
-                               "recoverableDays": 90, "exportable": False}}
+        return {
+            "key": self._jwk(name, v),
+            "tags": v.tags,
+            "attributes": {
+                "enabled": True,
+                "created": v.created,
+                "updated": v.created,
+                "recoveryLevel": "Recoverable+Purgeable",
+                "recoverableDays": 90,
+                "exportable": False,
+            },
+        }
 
-    def _find(self, table: dict[str, list[_Version]], kind: str, name: str,
-              version: str | None) -> _Version:
+    def _find(
+        self, table: dict[str, list[_Version]], kind: str, name: str, version: str | None
+    ) -> _Version:
         versions = table.get(name, [])
-        found = versions[-1] if versions and not version else next(
-            (v for v in versions if v.id == version), None)
+        found = (
+            versions[-1]
+            if versions and not version
+            else next((v for v in versions if v.id == version), None)
+        )
         if found is None:
             what = f"{name}/{version}" if version else name
-            raise _Denied(404, f"{kind}NotFound",
-                          f"A {kind.lower()} with (name/id) {what} was not found in this key "
-                          "vault. If you recently deleted this "
-                          f"{kind.lower()} you may be able to recover it using the correct "
-                          f"recovery command.")
+            raise _Denied(
+                404,
+                f"{kind}NotFound",
+                f"A {kind.lower()} with (name/id) {what} was not found in this key "
+                "vault. If you recently deleted this "
+                f"{kind.lower()} you may be able to recover it using the correct "
+                f"recovery command.",
+            )
         return found
 
-    def _secret(self, method: str, name: str, tail: str | None, body: dict[str, Any]
-                ) -> dict[str, Any]:
+    def _secret(
+        self, method: str, name: str, tail: str | None, body: dict[str, Any]
+    ) -> dict[str, Any]:
         if method == "PUT" and tail is None:
             self._permit("secrets/setSecret/action")
             value = body.get("value")
             if not isinstance(value, str):
                 raise _Denied(400, "BadParameter", "Property value is required.")
-            v = _Version(uuid.uuid4().hex, int(time.time()), value=value,
-                         content_type=body.get("contentType"), tags=body.get("tags") or {})
+            v = _Version(
+                uuid.uuid4().hex,
+                int(time.time()),
+                value=value,
+                content_type=body.get("contentType"),
+                tags=body.get("tags") or {},
+            )
             with self._lock:
                 self.secrets.setdefault(name, []).append(v)
             return self._secret_bundle(name, v, True)
         if method == "GET" and tail == "versions":
             self._permit("secrets/readMetadata/action")
-            return {"value": [self._secret_bundle(name, v, False)
-                              for v in self.secrets.get(name, [])], "nextLink": None}
+            return {
+                "value": [self._secret_bundle(name, v, False) for v in self.secrets.get(name, [])],
+                "nextLink": None,
+            }
         if method == "GET":
             self._permit("secrets/getSecret/action")
             try:
@@ -364,17 +432,25 @@ class KeyVault:
             return self._secret_bundle(name, v, True)
         raise _Denied(405, "BadParameter", f"{method} is not supported here")
 
-    def _key(self, method: str, name: str, tail: str | None, op: str | None,
-             body: dict[str, Any]) -> dict[str, Any]:
+    def _key(
+        self, method: str, name: str, tail: str | None, op: str | None, body: dict[str, Any]
+    ) -> dict[str, Any]:
         if method == "POST" and tail == "create":
             self._permit("keys/create/action")
             return self._create_key(name, body)
         if method == "GET" and tail == "versions":
             self._permit("keys/read")
-            return {"value": [{"kid": f"{self.url}/keys/{name}/{v.id}",
-                               "attributes": {"enabled": True, "created": v.created,
-                                              "updated": v.created}, "tags": v.tags}
-                              for v in self.keys.get(name, [])], "nextLink": None}
+            return {
+                "value": [
+                    {
+                        "kid": f"{self.url}/keys/{name}/{v.id}",
+                        "attributes": {"enabled": True, "created": v.created, "updated": v.created},
+                        "tags": v.tags,
+                    }
+                    for v in self.keys.get(name, [])
+                ],
+                "nextLink": None,
+            }
         if method == "GET" and op is None:
             self._permit("keys/read")
             with self._lock:
@@ -404,8 +480,14 @@ class KeyVault:
         wanted = body.get("key_ops")
         if wanted:
             ops = [o for o in ops if o in wanted]
-        v = _Version(uuid.uuid4().hex, int(time.time()), private=private, kty=kty, ops=ops,
-                     tags=body.get("tags") or {})
+        v = _Version(
+            uuid.uuid4().hex,
+            int(time.time()),
+            private=private,
+            kty=kty,
+            ops=ops,
+            tags=body.get("tags") or {},
+        )
         with self._lock:
             self.keys.setdefault(name, []).append(v)
         return self._key_bundle(name, v)
@@ -420,8 +502,9 @@ class KeyVault:
         if op == "sign":
             self._permit("keys/sign/action")
             if alg != "ES256" or not v.kty.startswith("EC") or "sign" not in v.ops:
-                raise _Denied(400, "BadParameter", f"Algorithm {alg!r} is not valid for key "
-                              f"{name} ({v.kty}).")
+                raise _Denied(
+                    400, "BadParameter", f"Algorithm {alg!r} is not valid for key {name} ({v.kty})."
+                )
             if len(value) != 32:
                 raise _Denied(400, "BadParameter", "ES256 requires a 32-byte SHA-256 digest.")
             from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -432,27 +515,36 @@ class KeyVault:
         if op in ("wrapkey", "unwrapkey"):
             self._permit("keys/wrap/action" if op == "wrapkey" else "keys/unwrap/action")
             wanted = "wrapKey" if op == "wrapkey" else "unwrapKey"
-            if alg not in ("RSA-OAEP", "RSA-OAEP-256") or not v.kty.startswith("RSA") \
-                    or wanted not in v.ops:
-                raise _Denied(400, "BadParameter", f"Algorithm {alg!r} is not valid for key "
-                              f"{name} ({v.kty}).")
+            if (
+                alg not in ("RSA-OAEP", "RSA-OAEP-256")
+                or not v.kty.startswith("RSA")
+                or wanted not in v.ops
+            ):
+                raise _Denied(
+                    400, "BadParameter", f"Algorithm {alg!r} is not valid for key {name} ({v.kty})."
+                )
             digest: Any = hashes.SHA256() if alg == "RSA-OAEP-256" else hashes.SHA1()  # noqa: S303
             pad = padding.OAEP(mgf=padding.MGF1(digest), algorithm=digest, label=None)
             try:
-                out = v.private.public_key().encrypt(value, pad) if op == "wrapkey" \
+                out = (
+                    v.private.public_key().encrypt(value, pad)
+                    if op == "wrapkey"
                     else v.private.decrypt(value, pad)
+                )
             except ValueError as exc:
                 raise _Denied(400, "BadParameter", "The parameter is incorrect.") from exc
             return {"kid": kid, "value": b64url(out)}
         raise _Denied(400, "BadParameter", f"unknown operation {op}")
 
-    def handle(self, method: str, path: str, query: dict[str, list[str]], headers: Any,
-               body: bytes) -> dict[str, Any]:
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes
+    ) -> dict[str, Any]:
         self._check_auth(headers)
         version = (query.get("api-version") or [""])[0]
         if version not in API_VERSIONS:
-            raise _Denied(400, "BadParameter", f"The specified version ({version}) is not "
-                          "recognized.")
+            raise _Denied(
+                400, "BadParameter", f"The specified version ({version}) is not recognized."
+            )
         try:
             parsed: dict[str, Any] = json.loads(body) if body else {}
         except ValueError as exc:
@@ -473,8 +565,9 @@ class KeyVault:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _reply(self, status: int, body: dict[str, Any],
-                       headers: dict[str, str] | None = None) -> None:
+            def _reply(
+                self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -487,17 +580,22 @@ class KeyVault:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
-                    self._reply(413, {"error": {"code": "BadParameter",
-                                                "message": "request too large"}})
+                    self._reply(
+                        413, {"error": {"code": "BadParameter", "message": "request too large"}}
+                    )
                     return
                 body = self.rfile.read(length) if length else b""
                 url = urlparse(self.path)
                 try:
-                    out = vault.handle(self.command, url.path, parse_qs(url.query),
-                                       self.headers, body)
+                    out = vault.handle(
+                        self.command, url.path, parse_qs(url.query), self.headers, body
+                    )
                 except _Denied as exc:
-                    self._reply(exc.status, {"error": {"code": exc.code,
-                                                       "message": exc.message}}, exc.headers)
+                    self._reply(
+                        exc.status,
+                        {"error": {"code": exc.code, "message": exc.message}},
+                        exc.headers,
+                    )
                     return
                 self._reply(200, out)
 

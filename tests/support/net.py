@@ -9,7 +9,8 @@ from labsim.net import free_port
 
 
 async def connect_when_listening(
-        port: int, deadline_s: float = 10.0) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    port: int, deadline_s: float = 10.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open 127.0.0.1:``port`` as soon as something listens there (an ``ssh -L`` starting
     up); the last connection error is raised once ``deadline_s`` has passed."""
     loop = asyncio.get_running_loop()

@@ -13,8 +13,13 @@ T = TypeVar("T")
 INTERVAL_S = 0.02
 
 
-async def poll(cond: Callable[[], object | Awaitable[object]], deadline_s: float = 5.0,
-               what: str = "condition", *, interval_s: float = INTERVAL_S) -> float:
+async def poll(
+    cond: Callable[[], object | Awaitable[object]],
+    deadline_s: float = 5.0,
+    what: str = "condition",
+    *,
+    interval_s: float = INTERVAL_S,
+) -> float:
     """Wait until ``cond()`` (plain or awaitable) is truthy; return the seconds it took.
 
     Raises AssertionError naming ``what`` once ``deadline_s`` has passed.
@@ -31,8 +36,13 @@ async def poll(cond: Callable[[], object | Awaitable[object]], deadline_s: float
         await asyncio.sleep(interval_s)
 
 
-def poll_sync(cond: Callable[[], T], deadline_s: float = 5.0, what: str = "condition", *,
-              interval_s: float = INTERVAL_S) -> T:
+def poll_sync(
+    cond: Callable[[], T],
+    deadline_s: float = 5.0,
+    what: str = "condition",
+    *,
+    interval_s: float = INTERVAL_S,
+) -> T:
     """Blocking twin of ``poll`` for threads and subprocess tests: wait until ``cond()``
     returns something truthy and return it; AssertionError naming ``what`` at the deadline."""
     start = time.monotonic()

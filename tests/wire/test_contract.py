@@ -23,11 +23,25 @@ def test_schema_matches_the_snapshot() -> None:
 
 def test_every_message_round_trips() -> None:
     msgs: list[wire.Message] = [
-        wire.Hello(protocol=1, gateway_version="0.1.0", mode=wire.Mode.WINDOW_ONLY,
-                   purpose=wire.Purpose.CHECK, gateway_time=NOW),
-        wire.Inventory(instruments=(wire.models.InventoryEntry(
-            name="cobas-c503-1", host="10.0.0.5", ports=(22,), protocol="ssh",
-            reachable=True, host_key_fingerprint="SHA256:abc"),)),
+        wire.Hello(
+            protocol=1,
+            gateway_version="0.1.0",
+            mode=wire.Mode.WINDOW_ONLY,
+            purpose=wire.Purpose.CHECK,
+            gateway_time=NOW,
+        ),
+        wire.Inventory(
+            instruments=(
+                wire.models.InventoryEntry(
+                    name="cobas-c503-1",
+                    host="10.0.0.5",
+                    ports=(22,),
+                    protocol="ssh",
+                    reachable=True,
+                    host_key_fingerprint="SHA256:abc",
+                ),
+            )
+        ),
         wire.AuditBatch(events=({"EventType": "gateway.paused", "ChainSeq": 3},)),
         wire.Welcome(protocol=1, broker_version="0.1.0", gateway_id="g1", broker_time=NOW),
         wire.Windows(windows=(wire.Window(start=NOW, end=NOW + timedelta(hours=1)),)),
@@ -42,22 +56,33 @@ def test_every_message_round_trips() -> None:
         assert wire.decode(line.rstrip(b"\n")) == m
 
 
-@pytest.mark.parametrize(("line", "error"), [
-    (b"not json", wire.MalformedMessage),
-    (b"[1,2]", wire.MalformedMessage),
-    (b'{"no":"type"}', wire.MalformedMessage),
-    (b'{"type":"hello","protocol":1}', wire.MalformedMessage),
-    (b'{"type":"ack","upto_seq":-1}', wire.MalformedMessage),
-    (b'{"type":"ack","upto_seq":1,"extra":true}', wire.MalformedMessage),
-    (b'{"type":"launch_missiles"}', wire.UnknownMessageType),
-    (b"[" * 100_000 + b"]" * 100_000, wire.MalformedMessage),
-    (b'{"type":"audit","events":[{"a":' + b"[" * 50_000 + b"]" * 50_000 + b"}]}",
-     wire.MalformedMessage),
-    (b'{"type":"windows","windows":[{"start":"2026-01-01T10:00:00Z",'
-     b'"end":"2026-01-01T09:00:00Z"}]}', wire.MalformedMessage),
-    (b'{"type":"windows","windows":[{"start":"2026-01-01T08:00:00",'
-     b'"end":"2026-01-01T09:00:00"}]}', wire.MalformedMessage),
-])
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"not json", wire.MalformedMessage),
+        (b"[1,2]", wire.MalformedMessage),
+        (b'{"no":"type"}', wire.MalformedMessage),
+        (b'{"type":"hello","protocol":1}', wire.MalformedMessage),
+        (b'{"type":"ack","upto_seq":-1}', wire.MalformedMessage),
+        (b'{"type":"ack","upto_seq":1,"extra":true}', wire.MalformedMessage),
+        (b'{"type":"launch_missiles"}', wire.UnknownMessageType),
+        (b"[" * 100_000 + b"]" * 100_000, wire.MalformedMessage),
+        (
+            b'{"type":"audit","events":[{"a":' + b"[" * 50_000 + b"]" * 50_000 + b"}]}",
+            wire.MalformedMessage,
+        ),
+        (
+            b'{"type":"windows","windows":[{"start":"2026-01-01T10:00:00Z",'
+            b'"end":"2026-01-01T09:00:00Z"}]}',
+            wire.MalformedMessage,
+        ),
+        (
+            b'{"type":"windows","windows":[{"start":"2026-01-01T08:00:00",'
+            b'"end":"2026-01-01T09:00:00"}]}',
+            wire.MalformedMessage,
+        ),
+    ],
+)
 def test_bad_lines_are_refused_with_a_clear_error(line: bytes, error: type[Exception]) -> None:
     with pytest.raises(error) as info:
         wire.decode(line)

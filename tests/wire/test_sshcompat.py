@@ -57,10 +57,10 @@ def test_an_asyncssh_inside_the_tested_range_is_accepted(version: str) -> None:
 
 
 def test_importing_the_fence_with_an_untested_asyncssh_fails_naming_the_range() -> None:
-    code = ("import asyncssh; asyncssh.__version__ = '2.25.0'\n"
-            "import broker.frontdoor.door\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
+    code = "import asyncssh; asyncssh.__version__ = '2.25.0'\nimport broker.frontdoor.door\n"
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert run.returncode != 0
     assert "UnsupportedAsyncssh" in run.stderr and "asyncssh>=2.24.1,<2.25" in run.stderr
 
@@ -79,8 +79,13 @@ def _user_cert(serial: int = 42) -> tuple[Any, asyncssh.SSHKey]:
     ca = asyncssh.generate_private_key("ssh-ed25519")
     user = asyncssh.generate_private_key("ssh-ed25519")
     cert = ca.generate_user_certificate(
-        user, "id", serial=serial, principals=["alice"], valid_after=T0,
-        valid_before=T0 + timedelta(hours=1))
+        user,
+        "id",
+        serial=serial,
+        principals=["alice"],
+        valid_after=T0,
+        valid_before=T0 + timedelta(hours=1),
+    )
     return decode_ssh_certificate(cert.public_data), ca
 
 
@@ -88,7 +93,8 @@ def _user_cert(serial: int = 42) -> tuple[Any, asyncssh.SSHKey]:
 def test_a_decoded_certificate_still_has_the_member_the_fence_reads(member: str) -> None:
     cert, _ = _user_cert()
     assert hasattr(cert, member), (
-        f"asyncssh's SSHOpenSSHCertificate lost {member}: update wire/sshcompat.py")
+        f"asyncssh's SSHOpenSSHCertificate lost {member}: update wire/sshcompat.py"
+    )
 
 
 def test_cert_serial_reads_the_serial_the_ca_signed() -> None:
@@ -102,7 +108,8 @@ def test_cert_is_user_tells_user_from_host_certificates() -> None:
     user_cert, ca = _user_cert()
     host = asyncssh.generate_private_key("ssh-ed25519")
     host_cert = decode_ssh_certificate(
-        ca.generate_host_certificate(host, "h", principals=["h"]).public_data)
+        ca.generate_host_certificate(host, "h", principals=["h"]).public_data
+    )
     assert cert_is_user(user_cert)
     assert not cert_is_user(host_cert)
 
@@ -131,7 +138,8 @@ def test_the_connection_constructor_takes_loop_options_acceptor_error_handler_wa
     """The fence builds SSHServerConnection(loop, options, acceptor, error_handler, wait)."""
     params = list(inspect.signature(asyncssh.SSHServerConnection.__init__).parameters)
     assert params == ["self", "loop", "options", "acceptor", "error_handler", "wait"], (
-        f"SSHServerConnection.__init__ changed to {params}: update server_connection_factory")
+        f"SSHServerConnection.__init__ changed to {params}: update server_connection_factory"
+    )
 
 
 def test_the_process_constructor_takes_process_and_sftp_factories() -> None:
@@ -139,20 +147,26 @@ def test_the_process_constructor_takes_process_and_sftp_factories() -> None:
     sftp_version, allow_scp) itself, as asyncssh does for ``process_factory``."""
     params = list(inspect.signature(asyncssh.SSHServerProcess.__init__).parameters)
     assert params == ["self", "process_factory", "sftp_factory", "sftp_version", "allow_scp"], (
-        f"SSHServerProcess.__init__ changed to {params}: update broker's TransferSession")
+        f"SSHServerProcess.__init__ changed to {params}: update broker's TransferSession"
+    )
 
 
-@pytest.mark.parametrize(("method", "params"), [
-    ("validate_public_key", ["self", "username", "key_data", "msg", "signature"]),
-    ("send_userauth_failure", ["self", "partial_success"]),
-    ("_process_service_request", ["self", "_pkttype", "_pktid", "packet"]),
-])
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("validate_public_key", ["self", "username", "key_data", "msg", "signature"]),
+        ("send_userauth_failure", ["self", "partial_success"]),
+        ("_process_service_request", ["self", "_pkttype", "_pktid", "packet"]),
+    ],
+)
 def test_the_overridden_connection_methods_keep_their_signature(
-        method: str, params: list[str]) -> None:
+    method: str, params: list[str]
+) -> None:
     found = getattr(asyncssh.SSHServerConnection, method, None)
     assert found is not None, f"asyncssh's SSHServerConnection lost {method}"
     assert list(inspect.signature(found).parameters) == params, (
-        f"SSHServerConnection.{method} changed its signature: update wire/sshcompat.py")
+        f"SSHServerConnection.{method} changed its signature: update wire/sshcompat.py"
+    )
 
 
 def test_the_packet_handler_table_dispatches_service_requests_through_the_class() -> None:
@@ -163,7 +177,8 @@ def test_the_packet_handler_table_dispatches_service_requests_through_the_class(
     ours = PartialSuccessConnection._packet_handlers
     assert ours[MSG_SERVICE_REQUEST] is PartialSuccessConnection._process_service_request_again
     assert {k: v for k, v in ours.items() if k != MSG_SERVICE_REQUEST} == {
-        k: v for k, v in base.items() if k != MSG_SERVICE_REQUEST}
+        k: v for k, v in base.items() if k != MSG_SERVICE_REQUEST
+    }
 
 
 @dataclass
@@ -193,8 +208,12 @@ class _Owner(asyncssh.SSHServer):
 
     def resolve_client_key(self, key_data: bytes) -> asyncssh.SSHKey | None:
         assert self.conn is not None
-        self.seen.during_auth.append((getattr(self.conn, "_auth_in_progress", "missing"),
-                                      getattr(self.conn, "_auth_complete", "missing")))
+        self.seen.during_auth.append(
+            (
+                getattr(self.conn, "_auth_in_progress", "missing"),
+                getattr(self.conn, "_auth_complete", "missing"),
+            )
+        )
         key = decode_ssh_public_key(key_data)
         return key if key == self.pinned else None
 
@@ -220,9 +239,14 @@ async def _door(complete: bool) -> tuple[asyncio.Server, _Door]:
     options = asyncssh.SSHServerConnectionOptions(
         server_factory=lambda: _Owner(seen, key.convert_to_public(), complete=complete),
         server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
-        password_auth=False, kbdint_auth=False, public_key_auth=True, config=[])
+        password_auth=False,
+        kbdint_auth=False,
+        public_key_auth=True,
+        config=[],
+    )
     server = await asyncio.get_running_loop().create_server(
-        server_connection_factory(options), "127.0.0.1", 0)
+        server_connection_factory(options), "127.0.0.1", 0
+    )
     return server, _Door(server.sockets[0].getsockname()[1], seen, key)
 
 
@@ -237,9 +261,19 @@ async def door() -> AsyncIterator[_Door]:
 
 
 async def _connect(port: int, key: asyncssh.SSHKey) -> asyncssh.SSHClientConnection:
-    return await asyncio.wait_for(asyncssh.connect(
-        "127.0.0.1", port, username="alice", client_keys=[key], known_hosts=None,
-        agent_path=None, config=[], preferred_auth="publickey"), WAIT_S)
+    return await asyncio.wait_for(
+        asyncssh.connect(
+            "127.0.0.1",
+            port,
+            username="alice",
+            client_keys=[key],
+            known_hosts=None,
+            agent_path=None,
+            config=[],
+            preferred_auth="publickey",
+        ),
+        WAIT_S,
+    )
 
 
 async def test_a_verified_signature_over_the_session_id_reaches_the_owner(door: _Door) -> None:
@@ -249,7 +283,8 @@ async def test_a_verified_signature_over_the_session_id_reaches_the_owner(door: 
         assert isinstance(server_conn.get_owner(), _Owner)
         session_id = getattr(server_conn, "_session_id", None)
         assert isinstance(session_id, bytes) and session_id, (
-            "asyncssh's SSHServerConnection lost _session_id (the signed session id)")
+            "asyncssh's SSHServerConnection lost _session_id (the signed session id)"
+        )
         assert door.seen.proven == [door.key.convert_to_public().public_data]
 
 
@@ -257,11 +292,13 @@ async def test_auth_flags_read_in_progress_during_auth_and_complete_after(door: 
     """asyncssh members: SSHServerConnection._auth_in_progress and ._auth_complete."""
     async with await _connect(door.port, door.key):
         assert door.seen.during_auth and all(
-            seen == (True, False) for seen in door.seen.during_auth), (
-            f"_auth_in_progress/_auth_complete during auth read {door.seen.during_auth}")
+            seen == (True, False) for seen in door.seen.during_auth
+        ), f"_auth_in_progress/_auth_complete during auth read {door.seen.during_auth}"
         conn = door.seen.conns[0]
-        assert (getattr(conn, "_auth_in_progress", "missing"),
-                getattr(conn, "_auth_complete", "missing")) == (False, True)
+        assert (
+            getattr(conn, "_auth_in_progress", "missing"),
+            getattr(conn, "_auth_complete", "missing"),
+        ) == (False, True)
 
 
 async def test_an_unproven_key_is_a_failure_that_asks_the_owner_for_partial_success() -> None:
@@ -283,14 +320,16 @@ async def test_the_fence_connection_writes_through_a_coalescing_transport(door: 
     async with await _connect(door.port, door.key):
         transport = getattr(door.seen.conns[0], "_transport", None)
         assert isinstance(transport, CoalescingTransport), (
-            f"asyncssh's SSHServerConnection._transport is {type(transport).__name__}")
+            f"asyncssh's SSHServerConnection._transport is {type(transport).__name__}"
+        )
 
 
 async def test_coalesce_writes_swaps_the_transport_of_a_live_connection(door: _Door) -> None:
     """asyncssh member: SSHConnection._transport, swapped after the connection is made."""
     async with await _connect(door.port, door.key) as conn:
         assert isinstance(getattr(conn, "_transport", None), asyncio.Transport), (
-            "asyncssh's SSHClientConnection lost _transport")
+            "asyncssh's SSHClientConnection lost _transport"
+        )
         coalesce_writes(conn)
         assert isinstance(getattr(conn, "_transport", None), CoalescingTransport)
         # packets still flow both ways through the swapped transport
@@ -301,10 +340,12 @@ async def test_coalesce_writes_swaps_the_transport_of_a_live_connection(door: _D
 def test_no_module_outside_the_fence_imports_an_asyncssh_submodule() -> None:
     """asyncssh's submodules (asyncssh.auth, .public_key, .packet, ...) are internals too:
     only the fence imports them; everything else uses ``asyncssh.<name>`` or the fence."""
-    found = [f"{path.relative_to(ROOT)}:{n}"
-             for top in ("broker", "gateway", "wire", "bench")
-             for path in sorted((ROOT / top).rglob("*.py"))
-             if path != ROOT / "wire" / "sshcompat.py"
-             for n, line in enumerate(path.read_text().splitlines(), 1)
-             if re.match(r"\s*(from asyncssh\.|import asyncssh\.)", line)]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for top in ("broker", "gateway", "wire", "bench")
+        for path in sorted((ROOT / top).rglob("*.py"))
+        if path != ROOT / "wire" / "sshcompat.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.match(r"\s*(from asyncssh\.|import asyncssh\.)", line)
+    ]
     assert not found, f"asyncssh internals imported outside wire/sshcompat.py: {found}"

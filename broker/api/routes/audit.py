@@ -24,7 +24,6 @@ writes the refusal event.  Token scopes: reads need ``read``, signing needs
 ``decisions`` (``*`` allows all).
 """
 
-
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -102,18 +101,37 @@ def build_router(
     Sinks = Annotated[Principal, allowed("audit.sinks")]
 
     def query_dep(
-        start: str | None = None, end: str | None = None, hospital: str | None = None,
-        instrument: str | None = None, engineer: str | None = None,
-        vendor: str | None = None, type: Annotated[list[str] | None, Query()] = None,
-        outcome: str | None = None, session: str | None = None, request_id: str | None = None,
-        grant: str | None = None, limit: int = 100, page: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        hospital: str | None = None,
+        instrument: str | None = None,
+        engineer: str | None = None,
+        vendor: str | None = None,
+        type: Annotated[list[str] | None, Query()] = None,
+        outcome: str | None = None,
+        session: str | None = None,
+        request_id: str | None = None,
+        grant: str | None = None,
+        limit: int = 100,
+        page: str | None = None,
         order: str = "asc",
     ) -> dict[str, Any]:
-        return {"start": start, "end": end, "hospital_id": hospital, "instrument": instrument,
-                "engineer": engineer, "vendor_id": vendor, "types": tuple(type or ()),
-                "outcome": outcome, "session_id": session, "request_id": request_id,
-                "grant_id": grant, "limit": limit, "page": page,
-                "newest_first": order == "desc"}
+        return {
+            "start": start,
+            "end": end,
+            "hospital_id": hospital,
+            "instrument": instrument,
+            "engineer": engineer,
+            "vendor_id": vendor,
+            "types": tuple(type or ()),
+            "outcome": outcome,
+            "session_id": session,
+            "request_id": request_id,
+            "grant_id": grant,
+            "limit": limit,
+            "page": page,
+            "newest_first": order == "desc",
+        }
 
     QueryDep = Annotated[dict[str, Any], Depends(query_dep)]
 
@@ -130,23 +148,34 @@ def build_router(
         return JSONResponse({"events": page.events, "next_page": page.next_page})
 
     @router.get("/v1/audit/export")
-    def export(request: Request, caller: Export, raw: QueryDep,
-               format: str = "jsonl") -> Response:
+    def export(request: Request, caller: Export, raw: QueryDep, format: str = "jsonl") -> Response:
         if format not in FORMATS:
             raise QueryError(f"format must be one of {', '.join(FORMATS)}")
         q = make_query(caller, {**raw, "limit": 1000, "page": None})
         q.validate()
         filters = {k: v for k, v in raw.items() if v not in (None, (), "") and k != "limit"}
-        emitter.emit(new_event(
-            "audit.exported", ActorUserId=caller.user_id, ActorUsername=caller.username,
-            SrcIpAddr=_src(request), DvcRole="broker", Operation="export",
-            details={"format": format, "count": None, "filters": json.dumps(filters,
-                                                                            default=str)}))
+        emitter.emit(
+            new_event(
+                "audit.exported",
+                ActorUserId=caller.user_id,
+                ActorUsername=caller.username,
+                SrcIpAddr=_src(request),
+                DvcRole="broker",
+                Operation="export",
+                details={
+                    "format": format,
+                    "count": None,
+                    "filters": json.dumps(filters, default=str),
+                },
+            )
+        )
         lines: Iterator[str] = export_lines(index.iterate(q, max_rows=MAX_EXPORT_ROWS), format)
         media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
-        return StreamingResponse((line.encode() for line in lines), media_type=media,
-                                 headers={"Content-Disposition":
-                                          f'attachment; filename="hoshu-audit.{format}"'})
+        return StreamingResponse(
+            (line.encode() for line in lines),
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="hoshu-audit.{format}"'},
+        )
 
     @router.get("/v1/recordings/{session_id}")
     def recording(session_id: str, request: Request, caller: Recordings) -> Response:
@@ -154,28 +183,41 @@ def build_router(
             path = recording_path(recordings_dir, session_id)
         except RecordingFileError as exc:
             raise InvalidInput(str(exc), code="invalid_session_id") from exc
-        started = index.search(EventQuery(session_id=session_id,
-                                          types=("session.started",), limit=1)).events
+        started = index.search(
+            EventQuery(session_id=session_id, types=("session.started",), limit=1)
+        ).events
         hospital = started[0].get("HospitalId") if started else None
         refusal_context(request, HospitalId=hospital)
         if not may_read_recording(caller, hospital):
-            raise PermissionDenied("recordings are readable only by the hospital's approvers "
-                                   "and auditors and by platform auditors")
+            raise PermissionDenied(
+                "recordings are readable only by the hospital's approvers "
+                "and auditors and by platform auditors"
+            )
         try:
             size, sha = digest(store, path.name)
         except RecordingFileError as exc:
             if store.stat(path.name) is None:
                 raise NotFound(f"no recording for session {session_id}") from exc
             raise
-        emitter.emit(new_event("recording.viewed", RecordingSHA256=sha, RecordingSize=size,
-                               ActorUserId=caller.user_id, ActorUsername=caller.username,
-                               SrcIpAddr=_src(request), TargetSessionId=session_id,
-                               HospitalId=hospital, DvcRole="broker",
-                               details={"recording": path.name}))
-        return StreamingResponse(read_upto(store, path.name, size),
-                                 media_type="application/x-asciicast",
-                                 headers={"X-Recording-SHA256": sha,
-                                          "Content-Length": str(size)})
+        emitter.emit(
+            new_event(
+                "recording.viewed",
+                RecordingSHA256=sha,
+                RecordingSize=size,
+                ActorUserId=caller.user_id,
+                ActorUsername=caller.username,
+                SrcIpAddr=_src(request),
+                TargetSessionId=session_id,
+                HospitalId=hospital,
+                DvcRole="broker",
+                details={"recording": path.name},
+            )
+        )
+        return StreamingResponse(
+            read_upto(store, path.name, size),
+            media_type="application/x-asciicast",
+            headers={"X-Recording-SHA256": sha, "Content-Length": str(size)},
+        )
 
     def _build(grant_id: str) -> dict[str, Any]:
         try:
@@ -191,8 +233,9 @@ def build_router(
         return report
 
     @router.get("/v1/reports/{grant_id}")
-    def show_report(grant_id: str, caller: ShowReport, format: str = "json",
-                    lang: str = "ja") -> Response:
+    def show_report(
+        grant_id: str, caller: ShowReport, format: str = "json", lang: str = "ja"
+    ) -> Response:
         if lang not in LANGS or format not in ("json", "html"):
             raise QueryError("format must be json or html and lang ja or en")
         report = _report_for(caller, grant_id)
@@ -210,21 +253,30 @@ def build_router(
             raise NotFound(str(exc)) from exc
 
     @router.post("/v1/reports/{grant_id}/sign")
-    def sign_report(grant_id: str, body: SignIn, request: Request,
-                    caller: SignReport) -> Response:
+    def sign_report(grant_id: str, body: SignIn, request: Request, caller: SignReport) -> Response:
         hospital = _build(grant_id)["plan"].get("hospital_id")
         refusal_context(request, HospitalId=hospital)
         check_report_signer(caller, hospital)
         try:
-            event = reports.sign(grant_id, body.report_sha256, user_id=caller.user_id,
-                                 username=caller.username, comment=body.comment)
+            event = reports.sign(
+                grant_id,
+                body.report_sha256,
+                user_id=caller.user_id,
+                username=caller.username,
+                comment=body.comment,
+            )
         except ReportError as exc:
             raise Conflict(str(exc)) from exc
         return JSONResponse(event, status_code=201)
 
     @router.get("/v1/reviews/{month}")
-    def review(month: str, caller: Reviews, hospital: str | None = None,
-               format: str = "json", lang: str = "ja") -> Response:
+    def review(
+        month: str,
+        caller: Reviews,
+        hospital: str | None = None,
+        format: str = "json",
+        lang: str = "ja",
+    ) -> Response:
         scope = hospital_scope(caller)
         if scope is not None:
             if hospital not in (None, scope[0]):

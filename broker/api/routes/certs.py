@@ -15,7 +15,6 @@ Every issue is an ``ssh.cert_issued`` event; every refusal a 403 and an
 :mod:`broker.api.errors`), and no certificate.
 """
 
-
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -48,9 +47,9 @@ def build_cert_router(
     serials: Callable[[], int] = lambda: secrets.randbits(63),
 ) -> APIRouter:
     router = APIRouter(tags=["ssh"])
-    Engineer = Annotated[Principal, Depends(require("ssh.certificate",
-                                                    authenticate=authenticate,
-                                                    emitter=emitter))]
+    Engineer = Annotated[
+        Principal, Depends(require("ssh.certificate", authenticate=authenticate, emitter=emitter))
+    ]
 
     @router.post("/v1/ssh/certificate", status_code=201)
     def issue(body: CertRequest, caller: Engineer) -> Any:
@@ -58,19 +57,28 @@ def build_cert_router(
         if ca is None:
             raise Unavailable("the SSH front door is not running")
         if policy.engineer_for_key(caller.username, body.public_key) is None:
-            raise PermissionDenied("that is not one of your registered SSH keys",
-                                   code="unknown_key")
+            raise PermissionDenied(
+                "that is not one of your registered SSH keys", code="unknown_key"
+            )
         now = clock()
         end = grants_end(caller.user_id, now)
         if end is None:
-            raise PermissionDenied("you hold no active grant: no certificate issued",
-                                   code="no_grant")
+            raise PermissionDenied(
+                "you hold no active grant: no certificate issued", code="no_grant"
+            )
         serial = serials()
         # recorded first: only recorded serials sign in, and logout revokes them
         policy.record_cert(caller.user_id, serial, now, min(now + MAX_CERT_LIFETIME, end))
         # a refusal is a PermissionDenied (code no_grant): a 403 and an event
-        cert = ca.issue(body.public_key, username=caller.username, user_id=caller.user_id,
-                        now=now, grants_end=end, serial=serial, emitter=emitter)
+        cert = ca.issue(
+            body.public_key,
+            username=caller.username,
+            user_id=caller.user_id,
+            now=now,
+            grants_end=end,
+            serial=serial,
+            emitter=emitter,
+        )
         return {"certificate": cert}
 
     return router

@@ -96,8 +96,9 @@ def readiness_of(app: FastAPI) -> Readiness:
     return found
 
 
-def cached(check: Callable[[], object], ttl_s: float,
-           clock: Callable[[], float] = time.monotonic) -> Check:
+def cached(
+    check: Callable[[], object], ttl_s: float, clock: Callable[[], float] = time.monotonic
+) -> Check:
     """``check`` (sync), asked at most once per ``ttl_s`` while it passes: for stores whose
     check costs remote calls (Key Vault, Blob).  A failure is never cached."""
     passed_at: list[float] = []
@@ -134,11 +135,13 @@ async def readyz(request: Request) -> JSONResponse:
     """200 when every probe passes; 503 naming the failed ones, or ``draining``."""
     ready = readiness_of(request.app)
     if ready.draining:
-        return JSONResponse({"status": "draining", "failed": ["draining"], "checks": {}},
-                            status_code=503)
+        return JSONResponse(
+            {"status": "draining", "failed": ["draining"], "checks": {}}, status_code=503
+        )
     checks = await ready.run()
     failed = [name for name, result in checks.items() if result != "ok"]
     if failed:
-        return JSONResponse({"status": "not ready", "failed": failed, "checks": checks},
-                            status_code=503)
+        return JSONResponse(
+            {"status": "not ready", "failed": failed, "checks": checks}, status_code=503
+        )
     return JSONResponse({"status": "ready", "failed": [], "checks": checks})

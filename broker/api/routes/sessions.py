@@ -22,7 +22,6 @@ follow is logged as ``recording.viewed``; a termination as
 ``session.terminated`` naming the caller.
 """
 
-
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -54,24 +53,28 @@ def build_sessions_router(
     Follower = Annotated[Principal, allowed("sessions.follow")]
     Terminator = Annotated[Principal, allowed("sessions.terminate")]
 
-    def controlled(request: Request, caller: Principal, session_id: str,
-                   action: str) -> tuple[LiveSessions, LiveSessionView]:
+    def controlled(
+        request: Request, caller: Principal, session_id: str, action: str
+    ) -> tuple[LiveSessions, LiveSessionView]:
         reg = get_sessions()
         s = reg.get(session_id) if reg else None
         if reg is None or s is None:
             raise NotFound(f"no live session {session_id}")
         refusal_context(request, **cols(s))
-        if not may_see_session(caller, s.hospital_id, s.user_id) \
-                and action == "sessions.follow":
+        if not may_see_session(caller, s.hospital_id, s.user_id) and action == "sessions.follow":
             raise NotFound(f"no live session {session_id}")
         # terminating is a decision: refused (and audited) even when not visible
         check_session_control(caller, s.hospital_id, action)
         return reg, s
 
     def cols(s: LiveSessionView) -> dict[str, Any]:
-        return {"TargetSessionId": s.session_id, "TargetHostname": s.instrument,
-                "HospitalId": s.hospital_id or None, "ObjectType": "session",
-                "Object": s.session_id}
+        return {
+            "TargetSessionId": s.session_id,
+            "TargetHostname": s.instrument,
+            "HospitalId": s.hospital_id or None,
+            "ObjectType": "session",
+            "Object": s.session_id,
+        }
 
     def actor(c: Principal) -> dict[str, Any]:
         return {"ActorUsername": c.username, "ActorUserId": c.user_id}
@@ -79,16 +82,25 @@ def build_sessions_router(
     @router.get("/v1/sessions")
     async def list_sessions(caller: Lister) -> Any:
         reg = get_sessions()
-        rows = [s.summary() for s in (reg.list() if reg else [])
-                if may_see_session(caller, s.hospital_id, s.user_id)]
+        rows = [
+            s.summary()
+            for s in (reg.list() if reg else [])
+            if may_see_session(caller, s.hospital_id, s.user_id)
+        ]
         return {"sessions": rows}
 
     @router.get("/v1/sessions/{session_id}/stream")
     async def follow(session_id: str, request: Request, caller: Follower) -> Any:
         reg, s = controlled(request, caller, session_id, "sessions.follow")
-        emitter.emit(new_event("recording.viewed", Operation="follow",
-                               details={"recording": s.recording or None},
-                               **actor(caller), **cols(s)))
+        emitter.emit(
+            new_event(
+                "recording.viewed",
+                Operation="follow",
+                details={"recording": s.recording or None},
+                **actor(caller),
+                **cols(s),
+            )
+        )
 
         async def body() -> AsyncIterator[bytes]:
             async for chunk in reg.follow(session_id):

@@ -10,7 +10,10 @@ config = context.config
 connection = config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through broker.store.db.upgrade()")
-context.configure(connection=connection, target_metadata=metadata,
-                  render_as_batch=connection.dialect.name == "sqlite")
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
 with context.begin_transaction():
     context.run_migrations()
