@@ -17,6 +17,9 @@ from bench.report import REQUIRED_KEYS, TARGETS
 from bench.sshd import have_openssh
 
 ROOT = Path(__file__).resolve().parents[2]
+# the quick benchmark runs once for the module (a whole broker, gateway and sshd): its
+# set-up needs more than the suite's default per-test limit on a busy machine
+pytestmark = pytest.mark.timeout(420)
 
 
 @pytest.fixture(scope="module")

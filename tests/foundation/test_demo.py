@@ -27,7 +27,7 @@ from tests.support import poll_sync
 
 # The demo starts three processes, and TOTP codes are single use: a second sign-in
 # in one 30 s step waits for the next, so these tests get more time than the default.
-pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(600)]
 
 BIN = Path(sys.executable).parent
 
@@ -67,7 +67,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         return info_path.exists() and b"Ctrl-C stops" in (cwd / "demo.out").read_bytes()
 
     try:
-        poll_sync(started, 150, "the demo to start", interval_s=0.2)
+        poll_sync(started, 300, "the demo to start", interval_s=0.2)
         info = json.loads(info_path.read_text())
         info.update(_cwd=cwd, _env=env, _proc=proc, _started=time.time())
         yield info

@@ -28,7 +28,7 @@ def test_an_endpoint_without_a_rule_id_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOSHU_AZURE_LOGS_ENDPOINT", "https://dce.example")
-    with pytest.raises(ValueError, match="DCR_IMMUTABLE_ID"):
+    with pytest.raises(ValueError, match=r"(?i)dcr_immutable_id"):
         audit_config(BrokerSettings(data_dir=tmp_path))
 
 
