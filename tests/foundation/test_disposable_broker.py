@@ -91,7 +91,15 @@ def cloud(
 @pytest.fixture
 def system(tmp_path_factory: pytest.TempPathFactory, cloud: dict[str, str]) -> Iterator[Demo]:
     # a short folder: the gateway's control socket path must fit AF_UNIX's 108 bytes
-    d = Demo(tmp_path_factory.mktemp("disp") / ".hoshu-demo", broker_env=dict(cloud))
+    # ports the kernel picks: the demo's usual ones may be taken by a demo test running
+    # beside this one (it is not in their group, so the two run at once)
+    d = Demo(
+        tmp_path_factory.mktemp("disp") / ".hoshu-demo",
+        api_port=0,
+        ssh_port=0,
+        tunnel_port=0,
+        broker_env=dict(cloud),
+    )
     try:
         d.start()
         yield d
