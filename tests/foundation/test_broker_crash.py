@@ -33,7 +33,10 @@ WAIT_S = 30.0  # a whole system on two cores: broker, gateway, sshd
 @pytest.fixture
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     # a short folder: the gateway's control socket path must fit AF_UNIX's 108 bytes
-    d = Demo(tmp_path_factory.mktemp("crash") / ".hoshu-demo")
+    # ports the kernel picks: another test may hold the demo's usual ones
+    d = Demo(
+        tmp_path_factory.mktemp("crash") / ".hoshu-demo", api_port=0, ssh_port=0, tunnel_port=0
+    )
     try:
         d.start()
         yield d

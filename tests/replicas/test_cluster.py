@@ -34,7 +34,14 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, postgres_module_url: str
 ) -> Iterator[Cluster]:
     # a short folder: the gateway's control socket path must fit AF_UNIX's 108 bytes
-    c = Cluster(tmp_path_factory.mktemp("rep") / ".c", database_url=postgres_module_url)
+    # ports the kernel picks: another test may hold the demo's usual ones
+    c = Cluster(
+        tmp_path_factory.mktemp("rep") / ".c",
+        api_port=0,
+        ssh_port=0,
+        tunnel_port=0,
+        database_url=postgres_module_url,
+    )
     try:
         c.start_cluster(("b", "c"))
         c.tunnel_to("b", "c")

@@ -37,7 +37,10 @@ HOSHU = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "hoshu"
 
 @pytest.fixture
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    d = Demo(tmp_path_factory.mktemp("drain") / ".hoshu-demo")
+    # ports the kernel picks: another test may hold the demo's usual ones
+    d = Demo(
+        tmp_path_factory.mktemp("drain") / ".hoshu-demo", api_port=0, ssh_port=0, tunnel_port=0
+    )
     demo_env = d.env
     d.env = lambda user=None: {**demo_env(user), "HOSHU_DRAIN_GRACE_S": str(GRACE_S)}  # type: ignore[method-assign]
     try:
