@@ -110,6 +110,12 @@ EVENT_TYPES: tuple[EventType, ...] = (
         details={"failures": PUB, "password": SEC},
     ),
     EventType(
+        "user.step_up",
+        AUTH,
+        "A person confirmed a sensitive console action with a fresh TOTP code (step-up)",
+        details={"method": PUB, "totp_code": SEC},
+    ),
+    EventType(
         "user.tokens_revoked",
         AUTH,
         "Every token of a person was revoked (password or TOTP reset, or an admin)",
@@ -229,13 +235,15 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType(
         "notification.sent",
         AUD,
-        "Approvers were told by mail of a request or an emergency access",
+        "A notification (request, emergency, decision, grant about to end, alert) was delivered"
+        " by mail or webhook",
         details={"about": PUB, "recipients": PUB, "attempts": PUB},
     ),
     EventType(
         "notification.failed",
         AUD,
-        "A notification mail could not be delivered after its retries (or was dropped: queue full)",
+        "A notification could not be delivered after its retries so far"
+        " (it stays in the outbox and is tried again)",
         severity=Severity.MEDIUM,
         details={"about": PUB, "recipients": PUB, "attempts": PUB, "reason": PUB},
     ),
@@ -250,7 +258,14 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "session.ended",
         NET,
         "A session ended (result details give the reason)",
-        details={"kind": PUB, "exit_status": PUB, "recording": PUB},
+        # replica, ended_by: a session of a replica that died, ended by a survivor
+        details={
+            "kind": PUB,
+            "exit_status": PUB,
+            "recording": PUB,
+            "replica": PUB,
+            "ended_by": PUB,
+        },
     ),
     EventType(
         "session.terminated",
@@ -264,7 +279,7 @@ EVENT_TYPES: tuple[EventType, ...] = (
         NET,
         "A session or channel was refused",
         severity=Severity.MEDIUM,
-        details={"kind": PUB, "command": SEN},
+        details={"kind": PUB, "command": SEN, "reason": PUB},
     ),
     EventType(
         "session.warning",
@@ -276,7 +291,35 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "session.command",
         NET,
         "A command run in a session (exec or detected in a shell)",
-        details={"command": SEN},
+        details={
+            "command": SEN,
+            "source": PUB,
+            "prompt": SEN,
+            "cwd": SEN,
+            "offset": PUB,
+            "truncated": PUB,
+        },
+    ),
+    EventType(
+        "session.command_denied",
+        NET,
+        "A shell command line matched a deny rule of the hospital and was not sent",
+        severity=Severity.HIGH,
+        details={"command": SEN, "pattern": PUB, "reason": PUB, "offset": PUB},
+    ),
+    EventType(
+        "session.command_held",
+        NET,
+        "A shell command line matched a hold rule and waits for a hospital approver",
+        severity=Severity.MEDIUM,
+        details={"command": SEN, "pattern": PUB, "reason": PUB, "hold": PUB, "timeout_s": PUB},
+    ),
+    EventType(
+        "session.command_released",
+        NET,
+        "A held command was allowed or refused by an approver, or its wait timed out",
+        severity=Severity.MEDIUM,
+        details={"command": SEN, "hold": PUB, "decision": PUB, "by": PUB},
     ),
     EventType(
         "forward.opened",
@@ -346,7 +389,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType(
         "gateway.refused",
         NET,
-        "A gateway connection was refused (unknown or revoked key)",
+        "A gateway connection was refused (unknown or revoked key, or a second tunnel "
+        "of the gateway on one replica)",
         severity=Severity.MEDIUM,
         details={"key_fingerprint": PUB},
     ),
@@ -394,9 +438,16 @@ EVENT_TYPES: tuple[EventType, ...] = (
     EventType(
         "instrument.key_changed",
         AUD,
-        "An instrument's SSH host key changed: sessions blocked",
+        "An instrument's SSH host key (or an RDP instrument's TLS certificate) changed: "
+        "sessions blocked",
         severity=Severity.HIGH,
-        details={"old_fingerprint": PUB, "new_fingerprint": PUB},
+        details={"old_fingerprint": PUB, "new_fingerprint": PUB, "kind": PUB},
+    ),
+    EventType(
+        "instrument.key_pinned",
+        AUD,
+        "The first TLS certificate seen of an RDP instrument was pinned",
+        details={"fingerprint": PUB, "kind": PUB},
     ),
     EventType(
         "instrument.key_accepted",

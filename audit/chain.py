@@ -25,8 +25,10 @@ Appends from several threads are serialized by a lock.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -52,9 +54,11 @@ __all__ = [
     "GENESIS",
     "ChainLog",
     "ChainState",
+    "Prepared",
     "Sealed",
     "VerifyResult",
     "chain_hash",
+    "prepare",
     "read_events",
     "verify",
 ]
@@ -69,6 +73,47 @@ def _line(record: dict[str, Any], prev: str) -> tuple[str, bytes]:
     h = link_hash(prev, body)
     # readers parse the JSON, so the hash may follow the sorted body
     return h, body[:-1] + b',"ChainHash":"' + h.encode() + b'"}\n'
+
+
+_SEQ_KEY = "ChainSeq"
+# the canonical encoder (audit.verify.canonical's arguments), built once
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# stands where the position goes while an event is rendered ahead of sealing: random per
+# process, so no event text can carry it (and it must occur exactly once, or the slow way)
+_MARK = "\x00" + secrets.token_hex(16)
+_MARK_JSON = json.dumps(_MARK).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An event rendered ahead of sealing: its record without ``ChainHash`` and its
+    canonical JSON split where the ``ChainSeq`` digits go, so sealing only joins and
+    hashes (the same bytes :func:`_line` renders).
+
+    Rendering costs most of an append; a store with a writer thread (the PostgreSQL
+    chain) renders in the emitting thread while the writer waits on the database."""
+
+    event: AuditEvent
+    record: dict[str, Any]  # with the marker as ChainSeq (replaced when sealed)
+    head: bytes  # canonical JSON up to and including '"ChainSeq":'
+    tail: bytes  # the rest of it, after the position's digits
+
+
+def prepare(event: AuditEvent) -> Prepared | AuditEvent:
+    """Render ``event`` for :meth:`ChainState.seal`; an event that cannot be split
+    (the marker occurs twice, keys that are not all strings) is returned as it is and
+    sealed the plain way."""
+    record = dict(event.record)
+    record.pop("ChainHash", None)
+    record[_SEQ_KEY] = _MARK
+    try:
+        body = _ENCODER.encode(record).encode()
+    except (TypeError, ValueError):
+        return event  # the plain way raises the same, where the caller expects it
+    head, mark, tail = body.partition(_MARK_JSON)
+    if not mark or _MARK_JSON in tail:
+        return event
+    return Prepared(event, record, head, tail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +184,7 @@ class ChainState:
 
     def seal(
         self,
-        events: Sequence[AuditEvent],
+        events: Sequence[AuditEvent | Prepared],
         *,
         force_checkpoint: bool = False,
         after: Sealed | None = None,
@@ -151,13 +196,20 @@ class ChainState:
         cp_seq, cp_time = (after.cp_seq, after.cp_time) if after else (self.cp_seq, self.cp_time)
         links: list[Link] = []
 
-        def add(event: AuditEvent, cp: Checkpoint | None = None) -> None:
+        def add(event: AuditEvent | Prepared, cp: Checkpoint | None = None) -> None:
             nonlocal seq, prev
             seq += 1
-            record = dict(event.record)
-            record.pop("ChainHash", None)
-            record["ChainSeq"] = seq
-            h, line = _line(record, prev)
+            if isinstance(event, Prepared):
+                record = dict(event.record)
+                record[_SEQ_KEY] = seq
+                body = event.head + str(seq).encode() + event.tail
+                h = hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()  # link_hash
+                line = body[:-1] + b',"ChainHash":"' + h.encode() + b'"}\n'
+            else:
+                record = dict(event.record)
+                record.pop("ChainHash", None)
+                record[_SEQ_KEY] = seq
+                h, line = _line(record, prev)
             if len(line) > MAX_EVENT_BYTES:
                 raise InvalidEvent(
                     f"{record.get('EventType')}: event of {len(line)} bytes is "

@@ -163,11 +163,14 @@ CONTROLS: tuple[Control, ...] = (
         "done",
         "File transfer off by default; files logged (name, size, SHA-256, direction); scan hook",
         "scp/sftp refused unless the grant allows it; every file logged with size and "
-        "hash; a scan hook can reject a file going into the hospital.",
+        "hash; a scan hook can reject a file going into the hospital; a desktop's "
+        "clipboard is refused unless the hospital's policy switches it on, each "
+        "transfer logged with size and hash either way.",
         (
             "tests/frontdoor/test_transfer.py::test_scp_refused_without_file_transfer_in_the_grant",
             "tests/frontdoor/test_transfer.py::test_scp_upload_and_download_are_logged_with_hashes",
             "tests/frontdoor/test_transfer.py::test_scan_hook_rejects_a_file_going_into_the_hospital",
+            "tests/desktop/test_clipboard_policy.py::test_clipboard_is_refused_until_the_hospital_switches_it_on",
         ),
     ),
     Control(

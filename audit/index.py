@@ -100,6 +100,25 @@ Index("ix_audit_events_time", events_table.c.TimeGenerated, events_table.c.id)
 MAX_PAGE = 1000
 
 
+# events that carry a command typed or run in a session (the --command filter)
+COMMAND_TYPES = (
+    "session.command",
+    "session.command_denied",
+    "session.command_held",
+    "session.command_released",
+    "session.refused",
+)
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _details(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    details = record.get("Details")
+    return details if isinstance(details, Mapping) else {}
+
+
 class QueryError(AuditError):
     """The query is invalid; nothing was read."""
 
@@ -118,6 +137,7 @@ class EventQuery:
     session_id: str | None = None
     request_id: str | None = None
     grant_id: str | None = None
+    command: str | None = None  # text found in the command of a command event
     limit: int = 100
     newest_first: bool = False
     page: str | None = None
@@ -230,6 +250,13 @@ class AuditIndex:
             conds.append(or_(t.ActorUsername == q.engineer, t.ActorUserId == q.engineer))
         if q.types:
             conds.append(t.EventType.in_(list(q.types)))
+        if q.command:
+            conds.append(t.EventType.in_(COMMAND_TYPES))
+            conds.append(
+                t.record.like(
+                    f"%{_like(json.dumps(q.command, ensure_ascii=False)[1:-1])}%", escape="\\"
+                )
+            )
         if q.page:
             ptime, pid = _decode_page(q.page)
             if q.newest_first:
@@ -256,7 +283,10 @@ class AuditIndex:
         more = len(rows) > q.limit
         rows = rows[: q.limit]
         next_page = _encode_page(rows[-1].TimeGenerated, rows[-1].id) if more else None
-        return Page([json.loads(r.record) for r in rows], next_page)
+        events = [json.loads(r.record) for r in rows]
+        if q.command:  # the text was found in the record: keep it where it is in the command
+            events = [e for e in events if q.command in str(_details(e).get("command") or "")]
+        return Page(events, next_page)
 
     def iterate(self, q: EventQuery, *, max_rows: int = 1_000_000) -> Iterator[dict[str, Any]]:
         """Every matching event, page by page (for exports), at most ``max_rows``."""

@@ -19,13 +19,22 @@ when that connection ends, also when the process is killed), and the head row
 is updated only from the position it was read at, so a chain can never fork.
 
 Durability: :meth:`PgChainLog.emit` returns only once the event is committed.
-Concurrent emitters share one transaction (group commit): a writer thread
-takes everything queued, stores it with one ``COPY``, updates the head row,
-commits, and wakes the waiters.  If the database does not answer, the waiters
-get :class:`~audit.errors.ChainError` within ``commit_timeout_s`` (fail closed:
-the caller's action fails, as when the file log cannot be written); the next
-batch reconnects and reads the head again.  An event whose emitter gave up
-waiting may still be committed (more is logged, never less).
+Concurrent emitters share one transaction (group commit): each emitter renders
+its event's canonical JSON in its own thread (:func:`audit.chain.prepare`) and
+queues it; a writer thread takes everything queued (lingering up to ``LINGER_S``
+for the emitters the last commit answered), numbers and hashes it, and sends it as
+one statement (the head row moved from where it stood, the events inserted from
+arrays) that is its own transaction.  The writer's one session runs in pipeline
+mode: it sends the next batch while the last one's commit is still being flushed
+(``PIPELINE_DEPTH`` batches in flight), so the database never waits for the
+writer.  The next batch's head update starts from the head the last one writes, so
+if that one fails, the next cannot commit either, and the emitters of both get the
+error; an emitter is answered only once its own batch's commit has returned.  If
+the database does not answer, the waiters get :class:`~audit.errors.ChainError`
+within ``commit_timeout_s`` (fail closed: the caller's action fails, as when the
+file log cannot be written); the next batch reconnects and reads the head again.
+An event whose emitter gave up waiting may still be committed (more is logged,
+never less).
 
 Errors: :class:`~audit.errors.ChainError` (store unreachable, head and tail
 disagree at open) and its :class:`ChainBusy` (another live writer holds the chain);
@@ -38,14 +47,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import secrets
+import select as io_select
+import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
 import psycopg
+from psycopg import pq
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -62,7 +77,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from audit.chain import ChainState, Sealed
+from audit.chain import ChainState, Prepared, Sealed, prepare
 from audit.engines import PasswordSource, create_engine, sqlalchemy_url
 from audit.errors import ChainError, InvalidEvent
 from audit.events import AuditEvent, utc_now
@@ -106,6 +121,10 @@ CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 10_000
 MAX_BATCH_EVENTS = 10_000
 CLOSE_TIMEOUT_S = 3.0
+LINGER_S = 0.001  # how long a commit may wait for the emitters the last one answered
+RELOCK_WAIT_S = 3.0  # after a dropped connection: how long its old session may keep the lock
+PIPELINE_DEPTH = 2  # batches sent and not yet answered (the server works while one commits)
+STORE_TIMEOUT_S = STATEMENT_TIMEOUT_MS / 1000 + 2  # a batch unanswered this long: session dropped
 MAX_CHAIN_ID = 128
 
 
@@ -160,38 +179,168 @@ def _one(cur: psycopg.Cursor[Any]) -> Any:
     return row
 
 
-_STORE = """
+# The batch statement: the head row moves from where this writer left it (compare and
+# set) and the events are inserted only if it did.  Sent in pipeline mode, each batch
+# its own implicit transaction (committed at its Sync), so the CAS of batch N+1 starts
+# from the head batch N writes: if N did not commit, N+1 inserts nothing either.
+_STORE = b"""
 WITH head AS (
-    UPDATE audit_chains SET seq = %(seq)s, hash = %(hash)s,
-        checkpoint_seq = COALESCE(%(cp_seq)s, checkpoint_seq),
-        checkpoint = COALESCE(%(cp)s, checkpoint)
-    WHERE chain_id = %(chain)s AND seq = %(old_seq)s AND hash = %(old_hash)s
+    UPDATE audit_chains SET seq = $2, hash = $3,
+        checkpoint_seq = COALESCE($4, checkpoint_seq),
+        checkpoint = COALESCE($5, checkpoint)
+    WHERE chain_id = $1 AND seq = $6 AND hash = $7
     RETURNING 1
 ), ins AS (
     INSERT INTO audit_chain_events (chain_id, seq, prev_hash, hash, record)
-    SELECT %(chain)s, e.seq, e.prev, e.hash, e.record
-    FROM unnest(%(seqs)b::bigint[], %(prevs)b::text[], %(hashes)b::text[],
-                %(records)b::text[]) AS e(seq, prev, hash, record)
+    SELECT $1, e.seq, e.prev, e.hash, e.record
+    FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[])
+        AS e(seq, prev, hash, record)
     WHERE EXISTS (SELECT 1 FROM head)
     RETURNING 1
 )
 SELECT count(*) FROM ins
 """
+_TEXT, _INT8, _INT8_ARRAY, _TEXT_ARRAY = 25, 20, 1016, 1009  # type oids
+_STORE_TYPES = [_TEXT, _INT8, _TEXT, _INT8, _TEXT, _INT8, _TEXT] + [_INT8_ARRAY] + [_TEXT_ARRAY] * 3
+_BINARY = [1] * len(_STORE_TYPES)
+_ARRAY_HEAD = struct.Struct("!iiIii")  # dimensions, has nulls, element type, length, lower bound
+_INT8_ITEM = struct.Struct("!iq")
+_LENGTH = struct.Struct("!i")
+_INT8_VALUE = struct.Struct("!q")
+
+
+def _int8_array(values: Sequence[int]) -> bytes:
+    """A bigint[] in PostgreSQL's binary array format."""
+    item = _INT8_ITEM.pack
+    return _ARRAY_HEAD.pack(1, 0, _INT8, len(values), 1) + b"".join([item(8, v) for v in values])
+
+
+def _text_array(values: Sequence[bytes]) -> bytes:
+    """A text[] (UTF-8 elements) in PostgreSQL's binary array format."""
+    length = _LENGTH.pack
+    parts = [_ARRAY_HEAD.pack(1, 0, _TEXT, len(values), 1)]
+    for v in values:
+        parts += (length(len(v)), v)
+    return b"".join(parts)
 
 
 class ChainBusy(ChainError):
     """Another live process holds the chain's writer lock."""
 
 
+class _Done:
+    """Set once by the writer thread, waited on by one emitter: a bare lock, the
+    cheapest wake-up CPython has (an emit per event pays for one)."""
+
+    __slots__ = ("_flag", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._flag = False
+
+    def set(self) -> None:  # the writer thread only
+        if not self._flag:
+            self._flag = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float) -> bool:
+        return self._flag or self._lock.acquire(timeout=max(0.0, timeout)) or self._flag
+
+
 @dataclass(eq=False)
 class _Request:
-    events: Sequence[AuditEvent]
+    events: Sequence[AuditEvent | Prepared]
     force: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
+    done: _Done = field(default_factory=_Done)
     stored: list[AuditEvent] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
     error: Exception | None = None
     abandoned: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """A batch sent and not yet answered: its requests, where the chain stands after it
+    and how many rows its statement must insert."""
+
+    sealed: list[tuple[_Request, Sealed]]
+    after: Sealed
+    rows: int
+    deadline: float
+
+
+class _Pipeline:
+    """The writer's session in libpq pipeline mode: a batch is sent without waiting
+    for the one before it to commit; answers come back in order, one per batch, each
+    only once that batch's transaction has committed (its Sync answered).  Nothing here
+    blocks without a deadline."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.pg = conn.pgconn
+        self.name = f"hoshu_chain_{secrets.token_hex(6)}".encode()
+        res = self.pg.prepare(self.name, _STORE, _STORE_TYPES)
+        if res.status != pq.ExecStatus.COMMAND_OK:
+            raise ChainError(f"audit store: {_error(res)}")
+        self.pg.nonblocking = 1
+        self.pg.enter_pipeline_mode()
+        self.fd = self.pg.socket
+        self._count: int | None = None
+        self._error: str | None = None
+
+    def send(self, params: list[bytes | None], deadline: float) -> None:
+        self.pg.send_query_prepared(self.name, params, _BINARY)
+        self.pg.pipeline_sync()
+        while self.pg.flush():  # a large batch: the server reads while it works
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ChainError("audit store did not take the batch in time")
+            poller = io_select.poll()
+            poller.register(self.fd, io_select.POLLIN | io_select.POLLOUT)
+            if any(ev & io_select.POLLIN for _, ev in poller.poll(left * 1000)):
+                self.pg.consume_input()  # answers of earlier batches: keep them flowing
+
+    def answers(self) -> Iterator[int | str]:
+        """The outcomes that have arrived, oldest first: the rows a batch inserted, or
+        the server's error for it.  Raises when the session failed."""
+        self.pg.consume_input()
+        ended = False  # the last result was the end of one statement's results
+        while not self.pg.is_busy():
+            res = self.pg.get_result()
+            if res is None:
+                if self.pg.status == pq.ConnStatus.BAD:
+                    raise ChainError("audit store: the session ended")
+                if ended or (self._count is None and self._error is None):
+                    return  # nothing more has arrived
+                ended = True
+                continue
+            ended = False
+            status = res.status
+            if status == pq.ExecStatus.PIPELINE_SYNC:
+                count, error, self._count, self._error = self._count, self._error, None, None
+                yield error if error is not None else -1 if count is None else count
+            elif status == pq.ExecStatus.TUPLES_OK:
+                value = res.get_value(0, 0)
+                self._count = int(value) if value is not None else -1
+            elif status == pq.ExecStatus.FATAL_ERROR:
+                self._error = _error(res)
+            elif status == pq.ExecStatus.PIPELINE_ABORTED:
+                self._error = "the batch was aborted"
+            else:
+                self._error = f"unexpected answer {pq.ExecStatus(status).name}"
+
+    def leave(self, conn: psycopg.Connection[Any]) -> None:
+        """Back to a plain session (nothing may be in flight)."""
+        self.pg.exit_pipeline_mode()
+        self.pg.nonblocking = 0
+        conn.execute(f"DEALLOCATE {self.name.decode()}")
+
+
+def _error(res: pq.abc.PGresult) -> str:
+    return res.error_message.decode(errors="replace").strip()[:500] or "error"
 
 
 class PgChainLog:
@@ -229,12 +378,16 @@ class PgChainLog:
         self._listeners: list[Callable[[int], None]] = []
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
+        self._want = 0  # the writer sleeps until this many requests are queued (0: not)
         self._closing = False
         self._closed = False
         self._fairy: PoolProxiedConnection | None = None  # the pool's handle on it
         self._conn: psycopg.Connection[Any] | None = None  # holds the writer lock
+        self._pipe: _Pipeline | None = None
+        self._flights: deque[_Flight] = deque()
         self._state: ChainState | None = None
         self._committed = 0
+        self._dropped_at = -RELOCK_WAIT_S  # when this writer last dropped its connection
         self.commits = 0  # transactions committed (group commit: fewer than events)
         deadline = time.monotonic() + lock_wait_s
         while True:
@@ -246,6 +399,11 @@ class PgChainLog:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.5)
+        # emitters wake the writer through a pipe, so it can wait for them and for the
+        # database's answers at once
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(
             target=self._run, name=f"audit-chain-{chain_id}", daemon=True
         )
@@ -280,7 +438,8 @@ class PgChainLog:
 
     def append_many(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:
         """Append events in order; returns them chained, once committed."""
-        return self._submit(_Request(list(events))).stored
+        # rendered here, in the emitter's thread, while the writer waits on the database
+        return self._submit(_Request([prepare(e) for e in events])).stored
 
     def checkpoint(self) -> Checkpoint | None:
         """Commit a signed checkpoint now if anything is unsigned."""
@@ -295,7 +454,9 @@ class PgChainLog:
             if self._closing:
                 raise ChainError(f"audit chain {self.chain_id} is closed")
             self._queue.append(req)
-            self._cond.notify()
+            if self._want and len(self._queue) >= self._want:
+                self._want = 0
+                self._wake()
         wait = self._timeout if timeout is None else timeout
         if not req.done.wait(wait):
             with self._cond:
@@ -306,31 +467,81 @@ class PgChainLog:
             raise req.error
         return req
 
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self._wake_w, b"\0")
+
     # --- the writer thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        """Send each batch as soon as one is gathered and a slot in the pipeline is
+        free (``PIPELINE_DEPTH`` batches in flight), and answer each batch's emitters
+        once its own commit has returned."""
+        released, done_at = 0, 0.0  # emitters the last commit answered, and when
         while True:
+            batch: list[_Request] = []
+            timeout: float | None = None
             with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                batch: list[_Request] = []
-                count = 0
-                while self._queue and count < MAX_BATCH_EVENTS:
-                    req = self._queue.pop(0)
-                    if not req.abandoned:
-                        batch.append(req)
-                        count += len(req.events) + 1
-                closing = self._closing and not self._queue
+                queued, closing = len(self._queue), self._closing
+                room = len(self._flights) < PIPELINE_DEPTH
+                # the emitters just answered are likely to emit again at once: wait a
+                # moment (LINGER_S at most) for them, so they share the next commit
+                # instead of half of them waiting a whole commit more
+                linger = 0.0
+                if released > 1 and queued < released and not closing:
+                    linger = done_at + LINGER_S - time.monotonic()
+                if queued and room and linger <= 0:
+                    batch = self._take()
+                elif not queued and closing and not self._flights:
+                    return
+                else:
+                    self._want = (released if linger > 0 and queued else 1) if room else 0
+                    if self._want and queued:
+                        timeout = linger
             if batch:
-                self._commit(batch)
-            if closing:
-                return
+                self._send(batch)
+                continue
+            if self._flights:
+                left = self._flights[0].deadline - time.monotonic()
+                timeout = left if timeout is None else min(timeout, left)
+            self._sleep(timeout)
+            with self._cond:
+                self._want = 0
+            if self._flights:
+                answered = self._collect()
+                if answered:
+                    released, done_at = answered, time.monotonic()
 
-    def _commit(self, batch: list[_Request]) -> None:
+    def _take(self) -> list[_Request]:
+        """Everything queued (up to ``MAX_BATCH_EVENTS``) that its emitter still waits for."""
+        queue, count, taken = self._queue, 0, 0
+        for req in queue:
+            if count >= MAX_BATCH_EVENTS:
+                break
+            taken += 1
+            count += len(req.events) + 1
+        self._queue = queue[taken:]
+        return [req for req in queue[:taken] if not req.abandoned]
+
+    def _sleep(self, timeout: float | None) -> None:
+        """Until an emitter wakes the writer, the database answers, or ``timeout``."""
+        poller = io_select.poll()
+        poller.register(self._wake_r, io_select.POLLIN)
+        pipe = self._pipe
+        if self._flights and pipe is not None:
+            poller.register(pipe.fd, io_select.POLLIN)
+        poller.poll(None if timeout is None else max(0.0, timeout) * 1000)
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+
+    def _send(self, batch: list[_Request]) -> None:
+        """Seal ``batch`` after whatever is in flight and send it, without waiting."""
         sealed: list[tuple[_Request, Sealed]] = []
         try:
-            state = self._connect()
-            after: Sealed | None = None
+            # a new connection only when nothing is in flight on the old one
+            state = self._reconnect() if not self._flights else self._state
+            assert state is not None
+            after: Sealed | None = self._flights[-1].after if self._flights else None
             for req in batch:
                 try:
                     s = state.seal(req.events, force_checkpoint=req.force, after=after)
@@ -340,61 +551,87 @@ class PgChainLog:
                     continue
                 sealed.append((req, s))
                 after = s
-            if after is None:
-                return
-            if after.links:
-                self._store(state, [s for _, s in sealed], after)
-        except Exception as exc:  # any failure: this batch fails closed, reconnect next time
-            self._drop()
-            err = (
-                exc
-                if isinstance(exc, ChainError)
-                else ChainError(f"audit store: {type(exc).__name__}: {exc}"[:500])
-            )
-            for req in batch:
-                if not req.done.is_set():
-                    req.error = err
+            links = [k for _, s in sealed for k in s.links]
+            if after is None or not links:
+                for req, _ in sealed:  # nothing to store (no checkpoint was due)
                     req.done.set()
-            return
-        state.advance(after)
-        self._committed = after.seq
+                return
+            cp = next((s.checkpoint for _, s in reversed(sealed) if s.checkpoint), None)
+            old = self._flights[-1].after if self._flights else None
+            old_seq, old_hash = (old.seq, old.hash) if old else (state.seq, state.hash)
+            params: list[bytes | None] = [
+                self.chain_id.encode(),
+                _INT8_VALUE.pack(after.seq),
+                after.hash.encode(),
+                _INT8_VALUE.pack(cp.seq) if cp else None,
+                json.dumps(cp.details()).encode() if cp else None,
+                _INT8_VALUE.pack(old_seq),
+                old_hash.encode(),
+                _int8_array([k.seq for k in links]),
+                _text_array([k.prev.encode() for k in links]),
+                _text_array([k.hash.encode() for k in links]),
+                _text_array([k.line[:-1] for k in links]),
+            ]
+            deadline = time.monotonic() + STORE_TIMEOUT_S
+            pipe = self._pipe
+            assert pipe is not None
+            pipe.send(params, deadline)
+            self._flights.append(_Flight(sealed, after, len(links), deadline))
+        except Exception as exc:  # fails closed, with everything in flight before it
+            self._fail(exc, [req for req, _ in sealed])
+
+    def _collect(self) -> int:
+        """Answer the emitters of every batch whose commit has returned; the number of
+        requests answered.  A failed batch fails those after it too (their compare and
+        set started from its head), and the session is dropped."""
+        answered = 0
+        pipe = self._pipe
+        try:
+            assert pipe is not None
+            for outcome in pipe.answers():
+                flight = self._flights[0]
+                if isinstance(outcome, str):
+                    raise ChainError(f"audit store: {outcome}")
+                if outcome != flight.rows:
+                    raise ChainError(f"audit chain {self.chain_id} moved under this writer")
+                self._flights.popleft()
+                answered += self._acknowledge(flight)
+                if not self._flights:
+                    break
+            if self._flights and time.monotonic() >= self._flights[0].deadline:
+                raise ChainError(f"audit store did not answer within {STORE_TIMEOUT_S:g} s")
+        except Exception as exc:
+            self._fail(exc, [])
+        return answered
+
+    def _acknowledge(self, flight: _Flight) -> int:
+        state = self._state
+        assert state is not None
+        state.advance(flight.after)
+        self._committed = flight.after.seq
         self.commits += 1
-        for req, s in sealed:
+        for req, s in flight.sealed:
             req.stored = [k.event for k in s.links if k.checkpoint is None]
             req.checkpoint = s.checkpoint
             req.done.set()
-        if any(s.links for _, s in sealed):
-            for listener in self._listeners:
-                listener(after.seq)
+        for listener in self._listeners:
+            listener(flight.after.seq)
+        return len(flight.sealed)
 
-    def _store(self, state: ChainState, batches: list[Sealed], last: Sealed) -> None:
-        """One statement, one transaction, one round trip: the head row moves from where
-        this writer left it, and the events are inserted only if it did."""
-        cp = next((s.checkpoint for s in reversed(batches) if s.checkpoint), None)
-        links = [k for s in batches for k in s.links]
-        conn = self._conn
-        assert conn is not None
-        with conn.cursor() as cur:
-            cur.execute(
-                _STORE,
-                {
-                    "chain": self.chain_id,
-                    "seq": last.seq,
-                    "hash": last.hash,
-                    "old_seq": state.seq,
-                    "old_hash": state.hash,
-                    "cp_seq": cp.seq if cp else None,
-                    "cp": json.dumps(cp.details()) if cp else None,
-                    "seqs": [k.seq for k in links],
-                    "prevs": [k.prev for k in links],
-                    "hashes": [k.hash for k in links],
-                    "records": [k.line[:-1].decode() for k in links],
-                },
-            )
-            row = cur.fetchone()
-        conn.commit()
-        if row is None or int(row[0]) != len(links):
-            raise ChainError(f"audit chain {self.chain_id} moved under this writer")
+    def _fail(self, exc: Exception, requests: list[_Request]) -> None:
+        """Every batch in flight and ``requests`` fail closed; the session is dropped (the
+        next batch reconnects and reads the head again)."""
+        err = (
+            exc
+            if isinstance(exc, ChainError)
+            else ChainError(f"audit store: {type(exc).__name__}: {exc}"[:500])
+        )
+        flights, self._flights = self._flights, deque()
+        self._drop()
+        for req in [r for f in flights for r, _ in f.sealed] + requests:
+            if not req.done.is_set():
+                req.error = err
+                req.done.set()
 
     def _connect(self) -> ChainState:
         """The writer's connection (taking the chain's lock) and the chain's state as
@@ -437,13 +674,15 @@ class PgChainLog:
                     f"says position {seq} but the last stored event is "
                     f"{tail[0]} (run hoshu audit verify)"
                 )
+            conn.autocommit = True  # each batch is its own transaction
+            pipe = _Pipeline(conn)
         except ChainError:
             fairy.invalidate()
             raise
         except Exception as exc:
             fairy.invalidate()
             raise ChainError(f"audit store: {type(exc).__name__}: {exc}"[:500]) from exc
-        self._fairy, self._conn = fairy, conn
+        self._fairy, self._conn, self._pipe = fairy, conn, pipe
         state = self._state
         if state is None or (state.seq, state.hash) != (int(seq), head):
             state = ChainState(
@@ -460,8 +699,22 @@ class PgChainLog:
         self._committed = state.seq
         return state
 
+    def _reconnect(self) -> ChainState:
+        """:meth:`_connect`; just after this writer dropped a broken connection, the
+        server may not have ended that session yet, and it still holds the chain's lock:
+        wait for it (``RELOCK_WAIT_S`` after the drop at most) instead of failing the batch."""
+        while True:
+            try:
+                return self._connect()
+            except ChainBusy:
+                if time.monotonic() - self._dropped_at >= RELOCK_WAIT_S:
+                    raise
+                time.sleep(0.05)
+
     def _drop(self) -> None:
+        self._dropped_at = time.monotonic()
         fairy, self._fairy, self._conn, self._state = self._fairy, None, None, None
+        self._pipe = None
         if fairy is not None:
             with contextlib.suppress(Exception):  # already broken
                 fairy.invalidate()  # closes it: the lock goes with it
@@ -479,17 +732,21 @@ class PgChainLog:
             pass  # the next writer of this chain (or audit.pgship) signs the tail
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._wake()
         self._thread.join(wait)
         self._closed = True
-        conn, fairy = self._conn, self._fairy
-        if conn is not None and fairy is not None:
+        if self._thread.is_alive():
+            return  # stuck on the database: the session ends with the process
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        conn, fairy, pipe = self._conn, self._fairy, self._pipe
+        if conn is not None and fairy is not None and pipe is not None:
             try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
-                conn.commit()
+                pipe.leave(conn)
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+                conn.autocommit = False
                 fairy.close()  # back to the pool, unlocked
-                self._fairy = self._conn = None
+                self._fairy = self._conn = self._pipe = None
             except Exception:
                 self._drop()
 

@@ -21,7 +21,9 @@ from bench.sizes import FULL, QUICK, Sizes
 from bench.sshd import CIPHER, KEX
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("openssh", "hoshu", "scale", "audit")
+SECTIONS = ("openssh", "hoshu", "scale", "audit", "replicas", "commands", "deployed")
+# whole brokers of their own: their quick runs are tests of their own
+QUICK_SKIPS = ("replicas", "deployed")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         help="scratch directory (deleted afterwards unless --keep)",
     )
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument("--only", nargs="*", choices=SECTIONS, default=None)
     ap.add_argument(
         "--max-gateways",
         type=int,
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         help="real: hoshu's tunnel endpoint and gateway agents (auto: if built)",
     )
     args = ap.parse_args(argv)
+    if args.only is None:
+        args.only = [s for s in SECTIONS if not (args.quick and s in QUICK_SKIPS)]
     # A terminated run still stops its servers and writes what it measured.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = QUICK if args.quick else FULL
@@ -139,6 +143,27 @@ def _run(res: Results, sizes: Sizes, work: Path, args: argparse.Namespace) -> No
             lambda: _durable(res, sizes),
         )
 
+    if "commands" in only:
+        from bench import commands_bench
+
+        res.section(
+            "shell commands",
+            commands_bench.KEYS,
+            lambda: commands_bench.run(res, work / "commands"),
+        )
+    if "deployed" in only:
+        from bench import deployed
+
+        deployed.run(res, args.quick, work / "deployed")
+    if "replicas" in only:
+        from bench import replicas
+
+        res.section(
+            "replicas",
+            replicas.KEYS,
+            lambda: replicas.run(res, args.quick, work / "replicas"),
+        )
+
 
 def _postgres(res: Results, sizes: Sizes) -> None:
     from bench import audit_bench, pg
@@ -160,7 +185,7 @@ def _durable(res: Results, sizes: Sizes) -> None:
         res.missing(["audit_durable_append_per_s_256_producers"], reason)
         return
     with pg.throwaway_postgres(durable=True) as url:
-        audit_bench.measure_durable(res, url, sizes.audit_appends, (1, 16, 256))
+        audit_bench.measure_durable(res, url, sizes.audit_appends)  # 1, 8, 32, 256 producers
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncssh
 from fastapi import APIRouter
@@ -46,23 +47,35 @@ from broker.api.app import create_app
 from broker.api.routes.audit import build_router as build_audit_router
 from broker.api.routes.certs import build_cert_router
 from broker.api.routes.health import cached
+from broker.api.routes.holds import build_holds_router
 from broker.api.routes.sessions import build_sessions_router
+from broker.console.audit import AuditDesk, deployment_facts
+from broker.console.audit import router as console_audit_router
 from broker.console.gateway import RegistryTunnelStates
 from broker.console.notify import Notifier
+from broker.desktop.pins import CertificatePins
+from broker.desktop.session import DesktopGate
 from broker.frontdoor.ca import UserCA
 from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.door import FrontDoor, start_front_door
+from broker.frontdoor.sshconfig import SshConfigRequest, known_hosts_line
+from broker.frontdoor.sshconfig import render as render_ssh_config
 from broker.identity import azure_credential, database_password
+from broker.jobs import Jobs
 from broker.keys import KeyStore, open_key_store
+from broker.live.changes import ChangeFeed, DbCalls
+from broker.live.clusterholds import ClusterHolds
+from broker.live.directory import ClusterSessions, SessionDirectory
 from broker.live.journal import end_lost_sessions
 from broker.live.recorder import store_opener
 from broker.runtime import Runtime, sweep_forever
 from broker.services import ControlPlane
 from broker.settings import BrokerSettings
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from broker.tunnel.cluster import DEAD_AFTER_S
 from broker.tunnel.connector import InstrumentConnector, TunnelConnector
 from broker.tunnel.endpoint import TunnelRegistry, TunnelSettings, start_tunnel_listener
-from broker.tunnel.peer import build_peer_link, run_peer_link
+from broker.tunnel.peer import build_peer_link, replica_id, run_peer_link
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +154,16 @@ def audit_config(
         store_url=store_url,
         store_password=db_password if store_url.startswith("postgres") else None,
         replica_id=settings.replica_id or socket.gethostname(),
+        orphan_every_s=settings.audit_orphan_every_s,
     )
 
 
 async def _audit_ticks(audit: AuditRuntime) -> None:
+    """This replica's own audit duty: time-based checkpoints of its own chain (reports
+    and retention are singleton jobs: :func:`add_audit_jobs`)."""
     while True:
         try:
-            await asyncio.to_thread(audit.tick)
+            await asyncio.to_thread(audit.log.maybe_checkpoint)
         except Exception:  # retried next tick; failures show in sink status and events
             log.exception("audit duties failed")
         await asyncio.sleep(AUDIT_TICK_S)
@@ -197,9 +213,32 @@ def build_runtime(
     )
     app = create_app(settings, services=control.services, extra_routers=extra_routers)
     rt = Runtime(settings, control, app)
-    rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s))
+    # the database off the event loop, the change feed and the singleton jobs
+    rt.db = DbCalls(settings.db_threads)
+    rt.closers.append(rt.db.close)
+    feed = ChangeFeed(
+        control.store, reread_s=settings.change_reread_s, confirm_s=settings.view_confirm_s
+    )
+    rt.feed = feed
+    rt.tasks.append(feed.run)
+    rt.readiness.add("change_feed", _view_probe(feed))
+    jobs = Jobs(control.store.engine, settings.replica_id or socket.gethostname())
+    jobs.add("grants.sweep", settings.sweep_interval_s, control.services.grants.sweep)
+    rt.jobs = jobs
+    rt.tasks.append(jobs.run)
+    rt.tasks.append(lambda: sweep_forever(control, settings.sweep_interval_s, grants=False))
     rt.closers.append(control.close)
     return rt
+
+
+def _view_probe(feed: ChangeFeed) -> Callable[[], None]:
+    """/readyz: not ready while this replica cannot confirm its view of the database."""
+
+    def check() -> None:
+        if feed.started and not feed.current():
+            raise RuntimeError("the change feed has not confirmed the database view")
+
+    return check
 
 
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
@@ -231,6 +270,29 @@ class FrontDoorHandle:
     door: FrontDoor | None = None
 
 
+def console_ssh_config(
+    settings: BrokerSettings, host_key_line: str
+) -> Callable[[str, list[str]], str]:
+    """The console's ssh_config download (``broker.console.engineer``): the text
+    ``hoshu ssh-config`` prints for a user and instruments, with the pinned broker key.
+
+    The host is the front door's address, or the public API URL's host when the
+    front door listens on every interface."""
+    pinned = known_hosts_line(host_key_line)
+    host = settings.ssh_host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104
+        host = urlsplit(settings.api_url).hostname or "127.0.0.1"
+
+    def make(user: str, instruments: list[str]) -> str:
+        req = SshConfigRequest(user, host, settings.ssh_port, tuple(instruments))
+        return (
+            render_ssh_config(req)
+            + f"# pin the broker key: put this line in {req.known_hosts_file}\n# {pinned}\n"
+        )
+
+    return make
+
+
 def attach_front_door(
     rt: Runtime,
     connector: InstrumentConnector,
@@ -240,6 +302,8 @@ def attach_front_door(
     port: int | None = None,
     sessions_routes: bool = False,
     recordings: RecordingStore | None = None,
+    cluster: ClusterSessions | None = None,
+    holds: ClusterHolds | None = None,
 ) -> FrontDoorHandle:
     """Register the front door as a task of ``rt`` and its routes on ``rt.app``.
 
@@ -253,19 +317,39 @@ def attach_front_door(
     handle = FrontDoorHandle()
     keys = rt.control.keys if rt.control.keys is not None else open_key_store(settings)
     host_key = asyncssh.import_private_key(keys.front_door_host_key())
+    rt.app.state.ssh_config = console_ssh_config(
+        settings, host_key.export_public_key().decode("ascii")
+    )
     ca = UserCA(asyncssh.import_private_key(keys.user_ca_key()))
     the_policy = policy if policy is not None else StoreAccessPolicy(services)
     emitter = services.ctx.emitter
     if sessions_routes:
         rt.app.include_router(
             build_sessions_router(
-                lambda: handle.door.sessions if handle.door is not None else None, emitter
+                lambda: handle.door.sessions if handle.door is not None else None,
+                emitter,
+                cluster=lambda: cluster,
             )
         )
+        rt.app.include_router(
+            build_holds_router(
+                lambda: handle.door.sessions if handle.door is not None else None,
+                emitter,
+                board=lambda: holds,
+            )
+        )
+        rt.app.state.hold_board = lambda: holds  # the cluster's held lines (clusterholds)
+        rt.app.state.cluster_sessions = lambda: cluster  # other replicas' (broker.live.directory)
         # the console's live-session pages (broker.console.live) ask the same registry
         rt.app.state.live_sessions = lambda: (
             handle.door.sessions if handle.door is not None else None
         )
+    # desktop sessions in the console (broker.console.desktop): the front door's live
+    # sessions and route to instruments, recordings in the same store as terminal ones
+    desktop_store = recordings if recordings is not None else FileStore(settings.recordings_dir)
+    desktops: list[DesktopGate] = []
+    rt.app.state.desktop_gate = lambda: desktops[0] if desktops else None
+    rt.app.state.desktop_recordings = desktop_store
     rt.app.include_router(
         build_cert_router(
             lambda: ca, the_policy, store_grants_end(services), emitter, services.ctx.now
@@ -285,8 +369,30 @@ def attach_front_door(
             clock=services.ctx.now,
             port=port,
             recording_opener=store_opener(recordings) if recordings is not None else None,
+            # the store's policy: the change feed drives the watcher (a given one polls)
+            feed=rt.feed if policy is None else None,
+            db=rt.db,
         )
+        if cluster is not None:  # the database accounts for its sessions, not the disk
+            door.sessions.journal = None
+            door.sessions.rows = cluster.directory
+            cluster.local = door.sessions
+        door.holds = holds
         handle.door = door
+        desktops.append(
+            DesktopGate(
+                the_policy,
+                connector,
+                door.sessions,
+                emitter,
+                desktop_store,
+                services.ctx.now,
+                door.ids,
+                max_bytes=door.options.max_recording_bytes,
+                clipboard_allowed=StoreAccessPolicy(services).clipboard_allowed,
+                pin_certificate=CertificatePins(services),
+            )
+        )
         handle.ready.set()
         try:
             await asyncio.Event().wait()
@@ -346,11 +452,12 @@ def build_broker(
                 sink_status=audit.status,
             ),
         ]
-        # approvers told by mail (HOSHU_SMTP_HOST): beside the audit log, after it
-        notifier = Notifier(settings) if settings.smtp_host else None
+        # notifications (mail, Teams, signed webhooks) through the database's outbox:
+        # beside the audit log, after it; each organisation's channels decide
+        notifier = Notifier(settings)
         rt = build_runtime(
             settings,
-            emitter=FanOut([audit.log, notifier]) if notifier else audit.log,
+            emitter=FanOut([audit.log, notifier]),
             extra_routers=routers,
             db_password=db_password,
             keys=keys,
@@ -358,10 +465,12 @@ def build_broker(
     except Exception:
         audit.stop()
         raise
-    if notifier is not None:
-        notifier.bind(rt.control.services, audit.log)
-        notifier.start()
-        rt.closers.append(notifier.stop)  # closers run in reverse: before the log closes
+    notifier.bind(rt.control.services, audit.log, rt.control.store.engine)
+    rt.app.state.notification_store = rt.control.store.engine  # PUT /v1/notifications/{org}
+    notifier.start()
+    rt.closers.append(notifier.stop)  # closers run in reverse: before the log closes
+    # the approver's work-report pages (broker.console.approver): the API's report service
+    rt.app.state.work_reports = audit.reports
     audit.start()
     rt.closers.insert(0, audit.stop)  # closers run in reverse: the log closes last
     rt.closers.insert(0, keys.close)  # after the log's final (signed) checkpoint
@@ -372,6 +481,34 @@ def build_broker(
     end_lost_sessions(
         settings.recordings_dir, audit.log, rt.control.services.ctx.now, store=recordings
     )
+    # PostgreSQL: every live session has a row (broker.live.directory), so any replica
+    # lists, follows and terminates it and a survivor ends a dead replica's sessions
+    sessions_cluster = None
+    hold_board = None
+    if settings.db_url.startswith("postgres"):
+        rows = SessionDirectory(
+            rt.control.store.engine,
+            replica_id(settings),
+            clock=rt.control.services.ctx.now,
+            emitter=audit.log,
+            store=recordings,
+            dead_after_s=DEAD_AFTER_S,
+        )
+        rows.end_own_leftovers()  # before the front door listens, as the journal's
+        sessions_cluster = ClusterSessions(rows, feed=rt.feed)  # woken by terminate requests
+        rt.tasks.append(sessions_cluster.run)
+        rt.closers.append(rows.close)
+        # held shell lines: listed and answered from any replica (broker.live.clusterholds)
+        hold_board = ClusterHolds(
+            rt.control.store.engine,
+            replica_id(settings),
+            clock=rt.control.services.ctx.now,
+            feed=rt.feed,
+            dead_after_s=DEAD_AFTER_S,
+        )
+        hold_board.end_own_leftovers()
+        rt.tasks.append(hold_board.run)
+        rt.closers.append(hold_board.close)
     directory = StoreGatewayDirectory(rt.control.services)
     registry = TunnelRegistry()
     # several replicas (HOSHU_PEER_PORT): gateways tunnelled to another replica are
@@ -385,20 +522,27 @@ def build_broker(
         options=front_door_options,
         sessions_routes=True,
         recordings=recordings,
+        cluster=sessions_cluster,
+        holds=hold_board,
     )
     # the console's gateway page (broker.console.gateway) reads the tunnels held here and,
     # with several replicas, the database's tunnel registry
     rt.app.state.gateway_tunnels = RegistryTunnelStates(
         registry, peers.cluster.holders if peers is not None else None
     )
+    # the console's auditor pages (broker.console.audit) read this broker's audit trail
+    rt.app.state.audit_desk = AuditDesk(
+        index=audit.index,
+        recordings=recordings,
+        verify=audit.verify,
+        deployment=lambda: deployment_facts(settings, audit.index),
+    )
+    rt.app.include_router(console_audit_router)
     if peers is not None:
         the_peers = peers
         rt.tasks.append(lambda: run_peer_link(the_peers))
-
-        async def leave(_grace_s: float) -> None:  # on SIGTERM the others stop routing here
-            await the_peers.leave()
-
-        rt.drainers.append(leave)
+        # on SIGTERM, after the drain: the others stop routing here (tunnel rows dropped)
+        rt.leavers.append(the_peers.leave)
 
     async def run_tunnels() -> None:
         tunnels = await start_tunnel_listener(
@@ -407,6 +551,7 @@ def build_broker(
             directory,
             audit.log,
             registry=registry,
+            offload=rt.db,
         )
         log.info("gateway tunnels on %s:%d", settings.tunnel_host, tunnels.port)
         try:
@@ -416,4 +561,18 @@ def build_broker(
 
     rt.tasks.append(run_tunnels)
     rt.tasks.append(lambda: _audit_ticks(audit))
+    if rt.jobs is not None:
+        add_audit_jobs(rt.jobs, audit, settings.jobs_interval_s)
     return rt
+
+
+def add_audit_jobs(jobs: Jobs, audit: AuditRuntime, interval_s: float) -> None:
+    """Reports of ended grants, the unsigned-report check and retention: once per period
+    across the replicas (they read and write the shared index and recordings)."""
+
+    def reports() -> None:
+        audit.reports.generate_due()
+        audit.reports.check_unsigned()
+
+    jobs.add("audit.reports", interval_s, reports)
+    jobs.add("audit.retention", interval_s, audit.retention.run)

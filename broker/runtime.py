@@ -8,13 +8,23 @@ async).  ``readiness`` is what ``/readyz`` asks: the database probe is there
 from the start; other parts add theirs (``rt.readiness.add("key_store", check)``).
 :mod:`broker.assembly` builds it; :func:`serve` runs it.
 
-Stopping (SIGTERM from the container engine, or SIGINT): ``/readyz`` turns 503
-``draining`` at once, then every drainer runs within ``settings.drain_grace_s``
-less a fifth (at most ``SHUTDOWN_RESERVE_S``) kept for what follows
-(the front door stops accepting connections, tells live engineers, ends their
-sessions with their ``session.ended`` events and hashed recordings), then the
-API stops and the closers run; the process exits 0.  A second signal during
-the drain cuts it short: what is still live is ended at once by the closers.
+Stopping (SIGTERM from the container engine, or SIGINT), in this order:
+
+1. ``/readyz`` turns 503 ``draining`` at once; for ``settings.drain_lead_s``
+   everything still serves, so the load balancer stops sending new connections;
+2. every drainer runs within ``settings.drain_grace_s`` less a fifth (at most
+   ``SHUTDOWN_RESERVE_S``) kept for what follows (the front door stops accepting
+   connections, tells live engineers, ends their sessions with their
+   ``session.ended`` events and hashed recordings); the tunnels and the peer link
+   still serve the other replicas meanwhile;
+3. the ``leavers`` run (each within ``LEAVE_TIMEOUT_S``): the replica leaves the
+   cluster registry, so the others stop routing through it;
+4. the tasks end (the gateway tunnels close: gateways keep only their tunnels
+   to the other replicas and redial this address), the API stops and the
+   closers run; the process exits 0.
+
+A second signal during the lead or the drain cuts it short: the leavers still
+run, and what is still live is ended at once by the closers.
 """
 
 from __future__ import annotations
@@ -33,12 +43,15 @@ import uvicorn
 from fastapi import FastAPI
 
 from broker.api.routes.health import Readiness, database_probe, readiness_of
+from broker.jobs import Jobs
+from broker.live.changes import ChangeFeed, DbCalls
 from broker.services import ControlPlane
 from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_RESERVE_S = 3.0  # at most this much of drain_grace_s is kept for after the drain
+LEAVE_TIMEOUT_S = 2.0  # a leaver (deregistration) taking longer is given up on
 
 
 @dataclass
@@ -49,6 +62,12 @@ class Runtime:
     tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     closers: list[Callable[[], Any]] = field(default_factory=list)
     drainers: list[Callable[[float], Awaitable[None]]] = field(default_factory=list)
+    leavers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # blocking database calls off the event loop, the change feed the grant watcher
+    # and the fail-closed bound follow, and the singleton jobs (build_runtime sets them)
+    db: DbCalls | None = None
+    feed: ChangeFeed | None = None
+    jobs: Jobs | None = None
 
     def __post_init__(self) -> None:
         if not any(p.name == "database" for p in self.readiness.probes):
@@ -60,11 +79,15 @@ class Runtime:
         return readiness_of(self.app)
 
 
-async def sweep_forever(control: ControlPlane, interval_s: float) -> None:
-    """Expire stale requests and open/close grant windows on the real clock."""
+async def sweep_forever(control: ControlPlane, interval_s: float, *, grants: bool = True) -> None:
+    """Expire stale requests and open/close grant windows on the real clock.
+
+    ``grants=False``: this replica's own duties only; the grants sweep is then a
+    singleton job (:mod:`broker.jobs`), run by one replica per period."""
     while True:
         try:
-            await asyncio.to_thread(control.services.grants.sweep)
+            if grants:
+                await asyncio.to_thread(control.services.grants.sweep)
             # counted-only failed sign-ins are written once their minute is over
             await asyncio.to_thread(control.services.auth.flush_floods)
             await asyncio.to_thread(control.services.gateways.strangers.flush)
@@ -83,12 +106,38 @@ class _ApiServer(uvicorn.Server):
         yield
 
 
-async def drain(rt: Runtime, grace_s: float, *, cut_short: asyncio.Event | None = None) -> None:
-    """Not ready any more; then every drainer at once, given ``grace_s`` seconds.
+async def drain(
+    rt: Runtime, grace_s: float, *, cut_short: asyncio.Event | None = None, lead_s: float = 0.0
+) -> None:
+    """Not ready any more; ``lead_s`` seconds later every drainer at once, given
+    ``grace_s`` seconds; then the leavers.
 
     Past the grace (or when ``cut_short`` is set) the drainers are cancelled: what
     they leave is ended by the closers (the front door ends live sessions there too)."""
     rt.readiness.draining = True
+    if lead_s > 0:
+        log.info("not ready: draining starts in %.0f s", lead_s)
+        if cut_short is None:
+            await asyncio.sleep(lead_s)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cut_short.wait(), lead_s)
+    try:
+        if cut_short is None or not cut_short.is_set():
+            await _drain_steps(rt, grace_s, cut_short)
+    finally:
+        await _leave(rt)
+
+
+async def _leave(rt: Runtime) -> None:
+    for leaver in rt.leavers:
+        try:
+            await asyncio.wait_for(leaver(), LEAVE_TIMEOUT_S)
+        except Exception:  # the closers deregister too; a failed leave is logged only
+            log.exception("leave step failed")
+
+
+async def _drain_steps(rt: Runtime, grace_s: float, cut_short: asyncio.Event | None) -> None:
     log.info("draining: live sessions end within %.0f s", grace_s)
 
     async def one(drainer: Callable[[float], Awaitable[None]]) -> None:
@@ -163,7 +212,15 @@ async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
             if stop.is_set():
                 grace = rt.settings.drain_grace_s
                 # the rest of the grace: stopping the API and the closers (audit checkpoint)
-                await drain(rt, grace - min(SHUTDOWN_RESERVE_S, grace / 5), cut_short=again)
+                await drain(
+                    rt,
+                    grace - min(SHUTDOWN_RESERVE_S, grace / 5),
+                    cut_short=again,
+                    lead_s=rt.settings.drain_lead_s,
+                )
+                # left the cluster: the parts stop before the API, so the gateway
+                # tunnels close now and the gateways use their other tunnels at once
+                await _end_tasks(running)
                 server.should_exit = True
             await api
     finally:
@@ -175,11 +232,7 @@ async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in installed:
             loop.remove_signal_handler(sig)
-        for t in running:
-            t.cancel()
-        for t in running:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await _end_tasks(running)
         for close in reversed(rt.closers):
             result = close()
             if inspect.isawaitable(result):
@@ -188,5 +241,36 @@ async def serve(rt: Runtime, *, sock: socket.socket | None = None) -> None:
         raise BrokerStopped("a part of the broker stopped") from failed
 
 
+async def _end_tasks(running: list[asyncio.Task[None]]) -> None:
+    for t in running:
+        t.cancel()
+    for t in running:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
 class BrokerStopped(RuntimeError):
     """A long-running part of the broker ended by itself; ``hoshu serve`` exits non-zero."""
+
+
+def event_loop_factory(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The event loop ``hoshu serve`` runs on (setting ``event_loop``): its name and
+    factory (None: the standard library's).  ``auto`` takes uvloop when it is
+    installed; ``uvloop`` without it installed is refused."""
+    if choice == "asyncio":
+        return "asyncio", None
+    try:
+        import uvloop
+    except ImportError as exc:
+        if choice == "uvloop":
+            raise BrokerStopped("HOSHU_EVENT_LOOP=uvloop, but uvloop is not installed") from exc
+        return "asyncio", None
+    return "uvloop", uvloop.new_event_loop
+
+
+def run_serve(rt: Runtime) -> None:
+    """:func:`serve` on the event loop the settings choose."""
+    name, factory = event_loop_factory(rt.settings.event_loop)
+    log.info("event loop: %s", name)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(rt))

@@ -109,6 +109,12 @@ class BrokerSettings(BaseSettings):
     ssh_port: int = 2222
     tunnel_host: str = "127.0.0.1"
     tunnel_port: int = 2223
+    # the event loop of hoshu serve: auto takes uvloop (libuv) when it is installed,
+    # uvloop requires it, asyncio is the standard library's loop
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    # asyncssh's own log lines: warning keeps its per-connection and per-channel INFO
+    # lines out of the log (a cost on every session); info or debug bring them back
+    ssh_log_level: Literal["warning", "info", "debug"] = "warning"
 
     # approver notification mail (broker.console.notify); empty host: no mail is sent
     smtp_host: str = ""
@@ -118,6 +124,18 @@ class BrokerSettings(BaseSettings):
     smtp_user: str = ""
     smtp_password_file: Path | None = None  # read at send time, never logged
     smtp_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # notifications through the durable outbox (broker.console.notify): the key the
+    # generic JSON webhooks are signed with (HMAC-SHA256; read at send time, never logged),
+    # how often the delivery worker looks for due messages, the longest wait between
+    # attempts, each webhook call's time limit, how long before its end an engineer is
+    # told a grant is about to end (0: not told)
+    notify_webhook_secret_file: Path | None = None
+    notify_poll_s: float = Field(default=2.0, gt=0, le=60)
+    notify_backoff_max_s: float = Field(default=900.0, ge=1, le=86400)
+    notify_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    notify_grant_ending_s: int = Field(default=900, ge=0, le=86400)
+    # plain http:// webhook and Teams URLs (tests and labs only; production: https:// only)
+    notify_allow_http: bool = False
 
     # tokens, sessions, limits
     access_token_ttl_s: int = 900
@@ -132,6 +150,16 @@ class BrokerSettings(BaseSettings):
     # Empty: the TCP peer is the caller, whatever headers it sends.
     trusted_proxies: list[str] = []
     sweep_interval_s: float = 15.0  # how often pending requests and grant windows are swept
+    # database calls of the SSH front door and the tunnels run off the event loop, on a
+    # bounded pool of this many threads (a slow database queues them, never the loop)
+    db_threads: int = Field(default=8, ge=1, le=64)
+    # the change feed (broker.live.changes): the version is re-read this often as the
+    # safety net under LISTEN/NOTIFY; a replica whose view is not confirmed current for
+    # view_confirm_s ends its live sessions (view_unconfirmed) and refuses new logins
+    change_reread_s: float = Field(default=2.0, gt=0, le=30)
+    view_confirm_s: float = Field(default=10.0, gt=0, le=120)
+    # singleton jobs (broker.jobs): reports of ended grants, unsigned reports, retention
+    jobs_interval_s: float = Field(default=5.0, gt=0, le=3600)
     # file transfer: uploads and downloads are spooled whole at the broker, in
     # <data_dir>/spools (never beside the audit log); writes past a total are refused
     spool_session_max_bytes: int = 4 * 1024**3  # all open spools of one sftp/scp session
@@ -175,6 +203,8 @@ class BrokerSettings(BaseSettings):
     audit_store: Literal["file", "postgres"] = "file"
     audit_store_url: str = ""
     replica_id: str = ""  # names this replica's audit chain and tunnels; empty: host name
+    # postgres store: how often a replica looks for chains a dead replica left unshipped
+    audit_orphan_every_s: float = Field(default=30.0, gt=0, le=3600)
     # the link between replicas (docs/architecture.md, "Replicas"): a replica that holds
     # no tunnel to an instrument's gateway forwards through the one that does, over SSH
     # to this port, each replica's key pinned in the database.  0: no link (one replica)
@@ -182,6 +212,9 @@ class BrokerSettings(BaseSettings):
     peer_port: int = 0
     advertise_host: str = ""  # the address other replicas dial; empty: peer_host
     drain_grace_s: float = 20.0  # on SIGTERM, live sessions are ended cleanly within this
+    # on SIGTERM, /readyz fails this long before the drain starts while everything still
+    # serves, so the load balancer stops sending new connections first (0: drain at once)
+    drain_lead_s: float = 0.0
 
     # Azure Monitor Logs Ingestion (Sentinel): set by the reference deployment
     # (infra/bicep); the credential is the managed identity (AZURE_CLIENT_ID).
@@ -244,6 +277,13 @@ class BrokerSettings(BaseSettings):
     def _drain(cls, value: float) -> float:
         if not 0 <= value <= 3600:
             raise ValueError(f"drain_grace_s: {value} must be between 0 and 3600 seconds")
+        return value
+
+    @field_validator("drain_lead_s")
+    @classmethod
+    def _lead(cls, value: float) -> float:
+        if not 0 <= value <= 300:
+            raise ValueError(f"drain_lead_s: {value} must be between 0 and 300 seconds")
         return value
 
     @model_validator(mode="after")

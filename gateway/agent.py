@@ -21,6 +21,16 @@ leaves the others' tunnels up while that slot redials.  The agent's ``state`` is
 ``connected`` while any slot is.  One connected slot at a time carries the local
 audit copy and the inventory (no event is sent twice); when it drops, another
 takes over.  Window-only checks go through one slot, the next one when it fails.
+
+Fewer addresses than ``min_tunnels`` (one load-balanced address, as on Azure
+Container Apps): ``min_tunnels`` slots dial the addresses in turn.  Each hello
+names this agent run and the slot (protocol 2); the broker tells each tunnel
+which replica it reached (``placement``), and a replica that already holds a
+tunnel of this run refuses another (``already_connected``).  The refused slot
+dials again after a jittered delay that grows from ``backoff_initial_s`` to
+``redial_elsewhere_max_s``, so behind a balancer that picks a backend per
+connection the slots end up on distinct replicas.  ``status`` is degraded until
+``min_tunnels`` distinct replicas hold a tunnel.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import random as _random
+import secrets
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +129,9 @@ class TunnelSlot:
     host: str
     port: int
     backoff: Backoff
+    redial: Backoff | None = None  # after "already connected to replica X"
+    number: int = 0  # told in the hello: which of this run's tunnels
+    redial_in: float = 0.0
     state: AgentState = AgentState.STOPPED
     link: Link | None = None
     connected_since: datetime | None = None
@@ -132,6 +146,7 @@ class TunnelSlot:
         return {
             "broker": self.address,
             "state": str(self.state),
+            "replica": self.link.replica if self.link is not None else None,
             "connected_since": self.connected_since.isoformat() if self.connected_since else None,
             "last_error": self.last_error,
         }
@@ -197,6 +212,7 @@ class GatewayAgent:
         self.version = version
         self.clock = clock
         self._key = key
+        self.instance = secrets.token_hex(8)  # this run: a replica refuses a 2nd tunnel of it
         self._prober = prober
         self._state_poll_s = state_poll_s
         self._allowlist = Allowlist(config.instruments)
@@ -220,13 +236,39 @@ class GatewayAgent:
         )
         self.host, self.port = self.endpoints[0]
         self.min_tunnels = config.min_tunnels
-        self.slots = [self._slot(h, p) for h, p in self.endpoints]
+        self.slots = self._slots_for(list(self.endpoints))
         self._carrier: TunnelSlot | None = None  # the slot that sends the audit copy
         self._carrier_free = asyncio.Event()
 
-    def _slot(self, host: str, port: int) -> TunnelSlot:
+    def _slot(self, host: str, port: int, number: int = 0) -> TunnelSlot:
         t = self.config.tunnel
-        return TunnelSlot(host, port, Backoff(t.backoff_initial_s, t.backoff_max_s, self._rand))
+        return TunnelSlot(
+            host,
+            port,
+            Backoff(t.backoff_initial_s, t.backoff_max_s, self._rand),
+            Backoff(t.backoff_initial_s, t.redial_elsewhere_max_s, self._rand),
+            number,
+        )
+
+    def _targets_for(self, targets: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """At least ``min_tunnels`` dial targets: fewer addresses are dialled in turn."""
+        n = max(len(targets), self.min_tunnels)
+        return [targets[i % len(targets)] for i in range(n)]
+
+    def _slots_for(self, targets: list[tuple[str, int]]) -> list[TunnelSlot]:
+        return [self._slot(h, p, i) for i, (h, p) in enumerate(self._targets_for(targets))]
+
+    @property
+    def replicas_held(self) -> list[str]:
+        """The distinct broker replicas holding a tunnel (a protocol 1 broker, which does
+        not say, counts each tunnel as its own)."""
+        held: list[str] = []
+        for s in self.slots:
+            if s.state is AgentState.CONNECTED and s.link is not None:
+                name = s.link.replica or f"{s.address} (tunnel {s.number})"
+                if name not in held:
+                    held.append(name)
+        return held
 
     # --- state ------------------------------------------------------------------
 
@@ -360,7 +402,9 @@ class GatewayAgent:
             "tunnels": [s.view() for s in self.slots],
             "tunnels_up": self.tunnels_up,
             "min_tunnels": self.min_tunnels,
-            "degraded": self.state is AgentState.CONNECTED and self.tunnels_up < self.min_tunnels,
+            "replicas": self.replicas_held,
+            "degraded": self.state is AgentState.CONNECTED
+            and len(self.replicas_held) < self.min_tunnels,
             "windows": [{"start": s.isoformat(), "end": e.isoformat()} for s, e in self.windows],
             "unacked_events": self.audit.unacked,
         }
@@ -425,15 +469,16 @@ class GatewayAgent:
             return  # the one enrolled (or tunnel_host) address: one tunnel, as always
         loop = asyncio.get_running_loop()
         targets = await loop.run_in_executor(None, expand_addresses, self.endpoints, self._resolve)
-        if targets != [(s.host, s.port) for s in self.slots]:
-            self.slots = [self._slot(h, p) for h, p in targets]
+        if self._targets_for(targets) != [(s.host, s.port) for s in self.slots]:
+            self.slots = self._slots_for(targets)
             log.info("keeping tunnels to %s", ", ".join(s.address for s in self.slots))
-        if len(self.slots) < self.min_tunnels:
-            log.warning(
-                "only %d broker address(es) for min_tunnels = %d: losing one broker "
-                "replica may cut this hospital off",
-                len(self.slots),
+        if len(targets) < self.min_tunnels:
+            log.info(
+                "%d broker address(es) for min_tunnels = %d: %d tunnels dial them, each "
+                "meant for a different replica (a balancer in front picks one per dial)",
+                len(targets),
                 self.min_tunnels,
+                len(self.slots),
             )
 
     async def run(self) -> None:
@@ -470,7 +515,10 @@ class GatewayAgent:
         mode = self.config.mode
         if tunnel_wanted(mode, False, self.windows, now):
             outcome = await self._attempt(slot, Purpose.TUNNEL)
-            if outcome in ("failed", "dropped") and not (self.paused or self._stopping):
+            if outcome == "refused" and not (self.paused or self._stopping):
+                self._move(slot, AgentState.BACKING_OFF)
+                await self._sleep(slot, slot.redial_in)
+            elif outcome in ("failed", "dropped") and not (self.paused or self._stopping):
                 self._move(slot, AgentState.BACKING_OFF)
                 await self._sleep(slot, slot.backoff.next())
             return
@@ -504,7 +552,7 @@ class GatewayAgent:
 
     async def _attempt(self, slot: TunnelSlot, purpose: Purpose) -> str:
         self._move(slot, AgentState.CONNECTING)
-        link = Link(self, purpose)
+        link = Link(self, purpose, slot.number)
         t = self.config.tunnel
         try:
             conn = await asyncio.wait_for(
@@ -563,11 +611,23 @@ class GatewayAgent:
         if self.paused or self._stopping:
             return "paused"
         if not await self._wait_any(link.welcome, link, t.connect_timeout_s):
+            if link.refused is not None and slot.redial is not None:
+                slot.redial_in = slot.redial.next()
+                self._error(slot, link.error)
+                log.warning(
+                    "broker at %s: %s, dialling again in %.1f s",
+                    slot.address,
+                    link.error,
+                    slot.redial_in,
+                )
+                return "refused"
             self._error(slot, link.error or "the broker did not complete the hello")
             log.warning("%s", slot.last_error)
             return "failed"
         self._move(slot, AgentState.CONNECTED)
         slot.backoff.reset()
+        if slot.redial is not None:
+            slot.redial.reset()
         slot.connected_since = self.clock()
         log.info(
             "connected to the broker at %s as gateway %s (%s)",

@@ -134,13 +134,16 @@ def _print_status(s: dict[str, Any]) -> None:
     print(f"connected:  {s.get('connected_since') or '-'}")
     tunnels = s.get("tunnels") or []
     if len(tunnels) > 1:  # several broker replicas ([broker] addresses)
+        replicas = s.get("replicas") or []
         print(
-            f"tunnels:    {s.get('tunnels_up')} of {len(tunnels)} up (min_tunnels "
+            f"tunnels:    {s.get('tunnels_up')} of {len(tunnels)} up"
+            f"{f' on {len(replicas)} replica(s)' if replicas else ''} (min_tunnels "
             f"{s.get('min_tunnels')}){'  DEGRADED' if s.get('degraded') else ''}"
         )
         for t in tunnels:
             why = f" ({t['last_error']})" if t.get("last_error") else ""
-            print(f"  {t['broker']}: {t['state']}{why}")
+            on = f" on replica {t['replica']}" if t.get("replica") else ""
+            print(f"  {t['broker']}: {t['state']}{on}{why}")
     print(f"last error: {s.get('last_error') or '-'}")
     if s.get("clock_offset_s") is not None:
         print(f"clock:      {s['clock_offset_s']:+.1f} s against the broker")

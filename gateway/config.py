@@ -13,7 +13,11 @@ Format (``/etc/hoshu/gateway.toml``)::
     # addresses = ["broker-a.example.jp:2223", "broker-b.example.jp:2223"]
     #                                     # several replicas: a tunnel to each address
     #                                     # (a name resolving to several IPs: to each IP)
-    # min_tunnels = 2                     # fewer up is shown as degraded (status)
+    # min_tunnels = 2                     # tunnels on distinct replicas; fewer: degraded
+    #                                     # (fewer addresses than this, e.g. one balanced
+    #                                     # address: min_tunnels slots dial it, each told
+    #                                     # which replica it reached; a replica already
+    #                                     # holding one refuses the next, which redials)
 
     [tunnel]                              # optional tuning, defaults shown
     heartbeat_s = 10
@@ -24,6 +28,7 @@ Format (``/etc/hoshu/gateway.toml``)::
     check_interval_s = 60                 # window-only: how often to ask for windows
     inventory_interval_s = 300
     channel_connect_timeout_s = 5
+    redial_elsewhere_max_s = 30           # longest jittered wait after "already connected"
 
     [[instrument]]
     name = "cobas-c503-1"
@@ -75,6 +80,7 @@ class TunnelTuning:
     check_interval_s: float = 60.0
     inventory_interval_s: float = 300.0
     channel_connect_timeout_s: float = 5.0
+    redial_elsewhere_max_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +222,8 @@ def _tuning(raw: dict[str, Any], where: str) -> TunnelTuning:
         raise ConfigError(f"{where}: backoff_max_s above 8 s breaks the 10 s reconnect promise")
     if tuning.heartbeat_s > 30:
         raise ConfigError(f"{where}: heartbeat_s above 30 s: the broker would drop the tunnel")
+    if tuning.redial_elsewhere_max_s > 300:
+        raise ConfigError(f"{where}: redial_elsewhere_max_s above 300 s")
     if tuning.backoff_initial_s > tuning.backoff_max_s:
         raise ConfigError(f"{where}: backoff_initial_s is larger than backoff_max_s")
     return tuning

@@ -36,6 +36,7 @@ from wire import (
     Message,
     MessageTooLarge,
     Mode,
+    Placement,
     Purpose,
     Welcome,
     Windows,
@@ -89,6 +90,11 @@ class Gateway(Protocol):
     def mode(self) -> Mode: ...
 
     @property
+    def instance(self) -> str:
+        """This agent run's id (random per start), told in every hello (protocol 2)."""
+        ...
+
+    @property
     def channel_connect_timeout_s(self) -> float:
         """How long an instrument connection may take before the channel is refused."""
         ...
@@ -127,9 +133,12 @@ class OpenChannel:
 
 
 class Link:
-    def __init__(self, gateway: Gateway, purpose: Purpose) -> None:
+    def __init__(self, gateway: Gateway, purpose: Purpose, slot: int = 0) -> None:
         self._gateway = gateway
         self.purpose = purpose
+        self.slot = slot  # which of the agent's tunnels this is (told in the hello)
+        self.replica: str | None = None  # the broker replica it reached (placement)
+        self.refused: str | None = None  # the broker's refusal code, e.g. already_connected
         self.broker_key = gateway.broker_key
         self.conn: asyncssh.SSHServerConnection | None = None
         self.control: ControlSession | None = None
@@ -273,6 +282,8 @@ class Link:
                 mode=self._gateway.mode,
                 purpose=self.purpose,
                 gateway_time=self._gateway.clock(),
+                instance=self._gateway.instance,
+                slot=self.slot,
             )
         )
 
@@ -304,6 +315,9 @@ class Link:
                     "this gateway's clock is %+.1f s off the broker's: fix NTP", self.clock_offset_s
                 )
             self.welcome.set()
+        elif isinstance(message, Placement):
+            self.replica = message.replica
+            log.info("tunnel %d reached broker replica %s", self.slot, message.replica)
         elif isinstance(message, Windows):
             self._gateway.set_windows([(w.start, w.end) for w in message.windows])
             self.windows_received.set()
@@ -316,8 +330,12 @@ class Link:
             log.info("the broker closes the tunnel: %s", message.reason)
             self.close()
         elif isinstance(message, ErrorMessage):
-            log.warning("the broker reports an error: %s: %s", message.code, message.message)
             self.error = f"broker: {message.code}: {message.message}"
+            if message.code == "already_connected" and not self.welcome.is_set():
+                self.refused = message.code
+                self.error = message.message  # the agent logs it with its redial delay
+            else:
+                log.warning("the broker reports an error: %s: %s", message.code, message.message)
         else:
             self.control_bad_input(WireError(f"{message.type} is not a broker message"))
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    demo = Demo(root, api_port=0, ssh_port=0, tunnel_port=0) if args.any_ports else Demo(root)
+    ports = {"api_port": 0, "ssh_port": 0, "tunnel_port": 0} if args.any_ports else {}
+    demo = Demo(root, desktop=True, **ports)  # type: ignore[arg-type]
     print("Starting the hoshu demo (broker, gateway, simulated laboratory)...", flush=True)
     try:
         info = demo.start()

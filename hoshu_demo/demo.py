@@ -14,6 +14,7 @@ on loopback; a real deployment never prints them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,12 +30,14 @@ import pyotp
 
 from labsim import Lab
 from labsim.allowlist import GATEWAY_PROTOCOLS
+from labsim.desktop import desktop_available
 
 HOSPITAL = "hoshi-hospital"
 VENDOR = "acme-labs"
 GATEWAY = "hoshi-lab-gw1"
 INSTRUMENTS = ("cobas-c503-1", "las-line-a", "lis-hl7")
 SSH_INSTRUMENTS = ("cobas-c503-1", "las-line-a")
+DESKTOP = "lis-ws-1"  # the LIS workstation: a real VNC desktop, when Xvnc is installed
 
 
 class DemoError(Exception):
@@ -89,6 +92,9 @@ class Demo:
     lab: Lab | None = None
     # more broker settings (HOSHU_*): a deployment's stores instead of the embedded ones
     broker_env: dict[str, str] = field(default_factory=dict)
+    # the desktop instrument (DESKTOP) too, when its programs are installed (./run demo)
+    desktop: bool = False
+    notes: list[str] = field(default_factory=list)  # what the demo left out, and why
 
     # --- plumbing --------------------------------------------------------------
     @property
@@ -96,7 +102,15 @@ class Demo:
         return f"http://127.0.0.1:{self.api_port}"
 
     def env(self, user: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")}
+        # HOSHU_SMTP_* are kept: the approvers' notification mail goes to a mail server
+        # of yours (``HOSHU_SMTP_HOST=127.0.0.1 HOSHU_SMTP_PORT=1025 HOSHU_SMTP_SECURITY=none``)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("HOSHU_") or k.startswith("HOSHU_SMTP_")
+        }
+        if env.get("HOSHU_SMTP_HOST"):
+            env.setdefault("HOSHU_SMTP_FROM", "hoshu-demo@hoshu.example")
         env.update(
             {
                 "HOSHU_DATA_DIR": str(self.root / "broker"),
@@ -124,10 +138,21 @@ class Demo:
         if proc.returncode != 0:
             raise DemoError(
                 f"hoshu {' '.join(args[:3])} failed: "
-                f"{proc.stderr.decode(errors='replace').strip()[-400:]}"
+                f"{proc.stderr.decode(errors='replace').strip()[-400:]}" + self._broker_problems()
             )
         out = proc.stdout.decode().strip()
         return json.loads(out) if out.startswith(("{", "[")) else out
+
+    def _broker_problems(self, limit: int = 5) -> str:
+        """The last ERROR/WARNING lines of the brokers' logs: why a command was refused."""
+        lines: list[str] = []
+        for path in sorted((self.root / "logs").glob("broker*.log")):
+            with contextlib.suppress(OSError):
+                tail = path.read_bytes()[-65536:].decode(errors="replace").splitlines()
+                lines += [
+                    f"{path.name}: {x[:300]}" for x in tail if " ERROR " in x or " WARNING " in x
+                ]
+        return ("\n" + "\n".join(lines[-limit:])) if lines else ""
 
     def code(self, user: str, *, ahead: int = 0) -> str:
         return pyotp.TOTP(self.secrets[user]).at(time.time() + 30 * ahead)
@@ -175,7 +200,7 @@ class Demo:
         self.ssh_port = free_port(self.ssh_port)
         self.tunnel_port = free_port(self.tunnel_port)
 
-        self.lab = Lab(self.root / "lab", names=list(INSTRUMENTS))
+        self.lab = Lab(self.root / "lab", names=self.lab_names())
         self.lab.start()
         self._start_broker()
         self._people()
@@ -185,6 +210,18 @@ class Demo:
         info = self.describe()
         (self.root / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
+
+    def lab_names(self) -> list[str]:
+        """The lab's instruments: the desktop too when asked for and installed (else a
+        note says why it is left out)."""
+        names = list(INSTRUMENTS)
+        if self.desktop:
+            missing = desktop_available()
+            if missing is None:
+                names.append(DESKTOP)
+            else:
+                self.notes.append(f"the desktop instrument {DESKTOP} is left out: {missing}")
+        return names
 
     def _start_broker(self) -> None:
         admin = PEOPLE[0]
@@ -278,6 +315,8 @@ class Demo:
                 p.org,
                 "--role",
                 p.role,
+                "--email",
+                f"{p.name}@{p.org}.example",  # the approver's notification mail goes here
                 "--password-stdin",
                 stdin=p.password,
             )
@@ -370,8 +409,8 @@ class Demo:
 
     def _instruments(self) -> None:
         assert self.lab is not None
-        for name in INSTRUMENTS:
-            inst = self.lab[name]
+        for name, inst in self.lab.instruments.items():
+            desktop = GATEWAY_PROTOCOLS.get(inst.protocol) == "vnc"
             args = [
                 "admin",
                 "instruments",
@@ -394,7 +433,7 @@ class Demo:
             ]
             for port in inst.ports:
                 args += ["--port", str(port)]
-            if inst.credentials is not None:
+            if inst.credentials is not None and not desktop:
                 args += [
                     "--ssh-port",
                     str(inst.port),
@@ -406,7 +445,19 @@ class Demo:
             except DemoError:  # the gateway's inventory may have registered it already
                 args[2] = "set"
                 self.hoshu("admin", *args)
-            if inst.credentials is not None:
+            if inst.credentials is not None and inst.credentials.password_path is not None:
+                self.hoshu(  # the VNC password the broker logs in with
+                    "admin",
+                    "admin",
+                    "instruments",
+                    "credential",
+                    name,
+                    "--kind",
+                    "password",
+                    "--secret-file",
+                    str(inst.credentials.password_path),
+                )
+            elif inst.credentials is not None:
                 self.hoshu(
                     "admin",
                     "admin",
@@ -436,6 +487,7 @@ class Demo:
             "broker": {
                 "host": "127.0.0.1",
                 "api_url": self.api,
+                "console_url": f"{self.api}/console/",
                 "ssh_port": self.ssh_port,
                 "tunnel_port": self.tunnel_port,
                 "data_dir": str(self.root / "broker"),
@@ -453,9 +505,13 @@ class Demo:
                     "department": i.department,
                     "model": i.model,
                     "ssh_port": i.port if name in SSH_INSTRUMENTS else None,
+                    "desktop_url": f"{self.api}/console/desktop/{name}?port={i.port}"
+                    if name == DESKTOP
+                    else None,
                 }
                 for name, i in self.lab.instruments.items()
             },
+            "notes": list(self.notes),
             "logs": str(self.root / "logs"),
             "audit_public_key": str(self.root / "auditor" / "audit_signing_key.pub"),
         }

@@ -40,36 +40,52 @@ def walkthrough(info: dict[str, Any], root: Path) -> str:
             f"python -m hoshu_demo code {user}"
         )
 
+    console = b.get("console_url", f"{b['api_url']}/console/")
+    roles = {
+        "approver": "hospital approver",
+        "auditor": "hospital auditor",
+        "engineer": "vendor engineer",
+        "platform_admin": "platform admin",
+    }
+    signins = "\n".join(
+        f"  {roles.get(u['role'], u['role']):<18} {name:<8} password {u['password']:<27}"
+        f" code: python -m hoshu_demo code {name}"
+        for name, u in users.items()
+    )
     return f"""
 hoshu demo is running. Broker API {b["api_url"]}, SSH front door 127.0.0.1:{b["ssh_port"]},
 gateway '{info["gateway"]}' connected for hospital '{info["hospital"]}'.
 Simulated laboratory: {", ".join(info["instruments"])}.  Details: {rel}/demo.json
 
+Web console (Japanese or English): {console}
+Sign in with the user name, the password and the 6-digit code (TOTP; a person's app
+gives it, here: python -m hoshu_demo code USER; each code signs in once):
+{signins}
+
 In another terminal, from this directory:
 
   {env}
 
-1. The engineer (vendor {info["vendor"]}) asks for access:
+1. The engineer (vendor {info["vendor"]}) asks for access (or in the console: Request access):
   {login("tanaka")}
   {as_("tanaka")} hoshu request cobas-c503-1 --port {cobas["ssh_port"]} --duration 1h \\
       --reason "ALT calibration drift" --ticket INC-1042 --plan "check QC log, recalibrate ALT"
 
-2. The hospital approver approves it:
-  {login("sato")}
-  {as_("sato")} hoshu requests
-  {as_("sato")} hoshu approve <request id> --comment "OK, lab staff present"
+2. The hospital approver approves it in the console: sign in as sato at {console}
+   (the Approval inbox shows the request; write a comment, press Approve).
 
 3. The engineer connects with stock OpenSSH (key + TOTP; the session is recorded):
   ssh -i {rel}/engineer/id_ed25519 -o UserKnownHostsFile={rel}/known_hosts \\
       -p {b["ssh_port"]} tanaka+cobas-c503-1@127.0.0.1
   (try: cat qc/2026-11-qc.csv; tail logs/analyzer.log)
 
-4. The approver watches and can end it:
-  {as_("sato")} hoshu sessions
-  {as_("sato")} hoshu sessions watch <session id>
-  {as_("sato")} hoshu sessions terminate <session id>
+4. The approver watches it live and can end it: in the console as sato, Live sessions,
+   Watch (the engineer's terminal in the browser), Terminate the session.
 
-5. The auditor checks the trail and plays the recording:
+5. The auditor checks the trail and plays the recording: sign in as suzuki at {console},
+   Audit, Event search (engineer tanaka, type session.ended), open the session's recording and
+   play it in the browser (the SHA-256 check is shown); Export CSV; Verify the chain.
+   The same from the command line:
   {login("suzuki")}
   {as_("suzuki")} hoshu audit search --engineer tanaka
   {as_("suzuki")} hoshu audit play <session id>
@@ -78,5 +94,22 @@ In another terminal, from this directory:
   (the broker's audit public key was copied out of its data directory at set-up; the log
    is live, so its newest events are signed at the next checkpoint, within a minute)
 
-Ctrl-C stops everything.
+{_desktop(info, as_)}Ctrl-C stops everything.
+"""
+
+
+def _desktop(info: dict[str, Any], as_: Any) -> str:
+    """Step 6, the desktop instrument, when the demo has one."""
+    desk = next((n for n, i in info["instruments"].items() if i.get("desktop_url")), None)
+    if desk is None:
+        return "".join(f"({note})\n\n" for note in info.get("notes", []))
+    i = info["instruments"][desk]
+    return f"""6. A desktop: the LIS workstation {desk} is a real VNC server. The engineer asks
+   for it ({as_("tanaka")} hoshu request {desk} --port {i["ports"][0]} --duration 1h \\
+      --reason "LIS screen check" --ticket INC-1043 --plan "check the worklist screen"),
+   sato approves, and tanaka opens it in the console (signed in as tanaka):
+  {i["desktop_url"]}
+   (the broker logs in with the stored VNC password; the session is recorded, sato can
+   watch it live and end it, and suzuki can play it back and export it as a video)
+
 """

@@ -10,6 +10,8 @@ las-line-a          laboratory automation line controller       asyncssh / ssh, 
 lis-hl7             LIS host interface                          HL7 v2 over MLLP
 xn-1000-1           hematology analyzer service screen          RFB 3.8 (VNC-like)
 lis-astm            LIS ASTM host port                          ASTM E1381/E1394
+lis-ws-1            LIS workstation desktop (asked by name      TigerVNC Xvnc + xterm /
+                    only: needs Debian's Xvnc and xterm)        VNC (VNC authentication)
 ==================  ==========================================  =======================
 
 Blocking API (usable from sync and async tests alike): asyncio instruments run
@@ -29,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 from labsim.allowlist import render_allowlist_toml
 from labsim.analyzer import AnalyzerServer, AnalyzerSettings
 from labsim.background import BackgroundLoop
+from labsim.desktop import XvncDesktop
 from labsim.errors import LabsimError
 from labsim.model import Instrument
 from labsim.net import LOOPBACK
@@ -40,6 +43,7 @@ from labsim.services.rfb import RfbService
 from labsim.sshd import OpenSSHInstrument, openssh_available
 
 ALL_INSTRUMENTS = ("cobas-c503-1", "las-line-a", "lis-hl7", "xn-1000-1", "lis-astm")
+DESKTOP_INSTRUMENTS = ("lis-ws-1",)  # real desktops, started only when asked by name
 START_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
@@ -68,9 +72,9 @@ class Lab:
         host: str = LOOPBACK,
     ) -> None:
         wanted = tuple(names) if names is not None else ALL_INSTRUMENTS
-        unknown = [n for n in wanted if n not in ALL_INSTRUMENTS]
+        unknown = [n for n in wanted if n not in ALL_INSTRUMENTS + DESKTOP_INSTRUMENTS]
         if unknown:
-            known = ", ".join(ALL_INSTRUMENTS)
+            known = ", ".join(ALL_INSTRUMENTS + DESKTOP_INSTRUMENTS)
             raise ValueError(f"unknown instrument(s) {', '.join(unknown)}; known: {known}")
         self.names = wanted
         self.host = host
@@ -81,6 +85,7 @@ class Lab:
         self._async_parts: list[_AsyncPart] = []
         self._parts: dict[str, Any] = {}
         self._openssh: list[OpenSSHInstrument] = []
+        self._desktops: list[XvncDesktop] = []
         self.instruments: dict[str, Instrument] = {}
 
     # -- lifecycle -----------------------------------------------------------------
@@ -102,6 +107,9 @@ class Lab:
         for inst in self._openssh:
             inst.stop()
         self._openssh.clear()
+        for desk in self._desktops:
+            desk.stop()
+        self._desktops.clear()
         bg, self._bg = self._bg, None
         if bg is not None:
             for part in reversed(self._async_parts):
@@ -167,6 +175,11 @@ class Lab:
                 ports=(server.port, echo.port),
                 services={"ssh": server.port, "echo": echo.port},
             )
+        if name in DESKTOP_INSTRUMENTS:
+            desk = XvncDesktop(self.workdir, name=name, host=h)
+            self._desktops.append(desk)
+            self._parts[name] = desk
+            return desk.start()
         service: TcpService
         if name == "lis-hl7":
             service = Hl7Service(name=name, host=h)

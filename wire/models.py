@@ -123,6 +123,10 @@ class Hello(_Model):
     mode: Mode
     purpose: Purpose
     gateway_time: AwareDatetime
+    # protocol 2: this agent run (random per start) and which of its tunnels this is, so a
+    # replica can tell a second tunnel of the same run (refused) from a redial (replaces)
+    instance: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None
+    slot: Annotated[int | None, Field(ge=0, le=63)] = None
 
 
 class Inventory(_Model):
@@ -152,6 +156,13 @@ class Welcome(_Model):
     broker_version: Annotated[str, Field(max_length=64)]
     gateway_id: Annotated[str, Field(max_length=64)]
     broker_time: AwareDatetime
+
+
+class Placement(_Model):
+    """Protocol 2, after :class:`Welcome`: which broker replica this tunnel reached."""
+
+    type: Literal["placement"] = "placement"
+    replica: Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Windows(_Model):
@@ -192,12 +203,24 @@ class ErrorMessage(_Model):
     message: _Text
 
 
-Message = Hello | Inventory | AuditBatch | Welcome | Windows | Ack | Heartbeat | Bye | ErrorMessage
+Message = (
+    Hello
+    | Inventory
+    | AuditBatch
+    | Welcome
+    | Placement
+    | Windows
+    | Ack
+    | Heartbeat
+    | Bye
+    | ErrorMessage
+)
 MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     "hello": Hello,
     "inventory": Inventory,
     "audit": AuditBatch,
     "welcome": Welcome,
+    "placement": Placement,
     "windows": Windows,
     "ack": Ack,
     "heartbeat": Heartbeat,

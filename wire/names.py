@@ -6,8 +6,10 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS: frozenset[int] = frozenset({1})
+PROTOCOL_VERSION = 2
+"""2 adds ``hello.instance``/``hello.slot`` and the broker's ``placement`` message (which
+replica a tunnel reached); a broker still serves protocol 1 gateways, without them."""
+SUPPORTED_PROTOCOLS: frozenset[int] = frozenset({1, 2})
 
 BROKER_USERNAME = "hoshu-broker"
 """The user name the broker logs in with on the reverse connection."""

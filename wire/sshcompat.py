@@ -28,6 +28,10 @@ What is used, and why:
 * ``._transport`` — :func:`coalesce_writes` puts
   :class:`~wire.transport.CoalescingTransport` under a connection before it
   writes anything.
+* ``._send_disconnect`` and ``._transport`` — :func:`refuse_and_linger` sends a
+  disconnect with its reason and leaves the socket open, unread, for a moment
+  (``disconnect()`` closes it in the same turn, and the client would then see a
+  reset before it reads the reason).
 * ``SSHOpenSSHCertificate._serial``, ``._cert_type``, ``._valid_after`` and
   ``._valid_before`` — hoshu checks its certificates against an injected clock
   (``validate()`` reads the wall clock) and audits their serials.
@@ -42,8 +46,9 @@ Pure plumbing: no sockets are opened here and nothing of hoshu's but
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import asyncssh
@@ -68,6 +73,7 @@ __all__ = [
     "coalesce_writes",
     "decode_ssh_certificate",
     "decode_ssh_public_key",
+    "refuse_and_linger",
     "server_connection_factory",
 ]
 
@@ -134,12 +140,28 @@ def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
         conn._transport = CoalescingTransport(transport)
 
 
+def refuse_and_linger(
+    conn: asyncssh.SSHServerConnection, code: int, reason: str, linger_s: float
+) -> None:
+    """Send SSH_MSG_DISCONNECT (``code``, ``reason``) on ``conn``, stop reading it, and
+    abort it after ``linger_s`` seconds, so the client reads the reason first."""
+    conn._send_disconnect(code, reason, asyncssh.DEFAULT_LANG)
+    transport = conn._transport
+    if transport is None:
+        return
+    transport.pause_reading()
+    asyncio.get_running_loop().call_later(linger_s, conn.abort)
+
+
 # --- partial success (RFC 4252 §5.1) --------------------------------------------------------
 class PartialSuccessHooks(Protocol):
     """What :class:`PartialSuccessConnection` asks its owner (the ``SSHServer``)."""
 
-    def resolve_client_key(self, key_data: bytes) -> asyncssh.SSHKey | None:
-        """The key to verify the signature with, or None to refuse the key."""
+    def resolve_client_key(
+        self, key_data: bytes
+    ) -> asyncssh.SSHKey | Awaitable[asyncssh.SSHKey | None] | None:
+        """The key to verify the signature with, or None to refuse the key (may be a
+        coroutine: a look-up that waits on a database runs off the event loop)."""
         ...
 
     def key_proven(self, key_data: bytes, key: asyncssh.SSHKey) -> bool:
@@ -172,7 +194,8 @@ class PartialSuccessConnection(asyncssh.SSHServerConnection):
         self, username: str, key_data: bytes, msg: bytes, signature: bytes
     ) -> bool:
         hooks = self._hooks()
-        key = hooks.resolve_client_key(key_data)
+        found = hooks.resolve_client_key(key_data)
+        key = await found if inspect.isawaitable(found) else found
         if key is None:
             return False
         if not msg:

@@ -191,6 +191,42 @@ class AuthService:
         org = tx.get(Org, user.org_id)
         return org is not None and names.source_allowed(org.source_cidrs, src_ip)
 
+    def _password_first(
+        self, name: str, password: str, src_ip: str | None, source: str | None, now: datetime
+    ) -> tuple[str, bool]:
+        """The password check of :meth:`login`, with no transaction open.
+
+        A short transaction reads the account; the argon2id check (tens of
+        milliseconds of CPU) runs after it, so on SQLite, where every transaction
+        holds the one write lock, sign-ins do not wait for each other's checks.
+        Returns the hash checked and whether the password matched it, or ("", False)
+        after a dummy check of the same cost (no usable account: the timing does not
+        tell which).  A throttled source is refused here, before any hash is spent."""
+        cfg = self.ctx.config
+        with self.ctx.uow() as tx:
+            since = now - timedelta(seconds=cfg.lockout_window_s)
+            if (
+                source
+                and len(tx.find(AuthFailure, user_id=source, at__gte=since)) >= cfg.source_failures
+            ):
+                self._login_failed(name, None, "source throttled", src_ip)
+                raise Unauthenticated(
+                    "too many failed sign-ins from this address: try again later",
+                    code="source_throttled",
+                )
+            user = tx.one(User, name=name)
+            usable = (
+                user is not None
+                and not (user.locked_until is not None and user.locked_until > now)
+                and account_usable(user, now)
+                and self._source_ok(tx, user, src_ip)
+            )
+            hashed = user.password_hash if usable and user is not None else ""
+        if not hashed:
+            self.ctx.hasher.verify_dummy(password)
+            return "", False
+        return hashed, self.ctx.hasher.verify(hashed, password)
+
     def login(
         self, name: str, password: str, code: str | None, src_ip: str | None = None
     ) -> IssuedToken:
@@ -202,12 +238,17 @@ class AuthService:
         names is slowed too) — never globally.  Every refusal costs one password
         hash, whether the name exists or not, and only a real account ever answers
         "locked".  The account row is locked (``FOR UPDATE``) for the whole
-        check, so parallel sign-ins count every failure and use a TOTP step once."""
+        check, so parallel sign-ins count every failure and use a TOTP step once.
+
+        The password hash is checked before that transaction
+        (:meth:`_password_first`), so a burst of sign-ins is not served one
+        password check at a time behind SQLite's single write lock."""
         now = self.ctx.now()
         cfg = self.ctx.config
         error: Unauthenticated | None = None
         issued: IssuedToken | None = None
         source = names.source_bucket(src_ip)
+        checked, matched = self._password_first(name, password, src_ip, source, now)
         with self.ctx.uow() as tx:
             since = now - timedelta(seconds=cfg.lockout_window_s)
             if (
@@ -221,23 +262,25 @@ class AuthService:
                 )
             found = tx.one(User, name=name)
             user = tx.get(User, found.id, for_update=True) if found is not None else None
+            # the refusals below spent their password hash in _password_first already
             if user is None:
-                self.ctx.hasher.verify_dummy(password)
                 self._login_failed(name, None, "unknown user", src_ip)
                 error = Unauthenticated("invalid credentials")
             elif user.locked_until is not None and user.locked_until > now:
-                self.ctx.hasher.verify_dummy(password)
                 self._login_failed(name, user.id, "locked out", src_ip)
                 error = LockedOut("too many failed sign-ins: the account is locked for a while")
             elif not account_usable(user, now):
-                self.ctx.hasher.verify_dummy(password)
                 self._login_failed(name, user.id, "account inactive or expired", src_ip)
                 error = Unauthenticated("invalid credentials")
             elif not self._source_ok(tx, user, src_ip):
-                self.ctx.hasher.verify_dummy(password)
                 self._login_failed(name, user.id, "source address not allowed", src_ip)
                 error = Unauthenticated("invalid credentials")
-            elif not self.ctx.hasher.verify(user.password_hash, password):
+            elif not (
+                matched
+                if checked and user.password_hash == checked
+                # the hash changed (or the account became usable) since the first check
+                else self.ctx.hasher.verify(user.password_hash, password)
+            ):
                 check = self._fail(tx, user, "password", src_ip)
                 self._login_failed(name, user.id, "wrong password", src_ip)
                 error = (
@@ -460,6 +503,7 @@ class AuthService:
             else:
                 passwords.check_policy(new, username=user.name)
                 user.password_hash = self.ctx.hasher.hash(new)
+                user.password_change_required = False
                 tx.save(user)
                 self.ctx.emit(
                     "admin.change",

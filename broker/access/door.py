@@ -98,6 +98,8 @@ class InstrumentTarget:
     host_key_fingerprint: str | None = None
     protocol: str = "ssh"  # the inventory's protocol (wire.names.INSTRUMENT_PROTOCOLS)
     record_input: bool = False  # the hospital's policy: record what engineers type in shells
+    # the hospital's command rules for shells: ({"action": "deny"|"hold", "pattern", "reason"}, ...)
+    command_rules: tuple[dict[str, str], ...] = ()
 
     @property
     def credential_is_key(self) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 from datetime import datetime
 from typing import Any
 
-from broker.access import names, rules
+from broker.access import commandrules, names, rules
 from broker.access.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from broker.access.model import Contract, Gateway, Instrument, Org, OrgKind, Policy, Role
 from broker.access.people import find_org, is_platform, sees_all
@@ -169,6 +169,8 @@ class EstateService:
         unknown = set(changes) - POLICY_FIELDS
         if unknown:
             raise InvalidInput(f"unknown policy fields: {', '.join(sorted(unknown))}")
+        if "command_rules" in changes:
+            changes = {**changes, "command_rules": commandrules.validate(changes["command_rules"])}
         with self.ctx.uow() as tx:
             hosp = self._hospital_for_change(tx, actor, hospital)
             old = tx.get(Policy, hosp.id)

@@ -25,6 +25,7 @@ class Role(StrEnum):
     HOSPITAL_ADMIN = "hospital_admin"
     AUDITOR = "auditor"
     PLATFORM_ADMIN = "platform_admin"
+    VENDOR_ADMIN = "vendor_admin"  # sets the vendor's own notifications
 
 
 # Which organisation kinds may hold a role (one named person, one organisation).
@@ -34,6 +35,7 @@ ROLE_ORG_KINDS: dict[Role, frozenset[OrgKind]] = {
     Role.HOSPITAL_ADMIN: frozenset({OrgKind.HOSPITAL}),
     Role.AUDITOR: frozenset({OrgKind.HOSPITAL, OrgKind.VENDOR, OrgKind.PLATFORM}),
     Role.PLATFORM_ADMIN: frozenset({OrgKind.PLATFORM}),
+    Role.VENDOR_ADMIN: frozenset({OrgKind.VENDOR}),
 }
 
 
@@ -81,6 +83,8 @@ class User:
     recertified_at: datetime | None = None
     recertified_by: str | None = None
     email: str = ""
+    # an admin set the password: the console asks for a new one before anything else
+    password_change_required: bool = False
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Token:
     name: str = ""
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    stepped_up_at: datetime | None = None  # the last fresh TOTP under this token (step-up)
 
 
 @dataclass
@@ -149,6 +154,10 @@ class Policy:
     # record what engineers type in shells (passwords at sudo prompts too); off:
     # the output, which shows the echoed commands, is recorded all the same
     record_input: bool = False
+    # deny and hold rules for commands typed in shells (broker.access.commandrules)
+    command_rules: list[dict[str, str]] = field(default_factory=list)
+    # desktop sessions relay the clipboard (each transfer logged with size and SHA-256)
+    clipboard_allowed: bool = False
 
 
 @dataclass

@@ -283,6 +283,7 @@ class PeopleService:
             self._manageable(actor, user)
             passwords.check_policy(password, username=user.name)
             user.password_hash = self.ctx.hasher.hash(password)
+            user.password_change_required = True  # the person chooses their own next
             tx.save(user)
             self.ctx.emit(
                 "admin.change", actor, Operation="set_password", ObjectType="user", Object=user.name

@@ -32,12 +32,13 @@ from typing import Protocol
 from broker.access.errors import PermissionDenied
 from broker.access.model import Org, OrgKind, Role
 
-E, A, H, U, P = (
+E, A, H, U, P, V = (
     Role.ENGINEER,
     Role.APPROVER,
     Role.HOSPITAL_ADMIN,
     Role.AUDITOR,
     Role.PLATFORM_ADMIN,
+    Role.VENDOR_ADMIN,
 )
 ALL = frozenset(Role)
 ANY = "any"  # scope needed by self-service actions any token may do
@@ -115,6 +116,10 @@ PERMISSIONS: dict[str, Permission] = {
     "contracts.end": _p("admin", H, P),
     "policies.show": Permission(ALL, "read"),
     "policies.update": _p("admin", H, P),
+    # each organisation's notification channels (broker/api/routes/notifications.py):
+    # a hospital's admin or a vendor's admin their own organisation's, platform admins any
+    "notifications.show": _p("read", H, V, P),
+    "notifications.update": _p("admin", H, V, P),
     "instruments.list": Permission(ALL, "read"),
     "instruments.show": Permission(ALL, "read"),
     "instruments.create": _p("admin", H, P),
@@ -149,11 +154,28 @@ PERMISSIONS: dict[str, Permission] = {
     "sessions.list": Permission(ALL, "read"),
     "sessions.follow": _p("decisions", A, H, P),
     "sessions.terminate": _p("decisions", A, H, P),
+    # shell command lines held by a hold rule: seen as sessions are; allowed or refused
+    # by an approver of the session's hospital only (broker.api.routes.holds)
+    "commands.holds": Permission(ALL, "read"),
+    "commands.release": _p("decisions", A, orgs=HOSPITAL),
     # web console pages (broker/console); its forms ask the API's actions above
     "console.inbox": _p("read", A, orgs=HOSPITAL),
     "console.grants": _p("read", A, H, P),
     "console.sessions": _p("read", A, H, P),
     "console.gateway": _p("read", A, H, P),
+    "console.engineer": _p("read", E),  # my instruments, requests, keys, ssh_config
+    "console.admin": _p("read", H, P),  # organisations, people, contracts, estate
+    # the approver's emergency reviews, work reports and host keys (broker/console/approver.py)
+    "console.emergencies": _p("read", A, orgs=HOSPITAL),
+    "console.reports": _p("read", A, orgs=HOSPITAL),
+    "console.host_keys": _p("read", A, H, orgs=HOSPITAL),
+    "console.holds": _p("read", A, orgs=HOSPITAL),  # held commands (broker/console/holds.py)
+    # the auditor's pages (broker/console/audit.py): then the API's audit actions too
+    "console.audit": _p("read", U, orgs=HOSPITAL_OR_PLATFORM),
+    "console.audit_export": _p("read", U, orgs=HOSPITAL_OR_PLATFORM),
+    "console.recordings": _p("read", U, orgs=HOSPITAL_OR_PLATFORM),
+    "console.audit_verify": _p("read", U, orgs=HOSPITAL_OR_PLATFORM),
+    "console.audit_reports": _p("read", U, orgs=HOSPITAL_OR_PLATFORM),
     # SSH certificates (broker/api/routes/certs.py)
     "ssh.certificate": _p(MFA, E),
     # SSH paths at the front door (broker/frontdoor): asked with the person's roles
@@ -162,6 +184,8 @@ PERMISSIONS: dict[str, Permission] = {
     "ssh.session": _p(MFA, E),
     "ssh.files": _p(MFA, E),
     "ssh.forward": _p(MFA, E),
+    # a VNC desktop in the console (broker/console/desktop.py): a granted port, as ssh -L
+    "desktop.open": _p(MFA, E),
 }
 
 # the actions the SSH front door asks (sign-in, shell/exec, sftp/scp, ssh -L)
@@ -218,6 +242,7 @@ _REFUSAL_EVENTS: tuple[tuple[str, str], ...] = (
     ("recordings.", "recording.refused"),
     ("sessions.follow", "recording.refused"),
     ("ssh.", "ssh.cert_refused"),
+    ("desktop.", "session.refused"),
 )
 
 

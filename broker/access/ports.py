@@ -69,7 +69,8 @@ class Actor:
 
     @property
     def user_type(self) -> str:
-        for r in ("platform_admin", "hospital_admin", "approver", "auditor", "engineer"):
+        roles = ("platform_admin", "hospital_admin", "vendor_admin", "approver", "auditor")
+        for r in (*roles, "engineer"):
             if r in self.roles:
                 return "admin" if r.endswith("admin") else r
         return "service"

@@ -17,7 +17,7 @@ from broker.access.ports import utc_now
 from broker.access.services import Services
 from broker.api import errors
 from broker.api.limits import BodyLimit, ForwardedFor
-from broker.api.routes import auth, estate, gateways, people, requests
+from broker.api.routes import auth, estate, gateways, notifications, people, requests
 from broker.api.routes import health as health_routes
 from broker.console import install as install_console
 from broker.console import router as console_router
@@ -30,6 +30,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     estate.router,
     gateways.router,
     requests.router,
+    notifications.router,
     console_router,
 )
 

@@ -13,8 +13,10 @@ are 400.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -164,6 +166,28 @@ async def audit_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def database_busy(exc: BaseException) -> bool:
+    """SQLite's write lock still taken when the busy timeout ran out ("database is locked")."""
+    orig = getattr(exc, "orig", None)
+    return isinstance(orig, sqlite3.OperationalError) and any(
+        word in str(orig).lower() for word in ("database is locked", "database is busy")
+    )
+
+
+async def operational_error(request: Request, exc: Exception) -> JSONResponse:
+    """A busy SQLite (a burst of writers queued past the busy timeout): nothing was
+    changed (the transaction never began or was rolled back), so try again shortly."""
+    if not database_busy(exc):
+        return await internal_error(request, exc)
+    log.warning("database busy on %s: answered 503", request.url.path)
+    return error_response(
+        503,
+        "database_busy",
+        "the database is busy with other requests: nothing was changed, try again shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error")
@@ -175,4 +199,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(QueryError, query_error)
     app.add_exception_handler(AuditError, audit_error)
+    app.add_exception_handler(sa.exc.OperationalError, operational_error)
     app.add_exception_handler(Exception, internal_error)

@@ -104,8 +104,17 @@ class UserIn(In):
     full_name: Annotated[str, Field(min_length=1, max_length=200)]
     org: Name
     roles: Annotated[
-        list[Literal["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]],
-        Field(min_length=1, max_length=5),
+        list[
+            Literal[
+                "engineer",
+                "approver",
+                "hospital_admin",
+                "auditor",
+                "platform_admin",
+                "vendor_admin",
+            ]
+        ],
+        Field(min_length=1, max_length=6),
     ]
     password: Annotated[str, Field(min_length=1, max_length=1024)]
     expires_at: AwareDatetime | None = None
@@ -175,6 +184,16 @@ class ContractOut(Out):
     created_at: datetime
 
 
+class CommandRuleIn(In):
+    """A deny or hold rule for shell commands (docs/auditor.md)."""
+
+    action: Literal["deny", "hold"]
+    pattern: Annotated[str, Field(min_length=1, max_length=500)]
+    reason: Annotated[str, Field(max_length=200)] = ""
+    instrument: Annotated[str, Field(max_length=200)] = ""
+    department: Annotated[str, Field(max_length=200)] = ""
+
+
 class PolicyPatch(In):
     max_duration_s: int | None = None
     approvals_required: int | None = None
@@ -187,6 +206,8 @@ class PolicyPatch(In):
     emergency_max_duration_s: int | None = None
     request_ttl_s: int | None = None
     record_input: bool | None = None
+    command_rules: Annotated[list[CommandRuleIn], Field(max_length=100)] | None = None
+    clipboard_allowed: bool | None = None
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True, exclude_none=True)
@@ -205,6 +226,8 @@ class PolicyOut(Out):
     emergency_max_duration_s: int
     request_ttl_s: int
     record_input: bool
+    command_rules: list[dict[str, str]] = []
+    clipboard_allowed: bool = False
     updated_at: datetime
 
 

@@ -48,6 +48,22 @@ class LiveSessions(Protocol):
     def terminate(self, session_id: str, *, by: str, reason: str) -> bool: ...
 
 
+class ClusterSessions(Protocol):
+    """Live sessions other broker replicas run (``broker.live.directory.ClusterSessions``):
+    found and listed from the database, followed from their recording in the shared
+    store, terminated by a request the owning replica carries out."""
+
+    async def find(self, session_id: str) -> LiveSessionView | None: ...
+
+    async def others(self) -> Sequence[LiveSessionView]: ...
+
+    def follow(self, session_id: str, recording: str) -> AsyncIterator[bytes]: ...
+
+    async def terminate(self, session_id: str, *, by: str, reason: str) -> datetime | None:
+        """When the owner was asked to end it; None when it is not live."""
+        ...
+
+
 class CertificateIssuer(Protocol):
     """The SSH user CA.  ``issue`` raises a
     :class:`~broker.access.errors.PermissionDenied` when it refuses."""

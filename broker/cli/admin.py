@@ -102,16 +102,19 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
     settings = BrokerSettings(data_dir=Path(args.data_dir)) if args.data_dir else BrokerSettings()
     password = _secret_from(args, "Password for the first admin: ", confirm=True)
-    try:
-        cp = ControlPlane.open(settings)
-    except Exception as exc:  # database, key files or audit log unusable
-        raise CliError(f"cannot open the broker's data in {settings.data_dir}: {exc}") from exc
-    try:
-        user, secret = cp.services.auth.bootstrap(args.name, args.full_name, password)
-    except AccessError as exc:
-        raise CliError(exc.message) from exc
-    finally:
-        cp.close()
+    if settings.audit_store == "postgres":
+        user, secret = _bootstrap_durable(settings, args, password)
+    else:
+        try:
+            cp = ControlPlane.open(settings)
+        except Exception as exc:  # database, key files or audit log unusable
+            raise CliError(f"cannot open the broker's data in {settings.data_dir}: {exc}") from exc
+        try:
+            user, secret = cp.services.auth.bootstrap(args.name, args.full_name, password)
+        except AccessError as exc:
+            raise CliError(exc.message) from exc
+        finally:
+            cp.close()
     uri = totp.provisioning_uri(secret, user.name)
     if wants_json(args):
         emit_json(
@@ -128,6 +131,36 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bootstrap_durable(settings: Any, args: argparse.Namespace, password: str) -> Any:
+    """Bootstrap with the audit events in the PostgreSQL store (broker.cli.admin_audit)."""
+    from audit.errors import ChainError
+    from broker.access.errors import AccessError
+    from broker.cli.admin_audit import admin_audit_log
+    from broker.keys import open_key_store
+    from broker.services import ControlPlane
+
+    try:
+        keys = open_key_store(settings)
+    except Exception as exc:
+        raise CliError(f"cannot open the broker's key store: {exc}") from exc
+    try:
+        with admin_audit_log(settings, keys) as log:
+            try:
+                cp = ControlPlane.open(settings, emitter=log, keys=keys)
+            except Exception as exc:  # database unusable
+                raise CliError(f"cannot open the broker's database: {exc}") from exc
+            try:
+                return cp.services.auth.bootstrap(args.name, args.full_name, password)
+            except AccessError as exc:
+                raise CliError(exc.message) from exc
+            except ChainError as exc:
+                raise CliError(f"not done: the audit event could not be stored: {exc}") from exc
+            finally:
+                cp.close()
+    finally:
+        keys.close()
+
+
 # --- the broker's keys (on the broker host: its settings, its key store) ------------
 def _broker_settings(args: argparse.Namespace) -> Any:
     from broker.settings import BrokerSettings
@@ -140,7 +173,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     """A new version of the sealing and/or signing key (files or Key Vault); old versions
     keep opening and verifying.  Brokers use the new one from their next start."""
     from audit import new_event
-    from audit.chain import ChainLog
+    from audit.errors import ChainError
+    from broker.cli.admin_audit import admin_audit_log
     from broker.keys import ROTATABLE, KeyStoreError, open_key_store
 
     settings = _broker_settings(args)
@@ -148,17 +182,17 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     store = open_key_store(settings)
     made: dict[str, str] = {}
     try:
-        for what in which:
-            made[what] = store.rotate(what)
-    except KeyStoreError as exc:
-        raise CliError(
-            f"{store.where}: {exc}" if not str(exc).startswith("Key Vault") else str(exc)
-        ) from exc
-    finally:
-        store.close()
-        if made:
-            settings.audit_log_path.parent.mkdir(parents=True, exist_ok=True)
-            with ChainLog(settings.audit_log_path) as log:
+        # the audit log first (where the broker writes: the PostgreSQL store with that
+        # setting): no place to record the rotation, no rotation
+        with admin_audit_log(settings, store) as log:
+            try:
+                for what in which:
+                    made[what] = store.rotate(what)
+            except KeyStoreError as exc:
+                raise CliError(
+                    f"{store.where}: {exc}" if not str(exc).startswith("Key Vault") else str(exc)
+                ) from exc
+            finally:
                 for what, version in made.items():
                     log.emit(
                         new_event(
@@ -171,6 +205,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
                             EventMessage=f"{what} key rotated to version {version} ({store.where})",
                         )
                     )
+    except ChainError as exc:
+        raise CliError(f"the audit event of the rotation failed: {exc}") from exc
+    finally:
+        store.close()
     done(
         args,
         {"store": store.where, "rotated": made},
@@ -441,6 +479,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         ("file_transfer", "file_transfer_allowed"),
         ("emergency", "emergency_allowed"),
         ("record_input", "record_input"),
+        ("clipboard", "clipboard_allowed"),
     ):
         if _yes(getattr(args, flag)) is not None:
             changes[key] = _yes(getattr(args, flag))
@@ -555,7 +594,7 @@ def cmd_gateway_revoke(args: argparse.Namespace) -> int:
 
 # --- registration -----------------------------------------------------------------
 
-_ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]
+_ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin", "vendor_admin"]
 
 
 def _register_keys(adm: Any) -> None:
@@ -678,6 +717,11 @@ def _register_policy(adm: Any) -> None:
         "--record-input",
         choices=["yes", "no"],
         help="record what engineers type in shells (default no)",
+    )
+    a.add_argument(
+        "--clipboard",
+        choices=["yes", "no"],
+        help="relay the clipboard in desktop sessions, each transfer logged (default no)",
     )
     a.add_argument("--emergency-max-duration")
     a.add_argument("--request-ttl")

@@ -48,6 +48,7 @@ _FILTERS = (
     "outcome",
     "session",
     "grant",
+    "command",
 )
 Params = list[tuple[str, str | int | float | bool | None]]
 
@@ -304,6 +305,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", help="until (exclusive)")
     for name in ("hospital", "instrument", "engineer", "vendor", "session", "request", "grant"):
         p.add_argument(f"--{name}")
+    p.add_argument("--command", help="commands (exec or typed in a shell) containing this text")
     p.add_argument("--type", action="append", help="event type (repeatable)")
     p.add_argument("--outcome", choices=("Success", "Failure", "Partial", "NA"))
 

@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "broker.cli.requests",
     "broker.cli.admin",
     "broker.cli.serve",
+    "broker.cli.holds",
     # "broker.cli.<area>" modules are appended here as areas land
 ]
 

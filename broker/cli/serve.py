@@ -7,7 +7,6 @@ heavy imports happen only when a command runs, so ``hoshu --help`` stays quick.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,23 +37,34 @@ def _settings(args: argparse.Namespace) -> BrokerSettings:
     return settings.model_copy(update=updates) if updates else settings
 
 
+def configure_logging(settings: BrokerSettings) -> None:
+    """The broker's log: INFO and above, level and logger named on every line."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # the Azure SDKs log every request's headers at INFO (tokens redacted): keep warnings
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    # asyncssh logs several INFO lines per connection and per channel (opened, closed,
+    # addresses): a cost on every session and noise in the log; HOSHU_SSH_LOG_LEVEL
+    # brings them back for debugging
+    logging.getLogger("asyncssh").setLevel(settings.ssh_log_level.upper())
+
+
 @run
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)  # before the heavy imports: a bad setting fails at once
     from audit.recstore import StoreUnavailable
     from broker.assembly import build_broker
     from broker.keys import KeyStoreError
-    from broker.runtime import BrokerStopped, serve
+    from broker.runtime import BrokerStopped, run_serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    # the Azure SDKs log every request's headers at INFO (tokens redacted): keep warnings
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    configure_logging(settings)
     try:
         rt = build_broker(settings)
     except (StoreUnavailable, KeyStoreError) as exc:  # recording or key store: one line
         raise CliError(str(exc)) from exc
     try:
-        asyncio.run(serve(rt))
+        run_serve(rt)
     except BrokerStopped as exc:  # logged with its cause where it happened
         raise CliError(f"{exc}; see the log above") from exc
     return 0

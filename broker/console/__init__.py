@@ -22,14 +22,33 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from broker.access.errors import AccessError
-from broker.console import gateway, live, routes
+from broker.console import (
+    account,
+    admin,
+    approver,
+    desktop,
+    engineer,
+    gateway,
+    holds,
+    live,
+    notify_page,
+    routes,
+)
 from broker.console.routes import error_page
+from broker.console.stepup import PasswordChangeNeeded, StepUpNeeded
 from broker.console.web import PREFIX
 
 router = APIRouter()
 router.include_router(routes.router)
 router.include_router(live.router)
 router.include_router(gateway.router)
+router.include_router(engineer.router)
+router.include_router(admin.router)
+router.include_router(account.router)
+router.include_router(desktop.router)
+router.include_router(approver.router)
+router.include_router(holds.router)
+router.include_router(notify_page.router)
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -44,6 +63,10 @@ def install(app: FastAPI, api_handler: Handler) -> None:
         response = await api_handler(request, exc)
         if not request.url.path.startswith(PREFIX + "/") or not isinstance(exc, AccessError):
             return response
-        return error_page(request, response.status_code, exc.code, exc.message)
+        # a page may answer its own refusals (the password form shows why, in place)
+        page = getattr(request.state, "error_page", None) or error_page
+        return page(request, response.status_code, exc.code, exc.message)
 
     app.add_exception_handler(AccessError, handler)
+    app.add_exception_handler(StepUpNeeded, account.step_up_page)
+    app.add_exception_handler(PasswordChangeNeeded, account.password_first)

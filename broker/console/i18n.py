@@ -1,7 +1,9 @@
 """The console's languages: one message catalog per language, the choice, local times.
 
-Every string a page shows comes from ``messages/<lang>.json`` (``ja`` first, ``en``);
-both catalogs hold the same keys (a test checks it).  The language is the
+Every string a page shows comes from ``messages/<lang>.json`` (``ja`` first, ``en``)
+and from the area catalogs ``messages/<area>.<lang>.json`` beside it (one per group
+of pages, so each can grow on its own); a key defined twice is refused.  Both
+languages hold the same keys (a test checks it).  The language is the
 ``hoshu_lang`` cookie when it names a catalog, else the best match of the browser's
 ``Accept-Language``, else Japanese.  A key missing from a catalog raises at
 render time rather than showing the raw key.  Times are shown in the
@@ -25,18 +27,23 @@ LANG_COOKIE = "hoshu_lang"
 
 @cache
 def catalog(lang: str) -> dict[str, str]:
-    """The message catalog of ``lang`` (one of :data:`LANGS`)."""
+    """The message catalog of ``lang`` (one of :data:`LANGS`): the main file and every
+    area file of that language, merged."""
     if lang not in LANGS:
         raise KeyError(f"no message catalog for {lang!r}")
-    text = (
-        resources.files("broker.console")
-        .joinpath("messages", f"{lang}.json")
-        .read_text(encoding="utf-8")
-    )
-    data = json.loads(text)
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(f"messages/{lang}.json must map keys to strings")
-    return data
+    folder = resources.files("broker.console").joinpath("messages")
+    areas = sorted(f.name for f in folder.iterdir() if f.name.endswith(f".{lang}.json"))
+    names = [f"{lang}.json", *areas]
+    merged: dict[str, str] = {}
+    for name in names:
+        data = json.loads(folder.joinpath(name).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ValueError(f"messages/{name} must map keys to strings")
+        twice = sorted(merged.keys() & data.keys())
+        if twice:
+            raise ValueError(f"messages/{name} defines keys defined already: {twice[:5]}")
+        merged.update(data)
+    return merged
 
 
 class Messages:

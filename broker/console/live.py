@@ -21,6 +21,11 @@ Opening the stream writes ``recording.viewed`` (``Operation`` ``follow``);
 terminating writes ``session.terminated`` naming the caller (the registry's).
 The page's script (``static/live.js``, served by the broker: CSP
 ``script-src 'self'``) reads the stream with ``fetch`` and renders it as text.
+
+With several replicas, ``app.state.cluster_sessions`` (a callable giving a
+:class:`Cluster`) adds the sessions other replicas run: listed from the database,
+watched from their recording in the shared store (about a second behind), ended by a
+request the owning replica carries out.  The checks above are made here first.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from broker.console.web import PREFIX, Session, harden, page, redirect, render, 
 router = APIRouter(prefix=PREFIX, tags=["console"])
 
 MAX_SESSIONS_SHOWN = 500
-KINDS = frozenset({"shell", "exec", "sftp", "scp", "forward"})  # each has a catalog label
+KINDS = frozenset({"shell", "exec", "sftp", "scp", "forward", "desktop"})  # catalog labels
 
 
 class LiveView(Protocol):
@@ -83,6 +88,18 @@ class Registry(Protocol):
     def terminate(self, session_id: str, *, by: str, reason: str) -> bool: ...
 
 
+class Cluster(Protocol):
+    """Sessions other replicas run (``broker.live.directory.ClusterSessions``)."""
+
+    async def find(self, session_id: str) -> LiveView | None: ...
+
+    async def others(self) -> Sequence[LiveView]: ...
+
+    def follow(self, session_id: str, recording: str) -> AsyncIterator[bytes]: ...
+
+    async def terminate(self, session_id: str, *, by: str, reason: str) -> datetime | None: ...
+
+
 ListSession = Annotated[Session, Depends(page("console.sessions"))]
 FollowSession = Annotated[Session, Depends(page("sessions.follow"))]
 TerminateSession = Annotated[Session, Depends(page("sessions.terminate"))]
@@ -90,6 +107,13 @@ TerminateSession = Annotated[Session, Depends(page("sessions.terminate"))]
 
 def registry_of(request: Request) -> Registry | None:
     getter: Callable[[], Registry | None] | None = getattr(request.app.state, "live_sessions", None)
+    return getter() if getter is not None else None
+
+
+def cluster_of(request: Request) -> Cluster | None:
+    getter: Callable[[], Cluster | None] | None = getattr(
+        request.app.state, "cluster_sessions", None
+    )
     return getter() if getter is not None else None
 
 
@@ -103,14 +127,19 @@ def _columns(s: LiveView) -> dict[str, Any]:
     }
 
 
-def controlled(
+async def controlled(
     request: Request, session: Session, session_id: str, action: str
-) -> tuple[Registry, LiveView]:
-    """The live session ``session_id`` if the caller may ``action`` it; else raise
-    (refusal columns left for the API's one error path, which writes the event)."""
+) -> tuple[Registry | None, LiveView]:
+    """The live session ``session_id`` if the caller may ``action`` it (with this
+    replica's registry, or None: another replica runs it); else raise (refusal columns
+    left for the API's one error path, which writes the event)."""
     reg = registry_of(request)
     s = reg.get(session_id) if reg is not None else None
-    if reg is None or s is None:
+    if s is None and (cluster := cluster_of(request)) is not None:
+        found = await cluster.find(session_id)
+        if found is not None:
+            reg, s = None, found
+    if s is None:
         raise NotFound(f"no live session {session_id}")
     columns: dict[str, Any] = getattr(request.state, "refusal_columns", {})
     columns.update({k: v for k, v in _columns(s).items() if v is not None})
@@ -146,11 +175,11 @@ def _tz(request: Request, session: Session) -> ZoneInfo:
 async def sessions(request: Request, session: ListSession) -> Response:
     """Live sessions the caller may see (their hospital's; platform admins: all)."""
     reg = registry_of(request)
-    live = [
-        s
-        for s in (reg.list() if reg is not None else [])
-        if may_see_session(session.actor, s.hospital_id, s.user_id)
-    ]
+    every: list[LiveView] = list(reg.list() if reg is not None else [])
+    if (cluster := cluster_of(request)) is not None:
+        here = {s.session_id for s in every}
+        every += [s for s in await cluster.others() if s.session_id not in here]
+    live = [s for s in every if may_see_session(session.actor, s.hospital_id, s.user_id)]
     live = sorted(live, key=lambda s: s.started)[:MAX_SESSIONS_SHOWN]
     tz = await asyncio.to_thread(_tz, request, session)
     people = await asyncio.to_thread(_people, request, {s.user_id for s in live})
@@ -167,7 +196,7 @@ async def sessions(request: Request, session: ListSession) -> Response:
 @router.get("/sessions/{session_id}")
 async def watch(session_id: str, request: Request, session: FollowSession) -> Response:
     """The watch page: the terminal as it happens (``live.js``) and the terminate form."""
-    _reg, s = controlled(request, session, session_id, "sessions.follow")
+    _reg, s = await controlled(request, session, session_id, "sessions.follow")
     tz = await asyncio.to_thread(_tz, request, session)
     people = await asyncio.to_thread(_people, request, {s.user_id})
     return render(request, "watch.html", row=_row(s, people, tz), tz=str(tz.key))
@@ -176,7 +205,8 @@ async def watch(session_id: str, request: Request, session: FollowSession) -> Re
 @router.get("/sessions/{session_id}/stream")
 async def stream(session_id: str, request: Request, session: FollowSession) -> Response:
     """The session's terminal output, as it happens, until it ends (read-only)."""
-    reg, s = controlled(request, session, session_id, "sessions.follow")
+    reg, s = await controlled(request, session, session_id, "sessions.follow")
+    cluster = cluster_of(request)
     await asyncio.to_thread(
         services_of(request).ctx.emitter.emit,
         new_event(
@@ -190,8 +220,12 @@ async def stream(session_id: str, request: Request, session: FollowSession) -> R
     )
 
     async def body() -> AsyncIterator[bytes]:
-        async for chunk in reg.follow(session_id):
-            yield chunk
+        if reg is not None:
+            async for chunk in reg.follow(session_id):
+                yield chunk
+        elif cluster is not None:  # another replica's: its recording as it is stored
+            async for chunk in cluster.follow(session_id, s.recording):
+                yield chunk
 
     response = StreamingResponse(
         body(), media_type="application/octet-stream", headers={"X-Accel-Buffering": "no"}
@@ -202,6 +236,11 @@ async def stream(session_id: str, request: Request, session: FollowSession) -> R
 @router.post("/sessions/{session_id}/terminate")
 async def terminate(session_id: str, request: Request, session: TerminateSession) -> Response:
     """End the session now, as ``POST /v1/sessions/{id}/terminate``."""
-    reg, _s = controlled(request, session, session_id, "sessions.terminate")
-    reg.terminate(session_id, by=session.actor.username, reason="approver")
+    reg, _s = await controlled(request, session, session_id, "sessions.terminate")
+    if reg is not None:
+        reg.terminate(session_id, by=session.actor.username, reason="approver")
+    elif (cluster := cluster_of(request)) is None or (
+        await cluster.terminate(session_id, by=session.actor.username, reason="approver") is None
+    ):
+        raise NotFound(f"no live session {session_id}")
     return redirect(f"{PREFIX}/sessions?done=terminated")

@@ -19,6 +19,7 @@ from fastapi.responses import Response
 
 from broker.access.errors import AccessError, InvalidInput, NotFound
 from broker.access.model import AccessRequest, Decision, Grant, GrantStatus, User
+from broker.access.permissions import role_allows
 from broker.access.services import Services
 from broker.console import i18n
 from broker.console.web import (
@@ -47,10 +48,17 @@ NOTICES = frozenset(
 )
 # why the sign-in page is shown (?m=...): only these say more than the page itself
 LOGIN_ERRORS = {
-    "locked_out": "login.locked_out",
+    "locked_out": "login.locked_for",
     "source_throttled": "login.throttled",
     "token_expired": "login.expired",
+    "unauthenticated": "login.session_ended",  # revoked: signed out elsewhere, new password
 }
+
+
+def lock_minutes(request: Request) -> int:
+    """How long a lockout lasts at most, for the sign-in page to say."""
+    return max(1, services_of(request).ctx.config.lockout_s // 60)
+
 
 InboxSession = Annotated[Session, Depends(page("console.inbox"))]
 GrantsSession = Annotated[Session, Depends(page("console.grants"))]
@@ -82,9 +90,33 @@ def static(name: str) -> Response:
     return harden(response, store=True)
 
 
+# where a signed-in person starts: the first of these pages the permission table allows
+START_PAGES = (
+    ("console.inbox", "/inbox"),
+    ("console.engineer", "/my/requests"),
+    ("console.grants", "/grants"),
+    ("console.admin", "/admin/people"),
+    ("console.audit", "/audit"),
+    ("notifications.show", "/admin/notifications"),  # a vendor's admin
+)
+
+
 @router.get("/")
 def home(request: Request) -> Response:
-    """The console's start: the inbox (which sends the signed-out to the sign-in page)."""
+    """The console's start: the first page the caller may open (approvers: the inbox;
+    engineers: their requests; admins: people; auditors: the event search; a vendor's
+    admin: the notifications); the
+    signed-out go to the sign-in page (through the inbox, which sends them there)."""
+    token = request.cookies.get(cookie_name(request)) or ""
+    try:
+        actor = services_of(request).auth.authenticate(token, client_ip(request))
+    except AccessError:
+        return redirect(f"{PREFIX}/inbox")
+    if "enroll" in actor.scopes:  # signed in with the password, TOTP not set up yet
+        return redirect(f"{PREFIX}/account/totp")
+    for action, where in START_PAGES:
+        if role_allows(actor.roles, action, actor.org_kind):
+            return redirect(PREFIX + where)
     return redirect(f"{PREFIX}/inbox")
 
 
@@ -110,7 +142,14 @@ def login_page(request: Request) -> Response:
     code = request.query_params.get("m", "")
     error = LOGIN_ERRORS.get(code)
     notice = "signed_out" if code == "signed_out_ok" else None
-    return render(request, "login.html", error=error, notice=notice, username="")
+    return render(
+        request,
+        "login.html",
+        error=error,
+        notice=notice,
+        username="",
+        lock_minutes=lock_minutes(request),
+    )
 
 
 @router.post("/login")
@@ -119,8 +158,8 @@ def login(request: Request, form: FormDep) -> Response:
 
     A refusal shows the sign-in page again with the API's reason (locked, throttled,
     or one "invalid" for every wrong part); ``user.login`` events are the auth
-    service's.  A person without TOTP enrolled is told to enrol first (the
-    enrolment-only token is revoked at once, it opens nothing here)."""
+    service's.  A person without TOTP enrolled gets the API's enrolment-only token as
+    the session and goes to the enrolment page (:mod:`broker.console.account`)."""
     request.state.action = "console.login"
     check_post(request, None)
     services = services_of(request)
@@ -133,22 +172,21 @@ def login(request: Request, form: FormDep) -> Response:
             client_ip(request),
         )
     except AccessError as exc:
-        key = {"locked_out": "login.locked_out", "source_throttled": "login.throttled"}.get(
+        key = {"locked_out": "login.locked_for", "source_throttled": "login.throttled"}.get(
             exc.code, "login.invalid"
         )
-        return render(request, "login.html", status=401, error=key, notice=None, username=username)
-    if issued.totp_enrolment_required:
-        actor = services.auth.authenticate(issued.token, client_ip(request))
-        services.auth.logout(actor, issued.token)
         return render(
             request,
             "login.html",
-            status=403,
-            error="login.enrol_first",
+            status=401,
+            error=key,
             notice=None,
             username=username,
+            lock_minutes=lock_minutes(request),
         )
-    response = redirect(f"{PREFIX}/inbox")
+    # without TOTP yet: the enrolment-only session opens the enrolment page, nothing else
+    start = "/account/totp" if issued.totp_enrolment_required else "/"
+    response = redirect(PREFIX + start)
     ttl = max(1, int((issued.expires_at - services.ctx.now()).total_seconds()))
     response.set_cookie(
         cookie_name(request),

@@ -11,7 +11,10 @@ Only when the broker's public URL is plain HTTP on a loopback address (the demo,
 the tests) is the cookie sent without Secure, under the name ``hoshu_session``.
 
 Every console route asks :func:`page` for its action in the permission table
-(:data:`broker.access.permissions.PERMISSIONS`); deny by default.  A request
+(:data:`broker.access.permissions.PERMISSIONS`); deny by default.  :func:`page` then
+asks :func:`broker.console.stepup.gate`: a locked account's session ends, a password
+an admin set must be changed first, and a POST whose action needs the ``decisions``
+or ``admin`` scope needs a TOTP code from the last five minutes (step-up).  A request
 carrying ``Authorization: Bearer`` instead of the cookie is authenticated the
 same way and needs no CSRF token (a header is not ambient authority).
 
@@ -45,9 +48,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from broker.access.errors import InvalidInput, PermissionDenied, Unauthenticated
-from broker.access.permissions import PERMISSIONS, authorize
+from broker.access.permissions import PERMISSIONS, authorize, role_allows, scope_allows
 from broker.access.ports import Actor
 from broker.access.services import Services
+from broker.console import stepup
 from broker.console.i18n import LANG_COOKIE, LANGS, Messages, negotiate
 
 PREFIX = "/console"
@@ -59,6 +63,9 @@ CSP = (
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 MAX_FIELD = 4000  # characters of one form field; more is refused, nothing changes
+# fields the API allows longer than MAX_FIELD (RequestIn.work_plan, KeyIn.public_key; the
+# step-up form's sealed secret fields, broker.console.stepup)
+LONG_FIELDS = {"work_plan": 20000, "public_key": 16384, "stepup_sealed": 16000}
 _CSRF_LABEL = b"hoshu console csrf v1\x00"
 
 _env = Environment(
@@ -68,6 +75,20 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def may(session: Session | None, action: str) -> bool:
+    """The permission table allows the signed-in caller ``action`` (for navigation:
+    a link is shown only where the page behind it would let the caller in)."""
+    if session is None:
+        return False
+    actor = session.actor
+    return scope_allows(actor.scopes, action, actor.token_kind) and role_allows(
+        actor.roles, action, actor.org_kind
+    )
+
+
+_env.globals["may"] = may
 
 
 def services_of(request: Request) -> Services:
@@ -170,7 +191,7 @@ async def read_form(request: Request) -> dict[str, str]:
         raise InvalidInput("the form could not be read") from exc
     form: dict[str, str] = {}
     for key, value in pairs:
-        if key in form or len(value) > MAX_FIELD:
+        if key in form or len(value) > LONG_FIELDS.get(key, MAX_FIELD):
             raise InvalidInput("a form field is repeated or too long", code="form_too_long")
         form[key] = value
     return form
@@ -247,6 +268,7 @@ def page(action: str) -> Callable[..., Session]:
         check_post(request, token if via_cookie else None)
         session = Session(actor, token, via_cookie, form)
         request.state.console = session
+        stepup.gate(request, actor, token, action, form)  # step-up, locked, password change
         return session
 
     dependency.__name__ = f"console_{action.replace('.', '_')}"

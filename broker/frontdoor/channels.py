@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import asyncssh
@@ -28,7 +31,9 @@ from broker.frontdoor.forward import open_forward
 from broker.frontdoor.raw_paths import forward_refusal, interactive_port, transfer_program
 from broker.frontdoor.relay import InstrumentLink, relay_process
 from broker.frontdoor.sftp import TransferSession
+from broker.live.commands import Command, CommandExtractor, CommandRule, CommandRules, CommandWatch
 from broker.live.errors import RecordingError
+from broker.live.holds import ALLOWED, ENDED, REFUSED, HeldCommand
 from broker.live.recorder import Recording
 from broker.live.sessions import LiveSession
 from broker.tunnel.connector import Origin
@@ -38,6 +43,8 @@ _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 class Channels:
+    hold_timeout_s = 120.0  # a held command line not answered by then is refused
+
     def __init__(
         self,
         door: Door,
@@ -118,6 +125,12 @@ class Channels:
         if files and not grant.file_transfer:
             raise AccessDenied(f"file transfer to and from {instrument} is not part of your grant")
         return target, grant
+
+    async def authorize_off_loop(
+        self, instrument: str | None, port: int | None, *, files: bool = False
+    ) -> tuple[InstrumentTarget, GrantView]:
+        """:meth:`authorize` on the database pool, off the event loop."""
+        return await self.door.db(functools.partial(self.authorize, instrument, port, files=files))
 
     def check_exec(self, target: InstrumentTarget, grant: GrantView, command: str) -> None:
         """Refuse exec of a file-transfer program (RawPathRefused), or return.
@@ -221,7 +234,7 @@ class Channels:
             return
         sid = self.door.ids()
         try:
-            target, grant = self.authorize(instrument, None)
+            target, grant = await self.authorize_off_loop(instrument, None)
             if command:
                 self.check_exec(target, grant, command)
             term = process.get_terminal_type() or ""
@@ -300,47 +313,181 @@ class Channels:
         )
         if command:
             self.door.emit("session.command", details={"command": command}, **cols)
+        watch = (
+            self._command_watch(target, rec, live, term, width, height, cols)
+            if not command
+            else None
+        )
         self.door.sessions.add(live)
         started = loop.time()
-        failure: list[Exception] = []
-        try:
-            status, reason = await relay_process(
-                process,
-                conn,
-                rec,
-                live,
-                stop,
-                failure.append,
-                lambda terminated: self.link.release(target.name, close_if_idle=terminated),
+        try:  # the session leaves the registry once its end is told and written
+            failure: list[Exception] = []
+            try:
+                status, reason = await relay_process(
+                    process,
+                    conn,
+                    rec,
+                    live,
+                    stop,
+                    failure.append,
+                    lambda terminated: self.link.release(target.name, close_if_idle=terminated),
+                    watch,
+                )
+            except (OSError, asyncssh.Error) as exc:
+                status, reason = None, "instrument_error"
+                failure.append(exc)
+            finally:
+                if watch is not None:
+                    await watch.close()
+            summary = None
+            try:  # in a thread: the store may append the rest and seal over the network
+                summary = await asyncio.to_thread(rec.close)
+            except RecordingError as exc:
+                failure.append(exc)
+                reason = "recording_failed"
+            if reason != "exited":
+                msg = str(failure[0]) if failure else f"session ended: {reason.replace('_', ' ')}"
+                with contextlib.suppress(Exception):
+                    process.stderr.write(f"\r\nhoshu: {msg}\r\n".encode())
+            if summary is None:
+                summary = rec.close()
+            self.door.sessions.emit(
+                "session.ended",
+                EventResultDetails=reason,
+                EventResult="Success" if reason == "exited" else "Partial",
+                NetworkDuration=int((loop.time() - started) * 1000),
+                RecordingSize=summary.size,
+                RecordingSHA256=summary.sha256,
+                details={"kind": kind, "exit_status": status, "recording": summary.path.name},
+                **cols,
             )
-        except (OSError, asyncssh.Error) as exc:
-            status, reason = None, "instrument_error"
-            failure.append(exc)
+            process.exit(status if status is not None else 255)
         finally:
             self.door.sessions.remove(sid)
-        summary = None
-        try:  # in a thread: the store may append the rest and seal over the network
-            summary = await asyncio.to_thread(rec.close)
-        except RecordingError as exc:
-            failure.append(exc)
-            reason = "recording_failed"
-        if reason != "exited":
-            msg = str(failure[0]) if failure else f"session ended: {reason.replace('_', ' ')}"
-            with contextlib.suppress(Exception):
-                process.stderr.write(f"\r\nhoshu: {msg}\r\n".encode())
-        if summary is None:
-            summary = rec.close()
-        self.door.sessions.emit(
-            "session.ended",
-            EventResultDetails=reason,
-            EventResult="Success" if reason == "exited" else "Partial",
-            NetworkDuration=int((loop.time() - started) * 1000),
-            RecordingSize=summary.size,
-            RecordingSHA256=summary.sha256,
-            details={"kind": kind, "exit_status": status, "recording": summary.path.name},
-            **cols,
-        )
-        process.exit(status if status is not None else 255)
+
+    def _command_watch(
+        self,
+        target: InstrumentTarget,
+        rec: Recording,
+        live: LiveSession,
+        term: str,
+        width: int,
+        height: int,
+        cols: dict[str, Any],
+    ) -> CommandWatch | None:
+        """Commands typed in a shell with a terminal become ``session.command`` events;
+        the hospital's command rules judge each line (None: no terminal, nothing to read)."""
+        if not term:
+            return None
+        try:
+            rules = CommandRules.parse(target.command_rules)
+        except (ValueError, KeyError) as exc:
+            log.warning("the command rules of %s are unusable: %s", target.hospital_id, exc)
+            rules = CommandRules(
+                (CommandRule("deny", "", "the hospital's command rules are unusable"),)
+            )
+
+        def command(cmd: Command) -> None:
+            self.door.emit(
+                "session.command",
+                details={
+                    "command": cmd.text,
+                    "source": "shell",
+                    "prompt": cmd.prompt or None,
+                    "cwd": cmd.cwd,
+                    "offset": cmd.offset,
+                    "truncated": cmd.truncated or None,
+                },
+                **cols,
+            )
+
+        def refused(rule: CommandRule, line: str) -> bytes:
+            held = rule.action == "hold"
+            self.door.emit(
+                "session.command_denied",
+                EventResult="Failure",
+                EventResultDetails="command_held" if held else "command_denied",
+                EventMessage=f"command refused on {target.name}: {rule.reason or rule.pattern}",
+                details={
+                    "command": line,
+                    "pattern": rule.pattern,
+                    "reason": rule.reason or None,
+                    "offset": rec.elapsed(),
+                },
+                **cols,
+            )
+            self.door.emit(
+                "alert.raised",
+                details={
+                    "alert": "command_denied",
+                    "reason": f"{self.engineer.username} typed a command the hospital does not "
+                    f"allow on {target.name} ({rule.reason or rule.pattern}); it was not sent",
+                },
+                **cols,
+            )
+            why = rule.reason or "it matches a rule of the hospital"
+            what = "was held and not allowed" if held else "is not allowed"
+            text = f"this command {what} on {target.name} ({why}); it was not sent"
+            return f"\r\n*** hoshu: {text} ***\r\n".encode()
+
+        async def held(rule: CommandRule, line: str, tell: Callable[[bytes], None]) -> bool:
+            timeout = self.hold_timeout_s
+            now = self.door.clock()
+            hold = HeldCommand(
+                live.session_id,
+                target.name,
+                target.hospital_id,
+                self.engineer.username,
+                line,
+                rule.reason,
+                rule.pattern,
+                now,
+                now + timedelta(seconds=timeout),
+                user_id=live.user_id,
+                board=self.door.holds,  # several replicas: shared through the database
+            )
+            about = {"command": line, "hold": hold.hold_id}
+            self.door.emit(
+                "session.command_held",
+                EventMessage=f"command held on {target.name} for an approver",
+                details={
+                    **about,
+                    "pattern": rule.pattern,
+                    "reason": rule.reason or None,
+                    "timeout_s": timeout,
+                },
+                **cols,
+            )
+            why = f" ({rule.reason})" if rule.reason else ""
+            tell(
+                f"\r\n*** hoshu: this command waits for an approver of the hospital{why}: "
+                f"hold {hold.hold_id}, at most {timeout:g} s ***\r\n".encode()
+            )
+            live.hold = hold
+            decision, by = ENDED, ""
+            try:
+                decision, by = await hold.wait(timeout)  # no answer in time: TIMED_OUT
+            finally:
+                live.hold = None
+                self.door.emit(
+                    "session.command_released",
+                    EventResult="Success" if decision == ALLOWED else "Failure",
+                    EventResultDetails=decision,
+                    details={**about, "decision": decision, "by": by or None},
+                    **cols,
+                )
+            if decision == ALLOWED:
+                tell(f"*** hoshu: allowed by {by}; sent ***\r\n".encode())
+                return True
+            text = f"refused by {by}" if decision == REFUSED else "no answer in time"
+            tell(f"*** hoshu: {text}; the command was not sent ***\r\n".encode())
+            return False
+
+        watch = CommandWatch(CommandExtractor(width, height, rec.elapsed), command, rules)
+        watch.on_refused = refused
+        watch.on_held = held
+        watch.start()
+        return watch
 
     def _refuse(
         self,

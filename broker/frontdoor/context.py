@@ -24,6 +24,8 @@ from broker.frontdoor.auth import LoginName
 from broker.frontdoor.ca import UserCA
 from broker.frontdoor.relay import InstrumentLink
 from broker.frontdoor.spool import SpoolBudget
+from broker.live.changes import DbCalls
+from broker.live.holds import SharedHolds
 from broker.live.recorder import Opener
 from broker.live.sessions import LiveSession, SessionRegistry
 from broker.tunnel.connector import InstrumentConnector
@@ -64,10 +66,16 @@ class Door(Protocol):
     clock: Callable[[], datetime]
     ids: Callable[[], str]
     sessions: SessionRegistry
+    holds: SharedHolds | None  # several replicas: held lines shared (clusterholds)
     spools: SpoolBudget
     recorder_dir: Path
     recording_opener: Opener
     draining: bool  # the broker is stopping: no new sessions or forwards
+    db: DbCalls  # blocking policy calls run here, off the event loop
+
+    def view_current(self) -> bool:
+        """False while the change feed cannot confirm the database view (no new logins)."""
+        ...
 
     def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
         """Write one audit event."""
@@ -100,6 +108,12 @@ class ChannelContext(Protocol):
         self, instrument: str | None, port: int | None, *, files: bool = False
     ) -> tuple[InstrumentTarget, GrantView]:
         """The target and grant for a channel, or a refusal (``AccessDenied``)."""
+        ...
+
+    async def authorize_off_loop(
+        self, instrument: str | None, port: int | None, *, files: bool = False
+    ) -> tuple[InstrumentTarget, GrantView]:
+        """:meth:`authorize` on the database pool (``Door.db``), off the event loop."""
         ...
 
     def live(

@@ -36,6 +36,8 @@ from broker.frontdoor.ca import UserCA
 from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.server import EngineerServer
 from broker.frontdoor.spool import SpoolBudget
+from broker.live.changes import ChangeFeed, DbCalls, watch_changes
+from broker.live.holds import SharedHolds
 from broker.live.journal import LiveJournal
 from broker.live.recorder import Opener, default_opener
 from broker.live.sessions import SessionRegistry
@@ -93,6 +95,12 @@ class FrontDoor:
         self.floods = FloodGate(window_s=60.0, burst=options.failures_written_per_minute)
         self._flood_task: asyncio.Task[None] | None = None
         self.draining = False  # set by drain(): no new connections, sessions or forwards
+        # blocking policy calls run on this bounded pool (start_front_door: db_threads)
+        self.db = DbCalls()
+        # the change feed (broker.live.changes): without one, the registry polls the policy
+        self.feed: ChangeFeed | None = None
+        # several replicas: held shell lines shared through the database (clusterholds)
+        self.holds: SharedHolds | None = None
 
     def emit(self, type_: str, *, details: dict[str, Any] | None = None, **cols: Any) -> None:
         self.emitter.emit(new_event(type_, clock=self.clock, details=details, **cols))
@@ -144,8 +152,17 @@ class FrontDoor:
         self._server = server
         self.port = server.sockets[0].getsockname()[1]
         self.host_key_line = host_key.export_public_key().decode().strip()
-        self._watcher = asyncio.ensure_future(self.sessions.watch())
+        if self.feed is not None:
+            self._watcher = asyncio.ensure_future(
+                watch_changes(self.sessions, self.feed, self.db, self.clock)
+            )
+        else:
+            self._watcher = asyncio.ensure_future(self.sessions.watch())
         self._flood_task = asyncio.ensure_future(self._flush_floods_every(1.0))
+
+    def view_current(self) -> bool:
+        """False while the change feed cannot confirm this replica's view is current."""
+        return self.feed is None or self.feed.current()
 
     @property
     def connection_count(self) -> int:
@@ -241,11 +258,16 @@ async def start_front_door(
     host: str | None = None,
     port: int | None = None,
     recording_opener: Opener | None = None,
+    feed: ChangeFeed | None = None,
+    db: DbCalls | None = None,
 ) -> FrontDoor:
     """Listen on ``host:port`` (default: settings.ssh_host/ssh_port; 0 picks a port).
 
     ``recording_opener``: where recordings are written (default: files in
-    ``recorder_dir``; the broker passes its recording store's)."""
+    ``recorder_dir``; the broker passes its recording store's).  ``feed``: the change
+    feed that drives the grant watcher and the fail-closed bound (default: the
+    registry polls the policy); ``db``: the pool for blocking policy calls (default:
+    ``settings.db_threads`` threads)."""
     opts = options or FrontDoorOptions(
         login_timeout_s=float(settings.login_timeout_s),
         max_recording_bytes=settings.recording_max_mib * 1024**2,
@@ -272,6 +294,8 @@ async def start_front_door(
     )
     if recording_opener is not None:  # before the first connection is accepted
         door.recording_opener = recording_opener
+    door.db = db if db is not None else DbCalls(settings.db_threads)
+    door.feed = feed
     server_options = asyncssh.SSHServerConnectionOptions(
         server_factory=lambda: EngineerServer(door),
         server_host_keys=[host_key],

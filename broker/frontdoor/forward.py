@@ -218,7 +218,7 @@ async def open_forward(channels: ChannelContext, dest_host: str, dest_port: int)
     path = capture_dir / f"{sid}.fwd" if capture_dir is not None else None
     capture: Capture | None = None
     try:
-        target, grant = channels.authorize(instrument, dest_port)
+        target, grant = await channels.authorize_off_loop(instrument, dest_port)
         if path is not None:
             capture = Capture(path, door.options.forward_capture_max_bytes)
         origin = Origin(sid, channels.engineer.username)

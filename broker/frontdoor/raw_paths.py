@@ -83,6 +83,12 @@ def forward_refusal(target: InstrumentTarget, port: int, kind: str, login: str) 
             f"recorded, so they are refused; connect with ssh {login}+{target.name}@<broker>"
             " (sftp/scp the same way, where the grant allows file transfer)"
         )
+    if kind in ("vnc", "rdp"):
+        return (
+            f"port {port} of {target.name} is its {kind.upper()} desktop port: forwards to it "
+            "are not recorded, so they are refused; open the desktop, recorded, in the hoshu "
+            f"console: /console/desktop/{target.name}?port={port}"
+        )
     return (
         f"port {port} of {target.name} is its {kind.upper()} desktop port: forwards to it "
         "are not recorded, so they are refused; desktop access will come through the "

@@ -9,6 +9,11 @@ against the fingerprint the hospital accepted.  :func:`relay_process` then
 copies bytes both ways in large chunks, writing every byte of input, output
 and every resize into the asciicast recording.
 
+In a shell with a terminal, a :class:`~broker.live.commands.CommandWatch` reads
+the commands typed beside the relay (never in its way: it only queues); with the
+hospital's command rules, each Enter waits until the line it submits is judged,
+and a refused line is erased instead of sent (docs/auditor.md).
+
 When the broker ends a running command (revocation, expiry, an approver), the
 engineer's channel closes at once and the command is ended on the instrument
 in the background: the SSH ``signal`` request TERM, KILL after
@@ -33,6 +38,7 @@ from typing import Any
 import asyncssh
 
 from broker.access.door import InstrumentTarget
+from broker.live.commands import ENTER_BYTES, CommandWatch
 from broker.live.recorder import Recording
 from broker.live.sessions import LiveSession
 from broker.tunnel.connector import InstrumentConnector, Origin
@@ -200,10 +206,13 @@ async def _copy_out(
     dst: asyncssh.SSHWriter[bytes],
     rec: Recording | None,
     live: LiveSession,
+    watch: CommandWatch | None = None,
 ) -> None:
     while data := await src.read(CHUNK):
         if rec is not None:
             rec.output(data)
+        if watch is not None:
+            watch.output(data)
         if live.followers:
             live.publish(data)
         dst.write(data)
@@ -214,6 +223,7 @@ async def _copy_in(
     process: asyncssh.SSHServerProcess[bytes],
     upstream: asyncssh.SSHClientProcess[bytes],
     rec: Recording | None,
+    watch: CommandWatch | None = None,
 ) -> None:
     while True:
         try:
@@ -222,6 +232,8 @@ async def _copy_in(
             upstream.change_terminal_size(exc.width, exc.height)
             if rec is not None:
                 rec.resize(exc.width, exc.height)
+            if watch is not None:
+                watch.resize(exc.width, exc.height)
             continue
         except asyncssh.BreakReceived as exc:
             upstream.send_break(exc.msec)
@@ -232,10 +244,70 @@ async def _copy_in(
         if not data:
             upstream.stdin.write_eof()
             return
+        if watch is not None and watch.rules and any(k in data for k in ENTER_BYTES):
+            await _judged_input(data, process, upstream, rec, watch)
+            continue
+        if watch is not None:
+            watch.input(data)
         if rec is not None:
             rec.input(data)
         upstream.stdin.write(data)
         await upstream.stdin.drain()
+
+
+# what the broker types for a refused line: to its end, erase it (readline and a plain
+# terminal alike), then an empty Enter so the shell shows a fresh prompt
+_ERASE_LINE = b"\x05\x15"
+
+
+async def _judged_input(
+    data: bytes,
+    process: asyncssh.SSHServerProcess[bytes],
+    upstream: asyncssh.SSHClientProcess[bytes],
+    rec: Recording | None,
+    watch: CommandWatch,
+) -> None:
+    """Input with an Enter, under the hospital's command rules: each Enter is sent
+    only once the line it submits matches no rule, or a hold rule and an approver
+    allowed it; any other matching line is erased and the engineer told why (the
+    rest of the chunk, typed ahead, is dropped)."""
+
+    def tell(notice: bytes) -> None:
+        """Show the engineer a notice of the broker's (recorded as output)."""
+        if notice:
+            if rec is not None:
+                rec.output(notice)
+            process.stdout.write(notice)
+
+    async def send(part: bytes, *, typed: bool = True) -> None:
+        if not part:
+            return
+        watch.input(part)
+        if rec is not None and typed:
+            rec.input(part)
+        upstream.stdin.write(part)
+        await upstream.stdin.drain()
+
+    while data:
+        cut = min((i for i in (data.find(k) for k in ENTER_BYTES) if i >= 0), default=-1)
+        if cut < 0:
+            await send(data)
+            return
+        await send(data[:cut])
+        rule, line = await watch.judge()
+        if rule is not None and rule.action == "hold" and watch.on_held is not None:
+            # the Enter waits for a hospital approver (the engineer's keys wait with it)
+            if await watch.on_held(rule, line, tell):
+                rule = None
+        if rule is None:
+            await send(data[cut : cut + 1])
+            data = data[cut + 1 :]
+            continue
+        await send(_ERASE_LINE, typed=False)
+        await watch.judge()  # let the shell redraw the erased line before the notice
+        tell(watch.on_refused(rule, line))
+        await send(b"\r", typed=False)
+        return
 
 
 async def relay_process(
@@ -246,6 +318,7 @@ async def relay_process(
     stop: asyncio.Future[str],
     on_flush_error: Callable[[Exception], None],
     on_upstream_done: Callable[[bool], None] = lambda _terminated: None,
+    watch: CommandWatch | None = None,
 ) -> tuple[int | None, str]:
     """Relay one shell or exec; return (exit status, end reason).
 
@@ -268,10 +341,10 @@ async def relay_process(
         on_upstream_done(True)
         raise
     tasks = [
-        asyncio.ensure_future(_copy_out(upstream.stdout, process.stdout, rec, live)),
-        asyncio.ensure_future(_copy_out(upstream.stderr, process.stderr, rec, live)),
+        asyncio.ensure_future(_copy_out(upstream.stdout, process.stdout, rec, live, watch)),
+        asyncio.ensure_future(_copy_out(upstream.stderr, process.stderr, rec, live, watch)),
     ]
-    pump_in = asyncio.ensure_future(_copy_in(process, upstream, rec))
+    pump_in = asyncio.ensure_future(_copy_in(process, upstream, rec, watch))
     outputs: asyncio.Future[Any] = asyncio.gather(*tasks)
     reason = "exited"
     try:

@@ -18,6 +18,7 @@ sessions (shell, exec, sftp, scp) and direct-tcpip forwards, at most
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -33,11 +34,14 @@ from wire.sshcompat import (
     cert_serial,
     decode_ssh_certificate,
     decode_ssh_public_key,
+    refuse_and_linger,
 )
 
 log = logging.getLogger(__name__)
 
 _KBD_PROMPT = ("Verification code: ", False)
+FLOOD_REFUSAL = "hoshu: too many sign-ins in progress from your address; try again shortly"
+FLOOD_LINGER_S = 1.0  # a refused flooder's socket stays open (unread) this long
 
 
 class EngineerServer(asyncssh.SSHServer):
@@ -65,9 +69,23 @@ class EngineerServer(asyncssh.SSHServer):
             self.door.options.login_timeout_s, self._login_expired
         )
         if not self.door.pending(self.src, +1):
-            # a flood of half-open logins from one address: drop this one at once
+            # a flood of half-open logins from one address: refuse this one at once, but
+            # readably: asyncssh sends its identification string right after this hook, so
+            # the SSH_MSG_DISCONNECT follows it on the next turn (no key exchange, no crypto)
             self.state.failure = "too many connections authenticating from this address"
-            conn.close()
+            asyncio.get_running_loop().call_soon(self._refuse_flood)
+
+    def _refuse_flood(self) -> None:
+        """SSH_MSG_DISCONNECT with the reason, then read nothing more and hang up shortly.
+
+        Closing at once would make the kernel answer the client's KEXINIT with a reset,
+        and OpenSSH would report "Broken pipe" before it reads the reason; so the socket
+        stays open, not read, for ``FLOOD_LINGER_S`` (the slot stays counted until then).
+        """
+        conn = self.conn
+        if conn is None:
+            return
+        refuse_and_linger(conn, asyncssh.DISC_TOO_MANY_CONNECTIONS, FLOOD_REFUSAL, FLOOD_LINGER_S)
 
     def _login_expired(self) -> None:
         """Out of time (OpenSSH's LoginGraceTime): say so on the disconnect, then close."""
@@ -133,7 +151,7 @@ class EngineerServer(asyncssh.SSHServer):
         )
 
     # --- authentication -----------------------------------------------------
-    def begin_auth(self, username: str) -> bool:
+    async def begin_auth(self, username: str) -> bool:
         """Called again if the client changes user name: everything proven so far is dropped."""
         if self.state.raw_login is not None and self.state.raw_login != username:
             self.state = AuthState()
@@ -144,7 +162,9 @@ class EngineerServer(asyncssh.SSHServer):
             self.state.failure = "malformed login name"
         elif self.state.login.instrument:
             try:
-                self.hospital_id = self.door.policy.hospital_of(self.state.login.instrument)
+                self.hospital_id = await self.door.db(
+                    self.door.policy.hospital_of, self.state.login.instrument
+                )
             except Exception:
                 log.exception("instrument lookup failed")
         if self.door.options.banner and self.conn is not None:
@@ -164,10 +184,13 @@ class EngineerServer(asyncssh.SSHServer):
         pending, self.state.partial_pending = self.state.partial_pending, False
         return pending
 
-    def resolve_client_key(self, key_data: bytes) -> asyncssh.SSHKey | None:
+    async def resolve_client_key(self, key_data: bytes) -> asyncssh.SSHKey | None:
         """The key to verify the signature with, or None (unknown key, bad cert)."""
         login = self.state.login
         if login is None:
+            return None
+        if not self.door.view_current():
+            self.state.failure = "access rights cannot be confirmed now (database unreachable)"
             return None
         try:
             cert = decode_ssh_certificate(key_data)
@@ -186,7 +209,7 @@ class EngineerServer(asyncssh.SSHServer):
                 return None
         line = key.export_public_key().decode().strip()
         try:
-            eng = self.door.policy.engineer_for_key(login.user, line)
+            eng = await self.door.db(self.door.policy.engineer_for_key, login.user, line)
         except Exception:
             log.exception("engineer lookup failed")
             eng = None
@@ -196,16 +219,18 @@ class EngineerServer(asyncssh.SSHServer):
         if not source_allowed(eng.source_cidrs, self.src):
             self.state.failure = "source address not allowed for this vendor"
             return None
-        if cert is not None and not self._cert_still_good(cert, eng):
+        if cert is not None and not await self._cert_still_good(cert, eng):
             return None
         self.state.candidates[key_data] = eng
         return key
 
-    def _cert_still_good(self, cert: Any, eng: Engineer) -> bool:
+    async def _cert_still_good(self, cert: Any, eng: Engineer) -> bool:
         """A certificate signs in only while the policy honours its serial (fail closed)."""
         serial = cert_serial(cert)
         try:
-            why = self.door.policy.cert_usable(eng.user_id, serial, self.door.clock())
+            why = await self.door.db(
+                self.door.policy.cert_usable, eng.user_id, serial, self.door.clock()
+            )
         except Exception:
             log.exception("certificate check failed")
             why = "cannot check the certificate now"
@@ -245,7 +270,7 @@ class EngineerServer(asyncssh.SSHServer):
             return False
         return ("hoshu", "Enter the code from your authenticator app.", "", [_KBD_PROMPT])
 
-    def validate_kbdint_response(
+    async def validate_kbdint_response(
         self, username: str, responses: KbdIntResponse
     ) -> KbdIntChallenge | bool:
         eng = self.state.engineer
@@ -253,9 +278,19 @@ class EngineerServer(asyncssh.SSHServer):
             return False
         code = str(responses[0]).strip()
         now = self.door.clock()
+        if not self.door.view_current():
+            self.state.failure = "access rights cannot be confirmed now (database unreachable)"
+            return False
         try:
-            result = self.door.policy.check_totp(
-                eng.user_id, code, now, src_ip=self.src or None, hospital_id=self.hospital_id
+            result = await self.door.db(
+                functools.partial(
+                    self.door.policy.check_totp,
+                    eng.user_id,
+                    code,
+                    now,
+                    src_ip=self.src or None,
+                    hospital_id=self.hospital_id,
+                )
             )
         except Exception:
             log.exception("TOTP check failed")

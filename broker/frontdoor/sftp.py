@@ -126,6 +126,14 @@ class ProxySFTPServer(ChangeOps):
         except SessionError as exc:
             raise _NotLanding(exc.reason, str(exc)) from exc
 
+    async def live_check_off_loop(self) -> None:
+        """:meth:`live_check`, the grant read on the database pool (off the event loop)."""
+        self.live_check(ask_policy=False)
+        try:
+            await self._ch.authorize_off_loop(self._live.instrument, None, files=True)
+        except SessionError as exc:
+            raise _NotLanding(exc.reason, str(exc)) from exc
+
     # --- files ------------------------------------------------------------------
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Spool:
         inbound = bool(pflags & (asyncssh.FXF_WRITE | asyncssh.FXF_APPEND))
@@ -209,7 +217,7 @@ class ProxySFTPServer(ChangeOps):
             try:
                 if spool not in self._spools.open:
                     raise _NotLanding("session_ended", "the session has ended")
-                self.live_check()
+                await self.live_check_off_loop()
                 await self._upload(spool)
             except _NotLanding as exc:
                 msg = f"{os.fsdecode(spool.path)} was not written to the instrument: {exc}"
@@ -247,7 +255,7 @@ class ProxySFTPServer(ChangeOps):
             )
             tell(self.channel, msg)
             raise asyncssh.SFTPPermissionDenied(msg)
-        self.live_check()  # the scan may take long: ask again
+        await self.live_check_off_loop()  # the scan may take long: ask again
         await self._land(spool, size)
         for attrs in spool.set_attrs:
             await self.setstat(spool.path, attrs)
@@ -283,7 +291,7 @@ class ProxySFTPServer(ChangeOps):
         flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
         try:
             await self._write_file(part, flags, attrs, fd, size)
-            self.live_check()
+            await self.live_check_off_loop()
             try:
                 await self._up.posix_rename(part, spool.path)
             except asyncssh.SFTPOpUnsupported:
@@ -383,7 +391,7 @@ async def make_sftp_server(
     instrument = channels.login.instrument
     door = channels.door
     try:
-        target, grant = channels.authorize(instrument, None, files=True)
+        target, grant = await channels.authorize_off_loop(instrument, None, files=True)
         upstream = await channels.link.sftp(target)
     except SessionError as exc:  # the connector and the link translated every failure
         msg = str(exc)

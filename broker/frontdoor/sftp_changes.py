@@ -83,6 +83,9 @@ class ChangeOps(asyncssh.SFTPServer):
     def live_check(self, *, ask_policy: bool = True) -> None:
         """Raise (with ``reason``) unless the session and its grant are live (the proxy's)."""
 
+    async def live_check_off_loop(self) -> None:
+        """:meth:`live_check` with the grant read off the event loop (the proxy's)."""
+
     async def _change(
         self, operation: str, path: bytes, call: Callable[[], Awaitable[T]], **details: Any
     ) -> T:
@@ -91,7 +94,7 @@ class ChangeOps(asyncssh.SFTPServer):
         base = dict(self._cols, TargetFileName=name)
         info = dict(details, tool=self._tool, operation=operation)
         try:
-            self.live_check()
+            await self.live_check_off_loop()
         except Exception as exc:
             msg = f"{operation} {name} refused: {exc}"
             emit(

@@ -20,6 +20,8 @@ starting broker ends only entries no live process holds.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -28,7 +30,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from audit import new_event
 from audit.emitter import Emitter
@@ -48,11 +50,19 @@ def journal_dir(recordings_dir: Path) -> Path:
 
 
 class LiveJournal:
-    """The journal of one front door's recorded sessions (one file per session)."""
+    """The journal of one front door's recorded sessions (one file per session).
+
+    An entry is created, locked and written before :meth:`opened` returns, so a broker
+    killed at any later moment leaves it behind.  Its ``fsync``, which waits for the
+    disk, runs on one background thread in the order the entries were opened, never on
+    the event loop: every other session's bytes go on meanwhile.  :meth:`synced` waits
+    for it (tests, and whoever must know the entry is on stable storage)."""
 
     def __init__(self, recordings_dir: Path) -> None:
         self.dir = journal_dir(recordings_dir)
         self._held: dict[str, int] = {}  # session id -> open, locked descriptor
+        self._syncing: dict[str, concurrent.futures.Future[None]] = {}
+        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _path(self, session_id: str) -> Path | None:
         if not session_id or len(session_id) > 128 or not set(session_id) <= _ID_OK:
@@ -70,7 +80,6 @@ class LiveJournal:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "this session is alive"
                 os.write(fd, json.dumps(entry, default=str).encode())
-                os.fsync(fd)
             except OSError:
                 os.close(fd)
                 raise
@@ -81,6 +90,19 @@ class LiveJournal:
                 session_id,
                 exc.strerror or exc,
             )
+            return
+        if self._syncer is None:
+            self._syncer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="hoshu-journal"
+            )
+        self._syncing[session_id] = self._syncer.submit(_fsync, session_id, fd)
+
+    async def synced(self, session_id: str) -> None:
+        """Return once the entry of ``session_id`` is on stable storage (or its fsync
+        failed, which is logged); at once for a session without a pending entry."""
+        fut = self._syncing.get(session_id)
+        if fut is not None:
+            await asyncio.wrap_future(fut)
 
     def closed(self, session_id: str) -> None:
         """The session's end event is written: forget it."""
@@ -89,8 +111,24 @@ class LiveJournal:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         fd = self._held.pop(session_id, None)
-        if fd is not None:
+        fut = self._syncing.pop(session_id, None)
+        if fd is None:
+            return
+        if fut is None:
             os.close(fd)
+        else:  # the descriptor closes after its fsync, never under it (exactly once)
+            fut.add_done_callback(lambda _done: os.close(fd))
+
+
+def _fsync(session_id: str, fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        log.error(
+            "cannot journal session %s (fsync: %s); a power cut would leave it open",
+            session_id,
+            exc.strerror or exc,
+        )
 
 
 def _recording_summary(store: RecordingStore, name: str) -> tuple[int, str | None]:
@@ -175,3 +213,18 @@ def _end_one(
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     log.warning("session %s was left open by the previous run: ended (broker_lost)", sid)
+
+
+class SessionRows(Protocol):
+    """Where a registry notes its sessions beyond its memory: the cluster's session
+    directory (:class:`broker.live.directory.SessionDirectory`, PostgreSQL).  Called on
+    the event loop: implementations must not block (they write on a thread)."""
+
+    def added(self, session: Any) -> None:
+        """A session (a ``LiveSession``) started."""
+
+    def removed(self, session_id: str) -> None:
+        """The session stopped running; its ``session.ended`` is not written yet."""
+
+    def ended(self, session_id: str) -> None:
+        """Its ``session.ended`` is in the audit log: forget it."""

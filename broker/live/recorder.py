@@ -236,6 +236,10 @@ class Recording:
         if text:
             self._data_event(code, _escape_text(text))
 
+    def elapsed(self) -> float:
+        """Seconds since the recording began: the time its next event would carry."""
+        return round(self._mono() - self._start, 6)
+
     def output(self, data: bytes) -> None:
         self._data("o", data)
 

@@ -1,7 +1,11 @@
 """Live sessions: the registry, live following, termination, continuous grant checks.
 
 Every relayed shell, exec, file-transfer channel and port forward is a
-:class:`LiveSession` in the :class:`SessionRegistry` while it runs.  The
+:class:`LiveSession` in the :class:`SessionRegistry` while it runs.  In the
+broker the grant watcher follows the change feed
+(:func:`broker.live.changes.watch_changes`: the policy is asked only about the
+sessions a database change names, expiry and warnings come from the grant end
+each session holds).  Without a feed (a front door on another policy) the
 :meth:`SessionRegistry.watch` loop asks the access policy, every ``interval``
 seconds, when each session's grant ends: a revoked or expired grant, or a
 deactivated engineer (``grant_end`` says why it no longer holds), ends the
@@ -35,7 +39,8 @@ from audit import new_event
 from audit.emitter import Emitter
 from audit.events import AuditEvent
 from broker.access.door import AccessPolicy, GrantEnd
-from broker.live.journal import LiveJournal
+from broker.live.holds import HeldCommand
+from broker.live.journal import LiveJournal, SessionRows
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class LiveSession:
     warned: set[int] = field(default_factory=set, repr=False)
     followers: set[asyncio.Queue[bytes | None]] = field(default_factory=set, repr=False)
     ended_reason: str | None = None
+    hold: HeldCommand | None = field(default=None, repr=False)  # a line waiting for an approver
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -138,6 +144,8 @@ class SessionRegistry:
         self._retrying: set[threading.Thread] = set()
         # recorded sessions on disk while they run, so a killed broker's are ended at start
         self.journal: LiveJournal | None = None
+        # with PostgreSQL: the cluster's session directory (broker.live.directory) instead
+        self.rows: SessionRows | None = None
         self._sessions: dict[str, LiveSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._emptied: set[asyncio.Future[None]] = set()  # until_empty() waiters
@@ -149,6 +157,8 @@ class SessionRegistry:
             except RuntimeError:  # a registry used without a loop (pure tests)
                 pass
         self._sessions[session.session_id] = session
+        if self.rows is not None:
+            self.rows.added(session)
         if self.journal is not None and session.recording:
             self.journal.opened(
                 session.session_id,
@@ -163,6 +173,8 @@ class SessionRegistry:
         s = self._sessions.pop(session_id, None)
         if s is not None:
             s.close_followers()
+            if self.rows is not None:
+                self.rows.removed(session_id)
         if not self._sessions:
             for waiter in self._emptied:
                 if not waiter.done():
@@ -270,6 +282,8 @@ class SessionRegistry:
     def _written(self, event: AuditEvent) -> None:
         if event.type == "session.ended" and self.journal is not None:
             self.journal.closed(str(event.get("TargetSessionId") or ""))
+        if event.type == "session.ended" and self.rows is not None:
+            self.rows.ended(str(event.get("TargetSessionId") or ""))
 
     def retries_pending(self) -> int:
         """Events still being retried (tests and shutdown)."""
@@ -306,15 +320,25 @@ class SessionRegistry:
         finally:
             s.followers.discard(q)
 
-    def check_once(self) -> None:
-        """One pass of the grant watcher (the loop calls this every ``interval``)."""
+    def check_once(
+        self, only: Callable[[LiveSession], bool] | None = None, *, ask: bool = True
+    ) -> None:
+        """One pass of the grant watcher (the loop calls this every ``interval``).
+
+        ``only``: the sessions to look at (default all); ``ask=False``: no question to
+        the policy, expiry and warnings from the grant end each session holds
+        (the change feed's watcher, :func:`broker.live.changes.watch_changes`)."""
         now = self._clock()
         answers: dict[tuple[str, str], GrantEnd] = {}  # one question per grant a pass
         for s in list(self._sessions.values()):
-            if s.ended_reason is not None:
+            if s.ended_reason is not None or (only is not None and not only(s)):
                 continue
             key = (s.grant_id, s.user_id)
-            if key not in answers:
+            if not ask:
+                if s.grant_ends is None:
+                    continue
+                answers[key] = GrantEnd(s.grant_ends)
+            elif key not in answers:
                 try:
                     answers[key] = self._policy.grant_end(s.grant_id, s.user_id, now)
                 except Exception:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from broker.access import certs, sshkeys
+from broker.access import certs, commandrules, sshkeys
 from broker.access.auth import account_usable
 from broker.access.door import Engineer, GrantEnd, GrantView, InstrumentTarget, TotpResult
 from broker.access.errors import InvalidInput
@@ -131,6 +131,13 @@ class StoreAccessPolicy:
             inst = tx.one(Instrument, name=instrument)
             return inst.hospital_id if inst is not None else None
 
+    def clipboard_allowed(self, hospital_id: str) -> bool:
+        """The hospital's policy lets desktop sessions relay the clipboard (no policy,
+        or no such hospital: off)."""
+        with self.s.ctx.uow() as tx:
+            policy = tx.get(Policy, hospital_id)
+            return bool(policy is not None and policy.clipboard_allowed)
+
     def cert_usable(self, user_id: str, serial: int, now: datetime) -> str | None:
         with self.s.ctx.uow() as tx:
             return certs.cert_refusal(tx, user_id, serial, now)
@@ -218,4 +225,7 @@ class StoreAccessPolicy:
             accepted,
             protocol=inst.protocol,
             record_input=bool(hospital_policy and hospital_policy.record_input),
+            command_rules=commandrules.rules_for(
+                hospital_policy.command_rules if hospital_policy else (), inst.name, inst.department
+            ),
         )

@@ -155,3 +155,120 @@ GATEWAY_TUNNELS = sa.Table(
     sa.Column("last_seen", UTCDateTime(), nullable=False),
     sa.Index("ix_gateway_tunnels_replica_id", "replica_id"),
 )
+
+# The change feed (broker.live.changes): one row whose version every committed change that
+# can end a live session bumps in its own transaction; singleton jobs (broker.jobs): one row
+# per job and period, so a period's run is claimed exactly once across replicas.
+CHANGE_FEED = sa.Table(
+    "change_feed",
+    metadata,
+    sa.Column("id", sa.BigInteger(), primary_key=True),
+    sa.Column("version", sa.BigInteger(), nullable=False),
+)
+JOB_RUNS = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("job", sa.String(64), primary_key=True),
+    sa.Column("period", sa.BigInteger(), primary_key=True),
+    sa.Column("replica_id", sa.String(64), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("outcome", sa.Text(), nullable=True),
+)
+
+# Live sessions of every replica (broker.live.directory): one row per running session,
+# written by the replica that runs it and deleted once its session.ended is in the audit
+# log; another replica reads it to list, follow (the recording) and terminate the session
+# (a request the owner picks up) and ends the sessions of a replica that died.
+LIVE_SESSIONS = sa.Table(
+    "live_sessions",
+    metadata,
+    sa.Column("session_id", sa.String(128), primary_key=True),
+    sa.Column("replica_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("username", sa.Text(), nullable=False),
+    sa.Column("hospital_id", sa.String(64), nullable=False),
+    sa.Column("gateway_id", sa.String(64), nullable=True),
+    sa.Column("instrument", sa.Text(), nullable=False),
+    sa.Column("port", sa.BigInteger(), nullable=False),
+    sa.Column("grant_id", sa.String(64), nullable=False),
+    sa.Column("src", sa.Text(), nullable=False),
+    sa.Column("started", UTCDateTime(), nullable=False),
+    sa.Column("grant_ends", UTCDateTime(), nullable=True),
+    sa.Column("recording", sa.Text(), nullable=False),  # name in the recording store
+    sa.Column("recording_location", sa.Text(), nullable=False),
+    sa.Column("columns", sa.JSON(), nullable=False),  # the session's audit columns
+    sa.Column("state", sa.String(16), nullable=False),  # live, ending, reaping
+    sa.Column("reaper", sa.String(64), nullable=False),  # who is ending it ('' none)
+    sa.Column("terminate_by", sa.Text(), nullable=True),
+    sa.Column("terminate_reason", sa.String(64), nullable=True),
+    sa.Column("terminate_at", UTCDateTime(), nullable=True),
+    sa.Column("updated", UTCDateTime(), nullable=False),
+    sa.Index("ix_live_sessions_replica_id", "replica_id"),
+)
+
+# Held shell command lines (broker.live.clusterholds), with several replicas: the owner
+# of the session writes the row when a line is held; any replica answers it by a
+# conditional update of ``state`` (waiting -> allowed/refused: the first answer wins);
+# the owner turns a line no one answered in time into timed_out.  An answered row
+# stays a few minutes (a late answer is told it came too late), then goes.
+COMMAND_HOLDS = sa.Table(
+    "command_holds",
+    metadata,
+    sa.Column("hold_id", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(128), nullable=False),
+    sa.Column("replica_id", sa.String(64), nullable=False),  # the replica running it
+    sa.Column("hospital_id", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),  # the engineer
+    sa.Column("username", sa.Text(), nullable=False),
+    sa.Column("instrument", sa.Text(), nullable=False),
+    sa.Column("command", sa.Text(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("pattern", sa.Text(), nullable=False),
+    sa.Column("held_at", UTCDateTime(), nullable=False),
+    sa.Column("deadline", UTCDateTime(), nullable=False),
+    # waiting, allowed, refused, timed_out, session_ended
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("answered_by", sa.Text(), nullable=True),
+    sa.Column("answered_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_command_holds_state", "state"),
+    sa.Index("ix_command_holds_replica_id", "replica_id"),
+)
+
+# Notifications (broker.console.notify): the durable outbox, one row per message and
+# channel, written right after the audit log took the event; a delivery worker on any
+# replica claims a due row with a conditional update (claimed_until), sends it, marks it
+# sent or schedules the next attempt.  ``dedupe`` makes a message once per event,
+# channel and recipients.  Each organisation's channels and recipients: one row each.
+NOTIFICATION_OUTBOX = sa.Table(
+    "notification_outbox",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("dedupe", sa.String(200), nullable=False, unique=True),
+    sa.Column("kind", sa.String(64), nullable=False),  # the event type it tells of
+    sa.Column("org_id", sa.String(64), nullable=False),  # whose channels it goes through
+    sa.Column("channel", sa.String(16), nullable=False),  # email, teams, webhook
+    sa.Column("target", sa.JSON(), nullable=False),  # addresses, or the webhook URL
+    sa.Column("payload", sa.JSON(), nullable=False),  # subject, text, link, facts
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("attempts", sa.BigInteger(), nullable=False),
+    sa.Column("claimed_by", sa.String(64), nullable=True),
+    sa.Column("claimed_until", UTCDateTime(), nullable=True),
+    sa.Column("sent_at", UTCDateTime(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Index("ix_notification_outbox_due", "sent_at", "next_attempt_at"),
+)
+NOTIFICATION_SETTINGS = sa.Table(
+    "notification_settings",
+    metadata,
+    sa.Column("org_id", sa.String(64), primary_key=True),
+    sa.Column("email", sa.Boolean(), nullable=False),  # mail the people whose role it is
+    sa.Column("emails", sa.JSON(), nullable=False),  # further addresses (a shared mailbox)
+    sa.Column("teams_url", sa.Text(), nullable=False),  # Teams incoming webhook ('' none)
+    sa.Column("webhook_url", sa.Text(), nullable=False),  # signed JSON webhook ('' none)
+    sa.Column("kinds", sa.JSON(), nullable=True),  # what it is told of (NULL: the defaults)
+    sa.Column("webhook_secret", sa.Text(), nullable=False),  # its HMAC key, sealed ('' none)
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)

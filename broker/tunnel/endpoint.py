@@ -5,9 +5,14 @@
 
 * the gateway's host key must belong to an enrolled, active gateway
   (:meth:`GatewayDirectory.gateway_for_key`); any other key is refused
-  (``gateway.refused``) before anything else happens;
-* the broker logs in as ``hoshu-broker`` with its own key, the one the
-  gateway pinned at enrolment;
+  (``gateway.refused``) and the connection closed before the broker offers any
+  credential.  The key exchange only notes the key (asyncssh asks for a verdict
+  synchronously, on the event loop); the look-up runs when authentication starts,
+  which asyncssh awaits, on the bounded database pool (``offload``:
+  :class:`broker.live.changes.DbCalls`), so a slow database delays that gateway's
+  handshake only, never the loop, other tunnels or running sessions;
+* the broker then logs in as ``hoshu-broker`` with its own key, the one the
+  gateway pinned at enrolment (public-key authentication only);
 * it opens the control channel (:mod:`broker.tunnel.link`) and, for a
   tunnel (not a window check), registers the connection in the
   :class:`TunnelRegistry`, replacing an older one of the same gateway.
@@ -24,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,10 +41,17 @@ from audit.emitter import Emitter
 from audit.errors import AuditError
 from audit.events import new_event
 from broker.settings import BrokerSettings
-from broker.tunnel.link import ControlConversation, GatewayDirectory, ProtocolFailure
+from broker.tunnel.link import (
+    ControlConversation,
+    GatewayDirectory,
+    Offload,
+    ProtocolFailure,
+    TunnelRefused,
+)
 from wire import (
     BROKER_USERNAME,
     GatewayRecord,
+    Hello,
     Mode,
     Originator,
     Purpose,
@@ -46,6 +59,8 @@ from wire import (
     encode_originator,
 )
 from wire.names import TUNNEL_CIPHERS, TUNNEL_WINDOW
+from wire.sshcompat import coalesce_writes
+from wire.transport import CoalescingTransport
 
 log = logging.getLogger(__name__)
 CLOCK_DRIFT_WARN_S = 5.0
@@ -60,6 +75,12 @@ __all__ = [
     "TunnelWatcher",
     "start_tunnel_listener",
 ]
+
+
+# What the broker lets the gateway send in one packet on a channel through the tunnel
+# (asyncssh's default is OpenSSH's 32 KiB; both ends are asyncssh here): an instrument
+# session's 128 KiB packets (broker.frontdoor.relay) cross the tunnel whole.
+CHANNEL_PKTSIZE = 256 * 1024
 
 
 class OriginTunnel:
@@ -77,14 +98,34 @@ class OriginTunnel:
     async def create_connection(
         self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
     ) -> tuple[Any, Any]:
+        def coalesced() -> Any:
+            """The broker's SSH connection to the instrument, writing into the tunnel
+            channel once per loop pass: asyncssh puts an ignore packet before each of
+            its packets, and each write would be a tunnel packet of its own."""
+            session = session_factory()
+            made = session.connection_made
+
+            def connection_made(chan: Any) -> None:
+                made(CoalescingTransport(chan))
+
+            session.connection_made = connection_made
+            return session
+
         return await self.conn.create_connection(
-            session_factory, remote_host, remote_port, orig_host=self.orig_host
+            coalesced,
+            remote_host,
+            remote_port,
+            orig_host=self.orig_host,
+            window=TUNNEL_WINDOW,
+            max_pktsize=CHANNEL_PKTSIZE,
         )
 
     async def open_connection(
         self, host: str, port: int
     ) -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]:
-        reader, writer = await self.conn.open_connection(host, port, orig_host=self.orig_host)
+        reader, writer = await self.conn.open_connection(
+            host, port, orig_host=self.orig_host, window=TUNNEL_WINDOW, max_pktsize=CHANNEL_PKTSIZE
+        )
         return reader, writer
 
 
@@ -98,13 +139,18 @@ class TunnelSettings:
     windows_interval_s: float = 30.0
     revocation_check_s: float = 2.0  # a revoked gateway's live tunnel closes within this
     broker_version: str = "0.1.0"
+    replica_id: str = ""  # told to each tunnel (protocol 2), named in a refusal
 
     @classmethod
     def from_broker(cls, settings: BrokerSettings, **overrides: Any) -> TunnelSettings:
         """The tunnel endpoint of a broker process (``HOSHU_TUNNEL_HOST``/``_PORT``)."""
         # the engineers' sign-in limit (settings.login_timeout_s) is for people; a gateway
         # answers in seconds or not at all, so its hello keeps the tunnel's own limit
-        values: dict[str, Any] = {"host": settings.tunnel_host, "port": settings.tunnel_port}
+        values: dict[str, Any] = {
+            "host": settings.tunnel_host,
+            "port": settings.tunnel_port,
+            "replica_id": settings.replica_id or socket.gethostname(),
+        }
         values.update(overrides)
         return cls(**values)
 
@@ -124,6 +170,17 @@ class TunnelInfo:
     clock_offset_s: float = 0.0  # gateway clock minus broker clock, at hello
     # this connection's nonce in the database's tunnel registry (broker.tunnel.cluster)
     epoch: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def same_run_other_slot(self, hello: Hello) -> bool:
+        """``hello`` is another tunnel of the agent run that holds this one (protocol 2):
+        not a redial of this slot, nor a restarted gateway, which replace it."""
+        mine = self.conversation.hello
+        return (
+            mine is not None
+            and mine.instance is not None
+            and hello.instance == mine.instance
+            and hello.slot != mine.slot
+        )
 
 
 class TunnelWatcher(Protocol):
@@ -192,6 +249,29 @@ class TunnelRegistry:
         info.conn.close()
         return True
 
+    def holder_for(self, gateway_id: str, hello: Hello) -> TunnelInfo | None:
+        """The live tunnel that makes ``hello`` a second tunnel of the same gateway on
+        this replica (refused: one replica holds at most one), or None."""
+        old = self._tunnels.get(gateway_id)
+        if old is None or old.conn.is_closed() or not old.same_run_other_slot(hello):
+            return None
+        return old
+
+    def admit(self, info: TunnelInfo) -> TunnelInfo | None:
+        """Hold ``info`` at once (no await, so two hellos of one gateway cannot both pass)
+        unless :meth:`holder_for` refuses it: then the holder is returned, nothing held.
+        An older tunnel it replaces is told bye and closed; :meth:`add` announces it."""
+        hello = info.conversation.hello
+        holder = self.holder_for(info.record.gateway_id, hello) if hello is not None else None
+        if holder is not None and holder.conn is not info.conn:
+            return holder
+        old = self._tunnels.get(info.record.gateway_id)
+        if old is not None and old.conn is not info.conn:
+            old.conversation.bye("replaced by a newer connection")
+            old.conn.close()
+        self._tunnels[info.record.gateway_id] = info
+        return None
+
     async def add(self, info: TunnelInfo) -> None:
         """Register a gateway's tunnel; an older one of the same gateway is told bye and closed."""
         old = self._tunnels.get(info.record.gateway_id)
@@ -215,38 +295,76 @@ class TunnelRegistry:
 
 
 class _BrokerClient(asyncssh.SSHClient):
-    """Client side of one reverse connection: authenticates the gateway by its host key."""
+    """Client side of one reverse connection: authenticates the gateway by its host key.
 
-    def __init__(self, directory: GatewayDirectory, emit: Callable[..., None]) -> None:
+    The key exchange notes the gateway's key (:meth:`validate_host_public_key` must
+    answer synchronously, so it does not ask the database); the verdict comes when
+    asyncssh asks for the broker's key (:meth:`public_key_auth_requested`, awaited),
+    off the loop: an unknown key is refused and the connection closed before the
+    broker's key is offered."""
+
+    def __init__(
+        self,
+        directory: GatewayDirectory,
+        emit: Callable[..., None],
+        client_key: asyncssh.SSHKey,
+        offload: Offload,
+    ) -> None:
         self._directory = directory
         self._emit = emit
+        self._client_key = client_key
+        self._offload = offload
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._offered = False
         self.record: GatewayRecord | None = None
         self.fingerprint = ""
         self.key_line = ""
+        self.addr = ""
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+        # called before asyncssh writes anything: from here on the tunnel's packets (each
+        # with the ignore packet asyncssh puts before it) leave joined per loop pass, as
+        # the gateway's side already sends them (see wire.transport.CoalescingTransport)
+        coalesce_writes(conn)
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
-        """Accept only an enrolled, active gateway's key; deny (and audit) anything else."""
+        """Note the gateway's key; whether it is an enrolled gateway's is decided before
+        the broker authenticates (:meth:`public_key_auth_requested`)."""
         self.fingerprint = key.get_fingerprint()
         self.key_line = key.export_public_key().decode().strip()
+        self.addr = addr
+        return True
+
+    async def public_key_auth_requested(self) -> list[asyncssh.SSHKey] | None:
+        """The broker's key, once the gateway's key is an enrolled, active gateway's;
+        None (and the connection closed, ``gateway.refused``) for any other key."""
+        if self._offered or not self.key_line:
+            return None  # one offer per connection; no key noted: nothing to trust
+        self._offered = True
         try:
-            record = self._directory.gateway_for_key(self.key_line)
+            record = await self._offload(self._directory.gateway_for_key, self.key_line)
         except Exception as exc:  # a failing store refuses, it does not admit
             log.error("gateway directory failed: %s", exc)
             record = None
         if record is None:
-            log.warning("refused gateway from %s: key %s is not enrolled", addr, self.fingerprint)
+            log.warning(
+                "refused gateway from %s: key %s is not enrolled", self.addr, self.fingerprint
+            )
             self._emit(
                 "gateway.refused",
                 EventResult="Failure",
-                SrcIpAddr=addr,
+                SrcIpAddr=self.addr,
                 EventResultDetails="host key is not an enrolled gateway key",
                 details={"key_fingerprint": self.fingerprint},
             )
-            return False
+            if self._conn is not None:
+                self._conn.close()
+            return None
         self.record = record
-        return True
+        return [self._client_key]
 
 
 class TunnelListener:
@@ -260,8 +378,10 @@ class TunnelListener:
         emitter: Emitter,
         registry: TunnelRegistry,
         clock: Callable[[], datetime],
+        offload: Offload | None = None,
     ) -> None:
         self.settings = settings
+        self._offload = offload
         self.registry = registry
         self._host_key = host_key
         self._directory = directory
@@ -282,9 +402,12 @@ class TunnelListener:
         self._acceptor = await asyncssh.listen_reverse(
             s.host,
             s.port,
-            client_factory=lambda: _BrokerClient(self._directory, self._emit),
+            client_factory=lambda: _BrokerClient(
+                self._directory, self._emit, self._host_key, self._offload or asyncio.to_thread
+            ),
             username=BROKER_USERNAME,
-            client_keys=[self._host_key],
+            client_keys=None,  # offered by _BrokerClient once the gateway is known
+            preferred_auth=("publickey",),
             known_hosts=lambda host, addr, port: ([], [], []),
             x509_trusted_certs=None,
             agent_path=None,
@@ -332,12 +455,39 @@ class TunnelListener:
             windows_interval_s=s.windows_interval_s,
             key_line=client.key_line if isinstance(client, _BrokerClient) else "",
             revocation_check_s=s.revocation_check_s,
+            offload=self._offload,
+            replica=s.replica_id,
         )
         conv.acked_seq = self.registry.acked_seq.get(record.gateway_id, 0)
         peer = str((conn.get_extra_info("peername") or ("?",))[0])
         info: TunnelInfo | None = None
+        fingerprint = client.fingerprint if isinstance(client, _BrokerClient) else ""
+
+        def admit(hello: Hello) -> tuple[str, str] | None:
+            """Hold a tunnel now (before the welcome), or refuse a second one of this
+            gateway's run: each of its tunnels must reach a different replica."""
+            nonlocal info
+            if hello.purpose is not Purpose.TUNNEL:
+                return None
+            offset = round((hello.gateway_time - self._clock()).total_seconds(), 1)
+            candidate = TunnelInfo(
+                record,
+                conn,
+                self._clock(),
+                hello.mode,
+                hello.gateway_version,
+                fingerprint,
+                peer,
+                conv,
+                offset,
+            )
+            if self.registry.admit(candidate) is not None:
+                return self._refuse_second(record, peer, fingerprint, hello)
+            info = candidate
+            return None
+
         try:
-            hello = await conv.open(s.login_timeout_s)
+            hello = await conv.open(s.login_timeout_s, admit)
             offset = round((hello.gateway_time - self._clock()).total_seconds(), 1)
             if abs(offset) > CLOCK_DRIFT_WARN_S:
                 log.warning(
@@ -345,18 +495,7 @@ class TunnelListener:
                     record.name,
                     offset,
                 )
-            if hello.purpose is Purpose.TUNNEL:
-                info = TunnelInfo(
-                    record,
-                    conn,
-                    self._clock(),
-                    hello.mode,
-                    hello.gateway_version,
-                    client.fingerprint if isinstance(client, _BrokerClient) else "",
-                    peer,
-                    conv,
-                    offset,
-                )
+            if info is not None:
                 await self.registry.add(info)
                 self._emit(
                     "gateway.connected",
@@ -374,6 +513,8 @@ class TunnelListener:
                     "gateway %s connected (%s, %s)", record.name, hello.mode, hello.gateway_version
                 )
             await conv.serve()
+        except TunnelRefused:
+            pass  # told, logged and audited by _refuse_second
         except (ProtocolFailure, WireError, TimeoutError, EOFError, OSError, asyncssh.Error) as exc:
             log.warning(
                 "gateway %s control channel failed: %s", record.name, exc or type(exc).__name__
@@ -403,6 +544,29 @@ class TunnelListener:
                     details={"connected_s": int((self._clock() - info.since).total_seconds())},
                 )
 
+    def _refuse_second(
+        self, record: GatewayRecord, peer: str, fingerprint: str, hello: Hello
+    ) -> tuple[str, str]:
+        replica = self.settings.replica_id or "this replica"
+        reason = f"already connected to replica {replica}"
+        log.warning(
+            "refused a second tunnel of gateway %s (slot %s) from %s: %s",
+            record.name,
+            hello.slot,
+            peer,
+            reason,
+        )
+        self._emit(
+            "gateway.refused",
+            EventResult="Failure",
+            GatewayId=record.gateway_id,
+            HospitalId=record.hospital_id,
+            SrcIpAddr=peer,
+            EventResultDetails=f"{reason}: one tunnel per gateway per replica",
+            details={"key_fingerprint": fingerprint},
+        )
+        return ("already_connected", reason)
+
     async def close(self) -> None:
         """Stop listening and drop every gateway connection."""
         if self._acceptor is not None:
@@ -425,10 +589,14 @@ async def start_tunnel_listener(
     *,
     registry: TunnelRegistry | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    offload: Offload | None = None,
 ) -> TunnelListener:
-    """Listen for gateways on ``settings.host:settings.port``; returns the running listener."""
+    """Listen for gateways on ``settings.host:settings.port``; returns the running listener.
+
+    ``offload`` runs the directory's windows, inventory and enrolment calls off the
+    event loop (the broker's database pool; default ``asyncio.to_thread``)."""
     listener = TunnelListener(
-        settings, host_key, directory, emitter, registry or TunnelRegistry(), clock
+        settings, host_key, directory, emitter, registry or TunnelRegistry(), clock, offload
     )
     await listener.start()
     return listener

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ from wire import (
     LineFramer,
     Message,
     MessageTooLarge,
+    Placement,
     Welcome,
     Window,
     Windows,
@@ -54,6 +55,8 @@ from wire import (
     decode,
     encode,
 )
+
+Offload = Callable[..., Awaitable[Any]]  # runs a blocking call off the loop
 
 log = logging.getLogger(__name__)
 _READ_CHUNK = 64 * 1024
@@ -79,6 +82,11 @@ class ProtocolFailure(Exception):
     """The gateway broke the control protocol; the connection is closed."""
 
 
+class TunnelRefused(Exception):
+    """The hello was well formed but this replica does not take the tunnel (the
+    gateway was told why); the connection is closed."""
+
+
 class ControlConversation:
     """Reads and writes control messages on one gateway's control channel."""
 
@@ -96,8 +104,13 @@ class ControlConversation:
         windows_interval_s: float,
         key_line: str = "",
         revocation_check_s: float = 0.0,
+        offload: Offload | None = None,
+        replica: str = "",
     ) -> None:
         self.conn = conn
+        self._replica = replica  # told to protocol 2 gateways (Placement)
+        # the directory's calls wait on the database: run them here, off the event loop
+        self._offload: Offload = offload if offload is not None else asyncio.to_thread
         self.record = record
         self._directory = directory
         self._emitter = emitter
@@ -118,8 +131,13 @@ class ControlConversation:
         self._key_line = key_line
         self._revocation_check_s = revocation_check_s
 
-    async def open(self, wait_s: float) -> Hello:
-        """Open the control channel and read the gateway's hello."""
+    async def open(
+        self, wait_s: float, admit: Callable[[Hello], tuple[str, str] | None] | None = None
+    ) -> Hello:
+        """Open the control channel and read the gateway's hello.
+
+        ``admit`` sees the hello before the welcome: a ``(code, reason)`` it returns is
+        sent to the gateway as an error and raised as :class:`TunnelRefused`."""
         writer, reader, _ = await asyncio.wait_for(
             self.conn.open_session(subsystem=CONTROL_SUBSYSTEM, encoding=None), wait_s
         )
@@ -136,15 +154,22 @@ class ControlConversation:
             )
             raise ProtocolFailure(f"gateway speaks protocol {message.protocol}")
         self.hello = message
+        refusal = admit(message) if admit is not None else None
+        if refusal is not None:
+            self.send(ErrorMessage(code=refusal[0], message=refusal[1][:256]))
+            raise TunnelRefused(refusal[1])
+        protocol = min(message.protocol, PROTOCOL_VERSION)  # answer in the gateway's version
         self.send(
             Welcome(
-                protocol=PROTOCOL_VERSION,
+                protocol=protocol,
                 broker_version=self._version,
                 gateway_id=self.record.gateway_id,
                 broker_time=self._clock(),
             )
         )
-        self.send_windows()
+        if protocol >= 2 and self._replica:
+            self.send(Placement(replica=self._replica[:64]))
+        await self.send_windows_off_loop()
         return message
 
     @property
@@ -161,6 +186,18 @@ class ControlConversation:
         now = self._clock()
         try:
             spans = self._directory.windows_for(self.record.gateway_id, now)
+            windows = tuple(Window(start=s, end=e) for s, e in spans if e > now and e > s)
+            message = Windows(windows=windows[:MAX_WINDOWS])
+        except Exception as exc:  # the store failing must not drop the tunnel
+            log.error("cannot read windows for gateway %s: %s", self.record.name, exc)
+            return
+        self.send(message)
+
+    async def send_windows_off_loop(self) -> None:
+        """:meth:`send_windows` with the store read off the event loop."""
+        now = self._clock()
+        try:
+            spans = await self._offload(self._directory.windows_for, self.record.gateway_id, now)
             windows = tuple(Window(start=s, end=e) for s, e in spans if e > now and e > s)
             message = Windows(windows=windows[:MAX_WINDOWS])
         except Exception as exc:  # the store failing must not drop the tunnel
@@ -203,12 +240,21 @@ class ControlConversation:
                     return
                 except (EOFError, asyncssh.Error, OSError):
                     return
-                if not self.handle(message):
+                if isinstance(message, Inventory):
+                    await self._inventory_off_loop(message)
+                elif not self.handle(message):
                     return
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _inventory_off_loop(self, message: Inventory) -> None:
+        items = [e.to_item() for e in message.instruments]
+        try:
+            await self._offload(self._directory.record_inventory, self.record.gateway_id, items)
+        except Exception as exc:  # reported, and the tunnel stays up
+            log.error("cannot record inventory of gateway %s: %s", self.record.name, exc)
 
     def handle(self, message: Message) -> bool:
         """Act on one message; False when the gateway said bye."""
@@ -297,14 +343,14 @@ class ControlConversation:
             except TimeoutError:
                 pass
             self.windows_wanted.clear()
-            self.send_windows()
+            await self.send_windows_off_loop()
 
     async def _still_enrolled(self) -> None:
         """Close the tunnel as soon as the gateway's key is no longer enrolled."""
         while True:
             await asyncio.sleep(self._revocation_check_s)
             try:
-                record = self._directory.gateway_for_key(self._key_line)
+                record = await self._offload(self._directory.gateway_for_key, self._key_line)
             except Exception as exc:  # the store failing keeps the tunnel; reconnects fail
                 log.error("cannot check the enrolment of gateway %s: %s", self.record.name, exc)
                 continue

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Coroutine
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 DEST_SEP = "/"
 CONNECT_TIMEOUT_S = 5.0
+# listening everywhere: advertise this host's own address instead
+WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 (compared with, not bound)
 KEEPALIVE_S = 5.0
 
 
@@ -68,7 +71,20 @@ class PeerSettings:
 
     @property
     def advertised(self) -> str:
-        return self.advertise_host or self.host
+        """What the others dial: ``advertise_host``; else ``host`` unless it is a
+        wildcard, then this host's own address (a container's, from its host name),
+        refused when that is a loopback address no other replica could reach."""
+        if self.advertise_host:
+            return self.advertise_host
+        if self.host not in WILDCARDS:
+            return self.host
+        own = socket.gethostbyname(socket.gethostname())
+        if ipaddress.ip_address(own).is_loopback:
+            raise ValueError(
+                f"the peer link listens on {self.host} and this host's name resolves to "
+                f"{own}, which the other replicas cannot reach: set HOSHU_ADVERTISE_HOST"
+            )
+        return own
 
 
 def peer_destination(gateway_id: str, instrument: str) -> str:

@@ -77,10 +77,11 @@ param brokerImage string
 @description('Deploy the broker app. false for the first deployment, until the image is imported into the new private registry.')
 param deployBroker bool = true
 
-@minValue(1)
+@description('Broker replicas always running: two at least, so losing one loses no hospital (docs/architecture.md, Replicas).')
+@minValue(2)
 param brokerMinReplicas int = 2
 
-@minValue(1)
+@minValue(2)
 param brokerMaxReplicas int = 4
 
 @description('PostgreSQL compute SKU (General Purpose tier).')

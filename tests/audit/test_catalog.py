@@ -205,3 +205,15 @@ def test_event_times_are_utc_and_naive_times_are_refused() -> None:
     assert e.time == "2026-04-01T00:00:00.000000Z"
     with pytest.raises(InvalidEvent, match="timezone"):
         new_event("user.logout", clock=lambda: datetime(2026, 4, 1, 9, 0))
+
+
+def test_every_refusal_event_takes_the_reason_a_refused_call_writes() -> None:
+    """A refused API or console call writes its action's ``*.refused`` event with
+    ``details={"reason": ...}`` (broker.api.errors); a type that did not declare it
+    would turn the refusal's audit record into an error instead."""
+    from broker.access.permissions import PERMISSIONS, refusal_event
+
+    for action in PERMISSIONS:
+        kind = refusal_event(action)
+        event = new_event(kind, details={"reason": f"{action} refused"})
+        assert event.details == {"reason": f"{action} refused"}, kind

@@ -26,6 +26,7 @@ from audit.pgchain import (
     PgChainLog,
     PgCursorStore,
     PgOutbox,
+    _lock_key,
     chain_ids,
     reset_pg_cursor,
     store_engine,
@@ -245,6 +246,96 @@ def test_an_unreachable_database_fails_the_emitter_within_the_bound_and_the_chai
     # admin2 failed its caller; whether its commit landed is the database's word, and the
     # chain stays whole either way (at most: more logged than acknowledged, never less)
     assert "admin3" in [r["ActorUsername"] for r in records]
+
+
+def test_a_writer_whose_session_was_cut_waits_for_its_old_lock_instead_of_failing(
+    engine: Engine,
+) -> None:
+    """The server ended the writer's session (a restart, a network cut): the next
+    commit fails.  Until the server has ended that session too, it still holds the
+    chain's lock; the commit after waits for it (here: a second session holding the
+    lock for 0.5 s stands for the slow end) rather than refusing an event of its own."""
+    log = PgChainLog(engine, "replica-r")
+    try:
+        log.emit(_event(1))
+        assert log._conn is not None
+        pid = log._conn.info.backend_pid
+        key = _lock_key("replica-r")
+        with engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            other.commit()
+            poll_sync(
+                lambda: other.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar(),
+                10,
+                what="the ended session's lock to be free",
+            )
+            other.commit()
+            with pytest.raises(ChainError):
+                log.emit(_event(2))  # committed on the ended session: fails, closed
+
+            def unlock() -> None:
+                other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                other.commit()
+
+            timer = threading.Timer(0.5, unlock)
+            timer.start()
+            t0 = time.monotonic()
+            log.emit(_event(3))  # waits for the lock instead of "written by another"
+            assert time.monotonic() - t0 >= 0.4
+            timer.join()
+        log.close()
+    finally:
+        log.close()
+    assert [r["ActorUsername"] for r in _records(engine, "replica-r")][-1:] == ["admin3"]
+    assert verify_chain(engine, "replica-r").ok
+
+
+def test_a_batch_is_sent_before_the_last_one_commits_and_a_failed_one_fails_the_next_too(
+    engine: Engine,
+) -> None:
+    """The writer does not wait for one commit before sending the next batch; the
+    next batch's head update starts from the head the first one writes.  So when the
+    first fails, the second cannot commit either: both emitters get the error, neither
+    event is stored, and the chain carries on whole from the head it reads again."""
+    log = PgChainLog(engine, "replica-p", commit_timeout_s=15.0)
+    outcome: dict[str, str] = {}
+
+    def emit(name: str, i: int) -> None:
+        try:
+            log.emit(_event(i))
+            outcome[name] = "acknowledged"
+        except ChainError as exc:
+            outcome[name] = f"failed: {exc}"
+
+    try:
+        log.emit(_event(1))
+        assert log._conn is not None
+        pid = log._conn.info.backend_pid
+        with engine.connect() as blocker, engine.connect() as admin:
+            # the head row locked elsewhere: the next batch's statement waits on it
+            blocker.execute(
+                text("SELECT 1 FROM audit_chains WHERE chain_id = 'replica-p' FOR UPDATE")
+            )
+            first = threading.Thread(target=emit, args=("first", 2))
+            first.start()
+            poll_sync(lambda: len(log._flights) == 1, 10, what="the first batch in flight")
+            second = threading.Thread(target=emit, args=("second", 3))
+            second.start()
+            # sent while the first has not committed: two transactions in flight
+            poll_sync(lambda: len(log._flights) == 2, 10, what="the second batch in flight")
+            assert outcome == {}  # nothing acknowledged before its own commit
+            admin.execute(text("SELECT pg_cancel_backend(:p)"), {"p": pid})  # the first fails
+            first.join(15)
+            second.join(15)
+            blocker.rollback()
+        assert outcome["first"].startswith("failed") and "cancel" in outcome["first"]
+        assert outcome["second"].startswith("failed")
+        log.emit(_event(4))  # reconnected, the head read again
+    finally:
+        log.close()
+    assert [r["ActorUsername"] for r in _records(engine, "replica-p")] == ["admin1", "admin4"]
+    assert [r["ChainSeq"] for r in _records(engine, "replica-p")] == [1, 2]
+    assert verify_chain(engine, "replica-p").ok
 
 
 def _try_emit(log: PgChainLog, event: AuditEvent) -> bool:

@@ -25,6 +25,7 @@ from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -51,6 +52,10 @@ CHROMEDRIVER = (
     else (shutil.which("chromedriver") or "/usr/bin/chromedriver")
 )
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "images" / "console"
+# screenshots of pages whose docs image another test takes (the end-to-end one, on the
+# demo's data): kept out of the docs so the docs show one consistent run
+SPARE_SHOTS = Path(__file__).parents[2] / "build" / "screenshots"
+AXE = Path(__file__).parents[2] / "node_modules" / "axe-core" / "axe.min.js"  # npm, pinned
 
 
 @dataclass
@@ -111,6 +116,7 @@ def site(tmp: Path, **settings: Any) -> Iterator[Console]:
     services = Services.build(make_context(store, emitter, clock))
     world = build_world(services, clock)
     app = create_app(BrokerSettings(data_dir=tmp / "data", **settings), services=services)
+    app.state.notification_store = store.engine  # as build_broker sets it
     try:
         yield Console(app, "", world, emitter, clock)
     finally:
@@ -189,12 +195,48 @@ def sign_in(driver: webdriver.Chrome, c: Console, name: str, *, password: str = 
     c.clock.advance(30)  # the next sign-in needs the next TOTP step
 
 
-def screenshot(driver: webdriver.Chrome, name: str) -> Path:
-    """A full-page PNG into docs/images/console/ (the window is grown to the page)."""
+def screenshot(driver: webdriver.Chrome, name: str, *, docs: bool = True) -> Path:
+    """A full-page PNG into docs/images/console/ (the window is grown to the page), or
+    with ``docs=False`` into build/screenshots/ (a page the docs show from another test)."""
     height = int(driver.execute_script("return Math.ceil(document.documentElement.scrollHeight)"))
     driver.set_window_size(1280, max(700, min(height + 140, 4000)))
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    folder = SCREENSHOTS if docs else SPARE_SHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     assert driver.save_screenshot(str(path))
     driver.set_window_size(1280, 1000)
     return path
+
+
+def serious_violations(driver: webdriver.Chrome) -> list[str]:
+    """axe-core's serious and critical findings on the page (WCAG 2 A/AA rules)."""
+    assert AXE.is_file(), "install the npm packages (./run does: npm ci)"
+    driver.execute_script(AXE.read_text(encoding="utf-8"))
+    result = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {runOnly: ['wcag2a', 'wcag2aa', 'best-practice']})"
+        ".then(r => done(r.violations.map(v => [v.id, v.impact, v.nodes.length,"
+        " v.nodes.slice(0, 2).map(n => n.target.join(' '))])))"
+        ".catch(e => done([['axe-error', 'critical', 0, [String(e)]]]));"
+    )
+    assert isinstance(result, list)
+    return [
+        f"{rule} ({impact}, {count}): {where}"
+        for rule, impact, count, where in result
+        if impact in ("serious", "critical")
+    ]
+
+
+def focused(driver: webdriver.Chrome) -> str:
+    return str(driver.execute_script("return document.activeElement.id || ''"))
+
+
+def tab_to(driver: webdriver.Chrome, element_id: str, limit: int = 40) -> None:
+    """Press Tab until the element with ``element_id`` has the focus."""
+    body = driver.switch_to.active_element
+    for _ in range(limit):
+        if focused(driver) == element_id:
+            return
+        body = driver.switch_to.active_element
+        body.send_keys(Keys.TAB)
+    raise AssertionError(f"Tab never reached #{element_id} (stuck on #{focused(driver)})")

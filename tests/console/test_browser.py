@@ -44,7 +44,7 @@ def test_sign_in_page_in_japanese_by_default(console: Console, browser: webdrive
     assert browser.current_url.endswith("/console/login?m=signed_out")
     assert browser.find_element(By.TAG_NAME, "h1").text == "サインイン"
     assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "ja"
-    screenshot(browser, "login-ja")
+    screenshot(browser, "login-ja", docs=False)
 
 
 def test_approver_sees_only_own_hospital_and_approves(
@@ -166,7 +166,8 @@ def test_form_without_csrf_token_changes_nothing(
 def test_engineer_cannot_open_the_inbox(console: Console, browser: webdriver.Chrome) -> None:
     c = console
     c.emitter.clear()
-    sign_in(browser, c, "eng")
+    sign_in(browser, c, "eng")  # an engineer lands on their own requests
+    browser.get(f"{c.url}/console/inbox")
     error = wait_for(browser, "#error")
     assert error.get_attribute("data-key") == "error.forbidden"
     assert "権限がありません" in error.text
@@ -200,24 +201,29 @@ def test_switch_to_english_is_remembered(console: Console, browser: webdriver.Ch
     c.services.requests.approve(c.world.actors["appr2"], two.id, "夜間帯なら可")
     sign_in(browser, c, "appr")
     wait_for(browser, f"#request-{two.id}")
-    screenshot(browser, "inbox-ja")
+    screenshot(browser, "inbox-ja", docs=False)
     wait_for(browser, "#lang-en").click()
     wait_for(browser, "html[lang=en]")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Approval inbox"
     assert "1 of 2 approvals" in browser.find_element(By.ID, f"request-{two.id}").text
-    screenshot(browser, "inbox-en")
+    screenshot(browser, "inbox-en", docs=False)
+    # a grant of its own to revoke, so the test does not lean on the ones approved before
+    ours = c.request(["cobas-1"], "フィルター交換", ticket="INC-2052")
+    c.services.requests.approve(c.world.actors["appr"], ours.id, "了解")
+    grant = c.services.requests.show(c.world.admin, ours.id).grant
+    assert grant is not None and grant.status == GrantStatus.ACTIVE
+    grant_id = grant.id
     browser.get(f"{c.url}/console/grants")
     assert wait_for(browser, "h1").text == "Grants"
-    row = wait_for(browser, "#grants-active tbody tr")
-    grant_id = row.get_attribute("data-grant")
+    row = wait_for(browser, f"#grants-active tr[data-grant='{grant_id}']")
     row.find_element(By.NAME, "comment").send_keys("work finished early")
     row.find_element(By.CSS_SELECTOR, "button.deny").click()
     assert "revoked" in wait_for(browser, "#notice").text
     assert browser.find_element(By.CSS_SELECTOR, f"#grants-ended [data-grant='{grant_id}']")
     [g] = [g for g in c.services.grants.list_grants(c.world.admin) if g.id == grant_id]
     assert g.status == GrantStatus.REVOKED
-    screenshot(browser, "grants-en")
+    screenshot(browser, "grants-en", docs=False)
     wait_for(browser, "#lang-ja").click()
     wait_for(browser, "html[lang=ja]")
     assert browser.find_element(By.TAG_NAME, "h1").text == "許可"
-    screenshot(browser, "grants-ja")
+    screenshot(browser, "grants-ja", docs=False)

@@ -95,10 +95,10 @@ async def test_gateway_page_shows_our_gateways_and_their_tunnels(
                 await asyncio.to_thread(sign_in, browser, c, "appr")
                 await asyncio.to_thread(browser.get, f"{url}/console/gateway")
                 await asyncio.to_thread(wait_for, browser, f"tr[data-gateway='{live}']")
-                await asyncio.to_thread(screenshot, browser, "gateway-ja")
+                await asyncio.to_thread(screenshot, browser, "gateway-ja", docs=False)
                 await asyncio.to_thread(lambda: browser.find_element(By.ID, "lang-en").click())
                 await asyncio.to_thread(wait_for, browser, "html[lang=en]")
                 row = await asyncio.to_thread(wait_for, browser, f"tr[data-gateway='{live}']")
                 assert "Connected" in row.text and "Only during approved windows" in row.text
-                await asyncio.to_thread(screenshot, browser, "gateway-en")
+                await asyncio.to_thread(screenshot, browser, "gateway-en", docs=False)
                 await asyncio.to_thread(lambda: browser.find_element(By.ID, "lang-ja").click())

@@ -260,8 +260,8 @@ def test_lockout_message(c: Console) -> None:
         "/console/login",
         data={"username": "hadmin", "password": PASSWORD, "totp": c.code("hadmin")},
     )
-    assert r.status_code == 401 and 'data-key="login.locked_out"' in r.text
-    assert "locked" in visible_text(r.text)
+    assert r.status_code == 401 and 'data-key="login.locked_for"' in r.text
+    assert "locked for up to 15 minutes" in visible_text(r.text)
     assert len(c.emitter.of_type("user.locked_out")) == 1
 
 
@@ -283,3 +283,32 @@ def test_static_files_are_only_the_console_s_own(c: Console) -> None:
     assert "url(" not in r.text and "@import" not in r.text  # nothing fetched elsewhere
     for bad in ("../web.py", "..%2Fweb.py", "nope.js"):
         assert http.get(f"/console/static/{bad}").status_code == 404
+
+
+def test_an_area_catalog_may_not_redefine_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Area catalogs merge into the language's; a key defined twice is refused at load."""
+    import json
+
+    from broker.console import i18n
+
+    folder = tmp_path / "messages"
+    folder.mkdir()
+    (folder / "en.json").write_text(json.dumps({"a.title": "A"}), encoding="utf-8")
+    (folder / "area.en.json").write_text(json.dumps({"b.title": "B"}), encoding="utf-8")
+
+    class Files:
+        def joinpath(self, name: str) -> Path:
+            return tmp_path / name
+
+    monkeypatch.setattr(i18n.resources, "files", lambda _pkg: Files())
+    i18n.catalog.cache_clear()
+    try:
+        assert i18n.catalog("en") == {"a.title": "A", "b.title": "B"}
+        (folder / "more.en.json").write_text(json.dumps({"a.title": "again"}), encoding="utf-8")
+        i18n.catalog.cache_clear()
+        with pytest.raises(ValueError, match=r"a\.title"):
+            i18n.catalog("en")
+    finally:
+        i18n.catalog.cache_clear()

@@ -193,9 +193,9 @@ async def test_approver_watches_a_live_session_and_terminates_it(
         row = await asyncio.to_thread(wait_for, chromium, f"tr[data-session='{sid}']")
         assert "Person alice (alice)" in row.text and w.instrument in row.text
         assert "端末" in row.text
-        await asyncio.to_thread(screenshot, chromium, "sessions-ja")
+        await asyncio.to_thread(screenshot, chromium, "sessions-ja", docs=False)
         await asyncio.to_thread(switch, chromium, "en")
-        await asyncio.to_thread(screenshot, chromium, "sessions-en")
+        await asyncio.to_thread(screenshot, chromium, "sessions-en", docs=False)
         await asyncio.to_thread(switch, chromium, "ja")
         row = await asyncio.to_thread(wait_for, chromium, f"tr[data-session='{sid}']")
         await asyncio.to_thread(row.find_element(By.CSS_SELECTOR, "a.watch").click)
@@ -218,7 +218,7 @@ async def test_approver_watches_a_live_session_and_terminates_it(
         shown = await asyncio.to_thread(term_text, chromium)
         # the colour codes around the output are not shown raw, nor any other escape
         assert "\nseen-by-42\n" in shown and "\x1b" not in shown, repr(shown)
-        await asyncio.to_thread(screenshot, chromium, "watch-ja")
+        await asyncio.to_thread(screenshot, chromium, "watch-ja", docs=False)
         # in English (the page opens a new stream: what comes after is shown)
         await asyncio.to_thread(switch, chromium, "en")
         await asyncio.to_thread(wait_for, chromium, "#term-state[data-state='live']")
@@ -233,7 +233,7 @@ async def test_approver_watches_a_live_session_and_terminates_it(
             10,
             "the second command's output in the browser",
         )
-        await asyncio.to_thread(screenshot, chromium, "watch-en")
+        await asyncio.to_thread(screenshot, chromium, "watch-en", docs=False)
 
         w.events.clear()
         await asyncio.to_thread(lambda: chromium.find_element(By.ID, "terminate").click())

@@ -1,12 +1,16 @@
-"""Approvers are told by mail, through a real SMTP server (aiosmtpd) on loopback.
+"""Notifications through the durable outbox, with a real SMTP server (aiosmtpd) and a
+local webhook receiver (http.server) on loopback.
 
 A new request produces one mail, to each active approver of that hospital with an
-address and to no one else (not the other hospital's approver, not the hospital
-admin), in Japanese then English, with the console inbox link and without the
-request's reason or work plan; ``notification.sent`` is written.  With the mail
-server dead the request is still created at once, and after the bounded retries
-``notification.failed`` records it (no credential, no message text).  Over
-STARTTLS with a sign-in, the password comes from its file and is never logged.
+address and to no one else, in Japanese then English, with the console link and
+without the request's reason or work plan; ``notification.sent`` is written.
+Emergency access tells the approvers at once (and the auditors of its alert); a
+decision tells the engineer.  With the mail server down the request is still
+created at once and its mail waits in the outbox: started later, even after the
+broker was restarted in between, the server receives it, once.  Two replicas over
+one database deliver each message once.  Teams and signed JSON webhooks (HMAC
+checked by the receiver).  Over STARTTLS with a sign-in, the password comes from its
+file and is never logged.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -36,6 +41,7 @@ from broker.assembly import build_broker
 from broker.console.notify import Notifier
 from broker.settings import BrokerSettings
 from broker.store.db import Store
+from broker.store.tables import NOTIFICATION_OUTBOX
 from tests.control.conftest import T0, World, build_world, make_context
 from tests.fixtures.siem import tls_contexts
 from tests.support import FakeClock, free_port, poll_sync
@@ -66,17 +72,25 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
         controller.stop()
 
 
-def broker(tmp: Path, port: int, **delays: Any) -> tuple[World, CapturingEmitter, Notifier, Store]:
-    settings = BrokerSettings(
+def notify_settings(tmp: Path, port: int, **extra: Any) -> BrokerSettings:
+    return BrokerSettings(
         data_dir=tmp / "data",
         smtp_host="127.0.0.1",
         smtp_port=port,
         smtp_security="none",
         smtp_from="hoshu@broker.example.jp",
         public_api_url="https://hoshu.example.jp",
+        notify_poll_s=0.1,
+        notify_backoff_max_s=1,
+        **extra,
     )
-    notifier = Notifier(settings, **delays)
-    store = Store(f"sqlite:///{tmp / 'hoshu.db'}")
+
+
+def broker(
+    tmp: Path, port: int, url: str = "", **extra: Any
+) -> tuple[World, CapturingEmitter, Notifier, Store]:
+    notifier = Notifier(notify_settings(tmp, port, **extra))
+    store = Store(url or f"sqlite:///{tmp / 'hoshu.db'}")
     events = CapturingEmitter()
     clock = FakeClock(T0)
     services = Services.build(make_context(store, FanOut([events, notifier]), clock))
@@ -88,6 +102,7 @@ def broker(tmp: Path, port: int, **delays: Any) -> tuple[World, CapturingEmitter
         "hadmin": "hadmin@hoshi.example.jp",
         "tsuki-appr": "appr@tsuki.example.jp",
         "eng": "eng@acme.example.com",
+        "aud": "aud@hoshi.example.jp",
     }
     with services.ctx.uow() as tx:
         for name, address in addresses.items():
@@ -95,7 +110,7 @@ def broker(tmp: Path, port: int, **delays: Any) -> tuple[World, CapturingEmitter
             assert user is not None
             user.email = address
             tx.save(user)
-    notifier.bind(services, events)
+    notifier.bind(services, events, store.engine)
     notifier.start()
     return world, events, notifier, store
 
@@ -111,6 +126,13 @@ def _request(w: World) -> str:
     return w.s.requests.create(w.actors["eng"], new).id
 
 
+def body_of(mail: EmailMessage) -> str:
+    part = mail.get_body()
+    assert isinstance(part, EmailMessage)
+    content: str = part.get_content()
+    return content
+
+
 def test_a_new_request_mails_each_approver_of_that_hospital(
     tmp_path: Path, smtp: tuple[Inbox, int]
 ) -> None:
@@ -123,9 +145,7 @@ def test_a_new_request_mails_each_approver_of_that_hospital(
         assert sorted(rcpt) == ["appr2@hoshi.example.jp", "appr@hoshi.example.jp"]
         assert mail["From"] == "hoshu@broker.example.jp"
         assert "承認待ち" in mail["Subject"] and "cobas-1" in mail["Subject"]
-        part = mail.get_body()
-        assert isinstance(part, EmailMessage)
-        body = part.get_content()
+        body = body_of(mail)
         assert "https://hoshu.example.jp/console/inbox" in body
         assert request_id in body and "Approve or deny" in body
         assert body.index("承認または却下") < body.index("Approve or deny")  # Japanese first
@@ -134,16 +154,25 @@ def test_a_new_request_mails_each_approver_of_that_hospital(
         [sent] = events.of_type("notification.sent")
         assert sent.get("RequestId") == request_id
         assert sent.details == {"about": "request.created", "recipients": 2, "attempts": 1}
+        assert notifier.pending() == 0
+        # the sent row is kept 30 days, then deleted (its notification.sent event stays)
+        assert notifier.forget_sent() == 0
+        later = Notifier(
+            notify_settings(tmp_path, port), wall=lambda: datetime.now(UTC) + timedelta(days=31)
+        )
+        later.bind(w.s, events, store.engine)
+        assert later.forget_sent() == 1
     finally:
         notifier.stop()
         store.close()
 
 
-def test_an_emergency_access_mails_the_approvers_once(
+def test_emergency_tells_approvers_at_once_and_auditors_of_its_alert_and_decisions_the_engineer(
     tmp_path: Path, smtp: tuple[Inbox, int]
 ) -> None:
-    """Emergency access (allowed by the hospital's policy) is one mail, about the
-    emergency, linking to the grants page; not also a "request waiting" mail."""
+    """Emergency access is one mail to the approvers, about the emergency, linking to the
+    review page (not also a "request waiting" mail), and one to the hospital's auditor
+    about the alert; a denied and an approved request each tell the engineer who asked."""
     inbox, port = smtp
     w, events, notifier, store = broker(tmp_path, port)
     try:
@@ -153,31 +182,53 @@ def test_an_emergency_access_mails_the_approvers_once(
             {"emergency_allowed": True, "emergency_max_duration_s": 1800},
         )
         w.s.grants.start_emergency(w.actors["eng"], NewRequest(["cobas-1"], 1800, "down"))
-        poll_sync(lambda: events.of_type("notification.sent"), 10, "the notification")
-        [(rcpt, mail)] = inbox.mails
-        assert sorted(rcpt) == ["appr2@hoshi.example.jp", "appr@hoshi.example.jp"]
+        poll_sync(lambda: len(inbox.mails) >= 2, 10, "the notifications")
+        by_rcpt = {tuple(sorted(r)): m for r, m in inbox.mails}
+        mail = by_rcpt[("appr2@hoshi.example.jp", "appr@hoshi.example.jp")]
         assert "緊急アクセス" in mail["Subject"]
-        part = mail.get_body()
-        assert isinstance(part, EmailMessage)
-        assert "https://hoshu.example.jp/console/grants" in part.get_content()
-        notifier.stop()  # the queue is drained: nothing else was queued
-        assert [e.details["about"] for e in events.of_type("notification.sent")] == [
-            "emergency.started"
-        ]
+        assert "https://hoshu.example.jp/console/emergencies" in body_of(mail)
+        alert = by_rcpt[("aud@hoshi.example.jp",)]
+        assert "emergency_access" in alert["Subject"] and "down" not in body_of(alert)
+        assert "https://hoshu.example.jp/console/audit" in body_of(alert)
+        inbox.mails.clear()
+        denied = _request(w)
+        w.s.requests.deny(w.actors["appr"], denied, "not today <b>")
+        approved = _request(w)
+        w.s.requests.approve(w.actors["appr"], approved, "")
+        poll_sync(
+            lambda: len([r for r, _ in inbox.mails if r == ["eng@acme.example.com"]]) >= 2,
+            10,
+            "the engineer's mails",
+        )
+        mine = [m for r, m in inbox.mails if r == ["eng@acme.example.com"]]
+        texts = [body_of(m) for m in mine]
+        assert any(denied in t and "denied" in t for t in texts)
+        assert any(approved in t and "approved" in t for t in texts)
+        assert all("/console/my/requests" in t and "not today" not in t for t in texts)
+        notifier.stop()
+        abouts = [e.details["about"] for e in events.of_type("notification.sent")]
+        assert abouts.count("emergency.started") == 1 and "alert.raised" in abouts
+        assert abouts.count("request.created") == 2  # the two ordinary requests only
     finally:
         notifier.stop()
         store.close()
 
 
-def test_a_dead_mail_server_never_holds_up_a_request(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens
-    w, events, notifier, store = broker(tmp_path, port, retry_delays=(0.05, 0.05))
+def test_a_mail_server_outage_delays_mail_across_a_restart_and_never_drops_it(
+    tmp_path: Path,
+) -> None:
+    """The mail server is down: the request is created at once, its mail waits in the
+    outbox (``notification.failed`` after the third attempt, retries go on); the broker
+    restarts; the server comes up; the mail arrives, once."""
+    port = free_port()  # nothing listens yet
+    w, events, notifier, store = broker(tmp_path, port)
+    controller: Controller | None = None
     try:
         started = time.monotonic()
         request_id = _request(w)
         assert time.monotonic() - started < 1.0
         assert w.s.requests.show(w.admin, request_id).request.status == "pending"
-        poll_sync(lambda: events.of_type("notification.failed"), 10, "the failure event")
+        poll_sync(lambda: events.of_type("notification.failed"), 20, "the failure event")
         [failed] = events.of_type("notification.failed")
         assert failed.get("RequestId") == request_id and failed.get("EventResult") == "Failure"
         assert failed.details == {
@@ -186,10 +237,32 @@ def test_a_dead_mail_server_never_holds_up_a_request(tmp_path: Path) -> None:
             "attempts": 3,
             "reason": "ConnectionRefusedError",
         }
+        notifier.stop()  # the broker stops with the mail undelivered
         assert events.of_type("notification.sent") == []
+        # the broker comes back (a new notifier over the same database) ...
+        again = Notifier(notify_settings(tmp_path, port))
+        again.bind(w.s, events, store.engine)
+        assert again.pending() == 1
+        again.start()
+        notifier = again
+        # ... and then the mail server
+        inbox = Inbox()
+        controller = Controller(inbox, hostname="127.0.0.1", port=port)
+        controller.start()
+        poll_sync(lambda: inbox.mails, 20, "the delayed mail")
+        [(rcpt, mail)] = inbox.mails
+        assert sorted(rcpt) == ["appr2@hoshi.example.jp", "appr@hoshi.example.jp"]
+        assert request_id in body_of(mail)
+        poll_sync(lambda: events.of_type("notification.sent"), 10, "notification.sent")
+        [sent] = events.of_type("notification.sent")
+        assert sent.details["attempts"] >= 4 and notifier.pending() == 0
+        notifier.deliver_due()  # no second copy: the row is marked sent
+        assert len(inbox.mails) == 1
     finally:
         notifier.stop()
         store.close()
+        if controller is not None:
+            controller.stop()
 
 
 def test_settings_without_a_from_address_are_refused(tmp_path: Path) -> None:
@@ -246,7 +319,7 @@ def test_starttls_with_sign_in_from_a_password_file(
         assert user is not None
         user.email = "appr@hoshi.example.jp"
         tx.save(user)
-    notifier.bind(services, events)
+    notifier.bind(services, events, store.engine)
     notifier.start()
     caplog.set_level("DEBUG")
     try:
@@ -314,3 +387,98 @@ def test_the_assembled_broker_mails_approvers(tmp_path: Path, smtp: tuple[Inbox,
     ]
     assert "request.created" in kinds and "notification.sent" in kinds
     assert request_id
+
+
+def test_an_engineer_is_told_once_that_a_grant_is_about_to_end(
+    tmp_path: Path, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    w, events, first, store = broker(tmp_path, port)
+    first.stop()  # this test's messages come from the replica below only
+    replica = Notifier(notify_settings(tmp_path, port), grant_scan_s=0.0)
+    replica.bind(w.s, events, store.engine)
+    try:
+        request_id = _request(w)
+        view = w.s.requests.approve(w.actors["appr"], request_id, "")
+        assert view.grant is not None
+        w.clock.advance(3600 - 600)  # ten minutes left (HOSHU_NOTIFY_GRANT_ENDING_S: 900)
+        replica.start()
+        poll_sync(lambda: inbox.mails, 10, "the grant-ending mail")
+        [(rcpt, mail)] = inbox.mails
+        assert rcpt == ["eng@acme.example.com"] and "終了が近づいて" in mail["Subject"]
+        body = body_of(mail)
+        assert view.grant.id in body and "10 min" in body
+        assert "https://hoshu.example.jp/console/my/requests" in body
+        for _ in range(3):  # later scans find the message written already
+            replica._grants_ending()
+            replica.deliver_due()
+        assert len(inbox.mails) == 1 and replica.pending() == 0
+    finally:
+        replica.stop()
+        store.close()
+
+
+def _close(rt: Any) -> None:
+    async def close() -> None:
+        for closer in reversed(rt.closers):
+            result = closer()
+            if inspect.isawaitable(result):
+                await result
+
+    asyncio.run(close())
+
+
+@pytest.mark.slow
+def test_the_assembled_broker_restarted_during_a_mail_outage_sends_the_mail_once(
+    tmp_path: Path,
+) -> None:
+    """``hoshu serve``'s broker: the relay is down when the request comes; the broker
+    stops and starts again (same database); the relay comes up; one mail arrives."""
+    port = free_port()
+    settings = BrokerSettings(
+        data_dir=tmp_path / "data",
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_security="none",
+        smtp_from="hoshu@broker.example.jp",
+        notify_poll_s=0.1,
+        notify_backoff_max_s=1,
+    )
+    rt = build_broker(settings)
+    try:
+        s = rt.control.services
+        w = build_world(s, FakeClock(T0))
+        with s.ctx.uow() as tx:
+            user = tx.one(User, name="appr")
+            assert user is not None
+            user.email = "appr@hoshi.example.jp"
+            tx.save(user)
+        request_id = _request(w)
+        poll_sync(
+            lambda: "ConnectionRefusedError" in json.dumps(outbox_rows(rt)),
+            10,
+            "a failed attempt recorded in the outbox",
+        )
+    finally:
+        _close(rt)
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    rt = build_broker(settings)
+    try:
+        controller.start()
+        poll_sync(lambda: inbox.mails, 15, "the mail after the restart")
+        poll_sync(lambda: all(r["sent_at"] for r in outbox_rows(rt)), 10, "the row marked sent")
+        [(rcpt, mail)] = inbox.mails
+        assert rcpt == ["appr@hoshi.example.jp"] and request_id in body_of(mail)
+    finally:
+        _close(rt)
+        controller.stop()
+    assert len(inbox.mails) == 1
+
+
+def outbox_rows(rt: Any) -> list[dict[str, Any]]:
+    with rt.control.store.engine.connect() as conn:
+        return [
+            {k: str(v) if v is not None else None for k, v in r._mapping.items()}
+            for r in conn.execute(NOTIFICATION_OUTBOX.select())
+        ]

@@ -11,6 +11,7 @@ from broker.access import totp
 from tests.control.apihelp import auth, client_for, session_token
 from tests.control.conftest import PASSWORD, World, openssh_public_key
 from tests.support import FakeClock
+from wire import PROTOCOL_VERSION
 
 
 def assert_error(resp: object, status: int, code: str | None = None) -> dict[str, object]:
@@ -176,7 +177,7 @@ def test_gateway_enrolment_contract(
     }
     blob = base64.b64decode(res["broker_host_key"].split()[1])
     assert base64.urlsafe_b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=") == pin
-    assert res["hospital"] == "hoshi-hospital" and res["protocol_version"] == 1
+    assert res["hospital"] == "hoshi-hospital" and res["protocol_version"] == PROTOCOL_VERSION
     assert emitter.of_type("gateway.enrolled")
     assert secret not in "".join(e.to_json() for e in emitter.events)
     assert_error(c.post("/v1/gateways/enroll", json={**body, "name": "gw-2"}), 410, "gone")

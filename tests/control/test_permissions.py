@@ -36,7 +36,7 @@ ROW = re.compile(
     r"^\| `(GET|POST|PUT|PATCH|DELETE|SSH) (/?\S+)` "
     r"\| (.+?) \| (.+?) \| (.+?) \| (.+) \|$"
 )
-ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin"]
+ROLES = ["engineer", "approver", "hospital_admin", "auditor", "platform_admin", "vendor_admin"]
 # (user, role the table column is read for, organisation kind)
 WALKERS = [
     ("eng", "engineer", "vendor"),
@@ -46,7 +46,10 @@ WALKERS = [
     ("vaud", "auditor", "vendor"),
     ("paud", "auditor", "platform"),
     ("root", "platform_admin", "platform"),
+    ("vadmin", "vendor_admin", "vendor"),
 ]
+# path parameters a walker names instead (a vendor admin's own organisation is a vendor)
+OWN_TARGETS = {"vadmin": {"hospital": "acme-labs"}}
 
 Row = tuple[str, str, str | None, str, frozenset[str] | None, dict[str, str]]
 
@@ -158,6 +161,7 @@ def _targets(w: World, client: TestClient, root_token: str) -> dict[str, str]:
         "request_id": req.id,
         "grant_id": grant.id,
         "session_id": "s-walk",
+        "hold_id": "h-no-such-hold",
         "month": "2026-03",
     }
 
@@ -168,6 +172,7 @@ def _walk_world(broker: Runtime) -> tuple[World, dict[str, Any]]:
     platform = services.people.org_of(w.admin.org_id)
     assert platform is not None
     w.add_user("paud", platform, ["auditor"])
+    w.add_user("vadmin", w.vendor, ["vendor_admin"])
     users: dict[str, Any] = {**w.users}
     users["root"] = next(u for u in services.people.list_users(w.admin) if u.name == "root")
     return w, users
@@ -196,7 +201,8 @@ def test_every_endpoint_with_every_role_matches_the_table(broker: Runtime) -> No
                 continue
             for name, role, kind in WALKERS:
                 # a fresh token per call: logout and revocations end the ones before
-                r = _call(c, method, _url(path, targets), session_token(services, users[name]))
+                url = _url(path, {**targets, **OWN_TARGETS.get(name, {})})
+                r = _call(c, method, url, session_token(services, users[name]))
                 succeeded += r.status_code < 300
                 expect_forbidden = cells[role] != "yes" or (kinds is not None and kind not in kinds)
                 if (r.status_code == 403) != expect_forbidden or r.status_code in (401, 500):

@@ -20,7 +20,7 @@ def test_migrated_schema_equals_the_table_definitions(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
-    assert current_revision(store.engine) == "0003"
+    assert current_revision(store.engine) == "0011"
 
 
 def test_upgrade_is_idempotent_and_sqlite_runs_in_wal(tmp_path: object) -> None:

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ from typing import Any
 import pytest
 
 from hoshu_demo.demo import Demo
-from tests.foundation.test_demo import Totp
 from tests.support import poll_sync
+from tests.support.demoflow import request_approved, sign_in
+from tests.support.stockssh import engineer_ssh
 
 pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(300)]
 WAIT_S = 30.0  # a whole system on two cores: broker, gateway, sshd
@@ -62,73 +62,22 @@ def _listening(port: int) -> bool:
 
 def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo) -> None:
     d = system
-    started_at = time.time()
-    codes = {u: Totp(d.secrets[u], started_at) for u in ("tanaka", "sato")}
-    people = d.describe()["users"]
-    for user in ("tanaka", "sato"):
-        d.hoshu(
-            user,
-            "login",
-            "--user",
-            user,
-            "--password-stdin",
-            "--totp",
-            codes[user].code(),
-            stdin=people[user]["password"],
-        )
-    port = d.describe()["instruments"]["cobas-c503-1"]["ssh_port"]
-    req = d.hoshu(
-        "tanaka",
-        "request",
-        "cobas-c503-1",
-        "--port",
-        str(port),
-        "--duration",
-        "1h",
-        "--reason",
-        "crash test",
-        "--ticket",
-        "INC-1",
-        "--plan",
-        "run a command",
-    )
-    d.hoshu("sato", "approve", req["id"], "--comment", "ok")
+    codes = sign_in(d, ("tanaka", "sato"))
+    request_approved(d, "cobas-c503-1", reason="crash test", ticket="INC-1", plan="run a command")
 
     root = d.root
-    code_file = root / "code.txt"
-    askpass = root / "askpass.sh"
-    askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
-    askpass.chmod(0o700)
-    code_file.write_text(codes["tanaka"].code() + "\n")
-    env = {
-        **d.env("tanaka"),
-        "SSH_ASKPASS": str(askpass),
-        "SSH_ASKPASS_REQUIRE": "force",
-        "DISPLAY": "none",
-    }
     known = root / "known_hosts"
+    argv, env = engineer_ssh(
+        root,
+        d.env("tanaka"),
+        codes["tanaka"].code(),
+        d.ssh_port,
+        "tanaka+cobas-c503-1",
+        "echo crash-marker-$((6*7)); sleep 300",
+        known_hosts=known,
+    )
     ssh = subprocess.Popen(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(root / "engineer" / "id_ed25519"),
-            "-o",
-            f"UserKnownHostsFile={known}",
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=no",
-            "-o",
-            "ConnectTimeout=10",
-            "-p",
-            str(d.ssh_port),
-            "tanaka+cobas-c503-1@127.0.0.1",
-            "echo crash-marker-$((6*7)); sleep 300",
-        ],
+        argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

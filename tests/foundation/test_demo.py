@@ -24,32 +24,13 @@ import pyotp
 import pytest
 
 from tests.support import poll_sync
+from tests.support.demoflow import Totp
 
 # The demo starts three processes, and TOTP codes are single use: a second sign-in
 # in one 30 s step waits for the next, so these tests get more time than the default.
 pytestmark = [pytest.mark.xdist_group("demo"), pytest.mark.timeout(600)]
 
 BIN = Path(sys.executable).parent
-
-
-class Totp:
-    """Codes as an authenticator app gives them; each step is used once (the broker
-    refuses replays), so a second code in one step waits for the clock to move on."""
-
-    def __init__(self, secret: str, used_before: float) -> None:
-        self.totp = pyotp.TOTP(secret)
-        self.last = int(used_before) // 30  # the demo used a code at or before this step
-
-    def code(self) -> str:
-        deadline = time.monotonic() + 70
-        while True:
-            now = int(time.time()) // 30
-            step = max(self.last + 1, now - 1)
-            if step <= now + 1:
-                self.last = step
-                return self.totp.at(step * 30)
-            assert time.monotonic() < deadline, "clock did not move"
-            time.sleep(0.5)  # waiting for wall-clock time itself, not for a condition
 
 
 @pytest.fixture(scope="module")

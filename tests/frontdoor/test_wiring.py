@@ -17,9 +17,12 @@ async def test_serve_runs_the_front_door_over_the_store(tmp_path: Path) -> None:
     events = CapturingEmitter()
     rt = build_runtime(BrokerSettings(data_dir=tmp_path / "data"), emitter=events)
     handle = attach_front_door(rt, DirectConnector(), port=0)
-    task = asyncio.ensure_future(rt.tasks[-1]())
+    # every task: the front door and the change feed it asks before each login
+    tasks = [asyncio.ensure_future(t()) for t in rt.tasks]
     try:
         await asyncio.wait_for(handle.ready.wait(), 10)
+        assert rt.feed is not None
+        await asyncio.wait_for(rt.feed.ready.wait(), 10)
         assert handle.door is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", handle.door.port)
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-2.0-")
@@ -57,8 +60,9 @@ async def test_serve_runs_the_front_door_over_the_store(tmp_path: Path) -> None:
         await poll(lambda: "unknown user or key" in reasons(), 2, "the refusal logged")
         assert reasons() == ["no credentials offered", "unknown user or key"]
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         rt.control.close()
 
 

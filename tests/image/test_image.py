@@ -6,8 +6,9 @@ cached, keyed by the lock file), and the image with buildah (overlay storage
 under the cache, chroot isolation: no daemon).  podman runs it on loopback (host network) with a
 read-only root filesystem, /tmp as tmpfs and a data volume owned by the image's
 user, as the reference deployment does.  Then: /healthz and /readyz answer, the
-image's HEALTHCHECK passes, the SSH front door sends its banner, and an admin
-bootstrapped by the image's own CLI signs in (password + TOTP) from the host.
+image's HEALTHCHECK passes, the SSH front door sends its banner, an admin
+bootstrapped by the image's own CLI signs in (password + TOTP) from the host, and
+an engineer that admin makes signs in to the front door with stock ssh (key + TOTP).
 
 On this machine podman needs: runc (crun refuses the hybrid cgroup layout),
 ``--cgroup-manager cgroupfs`` (no systemd), and explicit RLIMIT_NOFILE/NPROC at
@@ -32,6 +33,8 @@ import pyotp
 import pytest
 
 from tests.support import free_port, poll_sync
+from tests.support.demoflow import Totp
+from tests.support.stockssh import engineer_ssh
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("buildah", "podman", "mmdebstrap", "runc")
@@ -253,6 +256,90 @@ def test_an_admin_signs_in_with_password_and_totp_through_the_container(
     )
     assert who.returncode == 0, who.stderr
     assert json.loads(who.stdout)["name"] == "root-admin"
+
+
+def test_an_engineer_signs_in_with_stock_ssh_key_and_totp_through_the_container(
+    broker: Running, tmp_path: Path
+) -> None:
+    """An engineer made through the containerised API (the admin's ``hoshu``), who
+    enrols TOTP as a person does, signs in to the container's SSH front door with
+    stock ``ssh``: her key and a wrong code are refused; her key and the right code
+    get her in, and the broker tells her to name an instrument."""
+    hoshu = str(ROOT / ".venv" / "bin" / "hoshu")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")}
+
+    def run(who: str, *args: str, stdin: str = "") -> str:
+        env = {**base, "HOSHU_API": broker.api, "HOSHU_CONFIG_DIR": str(tmp_path / who)}
+        proc = subprocess.run(
+            [hoshu, "--json", *args],
+            env=env,
+            text=True,
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, f"hoshu {' '.join(args[:3])}: {proc.stderr[-500:]}"
+        return proc.stdout
+
+    admin = Totp(broker.totp_secret, time.time())  # another test may have used this step
+    run("admin", "login", "--user", "root-admin", "--password-stdin", "--totp", admin.code(),
+        stdin="Image-Test-Password-2026")  # fmt: skip
+    run("admin", "admin", "orgs", "create", "acme-labs", "--kind", "vendor")
+    password = "Engineer-Image-Test-2026"
+    run("admin", "admin", "users", "create", "tanaka", "--full-name", "Tanaka Hanako",
+        "--org", "acme-labs", "--role", "engineer", "--email", "tanaka@acme-labs.example",
+        "--password-stdin", stdin=password)  # fmt: skip
+    run("tanaka", "login", "--user", "tanaka", "--password-stdin", stdin=password)
+    uri = json.loads(run("tanaka", "totp", "enroll"))["otpauth_uri"]
+    tanaka = Totp(pyotp.parse_uri(uri).secret, time.time() - 60)
+    run("tanaka", "totp", "confirm", tanaka.code())
+    key = tmp_path / "engineer" / "id_ed25519"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                   check=True, timeout=30)  # fmt: skip
+    run("admin", "admin", "users", "add-key", "tanaka", "--key-file", f"{key}.pub")
+
+    def ssh(code: str) -> subprocess.CompletedProcess[str]:
+        argv, env = engineer_ssh(tmp_path, base, code, broker.ssh_port, "tanaka", "true")
+        return subprocess.run(
+            argv, env=env, text=True, capture_output=True, timeout=60, check=False
+        )
+
+    good = tanaka.code()
+    wrong = ssh(f"{(int(good) + 1) % 1_000_000:06d}")
+    assert wrong.returncode == 255 and "Permission denied" in wrong.stderr, wrong.stderr
+    ok = ssh(good)
+    assert "Permission denied" not in ok.stderr, ok.stderr
+    assert "name an instrument" in ok.stdout + ok.stderr, (ok.stdout, ok.stderr)
+
+
+def test_the_container_serves_the_consoles_player_and_novnc_files(broker: Running) -> None:
+    """The console's npm files are in the image (copied at build time, no npm there):
+    the recording player's bundle and style sheet and noVNC's RFB module answer 200
+    with the bytes package-lock.json pinned, and a file outside them is still 404."""
+    import httpx
+
+    served = {
+        "/console/static/vendor/asciinema-player.min.js": ROOT
+        / "node_modules/asciinema-player/dist/bundle/asciinema-player.min.js",
+        "/console/static/vendor/asciinema-player.css": ROOT
+        / "node_modules/asciinema-player/dist/bundle/asciinema-player.css",
+        "/console/static/novnc/core/rfb.js": ROOT / "node_modules/@novnc/novnc/core/rfb.js",
+    }
+    for path, local in served.items():
+        r = httpx.get(f"{broker.api}{path}", timeout=5)
+        assert r.status_code == 200, (path, r.status_code, r.text[:200])
+        assert r.content == local.read_bytes(), path
+    assert (
+        "javascript"
+        in httpx.get(
+            f"{broker.api}/console/static/vendor/asciinema-player.min.js", timeout=5
+        ).headers["content-type"]
+    )
+    assert (
+        httpx.get(f"{broker.api}/console/static/vendor/package.json", timeout=5).status_code == 404
+    )
 
 
 def test_the_container_runs_as_its_user_on_a_read_only_root_without_build_tools(

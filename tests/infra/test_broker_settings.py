@@ -41,6 +41,7 @@ SAMPLE = {
     "dcrImmutableId": "dcr-00000000000000000000000000000000",
     "dcrStreamName": "Custom-HoshuAudit",
     "drainGraceSeconds": 20,
+    "drainLeadSeconds": 10,
     "ingressAddressPrefix": "10.40.4.0/23",
 }
 
@@ -95,6 +96,8 @@ def test_the_deployed_environment_is_accepted_by_the_broker(
     assert s.recordings_url == SAMPLE["recordingsUrl"]
     assert s.trusted_proxies == ["10.40.4.0/23"]
     assert s.drain_grace_s == 20
+    assert s.drain_lead_s == 10
+    assert s.peer_port == 2224 and s.peer_host == "0.0.0.0"
 
 
 def test_the_platform_waits_longer_than_the_drain() -> None:

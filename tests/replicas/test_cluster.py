@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncssh
 import pytest
 
-from tests.foundation.test_demo import Totp
-from tests.replicas.cluster import Cluster, wait
+from tests.replicas.cluster import INSTRUMENT, Cluster, wait
+from tests.support.demoflow import Totp
+from tests.support.stockssh import engineer_ssh
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,65 +26,20 @@ pytestmark = [
     pytest.mark.xdist_group("demo"),
     pytest.mark.timeout(600),
 ]
-INSTRUMENT = "cobas-c503-1"
 
 
 @pytest.fixture(scope="module")
-def cluster(
-    tmp_path_factory: pytest.TempPathFactory, postgres_module_url: str
-) -> Iterator[Cluster]:
-    # a short folder: the gateway's control socket path must fit AF_UNIX's 108 bytes
-    # ports the kernel picks: another test may hold the demo's usual ones
-    c = Cluster(
-        tmp_path_factory.mktemp("rep") / ".c",
-        api_port=0,
-        ssh_port=0,
-        tunnel_port=0,
-        database_url=postgres_module_url,
-    )
-    try:
-        c.start_cluster(("b", "c"))
-        c.tunnel_to("b", "c")
-        yield c
-    finally:
-        c.stop()
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """The package's cluster, with the gateway tunnelled to b and c only."""
+    return shared_cluster.ready(("b", "c"))
 
 
 @pytest.fixture(scope="module")
 def engineer(cluster: Cluster) -> dict[str, Any]:
     """tanaka signed in and granted the instrument (approved by sato), on replica a."""
     d = cluster
-    started_at = time.time()
-    codes = {u: Totp(d.secrets[u], started_at) for u in ("tanaka", "sato")}
-    people = d.describe()["users"]
-    for user in ("tanaka", "sato"):
-        d.hoshu(
-            user,
-            "login",
-            "--user",
-            user,
-            "--password-stdin",
-            "--totp",
-            codes[user].code(),
-            stdin=people[user]["password"],
-        )
-    port = d.describe()["instruments"][INSTRUMENT]["ssh_port"]
-    req = d.hoshu(
-        "tanaka",
-        "request",
-        INSTRUMENT,
-        "--port",
-        str(port),
-        "--duration",
-        "1h",
-        "--reason",
-        "replica test",
-        "--ticket",
-        "INC-7",
-        "--plan",
-        "run commands",
-    )
-    d.hoshu("sato", "approve", req["id"], "--comment", "ok")
+    codes = d.sign_in(("tanaka", "sato"))
+    d.grant(reason="replica test", ticket="INC-7", plan="run commands")
     return {"totp": codes["tanaka"]}
 
 
@@ -93,39 +48,16 @@ def ssh(
 ) -> subprocess.CompletedProcess[bytes]:
     """Stock OpenSSH through replica ``replica``'s front door (TOTP by askpass; a code
     taken beforehand, or the next one of ``totp``)."""
-    code_file = d.root / "code.txt"
-    askpass = d.root / "askpass.sh"
-    askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
-    askpass.chmod(0o700)
-    code_file.write_text((totp if isinstance(totp, str) else totp.code()) + "\n")
-    env = {
-        **d.env("tanaka"),
-        "SSH_ASKPASS": str(askpass),
-        "SSH_ASKPASS_REQUIRE": "force",
-        "DISPLAY": "none",
-    }
+    argv, env = engineer_ssh(
+        d.root,
+        d.env("tanaka"),
+        totp if isinstance(totp, str) else totp.code(),
+        d.replicas[replica].ssh_port,
+        f"tanaka+{INSTRUMENT}",
+        command,
+    )
     return subprocess.run(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(d.root / "engineer" / "id_ed25519"),
-            "-o",
-            f"UserKnownHostsFile={d.root / 'known_hosts'}",
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=no",
-            "-o",
-            "ConnectTimeout=10",
-            "-p",
-            str(d.replicas[replica].ssh_port),
-            f"tanaka+{INSTRUMENT}@127.0.0.1",
-            command,
-        ],
+        argv,
         env=env,
         capture_output=True,
         stdin=subprocess.DEVNULL,
@@ -145,6 +77,7 @@ def test_an_engineer_on_a_replica_without_a_tunnel_reaches_the_instrument(
     a records it, and the gateway's own audit copy names the engineer."""
     d = cluster
     assert "a" not in d.holders(d.gateway_id())
+    since = time.time()  # this test's events (the cluster ran other tests before)
     code = engineer["totp"].code()
     started = time.monotonic()
     r = ssh(d, code, "echo through-$((40+2))")
@@ -152,9 +85,9 @@ def test_an_engineer_on_a_replica_without_a_tunnel_reaches_the_instrument(
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert r.stdout == b"through-42\n"
     print(f"FIGURE ssh session through a peer replica (sign-in to exit): {elapsed:.2f} s")
-    a_events = d.events("a")
+    a_events = d.events("a", since)
     [ended] = wait(
-        "session.ended on replica a", lambda: _of(d.events("a"), "session.ended") or None
+        "session.ended on replica a", lambda: _of(d.events("a", since), "session.ended") or None
     )
     assert ended["ActorUsername"] == "tanaka" and ended["RecordingSize"] > 0
     assert _of(a_events, "replica.peer_refused") == []
@@ -170,7 +103,7 @@ def test_an_engineer_on_a_replica_without_a_tunnel_reaches_the_instrument(
     print(f"FIGURE ssh session on the tunnel holder itself: {direct_s:.2f} s")
 
     def opened() -> list[dict[str, Any]]:
-        return [e for n in ("b", "c") for e in _of(d.events(n), "gateway.channel_opened")]
+        return [e for n in ("b", "c") for e in _of(d.events(n, since), "gateway.channel_opened")]
 
     channels = wait(
         "the gateway's channel_opened of both sessions, forwarded to b or c",

@@ -1,7 +1,7 @@
 """SIGTERM drains a real broker: the engineer is told, the session ends cleanly.
 
 The whole system runs as in the demo (``hoshu serve``, a gateway, a real sshd
-instrument) with ``HOSHU_DRAIN_GRACE_S=6``; stock OpenSSH runs a long recorded
+instrument) with ``HOSHU_DRAIN_GRACE_S=10``; stock OpenSSH runs a long recorded
 command through the front door; the broker gets SIGTERM.  Then: /readyz is 503
 ``draining`` and the front door takes no new connection, the engineer's
 terminal shows the restart notice, the session ends with ``session.ended``
@@ -26,12 +26,13 @@ import httpx
 import pytest
 
 from hoshu_demo.demo import Demo
-from tests.foundation.test_demo import Totp
 from tests.support import poll_sync
+from tests.support.demoflow import request_approved, sign_in
+from tests.support.stockssh import engineer_ssh
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo"), pytest.mark.timeout(300)]
 WAIT_S = 30.0
-GRACE_S = 6.0
+GRACE_S = 10.0  # its last 2 s are kept for ending sessions (hash, end events)
 HOSHU = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "hoshu"
 
 
@@ -62,73 +63,22 @@ def _listening(port: int) -> bool:
 
 def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system: Demo) -> None:
     d = system
-    started_at = time.time()
-    codes = {u: Totp(d.secrets[u], started_at) for u in ("tanaka", "sato")}
-    people = d.describe()["users"]
-    for user in ("tanaka", "sato"):
-        d.hoshu(
-            user,
-            "login",
-            "--user",
-            user,
-            "--password-stdin",
-            "--totp",
-            codes[user].code(),
-            stdin=people[user]["password"],
-        )
-    port = d.describe()["instruments"]["cobas-c503-1"]["ssh_port"]
-    req = d.hoshu(
-        "tanaka",
-        "request",
-        "cobas-c503-1",
-        "--port",
-        str(port),
-        "--duration",
-        "1h",
-        "--reason",
-        "drain test",
-        "--ticket",
-        "INC-2",
-        "--plan",
-        "run a command",
-    )
-    d.hoshu("sato", "approve", req["id"], "--comment", "ok")
+    codes = sign_in(d, ("tanaka", "sato"))
+    request_approved(d, "cobas-c503-1", reason="drain test", ticket="INC-2", plan="run a command")
 
     root = d.root
-    code_file, askpass = root / "code.txt", root / "askpass.sh"
-    askpass.write_text(f"#!/bin/sh\ncat {code_file}\n")
-    askpass.chmod(0o700)
-    code_file.write_text(codes["tanaka"].code() + "\n")
-    env = {
-        **d.env("tanaka"),
-        "SSH_ASKPASS": str(askpass),
-        "SSH_ASKPASS_REQUIRE": "force",
-        "DISPLAY": "none",
-    }
+    argv, env = engineer_ssh(
+        root,
+        d.env("tanaka"),
+        codes["tanaka"].code(),
+        d.ssh_port,
+        "tanaka+cobas-c503-1",
+        "echo drain-marker-$((6*7)); sleep 300",
+    )
     terminal = root / "engineer-terminal.txt"
     with terminal.open("wb") as out:
         ssh = subprocess.Popen(
-            [
-                "ssh",
-                "-F",
-                "/dev/null",
-                "-i",
-                str(root / "engineer" / "id_ed25519"),
-                "-o",
-                f"UserKnownHostsFile={root / 'known_hosts'}",
-                "-o",
-                "StrictHostKeyChecking=accept-new",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=no",
-                "-o",
-                "ConnectTimeout=10",
-                "-p",
-                str(d.ssh_port),
-                "tanaka+cobas-c503-1@127.0.0.1",
-                "echo drain-marker-$((6*7)); sleep 300",
-            ],
+            argv,
             env=env,
             stdout=out,
             stderr=out,

@@ -165,6 +165,7 @@ async def test_the_assembled_broker_asks_its_database_key_store_and_recording_st
     try:
         assert await rt.readiness.run() == {
             "database": "ok",
+            "change_feed": "ok",
             "key_store": "ok",
             "recording_store": "ok",
         }

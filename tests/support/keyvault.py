@@ -35,8 +35,6 @@ The certificate is self-signed for 127.0.0.1 (``cert_path``); SDK clients get
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import json
 import re
 import secrets
@@ -52,11 +50,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from azure.core.credentials import AccessToken
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
+
+from tests.support.tls import self_signed
 
 RESOURCE = "https://vault.azure.net"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -185,40 +183,6 @@ class _Denied(Exception):
         self.headers = headers or {}
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyvault-stand-in")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=4))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / "keyvault.crt", directory / "keyvault.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 _SECRET = re.compile(r"^/secrets/([0-9A-Za-z-]{1,127})(?:/([0-9a-f]{32}|versions)?)?/?$")
 _KEY = re.compile(
     r"^/keys/([0-9A-Za-z-]{1,127})(?:/(create|versions|[0-9a-f]{32})?)?"
@@ -236,7 +200,9 @@ class KeyVault:
         self.name = name
         self.tokens: Any = tokens or Tokens()
         self.resource = RESOURCE  # what the challenge names (a test may name another)
-        self.cert_path, key_path = _self_signed(directory)
+        self.cert_path, key_path = self_signed(
+            directory, "keyvault", common_name="keyvault-stand-in", dns=("localhost",)
+        )
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._ctx.load_cert_chain(self.cert_path, key_path)
         self._lock = threading.Lock()

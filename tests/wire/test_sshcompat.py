@@ -349,3 +349,16 @@ def test_no_module_outside_the_fence_imports_an_asyncssh_submodule() -> None:
         if re.match(r"\s*(from asyncssh\.|import asyncssh\.)", line)
     ]
     assert not found, f"asyncssh internals imported outside wire/sshcompat.py: {found}"
+
+
+def test_a_server_connection_still_has_what_refuse_and_linger_uses() -> None:
+    """refuse_and_linger sends the disconnect itself and keeps the socket a moment."""
+    cls = asyncssh.SSHServerConnection
+    assert callable(getattr(cls, "_send_disconnect", None)), (
+        "asyncssh's SSHServerConnection lost _send_disconnect: update wire/sshcompat.py"
+    )
+    assert callable(getattr(cls, "abort", None))
+    inits = [getattr(vars(c).get("__init__"), "__code__", None) for c in cls.__mro__]
+    assert any(code is not None and "_transport" in code.co_names for code in inits), (
+        "asyncssh's connection no longer sets _transport: update wire/sshcompat.py"
+    )

@@ -1,7 +1,10 @@
 // The broker on Azure Container Apps: an internal, VNet-injected environment
 // (no public address at all) and one container app with three ports: HTTPS for
 // the control plane API, SSH for engineers (front door), and the gateway
-// tunnel endpoint. It runs as a user-assigned managed identity: no secrets in
+// tunnel endpoint. Two or more replicas run side by side on one PostgreSQL; a
+// fourth port, the link between replicas (2224), is in no ingress: the replicas
+// dial one another's own addresses inside the apps subnet (network.bicep lets only
+// that subnet reach it). It runs as a user-assigned managed identity: no secrets in
 // configuration; it reaches the database, Key Vault, the recordings container
 // and the Data Collection Rule with Entra ID tokens.
 
@@ -35,13 +38,21 @@ param identityClientId string
 @description('Name of that identity (its PostgreSQL role name).')
 param identityName string
 
+@description('Two at least: a gateway keeps tunnels to two replicas; losing one loses no hospital.')
+@minValue(2)
 param minReplicas int
+@minValue(2)
 param maxReplicas int
 
 @description('Seconds live sessions get to end on a stop or a new revision (below the platform\'s grace).')
 @minValue(0)
 @maxValue(550)
 param drainGraceSeconds int = 20
+
+@description('Seconds /readyz fails on a stop before the drain starts, while the replica still serves: the readiness probe (every 5 s, 2 failures) takes it out of the ingress first.')
+@minValue(0)
+@maxValue(40)
+param drainLeadSeconds int = 10
 
 // Settings handed to the broker (see docs/deploy-azure.md for each one).
 param postgresFqdn string
@@ -172,6 +183,24 @@ resource broker 'Microsoft.App/containerApps@2024-03-01' = {
               value: string(drainGraceSeconds)
             }
             {
+              // /readyz fails this long first on SIGTERM, the ingress moves new
+              // connections to the other replicas, then the drain above starts.
+              name: 'HOSHU_DRAIN_LEAD_S'
+              value: string(drainLeadSeconds)
+            }
+            {
+              // The link between replicas (SSH, each replica's key pinned in the
+              // database). Listening everywhere, a replica publishes its own address
+              // (its host name's) for the others to dial; no HOSHU_REPLICA_ID: each
+              // replica is named after its host name, the platform's replica name.
+              name: 'HOSHU_PEER_HOST'
+              value: '0.0.0.0'
+            }
+            {
+              name: 'HOSHU_PEER_PORT'
+              value: '2224'
+            }
+            {
               name: 'HOSHU_API_HOST'
               value: '0.0.0.0'
             }
@@ -228,6 +257,15 @@ resource broker 'Microsoft.App/containerApps@2024-03-01' = {
               value: string([ingressAddressPrefix])
             }
           ]
+          // The data directory lives as long as the replica, across restarts of its
+          // container: the replica's peer key, pinned in the database under the
+          // replica's name, stays the same (a new key under a pinned name is refused).
+          volumeMounts: [
+            {
+              volumeName: 'data'
+              mountPath: '/var/lib/hoshu'
+            }
+          ]
           // /healthz: the process lives; /readyz: database, key store and recording
           // store answer, and 503 "draining" from SIGTERM on (docs/deploy-azure.md, Image)
           probes: [
@@ -251,12 +289,19 @@ resource broker 'Microsoft.App/containerApps@2024-03-01' = {
           ]
         }
       ]
+      volumes: [
+        {
+          name: 'data'
+          storageType: 'EmptyDir'
+        }
+      ]
       scale: {
         minReplicas: minReplicas
         maxReplicas: maxReplicas
       }
-      // SIGTERM, then this long before SIGKILL: room for the drain and the audit log's close.
-      terminationGracePeriodSeconds: drainGraceSeconds + 10
+      // SIGTERM, then this long before SIGKILL: room for the lead, the drain and the
+      // audit log's close.
+      terminationGracePeriodSeconds: drainLeadSeconds + drainGraceSeconds + 10
     }
   }
 }

@@ -124,6 +124,34 @@ resource spokeNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
         }
       }
       {
+        name: 'allow-replica-peers'
+        properties: {
+          description: 'The link between broker replicas: from the apps subnet to the apps subnet only.'
+          priority: 150
+          direction: 'Inbound'
+          access: 'Allow'
+          protocol: 'Tcp'
+          sourceAddressPrefix: spokeSubnets.apps
+          sourcePortRange: '*'
+          destinationAddressPrefix: spokeSubnets.apps
+          destinationPortRange: '2224'
+        }
+      }
+      {
+        name: 'deny-replica-peers-from-elsewhere'
+        properties: {
+          description: 'Nothing else reaches the link between replicas, not even the rest of the spoke.'
+          priority: 160
+          direction: 'Inbound'
+          access: 'Deny'
+          protocol: '*'
+          sourceAddressPrefix: '*'
+          sourcePortRange: '*'
+          destinationAddressPrefix: '*'
+          destinationPortRange: '2224'
+        }
+      }
+      {
         name: 'allow-spoke-internal'
         properties: {
           priority: 200

@@ -1,0 +1,176 @@
+// hoshu console: a VNC desktop in the browser (noVNC), and a desktop recording played.
+// Live (the engineer's, or an approver following it read-only): the page's WebSocket carries RFB (security type None: the broker holds the
+// instrument's password); text messages on it are the broker's notices (grant ending),
+// shown above the screen; the close reason says why the session ended.
+// Player: the recording's server messages are fed to noVNC at the recorded pace
+// through a channel that looks like a WebSocket; seeking replays from the start.
+import RFB from "/console/static/novnc/core/rfb.js";
+
+const screen = document.getElementById("screen");
+const state = document.getElementById("desktop-state");
+const notices = document.getElementById("notices");
+
+function setState(name, detail) {
+  state.setAttribute("data-state", name);
+  state.textContent = (state.getAttribute("data-" + name) || name) + (detail ? ": " + detail : "");
+}
+
+function notice(text) {
+  const li = document.createElement("li");
+  li.textContent = text;
+  li.className = "notice";
+  notices.appendChild(li);
+}
+
+class LiveChannel {
+  constructor(url) {
+    this.binaryType = "arraybuffer";
+    this.protocol = "";
+    this.readyState = "connecting";
+    this.onopen = null;
+    this.onmessage = null;
+    this.onerror = null;
+    this.onclose = null;
+    const ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => { this.readyState = "open"; if (this.onopen) { this.onopen(); } };
+    ws.onmessage = (e) => {
+      if (typeof e.data === "string") { notice(e.data); } else if (this.onmessage) { this.onmessage(e); }
+    };
+    ws.onerror = (e) => { if (this.onerror) { this.onerror(e); } };
+    ws.onclose = (e) => {
+      this.readyState = "closed";
+      setState(e.code === 4403 ? "refused" : "ended", e.reason);
+      if (this.onclose) { this.onclose(e); }
+    };
+  }
+  send(data) { this.ws.send(data); }
+  close() { this.ws.close(); }
+}
+
+// the recording: "HOSHU-RFB 1\n", a JSON line, then records (>I ms, 1 byte kind, >I length, data)
+function parse(buf) {
+  const bytes = new Uint8Array(buf);
+  const view = new DataView(buf);
+  let pos = 12;
+  while (bytes[pos] !== 10) { pos += 1; }
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, pos)));
+  pos += 1;
+  const records = [];
+  while (pos + 9 <= bytes.length) {
+    const ms = view.getUint32(pos);
+    const kind = String.fromCharCode(bytes[pos + 4]);
+    const n = view.getUint32(pos + 5);
+    pos += 9;
+    if (kind === "S") { records.push({ ms: ms, data: bytes.slice(pos, pos + n) }); }
+    pos += n;
+  }
+  return { header: header, records: records };
+}
+
+const HANDSHAKE = [
+  new TextEncoder().encode("RFB 003.008\n"), new Uint8Array([1, 1]), new Uint8Array([0, 0, 0, 0]),
+];
+
+class PlaybackChannel {
+  // noVNC's side of a recorded session: the handshake it expects, then the records
+  constructor(records, from) {
+    this.binaryType = "arraybuffer";
+    this.protocol = "";
+    this.readyState = "connecting";
+    this.onopen = null;
+    this.onmessage = null;
+    this.onerror = null;
+    this.onclose = null;
+    this.records = records;
+    this.sent = 0;  // client messages seen: version, security type, ClientInit
+    this.next = 0;
+    this.speed = 1;
+    this.timer = null;
+    this.from = from;  // ms to jump to: everything before it is fed at once
+    this.clock0 = 0;
+    setTimeout(() => { this.readyState = "open"; this.onopen(); this.push(HANDSHAKE[0]); }, 0);
+  }
+  push(data) { this.onmessage({ data: data.slice().buffer }); }
+  send() {
+    // answered later, not from inside noVNC's own send
+    this.sent += 1;
+    const n = this.sent;
+    setTimeout(() => {
+      if (n === 1) { this.push(HANDSHAKE[1]); }
+      if (n === 2) { this.push(HANDSHAKE[2]); }
+      if (n === 3) { this.start(); }
+    }, 0);
+  }
+  now() { return this.base + (performance.now() - this.clock0) * this.speed; }
+  start() {
+    this.base = this.from;
+    this.clock0 = performance.now();
+    this.tick();
+  }
+  tick() {
+    const t = this.now();
+    while (this.next < this.records.length && this.records[this.next].ms <= t) {
+      this.push(this.records[this.next].data);
+      this.next += 1;
+    }
+    played(Math.min(t, total));
+    if (this.next >= this.records.length) { setState("ended"); return; }
+    const wait = (this.records[this.next].ms - t) / this.speed;
+    this.timer = setTimeout(() => this.tick(), Math.max(0, Math.min(wait, 250)));
+  }
+  setSpeed(s) { this.base = this.now(); this.clock0 = performance.now(); this.speed = s; }
+  close() { clearTimeout(this.timer); this.readyState = "closed"; }
+}
+
+let total = 0;
+function played(ms) {
+  const pos = document.getElementById("position");
+  if (pos) { pos.value = String(Math.round(ms)); pos.setAttribute("data-ms", String(Math.round(ms))); }
+}
+
+function live() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const url = proto + "//" + location.host + screen.getAttribute("data-ws") +
+    "&csrf=" + encodeURIComponent(screen.getAttribute("data-csrf"));
+  const rfb = new RFB(screen, new LiveChannel(url), { shared: true });
+  const watching = screen.hasAttribute("data-view-only");  // an approver following
+  rfb.viewOnly = watching;
+  rfb.scaleViewport = true;
+  rfb.resizeSession = !watching;
+  rfb.addEventListener("connect", () => { setState("live"); rfb.focus(); });
+  window.hoshuDesktop = rfb;
+}
+
+async function player() {
+  const r = await fetch(screen.getAttribute("data-recording"), { credentials: "same-origin" });
+  if (!r.ok) { setState("failed"); return; }
+  const rec = parse(await r.arrayBuffer());
+  total = rec.records.length ? rec.records[rec.records.length - 1].ms : 0;
+  const pos = document.getElementById("position");
+  pos.max = String(total);
+  document.getElementById("duration").textContent = (total / 1000).toFixed(1) + " s";
+  let rfb = null;
+  let channel = null;
+  function play(from) {
+    if (rfb) { rfb.disconnect(); }
+    screen.replaceChildren();
+    channel = new PlaybackChannel(rec.records, from);
+    channel.speed = Number(document.getElementById("speed").value) || 1;
+    rfb = new RFB(screen, channel, { shared: true });
+    rfb.viewOnly = true;
+    rfb.scaleViewport = true;
+    rfb.addEventListener("connect", () => setState("playing"));
+    window.hoshuDesktop = rfb;
+  }
+  document.getElementById("speed").addEventListener("change", (e) => {
+    if (channel) { channel.setSpeed(Number(e.target.value) || 1); }
+  });
+  pos.addEventListener("change", () => play(Number(pos.value) || 0));
+  play(0);
+}
+
+if (screen && state) {
+  if (screen.hasAttribute("data-recording")) { player(); } else { live(); }
+}

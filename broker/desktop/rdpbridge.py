@@ -1,0 +1,449 @@
+"""An RDP desktop served to the browser as RFB.
+
+The broker is the RDP client (:mod:`broker.desktop.rdpclient`) and, towards the
+browser's noVNC, an RFB server: the ServerInit carries the RDP desktop's size, each
+RDP bitmap update is painted into the broker's copy of the screen and re-sent as RFB
+rectangles (Zlib when the browser asks for it, else Raw) when the browser has asked
+for an update; key events (noVNC keysyms) become RDP scancodes of a US/JIS PC
+keyboard, characters no key gives (text from an input method) RDP Unicode keyboard
+events; pointer events become RDP mouse events.  Because the browser side is RFB, a
+desktop recording of an RDP session is the same ``<session>.rfb`` a VNC session
+writes: playback, following live and the video export read it as they are.
+
+**Resize.** A browser that offers the ExtendedDesktopSize pseudo-encoding (noVNC
+does) is told the desktop's size in an ExtendedDesktopSize rectangle, which lets it
+ask for another with SetDesktopSize when its window changes.  RDP fixes the
+desktop's size when the connection is made (the display-control channel is
+dynamic, and no dynamic channel is joined), so the bridge opens a second RDP
+session at the asked size (``reopen``: through the gateway, TLS, pinned
+certificate, the stored login confirmed, as the first), swaps it in, closes the
+old one, and answers with an ExtendedDesktopSize rectangle of the new size (status
+0) and the whole screen; a size it cannot open is answered with the old size and
+an error status, and the session goes on as it was.  Sizes are clamped to
+:data:`MIN_SIDE`-:data:`~broker.desktop.rdpclient.MAX_SIDE`, the width rounded down
+to a multiple of 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from broker.desktop.rdpclient import MAX_SIDE, RdpSession, Rect
+from broker.desktop.recording import KEYFRAME_EVERY_S
+from broker.desktop.rfb import (
+    C_CUT,
+    C_ENCODINGS,
+    C_KEY,
+    C_PIXEL_FORMAT,
+    C_POINTER,
+    C_SET_DESKTOP_SIZE,
+    C_UPDATE_REQUEST,
+    EXT_DESKTOP_SIZE,
+    RAW,
+    S_UPDATE,
+    ZLIB,
+    ClientFramer,
+    DesktopError,
+    Message,
+    ProtocolError,
+    Screen,
+    ServerInit,
+    Stream,
+)
+
+log = logging.getLogger(__name__)
+# 32 bits a pixel, depth 24, little-endian, true colour, 255 a channel, R<<16 G<<8 B
+NATIVE_FORMAT = struct.pack(">BBBBHHHBBBxxx", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
+MAX_RECTS = 64  # more changed rectangles than this are sent as their bounding box
+MIN_SIDE = 200  # the smallest desktop side asked of an RDP server (MS-RDPBCGR's minimum)
+# ExtendedDesktopSize: reason (x) and status (y) of the rectangle
+EDS_SERVER, EDS_THIS_CLIENT = 0, 1
+EDS_OK, EDS_PROHIBITED, EDS_NO_RESOURCES, EDS_INVALID = 0, 1, 2, 3
+SCREEN_ID = 0
+
+# keysym -> (scancode, extended) of a PC keyboard
+_SPECIAL: dict[int, tuple[int, bool]] = {
+    0xFF08: (0x0E, False),  # BackSpace
+    0xFF09: (0x0F, False),  # Tab
+    0xFF0D: (0x1C, False),  # Return
+    0xFF1B: (0x01, False),  # Escape
+    0xFFFF: (0x53, True),  # Delete
+    0xFF50: (0x47, True),  # Home
+    0xFF51: (0x4B, True),  # Left
+    0xFF52: (0x48, True),  # Up
+    0xFF53: (0x4D, True),  # Right
+    0xFF54: (0x50, True),  # Down
+    0xFF55: (0x49, True),  # Page_Up
+    0xFF56: (0x51, True),  # Page_Down
+    0xFF57: (0x4F, True),  # End
+    0xFF63: (0x52, True),  # Insert
+    0xFF67: (0x5D, True),  # Menu
+    0xFF8D: (0x1C, True),  # KP_Enter
+    0xFFE1: (0x2A, False),  # Shift_L
+    0xFFE2: (0x36, False),  # Shift_R
+    0xFFE3: (0x1D, False),  # Control_L
+    0xFFE4: (0x1D, True),  # Control_R
+    0xFFE5: (0x3A, False),  # Caps_Lock
+    0xFFE9: (0x38, False),  # Alt_L
+    0xFFEA: (0x38, True),  # Alt_R
+    0xFFEB: (0x5B, True),  # Super_L
+    0xFFEC: (0x5C, True),  # Super_R
+    # a Japanese (JIS) keyboard's own keys
+    0xFF2A: (0x29, False),  # Zenkaku_Hankaku
+    0xFF23: (0x79, False),  # Henkan
+    0xFF22: (0x7B, False),  # Muhenkan
+    0xFF27: (0x70, False),  # Hiragana_Katakana
+}
+_SPECIAL.update({0xFFBE + i: (0x3B + i, False) for i in range(10)})  # F1..F10
+_SPECIAL.update({0xFFC8: (0x57, False), 0xFFC9: (0x58, False)})  # F11, F12
+
+_ROWS = [
+    ("1234567890-=", "!@#$%^&*()_+", 0x02),
+    ("qwertyuiop[]", "QWERTYUIOP{}", 0x10),
+    ("asdfghjkl;'`", 'ASDFGHJKL:"~', 0x1E),
+]
+_CHARS: dict[str, int] = {" ": 0x39, "\\": 0x2B, "|": 0x2B}
+for plain, shifted, first in _ROWS:
+    for i, (a, b) in enumerate(zip(plain, shifted, strict=True)):
+        _CHARS[a] = _CHARS[b] = first + i
+for i, (a, b) in enumerate(zip("zxcvbnm,./", "ZXCVBNM<>?", strict=True)):
+    _CHARS[a] = _CHARS[b] = 0x2C + i
+
+
+def key_for(keysym: int) -> tuple[int, bool] | str | None:
+    """What an RFB keysym is on the instrument: a (scancode, extended) key, a
+    character to send as an RDP Unicode event, or None (not sent)."""
+    if keysym in _SPECIAL:
+        return _SPECIAL[keysym]
+    if 0x20 <= keysym <= 0x7E:
+        char = chr(keysym)
+        return (_CHARS[char], False) if char in _CHARS else char
+    if 0xA0 <= keysym <= 0xFF:  # Latin-1 keysyms are their code points
+        return chr(keysym)
+    if 0x01000100 <= keysym <= 0x0110FFFF:  # Unicode keysyms (what an IME's text is)
+        return chr(keysym - 0x01000000)
+    return None
+
+
+@dataclass
+class _Format:
+    """Where red, green and blue go in the browser's 4-byte pixels."""
+
+    red: int = 2
+    green: int = 1
+    blue: int = 0
+
+    @classmethod
+    def of(cls, message: bytes) -> _Format:
+        bpp, _depth, big, true = message[4], message[5], message[6], message[7]
+        rmax, gmax, bmax = struct.unpack(">HHH", message[8:14])
+        rs, gs, bs = message[14], message[15], message[16]
+        if bpp != 32 or not true or (rmax, gmax, bmax) != (255, 255, 255):
+            raise ProtocolError("the browser asked for a pixel format hoshu does not send")
+        if any(s % 8 for s in (rs, gs, bs)) or len({rs, gs, bs}) != 3:
+            raise ProtocolError("the browser asked for a pixel format hoshu does not send")
+
+        def at(shift: int) -> int:
+            return 3 - shift // 8 if big else shift // 8
+
+        return cls(at(rs), at(gs), at(bs))
+
+    def pack(self, rgba: bytes) -> bytes:
+        out = bytearray(len(rgba))
+        out[self.red :: 4] = rgba[0::4]
+        out[self.green :: 4] = rgba[1::4]
+        out[self.blue :: 4] = rgba[2::4]
+        return bytes(out)
+
+
+@dataclass
+class _Box:
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def _bounds(boxes: list[_Box]) -> _Box:
+    x0 = min(b.x for b in boxes)
+    y0 = min(b.y for b in boxes)
+    x1 = max(b.x + b.w for b in boxes)
+    y1 = max(b.y + b.h for b in boxes)
+    return _Box(x0, y0, x1 - x0, y1 - y0)
+
+
+@dataclass
+class RdpScreen:
+    """The broker's copy of the RDP screen (RGBA) and what changed since it was sent."""
+
+    width: int
+    height: int
+    pixels: bytearray = field(init=False)
+    dirty: list[_Box] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pixels = bytearray(self.width * self.height * 4)
+
+    def paint(self, r: Rect) -> None:
+        row = r.width * 4
+        for j in range(r.height):
+            at = ((r.y + j) * self.width + r.x) * 4
+            self.pixels[at : at + row] = r.pixels[j * row : (j + 1) * row]
+        self.dirty.append(_Box(r.x, r.y, r.width, r.height))
+        if len(self.dirty) > MAX_RECTS:  # a browser that asks for nothing holds one box
+            self.dirty = [_bounds(self.dirty)]
+
+    def take(self, whole: bool) -> list[_Box]:
+        boxes, self.dirty = self.dirty, []
+        if whole:
+            return [_Box(0, 0, self.width, self.height)]
+        return boxes
+
+    def cut(self, b: _Box) -> bytes:
+        row = self.width * 4
+        return b"".join(
+            bytes(self.pixels[(b.y + j) * row + b.x * 4 : (b.y + j) * row + (b.x + b.w) * 4])
+            for j in range(b.h)
+        )
+
+
+class RfbEncoder:
+    """RFB framebuffer updates of :class:`RdpScreen` boxes, Raw or Zlib."""
+
+    def __init__(self) -> None:
+        self.format = _Format()
+        self.zlib = False
+        self._z = zlib.compressobj(1)
+
+    def update(self, screen: RdpScreen, boxes: list[_Box]) -> bytes:
+        parts = [struct.pack(">BxH", S_UPDATE, len(boxes))]
+        for b in boxes:
+            pixels = self.format.pack(screen.cut(b))
+            if self.zlib:
+                data = self._z.compress(pixels) + self._z.flush(zlib.Z_SYNC_FLUSH)
+                parts.append(struct.pack(">HHHHiI", b.x, b.y, b.w, b.h, ZLIB, len(data)))
+                parts.append(data)
+            else:
+                parts.append(struct.pack(">HHHHi", b.x, b.y, b.w, b.h, RAW))
+                parts.append(pixels)
+        return b"".join(parts)
+
+
+def server_init(session: RdpSession, name: str) -> ServerInit:
+    return ServerInit(session.width, session.height, NATIVE_FORMAT, name)
+
+
+def desktop_size(width: int, height: int, reason: int, status: int) -> bytes:
+    """A FramebufferUpdate holding one ExtendedDesktopSize rectangle (one screen)."""
+    return struct.pack(
+        ">BxHHHHHiBxxxIHHHHI",
+        S_UPDATE,
+        1,
+        reason,
+        status,
+        width,
+        height,
+        EXT_DESKTOP_SIZE,
+        1,
+        SCREEN_ID,
+        0,
+        0,
+        width,
+        height,
+        0,
+    )
+
+
+def rdp_size(width: int, height: int) -> tuple[int, int]:
+    """The RDP desktop size asked for a browser's SetDesktopSize of ``width`` x ``height``."""
+    w = max(MIN_SIDE, min(width, MAX_SIDE))
+    h = max(MIN_SIDE, min(height, MAX_SIDE))
+    return w - w % 4, h
+
+
+Send = Callable[[bytes], Awaitable[None]]
+Reopen = Callable[[int, int], Awaitable[RdpSession]]
+
+
+class RdpBridge:
+    """Both directions of one RDP desktop served as RFB.
+
+    ``send`` records and delivers one server message (the caller records it before
+    the browser gets it); ``on_client`` sees each browser message after it was
+    handled (recording of input and pixel formats, clipboard policy)."""
+
+    def __init__(
+        self,
+        session: RdpSession,
+        send: Send,
+        on_client: Callable[[Message], bool],
+        *,
+        keyframe_every_s: float = KEYFRAME_EVERY_S,
+        reopen: Reopen | None = None,
+    ) -> None:
+        self.rdp = session
+        self.reopen = reopen
+        self.told_size = False  # the browser was told the size (ExtendedDesktopSize)
+        self._sending = asyncio.Lock()  # one update at a time, of one screen
+        self._settled = asyncio.Event()  # no resize under way
+        self._settled.set()
+        self.send = send
+        self.on_client = on_client
+        self.screen = RdpScreen(session.width, session.height)
+        self.encoder = RfbEncoder()
+        self.wanted = asyncio.Event()  # the browser asked for an update
+        self.whole = True  # the next update is the whole screen
+        self.changed = asyncio.Event()
+        self.keyframe_every_s = keyframe_every_s
+        self._buttons = 0
+        self._pos = (0, 0)
+
+    async def up(self) -> str:
+        """RDP bitmaps into the screen copy, until the instrument ends the session
+        (a session replaced by a resize ends without ending the bridge)."""
+        while True:
+            rdp = self.rdp
+            rect = await rdp.next()
+            if rect is None:  # the old session may end before the new one is in
+                await self._settled.wait()
+            if rdp is not self.rdp:
+                continue  # resized meanwhile: the old session's last bitmaps are dropped
+            if rect is None:
+                return "instrument_closed"
+            self.screen.paint(rect)
+            self.changed.set()
+
+    async def out(self) -> None:
+        """RFB updates to the browser, each when it has asked for one."""
+        while True:
+            await self.wanted.wait()
+            if not self.whole:
+                await self.changed.wait()
+            async with self._sending:
+                self.changed.clear()
+                self.wanted.clear()
+                boxes = self.screen.take(self.whole)
+                self.whole = False
+                if boxes:
+                    await self.send(self.encoder.update(self.screen, boxes))
+                else:
+                    self.wanted.set()
+
+    async def keyframes(self) -> None:
+        """The whole screen now and then: the recording holds keyframes."""
+        while True:
+            await asyncio.sleep(self.keyframe_every_s)
+            self.whole = True
+            self.changed.set()
+
+    async def down(self, s: Stream) -> str:
+        """Browser messages: update requests, keys, pointer, formats."""
+        framer = ClientFramer(Screen(self.screen.width, self.screen.height, 4))
+        while True:
+            try:
+                m = await framer.next(s)
+            except EOFError:
+                return "browser_closed"
+            if not self.on_client(m):
+                continue
+            if m.kind == C_PIXEL_FORMAT:
+                self.encoder.format = _Format.of(m.data)
+                self.whole = True
+            elif m.kind == C_ENCODINGS:
+                self.encoder.zlib = ZLIB in framer.encodings
+                if EXT_DESKTOP_SIZE in framer.encodings and self.reopen and not self.told_size:
+                    self.told_size = True
+                    async with self._sending:
+                        w, h = self.screen.width, self.screen.height
+                        await self.send(desktop_size(w, h, EDS_SERVER, EDS_OK))
+            elif m.kind == C_SET_DESKTOP_SIZE:
+                w, h = struct.unpack(">HH", m.data[2:6])
+                await self.resize(w, h)
+                framer.screen.width, framer.screen.height = self.screen.width, self.screen.height
+            elif m.kind == C_UPDATE_REQUEST:
+                if m.data[1] == 0:
+                    self.whole = True
+                    self.changed.set()
+                self.wanted.set()
+            elif m.kind == C_KEY:
+                await self._key(m.data[1] == 1, struct.unpack(">I", m.data[4:8])[0])
+            elif m.kind == C_POINTER:
+                mask = m.data[1]
+                x, y = struct.unpack(">HH", m.data[2:6])
+                await self._pointer(mask, x, y)
+            elif m.kind == C_CUT:
+                pass  # the clipboard channel is not joined: nothing to send it on
+
+    async def resize(self, width: int, height: int) -> None:
+        """Follow the browser's SetDesktopSize: a new RDP session at that size, swapped
+        in; the browser is answered with an ExtendedDesktopSize rectangle."""
+        w, h = rdp_size(width, height)
+        old = self.rdp
+        if (w, h) == (old.width, old.height) or self.reopen is None:
+            status = EDS_OK if self.reopen else EDS_PROHIBITED
+            async with self._sending:
+                await self.send(desktop_size(old.width, old.height, EDS_THIS_CLIENT, status))
+            return
+        self._settled.clear()
+        try:
+            try:
+                new = await self.reopen(w, h)
+            except (DesktopError, TimeoutError, OSError) as exc:
+                log.info("the desktop could not be resized to %dx%d: %s", w, h, exc)
+                async with self._sending:
+                    await self.send(
+                        desktop_size(old.width, old.height, EDS_THIS_CLIENT, EDS_NO_RESOURCES)
+                    )
+                return
+            try:
+                async with self._sending:
+                    self.rdp = new  # the session and its screen change together
+                    self.screen = RdpScreen(new.width, new.height)
+                    self.whole = True
+                    await self.send(desktop_size(new.width, new.height, EDS_THIS_CLIENT, EDS_OK))
+            except BaseException:
+                if self.rdp is not new:
+                    await new.close()
+                raise
+            self.changed.set()
+            await old.close()  # its end is not the session's: up() reads the new one
+        finally:
+            self._settled.set()
+
+    async def _key(self, down: bool, keysym: int) -> None:
+        what = key_for(keysym)
+        if what is None:
+            log.info("keysym %#x has no key on the instrument", keysym)
+        elif isinstance(what, str):
+            await self.rdp.send_unicode(what, down)
+        else:
+            await self.rdp.send_scancode(what[0], down, what[1])
+
+    async def _pointer(self, mask: int, x: int, y: int) -> None:
+        if (x, y) != self._pos:
+            self._pos = (x, y)
+            await self.rdp.send_pointer(0, x, y, False)
+        for bit, button in ((0, 1), (1, 3), (2, 2)):
+            was, now = self._buttons >> bit & 1, mask >> bit & 1
+            if was != now:
+                await self.rdp.send_pointer(button, x, y, bool(now))
+        for bit, wheel in ((3, 4), (4, 5)):
+            if mask >> bit & 1 and not self._buttons >> bit & 1:
+                await self.rdp.send_pointer(wheel, x, y, True)
+        self._buttons = mask
+
+
+__all__ = [
+    "NATIVE_FORMAT",
+    "RdpBridge",
+    "RdpScreen",
+    "desktop_size",
+    "key_for",
+    "rdp_size",
+    "server_init",
+]

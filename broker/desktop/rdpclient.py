@@ -1,0 +1,544 @@
+"""The broker's RDP client: aardwolf, fenced.
+
+aardwolf (PyPI, MIT, asyncio) speaks RDP; this module is the one place that knows
+its insides.  :func:`connect` opens an RDP session over a byte stream the caller
+already has (the gateway tunnel), TLS only, with the certificate checked before the
+password is sent, and returns an :class:`RdpSession` whose updates are plain
+bitmaps.
+
+What is changed of aardwolf 0.2.16, each a small override on a subclass or a
+tolerant parser, all checked by ``tests/desktop/test_rdpclient.py``:
+
+- the connection is made over the given stream (no socket of aardwolf's own);
+- the TLS certificate is handed to ``check_certificate`` right after the TLS
+  handshake, before the client info (which carries the password) is sent;
+- the user channel is joined as well as the I/O channel (MS-RDPBCGR 1.3.1.1 asks
+  for both; xrdp insists);
+- the client info asks for auto logon (``INFO_AUTOLOGON``): the stored password logs
+  in, no login screen of the server is shown to the engineer;
+- share data headers carry their true length (aardwolf 0.2.16 counts 6 bytes too
+  many, which xrdp refuses);
+- the client's Synchronize goes first (xrdp waits for it before its own; aardwolf
+  waits for the server's): a server Synchronize is queued for aardwolf itself;
+- a capability set of a type aardwolf does not know is skipped, as the protocol asks,
+  instead of failing the connection;
+- a server that did not choose TLS is refused at once (aardwolf would go on with
+  standard RDP security and wait out its licensing timeout);
+- the login is confirmed before the session is handed over (:data:`LOGON_TIMEOUT_S`),
+  see :func:`connect`.
+
+**Is the stored login accepted?** An RDP server does not refuse a wrong password
+sent with auto logon: it shows its own login screen instead.  The session counts as
+logged on only on one of two signals, else it is refused (``wrong_credential``):
+
+- the Save Session Info PDU (MS-RDPBCGR 2.2.10.1, "logon info"), which Windows
+  sends once the user is logged on;
+- xrdp (0.9, up to 0.10) sends no logon info for its own sessions and no error
+  when its session module refuses the password: it draws its "Connection Log"
+  window.  Its login screens use only its two built-in pointers, which it loads
+  into pointer cache slots 0 and 1; the session behind (the VNC or Xorg module)
+  sets pointers in slots 2 and up (``xrdp_cache_add_pointer``).  A pointer in a
+  slot from 2 is the signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import io
+import logging
+import ssl
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aardwolf.connection as _rdp_module
+import aardwolf.protocol.pdu.capabilities as _caps
+import asn1tools
+from aardwolf._version import __version__ as _aardwolf_version
+from aardwolf.commons.iosettings import RDPIOSettings
+from aardwolf.commons.queuedata import RDPDATATYPE
+from aardwolf.commons.queuedata.constants import MOUSEBUTTON, VIDEO_FORMAT
+from aardwolf.commons.queuedata.video import RDP_VIDEO
+from aardwolf.commons.target import RDPTarget
+from aardwolf.connection import RDPConnection
+from aardwolf.protocol.fastpath.bitmap import TS_UPDATE_BITMAP_DATA
+from aardwolf.protocol.T125.infopacket import INFO_FLAG, TS_INFO_PACKET
+from aardwolf.protocol.T128.clientconfirmactivepdu import TS_CONFIRM_ACTIVE_PDU
+from aardwolf.protocol.T128.share import PDUTYPE, TS_SHARECONTROLHEADER
+from aardwolf.protocol.x224.constants import SUPP_PROTOCOLS
+from asyauth.common.constants import asyauthProtocol, asyauthSecret
+from asyauth.common.credentials import UniCredential
+from asysocks.unicomm.common.connection import UniConnection
+from asysocks.unicomm.common.packetizers import Packetizer
+from asysocks.unicomm.common.target import UniProto
+
+from broker.desktop.rfb import DesktopError
+
+log = logging.getLogger(__name__)
+AARDWOLF_VERSION = "0.2.16"
+if _aardwolf_version != AARDWOLF_VERSION:  # the overrides below are of this version's insides
+    raise ImportError(f"hoshu's RDP client is built on aardwolf {AARDWOLF_VERSION}")
+MAX_SIDE = 4096
+LOGON_TIMEOUT_S = 10.0  # the login must be confirmed this soon after the connection
+LOGIN_REFUSED = "the instrument refused the stored login — ask the hospital to update it"
+# pointer updates that name a cache slot: fast path (update code) and slow path
+# (TS_POINTER_PDU message type) -> offset of the slot in the update's data
+_FP_POINTER_SLOT = {0x9: 0, 0xA: 0, 0xB: 2, 0xC: 2}
+_SLOW_POINTER_SLOT = {0x0006: 0, 0x0007: 0, 0x0008: 2}
+_FIRST_SESSION_SLOT = 2  # xrdp's own screens use slots 0 and 1 only
+
+
+class RdpError(DesktopError):
+    """The RDP session could not be opened or went wrong; ``reason`` names why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Reader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rect:
+    """A changed rectangle of the remote screen: RGBA pixels, row by row."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    pixels: bytes
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """The SHA-256 of a DER certificate, ``SHA256:`` and hex (what the pin stores)."""
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+# --- aardwolf, fenced ----------------------------------------------------------------
+
+_original_caps_from_buffer = _caps.TS_CAPS_SET.from_buffer
+_known_caps = {m.value for m in _caps.CAPSTYPE}
+
+
+def _tolerant_caps_from_buffer(buff: io.BytesIO) -> Any:
+    start = buff.tell()
+    head = buff.read(4)
+    if len(head) < 4:
+        raise ValueError("capability set cut short")
+    kind, length = struct.unpack("<HH", head)
+    if kind in _known_caps:
+        buff.seek(start)
+        return _original_caps_from_buffer(buff)
+    if length < 4:
+        raise ValueError("capability set with a bad length")
+    buff.read(length - 4)
+    return _caps.TS_CAPS_SET()  # capabilitySetType None: matches nothing aardwolf asks
+
+
+_caps.TS_CAPS_SET.from_buffer = staticmethod(_tolerant_caps_from_buffer)
+
+
+class _StreamConnection(UniConnection):  # type: ignore[misc]
+    """aardwolf's connection object over the caller's stream; the certificate is
+    checked as soon as TLS is up."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        writer: Writer,
+        packetizer: Packetizer,
+        check: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        super().__init__(reader, writer, packetizer)
+        self._check = check
+
+    async def wrap_ssl(self, ssl_ctx: Any = None, packetizer: Any = None) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the pin below is the check, as for SSH host keys
+        await super().wrap_ssl(ctx, packetizer)
+        der = self.packetizer.get_peer_certificate()
+        if not der:
+            raise RdpError("tls_required", "the instrument sent no TLS certificate")
+        await self._check(der)
+
+
+class _Dial:
+    """Stands in for asysocks' ``UniClient`` in aardwolf: the connection is the stream
+    its target carries (``hoshu_stream``); aardwolf opens no socket of its own."""
+
+    def __init__(self, target: Any, packetizer: Packetizer) -> None:
+        self.target = target
+        self.packetizer = packetizer
+
+    async def connect(self) -> _StreamConnection:
+        stream = getattr(self.target, "hoshu_stream", None)
+        if stream is None:
+            raise RdpError("rdp_error", "an RDP connection is made only over a given stream")
+        reader, writer, check = stream
+        return _StreamConnection(reader, writer, self.packetizer, check)
+
+
+_rdp_module.UniClient = _Dial
+
+
+class _Codecs:
+    """aardwolf compiles its ASN.1 codecs on every connection (about 4 s of CPU); the
+    compiled codecs are kept (they hold no state of a connection)."""
+
+    compile_string = staticmethod(functools.cache(asn1tools.compile_string))
+
+
+_rdp_module.asn1tools = _Codecs
+
+
+def _warm_codecs() -> None:
+    _Codecs.compile_string(_rdp_module.MCSPDU_ver_2, "ber")
+    _Codecs.compile_string(_rdp_module.MCSPDU_ver_2, "per")
+    _Codecs.compile_string(_rdp_module.GCCPDU, "per")
+
+
+_SYNC = struct.pack("<HHH", 22, 0x17, 1002) + struct.pack("<IBBHBBH", 0x103EA, 0, 1, 4, 31, 0, 0)
+
+
+class _Connection(RDPConnection):  # type: ignore[misc]
+    def __init__(
+        self,
+        target: Any,
+        credential: Any,
+        settings: RDPIOSettings,
+    ) -> None:
+        super().__init__(target, credential, settings)
+        self.hoshu_logged_on = asyncio.Event()
+        reassembler = self._RDPConnection__fastpath_reassembler
+        feed = reassembler.feed
+
+        def watched(update: Any) -> Any:
+            whole = feed(update)
+            if whole is not None and not self.hoshu_logged_on.is_set():
+                at = _FP_POINTER_SLOT.get(int(whole.updateCode))
+                if at is not None:
+                    self.hoshu_pointer(whole.updateData, at)
+            return whole
+
+        reassembler.feed = watched
+
+    def hoshu_pointer(self, data: bytes, at: int) -> None:
+        """A pointer update naming cache slot ``data[at:at+2]``: one of the session's
+        own (slot 2 and up) means the server's session module is drawing."""
+        if len(data) >= at + 2 and struct.unpack_from("<H", data, at)[0] >= _FIRST_SESSION_SLOT:
+            self.hoshu_logged_on.set()
+
+    async def _RDPConnection__establish_channels(self) -> tuple[Any, Any]:
+        if SUPP_PROTOCOLS.SSL not in SUPP_PROTOCOLS(self.x224_protocol or 0):
+            return None, RdpError(
+                "tls_required",
+                "the instrument does not offer TLS (only standard RDP security, "
+                "which hoshu does not speak)",
+            )
+        return await RDPConnection._RDPConnection__establish_channels(self)  # type: ignore[no-any-return]  # noqa: SLF001
+
+    async def _RDPConnection__attach_user(self) -> tuple[Any, Any]:
+        ok, err = await RDPConnection._RDPConnection__attach_user(self)  # noqa: SLF001
+        if err is not None:
+            return ok, err
+        join = self._t125_per_codec.encode(
+            "DomainMCSPDU",
+            ("channelJoinRequest", {"initiator": self._initiator, "channelId": self._initiator}),
+        )
+        await self._x224net.write(bytes(join))
+        reply = await self._x224net.read()
+        if reply is None:
+            return None, RdpError("instrument_closed", "the instrument closed the connection")
+        kind = self._t125_per_codec.decode("DomainMCSPDU", reply.data)[0]
+        if kind != "channelJoinConfirm":
+            return None, RdpError("rdp_error", f"the instrument refused the user channel: {kind}")
+        return True, None
+
+    async def handle_out_data(
+        self,
+        dataobj: Any,
+        sec_hdr: Any,
+        datacontrol_hdr: Any,
+        sharecontrol_hdr: Any,
+        channel_id: int,
+        is_fastpath: bool,
+    ) -> tuple[Any, Any]:
+        if self.cryptolayer is not None or is_fastpath:
+            return None, RdpError("tls_required", "only TLS security is spoken")
+        if isinstance(dataobj, TS_INFO_PACKET):
+            dataobj.flags |= INFO_FLAG.AUTOLOGON
+        data = dataobj.to_bytes()
+        head = b""
+        if sharecontrol_hdr is not None:
+            sharecontrol_hdr.pduSource = channel_id
+            sharecontrol_hdr.totalLength = len(data) + 6
+            head = sharecontrol_hdr.to_bytes()
+        elif datacontrol_hdr is not None:
+            share = TS_SHARECONTROLHEADER()
+            share.pduType = PDUTYPE.DATAPDU
+            share.pduSource = channel_id
+            share.totalLength = len(data) + 18
+            datacontrol_hdr.shareControlHeader = share
+            datacontrol_hdr.uncompressedLength = len(data) + 4
+            datacontrol_hdr.compressedType = 0
+            datacontrol_hdr.compressedLength = 0
+            head = datacontrol_hdr.to_bytes()
+        if sec_hdr is not None:
+            head = sec_hdr.to_bytes() + head
+        pdu = {
+            "initiator": self._initiator,
+            "channelId": channel_id,
+            "dataPriority": "high",
+            "segmentation": (b"\xc0", 2),
+            "userData": head + data,
+        }
+        await self._x224net.write(
+            self._t125_per_codec.encode("DomainMCSPDU", ("sendDataRequest", pdu))
+        )
+        if isinstance(dataobj, TS_CONFIRM_ACTIVE_PDU):
+            mcs = self._RDPConnection__joined_channels["MCS"]
+            await mcs.out_queue.put((_SYNC + struct.pack("<HH", 1, mcs.channel_id), None))
+        return True, None
+
+
+# --- what the desktop gate uses -------------------------------------------------------
+
+
+class RdpSession:
+    """One open RDP session: :meth:`next` gives changed rectangles, the ``send_*``
+    methods give the instrument keys and the pointer."""
+
+    def __init__(
+        self, conn: _Connection, width: int, height: int, writer: Writer | None = None
+    ) -> None:
+        self._conn = conn
+        self.width = width
+        self.height = height
+        self._writer = writer
+
+    async def next(self) -> Rect | None:
+        """The next changed rectangle (clipped to the screen); None once the session
+        ended.  Other updates (pointer shapes, bells) are skipped."""
+        while True:
+            item = await self._conn.ext_out_queue.get()
+            if item is None:
+                return None
+            if item.type != RDPDATATYPE.VIDEO:
+                continue
+            image = item.data  # PIL image, RGBA
+            x, y = int(item.x), int(item.y)
+            w, h = image.size
+            if x >= self.width or y >= self.height or w <= 0 or h <= 0:
+                continue
+            w, h = min(w, self.width - x), min(h, self.height - y)
+            if (w, h) != image.size:
+                image = image.crop((0, 0, w, h))
+            return Rect(x, y, w, h, image.convert("RGBA").tobytes())
+
+    async def send_scancode(self, code: int, pressed: bool, extended: bool) -> None:
+        await self._checked(self._conn.send_key_scancode(code, pressed, extended))
+
+    async def send_unicode(self, char: str, pressed: bool) -> None:
+        await self._checked(self._conn.send_key_char(char, pressed))
+
+    async def send_pointer(self, button: int, x: int, y: int, pressed: bool) -> None:
+        """``button``: 0 move, 1 left, 2 right, 3 middle, 4 wheel up, 5 wheel down."""
+        kinds = {
+            0: MOUSEBUTTON.MOUSEBUTTON_HOVER,
+            1: MOUSEBUTTON.MOUSEBUTTON_LEFT,
+            2: MOUSEBUTTON.MOUSEBUTTON_RIGHT,
+            3: MOUSEBUTTON.MOUSEBUTTON_MIDDLE,
+            4: MOUSEBUTTON.MOUSEBUTTON_WHEEL_UP,
+            5: MOUSEBUTTON.MOUSEBUTTON_WHEEL_DOWN,
+        }
+        x = max(0, min(x, self.width - 1))
+        y = max(0, min(y, self.height - 1))
+        await self._checked(self._conn.send_mouse(kinds[button], x, y, pressed))
+
+    async def _checked(self, call: Awaitable[Any]) -> None:
+        result = await call
+        if isinstance(result, tuple) and len(result) == 2 and result[1] is not None:
+            raise RdpError("instrument_closed", f"the instrument stopped taking input: {result[1]}")
+
+    @property
+    def ended(self) -> bool:
+        return bool(self._conn.disconnected_evt.is_set())
+
+    async def close(self) -> None:
+        """End the RDP session (aardwolf's shutdown request waits for a reply on the
+        MCS queue, which :func:`_take_slow_path_updates` has taken over: it is given
+        an empty one at once)."""
+        mcs = self._conn._RDPConnection__joined_channels["MCS"]  # noqa: SLF001
+        mcs.out_queue.put_nowait((b"", None))
+        try:
+            await asyncio.wait_for(self._conn.terminate(), 2)
+        except (TimeoutError, OSError) as exc:
+            log.info("RDP session close: %s", exc)
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()  # the stream it ran over (a gateway tunnel channel)
+
+
+async def connect(
+    reader: Reader,
+    writer: Writer,
+    *,
+    username: str,
+    password: str,
+    domain: str = "",
+    width: int = 1024,
+    height: int = 768,
+    check_certificate: Callable[[bytes], Awaitable[None]],
+    keyboard_layout: int = 0x0409,
+    logon_timeout_s: float = LOGON_TIMEOUT_S,
+) -> RdpSession:
+    """Log in to an RDP server over ``reader``/``writer`` (TLS required; the server's
+    certificate is handed to ``check_certificate``, which raises to refuse it, before
+    the password is sent) and wait until the login is confirmed (see the module's
+    docstring); a login not confirmed within ``logon_timeout_s`` is closed and
+    refused (``wrong_credential``: the stored password is wrong, or the server shows
+    its login screen for another reason).  Raises :class:`RdpError`."""
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        raise RdpError("bad_size", f"a desktop of {width}x{height} is not asked for")
+    settings = RDPIOSettings()
+    settings.channels = []  # no clipboard, no drive, no printer, no dynamic channels
+    settings.vchannels = {}
+    settings.drives = []
+    settings.clipboard_use_pyperclip = False
+    settings.clipboard = None
+    settings.video_width = width
+    settings.video_height = height
+    settings.video_bpp_min = 16
+    settings.video_bpp_max = 32
+    settings.video_out_format = VIDEO_FORMAT.PIL
+    settings.supported_protocols = SUPP_PROTOCOLS.SSL  # TLS; no standard RDP security
+    settings.keyboard_layout = keyboard_layout
+    target = RDPTarget(ip="127.0.0.1", port=3389, protocol=UniProto.CLIENT_TCP, timeout=10)
+    credential = UniCredential(
+        secret=password,
+        username=username,
+        domain=domain or None,
+        stype=asyauthSecret.PASSWORD,
+        protocol=asyauthProtocol.PLAIN,
+    )
+    refused: list[RdpError] = []
+
+    async def check(der: bytes) -> None:
+        try:
+            await check_certificate(der)
+        except RdpError as exc:
+            refused.append(exc)
+            raise
+
+    await asyncio.to_thread(_warm_codecs)  # once a process, seconds of CPU: not on the loop
+    target.hoshu_stream = (reader, writer, check)
+    conn = _Connection(target, credential, settings)
+    ok, err = await conn.connect()
+    if err is not None or not ok:
+        if refused:
+            raise refused[0]
+        if isinstance(err, RdpError):
+            raise err
+        raise RdpError("rdp_refused", _plain(err))
+    _take_slow_path_updates(conn)
+    session = RdpSession(conn, width, height, writer)
+    await _confirm_logon(conn, session, logon_timeout_s)
+    return session
+
+
+async def _confirm_logon(conn: _Connection, session: RdpSession, timeout_s: float) -> None:
+    logged_on = asyncio.ensure_future(_either(conn.hoshu_logged_on, conn.logon_info_received))
+    ended = asyncio.ensure_future(conn.disconnected_evt.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {logged_on, ended}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        logged_on.cancel()
+        ended.cancel()
+    if logged_on in done:
+        return
+    await session.close()
+    if ended in done:
+        raise RdpError("instrument_closed", "the instrument ended the RDP connection at login")
+    raise RdpError("wrong_credential", LOGIN_REFUSED)
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def _take_slow_path_updates(conn: _Connection) -> None:
+    """Bitmap updates the server sends on the slow path (xrdp does) reach the session
+    as the fast-path ones do; other share data after the connection is dropped."""
+    mcs = conn._RDPConnection__joined_channels["MCS"]  # noqa: SLF001
+    early: list[Any] = []
+    while not mcs.out_queue.empty():
+        early.append(mcs.out_queue.get_nowait())
+
+    async def take(data: bytes) -> None:
+        if data is None or len(data) < 22:
+            return
+        kind = struct.unpack_from("<H", data, 2)[0] & 0x0F
+        if kind == PDUTYPE.DATAPDU.value and data[14] == 0x1B:  # PDUTYPE2_POINTER
+            at = _SLOW_POINTER_SLOT.get(struct.unpack_from("<H", data, 18)[0])
+            if at is not None:
+                conn.hoshu_pointer(data[22:], at)
+            return
+        if kind != PDUTYPE.DATAPDU.value or data[14] != 0x02:  # PDUTYPE2_UPDATE
+            return
+        if struct.unpack_from("<H", data, 18)[0] != 0x0001:  # UPDATETYPE_BITMAP
+            return
+        try:
+            update = TS_UPDATE_BITMAP_DATA.from_bytes(data[18:])
+        except (ValueError, IndexError, struct.error) as exc:
+            log.info("a bitmap update that does not parse is dropped: %s", exc)
+            return
+        for bitmap in update.rectangles:
+            try:
+                video, _image = RDP_VIDEO.from_bitmapdata(bitmap, VIDEO_FORMAT.PIL)
+            except (ValueError, IndexError) as exc:
+                log.info("a bitmap that does not decode is dropped: %s", exc)
+                continue
+            await conn.ext_out_queue.put(video)
+
+    mcs.process_channel_data = take
+    conn.hoshu_early = [asyncio.ensure_future(take(data)) for data, _err in early]
+
+
+def _plain(err: BaseException | None) -> str:
+    text = str(err or "the instrument ended the RDP connection")
+    return f"the RDP login failed: {text[:200]}"
+
+
+__all__ = [
+    "AARDWOLF_VERSION",
+    "LOGIN_REFUSED",
+    "LOGON_TIMEOUT_S",
+    "RdpError",
+    "RdpSession",
+    "Rect",
+    "certificate_fingerprint",
+    "connect",
+]

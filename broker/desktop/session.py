@@ -1,0 +1,659 @@
+"""Desktop sessions: open inside a grant, relay the RFB stream, record it, end it.
+
+:class:`DesktopGate` is what the console's desktop WebSocket calls
+(:mod:`broker.console.desktop`, which has already asked the permission table for
+``desktop.open``).  :meth:`DesktopGate.run` then, in this order, and denies at the
+first that fails (``session.refused`` naming the reason; the browser's socket is
+closed with the message; nothing stays open):
+
+1. the instrument exists, is a desktop (inventory protocol ``vnc`` or ``rdp``) and
+   the port is on its list;
+2. an active grant names this engineer, that instrument and that port (the same
+   question as ``ssh -L``: :meth:`~broker.access.door.AccessPolicy.find_grant`);
+3. the broker reaches the port through the hospital's gateway
+   (:meth:`~broker.tunnel.connector.InstrumentConnector.open_tcp`) and logs in as
+   the VNC client with the stored credential (:func:`~broker.desktop.rfb.client_handshake`),
+   or as the RDP client with the stored user and password over TLS, the certificate
+   pinned, and waits until the instrument confirms the login (a wrong stored
+   password shows the server's own login screen, which is refused as
+   ``wrong_credential``, not recorded: :mod:`broker.desktop.rdpclient`; the screen is
+   then served to the browser as RFB by :mod:`broker.desktop.rdpbridge`);
+4. the recording is created (recorded or refused).
+
+The session is then a :class:`~broker.live.sessions.LiveSession` (kind
+``desktop``): revocation, expiry and an approver's terminate end it within the
+watcher's interval, warnings reach the page as WebSocket text messages, and a
+recording that can no longer be written ends it.  Every server message is
+recorded before it is sent to the browser.  Clipboard messages are dropped
+(``file.refused``, ``clipboard_off``) unless the hospital allows them; allowed
+ones are ``file.transferred`` with size and SHA-256.  A browser that stops
+reading for :data:`SEND_TIMEOUT_S` ends the session (``browser_stalled``).
+``session.ended`` carries the recording's size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from audit.emitter import Emitter
+from audit.recstore import RecordingStore
+from broker.access.door import AccessPolicy
+from broker.access.errors import SessionError, Unavailable
+from broker.desktop.rdpbridge import RdpBridge, server_init
+from broker.desktop.rdpclient import (
+    LOGON_TIMEOUT_S,
+    RdpError,
+    RdpSession,
+    certificate_fingerprint,
+)
+from broker.desktop.rdpclient import connect as rdp_connect
+from broker.desktop.recording import KEYFRAME_EVERY_S, DesktopRecording, read_records
+from broker.desktop.rfb import (
+    C_PIXEL_FORMAT,
+    C_UPDATE_REQUEST,
+    HANDSHAKE_TIMEOUT_S,
+    ClientFramer,
+    DesktopError,
+    Message,
+    Screen,
+    ServerFramer,
+    ServerInit,
+    Stream,
+    client_handshake,
+    serve_handshake,
+)
+from broker.desktop.video import ExportError, export_mp4
+from broker.live.errors import RecordingError
+from broker.live.recorder import RecordingSink
+from broker.live.sessions import LiveSession, SessionRegistry
+from broker.tunnel.connector import ByteWriter, InstrumentConnector, Origin
+
+log = logging.getLogger(__name__)
+SEND_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 15.0
+RDP_LOGIN_TIMEOUT_S = 30.0
+DESKTOP_PROTOCOLS = frozenset({"vnc", "rdp"})
+RDP_SIZE = (1024, 768)  # the RDP desktop asked for (the browser scales it to its window)
+CLOSE_ENDED = 4000  # WebSocket close code of an ended session (the reason says why)
+CLOSE_REFUSED = 4403
+
+
+class Browser(Protocol):
+    """The engineer's WebSocket as the gate sees it (binary RFB; text: notices)."""
+
+    async def receive(self) -> bytes:
+        """The next binary message; ``b""`` once the browser has gone."""
+        ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def notice(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Who:
+    user_id: str
+    username: str
+    organization: str
+    src: str
+
+
+class Refused(SessionError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DesktopGate:
+    """Opens and runs desktop sessions (one broker process; sessions in ``registry``)."""
+
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        connector: InstrumentConnector,
+        registry: SessionRegistry,
+        emitter: Emitter,
+        store: RecordingStore,
+        clock: Callable[[], datetime],
+        ids: Callable[[], str],
+        *,
+        max_bytes: int = 512 * 1024 * 1024,
+        clipboard_allowed: Callable[[str], bool] = lambda _hospital: False,
+        send_timeout_s: float = SEND_TIMEOUT_S,
+        pin_certificate: Callable[[str, str], str | None] | None = None,
+        rdp_size: tuple[int, int] = RDP_SIZE,
+        rdp_logon_timeout_s: float = LOGON_TIMEOUT_S,
+    ) -> None:
+        self.policy = policy
+        self.connector = connector
+        self.registry = registry
+        self.emitter = emitter
+        self.store = store
+        self.sink_for: Callable[[str], RecordingSink] = store.create
+        self._relays: dict[str, _Relay | _RdpRelay] = {}
+        self.clock = clock
+        self.ids = ids
+        self.max_bytes = max_bytes
+        self.clipboard_allowed = clipboard_allowed
+        self.send_timeout_s = send_timeout_s
+        # RDP: (instrument, TLS certificate fingerprint) -> None, or why it is refused
+        self.pin_certificate = pin_certificate
+        self.rdp_size = rdp_size
+        self.rdp_logon_timeout_s = rdp_logon_timeout_s
+
+    async def run(
+        self,
+        browser: Browser,
+        *,
+        user_id: str,
+        username: str,
+        instrument: str,
+        port: int,
+        src: str = "",
+        organization: str = "",
+    ) -> str:
+        """Run one desktop session of the engineer ``username`` to its end; its id
+        (a refused session has one too, in its ``session.refused``)."""
+        sid = self.ids()
+        who = _Who(user_id, username, organization, src)
+        cols: dict[str, Any] = {
+            "ActorUsername": who.username,
+            "ActorUserId": who.user_id,
+            "ActorUserType": "engineer",
+            "ActorOrganization": who.organization or None,
+            "SrcIpAddr": who.src or None,
+            "TargetHostname": instrument,
+            "TargetPortNumber": port,
+            "TargetSessionId": sid,
+            "NetworkApplicationProtocol": "vnc",
+        }
+        writer: ByteWriter | None = None
+        rdp: RdpSession | None = None
+        try:
+            target = await asyncio.to_thread(self.policy.instrument, instrument)
+            if target is None:
+                raise Refused("no_grant", f"no instrument {instrument} you may reach")
+            cols["HospitalId"] = target.hospital_id or None
+            cols["GatewayId"] = target.gateway_id or None
+            cols["NetworkApplicationProtocol"] = target.protocol
+            if target.protocol not in DESKTOP_PROTOCOLS or port not in target.ports:
+                raise Refused("not_desktop", f"{instrument} port {port} is not a desktop")
+            grant = await asyncio.to_thread(
+                self.policy.find_grant, who.user_id, instrument, port, self.clock()
+            )
+            if grant is None:
+                raise Refused("no_grant", f"no active grant names {instrument} port {port} for you")
+            cols["GrantId"] = grant.grant_id
+            origin = Origin(sid, who.username)
+            reader, conn = await asyncio.wait_for(
+                self.connector.open_tcp(target, port, origin), CONNECT_TIMEOUT_S
+            )
+            writer = conn
+            upstream = Stream(reader.read)
+            if target.protocol == "rdp":
+                rdp = await asyncio.wait_for(
+                    self._rdp_login(target, reader, conn), RDP_LOGIN_TIMEOUT_S
+                )
+                init = server_init(rdp, instrument)
+            else:
+                init = await asyncio.wait_for(
+                    client_handshake(upstream, conn.write, target.credential, instrument),
+                    HANDSHAKE_TIMEOUT_S,
+                )
+            header = {
+                "version": 1,
+                "session": sid,
+                "instrument": instrument,
+                "port": port,
+                "protocol": target.protocol,  # what the instrument spoke (the file is RFB)
+                "hospital_id": target.hospital_id,
+                "engineer": who.username,
+                "started": self.clock().isoformat(),
+                "input": target.record_input,
+                "width": init.width,
+                "height": init.height,
+            }
+            rec = await asyncio.to_thread(
+                DesktopRecording.open,
+                f"{sid}.rfb",
+                self.sink_for,
+                header,
+                max_bytes=self.max_bytes,
+            )
+        except (SessionError, TimeoutError) as exc:
+            if rdp is not None:
+                await rdp.close()
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
+            reason = getattr(exc, "reason", "instrument_timeout")
+            msg = str(exc) or f"{instrument} port {port} did not answer in time"
+            self.emit(
+                "session.refused",
+                EventResult="Failure",
+                EventResultDetails=reason,
+                EventMessage=msg,
+                details={"kind": "desktop"},
+                **cols,
+            )
+            await browser.close(CLOSE_REFUSED, _short(msg))
+            return sid
+        downstream = Stream(lambda _n: browser.receive())
+        live = LiveSession(
+            session_id=sid,
+            kind="desktop",
+            user_id=who.user_id,
+            username=who.username,
+            instrument=instrument,
+            hospital_id=target.hospital_id,
+            grant_id=grant.grant_id,
+            port=port,
+            started=self.clock(),
+            src=who.src,
+            grant_ends=grant.ends,
+            recording=rec.name,
+            recorder=rec,
+        )
+        relay: _Relay | _RdpRelay
+        if rdp is not None:
+            relay = _RdpRelay(self, live, cols, rec, browser, rdp, target.record_input)
+            relay.bridge.reopen = functools.partial(self._rdp_reopen, target, port, origin)
+        else:
+            relay = _Relay(self, live, cols, rec, browser, conn, target.record_input)
+        live.on_terminate = relay.stop
+        live.on_warning = relay.warn
+        self._relays[sid] = relay
+        self.emit(
+            "session.started",
+            EventMessage=f"desktop on {instrument}",
+            details={"kind": "desktop", "recording": rec.name},
+            **cols,
+        )
+        self.registry.add(live)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reason = "closed"
+        message = ""
+        try:
+            rec.record(b"S", init.encode())
+            await asyncio.wait_for(
+                serve_handshake(downstream, browser.send, init), HANDSHAKE_TIMEOUT_S
+            )
+            reason, message = await relay.run(upstream, downstream, Screen.of(init))
+        except (SessionError, TimeoutError, EOFError) as exc:
+            reason = getattr(exc, "reason", "browser_closed")
+            message = str(exc)
+        finally:
+            self._relays.pop(sid, None)
+            self.registry.remove(sid)
+            if isinstance(relay, _RdpRelay):
+                await relay.bridge.rdp.close()  # the one open now (a resize replaces it)
+            elif rdp is not None:
+                await rdp.close()
+            with contextlib.suppress(Exception):
+                conn.close()
+        try:
+            summary = await asyncio.to_thread(rec.close)
+        except RecordingError as exc:
+            reason, message = exc.reason, str(exc)
+            summary = rec.close()
+        if live.ended_reason is not None:
+            reason = live.ended_reason
+        self.registry.emit(
+            "session.ended",
+            EventResultDetails=reason,
+            EventResult="Success" if reason in ("closed", "browser_closed") else "Partial",
+            NetworkDuration=int((loop.time() - started) * 1000),
+            RecordingSize=summary.size,
+            RecordingSHA256=summary.sha256,
+            details={"kind": "desktop", "recording": summary.name},
+            **cols,
+        )
+        text = message or f"session ended: {reason.replace('_', ' ')}"
+        with contextlib.suppress(Exception):
+            await browser.close(CLOSE_ENDED, _short(text))
+        return sid
+
+    def emit(self, type_: str, **cols: Any) -> None:
+        self.registry.emit(type_, **cols)
+
+    async def _rdp_reopen(
+        self, target: Any, port: int, origin: Origin, w: int, h: int
+    ) -> RdpSession:
+        """A second RDP session of the same instrument at ``w`` x ``h`` (a resize): the
+        same tunnel, certificate pin and login checks as the first."""
+        reader, conn = await asyncio.wait_for(
+            self.connector.open_tcp(target, port, origin), CONNECT_TIMEOUT_S
+        )
+        try:
+            return await asyncio.wait_for(
+                self._rdp_login(target, reader, conn, (w, h)), RDP_LOGIN_TIMEOUT_S
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+
+    async def _rdp_login(
+        self, target: Any, reader: Any, conn: ByteWriter, size: tuple[int, int] | None = None
+    ) -> RdpSession:
+        """Log in to an RDP instrument with the stored password (TLS; its certificate
+        pinned like an SSH host key: the first one seen is kept, a changed one is
+        refused until the hospital accepts it)."""
+        pin = self.pin_certificate
+        if pin is None:
+            raise Refused("tls_unpinned", "RDP desktops are not enabled on this broker")
+        if not target.credential or target.credential_is_key or not target.username:
+            raise Refused("no_credential", f"{target.name} has no stored RDP user and password")
+
+        async def check(der: bytes) -> None:
+            why = await asyncio.to_thread(pin, target.name, certificate_fingerprint(der))
+            if why is not None:
+                raise RdpError("certificate_changed", why)
+
+        domain, _, user = target.username.rpartition("\\")
+        return await rdp_connect(
+            reader,
+            cast(Any, conn),
+            username=user,
+            password=target.credential,
+            domain=domain,
+            width=(size or self.rdp_size)[0],
+            height=(size or self.rdp_size)[1],
+            check_certificate=check,
+            logon_timeout_s=self.rdp_logon_timeout_s,
+        )
+
+    async def follow(self, session_id: str, viewer: Browser) -> bool:
+        """Show the running desktop ``session_id`` to ``viewer`` (read-only) until it ends;
+        False if no such desktop runs here.
+
+        The viewer gets what the engineer got: the recording so far (flushed, then read
+        back from the store: the Zlib and ZRLE streams need every byte before), then each
+        new server message.  Its own messages are read and dropped (it cannot type).  A
+        viewer that falls behind is dropped (the session goes on)."""
+        relay = self._relays.get(session_id)
+        if relay is None:
+            return False
+        q: asyncio.Queue[bytes | None] = asyncio.Queue()
+        relay.live.followers.add(q)  # first: nothing after the flush is missed
+        try:
+            relay.rec.flush()
+            size = relay.rec.size
+            data = await asyncio.to_thread(self._stored, relay.rec.name, size)
+            _header, records = read_records(data)
+            server = [d for _ms, kind, d in records if kind == b"S"]
+            stream = Stream(lambda _n: viewer.receive())
+            init = ServerInit.decode(server[0])
+            await asyncio.wait_for(serve_handshake(stream, viewer.send, init), HANDSHAKE_TIMEOUT_S)
+            drain = asyncio.ensure_future(_drop_all(viewer))
+            try:
+                for message in server[1:]:
+                    await asyncio.wait_for(viewer.send(message), self.send_timeout_s)
+                while (chunk := await q.get()) is not None:
+                    await asyncio.wait_for(viewer.send(chunk), self.send_timeout_s)
+            finally:
+                drain.cancel()
+        except (SessionError, TimeoutError, EOFError, ValueError, IndexError) as exc:
+            log.info("follower of %s left: %s", session_id, exc)
+        finally:
+            relay.live.followers.discard(q)
+        with contextlib.suppress(Exception):
+            await viewer.close(CLOSE_ENDED, "session ended")
+        return True
+
+    def export_video(self, data: bytes, out: Path) -> int:
+        """Write a desktop recording as an MP4 video (:mod:`broker.desktop.video`); its
+        frame count.  Raises :class:`~broker.access.errors.Unavailable` if it cannot."""
+        try:
+            return export_mp4(data, out)
+        except ExportError as exc:
+            raise Unavailable(f"the recording cannot be exported: {exc}") from exc
+
+    def _stored(self, name: str, size: int) -> bytes:
+        """The first ``size`` bytes of a recording (a store appending in the background
+        is waited for, at most 5 s)."""
+        for _ in range(50):
+            stat = self.store.stat(name)
+            if stat is not None and stat.size >= size:
+                break
+            time.sleep(0.1)
+        return self.store.read(name, 0, size)
+
+
+async def _stop_all(tasks: tuple[asyncio.Future[Any], ...]) -> None:
+    """Cancel ``tasks`` and wait until each has stopped (a cancellation that a finishing
+    ``wait_for`` swallowed is repeated), so none writes to the recording after it closes."""
+    while pending := [t for t in tasks if not t.done()]:
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # retrieved: the relay has read the outcome it needs
+
+
+def _short(text: str) -> str:
+    """A WebSocket close reason holds at most 123 bytes."""
+    data = text.encode("utf-8")[:120]
+    return data.decode("utf-8", "ignore")
+
+
+async def _drop_all(viewer: Browser) -> None:
+    """Read and forget a viewer's messages (update requests: it cannot type)."""
+    while await viewer.receive():
+        pass
+
+
+class _Relay:
+    """Both directions of one running desktop session."""
+
+    def __init__(
+        self,
+        gate: DesktopGate,
+        live: LiveSession,
+        cols: dict[str, Any],
+        rec: DesktopRecording,
+        browser: Browser,
+        writer: ByteWriter,
+        record_input: bool,
+    ) -> None:
+        self.gate = gate
+        self.live = live
+        self.cols = cols
+        self.rec = rec
+        self.browser = browser
+        self.writer = writer
+        self.record_input = record_input
+        self.stopped: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.clipboard = gate.clipboard_allowed(live.hospital_id)
+        self.notices: set[asyncio.Future[None]] = set()
+
+    def stop(self, reason: str) -> None:
+        if not self.stopped.done():
+            self.stopped.set_result(reason)
+
+    def warn(self, text: str) -> None:
+        task = asyncio.ensure_future(self.browser.notice(text))
+        self.notices.add(task)
+        task.add_done_callback(self.notices.discard)
+
+    async def run(self, upstream: Stream, downstream: Stream, screen: Screen) -> tuple[str, str]:
+        up = asyncio.ensure_future(self._up(upstream, ServerFramer(screen)))
+        down = asyncio.ensure_future(self._down(downstream, ClientFramer(screen)))
+        keys = asyncio.ensure_future(self._keyframes(screen))
+        tasks: set[asyncio.Future[Any]] = {up, down, keys, self.stopped}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _stop_all((up, down, keys))
+        if self.stopped in done:
+            why = self.stopped.result()
+            return why, f"session ended: {why.replace('_', ' ')}"
+        first = next(iter(done))
+        exc = first.exception()
+        if exc is None:
+            return str(first.result()), ""
+        if isinstance(exc, SessionError):
+            return exc.reason, str(exc)
+        if isinstance(exc, TimeoutError):
+            return "browser_stalled", "session ended: the browser stopped reading"
+        if isinstance(exc, EOFError | OSError):
+            return "closed", ""
+        log.error("desktop session %s failed: %r", self.live.session_id, exc)
+        return "desktop_error", "session ended: internal error"
+
+    async def _up(self, s: Stream, framer: ServerFramer) -> str:
+        while True:
+            try:
+                m = await framer.next(s)
+            except EOFError:
+                return "instrument_closed"
+            if m.cut is not None and not self._clipboard(m, "Outbound"):
+                continue
+            self.rec.record(b"S", m.data)  # recorded before the browser sees it
+            self.live.publish(m.data)  # approvers following it
+            await asyncio.wait_for(self.browser.send(m.data), self.gate.send_timeout_s)
+
+    async def _down(self, s: Stream, framer: ClientFramer) -> str:
+        while True:
+            try:
+                m = await framer.next(s)
+            except EOFError:
+                return "browser_closed"
+            if m.cut is not None and not self._clipboard(m, "Inbound"):
+                continue
+            if m.input and self.record_input:
+                self.rec.record(b"C", m.data)
+            elif m.kind == C_PIXEL_FORMAT:  # how the server's pixels read from now on
+                self.rec.record(b"F", m.data)
+            self.writer.write(m.data)
+            await asyncio.wait_for(self.writer.drain(), self.gate.send_timeout_s)
+
+    async def _keyframes(self, screen: Screen) -> None:
+        """Ask for the whole screen now and then: the recording holds keyframes."""
+        while True:
+            await asyncio.sleep(KEYFRAME_EVERY_S)
+            self.writer.write(
+                struct.pack(">BBHHHH", C_UPDATE_REQUEST, 0, 0, 0, screen.width, screen.height)
+            )
+
+    def _clipboard(self, m: Message, direction: str) -> bool:
+        text = m.cut or b""
+        cols = dict(
+            self.cols,
+            NetworkDirection=direction,
+            TargetFileName="clipboard",
+            TargetFileSize=len(text),
+            TargetFileSHA256=hashlib.sha256(text).hexdigest(),
+        )
+        op = "upload" if direction == "Inbound" else "download"
+        if not self.clipboard:
+            self.gate.emit(
+                "file.refused",
+                EventResult="Failure",
+                EventResultDetails="clipboard_off",
+                EventMessage="the hospital's policy keeps the clipboard off",
+                details={"tool": "clipboard", "operation": op},
+                **cols,
+            )
+            return False
+        self.rec.record(b"X", m.data)
+        self.gate.emit("file.transferred", details={"tool": "clipboard", "operation": op}, **cols)
+        return True
+
+
+class _RdpRelay(_Relay):
+    """One running RDP desktop: the RDP session's screen served to the browser as RFB
+    (:class:`~broker.desktop.rdpbridge.RdpBridge`)."""
+
+    def __init__(
+        self,
+        gate: DesktopGate,
+        live: LiveSession,
+        cols: dict[str, Any],
+        rec: DesktopRecording,
+        browser: Browser,
+        rdp: RdpSession,
+        record_input: bool,
+    ) -> None:
+        super().__init__(gate, live, cols, rec, browser, _NoWriter(), record_input)
+        self.bridge = RdpBridge(rdp, self._send, self._client)
+
+    async def _send(self, data: bytes) -> None:
+        self.rec.record(b"S", data)  # recorded before the browser sees it
+        self.live.publish(data)
+        await asyncio.wait_for(self.browser.send(data), self.gate.send_timeout_s)
+
+    def _client(self, m: Message) -> bool:
+        if m.cut is not None:
+            # no clipboard channel is joined to the instrument: refused, logged
+            keep = self.clipboard
+            self.clipboard = False
+            self._clipboard(m, "Inbound")
+            self.clipboard = keep
+            return False
+        if m.input and self.record_input:
+            self.rec.record(b"C", m.data)
+        elif m.kind == C_PIXEL_FORMAT:
+            self.rec.record(b"F", m.data)
+        return True
+
+    async def run(self, upstream: Stream, downstream: Stream, screen: Screen) -> tuple[str, str]:
+        b = self.bridge
+        up = asyncio.ensure_future(b.up())
+        down = asyncio.ensure_future(b.down(downstream))
+        out = asyncio.ensure_future(b.out())
+        keys = asyncio.ensure_future(b.keyframes())
+        tasks: set[asyncio.Future[Any]] = {up, down, out, keys, self.stopped}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _stop_all((up, down, out, keys))
+        if self.stopped in done:
+            why = self.stopped.result()
+            return why, f"session ended: {why.replace('_', ' ')}"
+        first = next(iter(done))
+        exc = first.exception()
+        if exc is None:
+            return str(first.result()), ""
+        if isinstance(exc, SessionError):
+            return exc.reason, str(exc)
+        if isinstance(exc, TimeoutError):
+            return "browser_stalled", "session ended: the browser stopped reading"
+        if isinstance(exc, EOFError | OSError):
+            return "closed", ""
+        log.error("desktop session %s failed: %r", self.live.session_id, exc)
+        return "desktop_error", "session ended: internal error"
+
+
+class _NoWriter:
+    """An RDP relay writes to the instrument through its RDP session, not raw bytes."""
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("an RDP desktop takes no raw RFB bytes")
+
+    async def drain(self) -> None:
+        return None
+
+    def write_eof(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+__all__ = ["Browser", "DesktopError", "DesktopGate"]

@@ -1,0 +1,28 @@
+"""hospital policies: the desktop clipboard switch (off by default)
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-01 20:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("policies", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("clipboard_allowed", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("policies", schema=None) as batch_op:
+        batch_op.drop_column("clipboard_allowed")
