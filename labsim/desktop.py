@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -46,11 +47,15 @@ class XvncDesktop:
         name: str = NAME,
         host: str = LOOPBACK,
         geometry: str = "1024x768",
+        title: str = "LIS workstation",
+        background: str = "#103060",
     ) -> None:
         self.dir = workdir / name
         self.name = name
         self.host = host
         self.geometry = geometry
+        self.title = title  # the X desktop's name and the xterm's window title
+        self.background = background
         self.typed = self.dir / "typed.txt"
         self._procs: list[subprocess.Popen[bytes]] = []
         self.port = 0
@@ -84,7 +89,7 @@ class XvncDesktop:
                 ["Xvnc", "-displayfd", str(w), "-rfbport", str(self.port),
                  "-localhost", "-interface", self.host, "-SecurityTypes", "VncAuth",
                  "-PasswordFile", str(pwfile), "-geometry", self.geometry, "-depth", "24",
-                 "-AlwaysShared", "-nolisten", "tcp", "-desktop", "LIS workstation"],
+                 "-AlwaysShared", "-nolisten", "tcp", "-desktop", self.title],
                 pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
         finally:
@@ -106,15 +111,16 @@ class XvncDesktop:
                     "-geometry",
                     "100x30+40+40",
                     "-title",
-                    "LIS workstation",
+                    self.title,
                     "-bg",
-                    "#103060",
+                    self.background,
                     "-fg",
                     "white",
                     "-e",
                     "sh",
                     "-c",
-                    f"echo 'LIS workstation - type here'; cat > {self.typed}",
+                    f"echo {shlex.quote(self.title + ' - type here')}; "
+                    f"cat > {shlex.quote(str(self.typed))}",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -12,6 +12,8 @@ xn-1000-1           hematology analyzer service screen          RFB 3.8 (VNC-lik
 lis-astm            LIS ASTM host port                          ASTM E1381/E1394
 lis-ws-1            LIS workstation desktop (asked by name      TigerVNC Xvnc + xterm /
                     only: needs Debian's Xvnc and xterm)        VNC (VNC authentication)
+an-pc-1             Analyzer PC desktop (asked by name only:    xrdp in front of Xvnc +
+                    needs Debian's xrdp, Xvnc and xterm)        xterm / RDP (TLS, password)
 ==================  ==========================================  =======================
 
 Blocking API (usable from sync and async tests alike): asyncio instruments run
@@ -35,6 +37,7 @@ from labsim.desktop import XvncDesktop
 from labsim.errors import LabsimError
 from labsim.model import Instrument
 from labsim.net import LOOPBACK
+from labsim.rdp import XrdpDesktop
 from labsim.services.astm import AstmService
 from labsim.services.base import TcpService
 from labsim.services.echo import EchoService
@@ -43,7 +46,7 @@ from labsim.services.rfb import RfbService
 from labsim.sshd import OpenSSHInstrument, openssh_available
 
 ALL_INSTRUMENTS = ("cobas-c503-1", "las-line-a", "lis-hl7", "xn-1000-1", "lis-astm")
-DESKTOP_INSTRUMENTS = ("lis-ws-1",)  # real desktops, started only when asked by name
+DESKTOP_INSTRUMENTS = ("lis-ws-1", "an-pc-1")  # real desktops, started only when asked by name
 START_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
@@ -85,7 +88,7 @@ class Lab:
         self._async_parts: list[_AsyncPart] = []
         self._parts: dict[str, Any] = {}
         self._openssh: list[OpenSSHInstrument] = []
-        self._desktops: list[XvncDesktop] = []
+        self._desktops: list[XvncDesktop | XrdpDesktop] = []
         self.instruments: dict[str, Instrument] = {}
 
     # -- lifecycle -----------------------------------------------------------------
@@ -176,7 +179,11 @@ class Lab:
                 services={"ssh": server.port, "echo": echo.port},
             )
         if name in DESKTOP_INSTRUMENTS:
-            desk = XvncDesktop(self.workdir, name=name, host=h)
+            desk: XvncDesktop | XrdpDesktop
+            if name == "an-pc-1":
+                desk = XrdpDesktop(self.workdir, name=name, host=h)
+            else:
+                desk = XvncDesktop(self.workdir, name=name, host=h)
             self._desktops.append(desk)
             self._parts[name] = desk
             return desk.start()
