@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--out PATH] [--only SECTION ...]``.
+"""``python -m bench [--quick] [--out PATH] [--only SECTION ...] [--merge]``.
 
 Runs the sections in order (OpenSSH and hoshu data paths, scale, audit) and
 writes the results file even when a section fails: its figures are then
@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         help="scratch directory (deleted afterwards unless --keep)",
     )
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the figures this run measured in --out, keep the others",
+    )
     ap.add_argument("--only", nargs="*", choices=SECTIONS, default=None)
     ap.add_argument(
         "--max-gateways",
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         res.info["machine"]["loadavg_at_end"] = list(os.getloadavg())
         res.info["total_seconds"] = round(time.monotonic() - started, 1)
-        doc = res.write(args.out)
+        doc = res.write(args.out, merge=args.merge)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"[bench] wrote {args.out}", file=sys.stderr)

@@ -37,7 +37,31 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "audit_append_per_s",
     "audit_query_p95_ms_sqlite",
     "audit_query_p95_ms_postgres",
+    # hoshu as deployed (``hoshu serve``): bench.deployed, bench.concurrency
+    "echo_p99_ms_at_50_sessions",
+    "throughput_aggregate_MBps_at_50_sessions",
+    "broker_cpu_s_per_GB_recorded",
+    "sshd_cpu_s_per_GB_chain",
+    "broker_rss_MiB_per_session",
+    "logins_per_s_100_engineers",
+    "channel_opens_per_s",
+    "channel_opens_per_s_asyncssh_floor",
+    "audit_append_durable_per_s",
+    "audit_query_p95_ms_postgres_10M",
 )
+
+# figures recorded under two names: (new name, old name), so readers of either keep working
+ALIASES: tuple[tuple[str, str], ...] = (
+    ("channel_opens_per_s", "session_opens_per_s"),
+    ("channel_opens_per_s_asyncssh_floor", "session_opens_per_s_asyncssh_floor"),
+    ("channel_opens_sequential_per_s", "session_opens_sequential_per_s"),
+    (
+        "channel_opens_sequential_per_s_asyncssh_floor",
+        "session_opens_sequential_per_s_asyncssh_floor",
+    ),
+)
+# top-level keys of the file that are neither figures nor run information
+DERIVED = ("schema", "mode", "generated_at", "ratios", "targets", "notes", "sections", "runs")
 
 # (ratio name, numerator, denominator)
 RATIOS: tuple[tuple[str, str, str], ...] = (
@@ -63,6 +87,11 @@ RATIOS: tuple[tuple[str, str, str], ...] = (
         )
     ),
     ("broker_cpu_vs_sshd_per_GB", "broker_cpu_s_per_GB_recorded", "sshd_cpu_s_per_GB_chain"),
+    (
+        "channel_opens_vs_asyncssh_floor",
+        "channel_opens_per_s",
+        "channel_opens_per_s_asyncssh_floor",
+    ),
 )
 
 # (difference name, minuend, subtrahend): reported with the ratios
@@ -74,6 +103,14 @@ DIFFERENCES: tuple[tuple[str, str, str], ...] = tuple(
     )
     for store in ("sqlite", "postgres")
 )
+
+
+_ALIAS: dict[str, tuple[str, ...]] = {}
+for _new, _old in ALIASES:
+    _ALIAS.setdefault(_new, ())
+    _ALIAS[_new] += (_old,)
+    _ALIAS.setdefault(_old, ())
+    _ALIAS[_old] += (_new,)
 
 
 @dataclass(frozen=True)
@@ -184,6 +221,48 @@ TARGETS: tuple[Target, ...] = (
         "broker CPU per recorded GB <= 3 x the bastion sshd's per GB",
     ),
     Target(
+        "gateways_10000",
+        "gateways_connected",
+        ">=",
+        10_000.0,
+        "10,000 hoshu gateways connected to one broker",
+    ),
+    Target(
+        "broker_rss_10000",
+        "broker_rss_MiB_at_10000_gateways",
+        "<=",
+        1024.0,
+        "10,000 connected gateways under 1 GiB broker RSS",
+    ),
+    Target(
+        "reconnect_all_10000",
+        "reconnect_all_s_at_10000_gateways",
+        "<=",
+        60.0,
+        "all 10,000 gateways reconnected within 60 s of a broker restart",
+    ),
+    Target(
+        "channel_opens",
+        "ratio.channel_opens_vs_asyncssh_floor",
+        ">=",
+        0.5,
+        "channel opens through hoshu's tunnels >= 50% of the bare asyncssh floor",
+    ),
+    Target(
+        "audit_append_durable",
+        "audit_append_durable_per_s",
+        ">=",
+        20_000.0,
+        "durable audit append (PostgreSQL, fsync on) >= 20,000 events/s",
+    ),
+    Target(
+        "audit_query_postgres_10M",
+        "audit_query_p95_ms_postgres_10M",
+        "<=",
+        50.0,
+        "audit query p95 <= 50 ms over 10M events (PostgreSQL)",
+    ),
+    Target(
         "audit_query_sqlite",
         "audit_query_p95_ms_sqlite",
         "<=",
@@ -211,19 +290,25 @@ class Results:
     progress: Path | None = None  # rewritten after every section while the run goes on
     # targets known to be missed although their figure could not be taken (the reason)
     failed: dict[str, str] = field(default_factory=dict)
+    # per section: when it ran, the load average at its start and end, its notes
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def put(self, key: str, value: float | int | None, ndigits: int = 3) -> None:
-        self.figures[key] = round(value, ndigits) if isinstance(value, float) else value
+        value = round(value, ndigits) if isinstance(value, float) else value
+        for name in (key, *_ALIAS.get(key, ())):
+            self.figures[name] = value
 
     def missing(self, keys: list[str] | tuple[str, ...], reason: str) -> None:
-        """Record ``keys`` as not measured, for ``reason``."""
-        for key in keys:
+        """Record ``keys`` (and their aliases) as not measured, for ``reason``."""
+        names = [n for key in keys for n in (key, *_ALIAS.get(key, ()))]
+        for key in names:
             self.figures.setdefault(key, None)
-        self.notes.append(f"not measured: {', '.join(keys)}: {reason}")
+        self.notes.append(f"not measured: {', '.join(names)}: {reason}")
 
     def section(self, name: str, keys: list[str], fn: Callable[[], None]) -> None:
         """Run one section; if it fails, its unmeasured ``keys`` get the reason as a note."""
         t0 = time.monotonic()
+        load0, notes0 = _loadavg(), len(self.notes)
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         try:
             fn()
@@ -235,6 +320,16 @@ class Results:
             )
         took = time.monotonic() - t0
         self.info.setdefault("section_seconds", {})[name] = round(took, 1)
+        # the machine is shared: what else ran beside each section, for reading its figures
+        self.sections[name] = {
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mode": self.mode,
+            "seconds": round(took, 1),
+            "loadavg_at_start": load0,
+            "loadavg_at_end": _loadavg(),
+            "keys": list(keys),
+            "notes": self.notes[notes0:],
+        }
         print(f"[bench] {name} done in {took:.1f} s", file=sys.stderr, flush=True)
         if self.progress is not None:
             Results(
@@ -243,6 +338,7 @@ class Results:
                 list(self.notes),
                 dict(self.info),
                 failed=dict(self.failed),
+                sections=dict(self.sections),
             ).write(self.progress)
 
     def ratios(self) -> dict[str, float | None]:
@@ -296,11 +392,15 @@ class Results:
         doc["ratios"] = ratios
         doc["targets"] = self.verdicts(ratios)
         doc.update(self.info)
+        doc["sections"] = self.sections
         doc["notes"] = self.notes
         return doc
 
-    def write(self, path: Path) -> dict[str, Any]:
+    def write(self, path: Path, merge: bool = False) -> dict[str, Any]:
+        """Write the results file; with ``merge``, into the one at ``path`` (:func:`merge`)."""
         doc = self.document()
+        if merge and path.exists():
+            doc = merge_documents(json.loads(path.read_text()), doc)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
@@ -351,3 +451,77 @@ def machine() -> dict[str, Any]:
         "loadavg_at_start": list(os.getloadavg()),
         "started_at_unix": round(time.time()),
     }
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _is_figure(key: str, value: object) -> bool:
+    if key in DERIVED or key == "total_seconds" or isinstance(value, bool):
+        return False
+    return value is None or isinstance(value, int | float)
+
+
+def _names(note: str, keys: set[str]) -> bool:
+    words = set(re.findall(r"[A-Za-z0-9_]+", note))
+    return not words.isdisjoint(keys)
+
+
+def _run_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    m = doc.get("machine") or {}
+    return {
+        "generated_at": doc.get("generated_at"),
+        "mode": doc.get("mode"),
+        "sections": list((doc.get("section_seconds") or {}).keys()),
+        "loadavg_at_start": m.get("loadavg_at_start"),
+        "loadavg_at_end": m.get("loadavg_at_end"),
+        "total_seconds": doc.get("total_seconds"),
+    }
+
+
+def merge_documents(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with the figures ``new`` measured in place of its own; the rest kept.
+
+    A figure ``new`` has as a number replaces ``old``'s; a figure ``new`` could not take
+    (``null``) leaves ``old``'s number, and the reason stays in ``new``'s section notes.
+    ``old``'s notes that name a figure measured anew are dropped (they spoke of the old
+    figure), the others kept; ``sections`` (per section: when, load average, notes) are
+    replaced section by section; ``runs`` lists every run merged in, with its load
+    average.  Ratios and target verdicts are derived again from the merged figures."""
+    figures = {k: v for k, v in old.items() if _is_figure(k, v)}
+    measured = {k for k, v in new.items() if _is_figure(k, v) and v is not None}
+    for key, value in new.items():
+        if _is_figure(key, value) and (value is not None or key not in figures):
+            figures[key] = value
+    info: dict[str, Any] = {
+        k: v for k, v in old.items() if k not in DERIVED and not _is_figure(k, v)
+    }
+    for key, value in new.items():
+        if key in DERIVED or _is_figure(key, value):
+            continue
+        if isinstance(value, dict) and isinstance(info.get(key), dict):
+            info[key] = {**info[key], **value}
+        else:
+            info[key] = value
+    notes = [n for n in old.get("notes", []) if not _names(n, measured)]
+    notes += [n for n in new.get("notes", []) if n not in notes]
+    failed = {
+        name: t["why"]
+        for doc in (old, new)
+        for name, t in (doc.get("targets") or {}).items()
+        if "why" in t and t.get("measure") not in measured
+    }
+    mode = old.get("mode") if old.get("mode") == new.get("mode") else "merged"
+    res = Results(
+        str(mode),
+        figures,
+        notes,
+        info,
+        failed=failed,
+        sections={**(old.get("sections") or {}), **(new.get("sections") or {})},
+    )
+    doc = res.document()
+    doc["notes"] = list(dict.fromkeys(doc["notes"]))
+    doc["runs"] = [*(old.get("runs") or [_run_summary(old)]), _run_summary(new)]
+    return doc
