@@ -8,7 +8,12 @@ read-only root filesystem, /tmp as tmpfs and a data volume owned by the image's
 user, as the reference deployment does.  Then: /healthz and /readyz answer, the
 image's HEALTHCHECK passes, the SSH front door sends its banner, an admin
 bootstrapped by the image's own CLI signs in (password + TOTP) from the host, and
-an engineer that admin makes signs in to the front door with stock ssh (key + TOTP).
+an engineer that admin makes signs in to the front door with stock ssh (key + TOTP),
+and a whole instrument session runs through the container: the demo's set-up (a
+gateway enrolled with ``hoshu-gateway`` dialling the container's tunnel port, a real
+sshd as the instrument, a grant approved) against a broker that is the image, the
+engineer's stock ``ssh`` reaching the instrument, and the session recorded on the
+data volume with the recording's SHA-256 in ``session.ended``.
 
 On this machine podman needs: runc (crun refuses the hybrid cgroup layout),
 ``--cgroup-manager cgroupfs`` (no systemd), and explicit RLIMIT_NOFILE/NPROC at
@@ -17,6 +22,7 @@ or below the sandbox's own (podman's defaults are above what it may set).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -28,12 +34,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
 
+from hoshu_demo.demo import PEOPLE, Demo
 from tests.support import free_port, poll_sync
-from tests.support.demoflow import Totp
+from tests.support.demoflow import Totp, request_approved, sign_in
 from tests.support.stockssh import engineer_ssh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -420,3 +428,139 @@ def test_podman_stop_drains_and_the_container_exits_0(image: Built, tmp_path: Pa
         assert "draining" in logs
     finally:
         _podman("rm", "-f", name, check=False)
+
+
+@dataclass
+class ContainerDemo(Demo):
+    """The demo (people, hospital, enrolled gateway, real sshd instruments) with its
+    broker the image, run by podman on host networking with the demo's data folder
+    ``broker/`` as the data volume; the gateway and the CLI stay on the host."""
+
+    tag: str = ""
+    container: str = ""
+
+    def container_args(self) -> list[str]:
+        env = {
+            "HOSHU_API_HOST": "127.0.0.1",
+            "HOSHU_API_PORT": str(self.api_port),
+            "HOSHU_SSH_HOST": "127.0.0.1",
+            "HOSHU_SSH_PORT": str(self.ssh_port),
+            "HOSHU_TUNNEL_HOST": "127.0.0.1",
+            "HOSHU_TUNNEL_PORT": str(self.tunnel_port),
+            "HOSHU_SWEEP_INTERVAL_S": "2",
+            **self.broker_env,
+        }
+        flags = [f for k, v in env.items() for f in ("-e", f"{k}={v}")]
+        volume = ["-v", f"{self.root / 'broker'}:/var/lib/hoshu"]
+        return ["--network", "host", "--read-only", "--tmpfs", "/tmp", *_limits(), *volume, *flags]
+
+    def _start_broker(self) -> None:
+        admin = PEOPLE[0]
+        data = self.root / "broker"
+        data.mkdir(exist_ok=True)
+        os.chown(data, UID, UID)
+        boot = _podman(
+            "run", "--rm", "-i", *self.container_args(), "--entrypoint", "/opt/hoshu/bin/hoshu",
+            self.tag, "--json", "admin", "bootstrap", "--name", admin.name,
+            "--full-name", admin.full_name, "--password-stdin", stdin=admin.password,
+        )  # fmt: skip
+        self.secrets[admin.name] = json.loads(boot.stdout)["totp_secret"]
+        self.start_container()
+        self._pin_audit_key()
+        self.hoshu("admin", "login", "--user", admin.name, "--password-stdin",
+                   "--totp", self.code(admin.name), stdin=admin.password)  # fmt: skip
+
+    def start_container(self) -> None:
+        """``podman run`` in the foreground (its output is logs/broker.log); returns when
+        the API, SSH and tunnel ports answer."""
+        run = ["run", "--rm", "--name", self.container, *self.container_args(), self.tag]
+        argv = ["podman", *_storage_flags(), "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+        argv += run
+        self._spawn("broker", argv, {k: v for k, v in os.environ.items() if "HOSHU" not in k})
+        ports = (self.api_port, self.ssh_port, self.tunnel_port)
+        self._wait_for("the containerised broker", lambda: all(map(_answers, ports)), 90)
+
+    def stop(self) -> None:
+        _podman("stop", "-t", "10", self.container, timeout=60, check=False)
+        super().stop()
+        _podman("rm", "-f", self.container, check=False)
+
+
+@pytest.fixture
+def system(image: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerDemo]:
+    # a short folder: the gateway's control socket path must fit AF_UNIX's 108 bytes
+    d = ContainerDemo(
+        tmp_path_factory.mktemp("img") / ".hoshu-demo",
+        api_port=0,
+        ssh_port=0,
+        tunnel_port=0,
+        tag=image.tag,
+        container=f"hoshu-session-{uuid.uuid4().hex[:8]}",
+    )
+    try:
+        started = time.monotonic()
+        d.start()
+        print(f"demo set-up against the container: {time.monotonic() - started:.1f} s")
+        yield d
+    finally:
+        d.stop()
+        print((d.root / "logs" / "broker.log").read_text(errors="replace")[-3000:])
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_an_engineer_reaches_an_instrument_through_the_container_and_the_session_is_recorded(
+    system: ContainerDemo,
+) -> None:
+    """The gateway enrolled with the containerised broker and holds its tunnel; tanaka
+    asks for the analyzer, sato approves, and tanaka's stock ``ssh`` through the
+    container's front door runs a command on the real sshd behind the gateway (its
+    output comes back); the recording on the data volume holds that output and
+    ``session.ended`` carries its size and SHA-256."""
+    d = system
+    codes = sign_in(d, ("tanaka", "sato"))
+    request_approved(
+        d, "cobas-c503-1", reason="image test", ticket="INC-7", plan="read the version"
+    )
+    argv, env = engineer_ssh(
+        d.root,
+        d.env("tanaka"),
+        codes["tanaka"].code(),
+        d.ssh_port,
+        "tanaka+cobas-c503-1",
+        "echo image-marker-$((6*7)); id -un",
+    )
+    started = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90, check=False)
+    print(f"stock ssh through the container to the instrument: {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "image-marker-42" in proc.stdout
+
+    broker_dir = d.root / "broker"
+    casts = [
+        p
+        for p in (broker_dir / "recordings").glob("*.cast")
+        if b"image-marker-42" in p.read_bytes()
+    ]
+    assert len(casts) == 1, list((broker_dir / "recordings").iterdir())
+    [cast] = casts
+    log = broker_dir / "audit" / "audit.log"
+
+    def ended() -> dict[str, Any]:
+        return next(
+            (
+                e
+                for e in _events(log)
+                if e.get("EventType") == "session.ended" and e.get("TargetSessionId") == cast.stem
+            ),
+            {},
+        )
+
+    event = poll_sync(ended, 30, "session.ended in the container's audit log")
+    data = cast.read_bytes()
+    assert event["RecordingSize"] == len(data)
+    assert event["RecordingSHA256"] == hashlib.sha256(data).hexdigest()
+    assert json.loads(data.splitlines()[0])["version"] == 2  # asciicast v2, playable
+    assert cast.stat().st_uid == UID  # written by the image's user on the volume
