@@ -37,6 +37,7 @@ from broker.live.sessions import SessionRegistry
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 from broker.tunnel.connector import TunnelConnector
+from labsim.rdp import start_xrdp as start_xrdp  # the tests import it from here
 from tests.control.conftest import PASSWORD, actor_for, make_context, openssh_public_key
 from tests.frontdoor.harness import T0
 from tests.frontdoor.store_policy import StorePolicy
@@ -333,75 +334,6 @@ def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
-
-
-XRDP_INI = """[Globals]
-ini_version=1
-fork=false
-port=tcp://127.0.0.1:{port}
-use_vsock=false
-tcp_nodelay=true
-security_layer={security}
-crypt_level=high
-certificate={cert}
-key_file={key}
-ssl_protocols=TLSv1.2, TLSv1.3
-autorun=vnc-any
-allow_channels=false
-bitmap_cache=true
-bitmap_compression=true
-bulk_compression=false
-max_bpp=32
-new_cursors=true
-use_fastpath=both
-require_credentials=true
-[Logging]
-LogFile={log}
-LogLevel=INFO
-EnableSyslog=false
-EnableConsole=false
-[Channels]
-rdpdr=false
-rdpsnd=false
-drdynvc=false
-cliprdr=false
-rail=false
-xrdpvr=false
-tcutils=false
-[vnc-any]
-name=vnc-any
-lib=libvnc.so
-ip=127.0.0.1
-port={vnc_port}
-username=na
-password=ask
-"""
-
-
-def start_xrdp(
-    tmp_path: Path, xvnc: Xvnc, port: int, name: str, security: str = "tls"
-) -> subprocess.Popen[bytes]:
-    """xrdp on ``port`` (TLS only, the certificate ``name``; ``security`` ``rdp``: standard
-    RDP security only): the RDP client's password is the VNC password of the Xvnc
-    behind it (xrdp's ``vnc-any`` module)."""
-    cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    ini = tmp_path / f"xrdp-{port}.ini"
-    ini.write_text(
-        XRDP_INI.format(
-            port=port,
-            cert=cert,
-            key=key,
-            log=tmp_path / f"xrdp-{port}.log",
-            vnc_port=xvnc.port,
-            security=security,
-        )
-    )
-    proc = subprocess.Popen(
-        ["xrdp", "--nodaemon", "--config", str(ini)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc
 
 
 def _listening(port: int) -> bool:
