@@ -21,9 +21,9 @@ from bench.sizes import FULL, QUICK, Sizes
 from bench.sshd import CIPHER, KEX
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("openssh", "hoshu", "scale", "audit", "replicas", "commands", "deployed")
+SECTIONS = ("openssh", "hoshu", "scale", "audit", "replicas", "commands", "deployed", "desktop")
 # whole brokers of their own: their quick runs are tests of their own
-QUICK_SKIPS = ("replicas", "deployed")
+QUICK_SKIPS = ("replicas", "deployed", "desktop")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +160,14 @@ def _run(res: Results, sizes: Sizes, work: Path, args: argparse.Namespace) -> No
         from bench import deployed
 
         deployed.run(res, args.quick, work / "deployed")
+    if "desktop" in only:
+        from bench import desktop_bench
+
+        res.section(
+            "desktop",
+            desktop_bench.KEYS,
+            lambda: desktop_bench.run(res, sizes, work / "desktop"),
+        )
     if "replicas" in only:
         from bench import replicas
 

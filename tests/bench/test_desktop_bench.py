@@ -1,0 +1,67 @@
+"""The desktop benchmark (``hoshu serve`` with the demo's Xvnc desktop and a moving
+window; a direct RFB client beside it) runs at its quick size and writes every figure
+it promises as a plausible number; no figure is held to a speed target here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import desktop_bench
+from bench.sizes import QUICK
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("desk")
+    out = tmp / "results.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "bench", "--quick", "--only", "desktop"]
+    proc = subprocess.run(
+        [*argv, "--out", str(out), "--work", str(tmp / "w")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp / "w").exists(), "the scratch directory is removed after the run"
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return doc
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo")
+@pytest.mark.timeout(660)
+def test_the_desktop_figures_are_measured_and_plausible(results: dict[str, Any]) -> None:
+    """Frames arrive under the moving window directly and through hoshu, the recording
+    grows, the broker and gateway spend CPU on the session, whole screens arrive in Raw
+    and ZRLE both ways, and at least the first step of concurrent sessions is carried."""
+    for key in desktop_bench.KEYS:
+        value = results[key]
+        assert isinstance(value, int | float) and value > 0, (key, results["notes"])
+    # a frame is at most a whole 1024x768 screen: more bytes a second than 30 screens
+    # would be a miscount
+    for path in ("direct", "hoshu"):
+        assert results[f"desktop_stream_kB_per_s_{path}"] < 30 * 1024 * 768 * 4 / 1e3
+    # the recording holds at least the first whole screen the session got
+    assert results["desktop_recording_bytes_per_min"] > 10_000
+    info = results["desktop"]
+    assert info["fps_floor"] == desktop_bench.FPS_FLOOR
+    levels = info["levels"]
+    carried = results["desktop_sessions_per_broker_process"]
+    assert carried in QUICK.desktop_session_steps
+    assert levels[str(carried)]["held"] is True
+    assert levels[str(carried)]["fps_min"] >= desktop_bench.FPS_FLOOR
+    assert str(QUICK.desktop_session_steps[0]) in levels
+    assert "frames/s" in info["sessions_criterion"]
+    assert not [n for n in results["notes"] if "desktop" in n]
