@@ -27,12 +27,13 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,12 @@ import pyotp
 import pytest
 
 from hoshu_demo.demo import PEOPLE, Demo
+from tests.fixtures.azurite import Azurite
+from tests.fixtures.postgres import create_database
 from tests.support import free_port, poll_sync
 from tests.support.demoflow import Totp, request_approved, sign_in
+from tests.support.identity import IdentityEndpoint
+from tests.support.keyvault import IdentityTokens, KeyVault
 from tests.support.stockssh import engineer_ssh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -438,6 +443,8 @@ class ContainerDemo(Demo):
 
     tag: str = ""
     container: str = ""
+    # what only the container gets: settings naming paths inside it, and their mounts
+    container_extra: list[str] = field(default_factory=list)
 
     def container_args(self) -> list[str]:
         env = {
@@ -452,7 +459,8 @@ class ContainerDemo(Demo):
         }
         flags = [f for k, v in env.items() for f in ("-e", f"{k}={v}")]
         volume = ["-v", f"{self.root / 'broker'}:/var/lib/hoshu"]
-        return ["--network", "host", "--read-only", "--tmpfs", "/tmp", *_limits(), *volume, *flags]
+        common = ["--network", "host", "--read-only", "--tmpfs", "/tmp", *_limits(), *volume]
+        return [*common, *flags, *self.container_extra]
 
     def _start_broker(self) -> None:
         admin = PEOPLE[0]
@@ -470,13 +478,14 @@ class ContainerDemo(Demo):
         self.hoshu("admin", "login", "--user", admin.name, "--password-stdin",
                    "--totp", self.code(admin.name), stdin=admin.password)  # fmt: skip
 
-    def start_container(self) -> None:
+    def start_container(self, *, append: bool = False) -> None:
         """``podman run`` in the foreground (its output is logs/broker.log); returns when
         the API, SSH and tunnel ports answer."""
         run = ["run", "--rm", "--name", self.container, *self.container_args(), self.tag]
         argv = ["podman", *_storage_flags(), "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
         argv += run
-        self._spawn("broker", argv, {k: v for k, v in os.environ.items() if "HOSHU" not in k})
+        env = {k: v for k, v in os.environ.items() if "HOSHU" not in k}
+        self._spawn("broker", argv, env, append=append)
         ports = (self.api_port, self.ssh_port, self.tunnel_port)
         self._wait_for("the containerised broker", lambda: all(map(_answers, ports)), 90)
 
@@ -564,3 +573,184 @@ def test_an_engineer_reaches_an_instrument_through_the_container_and_the_session
     assert event["RecordingSHA256"] == hashlib.sha256(data).hexdigest()
     assert json.loads(data.splitlines()[0])["version"] == 2  # asciicast v2, playable
     assert cast.stat().st_uid == UID  # written by the image's user on the volume
+
+
+CA_IN_CONTAINER = "/etc/hoshu-test/ca.pem"
+
+
+@pytest.fixture
+def cloud(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[dict[str, str], list[str]]]:
+    """Key Vault, Blob storage, PostgreSQL and the managed identity, all on 127.0.0.1:
+    the broker settings naming them, and the container's own settings and mounts (the
+    identity endpoint's variables, as Container Apps set them, and the stand-ins' CA)."""
+    root = tmp_path_factory.mktemp("cloud")
+    with IdentityEndpoint() as identity:
+        for k, v in identity.env().items():
+            monkeypatch.setenv(k, v)  # for the host's CLI (hoshu admin keys public)
+        vault = KeyVault(root / "kv", tokens=IdentityTokens(identity)).start()
+        blob = Azurite(root / "azurite").start()
+        try:
+            from broker.identity import azure_credential
+
+            container = blob.new_container(azure_credential(identity.client_id))
+            bundle = root / "ca.pem"  # the stand-ins' self-signed certificates
+            bundle.write_bytes(vault.cert_path.read_bytes() + blob.cert.read_bytes())
+            bundle.chmod(0o644)
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+            db = create_database(postgres_url, f"image_{uuid.uuid4().hex[:8]}")
+            settings = {
+                "HOSHU_DATABASE_URL": db,
+                "HOSHU_KEY_VAULT_URL": vault.url,
+                "HOSHU_RECORDINGS_URL": container,
+                "HOSHU_AUDIT_STORE": "postgres",
+                "HOSHU_REPLICA_ID": "broker-a",
+            }
+            only_container = {**identity.env(), "REQUESTS_CA_BUNDLE": CA_IN_CONTAINER}
+            extra = [f for k, v in only_container.items() for f in ("-e", f"{k}={v}")]
+            extra += ["-v", f"{bundle}:{CA_IN_CONTAINER}:ro"]
+            yield settings, extra
+        finally:
+            blob.stop()
+            vault.close()
+
+
+@pytest.fixture
+def durable(
+    image: Built,
+    tmp_path_factory: pytest.TempPathFactory,
+    cloud: tuple[dict[str, str], list[str]],
+) -> Iterator[ContainerDemo]:
+    settings, extra = cloud
+    d = ContainerDemo(
+        tmp_path_factory.mktemp("imgd") / ".hoshu-demo",
+        api_port=0,
+        ssh_port=0,
+        tunnel_port=0,
+        broker_env=dict(settings),
+        tag=image.tag,
+        container=f"hoshu-durable-{uuid.uuid4().hex[:8]}",
+        container_extra=extra,
+    )
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+        print((d.root / "logs" / "broker.log").read_text(errors="replace")[-3000:])
+
+
+def _gateway_connected(d: Demo) -> bool:
+    config = d.root / "gateway" / "gateway.toml"
+    st = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "hoshu-gateway"),
+            "--config",
+            str(config),
+            "status",
+            "--json",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HOSHU_")},
+    )
+    try:
+        return st.returncode == 0 and json.loads(st.stdout)["state"] == "connected"
+    except (ValueError, KeyError):
+        return False
+
+
+def _ssh(d: Demo, codes: Totp, known: Path, strict: str, command: str) -> str:
+    argv, env = engineer_ssh(
+        d.root, d.env("tanaka"), codes.code(), d.ssh_port, "tanaka+cobas-c503-1", command,
+        known_hosts=known, strict=strict, connect_timeout_s=20,
+    )  # fmt: skip
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _ended(d: Demo) -> dict[str, dict[str, Any]]:
+    found = d.hoshu("suzuki", "audit", "search", "--type", "session.ended", "--limit", "50")
+    rows = found["events"] if isinstance(found, dict) else found
+    return {str(e["TargetSessionId"]): e for e in rows}
+
+
+@pytest.mark.postgres
+def test_the_container_killed_and_started_on_a_deleted_volume_loses_nothing(
+    durable: ContainerDemo,
+) -> None:
+    """With the durable settings the image supports (keys in Key Vault through the
+    managed identity, recordings in Blob storage, store and audit chain in PostgreSQL),
+    a recorded session, then the container killed (SIGKILL) and its data volume
+    deleted: a new container on an empty volume is taken back by the gateway (which
+    pinned the tunnel host key) and by the engineer's ``ssh`` with
+    ``StrictHostKeyChecking=yes``, signs her in (TOTP sealed by the vault) and logs in
+    to the instrument (credential sealed too); the old recording plays from Blob
+    storage with the SHA-256 of its ``session.ended``, and one audit chain written by
+    both containers verifies with the keys the auditor pinned from the vault."""
+    d = durable
+    codes = sign_in(d, ("tanaka", "sato", "suzuki"))
+    request_approved(d, "cobas-c503-1", reason="image restart", ticket="INC-8", plan="a command")
+    known = d.root / "known_hosts"
+    assert "before-42" in _ssh(d, codes["tanaka"], known, "accept-new", "echo before-$((6*7))")
+    [(first_sid, first)] = poll_sync(
+        lambda: list(_ended(d).items()), 60, "session.ended of the first session", interval_s=0.5
+    )
+    assert not list((d.root / "broker").rglob("*.cast")), "recordings belong in Blob storage"
+
+    _podman("kill", "-s", "KILL", d.container, timeout=60)
+    d.procs["broker"].wait(timeout=30)
+    _podman("rm", "-f", d.container, check=False)
+    shutil.rmtree(d.root / "broker")  # the volume is gone; a new, empty one
+    (d.root / "broker").mkdir()
+    os.chown(d.root / "broker", UID, UID)
+    started = time.monotonic()
+    d.start_container(append=True)
+    poll_sync(
+        lambda: _gateway_connected(d), 60, "the gateway back on the new container", interval_s=0.5
+    )
+    print(
+        f"new container on an empty volume to gateway connected: {time.monotonic() - started:.1f} s"
+    )
+
+    assert "after-42" in _ssh(d, codes["tanaka"], known, "yes", "echo after-$((6*7))")
+    token = json.loads((d.root / "users" / "suzuki" / "token.json").read_text())["access_token"]
+    import httpx
+
+    r = httpx.get(
+        f"{d.api}/v1/recordings/{first_sid}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 200, r.text
+    assert b"before-42" in r.content
+    assert hashlib.sha256(r.content).hexdigest() == first["RecordingSHA256"]
+    assert len(r.content) == first["RecordingSize"]
+    ended = poll_sync(
+        lambda: e if len(e := _ended(d)) >= 2 else None,
+        60,
+        "session.ended of the second",
+        interval_s=0.5,
+    )
+    assert first_sid in ended  # the killed container's events are still searchable
+
+    # a clean stop (SIGTERM: drain) signs the chain's tail; then the auditor verifies
+    d.procs["broker"].send_signal(signal.SIGTERM)
+    assert d.procs["broker"].wait(timeout=60) == 0
+    keys = sorted((d.root / "auditor").glob("audit-signing-*.pem"))
+    assert keys, "the auditor pinned the vault's public signing keys at set-up"
+    verify = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "hoshu"), "--json", "audit", "verify",
+         "--store", d.broker_env["HOSHU_DATABASE_URL"],
+         *[a for k in keys for a in ("--trusted-key", str(k))]],
+        env=d.env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    chains = {c["log"]: c for c in report["chains"]}
+    assert report["ok"] and set(chains) == {"postgres:broker-a", "postgres:broker-a.admin"}
+    own = chains["postgres:broker-a"]
+    assert own["signatures_checked"] and own["unsigned_tail"] == 0 and own["checkpoints"] >= 1
