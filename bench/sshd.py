@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labsim.net import free_port
+from labsim.net import free_port as free_port
 
 CIPHER = "aes128-gcm@openssh.com"
 # Classical key exchange everywhere: asyncssh has no post-quantum hybrid without

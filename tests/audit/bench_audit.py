@@ -39,8 +39,7 @@ def main(n: int = 50_000) -> None:
         with ChainLog(Path(d) / "b.log", signer=signer) as log:
             chunks = [events[k::4] for k in range(4)]
             threads = [
-                threading.Thread(target=lambda c=c: [log.emit(e) for e in c])  # type: ignore
-                for c in chunks
+                threading.Thread(target=lambda c=c: [log.emit(e) for e in c]) for c in chunks
             ]
             t = time.perf_counter()
             for th in threads:
@@ -57,8 +56,7 @@ def main(n: int = 50_000) -> None:
             m = n // 10
             chunks = [events[k:m:8] for k in range(8)]
             threads = [
-                threading.Thread(target=lambda c=c: [log.emit(e) for e in c])  # type: ignore
-                for c in chunks
+                threading.Thread(target=lambda c=c: [log.emit(e) for e in c]) for c in chunks
             ]
             t = time.perf_counter()
             for th in threads:

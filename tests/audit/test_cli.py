@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,8 +73,12 @@ def test_verify_against_a_checkpoint_from_the_siem_catches_truncation(
     assert not out["ok"] and out["first_bad_position"] == 5 and "truncated" in out["reason"]
 
 
+# Signs the CLI in as the named person; returns the events it emits.
+AsUser = Callable[[str], CapturingEmitter]
+
+
 @pytest.fixture
-def as_user(api: tuple[TestClient, CapturingEmitter], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def as_user(api: tuple[TestClient, CapturingEmitter], monkeypatch: pytest.MonkeyPatch) -> AsUser:
     client, em = api
 
     def login(who: str) -> CapturingEmitter:
@@ -98,8 +103,8 @@ class _NoClose:
 
 
 def test_search_and_export(
-    as_user,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    as_user: AsUser,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     as_user("okayama-auditor")
@@ -120,8 +125,8 @@ def test_search_and_export(
 
 
 def test_play_replays_the_recording_for_allowed_people_only(
-    as_user, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    as_user: AsUser, capsys: pytest.CaptureFixture[str]
+) -> None:
     as_user("okayama-approver")
     assert main(["audit", "play", "s1", "--speed", "100"]) == 0
     assert "$ ls" in capsys.readouterr().out
@@ -130,7 +135,9 @@ def test_play_replays_the_recording_for_allowed_people_only(
     assert "forbidden" in capsys.readouterr().err
 
 
-def test_report_sign_records_the_sign_off(as_user, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_report_sign_records_the_sign_off(
+    as_user: AsUser, capsys: pytest.CaptureFixture[str]
+) -> None:
     as_user("okayama-auditor")
     assert main(["audit", "report", "g1", "--generate", "--format", "html", "--lang", "ja"]) == 0
     assert "計画の範囲内" in capsys.readouterr().out

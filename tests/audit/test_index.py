@@ -18,6 +18,7 @@ from audit.export import write_export
 from audit.index import AuditIndex, EventQuery, IndexSink, QueryError
 from audit.outbox import CursorStore
 from audit.shipper import Shipper
+from tests.support import FakeClock
 
 T0 = datetime(2026, 4, 1, 8, 0, tzinfo=UTC)
 HOSPITALS = ("h-okayama", "h-handa")
@@ -33,7 +34,7 @@ def _events(n: int = 300) -> list[dict[str, object]]:
             dict(
                 new_event(
                     kind,
-                    clock=lambda t=t: t,
+                    clock=FakeClock(t),
                     ActorUsername=ENGINEERS[i % 3],
                     ActorUserId=f"u-{i % 3}",
                     HospitalId=HOSPITALS[i % 2],

@@ -38,7 +38,7 @@ def _at(minutes: float) -> Any:
 
 
 def plan_events(grant: str = "g1", request: str = "r1") -> list[AuditEvent]:
-    common = {"HospitalId": "h-okayama", "VendorId": "v-1", "RequestId": request}
+    common: dict[str, Any] = {"HospitalId": "h-okayama", "VendorId": "v-1", "RequestId": request}
     return [
         new_event(
             "request.created",
@@ -125,7 +125,7 @@ def test_work_inside_the_plan_gets_an_inside_verdict_in_both_languages(tmp_path:
 
 def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
     svc, _ = _service(tmp_path, FakeClock(T0))
-    common = {"HospitalId": "h-okayama", "RequestId": "r1", "GrantId": "g1"}
+    common: dict[str, Any] = {"HospitalId": "h-okayama", "RequestId": "r1", "GrantId": "g1"}
     extra = [
         new_event(
             "session.started",
@@ -216,7 +216,7 @@ def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned
     tmp_path: Path,
 ) -> None:
     svc, em = _service(tmp_path, FakeClock(T0))
-    h = {"HospitalId": "h-okayama"}
+    h: dict[str, Any] = {"HospitalId": "h-okayama"}
     before = T0 - timedelta(days=20)
     events = [
         new_event(

@@ -13,6 +13,7 @@ from audit.errors import ChainError
 from audit.index import AuditIndex, EventQuery
 from audit.retention import Retention, RetentionError, RetentionPolicy
 from audit.testing import CapturingEmitter, FailingEmitter
+from tests.support import FakeClock
 
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
 
@@ -21,7 +22,7 @@ def _index(tmp_path: Path) -> AuditIndex:
     index = AuditIndex.from_url(f"sqlite:///{tmp_path / 'i.db'}")
     index.add(
         [
-            new_event("user.logout", clock=lambda d=d: NOW - timedelta(days=d)).record
+            new_event("user.logout", clock=FakeClock(NOW - timedelta(days=d))).record
             for d in (400, 366, 364, 10)
         ]
     )

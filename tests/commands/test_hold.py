@@ -89,7 +89,7 @@ RULES = ({"action": "hold", "pattern": r"\btouch\s+held-", "reason": "a test hol
 
 async def _held_id(term: SshTerminal) -> str:
     await asyncio.to_thread(term.wait, r"hold h-[0-9a-f]+, at most")
-    found = re.findall(
+    found: list[bytes] = re.findall(
         rb"hold (h-[0-9a-f]+), at most", b"".join(d for k, d in term.capture.chunks if k == "o")
     )
     return found[-1].decode()

@@ -29,11 +29,12 @@ from selenium.webdriver.remote.webelement import WebElement
 from broker.api.app import create_app
 from broker.settings import BrokerSettings
 from tests.console.auditdesk import audit_runtime, indexed, install
+from tests.console.browsing import People, browser_sign_in, switch
 from tests.console.conftest import screenshot, wait_for
-from tests.console.test_live import People, browser_sign_in, served, switch
 from tests.frontdoor.conftest import front_door_options, world  # noqa: F401  (fixtures)
 from tests.frontdoor.harness import World, run
 from tests.support import poll, poll_sync
+from tests.support.served import served
 
 pytestmark = pytest.mark.xdist_group("console-browser")
 

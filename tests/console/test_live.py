@@ -17,29 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
 import pytest
-import uvicorn
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
-from broker.access import totp
-from broker.access.people import NewUser
-from broker.access.ports import Actor
-from broker.access.services import Services
 from broker.api.app import create_app
 from broker.settings import BrokerSettings
+from tests.console.browsing import People, browser_sign_in, switch
 from tests.console.conftest import screenshot, wait_for
-from tests.control.conftest import PASSWORD, actor_for
+from tests.control.conftest import PASSWORD
 from tests.frontdoor.conftest import front_door_options, world  # noqa: F401  (fixtures)
 from tests.frontdoor.harness import World, open_shell, paramiko_client, read_until, shell_ready
 from tests.support import poll
+from tests.support.served import served as served  # test_desktop_figures imports it from here
 
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 
@@ -48,78 +42,6 @@ CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 def policy_kind() -> str:
     """The front door asks the store's real access policy (the console's services)."""
     return "store"
-
-
-@asynccontextmanager
-async def served(app: object) -> AsyncIterator[str]:
-    """``app`` served by uvicorn on this event loop, on a loopback port; its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="off",  # type: ignore[arg-type]
-            timeout_graceful_shutdown=2,
-        )
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await poll(lambda: server.started, 10, "the console's HTTP server to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
-
-
-class People:
-    """Console sign-ins for the seeded approvers (TOTP enrolled here, each code used once)."""
-
-    def __init__(self, w: World) -> None:
-        self.w = w
-        self.s: Services = w.policy.s
-        self.secrets: dict[str, str] = {}
-
-    def actor(self, name: str) -> Actor:
-        return self.w.policy.actors[name]  # type: ignore[no-any-return]
-
-    def add_approver(self, name: str, org: str) -> None:
-        user = self.s.people.create_user(
-            self.actor("root"), NewUser(name, f"Person {name}", org, ["approver"], PASSWORD)
-        )
-        self.w.policy.actors[name] = actor_for(self.s, user)
-
-    def code(self, name: str) -> str:
-        if name not in self.secrets:
-            actor = self.actor(name)
-            uri = self.s.auth.totp_begin(actor)
-            secret = uri.split("secret=")[1].split("&")[0]
-            self.s.auth.totp_confirm(
-                actor, totp.code_at(secret, self.w.clock() - timedelta(seconds=30))
-            )
-            self.secrets[name] = secret
-        code = totp.code_at(self.secrets[name], self.w.clock())
-        return code
-
-
-def browser_sign_in(driver: webdriver.Chrome, url: str, name: str, code: str) -> None:
-    driver.delete_all_cookies()
-    driver.get(f"{url}/console/login")
-    wait_for(driver, "#username").send_keys(name)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    driver.find_element(By.ID, "totp").send_keys(code)
-    driver.find_element(By.ID, "signin").click()
-    WebDriverWait(driver, 10, poll_frequency=0.05).until(
-        lambda d: not d.current_url.endswith("/console/login")
-    )
-
-
-def switch(driver: webdriver.Chrome, lang: str) -> None:
-    """Press the language link; wait for the page in ``lang``."""
-    wait_for(driver, f"#lang-{lang}").click()
-    wait_for(driver, f"html[lang={lang}]")
 
 
 def term_text(driver: webdriver.Chrome) -> str:
@@ -204,8 +126,8 @@ async def test_approver_watches_a_live_session_and_terminates_it(
         viewed = w.events.of_type("recording.viewed")[0]
         assert (viewed.get("ActorUsername"), viewed.get("TargetSessionId")) == ("appr", sid)
         await poll(
-            lambda: bool(w.door.sessions.get(sid).followers),
-            5,  # type: ignore[union-attr]
+            lambda: bool((s := w.door.sessions.get(sid)) and s.followers),
+            5,
             "the browser to follow the session",
         )
         chan.send(b"printf '\\033[1;32m%s\\033[0m\\n' \"seen-by-$((6*7))\"\n")
@@ -223,8 +145,8 @@ async def test_approver_watches_a_live_session_and_terminates_it(
         await asyncio.to_thread(switch, chromium, "en")
         await asyncio.to_thread(wait_for, chromium, "#term-state[data-state='live']")
         await poll(
-            lambda: len(w.door.sessions.get(sid).followers) == 1,
-            5,  # type: ignore[union-attr]
+            lambda: (s := w.door.sessions.get(sid)) is not None and len(s.followers) == 1,
+            5,
             "the English page to follow the session",
         )
         chan.send(b"ls -1 /etc/hostname; echo done-$((1+2))\n")

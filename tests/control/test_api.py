@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from datetime import timedelta
 
 from audit.testing import CapturingEmitter
@@ -332,7 +333,7 @@ def test_streamed_body_over_the_limit_is_refused(world: World) -> None:
     c = client_for(world.s, max_body_bytes=1024)
     tok = auth(session_token(world.s, world.users["eng"]))
 
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[bytes]:
         for _ in range(10):
             yield b"x" * 512
 
@@ -362,7 +363,7 @@ async def test_a_body_that_never_finishes_gets_408_and_never_reaches_the_route()
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    mw = BodyLimit(app, max_bytes=1024, timeout_s=0.05)  # type: ignore[arg-type]
+    mw = BodyLimit(app, max_bytes=1024, timeout_s=0.05)
     await asyncio.wait_for(mw({"type": "http", "headers": []}, receive, send), 5)  # type: ignore[arg-type]
     assert sent[0]["status"] == 408 and b"request_timeout" in sent[1]["body"]  # type: ignore[operator]
     assert reached == []

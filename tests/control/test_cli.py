@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -45,13 +46,19 @@ def live_api(services: Services) -> Iterator[str]:
     sock.close()
 
 
+class Cli(Protocol):
+    """The ``hoshu`` command run in-process: its exit code, stdout and stderr."""
+
+    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]: ...
+
+
 @pytest.fixture
 def cli(
     live_api: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-):  # type: ignore[no-untyped-def]
+) -> Cli:
     monkeypatch.setenv("HOSHU_API", live_api)
     monkeypatch.setenv("HOSHU_CONFIG_DIR", str(tmp_path / "cfg"))
     monkeypatch.delenv("HOSHU_TOKEN", raising=False)
@@ -66,7 +73,7 @@ def cli(
 
 
 @SQLITE_ONLY
-def test_engineer_and_approver_daily_work(cli, world: World, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_engineer_and_approver_daily_work(cli: Cli, world: World, tmp_path: Path) -> None:
     w = world
     code, out, _ = cli("--json", "login", "--user", "eng", "--password-stdin", stdin=PASSWORD)
     assert code == 0 and json.loads(out)["totp_enrolment_required"] is True
@@ -139,8 +146,8 @@ def test_engineer_and_approver_daily_work(cli, world: World, tmp_path: Path) -> 
 
 @SQLITE_ONLY
 def test_admin_commands_and_gateway_token(
-    cli,
-    world: World,  # type: ignore[no-untyped-def]
+    cli: Cli,
+    world: World,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     root = next(u for u in world.s.people.list_users(world.admin) if u.name == "root")

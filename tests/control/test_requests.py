@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -20,17 +21,15 @@ from broker.access.requests import NewRequest
 from tests.control.conftest import World
 
 
-def ask(
-    w: World, who: str = "eng", instruments: tuple[str, ...] = ("cobas-1",), **kw: object
-) -> str:
+def ask(w: World, who: str = "eng", instruments: tuple[str, ...] = ("cobas-1",), **kw: Any) -> str:
     new = NewRequest(
         list(instruments),
-        kw.pop("duration_s", 3600),  # type: ignore[arg-type]
+        kw.pop("duration_s", 3600),
         "replace reagent probe",
         ticket="INC-1",
         work_plan="1. stop 2. swap",
         **kw,
-    )  # type: ignore[arg-type]
+    )
     return w.s.requests.create(w.actors[who], new).id
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import argon2
 import pytest
@@ -39,7 +40,9 @@ class CountingHasher(Hasher):
         return super().verify(hashed, password)
 
 
-def login(c: TestClient, name: str, password: str, code: str | None = None) -> tuple[int, dict]:
+def login(
+    c: TestClient, name: str, password: str, code: str | None = None
+) -> tuple[int, dict[str, Any]]:
     r = c.post("/v1/auth/login", json={"username": name, "password": password, "totp_code": code})
     return r.status_code, r.json()
 
@@ -103,7 +106,7 @@ def _cert_refusal(world: World, name: str, serial: int) -> str | None:
     ],
 )
 def test_admin_credential_changes_end_every_old_token_and_certificate(
-    world: World, emitter: CapturingEmitter, route: str, body: dict | None, reason: str
+    world: World, emitter: CapturingEmitter, route: str, body: dict[str, Any] | None, reason: str
 ) -> None:
     c = client_for(world.s)
     eng = world.users["eng"]

@@ -119,7 +119,7 @@ async def test_a_quiet_session_on_a_full_disk_ends_within_two_seconds(granted: W
         files.append(_FullDisk(p))
         return files[-1]
 
-    w.door.recording_opener = opener  # type: ignore[assignment]
+    w.door.recording_opener = opener
     t = await asyncio.to_thread(paramiko_client, w)
     chan = await asyncio.to_thread(open_shell, t)
     await poll(lambda: bool(w.events.of_type("session.started")))

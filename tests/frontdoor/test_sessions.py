@@ -183,7 +183,7 @@ class _FailsAfter:
 
 async def test_recording_failure_mid_session_ends_the_session(granted: World) -> None:
     w = granted
-    w.door.recording_opener = lambda p: _FailsAfter(p, 400)  # type: ignore[assignment,return-value]
+    w.door.recording_opener = lambda p: _FailsAfter(p, 400)
     command = "head -c 600000 /dev/zero | tr '\\0' x; sleep 20"
     r = await run(w.ssh_argv(extra=(w.login(), command)), w.env(), timeout=30)
     assert r.rc == 255

@@ -17,10 +17,10 @@ REC = GatewayRecord("gw-1", "hosp-1", "stmary-gw1")
 
 def conversation(emitter: CapturingEmitter, directory: MemoryDirectory) -> ControlConversation:
     return ControlConversation(
-        None,
+        None,  # type: ignore[arg-type]  # these tests need no SSH connection
         REC,
         directory=directory,
-        emitter=emitter,  # type: ignore[arg-type]
+        emitter=emitter,
         clock=lambda: datetime.now(UTC),
         broker_version="t",
         heartbeat_s=1,

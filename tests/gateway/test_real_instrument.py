@@ -43,6 +43,8 @@ async def test_inventory_and_a_session_through_the_tunnel_reach_a_real_sshd(
             ),
             what="fingerprint reported to the broker",
         )
+        creds = inst.credentials
+        assert creds is not None, f"{NAME} has no injected credentials"
         known = asyncssh.import_known_hosts(
             openssh_instrument.known_hosts_line().replace(f"[{inst.host}]", f"[{NAME}]")
         )
@@ -52,10 +54,10 @@ async def test_inventory_and_a_session_through_the_tunnel_reach_a_real_sshd(
             tunnel=tunnel,
             known_hosts=known,
             config=None,
-            username=inst.credentials.username,
-            client_keys=[str(inst.credentials.private_key_path)],
+            username=creds.username,
+            client_keys=[str(creds.private_key_path)],
         ) as conn:
             result = await asyncio.wait_for(conn.run("echo through-the-gateway"), 10)
-        assert result.stdout.strip() == "through-the-gateway"
+        assert isinstance(result.stdout, str) and result.stdout.strip() == "through-the-gateway"
         await poll(lambda: bool(L.emitter.of_type("gateway.channel_closed")))
         assert L.emitter.of_type("gateway.channel_opened")[0].get("ActorUsername") == "kato"

@@ -49,11 +49,11 @@ async def test_revoking_a_gateway_closes_its_tunnel_and_refuses_it_again(tmp_pat
     lab = Lab(
         tmp_path,
         broker_key,
-        None,
+        None,  # type: ignore[arg-type]  # only restart_broker reads it; never called here
         events,
         listener,
         echo,
-        path,  # type: ignore[arg-type]
+        path,
         gateway_key,
     )
     try:

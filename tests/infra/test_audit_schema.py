@@ -36,7 +36,7 @@ def _table_var(module: str) -> str:
         )
     ]
     assert len(names) == 1, f"{module} must load audit-table.json into exactly one variable"
-    return names[0]
+    return str(names[0])
 
 
 def _resource(module: str, type_prefix: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
@@ -232,13 +233,14 @@ def test_firewall_address_matches_its_subnet() -> None:
     values = json.loads(PARAMETERS.read_text())["parameters"]
     subnet = ipaddress.ip_network(values["subnetPrefixes"]["value"]["firewall"])
     assert ipaddress.ip_address(values["firewallPrivateIp"]["value"]) == subnet[4]
-    hub = ipaddress.ip_network(values["hubAddressPrefix"]["value"])
-    spoke = ipaddress.ip_network(values["spokeAddressPrefix"]["value"])
+    # The address plan is IPv4 throughout; IPv4Network refuses anything else.
+    hub = ipaddress.IPv4Network(values["hubAddressPrefix"]["value"])
+    spoke = ipaddress.IPv4Network(values["spokeAddressPrefix"]["value"])
     subnets = values["subnetPrefixes"]["value"]
     for key in ("firewall", "gateway"):
-        assert ipaddress.ip_network(subnets[key]).subnet_of(hub)
+        assert ipaddress.IPv4Network(subnets[key]).subnet_of(hub)
     for key in ("apps", "postgres", "endpoints"):
-        assert ipaddress.ip_network(subnets[key]).subnet_of(spoke)
+        assert ipaddress.IPv4Network(subnets[key]).subnet_of(spoke)
     nets = [ipaddress.ip_network(v) for v in subnets.values()]
     for i, a in enumerate(nets):
         for b in nets[i + 1 :]:
@@ -382,7 +384,7 @@ def test_parameter_values_satisfy_their_declarations() -> None:
             elif kind == "max_value":
                 assert value <= arg, name
             elif kind == "min_length":
-                assert len(value) >= arg, name
+                assert isinstance(value, Sized) and len(value) >= arg, name
             elif kind == "max_length":
-                assert len(value) <= arg, name
+                assert isinstance(value, Sized) and len(value) <= arg, name
     assert re.fullmatch(r"[a-z0-9]{2,10}", values["prefix"]["value"])

@@ -29,7 +29,8 @@ def _load(path: Path) -> dict[Any, Any]:
 
 def _triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
     # YAML 1.1 reads a bare `on` key as True.
-    triggers: dict[str, Any] = workflow.get("on", workflow.get(True))
+    triggers = workflow.get("on", workflow.get(True))
+    assert isinstance(triggers, dict), "the workflow has no `on:` triggers"
     return triggers
 
 

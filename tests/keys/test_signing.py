@@ -13,9 +13,9 @@ from audit.errors import ChainError
 from audit.signing import ED25519, Checkpoint, CheckpointSigner, TrustedKeys, public_pem
 
 
-def _pem(key: object) -> bytes:
+def _pem(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> bytes:
     return key.public_bytes(
-        serialization.Encoding.PEM,  # type: ignore[attr-defined]
+        serialization.Encoding.PEM,
         serialization.PublicFormat.SubjectPublicKeyInfo,
     )
 
@@ -40,7 +40,9 @@ def test_pem_files_of_both_kinds_and_old_checkpoints(tmp_path: Path) -> None:
         rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key(),
     ],
 )
-def test_other_public_keys_are_refused_by_name(tmp_path: Path, key: object) -> None:
+def test_other_public_keys_are_refused_by_name(
+    tmp_path: Path, key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+) -> None:
     path = tmp_path / "other.pem"
     path.write_bytes(_pem(key))
     with pytest.raises(ChainError, match="neither an Ed25519 nor a P-256"):

@@ -200,7 +200,8 @@ def test_expired_or_foreign_tokens_are_refused(key_vault: KeyVault, vault_store:
 
     class Foreign:  # a token for another resource, whatever is asked
         def get_token(self, *scopes: str, **kw: Any) -> AccessToken:
-            return key_vault.tokens.issue("https://management.azure.com")
+            token: AccessToken = key_vault.tokens.issue("https://management.azure.com")
+            return token
 
     with pytest.raises(KeyStoreUnavailable, match="sign-in refused"):
         vault_store(credential=Foreign()).check()

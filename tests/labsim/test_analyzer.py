@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import paramiko
@@ -18,7 +19,7 @@ from labsim import AnalyzerServer, AnalyzerSettings, BackgroundLoop
 TIMEOUT_S = 10.0
 
 
-def _client(server: AnalyzerServer, **auth: str) -> paramiko.SSHClient:
+def _client(server: AnalyzerServer, **auth: Any) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.get_host_keys().add(
         f"[127.0.0.1]:{server.port}",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from audit import AuditEvent
 from audit.testing import CapturingEmitter
 from broker.tunnel.endpoint import TunnelListener, TunnelSettings, start_tunnel_listener
 from gateway.agent import AgentState, expand_addresses
@@ -76,7 +77,7 @@ async def test_each_gateway_event_reaches_the_brokers_once(two: Two) -> None:
     assert await asyncio.wait_for(r.readexactly(4), 5) == b"ping"
     w.close()
 
-    def opened() -> list[object]:
+    def opened() -> list[AuditEvent]:
         return two.lab.emitter.of_type("gateway.channel_opened") + two.b_events.of_type(
             "gateway.channel_opened"
         )
@@ -87,7 +88,7 @@ async def test_each_gateway_event_reaches_the_brokers_once(two: Two) -> None:
 
 
 async def test_losing_one_replica_leaves_the_other_tunnel_and_the_lost_one_redials(
-    two: Two, record_property: pytest.RecordProperty
+    two: Two, record_property: Callable[[str, object], None]
 ) -> None:
     L = two.lab
     agent = await L.start_agent()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, cast
 
 import asyncssh
 import pytest
@@ -18,7 +19,7 @@ from broker.access.door import InstrumentTarget
 from broker.store.db import Store
 from broker.store.tables import REPLICAS
 from broker.tunnel.cluster import ClusterRegistry
-from broker.tunnel.connector import Origin, TunnelConnector
+from broker.tunnel.connector import ByteReader, Origin, TunnelConnector
 from broker.tunnel.endpoint import TunnelRegistry
 from broker.tunnel.errors import GatewayOffline
 from broker.tunnel.peer import PeerLink, PeerSettings
@@ -81,6 +82,16 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
             store.close()
 
 
+class _ExactReader(Protocol):
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+async def _exactly(reader: ByteReader, n: int) -> bytes:
+    """``n`` bytes, or IncompleteReadError: both connectors hand back a stream reader that
+    has ``readexactly``, though ``ByteReader`` promises only ``read``."""
+    return await cast(_ExactReader, reader).readexactly(n)
+
+
 def _target(L: Lab) -> InstrumentTarget:
     return InstrumentTarget(
         name="cobas-c503-1",
@@ -103,7 +114,7 @@ async def test_a_replica_without_the_tunnel_reaches_the_instrument_through_the_h
     connector = TunnelConnector(TunnelRegistry(), pair.a)  # A's own registry: empty
     reader, writer = await connector.open_tcp(_target(L), L.echo.port, Origin("sess-42", "alice"))
     writer.write(b"hello over two replicas")
-    assert await asyncio.wait_for(reader.readexactly(23), 10) == b"hello over two replicas"
+    assert await asyncio.wait_for(_exactly(reader, 23), 10) == b"hello over two replicas"
     writer.close()
     await poll(
         lambda: bool(L.emitter.of_type("gateway.channel_opened")),
@@ -167,13 +178,13 @@ async def test_a_large_transfer_through_the_peer_arrives_whole_and_in_order(pair
         started = loop.time()
         for _ in range(200):
             writer.write(b"x" * 64)
-            await asyncio.wait_for(reader.readexactly(64), 5)
+            await asyncio.wait_for(_exactly(reader, 64), 5)
         figures[name] = (loop.time() - started) / 200 * 1000
         if name == "peer":
             blob = bytes(range(256)) * 4096 * 2  # 2 MiB
             started = loop.time()
             writer.write(blob)
-            got = await asyncio.wait_for(reader.readexactly(len(blob)), 30)
+            got = await asyncio.wait_for(_exactly(reader, len(blob)), 30)
             figures["peer_mib_s"] = 2 / (loop.time() - started)
             assert got == blob
         writer.close()

@@ -102,7 +102,7 @@ def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system:
         broker.send_signal(signal.SIGTERM)
 
         ready = poll_sync(
-            lambda: (r := httpx.get(f"{api}/readyz", timeout=5)).status_code == 503 and r,
+            lambda: r if (r := httpx.get(f"{api}/readyz", timeout=5)).status_code == 503 else None,
             GRACE_S,
             what="/readyz to say draining",
             interval_s=0.05,

@@ -37,7 +37,7 @@ async def poll(
 
 
 def poll_sync(
-    cond: Callable[[], T],
+    cond: Callable[[], T | None],
     deadline_s: float = 5.0,
     what: str = "condition",
     *,
