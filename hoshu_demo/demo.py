@@ -31,6 +31,7 @@ import pyotp
 from labsim import Lab
 from labsim.allowlist import GATEWAY_PROTOCOLS
 from labsim.desktop import desktop_available
+from labsim.rdp import xrdp_available
 
 HOSPITAL = "hoshi-hospital"
 VENDOR = "acme-labs"
@@ -38,6 +39,8 @@ GATEWAY = "hoshi-lab-gw1"
 INSTRUMENTS = ("cobas-c503-1", "las-line-a", "lis-hl7")
 SSH_INSTRUMENTS = ("cobas-c503-1", "las-line-a")
 DESKTOP = "lis-ws-1"  # the LIS workstation: a real VNC desktop, when Xvnc is installed
+RDP_DESKTOP = "an-pc-1"  # the analyzer PC: a real RDP desktop (xrdp), when xrdp is installed
+DESKTOPS = (DESKTOP, RDP_DESKTOP)
 
 
 class DemoError(Exception):
@@ -92,7 +95,7 @@ class Demo:
     lab: Lab | None = None
     # more broker settings (HOSHU_*): a deployment's stores instead of the embedded ones
     broker_env: dict[str, str] = field(default_factory=dict)
-    # the desktop instrument (DESKTOP) too, when its programs are installed (./run demo)
+    # the desktop instruments (DESKTOPS) too, when their programs are installed (./run demo)
     desktop: bool = False
     notes: list[str] = field(default_factory=list)  # what the demo left out, and why
 
@@ -180,9 +183,10 @@ class Demo:
         while time.monotonic() < deadline:
             for name, p in self.procs.items():
                 if p.poll() is not None:
+                    log = self.root / "logs" / (name + ".log")
                     raise DemoError(
-                        f"{name} exited while waiting for {what}; see "
-                        f"{self.root / 'logs' / (name + '.log')}"
+                        f"{name} exited ({p.returncode}) while waiting for {what}; see "
+                        f"{log}{_tail(log)}"
                     )
             result = probe()
             if result:
@@ -212,15 +216,16 @@ class Demo:
         return info
 
     def lab_names(self) -> list[str]:
-        """The lab's instruments: the desktop too when asked for and installed (else a
-        note says why it is left out)."""
+        """The lab's instruments: the desktops too when asked for and installed (else a
+        note says why one is left out)."""
         names = list(INSTRUMENTS)
         if self.desktop:
-            missing = desktop_available()
-            if missing is None:
-                names.append(DESKTOP)
-            else:
-                self.notes.append(f"the desktop instrument {DESKTOP} is left out: {missing}")
+            for desk, available in ((DESKTOP, desktop_available), (RDP_DESKTOP, xrdp_available)):
+                missing = available()
+                if missing is None:
+                    names.append(desk)
+                else:
+                    self.notes.append(f"the desktop instrument {desk} is left out: {missing}")
         return names
 
     def _start_broker(self) -> None:
@@ -410,7 +415,7 @@ class Demo:
     def _instruments(self) -> None:
         assert self.lab is not None
         for name, inst in self.lab.instruments.items():
-            desktop = GATEWAY_PROTOCOLS.get(inst.protocol) == "vnc"
+            desktop = GATEWAY_PROTOCOLS.get(inst.protocol, inst.protocol) in ("vnc", "rdp")
             args = [
                 "admin",
                 "instruments",
@@ -446,7 +451,8 @@ class Demo:
                 args[2] = "set"
                 self.hoshu("admin", *args)
             if inst.credentials is not None and inst.credentials.password_path is not None:
-                self.hoshu(  # the VNC password the broker logs in with
+                user = inst.credentials.username  # RDP: the user the broker logs in as
+                self.hoshu(  # the VNC or RDP password the broker logs in with
                     "admin",
                     "admin",
                     "instruments",
@@ -456,6 +462,7 @@ class Demo:
                     "password",
                     "--secret-file",
                     str(inst.credentials.password_path),
+                    *(["--login-username", user] if user else []),
                 )
             elif inst.credentials is not None:
                 self.hoshu(
@@ -506,7 +513,7 @@ class Demo:
                     "model": i.model,
                     "ssh_port": i.port if name in SSH_INSTRUMENTS else None,
                     "desktop_url": f"{self.api}/console/desktop/{name}?port={i.port}"
-                    if name == DESKTOP
+                    if name in DESKTOPS
                     else None,
                 }
                 for name, i in self.lab.instruments.items()
@@ -536,3 +543,12 @@ class Demo:
             if p.poll() is not None:
                 return f"{name} stopped (exit {p.returncode}); see {self.root / 'logs'}"
         return None
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    """The last ``lines`` of a log that ended, indented: why its process stopped."""
+    try:
+        tail = log.read_bytes()[-16384:].decode(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "".join(f"\n    {x[:300]}" for x in tail)

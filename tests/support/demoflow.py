@@ -13,6 +13,8 @@ import pyotp
 
 from hoshu_demo.demo import Demo
 
+MARGIN_S = 15  # a code handed out is still good at least this long
+
 
 class Totp:
     """Codes as an authenticator app gives them; each step is used once (the broker
@@ -25,8 +27,13 @@ class Totp:
     def code(self) -> str:
         deadline = time.monotonic() + 70
         while True:
-            now = int(time.time()) // 30
+            t = time.time()
+            now = int(t) // 30
             step = max(self.last + 1, now - 1)
+            if step == now - 1 and t % 30 > 30 - MARGIN_S:
+                # the broker takes the last step only until this one ends: too soon for a
+                # code that a slow CLI and a busy machine still have to carry there
+                step = now
             if step <= now + 1:
                 self.last = step
                 return self.totp.at(step * 30)
