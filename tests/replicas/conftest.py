@@ -1,9 +1,10 @@
 """One three-replica cluster (:class:`tests.replicas.cluster.Cluster`) for the replica
 test modules that can share it: started once for this package (the modules are in the
-``demo`` xdist group, so one worker runs them one after another), on a database of its
-own, and stopped when the package's last test is done.  Each
-module takes it through :meth:`Cluster.ready` with the tunnel layout and broker
-settings it needs, which also starts again any replica an earlier test killed."""
+``cluster`` xdist group, so one worker runs them one after another while the other
+worker runs the ``demo`` group's whole demos), on a database of its own, and stopped
+when the package's last test is done.  Each module takes it through
+:meth:`Cluster.ready` with the tunnel layout and broker settings it needs, which also
+starts again any replica an earlier test killed."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ __all__ = ["cluster", "engineer"]  # the module's fixtures, shared with test_clu
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
-    pytest.mark.xdist_group("demo"),
+    pytest.mark.xdist_group("cluster"),
     pytest.mark.timeout(600),
 ]
 TRIALS = 3

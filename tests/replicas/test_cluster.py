@@ -23,7 +23,7 @@ from tests.support.stockssh import engineer_ssh
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
-    pytest.mark.xdist_group("demo"),
+    pytest.mark.xdist_group("cluster"),
     pytest.mark.timeout(600),
 ]
 

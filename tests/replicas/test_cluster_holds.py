@@ -31,7 +31,7 @@ from tests.replicas.shell import Shell
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
-    pytest.mark.xdist_group("demo"),
+    pytest.mark.xdist_group("cluster"),
     pytest.mark.timeout(600),
 ]
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')

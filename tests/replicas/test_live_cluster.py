@@ -36,7 +36,7 @@ from tests.support.identity import IdentityEndpoint
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
-    pytest.mark.xdist_group("demo"),
+    pytest.mark.xdist_group("cluster"),
     pytest.mark.timeout(900),
 ]
 

@@ -37,7 +37,7 @@ from tests.support.demoflow import Totp
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
-    pytest.mark.xdist_group("demo"),
+    pytest.mark.xdist_group("cluster"),
     pytest.mark.timeout(900),
 ]
 

@@ -30,7 +30,7 @@ from tests.replicas.test_cluster import engineer, ssh
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
-    pytest.mark.xdist_group("demo"),
+    pytest.mark.xdist_group("cluster"),
     pytest.mark.timeout(600),
 ]
 __all__ = ["engineer"]  # the signed-in, granted engineer (a fixture of test_cluster)
