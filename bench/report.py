@@ -480,6 +480,26 @@ def _run_summary(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def current_notes(notes: list[str], doc: dict[str, Any]) -> list[str]:
+    """``notes`` without repeats, and true of ``doc``: a "not measured" note about figures
+    ``doc`` has as numbers (kept from an earlier run) says so, or goes if it only said
+    that no section of the latest run produced them."""
+    out: list[str] = []
+    for note in dict.fromkeys(notes):
+        m = _NOT_MEASURED.match(note)
+        if m and all(isinstance(doc.get(k), int | float) for k in m.group(1).split(", ")):
+            if m.group(2) == "no benchmark section produced it":
+                continue
+            if not note.endswith(_EARLIER):
+                note += _EARLIER
+        out.append(note)
+    return out
+
+
+_EARLIER = " (the figure in the file is from an earlier run)"
+_NOT_MEASURED = re.compile(r"^not measured: ([A-Za-z0-9_, ]+): (.*?)(?: \(the figure.*)?$", re.S)
+
+
 def merge_documents(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``old`` with the figures ``new`` measured in place of its own; the rest kept.
 
@@ -522,6 +542,6 @@ def merge_documents(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         sections={**(old.get("sections") or {}), **(new.get("sections") or {})},
     )
     doc = res.document()
-    doc["notes"] = list(dict.fromkeys(doc["notes"]))
+    doc["notes"] = current_notes(doc["notes"], doc)
     doc["runs"] = [*(old.get("runs") or [_run_summary(old)]), _run_summary(new)]
     return doc
