@@ -98,18 +98,36 @@ In another terminal, from this directory:
 """
 
 
-def _desktop(info: dict[str, Any], as_: Any) -> str:
-    """Step 6, the desktop instrument, when the demo has one."""
-    desk = next((n for n, i in info["instruments"].items() if i.get("desktop_url")), None)
-    if desk is None:
-        return "".join(f"({note})\n\n" for note in info.get("notes", []))
-    i = info["instruments"][desk]
-    return f"""6. A desktop: the LIS workstation {desk} is a real VNC server. The engineer asks
-   for it ({as_("tanaka")} hoshu request {desk} --port {i["ports"][0]} --duration 1h \\
-      --reason "LIS screen check" --ticket INC-1043 --plan "check the worklist screen"),
-   sato approves, and tanaka opens it in the console (signed in as tanaka):
-  {i["desktop_url"]}
-   (the broker logs in with the stored VNC password; the session is recorded, sato can
-   watch it live and end it, and suzuki can play it back and export it as a video)
+_DESKTOP_KINDS = {
+    "rfb": "the LIS workstation, a VNC server (Xvnc; the stored VNC password)",
+    "rdp": "the analyzer PC, an RDP server (xrdp over TLS; the stored user and password)",
+}
 
-"""
+
+def _desktop(info: dict[str, Any], as_: Any) -> str:
+    """Step 6, the desktop instruments (VNC and RDP), those the demo has."""
+    notes = "".join(f"({note})\n\n" for note in info.get("notes", []))
+    desks = {n: i for n, i in info["instruments"].items() if i.get("desktop_url")}
+    if not desks:
+        return notes
+    kinds = "\n".join(
+        f"     {n:<9} port {i['ports'][0]:<6} {_DESKTOP_KINDS.get(i['protocol'], 'a desktop')}"
+        for n, i in desks.items()
+    )
+    if any(i["protocol"] == "rdp" for i in desks.values()):
+        kinds += (
+            "\n     (the broker pins the RDP server's TLS certificate the first time it sees it)"
+        )
+    first, i = next(iter(desks.items()))
+    opens = "\n".join(f"  {d['desktop_url']}" for d in desks.values())
+    return f"""6. Desktops: real desktop servers the broker logs in to with the stored credential:
+{kinds}
+   The engineer asks for one ({as_("tanaka")} hoshu request {first} \\
+      --port {i["ports"][0]} --duration 1h --reason "screen check" --ticket INC-1043 \\
+      --plan "check the worklist screen"), sato approves, and tanaka opens it in the
+   console (signed in as tanaka):
+{opens}
+   (the session is recorded, sato can watch it live and end it, and suzuki can play it
+   back and export it as a video)
+
+{notes}"""
