@@ -9,7 +9,9 @@ browser is Debian's ``/usr/bin/chromium`` driven through ``/usr/bin/chromedriver
 from __future__ import annotations
 
 import asyncio
+import html
 import os
+import re
 import shutil
 import socket
 import threading
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from fastapi.testclient import TestClient
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -74,8 +77,11 @@ class Console:
         return self.world.s
 
     def code(self, name: str) -> str:
-        """A fresh TOTP code for ``name`` (enrolled on first use); the clock moves on
-        one step afterwards, so each code is used once."""
+        """The TOTP code for ``name`` at the clock's present step (enrolled on first use).
+
+        It leaves the clock where it is: a code is accepted once, so whoever signs the
+        same person in again moves the clock a step (30 s) on first, as ``signed_in``,
+        ``bearer`` and ``sign_in`` do after each sign-in."""
         if name not in self.secrets:
             self.secrets[name] = self.world.enrol_totp(name)
         code = totp.code_at(self.secrets[name], self.clock())
@@ -163,6 +169,48 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         yield driver
     finally:
         driver.quit()
+
+
+CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
+
+
+def client(c: Console, lang: str = "ja") -> TestClient:
+    """A console client that has not signed in, asking for pages in ``lang``."""
+    return TestClient(c.app, raise_server_exceptions=False, headers={"Accept-Language": lang})
+
+
+def signed_in(c: Console, name: str, lang: str = "ja") -> TestClient:
+    """A console client signed in as ``name`` through the form (password and TOTP code);
+    the clock then moves a step, so the next sign-in gets a code of its own."""
+    http = client(c, lang)
+    r = http.post(
+        "/console/login",
+        data={"username": name, "password": PASSWORD, "totp": c.code(name)},
+        follow_redirects=False,
+    )
+    c.clock.advance(30)
+    assert r.status_code == 303, r.text
+    return http
+
+
+def bearer(c: Console, name: str) -> dict[str, str]:
+    """API headers for ``name`` signed in with password and TOTP code; the clock then
+    moves a step, as after ``signed_in``."""
+    issued = c.services.auth.login(name, PASSWORD, c.code(name), "127.0.0.1")
+    c.clock.advance(30)
+    return {"Authorization": f"Bearer {issued.token}"}
+
+
+def csrf_of(http: TestClient, page: str = "/console/inbox") -> str:
+    """The CSRF token of the form on ``page``."""
+    m = CSRF.search(http.get(page).text)
+    assert m, "the page carries no CSRF token"
+    return m.group(1)
+
+
+def visible_text(page: str) -> str:
+    """The page's text as a reader sees it: tags dropped, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
 
 
 def wait_for(driver: webdriver.Chrome, css: str, timeout: float = 10) -> WebElement:

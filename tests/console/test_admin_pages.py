@@ -19,8 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.access.model import User
-from tests.console.conftest import Console, site
-from tests.console.test_http import csrf_of, signed_in, visible_text
+from tests.console.conftest import Console, csrf_of, signed_in, site, visible_text
 from tests.control.conftest import PASSWORD
 
 PAGES = ("orgs", "people", "contracts", "policies", "gateways", "instruments")

@@ -35,8 +35,16 @@ from broker.settings import BrokerSettings
 from broker.store.db import Store
 from broker.store.directory import StoreGatewayDirectory
 from tests.console.auditdesk import audit_runtime, indexed
-from tests.console.conftest import Console, screenshot, serving, sign_in, wait_for
-from tests.console.test_http import csrf_of, signed_in, visible_text
+from tests.console.conftest import (
+    Console,
+    csrf_of,
+    screenshot,
+    serving,
+    sign_in,
+    signed_in,
+    visible_text,
+    wait_for,
+)
 from tests.control.conftest import T0, build_world, make_context, openssh_public_key
 from tests.support import FakeClock, poll_sync
 from wire import InventoryItem

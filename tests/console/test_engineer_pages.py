@@ -18,8 +18,7 @@ from fastapi.testclient import TestClient
 
 from broker.access.model import RequestStatus
 from broker.assembly import console_ssh_config
-from tests.console.conftest import Console, site
-from tests.console.test_http import csrf_of, signed_in, visible_text
+from tests.console.conftest import Console, csrf_of, signed_in, site, visible_text
 from tests.control.apihelp import auth, session_token
 from tests.control.conftest import openssh_public_key
 

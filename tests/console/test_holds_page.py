@@ -38,8 +38,7 @@ from broker.live.holds import HeldCommand
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 from tests.console.auditdesk import audit_runtime, indexed, install
-from tests.console.conftest import Console
-from tests.console.test_http import client, csrf_of, signed_in, visible_text
+from tests.console.conftest import Console, client, csrf_of, signed_in, visible_text
 from tests.control.conftest import PASSWORD, T0, build_world, make_context
 from tests.support import FakeClock, poll
 

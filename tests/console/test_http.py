@@ -6,22 +6,27 @@ One seeded broker app per module, called through Starlette's TestClient.
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from broker.access.model import GrantStatus
 from broker.console.i18n import LANGS, catalog, negotiate
 from broker.console.web import CSP
-from tests.console.conftest import Console, site
+from tests.console.conftest import (
+    CSRF,
+    Console,
+    client,
+    csrf_of,
+    signed_in,
+    site,
+    visible_text,
+)
 from tests.control.conftest import PASSWORD
 
-CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 TEMPLATES = resources.files("broker.console").joinpath("templates")
 
 
@@ -29,32 +34,6 @@ TEMPLATES = resources.files("broker.console").joinpath("templates")
 def c(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     with site(tmp_path_factory.mktemp("console-http")) as console:
         yield console
-
-
-def client(c: Console, lang: str = "ja") -> TestClient:
-    return TestClient(c.app, raise_server_exceptions=False, headers={"Accept-Language": lang})
-
-
-def signed_in(c: Console, name: str, lang: str = "ja") -> TestClient:
-    http = client(c, lang)
-    r = http.post(
-        "/console/login",
-        data={"username": name, "password": PASSWORD, "totp": c.code(name)},
-        follow_redirects=False,
-    )
-    c.clock.advance(30)
-    assert r.status_code == 303, r.text
-    return http
-
-
-def csrf_of(http: TestClient, page: str = "/console/inbox") -> str:
-    m = CSRF.search(http.get(page).text)
-    assert m, "the page carries no CSRF token"
-    return m.group(1)
-
-
-def visible_text(page: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", " ", page))
 
 
 def test_catalogs_have_the_same_keys_and_every_used_key() -> None:

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.console.conftest import Console, site
-from tests.control.conftest import PASSWORD
+from tests.console.conftest import Console, signed_in, site
 
 
 @pytest.fixture(scope="module")
@@ -19,20 +18,8 @@ def c(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         yield console
 
 
-def signed_in(c: Console, name: str) -> TestClient:
-    http = TestClient(c.app, raise_server_exceptions=False, headers={"Accept-Language": "en"})
-    r = http.post(
-        "/console/login",
-        data={"username": name, "password": PASSWORD, "totp": c.code(name)},
-        follow_redirects=False,
-    )
-    c.clock.advance(30)
-    assert r.status_code == 303, r.text
-    return http
-
-
 def test_without_a_front_door_no_session_is_live(c: Console) -> None:
-    http = signed_in(c, "appr")
+    http = signed_in(c, "appr", "en")
     r = http.get("/console/sessions")
     assert r.status_code == 200 and 'id="empty"' in r.text
     r = http.get("/console/sessions/s0001")
@@ -43,7 +30,7 @@ def test_without_a_front_door_no_session_is_live(c: Console) -> None:
 def test_engineers_and_auditors_do_not_open_the_pages(c: Console) -> None:
     c.emitter.clear()
     for name in ("eng", "aud"):
-        http = signed_in(c, name)
+        http = signed_in(c, name, "en")
         assert http.get("/console/sessions").status_code == 403
         assert http.get("/console/gateway").status_code == 403
     refused = [

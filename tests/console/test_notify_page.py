@@ -13,7 +13,6 @@ input (a plain-http URL, a short key, an unknown kind) changes nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +21,9 @@ from fastapi.testclient import TestClient
 
 from broker.access.model import User
 from broker.console.notify import load_channels
-from tests.console.conftest import Console, site
+from tests.console.conftest import CSRF, Console, bearer, csrf_of, signed_in, site
 from tests.control.apihelp import session_token
-from tests.control.conftest import PASSWORD
 
-CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 PAGE = "/console/admin/notifications"
 FORM = f"{PAGE}/hoshi-hospital"
 API = "/v1/notifications/hoshi-hospital"
@@ -39,24 +36,6 @@ def c(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         console.world.add_user("tsuki-admin", console.world.other_hospital, ["hospital_admin"])
         console.world.add_user("aud2", console.world.hospital, ["auditor"])
         yield console
-
-
-def _signed_in(c: Console, name: str) -> TestClient:
-    http = TestClient(c.app, raise_server_exceptions=False, headers={"Accept-Language": "en"})
-    r = http.post(
-        "/console/login",
-        data={"username": name, "password": PASSWORD, "totp": c.code(name)},
-        follow_redirects=False,
-    )
-    c.clock.advance(30)
-    assert r.status_code == 303, r.text
-    return http
-
-
-def _bearer(c: Console, name: str) -> dict[str, str]:
-    issued = c.services.auth.login(name, PASSWORD, c.code(name), "127.0.0.1")
-    c.clock.advance(30)
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 def _form(csrf: str, **more: str) -> dict[str, str]:
@@ -80,7 +59,7 @@ def _refusals(c: Console) -> int:
 
 
 def test_the_hospital_admin_sets_what_is_told_and_the_key_is_never_shown(c: Console) -> None:
-    http = _signed_in(c, "hadmin")
+    http = signed_in(c, "hadmin", "en")
     page = http.get(PAGE)
     assert page.status_code == 200 and "Your approvers are told of" in page.text
     csrf = CSRF.search(page.text)
@@ -102,7 +81,7 @@ def test_the_hospital_admin_sets_what_is_told_and_the_key_is_never_shown(c: Cons
     shown = http.get(PAGE)
     assert KEY not in shown.text and 'data-set="yes"' in shown.text
     assert "have been saved" in http.get(r.headers["location"]).text
-    api = TestClient(c.app, raise_server_exceptions=False).get(API, headers=_bearer(c, "hadmin"))
+    api = TestClient(c.app, raise_server_exceptions=False).get(API, headers=bearer(c, "hadmin"))
     assert api.status_code == 200, api.text
     assert api.json()["webhook_secret_set"] is True and KEY not in api.text
     assert api.json()["kinds"] == ["request.created", "session.started"]
@@ -116,7 +95,7 @@ def test_the_hospital_admin_sets_what_is_told_and_the_key_is_never_shown(c: Cons
 @pytest.mark.parametrize("who", ["tsuki-admin", "appr", "eng", "aud2"])
 def test_no_one_else_reads_or_changes_the_hospitals_notifications(c: Console, who: str) -> None:
     before = _settings(c)
-    http = _signed_in(c, who)
+    http = signed_in(c, who, "en")
     n = _refusals(c)
     page = http.get(PAGE)
     if who == "tsuki-admin":  # their own hospital's page, never hoshi's
@@ -125,11 +104,11 @@ def test_no_one_else_reads_or_changes_the_hospitals_notifications(c: Console, wh
         csrf = CSRF.search(page.text).group(1)  # type: ignore[union-attr]
     else:
         assert page.status_code == 403
-        csrf = CSRF.search(http.get("/console/account").text).group(1)  # type: ignore[union-attr]
+        csrf = csrf_of(http, "/console/account")
     r = http.post(FORM, data=_form(csrf, webhook_url="https://evil.example/x"))
     assert r.status_code in (403, 404), (who, r.status_code)
     api = TestClient(c.app, raise_server_exceptions=False)
-    token = _bearer(c, who)
+    token = bearer(c, who)
     assert api.get(API, headers=token).status_code in (403, 404)
     body = {"webhook_url": "https://evil.example/x", "webhook_secret": "x" * 20}
     assert api.put(API, json=body, headers=token).status_code in (403, 404)
@@ -141,8 +120,8 @@ def test_a_form_without_csrf_from_another_origin_or_with_bad_input_changes_nothi
     c: Console,
 ) -> None:
     before = _settings(c)
-    http = _signed_in(c, "hadmin")
-    csrf = CSRF.search(http.get(PAGE).text).group(1)  # type: ignore[union-attr]
+    http = signed_in(c, "hadmin", "en")
+    csrf = csrf_of(http, PAGE)
     evil = "https://evil.example/x"
     assert http.post(FORM, data=_form("", webhook_url=evil)).status_code == 403
     foreign = http.post(
@@ -179,7 +158,7 @@ def test_a_platform_admin_sets_a_hospitals_key_over_the_api_and_it_never_comes_b
     assert platform is not None
     c.world.add_user("padmin", platform, ["platform_admin"])
     api = TestClient(c.app, raise_server_exceptions=False)
-    token = _bearer(c, "padmin")
+    token = bearer(c, "padmin")
     path = "/v1/notifications/tsuki-hospital"
     key = "tsuki-hook-key-0123456789"
     bad = api.put(path, json={"kinds": ["request.created", "patient.data"]}, headers=token)
@@ -199,7 +178,7 @@ def test_a_platform_admin_sets_a_hospitals_key_over_the_api_and_it_never_comes_b
 def test_when_a_step_up_is_due_the_form_asks_the_code_itself_and_the_key_goes_once(
     c: Console,
 ) -> None:
-    http = _signed_in(c, "hadmin")
+    http = signed_in(c, "hadmin", "en")
     c.clock.advance(6 * 60)  # the sign-in's confirmation is older than five minutes
     page = http.get(PAGE)
     assert 'name="stepup_totp"' in page.text
@@ -220,17 +199,16 @@ def test_plain_http_webhooks_are_refused_unless_the_broker_allows_them(
     """https:// only: plain http://, loopback included, is 422 on the page and the API and
     changes nothing; a broker started with HOSHU_NOTIFY_ALLOW_HTTP (a lab) takes it."""
     before = _settings(c)
-    http = _signed_in(c, "hadmin")
-    csrf = CSRF.search(http.get(PAGE).text).group(1)  # type: ignore[union-attr]
+    http = signed_in(c, "hadmin", "en")
+    csrf = csrf_of(http, PAGE)
     loopback = "http://127.0.0.1:8080/hoshu"
     assert http.post(FORM, data=_form(csrf, webhook_url=loopback)).status_code == 422
     api = TestClient(c.app, raise_server_exceptions=False)
     assert (
-        api.put(API, json={"webhook_url": loopback}, headers=_bearer(c, "hadmin")).status_code
-        == 422
+        api.put(API, json={"webhook_url": loopback}, headers=bearer(c, "hadmin")).status_code == 422
     )
     assert _settings(c) == before
     with site(tmp_path, notify_allow_http=True) as lab:
-        token = _bearer(lab, "hadmin")
+        token = bearer(lab, "hadmin")
         r = TestClient(lab.app).put(API, json={"webhook_url": loopback}, headers=token)
         assert r.status_code == 200 and r.json()["webhook_url"] == loopback

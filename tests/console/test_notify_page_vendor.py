@@ -12,7 +12,6 @@ Then an approval's mail goes to the engineer who asked and to the vendor's desk.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,10 @@ from broker.console.notify import Channels, Notifier, load_channels, save_channe
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 from broker.store.tables import NOTIFICATION_OUTBOX
-from tests.console.conftest import Console, site
-from tests.control.conftest import PASSWORD, T0, build_world, make_context
+from tests.console.conftest import CSRF, Console, bearer, csrf_of, signed_in, site
+from tests.control.conftest import T0, build_world, make_context
 from tests.support import FakeClock
 
-CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 PAGE = "/console/admin/notifications"
 FORM = f"{PAGE}/acme-labs"
 API = "/v1/notifications/acme-labs"
@@ -53,23 +51,10 @@ def c(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         yield console
 
 
-def _signed_in(c: Console, name: str) -> TestClient:
-    http = TestClient(c.app, raise_server_exceptions=False, headers={"Accept-Language": "en"})
-    c.clock.advance(30)  # a code of its own (a code is accepted once)
-    r = http.post(
-        "/console/login",
-        data={"username": name, "password": PASSWORD, "totp": c.code(name)},
-        follow_redirects=False,
-    )
+@pytest.fixture(autouse=True)
+def _next_step(c: Console) -> None:
+    """Each test starts at a TOTP step of its own (a code is accepted once)."""
     c.clock.advance(30)
-    assert r.status_code == 303, r.text
-    return http
-
-
-def _bearer(c: Console, name: str) -> dict[str, str]:
-    c.clock.advance(30)
-    issued = c.services.auth.login(name, PASSWORD, c.code(name), "127.0.0.1")
-    return {"Authorization": f"Bearer {issued.token}"}
 
 
 def _saved(c: Console) -> Channels | None:
@@ -88,7 +73,7 @@ def _form(csrf: str, **more: str) -> dict[str, str]:
 
 
 def test_the_vendors_admin_sets_who_of_the_vendor_is_told(c: Console) -> None:
-    http = _signed_in(c, "vadmin")
+    http = signed_in(c, "vadmin", "en")
     home = http.get("/console/").text
     assert 'href="/console/admin/notifications"' in home
     page = http.get(PAGE)
@@ -110,12 +95,12 @@ def test_the_vendors_admin_sets_who_of_the_vendor_is_told(c: Console) -> None:
     assert DESK not in change.to_json() and "webhook.office" not in change.to_json()
     shown = http.get(PAGE).text
     assert DESK in shown and "webhookb2" not in shown and "acme.webhook.office.com …zz99" in shown
-    api = TestClient(c.app).get(API, headers=_bearer(c, "vadmin"))
+    api = TestClient(c.app).get(API, headers=bearer(c, "vadmin"))
     assert api.status_code == 200 and api.json()["emails"] == [DESK]
     # the vendor admin's own organisation only: a hospital's settings are refused
     assert (
         TestClient(c.app)
-        .get("/v1/notifications/hoshi-hospital", headers=_bearer(c, "vadmin"))
+        .get("/v1/notifications/hoshi-hospital", headers=bearer(c, "vadmin"))
         .status_code
         == 403
     )
@@ -124,19 +109,19 @@ def test_the_vendors_admin_sets_who_of_the_vendor_is_told(c: Console) -> None:
 @pytest.mark.parametrize("who", ["beta-admin", "hadmin", "eng"])
 def test_only_that_vendors_admin_reads_or_changes_its_notifications(c: Console, who: str) -> None:
     before = _saved(c)
-    http = _signed_in(c, who)
+    http = signed_in(c, who, "en")
     refusals = len(c.emitter.of_type("admin.refused"))
     page = http.get(f"{PAGE}?org=acme-labs")
     if page.status_code == 200:  # their own organisation's page, never acme's
         assert "acme-labs" not in page.text
     else:
         assert page.status_code == 403
-    csrf = CSRF.search(http.get("/console/account").text).group(1)  # type: ignore[union-attr]
+    csrf = csrf_of(http, "/console/account")
     evil = _form(csrf, emails="attacker@evil.example", webhook_url="https://evil.example/x")
     r = http.post(FORM, data=evil, follow_redirects=False)
     assert r.status_code == 403, (who, r.status_code, r.text[:300])
     api = TestClient(c.app, raise_server_exceptions=False)
-    token = _bearer(c, who)
+    token = bearer(c, who)
     assert api.get(API, headers=token).status_code == 403
     body = {"emails": ["attacker@evil.example"], "webhook_url": "https://evil.example/x"}
     assert api.put(API, json=body, headers=token).status_code == 403
