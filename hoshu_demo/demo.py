@@ -515,6 +515,10 @@ class Demo:
                     "desktop_url": f"{self.api}/console/desktop/{name}?port={i.port}"
                     if name in DESKTOPS
                     else None,
+                    # what the broker pins on first sight (``SHA256:`` and hex of the DER)
+                    "tls_certificate_fingerprint": i.host_key_fingerprint
+                    if i.protocol == "rdp"
+                    else None,
                 }
                 for name, i in self.lab.instruments.items()
             },

@@ -99,8 +99,8 @@ In another terminal, from this directory:
 
 
 _DESKTOP_KINDS = {
-    "rfb": "the LIS workstation, a VNC server (Xvnc; the stored VNC password)",
-    "rdp": "the analyzer PC, an RDP server (xrdp over TLS; the stored user and password)",
+    "rfb": "the LIS workstation, a VNC server (Xvnc; stored VNC password)",
+    "rdp": "the analyzer PC, an RDP server (xrdp, TLS; stored user and password)",
 }
 
 

@@ -131,7 +131,7 @@ async def test_the_demo_lists_its_desktops_and_the_engineer_opens_them_recorded(
     text = walkthrough(info, demo.root)
     for name in (DESKTOP, RDP_DESKTOP):
         assert info["instruments"][name]["desktop_url"] in text
-    assert "the analyzer PC, an RDP server" in text
+    assert "an-pc-1" in text and "the analyzer PC, an RDP server" in text
     codes = sign_in(demo, ["tanaka", "sato"])
     log = demo.root / "broker" / "audit" / "audit.log"
 
@@ -150,6 +150,7 @@ async def test_the_demo_lists_its_desktops_and_the_engineer_opens_them_recorded(
     assert demo.lab is not None
     fingerprint = demo.lab[RDP_DESKTOP].host_key_fingerprint
     assert fingerprint and fingerprint.startswith("SHA256:")
+    assert info["instruments"][RDP_DESKTOP]["tls_certificate_fingerprint"] == fingerprint
     [pinned] = _events(log, "instrument.key_pinned")
     assert pinned.get("TargetHostname") == RDP_DESKTOP and fingerprint in json.dumps(pinned)
     # the stored password is in no event
