@@ -8,6 +8,7 @@ Public API::
     AnalyzerServer, AnalyzerSettings     asyncssh instrument (labsim.analyzer)
     Hl7Service, RfbService, AstmService, EchoService   TCP ports (labsim.services)
     BackgroundLoop                       host async instruments for blocking code
+    XvncDesktop, XrdpDesktop             real VNC and RDP desktops (labsim.desktop, labsim.rdp)
     render_allowlist_toml                gateway allowlist snippet
     fingerprint_of                       OpenSSH SHA256 fingerprint of a key line
     LabsimError, InstrumentStartError, ProtocolError
