@@ -172,7 +172,8 @@ async def _audit_ticks(audit: AuditRuntime) -> None:
 def check_storage_apart(settings: BrokerSettings) -> None:
     """Refuse recordings (and file-transfer spools) inside the audit log's directory or
     around it: an engineer filling one must not stop the other.  A warning when they
-    share a filesystem (give recordings their own volume: ``HOSHU_RECORDINGS_PATH``)."""
+    share a filesystem (give recordings their own volume: ``HOSHU_RECORDINGS_PATH``), when
+    both really live there: not with recordings in Blob storage or the chain in PostgreSQL."""
     audit_dir = settings.audit_log_path.parent.resolve()
     rec = settings.recordings_dir.resolve()
     apart = [("recordings", rec), ("file-transfer spools", settings.spool_dir.resolve())]
@@ -186,7 +187,8 @@ def check_storage_apart(settings: BrokerSettings) -> None:
             )
     rec.mkdir(parents=True, exist_ok=True)
     audit_dir.mkdir(parents=True, exist_ok=True)
-    if os.stat(rec).st_dev == os.stat(audit_dir).st_dev:
+    on_disk = not settings.recordings_url and settings.audit_store == "file"
+    if on_disk and os.stat(rec).st_dev == os.stat(audit_dir).st_dev:
         log.warning(
             "recordings and the audit log share a filesystem: a full recording "
             "disk would stop the audit log too (see docs/admin.md)"

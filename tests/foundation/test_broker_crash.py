@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -146,6 +147,27 @@ def test_recordings_inside_the_audit_directory_are_refused(tmp_path: Path) -> No
         with pytest.raises(ValueError, match="must not be in or around the audit log"):
             check_storage_apart(BrokerSettings(data_dir=data, recordings_path=inside))
     check_storage_apart(BrokerSettings(data_dir=data, recordings_path=tmp_path / "volume"))
+
+
+def test_the_shared_filesystem_warning_only_where_both_live_on_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recordings and the audit log on one filesystem are warned about; with the
+    recordings in Blob storage or the chain in PostgreSQL nothing of the kind is true."""
+    from broker.assembly import check_storage_apart
+    from broker.settings import BrokerSettings
+
+    data = tmp_path / "data"
+    caplog.set_level(logging.WARNING, logger="broker.assembly")
+    check_storage_apart(BrokerSettings(data_dir=data))
+    assert "share a filesystem" in caplog.text
+    for durable in (
+        {"recordings_url": "https://acct.blob.core.windows.net/recordings"},
+        {"audit_store": "postgres", "database_url": "postgresql://u@127.0.0.1/hoshu"},
+    ):
+        caplog.clear()
+        check_storage_apart(BrokerSettings(data_dir=data, **durable))  # type: ignore[arg-type]
+        assert "share a filesystem" not in caplog.text, durable
 
 
 def test_forward_captures_inside_the_audit_directory_are_refused(tmp_path: Path) -> None:
