@@ -32,6 +32,7 @@ from broker.access.people import NewUser
 from broker.access.ports import Actor
 from broker.access.services import Services
 from broker.api.app import create_app
+from broker.desktop.pins import CertificatePins
 from broker.desktop.session import DesktopGate
 from broker.live.sessions import SessionRegistry
 from broker.settings import BrokerSettings
@@ -295,6 +296,32 @@ async def open_desk(
                 await watcher
             await poll(lambda: not registry.list(), 5, "the desktop sessions to end")
             store.close()
+
+
+@contextlib.asynccontextmanager
+async def pinned_desk(
+    tmp_path: Path,
+    xrdp: Xrdp,
+    *,
+    protocol: str = "rdp",
+    rdp_size: tuple[int, int] = (800, 600),
+) -> AsyncIterator[Desk]:
+    """The desk with ``xrdp`` as the instrument: RDP as the stored user ``service`` (or,
+    with ``protocol="vnc"``, the Xvnc behind it), the server's certificate checked by
+    the store's own pins, as the broker checks it."""
+    pins: list[CertificatePins] = []
+    rdp = protocol == "rdp"
+    async with open_desk(
+        tmp_path,
+        xrdp.xvnc,
+        protocol=protocol,
+        port=xrdp.port if rdp else None,
+        username="service" if rdp else None,
+        rdp_size=rdp_size,
+        pin_certificate=lambda i, fp: pins[0](i, fp),
+    ) as d:
+        pins.append(CertificatePins(d.s))
+        yield d
 
 
 @dataclass

@@ -19,12 +19,12 @@ import httpx
 from audit.events import AuditEvent
 from broker.access.model import User
 from broker.store.directory import StoreAccessPolicy
-from tests.console.test_live import served
 from tests.control.apihelp import auth, session_token
 from tests.desktop.conftest import Desk
-from tests.desktop.test_desktop_gate import _path, _sign_in
+from tests.desktop.helpers import console_sign_in, ws_path
 from tests.desktop.wsclient import ws_open
 from tests.support import poll
+from tests.support.served import served
 
 TEXT = b"lot-4711 calibration"
 
@@ -38,8 +38,8 @@ def _user(d: Desk, name: str) -> User:
 
 async def _copy_in(d: Desk, url: str, http: httpx.AsyncClient, expect: str) -> AuditEvent:
     """One desktop session in which the browser sends ``TEXT`` as clipboard text."""
-    token = await _sign_in(http, d, "alice")
-    ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+    token = await console_sign_in(http, d, "alice")
+    ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
     assert ws.status == 101
     await ws.rfb_handshake()
     await ws.send(struct.pack(">BxxxI", 6, len(TEXT)) + TEXT)  # ClientCutText

@@ -12,10 +12,11 @@ import asyncio
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
+from tests.console.browsing import browser_sign_in
 from tests.console.conftest import browser, serious_violations, wait_for  # noqa: F401
-from tests.console.test_live import browser_sign_in, served
 from tests.desktop.conftest import GREEN, INSTRUMENT, Desk
 from tests.support import poll
+from tests.support.served import served
 
 PIXEL = """
 const c = document.querySelector('#screen canvas');

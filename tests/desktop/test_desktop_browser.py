@@ -24,17 +24,12 @@ from selenium.webdriver.common.keys import Keys
 
 from broker.desktop.recording import read_records
 from broker.desktop.video import FPS
+from tests.console.browsing import browser_sign_in
 from tests.console.conftest import browser, wait_for  # noqa: F401  (fixture)
-from tests.console.test_live import browser_sign_in, served
 from tests.desktop.conftest import GREEN, INSTRUMENT, Desk
-from tests.desktop.test_desktop_gate import _probe
+from tests.desktop.helpers import PIXEL, desktop_state, probe_export
 from tests.support import poll
-
-PIXEL = """
-const c = document.querySelector('#screen canvas');
-if (!c || c.width < 100) { return null; }
-return Array.from(c.getContext('2d').getImageData(20, 20, 1, 1).data.slice(0, 3));
-"""
+from tests.support.served import served
 
 
 def _dimensions(d: Desk) -> tuple[int, int]:
@@ -47,10 +42,6 @@ def _dimensions(d: Desk) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _state(driver: webdriver.Chrome) -> str:
-    return str(driver.find_element(By.ID, "desktop-state").get_attribute("data-state"))
-
-
 async def test_engineer_sees_and_types_approver_ends_and_replays(
     desk: Desk,
     browser: webdriver.Chrome,  # noqa: F811
@@ -61,7 +52,9 @@ async def test_engineer_sees_and_types_approver_ends_and_replays(
         await asyncio.to_thread(browser_sign_in, browser, url, "alice", d.code("alice"))
         d.clock.advance(30)
         await asyncio.to_thread(browser.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}")
-        await poll(lambda: asyncio.to_thread(lambda: _state(browser) == "live"), 15, "the desktop")
+        await poll(
+            lambda: asyncio.to_thread(lambda: desktop_state(browser) == "live"), 15, "the desktop"
+        )
         await poll(
             lambda: asyncio.to_thread(lambda: browser.execute_script(PIXEL) == list(GREEN)),
             15,
@@ -121,7 +114,9 @@ async def test_engineer_sees_and_types_approver_ends_and_replays(
         await asyncio.to_thread(lambda: browser.find_element(By.ID, "terminate").click())
         await asyncio.to_thread(browser.switch_to.window, engineer_tab)
         await poll(
-            lambda: asyncio.to_thread(lambda: _state(browser) == "ended"), 2, "the page to end"
+            lambda: asyncio.to_thread(lambda: desktop_state(browser) == "ended"),
+            2,
+            "the page to end",
         )
         shown = await asyncio.to_thread(lambda: browser.find_element(By.ID, "desktop-state").text)
         assert "approver" in shown
@@ -135,7 +130,7 @@ async def test_engineer_sees_and_types_approver_ends_and_replays(
         d.clock.advance(30)
         await asyncio.to_thread(browser.get, f"{url}/console/desktop-recordings/{live.session_id}")
         await poll(
-            lambda: asyncio.to_thread(lambda: _state(browser) in ("playing", "ended")),
+            lambda: asyncio.to_thread(lambda: desktop_state(browser) in ("playing", "ended")),
             15,
             "playback",
         )
@@ -155,7 +150,7 @@ async def test_engineer_sees_and_types_approver_ends_and_replays(
             r = await http.get(str(href))
         assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
         end_ms = max(ms for ms, _k, _d in read_records(data)[1])
-        frames, _duration, last = await asyncio.to_thread(_probe, r.content, d)
+        frames, _duration, last = await asyncio.to_thread(probe_export, r.content, d)
         assert frames == max(1, math.ceil(end_ms / 1000 * FPS))
         assert all(abs(a - b) < 24 for a, b in zip(last, GREEN, strict=True)), last
         viewed = d.events.of_type("recording.viewed")

@@ -16,45 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
 import struct
-import subprocess
 
 import httpx
 
 from broker.console.web import csrf_for
 from broker.desktop.recording import read_records
 from broker.desktop.video import FPS
-from tests.console.test_live import served
-from tests.control.conftest import PASSWORD
 from tests.desktop.conftest import GREEN, INSTRUMENT, Desk
+from tests.desktop.helpers import console_sign_in, probe_export, ws_path
 from tests.desktop.wsclient import ws_open
 from tests.support import poll
-
-
-async def _sign_in(http: httpx.AsyncClient, d: Desk, name: str) -> str:
-    r = await http.post(
-        "/console/login", data={"username": name, "password": PASSWORD, "totp": d.code(name)}
-    )
-    assert r.status_code == 303, r.text
-    d.clock.advance(30)
-    token = http.cookies.get("hoshu_session")
-    assert token
-    return token
-
-
-def _path(port: int, token: str | None) -> str:
-    base = f"/console/desktop/{INSTRUMENT}/ws?port={port}"
-    return base if token is None else f"{base}&csrf={csrf_for(token)}"
+from tests.support.served import served
 
 
 async def test_engineer_gets_the_screen_and_an_approver_ends_it_recorded(desk: Desk) -> None:
     d = desk
     d.grant()
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        token = await _sign_in(http, d, "alice")
-        ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+        token = await console_sign_in(http, d, "alice")
+        ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
         assert ws.status == 101
         init = await ws.rfb_handshake()
         w, h = struct.unpack(">HH", init[:4])
@@ -70,7 +52,7 @@ async def test_engineer_gets_the_screen_and_an_approver_ends_it_recorded(desk: D
         assert started.details == {"kind": "desktop", "recording": f"{live.session_id}.rfb"}
         # the approver ends it
         appr = httpx.AsyncClient(base_url=url, timeout=10)
-        await _sign_in(appr, d, "appr")
+        await console_sign_in(appr, d, "appr")
         page = await appr.get("/console/sessions")
         # listed as a desktop, its watch link opening the live desktop
         assert "Desktop (VNC or RDP)" in page.text or "デスクトップ（VNC・RDP）" in page.text
@@ -93,58 +75,16 @@ async def test_engineer_gets_the_screen_and_an_approver_ends_it_recorded(desk: D
         ws.close()
         # the approver exports it as a video of the recorded length
         appr = httpx.AsyncClient(base_url=url, timeout=60)
-        await _sign_in(appr, d, "appr")
+        await console_sign_in(appr, d, "appr")
         r = await appr.get(f"/console/desktop-recordings/{live.session_id}/video")
         await appr.aclose()
     assert r.status_code == 200 and r.headers["content-type"] == "video/mp4", r.text[-900:]
     end_ms = max(ms for ms, _k, _d in read_records(data)[1])
-    frames, duration, last = await asyncio.to_thread(_probe, r.content, d)
+    frames, duration, last = await asyncio.to_thread(probe_export, r.content, d)
     assert frames == max(1, math.ceil(end_ms / 1000 * FPS))
     assert abs(duration - frames / FPS) < 0.05
     assert all(abs(a - b) < 24 for a, b in zip(last, GREEN, strict=True)), last
     assert [e.get("Operation") for e in d.events.of_type("recording.viewed")] == ["export"]
-
-
-def _probe(video: bytes, d: Desk) -> tuple[int, float, tuple[int, ...]]:
-    """ffprobe's frame count and duration of ``video``, and the pixel at (20, 20) of its
-    last frame (decoded by ffmpeg)."""
-    path = d.xvnc.typed.parent / "export.mp4"
-    path.write_bytes(video)
-    info = json.loads(
-        subprocess.run(
-            [
-                "ffprobe",
-                "-v",
-                "error",
-                "-count_frames",
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "stream=nb_read_frames,width,height:format=duration",
-                "-of",
-                "json",
-                str(path),
-            ],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    )
-    stream = info["streams"][0]
-    w, h = int(stream["width"]), int(stream["height"])
-    raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    last = raw[-w * h * 3 :]
-    at = (20 * w + 20) * 3
-    return (
-        int(stream["nb_read_frames"]),
-        float(info["format"]["duration"]),
-        tuple(last[at : at + 3]),
-    )
 
 
 async def test_revocation_ends_a_desktop_within_a_second_and_it_does_not_reopen(
@@ -153,15 +93,15 @@ async def test_revocation_ends_a_desktop_within_a_second_and_it_does_not_reopen(
     d = desk
     grant = d.grant()
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        token = await _sign_in(http, d, "alice")
+        token = await console_sign_in(http, d, "alice")
         cookie = f"hoshu_session={token}"
-        ws = await ws_open(url, _path(d.port, token), cookie=cookie, origin=url)
+        ws = await ws_open(url, ws_path(d.port, token), cookie=cookie, origin=url)
         await ws.rfb_handshake()
         d.policy.revoke(grant)
         code, reason, _ = await ws.until_close(timeout_s=1.5)
         assert code == 4000 and "revoked" in reason
         ws.close()
-        again = await ws_open(url, _path(d.port, token), cookie=cookie, origin=url)
+        again = await ws_open(url, ws_path(d.port, token), cookie=cookie, origin=url)
         code, reason, _ = await again.until_close()
         assert code == 4403 and "no active grant" in reason
         again.close()
@@ -173,36 +113,38 @@ async def test_revocation_ends_a_desktop_within_a_second_and_it_does_not_reopen(
 async def test_forgotten_paths_are_refused_and_nothing_opens(desk: Desk) -> None:
     d = desk
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        token = await _sign_in(http, d, "alice")
+        token = await console_sign_in(http, d, "alice")
         cookie = f"hoshu_session={token}"
         # no grant at all
-        ws = await ws_open(url, _path(d.port, token), cookie=cookie, origin=url)
+        ws = await ws_open(url, ws_path(d.port, token), cookie=cookie, origin=url)
         assert (await ws.until_close())[0] == 4403
         ws.close()
         # a grant for the instrument's other port only
         d.grant(d.other_port)
-        ws = await ws_open(url, _path(d.port, token), cookie=cookie, origin=url)
+        ws = await ws_open(url, ws_path(d.port, token), cookie=cookie, origin=url)
         assert (await ws.until_close())[0] == 4403
         ws.close()
         d.grant()
         # a foreign Origin, no Origin, no or a wrong CSRF token: the handshake is refused
         for path, origin in (
-            (_path(d.port, token), "http://evil.example"),
-            (_path(d.port, token), None),
-            (_path(d.port, None), url),
-            (_path(d.port, "another-session"), url),
+            (ws_path(d.port, token), "http://evil.example"),
+            (ws_path(d.port, token), None),
+            (ws_path(d.port, None), url),
+            (ws_path(d.port, "another-session"), url),
         ):
             ws = await ws_open(url, path, cookie=cookie, origin=origin)
             assert ws.status == 403, (path, origin)
             ws.close()
         # no cookie
-        ws = await ws_open(url, _path(d.port, token), origin=url)
+        ws = await ws_open(url, ws_path(d.port, token), origin=url)
         assert ws.status == 403
         ws.close()
         # an approver of the instrument's hospital may watch, not open a desktop
         appr = httpx.AsyncClient(base_url=url, timeout=10)
-        atoken = await _sign_in(appr, d, "appr")
-        ws = await ws_open(url, _path(d.port, atoken), cookie=f"hoshu_session={atoken}", origin=url)
+        atoken = await console_sign_in(appr, d, "appr")
+        ws = await ws_open(
+            url, ws_path(d.port, atoken), cookie=f"hoshu_session={atoken}", origin=url
+        )
         assert ws.status == 403
         ws.close()
         await appr.aclose()
@@ -229,8 +171,8 @@ async def test_a_wrong_stored_password_is_refused_with_a_clear_message(desk: Des
     d.grant()
     d.s.estate.set_credential(d.actor("hadmin"), INSTRUMENT, "password", "not-the-one")
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        token = await _sign_in(http, d, "alice")
-        ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+        token = await console_sign_in(http, d, "alice")
+        ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
         code, reason, data = await ws.until_close()
         ws.close()
     assert code == 4403 and "stored VNC password" in reason and data == b""
@@ -245,8 +187,8 @@ async def test_clipboard_is_dropped_and_logged_and_input_recorded_by_policy(desk
     d.s.estate.update_policy(d.actor("hadmin"), "hoshi-hospital", {"record_input": True})
     d.grant()
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        token = await _sign_in(http, d, "alice")
-        ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+        token = await console_sign_in(http, d, "alice")
+        ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
         await ws.rfb_handshake()
         [live] = d.registry.list()
         await ws.send(struct.pack(">BxxxI", 6, 9) + b"secret-42")  # ClientCutText
@@ -273,15 +215,15 @@ async def test_only_the_sessions_hospital_follows_a_desktop(desk: Desk) -> None:
     d = desk
     d.grant()
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        token = await _sign_in(http, d, "alice")
-        ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+        token = await console_sign_in(http, d, "alice")
+        ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
         await ws.rfb_handshake()
         [live] = d.registry.list()
         follow = f"/console/desktop-live/{live.session_id}/ws"
         d.events.clear()
         for name in ("tsuki-appr", "alice"):  # another hospital's approver; the engineer
             other = httpx.AsyncClient(base_url=url, timeout=10)
-            t = await _sign_in(other, d, name)
+            t = await console_sign_in(other, d, name)
             w = await ws_open(
                 url, f"{follow}?csrf={csrf_for(t)}", cookie=f"hoshu_session={t}", origin=url
             )
@@ -290,7 +232,7 @@ async def test_only_the_sessions_hospital_follows_a_desktop(desk: Desk) -> None:
             await other.aclose()
         # the hospital's approver, but from another site
         appr = httpx.AsyncClient(base_url=url, timeout=10)
-        t = await _sign_in(appr, d, "appr")
+        t = await console_sign_in(appr, d, "appr")
         w = await ws_open(
             url,
             f"{follow}?csrf={csrf_for(t)}",
@@ -321,8 +263,8 @@ async def test_a_browser_that_stops_reading_ends_the_session(desk: Desk) -> None
     d.gate.send_timeout_s = 1.0
     d.grant()
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        token = await _sign_in(http, d, "alice")
-        ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+        token = await console_sign_in(http, d, "alice")
+        ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
         init = await ws.rfb_handshake()
         w, h = struct.unpack(">HH", init[:4])
         await ws.send(struct.pack(">BxHi", 2, 1, 0))  # Raw only: 1.9 MB a full screen
@@ -339,8 +281,8 @@ async def test_the_grant_end_is_announced_then_ends_the_desktop(desk: Desk) -> N
     d = desk
     d.grant()
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
-        token = await _sign_in(http, d, "alice")
-        ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+        token = await console_sign_in(http, d, "alice")
+        ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
         await ws.rfb_handshake()
         d.clock.advance(3600 - 30 - 240)  # four minutes left
         op, text = await asyncio.wait_for(ws.frame(), 5)

@@ -25,18 +25,17 @@ import httpx
 import pytest
 from selenium import webdriver
 
-from broker.desktop.pins import CertificatePins
 from broker.desktop.rdpbridge import rdp_size
 from broker.desktop.recording import read_records
 from broker.desktop.rfb import EXT_DESKTOP_SIZE
+from tests.console.browsing import browser_sign_in
 from tests.console.conftest import browser  # noqa: F401  (fixture)
-from tests.console.test_live import browser_sign_in, served
-from tests.desktop.conftest import INSTRUMENT, Desk, Xrdp, Xvnc, open_desk
+from tests.desktop.conftest import INSTRUMENT, Desk, Xrdp, Xvnc, pinned_desk
+from tests.desktop.helpers import console_sign_in, desktop_state, ws_path
 from tests.desktop.rfbscreen import RAW, Screen, screen_until
-from tests.desktop.test_desktop_browser import _state
-from tests.desktop.test_desktop_gate import _path, _sign_in
 from tests.desktop.wsclient import WsClient, ws_open
 from tests.support import poll
+from tests.support.served import served
 
 
 def _set_desktop_size(w: int, h: int) -> bytes:
@@ -53,8 +52,8 @@ def _geometry(xvnc: Xvnc) -> tuple[int, int]:
 
 
 async def _open(d: Desk, url: str, http: httpx.AsyncClient) -> tuple[WsClient, Screen]:
-    token = await _sign_in(http, d, "alice")
-    ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+    token = await console_sign_in(http, d, "alice")
+    ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
     assert ws.status == 101
     init = await ws.rfb_handshake()
     w, h = struct.unpack(">HH", init[:4])
@@ -105,17 +104,7 @@ async def test_a_vnc_desktop_follows_the_browsers_size(desk: Desk) -> None:
 async def test_an_rdp_desktop_follows_the_browsers_size_by_a_new_rdp_session(
     tmp_path: Path, xrdp: Xrdp
 ) -> None:
-    pins: list[CertificatePins] = []
-    async with open_desk(
-        tmp_path,
-        xrdp.xvnc,
-        protocol="rdp",
-        port=xrdp.port,
-        username="service",
-        rdp_size=(800, 600),
-        pin_certificate=lambda i, fp: pins[0](i, fp),
-    ) as d:
-        pins.append(CertificatePins(d.s))
+    async with pinned_desk(tmp_path, xrdp) as d:
         d.grant()
         want = rdp_size(1024, 768)
         messages = await _resize_and_check(d, xrdp.xvnc, want)
@@ -144,18 +133,7 @@ async def test_resizing_the_browser_window_resizes_the_remote_screen(
 ) -> None:
     """In headless Chromium (noVNC, ``resizeSession``): the engineer's window changes
     size, and the instrument's framebuffer follows (Xvnc read back with xdpyinfo)."""
-    pins: list[CertificatePins] = []
-    rdp = protocol == "rdp"
-    async with open_desk(
-        tmp_path,
-        xrdp.xvnc,
-        protocol=protocol,
-        port=xrdp.port if rdp else None,
-        username="service" if rdp else None,
-        rdp_size=(800, 600),
-        pin_certificate=lambda i, fp: pins[0](i, fp),
-    ) as d:
-        pins.append(CertificatePins(d.s))
+    async with pinned_desk(tmp_path, xrdp, protocol=protocol) as d:
         d.grant()
         async with served(d.app) as url:
             await asyncio.to_thread(browser_sign_in, browser, url, "alice", d.code("alice"))
@@ -164,7 +142,9 @@ async def test_resizing_the_browser_window_resizes_the_remote_screen(
                 browser.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}"
             )
             await poll(
-                lambda: asyncio.to_thread(lambda: _state(browser) == "live"), 30, "the desktop"
+                lambda: asyncio.to_thread(lambda: desktop_state(browser) == "live"),
+                30,
+                "the desktop",
             )
 
             def fb() -> tuple[int, int]:

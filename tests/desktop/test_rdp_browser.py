@@ -18,12 +18,12 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from broker.desktop.pins import CertificatePins
+from tests.console.browsing import browser_sign_in
 from tests.console.conftest import browser, wait_for  # noqa: F401  (fixture)
-from tests.console.test_live import browser_sign_in, served
-from tests.desktop.conftest import GREEN, INSTRUMENT, Xrdp, open_desk
-from tests.desktop.test_desktop_browser import PIXEL, _state
+from tests.desktop.conftest import GREEN, INSTRUMENT, Xrdp, pinned_desk
+from tests.desktop.helpers import PIXEL, desktop_state
 from tests.support import poll
+from tests.support.served import served
 
 
 @pytest.mark.slow
@@ -32,17 +32,7 @@ async def test_rdp_desktop_in_the_browser_typed_followed_ended_replayed(
     xrdp: Xrdp,
     browser: webdriver.Chrome,  # noqa: F811
 ) -> None:
-    pins: list[CertificatePins] = []
-    async with open_desk(
-        tmp_path,
-        xrdp.xvnc,
-        protocol="rdp",
-        port=xrdp.port,
-        username="service",
-        rdp_size=(800, 600),
-        pin_certificate=lambda i, fp: pins[0](i, fp),
-    ) as d:
-        pins.append(CertificatePins(d.s))
+    async with pinned_desk(tmp_path, xrdp) as d:
         d.grant()
         async with served(d.app) as url:
             await asyncio.to_thread(browser_sign_in, browser, url, "alice", d.code("alice"))
@@ -51,7 +41,9 @@ async def test_rdp_desktop_in_the_browser_typed_followed_ended_replayed(
                 browser.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}"
             )
             await poll(
-                lambda: asyncio.to_thread(lambda: _state(browser) == "live"), 30, "the desktop"
+                lambda: asyncio.to_thread(lambda: desktop_state(browser) == "live"),
+                30,
+                "the desktop",
             )
             await poll(
                 lambda: asyncio.to_thread(lambda: _near(browser.execute_script(PIXEL))),
@@ -93,7 +85,9 @@ async def test_rdp_desktop_in_the_browser_typed_followed_ended_replayed(
             await asyncio.to_thread(lambda: browser.find_element(By.ID, "terminate").click())
             await asyncio.to_thread(browser.switch_to.window, engineer_tab)
             await poll(
-                lambda: asyncio.to_thread(lambda: _state(browser) == "ended"), 5, "the page to end"
+                lambda: asyncio.to_thread(lambda: desktop_state(browser) == "ended"),
+                5,
+                "the page to end",
             )
             shown = await asyncio.to_thread(
                 lambda: browser.find_element(By.ID, "desktop-state").text

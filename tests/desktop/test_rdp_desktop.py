@@ -28,10 +28,8 @@ from pathlib import Path
 import httpx
 
 from broker.access.model import Instrument
-from broker.desktop.pins import CertificatePins
 from broker.desktop.recording import read_records
 from broker.desktop.video import FPS
-from tests.console.test_live import served
 from tests.desktop.conftest import (
     INSTRUMENT,
     VNC_PASSWORD,
@@ -40,19 +38,21 @@ from tests.desktop.conftest import (
     _free_port,
     _listening,
     open_desk,
+    pinned_desk,
     start_xrdp,
 )
+from tests.desktop.helpers import console_sign_in, probe_export, ws_path
 from tests.desktop.rfbscreen import Screen, is_green, screen_until
-from tests.desktop.test_desktop_gate import _path, _probe, _sign_in
 from tests.desktop.wsclient import WsClient, ws_open
 from tests.support import poll
+from tests.support.served import served
 
 SIZE = (800, 600)
 
 
 async def _open(d: Desk, url: str, http: httpx.AsyncClient) -> tuple[WsClient, Screen]:
-    token = await _sign_in(http, d, "alice")
-    ws = await ws_open(url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+    token = await console_sign_in(http, d, "alice")
+    ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
     assert ws.status == 101
     init = await ws.rfb_handshake()
     w, h = struct.unpack(">HH", init[:4])
@@ -73,17 +73,7 @@ async def _type(ws: WsClient, text: str) -> None:
 async def test_rdp_desktop_shows_types_is_pinned_terminated_and_exported(
     tmp_path: Path, xrdp: Xrdp
 ) -> None:
-    pins_of: list[CertificatePins] = []
-    async with open_desk(
-        tmp_path,
-        xrdp.xvnc,
-        protocol="rdp",
-        port=xrdp.port,
-        username="service",
-        rdp_size=SIZE,
-        pin_certificate=lambda i, fp: pins_of[0](i, fp),
-    ) as d:
-        pins_of.append(CertificatePins(d.s))
+    async with pinned_desk(tmp_path, xrdp, rdp_size=SIZE) as d:
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             ws, screen = await _open(d, url, http)
@@ -108,7 +98,7 @@ async def test_rdp_desktop_shows_types_is_pinned_terminated_and_exported(
                 assert inst is not None and inst.host_key_fingerprint == fp
             # the approver ends it
             appr = httpx.AsyncClient(base_url=url, timeout=10)
-            await _sign_in(appr, d, "appr")
+            await console_sign_in(appr, d, "appr")
             page = await appr.get("/console/sessions")
             csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
             r = await appr.post(
@@ -132,7 +122,7 @@ async def test_rdp_desktop_shows_types_is_pinned_terminated_and_exported(
             await appr.aclose()
         assert r.status_code == 200 and r.headers["content-type"] == "video/mp4", r.text[-500:]
         end_ms = max(ms for ms, _k, _d in read_records(data)[1])
-        frames, duration, last = await asyncio.to_thread(_probe, r.content, d)
+        frames, duration, last = await asyncio.to_thread(probe_export, r.content, d)
         assert frames == max(1, math.ceil(end_ms / 1000 * FPS))
         assert abs(duration - frames / FPS) < 0.05
         assert is_green(last), last
@@ -141,17 +131,7 @@ async def test_rdp_desktop_shows_types_is_pinned_terminated_and_exported(
 async def test_a_changed_rdp_certificate_is_refused_until_the_approver_accepts_it(
     tmp_path: Path, xrdp: Xrdp
 ) -> None:
-    pins_of: list[CertificatePins] = []
-    async with open_desk(
-        tmp_path,
-        xrdp.xvnc,
-        protocol="rdp",
-        port=xrdp.port,
-        username="service",
-        rdp_size=SIZE,
-        pin_certificate=lambda i, fp: pins_of[0](i, fp),
-    ) as d:
-        pins_of.append(CertificatePins(d.s))
+    async with pinned_desk(tmp_path, xrdp, rdp_size=SIZE) as d:
         old = "SHA256:" + "00" * 32  # the certificate pinned before the server's changed
         with d.s.ctx.uow() as tx:
             inst = tx.one(Instrument, name=INSTRUMENT)
@@ -160,9 +140,9 @@ async def test_a_changed_rdp_certificate_is_refused_until_the_approver_accepts_i
             tx.save(inst)
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            token = await _sign_in(http, d, "alice")
+            token = await console_sign_in(http, d, "alice")
             ws = await ws_open(
-                url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url
+                url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
             )
             code, reason, data = await ws.until_close(timeout_s=30)
             ws.close()
@@ -201,9 +181,9 @@ async def test_an_rdp_server_without_tls_is_refused_and_nothing_opens(
         ) as d:
             d.grant()
             async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-                token = await _sign_in(http, d, "alice")
+                token = await console_sign_in(http, d, "alice")
                 ws = await ws_open(
-                    url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url
+                    url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
                 )
                 code, reason, data = await ws.until_close(timeout_s=30)
                 ws.close()
@@ -231,9 +211,9 @@ async def test_an_rdp_instrument_without_a_stored_user_is_refused_before_any_log
     ) as d:  # a password stored, no user name
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            token = await _sign_in(http, d, "alice")
+            token = await console_sign_in(http, d, "alice")
             ws = await ws_open(
-                url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url
+                url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
             )
             code, reason, data = await ws.until_close(timeout_s=30)
             ws.close()
@@ -261,9 +241,9 @@ async def test_a_wrong_stored_rdp_password_is_refused_not_shown_as_xrdps_login_s
     ) as d:
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            token = await _sign_in(http, d, "alice")
+            token = await console_sign_in(http, d, "alice")
             ws = await ws_open(
-                url, _path(d.port, token), cookie=f"hoshu_session={token}", origin=url
+                url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
             )
             code, reason, data = await ws.until_close(timeout_s=30)
             ws.close()
