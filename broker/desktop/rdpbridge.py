@@ -198,6 +198,13 @@ class RdpScreen:
         if len(self.dirty) > MAX_RECTS:  # a browser that asks for nothing holds one box
             self.dirty = [_bounds(self.dirty)]
 
+    def clip(self, x: int, y: int, w: int, h: int) -> _Box | None:
+        """The part of a requested area that is on the screen (None: none of it)."""
+        x2, y2 = min(x + w, self.width), min(y + h, self.height)
+        if x >= x2 or y >= y2:
+            return None
+        return _Box(x, y, x2 - x, y2 - y)
+
     def take(self, whole: bool) -> list[_Box]:
         boxes, self.dirty = self.dirty, []
         if whole:
@@ -298,6 +305,7 @@ class RdpBridge:
         self.encoder = RfbEncoder()
         self.wanted = asyncio.Event()  # the browser asked for an update
         self.whole = True  # the next update is the whole screen
+        self.asked: list[_Box] = []  # areas the browser asked for whole (non-incremental)
         self.changed = asyncio.Event()
         self.keyframe_every_s = keyframe_every_s
         self._buttons = 0
@@ -322,12 +330,15 @@ class RdpBridge:
         """RFB updates to the browser, each when it has asked for one."""
         while True:
             await self.wanted.wait()
-            if not self.whole:
+            if not self.whole and not self.asked:
                 await self.changed.wait()
             async with self._sending:
                 self.changed.clear()
                 self.wanted.clear()
                 boxes = self.screen.take(self.whole)
+                if not self.whole:
+                    boxes += self.asked
+                self.asked = []
                 self.whole = False
                 if boxes:
                     await self.send(self.encoder.update(self.screen, boxes))
@@ -366,8 +377,14 @@ class RdpBridge:
                 await self.resize(w, h)
                 framer.screen.width, framer.screen.height = self.screen.width, self.screen.height
             elif m.kind == C_UPDATE_REQUEST:
-                if m.data[1] == 0:
-                    self.whole = True
+                if m.data[1] == 0:  # that area whole, not the screen: no full frame per ask
+                    box = self.screen.clip(*struct.unpack(">HHHH", m.data[2:10]))
+                    if box == _Box(0, 0, self.screen.width, self.screen.height):
+                        self.whole = True
+                    elif box is not None and len(self.asked) < MAX_RECTS:
+                        self.asked.append(box)
+                    elif box is not None:
+                        self.asked = [_bounds([*self.asked, box])]
                     self.changed.set()
                 self.wanted.set()
             elif m.kind == C_KEY:

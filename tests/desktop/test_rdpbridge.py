@@ -145,3 +145,65 @@ def test_only_a_pointer_of_the_session_or_the_logon_info_counts_as_logged_on() -
         assert slow.hoshu_logged_on.is_set()
 
     asyncio.run(check())
+
+
+def test_a_non_incremental_ask_for_a_small_area_gets_that_area_not_the_whole_screen() -> None:
+    """A browser asking again and again for one pixel "whole" gets one pixel each time:
+    the broker does not answer (and record) a full screen per ask; an ask for the whole
+    screen still gets all of it, and an ask off the screen gets nothing."""
+    from types import SimpleNamespace
+
+    from broker.desktop.rdpbridge import RdpBridge
+    from broker.desktop.rdpclient import RdpSession
+    from broker.desktop.rfb import Stream
+
+    q: asyncio.Queue[object] = asyncio.Queue()
+    session = RdpSession(SimpleNamespace(ext_out_queue=q), 100, 80)  # type: ignore[arg-type]
+    sent: list[bytes] = []
+
+    async def send(message: bytes) -> None:
+        sent.append(message)
+
+    def ask(incremental: int, x: int, y: int, w: int, h: int) -> bytes:
+        return struct.pack(">BBHHHH", 3, incremental, x, y, w, h)
+
+    def boxes(update: bytes) -> list[tuple[int, int, int, int]]:
+        (n,) = struct.unpack(">xxH", update[:4])
+        out, at = [], 4
+        for _ in range(n):
+            x, y, w, h, _enc = struct.unpack(">HHHHi", update[at : at + 12])
+            out.append((x, y, w, h))
+            at += 12 + w * h * 4
+        assert at == len(update)
+        return out
+
+    async def run() -> None:
+        browser: asyncio.Queue[bytes] = asyncio.Queue()
+        bridge = RdpBridge(session, send, lambda m: True)
+        tasks = [
+            asyncio.create_task(bridge.out()),
+            asyncio.create_task(bridge.down(Stream(lambda n: browser.get()))),
+        ]
+        try:
+            answered = 0
+            for message in (
+                ask(0, 0, 0, 100, 80),
+                ask(0, 500, 0, 9, 9),
+                *[ask(0, 10, 20, 1, 1)] * 5,
+            ):
+                await browser.put(message)
+                if struct.unpack(">H", message[2:4])[0] >= 100:
+                    continue  # off the screen: nothing to answer, the next ask shows it
+                answered += 1
+                async with asyncio.timeout(5):
+                    while len(sent) < answered:
+                        await asyncio.sleep(0.01)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    assert boxes(sent[0]) == [(0, 0, 100, 80)]
+    assert [boxes(m) for m in sent[1:]] == [[(10, 20, 1, 1)]] * 5  # nothing off the screen
+    assert len(sent) == 6
