@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -146,6 +146,14 @@ class Lab:
     def config(self) -> GatewayConfig:
         return load_config(self.config_path)
 
+    def allow_port(self, port: int) -> None:
+        """List ``port`` as well for the lab's instrument (read when an agent starts)."""
+        self.config_path.write_text(
+            self.config_path.read_text().replace(
+                f"ports = [{self.echo.port}]", f"ports = [{self.echo.port}, {port}]"
+            )
+        )
+
     async def start_agent(self, **kw: Any) -> GatewayAgent:
         config = self.config
         enrollment, key = load_enrollment(config)
@@ -178,6 +186,31 @@ class Lab:
             self.directory,
             self.emitter,
         )
+
+
+class _OpenInstrument(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False  # a stand-in SSH instrument: no authentication
+
+
+@contextlib.asynccontextmanager
+async def ssh_instrument(
+    process_factory: Callable[[Any], object], *, encoding: str | None = "utf-8"
+) -> AsyncIterator[int]:
+    """A stand-in SSH instrument on a loopback port that asks for no login and runs
+    ``process_factory`` for each session; its port."""
+    server = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        server_factory=_OpenInstrument,
+        process_factory=process_factory,
+        encoding=encoding,
+    )
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
 
 
 def _now() -> datetime:

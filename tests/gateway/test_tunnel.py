@@ -9,7 +9,7 @@ import asyncssh
 import pytest
 
 from audit.chain import read_events
-from tests.gateway.harness import GATEWAY_ID, AgentState, lab
+from tests.gateway.harness import GATEWAY_ID, AgentState, lab, ssh_instrument
 from tests.support import poll
 from wire import Originator, encode_originator
 
@@ -97,54 +97,32 @@ async def test_broker_refuses_a_gateway_key_it_never_enrolled(tmp_path: Path) ->
         assert ev.details["key_fingerprint"] == L.gateway_key.get_fingerprint()
 
 
-class _OpenInstrument(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False  # a stand-in SSH instrument: no authentication
-
-
 async def test_an_ssh_session_through_the_tunnel_names_the_engineer(tmp_path: Path) -> None:
-    instrument_key = asyncssh.generate_private_key("ssh-ed25519")
-
     def hello(process: asyncssh.SSHServerProcess[str]) -> None:
         process.stdout.write("analyzer ready\n")
         process.exit(0)
 
-    server = await asyncssh.listen(
-        "127.0.0.1",
-        0,
-        server_host_keys=[instrument_key],
-        server_factory=_OpenInstrument,
-        process_factory=hello,
-    )
-    ssh_port = server.sockets[0].getsockname()[1]
-    try:
-        async with lab(tmp_path) as L:
-            L.config_path.write_text(
-                L.config_path.read_text().replace(
-                    f"ports = [{L.echo.port}]", f"ports = [{L.echo.port}, {ssh_port}]"
-                )
-            )
-            agent = await L.start_agent()
-            await L.listener.registry.wait_for(GATEWAY_ID, 10)
-            tunnel = L.listener.registry.tunnel(GATEWAY_ID, "s-77", "yamada")
-            assert tunnel is not None
-            async with asyncssh.connect(
-                "cobas-c503-1",
-                ssh_port,
-                tunnel=tunnel,
-                known_hosts=None,
-                username="service",
-                config=None,
-            ) as conn:
-                result = await asyncio.wait_for(conn.run("status"), 5)
-            assert result.stdout == "analyzer ready\n"
-            await poll(lambda: len(L.emitter.of_type("gateway.channel_closed")) == 1)
-            opened = L.emitter.of_type("gateway.channel_opened")[0]
-            assert (
-                opened.get("ActorUsername"),
-                opened.get("TargetSessionId"),
-                opened.get("TargetPortNumber"),
-            ) == ("yamada", "s-77", ssh_port)
-            assert agent.status()["channels"] == []
-    finally:
-        server.close()
+    async with ssh_instrument(hello) as ssh_port, lab(tmp_path) as L:
+        L.allow_port(ssh_port)
+        agent = await L.start_agent()
+        await L.listener.registry.wait_for(GATEWAY_ID, 10)
+        tunnel = L.listener.registry.tunnel(GATEWAY_ID, "s-77", "yamada")
+        assert tunnel is not None
+        async with asyncssh.connect(
+            "cobas-c503-1",
+            ssh_port,
+            tunnel=tunnel,
+            known_hosts=None,
+            username="service",
+            config=None,
+        ) as conn:
+            result = await asyncio.wait_for(conn.run("status"), 5)
+        assert result.stdout == "analyzer ready\n"
+        await poll(lambda: len(L.emitter.of_type("gateway.channel_closed")) == 1)
+        opened = L.emitter.of_type("gateway.channel_opened")[0]
+        assert (
+            opened.get("ActorUsername"),
+            opened.get("TargetSessionId"),
+            opened.get("TargetPortNumber"),
+        ) == ("yamada", "s-77", ssh_port)
+        assert agent.status()["channels"] == []

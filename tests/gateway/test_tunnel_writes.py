@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncssh
 
-from tests.gateway.harness import GATEWAY_ID, lab
+from tests.gateway.harness import GATEWAY_ID, lab, ssh_instrument
 from wire import Originator, encode_originator
 from wire.transport import CoalescingTransport
 
@@ -57,11 +57,6 @@ async def test_keystrokes_and_bulk_cross_a_coalesced_tunnel_whole_and_in_order(
         b_writer.close()
 
 
-class _OpenInstrument(asyncssh.SSHServer):
-    def begin_auth(self, username: str) -> bool:
-        return False  # the instrument side of this test needs no login
-
-
 async def _cat(process: asyncssh.SSHServerProcess[bytes]) -> None:
     """An instrument command that echoes what it is sent, until end of input."""
     while data := await process.stdin.read(65536):
@@ -75,47 +70,30 @@ async def test_the_broker_ssh_connection_through_a_tunnel_joins_its_writes_per_l
 ) -> None:
     """The broker's own SSH connection to the instrument (the protocol break) writes
     into its tunnel channel once per loop pass; keystrokes and bulk still arrive whole."""
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    server = await asyncssh.listen(
-        "127.0.0.1",
-        0,
-        server_host_keys=[key],
-        server_factory=_OpenInstrument,
-        process_factory=_cat,
-        encoding=None,
-    )
-    ssh_port = server.sockets[0].getsockname()[1]
-    try:
-        async with lab(tmp_path) as L:
-            L.config_path.write_text(
-                L.config_path.read_text().replace(
-                    f"ports = [{L.echo.port}]", f"ports = [{L.echo.port}, {ssh_port}]"
-                )
-            )
-            await L.start_agent()
-            await L.listener.registry.wait_for(GATEWAY_ID, 10)
-            tunnel = L.listener.registry.tunnel(GATEWAY_ID, "s-cat", "yamada")
-            assert tunnel is not None
-            async with asyncssh.connect(
-                "cobas-c503-1",
-                ssh_port,
-                tunnel=tunnel,
-                known_hosts=None,
-                username="service",
-                config=None,
-            ) as conn:
-                # asyncssh member SSHConnection._transport: here the tunnel channel, wrapped
-                assert isinstance(getattr(conn, "_transport", None), CoalescingTransport)
-                proc = await conn.create_process(encoding=None)
-                for key_byte in b"status --all\r":  # typed, each key's echo awaited
-                    proc.stdin.write(bytes((key_byte,)))
-                    echoed = await asyncio.wait_for(proc.stdout.readexactly(1), 10)
-                    assert echoed == bytes((key_byte,))
-                bulk = os.urandom(2 * 1024 * 1024)
-                proc.stdin.write(bulk)
-                proc.stdin.write_eof()
-                back = await asyncio.wait_for(proc.stdout.readexactly(len(bulk)), 60)
-                assert back == bulk
-                await asyncio.wait_for(proc.wait(), 10)
-    finally:
-        server.close()
+    async with ssh_instrument(_cat, encoding=None) as ssh_port, lab(tmp_path) as L:
+        L.allow_port(ssh_port)
+        await L.start_agent()
+        await L.listener.registry.wait_for(GATEWAY_ID, 10)
+        tunnel = L.listener.registry.tunnel(GATEWAY_ID, "s-cat", "yamada")
+        assert tunnel is not None
+        async with asyncssh.connect(
+            "cobas-c503-1",
+            ssh_port,
+            tunnel=tunnel,
+            known_hosts=None,
+            username="service",
+            config=None,
+        ) as conn:
+            # asyncssh member SSHConnection._transport: here the tunnel channel, wrapped
+            assert isinstance(getattr(conn, "_transport", None), CoalescingTransport)
+            proc = await conn.create_process(encoding=None)
+            for key_byte in b"status --all\r":  # typed, each key's echo awaited
+                proc.stdin.write(bytes((key_byte,)))
+                echoed = await asyncio.wait_for(proc.stdout.readexactly(1), 10)
+                assert echoed == bytes((key_byte,))
+            bulk = os.urandom(2 * 1024 * 1024)
+            proc.stdin.write(bulk)
+            proc.stdin.write_eof()
+            back = await asyncio.wait_for(proc.stdout.readexactly(len(bulk)), 60)
+            assert back == bulk
+            await asyncio.wait_for(proc.wait(), 10)
