@@ -27,6 +27,7 @@ from broker.access.model import Instrument, Org, User
 from broker.access.passwords import Hasher
 from broker.access.people import NewUser
 from broker.access.ports import Actor, Config, Context
+from broker.access.requests import NewRequest
 from broker.access.services import Services
 from broker.store.db import Store, make_engine, upgrade
 from broker.store.tables import metadata
@@ -200,3 +201,24 @@ def build_world(s: Services, clock: FakeClock) -> World:
 @pytest.fixture
 def world(services: Services, clock: FakeClock) -> World:
     return build_world(services, clock)
+
+
+def enrol_gateway(w: World, name: str = "gw-1") -> tuple[str, str]:
+    """A gateway of hoshi-hospital enrolled with a fresh key: its id and the key."""
+    token = w.s.gateways.issue_token(w.actors["hadmin"], "hoshi-hospital").token
+    key = openssh_public_key()
+    res = w.s.gateways.enroll(token, key, name, "1.0")
+    return res.gateway_id, key
+
+
+def grant_for(w: World, instruments: list[str], ports: list[int] | None = None) -> str:
+    """An approved grant for ``eng`` on ``instruments`` (a second approver where the
+    policy asks for two): its id."""
+    req = w.s.requests.create(
+        w.actors["eng"], NewRequest(instruments, 3600, "fix", ports=ports or [])
+    )
+    grant = w.s.requests.approve(w.actors["appr"], req.id).grant
+    if grant is None:
+        grant = w.s.requests.approve(w.actors["appr2"], req.id).grant
+    assert grant is not None
+    return grant.id

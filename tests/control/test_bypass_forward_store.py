@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from broker.frontdoor.raw_paths import interactive_port
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
-from tests.control.conftest import World
-from tests.control.test_directory import enrol_gateway
+from tests.control.conftest import World, enrol_gateway
 from wire.models import InventoryItem
 
 

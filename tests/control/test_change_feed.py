@@ -26,8 +26,7 @@ from broker.live.changes import ChangeFeed, DbCalls, watch_changes
 from broker.live.sessions import LiveSession, SessionRegistry
 from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy
-from tests.control.conftest import World, make_context
-from tests.control.test_directory import grant_for
+from tests.control.conftest import World, grant_for, make_context
 from tests.support import FakeClock, poll
 
 pytestmark = pytest.mark.timeout(180)

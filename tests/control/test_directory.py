@@ -5,28 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from broker.access import totp
-from broker.access.requests import NewRequest
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
-from tests.control.conftest import World, openssh_public_key
+from tests.control.conftest import World, enrol_gateway, grant_for, openssh_public_key
 from wire.models import InventoryItem
-
-
-def enrol_gateway(w: World, name: str = "gw-1") -> tuple[str, str]:
-    token = w.s.gateways.issue_token(w.actors["hadmin"], "hoshi-hospital").token
-    key = openssh_public_key()
-    res = w.s.gateways.enroll(token, key, name, "1.0")
-    return res.gateway_id, key
-
-
-def grant_for(w: World, instruments: list[str], ports: list[int] | None = None) -> str:
-    req = w.s.requests.create(
-        w.actors["eng"], NewRequest(instruments, 3600, "fix", ports=ports or [])
-    )
-    grant = w.s.requests.approve(w.actors["appr"], req.id).grant
-    if grant is None:
-        grant = w.s.requests.approve(w.actors["appr2"], req.id).grant
-    assert grant is not None
-    return grant.id
 
 
 def test_gateway_found_by_enrolled_key_until_revoked(world: World) -> None:

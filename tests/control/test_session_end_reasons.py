@@ -8,8 +8,7 @@ from audit.testing import CapturingEmitter
 from broker.live.sessions import LiveSession, SessionRegistry
 from broker.store.directory import StoreAccessPolicy
 from tests.control.apihelp import auth, client_for, session_token
-from tests.control.conftest import World, openssh_public_key
-from tests.control.test_directory import grant_for
+from tests.control.conftest import World, grant_for, openssh_public_key
 
 
 def _watch(w: World, gid: str) -> tuple[SessionRegistry, CapturingEmitter, list[str]]:

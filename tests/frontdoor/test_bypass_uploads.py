@@ -30,8 +30,7 @@ from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from broker.tunnel.connector import DirectConnector
 from labsim.sshd import OpenSSHInstrument
 from tests.control.conftest import T0 as CONTROL_T0
-from tests.control.conftest import build_world, make_context
-from tests.control.test_directory import enrol_gateway
+from tests.control.conftest import build_world, enrol_gateway, make_context
 from tests.frontdoor.harness import World, engineer_key, sftp_client
 from tests.support import FakeClock, poll
 from wire.models import InventoryItem

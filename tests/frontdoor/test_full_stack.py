@@ -21,8 +21,7 @@ from broker.store.db import Store
 from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
 from broker.tunnel.connector import DirectConnector
 from labsim.sshd import OpenSSHInstrument
-from tests.control.conftest import T0, World, build_world, make_context
-from tests.control.test_directory import enrol_gateway, grant_for
+from tests.control.conftest import T0, World, build_world, enrol_gateway, grant_for, make_context
 from tests.frontdoor.harness import engineer_key, run
 from tests.support import FakeClock, poll
 from wire.models import InventoryItem
