@@ -19,7 +19,7 @@ from broker.access.errors import Unauthenticated
 from broker.access.ports import Actor
 from broker.api import errors
 from broker.api.routes.audit import build_router
-from tests.audit.test_reports import plan_events
+from tests.audit.planned import plan_events
 
 PEOPLE = {
     "okayama-approver": Actor("u1", "yamada", "h-okayama", "hospital", frozenset({"approver"})),

@@ -21,7 +21,7 @@ from audit.workreports import ReportService
 from broker.api import errors
 from broker.api.routes.audit import build_router
 from tests.audit.conftest import _auth
-from tests.audit.test_reports import plan_events
+from tests.audit.planned import plan_events
 from tests.fixtures.azurite import Azurite
 from tests.support import poll_sync
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,8 @@ from audit.report import ReportError
 from audit.report_render import render_html
 from audit.review import build_review, record_review, render_review_html
 from audit.workreports import ReportService
+from tests.audit.planned import T0, at, plan_events
 from tests.support import FakeClock
-
-T0 = datetime(2026, 4, 14, 9, 0, tzinfo=UTC)
 
 
 class IndexEmitter:
@@ -31,75 +30,6 @@ class IndexEmitter:
         self.index.add([event.record])
         self.events.append(event)
         return event
-
-
-def _at(minutes: float) -> Any:
-    return lambda: T0 + timedelta(minutes=minutes)
-
-
-def plan_events(grant: str = "g1", request: str = "r1") -> list[AuditEvent]:
-    common: dict[str, Any] = {"HospitalId": "h-okayama", "VendorId": "v-1", "RequestId": request}
-    return [
-        new_event(
-            "request.created",
-            clock=_at(-60),
-            ActorUsername="sato",
-            ActorUserId="u-sato",
-            details={
-                "instruments": ["cobas-c503-1"],
-                "ports": [22],
-                "file_transfer": False,
-                "work_plan": "試薬プローブ交換",
-                "ticket": "INC-1",
-            },
-            **common,
-        ),
-        new_event("request.approved", clock=_at(-30), ActorUsername="yamada", **common),
-        new_event(
-            "grant.created",
-            clock=_at(-30),
-            GrantId=grant,
-            details={
-                "instruments": ["cobas-c503-1"],
-                "ports": [22],
-                "file_transfer": False,
-                "starts": T0.isoformat(),
-                "ends": (T0 + timedelta(hours=2)).isoformat(),
-            },
-            **common,
-        ),
-        new_event(
-            "session.started",
-            clock=_at(5),
-            GrantId=grant,
-            ActorUsername="sato",
-            TargetHostname="cobas-c503-1",
-            TargetPortNumber=22,
-            TargetSessionId="s1",
-            details={"kind": "shell"},
-            **common,
-        ),
-        new_event(
-            "session.command",
-            clock=_at(6),
-            GrantId=grant,
-            TargetSessionId="s1",
-            TargetHostname="cobas-c503-1",
-            details={"command": "<script>x</script>"},
-            **common,
-        ),
-        new_event(
-            "session.ended",
-            clock=_at(40),
-            GrantId=grant,
-            TargetSessionId="s1",
-            TargetHostname="cobas-c503-1",
-            NetworkDuration=35 * 60 * 1000,
-            RecordingSHA256="ab" * 32,
-            RecordingSize=4096,
-            **common,
-        ),
-    ]
 
 
 def _service(tmp_path: Path, clock: FakeClock) -> tuple[ReportService, IndexEmitter]:
@@ -129,7 +59,7 @@ def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
     extra = [
         new_event(
             "session.started",
-            clock=_at(50),
+            clock=at(50),
             TargetHostname="lis-server",
             TargetPortNumber=22,
             TargetSessionId="s2",
@@ -137,7 +67,7 @@ def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
         ),
         new_event(
             "file.transferred",
-            clock=_at(55),
+            clock=at(55),
             TargetHostname="cobas-c503-1",
             TargetFileName="log.tgz",
             TargetFileSize=10,
@@ -147,7 +77,7 @@ def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
         ),
         new_event(
             "forward.refused",
-            clock=_at(56),
+            clock=at(56),
             TargetHostname="cobas-c503-1",
             TargetPortNumber=3389,
             EventResult="Failure",
@@ -156,7 +86,7 @@ def test_work_outside_the_plan_lists_every_reason(tmp_path: Path) -> None:
         ),
         new_event(
             "session.started",
-            clock=_at(200),
+            clock=at(200),
             TargetHostname="cobas-c503-1",
             TargetPortNumber=22,
             TargetSessionId="s3",
@@ -222,29 +152,29 @@ def test_monthly_review_lists_failures_refusals_new_sources_emergencies_unsigned
         new_event(
             "ssh.login", clock=lambda: before, ActorUsername="sato", SrcIpAddr="10.0.0.5", **h
         ),
-        new_event("ssh.login", clock=_at(1), ActorUsername="sato", SrcIpAddr="10.0.0.5", **h),
-        new_event("ssh.login", clock=_at(2), ActorUsername="sato", SrcIpAddr="203.0.113.9", **h),
+        new_event("ssh.login", clock=at(1), ActorUsername="sato", SrcIpAddr="10.0.0.5", **h),
+        new_event("ssh.login", clock=at(2), ActorUsername="sato", SrcIpAddr="203.0.113.9", **h),
         new_event(
             "ssh.login",
-            clock=_at(3),
+            clock=at(3),
             ActorUsername="mallory",
             SrcIpAddr="198.51.100.1",
             EventResult="Failure",
             **h,
         ),
-        new_event("user.mfa_failed", clock=_at(4), ActorUsername="sato", **h),
+        new_event("user.mfa_failed", clock=at(4), ActorUsername="sato", **h),
         new_event(
             "session.refused",
-            clock=_at(5),
+            clock=at(5),
             ActorUsername="sato",
             EventResult="Failure",
             EventResultDetails="outside the grant window",
             **h,
         ),
-        new_event("emergency.started", clock=_at(6), ActorUsername="suzuki", GrantId="g9", **h),
+        new_event("emergency.started", clock=at(6), ActorUsername="suzuki", GrantId="g9", **h),
         new_event(
             "ssh.login",
-            clock=_at(7),
+            clock=at(7),
             ActorUsername="other",
             SrcIpAddr="192.0.2.1",
             HospitalId="h-elsewhere",
@@ -273,7 +203,7 @@ def test_reports_are_generated_once_after_each_grant_ends(tmp_path: Path) -> Non
     clock = FakeClock(T0)
     svc, em = _service(tmp_path, clock)
     ended = new_event(
-        "grant.expired", clock=_at(120), GrantId="g1", RequestId="r1", HospitalId="h-okayama"
+        "grant.expired", clock=at(120), GrantId="g1", RequestId="r1", HospitalId="h-okayama"
     )
     svc.index.add([e.record for e in [*plan_events(), ended]])
     clock.now = T0 + timedelta(minutes=120, seconds=30)
