@@ -3,7 +3,9 @@
 One broker (uvicorn in a thread, over a migrated SQLite store and the control plane's
 services, the seeded world of ``tests/control``) and one browser per module.  The
 browser is Debian's ``/usr/bin/chromium`` driven through ``/usr/bin/chromedriver``
-(Selenium, nothing downloaded), headless, with a fresh profile.
+(Selenium, nothing downloaded), headless, with a fresh profile.  Besides: the
+console sign-ins over HTTP (``signed_in``, ``bearer``, ``csrf_of``) and, for the
+notification tests, a real SMTP server (``smtp``, aiosmtpd).
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -41,7 +47,7 @@ from broker.api.app import create_app
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 from tests.control.conftest import PASSWORD, T0, World, build_world, make_context
-from tests.support import FakeClock, poll_sync
+from tests.support import FakeClock, free_port, poll_sync
 
 # Debian's chromium and chromium-driver; a CI runner's preinstalled Google Chrome and its
 # matching chromedriver are taken when Debian's are not there
@@ -288,3 +294,29 @@ def tab_to(driver: webdriver.Chrome, element_id: str, limit: int = 40) -> None:
         body = driver.switch_to.active_element
         body.send_keys(Keys.TAB)
     raise AssertionError(f"Tab never reached #{element_id} (stuck on #{focused(driver)})")
+
+
+@dataclass
+class Inbox:
+    """What the SMTP server received: (envelope recipients, parsed message)."""
+
+    mails: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        mail = message_from_bytes(envelope.content, policy=default_policy)
+        assert isinstance(mail, EmailMessage)
+        self.mails.append((list(envelope.rcpt_tos), mail))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server (aiosmtpd) on a loopback port: what it receives, and its port."""
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()

@@ -19,12 +19,8 @@ import asyncio
 import inspect
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -42,34 +38,10 @@ from broker.console.notify import Notifier
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 from broker.store.tables import NOTIFICATION_OUTBOX
+from tests.console.conftest import Inbox
 from tests.control.conftest import T0, World, build_world, make_context
 from tests.fixtures.siem import tls_contexts
 from tests.support import FakeClock, free_port, poll_sync
-
-
-@dataclass
-class Inbox:
-    """What the SMTP server received: (envelope recipients, parsed message)."""
-
-    mails: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        mail = message_from_bytes(envelope.content, policy=default_policy)
-        assert isinstance(mail, EmailMessage)
-        self.mails.append((list(envelope.rcpt_tos), mail))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 def notify_settings(tmp: Path, port: int, **extra: Any) -> BrokerSettings:

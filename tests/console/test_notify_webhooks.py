@@ -32,8 +32,7 @@ from broker.access.services import Services
 from broker.console.notify import Channels, Notifier, check_webhook_url, save_channels
 from broker.settings import BrokerSettings
 from broker.store.db import Store
-from tests.console.conftest import site
-from tests.console.test_notify import Inbox, smtp  # noqa: F401 (the fixture)
+from tests.console.conftest import Inbox, site
 from tests.control.conftest import (  # noqa: F401 (fixtures)
     PASSWORD,
     T0,
