@@ -16,7 +16,7 @@ from gateway.config import parse_config
 from gateway.errors import ConfigError
 from tests.control.apihelp import auth, client_for, session_token
 from tests.control.conftest import PASSWORD, World
-from tests.gateway.test_policy import GOOD
+from tests.gateway.configs import GOOD
 
 BAD = [
     "alice\n",

@@ -19,6 +19,7 @@ from gateway.cli import main
 from gateway.config import Instrument, parse_config
 from gateway.errors import ConfigError
 from gateway.policy import Allowlist, active_window, channel_decision, tunnel_wanted
+from tests.gateway.configs import GOOD
 from wire import Mode
 
 T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
@@ -112,19 +113,6 @@ def test_agent_states_follow_the_transition_table() -> None:
         for new in set(AgentState) - TRANSITIONS[state] - {state}:
             with pytest.raises(IllegalAgentTransition):
                 check_transition(state, new)
-
-
-GOOD = """
-[gateway]
-name = "gw1"
-state_dir = "/var/lib/hoshu-gateway"
-mode = "window-only"
-[[instrument]]
-name = "cobas-c503-1"
-host = "10.0.0.5"
-ports = [22, 22, 443]
-protocol = "ssh"
-"""
 
 
 def test_a_valid_configuration_is_read() -> None:
