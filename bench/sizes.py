@@ -19,6 +19,9 @@ class Sizes:
     audit_appends: int
     audit_events: int
     audit_queries: int
+    desktop_seconds: float  # each desktop measuring window
+    desktop_session_steps: tuple[int, ...]  # desktop sessions at once through one broker
+    desktop_full_frames: int  # whole screens asked for one by one, per encoding and path
     gateways_required: int = 10_000  # the last step of hoshu's tunnel endpoint (the target)
 
 
@@ -33,6 +36,9 @@ FULL = Sizes(
     audit_appends=100_000,
     audit_events=1_000_000,
     audit_queries=200,
+    desktop_seconds=20.0,
+    desktop_session_steps=(1, 5, 10, 20, 30, 40),
+    desktop_full_frames=30,
 )
 QUICK = Sizes(
     throughput_bytes=4_000_000,
@@ -45,5 +51,8 @@ QUICK = Sizes(
     audit_appends=2_000,
     audit_events=20_000,
     audit_queries=20,
+    desktop_seconds=3.0,
+    desktop_session_steps=(1, 2),
+    desktop_full_frames=3,
     gateways_required=20,
 )
