@@ -6,17 +6,23 @@ PostgreSQL fixture is available, on PostgreSQL too (``db_url`` is parametrized).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import io
 import secrets
 import shutil
+import socket
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -29,9 +35,12 @@ from broker.access.people import NewUser
 from broker.access.ports import Actor, Config, Context
 from broker.access.requests import NewRequest
 from broker.access.services import Services
+from broker.api.app import create_app
+from broker.cli.main import main
+from broker.settings import BrokerSettings
 from broker.store.db import Store, make_engine, upgrade
 from broker.store.tables import metadata
-from tests.support import FakeClock
+from tests.support import FakeClock, poll_sync
 
 HAVE_POSTGRES = importlib.util.find_spec("tests.fixtures.postgres") is not None
 BACKENDS = ["sqlite", "postgresql"] if HAVE_POSTGRES else ["sqlite"]
@@ -222,3 +231,51 @@ def grant_for(w: World, instruments: list[str], ports: list[int] | None = None) 
         grant = w.s.requests.approve(w.actors["appr2"], req.id).grant
     assert grant is not None
     return grant.id
+
+
+# the test runs on SQLite only (it starts a server of its own on the store)
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def live_api(services: Services) -> Iterator[str]:
+    """The control plane's API served by uvicorn on a loopback port; its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(BrokerSettings(), services=services)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    poll_sync(lambda: server.started, 10, "the API server to start", interval_s=0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+class Cli(Protocol):
+    """The ``hoshu`` command run in-process: its exit code, stdout and stderr."""
+
+    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]: ...
+
+
+@pytest.fixture
+def cli(
+    live_api: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Cli:
+    """The ``hoshu`` command against ``live_api``, with a config folder of its own."""
+    monkeypatch.setenv("HOSHU_API", live_api)
+    monkeypatch.setenv("HOSHU_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.delenv("HOSHU_TOKEN", raising=False)
+
+    def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

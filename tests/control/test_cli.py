@@ -2,74 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import httpx
 import pytest
-import uvicorn
 
 from broker.access import totp
-from broker.access.services import Services
-from broker.api.app import create_app
-from broker.cli.main import main
-from broker.settings import BrokerSettings
 from tests.control.apihelp import session_token
-from tests.control.conftest import PASSWORD, World, openssh_public_key
+from tests.control.conftest import PASSWORD, SQLITE_ONLY, Cli, World, openssh_public_key
 from tests.support import free_port, poll_sync
-
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def live_api(services: Services) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(BrokerSettings(), services=services)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    poll_sync(lambda: server.started, 10, "the API server to start", interval_s=0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-
-
-class Cli(Protocol):
-    """The ``hoshu`` command run in-process: its exit code, stdout and stderr."""
-
-    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]: ...
-
-
-@pytest.fixture
-def cli(
-    live_api: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Cli:
-    monkeypatch.setenv("HOSHU_API", live_api)
-    monkeypatch.setenv("HOSHU_CONFIG_DIR", str(tmp_path / "cfg"))
-    monkeypatch.delenv("HOSHU_TOKEN", raising=False)
-
-    def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 @SQLITE_ONLY

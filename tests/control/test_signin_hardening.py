@@ -20,8 +20,7 @@ from audit.testing import CapturingEmitter
 from broker.access import certs, totp
 from broker.access.passwords import Hasher
 from tests.control.apihelp import auth, client_for, session_token
-from tests.control.conftest import PASSWORD, World, openssh_public_key
-from tests.control.test_cli import SQLITE_ONLY, cli, live_api  # noqa: F401  (fixtures)
+from tests.control.conftest import PASSWORD, SQLITE_ONLY, Cli, World, openssh_public_key
 from tests.support import FakeClock
 
 NEW_PASSWORD = "a-much-better-passphrase-42"
@@ -199,8 +198,8 @@ def test_a_flood_of_failed_sign_ins_writes_a_bounded_number_of_events_that_add_u
 
 
 @SQLITE_ONLY
-def test_hoshu_admin_users_revoke_tokens(  # type: ignore[no-untyped-def]
-    cli,  # noqa: F811
+def test_hoshu_admin_users_revoke_tokens(
+    cli: Cli,
     world: World,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
