@@ -53,6 +53,9 @@ MIN_BULK_BYTES = 16_000_000
 # here comes from 127.0.0.1, so at most this many are started and not yet flowing
 MAX_SIGNING_IN = 12
 ECHO_START_GAP_S = 0.25
+ECHO_RETRIES = 5
+ECHO_RETRY_S = 2.0
+FLOOD_REFUSAL = "too many sign-ins in progress"
 CHAIN_SESSIONS = 10
 
 
@@ -169,6 +172,7 @@ class Level:
     rss_before: float
     rss_peak: float
     echo_under_load: bool
+    echo_sign_ins_refused: int = 0  # refused by the flood guard and tried again
 
 
 def run_level(
@@ -190,12 +194,24 @@ def run_level(
     echoes: list[list[float]] = []
     errors: list[str] = []
     echo_end: list[float] = []
+    refused: list[int] = []
 
     def echo() -> None:
-        try:
-            echoes.append(probes.echo_round_trips(echo_argv, samples, timeout=LEVEL_DEADLINE_S))
-        except BenchError as exc:
-            errors.append(str(exc))
+        # the flood guard refuses a sign-in while 20 from 127.0.0.1 are pending, and on a
+        # loaded broker the bulk sessions' sign-ins can still be pending: the engineer is
+        # told to try again shortly, and the harness does so, a bounded number of times
+        for attempt in range(ECHO_RETRIES + 1):
+            try:
+                rtts = probes.echo_round_trips(echo_argv, samples, timeout=LEVEL_DEADLINE_S)
+            except BenchError as exc:
+                if FLOOD_REFUSAL in str(exc) and attempt < ECHO_RETRIES:
+                    refused.append(attempt)
+                    time.sleep(ECHO_RETRY_S)  # "try again shortly", as the refusal says
+                    continue
+                errors.append(str(exc))
+            else:
+                echoes.append(rtts)
+            break
         echo_end.append(time.monotonic())
 
     try:
@@ -254,6 +270,7 @@ def run_level(
         rss_before=rss_before,
         rss_peak=rss_peak,
         echo_under_load=t_close is None or max(echo_end, default=0) <= t_close,
+        echo_sign_ins_refused=len(refused),
     )
 
 
@@ -267,15 +284,20 @@ def run(res: Results, d: Deployed, sizes: DeployedSizes, work: Path) -> None:
     cpu_total, bytes_total = 0.0, 0
     largest: Level | None = None
     for n in sizes.levels:
-        lv = run_level(
-            pid,
-            lambda nbytes: d.ssh(bulk_command(nbytes)),
-            d.ssh("cat", tty=True),
-            n,
-            sizes.level_bytes,
-            sizes.echo_samples,
-            sizes.min_bulk_bytes,
-        )
+        try:
+            lv = run_level(
+                pid,
+                lambda nbytes: d.ssh(bulk_command(nbytes)),
+                d.ssh("cat", tty=True),
+                n,
+                sizes.level_bytes,
+                sizes.echo_samples,
+                sizes.min_bulk_bytes,
+            )
+        except BenchError as exc:  # one level lost; the other levels and figures go on
+            res.missing(level_keys(n), f"the level of {n} sessions failed: {exc}")
+            info["levels"][str(n)] = {"failed": str(exc), "loadavg": list(os.getloadavg())}
+            continue
         summary = probes.summarize(lv.echo_ms)
         res.put(f"throughput_aggregate_MBps_at_{n}_sessions", lv.aggregate_MBps)
         res.put(f"echo_p50_ms_at_{n}_sessions", summary.p50, 4)
@@ -289,16 +311,18 @@ def run(res: Results, d: Deployed, sizes: DeployedSizes, work: Path) -> None:
             "rss_MiB_peak": round(lv.rss_peak, 1),
             "echo_samples": len(lv.echo_ms),
             "echo_all_under_bulk_load": lv.echo_under_load,
+            "echo_sign_ins_refused_then_retried": lv.echo_sign_ins_refused,
             "loadavg": list(os.getloadavg()),
         }
         cpu_total += lv.cpu_s
         bytes_total += lv.bulk_bytes
         largest = lv
     at50 = res.figures.get("broker_cpu_s_per_GB_recorded_at_50_sessions")
-    res.put(
-        "broker_cpu_s_per_GB_recorded",
-        at50 if at50 is not None else cpu_total / (bytes_total / GB),
-    )
+    if at50 is not None or bytes_total:
+        res.put(
+            "broker_cpu_s_per_GB_recorded",
+            at50 if at50 is not None else cpu_total / (bytes_total / GB),
+        )
     if largest is not None:
         res.put(
             "broker_rss_MiB_per_session",

@@ -68,6 +68,9 @@ def test_the_deployed_broker_figures_are_measured_and_plausible(results: dict[st
         results["broker_cpu_s_per_GB_recorded"] / results["sshd_cpu_s_per_GB_chain"], rel=0.01
     )
     assert "broker_cpu_per_GB" in results["targets"]
+    # the machine is shared: each section says what load it ran under
+    section = results["sections"]["concurrency (sqlite)"]
+    assert len(section["loadavg_at_start"]) == 3 and len(section["loadavg_at_end"]) == 3
 
 
 def test_tree_cpu_counts_children_that_have_ended() -> None:
