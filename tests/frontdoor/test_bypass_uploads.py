@@ -26,14 +26,14 @@ from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.door import start_front_door
 from broker.settings import BrokerSettings
 from broker.store.db import Store
-from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from broker.store.directory import StoreAccessPolicy
 from broker.tunnel.connector import DirectConnector
 from labsim.sshd import OpenSSHInstrument
 from tests.control.conftest import T0 as CONTROL_T0
-from tests.control.conftest import build_world, enrol_gateway, make_context
-from tests.frontdoor.harness import World, engineer_key, sftp_client
+from tests.control.conftest import build_world, make_context
+from tests.frontdoor.harness import World, sftp_client
+from tests.frontdoor.realstack import instrument_behind_gateway
 from tests.support import FakeClock, poll
-from wire.models import InventoryItem
 
 
 @pytest.fixture
@@ -211,39 +211,7 @@ async def test_grant_revoked_in_the_store_stops_an_open_upload(
     clock = FakeClock(CONTROL_T0)
     cw = build_world(Services.build(make_context(store, events, clock)), clock)
     inst = openssh_instrument
-    gw_id, _ = enrol_gateway(cw)
-    cw.s.estate.update_instrument(
-        cw.admin,
-        "cobas-1",
-        {
-            "gateway": gw_id,
-            "host": inst.host,
-            "ssh_port": inst.port,
-            "ports": [inst.port],
-            "login_username": inst.username,
-        },
-    )
-    StoreGatewayDirectory(cw.s).record_inventory(
-        gw_id,
-        [
-            InventoryItem(
-                "cobas-1",
-                inst.host,
-                (inst.port,),
-                "ssh",
-                "chemistry",
-                "c503",
-                True,
-                inst.host_key_fingerprint,
-            )
-        ],
-    )
-    cw.s.estate.set_credential(
-        cw.actors["hadmin"], "cobas-1", "private_key", inst.client_private_key_pem, inst.username
-    )
-    key_path, public_line = engineer_key(tmp_path)
-    cw.s.people.add_key(cw.actors["eng"], public_line)
-    secret = cw.enrol_totp("eng")
+    key_path, secret = instrument_behind_gateway(cw, inst, tmp_path)
     cw.s.estate.update_policy(
         cw.actors["hadmin"], "hoshi-hospital", {"file_transfer_allowed": True}
     )

@@ -18,13 +18,13 @@ from broker.frontdoor.context import FrontDoorOptions
 from broker.frontdoor.door import start_front_door
 from broker.settings import BrokerSettings
 from broker.store.db import Store
-from broker.store.directory import StoreAccessPolicy, StoreGatewayDirectory
+from broker.store.directory import StoreAccessPolicy
 from broker.tunnel.connector import DirectConnector
 from labsim.sshd import OpenSSHInstrument
-from tests.control.conftest import T0, World, build_world, enrol_gateway, grant_for, make_context
-from tests.frontdoor.harness import engineer_key, run
+from tests.control.conftest import T0, World, build_world, grant_for, make_context
+from tests.frontdoor.harness import run
+from tests.frontdoor.realstack import instrument_behind_gateway
 from tests.support import FakeClock, poll
-from wire.models import InventoryItem
 
 ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$HOSHU_TEST_CODE\"\n"
 
@@ -46,39 +46,7 @@ async def test_engineer_reaches_the_instrument_through_the_control_plane(
 ) -> None:
     w, events = control
     inst = openssh_instrument
-    gw_id, _ = enrol_gateway(w)
-    w.s.estate.update_instrument(
-        w.admin,
-        "cobas-1",
-        {
-            "gateway": gw_id,
-            "host": inst.host,
-            "ssh_port": inst.port,
-            "ports": [inst.port],
-            "login_username": inst.username,
-        },
-    )
-    StoreGatewayDirectory(w.s).record_inventory(
-        gw_id,
-        [
-            InventoryItem(
-                "cobas-1",
-                inst.host,
-                (inst.port,),
-                "ssh",
-                "chemistry",
-                "c503",
-                True,
-                inst.host_key_fingerprint,
-            )
-        ],
-    )
-    w.s.estate.set_credential(
-        w.actors["hadmin"], "cobas-1", "private_key", inst.client_private_key_pem, inst.username
-    )
-    key_path, public_line = engineer_key(tmp_path)
-    w.s.people.add_key(w.actors["eng"], public_line)
-    secret = w.enrol_totp("eng")
+    key_path, secret = instrument_behind_gateway(w, inst, tmp_path)
     grant_id = grant_for(w, ["cobas-1"], ports=[inst.port])
     # certificates last until the engineer's grants end (the store's answer)
     assert store_grants_end(w.s)(w.users["eng"].id, w.clock()) == w.clock() + timedelta(hours=1)
