@@ -2,34 +2,56 @@
 
 aardwolf (PyPI, MIT, asyncio) speaks RDP; this module is the one place that knows
 its insides.  :func:`connect` opens an RDP session over a byte stream the caller
-already has (the gateway tunnel), TLS only, with the certificate checked before the
-password is sent, and returns an :class:`RdpSession` whose updates are plain
-bitmaps.
+already has (the gateway tunnel), with Network Level Authentication (CredSSP, NTLM,
+the stored password) where the server takes it and TLS where it does not, the
+certificate checked before the password is sent either way, and returns an
+:class:`RdpSession` whose updates are plain bitmaps.
+
+**Security offered.**  The client offers NLA (``HYBRID`` and ``HYBRID_EX``) and TLS;
+the server chooses.  Standard RDP security is never offered, and a server that
+chooses it is refused.  Falling back to TLS is safe only because of the pin: the TLS
+certificate is checked against the instrument's pin (``check_certificate``) right
+after the TLS handshake, before either the CredSSP exchange (NLA) or the client info
+(TLS) starts, so a server that is not the pinned one sees neither the password nor
+its NTLM response.  CredSSP then binds the exchange to the public key of that same
+certificate (its ``pubKeyAuth``), so a relay that holds another key is caught by
+the server too.  With NLA the password goes only in CredSSP's ``TSCredentials``
+(sealed by NTLM, inside TLS); the client info carries the user and domain, no
+password.
 
 What is changed of aardwolf 0.2.16, each a small override on a subclass or a
 tolerant parser, all checked by ``tests/desktop/test_rdpclient.py``:
 
 - the connection is made over the given stream (no socket of aardwolf's own);
 - the TLS certificate is handed to ``check_certificate`` right after the TLS
-  handshake, before the client info (which carries the password) is sent;
-- the user channel is joined as well as the I/O channel (MS-RDPBCGR 1.3.1.1 asks
-  for both; xrdp insists);
+  handshake, before the CredSSP exchange or the client info (which carries the
+  password under TLS) is sent; CredSSP refuses to start if it was not;
+- a CredSSP failure is sorted: the server turning the NTLM response down (an error
+  code, or the connection closed after it) is ``wrong_credential``;
+- the user channel (the user id itself, 1001 + the PER initiator) is joined as well as
+  the I/O channel (MS-RDPBCGR 1.3.1.1 asks for both; xrdp and FreeRDP insist);
 - the client info asks for auto logon (``INFO_AUTOLOGON``): the stored password logs
   in, no login screen of the server is shown to the engineer;
+- the MCS Erect Domain Request is encoded as MS-RDPBCGR's example has it (aardwolf's
+  bytes leave one over, which FreeRDP's server refuses);
 - share data headers carry their true length (aardwolf 0.2.16 counts 6 bytes too
   many, which xrdp refuses);
 - the client's Synchronize goes first (xrdp waits for it before its own; aardwolf
   waits for the server's): a server Synchronize is queued for aardwolf itself;
 - a capability set of a type aardwolf does not know is skipped, as the protocol asks,
   instead of failing the connection;
-- a server that did not choose TLS is refused at once (aardwolf would go on with
-  standard RDP security and wait out its licensing timeout);
+- a server that chose neither TLS nor NLA is refused at once (aardwolf would go on
+  with standard RDP security and wait out its licensing timeout);
+- asyauth's own log is capped at INFO: at DEBUG it writes NTLM session keys;
 - the login is confirmed before the session is handed over (:data:`LOGON_TIMEOUT_S`),
   see :func:`connect`.
 
-**Is the stored login accepted?** An RDP server does not refuse a wrong password
-sent with auto logon: it shows its own login screen instead.  The session counts as
-logged on only on one of two signals, else it is refused (``wrong_credential``):
+**Is the stored login accepted?** With NLA the server checks the password before
+any screen exists: a wrong one fails CredSSP (``wrong_credential``), and a CredSSP
+exchange that succeeds is the confirmation.  Under TLS an RDP server does not refuse
+a wrong password sent with auto logon: it shows its own login screen instead.  The
+session then counts as logged on only on one of two signals, else it is refused
+(``wrong_credential``):
 
 - the Save Session Info PDU (MS-RDPBCGR 2.2.10.1, "logon info"), which Windows
   sends once the user is logged on;
@@ -58,6 +80,7 @@ from typing import Any, Protocol
 import aardwolf.connection as _rdp_module
 import aardwolf.protocol.pdu.capabilities as _caps
 import asn1tools
+import asyauth.protocols.ntlm.structures.challenge_response as _ntlm_response
 from aardwolf._version import __version__ as _aardwolf_version
 from aardwolf.commons.iosettings import RDPIOSettings
 from aardwolf.commons.queuedata import RDPDATATYPE
@@ -72,6 +95,10 @@ from aardwolf.protocol.T128.share import PDUTYPE, TS_SHARECONTROLHEADER
 from aardwolf.protocol.x224.constants import SUPP_PROTOCOLS
 from asyauth.common.constants import asyauthProtocol, asyauthSecret
 from asyauth.common.credentials import UniCredential
+from asyauth.common.credentials.credssp import CREDSSPCredential
+from asyauth.protocols.credssp.client.native import CredSSPClientNative
+from asyauth.protocols.ntlm.messages.challenge import NTLMChallenge
+from asyauth.protocols.ntlm.structures.avpair import AVPAIRType
 from asysocks.unicomm.common.connection import UniConnection
 from asysocks.unicomm.common.packetizers import Packetizer
 from asysocks.unicomm.common.target import UniProto
@@ -79,17 +106,36 @@ from asysocks.unicomm.common.target import UniProto
 from broker.desktop.rfb import DesktopError
 
 log = logging.getLogger(__name__)
+# asyauth writes NTLM session and sealing keys at DEBUG: never let them into the log
+logging.getLogger("asyauth").setLevel(max(logging.INFO, logging.getLogger("asyauth").level))
 AARDWOLF_VERSION = "0.2.16"
 if _aardwolf_version != AARDWOLF_VERSION:  # the overrides below are of this version's insides
     raise ImportError(f"hoshu's RDP client is built on aardwolf {AARDWOLF_VERSION}")
 MAX_SIDE = 4096
 LOGON_TIMEOUT_S = 10.0  # the login must be confirmed this soon after the connection
 LOGIN_REFUSED = "the instrument refused the stored login — ask the hospital to update it"
+_NLA = SUPP_PROTOCOLS.HYBRID | SUPP_PROTOCOLS.HYBRID_EX
+_OFFERED = SUPP_PROTOCOLS.SSL | _NLA  # never SUPP_PROTOCOLS.RDP (standard RDP security)
+# NTSTATUS codes a CredSSP server sends (TSRequest errorCode) for a refused login
+_LOGON_REFUSED_STATUS = {
+    0xC000006D,  # STATUS_LOGON_FAILURE
+    0xC000006A,  # STATUS_WRONG_PASSWORD
+    0xC0000064,  # STATUS_NO_SUCH_USER
+    0xC000006E,  # STATUS_ACCOUNT_RESTRICTION
+    0xC0000071,  # STATUS_PASSWORD_EXPIRED
+    0xC0000072,  # STATUS_ACCOUNT_DISABLED
+    0xC0000193,  # STATUS_ACCOUNT_EXPIRED
+    0xC0000224,  # STATUS_PASSWORD_MUST_CHANGE
+    0xC0000234,  # STATUS_ACCOUNT_LOCKED_OUT
+    0x80090308,  # SEC_E_INVALID_TOKEN
+    0x8009030C,  # SEC_E_LOGON_DENIED
+}
 # pointer updates that name a cache slot: fast path (update code) and slow path
 # (TS_POINTER_PDU message type) -> offset of the slot in the update's data
 _FP_POINTER_SLOT = {0x9: 0, 0xA: 0, 0xB: 2, 0xC: 2}
 _SLOW_POINTER_SLOT = {0x0006: 0, 0x0007: 0, 0x0008: 2}
 _FIRST_SESSION_SLOT = 2  # xrdp's own screens use slots 0 and 1 only
+_MCS_USER_BASE = 1001  # MCS user ids are sent less this (T.125 UserId, MS-RDPBCGR 2.2.1.6)
 
 
 class RdpError(DesktopError):
@@ -165,6 +211,7 @@ class _StreamConnection(UniConnection):  # type: ignore[misc]
     ) -> None:
         super().__init__(reader, writer, packetizer)
         self._check = check
+        self.hoshu_checked: bytes | None = None
 
     async def wrap_ssl(self, ssl_ctx: Any = None, packetizer: Any = None) -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -176,6 +223,7 @@ class _StreamConnection(UniConnection):  # type: ignore[misc]
         if not der:
             raise RdpError("tls_required", "the instrument sent no TLS certificate")
         await self._check(der)
+        self.hoshu_checked = der  # CredSSP starts only on the certificate checked here
 
 
 class _Dial:
@@ -213,6 +261,67 @@ def _warm_codecs() -> None:
     _Codecs.compile_string(_rdp_module.GCCPDU, "per")
 
 
+class _RawNtlm:
+    """NTLM as CredSSP's inner protocol, its tokens sent as they are (what mstsc and
+    FreeRDP send when NTLM is the package), not wrapped in SPNEGO as asyauth's
+    CredSSP does: FreeRDP 2's server takes only raw NTLM, Windows takes both."""
+
+    def __init__(self, ntlm: Any) -> None:
+        self.ntlm = ntlm
+
+    async def authenticate(self, token: bytes | None, **kwargs: Any) -> Any:
+        if token is not None and self.ntlm.ntlmChallenge is None:
+            self.ntlm.timestamp = _server_time(token)
+        return await self.ntlm.authenticate(token, flags=kwargs.get("flags"), spn=kwargs.get("spn"))
+
+    def get_internal_seq(self) -> int:
+        return 0  # no SPNEGO mechListMIC was signed: CredSSP's own messages start at 0
+
+    def get_active_credential(self) -> Any:
+        return self.ntlm.credential
+
+    def get_extra_info(self) -> Any:
+        return self.ntlm.get_extra_info()
+
+    async def encrypt(self, data: bytes, seq: int) -> Any:
+        return await self.ntlm.encrypt(data, seq)
+
+    async def decrypt(self, data: bytes, seq: int) -> Any:
+        return await self.ntlm.decrypt(data, seq)
+
+
+def _server_time(challenge: bytes) -> bytes | None:
+    """The server's time (``MsvAvTimestamp``, 8 bytes) in an NTLM challenge: the
+    client's NTLMv2 response should carry it (MS-NLMP 3.1.5.1.2), and FreeRDP's server
+    checks the response against it; asyauth would put its own clock there."""
+    try:
+        info = NTLMChallenge.from_bytes(challenge).TargetInfo
+    except (ValueError, IndexError, KeyError, struct.error):
+        return None
+    stamp = None if info is None else info.get(AVPAIRType.MsvAvTimestamp)
+    return stamp if isinstance(stamp, bytes) and len(stamp) == 8 else None
+
+
+_original_datetime2timestamp = _ntlm_response.datetime2timestamp
+
+
+def _timestamp(value: Any) -> bytes:
+    """asyauth's NTLMv2 timestamp: the server's 8 bytes as they came, else its own."""
+    if isinstance(value, bytes):
+        return value
+    return _original_datetime2timestamp(value)  # type: ignore[no-any-return]
+
+
+_ntlm_response.datetime2timestamp = _timestamp
+
+
+def _credssp_context(credential: UniCredential) -> Any:
+    """asyauth's CredSSP client over raw NTLM with the stored user and password."""
+    ctx = CredSSPClientNative(CREDSSPCredential([credential]))
+    ctx.auth_ctx = _RawNtlm(credential.build_context(asyauthProtocol.NTLM))
+    return ctx
+
+
 _SYNC = struct.pack("<HHH", 22, 0x17, 1002) + struct.pack("<IBBHBBH", 0x103EA, 0, 1, 4, 31, 0, 0)
 
 
@@ -224,6 +333,7 @@ class _Connection(RDPConnection):  # type: ignore[misc]
         settings: RDPIOSettings,
     ) -> None:
         super().__init__(target, credential, settings)
+        self.authapi: Any = None  # CredSSP's context, made on first use (credssp_auth)
         self.hoshu_logged_on = asyncio.Event()
         reassembler = self._RDPConnection__fastpath_reassembler
         feed = reassembler.feed
@@ -244,8 +354,27 @@ class _Connection(RDPConnection):  # type: ignore[misc]
         if len(data) >= at + 2 and struct.unpack_from("<H", data, at)[0] >= _FIRST_SESSION_SLOT:
             self.hoshu_logged_on.set()
 
+    @property
+    def hoshu_nla(self) -> bool:
+        """The server chose Network Level Authentication (CredSSP)."""
+        return bool(SUPP_PROTOCOLS(self.x224_protocol or 0) & _NLA)
+
+    async def credssp_auth(self) -> tuple[Any, Any]:
+        """aardwolf's CredSSP exchange, started only on the TLS certificate that
+        ``check_certificate`` accepted; a refused login is ``wrong_credential``."""
+        stream = self._RDPConnection__connection
+        checked = getattr(stream, "hoshu_checked", None)
+        if checked is None or stream.get_peer_certificate() != checked:
+            return None, RdpError("tls_required", "CredSSP without a checked TLS certificate")
+        if self.authapi is None:
+            self.authapi = _credssp_context(self.credentials)
+        ok, err = await RDPConnection.credssp_auth(self)
+        if err is None:
+            return ok, None
+        return None, _credssp_error(err, self.authapi)
+
     async def _RDPConnection__establish_channels(self) -> tuple[Any, Any]:
-        if SUPP_PROTOCOLS.SSL not in SUPP_PROTOCOLS(self.x224_protocol or 0):
+        if not SUPP_PROTOCOLS(self.x224_protocol or 0) & _OFFERED:
             return None, RdpError(
                 "tls_required",
                 "the instrument does not offer TLS (only standard RDP security, "
@@ -253,13 +382,23 @@ class _Connection(RDPConnection):  # type: ignore[misc]
             )
         return await RDPConnection._RDPConnection__establish_channels(self)  # type: ignore[no-any-return]  # noqa: SLF001
 
+    async def _RDPConnection__erect_domain(self) -> tuple[Any, Any]:
+        # PER: erectDomainRequest, subHeight 0 and subInterval 0, each a one-byte
+        # length then the byte (aardwolf sends 04 00 01 00 01, a byte too many for
+        # FreeRDP's server; xrdp reads only the first byte)
+        await self._x224net.write(bytes.fromhex("0401000100"))
+        return True, None
+
     async def _RDPConnection__attach_user(self) -> tuple[Any, Any]:
         ok, err = await RDPConnection._RDPConnection__attach_user(self)  # noqa: SLF001
         if err is not None:
             return ok, err
+        # aardwolf's codec gives the initiator as PER has it (the user id less 1001,
+        # MS-RDPBCGR 2.2.1.6); the user channel's id is the user id itself
+        user_channel = _MCS_USER_BASE + self._initiator
         join = self._t125_per_codec.encode(
             "DomainMCSPDU",
-            ("channelJoinRequest", {"initiator": self._initiator, "channelId": self._initiator}),
+            ("channelJoinRequest", {"initiator": self._initiator, "channelId": user_channel}),
         )
         await self._x224net.write(bytes(join))
         reply = await self._x224net.read()
@@ -283,6 +422,10 @@ class _Connection(RDPConnection):  # type: ignore[misc]
             return None, RdpError("tls_required", "only TLS security is spoken")
         if isinstance(dataobj, TS_INFO_PACKET):
             dataobj.flags |= INFO_FLAG.AUTOLOGON
+            if self.hoshu_nla:  # the user and domain as mstsc sends them; the password
+                dataobj.UserName = self.credentials.username or ""  # went in CredSSP
+                dataobj.Domain = self.credentials.domain or ""
+                dataobj.Password = ""
         data = dataobj.to_bytes()
         head = b""
         if sharecontrol_hdr is not None:
@@ -427,7 +570,7 @@ async def connect(
     settings.video_bpp_min = 16
     settings.video_bpp_max = 32
     settings.video_out_format = VIDEO_FORMAT.PIL
-    settings.supported_protocols = SUPP_PROTOCOLS.SSL  # TLS; no standard RDP security
+    settings.supported_protocols = _OFFERED  # NLA or TLS; no standard RDP security
     settings.keyboard_layout = keyboard_layout
     target = RDPTarget(ip="127.0.0.1", port=3389, protocol=UniProto.CLIENT_TCP, timeout=10)
     credential = UniCredential(
@@ -435,7 +578,7 @@ async def connect(
         username=username,
         domain=domain or None,
         stype=asyauthSecret.PASSWORD,
-        protocol=asyauthProtocol.PLAIN,
+        protocol=asyauthProtocol.NTLM,  # CredSSP's inner protocol; under TLS only sent as is
     )
     refused: list[RdpError] = []
 
@@ -456,6 +599,8 @@ async def connect(
         if isinstance(err, RdpError):
             raise err
         raise RdpError("rdp_refused", _plain(err))
+    if conn.hoshu_nla:
+        conn.hoshu_logged_on.set()  # CredSSP succeeded: the server accepted the password
     _take_slow_path_updates(conn)
     session = RdpSession(conn, width, height, writer)
     await _confirm_logon(conn, session, logon_timeout_s)
@@ -525,6 +670,27 @@ def _take_slow_path_updates(conn: _Connection) -> None:
 
     mcs.process_channel_data = take
     conn.hoshu_early = [asyncio.ensure_future(take(data)) for data, _err in early]
+
+
+def _credssp_error(err: BaseException, authapi: Any) -> RdpError:
+    """A failed CredSSP exchange as hoshu names it: the server refusing the login (an
+    NTSTATUS it sends, or the connection closed once the NTLM response is sent) is
+    ``wrong_credential``; anything else is ``rdp_refused``."""
+    if isinstance(err, RdpError):
+        return err
+    text = str(err)
+    status = None
+    if "Code: 0x" in text:
+        with contextlib.suppress(ValueError):
+            status = int(text.split("Code: 0x", 1)[1].split()[0], 16)
+    ntlm = getattr(getattr(authapi, "auth_ctx", None), "ntlm", None)
+    answered = getattr(ntlm, "ntlmAuthenticate", None) is not None  # our response was sent
+    closed = "Connection closed during CredSSP" in text
+    if status in _LOGON_REFUSED_STATUS or (status is None and answered and closed):
+        return RdpError("wrong_credential", LOGIN_REFUSED)
+    if status is not None:
+        return RdpError("rdp_refused", f"the RDP login failed: CredSSP error 0x{status:08X}")
+    return RdpError("rdp_refused", _plain(err))
 
 
 def _plain(err: BaseException | None) -> str:
