@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
@@ -50,6 +52,18 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, CapturingEmitter]]:
     rec = tmp_path / "recordings"
     with AsciicastWriter(rec / "s1.cast", width=80, height=24) as w:
         w.output("$ ls\r\n")
+    with auditor_api(
+        index, recordings_dir=rec, sink_status=lambda: [{"sink": "fluentd", "lag_events": 0}]
+    ) as served:
+        yield served
+
+
+@contextmanager
+def auditor_api(
+    index: AuditIndex, **router_options: Any
+) -> Iterator[tuple[TestClient, CapturingEmitter]]:
+    """The auditor API over ``index``, signed in by ``PEOPLE``'s bearer names: a client,
+    and what it emitted (each event also indexed, as the log and index sink would)."""
     em = CapturingEmitter()
 
     class Both:
@@ -63,10 +77,9 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, CapturingEmitter]]:
         build_router(
             index=index,
             reports=ReportService(index, Both()),
-            recordings_dir=rec,
             emitter=Both(),
             authenticate=_auth,
-            sink_status=lambda: [{"sink": "fluentd", "lag_events": 0}],
+            **router_options,
         )
     )
     with TestClient(app) as client:

@@ -10,17 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from audit.events import AuditEvent
 from audit.index import AuditIndex
 from audit.recstore.blob import BlobStore, BlobWriter
 from audit.testing import CapturingEmitter
-from audit.workreports import ReportService
-from broker.api import errors
-from broker.api.routes.audit import build_router
-from tests.audit.conftest import _auth
+from tests.audit.conftest import auditor_api
 from tests.audit.planned import plan_events
 from tests.fixtures.azurite import Azurite
 from tests.support import poll_sync
@@ -42,27 +37,8 @@ def blob(azurite: Azurite, blob_container: str, blob_credential: Any) -> Iterato
 def client(tmp_path: Path, blob: BlobStore) -> Iterator[tuple[TestClient, CapturingEmitter]]:
     index = AuditIndex.from_url(f"sqlite:///{tmp_path / 'i.db'}")
     index.add([e.record for e in plan_events()])
-    em = CapturingEmitter()
-
-    class Both:
-        def emit(self, event: AuditEvent) -> AuditEvent:
-            index.add([event.record])
-            return em.emit(event)
-
-    app = FastAPI()
-    errors.install(app)
-    app.include_router(
-        build_router(
-            index=index,
-            reports=ReportService(index, Both()),
-            recordings_dir=tmp_path / "not-used",
-            recordings=blob,
-            emitter=Both(),
-            authenticate=_auth,
-        )
-    )
-    with TestClient(app) as c:
-        yield c, em
+    with auditor_api(index, recordings_dir=tmp_path / "not-used", recordings=blob) as served:
+        yield served
 
 
 def test_recording_plays_back_from_blob_storage(
