@@ -42,7 +42,7 @@ tolerant parser, all checked by ``tests/desktop/test_rdpclient.py``:
   instead of failing the connection;
 - a server that chose neither TLS nor NLA is refused at once (aardwolf would go on
   with standard RDP security and wait out its licensing timeout);
-- asyauth's own log is capped at INFO: at DEBUG it writes NTLM session keys;
+- asyauth's DEBUG lines are dropped, whatever its log level: they hold NTLM keys;
 - the login is confirmed before the session is handed over (:data:`LOGON_TIMEOUT_S`),
   see :func:`connect`.
 
@@ -106,8 +106,15 @@ from asysocks.unicomm.common.target import UniProto
 from broker.desktop.rfb import DesktopError
 
 log = logging.getLogger(__name__)
-# asyauth writes NTLM session and sealing keys at DEBUG: never let them into the log
-logging.getLogger("asyauth").setLevel(max(logging.INFO, logging.getLogger("asyauth").level))
+
+
+def _no_debug(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.DEBUG
+
+
+# asyauth writes NTLM session and sealing keys at DEBUG: dropped whatever the level
+for _name in ("asyauth", "asyauth.ntlm", "asyauth.credssp", "asyauth.kerberos"):
+    logging.getLogger(_name).addFilter(_no_debug)
 AARDWOLF_VERSION = "0.2.16"
 if _aardwolf_version != AARDWOLF_VERSION:  # the overrides below are of this version's insides
     raise ImportError(f"hoshu's RDP client is built on aardwolf {AARDWOLF_VERSION}")
