@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from hoshu_demo.demo import Demo
-from tests.support import poll_sync
+from tests.support import listening, poll_sync
 from tests.support.demoflow import request_approved, sign_in
 from tests.support.stockssh import engineer_ssh
 
@@ -53,12 +52,6 @@ def _events(log: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue  # a line the kill cut short
     return out
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo) -> None:
@@ -109,7 +102,7 @@ def test_a_session_left_open_by_a_killed_broker_is_ended_at_restart(system: Demo
 
     d.restart_broker()
     poll_sync(
-        lambda: _listening(d.api_port) and _listening(d.ssh_port),
+        lambda: listening(d.api_port) and listening(d.ssh_port),
         WAIT_S,
         what="the restarted broker",
         interval_s=0.1,

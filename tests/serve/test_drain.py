@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import httpx
 import pytest
 
 from hoshu_demo.demo import Demo
-from tests.support import poll_sync
+from tests.support import listening, poll_sync
 from tests.support.demoflow import request_approved, sign_in
 from tests.support.stockssh import engineer_ssh
 
@@ -53,12 +52,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 def _events(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system: Demo) -> None:
@@ -108,7 +101,7 @@ def test_sigterm_tells_the_engineer_ends_the_session_cleanly_and_exits_0(system:
             interval_s=0.05,
         )
         assert ready.json()["status"] == "draining"
-        assert not _listening(d.ssh_port)  # no new engineer connection while draining
+        assert not listening(d.ssh_port)  # no new engineer connection while draining
 
         code = broker.wait(timeout=GRACE_S + 10)
         took = time.monotonic() - sigterm_at
