@@ -7,20 +7,23 @@ the stored password) where the server takes it and TLS where it does not, the
 certificate checked before the password is sent either way, and returns an
 :class:`RdpSession` whose updates are plain bitmaps.
 
-**Security offered.**  The client offers NLA (``HYBRID`` and ``HYBRID_EX``) and TLS;
-the server chooses.  Standard RDP security is never offered, and a server that
-chooses it is refused.  Falling back to TLS is safe only because of the pin: the TLS
-certificate is checked against the instrument's pin (``check_certificate``) right
-after the TLS handshake, before either the CredSSP exchange (NLA) or the client info
-(TLS) starts, so a server that is not the pinned one sees neither the password nor
-its NTLM response.  CredSSP then binds the exchange to the public key of that same
-certificate (its ``pubKeyAuth``), so a relay that holds another key is caught by
-the server too.  With NLA the password goes only in CredSSP's ``TSCredentials``
-(sealed by NTLM, inside TLS); the client info carries the user and domain, no
-password.
+**Security offered.** The client offers NLA (``HYBRID``) and TLS; the server chooses.
+``HYBRID_EX`` (NLA with the Early User Authorization Result) is not offered: no server
+here speaks it (FreeRDP 2's does not), so aardwolf's code for it is untested, and a
+server that takes NLA takes plain ``HYBRID``.  Standard RDP security is never offered,
+and a server that chooses it is refused.  Falling back to TLS is safe only because of
+the pin: the TLS certificate is checked against the instrument's pin
+(``check_certificate``) right after the TLS handshake, before either the CredSSP
+exchange (NLA) or the client info (TLS) starts, so a server that is not the pinned one
+sees neither the password nor its NTLM response.  CredSSP then binds the exchange to
+the public key of that same certificate (its ``pubKeyAuth``), so a relay that holds
+another key is caught by the server too.  With NLA the password goes only in CredSSP's
+``TSCredentials`` (sealed by NTLM, inside TLS); the client info carries the user and
+domain, no password.
 
 What is changed of aardwolf 0.2.16, each a small override on a subclass or a
-tolerant parser, all checked by ``tests/desktop/test_rdpclient.py``:
+tolerant parser, checked by the RDP tests against real servers
+(``tests/desktop/test_rdp_desktop.py``: xrdp; ``test_rdp_nla.py``: FreeRDP):
 
 - the connection is made over the given stream (no socket of aardwolf's own);
 - the TLS certificate is handed to ``check_certificate`` right after the TLS
@@ -28,6 +31,10 @@ tolerant parser, all checked by ``tests/desktop/test_rdpclient.py``:
   password under TLS) is sent; CredSSP refuses to start if it was not;
 - a CredSSP failure is sorted: the server turning the NTLM response down (an error
   code, or the connection closed after it) is ``wrong_credential``;
+- CredSSP carries raw NTLM tokens (asyauth wraps them in SPNEGO, which FreeRDP 2's
+  server refuses), and the NTLMv2 response carries the server's own time from its
+  challenge (``MsvAvTimestamp``, as MS-NLMP asks; asyauth puts its clock there, and
+  FreeRDP's server then computes another proof and denies the logon);
 - the user channel (the user id itself, 1001 + the PER initiator) is joined as well as
   the I/O channel (MS-RDPBCGR 1.3.1.1 asks for both; xrdp and FreeRDP insist);
 - the client info asks for auto logon (``INFO_AUTOLOGON``): the stored password logs
@@ -122,7 +129,8 @@ MAX_SIDE = 4096
 LOGON_TIMEOUT_S = 10.0  # the login must be confirmed this soon after the connection
 LOGIN_REFUSED = "the instrument refused the stored login — ask the hospital to update it"
 _NLA = SUPP_PROTOCOLS.HYBRID | SUPP_PROTOCOLS.HYBRID_EX
-_OFFERED = SUPP_PROTOCOLS.SSL | _NLA  # never SUPP_PROTOCOLS.RDP (standard RDP security)
+# never SUPP_PROTOCOLS.RDP (standard RDP security), nor the untested HYBRID_EX
+_OFFERED = SUPP_PROTOCOLS.SSL | SUPP_PROTOCOLS.HYBRID
 # NTSTATUS codes a CredSSP server sends (TSRequest errorCode) for a refused login
 _LOGON_REFUSED_STATUS = {
     0xC000006D,  # STATUS_LOGON_FAILURE
@@ -381,7 +389,8 @@ class _Connection(RDPConnection):  # type: ignore[misc]
         return None, _credssp_error(err, self.authapi)
 
     async def _RDPConnection__establish_channels(self) -> tuple[Any, Any]:
-        if not SUPP_PROTOCOLS(self.x224_protocol or 0) & _OFFERED:
+        chosen = SUPP_PROTOCOLS(self.x224_protocol or 0)
+        if chosen not in (SUPP_PROTOCOLS.SSL, SUPP_PROTOCOLS.HYBRID):  # what was offered
             return None, RdpError(
                 "tls_required",
                 "the instrument does not offer TLS (only standard RDP security, "
