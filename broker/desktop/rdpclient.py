@@ -31,10 +31,8 @@ tolerant parser, checked by the RDP tests against real servers
   password under TLS) is sent; CredSSP refuses to start if it was not;
 - a CredSSP failure is sorted: the server turning the NTLM response down (an error
   code, or the connection closed after it) is ``wrong_credential``;
-- CredSSP carries raw NTLM tokens (asyauth wraps them in SPNEGO, which FreeRDP 2's
-  server refuses), and the NTLMv2 response carries the server's own time from its
-  challenge (``MsvAvTimestamp``, as MS-NLMP asks; asyauth puts its clock there, and
-  FreeRDP's server then computes another proof and denies the logon);
+- CredSSP itself (raw NTLM, the server's time in the NTLMv2 response, no NTLM key in
+  the log) is asyauth's, fenced in :mod:`broker.desktop.rdpnla`;
 - the user channel (the user id itself, 1001 + the PER initiator) is joined as well as
   the I/O channel (MS-RDPBCGR 1.3.1.1 asks for both; xrdp and FreeRDP insist);
 - the client info asks for auto logon (``INFO_AUTOLOGON``): the stored password logs
@@ -49,7 +47,6 @@ tolerant parser, checked by the RDP tests against real servers
   instead of failing the connection;
 - a server that chose neither TLS nor NLA is refused at once (aardwolf would go on
   with standard RDP security and wait out its licensing timeout);
-- asyauth's DEBUG lines are dropped, whatever its log level: they hold NTLM keys;
 - the login is confirmed before the session is handed over (:data:`LOGON_TIMEOUT_S`),
   see :func:`connect`.
 
@@ -87,7 +84,6 @@ from typing import Any, Protocol
 import aardwolf.connection as _rdp_module
 import aardwolf.protocol.pdu.capabilities as _caps
 import asn1tools
-import asyauth.protocols.ntlm.structures.challenge_response as _ntlm_response
 from aardwolf._version import __version__ as _aardwolf_version
 from aardwolf.commons.iosettings import RDPIOSettings
 from aardwolf.commons.queuedata import RDPDATATYPE
@@ -102,26 +98,15 @@ from aardwolf.protocol.T128.share import PDUTYPE, TS_SHARECONTROLHEADER
 from aardwolf.protocol.x224.constants import SUPP_PROTOCOLS
 from asyauth.common.constants import asyauthProtocol, asyauthSecret
 from asyauth.common.credentials import UniCredential
-from asyauth.common.credentials.credssp import CREDSSPCredential
-from asyauth.protocols.credssp.client.native import CredSSPClientNative
-from asyauth.protocols.ntlm.messages.challenge import NTLMChallenge
-from asyauth.protocols.ntlm.structures.avpair import AVPAIRType
 from asysocks.unicomm.common.connection import UniConnection
 from asysocks.unicomm.common.packetizers import Packetizer
 from asysocks.unicomm.common.target import UniProto
 
+from broker.desktop.rdpnla import credssp_context, credssp_status, login_refused
 from broker.desktop.rfb import DesktopError
 
 log = logging.getLogger(__name__)
 
-
-def _no_debug(record: logging.LogRecord) -> bool:
-    return record.levelno > logging.DEBUG
-
-
-# asyauth writes NTLM session and sealing keys at DEBUG: dropped whatever the level
-for _name in ("asyauth", "asyauth.ntlm", "asyauth.credssp", "asyauth.kerberos"):
-    logging.getLogger(_name).addFilter(_no_debug)
 AARDWOLF_VERSION = "0.2.16"
 if _aardwolf_version != AARDWOLF_VERSION:  # the overrides below are of this version's insides
     raise ImportError(f"hoshu's RDP client is built on aardwolf {AARDWOLF_VERSION}")
@@ -131,20 +116,6 @@ LOGIN_REFUSED = "the instrument refused the stored login — ask the hospital to
 _NLA = SUPP_PROTOCOLS.HYBRID | SUPP_PROTOCOLS.HYBRID_EX
 # never SUPP_PROTOCOLS.RDP (standard RDP security), nor the untested HYBRID_EX
 _OFFERED = SUPP_PROTOCOLS.SSL | SUPP_PROTOCOLS.HYBRID
-# NTSTATUS codes a CredSSP server sends (TSRequest errorCode) for a refused login
-_LOGON_REFUSED_STATUS = {
-    0xC000006D,  # STATUS_LOGON_FAILURE
-    0xC000006A,  # STATUS_WRONG_PASSWORD
-    0xC0000064,  # STATUS_NO_SUCH_USER
-    0xC000006E,  # STATUS_ACCOUNT_RESTRICTION
-    0xC0000071,  # STATUS_PASSWORD_EXPIRED
-    0xC0000072,  # STATUS_ACCOUNT_DISABLED
-    0xC0000193,  # STATUS_ACCOUNT_EXPIRED
-    0xC0000224,  # STATUS_PASSWORD_MUST_CHANGE
-    0xC0000234,  # STATUS_ACCOUNT_LOCKED_OUT
-    0x80090308,  # SEC_E_INVALID_TOKEN
-    0x8009030C,  # SEC_E_LOGON_DENIED
-}
 # pointer updates that name a cache slot: fast path (update code) and slow path
 # (TS_POINTER_PDU message type) -> offset of the slot in the update's data
 _FP_POINTER_SLOT = {0x9: 0, 0xA: 0, 0xB: 2, 0xC: 2}
@@ -276,67 +247,6 @@ def _warm_codecs() -> None:
     _Codecs.compile_string(_rdp_module.GCCPDU, "per")
 
 
-class _RawNtlm:
-    """NTLM as CredSSP's inner protocol, its tokens sent as they are (what mstsc and
-    FreeRDP send when NTLM is the package), not wrapped in SPNEGO as asyauth's
-    CredSSP does: FreeRDP 2's server takes only raw NTLM, Windows takes both."""
-
-    def __init__(self, ntlm: Any) -> None:
-        self.ntlm = ntlm
-
-    async def authenticate(self, token: bytes | None, **kwargs: Any) -> Any:
-        if token is not None and self.ntlm.ntlmChallenge is None:
-            self.ntlm.timestamp = _server_time(token)
-        return await self.ntlm.authenticate(token, flags=kwargs.get("flags"), spn=kwargs.get("spn"))
-
-    def get_internal_seq(self) -> int:
-        return 0  # no SPNEGO mechListMIC was signed: CredSSP's own messages start at 0
-
-    def get_active_credential(self) -> Any:
-        return self.ntlm.credential
-
-    def get_extra_info(self) -> Any:
-        return self.ntlm.get_extra_info()
-
-    async def encrypt(self, data: bytes, seq: int) -> Any:
-        return await self.ntlm.encrypt(data, seq)
-
-    async def decrypt(self, data: bytes, seq: int) -> Any:
-        return await self.ntlm.decrypt(data, seq)
-
-
-def _server_time(challenge: bytes) -> bytes | None:
-    """The server's time (``MsvAvTimestamp``, 8 bytes) in an NTLM challenge: the
-    client's NTLMv2 response should carry it (MS-NLMP 3.1.5.1.2), and FreeRDP's server
-    checks the response against it; asyauth would put its own clock there."""
-    try:
-        info = NTLMChallenge.from_bytes(challenge).TargetInfo
-    except (ValueError, IndexError, KeyError, struct.error):
-        return None
-    stamp = None if info is None else info.get(AVPAIRType.MsvAvTimestamp)
-    return stamp if isinstance(stamp, bytes) and len(stamp) == 8 else None
-
-
-_original_datetime2timestamp = _ntlm_response.datetime2timestamp
-
-
-def _timestamp(value: Any) -> bytes:
-    """asyauth's NTLMv2 timestamp: the server's 8 bytes as they came, else its own."""
-    if isinstance(value, bytes):
-        return value
-    return _original_datetime2timestamp(value)  # type: ignore[no-any-return]
-
-
-_ntlm_response.datetime2timestamp = _timestamp
-
-
-def _credssp_context(credential: UniCredential) -> Any:
-    """asyauth's CredSSP client over raw NTLM with the stored user and password."""
-    ctx = CredSSPClientNative(CREDSSPCredential([credential]))
-    ctx.auth_ctx = _RawNtlm(credential.build_context(asyauthProtocol.NTLM))
-    return ctx
-
-
 _SYNC = struct.pack("<HHH", 22, 0x17, 1002) + struct.pack("<IBBHBBH", 0x103EA, 0, 1, 4, 31, 0, 0)
 
 
@@ -382,7 +292,7 @@ class _Connection(RDPConnection):  # type: ignore[misc]
         if checked is None or stream.get_peer_certificate() != checked:
             return None, RdpError("tls_required", "CredSSP without a checked TLS certificate")
         if self.authapi is None:
-            self.authapi = _credssp_context(self.credentials)
+            self.authapi = credssp_context(self.credentials)
         ok, err = await RDPConnection.credssp_auth(self)
         if err is None:
             return ok, None
@@ -689,21 +599,14 @@ def _take_slow_path_updates(conn: _Connection) -> None:
 
 
 def _credssp_error(err: BaseException, authapi: Any) -> RdpError:
-    """A failed CredSSP exchange as hoshu names it: the server refusing the login (an
-    NTSTATUS it sends, or the connection closed once the NTLM response is sent) is
-    ``wrong_credential``; anything else is ``rdp_refused``."""
+    """A failed CredSSP exchange as hoshu names it: the server refusing the login is
+    ``wrong_credential`` (:func:`~broker.desktop.rdpnla.login_refused`); anything else
+    is ``rdp_refused``."""
     if isinstance(err, RdpError):
         return err
-    text = str(err)
-    status = None
-    if "Code: 0x" in text:
-        with contextlib.suppress(ValueError):
-            status = int(text.split("Code: 0x", 1)[1].split()[0], 16)
-    ntlm = getattr(getattr(authapi, "auth_ctx", None), "ntlm", None)
-    answered = getattr(ntlm, "ntlmAuthenticate", None) is not None  # our response was sent
-    closed = "Connection closed during CredSSP" in text
-    if status in _LOGON_REFUSED_STATUS or (status is None and answered and closed):
+    if login_refused(err, authapi):
         return RdpError("wrong_credential", LOGIN_REFUSED)
+    status = credssp_status(err)
     if status is not None:
         return RdpError("rdp_refused", f"the RDP login failed: CredSSP error 0x{status:08X}")
     return RdpError("rdp_refused", _plain(err))
