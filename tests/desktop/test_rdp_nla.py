@@ -35,11 +35,11 @@ import pytest
 from broker.access.model import Instrument
 from broker.desktop.pins import CertificatePins
 from broker.desktop.rdpclient import LOGIN_REFUSED
-from tests.desktop.conftest import INSTRUMENT, Desk, Xvnc, _free_port, _listening, open_desk
+from tests.desktop.conftest import INSTRUMENT, Desk, Xvnc, open_desk
 from tests.desktop.helpers import console_sign_in, ws_path
 from tests.desktop.rfbscreen import Screen, is_green, screen_until
 from tests.desktop.wsclient import WsClient, ws_open
-from tests.support import poll, poll_sync
+from tests.support import free_port, listening, poll, poll_sync
 from tests.support.served import served
 
 USER = "service"
@@ -72,7 +72,7 @@ def shadow(tmp_path: Path, xvnc: Xvnc) -> Iterator[Shadow]:
         ).stdout
     )
     sam.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "freerdp-config"  # its own certificate and key, made at start
     log = tmp_path / "shadow.log"
     env = {
@@ -95,7 +95,7 @@ def shadow(tmp_path: Path, xvnc: Xvnc) -> Iterator[Shadow]:
             stderr=err,
         )
     try:
-        poll_sync(lambda: _listening(port) or proc.poll() is not None, 15, "the shadow server")
+        poll_sync(lambda: listening(port) or proc.poll() is not None, 15, "the shadow server")
         assert proc.poll() is None, log.read_text()
         cert = config / "freerdp" / "shadow" / "shadow.crt"
         assert cert.exists(), sorted(str(p) for p in config.rglob("*"))
