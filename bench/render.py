@@ -75,9 +75,30 @@ def _load(v: Any) -> str:
     return " / ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else "unknown"
 
 
+def _run_line(r: dict[str, Any]) -> str:
+    """One merged run: when, how long, which sections, on what, under which load."""
+    start, end = r.get("loadavg_at_start"), r.get("loadavg_at_end")
+    load = (
+        f"load {start[0]:.1f} → {end[0]:.1f}"
+        if isinstance(start, list) and isinstance(end, list)
+        else "load unknown"
+    )
+    took = f", {r['total_seconds']} s" if r.get("total_seconds") is not None else ""
+    cpu = f", {r['cpu']}" if r.get("cpu") else ""
+    return f"{r.get('generated_at')}{took}{cpu}, {load}: {', '.join(r.get('sections') or [])}"
+
+
 def tables(doc: dict[str, Any]) -> str:
     m = doc.get("machine", {})
-    out = [
+    runs = doc.get("runs") or []
+    out = (
+        ["Runs merged into this file (`python -m bench --merge`), oldest first:", ""]
+        + [f"- {_run_line(r)}" for r in runs]
+        + [""]
+        if len(runs) > 1
+        else []
+    )
+    out += [
         f"Run: `{doc.get('mode')}` mode, {doc.get('generated_at')}, "
         f"{doc.get('total_seconds')} s in all. Cipher `{doc.get('cipher')}`, key exchange "
         f"`{str(doc.get('kex', '')).split(',')[0]}` on every hop. Payload "
@@ -87,7 +108,12 @@ def tables(doc: dict[str, Any]) -> str:
         f"{m.get('os')}, kernel {m.get('kernel')}, Python {m.get('python')}, "
         f"asyncssh {m.get('asyncssh')}, {m.get('openssh')}. Load average (1/5/15 min) "
         f"{_load(m.get('loadavg_at_start'))} at the start, {_load(m.get('loadavg_at_end'))} "
-        "at the end: other work shared the machine.",
+        "at the end: other work shared the machine."
+        + (
+            " (This line is the latest run's; the list above gives each run's.)"
+            if len(runs) > 1
+            else ""
+        ),
         "",
         "| measure | hoshu | OpenSSH chain | direct OpenSSH |",
         "|---|---:|---:|---:|",

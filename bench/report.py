@@ -477,6 +477,8 @@ def _run_summary(doc: dict[str, Any]) -> dict[str, Any]:
         "loadavg_at_start": m.get("loadavg_at_start"),
         "loadavg_at_end": m.get("loadavg_at_end"),
         "total_seconds": doc.get("total_seconds"),
+        "cpu": m.get("cpu"),
+        "kernel": m.get("kernel"),
     }
 
 

@@ -125,3 +125,23 @@ def test_the_deployed_requirement_keys_are_required_and_targeted(tmp_path: Path)
     assert bounds["channel_opens"] == (">=", 0.5)
     assert bounds["audit_append_durable"] == (">=", 20_000.0)
     assert bounds["audit_query_postgres_10M"] == ("<=", 50.0)
+
+
+def test_a_merged_file_lists_each_run_with_its_machine_and_load() -> None:
+    """A results file put together from several runs says so above its tables: when
+    each ran, on which processor, under which load, and which sections it measured."""
+    from bench.render import tables
+
+    runs = [
+        {"generated_at": "2026-11-24T07:33:47+00:00", "total_seconds": 549.0, "cpu": "AMD EPYC",
+         "loadavg_at_start": [2.6, 1.6, 2.7], "loadavg_at_end": [3.3, 3.0, 3.0],
+         "sections": ["throughput", "echo"]},
+        {"generated_at": "2026-12-02T04:31:45+00:00", "total_seconds": 580.3, "cpu": "Intel Xeon",
+         "loadavg_at_start": [7.4, 6, 5], "loadavg_at_end": [33.0, 9, 6],
+         "sections": ["deployed paths (sqlite)"]},
+    ]  # fmt: skip
+    text = tables({"mode": "full", "runs": runs, "machine": {"cpu": "Intel Xeon"}})
+    assert "Runs merged into this file" in text
+    assert "2026-11-24T07:33:47+00:00, 549.0 s, AMD EPYC, load 2.6 → 3.3: throughput, echo" in text
+    assert "Intel Xeon, load 7.4 → 33.0: deployed paths (sqlite)" in text
+    assert "Runs merged" not in tables({"mode": "full", "runs": runs[:1], "machine": {}})
