@@ -4,39 +4,18 @@ it promises as a plausible number; no figure is held to a speed target here."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import desktop_bench
 from bench.sizes import QUICK
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.quick import run_section
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("desk")
-    out = tmp / "results.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "bench", "--quick", "--only", "desktop"]
-    proc = subprocess.run(
-        [*argv, "--out", str(out), "--work", str(tmp / "w")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (tmp / "w").exists(), "the scratch directory is removed after the run"
-    doc: dict[str, Any] = json.loads(out.read_text())
-    return doc
+    return run_section(tmp_path_factory.mktemp("desk"), "desktop", 600)
 
 
 @pytest.mark.slow

@@ -3,18 +3,13 @@ PostgreSQL, stock ssh with a certificate, and every figure it promises is measur
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import replicas
+from tests.bench.quick import run_section
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
@@ -25,22 +20,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("rb")
-    out = tmp / "results.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "bench", "--quick", "--only", "replicas"]
-    proc = subprocess.run(
-        [*argv, "--out", str(out), "--work", str(tmp / "w")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (tmp / "w").exists(), "the scratch directory is removed after the run"
-    doc: dict[str, Any] = json.loads(out.read_text())
-    return doc
+    return run_section(tmp_path_factory.mktemp("rb"), "replicas", 840)
 
 
 def test_every_replica_figure_is_measured(results: dict[str, Any]) -> None:
