@@ -123,9 +123,11 @@ def start_xrdp(
     )
 
 
-def self_signed_certificate(workdir: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate (P-256, ten years from yesterday) and its 0600 key, as
-    ``workdir/name.crt`` and ``workdir/name.key``."""
+def self_signed_certificate(
+    workdir: Path, name: str, *, now: datetime | None = None
+) -> tuple[Path, Path]:
+    """A self-signed certificate (P-256, ten years from the day before ``now``, the
+    present by default) and its 0600 key, as ``workdir/name.crt`` and ``workdir/name.key``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -133,7 +135,7 @@ def self_signed_certificate(workdir: Path, name: str) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -38,6 +38,7 @@ from broker.live.sessions import SessionRegistry
 from broker.settings import BrokerSettings
 from broker.store.db import Store
 from broker.tunnel.connector import TunnelConnector
+from labsim.rdp import self_signed_certificate
 from labsim.rdp import start_xrdp as start_xrdp  # the tests import it from here
 from tests.control.conftest import PASSWORD, actor_for, make_context, openssh_public_key
 from tests.frontdoor.harness import T0
@@ -333,34 +334,9 @@ class Xrdp:
 
 
 def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate and key for an RDP server's TLS."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(T0 - timedelta(days=1))
-        .not_valid_after(T0 + timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    """A throwaway self-signed certificate and key for an RDP server's TLS, valid at
+    the tests' clock."""
+    return self_signed_certificate(tmp_path, name, now=T0)
 
 
 def _listening(port: int) -> bool:
