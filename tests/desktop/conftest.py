@@ -28,6 +28,7 @@ from audit.recstore.files import FileStore
 from audit.testing import CapturingEmitter
 from broker.access import totp
 from broker.access.door import Engineer
+from broker.access.model import Instrument
 from broker.access.people import NewUser
 from broker.access.ports import Actor
 from broker.access.services import Services
@@ -184,6 +185,15 @@ class Desk:
         return self.policy.grant(
             self.eng, INSTRUMENT, (port or self.port,), ends=self.clock.now + timedelta(hours=1)
         ).grant_id
+
+    def pin(self, fingerprint: str) -> None:
+        """The instrument's pinned key or certificate is ``fingerprint`` (another one
+        than the server shows: a server that changed since it was pinned)."""
+        with self.s.ctx.uow() as tx:
+            inst = tx.one(Instrument, name=INSTRUMENT)
+            assert inst is not None
+            inst.host_key_fingerprint = fingerprint
+            tx.save(inst)
 
 
 @pytest.fixture

@@ -133,11 +133,7 @@ async def test_a_changed_rdp_certificate_is_refused_until_the_approver_accepts_i
 ) -> None:
     async with pinned_desk(tmp_path, xrdp, rdp_size=SIZE) as d:
         old = "SHA256:" + "00" * 32  # the certificate pinned before the server's changed
-        with d.s.ctx.uow() as tx:
-            inst = tx.one(Instrument, name=INSTRUMENT)
-            assert inst is not None
-            inst.host_key_fingerprint = old
-            tx.save(inst)
+        d.pin(old)
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             token = await console_sign_in(http, d, "alice")

@@ -32,10 +32,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.access.model import Instrument
 from broker.desktop.pins import CertificatePins
 from broker.desktop.rdpclient import LOGIN_REFUSED
-from tests.desktop.conftest import INSTRUMENT, Desk, Xvnc, open_desk
+from tests.desktop.conftest import Desk, Xvnc, open_desk
 from tests.desktop.helpers import console_sign_in, ws_path
 from tests.desktop.rfbscreen import Screen, is_green, screen_until
 from tests.desktop.wsclient import WsClient, ws_open
@@ -274,11 +273,7 @@ async def test_a_server_that_is_not_the_pinned_one_sees_no_ntlm_message(
     caplog.set_level(logging.DEBUG)
     async with nla_desk(tmp_path, xvnc, shadow) as d:
         old = "SHA256:" + "00" * 32  # the certificate pinned before the server's changed
-        with d.s.ctx.uow() as tx:
-            inst = tx.one(Instrument, name=INSTRUMENT)
-            assert inst is not None
-            inst.host_key_fingerprint = old
-            tx.save(inst)
+        d.pin(old)
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             code, reason, data = await _refused(d, url, http)
