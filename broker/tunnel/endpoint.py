@@ -15,7 +15,12 @@
   gateway pinned at enrolment (public-key authentication only);
 * it opens the control channel (:mod:`broker.tunnel.link`) and, for a
   tunnel (not a window check), registers the connection in the
-  :class:`TunnelRegistry`, replacing an older one of the same gateway.
+  :class:`TunnelRegistry`, replacing an older one of the same gateway;
+* every ``revocation_check_s`` one sweep (:meth:`TunnelListener.sweep_revoked`)
+  asks the directory about the keys of all the tunnels held here, in batches of
+  :data:`REVOCATION_BATCH` per offloaded call, and closes those no longer enrolled.
+  One sweep per endpoint, not a timer and a thread hop per tunnel: an idle tunnel
+  costs the broker its heartbeats only.
 
 Other parts reach instruments through ``registry.connection(gateway_id)``:
 ``conn.open_connection(host, port)`` or ``asyncssh.connect(..., tunnel=conn)``,
@@ -64,6 +69,9 @@ from wire.transport import CoalescingTransport
 
 log = logging.getLogger(__name__)
 CLOCK_DRIFT_WARN_S = 5.0
+# keys one offloaded call of a revocation sweep looks up; the batches run one after the
+# other, so a sweep over thousands of tunnels holds one thread of the database pool
+REVOCATION_BATCH = 256
 
 __all__ = [
     "GatewayDirectory",
@@ -389,6 +397,7 @@ class TunnelListener:
         self._clock = clock
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.port = 0
 
     def _emit(self, type_: str, **columns: Any) -> None:
@@ -426,7 +435,48 @@ class TunnelListener:
             window=TUNNEL_WINDOW,
         )
         self.port = self._acceptor.get_port()
+        if s.revocation_check_s > 0:
+            self._sweeper = asyncio.create_task(self._revocations())
         log.info("tunnel endpoint listening on %s:%d", s.host, self.port)
+
+    async def _revocations(self) -> None:
+        """Sweep the held tunnels for revoked gateways every ``revocation_check_s``."""
+        while True:
+            await asyncio.sleep(self.settings.revocation_check_s)
+            try:
+                await self.sweep_revoked()
+            except Exception as exc:  # a sweep that breaks must not end the next ones
+                log.error("revocation sweep failed: %s", exc)
+
+    async def sweep_revoked(self) -> int:
+        """Close every tunnel held here whose key is no longer an enrolled, active
+        gateway's (bye, then ``gateway.disconnected`` saying revoked); returns how many.
+
+        The directory is asked off the event loop, :data:`REVOCATION_BATCH` keys per
+        offloaded call.  A batch the store cannot answer keeps its tunnels (a reconnect
+        still fails closed at the host key) and is asked again at the next sweep."""
+        held = [
+            i
+            for i in self.registry.tunnels()
+            if i.conversation.key_line and not i.conversation.revoked
+        ]
+        offload = self._offload or asyncio.to_thread
+        closed = 0
+        for start in range(0, len(held), REVOCATION_BATCH):
+            batch = held[start : start + REVOCATION_BATCH]
+            keys = [i.conversation.key_line for i in batch]
+            try:
+                records = await offload(_gateways_for_keys, self._directory, keys)
+            except Exception as exc:  # the store failing keeps the tunnels
+                log.error("cannot check the enrolment of %d gateway(s): %s", len(batch), exc)
+                continue
+            for info, record in zip(batch, records, strict=True):
+                if record is not None and record.gateway_id == info.record.gateway_id:
+                    continue
+                if self.registry.info(info.record.gateway_id) is info:  # not replaced since
+                    info.conversation.revoke()
+                    closed += 1
+        return closed
 
     def _failed(self, conn: asyncssh.SSHClientConnection, exc: Exception) -> None:
         log.info("gateway connection failed before it was established: %s", exc)
@@ -454,7 +504,6 @@ class TunnelListener:
             heartbeat_misses=s.heartbeat_misses,
             windows_interval_s=s.windows_interval_s,
             key_line=client.key_line if isinstance(client, _BrokerClient) else "",
-            revocation_check_s=s.revocation_check_s,
             offload=self._offload,
             replica=s.replica_id,
         )
@@ -569,6 +618,11 @@ class TunnelListener:
 
     async def close(self) -> None:
         """Stop listening and drop every gateway connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._acceptor is not None:
             self._acceptor.close()
             with contextlib.suppress(Exception):
@@ -579,6 +633,13 @@ class TunnelListener:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _gateways_for_keys(
+    directory: GatewayDirectory, key_lines: list[str]
+) -> list[GatewayRecord | None]:
+    """The enrolled gateway of each key, in order (one blocking call for a batch)."""
+    return [directory.gateway_for_key(k) for k in key_lines]
 
 
 async def start_tunnel_listener(

@@ -9,10 +9,10 @@ to the broker's emitter (acked only once stored), heartbeats both ways.
 Malformed or oversized lines are answered with an error message and
 otherwise ignored; a silent path (no message for ``heartbeat_s * misses``)
 is closed.  A gateway whose enrolment is revoked while its tunnel is up is
-noticed within ``revocation_check_s`` (its key no longer answers
-:meth:`GatewayDirectory.gateway_for_key`): the broker says ``bye`` and closes
-the tunnel; a reconnect is refused by the same check at the host key.  A store
-that cannot answer keeps the tunnel (reconnects still fail closed).
+told ``bye`` and its tunnel closed (:meth:`ControlConversation.revoke`); the
+endpoint's one sweep over every tunnel it holds finds such gateways
+(:meth:`broker.tunnel.endpoint.TunnelListener.sweep_revoked`), not a timer per
+tunnel, so an idle tunnel costs the broker no periodic store call of its own.
 """
 
 from __future__ import annotations
@@ -103,7 +103,6 @@ class ControlConversation:
         heartbeat_misses: int,
         windows_interval_s: float,
         key_line: str = "",
-        revocation_check_s: float = 0.0,
         offload: Offload | None = None,
         replica: str = "",
     ) -> None:
@@ -128,8 +127,7 @@ class ControlConversation:
         self.acked_seq = 0
         self.bad_messages = 0
         self.revoked = False  # the enrolment was revoked while the tunnel was up
-        self._key_line = key_line
-        self._revocation_check_s = revocation_check_s
+        self.key_line = key_line  # the gateway's host key, as the directory knows it
 
     async def open(
         self, wait_s: float, admit: Callable[[Hello], tuple[str, str] | None] | None = None
@@ -229,8 +227,6 @@ class ControlConversation:
     async def serve(self) -> None:
         """Run until the gateway leaves or the path goes silent."""
         tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._windows())]
-        if self._key_line and self._revocation_check_s > 0:
-            tasks.append(asyncio.create_task(self._still_enrolled()))
         try:
             while True:
                 try:
@@ -345,21 +341,15 @@ class ControlConversation:
             self.windows_wanted.clear()
             await self.send_windows_off_loop()
 
-    async def _still_enrolled(self) -> None:
-        """Close the tunnel as soon as the gateway's key is no longer enrolled."""
-        while True:
-            await asyncio.sleep(self._revocation_check_s)
-            try:
-                record = await self._offload(self._directory.gateway_for_key, self._key_line)
-            except Exception as exc:  # the store failing keeps the tunnel; reconnects fail
-                log.error("cannot check the enrolment of gateway %s: %s", self.record.name, exc)
-                continue
-            if record is None or record.gateway_id != self.record.gateway_id:
-                log.warning("gateway %s was revoked: closing its tunnel", self.record.name)
-                self.revoked = True
-                self.bye("this gateway's enrolment was revoked")
-                self.conn.close()
-                return
+    def revoke(self) -> None:
+        """The gateway's enrolment was revoked while its tunnel was up: say bye and
+        close the tunnel (``gateway.disconnected`` then says revoked)."""
+        if self.revoked:
+            return
+        log.warning("gateway %s was revoked: closing its tunnel", self.record.name)
+        self.revoked = True
+        self.bye("this gateway's enrolment was revoked")
+        self.conn.close()
 
     def bye(self, reason: str) -> None:
         try:
