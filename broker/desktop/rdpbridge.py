@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from broker.desktop.keysyms import LEGACY
 from broker.desktop.rdpclient import MAX_SIDE, RdpSession, Rect
 from broker.desktop.recording import KEYFRAME_EVERY_S
 from broker.desktop.rfb import (
@@ -125,6 +126,8 @@ def key_for(keysym: int) -> tuple[int, bool] | str | None:
         return (_CHARS[char], False) if char in _CHARS else char
     if 0xA0 <= keysym <= 0xFF:  # Latin-1 keysyms are their code points
         return chr(keysym)
+    if keysym in LEGACY:  # e.g. full-width katakana, which noVNC sends as kana_* keysyms
+        return LEGACY[keysym]
     if 0x01000100 <= keysym <= 0x0110FFFF:  # Unicode keysyms (what an IME's text is)
         return chr(keysym - 0x01000000)
     return None

@@ -4,7 +4,9 @@ fence around aardwolf (its version, no socket of its own)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +35,21 @@ def test_keysyms_become_pc_scancodes_and_the_rest_unicode() -> None:
     assert key_for(0x01000000 + ord("あ")) == "あ"
     assert key_for(0xE9) == "é"  # a Latin-1 keysym
     assert key_for(0xFE03) is None  # ISO_Level3_Shift: no key sent
+
+
+def test_every_character_novnc_sends_as_a_legacy_keysym_is_that_character_again() -> None:
+    """noVNC sends full-width katakana (and Cyrillic, Greek, ...) as legacy keysyms:
+    each becomes its character again, for an RDP Unicode event, as noVNC's table says
+    (Unicode keysyms, 0x01000000 up, are their code point; two of noVNC's entries
+    give one of a neighbouring character, which is what the browser then sends)."""
+    js = Path(__file__).parents[2] / "node_modules/@novnc/novnc/core/input/keysymdef.js"
+    assert js.exists(), "run npm ci (./run does): noVNC's keysym table is missing"
+    pairs = re.findall(r"^\s*(0x[0-9a-f]+):\s*(0x[0-9a-f]+),", js.read_text(), re.M)
+    assert len(pairs) > 600
+    legacy = [(int(u, 16), int(k, 16)) for u, k in pairs if int(k, 16) < 0x01000000]
+    wrong = {hex(k): key_for(k) for u, k in legacy if key_for(k) != chr(u)}
+    assert not wrong
+    assert key_for(0x04B9) == "ケ" and key_for(0x04A4) == "、" and key_for(0x04B0) == "ー"
 
 
 def test_pixels_follow_the_browsers_format_and_odd_formats_are_refused() -> None:
