@@ -94,8 +94,9 @@ _SPECIAL: dict[int, tuple[int, bool]] = {
     0xFFEA: (0x38, True),  # Alt_R
     0xFFEB: (0x5B, True),  # Super_L
     0xFFEC: (0x5C, True),  # Super_R
-    # a Japanese (JIS) keyboard's own keys
-    0xFF2A: (0x29, False),  # Zenkaku_Hankaku
+    # a Japanese (JIS) keyboard's own keys; not Zenkaku_Hankaku: its scancode (0x29)
+    # is the backquote key of the US layout the RDP client announces, so it would type
+    # a stray "`" on the instrument (seen on xrdp); it is not sent
     0xFF23: (0x79, False),  # Henkan
     0xFF22: (0x7B, False),  # Muhenkan
     0xFF27: (0x70, False),  # Hiragana_Katakana

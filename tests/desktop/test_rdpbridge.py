@@ -29,7 +29,9 @@ def test_keysyms_become_pc_scancodes_and_the_rest_unicode() -> None:
     assert key_for(ord("1")) == key_for(ord("!")) == (0x02, False)
     assert key_for(0xFF0D) == (0x1C, False)  # Return
     assert key_for(0xFF51) == (0x4B, True)  # Left: an extended key
-    assert key_for(0xFF2A) == (0x29, False)  # Zenkaku_Hankaku of a JIS keyboard
+    assert key_for(0xFF23) == (0x79, False)  # Henkan of a JIS keyboard
+    # Zenkaku_Hankaku would be the US layout's backquote key: not sent
+    assert key_for(0xFF2A) is None
     # text from an input method: Unicode keysyms, sent as RDP Unicode events
     assert key_for(0x01000000 + ord("日")) == "日"
     assert key_for(0x01000000 + ord("あ")) == "あ"
