@@ -668,8 +668,14 @@ class GatewayAgent:
         await asyncio.gather(self._forward_audit(link), self._inventory(link))
 
     async def _watch(self, slot: TunnelSlot, link: Link) -> str:
+        """Hold the tunnel until it drops, goes silent, is paused or stopped, or (window
+        only) its last window ends.  Stop, pause, new windows and a closed link wake it at
+        once; otherwise it wakes when the path would count as dead (no message from the
+        broker for ``heartbeat_s * heartbeat_misses``), not every second: thousands of
+        idle tunnels on one host cost their heartbeats, not a timer each per second."""
         t = self.config.tunnel
         loop = asyncio.get_running_loop()
+        dead_after = t.heartbeat_s * t.heartbeat_misses
         while True:
             if self._stopping:
                 return "stopped"
@@ -678,11 +684,14 @@ class GatewayAgent:
             if link.closed.is_set():
                 self._error(slot, link.error or "the broker closed the tunnel")
                 return "dropped"
-            if loop.time() - link.last_rx > t.heartbeat_s * t.heartbeat_misses:
+            silent_for = loop.time() - link.last_rx
+            if silent_for > dead_after:
                 self._error(slot, "no heartbeat from the broker: the path is dead")
                 log.warning("%s", slot.last_error)
                 link.close()
                 return "dropped"
+            # just past the moment the path would count as dead, if nothing arrives
+            tick = dead_after - silent_for + 0.05
             if self.config.mode is Mode.WINDOW_ONLY:
                 now = self.clock()
                 window = active_window(self.windows, now)
@@ -690,9 +699,7 @@ class GatewayAgent:
                     log.info("the last approved window ended: closing the tunnel")
                     link.close("window ended")
                     return "window_ended"
-                tick = min(1.0, max(0.05, (window[1] - now).total_seconds()))
-            else:
-                tick = 1.0
+                tick = min(tick, 1.0, max(0.05, (window[1] - now).total_seconds()))
             slot.wake.clear()
             await self._wait_any(slot.wake, link, tick)
 
