@@ -298,10 +298,14 @@ def _index_run(res: Results, label: str, n: int, queries: int) -> None:
         measure_index(res, url, label, n, queries)
 
 
+DURABLE_KEY = "audit_append_durable_per_s"
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.audit_bench [--runs N] [--events N]``: only the durable chain,
     ``N`` times on one throwaway server (fsync on), each run's figures and the load.
-    ``--index-events N [--merge FILE]``: only the PostgreSQL index of ``N`` events."""
+    ``--index-events N [--merge FILE]``: only the PostgreSQL index of ``N`` events.
+    ``--merge FILE`` with the durable runs: the median run's figures go into FILE."""
     import argparse
     import json
     import os
@@ -334,14 +338,29 @@ def main(argv: list[str] | None = None) -> int:
         doc = res.write(args.merge, merge=True) if args.merge else res.document()
         print(json.dumps({k: doc.get(k) for k in sorted(res.figures)}, indent=1))
         return 0
+    runs: list[tuple[float, Results]] = []
     with pg.throwaway_postgres(durable=True) as url:
         for run in range(max(1, args.runs)):
-            res = Results("durable")
+            res = Results("full")
+            res.info["machine"] = machine()
             load = os.getloadavg()[0]
-            measure_durable(res, url, args.events)
+
+            def one(r: Results = res) -> None:
+                measure_durable(r, url, args.events)
+
+            res.section("audit durable chain", [DURABLE_KEY], one)
+            res.info["machine"]["loadavg_at_end"] = list(os.getloadavg())
             figures: dict[str, Any] = {k: v for k, v in sorted(res.figures.items()) if "_per_" in k}
             figures["loadavg_start_end"] = [round(load, 1), round(os.getloadavg()[0], 1)]
             print(json.dumps({"run": run + 1, **figures}), flush=True)
+            runs.append((float(res.figures.get(DURABLE_KEY) or 0), res))
+    if args.merge:
+        # the median run's figures, with every run's headline figure beside them
+        runs.sort(key=lambda r: r[0])
+        median = runs[len(runs) // 2][1]
+        median.info["audit_durable_runs_per_s"] = [v for v, _ in runs]
+        median.write(args.merge, merge=True)
+        print(f"merged the median of {len(runs)} runs into {args.merge}", flush=True)
     return 0
 
 
