@@ -94,12 +94,12 @@ _SPECIAL: dict[int, tuple[int, bool]] = {
     0xFFEA: (0x38, True),  # Alt_R
     0xFFEB: (0x5B, True),  # Super_L
     0xFFEC: (0x5C, True),  # Super_R
-    # a Japanese (JIS) keyboard's own keys; not Zenkaku_Hankaku: its scancode (0x29)
-    # is the backquote key of the US layout the RDP client announces, so it would type
-    # a stray "`" on the instrument (seen on xrdp); it is not sent
+    # a Japanese (JIS) keyboard's own keys.  Not Zenkaku_Hankaku nor Hiragana_Katakana:
+    # on the US layout the RDP client announces, Zenkaku_Hankaku's scancode (0x29) is
+    # the backquote key and Hiragana_Katakana's (0x70) a launcher key (xrdp typed a
+    # stray "`" and pressed XF86Launch6), so they are not sent
     0xFF23: (0x79, False),  # Henkan
     0xFF22: (0x7B, False),  # Muhenkan
-    0xFF27: (0x70, False),  # Hiragana_Katakana
 }
 _SPECIAL.update({0xFFBE + i: (0x3B + i, False) for i in range(10)})  # F1..F10
 _SPECIAL.update({0xFFC8: (0x57, False), 0xFFC9: (0x58, False)})  # F11, F12

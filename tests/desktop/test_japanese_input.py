@@ -10,13 +10,15 @@ whose shell writes what it receives to a file.
 
 Proved here: over VNC (TigerVNC's Xvnc), kanji, full-width katakana, half-width
 katakana, full-width digits and the yen sign arrive exactly, and the JIS keys
-(Henkan, Muhenkan, Hiragana_Katakana, Zenkaku_Hankaku) add no stray character.
+(Henkan, Muhenkan, Hiragana_Katakana, Zenkaku_Hankaku) add no stray character and
+reach X as their keysyms (``xev`` on the root window).
 Over RDP (xrdp 0.9's ``vnc-any`` module behind the broker's RDP client) the Japanese
 text, sent as RDP Unicode keyboard events, does not arrive: xrdp 0.9 turns a Unicode
 event into a key only when its keymap (US, the layout the broker announces) has the
-character, and drops the others; the JIS keys add nothing either (Zenkaku_Hankaku
-is not sent: on the US layout its scancode is the backquote key), and typing goes
-on.  The limits are in ``docs/desktop.md`` ("Keyboard").
+character, and drops the others; the JIS keys add nothing either (Henkan and
+Muhenkan have no key in xrdp's US keymap; Zenkaku_Hankaku and Hiragana_Katakana are
+not sent: on the US layout their scancodes are the backquote and a launcher key),
+and typing goes on.  The limits are in ``docs/desktop.md`` ("Keyboard").
 """
 
 from __future__ import annotations
@@ -125,10 +127,16 @@ def xvnc(tmp_path: Path) -> Iterator[Xvnc]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    # the keys that reach the root window (where the pointer is outside the xterm)
+    keys = subprocess.Popen(
+        ["stdbuf", "-oL", "xev", "-display", display, "-root", "-event", "keyboard"],
+        stdout=open(tmp_path / "keys.txt", "wb"),
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield Xvnc(port, display, typed)
     finally:
-        for p in (term, server):
+        for p in (keys, term, server):
             p.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
@@ -148,6 +156,22 @@ async def _open(d: Desk, url: str, http: httpx.AsyncClient) -> tuple[WsClient, S
     screen = Screen(w, h)
     await screen_until(ws, screen, lambda: is_green(screen.rgb(20, 20)), 20)
     return ws, screen
+
+
+async def _keys_at_the_root(ws: WsClient, xvnc: Xvnc, keysyms: list[int]) -> list[int]:
+    """The keysyms X reports pressed on the root window when ``keysyms`` are typed with
+    the pointer moved off the xterm, then "x" (the end marker, not returned)."""
+    await ws.send(struct.pack(">BBHH", 5, 0, 795, 595))  # PointerEvent: bottom right
+    await _type(ws, [*keysyms, ord("x")])
+    log = xvnc.typed.parent / "keys.txt"
+
+    def pressed() -> list[int]:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        events = text.split("KeyPress event")[1:]
+        return [int(m, 16) for e in events for m in re.findall(r"keysym (0x[0-9a-f]+)", e)[:1]]
+
+    await poll(lambda: 0x78 in pressed(), 10, "the end marker at the root window")
+    return pressed()[: pressed().index(0x78)]
 
 
 async def _type(ws: WsClient, keysyms: list[int]) -> None:
@@ -176,6 +200,8 @@ async def test_japanese_ime_text_and_jis_keys_reach_a_vnc_instrument_exactly(des
         typed = d.xvnc.typed
         await poll(lambda: _text(typed).endswith("\n"), 10, "the typed line on the instrument")
         assert _text(typed) == "No.5 " + JAPANESE + "ｹﾝ\n"
+        # the JIS keys reach X as their keysyms
+        assert await _keys_at_the_root(ws, d.xvnc, JIS_KEYS) == JIS_KEYS
         ws.close()
 
 
@@ -183,8 +209,8 @@ async def test_over_xrdp_japanese_text_and_the_jis_keys_add_nothing_and_typing_g
     tmp_path: Path, xrdp: Xrdp
 ) -> None:
     """xrdp 0.9 drops the Unicode events the Japanese text becomes (its US keymap has no
-    key for them) and the JIS keys' scancodes (Zenkaku_Hankaku is not sent: it would
-    be a backquote); nothing stray is typed, and the session goes on."""
+    key for them) and the JIS keys (two are not sent: they would be a backquote and a
+    launcher key); nothing stray is typed or pressed, and the session goes on."""
     async with pinned_desk(tmp_path, xrdp) as d:
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -194,12 +220,15 @@ async def test_over_xrdp_japanese_text_and_the_jis_keys_add_nothing_and_typing_g
             await _type(ws, [novnc_keysym(c) for c in JAPANESE] + [RETURN])
             await poll(lambda: _text(typed).endswith("\n"), 10, "the line's end on the instrument")
             assert _text(typed) == "\n"
-            # the JIS keys: Henkan, Muhenkan and Hiragana_Katakana have no key in
-            # xrdp's US keymap; Zenkaku_Hankaku is not sent
+            # the JIS keys: Henkan and Muhenkan have no key in xrdp's US keymap;
+            # Zenkaku_Hankaku and Hiragana_Katakana are not sent
             await _type(ws, [*JIS_KEYS, RETURN])
             await poll(lambda: _text(typed).count("\n") == 2, 10, "the JIS keys' line")
             assert _text(typed) == "\n\n"
-            # the session goes on: text as PC keys still arrives
+            # nor does X see them as keys
+            assert await _keys_at_the_root(ws, xrdp.xvnc, JIS_KEYS) == []
+            # the session goes on: text as PC keys still arrives (pointer back on the xterm)
+            await ws.send(struct.pack(">BBHH", 5, 0, 400, 300))
             await _type(ws, [ord(c) for c in "ok"] + [RETURN])
             await poll(lambda: _text(typed).count("\n") == 3, 10, "the third line")
             assert _text(typed) == "\n\nok\n"

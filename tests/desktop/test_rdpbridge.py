@@ -30,8 +30,9 @@ def test_keysyms_become_pc_scancodes_and_the_rest_unicode() -> None:
     assert key_for(0xFF0D) == (0x1C, False)  # Return
     assert key_for(0xFF51) == (0x4B, True)  # Left: an extended key
     assert key_for(0xFF23) == (0x79, False)  # Henkan of a JIS keyboard
-    # Zenkaku_Hankaku would be the US layout's backquote key: not sent
-    assert key_for(0xFF2A) is None
+    # Zenkaku_Hankaku and Hiragana_Katakana would be the US layout's backquote and a
+    # launcher key: not sent
+    assert key_for(0xFF2A) is None and key_for(0xFF27) is None
     # text from an input method: Unicode keysyms, sent as RDP Unicode events
     assert key_for(0x01000000 + ord("日")) == "日"
     assert key_for(0x01000000 + ord("あ")) == "あ"
