@@ -92,6 +92,7 @@ def xvnc(tmp_path: Path) -> Iterator[Xvnc]:
     assert shutil.which("Xvnc") and shutil.which("vncpasswd") and shutil.which("xterm"), (
         "install tigervnc-standalone-server, tigervnc-tools and xterm (./run does)"
     )
+    assert shutil.which("xev"), "install x11-utils (xterm's recommended package): xev"
     pwfile = tmp_path / "vncpasswd"
     pwfile.write_bytes(
         subprocess.run(
