@@ -425,8 +425,12 @@ class TunnelListener:
             kbdint_auth=False,
             gss_host=None,
             login_timeout=s.login_timeout_s,
-            keepalive_interval=s.heartbeat_s,
-            keepalive_count_max=s.heartbeat_misses,
+            # the control channel's heartbeats are the liveness check (a tunnel silent for
+            # heartbeat_s * misses is closed); an SSH keepalive every heartbeat_s would
+            # fire between two of the gateway's beats on nearly every idle tunnel, one
+            # more round trip each per beat. It stays as a backstop past that silence.
+            keepalive_interval=s.heartbeat_s * s.heartbeat_misses,
+            keepalive_count_max=1,
             acceptor=self._accepted,
             error_handler=self._failed,
             reuse_address=True,
