@@ -18,11 +18,15 @@ event into a key only when its keymap (US, the layout the broker announces) has 
 character, and drops the others; the JIS keys add nothing either (Henkan and
 Muhenkan have no key in xrdp's US keymap; Zenkaku_Hankaku and Hiragana_Katakana are
 not sent: on the US layout their scancodes are the backquote and a launcher key),
-and typing goes on.  The limits are in ``docs/desktop.md`` ("Keyboard").
+and typing goes on.  In headless Chromium on the console page, key events that
+carry Japanese characters arrive exactly over VNC, and text an IME commits into the
+page (no key events) does not arrive at all.  The limits are in ``docs/desktop.md``
+("Keyboard").
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -35,9 +39,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
-from tests.desktop.conftest import VNC_PASSWORD, Desk, Xrdp, Xvnc, _free_port, pinned_desk
-from tests.desktop.helpers import console_sign_in, ws_path
+from tests.console.browsing import browser_sign_in
+from tests.console.conftest import browser  # noqa: F401  (fixture)
+from tests.desktop.conftest import (
+    GREEN,
+    INSTRUMENT,
+    VNC_PASSWORD,
+    Desk,
+    Xrdp,
+    Xvnc,
+    _free_port,
+    pinned_desk,
+)
+from tests.desktop.helpers import PIXEL, console_sign_in, desktop_state, ws_path
 from tests.desktop.rfbscreen import Screen, is_green, screen_until
 from tests.desktop.wsclient import WsClient, ws_open
 from tests.support import poll
@@ -236,3 +254,51 @@ async def test_over_xrdp_japanese_text_and_the_jis_keys_add_nothing_and_typing_g
             [live] = d.registry.list()  # the session is still up
             assert live.port == xrdp.port
             ws.close()
+
+
+async def test_in_chromium_keys_carrying_japanese_reach_a_vnc_instrument_ime_commits_do_not(
+    desk: Desk,
+    browser: webdriver.Chrome,  # noqa: F811
+) -> None:
+    """The console page in headless Chromium: key events that carry a Japanese
+    character (as an on-screen keyboard sends them) go through noVNC and arrive
+    exactly; text an IME composes and commits into the page (Chromium's
+    ``Input.imeSetComposition`` and ``Input.insertText``) does not arrive at all:
+    noVNC listens to key events on its canvas, which is no text field."""
+    d = desk
+    d.grant()
+    async with served(d.app) as url:
+        await asyncio.to_thread(browser_sign_in, browser, url, "alice", d.code("alice"))
+        d.clock.advance(30)
+        await asyncio.to_thread(browser.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}")
+        await poll(
+            lambda: asyncio.to_thread(lambda: desktop_state(browser) == "live"), 15, "the desktop"
+        )
+        await poll(
+            lambda: asyncio.to_thread(lambda: browser.execute_script(PIXEL) == list(GREEN)),
+            15,
+            "the instrument's green xterm on the page",
+        )
+        canvas = await asyncio.to_thread(browser.find_element, By.CSS_SELECTOR, "#screen canvas")
+        size = canvas.size
+
+        def type_on_the_page() -> None:
+            # the pointer over the xterm (X focus follows it), ASCII keys first (see above)
+            webdriver.ActionChains(browser).move_to_element_with_offset(
+                canvas, 30 - size["width"] // 2, 30 - size["height"] // 2
+            ).click().send_keys("No.5 ").perform()
+            for c in JAPANESE:
+                browser.execute_cdp_cmd(
+                    "Input.dispatchKeyEvent", {"type": "keyDown", "key": c, "text": c}
+                )
+                browser.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": "keyUp", "key": c})
+            # an IME's composition, then its commit
+            composing = {"text": "けんたい", "selectionStart": 4, "selectionEnd": 4}
+            browser.execute_cdp_cmd("Input.imeSetComposition", composing)
+            browser.execute_cdp_cmd("Input.insertText", {"text": "検体"})
+            webdriver.ActionChains(browser).send_keys("/" + Keys.ENTER).perform()
+
+        await asyncio.to_thread(type_on_the_page)
+        typed = d.xvnc.typed
+        await poll(lambda: _text(typed).endswith("\n"), 10, "the typed line on the instrument")
+        assert _text(typed) == "No.5 " + JAPANESE + "/\n"
