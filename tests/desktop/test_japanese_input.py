@@ -1,12 +1,12 @@
-"""Japanese text typed into VNC and RDP desktops reaches the program on the instrument.
+"""What of Japanese text typed into VNC and RDP desktops reaches the instrument.
 
-The browser's noVNC sends text an input method (IME) composed as one keysym a
-character, key down then up: the legacy X keysym when one exists for the character
-(Latin-1 one to one, full-width katakana as the ``kana_*`` keysyms 0x04a1-0x04df),
-else 0x01000000 + the code point.  The test sends exactly that, using noVNC's own
-table (``node_modules/@novnc/novnc/core/input/keysymdef.js``), over the console's
-WebSocket, into a UTF-8 ``xterm`` on a real Xvnc (directly, or behind a real xrdp)
-whose shell writes what it receives to a file.
+The browser's noVNC sends a key event that carries a character (an on-screen
+keyboard's "検") as one keysym, key down then up: the legacy X keysym when one
+exists for the character (Latin-1 one to one, full-width katakana as the ``kana_*``
+keysyms 0x04a1-0x04df), else 0x01000000 + the code point.  The test sends exactly
+that, using noVNC's own table (``node_modules/@novnc/novnc/core/input/keysymdef.js``),
+over the console's WebSocket, into a UTF-8 ``xterm`` on a real Xvnc (directly, or
+behind a real xrdp) whose shell writes what it receives to a file.
 
 Proved here: over VNC (TigerVNC's Xvnc), kanji, full-width katakana, half-width
 katakana, full-width digits and the yen sign arrive exactly, and the JIS keys
@@ -194,7 +194,7 @@ async def _keys_at_the_root(ws: WsClient, xvnc: Xvnc, keysyms: list[int]) -> lis
 
 
 async def _type(ws: WsClient, keysyms: list[int]) -> None:
-    """Each keysym down then up, as noVNC sends an IME's committed text."""
+    """Each keysym down then up, as noVNC sends key events that carry characters."""
     for sym in keysyms:
         await ws.send(struct.pack(">BBxxI", 4, 1, sym))
         await ws.send(struct.pack(">BBxxI", 4, 0, sym))
@@ -204,9 +204,10 @@ def _text(typed: Path) -> str:
     return typed.read_bytes().decode("utf-8", "replace") if typed.exists() else ""
 
 
-async def test_japanese_ime_text_and_jis_keys_reach_a_vnc_instrument_exactly(desk: Desk) -> None:
-    """A specimen comment (ASCII typed as keys, then the IME's Japanese text) arrives
-    exactly; the JIS keys (sent as their keysyms) add no character of their own."""
+async def test_japanese_characters_and_jis_keys_reach_a_vnc_instrument_exactly(desk: Desk) -> None:
+    """A specimen comment (ASCII, then Japanese characters, as noVNC sends them)
+    arrives exactly; the JIS keys (sent as their keysyms) add no character of their
+    own and reach X as those keysyms."""
     d = desk
     d.grant()
     async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
