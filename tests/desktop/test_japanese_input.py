@@ -42,6 +42,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
 
 from tests.console.browsing import browser_sign_in
 from tests.console.conftest import browser  # noqa: F401  (fixture)
@@ -257,6 +258,26 @@ async def test_over_xrdp_japanese_text_and_the_jis_keys_add_nothing_and_typing_g
             ws.close()
 
 
+async def _desktop_page(d: Desk, browser: webdriver.Chrome, url: str) -> WebElement:  # noqa: F811
+    """alice signed in, the instrument's desktop page live with its green xterm; its
+    canvas."""
+    await asyncio.to_thread(browser_sign_in, browser, url, "alice", d.code("alice"))
+    d.clock.advance(30)
+    await asyncio.to_thread(browser.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}")
+    await poll(
+        lambda: asyncio.to_thread(lambda: desktop_state(browser) == "live"), 15, "the desktop"
+    )
+    await poll(
+        lambda: asyncio.to_thread(lambda: browser.execute_script(PIXEL) == list(GREEN)),
+        15,
+        "the instrument's green xterm on the page",
+    )
+    canvas: WebElement = await asyncio.to_thread(
+        browser.find_element, By.CSS_SELECTOR, "#screen canvas"
+    )
+    return canvas
+
+
 async def test_in_chromium_keys_carrying_japanese_reach_a_vnc_instrument_ime_commits_do_not(
     desk: Desk,
     browser: webdriver.Chrome,  # noqa: F811
@@ -269,18 +290,7 @@ async def test_in_chromium_keys_carrying_japanese_reach_a_vnc_instrument_ime_com
     d = desk
     d.grant()
     async with served(d.app) as url:
-        await asyncio.to_thread(browser_sign_in, browser, url, "alice", d.code("alice"))
-        d.clock.advance(30)
-        await asyncio.to_thread(browser.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}")
-        await poll(
-            lambda: asyncio.to_thread(lambda: desktop_state(browser) == "live"), 15, "the desktop"
-        )
-        await poll(
-            lambda: asyncio.to_thread(lambda: browser.execute_script(PIXEL) == list(GREEN)),
-            15,
-            "the instrument's green xterm on the page",
-        )
-        canvas = await asyncio.to_thread(browser.find_element, By.CSS_SELECTOR, "#screen canvas")
+        canvas = await _desktop_page(d, browser, url)
         size = canvas.size
 
         def type_on_the_page() -> None:
@@ -303,3 +313,38 @@ async def test_in_chromium_keys_carrying_japanese_reach_a_vnc_instrument_ime_com
         typed = d.xvnc.typed
         await poll(lambda: _text(typed).endswith("\n"), 10, "the typed line on the instrument")
         assert _text(typed) == "No.5 " + JAPANESE + "/\n"
+
+
+async def test_in_chromium_an_ime_commit_in_the_text_field_is_typed_on_the_instrument(
+    desk: Desk,
+    browser: webdriver.Chrome,  # noqa: F811
+) -> None:
+    """What an IME composes and commits into the page's text field (Chromium's
+    ``Input.imeSetComposition`` then ``Input.insertText``, as a Japanese IME does) and
+    is sent reaches the instrument exactly, and the keys pressed on the screen after
+    it follow it there; the field is empty again and the screen has the keys."""
+    d = desk
+    d.grant()
+    async with served(d.app) as url:
+        canvas = await _desktop_page(d, browser, url)
+        size = canvas.size
+
+        def type_on_the_page() -> None:
+            webdriver.ActionChains(browser).move_to_element_with_offset(
+                canvas, 30 - size["width"] // 2, 30 - size["height"] // 2
+            ).click().send_keys("No.5 ").perform()
+            field = browser.find_element(By.ID, "text-to-send")
+            assert field.is_displayed()
+            field.click()
+            composing = {"text": "けんたい", "selectionStart": 4, "selectionEnd": 4}
+            browser.execute_cdp_cmd("Input.imeSetComposition", composing)
+            browser.execute_cdp_cmd("Input.insertText", {"text": "検体ｹﾝﾀｲ"})
+            assert field.get_attribute("value") == "検体ｹﾝﾀｲ"
+            browser.find_element(By.CSS_SELECTOR, "#text-input button[type=submit]").click()
+            assert field.get_attribute("value") == ""
+            webdriver.ActionChains(browser).send_keys("/" + Keys.ENTER).perform()
+
+        await asyncio.to_thread(type_on_the_page)
+        typed = d.xvnc.typed
+        await poll(lambda: _text(typed).endswith("\n"), 10, "the typed line on the instrument")
+        assert _text(typed) == "No.5 検体ｹﾝﾀｲ/\n"

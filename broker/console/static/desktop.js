@@ -5,6 +5,7 @@
 // Player: the recording's server messages are fed to noVNC at the recorded pace
 // through a channel that looks like a WebSocket; seeking replays from the start.
 import RFB from "/console/static/novnc/core/rfb.js";
+import keysyms from "/console/static/novnc/core/input/keysymdef.js";
 
 const screen = document.getElementById("screen");
 const state = document.getElementById("desktop-state");
@@ -140,7 +141,29 @@ function live() {
   rfb.scaleViewport = true;
   rfb.resizeSession = !watching;
   rfb.addEventListener("connect", () => { setState("live"); rfb.focus(); });
+  if (!watching) { textInput(rfb); }
   window.hoshuDesktop = rfb;
+}
+
+// Text from an input method (Japanese): noVNC sends keys pressed on its screen, but an
+// IME's committed text comes with no key event.  The engineer writes it in this field
+// and sends it; each character goes to the instrument as a key press and release
+// (its keysym: the legacy one where X has one, else Unicode).
+function textInput(rfb) {
+  const form = document.getElementById("text-input");
+  const field = document.getElementById("text-to-send");
+  if (!form || !field) { return; }
+  form.hidden = false;
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    for (const ch of field.value) {
+      const keysym = keysyms.lookup(ch.codePointAt(0));
+      rfb.sendKey(keysym, null, true);
+      rfb.sendKey(keysym, null, false);
+    }
+    field.value = "";
+    rfb.focus();
+  });
 }
 
 async function player() {
