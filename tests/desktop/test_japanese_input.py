@@ -45,7 +45,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 
 from tests.console.browsing import browser_sign_in
-from tests.console.conftest import browser  # noqa: F401  (fixture)
+from tests.console.conftest import (
+    browser,  # noqa: F401  (fixture)
+    screenshot,
+)
 from tests.desktop.conftest import (
     GREEN,
     INSTRUMENT,
@@ -348,3 +351,8 @@ async def test_in_chromium_an_ime_commit_in_the_text_field_is_typed_on_the_instr
         typed = d.xvnc.typed
         await poll(lambda: _text(typed).endswith("\n"), 10, "the typed line on the instrument")
         assert _text(typed) == "No.5 検体ｹﾝﾀｲ/\n"
+        # the page as the engineer sees it, for docs/desktop.md
+        lang = await asyncio.to_thread(
+            lambda: browser.find_element(By.TAG_NAME, "html").get_attribute("lang")
+        )
+        await asyncio.to_thread(screenshot, browser, f"desktop-{lang}")
