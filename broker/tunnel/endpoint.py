@@ -18,9 +18,12 @@
   :class:`TunnelRegistry`, replacing an older one of the same gateway;
 * every ``revocation_check_s`` one sweep (:meth:`TunnelListener.sweep_revoked`)
   asks the directory about the keys of all the tunnels held here, in batches of
-  :data:`REVOCATION_BATCH` per offloaded call, and closes those no longer enrolled.
-  One sweep per endpoint, not a timer and a thread hop per tunnel: an idle tunnel
-  costs the broker its heartbeats only.
+  :data:`SWEEP_BATCH` per offloaded call, and closes those no longer enrolled;
+  every ``windows_interval_s`` another (:meth:`TunnelListener.refresh_windows`)
+  sends each tunnel its windows, read the same way (pushes after an approval or
+  revocation still go at once, :meth:`TunnelRegistry.push_windows`).  One sweep
+  per endpoint, not a timer and a thread hop per tunnel: an idle tunnel costs the
+  broker its heartbeats only.
 
 Other parts reach instruments through ``registry.connection(gateway_id)``:
 ``conn.open_connection(host, port)`` or ``asyncssh.connect(..., tunnel=conn)``,
@@ -35,7 +38,7 @@ import contextlib
 import logging
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -69,9 +72,9 @@ from wire.transport import CoalescingTransport
 
 log = logging.getLogger(__name__)
 CLOCK_DRIFT_WARN_S = 5.0
-# keys one offloaded call of a revocation sweep looks up; the batches run one after the
-# other, so a sweep over thousands of tunnels holds one thread of the database pool
-REVOCATION_BATCH = 256
+# tunnels one offloaded call of a sweep asks the directory about; the batches run one
+# after the other, so a sweep over thousands of tunnels holds one thread of the pool
+SWEEP_BATCH = 256
 
 __all__ = [
     "GatewayDirectory",
@@ -397,7 +400,7 @@ class TunnelListener:
         self._clock = clock
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweepers: list[asyncio.Task[None]] = []
         self.port = 0
 
     def _emit(self, type_: str, **columns: Any) -> None:
@@ -440,23 +443,53 @@ class TunnelListener:
         )
         self.port = self._acceptor.get_port()
         if s.revocation_check_s > 0:
-            self._sweeper = asyncio.create_task(self._revocations())
+            self._sweepers.append(
+                asyncio.create_task(self._every(s.revocation_check_s, self.sweep_revoked))
+            )
+        if s.windows_interval_s > 0:
+            self._sweepers.append(
+                asyncio.create_task(self._every(s.windows_interval_s, self.refresh_windows))
+            )
         log.info("tunnel endpoint listening on %s:%d", s.host, self.port)
 
-    async def _revocations(self) -> None:
-        """Sweep the held tunnels for revoked gateways every ``revocation_check_s``."""
+    async def _every(self, interval_s: float, sweep: Callable[[], Awaitable[int]]) -> None:
+        """Run ``sweep`` every ``interval_s`` seconds until cancelled."""
         while True:
-            await asyncio.sleep(self.settings.revocation_check_s)
+            await asyncio.sleep(interval_s)
             try:
-                await self.sweep_revoked()
+                await sweep()
             except Exception as exc:  # a sweep that breaks must not end the next ones
-                log.error("revocation sweep failed: %s", exc)
+                log.error("tunnel sweep failed: %s", exc)
+
+    async def refresh_windows(self) -> int:
+        """Send every tunnel held here its current windows; returns how many were sent.
+
+        The directory is read off the event loop, :data:`SWEEP_BATCH` gateways per
+        offloaded call; a batch the store cannot answer keeps the windows its gateways
+        have (logged) until the next sweep or push."""
+        held = [i for i in self.registry.tunnels() if i.conversation.channel is not None]
+        offload = self._offload or asyncio.to_thread
+        sent = 0
+        for start in range(0, len(held), SWEEP_BATCH):
+            batch = held[start : start + SWEEP_BATCH]
+            now = self._clock()
+            ids = [i.record.gateway_id for i in batch]
+            try:
+                spans = await offload(_windows_for_gateways, self._directory, ids, now)
+            except Exception as exc:  # the store failing must not drop the tunnels
+                log.error("cannot read windows for %d gateway(s): %s", len(batch), exc)
+                continue
+            for info, theirs in zip(batch, spans, strict=True):
+                if self.registry.info(info.record.gateway_id) is info:
+                    info.conversation.send_window_spans(theirs, now)
+                    sent += 1
+        return sent
 
     async def sweep_revoked(self) -> int:
         """Close every tunnel held here whose key is no longer an enrolled, active
         gateway's (bye, then ``gateway.disconnected`` saying revoked); returns how many.
 
-        The directory is asked off the event loop, :data:`REVOCATION_BATCH` keys per
+        The directory is asked off the event loop, :data:`SWEEP_BATCH` keys per
         offloaded call.  A batch the store cannot answer keeps its tunnels (a reconnect
         still fails closed at the host key) and is asked again at the next sweep."""
         held = [
@@ -466,8 +499,8 @@ class TunnelListener:
         ]
         offload = self._offload or asyncio.to_thread
         closed = 0
-        for start in range(0, len(held), REVOCATION_BATCH):
-            batch = held[start : start + REVOCATION_BATCH]
+        for start in range(0, len(held), SWEEP_BATCH):
+            batch = held[start : start + SWEEP_BATCH]
             keys = [i.conversation.key_line for i in batch]
             try:
                 records = await offload(_gateways_for_keys, self._directory, keys)
@@ -506,7 +539,7 @@ class TunnelListener:
             broker_version=s.broker_version,
             heartbeat_s=s.heartbeat_s,
             heartbeat_misses=s.heartbeat_misses,
-            windows_interval_s=s.windows_interval_s,
+            windows_interval_s=0,  # refreshed by the endpoint's sweep (refresh_windows)
             key_line=client.key_line if isinstance(client, _BrokerClient) else "",
             offload=self._offload,
             replica=s.replica_id,
@@ -622,11 +655,10 @@ class TunnelListener:
 
     async def close(self) -> None:
         """Stop listening and drop every gateway connection."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for sweeper in self._sweepers:
+            sweeper.cancel()
+        await asyncio.gather(*self._sweepers, return_exceptions=True)
+        self._sweepers = []
         if self._acceptor is not None:
             self._acceptor.close()
             with contextlib.suppress(Exception):
@@ -644,6 +676,13 @@ def _gateways_for_keys(
 ) -> list[GatewayRecord | None]:
     """The enrolled gateway of each key, in order (one blocking call for a batch)."""
     return [directory.gateway_for_key(k) for k in key_lines]
+
+
+def _windows_for_gateways(
+    directory: GatewayDirectory, gateway_ids: list[str], now: datetime
+) -> list[list[tuple[datetime, datetime]]]:
+    """Each gateway's windows at ``now``, in order (one blocking call for a batch)."""
+    return [directory.windows_for(g, now) for g in gateway_ids]
 
 
 async def start_tunnel_listener(

@@ -191,6 +191,11 @@ class ControlConversation:
             return
         self.send(message)
 
+    def send_window_spans(self, spans: list[tuple[datetime, datetime]], now: datetime) -> None:
+        """Send windows the caller read from the directory at ``now`` (a refresh sweep)."""
+        windows = tuple(Window(start=s, end=e) for s, e in spans if e > now and e > s)
+        self.send(Windows(windows=windows[:MAX_WINDOWS]))
+
     async def send_windows_off_loop(self) -> None:
         """:meth:`send_windows` with the store read off the event loop."""
         now = self._clock()
@@ -333,11 +338,17 @@ class ControlConversation:
             await asyncio.sleep(self._heartbeat_s)
 
     async def _windows(self) -> None:
+        """Send the windows when asked (:attr:`windows_wanted`: an approval, a revocation)
+        and, with ``windows_interval_s`` > 0, every that many seconds; 0 leaves the
+        periodic refresh to the endpoint's one sweep over all its tunnels."""
         while True:
-            try:
-                await asyncio.wait_for(self.windows_wanted.wait(), self._windows_interval_s)
-            except TimeoutError:
-                pass
+            if self._windows_interval_s > 0:
+                try:
+                    await asyncio.wait_for(self.windows_wanted.wait(), self._windows_interval_s)
+                except TimeoutError:
+                    pass
+            else:
+                await self.windows_wanted.wait()
             self.windows_wanted.clear()
             await self.send_windows_off_loop()
 
