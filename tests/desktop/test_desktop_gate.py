@@ -294,3 +294,43 @@ async def test_the_grant_end_is_announced_then_ends_the_desktop(desk: Desk) -> N
     [ended] = d.events.of_type("session.ended")
     assert ended.get("EventResultDetails") == "grant_expired"
     assert len(d.events.of_type("session.warning")) == 1
+
+
+async def test_an_approver_following_a_desktop_cannot_type_or_click_on_it(desk: Desk) -> None:
+    """The follow socket is read-only on the broker, not only in the page: keys and
+    pointer clicks an approver sends on it reach neither the instrument nor the
+    recording, while the engineer's keys do."""
+    d = desk
+    d.s.estate.update_policy(d.actor("hadmin"), "hoshi-hospital", {"record_input": True})
+    d.grant()
+    async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+        token = await console_sign_in(http, d, "alice")
+        ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+        await ws.rfb_handshake()
+        [live] = d.registry.list()
+        appr = httpx.AsyncClient(base_url=url, timeout=10)
+        t = await console_sign_in(appr, d, "appr")
+        follow = f"/console/desktop-live/{live.session_id}/ws?csrf={csrf_for(t)}"
+        w = await ws_open(url, follow, cookie=f"hoshu_session={t}", origin=url)
+        assert w.status == 101
+        await w.rfb_handshake()
+        for sym in b"rm -rf /\r":  # the approver's keys, then a click
+            await w.send(struct.pack(">BBxxI", 4, 1, sym if sym != 13 else 0xFF0D))
+            await w.send(struct.pack(">BBxxI", 4, 0, sym if sym != 13 else 0xFF0D))
+        await w.send(struct.pack(">BBHH", 5, 1, 30, 30) + struct.pack(">BBHH", 5, 0, 30, 30))
+        for sym in (*b"ok", 0xFF0D):  # then the engineer's
+            await ws.send(struct.pack(">BBxxI", 4, 1, sym))
+            await ws.send(struct.pack(">BBxxI", 4, 0, sym))
+        typed = d.xvnc.typed
+        await poll(lambda: typed.exists() and b"\n" in typed.read_bytes(), 10, "the typed line")
+        assert typed.read_bytes() == b"ok\n"
+        w.close()
+        ws.close()
+        await appr.aclose()
+        await poll(lambda: bool(d.events.of_type("session.ended")), 10, "session.ended")
+    header, records = read_records(d.store.read(f"{live.session_id}.rfb"))
+    assert header["input"] is True
+    keys = [data[7] for _ms, kind, data in records if kind == b"C" and data[:1] == b"\x04"]
+    assert keys == [ord("o"), ord("o"), ord("k"), ord("k"), 0x0D, 0x0D]  # the engineer's only
+    clicks = [data for _ms, kind, data in records if kind == b"C" and data[:1] == b"\x05"]
+    assert clicks == []  # nor the approver's click
