@@ -434,6 +434,33 @@ class DesktopGate:
         return self.store.read(name, 0, size)
 
 
+async def _until_one_ends(
+    stopped: asyncio.Future[str], workers: tuple[asyncio.Future[Any], ...], session_id: str
+) -> tuple[str, str]:
+    """Run a relay's ``workers`` until one ends or ``stopped`` is set; stop the rest.
+    Returns why (the end reason) and what the engineer is told (may be empty)."""
+    tasks: set[asyncio.Future[Any]] = {*workers, stopped}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _stop_all(workers)
+    if stopped in done:
+        why = stopped.result()
+        return why, f"session ended: {why.replace('_', ' ')}"
+    first = next(iter(done))
+    exc = first.exception()
+    if exc is None:
+        return str(first.result()), ""
+    if isinstance(exc, SessionError):
+        return exc.reason, str(exc)
+    if isinstance(exc, TimeoutError):
+        return "browser_stalled", "session ended: the browser stopped reading"
+    if isinstance(exc, EOFError | OSError):
+        return "closed", ""
+    log.error("desktop session %s failed: %r", session_id, exc)
+    return "desktop_error", "session ended: internal error"
+
+
 async def _stop_all(tasks: tuple[asyncio.Future[Any], ...]) -> None:
     """Cancel ``tasks`` and wait until each has stopped (a cancellation that a finishing
     ``wait_for`` swallowed is repeated), so none writes to the recording after it closes."""
@@ -495,26 +522,7 @@ class _Relay:
         up = asyncio.ensure_future(self._up(upstream, ServerFramer(screen)))
         down = asyncio.ensure_future(self._down(downstream, ClientFramer(screen)))
         keys = asyncio.ensure_future(self._keyframes(screen))
-        tasks: set[asyncio.Future[Any]] = {up, down, keys, self.stopped}
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await _stop_all((up, down, keys))
-        if self.stopped in done:
-            why = self.stopped.result()
-            return why, f"session ended: {why.replace('_', ' ')}"
-        first = next(iter(done))
-        exc = first.exception()
-        if exc is None:
-            return str(first.result()), ""
-        if isinstance(exc, SessionError):
-            return exc.reason, str(exc)
-        if isinstance(exc, TimeoutError):
-            return "browser_stalled", "session ended: the browser stopped reading"
-        if isinstance(exc, EOFError | OSError):
-            return "closed", ""
-        log.error("desktop session %s failed: %r", self.live.session_id, exc)
-        return "desktop_error", "session ended: internal error"
+        return await _until_one_ends(self.stopped, (up, down, keys), self.live.session_id)
 
     async def _up(self, s: Stream, framer: ServerFramer) -> str:
         while True:
@@ -618,26 +626,7 @@ class _RdpRelay(_Relay):
         down = asyncio.ensure_future(b.down(downstream))
         out = asyncio.ensure_future(b.out())
         keys = asyncio.ensure_future(b.keyframes())
-        tasks: set[asyncio.Future[Any]] = {up, down, out, keys, self.stopped}
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await _stop_all((up, down, out, keys))
-        if self.stopped in done:
-            why = self.stopped.result()
-            return why, f"session ended: {why.replace('_', ' ')}"
-        first = next(iter(done))
-        exc = first.exception()
-        if exc is None:
-            return str(first.result()), ""
-        if isinstance(exc, SessionError):
-            return exc.reason, str(exc)
-        if isinstance(exc, TimeoutError):
-            return "browser_stalled", "session ended: the browser stopped reading"
-        if isinstance(exc, EOFError | OSError):
-            return "closed", ""
-        log.error("desktop session %s failed: %r", self.live.session_id, exc)
-        return "desktop_error", "session ended: internal error"
+        return await _until_one_ends(self.stopped, (up, down, out, keys), self.live.session_id)
 
 
 class _NoWriter:
