@@ -14,6 +14,7 @@ from selenium.webdriver.common.by import By
 from broker.console.web import csrf_for
 from tests.control.conftest import PASSWORD
 from tests.desktop.conftest import INSTRUMENT, Desk
+from tests.desktop.wsclient import ws_open
 
 
 async def console_sign_in(http: httpx.AsyncClient, d: Desk, name: str) -> str:
@@ -27,6 +28,17 @@ async def console_sign_in(http: httpx.AsyncClient, d: Desk, name: str) -> str:
     token = http.cookies.get("hoshu_session")
     assert token
     return token
+
+
+async def refused_open(d: Desk, url: str, http: httpx.AsyncClient) -> tuple[int, str, bytes]:
+    """alice opens the instrument's desktop socket, expecting it to be closed on her:
+    the close code, the reason and whatever data came before it."""
+    token = await console_sign_in(http, d, "alice")
+    ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
+    try:
+        return await ws.until_close(timeout_s=30)
+    finally:
+        ws.close()
 
 
 def ws_path(port: int, token: str | None) -> str:

@@ -41,7 +41,7 @@ from tests.desktop.conftest import (
     pinned_desk,
     start_xrdp,
 )
-from tests.desktop.helpers import console_sign_in, probe_export, ws_path
+from tests.desktop.helpers import console_sign_in, probe_export, refused_open, ws_path
 from tests.desktop.rfbscreen import Screen, is_green, screen_until
 from tests.desktop.wsclient import WsClient, ws_open
 from tests.support import poll
@@ -136,12 +136,7 @@ async def test_a_changed_rdp_certificate_is_refused_until_the_approver_accepts_i
         d.pin(old)
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            token = await console_sign_in(http, d, "alice")
-            ws = await ws_open(
-                url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
-            )
-            code, reason, data = await ws.until_close(timeout_s=30)
-            ws.close()
+            code, reason, data = await refused_open(d, url, http)
             assert code == 4403 and "certificate changed" in reason, (code, reason)
             assert data == b"" and not d.registry.list()
             [refused] = d.events.of_type("session.refused")
@@ -177,12 +172,7 @@ async def test_an_rdp_server_without_tls_is_refused_and_nothing_opens(
         ) as d:
             d.grant()
             async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-                token = await console_sign_in(http, d, "alice")
-                ws = await ws_open(
-                    url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
-                )
-                code, reason, data = await ws.until_close(timeout_s=30)
-                ws.close()
+                code, reason, data = await refused_open(d, url, http)
             assert code == 4403 and "does not offer TLS" in reason, (code, reason)
             assert data == b"" and not d.registry.list()
             [refused] = d.events.of_type("session.refused")
@@ -207,12 +197,7 @@ async def test_an_rdp_instrument_without_a_stored_user_is_refused_before_any_log
     ) as d:  # a password stored, no user name
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            token = await console_sign_in(http, d, "alice")
-            ws = await ws_open(
-                url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
-            )
-            code, reason, data = await ws.until_close(timeout_s=30)
-            ws.close()
+            code, reason, data = await refused_open(d, url, http)
         assert code == 4403 and "no stored RDP user and password" in reason, (code, reason)
         assert data == b"" and not d.registry.list()
         [refused] = d.events.of_type("session.refused")
@@ -237,12 +222,7 @@ async def test_a_wrong_stored_rdp_password_is_refused_not_shown_as_xrdps_login_s
     ) as d:
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            token = await console_sign_in(http, d, "alice")
-            ws = await ws_open(
-                url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
-            )
-            code, reason, data = await ws.until_close(timeout_s=30)
-            ws.close()
+            code, reason, data = await refused_open(d, url, http)
         assert code == 4403, (code, reason)
         assert reason == "the instrument refused the stored login — ask the hospital to update it"
         assert data == b"" and not d.registry.list()  # not one pixel of xrdp's screen

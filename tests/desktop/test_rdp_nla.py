@@ -35,7 +35,7 @@ import pytest
 from broker.desktop.pins import CertificatePins
 from broker.desktop.rdpclient import LOGIN_REFUSED
 from tests.desktop.conftest import Desk, Xvnc, open_desk
-from tests.desktop.helpers import console_sign_in, ws_path
+from tests.desktop.helpers import console_sign_in, refused_open, ws_path
 from tests.desktop.rfbscreen import Screen, is_green, screen_until
 from tests.desktop.wsclient import WsClient, ws_open
 from tests.support import free_port, listening, poll, poll_sync
@@ -127,15 +127,6 @@ async def nla_desk(
     ) as d:
         pins.append(CertificatePins(d.s))
         yield d
-
-
-async def _refused(d: Desk, url: str, http: httpx.AsyncClient) -> tuple[int, str, bytes]:
-    token = await console_sign_in(http, d, "alice")
-    ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
-    try:
-        return await ws.until_close(timeout_s=30)
-    finally:
-        ws.close()
 
 
 async def _open(d: Desk, url: str, http: httpx.AsyncClient) -> tuple[WsClient, Screen]:
@@ -248,7 +239,7 @@ async def test_a_wrong_stored_password_is_refused_by_nla_and_nothing_opens(
     async with nla_desk(tmp_path, xvnc, shadow, password=wrong) as d:
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            code, reason, data = await _refused(d, url, http)
+            code, reason, data = await refused_open(d, url, http)
         assert code == 4403, (code, reason)
         assert reason == LOGIN_REFUSED
         assert data == b"" and not d.registry.list()  # not one pixel of the screen
@@ -276,7 +267,7 @@ async def test_a_server_that_is_not_the_pinned_one_sees_no_ntlm_message(
         d.pin(old)
         d.grant()
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            code, reason, data = await _refused(d, url, http)
+            code, reason, data = await refused_open(d, url, http)
         assert code == 4403 and "certificate changed" in reason, (code, reason)
         assert data == b"" and not d.registry.list()
         [refused] = d.events.of_type("session.refused")
