@@ -63,7 +63,11 @@ def _console_log(driver: webdriver.Chrome) -> list[dict[str, str]]:
 
 
 def _downloaded(folder: Path) -> Path | None:
-    done = [p for p in folder.glob("hoshu-audit*.csv") if not p.name.endswith(".crdownload")]
+    """The finished download: Chromium creates the file's final name empty when the
+    download starts and fills it when its ``.crdownload`` is renamed over it."""
+    if list(folder.glob("*.crdownload")):
+        return None
+    done = [p for p in folder.glob("hoshu-audit*.csv") if p.stat().st_size > 0]
     return done[0] if done else None
 
 
