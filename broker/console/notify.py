@@ -77,6 +77,7 @@ import sqlalchemy as sa
 from audit import new_event
 from audit.emitter import Emitter
 from audit.events import AuditEvent
+from broker.access.crypto import SecretBox
 from broker.access.model import AccessRequest, Grant, GrantStatus, Role, User
 from broker.access.services import Services
 from broker.settings import BrokerSettings
@@ -120,7 +121,7 @@ class Channels:
 
     email: bool = True
     emails: tuple[str, ...] = ()
-    teams_url: str = ""
+    teams_url: str = ""  # as stored: sealed (see seal_teams_url); a URL only when typed in
     webhook_url: str = ""
     kinds: tuple[str, ...] = DEFAULT_KINDS  # of CHOOSABLE: what the hospital is told of
     webhook_secret: str = ""  # the webhook's HMAC key, sealed (never shown); '' the broker's
@@ -165,14 +166,49 @@ def load_channels(engine: sa.Engine, org_id: str) -> Channels | None:
     )
 
 
+def _typed_url(value: str) -> bool:
+    """A URL as typed in (or stored before Teams URLs were sealed), not a sealed one."""
+    return value.startswith(("https://", "http://"))
+
+
+def seal_teams_url(box: SecretBox | None, value: str, *, allow_http: bool = False) -> str:
+    """What is stored of a Teams URL: sealed with the control plane's secret box, like
+    the webhook key (whoever holds the URL posts to the channel).  A value already
+    sealed (the stored URL kept) is returned as it is; a typed URL is checked first."""
+    if not value or not _typed_url(value):
+        return value
+    check_webhook_url(value, allow_http=allow_http)
+    if box is None:
+        raise ValueError("a Teams URL is stored only sealed, and no secret box is at hand")
+    return box.seal(value)
+
+
+def open_teams_url(box: SecretBox | None, stored: str) -> str:
+    """The Teams URL a stored value stands for ('' none).  A URL stored in the clear by
+    an earlier version is taken as it is, and sealed the next time the settings are
+    saved."""
+    if not stored or _typed_url(stored):
+        return stored
+    if box is None:
+        raise ValueError("the Teams URL is sealed, and no secret box is at hand to open it")
+    return box.open(stored)
+
+
 def save_channels(
-    engine: sa.Engine, org_id: str, channels: Channels, now: datetime, *, allow_http: bool = False
+    engine: sa.Engine,
+    org_id: str,
+    channels: Channels,
+    now: datetime,
+    *,
+    allow_http: bool = False,
+    box: SecretBox | None = None,
 ) -> None:
     """Set the organisation's channels (URLs and addresses checked first; ``allow_http``:
-    the broker's ``notify_allow_http``)."""
-    for url in (channels.teams_url, channels.webhook_url):
-        if url:
-            check_webhook_url(url, allow_http=allow_http)
+    the broker's ``notify_allow_http``).  A typed Teams URL is sealed with ``box``
+    (:func:`seal_teams_url`); without a box it is refused."""
+    if channels.webhook_url:
+        check_webhook_url(channels.webhook_url, allow_http=allow_http)
+    teams = seal_teams_url(box, channels.teams_url, allow_http=allow_http)
     unknown = set(channels.kinds) - set(CHOOSABLE)
     if unknown:
         raise ValueError(f"not a notification kind: {', '.join(sorted(unknown))[:80]}")
@@ -182,7 +218,7 @@ def save_channels(
     values = {
         "email": channels.email,
         "emails": list(channels.emails),
-        "teams_url": channels.teams_url,
+        "teams_url": teams,
         "webhook_url": channels.webhook_url,
         "kinds": [k for k in CHOOSABLE if k in channels.kinds],
         "webhook_secret": channels.webhook_secret,
@@ -560,7 +596,7 @@ class Notifier:
             mails = set(self.recipients(m.org_id, m.role, m.user_ids)) | set(chosen.emails)
             if mails:
                 targets.append(("email", sorted(mails)))
-        if chosen.teams_url:
+        if chosen.teams_url:  # as stored (sealed): opened only to send
             targets.append(("teams", chosen.teams_url))
         if chosen.webhook_url:
             targets.append(("webhook", chosen.webhook_url))
@@ -689,7 +725,8 @@ class Notifier:
         if channel == "email":
             self._send_mail([str(t) for t in target], payload)
         elif channel == "teams":
-            self._post(str(target), teams_card(payload), {})
+            box = self._services.ctx.secrets if self._services is not None else None
+            self._post(open_teams_url(box, str(target)), teams_card(payload), {})
         elif channel == "webhook":
             secret = self._webhook_secret(str(payload.get("org_id") or ""))
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

@@ -12,9 +12,12 @@ so both refuse the same callers the same way and write the same event.
   stored and is never shown again: what is shown is whether one is set.  An empty key
   keeps the stored one; ``clear_secret`` removes it (then the broker's key signs).
 - The Microsoft Teams URL is a bearer credential (whoever holds it posts to the
-  channel): it is never shown again either, only its host and last four characters
-  (:attr:`Shown.teams_hint`).  An empty URL keeps the stored one; ``clear_teams``
-  removes it; changing it means typing the whole URL again.
+  channel): it is sealed with the same box before it is stored (in the settings row and
+  in each outbox row for Teams; opened only to send), and it is never shown again
+  either, only its host and last four characters (:attr:`Shown.teams_hint`).  An empty
+  URL keeps the stored one; ``clear_teams`` removes it; changing it means typing the
+  whole URL again.  A URL an earlier version stored in the clear still works and is
+  sealed the next time the settings are saved.
 - A change is ``admin.change`` (``ObjectType`` ``notification_settings``) with what
   changed in outline (kinds, counts, whether a URL or key is set): no URL (a Teams URL
   is a credential), no address, no key.
@@ -34,7 +37,14 @@ from broker.access.errors import InvalidInput, NotFound, PermissionDenied
 from broker.access.model import Org, OrgKind
 from broker.access.ports import Actor
 from broker.access.services import Services
-from broker.console.notify import CHOOSABLE, Channels, load_channels, save_channels
+from broker.console.notify import (
+    CHOOSABLE,
+    Channels,
+    load_channels,
+    open_teams_url,
+    save_channels,
+    seal_teams_url,
+)
 
 SECRET_MIN = 16
 SECRET_MAX = 256
@@ -45,17 +55,13 @@ class Shown:
     """An organisation's settings as shown: the key only as whether one is set."""
 
     org: Org
-    channels: Channels
+    channels: Channels  # as stored: the Teams URL sealed
     set: bool  # chosen by the organisation (else: the defaults)
+    teams_hint: str = ""  # the stored Teams URL as shown: host and last four ('' none)
 
     @property
     def secret_set(self) -> bool:
         return bool(self.channels.webhook_secret)
-
-    @property
-    def teams_hint(self) -> str:
-        """The stored Teams URL as shown: its host and last four characters ('' none)."""
-        return teams_hint(self.channels.teams_url)
 
 
 def teams_hint(url: str) -> str:
@@ -77,10 +83,15 @@ def org_for(services: Services, actor: Actor, ref: str) -> Org:
     return org
 
 
+def _shown(services: Services, org: Org, channels: Channels, chosen: bool) -> Shown:
+    url = open_teams_url(services.ctx.secrets, channels.teams_url)
+    return Shown(org, channels, chosen, teams_hint(url))
+
+
 def show(services: Services, engine: sa.Engine, actor: Actor, ref: str) -> Shown:
     org = org_for(services, actor, ref)
     chosen = load_channels(engine, org.id)
-    return Shown(org, chosen or Channels(), chosen is not None)
+    return _shown(services, org, chosen or Channels(), chosen is not None)
 
 
 def change(
@@ -115,9 +126,18 @@ def change(
     else:
         sealed = before.webhook_secret
     teams = "" if clear_teams else (wanted.teams_url or before.teams_url)
-    chosen = replace(wanted, webhook_secret=sealed, teams_url=teams)
     try:
-        save_channels(engine, org.id, chosen, services.ctx.now(), allow_http=allow_http)
+        # sealed here, so what is shown and kept below is what is stored
+        teams = seal_teams_url(services.ctx.secrets, teams, allow_http=allow_http)
+        chosen = replace(wanted, webhook_secret=sealed, teams_url=teams)
+        save_channels(
+            engine,
+            org.id,
+            chosen,
+            services.ctx.now(),
+            allow_http=allow_http,
+            box=services.ctx.secrets,
+        )
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
     services.ctx.emit(
@@ -141,4 +161,4 @@ def change(
             }
         },
     )
-    return Shown(org, chosen, True)
+    return _shown(services, org, chosen, True)

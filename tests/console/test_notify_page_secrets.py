@@ -18,9 +18,11 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from broker.console.notify import Channels, load_channels
+from broker.console.notify import Channels, load_channels, open_teams_url, save_channels
+from broker.store.tables import NOTIFICATION_SETTINGS
 from tests.console.conftest import CSRF, Console, csrf_of, signed_in, site
 from tests.control.conftest import PASSWORD
 
@@ -70,6 +72,24 @@ def _saved(c: Console) -> Channels | None:
     return load_channels(c.app.state.notification_store, c.world.hospital.id)
 
 
+def _teams(c: Console) -> str:
+    """The Teams URL the stored (sealed) value opens to."""
+    return open_teams_url(c.services.ctx.secrets, (_saved(c) or Channels()).teams_url)
+
+
+def _raw_teams(c: Console) -> str:
+    """The settings row's Teams column as the database holds it."""
+    engine = c.app.state.notification_store
+    with engine.connect() as conn:
+        return str(
+            conn.execute(
+                sa.select(NOTIFICATION_SETTINGS.c.teams_url).where(
+                    NOTIFICATION_SETTINGS.c.org_id == c.world.hospital.id
+                )
+            ).scalar_one()
+        )
+
+
 def _step_up_page(c: Console, http: TestClient) -> str:
     """Send the form with a wrong code: the step-up page's HTML."""
     sent = _stale_form(c, http, stepup_totp=_wrong(c.code("hadmin")))
@@ -95,7 +115,7 @@ def test_a_wrong_code_on_the_form_never_echoes_the_key_or_the_teams_url(c: Conso
     r = http.post(FORM, data={**hidden, "stepup_totp": c.code("hadmin")}, follow_redirects=False)
     assert r.status_code == 303, r.text[:400]
     saved = _saved(c)
-    assert saved is not None and saved.teams_url == TEAMS
+    assert saved is not None and _teams(c) == TEAMS
     assert c.services.ctx.secrets.open(saved.webhook_secret) == KEY
     change = c.emitter.of_type("admin.change")[-1]
     assert KEY not in change.to_json() and "webhook.office" not in change.to_json()
@@ -145,11 +165,45 @@ def test_the_teams_url_is_shown_only_as_host_and_last_four_and_an_empty_field_ke
     # saved again with the field empty: kept; with the box: removed
     csrf = CSRF.search(page).group(1)  # type: ignore[union-attr]
     assert http.post(FORM, data={"csrf": csrf, "email": "on"}).status_code == 200
-    assert (_saved(c) or Channels()).teams_url == TEAMS
+    assert _teams(c) == TEAMS
     gone = {"csrf": csrf, "email": "on", "clear_teams_url": "on"}
     assert http.post(FORM, data=gone, follow_redirects=False).status_code == 303
     assert (_saved(c) or Channels()).teams_url == ""
     assert c.emitter.of_type("admin.change")[-1].details["changes"]["teams_url"] == "removed"
+
+
+def test_the_teams_url_is_stored_sealed_and_one_stored_in_the_clear_is_sealed_when_saved(
+    c: Console,
+) -> None:
+    http = signed_in(c, "hadmin", "en")
+    csrf = csrf_of(http, PAGE)
+    form = {"csrf": csrf, "email": "on", "teams_url": TEAMS}
+    assert http.post(FORM, data=form, follow_redirects=False).status_code == 303
+    stored = _raw_teams(c)
+    assert stored and "webhook" not in stored and "Tk9Q" not in stored
+    assert _teams(c) == TEAMS
+    # a URL an earlier version stored in the clear is still shown and used ...
+    engine = c.app.state.notification_store
+    with engine.begin() as conn:
+        conn.execute(
+            NOTIFICATION_SETTINGS.update()
+            .where(NOTIFICATION_SETTINGS.c.org_id == c.world.hospital.id)
+            .values(teams_url=TEAMS)
+        )
+    page = http.get(PAGE).text
+    assert "hoshi.webhook.office.com …Tk9Q" in page and TEAMS not in page
+    # ... and sealed the next time the settings are saved with the field empty (kept)
+    csrf = CSRF.search(page).group(1)  # type: ignore[union-attr]
+    assert http.post(FORM, data={"csrf": csrf, "email": "on"}).status_code == 200
+    assert "webhook" not in _raw_teams(c) and _teams(c) == TEAMS
+
+
+def test_a_teams_url_is_not_stored_without_a_box_to_seal_it(c: Console) -> None:
+    engine = c.app.state.notification_store
+    before = _raw_teams(c) if _saved(c) else None
+    with pytest.raises(ValueError, match="only sealed"):
+        save_channels(engine, c.world.hospital.id, Channels(teams_url=TEAMS), c.clock())
+    assert (_raw_teams(c) if _saved(c) else None) == before
 
 
 def test_a_new_persons_password_is_not_echoed_by_the_step_up_page_either(c: Console) -> None:

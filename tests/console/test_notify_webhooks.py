@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from audit.emitter import FanOut
@@ -32,6 +33,8 @@ from broker.access.services import Services
 from broker.console.notify import Channels, Notifier, check_webhook_url, save_channels
 from broker.settings import BrokerSettings
 from broker.store.db import Store
+from broker.store.tables import NOTIFICATION_OUTBOX as OUTBOX
+from broker.store.tables import NOTIFICATION_SETTINGS
 from tests.console.conftest import Inbox, site
 from tests.control.conftest import (  # noqa: F401 (fixtures)
     PASSWORD,
@@ -131,6 +134,7 @@ def test_teams_and_signed_json_webhooks_are_delivered_and_retried(
         ),
         clock(),
         allow_http=True,
+        box=services.ctx.secrets,
     )
     receiver.fail_first = 1  # the first call (whichever) is refused: it comes again
     notifier.bind(services, events, store.engine)
@@ -158,6 +162,13 @@ def test_teams_and_signed_json_webhooks_are_delivered_and_retried(
         assert card["potentialAction"][0]["targets"][0]["uri"].endswith("/console/inbox")
         assert inbox.mails == []  # the hospital chose webhooks only
         assert notifier.pending() == 0
+        # the Teams URL (a credential) is in neither table in the clear, only sealed
+        with store.engine.connect() as conn:
+            stored = [
+                *conn.execute(sa.select(NOTIFICATION_SETTINGS.c.teams_url)).scalars(),
+                *(str(t) for t in conn.execute(sa.select(OUTBOX.c.target)).scalars()),
+            ]
+        assert stored and not [v for v in stored if "/teams" in v]
     finally:
         notifier.stop()
         store.close()
