@@ -34,7 +34,7 @@ from broker.access.model import (
 )
 from broker.access.people import is_platform
 from broker.access.ports import SYSTEM, Actor, Context, Tx
-from broker.access.requests import NewRequest, RequestService, visible_filter
+from broker.access.requests import NewRequest, RequestService, expire, visible_filter
 
 LIVE = (GrantStatus.APPROVED.value, GrantStatus.ACTIVE.value)
 VERDICTS = ("accepted", "rejected")
@@ -266,16 +266,7 @@ class GrantService:
                 expires_at__lt=now,
                 for_update=True,
             ):
-                move(self.ctx, tx, req, RequestStatus.EXPIRED, None, "no decision in time")
-                self.ctx.emit(
-                    "request.expired",
-                    None,
-                    ObjectType="request",
-                    Object=req.id,
-                    RequestId=req.id,
-                    HospitalId=req.hospital_id,
-                    VendorId=req.vendor_id,
-                )
+                expire(self.ctx, tx, req)
                 n_req += 1
             for g in tx.find(Grant, status=list(LIVE), for_update=True):
                 cols: dict[str, Any] = dict(

@@ -87,6 +87,21 @@ def chain(transitions: list[Transition]) -> list[Transition]:
     return out + sorted((t for t in transitions if t not in out), key=lambda t: t.at)
 
 
+def expire(ctx: Context, tx: Tx, req: AccessRequest) -> None:
+    """A pending request that got no decision in time: ``expired``, and
+    ``request.expired`` written (by the system, not a person)."""
+    move(ctx, tx, req, RequestStatus.EXPIRED, None, "no decision in time")
+    ctx.emit(
+        "request.expired",
+        None,
+        ObjectType="request",
+        Object=req.id,
+        RequestId=req.id,
+        HospitalId=req.hospital_id,
+        VendorId=req.vendor_id,
+    )
+
+
 class RequestService:
     def __init__(self, ctx: Context, estate: EstateService) -> None:
         self.ctx = ctx
@@ -243,16 +258,7 @@ class RequestService:
         with self.ctx.uow() as tx:
             req = tx.get(AccessRequest, request_id, for_update=True)
             if req is not None and req.status == RequestStatus.PENDING and req.expires_at <= now:
-                move(self.ctx, tx, req, RequestStatus.EXPIRED, None, "no decision in time")
-                self.ctx.emit(
-                    "request.expired",
-                    None,
-                    ObjectType="request",
-                    Object=req.id,
-                    RequestId=req.id,
-                    HospitalId=req.hospital_id,
-                    VendorId=req.vendor_id,
-                )
+                expire(self.ctx, tx, req)
 
     def _decide_checks(self, tx: Tx, actor: Actor, req: AccessRequest) -> list[Decision]:
         if req.status != RequestStatus.PENDING:
