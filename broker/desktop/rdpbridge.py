@@ -10,6 +10,15 @@ events; pointer events become RDP mouse events.  Because the browser side is RFB
 desktop recording of an RDP session is the same ``<session>.rfb`` a VNC session
 writes: playback, following live and the video export read it as they are.
 
+**Clipboard.** Only when the hospital allows the clipboard is the RDP clipboard
+channel joined (:mod:`broker.desktop.rdpclip`).  The browser's ClientCutText, once
+the desktop gate has allowed, logged and recorded it, becomes the broker's clipboard
+on the instrument (text, ``CF_UNICODETEXT``); text copied on the instrument comes
+back as ServerCutText, which the gate allows, logs and records before the browser
+gets it.  RFB's clipboard text is ISO 8859-1 (noVNC sends a character outside it as
+``?``); the bridge sends the instrument's text the same way.  Text the browser
+copied is offered again to the RDP session a resize opens.
+
 **Resize.** A browser that offers the ExtendedDesktopSize pseudo-encoding (noVNC
 does) is told the desktop's size in an ExtendedDesktopSize rectangle, which lets it
 ask for another with SetDesktopSize when its window changes.  RDP fixes the
@@ -35,6 +44,7 @@ from dataclasses import dataclass, field
 
 from broker.desktop.keysyms import LEGACY
 from broker.desktop.rdpclient import MAX_SIDE, RdpSession, Rect
+from broker.desktop.rdpclip import ClipRefused
 from broker.desktop.recording import KEYFRAME_EVERY_S
 from broker.desktop.rfb import (
     C_CUT,
@@ -46,6 +56,7 @@ from broker.desktop.rfb import (
     C_UPDATE_REQUEST,
     EXT_DESKTOP_SIZE,
     RAW,
+    S_CUT,
     S_UPDATE,
     ZLIB,
     ClientFramer,
@@ -277,6 +288,13 @@ def rdp_size(width: int, height: int) -> tuple[int, int]:
     return w - w % 4, h
 
 
+def server_cut(text: str) -> Message:
+    """ServerCutText of the instrument's clipboard ``text``: ISO 8859-1, as RFB (and
+    noVNC) has it, a character outside it sent as ``?`` (as noVNC does the other way)."""
+    data = text.encode("latin-1", "replace")
+    return Message(S_CUT, struct.pack(">BxxxI", S_CUT, len(data)) + data, cut=data)
+
+
 Send = Callable[[bytes], Awaitable[None]]
 Reopen = Callable[[int, int], Awaitable[RdpSession]]
 
@@ -285,8 +303,12 @@ class RdpBridge:
     """Both directions of one RDP desktop served as RFB.
 
     ``send`` records and delivers one server message (the caller records it before
-    the browser gets it); ``on_client`` sees each browser message after it was
-    handled (recording of input and pixel formats, clipboard policy)."""
+    the browser gets it); ``on_client`` sees each browser message before it is
+    handled (recording of input and pixel formats, clipboard policy: False drops
+    it).  The instrument's clipboard text (the clipboard channel, joined only when
+    the hospital allows it) goes to ``on_server`` as ServerCutText and is sent to
+    the browser only if it answers True; its refused clipboard PDUs go to
+    ``on_refused``."""
 
     def __init__(
         self,
@@ -296,8 +318,13 @@ class RdpBridge:
         *,
         keyframe_every_s: float = KEYFRAME_EVERY_S,
         reopen: Reopen | None = None,
+        on_server: Callable[[Message], bool] = lambda _m: False,
+        on_refused: Callable[[ClipRefused], None] = lambda _r: None,
     ) -> None:
         self.rdp = session
+        self.on_server = on_server
+        self.on_refused = on_refused
+        self.copied: str | None = None  # the browser's last allowed clipboard text
         self.reopen = reopen
         self.told_size = False  # the browser was told the size (ExtendedDesktopSize)
         self._sending = asyncio.Lock()  # one update at a time, of one screen
@@ -397,8 +424,29 @@ class RdpBridge:
                 mask = m.data[1]
                 x, y = struct.unpack(">HH", m.data[2:6])
                 await self._pointer(mask, x, y)
-            elif m.kind == C_CUT:
-                pass  # the clipboard channel is not joined: nothing to send it on
+            elif m.kind == C_CUT and m.cut is not None:  # allowed: on_client said so
+                self.copied = m.cut.decode("latin-1")
+                await self.rdp.offer_clipboard(self.copied)
+
+    async def clipboard(self) -> str:
+        """The instrument's clipboard to the browser, until the instrument ends the
+        session (a session replaced by a resize ends without ending the bridge)."""
+        while True:
+            rdp = self.rdp
+            event = await rdp.next_clipboard()
+            if event is None:
+                await self._settled.wait()
+            if rdp is not self.rdp:
+                continue
+            if event is None:
+                return "instrument_closed"
+            if isinstance(event, ClipRefused):
+                self.on_refused(event)
+                continue
+            m = server_cut(event.text)
+            if self.on_server(m):
+                async with self._sending:
+                    await self.send(m.data)
 
     async def resize(self, width: int, height: int) -> None:
         """Follow the browser's SetDesktopSize: a new RDP session at that size, swapped
@@ -431,6 +479,8 @@ class RdpBridge:
                 if self.rdp is not new:
                     await new.close()
                 raise
+            if self.copied is not None:  # the text copied already is not lost
+                await new.offer_clipboard(self.copied)
             self.changed.set()
             await old.close()  # its end is not the session's: up() reads the new one
         finally:
@@ -466,5 +516,6 @@ __all__ = [
     "desktop_size",
     "key_for",
     "rdp_size",
+    "server_cut",
     "server_init",
 ]

@@ -47,6 +47,12 @@ tolerant parser, checked by the RDP tests against real servers
   instead of failing the connection;
 - a server that chose neither TLS nor NLA is refused at once (aardwolf would go on
   with standard RDP security and wait out its licensing timeout);
+- the clipboard channel (:mod:`broker.desktop.rdpclip`, asked for only when the
+  hospital allows the clipboard) is left out when the server gives it no channel id
+  (xrdp gives none with its channels off; aardwolf would fail the connection), and
+  a channel chunk that is cut short or does not decompress, or that aardwolf's
+  logon check cannot read, goes to the channel to be refused instead of ending the
+  connection;
 - the login is confirmed before the session is handed over (:data:`LOGON_TIMEOUT_S`),
   see :func:`connect`.
 
@@ -92,6 +98,8 @@ from aardwolf.commons.queuedata.video import RDP_VIDEO
 from aardwolf.commons.target import RDPTarget
 from aardwolf.connection import RDPConnection
 from aardwolf.protocol.fastpath.bitmap import TS_UPDATE_BITMAP_DATA
+from aardwolf.protocol.T124.userdata import TS_SC
+from aardwolf.protocol.T124.userdata.constants import TS_UD_TYPE
 from aardwolf.protocol.T125.infopacket import INFO_FLAG, TS_INFO_PACKET
 from aardwolf.protocol.T128.clientconfirmactivepdu import TS_CONFIRM_ACTIVE_PDU
 from aardwolf.protocol.T128.share import PDUTYPE, TS_SHARECONTROLHEADER
@@ -102,6 +110,7 @@ from asysocks.unicomm.common.connection import UniConnection
 from asysocks.unicomm.common.packetizers import Packetizer
 from asysocks.unicomm.common.target import UniProto
 
+from broker.desktop.rdpclip import ClipEvent, Cliprdr
 from broker.desktop.rdpnla import credssp_context, credssp_status, login_refused
 from broker.desktop.rfb import DesktopError
 
@@ -229,6 +238,44 @@ class _Dial:
 
 
 _rdp_module.UniClient = _Dial
+_original_normalize_channel_pdu = _rdp_module.normalize_channel_pdu
+
+
+def _tolerant_normalize_channel_pdu(data: bytes, decompressor: Any) -> bytes:
+    """A virtual channel chunk as aardwolf's reader passes it on; one that is cut
+    short or does not decompress goes on as it came (the clipboard channel refuses
+    it) instead of ending the connection."""
+    try:
+        return bytes(_original_normalize_channel_pdu(data, decompressor))
+    except (ValueError, IndexError, struct.error) as exc:
+        log.info("a virtual channel chunk that does not read is passed on as it is: %s", exc)
+        return bytes(data)
+
+
+_rdp_module.normalize_channel_pdu = _tolerant_normalize_channel_pdu
+
+
+class _ChannelIds(list[int]):
+    """The server's channel ids: one it did not give (it gave fewer than were asked
+    for; xrdp gives none when its channels are off) reads as 0, not joined."""
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, int) and i >= len(self):
+            return 0
+        return super().__getitem__(i)
+
+
+class _ServerData(TS_SC):  # type: ignore[misc]
+    @staticmethod
+    def from_bytes(data: bytes) -> Any:
+        parsed = TS_SC.from_bytes(data)
+        net = parsed.serverdata.get(TS_UD_TYPE.SC_NET)
+        if net is not None:
+            net.channelIdArray = _ChannelIds(net.channelIdArray)
+        return parsed
+
+
+_rdp_module.TS_SC = _ServerData
 
 
 class _Codecs:
@@ -273,6 +320,12 @@ class _Connection(RDPConnection):  # type: ignore[misc]
 
         reassembler.feed = watched
 
+    def check_logon_status(self, data: bytes) -> None:
+        # aardwolf reads every channel's data for a Save Session Info PDU; a
+        # clipboard chunk that does not read as one is no reason to end the session
+        with contextlib.suppress(ValueError, IndexError, KeyError, struct.error):
+            super().check_logon_status(data)
+
     def hoshu_pointer(self, data: bytes, at: int) -> None:
         """A pointer update naming cache slot ``data[at:at+2]``: one of the session's
         own (slot 2 and up) means the server's session module is drawing."""
@@ -307,6 +360,13 @@ class _Connection(RDPConnection):  # type: ignore[misc]
                 "which hoshu does not speak)",
             )
         return await RDPConnection._RDPConnection__establish_channels(self)  # type: ignore[no-any-return]  # noqa: SLF001
+
+    async def _RDPConnection__join_channels(self) -> tuple[Any, Any]:
+        joined = self._RDPConnection__joined_channels
+        for name in [n for n, ch in joined.items() if n != "MCS" and not ch.channel_id]:
+            log.info("the instrument has no %s channel: it is not joined", name)
+            del joined[name]
+        return await RDPConnection._RDPConnection__join_channels(self)  # type: ignore[no-any-return]  # noqa: SLF001
 
     async def _RDPConnection__erect_domain(self) -> tuple[Any, Any]:
         # PER: erectDomainRequest, subHeight 0 and subInterval 0, each a one-byte
@@ -394,12 +454,33 @@ class RdpSession:
     methods give the instrument keys and the pointer."""
 
     def __init__(
-        self, conn: _Connection, width: int, height: int, writer: Writer | None = None
+        self,
+        conn: _Connection,
+        width: int,
+        height: int,
+        writer: Writer | None = None,
+        clipboard: Cliprdr | None = None,
     ) -> None:
         self._conn = conn
         self.width = width
         self.height = height
         self._writer = writer
+        self.clipboard = clipboard  # the cliprdr channel, joined only when allowed
+
+    async def next_clipboard(self) -> ClipEvent | None:
+        """The next clipboard event of the instrument (its text, or a refused PDU);
+        None once the session ended.  Without the clipboard channel: only None, at
+        the end."""
+        if self.clipboard is None:
+            await self._conn.disconnected_evt.wait()
+            return None
+        return await self.clipboard.events.get()
+
+    async def offer_clipboard(self, text: str) -> None:
+        """The browser's clipboard text, for the instrument to paste (only with the
+        clipboard channel; without it nothing is sent)."""
+        if self.clipboard is not None:
+            await self.clipboard.offer(text)
 
     async def next(self) -> Rect | None:
         """The next changed rectangle (clipped to the screen); None once the session
@@ -476,17 +557,21 @@ async def connect(
     check_certificate: Callable[[bytes], Awaitable[None]],
     keyboard_layout: int = 0x0409,
     logon_timeout_s: float = LOGON_TIMEOUT_S,
+    clipboard: bool = False,
 ) -> RdpSession:
     """Log in to an RDP server over ``reader``/``writer`` (TLS required; the server's
     certificate is handed to ``check_certificate``, which raises to refuse it, before
     the password is sent) and wait until the login is confirmed (see the module's
     docstring); a login not confirmed within ``logon_timeout_s`` is closed and
     refused (``wrong_credential``: the stored password is wrong, or the server shows
-    its login screen for another reason).  Raises :class:`RdpError`."""
+    its login screen for another reason).  The clipboard channel is offered to the
+    server only with ``clipboard`` (the hospital allows it; :mod:`broker.desktop.rdpclip`);
+    no other virtual channel ever is.  Raises :class:`RdpError`."""
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
         raise RdpError("bad_size", f"a desktop of {width}x{height} is not asked for")
     settings = RDPIOSettings()
-    settings.channels = []  # no clipboard, no drive, no printer, no dynamic channels
+    # the clipboard only if allowed; never a drive, printer, sound or dynamic channel
+    settings.channels = [Cliprdr] if clipboard else []
     settings.vchannels = {}
     settings.drives = []
     settings.clipboard_use_pyperclip = False
@@ -528,7 +613,10 @@ async def connect(
     if conn.hoshu_nla:
         conn.hoshu_logged_on.set()  # CredSSP succeeded: the server accepted the password
     _take_slow_path_updates(conn)
-    session = RdpSession(conn, width, height, writer)
+    cliprdr: Cliprdr | None = getattr(settings, "hoshu_cliprdr", None) if clipboard else None
+    if cliprdr is not None and not cliprdr.channel_id:
+        cliprdr = None  # the instrument gave no clipboard channel
+    session = RdpSession(conn, width, height, writer, cliprdr)
     await _confirm_logon(conn, session, logon_timeout_s)
     return session
 

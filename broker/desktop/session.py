@@ -26,7 +26,11 @@ watcher's interval, warnings reach the page as WebSocket text messages, and a
 recording that can no longer be written ends it.  Every server message is
 recorded before it is sent to the browser.  Clipboard messages are dropped
 (``file.refused``, ``clipboard_off``) unless the hospital allows them; allowed
-ones are ``file.transferred`` with size and SHA-256.  A browser that stops
+ones are ``file.transferred`` with size and SHA-256.  For RDP the switch is read
+before the login: the clipboard channel is joined only when it is on
+(:mod:`broker.desktop.rdpclip`), and a clipboard PDU of the instrument that is
+refused there (malformed, too large, not answered in time) is ``file.refused``
+naming why.  A browser that stops
 reading for :data:`SEND_TIMEOUT_S` ends the session (``browser_stalled``).
 ``session.ended`` carries the recording's size and SHA-256.
 """
@@ -58,6 +62,7 @@ from broker.desktop.rdpclient import (
     certificate_fingerprint,
 )
 from broker.desktop.rdpclient import connect as rdp_connect
+from broker.desktop.rdpclip import ClipRefused
 from broker.desktop.recording import KEYFRAME_EVERY_S, DesktopRecording, read_records
 from broker.desktop.rfb import (
     C_PIXEL_FORMAT,
@@ -182,6 +187,7 @@ class DesktopGate:
         }
         writer: ByteWriter | None = None
         rdp: RdpSession | None = None
+        clipboard = False
         try:
             target = await asyncio.to_thread(self.policy.instrument, instrument)
             if target is None:
@@ -204,8 +210,11 @@ class DesktopGate:
             writer = conn
             upstream = Stream(reader.read)
             if target.protocol == "rdp":
+                # read before the login: the clipboard channel is joined only if allowed
+                clipboard = await asyncio.to_thread(self.clipboard_allowed, target.hospital_id)
                 rdp = await asyncio.wait_for(
-                    self._rdp_login(target, reader, conn), RDP_LOGIN_TIMEOUT_S
+                    self._rdp_login(target, reader, conn, clipboard=clipboard),
+                    RDP_LOGIN_TIMEOUT_S,
                 )
                 init = server_init(rdp, instrument)
             else:
@@ -269,8 +278,10 @@ class DesktopGate:
         )
         relay: _Relay | _RdpRelay
         if rdp is not None:
-            relay = _RdpRelay(self, live, cols, rec, browser, rdp, target.record_input)
-            relay.bridge.reopen = functools.partial(self._rdp_reopen, target, port, origin)
+            relay = _RdpRelay(self, live, cols, rec, browser, rdp, target.record_input, clipboard)
+            relay.bridge.reopen = functools.partial(
+                self._rdp_reopen, target, port, origin, clipboard
+            )
         else:
             relay = _Relay(self, live, cols, rec, browser, conn, target.record_input)
         live.on_terminate = relay.stop
@@ -331,16 +342,18 @@ class DesktopGate:
         self.registry.emit(type_, **cols)
 
     async def _rdp_reopen(
-        self, target: Any, port: int, origin: Origin, w: int, h: int
+        self, target: Any, port: int, origin: Origin, clipboard: bool, w: int, h: int
     ) -> RdpSession:
         """A second RDP session of the same instrument at ``w`` x ``h`` (a resize): the
-        same tunnel, certificate pin and login checks as the first."""
+        same tunnel, certificate pin and login checks as the first, and the clipboard
+        channel as the first had it."""
         reader, conn = await asyncio.wait_for(
             self.connector.open_tcp(target, port, origin), CONNECT_TIMEOUT_S
         )
         try:
             return await asyncio.wait_for(
-                self._rdp_login(target, reader, conn, (w, h)), RDP_LOGIN_TIMEOUT_S
+                self._rdp_login(target, reader, conn, (w, h), clipboard=clipboard),
+                RDP_LOGIN_TIMEOUT_S,
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -348,7 +361,13 @@ class DesktopGate:
             raise
 
     async def _rdp_login(
-        self, target: Any, reader: Any, conn: ByteWriter, size: tuple[int, int] | None = None
+        self,
+        target: Any,
+        reader: Any,
+        conn: ByteWriter,
+        size: tuple[int, int] | None = None,
+        *,
+        clipboard: bool = False,
     ) -> RdpSession:
         """Log in to an RDP instrument with the stored password (TLS; its certificate
         pinned like an SSH host key: the first one seen is kept, a changed one is
@@ -375,6 +394,7 @@ class DesktopGate:
             height=(size or self.rdp_size)[1],
             check_certificate=check,
             logon_timeout_s=self.rdp_logon_timeout_s,
+            clipboard=clipboard,
         )
 
     async def follow(self, session_id: str, viewer: Browser) -> bool:
@@ -497,6 +517,7 @@ class _Relay:
         browser: Browser,
         writer: ByteWriter,
         record_input: bool,
+        clipboard: bool | None = None,
     ) -> None:
         self.gate = gate
         self.live = live
@@ -506,7 +527,9 @@ class _Relay:
         self.writer = writer
         self.record_input = record_input
         self.stopped: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.clipboard = gate.clipboard_allowed(live.hospital_id)
+        if clipboard is None:
+            clipboard = gate.clipboard_allowed(live.hospital_id)
+        self.clipboard = clipboard  # the hospital's switch, read once a session
         self.notices: set[asyncio.Future[None]] = set()
 
     def stop(self, reason: str) -> None:
@@ -559,7 +582,9 @@ class _Relay:
                 struct.pack(">BBHHHH", C_UPDATE_REQUEST, 0, 0, 0, screen.width, screen.height)
             )
 
-    def _clipboard(self, m: Message, direction: str) -> bool:
+    def _clipboard(self, m: Message, direction: str, why: tuple[str, str] | None = None) -> bool:
+        """Let a clipboard message through (logged, recorded) or refuse it (logged):
+        refused when the hospital's switch is off or for ``why`` (reason, message)."""
         text = m.cut or b""
         cols = dict(
             self.cols,
@@ -569,12 +594,14 @@ class _Relay:
             TargetFileSHA256=hashlib.sha256(text).hexdigest(),
         )
         op = "upload" if direction == "Inbound" else "download"
-        if not self.clipboard:
+        if why is None and not self.clipboard:
+            why = ("clipboard_off", "the hospital's policy keeps the clipboard off")
+        if why is not None:
             self.gate.emit(
                 "file.refused",
                 EventResult="Failure",
-                EventResultDetails="clipboard_off",
-                EventMessage="the hospital's policy keeps the clipboard off",
+                EventResultDetails=why[0],
+                EventMessage=why[1],
                 details={"tool": "clipboard", "operation": op},
                 **cols,
             )
@@ -597,9 +624,16 @@ class _RdpRelay(_Relay):
         browser: Browser,
         rdp: RdpSession,
         record_input: bool,
+        clipboard: bool,
     ) -> None:
-        super().__init__(gate, live, cols, rec, browser, _NoWriter(), record_input)
-        self.bridge = RdpBridge(rdp, self._send, self._client)
+        super().__init__(gate, live, cols, rec, browser, _NoWriter(), record_input, clipboard)
+        self.bridge = RdpBridge(
+            rdp,
+            self._send,
+            self._client,
+            on_server=lambda m: self._clipboard(m, "Outbound"),
+            on_refused=self._clip_refused,
+        )
 
     async def _send(self, data: bytes) -> None:
         self.rec.record(b"S", data)  # recorded before the browser sees it
@@ -607,18 +641,33 @@ class _RdpRelay(_Relay):
         await asyncio.wait_for(self.browser.send(data), self.gate.send_timeout_s)
 
     def _client(self, m: Message) -> bool:
-        if m.cut is not None:
-            # no clipboard channel is joined to the instrument: refused, logged
-            keep = self.clipboard
-            self.clipboard = False
-            self._clipboard(m, "Inbound")
-            self.clipboard = keep
-            return False
+        if m.cut is not None:  # to the instrument's clipboard only if allowed; logged
+            if self.clipboard and self.bridge.rdp.clipboard is None:
+                why = ("clipboard_unavailable", "the instrument has no RDP clipboard channel")
+                return self._clipboard(m, "Inbound", why)
+            return self._clipboard(m, "Inbound")
         if m.input and self.record_input:
             self.rec.record(b"C", m.data)
         elif m.kind == C_PIXEL_FORMAT:
             self.rec.record(b"F", m.data)
         return True
+
+    def _clip_refused(self, refused: ClipRefused) -> None:
+        """A clipboard PDU of the instrument that the clipboard channel refused."""
+        self.gate.emit(
+            "file.refused",
+            EventResult="Failure",
+            EventResultDetails=refused.reason,
+            EventMessage=refused.message,
+            details={"tool": "clipboard", "operation": "download"},
+            **dict(
+                self.cols,
+                NetworkDirection="Outbound",
+                TargetFileName="clipboard",
+                TargetFileSize=refused.size,
+                TargetFileSHA256=refused.sha256,
+            ),
+        )
 
     async def run(self, upstream: Stream, downstream: Stream, screen: Screen) -> tuple[str, str]:
         b = self.bridge
@@ -626,7 +675,9 @@ class _RdpRelay(_Relay):
         down = asyncio.ensure_future(b.down(downstream))
         out = asyncio.ensure_future(b.out())
         keys = asyncio.ensure_future(b.keyframes())
-        return await _until_one_ends(self.stopped, (up, down, out, keys), self.live.session_id)
+        clip = asyncio.ensure_future(b.clipboard())
+        workers = (up, down, out, keys, clip)
+        return await _until_one_ends(self.stopped, workers, self.live.session_id)
 
 
 class _NoWriter:
