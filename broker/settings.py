@@ -109,6 +109,11 @@ class BrokerSettings(BaseSettings):
     ssh_port: int = 2222
     tunnel_host: str = "127.0.0.1"
     tunnel_port: int = 2223
+    # gateway logins (key exchange to welcome) the tunnel endpoint runs at a time; a
+    # gateway dialling past them is told "busy, retry in N s" at once, N at least
+    # tunnel_busy_retry_s and growing with the crowd (broker.tunnel.admission)
+    tunnel_max_logins: int = Field(default=64, ge=1, le=4096)
+    tunnel_busy_retry_s: float = Field(default=2.0, ge=1, le=300)
     # the event loop of hoshu serve: auto takes uvloop (libuv) when it is installed,
     # uvloop requires it, asyncio is the standard library's loop
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"

@@ -9,10 +9,14 @@ States and the only legal moves (each move is logged)::
     backing_off -> connecting | idle | paused | stopped
     paused      -> connecting | idle | stopped
 
-Backoff: ``min(max, initial * 2**n)`` seconds, of which a random half is
-jitter (so gateways restarting together spread out); the default cap of 5 s
-brings every gateway back within 10 s of a broker restart.  The clock and the
-random source are injected.
+Backoff: a random delay between 0 and ``min(max, initial * 2**n)`` seconds (full
+jitter: gateways that lost the broker together spread over the whole interval);
+the default cap of 5 s brings every gateway back within 10 s of a broker restart.
+A broker too busy to log a gateway in now says so before any key exchange ("broker
+busy: retry in N s", :mod:`wire.busy`): the gateway dials again after a random wait
+between 3N/4 and N (:func:`busy_wait`), without growing its backoff, so a fleet
+that dials a restarted broker at once comes back spread over the time the broker
+names.  The clock and the random source are injected.
 
 Several broker replicas (``[broker] addresses``, or one name resolving to several
 addresses): the agent keeps one :class:`TunnelSlot` per address, each with its
@@ -68,6 +72,7 @@ from gateway.policy import (
 )
 from gateway.server import GatewayServer
 from wire import Heartbeat, Inventory, InventoryItem, Mode, Purpose
+from wire.busy import busy_retry_s
 from wire.models import InventoryEntry
 from wire.names import TUNNEL_CIPHERS, TUNNEL_WINDOW
 
@@ -107,7 +112,8 @@ def check_transition(current: AgentState, new: AgentState) -> None:
 
 
 class Backoff:
-    """Exponential backoff with equal jitter: a delay in ``[d/2, d]``, ``d`` capped."""
+    """Exponential backoff with full jitter: a delay in ``[0, d]``, ``d = min(cap,
+    initial * 2**n)`` after ``n`` failures in a row."""
 
     def __init__(self, initial: float, cap: float, rand: Callable[[], float]) -> None:
         self._initial, self._cap, self._rand = initial, cap, rand
@@ -116,10 +122,18 @@ class Backoff:
     def next(self) -> float:
         d = min(self._cap, self._initial * (2 ** min(self._attempt, 30)))
         self._attempt += 1
-        return float(d / 2 + self._rand() * d / 2)
+        return float(self._rand() * d)
 
     def reset(self) -> None:
         self._attempt = 0
+
+
+def busy_wait(retry_s: float, rand: Callable[[], float]) -> float:
+    """How long to wait after "busy, retry in ``retry_s`` s": a random time between
+    three quarters of it and all of it, so gateways told the same moment do not all
+    come back at that moment.  Never later than told: the broker spaces the moments
+    it names at its login rate, and a wait past them would leave it idle."""
+    return retry_s * (0.75 + 0.25 * rand())
 
 
 @dataclass
@@ -130,6 +144,7 @@ class TunnelSlot:
     port: int
     backoff: Backoff
     redial: Backoff | None = None  # after "already connected to replica X"
+    # the wait after a refusal: "already connected" (redial) or "busy, retry in N s"
     number: int = 0  # told in the hello: which of this run's tunnels
     redial_in: float = 0.0
     state: AgentState = AgentState.STOPPED
@@ -515,7 +530,7 @@ class GatewayAgent:
         mode = self.config.mode
         if tunnel_wanted(mode, False, self.windows, now):
             outcome = await self._attempt(slot, Purpose.TUNNEL)
-            if outcome == "refused" and not (self.paused or self._stopping):
+            if outcome in ("refused", "busy") and not (self.paused or self._stopping):
                 self._move(slot, AgentState.BACKING_OFF)
                 await self._sleep(slot, slot.redial_in)
             elif outcome in ("failed", "dropped") and not (self.paused or self._stopping):
@@ -530,6 +545,8 @@ class GatewayAgent:
             if outcome == "done":
                 slot.backoff.reset()
                 delay = self.config.tunnel.check_interval_s
+            elif outcome == "busy":
+                delay = slot.redial_in  # the same replica: it named when to come back
             else:
                 delay = slot.backoff.next()
                 self._check_slot = (index + 1) % len(self.slots)  # ask another replica
@@ -567,6 +584,9 @@ class GatewayAgent:
                     agent_forwarding=False,
                     allow_scp=False,
                     login_timeout=t.connect_timeout_s,
+                    # public keys only: no GSS, and so no socket.getfqdn() (a blocking DNS
+                    # look-up on the event loop) on every dial
+                    gss_host=None,
                     keepalive_interval=t.heartbeat_s,
                     keepalive_count_max=t.heartbeat_misses,
                     encryption_algs=list(TUNNEL_CIPHERS),
@@ -574,6 +594,21 @@ class GatewayAgent:
                 ),
                 t.connect_timeout_s,
             )
+        except asyncssh.DisconnectError as exc:
+            retry_s = busy_retry_s(exc.code, exc.reason)
+            if retry_s is None:
+                self._error(slot, f"cannot connect to the broker at {slot.address}: {exc}")
+                log.warning("%s", slot.last_error)
+                return "failed"
+            slot.redial_in = busy_wait(retry_s, self._rand)
+            self._error(slot, f"the broker at {slot.address} is busy")
+            log.warning(
+                "the broker at %s is busy (retry in %.0f s): dialling again in %.1f s",
+                slot.address,
+                retry_s,
+                slot.redial_in,
+            )
+            return "busy"
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             self._error(
                 slot, f"cannot connect to the broker at {slot.address}: {exc or type(exc).__name__}"
@@ -769,6 +804,7 @@ __all__ = [
     "GatewayAgent",
     "IllegalAgentTransition",
     "TunnelSlot",
+    "busy_wait",
     "check_transition",
     "expand_addresses",
     "resolve_all",

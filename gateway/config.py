@@ -24,7 +24,7 @@ Format (``/etc/hoshu/gateway.toml``)::
     heartbeat_misses = 3
     backoff_initial_s = 0.5
     backoff_max_s = 5
-    connect_timeout_s = 10
+    connect_timeout_s = 30                # a login to a loaded broker may take a while
     check_interval_s = 60                 # window-only: how often to ask for windows
     inventory_interval_s = 300
     channel_connect_timeout_s = 5
@@ -76,7 +76,7 @@ class TunnelTuning:
     heartbeat_misses: int = 3
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 5.0
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 30.0
     check_interval_s: float = 60.0
     inventory_interval_s: float = 300.0
     channel_connect_timeout_s: float = 5.0
@@ -222,6 +222,8 @@ def _tuning(raw: dict[str, Any], where: str) -> TunnelTuning:
         raise ConfigError(f"{where}: backoff_max_s above 8 s breaks the 10 s reconnect promise")
     if tuning.heartbeat_s > 30:
         raise ConfigError(f"{where}: heartbeat_s above 30 s: the broker would drop the tunnel")
+    if tuning.connect_timeout_s > 300:
+        raise ConfigError(f"{where}: connect_timeout_s above 300 s")
     if tuning.redial_elsewhere_max_s > 300:
         raise ConfigError(f"{where}: redial_elsewhere_max_s above 300 s")
     if tuning.backoff_initial_s > tuning.backoff_max_s:

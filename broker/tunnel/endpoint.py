@@ -25,6 +25,12 @@
   per endpoint, not a timer and a thread hop per tunnel: an idle tunnel costs the
   broker its heartbeats only.
 
+Admission (:mod:`broker.tunnel.admission`): at most ``max_logins`` logins (key
+exchange to welcome) run at a time, and no more connections than the process's
+descriptors can hold (its limit is raised to the hard limit at start); every
+other connection gets the busy answer ("retry in N s", :mod:`wire.busy`) at
+once, before any key exchange, and is closed.
+
 Other parts reach instruments through ``registry.connection(gateway_id)``:
 ``conn.open_connection(host, port)`` or ``asyncssh.connect(..., tunnel=conn)``,
 naming the engineer's session in ``orig_host`` (:func:`wire.encode_originator`).
@@ -49,6 +55,13 @@ from audit.emitter import Emitter
 from audit.errors import AuditError
 from audit.events import new_event
 from broker.settings import BrokerSettings
+from broker.tunnel.admission import (
+    GatedListener,
+    LoginGate,
+    LoginTicket,
+    connections_allowed,
+    raise_open_files_limit,
+)
 from broker.tunnel.link import (
     ControlConversation,
     GatewayDirectory,
@@ -151,6 +164,9 @@ class TunnelSettings:
     revocation_check_s: float = 2.0  # a revoked gateway's live tunnel closes within this
     broker_version: str = "0.1.0"
     replica_id: str = ""  # told to each tunnel (protocol 2), named in a refusal
+    max_logins: int = 64  # logins (key exchange to welcome) at a time; the rest: busy
+    busy_retry_s: float = 2.0  # the shortest "retry in N s" a shed gateway is told
+    fd_reserve: int = 1024  # descriptors kept for everything but tunnels (at most 1/4)
 
     @classmethod
     def from_broker(cls, settings: BrokerSettings, **overrides: Any) -> TunnelSettings:
@@ -161,6 +177,8 @@ class TunnelSettings:
             "host": settings.tunnel_host,
             "port": settings.tunnel_port,
             "replica_id": settings.replica_id or socket.gethostname(),
+            "max_logins": settings.tunnel_max_logins,
+            "busy_retry_s": settings.tunnel_busy_retry_s,
         }
         values.update(overrides)
         return cls(**values)
@@ -226,6 +244,9 @@ class TunnelRegistry:
 
     def tunnels(self) -> list[TunnelInfo]:
         return list(self._tunnels.values())
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
 
     async def wait_for(self, gateway_id: str, wait_s: float) -> asyncssh.SSHClientConnection:
         """Wait until the gateway's tunnel is up; TimeoutError otherwise."""
@@ -320,7 +341,10 @@ class _BrokerClient(asyncssh.SSHClient):
         emit: Callable[..., None],
         client_key: asyncssh.SSHKey,
         offload: Offload,
+        gate: LoginGate | None = None,
     ) -> None:
+        self._gate = gate
+        self.ticket: LoginTicket | None = None  # this login's place under the bound
         self._directory = directory
         self._emit = emit
         self._client_key = client_key
@@ -334,10 +358,17 @@ class _BrokerClient(asyncssh.SSHClient):
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
+        if self._gate is not None:
+            self.ticket = self._gate.claim(conn)
         # called before asyncssh writes anything: from here on the tunnel's packets (each
         # with the ignore packet asyncssh puts before it) leave joined per loop pass, as
         # the gateway's side already sends them (see wire.transport.CoalescingTransport)
         coalesce_writes(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended: a login still under the bound frees its place."""
+        if self.ticket is not None:
+            self.ticket.release()
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -402,6 +433,7 @@ class TunnelListener:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweepers: list[asyncio.Task[None]] = []
         self.port = 0
+        self.gate: LoginGate | None = None
 
     def _emit(self, type_: str, **columns: Any) -> None:
         try:
@@ -411,11 +443,24 @@ class TunnelListener:
 
     async def start(self) -> None:
         s = self.settings
+        gate = LoginGate(
+            s.max_logins,
+            s.busy_retry_s,
+            max_connections=connections_allowed(raise_open_files_limit(), s.fd_reserve),
+            held=self.registry.__len__,
+        )
+        self.gate = gate
         self._acceptor = await asyncssh.listen_reverse(
             s.host,
             s.port,
+            # asks the gate before each connection: past the bound, the busy answer
+            tunnel=GatedListener(gate, backlog=4096),  # after a restart all gateways dial
             client_factory=lambda: _BrokerClient(
-                self._directory, self._emit, self._host_key, self._offload or asyncio.to_thread
+                self._directory,
+                self._emit,
+                self._host_key,
+                self._offload or asyncio.to_thread,
+                gate,
             ),
             username=BROKER_USERNAME,
             client_keys=None,  # offered by _BrokerClient once the gateway is known
@@ -436,8 +481,6 @@ class TunnelListener:
             keepalive_count_max=1,
             acceptor=self._accepted,
             error_handler=self._failed,
-            reuse_address=True,
-            backlog=4096,  # after a broker restart every gateway dials at once
             encryption_algs=list(TUNNEL_CIPHERS),
             window=TUNNEL_WINDOW,
         )
@@ -450,7 +493,13 @@ class TunnelListener:
             self._sweepers.append(
                 asyncio.create_task(self._every(s.windows_interval_s, self.refresh_windows))
             )
-        log.info("tunnel endpoint listening on %s:%d", s.host, self.port)
+        log.info(
+            "tunnel endpoint listening on %s:%d (at most %d logins at a time, %d connections)",
+            s.host,
+            self.port,
+            gate.max_logins,
+            gate.max_connections,
+        )
 
     async def _every(self, interval_s: float, sweep: Callable[[], Awaitable[int]]) -> None:
         """Run ``sweep`` every ``interval_s`` seconds until cancelled."""
@@ -572,8 +621,11 @@ class TunnelListener:
             info = candidate
             return None
 
+        ticket = client.ticket if isinstance(client, _BrokerClient) else None
         try:
             hello = await conv.open(s.login_timeout_s, admit)
+            if ticket is not None:
+                ticket.release(logged_in=True)  # the login is done: the next may start
             offset = round((hello.gateway_time - self._clock()).total_seconds(), 1)
             if abs(offset) > CLOCK_DRIFT_WARN_S:
                 log.warning(

@@ -87,9 +87,12 @@ def test_overlapping_windows_merge_and_the_tunnel_follows_them() -> None:
     assert not tunnel_wanted(Mode.ALWAYS, True, [], T0)
 
 
-def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+def test_backoff_doubles_with_full_jitter_and_is_capped() -> None:
+    """The delay is a random share (0 to all) of a bound that doubles up to the cap."""
     low = Backoff(0.5, 5.0, lambda: 0.0)
-    assert [low.next() for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.5, 2.5]
+    assert [low.next() for _ in range(6)] == [0.0] * 6
+    mid = Backoff(0.5, 5.0, lambda: 0.5)
+    assert [mid.next() for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.5, 2.5]
     high = Backoff(0.5, 5.0, lambda: 1.0)
     assert [high.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     high.reset()
@@ -120,6 +123,7 @@ def test_a_valid_configuration_is_read() -> None:
     assert c.mode is Mode.WINDOW_ONLY
     assert c.instruments[0].ports == (22, 443)
     assert c.tunnel.backoff_max_s == 5.0
+    assert c.tunnel.connect_timeout_s == 30.0  # room for a loaded broker's login
 
 
 @pytest.mark.parametrize(
@@ -131,6 +135,7 @@ def test_a_valid_configuration_is_read() -> None:
         (GOOD.replace("ports = [22, 22, 443]", 'ports = "22"'), "wrong type"),
         (GOOD.replace('protocol = "ssh"', 'protocol = "telnet"'), "protocol must be"),
         (GOOD + "\n[tunnel]\nbackoff_max_s = 60\n", "10 s reconnect"),
+        (GOOD + "\n[tunnel]\nconnect_timeout_s = 600\n", "connect_timeout_s above 300 s"),
         (GOOD + "\n[tunnel]\nretries = 3\n", "unknown setting"),
         (GOOD.replace('name = "gw1"', 'name = "GW 1"'), "name is not"),
         (
