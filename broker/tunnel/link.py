@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import asyncssh
 
@@ -75,6 +75,23 @@ class GatewayDirectory(Protocol):
 
     def record_inventory(self, gateway_id: str, instruments: list[InventoryItem]) -> None:
         """Upsert the gateway's instruments; host key changes are the control plane's."""
+        ...
+
+
+@runtime_checkable
+class BatchDirectory(Protocol):
+    """A :class:`GatewayDirectory` that answers for many gateways in one call (the
+    store: a query per few hundred gateways instead of a transaction each); the
+    endpoint's sweeps use it where the directory has it."""
+
+    def gateways_for_keys(self, key_lines: Sequence[str]) -> list[GatewayRecord | None]:
+        """:meth:`GatewayDirectory.gateway_for_key` of each key, in order."""
+        ...
+
+    def windows_for_gateways(
+        self, gateway_ids: Sequence[str], now: datetime
+    ) -> list[list[tuple[datetime, datetime]]]:
+        """:meth:`GatewayDirectory.windows_for` of each gateway, in order."""
         ...
 
 
