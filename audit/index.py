@@ -9,7 +9,11 @@ re-sent batch is ignored by ``EventUid``.
 Queries filter on time range, hospital, instrument, engineer (user name or
 id), vendor, event type, outcome, session, request and grant, newest first
 or oldest first, with keyset pagination (a page token, no OFFSET) so deep pages
-stay fast.  Each filter column is indexed together with ``TimeGenerated``.
+stay fast.  Each filter column is indexed together with ``TimeGenerated``; on
+PostgreSQL the user-name index carries the records as well, so an engineer's
+events are read from the index alone (``VACUUM``, which autovacuum runs here
+every 10,000 new rows, marks the table pages that allows).  :meth:`AuditIndex.create`
+brings a table of an earlier version up to date.
 
 Errors: :class:`QueryError` (bad filters: unknown type, end before start,
 page size out of range, forged page token) — nothing is read.
@@ -18,6 +22,7 @@ page size out of range, forged page token) — nothing is read.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,8 +43,12 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
+    literal_column,
     or_,
     select,
+    text,
+    union_all,
 )
 
 from audit.catalog import CATALOG
@@ -89,13 +98,52 @@ events_table = Table(
     Column("record", Text, nullable=False),
 )
 for _col in _FILTERS:
-    Index(
-        f"ix_audit_events_{_col.lower()}_time",
-        events_table.c[_col],
-        events_table.c.TimeGenerated,
-        events_table.c.id,
-    )
+    if _col != "ActorUsername":
+        Index(
+            f"ix_audit_events_{_col.lower()}_time",
+            events_table.c[_col],
+            events_table.c.TimeGenerated,
+            events_table.c.id,
+        )
+# "What did engineer X do between T1 and T2" is the auditors' main question.  On
+# PostgreSQL its index carries the records too (INCLUDE), so the answer is read from
+# a few consecutive index pages (an index-only scan) instead of one table page per
+# event: an engineer's events are scattered over the whole table.  An index entry
+# holds at most 2,704 bytes, so records longer than RECORD_IN_INDEX bytes stay out
+# of it and have an index of their own (few events are that long).  SQLite: one
+# index on the same key, without the records.
+RECORD_IN_INDEX = 2000
+_short = func.octet_length(events_table.c.record) <= literal_column(str(RECORD_IN_INDEX))
+Index(
+    "ix_audit_events_actorusername_records",
+    events_table.c.ActorUsername,
+    events_table.c.TimeGenerated,
+    events_table.c.id,
+    postgresql_include=["HospitalId", "EventType", "record"],
+    postgresql_where=_short,
+)
+Index(
+    "ix_audit_events_actorusername_long",
+    events_table.c.ActorUsername,
+    events_table.c.TimeGenerated,
+    events_table.c.id,
+    postgresql_where=~_short,
+).ddl_if(dialect="postgresql")
 Index("ix_audit_events_time", events_table.c.TimeGenerated, events_table.c.id)
+# indexes of earlier versions that a current one replaces: dropped once it exists
+_SUPERSEDED = {"ix_audit_events_actorusername_time": "ix_audit_events_actorusername_records"}
+# An index-only scan reads the heap for rows on pages not yet marked all-visible, which
+# only VACUUM does; PostgreSQL's default vacuums an insert-only table after 20 % more
+# rows (2M at 10M: weeks of recent events).  Vacuum after every 10,000 new rows instead:
+# each run visits only the pages written since the last one.
+_PG_TABLE_OPTIONS = {
+    "autovacuum_vacuum_insert_threshold": "10000",
+    "autovacuum_vacuum_insert_scale_factor": "0",
+}
+# one schema upgrade at a time when several broker replicas start together
+_PG_SCHEMA_LOCK = int.from_bytes(
+    hashlib.sha256(b"hoshu audit_events schema").digest()[:8], "big", signed=True
+)
 
 MAX_PAGE = 1000
 
@@ -203,7 +251,31 @@ class AuditIndex:
         return index
 
     def create(self) -> None:
+        """Create the table, or bring an existing one up to this version: add the
+        indexes it lacks (a plain ``CREATE INDEX``: inserts into the table wait while a
+        large one is built, the events wait in the outbox), then drop the ones they
+        replace; on PostgreSQL set the table's autovacuum options.  Idempotent; on
+        PostgreSQL one replica at a time (an advisory lock held for the transaction)."""
         METADATA.create_all(self.engine, checkfirst=True)
+        postgres = self.engine.dialect.name == "postgresql"
+        with self.engine.begin() as conn:
+            if postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
+            have = {ix["name"] for ix in inspect(conn).get_indexes(events_table.name)}
+            for ix in sorted(events_table.indexes, key=lambda ix: str(ix.name)):
+                if ix.name not in have:
+                    ix.create(conn, checkfirst=True)  # skips one for another dialect
+            have = {ix["name"] for ix in inspect(conn).get_indexes(events_table.name)}
+            for old, new in _SUPERSEDED.items():
+                if old in have and new in have:
+                    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {old}")
+            if postgres:
+                options = conn.scalar(
+                    text("SELECT reloptions FROM pg_class WHERE oid = 'audit_events'::regclass")
+                )
+                want = [f"{k}={v}" for k, v in _PG_TABLE_OPTIONS.items()]
+                if not set(want) <= set(options or ()):
+                    conn.exec_driver_sql(f"ALTER TABLE audit_events SET ({', '.join(want)})")
 
     def add(self, records: Sequence[Mapping[str, Any]]) -> int:
         """Insert records not yet indexed (by EventUid); returns how many were new."""
@@ -246,8 +318,6 @@ class AuditIndex:
                 conds.append(col == value)
         if q.hospital_ids is not None:
             conds.append(t.HospitalId.in_(list(q.hospital_ids)))
-        if q.engineer:
-            conds.append(or_(t.ActorUsername == q.engineer, t.ActorUserId == q.engineer))
         if q.types:
             conds.append(t.EventType.in_(list(q.types)))
         if q.command:
@@ -267,17 +337,28 @@ class AuditIndex:
                 conds.append(
                     or_(t.TimeGenerated > ptime, and_(t.TimeGenerated == ptime, t.id > pid))
                 )
-        order = (
-            (t.TimeGenerated.desc(), t.id.desc())
-            if q.newest_first
-            else (t.TimeGenerated.asc(), t.id.asc())
-        )
-        stmt = (
-            select(t.id, t.TimeGenerated, t.record)
-            .where(*conds)
-            .order_by(*order)
-            .limit(q.limit + 1)
-        )
+
+        def ordered(stmt: Any, src: Any) -> Any:
+            order = (
+                (src.TimeGenerated.desc(), src.id.desc())
+                if q.newest_first
+                else (src.TimeGenerated.asc(), src.id.asc())
+            )
+            return stmt.order_by(*order).limit(q.limit + 1)
+
+        stmt = ordered(select(t.id, t.TimeGenerated, t.record).where(*conds), t)
+        if q.engineer:
+            # user name or user id, as two ordered index scans of at most a page each:
+            # an OR of the two is a bitmap heap scan, one table page per event of the
+            # window, where the user-name index alone carries the records
+            who = q.engineer
+            by_name = [stmt.where(t.ActorUsername == who)]
+            if self.engine.dialect.name == "postgresql":  # the two partial indexes
+                by_name = [by_name[0].where(_short), by_name[0].where(~_short)]
+            by_id = stmt.where(t.ActorUserId == who, t.ActorUsername.is_distinct_from(who))
+            parts = [select(b.subquery()) for b in (*by_name, by_id)]
+            both = union_all(*parts).subquery().c
+            stmt = ordered(select(both.id, both.TimeGenerated, both.record), both)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         more = len(rows) > q.limit

@@ -7,6 +7,7 @@ import io
 import json
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -162,3 +163,142 @@ def test_exports_in_csv_and_json_lines(index: AuditIndex) -> None:
     out = io.StringIO()
     assert write_export(rows, "jsonl", out) == len(rows)
     assert [json.loads(x) for x in out.getvalue().splitlines()] == rows
+
+
+def _index_names(index: AuditIndex) -> set[str]:
+    from sqlalchemy import inspect
+
+    with index.engine.connect() as conn:
+        return {str(ix["name"]) for ix in inspect(conn).get_indexes("audit_events")}
+
+
+def test_an_engineer_is_found_by_user_name_or_user_id_once_each_in_pages(
+    index: AuditIndex,
+) -> None:
+    events = _events(60)
+    for e in events[:3]:  # a user whose user id is also someone's user name
+        e["ActorUserId"] = "suzuki"
+    index.add(events)
+    want = [e["EventUid"] for e in events if "suzuki" in (e["ActorUsername"], e["ActorUserId"])]
+    assert len(want) == 22  # suzuki's 20 and the 2 of sato and tanaka carrying that id
+    for newest_first in (False, True):
+        seen: list[object] = []
+        q = EventQuery(engineer="suzuki", limit=3, newest_first=newest_first)
+        while True:
+            page = index.search(q)
+            seen += [e["EventUid"] for e in page.events]
+            if not page.next_page:
+                break
+            q = replace(q, page=page.next_page)
+        assert seen == (want[::-1] if newest_first else want)
+
+
+def test_long_records_are_indexed_and_found_in_order_with_the_others(
+    index: AuditIndex,
+) -> None:
+    """A record too long for an index entry (PostgreSQL keeps the short ones in the
+    user-name index) is still indexed and found, in its place among the others."""
+    events = _events(30)
+    for i, size in ((4, 1995), (7, 2100), (13, 50_000), (22, 3_000_000)):
+        events[i]["EventMessage"] = "x" * size
+    index.add(events)
+    want = [e["EventUid"] for e in events if e["ActorUsername"] == "suzuki"]
+    for newest_first in (False, True):
+        got = index.search(EventQuery(engineer="suzuki", limit=1000, newest_first=newest_first))
+        assert [e["EventUid"] for e in got.events] == (want[::-1] if newest_first else want)
+    long = index.search(EventQuery(engineer="suzuki", limit=1000)).events
+    assert {len(e["EventMessage"]) for e in long} >= {2100, 50_000, 3_000_000}
+
+
+def test_an_index_of_the_earlier_version_is_brought_up_to_date(index: AuditIndex) -> None:
+    """A table created before the user-name index carried the records: the next start
+    adds that index, drops the one it replaces, and searches answer as before."""
+    url = index.engine.url.render_as_string(hide_password=False)
+    postgres = index.engine.dialect.name == "postgresql"
+    with index.engine.begin() as conn:  # the earlier version's schema
+        conn.exec_driver_sql("DROP INDEX ix_audit_events_actorusername_records")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_audit_events_actorusername_time ON audit_events "
+            '("ActorUsername", "TimeGenerated", id)'
+        )
+        if postgres:
+            conn.exec_driver_sql(
+                "ALTER TABLE audit_events RESET (autovacuum_vacuum_insert_threshold, "
+                "autovacuum_vacuum_insert_scale_factor)"
+            )
+    index.add(_events())
+    before = index.search(EventQuery(engineer="tanaka", limit=1000)).events
+    again = AuditIndex.from_url(url)
+    try:
+        names = _index_names(again)
+        assert "ix_audit_events_actorusername_records" in names
+        assert "ix_audit_events_actorusername_time" not in names
+        assert again.search(EventQuery(engineer="tanaka", limit=1000)).events == before
+        assert len(before) == 100
+        if postgres:
+            assert "ix_audit_events_actorusername_long" in names
+            with again.engine.connect() as conn:
+                options = conn.exec_driver_sql(
+                    "SELECT reloptions FROM pg_class WHERE relname = 'audit_events'"
+                ).scalar()
+            assert "autovacuum_vacuum_insert_threshold=10000" in (options or ())
+        AuditIndex.from_url(url).engine.dispose()  # a second start changes nothing
+        assert _index_names(again) == names
+    finally:
+        again.engine.dispose()
+
+
+def test_postgres_answers_an_engineer_from_the_index_alone(index: AuditIndex) -> None:
+    """PostgreSQL reads an engineer's window from the user-name index, records
+    included (an index-only scan, no table page), the few long records and the
+    events by user id from their own indexes; SQLite has the user-name index
+    without the records."""
+    assert "ix_audit_events_actorusername_records" in _index_names(index)
+    if index.engine.dialect.name != "postgresql":
+        return
+    from sqlalchemy import event
+
+    others = [  # 3,000 events of 300 other engineers in sato's 10 hours
+        dict(
+            new_event(
+                "ssh.login",
+                clock=FakeClock(T0 + timedelta(seconds=12 * i)),
+                ActorUsername=f"eng{i % 300}",
+                ActorUserId=f"u-eng{i % 300}",
+                HospitalId=HOSPITALS[i % 2],
+            ).record
+        )
+        for i in range(3000)
+    ]
+    index.add(_events() + others)
+    with index.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # the test server commits asynchronously, and VACUUM marks a page all-visible
+        # only once the commits of its rows are flushed: a synchronous commit that
+        # writes WAL flushes them
+        conn.exec_driver_sql("SET synchronous_commit = on")
+        conn.exec_driver_sql("CREATE TEMP TABLE flush_wal (x int)")
+        conn.exec_driver_sql("VACUUM (ANALYZE) audit_events")  # what autovacuum does
+    sent: list[tuple[str, object]] = []
+
+    def keep(_c: object, _cur: object, statement: str, params: object, *_: object) -> None:
+        sent.append((statement, params))
+
+    event.listen(index.engine, "before_cursor_execute", keep)
+    q = EventQuery(engineer="sato", start=T0, end=T0 + timedelta(hours=10), limit=1000)
+    assert len(index.search(q).events) == 20
+    event.remove(index.engine, "before_cursor_execute", keep)
+    statement, params = sent[-1]
+    with index.engine.connect() as conn:
+        # 3,300 rows fill a few table pages: reading them (whole or by bitmap) is the
+        # cheapest plan here; at 10M rows an engineer's events are one table page each
+        conn.exec_driver_sql("SET enable_bitmapscan = off")
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        plan = "\n".join(
+            str(r[0])
+            for r in conn.exec_driver_sql("EXPLAIN (ANALYZE) " + statement, params)  # type: ignore[arg-type]
+        )
+    assert "Index Only Scan using ix_audit_events_actorusername_records" in plan
+    assert "Heap Fetches: 0" in plan
+    assert "Index Scan using ix_audit_events_actorusername_long" in plan  # long records
+    assert "Index Scan using ix_audit_events_actoruserid_time" in plan
+    assert "Bitmap Heap Scan" not in plan
