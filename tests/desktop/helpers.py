@@ -174,18 +174,33 @@ def start_xrdp_with_clipboard(
     )
 
 
-def x_copy(display: str, text: str) -> subprocess.Popen[bytes]:
-    """An X program on ``display`` that has copied ``text`` (owns CLIPBOARD) until it is
-    stopped; returns once it owns it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _X_OWN, text],
+async def x_copy(display: str, text: str) -> asyncio.subprocess.Process:
+    """An X program on ``display`` that has copied ``text`` (owns CLIPBOARD) until
+    :func:`x_uncopy`; returns once it owns it.  Run beside the event loop: the broker
+    may be asked for the text's formats while it starts."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _X_OWN,
+        text,
         env=dict(os.environ, DISPLAY=display),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline() == b"owned\n"
+    assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"owned\n"
     return proc
+
+
+async def x_uncopy(proc: asyncio.subprocess.Process) -> None:
+    """Stop the X program of :func:`x_copy` (killed if it does not end within 5 s)."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def x_paste(display: str) -> str | None:

@@ -37,6 +37,7 @@ from audit.events import AuditEvent
 from broker.desktop import rdpclip
 from broker.desktop.rdpclip import Cliprdr, ClipRefused, ClipText, pdu
 from broker.desktop.recording import read_records
+from broker.desktop.rfb import EXT_DESKTOP_SIZE, RAW
 from broker.store.directory import StoreAccessPolicy
 from tests.desktop.conftest import (
     Desk,
@@ -55,7 +56,9 @@ from tests.desktop.helpers import (
     ws_path,
     x_copy,
     x_paste,
+    x_uncopy,
 )
+from tests.desktop.rfbscreen import Screen, screen_until
 from tests.desktop.wsclient import WsClient, ws_open
 from tests.support import poll, poll_sync
 from tests.support.served import served
@@ -86,14 +89,16 @@ def _switch_on(d: Desk) -> None:
     d.s.estate.update_policy(d.actor("hadmin"), "hoshi-hospital", {"clipboard_allowed": True})
 
 
-async def _open(d: Desk, url: str, http: httpx.AsyncClient) -> WsClient:
+async def _open(d: Desk, url: str, http: httpx.AsyncClient, *encodings: int) -> WsClient:
+    """alice's desktop as noVNC opens it (Raw and ``encodings``), the screen asked for."""
     d.gate.clipboard_allowed = StoreAccessPolicy(d.s).clipboard_allowed  # as build_broker does
     token = await console_sign_in(http, d, "alice")
     ws = await ws_open(url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url)
     assert ws.status == 101
     init = await ws.rfb_handshake()
     assert struct.unpack(">HH", init[:4]) == SIZE
-    await ws.send(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw
+    asked = (RAW, *encodings)
+    await ws.send(struct.pack(f">BxH{len(asked)}i", 2, len(asked), *asked))  # SetEncodings
     await ws.send(struct.pack(">BBHHHH", 3, 0, 0, 0, *SIZE))
     return ws
 
@@ -150,11 +155,11 @@ async def test_rdp_clipboard_crosses_both_ways_logged_and_recorded_when_allowed(
             ws = await _open(d, url, http)
             [live] = d.registry.list()
             # instrument -> browser: an X program copies, the browser gets the text
-            owner = x_copy(display, ON_INSTRUMENT)
+            owner = await x_copy(display, ON_INSTRUMENT)
             try:
                 assert await _server_cut(ws) == TO_BROWSER
             finally:
-                stop(owner)
+                await x_uncopy(owner)
             await poll(lambda: bool(d.events.of_type("file.transferred")), 5, "the copy's log")
             [out] = d.events.of_type("file.transferred")
             assert out.get("NetworkDirection") == "Outbound"
@@ -188,7 +193,7 @@ async def test_with_the_clipboard_off_nothing_crosses_and_the_browsers_copy_is_r
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             ws = await _open(d, url, http)
             [live] = d.registry.list()
-            owner = x_copy(display, ON_INSTRUMENT)
+            owner = await x_copy(display, ON_INSTRUMENT)
             try:
                 # with the switch on this arrives within a second (the test above); the
                 # channel is not joined now, so for 3 s there are updates, no text
@@ -199,7 +204,7 @@ async def test_with_the_clipboard_off_nothing_crosses_and_the_browsers_copy_is_r
                 # the instrument still pastes its own copy, not the browser's text
                 assert await x_paste(display) == ON_INSTRUMENT
             finally:
-                stop(owner)
+                await x_uncopy(owner)
             ws.close()
             await poll(lambda: bool(d.events.of_type("session.ended")), 10, "session.ended")
         [refused] = d.events.of_type("file.refused")
@@ -237,14 +242,40 @@ async def test_a_malformed_clipboard_pdu_is_refused_and_the_session_and_clipboar
             assert refused.get("NetworkDirection") == "Outbound"
             assert refused.get("TargetFileSize") == len(bad)
             assert refused.get("TargetFileSHA256") == hashlib.sha256(bad).hexdigest()
-            owner = x_copy(display, "after the bad PDU")
+            owner = await x_copy(display, "after the bad PDU")
             try:
                 assert await _server_cut(ws) == b"after the bad PDU"
             finally:
-                stop(owner)
+                await x_uncopy(owner)
             assert d.registry.list() == [live]
             ws.close()
             await poll(lambda: bool(d.events.of_type("session.ended")), 10, "session.ended")
+
+
+async def test_text_the_browser_copied_is_still_pasted_after_the_desktop_is_resized(
+    tmp_path: Path, xrdp_clip: Xrdp
+) -> None:
+    """A resize is a new RDP connection (``docs/desktop.md``, "The window's size"): the
+    browser's copy, logged once, is offered to it again.  ASCII text: right after the
+    reconnection xrdp 0.9.21's chansrv at times hands X a non-ASCII character as UTF-8
+    under the Latin-1 ``STRING`` target (``ü`` pasted as ``Ã¼``), which is its own."""
+    display = xrdp_clip.xvnc.display
+    copied = b"calibrate 42 before the resize"
+    async with pinned_desk(tmp_path, xrdp_clip, rdp_size=SIZE) as d:
+        _switch_on(d)
+        d.grant()
+        async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            ws = await _open(d, url, http, EXT_DESKTOP_SIZE)
+            await ws.send(_client_cut(copied))
+            await poll(lambda: bool(d.events.of_type("file.transferred")), 5, "the copy's log")
+            assert await x_paste(display) == copied.decode()
+            seen = Screen(*SIZE)
+            await ws.send(struct.pack(">BxHHBxIHHHHI", 251, 1024, 768, 1, 0, 0, 0, 1024, 768, 0))
+            await screen_until(ws, seen, lambda: (1, 0, 1024, 768) in seen.sizes, 20)
+            assert await x_paste(display) == copied.decode()
+            ws.close()
+            await poll(lambda: bool(d.events.of_type("session.ended")), 10, "session.ended")
+        assert len(d.events.of_type("file.transferred")) == 1
 
 
 # --- the channel's own rules, PDU by PDU ---------------------------------------------
