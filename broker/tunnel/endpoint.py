@@ -752,7 +752,13 @@ async def start_tunnel_listener(
     ``offload`` runs the directory's windows, inventory and enrolment calls off the
     event loop (the broker's database pool; default ``asyncio.to_thread``)."""
     listener = TunnelListener(
-        settings, host_key, directory, emitter, registry or TunnelRegistry(), clock, offload
+        settings,
+        host_key,
+        directory,
+        emitter,
+        registry if registry is not None else TunnelRegistry(),  # an empty one is falsy
+        clock,
+        offload,
     )
     await listener.start()
     return listener

@@ -33,7 +33,12 @@ from broker.tunnel.admission import (
     connections_allowed,
     raise_open_files_limit,
 )
-from broker.tunnel.endpoint import TunnelListener, TunnelSettings, start_tunnel_listener
+from broker.tunnel.endpoint import (
+    TunnelListener,
+    TunnelRegistry,
+    TunnelSettings,
+    start_tunnel_listener,
+)
 from gateway.agent import AgentState, GatewayAgent, busy_wait
 from gateway.auditlog import LocalAudit
 from gateway.config import GatewayConfig, Instrument, TunnelTuning
@@ -340,3 +345,21 @@ def test_the_login_bound_and_busy_wait_are_broker_settings(
     monkeypatch.setenv("HOSHU_TUNNEL_BUSY_RETRY", "9")
     with pytest.raises(UnknownSettingError, match="HOSHU_TUNNEL_BUSY_RETRY"):
         BrokerSettings.from_env()
+
+
+async def test_the_listener_keeps_the_registry_it_is_given_even_while_it_is_empty() -> None:
+    """The replicas' peer link watches the registry it hands to the endpoint: an empty
+    registry (it has a length) must not be swapped for another one."""
+    registry = TunnelRegistry()
+    assert len(registry) == 0
+    listener = await start_tunnel_listener(
+        TunnelSettings(port=0),
+        asyncssh.generate_private_key("ssh-ed25519"),
+        MemoryDirectory(),
+        CapturingEmitter(),
+        registry=registry,
+    )
+    try:
+        assert listener.registry is registry
+    finally:
+        await listener.close()
