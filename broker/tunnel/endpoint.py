@@ -63,6 +63,7 @@ from broker.tunnel.admission import (
     raise_open_files_limit,
 )
 from broker.tunnel.link import (
+    BatchDirectory,
     ControlConversation,
     GatewayDirectory,
     Offload,
@@ -726,14 +727,20 @@ class TunnelListener:
 def _gateways_for_keys(
     directory: GatewayDirectory, key_lines: list[str]
 ) -> list[GatewayRecord | None]:
-    """The enrolled gateway of each key, in order (one blocking call for a batch)."""
+    """The enrolled gateway of each key, in order (one blocking call for a batch; one
+    query for it where the directory answers batches, as the store does)."""
+    if isinstance(directory, BatchDirectory):
+        return directory.gateways_for_keys(key_lines)
     return [directory.gateway_for_key(k) for k in key_lines]
 
 
 def _windows_for_gateways(
     directory: GatewayDirectory, gateway_ids: list[str], now: datetime
 ) -> list[list[tuple[datetime, datetime]]]:
-    """Each gateway's windows at ``now``, in order (one blocking call for a batch)."""
+    """Each gateway's windows at ``now``, in order (one blocking call for a batch; a
+    few queries for it where the directory answers batches)."""
+    if isinstance(directory, BatchDirectory):
+        return directory.windows_for_gateways(gateway_ids, now)
     return [directory.windows_for(g, now) for g in gateway_ids]
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 
 from audit.testing import CapturingEmitter
 from broker.tunnel.endpoint import TunnelListener, TunnelSettings, start_tunnel_listener
@@ -47,6 +48,24 @@ class CountingDirectory(MemoryDirectory):
             raise OSError("the store does not answer")
         self.lookups += 1
         return super().gateway_for_key(openssh_public_key)
+
+
+class CountingBatches(CountingDirectory):
+    """The counting directory answering a sweep's keys in one call, as the store does
+    (:class:`broker.tunnel.link.BatchDirectory`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batched = 0  # keys looked up through gateways_for_keys
+
+    def gateways_for_keys(self, key_lines: Sequence[str]) -> list[GatewayRecord | None]:
+        self.batched += len(key_lines)  # first: never fewer than the look-ups counted
+        return [self.gateway_for_key(k) for k in key_lines]
+
+    def windows_for_gateways(
+        self, gateway_ids: Sequence[str], now: datetime
+    ) -> list[list[tuple[datetime, datetime]]]:
+        return [self.windows_for(g, now) for g in gateway_ids]
 
 
 class CountingOffload:
@@ -93,13 +112,15 @@ async def _agents(
     return running, echo
 
 
+@pytest.mark.parametrize("kind", [CountingDirectory, CountingBatches])
 async def test_one_sweep_asks_about_every_tunnel_and_closes_only_the_revoked_one(
-    tmp_path: Path,
+    tmp_path: Path, kind: type[CountingDirectory]
 ) -> None:
-    """Three idle tunnels: each offloaded store call looks up all three keys; revoking
-    one gateway closes its tunnel alone (``gateway.disconnected`` says revoked); a store
-    that stops answering keeps the other tunnels up."""
-    directory = CountingDirectory()
+    """Three idle tunnels: each offloaded store call looks up all three keys (in one
+    call of a directory that answers batches); revoking one gateway closes its tunnel
+    alone (``gateway.disconnected`` says revoked); a store that stops answering keeps
+    the other tunnels up."""
+    directory = kind()
     events = CapturingEmitter()
     offload = CountingOffload()
     broker_key = asyncssh.generate_private_key("ssh-ed25519")
@@ -122,11 +143,14 @@ async def test_one_sweep_asks_about_every_tunnel_and_closes_only_the_revoked_one
         # the hello's windows and the first inventory are offloaded too: let them pass
         await poll(lambda: len(directory.inventory) == GATEWAYS, 10, "inventories")
         lookups0, calls0 = directory.lookups, offload.calls
+        batched0 = directory.batched if isinstance(directory, CountingBatches) else 0
         await poll(lambda: directory.lookups - lookups0 >= 10 * GATEWAYS, 15, "ten sweeps")
         lookups, calls = directory.lookups - lookups0, offload.calls - calls0
         # one call per sweep (a call of the sweep running when the count was read may be
         # one short of all keys); a poll per tunnel would make one call per look-up
         assert calls <= lookups // GATEWAYS + 1, (calls, lookups)
+        if isinstance(directory, CountingBatches):  # the sweep asked only in batches
+            assert directory.batched - batched0 >= lookups > 0, (directory.batched, lookups)
 
         revoked = next(k for k, r in directory.keys.items() if r.gateway_id == "gw-1")
         del directory.keys[revoked]
