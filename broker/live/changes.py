@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
-from broker.live.sessions import FLUSH_EVERY_S, LiveSession, SessionRegistry
+from broker.live.sessions import FLUSH_EVERY_S, VIEW_UNCONFIRMED, LiveSession, SessionRegistry
 from broker.store.db import CHANGE_CHANNEL, Change, Store
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ KEEPALIVE = (
     ("TCP_KEEPCNT", 3),
     ("TCP_USER_TIMEOUT", 6000),
 )
-VIEW_UNCONFIRMED = "view_unconfirmed"
 
 
 def _keepalive(fd: int) -> None:

@@ -29,10 +29,15 @@ Another replica (:class:`ClusterSessions`) uses the rows to
 has a replica row (``broker_replicas``) that has not beaten for ``dead_after_s``
 (15 s).  It never acts when it is not itself among the live replicas (it cannot beat:
 more likely it is the one cut off).  A row is claimed by a conditional update
-(compare-and-set on its state and reaper), so exactly one survivor ends it: one
-``session.ended``, reason ``replica_lost``, with the size and SHA-256 of the recording
-as stored.  A replica that starts again under the same id ends its own leftover rows
-the same way (reason ``broker_lost``, as the journal does).  Sessions without a
+(compare-and-set on its state and reaper) made while holding the lock of the owner's
+replica row and after reading its beat again, so exactly one survivor ends it, and
+only if the owner has not come back: one ``session.ended``, reason ``replica_lost``,
+with the size and SHA-256 of the recording as stored.  The row is then kept a day as
+``ended`` (naming the reaper), so an owner that was only cut off learns, when it
+claims the row before writing its own end (:meth:`SessionDirectory.claim_end`), that
+the session's end is written already.  A replica that starts again under the same
+id ends its own leftover rows the same way (reason ``broker_lost``, as the journal
+does).  Sessions without a
 recording (file transfers, forwards) have no end event to write: their rows just go.
 """
 
@@ -76,6 +81,8 @@ _MAX_CAST_LINE = 1024 * 1024
 TERMINATE_REASONS = frozenset({"approver"})
 
 LIVE, ENDING, REAPING = "live", "ending", "reaping"
+ENDED = "ended"  # a reaper wrote its end; kept ENDED_KEEP_S for an owner that was cut off
+ENDED_KEEP_S = 24 * 3600.0
 
 
 class Terminable(Protocol):
@@ -364,8 +371,11 @@ class SessionDirectory:
     def reap(self) -> list[str]:
         """End (``replica_lost``) the sessions of replicas that stopped beating; the ids ended.
 
-        Does nothing unless this replica is itself among the live ones."""
-        since = self._clock() - self._dead_after
+        Does nothing unless this replica is itself among the live ones.  The rows read
+        here are candidates only: each is decided under the lock of its owner's replica
+        row (:meth:`_claim_and_end`), so an owner that beat in between keeps it."""
+        now = self._clock()
+        since = now - self._dead_after
         r, s = REPLICAS.c, LIVE_SESSIONS.c
         with self.engine.connect() as conn:
             live = {
@@ -384,9 +394,15 @@ class SessionDirectory:
                     )
                 )
             ).all()
+        with self.engine.begin() as conn:  # what ended a day ago is no one's business now
+            conn.execute(
+                sa.delete(LIVE_SESSIONS).where(
+                    (s.state == ENDED) & (s.updated < now - timedelta(seconds=ENDED_KEEP_S))
+                )
+            )
         ended = []
         for row in rows:
-            if self._claim_and_end(row, "replica_lost"):
+            if self._claim_and_end(row, "replica_lost", owner_dead=True):
                 ended.append(row.session_id)
         return ended
 
@@ -394,10 +410,13 @@ class SessionDirectory:
         """At start, before any session: end what a previous process of this replica id
         left open (``broker_lost``)."""
         s = LIVE_SESSIONS.c
-        with self.engine.connect() as conn:
+        mine = s.replica_id == self.replica_id
+        with self.engine.begin() as conn:
+            # ended by another replica while the last run was cut off: settled already
+            conn.execute(sa.delete(LIVE_SESSIONS).where(mine & (s.state == ENDED)))
             rows = conn.execute(
                 sa.select(LIVE_SESSIONS).where(
-                    (s.replica_id == self.replica_id)
+                    mine
                     & (
                         s.state.in_((LIVE, ENDING))
                         | ((s.state == REAPING) & (s.reaper == self.replica_id))
@@ -406,11 +425,26 @@ class SessionDirectory:
             ).all()
         return [row.session_id for row in rows if self._claim_and_end(row, "broker_lost")]
 
-    def _claim_and_end(self, row: Any, reason: str) -> bool:
+    def _claim_and_end(self, row: Any, reason: str, *, owner_dead: bool = False) -> bool:
         """Claim ``row`` (compare-and-set on the state and reaper read) and end it; False
-        when another replica got there first."""
-        s = LIVE_SESSIONS.c
+        when another replica got there first or, with ``owner_dead``, when its owner is
+        found alive.
+
+        ``owner_dead``: the claim is made holding the lock of the owner's replica row
+        (``SELECT ... FOR UPDATE``), after reading its ``last_seen`` again.  The owner's
+        beat and its own claim (:meth:`claim_end`) update that row, so they either wait
+        for this claim to commit or are seen by it, and the row is then left alone."""
+        s, r = LIVE_SESSIONS.c, REPLICAS.c
         with self.engine.begin() as conn:
+            if owner_dead:
+                seen = conn.execute(
+                    sa.select(r.last_seen).where(r.replica_id == row.replica_id).with_for_update()
+                ).first()
+                if seen is None or seen.last_seen > self._clock() - self._dead_after:
+                    log.info(
+                        "session %s: replica %s is alive again", row.session_id, row.replica_id
+                    )
+                    return False
             claimed = conn.execute(
                 sa.update(LIVE_SESSIONS)
                 .where(
@@ -423,15 +457,77 @@ class SessionDirectory:
             ).rowcount
         if claimed != 1:
             return False
+        done = (s.session_id == row.session_id) & (s.reaper == self.replica_id)
         if row.recording:
             self._write_end(row, reason)  # raises if the audit log refuses: the row stays
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.delete(LIVE_SESSIONS).where(
-                    (s.session_id == row.session_id) & (s.reaper == self.replica_id)
+            if row.recording and owner_dead:
+                # kept ENDED_KEEP_S, so an owner that was cut off learns who ended it
+                conn.execute(
+                    sa.update(LIVE_SESSIONS).where(done).values(state=ENDED, updated=self._clock())
                 )
-            )
+            else:
+                conn.execute(sa.delete(LIVE_SESSIONS).where(done))
         return True
+
+    def claim_end(self, session_id: str, timeout_s: float = 30.0) -> str | None:
+        """The owner's claim on the end of its own session (blocking: run it on a thread).
+
+        None: this replica writes the session's ``session.ended`` (it claimed the row,
+        now or at an earlier try, or no row is left to claim).  A replica id: that
+        replica ended the session (``replica_lost``) while this one was cut off; this
+        one writes nothing.  Raises while the database cannot be reached.
+
+        One transaction beats this replica's row in ``broker_replicas`` (the lock a
+        reaper takes before its claim, :meth:`_claim_and_end`) and claims the session's
+        row (``live``/``ending``, no reaper → ``reaping`` by this replica).  It runs on
+        the directory's writer thread after the writes queued before it (the row's own
+        insert included), which must all have been made."""
+        return self._pool.submit(self._claim_own, session_id).result(timeout=timeout_s)
+
+    def _claim_own(self, session_id: str) -> str | None:
+        self._drain()
+        if self._queued:
+            raise ConnectionError("the session directory cannot be written yet")
+        s, r = LIVE_SESSIONS.c, REPLICAS.c
+        mine = (s.session_id == session_id) & (s.replica_id == self.replica_id)
+        now = self._clock()
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(REPLICAS).where(r.replica_id == self.replica_id).values(last_seen=now)
+            )
+            gone = sa.select(r.replica_id).where(r.last_seen <= now - self._dead_after)
+            claimed = conn.execute(
+                sa.update(LIVE_SESSIONS)
+                .where(
+                    mine
+                    & (
+                        (s.state.in_((LIVE, ENDING)) & (s.reaper == ""))
+                        | ((s.state == REAPING) & s.reaper.in_(gone))  # a reaper that died
+                    )
+                )
+                .values(state=REAPING, reaper=self.replica_id, updated=now)
+            ).rowcount
+            if claimed:
+                return None
+            row = conn.execute(sa.select(s.state, s.reaper).where(mine)).first()
+            if row is None:
+                # nobody else ended it within ENDED_KEEP_S (its end would have left the
+                # row, ``ended``): the owner's end is written, more rather than less
+                log.warning("session %s has no row left; its end is written", session_id)
+                return None
+            if row.reaper == self.replica_id:
+                return None  # claimed at an earlier try whose end did not get through
+            if row.state == ENDED:
+                conn.execute(sa.delete(LIVE_SESSIONS).where(mine & (s.state == ENDED)))
+        by = str(row.reaper)
+        log.warning(
+            "session %s was ended by replica %s while this replica was cut off; "
+            "its end is not written again",
+            session_id,
+            by,
+        )
+        return by
 
     def _write_end(self, row: Any, reason: str) -> None:
         size, sha = 0, None

@@ -21,6 +21,21 @@ tells the session to end before it writes ``session.terminated``.  An event
 the audit log refuses is retried with backoff (:data:`RETRY_DELAYS_S`) on a
 background thread, and ``alert.raised`` is written (or, if the audit log
 itself is down, an error is logged with the event, which holds no secret).
+
+**Ended once across replicas.**  With the cluster's session directory (``rows``,
+PostgreSQL), a survivor ends a recorded session whose replica stopped beating
+(``replica_lost``).  So the owner of a recorded session does not write its
+``session.ended`` blindly when it may have been cut off: when the session ended
+because the view of the database could not be confirmed (``view_unconfirmed``) or
+the first attempt to write its end failed, a background thread first claims the
+session's row (:meth:`broker.live.directory.SessionDirectory.claim_end`, one
+transaction that also beats this replica's row), then writes the end; if another
+replica ended it meanwhile, nothing is written (that replica's end stands).  The
+claim is tried after each of :data:`RETRY_DELAYS_S`, then every last delay until
+the database answers.  Every attempt writes the same event (one ``EventUid``):
+an attempt that timed out but was committed and a later one are one event for the
+index and the SIEMs.  Otherwise (the view current, the audit log answering) the
+end is written at once, with no query of its own.
 """
 
 from __future__ import annotations
@@ -30,10 +45,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from audit import new_event
 from audit.emitter import Emitter
@@ -44,11 +59,22 @@ from broker.live.journal import LiveJournal, SessionRows
 
 log = logging.getLogger(__name__)
 
+VIEW_UNCONFIRMED = "view_unconfirmed"  # the fail-closed end (broker.live.changes)
 WARN_AT_S = (300, 60)
 _FOLLOW_QUEUE = 1024
 FLUSH_EVERY_S = 1.0  # recordings reach the disk at least this often
 # an audit event the log refused is tried again after each of these (about 2 minutes)
 RETRY_DELAYS_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+@runtime_checkable
+class _Claims(Protocol):
+    """The session directory, as the end of a possibly cut-off session uses it."""
+
+    def claim_end(self, session_id: str) -> str | None:
+        """None: this replica writes the end; else the replica that ended it.  Blocks;
+        raises while the database cannot be reached."""
+        ...
 
 
 class TimedFlush(Protocol):
@@ -146,6 +172,8 @@ class SessionRegistry:
         self.journal: LiveJournal | None = None
         # with PostgreSQL: the cluster's session directory (broker.live.directory) instead
         self.rows: SessionRows | None = None
+        self._recorded: set[str] = set()  # with rows: recorded sessions not ended yet
+        self._claim_first: set[str] = set()  # ended cut off: claim the row, then the end
         self._sessions: dict[str, LiveSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._emptied: set[asyncio.Future[None]] = set()  # until_empty() waiters
@@ -159,6 +187,8 @@ class SessionRegistry:
         self._sessions[session.session_id] = session
         if self.rows is not None:
             self.rows.added(session)
+            if session.recording:
+                self._recorded.add(session.session_id)
         if self.journal is not None and session.recording:
             self.journal.opened(
                 session.session_id,
@@ -215,6 +245,8 @@ class SessionRegistry:
         if s is None or s.ended_reason is not None:
             return False
         s.ended_reason = reason
+        if reason == VIEW_UNCONFIRMED and session_id in self._recorded:
+            self._claim_first.add(session_id)  # a survivor may end it too: claim first
         self._end(s, reason)  # first: the session ends even if the audit log is down
         self.emit(
             "session.terminated",
@@ -230,8 +262,17 @@ class SessionRegistry:
 
         If the audit log refuses it, ``alert.raised`` is written (or an error
         logged if that fails too) and the event is retried in the background.
+        A recorded session's ``session.ended`` that cannot be written at once, or
+        that ends a session cut off from the database, is written only once its
+        row is claimed (see the module docstring).
         """
         event = new_event(type_, clock=self._clock, details=details, **cols)
+        sid = str(event.get("TargetSessionId") or "")
+        claim = type_ == "session.ended" and sid in self._recorded
+        if claim and sid in self._claim_first:
+            self._claim_first.discard(sid)
+            self._background(event, claim=True, at_once=True)
+            return
         try:
             self._emitter.emit(event)
             self._written(event)
@@ -239,8 +280,14 @@ class SessionRegistry:
         except Exception as exc:
             log.error("audit log refused %s (%s); retrying", type_, type(exc).__name__)
         self._alert(event)
+        self._background(event, claim=claim)
+
+    def _background(self, event: AuditEvent, *, claim: bool, at_once: bool = False) -> None:
         t = threading.Thread(
-            target=self._retry, args=(event,), daemon=True, name=f"hoshu-audit-retry-{type_}"
+            target=self._retry,
+            args=(event, claim, at_once),
+            daemon=True,
+            name=f"hoshu-audit-retry-{event.type}",
         )
         self._retrying.add(t)
         t.start()
@@ -261,17 +308,30 @@ class SessionRegistry:
         except Exception:
             log.error("audit log unavailable: cannot raise the alert for %s", event.type)
 
-    def _retry(self, event: AuditEvent) -> None:
+    def _delays(self, claim: bool, at_once: bool) -> Iterator[float]:
+        if at_once:
+            yield 0.0
+        yield from self._retry_delays
+        while claim and self._retry_delays:  # the database decides; until it answers
+            yield self._retry_delays[-1]
+
+    def _retry(self, event: AuditEvent, claim: bool = False, at_once: bool = False) -> None:
+        sid = str(event.get("TargetSessionId") or "")
+        rows = self.rows
+        claims = rows if claim and isinstance(rows, _Claims) else None
         try:
-            for delay in self._retry_delays:
+            for delay in self._delays(claims is not None, at_once):
                 time.sleep(delay)
                 try:
+                    if claims is not None and claims.claim_end(sid) is not None:
+                        self._recorded.discard(sid)  # another replica ended it: its end stands
+                        return
                     self._emitter.emit(event)
                     self._written(event)
                     log.warning("audit event %s written after retrying", event.type)
                     return
                 except Exception as exc:
-                    log.error("audit log still refuses %s (%s)", event.type, type(exc).__name__)
+                    log.error("%s still cannot be written (%s)", event.type, type(exc).__name__)
             # the last place left: the process log, so the event can be recovered
             log.critical(
                 "audit event lost after %d retries: %s", len(self._retry_delays), event.to_json()
@@ -280,6 +340,8 @@ class SessionRegistry:
             self._retrying.discard(threading.current_thread())
 
     def _written(self, event: AuditEvent) -> None:
+        if event.type == "session.ended":
+            self._recorded.discard(str(event.get("TargetSessionId") or ""))
         if event.type == "session.ended" and self.journal is not None:
             self.journal.closed(str(event.get("TargetSessionId") or ""))
         if event.type == "session.ended" and self.rows is not None:
