@@ -41,6 +41,7 @@ CPU_SAMPLE_S = 5.0  # 1 s for quick-mode steps (under 100 gateways)
 RAMP_PER_S = 150.0  # first connections of a step: gateways started per second, in all
 PER_PROCESS_REAL = 2500  # each hoshu gateway holds ~4 descriptors (socket, audit chain)
 RECONNECT_DEADLINE = 180.0
+ENROL_DEADLINE = 900.0  # the first start of a store-backed broker enrols every gateway
 ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -98,6 +99,9 @@ class Proc:
 
 
 def _broker(port: int, gateways: int, target: int, real: Path | None) -> Proc:
+    """The broker process; hoshu's endpoint (``real``) over a SQLite store in ``real``,
+    which enrols the gateways it lacks before it answers ready."""
+    store = ["--store", f"sqlite:///{real / 'store.sqlite'}"] if real else []
     b = Proc(
         [
             sys.executable,
@@ -110,9 +114,10 @@ def _broker(port: int, gateways: int, target: int, real: Path | None) -> Proc:
             "--target-port",
             str(target),
             *(["--real", str(real)] if real else []),
+            *store,
         ]
     )
-    if json.loads(b.ask(None, 120)).get("ready") is not True:
+    if json.loads(b.ask(None, ENROL_DEADLINE if real else 120)).get("ready") is not True:
         raise BenchError("the broker did not start")
     return b
 
@@ -212,7 +217,8 @@ def one_run(
     deadline = STEP_DEADLINE_REAL if real else STEP_DEADLINE
     info: dict[str, Any] = {
         "listener": (
-            "hoshu tunnel endpoint (broker.tunnel.endpoint) + hoshu gateway agents"
+            "hoshu tunnel endpoint (broker.tunnel.endpoint) over the store's gateway "
+            "directory (SQLite) + hoshu gateway agents"
             if real
             else "minimal asyncssh listen_reverse (bench.scale_broker) + minimal "
             "connect_reverse clients"

@@ -10,7 +10,13 @@ registry is not used here; the per-connection cost is asyncssh's.
 With ``--real WORKDIR`` the broker is hoshu's own tunnel endpoint instead
 (:func:`broker.tunnel.endpoint.start_tunnel_listener` and its ``TunnelRegistry``:
 control channel, heartbeats, inventory, audit events into a signed
-hash-chained log), with an in-memory directory of the enrolled gateway keys.
+hash-chained log), with an in-memory directory of the enrolled gateway keys; with
+``--store URL`` as well, the directory is the broker's own over its store
+(:class:`broker.store.directory.StoreGatewayDirectory`, SQLite or PostgreSQL, the
+calls off the loop on a :class:`broker.live.changes.DbCalls` pool as ``hoshu serve``
+runs them): each gateway is enrolled there with an enrolment token of its hospital
+(20 gateways a hospital), so a login looks its key up in the store, the hello writes
+its inventory, and the sweeps read revocations and windows from the store.
 
 Commands on stdin, one JSON answer per line on stdout:
 ``count`` -> ``{"connected": n}``;
@@ -28,6 +34,7 @@ import logging
 import random
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,7 @@ import asyncssh
 from bench.scale_gateways import broker_key, gateway_key, raise_nofile
 
 OPEN_TIMEOUT = 10.0
+log = logging.getLogger("bench.scale_broker")
 OPENS_DEADLINE = 60.0
 
 
@@ -137,8 +145,65 @@ class RealBroker(Broker):
             return False
 
 
-async def _real(args: argparse.Namespace) -> tuple[Broker, Any]:
-    from datetime import datetime, timedelta
+GATEWAYS_PER_HOSPITAL = 20
+
+
+def _store_directory(url: str, n: int) -> tuple[Any, Any, Any]:
+    """The store's gateway directory with gateways ``0..n-1`` enrolled (the ones a
+    store kept from an earlier start are not enrolled again): (directory, offload,
+    closer)."""
+    from audit.testing import CapturingEmitter
+    from bench.scale_gateways import gateway_key
+    from broker.access.crypto import SecretBox
+    from broker.access.model import Gateway, Org, User
+    from broker.access.passwords import Hasher
+    from broker.access.ports import Actor, Config, Context
+    from broker.access.services import Services
+    from broker.live.changes import DbCalls
+    from broker.store.db import Store
+    from broker.store.directory import StoreGatewayDirectory
+
+    store = Store(url, migrate=True)
+    ctx = Context(
+        uow=store.uow,
+        emitter=CapturingEmitter(),  # the enrolment's own events are not measured
+        secrets=SecretBox.generate(),
+        clock=lambda: datetime.now(UTC),
+        hasher=Hasher(time_cost=1, memory_cost=64),
+        config=Config(broker_host_key=broker_key().export_public_key().decode().strip()),
+    )
+    s = Services.build(ctx)
+    with store.uow() as tx:
+        admins = tx.find(User, name="root")
+        enrolled = len(tx.find(Gateway, active=True))
+        hospitals = {o.name for o in tx.find(Org, kind="hospital")}
+    if admins:
+        user = admins[0]
+    else:
+        user, _ = s.auth.bootstrap("root", "Platform Admin", "bench-Passw0rd-long")
+    admin = Actor(user.id, user.name, user.org_id, "platform", frozenset(user.roles))
+    t0 = time.perf_counter()
+    for i in range(enrolled, n):
+        hospital = f"hospital-{i // GATEWAYS_PER_HOSPITAL}"
+        if hospital not in hospitals:
+            s.people.create_org(admin, hospital, "hospital")
+            hospitals.add(hospital)
+        token = s.gateways.issue_token(admin, hospital).token
+        key = gateway_key(i).export_public_key().decode().strip()
+        s.gateways.enroll(token, key, f"gw-{i}", "1.0")
+    if n > enrolled:
+        log.warning("enrolled %d gateways in %.1f s", n - enrolled, time.perf_counter() - t0)
+    pool = DbCalls(8)
+
+    def close() -> None:
+        pool.close()
+        store.close()
+
+    return StoreGatewayDirectory(s), pool, close
+
+
+async def _real(args: argparse.Namespace) -> tuple[Broker, Any, Any]:
+    from datetime import timedelta
 
     from audit.chain import ChainLog
     from audit.signing import CheckpointSigner
@@ -165,20 +230,32 @@ async def _real(args: argparse.Namespace) -> tuple[Broker, Any]:
 
     work = Path(args.real)
     work.mkdir(parents=True, exist_ok=True)
-    log = work / f"broker-audit-{int(time.time() * 1000)}.log"
-    audit = ChainLog(log, signer=CheckpointSigner.generate())
+    path = work / f"broker-audit-{int(time.time() * 1000)}.log"
+    audit = ChainLog(path, signer=CheckpointSigner.generate())
+    directory: Any = Directory()
+    offload, closer = None, None
+    if args.store:
+        directory, offload, closer = await asyncio.to_thread(
+            _store_directory, args.store, args.gateways
+        )
     listener = await start_tunnel_listener(
-        TunnelSettings(host="127.0.0.1", port=args.port), broker_key(), Directory(), audit
+        TunnelSettings(host="127.0.0.1", port=args.port),
+        broker_key(),
+        directory,
+        audit,
+        offload=offload,
     )
-    return RealBroker(listener, args.target_port), listener
+    return RealBroker(listener, args.target_port), listener, closer
 
 
 async def _main(args: argparse.Namespace) -> None:
     raise_nofile()
     if args.real:
-        broker, listener = await _real(args)
+        broker, listener, closer = await _real(args)
         await _commands(broker)
         await listener.close()
+        if closer is not None:
+            closer()
         return
     trusted = {bytes(gateway_key(i).public_data) for i in range(args.gateways)}
     broker = Broker(trusted, args.target_port)
@@ -225,6 +302,9 @@ def main() -> int:
     ap.add_argument("--target-port", type=int, required=True)
     ap.add_argument("--backlog", type=int, default=4096)
     ap.add_argument("--real", default=None, help="work dir: run hoshu's tunnel endpoint")
+    ap.add_argument(
+        "--store", default=None, help="with --real: the store's URL (its gateway directory)"
+    )
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     asyncio.run(_main(ap.parse_args()))
     return 0
