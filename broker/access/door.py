@@ -97,6 +97,7 @@ class InstrumentTarget:
     credential: str = field(repr=False)
     host_key_fingerprint: str | None = None
     protocol: str = "ssh"  # the inventory's protocol (wire.names.INSTRUMENT_PROTOCOLS)
+    keyboard_layout: str = "en-US"  # what an RDP desktop types on (estate.KEYBOARD_LAYOUTS)
     record_input: bool = False  # the hospital's policy: record what engineers type in shells
     # the hospital's command rules for shells: ({"action": "deny"|"hold", "pattern", "reason"}, ...)
     command_rules: tuple[dict[str, str], ...] = ()

@@ -22,6 +22,9 @@ from wire.names import INSTRUMENT_PROTOCOLS
 
 CRITICALITIES = ("low", "normal", "high", "critical")
 PROTOCOLS = tuple(sorted(INSTRUMENT_PROTOCOLS))
+# the keyboard the broker announces to an RDP instrument and types on: a US PC keyboard,
+# or a Japanese (JIS 106/109) one (broker.desktop.keyboards)
+KEYBOARD_LAYOUTS = ("en-US", "ja-JP")
 POLICY_FIELDS = frozenset(f.name for f in fields(Policy)) - {"id", "hospital_id", "updated_at"}
 INSTRUMENT_EDITABLE = frozenset(
     {
@@ -30,6 +33,7 @@ INSTRUMENT_EDITABLE = frozenset(
         "ssh_port",
         "ports",
         "protocol",
+        "keyboard_layout",
         "department",
         "model",
         "vendor",
@@ -211,6 +215,8 @@ class EstateService:
             raise InvalidInput(f"criticality must be one of {', '.join(CRITICALITIES)}")
         if inst.protocol not in PROTOCOLS:
             raise InvalidInput(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if inst.keyboard_layout not in KEYBOARD_LAYOUTS:
+            raise InvalidInput(f"keyboard_layout must be one of {', '.join(KEYBOARD_LAYOUTS)}")
         if inst.gateway_id is not None:
             gw = tx.get(Gateway, inst.gateway_id) or tx.one(Gateway, name=inst.gateway_id)
             if gw is None or gw.hospital_id != inst.hospital_id:

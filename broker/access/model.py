@@ -171,6 +171,8 @@ class Instrument:
     ssh_port: int = 22
     ports: list[int] = field(default_factory=list)
     protocol: str = "ssh"
+    # the keyboard a desktop (RDP) instrument is told the broker has (estate.KEYBOARD_LAYOUTS)
+    keyboard_layout: str = "en-US"
     department: str = ""
     model: str = ""
     vendor: str = ""

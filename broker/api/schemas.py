@@ -237,6 +237,7 @@ class InstrumentPatch(In):
     ssh_port: Port | None = None
     ports: Annotated[list[Port], Field(max_length=64)] | None = None
     protocol: Annotated[str, Field(max_length=16)] | None = None
+    keyboard_layout: Annotated[str, Field(max_length=16)] | None = None
     department: Annotated[str, Field(max_length=100)] | None = None
     model: Annotated[str, Field(max_length=100)] | None = None
     vendor: Annotated[str, Field(max_length=100)] | None = None
@@ -263,6 +264,7 @@ class InstrumentOut(Out):
     ssh_port: int
     ports: list[int]
     protocol: str
+    keyboard_layout: str = "en-US"
     department: str
     model: str
     vendor: str

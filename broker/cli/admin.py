@@ -43,6 +43,7 @@ INSTRUMENT_COLUMNS = [
     ("host", "Host"),
     ("ports", "Ports"),
     ("protocol", "Protocol"),
+    ("keyboard_layout", "Keyboard"),
     ("department", "Dept"),
     ("model", "Model"),
     ("criticality", "Criticality"),
@@ -497,6 +498,7 @@ def _instrument_fields(args: argparse.Namespace) -> dict[str, Any]:
         "ssh_port": args.ssh_port,
         "ports": args.port,
         "protocol": args.protocol,
+        "keyboard_layout": args.keyboard_layout,
         "department": args.department,
         "model": args.model,
         "vendor": args.vendor,
@@ -734,6 +736,12 @@ def _instrument_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("--ssh-port", type=int)
     a.add_argument("--port", type=int, action="append")
     a.add_argument("--protocol")
+    a.add_argument(
+        "--keyboard-layout",
+        metavar="LAYOUT",
+        help="the keyboard an RDP desktop is typed on: en-US (a US PC keyboard, the "
+        "default) or ja-JP (a Japanese JIS 106/109 one); the broker refuses others",
+    )
     a.add_argument("--department")
     a.add_argument("--model")
     a.add_argument("--vendor")

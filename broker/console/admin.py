@@ -43,7 +43,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from broker.access.errors import InvalidInput
-from broker.access.estate import CRITICALITIES, PROTOCOLS
+from broker.access.estate import CRITICALITIES, KEYBOARD_LAYOUTS, PROTOCOLS
 from broker.access.model import OrgKind, Role
 from broker.access.people import NewUser
 from broker.console import i18n
@@ -75,6 +75,7 @@ LIMITS: Mapping[str, int] = {
     "ports": 64 * 6,
     "ssh_port": 5,
     "protocol": 16,
+    "keyboard_layout": 16,
     "department": 100,
     "model": 100,
     "criticality": 16,
@@ -473,6 +474,7 @@ def instruments(request: Request, session: AdminPage) -> Response:
         hospitals=hospitals,
         criticalities=CRITICALITIES,
         protocols=PROTOCOLS,
+        keyboard_layouts=KEYBOARD_LAYOUTS,
     )
 
 
@@ -480,8 +482,9 @@ def instruments(request: Request, session: AdminPage) -> Response:
 def create_instrument(
     request: Request, session: Annotated[Session, Depends(page("instruments.create"))]
 ) -> Response:
-    """Register an instrument, as ``POST /v1/instruments`` (name, host, ports, criticality
-    and protocol checked by the service; the credential is set through the API)."""
+    """Register an instrument, as ``POST /v1/instruments`` (name, host, ports, criticality,
+    protocol and keyboard layout checked by the service; the credential is set through
+    the API)."""
     form = _form(request, session, "instruments.create")
     ports = [_int(p, "a port") for p in _list(form.get("ports", ""))]
     if len(ports) > 64:
@@ -492,6 +495,7 @@ def create_instrument(
         "ssh_port": _int(form.get("ssh_port", "") or "22", "the SSH port"),
         "ports": ports,
         "protocol": form.get("protocol", "ssh").strip() or "ssh",
+        "keyboard_layout": form.get("keyboard_layout", "en-US").strip() or "en-US",
         "department": form.get("department", "").strip(),
         "model": form.get("model", "").strip(),
         "vendor": form.get("vendor", "").strip(),

@@ -4,9 +4,10 @@ The broker is the RDP client (:mod:`broker.desktop.rdpclient`) and, towards the
 browser's noVNC, an RFB server: the ServerInit carries the RDP desktop's size, each
 RDP bitmap update is painted into the broker's copy of the screen and re-sent as RFB
 rectangles (Zlib when the browser asks for it, else Raw) when the browser has asked
-for an update; key events (noVNC keysyms) become RDP scancodes of a US/JIS PC
-keyboard, characters no key gives (text from an input method) RDP Unicode keyboard
-events; pointer events become RDP mouse events.  Because the browser side is RFB, a
+for an update; key events (noVNC keysyms) become RDP scancodes of the instrument's
+US or Japanese (JIS) PC keyboard (:mod:`broker.desktop.keyboards`), characters no key
+gives (text from an input method) RDP Unicode keyboard events; pointer events become
+RDP mouse events.  Because the browser side is RFB, a
 desktop recording of an RDP session is the same ``<session>.rfb`` a VNC session
 writes: playback, following live and the video export read it as they are.
 
@@ -42,7 +43,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from broker.desktop.keysyms import LEGACY
+from broker.desktop.keyboards import LAYOUTS, Keyboard, Layout, key_for
 from broker.desktop.rdpclient import MAX_SIDE, RdpSession, Rect
 from broker.desktop.rdpclip import ClipRefused
 from broker.desktop.recording import KEYFRAME_EVERY_S
@@ -77,72 +78,6 @@ MIN_SIDE = 200  # the smallest desktop side asked of an RDP server (MS-RDPBCGR's
 EDS_SERVER, EDS_THIS_CLIENT = 0, 1
 EDS_OK, EDS_PROHIBITED, EDS_NO_RESOURCES, EDS_INVALID = 0, 1, 2, 3
 SCREEN_ID = 0
-
-# keysym -> (scancode, extended) of a PC keyboard
-_SPECIAL: dict[int, tuple[int, bool]] = {
-    0xFF08: (0x0E, False),  # BackSpace
-    0xFF09: (0x0F, False),  # Tab
-    0xFF0D: (0x1C, False),  # Return
-    0xFF1B: (0x01, False),  # Escape
-    0xFFFF: (0x53, True),  # Delete
-    0xFF50: (0x47, True),  # Home
-    0xFF51: (0x4B, True),  # Left
-    0xFF52: (0x48, True),  # Up
-    0xFF53: (0x4D, True),  # Right
-    0xFF54: (0x50, True),  # Down
-    0xFF55: (0x49, True),  # Page_Up
-    0xFF56: (0x51, True),  # Page_Down
-    0xFF57: (0x4F, True),  # End
-    0xFF63: (0x52, True),  # Insert
-    0xFF67: (0x5D, True),  # Menu
-    0xFF8D: (0x1C, True),  # KP_Enter
-    0xFFE1: (0x2A, False),  # Shift_L
-    0xFFE2: (0x36, False),  # Shift_R
-    0xFFE3: (0x1D, False),  # Control_L
-    0xFFE4: (0x1D, True),  # Control_R
-    0xFFE5: (0x3A, False),  # Caps_Lock
-    0xFFE9: (0x38, False),  # Alt_L
-    0xFFEA: (0x38, True),  # Alt_R
-    0xFFEB: (0x5B, True),  # Super_L
-    0xFFEC: (0x5C, True),  # Super_R
-    # a Japanese (JIS) keyboard's own keys.  Not Zenkaku_Hankaku nor Hiragana_Katakana:
-    # on the US layout the RDP client announces, Zenkaku_Hankaku's scancode (0x29) is
-    # the backquote key and Hiragana_Katakana's (0x70) a launcher key (xrdp typed a
-    # stray "`" and pressed XF86Launch6), so they are not sent
-    0xFF23: (0x79, False),  # Henkan
-    0xFF22: (0x7B, False),  # Muhenkan
-}
-_SPECIAL.update({0xFFBE + i: (0x3B + i, False) for i in range(10)})  # F1..F10
-_SPECIAL.update({0xFFC8: (0x57, False), 0xFFC9: (0x58, False)})  # F11, F12
-
-_ROWS = [
-    ("1234567890-=", "!@#$%^&*()_+", 0x02),
-    ("qwertyuiop[]", "QWERTYUIOP{}", 0x10),
-    ("asdfghjkl;'`", 'ASDFGHJKL:"~', 0x1E),
-]
-_CHARS: dict[str, int] = {" ": 0x39, "\\": 0x2B, "|": 0x2B}
-for plain, shifted, first in _ROWS:
-    for i, (a, b) in enumerate(zip(plain, shifted, strict=True)):
-        _CHARS[a] = _CHARS[b] = first + i
-for i, (a, b) in enumerate(zip("zxcvbnm,./", "ZXCVBNM<>?", strict=True)):
-    _CHARS[a] = _CHARS[b] = 0x2C + i
-
-
-def key_for(keysym: int) -> tuple[int, bool] | str | None:
-    """What an RFB keysym is on the instrument: a (scancode, extended) key, a
-    character to send as an RDP Unicode event, or None (not sent)."""
-    if keysym in _SPECIAL:
-        return _SPECIAL[keysym]
-    if 0x20 <= keysym <= 0x7E:
-        char = chr(keysym)
-        return (_CHARS[char], False) if char in _CHARS else char
-    if 0xA0 <= keysym <= 0xFF:  # Latin-1 keysyms are their code points
-        return chr(keysym)
-    if keysym in LEGACY:  # e.g. full-width katakana, which noVNC sends as kana_* keysyms
-        return LEGACY[keysym]
-    if 0x01000100 <= keysym <= 0x0110FFFF:  # Unicode keysyms (what an IME's text is)
-        return chr(keysym - 0x01000000)
-    return None
 
 
 @dataclass
@@ -320,8 +255,11 @@ class RdpBridge:
         reopen: Reopen | None = None,
         on_server: Callable[[Message], bool] = lambda _m: False,
         on_refused: Callable[[ClipRefused], None] = lambda _r: None,
+        keyboard: Layout = LAYOUTS["en-US"],
     ) -> None:
         self.rdp = session
+        self.layout = keyboard
+        self.keys = Keyboard(keyboard)
         self.on_server = on_server
         self.on_refused = on_refused
         self.copied: str | None = None  # the browser's last allowed clipboard text
@@ -473,6 +411,7 @@ class RdpBridge:
                 async with self._sending:
                     self.rdp = new  # the session and its screen change together
                     self.screen = RdpScreen(new.width, new.height)
+                    self.keys = Keyboard(self.layout)  # no key is down in the new one
                     self.whole = True
                     await self.send(desktop_size(new.width, new.height, EDS_THIS_CLIENT, EDS_OK))
             except BaseException:
@@ -487,13 +426,14 @@ class RdpBridge:
             self._settled.set()
 
     async def _key(self, down: bool, keysym: int) -> None:
-        what = key_for(keysym)
-        if what is None:
+        events = self.keys.events(keysym, down)
+        if not events:
             log.info("keysym %#x has no key on the instrument", keysym)
-        elif isinstance(what, str):
-            await self.rdp.send_unicode(what, down)
-        else:
-            await self.rdp.send_scancode(what[0], down, what[1])
+        for event in events:
+            if len(event) == 2:
+                await self.rdp.send_unicode(event[0], event[1])
+            else:
+                await self.rdp.send_scancode(event[0], event[2], event[1])
 
     async def _pointer(self, mask: int, x: int, y: int) -> None:
         if (x, y) != self._pos:

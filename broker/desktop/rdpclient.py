@@ -43,6 +43,9 @@ tolerant parser, checked by the RDP tests against real servers
   many, which xrdp refuses);
 - the client's Synchronize goes first (xrdp waits for it before its own; aardwolf
   waits for the server's): a server Synchronize is queued for aardwolf itself;
+- the client core data announces the keyboard type, subtype and function keys of
+  the instrument's keyboard (aardwolf's are those of a US keyboard whatever its
+  settings say; the input capabilities take them from the settings);
 - a capability set of a type aardwolf does not know is skipped, as the protocol asks,
   instead of failing the connection;
 - a server that chose neither TLS nor NLA is refused at once (aardwolf would go on
@@ -77,6 +80,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import hashlib
 import io
@@ -99,6 +103,7 @@ from aardwolf.commons.target import RDPTarget
 from aardwolf.connection import RDPConnection
 from aardwolf.protocol.fastpath.bitmap import TS_UPDATE_BITMAP_DATA
 from aardwolf.protocol.T124.userdata import TS_SC
+from aardwolf.protocol.T124.userdata.clientcoredata import TS_UD_CS_CORE
 from aardwolf.protocol.T124.userdata.constants import TS_UD_TYPE
 from aardwolf.protocol.T125.infopacket import INFO_FLAG, TS_INFO_PACKET
 from aardwolf.protocol.T128.clientconfirmactivepdu import TS_CONFIRM_ACTIVE_PDU
@@ -110,6 +115,7 @@ from asysocks.unicomm.common.connection import UniConnection
 from asysocks.unicomm.common.packetizers import Packetizer
 from asysocks.unicomm.common.target import UniProto
 
+from broker.desktop.keyboards import LAYOUTS
 from broker.desktop.rdpclip import ClipEvent, Cliprdr
 from broker.desktop.rdpnla import credssp_context, credssp_status, login_refused
 from broker.desktop.rfb import DesktopError
@@ -277,6 +283,25 @@ class _ServerData(TS_SC):  # type: ignore[misc]
 
 _rdp_module.TS_SC = _ServerData
 
+# the keyboard (type, subtype, function keys) of the connection whose client core data
+# is being built: aardwolf builds it with type 4 whatever its settings say
+_CORE_KEYBOARD: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
+    "hoshu_core_keyboard", default=None
+)
+
+
+class _CoreData(TS_UD_CS_CORE):  # type: ignore[misc]
+    """The client core data (TS_UD_CS_CORE) announcing the connection's keyboard."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        keyboard = _CORE_KEYBOARD.get()
+        if keyboard is not None:
+            self.keyboardType, self.keyboardSubType, self.keyboardFunctionKey = keyboard
+
+
+_rdp_module.TS_UD_CS_CORE = _CoreData
+
 
 class _Codecs:
     """aardwolf compiles its ASN.1 codecs on every connection (about 4 s of CPU); the
@@ -359,7 +384,12 @@ class _Connection(RDPConnection):  # type: ignore[misc]
                 "the instrument does not offer TLS (only standard RDP security, "
                 "which hoshu does not speak)",
             )
-        return await RDPConnection._RDPConnection__establish_channels(self)  # type: ignore[no-any-return]  # noqa: SLF001
+        kb = self.iosettings
+        token = _CORE_KEYBOARD.set((kb.keyboard_type, kb.keyboard_subtype, kb.keyboard_functionkey))
+        try:
+            return await RDPConnection._RDPConnection__establish_channels(self)  # type: ignore[no-any-return]  # noqa: SLF001
+        finally:
+            _CORE_KEYBOARD.reset(token)
 
     async def _RDPConnection__join_channels(self) -> tuple[Any, Any]:
         joined = self._RDPConnection__joined_channels
@@ -555,7 +585,7 @@ async def connect(
     width: int = 1024,
     height: int = 768,
     check_certificate: Callable[[bytes], Awaitable[None]],
-    keyboard_layout: int = 0x0409,
+    keyboard_layout: str = "en-US",
     logon_timeout_s: float = LOGON_TIMEOUT_S,
     clipboard: bool = False,
 ) -> RdpSession:
@@ -566,7 +596,13 @@ async def connect(
     refused (``wrong_credential``: the stored password is wrong, or the server shows
     its login screen for another reason).  The clipboard channel is offered to the
     server only with ``clipboard`` (the hospital allows it; :mod:`broker.desktop.rdpclip`);
-    no other virtual channel ever is.  Raises :class:`RdpError`."""
+    no other virtual channel ever is.  The server is told the instrument's
+    ``keyboard_layout`` (:data:`broker.desktop.keyboards.LAYOUTS`: its layout id,
+    keyboard type, subtype and function keys, in the client core data and the input
+    capabilities).  Raises :class:`RdpError`."""
+    keyboard = LAYOUTS.get(keyboard_layout)
+    if keyboard is None:
+        raise RdpError("bad_keyboard", f"no keyboard layout {keyboard_layout!r}")
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
         raise RdpError("bad_size", f"a desktop of {width}x{height} is not asked for")
     settings = RDPIOSettings()
@@ -582,7 +618,10 @@ async def connect(
     settings.video_bpp_max = 32
     settings.video_out_format = VIDEO_FORMAT.PIL
     settings.supported_protocols = _OFFERED  # NLA or TLS; no standard RDP security
-    settings.keyboard_layout = keyboard_layout
+    settings.keyboard_layout = keyboard.layout_id
+    settings.keyboard_type = keyboard.kind
+    settings.keyboard_subtype = keyboard.subtype
+    settings.keyboard_functionkey = keyboard.function_keys
     target = RDPTarget(ip="127.0.0.1", port=3389, protocol=UniProto.CLIENT_TCP, timeout=10)
     credential = UniCredential(
         secret=password,

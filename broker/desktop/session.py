@@ -54,6 +54,7 @@ from audit.emitter import Emitter
 from audit.recstore import RecordingStore
 from broker.access.door import AccessPolicy
 from broker.access.errors import SessionError, Unavailable
+from broker.desktop.keyboards import LAYOUTS, Layout
 from broker.desktop.rdpbridge import RdpBridge, server_init
 from broker.desktop.rdpclient import (
     LOGON_TIMEOUT_S,
@@ -278,7 +279,9 @@ class DesktopGate:
         )
         relay: _Relay | _RdpRelay
         if rdp is not None:
-            relay = _RdpRelay(self, live, cols, rec, browser, rdp, target.record_input, clipboard)
+            keyboard = LAYOUTS[target.keyboard_layout]  # a known one: the RDP login took it
+            args = (self, live, cols, rec, browser, rdp, target.record_input, clipboard)
+            relay = _RdpRelay(*args, keyboard=keyboard)
             relay.bridge.reopen = functools.partial(
                 self._rdp_reopen, target, port, origin, clipboard
             )
@@ -393,6 +396,7 @@ class DesktopGate:
             width=(size or self.rdp_size)[0],
             height=(size or self.rdp_size)[1],
             check_certificate=check,
+            keyboard_layout=target.keyboard_layout,
             logon_timeout_s=self.rdp_logon_timeout_s,
             clipboard=clipboard,
         )
@@ -625,6 +629,8 @@ class _RdpRelay(_Relay):
         rdp: RdpSession,
         record_input: bool,
         clipboard: bool,
+        *,
+        keyboard: Layout,
     ) -> None:
         super().__init__(gate, live, cols, rec, browser, _NoWriter(), record_input, clipboard)
         self.bridge = RdpBridge(
@@ -633,6 +639,7 @@ class _RdpRelay(_Relay):
             self._client,
             on_server=lambda m: self._clipboard(m, "Outbound"),
             on_refused=self._clip_refused,
+            keyboard=keyboard,
         )
 
     async def _send(self, data: bytes) -> None:

@@ -256,6 +256,7 @@ class StoreAccessPolicy:
             credential,
             accepted,
             protocol=inst.protocol,
+            keyboard_layout=inst.keyboard_layout,
             record_input=bool(hospital_policy and hospital_policy.record_input),
             command_rules=commandrules.rules_for(
                 hospital_policy.command_rules if hospital_policy else (), inst.name, inst.department

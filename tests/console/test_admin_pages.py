@@ -338,3 +338,40 @@ def test_admins_see_the_admin_navigation_and_engineers_do_not(c: Console) -> Non
     eng = signed_in(c, "eng").get("/console/my/requests").text
     assert "/console/admin" not in eng
     assert PASSWORD  # the seeded people sign in with the world's password
+
+
+def test_an_instruments_keyboard_layout_is_chosen_on_its_form_and_an_unknown_one_refused(
+    c: Console,
+) -> None:
+    """The instrument form offers the keyboard layouts hoshu types on (en-US chosen);
+    the one chosen is stored, one it does not know is refused and nothing is made."""
+    http = signed_in(c, "hadmin", "ja")
+    page = http.get("/console/admin/instruments")
+    assert page.status_code == 200 and "キーボード配列 (RDP)" in page.text
+    options = re.findall(
+        r'<option value="([^"]+)"( selected)?>', page.text.split('id="i-keyboard"')[1]
+    )
+    assert options[:2] == [("en-US", " selected"), ("ja-JP", "")]
+    fields = {"hospital": "hoshi-hospital", "host": "10.0.0.9", "ports": "3389", "protocol": "rdp"}
+    r = post(
+        c,
+        http,
+        "hadmin",
+        "/console/admin/instruments",
+        name="an-pc-2",
+        keyboard_layout="ja-JP",
+        **fields,
+    )
+    assert r.status_code == 200 and 'data-instrument="an-pc-2"' in r.text
+    r = post(
+        c,
+        http,
+        "hadmin",
+        "/console/admin/instruments",
+        name="an-pc-3",
+        keyboard_layout="xx-XX",
+        **fields,
+    )
+    assert r.status_code == 422 and "keyboard_layout must be one of en-US, ja-JP" in r.text
+    made = {i.name: i.keyboard_layout for i in c.services.estate.list_instruments(c.world.admin)}
+    assert made.get("an-pc-2") == "ja-JP" and "an-pc-3" not in made

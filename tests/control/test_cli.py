@@ -185,6 +185,36 @@ def test_admin_commands_and_gateway_token(
     assert code == 1 and "organisation name" in err
 
 
+@SQLITE_ONLY
+def test_an_rdp_instruments_keyboard_layout_is_set_and_an_unknown_one_refused(
+    cli: Cli, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--keyboard-layout`` sets the keyboard an RDP desktop is typed on (en-US by
+    default); a layout hoshu does not know is refused with the values it knows, and the
+    instrument keeps the one it had."""
+    root = next(u for u in world.s.people.list_users(world.admin) if u.name == "root")
+    monkeypatch.setenv("HOSHU_TOKEN", session_token(world.s, root))
+    base = ("admin", "instruments")
+    where = ("--hospital", "hoshi-hospital", "--host", "10.0.0.78", "--port", "3389")
+    code, out, err = cli("--json", *base, "create", "an-pc-7", *where, "--protocol", "rdp")
+    assert code == 0, err
+    assert json.loads(out)["keyboard_layout"] == "en-US"
+    code, out, err = cli("--json", *base, "set", "an-pc-7", "--keyboard-layout", "ja-JP")
+    assert code == 0, err
+    assert json.loads(out)["keyboard_layout"] == "ja-JP"
+    code, out, _ = cli(*base, "show", "an-pc-7")
+    assert code == 0 and "ja-JP" in out
+    for bad in ("jp", "de-DE", "ja_JP"):
+        code, out, err = cli(*base, "set", "an-pc-7", "--keyboard-layout", bad)
+        assert code == 1 and "keyboard_layout must be one of en-US, ja-JP" in err, (bad, err)
+    code, _, err = cli(*base, "create", "an-pc-8", *where, "--keyboard-layout", "us")
+    assert code == 1 and "keyboard_layout must be one of en-US, ja-JP" in err
+    code, out, _ = cli("--json", *base, "show", "an-pc-7")
+    assert json.loads(out)["keyboard_layout"] == "ja-JP"
+    code, out, _ = cli("--json", *base, "list")
+    assert [i["name"] for i in json.loads(out) if i["name"].startswith("an-pc")] == ["an-pc-7"]
+
+
 def test_bootstrap_serve_and_sign_in_as_separate_processes(tmp_path: Path) -> None:
     """The installed entry point end to end: db upgrade, bootstrap, serve, login."""
     hoshu = str(Path(sys.executable).parent / "hoshu")

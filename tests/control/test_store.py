@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from broker.access.errors import Conflict
-from broker.access.model import Org
+from broker.access.model import Instrument, Org
 from broker.store.db import Store, current_revision, make_engine, upgrade
-from broker.store.tables import metadata
+from broker.store.tables import TABLES, metadata
 
 
 def test_migrated_schema_equals_the_table_definitions(store: Store) -> None:
@@ -20,7 +22,29 @@ def test_migrated_schema_equals_the_table_definitions(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
-    assert current_revision(store.engine) == "0011"
+    assert current_revision(store.engine) == "0012"
+
+
+def test_instruments_stored_before_the_keyboard_layout_existed_are_typed_on_en_us(
+    tmp_path: object,
+) -> None:
+    """Migration 0012: an instrument of a store at 0011 gets the en-US keyboard, as
+    hoshu typed on it before."""
+    store = Store(f"sqlite:///{tmp_path}/k/hoshu.db")
+    upgrade(store.engine, "0011")
+    t = datetime(2026, 12, 1, tzinfo=UTC)
+    row = {
+        f.name: getattr(Instrument("i1", "h1", "an-pc-1", "10.0.0.5", t, protocol="rdp"), f.name)
+        for f in dataclasses.fields(Instrument)
+        if f.name != "keyboard_layout"
+    }
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(TABLES[Instrument]).values(row))
+    upgrade(store.engine)
+    with store.uow() as tx:
+        inst = tx.get(Instrument, "i1")
+        assert inst is not None and inst.protocol == "rdp" and inst.keyboard_layout == "en-US"
+    store.close()
 
 
 def test_upgrade_is_idempotent_and_sqlite_runs_in_wal(tmp_path: object) -> None:

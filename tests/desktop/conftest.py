@@ -212,9 +212,11 @@ async def open_desk(
     password: str = VNC_PASSWORD,
     instrument: str = INSTRUMENT,
     username: str | None = None,
+    keyboard_layout: str = "en-US",
     **gate_options: Any,
 ) -> AsyncIterator[Desk]:
-    """The desk: an instrument at ``port`` (Xvnc's by default) of ``protocol``."""
+    """The desk: an instrument at ``port`` (Xvnc's by default) of ``protocol``, typed on
+    with ``keyboard_layout``."""
     port = port or xvnc.port
     clock = FakeClock(T0)
     events = CapturingEmitter()
@@ -250,6 +252,7 @@ async def open_desk(
             "ports": [port, other_port],
             "gateway": gw_id,
             "protocol": protocol,
+            "keyboard_layout": keyboard_layout,
         },
     )
     s.estate.set_credential(actors["hadmin"], instrument, "password", password, username)
@@ -316,10 +319,11 @@ async def pinned_desk(
     *,
     protocol: str = "rdp",
     rdp_size: tuple[int, int] = (800, 600),
+    keyboard_layout: str = "en-US",
 ) -> AsyncIterator[Desk]:
     """The desk with ``xrdp`` as the instrument: RDP as the stored user ``service`` (or,
     with ``protocol="vnc"``, the Xvnc behind it), the server's certificate checked by
-    the store's own pins, as the broker checks it."""
+    the store's own pins, as the broker checks it; typed on with ``keyboard_layout``."""
     pins: list[CertificatePins] = []
     rdp = protocol == "rdp"
     async with open_desk(
@@ -329,6 +333,7 @@ async def pinned_desk(
         port=xrdp.port if rdp else None,
         username="service" if rdp else None,
         rdp_size=rdp_size,
+        keyboard_layout=keyboard_layout,
         pin_certificate=lambda i, fp: pins[0](i, fp),
     ) as d:
         pins.append(CertificatePins(d.s))

@@ -18,7 +18,12 @@ event into a key only when its keymap (US, the layout the broker announces) has 
 character, and drops the others; the JIS keys add nothing either (Henkan and
 Muhenkan have no key in xrdp's US keymap; Zenkaku_Hankaku and Hiragana_Katakana are
 not sent: on the US layout their scancodes are the backquote and a launcher key),
-and typing goes on.  In headless Chromium on the console page, key events that
+and typing goes on.  An instrument set to the Japanese keyboard (``ja-JP``) is
+announced as one (layout 0x0411, JIS keyboard type; xrdp loads its Japanese keymap):
+every ASCII sign, and ¥, arrives exactly whatever Shift the browser sent (none, a US
+browser's, a JIS browser's; the same holds with ``en-US``), the JIS keys go as their
+own scancodes, and of the Japanese text only ¥ arrives (xrdp's Japanese keymap has no
+kana or kanji).  In headless Chromium on the console page, key events that
 carry Japanese characters arrive exactly over VNC, and text an IME commits into the
 page (no key events) does not arrive at all.  The limits are in ``docs/desktop.md``
 ("Keyboard").
@@ -31,6 +36,7 @@ import contextlib
 import os
 import re
 import shutil
+import string
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -44,6 +50,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 
+from broker.desktop.keyboards import LAYOUTS
 from tests.console.browsing import browser_sign_in
 from tests.console.conftest import (
     browser,  # noqa: F401  (fixture)
@@ -258,6 +265,93 @@ async def test_over_xrdp_japanese_text_and_the_jis_keys_add_nothing_and_typing_g
             assert _text(typed) == "\n\nok\n"
             [live] = d.registry.list()  # the session is still up
             assert live.port == xrdp.port
+            ws.close()
+
+
+# the signs a JIS keyboard has on other keys than a US one, and the others
+SIGNS = "@[]:;^\\_|\"'()=~{}+*<>?`!#$%&-,./"
+# what needs Shift on each keyboard (a browser of that layout sends Shift_L around it)
+US_SHIFTED = set(string.ascii_uppercase + '~!@#$%^&*()_+{}|:"<>?')
+JIS_SHIFTED = set(string.ascii_uppercase + "!\"#$%&'()=~|`{+*}<>?_")
+XF86_LAUNCH6 = 0x1008FF46
+
+
+def _announced(xrdp: Xrdp) -> str:
+    """What xrdp logged of the keyboard the RDP client announced."""
+    log = (xrdp.xvnc.typed.parent / f"xrdp-{xrdp.port}.log").read_text(errors="replace")
+    [line] = [x for x in log.splitlines() if "Keyboard information sent by the RDP client" in x]
+    return line.split("client, ")[1]
+
+
+async def _type_as(ws: WsClient, text: str, shifted: set[str], shift_up_first: bool) -> None:
+    """``text`` typed as a browser of a layout whose keys need Shift for ``shifted``
+    sends it: Shift_L down around each such character, let go before the character's
+    release (``shift_up_first``) or after it; the rest down then up."""
+    for c in text:
+        sym = novnc_keysym(c)
+        if c not in shifted:
+            await _type(ws, [sym])
+            continue
+        await ws.send(struct.pack(">BBxxI", 4, 1, 0xFFE1))
+        await ws.send(struct.pack(">BBxxI", 4, 1, sym))
+        order = [0xFFE1, sym] if shift_up_first else [sym, 0xFFE1]
+        for up in order:
+            await ws.send(struct.pack(">BBxxI", 4, 0, up))
+
+
+@pytest.mark.parametrize(
+    ("layout", "announced", "text"),
+    [
+        ("ja-JP", "keyboard_type:[0x07], keyboard_subtype:[0x02], keylayout:[0x00000411]", "¥"),
+        ("en-US", "keyboard_type:[0x04], keyboard_subtype:[0x00], keylayout:[0x00000409]", ""),
+    ],
+)
+async def test_over_xrdp_every_sign_arrives_exactly_whatever_shift_the_browser_sent(
+    tmp_path: Path, xrdp: Xrdp, layout: str, announced: str, text: str
+) -> None:
+    """The instrument's keyboard layout is announced (xrdp loads its keymap), and ASCII
+    text with all the signs (and ¥ on a Japanese keyboard) arrives exactly when typed as
+    the page's text field sends it (no Shift at all), as a US browser does and as a
+    Japanese (JIS) browser does, Shift let go before or after the key."""
+    async with pinned_desk(tmp_path, xrdp, keyboard_layout=layout) as d:
+        d.grant()
+        async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            ws, _ = await _open(d, url, http)
+            assert _announced(xrdp) == announced
+            log = (tmp_path / f"xrdp-{xrdp.port}.log").read_text()
+            assert (
+                f"Loading keymap file /etc/xrdp/km-0000{LAYOUTS[layout].layout_id:04x}.ini" in log
+            )
+            line = "No.5 Ab " + SIGNS + text + " 0189"
+            typed = xrdp.xvnc.typed
+            await _type(ws, [novnc_keysym(c) for c in line] + [RETURN])  # the text field
+            await _type_as(ws, line, US_SHIFTED, shift_up_first=False)  # a US browser
+            await _type(ws, [RETURN])
+            await _type_as(ws, line, JIS_SHIFTED, shift_up_first=True)  # a JIS browser
+            await _type(ws, [RETURN])
+            await poll(lambda: _text(typed).count("\n") == 3, 15, "the three lines")
+            assert _text(typed).splitlines() == [line] * 3
+            ws.close()
+
+
+async def test_over_xrdp_with_a_japanese_keyboard_the_jis_keys_are_keys_and_kana_is_dropped(
+    tmp_path: Path, xrdp: Xrdp
+) -> None:
+    """With ja-JP, the JIS keys go as their scancodes and type nothing: X sees Henkan,
+    Muhenkan and Zenkaku_Hankaku, and for Hiragana/Katakana (0x70) xrdp 0.9's Japanese
+    keymap has XF86Launch6.  Of the Japanese text (Unicode events) only ¥ arrives: xrdp's
+    0411 keymap has no kana or kanji."""
+    async with pinned_desk(tmp_path, xrdp, keyboard_layout="ja-JP") as d:
+        d.grant()
+        async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            ws, _ = await _open(d, url, http)
+            typed = xrdp.xvnc.typed
+            await _type(ws, [ord(c) for c in "No.5 "] + [novnc_keysym(c) for c in JAPANESE])
+            await _type(ws, [*JIS_KEYS, RETURN])
+            await poll(lambda: _text(typed).endswith("\n"), 10, "the line on the instrument")
+            assert _text(typed) == "No.5 ¥\n"
+            pressed = await _keys_at_the_root(ws, xrdp.xvnc, JIS_KEYS)
+            assert pressed == [0xFF23, 0xFF22, XF86_LAUNCH6, 0xFF2A]
             ws.close()
 
 

@@ -24,6 +24,7 @@ def instrument_out(i: Instrument) -> s.InstrumentOut:
         ssh_port=i.ssh_port,
         ports=i.ports,
         protocol=i.protocol,
+        keyboard_layout=i.keyboard_layout,
         department=i.department,
         model=i.model,
         vendor=i.vendor,
