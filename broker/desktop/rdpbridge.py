@@ -16,9 +16,12 @@ channel joined (:mod:`broker.desktop.rdpclip`).  The browser's ClientCutText, on
 the desktop gate has allowed, logged and recorded it, becomes the broker's clipboard
 on the instrument (text, ``CF_UNICODETEXT``); text copied on the instrument comes
 back as ServerCutText, which the gate allows, logs and records before the browser
-gets it.  RFB's clipboard text is ISO 8859-1 (noVNC sends a character outside it as
-``?``); the bridge sends the instrument's text the same way.  Text the browser
-copied is offered again to the RDP session a resize opens.
+gets it.  A browser that asks for RFB's Extended Clipboard (noVNC does; kept only
+when the hospital allows the clipboard) gets and sends the text as UTF-8
+(:class:`_ExtClipboard`, :mod:`broker.desktop.extclip`); to any other, classic RFB
+clipboard text is ISO 8859-1 (noVNC sends a character outside it as ``?``), and the
+bridge sends the instrument's text the same way.  Text the browser copied is offered
+again to the RDP session a resize opens.
 
 **Resize.** A browser that offers the ExtendedDesktopSize pseudo-encoding (noVNC
 does) is told the desktop's size in an ExtendedDesktopSize rectangle, which lets it
@@ -43,6 +46,8 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from broker.desktop import extclip
+from broker.desktop.extclip import PROVIDE
 from broker.desktop.keyboards import LAYOUTS, Keyboard, Layout, key_for
 from broker.desktop.rdpclient import MAX_SIDE, RdpSession, Rect
 from broker.desktop.rdpclip import ClipRefused
@@ -55,6 +60,7 @@ from broker.desktop.rfb import (
     C_POINTER,
     C_SET_DESKTOP_SIZE,
     C_UPDATE_REQUEST,
+    EXT_CLIPBOARD,
     EXT_DESKTOP_SIZE,
     RAW,
     S_CUT,
@@ -234,6 +240,63 @@ Send = Callable[[bytes], Awaitable[None]]
 Reopen = Callable[[int, int], Awaitable[RdpSession]]
 
 
+class _ExtClipboard:
+    """The bridge's side of RFB's Extended Clipboard towards a browser that asked for
+    it (only when the hospital allows the clipboard): UTF-8 text both ways.
+
+    The bridge announces text (caps: caps, request, peek, notify, provide; no
+    unsolicited text taken).  The instrument's text goes at once as a provide if
+    the browser's caps take unsolicited text that large (by default 20 MiB, as the
+    specification has it), else it is announced (notify) and provided when the
+    browser asks; ``on_server`` allows, logs and records each provide first.  The
+    browser's notify of text is answered with a request; its provide is the
+    browser's copy (the desktop gate allowed it already)."""
+
+    DEFAULT_SIZE = 20 * 1024 * 1024  # a client that sent no caps takes this much text
+
+    def __init__(self, allowed: bool, send: Send, on_server: Callable[[Message], bool]) -> None:
+        self.allowed = allowed
+        self.browser = False  # the browser asked for Extended Clipboard
+        self._send = send
+        self._on_server = on_server
+        self._actions = extclip.REQUEST | extclip.NOTIFY | extclip.PROVIDE
+        self._size = self.DEFAULT_SIZE
+        self._text: str | None = None  # the instrument's last text
+
+    async def announce(self) -> None:
+        self.browser = True
+        caps = extclip.Clip(extclip.CAPS, True, extclip.ACTIONS, 0)
+        await self._send(extclip.message(S_CUT, caps))
+
+    async def copied(self, text: str) -> None:
+        """The instrument's clipboard now holds ``text``."""
+        self._text = text
+        size = len(text.encode("utf-8")) + text.count("\n") + 1
+        if self._actions & extclip.PROVIDE and size <= self._size:
+            await self._provide()
+        elif self._actions & extclip.NOTIFY:
+            await self._send(extclip.message(S_CUT, extclip.Clip(extclip.NOTIFY, True)))
+
+    async def answer(self, clip: extclip.Clip) -> None:
+        """A browser's caps, request, peek or notify."""
+        if clip.action == extclip.CAPS:
+            self._actions, self._size = clip.actions, clip.text_size if clip.text else 0
+        elif clip.action == extclip.REQUEST and clip.text and self._text is not None:
+            await self._provide()
+        elif clip.action == extclip.PEEK and self._actions & extclip.NOTIFY:
+            notify = extclip.Clip(extclip.NOTIFY, self._text is not None)
+            await self._send(extclip.message(S_CUT, notify))
+        elif clip.action == extclip.NOTIFY and clip.text and self._actions & extclip.PROVIDE:
+            await self._send(extclip.message(S_CUT, extclip.Clip(extclip.REQUEST, True)))
+
+    async def _provide(self) -> None:
+        assert self._text is not None
+        clip = extclip.provide(self._text)
+        m = Message(S_CUT, extclip.message(S_CUT, clip), cut=clip.utf8, clip=clip)
+        if self._on_server(m):
+            await self._send(m.data)
+
+
 class RdpBridge:
     """Both directions of one RDP desktop served as RFB.
 
@@ -256,8 +319,11 @@ class RdpBridge:
         on_server: Callable[[Message], bool] = lambda _m: False,
         on_refused: Callable[[ClipRefused], None] = lambda _r: None,
         keyboard: Layout = LAYOUTS["en-US"],
+        clipboard: bool = False,
+        send_clip: Send | None = None,
     ) -> None:
         self.rdp = session
+        self.clip = _ExtClipboard(clipboard, send_clip or send, on_server)
         self.layout = keyboard
         self.keys = Keyboard(keyboard)
         self.on_server = on_server
@@ -323,7 +389,9 @@ class RdpBridge:
 
     async def down(self, s: Stream) -> str:
         """Browser messages: update requests, keys, pointer, formats."""
-        framer = ClientFramer(Screen(self.screen.width, self.screen.height, 4))
+        framer = ClientFramer(
+            Screen(self.screen.width, self.screen.height, 4), clipboard=self.clip.allowed
+        )
         while True:
             try:
                 m = await framer.next(s)
@@ -336,6 +404,9 @@ class RdpBridge:
                 self.whole = True
             elif m.kind == C_ENCODINGS:
                 self.encoder.zlib = ZLIB in framer.encodings
+                if EXT_CLIPBOARD in framer.encodings:
+                    async with self._sending:
+                        await self.clip.announce()
                 if EXT_DESKTOP_SIZE in framer.encodings and self.reopen and not self.told_size:
                     self.told_size = True
                     async with self._sending:
@@ -365,6 +436,13 @@ class RdpBridge:
             elif m.kind == C_CUT and m.cut is not None:  # allowed: on_client said so
                 self.copied = m.cut.decode("latin-1")
                 await self.rdp.offer_clipboard(self.copied)
+            elif m.kind == C_CUT and m.clip is not None:
+                if m.clip.action == PROVIDE and m.clip.data is not None:  # allowed
+                    self.copied = m.clip.data
+                    await self.rdp.offer_clipboard(self.copied)
+                else:
+                    async with self._sending:
+                        await self.clip.answer(m.clip)
 
     async def clipboard(self) -> str:
         """The instrument's clipboard to the browser, until the instrument ends the
@@ -380,6 +458,10 @@ class RdpBridge:
                 return "instrument_closed"
             if isinstance(event, ClipRefused):
                 self.on_refused(event)
+                continue
+            if self.clip.browser:
+                async with self._sending:
+                    await self.clip.copied(event.text)
                 continue
             m = server_cut(event.text)
             if self.on_server(m):

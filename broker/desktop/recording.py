@@ -12,7 +12,11 @@ for the whole screen every :data:`KEYFRAME_EVERY_S`, so the stream holds keyfram
 ``C`` a client key or pointer event (only when the hospital's policy records
 input), ``F`` the browser's ``SetPixelFormat`` (how the server's pixels read from
 then on: :mod:`broker.desktop.video` needs it), ``X`` a clipboard transfer that was
-allowed (its size and SHA-256 are logged too).  Playing the ``S`` records in order
+allowed (its size and SHA-256 are logged too): the cut text message as it was
+passed on, classic (ISO 8859-1) or an extended provide (UTF-8, zlib;
+:func:`broker.desktop.extclip.text_of` reads either).  Extended clipboard messages
+sent to the browser are not ``S`` records: noVNC, view-only as the player is,
+cannot read a provide.  Playing the ``S`` records in order
 into any RFB client redraws the session; the console does that with noVNC
 (:mod:`broker.console.desktop`).
 

@@ -19,7 +19,12 @@ broker knows what each one is (:class:`ClientFramer`, :class:`ServerFramer`):
   message that stops half-way for :data:`READ_TIMEOUT_S` raises
   :class:`ProtocolError`: the session ends (nothing half-relayed);
 - clipboard messages are returned to the caller, which drops or logs them
-  (hospital policy).
+  (hospital policy).  The browser keeps the Extended Clipboard pseudo-encoding
+  (:data:`EXT_CLIPBOARD`, UTF-8 text: :mod:`broker.desktop.extclip`) only when
+  the framer is told the clipboard is allowed; an extended clipboard message is
+  read whole (at most :data:`MAX_MESSAGE` bytes, like every message) and parsed:
+  one that does not parse or inflates past :data:`MAX_MESSAGE` comes back with
+  ``refused`` set, for the caller to refuse, and the stream goes on.
 
 Error tree (all :class:`~broker.access.errors.SessionError`, shown to the engineer)::
 
@@ -41,6 +46,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from broker.access.errors import SessionError
+from broker.desktop.extclip import Clip, ClipboardRefused, parse
 
 VERSION = b"RFB 003.008\n"
 SEC_NONE, SEC_VNC = 1, 2
@@ -52,6 +58,7 @@ MAX_NAME = 4096
 
 RAW, COPYRECT, ZLIB, ZRLE = 0, 1, 6, 16
 DESKTOP_SIZE, LAST_RECT, CURSOR, EXT_DESKTOP_SIZE = -223, -224, -239, -308
+EXT_CLIPBOARD = -1063131698  # 0xC0A1E5CE: clipboard text as UTF-8 (broker.desktop.extclip)
 # pseudo-encodings that carry no data in any message: JPEG quality, compression level
 _LEVELS = frozenset(range(-32, -22)) | frozenset(range(-256, -246))
 FRAMED: frozenset[int] = (
@@ -247,20 +254,41 @@ class Screen:
 
 @dataclass
 class Message:
-    """One whole RFB message; ``cut`` is clipboard text (ClientCutText/ServerCutText)."""
+    """One whole RFB message; ``cut`` is classic clipboard text (ClientCutText or
+    ServerCutText, ISO 8859-1), ``clip`` an extended clipboard message parsed,
+    ``refused`` why an extended one that did not parse is not relayed."""
 
     kind: int
     data: bytes
     cut: bytes | None = None
     input: bool = False  # a key or pointer event (recorded when the policy says so)
+    clip: Clip | None = None
+    refused: ClipboardRefused | None = None
+
+
+async def _cut(s: Stream, t: int) -> Message:
+    """The rest of a ClientCutText or ServerCutText: classic, or extended (negative
+    length: parsed, or refused if it does not parse)."""
+    head = await s.exactly(7)
+    (n,) = struct.unpack(">i", head[3:])
+    body = await s.exactly(abs(n))
+    data = bytes((t,)) + head + body
+    if n >= 0:
+        return Message(t, data, cut=body)
+    try:
+        return Message(t, data, clip=parse(body, max_text=MAX_MESSAGE))
+    except ClipboardRefused as exc:
+        return Message(t, data, refused=exc)
 
 
 @dataclass
 class ClientFramer:
-    """Browser → instrument messages, whole; ``SetEncodings`` narrowed to :data:`FRAMED`."""
+    """Browser → instrument messages, whole; ``SetEncodings`` narrowed to :data:`FRAMED`
+    (and :data:`EXT_CLIPBOARD` when ``clipboard``: the hospital allows it)."""
 
     screen: Screen
     encodings: list[int] = field(default_factory=list)
+    clipboard: bool = False
 
     async def next(self, s: Stream) -> Message:
         t = await s.first()
@@ -275,7 +303,7 @@ class ClientFramer:
             head = await s.exactly(3)
             (n,) = struct.unpack(">H", head[1:])
             asked = struct.unpack(f">{n}i", await s.exactly(4 * n))
-            kept = [e for e in asked if e in FRAMED]
+            kept = [e for e in asked if e in FRAMED or (self.clipboard and e == EXT_CLIPBOARD)]
             self.encodings = kept
             return Message(t, struct.pack(f">BxH{len(kept)}i", t, len(kept), *kept))
         if t == C_UPDATE_REQUEST:
@@ -285,12 +313,7 @@ class ClientFramer:
         if t == C_POINTER:
             return Message(t, bytes((t,)) + await s.exactly(5), input=True)
         if t == C_CUT:
-            head = await s.exactly(7)
-            (n,) = struct.unpack(">i", head[3:])
-            if n < 0:
-                raise ProtocolError("extended clipboard messages are not relayed")
-            text = await s.exactly(n)
-            return Message(t, bytes((t,)) + head + text, cut=text)
+            return await _cut(s, t)
         if t == C_SET_DESKTOP_SIZE:
             head = await s.exactly(7)
             screens = head[5]
@@ -315,12 +338,7 @@ class ServerFramer:
         if t == S_BELL:
             return Message(t, bytes((t,)))
         if t == S_CUT:
-            head = await s.exactly(7)
-            (n,) = struct.unpack(">i", head[3:])
-            if n < 0:
-                raise ProtocolError("the instrument sent an extended clipboard message")
-            text = await s.exactly(n)
-            return Message(t, bytes((t,)) + head + text, cut=text)
+            return await _cut(s, t)
         raise ProtocolError(f"the instrument sent RFB message type {t}, which hoshu does not relay")
 
     async def _update(self, s: Stream) -> bytes:

@@ -24,14 +24,17 @@ The session is then a :class:`~broker.live.sessions.LiveSession` (kind
 ``desktop``): revocation, expiry and an approver's terminate end it within the
 watcher's interval, warnings reach the page as WebSocket text messages, and a
 recording that can no longer be written ends it.  Every server message is
-recorded before it is sent to the browser.  Clipboard messages are dropped
+recorded before it is sent to the browser (an extended clipboard message only as
+the ``X`` record of its text, if it carries any).  Clipboard messages are dropped
 (``file.refused``, ``clipboard_off``) unless the hospital allows them; allowed
-ones are ``file.transferred`` with size and SHA-256.  For RDP the switch is read
-before the login: the clipboard channel is joined only when it is on
-(:mod:`broker.desktop.rdpclip`), and a clipboard PDU of the instrument that is
-refused there (malformed, too large, not answered in time) is ``file.refused``
-naming why.  A browser that stops
-reading for :data:`SEND_TIMEOUT_S` ends the session (``browser_stalled``).
+ones are ``file.transferred`` with size and SHA-256.  Japanese text crosses as
+UTF-8 over RFB's Extended Clipboard (:mod:`broker.desktop.extclip`), offered to
+the instrument only when the clipboard is allowed (:meth:`_Relay._extended`).
+For RDP the switch is read before the login: the clipboard channel is joined only
+when it is on (:mod:`broker.desktop.rdpclip`), and a clipboard PDU of the
+instrument that is refused there (malformed, too large, not answered in time) is
+``file.refused`` naming why.  A browser that stops reading for
+:data:`SEND_TIMEOUT_S` ends the session (``browser_stalled``).
 ``session.ended`` carries the recording's size and SHA-256.
 """
 
@@ -54,6 +57,8 @@ from audit.emitter import Emitter
 from audit.recstore import RecordingStore
 from broker.access.door import AccessPolicy
 from broker.access.errors import SessionError, Unavailable
+from broker.desktop import extclip
+from broker.desktop.extclip import CAPS, PROVIDE, REQUEST
 from broker.desktop.keyboards import LAYOUTS, Layout
 from broker.desktop.rdpbridge import RdpBridge, server_init
 from broker.desktop.rdpclient import (
@@ -66,9 +71,13 @@ from broker.desktop.rdpclient import connect as rdp_connect
 from broker.desktop.rdpclip import ClipRefused
 from broker.desktop.recording import KEYFRAME_EVERY_S, DesktopRecording, read_records
 from broker.desktop.rfb import (
+    C_CUT,
+    C_ENCODINGS,
     C_PIXEL_FORMAT,
     C_UPDATE_REQUEST,
+    EXT_CLIPBOARD,
     HANDSHAKE_TIMEOUT_S,
+    S_CUT,
     ClientFramer,
     DesktopError,
     Message,
@@ -535,6 +544,10 @@ class _Relay:
             clipboard = gate.clipboard_allowed(live.hospital_id)
         self.clipboard = clipboard  # the hospital's switch, read once a session
         self.notices: set[asyncio.Future[None]] = set()
+        # Extended Clipboard (UTF-8): the browser asked for it (kept only when the
+        # clipboard is on), the instrument's server announced it (its caps)
+        self.browser_ext = False
+        self.server_ext = False
 
     def stop(self, reason: str) -> None:
         if not self.stopped.done():
@@ -547,7 +560,8 @@ class _Relay:
 
     async def run(self, upstream: Stream, downstream: Stream, screen: Screen) -> tuple[str, str]:
         up = asyncio.ensure_future(self._up(upstream, ServerFramer(screen)))
-        down = asyncio.ensure_future(self._down(downstream, ClientFramer(screen)))
+        framer = ClientFramer(screen, clipboard=self.clipboard)
+        down = asyncio.ensure_future(self._down(downstream, framer))
         keys = asyncio.ensure_future(self._keyframes(screen))
         return await _until_one_ends(self.stopped, (up, down, keys), self.live.session_id)
 
@@ -557,7 +571,16 @@ class _Relay:
                 m = await framer.next(s)
             except EOFError:
                 return "instrument_closed"
-            if m.cut is not None and not self._clipboard(m, "Outbound"):
+            if m.clip is not None or m.refused is not None:
+                out = self._extended(m, "Outbound")
+                if out is None:
+                    continue
+                if out.clip is not None:  # recorded (X) if it carried text; not an S record:
+                    # a view-only noVNC (player, follower) cannot read an extended provide
+                    await asyncio.wait_for(self.browser.send(out.data), self.gate.send_timeout_s)
+                    continue
+                m = out  # the text as a classic ServerCutText: recorded as one
+            elif m.cut is not None and not self._clipboard(m, "Outbound"):
                 continue
             self.rec.record(b"S", m.data)  # recorded before the browser sees it
             self.live.publish(m.data)  # approvers following it
@@ -569,8 +592,15 @@ class _Relay:
                 m = await framer.next(s)
             except EOFError:
                 return "browser_closed"
-            if m.cut is not None and not self._clipboard(m, "Inbound"):
+            if m.clip is not None or m.refused is not None:
+                out = self._extended(m, "Inbound")
+                if out is None:
+                    continue
+                m = out
+            elif m.cut is not None and not self._clipboard(m, "Inbound"):
                 continue
+            if m.kind == C_ENCODINGS:
+                self.browser_ext = EXT_CLIPBOARD in framer.encodings
             if m.input and self.record_input:
                 self.rec.record(b"C", m.data)
             elif m.kind == C_PIXEL_FORMAT:  # how the server's pixels read from now on
@@ -585,6 +615,43 @@ class _Relay:
             self.writer.write(
                 struct.pack(">BBHHHH", C_UPDATE_REQUEST, 0, 0, 0, screen.width, screen.height)
             )
+
+    def _extended(self, m: Message, direction: str) -> Message | None:
+        """What an extended clipboard message of one side becomes for the other (None:
+        nothing goes).  Text (a provide) is the clipboard transfer, allowed, logged and
+        recorded or refused as a classic cut text is (its size and SHA-256 are of the
+        UTF-8 text as the user sees it, line ends LF); towards a side that did not
+        announce Extended Clipboard it goes as a classic cut text (ISO 8859-1, ``?``
+        for what it lacks).  Caps, request, peek and notify cross only with the switch
+        on and towards a side that speaks it, naming text alone.  One that does not
+        parse is refused (``file.refused``, size and SHA-256 of its bytes)."""
+        kind = S_CUT if direction == "Outbound" else C_CUT
+        if m.refused is not None:
+            why = (m.refused.reason, m.refused.message)
+            self._clipboard(Message(m.kind, m.data, cut=m.data[8:]), direction, why)
+            return None
+        clip = m.clip
+        assert clip is not None
+        if direction == "Outbound" and clip.action == CAPS and self.clipboard:
+            self.server_ext = True
+        extended = self.browser_ext if direction == "Outbound" else self.server_ext
+        if clip.action == PROVIDE:
+            if clip.data is None:
+                return None  # no text in it: nothing hoshu relays
+            if not self.clipboard:
+                self._clipboard(Message(kind, m.data, cut=clip.utf8), direction)
+                return None
+            if extended:
+                out = Message(kind, extclip.message(kind, clip), cut=clip.utf8, clip=clip)
+            else:
+                latin = clip.data.encode("latin-1", "replace")
+                out = Message(kind, struct.pack(">BxxxI", kind, len(latin)) + latin, cut=latin)
+            return out if self._clipboard(out, direction) else None
+        if not self.clipboard or not extended:
+            return None
+        if clip.action == REQUEST and not clip.text:
+            return None  # a format hoshu does not relay
+        return Message(kind, extclip.message(kind, clip), clip=clip)
 
     def _clipboard(self, m: Message, direction: str, why: tuple[str, str] | None = None) -> bool:
         """Let a clipboard message through (logged, recorded) or refuse it (logged):
@@ -640,6 +707,8 @@ class _RdpRelay(_Relay):
             on_server=lambda m: self._clipboard(m, "Outbound"),
             on_refused=self._clip_refused,
             keyboard=keyboard,
+            clipboard=clipboard,
+            send_clip=self._send_clip,
         )
 
     async def _send(self, data: bytes) -> None:
@@ -647,7 +716,22 @@ class _RdpRelay(_Relay):
         self.live.publish(data)
         await asyncio.wait_for(self.browser.send(data), self.gate.send_timeout_s)
 
+    async def _send_clip(self, data: bytes) -> None:
+        """An extended clipboard message to the browser: its text was recorded (``X``)
+        when it was allowed; not an ``S`` record (a view-only noVNC cannot read it)."""
+        await asyncio.wait_for(self.browser.send(data), self.gate.send_timeout_s)
+
     def _client(self, m: Message) -> bool:
+        if m.refused is not None:  # an extended clipboard message that does not parse
+            why = (m.refused.reason, m.refused.message)
+            return self._clipboard(Message(m.kind, m.data, cut=m.data[8:]), "Inbound", why)
+        if m.clip is not None and m.clip.action == PROVIDE:
+            if m.clip.data is None:
+                return False  # no text in it
+            data = extclip.message(C_CUT, m.clip)
+            m = Message(C_CUT, data, cut=m.clip.utf8)  # what is logged and recorded
+        elif m.clip is not None:  # the bridge answers caps, notify, request, peek itself
+            return self.clipboard
         if m.cut is not None:  # to the instrument's clipboard only if allowed; logged
             if self.clipboard and self.bridge.rdp.clipboard is None:
                 why = ("clipboard_unavailable", "the instrument has no RDP clipboard channel")

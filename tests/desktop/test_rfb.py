@@ -8,7 +8,10 @@ import struct
 
 import pytest
 
+from broker.desktop import extclip
 from broker.desktop.rfb import (
+    EXT_CLIPBOARD,
+    MAX_MESSAGE,
     ClientFramer,
     ProtocolError,
     Screen,
@@ -77,13 +80,52 @@ async def test_the_browser_may_ask_only_for_encodings_hoshu_frames() -> None:
     assert m.data == struct.pack(">BxH5i", 2, 5, 16, 0, 1, -239, -223)
 
 
+async def test_extended_clipboard_is_asked_of_the_instrument_only_when_the_clipboard_is_on() -> (
+    None
+):
+    asked = [16, EXT_CLIPBOARD, 0]
+    for allowed, kept in ((False, [16, 0]), (True, [16, EXT_CLIPBOARD, 0])):
+        s = _stream(struct.pack(f">BxH{len(asked)}i", 2, len(asked), *asked))
+        framer = ClientFramer(Screen(10, 10, 4), clipboard=allowed)
+        m = await framer.next(s)
+        assert framer.encodings == kept
+        assert m.data == struct.pack(f">BxH{len(kept)}i", 2, len(kept), *kept)
+
+
+async def test_an_extended_clipboard_message_is_read_whole_and_parsed_both_ways() -> None:
+    """Its bytes are framed by its negative length; the text is UTF-8 (LF line ends);
+    one that does not parse comes back refused and the next message is read."""
+    text = "検体ケンタイ１２３\nline 2"
+    provide = extclip.message(3, extclip.provide(text))
+    bad = struct.pack(">Bxxxi", 3, -8) + struct.pack(">II", extclip.NOTIFY | extclip.PEEK, 0)
+    s = _stream(provide + bad + struct.pack(">Bxxxi", 3, -4) + struct.pack(">I", extclip.PEEK))
+    framer = ServerFramer(Screen(10, 10, 4))
+    first, second, third = [await framer.next(s) for _ in range(3)]
+    assert first.data == provide and first.cut is None and first.refused is None
+    assert first.clip is not None and first.clip.data == text
+    assert second.clip is None and second.refused is not None
+    assert second.refused.reason == "clipboard_malformed" and second.data == bad
+    assert third.clip == extclip.Clip(extclip.PEEK)
+    client = ClientFramer(Screen(10, 10, 4), clipboard=True)
+    m = await client.next(_stream(extclip.message(6, extclip.provide(text))))
+    assert m.kind == 6 and m.clip is not None and m.clip.utf8 == text.encode()
+
+
+async def test_an_extended_clipboard_message_longer_than_hoshu_relays_ends_the_session() -> None:
+    """As a classic one does: more than MAX_MESSAGE bytes on the wire are not read."""
+    huge = struct.pack(">Bxxxi", 6, -(MAX_MESSAGE + 1)) + struct.pack(">I", extclip.PROVIDE)
+    with pytest.raises(ProtocolError, match="larger than hoshu relays"):
+        await ClientFramer(Screen(10, 10, 4), clipboard=True).next(_stream(huge))
+    most = struct.pack(">Bxxxi", 3, -(2**31))
+    with pytest.raises(ProtocolError, match="larger than hoshu relays"):
+        await ServerFramer(Screen(10, 10, 4)).next(_stream(most))
+
+
 async def test_clipboard_and_input_are_told_apart_and_unknown_messages_refused() -> None:
     framer = ClientFramer(Screen(10, 10, 4))
     cut = await framer.next(_stream(struct.pack(">BxxxI", 6, 5) + b"hello"))
     key = await framer.next(_stream(struct.pack(">BBxxI", 4, 1, 0x61)))
     assert (cut.cut, cut.input, key.cut, key.input) == (b"hello", False, None, True)
-    with pytest.raises(ProtocolError, match="extended clipboard"):
-        await framer.next(_stream(struct.pack(">Bxxxi", 6, -8) + b"\0" * 8))
     with pytest.raises(ProtocolError, match="type 150"):
         await framer.next(_stream(bytes((150,)) + b"\0" * 9))
 

@@ -19,9 +19,13 @@ class WsClient:
     async def send(self, data: bytes) -> None:
         mask = os.urandom(4)
         n = len(data)
-        head = bytes((0x82,)) + (
-            bytes((0x80 | n,)) if n < 126 else bytes((0x80 | 126,)) + struct.pack(">H", n)
-        )
+        if n < 126:
+            size = bytes((0x80 | n,))
+        elif n < 1 << 16:
+            size = bytes((0x80 | 126,)) + struct.pack(">H", n)
+        else:
+            size = bytes((0x80 | 127,)) + struct.pack(">Q", n)
+        head = bytes((0x82,)) + size
         body = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
         self.writer.write(head + mask + body)
         await self.writer.drain()
