@@ -264,9 +264,13 @@ class _Shed(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        transport.write(self._answer)
-        if transport.can_write_eof():
-            transport.write_eof()
+        try:
+            transport.write(self._answer)
+            if transport.can_write_eof():
+                transport.write_eof()
+        except OSError:  # it hung up while it waited to be accepted: nobody to tell
+            transport.abort()  # connection_lost frees its place
+            return
         self._timer = asyncio.get_running_loop().call_later(SHED_LINGER_S, transport.abort)
 
     def data_received(self, data: bytes) -> None:

@@ -530,9 +530,14 @@ class TunnelListener:
                 log.error("cannot read windows for %d gateway(s): %s", len(batch), exc)
                 continue
             for info, theirs in zip(batch, spans, strict=True):
-                if self.registry.info(info.record.gateway_id) is info:
+                if self.registry.info(info.record.gateway_id) is not info:
+                    continue  # replaced since
+                try:
                     info.conversation.send_window_spans(theirs, now)
-                    sent += 1
+                except (OSError, asyncssh.Error) as exc:  # closing: its own task ends it
+                    log.info("windows not sent to gateway %s: %s", info.record.name, exc)
+                    continue
+                sent += 1
         return sent
 
     async def sweep_revoked(self) -> int:

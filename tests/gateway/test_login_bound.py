@@ -363,3 +363,28 @@ async def test_the_listener_keeps_the_registry_it_is_given_even_while_it_is_empt
         assert listener.registry is registry
     finally:
         await listener.close()
+
+
+async def test_a_shed_gateway_that_hung_up_before_it_was_accepted_frees_its_place() -> None:
+    """A gateway that gave up while it waited in the accept queue (its socket closed
+    before the broker got to it) is not told anything: no error escapes to the event
+    loop and the place it took among the busy answers is freed."""
+    gate = LoginGate(1, 5.0, max_connections=100, held=lambda: 0)
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    listening = socket.create_server(("127.0.0.1", 0), backlog=16)
+    port = listening.getsockname()[1]
+    # connected by the kernel (the accept queue) and closed, all before any accept: the
+    # busy answer then meets a closed socket, which resets the connection at once
+    for _ in range(5):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    server = await loop.create_server(gate.shed_protocol, sock=listening)
+    try:
+        await poll(lambda: gate.shed_total == 5, 10, "all five accepted")
+        await poll(lambda: gate.shedding == 0, 10, "their places freed")
+        assert errors == []
+    finally:
+        server.close()
+        await server.wait_closed()
+        loop.set_exception_handler(None)

@@ -242,3 +242,50 @@ async def test_a_window_approved_without_a_push_reaches_every_gateway_at_the_nex
             audit.close()
         await listener.close()
         await echo.close()
+
+
+async def test_a_tunnel_closing_during_the_windows_sweep_leaves_the_others_their_windows(
+    tmp_path: Path,
+) -> None:
+    """A tunnel whose control channel closed after the sweep listed it (a gateway going
+    while thousands are swept) is skipped; the sweep still tells every other gateway."""
+    directory = CountingWindows()
+    broker_key = asyncssh.generate_private_key("ssh-ed25519")
+    listener = await start_tunnel_listener(
+        TunnelSettings(
+            port=0, heartbeat_s=1, login_timeout_s=5, revocation_check_s=0, windows_interval_s=0
+        ),
+        broker_key,
+        directory,
+        CapturingEmitter(),
+        offload=CountingOffload(),
+    )
+    running, echo = await _agents(tmp_path, broker_key, listener, directory)
+    ids = [f"gw-{n}" for n in range(GATEWAYS)]
+    try:
+        await poll(
+            lambda: all(listener.registry.connection(g) is not None for g in ids),
+            15,
+            "all gateways connected",
+        )
+        await poll(lambda: len(directory.inventory) == GATEWAYS, 10, "inventories")
+        now = datetime.now(UTC)
+        window = (now - timedelta(minutes=1), now + timedelta(hours=1))
+        directory.windows = [window]
+        first = listener.registry.tunnels()[0].conversation.channel
+        assert first is not None
+        first.channel.close()  # the sweep lists it, then finds it closed
+        assert await listener.refresh_windows() == GATEWAYS - 1
+        await poll(
+            lambda: sum(a.windows == [window] for a, _, _ in running) == GATEWAYS - 1,
+            5,
+            "every other gateway told",
+        )
+    finally:
+        for agent, task, audit in running:
+            agent.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+            audit.close()
+        await listener.close()
+        await echo.close()
