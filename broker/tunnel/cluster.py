@@ -13,10 +13,16 @@ Two tables (:data:`broker.store.tables.REPLICAS`, :data:`~broker.store.tables.GA
   counter forward, so a stale update (an older connection's late heartbeat or
   close, reordered writes) can never overwrite a newer connection's claim.
 
-Liveness: each replica beats every :data:`HEARTBEAT_S` seconds (its own row and
-each tunnel it holds).  A replica or tunnel row older than :data:`DEAD_AFTER_S`
-counts as gone: :meth:`ClusterRegistry.holders` never returns it.  Times come
-from the replicas' clocks, which must agree within a few seconds (NTP).
+Liveness: each replica beats every :data:`HEARTBEAT_S` seconds, its own row first,
+then every tunnel it holds.  The tunnel beats of a round are written :data:`BATCH`
+rows per statement (:meth:`ClusterRegistry.tunnel_beats`: one ``UPDATE ... FROM`` a
+``VALUES`` list, each row keeping the epoch guard and the forward-only beat),
+so thousands of tunnels take a few statements, well inside the bound, instead of a
+transaction each; a tunnel whose row was not refreshed is claimed again the same
+way (:meth:`ClusterRegistry.tunnels_up`).  A replica or tunnel row older than
+:data:`DEAD_AFTER_S` counts as gone: :meth:`ClusterRegistry.holders` never returns
+it.  Times come from the replicas' clocks, which must agree within a few seconds
+(NTP).  SQLite needs 3.35 or later (``UPDATE ... FROM``, ``RETURNING``).
 
 The methods are blocking (SQLAlchemy); asynchronous callers run them on the one
 writer thread of :class:`ClusterWriter`, so this replica's writes happen in the
@@ -27,7 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -38,6 +45,7 @@ from broker.store.tables import GATEWAY_TUNNELS, REPLICAS
 
 HEARTBEAT_S = 5.0
 DEAD_AFTER_S = 15.0  # three missed beats: a dead replica is detected within 15 s
+BATCH = 500  # tunnel rows written by one statement of a heartbeat round
 
 T = TypeVar("T")
 
@@ -140,34 +148,68 @@ class ClusterRegistry:
     def tunnel_up(self, gateway_id: str, epoch: str) -> None:
         """Claim gateway ``gateway_id``'s tunnel for this replica under ``epoch`` (a
         newer connection's claim replaces an older one's)."""
-        now = self._clock()
-        t = GATEWAY_TUNNELS.c
-        where = (t.gateway_id == gateway_id) & (t.replica_id == self.replica_id)
-        values = {"epoch": epoch, "beat": 0, "connected_at": now, "last_seen": now}
-        with self.engine.begin() as conn:
-            if conn.execute(sa.update(GATEWAY_TUNNELS).where(where).values(**values)).rowcount == 0:
-                conn.execute(
-                    sa.insert(GATEWAY_TUNNELS).values(
-                        gateway_id=gateway_id, replica_id=self.replica_id, **values
-                    )
-                )
+        self.tunnels_up([(gateway_id, epoch)])
+
+    def tunnels_up(self, claims: Sequence[tuple[str, str]]) -> None:
+        """:meth:`tunnel_up` of each ``(gateway_id, epoch)``, in order (a later claim of
+        the same gateway wins), one transaction of at most two statements per
+        :data:`BATCH` gateways: this replica's existing rows take the new epoch, beat 0
+        and times; the missing rows are inserted.
+
+        The claim names no old epoch: whatever connection this replica's row names, it
+        is replaced.  The caller decides that ``epoch`` is this replica's current
+        connection of the gateway (:class:`broker.tunnel.peer.PeerLink` asks its
+        tunnel registry first)."""
+        items = list(dict(claims).items())  # one row per gateway: its last claim
+        for start in range(0, len(items), BATCH):
+            chunk = items[start : start + BATCH]
+            now = self._clock()
+            params = _rows_params(("gateway_id", "epoch"), chunk)
+            with self.engine.begin() as conn:
+                found = conn.execute(
+                    _claims_statement(len(chunk)), {**params, "me": self.replica_id, "now": now}
+                ).scalars()
+                claimed = set(found)
+                rows = [
+                    {
+                        "gateway_id": gw,
+                        "replica_id": self.replica_id,
+                        "epoch": epoch,
+                        "beat": 0,
+                        "connected_at": now,
+                        "last_seen": now,
+                    }
+                    for gw, epoch in chunk
+                    if gw not in claimed
+                ]
+                if rows:
+                    conn.execute(sa.insert(GATEWAY_TUNNELS), rows)
 
     def tunnel_beat(self, gateway_id: str, epoch: str, beat: int) -> bool:
         """Refresh the claim of connection ``epoch``; False (nothing changed) when the row
         belongs to another epoch or is gone, or ``beat`` is not newer than the stored one."""
-        t = GATEWAY_TUNNELS.c
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                sa.update(GATEWAY_TUNNELS)
-                .where(
-                    (t.gateway_id == gateway_id)
-                    & (t.replica_id == self.replica_id)
-                    & (t.epoch == epoch)
-                    & (t.beat < beat)
-                )
-                .values(beat=beat, last_seen=self._clock())
-            ).rowcount
-        return bool(done)
+        return (gateway_id, epoch) in self.tunnel_beats([(gateway_id, epoch, beat)])
+
+    def tunnel_beats(self, beats: Sequence[tuple[str, str, int]]) -> set[tuple[str, str]]:
+        """:meth:`tunnel_beat` of each ``(gateway_id, epoch, beat)``: the ``(gateway_id,
+        epoch)`` pairs whose row was refreshed.  One transaction of one statement per
+        :data:`BATCH` tunnels (a heartbeat round of thousands of tunnels takes a few
+        statements, not a transaction each); each row keeps the guard of one beat: this
+        replica's row, that epoch, and a beat newer than the stored one (of one pair
+        given twice, the newer beat counts, as when written one after the other)."""
+        newest: dict[tuple[str, str], int] = {}
+        for gw, epoch, beat in beats:
+            newest[gw, epoch] = max(beat, newest.get((gw, epoch), beat))
+        wanted = [(gw, epoch, beat) for (gw, epoch), beat in newest.items()]
+        done: set[tuple[str, str]] = set()
+        for start in range(0, len(wanted), BATCH):
+            chunk = wanted[start : start + BATCH]
+            params = _rows_params(("gateway_id", "epoch", "beat"), chunk)
+            params.update(me=self.replica_id, now=self._clock())
+            with self.engine.begin() as conn:
+                updated = conn.execute(_beats_statement(len(chunk)), params).all()
+            done.update((row.gateway_id, row.epoch) for row in updated)
+        return done
 
     def tunnel_down(self, gateway_id: str, epoch: str) -> bool:
         """Drop the claim of connection ``epoch``; False when a newer one holds the row."""
@@ -225,6 +267,71 @@ class ClusterRegistry:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_replica(row) for row in rows]
+
+
+# The batched writes: ``UPDATE ... FROM v``, ``v`` a common table expression of
+# ``VALUES`` rows, which both PostgreSQL and SQLite (3.35+: ``UPDATE ... FROM``,
+# ``RETURNING``) accept; SQLite refuses column names on a ``(VALUES ...) AS v(...)``
+# subquery, so the columns are the names both give a VALUES list (column1, column2,
+# ...).  The VALUES list is text with one named, typed bind parameter per cell: its
+# statement's shape depends only on its number of rows and SQLAlchemy compiles it once
+# per size (its ``values()`` construct is compiled anew on every call, a tenth of a
+# second per 500 rows).
+
+
+def _values(names: tuple[str, ...], n: int) -> dict[str, sa.ColumnElement[Any]]:
+    """The columns ``names`` of ``n`` rows of bind parameters ``<name>_<row>``."""
+    t = GATEWAY_TUNNELS.c
+    rows = ", ".join("(" + ", ".join(f":{c}_{i}" for c in names) + ")" for i in range(n))
+    values = (
+        sa.text(f"VALUES {rows}")
+        .bindparams(*(sa.bindparam(f"{c}_{i}", type_=t[c].type) for i in range(n) for c in names))
+        .columns(*(sa.column(f"column{k}", t[c].type) for k, c in enumerate(names, 1)))
+        .cte("v")
+    )
+    return {c: values.c[f"column{k}"] for k, c in enumerate(names, 1)}
+
+
+def _rows_params(names: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+    """The bind parameters of ``rows`` for :func:`_values`."""
+    return {
+        f"{c}_{i}": value for i, row in enumerate(rows) for c, value in zip(names, row, strict=True)
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _beats_statement(n: int) -> sa.Update:
+    """:meth:`ClusterRegistry.tunnel_beats` of ``n`` rows (parameters ``me``, ``now``)."""
+    t = GATEWAY_TUNNELS.c
+    v = _values(("gateway_id", "epoch", "beat"), n)
+    return (
+        sa.update(GATEWAY_TUNNELS)
+        .where(
+            (t.gateway_id == v["gateway_id"])
+            & (t.replica_id == sa.bindparam("me", type_=t.replica_id.type))
+            & (t.epoch == v["epoch"])
+            & (t.beat < v["beat"])
+        )
+        .values(beat=v["beat"], last_seen=sa.bindparam("now", type_=t.last_seen.type))
+        .returning(t.gateway_id, t.epoch)
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _claims_statement(n: int) -> sa.Update:
+    """The update half of :meth:`ClusterRegistry.tunnels_up` of ``n`` rows."""
+    t = GATEWAY_TUNNELS.c
+    v = _values(("gateway_id", "epoch"), n)
+    now = sa.bindparam("now", type_=t.last_seen.type)
+    return (
+        sa.update(GATEWAY_TUNNELS)
+        .where(
+            (t.gateway_id == v["gateway_id"])
+            & (t.replica_id == sa.bindparam("me", type_=t.replica_id.type))
+        )
+        .values(epoch=v["epoch"], beat=0, connected_at=now, last_seen=now)
+        .returning(t.gateway_id)
+    )
 
 
 def _replica(row: Any) -> Replica:

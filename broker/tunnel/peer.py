@@ -22,9 +22,10 @@ there.  Denied on the server side: shell/exec sessions, remote forwards, passwor
 and keyboard-interactive logins (asyncssh's defaults plus the hooks below).
 
 Membership: :meth:`PeerLink.run` registers this replica (its peer address and key)
-and beats every :data:`~broker.tunnel.cluster.HEARTBEAT_S` s, for itself and for
-each tunnel it holds; :class:`~broker.tunnel.endpoint.TunnelRegistry` tells it when
-tunnels come and go (it is a :class:`~broker.tunnel.endpoint.TunnelWatcher`).
+and beats every :data:`~broker.tunnel.cluster.HEARTBEAT_S` s, for itself and then
+for all the tunnels it holds, a few hundred rows per statement;
+:class:`~broker.tunnel.endpoint.TunnelRegistry` tells it when tunnels come and go
+(it is a :class:`~broker.tunnel.endpoint.TunnelWatcher`).
 On close it deregisters, so the others stop routing here at once.
 """
 
@@ -48,7 +49,7 @@ from audit.errors import AuditError
 from audit.events import new_event
 from broker.keys.files import load_or_create_ssh_key
 from broker.settings import BrokerSettings
-from broker.tunnel.cluster import HEARTBEAT_S, ClusterRegistry, ClusterWriter, Replica
+from broker.tunnel.cluster import BATCH, HEARTBEAT_S, ClusterRegistry, ClusterWriter, Replica
 from broker.tunnel.endpoint import TunnelInfo, TunnelRegistry
 from broker.tunnel.errors import GatewayOffline
 from wire import Originator, decode_originator, encode_originator
@@ -308,24 +309,51 @@ class PeerLink:
         log.info("replica %s: peer link on %s:%d", self.replica_id, s.host, self.port)
 
     async def run(self) -> None:
-        """Beat until cancelled: this replica, then each tunnel it holds."""
+        """Beat until cancelled: this replica, then every tunnel it holds."""
         while not self._leaving:
             try:
-                await self._writer.call(self.cluster.beat)
-                for info in self._tunnels.tunnels():
-                    await self._beat(info)
+                await self.beat_round()
             except Exception as exc:  # our rows go stale: the others stop routing here
                 log.error("replica heartbeat failed: %s", exc)
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def _beat(self, info: TunnelInfo) -> None:
-        gw, epoch = info.record.gateway_id, info.epoch
-        n = self._beats.get(epoch, 0) + 1
-        if await self._writer.call(self.cluster.tunnel_beat, gw, epoch, n):
-            self._beats[epoch] = n
-        else:  # our memory is the truth for our own rows: claim again
-            await self._writer.call(self.cluster.tunnel_up, gw, epoch)
-            self._beats[epoch] = 0
+    async def beat_round(self) -> None:
+        """One heartbeat: this replica's row first, then every tunnel it holds, one
+        statement per :data:`~broker.tunnel.cluster.BATCH` tunnels
+        (:meth:`~broker.tunnel.cluster.ClusterRegistry.tunnel_beats`), not a transaction
+        each.
+
+        A tunnel whose row was not refreshed (gone, another epoch's, or a beat not newer)
+        is claimed again, our memory being the truth for our own rows, unless it is no
+        longer this replica's current tunnel of its gateway (replaced or closed during
+        the round: the newer connection's claim and the close stand) or the replica is
+        leaving.  That check and the queueing of the claim happen in one step of the
+        event loop, so the write of a tunnel that comes up or goes later is queued after
+        the claim."""
+        if self._leaving:
+            return  # deregistered or about to be: a beat would make it look alive again
+        await self._writer.call(self.cluster.beat)
+        held = self._tunnels.tunnels()
+        lost: list[TunnelInfo] = []
+        for start in range(0, len(held), BATCH):
+            chunk = held[start : start + BATCH]
+            beats = [(i.record.gateway_id, i.epoch, self._beats.get(i.epoch, 0) + 1) for i in chunk]
+            done = await self._writer.call(self.cluster.tunnel_beats, beats)
+            for info, (gw, epoch, n) in zip(chunk, beats, strict=True):
+                if self._tunnels.info(gw) is not info:
+                    continue  # closed or replaced meanwhile: its memory is gone or going
+                if (gw, epoch) in done:
+                    self._beats[epoch] = n
+                else:
+                    lost.append(info)
+        lost = [i for i in lost if self._tunnels.info(i.record.gateway_id) is i]
+        if lost and not self._leaving:
+            await self._writer.call(
+                self.cluster.tunnels_up, [(i.record.gateway_id, i.epoch) for i in lost]
+            )
+            for info in lost:
+                if self._tunnels.info(info.record.gateway_id) is info:
+                    self._beats[info.epoch] = 0
 
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         async def run() -> None:
