@@ -27,6 +27,12 @@ instrument's password.
   hospital; each read is ``recording.viewed``.  The player feeds the recorded
   server messages to noVNC at the recorded pace (speed ×1, ×2, ×4, ×8; seeking
   replays from the start, fast, to the chosen time).
+
+The engineer's page has a clipboard panel only when the gate says the hospital allows
+the clipboard (:meth:`Gate.clipboard_offered`): the instrument's latest copied text
+(noVNC's ``clipboard`` event), a button to copy it to the engineer's own clipboard,
+and a field whose text is sent to the instrument's clipboard (``clipboardPasteFrom``).
+What crosses is still the gate's decision, session by session.
 """
 
 from __future__ import annotations
@@ -100,6 +106,8 @@ class Gate(Protocol):
 
     async def follow(self, session_id: str, viewer: Browser) -> bool: ...
 
+    def clipboard_offered(self, user_id: str, instrument: str, port: int) -> bool: ...
+
     def export_video(self, data: bytes, out: Path) -> int: ...
 
 
@@ -117,10 +125,14 @@ def store_of(request: Request) -> RecordingStore:
 
 @router.get("/desktop/{name}")
 async def desktop_page(name: str, port: int, request: Request, session: OpenSession) -> Response:
-    """The desktop page: noVNC's screen, the session's notices, the connection state."""
-    if gate_of(request.app) is None:
+    """The desktop page: noVNC's screen, the session's notices, the connection state,
+    the text field, and the clipboard panel when the hospital allows the clipboard (for
+    an instrument and port the engineer holds a grant to; else a line saying it is off)."""
+    gate = gate_of(request.app)
+    if gate is None:
         raise Unavailable("desktop sessions are not available on this broker")
-    return render(request, "desktop.html", instrument=name, port=port)
+    clipboard = await asyncio.to_thread(gate.clipboard_offered, session.actor.user_id, name, port)
+    return render(request, "desktop.html", instrument=name, port=port, clipboard=clipboard)
 
 
 class _Socket:

@@ -353,6 +353,23 @@ class DesktopGate:
     def emit(self, type_: str, **cols: Any) -> None:
         self.registry.emit(type_, **cols)
 
+    def clipboard_offered(self, user_id: str, instrument: str, port: int) -> bool:
+        """Whether the engineer's desktop page shows its clipboard panel: ``instrument``
+        exists, an active grant names this engineer, it and ``port``, and its hospital
+        allows the clipboard.  Anything else, or a failure to tell, is False.  This is
+        only what the page offers: each session reads the switch again when it opens,
+        and the relay alone decides what crosses."""
+        try:
+            target = self.policy.instrument(instrument)
+            if target is None or port not in target.ports:
+                return False
+            if self.policy.find_grant(user_id, instrument, port, self.clock()) is None:
+                return False
+            return bool(self.clipboard_allowed(target.hospital_id))
+        except Exception:  # the page then says the clipboard is off (fail closed)
+            log.warning("could not tell whether %s allows the clipboard", instrument)
+            return False
+
     async def _rdp_reopen(
         self, target: Any, port: int, origin: Origin, clipboard: bool, w: int, h: int
     ) -> RdpSession:

@@ -141,7 +141,7 @@ function live() {
   rfb.scaleViewport = true;
   rfb.resizeSession = !watching;
   rfb.addEventListener("connect", () => { setState("live"); rfb.focus(); });
-  if (!watching) { textInput(rfb); }
+  if (!watching) { textInput(rfb); clipboardPanel(rfb); }
   window.hoshuDesktop = rfb;
 }
 
@@ -164,6 +164,62 @@ function textInput(rfb) {
     field.value = "";
     rfb.focus();
   });
+}
+
+// The clipboard, when the hospital allows it (the panel is on the page only then).  A
+// page cannot read or fill the engineer's clipboard silently, so the panel shows the
+// instrument's latest copy (noVNC's clipboard event), with a button that copies it to
+// the engineer's clipboard (navigator.clipboard: a secure context only; without it the
+// button is hidden and the text stays selectable), and sends its field's text to the
+// instrument's clipboard (clipboardPasteFrom).  Its fields are outside noVNC's canvas,
+// which alone takes keys for the instrument.  The status line counts characters.
+function clipboardPanel(rfb) {
+  const panel = document.getElementById("clipboard");
+  if (!panel) { return; }
+  const from = document.getElementById("clip-from");
+  const copy = document.getElementById("clip-copy");
+  const hint = document.getElementById("clip-from-hint");
+  const form = document.getElementById("clip-send");
+  const to = document.getElementById("clip-to");
+  const status = document.getElementById("clip-status");
+  function say(key, text) {
+    const n = text === undefined ? 0 : Array.from(text).length;
+    status.textContent = (panel.getAttribute("data-" + key) || key).replace("{n}", String(n));
+  }
+  let connected = false;
+  rfb.addEventListener("connect", () => { connected = true; });
+  rfb.addEventListener("disconnect", () => { connected = false; });
+  rfb.addEventListener("clipboard", (e) => {
+    from.value = e.detail.text;
+    copy.disabled = false;
+    say("received", e.detail.text);
+  });
+  copy.disabled = true;  // until the instrument has copied something
+  if (window.isSecureContext && navigator.clipboard && navigator.clipboard.writeText) {
+    copy.addEventListener("click", async () => {
+      const text = from.value;
+      try {
+        await navigator.clipboard.writeText(text);
+        say("copied", text);
+      } catch (err) {
+        from.focus();
+        from.select();
+        say("copy-failed");
+      }
+    });
+  } else {
+    copy.hidden = true;
+    hint.textContent = hint.getAttribute("data-manual");
+  }
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!connected) { say("not-live"); return; }
+    const text = to.value;
+    rfb.clipboardPasteFrom(text);
+    say("sent", text);
+    rfb.focus();  // the keys go back to the screen, for the paste there
+  });
+  panel.hidden = false;
 }
 
 async function player() {
