@@ -246,3 +246,48 @@ async def test_the_page_offers_the_panel_only_for_a_granted_port_of_a_hospital_t
     assert not offered(alice, "no-such-instrument", d.port)
     d.s.estate.update_policy(d.actor("hadmin"), "hoshi-hospital", {"clipboard_allowed": False})
     assert not offered(alice, INSTRUMENT, d.port)
+
+
+async def test_without_a_secure_context_the_copy_button_is_hidden_and_the_hint_says_ctrl_c(
+    desk: Desk,
+    browser: webdriver.Chrome,  # noqa: F811
+) -> None:
+    """A browser that gives the page no clipboard (plain HTTP to another host: no
+    secure context, as Chromium is made to report here) still shows the instrument's
+    copy, selectable, with a hint to copy it by hand instead of the button."""
+    d = desk
+    d.s.estate.update_policy(d.actor("hadmin"), "hoshi-hospital", {"clipboard_allowed": True})
+    script = "Object.defineProperty(window, 'isSecureContext', {get: () => false});"
+    added = await asyncio.to_thread(
+        browser.execute_cdp_cmd, "Page.addScriptToEvaluateOnNewDocument", {"source": script}
+    )
+    try:
+        async with served(d.app) as url:
+            await _live_page(d, browser, url)
+            b = browser
+            assert (
+                await asyncio.to_thread(b.execute_script, "return window.isSecureContext") is False
+            )
+            assert await asyncio.to_thread(
+                lambda: b.find_element(By.ID, "clipboard").is_displayed()
+            )
+            assert not await asyncio.to_thread(
+                lambda: b.find_element(By.ID, "clip-copy").is_displayed()
+            )
+            hint = await asyncio.to_thread(_text, b, "clip-from-hint")
+            assert "Ctrl+C" in hint and "HTTPS" in hint
+            owner = await x_copy(d.xvnc.display, JAPANESE)
+            try:
+                await poll(
+                    lambda: asyncio.to_thread(lambda: _value(b, "clip-from") == JAPANESE),
+                    15,
+                    "the instrument's copy in the panel",
+                )
+            finally:
+                await x_uncopy(owner)
+    finally:
+        await asyncio.to_thread(
+            browser.execute_cdp_cmd,
+            "Page.removeScriptToEvaluateOnNewDocument",
+            {"identifier": added["identifier"]},
+        )
