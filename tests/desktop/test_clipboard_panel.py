@@ -200,6 +200,21 @@ async def test_the_clipboard_panel_carries_japanese_text_both_ways(
             # down to the panel's end: a taller one would grow the screen, 70% of it); axe
             await asyncio.to_thread(_panel_shot, b, "desktop-clipboard-ja")
             assert await asyncio.to_thread(serious_violations, b) == []
+            # in English too (a new page: the desktop opens again)
+            await asyncio.to_thread(b.add_cookie, {"name": "hoshu_lang", "value": "en"})
+            await asyncio.to_thread(b.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}")
+            await poll(
+                lambda: asyncio.to_thread(
+                    lambda: (
+                        b.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+                        and b.find_element(By.ID, "clipboard").is_displayed()
+                    )
+                ),
+                15,
+                "the page in English with its panel",
+            )
+            assert await asyncio.to_thread(_text, b, "clipboard-title") == "Clipboard"
+            assert await asyncio.to_thread(serious_violations, b) == []
 
 
 async def test_with_the_clipboard_off_the_page_says_so_and_nothing_crosses(
