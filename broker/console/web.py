@@ -151,11 +151,24 @@ def render(request: Request, template: str, status: int = 200, **values: Any) ->
         lang=lang,
         langs=LANGS,
         path=request.url.path,
+        here=_here(request),
         session=session,
         csrf=csrf_for(session.token) if session else "",
         **values,
     )
     return harden(HTMLResponse(html, status_code=status))  # type: ignore[return-value]
+
+
+MAX_RETURN_QUERY = 512  # a longer query string is not carried through a language switch
+
+
+def _here(request: Request) -> str:
+    """The page to come back to after a language switch: its path, and the query of a
+    GET (a desktop's ``?port=``, a search's filters), so the same page opens again."""
+    query = request.url.query
+    if request.method == "GET" and query and len(query) <= MAX_RETURN_QUERY:
+        return f"{request.url.path}?{query}"
+    return request.url.path
 
 
 def redirect(to: str) -> RedirectResponse:

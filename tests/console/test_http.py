@@ -250,6 +250,13 @@ def test_language_link_sets_a_cookie_and_stays_on_the_console(c: Console) -> Non
     assert r.status_code == 303 and r.headers["location"] == "/console/login"
     assert "hoshu_lang=en" in r.headers["set-cookie"]
     assert "Sign in" in http.get("/console/login").text
+    # the link brings back the same page with its query (a desktop's ?port=, filters)
+    page = http.get("/console/login?m=signed_out_ok").text
+    assert 'href="/console/lang/ja?next=/console/login%3Fm%3Dsigned_out_ok"' in page
+    r = http.get("/console/lang/ja?next=/console/login%3Fm%3Dsigned_out_ok", follow_redirects=False)
+    assert r.headers["location"] == "/console/login?m=signed_out_ok"
+    long = "/console/login?m=" + "x" * 600  # too long to carry: the path alone
+    assert 'href="/console/lang/en?next=/console/login"' in http.get(long).text
     for evil in ("//evil.example/", "https://evil.example/", "/console/\\\\evil", "/v1/me"):
         r = http.get("/console/lang/ja", params={"next": evil}, follow_redirects=False)
         assert r.headers["location"] == "/console/"

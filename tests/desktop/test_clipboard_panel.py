@@ -200,9 +200,9 @@ async def test_the_clipboard_panel_carries_japanese_text_both_ways(
             # down to the panel's end: a taller one would grow the screen, 70% of it); axe
             await asyncio.to_thread(_panel_shot, b, "desktop-clipboard-ja")
             assert await asyncio.to_thread(serious_violations, b) == []
-            # in English too (a new page: the desktop opens again)
-            await asyncio.to_thread(b.add_cookie, {"name": "hoshu_lang", "value": "en"})
-            await asyncio.to_thread(b.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}")
+            # in English too, by the page's own language link (the same desktop, its
+            # port kept, opens again)
+            await asyncio.to_thread(lambda: b.find_element(By.ID, "lang-en").click())
             await poll(
                 lambda: asyncio.to_thread(
                     lambda: (
