@@ -22,6 +22,7 @@ from audit.shipper import Shipper
 from tests.support import FakeClock
 
 T0 = datetime(2026, 4, 1, 8, 0, tzinfo=UTC)
+SPARSE = ("VendorId", "TargetSessionId", "RequestId", "GrantId", "GatewayId")
 HOSPITALS = ("h-okayama", "h-handa")
 ENGINEERS = ("sato", "suzuki", "tanaka")
 
@@ -221,6 +222,12 @@ def test_an_index_of_the_earlier_version_is_brought_up_to_date(index: AuditIndex
             "CREATE INDEX ix_audit_events_actorusername_time ON audit_events "
             '("ActorUsername", "TimeGenerated", id)'
         )
+        for col in SPARSE:  # each sparse column indexed with its empty entries too
+            conn.exec_driver_sql(f"DROP INDEX ix_audit_events_{col.lower()}_named")
+            conn.exec_driver_sql(
+                f"CREATE INDEX ix_audit_events_{col.lower()}_time ON audit_events "
+                f'("{col}", "TimeGenerated", id)'
+            )
         if postgres:
             conn.exec_driver_sql(
                 "ALTER TABLE audit_events RESET (autovacuum_vacuum_insert_threshold, "
@@ -228,13 +235,19 @@ def test_an_index_of_the_earlier_version_is_brought_up_to_date(index: AuditIndex
             )
     index.add(_events())
     before = index.search(EventQuery(engineer="tanaka", limit=1000)).events
+    by_request = index.search(EventQuery(request_id="r-3", limit=1000)).events
     again = AuditIndex.from_url(url)
     try:
         names = _index_names(again)
         assert "ix_audit_events_actorusername_records" in names
         assert "ix_audit_events_actorusername_time" not in names
+        for col in SPARSE:
+            assert f"ix_audit_events_{col.lower()}_named" in names
+            assert f"ix_audit_events_{col.lower()}_time" not in names
         assert again.search(EventQuery(engineer="tanaka", limit=1000)).events == before
         assert len(before) == 100
+        assert again.search(EventQuery(request_id="r-3", limit=1000)).events == by_request
+        assert len(by_request) == 20
         if postgres:
             assert "ix_audit_events_actorusername_long" in names
             with again.engine.connect() as conn:
@@ -246,6 +259,51 @@ def test_an_index_of_the_earlier_version_is_brought_up_to_date(index: AuditIndex
         assert _index_names(again) == names
     finally:
         again.engine.dispose()
+
+
+def test_a_request_is_found_through_the_index_of_the_events_naming_one(
+    index: AuditIndex,
+) -> None:
+    """Most events name no request: the request index holds only those that do, and a
+    search by request (as by grant, session, vendor or gateway) reads that index."""
+    events = _events(200)
+    for e in events[100:]:  # half the events name no request, grant or session
+        for col in ("RequestId", "GrantId", "TargetSessionId"):
+            e.pop(col, None)
+    index.add(events)
+    want = [e["EventUid"] for e in events if e.get("RequestId") == "r-2"]
+    assert len(want) == 20
+    sent: list[tuple[str, object]] = []
+    from sqlalchemy import event
+
+    def keep(_c: object, _cur: object, statement: str, params: object, *_: object) -> None:
+        sent.append((statement, params))
+
+    event.listen(index.engine, "before_cursor_execute", keep)
+    got = index.search(EventQuery(request_id="r-2", limit=1000))
+    event.remove(index.engine, "before_cursor_execute", keep)
+    assert [e["EventUid"] for e in got.events] == want
+    statement, params = sent[-1]
+    postgres = index.engine.dialect.name == "postgresql"
+    with index.engine.connect() as conn:
+        if postgres:  # a few hundred rows: the table scan is cheapest unless ruled out
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("SET enable_bitmapscan = off")
+        explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+        plan = "\n".join(
+            str(r[-1])
+            for r in conn.exec_driver_sql(explain + statement, params)  # type: ignore[arg-type]
+        )
+        definition = conn.exec_driver_sql(
+            "SELECT pg_get_indexdef('ix_audit_events_requestid_named'::regclass)"
+            if postgres
+            else "SELECT sql FROM sqlite_master WHERE name = 'ix_audit_events_requestid_named'"
+        ).scalar()
+    assert "ix_audit_events_requestid_named" in plan
+    # only the events that name a request (PostgreSQL writes the predicate in brackets)
+    assert (
+        str(definition).replace("(", "").replace(")", "").endswith('WHERE "RequestId" IS NOT NULL')
+    )
 
 
 def test_postgres_answers_an_engineer_from_the_index_alone(index: AuditIndex) -> None:
