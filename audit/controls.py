@@ -165,12 +165,17 @@ CONTROLS: tuple[Control, ...] = (
         "scp/sftp refused unless the grant allows it; every file logged with size and "
         "hash; a scan hook can reject a file going into the hospital; a desktop's "
         "clipboard is refused unless the hospital's policy switches it on, each "
-        "transfer logged with size and hash either way.",
+        "transfer logged with size and hash either way; an RDP desktop gets no drive "
+        "unless the hospital's policy switches it on, and then each file written to "
+        "it is logged with name, size and hash, and files going in pass the scan hook.",
         (
             "tests/frontdoor/test_transfer.py::test_scp_refused_without_file_transfer_in_the_grant",
             "tests/frontdoor/test_transfer.py::test_scp_upload_and_download_are_logged_with_hashes",
             "tests/frontdoor/test_transfer.py::test_scan_hook_rejects_a_file_going_into_the_hospital",
             "tests/desktop/test_clipboard_policy.py::test_clipboard_is_refused_until_the_hospital_switches_it_on",
+            "tests/desktop/test_rdp_drive.py::test_with_the_drive_off_no_drive_appears_on_the_instrument",
+            "tests/desktop/test_rdp_drive.py::test_with_the_drive_on_files_cross_both_ways_logged_and_recorded",
+            "tests/desktop/test_rdpdrive.py::test_a_file_from_the_broker_appears_only_once_the_scan_passed_it",
         ),
     ),
     Control(

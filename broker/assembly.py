@@ -392,6 +392,10 @@ def attach_front_door(
                 door.ids,
                 max_bytes=door.options.max_recording_bytes,
                 clipboard_allowed=StoreAccessPolicy(services).clipboard_allowed,
+                drive_allowed=StoreAccessPolicy(services).drive_allowed,
+                drives_dir=settings.drives_dir,
+                scan_command=door.options.scan_command,
+                scan_timeout_s=door.options.scan_timeout_s,
                 pin_certificate=CertificatePins(services),
             )
         )

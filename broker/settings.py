@@ -390,6 +390,11 @@ class BrokerSettings(BaseSettings):
         return self.data_dir / "spools"
 
     @property
+    def drives_dir(self) -> Path:
+        """RDP desktop sessions' drives (rdpdr), one folder a session, removed at its end."""
+        return self.data_dir / "drives"
+
+    @property
     def audit_dir(self) -> Path:
         return self.data_dir / "audit"
 

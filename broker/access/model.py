@@ -158,6 +158,9 @@ class Policy:
     command_rules: list[dict[str, str]] = field(default_factory=list)
     # desktop sessions relay the clipboard (each transfer logged with size and SHA-256)
     clipboard_allowed: bool = False
+    # RDP desktops get a drive of the broker's (rdpdr): each file put there or taken
+    # from it is logged with size and SHA-256; files going in pass the scan hook
+    drive_allowed: bool = False
 
 
 @dataclass

@@ -208,6 +208,7 @@ class PolicyPatch(In):
     record_input: bool | None = None
     command_rules: Annotated[list[CommandRuleIn], Field(max_length=100)] | None = None
     clipboard_allowed: bool | None = None
+    drive_allowed: bool | None = None
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True, exclude_none=True)
@@ -228,6 +229,7 @@ class PolicyOut(Out):
     record_input: bool
     command_rules: list[dict[str, str]] = []
     clipboard_allowed: bool = False
+    drive_allowed: bool = False
     updated_at: datetime
 
 

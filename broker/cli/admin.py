@@ -481,6 +481,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         ("emergency", "emergency_allowed"),
         ("record_input", "record_input"),
         ("clipboard", "clipboard_allowed"),
+        ("drive", "drive_allowed"),
     ):
         if _yes(getattr(args, flag)) is not None:
             changes[key] = _yes(getattr(args, flag))
@@ -724,6 +725,11 @@ def _register_policy(adm: Any) -> None:
         "--clipboard",
         choices=["yes", "no"],
         help="relay the clipboard in desktop sessions, each transfer logged (default no)",
+    )
+    a.add_argument(
+        "--drive",
+        choices=["yes", "no"],
+        help="give RDP desktops a drive of the broker's, each file logged (default no)",
     )
     a.add_argument("--emergency-max-duration")
     a.add_argument("--request-ttl")

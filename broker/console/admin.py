@@ -383,6 +383,7 @@ def update_policy(
         "request_ttl_s": _int(form.get("request_ttl_h", ""), "the request lifetime") * 3600,
         "record_input": form.get("record_input") == "on",
         "clipboard_allowed": form.get("clipboard_allowed") == "on",
+        "drive_allowed": form.get("drive_allowed") == "on",
     }
     services_of(request).estate.update_policy(session.actor, hospital, changes)
     return redirect(f"{PREFIX}/admin/policies?hospital={hospital}&done=policy_saved")

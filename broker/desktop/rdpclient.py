@@ -117,6 +117,7 @@ from asysocks.unicomm.common.target import UniProto
 
 from broker.desktop.keyboards import LAYOUTS
 from broker.desktop.rdpclip import ClipEvent, Cliprdr
+from broker.desktop.rdpdrive import DriveDir, Rdpdr
 from broker.desktop.rdpnla import credssp_context, credssp_status, login_refused
 from broker.desktop.rfb import DesktopError
 
@@ -490,12 +491,14 @@ class RdpSession:
         height: int,
         writer: Writer | None = None,
         clipboard: Cliprdr | None = None,
+        drive: Rdpdr | None = None,
     ) -> None:
         self._conn = conn
         self.width = width
         self.height = height
         self._writer = writer
         self.clipboard = clipboard  # the cliprdr channel, joined only when allowed
+        self.drive = drive  # the rdpdr channel, joined only when allowed
 
     async def next_clipboard(self) -> ClipEvent | None:
         """The next clipboard event of the instrument (its text, or a refused PDU);
@@ -588,6 +591,7 @@ async def connect(
     keyboard_layout: str = "en-US",
     logon_timeout_s: float = LOGON_TIMEOUT_S,
     clipboard: bool = False,
+    drive: DriveDir | None = None,
 ) -> RdpSession:
     """Log in to an RDP server over ``reader``/``writer`` (TLS required; the server's
     certificate is handed to ``check_certificate``, which raises to refuse it, before
@@ -595,19 +599,22 @@ async def connect(
     docstring); a login not confirmed within ``logon_timeout_s`` is closed and
     refused (``wrong_credential``: the stored password is wrong, or the server shows
     its login screen for another reason).  The clipboard channel is offered to the
-    server only with ``clipboard`` (the hospital allows it; :mod:`broker.desktop.rdpclip`);
-    no other virtual channel ever is.  The server is told the instrument's
-    ``keyboard_layout`` (:data:`broker.desktop.keyboards.LAYOUTS`: its layout id,
-    keyboard type, subtype and function keys, in the client core data and the input
-    capabilities).  Raises :class:`RdpError`."""
+    server only with ``clipboard`` (the hospital allows it; :mod:`broker.desktop.rdpclip`),
+    the drive channel only with a ``drive`` (the hospital allows it;
+    :mod:`broker.desktop.rdpdrive`); no other virtual channel ever is.  The server is
+    told the instrument's ``keyboard_layout`` (:data:`broker.desktop.keyboards.LAYOUTS`:
+    its layout id, keyboard type, subtype and function keys, in the client core data
+    and the input capabilities).  Raises :class:`RdpError`."""
     keyboard = LAYOUTS.get(keyboard_layout)
     if keyboard is None:
         raise RdpError("bad_keyboard", f"no keyboard layout {keyboard_layout!r}")
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
         raise RdpError("bad_size", f"a desktop of {width}x{height} is not asked for")
     settings = RDPIOSettings()
-    # the clipboard only if allowed; never a drive, printer, sound or dynamic channel
-    settings.channels = [Cliprdr] if clipboard else []
+    # the clipboard and the broker's drive only if allowed; never a printer, sound
+    # or dynamic channel
+    settings.channels = ([Cliprdr] if clipboard else []) + ([Rdpdr] if drive else [])
+    settings.hoshu_drive = drive
     settings.vchannels = {}
     settings.drives = []
     settings.clipboard_use_pyperclip = False
@@ -655,7 +662,10 @@ async def connect(
     cliprdr: Cliprdr | None = getattr(settings, "hoshu_cliprdr", None) if clipboard else None
     if cliprdr is not None and not cliprdr.channel_id:
         cliprdr = None  # the instrument gave no clipboard channel
-    session = RdpSession(conn, width, height, writer, cliprdr)
+    rdpdr: Rdpdr | None = getattr(settings, "hoshu_rdpdr", None) if drive else None
+    if rdpdr is not None and not rdpdr.channel_id:
+        rdpdr = None  # the instrument gave no drive channel
+    session = RdpSession(conn, width, height, writer, cliprdr, rdpdr)
     await _confirm_logon(conn, session, logon_timeout_s)
     return session
 

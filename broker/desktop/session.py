@@ -33,7 +33,11 @@ the instrument only when the clipboard is allowed (:meth:`_Relay._extended`).
 For RDP the switch is read before the login: the clipboard channel is joined only
 when it is on (:mod:`broker.desktop.rdpclip`), and a clipboard PDU of the
 instrument that is refused there (malformed, too large, not answered in time) is
-``file.refused`` naming why.  A browser that stops reading for
+``file.refused`` naming why.  The RDP drive is read the same way: only where the
+hospital allows it (``drive_allowed``) is the drive channel joined, backed by a
+folder of the session's own under ``drives_dir`` that is removed when it ends
+(:mod:`broker.desktop.rdpdrive`, :mod:`broker.desktop.drivegate`: each file logged
+and recorded, files going in scanned first).  A browser that stops reading for
 :data:`SEND_TIMEOUT_S` ends the session (``browser_stalled``).
 ``session.ended`` carries the recording's size and SHA-256.
 """
@@ -58,6 +62,8 @@ from audit.recstore import RecordingStore
 from broker.access.door import AccessPolicy
 from broker.access.errors import SessionError, Unavailable
 from broker.desktop import extclip
+from broker.desktop.drivegate import follow as follow_drive
+from broker.desktop.drivegate import scan_file
 from broker.desktop.extclip import CAPS, PROVIDE, REQUEST
 from broker.desktop.keyboards import LAYOUTS, Layout
 from broker.desktop.rdpbridge import RdpBridge, server_init
@@ -69,6 +75,7 @@ from broker.desktop.rdpclient import (
 )
 from broker.desktop.rdpclient import connect as rdp_connect
 from broker.desktop.rdpclip import ClipRefused
+from broker.desktop.rdpdrive import DriveDir
 from broker.desktop.recording import KEYFRAME_EVERY_S, DesktopRecording, read_records
 from broker.desktop.rfb import (
     C_CUT,
@@ -147,6 +154,10 @@ class DesktopGate:
         *,
         max_bytes: int = 512 * 1024 * 1024,
         clipboard_allowed: Callable[[str], bool] = lambda _hospital: False,
+        drive_allowed: Callable[[str], bool] = lambda _hospital: False,
+        drives_dir: Path | None = None,
+        scan_command: tuple[str, ...] = (),
+        scan_timeout_s: float = 120.0,
         send_timeout_s: float = SEND_TIMEOUT_S,
         pin_certificate: Callable[[str, str], str | None] | None = None,
         rdp_size: tuple[int, int] = RDP_SIZE,
@@ -163,6 +174,12 @@ class DesktopGate:
         self.ids = ids
         self.max_bytes = max_bytes
         self.clipboard_allowed = clipboard_allowed
+        # RDP: the broker's drive (rdpdr) where the hospital allows it; each session's
+        # in drives_dir/<session id>, removed when it ends (no drives_dir: never offered)
+        self.drive_allowed = drive_allowed
+        self.drives_dir = drives_dir
+        self.scan_command = scan_command
+        self.scan_timeout_s = scan_timeout_s
         self.send_timeout_s = send_timeout_s
         # RDP: (instrument, TLS certificate fingerprint) -> None, or why it is refused
         self.pin_certificate = pin_certificate
@@ -198,6 +215,7 @@ class DesktopGate:
         writer: ByteWriter | None = None
         rdp: RdpSession | None = None
         clipboard = False
+        drive: DriveDir | None = None
         try:
             target = await asyncio.to_thread(self.policy.instrument, instrument)
             if target is None:
@@ -222,8 +240,9 @@ class DesktopGate:
             if target.protocol == "rdp":
                 # read before the login: the clipboard channel is joined only if allowed
                 clipboard = await asyncio.to_thread(self.clipboard_allowed, target.hospital_id)
+                drive = await self._drive(sid, target.hospital_id)
                 rdp = await asyncio.wait_for(
-                    self._rdp_login(target, reader, conn, clipboard=clipboard),
+                    self._rdp_login(target, reader, conn, clipboard=clipboard, drive=drive),
                     RDP_LOGIN_TIMEOUT_S,
                 )
                 init = server_init(rdp, instrument)
@@ -255,6 +274,8 @@ class DesktopGate:
         except (SessionError, TimeoutError) as exc:
             if rdp is not None:
                 await rdp.close()
+            if drive is not None:
+                await asyncio.to_thread(drive.remove)
             if writer is not None:
                 with contextlib.suppress(Exception):
                     writer.close()
@@ -290,9 +311,9 @@ class DesktopGate:
         if rdp is not None:
             keyboard = LAYOUTS[target.keyboard_layout]  # a known one: the RDP login took it
             args = (self, live, cols, rec, browser, rdp, target.record_input, clipboard)
-            relay = _RdpRelay(*args, keyboard=keyboard)
+            relay = _RdpRelay(*args, keyboard=keyboard, drive=drive)
             relay.bridge.reopen = functools.partial(
-                self._rdp_reopen, target, port, origin, clipboard
+                self._rdp_reopen, target, port, origin, clipboard, drive
             )
         else:
             relay = _Relay(self, live, cols, rec, browser, conn, target.record_input)
@@ -328,6 +349,8 @@ class DesktopGate:
                 await rdp.close()
             with contextlib.suppress(Exception):
                 conn.close()
+            if drive is not None:
+                await asyncio.to_thread(drive.remove)  # its files go with the session
         try:
             summary = await asyncio.to_thread(rec.close)
         except RecordingError as exc:
@@ -370,18 +393,44 @@ class DesktopGate:
             log.warning("could not tell whether %s allows the clipboard", instrument)
             return False
 
+    async def _drive(self, sid: str, hospital_id: str) -> DriveDir | None:
+        """The session's drive if the hospital allows it (read once, before the login),
+        else None: the drive channel is then not offered."""
+        if self.drives_dir is None:
+            return None
+        if not await asyncio.to_thread(self.drive_allowed, hospital_id):
+            return None
+        argv, timeout_s = self.scan_command, self.scan_timeout_s
+
+        async def scan(path: Path) -> bool:
+            return await scan_file(argv, timeout_s, path)
+
+        return await asyncio.to_thread(DriveDir, self.drives_dir / sid, scan=scan)
+
+    def drive_of(self, session_id: str) -> DriveDir | None:
+        """The drive of the running desktop ``session_id`` (None: none, or no drive)."""
+        relay = self._relays.get(session_id)
+        return relay.drive if isinstance(relay, _RdpRelay) else None
+
     async def _rdp_reopen(
-        self, target: Any, port: int, origin: Origin, clipboard: bool, w: int, h: int
+        self,
+        target: Any,
+        port: int,
+        origin: Origin,
+        clipboard: bool,
+        drive: DriveDir | None,
+        w: int,
+        h: int,
     ) -> RdpSession:
         """A second RDP session of the same instrument at ``w`` x ``h`` (a resize): the
         same tunnel, certificate pin and login checks as the first, and the clipboard
-        channel as the first had it."""
+        and drive channels as the first had them (the same drive)."""
         reader, conn = await asyncio.wait_for(
             self.connector.open_tcp(target, port, origin), CONNECT_TIMEOUT_S
         )
         try:
             return await asyncio.wait_for(
-                self._rdp_login(target, reader, conn, (w, h), clipboard=clipboard),
+                self._rdp_login(target, reader, conn, (w, h), clipboard=clipboard, drive=drive),
                 RDP_LOGIN_TIMEOUT_S,
             )
         except BaseException:
@@ -397,6 +446,7 @@ class DesktopGate:
         size: tuple[int, int] | None = None,
         *,
         clipboard: bool = False,
+        drive: DriveDir | None = None,
     ) -> RdpSession:
         """Log in to an RDP instrument with the stored password (TLS; its certificate
         pinned like an SSH host key: the first one seen is kept, a changed one is
@@ -425,6 +475,7 @@ class DesktopGate:
             keyboard_layout=target.keyboard_layout,
             logon_timeout_s=self.rdp_logon_timeout_s,
             clipboard=clipboard,
+            drive=drive,
         )
 
     async def follow(self, session_id: str, viewer: Browser) -> bool:
@@ -715,8 +766,10 @@ class _RdpRelay(_Relay):
         clipboard: bool,
         *,
         keyboard: Layout,
+        drive: DriveDir | None = None,
     ) -> None:
         super().__init__(gate, live, cols, rec, browser, _NoWriter(), record_input, clipboard)
+        self.drive = drive  # the session's drive, joined only when the hospital allows it
         self.bridge = RdpBridge(
             rdp,
             self._send,
@@ -784,7 +837,10 @@ class _RdpRelay(_Relay):
         out = asyncio.ensure_future(b.out())
         keys = asyncio.ensure_future(b.keyframes())
         clip = asyncio.ensure_future(b.clipboard())
-        workers = (up, down, out, keys, clip)
+        workers: tuple[asyncio.Future[Any], ...] = (up, down, out, keys, clip)
+        if self.drive is not None:
+            files = follow_drive(self.drive, self.gate.emit, self.cols, self.rec.record)
+            workers = (*workers, asyncio.ensure_future(files))
         return await _until_one_ends(self.stopped, workers, self.live.session_id)
 
 

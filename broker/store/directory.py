@@ -170,6 +170,13 @@ class StoreAccessPolicy:
             policy = tx.get(Policy, hospital_id)
             return bool(policy is not None and policy.clipboard_allowed)
 
+    def drive_allowed(self, hospital_id: str) -> bool:
+        """The hospital's policy gives RDP desktop sessions the broker's drive (no
+        policy, or no such hospital: off)."""
+        with self.s.ctx.uow() as tx:
+            policy = tx.get(Policy, hospital_id)
+            return bool(policy is not None and policy.drive_allowed)
+
     def cert_usable(self, user_id: str, serial: int, now: datetime) -> str | None:
         with self.s.ctx.uow() as tx:
             return certs.cert_refusal(tx, user_id, serial, now)

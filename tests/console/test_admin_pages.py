@@ -151,6 +151,7 @@ def test_platform_admin_sets_up_a_hospital_through_the_console(c: Console) -> No
         request_ttl_h="48",
         emergency_allowed="on",
         clipboard_allowed="on",
+        drive_allowed="on",
     )
     assert r.status_code == 200 and "policy has been saved" in r.text
     policy = c.services.estate.show_policy(c.world.admin, "kaze-hospital")
@@ -160,7 +161,7 @@ def test_platform_admin_sets_up_a_hospital_through_the_console(c: Console) -> No
         "08:00",
     )
     assert policy.emergency_allowed and not policy.file_transfer_allowed
-    assert policy.clipboard_allowed and not policy.record_input
+    assert policy.clipboard_allowed and policy.drive_allowed and not policy.record_input
     assert policy.request_ttl_s == 48 * 3600
     r = post(c, http, "padmin", f"/console/admin/contracts/{contract.id}/end")
     assert r.status_code == 200 and "contract has ended" in r.text

@@ -140,6 +140,8 @@ def test_admin_commands_and_gateway_token(
             "30m",
             "--clipboard",
             "yes",
+            "--drive",
+            "yes",
         ),
     ]
     for argv in steps:
@@ -174,7 +176,7 @@ def test_admin_commands_and_gateway_token(
     code, out, _ = cli("--json", "admin", "policy", "show", "hoshi-hospital")
     policy = json.loads(out)
     assert policy["hours_start"] == "08:00" and policy["emergency_allowed"] is True
-    assert policy["clipboard_allowed"] is True
+    assert policy["clipboard_allowed"] is True and policy["drive_allowed"] is True
     code, out, _ = cli("--json", "admin", "instruments", "show", "hem-1")
     assert json.loads(out)["credential_set"] is True and "Very-Secret" not in out
     code, out, err = cli("gateway", "token", "--hospital", "hoshi-hospital", "--ttl-s", "600")

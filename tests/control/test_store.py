@@ -22,7 +22,7 @@ def test_migrated_schema_equals_the_table_definitions(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
-    assert current_revision(store.engine) == "0012"
+    assert current_revision(store.engine) == "0013"
 
 
 def test_instruments_stored_before_the_keyboard_layout_existed_are_typed_on_en_us(

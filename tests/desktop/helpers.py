@@ -151,10 +151,11 @@ def start_chansrv(workdir: Path, display: str) -> subprocess.Popen[bytes]:
 
 
 def start_xrdp_with_clipboard(
-    workdir: Path, xvnc: Xvnc, port: int, name: str
+    workdir: Path, xvnc: Xvnc, port: int, name: str, channels: tuple[str, ...] = ("cliprdr",)
 ) -> subprocess.Popen[bytes]:
-    """The lab's xrdp (:data:`labsim.rdp.XRDP_INI`) with its clipboard channel allowed
-    and handed to the chansrv of ``xvnc``'s display (``chansrvport=DISPLAY(n)``)."""
+    """The lab's xrdp (:data:`labsim.rdp.XRDP_INI`) with its ``channels`` (the
+    clipboard, by default) allowed and handed to the chansrv of ``xvnc``'s display
+    (``chansrvport=DISPLAY(n)``)."""
     ini = workdir / f"xrdp-{port}.ini"
     text = XRDP_INI.format(
         port=port,
@@ -165,7 +166,8 @@ def start_xrdp_with_clipboard(
         security="tls",
     )
     text = text.replace("allow_channels=false", "allow_channels=true")
-    text = text.replace("cliprdr=false", "cliprdr=true")
+    for channel in channels:
+        text = text.replace(f"{channel}=false", f"{channel}=true")
     ini.write_text(text + f"chansrvport=DISPLAY({xvnc.display.lstrip(':')})\n")
     return subprocess.Popen(
         ["xrdp", "--nodaemon", "--config", str(ini)],
