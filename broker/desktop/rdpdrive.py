@@ -32,6 +32,7 @@ after the scan hook) is one with direction ``Inbound``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -295,6 +296,29 @@ def _utf16z(data: bytes) -> str:
     return data.decode("utf-16-le", "strict").split("\0", 1)[0]
 
 
+_ERRNO = {
+    errno.ENOENT: NO_SUCH_FILE,
+    errno.EEXIST: OBJECT_NAME_COLLISION,
+    errno.ENOTDIR: NOT_A_DIRECTORY,
+    errno.EISDIR: FILE_IS_A_DIRECTORY,
+    errno.ENOTEMPTY: DIRECTORY_NOT_EMPTY,
+    errno.ELOOP: OBJECT_NAME_INVALID,  # a symbolic link met by O_NOFOLLOW
+    errno.EACCES: ACCESS_DENIED,
+    errno.ENOSPC: DISK_FULL,
+}
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of the file at ``path``."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
 def _status(reply: bytes) -> int:
     return int(struct.unpack_from("<I", reply, 12)[0])
 
@@ -319,6 +343,7 @@ class Rdpdr(Channel):  # type: ignore[misc]
         self._buffer = bytearray()
         self._total = 0
         self._skipping = False
+        self._closed: _Handle | None = None
         self._lock = asyncio.Lock()
 
     async def stop(self) -> tuple[bool, None]:
@@ -431,6 +456,13 @@ class Rdpdr(Channel):  # type: ignore[misc]
         except BadName as exc:
             self._refuse("drive_bad_name", str(exc), "", None)
             reply = completion(cid, OBJECT_NAME_INVALID, bytes(5))
+        except OSError as exc:  # the broker's filesystem said no: the instrument is told
+            log.info("a drive request failed: %s", exc)
+            reply = completion(cid, _ERRNO.get(exc.errno or 0, UNSUCCESSFUL), bytes(5))
+        closed, self._closed = self._closed, None
+        if closed is not None:  # a file the instrument wrote: hashed off the event loop
+            size, sha = await asyncio.to_thread(_digest, closed.path)
+            self.drive.put_event(DriveFile("Outbound", "/".join(closed.parts), size, sha))
         log.debug("drive I/O 0x%x/0x%x on %d: 0x%08x", major, minor, fid, _status(reply))
         await self._send(reply)
 
@@ -519,13 +551,7 @@ class Rdpdr(Channel):  # type: ignore[misc]
                 log.info("a drive entry was not deleted: %s", exc)
             return
         if h.written and not h.is_dir and h.path.is_file():
-            sha = hashlib.sha256()
-            size = 0
-            with open(h.path, "rb") as f:
-                while chunk := f.read(1 << 16):
-                    sha.update(chunk)
-                    size += len(chunk)
-            self.drive.put_event(DriveFile("Outbound", "/".join(h.parts), size, sha.hexdigest()))
+            self._closed = h  # logged by _io once hashed
 
     def _read(self, cid: int, h: _Handle, a: bytes) -> bytes:
         if len(a) < 12:

@@ -228,6 +228,22 @@ async def test_malformed_and_too_large_pdus_are_refused_and_the_channel_goes_on(
     assert status == r.SUCCESS
 
 
+async def test_what_the_broker_filesystem_refuses_is_an_answer_not_an_end(
+    chan: tuple[Rdpdr, _Wire, DriveDir],
+) -> None:
+    """A file named as a folder, a folder made twice: the instrument gets a status, the
+    channel goes on."""
+    ch, wire, drive = chan
+    (drive.root / "plain.txt").write_text("x")
+    status, _ = await _ask(ch, wire, _create(1, "\\plain.txt\\inner", r.CREATE))
+    assert status == r.NOT_A_DIRECTORY
+    assert (await _ask(ch, wire, _create(2, "\\d", r.CREATE, r.CO_DIRECTORY)))[0] == r.SUCCESS
+    status, _ = await _ask(ch, wire, _create(3, "\\d", r.CREATE, r.CO_DIRECTORY))
+    assert status == r.OBJECT_NAME_COLLISION
+    assert (await _ask(ch, wire, _create(4, "\\d\\in.txt", r.CREATE)))[0] == r.SUCCESS
+    assert _events(drive) == []
+
+
 async def test_requests_the_drive_does_not_serve_are_not_supported(
     chan: tuple[Rdpdr, _Wire, DriveDir],
 ) -> None:
