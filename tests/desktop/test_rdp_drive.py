@@ -30,8 +30,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from broker.desktop.rdpbridge import rdp_size
 from broker.desktop.recording import read_records
-from broker.desktop.rfb import RAW
+from broker.desktop.rfb import EXT_DESKTOP_SIZE, RAW
 from broker.store.directory import StoreAccessPolicy
 from tests.desktop.conftest import (
     Desk,
@@ -49,6 +50,7 @@ from tests.desktop.helpers import (
     stop,
     ws_path,
 )
+from tests.desktop.rfbscreen import Screen, screen_until
 from tests.desktop.wsclient import WsClient, ws_open
 from tests.support import poll, poll_sync
 from tests.support.served import served
@@ -191,3 +193,51 @@ async def test_with_the_drive_off_no_drive_appears_on_the_instrument(
         assert not drives.exists()
         [log] = tmp_path.glob("xrdp-chansrv*.log")  # chansrv ran, and took no drive
         assert "Detected remote drive" not in log.read_text()
+
+
+async def test_the_drive_stays_through_a_resize(tmp_path: Path, xrdp_drive: Xrdp) -> None:
+    """A resize is a new RDP connection: it is given the same drive, so the files on it
+    stay and a file written after the resize is logged as before."""
+    mount = tmp_path / "thinclient_drives" / "hoshu"
+    async with pinned_desk(tmp_path, xrdp_drive, rdp_size=SIZE) as d:
+        _gate_drives(d, tmp_path)
+        d.s.estate.update_policy(d.actor("hadmin"), "hoshi-hospital", {"drive_allowed": True})
+        d.grant()
+        async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            token = await console_sign_in(http, d, "alice")
+            path = ws_path(d.port, token)
+            ws = await ws_open(url, path, cookie=f"hoshu_session={token}", origin=url)
+            init = await ws.rfb_handshake()
+            seen = Screen(*struct.unpack(">HH", init[:4]))
+            await ws.send(struct.pack(">BxHii", 2, 2, RAW, EXT_DESKTOP_SIZE))
+            await ws.send(struct.pack(">BBHHHH", 3, 0, 0, 0, *SIZE))
+            await screen_until(ws, seen, lambda: bool(seen.sizes), 20)
+            [live] = d.registry.list()
+            drive = d.gate.drive_of(live.session_id)
+            assert drive is not None
+            for _ in range(100):
+                if await _on_instrument(_exists, mount):
+                    break
+                await asyncio.sleep(0.1)
+            await _on_instrument((mount / "before.txt").write_bytes, b"before the resize")
+            await poll(lambda: len(d.events.of_type("file.transferred")) == 1, 10, "the log")
+            want = rdp_size(1024, 768)
+            resize = struct.pack(">BxHHBxIHHHHI", 251, *want, 1, 0, 0, 0, *want, 0)
+            await ws.send(resize)
+            await screen_until(ws, seen, lambda: (seen.w, seen.h) == want, 20)
+            assert d.gate.drive_of(live.session_id) is drive  # the same drive, same folder
+            after = mount / "after.txt"
+            for _ in range(100):  # chansrv mounts the drive again for the new connection
+                try:
+                    await _on_instrument(after.write_bytes, b"after the resize")
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            await poll(lambda: len(d.events.of_type("file.transferred")) == 2, 10, "the log")
+            assert await _on_instrument((mount / "before.txt").read_bytes) == b"before the resize"
+            assert drive.files() == [("after.txt", 16), ("before.txt", 17)]
+            ws.close()
+            await poll(lambda: bool(d.events.of_type("session.ended")), 10, "session.ended")
+        names = [e.get("TargetFileName") for e in d.events.of_type("file.transferred")]
+        assert names == ["before.txt", "after.txt"]
+        assert not drive.base.exists()
