@@ -32,6 +32,7 @@ after the scan hook) is one with direction ``Inbound``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
@@ -39,6 +40,7 @@ import os
 import shutil
 import stat
 import struct
+import tempfile
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable
@@ -234,16 +236,22 @@ class DriveDir:
             msg = f"the drive holds at most {self.max_files} files and {self.max_bytes} bytes"
             self.put_event(DriveRefused("drive_full", msg, clean, len(data), sha, IN))
             return False
-        staged = self.staging / sha
-        staged.write_bytes(data)
+        fd, staged_name = tempfile.mkstemp(dir=self.staging)  # unseen by the instrument
+        staged = Path(staged_name)
         try:
+            await asyncio.to_thread(_write_all, fd, data)
             if self.scan is not None and not await self.scan(staged):
                 msg = f"{clean} was rejected by the hospital's file scan"
                 self.put_event(DriveRefused("scan_rejected", msg, clean, len(data), sha, IN))
                 return False
-            os.replace(staged, target)
+            await asyncio.to_thread(os.replace, staged, target)
+        except OSError as exc:
+            msg = f"{clean} could not be put on the drive: {exc.strerror}"
+            self.put_event(DriveRefused("drive_error", msg, clean, len(data), sha, IN))
+            return False
         finally:
-            staged.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)  # a small directory entry: no thread for it
         self.put_event(DriveFile("Inbound", clean, len(data), sha))
         return True
 
@@ -317,6 +325,11 @@ def _digest(path: Path) -> tuple[int, str]:
             sha.update(chunk)
             size += len(chunk)
     return size, sha.hexdigest()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _status(reply: bytes) -> int:

@@ -305,16 +305,19 @@ async def test_a_file_from_the_broker_appears_only_once_the_scan_passed_it(tmp_p
     assert await drive.put("manual.pdf", b"%PDF-1.4 service manual")
     assert await drive.put("virus.exe", b"X5O!P%@AP EICAR") is False
     assert await drive.put("../up.txt", b"x") is False
-    assert drive.files() == [("manual.pdf", 23)]
+    (drive.root / "folder").mkdir()
+    assert await drive.put("folder", b"a file over a folder") is False
+    assert drive.files() == [("manual.pdf", 23)] and os.listdir(drive.root / "folder") == []
     assert os.listdir(drive.staging) == []
-    ok, rejected, bad = _events(drive)
+    ok, rejected, bad, over = _events(drive)
+    assert isinstance(over, DriveRefused) and over.reason == "drive_error"
     assert ok == DriveFile(
         "Inbound", "manual.pdf", 23, hashlib.sha256(b"%PDF-1.4 service manual").hexdigest()
     )
     assert isinstance(rejected, DriveRefused) and rejected.reason == "scan_rejected"
     assert rejected.direction == "Inbound" and rejected.name == "virus.exe"
     assert isinstance(bad, DriveRefused) and bad.reason == "drive_bad_name"
-    assert [p.parent for p, _shown in seen] == [drive.staging, drive.staging]
-    assert [shown for _p, shown in seen] == [[], ["manual.pdf"]]  # scanned before shown
+    assert [p.parent for p, _shown in seen] == [drive.staging] * 3
+    assert [shown for _p, shown in seen][:2] == [[], ["manual.pdf"]]  # scanned before shown
     drive.remove()
     assert not drive.base.exists()
