@@ -16,7 +16,7 @@ class WsClient:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, opcode: int = 0x2) -> None:
         mask = os.urandom(4)
         n = len(data)
         if n < 126:
@@ -25,16 +25,19 @@ class WsClient:
             size = bytes((0x80 | 126,)) + struct.pack(">H", n)
         else:
             size = bytes((0x80 | 127,)) + struct.pack(">Q", n)
-        head = bytes((0x82,)) + size
+        head = bytes((0x80 | opcode,)) + size
         body = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
         self.writer.write(head + mask + body)
         await self.writer.drain()
 
     async def frame(self) -> tuple[int, bytes]:
-        """The next data or close frame: (opcode, payload); pings are skipped."""
+        """The next data or close frame: (opcode, payload); pings are answered with a
+        pong, as a browser does, and skipped."""
         while True:
             op, payload = await self._frame()
-            if op not in (0x9, 0xA):
+            if op == 0x9:
+                await self.send(payload, 0xA)
+            elif op != 0xA:
                 return op, payload
 
     async def _frame(self) -> tuple[int, bytes]:
