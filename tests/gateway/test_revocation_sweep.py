@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -197,25 +198,29 @@ class CountingWindows(MemoryDirectory):
         return super().windows_for(gateway_id, now)
 
 
-async def test_a_window_approved_without_a_push_reaches_every_gateway_at_the_next_sweep(
-    tmp_path: Path,
-) -> None:
-    """Three idle tunnels: a window the store has but nobody pushed reaches all three
-    gateways within ``windows_interval_s``, each offloaded call reading all three."""
-    directory = CountingWindows()
-    events = CapturingEmitter()
-    offload = CountingOffload()
+@asynccontextmanager
+async def _windows_fleet(
+    tmp: Path, directory: CountingWindows, windows_interval_s: float, offload: CountingOffload
+) -> AsyncIterator[
+    tuple[TunnelListener, list[tuple[GatewayAgent, asyncio.Task[None], LocalAudit]]]
+]:
+    """An endpoint sweeping windows every ``windows_interval_s`` (0: only when asked)
+    with every gateway connected and its first inventory in; stopped afterwards."""
     broker_key = asyncssh.generate_private_key("ssh-ed25519")
     listener = await start_tunnel_listener(
         TunnelSettings(
-            port=0, heartbeat_s=1, login_timeout_s=5, revocation_check_s=0, windows_interval_s=0.1
+            port=0,
+            heartbeat_s=1,
+            login_timeout_s=5,
+            revocation_check_s=0,
+            windows_interval_s=windows_interval_s,
         ),
         broker_key,
         directory,
-        events,
+        CapturingEmitter(),
         offload=offload,
     )
-    running, echo = await _agents(tmp_path, broker_key, listener, directory)
+    running, echo = await _agents(tmp, broker_key, listener, directory)
     ids = [f"gw-{n}" for n in range(GATEWAYS)]
     try:
         await poll(
@@ -224,16 +229,7 @@ async def test_a_window_approved_without_a_push_reaches_every_gateway_at_the_nex
             "all gateways connected",
         )
         await poll(lambda: len(directory.inventory) == GATEWAYS, 10, "inventories")
-        now = datetime.now(UTC)
-        window = (now - timedelta(minutes=1), now + timedelta(hours=1))
-        directory.windows = [window]
-        await poll(
-            lambda: all(a.windows == [window] for a, _, _ in running), 5, "every gateway told"
-        )
-        reads0, calls0 = directory.reads, offload.calls
-        await poll(lambda: directory.reads - reads0 >= 10 * GATEWAYS, 15, "ten sweeps")
-        reads, calls = directory.reads - reads0, offload.calls - calls0
-        assert calls <= reads // GATEWAYS + 1, (calls, reads)
+        yield listener, running
     finally:
         for agent, task, audit in running:
             agent.stop()
@@ -244,31 +240,33 @@ async def test_a_window_approved_without_a_push_reaches_every_gateway_at_the_nex
         await echo.close()
 
 
+async def test_a_window_approved_without_a_push_reaches_every_gateway_at_the_next_sweep(
+    tmp_path: Path,
+) -> None:
+    """Three idle tunnels: a window the store has but nobody pushed reaches all three
+    gateways within ``windows_interval_s``, each offloaded call reading all three."""
+    directory = CountingWindows()
+    offload = CountingOffload()
+    async with _windows_fleet(tmp_path, directory, 0.1, offload) as (_listener, running):
+        now = datetime.now(UTC)
+        window = (now - timedelta(minutes=1), now + timedelta(hours=1))
+        directory.windows = [window]
+        await poll(
+            lambda: all(a.windows == [window] for a, _, _ in running), 5, "every gateway told"
+        )
+        reads0, calls0 = directory.reads, offload.calls
+        await poll(lambda: directory.reads - reads0 >= 10 * GATEWAYS, 15, "ten sweeps")
+        reads, calls = directory.reads - reads0, offload.calls - calls0
+        assert calls <= reads // GATEWAYS + 1, (calls, reads)
+
+
 async def test_a_tunnel_closing_during_the_windows_sweep_leaves_the_others_their_windows(
     tmp_path: Path,
 ) -> None:
     """A tunnel whose control channel closed after the sweep listed it (a gateway going
     while thousands are swept) is skipped; the sweep still tells every other gateway."""
     directory = CountingWindows()
-    broker_key = asyncssh.generate_private_key("ssh-ed25519")
-    listener = await start_tunnel_listener(
-        TunnelSettings(
-            port=0, heartbeat_s=1, login_timeout_s=5, revocation_check_s=0, windows_interval_s=0
-        ),
-        broker_key,
-        directory,
-        CapturingEmitter(),
-        offload=CountingOffload(),
-    )
-    running, echo = await _agents(tmp_path, broker_key, listener, directory)
-    ids = [f"gw-{n}" for n in range(GATEWAYS)]
-    try:
-        await poll(
-            lambda: all(listener.registry.connection(g) is not None for g in ids),
-            15,
-            "all gateways connected",
-        )
-        await poll(lambda: len(directory.inventory) == GATEWAYS, 10, "inventories")
+    async with _windows_fleet(tmp_path, directory, 0, CountingOffload()) as (listener, running):
         now = datetime.now(UTC)
         window = (now - timedelta(minutes=1), now + timedelta(hours=1))
         directory.windows = [window]
@@ -281,11 +279,3 @@ async def test_a_tunnel_closing_during_the_windows_sweep_leaves_the_others_their
             5,
             "every other gateway told",
         )
-    finally:
-        for agent, task, audit in running:
-            agent.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 5)
-            audit.close()
-        await listener.close()
-        await echo.close()
