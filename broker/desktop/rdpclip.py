@@ -49,6 +49,14 @@ from aardwolf.channels import Channel
 from aardwolf.protocol.T124.userdata.constants import ChannelOption
 
 from broker.desktop.rfb import MAX_MESSAGE
+from broker.desktop.vchannel import (
+    FLAG_FIRST,
+    FLAG_LAST,
+    FLAG_SHOW_PROTOCOL,
+    ChunkError,
+    ChunkJoiner,
+    PduTooLarge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +68,6 @@ MAX_FORMATS = 1024  # formats one Format List may name
 MAX_EVENTS = 64  # clipboard events waiting for the bridge; more are dropped (logged)
 CF_UNICODETEXT = 13
 # channel PDU header flags (MS-RDPBCGR 2.2.6.1.1)
-FLAG_FIRST, FLAG_LAST, FLAG_SHOW_PROTOCOL = 0x01, 0x02, 0x10
-FLAG_COMPRESSED = 0x00EF0000  # compression bits left set: data that did not decompress
 # clipboard PDU types and flags (MS-RDPECLIP 2.2.1)
 MONITOR_READY, FORMAT_LIST, FORMAT_LIST_RESPONSE = 1, 2, 3
 DATA_REQUEST, DATA_RESPONSE, CLIP_CAPS = 4, 5, 7
@@ -167,9 +173,7 @@ class Cliprdr(Channel):  # type: ignore[misc]
         self._server_flags = 0
         self._text: bytes | None = None  # what the broker's clipboard holds (UTF-16LE)
         self._asked: asyncio.TimerHandle | None = None  # a Format Data Request under way
-        self._buffer = bytearray()
-        self._total = 0  # the length the PDU being put together says it has
-        self._skipping = False  # the rest of a refused PDU's chunks
+        self._chunks = ChunkJoiner(MAX_PDU)
         self._lock = asyncio.Lock()
 
     # --- aardwolf's side ------------------------------------------------------------
@@ -184,19 +188,23 @@ class Cliprdr(Channel):  # type: ignore[misc]
         sent: a clipboard PDU that does not parse is refused, the connection goes on."""
         whole: bytes | None = None
         try:
-            whole = self._reassemble(bytes(data))
+            whole = self._chunks.feed(bytes(data))
             if whole is not None:
                 await self._handle(whole)
-        except (_Malformed, struct.error, ValueError, IndexError) as exc:
+        except PduTooLarge as big:  # its other chunks are skipped
+            self._refuse(
+                "clipboard_too_large",
+                f"a clipboard PDU of {big.total} bytes (at most {MAX_PDU})",
+                None,
+                big.total,
+            )
+        except (ChunkError, _Malformed, struct.error, ValueError, IndexError) as exc:
             if whole is None:  # its other chunks are not PDUs of their own
-                bad = bytes(self._buffer) + bytes(data[8:])
-                last = len(data) < 8 or bool(struct.unpack_from("<I", data, 4)[0] & FLAG_LAST)
-                self._skipping = not last
+                bad = self._chunks.drop(bytes(data))
             else:
                 bad = whole
                 if whole[:2] == struct.pack("<H", DATA_RESPONSE):
                     self._cancel_ask()  # the answer came, it did not parse
-            self._buffer.clear()
             self._refuse("clipboard_malformed", f"a clipboard PDU that does not parse: {exc}", bad)
 
     # --- what the bridge uses ---------------------------------------------------------
@@ -209,41 +217,6 @@ class Cliprdr(Channel):  # type: ignore[misc]
             await self._send(pdu(FORMAT_LIST, 0, self._text_format()))
 
     # --- the protocol ---------------------------------------------------------------
-
-    def _reassemble(self, data: bytes) -> bytes | None:
-        if len(data) < 8:
-            raise _Malformed("a channel chunk shorter than its header")
-        total, flags = struct.unpack_from("<II", data)
-        chunk = data[8:]
-        if flags & FLAG_COMPRESSED:
-            raise _Malformed("compressed channel data that did not decompress")
-        if flags & FLAG_FIRST:
-            self._buffer.clear()
-            self._skipping = False
-            self._total = total
-            if total > MAX_PDU:
-                self._skipping = True
-                self._refuse(
-                    "clipboard_too_large",
-                    f"a clipboard PDU of {total} bytes (at most {MAX_PDU})",
-                    None,
-                    total,
-                )
-                return None
-        elif self._skipping:
-            if flags & FLAG_LAST:
-                self._skipping = False
-            return None
-        elif not self._buffer:
-            raise _Malformed("a channel chunk that continues nothing")
-        self._buffer += chunk
-        if len(self._buffer) > self._total:
-            raise _Malformed("channel chunks longer than their PDU")
-        if not flags & FLAG_LAST:
-            return None
-        whole = bytes(self._buffer)
-        self._buffer.clear()
-        return whole
 
     async def _handle(self, whole: bytes) -> None:
         if len(whole) < 8:

@@ -51,6 +51,15 @@ from typing import Any
 from aardwolf.channels import Channel
 from aardwolf.protocol.T124.userdata.constants import ChannelOption
 
+from broker.desktop.vchannel import (
+    FLAG_FIRST,
+    FLAG_LAST,
+    FLAG_SHOW_PROTOCOL,
+    ChunkError,
+    ChunkJoiner,
+    PduTooLarge,
+)
+
 log = logging.getLogger(__name__)
 
 NAME = "rdpdr"
@@ -65,8 +74,6 @@ MAX_DEPTH = 16  # components of one path
 MAX_HANDLES = 256  # files the instrument holds open at once
 MAX_EVENTS = 256
 CHUNK = 1600
-FLAG_FIRST, FLAG_LAST, FLAG_SHOW_PROTOCOL = 0x01, 0x02, 0x10
-FLAG_COMPRESSED = 0x00EF0000
 BAD_CHARS = frozenset('/:*?"<>|\\')
 
 # MS-RDPEFS 2.2.1.1 component and packet ids
@@ -353,9 +360,7 @@ class Rdpdr(Channel):  # type: ignore[misc]
         self._client_id = 0
         self._handles: dict[int, _Handle] = {}
         self._next_id = 1
-        self._buffer = bytearray()
-        self._total = 0
-        self._skipping = False
+        self._chunks = ChunkJoiner(MAX_PDU)
         self._closed: _Handle | None = None
         self._lock = asyncio.Lock()
 
@@ -370,44 +375,23 @@ class Rdpdr(Channel):  # type: ignore[misc]
         """One channel chunk from the instrument; never raises for what it sent."""
         whole: bytes | None = None
         try:
-            whole = self._reassemble(bytes(data))
+            whole = self._chunks.feed(bytes(data))
             if whole is not None:
                 await self.handle(whole)
-        except (Malformed, struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
-            bad = whole if whole is not None else bytes(self._buffer) + bytes(data[8:])
-            if whole is None:
-                last = len(data) < 8 or bool(struct.unpack_from("<I", data, 4)[0] & FLAG_LAST)
-                self._skipping = not last
-            self._buffer.clear()
+        except PduTooLarge as big:  # its other chunks are skipped
+            self._refuse(
+                "drive_too_large", f"a drive PDU of {big.total} bytes", "", None, big.total
+            )
+        except (
+            ChunkError,
+            Malformed,
+            struct.error,
+            ValueError,
+            IndexError,
+            UnicodeDecodeError,
+        ) as exc:
+            bad = whole if whole is not None else self._chunks.drop(bytes(data))
             self._refuse("drive_malformed", f"a drive PDU that does not parse: {exc}", "", bad)
-
-    def _reassemble(self, data: bytes) -> bytes | None:
-        if len(data) < 8:
-            raise Malformed("a channel chunk shorter than its header")
-        total, flags = struct.unpack_from("<II", data)
-        if flags & FLAG_COMPRESSED:
-            raise Malformed("compressed channel data that did not decompress")
-        if flags & FLAG_FIRST:
-            self._buffer.clear()
-            self._skipping = False
-            self._total = total
-            if total > MAX_PDU:
-                self._skipping = not flags & FLAG_LAST
-                self._refuse("drive_too_large", f"a drive PDU of {total} bytes", "", None, total)
-                return None
-        elif self._skipping:
-            self._skipping = not flags & FLAG_LAST
-            return None
-        elif not self._buffer:
-            raise Malformed("a channel chunk that continues nothing")
-        self._buffer += data[8:]
-        if len(self._buffer) > self._total:
-            raise Malformed("channel chunks longer than their PDU")
-        if not flags & FLAG_LAST:
-            return None
-        whole = bytes(self._buffer)
-        self._buffer.clear()
-        return whole
 
     # --- the protocol ---------------------------------------------------------------
 
