@@ -56,6 +56,15 @@ tolerant parser, checked by the RDP tests against real servers
   a channel chunk that is cut short or does not decompress, or that aardwolf's
   logon check cannot read, goes to the channel to be refused instead of ending the
   connection;
+- bitmaps are decoded at the bitmap's own width and height and cut to the visible
+  part (``destLeft``..``destRight``, ``destTop``..``destBottom``): xrdp pads a
+  bitmap's width to a multiple of 4, aardwolf decodes at the visible width and
+  fails (and prints the bitmap's data); the decoding (aardwolf's run-length
+  decoder, which lets go of the GIL) runs on :data:`DECODE_THREADS` threads, one
+  update at a time per session, so the event loop keeps serving every other
+  session; a bitmap that does not decode is counted
+  (:attr:`RdpSession.bitmaps_dropped`) and logged at most once per
+  :data:`DROP_LOG_S` seconds with the count, never with its data;
 - the login is confirmed before the session is handed over (:data:`LOGON_TIMEOUT_S`),
   see :func:`connect`.
 
@@ -87,21 +96,23 @@ import io
 import logging
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aardwolf.connection as _rdp_module
 import aardwolf.protocol.pdu.capabilities as _caps
 import asn1tools
+from aardwolf import _rle
 from aardwolf._version import __version__ as _aardwolf_version
 from aardwolf.commons.iosettings import RDPIOSettings
 from aardwolf.commons.queuedata import RDPDATATYPE
 from aardwolf.commons.queuedata.constants import MOUSEBUTTON, VIDEO_FORMAT
-from aardwolf.commons.queuedata.video import RDP_VIDEO
 from aardwolf.commons.target import RDPTarget
 from aardwolf.connection import RDPConnection
-from aardwolf.protocol.fastpath.bitmap import TS_UPDATE_BITMAP_DATA
+from aardwolf.protocol.fastpath.bitmap import TS_BITMAP_FLAG, TS_UPDATE_BITMAP_DATA
 from aardwolf.protocol.T124.userdata import TS_SC
 from aardwolf.protocol.T124.userdata.clientcoredata import TS_UD_CS_CORE
 from aardwolf.protocol.T124.userdata.constants import TS_UD_TYPE
@@ -137,6 +148,10 @@ _OFFERED = SUPP_PROTOCOLS.SSL | SUPP_PROTOCOLS.HYBRID
 _FP_POINTER_SLOT = {0x9: 0, 0xA: 0, 0xB: 2, 0xC: 2}
 _SLOW_POINTER_SLOT = {0x0006: 0, 0x0007: 0, 0x0008: 2}
 _FIRST_SESSION_SLOT = 2  # xrdp's own screens use slots 0 and 1 only
+DECODE_THREADS = 2  # bitmap decoding, off the event loop, for all sessions together
+DROP_LOG_S = 10.0  # a bitmap that does not decode is logged at most this often
+_BPP = (16, 24, 32)  # the colour depths aardwolf's decoder takes
+_DECODER = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="rdp-decode")
 _MCS_USER_BASE = 1001  # MCS user ids are sent less this (T.125 UserId, MS-RDPBCGR 2.2.1.6)
 
 
@@ -333,6 +348,7 @@ class _Connection(RDPConnection):  # type: ignore[misc]
         super().__init__(target, credential, settings)
         self.authapi: Any = None  # CredSSP's context, made on first use (credssp_auth)
         self.hoshu_logged_on = asyncio.Event()
+        self.hoshu_drops = _Drops()
         reassembler = self._RDPConnection__fastpath_reassembler
         feed = reassembler.feed
 
@@ -522,6 +538,11 @@ class RdpSession:
             item = await self._conn.ext_out_queue.get()
             if item is None:
                 return None
+            if isinstance(item, Rect):  # a slow-path bitmap, decoded already
+                rect = _clipped(item, self.width, self.height)
+                if rect is not None:
+                    return rect
+                continue
             if item.type != RDPDATATYPE.VIDEO:
                 continue
             image = item.data  # PIL image, RGBA
@@ -533,6 +554,12 @@ class RdpSession:
             if (w, h) != image.size:
                 image = image.crop((0, 0, w, h))
             return Rect(x, y, w, h, image.convert("RGBA").tobytes())
+
+    @property
+    def bitmaps_dropped(self) -> int:
+        """How many bitmaps of the instrument did not decode (their screen areas
+        were not updated)."""
+        return self._conn.hoshu_drops.total
 
     async def send_scancode(self, code: int, pressed: bool, extended: bool) -> None:
         await self._checked(self._conn.send_key_scancode(code, pressed, extended))
@@ -576,6 +603,18 @@ class RdpSession:
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()  # the stream it ran over (a gateway tunnel channel)
+
+
+def _clipped(rect: Rect, width: int, height: int) -> Rect | None:
+    """``rect`` cut to a screen of ``width`` x ``height``; None if nothing is left."""
+    if rect.x >= width or rect.y >= height:
+        return None
+    w, h = min(rect.width, width - rect.x), min(rect.height, height - rect.y)
+    if (w, h) == (rect.width, rect.height):
+        return rect
+    row, keep = rect.width * 4, w * 4
+    pixels = b"".join(rect.pixels[r * row : r * row + keep] for r in range(h))
+    return Rect(rect.x, rect.y, w, h, pixels)
 
 
 async def connect(
@@ -723,16 +762,81 @@ def _take_slow_path_updates(conn: _Connection) -> None:
         except (ValueError, IndexError, struct.error) as exc:
             log.info("a bitmap update that does not parse is dropped: %s", exc)
             return
-        for bitmap in update.rectangles:
-            try:
-                video, _image = RDP_VIDEO.from_bitmapdata(bitmap, VIDEO_FORMAT.PIL)
-            except (ValueError, IndexError) as exc:
-                log.info("a bitmap that does not decode is dropped: %s", exc)
-                continue
-            await conn.ext_out_queue.put(video)
+        loop = asyncio.get_running_loop()
+        decoded = await loop.run_in_executor(_DECODER, _decode_all, update.rectangles)
+        for rect, failure in decoded:
+            if rect is not None:
+                await conn.ext_out_queue.put(rect)
+            else:
+                conn.hoshu_drops.count(failure)
 
     mcs.process_channel_data = take
     conn.hoshu_early = [asyncio.ensure_future(take(data)) for data, _err in early]
+
+
+class _Drops:
+    """Bitmaps that did not decode: counted, and logged at most once per
+    :data:`DROP_LOG_S` seconds with how many since the last line (the reason of the
+    last one, never its data)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def count(self, reason: str) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= DROP_LOG_S:
+            log.info(
+                "%d bitmap(s) that do not decode dropped (%d in this session); last: %s",
+                self._unlogged,
+                self.total,
+                reason,
+            )
+            self._unlogged = 0
+            self._logged_at = now
+
+
+def _decode_all(bitmaps: Sequence[Any]) -> list[tuple[Rect | None, str]]:
+    """The bitmaps of one update, decoded (on a decoding thread): each a
+    :class:`Rect` of its visible part, or None and why it does not decode."""
+    out: list[tuple[Rect | None, str]] = []
+    for bitmap in bitmaps:
+        try:
+            out.append((_decode(bitmap), ""))
+        except (ValueError, IndexError, TypeError, OverflowError) as exc:
+            out.append((None, f"{type(exc).__name__}: {str(exc)[:120]}"))
+    return out
+
+
+def _decode(bitmap: Any) -> Rect:
+    """One TS_BITMAP_DATA (MS-RDPBCGR 2.2.9.1.1.3.1.2.2): the bitmap is decoded at its
+    own ``width`` x ``height`` (xrdp pads the width to a multiple of 4) and cut to the
+    visible part, ``destLeft``..``destRight`` by ``destTop``..``destBottom``
+    (inclusive), which lies at the bitmap's top left."""
+    width, height, bpp = int(bitmap.width), int(bitmap.height), int(bitmap.bitsPerPixel)
+    x, y = int(bitmap.destLeft), int(bitmap.destTop)
+    w, h = int(bitmap.destRight) - x + 1, int(bitmap.destBottom) - y + 1
+    if bpp not in _BPP:
+        raise ValueError(f"{bpp} bits per pixel")
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        raise ValueError(f"a bitmap of {width}x{height}")
+    if not (0 < w <= width and 0 < h <= height):
+        raise ValueError(f"a visible part of {w}x{h} of a bitmap of {width}x{height}")
+    compressed = TS_BITMAP_FLAG.BITMAP_COMPRESSION in bitmap.flags
+    pixels = bytes(
+        _rle.bitmap_decompress(bitmap.bitmapDataStream, width, height, bpp, int(compressed))
+    )
+    if len(pixels) != width * height * 4:
+        raise ValueError(f"{len(pixels)} bytes decoded for a bitmap of {width}x{height}")
+    if w != width:
+        row, keep = width * 4, w * 4
+        pixels = b"".join(pixels[r * row : r * row + keep] for r in range(h))
+    elif h != height:
+        pixels = pixels[: w * h * 4]
+    return Rect(x, y, w, h, pixels)
 
 
 def _credssp_error(err: BaseException, authapi: Any) -> RdpError:
