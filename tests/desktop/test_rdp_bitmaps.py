@@ -13,12 +13,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from broker.desktop import rdpclient
 from broker.desktop.rfb import Screen as Framing
 from broker.desktop.rfb import ServerFramer, Stream, client_handshake
-from tests.desktop.conftest import VNC_PASSWORD, Xrdp
+from tests.desktop.conftest import VNC_PASSWORD, Xrdp, pinned_desk
+from tests.desktop.helpers import console_sign_in, ws_path
 from tests.desktop.rfbscreen import Screen
+from tests.desktop.wsclient import WsClient, ws_open
 from tests.support import poll
+from tests.support.served import served
 
 W, H = 800, 600
 WIN = (333, 77)  # neither a multiple of 4
@@ -167,3 +172,66 @@ async def test_a_moving_window_of_odd_width_reaches_the_rdp_screen_pixel_for_pix
         taking.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await taking
+
+
+async def test_three_rdp_desktops_under_a_moving_window_all_get_updates_and_a_fourth_opens(
+    tmp_path: Path, xrdp: Xrdp
+) -> None:
+    """Three RDP desktops through one broker while a window moves on the instrument:
+    each keeps getting updates, and the console still answers a fourth desktop's
+    WebSocket upgrade (the decoding does not hold the broker's event loop)."""
+    done = tmp_path / "moved"
+    async with pinned_desk(tmp_path, xrdp, rdp_size=(W, H)) as d:
+        d.grant()
+        async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            token = await console_sign_in(http, d, "alice")
+
+            async def opened() -> WsClient:
+                ws = await ws_open(
+                    url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
+                )
+                assert ws.status == 101
+                await ws.rfb_handshake()
+                await ws.send(struct.pack(">BxHi", 2, 1, 0))  # Raw
+                return ws
+
+            clients = [await opened() for _ in range(3)]
+            window = subprocess.Popen(
+                [sys.executable, "-c", WINDOW, str(HOME[0]), str(HOME[1]), "20", str(done)],
+                env={"DISPLAY": xrdp.xvnc.display, "PATH": "/usr/bin:/bin"},
+                stderr=subprocess.DEVNULL,
+            )
+            counts = [0, 0, 0]
+
+            async def noVNC(i: int, ws: WsClient) -> None:
+                while True:
+                    await ws.send(struct.pack(">BBHHHH", 3, 1, 0, 0, W, H))
+                    while True:
+                        op, msg = await ws.frame()
+                        if op == 0x2 and msg[:1] == b"\0":
+                            counts[i] += 1
+                            break
+
+            loops = [asyncio.ensure_future(noVNC(i, c)) for i, c in enumerate(clients)]
+            try:
+                await poll(lambda: done.exists() or min(counts) > 30, 30, "the first updates")
+                before = list(counts)
+                async with asyncio.timeout(10):  # generous: bench/ has the timing figures
+                    fourth = await ws_open(
+                        url, ws_path(d.port, token), cookie=f"hoshu_session={token}", origin=url
+                    )
+                assert fourth.status == 101
+                fourth.close()
+                await poll(
+                    lambda: all(c > b + 5 for c, b in zip(counts, before, strict=True)),
+                    20,
+                    "more updates on every desktop",
+                )
+                assert all(not t.done() for t in loops), [t for t in loops if t.done()]
+            finally:
+                for t in loops:
+                    t.cancel()
+                window.kill()
+                window.wait()
+                for c in clients:
+                    c.close()
