@@ -333,14 +333,21 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "file.transferred",
         NET,
         "A file moved through the broker (name, direction, size, hash)",
-        details={"tool": PUB, "scan": PUB, "operation": PUB},
+        details={"tool": PUB, "scan": PUB, "operation": PUB, "to": PUB, "via": PUB},
     ),
     EventType(
         "file.refused",
         NET,
         "A file transfer or change was refused (not granted, scan, spool limit, access ended)",
         severity=Severity.MEDIUM,
-        details={"tool": PUB, "scan": PUB, "operation": PUB, "command": SEN},
+        details={
+            "tool": PUB,
+            "scan": PUB,
+            "operation": PUB,
+            "command": SEN,
+            "reason": PUB,
+            "via": PUB,
+        },
     ),
     # file transfer: changes that move no file (remove, rename, symlink, setstat, mkdir, rmdir)
     EventType(

@@ -399,6 +399,8 @@ def attach_front_door(
                 pin_certificate=CertificatePins(services),
             )
         )
+        # a broker that was killed left its sessions' drive folders: none is live now
+        await asyncio.to_thread(desktops[-1].sweep_drives)
         handle.ready.set()
         try:
             await asyncio.Event().wait()

@@ -186,6 +186,8 @@ PERMISSIONS: dict[str, Permission] = {
     "ssh.forward": _p(MFA, E),
     # a VNC desktop in the console (broker/console/desktop.py): a granted port, as ssh -L
     "desktop.open": _p(MFA, E),
+    # the RDP drive of the engineer's own live desktop, from the desktop page
+    "desktop.drive": _p(MFA, E),
 }
 
 # the actions the SSH front door asks (sign-in, shell/exec, sftp/scp, ssh -L)
@@ -242,6 +244,7 @@ _REFUSAL_EVENTS: tuple[tuple[str, str], ...] = (
     ("recordings.", "recording.refused"),
     ("sessions.follow", "recording.refused"),
     ("ssh.", "ssh.cert_refused"),
+    ("desktop.drive", "file.refused"),
     ("desktop.", "session.refused"),
 )
 

@@ -21,6 +21,7 @@ from broker.api.routes import auth, estate, gateways, notifications, people, req
 from broker.api.routes import health as health_routes
 from broker.console import install as install_console
 from broker.console import router as console_router
+from broker.console.desktop import DRIVE_UPLOAD_MAX, DRIVE_UPLOAD_PATH
 from broker.settings import BrokerSettings
 
 ROUTERS: tuple[APIRouter, ...] = (
@@ -73,7 +74,10 @@ def create_app(
         return {"status": "ok"}
 
     app.add_middleware(
-        BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=float(settings.body_timeout_s)
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=float(settings.body_timeout_s),
+        streamed={DRIVE_UPLOAD_PATH: DRIVE_UPLOAD_MAX},  # a file for a desktop's drive
     )
     app.add_middleware(ForwardedFor, trusted=settings.trusted_proxies)  # outermost
     return app

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,12 +21,31 @@ def _error_body(code: str, message: str) -> bytes:
 
 class BodyLimit:
     """Refuse bodies over ``max_bytes`` (declared or streamed) with 413, and bodies
-    not complete within ``timeout_s`` with 408."""
+    not complete within ``timeout_s`` with 408.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
+    ``streamed`` names the few POST routes that take a large raw body (a path pattern
+    and its own limit): a declared length over that limit is 413 here; otherwise the
+    body is not read here but handed to the route, which streams it under that limit
+    and a deadline of its own (:func:`read_bounded`)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        streamed: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.streamed = [(re.compile(k), v) for k, v in (streamed or {}).items()]
+
+    def _limit(self, scope: Scope) -> tuple[int, bool]:
+        if scope.get("method") == "POST":
+            for pattern, limit in self.streamed:
+                if pattern.fullmatch(str(scope.get("path", ""))):
+                    return limit, True
+        return self.max_bytes, False
 
     async def _reply_413(self, send: Send) -> None:
         await self._reply(send, 413, _error_body("body_too_large", "request body is too large"))
@@ -47,15 +68,19 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers: dict[bytes, bytes] = dict(scope.get("headers") or [])
+        limit, streamed = self._limit(scope)
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.max_bytes
+                too_big = int(declared) > limit
             except ValueError:
                 too_big = True
             if too_big:
                 await self._reply_413(send)
                 return
+        if streamed:
+            await self.app(scope, receive, send)  # the route reads it, bounded
+            return
         # Read the whole body first (it is small by definition), so an oversized
         # stream is answered with 413 before any route sees a byte of it.
         body = bytearray()

@@ -33,28 +33,54 @@ the clipboard (:meth:`Gate.clipboard_offered`): the instrument's latest copied t
 (noVNC's ``clipboard`` event), a button to copy it to the engineer's own clipboard,
 and a field whose text is sent to the instrument's clipboard (``clipboardPasteFrom``).
 What crosses is still the gate's decision, session by session.
+
+The page has a drive panel only for an RDP instrument whose hospital allows the drive
+(:meth:`Gate.drive_offered`; a VNC desktop has no drive and shows nothing of it, an RDP
+one with the drive off a line saying so).  Its routes are the permission table's
+``desktop.drive`` (engineers after a full sign-in), and then only for the caller's own
+live desktop session on that instrument and port (:meth:`Gate.drive_for`; anyone
+else's, or one that ended, is ``file.refused`` ``drive_not_live``, 404):
+
+- ``GET /console/desktop/{name}/drive?port=N`` the drive's files (name, size, time);
+- ``POST`` the same path: a file put on the drive, the body the file's bytes as
+  ``application/octet-stream`` (at most :data:`DRIVE_UPLOAD_MAX`, streamed, 413 past
+  it), its name percent-encoded UTF-8 in ``X-Hoshu-File-Name``, the CSRF token in
+  ``X-Hoshu-CSRF`` (checked as the forms' is, and the Origin too).  The drive stages it,
+  passes it to the scan hook, and logs it (``file.transferred`` ``Inbound``);
+- ``GET .../drive/file?port=N&name=…`` one file's bytes, always an attachment
+  (``file.transferred`` ``Outbound``, operation ``download``, ``to`` ``engineer``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
+import os
 import re
+import stat
 import tempfile
-from collections.abc import Callable
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import APIRouter, Depends, Request, WebSocket
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from audit import new_event
 from audit.recording import RecordingFileError
 from audit.recstore import RecordingStore, check_name
-from broker.access.errors import AccessError, NotFound, PermissionDenied, Unavailable
+from broker.access.errors import (
+    AccessError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from broker.access.permissions import (
     authorize,
     check_session_control,
@@ -63,7 +89,16 @@ from broker.access.permissions import (
 )
 from broker.access.ports import Actor
 from broker.console.live import registry_of
-from broker.console.web import PREFIX, Session, csrf_for, harden, page, render, services_of
+from broker.console.web import (
+    PREFIX,
+    Session,
+    csrf_for,
+    harden,
+    page,
+    raw_body,
+    render,
+    services_of,
+)
 
 router = APIRouter(prefix=PREFIX, tags=["console"])
 
@@ -76,10 +111,17 @@ NOVNC_DIR = Path(__file__).resolve().parents[2] / "node_modules" / "@novnc" / "n
 _NOVNC_PATH = re.compile(r"(core|vendor)(/[A-Za-z0-9_.-]+){1,4}\.js")
 MAX_PLAY_BYTES = 256 * 1024 * 1024
 _SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DRIVE_ACTION = "desktop.drive"
+DRIVE_UPLOAD_MAX = 64 * 1024 * 1024  # one file put on a desktop's drive from the page
+DRIVE_UPLOAD_PATH = PREFIX + r"/desktop/[^/]+/drive"  # BodyLimit leaves its body to us
+DRIVE_UPLOAD_TIMEOUT_S = 600.0  # the whole body, at ~110 kB/s at worst
+NAME_HEADER = "x-hoshu-file-name"
+CHUNK = 256 * 1024
 
 OpenSession = Annotated[Session, Depends(page(ACTION))]
 FollowSession = Annotated[Session, Depends(page("sessions.follow"))]
 ReadSession = Annotated[Session, Depends(page("recordings.read"))]
+DriveSession = Annotated[Session, Depends(page(DRIVE_ACTION))]
 
 
 class Browser(Protocol):
@@ -87,6 +129,21 @@ class Browser(Protocol):
     async def send(self, data: bytes) -> None: ...
     async def notice(self, text: str) -> None: ...
     async def close(self, code: int, reason: str) -> None: ...
+
+
+class Drive(Protocol):
+    """``broker.desktop.rdpdrive.DriveDir`` as the console sees it."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def files(self) -> list[tuple[str, int]]: ...
+
+    def clean_name(self, raw: str) -> str: ...
+
+    def file_path(self, rel: str) -> Path: ...
+
+    async def put(self, name: str, data: bytes) -> bool: ...
 
 
 class Gate(Protocol):
@@ -107,6 +164,16 @@ class Gate(Protocol):
     async def follow(self, session_id: str, viewer: Browser) -> bool: ...
 
     def clipboard_offered(self, user_id: str, instrument: str, port: int) -> bool: ...
+
+    def drive_offered(self, user_id: str, instrument: str, port: int) -> bool: ...
+
+    def is_rdp(self, instrument: str) -> bool: ...
+
+    def drive_for(
+        self, user_id: str, instrument: str, port: int
+    ) -> tuple[Drive | None, dict[str, Any]] | None: ...
+
+    def emit(self, type_: str, **cols: Any) -> None: ...
 
     def export_video(self, data: bytes, out: Path) -> int: ...
 
@@ -131,8 +198,20 @@ async def desktop_page(name: str, port: int, request: Request, session: OpenSess
     gate = gate_of(request.app)
     if gate is None:
         raise Unavailable("desktop sessions are not available on this broker")
-    clipboard = await asyncio.to_thread(gate.clipboard_offered, session.actor.user_id, name, port)
-    return render(request, "desktop.html", instrument=name, port=port, clipboard=clipboard)
+    who = session.actor.user_id
+    clipboard = await asyncio.to_thread(gate.clipboard_offered, who, name, port)
+    drive = await asyncio.to_thread(gate.drive_offered, who, name, port)
+    rdp = drive or await asyncio.to_thread(gate.is_rdp, name)
+    return render(
+        request,
+        "desktop.html",
+        instrument=name,
+        port=port,
+        clipboard=clipboard,
+        drive=drive,
+        rdp=rdp,
+        drive_max_mib=DRIVE_UPLOAD_MAX >> 20,
+    )
 
 
 class _Socket:
@@ -247,6 +326,189 @@ async def desktop_socket(name: str, port: int, websocket: WebSocket) -> None:
         port=port,
         src=str(cols.get("SrcIpAddr") or ""),
     )
+
+
+# --- the RDP drive of the engineer's own live desktop ----------------------------------
+
+
+def _drive_refused(
+    gate: Gate, cols: dict[str, Any], reason: str, message: str, op: str, name: str = ""
+) -> None:
+    gate.emit(
+        "file.refused",
+        EventResult="Failure",
+        EventResultDetails=reason,
+        EventMessage=message,
+        details={"tool": "drive", "operation": op, "via": "console"},
+        **dict(cols, TargetFileName=name[:80] or None),
+    )
+
+
+async def _own_drive(
+    request: Request, session: Session, name: str, port: int, op: str
+) -> tuple[Gate, Drive, dict[str, Any]]:
+    """The caller's own live desktop's drive on ``name`` and ``port`` (else refused)."""
+    gate = gate_of(request.app)
+    if gate is None:
+        raise Unavailable("desktop sessions are not available on this broker")
+    actor = session.actor
+    found = await asyncio.to_thread(gate.drive_for, actor.user_id, name, port)
+    if found is None:
+        cols = {
+            "ActorUsername": actor.username,
+            "ActorUserId": actor.user_id,
+            "TargetHostname": name,
+            "TargetPortNumber": port,
+            "SrcIpAddr": request.client.host if request.client else None,
+        }
+        msg = f"no live desktop of yours on {name} port {port} has a drive"
+        await asyncio.to_thread(_drive_refused, gate, cols, "drive_not_live", msg, op)
+        raise NotFound(msg, code="drive_not_live")
+    drive, cols = found
+    if drive is None:  # the error path logs it (file.refused, as the table's refusals)
+        keep = ("TargetHostname", "TargetPortNumber", "TargetSessionId", "HospitalId")
+        request.state.refusal_columns = {k: cols[k] for k in keep if cols.get(k)}
+        raise PermissionDenied(f"the drive is off for {name}", code="drive_off")
+    return gate, drive, cols
+
+
+def _listing(drive: Drive) -> list[dict[str, Any]]:
+    out = []
+    for rel, size in drive.files():
+        try:
+            mtime = os.lstat(drive.root / rel).st_mtime
+        except OSError:
+            continue  # gone since it was listed
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+        out.append({"name": rel, "size": size, "time": at})
+    return out
+
+
+@router.get("/desktop/{name}/drive")
+async def drive_files(name: str, port: int, request: Request, session: DriveSession) -> Response:
+    """The files on the caller's own live desktop's drive, as JSON."""
+    _gate, drive, _cols = await _own_drive(request, session, name, port, "list")
+    files = await asyncio.to_thread(_listing, drive)
+    return harden(JSONResponse({"files": files}))
+
+
+async def _read_upload(request: Request) -> bytes | None:
+    """The body, at most :data:`DRIVE_UPLOAD_MAX` bytes within the deadline (None: too
+    large).  A body that does not arrive in time raises TimeoutError."""
+    body = bytearray()
+    async with asyncio.timeout(DRIVE_UPLOAD_TIMEOUT_S):
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > DRIVE_UPLOAD_MAX:
+                return None
+    return bytes(body)
+
+
+@router.post("/desktop/{name}/drive")
+async def drive_upload(name: str, port: int, request: Request, session: DriveSession) -> Response:
+    """A file from the engineer's computer put on the drive (scanned first)."""
+    gate, drive, cols = await _own_drive(request, session, name, port, "upload")
+    raw = request.headers.get(NAME_HEADER, "")
+    try:
+        if not raw_body(request):
+            raise ValueError("the file must be sent as application/octet-stream")
+        file_name = drive.clean_name(unquote(raw, errors="strict"))
+    except ValueError as exc:  # UnicodeDecodeError too
+        msg = "the file's name is not UTF-8" if isinstance(exc, UnicodeError) else str(exc)
+        await asyncio.to_thread(_drive_refused, gate, cols, "drive_bad_name", msg, "upload", raw)
+        return harden(JSONResponse(_error("drive_bad_name", msg), status_code=422))
+    try:
+        data = await _read_upload(request)
+    except TimeoutError:
+        msg = "the file did not arrive in time"
+        await asyncio.to_thread(
+            _drive_refused, gate, cols, "request_timeout", msg, "upload", file_name
+        )
+        return harden(JSONResponse(_error("request_timeout", msg), status_code=408))
+    if data is None:
+        msg = f"a file put on the drive from this page is at most {DRIVE_UPLOAD_MAX >> 20} MiB"
+        await asyncio.to_thread(
+            _drive_refused, gate, cols, "drive_too_large", msg, "upload", file_name
+        )
+        return harden(JSONResponse(_error("body_too_large", msg), status_code=413))
+    if not await drive.put(file_name, data):  # its own event says why (full, scan, …)
+        msg = f"{file_name} was not put on the drive (the drive is full, or the scan rejected it)"
+        return harden(JSONResponse(_error("drive_refused", msg), status_code=409))
+    return harden(JSONResponse({"name": file_name, "size": len(data)}))
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _open_file(drive: Drive, rel: str) -> tuple[int, int, str]:
+    """An open descriptor of the drive's regular file ``rel``, its size and SHA-256."""
+    path = drive.file_path(rel)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{rel[:80]!r} is not a file")
+        sha = hashlib.sha256()
+        size = 0
+        while chunk := os.read(fd, CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size, sha.hexdigest()
+
+
+async def _stream(fd: int, size: int) -> AsyncIterator[bytes]:
+    try:
+        left = size
+        while left > 0:
+            chunk = await asyncio.to_thread(os.read, fd, min(CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+@router.get("/desktop/{name}/drive/file")
+async def drive_download(
+    name: str, port: int, file: str, request: Request, session: DriveSession
+) -> Response:
+    """One file of the drive for the engineer's computer, always as an attachment."""
+    gate, drive, cols = await _own_drive(request, session, name, port, "download")
+    try:
+        fd, size, sha = await asyncio.to_thread(_open_file, drive, file)
+    except (ValueError, OSError) as exc:
+        bad = isinstance(exc, ValueError)
+        msg = str(exc) if bad else f"no file {file[:80]!r} on the drive"
+        reason = "drive_bad_name" if bad else "drive_no_file"
+        await asyncio.to_thread(_drive_refused, gate, cols, reason, msg, "download", file)
+        raise NotFound(msg, code=reason) from exc
+    shown = unicodedata.normalize("NFC", file)
+    leaf = shown.rsplit("/", 1)[-1]
+    await asyncio.to_thread(
+        gate.emit,
+        "file.transferred",
+        details={"tool": "drive", "operation": "download", "to": "engineer", "via": "console"},
+        **dict(
+            cols,
+            NetworkDirection="Outbound",
+            TargetFileName=shown,
+            TargetFileSize=size,
+            TargetFileSHA256=sha,
+        ),
+    )
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", leaf)[:80] or "file"
+    disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(leaf)}"
+    headers = {"Content-Disposition": disposition, "Content-Length": str(size)}
+    response = StreamingResponse(
+        _stream(fd, size), media_type="application/octet-stream", headers=headers
+    )
+    return harden(response)
 
 
 # --- following a running desktop (approvers) ------------------------------------------

@@ -190,10 +190,22 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+RAW_BODY = "application/octet-stream"
+CSRF_HEADER = "x-hoshu-csrf"
+
+
+def raw_body(request: Request) -> bool:
+    """A POST whose body is a file (a desktop drive's upload), not a form: the route
+    streams it, and its CSRF token comes in the :data:`CSRF_HEADER` header."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return request.method == "POST" and kind == RAW_BODY
+
+
 async def read_form(request: Request) -> dict[str, str]:
     """A POST's url-encoded fields (the body is size-limited by the API's middleware);
-    a field over :data:`MAX_FIELD` characters or a repeated field is refused."""
-    if request.method != "POST":
+    a field over :data:`MAX_FIELD` characters or a repeated field is refused.  A raw
+    body (:func:`raw_body`) is left to its route."""
+    if request.method != "POST" or raw_body(request):
         return {}
     body = await request.body()
     try:
@@ -248,7 +260,10 @@ def check_post(request: Request, token: str | None) -> None:
     if not _origin_ok(request):
         raise PermissionDenied("this form was sent from another site", code="csrf_failed")
     if token is not None:
-        sent = getattr(request.state, "console_form", {}).get("csrf", "")
+        if raw_body(request):
+            sent = request.headers.get(CSRF_HEADER, "")
+        else:
+            sent = getattr(request.state, "console_form", {}).get("csrf", "")
         if not hmac.compare_digest(sent.encode(), csrf_for(token).encode()):
             raise PermissionDenied(
                 "the form's security token is missing or wrong", code="csrf_failed"

@@ -227,6 +227,24 @@ class DriveDir:
                 out.append((p.relative_to(self.root).as_posix(), p.lstat().st_size))
         return sorted(out)
 
+    def clean_name(self, raw: str) -> str:
+        """``raw`` as the name of a file for the drive's root; ValueError if not taken."""
+        try:
+            return clean_component(raw)
+        except BadName as exc:
+            raise ValueError(str(exc)) from exc
+
+    def file_path(self, rel: str) -> Path:
+        """The path of the drive's ``rel`` (``/`` between folders, as :meth:`files`
+        names them); ValueError for a name that is not taken or would leave the drive."""
+        parts = rel.split("/")
+        try:
+            if len(parts) > MAX_DEPTH:
+                raise BadName("a path of too many components")
+            return self.resolve([clean_component(p) for p in parts])
+        except BadName as exc:
+            raise ValueError(str(exc)) from exc
+
     async def put(self, name: str, data: bytes) -> bool:
         """Put ``data`` in the drive's root as ``name`` (from the broker's side): it is
         scanned first, and appears only once the scan passed and the bounds hold.

@@ -49,6 +49,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -392,6 +393,68 @@ class DesktopGate:
         except Exception:  # the page then says the clipboard is off (fail closed)
             log.warning("could not tell whether %s allows the clipboard", instrument)
             return False
+
+    def drive_offered(self, user_id: str, instrument: str, port: int) -> bool:
+        """Whether the engineer's desktop page shows its drive panel: as
+        :meth:`clipboard_offered`, for an RDP instrument whose hospital allows the drive
+        on a broker that keeps drives.  Anything else, or a failure to tell, is False."""
+        if self.drives_dir is None:
+            return False
+        try:
+            target = self.policy.instrument(instrument)
+            if target is None or target.protocol != "rdp" or port not in target.ports:
+                return False
+            if self.policy.find_grant(user_id, instrument, port, self.clock()) is None:
+                return False
+            return bool(self.drive_allowed(target.hospital_id))
+        except Exception:  # the page then says the drive is off (fail closed)
+            log.warning("could not tell whether %s allows the drive", instrument)
+            return False
+
+    def is_rdp(self, instrument: str) -> bool:
+        """Whether ``instrument`` is an RDP one (False: VNC, unknown, or not told)."""
+        try:
+            target = self.policy.instrument(instrument)
+        except Exception:
+            return False
+        return target is not None and target.protocol == "rdp"
+
+    def drive_for(
+        self, user_id: str, instrument: str, port: int
+    ) -> tuple[DriveDir | None, dict[str, Any]] | None:
+        """The drive of ``user_id``'s own live desktop session on ``instrument`` and
+        ``port`` (the newest, if several), with the session's audit columns: None when
+        that person has no such session (someone else's is never theirs); the drive
+        None when the session has none (VNC, or the hospital keeps the drive off)."""
+        for relay in reversed(list(self._relays.values())):
+            live = relay.live
+            if (live.user_id, live.instrument, live.port) != (user_id, instrument, port):
+                continue
+            if relay.stopped.done():
+                continue
+            drive = relay.drive if isinstance(relay, _RdpRelay) else None
+            return drive, dict(relay.cols)
+        return None
+
+    def sweep_drives(self) -> list[str]:
+        """Remove the drive folders no session of this gate holds: those a broker that
+        was killed left behind (``drives_dir`` is in the replica's own data directory,
+        so a folder there that is not one of this gate's live sessions is nobody's).
+        Run at start, before any session; returns the session ids removed."""
+        if self.drives_dir is None or not self.drives_dir.is_dir():
+            return []
+        removed = []
+        for entry in sorted(self.drives_dir.iterdir()):
+            if entry.name in self._relays:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+        if removed:
+            log.info("removed %d drive folders of sessions that are not live", len(removed))
+        return removed
 
     async def _drive(self, sid: str, hospital_id: str) -> DriveDir | None:
         """The session's drive if the hospital allows it (read once, before the login),

@@ -141,7 +141,7 @@ function live() {
   rfb.scaleViewport = true;
   rfb.resizeSession = !watching;
   rfb.addEventListener("connect", () => { setState("live"); rfb.focus(); });
-  if (!watching) { textInput(rfb); clipboardPanel(rfb); }
+  if (!watching) { textInput(rfb); clipboardPanel(rfb); drivePanel(rfb); }
   window.hoshuDesktop = rfb;
 }
 
@@ -219,6 +219,98 @@ function clipboardPanel(rfb) {
     say("sent", text);
     rfb.focus();  // the keys go back to the screen, for the paste there
   });
+  panel.hidden = false;
+}
+
+// The RDP drive, when the hospital allows it (the panel is on the page only then): the
+// files on the session's drive (listed on demand and after each upload), a file input
+// whose file is put on the drive (a raw POST, its name percent-encoded in a header,
+// the CSRF token in another), and a download link a file.
+function drivePanel(rfb) {
+  const panel = document.getElementById("drive");
+  if (!panel) { return; }
+  const url = panel.getAttribute("data-files");
+  const csrf = screen.getAttribute("data-csrf");
+  const form = document.getElementById("drive-put");
+  const input = document.getElementById("drive-file");
+  const refresh = document.getElementById("drive-refresh");
+  const body = document.querySelector("#drive-files tbody");
+  const status = document.getElementById("drive-status");
+  const max = Number(panel.getAttribute("data-max")) || 0;
+  const mib = String(Math.floor(max / 1048576));
+  function say(key, values) {
+    let text = panel.getAttribute("data-" + key) || key;
+    for (const [k, v] of Object.entries(values || {})) { text = text.replace("{" + k + "}", v); }
+    status.textContent = text;
+  }
+  async function why(r) {
+    try { const j = await r.json(); return (j.error && j.error.message) || String(r.status); }
+    catch (err) { return String(r.status); }
+  }
+  function size(n) {
+    if (n < 1024) { return n + " B"; }
+    if (n < 1048576) { return (n / 1024).toFixed(1) + " KiB"; }
+    return (n / 1048576).toFixed(1) + " MiB";
+  }
+  async function list(quiet) {
+    let r;
+    try { r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } }); }
+    catch (err) { say("failed", { why: String(err) }); return; }
+    if (r.status === 404) { say("not-live"); return; }
+    if (!r.ok) { say("failed", { why: await why(r) }); return; }
+    const files = (await r.json()).files || [];
+    const label = panel.getAttribute("data-download");
+    body.replaceChildren();
+    for (const f of files) {
+      const tr = document.createElement("tr");
+      const name = document.createElement("td");
+      name.textContent = f.name;
+      name.lang = "ja";
+      const n = document.createElement("td");
+      n.className = "num";
+      n.textContent = size(f.size);
+      const when = document.createElement("td");
+      when.textContent = new Date(f.time).toLocaleString(document.documentElement.lang || undefined);
+      const get = document.createElement("td");
+      const a = document.createElement("a");
+      a.href = url.replace("/drive?", "/drive/file?") + "&file=" + encodeURIComponent(f.name);
+      a.setAttribute("download", f.name.split("/").pop());
+      a.textContent = label;
+      a.setAttribute("aria-label", label + ": " + f.name);
+      get.append(a);
+      tr.append(name, n, when, get);
+      body.append(tr);
+    }
+    if (!quiet || !files.length) { say(files.length ? "listed" : "empty", { n: String(files.length) }); }
+  }
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const file = input.files && input.files[0];
+    if (!file) { say("choose"); return; }
+    if (max && file.size > max) { say("too-large", { mib }); return; }
+    say("putting", { name: file.name });
+    let r;
+    try {
+      r = await fetch(url, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: {
+          "Content-Type": "application/octet-stream",
+          "X-Hoshu-File-Name": encodeURIComponent(file.name),
+          "X-Hoshu-CSRF": csrf,
+        },
+        body: file,
+      });
+    } catch (err) { say("failed", { why: String(err) }); return; }
+    if (r.status === 413) { say("too-large", { mib }); return; }
+    if (r.status === 404) { say("not-live"); return; }
+    if (!r.ok) { say("failed", { why: await why(r) }); return; }
+    input.value = "";
+    await list(true);
+    say("put", { name: file.name });
+  });
+  refresh.addEventListener("click", () => list(false));
+  rfb.addEventListener("connect", () => list(true));
   panel.hidden = false;
 }
 
