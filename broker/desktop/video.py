@@ -7,8 +7,9 @@ asked for (``F`` records), else the server's.  The screen is sampled :data:`FPS`
 times a second of recorded time (each frame shows it at the end of its interval),
 so a video of a recording ``d`` ms long has ``ceil(d / 1000 * FPS)`` frames (at
 least one), all of the largest screen size the session had (smaller screens are
-drawn at the top left on black).  ffmpeg runs with a time limit; a recording hoshu
-cannot decode raises :class:`ExportError`.
+drawn at the top left on black).  A Zlib or ZRLE rectangle is inflated to at most
+the size its pixels can take (a recording is untrusted input: more raises).  ffmpeg
+runs with a time limit; a recording hoshu cannot decode raises :class:`ExportError`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from broker.desktop.recording import read_records
 from broker.desktop.rfb import (
@@ -189,9 +190,15 @@ class Decoder:
             length: int = struct.unpack(">I", m[pos : pos + 4])[0]
             data = m[pos + 4 : pos + 4 + length]
             if enc == ZLIB:
-                self.screen.put(x, y, w, h, fmt.rgb(self.zlib.decompress(data)))
+                size = w * h * fmt.bpp
+                pixels = _inflate(self.zlib, data, size)
+                if len(pixels) != size:
+                    raise ExportError("a Zlib rectangle holds fewer pixels than its size")
+                self.screen.put(x, y, w, h, fmt.rgb(pixels))
             else:
-                self._zrle(self.zrle.decompress(data), x, y, w, h)
+                tiles = ((w + 63) // 64) * ((h + 63) // 64)
+                bound = w * h * (fmt.cbytes + 2) + tiles * (1 + 128 * fmt.cbytes)
+                self._zrle(_inflate(self.zrle, data, bound), x, y, w, h)
             return pos + 4 + length
         if enc in (DESKTOP_SIZE, EXT_DESKTOP_SIZE):
             self.screen.resize(w, h)
@@ -269,6 +276,18 @@ class Decoder:
         cb = self.fmt.cbytes
         colours = [self.fmt.crgb(data[pos + i * cb : pos + (i + 1) * cb]) for i in range(n)]
         return colours, pos + n * cb
+
+
+def _inflate(z: Any, data: bytes, bound: int) -> bytes:
+    """What ``data`` inflates to in the stream ``z``, at most ``bound`` bytes (a
+    rectangle's most): more raises ExportError (a recording is untrusted input)."""
+    out: bytes = z.decompress(data, bound)
+    tail: bytes = z.unconsumed_tail
+    while tail:  # only what yields no pixels (the flush's empty block) may be left
+        if z.decompress(tail, 1) or len(z.unconsumed_tail) >= len(tail):
+            raise ExportError("a rectangle inflates to more than its size")
+        tail = z.unconsumed_tail
+    return out
 
 
 def _decoded(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], ServerInit]:
