@@ -70,6 +70,7 @@ from broker.desktop.rfb import (
     FRAMED,
     LAST_RECT,
     RAW,
+    ZLIB,
     ZRLE,
     Screen,
     ServerFramer,
@@ -110,11 +111,12 @@ ENCODING_NAMES = {RAW: "raw", ZRLE: "zrle"}
 SAMPLER = Path(__file__).resolve().parent / "sampler"
 _FASTPATH_BITMAP = 0x1  # FASTPATH_UPDATETYPE_BITMAP (MS-RDPBCGR 2.2.9.1.2.1)
 FPS_FLOOR = 10.0  # frames a second every session must still get (a window moves smoothly)
-# noVNC 1.4's SetEncodings: CopyRect, Tight, TightPNG, ZRLE, JPEG, Hextile, RRE, Raw,
-# quality and compression levels, desktop size, last rect, QEMU keys, extended desktop
-# size, XVP, Fence, continuous updates, desktop name, cursor
-NOVNC = (COPYRECT, 7, -260, ZRLE, 21, 5, 2, RAW, -26, -254, DESKTOP_SIZE, LAST_RECT, -258,
-         EXT_DESKTOP_SIZE, -309, -312, -313, -307, CURSOR)  # fmt: skip
+# the console's noVNC (1.7) SetEncodings without WebCodecs H.264: CopyRect, Tight,
+# TightPNG, ZRLE, JPEG, Hextile, RRE, Zlib, Raw, quality and compression levels, desktop
+# size, last rect, QEMU keys, extended desktop size, XVP, Fence, continuous updates,
+# desktop name, cursor
+NOVNC = (COPYRECT, 7, -260, ZRLE, 21, 5, 2, ZLIB, RAW, -26, -254, DESKTOP_SIZE, LAST_RECT,
+         -258, EXT_DESKTOP_SIZE, -309, -312, -313, -307, CURSOR)  # fmt: skip
 # what hoshu lets through to Xvnc of those: the direct client asks for the same
 NOVNC_THROUGH_HOSHU = tuple(e for e in NOVNC if e in FRAMED)
 MOVER = """i=0
