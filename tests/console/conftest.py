@@ -219,6 +219,15 @@ def visible_text(page: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", " ", page))
 
 
+LANG_LINK = re.compile(r'href="/console/lang/[^"]*"')
+
+
+def beyond_lang_links(page: str) -> str:
+    """The page without its language links, which carry the caller's own request (path
+    and query) back to it: what is left is what the page tells about anything else."""
+    return LANG_LINK.sub("", page)
+
+
 def wait_for(driver: webdriver.Chrome, css: str, timeout: float = 10) -> WebElement:
     """The element ``css`` once it is on the page (polled by WebDriverWait)."""
     found: WebElement = WebDriverWait(driver, timeout, poll_frequency=0.05).until(
