@@ -113,8 +113,12 @@ async def test_the_drive_panel_puts_a_file_and_downloads_the_instruments(
         await asyncio.to_thread(lambda: b.find_element(By.ID, "drive-refresh").click())
 
         def listed() -> list[str]:
-            cells = b.find_elements(By.CSS_SELECTOR, "#drive-files tbody tr td:first-child")
-            return [c.text for c in cells]
+            # read in one script: the list is redrawn while it is read element by element
+            names: list[str] = b.execute_script(
+                "return Array.from(document.querySelectorAll("
+                "'#drive-files tbody tr td:first-child'), c => c.textContent.trim())"
+            )
+            return names
 
         await poll(
             lambda: asyncio.to_thread(lambda: listed() == sorted([NAME, WRITTEN])),
