@@ -7,6 +7,9 @@ for one works for the other:
 - :func:`sqlalchemy_url`: ``postgresql://`` and ``postgres://`` (libpq style, what
   operators and Azure hand out) mean psycopg 3 (``postgresql+psycopg://``); the
   bare scheme would make SQLAlchemy look for psycopg2, which is not installed.
+- :func:`create_schema`: ``CREATE TABLE``s for a set of tables, one replica at a
+  time on PostgreSQL (two replicas creating the same table at once collide in the
+  catalogue: one of them fails with a duplicate key in ``pg_type``).
 - :func:`sign_in_with`: the password of every *new* connection comes from a
   callable (an Entra ID access token for PostgreSQL Flexible Server, see
   ``broker.identity.database_password``) instead of the URL.  A callable that
@@ -18,6 +21,7 @@ holds no secrets and logs none.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -53,3 +57,21 @@ def create_engine(url: str, *, password: PasswordSource | None = None, **kwargs:
             raise ValueError(f"token sign-in is for PostgreSQL only, not {engine.dialect.name}")
         sign_in_with(engine, password)
     return engine
+
+
+def schema_lock_key(name: str) -> int:
+    """A stable advisory-lock key (a signed 64-bit integer) for the schema ``name``."""
+    digest = hashlib.sha256(b"hoshu schema\n" + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def create_schema(engine: sa.Engine, metadata: sa.MetaData, name: str) -> None:
+    """Create the tables of ``metadata`` that are missing.  On PostgreSQL in one
+    transaction holding the advisory lock of ``name``, so replicas starting together
+    create them one after another; the others then find them there."""
+    if engine.dialect.name != "postgresql":
+        metadata.create_all(engine, checkfirst=True)
+        return
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": schema_lock_key(name)})
+        metadata.create_all(conn, checkfirst=True)

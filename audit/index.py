@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 
 from audit.catalog import CATALOG
-from audit.engines import PasswordSource, create_engine
+from audit.engines import PasswordSource, create_engine, create_schema
 from audit.errors import AuditError
 from audit.events import format_time
 
@@ -276,7 +276,7 @@ class AuditIndex:
         large one is built, the events wait in the outbox), then drop the ones they
         replace; on PostgreSQL set the table's autovacuum options.  Idempotent; on
         PostgreSQL one replica at a time (an advisory lock held for the transaction)."""
-        METADATA.create_all(self.engine, checkfirst=True)
+        create_schema(self.engine, METADATA, "audit_events")
         postgres = self.engine.dialect.name == "postgresql"
         with self.engine.begin() as conn:
             if postgres:

@@ -78,7 +78,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from audit.chain import ChainState, Prepared, Sealed, prepare
-from audit.engines import PasswordSource, create_engine, sqlalchemy_url
+from audit.engines import PasswordSource, create_engine, create_schema, sqlalchemy_url
 from audit.errors import ChainError, InvalidEvent
 from audit.events import AuditEvent, utc_now
 from audit.outbox import Cursor, OutboxCorrupt, OutboxError, check_sink_name
@@ -158,7 +158,7 @@ def store_engine(url: str, *, password: PasswordSource | None = None) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    METADATA.create_all(engine, checkfirst=True)
+    create_schema(engine, METADATA, "audit_chains")
 
 
 def _check_chain_id(chain_id: str) -> str:
