@@ -271,7 +271,9 @@ class Terminal:
         """Some output; b"" at its end; None when nothing came within ``timeout``."""
         if self.chan.recv_ready():
             return bytes(self.chan.recv(65536))
-        if self.chan.exit_status_ready() and not self.chan.recv_ready():
+        # the end is the channel's EOF, not its exit status: sshd may send the status
+        # before the last of the pty's output (the echo of the final ``exit``)
+        if (self.chan.eof_received or self.chan.closed) and not self.chan.recv_ready():
             return b""
         time.sleep(min(timeout, 0.005))  # polling the channel, not waiting for a result
         return None
