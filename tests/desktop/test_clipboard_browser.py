@@ -27,7 +27,7 @@ from tests.console.browsing import browser_sign_in
 from tests.console.conftest import browser, wait_for  # noqa: F401  (fixture)
 from tests.desktop.conftest import GREEN, INSTRUMENT, Desk, Xrdp, open_desk, pinned_desk
 from tests.desktop.helpers import PIXEL, desktop_state, x_copy, x_paste, x_uncopy
-from tests.desktop.test_rdp_clipboard import xrdp_clip  # noqa: F401  (fixture)
+from tests.desktop.test_rdp_clipboard import clipboard_up, xrdp_clip  # noqa: F401  (fixture)
 from tests.support import poll
 from tests.support.served import served
 
@@ -81,6 +81,8 @@ async def test_japanese_clipboard_text_crosses_noVNC_both_ways(
         )
         await asyncio.to_thread(browser.execute_script, LISTEN)
         [live] = d.registry.list()
+        if protocol == "rdp":
+            await clipboard_up(d, live.session_id)
         owner = await x_copy(display, JAPANESE)
         try:
             await poll(

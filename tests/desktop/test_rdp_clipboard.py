@@ -103,6 +103,15 @@ async def _open(d: Desk, url: str, http: httpx.AsyncClient, *encodings: int) -> 
     return ws
 
 
+async def clipboard_up(d: Desk, session_id: str) -> None:
+    """Until the session's clipboard channel is up: xrdp-chansrv watches X's clipboard
+    from its Monitor Ready on (a copy made before then is not announced, as in a
+    desktop client that has just connected)."""
+    channel = d.gate._relays[session_id].bridge.rdp.clipboard  # type: ignore[union-attr]
+    assert channel is not None
+    await poll(lambda: channel.ready, 10, "the clipboard channel to be ready")
+
+
 async def _messages(ws: WsClient, seconds: float) -> list[bytes]:
     """Every RFB message the browser gets within ``seconds``, asking for updates."""
     got: list[bytes] = []
@@ -154,6 +163,7 @@ async def test_rdp_clipboard_crosses_both_ways_logged_and_recorded_when_allowed(
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             ws = await _open(d, url, http)
             [live] = d.registry.list()
+            await clipboard_up(d, live.session_id)
             # instrument -> browser: an X program copies, the browser gets the text
             owner = await x_copy(display, ON_INSTRUMENT)
             try:
@@ -230,9 +240,9 @@ async def test_a_malformed_clipboard_pdu_is_refused_and_the_session_and_clipboar
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             ws = await _open(d, url, http)
             [live] = d.registry.list()
+            await clipboard_up(d, live.session_id)
             channel = d.gate._relays[live.session_id].bridge.rdp.clipboard  # type: ignore[union-attr]
             assert channel is not None
-            await poll(lambda: channel.ready, 10, "the clipboard channel to be ready")
             # a Format List whose long format name has no end
             bad = pdu(rdpclip.FORMAT_LIST, 0, struct.pack("<I", 13) + "CF".encode("utf-16-le"))
             await channel.process_channel_data(struct.pack("<II", len(bad), 0x13) + bad)
