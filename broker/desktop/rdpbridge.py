@@ -3,11 +3,12 @@
 The broker is the RDP client (:mod:`broker.desktop.rdpclient`) and, towards the
 browser's noVNC, an RFB server: the ServerInit carries the RDP desktop's size, each
 RDP bitmap update is painted into the broker's copy of the screen and re-sent as RFB
-rectangles (Zlib when the browser asks for it, else Raw) when the browser has asked
-for an update; key events (noVNC keysyms) become RDP scancodes of the instrument's
-US or Japanese (JIS) PC keyboard (:mod:`broker.desktop.keyboards`), characters no key
-gives (text from an input method) RDP Unicode keyboard events; pointer events become
-RDP mouse events.  Because the browser side is RFB, a
+rectangles (ZRLE or Zlib when the browser asks for it, else Raw;
+:mod:`broker.desktop.zrle`) when the browser has asked for an update; key events
+(noVNC keysyms) become RDP scancodes of the instrument's US or Japanese (JIS) PC
+keyboard (:mod:`broker.desktop.keyboards`), characters no key gives (text from an
+input method) RDP Unicode keyboard events; pointer events become RDP mouse
+events.  Because the browser side is RFB, a
 desktop recording of an RDP session is the same ``<session>.rfb`` a VNC session
 writes: playback, following live and the video export read it as they are.
 
@@ -46,7 +47,9 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from broker.desktop import extclip
+from PIL import Image
+
+from broker.desktop import extclip, zrle
 from broker.desktop.extclip import PROVIDE
 from broker.desktop.keyboards import LAYOUTS, Keyboard, Layout, key_for
 from broker.desktop.rdpclient import MAX_SIDE, RdpSession, Rect
@@ -66,6 +69,7 @@ from broker.desktop.rfb import (
     S_CUT,
     S_UPDATE,
     ZLIB,
+    ZRLE,
     ClientFramer,
     DesktopError,
     Message,
@@ -93,10 +97,12 @@ class _Format:
     red: int = 2
     green: int = 1
     blue: int = 0
+    big: bool = False
+    depth: int = 24
 
     @classmethod
     def of(cls, message: bytes) -> _Format:
-        bpp, _depth, big, true = message[4], message[5], message[6], message[7]
+        bpp, depth, big, true = message[4], message[5], message[6], message[7]
         rmax, gmax, bmax = struct.unpack(">HHH", message[8:14])
         rs, gs, bs = message[14], message[15], message[16]
         if bpp != 32 or not true or (rmax, gmax, bmax) != (255, 255, 255):
@@ -107,7 +113,12 @@ class _Format:
         def at(shift: int) -> int:
             return 3 - shift // 8 if big else shift // 8
 
-        return cls(at(rs), at(gs), at(bs))
+        return cls(at(rs), at(gs), at(bs), bool(big), depth)
+
+    @property
+    def compact(self) -> tuple[int, int, int] | None:
+        """ZRLE's compact pixel in this format (None: ZRLE is not sent in it)."""
+        return zrle.compact_order((self.red, self.green, self.blue), self.big, self.depth)
 
     def pack(self, rgba: bytes) -> bytes:
         out = bytearray(len(rgba))
@@ -167,6 +178,12 @@ class RdpScreen:
             return [_Box(0, 0, self.width, self.height)]
         return boxes
 
+    def image(self, b: _Box) -> Image.Image:
+        """The box as an RGB image."""
+        size = (self.width, self.height)
+        whole = Image.frombuffer("RGBA", size, self.pixels, "raw", "RGBA", 0, 1)
+        return whole.crop((b.x, b.y, b.x + b.w, b.y + b.h)).convert("RGB")
+
     def cut(self, b: _Box) -> bytes:
         row = self.width * 4
         return b"".join(
@@ -176,16 +193,28 @@ class RdpScreen:
 
 
 class RfbEncoder:
-    """RFB framebuffer updates of :class:`RdpScreen` boxes, Raw or Zlib."""
+    """RFB framebuffer updates of :class:`RdpScreen` boxes: ZRLE when the browser
+    asks for it and its pixel format has ZRLE's compact pixel (noVNC's does), else
+    Zlib when it asks for that, else Raw.  Each of ZRLE and Zlib is one zlib stream
+    for the connection, as RFB has it."""
 
     def __init__(self) -> None:
         self.format = _Format()
         self.zlib = False
+        self.zrle = False
         self._z = zlib.compressobj(1)
+        self._zr = zlib.compressobj(1)
 
     def update(self, screen: RdpScreen, boxes: list[_Box]) -> bytes:
         parts = [struct.pack(">BxH", S_UPDATE, len(boxes))]
+        order = self.format.compact if self.zrle else None
         for b in boxes:
+            if order is not None:
+                tiles = zrle.encode(screen.image(b), order)
+                data = self._zr.compress(tiles) + self._zr.flush(zlib.Z_SYNC_FLUSH)
+                parts.append(struct.pack(">HHHHiI", b.x, b.y, b.w, b.h, ZRLE, len(data)))
+                parts.append(data)
+                continue
             pixels = self.format.pack(screen.cut(b))
             if self.zlib:
                 data = self._z.compress(pixels) + self._z.flush(zlib.Z_SYNC_FLUSH)
@@ -404,6 +433,7 @@ class RdpBridge:
                 self.whole = True
             elif m.kind == C_ENCODINGS:
                 self.encoder.zlib = ZLIB in framer.encodings
+                self.encoder.zrle = ZRLE in framer.encodings
                 if EXT_CLIPBOARD in framer.encodings:
                     async with self._sending:
                         await self.clip.announce()

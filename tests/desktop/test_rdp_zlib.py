@@ -1,7 +1,9 @@
-"""A real xrdp desktop asked for in Zlib, as the console's noVNC asks: the browser's
-copy of the screen built from the Zlib rectangles (decoded here, one zlib stream as
-RFB has it) equals the one a Raw session gets of the same desktop, and the session's
-recording is many times smaller than the same scenario's recording in Raw."""
+"""A real xrdp desktop asked for in Zlib, and in ZRLE as the console's noVNC asks: the
+browser's copy of the screen built from the Zlib or ZRLE rectangles (decoded here,
+each one zlib stream as RFB has it; ZRLE's tiles by the video export's decoder, which
+reads Xvnc's ZRLE) equals the one a Raw session gets of the same desktop, and the
+session's recording is many times smaller than the same scenario's recording in Raw,
+in ZRLE smaller again than in Zlib."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from broker.desktop.rfb import EXT_DESKTOP_SIZE, RAW, ZLIB
+from broker.desktop.rdpbridge import NATIVE_FORMAT
+from broker.desktop.rfb import EXT_DESKTOP_SIZE, RAW, ZLIB, ZRLE, ServerInit
+from broker.desktop.video import Decoder
 from tests.desktop.conftest import Desk, Xrdp, pinned_desk
 from tests.desktop.helpers import console_sign_in, ws_path
 from tests.desktop.rfbscreen import Screen, is_green
@@ -22,15 +26,29 @@ from tests.support.served import served
 
 SIZE = (800, 600)
 SMALLER = 20  # the Zlib recording is at least this many times smaller than Raw's
+ZRLE_SMALLER = 5  # the ZRLE recording is at least this many times smaller than Zlib's
 
 
 class ZlibScreen(Screen):
-    """The browser's copy from Raw and Zlib rectangles (RFB Zlib: one stream)."""
+    """The browser's copy from Raw, Zlib and ZRLE rectangles (each one stream)."""
 
     def __init__(self, w: int, h: int) -> None:
         super().__init__(w, h)
         self.z = zlib.decompressobj()
+        self.zrle = Decoder(ServerInit(w, h, NATIVE_FORMAT, ""))
         self.zlib_rects = 0
+        self.zrle_rects = 0
+
+    def _zrle(self, data: bytes, x: int, y: int, w: int, h: int) -> bytes:
+        """A ZRLE rectangle's pixels as Raw (B, G, R, X)."""
+        d = self.zrle
+        d._zrle(d.zrle.decompress(data), x, y, w, h)
+        rgb = b"".join(
+            d.screen.pixels[((y + j) * d.screen.width + x) * 3 :][: w * 3] for j in range(h)
+        )
+        out = bytearray(w * h * 4)
+        out[0::4], out[1::4], out[2::4] = rgb[2::3], rgb[1::3], rgb[0::3]
+        return bytes(out)
 
     def apply(self, msg: bytes) -> None:
         if msg[0] != 0:
@@ -47,6 +65,12 @@ class ZlibScreen(Screen):
                 raw.append(struct.pack(">HHHHi", x, y, w, h, RAW) + pixels)
                 at += 4 + length
                 self.zlib_rects += 1
+            elif enc == ZRLE:
+                (length,) = struct.unpack(">I", msg[at : at + 4])
+                pixels = self._zrle(msg[at + 4 : at + 4 + length], x, y, w, h)
+                raw.append(struct.pack(">HHHHi", x, y, w, h, RAW) + pixels)
+                at += 4 + length
+                self.zrle_rects += 1
             elif enc == EXT_DESKTOP_SIZE:
                 end = at + 4 + 16 * msg[at]
                 raw.append(msg[at - 12 : end])
@@ -87,13 +111,14 @@ async def _session(d: Desk, url: str, http: httpx.AsyncClient, encoding: int) ->
             if msg[0] == 0 and whole in msg[4:16]:
                 break
     assert (screen.zlib_rects > 0) == (encoding == ZLIB)
+    assert (screen.zrle_rects > 0) == (encoding == ZRLE)
     ws.close()
     await poll(lambda: not d.registry.list(), 10, "the session gone")
     data = d.store.read(f"{live.session_id}.rfb")
     return bytes(screen.px), len(data)
 
 
-async def test_zlib_shows_the_screen_raw_does_and_records_it_many_times_smaller(
+async def test_zlib_and_zrle_show_the_screen_raw_does_and_record_it_many_times_smaller(
     tmp_path: Path, xrdp: Xrdp
 ) -> None:
     async with pinned_desk(tmp_path, xrdp, rdp_size=SIZE) as d:
@@ -101,6 +126,9 @@ async def test_zlib_shows_the_screen_raw_does_and_records_it_many_times_smaller(
         async with served(d.app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             raw_px, raw_size = await _session(d, url, http, RAW)
             zlib_px, zlib_size = await _session(d, url, http, ZLIB)
-    different = sum(a != b for a, b in zip(raw_px, zlib_px, strict=True))
-    assert different < len(raw_px) // 100, different  # the xterm's cursor may blink
+            zrle_px, zrle_size = await _session(d, url, http, ZRLE)
+    for px in (zlib_px, zrle_px):
+        different = sum(a != b for a, b in zip(raw_px, px, strict=True))
+        assert different < len(raw_px) // 100, different  # the xterm's cursor may blink
     assert zlib_size * SMALLER < raw_size, (zlib_size, raw_size)
+    assert zrle_size * ZRLE_SMALLER < zlib_size, (zrle_size, zlib_size)
