@@ -50,12 +50,10 @@ from aardwolf.protocol.T124.userdata.constants import ChannelOption
 
 from broker.desktop.rfb import MAX_MESSAGE
 from broker.desktop.vchannel import (
-    FLAG_FIRST,
-    FLAG_LAST,
-    FLAG_SHOW_PROTOCOL,
     ChunkError,
     ChunkJoiner,
     PduTooLarge,
+    chunks,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,6 @@ log = logging.getLogger(__name__)
 NAME = "cliprdr"
 MAX_PDU = 8 + 2 * MAX_MESSAGE + 2  # header, MAX_MESSAGE UTF-16 code units, the NUL
 REPLY_TIMEOUT_S = 10.0  # the instrument's text must follow our request this soon
-CHUNK = 1600  # CHANNEL_CHUNK_LENGTH: the chunk size every RDP server takes
 MAX_FORMATS = 1024  # formats one Format List may name
 MAX_EVENTS = 64  # clipboard events waiting for the bridge; more are dropped (logged)
 CF_UNICODETEXT = 13
@@ -100,16 +97,6 @@ ClipEvent = ClipText | ClipRefused
 
 class _Malformed(Exception):
     pass
-
-
-class _Bytes:
-    """What aardwolf's ``handle_out_data`` sends: an object with ``to_bytes``."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def to_bytes(self) -> bytes:
-        return self.data
 
 
 def pdu(kind: int, flags: int = 0, body: bytes = b"") -> bytes:
@@ -278,14 +265,8 @@ class Cliprdr(Channel):  # type: ignore[misc]
     async def _send(self, data: bytes) -> None:
         """One clipboard PDU to the instrument, in chunks (one PDU at a time)."""
         async with self._lock:
-            for at in range(0, max(len(data), 1), CHUNK):
-                flags = FLAG_SHOW_PROTOCOL
-                if at == 0:
-                    flags |= FLAG_FIRST
-                if at + CHUNK >= len(data):
-                    flags |= FLAG_LAST
-                chunk = struct.pack("<II", len(data), flags) + data[at : at + CHUNK]
-                await self.send_channel_data(_Bytes(chunk), None, None, None, False)
+            for chunk in chunks(data):
+                await self.send_channel_data(chunk, None, None, None, False)
 
     def _expired(self) -> None:
         self._asked = None

@@ -52,12 +52,10 @@ from aardwolf.channels import Channel
 from aardwolf.protocol.T124.userdata.constants import ChannelOption
 
 from broker.desktop.vchannel import (
-    FLAG_FIRST,
-    FLAG_LAST,
-    FLAG_SHOW_PROTOCOL,
     ChunkError,
     ChunkJoiner,
     PduTooLarge,
+    chunks,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +71,6 @@ MAX_NAME = 255  # characters of one path component
 MAX_DEPTH = 16  # components of one path
 MAX_HANDLES = 256  # files the instrument holds open at once
 MAX_EVENTS = 256
-CHUNK = 1600
 BAD_CHARS = frozenset('/:*?"<>|\\')
 
 # MS-RDPEFS 2.2.1.1 component and packet ids
@@ -304,14 +301,6 @@ class _Handle:
     listing: list[str] | None = None
     pattern: str = "*"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def to_bytes(self) -> bytes:
-        return self.data
 
 
 def header(packet: int) -> bytes:
@@ -742,14 +731,8 @@ class Rdpdr(Channel):  # type: ignore[misc]
 
     async def _send(self, data: bytes) -> None:
         async with self._lock:
-            for at in range(0, max(len(data), 1), CHUNK):
-                flags = FLAG_SHOW_PROTOCOL
-                if at == 0:
-                    flags |= FLAG_FIRST
-                if at + CHUNK >= len(data):
-                    flags |= FLAG_LAST
-                chunk = struct.pack("<II", len(data), flags) + data[at : at + CHUNK]
-                await self.send_channel_data(_Bytes(chunk), None, None, None, False)
+            for chunk in chunks(data):
+                await self.send_channel_data(chunk, None, None, None, False)
 
     def _refuse(
         self, reason: str, message: str, name: str, data: bytes | None, size: int = 0

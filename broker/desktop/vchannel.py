@@ -7,15 +7,38 @@ A PDU longer than the channel's bound is refused at its first chunk and its othe
 chunks are skipped, so it never takes memory; chunks that make no PDU (one that
 continues nothing, more bytes than the PDU said, compressed data aardwolf did not
 decompress) raise :class:`ChunkError`, and :meth:`ChunkJoiner.drop` then skips the
-rest of that PDU.
+rest of that PDU.  :func:`chunks` cuts a PDU the broker sends into chunks.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 FLAG_FIRST, FLAG_LAST, FLAG_SHOW_PROTOCOL = 0x01, 0x02, 0x10
+CHUNK = 1600  # CHANNEL_CHUNK_LENGTH: the chunk size every RDP server takes
 FLAG_COMPRESSED = 0x00EF0000  # compression bits left set: data that did not decompress
+
+
+class OutData:
+    """What aardwolf's ``send_channel_data`` takes: an object with ``to_bytes``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def to_bytes(self) -> bytes:
+        return self.data
+
+
+def chunks(data: bytes) -> Iterator[OutData]:
+    """``data``, one PDU, as the chunks that carry it (each with its header)."""
+    for at in range(0, max(len(data), 1), CHUNK):
+        flags = FLAG_SHOW_PROTOCOL
+        if at == 0:
+            flags |= FLAG_FIRST
+        if at + CHUNK >= len(data):
+            flags |= FLAG_LAST
+        yield OutData(struct.pack("<II", len(data), flags) + data[at : at + CHUNK])
 
 
 class ChunkError(Exception):
