@@ -34,7 +34,7 @@ from tests.console.conftest import (  # noqa: F401  (fixture)
 )
 from tests.desktop.conftest import GREEN, INSTRUMENT, Desk, Xrdp, open_desk, pinned_desk
 from tests.desktop.helpers import PIXEL, desktop_state, x_copy, x_paste, x_uncopy
-from tests.desktop.test_rdp_clipboard import xrdp_clip  # noqa: F401  (fixture)
+from tests.desktop.test_rdp_clipboard import clipboard_up, xrdp_clip  # noqa: F401  (fixture)
 from tests.support import poll
 from tests.support.served import served
 
@@ -123,6 +123,9 @@ async def test_the_clipboard_panel_carries_japanese_text_both_ways(
         assert title == "クリップボード"
 
         # the instrument's copy appears in the panel, counted in the status line
+        if protocol == "rdp":
+            [live] = d.registry.list()
+            await clipboard_up(d, live.session_id)
         owner = await x_copy(display, JAPANESE)
         try:
             await poll(
