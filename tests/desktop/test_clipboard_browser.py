@@ -14,20 +14,18 @@ stream, so the player shows the screen.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
 
-from broker.store.directory import StoreAccessPolicy
 from tests.console.browsing import browser_sign_in
 from tests.console.conftest import browser, wait_for  # noqa: F401  (fixture)
-from tests.desktop.conftest import GREEN, INSTRUMENT, Desk, Xrdp, open_desk, pinned_desk
+from tests.desktop.clipdesk import clip_desk, clipboard_up, live_page, near_green
+from tests.desktop.conftest import Xrdp
 from tests.desktop.helpers import PIXEL, desktop_state, x_copy, x_paste, x_uncopy
-from tests.desktop.test_rdp_clipboard import clipboard_up, xrdp_clip  # noqa: F401  (fixture)
+from tests.desktop.test_rdp_clipboard import xrdp_clip  # noqa: F401  (fixture)
 from tests.support import poll
 from tests.support.served import served
 
@@ -40,22 +38,6 @@ window.hoshuDesktop.addEventListener("clipboard", (e) => window.hoshuClips.push(
 """
 
 
-def _near(rgb: object) -> bool:
-    return isinstance(rgb, list) and all(
-        abs(int(a) - b) < 24 for a, b in zip(rgb, GREEN, strict=True)
-    )
-
-
-@contextlib.asynccontextmanager
-async def _desk(protocol: str, tmp_path: Path, xrdp: Xrdp) -> AsyncIterator[Desk]:
-    if protocol == "rdp":
-        async with pinned_desk(tmp_path, xrdp) as d:
-            yield d
-    else:
-        async with open_desk(tmp_path, xrdp.xvnc) as d:
-            yield d
-
-
 @pytest.mark.parametrize("protocol", ["vnc", "rdp"])
 async def test_japanese_clipboard_text_crosses_noVNC_both_ways(
     tmp_path: Path,
@@ -64,21 +46,9 @@ async def test_japanese_clipboard_text_crosses_noVNC_both_ways(
     protocol: str,
 ) -> None:
     display = xrdp_clip.xvnc.display
-    async with _desk(protocol, tmp_path, xrdp_clip) as d, served(d.app) as url:
+    async with clip_desk(protocol, tmp_path, xrdp_clip) as d, served(d.app) as url:
         d.s.estate.update_policy(d.actor("hadmin"), "hoshi-hospital", {"clipboard_allowed": True})
-        d.gate.clipboard_allowed = StoreAccessPolicy(d.s).clipboard_allowed
-        d.grant()
-        await asyncio.to_thread(browser_sign_in, browser, url, "alice", d.code("alice"))
-        d.clock.advance(30)
-        await asyncio.to_thread(browser.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}")
-        await poll(
-            lambda: asyncio.to_thread(lambda: desktop_state(browser) == "live"), 30, "the desktop"
-        )
-        await poll(
-            lambda: asyncio.to_thread(lambda: _near(browser.execute_script(PIXEL))),
-            20,
-            "the instrument's green xterm on the page",
-        )
+        await live_page(d, browser, url)
         await asyncio.to_thread(browser.execute_script, LISTEN)
         [live] = d.registry.list()
         if protocol == "rdp":
@@ -124,7 +94,7 @@ async def test_japanese_clipboard_text_crosses_noVNC_both_ways(
         await poll(lambda: not d.registry.list(), 15, "the engineer's session to end")
         await asyncio.to_thread(browser.get, f"{url}/console/desktop-recordings/{live.session_id}")
         await poll(
-            lambda: asyncio.to_thread(lambda: _near(browser.execute_script(PIXEL))),
+            lambda: asyncio.to_thread(lambda: near_green(browser.execute_script(PIXEL))),
             20,
             "the recorded screen in the player",
         )

@@ -15,9 +15,7 @@ panel, and the instrument's copy does not reach the page (``file.refused``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +24,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from broker.store.directory import StoreAccessPolicy
-from tests.console.browsing import browser_sign_in
 from tests.console.conftest import (  # noqa: F401  (fixture)
     SCREENSHOTS,
     browser,
     serious_violations,
 )
-from tests.desktop.conftest import GREEN, INSTRUMENT, Desk, Xrdp, open_desk, pinned_desk
-from tests.desktop.helpers import PIXEL, desktop_state, x_copy, x_paste, x_uncopy
-from tests.desktop.test_rdp_clipboard import clipboard_up, xrdp_clip  # noqa: F401  (fixture)
+from tests.desktop.clipdesk import clip_desk, clipboard_up, live_page
+from tests.desktop.conftest import INSTRUMENT, Desk, Xrdp, open_desk
+from tests.desktop.helpers import x_copy, x_paste, x_uncopy
+from tests.desktop.test_rdp_clipboard import xrdp_clip  # noqa: F401  (fixture)
 from tests.support import poll
 from tests.support.served import served
 
@@ -50,12 +48,6 @@ READ_CLIPBOARD = """
 const done = arguments[arguments.length - 1];
 navigator.clipboard.readText().then(done, (e) => done("failed: " + e));
 """
-
-
-def _near(rgb: object) -> bool:
-    return isinstance(rgb, list) and all(
-        abs(int(a) - b) < 24 for a, b in zip(rgb, GREEN, strict=True)
-    )
 
 
 def _typed(d: Desk) -> str:
@@ -78,33 +70,6 @@ def _panel_shot(driver: webdriver.Chrome, name: str) -> None:
     assert driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
-@contextlib.asynccontextmanager
-async def _desk(protocol: str, tmp_path: Path, xrdp: Xrdp) -> AsyncIterator[Desk]:
-    if protocol == "rdp":
-        async with pinned_desk(tmp_path, xrdp) as d:
-            yield d
-    else:
-        async with open_desk(tmp_path, xrdp.xvnc) as d:
-            yield d
-
-
-async def _live_page(d: Desk, browser: webdriver.Chrome, url: str) -> None:  # noqa: F811
-    """alice signed in, her desktop page live with the instrument's green xterm."""
-    d.gate.clipboard_allowed = StoreAccessPolicy(d.s).clipboard_allowed  # as build_broker does
-    d.grant()
-    await asyncio.to_thread(browser_sign_in, browser, url, "alice", d.code("alice"))
-    d.clock.advance(30)
-    await asyncio.to_thread(browser.get, f"{url}/console/desktop/{INSTRUMENT}?port={d.port}")
-    await poll(
-        lambda: asyncio.to_thread(lambda: desktop_state(browser) == "live"), 30, "the desktop"
-    )
-    await poll(
-        lambda: asyncio.to_thread(lambda: _near(browser.execute_script(PIXEL))),
-        20,
-        "the instrument's green xterm on the page",
-    )
-
-
 @pytest.mark.parametrize("protocol", ["vnc", "rdp"])
 async def test_the_clipboard_panel_carries_japanese_text_both_ways(
     tmp_path: Path,
@@ -113,9 +78,9 @@ async def test_the_clipboard_panel_carries_japanese_text_both_ways(
     protocol: str,
 ) -> None:
     display = xrdp_clip.xvnc.display
-    async with _desk(protocol, tmp_path, xrdp_clip) as d, served(d.app) as url:
+    async with clip_desk(protocol, tmp_path, xrdp_clip) as d, served(d.app) as url:
         d.s.estate.update_policy(d.actor("hadmin"), "hoshi-hospital", {"clipboard_allowed": True})
-        await _live_page(d, browser, url)
+        await live_page(d, browser, url)
         b = browser
         assert await asyncio.to_thread(lambda: b.find_element(By.ID, "clipboard").is_displayed())
         assert not await asyncio.to_thread(b.find_elements, By.ID, "clipboard-off")
@@ -227,7 +192,7 @@ async def test_with_the_clipboard_off_the_page_says_so_and_nothing_crosses(
 ) -> None:
     display = xrdp_clip.xvnc.display
     async with open_desk(tmp_path, xrdp_clip.xvnc) as d, served(d.app) as url:
-        await _live_page(d, browser, url)
+        await live_page(d, browser, url)
         b = browser
         assert not await asyncio.to_thread(b.find_elements, By.ID, "clipboard")
         assert not await asyncio.to_thread(b.find_elements, By.ID, "clip-from")
@@ -281,7 +246,7 @@ async def test_without_a_secure_context_the_copy_button_is_hidden_and_the_hint_s
     )
     try:
         async with served(d.app) as url:
-            await _live_page(d, browser, url)
+            await live_page(d, browser, url)
             b = browser
             assert (
                 await asyncio.to_thread(b.execute_script, "return window.isSecureContext") is False

@@ -39,6 +39,7 @@ from broker.desktop.rdpclip import Cliprdr, ClipRefused, ClipText, pdu
 from broker.desktop.recording import read_records
 from broker.desktop.rfb import EXT_DESKTOP_SIZE, RAW
 from broker.store.directory import StoreAccessPolicy
+from tests.desktop.clipdesk import clipboard_up
 from tests.desktop.conftest import (
     Desk,
     Xrdp,
@@ -101,15 +102,6 @@ async def _open(d: Desk, url: str, http: httpx.AsyncClient, *encodings: int) -> 
     await ws.send(struct.pack(f">BxH{len(asked)}i", 2, len(asked), *asked))  # SetEncodings
     await ws.send(struct.pack(">BBHHHH", 3, 0, 0, 0, *SIZE))
     return ws
-
-
-async def clipboard_up(d: Desk, session_id: str) -> None:
-    """Until the session's clipboard channel is up: xrdp-chansrv watches X's clipboard
-    from its Monitor Ready on (a copy made before then is not announced, as in a
-    desktop client that has just connected)."""
-    channel = d.gate._relays[session_id].bridge.rdp.clipboard  # type: ignore[union-attr]
-    assert channel is not None
-    await poll(lambda: channel.ready, 10, "the clipboard channel to be ready")
 
 
 async def _messages(ws: WsClient, seconds: float) -> list[bytes]:
