@@ -50,6 +50,7 @@ from broker.console.web import PREFIX, Session, harden, page, redirect, render, 
 router = APIRouter(prefix=PREFIX, tags=["console"])
 
 MAX_SESSIONS_SHOWN = 500
+TERMINATE_WAIT_S = 3.0  # how long a terminate waits for the session to be gone
 KINDS = frozenset({"shell", "exec", "sftp", "scp", "forward", "desktop"})  # catalog labels
 
 
@@ -86,6 +87,8 @@ class Registry(Protocol):
     def follow(self, session_id: str) -> AsyncIterator[bytes]: ...
 
     def terminate(self, session_id: str, *, by: str, reason: str) -> bool: ...
+
+    async def until_gone(self, session_id: str, timeout_s: float) -> bool: ...
 
 
 class Cluster(Protocol):
@@ -239,6 +242,9 @@ async def terminate(session_id: str, request: Request, session: TerminateSession
     reg, _s = await controlled(request, session, session_id, "sessions.terminate")
     if reg is not None:
         reg.terminate(session_id, by=session.actor.username, reason="approver")
+        # the list the approver lands on no longer shows it: a session leaves once its
+        # recording is closed and its session.ended written (normally at once)
+        await reg.until_gone(session_id, TERMINATE_WAIT_S)
     elif (cluster := cluster_of(request)) is None or (
         await cluster.terminate(session_id, by=session.actor.username, reason="approver") is None
     ):

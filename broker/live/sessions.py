@@ -177,6 +177,7 @@ class SessionRegistry:
         self._sessions: dict[str, LiveSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._emptied: set[asyncio.Future[None]] = set()  # until_empty() waiters
+        self._gone: dict[str, set[asyncio.Future[None]]] = {}  # until_gone() waiters
 
     def add(self, session: LiveSession) -> None:
         if self._loop is None:
@@ -209,6 +210,25 @@ class SessionRegistry:
             for waiter in self._emptied:
                 if not waiter.done():
                     waiter.set_result(None)
+        for waiter in self._gone.pop(session_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def until_gone(self, session_id: str, timeout_s: float) -> bool:
+        """Wait until the session is no longer live (True) or ``timeout_s`` has passed
+        (False); it leaves in the same step that writes its ``session.ended``."""
+        if session_id not in self._sessions:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._gone.setdefault(session_id, set())
+        waiters.add(waiter)
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=max(0.0, timeout_s))
+            return bool(done)
+        finally:
+            waiters.discard(waiter)
+            if not waiters and self._gone.get(session_id) is waiters:
+                del self._gone[session_id]
 
     async def until_empty(self, timeout_s: float) -> bool:
         """Wait until no session is live (True) or ``timeout_s`` has passed (False).

@@ -169,3 +169,19 @@ def test_a_starting_broker_ends_only_sessions_no_live_broker_holds(tmp_path: Pat
     assert [p.stem for p in (tmp_path / ".live").glob("*.json")] == ["s-live"]
     running.closed("s-live")
     assert end_lost_sessions(tmp_path, events, FakeClock(T0)) == []
+
+
+async def test_until_gone_returns_when_the_session_leaves_or_at_its_bound() -> None:
+    """What the console's terminate waits on before it shows the list again."""
+    reg = SessionRegistry(FakePolicy(), CapturingEmitter(), FakeClock(T0))
+    s = LiveSession("s1", "shell", "u1", "alice", "an-1", "h1", "g1", 22, T0)
+    reg.add(s)
+    assert await reg.until_gone("s1", 0.05) is False  # still live: the bound
+    waiting = asyncio.ensure_future(reg.until_gone("s1", 10))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    reg.remove("s1")
+    assert await asyncio.wait_for(waiting, 5) is True
+    assert await reg.until_gone("s1", 0) is True  # gone already
+    assert await reg.until_gone("never-there", 0) is True
+    assert reg._gone == {}
