@@ -339,16 +339,27 @@ class Channels:
             finally:
                 if watch is not None:
                     await watch.close()
+
+            told: set[str] = set()
+
+            def tell(msg: str) -> None:
+                if msg not in told:
+                    told.add(msg)
+                    with contextlib.suppress(Exception):
+                        process.stderr.write(f"\r\nhoshu: {msg}\r\n".encode())
+
+            # the engineer is told at once, before the recording is closed (which may
+            # take a while on a busy store; a draining broker closes the connection
+            # at the end of its grace)
+            if reason != "exited":
+                tell(str(failure[0]) if failure else f"session ended: {reason.replace('_', ' ')}")
             summary = None
             try:  # in a thread: the store may append the rest and seal over the network
                 summary = await asyncio.to_thread(rec.close)
             except RecordingError as exc:
                 failure.append(exc)
                 reason = "recording_failed"
-            if reason != "exited":
-                msg = str(failure[0]) if failure else f"session ended: {reason.replace('_', ' ')}"
-                with contextlib.suppress(Exception):
-                    process.stderr.write(f"\r\nhoshu: {msg}\r\n".encode())
+                tell(str(exc))
             if summary is None:
                 summary = rec.close()
             self.door.sessions.emit(
