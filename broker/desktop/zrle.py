@@ -101,10 +101,10 @@ def _indices(tile: Image.Image, colours: list[tuple[int, int, int]]) -> bytes:
     for ch in range(3):
         values = [c[ch] for c in colours]
         if len(set(values)) == len(values):  # this channel alone tells them apart
-            lut = [0] * 256
+            lut = bytearray(256)
             for i, v in enumerate(values):
                 lut[v] = i
-            return tile.getchannel(ch).point(lut).tobytes()
+            return tile.getchannel(ch).tobytes().translate(lut)
     rgb = tile.tobytes()
     at = {bytes(c): i for i, c in enumerate(colours)}
     return bytes(at[rgb[i : i + 3]] for i in range(0, len(rgb), 3))
