@@ -37,6 +37,12 @@ PEOPLE = {
 }
 
 
+@pytest.fixture
+def db(postgres_db_url: str) -> str:
+    """A fresh PostgreSQL database for the durable audit store's tests."""
+    return postgres_db_url
+
+
 def _auth(request: Request) -> Actor:
     token = request.headers.get("authorization", "").removeprefix("Bearer ")
     if token not in PEOPLE:

@@ -12,31 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.fixtures.postgres import create_database, drop_database
 from tests.support import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 HOSHU = str(Path(sys.executable).parent / "hoshu")
 PASSWORD = "Correct-Horse-Battery-9"
-
-
-@pytest.fixture
-def db(postgres_url: str) -> Iterator[str]:
-    name = f"cli_{secrets.token_hex(4)}"
-    url = create_database(postgres_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(postgres_url, name)
 
 
 def _env(tmp: Path, db: str) -> dict[str, str]:

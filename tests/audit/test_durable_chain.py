@@ -8,7 +8,6 @@ resumes from the cursor row, and every kind of tampering with the rows is named.
 
 from __future__ import annotations
 
-import secrets
 import socket
 import threading
 import time
@@ -34,20 +33,9 @@ from audit.pgchain import (
 )
 from audit.shipper import Shipper
 from audit.signing import CheckpointSigner, TrustedKeys
-from tests.fixtures.postgres import create_database, drop_database
 from tests.support import poll_sync
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def db(postgres_url: str) -> Iterator[str]:
-    name = f"durable_{secrets.token_hex(4)}"
-    url = create_database(postgres_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(postgres_url, name)
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ killed with SIGKILL."""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,9 @@ from audit.pgchain import PgChainLog, PgCursorStore, PgOutbox, store_engine, ver
 from audit.pgship import OrphanChains
 from audit.shipper import Shipper
 from audit.signing import CheckpointSigner, TrustedKeys
-from tests.fixtures.postgres import create_database, drop_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def db(postgres_url: str) -> Iterator[str]:
-    name = f"orphans_{secrets.token_hex(4)}"
-    url = create_database(postgres_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(postgres_url, name)
 
 
 class _Collect:

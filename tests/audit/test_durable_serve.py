@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from broker.access import totp
-from tests.fixtures.postgres import create_database, drop_database
 from tests.fixtures.siem import ForwardServer
 from tests.support import free_port, poll_sync
 
@@ -37,16 +34,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 HOSHU = str(Path(sys.executable).parent / "hoshu")
 PASSWORD = "Correct-Horse-Battery-9"
 WAIT_S = 30.0
-
-
-@pytest.fixture
-def db(postgres_url: str) -> Iterator[str]:
-    name = f"serve_{secrets.token_hex(4)}"
-    url = create_database(postgres_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(postgres_url, name)
 
 
 class Broker:

@@ -8,9 +8,8 @@ which is a replica that does not start.
 
 from __future__ import annotations
 
-import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Engine, inspect
@@ -18,21 +17,10 @@ from sqlalchemy import Engine, inspect
 from audit.engines import create_engine
 from audit.index import AuditIndex
 from audit.pgchain import store_engine
-from tests.fixtures.postgres import create_database, drop_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
 REPLICAS = 8
-
-
-@pytest.fixture
-def db(postgres_url: str) -> Iterator[str]:
-    name = f"schema_{secrets.token_hex(4)}"
-    url = create_database(postgres_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(postgres_url, name)
 
 
 def _all_at_once(start: Callable[[], Engine]) -> list[Exception]:
